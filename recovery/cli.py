@@ -1,0 +1,143 @@
+"""The ``recovery`` command line: one small function per command — parse, call one library
+function, render. Errors are :class:`~recovery.errors.RecoveryError`: printed as one line, exit code
+from the error. Only a bug shows a traceback.
+
+Exit codes: 0 everything carried / no difference; 1 finished with something to review;
+2 refused or bad input, nothing changed; 3 failed and rolled back, nothing changed.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from recovery import __version__
+from recovery.errors import ExitCode, RecoveryError
+from recovery.render import console, render_diff, render_snapshot, write_csv
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 done, nothing to review; 1 done, something to review; "
+    "2 refused or bad input, nothing changed; 3 failed and rolled back, nothing changed."
+)
+
+
+class RecoveryGroup(click.Group):
+    """Turns RecoveryError into one line on stderr and its exit code; click usage errors exit 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except RecoveryError as err:
+            click.echo(f"error: {err.one_line()}", err=True)
+            ctx.exit(err.exit_code)
+        except KeyboardInterrupt:
+            click.echo("error: interrupted; nothing further was changed", err=True)
+            ctx.exit(ExitCode.FAILED)
+
+
+def output_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The shared ``--json`` / ``--csv`` switches (a rich table is the default)."""
+
+    @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+    @click.option("--csv", "as_csv", is_flag=True, help="Print CSV, one row per item.")
+    @functools.wraps(func)
+    def wrapper(*args: Any, as_json: bool, as_csv: bool, **kwargs: Any) -> Any:
+        if as_json and as_csv:
+            raise RecoveryError("--json and --csv exclude each other", "pick one")
+        fmt = "json" if as_json else "csv" if as_csv else "table"
+        return func(*args, fmt=fmt, **kwargs)
+
+    return wrapper
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+@click.group(cls=RecoveryGroup, epilog=EXIT_CODES_HELP)
+@click.version_option(__version__, prog_name="recovery")
+def main() -> None:
+    """Roll a SQLite application database back to its previous release without losing what
+    users did after the deploy: snapshot → diff → extract → restore → re-import → verify → report."""
+
+
+@main.command("sample", epilog=EXIT_CODES_HELP)
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--parts", default=300, show_default=True, type=click.IntRange(10, 10_000_000), help="Parts in the backup.")
+@click.option("--seed", default=42, show_default=True, type=int, help="Random seed (same seed, same world).")
+def sample_cmd(out_dir: Path, parts: int, seed: int) -> None:
+    """Build the sample Gestima world (backup at v2.0.0, live DB at v2.0.1 after an hour of users,
+    uploads/ and world.json, the ground truth) into OUT_DIR.
+
+    Example:
+
+        recovery sample /tmp/world --parts 300 --seed 42
+    """
+    from recovery.sample import generate
+
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise RecoveryError(f"{out_dir} is not empty", "choose a new or empty folder")
+    generate(out_dir, parts=parts, seed=seed, progress=sys.stderr.isatty())
+    console(stderr=True).print(f"sample world written to [bold]{out_dir}[/]")
+
+
+@main.command("snapshot", epilog=EXIT_CODES_HELP)
+@click.argument("db", type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), help="Folder for the backup (default: beside DB).")
+@click.option("--uploads", type=click.Path(path_type=Path), help="Uploads folder to record in the manifest.")
+@click.option("--app-dir", type=click.Path(path_type=Path), help="The app's git checkout (default: DB's folder).")
+@output_options
+def snapshot_cmd(db: Path, out_dir: Path | None, uploads: Path | None, app_dir: Path | None, fmt: str) -> None:
+    """Take a WAL-safe backup of DB (SQLite's online backup API, correct while the app writes)
+    named DB.bak.YYYYMMDD_HHMMSS, with DB.bak.…​.manifest.json beside it.
+
+    Example:
+
+        recovery snapshot gestima.db --uploads uploads/ --app-dir /srv/gestima
+    """
+    from recovery.snapshot import snapshot
+
+    snap = snapshot(db, out_dir, uploads, app_dir)
+    if fmt == "json":
+        emit_json({"backup": str(snap.backup), "manifest": str(snap.manifest_path), **snap.manifest})
+    elif fmt == "csv":
+        write_csv(sys.stdout, [{"table": t, "rows": n} for t, n in snap.manifest["tables"].items()])
+    else:
+        render_snapshot(snap)
+
+
+@main.command("diff", epilog=EXIT_CODES_HELP)
+@click.argument("backup", type=click.Path(path_type=Path))
+@click.argument("db", type=click.Path(path_type=Path))
+@click.option("--since", help="Deploy time (ISO-8601 or epoch); default: the backup's manifest or name.")
+@click.option("--table", "tables", multiple=True, help="Only this table (repeatable).")
+@click.option("--mapping", type=click.Path(path_type=Path), help="TOML mapping file (old column = expression).")
+@click.option("--rows", is_flag=True, help="List every changed row (keys; changed columns with old/new values).")
+@output_options
+def diff_cmd(backup: Path, db: Path, since: str | None, tables: tuple[str, ...], mapping: Path | None,
+             rows: bool, fmt: str) -> None:
+    """Compare BACKUP with the live DB: schema (alembic's comparison plus rename detection) and rows
+    per table (inserted / updated / deleted, judged in the backup's schema). Both files are opened
+    read-only. Exits 0 when nothing differs, 1 when something does.
+
+    Example:
+
+        recovery diff gestima.db.bak.20261120_140000 gestima.db --rows --json
+    """
+    from recovery.diff import diff
+
+    result = diff(backup, db, since, list(tables) or None, mapping, rows or fmt == "csv")
+    if fmt == "json":
+        emit_json(result.to_dict(rows=rows))
+    elif fmt == "csv":
+        write_csv(sys.stdout, result.csv_rows(),
+                  ["table", "kind", "key", "after_deploy", "columns", "old", "new"])
+    else:
+        render_diff(result, rows)
+    differs = result.changes.total > 0 or not result.schema.is_empty
+    sys.exit(ExitCode.REVIEW if differs else ExitCode.OK)

@@ -1,0 +1,230 @@
+"""The user's mapping file and the resolved ``ColumnMapping``.
+
+The mapping file (TOML) declares, per OLD table, old column = SQL expression over the NEW table's
+columns, or ``skip = true`` for the table::
+
+    [tables.parts.columns]
+    price = "price_cents / 100.0"
+    [tables.quotes.columns]
+    customer = "customer_name"
+    [tables.production_records]
+    skip = true
+
+A ``ColumnMapping`` says, for every old-schema column, which expression over the new schema
+produces it and which rule decided that, in order of trust: ``user-mapping``,
+``migration-lineage``, ``rename-detected``, ``same-name`` — or that it has no source (``none``).
+"""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import ParseError
+
+from recovery.errors import RecoveryError
+from recovery.schema import Schema
+from recovery.sqlbuild import col
+
+SOURCES = ("user-mapping", "migration-lineage", "rename-detected", "same-name", "none")
+
+_FORBIDDEN = (
+    exp.Query,
+    exp.Subquery,
+    exp.Command,
+    exp.DDL,
+    exp.DML,
+    exp.Pragma,
+    exp.Star,
+    exp.Placeholder,
+    exp.Parameter,
+)
+
+
+@dataclass(frozen=True)
+class UserTableMapping:
+    columns: dict[str, exp.Expression] = field(default_factory=dict)
+    skip: bool = False
+
+
+@dataclass(frozen=True)
+class UserMapping:
+    """What the mapping file says, parsed and checked for shape (not yet against a schema)."""
+
+    path: str | None
+    tables: dict[str, UserTableMapping] = field(default_factory=dict)
+
+    def expression(self, table: str, column: str) -> exp.Expression | None:
+        t = self.tables.get(table)
+        return t.columns.get(column) if t else None
+
+    def skipped(self, table: str) -> bool:
+        t = self.tables.get(table)
+        return bool(t and t.skip)
+
+
+def parse_expression(text: str, where: str) -> exp.Expression:
+    """Parse one scalar SQL expression; refuse statements, subqueries and anything not scalar."""
+    if not isinstance(text, str) or not text.strip():
+        raise RecoveryError(f"{where}: the mapping must be a non-empty SQL expression string")
+    try:
+        trees = [t for t in sqlglot.parse(text, read="sqlite") if t is not None]
+    except ParseError as exc:
+        first = str(exc).splitlines()[0]
+        raise RecoveryError(f"{where}: cannot parse {text!r}: {first}", "write one SQL expression") from None
+    if len(trees) != 1:
+        raise RecoveryError(f"{where}: {text!r} must be exactly one SQL expression", "remove any `;`")
+    tree = trees[0]
+    for node in tree.walk():
+        if isinstance(node, _FORBIDDEN):
+            raise RecoveryError(
+                f"{where}: {text!r} is not a plain expression over the new table's columns",
+                "use columns, literals, operators and scalar functions only",
+            )
+        if isinstance(node, exp.Column) and node.table:
+            raise RecoveryError(
+                f"{where}: {text!r} refers to another table ({node.table})",
+                "refer to columns of the new table by name only",
+            )
+    return tree
+
+
+def load_mapping(path: str | Path | None) -> UserMapping:
+    """Read and check a mapping file; ``None`` gives an empty mapping."""
+    if path is None:
+        return UserMapping(None)
+    p = Path(path)
+    if not p.is_file():
+        raise RecoveryError(f"mapping file {p} does not exist", "check the --mapping path")
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise RecoveryError(f"mapping file {p} is not valid TOML: {exc}", "fix the syntax") from None
+    tables_raw = data.get("tables", {})
+    unknown_top = set(data) - {"tables"}
+    if unknown_top or not isinstance(tables_raw, dict):
+        raise RecoveryError(f"mapping file {p}: expected only [tables.<name>] sections", "see the README")
+    tables: dict[str, UserTableMapping] = {}
+    for tname, body in tables_raw.items():
+        if not isinstance(body, dict) or set(body) - {"columns", "skip"}:
+            raise RecoveryError(
+                f"mapping file {p}: [tables.{tname}] may hold only `columns` and `skip`", "see the README"
+            )
+        cols_raw = body.get("columns", {})
+        if not isinstance(cols_raw, dict):
+            raise RecoveryError(f"mapping file {p}: [tables.{tname}.columns] must be a table of strings")
+        cols = {c: parse_expression(e, f"mapping file {p} [tables.{tname}.columns] {c}") for c, e in cols_raw.items()}
+        skip = body.get("skip", False)
+        if not isinstance(skip, bool):
+            raise RecoveryError(f"mapping file {p}: [tables.{tname}] skip must be true or false")
+        tables[tname] = UserTableMapping(cols, skip)
+    return UserMapping(str(p), tables)
+
+
+@dataclass(frozen=True)
+class ColumnRule:
+    """How one old-schema column is produced from the new schema."""
+
+    column: str
+    expression: exp.Expression | None
+    source: str
+    evidence: str = ""
+
+    @property
+    def sql(self) -> str | None:
+        return None if self.expression is None else self.expression.sql(dialect="sqlite")
+
+    def to_dict(self) -> dict[str, str | None]:
+        return {"column": self.column, "expression": self.sql, "source": self.source, "evidence": self.evidence}
+
+
+@dataclass(frozen=True)
+class TableMapping:
+    table: str
+    """The old table name; the new table has the same name (table renames are not detected)."""
+    rules: tuple[ColumnRule, ...]
+    skip: bool = False
+
+    def rule(self, column: str) -> ColumnRule:
+        return next(r for r in self.rules if r.column == column)
+
+    @property
+    def used_new_columns(self) -> set[str]:
+        out: set[str] = set()
+        for r in self.rules:
+            if r.expression is not None:
+                out |= {c.name for c in r.expression.find_all(exp.Column)}
+        return out
+
+
+@dataclass(frozen=True)
+class ColumnMapping:
+    tables: dict[str, TableMapping]
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            n: {"skip": t.skip, "columns": [r.to_dict() for r in t.rules]} for n, t in sorted(self.tables.items())
+        }
+
+
+def check_against(user: UserMapping, old: Schema, new: Schema) -> None:
+    """Every mapped table/column must exist in the old schema, every referenced column in the new."""
+    where = f"mapping file {user.path}"
+    for tname, tm in user.tables.items():
+        old_t = old.table(tname)
+        if old_t is None:
+            raise RecoveryError(f"{where}: [tables.{tname}] is not a table of the old (backup) schema")
+        if tm.skip:
+            continue
+        new_t = new.table(tname)
+        for cname, expr in tm.columns.items():
+            if old_t.column(cname) is None:
+                raise RecoveryError(f"{where}: [tables.{tname}.columns] {cname}: the old table has no such column")
+            if new_t is None:
+                raise RecoveryError(f"{where}: [tables.{tname}.columns] {cname}: the new schema has no table {tname}")
+            for ref in expr.find_all(exp.Column):
+                if new_t.column(ref.name) is None:
+                    raise RecoveryError(
+                        f"{where}: [tables.{tname}.columns] {cname}: unknown column {ref.name!r} in {expr.sql()!r}",
+                        f"columns of the new {tname}: {', '.join(new_t.column_names)}",
+                    )
+
+
+def resolve(
+    old: Schema,
+    new: Schema,
+    user: UserMapping,
+    lineage: dict[str, dict[str, exp.Expression]] | None = None,
+    renames: dict[str, dict[str, tuple[str, str]]] | None = None,
+) -> ColumnMapping:
+    """Decide every old column's source, most trusted rule first.
+
+    ``lineage``: old table -> old column -> expression from the migrations.
+    ``renames``: old table -> old column -> (new column, evidence) from rename detection.
+    """
+    check_against(user, old, new)
+    lineage = lineage or {}
+    renames = renames or {}
+    tables: dict[str, TableMapping] = {}
+    for tname in old.data_tables:
+        old_t = old.tables[tname]
+        new_t = new.table(tname)
+        skip = user.skipped(tname)
+        rules: list[ColumnRule] = []
+        for c in old_t.columns:
+            expr = user.expression(tname, c.name)
+            if expr is not None:
+                rules.append(ColumnRule(c.name, expr, "user-mapping", f"{user.path}"))
+            elif c.name in lineage.get(tname, {}):
+                rules.append(ColumnRule(c.name, lineage[tname][c.name], "migration-lineage", "alembic downgrade SQL"))
+            elif c.name in renames.get(tname, {}):
+                new_name, evidence = renames[tname][c.name]
+                rules.append(ColumnRule(c.name, col(new_name), "rename-detected", evidence))
+            elif new_t is not None and new_t.column(c.name) is not None:
+                rules.append(ColumnRule(c.name, col(c.name), "same-name"))
+            else:
+                rules.append(ColumnRule(c.name, None, "none", "the new schema has no source for it"))
+        tables[tname] = TableMapping(tname, tuple(rules), skip)
+    return ColumnMapping(tables)

@@ -1,0 +1,96 @@
+"""Terminal rendering (rich) and CSV output shared by the commands."""
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable
+from typing import IO, Any
+
+from rich.console import Console
+from rich.table import Table as RichTable
+
+_consoles: dict[bool, Console] = {}
+
+
+def console(stderr: bool = False) -> Console:
+    if stderr not in _consoles:
+        _consoles[stderr] = Console(stderr=stderr, highlight=False, soft_wrap=False)
+    return _consoles[stderr]
+
+
+def write_csv(out: IO[str], rows: Iterable[dict[str, Any]], fields: list[str] | None = None) -> None:
+    rows = iter(rows)
+    first = next(rows, None)
+    if fields is None:
+        fields = list(first) if first else []
+    writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    if first is not None:
+        writer.writerow(first)
+    for r in rows:
+        writer.writerow(r)
+
+
+def render_snapshot(snap: Any) -> None:
+    c = console()
+    m = snap.manifest
+    c.print(f"[bold]backup[/]    {snap.backup}")
+    c.print(f"[bold]manifest[/]  {snap.manifest_path}")
+    git = m.get("git") or {}
+    c.print(f"revision {m['alembic_revision'] or '-'} · integrity {m['integrity_check']} · "
+            f"{m['size']:,} bytes · git {git.get('tag') or git.get('commit') or '-'}")
+    t = RichTable("table", "rows", title=None)
+    for name, n in m["tables"].items():
+        t.add_row(name, f"{n:,}")
+    c.print(t)
+    if m.get("uploads"):
+        c.print(f"uploads: {len(m['uploads']['files'])} files recorded")
+
+
+def render_diff(result: Any, rows: bool) -> None:
+    c = console()
+    s = result.schema
+    c.print(f"[bold]schema[/] {s.old_revision or '-'} → {s.new_revision or '-'}")
+    lines = []
+    lines += [f"+ table {t}" for t in s.tables_added]
+    lines += [f"- table {t}" for t in s.tables_removed]
+    renamed = {(r.table, r.old) for r in s.renames} | {(r.table, r.new) for r in s.renames}
+    for t, cols in sorted(s.columns_added.items()):
+        lines += [f"+ column {t}.{col}" for col in cols if (t, col) not in renamed]
+    for t, cols in sorted(s.columns_removed.items()):
+        lines += [f"- column {t}.{col}" for col in cols if (t, col) not in renamed]
+    lines += [f"~ rename {r.table}.{r.old} → {r.new} ({r.evidence})" for r in s.renames]
+    lines += [f"~ {ch.kind} {ch.table}.{ch.column}: {ch.old} → {ch.new}" for ch in s.columns_changed]
+    for kind, d in (("view", s.views), ("trigger", s.triggers), ("index", s.indexes)):
+        for change, names in d.items():
+            mark = {"added": "+", "removed": "-", "changed": "~"}[change]
+            lines += [f"{mark} {kind} {n}" for n in names]
+    for line in lines or ["(no schema change)"]:
+        c.print(f"  {line}", markup=False)
+    since = f" (after deploy {result.since})" if result.since else ""
+    t = RichTable("table", "key", "inserted", "updated", "deleted", "after deploy", "note")
+    for name, tc in sorted(result.changes.tables.items()):
+        after = _after(tc)
+        note = tc.status if tc.status != "compared" else ""
+        if tc.keyed_by == "all columns":
+            note = (note + "; " if note else "") + "no primary key: keyed by all columns"
+        if tc.uncompared_columns:
+            note = (note + "; " if note else "") + "not compared: " + ", ".join(tc.uncompared_columns)
+        t.add_row(name, ",".join(tc.key), str(tc.inserted), str(tc.updated), str(tc.deleted), after, note)
+    c.print(t)
+    if since:
+        c.print(f"deploy time: {result.since}")
+    if rows:
+        for name, tc in sorted(result.changes.tables.items()):
+            for r in tc.rows or ():
+                cells = ", ".join(f"{x.column}: {x.old!r} → {x.new!r}" for x in r.cells)
+                c.print(f"  {name} {r.kind} {list(r.key)} {cells}", markup=False)
+
+
+def _after(tc: Any) -> str:
+    """'+inserted ~updated' attributed to after the deploy, '-' where the table has no timestamps."""
+    ad = tc.after_deploy
+    if not ad or not tc.timestamp_columns:
+        return "-"
+    ins = "?" if ad["inserted"] is None else ad["inserted"]
+    upd = "?" if ad["updated"] is None else ad["updated"]
+    return f"+{ins} ~{upd}"

@@ -1,0 +1,77 @@
+"""Small helpers for building sqlglot expression trees with quoted identifiers.
+
+Every statement the toolkit runs or writes is built here or from these pieces; identifiers are
+always quoted (so names with quotes, spaces, unicode or keywords are safe) and values are bound
+parameters, never text.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from sqlglot import exp
+
+DIALECT = "sqlite"
+
+
+def ident(name: str) -> exp.Identifier:
+    return exp.Identifier(this=name, quoted=True)
+
+
+def col(name: str, table: str | None = None) -> exp.Column:
+    return exp.Column(this=ident(name), table=ident(table) if table else None)
+
+
+def table(name: str, db: str | None = None, alias: str | None = None) -> exp.Table:
+    t = exp.Table(this=ident(name), db=ident(db) if db else None)
+    if alias:
+        t.set("alias", exp.TableAlias(this=ident(alias)))
+    return t
+
+
+def param() -> exp.Placeholder:
+    return exp.Placeholder()
+
+
+def and_all(conds: Iterable[exp.Expression]) -> exp.Expression:
+    conds = list(conds)
+    if not conds:
+        return exp.true()
+    return exp.and_(*conds) if len(conds) > 1 else conds[0]
+
+
+def or_all(conds: Iterable[exp.Expression]) -> exp.Expression:
+    conds = list(conds)
+    if not conds:
+        return exp.false()
+    return exp.or_(*conds) if len(conds) > 1 else conds[0]
+
+
+def is_same(a: exp.Expression, b: exp.Expression) -> exp.Expression:
+    """NULL-safe equality (``a IS b``)."""
+    return exp.Is(this=a, expression=b)
+
+
+def is_distinct(a: exp.Expression, b: exp.Expression) -> exp.Expression:
+    """NULL-safe inequality (``a IS NOT b``)."""
+    return exp.Not(this=exp.Is(this=a, expression=b))
+
+
+def key_join(key: Sequence[str], left: str, right: str, null_safe: bool = False) -> exp.Expression:
+    """``left.k1 = right.k1 AND …`` (``IS`` when the key may hold NULLs)."""
+    op = is_same if null_safe else (lambda a, b: exp.EQ(this=a, expression=b))
+    return and_all(op(col(k, left), col(k, right)) for k in key)
+
+
+def qualify_columns(expression: exp.Expression, alias: str) -> exp.Expression:
+    """A copy of ``expression`` with every column reference qualified by ``alias``."""
+    tree = expression.copy()
+    for c in tree.find_all(exp.Column):
+        c.set("table", ident(alias))
+        name = c.this
+        if isinstance(name, exp.Identifier):
+            name.set("quoted", True)
+    return tree
+
+
+def sql(expression: exp.Expression, dialect: str = DIALECT) -> str:
+    return expression.sql(dialect=dialect)

@@ -1,0 +1,206 @@
+"""SQLite file handling: validated read-only opens, consistent copies, atomic replace, lock probe.
+
+Every input database goes through :func:`check_sqlite_file` first so that a missing file, a
+directory, a zero-byte file, a text file or a truncated database is refused with one clear line
+(exit 2) before SQLite is asked anything.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import quote
+
+from recovery.errors import ExitCode, RecoveryError
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def check_sqlite_file(path: str | os.PathLike[str], role: str = "database") -> Path:
+    """Return ``path`` as a Path if it looks like a SQLite database file, else raise.
+
+    Cheap checks only (existence, type, size, magic header); :func:`open_readonly` then
+    lets SQLite validate the rest.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise RecoveryError(f"{role} {p} does not exist", "check the path")
+    if p.is_dir():
+        raise RecoveryError(f"{role} {p} is a directory, not a SQLite file", "pass the .db file itself")
+    size = p.stat().st_size
+    if size == 0:
+        raise RecoveryError(f"{role} {p} is empty (0 bytes)", "pass a real SQLite database")
+    with p.open("rb") as fh:
+        head = fh.read(100)
+    if not head.startswith(SQLITE_HEADER):
+        raise RecoveryError(f"{role} {p} is not a SQLite database (bad header)", "pass a SQLite .db file")
+    if len(head) < 100:
+        raise RecoveryError(f"{role} {p} is truncated ({size} bytes)", "restore it from a good copy")
+    page_size = int.from_bytes(head[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    page_count = int.from_bytes(head[28:32], "big")
+    wal = p.with_name(p.name + "-wal")
+    if page_count and size < page_size * page_count and not (wal.exists() and wal.stat().st_size):
+        raise RecoveryError(
+            f"{role} {p} is truncated ({size} bytes, header says {page_size * page_count})",
+            "restore it from a good copy",
+        )
+    return p
+
+
+def _uri(path: Path, **params: str) -> str:
+    query = "&".join(f"{k}={v}" for k, v in params.items())
+    return f"file:{quote(str(path.resolve()))}?{query}"
+
+
+def open_readonly(path: str | os.PathLike[str], role: str = "database") -> sqlite3.Connection:
+    """Open a validated SQLite file read-only (``mode=ro``): it sees committed WAL content and
+    can never write, checkpoint or truncate the file."""
+    p = check_sqlite_file(path, role)
+    try:
+        conn = sqlite3.connect(_uri(p, mode="ro"), uri=True, timeout=5.0)
+        conn.execute("PRAGMA query_only = ON")
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise RecoveryError(f"{role} {p} cannot be read: {exc}", "is it a corrupt or encrypted database?") from None
+    return conn
+
+
+def open_readwrite(path: str | os.PathLike[str], role: str = "database", timeout: float = 5.0) -> sqlite3.Connection:
+    """Open an existing, validated SQLite file for writing with explicit transactions."""
+    p = check_sqlite_file(path, role)
+    try:
+        conn = sqlite3.connect(str(p), timeout=timeout, isolation_level=None)
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise RecoveryError(f"{role} {p} cannot be opened: {exc}", "is it a corrupt database?") from None
+    return conn
+
+
+@contextmanager
+def readonly(path: str | os.PathLike[str], role: str = "database") -> Iterator[sqlite3.Connection]:
+    conn = open_readonly(path, role)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename inside ``path`` durable."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def consistent_copy(src: str | os.PathLike[str], dst: str | os.PathLike[str], role: str = "database") -> Path:
+    """Copy a (possibly live, WAL-mode) database with SQLite's online backup API.
+
+    The copy includes every commit still in ``-wal``, is written beside ``dst`` under a temporary
+    name, switched to rollback-journal mode (one self-contained file), fsynced and renamed into
+    place, so ``dst`` is either absent or complete.
+    """
+    src_p = check_sqlite_file(src, role)
+    dst_p = Path(dst)
+    dst_p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst_p.with_name(f".{dst_p.name}.tmp-{os.getpid()}")
+    for leftover in (tmp, tmp.with_name(tmp.name + "-journal")):
+        leftover.unlink(missing_ok=True)
+    source = open_readonly(src_p, role)
+    try:
+        target = sqlite3.connect(str(tmp), isolation_level=None)
+        try:
+            source.backup(target)
+            target.execute("PRAGMA journal_mode=DELETE")
+        finally:
+            target.close()
+    except sqlite3.DatabaseError as exc:
+        tmp.unlink(missing_ok=True)
+        raise RecoveryError(f"could not copy {role} {src_p}: {exc}", "check the file and free disk space") from None
+    finally:
+        source.close()
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, dst_p)
+    fsync_dir(dst_p.parent)
+    return dst_p
+
+
+def write_lock_held(path: str | os.PathLike[str], timeout: float = 0.5) -> bool:
+    """True when another connection holds (or keeps taking) the write lock on ``path``.
+
+    Probes with ``BEGIN IMMEDIATE`` and a short busy timeout, then rolls back: nothing is written.
+    """
+    p = check_sqlite_file(path)
+    conn = sqlite3.connect(str(p), timeout=timeout, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ROLLBACK")
+        return False
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            return True
+        raise RecoveryError(f"cannot probe {p} for locks: {exc}") from None
+    finally:
+        conn.close()
+
+
+def wait_for_write_lock(conn: sqlite3.Connection, seconds: float) -> None:
+    """``BEGIN IMMEDIATE`` on ``conn``, retrying SQLITE_BUSY for at most ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            if time.monotonic() >= deadline:
+                raise RecoveryError(
+                    f"the database stayed locked by another writer for {seconds:.0f}s",
+                    "stop the application (or the other writer) and run the command again",
+                    ExitCode.REFUSED,
+                ) from None
+            time.sleep(0.1)
+
+
+def sidecars(path: Path) -> tuple[Path, Path]:
+    """The ``-wal`` and ``-shm`` files SQLite keeps beside a WAL-mode database."""
+    return path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")
+
+
+def open_pair(old: str | os.PathLike[str], new: str | os.PathLike[str]) -> sqlite3.Connection:
+    """A scratch in-memory connection with ``old`` and ``new`` attached read-only, so that set-based
+    SQL can join the two databases (ATTACH, anti-joins) without writing either."""
+    old_p = check_sqlite_file(old, "backup")
+    new_p = check_sqlite_file(new, "live database")
+    for p, role in ((old_p, "backup"), (new_p, "live database")):
+        open_readonly(p, role).close()  # validates with a clear message before ATTACH
+    conn = sqlite3.connect("file::memory:", uri=True)
+    try:
+        conn.execute("ATTACH DATABASE ? AS old", (_uri(old_p, mode="ro"),))
+        conn.execute("ATTACH DATABASE ? AS new", (_uri(new_p, mode="ro"),))
+        conn.execute("PRAGMA query_only = ON")
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise RecoveryError(f"cannot open {old_p} and {new_p} together: {exc}") from None
+    return conn

@@ -99,9 +99,35 @@ def sides(old_t: Table, tm: TableMapping) -> TableSides | str:
     )
 
 
+DUP = "__recovery_dup"
+"""Occurrence number of a row among its identical twins, for tables keyed by all columns."""
+
+
 def _key_match(s: TableSides) -> exp.Expression:
     op = is_same if s.null_safe_key else (lambda a, b: exp.EQ(this=a, expression=b))
-    return and_all(op(o, n) for o, n in zip(s.old_key, s.new_key, strict=True))
+    conds = [op(o, n) for o, n in zip(s.old_key, s.new_key, strict=True)]
+    if s.null_safe_key:
+        conds.append(exp.EQ(this=col(DUP, "o"), expression=col(DUP, "n")))
+    return and_all(conds)
+
+
+def _source(s: TableSides, side: str) -> exp.Expression:
+    """``side.table AS alias``; for a table without a primary key a derived table that numbers
+    identical rows (``row_number() OVER (PARTITION BY key)``), so duplicates diff as a multiset:
+    two copies in the backup and one live is one deleted row, not none."""
+    alias = "o" if side == "old" else "n"
+    if not s.null_safe_key:
+        return table(s.name, side, alias)
+    key = s.old_key if side == "old" else s.new_key
+    parts = []
+    for e in key:
+        bare = e.copy()
+        for c in bare.find_all(exp.Column):
+            c.set("table", None)
+        parts.append(bare)
+    numbered = exp.Window(this=exp.RowNumber(), partition_by=parts)
+    inner = exp.select(exp.Star(), exp.alias_(numbered, DUP, quoted=True)).from_(table(s.name, side))
+    return inner.subquery(exp.TableAlias(this=exp.Identifier(this=alias, quoted=True)))
 
 
 def _not_exists(inner_table: exp.Table, cond: exp.Expression) -> exp.Expression:
@@ -111,15 +137,15 @@ def _not_exists(inner_table: exp.Table, cond: exp.Expression) -> exp.Expression:
 
 def inserted_query(s: TableSides, select: list[exp.Expression]) -> exp.Select:
     """Rows of the live table whose key the backup lacks."""
-    return exp.select(*select).from_(table(s.name, "new", "n")).where(
-        _not_exists(table(s.name, "old", "o"), _key_match(s))
+    return exp.select(*select).from_(_source(s, "new")).where(
+        _not_exists(_source(s, "old"), _key_match(s))
     )
 
 
 def deleted_query(s: TableSides, select: list[exp.Expression]) -> exp.Select:
     """Rows of the backup whose key the live table lacks."""
-    return exp.select(*select).from_(table(s.name, "old", "o")).where(
-        _not_exists(table(s.name, "new", "n"), _key_match(s))
+    return exp.select(*select).from_(_source(s, "old")).where(
+        _not_exists(_source(s, "new"), _key_match(s))
     )
 
 
@@ -131,8 +157,8 @@ def updated_query(s: TableSides, select: list[exp.Expression]) -> exp.Select:
     """Rows in both whose old-schema projection differs from the backup row."""
     return (
         exp.select(*select)
-        .from_(table(s.name, "old", "o"))
-        .join(table(s.name, "new", "n"), on=_key_match(s))
+        .from_(_source(s, "old"))
+        .join(_source(s, "new"), on=_key_match(s))
         .where(updated_condition(s))
     )
 

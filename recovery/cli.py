@@ -18,7 +18,7 @@ import click
 
 from recovery import __version__
 from recovery.errors import ExitCode, RecoveryError
-from recovery.render import console, render_diff, render_snapshot, write_csv
+from recovery.render import console, render_diff, render_extract, render_snapshot, write_csv
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 done, nothing to review; 1 done, something to review; "
@@ -141,3 +141,37 @@ def diff_cmd(backup: Path, db: Path, since: str | None, tables: tuple[str, ...],
         render_diff(result, rows)
     differs = result.changes.total > 0 or not result.schema.is_empty
     sys.exit(ExitCode.REVIEW if differs else ExitCode.OK)
+
+
+@main.command("extract", epilog=EXIT_CODES_HELP)
+@click.argument("backup", type=click.Path(path_type=Path))
+@click.argument("db", type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="New bundle folder.")
+@click.option("--since", help="Deploy time (ISO-8601 or epoch); default: the backup's manifest or name.")
+@click.option("--mapping", type=click.Path(path_type=Path), help="TOML mapping file (old column = expression).")
+@click.option("--alembic-ini", type=click.Path(path_type=Path), help="The app's alembic.ini: read mapping rules from its migrations.")
+@click.option("--uploads", type=click.Path(path_type=Path), help="Uploads folder: copy post-deploy files into the bundle.")
+@output_options
+def extract_cmd(backup: Path, db: Path, out_dir: Path, since: str | None, mapping: Path | None,
+                alembic_ini: Path | None, uploads: Path | None, fmt: str) -> None:
+    """Extract every row users created, changed or deleted since BACKUP from the live DB into a
+    self-contained bundle (rows in the new schema with their backup images, FK closure, file
+    copies, manifest with hashes) and transpile it to the old schema (reimport.sql). Both databases
+    are opened read-only. Exits 1 when some values cannot be carried (lost) or the plan has errors.
+
+    Example:
+
+        recovery extract gestima.db.bak.20261120_140000 gestima.db --out bundle/ \\
+            --alembic-ini app/alembic.ini --uploads uploads/
+    """
+    from recovery.extract import extract
+
+    result = extract(backup, db, out_dir, since, mapping, alembic_ini, uploads)
+    summary = result.summary()
+    if fmt == "json":
+        emit_json(summary)
+    elif fmt == "csv":
+        write_csv(sys.stdout, [{"table": t, **c} for t, c in summary["counts"].items()])
+    else:
+        render_extract(summary)
+    sys.exit(ExitCode.REVIEW if summary["lost"] or summary["planning_errors"] else ExitCode.OK)

@@ -9,10 +9,12 @@ import json
 import os
 import sqlite3
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import exc as sa_exc
 from sqlglot import exp
 
 from recovery.changes import ChangeSet, diff_rows
@@ -21,7 +23,8 @@ from recovery.mapping import ColumnMapping, UserMapping, load_mapping, resolve
 from recovery.schema import Schema, reflect
 from recovery.schemadiff import SchemaDiff, compare
 from recovery.snapshot import deploy_time_of
-from recovery.sqlite_io import open_pair, open_readonly
+from recovery.sqlbuild import qualify_columns, sql, table
+from recovery.sqlite_io import open_pair, open_readonly, readonly
 from recovery.timestamps import parse_since
 
 
@@ -62,7 +65,8 @@ def analyse(
     old_conn = open_readonly(backup_p, "backup")
     new_conn = open_readonly(live_p, "live database")
     try:
-        old, new = reflect(old_conn), reflect(new_conn)
+        with database_errors(backup_p, live_p):
+            old, new = reflect(old_conn), reflect(new_conn)
         shared = set(old.data_tables) & set(new.data_tables)
         if not shared:
             raise RecoveryError(
@@ -71,8 +75,10 @@ def analyse(
             )
         pair = open_pair(backup_p, live_p)
         try:
-            sdiff = compare(pair, old_conn, new_conn, old, new, user)
-            cmap = resolve(old, new, user, lineage, sdiff.renames_by_table())
+            with database_errors(backup_p, live_p):
+                sdiff = compare(pair, old_conn, new_conn, old, new, user)
+                cmap = resolve(old, new, user, lineage, sdiff.renames_by_table())
+                check_user_expressions(pair, user, new)
         except BaseException:
             pair.close()
             raise
@@ -80,6 +86,51 @@ def analyse(
         old_conn.close()
         new_conn.close()
     return Analysis(backup_p, live_p, pair, old, new, sdiff, cmap, user, since_jd, since_norm)
+
+
+@contextmanager
+def database_errors(backup: Path, live: Path) -> Iterator[None]:
+    """Turn SQLite failures met while reading the inputs (a page that is malformed deep inside the
+    file, a lock held too long) into one-line errors naming the file that is at fault."""
+    try:
+        yield
+    except (sqlite3.Error, sa_exc.DBAPIError) as exc:
+        orig = getattr(exc, "orig", None) or exc
+        culprit = _first_damaged(backup, live)
+        where = f"{culprit}" if culprit else f"{backup} / {live}"
+        raise RecoveryError(
+            f"cannot read {where}: {str(orig).splitlines()[0]}",
+            "is it corrupt, truncated or locked? run PRAGMA integrity_check on it",
+        ) from None
+
+
+def _first_damaged(*paths: Path) -> Path | None:
+    for p in paths:
+        try:
+            with readonly(p) as conn:
+                if conn.execute("PRAGMA quick_check(1)").fetchone()[0] != "ok":
+                    return p
+        except (RecoveryError, sqlite3.Error):
+            return p
+    return None
+
+
+def check_user_expressions(pair: sqlite3.Connection, user: UserMapping, new: Schema) -> None:
+    """Evaluate every mapping-file expression once against the live table, so that an unknown
+    function or a refused one fails here, named, rather than halfway through the diff."""
+    for tname, tm in user.tables.items():
+        if tm.skip or new.table(tname) is None:
+            continue
+        for cname, expression in tm.columns.items():
+            q = exp.select(qualify_columns(expression, "n")).from_(table(tname, "new", "n")).limit(1)
+            try:
+                pair.execute(sql(q)).fetchall()
+            except sqlite3.Error as exc:
+                raise RecoveryError(
+                    f"mapping file {user.path} [tables.{tname}.columns] {cname}: "
+                    f"{expression.sql(dialect='sqlite')!r} fails in SQLite: {exc}",
+                    "use columns, literals, operators and SQLite's scalar functions",
+                ) from None
 
 
 @dataclass(frozen=True)
@@ -146,5 +197,6 @@ def diff(
         unknown = [t for t in tables or [] if t not in a.old.tables and t not in a.new.tables]
         if unknown:
             raise RecoveryError(f"--table {unknown[0]} is in neither database", "check the table name")
-        changes = diff_rows(a.pair, a.old, a.new, a.mapping, tables, a.since_jd, rows, a.since)
+        with database_errors(a.backup, a.live):
+            changes = diff_rows(a.pair, a.old, a.new, a.mapping, tables, a.since_jd, rows, a.since)
         return DiffResult(a.backup, a.live, a.schema_diff, changes, a.mapping, a.since)

@@ -43,6 +43,14 @@ _FORBIDDEN = (
 )
 
 
+_DENIED_FUNCTIONS = frozenset({"load_extension", "readfile", "writefile", "edit", "fts3_tokenizer"})
+
+
+def _function_name(node: exp.Func) -> str:
+    name = node.name if isinstance(node, exp.Anonymous) else node.sql_name()
+    return str(name).lower()
+
+
 @dataclass(frozen=True)
 class UserTableMapping:
     columns: dict[str, exp.Expression] = field(default_factory=dict)
@@ -81,6 +89,11 @@ def parse_expression(text: str, where: str) -> exp.Expression:
         if isinstance(node, _FORBIDDEN):
             raise RecoveryError(
                 f"{where}: {text!r} is not a plain expression over the new table's columns",
+                "use columns, literals, operators and scalar functions only",
+            )
+        if isinstance(node, exp.Func) and _function_name(node) in _DENIED_FUNCTIONS:
+            raise RecoveryError(
+                f"{where}: {text!r} calls {_function_name(node)}(), which the mapping may not use",
                 "use columns, literals, operators and scalar functions only",
             )
         if isinstance(node, exp.Column) and node.table:

@@ -94,3 +94,22 @@ def _after(tc: Any) -> str:
     ins = "?" if ad["inserted"] is None else ad["inserted"]
     upd = "?" if ad["updated"] is None else ad["updated"]
     return f"+{ins} ~{upd}"
+
+
+def render_extract(summary: dict[str, Any]) -> None:
+    c = console()
+    c.print(f"[bold]bundle[/] {summary['bundle']} (id {summary['bundle_id']}, deploy {summary['deploy_time'] or '-'})")
+    t = RichTable("table", "inserted", "updated", "deleted", "closure", "lost", "status")
+    for name, n in summary["counts"].items():
+        t.add_row(name, *(str(n.get(k, 0)) for k in ("inserted", "updated", "deleted", "closure", "lost")), n["status"])
+    c.print(t)
+    for table, cols in summary["mapping_sources"].items():
+        for column, source in cols.items():
+            c.print(f"  {table}.{column}: {source}", markup=False)
+    for err in summary["planning_errors"]:
+        c.print(f"[red]planning error:[/] {err}")
+    files = summary.get("files")
+    if files:
+        c.print(f"files: {len(files['records'])} referenced, {len(files['unrecorded'])} unrecorded, "
+                f"{len(files['unsafe'])} unsafe")
+    c.print(f"{summary['lost']} value(s) cannot be carried to the old schema (see the bundle's lost list)")

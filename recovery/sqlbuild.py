@@ -47,13 +47,13 @@ def or_all(conds: Iterable[exp.Expression]) -> exp.Expression:
 
 
 def is_same(a: exp.Expression, b: exp.Expression) -> exp.Expression:
-    """NULL-safe equality (``a IS b``)."""
-    return exp.Is(this=a, expression=b)
+    """NULL-safe equality (``a IS b`` in SQLite, ``IS NOT DISTINCT FROM`` in PostgreSQL)."""
+    return exp.NullSafeEQ(this=a, expression=b)
 
 
 def is_distinct(a: exp.Expression, b: exp.Expression) -> exp.Expression:
-    """NULL-safe inequality (``a IS NOT b``)."""
-    return exp.Not(this=exp.Is(this=a, expression=b))
+    """NULL-safe inequality (``a IS NOT b`` in SQLite, ``IS DISTINCT FROM`` in PostgreSQL)."""
+    return exp.NullSafeNEQ(this=a, expression=b)
 
 
 def key_join(key: Sequence[str], left: str, right: str, null_safe: bool = False) -> exp.Expression:

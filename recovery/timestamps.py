@@ -6,6 +6,7 @@ are taken as they are stored, zoned ones are converted to UTC (as SQLite's ``jul
 """
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 from sqlglot import exp
@@ -18,26 +19,36 @@ UPDATED_NAMES = ("updated_at", "modified_at", "updated", "modified", "updated_on
 _TIME_TYPES = ("DATE", "TIME", "TEXT", "CHAR", "INT", "REAL", "NUMERIC", "FLOAT", "DOUBLE", "")
 
 _UNIX_EPOCH_JD = 2440587.5
+_NUMBER = re.compile(r"-?\d+(\.\d+)?")
+_STAMP = re.compile(r"(\d{8})(?:[_T]?(\d{6}))?")
 
 
 def parse_since(text: str) -> tuple[float, str]:
     """``--since`` → (Julian day, normalised ISO text). Raises a one-line error when malformed."""
     raw = str(text).strip()
-    try:
+    bad = RecoveryError(
+        f"--since {raw!r} is not a timestamp",
+        "use ISO-8601 such as 2026-11-20T14:00:00 (zone optional) or a Unix epoch",
+    )
+    stamp = _STAMP.fullmatch(raw)
+    if stamp:  # the backup-name form 20261120_140000 (or a bare 20261120), not an epoch
+        try:
+            dt = datetime.strptime(stamp.group(1) + (stamp.group(2) or "000000"), "%Y%m%d%H%M%S")
+        except ValueError:
+            raise bad from None
+        return _jd(dt), dt.isoformat(sep="T")
+    if _NUMBER.fullmatch(raw):  # plain digits only: float() would also take "1_0", "inf", "nan"
         value = float(raw)
-    except ValueError:
-        pass
-    else:
-        seconds = value / 1000.0 if value > 1e11 else value
-        dt = datetime.fromtimestamp(seconds, UTC).replace(tzinfo=None)
+        seconds = value / 1000.0 if abs(value) > 1e11 else value
+        try:
+            dt = datetime.fromtimestamp(seconds, UTC).replace(tzinfo=None)
+        except (OverflowError, OSError, ValueError):
+            raise bad from None
         return _jd(dt), dt.isoformat(sep="T")
     try:
         dt = datetime.fromisoformat(raw)
     except ValueError:
-        raise RecoveryError(
-            f"--since {raw!r} is not a timestamp",
-            "use ISO-8601 such as 2026-11-20T14:00:00 (zone optional) or a Unix epoch",
-        ) from None
+        raise bad from None
     if dt.tzinfo is not None:
         dt = dt.astimezone(UTC).replace(tzinfo=None)
     return _jd(dt), dt.isoformat(sep="T")

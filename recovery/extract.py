@@ -1,0 +1,332 @@
+"""``recovery extract``: the post-deploy changes as a self-contained bundle, plus its plan.
+
+Everything is set-based inside SQLite: the backup (``old``) and live DB (``new``) are attached
+read-only, the bundle's ``rows.db`` (``bnew``) and ``base.db`` (``bbase``) writable, and rows move
+with ``INSERT … SELECT`` built as sqlglot trees. The bundle is built in a temporary folder beside
+the target and renamed into place when complete.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlglot import exp
+
+from recovery import __version__
+from recovery.bundle import FORMAT, LOST_TABLE, Bundle, bundle_id_for, open_bundle, seal
+from recovery.changes import TableSides, deleted_query, inserted_query, sides, updated_condition
+from recovery.diff import Analysis, analyse
+from recovery.errors import RecoveryError
+from recovery.files import FilesConfig, copy_files_into_bundle
+from recovery.schema import Schema, Table
+from recovery.sqlbuild import and_all, col, is_distinct, is_same, or_all, sql, table
+from recovery.sqlite_io import fsync_dir, sha256_file, sidecars
+from recovery.timestamps import after_expr, find_timestamp_columns
+from recovery.transpile import KIND, Plan, default_value
+from recovery.transpile import plan as make_plan
+
+LABEL_COLUMNS = ("part_number", "quote_number", "code", "username", "filename", "order_number", "number",
+                 "name", "title", "email")
+DERIVABLE_VIA = {"entity_type", "entity_id"}
+
+
+@dataclass(frozen=True)
+class ExtractResult:
+    bundle: Bundle
+    plan: Plan
+    analysis_since: str | None
+
+    def summary(self) -> dict[str, Any]:
+        m = self.bundle.manifest
+        counts = {t: {k: v for k, v in c.items()} for t, c in sorted(m["counts"].items())}
+        return {
+            "bundle": str(self.bundle.path), "bundle_id": m["bundle_id"], "deploy_time": m["deploy_time"],
+            "counts": counts, "lost": sum(c.get("lost", 0) for c in counts.values()),
+            "planning_errors": m["planning_errors"],
+            "mapping_sources": {t: {c["column"]: c["source"] for c in v["columns"] if c["source"] != "same-name"}
+                                for t, v in m["mapping"].items()},
+            "lineage": m.get("lineage"), "files": m.get("files"),
+        }
+
+
+def _create_untyped(conn: sqlite3.Connection, schema: str, name: str, columns: list[str]) -> None:
+    """A bundle table: the given columns with no declared type (values keep their storage class)."""
+    ddl = exp.Create(
+        this=exp.Schema(
+            this=table(name, schema),
+            expressions=[exp.ColumnDef(this=exp.to_identifier(c, quoted=True)) for c in [*columns, KIND]],
+        ),
+        kind="TABLE",
+    )
+    conn.execute(sql(ddl))
+
+
+def _insert_select(conn: sqlite3.Connection, schema: str, name: str, columns: list[str], query: exp.Select) -> int:
+    stmt = exp.Insert(
+        this=exp.Schema(this=table(name, schema),
+                        expressions=[exp.to_identifier(c, quoted=True) for c in [*columns, KIND]]),
+        expression=query,
+    )
+    return conn.execute(sql(stmt)).rowcount
+
+
+def label_expr(t: Table, new: Schema, alias: str) -> exp.Expression:
+    """A human label for a row: its own label column, else its first labelled FK parent's, else NULL."""
+    for name in LABEL_COLUMNS:
+        if t.column(name) is not None:
+            return col(name, alias)
+    for fk in t.foreign_keys:
+        parent = new.table(fk.ref_table)
+        if parent is None or len(fk.columns) != 1:
+            continue
+        pcol = next((n for n in LABEL_COLUMNS if parent.column(n) is not None), None)
+        if pcol:
+            sub = exp.select(col(pcol, "p")).from_(table(parent.name, "new", "p")).where(
+                exp.EQ(this=col(fk.ref_columns[0], "p"), expression=col(fk.columns[0], alias)))
+            return exp.Subquery(this=sub)
+    return exp.Null()
+
+
+def _key_json(key: tuple[str, ...], alias: str) -> exp.Expression:
+    return exp.Anonymous(this="json_array", expressions=[col(k, alias) for k in key])
+
+
+def non_default(t: Table, column: str, alias: str) -> exp.Expression:
+    """``alias.column`` holds something other than its default (NULL when it has none)."""
+    spec = t.column(column)
+    dv = default_value(spec.default if spec else None)
+    return is_distinct(col(column, alias), dv if dv is not None else exp.Null())
+
+
+def derivable(t: Table, column: str, files: FilesConfig, alias: str) -> exp.Expression | None:
+    """For a new-only FK into the files table (``parts.file_id``): the value is carried by the file
+    record's entity link when that record points back at this row."""
+    fk = next((f for f in t.foreign_keys if f.columns == (column,) and f.ref_table == files.table), None)
+    if fk is None or len(t.key) != 1:
+        return None
+    cond = and_all([
+        exp.EQ(this=col(fk.ref_columns[0], "f"), expression=col(column, alias)),
+        is_same(exp.cast(col(files.entity_id, "f"), "TEXT"), exp.cast(col(t.key[0], alias), "TEXT")),
+        exp.In(this=col(files.entity_type, "f"),
+               expressions=[exp.Literal.string(t.name), exp.Literal.string(t.name.rstrip("s"))]),
+    ])
+    return exp.Exists(this=exp.select(exp.Literal.number(1)).from_(table(files.table, "new", "f")).where(cond))
+
+
+def uncarried_columns(a: Analysis, name: str) -> list[str]:
+    """New-schema columns of a shared table that no old column's rule uses: their values are lost."""
+    new_t = a.new.tables[name]
+    used = a.mapping.tables[name].used_new_columns if name in a.mapping.tables else set()
+    return [c for c in new_t.column_names if c not in used]
+
+
+def extract_table(conn: sqlite3.Connection, a: Analysis, name: str, counts: dict[str, Any]) -> None:
+    old_t, new_t = a.old.table(name), a.new.tables[name]
+    new_cols = list(new_t.column_names)
+    _create_untyped(conn, "bnew", name, new_cols)
+    shared = old_t is not None and name in a.mapping.tables and not a.mapping.tables[name].skip
+    if not shared:
+        q = exp.select(*[col(c, "n") for c in new_cols], exp.Literal.string("inserted")).from_(table(name, "new", "n"))
+        counts[name] = {"inserted": _insert_select(conn, "bnew", name, new_cols, q), "updated": 0, "deleted": 0,
+                        "status": "new table" if old_t is None else "skipped by mapping"}
+        return
+    s = sides(old_t, a.mapping.tables[name])
+    if isinstance(s, str):
+        raise RecoveryError(f"cannot extract {name}: {s}", "map the key column in the mapping file")
+    old_cols = list(old_t.column_names)
+    _create_untyped(conn, "bbase", name, old_cols)
+    n_cols = [col(c, "n") for c in new_cols]
+    ins = _insert_select(conn, "bnew", name, new_cols, inserted_query(s, [*n_cols, exp.Literal.string("inserted")]))
+    cond = None if s.null_safe_key else _changed_condition(a, s, new_t)  # no key: no updates
+    upd_q = (
+        exp.select(*n_cols, exp.Literal.string("updated"))
+        .from_(table(name, "old", "o"))
+        .join(table(name, "new", "n"), on=and_all(
+            (is_same if s.null_safe_key else lambda x, y: exp.EQ(this=x, expression=y))(o, n)
+            for o, n in zip(s.old_key, s.new_key, strict=True)))
+        .where(cond)
+    )
+    upd = _insert_select(conn, "bnew", name, new_cols, upd_q) if cond is not None else 0
+    base_q = (
+        exp.select(*[col(c, "o") for c in old_cols], exp.Literal.string("updated"))
+        .from_(table(name, "old", "o"))
+        .join(table(name, "bnew", "b"), on=and_all(
+            [is_same(o, _rebase(n, "b")) for o, n in zip(s.old_key, s.new_key, strict=True)]
+            + [exp.EQ(this=col(KIND, "b"), expression=exp.Literal.string("updated"))]))
+    )
+    _insert_select(conn, "bbase", name, old_cols, base_q)
+    dele = _insert_select(conn, "bbase", name, old_cols,
+                          deleted_query(s, [*[col(c, "o") for c in old_cols], exp.Literal.string("deleted")]))
+    counts[name] = {"inserted": ins, "updated": upd, "deleted": dele, "status": "compared"}
+
+
+def _rebase(e: exp.Expression, alias: str) -> exp.Expression:
+    out = e.copy()
+    for c in out.find_all(exp.Column):
+        c.set("table", exp.to_identifier(alias, quoted=True))
+    return out
+
+
+def _changed_condition(a: Analysis, s: TableSides, new_t: Table) -> exp.Expression | None:
+    """Updated for extraction: the old-schema projection differs, or (after the deploy, by the
+    updated timestamp) a column the old schema cannot carry holds a non-default value."""
+    conds = [updated_condition(s)] if s.compared else []
+    lost_cols = [c for c in uncarried_columns(a, new_t.name) if c not in new_t.key]
+    ts = find_timestamp_columns(new_t)
+    if lost_cols and a.since_jd is not None and "updated" in ts:
+        conds.append(and_all([
+            after_expr(col(ts["updated"], "n"), a.since_jd),
+            or_all(non_default(new_t, c, "n") for c in lost_cols),
+        ]))
+    return or_all(conds) if conds else None
+
+
+def _match(a: str, a_cols: tuple[str, ...], b: str, b_cols: tuple[str, ...]) -> exp.Expression:
+    return and_all(is_same(col(x, a), col(y, b)) for x, y in zip(a_cols, b_cols, strict=True))
+
+
+def _exists(name: str, schema: str, alias: str, cond: exp.Expression) -> exp.Expression:
+    return exp.Exists(this=exp.select(exp.Literal.number(1)).from_(table(name, schema, alias)).where(cond))
+
+
+def close_foreign_keys(conn: sqlite3.Connection, a: Analysis, counts: dict[str, Any]) -> None:
+    """Bring every parent a bundle row needs that neither the bundle nor the backup has (e.g. a
+    parent left out by a filter), until nothing changes. Parents the backup has are referenced,
+    not copied."""
+    for _ in range(len(a.new.tables) + 1):
+        added = 0
+        for name in a.new.data_tables:
+            for fk in a.new.tables[name].foreign_keys:
+                parent = a.new.table(fk.ref_table)
+                if parent is None or fk.ref_table not in counts:
+                    continue
+                conds = [
+                    _exists(name, "bnew", "c", _match("c", fk.columns, "p", fk.ref_columns)),
+                    exp.Not(this=_exists(fk.ref_table, "bnew", "pb", _match("pb", fk.ref_columns, "p", fk.ref_columns))),
+                ]
+                if a.old.table(fk.ref_table) is not None:
+                    conds.append(exp.Not(this=_exists(
+                        fk.ref_table, "old", "po", _match("po", fk.ref_columns, "p", fk.ref_columns))))
+                q = exp.select(*[col(c, "p") for c in parent.column_names], exp.Literal.string("closure")).from_(
+                    table(fk.ref_table, "new", "p")).where(and_all(conds))
+                n = _insert_select(conn, "bnew", fk.ref_table, list(parent.column_names), q)
+                if n:
+                    counts[fk.ref_table]["closure"] = counts[fk.ref_table].get("closure", 0) + n
+                    added += n
+        if not added:
+            return
+
+
+def record_lost(conn: sqlite3.Connection, a: Analysis, files: FilesConfig, counts: dict[str, Any]) -> None:
+    """Every value of a bundle row that the old schema has no place for, one row per cell."""
+    conn.execute(sql(exp.Create(this=exp.Schema(this=table(LOST_TABLE, "bnew"), expressions=[
+        exp.ColumnDef(this=exp.to_identifier(c, quoted=True))
+        for c in ("table", "key", "label", "column", "value", "reason")]), kind="TABLE")))
+    for name in sorted(counts):
+        new_t = a.new.tables[name]
+        carried = name in a.mapping.tables and not a.mapping.tables[name].skip and a.old.table(name) is not None
+        if carried:
+            cols = [c for c in uncarried_columns(a, name) if c not in new_t.key]
+            reason = "column not in the old schema"
+        else:
+            cols = [c for c in new_t.column_names if c not in new_t.key]
+            reason = "table not in the old schema" if a.old.table(name) is None else "table skipped by mapping"
+        total = 0
+        for c in cols:
+            conds = [exp.In(this=col(KIND, "b"), expressions=[exp.Literal.string("inserted"), exp.Literal.string("updated")])]
+            conds.append(non_default(new_t, c, "b") if carried else exp.Not(this=exp.Is(this=col(c, "b"), expression=exp.Null())))
+            via = derivable(new_t, c, files, "b") if carried else None
+            if via is not None:
+                conds.append(exp.Not(this=via))
+            q = exp.select(
+                exp.Literal.string(name), _key_json(new_t.key, "b"), label_expr(new_t, a.new, "b"),
+                exp.Literal.string(c), col(c, "b"), exp.Literal.string(reason),
+            ).from_(table(name, "bnew", "b")).where(and_all(conds))
+            stmt = exp.Insert(this=table(LOST_TABLE, "bnew"), expression=q)
+            total += conn.execute(sql(stmt)).rowcount
+        counts[name]["lost"] = total
+
+
+def live_fingerprint(path: Path) -> dict[str, Any]:
+    wal, _ = sidecars(path)
+    return {
+        "path": str(path.resolve()), "size": path.stat().st_size, "sha256": sha256_file(path),
+        "wal_sha256": sha256_file(wal) if wal.exists() else None,
+    }
+
+
+def extract(
+    backup: str | os.PathLike[str], live: str | os.PathLike[str], out: str | os.PathLike[str],
+    since: str | None = None, mapping: str | os.PathLike[str] | None = None,
+    alembic_ini: str | os.PathLike[str] | None = None, uploads: str | os.PathLike[str] | None = None,
+    files: FilesConfig | None = None,
+) -> ExtractResult:
+    """Extract every change since ``backup`` from ``live`` into a new bundle folder ``out``."""
+    out_p = Path(out)
+    if out_p.exists() and (not out_p.is_dir() or any(out_p.iterdir())):
+        raise RecoveryError(f"--out {out_p} already exists and is not empty", "choose a new folder; nothing was overwritten")
+    files = files or FilesConfig()
+    lineage, lineage_report = None, None
+    if alembic_ini is not None:
+        from recovery.migrations import derive_lineage
+
+        lineage, lineage_report = derive_lineage(alembic_ini, backup, live)
+    work = out_p.with_name(f".{out_p.name}.partial-{os.getpid()}")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        with analyse(backup, live, since, mapping, lineage) as a:
+            conn = a.pair
+            conn.execute("PRAGMA query_only = OFF")
+            conn.execute("ATTACH DATABASE ? AS bnew", (str(work / "rows.db"),))
+            conn.execute("ATTACH DATABASE ? AS bbase", (str(work / "base.db"),))
+            counts: dict[str, Any] = {}
+            conn.execute("BEGIN")
+            for name in a.new.data_tables:
+                extract_table(conn, a, name, counts)
+            close_foreign_keys(conn, a, counts)
+            record_lost(conn, a, files, counts)
+            conn.execute("COMMIT")
+            conn.execute("DETACH DATABASE bnew")
+            conn.execute("DETACH DATABASE bbase")
+            has_rows = {t for t, c in counts.items() if c["inserted"] + c["updated"] + c.get("closure", 0)}
+            p = make_plan(a.old, a.new, a.mapping, has_rows)
+            file_report = copy_files_into_bundle(work, uploads, backup, files) if uploads else None
+            manifest: dict[str, Any] = {
+                "format": FORMAT,
+                "tool_version": __version__,
+                "created_at": datetime.now().replace(microsecond=0).isoformat(sep="T"),
+                "deploy_time": a.since,
+                "sources": {
+                    "backup": {"path": str(a.backup.resolve()), "sha256": sha256_file(a.backup),
+                               "alembic_revision": a.old.alembic_revision},
+                    "live": {**live_fingerprint(a.live), "alembic_revision": a.new.alembic_revision},
+                },
+                "schemas": {"old": a.old.to_dict(), "new": a.new.to_dict()},
+                "schema_diff": a.schema_diff.to_dict(),
+                "mapping": a.mapping.to_dict(),
+                "lineage": lineage_report,
+                "counts": counts,
+                "planning_errors": list(p.errors),
+                "files": file_report,
+            }
+            manifest["bundle_id"] = bundle_id_for(manifest)
+        (work / "reimport.sql").write_text(p.to_sql("sqlite"), encoding="utf-8")
+        seal(work, manifest)
+        os.replace(work, out_p) if not out_p.exists() else _move_into(work, out_p)
+        fsync_dir(out_p.parent)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return ExtractResult(open_bundle(out_p), p, manifest["deploy_time"])
+
+
+def _move_into(work: Path, out_p: Path) -> None:
+    """``out_p`` exists and is empty: replace it with the finished bundle."""
+    out_p.rmdir()
+    os.replace(work, out_p)

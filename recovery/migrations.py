@@ -1,0 +1,249 @@
+"""The application's Alembic project: revisions, stub downgrades, and column lineage.
+
+Lineage comes from the migrations themselves: the downgrade from the live DB's revision to the
+backup's is run on a scratch database built with the live schema, every SQL statement it executes
+is captured (SQLAlchemy cursor events) and read with sqlglot, tracking for every column the
+expression over the new schema's columns that produces it (``RENAME COLUMN``, batch-mode
+``INSERT INTO _alembic_tmp_x (…) SELECT …``, ``UPDATE … SET``, ``ADD``/``DROP COLUMN``).
+"""
+from __future__ import annotations
+
+import ast
+import inspect
+import os
+import sqlite3
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+import sqlglot
+from sqlglot import exp
+
+from recovery.errors import RecoveryError
+from recovery.schema import alembic_revision
+from recovery.sqlite_io import readonly
+
+Env = dict[str, dict[str, exp.Expression]]
+
+
+@dataclass(frozen=True)
+class RevisionInfo:
+    revision: str
+    down_revision: str | None
+    doc: str
+    downgrade_stub: bool
+    path: str
+
+
+def _config(alembic_ini: str | os.PathLike[str]) -> Any:
+    from alembic.config import Config
+
+    ini = Path(alembic_ini)
+    if not ini.is_file():
+        raise RecoveryError(f"--alembic-ini {ini} does not exist", "point it at the application's alembic.ini")
+    return Config(str(ini))
+
+
+def is_stub(func: Any) -> bool:
+    """A downgrade that does nothing: only ``pass``, a docstring/comments, ``...`` or
+    ``raise NotImplementedError``."""
+    try:
+        tree = ast.parse(inspect.cleandoc("\n" + inspect.getsource(func)))
+    except (OSError, TypeError, SyntaxError):
+        return False
+    fn = tree.body[0]
+    if not isinstance(fn, ast.FunctionDef):
+        return False
+    for stmt in fn.body:
+        if isinstance(stmt, ast.Pass):
+            continue
+        if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant):
+            continue  # docstring or ...
+        if isinstance(stmt, ast.Raise):
+            target = stmt.exc.func if isinstance(stmt.exc, ast.Call) else stmt.exc
+            if isinstance(target, ast.Name) and target.id == "NotImplementedError":
+                continue
+        return False
+    return True
+
+
+def revisions_between(alembic_ini: str | os.PathLike[str], upper: str, lower: str) -> list[RevisionInfo]:
+    """The revisions a downgrade from ``upper`` to ``lower`` runs, newest first."""
+    from alembic.script import ScriptDirectory
+    from alembic.util.exc import CommandError
+
+    script = ScriptDirectory.from_config(_config(alembic_ini))
+    try:
+        revs = list(script.iterate_revisions(upper, lower))
+    except CommandError as exc:
+        raise RecoveryError(
+            f"revisions {lower} and {upper} are not on one Alembic history: {exc}",
+            "is the backup from this application?",
+        ) from None
+    out = []
+    for r in revs:
+        down = r.down_revision if isinstance(r.down_revision, str) or r.down_revision is None else ",".join(r.down_revision)
+        out.append(RevisionInfo(r.revision, down, (r.doc or "").strip(), is_stub(r.module.downgrade), r.path))
+    return out
+
+
+def _scratch_from(live: Path, dst: Path) -> None:
+    """An empty database with the live schema (tables, indexes, views, triggers) and revision."""
+    with readonly(live, "live database") as src:
+        ddl = src.execute(
+            "SELECT type, sql FROM sqlite_master WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%' "
+            "ORDER BY CASE type WHEN 'table' THEN 0 WHEN 'index' THEN 1 WHEN 'view' THEN 2 ELSE 3 END, rowid"
+        ).fetchall()
+        rev = alembic_revision(src)
+    conn = sqlite3.connect(str(dst), isolation_level=None)
+    try:
+        for _, stmt in ddl:
+            conn.execute(stmt)  # the live database's own DDL, replayed verbatim
+        if rev is not None:
+            conn.execute("INSERT INTO alembic_version (version_num) VALUES (?)", (rev,))
+    finally:
+        conn.close()
+
+
+def run_downgrade_capture(alembic_ini: str | os.PathLike[str], live: Path, target: str) -> list[str]:
+    """Run the app's downgrade to ``target`` on a scratch copy of the live schema; return the SQL."""
+    from alembic import command
+
+    cfg = _config(alembic_ini)
+    captured: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="recovery-lineage-") as tmp:
+        scratch = Path(tmp) / "scratch.db"
+        _scratch_from(live, scratch)
+        engine = sa.create_engine(f"sqlite:///{scratch}", poolclass=sa.pool.NullPool)
+
+        @sa.event.listens_for(engine, "before_cursor_execute")
+        def _capture(conn, cursor, statement, parameters, context, executemany):  # noqa: ANN001
+            captured.append(statement)
+
+        try:
+            with engine.connect() as conn:
+                cfg.attributes["connection"] = conn
+                command.downgrade(cfg, target)
+                conn.commit()
+        except Exception as exc:  # the app's own migration code failed
+            raise RecoveryError(f"the application's downgrade to {target} failed on a scratch copy: {exc}",
+                                "fix the migration or pass a mapping file instead of --alembic-ini") from None
+        finally:
+            engine.dispose()
+    return captured
+
+
+def _substitute(e: exp.Expression, env: dict[str, exp.Expression]) -> exp.Expression:
+    def repl(node: exp.Expression) -> exp.Expression:
+        if isinstance(node, exp.Column):
+            src = env.get(node.name)
+            return exp.Paren(this=src.copy()) if src is not None and not isinstance(src, (exp.Column, exp.Literal, exp.Null)) else (src.copy() if src is not None else exp.Null())
+        return node
+
+    return e.copy().transform(repl)
+
+
+def _table_name(t: exp.Expression) -> str:
+    return t.name if isinstance(t, exp.Table) else t.this.name if isinstance(t, exp.Schema) else str(t)
+
+
+def track(statements: list[str], env: Env) -> Env:
+    """Follow every captured statement, keeping each column's expression over the starting columns."""
+    for text in statements:
+        try:
+            tree = sqlglot.parse_one(text, read="sqlite")
+        except sqlglot.errors.ParseError:
+            continue
+        if isinstance(tree, exp.Alter):
+            name = _table_name(tree.this)
+            cols = env.setdefault(name, {})
+            for action in tree.args.get("actions") or []:
+                if isinstance(action, exp.RenameColumn):
+                    old, new = action.this.name, action.args["to"].name
+                    if old in cols:
+                        cols[new] = cols.pop(old)
+                elif isinstance(action, exp.AlterRename):
+                    env[action.this.name] = env.pop(name, {})
+                elif isinstance(action, exp.ColumnDef):
+                    cols[action.name] = exp.Null()
+                elif isinstance(action, exp.Drop) and action.args.get("kind") == "COLUMN":
+                    cols.pop(action.this.name, None)
+        elif isinstance(tree, exp.Create) and tree.args.get("kind") == "TABLE":
+            schema = tree.this
+            if isinstance(schema, exp.Schema):
+                env[_table_name(schema)] = {c.name: exp.Null() for c in schema.expressions if isinstance(c, exp.ColumnDef)}
+        elif isinstance(tree, exp.Insert) and isinstance(tree.this, exp.Schema) and isinstance(tree.expression, exp.Select):
+            target = _table_name(tree.this)
+            sel = tree.expression
+            src_table = sel.args.get("from_") or sel.args.get("from")
+            src = _table_name(src_table.this) if src_table is not None else None
+            if src is None or src not in env:
+                continue
+            cols = [c.name for c in tree.this.expressions]
+            exprs = [e.unalias() if isinstance(e, exp.Alias) else e for e in sel.expressions]
+            env.setdefault(target, {})
+            for c, e in zip(cols, exprs, strict=False):
+                env[target][c] = _substitute(e, env[src])
+        elif isinstance(tree, exp.Update):
+            name = _table_name(tree.this)
+            if name not in env:
+                continue
+            before = dict(env[name])
+            where = tree.args.get("where")
+            for eq in tree.expressions:
+                new_val = _substitute(eq.expression, before)
+                if where is not None:
+                    new_val = exp.Case(ifs=[exp.If(this=_substitute(where.this, before), true=new_val)],
+                                       default=before.get(eq.this.name, exp.Null()).copy())
+                env[name][eq.this.name] = new_val
+        elif isinstance(tree, exp.Drop) and tree.args.get("kind") == "TABLE":
+            for t in tree.expressions if tree.expressions else [tree.this]:
+                env.pop(_table_name(t), None)
+    return env
+
+
+def derive_lineage(
+    alembic_ini: str | os.PathLike[str], backup: str | os.PathLike[str], live: str | os.PathLike[str],
+) -> tuple[dict[str, dict[str, exp.Expression]], dict[str, Any]]:
+    """Mapping rules read from the app's own downgrade: old table → old column → expression over
+    the new table's columns (renames and real data migrations only), plus a report for the manifest."""
+    live_p = Path(live)
+    with readonly(backup, "backup") as b:
+        old_rev = alembic_revision(b)
+        old_tables = {r[0]: [c[1] for c in b.execute("SELECT * FROM pragma_table_info(?)", (r[0],))]
+                      for r in b.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    with readonly(live_p, "live database") as n:
+        new_rev = alembic_revision(n)
+        env: Env = {r[0]: {c[1]: exp.column(c[1], quoted=True) for c in n.execute("SELECT * FROM pragma_table_info(?)", (r[0],))}
+                    for r in n.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if old_rev is None or new_rev is None:
+        raise RecoveryError("--alembic-ini needs both databases to have an alembic_version",
+                            "pass a mapping file instead")
+    revs = revisions_between(alembic_ini, new_rev, old_rev) if old_rev != new_rev else []
+    statements = run_downgrade_capture(alembic_ini, live_p, old_rev) if revs else []
+    env = track(statements, env)
+    lineage: dict[str, dict[str, exp.Expression]] = {}
+    for t, cols in old_tables.items():
+        for c in cols:
+            e = env.get(t, {}).get(c)
+            if e is None or isinstance(e, exp.Null):
+                continue
+            if isinstance(e, exp.Column) and e.name == c:
+                continue  # same name: nothing learned
+            if any(isinstance(x, (exp.Query, exp.Subquery)) for x in e.walk()):
+                continue  # not a per-row mapping
+            lineage.setdefault(t, {})[c] = _unquote_parens(e)
+    report = {
+        "from": new_rev, "to": old_rev,
+        "revisions": [{"revision": r.revision, "downgrade_stub": r.downgrade_stub, "doc": r.doc} for r in revs],
+        "stubs": [r.revision for r in revs if r.downgrade_stub],
+        "statements": len(statements),
+        "rules": {t: {c: e.sql(dialect="sqlite") for c, e in cols.items()} for t, cols in lineage.items()},
+    }
+    return lineage, report
+
+
+def _unquote_parens(e: exp.Expression) -> exp.Expression:
+    return e.this if isinstance(e, exp.Paren) else e

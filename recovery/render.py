@@ -67,7 +67,12 @@ def render_diff(result: Any, rows: bool) -> None:
     for line in lines or ["(no schema change)"]:
         c.print(f"  {line}", markup=False)
     since = f" (after deploy {result.since})" if result.since else ""
-    t = RichTable("table", "key", "inserted", "updated", "deleted", "after deploy", "note")
+    t = RichTable()
+    # names fold instead of ending in an ellipsis, which could make two tables look alike
+    t.add_column("table", overflow="fold")
+    t.add_column("key", overflow="fold")
+    for name in ("inserted", "updated", "deleted", "after deploy", "note"):
+        t.add_column(name)
     for name, tc in sorted(result.changes.tables.items()):
         after = _after(tc)
         note = tc.status if tc.status != "compared" else ""

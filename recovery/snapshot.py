@@ -10,11 +10,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import sqlite3
 import subprocess
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy import exc as sa_exc
 
 from recovery import __version__
 from recovery.changes import count_table
@@ -75,11 +78,28 @@ def snapshot(
         raise RecoveryError(f"{backup} already exists", "wait a second or choose another --out; nothing was overwritten")
     upload_manifest = scan_uploads(uploads) if uploads else None
     consistent_copy(src, backup)
-    with readonly(backup, "backup") as conn:
-        integrity = [r[0] for r in conn.execute("PRAGMA integrity_check").fetchall()]
-        schema = reflect(conn)
-        counts = {t: count_table(conn, "main", t) for t in schema.data_tables}
-        revision = alembic_revision(conn)
+    try:
+        with readonly(backup, "backup") as conn:
+            integrity = [r[0] for r in conn.execute("PRAGMA integrity_check").fetchall()]
+            if integrity != ["ok"]:
+                raise RecoveryError(
+                    f"database {src} fails PRAGMA integrity_check ({str(integrity[0]).splitlines()[0]}); "
+                    "no snapshot was kept",
+                    "a damaged copy is no restore point: repair the database (sqlite3 .recover) first",
+                )
+            schema = reflect(conn)
+            counts = {t: count_table(conn, "main", t) for t in schema.data_tables}
+            revision = alembic_revision(conn)
+    except (sqlite3.Error, sa_exc.DBAPIError) as exc:
+        backup.unlink(missing_ok=True)
+        orig = getattr(exc, "orig", None) or exc
+        raise RecoveryError(
+            f"database {src} cannot be read: {str(orig).splitlines()[0]}; no snapshot was kept",
+            "is it corrupt? run PRAGMA integrity_check on it",
+        ) from None
+    except RecoveryError:
+        backup.unlink(missing_ok=True)
+        raise
     manifest = {
         "format": MANIFEST_FORMAT,
         "tool_version": __version__,

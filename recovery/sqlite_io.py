@@ -6,9 +6,12 @@ directory, a zero-byte file, a text file or a truncated database is refused with
 """
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
+import shutil
 import sqlite3
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -42,9 +45,14 @@ def check_sqlite_file(path: str | os.PathLike[str], role: str = "database") -> P
         raise RecoveryError(f"{role} {p} is truncated ({size} bytes)", "restore it from a good copy")
     page_size = int.from_bytes(head[16:18], "big")
     page_size = 65536 if page_size == 1 else page_size
+    if page_size < 512 or page_size & (page_size - 1):
+        raise RecoveryError(f"{role} {p} is not a SQLite database (bad page size)", "pass a SQLite .db file")
     page_count = int.from_bytes(head[28:32], "big")
+    # the in-header size is only valid when the change counter equals version-valid-for
+    header_size_valid = head[24:28] == head[92:96]
     wal = p.with_name(p.name + "-wal")
-    if page_count and size < page_size * page_count and not (wal.exists() and wal.stat().st_size):
+    if (header_size_valid and page_count and size < page_size * page_count
+            and not (wal.exists() and wal.stat().st_size)):
         raise RecoveryError(
             f"{role} {p} is truncated ({size} bytes, header says {page_size * page_count})",
             "restore it from a good copy",
@@ -57,12 +65,60 @@ def _uri(path: Path, **params: str) -> str:
     return f"file:{quote(str(path.resolve()))}?{query}"
 
 
+_ro_copies: dict[tuple[str, int, int, int, int], Path] = {}
+
+
+def _cleanup_ro_copies() -> None:
+    for copy in _ro_copies.values():
+        shutil.rmtree(copy.parent, ignore_errors=True)
+    _ro_copies.clear()
+
+
+def readonly_uri(p: Path) -> str:
+    """The URI that opens ``p`` read-only, committed WAL content included.
+
+    ``mode=ro`` needs the ``-shm`` index of a WAL-mode file, and creates it when missing. In a
+    folder we may not write (a read-only mount, another user's backups) that fails although no
+    process has the file open (an open connection would keep ``-shm``), so:
+    no ``-wal`` content → ``immutable=1`` (nothing to replay, nobody writing); otherwise the file
+    and its ``-wal`` are copied to a private temporary folder and that copy is opened.
+    """
+    uri = _uri(p, mode="ro")
+    try:
+        probe = sqlite3.connect(uri, uri=True, timeout=5.0)
+        try:
+            probe.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return uri
+        finally:
+            probe.close()
+    except sqlite3.OperationalError:
+        wal, shm = sidecars(p)
+        with p.open("rb") as fh:
+            head = fh.read(20)
+        if len(head) < 20 or head[18] != 2 or shm.exists():  # not WAL mode, or -shm is there
+            return uri  # let the caller report SQLite's own error
+    if not wal.exists() or wal.stat().st_size == 0:
+        return _uri(p, immutable="1")
+    st, wst = p.stat(), wal.stat()
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns, wst.st_size, wst.st_mtime_ns)
+    copy = _ro_copies.get(key)
+    if copy is None or not copy.exists():
+        if not _ro_copies:
+            atexit.register(_cleanup_ro_copies)
+        folder = Path(tempfile.mkdtemp(prefix="recovery-ro-"))
+        copy = folder / p.name
+        shutil.copyfile(p, copy)
+        shutil.copyfile(wal, copy.with_name(copy.name + "-wal"))
+        _ro_copies[key] = copy
+    return _uri(copy, mode="ro")
+
+
 def open_readonly(path: str | os.PathLike[str], role: str = "database") -> sqlite3.Connection:
     """Open a validated SQLite file read-only (``mode=ro``): it sees committed WAL content and
-    can never write, checkpoint or truncate the file."""
+    can never write, checkpoint or truncate the file (see :func:`readonly_uri`)."""
     p = check_sqlite_file(path, role)
     try:
-        conn = sqlite3.connect(_uri(p, mode="ro"), uri=True, timeout=5.0)
+        conn = sqlite3.connect(readonly_uri(p), uri=True, timeout=5.0)
         conn.execute("PRAGMA query_only = ON")
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
     except sqlite3.DatabaseError as exc:
@@ -121,21 +177,22 @@ def consistent_copy(src: str | os.PathLike[str], dst: str | os.PathLike[str], ro
     """
     src_p = check_sqlite_file(src, role)
     dst_p = Path(dst)
-    dst_p.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst_p.with_name(f".{dst_p.name}.tmp-{os.getpid()}")
-    for leftover in (tmp, tmp.with_name(tmp.name + "-journal")):
-        leftover.unlink(missing_ok=True)
-    source = open_readonly(src_p, role)
+    source = open_readonly(src_p, role)  # refuse an unreadable source before creating anything
     try:
+        dst_p.parent.mkdir(parents=True, exist_ok=True)
+        for leftover in (tmp, tmp.with_name(tmp.name + "-journal")):
+            leftover.unlink(missing_ok=True)
         target = sqlite3.connect(str(tmp), isolation_level=None)
         try:
             source.backup(target)
             target.execute("PRAGMA journal_mode=DELETE")
         finally:
             target.close()
-    except sqlite3.DatabaseError as exc:
+    except (sqlite3.DatabaseError, OSError) as exc:
         tmp.unlink(missing_ok=True)
-        raise RecoveryError(f"could not copy {role} {src_p}: {exc}", "check the file and free disk space") from None
+        raise RecoveryError(f"could not copy {role} {src_p} to {dst_p}: {exc}",
+                            "check the file, the target folder and free disk space") from None
     finally:
         source.close()
     with open(tmp, "rb+") as fh:
@@ -197,8 +254,8 @@ def open_pair(old: str | os.PathLike[str], new: str | os.PathLike[str]) -> sqlit
         open_readonly(p, role).close()  # validates with a clear message before ATTACH
     conn = sqlite3.connect("file::memory:", uri=True)
     try:
-        conn.execute("ATTACH DATABASE ? AS old", (_uri(old_p, mode="ro"),))
-        conn.execute("ATTACH DATABASE ? AS new", (_uri(new_p, mode="ro"),))
+        conn.execute("ATTACH DATABASE ? AS old", (readonly_uri(old_p),))
+        conn.execute("ATTACH DATABASE ? AS new", (readonly_uri(new_p),))
         conn.execute("PRAGMA query_only = ON")
     except sqlite3.DatabaseError as exc:
         conn.close()

@@ -18,7 +18,8 @@ import click
 
 from recovery import __version__
 from recovery.errors import ExitCode, RecoveryError
-from recovery.render import console, render_diff, render_extract, render_snapshot, write_csv
+from recovery.render import (console, render_diff, render_extract, render_outcome, render_plan, render_snapshot,
+                             write_csv)
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 done, nothing to review; 1 done, something to review; "
@@ -175,3 +176,130 @@ def extract_cmd(backup: Path, db: Path, out_dir: Path, since: str | None, mappin
     else:
         render_extract(summary)
     sys.exit(ExitCode.REVIEW if summary["lost"] or summary["planning_errors"] else ExitCode.OK)
+
+
+def conflict_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Options shared by ``rollback`` and ``reimport``."""
+    func = click.option("--yes", is_flag=True, help="Do not ask for confirmation (required without a terminal).")(func)
+    func = click.option("--dry-run", is_flag=True, help="Change nothing; write the report of what would happen.")(func)
+    func = click.option("--apply-deletes", is_flag=True,
+                        help="Re-delete rows deleted after the deploy (default: list them for review).")(func)
+    func = click.option("--prefer", type=click.Choice(["db", "bundle"]), default="db", show_default=True,
+                        help="Which value wins a cell changed both after the deploy and in the DB since.")(func)
+    func = click.option("--on-conflict", type=click.Choice(["remap", "skip", "abort"]), default="remap",
+                        show_default=True, help="remap: fresh keys for taken primary keys; skip: skip conflicting "
+                        "units; abort: change nothing if anything conflicts.")(func)
+    return func
+
+
+def _confirm_or_refuse(yes: bool, dry_run: bool, question: str) -> None:
+    if yes or dry_run:
+        return
+    if not sys.stdin.isatty():
+        raise RecoveryError("refusing to change the database without a terminal", "pass --yes (or --dry-run)")
+    if not click.confirm(question, default=False):
+        raise RecoveryError("stopped at your request; nothing was changed")
+
+
+@main.command("reimport", epilog=EXIT_CODES_HELP)
+@click.argument("bundle_dir", type=click.Path(path_type=Path))
+@click.argument("db", type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), help="Run folder (default: new folder in BUNDLE_DIR).")
+@click.option("--uploads", type=click.Path(path_type=Path), help="Uploads folder to re-link files into.")
+@conflict_options
+def reimport_cmd(bundle_dir: Path, db: Path, out_dir: Path | None, uploads: Path | None, on_conflict: str,
+                 prefer: str, apply_deletes: bool, dry_run: bool, yes: bool) -> None:
+    """Re-import a bundle into DB (already at the old schema, e.g. restored and used by the old
+    release since) in ONE transaction, with a three-way merge: conflicts are detected, named and
+    resolved by --on-conflict; a second run of the same bundle changes nothing. Writes report.json,
+    conflicts.csv, lost_values.csv, reimport.sql and report.md into the run folder.
+
+    Example:
+
+        recovery reimport run/bundle gestima.db --yes
+    """
+    from recovery.outcome import ConflictPolicy, Prefer
+    from recovery.pipeline import reimport
+
+    _confirm_or_refuse(yes, dry_run, f"Re-import {bundle_dir} into {db}?")
+    res = reimport(bundle_dir, db, out_dir, ConflictPolicy(on_conflict), apply_deletes, dry_run, Prefer(prefer),
+                   uploads)
+    render_outcome(res)
+    sys.exit(ExitCode.FAILED if res.outcome and res.outcome.aborted else res.exit_code)
+
+
+@main.command("rollback", epilog=EXIT_CODES_HELP)
+@click.argument("db", type=click.Path(path_type=Path))
+@click.option("--backup", required=True, type=click.Path(path_type=Path), help="The pre-deploy backup.")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), help="Run folder (journal, safety copy, bundle, report).")
+@click.option("--since", help="Deploy time (ISO-8601 or epoch); default: the backup's manifest or name.")
+@click.option("--uploads", type=click.Path(path_type=Path), help="The app's uploads folder.")
+@click.option("--mapping", type=click.Path(path_type=Path), help="TOML mapping file (old column = expression).")
+@click.option("--alembic-ini", type=click.Path(path_type=Path), help="The app's alembic.ini (mapping rules from migrations).")
+@click.option("--downgrade-to", help="Downgrade the live DB in place with Alembic instead of restoring the backup.")
+@click.option("--force", is_flag=True, help="Proceed although the DB looks in use or the backup newer.")
+@conflict_options
+def rollback_cmd(db: Path, backup: Path, out_dir: Path | None, since: str | None, uploads: Path | None,
+                 mapping: Path | None, alembic_ini: Path | None, downgrade_to: str | None, force: bool,
+                 on_conflict: str, prefer: str, apply_deletes: bool, dry_run: bool, yes: bool) -> None:
+    """Roll DB back to BACKUP's release without losing post-deploy work: refuse while the app holds
+    the DB, safety copy, extract the post-deploy changes, restore the backup atomically, re-import
+    in one transaction, re-link uploads, verify, report. Every step is journaled in the run folder:
+    after a crash run the same command again to resume; a finished run changes nothing.
+    --dry-run changes nothing and reports what would be carried and lost.
+
+    Example:
+
+        recovery rollback gestima.db --backup gestima.db.bak.20261120_140000 \\
+            --uploads uploads/ --alembic-ini app/alembic.ini --out run/ --yes
+    """
+    from recovery.outcome import ConflictPolicy, Prefer
+    from recovery.pipeline import rollback
+
+    err = console(stderr=True)
+
+    def confirm(plan: dict[str, Any]) -> bool:
+        render_plan(plan)
+        if yes:
+            return True
+        if not sys.stdin.isatty():
+            raise RecoveryError("refusing to roll back without a terminal", "pass --yes (or --dry-run)")
+        return click.confirm("Restore the backup and re-import these changes?", default=False)
+
+    res = rollback(db, backup, out_dir, since, uploads, mapping, alembic_ini, ConflictPolicy(on_conflict),
+                   apply_deletes, dry_run, force, Prefer(prefer), confirm=confirm,
+                   progress=lambda m: err.print(f"· {m}"), downgrade_to=downgrade_to)
+    render_outcome(res)
+    sys.exit(ExitCode.FAILED if res.outcome and res.outcome.aborted else res.exit_code)
+
+
+@main.command("demo", epilog=EXIT_CODES_HELP)
+@click.argument("out_dir", required=False, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--parts", default=300, show_default=True, type=click.IntRange(10, 10_000_000))
+@click.option("--seed", default=42, show_default=True, type=int)
+def demo_cmd(out_dir: Path | None, parts: int, seed: int) -> None:
+    """Build the sample Gestima world (in OUT_DIR or a temporary folder), roll it back with
+    `recovery rollback --yes`, print the summary and where the report is.
+
+    Example:
+
+        recovery demo /tmp/gestima-demo
+    """
+    import tempfile
+
+    from recovery.sample import app_dir, generate
+    from recovery.outcome import ConflictPolicy, Prefer
+    from recovery.pipeline import rollback
+
+    err = console(stderr=True)
+    folder = out_dir or Path(tempfile.mkdtemp(prefix="recovery-demo-"))
+    if folder.exists() and any(folder.iterdir()):
+        raise RecoveryError(f"{folder} is not empty", "choose a new or empty folder")
+    err.print(f"· building the sample world in {folder}")
+    generate(folder, parts=parts, seed=seed)
+    backup = next(folder.glob("gestima.db.bak.*"))
+    res = rollback(folder / "gestima.db", backup, folder / "run", None, folder / "uploads", None,
+                   app_dir() / "alembic.ini", ConflictPolicy.REMAP, False, False, False, Prefer.DB,
+                   confirm=lambda plan: (render_plan(plan), True)[1], progress=lambda m: err.print(f"· {m}"))
+    render_outcome(res)
+    sys.exit(res.exit_code)

@@ -118,3 +118,47 @@ def render_extract(summary: dict[str, Any]) -> None:
         c.print(f"files: {len(files['records'])} referenced, {len(files['unrecorded'])} unrecorded, "
                 f"{len(files['unsafe'])} unsafe")
     c.print(f"{summary['lost']} value(s) cannot be carried to the old schema (see the bundle's lost list)")
+
+
+def render_plan(plan: dict[str, Any]) -> None:
+    c = console(stderr=True)
+    c.print(f"[bold]rollback plan[/] {plan['from_revision']} → {plan['to_revision']} (deploy {plan['deploy_time'] or '-'})")
+    c.print(f"  carry back: {plan['inserted']} new and {plan['updated']} changed rows; "
+            f"{plan['deleted']} rows deleted after the deploy will be listed for review; "
+            f"{plan['lost']} value(s) have no place in the old schema (lost, listed)")
+
+
+def render_outcome(res: Any) -> None:
+    c = console()
+    if res.finished_before:
+        c.print(f"this run already finished; nothing changed. Report: {res.run_dir / 'report.json'}")
+        return
+    o = res.outcome
+    if o is None:
+        return
+    if o.already_applied:
+        c.print("[bold]this bundle was already applied to the database; nothing changed[/]")
+    t = RichTable("table", "inserted", "updated", "deleted", "skipped", "remapped", "lost")
+    for name, to in sorted(o.tables.items()):
+        if any((to.inserted, to.updated, to.deleted, to.skipped, to.remapped, to.lost)):
+            t.add_row(name, *(str(getattr(to, k)) for k in ("inserted", "updated", "deleted", "skipped", "remapped", "lost")))
+    c.print(t)
+    kinds: dict[str, int] = {}
+    for cf in o.conflicts:
+        kinds[cf.kind] = kinds.get(cf.kind, 0) + 1
+    if kinds:
+        c.print("conflicts: " + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())))
+    if o.deletes_for_review:
+        c.print(f"{len(o.deletes_for_review)} row(s) deleted after the deploy were restored; listed for review")
+    v = o.verification or {}
+    if v:
+        c.print(f"verification: {'[green]ok[/]' if v.get('ok') else '[red]FAILED[/]'} "
+                f"(integrity {v.get('integrity_check')}, fk problems {len(v.get('foreign_key_check', []))}, "
+                f"revision {v.get('alembic_revision', {}).get('actual')})")
+    if o.aborted:
+        c.print("[red]aborted: conflicts found, nothing was changed[/]")
+    verdict = "review needed" if o.needs_review else "all recovered"
+    if o.dry_run:
+        verdict = f"dry run, nothing changed — {verdict}"
+    c.print(f"[bold]{verdict}[/]: {len(o.lost)} lost value(s), {len(o.conflicts)} conflict(s). "
+            f"Report: {res.run_dir}")

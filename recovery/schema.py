@@ -131,7 +131,7 @@ def engine_for(conn: sqlite3.Connection) -> sa.Engine:
 
     The engine is never disposed (that would close ``conn``): the connection's owner closes it.
     """
-    return sa.create_engine("sqlite://", creator=lambda: conn, poolclass=sa.pool.StaticPool)
+    return sa.create_engine("sqlite://", creator=lambda: conn, poolclass=sa.pool.StaticPool, pool_reset_on_return=None)
 
 
 def alembic_revision(conn: sqlite3.Connection, schema: str = "main") -> str | None:

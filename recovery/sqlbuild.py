@@ -33,17 +33,19 @@ def param() -> exp.Placeholder:
 
 
 def and_all(conds: Iterable[exp.Expression]) -> exp.Expression:
+    """``(a AND b …)`` — parenthesised, so it can be negated or nested safely."""
     conds = list(conds)
     if not conds:
         return exp.true()
-    return exp.and_(*conds) if len(conds) > 1 else conds[0]
+    return exp.Paren(this=exp.and_(*conds)) if len(conds) > 1 else conds[0]
 
 
 def or_all(conds: Iterable[exp.Expression]) -> exp.Expression:
+    """``(a OR b …)`` — parenthesised, so it can be negated or nested safely."""
     conds = list(conds)
     if not conds:
         return exp.false()
-    return exp.or_(*conds) if len(conds) > 1 else conds[0]
+    return exp.Paren(this=exp.or_(*conds)) if len(conds) > 1 else conds[0]
 
 
 def is_same(a: exp.Expression, b: exp.Expression) -> exp.Expression:

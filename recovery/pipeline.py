@@ -1,0 +1,415 @@
+"""``recovery reimport`` and ``recovery rollback``: the runbook as resumable steps.
+
+Rollback steps, each recorded in ``RUN_DIR/journal.json`` (written atomically) before and after it
+runs, so a run killed anywhere is resumed by running the same command again:
+
+  probe → safety → extract → restore → reimport → relink → verify → report
+
+* ``safety``: a consistent copy (backup API, WAL included) of the failed live DB in ``RUN_DIR/safety/``.
+* ``extract`` writes ``RUN_DIR/bundle/`` atomically. Once ``restore`` has *started*, extract is never
+  run again: the live DB may already be the backup.
+* ``restore`` checkpoints the live WAL, removes ``-wal``/``-shm`` and renames a fsynced copy of the
+  backup over the live file — the live file is always either the old one or the restored one.
+* ``reimport`` is one transaction that also records the bundle id in ``_recovery_applied``, so
+  re-running it after a crash either finds it applied or applies it whole.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable
+
+from recovery.bundle import Bundle, open_bundle, write_json_atomic
+from recovery.errors import ExitCode, RecoveryError
+from recovery.files import FilesConfig
+from recovery.outcome import ConflictPolicy, Outcome, Prefer
+from recovery.reimport import attach_bundle, merge_into, open_target
+from recovery.report import write_run_files
+from recovery.schema import alembic_revision, reflect
+from recovery.sqlite_io import (check_sqlite_file, consistent_copy, fsync_dir, readonly, sha256_file, sidecars,
+                                wait_for_write_lock, write_lock_held)
+from recovery.verify import foreign_key_problems, verify
+
+STEPS = ("probe", "safety", "extract", "restore", "reimport", "relink", "verify", "report")
+KILL_STEP_ENV = "RECOVERY_TEST_KILL_AT_STEP"
+"""Test-only fault injection: SIGKILL this process right after journaling ``<step>:start|done``."""
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    outcome: Outcome | None
+    files: dict[str, Path] = field(default_factory=dict)
+    resumed: bool = False
+    finished_before: bool = False
+    steps: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        return self.outcome.exit_code if self.outcome else ExitCode.OK
+
+
+def _reimport_into(
+    target: Path, bundle: Bundle, policy: ConflictPolicy, prefer: Prefer, apply_deletes: bool,
+    files: FilesConfig, dry_run: bool, busy_timeout: float, label: str,
+) -> Outcome:
+    """Apply ``bundle`` to ``target`` in one transaction; verify before commit."""
+    with readonly(target, "target database") as r:
+        target_schema = reflect(r)
+    conn = open_target(target, busy_timeout)
+    try:
+        attach_bundle(conn, bundle)
+        wait_for_write_lock(conn, busy_timeout)
+        try:
+            outcome = merge_into(conn, bundle, policy, prefer, apply_deletes, files, label, dry_run, target_schema)
+            if outcome.aborted:
+                conn.execute("ROLLBACK")
+                return outcome
+            problems = foreign_key_problems(conn)
+            if problems:
+                raise RecoveryError(f"foreign key check failed after re-import ({problems[0]}); rolled back",
+                                    "nothing was changed; report this with the bundle", ExitCode.FAILED)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        outcome.verification = verify(conn, outcome, bundle.old.alembic_revision)
+        return outcome
+    finally:
+        conn.close()
+
+
+def reimport(
+    bundle_dir: str | os.PathLike[str], db: str | os.PathLike[str], out: str | os.PathLike[str] | None = None,
+    on_conflict: ConflictPolicy = ConflictPolicy.REMAP, apply_deletes: bool = False, dry_run: bool = False,
+    prefer: Prefer = Prefer.DB, uploads: str | os.PathLike[str] | None = None, files: FilesConfig | None = None,
+    busy_timeout: float = 10.0,
+) -> RunResult:
+    """Re-import a bundle into ``db`` (at the bundle's old schema). ``dry_run`` works on a scratch
+    copy and leaves every file untouched."""
+    bundle = open_bundle(bundle_dir)
+    target = check_sqlite_file(db, "target database")
+    files = files or FilesConfig()
+    stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
+    run_dir = Path(out) if out else bundle.path / f"reimport-{stamp}{'-dry-run' if dry_run else ''}"
+    if dry_run:
+        with tempfile.TemporaryDirectory(prefix="recovery-dry-run-") as tmp:
+            scratch = consistent_copy(target, Path(tmp) / target.name, "target database")
+            outcome = _reimport_into(scratch, bundle, on_conflict, prefer, apply_deletes, files, True,
+                                     busy_timeout, str(target))
+            outcome.files = _relink(bundle, scratch, uploads, files, dry_run=True) if uploads else None
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        consistent_copy(target, run_dir / "safety" / target.name, "target database")
+        outcome = _reimport_into(target, bundle, on_conflict, prefer, apply_deletes, files, False, busy_timeout,
+                                 str(target))
+        outcome.files = _relink(bundle, target, uploads, files, dry_run=False) if uploads else None
+    paths = write_run_files(run_dir, outcome, bundle)
+    return RunResult(run_dir, outcome, paths)
+
+
+def _relink(bundle: Bundle, db: Path, uploads: str | os.PathLike[str] | None, files: FilesConfig,
+            dry_run: bool) -> dict[str, Any] | None:
+    try:
+        from recovery.relink import relink
+    except ImportError:  # the relink step is optional until files support lands
+        return None
+    return relink(bundle, db, Path(uploads), files, dry_run=dry_run) if uploads else None
+
+
+# ---------------------------------------------------------------------------------------------
+# rollback
+
+
+class Journal:
+    """``RUN_DIR/journal.json``: the arguments of the run and the state of every step."""
+
+    def __init__(self, run_dir: Path, args: dict[str, Any]):
+        self.path = run_dir / "journal.json"
+        self.run_dir = run_dir
+        if self.path.is_file():
+            self.data = json.loads(self.path.read_text(encoding="utf-8"))
+            self.resumed = True
+            if self.data.get("args", {}).get("db") != args.get("db") or self.data.get("args", {}).get("backup") != args.get("backup"):
+                raise RecoveryError(f"{run_dir} holds a run for another database or backup",
+                                    "use a new --out folder, or the same DB and --backup as that run")
+        else:
+            self.data = {"format": "recovery-journal/1", "args": args, "steps": {}}
+            self.resumed = False
+
+    def state(self, step: str) -> str | None:
+        return self.data["steps"].get(step, {}).get("state")
+
+    def done(self, step: str) -> bool:
+        return self.state(step) == "done"
+
+    def mark(self, step: str, state: str, **info: Any) -> None:
+        entry = self.data["steps"].setdefault(step, {})
+        entry.update(state=state, at=datetime.now().isoformat(timespec="seconds"), **info)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.path, self.data)
+        fsync_dir(self.run_dir)
+        if os.environ.get(KILL_STEP_ENV) == f"{step}:{state}":
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def info(self, step: str) -> dict[str, Any]:
+        return self.data["steps"].get(step, {})
+
+
+def restore_atomically(backup: Path, db: Path) -> str:
+    """Replace ``db`` with a consistent copy of ``backup``: the live file is at every moment either
+    the old database or the complete restored one. Returns the restored file's sha256."""
+    wal, shm = sidecars(db)
+    was_wal = False
+    tmp = db.with_name(f".{db.name}.restore-tmp")
+    consistent_copy(backup, tmp, "backup")
+    if db.exists():
+        conn = sqlite3.connect(str(db), isolation_level=None, timeout=5)
+        try:
+            was_wal = conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+            if was_wal:
+                busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                if busy:
+                    raise RecoveryError(f"{db} is in use: its WAL could not be checkpointed",
+                                        "stop the application and run the same command again")
+        finally:
+            conn.close()
+    if was_wal:
+        c = sqlite3.connect(str(tmp), isolation_level=None)
+        try:
+            c.execute("PRAGMA journal_mode=WAL")  # keep the app's journal mode; leaves no -wal on close
+        finally:
+            c.close()
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+    for side in (wal, shm):  # empty after the checkpoint; stale ones must never meet the new file
+        side.unlink(missing_ok=True)
+    os.replace(tmp, db)
+    fsync_dir(db.parent)
+    return sha256_file(db)
+
+
+def _latest_mtime(p: Path) -> float:
+    wal, _ = sidecars(p)
+    return max(p.stat().st_mtime, wal.stat().st_mtime if wal.exists() else 0.0)
+
+
+def preflight(db: Path, backup: Path, alembic_ini: Path | None, force: bool) -> dict[str, Any]:
+    """Refuse while the app holds the DB; check the backup is older and of the same application."""
+    check_sqlite_file(db, "live database")
+    check_sqlite_file(backup, "backup")
+    if write_lock_held(db) and not force:
+        raise RecoveryError(f"{db} is locked by another writer (is the application still running?)",
+                            "stop the application, or pass --force")
+    with readonly(backup, "backup") as b, readonly(db, "live database") as n:
+        old_rev, new_rev = alembic_revision(b), alembic_revision(n)
+        old_tables = {r[0] for r in b.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        new_tables = {r[0] for r in n.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    shared = (old_tables & new_tables) - {"alembic_version"}
+    if not shared or len(shared) < 0.5 * len(old_tables - {"alembic_version"}):
+        raise RecoveryError(f"{backup} does not look like a backup of {db} (few tables in common)",
+                            "pass the backup of this application")
+    if _latest_mtime(backup) > _latest_mtime(db) and not force:
+        raise RecoveryError(f"{backup} is newer than {db}", "pass the pre-deploy backup, or --force")
+    if alembic_ini is not None and old_rev and new_rev and old_rev != new_rev:
+        from recovery.migrations import revisions_between
+
+        try:
+            revisions_between(alembic_ini, new_rev, old_rev)
+        except RecoveryError:
+            raise RecoveryError(
+                f"the backup's revision {old_rev} is not an ancestor of the live revision {new_rev}",
+                "is the backup newer than the live DB, or from another application?") from None
+    return {"backup_revision": old_rev, "live_revision": new_rev}
+
+
+def rollback(
+    db: str | os.PathLike[str], backup: str | os.PathLike[str], out: str | os.PathLike[str] | None = None,
+    since: str | None = None, uploads: str | os.PathLike[str] | None = None,
+    mapping: str | os.PathLike[str] | None = None, alembic_ini: str | os.PathLike[str] | None = None,
+    on_conflict: ConflictPolicy = ConflictPolicy.REMAP, apply_deletes: bool = False, dry_run: bool = False,
+    force: bool = False, prefer: Prefer = Prefer.DB, files: FilesConfig | None = None,
+    confirm: Callable[[dict[str, Any]], bool] | None = None, progress: Progress | None = None,
+    downgrade_to: str | None = None,
+) -> RunResult:
+    """The whole runbook; see the module docstring. ``confirm`` is asked (with the extract summary)
+    before the first change to the live DB; returning False stops with nothing changed."""
+    db_p, backup_p = Path(db), Path(backup)
+    files = files or FilesConfig()
+    say = progress or (lambda _m: None)
+    stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
+    run_dir = Path(out) if out else db_p.parent / f"recovery-run-{stamp}"
+    args = {"db": str(db_p.resolve()), "backup": str(backup_p.resolve()), "since": since, "mapping": str(mapping) if mapping else None,
+            "alembic_ini": str(alembic_ini) if alembic_ini else None, "uploads": str(uploads) if uploads else None,
+            "on_conflict": on_conflict.value, "apply_deletes": apply_deletes, "downgrade_to": downgrade_to}
+    if dry_run:
+        return _dry_run(db_p, backup_p, run_dir, since, uploads, mapping, alembic_ini, on_conflict, apply_deletes,
+                        prefer, files, say)
+    journal = Journal(run_dir, args)
+    if journal.done("report"):
+        say("this run already finished; nothing to do")
+        report = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))
+        return RunResult(run_dir, None, {"report.json": run_dir / "report.json"}, True, True,
+                         {"summary": report.get("summary")})
+    restore_started = journal.state("restore") is not None
+    if not restore_started:
+        say("checking the live database and the backup")
+        journal.mark("probe", "start")
+        journal.mark("probe", "done", **preflight(db_p, backup_p, Path(alembic_ini) if alembic_ini else None, force))
+        if not journal.done("safety"):
+            say("safety copy of the live database")
+            journal.mark("safety", "start")
+            safety = consistent_copy(db_p, run_dir / "safety" / db_p.name, "live database")
+            journal.mark("safety", "done", path=str(safety), sha256=sha256_file(safety))
+        if not journal.done("extract"):
+            say("extracting post-deploy changes")
+            journal.mark("extract", "start")
+            from recovery.extract import extract
+
+            bundle_dir = run_dir / "bundle"
+            if bundle_dir.exists():  # a finished bundle from a run killed before journaling it
+                import shutil
+
+                shutil.rmtree(bundle_dir)
+            # extract from the safety copy: identical content, and the live file stays untouched
+            res = extract(backup_p, run_dir / "safety" / db_p.name, bundle_dir, since, mapping, alembic_ini,
+                          uploads, files)
+            if res.plan.errors:
+                journal.mark("extract", "failed", errors=list(res.plan.errors))
+                raise RecoveryError("the re-import plan has errors; the live DB was not touched: "
+                                    + "; ".join(res.plan.errors), "add a mapping file (see the README) and run again")
+            journal.mark("extract", "done", bundle_id=res.bundle.bundle_id)
+        bundle = open_bundle(run_dir / "bundle")
+        if confirm is not None and not confirm(_plan_summary(bundle)):
+            raise RecoveryError("stopped at your request; nothing was changed", exit_code=ExitCode.REFUSED)
+    bundle = open_bundle(run_dir / "bundle")
+    if not journal.done("restore"):
+        if downgrade_to:
+            say(f"downgrading the live database to {downgrade_to} with the application's Alembic")
+            journal.mark("restore", "start", method="downgrade")
+            _downgrade_in_place(db_p, alembic_ini, downgrade_to)
+            journal.mark("restore", "done", method="downgrade", sha256=sha256_file(db_p))
+        else:
+            say("restoring the backup over the live database")
+            journal.mark("restore", "start", method="backup")
+            digest = restore_atomically(backup_p, db_p)
+            journal.mark("restore", "done", method="backup", sha256=digest)
+    if not journal.done("reimport"):
+        say("re-importing post-deploy changes (one transaction)")
+        journal.mark("reimport", "start")
+        outcome = _reimport_into(db_p, bundle, on_conflict, prefer, apply_deletes, files, False, 10.0, str(db_p))
+        _save_outcome(run_dir, outcome)
+        journal.mark("reimport", "done", already_applied=outcome.already_applied)
+    outcome = _load_outcome(run_dir, bundle, db_p, on_conflict)
+    if not journal.done("relink"):
+        journal.mark("relink", "start")
+        outcome.files = _relink(bundle, db_p, uploads, files, dry_run=False) if uploads else None
+        _save_outcome(run_dir, outcome)
+        journal.mark("relink", "done")
+    if not journal.done("verify"):
+        journal.mark("verify", "start")
+        with readonly(db_p, "live database") as conn:
+            outcome.verification = verify(conn, outcome, bundle.old.alembic_revision)
+        _save_outcome(run_dir, outcome)
+        journal.mark("verify", "done", ok=outcome.verification.get("ok"))
+    journal.mark("report", "start")
+    paths = write_run_files(run_dir, outcome, bundle, {"journal": journal.data["steps"]})
+    journal.mark("report", "done")
+    return RunResult(run_dir, outcome, paths, journal.resumed, False, journal.data["steps"])
+
+
+def _plan_summary(bundle: Bundle) -> dict[str, Any]:
+    c = bundle.counts
+    return {
+        "deploy_time": bundle.manifest.get("deploy_time"),
+        "inserted": sum(v.get("inserted", 0) for v in c.values()),
+        "updated": sum(v.get("updated", 0) for v in c.values()),
+        "deleted": sum(v.get("deleted", 0) for v in c.values()),
+        "lost": sum(v.get("lost", 0) for v in c.values()),
+        "tables": c,
+        "from_revision": bundle.new.alembic_revision, "to_revision": bundle.old.alembic_revision,
+    }
+
+
+def _save_outcome(run_dir: Path, outcome: Outcome) -> None:
+    import pickle
+
+    tmp = run_dir / "outcome.pickle.tmp"
+    tmp.write_bytes(pickle.dumps(outcome))
+    os.replace(tmp, run_dir / "outcome.pickle")
+
+
+def _load_outcome(run_dir: Path, bundle: Bundle, db: Path, policy: ConflictPolicy) -> Outcome:
+    import pickle
+
+    p = run_dir / "outcome.pickle"
+    if p.is_file():
+        return pickle.loads(p.read_bytes())  # noqa: S301 - our own file in our own run folder
+    return Outcome(bundle.bundle_id, str(db), policy.value, False, already_applied=True)
+
+
+def _downgrade_in_place(db: Path, alembic_ini: str | os.PathLike[str] | None, target: str) -> None:
+    from recovery.migrations import revisions_between
+
+    if alembic_ini is None:
+        raise RecoveryError("--downgrade-to needs --alembic-ini", "pass the application's alembic.ini")
+    with readonly(db, "live database") as conn:
+        current = alembic_revision(conn)
+    if current is None:
+        raise RecoveryError(f"{db} has no alembic_version", "use the backup restore instead of --downgrade-to")
+    stubs = [r.revision for r in revisions_between(alembic_ini, current, target) if r.downgrade_stub]
+    if stubs:
+        raise RecoveryError(
+            f"revision(s) {', '.join(stubs)} have a stub downgrade (pass / NotImplementedError): downgrading "
+            f"would leave their schema changes in place", "restore from the backup instead (omit --downgrade-to)")
+    import sqlalchemy as sa
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config(str(alembic_ini))
+    engine = sa.create_engine(f"sqlite:///{db}", poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            conn.commit()
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, target)
+            conn.commit()
+    finally:
+        engine.dispose()
+
+
+def _dry_run(db: Path, backup: Path, run_dir: Path, since: str | None, uploads: Any, mapping: Any,
+             alembic_ini: Any, policy: ConflictPolicy, apply_deletes: bool, prefer: Prefer, files: FilesConfig,
+             say: Progress) -> RunResult:
+    """Everything on scratch copies: the same report, every input file byte-identical."""
+    from recovery.extract import extract
+
+    preflight(db, backup, Path(alembic_ini) if alembic_ini else None, force=True)
+    with tempfile.TemporaryDirectory(prefix="recovery-dry-run-") as tmp:
+        t = Path(tmp)
+        say("dry run: copying the live database to a scratch folder")
+        live_copy = consistent_copy(db, t / db.name, "live database")
+        say("dry run: extracting")
+        res = extract(backup, live_copy, t / "bundle", since, mapping, alembic_ini, uploads, files)
+        if res.plan.errors:
+            raise RecoveryError("the re-import plan has errors: " + "; ".join(res.plan.errors),
+                                "add a mapping file (see the README)")
+        say("dry run: restoring and re-importing on the scratch copy")
+        restored = consistent_copy(backup, t / "restored.db", "backup")
+        outcome = _reimport_into(restored, res.bundle, policy, prefer, apply_deletes, files, True, 10.0, str(db))
+        outcome.dry_run = True
+        outcome.files = _relink(res.bundle, restored, uploads, files, dry_run=True) if uploads else None
+        run_dir.mkdir(parents=True, exist_ok=True)
+        paths = write_run_files(run_dir, outcome, res.bundle, {"dry_run_note": "nothing was changed"})
+    return RunResult(run_dir, outcome, paths)

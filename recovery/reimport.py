@@ -1,0 +1,501 @@
+"""Re-importing a bundle into the (restored) old-schema database: a three-way merge in ONE transaction.
+
+Everything happens inside one ``BEGIN IMMEDIATE`` transaction on the target, with the bundle's
+``rows.db`` attached read-only as ``bundle`` and ``base.db`` as ``base``:
+
+1. stage — the plan's SELECTs fill TEMP tables: ``ins:<t>`` (rows to insert, old schema) and
+   ``upd:<t>`` (key, theirs_i, base_i per updatable column);
+2. detect — set-based queries find ``primary_key``, ``unique``, ``missing_parent``, ``constraint``,
+   ``update_deleted`` and cell-level ``update_update`` conflicts;
+3. resolve — by policy: remap integer keys (rewriting every bundle reference, entity links
+   included) or skip whole units (a skipped parent skips its children; a skipped child of an
+   ``ON DELETE CASCADE`` parent skips the parent: a quote never lands without its items);
+4. apply — inserts parents first, the column-wise three-way UPDATE, deletes only on request;
+   ``_recovery_applied`` records the bundle id so a second run is a no-op;
+5. check — ``PRAGMA foreign_key_check`` inside the transaction; any problem rolls everything back.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlglot import exp
+
+from recovery.bundle import LOST_TABLE, Bundle
+from recovery.errors import ExitCode, RecoveryError
+from recovery.files import FilesConfig
+from recovery.outcome import Conflict, ConflictPolicy, Outcome, Prefer, Remap, TableOutcome
+from recovery.schema import Schema, Table
+from recovery.sqlbuild import and_all, col, is_distinct, is_same, or_all, sql, table
+from recovery.transpile import BASE_DB, BUNDLE_DB, KIND, Plan, TablePlan
+from recovery.transpile import plan as make_plan
+
+APPLIED_TABLE = "_recovery_applied"
+KILL_ENV = "RECOVERY_TEST_KILL_AFTER_STATEMENTS"
+"""Test-only fault injection: SIGKILL this process after N statements of the re-import transaction."""
+
+
+class _Counter:
+    def __init__(self) -> None:
+        limit = os.environ.get(KILL_ENV)
+        self.limit = int(limit) if limit and limit.isdigit() else None
+        self.n = 0
+
+    def tick(self) -> None:
+        self.n += 1
+        if self.limit is not None and self.n >= self.limit:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _t(kind: str, name: str) -> exp.Table:
+    return table(f"{kind}:{name}", "temp")
+
+
+def _lit(v: str) -> exp.Literal:
+    return exp.Literal.string(v)
+
+
+def _in(value: exp.Expression, query: exp.Select) -> exp.Expression:
+    """``value IN (SELECT …)``."""
+    return exp.In(this=value, query=query.subquery())
+
+
+@dataclass
+class Merge:
+    """One re-import in progress on an open target connection (inside its transaction)."""
+
+    conn: sqlite3.Connection
+    bundle: Bundle
+    plan: Plan
+    target: Schema
+    policy: ConflictPolicy
+    prefer: Prefer
+    files: FilesConfig
+    outcome: Outcome
+    counter: _Counter
+
+    # ---- helpers -------------------------------------------------------------------------
+    def run(self, stmt: exp.Expression, params: tuple[Any, ...] = ()) -> sqlite3.Cursor:
+        self.counter.tick()
+        return self.conn.execute(sql(stmt), params)
+
+    def rows(self, stmt: exp.Expression) -> list[tuple[Any, ...]]:
+        return self.run(stmt).fetchall()
+
+    def old(self, name: str) -> Table:
+        return self.bundle.old.tables[name]
+
+    def staged(self) -> list[TablePlan]:
+        return [tp for tp in self.plan.tables if tp.insert_select is not None]
+
+    def label(self, t: Table, alias: str) -> exp.Expression:
+        from recovery.extract import LABEL_COLUMNS
+
+        name = next((c for c in LABEL_COLUMNS if t.column(c) is not None), None)
+        return col(name, alias) if name else exp.Null()
+
+    def skip(self, name: str, rid_query: exp.Select) -> int:
+        stmt = exp.Insert(this=_t("skip", name), expression=rid_query, alternative="IGNORE")
+        return self.run(stmt).rowcount
+
+    # ---- 1. stage --------------------------------------------------------------------------
+    def stage(self) -> None:
+        for tp in self.staged():
+            assert tp.insert_select is not None and tp.update_select is not None
+            self.run(exp.Create(this=_t("ins", tp.table), kind="TABLE", expression=tp.insert_select.copy()))
+            self.run(exp.Create(this=_t("upd", tp.table), kind="TABLE", expression=tp.update_select.copy()))
+            for kind in ("skip", "uskip"):
+                self.run(exp.Create(kind="TABLE", this=exp.Schema(this=_t(kind, tp.table), expressions=[
+                    exp.ColumnDef(this=exp.to_identifier("rid"), kind=exp.DataType.build("INTEGER"),
+                                  constraints=[exp.ColumnConstraint(kind=exp.PrimaryKeyColumnConstraint())])])))
+            to = self.outcome.tables.setdefault(tp.table, TableOutcome(tp.table))
+            to.bundle_inserted = self.rows(exp.select("count(*)").from_(_t("ins", tp.table)))[0][0]
+            to.bundle_updated = self.rows(exp.select("count(*)").from_(_t("upd", tp.table)))[0][0]
+
+    # ---- 2+3. detect and resolve -------------------------------------------------------------
+    def conflict(self, c: Conflict) -> None:
+        self.outcome.conflicts.append(c)
+
+    def detect_primary_keys(self, tp: TablePlan) -> None:
+        t = self.old(tp.table)
+        key = t.primary_key
+        if not key:
+            return
+        same_key = and_all(exp.EQ(this=col(k, "t"), expression=col(k, "s")) for k in key)
+        identical = and_all(is_same(col(c, "t"), col(c, "s")) for c in t.column_names)
+        hit = exp.select(exp.column("rowid", "s"), *[col(k, "s") for k in key], self.label(t, "s"),
+                         exp.Exists(this=exp.select("1").from_(table(tp.table, "main", "t")).where(
+                             and_all([same_key, identical])))).from_(exp.alias_(_t("ins", tp.table), "s")).where(
+            exp.Exists(this=exp.select("1").from_(table(tp.table, "main", "t")).where(same_key)))
+        taken = []
+        for rid, *rest in self.rows(hit):
+            k, label, same = tuple(rest[: len(key)]), rest[len(key)], rest[len(key) + 1]
+            if same:  # the very same row is already there (e.g. written by hand): nothing to do
+                self.outcome.tables[tp.table].already_present += 1
+                self.skip(tp.table, exp.select(exp.Literal.number(rid)))
+                continue
+            taken.append((rid, k, label))
+        if not taken:
+            return
+        remappable = (self.policy is ConflictPolicy.REMAP and len(key) == 1
+                      and "INT" in (t.column(key[0]).type or "").upper())
+        for rid, k, label in taken:
+            resolution = "remapped" if remappable else "skipped"
+            self.conflict(Conflict("primary_key", tp.table, k, resolution, label=label,
+                                   detail="the key is taken in the target by a different row"))
+            if not remappable:
+                self.skip(tp.table, exp.select(exp.Literal.number(rid)))
+        if remappable:
+            self.remap(tp, [rid for rid, _, _ in taken])
+
+    def remap(self, tp: TablePlan, rids: list[int]) -> None:
+        """Give rows ``rids`` of ``ins:<t>`` fresh integer keys above every key in use, and rewrite
+        every staged reference to them (FK columns, updated rows, polymorphic entity links)."""
+        k = self.old(tp.table).primary_key[0]
+        top = exp.select(exp.func("max", col(k))).from_(table(tp.table, "main"))
+        top_s = exp.select(exp.func("max", col(k))).from_(_t("ins", tp.table))
+        base = self.rows(exp.select(exp.func("max", exp.func("coalesce", top.subquery(), 0),
+                                             exp.func("coalesce", top_s.subquery(), 0))))[0][0]
+        rid_list = exp.Tuple(expressions=[exp.Literal.number(r) for r in rids])
+        self.run(exp.Create(kind="TABLE", this=_t("remap", tp.table), expression=exp.select(
+            exp.alias_(col(k, "s"), "old_key"),
+            exp.alias_(exp.Add(this=exp.Literal.number(base), expression=exp.Window(
+                this=exp.RowNumber(), order=exp.Order(expressions=[exp.Ordered(this=col(k, "s"))]))), "new_key"),
+        ).from_(exp.alias_(_t("ins", tp.table), "s")).where(exp.In(this=exp.column("rowid", "s"), expressions=rid_list.expressions))))
+        pairs = self.rows(exp.select("old_key", "new_key").from_(_t("remap", tp.table)))
+        self.outcome.remaps += [Remap(tp.table, o, n) for o, n in pairs]
+        self.outcome.tables[tp.table].remapped += len(pairs)
+        lookup = exp.select("new_key").from_(exp.alias_(_t("remap", tp.table), "r"))
+        self._rewrite(_t("ins", tp.table), k, tp.table, lookup, rid_filter=rid_list)
+        for child in self.staged():
+            ct = self.old(child.table)
+            for fk in ct.foreign_keys:
+                if fk.ref_table == tp.table and len(fk.columns) == 1 and fk.ref_columns[0] == k:
+                    self._rewrite(_t("ins", child.table), fk.columns[0], tp.table, lookup)
+                    if fk.columns[0] in child.updatable:
+                        i = child.updatable.index(fk.columns[0])
+                        self._rewrite(_t("upd", child.table), f"theirs_{i}", tp.table, lookup)
+            if child.table == self.files.table and ct.column(self.files.entity_id) is not None:
+                kinds = exp.Tuple(expressions=[_lit(tp.table), _lit(tp.table.rstrip("s"))])
+                self._rewrite(_t("ins", child.table), self.files.entity_id, tp.table, lookup,
+                              extra=exp.In(this=col(self.files.entity_type), expressions=kinds.expressions))
+
+    def _rewrite(self, target: exp.Table, column: str, remapped: str, lookup: exp.Select,
+                 rid_filter: exp.Tuple | None = None, extra: exp.Expression | None = None) -> None:
+        match = exp.EQ(this=col("old_key", "r"), expression=col(column, target.name))
+        sub = lookup.copy().where(match)
+        in_remap = _in(col(column, target.name), exp.select("old_key").from_(_t("remap", remapped)))
+        conds = [in_remap]
+        if rid_filter is not None:
+            conds.append(exp.In(this=exp.column("rowid", target.name), expressions=rid_filter.expressions))
+        if extra is not None:
+            conds.append(extra)
+        upd = exp.Update(this=target, expressions=[exp.EQ(this=col(column), expression=sub.subquery())],
+                         where=exp.Where(this=and_all(conds)))
+        self.run(upd)
+
+    def detect_unique(self, tp: TablePlan) -> None:
+        t = self.old(tp.table)
+        for uset in t.unique_sets:
+            if tuple(uset) == t.primary_key:
+                continue
+            clash = and_all([*(is_same(col(c, "t"), col(c, "s")) for c in uset),
+                             *(exp.Not(this=exp.Is(this=col(c, "s"), expression=exp.Null())) for c in uset),
+                             *([or_all(is_distinct(col(k, "t"), col(k, "s")) for k in t.primary_key)]
+                               if t.primary_key else [])])
+            q = exp.select(exp.column("rowid", "s"), *[col(k, "s") for k in t.key], self.label(t, "s"),
+                           *[col(c, "s") for c in uset]).from_(exp.alias_(_t("ins", tp.table), "s")).where(and_all([
+                exp.Exists(this=exp.select("1").from_(table(tp.table, "main", "t")).where(clash)),
+                exp.Not(this=_in(exp.column("rowid", "s"), exp.select("rid").from_(_t("skip", tp.table)))),
+            ]))
+            for rid, *rest in self.rows(q):
+                nk = len(t.key)
+                self.conflict(Conflict("unique", tp.table, tuple(rest[:nk]), "skipped", column=",".join(uset),
+                                       bundle_value=rest[nk + 1] if len(uset) == 1 else list(rest[nk + 1:]),
+                                       label=rest[nk], detail=f"{', '.join(uset)} is taken in the target by a different row"))
+                self.skip(tp.table, exp.select(exp.Literal.number(rid)))
+
+    def detect_constraints(self, tp: TablePlan) -> None:
+        t = self.old(tp.table)
+        for c in t.columns:
+            if c.nullable or (c.name in t.primary_key and len(t.primary_key) == 1 and "INT" in c.type.upper()):
+                continue
+            q = exp.select(exp.column("rowid", "s"), *[col(k, "s") for k in t.key], self.label(t, "s")).from_(
+                exp.alias_(_t("ins", tp.table), "s")).where(exp.Is(this=col(c.name, "s"), expression=exp.Null()))
+            for rid, *rest in self.rows(q):
+                self.conflict(Conflict("constraint", tp.table, tuple(rest[:-1]), "skipped", column=c.name,
+                                       label=rest[-1], detail=f"{c.name} is NOT NULL in the old schema"))
+                self.skip(tp.table, exp.select(exp.Literal.number(rid)))
+
+    def detect_missing_parents(self, tp: TablePlan) -> None:
+        t = self.old(tp.table)
+        staged = {s.table for s in self.staged()}
+        for fk in t.foreign_keys:
+            if fk.ref_table not in self.bundle.old.tables:
+                continue
+            present = [exp.Exists(this=exp.select("1").from_(table(fk.ref_table, "main", "p")).where(
+                and_all(is_same(col(pc, "p"), col(cc, "s")) for pc, cc in zip(fk.ref_columns, fk.columns, strict=True))))]
+            if fk.ref_table in staged:
+                present.append(exp.Exists(this=exp.select("1").from_(exp.alias_(_t("ins", fk.ref_table), "p")).where(
+                    and_all(is_same(col(pc, "p"), col(cc, "s")) for pc, cc in zip(fk.ref_columns, fk.columns, strict=True)))))
+            notnull = [exp.Not(this=exp.Is(this=col(c, "s"), expression=exp.Null())) for c in fk.columns]
+            q = exp.select(exp.column("rowid", "s"), *[col(k, "s") for k in t.key], self.label(t, "s"),
+                           *[col(c, "s") for c in fk.columns]).from_(exp.alias_(_t("ins", tp.table), "s")).where(
+                and_all([*notnull, exp.Not(this=or_all(present)),
+                         exp.Not(this=_in(exp.column("rowid", "s"), exp.select("rid").from_(_t("skip", tp.table))))]))
+            nk = len(t.key)
+            for rid, *rest in self.rows(q):
+                self.conflict(Conflict("missing_parent", tp.table, tuple(rest[:nk]), "skipped",
+                                       column=",".join(fk.columns), bundle_value=rest[nk + 1], label=rest[nk],
+                                       detail=f"{fk.ref_table} row {rest[nk + 1]} is not in the target"))
+                self.skip(tp.table, exp.select(exp.Literal.number(rid)))
+
+    def detect_updates(self, tp: TablePlan) -> None:
+        t = self.old(tp.table)
+        key_match = and_all(is_same(col(k, "t"), col(f"key_{i}", "u")) for i, k in enumerate(t.key))
+        gone = exp.select(exp.column("rowid", "u"), *[col(f"key_{i}", "u") for i in range(len(t.key))]).from_(
+            exp.alias_(_t("upd", tp.table), "u")).where(
+            exp.Not(this=exp.Exists(this=exp.select("1").from_(table(tp.table, "main", "t")).where(key_match))))
+        for rid, *k in self.rows(gone):
+            self.conflict(Conflict("update_deleted", tp.table, tuple(k), "skipped",
+                                   detail="changed after the deploy but deleted in the target since"))
+            self.run(exp.Insert(this=_t("uskip", tp.table), expression=exp.select(exp.Literal.number(rid))))
+        for i, name in enumerate(tp.updatable):
+            theirs, base, ours = col(f"theirs_{i}", "u"), col(f"base_{i}", "u"), col(name, "t")
+            q = exp.select(*[col(f"key_{j}", "u") for j in range(len(t.key))], self.label(t, "t"),
+                           theirs.copy(), ours.copy(), base.copy()).from_(exp.alias_(_t("upd", tp.table), "u")).join(
+                table(tp.table, "main", "t"), on=key_match).where(and_all([
+                    is_distinct(theirs, base), is_distinct(ours, base.copy()), is_distinct(ours.copy(), theirs.copy())]))
+            resolution = "kept_target" if self.prefer is Prefer.DB else "applied"
+            for *k, label, th, ou, ba in self.rows(q):
+                self.conflict(Conflict("update_update", tp.table, tuple(k), resolution, column=name, bundle_value=th,
+                                       target_value=ou, base_value=ba, label=label,
+                                       detail="changed after the deploy and, differently, in the target since"))
+
+    def propagate_skips(self) -> None:
+        """Skip whole units: children of skipped parents; cascade-owned children's parents."""
+        staged = {s.table for s in self.staged()}
+        for _ in range(len(staged) * 2 + 2):
+            changed = 0
+            for child in staged:
+                ct = self.old(child)
+                for fk in ct.foreign_keys:
+                    if fk.ref_table not in staged:
+                        continue
+                    link = and_all(is_same(col(pc, "p"), col(cc, "c")) for pc, cc in zip(fk.ref_columns, fk.columns, strict=True))
+                    skipped_p = _in(exp.column("rowid", "p"), exp.select("rid").from_(_t("skip", fk.ref_table)))
+                    q = exp.select(exp.column("rowid", "c")).from_(exp.alias_(_t("ins", child), "c")).join(
+                        exp.alias_(_t("ins", fk.ref_table), "p"), on=link).where(skipped_p)
+                    changed += self.skip(child, q)
+                    i_fk = [c for c in fk.columns if c in self._tp(child).updatable]
+                    if i_fk:  # updated rows pointing at a skipped new parent
+                        i = self._tp(child).updatable.index(i_fk[0])
+                        uq = exp.select(exp.column("rowid", "c")).from_(exp.alias_(_t("upd", child), "c")).join(
+                            exp.alias_(_t("ins", fk.ref_table), "p"),
+                            on=is_same(col(fk.ref_columns[0], "p"), col(f"theirs_{i}", "c"))).where(skipped_p.copy())
+                        changed += self.run(exp.Insert(this=_t("uskip", child), expression=uq, alternative="IGNORE")).rowcount
+                    if (fk.on_delete or "").upper() == "CASCADE":
+                        skipped_c = _in(exp.column("rowid", "c"), exp.select("rid").from_(_t("skip", child)))
+                        pq = exp.select(exp.column("rowid", "p")).from_(exp.alias_(_t("ins", fk.ref_table), "p")).join(
+                            exp.alias_(_t("ins", child), "c"), on=link.copy()).where(skipped_c)
+                        changed += self.skip(fk.ref_table, pq)
+            if not changed:
+                return
+
+    def _tp(self, name: str) -> TablePlan:
+        tp = self.plan.table(name)
+        assert tp is not None
+        return tp
+
+    # ---- 4. apply --------------------------------------------------------------------------
+    def apply(self, apply_deletes: bool) -> None:
+        for tp in self.staged():
+            t = self.old(tp.table)
+            to = self.outcome.tables[tp.table]
+            cols = list(t.column_names)
+            keep = exp.Not(this=_in(exp.column("rowid", "s"), exp.select("rid").from_(_t("skip", tp.table))))
+            ins = exp.Insert(
+                this=exp.Schema(this=table(tp.table, "main"), expressions=[exp.to_identifier(c, quoted=True) for c in cols]),
+                expression=exp.select(*[col(c, "s") for c in cols]).from_(exp.alias_(_t("ins", tp.table), "s")).where(keep),
+            )
+            try:
+                to.inserted = self.run(ins).rowcount
+            except sqlite3.IntegrityError as exc:
+                raise RecoveryError(f"re-import of {tp.table} violated a constraint the checks did not predict: {exc}",
+                                    "nothing was changed; report this with the bundle", ExitCode.FAILED) from None
+            to.skipped = self.rows(exp.select("count(*)").from_(_t("skip", tp.table)))[0][0] - to.already_present
+        for tp in self.staged():
+            self.apply_updates(tp)
+        self.deletes(apply_deletes)
+
+    def apply_updates(self, tp: TablePlan) -> None:
+        if not tp.updatable:
+            return
+        t = self.old(tp.table)
+        sets, changes = [], []
+        for i, name in enumerate(tp.updatable):
+            theirs, base, ours = col(f"theirs_{i}", "u"), col(f"base_{i}", "u"), col(name, tp.table)
+            take = and_all([is_distinct(theirs, base), is_same(ours, base.copy())])
+            if self.prefer is Prefer.BUNDLE:
+                take = and_all([is_distinct(theirs.copy(), base.copy()), is_distinct(ours.copy(), theirs.copy())])
+            sets.append(exp.EQ(this=col(name), expression=exp.Case(ifs=[exp.If(this=take, true=theirs.copy())],
+                                                                   default=ours.copy())))
+            changes.append(take.copy())
+        live = exp.select("*").from_(exp.alias_(_t("upd", tp.table), "x")).where(exp.Not(this=_in(exp.column("rowid", "x"), exp.select("rid").from_(_t("uskip", tp.table)))))
+        where = and_all([*(exp.EQ(this=col(k, tp.table), expression=col(f"key_{i}", "u")) for i, k in enumerate(t.key)),
+                         or_all(changes)])
+        upd = exp.Update(this=table(tp.table, "main"), expressions=sets,
+                         from_=exp.From(this=live.subquery(exp.TableAlias(this=exp.to_identifier("u", quoted=True)))),
+                         where=exp.Where(this=where))
+        self.outcome.tables[tp.table].updated = self.run(upd).rowcount
+
+    def deletes(self, apply: bool) -> None:
+        """Rows deleted after the deploy came back with the restore: list them; delete on request,
+        and then only those unchanged since the backup and with no row referencing them."""
+        for name in reversed(self.bundle.old.fk_order()):
+            t = self.old(name)
+            if self.bundle.counts.get(name, {}).get("deleted", 0) == 0:
+                continue
+            same = and_all(is_same(col(c, "t"), col(c, "d")) for c in t.column_names)
+            key_match = and_all(is_same(col(k, "t"), col(k, "d")) for k in t.key)
+            q = exp.select(*[col(k, "d") for k in t.key], self.label(t, "d"),
+                           exp.Exists(this=exp.select("1").from_(table(name, "main", "t")).where(same))).from_(
+                table(name, BASE_DB, "d")).where(exp.EQ(this=col(KIND, "d"), expression=_lit("deleted")))
+            nk = len(t.key)
+            for row in self.rows(q):
+                self.outcome.deletes_for_review.append({"table": name, "key": list(row[:nk]), "label": row[nk],
+                                                        "unchanged_since_backup": bool(row[nk + 1])})
+            if not apply:
+                continue
+            referenced = []
+            for child_name, child in self.bundle.old.tables.items():
+                for fk in child.foreign_keys:
+                    if fk.ref_table == name:
+                        referenced.append(exp.Exists(this=exp.select("1").from_(table(child_name, "main", "c")).where(
+                            and_all(is_same(col(cc, "c"), col(pc, name)) for cc, pc in zip(fk.columns, fk.ref_columns, strict=True)))))
+            cond = exp.Exists(this=exp.select("1").from_(table(name, BASE_DB, "d")).where(and_all([
+                exp.EQ(this=col(KIND, "d"), expression=_lit("deleted")),
+                *(is_same(col(c, "d"), col(c, name)) for c in t.column_names)])))
+            where = and_all([cond, *(exp.Not(this=r) for r in referenced)])
+            self.outcome.tables.setdefault(name, TableOutcome(name)).deleted = self.run(
+                exp.Delete(this=table(name, "main"), where=exp.Where(this=where))).rowcount
+            _ = key_match
+
+
+def check_target_schema(bundle: Bundle, target: Schema) -> None:
+    """Refuse a target whose tables/columns differ from the bundle's old (target) schema."""
+    want, have = bundle.old, target
+    problems = []
+    for name in want.data_tables:
+        if name not in have.tables:
+            problems.append(f"table {name} is missing")
+            continue
+        wc, hc = set(want.tables[name].column_names), set(have.tables[name].column_names)
+        problems += [f"{name}.{c} is missing" for c in sorted(wc - hc)]
+        problems += [f"{name}.{c} is unexpected" for c in sorted(hc - wc)]
+    problems += [f"table {n} is unexpected" for n in have.data_tables if n not in want.tables]
+    if problems:
+        raise RecoveryError(
+            f"the target's schema differs from the bundle's target schema ({want.alembic_revision}): "
+            + "; ".join(problems[:6]) + (" …" if len(problems) > 6 else ""),
+            "restore the backup (or downgrade) first; nothing was changed",
+        )
+
+
+def already_applied(conn: sqlite3.Connection, bundle_id: str) -> bool:
+    exists = conn.execute("SELECT 1 FROM main.sqlite_master WHERE type='table' AND name=?", (APPLIED_TABLE,)).fetchone()
+    if not exists:
+        return False
+    q = exp.select("1").from_(table(APPLIED_TABLE, "main")).where(exp.EQ(this=col("bundle_id"), expression=exp.Placeholder()))
+    return conn.execute(sql(q), (bundle_id,)).fetchone() is not None
+
+
+def record_applied(m: Merge) -> None:
+    ddl = exp.Create(kind="TABLE", exists=True, this=exp.Schema(this=table(APPLIED_TABLE, "main"), expressions=[
+        exp.ColumnDef(this=exp.to_identifier(c, quoted=True), kind=exp.DataType.build("TEXT"))
+        for c in ("bundle_id", "applied_at", "tool_version", "policy")]))
+    m.run(ddl)
+    from recovery import __version__
+
+    ins = exp.Insert(this=table(APPLIED_TABLE, "main"), expression=exp.Values(expressions=[exp.Tuple(
+        expressions=[exp.Placeholder()] * 4)]))
+    m.run(ins, (m.bundle.bundle_id, datetime.now().isoformat(timespec="seconds"), __version__, m.policy.value))
+
+
+def load_lost(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    q = exp.select("*").from_(table(LOST_TABLE, BUNDLE_DB)).order_by(
+        col("table"), col("key"), col("column"))
+    import json
+
+    return [{"table": t, "key": json.loads(k), "label": lab, "column": c, "value": v, "reason": r}
+            for t, k, lab, c, v, r in conn.execute(sql(q))]
+
+
+def merge_into(
+    conn: sqlite3.Connection, bundle: Bundle, policy: ConflictPolicy, prefer: Prefer, apply_deletes: bool,
+    files: FilesConfig, target_name: str, dry_run: bool, target: Schema,
+) -> Outcome:
+    """Stage, detect, resolve and apply the bundle on ``conn`` (bundle attached, transaction open).
+    ``target`` is the target's reflected schema (reflected on another connection: SQLAlchemy may
+    reset a connection's transaction state). The caller commits or rolls back."""
+    check_target_schema(bundle, target)
+    outcome = Outcome(bundle.bundle_id, target_name, policy.value, dry_run)
+    outcome.lost = load_lost(conn)
+    if already_applied(conn, bundle.bundle_id):
+        outcome.already_applied = True
+        return outcome
+    p = make_plan(bundle.old, bundle.new, bundle.mapping, bundle.tables_with_rows())
+    if p.errors:
+        raise RecoveryError("the plan has errors, nothing was changed: " + "; ".join(p.errors),
+                            "add the missing columns to a mapping file and extract again")
+    m = Merge(conn, bundle, p, target, policy, prefer, files, outcome, _Counter())
+    for name in bundle.old.data_tables:
+        outcome.tables.setdefault(name, TableOutcome(name)).rows_before = _count(conn, name)
+    m.stage()
+    for tp in m.staged():
+        m.detect_primary_keys(tp)
+    for tp in m.staged():
+        m.detect_unique(tp)
+        m.detect_constraints(tp)
+    for tp in m.staged():
+        m.detect_missing_parents(tp)
+        m.detect_updates(tp)
+    m.propagate_skips()
+    if policy is ConflictPolicy.ABORT and outcome.conflicts:
+        outcome.aborted = True
+        return outcome
+    m.apply(apply_deletes)
+    for name, c in bundle.counts.items():
+        if name in outcome.tables:
+            outcome.tables[name].bundle_deleted = c.get("deleted", 0)
+            outcome.tables[name].lost = c.get("lost", 0)
+    record_applied(m)
+    for name in bundle.old.data_tables:
+        outcome.tables[name].rows_after = _count(conn, name)
+    return outcome
+
+
+def _count(conn: sqlite3.Connection, name: str) -> int:
+    return conn.execute(sql(exp.select("count(*)").from_(table(name, "main")))).fetchone()[0]
+
+
+def attach_bundle(conn: sqlite3.Connection, bundle: Bundle) -> None:
+    from recovery.sqlite_io import _uri
+
+    conn.execute(f"ATTACH DATABASE ? AS {BUNDLE_DB}", (_uri(bundle.rows_db, mode="ro"),))
+    conn.execute(f"ATTACH DATABASE ? AS {BASE_DB}", (_uri(bundle.base_db, mode="ro"),))
+
+
+def open_target(path: Path, timeout: float) -> sqlite3.Connection:
+    from recovery.sqlite_io import _uri, check_sqlite_file
+
+    p = check_sqlite_file(path, "target database")
+    conn = sqlite3.connect(_uri(p, mode="rw"), uri=True, isolation_level=None, timeout=0.2)
+    conn.execute("PRAGMA foreign_keys = OFF")  # no cascade may fire; integrity is checked before commit
+    conn.execute("PRAGMA temp_store = MEMORY")
+    return conn

@@ -67,6 +67,10 @@ class Bundle:
     def tables_with_rows(self) -> set[str]:
         return {t for t, c in self.counts.items() if c.get("inserted", 0) + c.get("updated", 0) + c.get("closure", 0)}
 
+    def tables_with_deletes(self) -> set[str]:
+        """Tables with rows deleted after the deploy (their backup images are in base.db)."""
+        return {t for t, c in self.counts.items() if c.get("deleted", 0)}
+
 
 def mapping_from_dict(data: dict[str, Any]) -> ColumnMapping:
     import sqlglot
@@ -106,6 +110,16 @@ def seal(folder: Path, manifest: dict[str, Any]) -> None:
     (folder / "manifest.sha256").write_text(digest + "  manifest.json\n", encoding="utf-8")
 
 
+def _content_files(folder: Path) -> list[str]:
+    """The bundle's own files: top-level files and everything under ``files/``. Other folders
+    (run folders that ``recovery reimport`` writes inside the bundle) are not bundle content."""
+    out = [p.name for p in folder.iterdir() if p.is_file() or p.is_symlink()]
+    files = folder / "files"
+    if files.is_dir():
+        out += [p.relative_to(folder).as_posix() for p in files.rglob("*") if p.is_file() or p.is_symlink()]
+    return out
+
+
 def open_bundle(path: str | os.PathLike[str], verify: bool = True) -> Bundle:
     """Open a bundle folder, verifying the manifest and the hash of every file in it."""
     folder = Path(path)
@@ -124,6 +138,11 @@ def open_bundle(path: str | os.PathLike[str], verify: bool = True) -> Bundle:
     if manifest.get("format") != FORMAT:
         raise RecoveryError(f"bundle {folder}: unknown format {manifest.get('format')!r}", f"expected {FORMAT}")
     if verify:
+        recorded_files = set(manifest.get("hashes", {})) | {"manifest.json", "manifest.sha256"}
+        extra = sorted(rel for rel in _content_files(folder) if rel not in recorded_files)
+        if extra:
+            raise RecoveryError(f"bundle {folder}: {extra[0]} was added after extraction (not in the manifest)",
+                                "extract the bundle again from the safety copy")
         for rel, digest in manifest.get("hashes", {}).items():
             p = folder / rel
             if not p.is_file():

@@ -183,6 +183,10 @@ def _changed_condition(a: Analysis, s: TableSides, new_t: Table) -> exp.Expressi
             after_expr(col(ts["updated"], "n"), a.since_jd),
             or_all(non_default(new_t, c, "n") for c in lost_cols),
         ]))
+    elif lost_cols:
+        # No deploy time or no updated timestamp: a non-default value in a column the backup does
+        # not have cannot be dated, so it is carried to the lost list rather than dropped silently.
+        conds.append(or_all(non_default(new_t, c, "n") for c in lost_cols))
     return or_all(conds) if conds else None
 
 
@@ -295,7 +299,8 @@ def extract(
             conn.execute("DETACH DATABASE bnew")
             conn.execute("DETACH DATABASE bbase")
             has_rows = {t for t, c in counts.items() if c["inserted"] + c["updated"] + c.get("closure", 0)}
-            p = make_plan(a.old, a.new, a.mapping, has_rows)
+            has_deletes = {t for t, c in counts.items() if c["deleted"]}
+            p = make_plan(a.old, a.new, a.mapping, has_rows, has_deletes)
             file_report = copy_files_into_bundle(work, uploads, backup, files) if uploads else None
             manifest: dict[str, Any] = {
                 "format": FORMAT,

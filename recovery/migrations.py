@@ -226,6 +226,8 @@ def derive_lineage(
     env = track(statements, env)
     lineage: dict[str, dict[str, exp.Expression]] = {}
     for t, cols in old_tables.items():
+        if t == "alembic_version":
+            continue  # the downgrade rewrites the revision itself: bookkeeping, not a mapping rule
         for c in cols:
             e = env.get(t, {}).get(c)
             if e is None or isinstance(e, exp.Null):
@@ -246,4 +248,7 @@ def derive_lineage(
 
 
 def _unquote_parens(e: exp.Expression) -> exp.Expression:
-    return e.this if isinstance(e, exp.Paren) else e
+    """Strip every outer parenthesis (nested substitutions can wrap a rule more than once)."""
+    while isinstance(e, exp.Paren):
+        e = e.this
+    return e

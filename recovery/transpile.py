@@ -59,7 +59,9 @@ class Plan:
     new: Schema | None = field(default=None, repr=False, compare=False)
     mapping: ColumnMapping | None = field(default=None, repr=False, compare=False)
     has_rows: frozenset[str] = frozenset()
-    """Old tables whose bundle table holds rows (others need no statements)."""
+    """Old tables whose bundle table holds rows (others need no INSERT/UPDATE)."""
+    has_deletes: frozenset[str] | None = None
+    """Old tables with rows deleted after the deploy; None: unknown, every table gets its DELETE."""
 
     def table(self, name: str) -> TablePlan | None:
         return next((t for t in self.tables if t.table == name), None)
@@ -177,8 +179,10 @@ def build_statements(plan: Plan) -> Plan:
     assert plan.old is not None
     tables = []
     for tp in plan.tables:
+        wants_delete = plan.has_deletes is None or tp.table in plan.has_deletes
         if tp.table not in plan.has_rows:
-            tables.append(tp)
+            # a table whose only changes are deletions still needs its DELETE
+            tables.append(replace(tp, delete=delete_statement(tp)) if wants_delete else tp)
             continue
         old_t = plan.old.tables[tp.table]
         ins_sel = insert_select(tp)
@@ -206,27 +210,38 @@ def build_statements(plan: Plan) -> Plan:
                     exp.EQ(this=col(k, tp.table), expression=col(f"key_{i}", "u")) for i, k in enumerate(tp.key)
                 )),
             )
-        deleted = exp.select(exp.Literal.number(1)).from_(table(tp.table, BASE_DB, "d")).where(and_all(
-            [exp.EQ(this=col(KIND, "d"), expression=exp.Literal.string("deleted"))]
-            + [is_same(col(k, "d"), col(k, tp.table)) for k in tp.key]
-        ))
-        delete = exp.Delete(this=table(tp.table), where=exp.Where(this=exp.Exists(this=deleted)))
+        delete = delete_statement(tp) if wants_delete else None
         tables.append(replace(tp, insert=insert, update=update, delete=delete, insert_select=ins_sel,
                               update_select=upd_sel, updatable=updatable))
     return replace(plan, tables=tuple(tables))
+
+
+def delete_statement(tp: TablePlan) -> exp.Delete:
+    """DELETE the rows the bundle's base.db marks ``deleted`` (matched by key, NULL-safe)."""
+    deleted = exp.select(exp.Literal.number(1)).from_(table(tp.table, BASE_DB, "d")).where(and_all(
+        [exp.EQ(this=col(KIND, "d"), expression=exp.Literal.string("deleted"))]
+        + [is_same(col(k, "d"), col(k, tp.table)) for k in tp.key]
+    ))
+    return exp.Delete(this=table(tp.table), where=exp.Where(this=exp.Exists(this=deleted)))
 
 
 PASSES: tuple[Callable[[Plan], Plan], ...] = (source_columns, fill_old_only, build_statements)
 """The transpile passes, in order."""
 
 
-def plan(old: Schema, new: Schema, mapping: ColumnMapping, has_rows: set[str] | frozenset[str]) -> Plan:
-    """Run every pass over the old tables the mapping carries (FK order, skipped tables left out)."""
+def plan(
+    old: Schema, new: Schema, mapping: ColumnMapping, has_rows: set[str] | frozenset[str],
+    has_deletes: set[str] | frozenset[str] | None = None,
+) -> Plan:
+    """Run every pass over the old tables the mapping carries (FK order, skipped tables left out).
+
+    ``has_deletes``: tables with rows deleted after the deploy (None: emit every table's DELETE)."""
     tables = tuple(
         TablePlan(t, old.tables[t].key) for t in old.fk_order()
         if t in mapping.tables and not mapping.tables[t].skip and t in new.tables
     )
-    p = Plan(tables, old=old, new=new, mapping=mapping, has_rows=frozenset(has_rows))
+    p = Plan(tables, old=old, new=new, mapping=mapping, has_rows=frozenset(has_rows),
+             has_deletes=None if has_deletes is None else frozenset(has_deletes))
     for step in PASSES:
         p = step(p)
     return p

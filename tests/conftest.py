@@ -1,0 +1,37 @@
+"""Shared fixtures: a small generated Gestima world.
+
+``world`` is generated once per test session and shared — treat it as read-only: open its
+databases with ``sqlite3.connect(f"file:{path}?mode=ro", uri=True)``. A read-write open
+that closes last checkpoints ``gestima.db-wal`` into ``gestima.db`` and deletes the WAL,
+which changes the world under every other test. Tests that write use ``world_copy``.
+"""
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+WORLD_PARTS = 120
+WORLD_SEED = 42
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Folder of a world generated once (parts=120, seed=42): backup, live DB + WAL, uploads, world.json."""
+    from recovery.sample import generate
+
+    return generate(tmp_path_factory.mktemp("world") / "world", parts=WORLD_PARTS, seed=WORLD_SEED)
+
+
+@pytest.fixture
+def world_copy(world: Path, tmp_path: Path) -> Path:
+    """A private, writable copy of ``world`` (files copied as they are, -wal included)."""
+    target = tmp_path / "world"
+    shutil.copytree(world, target)
+    return target

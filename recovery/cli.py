@@ -257,6 +257,8 @@ def rollback_cmd(db: Path, backup: Path, out_dir: Path | None, since: str | None
     from recovery.pipeline import rollback
 
     err = console(stderr=True)
+    if not (yes or dry_run or sys.stdin.isatty()):  # refuse before touching anything
+        raise RecoveryError("refusing to roll back without a terminal", "pass --yes (or --dry-run)")
 
     def confirm(plan: dict[str, Any]) -> bool:
         render_plan(plan)
@@ -303,3 +305,150 @@ def demo_cmd(out_dir: Path | None, parts: int, seed: int) -> None:
                    confirm=lambda plan: (render_plan(plan), True)[1], progress=lambda m: err.print(f"· {m}"))
     render_outcome(res)
     sys.exit(res.exit_code)
+
+
+@main.command("relink", epilog=EXIT_CODES_HELP)
+@click.argument("bundle_dir", type=click.Path(path_type=Path))
+@click.argument("db", type=click.Path(path_type=Path))
+@click.option("--uploads", required=True, type=click.Path(path_type=Path), help="The app's uploads folder.")
+@click.option("--files-table", help="Table recording uploads (default: file_records, else detected).")
+@click.option("--path-column", help="Its column with the path under --uploads (default: path).")
+@click.option("--hash-column", help="Its column with the file's sha256 (default: sha256).")
+@click.option("--dry-run", is_flag=True, help="Change nothing; report what would be restored and fixed.")
+@output_options
+def relink_cmd(bundle_dir: Path, db: Path, uploads: Path, files_table: str | None, path_column: str | None,
+               hash_column: str | None, dry_run: bool, fmt: str) -> None:
+    """Put every file a re-imported record names back at its path under --uploads with its
+    recorded sha256 (from the bundle when missing; beside, never over, a different file), and make
+    entity links follow remapped keys. Unsafe stored paths (absolute, `..`, symlinks out of the
+    folder) are never read or written, only reported. Exits 1 when files are missing or unsafe.
+
+    Example:
+
+        recovery relink run/bundle gestima.db --uploads uploads/ --dry-run
+    """
+    from recovery.files import FilesConfig
+    from recovery.relink import REPORT_LISTS, relink
+
+    if not uploads.is_dir():
+        raise RecoveryError(f"uploads folder {uploads} does not exist or is not a folder", "check --uploads")
+    default = FilesConfig()
+    cfg = FilesConfig(files_table or default.table, path_column or default.path, hash_column or default.sha256)
+    result = relink(bundle_dir, db, uploads, cfg, dry_run=dry_run)
+    if fmt == "json":
+        emit_json(result)
+    elif fmt == "csv":
+        write_csv(sys.stdout, [{"list": name, "record_key": e.get("record_key"), "path": e.get("path"),
+                                "sha256": e.get("sha256"), "detail": e.get("status") or e.get("action")
+                                or e.get("reason") or e.get("kind") or e.get("recovered_path")}
+                               for name in REPORT_LISTS for e in result[name]],
+                  ["list", "record_key", "path", "sha256", "detail"])
+    else:
+        c = console()
+        c.print(f"[bold]relink[/] {'(dry run) ' if dry_run else ''}{result['root']}")
+        c.print(" · ".join(f"{name.replace('_', ' ')} {n}" for name, n in result["counts"].items() if n)
+                or "no files recorded by the bundle")
+        for name in ("missing", "unsafe", "kept_both", "hash_mismatch", "links_unresolved"):
+            for e in result[name][:20]:
+                c.print(f"  [yellow]{name}[/] {e.get('record_key')} {e.get('path') or e.get('reason')}")
+    sys.exit(ExitCode.REVIEW if result["missing"] or result["unsafe"] else ExitCode.OK)
+
+
+@main.command("report", epilog=EXIT_CODES_HELP)
+@click.argument("folder", metavar="RUN_DIR|BUNDLE_DIR", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["html", "md", "csv", "json"]), default="html", show_default=True,
+              help="html: one self-contained page; md: Markdown for a terminal or ticket; csv: the lost values; "
+                   "json: report.json's shape (docs/REPORT.md).")
+@click.option("--out", "out", type=click.Path(path_type=Path),
+              help="File to write (default: html to RUN_DIR/report.html or BUNDLE_DIR-report.html; others to stdout).")
+def report_cmd(folder: Path, fmt: str, out: Path | None) -> None:
+    """Regenerate the recovery report of a run folder (from its report.json), or report what a
+    bundle holds and what a re-import would lose, before re-importing it. Headline (deploy and
+    rollback time, records created/changed, carried back, not carried and why, files, verdict),
+    per table, per user, every lost value and conflict. Exits 1 when something needs review.
+
+    Example:
+
+        recovery report run/ && recovery report run/bundle --format md
+    """
+    from recovery.report import report
+
+    res = report(folder, fmt, out)
+    if res.path is None:
+        click.echo(res.text, nl=False)
+    else:
+        h = res.headline
+        console(stderr=True).print(f"{h['verdict']}: {h['carried']} of {h['records_total']} records carried, "
+                                   f"{h['lost_values']} lost value(s), {h['conflicts']} conflict(s). "
+                                   f"Report: [bold]{res.path}[/]")
+    sys.exit(ExitCode.REVIEW if res.headline["verdict"] != "all recovered" else ExitCode.OK)
+
+
+@main.command("check", epilog=EXIT_CODES_HELP)
+@click.option("--alembic-ini", required=True, type=click.Path(path_type=Path), help="The app's alembic.ini.")
+@click.option("--from", "from_rev", help="Start after this revision (default: --db's revision, else the base).")
+@click.option("--to", "to_rev", help="Last revision to judge (default: head).")
+@click.option("--db", type=click.Path(path_type=Path), help="A database or backup whose revision is --from.")
+@output_options
+def check_cmd(alembic_ini: Path, from_rev: str | None, to_rev: str | None, db: Path | None, fmt: str) -> None:
+    """Judge every revision after --from up to --to before you deploy it: run its upgrade and
+    downgrade on scratch databases, read the SQL with sqlglot (renames, type changes, data
+    migrations, batch rebuilds), find stub or partial downgrades and the data a rollback would
+    lose, and give a verdict per revision (safe / loses data on downgrade / needs manual SQL) with a
+    suggested reverse for stubs. Only scratch files are written. Exits 0 when the whole range rolls
+    back without loss, 1 otherwise. --json prints {format, alembic_ini, from, to, ok, summary,
+    revisions: [{revision, verdict, upgrade{changes, lineage, cross_check}, downgrade{kind,
+    differences, lineage, error}, losses, suggested_reverse{sql, alembic, mechanical, verified}}]}.
+
+    Example:
+
+        recovery check --alembic-ini app/alembic.ini --db gestima.db.bak.20261120_140000
+    """
+    from recovery.check import check, render_check
+
+    result = check(alembic_ini, from_rev, to_rev, db)
+    if fmt == "json":
+        emit_json(result.to_dict())
+    elif fmt == "csv":
+        write_csv(sys.stdout, [{"revision": r.revision, "verdict": r.verdict, "downgrade": r.downgrade,
+                                "losses": "; ".join(f"{x.table}.{x.column or '*'}" for x in r.losses)}
+                               for r in result.revisions], ["revision", "verdict", "downgrade", "losses"])
+    else:
+        render_check(result)
+    sys.exit(result.exit_code)
+
+
+@main.command("rehearse", epilog=EXIT_CODES_HELP)
+@click.argument("db", type=click.Path(path_type=Path))
+@click.option("--backup", required=True, type=click.Path(path_type=Path), help="The pre-deploy backup.")
+@click.option("--alembic-ini", type=click.Path(path_type=Path), help="The app's alembic.ini (mapping rules from migrations).")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), help="Run folder (default: beside DB).")
+@click.option("--uploads", type=click.Path(path_type=Path), help="The app's uploads folder (copied, never changed).")
+@click.option("--mapping", type=click.Path(path_type=Path), help="TOML mapping file (old column = expression).")
+@click.option("--since", help="Deploy time (ISO-8601 or epoch); default: the backup's manifest or name.")
+@output_options
+def rehearse_cmd(db: Path, backup: Path, alembic_ini: Path | None, out_dir: Path | None, uploads: Path | None,
+                 mapping: Path | None, since: str | None, fmt: str) -> None:
+    """Test the rollback on staging in one command: copy DB, BACKUP and uploads to a scratch folder,
+    run the whole `recovery rollback` on the copies, then check the round trip — every post-deploy
+    change present or listed as lost, every backup row intact, the schema at the backup's revision —
+    and print `Rollback test: PASS` or `FAIL` with the reasons and the would-be losses. The live
+    files are only read; the run folder gets the real run's report plus rehearsal.json/.md.
+    Exits 0 on PASS (losses are listed), 1 on FAIL.
+
+    Example:
+
+        recovery rehearse gestima.db --backup gestima.db.bak.20261120_140000 \\
+            --alembic-ini app/alembic.ini --uploads uploads/ --out rehearsal/
+    """
+    from recovery.rehearse import rehearse, render_rehearsal
+
+    err = console(stderr=True)
+    result = rehearse(db, backup, alembic_ini, out_dir, uploads, mapping, since, progress=lambda m: err.print(f"· {m}"))
+    if fmt == "json":
+        emit_json(result.to_dict())
+    elif fmt == "csv":
+        write_csv(sys.stdout, result.losses, ["table", "key", "label", "column", "value", "reason"])
+    else:
+        render_rehearsal(result)
+    sys.exit(result.exit_code)

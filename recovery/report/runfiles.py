@@ -1,58 +1,65 @@
-"""The files every re-import (and rollback, and dry run) leaves in its run folder.
+"""The files every re-import (and rollback, and dry run) leaves in its run folder, and
+``recovery report`` — the same report regenerated from a run folder or made from a bundle alone.
 
-``report.json`` has a documented, stable shape (see the README): ``bundle``, ``outcome`` (the
-``Outcome``: per-table counts, conflicts, remapped keys, lost values, deletes for review, files,
-verification) and ``summary`` (the headline numbers). The CSVs are built with pandas.
+``report.json`` has a documented shape (``docs/REPORT.md``): ``bundle``, ``summary`` (the headline
+numbers), ``outcome`` (``Outcome.to_dict()``) and ``report`` — every number the HTML and Markdown
+show, computed once by :func:`recovery.report.model.build`. The renderers read only that section,
+so a run folder re-renders without its bundle (a dry run's bundle is gone when it ends).
 """
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
-from recovery.bundle import Bundle
+from recovery.bundle import Bundle, open_bundle
+from recovery.errors import RecoveryError
 from recovery.outcome import Outcome
+from recovery.report.html import render_html
+from recovery.report.markdown import render_markdown
+from recovery.report.model import build
+from recovery.report.tables import CONFLICT_COLUMNS, LOST_COLUMNS, frame  # noqa: F401 - re-exported
 
-CONFLICT_COLUMNS = ["kind", "table", "key", "label", "column", "bundle_value", "target_value", "base_value",
-                    "resolution", "detail"]
-LOST_COLUMNS = ["table", "key", "label", "column", "value", "reason"]
-
-
-def _json_cell(v: Any) -> Any:
-    if isinstance(v, bytes):
-        return "0x" + v.hex()
-    if isinstance(v, (list, dict)):
-        return json.dumps(v, ensure_ascii=False)
-    return v
+FORMAT = "recovery-report/1"
+RUN_FILES = ("report.json", "conflicts.csv", "lost_values.csv", "reimport.sql", "report.md", "report.html")
+FORMATS = ("html", "md", "csv", "json")
 
 
-def frame(rows: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
-    df = pd.DataFrame([{c: _json_cell(r.get(c)) for c in columns} for r in rows], columns=columns)
-    return df
-
-
-def summary(outcome: Outcome, bundle: Bundle) -> dict[str, Any]:
+def summary(outcome: Outcome, bundle: Bundle, section: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``summary`` object of report.json (stable keys; see docs/REPORT.md)."""
     counts = bundle.counts
-    created = sum(c.get("inserted", 0) for c in counts.values())
-    changed = sum(c.get("updated", 0) for c in counts.values())
-    deleted = sum(c.get("deleted", 0) for c in counts.values())
     tot = outcome.to_dict()["totals"]
+    head = (section or {}).get("headline", {})
     return {
         "deploy_time": bundle.manifest.get("deploy_time"),
-        "records_created_after_deploy": created,
-        "records_changed_after_deploy": changed,
-        "records_deleted_after_deploy": deleted,
+        "rollback_time": head.get("rollback_time"),
+        "records_created_after_deploy": sum(c.get("inserted", 0) for c in counts.values()),
+        "records_changed_after_deploy": sum(c.get("updated", 0) for c in counts.values()),
+        "records_deleted_after_deploy": sum(c.get("deleted", 0) for c in counts.values()),
+        "records_carried": head.get("carried"), "records_not_carried": head.get("not_carried"),
+        "files_affected": head.get("files_affected"),
         "rows_inserted": tot["inserted"], "rows_updated": tot["updated"], "rows_deleted": tot["deleted"],
         "rows_skipped": tot["skipped"], "keys_remapped": tot["remapped"],
         "conflicts": tot["conflicts"], "lost_values": tot["lost"],
-        "verdict": "review needed" if outcome.needs_review else "all recovered",
+        "verdict": head.get("verdict") or ("review needed" if outcome.needs_review else "all recovered"),
         "verified": bool(outcome.verification.get("ok")) if outcome.verification else None,
         "already_applied": outcome.already_applied, "dry_run": outcome.dry_run, "aborted": outcome.aborted,
     }
+
+
+def _bundle_summary(section: dict[str, Any]) -> dict[str, Any]:
+    h = section["headline"]
+    return {"deploy_time": h["deploy_time"], "rollback_time": None,
+            "records_created_after_deploy": h["records_created"], "records_changed_after_deploy": h["records_changed"],
+            "records_deleted_after_deploy": h["records_deleted"], "records_carried": h["carried"],
+            "records_not_carried": h["not_carried"], "files_affected": h["files_affected"],
+            "conflicts": 0, "lost_values": h["lost_values"], "verdict": h["verdict"], "verified": None,
+            "dry_run": None, "already_applied": False, "aborted": False}
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -61,33 +68,113 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _rollback_time(extra: dict[str, Any] | None) -> str:
+    restore = ((extra or {}).get("journal") or {}).get("restore") or {}
+    return str(restore.get("at") or datetime.now().isoformat(sep="T", timespec="seconds"))
+
+
 def write_run_files(run_dir: Path, outcome: Outcome, bundle: Bundle, extra: dict[str, Any] | None = None) -> dict[str, Path]:
+    """Write report.json, conflicts.csv, lost_values.csv, reimport.sql, report.md and report.html."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    head = summary(outcome, bundle)
-    report = {"format": "recovery-report/1", "bundle": {"path": str(bundle.path), "id": bundle.bundle_id,
-                                                         "counts": bundle.counts},
-              "summary": head, "outcome": outcome.to_dict(), **(extra or {})}
-    paths = {n: run_dir / n for n in ("report.json", "conflicts.csv", "lost_values.csv", "reimport.sql", "report.md")}
-    _atomic_write(paths["report.json"], json.dumps(report, indent=2, ensure_ascii=False, default=str) + "\n")
+    section = build(bundle, outcome, _rollback_time(extra))
+    report = {"format": FORMAT, "bundle": {"path": str(bundle.path), "id": bundle.bundle_id, "counts": bundle.counts},
+              "summary": summary(outcome, bundle, section), "outcome": outcome.to_dict(), **(extra or {}),
+              "report": section}
+    paths = {n: run_dir / n for n in RUN_FILES}
+    _atomic_write(paths["report.json"], dump_json(report))
     _atomic_write(paths["conflicts.csv"], frame([c.to_dict() for c in outcome.conflicts], CONFLICT_COLUMNS).to_csv(index=False))
     _atomic_write(paths["lost_values.csv"], frame(outcome.lost, LOST_COLUMNS).to_csv(index=False))
     shutil.copyfile(bundle.path / "reimport.sql", paths["reimport.sql"])
-    _atomic_write(paths["report.md"], markdown(head, outcome))
+    _atomic_write(paths["report.md"], render_markdown(section))
+    _atomic_write(paths["report.html"], render_html(section))
     return paths
 
 
-def markdown(head: dict[str, Any], outcome: Outcome) -> str:
-    lines = ["# Rollback recovery report", ""]
-    lines += [f"- **{k.replace('_', ' ')}**: {v}" for k, v in head.items()]
-    per_table = pd.DataFrame([
-        {"table": n, "inserted": t.inserted, "updated": t.updated, "deleted": t.deleted, "skipped": t.skipped,
-         "remapped": t.remapped, "lost": t.lost}
-        for n, t in sorted(outcome.tables.items())
-    ])
-    if not per_table.empty:
-        lines += ["", "## Per table", "", per_table.to_markdown(index=False)]
-    if outcome.conflicts:
-        lines += ["", "## Conflicts", "", frame([c.to_dict() for c in outcome.conflicts], CONFLICT_COLUMNS).to_markdown(index=False)]
-    if outcome.lost:
-        lines += ["", "## Values that could not be carried back", "", frame(outcome.lost, LOST_COLUMNS).to_markdown(index=False)]
-    return "\n".join(lines) + "\n"
+def dump_json(data: Any) -> str:
+    return json.dumps(data, indent=2, ensure_ascii=False, default=_json_default) + "\n"
+
+
+def _json_default(v: Any) -> Any:
+    return "0x" + v.hex() if isinstance(v, bytes) else str(v)
+
+
+# ---------------------------------------------------------------------------------------------
+# recovery report RUN_DIR | BUNDLE_DIR
+
+
+@dataclass
+class ReportResult:
+    """What :func:`report` made: the full report.json-shaped document, the rendered text, and the
+    file written (None when the text is for stdout)."""
+
+    document: dict[str, Any]
+    text: str
+    path: Path | None
+    source: str  # "run" | "bundle"
+
+    @property
+    def headline(self) -> dict[str, Any]:
+        return self.document["report"]["headline"]
+
+
+def load(folder: str | os.PathLike[str]) -> tuple[dict[str, Any], str]:
+    """A report.json-shaped document for a run folder (its report.json, re-built from its bundle
+    and saved outcome when that report.json predates the ``report`` section) or a bundle folder."""
+    p = Path(folder)
+    if not p.is_dir():
+        raise RecoveryError(f"{p} is not a folder", "pass a run folder (with report.json) or a bundle folder")
+    rj = p / "report.json"
+    if rj.is_file():
+        try:
+            doc = json.loads(rj.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise RecoveryError(f"{rj} is not valid JSON: {exc}", "run the rollback or reimport again") from None
+        if doc.get("format") != FORMAT:
+            raise RecoveryError(f"{rj}: unknown format {doc.get('format')!r}", f"expected {FORMAT}")
+        if "report" not in doc:
+            if not ((p / "bundle" / "manifest.json").is_file() and (p / "outcome.pickle").is_file()):
+                raise RecoveryError(f"{rj} predates this report format and its bundle is gone",
+                                    "run `recovery report` on the bundle folder instead")
+            bundle = open_bundle(p / "bundle")
+            outcome = pickle.loads((p / "outcome.pickle").read_bytes())  # noqa: S301 - our own run folder
+            doc["report"] = build(bundle, outcome, _rollback_time(doc))
+        return doc, "run"
+    bundle_dir = p if (p / "manifest.json").is_file() else p / "bundle"
+    if not (bundle_dir / "manifest.json").is_file():
+        raise RecoveryError(f"{p} holds neither report.json nor a bundle (manifest.json)",
+                            "pass the --out folder of `recovery rollback`/`reimport`, or an extracted bundle")
+    bundle = open_bundle(bundle_dir)
+    section = build(bundle, None)
+    return ({"format": FORMAT, "bundle": {"path": str(bundle.path), "id": bundle.bundle_id, "counts": bundle.counts},
+             "summary": _bundle_summary(section), "report": section}, "bundle")
+
+
+def render(document: dict[str, Any], fmt: str) -> str:
+    if fmt == "html":
+        return render_html(document["report"])
+    if fmt == "md":
+        return render_markdown(document["report"])
+    if fmt == "json":
+        return dump_json(document)
+    if fmt == "csv":
+        return frame(document["report"]["lost"], LOST_COLUMNS).to_csv(index=False)
+    raise RecoveryError(f"unknown report format {fmt!r}", f"use one of {', '.join(FORMATS)}")
+
+
+def report(folder: str | os.PathLike[str], fmt: str = "html", out: str | os.PathLike[str] | None = None) -> ReportResult:
+    """Render the report of a run folder or a bundle folder as html, md, csv (the lost values) or
+    json. ``out``: the file to write; by default HTML goes to RUN_DIR/report.html (for a bundle,
+    ``<bundle>-report.html`` beside it — a bundle's content is sealed) and the others to stdout."""
+    document, source = load(folder)
+    text = render(document, fmt)
+    target: Path | None = Path(out) if out else None
+    if target is None and fmt == "html":
+        p = Path(folder)
+        target = p / "report.html" if source == "run" else p.resolve().parent / f"{p.resolve().name}-report.html"
+    if target is not None:
+        if target.is_dir():
+            target = target / {"html": "report.html", "md": "report.md", "json": "report.json",
+                               "csv": "lost_values.csv"}[fmt]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(target, text)
+    return ReportResult(document, text, target, source)

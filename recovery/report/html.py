@@ -1,0 +1,189 @@
+"""The HTML report: ONE self-contained file (inline CSS, charts as ``data:`` SVG images, no scripts,
+no external fonts or links) that opens offline and reads well on screen and on paper.
+
+Every value from the data goes through :func:`html.escape` or pandas' ``to_html(escape=True)``;
+the page contains no ``<script>`` at all, so markup in the data can only ever show as text.
+"""
+from __future__ import annotations
+
+from html import escape
+from typing import Any
+
+import pandas as pd
+
+from recovery.report import charts
+from recovery.report.tables import conflicts_frame, deletes_frame, files_frame, lost_frame, tables_frame, users_frame
+
+CSS = """
+:root{--ink:#0f172a;--muted:#64748b;--line:#e2e8f0;--bg:#f8fafc;--ok:#15803d;--okbg:#f0fdf4;
+--warn:#b45309;--warnbg:#fffbeb;--bad:#b91c1c;--badbg:#fef2f2}
+*{box-sizing:border-box}
+body{margin:0;background:var(--bg);color:var(--ink);font:15px/1.5 system-ui,-apple-system,"Segoe UI",
+Roboto,"Helvetica Neue",Arial,sans-serif}
+main{max-width:1120px;margin:0 auto;padding:32px 28px 64px}
+header h1{font-size:26px;margin:0 0 4px;letter-spacing:-.01em}
+header p{margin:0;color:var(--muted)}
+.banner{display:flex;gap:16px;align-items:center;border-radius:12px;padding:18px 22px;margin:22px 0;
+border:1px solid}
+.banner .icon{font-size:30px;line-height:1;font-weight:700}
+.banner h2{margin:0;font-size:21px}
+.banner p{margin:2px 0 0}
+.banner.ok{background:var(--okbg);border-color:#bbf7d0;color:var(--ok)}
+.banner.review{background:var(--warnbg);border-color:#fde68a;color:var(--warn)}
+.banner.bad{background:var(--badbg);border-color:#fecaca;color:var(--bad)}
+.banner p{color:var(--ink)}
+.cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(128px,1fr));gap:12px;margin:0 0 8px}
+.card{background:#fff;border:1px solid var(--line);border-radius:10px;padding:14px 16px}
+.card .n{font-size:30px;font-weight:700;font-variant-numeric:tabular-nums;line-height:1.15}
+.card .l{color:var(--muted);font-size:13px}
+.card.good .n{color:var(--ok)} .card.warn .n{color:var(--warn)} .card.bad .n{color:var(--bad)}
+.meta{display:grid;grid-template-columns:max-content 1fr;gap:4px 18px;margin:14px 0 0;font-size:14px}
+.meta dt{color:var(--muted)} .meta dd{margin:0;font-variant-numeric:tabular-nums}
+section{background:#fff;border:1px solid var(--line);border-radius:12px;padding:20px 22px;margin:18px 0}
+section h2{font-size:18px;margin:0 0 4px}
+section .sub{color:var(--muted);margin:0 0 14px;font-size:14px}
+ul.reasons{margin:8px 0 0;padding-left:20px}
+img.chart{display:block;max-width:100%;height:auto;margin:6px 0}
+table.data{border-collapse:collapse;width:100%;font-size:13.5px;font-variant-numeric:tabular-nums}
+table.data th{text-align:left;font-weight:600;color:#334155;background:#f1f5f9;border-bottom:1px solid var(--line);
+padding:7px 10px;white-space:nowrap}
+table.data td{padding:6px 10px;border-bottom:1px solid var(--line);vertical-align:top;overflow-wrap:break-word}
+table.data tr:nth-child(even) td{background:#fcfdfe}
+.empty{color:var(--muted);font-style:italic}
+footer{color:var(--muted);font-size:12.5px;margin-top:28px}
+code{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:12.5px}
+@media print{body{background:#fff} section,.card{break-inside:avoid}}
+"""
+
+MODE_TITLES = {"rollback": "Rollback recovery report", "dry-run": "Rollback recovery report — dry run",
+               "bundle": "Recovery bundle report — before re-import"}
+
+
+def _t(v: Any) -> str:
+    return escape("" if v is None else str(v))
+
+
+def _table(df: pd.DataFrame, empty: str) -> str:
+    if df.empty:
+        return f'<p class="empty">{_t(empty)}</p>'
+    shown = df.astype(object).where(df.notna(), "")
+    return shown.to_html(index=False, escape=True, border=0, classes="data", na_rep="")
+
+
+def verdict_text(h: dict[str, Any]) -> tuple[str, str, str]:
+    """(css class, title, sentence) of the verdict banner."""
+    mode = h["mode"]
+    ahead = mode != "rollback"
+    if h["verdict"] == "all recovered":
+        title = "All post-deploy work would be recovered" if ahead else "All post-deploy work recovered"
+        return "ok", title, (f"{h['carried']} of {h['records_total']} records "
+                             f"{'would be' if ahead else 'were'} carried back; nothing was lost.")
+    parts = []
+    if h["not_carried"]:
+        parts.append(f"{h['not_carried']} record(s) not carried back")
+    if h["lost_values"]:
+        parts.append(f"{h['lost_values']} value(s) with no place in the old release")
+    if h["conflicts"]:
+        parts.append(f"{h['conflicts']} conflict(s)")
+    if h.get("verified") is False:
+        parts.append("verification failed")
+    sentence = (f"{h['carried']} of {h['records_total']} records {'would be' if ahead else 'were'} carried back. "
+                + ("; ".join(parts).capitalize() + " — see below." if parts else "See below."))
+    return ("bad" if h.get("verified") is False else "review"), "Review needed", sentence
+
+
+def _cards(h: dict[str, Any]) -> str:
+    ahead = h["mode"] != "rollback"
+    cards = [
+        (h["records_created"], "records created after the deploy", ""),
+        (h["records_changed"], "records changed after the deploy", ""),
+        (h["carried"], "would be carried back" if ahead else "carried back", "good"),
+        (h["not_carried"], "not carried back", "warn" if h["not_carried"] else "good"),
+        (h["lost_values"], "values lost (listed below)", "warn" if h["lost_values"] else "good"),
+        (h["conflicts"], "conflicts", "warn" if h["conflicts"] else "good"),
+        (h["files_affected"], "files affected", ""),
+    ]
+    return '<div class="cards">' + "".join(
+        f'<div class="card {cls}"><div class="n" data-metric="{_t(label)}">{_t(n)}</div>'
+        f'<div class="l">{_t(label)}</div></div>' for n, label, cls in cards) + "</div>"
+
+
+def _when(v: Any) -> Any:
+    """ISO time as people write it (``2026-11-20 14:00:00``); anything else unchanged."""
+    return v.replace("T", " ", 1) if isinstance(v, str) and len(v) >= 16 and v[10:11] == "T" else v
+
+
+def _meta(h: dict[str, Any], report: dict[str, Any]) -> str:
+    rollback = h.get("rollback_time") or ("dry run — nothing changed" if h["mode"] == "dry-run" else "not rolled back yet")
+    items = [("Deploy time", _when(h.get("deploy_time")) or "unknown"), ("Rollback time", _when(rollback)),
+             ("Release", f"{h.get('from_revision') or '?'} → {h.get('to_revision') or '?'}"),
+             ("Deleted after the deploy", f"{h['records_deleted']} record(s), restored and listed for review"
+              if h["records_deleted"] else "none"),
+             ("Verification", {True: "passed (integrity, foreign keys, row counts, revision)",
+                               False: "FAILED — see below", None: "not run"}[h.get("verified")]),
+             ("Bundle", report.get("bundle_id") or "")]
+    return '<dl class="meta">' + "".join(f"<dt>{_t(k)}</dt><dd>{_t(v)}</dd>" for k, v in items) + "</dl>"
+
+
+def _reasons(h: dict[str, Any]) -> str:
+    lines = [f"{r['records']} record(s) in {', '.join(r['tables'])}: {r['reason']}" for r in h["not_carried_reasons"]]
+    lines += [f"{n} value(s): {reason}" for reason, n in h.get("lost_reasons", {}).items()]
+    if not lines:
+        return ""
+    return ('<section><h2>Why some work was not carried back</h2><ul class="reasons">'
+            + "".join(f"<li>{_t(line)}</li>" for line in lines) + "</ul></section>")
+
+
+def render_html(report: dict[str, Any]) -> str:
+    """The full page for a ``report`` section (see ``model.build``)."""
+    h = report["headline"]
+    cls, title, sentence = verdict_text(h)
+    icon = {"ok": "✓", "review": "!", "bad": "✕"}[cls]
+    activity_uri = charts.activity_chart(report["activity"])
+    outcome_uri = charts.outcome_chart(report["tables"])
+    untimed = report["activity"].get("untimed") or {}
+    untimed_note = ("; not shown (no timestamp): " + ", ".join(f"{n} in {t}" for t, n in untimed.items())) if untimed else ""
+    users_note = {"ids": "users shown by id (no users table found)"}.get(
+        report.get("user_names_from", "ids"), f"names from the {report.get('user_names_from')} users table")
+    body = [
+        f"<header><h1>{_t(MODE_TITLES.get(h['mode'], 'Recovery report'))}</h1>"
+        f"<p>Generated {_t(report.get('generated_at'))} by recovery</p></header>",
+        f'<div class="banner {cls}" role="status"><div class="icon">{icon}</div><div>'
+        f"<h2>{_t(title)}</h2><p>{_t(sentence)}</p></div></div>",
+        _cards(h), _meta(h, report), _reasons(h),
+        "<section><h2>Per table</h2><p class=\"sub\">Records created or changed after the deploy and what "
+        "became of them.</p>"
+        + (f'<img class="chart" alt="Outcome per table" src="{outcome_uri}">' if outcome_uri else "")
+        + _table(tables_frame(report), "No table had post-deploy changes.") + "</section>",
+        "<section><h2>Post-deploy activity</h2>"
+        f"<p class=\"sub\">Records created or changed per {_t(report['activity'].get('bin_minutes'))} minutes "
+        f"after the deploy{_t(untimed_note)}.</p>"
+        + (f'<img class="chart" alt="Post-deploy activity over time" src="{activity_uri}">' if activity_uri
+           else '<p class="empty">No timestamped post-deploy activity.</p>') + "</section>",
+        f"<section><h2>Per user</h2><p class=\"sub\">Who did the work ({_t(users_note)}; a change is "
+        "attributed to updated_by where the table has it, else to the record's owner).</p>"
+        + _table(users_frame(report), "No post-deploy work.") + "</section>",
+        f"<section><h2>Lost values ({len(report['lost'])})</h2><p class=\"sub\">Values the old release has "
+        "no place for — the list to re-enter from once the new release is back.</p>"
+        + _table(lost_frame(report), "Nothing was lost.") + "</section>",
+        f"<section><h2>Conflicts ({len(report['conflicts'])})</h2><p class=\"sub\">Both values and how each "
+        "was resolved.</p>" + _table(conflicts_frame(report), "No conflicts.") + "</section>",
+    ]
+    if report.get("deletes_for_review"):
+        body.append(f"<section><h2>Deleted after the deploy ({len(report['deletes_for_review'])})</h2>"
+                    "<p class=\"sub\">The backup still had these rows, so the restore brought them back; "
+                    "delete them again if the deletion was intended.</p>"
+                    + _table(deletes_frame(report), "") + "</section>")
+    files = report["files"]
+    if files.get("affected"):
+        status = ", ".join(f"{n} {s}" for s, n in files.get("by_status", {}).items())
+        body.append(f"<section><h2>Files ({files['affected']})</h2><p class=\"sub\">Uploads referenced by "
+                    f"post-deploy records ({_t(status)}).</p>" + _table(files_frame(report), "") + "</section>")
+    body.append("<footer>Numbers match report.json (section <code>report</code>); lost values and conflicts "
+                "are also in lost_values.csv and conflicts.csv.</footer>")
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; "
+            "style-src 'unsafe-inline'\">"
+            f"<title>{_t(title)} — {_t(MODE_TITLES.get(h['mode'], 'Recovery report'))}</title>"
+            f"<style>{CSS}</style></head><body><main>" + "\n".join(body) + "</main></body></html>\n")

@@ -1,0 +1,62 @@
+"""The Markdown report: readable as plain text in a terminal and rendered in a ticket.
+
+Cells are escaped for both: ``|`` and line breaks cannot break a table row, and ``<``/``>`` are
+backslash-escaped (CommonMark) so markup in the data shows as text in a ticket renderer.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from recovery.report.html import verdict_text
+from recovery.report.tables import conflicts_frame, deletes_frame, lost_frame, tables_frame, users_frame
+
+_ESCAPES = str.maketrans({"|": "\\|", "<": "\\<", ">": "\\>", "\n": " ", "\r": " ", "`": "\\`"})
+
+
+def md_text(v: Any) -> str:
+    return "" if v is None else str(v).translate(_ESCAPES)
+
+
+def md_table(df: pd.DataFrame, empty: str, numbers: bool = False) -> str:
+    """``numbers``: right-align numeric columns (counts); off for data, where ``0012`` is text."""
+    if df.empty:
+        return f"_{empty}_"
+    clean = df.astype(object).where(df.notna(), "").map(lambda v: md_text(v) if isinstance(v, str) or v is None else v)
+    clean.columns = [md_text(c) for c in clean.columns]
+    return clean.to_markdown(index=False, disable_numparse=not numbers)
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    h = report["headline"]
+    _, title, sentence = verdict_text(h)
+    rollback = h.get("rollback_time") or ("dry run — nothing changed" if h["mode"] == "dry-run" else "not rolled back yet")
+    ahead = h["mode"] != "rollback"
+    out = [f"# {'Recovery bundle report' if h['mode'] == 'bundle' else 'Rollback recovery report'}"
+           f"{' (dry run)' if h['mode'] == 'dry-run' else ''}", "",
+           f"**{title.upper()}** — {md_text(sentence)}", "",
+           f"- Deploy time: {md_text(h.get('deploy_time'))}",
+           f"- Rollback time: {md_text(rollback)}",
+           f"- Release: {md_text(h.get('from_revision'))} → {md_text(h.get('to_revision'))}",
+           f"- Records created after the deploy: **{h['records_created']}**",
+           f"- Records changed after the deploy: **{h['records_changed']}**",
+           f"- {'Would be carried back' if ahead else 'Carried back'}: **{h['carried']}**",
+           f"- Not carried back: **{h['not_carried']}**"]
+    out += [f"  - {r['records']} in {md_text(', '.join(r['tables']))}: {md_text(r['reason'])}" for r in h["not_carried_reasons"]]
+    out += [f"- Lost values: **{h['lost_values']}** (in {h['records_with_lost_values']} record(s))"]
+    out += [f"  - {n}: {md_text(reason)}" for reason, n in h.get("lost_reasons", {}).items()]
+    out += [f"- Conflicts: **{h['conflicts']}**", f"- Files affected: **{h['files_affected']}**",
+            f"- Deleted after the deploy (restored, for review): {h['records_deleted']}",
+            f"- Verification: {({True: 'passed', False: 'FAILED', None: 'not run'})[h.get('verified')]}",
+            f"- Verdict: **{h['verdict']}**"]
+    out += ["", "## Per table", "", md_table(tables_frame(report), "No post-deploy changes.", True),
+            "", "## Per user", "", md_table(users_frame(report), "No post-deploy work.", True),
+            "", f"## Lost values ({len(report['lost'])})", "",
+            "Values the old release has no place for — re-enter them from this list.", "",
+            md_table(lost_frame(report), "Nothing was lost."),
+            "", f"## Conflicts ({len(report['conflicts'])})", "", md_table(conflicts_frame(report), "No conflicts.")]
+    if report.get("deletes_for_review"):
+        out += ["", f"## Deleted after the deploy ({len(report['deletes_for_review'])})", "",
+                md_table(deletes_frame(report), "")]
+    return "\n".join(out) + "\n"

@@ -1,0 +1,64 @@
+"""The report's tables as pandas DataFrames — one definition shared by HTML, Markdown and CSV, so
+the three formats cannot disagree about a column or a number."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pandas as pd
+
+CONFLICT_COLUMNS = ["kind", "table", "key", "label", "column", "bundle_value", "target_value", "base_value",
+                    "resolution", "detail"]
+LOST_COLUMNS = ["table", "key", "label", "column", "value", "reason"]
+TABLE_COLUMNS = {"table": "table", "created": "created", "changed": "changed", "carried": "carried back",
+                 "not_carried": "not carried", "not_carried_reason": "why not", "conflicts": "conflicts",
+                 "lost_values": "lost values", "deleted": "deleted after deploy"}
+USER_COLUMNS = {"user": "user", "user_id": "id", "created": "created", "changed": "changed",
+                "carried": "carried back", "conflicts": "conflicts", "lost_values": "lost values"}
+
+
+def cell(v: Any) -> Any:
+    """A value as a report cell: bytes as hex, lists/dicts as JSON, keys of one column unwrapped."""
+    if isinstance(v, bytes):
+        return "0x" + v.hex()
+    if isinstance(v, (list, tuple)):
+        return v[0] if len(v) == 1 and not isinstance(v[0], (list, dict)) else json.dumps(list(v), ensure_ascii=False)
+    if isinstance(v, dict):
+        return json.dumps(v, ensure_ascii=False)
+    return v
+
+
+def frame(rows: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
+    """Rows → DataFrame with exactly ``columns`` (in order), cells made printable, dtype object so
+    integers stay integers next to NULLs."""
+    return pd.DataFrame([{c: cell(r.get(c)) for c in columns} for r in rows], columns=columns, dtype=object)
+
+
+def _renamed(rows: list[dict[str, Any]], names: dict[str, str]) -> pd.DataFrame:
+    return frame(rows, list(names)).rename(columns=names)
+
+
+def tables_frame(report: dict[str, Any]) -> pd.DataFrame:
+    return _renamed(report["tables"], TABLE_COLUMNS)
+
+
+def users_frame(report: dict[str, Any]) -> pd.DataFrame:
+    return _renamed(report["users"], USER_COLUMNS)
+
+
+def lost_frame(report: dict[str, Any]) -> pd.DataFrame:
+    return frame(report["lost"], LOST_COLUMNS)
+
+
+def conflicts_frame(report: dict[str, Any]) -> pd.DataFrame:
+    return frame(report["conflicts"], CONFLICT_COLUMNS)
+
+
+def deletes_frame(report: dict[str, Any]) -> pd.DataFrame:
+    rows = report.get("deletes_for_review") or []
+    cols = ["table", "key", "label"] + sorted({k for r in rows for k in r} - {"table", "key", "label"})
+    return frame(rows, cols)
+
+
+def files_frame(report: dict[str, Any]) -> pd.DataFrame:
+    return frame(report["files"].get("list") or [], ["path", "record", "size", "status"])

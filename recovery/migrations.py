@@ -149,6 +149,12 @@ def _table_name(t: exp.Expression) -> str:
     return t.name if isinstance(t, exp.Table) else t.this.name if isinstance(t, exp.Schema) else str(t)
 
 
+def _drop_targets(node: exp.Drop) -> list[exp.Expression]:
+    """What a DROP names: sqlglot ≥ 26 keeps it in ``tables``, older versions in ``this``/``expressions``."""
+    found = list(node.args.get("tables") or node.expressions or [])
+    return found or ([node.this] if node.this is not None else [])
+
+
 def track(statements: list[str], env: Env) -> Env:
     """Follow every captured statement, keeping each column's expression over the starting columns."""
     for text in statements:
@@ -169,7 +175,8 @@ def track(statements: list[str], env: Env) -> Env:
                 elif isinstance(action, exp.ColumnDef):
                     cols[action.name] = exp.Null()
                 elif isinstance(action, exp.Drop) and action.args.get("kind") == "COLUMN":
-                    cols.pop(action.this.name, None)
+                    for target in _drop_targets(action):
+                        cols.pop(target.name, None)
         elif isinstance(tree, exp.Create) and tree.args.get("kind") == "TABLE":
             schema = tree.this
             if isinstance(schema, exp.Schema):
@@ -199,7 +206,7 @@ def track(statements: list[str], env: Env) -> Env:
                                        default=before.get(eq.this.name, exp.Null()).copy())
                 env[name][eq.this.name] = new_val
         elif isinstance(tree, exp.Drop) and tree.args.get("kind") == "TABLE":
-            for t in tree.expressions if tree.expressions else [tree.this]:
+            for t in _drop_targets(tree):
                 env.pop(_table_name(t), None)
     return env
 
@@ -252,3 +259,48 @@ def _unquote_parens(e: exp.Expression) -> exp.Expression:
     while isinstance(e, exp.Paren):
         e = e.this
     return e
+
+
+def is_bookkeeping_sql(statement: str) -> bool:
+    """Statements that read (PRAGMA, SELECT) or only move ``alembic_version``: not schema or data."""
+    head = statement.lstrip().split(None, 1)[0].upper() if statement.strip() else ""
+    return head in {"PRAGMA", "SELECT", "WITH"} or "alembic_version" in statement
+
+
+def migrate_capture(
+    alembic_ini: str | os.PathLike[str], db: str | os.PathLike[str], direction: str, target: str,
+) -> list[str]:
+    """Run the app's ``upgrade``/``downgrade`` to ``target`` on the SQLite file ``db`` (a scratch
+    file: it is changed) and return the SQL it executed, reads and ``alembic_version`` left out.
+
+    Raises RecoveryError (with the migration's own error) when the migration fails."""
+    from alembic import command
+
+    if direction not in ("upgrade", "downgrade"):
+        raise ValueError(direction)
+    cfg = _config(alembic_ini)
+    captured: list[str] = []
+    engine = sa.create_engine(f"sqlite:///{Path(db)}", poolclass=sa.pool.NullPool)
+
+    @sa.event.listens_for(engine, "before_cursor_execute")
+    def _capture(conn, cursor, statement, parameters, context, executemany):  # noqa: ANN001
+        if not is_bookkeeping_sql(statement):
+            captured.append(statement)
+
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA foreign_keys=OFF")  # a rebuild must never fire ON DELETE CASCADE
+            conn.exec_driver_sql("PRAGMA synchronous=OFF")  # a scratch file: durability buys nothing
+            conn.exec_driver_sql("PRAGMA journal_mode=MEMORY")
+            conn.commit()
+            cfg.attributes["connection"] = conn
+            getattr(command, direction)(cfg, target)
+            conn.commit()
+    except RecoveryError:
+        raise
+    except Exception as exc:  # the app's own migration code failed
+        raise RecoveryError(f"{direction} to {target} failed: {type(exc).__name__}: {exc}".strip(),
+                            "fix the migration") from None
+    finally:
+        engine.dispose()
+    return captured

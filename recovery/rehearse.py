@@ -1,0 +1,305 @@
+"""``recovery rehearse``: the runbook's "Testing Rollback Procedure (Staging)" in one command.
+
+The live database, its backup and the uploads are copied to a scratch folder (SQLite's backup API
+for the databases, so a live WAL file is copied consistently and never checkpointed); the whole
+:func:`recovery.pipeline.rollback` runs against the copies, writing the same run folder a real
+run writes; then the round trip is checked on the rolled-back copy:
+
+* every post-deploy change is there: each inserted/updated bundle row of an old-schema table has
+  its key (or its remapped key) in the copy, with the values the re-import plan says it carries;
+  rows of tables the old schema lacks are listed as lost;
+* every backup row is intact: its key is present, and rows nobody changed after the deploy are
+  identical to the backup;
+* the schema is the backup's (``alembic_version`` equal) and the pipeline's own verification
+  (integrity, foreign keys, row counts) passed.
+
+PASS (exit 0) may still list losses: values the old schema has no place for. The live files are
+hashed before and after; they are only ever read.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlglot import exp
+
+from recovery.bundle import Bundle, open_bundle, write_json_atomic
+from recovery.errors import ExitCode, RecoveryError
+from recovery.schema import alembic_revision
+from recovery.sqlbuild import and_all, col, is_same, sql, table
+from recovery.sqlite_io import check_sqlite_file, consistent_copy, readonly, sha256_file, sidecars
+
+FORMAT = "recovery-rehearsal/1"
+SAMPLE_LIMIT = 20
+"""How many offending keys a failed check quotes."""
+
+
+@dataclass
+class Rehearsal:
+    passed: bool
+    run_dir: Path
+    reasons: list[str] = field(default_factory=list)
+    """Why the rehearsal failed (empty on PASS)."""
+    losses: list[dict[str, Any]] = field(default_factory=list)
+    """Values the rollback would lose: table, key, label, column, value, reason."""
+    checks: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    outcome: Any = None
+
+    @property
+    def exit_code(self) -> int:
+        return ExitCode.OK if self.passed else ExitCode.REVIEW
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT, "result": "PASS" if self.passed else "FAIL", "passed": self.passed,
+                "run_dir": str(self.run_dir), "reasons": self.reasons, "losses": self.losses,
+                "checks": self.checks, "notes": self.notes}
+
+
+def rehearse(
+    db: str | os.PathLike[str], backup: str | os.PathLike[str], alembic_ini: str | os.PathLike[str] | None = None,
+    out: str | os.PathLike[str] | None = None, uploads: str | os.PathLike[str] | None = None,
+    mapping: str | os.PathLike[str] | None = None, since: str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Rehearsal:
+    """Roll back scratch copies of ``db``/``backup``/``uploads`` and check the round trip; the run
+    folder ``out`` (default: ``recovery-rehearsal-<stamp>`` beside ``db``) gets the real run's
+    report plus ``rehearsal.json`` and ``rehearsal.md``."""
+    from recovery.pipeline import rollback
+
+    say = progress or (lambda _m: None)
+    db_p = check_sqlite_file(db, "live database")
+    backup_p = check_sqlite_file(backup, "backup")
+    uploads_p = Path(uploads) if uploads else None
+    if uploads_p is not None and not uploads_p.is_dir():
+        raise RecoveryError(f"--uploads {uploads_p} is not a folder", "pass the application's uploads folder")
+    run_dir = Path(out) if out else db_p.parent / f"recovery-rehearsal-{datetime.now():%Y%m%d_%H%M%S}"
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise RecoveryError(f"{run_dir} is not empty", "choose a new or empty --out folder")
+    live_files = [p for p in (db_p, *sidecars(db_p), backup_p) if p.exists()]
+    hashes = {str(p): sha256_file(p) for p in live_files}
+    with tempfile.TemporaryDirectory(prefix="recovery-rehearsal-") as tmp:
+        scratch = Path(tmp)
+        say("copying the live database, the backup and the uploads to a scratch folder")
+        db_copy = consistent_copy(_raw_copy(db_p, scratch / "raw"), scratch / "live" / db_p.name, "live database")
+        backup_copy = consistent_copy(_raw_copy(backup_p, scratch / "raw"), scratch / "live" / backup_p.name, "backup")
+        manifest = backup_p.with_name(backup_p.name + ".manifest.json")
+        if manifest.is_file():  # the deploy time may come from it
+            shutil.copyfile(manifest, backup_copy.with_name(manifest.name))
+        uploads_copy = None
+        if uploads_p is not None:
+            uploads_copy = scratch / "live" / "uploads"
+            shutil.copytree(uploads_p, uploads_copy, symlinks=True)
+        for src, dst in ((db_p, db_copy), (backup_p, backup_copy)):
+            _keep_mtime(src, dst)  # the pipeline's "backup newer than the DB?" check must see the real times
+        backup_ref = consistent_copy(backup_copy, scratch / "reference" / backup_p.name, "backup")
+        try:
+            res = rollback(db_copy, backup_copy, run_dir, since, uploads_copy, mapping, alembic_ini,
+                           confirm=None, progress=lambda m: say(f"rehearsal: {m}"))
+        except RecoveryError as err:  # the real run would stop here too: that is the finding
+            result = Rehearsal(False, run_dir, [f"the rollback stops: {err.one_line()}"])
+        else:
+            say("checking the round trip on the rolled-back copy")
+            result = Rehearsal(True, run_dir, outcome=res.outcome)
+            result.losses = list(res.outcome.lost) if res.outcome else []
+            _check_round_trip(result, db_copy, backup_ref, open_bundle(run_dir / "bundle"))
+    changed = [p for p, h in hashes.items() if not Path(p).exists() or sha256_file(p) != h]
+    result.checks["live_files_unchanged"] = not changed
+    if changed:  # never us: everything above worked on copies; the application may still be writing
+        result.notes.append("changed while the rehearsal ran (is the application still running?): " + ", ".join(changed))
+    result.passed = not result.reasons
+    write_json_atomic(run_dir / "rehearsal.json", result.to_dict())
+    (run_dir / "rehearsal.md").write_text(markdown(result), encoding="utf-8")
+    return result
+
+
+def _raw_copy(src: Path, folder: Path, attempts: int = 5) -> Path:
+    """Byte copies of ``src`` and its ``-wal`` (never ``-shm``) into ``folder``, taken again until
+    no write happened meanwhile. Even a ``mode=ro`` SQLite open of a WAL file writes its ``-shm``
+    (the wal-index), so the live files are only ever read as bytes; SQLite rebuilds the index of
+    the copy from its ``-wal``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    wal, _ = sidecars(src)
+    dst, dst_wal = folder / src.name, folder / (src.name + "-wal")
+
+    def stamp() -> tuple[Any, ...]:
+        return tuple((p.stat().st_size, p.stat().st_mtime_ns) if p.exists() else None for p in (src, wal))
+
+    for _ in range(attempts):
+        before = stamp()
+        shutil.copyfile(src, dst)
+        if wal.exists():
+            shutil.copyfile(wal, dst_wal)
+        else:
+            dst_wal.unlink(missing_ok=True)
+        if stamp() == before:
+            return dst
+    raise RecoveryError(f"{src} kept changing while it was copied", "stop the application, or rehearse on a copy")
+
+
+def _keep_mtime(src: Path, dst: Path) -> None:
+    """Give the copy the source's last-write time (its ``-wal`` counts: commits live there)."""
+    wal, _ = sidecars(src)
+    latest = max(src.stat().st_mtime, wal.stat().st_mtime if wal.exists() else 0.0)
+    os.utime(dst, (latest, latest))
+
+
+def _check_round_trip(result: Rehearsal, rolled: Path, backup: Path, bundle: Bundle) -> None:
+    outcome = result.outcome
+    ver = outcome.verification if outcome else {}
+    result.checks["verification_ok"] = bool(ver.get("ok"))
+    if not ver.get("ok"):
+        result.reasons.append(f"the pipeline's verification failed: {json.dumps(ver, default=str)[:400]}")
+    if outcome is not None and outcome.aborted:
+        result.reasons.append("the re-import aborted on conflicts")
+    for c in outcome.conflicts if outcome else []:
+        if c.resolution in ("skipped", "kept_target"):
+            result.reasons.append(f"{c.table} {list(c.key)}: {c.kind} conflict, {c.resolution} — the change is not carried")
+    with readonly(backup, "backup") as b, readonly(rolled, "rolled-back copy") as r:
+        want, got = alembic_revision(b), alembic_revision(r)
+    result.checks["alembic_revision"] = {"expected": want, "actual": got, "ok": want == got}
+    if want != got:
+        result.reasons.append(f"the rolled-back copy is at revision {got}, the backup at {want}")
+    conn = sqlite3.connect(f"file:{rolled}?mode=ro", uri=True)
+    try:
+        conn.execute("ATTACH DATABASE ? AS bk", (f"file:{backup}?mode=ro",))
+        conn.execute("ATTACH DATABASE ? AS bundle", (f"file:{bundle.rows_db}?mode=ro",))
+        conn.execute("ATTACH DATABASE ? AS base", (f"file:{bundle.base_db}?mode=ro",))
+        result.checks["backup_rows"] = _backup_intact(conn, bundle, result)
+        result.checks["post_deploy_changes"] = _changes_carried(conn, bundle, result)
+    finally:
+        conn.close()
+
+
+def _tables_in(conn: sqlite3.Connection, schema: str) -> set[str]:
+    return {r[0] for r in conn.execute(f"SELECT name FROM {schema}.sqlite_master WHERE type='table'")}  # noqa: S608
+
+
+def _backup_intact(conn: sqlite3.Connection, bundle: Bundle, result: Rehearsal) -> dict[str, Any]:
+    """Every backup key present; every backup row nobody changed after the deploy identical."""
+    counts: dict[str, Any] = {}
+    base_tables = _tables_in(conn, "base")
+    for name in bundle.old.data_tables:
+        t = bundle.old.tables[name]
+        key = t.key
+        present = exp.select("1").from_(table(name, "main", "r")).where(and_all(is_same(col(k, "r"), col(k, "o")) for k in key))
+        missing_q = exp.select(*[col(k, "o") for k in key]).from_(table(name, "bk", "o")).where(exp.Not(this=exp.Exists(this=present)))
+        missing = conn.execute(sql(missing_q)).fetchall()
+        same = exp.select("1").from_(table(name, "main", "r")).where(and_all(is_same(col(c, "r"), col(c, "o")) for c in t.column_names))
+        cond: exp.Expression = exp.Not(this=exp.Exists(this=same))
+        if name in base_tables:  # rows updated or deleted after the deploy are allowed to differ
+            touched = exp.select("1").from_(table(name, "base", "d")).where(and_all(is_same(col(k, "d"), col(k, "o")) for k in key))
+            cond = exp.and_(exp.Not(this=exp.Exists(this=touched)), cond)
+        changed_q = exp.select(*[col(k, "o") for k in key]).from_(table(name, "bk", "o")).where(cond)
+        changed = conn.execute(sql(changed_q)).fetchall()
+        total = conn.execute(sql(exp.select("count(*)").from_(table(name, "bk")))).fetchone()[0]
+        counts[name] = {"rows": total, "missing": len(missing), "altered": len(changed)}
+        if missing:
+            result.reasons.append(f"{name}: {len(missing)} backup row(s) missing after the rollback, e.g. keys "
+                                  f"{[list(k) for k in missing[:SAMPLE_LIMIT]]}")
+        if changed:
+            result.reasons.append(f"{name}: {len(changed)} backup row(s) nobody changed after the deploy differ from "
+                                  f"the backup, e.g. keys {[list(k) for k in changed[:SAMPLE_LIMIT]]}")
+    return counts
+
+
+def _changes_carried(conn: sqlite3.Connection, bundle: Bundle, result: Rehearsal) -> dict[str, Any]:
+    """Each inserted/updated bundle row: present in the old-schema table (values as the plan
+    carries them) or, for tables the old schema lacks, listed as lost."""
+    from recovery.transpile import KIND, plan as make_plan, qualify_key
+
+    p = make_plan(bundle.old, bundle.new, bundle.mapping, bundle.tables_with_rows())
+    remapped: dict[str, dict[Any, Any]] = {}
+    for rm in result.outcome.remaps if result.outcome else []:
+        remapped.setdefault(rm.table, {})[rm.old_key] = rm.new_key
+    kinds = exp.In(this=col(KIND, "b"), expressions=[exp.Literal.string("inserted"), exp.Literal.string("updated")])
+    counts: dict[str, Any] = {}
+    planned = {tp.table for tp in p.tables}
+    for tp in p.tables:
+        if tp.table not in bundle.tables_with_rows():
+            continue
+        keys = [qualify_key(tp, k) for k in tp.key]
+        checked = [c for c in tp.columns if c.expression is not None and c.column not in tp.key]
+        exprs = keys + [c.expression.copy() for c in checked]
+        q = exp.select(*exprs).from_(table(tp.table, "bundle", "b")).where(kinds)
+        rows = conn.execute(sql(q)).fetchall()
+        cols = list(tp.key) + [c.column for c in checked]
+        find = exp.select(*[col(c) for c in cols]).from_(table(tp.table, "main")).where(
+            and_all(is_same(col(k), exp.Placeholder()) for k in tp.key))
+        find_sql = sql(find)
+        missing, differing = [], []
+        for row in rows:
+            k = tuple(row[: len(tp.key)])
+            moved = remapped.get(tp.table, {}).get(k[0]) if len(k) == 1 else None
+            got = conn.execute(find_sql, (moved,) if moved is not None else k).fetchone()
+            if got is None:
+                missing.append(list(k))
+            elif moved is None and tuple(got) != tuple(row):
+                diff = [c for c, a, b in zip(cols, got, row, strict=False) if a != b]
+                differing.append({"key": list(k), "columns": diff})
+        counts[tp.table] = {"rows": len(rows), "missing": len(missing), "differing": len(differing)}
+        if missing:
+            result.reasons.append(f"{tp.table}: {len(missing)} post-deploy row(s) neither carried nor listed as lost, "
+                                  f"e.g. keys {missing[:SAMPLE_LIMIT]}")
+        if differing:
+            result.reasons.append(f"{tp.table}: {len(differing)} post-deploy row(s) carried with other values than "
+                                  f"the plan's, e.g. {differing[:5]}")
+    lost_keys = {(x["table"], json.dumps(x["key"], default=str)) for x in result.losses}
+    for name in sorted(bundle.tables_with_rows() - planned):
+        t = bundle.new.tables.get(name)
+        if t is None:
+            continue
+        q = exp.select(*[col(k, "b") for k in t.key]).from_(table(name, "bundle", "b")).where(kinds)
+        rows = conn.execute(sql(q)).fetchall()
+        unlisted = [list(r) for r in rows if (name, json.dumps(list(r), default=str)) not in lost_keys]
+        counts[name] = {"rows": len(rows), "lost": len(rows) - len(unlisted), "unlisted": len(unlisted)}
+        if unlisted:
+            result.reasons.append(f"{name}: {len(unlisted)} post-deploy row(s) of a table the old schema lacks are "
+                                  f"not listed as lost, e.g. keys {unlisted[:SAMPLE_LIMIT]}")
+    return counts
+
+
+def markdown(r: Rehearsal) -> str:
+    lines = [f"# Rollback test: {'PASS' if r.passed else 'FAIL'}", "",
+             "The whole rollback ran on scratch copies; the live files were only read.", ""]
+    if r.reasons:
+        lines += ["## Why it failed", ""] + [f"- {x}" for x in r.reasons] + [""]
+    lines += [f"## Would-be losses ({len(r.losses)})", ""]
+    if r.losses:
+        lines += ["| table | key | column | value | reason |", "|---|---|---|---|---|"]
+        lines += [f"| {x['table']} | {x['key']} | {x['column']} | {x['value']!r} | {x.get('reason', '')} |" for x in r.losses]
+    else:
+        lines.append("None: every post-deploy value has a place in the old schema.")
+    if r.notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in r.notes]
+    return "\n".join(lines) + "\n"
+
+
+def render_rehearsal(r: Rehearsal) -> None:
+    from rich.table import Table as RichTable
+
+    from recovery.render import console
+
+    out = console()
+    for reason in r.reasons:
+        out.print(f"[red]✗[/] {reason}")
+    for n in r.notes:
+        out.print(f"[yellow]![/] {n}")
+    if r.losses:
+        t = RichTable(title=f"would-be losses ({len(r.losses)})")
+        for h in ("table", "key", "column", "value", "reason"):
+            t.add_column(h, overflow="fold")
+        for x in r.losses:
+            t.add_row(x["table"], json.dumps(x["key"], default=str), str(x["column"]), repr(x["value"]),
+                      str(x.get("reason", "")))
+        out.print(t)
+    out.print(f"report: {r.run_dir}")
+    out.print("[bold green]Rollback test: PASS[/]" if r.passed else "[bold red]Rollback test: FAIL[/]")

@@ -142,7 +142,7 @@ def copy_files_into_bundle(
             continue
         referenced.add(PurePosixPath(stored).as_posix())
         if not src.is_file():
-            report["records"].append({**entry, "status": "missing"})
+            report["records"].append({**entry, "size": None, "sha256": None, "status": "missing"})
             continue
         digest = _copy_verified(src, work / "files" / PurePosixPath(stored))
         entry.update(size=src.stat().st_size, sha256=digest,

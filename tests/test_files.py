@@ -1,0 +1,369 @@
+"""Uploaded files through a rollback (issue 6): every post-deploy PDF is linked and hash-identical
+afterwards; files lost after the extract come back from the bundle; entity links follow remapped
+keys; unsafe paths and symlinks out of the uploads folder are refused without touching anything
+outside it; a different file at a target path is kept and the bundle's copy written beside it."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from recovery.bundle import open_bundle
+from recovery.cli import main
+from recovery.extract import extract
+from recovery.files import FilesConfig, scan_uploads
+from recovery.pipeline import reimport, restore_atomically, rollback
+from recovery.relink import relink, uploads_state
+
+ALEMBIC_INI = Path(__file__).resolve().parents[1] / "sample_dbs" / "app" / "alembic.ini"
+MAPPING = """\
+[tables.parts.columns]
+price = "price_cents / 100.0"
+[tables.quotes.columns]
+customer = "customer_name"
+"""
+AFTER_DEPLOY = 1795515000.0  # 2026-11-24, after the sample deploy (2026-11-20 14:00)
+
+
+def sha(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def fast_extract(world: Path, bundle: Path) -> None:
+    """extract with a mapping file (the same rules alembic lineage derives, without its cost)."""
+    db, backup, uploads = paths(world)
+    mapping = bundle.with_name("mapping.toml")
+    mapping.write_text(MAPPING)
+    extract(backup, db, bundle, mapping=mapping, uploads=uploads)
+
+
+def truth(world: Path) -> dict[str, Any]:
+    return json.loads((world / "world.json").read_text())
+
+
+def paths(world: Path) -> tuple[Path, Path, Path]:
+    t = truth(world)
+    return world / t["live"], world / t["backup"], world / t["uploads"]
+
+
+def records(db: Path) -> dict[str, dict[str, Any]]:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    conn.row_factory = sqlite3.Row
+    try:
+        return {r["path"]: dict(r) for r in conn.execute("SELECT * FROM file_records")}
+    finally:
+        conn.close()
+
+
+def execute(db: Path, sql: str, params: tuple[Any, ...] = ()) -> None:
+    conn = sqlite3.connect(db)
+    try:
+        with conn:
+            conn.execute(sql, params)
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="module")
+def extracted(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bundle extracted (files copied) from the shared world, once; tests copy it."""
+    bundle = tmp_path_factory.mktemp("files") / "bundle"
+    fast_extract(world, bundle)
+    return bundle
+
+
+@pytest.fixture(scope="module")
+def applied(world: Path, extracted: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The backup with ``extracted`` re-imported (records only, no relink), once; tests copy it."""
+    folder = tmp_path_factory.mktemp("applied")
+    db = folder / "gestima.db"
+    restore_atomically(paths(world)[1], db)
+    reimport(extracted, db, folder / "run")
+    return db
+
+
+def extract_and_restore(world: Path, tmp: Path, extracted: Path) -> Path:
+    """The shared bundle (extracted from an identical world), then the backup in place of the live DB."""
+    db, backup, _ = paths(world)
+    bundle = tmp / "bundle"
+    shutil.copytree(extracted, bundle)
+    restore_atomically(backup, db)
+    return bundle
+
+
+def reimported(world: Path, tmp: Path, extracted: Path, applied: Path) -> Path:
+    """As after ``recovery reimport`` without --uploads: records in the DB, no relink yet."""
+    db = paths(world)[0]
+    bundle = extract_and_restore(world, tmp, extracted)
+    restore_atomically(applied, db)
+    return bundle
+
+
+def assert_linked(world: Path, db: Path) -> None:
+    recs = records(db)
+    uploads = paths(world)[2]
+    for f in truth(world)["files"]:
+        assert f["path"] in recs, f"{f['path']} has no file record after the rollback"
+        assert recs[f["path"]]["sha256"] == f["sha256"]
+        assert sha(uploads / f["path"]) == f["sha256"]
+
+
+def test_rollback_links_every_post_deploy_file(world_copy: Path, tmp_path: Path) -> None:
+    db, backup, uploads = paths(world_copy)
+    files = truth(world_copy)["files"]
+    assert files, "the sample world uploads files after the deploy"
+    res = rollback(db, backup, tmp_path / "run", uploads=uploads, alembic_ini=ALEMBIC_INI, confirm=None)
+    assert_linked(world_copy, db)
+    report = res.outcome.files
+    assert report is not None
+    assert not report["missing"] and not report["unsafe"] and not report["kept_both"]
+    assert {e["path"] for e in report["relinked"]} >= {f["path"] for f in files}
+    # the old schema links a drawing to its part through entity_type/entity_id
+    recs = records(db)
+    for f in files:
+        assert (recs[f["path"]]["entity_type"], recs[f["path"]]["entity_id"]) == (f["entity_type"], f["entity_id"])
+    bundle_report = open_bundle(tmp_path / "run" / "bundle").manifest["files"]
+    copied = {r["path"]: r for r in bundle_report["records"]}
+    for f in files:
+        assert copied[f["path"]]["sha256"] == f["sha256"] and copied[f["path"]]["size"] == f["size"]
+        assert sha(tmp_path / "run" / "bundle" / "files" / f["path"]) == f["sha256"]
+
+
+def test_files_deleted_after_extract_come_back_from_the_bundle(world_copy: Path, tmp_path: Path, extracted: Path) -> None:
+    db, _, uploads = paths(world_copy)
+    bundle = extract_and_restore(world_copy, tmp_path, extracted)
+    files = truth(world_copy)["files"]
+    for f in files:
+        (uploads / f["path"]).unlink()
+    res = reimport(bundle, db, tmp_path / "run", uploads=uploads)
+    assert_linked(world_copy, db)
+    report = res.outcome.files
+    assert {e["path"] for e in report["restored_from_bundle"]} == {f["path"] for f in files}
+    assert not report["missing"] and not report["unsafe"]
+    # a second relink finds everything in place and writes nothing
+    again = relink(bundle, db, uploads)
+    assert not again["restored_from_bundle"] and not again["links_fixed"]
+    assert {e["action"] for e in again["relinked"]} == {"present"}
+
+
+def test_dry_run_reports_and_writes_nothing(world_copy: Path, tmp_path: Path, extracted: Path, applied: Path) -> None:
+    db, _, uploads = paths(world_copy)
+    bundle = reimported(world_copy, tmp_path, extracted, applied)  # records only, no relink yet
+    gone = truth(world_copy)["files"][0]["path"]
+    (uploads / gone).unlink()
+    before_db = sha(db)
+    report = relink(bundle, db, uploads, dry_run=True)
+    assert [e["path"] for e in report["restored_from_bundle"]] == [gone]
+    assert not (uploads / gone).exists() and sha(db) == before_db
+    relink(bundle, db, uploads)
+    assert sha(uploads / gone) == truth(world_copy)["files"][0]["sha256"]
+
+
+def _new_part_with_drawing(world: Path) -> dict[str, Any]:
+    """A file uploaded for a part created after the deploy (so the part's key can collide)."""
+    backup = paths(world)[1]
+    conn = sqlite3.connect(f"file:{backup}?mode=ro", uri=True)
+    top = conn.execute("SELECT max(id) FROM parts").fetchone()[0]
+    conn.close()
+    return next(f for f in truth(world)["files"] if f["entity_type"] == "part" and f["entity_id"] > top)
+
+
+def test_links_follow_remapped_keys(world_copy: Path, tmp_path: Path, extracted: Path) -> None:
+    db, _, uploads = paths(world_copy)
+    f = _new_part_with_drawing(world_copy)
+    pid = f["entity_id"]
+    bundle = extract_and_restore(world_copy, tmp_path, extracted)
+    # the old release, back in service, created a part that took the key the bundle's part has
+    execute(db, "INSERT INTO parts (id, part_number, name, material_id, price, notes, created_at, updated_at, "
+                "created_by, drawing_number) SELECT ?, 'GS-COLLIDE', 'made after the rollback', material_id, 1.0, "
+                "NULL, created_at, updated_at, created_by, NULL FROM parts ORDER BY id LIMIT 1", (pid,))
+    res = reimport(bundle, db, tmp_path / "run", uploads=uploads)
+    remaps = {(r.table, r.old_key): r.new_key for r in res.outcome.remaps}
+    new_id = remaps[("parts", pid)]
+    assert new_id != pid
+    rec = records(db)[f["path"]]
+    assert (rec["entity_type"], rec["entity_id"]) == ("part", new_id)
+    assert sha(uploads / f["path"]) == f["sha256"]
+    # relink itself repairs a link left at the old key (with or without the re-import's remaps)
+    for given in (None, res.outcome.remaps):
+        execute(db, "UPDATE file_records SET entity_id = ? WHERE path = ?", (pid, f["path"]))
+        report = relink(bundle, db, uploads, remaps=given)
+        assert any(x["column"] == "entity_id" and x["new"] == new_id for x in report["links_fixed"])
+        assert records(db)[f["path"]]["entity_id"] == new_id
+    # the colliding part keeps its own key and gets no drawing
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    assert conn.execute("SELECT part_number FROM parts WHERE id = ?", (pid,)).fetchone()[0] == "GS-COLLIDE"
+    assert conn.execute("SELECT part_number FROM parts WHERE id = ?", (new_id,)).fetchone()[0] != "GS-COLLIDE"
+    conn.close()
+
+
+def test_new_schema_file_id_maps_back_to_the_entity_link(world_copy: Path, tmp_path: Path, extracted: Path, applied: Path) -> None:
+    """parts.file_id (new schema only) says which part a drawing belongs to; in the old schema the
+    record's entity link says it. A record whose link disagrees is pointed back at the part."""
+    db, _, uploads = paths(world_copy)
+    f = truth(world_copy)["files"][0]
+    bundle = reimported(world_copy, tmp_path, extracted, applied)
+    relink(bundle, db, uploads)
+    execute(db, "UPDATE file_records SET entity_type = 'quote', entity_id = 1 WHERE path = ?", (f["path"],))
+    report = relink(bundle, db, uploads)
+    rec = records(db)[f["path"]]
+    assert (rec["entity_type"], rec["entity_id"]) == ("part", f["entity_id"])
+    assert {x["column"] for x in report["links_fixed"]} == {"entity_type", "entity_id"}
+
+
+def _outside_sentinels(tmp_path: Path, uploads: Path) -> dict[Path, tuple[str, int]]:
+    """Files outside the uploads folder that unsafe records name."""
+    escaped = (uploads / "../../etc/passwd").resolve()
+    escaped.parent.mkdir(parents=True, exist_ok=True)
+    escaped.write_text("root:x:0:0:sentinel\n")
+    absolute = tmp_path / "outside" / "secret.pdf"
+    absolute.parent.mkdir(parents=True, exist_ok=True)
+    absolute.write_bytes(b"%PDF-1.4 not yours\n")
+    return {p: (sha(p), p.stat().st_mtime_ns) for p in (escaped, absolute)}
+
+
+def test_unsafe_paths_are_refused_and_nothing_outside_is_touched(world_copy: Path, tmp_path: Path) -> None:
+    db, backup, uploads = paths(world_copy)
+    sentinels = _outside_sentinels(tmp_path, uploads)
+    absolute = tmp_path / "outside" / "secret.pdf"
+    a, b = truth(world_copy)["files"][:2]
+    execute(db, "UPDATE file_records SET path = '../../etc/passwd' WHERE id = ?", (a["record_id"],))
+    execute(db, "UPDATE file_records SET path = ? WHERE id = ?", (str(absolute), b["record_id"]))
+    (uploads / a["path"]).unlink()  # so a naive relink would try to "restore" something
+    mapping = tmp_path / "mapping.toml"
+    mapping.write_text(MAPPING)
+    res = rollback(db, backup, tmp_path / "run", uploads=uploads, mapping=mapping, confirm=None)
+    bundle_files = open_bundle(tmp_path / "run" / "bundle").manifest["files"]
+    assert {u["record_key"] for u in bundle_files["unsafe"]} == {a["record_id"], b["record_id"]}
+    report = res.outcome.files
+    unsafe = {(u["record_key"], u["path"]) for u in report["unsafe"]}
+    assert (a["record_id"], "../../etc/passwd") in unsafe and (b["record_id"], str(absolute)) in unsafe
+    assert res.outcome.needs_review
+    for p, (digest, mtime) in sentinels.items():
+        assert (sha(p), p.stat().st_mtime_ns) == (digest, mtime), f"{p} outside the uploads folder was touched"
+    assert not list((tmp_path / "run" / "bundle" / "files").rglob("passwd"))
+    assert not list((tmp_path / "run" / "bundle" / "files").rglob("secret.pdf"))
+    assert sorted(p.name for p in (tmp_path / "outside").iterdir()) == ["secret.pdf"]
+
+
+def test_symlink_out_of_the_uploads_folder_is_refused(world_copy: Path, tmp_path: Path, applied: Path) -> None:
+    db, backup, uploads = paths(world_copy)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    secret = outside / "secret.pdf"
+    secret.write_bytes(b"%PDF-1.4 outside\n")
+    before = sha(secret)
+    a, b = truth(world_copy)["files"][:2]
+    # a: the file itself is a symlink leading out (extract must not read through it)
+    (uploads / a["path"]).unlink()
+    (uploads / a["path"]).symlink_to(secret)
+    bundle = tmp_path / "bundle"
+    fast_extract(world_copy, bundle)
+    unsafe = open_bundle(bundle).manifest["files"]["unsafe"]
+    assert [u["record_key"] for u in unsafe] == [a["record_id"]]
+    assert not (bundle / "files" / a["path"]).exists()
+    restore_atomically(applied, db)  # the same rows re-imported: only the files step is left
+    # b: after the extract its folder is replaced by a symlink leading out (relink must not write through it)
+    folder = (uploads / b["path"]).parent
+    shutil.rmtree(folder)
+    folder.symlink_to(outside, target_is_directory=True)
+    unsafe_now = {u["record_key"] for u in relink(bundle, db, uploads)["unsafe"]}
+    assert {a["record_id"], b["record_id"]} <= unsafe_now
+    assert sorted(p.name for p in outside.iterdir()) == ["secret.pdf"] and sha(secret) == before
+
+
+def test_a_different_file_at_the_path_is_kept_and_the_copy_written_beside(world_copy: Path, tmp_path: Path, extracted: Path,
+        applied: Path) -> None:
+    db, _, uploads = paths(world_copy)
+    f = truth(world_copy)["files"][0]
+    bundle = reimported(world_copy, tmp_path, extracted, applied)
+    theirs = b"%PDF-1.4 uploaded again after the rollback\n"
+    (uploads / f["path"]).write_bytes(theirs)
+    report = relink(bundle, db, uploads)
+    assert (uploads / f["path"]).read_bytes() == theirs  # never overwritten
+    (kept,) = report["kept_both"]
+    beside = uploads / kept["recovered_path"]
+    assert beside.parent == (uploads / f["path"]).parent
+    assert beside.name == f"drawing-rev-A.recovered-{f['sha256'][:8]}.pdf"
+    assert sha(beside) == f["sha256"] and kept["existing_sha256"] == hashlib.sha256(theirs).hexdigest()
+    rec = records(db)
+    assert f["path"] not in rec and rec[kept["recovered_path"]]["sha256"] == f["sha256"]
+    assert {o["path"] for o in report["orphans"]} == {f["path"]}  # their file has no record now
+    again = relink(bundle, db, uploads)
+    assert not again["kept_both"] and not again["restored_from_bundle"]
+
+
+def test_unrecorded_file_is_carried_and_restored(world_copy: Path, tmp_path: Path, applied: Path) -> None:
+    db, _, uploads = paths(world_copy)
+    extra = uploads / "parts" / "loose" / "notes.txt"
+    extra.parent.mkdir(parents=True)
+    extra.write_bytes(b"uploaded without a record")
+    os.utime(extra, (AFTER_DEPLOY, AFTER_DEPLOY))
+    bundle = tmp_path / "bundle"
+    fast_extract(world_copy, bundle)
+    restore_atomically(applied, db)  # the same rows re-imported: only the files step is left
+    (entry,) = open_bundle(bundle).manifest["files"]["unrecorded"]
+    assert entry["path"] == "parts/loose/notes.txt" and entry["sha256"] == sha(extra)
+    extra.unlink()
+    report = relink(bundle, db, uploads)
+    assert extra.read_bytes() == b"uploaded without a record"
+    assert any(e["kind"] == "unrecorded" for e in report["restored_from_bundle"])
+    assert {o["path"] for o in report["orphans"]} == {"parts/loose/notes.txt"}
+
+
+def test_uploads_state_against_the_snapshot_manifest(world_copy: Path) -> None:
+    db, backup, uploads = paths(world_copy)
+    post = {f["path"] for f in truth(world_copy)["files"]}
+    # no manifest beside the sample backup: the backup's own records are the baseline
+    state = uploads_state(backup, uploads)
+    assert state["source"] == "backup-records" and {a["path"] for a in state["added"]} == post
+    assert not state["changed"] and not state["removed"]
+    # with the snapshot's uploads manifest
+    manifest = backup.with_name(backup.name + ".manifest.json")
+    manifest.write_text(json.dumps({"uploads": scan_uploads(uploads)}))
+    some = sorted(post)
+    (uploads / some[0]).write_bytes(b"changed")
+    (uploads / some[1]).unlink()
+    (uploads / "new.pdf").write_bytes(b"added")
+    state = uploads_state(backup, uploads)
+    assert state["source"] == "manifest"
+    assert [a["path"] for a in state["added"]] == ["new.pdf"]
+    assert [c["path"] for c in state["changed"]] == [some[0]]
+    assert [r["path"] for r in state["removed"]] == [some[1]]
+
+
+def test_relink_command(world_copy: Path, tmp_path: Path, extracted: Path, applied: Path) -> None:
+    db, _, uploads = paths(world_copy)
+    bundle = reimported(world_copy, tmp_path, extracted, applied)
+    gone = truth(world_copy)["files"][0]
+    (uploads / gone["path"]).unlink()
+    runner = CliRunner()
+    dry = runner.invoke(main, ["relink", str(bundle), str(db), "--uploads", str(uploads), "--dry-run", "--json"])
+    assert dry.exit_code == 0, dry.output
+    assert [e["path"] for e in json.loads(dry.output)["restored_from_bundle"]] == [gone["path"]]
+    assert not (uploads / gone["path"]).exists()
+    done = runner.invoke(main, ["relink", str(bundle), str(db), "--uploads", str(uploads),
+                                "--files-table", "file_records", "--path-column", "path", "--hash-column", "sha256"])
+    assert done.exit_code == 0, done.output
+    assert sha(uploads / gone["path"]) == gone["sha256"]
+    bad = runner.invoke(main, ["relink", str(bundle), str(db), "--uploads", str(uploads), "--path-column", "nope"])
+    assert bad.exit_code == 2 and "nope" in bad.output
+    missing = runner.invoke(main, ["relink", str(bundle), str(db), "--uploads", str(tmp_path / "none")])
+    assert missing.exit_code == 2
+    assert "Example:" in runner.invoke(main, ["relink", "--help"]).output
+
+
+def test_files_table_and_columns_can_be_named(world_copy: Path, tmp_path: Path, extracted: Path, applied: Path) -> None:
+    db, _, uploads = paths(world_copy)
+    bundle = reimported(world_copy, tmp_path, extracted, applied)
+    report = relink(bundle, db, uploads, FilesConfig("file_records", "path", "sha256"), dry_run=True)
+    assert report["files_table"]["table"] == "file_records" and len(report["relinked"]) == len(truth(world_copy)["files"])
+    with pytest.raises(Exception, match="no files table"):
+        relink(bundle, db, uploads, FilesConfig("uploads_table"), dry_run=True)

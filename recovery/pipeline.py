@@ -28,7 +28,7 @@ from recovery.bundle import Bundle, open_bundle, write_json_atomic
 from recovery.errors import ExitCode, RecoveryError
 from recovery.files import FilesConfig
 from recovery.outcome import ConflictPolicy, Outcome, Prefer
-from recovery.reimport import attach_bundle, merge_into, open_target
+from recovery.reimport import attach_bundle, check_target_schema, merge_into, open_target
 from recovery.report import write_run_files
 from recovery.schema import alembic_revision, reflect
 from recovery.sqlite_io import (check_sqlite_file, consistent_copy, fsync_dir, readonly, sha256_file, sidecars,
@@ -97,6 +97,8 @@ def reimport(
     copy and leaves every file untouched."""
     bundle = open_bundle(bundle_dir)
     target = check_sqlite_file(db, "target database")
+    with readonly(target, "target database") as r:  # refuse a wrong schema before any copy or write open
+        check_target_schema(bundle, reflect(r))
     files = files or FilesConfig()
     stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
     run_dir = Path(out) if out else bundle.path / f"reimport-{stamp}{'-dry-run' if dry_run else ''}"
@@ -204,13 +206,12 @@ def _latest_mtime(p: Path) -> float:
     return max(p.stat().st_mtime, wal.stat().st_mtime if wal.exists() else 0.0)
 
 
-def preflight(db: Path, backup: Path, alembic_ini: Path | None, force: bool) -> dict[str, Any]:
-    """Refuse while the app holds the DB; check the backup is older and of the same application."""
+def preflight(db: Path, backup: Path, alembic_ini: Path | None, force: bool,
+              downgrade_to: str | None = None) -> dict[str, Any]:
+    """Refuse while the app holds the DB; check the backup is older and of the same application;
+    with ``downgrade_to``, refuse stub downgrades before anything is written."""
     check_sqlite_file(db, "live database")
     check_sqlite_file(backup, "backup")
-    if write_lock_held(db) and not force:
-        raise RecoveryError(f"{db} is locked by another writer (is the application still running?)",
-                            "stop the application, or pass --force")
     with readonly(backup, "backup") as b, readonly(db, "live database") as n:
         old_rev, new_rev = alembic_revision(b), alembic_revision(n)
         old_tables = {r[0] for r in b.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -230,6 +231,17 @@ def preflight(db: Path, backup: Path, alembic_ini: Path | None, force: bool) -> 
             raise RecoveryError(
                 f"the backup's revision {old_rev} is not an ancestor of the live revision {new_rev}",
                 "is the backup newer than the live DB, or from another application?") from None
+    if downgrade_to:
+        _refuse_stub_downgrades(db, alembic_ini, downgrade_to)
+    if not force:
+        # last, after every other refusal: the probe is a read-write open, and were it the last
+        # connection its close would checkpoint and truncate -wal. A read-only guard keeps it from
+        # being last while the app (or anyone) has the file open, so a lock refusal changes no byte.
+        with readonly(db, "live database"):
+            locked = write_lock_held(db)
+        if locked:
+            raise RecoveryError(f"{db} is locked by another writer (is the application still running?)",
+                                "stop the application, or pass --force")
     return {"backup_revision": old_rev, "live_revision": new_rev}
 
 
@@ -252,6 +264,14 @@ def rollback(
     args = {"db": str(db_p.resolve()), "backup": str(backup_p.resolve()), "since": since, "mapping": str(mapping) if mapping else None,
             "alembic_ini": str(alembic_ini) if alembic_ini else None, "uploads": str(uploads) if uploads else None,
             "on_conflict": on_conflict.value, "apply_deletes": apply_deletes, "downgrade_to": downgrade_to}
+    if since is not None:  # bad input is refused before a run folder or safety copy is written
+        from recovery.timestamps import parse_since
+
+        parse_since(since)
+    if mapping is not None:
+        from recovery.mapping import load_mapping
+
+        load_mapping(mapping)
     if dry_run:
         return _dry_run(db_p, backup_p, run_dir, since, uploads, mapping, alembic_ini, on_conflict, apply_deletes,
                         prefer, files, say)
@@ -265,7 +285,8 @@ def rollback(
     if not restore_started:
         say("checking the live database and the backup")
         journal.mark("probe", "start")
-        journal.mark("probe", "done", **preflight(db_p, backup_p, Path(alembic_ini) if alembic_ini else None, force))
+        journal.mark("probe", "done", **preflight(db_p, backup_p, Path(alembic_ini) if alembic_ini else None, force,
+                                                  downgrade_to))
         if not journal.done("safety"):
             say("safety copy of the live database")
             journal.mark("safety", "start")
@@ -358,7 +379,8 @@ def _load_outcome(run_dir: Path, bundle: Bundle, db: Path, policy: ConflictPolic
     return Outcome(bundle.bundle_id, str(db), policy.value, False, already_applied=True)
 
 
-def _downgrade_in_place(db: Path, alembic_ini: str | os.PathLike[str] | None, target: str) -> None:
+def _refuse_stub_downgrades(db: Path, alembic_ini: str | os.PathLike[str] | None, target: str) -> None:
+    """Refuse ``--downgrade-to`` when a revision on the way down has a stub downgrade."""
     from recovery.migrations import revisions_between
 
     if alembic_ini is None:
@@ -372,6 +394,10 @@ def _downgrade_in_place(db: Path, alembic_ini: str | os.PathLike[str] | None, ta
         raise RecoveryError(
             f"revision(s) {', '.join(stubs)} have a stub downgrade (pass / NotImplementedError): downgrading "
             f"would leave their schema changes in place", "restore from the backup instead (omit --downgrade-to)")
+
+
+def _downgrade_in_place(db: Path, alembic_ini: str | os.PathLike[str] | None, target: str) -> None:
+    _refuse_stub_downgrades(db, alembic_ini, target)
     import sqlalchemy as sa
     from alembic import command
     from alembic.config import Config

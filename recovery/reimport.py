@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -304,8 +304,47 @@ class Merge:
                         pq = exp.select(exp.column("rowid", "p")).from_(exp.alias_(_t("ins", fk.ref_table), "p")).join(
                             exp.alias_(_t("ins", child), "c"), on=link.copy()).where(skipped_c)
                         changed += self.skip(fk.ref_table, pq)
+                changed += self._skip_entity_links(child)
             if not changed:
                 return
+
+    def _skip_entity_links(self, parent: str) -> int:
+        """Skip staged file records whose polymorphic entity link names a skipped staged row of
+        ``parent``: a file must not land attached to a row that did not (or to another row)."""
+        ft = self.files.table
+        if ft == parent or self.plan.table(ft) is None or self._tp(ft).insert_select is None:
+            return 0
+        pt, ct = self.old(parent), self.old(ft)
+        if len(pt.primary_key) != 1 or ct.column(self.files.entity_id) is None or ct.column(self.files.entity_type) is None:
+            return 0
+        kinds = [_lit(parent), _lit(parent.rstrip("s"))]
+        q = exp.select(exp.column("rowid", "c")).from_(exp.alias_(_t("ins", ft), "c")).join(
+            exp.alias_(_t("ins", parent), "p"),
+            on=exp.EQ(this=col(pt.primary_key[0], "p"), expression=col(self.files.entity_id, "c"))).where(and_all([
+                exp.In(this=col(self.files.entity_type, "c"), expressions=kinds),
+                _in(exp.column("rowid", "p"), exp.select("rid").from_(_t("skip", parent)))]))
+        return self.skip(ft, q)
+
+    def settle_remaps(self) -> None:
+        """Once every skip is known: a remapped row that was skipped after all (e.g. its unique value
+        is taken too) is reported as skipped, not remapped; conflicts name rows by their bundle key."""
+        for name in sorted({r.table for r in self.outcome.remaps}):
+            k = self.old(name).primary_key[0]
+            q = exp.select(col("old_key", "r")).from_(exp.alias_(_t("remap", name), "r")).join(
+                exp.alias_(_t("ins", name), "s"), on=exp.EQ(this=col(k, "s"), expression=col("new_key", "r"))).where(
+                _in(exp.column("rowid", "s"), exp.select("rid").from_(_t("skip", name))))
+            dropped = {row[0] for row in self.rows(q)}
+            back = {r.new_key: r.old_key for r in self.outcome.remaps if r.table == name}
+            fixed = []
+            for c in self.outcome.conflicts:
+                if c.table == name and len(c.key) == 1 and c.kind != "primary_key" and c.key[0] in back:
+                    c = replace(c, key=(back[c.key[0]],))
+                if c.table == name and c.kind == "primary_key" and c.resolution == "remapped" and c.key[0] in dropped:
+                    c = replace(c, resolution="skipped", detail=c.detail + "; not remapped: the row was skipped")
+                fixed.append(c)
+            self.outcome.conflicts = fixed
+            self.outcome.remaps = [r for r in self.outcome.remaps if not (r.table == name and r.old_key in dropped)]
+            self.outcome.tables[name].remapped -= len(dropped)
 
     def _tp(self, name: str) -> TablePlan:
         tp = self.plan.table(name)
@@ -466,6 +505,7 @@ def merge_into(
         m.detect_missing_parents(tp)
         m.detect_updates(tp)
     m.propagate_skips()
+    m.settle_remaps()
     if policy is ConflictPolicy.ABORT and outcome.conflicts:
         outcome.aborted = True
         return outcome

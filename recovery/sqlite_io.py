@@ -84,19 +84,21 @@ def readonly_uri(p: Path) -> str:
     and its ``-wal`` are copied to a private temporary folder and that copy is opened.
     """
     uri = _uri(p, mode="ro")
-    try:
-        probe = sqlite3.connect(uri, uri=True, timeout=5.0)
+    wal, shm = sidecars(p)
+    with p.open("rb") as fh:
+        head = fh.read(20)
+    wal_mode = len(head) >= 20 and head[18] == 2
+    if not (wal_mode and not shm.exists()):  # a mode=ro open of a WAL file without -shm would create it
         try:
-            probe.execute("SELECT count(*) FROM sqlite_master").fetchone()
-            return uri
-        finally:
-            probe.close()
-    except sqlite3.OperationalError:
-        wal, shm = sidecars(p)
-        with p.open("rb") as fh:
-            head = fh.read(20)
-        if len(head) < 20 or head[18] != 2 or shm.exists():  # not WAL mode, or -shm is there
-            return uri  # let the caller report SQLite's own error
+            probe = sqlite3.connect(uri, uri=True, timeout=5.0)
+            try:
+                probe.execute("SELECT count(*) FROM sqlite_master").fetchone()
+                return uri
+            finally:
+                probe.close()
+        except sqlite3.OperationalError:
+            if not wal_mode or shm.exists():  # not WAL mode, or -shm is there
+                return uri  # let the caller report SQLite's own error
     if not wal.exists() or wal.stat().st_size == 0:
         return _uri(p, immutable="1")
     st, wst = p.stat(), wal.stat()
@@ -208,6 +210,12 @@ def write_lock_held(path: str | os.PathLike[str], timeout: float = 0.5) -> bool:
     Probes with ``BEGIN IMMEDIATE`` and a short busy timeout, then rolls back: nothing is written.
     """
     p = check_sqlite_file(path)
+    with p.open("rb") as fh:
+        head = fh.read(20)
+    if len(head) >= 20 and head[18] == 2 and not sidecars(p)[1].exists():
+        # WAL mode without -shm: no connection has the file open (every one keeps -shm). Probing
+        # would make ours the last connection, whose close checkpoints and deletes -wal.
+        return False
     conn = sqlite3.connect(str(p), timeout=timeout, isolation_level=None)
     try:
         conn.execute("BEGIN IMMEDIATE")

@@ -91,6 +91,9 @@ class Outcome:
     remaps: list[Remap] = field(default_factory=list)
     lost: list[dict[str, Any]] = field(default_factory=list)
     deletes_for_review: list[dict[str, Any]] = field(default_factory=list)
+    skipped_rows: list[dict[str, Any]] = field(default_factory=list)
+    """Bundle rows not carried because their unit was skipped (a conflict elsewhere in the unit);
+    the conflicting rows themselves are in ``conflicts``."""
     files: dict[str, Any] | None = None
     verification: dict[str, Any] = field(default_factory=dict)
     aborted: bool = False
@@ -98,7 +101,7 @@ class Outcome:
     @property
     def needs_review(self) -> bool:
         files_bad = bool(self.files and (self.files.get("missing") or self.files.get("unsafe")))
-        return bool(self.conflicts or self.lost or self.aborted or files_bad)
+        return bool(self.conflicts or self.lost or self.skipped_rows or self.aborted or files_bad)
 
     @property
     def exit_code(self) -> int:
@@ -111,7 +114,7 @@ class Outcome:
             "tables": {n: asdict(t) for n, t in sorted(self.tables.items())},
             "conflicts": [c.to_dict() for c in self.conflicts],
             "remapped": [asdict(r) for r in self.remaps],
-            "lost": self.lost, "deletes_for_review": self.deletes_for_review,
+            "lost": self.lost, "deletes_for_review": self.deletes_for_review, "skipped_rows": self.skipped_rows,
             "files": self.files, "verification": self.verification,
             "totals": {
                 "inserted": sum(t.inserted for t in self.tables.values()),

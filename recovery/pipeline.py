@@ -58,9 +58,10 @@ class RunResult:
 
 def _reimport_into(
     target: Path, bundle: Bundle, policy: ConflictPolicy, prefer: Prefer, apply_deletes: bool,
-    files: FilesConfig, dry_run: bool, busy_timeout: float, label: str,
+    files: FilesConfig, dry_run: bool, busy_timeout: float, label: str, in_place: bool = False,
 ) -> Outcome:
-    """Apply ``bundle`` to ``target`` in one transaction; verify before commit."""
+    """Apply ``bundle`` to ``target`` in one transaction; verify before commit. ``in_place``: the
+    target was downgraded in place and already holds the post-deploy rows."""
     with readonly(target, "target database") as r:
         target_schema = reflect(r)
     conn = open_target(target, busy_timeout)
@@ -68,7 +69,8 @@ def _reimport_into(
         attach_bundle(conn, bundle)
         wait_for_write_lock(conn, busy_timeout)
         try:
-            outcome = merge_into(conn, bundle, policy, prefer, apply_deletes, files, label, dry_run, target_schema)
+            outcome = merge_into(conn, bundle, policy, prefer, apply_deletes, files, label, dry_run, target_schema,
+                                 in_place)
             if outcome.aborted:
                 conn.execute("ROLLBACK")
                 return outcome
@@ -168,13 +170,16 @@ class Journal:
         return self.data["steps"].get(step, {})
 
 
-def restore_atomically(backup: Path, db: Path) -> str:
-    """Replace ``db`` with a consistent copy of ``backup``: the live file is at every moment either
-    the old database or the complete restored one. Returns the restored file's sha256."""
+def restore_atomically(backup: Path, db: Path, prepare: Callable[[Path], None] | None = None) -> str:
+    """Replace ``db`` with a consistent copy of ``backup`` (after ``prepare(copy)``, e.g. an Alembic
+    downgrade): the live file is at every moment either the old database or the complete restored
+    one. Returns the restored file's sha256."""
     wal, shm = sidecars(db)
     was_wal = False
     tmp = db.with_name(f".{db.name}.restore-tmp")
     consistent_copy(backup, tmp, "backup")
+    if prepare is not None:
+        prepare(tmp)
     if db.exists():
         conn = sqlite3.connect(str(db), isolation_level=None, timeout=5)
         try:
@@ -232,6 +237,10 @@ def preflight(db: Path, backup: Path, alembic_ini: Path | None, force: bool,
                 f"the backup's revision {old_rev} is not an ancestor of the live revision {new_rev}",
                 "is the backup newer than the live DB, or from another application?") from None
     if downgrade_to:
+        if old_rev is not None and downgrade_to != old_rev:
+            raise RecoveryError(
+                f"--downgrade-to {downgrade_to} is not the backup's revision {old_rev}: the re-import "
+                "carries rows into the backup's schema", f"pass --downgrade-to {old_rev}, or omit it to restore")
         _refuse_stub_downgrades(db, alembic_ini, downgrade_to)
     if not force:
         # last, after every other refusal: the probe is a read-write open, and were it the last
@@ -318,8 +327,9 @@ def rollback(
         if downgrade_to:
             say(f"downgrading the live database to {downgrade_to} with the application's Alembic")
             journal.mark("restore", "start", method="downgrade")
-            _downgrade_in_place(db_p, alembic_ini, downgrade_to)
-            journal.mark("restore", "done", method="downgrade", sha256=sha256_file(db_p))
+            digest = restore_atomically(run_dir / "safety" / db_p.name, db_p,
+                                        lambda copy: _downgrade_in_place(copy, alembic_ini, downgrade_to))
+            journal.mark("restore", "done", method="downgrade", sha256=digest)
         else:
             say("restoring the backup over the live database")
             journal.mark("restore", "start", method="backup")
@@ -328,7 +338,9 @@ def rollback(
     if not journal.done("reimport"):
         say("re-importing post-deploy changes (one transaction)")
         journal.mark("reimport", "start")
-        outcome = _reimport_into(db_p, bundle, on_conflict, prefer, apply_deletes, files, False, 10.0, str(db_p))
+        in_place = journal.info("restore").get("method") == "downgrade"
+        outcome = _reimport_into(db_p, bundle, on_conflict, prefer, apply_deletes, files, False, 10.0, str(db_p),
+                                 in_place)
         _save_outcome(run_dir, outcome)
         journal.mark("reimport", "done", already_applied=outcome.already_applied)
     outcome = _load_outcome(run_dir, bundle, db_p, on_conflict)
@@ -397,6 +409,8 @@ def _refuse_stub_downgrades(db: Path, alembic_ini: str | os.PathLike[str] | None
 
 
 def _downgrade_in_place(db: Path, alembic_ini: str | os.PathLike[str] | None, target: str) -> None:
+    """Run the app's downgrade to ``target`` on ``db`` (a scratch copy: pysqlite does not make
+    Alembic's DDL transactional, so the live file is only ever swapped in whole)."""
     _refuse_stub_downgrades(db, alembic_ini, target)
     import sqlalchemy as sa
     from alembic import command

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -78,6 +78,11 @@ class Merge:
     files: FilesConfig
     outcome: Outcome
     counter: _Counter
+    in_place: bool = False
+    """The target already holds the post-deploy rows (``rollback --downgrade-to``): a bundle row
+    whose key is present is the same record, transpiled by the app's own downgrade."""
+    present: set[tuple[str, int]] = field(default_factory=set)
+    """(table, staged rowid) of bundle rows already in the target, skipped as no-ops."""
 
     # ---- helpers -------------------------------------------------------------------------
     def run(self, stmt: exp.Expression, params: tuple[Any, ...] = ()) -> sqlite3.Cursor:
@@ -135,8 +140,9 @@ class Merge:
         taken = []
         for rid, *rest in self.rows(hit):
             k, label, same = tuple(rest[: len(key)]), rest[len(key)], rest[len(key) + 1]
-            if same:  # the very same row is already there (e.g. written by hand): nothing to do
+            if same or self.in_place:  # the very same record is already there: nothing to insert
                 self.outcome.tables[tp.table].already_present += 1
+                self.present.add((tp.table, rid))
                 self.skip(tp.table, exp.select(exp.Literal.number(rid)))
                 continue
             taken.append((rid, k, label))
@@ -351,6 +357,28 @@ class Merge:
         assert tp is not None
         return tp
 
+    def collect_skipped(self) -> None:
+        """List bundle rows skipped only because their unit was (no conflict of their own)."""
+        own = {(c.table, tuple(c.key)) for c in self.outcome.conflicts}
+        for tp in self.staged():
+            t = self.old(tp.table)
+            q = exp.select(exp.column("rowid", "s"), *[col(k, "s") for k in t.key], self.label(t, "s")).from_(
+                exp.alias_(_t("ins", tp.table), "s")).where(
+                _in(exp.column("rowid", "s"), exp.select("rid").from_(_t("skip", tp.table))))
+            for rid, *k, label in self.rows(q):
+                if (tp.table, tuple(k)) in own or (tp.table, rid) in self.present:
+                    continue
+                self.outcome.skipped_rows.append({"table": tp.table, "key": k, "label": label, "kind": "insert",
+                                                  "reason": "its unit was skipped (see conflicts)"})
+            uq = exp.select(*[col(f"key_{i}", "u") for i in range(len(t.key))]).from_(
+                exp.alias_(_t("upd", tp.table), "u")).where(
+                _in(exp.column("rowid", "u"), exp.select("rid").from_(_t("uskip", tp.table))))
+            for k in self.rows(uq):
+                if (tp.table, tuple(k)) in own:
+                    continue
+                self.outcome.skipped_rows.append({"table": tp.table, "key": list(k), "label": None, "kind": "update",
+                                                  "reason": "it points at a skipped new row"})
+
     # ---- 4. apply --------------------------------------------------------------------------
     def apply(self, apply_deletes: bool) -> None:
         for tp in self.staged():
@@ -396,6 +424,8 @@ class Merge:
     def deletes(self, apply: bool) -> None:
         """Rows deleted after the deploy came back with the restore: list them; delete on request,
         and then only those unchanged since the backup and with no row referencing them."""
+        if self.in_place:  # downgraded in place: those rows were never brought back
+            return
         for name in reversed(self.bundle.old.fk_order()):
             t = self.old(name)
             if self.bundle.counts.get(name, {}).get("deleted", 0) == 0:
@@ -477,7 +507,7 @@ def load_lost(conn: sqlite3.Connection) -> list[dict[str, Any]]:
 
 def merge_into(
     conn: sqlite3.Connection, bundle: Bundle, policy: ConflictPolicy, prefer: Prefer, apply_deletes: bool,
-    files: FilesConfig, target_name: str, dry_run: bool, target: Schema,
+    files: FilesConfig, target_name: str, dry_run: bool, target: Schema, in_place: bool = False,
 ) -> Outcome:
     """Stage, detect, resolve and apply the bundle on ``conn`` (bundle attached, transaction open).
     ``target`` is the target's reflected schema (reflected on another connection: SQLAlchemy may
@@ -492,7 +522,7 @@ def merge_into(
     if p.errors:
         raise RecoveryError("the plan has errors, nothing was changed: " + "; ".join(p.errors),
                             "add the missing columns to a mapping file and extract again")
-    m = Merge(conn, bundle, p, target, policy, prefer, files, outcome, _Counter())
+    m = Merge(conn, bundle, p, target, policy, prefer, files, outcome, _Counter(), in_place)
     for name in bundle.old.data_tables:
         outcome.tables.setdefault(name, TableOutcome(name)).rows_before = _count(conn, name)
     m.stage()
@@ -506,6 +536,7 @@ def merge_into(
         m.detect_updates(tp)
     m.propagate_skips()
     m.settle_remaps()
+    m.collect_skipped()
     if policy is ConflictPolicy.ABORT and outcome.conflicts:
         outcome.aborted = True
         return outcome

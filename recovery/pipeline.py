@@ -109,24 +109,25 @@ def reimport(
             scratch = consistent_copy(target, Path(tmp) / target.name, "target database")
             outcome = _reimport_into(scratch, bundle, on_conflict, prefer, apply_deletes, files, True,
                                      busy_timeout, str(target))
-            outcome.files = _relink(bundle, scratch, uploads, files, dry_run=True) if uploads else None
+            outcome.files = _relink(bundle, scratch, uploads, files, dry_run=True, outcome=outcome) if uploads else None
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
         consistent_copy(target, run_dir / "safety" / target.name, "target database")
         outcome = _reimport_into(target, bundle, on_conflict, prefer, apply_deletes, files, False, busy_timeout,
                                  str(target))
-        outcome.files = _relink(bundle, target, uploads, files, dry_run=False) if uploads else None
+        outcome.files = _relink(bundle, target, uploads, files, dry_run=False, outcome=outcome) if uploads else None
     paths = write_run_files(run_dir, outcome, bundle)
     return RunResult(run_dir, outcome, paths)
 
 
 def _relink(bundle: Bundle, db: Path, uploads: str | os.PathLike[str] | None, files: FilesConfig,
-            dry_run: bool) -> dict[str, Any] | None:
-    try:
-        from recovery.relink import relink
-    except ImportError:  # the relink step is optional until files support lands
+            dry_run: bool, outcome: Outcome | None = None) -> dict[str, Any] | None:
+    """Re-link uploads after a re-import, following the keys that re-import remapped."""
+    from recovery.relink import relink
+
+    if not uploads:
         return None
-    return relink(bundle, db, Path(uploads), files, dry_run=dry_run) if uploads else None
+    return relink(bundle, db, Path(uploads), files, dry_run=dry_run, remaps=outcome.remaps if outcome else None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -346,7 +347,7 @@ def rollback(
     outcome = _load_outcome(run_dir, bundle, db_p, on_conflict)
     if not journal.done("relink"):
         journal.mark("relink", "start")
-        outcome.files = _relink(bundle, db_p, uploads, files, dry_run=False) if uploads else None
+        outcome.files = _relink(bundle, db_p, uploads, files, dry_run=False, outcome=outcome) if uploads else None
         _save_outcome(run_dir, outcome)
         journal.mark("relink", "done")
     if not journal.done("verify"):
@@ -449,7 +450,7 @@ def _dry_run(db: Path, backup: Path, run_dir: Path, since: str | None, uploads: 
         restored = consistent_copy(backup, t / "restored.db", "backup")
         outcome = _reimport_into(restored, res.bundle, policy, prefer, apply_deletes, files, True, 10.0, str(db))
         outcome.dry_run = True
-        outcome.files = _relink(res.bundle, restored, uploads, files, dry_run=True) if uploads else None
+        outcome.files = _relink(res.bundle, restored, uploads, files, dry_run=True, outcome=outcome) if uploads else None
         run_dir.mkdir(parents=True, exist_ok=True)
         paths = write_run_files(run_dir, outcome, res.bundle, {"dry_run_note": "nothing was changed"})
     return RunResult(run_dir, outcome, paths)

@@ -138,11 +138,22 @@ def render_outcome(res: Any) -> None:
         return
     if o.already_applied:
         c.print("[bold]this bundle was already applied to the database; nothing changed[/]")
-    t = RichTable("table", "inserted", "updated", "deleted", "skipped", "remapped", "lost")
-    for name, to in sorted(o.tables.items()):
-        if any((to.inserted, to.updated, to.deleted, to.skipped, to.remapped, to.lost)):
-            t.add_row(name, *(str(getattr(to, k)) for k in ("inserted", "updated", "deleted", "skipped", "remapped", "lost")))
+    lost_by_table: dict[str, int] = {}
+    for item in o.lost:
+        lost_by_table[item["table"]] = lost_by_table.get(item["table"], 0) + 1
+    t = RichTable("table", "inserted", "updated", "deleted", "skipped", "remapped", "lost values")
+    for name in sorted(set(o.tables) | set(lost_by_table)):
+        to = o.tables.get(name)
+        counts = [getattr(to, k) if to else 0 for k in ("inserted", "updated", "deleted", "skipped", "remapped")]
+        lost = lost_by_table.get(name, 0)
+        if any(counts) or lost:
+            t.add_row(name + ("" if to else " *"), *(str(n) for n in counts), str(lost))
     c.print(t)
+    if set(lost_by_table) - set(o.tables):
+        c.print("* not in the old schema: every value of its post-deploy rows is listed as lost")
+    files = o.files or {}
+    if files.get("counts"):
+        c.print("files: " + ", ".join(f"{k.replace('_', ' ')} {n}" for k, n in files["counts"].items() if n))
     kinds: dict[str, int] = {}
     for cf in o.conflicts:
         kinds[cf.kind] = kinds.get(cf.kind, 0) + 1
@@ -160,5 +171,7 @@ def render_outcome(res: Any) -> None:
     verdict = "review needed" if o.needs_review else "all recovered"
     if o.dry_run:
         verdict = f"dry run, nothing changed — {verdict}"
-    c.print(f"[bold]{verdict}[/]: {len(o.lost)} lost value(s), {len(o.conflicts)} conflict(s). "
-            f"Report: {res.run_dir}")
+    c.print(f"[bold]{verdict}[/]: {len(o.lost)} lost value(s), {len(o.conflicts)} conflict(s), "
+            f"{len(o.skipped_rows)} row(s) skipped with their unit.")
+    html = res.run_dir / "report.html"
+    c.print(f"Report: {html if html.exists() else res.run_dir}", soft_wrap=True)

@@ -135,16 +135,26 @@ def _not_exists(inner_table: exp.Table, cond: exp.Expression) -> exp.Expression:
     return exp.Not(this=exp.Exists(this=sub))
 
 
+def _scan(s: TableSides, side: str) -> exp.Expression:
+    """The outer side of an anti-join, read ``NOT INDEXED`` (in rowid order): left to itself SQLite
+    scans the smallest covering index (``ix_quote_items_part_id``), so each probe into the other
+    side's key lands on a random page — 1.5M quote_items: 6.3 s, NOT INDEXED 0.8 s."""
+    src = _source(s, side)
+    if isinstance(src, exp.Table):
+        src.set("indexed", False)
+    return src
+
+
 def inserted_query(s: TableSides, select: list[exp.Expression]) -> exp.Select:
     """Rows of the live table whose key the backup lacks."""
-    return exp.select(*select).from_(_source(s, "new")).where(
+    return exp.select(*select).from_(_scan(s, "new")).where(
         _not_exists(_source(s, "old"), _key_match(s))
     )
 
 
 def deleted_query(s: TableSides, select: list[exp.Expression]) -> exp.Select:
     """Rows of the backup whose key the live table lacks."""
-    return exp.select(*select).from_(_source(s, "old")).where(
+    return exp.select(*select).from_(_scan(s, "old")).where(
         _not_exists(_source(s, "new"), _key_match(s))
     )
 

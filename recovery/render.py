@@ -142,6 +142,7 @@ def render_outcome(res: Any) -> None:
     for item in o.lost:
         lost_by_table[item["table"]] = lost_by_table.get(item["table"], 0) + 1
     t = RichTable("table", "inserted", "updated", "deleted", "skipped", "remapped", "lost values")
+    t.columns[0].no_wrap = True
     for name in sorted(set(o.tables) | set(lost_by_table)):
         to = o.tables.get(name)
         counts = [getattr(to, k) if to else 0 for k in ("inserted", "updated", "deleted", "skipped", "remapped")]

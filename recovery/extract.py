@@ -198,10 +198,25 @@ def _exists(name: str, schema: str, alias: str, cond: exp.Expression) -> exp.Exp
     return exp.Exists(this=exp.select(exp.Literal.number(1)).from_(table(name, schema, alias)).where(cond))
 
 
+def _keys(name: str, alias: str, cols: tuple[str, ...]) -> exp.Select:
+    """The non-NULL ``cols`` of bundle table ``name`` (NULL references nothing, and a NULL in a
+    ``NOT IN`` list would make it unknown for every row)."""
+    return exp.select(*[col(c, alias) for c in cols]).from_(table(name, "bnew", alias)).where(
+        and_all(exp.Not(this=exp.Is(this=col(c, alias), expression=exp.Null())) for c in cols))
+
+
+def _row(cols: tuple[str, ...], alias: str) -> exp.Expression:
+    return col(cols[0], alias) if len(cols) == 1 else exp.Tuple(expressions=[col(c, alias) for c in cols])
+
+
 def close_foreign_keys(conn: sqlite3.Connection, a: Analysis, counts: dict[str, Any]) -> None:
     """Bring every parent a bundle row needs that neither the bundle nor the backup has (e.g. a
     parent left out by a filter), until nothing changes. Parents the backup has are referenced,
-    not copied."""
+    not copied.
+
+    The bundle sides are uncorrelated ``IN (SELECT …)`` lists: SQLite materialises each once and
+    drives the parent by its key, linear in the bundle size (correlated EXISTS over the unindexed
+    bundle tables was parent rows × bundle rows: hours at 1M parts)."""
     for _ in range(len(a.new.tables) + 1):
         added = 0
         for name in a.new.data_tables:
@@ -209,9 +224,10 @@ def close_foreign_keys(conn: sqlite3.Connection, a: Analysis, counts: dict[str, 
                 parent = a.new.table(fk.ref_table)
                 if parent is None or fk.ref_table not in counts:
                     continue
-                conds = [
-                    _exists(name, "bnew", "c", _match("c", fk.columns, "p", fk.ref_columns)),
-                    exp.Not(this=_exists(fk.ref_table, "bnew", "pb", _match("pb", fk.ref_columns, "p", fk.ref_columns))),
+                conds: list[exp.Expression] = [
+                    exp.In(this=_row(fk.ref_columns, "p"), query=_keys(name, "c", fk.columns).subquery()),
+                    exp.Not(this=exp.In(this=_row(fk.ref_columns, "p"),
+                                        query=_keys(fk.ref_table, "pb", fk.ref_columns).subquery())),
                 ]
                 if a.old.table(fk.ref_table) is not None:
                     conds.append(exp.Not(this=_exists(

@@ -59,6 +59,7 @@ class RunResult:
 def _reimport_into(
     target: Path, bundle: Bundle, policy: ConflictPolicy, prefer: Prefer, apply_deletes: bool,
     files: FilesConfig, dry_run: bool, busy_timeout: float, label: str, in_place: bool = False,
+    check_after: bool = True,
 ) -> Outcome:
     """Apply ``bundle`` to ``target`` in one transaction; verify before commit. ``in_place``: the
     target was downgraded in place and already holds the post-deploy rows."""
@@ -83,7 +84,8 @@ def _reimport_into(
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        outcome.verification = verify(conn, outcome, bundle.old.alembic_revision)
+        if check_after:  # rollback verifies in its own journaled step instead
+            outcome.verification = verify(conn, outcome, bundle.old.alembic_revision)
         return outcome
     finally:
         conn.close()
@@ -341,7 +343,7 @@ def rollback(
         journal.mark("reimport", "start")
         in_place = journal.info("restore").get("method") == "downgrade"
         outcome = _reimport_into(db_p, bundle, on_conflict, prefer, apply_deletes, files, False, 10.0, str(db_p),
-                                 in_place)
+                                 in_place, check_after=False)
         _save_outcome(run_dir, outcome)
         journal.mark("reimport", "done", already_applied=outcome.already_applied)
     outcome = _load_outcome(run_dir, bundle, db_p, on_conflict)

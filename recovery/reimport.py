@@ -118,6 +118,11 @@ class Merge:
                 self.run(exp.Create(kind="TABLE", this=exp.Schema(this=_t(kind, tp.table), expressions=[
                     exp.ColumnDef(this=exp.to_identifier("rid"), kind=exp.DataType.build("INTEGER"),
                                   constraints=[exp.ColumnConstraint(kind=exp.PrimaryKeyColumnConstraint())])])))
+            key = self.old(tp.table).primary_key
+            if key:  # parents are probed by key per child row (missing parents, unit propagation)
+                self.run(exp.Create(kind="INDEX", this=exp.Index(
+                    this=table(f"ix_ins:{tp.table}", "temp"), table=table(f"ins:{tp.table}"),
+                    params=exp.IndexParameters(columns=[col(k) for k in key]))))
             to = self.outcome.tables.setdefault(tp.table, TableOutcome(tp.table))
             to.bundle_inserted = self.rows(exp.select("count(*)").from_(_t("ins", tp.table)))[0][0]
             to.bundle_updated = self.rows(exp.select("count(*)").from_(_t("upd", tp.table)))[0][0]
@@ -276,7 +281,18 @@ class Merge:
             q = exp.select(*[col(f"key_{j}", "u") for j in range(len(t.key))], self.label(t, "t"),
                            theirs.copy(), ours.copy(), base.copy()).from_(exp.alias_(_t("upd", tp.table), "u")).join(
                 table(tp.table, "main", "t"), on=key_match).where(and_all([
-                    is_distinct(theirs, base), is_distinct(ours, base.copy()), is_distinct(ours.copy(), theirs.copy())]))
+                    is_distinct(theirs, base), is_distinct(ours, base.copy()), is_distinct(ours.copy(), theirs.copy()),
+                    *([exp.Not(this=exp.Is(this=theirs.copy(), expression=exp.Null()))]
+                      if not t.column(name).nullable else [])]))
+            if not t.column(name).nullable:  # a NULL the old schema cannot hold: keep the target's value
+                nq = exp.select(*[col(f"key_{j}", "u") for j in range(len(t.key))], self.label(t, "t"),
+                                ours.copy(), base.copy()).from_(exp.alias_(_t("upd", tp.table), "u")).join(
+                    table(tp.table, "main", "t"), on=key_match.copy()).where(and_all([
+                        exp.Is(this=theirs.copy(), expression=exp.Null()), is_distinct(theirs.copy(), base.copy())]))
+                for *k, label, ou, ba in self.rows(nq):
+                    self.conflict(Conflict("constraint", tp.table, tuple(k), "kept_target", column=name,
+                                           target_value=ou, base_value=ba, label=label,
+                                           detail=f"{name} became NULL after the deploy; NOT NULL in the old schema"))
             resolution = "kept_target" if self.prefer is Prefer.DB else "applied"
             for *k, label, th, ou, ba in self.rows(q):
                 self.conflict(Conflict("update_update", tp.table, tuple(k), resolution, column=name, bundle_value=th,
@@ -410,6 +426,8 @@ class Merge:
             take = and_all([is_distinct(theirs, base), is_same(ours, base.copy())])
             if self.prefer is Prefer.BUNDLE:
                 take = and_all([is_distinct(theirs.copy(), base.copy()), is_distinct(ours.copy(), theirs.copy())])
+            if not t.column(name).nullable:
+                take = and_all([take, exp.Not(this=exp.Is(this=theirs.copy(), expression=exp.Null()))])
             sets.append(exp.EQ(this=col(name), expression=exp.Case(ifs=[exp.If(this=take, true=theirs.copy())],
                                                                    default=ours.copy())))
             changes.append(take.copy())
@@ -419,7 +437,12 @@ class Merge:
         upd = exp.Update(this=table(tp.table, "main"), expressions=sets,
                          from_=exp.From(this=live.subquery(exp.TableAlias(this=exp.to_identifier("u", quoted=True)))),
                          where=exp.Where(this=where))
-        self.outcome.tables[tp.table].updated = self.run(upd).rowcount
+        try:
+            self.outcome.tables[tp.table].updated = self.run(upd).rowcount
+        except sqlite3.IntegrityError as exc:
+            raise RecoveryError(f"re-import of updates to {tp.table} violated a constraint the checks did not "
+                                f"predict: {exc}", "nothing was changed; report this with the bundle",
+                                ExitCode.FAILED) from None
 
     def deletes(self, apply: bool) -> None:
         """Rows deleted after the deploy came back with the restore: list them; delete on request,

@@ -90,6 +90,9 @@ class Outcome:
     conflicts: list[Conflict] = field(default_factory=list)
     remaps: list[Remap] = field(default_factory=list)
     lost: list[dict[str, Any]] = field(default_factory=list)
+    """Lost values: after a re-import a :class:`recovery.lost.LostValues` — the first 1,000 by
+    (table, key, column) with the exact ``total``; the complete list stays in the bundle's rows.db
+    (``lost_total``, ``iter_lost()``)."""
     deletes_for_review: list[dict[str, Any]] = field(default_factory=list)
     skipped_rows: list[dict[str, Any]] = field(default_factory=list)
     """Bundle rows not carried because their unit was skipped (a conflict elsewhere in the unit);
@@ -101,7 +104,38 @@ class Outcome:
     @property
     def needs_review(self) -> bool:
         files_bad = bool(self.files and (self.files.get("missing") or self.files.get("unsafe")))
-        return bool(self.conflicts or self.lost or self.skipped_rows or self.aborted or files_bad)
+        return bool(self.conflicts or self.lost_total or self.skipped_rows or self.aborted or files_bad)
+
+    @property
+    def lost_total(self) -> int:
+        """Exact number of lost values (``lost`` may hold only a sample of them)."""
+        return max(getattr(self.lost, "total", 0), len(self.lost))
+
+    @property
+    def lost_truncated(self) -> bool:
+        return self.lost_total > len(self.lost)
+
+    def lost_by_table(self) -> dict[str, int]:
+        counts = getattr(self.lost, "counts", None)
+        if counts and self.lost_truncated:
+            return {t: sum(cols.values()) for t, cols in counts.items()}
+        out: dict[str, int] = {}
+        for item in self.lost:
+            out[item["table"]] = out.get(item["table"], 0) + 1
+        return out
+
+    def iter_lost(self) -> Any:
+        """Every lost value, streamed from the bundle's rows.db when ``lost`` is only a sample
+        (and that file still exists — a dry run's bundle is gone when it ends)."""
+        source = getattr(self.lost, "source", None)
+        if self.lost_truncated and source:
+            from pathlib import Path
+
+            from recovery.lost import stream_file
+
+            if Path(source).is_file():
+                return stream_file(source)
+        return iter(self.lost)
 
     @property
     def exit_code(self) -> int:
@@ -114,13 +148,14 @@ class Outcome:
             "tables": {n: asdict(t) for n, t in sorted(self.tables.items())},
             "conflicts": [c.to_dict() for c in self.conflicts],
             "remapped": [asdict(r) for r in self.remaps],
-            "lost": self.lost, "deletes_for_review": self.deletes_for_review, "skipped_rows": self.skipped_rows,
+            "lost": list(self.lost), "lost_total": self.lost_total, "lost_truncated": self.lost_truncated,
+            "deletes_for_review": self.deletes_for_review, "skipped_rows": self.skipped_rows,
             "files": self.files, "verification": self.verification,
             "totals": {
                 "inserted": sum(t.inserted for t in self.tables.values()),
                 "updated": sum(t.updated for t in self.tables.values()),
                 "deleted": sum(t.deleted for t in self.tables.values()),
                 "skipped": sum(t.skipped for t in self.tables.values()),
-                "remapped": len(self.remaps), "conflicts": len(self.conflicts), "lost": len(self.lost),
+                "remapped": len(self.remaps), "conflicts": len(self.conflicts), "lost": self.lost_total,
             },
         }

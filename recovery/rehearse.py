@@ -109,7 +109,7 @@ def rehearse(
         else:
             say("checking the round trip on the rolled-back copy")
             result = Rehearsal(True, run_dir, outcome=res.outcome)
-            result.losses = list(res.outcome.lost) if res.outcome else []
+            result.losses = list(res.outcome.iter_lost()) if res.outcome else []  # all, not the sample
             _check_round_trip(result, db_copy, backup_ref, open_bundle(run_dir / "bundle"))
     changed = [p for p, h in hashes.items() if not Path(p).exists() or sha256_file(p) != h]
     result.checks["live_files_unchanged"] = not changed

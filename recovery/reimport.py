@@ -26,7 +26,7 @@ from typing import Any
 
 from sqlglot import exp
 
-from recovery.bundle import LOST_TABLE, Bundle
+from recovery.bundle import Bundle
 from recovery.errors import ExitCode, RecoveryError
 from recovery.files import FilesConfig
 from recovery.outcome import Conflict, ConflictPolicy, Outcome, Prefer, Remap, TableOutcome
@@ -520,12 +520,11 @@ def record_applied(m: Merge) -> None:
 
 
 def load_lost(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-    q = exp.select("*").from_(table(LOST_TABLE, BUNDLE_DB)).order_by(
-        col("table"), col("key"), col("column"))
-    import json
+    """The bundle's lost values as a bounded :class:`recovery.lost.LostValues`: the first 1,000 by
+    (table, key, column), exact counts, and the bundle's rows.db, which keeps the complete list."""
+    from recovery.lost import load
 
-    return [{"table": t, "key": json.loads(k), "label": lab, "column": c, "value": v, "reason": r}
-            for t, k, lab, c, v, r in conn.execute(sql(q))]
+    return load(conn, BUNDLE_DB)
 
 
 def merge_into(

@@ -138,9 +138,7 @@ def render_outcome(res: Any) -> None:
         return
     if o.already_applied:
         c.print("[bold]this bundle was already applied to the database; nothing changed[/]")
-    lost_by_table: dict[str, int] = {}
-    for item in o.lost:
-        lost_by_table[item["table"]] = lost_by_table.get(item["table"], 0) + 1
+    lost_by_table = o.lost_by_table()
     t = RichTable("table", "inserted", "updated", "deleted", "skipped", "remapped", "lost values")
     t.columns[0].no_wrap = True
     for name in sorted(set(o.tables) | set(lost_by_table)):
@@ -172,7 +170,7 @@ def render_outcome(res: Any) -> None:
     verdict = "review needed" if o.needs_review else "all recovered"
     if o.dry_run:
         verdict = f"dry run, nothing changed — {verdict}"
-    c.print(f"[bold]{verdict}[/]: {len(o.lost)} lost value(s), {len(o.conflicts)} conflict(s), "
+    c.print(f"[bold]{verdict}[/]: {o.lost_total} lost value(s), {len(o.conflicts)} conflict(s), "
             f"{len(o.skipped_rows)} row(s) skipped with their unit.")
     html = res.run_dir / "report.html"
     c.print(f"Report: {html if html.exists() else res.run_dir}", soft_wrap=True)

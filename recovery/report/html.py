@@ -12,7 +12,8 @@ from typing import Any
 import pandas as pd
 
 from recovery.report import charts
-from recovery.report.tables import conflicts_frame, deletes_frame, files_frame, lost_frame, tables_frame, users_frame
+from recovery.report.tables import (conflicts_frame, deletes_frame, files_frame, lost_frame, lost_more, lost_total,
+                                     tables_frame, users_frame)
 
 CSS = """
 :root{--ink:#0f172a;--muted:#64748b;--line:#e2e8f0;--bg:#f8fafc;--ok:#15803d;--okbg:#f0fdf4;
@@ -49,7 +50,7 @@ table.data th{text-align:left;font-weight:600;color:#334155;background:#f1f5f9;b
 padding:7px 10px;white-space:nowrap}
 table.data td{padding:6px 10px;border-bottom:1px solid var(--line);vertical-align:top;overflow-wrap:break-word}
 table.data tr:nth-child(even) td{background:#fcfdfe}
-.empty{color:var(--muted);font-style:italic}
+.empty,.more{color:var(--muted);font-style:italic}
 footer{color:var(--muted);font-size:12.5px;margin-top:28px}
 code{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:12.5px}
 @media print{body{background:#fff} section,.card{break-inside:avoid}}
@@ -163,9 +164,12 @@ def render_html(report: dict[str, Any]) -> str:
         f"<section><h2>Per user</h2><p class=\"sub\">Who did the work ({_t(users_note)}; a change is "
         "attributed to updated_by where the table has it, else to the record's owner).</p>"
         + _table(users_frame(report), "No post-deploy work.") + "</section>",
-        f"<section><h2>Lost values ({len(report['lost'])})</h2><p class=\"sub\">Values the old release has "
-        "no place for — the list to re-enter from once the new release is back.</p>"
-        + _table(lost_frame(report), "Nothing was lost.") + "</section>",
+        f"<section><h2>Lost values ({lost_total(report)})</h2><p class=\"sub\">Values the old release has "
+        "no place for — the list to re-enter from once the new release is back"
+        + (f"; the first {len(report['lost']):,} by table, key and column are listed here, all "
+           f"{lost_total(report):,} are in lost_values.csv" if lost_more(report) else "") + ".</p>"
+        + _table(lost_frame(report), "Nothing was lost.")
+        + (f'<p class="more">{_t(lost_more(report))}</p>' if lost_more(report) else "") + "</section>",
         f"<section><h2>Conflicts ({len(report['conflicts'])})</h2><p class=\"sub\">Both values and how each "
         "was resolved.</p>" + _table(conflicts_frame(report), "No conflicts.") + "</section>",
     ]

@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 
 from recovery.report.html import verdict_text
-from recovery.report.tables import conflicts_frame, deletes_frame, lost_frame, tables_frame, users_frame
+from recovery.report.tables import conflicts_frame, deletes_frame, lost_frame, lost_more, lost_total, tables_frame, users_frame
 
 _ESCAPES = str.maketrans({"|": "\\|", "<": "\\<", ">": "\\>", "\n": " ", "\r": " ", "`": "\\`"})
 
@@ -52,10 +52,14 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"- Verdict: **{h['verdict']}**"]
     out += ["", "## Per table", "", md_table(tables_frame(report), "No post-deploy changes.", True),
             "", "## Per user", "", md_table(users_frame(report), "No post-deploy work.", True),
-            "", f"## Lost values ({len(report['lost'])})", "",
-            "Values the old release has no place for — re-enter them from this list.", "",
-            md_table(lost_frame(report), "Nothing was lost."),
-            "", f"## Conflicts ({len(report['conflicts'])})", "", md_table(conflicts_frame(report), "No conflicts.")]
+            "", f"## Lost values ({lost_total(report)})", "",
+            "Values the old release has no place for — re-enter them from this list"
+            + (f" (the first {len(report['lost']):,} by table, key and column; all {lost_total(report):,} are in "
+               "lost_values.csv)." if lost_more(report) else "."), "",
+            md_table(lost_frame(report), "Nothing was lost.")]
+    if lost_more(report):
+        out += ["", f"_{md_text(lost_more(report))}_"]
+    out += ["", f"## Conflicts ({len(report['conflicts'])})", "", md_table(conflicts_frame(report), "No conflicts.")]
     if report.get("deletes_for_review"):
         out += ["", f"## Deleted after the deploy ({len(report['deletes_for_review'])})", "",
                 md_table(deletes_frame(report), "")]

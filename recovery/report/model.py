@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import sqlite3
 from collections import Counter, defaultdict
+from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from recovery.bundle import Bundle
+from recovery.lost import LOST_TABLE, NATURAL_ORDER, SAMPLE_LIMIT, as_dict, has_lost, iter_rows, open_ro, parse_key
 from recovery.outcome import Outcome
 from recovery.schema import Table
 from recovery.timestamps import find_timestamp_columns
@@ -35,13 +38,29 @@ BIN_CHOICES = (5, 10, 15, 30, 60, 120, 360, 720, 1440)
 MAX_BINS = 48
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Row:
     table: str
     kind: str  # created | changed
     key: tuple[Any, ...]
     user: Any
     when: datetime | None
+    lost: int = 0  # lost values of this record
+
+
+_PerKey = Callable[[sqlite3.Connection, str], dict[tuple[Any, ...], int]]
+
+
+@dataclass
+class _Lost:
+    """The lost values as the report needs them: exact counts, and a bounded sample to list."""
+
+    sample: list[dict[str, Any]]  # sorted by table, key (numbers numerically), column; at most SAMPLE_LIMIT
+    total: int
+    by_table: Counter[str]
+    by_reason: Counter[str]
+    records: int  # distinct (table, key)
+    per_key: _PerKey  # (rows.db connection, table) -> {key: lost values of that record}
 
 
 @dataclass(frozen=True)
@@ -106,7 +125,8 @@ def _user_columns(t: Table, users_table: str | None) -> tuple[str | None, str | 
     return creator, changer
 
 
-def _read_rows(bundle: Bundle, users_table: str | None) -> tuple[list[_Row], dict[str, dict[str, Any]]]:
+def _read_rows(bundle: Bundle, users_table: str | None,
+               per_key: _PerKey | None = None) -> tuple[list[_Row], dict[str, dict[str, Any]]]:
     rows: list[_Row] = []
     attribution: dict[str, dict[str, Any]] = {}
     if not bundle.rows_db.is_file():
@@ -127,14 +147,15 @@ def _read_rows(bundle: Bundle, users_table: str | None) -> tuple[list[_Row], dic
             cols = key_cols + [c for c in (creator, changer, created_at, updated_at) if c]
             sql = (f"SELECT {', '.join(_q(c) for c in cols)}, _recovery_kind FROM {_q(name)} "
                    f"WHERE _recovery_kind IN ('inserted', 'updated')")
+            lost = per_key(conn, name) if per_key else {}  # one table's records with lost values at a time
             for rec in conn.execute(sql):
                 d = dict(zip(cols, rec[:-1]))
                 kind = "created" if rec[-1] == "inserted" else "changed"
                 user_col = creator if kind == "created" else changer
                 time_col = created_at if kind == "created" else updated_at
-                rows.append(_Row(name, kind, tuple(d[c] for c in key_cols),
-                                 d.get(user_col) if user_col else _NoUserColumn(name),
-                                 parse_time(d.get(time_col)) if time_col else None))
+                key = tuple(d[c] for c in key_cols)
+                rows.append(_Row(name, kind, key, d.get(user_col) if user_col else _NoUserColumn(name),
+                                 parse_time(d.get(time_col)) if time_col else None, lost.get(key, 0)))
     finally:
         conn.close()
     return rows, attribution
@@ -236,7 +257,8 @@ def build(bundle: Bundle, outcome: Outcome | None, rollback_time: str | None = N
     deploy_text = bundle.manifest.get("deploy_time")
     deploy = parse_time(deploy_text) if deploy_text else None
     users_table = _users_table(bundle)
-    rows, attribution = _read_rows(bundle, users_table)
+    lost_info = _lost(bundle, outcome)
+    rows, attribution = _read_rows(bundle, users_table, lost_info.per_key)
 
     old_tables = set(bundle.old.tables)
     mapped_skip = {n for n, tm in bundle.mapping.tables.items() if getattr(tm, "skip", False)}
@@ -248,16 +270,9 @@ def build(bundle: Bundle, outcome: Outcome | None, rollback_time: str | None = N
             return False
         return True
 
-    if outcome is not None:
-        lost = [dict(x, key=list(_key(x.get("key")))) for x in outcome.lost]
-        conflicts = [c.to_dict() for c in outcome.conflicts]
-    else:
-        lost = _bundle_lost(bundle)
-        conflicts = []
-    lost = sorted(lost, key=lambda x: (str(x["table"]), _natural(x["key"]), str(x["column"])))
+    conflicts = [c.to_dict() for c in outcome.conflicts] if outcome is not None else []
     skipped_keys = {(c["table"], tuple(c["key"])) for c in conflicts if c["resolution"] == "skipped"}
     conflict_keys = Counter((c["table"], tuple(c["key"])) for c in conflicts)
-    lost_keys = Counter((x["table"], tuple(x["key"])) for x in lost)
     aborted = bool(outcome and outcome.aborted)
 
     # ---- per table
@@ -266,7 +281,7 @@ def build(bundle: Bundle, outcome: Outcome | None, rollback_time: str | None = N
     for name in sorted(set(counts) | {r.table for r in rows}):
         c = counts.get(name, {})
         created, changed, deleted = c.get("inserted", 0), c.get("updated", 0), c.get("deleted", 0)
-        if not (created or changed or deleted or lost_keys_for(lost_keys, name)):
+        if not (created or changed or deleted or lost_info.by_table[name]):
             continue
         to = outcome.tables.get(name) if outcome else None
         if aborted:
@@ -282,7 +297,7 @@ def build(bundle: Bundle, outcome: Outcome | None, rollback_time: str | None = N
             "not_carried_reason": reason if created + changed - carried else "",
             "remapped": to.remapped if to else 0,
             "conflicts": sum(n for (t, _), n in conflict_keys.items() if t == name),
-            "lost_values": lost_keys_for(lost_keys, name),
+            "lost_values": lost_info.by_table[name],
         })
 
     # ---- per user
@@ -295,7 +310,7 @@ def build(bundle: Bundle, outcome: Outcome | None, rollback_time: str | None = N
         ok = not aborted and carried_table(r.table) and (r.table, r.key) not in skipped_keys
         u["carried"] += ok
         u["conflicts"] += conflict_keys.get((r.table, r.key), 0)
-        u["lost_values"] += lost_keys.get((r.table, r.key), 0)
+        u["lost_values"] += r.lost
     users = sorted(({"user_id": None if isinstance(uid, _NoUserColumn) else uid, "user": _user_label(uid, names), "created": c["created"],
                      "changed": c["changed"], "carried": c["carried"], "conflicts": c["conflicts"],
                      "lost_values": c["lost_values"]} for uid, c in per_user.items()),
@@ -311,10 +326,9 @@ def build(bundle: Bundle, outcome: Outcome | None, rollback_time: str | None = N
             e = reasons.setdefault(t["not_carried_reason"], {"reason": t["not_carried_reason"], "records": 0, "tables": []})
             e["records"] += t["not_carried"]
             e["tables"].append(t["table"])
-    lost_reasons = Counter(str(x.get("reason") or "no place in the old schema") for x in lost)
     files = _files(bundle, outcome)
     mode = "bundle" if outcome is None else "dry-run" if outcome.dry_run else "rollback"
-    needs_review = bool(lost or conflicts or aborted or files["problems"] or carried < created + changed)
+    needs_review = bool(lost_info.total or conflicts or aborted or files["problems"] or carried < created + changed)
     if outcome is not None:
         verification_failed = bool(outcome.verification) and not outcome.verification.get("ok")
         needs_review = needs_review or outcome.needs_review or verification_failed
@@ -328,8 +342,8 @@ def build(bundle: Bundle, outcome: Outcome | None, rollback_time: str | None = N
         "records_total": created + changed,
         "carried": carried, "not_carried": created + changed - carried,
         "not_carried_reasons": list(reasons.values()),
-        "lost_values": len(lost), "lost_reasons": dict(sorted(lost_reasons.items())),
-        "records_with_lost_values": len(lost_keys),
+        "lost_values": lost_info.total, "lost_reasons": dict(sorted(lost_info.by_reason.items())),
+        "records_with_lost_values": lost_info.records,
         "conflicts": len(conflicts), "files_affected": files["affected"],
         "deletes_for_review": len(outcome.deletes_for_review) if outcome else sum(t["deleted"] for t in tables),
         "verified": (bool(outcome.verification.get("ok")) if outcome and outcome.verification else None),
@@ -345,7 +359,9 @@ def build(bundle: Bundle, outcome: Outcome | None, rollback_time: str | None = N
         "user_names_from": name_source,
         "users_table": users_table,
         "attribution": attribution,
-        "lost": lost,
+        "lost": lost_info.sample,
+        "lost_total": lost_info.total,
+        "lost_truncated": lost_info.total > len(lost_info.sample),
         "conflicts": conflicts,
         "deletes_for_review": [dict(d, key=list(_key(d.get("key")))) for d in outcome.deletes_for_review]
         if outcome else [],
@@ -360,30 +376,60 @@ def _natural(key: list[Any]) -> tuple[tuple[int, Any], ...]:
     return tuple((0, v) if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, str(v)) for v in key)
 
 
-def lost_keys_for(lost_keys: Counter[tuple[str, tuple[Any, ...]]], table: str) -> int:
-    return sum(n for (t, _), n in lost_keys.items() if t == table)
+def _natural_item(x: dict[str, Any]) -> tuple[Any, ...]:
+    return (str(x["table"]), _natural(x["key"]), str(x["column"]))
 
 
-def _bundle_lost(bundle: Bundle) -> list[dict[str, Any]]:
-    """``_recovery_lost`` as the re-import would report it (same shape as ``Outcome.lost``)."""
-    import json
+def _reason(reason: Any) -> str:
+    return str(reason or "no place in the old schema")
 
-    if not bundle.rows_db.is_file():
-        return []
-    conn = sqlite3.connect(f"file:{bundle.rows_db}?mode=ro", uri=True)
-    try:
-        if not conn.execute("SELECT 1 FROM sqlite_master WHERE name='_recovery_lost'").fetchone():
-            return []
-        out = []
-        for table, key, label, column, value, reason in conn.execute(
-                'SELECT "table", "key", "label", "column", "value", "reason" FROM _recovery_lost '
-                'ORDER BY "table", "key", "column"'):
-            try:
-                k = json.loads(key) if isinstance(key, str) else key
-            except json.JSONDecodeError:
-                k = key
-            out.append({"table": table, "key": list(_key(k)), "label": label, "column": column,
-                        "value": value, "reason": reason})
-    finally:
-        conn.close()
-    return out
+
+def _lost_from_list(items: list[dict[str, Any]]) -> _Lost:
+    """A complete (small) list in memory — an outcome whose lost values all fit in the sample."""
+    lost = sorted((dict(x, key=list(_key(x.get("key")))) for x in items), key=_natural_item)
+    keys = Counter((x["table"], tuple(x["key"])) for x in lost)
+
+    def per_key(_conn: sqlite3.Connection, table: str) -> dict[tuple[Any, ...], int]:
+        return {k: n for (t, k), n in keys.items() if t == table}
+
+    return _Lost(lost, len(lost), Counter(x["table"] for x in lost), Counter(_reason(x.get("reason")) for x in lost),
+                 len(keys), per_key)
+
+
+def _lost_per_key(conn: sqlite3.Connection, table: str) -> dict[tuple[Any, ...], int]:
+    if not has_lost(conn):
+        return {}
+    return {tuple(parse_key(k)): n for k, n in conn.execute(
+        f'SELECT "key", count(*) FROM {LOST_TABLE} WHERE "table" = ? GROUP BY "key"', (table,))}
+
+
+def _lost_from_db(path: Path) -> _Lost | None:
+    """Counts by SQL and the first SAMPLE_LIMIT values from a rows.db's ``_recovery_lost``, which
+    keeps the complete list (never loaded whole)."""
+    if not path.is_file():
+        return None
+    with closing(open_ro(path)) as conn:
+        if not has_lost(conn):
+            return None
+        sample = sorted((as_dict(r) for r in iter_rows(conn, order=NATURAL_ORDER, limit=SAMPLE_LIMIT)), key=_natural_item)
+        by_table: Counter[str] = Counter()
+        by_reason: Counter[str] = Counter()
+        for table, reason, n in conn.execute(f'SELECT "table", "reason", count(*) FROM {LOST_TABLE} GROUP BY 1, 2'):
+            by_table[table] += n
+            by_reason[_reason(reason)] += n
+        records = conn.execute(f'SELECT count(*) FROM (SELECT DISTINCT "table", "key" FROM {LOST_TABLE})').fetchone()[0]
+    return _Lost(sample, sum(by_table.values()), by_table, by_reason, records, _lost_per_key)
+
+
+def _lost(bundle: Bundle, outcome: Outcome | None) -> _Lost:
+    """``Outcome.lost`` when it holds every lost value; else the bundle's ``_recovery_lost`` (the
+    same list: the re-import loads it from there)."""
+    if outcome is not None and not outcome.lost_truncated:
+        return _lost_from_list(outcome.lost)
+    found = _lost_from_db(bundle.rows_db)
+    if found is not None:
+        return found
+    info = _lost_from_list(outcome.lost if outcome is not None else [])
+    if outcome is not None:  # only the sample is left: keep the exact counts
+        info.total, info.by_table = outcome.lost_total, Counter(outcome.lost_by_table())
+    return info

@@ -8,17 +8,23 @@ so a run folder re-renders without its bundle (a dry run's bundle is gone when i
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
 import shutil
+import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from recovery.bundle import Bundle, open_bundle
 from recovery.errors import RecoveryError
+from recovery.lost import BATCH, open_ro, stream_file
+from recovery.lost import has_lost as _has_lost
 from recovery.outcome import Outcome
 from recovery.report.html import render_html
 from recovery.report.markdown import render_markdown
@@ -68,6 +74,45 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _atomic_write_json(path: Path, data: Any) -> None:
+    """``dump_json(data)`` written chunk by chunk (never the whole text in memory)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=2, ensure_ascii=False, default=_json_default)
+        fh.write("\n")
+    os.replace(tmp, path)
+
+
+def write_lost_csv(fh: IO[str], items: Iterable[dict[str, Any]]) -> int:
+    """The lost-values CSV of ``items`` (streamed, ``BATCH`` rows at a time, each batch through
+    the same :func:`frame` as every other table, so the format is that of ``frame(all).to_csv()``)."""
+    it, header, n = iter(items), True, 0
+    while batch := list(islice(it, BATCH)):
+        fh.write(frame(batch, LOST_COLUMNS).to_csv(index=False, header=header))
+        header, n = False, n + len(batch)
+    if header:
+        fh.write(frame([], LOST_COLUMNS).to_csv(index=False))
+    return n
+
+
+def _bundle_has_lost(bundle_rows_db: Path) -> bool:
+    if not bundle_rows_db.is_file():
+        return False
+    conn = open_ro(bundle_rows_db)
+    try:
+        return _has_lost(conn)
+    finally:
+        conn.close()
+
+
+def _all_lost(outcome: Outcome, bundle: Bundle) -> Iterator[dict[str, Any]]:
+    """Every lost value in ``Outcome.lost``'s order: the outcome's own list when it is complete,
+    else streamed from the bundle's rows.db (``_recovery_lost``), which the outcome was loaded from."""
+    if outcome.lost_truncated and _bundle_has_lost(bundle.rows_db):
+        return stream_file(bundle.rows_db)
+    return outcome.iter_lost()
+
+
 def _rollback_time(extra: dict[str, Any] | None) -> str:
     restore = ((extra or {}).get("journal") or {}).get("restore") or {}
     return str(restore.get("at") or datetime.now().isoformat(sep="T", timespec="seconds"))
@@ -81,9 +126,14 @@ def write_run_files(run_dir: Path, outcome: Outcome, bundle: Bundle, extra: dict
               "summary": summary(outcome, bundle, section), "outcome": outcome.to_dict(), **(extra or {}),
               "report": section}
     paths = {n: run_dir / n for n in RUN_FILES}
-    _atomic_write(paths["report.json"], dump_json(report))
+    _atomic_write_json(paths["report.json"], report)
+    del report
     _atomic_write(paths["conflicts.csv"], frame([c.to_dict() for c in outcome.conflicts], CONFLICT_COLUMNS).to_csv(index=False))
-    _atomic_write(paths["lost_values.csv"], frame(outcome.lost, LOST_COLUMNS).to_csv(index=False))
+    # streamed from the bundle: the caller keeps the bundle until we return (a dry run's is deleted after)
+    tmp = paths["lost_values.csv"].with_name("lost_values.csv.tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        write_lost_csv(fh, _all_lost(outcome, bundle))
+    os.replace(tmp, paths["lost_values.csv"])
     shutil.copyfile(bundle.path / "reimport.sql", paths["reimport.sql"])
     _atomic_write(paths["report.md"], render_markdown(section))
     _atomic_write(paths["report.html"], render_html(section))
@@ -161,12 +211,32 @@ def render(document: dict[str, Any], fmt: str) -> str:
     raise RecoveryError(f"unknown report format {fmt!r}", f"use one of {', '.join(FORMATS)}")
 
 
+def _lost_csv_text(folder: Path, document: dict[str, Any], source: str) -> str:
+    """The complete lost-values CSV: a run folder's lost_values.csv, else streamed from the
+    bundle's rows.db; report.json alone holds only the first 1,000 (a note on stderr says so)."""
+    if source == "run" and (folder / "lost_values.csv").is_file():
+        return (folder / "lost_values.csv").read_text(encoding="utf-8")
+    rows_db = Path((document.get("bundle") or {}).get("path") or folder) / "rows.db"
+    for candidate in ([folder / "rows.db", folder / "bundle" / "rows.db", rows_db]):
+        if _bundle_has_lost(candidate):
+            buf = io.StringIO()
+            write_lost_csv(buf, stream_file(candidate))
+            return buf.getvalue()
+    section = document["report"]
+    total = max(int(section.get("lost_total") or 0), len(section["lost"]))
+    if total > len(section["lost"]):
+        print(f"note: only the first {len(section['lost']):,} of {total:,} lost values are in report.json and "
+              f"{folder / 'lost_values.csv'} is gone; the CSV below lists only those", file=sys.stderr)
+    return render(document, "csv")
+
+
 def report(folder: str | os.PathLike[str], fmt: str = "html", out: str | os.PathLike[str] | None = None) -> ReportResult:
     """Render the report of a run folder or a bundle folder as html, md, csv (the lost values) or
     json. ``out``: the file to write; by default HTML goes to RUN_DIR/report.html (for a bundle,
-    ``<bundle>-report.html`` beside it — a bundle's content is sealed) and the others to stdout."""
+    ``<bundle>-report.html`` beside it — a bundle's content is sealed) and the others to stdout.
+    ``csv`` is the complete list: the run folder's lost_values.csv, or the bundle's."""
     document, source = load(folder)
-    text = render(document, fmt)
+    text = _lost_csv_text(Path(folder), document, source) if fmt == "csv" else render(document, fmt)
     target: Path | None = Path(out) if out else None
     if target is None and fmt == "html":
         p = Path(folder)

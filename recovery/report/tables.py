@@ -50,6 +50,17 @@ def lost_frame(report: dict[str, Any]) -> pd.DataFrame:
     return frame(report["lost"], LOST_COLUMNS)
 
 
+def lost_total(report: dict[str, Any]) -> int:
+    """Every lost value, though ``report["lost"]`` lists at most the first 1,000 of them."""
+    return max(int(report.get("lost_total") or 0), len(report["lost"]))
+
+
+def lost_more(report: dict[str, Any]) -> str:
+    """The line under a truncated lost-values list ('' when the list is complete)."""
+    more = lost_total(report) - len(report["lost"])
+    return f"… and {more:,} more in lost_values.csv" if more > 0 else ""
+
+
 def conflicts_frame(report: dict[str, Any]) -> pd.DataFrame:
     return frame(report["conflicts"], CONFLICT_COLUMNS)
 

@@ -1,0 +1,237 @@
+"""Benchmarks for ``recovery`` on a generated Gestima world (see bench/README.md).
+
+    python bench/run.py [--parts 1000000] [--out bench/out] [--repeat 3] [--only gen,diff,extract,rollback]
+
+Every measured command runs as its own child process; wall time is ``perf_counter`` around it and
+peak RSS is that child's own ``ru_maxrss`` (``os.wait4``), so one step's peak never hides
+another's. The world is cached in ``OUT/world-N`` (reused when its ``world.json`` exists); results
+are appended as one JSON object per run to ``OUT/results.jsonl`` and printed as a table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+ALEMBIC_INI = ROOT / "sample_dbs" / "app" / "alembic.ini"
+BACKUP = "gestima.db.bak.20261120_140000"
+LIVE = "gestima.db"
+
+
+def timed(cmd: list[str], ok_codes: tuple[int, ...] = (0, 1)) -> dict:
+    """Run ``cmd``: wall seconds, the child's own peak RSS (``os.wait4``), exit code, output."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # read both pipes without deadlock, then reap with wait4 to get this child's rusage
+    import threading
+
+    bufs: dict[str, bytes] = {}
+
+    def drain(name: str, stream) -> None:  # type: ignore[no-untyped-def]
+        bufs[name] = stream.read()
+
+    th = [threading.Thread(target=drain, args=(n, s)) for n, s in (("out", p.stdout), ("err", p.stderr))]
+    for t in th:
+        t.start()
+    _, status, ru = os.wait4(p.pid, 0)
+    wall = time.perf_counter() - t0
+    for t in th:
+        t.join()
+    p.returncode = os.waitstatus_to_exitcode(status)
+    if p.returncode not in ok_codes:
+        raise SystemExit(f"{' '.join(cmd[:4])}… exited {p.returncode}\n{bufs['err'].decode()[-3000:]}")
+    return {"wall_s": round(wall, 3), "rss_mb": round(ru.ru_maxrss / 1024, 1), "rc": p.returncode,
+            "user_s": round(ru.ru_utime, 2), "sys_s": round(ru.ru_stime, 2),
+            "stdout": bufs["out"].decode(), "stderr": bufs["err"].decode()}
+
+
+def median_of(runs: list[dict], key: str) -> float:
+    return round(statistics.median(r[key] for r in runs), 3)
+
+
+def machine() -> dict:
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor())
+    mem = next((ln.split()[1] for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemTotal")), "0")
+    return {"nproc": os.cpu_count(), "cpu": cpu, "ram_gb": round(int(mem) / 1024 / 1024, 1),
+            "python": platform.python_version(), "sqlite": sqlite3.sqlite_version,
+            "platform": platform.platform(), "date": datetime.now().isoformat(timespec="seconds")}
+
+
+def warm(*paths: Path) -> None:
+    """Read the files once so every timed run starts with the same (warm) page cache."""
+    for p in paths:
+        if p.is_file():
+            with p.open("rb") as fh:
+                while fh.read(1 << 24):
+                    pass
+
+
+def world(out: Path, parts: int) -> tuple[Path, dict | None]:
+    w = out / f"world-{parts}"
+    if (w / "world.json").is_file() and (w / LIVE).is_file():
+        return w, None
+    code = (f"from pathlib import Path; from recovery.sample import generate; "
+            f"generate(Path({str(w)!r}), parts={parts}, seed=42, progress=True)")
+    r = timed([sys.executable, "-c", code], ok_codes=(0,))
+    gen = {"wall_s": r["wall_s"], "rss_mb": r["rss_mb"], "log": r["stderr"].strip().splitlines()[-6:]}
+    return w, gen
+
+
+def world_facts(w: Path) -> dict:
+    facts: dict = {"files_mb": {}}
+    for name in (BACKUP, LIVE, LIVE + "-wal"):
+        p = w / name
+        if p.exists():
+            facts["files_mb"][name] = round(p.stat().st_size / 2**20, 1)
+    uri = lambda p: f"file:{p}?mode=ro"  # noqa: E731
+    for role, name in (("backup", BACKUP), ("live", LIVE)):
+        c = sqlite3.connect(uri(w / name), uri=True)
+        tables = [r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")]
+        facts[role] = {t: c.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in tables}
+        c.close()
+    return facts
+
+
+def bench_diff(w: Path, repeat: int) -> dict:
+    b, lv = w / BACKUP, w / LIVE
+    warm(b, lv, w / (LIVE + "-wal"))
+    floor_runs, naive_runs, diff_runs = [], [], []
+    floor_cmd = [sys.executable, str(HERE / "floor.py"), str(b), str(lv)]
+    diff_cmd = [sys.executable, "-m", "recovery.cli", "diff", str(b), str(lv), "--json"]
+    if shutil.which("recovery"):
+        diff_cmd = [shutil.which("recovery"), "diff", str(b), str(lv), "--json"]  # type: ignore[list-item]
+    for _ in range(repeat):  # interleaved, so drift hits both alike
+        f = timed(floor_cmd)
+        f["sql_s"] = json.loads(f["stdout"])["seconds"]
+        floor_runs.append(f)
+        naive_runs.append(timed([*floor_cmd, "--naive"]))
+        diff_runs.append(timed(diff_cmd))
+    imp = [timed([sys.executable, "-c", "import recovery.cli, recovery.diff"]) for _ in range(repeat)]
+    floor_counts = json.loads(floor_runs[-1]["stdout"])["tables"]
+    tool = json.loads(diff_runs[-1]["stdout"])
+    tool_counts = {t: {k: v[k] for k in ("inserted", "updated", "deleted")} for t, v in tool["tables"].items()}
+    d, fl = median_of(diff_runs, "wall_s"), median_of(floor_runs, "wall_s")
+    return {
+        "diff_wall_s": [r["wall_s"] for r in diff_runs], "diff_rss_mb": [r["rss_mb"] for r in diff_runs],
+        "floor_wall_s": [r["wall_s"] for r in floor_runs], "floor_sql_s": [r["sql_s"] for r in floor_runs],
+        "floor_rss_mb": [r["rss_mb"] for r in floor_runs], "naive_floor_wall_s": [r["wall_s"] for r in naive_runs],
+        "diff_cpu_s": [round(r["user_s"] + r["sys_s"], 2) for r in diff_runs],
+        "floor_cpu_s": [round(r["user_s"] + r["sys_s"], 2) for r in floor_runs],
+        "import_s": [r["wall_s"] for r in imp],
+        "median": {"diff_s": d, "floor_s": fl, "ratio": round(d / fl, 2),
+                   "naive_floor_s": median_of(naive_runs, "wall_s"), "diff_rss_mb": median_of(diff_runs, "rss_mb"),
+                   "floor_sql_s": median_of(floor_runs, "sql_s"), "import_s": median_of(imp, "wall_s")},
+        "tool_counts": tool_counts, "floor_counts": {t: ({k: v[k] for k in ("inserted", "updated", "deleted")}
+                                                         if isinstance(v, dict) else v) for t, v in floor_counts.items()},
+    }
+
+
+def bench_extract(w: Path, out: Path, repeat: int) -> dict:
+    b, lv = w / BACKUP, w / LIVE
+    warm(b, lv, w / (LIVE + "-wal"))
+    runs = []
+    exe = shutil.which("recovery")
+    for i in range(repeat):
+        dest = out / "extract" / f"bundle-{i}"
+        shutil.rmtree(dest, ignore_errors=True)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        prog = [exe] if exe else [sys.executable, "-m", "recovery"]
+        cmd = [*prog, "extract", str(b), str(lv),
+               "--out", str(dest), "--alembic-ini", str(ALEMBIC_INI), "--uploads", str(w / "uploads"), "--json"]
+        runs.append(timed(cmd))
+    manifest = json.loads((out / "extract" / f"bundle-{repeat - 1}" / "manifest.json").read_text())
+    counts = manifest["counts"]
+    rows = sum(c.get("inserted", 0) + c.get("updated", 0) + c.get("deleted", 0) + c.get("closure", 0)
+               for c in counts.values())
+    for i in range(repeat - 1):  # keep one bundle for inspection
+        shutil.rmtree(out / "extract" / f"bundle-{i}", ignore_errors=True)
+    return {"wall_s": [r["wall_s"] for r in runs], "rss_mb": [r["rss_mb"] for r in runs],
+            "cpu_s": [round(r["user_s"] + r["sys_s"], 2) for r in runs], "median": {"wall_s": median_of(runs, "wall_s"), "rss_mb": median_of(runs, "rss_mb")},
+            "changed_rows": rows, "lost_cells": sum(c.get("lost", 0) for c in counts.values()),
+            "counts": counts}
+
+
+def fresh_copy(w: Path, dest: Path) -> None:
+    """A fresh world for a destructive run. The world's files are closed (nobody has them open), so
+    copying the main file together with its -wal is consistent; -shm is rebuilt by SQLite."""
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    for name in (BACKUP, LIVE, LIVE + "-wal"):
+        if (w / name).exists():
+            shutil.copyfile(w / name, dest / name)
+    shutil.copytree(w / "uploads", dest / "uploads")
+
+
+def bench_rollback(w: Path, out: Path, repeat: int) -> dict:
+    runs = []
+    for i in range(repeat):
+        dest = out / "rollback" / f"world-{i}"
+        fresh_copy(w, dest)
+        warm(dest / BACKUP, dest / LIVE, dest / (LIVE + "-wal"))
+        cmd = [sys.executable, str(HERE / "rollback_child.py"), str(dest / LIVE), str(dest / BACKUP),
+               str(dest / "run"), str(ALEMBIC_INI), str(dest / "uploads")]
+        r = timed(cmd)
+        detail = json.loads(r["stdout"])
+        runs.append({**r, "detail": detail})
+        if i < repeat - 1:
+            shutil.rmtree(dest, ignore_errors=True)
+    steps = sorted({s for r in runs for s in r["detail"]["steps_s"]},
+                   key=lambda s: ["probe", "safety", "extract", "restore", "reimport", "relink", "verify", "report"].index(s))
+    return {
+        "wall_s": [r["wall_s"] for r in runs], "rss_mb": [r["rss_mb"] for r in runs],
+        "cpu_s": [round(r["user_s"] + r["sys_s"], 2) for r in runs],
+        "median": {"wall_s": median_of(runs, "wall_s"), "rss_mb": median_of(runs, "rss_mb"),
+                   "import_s": round(statistics.median(r["detail"]["import_s"] for r in runs), 3),
+                   "between_steps_s": round(statistics.median(r["detail"]["between_steps_s"] for r in runs), 3),
+                   "steps_s": {s: round(statistics.median(r["detail"]["steps_s"].get(s, 0) for r in runs), 3) for s in steps}},
+        "rss_at_marks": runs[-1]["detail"]["marks"], "summary": runs[-1]["detail"]["summary"],
+        "exit_codes": [r["detail"]["exit_code"] for r in runs],
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--parts", type=int, default=1_000_000)
+    ap.add_argument("--out", type=Path, default=HERE / "out")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--only", default="diff,extract,rollback",
+                    help="comma-separated benchmarks; the world is always built (or reused) first")
+    args = ap.parse_args()
+    only = set(args.only.split(","))
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    result: dict = {"machine": machine(), "parts": args.parts, "repeat": args.repeat,
+                    "loadavg_before": os.getloadavg()}
+    w, gen = world(out, args.parts)
+    result["generate"] = gen or "cached"
+    result["world"] = world_facts(w)
+    print(json.dumps({"machine": result["machine"], "generate": result["generate"], "world": result["world"]}, indent=1), flush=True)
+    if "diff" in only:
+        result["diff"] = bench_diff(w, args.repeat)
+        print("diff", json.dumps(result["diff"]["median"]), flush=True)
+    if "extract" in only:
+        result["extract"] = bench_extract(w, out, args.repeat)
+        print("extract", json.dumps(result["extract"]["median"]), "changed rows", result["extract"]["changed_rows"], flush=True)
+    if "rollback" in only:
+        result["rollback"] = bench_rollback(w, out, args.repeat)
+        print("rollback", json.dumps(result["rollback"]["median"]), flush=True)
+    result["loadavg_after"] = os.getloadavg()
+    with (out / "results.jsonl").open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(result) + "\n")
+    print(f"appended to {out / 'results.jsonl'}")
+
+
+if __name__ == "__main__":
+    main()

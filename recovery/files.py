@@ -5,8 +5,10 @@ and, with symlinks resolved, inside the uploads root.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -33,36 +35,109 @@ def sha256_bytes_of(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def _stored_ok(stored: object) -> bool:
+    """The textual rules of :func:`safe_path`: a non-empty relative POSIX path without ``..``,
+    NUL, backslash or a leading ``~``."""
+    if not isinstance(stored, str) or not stored or "\x00" in stored or "\\" in stored:
+        return False
+    # As PurePosixPath sees it: absolute when it starts with "/"; its parts are the "/"-separated
+    # pieces (empty ones and "." dropped), so ".." is a part exactly when it is a piece.
+    return not (stored.startswith(("/", "~")) or ".." in stored.split("/"))
+
+
+def _resolve_str(path: str) -> str:
+    """``Path(path).resolve()`` on a string: symlinks resolved (non-strict), and a symlink loop
+    raises RuntimeError as pathlib does."""
+    real = os.path.realpath(path)
+    try:
+        os.stat(real)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise RuntimeError(f"Symlink loop from {real!r}") from None
+    return real
+
+
+class _Under:
+    """:func:`safe_path` for many paths under one root, resolved once (symlinks in every stored
+    path are still resolved, each time it is asked)."""
+
+    def __init__(self, root: Path):
+        self.real = _resolve_str(os.fspath(root))
+        self.prefix = self.real.rstrip("/") + "/"
+
+    def __call__(self, stored: object) -> Path | None:
+        if not _stored_ok(stored):
+            return None
+        candidate = _resolve_str(self.prefix + stored)  # type: ignore[operator]  # realpath drops "." and "//"
+        if candidate != self.real and not candidate.startswith(self.prefix):
+            return None
+        return Path(candidate)
+
+
 def safe_path(root: Path, stored: str) -> Path | None:
     """The real file a stored relative path names under ``root``, or None when it is unsafe
     (absolute, contains ``..``, a NUL, or resolves — symlinks included — outside the root)."""
-    if not isinstance(stored, str) or not stored or "\x00" in stored or "\\" in stored:
+    if not _stored_ok(stored):
         return None
-    pure = PurePosixPath(stored)
-    if pure.is_absolute() or ".." in pure.parts or stored.startswith("~"):
-        return None
-    real_root = root.resolve()
-    candidate = (real_root / pure).resolve()
-    try:
-        candidate.relative_to(real_root)
-    except ValueError:
-        return None
-    return candidate
+    return _Under(root)(stored)
+
+
+def _walk(root: Path) -> Iterator[tuple[str, Path, os.stat_result]]:
+    """(relative path, real path, stat) of every regular file under ``root`` that resolves inside
+    it, sorted as :func:`os.walk` with sorted names gives them. Symlinked folders are not entered;
+    a symlink is resolved and kept only when it leads to a regular file inside the root. A plain
+    file in a folder reached without symlinks is its own real path, so only symlinks need
+    resolving (one ``lstat`` a file otherwise)."""
+    under = _Under(root)
+
+    def walk(dirpath: str, relprefix: str) -> Iterator[tuple[str, Path, os.stat_result]]:
+        try:
+            with os.scandir(dirpath) as it:
+                entries = list(it)
+        except OSError:
+            return
+        files, dirs = [], []
+        for e in entries:
+            try:
+                is_dir = e.is_dir()
+            except OSError:
+                is_dir = False
+            (dirs if is_dir else files).append(e)
+        for e in sorted(files, key=lambda x: x.name):
+            rel = relprefix + e.name
+            if not _stored_ok(rel):
+                continue
+            try:
+                st = e.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                yield rel, Path(e.path), st
+            elif stat.S_ISLNK(st.st_mode):
+                target = under(rel)
+                if target is None:
+                    continue
+                try:
+                    st = target.stat()
+                except OSError:
+                    continue
+                if stat.S_ISREG(st.st_mode):
+                    yield rel, target, st
+        for e in sorted(dirs, key=lambda x: x.name):
+            try:
+                if e.is_symlink():
+                    continue
+            except OSError:
+                continue
+            yield from walk(e.path, relprefix + e.name + "/")
+
+    yield from walk(under.real, "")
 
 
 def iter_uploads(root: Path) -> Iterator[FileEntry]:
     """Every regular file under ``root`` (sorted; symlinks leading outside are skipped)."""
-    real_root = root.resolve()
-    for dirpath, dirnames, filenames in os.walk(real_root):
-        dirnames.sort()
-        for name in sorted(filenames):
-            p = Path(dirpath) / name
-            rel = p.relative_to(real_root).as_posix()
-            target = safe_path(real_root, rel)
-            if target is None or not target.is_file():
-                continue
-            st = target.stat()
-            yield FileEntry(rel, st.st_size, sha256_bytes_of(target), round(st.st_mtime, 6))
+    for rel, target, st in _walk(root):
+        yield FileEntry(rel, st.st_size, sha256_bytes_of(target), round(st.st_mtime, 6))
 
 
 def scan_uploads(root: str | os.PathLike[str]) -> dict[str, object]:
@@ -85,19 +160,57 @@ class FilesConfig:
     entity_id: str = "entity_id"
 
 
-def _copy_verified(src: Path, dst: Path) -> str:
-    """Copy ``src`` to ``dst`` (fsynced) and return the sha256 of the bytes written."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    h = hashlib.sha256()
-    tmp = dst.with_name(dst.name + ".tmp")
-    with src.open("rb") as fin, tmp.open("wb") as fout:
-        while block := fin.read(1 << 20):
-            h.update(block)
-            fout.write(block)
-        fout.flush()
-        os.fsync(fout.fileno())
-    os.replace(tmp, dst)
-    return h.hexdigest()
+class _BundleWriter:
+    """Copies files into a bundle folder: each folder created once, each file written to a
+    temporary name and renamed in; :meth:`sync` then fsyncs every file written (and the folders
+    that received them) in one batch, before the bundle is sealed."""
+
+    def __init__(self) -> None:
+        self.made: set[Path] = set()
+        self.written: list[Path] = []
+
+    def copy(self, src: Path, dst: Path) -> str:
+        """Copy ``src`` to ``dst`` and return the sha256 of the bytes written."""
+        parent = dst.parent
+        if parent not in self.made:
+            parent.mkdir(parents=True, exist_ok=True)
+            self.made.add(parent)
+        h = hashlib.sha256()
+        tmp = dst.with_name(dst.name + ".tmp")
+        with src.open("rb") as fin, tmp.open("wb") as fout:
+            while block := fin.read(1 << 20):
+                h.update(block)
+                fout.write(block)
+        os.replace(tmp, dst)
+        self.written.append(dst)
+        return h.hexdigest()
+
+    def sync(self, top: Path) -> None:
+        """fsync every file written and every folder that gained an entry (up to ``top``).
+        The calls run on a few threads, so the filesystem commits them together instead of
+        one journal commit per file; each file is still fsynced itself."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        folders: set[Path] = set()
+        for d in self.made:  # a new folder's own entry lives in its parent: that one too
+            while d not in folders and d != top and top in d.parents:
+                folders.add(d)
+                d = d.parent
+        folders.add(top)
+        todo = [*dict.fromkeys(self.written), *sorted(folders)]
+        if not self.written:
+            return
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            for _ in pool.map(_fsync_path, todo):
+                pass
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def copy_files_into_bundle(
@@ -117,6 +230,8 @@ def copy_files_into_bundle(
     root = Path(uploads)
     if not root.is_dir():
         raise RecoveryError(f"uploads folder {root} does not exist or is not a folder", "check --uploads")
+    under = _Under(root)  # the root resolved once
+    writer = _BundleWriter()
     report: dict[str, list[dict[str, object]]] = {"records": [], "unrecorded": [], "unsafe": []}
     referenced: set[str] = set()
     rows_db = work / "rows.db"
@@ -135,7 +250,7 @@ def copy_files_into_bundle(
     finally:
         conn.close()
     for key, stored, recorded_sha in rows:
-        src = safe_path(root, stored) if isinstance(stored, str) else None
+        src = under(stored) if isinstance(stored, str) else None
         entry: dict[str, object] = {"record_key": key, "path": stored, "recorded_sha256": recorded_sha}
         if src is None:
             report["unsafe"].append({**entry, "status": "unsafe"})
@@ -144,7 +259,7 @@ def copy_files_into_bundle(
         if not src.is_file():
             report["records"].append({**entry, "size": None, "sha256": None, "status": "missing"})
             continue
-        digest = _copy_verified(src, work / "files" / PurePosixPath(stored))
+        digest = writer.copy(src, work / "files" / PurePosixPath(stored))
         entry.update(size=src.stat().st_size, sha256=digest,
                      status="copied" if recorded_sha in (None, digest) else "copied_hash_differs")
         report["records"].append(entry)
@@ -165,12 +280,13 @@ def copy_files_into_bundle(
         from datetime import datetime
 
         cutoff = datetime.fromisoformat(since).timestamp()
-    for entry in iter_uploads(root):
-        if entry.path in referenced or entry.path in known:
+    for rel, real, st in _walk(root):  # stat only: a file is hashed when (and as) it is copied
+        if rel in referenced or rel in known:
             continue
-        if cutoff is not None and entry.mtime <= cutoff:
+        if cutoff is not None and round(st.st_mtime, 6) <= cutoff:
             continue
-        digest = _copy_verified(root / entry.path, work / "files" / "_unrecorded" / entry.path)
-        report["unrecorded"].append({"path": entry.path, "size": entry.size, "sha256": digest, "status": "copied"})
+        digest = writer.copy(real, work / "files" / "_unrecorded" / rel)
+        report["unrecorded"].append({"path": rel, "size": st.st_size, "sha256": digest, "status": "copied"})
+    writer.sync(work)  # every copy durable before the caller seals the bundle
     json.dumps(report)  # the report must stay JSON-serialisable
-    return {"root": str(root.resolve()), **report}
+    return {"root": under.real, **report}

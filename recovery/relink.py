@@ -31,7 +31,7 @@ from typing import Any
 
 from recovery.bundle import Bundle
 from recovery.errors import RecoveryError
-from recovery.files import FilesConfig, safe_path, sha256_bytes_of
+from recovery.files import FilesConfig, _Under, _walk, safe_path, sha256_bytes_of
 from recovery.sqlite_io import fsync_dir
 
 BUNDLE_KINDS = ("inserted", "updated", "closure")
@@ -175,14 +175,15 @@ def atomic_copy(src: Path, dst: Path, expect_sha256: str | None = None) -> str:
     return h.hexdigest()
 
 
-def _recovered_name(root: Path, rel: str, sha: str) -> tuple[str, Path] | None:
+def _recovered_name(root: Path, rel: str, sha: str, under: _Under | None = None) -> tuple[str, Path] | None:
     """A free (or already identical) sibling path for the bundle's copy of ``rel``."""
+    safe = under or _Under(root)
     pure = PurePosixPath(rel)
     for n in range(1, 100):
         extra = "" if n == 1 else f"-{n}"
         name = f"{pure.stem}.recovered-{sha[:8]}{extra}{pure.suffix}"
         cand_rel = (pure.parent / name).as_posix()
-        target = safe_path(root, cand_rel)
+        target = safe(cand_rel)
         if target is None:
             return None
         if not target.exists() or (target.is_file() and sha256_bytes_of(target) == sha):
@@ -200,6 +201,32 @@ class _Planner:
         self.r: dict[str, list[dict[str, Any]]] = self.plan.report
         self.fix_at: dict[tuple[Any, str], LinkFix] = {}
         self.claimed: set[str] = set()  # paths written by this plan (never written twice)
+        # Each root resolved once for the plan (every stored path still is, symlinks included);
+        # apply_relink checks each target again with safe_path right before writing it.
+        self.under = _Under(root)
+        self.bunder = _Under(bundle.files_dir)
+        self.uunder = _Under(bundle.files_dir / UNRECORDED_DIR)
+        # The schemas do not change while planning: read each PRAGMA once.
+        self._meta: dict[tuple[Any, ...], Any] = {}
+        # Bundle rows by (table, key column) -> key -> rows, loaded for the keys asked for.
+        self._rows_by_key: dict[tuple[str, str], dict[Any, list[dict[str, Any]]]] = {}
+
+    def _cached(self, what: tuple[Any, ...], fn: Any, *args: Any) -> Any:
+        if what not in self._meta:
+            self._meta[what] = fn(*args)
+        return self._meta[what]
+
+    def tables(self, schema: str = "main") -> list[str]:
+        return self._cached(("tables", schema), _tables, self.conn, schema)
+
+    def columns(self, table: str, schema: str = "main") -> list[str]:
+        return self._cached(("columns", table, schema), _columns, self.conn, table, schema)
+
+    def tpk(self, table: str) -> str:
+        return self._cached(("pk", table), _pk, self.conn, table)
+
+    def uniques(self, table: str) -> list[list[str]]:
+        return self._cached(("uniques", table), _unique_sets, self.conn, table)
 
     # ---- reading -----------------------------------------------------------------------------
     def bkey(self, table: str) -> str:
@@ -207,13 +234,13 @@ class _Planner:
         t = self.bundle.new.tables.get(table)
         if t is not None and len(t.primary_key) == 1:
             return t.primary_key[0]
-        return _pk(self.conn, table) if table in _tables(self.conn) else "rowid"
+        return self.tpk(table) if table in self.tables() else "rowid"
 
     def bundle_rows(self, table: str) -> list[dict[str, Any]]:
         b = self.conn
-        if table not in _tables(b, "relink_bundle"):
+        if table not in self.tables("relink_bundle"):
             return []
-        cols = _columns(b, table, "relink_bundle")
+        cols = self.columns(table, "relink_bundle")
         kinds = ",".join("?" * len(BUNDLE_KINDS))
         cur = b.execute(f"SELECT * FROM relink_bundle.{_q(table)} WHERE _recovery_kind IN ({kinds})", BUNDLE_KINDS)
         return [dict(zip(cols, row, strict=True)) for row in cur]
@@ -251,15 +278,15 @@ class _Planner:
         """The key ``row`` (a bundle row of ``table``) has in the target, or None when it is not
         there (skipped by a conflict). Remaps name moved keys; without them a row whose key holds
         a different row is found by its unique columns."""
-        if table not in _tables(self.conn):
+        if table not in self.tables():
             return None
-        key_col = _pk(self.conn, table)
+        key_col = self.tpk(table)
         bkey_col = self.bkey(table)
         k = row.get(bkey_col)
         if k is None:
             return None
-        tcols = _columns(self.conn, table)
-        uniques = [u for u in _unique_sets(self.conn, table) if all(c in row and c in tcols for c in u)
+        tcols = self.columns(table)
+        uniques = [u for u in self.uniques(table) if all(c in row and c in tcols for c in u)
                    and all(row[c] is not None for c in u)]
 
         def same(candidate: Any) -> bool:
@@ -301,7 +328,7 @@ class _Planner:
     def bundle_copy(self, stored: Any) -> tuple[Path, str] | None:
         if not isinstance(stored, str):
             return None
-        p = safe_path(self.bundle.files_dir, stored)
+        p = self.bunder(stored)
         if p is None or not p.is_file() or PurePosixPath(stored).parts[0] == UNRECORDED_DIR:
             return None
         return p, sha256_bytes_of(p)
@@ -311,15 +338,15 @@ class _Planner:
         stored = self.current(rec, self.cfg.path)
         recorded = rec.get(self.cfg.sha256) if self.cfg.sha256 else None
         entry = {"record_key": rec["_key"], "path": stored, "recorded_sha256": recorded}
-        target = safe_path(self.root, stored) if isinstance(stored, str) else None
+        target = self.under(stored) if isinstance(stored, str) else None
         if target is None:
             self.r["unsafe"].append({**entry, "status": "unsafe", "where": "target record"})
             return
-        copy = self.bundle_copy(b.get(self.cfg.path))
         on_disk = sha256_bytes_of(target) if target.is_file() else None
         if on_disk is not None and (recorded is None or on_disk == recorded):
             self.r["relinked"].append({**entry, "sha256": on_disk, "action": "present"})
             return
+        copy = self.bundle_copy(b.get(self.cfg.path))  # read (and hashed) only when it is needed
         if copy is None:
             key = "missing" if on_disk is None else "hash_mismatch"
             self.r[key].append({**entry, "sha256": on_disk, "status": "not in the bundle"})
@@ -339,7 +366,7 @@ class _Planner:
             self.r["relinked"].append({**entry, "sha256": copy_sha, "action": "restored"})
             return
         # Something different is at the path: never overwrite it; keep both.
-        beside = _recovered_name(self.root, stored, copy_sha)
+        beside = _recovered_name(self.root, stored, copy_sha, self.under)
         if beside is None:
             self.r["missing"].append({**entry, "sha256": on_disk, "status": "no free name beside the file"})
             return
@@ -361,8 +388,8 @@ class _Planner:
         entries = (self.bundle.manifest.get("files") or {}).get("unrecorded") or []
         for e in entries:
             stored = e.get("path")
-            target = safe_path(self.root, stored) if isinstance(stored, str) else None
-            src = safe_path(self.bundle.files_dir / UNRECORDED_DIR, stored) if target is not None else None
+            target = self.under(stored) if isinstance(stored, str) else None
+            src = self.uunder(stored) if target is not None else None
             if target is None or src is None:
                 self.r["unsafe"].append({"record_key": None, "path": stored, "status": "unsafe", "where": "unrecorded"})
                 continue
@@ -377,21 +404,30 @@ class _Planner:
     def entity_table(self, etype: Any) -> str | None:
         if not isinstance(etype, str):
             return None
-        names = _tables(self.conn)
+        names = self.tables()
         return next((t for t in names if etype in (t, t.rstrip("s"))), None)
+
+    def entity_ref(self, b: dict[str, Any]) -> tuple[str, str, Any] | None:
+        """(bundle table, its key column, key) of the row a bundle file record's entity link names."""
+        c = self.cfg
+        if not (c.entity_type and c.entity_id):
+            return None
+        t = self.entity_table(b.get(c.entity_type))
+        eid = b.get(c.entity_id)
+        if t is None or eid is None:
+            return None
+        bkey = self.bkey(t) if t in self.tables("relink_bundle") else None
+        if bkey is None:
+            return None
+        return t, bkey, eid
 
     def follow_entity(self, b: dict[str, Any], rec: dict[str, Any]) -> None:
         """A record's entity link naming a bundle row that moved follows the row's key."""
         c = self.cfg
-        if not (c.entity_type and c.entity_id):
+        ref = self.entity_ref(b)
+        if ref is None:
             return
-        t = self.entity_table(b.get(c.entity_type))
-        eid = b.get(c.entity_id)
-        if t is None or eid is None:
-            return
-        bkey = self.bkey(t) if t in _tables(self.conn, "relink_bundle") else None
-        if bkey is None:
-            return
+        t, bkey, eid = ref
         row = next(iter(self._bundle_row(t, bkey, eid)), None)
         if row is None or row.get("_recovery_kind") != "inserted":
             return  # a row the backup already had keeps its key
@@ -403,9 +439,33 @@ class _Planner:
         self.fix(rec, c.entity_id, new, f"{t} {eid} was re-imported as {new}")
 
     def _bundle_row(self, table: str, key_col: str, key: Any) -> list[dict[str, Any]]:
-        cols = _columns(self.conn, table, "relink_bundle")
-        cur = self.conn.execute(f"SELECT * FROM relink_bundle.{_q(table)} WHERE {_q(key_col)} = ?", (key,))
-        return [dict(zip(cols, r, strict=True)) for r in cur]
+        """The bundle rows of ``table`` whose ``key_col`` is ``key`` (in table order)."""
+        loaded = self._rows_by_key.get((table, key_col))
+        if loaded is not None and key in loaded:
+            return loaded[key]
+        self.load_bundle_rows(table, key_col, [key])
+        return self._rows_by_key[(table, key_col)].get(key, [])
+
+    def load_bundle_rows(self, table: str, key_col: str, keys: Iterable[Any], chunk: int = 900) -> None:
+        """Read the bundle rows of ``table`` whose ``key_col`` equals one of ``keys``, a few hundred
+        keys a query: the bundle tables have no index, so one query per key would scan the whole
+        table once per file record. The keys are joined with ``=``, as a single lookup would
+        compare them, and each key's rows keep the table's order."""
+        loaded = self._rows_by_key.setdefault((table, key_col), {})
+        todo = [k for k in dict.fromkeys(keys) if k not in loaded]
+        if not todo:
+            return
+        cols = self.columns(table, "relink_bundle")
+        for i in range(0, len(todo), chunk):
+            part = todo[i:i + chunk]
+            values = ",".join(f"({n},?)" for n in range(len(part)))
+            cur = self.conn.execute(
+                f"SELECT k.column1, b.* FROM (VALUES {values}) AS k JOIN relink_bundle.{_q(table)} AS b "
+                f"ON b.{_q(key_col)} = k.column2 ORDER BY k.column1, b.rowid", part)
+            for k in part:
+                loaded[k] = []
+            for n, *r in cur:
+                loaded[part[n]].append(dict(zip(cols, r, strict=True)))
 
     def file_id_links(self, targets: dict[Any, dict[str, Any]]) -> None:
         """Rows with a new-schema foreign key into the files table (``parts.file_id``): the record
@@ -449,11 +509,19 @@ class _Planner:
         c = self.cfg
         bkey = self.bkey(c.table)
         from_bundle: dict[Any, dict[str, Any]] = {}  # bundle key -> target record
-        for b in self.bundle_rows(c.table):
+        records = self.bundle_rows(c.table)
+        wanted: dict[tuple[str, str], list[Any]] = {}  # the entity rows follow_entity will look up
+        for b in records:
+            ref = self.entity_ref(b)
+            if ref is not None:
+                wanted.setdefault(ref[:2], []).append(ref[2])
+        for (t, kcol), keys in wanted.items():
+            self.load_bundle_rows(t, kcol, keys)
+        for b in records:
             stored = b.get(c.path)
             entry = {"record_key": b.get(bkey), "path": stored,
                      "recorded_sha256": b.get(c.sha256) if c.sha256 else None}
-            if not isinstance(stored, str) or safe_path(self.root, stored) is None:
+            if not isinstance(stored, str) or self.under(stored) is None:
                 self.r["unsafe"].append({**entry, "status": "unsafe", "where": "bundle record"})
                 continue
             rec = self.record_for(b)
@@ -483,7 +551,7 @@ class _Planner:
             stored = fix.new if fix else stored
             if not isinstance(stored, str):
                 continue
-            target = safe_path(self.root, stored)
+            target = self.under(stored)
             if target is None:
                 if key not in bundle_keys and not any(u.get("record_key") == key for u in self.r["unsafe"]):
                     self.r["unsafe"].append({"record_key": key, "path": stored, "status": "unsafe",
@@ -502,14 +570,8 @@ class _Planner:
 def walk_files(root: Path) -> Iterable[tuple[str, Path, int]]:
     """(relative path, real path, size) of every regular file under ``root`` that resolves inside
     it — like :func:`recovery.files.iter_uploads` without hashing (a big uploads folder is cheap)."""
-    real_root = root.resolve()
-    for dirpath, dirnames, filenames in os.walk(real_root):
-        dirnames.sort()
-        for name in sorted(filenames):
-            rel = (Path(dirpath) / name).relative_to(real_root).as_posix()
-            target = safe_path(real_root, rel)
-            if target is not None and target.is_file():
-                yield rel, target, target.stat().st_size
+    for rel, target, st in _walk(root):
+        yield rel, target, st.st_size
 
 
 def _recovered_of(current: Any, original: Any) -> bool:
@@ -622,6 +684,7 @@ def uploads_state(backup: str | os.PathLike[str], uploads_root: str | os.PathLik
     if not root.is_dir():
         raise RecoveryError(f"uploads folder {root} does not exist or is not a folder", "check --uploads")
     snap = read_manifest(backup)
+    under = _Under(root)
     baseline: dict[str, dict[str, Any]] = {}
     if snap and snap.get("uploads"):
         source = "manifest"
@@ -636,7 +699,7 @@ def uploads_state(backup: str | os.PathLike[str], uploads_root: str | os.PathLik
             cols = [cfg.path, cfg.sha256 or None, cfg.size or None]
             sel = ", ".join(_q(x) if x else "NULL" for x in cols)
             for path, sha, size in conn.execute(f"SELECT {sel} FROM main.{_q(cfg.table)}"):
-                if isinstance(path, str) and safe_path(root, path) is not None:
+                if isinstance(path, str) and under(path) is not None:
                     baseline[_norm(path)] = {"path": _norm(path), "sha256": sha, "size": size}
     now = {rel: (real, size) for rel, real, size in walk_files(root)}
     added = [{"path": p, "size": now[p][1], "sha256": sha256_bytes_of(now[p][0])}
@@ -647,8 +710,10 @@ def uploads_state(backup: str | os.PathLike[str], uploads_root: str | os.PathLik
         before, (real, size) = baseline[p], now[p]
         if before.get("sha256") is None and before.get("size") in (None, size):
             continue  # nothing recorded to compare with
-        if before.get("size") not in (None, size) or sha256_bytes_of(real) != before.get("sha256"):
-            changed.append({"path": p, "sha256_before": before.get("sha256"), "sha256": sha256_bytes_of(real),
+        resized = before.get("size") not in (None, size)
+        digest = sha256_bytes_of(real)  # hashed once, for the comparison and the report
+        if resized or digest != before.get("sha256"):
+            changed.append({"path": p, "sha256_before": before.get("sha256"), "sha256": digest,
                             "size_before": before.get("size"), "size": size})
     return {"root": str(root.resolve()), "backup": str(backup), "source": source, "added": added,
             "changed": changed, "removed": removed, "unchanged": len(set(now) & set(baseline)) - len(changed)}

@@ -590,5 +590,5 @@ def open_target(path: Path, timeout: float) -> sqlite3.Connection:
     p = check_sqlite_file(path, "target database")
     conn = sqlite3.connect(_uri(p, mode="rw"), uri=True, isolation_level=None, timeout=0.2)
     conn.execute("PRAGMA foreign_keys = OFF")  # no cascade may fire; integrity is checked before commit
-    conn.execute("PRAGMA temp_store = MEMORY")
+    conn.execute("PRAGMA temp_store = FILE")  # staged rows spill to a temp file: bounded RSS at any size
     return conn

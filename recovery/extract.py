@@ -75,16 +75,21 @@ def _insert_select(conn: sqlite3.Connection, schema: str, name: str, columns: li
     return conn.execute(sql(stmt)).rowcount
 
 
+def label_column(t: Table) -> str | None:
+    """The column that names a row to a person (part_number, quote_number, …), if the table has one."""
+    return next((n for n in LABEL_COLUMNS if t.column(n) is not None), None)
+
+
 def label_expr(t: Table, new: Schema, alias: str) -> exp.Expression:
     """A human label for a row: its own label column, else its first labelled FK parent's, else NULL."""
-    for name in LABEL_COLUMNS:
-        if t.column(name) is not None:
-            return col(name, alias)
+    own = label_column(t)
+    if own:
+        return col(own, alias)
     for fk in t.foreign_keys:
         parent = new.table(fk.ref_table)
         if parent is None or len(fk.columns) != 1:
             continue
-        pcol = next((n for n in LABEL_COLUMNS if parent.column(n) is not None), None)
+        pcol = label_column(parent)
         if pcol:
             sub = exp.select(col(pcol, "p")).from_(table(parent.name, "new", "p")).where(
                 exp.EQ(this=col(fk.ref_columns[0], "p"), expression=col(fk.columns[0], alias)))

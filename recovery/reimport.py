@@ -99,9 +99,9 @@ class Merge:
         return [tp for tp in self.plan.tables if tp.insert_select is not None]
 
     def label(self, t: Table, alias: str) -> exp.Expression:
-        from recovery.extract import LABEL_COLUMNS
+        from recovery.extract import label_column
 
-        name = next((c for c in LABEL_COLUMNS if t.column(c) is not None), None)
+        name = label_column(t)
         return col(name, alias) if name else exp.Null()
 
     def skip(self, name: str, rid_query: exp.Select) -> int:

@@ -74,6 +74,13 @@ def _cleanup_ro_copies() -> None:
     _ro_copies.clear()
 
 
+def is_wal_file(p: Path) -> bool:
+    """The header says WAL mode (bytes 18-19 = 2), whether or not a ``-wal`` file is beside it."""
+    with p.open("rb") as fh:
+        head = fh.read(20)
+    return len(head) >= 20 and head[18] == 2
+
+
 def readonly_uri(p: Path) -> str:
     """The URI that opens ``p`` read-only, committed WAL content included.
 
@@ -85,9 +92,7 @@ def readonly_uri(p: Path) -> str:
     """
     uri = _uri(p, mode="ro")
     wal, shm = sidecars(p)
-    with p.open("rb") as fh:
-        head = fh.read(20)
-    wal_mode = len(head) >= 20 and head[18] == 2
+    wal_mode = is_wal_file(p)
     if not (wal_mode and not shm.exists()):  # a mode=ro open of a WAL file without -shm would create it
         try:
             probe = sqlite3.connect(uri, uri=True, timeout=5.0)
@@ -210,9 +215,7 @@ def write_lock_held(path: str | os.PathLike[str], timeout: float = 0.5) -> bool:
     Probes with ``BEGIN IMMEDIATE`` and a short busy timeout, then rolls back: nothing is written.
     """
     p = check_sqlite_file(path)
-    with p.open("rb") as fh:
-        head = fh.read(20)
-    if len(head) >= 20 and head[18] == 2 and not sidecars(p)[1].exists():
+    if is_wal_file(p) and not sidecars(p)[1].exists():
         # WAL mode without -shm: no connection has the file open (every one keeps -shm). Probing
         # would make ours the last connection, whose close checkpoints and deletes -wal.
         return False

@@ -34,7 +34,7 @@ from sqlglot import exp
 from recovery.bundle import Bundle, open_bundle, write_json_atomic
 from recovery.errors import ExitCode, RecoveryError
 from recovery.schema import alembic_revision
-from recovery.sqlbuild import and_all, col, is_same, sql, table
+from recovery.sqlbuild import and_all, col, is_distinct, is_same, or_all, sql, table
 from recovery.sqlite_io import check_sqlite_file, consistent_copy, readonly, sha256_file, sidecars
 
 FORMAT = "recovery-rehearsal/1"
@@ -217,41 +217,61 @@ def _changes_carried(conn: sqlite3.Connection, bundle: Bundle, result: Rehearsal
     from recovery.transpile import KIND, plan as make_plan, qualify_key
 
     p = make_plan(bundle.old, bundle.new, bundle.mapping, bundle.tables_with_rows())
-    remapped: dict[str, dict[Any, Any]] = {}
-    for rm in result.outcome.remaps if result.outcome else []:
-        remapped.setdefault(rm.table, {})[rm.old_key] = rm.new_key
+    conn.execute("CREATE TEMP TABLE rehearse_remap (tbl TEXT, old_key, new_key)")
+    conn.executemany("INSERT INTO rehearse_remap VALUES (?, ?, ?)",
+                     [(rm.table, rm.old_key, rm.new_key) for rm in (result.outcome.remaps if result.outcome else [])])
     kinds = exp.In(this=col(KIND, "b"), expressions=[exp.Literal.string("inserted"), exp.Literal.string("updated")])
     counts: dict[str, Any] = {}
     planned = {tp.table for tp in p.tables}
     for tp in p.tables:
         if tp.table not in bundle.tables_with_rows():
             continue
-        keys = [qualify_key(tp, k) for k in tp.key]
         checked = [c for c in tp.columns if c.expression is not None and c.column not in tp.key]
-        exprs = keys + [c.expression.copy() for c in checked]
-        q = exp.select(*exprs).from_(table(tp.table, "bundle", "b")).where(kinds)
-        rows = conn.execute(sql(q)).fetchall()
-        cols = list(tp.key) + [c.column for c in checked]
-        find = exp.select(*[col(c) for c in cols]).from_(table(tp.table, "main")).where(
-            and_all(is_same(col(k), exp.Placeholder()) for k in tp.key))
-        find_sql = sql(find)
-        missing, differing = [], []
-        for row in rows:
-            k = tuple(row[: len(tp.key)])
-            moved = remapped.get(tp.table, {}).get(k[0]) if len(k) == 1 else None
-            got = conn.execute(find_sql, (moved,) if moved is not None else k).fetchone()
-            if got is None:
-                missing.append(list(k))
-            elif moved is None and tuple(got) != tuple(row):
-                diff = [c for c, a, b in zip(cols, got, row, strict=False) if a != b]
-                differing.append({"key": list(k), "columns": diff})
-        counts[tp.table] = {"rows": len(rows), "missing": len(missing), "differing": len(differing)}
-        if missing:
-            result.reasons.append(f"{tp.table}: {len(missing)} post-deploy row(s) neither carried nor listed as lost, "
-                                  f"e.g. keys {missing[:SAMPLE_LIMIT]}")
-        if differing:
-            result.reasons.append(f"{tp.table}: {len(differing)} post-deploy row(s) carried with other values than "
-                                  f"the plan's, e.g. {differing[:5]}")
+        # the rows the plan carries, old-schema shaped; a single remapped key is looked up by its new key
+        expected = exp.select(*[exp.alias_(qualify_key(tp, k), f"k{i}", quoted=True) for i, k in enumerate(tp.key)],
+                              *[exp.alias_(c.expression.copy(), f"c{i}", quoted=True) for i, c in enumerate(checked)]
+                              ).from_(table(tp.table, "bundle", "b")).where(kinds)
+        remap_of = exp.select(col("new_key", "r")).from_(table("rehearse_remap", "temp", "r")).where(and_all([
+            exp.EQ(this=col("tbl", "r"), expression=exp.Literal.string(tp.table)),
+            is_same(col("old_key", "r"), col("k0", "e"))]))
+        moved = exp.Subquery(this=remap_of) if len(tp.key) == 1 else exp.Null()
+        lookup = [exp.func("coalesce", moved.copy(), col("k0", "e"))] + [col(f"k{i}", "e") for i in range(1, len(tp.key))]
+        at_key = and_all(is_same(col(k, "t"), v) for k, v in zip(tp.key, lookup, strict=True))
+        src = expected.subquery(exp.TableAlias(this=exp.to_identifier("e", quoted=True)))
+        keys_e = [col(f"k{i}", "e") for i in range(len(tp.key))]
+
+        def count(cond: exp.Expression, source: exp.Expression = src) -> int:
+            return conn.execute(sql(exp.select("count(*)").from_(source.copy()).where(cond))).fetchone()[0]
+
+        def sample(cond: exp.Expression, *extra: exp.Expression) -> list[tuple[Any, ...]]:
+            q = exp.select(*keys_e, *extra).from_(src.copy()).where(cond).limit(SAMPLE_LIMIT)
+            return conn.execute(sql(q)).fetchall()
+
+        absent = exp.Not(this=exp.Exists(this=exp.select("1").from_(table(tp.table, "main", "t")).where(at_key)))
+        n_rows = count(exp.true())
+        n_missing = count(absent)
+        # values compared only for rows that kept their key (a remapped row's key moved on purpose)
+        kept = and_all([exp.Is(this=moved.copy(), expression=exp.Null())] if len(tp.key) == 1 else [])
+        differs = [is_distinct(col(c.column, "t"), col(f"c{i}", "e")) for i, c in enumerate(checked)]
+        n_diff, diff_rows = 0, []
+        if differs:
+            joined = exp.Exists(this=exp.select("1").from_(table(tp.table, "main", "t")).where(
+                and_all([at_key, or_all(differs)])))
+            cond = and_all([kept, joined])
+            n_diff = count(cond)
+            flags = [exp.Exists(this=exp.select("1").from_(table(tp.table, "main", "t")).where(and_all([at_key, d])))
+                     for d in differs]
+            diff_rows = [{"key": list(r[: len(tp.key)]),
+                          "columns": [c.column for c, f in zip(checked, r[len(tp.key):], strict=True) if f]}
+                         for r in sample(cond, *flags)]
+        counts[tp.table] = {"rows": n_rows, "missing": n_missing, "differing": n_diff}
+        if n_missing:
+            missing = [list(r) for r in sample(absent)]
+            result.reasons.append(f"{tp.table}: {n_missing} post-deploy row(s) neither carried nor listed as lost, "
+                                  f"e.g. keys {missing}")
+        if n_diff:
+            result.reasons.append(f"{tp.table}: {n_diff} post-deploy row(s) carried with other values than "
+                                  f"the plan's, e.g. {diff_rows[:5]}")
     lost_keys = {(x["table"], json.dumps(x["key"], default=str)) for x in result.losses}
     for name in sorted(bundle.tables_with_rows() - planned):
         t = bundle.new.tables.get(name)

@@ -257,3 +257,34 @@ def test_rehearse_fails_when_a_backup_row_goes_missing(world_copy: Path, tmp_pat
     assert not result.passed and result.exit_code == 1
     assert any("materials: 1 backup row(s) missing" in r for r in result.reasons), result.reasons
     assert json.loads((tmp_path / "run" / "rehearsal.json").read_text())["result"] == "FAIL"
+
+
+def test_rehearse_fails_when_post_deploy_changes_are_dropped_or_altered(
+        world_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import recovery.pipeline as pipeline
+    from recovery.rehearse import rehearse
+
+    world = json.loads((world_copy / "world.json").read_text())
+    new_part = world["tables"]["parts"]["inserted"][0][0]
+    new_quote = world["tables"]["quotes"]["inserted"][0][0]
+    real = pipeline.rollback
+
+    def sabotaged(db, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        res = real(db, *args, **kwargs)
+        conn = sqlite3.connect(db)
+        conn.execute("DELETE FROM quote_items WHERE part_id = ?", (new_part,))
+        conn.execute("DELETE FROM file_records WHERE entity_type = 'part' AND entity_id = ?", (new_part,))
+        conn.execute("DELETE FROM parts WHERE id = ?", (new_part,))
+        conn.execute("UPDATE quotes SET status = 'sabotaged' WHERE id = ?", (new_quote,))
+        conn.commit()
+        conn.close()
+        return res
+
+    monkeypatch.setattr(pipeline, "rollback", sabotaged)
+    result = rehearse(world_copy / "gestima.db", backup_of(world_copy), APP_INI, tmp_path / "run",
+                      world_copy / "uploads")
+    assert not result.passed
+    assert any(r.startswith("parts: 1 post-deploy row(s) neither carried") and f"[{new_part}]" in r
+               for r in result.reasons), result.reasons
+    assert any(r.startswith("quotes: 1 post-deploy row(s) carried with other values") and "'status'" in r
+               for r in result.reasons), result.reasons

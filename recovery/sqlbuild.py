@@ -28,10 +28,6 @@ def table(name: str, db: str | None = None, alias: str | None = None) -> exp.Tab
     return t
 
 
-def param() -> exp.Placeholder:
-    return exp.Placeholder()
-
-
 def and_all(conds: Iterable[exp.Expression]) -> exp.Expression:
     """``(a AND b …)`` — parenthesised, so it can be negated or nested safely."""
     conds = list(conds)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -304,6 +305,12 @@ def extract(
     work = out_p.with_name(f".{out_p.name}.partial-{os.getpid()}")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
+    # The sources' fingerprints only go into the manifest: hash them on the second core while
+    # SQLite works on the first (hashlib releases the GIL). The inputs are read-only.
+    hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recovery-hash")
+    backup_sha = hasher.submit(sha256_file, Path(backup))
+    live_print = hasher.submit(live_fingerprint, Path(live))
+    hasher.shutdown(wait=False)
     try:
         with analyse(backup, live, since, mapping, lineage) as a:
             conn = a.pair
@@ -329,9 +336,9 @@ def extract(
                 "created_at": datetime.now().replace(microsecond=0).isoformat(sep="T"),
                 "deploy_time": a.since,
                 "sources": {
-                    "backup": {"path": str(a.backup.resolve()), "sha256": sha256_file(a.backup),
+                    "backup": {"path": str(a.backup.resolve()), "sha256": backup_sha.result(),
                                "alembic_revision": a.old.alembic_revision},
-                    "live": {**live_fingerprint(a.live), "alembic_revision": a.new.alembic_revision},
+                    "live": {**live_print.result(), "alembic_revision": a.new.alembic_revision},
                 },
                 "schemas": {"old": a.old.to_dict(), "new": a.new.to_dict()},
                 "schema_diff": a.schema_diff.to_dict(),
@@ -347,9 +354,11 @@ def extract(
         os.replace(work, out_p) if not out_p.exists() else _move_into(work, out_p)
         fsync_dir(out_p.parent)
     except BaseException:
+        for f in (backup_sha, live_print):  # never delete the folder under a running job
+            f.cancel() or f.exception()
         shutil.rmtree(work, ignore_errors=True)
         raise
-    return ExtractResult(open_bundle(out_p), p, manifest["deploy_time"])
+    return ExtractResult(open_bundle(out_p, verify=False), p, manifest["deploy_time"])  # sealed just above
 
 
 def _move_into(work: Path, out_p: Path) -> None:

@@ -29,10 +29,9 @@ from recovery.errors import ExitCode, RecoveryError
 from recovery.files import FilesConfig
 from recovery.outcome import ConflictPolicy, Outcome, Prefer
 from recovery.reimport import attach_bundle, check_target_schema, merge_into, open_target
-from recovery.report import write_run_files
 from recovery.schema import alembic_revision, reflect
-from recovery.sqlite_io import (check_sqlite_file, consistent_copy, fsync_dir, readonly, sha256_file, sidecars,
-                                wait_for_write_lock, write_lock_held)
+from recovery.sqlite_io import (check_sqlite_file, consistent_copy, fsync_dir, is_wal_file, readonly, sha256_file,
+                                sidecars, wait_for_write_lock, write_lock_held)
 from recovery.verify import foreign_key_problems, verify
 
 STEPS = ("probe", "safety", "extract", "restore", "reimport", "relink", "verify", "report")
@@ -118,6 +117,8 @@ def reimport(
         outcome = _reimport_into(target, bundle, on_conflict, prefer, apply_deletes, files, False, busy_timeout,
                                  str(target))
         outcome.files = _relink(bundle, target, uploads, files, dry_run=False, outcome=outcome) if uploads else None
+    from recovery.report import write_run_files
+
     paths = write_run_files(run_dir, outcome, bundle)
     return RunResult(run_dir, outcome, paths)
 
@@ -173,28 +174,16 @@ class Journal:
         return self.data["steps"].get(step, {})
 
 
-def restore_atomically(backup: Path, db: Path, prepare: Callable[[Path], None] | None = None) -> str:
-    """Replace ``db`` with a consistent copy of ``backup`` (after ``prepare(copy)``, e.g. an Alembic
-    downgrade): the live file is at every moment either the old database or the complete restored
-    one. Returns the restored file's sha256."""
-    wal, shm = sidecars(db)
-    was_wal = False
+def stage_restore(backup: Path, db: Path, prepare: Callable[[Path], None] | None = None) -> tuple[Path, str]:
+    """The restored file, ready beside ``db`` but not yet in its place: a consistent copy of
+    ``backup`` (after ``prepare(copy)``, e.g. an Alembic downgrade), in WAL mode when ``db`` is,
+    fsynced. Returns its path and sha256. Nothing about ``db`` is touched, so this can run while
+    the extract still reads the live data."""
     tmp = db.with_name(f".{db.name}.restore-tmp")
     consistent_copy(backup, tmp, "backup")
     if prepare is not None:
         prepare(tmp)
-    if db.exists():
-        conn = sqlite3.connect(str(db), isolation_level=None, timeout=5)
-        try:
-            was_wal = conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-            if was_wal:
-                busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-                if busy:
-                    raise RecoveryError(f"{db} is in use: its WAL could not be checkpointed",
-                                        "stop the application and run the same command again")
-        finally:
-            conn.close()
-    if was_wal:
+    if db.exists() and is_wal_file(db):
         c = sqlite3.connect(str(tmp), isolation_level=None)
         try:
             c.execute("PRAGMA journal_mode=WAL")  # keep the app's journal mode; leaves no -wal on close
@@ -202,11 +191,67 @@ def restore_atomically(backup: Path, db: Path, prepare: Callable[[Path], None] |
             c.close()
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+    return tmp, sha256_file(tmp)
+
+
+def swap_in(staged: Path, db: Path) -> None:
+    """Checkpoint ``db``'s WAL, remove its ``-wal``/``-shm`` and rename ``staged`` over it: the live
+    file is at every moment either the old database or the complete restored one."""
+    wal, shm = sidecars(db)
+    if db.exists():
+        conn = sqlite3.connect(str(db), isolation_level=None, timeout=5)
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+                busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                if busy:
+                    raise RecoveryError(f"{db} is in use: its WAL could not be checkpointed",
+                                        "stop the application and run the same command again")
+        finally:
+            conn.close()
     for side in (wal, shm):  # empty after the checkpoint; stale ones must never meet the new file
         side.unlink(missing_ok=True)
-    os.replace(tmp, db)
+    os.replace(staged, db)
     fsync_dir(db.parent)
-    return sha256_file(db)
+
+
+def restore_atomically(backup: Path, db: Path, prepare: Callable[[Path], None] | None = None) -> str:
+    """Replace ``db`` with a consistent copy of ``backup`` (after ``prepare(copy)``): the live file
+    is at every moment either the old database or the complete restored one. Returns the restored
+    file's sha256."""
+    staged, digest = stage_restore(backup, db, prepare)
+    swap_in(staged, db)
+    return digest
+
+
+class _Background:
+    """Work that needs no result yet, run on a second core while the current step goes on (SQLite
+    and hashlib release the GIL). ``result()`` waits and re-raises; ``discard()`` waits and runs
+    the clean-up, so nothing started here outlives a refused or failed run."""
+
+    def __init__(self, fn: Callable[..., Any], *args: Any, cleanup: Callable[[Any], None] | None = None):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recovery-bg")
+        self._future = self._pool.submit(fn, *args)
+        self._pool.shutdown(wait=False)
+        self._cleanup = cleanup
+
+    def result(self) -> Any:
+        return self._future.result()
+
+    def discard(self) -> None:
+        try:
+            value = self._future.result()
+        except BaseException:  # noqa: BLE001 - a failed side job has nothing to clean
+            return
+        if self._cleanup is not None:
+            self._cleanup(value)
+
+
+def _warm_report_imports() -> None:
+    """Import the report renderers (pandas, matplotlib: about a second) while the re-import works
+    in SQLite, instead of at start-up or in the report step."""
+    import recovery.report  # noqa: F401
 
 
 def _latest_mtime(p: Path) -> float:
@@ -293,59 +338,60 @@ def rollback(
         report = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))
         return RunResult(run_dir, None, {"report.json": run_dir / "report.json"}, True, True,
                          {"summary": report.get("summary")})
+    if journal.resumed:
+        _clean_leftovers(run_dir, db_p)
     restore_started = journal.state("restore") is not None
-    if not restore_started:
-        say("checking the live database and the backup")
-        journal.mark("probe", "start")
-        journal.mark("probe", "done", **preflight(db_p, backup_p, Path(alembic_ini) if alembic_ini else None, force,
-                                                  downgrade_to))
-        if not journal.done("safety"):
-            say("safety copy of the live database")
-            journal.mark("safety", "start")
-            safety = consistent_copy(db_p, run_dir / "safety" / db_p.name, "live database")
-            journal.mark("safety", "done", path=str(safety), sha256=sha256_file(safety))
-        if not journal.done("extract"):
-            say("extracting post-deploy changes")
-            journal.mark("extract", "start")
-            from recovery.extract import extract
-
-            bundle_dir = run_dir / "bundle"
-            if bundle_dir.exists():  # a finished bundle from a run killed before journaling it
-                import shutil
-
-                shutil.rmtree(bundle_dir)
-            # extract from the safety copy: identical content, and the live file stays untouched
-            res = extract(backup_p, run_dir / "safety" / db_p.name, bundle_dir, since, mapping, alembic_ini,
-                          uploads, files)
-            if res.plan.errors:
-                journal.mark("extract", "failed", errors=list(res.plan.errors))
-                raise RecoveryError("the re-import plan has errors; the live DB was not touched: "
-                                    + "; ".join(res.plan.errors), "add a mapping file (see the README) and run again")
-            journal.mark("extract", "done", bundle_id=res.bundle.bundle_id)
-        bundle = open_bundle(run_dir / "bundle")
-        if confirm is not None and not confirm(_plan_summary(bundle)):
-            raise RecoveryError("stopped at your request; nothing was changed", exit_code=ExitCode.REFUSED)
-    bundle = open_bundle(run_dir / "bundle")
-    if not journal.done("restore"):
-        if downgrade_to:
-            say(f"downgrading the live database to {downgrade_to} with the application's Alembic")
-            journal.mark("restore", "start", method="downgrade")
-            digest = restore_atomically(run_dir / "safety" / db_p.name, db_p,
-                                        lambda copy: _downgrade_in_place(copy, alembic_ini, downgrade_to))
-            journal.mark("restore", "done", method="downgrade", sha256=digest)
-        else:
-            say("restoring the backup over the live database")
-            journal.mark("restore", "start", method="backup")
-            digest = restore_atomically(backup_p, db_p)
-            journal.mark("restore", "done", method="backup", sha256=digest)
+    bundle: Bundle | None = None
+    staged: _Background | None = None  # the restored file, written beside the live one during the extract
+    try:
+        if not restore_started:
+            say("checking the live database and the backup")
+            journal.mark("probe", "start")
+            journal.mark("probe", "done", **preflight(db_p, backup_p, Path(alembic_ini) if alembic_ini else None,
+                                                      force, downgrade_to))
+            if not journal.done("safety"):
+                say("safety copy of the live database")
+                journal.mark("safety", "start")
+                safety = consistent_copy(db_p, run_dir / "safety" / db_p.name, "live database")
+                # its sha256 is taken by the extract (the bundle's live fingerprint) and added below
+                journal.mark("safety", "done", path=str(safety), size=safety.stat().st_size)
+            if not downgrade_to:
+                staged = _Background(stage_restore, backup_p, db_p, cleanup=lambda r: r[0].unlink(missing_ok=True))
+            if not journal.done("extract"):
+                say("extracting post-deploy changes")
+                journal.mark("extract", "start")
+                bundle = _extract_step(run_dir, backup_p, db_p, since, mapping, alembic_ini, uploads, files, journal)
+            bundle = bundle or open_bundle(run_dir / "bundle")
+            if confirm is not None and not confirm(_plan_summary(bundle)):
+                raise RecoveryError("stopped at your request; nothing was changed", exit_code=ExitCode.REFUSED)
+        bundle = bundle or open_bundle(run_dir / "bundle")
+        if not journal.done("restore"):
+            if downgrade_to:
+                say(f"downgrading the live database to {downgrade_to} with the application's Alembic")
+                journal.mark("restore", "start", method="downgrade")
+                digest = restore_atomically(run_dir / "safety" / db_p.name, db_p,
+                                            lambda copy: _downgrade_in_place(copy, alembic_ini, downgrade_to))
+                journal.mark("restore", "done", method="downgrade", sha256=digest)
+            else:
+                say("restoring the backup over the live database")
+                journal.mark("restore", "start", method="backup")
+                ready, staged = staged, None
+                tmp, digest = ready.result() if ready is not None else stage_restore(backup_p, db_p)
+                swap_in(tmp, db_p)
+                journal.mark("restore", "done", method="backup", sha256=digest)
+    finally:
+        if staged is not None:  # refused, stopped or failed before the restore: remove the staged copy
+            staged.discard()
     if not journal.done("reimport"):
         say("re-importing post-deploy changes (one transaction)")
         journal.mark("reimport", "start")
+        warm = _Background(_warm_report_imports)
         in_place = journal.info("restore").get("method") == "downgrade"
         outcome = _reimport_into(db_p, bundle, on_conflict, prefer, apply_deletes, files, False, 10.0, str(db_p),
                                  in_place, check_after=False)
         _save_outcome(run_dir, outcome)
         journal.mark("reimport", "done", already_applied=outcome.already_applied)
+        warm.discard()
     outcome = _load_outcome(run_dir, bundle, db_p, on_conflict)
     if not journal.done("relink"):
         journal.mark("relink", "start")
@@ -358,10 +404,67 @@ def rollback(
             outcome.verification = verify(conn, outcome, bundle.old.alembic_revision)
         _save_outcome(run_dir, outcome)
         journal.mark("verify", "done", ok=outcome.verification.get("ok"))
+    from recovery.report import write_run_files
+
     journal.mark("report", "start")
     paths = write_run_files(run_dir, outcome, bundle, {"journal": journal.data["steps"]})
     journal.mark("report", "done")
     return RunResult(run_dir, outcome, paths, journal.resumed, False, journal.data["steps"])
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _clean_leftovers(run_dir: Path, db: Path) -> list[Path]:
+    """Remove what a killed earlier run of this journal left half-written: the extract's
+    ``.bundle.partial-<pid>`` folder, ``.<name>.tmp-<pid>`` copies in the safety folder and beside
+    the live DB, and the staged ``.<db>.restore-tmp``. None of them was ever read (each is renamed
+    into place only when complete), and a <pid> that still runs is left alone."""
+    import re
+    import shutil
+
+    removed = []
+    candidates = [*run_dir.glob(".bundle.partial-*"), *(run_dir / "safety").glob(f".{db.name}.tmp-*"),
+                  *db.parent.glob(f"..{db.name}.restore-tmp.tmp-*")]
+    for p in candidates:
+        m = re.search(r"-(\d+)$", p.name)
+        if m is None or _pid_alive(int(m.group(1))):
+            continue
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        removed.append(p)
+    staged = db.with_name(f".{db.name}.restore-tmp")
+    if staged.exists():  # written again before any restore; never the live file
+        staged.unlink()
+        removed.append(staged)
+    return removed
+
+
+def _extract_step(run_dir: Path, backup: Path, db: Path, since: str | None, mapping: Any, alembic_ini: Any,
+                  uploads: Any, files: FilesConfig, journal: Journal) -> Bundle:
+    """Extract from the safety copy (identical content; the live file stays untouched) into
+    ``RUN_DIR/bundle``, and journal it with the safety copy's sha256 (the bundle's live fingerprint)."""
+    from recovery.extract import extract
+
+    bundle_dir = run_dir / "bundle"
+    if bundle_dir.exists():  # a finished bundle from a run killed before journaling it
+        import shutil
+
+        shutil.rmtree(bundle_dir)
+    res = extract(backup, run_dir / "safety" / db.name, bundle_dir, since, mapping, alembic_ini, uploads, files)
+    if res.plan.errors:
+        journal.mark("extract", "failed", errors=list(res.plan.errors))
+        raise RecoveryError("the re-import plan has errors; the live DB was not touched: "
+                            + "; ".join(res.plan.errors), "add a mapping file (see the README) and run again")
+    journal.data["steps"]["safety"]["sha256"] = res.bundle.manifest["sources"]["live"]["sha256"]
+    journal.mark("extract", "done", bundle_id=res.bundle.bundle_id)
+    return res.bundle
 
 
 def _plan_summary(bundle: Bundle) -> dict[str, Any]:
@@ -454,5 +557,7 @@ def _dry_run(db: Path, backup: Path, run_dir: Path, since: str | None, uploads: 
         outcome.dry_run = True
         outcome.files = _relink(res.bundle, restored, uploads, files, dry_run=True, outcome=outcome) if uploads else None
         run_dir.mkdir(parents=True, exist_ok=True)
+        from recovery.report import write_run_files
+
         paths = write_run_files(run_dir, outcome, res.bundle, {"dry_run_note": "nothing was changed"})
     return RunResult(run_dir, outcome, paths)

@@ -104,6 +104,12 @@ def bundle_id_of(bundle: Path) -> str:
     return json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))["bundle_id"]
 
 
+def leftovers(folder: Path) -> list[str]:
+    """Temporary files and folders of an interrupted copy, extract or restore."""
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob(".*")
+                  if ".partial-" in p.name or ".tmp-" in p.name or p.name.endswith(".restore-tmp"))
+
+
 def killed(proc: subprocess.CompletedProcess[str]) -> bool:
     return proc.returncode == -signal.SIGKILL
 
@@ -195,6 +201,7 @@ def test_rollback_killed_at_step(point: str, states: dict[str, Any], tmp_path: P
     assert "Traceback" not in again.stderr
     bid = journal_bundle_id(w / "run")
     assert_same(db_content(w / "gestima.db"), states["final"], f"resumed after kill at {point}", bid)
+    assert leftovers(w) == [], f"half-written files left after resuming a kill at {point}"
     if point == "reimport:done":  # a finished run run again changes nothing (once is enough)
         third = run_cli(rollback_args(), w)
         assert third.returncode in (0, 1), third.stderr

@@ -154,7 +154,8 @@ def detect_renames(
             nonnull = and_all([same, exp.Not(this=exp.Is(this=col(r, "o"), expression=exp.Null()))])
             selects.append(exp.Sum(this=exp.Cast(this=same, to=exp.DataType.build("INT"))))
             selects.append(exp.Sum(this=exp.Cast(this=nonnull, to=exp.DataType.build("INT"))))
-        sample = exp.select("*").from_(table(tname, "old")).limit(RENAME_SAMPLE)
+        # only the key and the candidate columns: SQLite materialises this sample before the join
+        sample = exp.select(*[col(c) for c in dict.fromkeys([*key, *rem])]).from_(table(tname, "old")).limit(RENAME_SAMPLE)
         query = (
             exp.select(*selects)
             .from_(sample.subquery(exp.TableAlias(this=exp.to_identifier("o", quoted=True))))

@@ -100,11 +100,13 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 def seal(folder: Path, manifest: dict[str, Any]) -> None:
     """Hash every bundle file into the manifest, then write manifest.json and manifest.sha256."""
-    hashes = {}
-    for p in sorted(folder.rglob("*")):
-        if p.is_file() and p.name not in ("manifest.json", "manifest.sha256") and not p.name.endswith(".tmp"):
-            hashes[p.relative_to(folder).as_posix()] = sha256_file(p)
-    manifest["hashes"] = hashes
+    from concurrent.futures import ThreadPoolExecutor
+
+    todo = [p for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name not in ("manifest.json", "manifest.sha256") and not p.name.endswith(".tmp")]
+    with ThreadPoolExecutor(max_workers=4, thread_name_prefix="recovery-seal") as pool:  # hashlib drops the GIL
+        digests = list(pool.map(sha256_file, todo))
+    manifest["hashes"] = {p.relative_to(folder).as_posix(): d for p, d in zip(todo, digests)}
     write_json_atomic(folder / "manifest.json", manifest)
     digest = sha256_file(folder / "manifest.json")
     (folder / "manifest.sha256").write_text(digest + "  manifest.json\n", encoding="utf-8")
@@ -143,13 +145,18 @@ def open_bundle(path: str | os.PathLike[str], verify: bool = True) -> Bundle:
         if extra:
             raise RecoveryError(f"bundle {folder}: {extra[0]} was added after extraction (not in the manifest)",
                                 "extract the bundle again from the safety copy")
-        for rel, digest in manifest.get("hashes", {}).items():
-            p = folder / rel
-            if not p.is_file():
-                raise RecoveryError(f"bundle {folder}: {rel} is missing", "extract the bundle again")
-            if sha256_file(p) != digest:
-                raise RecoveryError(f"bundle {folder}: {rel} was changed after extraction (hash mismatch)",
-                                    "extract the bundle again from the safety copy")
+        recorded = manifest.get("hashes", {})
+        missing = next((rel for rel in recorded if not (folder / rel).is_file()), None)
+        if missing is not None:
+            raise RecoveryError(f"bundle {folder}: {missing} is missing", "extract the bundle again")
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=4, thread_name_prefix="recovery-verify") as pool:
+            actual = dict(zip(recorded, pool.map(sha256_file, [folder / rel for rel in recorded])))
+        changed = next((rel for rel, digest in recorded.items() if actual[rel] != digest), None)
+        if changed is not None:
+            raise RecoveryError(f"bundle {folder}: {changed} was changed after extraction (hash mismatch)",
+                                "extract the bundle again from the safety copy")
     return Bundle(
         folder, manifest, Schema.from_dict(manifest["schemas"]["old"]), Schema.from_dict(manifest["schemas"]["new"]),
         mapping_from_dict(manifest["mapping"]),

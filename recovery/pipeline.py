@@ -434,15 +434,16 @@ def _clean_leftovers(run_dir: Path, db: Path) -> list[Path]:
     candidates = [*run_dir.glob(".bundle.partial-*"), *(run_dir / "safety").glob(f".{db.name}.tmp-*"),
                   *db.parent.glob(f"..{db.name}.restore-tmp.tmp-*")]
     for p in candidates:
-        m = re.search(r"-(\d+)$", p.name)
-        if m is None or _pid_alive(int(m.group(1))):
+        m = re.search(r"\.tmp-(\d+)(-journal)?$|\.partial-(\d+)$", p.name)
+        if m is None or _pid_alive(int(m.group(1) or m.group(3))):
             continue
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
         removed.append(p)
     staged = db.with_name(f".{db.name}.restore-tmp")
-    if staged.exists():  # written again before any restore; never the live file
-        staged.unlink()
-        removed.append(staged)
+    for p in (staged, *(staged.with_name(staged.name + s) for s in ("-journal", "-wal", "-shm"))):
+        if p.exists():  # written again before any restore; never the live file
+            p.unlink()
+            removed.append(p)
     return removed
 
 

@@ -107,7 +107,7 @@ def bundle_id_of(bundle: Path) -> str:
 def leftovers(folder: Path) -> list[str]:
     """Temporary files and folders of an interrupted copy, extract or restore."""
     return sorted(p.relative_to(folder).as_posix() for p in folder.rglob(".*")
-                  if ".partial-" in p.name or ".tmp-" in p.name or p.name.endswith(".restore-tmp"))
+                  if ".partial-" in p.name or ".tmp-" in p.name or ".restore-tmp" in p.name)
 
 
 def killed(proc: subprocess.CompletedProcess[str]) -> bool:
@@ -357,3 +357,27 @@ def test_reimport_succeeds_when_the_lock_is_released_within_the_timeout(states: 
     assert res.outcome is not None and not res.outcome.already_applied
     assert_same(db_content(w / "target.db"), states["target_final"], "target after waiting for the lock",
                 bundle_id_of(states["bundle"]))
+
+
+def test_resume_removes_only_dead_runs_temp_files(tmp_path: Path) -> None:
+    """``_clean_leftovers``: a killed run's temp files go; a running process's (its pid is alive) stay."""
+    from recovery.pipeline import _clean_leftovers
+
+    run, db = tmp_path / "run", tmp_path / "gestima.db"
+    (run / "safety").mkdir(parents=True)
+    db.write_bytes(b"live")
+    dead = 2 ** 22 + 12345  # above pid_max's default: no such process
+    alive = os.getpid()
+    gone = [run / f".bundle.partial-{dead}", run / "safety" / f".gestima.db.tmp-{dead}",
+            run / "safety" / f".gestima.db.tmp-{dead}-journal", tmp_path / f"..gestima.db.restore-tmp.tmp-{dead}",
+            tmp_path / ".gestima.db.restore-tmp", tmp_path / ".gestima.db.restore-tmp-journal"]
+    kept = [run / f".bundle.partial-{alive}", run / "safety" / f".gestima.db.tmp-{alive}", run / "safety" / "gestima.db",
+            run / "safety" / ".gestima.db.tmp-notapid"]
+    for p in gone + kept:
+        p.mkdir() if "partial" in p.name else p.write_bytes(b"x")
+    (run / f".bundle.partial-{dead}" / "rows.db").write_bytes(b"half")
+    removed = _clean_leftovers(run, db)
+    assert sorted(removed) == sorted(gone)
+    assert not any(p.exists() for p in gone)
+    assert all(p.exists() for p in kept)
+    assert db.read_bytes() == b"live"

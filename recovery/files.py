@@ -15,6 +15,8 @@ from pathlib import Path, PurePosixPath
 
 from recovery.errors import RecoveryError
 
+UNRECORDED_DIR = "_unrecorded"  # bundle files/ folder for files no record names
+
 
 @dataclass(frozen=True)
 class FileEntry:
@@ -27,12 +29,9 @@ class FileEntry:
         return {"path": self.path, "size": self.size, "sha256": self.sha256, "mtime": self.mtime}
 
 
-def sha256_bytes_of(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def sha256_bytes_of(path: str | os.PathLike[str]) -> str:
+    with open(path, "rb", buffering=0) as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def _stored_ok(stored: object) -> bool:
@@ -82,28 +81,30 @@ def safe_path(root: Path, stored: str) -> Path | None:
     return _Under(root)(stored)
 
 
-def _walk(root: Path) -> Iterator[tuple[str, Path, os.stat_result]]:
-    """(relative path, real path, stat) of every regular file under ``root`` that resolves inside
-    it, sorted as :func:`os.walk` with sorted names gives them. Symlinked folders are not entered;
-    a symlink is resolved and kept only when it leads to a regular file inside the root. A plain
-    file in a folder reached without symlinks is its own real path, so only symlinks need
-    resolving (one ``lstat`` a file otherwise)."""
-    under = _Under(root)
+def _scan(under: _Under) -> list[tuple[str, str, os.stat_result]]:
+    """(relative path, real path, stat) of every regular file under ``under``'s root that resolves
+    inside it, sorted as :func:`os.walk` with sorted names gives them (a folder's files, then its
+    folders). Symlinked folders are not entered; a symlink is resolved and kept only when it leads
+    to a regular file inside the root. A plain file in a folder reached without symlinks is its own
+    real path, so only symlinks need resolving (one ``lstat`` a file otherwise)."""
+    out: list[tuple[str, str, os.stat_result]] = []
+    prefix = under.prefix
 
-    def walk(dirpath: str, relprefix: str) -> Iterator[tuple[str, Path, os.stat_result]]:
+    def walk(dirpath: str, relprefix: str) -> None:
         try:
             with os.scandir(dirpath) as it:
-                entries = list(it)
+                entries = sorted(it, key=_entry_name)
         except OSError:
             return
-        files, dirs = [], []
+        dirs = []
         for e in entries:
             try:
                 is_dir = e.is_dir()
             except OSError:
                 is_dir = False
-            (dirs if is_dir else files).append(e)
-        for e in sorted(files, key=lambda x: x.name):
+            if is_dir:
+                dirs.append(e)
+                continue
             rel = relprefix + e.name
             if not _stored_ok(rel):
                 continue
@@ -112,32 +113,84 @@ def _walk(root: Path) -> Iterator[tuple[str, Path, os.stat_result]]:
             except OSError:
                 continue
             if stat.S_ISREG(st.st_mode):
-                yield rel, Path(e.path), st
+                out.append((rel, prefix + rel, st))
             elif stat.S_ISLNK(st.st_mode):
-                target = under(rel)
+                try:
+                    target = under(rel)
+                except RuntimeError:  # a symlink loop: no file there
+                    continue
                 if target is None:
                     continue
                 try:
-                    st = target.stat()
+                    st = os.stat(target)
                 except OSError:
                     continue
                 if stat.S_ISREG(st.st_mode):
-                    yield rel, target, st
-        for e in sorted(dirs, key=lambda x: x.name):
+                    out.append((rel, os.fspath(target), st))
+        for e in dirs:
             try:
                 if e.is_symlink():
                     continue
             except OSError:
                 continue
-            yield from walk(e.path, relprefix + e.name + "/")
+            walk(e.path, relprefix + e.name + "/")
 
-    yield from walk(under.real, "")
+    walk(under.real, "")
+    return out
+
+
+def _entry_name(entry: os.DirEntry[str]) -> str:
+    return entry.name
+
+
+class UploadsIndex:
+    """The uploads folder as one walk saw it: every regular file by relative path (as
+    :func:`_scan` finds them), with its real path and stat, and each file's sha256 read at most
+    once. Made for one operation, so a big folder is walked once instead of once per question,
+    and a stored path is checked without a ``realpath`` per path.
+
+    :meth:`resolve` answers as :func:`safe_path` does: a stored path the walk listed is a plain
+    relative path reached through real folders (its real path is known, and it is a regular
+    file); any other stored path — a missing file, a path through a symlinked folder, one spelled
+    with ``./`` or ``//`` — is resolved on disk, symlinks included, as before."""
+
+    def __init__(self, root: str | os.PathLike[str]):
+        self.under = _Under(Path(root))
+        self.real = self.under.real
+        self.files: dict[str, tuple[str, os.stat_result]] = {rel: (real, st) for rel, real, st in _scan(self.under)}
+        self._sha: dict[str, str] = {}
+
+    def safe(self, stored: object) -> bool:
+        """``safe_path`` would accept ``stored``."""
+        return isinstance(stored, str) and (stored in self.files or self.under(stored) is not None)
+
+    def resolve(self, stored: object) -> Path | None:
+        """The real path ``stored`` names under the root, or None when it is unsafe."""
+        hit = self.files.get(stored) if isinstance(stored, str) else None
+        return Path(hit[0]) if hit is not None else self.under(stored)
+
+    def is_file(self, stored: object, resolved: Path) -> bool:
+        """``resolved.is_file()`` for ``resolved = self.resolve(stored)``, from the walk when it can."""
+        return (isinstance(stored, str) and stored in self.files) or resolved.is_file()
+
+    def sha256(self, stored: object, resolved: Path | None = None) -> str:
+        """The sha256 of the file ``stored`` names (``resolved``, :meth:`resolve`'s answer, is
+        needed only for a path the walk did not list); a file the walk listed is read once however
+        often it is asked for."""
+        if isinstance(stored, str) and stored in self.files:
+            digest = self._sha.get(stored)
+            if digest is None:
+                digest = self._sha[stored] = sha256_bytes_of(self.files[stored][0])
+            return digest
+        if resolved is None:
+            raise ValueError(f"{stored!r} is not a file the walk listed")
+        return sha256_bytes_of(resolved)
 
 
 def iter_uploads(root: Path) -> Iterator[FileEntry]:
     """Every regular file under ``root`` (sorted; symlinks leading outside are skipped)."""
-    for rel, target, st in _walk(root):
-        yield FileEntry(rel, st.st_size, sha256_bytes_of(target), round(st.st_mtime, 6))
+    for rel, real, st in _scan(_Under(root)):
+        yield FileEntry(rel, st.st_size, sha256_bytes_of(real), round(st.st_mtime, 6))
 
 
 def scan_uploads(root: str | os.PathLike[str]) -> dict[str, object]:
@@ -161,56 +214,94 @@ class FilesConfig:
 
 
 class _BundleWriter:
-    """Copies files into a bundle folder: each folder created once, each file written to a
-    temporary name and renamed in; :meth:`sync` then fsyncs every file written (and the folders
-    that received them) in one batch, before the bundle is sealed."""
+    """Copies files into the bundle folder being built.
 
-    def __init__(self) -> None:
-        self.made: set[Path] = set()
-        self.written: list[Path] = []
+    ``top`` is extract's private work folder: nothing reads it until it is sealed and renamed into
+    place (a crash leaves only a ``.partial`` folder, and the seal's hashes would refuse a torn
+    file anyway), so each file is created at its own name — never over an existing one — instead
+    of through a temporary name and a rename. Each file is hashed as its bytes are written and
+    fsynced before it is closed; :meth:`sync` then fsyncs every folder that gained an entry.
 
-    def copy(self, src: Path, dst: Path) -> str:
-        """Copy ``src`` to ``dst`` and return the sha256 of the bytes written."""
-        parent = dst.parent
-        if parent not in self.made:
-            parent.mkdir(parents=True, exist_ok=True)
+    The copies run on a few threads, a slice of files each: they wait on the disk rather than the
+    CPU (file I/O and hashlib release the GIL), and concurrent fsyncs share the filesystem's journal
+    commits instead of paying one each. Every file is still fsynced itself."""
+
+    THREADS = 8
+    SLICE = 32
+
+    def __init__(self, top: Path) -> None:
+        self.top = os.fspath(top)
+        self.made: set[str] = set()
+        self.written: list[str] = []
+
+    def copy_all(self, jobs: list[tuple[str, str]]) -> list[tuple[str, int]]:
+        """Copy every ``(source, destination)`` pair (destinations distinct, under ``top``) and
+        return each copy's (sha256 of the bytes written, size), in order."""
+        slices = [jobs[i:i + self.SLICE] for i in range(0, len(jobs), self.SLICE)]
+        if len(slices) <= 1:
+            out = [self._copy(src, dst) for src, dst in jobs]
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=min(self.THREADS, len(slices)), thread_name_prefix="recovery-copy") as pool:
+                out = [r for part in pool.map(self._copy_slice, slices) for r in part]
+        self.written += [dst for _, dst in jobs]
+        return out
+
+    def _copy_slice(self, jobs: list[tuple[str, str]]) -> list[tuple[str, int]]:
+        return [self._copy(src, dst) for src, dst in jobs]
+
+    def _copy(self, src: str, dst: str) -> tuple[str, int]:
+        parent = os.path.dirname(dst)
+        if parent not in self.made:  # two threads may both create it: exist_ok
+            os.makedirs(parent, exist_ok=True)
             self.made.add(parent)
         h = hashlib.sha256()
-        tmp = dst.with_name(dst.name + ".tmp")
-        with src.open("rb") as fin, tmp.open("wb") as fout:
-            while block := fin.read(1 << 20):
-                h.update(block)
-                fout.write(block)
-        os.replace(tmp, dst)
-        self.written.append(dst)
-        return h.hexdigest()
+        size = 0
+        fin = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fout = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+            try:
+                while block := os.read(fin, 1 << 20):
+                    h.update(block)
+                    view = memoryview(block)
+                    while view:
+                        view = view[os.write(fout, view):]
+                    size += len(block)
+                os.fsync(fout)
+            finally:
+                os.close(fout)
+        finally:
+            os.close(fin)
+        return h.hexdigest(), size
 
-    def sync(self, top: Path) -> None:
-        """fsync every file written and every folder that gained an entry (up to ``top``).
-        The calls run on a few threads, so the filesystem commits them together instead of
-        one journal commit per file; each file is still fsynced itself."""
-        from concurrent.futures import ThreadPoolExecutor
-
-        folders: set[Path] = set()
-        for d in self.made:  # a new folder's own entry lives in its parent: that one too
-            while d not in folders and d != top and top in d.parents:
-                folders.add(d)
-                d = d.parent
-        folders.add(top)
-        todo = [*dict.fromkeys(self.written), *sorted(folders)]
+    def sync(self) -> None:
+        """fsync every folder that gained an entry: each file's folder and every folder created
+        on the way down from ``top`` (whose entry lives in its parent), ``top`` included."""
         if not self.written:
             return
-        with ThreadPoolExecutor(max_workers=16) as pool:
-            for _ in pool.map(_fsync_path, todo):
+        folders: set[str] = set()
+        for d in self.made:
+            while d not in folders and d.startswith(self.top + os.sep):
+                folders.add(d)
+                d = os.path.dirname(d)
+        folders.add(self.top)
+        todo = sorted(folders)
+        slices = [todo[i:i + self.SLICE * 4] for i in range(0, len(todo), self.SLICE * 4)]
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(self.THREADS, len(slices)), thread_name_prefix="recovery-sync") as pool:
+            for _ in pool.map(_fsync_paths, slices):
                 pass
 
 
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _fsync_paths(paths: list[str]) -> None:
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def copy_files_into_bundle(
@@ -218,7 +309,11 @@ def copy_files_into_bundle(
 ) -> dict[str, object]:
     """Copy into ``work/files/`` every file a bundle ``file_records`` row references, and every file
     on disk added since the backup that no record references, so the bundle alone can bring them back.
-    Unsafe stored paths are reported, never read."""
+    Unsafe stored paths are reported, never read. ``work`` is the private folder extract builds the
+    bundle in (see :class:`_BundleWriter`); every copy is hashed and fsynced before this returns.
+
+    The uploads folder is walked once: the walk answers which stored paths are plain files inside
+    the root (any other is resolved on disk, symlinks included) and lists the unrecorded files."""
     import json
     import sqlite3
 
@@ -230,8 +325,8 @@ def copy_files_into_bundle(
     root = Path(uploads)
     if not root.is_dir():
         raise RecoveryError(f"uploads folder {root} does not exist or is not a folder", "check --uploads")
-    under = _Under(root)  # the root resolved once
-    writer = _BundleWriter()
+    index = UploadsIndex(root)  # the root resolved once, the folder walked once
+    writer = _BundleWriter(work)
     report: dict[str, list[dict[str, object]]] = {"records": [], "unrecorded": [], "unsafe": []}
     referenced: set[str] = set()
     rows_db = work / "rows.db"
@@ -249,20 +344,25 @@ def copy_files_into_bundle(
             rows = conn.execute(sql(q)).fetchall()
     finally:
         conn.close()
+    files_dir = work / "files"
+    # Copies to make: destination -> source, and each report entry that waits for a copy's digest.
+    sources: dict[str, str] = {}
+    waiting: list[tuple[dict[str, object], str, object]] = []  # (entry, destination, recorded sha256)
     for key, stored, recorded_sha in rows:
-        src = under(stored) if isinstance(stored, str) else None
+        src = index.resolve(stored) if isinstance(stored, str) else None
         entry: dict[str, object] = {"record_key": key, "path": stored, "recorded_sha256": recorded_sha}
         if src is None:
             report["unsafe"].append({**entry, "status": "unsafe"})
             continue
-        referenced.add(PurePosixPath(stored).as_posix())
-        if not src.is_file():
+        norm = PurePosixPath(stored).as_posix()
+        referenced.add(norm)
+        if not index.is_file(stored, src):
             report["records"].append({**entry, "size": None, "sha256": None, "status": "missing"})
             continue
-        digest = writer.copy(src, work / "files" / PurePosixPath(stored))
-        entry.update(size=src.stat().st_size, sha256=digest,
-                     status="copied" if recorded_sha in (None, digest) else "copied_hash_differs")
+        dst = os.fspath(files_dir / norm)
+        sources.setdefault(dst, os.fspath(src))  # the same normalised path: the same file, copied once
         report["records"].append(entry)
+        waiting.append((entry, dst, recorded_sha))
     # Files on disk that appeared after the backup and that no record (old or new) references.
     snap = read_manifest(backup)
     known: set[str] = set()
@@ -280,13 +380,29 @@ def copy_files_into_bundle(
         from datetime import datetime
 
         cutoff = datetime.fromisoformat(since).timestamp()
-    for rel, real, st in _walk(root):  # stat only: a file is hashed when (and as) it is copied
+    shadowed: dict[str, str] = {}  # a record's copy whose destination an unrecorded file takes (see below)
+    unrecorded: list[tuple[dict[str, object], str]] = []
+    for rel, (real, st) in index.files.items():  # stat only: a file is hashed when (and as) it is copied
         if rel in referenced or rel in known:
             continue
         if cutoff is not None and round(st.st_mtime, 6) <= cutoff:
             continue
-        digest = writer.copy(real, work / "files" / "_unrecorded" / rel)
-        report["unrecorded"].append({"path": rel, "size": st.st_size, "sha256": digest, "status": "copied"})
-    writer.sync(work)  # every copy durable before the caller seals the bundle
+        dst = os.fspath(files_dir / UNRECORDED_DIR / rel)
+        if dst in sources:  # a record stored under _unrecorded/: the unrecorded file's copy wins
+            shadowed[dst] = sources[dst]
+        sources[dst] = real
+        entry = {"path": rel, "size": st.st_size, "sha256": None, "status": "copied"}
+        report["unrecorded"].append(entry)
+        unrecorded.append((entry, dst))
+    done = dict(zip(sources, writer.copy_all([(src, dst) for dst, src in sources.items()]), strict=True))
+    writer.sync()  # every copy durable before the caller seals the bundle
+    for dst, src in shadowed.items():  # hashed as it would have been copied, not written
+        done[dst] = (sha256_bytes_of(src), os.stat(src).st_size)
+    for entry, dst, recorded_sha in waiting:
+        digest, size = done[dst]
+        entry.update(size=size, sha256=digest,
+                     status="copied" if recorded_sha in (None, digest) else "copied_hash_differs")
+    for entry, dst in unrecorded:
+        entry["sha256"] = done[dst][0]
     json.dumps(report)  # the report must stay JSON-serialisable
-    return {"root": under.real, **report}
+    return {"root": index.real, **report}

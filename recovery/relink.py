@@ -19,6 +19,12 @@ without remap information — the same path and hash). Then:
 ``plan_relink`` only reads (the target through sqlite3, the bundle, the uploads folder);
 ``apply_relink`` writes the files first (each atomic), then every DB fix in one transaction, so a
 run killed in between is finished by running it again. ``dry_run`` returns the plan's report.
+
+The cost is one walk of the uploads folder and one read of each file that needs its hash,
+whatever the number of records: the walk (:class:`recovery.files.UploadsIndex`) answers which
+stored paths are files inside the root and is shared with :func:`uploads_state`; bundle rows are
+read set-based (the entity rows the records name, the rows with a file foreign key) rather than
+whole tables into Python; target records are read a few hundred keys a query.
 """
 from __future__ import annotations
 
@@ -26,38 +32,164 @@ import os
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from sqlglot import exp
+
 from recovery.bundle import Bundle
 from recovery.errors import RecoveryError
-from recovery.files import FilesConfig, _Under, _walk, safe_path, sha256_bytes_of
+from recovery.files import UNRECORDED_DIR, FilesConfig, UploadsIndex, _Under, safe_path, sha256_bytes_of
+from recovery.sqlbuild import and_all, col, ident, is_same, sql, table
 from recovery.sqlite_io import fsync_dir
 
+BUNDLE = "relink_bundle"  # the schema name bundle rows.db is ATTACHed under while planning
+KIND = "_recovery_kind"
 BUNDLE_KINDS = ("inserted", "updated", "closure")
-UNRECORDED_DIR = "_unrecorded"
 PATH_CANDIDATES = ("path", "file_path", "storage_path", "relative_path", "filepath")
 HASH_CANDIDATES = ("sha256", "hash", "checksum", "digest", "sha256_hex")
 REPORT_LISTS = ("relinked", "restored_from_bundle", "missing", "orphans", "records_without_file", "unsafe",
                 "kept_both", "hash_mismatch", "links_fixed", "links_unresolved", "records_not_imported")
 
 
-def _q(name: str) -> str:
-    """A quoted SQLite identifier (names come from the schema or the user's options)."""
-    return '"' + name.replace('"', '""') + '"'
-
-
 def _norm(stored: str) -> str:
-    return PurePosixPath(stored).as_posix()
+    """``PurePosixPath(stored).as_posix()``, without building a path for the usual plain one."""
+    if "//" in stored or "/./" in stored or stored.startswith("./") or stored.endswith(("/", "/.")) or stored in ("", "."):
+        return PurePosixPath(stored).as_posix()
+    return stored
 
 
-def _columns(conn: sqlite3.Connection, table: str, schema: str = "main") -> list[str]:
-    return [r[1] for r in conn.execute(f"PRAGMA {schema}.table_info({_q(table)})")]
+# ---- SQL ------------------------------------------------------------------------------------------
+# Every statement is a sqlglot tree with quoted identifiers and bound values, rendered once per
+# shape (the planner asks the same few questions once per file record).
+
+def _ph() -> exp.Placeholder:
+    return exp.Placeholder()
+
+
+def _in(column: exp.Expression, n: int) -> exp.In:
+    return exp.In(this=column, expressions=[_ph() for _ in range(n)])
+
+
+def _pragma(function: str, *columns: str) -> exp.Select:
+    """``SELECT columns FROM pragma_x(?, ?)`` — the pragma's argument and schema are bound values."""
+    return exp.select(*(col(c) for c in columns)).from_(
+        exp.Table(this=exp.Anonymous(this=function, expressions=[_ph(), _ph()])))
+
+
+@lru_cache(maxsize=None)
+def _sql_pragma(function: str, columns: tuple[str, ...]) -> str:
+    return sql(_pragma(function, *columns))
+
+
+@lru_cache(maxsize=None)
+def _sql_tables(schema: str) -> str:
+    return sql(exp.select(col("name")).from_(table("sqlite_master", schema)).where(and_all([
+        exp.EQ(this=col("type"), expression=exp.Literal.string("table")),
+        exp.Not(this=exp.Like(this=col("name"), expression=exp.Literal.string("sqlite_%")))])).order_by(col("name")))
+
+
+def _kinds(n: int) -> exp.In:
+    return _in(col(KIND), n)
+
+
+@lru_cache(maxsize=None)
+def _sql_bundle_rows(name: str) -> str:
+    """A bundle table's rows of the bundle kinds (the kinds bound)."""
+    return sql(exp.select(exp.Star()).from_(table(name, BUNDLE)).where(_kinds(len(BUNDLE_KINDS))))
+
+
+@lru_cache(maxsize=None)
+def _sql_fk_rows(name: str, fk_column: str) -> str:
+    """A bundle table's inserted/updated rows whose ``fk_column`` names something."""
+    return sql(exp.select(exp.Star()).from_(table(name, BUNDLE)).where(and_all([
+        _kinds(2), exp.Not(this=exp.Is(this=col(fk_column), expression=exp.Null()))])))
+
+
+@lru_cache(maxsize=None)
+def _sql_entity_rows(name: str, key_col: str, files_table: str, etype: str, eid: str, n_types: int) -> str:
+    """The rows of bundle table ``name`` that bundle file records (of the bundle kinds, with one of
+    ``n_types`` entity types) name by ``eid``, in table order. ``=`` between two untyped bundle
+    columns compares values as a bound key would."""
+    names = exp.select(col(eid, "f")).from_(table(files_table, BUNDLE, "f")).where(and_all([
+        _in(col(etype, "f"), n_types), _in(col(KIND, "f"), len(BUNDLE_KINDS))]))
+    return sql(exp.select(exp.Column(this=exp.Star(), table=ident("b"))).from_(table(name, BUNDLE, "b"))
+               .where(exp.In(this=col(key_col, "b"), query=exp.Subquery(this=names))).order_by(col("rowid", "b")))
+
+
+@lru_cache(maxsize=None)
+def _sql_bundle_row(name: str, key_col: str) -> str:
+    return sql(exp.select(exp.Star()).from_(table(name, BUNDLE)).where(
+        exp.EQ(this=col(key_col), expression=_ph())).order_by(col("rowid")))
+
+
+@lru_cache(maxsize=None)
+def _sql_entity_types(files_table: str, etype: str) -> str:
+    return sql(exp.select(col(etype)).distinct().from_(table(files_table, BUNDLE)).where(_kinds(len(BUNDLE_KINDS))))
+
+
+def _record_select(name: str, pk: str, alias: str | None = None) -> exp.Select:
+    """``SELECT *, pk AS _key FROM main.name`` (``alias.*`` with an alias)."""
+    star = exp.Column(this=exp.Star(), table=ident(alias)) if alias else exp.Star()
+    return exp.select(star, exp.alias_(col(pk, alias), "_key", quoted=True)).from_(table(name, "main", alias))
+
+
+@lru_cache(maxsize=None)
+def _sql_record(name: str, pk: str) -> str:
+    return sql(_record_select(name, pk).where(exp.EQ(this=col(pk), expression=_ph())))
+
+
+@lru_cache(maxsize=64)
+def _sql_records(name: str, pk: str, n: int) -> str:
+    """The records whose key is one of ``n`` bound keys, each row led by its key's position:
+    ``(VALUES (0, ?), …) AS k JOIN main.name ON pk = k.column2`` compares as ``pk = ?`` would."""
+    keys = exp.Values(expressions=[exp.Tuple(expressions=[exp.Literal.number(i), _ph()]) for i in range(n)],
+                      alias=exp.TableAlias(this=ident("k")))
+    q = _record_select(name, pk, "t")
+    q.set("expressions", [col("column1", "k"), *q.expressions])
+    return sql(q.from_(keys).join(table(name, "main", "t"), on=exp.EQ(this=col(pk, "t"), expression=col("column2", "k"))))
+
+
+@lru_cache(maxsize=None)
+def _sql_record_by_path(name: str, pk: str, path: str, sha: str) -> str:
+    conds: list[exp.Expression] = [exp.EQ(this=col(path), expression=_ph())]
+    if sha:
+        conds.append(is_same(col(sha), _ph()))
+    return sql(_record_select(name, pk).where(and_all(conds)))
+
+
+@lru_cache(maxsize=None)
+def _sql_has_row(name: str, key_col: str, same: tuple[str, ...]) -> str:
+    """``SELECT 1 FROM main.name WHERE key = ? AND c IS ? …``."""
+    conds = [exp.EQ(this=col(key_col), expression=_ph()), *(is_same(col(c), _ph()) for c in same)]
+    return sql(exp.select(exp.Literal.number(1)).from_(table(name, "main")).where(and_all(conds)))
+
+
+@lru_cache(maxsize=None)
+def _sql_key_by(name: str, key_col: str, same: tuple[str, ...]) -> str:
+    """``SELECT key FROM main.name WHERE c IS ? AND …``."""
+    return sql(exp.select(col(key_col)).from_(table(name, "main")).where(and_all(is_same(col(c), _ph()) for c in same)))
+
+
+@lru_cache(maxsize=None)
+def _sql_select(name: str, columns: tuple[str | None, ...]) -> str:
+    """``SELECT c1, c2 … FROM main.name`` (NULL for a column not there)."""
+    return sql(exp.select(*(col(c) if c else exp.Null() for c in columns)).from_(table(name, "main")))
+
+
+@lru_cache(maxsize=None)
+def _sql_update(name: str, column: str, pk: str) -> str:
+    return sql(exp.Update(this=table(name, "main"), expressions=[exp.EQ(this=col(column), expression=_ph())],
+                          where=exp.Where(this=exp.EQ(this=col(pk), expression=_ph()))))
+
+
+def _columns(conn: sqlite3.Connection, name: str, schema: str = "main") -> list[str]:
+    return [r[0] for r in conn.execute(_sql_pragma("pragma_table_info", ("name",)), (name, schema))]
 
 
 def _tables(conn: sqlite3.Connection, schema: str = "main") -> list[str]:
-    return [r[0] for r in conn.execute(
-        f"SELECT name FROM {schema}.sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+    return [r[0] for r in conn.execute(_sql_tables(schema))]
 
 
 def _pick(columns: list[str], configured: str, default: str, candidates: tuple[str, ...], what: str,
@@ -97,17 +229,18 @@ def detect_files_config(conn: sqlite3.Connection, cfg: FilesConfig) -> FilesConf
     return FilesConfig(name, path or cfg.path, sha or "", size, etype, eid)
 
 
-def _pk(conn: sqlite3.Connection, table: str, schema: str = "main") -> str:
-    pks = sorted((r[5], r[1]) for r in conn.execute(f"PRAGMA {schema}.table_info({_q(table)})") if r[5])
+def _pk(conn: sqlite3.Connection, name: str, schema: str = "main") -> str:
+    pks = sorted((pk, col_name) for pk, col_name in conn.execute(_sql_pragma("pragma_table_info", ("pk", "name")),
+                                                                 (name, schema)) if pk)
     return pks[0][1] if len(pks) == 1 else "rowid"
 
 
-def _unique_sets(conn: sqlite3.Connection, table: str) -> list[list[str]]:
+def _unique_sets(conn: sqlite3.Connection, name: str) -> list[list[str]]:
     out = []
-    for idx in conn.execute(f"PRAGMA main.index_list({_q(table)})").fetchall():
-        name, unique, origin = idx[1], idx[2], idx[3]
+    for index, unique, origin in conn.execute(_sql_pragma("pragma_index_list", ("name", "unique", "origin")),
+                                              (name, "main")).fetchall():
         if unique and origin != "pk":
-            out.append([r[2] for r in conn.execute(f"PRAGMA main.index_info({_q(name)})")])
+            out.append([r[0] for r in conn.execute(_sql_pragma("pragma_index_info", ("name",)), (index, "main"))])
     return out
 
 
@@ -140,6 +273,9 @@ class RelinkPlan:
     writes: list[FileWrite] = field(default_factory=list)
     fixes: list[LinkFix] = field(default_factory=list)
     report: dict[str, Any] = field(default_factory=dict)
+    # The uploads folder as planning saw it (one walk, each file hashed at most once); still the
+    # folder's state after an apply that wrote nothing.
+    index: UploadsIndex | None = field(default=None, repr=False, compare=False)
 
 
 def atomic_copy(src: Path, dst: Path, expect_sha256: str | None = None) -> str:
@@ -197,27 +333,31 @@ class _Planner:
         self.bundle, self.conn, self.root, self.cfg = bundle, conn, root, cfg
         self.remaps = remaps
         self.pk = _pk(conn, cfg.table)
-        self.plan = RelinkPlan(root, cfg, self.pk, report={k: [] for k in REPORT_LISTS})
+        # The uploads folder walked once for the whole plan: stored paths it lists are checked and
+        # hashed from it, any other is resolved on disk (symlinks included); apply_relink checks
+        # each target again with safe_path right before writing it.
+        self.index = UploadsIndex(root)
+        self.under = self.index.under
+        self.plan = RelinkPlan(root, cfg, self.pk, report={k: [] for k in REPORT_LISTS}, index=self.index)
         self.r: dict[str, list[dict[str, Any]]] = self.plan.report
         self.fix_at: dict[tuple[Any, str], LinkFix] = {}
         self.claimed: set[str] = set()  # paths written by this plan (never written twice)
-        # Each root resolved once for the plan (every stored path still is, symlinks included);
-        # apply_relink checks each target again with safe_path right before writing it.
-        self.under = _Under(root)
         self.bunder = _Under(bundle.files_dir)
         self.uunder = _Under(bundle.files_dir / UNRECORDED_DIR)
         # The schemas do not change while planning: read each PRAGMA once.
         self._meta: dict[tuple[Any, ...], Any] = {}
         # Bundle rows by (table, key column) -> key -> rows, loaded for the keys asked for.
         self._rows_by_key: dict[tuple[str, str], dict[Any, list[dict[str, Any]]]] = {}
+        # Target file records by the key asked for (None: no such record), loaded in batches.
+        self._records: dict[Any, dict[str, Any] | None] = {}
 
     def _cached(self, what: tuple[Any, ...], fn: Any, *args: Any) -> Any:
         if what not in self._meta:
             self._meta[what] = fn(*args)
         return self._meta[what]
 
-    def tables(self, schema: str = "main") -> list[str]:
-        return self._cached(("tables", schema), _tables, self.conn, schema)
+    def tables(self, schema: str = "main") -> frozenset[str]:
+        return self._cached(("tables", schema), lambda: frozenset(_tables(self.conn, schema)))
 
     def columns(self, table: str, schema: str = "main") -> list[str]:
         return self._cached(("columns", table, schema), _columns, self.conn, table, schema)
@@ -236,28 +376,40 @@ class _Planner:
             return t.primary_key[0]
         return self.tpk(table) if table in self.tables() else "rowid"
 
-    def bundle_rows(self, table: str) -> list[dict[str, Any]]:
-        b = self.conn
-        if table not in self.tables("relink_bundle"):
-            return []
-        cols = self.columns(table, "relink_bundle")
-        kinds = ",".join("?" * len(BUNDLE_KINDS))
-        cur = b.execute(f"SELECT * FROM relink_bundle.{_q(table)} WHERE _recovery_kind IN ({kinds})", BUNDLE_KINDS)
+    def _dicts(self, table: str, cur: Iterable[tuple[Any, ...]]) -> list[dict[str, Any]]:
+        cols = self.columns(table, BUNDLE)
         return [dict(zip(cols, row, strict=True)) for row in cur]
 
+    def bundle_rows(self, table: str) -> list[dict[str, Any]]:
+        if table not in self.tables(BUNDLE):
+            return []
+        return self._dicts(table, self.conn.execute(_sql_bundle_rows(table), BUNDLE_KINDS))
+
     def target_record(self, key: Any) -> dict[str, Any] | None:
-        cur = self.conn.execute(f"SELECT *, {_q(self.pk)} AS _key FROM main.{_q(self.cfg.table)} "
-                                f"WHERE {_q(self.pk)} = ?", (key,))
+        if key in self._records:
+            return self._records[key]
+        cur = self.conn.execute(_sql_record(self.cfg.table, self.pk), (key,))
         row = cur.fetchone()
-        return dict(zip([d[0] for d in cur.description], row, strict=True)) if row else None
+        rec = dict(zip([d[0] for d in cur.description], row, strict=True)) if row else None
+        self._records[key] = rec
+        return rec
+
+    def load_records(self, keys: Iterable[Any], chunk: int = 500) -> None:
+        """Read the target records of many keys, a few hundred keys a query (each an index
+        lookup, compared as a single ``pk = ?`` would)."""
+        todo = [k for k in dict.fromkeys(k for k in keys if k is not None) if k not in self._records]
+        for i in range(0, len(todo), chunk):
+            part = todo[i:i + chunk]
+            cur = self.conn.execute(_sql_records(self.cfg.table, self.pk, len(part)), part)
+            names = [d[0] for d in cur.description][1:]
+            for k in part:
+                self._records[k] = None
+            for n, *r in cur:
+                self._records[part[n]] = dict(zip(names, r, strict=True))
 
     def target_by_path(self, path: str, sha: Any) -> list[dict[str, Any]]:
-        cond = f"{_q(self.cfg.path)} = ?"
-        params: list[Any] = [path]
-        if self.cfg.sha256:
-            cond += f" AND {_q(self.cfg.sha256)} IS ?"
-            params.append(sha)
-        cur = self.conn.execute(f"SELECT *, {_q(self.pk)} AS _key FROM main.{_q(self.cfg.table)} WHERE {cond}", params)
+        params: list[Any] = [path, sha] if self.cfg.sha256 else [path]
+        cur = self.conn.execute(_sql_record_by_path(self.cfg.table, self.pk, self.cfg.path, self.cfg.sha256), params)
         return [dict(zip([d[0] for d in cur.description], row, strict=True)) for row in cur]
 
     def current(self, rec: dict[str, Any], column: str) -> Any:
@@ -288,33 +440,36 @@ class _Planner:
         tcols = self.columns(table)
         uniques = [u for u in self.uniques(table) if all(c in row and c in tcols for c in u)
                    and all(row[c] is not None for c in u)]
+        same_cols = tuple(c for u in uniques for c in u)
 
         def same(candidate: Any) -> bool:
-            where = " AND ".join([f"{_q(key_col)} = ?", *(f"{_q(c)} IS ?" for u in uniques for c in u)])
-            params = [candidate, *(row[c] for u in uniques for c in u)]
-            return self.conn.execute(f"SELECT 1 FROM main.{_q(table)} WHERE {where}", params).fetchone() is not None
+            params = [candidate, *(row[c] for c in same_cols)]
+            return self.conn.execute(_sql_has_row(table, key_col, same_cols), params).fetchone() is not None
 
         if self.remaps is not None and (table, k) in self.remaps:
             new = self.remaps[(table, k)]
             return new if same(new) else None
-        if row.get("_recovery_kind") == "updated":  # only inserted rows are ever remapped
-            hit = self.conn.execute(f"SELECT 1 FROM main.{_q(table)} WHERE {_q(key_col)} = ?", (k,)).fetchone()
+        if row.get(KIND) == "updated":  # only inserted rows are ever remapped
+            hit = self.conn.execute(_sql_has_row(table, key_col, ()), (k,)).fetchone()
             return k if hit else None
         if same(k):
             return k
         if self.remaps is None and uniques:
-            u = uniques[0]
-            hit = self.conn.execute(f"SELECT {_q(key_col)} FROM main.{_q(table)} WHERE "
-                                    + " AND ".join(f"{_q(c)} IS ?" for c in u), [row[c] for c in u]).fetchall()
+            u = tuple(uniques[0])
+            hit = self.conn.execute(_sql_key_by(table, key_col, u), [row[c] for c in u]).fetchall()
             if len(hit) == 1:
                 return hit[0][0]
         return None
 
+    def record_key(self, b: dict[str, Any]) -> Any:
+        """The key a bundle file record has in the target, as far as the remaps say."""
+        bkey = b.get(self.bkey(self.cfg.table))
+        return self.remaps.get((self.cfg.table, bkey), bkey) if self.remaps is not None else bkey
+
     def record_for(self, b: dict[str, Any]) -> dict[str, Any] | None:
         """The target record a bundle file record became."""
-        bkey = b.get(self.bkey(self.cfg.table))
         path, sha = b.get(self.cfg.path), b.get(self.cfg.sha256) if self.cfg.sha256 else None
-        key = self.remaps.get((self.cfg.table, bkey), bkey) if self.remaps is not None else bkey
+        key = self.record_key(b)
         rec = self.target_record(key) if key is not None else None
         if rec is not None and (rec.get(self.cfg.path) == path or _recovered_of(rec.get(self.cfg.path), path)):
             return rec
@@ -338,11 +493,11 @@ class _Planner:
         stored = self.current(rec, self.cfg.path)
         recorded = rec.get(self.cfg.sha256) if self.cfg.sha256 else None
         entry = {"record_key": rec["_key"], "path": stored, "recorded_sha256": recorded}
-        target = self.under(stored) if isinstance(stored, str) else None
+        target = self.index.resolve(stored) if isinstance(stored, str) else None
         if target is None:
             self.r["unsafe"].append({**entry, "status": "unsafe", "where": "target record"})
             return
-        on_disk = sha256_bytes_of(target) if target.is_file() else None
+        on_disk = self.index.sha256(stored, target) if self.index.is_file(stored, target) else None
         if on_disk is not None and (recorded is None or on_disk == recorded):
             self.r["relinked"].append({**entry, "sha256": on_disk, "action": "present"})
             return
@@ -388,7 +543,7 @@ class _Planner:
         entries = (self.bundle.manifest.get("files") or {}).get("unrecorded") or []
         for e in entries:
             stored = e.get("path")
-            target = self.under(stored) if isinstance(stored, str) else None
+            target = self.index.resolve(stored) if isinstance(stored, str) else None
             src = self.uunder(stored) if target is not None else None
             if target is None or src is None:
                 self.r["unsafe"].append({"record_key": None, "path": stored, "status": "unsafe", "where": "unrecorded"})
@@ -404,8 +559,8 @@ class _Planner:
     def entity_table(self, etype: Any) -> str | None:
         if not isinstance(etype, str):
             return None
-        names = self.tables()
-        return next((t for t in names if etype in (t, t.rstrip("s"))), None)
+        return self._cached(("entity_table", etype),
+                            lambda: next((t for t in sorted(self.tables()) if etype in (t, t.rstrip("s"))), None))
 
     def entity_ref(self, b: dict[str, Any]) -> tuple[str, str, Any] | None:
         """(bundle table, its key column, key) of the row a bundle file record's entity link names."""
@@ -416,7 +571,7 @@ class _Planner:
         eid = b.get(c.entity_id)
         if t is None or eid is None:
             return None
-        bkey = self.bkey(t) if t in self.tables("relink_bundle") else None
+        bkey = self.bkey(t) if t in self.tables(BUNDLE) else None
         if bkey is None:
             return None
         return t, bkey, eid
@@ -429,7 +584,7 @@ class _Planner:
             return
         t, bkey, eid = ref
         row = next(iter(self._bundle_row(t, bkey, eid)), None)
-        if row is None or row.get("_recovery_kind") != "inserted":
+        if row is None or row.get(KIND) != "inserted":
             return  # a row the backup already had keeps its key
         new = self.target_key(t, row)
         if new is None:
@@ -440,32 +595,34 @@ class _Planner:
 
     def _bundle_row(self, table: str, key_col: str, key: Any) -> list[dict[str, Any]]:
         """The bundle rows of ``table`` whose ``key_col`` is ``key`` (in table order)."""
-        loaded = self._rows_by_key.get((table, key_col))
-        if loaded is not None and key in loaded:
-            return loaded[key]
-        self.load_bundle_rows(table, key_col, [key])
-        return self._rows_by_key[(table, key_col)].get(key, [])
-
-    def load_bundle_rows(self, table: str, key_col: str, keys: Iterable[Any], chunk: int = 900) -> None:
-        """Read the bundle rows of ``table`` whose ``key_col`` equals one of ``keys``, a few hundred
-        keys a query: the bundle tables have no index, so one query per key would scan the whole
-        table once per file record. The keys are joined with ``=``, as a single lookup would
-        compare them, and each key's rows keep the table's order."""
         loaded = self._rows_by_key.setdefault((table, key_col), {})
-        todo = [k for k in dict.fromkeys(keys) if k not in loaded]
-        if not todo:
+        if key not in loaded:
+            loaded[key] = self._dicts(table, self.conn.execute(_sql_bundle_row(table, key_col), (key,)))
+        return loaded[key]
+
+    def load_entity_rows(self, records: list[dict[str, Any]]) -> None:
+        """Read, per entity table, the bundle rows the bundle file records' entity links name — one
+        query a table, set-based in SQLite (the bundle tables have no index: a query per key would
+        scan the table once per file record) — and note every key asked for, found or not."""
+        c = self.cfg
+        if not (c.entity_type and c.entity_id) or c.table not in self.tables(BUNDLE):
             return
-        cols = self.columns(table, "relink_bundle")
-        for i in range(0, len(todo), chunk):
-            part = todo[i:i + chunk]
-            values = ",".join(f"({n},?)" for n in range(len(part)))
-            cur = self.conn.execute(
-                f"SELECT k.column1, b.* FROM (VALUES {values}) AS k JOIN relink_bundle.{_q(table)} AS b "
-                f"ON b.{_q(key_col)} = k.column2 ORDER BY k.column1, b.rowid", part)
-            for k in part:
-                loaded[k] = []
-            for n, *r in cur:
-                loaded[part[n]].append(dict(zip(cols, r, strict=True)))
+        by_table: dict[tuple[str, str], list[Any]] = {}
+        for (etype,) in self.conn.execute(_sql_entity_types(c.table, c.entity_type), BUNDLE_KINDS):
+            t = self.entity_table(etype)
+            if t is not None and t in self.tables(BUNDLE):
+                by_table.setdefault((t, self.bkey(t)), []).append(etype)
+        for (t, kcol), etypes in by_table.items():
+            loaded = self._rows_by_key.setdefault((t, kcol), {})
+            q = _sql_entity_rows(t, kcol, c.table, c.entity_type, c.entity_id, len(etypes))
+            rows = self._dicts(t, self.conn.execute(q, [*etypes, *BUNDLE_KINDS]))
+            found: dict[Any, list[dict[str, Any]]] = {}
+            for row in rows:
+                found.setdefault(row.get(kcol), []).append(row)
+            for b in records:
+                ref = self.entity_ref(b)
+                if ref is not None and ref[:2] == (t, kcol) and ref[2] not in loaded:
+                    loaded[ref[2]] = found.get(ref[2], [])
 
     def file_id_links(self, targets: dict[Any, dict[str, Any]]) -> None:
         """Rows with a new-schema foreign key into the files table (``parts.file_id``): the record
@@ -478,10 +635,16 @@ class _Planner:
             for fk in t.foreign_keys:
                 if fk.ref_table != c.table or len(fk.columns) != 1 or name == c.table:
                     continue
-                for row in self.bundle_rows(name):
-                    fid = row.get(fk.columns[0])
-                    if fid is None or row.get("_recovery_kind") not in ("inserted", "updated"):
-                        continue
+                if name not in self.tables(BUNDLE):
+                    continue
+                fcol = fk.columns[0]
+                # Only the rows that name a file (inserted or updated), not the whole table.
+                rows = self._dicts(name, self.conn.execute(_sql_fk_rows(name, fcol), BUNDLE_KINDS[:2]))
+                # Records from before the deploy: the same key in the target (or its remap).
+                self.load_records(self.remaps.get((c.table, r[fcol]), r[fcol]) if self.remaps is not None else r[fcol]
+                                  for r in rows if r[fcol] not in targets)
+                for row in rows:
+                    fid = row[fcol]
                     rec = targets.get(fid)
                     if rec is None:  # a record from before the deploy: same key in the target
                         fkey = self.remaps.get((c.table, fid), fid) if self.remaps is not None else fid
@@ -501,8 +664,8 @@ class _Planner:
                         continue
                     etype = self.current(rec, c.entity_type)
                     if etype not in (name, name.rstrip("s")):
-                        self.fix(rec, c.entity_type, name.rstrip("s"), f"{name}.{fk.columns[0]} names this file")
-                    self.fix(rec, c.entity_id, owner, f"{name}.{fk.columns[0]} names this file")
+                        self.fix(rec, c.entity_type, name.rstrip("s"), f"{name}.{fcol} names this file")
+                    self.fix(rec, c.entity_id, owner, f"{name}.{fcol} names this file")
 
     # ---- the whole plan ------------------------------------------------------------------------
     def run(self) -> RelinkPlan:
@@ -510,18 +673,13 @@ class _Planner:
         bkey = self.bkey(c.table)
         from_bundle: dict[Any, dict[str, Any]] = {}  # bundle key -> target record
         records = self.bundle_rows(c.table)
-        wanted: dict[tuple[str, str], list[Any]] = {}  # the entity rows follow_entity will look up
-        for b in records:
-            ref = self.entity_ref(b)
-            if ref is not None:
-                wanted.setdefault(ref[:2], []).append(ref[2])
-        for (t, kcol), keys in wanted.items():
-            self.load_bundle_rows(t, kcol, keys)
+        self.load_entity_rows(records)  # the entity rows follow_entity will look up
+        self.load_records(self.record_key(b) for b in records)  # the records record_for will look up
         for b in records:
             stored = b.get(c.path)
             entry = {"record_key": b.get(bkey), "path": stored,
                      "recorded_sha256": b.get(c.sha256) if c.sha256 else None}
-            if not isinstance(stored, str) or self.under(stored) is None:
+            if not self.index.safe(stored):
                 self.r["unsafe"].append({**entry, "status": "unsafe", "where": "bundle record"})
                 continue
             rec = self.record_for(b)
@@ -545,33 +703,31 @@ class _Planner:
     def survey(self, bundle_keys: set[Any]) -> None:
         """Records whose file is gone and files no record names, as they will be after the plan."""
         c = self.cfg
+        on_disk = self.index.files
         referenced: set[str] = set()
-        for key, stored in self.conn.execute(f"SELECT {_q(self.pk)}, {_q(c.path)} FROM main.{_q(c.table)}"):
+        unsafe_keys = {u.get("record_key") for u in self.r["unsafe"]}
+        for key, stored in self.conn.execute(_sql_select(c.table, (self.pk, c.path))):
             fix = self.fix_at.get((key, c.path))
             stored = fix.new if fix else stored
             if not isinstance(stored, str):
                 continue
+            if stored in on_disk:  # safe, a regular file, and already normalised
+                referenced.add(stored)
+                continue
             target = self.under(stored)
             if target is None:
-                if key not in bundle_keys and not any(u.get("record_key") == key for u in self.r["unsafe"]):
+                if key not in bundle_keys and key not in unsafe_keys:
+                    unsafe_keys.add(key)
                     self.r["unsafe"].append({"record_key": key, "path": stored, "status": "unsafe",
                                              "where": "target record"})
                 continue
             referenced.add(_norm(stored))
             if key not in bundle_keys and not target.is_file() and _norm(stored) not in self.claimed:
                 self.r["records_without_file"].append({"record_key": key, "path": stored})
-        on_disk = {rel: size for rel, _, size in walk_files(self.root)}
-        for w in self.plan.writes:
-            on_disk.setdefault(w.rel, w.source.stat().st_size)
-        for rel in sorted(set(on_disk) - referenced):
-            self.r["orphans"].append({"path": rel, "size": on_disk[rel]})
-
-
-def walk_files(root: Path) -> Iterable[tuple[str, Path, int]]:
-    """(relative path, real path, size) of every regular file under ``root`` that resolves inside
-    it — like :func:`recovery.files.iter_uploads` without hashing (a big uploads folder is cheap)."""
-    for rel, target, st in _walk(root):
-        yield rel, target, st.st_size
+        sizes = {w.rel: w.source for w in self.plan.writes if w.rel not in on_disk}
+        for rel in sorted((set(on_disk) | set(sizes)) - referenced):
+            size = on_disk[rel][1].st_size if rel in on_disk else sizes[rel].stat().st_size
+            self.r["orphans"].append({"path": rel, "size": size})
 
 
 def _recovered_of(current: Any, original: Any) -> bool:
@@ -620,8 +776,7 @@ def apply_relink(plan: RelinkPlan, conn: sqlite3.Connection) -> None:
     conn.execute("BEGIN IMMEDIATE")
     try:
         for f in plan.fixes:
-            conn.execute(f"UPDATE main.{_q(plan.cfg.table)} SET {_q(f.column)} = ? WHERE {_q(plan.pk)} = ?",
-                         (f.new, f.key))
+            conn.execute(_sql_update(plan.cfg.table, f.column, plan.pk), (f.new, f.key))
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
@@ -662,9 +817,12 @@ def relink(
     report["counts"] = {k: len(report[k]) for k in REPORT_LISTS}
     backup = (b.manifest.get("sources") or {}).get("backup", {}).get("path")
     if backup and Path(backup).is_file() and plan.cfg is not None:
+        # The folder as planning walked it, unless the apply wrote files into it since.
+        index = plan.index if dry_run or not plan.writes else None
         try:
             state = uploads_state(backup, uploads, replace(files or FilesConfig(), table=plan.cfg.table,
-                                                           path=plan.cfg.path, sha256=plan.cfg.sha256 or "sha256"))
+                                                           path=plan.cfg.path, sha256=plan.cfg.sha256 or "sha256"),
+                                  index=index)
             report["uploads_state"] = {k: state[k] for k in ("source", "added", "changed", "removed", "unchanged")}
         except RecoveryError:
             report["uploads_state"] = None
@@ -672,11 +830,13 @@ def relink(
 
 
 def uploads_state(backup: str | os.PathLike[str], uploads_root: str | os.PathLike[str],
-                  files: FilesConfig | None = None) -> dict[str, Any]:
+                  files: FilesConfig | None = None, *, index: UploadsIndex | None = None) -> dict[str, Any]:
     """The uploads folder now against the backup's: files added, changed and removed since.
 
     The baseline is the uploads manifest recorded by ``recovery snapshot`` beside the backup; a
-    backup without one falls back to the backup's own file records (path, hash, size)."""
+    backup without one falls back to the backup's own file records (path, hash, size). ``index``
+    is a walk of ``uploads_root`` already made (relink passes its plan's), so the folder is walked
+    and each file hashed once."""
     from recovery.snapshot import read_manifest
     from recovery.sqlite_io import readonly
 
@@ -684,7 +844,7 @@ def uploads_state(backup: str | os.PathLike[str], uploads_root: str | os.PathLik
     if not root.is_dir():
         raise RecoveryError(f"uploads folder {root} does not exist or is not a folder", "check --uploads")
     snap = read_manifest(backup)
-    under = _Under(root)
+    now = index if index is not None else UploadsIndex(root)
     baseline: dict[str, dict[str, Any]] = {}
     if snap and snap.get("uploads"):
         source = "manifest"
@@ -696,24 +856,22 @@ def uploads_state(backup: str | os.PathLike[str], uploads_root: str | os.PathLik
             if cfg is None:
                 raise RecoveryError(f"backup {backup} has no uploads manifest and no files table",
                                     "take backups with `recovery snapshot --uploads`")
-            cols = [cfg.path, cfg.sha256 or None, cfg.size or None]
-            sel = ", ".join(_q(x) if x else "NULL" for x in cols)
-            for path, sha, size in conn.execute(f"SELECT {sel} FROM main.{_q(cfg.table)}"):
-                if isinstance(path, str) and under(path) is not None:
+            for path, sha, size in conn.execute(_sql_select(cfg.table, (cfg.path, cfg.sha256 or None, cfg.size or None))):
+                if isinstance(path, str) and now.safe(path):
                     baseline[_norm(path)] = {"path": _norm(path), "sha256": sha, "size": size}
-    now = {rel: (real, size) for rel, real, size in walk_files(root)}
-    added = [{"path": p, "size": now[p][1], "sha256": sha256_bytes_of(now[p][0])}
-             for p in sorted(set(now) - set(baseline))]
-    removed = [baseline[p] for p in sorted(set(baseline) - set(now))]
+    on_disk = now.files
+    added = [{"path": p, "size": on_disk[p][1].st_size, "sha256": now.sha256(p)}
+             for p in sorted(set(on_disk) - set(baseline))]
+    removed = [baseline[p] for p in sorted(set(baseline) - set(on_disk))]
     changed = []
-    for p in sorted(set(now) & set(baseline)):
-        before, (real, size) = baseline[p], now[p]
+    for p in sorted(set(on_disk) & set(baseline)):
+        before, size = baseline[p], on_disk[p][1].st_size
         if before.get("sha256") is None and before.get("size") in (None, size):
             continue  # nothing recorded to compare with
         resized = before.get("size") not in (None, size)
-        digest = sha256_bytes_of(real)  # hashed once, for the comparison and the report
+        digest = now.sha256(p)  # hashed once, for the comparison and the report
         if resized or digest != before.get("sha256"):
             changed.append({"path": p, "sha256_before": before.get("sha256"), "sha256": digest,
                             "size_before": before.get("size"), "size": size})
     return {"root": str(root.resolve()), "backup": str(backup), "source": source, "added": added,
-            "changed": changed, "removed": removed, "unchanged": len(set(now) & set(baseline)) - len(changed)}
+            "changed": changed, "removed": removed, "unchanged": len(set(on_disk) & set(baseline)) - len(changed)}

@@ -147,23 +147,124 @@ def test_files_deleted_after_extract_come_back_from_the_bundle(world_copy: Path,
     report = res.outcome.files
     assert {e["path"] for e in report["restored_from_bundle"]} == {f["path"] for f in files}
     assert not report["missing"] and not report["unsafe"]
+    # the uploads state is the folder after the files came back (not the walk made before)
+    state = report["uploads_state"]
+    assert {f["path"] for f in files} <= {a["path"] for a in state["added"]} and not state["removed"]
     # a second relink finds everything in place and writes nothing
     again = relink(bundle, db, uploads)
     assert not again["restored_from_bundle"] and not again["links_fixed"]
     assert {e["action"] for e in again["relinked"]} == {"present"}
 
 
+def tree(root: Path) -> dict[str, tuple[str, int]]:
+    """Every file under ``root`` (symlinks as their target text): content hash and mtime."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_symlink():
+            out[p.relative_to(root).as_posix()] = (os.readlink(p), 0)
+        elif p.is_file():
+            out[p.relative_to(root).as_posix()] = (sha(p), p.stat().st_mtime_ns)
+    return out
+
+
 def test_dry_run_reports_and_writes_nothing(world_copy: Path, tmp_path: Path, extracted: Path, applied: Path) -> None:
     db, _, uploads = paths(world_copy)
     bundle = reimported(world_copy, tmp_path, extracted, applied)  # records only, no relink yet
-    gone = truth(world_copy)["files"][0]["path"]
-    (uploads / gone).unlink()
-    before_db = sha(db)
+    gone, theirs, moved = truth(world_copy)["files"][:3]
+    (uploads / gone["path"]).unlink()  # would be restored
+    (uploads / theirs["path"]).write_bytes(b"%PDF-1.4 a different file\n")  # would be kept, the copy beside
+    execute(db, "UPDATE file_records SET entity_type = 'quote', entity_id = 1 WHERE path = ?", (moved["path"],))
+    before_db, before_tree = sha(db), tree(uploads)
     report = relink(bundle, db, uploads, dry_run=True)
-    assert [e["path"] for e in report["restored_from_bundle"]] == [gone]
-    assert not (uploads / gone).exists() and sha(db) == before_db
+    assert [e["path"] for e in report["restored_from_bundle"] if e["kind"] == "record"] == [gone["path"]]
+    assert [k["path"] for k in report["kept_both"]] == [theirs["path"]]
+    assert {x["column"] for x in report["links_fixed"]} >= {"entity_type", "entity_id"}
+    assert gone["path"] not in {a["path"] for a in report["uploads_state"]["added"]}  # still gone
+    assert sha(db) == before_db and tree(uploads) == before_tree  # byte-identical: nothing written
     relink(bundle, db, uploads)
-    assert sha(uploads / gone) == truth(world_copy)["files"][0]["sha256"]
+    assert sha(uploads / gone["path"]) == gone["sha256"]
+    assert (uploads / theirs["path"]).read_bytes() == b"%PDF-1.4 a different file\n"
+    assert (records(db)[moved["path"]]["entity_type"], records(db)[moved["path"]]["entity_id"]) == (
+        moved["entity_type"], moved["entity_id"])
+
+
+def test_relink_reads_each_upload_once(world_copy: Path, tmp_path: Path, extracted: Path, applied: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plan's hashes of the uploads serve the uploads state too: no file is read twice."""
+    import recovery.files
+    import recovery.relink
+
+    db, _, uploads = paths(world_copy)
+    bundle = reimported(world_copy, tmp_path, extracted, applied)
+    reads: dict[str, int] = {}
+    real = recovery.files.sha256_bytes_of
+
+    def counting(path: Any) -> str:
+        reads[os.fspath(path)] = reads.get(os.fspath(path), 0) + 1
+        return real(path)
+
+    monkeypatch.setattr(recovery.files, "sha256_bytes_of", counting)
+    monkeypatch.setattr(recovery.relink, "sha256_bytes_of", counting)
+    report = relink(bundle, db, uploads)
+    assert report["uploads_state"]["source"] == "backup-records"
+    on_disk = {os.fspath(p.resolve()) for p in uploads.rglob("*") if p.is_file()}
+    assert set(reads) == on_disk  # every upload hashed (the state compares them all) ...
+    assert set(reads.values()) == {1}  # ... and each once
+    assert len(report["relinked"]) == len(truth(world_copy)["files"])
+
+
+def test_bundle_copies_are_hashed_fsynced_and_written_once(world_copy: Path, tmp_path: Path, extracted: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every copy is created at its own name (no temporary left over), hashes as its source, and
+    is fsynced with every folder that gained an entry before copy_files_into_bundle returns; a
+    path two records share is one copy."""
+    from recovery.files import copy_files_into_bundle
+
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("needs /proc to name the file an fsync was for")
+    _, backup, uploads = paths(world_copy)
+    files = truth(world_copy)["files"]
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copy(extracted / "rows.db", work / "rows.db")
+    conn = sqlite3.connect(work / "rows.db")
+    conn.row_factory = sqlite3.Row
+    with conn:
+        twin = dict(conn.execute("SELECT * FROM file_records WHERE path = ?", (files[0]["path"],)).fetchone())
+        twin["id"] = 10**6
+        conn.execute(f"INSERT INTO file_records ({', '.join(twin)}) VALUES ({', '.join('?' * len(twin))})",
+                     list(twin.values()))
+    conn.close()
+    loose = uploads / "parts" / "loose" / "notes.txt"
+    loose.parent.mkdir(parents=True)
+    loose.write_bytes(b"uploaded without a record")
+    os.utime(loose, (AFTER_DEPLOY, AFTER_DEPLOY))
+    synced: set[str] = set()
+    real_fsync = os.fsync
+
+    def spy(fd: int) -> None:
+        synced.add(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    report = copy_files_into_bundle(work, uploads, backup, FilesConfig())
+    monkeypatch.undo()
+    by_path: dict[str, list[dict[str, Any]]] = {}
+    for r in report["records"]:
+        by_path.setdefault(r["path"], []).append(r)
+    assert set(by_path) == {f["path"] for f in files} and len(by_path[files[0]["path"]]) == 2
+    for f in files:
+        for r in by_path[f["path"]]:
+            assert (r["status"], r["sha256"], r["size"]) == ("copied", f["sha256"], f["size"])
+        assert sha(work / "files" / f["path"]) == sha(uploads / f["path"]) == f["sha256"]
+    (extra,) = report["unrecorded"]
+    assert extra["path"] == "parts/loose/notes.txt" and extra["sha256"] == sha(loose)
+    assert (work / "files" / "_unrecorded" / "parts" / "loose" / "notes.txt").read_bytes() == b"uploaded without a record"
+    written = {p for p in (work / "files").rglob("*") if p.is_file()}
+    assert {p.relative_to(work / "files").as_posix() for p in written} == {
+        *(f["path"] for f in files), "_unrecorded/parts/loose/notes.txt"}  # no temporary files left
+    folders = {p for p in (work / "files").rglob("*") if p.is_dir()} | {work / "files", work}
+    assert {str(p.resolve()) for p in written | folders} <= synced
 
 
 def _new_part_with_drawing(world: Path) -> dict[str, Any]:
@@ -367,3 +468,44 @@ def test_files_table_and_columns_can_be_named(world_copy: Path, tmp_path: Path, 
     assert report["files_table"]["table"] == "file_records" and len(report["relinked"]) == len(truth(world_copy)["files"])
     with pytest.raises(Exception, match="no files table"):
         relink(bundle, db, uploads, FilesConfig("uploads_table"), dry_run=True)
+
+
+STORED_CASES = ["a/b.pdf", "./a/b.pdf", "a//b.pdf", "a/./b.pdf", "a/b.pdf/", "a/c.pdf", "a/out.pdf",
+                "a/dangling.pdf", "a/loop.pdf", "inside/b.pdf", "outdir/secret.pdf", "../outside/secret.pdf",
+                "a/../a/b.pdf", "/etc/passwd", "a/missing.pdf", "empty", "~a/b.pdf", "a\\b.pdf", "", ".", "a"]
+
+
+def test_uploads_index_answers_as_safe_path(tmp_path: Path) -> None:
+    """The one-walk index agrees with safe_path on every kind of stored path: plain, spelled with
+    ``./`` or ``//``, a symlink inside, a symlink or symlinked folder leading out, a dangling link,
+    a link loop, ``..``, absolute, missing, a folder."""
+    from recovery.files import UploadsIndex, safe_path
+
+    root, outside = tmp_path / "uploads", tmp_path / "outside"
+    (root / "a").mkdir(parents=True)
+    (root / "empty").mkdir()
+    outside.mkdir()
+    (outside / "secret.pdf").write_bytes(b"secret")
+    (root / "a" / "b.pdf").write_bytes(b"b")
+    (root / "a" / "c.pdf").symlink_to("b.pdf")
+    (root / "a" / "out.pdf").symlink_to(outside / "secret.pdf")
+    (root / "a" / "dangling.pdf").symlink_to("nothing.pdf")
+    (root / "a" / "loop.pdf").symlink_to("loop.pdf")
+    (root / "inside").symlink_to(root / "a", target_is_directory=True)
+    (root / "outdir").symlink_to(outside, target_is_directory=True)
+    index = UploadsIndex(root)
+    assert set(index.files) == {"a/b.pdf", "a/c.pdf"}  # symlinked folders not entered, links out skipped
+    for stored in STORED_CASES:
+        try:
+            expected = safe_path(root, stored)
+        except RuntimeError:  # a symlink loop, as pathlib reports it
+            with pytest.raises(RuntimeError):
+                index.resolve(stored)
+            continue
+        got = index.resolve(stored)
+        assert got == expected, stored
+        assert index.safe(stored) == (expected is not None), stored
+        if expected is not None:
+            assert index.is_file(stored, got) == expected.is_file(), stored
+            if expected.is_file():
+                assert index.sha256(stored, got) == sha(expected), stored

@@ -102,8 +102,9 @@ def seal(folder: Path, manifest: dict[str, Any]) -> None:
     """Hash every bundle file into the manifest, then write manifest.json and manifest.sha256."""
     from concurrent.futures import ThreadPoolExecutor
 
-    todo = [p for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.name not in ("manifest.json", "manifest.sha256") and not p.name.endswith(".tmp")]
+    # exactly what open_bundle verifies (every name: an upload may well be called "x.tmp")
+    todo = [folder / rel for rel in sorted(_content_files(folder))
+            if rel not in ("manifest.json", "manifest.sha256") and (folder / rel).is_file()]
     with ThreadPoolExecutor(max_workers=4, thread_name_prefix="recovery-seal") as pool:  # hashlib drops the GIL
         digests = list(pool.map(sha256_file, todo))
     manifest["hashes"] = {p.relative_to(folder).as_posix(): d for p, d in zip(todo, digests)}

@@ -419,6 +419,25 @@ def test_unrecorded_file_is_carried_and_restored(world_copy: Path, tmp_path: Pat
     assert {o["path"] for o in report["orphans"]} == {"parts/loose/notes.txt"}
 
 
+def test_an_upload_named_like_a_temporary_file_is_sealed_and_restored(world_copy: Path, tmp_path: Path,
+                                                                      applied: Path) -> None:
+    """The bundle seals every copied file whatever its name (``*.tmp`` was once skipped by the
+    seal, and then refused by open_bundle as 'added after extraction')."""
+    db, _, uploads = paths(world_copy)
+    extra = uploads / "parts" / "loose" / "scan.tmp"
+    extra.parent.mkdir(parents=True)
+    extra.write_bytes(b"a scanner's file name")
+    os.utime(extra, (AFTER_DEPLOY, AFTER_DEPLOY))
+    bundle = tmp_path / "bundle"
+    fast_extract(world_copy, bundle)
+    manifest = open_bundle(bundle).manifest
+    assert "files/_unrecorded/parts/loose/scan.tmp" in manifest["hashes"]
+    restore_atomically(applied, db)
+    extra.unlink()
+    relink(bundle, db, uploads)
+    assert extra.read_bytes() == b"a scanner's file name"
+
+
 def test_uploads_state_against_the_snapshot_manifest(world_copy: Path) -> None:
     db, backup, uploads = paths(world_copy)
     post = {f["path"] for f in truth(world_copy)["files"]}

@@ -12,7 +12,10 @@ Everything happens inside one ``BEGIN IMMEDIATE`` transaction on the target, wit
    ``ON DELETE CASCADE`` parent skips the parent: a quote never lands without its items);
 4. apply — inserts parents first, the column-wise three-way UPDATE, deletes only on request;
    ``_recovery_applied`` records the bundle id so a second run is a no-op;
-5. check — ``PRAGMA foreign_key_check`` inside the transaction; any problem rolls everything back.
+5. check — :func:`merge_and_check`: every foreign key of every row the re-import wrote (inserted,
+   updated, or a child of a row it deleted or whose referenced columns it changed) must resolve,
+   checked set-based over the staged keys instead of a ``PRAGMA foreign_key_check`` of the whole
+   file; any problem rolls everything back. The full pragma stays in :mod:`recovery.verify`.
 """
 from __future__ import annotations
 
@@ -65,6 +68,79 @@ def _in(value: exp.Expression, query: exp.Select) -> exp.Expression:
     return exp.In(this=value, query=query.subquery())
 
 
+def _rowid(alias: str) -> exp.Column:
+    return exp.Column(this=exp.to_identifier("rowid"), table=exp.to_identifier(alias, quoted=True))
+
+
+def _rid_table(name: exp.Table) -> exp.Create:
+    """``CREATE TABLE name (rid INTEGER PRIMARY KEY)``: a set of rowids."""
+    return exp.Create(kind="TABLE", this=exp.Schema(this=name, expressions=[
+        exp.ColumnDef(this=exp.to_identifier("rid"), kind=exp.DataType.build("INTEGER"),
+                      constraints=[exp.ColumnConstraint(kind=exp.PrimaryKeyColumnConstraint())])]))
+
+
+@dataclass(frozen=True)
+class TargetFk:
+    """One foreign key as the target database itself declares it (``PRAGMA foreign_key_list``), which
+    is what ``PRAGMA foreign_key_check`` enforces: ``id`` is the number that pragma reports."""
+
+    table: str
+    id: int
+    parent: str
+    columns: tuple[str, ...]
+    ref_columns: tuple[str, ...]
+    parent_exists: bool
+    """False also when the parent's key columns cannot be resolved: then every row setting the key
+    is reported (where the pragma itself would fail with "foreign key mismatch")."""
+
+    def link(self, child: str, parent: str) -> exp.Expression:
+        """``parent.ref = child.col AND …`` — the parent column on the left, so its collation rules."""
+        return and_all(exp.EQ(this=col(pc, parent), expression=col(cc, child))
+                       for pc, cc in zip(self.ref_columns, self.columns, strict=True))
+
+    def dangling(self, child: str) -> exp.Expression:
+        """Row ``child`` violates this key: every key column set and no parent row has the values
+        (every such row when the parent table does not exist, as the pragma reports it)."""
+        notnull = [exp.Not(this=exp.Is(this=col(c, child), expression=exp.Null())) for c in self.columns]
+        if not self.parent_exists:
+            return and_all(notnull)
+        orphan = exp.Not(this=exp.Exists(this=exp.select("1").from_(table(self.parent, "main", "p")).where(
+            self.link(child, "p"))))
+        return and_all([*notnull, orphan])
+
+
+def target_foreign_keys(conn: sqlite3.Connection) -> dict[str, tuple[TargetFk, ...]]:
+    """Every foreign key declared in ``main``, by child table (sorted), read from SQLite's catalog."""
+    master = table("sqlite_master", "main")
+    names = [r[0] for r in conn.execute(sql(exp.select(col("name")).from_(master).where(
+        exp.EQ(this=col("type"), expression=_lit("table"))))) if not r[0].startswith("sqlite_")]
+    lower = {n.lower() for n in names}
+    fk_list = exp.select(col("id"), col("table"), col("from"), col("to")).from_(exp.Anonymous(
+        this="pragma_foreign_key_list", expressions=[exp.Placeholder(), _lit("main")])).order_by(col("id"), col("seq"))
+    pk_list = exp.select(col("name")).from_(exp.Anonymous(
+        this="pragma_table_info", expressions=[exp.Placeholder(), _lit("main")])).where(
+        exp.GT(this=col("pk"), expression=exp.Literal.number(0))).order_by(col("pk"))
+    out: dict[str, tuple[TargetFk, ...]] = {}
+    for name in sorted(names):
+        groups: dict[int, list[tuple[str, str, str | None]]] = {}
+        for fid, parent, frm, to in conn.execute(sql(fk_list), (name,)):
+            groups.setdefault(fid, []).append((parent, frm, to))
+        fks = []
+        for fid, parts in sorted(groups.items()):
+            parent = parts[0][0]
+            exists = parent.lower() in lower
+            refs = tuple(to for _, _, to in parts)
+            if any(r is None for r in refs):  # the parent's primary key is meant
+                refs = tuple(r[0] for r in conn.execute(sql(pk_list), (parent,))) if exists else ()
+            # a key whose parent columns cannot be resolved (SQLite: "foreign key mismatch") is
+            # treated like a missing parent table: every row that sets it is a problem
+            usable = exists and len(refs) == len(parts)
+            fks.append(TargetFk(name, fid, parent, tuple(f for _, f, _ in parts), refs if usable else (), usable))
+        if fks:
+            out[name] = tuple(fks)
+    return out
+
+
 @dataclass
 class Merge:
     """One re-import in progress on an open target connection (inside its transaction)."""
@@ -83,6 +159,14 @@ class Merge:
     whose key is present is the same record, transpiled by the app's own downgrade."""
     present: set[tuple[str, int]] = field(default_factory=set)
     """(table, staged rowid) of bundle rows already in the target, skipped as no-ops."""
+    fks: dict[str, tuple[TargetFk, ...]] | None = None
+    """The target's own foreign keys by child table (read on first use)."""
+    watched: set[str] = field(default_factory=set)
+    """Tables with a ``chk:<t>`` TEMP table: rowids of rows whose foreign keys the check reads."""
+    full: set[tuple[str, int]] = field(default_factory=set)
+    """(child table, fk id) the check reads over the whole table (a WITHOUT ROWID table is involved)."""
+    rowid_tables: dict[str, bool] = field(default_factory=dict)
+    """Table name → has a rowid (False: WITHOUT ROWID)."""
 
     # ---- helpers -------------------------------------------------------------------------
     def run(self, stmt: exp.Expression, params: tuple[Any, ...] = ()) -> sqlite3.Cursor:
@@ -107,6 +191,93 @@ class Merge:
     def skip(self, name: str, rid_query: exp.Select) -> int:
         stmt = exp.Insert(this=_t("skip", name), expression=rid_query, alternative="IGNORE")
         return self.run(stmt).rowcount
+
+    # ---- foreign keys of what the re-import writes ------------------------------------------
+    def target_fks(self) -> dict[str, tuple[TargetFk, ...]]:
+        if self.fks is None:
+            self.fks = target_foreign_keys(self.conn)
+        return self.fks
+
+    def fks_into(self, parent: str) -> list[TargetFk]:
+        return [fk for fks in self.target_fks().values() for fk in fks
+                if fk.parent_exists and fk.parent.lower() == parent.lower()]
+
+    def has_rowid(self, name: str) -> bool:
+        if name not in self.rowid_tables:
+            try:
+                self.conn.execute(sql(exp.select(_rowid("t")).from_(table(name, "main", "t")).limit(0)))
+                self.rowid_tables[name] = True
+            except sqlite3.OperationalError:  # WITHOUT ROWID
+                self.rowid_tables[name] = False
+        return self.rowid_tables[name]
+
+    def watch(self, name: str, rowids: exp.Select) -> None:
+        """Add the rowids ``rowids`` selects to the rows of ``name`` whose foreign keys are checked."""
+        if name not in self.watched:
+            self.run(_rid_table(_t("chk", name)))
+            self.watched.add(name)
+        self.run(exp.Insert(this=_t("chk", name), expression=rowids, alternative="IGNORE"))
+
+    def watch_children(self, parent: str, parent_rowids: exp.Select, columns: set[str] | None = None) -> None:
+        """Before rows of ``parent`` (``parent_rowids``) are deleted, or their ``columns`` changed:
+        remember every row referencing one of them through a key on those columns, so the check
+        proves it still has a parent afterwards (the delete's own guard is thereby checked too)."""
+        for fk in self.fks_into(parent):
+            if columns is not None and not {c.lower() for c in fk.ref_columns} & columns:
+                continue
+            if not (self.has_rowid(parent) and self.has_rowid(fk.table)):
+                self.full.add((fk.table, fk.id))
+                continue
+            self.watch(fk.table, exp.select(_rowid("c")).from_(table(parent, "main", "p")).join(
+                table(fk.table, "main", "c"), on=fk.link("c", "p")).where(_in(_rowid("p"), parent_rowids)))
+
+    def written(self, name: str) -> list[exp.Select]:
+        """Queries selecting (as ``c``, rowid first) the rows of ``name`` the check must read: rows
+        inserted (staged, not skipped), rows updated (staged, not skipped) and watched rows."""
+        sources = []
+        tp = self.plan.table(name)
+        if tp is not None and tp.insert_select is not None:
+            t = self.old(name)
+            sources.append(exp.select(_rowid("c")).from_(exp.alias_(_t("ins", name), "s")).join(
+                table(name, "main", "c"), on=and_all(is_same(col(k, "c"), col(k, "s")) for k in t.key)).where(
+                exp.Not(this=_in(_rowid("s"), exp.select("rid").from_(_t("skip", name))))))
+            if self.moving_columns(tp):
+                sources.append(exp.select(_rowid("c")).from_(exp.alias_(_t("upd", name), "u")).join(
+                    table(name, "main", "c"), on=and_all(exp.EQ(this=col(k, "c"), expression=col(f"key_{i}", "u"))
+                                                         for i, k in enumerate(t.key))).where(
+                    exp.Not(this=_in(_rowid("u"), exp.select("rid").from_(_t("uskip", name))))))
+        if name in self.watched:
+            sources.append(exp.select(_rowid("c")).from_(table(name, "main", "c")).where(
+                _in(_rowid("c"), exp.select("rid").from_(_t("chk", name)))))
+        return sources
+
+    def fk_problems(self, limit: int = 20) -> list[dict[str, Any]]:
+        """What ``PRAGMA foreign_key_check`` reports for the rows this re-import wrote, in its shape:
+        every foreign key (as the target declares it) of every inserted or updated row, and of every
+        row referencing a row the re-import deleted or re-keyed. Call after :meth:`apply`.
+
+        One pass per source of written rows reads all of a table's keys; each row's parents are
+        probed by their key (a primary key or unique index), so the cost follows the rows written,
+        not the size of the database."""
+        found: set[tuple[str, Any, str, int]] = set()
+        for name, table_fks in self.target_fks().items():
+            if not self.has_rowid(name) and self.written(name):
+                self.full.update((name, fk.id) for fk in table_fks)
+            for fk in table_fks:
+                if (name, fk.id) in self.full:
+                    rid: exp.Expression = _rowid("c") if self.has_rowid(name) else exp.Null()
+                    q = exp.select(rid).from_(table(name, "main", "c")).where(fk.dangling("c")).limit(limit)
+                    found.update((name, r, fk.parent, fk.id) for (r,) in self.rows(q))
+            keys = [fk for fk in table_fks if (name, fk.id) not in self.full]
+            if not keys or not self.has_rowid(name):
+                continue
+            for source in self.written(name):
+                q = source.select(*[fk.dangling("c") for fk in keys]).where(
+                    or_all(fk.dangling("c") for fk in keys)).limit(limit)
+                for rid, *bad in self.rows(q):
+                    found.update((name, rid, fk.parent, fk.id) for fk, b in zip(keys, bad, strict=True) if b)
+        ordered = sorted(found, key=lambda p: (p[0], p[1] is None, p[1] or 0, p[3]))[:limit]
+        return [{"table": t, "rowid": r, "parent": p, "fk": f} for t, r, p, f in ordered]
 
     # ---- 1. stage --------------------------------------------------------------------------
     def stage(self) -> None:
@@ -276,28 +447,44 @@ class Merge:
             self.conflict(Conflict("update_deleted", tp.table, tuple(k), "skipped",
                                    detail="changed after the deploy but deleted in the target since"))
             self.run(exp.Insert(this=_t("uskip", tp.table), expression=exp.select(exp.Literal.number(rid))))
-        for i, name in enumerate(tp.updatable):
+        # every column in one pass over the updated rows; conflicts listed column by column as before
+        nk, per_column, flags = len(t.key), [], []
+        for i in self.moving_columns(tp):
+            name = tp.updatable[i]
             theirs, base, ours = col(f"theirs_{i}", "u"), col(f"base_{i}", "u"), col(name, "t")
-            q = exp.select(*[col(f"key_{j}", "u") for j in range(len(t.key))], self.label(t, "t"),
-                           theirs.copy(), ours.copy(), base.copy()).from_(exp.alias_(_t("upd", tp.table), "u")).join(
-                table(tp.table, "main", "t"), on=key_match).where(and_all([
-                    is_distinct(theirs, base), is_distinct(ours, base.copy()), is_distinct(ours.copy(), theirs.copy()),
-                    *([exp.Not(this=exp.Is(this=theirs.copy(), expression=exp.Null()))]
-                      if not t.column(name).nullable else [])]))
-            if not t.column(name).nullable:  # a NULL the old schema cannot hold: keep the target's value
-                nq = exp.select(*[col(f"key_{j}", "u") for j in range(len(t.key))], self.label(t, "t"),
-                                ours.copy(), base.copy()).from_(exp.alias_(_t("upd", tp.table), "u")).join(
-                    table(tp.table, "main", "t"), on=key_match.copy()).where(and_all([
-                        exp.Is(this=theirs.copy(), expression=exp.Null()), is_distinct(theirs.copy(), base.copy())]))
-                for *k, label, ou, ba in self.rows(nq):
-                    self.conflict(Conflict("constraint", tp.table, tuple(k), "kept_target", column=name,
-                                           target_value=ou, base_value=ba, label=label,
-                                           detail=f"{name} became NULL after the deploy; NOT NULL in the old schema"))
-            resolution = "kept_target" if self.prefer is Prefer.DB else "applied"
-            for *k, label, th, ou, ba in self.rows(q):
-                self.conflict(Conflict("update_update", tp.table, tuple(k), resolution, column=name, bundle_value=th,
-                                       target_value=ou, base_value=ba, label=label,
-                                       detail="changed after the deploy and, differently, in the target since"))
+            clash = [is_distinct(theirs, base), is_distinct(ours, base.copy()), is_distinct(ours.copy(), theirs.copy())]
+            if t.column(name).nullable:
+                nulled = None
+            else:  # a NULL the old schema cannot hold: keep the target's value
+                clash.append(exp.Not(this=exp.Is(this=theirs.copy(), expression=exp.Null())))
+                nulled = and_all([exp.Is(this=theirs.copy(), expression=exp.Null()),
+                                  is_distinct(theirs.copy(), base.copy())])
+            per_column.append((name, [theirs.copy(), ours.copy(), base.copy(), and_all(clash)]
+                               + ([nulled] if nulled is not None else [])))
+            flags += [and_all(clash).copy()] + ([nulled.copy()] if nulled is not None else [])
+        if not per_column:
+            return
+        q = exp.select(*[col(f"key_{j}", "u") for j in range(nk)], self.label(t, "t"),
+                       *[e for _, exprs in per_column for e in exprs]).from_(exp.alias_(_t("upd", tp.table), "u")).join(
+            table(tp.table, "main", "t"), on=key_match.copy()).where(or_all(flags))
+        found = self.rows(q)
+        resolution = "kept_target" if self.prefer is Prefer.DB else "applied"
+        at = nk + 1
+        for name, exprs in per_column:
+            if len(exprs) == 5:
+                for row in found:
+                    if row[at + 4]:
+                        self.conflict(Conflict(
+                            "constraint", tp.table, tuple(row[:nk]), "kept_target", column=name,
+                            target_value=row[at + 1], base_value=row[at + 2], label=row[nk],
+                            detail=f"{name} became NULL after the deploy; NOT NULL in the old schema"))
+            for row in found:
+                if row[at + 3]:
+                    self.conflict(Conflict(
+                        "update_update", tp.table, tuple(row[:nk]), resolution, column=name, bundle_value=row[at],
+                        target_value=row[at + 1], base_value=row[at + 2], label=row[nk],
+                        detail="changed after the deploy and, differently, in the target since"))
+            at += len(exprs)
 
     def propagate_skips(self) -> None:
         """Skip whole units: children of skipped parents; cascade-owned children's parents."""
@@ -416,12 +603,24 @@ class Merge:
             self.apply_updates(tp)
         self.deletes(apply_deletes)
 
-    def apply_updates(self, tp: TablePlan) -> None:
+    def moving_columns(self, tp: TablePlan) -> list[int]:
+        """Indexes of the updatable columns some bundle row changed (theirs differs from base): only
+        those can take a new value, so only they are SET — SQLite then leaves alone every index
+        on the others (a SET column is re-indexed in every updated row, changed or not)."""
         if not tp.updatable:
+            return []
+        q = exp.select(*[exp.func("max", is_distinct(col(f"theirs_{i}"), col(f"base_{i}")))
+                         for i in range(len(tp.updatable))]).from_(_t("upd", tp.table))
+        return [i for i, moved in enumerate(self.rows(q)[0]) if moved]
+
+    def apply_updates(self, tp: TablePlan) -> None:
+        moving = self.moving_columns(tp)
+        if not moving:
             return
         t = self.old(tp.table)
         sets, changes = [], []
-        for i, name in enumerate(tp.updatable):
+        for i in moving:
+            name = tp.updatable[i]
             theirs, base, ours = col(f"theirs_{i}", "u"), col(f"base_{i}", "u"), col(name, tp.table)
             take = and_all([is_distinct(theirs, base), is_same(ours, base.copy())])
             if self.prefer is Prefer.BUNDLE:
@@ -432,6 +631,15 @@ class Merge:
                                                                    default=ours.copy())))
             changes.append(take.copy())
         live = exp.select("*").from_(exp.alias_(_t("upd", tp.table), "x")).where(exp.Not(this=_in(exp.column("rowid", "x"), exp.select("rid").from_(_t("uskip", tp.table)))))
+        if self.has_rowid(tp.table):  # rows whose referenced (unique, non-key) columns may change
+            rows = exp.select(_rowid("t")).from_(exp.alias_(_t("upd", tp.table), "u")).join(
+                table(tp.table, "main", "t"), on=and_all(exp.EQ(this=col(k, "t"), expression=col(f"key_{i}", "u"))
+                                                         for i, k in enumerate(t.key))).where(
+                exp.Not(this=_in(_rowid("u"), exp.select("rid").from_(_t("uskip", tp.table)))))
+            self.watch_children(tp.table, rows, {tp.updatable[i].lower() for i in moving})
+        else:
+            self.full.update((fk.table, fk.id) for fk in self.fks_into(tp.table)
+                             if {c.lower() for c in fk.ref_columns} & {tp.updatable[i].lower() for i in moving})
         where = and_all([*(exp.EQ(this=col(k, tp.table), expression=col(f"key_{i}", "u")) for i, k in enumerate(t.key)),
                          or_all(changes)])
         upd = exp.Update(this=table(tp.table, "main"), expressions=sets,
@@ -454,7 +662,6 @@ class Merge:
             if self.bundle.counts.get(name, {}).get("deleted", 0) == 0:
                 continue
             same = and_all(is_same(col(c, "t"), col(c, "d")) for c in t.column_names)
-            key_match = and_all(is_same(col(k, "t"), col(k, "d")) for k in t.key)
             q = exp.select(*[col(k, "d") for k in t.key], self.label(t, "d"),
                            exp.Exists(this=exp.select("1").from_(table(name, "main", "t")).where(same))).from_(
                 table(name, BASE_DB, "d")).where(exp.EQ(this=col(KIND, "d"), expression=_lit("deleted")))
@@ -464,19 +671,35 @@ class Merge:
                                                         "unchanged_since_backup": bool(row[nk + 1])})
             if not apply:
                 continue
-            referenced = []
-            for child_name, child in self.bundle.old.tables.items():
-                for fk in child.foreign_keys:
-                    if fk.ref_table == name:
-                        referenced.append(exp.Exists(this=exp.select("1").from_(table(child_name, "main", "c")).where(
-                            and_all(is_same(col(cc, "c"), col(pc, name)) for cc, pc in zip(fk.columns, fk.ref_columns, strict=True)))))
-            cond = exp.Exists(this=exp.select("1").from_(table(name, BASE_DB, "d")).where(and_all([
-                exp.EQ(this=col(KIND, "d"), expression=_lit("deleted")),
-                *(is_same(col(c, "d"), col(c, name)) for c in t.column_names)])))
-            where = and_all([cond, *(exp.Not(this=r) for r in referenced)])
-            self.outcome.tables.setdefault(name, TableOutcome(name)).deleted = self.run(
-                exp.Delete(this=table(name, "main"), where=exp.Where(this=where))).rowcount
-            _ = key_match
+            self.outcome.tables.setdefault(name, TableOutcome(name)).deleted = self.delete_unreferenced(name)
+
+    def delete_unreferenced(self, name: str) -> int:
+        """Delete the rows of ``name`` identical to a row deleted after the deploy that no row
+        references; the children of every deleted row are remembered for the check."""
+        t = self.old(name)
+        referenced = []
+        for child_name, child in self.bundle.old.tables.items():
+            for fk in child.foreign_keys:
+                if fk.ref_table == name:
+                    refs = zip(fk.columns, fk.ref_columns, strict=True)
+                    referenced.append(exp.Exists(this=exp.select("1").from_(table(child_name, "main", "c")).where(
+                        and_all(is_same(col(cc, "c"), col(pc, "t")) for cc, pc in refs))))
+        deleted = exp.EQ(this=col(KIND, "d"), expression=_lit("deleted"))
+        same = and_all(is_same(col(c, "t"), col(c, "d")) for c in t.column_names)
+        unreferenced = [exp.Not(this=r) for r in referenced]
+        if not self.has_rowid(name):  # no rowids to remember: the check reads these children in full
+            self.full.update((fk.table, fk.id) for fk in self.fks_into(name))
+            cond = exp.Exists(this=exp.select("1").from_(table(name, BASE_DB, "d")).where(and_all([deleted, same])))
+            return self.run(exp.Delete(this=table(name, "main", "t"), where=exp.Where(
+                this=and_all([cond, *unreferenced])))).rowcount
+        doomed = _t("del", name)
+        self.run(_rid_table(doomed))
+        self.run(exp.Insert(this=doomed, alternative="IGNORE", expression=exp.select(_rowid("t")).from_(
+            table(name, BASE_DB, "d")).join(table(name, "main", "t"), on=same).where(
+            and_all([deleted, *unreferenced]))))
+        self.watch_children(name, exp.select("rid").from_(doomed))
+        return self.run(exp.Delete(this=table(name, "main"), where=exp.Where(
+            this=_in(exp.column("rowid"), exp.select("rid").from_(doomed))))).rowcount
 
 
 def check_target_schema(bundle: Bundle, target: Schema) -> None:
@@ -534,12 +757,34 @@ def merge_into(
     """Stage, detect, resolve and apply the bundle on ``conn`` (bundle attached, transaction open).
     ``target`` is the target's reflected schema (reflected on another connection: SQLAlchemy may
     reset a connection's transaction state). The caller commits or rolls back."""
+    return _merge(conn, bundle, policy, prefer, apply_deletes, files, target_name, dry_run, target, in_place)[0]
+
+
+def merge_and_check(
+    conn: sqlite3.Connection, bundle: Bundle, policy: ConflictPolicy, prefer: Prefer, apply_deletes: bool,
+    files: FilesConfig, target_name: str, dry_run: bool, target: Schema, in_place: bool = False,
+    limit: int = 20,
+) -> tuple[Outcome, list[dict[str, Any]]]:
+    """:func:`merge_into`, then the foreign-key check of what it wrote (:meth:`Merge.fk_problems`):
+    the problems ``PRAGMA foreign_key_check`` would report for those rows, in its shape
+    (``{"table", "rowid", "parent", "fk"}``, at most ``limit``); empty when nothing was written
+    (already applied, aborted). The caller commits only when the list is empty."""
+    outcome, m = _merge(conn, bundle, policy, prefer, apply_deletes, files, target_name, dry_run, target, in_place)
+    if m is None or outcome.aborted:
+        return outcome, []
+    return outcome, m.fk_problems(limit)
+
+
+def _merge(
+    conn: sqlite3.Connection, bundle: Bundle, policy: ConflictPolicy, prefer: Prefer, apply_deletes: bool,
+    files: FilesConfig, target_name: str, dry_run: bool, target: Schema, in_place: bool,
+) -> tuple[Outcome, Merge | None]:
     check_target_schema(bundle, target)
     outcome = Outcome(bundle.bundle_id, target_name, policy.value, dry_run)
     outcome.lost = load_lost(conn)
     if already_applied(conn, bundle.bundle_id):
         outcome.already_applied = True
-        return outcome
+        return outcome, None
     p = make_plan(bundle.old, bundle.new, bundle.mapping, bundle.tables_with_rows())
     if p.errors:
         raise RecoveryError("the plan has errors, nothing was changed: " + "; ".join(p.errors),
@@ -561,7 +806,7 @@ def merge_into(
     m.collect_skipped()
     if policy is ConflictPolicy.ABORT and outcome.conflicts:
         outcome.aborted = True
-        return outcome
+        return outcome, m
     m.apply(apply_deletes)
     for name, c in bundle.counts.items():
         if name in outcome.tables:
@@ -570,7 +815,7 @@ def merge_into(
     record_applied(m)
     for name in bundle.old.data_tables:
         outcome.tables[name].rows_after = _count(conn, name)
-    return outcome
+    return outcome, m
 
 
 def _count(conn: sqlite3.Connection, name: str) -> int:

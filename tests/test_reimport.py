@@ -292,3 +292,42 @@ def test_restore_atomically_then_reimport_in_the_library(bundle: Path, world_cop
     assert not (world_copy / "gestima.db-wal").exists() or (world_copy / "gestima.db-wal").stat().st_size == 0
     res = reimport(bundle, db, tmp_path / "run", on_conflict=ConflictPolicy.ABORT)
     assert res.outcome is not None and not res.outcome.aborted and res.outcome.verification["ok"]
+
+
+ITEMS_OLD = ("CREATE TABLE item (id INTEGER PRIMARY KEY, a TEXT NOT NULL, b TEXT, c INTEGER NOT NULL);"
+             "INSERT INTO item VALUES (1, 'a1', 'b1', 1), (2, 'a2', 'b2', 2), (3, 'a3', 'b3', 3), (4, 'a4', 'b4', 4);")
+ITEMS_NEW = ("CREATE TABLE item2 (id INTEGER PRIMARY KEY, a TEXT, b TEXT, c INTEGER NOT NULL);"  # a became nullable
+             "INSERT INTO item2 SELECT * FROM item; DROP TABLE item; ALTER TABLE item2 RENAME TO item;")
+
+
+def test_update_conflicts_are_listed_column_by_column(tmp_path: Path) -> None:
+    backup, live = tmp_path / "app.db.bak.20261120_140000", tmp_path / "app.db"
+    for db, script in ((backup, ITEMS_OLD), (live, ITEMS_OLD + ITEMS_NEW
+                                               + "UPDATE item SET a = NULL, b = 'B1' WHERE id = 1;"
+                                               + "UPDATE item SET b = 'B2', c = 20 WHERE id = 2;"
+                                               + "UPDATE item SET a = 'A3', b = 'B3' WHERE id = 3;"
+                                               + "UPDATE item SET c = 40 WHERE id = 4;")):
+        with sqlite3.connect(db) as c:
+            c.executescript(script)
+        c.close()
+    extract(backup, live, tmp_path / "b")
+    target = tmp_path / "t" / "app.db"
+    target.parent.mkdir()
+    shutil.copyfile(backup, target)
+    old_app(target, "UPDATE item SET b = 'x1' WHERE id = 1; UPDATE item SET c = 200 WHERE id = 2;"
+                    "UPDATE item SET a = 'x3', b = 'y3' WHERE id = 3;")
+    res = reimport(tmp_path / "b", target, tmp_path / "run")
+    assert res.outcome is not None
+    got = [(c.kind, c.key[0], c.column, c.resolution, c.bundle_value, c.target_value, c.base_value)
+           for c in res.outcome.conflicts]
+    assert got == [
+        ("constraint", 1, "a", "kept_target", None, "a1", "a1"),
+        ("update_update", 3, "a", "kept_target", "A3", "x3", "a3"),
+        ("update_update", 1, "b", "kept_target", "B1", "x1", "b1"),
+        ("update_update", 3, "b", "kept_target", "B3", "y3", "b3"),
+        ("update_update", 2, "c", "kept_target", 20, 200, 2),
+    ]
+    with ro(target) as c:  # kept the target's values; took the uncontested ones (b of 2, c of 4)
+        assert c.execute("SELECT * FROM item ORDER BY id").fetchall() == [
+            (1, "a1", "x1", 1), (2, "a2", "B2", 200), (3, "x3", "y3", 3), (4, "a4", "b4", 40)]
+    assert res.outcome.tables["item"].updated == 2

@@ -28,11 +28,11 @@ from recovery.bundle import Bundle, open_bundle, write_json_atomic
 from recovery.errors import ExitCode, RecoveryError
 from recovery.files import FilesConfig
 from recovery.outcome import ConflictPolicy, Outcome, Prefer
-from recovery.reimport import attach_bundle, check_target_schema, merge_into, open_target
+from recovery.reimport import attach_bundle, check_target_schema, merge_and_check, open_target
 from recovery.schema import alembic_revision, reflect
 from recovery.sqlite_io import (check_sqlite_file, consistent_copy, fsync_dir, is_wal_file, readonly, sha256_file,
                                 sidecars, wait_for_write_lock, write_lock_held)
-from recovery.verify import foreign_key_problems, verify
+from recovery.verify import verify_file
 
 STEPS = ("probe", "safety", "extract", "restore", "reimport", "relink", "verify", "report")
 KILL_STEP_ENV = "RECOVERY_TEST_KILL_AT_STEP"
@@ -69,12 +69,13 @@ def _reimport_into(
         attach_bundle(conn, bundle)
         wait_for_write_lock(conn, busy_timeout)
         try:
-            outcome = merge_into(conn, bundle, policy, prefer, apply_deletes, files, label, dry_run, target_schema,
-                                 in_place)
+            # the FK check of what the merge wrote (inserted/updated rows, children of deleted or
+            # re-keyed parents); the whole-file check is verify's, after the commit
+            outcome, problems = merge_and_check(conn, bundle, policy, prefer, apply_deletes, files, label, dry_run,
+                                                target_schema, in_place)
             if outcome.aborted:
                 conn.execute("ROLLBACK")
                 return outcome
-            problems = foreign_key_problems(conn)
             if problems:
                 raise RecoveryError(f"foreign key check failed after re-import ({problems[0]}); rolled back",
                                     "nothing was changed; report this with the bundle", ExitCode.FAILED)
@@ -83,11 +84,11 @@ def _reimport_into(
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        if check_after:  # rollback verifies in its own journaled step instead
-            outcome.verification = verify(conn, outcome, bundle.old.alembic_revision)
-        return outcome
     finally:
         conn.close()
+    if check_after:  # rollback verifies in its own journaled step instead
+        outcome.verification = verify_file(target, outcome, bundle.old.alembic_revision, role="target database")
+    return outcome
 
 
 def reimport(
@@ -400,8 +401,7 @@ def rollback(
         journal.mark("relink", "done")
     if not journal.done("verify"):
         journal.mark("verify", "start")
-        with readonly(db_p, "live database") as conn:
-            outcome.verification = verify(conn, outcome, bundle.old.alembic_revision)
+        outcome.verification = verify_file(db_p, outcome, bundle.old.alembic_revision, role="live database")
         _save_outcome(run_dir, outcome)
         journal.mark("verify", "done", ok=outcome.verification.get("ok"))
     from recovery.report import write_run_files

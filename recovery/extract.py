@@ -23,7 +23,7 @@ from recovery.bundle import FORMAT, LOST_TABLE, Bundle, bundle_id_for, open_bund
 from recovery.changes import TableSides, deleted_query, inserted_query, sides, updated_condition
 from recovery.diff import Analysis, analyse
 from recovery.errors import RecoveryError
-from recovery.files import FilesConfig, copy_files_into_bundle
+from recovery.files import FilesConfig, UploadsIndex, copy_files_into_bundle
 from recovery.schema import Schema, Table
 from recovery.sqlbuild import and_all, col, is_distinct, is_same, or_all, sql, table
 from recovery.sqlite_io import fsync_dir, sha256_file, sidecars
@@ -310,6 +310,8 @@ def extract(
     hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recovery-hash")
     backup_sha = hasher.submit(sha256_file, Path(backup))
     live_print = hasher.submit(live_fingerprint, Path(live))
+    # and walk the uploads folder (the copy after the SQL asks the walk which files exist)
+    walk = hasher.submit(UploadsIndex, Path(uploads)) if uploads is not None and Path(uploads).is_dir() else None
     hasher.shutdown(wait=False)
     try:
         with analyse(backup, live, since, mapping, lineage) as a:
@@ -329,7 +331,8 @@ def extract(
             has_rows = {t for t, c in counts.items() if c["inserted"] + c["updated"] + c.get("closure", 0)}
             has_deletes = {t for t, c in counts.items() if c["deleted"]}
             p = make_plan(a.old, a.new, a.mapping, has_rows, has_deletes)
-            file_report = copy_files_into_bundle(work, uploads, backup, files) if uploads else None
+            file_report = (copy_files_into_bundle(work, uploads, backup, files, walk.result() if walk else None)
+                           if uploads else None)
             manifest: dict[str, Any] = {
                 "format": FORMAT,
                 "tool_version": __version__,
@@ -354,8 +357,9 @@ def extract(
         os.replace(work, out_p) if not out_p.exists() else _move_into(work, out_p)
         fsync_dir(out_p.parent)
     except BaseException:
-        for f in (backup_sha, live_print):  # never delete the folder under a running job
-            f.cancel() or f.exception()
+        for f in (backup_sha, live_print, walk):  # no job outlives a failed extract
+            if f is not None and not f.cancel():
+                f.exception()
         shutil.rmtree(work, ignore_errors=True)
         raise
     return ExtractResult(open_bundle(out_p, verify=False), p, manifest["deploy_time"])  # sealed just above

@@ -306,6 +306,7 @@ def _fsync_paths(paths: list[str]) -> None:
 
 def copy_files_into_bundle(
     work: Path, uploads: str | os.PathLike[str], backup: str | os.PathLike[str], cfg: FilesConfig,
+    index: UploadsIndex | None = None,
 ) -> dict[str, object]:
     """Copy into ``work/files/`` every file a bundle ``file_records`` row references, and every file
     on disk added since the backup that no record references, so the bundle alone can bring them back.
@@ -313,7 +314,8 @@ def copy_files_into_bundle(
     bundle in (see :class:`_BundleWriter`); every copy is hashed and fsynced before this returns.
 
     The uploads folder is walked once: the walk answers which stored paths are plain files inside
-    the root (any other is resolved on disk, symlinks included) and lists the unrecorded files."""
+    the root (any other is resolved on disk, symlinks included) and lists the unrecorded files.
+    ``index``: that walk, when the caller already made it (extract walks while its SQL runs)."""
     import json
     import sqlite3
 
@@ -325,7 +327,8 @@ def copy_files_into_bundle(
     root = Path(uploads)
     if not root.is_dir():
         raise RecoveryError(f"uploads folder {root} does not exist or is not a folder", "check --uploads")
-    index = UploadsIndex(root)  # the root resolved once, the folder walked once
+    if index is None or index.real != _resolve_str(os.fspath(root)):
+        index = UploadsIndex(root)  # the root resolved once, the folder walked once
     writer = _BundleWriter(work)
     report: dict[str, list[dict[str, object]]] = {"records": [], "unrecorded": [], "unsafe": []}
     referenced: set[str] = set()

@@ -5,25 +5,45 @@ holds only exact counts and a bounded sample.
 * :class:`LostValues` is what ``Outcome.lost`` holds: the first :data:`SAMPLE_LIMIT` values by
   (table, key, column), their exact ``total``, counts per table and column, and ``source``, the
   rows.db that has them all.
-* :func:`iter_lost` streams the list in batches (``lost_values.csv`` is written from it).
+* :func:`iter_lost` streams the list in batches; :func:`iter_csv_rows` streams it already shaped
+  as ``lost_values.csv`` rows (``lost_values.csv`` is written from it).
+
+Every statement here is a sqlglot tree (``recovery.sqlbuild``); the orders are lists of
+expressions, so a caller can pass its own.
 """
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+from sqlglot import exp
+
 from recovery.bundle import LOST_TABLE
+from recovery.sqlbuild import col, sql, table
+
 SAMPLE_LIMIT = 1000
 """At most this many lost values are kept in memory, in ``Outcome.lost`` and in report.json."""
 BATCH = 5000
-TEXT_ORDER = '"table", "key", "column"'
+COLUMNS = ("table", "key", "label", "column", "value", "reason")
+"""The columns of ``_recovery_lost`` and of ``lost_values.csv``, in order."""
+
+
+def _fn(name: str, *args: exp.Expression) -> exp.Expression:
+    return exp.Anonymous(this=name, expressions=list(args))
+
+
+def _json_at(i: int) -> exp.Expression:
+    return _fn("json_extract", col("key"), exp.Literal.string(f"$[{i}]"))
+
+
+TEXT_ORDER: tuple[exp.Expression, ...] = (col("table"), col("key"), col("column"))
 """The order of ``Outcome.lost`` and ``lost_values.csv``: keys as their JSON text."""
-NATURAL_ORDER = ('"table", json_extract("key", \'$[0]\'), json_extract("key", \'$[1]\'), '
-                 'json_extract("key", \'$[2]\'), "key", "column"')
+NATURAL_ORDER: tuple[exp.Expression, ...] = (col("table"), _json_at(0), _json_at(1), _json_at(2), col("key"), col("column"))
 """The report's order: numeric keys numerically (1, 2, 10), as ``report.model`` sorts them."""
 
 
@@ -48,10 +68,6 @@ class LostValues(list):  # type: ignore[type-arg]
         return self.total > len(self)
 
 
-def _q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def parse_key(key: Any) -> list[Any]:
     try:
         k = json.loads(key) if isinstance(key, str) else key
@@ -65,19 +81,25 @@ def as_dict(rec: tuple[Any, ...]) -> dict[str, Any]:
     return {"table": table, "key": parse_key(key), "label": label, "column": column, "value": value, "reason": reason}
 
 
+def lost_table(schema: str = "main", alias: str | None = None) -> exp.Table:
+    return table(LOST_TABLE, schema, alias)
+
+
 def has_lost(conn: sqlite3.Connection, schema: str = "main") -> bool:
-    return conn.execute(f"SELECT 1 FROM {_q(schema)}.sqlite_master WHERE type='table' AND name=?",
-                        (LOST_TABLE,)).fetchone() is not None
+    q = exp.select(exp.Literal.number(1)).from_(table("sqlite_master", schema)).where(exp.and_(
+        exp.EQ(this=col("type"), expression=exp.Literal.string("table")),
+        exp.EQ(this=col("name"), expression=exp.Placeholder())))
+    return conn.execute(sql(q), (LOST_TABLE,)).fetchone() is not None
 
 
-def iter_rows(conn: sqlite3.Connection, schema: str = "main", order: str = TEXT_ORDER,
-              limit: int | None = None, batch: int = BATCH) -> Iterator[tuple[Any, ...]]:
-    """``_recovery_lost`` as (table, key, label, column, value, reason) tuples, fetched in batches."""
-    if not has_lost(conn, schema):
-        return
-    sql = (f'SELECT "table", "key", "label", "column", "value", "reason" FROM {_q(schema)}.{LOST_TABLE} '
-           f"ORDER BY {order}" + (f" LIMIT {int(limit)}" if limit is not None else ""))
-    cur = conn.execute(sql)
+def _select(columns: Sequence[exp.Expression], schema: str, order: Sequence[exp.Expression],
+            limit: int | None) -> exp.Select:
+    q = exp.select(*columns).from_(lost_table(schema)).order_by(*[o.copy() for o in order])
+    return q.limit(int(limit)) if limit is not None else q
+
+
+def _fetch(conn: sqlite3.Connection, q: exp.Expression, batch: int = BATCH) -> Iterator[tuple[Any, ...]]:
+    cur = conn.execute(sql(q))
     try:
         while rows := cur.fetchmany(batch):
             yield from rows
@@ -85,7 +107,15 @@ def iter_rows(conn: sqlite3.Connection, schema: str = "main", order: str = TEXT_
         cur.close()
 
 
-def iter_lost(conn: sqlite3.Connection, schema: str = "main", order: str = TEXT_ORDER,
+def iter_rows(conn: sqlite3.Connection, schema: str = "main", order: Sequence[exp.Expression] = TEXT_ORDER,
+              limit: int | None = None, batch: int = BATCH) -> Iterator[tuple[Any, ...]]:
+    """``_recovery_lost`` as (table, key, label, column, value, reason) tuples, fetched in batches."""
+    if not has_lost(conn, schema):
+        return
+    yield from _fetch(conn, _select([col(c) for c in COLUMNS], schema, order, limit), batch)
+
+
+def iter_lost(conn: sqlite3.Connection, schema: str = "main", order: Sequence[exp.Expression] = TEXT_ORDER,
               limit: int | None = None) -> Iterator[dict[str, Any]]:
     for rec in iter_rows(conn, schema, order, limit):
         yield as_dict(rec)
@@ -95,8 +125,10 @@ def counts(conn: sqlite3.Connection, schema: str = "main") -> dict[str, dict[str
     """{table: {column: n}} of the lost values."""
     out: dict[str, dict[str, int]] = {}
     if has_lost(conn, schema):
-        for t, c, n in conn.execute(f'SELECT "table", "column", count(*) FROM {_q(schema)}.{LOST_TABLE} '
-                                    'GROUP BY 1, 2 ORDER BY 1, 2'):
+        one, two = exp.Literal.number(1), exp.Literal.number(2)
+        q = (exp.select(col("table"), col("column"), exp.Count(this=exp.Star())).from_(lost_table(schema))
+             .group_by(one, two).order_by(one.copy(), two.copy()))
+        for t, c, n in conn.execute(sql(q)):
             out.setdefault(t, {})[c] = n
     return out
 
@@ -115,7 +147,90 @@ def open_ro(path: str | Path) -> sqlite3.Connection:
     return sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True)
 
 
-def stream_file(path: str | Path, order: str = TEXT_ORDER) -> Iterator[dict[str, Any]]:
+def stream_file(path: str | Path, order: Sequence[exp.Expression] = TEXT_ORDER) -> Iterator[dict[str, Any]]:
     """Every lost value of a rows.db, streamed (the connection closes when the iterator ends)."""
     with closing(open_ro(path)) as conn:
         yield from iter_lost(conn, "main", order)
+
+
+# ---------------------------------------------------------------------------------------------
+# lost_values.csv rows, shaped inside SQLite
+
+
+def csv_cell(v: Any) -> Any:
+    """A value as a CSV cell, exactly as ``report.tables.frame(...).to_csv()`` writes it: bytes as
+    0x-hex, lists/dicts as JSON, a one-column key unwrapped, NULL and NaN as an empty cell."""
+    if isinstance(v, bytes):
+        return "0x" + v.hex()
+    if isinstance(v, (list, tuple)):
+        if len(v) == 1 and not isinstance(v[0], (list, dict)):
+            v = v[0]  # unwrapped as it is (pandas writes a bytes key part as str(bytes))
+            return None if isinstance(v, float) and math.isnan(v) else v
+        return json.dumps(list(v), ensure_ascii=False)
+    if isinstance(v, dict):
+        return json.dumps(v, ensure_ascii=False)
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    return v
+
+
+def _sql_cell(e: exp.Expression) -> exp.Expression:
+    """A stored value as its CSV cell, in SQL: blobs as ``0x`` + lower-case hex (SQLite never
+    returns NaN, and every other storage class is written by the csv module as pandas does)."""
+    is_blob = exp.EQ(this=_fn("typeof", e.copy()), expression=exp.Literal.string("blob"))
+    return exp.Case(ifs=[exp.If(this=is_blob, true=exp.DPipe(
+        this=exp.Literal.string("0x"), expression=_fn("lower", _fn("hex", e.copy()))))], default=e.copy())
+
+
+KEY_CELL_FUNCTION = "recovery_lost_key_cell"
+
+
+def _key_cell_udf(key: Any) -> Any:
+    """``csv_cell(parse_key(key))`` as a value SQLite can return unchanged to the CSV writer."""
+    v = csv_cell(parse_key(key))
+    if isinstance(v, bool) or (isinstance(v, int) and not -2**63 <= v < 2**63):
+        return str(v)  # the text the csv module writes for it
+    if v is None or isinstance(v, (str, int, float, bytes)):
+        return v
+    return str(v)
+
+
+def _key_cell() -> exp.Expression:
+    """The ``key`` cell of lost_values.csv, in SQL: ``[12]`` → 12, ``["GS-1"]`` → GS-1,
+    ``[null]`` → empty — when ``key`` is exactly that canonical JSON (the form extract's
+    ``json_array`` writes; one integer, or one string without escapes or control characters),
+    whose value is then its text between the brackets. Any other key (composite keys, reals …)
+    goes to ``recovery_lost_key_cell``, i.e. Python's ``json.loads`` + :func:`csv_cell`."""
+    key = col("key")
+    length = _fn("length", key.copy())
+    inner = lambda trim: _fn("substr", key.copy(), exp.Literal.number(1 + trim),  # noqa: E731
+                             exp.Sub(this=length.copy(), expression=exp.Literal.number(2 * trim)))
+    as_int = exp.Cast(this=inner(1), to=exp.DataType.build("INTEGER"))
+    # (a non-text key never equals text: a blob, number or NULL key fails both tests)
+    canonical_int = exp.EQ(this=key.copy(), expression=exp.DPipe(
+        this=exp.DPipe(this=exp.Literal.string("["), expression=as_int.copy()), expression=exp.Literal.string("]")))
+    plain_text = exp.and_(
+        exp.EQ(this=_fn("substr", key.copy(), exp.Literal.number(1), exp.Literal.number(2)), expression=exp.Literal.string('["')),
+        exp.EQ(this=_fn("substr", key.copy(), exp.Literal.number(-2)), expression=exp.Literal.string('"]')),
+        exp.GTE(this=length.copy(), expression=exp.Literal.number(4)),
+        exp.EQ(this=_fn("instr", inner(2), exp.Literal.string('"')), expression=exp.Literal.number(0)),
+        exp.EQ(this=_fn("instr", key.copy(), exp.Literal.string("\\")), expression=exp.Literal.number(0)),
+        exp.Not(this=exp.Glob(this=key.copy(), expression=exp.Literal.string("*[" + chr(1) + "-" + chr(31) + "]*"))))
+    return exp.Case(ifs=[
+        exp.If(this=canonical_int, true=as_int),
+        exp.If(this=plain_text, true=inner(2)),
+        exp.If(this=exp.EQ(this=key.copy(), expression=exp.Literal.string("[null]")), true=exp.Null()),
+    ], default=_fn(KEY_CELL_FUNCTION, key.copy()))
+
+
+def csv_rows(conn: sqlite3.Connection, schema: str = "main",
+             order: Sequence[exp.Expression] = TEXT_ORDER) -> Iterator[tuple[Any, ...]]:
+    """Every lost value as a ``lost_values.csv`` row (cells as :func:`csv_cell` makes them), in
+    ``order`` — shaped by SQLite, so the rows go to the CSV writer untouched (a cursor: iterate
+    it before closing ``conn``)."""
+    if not has_lost(conn, schema):
+        return iter(())
+    conn.create_function(KEY_CELL_FUNCTION, 1, _key_cell_udf, deterministic=True)
+    q = _select([col("table"), _key_cell(), _sql_cell(col("label")), col("column"), _sql_cell(col("value")),
+                 col("reason")], schema, order, None)
+    return conn.execute(sql(q))

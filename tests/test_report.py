@@ -211,3 +211,292 @@ def test_html_renders_in_headless_chromium(rolled: Path) -> None:
     assert metrics["files affected"] == h["files_affected"]
     assert "Review needed" in dom.stdout
     assert shot.is_file() and shot.stat().st_size > 20_000
+
+
+# ---------------------------------------------------------------------------------------------
+# The fast paths equal the straightforward ones: set-based aggregation (SQL) vs a row-by-row
+# Python read, csv-module CSVs vs pandas, the streaming JSON writer vs json.dumps.
+
+import copy  # noqa: E402
+import csv as csv_module  # noqa: E402
+import dataclasses  # noqa: E402
+import io  # noqa: E402
+import math  # noqa: E402
+import pickle  # noqa: E402
+import random  # noqa: E402
+from collections import Counter, defaultdict  # noqa: E402
+from datetime import datetime, timedelta  # noqa: E402
+from typing import Any  # noqa: E402
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from recovery.bundle import open_bundle  # noqa: E402
+from recovery.lost import LostValues, csv_rows, parse_key  # noqa: E402
+from recovery.outcome import Conflict  # noqa: E402
+from recovery.report import aggregate, csvout, model  # noqa: E402
+from recovery.report.html import render_html  # noqa: E402
+from recovery.report.markdown import render_markdown  # noqa: E402
+from recovery.report.runfiles import write_lost_csv  # noqa: E402
+from recovery.report.tables import CONFLICT_COLUMNS, LIST_LIMIT, LOST_COLUMNS, frame  # noqa: E402
+from recovery.schema import Column  # noqa: E402
+
+
+
+def _pandas_csv(items: list[dict[str, Any]], columns: list[str]) -> str:
+    """What every CSV of the run folder was before: ``frame(rows).to_csv(index=False)``."""
+    return frame(items, columns).to_csv(index=False)
+
+
+def _reference_users_activity(bundle: Any, outcome: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The per-user and activity sections read row by row in Python (one object per row), as the
+    report computed them before the SQL aggregation."""
+    users_table = model._users_table(bundle)
+    deploy = model.parse_time(bundle.manifest.get("deploy_time")) if bundle.manifest.get("deploy_time") else None
+    conn = sqlite3.connect(f"file:{bundle.rows_db}?mode=ro", uri=True)
+    complete = outcome is not None and not outcome.lost_truncated
+    lost_keys = Counter((x["table"], tuple(model._key(x.get("key")))) for x in outcome.lost) if complete else Counter(
+        (t, tuple(parse_key(k))) for t, k in conn.execute('SELECT "table", "key" FROM _recovery_lost'))
+    conflicts = [c.to_dict() for c in outcome.conflicts] if outcome is not None else []
+    skipped = {(c["table"], tuple(c["key"])) for c in conflicts if c["resolution"] == "skipped"}
+    conflict_keys = Counter((c["table"], tuple(c["key"])) for c in conflicts)
+    rows = []  # (table, kind, key, user, when)
+    for name in sorted(bundle.new.data_tables):
+        t = bundle.new.table(name)
+        creator, changer = model._user_columns(t, users_table)
+        times = {"created": model._time_column(t, "created"), "changed": model._time_column(t, "changed")}
+        for rec in conn.execute(f'SELECT * FROM "{name}" WHERE _recovery_kind IN (\'inserted\', \'updated\')'):
+            d = dict(zip([c[0] for c in conn.execute(f'SELECT * FROM "{name}" LIMIT 0').description], rec))
+            kind = "created" if d["_recovery_kind"] == "inserted" else "changed"
+            user_col = creator if kind == "created" else changer
+            user = d[user_col] if user_col else ("no column", name)
+            when = model.parse_time(d[times[kind]]) if times[kind] else None
+            rows.append((name, kind, tuple(d[k] for k in t.key), user, when))
+    conn.close()
+    old_tables, aborted = set(bundle.old.tables), bool(outcome and outcome.aborted)
+    per_user: dict[Any, Counter[str]] = defaultdict(Counter)
+    for name, kind, key, user, _ in rows:
+        carried = not aborted and name in old_tables and (outcome is None or not outcome.tables or name in outcome.tables)
+        u = per_user[user]
+        u[kind] += 1
+        u["carried"] += carried and (name, key) not in skipped
+        u["conflicts"] += conflict_keys.get((name, key), 0)
+        u["lost_values"] += lost_keys.get((name, key), 0)
+    ids = {u for u in per_user if u is not None and not isinstance(u, tuple)}
+    names, _ = model._user_names(bundle, users_table, ids)
+
+    def label(u: Any) -> str:
+        if isinstance(u, tuple):
+            return f"(no user column in {u[1]})"
+        return "(not recorded)" if u is None else names.get(u) or f"user #{u}"
+
+    users = sorted(({"user_id": None if isinstance(uid, tuple) else uid, "user": label(uid), "created": c["created"],
+                     "changed": c["changed"], "carried": c["carried"], "conflicts": c["conflicts"],
+                     "lost_values": c["lost_values"]} for uid, c in per_user.items()),
+                   key=lambda d: (-(d["created"] + d["changed"]), d["user"]))
+    timed = [r for r in rows if r[4] is not None and (deploy is None or r[4] >= deploy)]
+    untimed = dict(sorted(Counter(r[0] for r in rows if r not in timed).items()))
+    if not timed:
+        return users, {"bin_minutes": 5, "start": model._iso(deploy), "bins": [], "untimed": untimed}
+    start = deploy or min(r[4] for r in timed)
+    span = (max(r[4] for r in timed) - start).total_seconds() / 60
+    minutes = next((m for m in model.BIN_CHOICES if span / m < model.MAX_BINS), model.BIN_CHOICES[-1])
+    counts: dict[tuple[int, str], Counter[str]] = defaultdict(Counter)
+    for name, kind, _, _, when in timed:
+        counts[(int((when - start).total_seconds() // (minutes * 60)), name)][kind] += 1
+    bins = [{"start": model._iso(start + timedelta(minutes=minutes * i)), "table": t, "created": c["created"],
+             "changed": c["changed"]} for (i, t), c in sorted(counts.items())]
+    return users, {"bin_minutes": minutes, "start": model._iso(start), "bins": bins, "untimed": untimed}
+
+
+TIME_TEXTS = st.one_of(
+    st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31)).flatmap(lambda d: st.sampled_from([
+        d.isoformat(sep=" ", timespec="seconds"), d.isoformat(timespec="seconds"), d.isoformat(),
+        d.isoformat(timespec="milliseconds"), d.date().isoformat(), d.isoformat(timespec="minutes"),
+        d.isoformat(timespec="seconds") + "Z", d.isoformat(timespec="seconds") + "+02:00",
+        " " + d.isoformat(sep=" ", timespec="seconds"), d.strftime("%Y%m%dT%H%M%S"),
+        d.isoformat(sep="x", timespec="seconds"), d.isoformat(sep=" ", timespec="seconds")[:-2] + "60",
+        d.isoformat(timespec="seconds")[:11] + "24:00:00", d.isoformat(timespec="seconds")[:8] + "30T10:00:00",
+        d.isoformat(timespec="seconds")[:5] + "13" + d.isoformat(timespec="seconds")[7:],
+        d.isoformat(sep=" ") + "9", d.isoformat(timespec="seconds").replace("-", "/"),
+        d.isoformat(sep="t", timespec="seconds"), d.isoformat(sep=" ", timespec="seconds").replace("0", "٠", 1),
+        d.isoformat(sep=" ", timespec="seconds")[:15] + " 1:00", d.isoformat(sep=" ", timespec="seconds")[:17] + "+1",
+        "-" + d.isoformat(sep=" ", timespec="seconds")[1:], d.isoformat(sep=" ", timespec="seconds")[:8] + "00 00:00:00"])),
+    st.text(max_size=30))
+TIME_VALUES = st.one_of(
+    st.none(), TIME_TEXTS, st.binary(max_size=20),
+    st.integers(min_value=-2**63, max_value=2**63 - 1), st.integers(min_value=0, max_value=2 * 10**13),
+    st.floats(allow_nan=False, allow_infinity=False), st.floats(min_value=-1e13, max_value=1e13))
+
+
+@settings(max_examples=400, deadline=None)
+@given(values=st.lists(TIME_VALUES, min_size=1, max_size=40))
+def test_sql_time_equals_parse_time(values: list[Any]) -> None:
+    """``aggregate.time_us`` (SQL, with Python only for unusual values) reads every stored value as
+    ``parse_time`` does — ISO text in all its forms, epoch seconds and milliseconds, garbage."""
+    conn = sqlite3.connect(":memory:")
+    aggregate.register(conn)
+    conn.execute("CREATE TABLE t (v)")
+    conn.executemany("INSERT INTO t VALUES (?)", [(v,) for v in values])
+    from recovery.sqlbuild import col, sql
+
+    got = [r[0] for r in conn.execute(f"SELECT {sql(aggregate.time_us(col('v')))} FROM t ORDER BY rowid")]
+    stored = [r[0] for r in conn.execute("SELECT v FROM t ORDER BY rowid")]  # what SQLite kept (NaN → NULL …)
+    assert got == [aggregate.to_us(model.parse_time(v)) for v in stored]
+
+
+USER_VALUES = st.sampled_from([1, 2, 3, 3.0, "3", "x", None, 7, 10, -1])
+BIN_EDGES = [60 * model.MAX_BINS * m + d for m in model.BIN_CHOICES for d in (-1, 0)]
+"""Seconds after the deploy where the activity span needs the next bin width."""
+
+
+@pytest.fixture(scope="module")
+def rolled_inputs(rolled: Path) -> tuple[Any, Any]:
+    return open_bundle(rolled / "bundle"), pickle.loads((rolled / "outcome.pickle").read_bytes())
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2**32), times=st.lists(TIME_VALUES, min_size=1, max_size=12),
+       seconds=st.lists(st.one_of(st.integers(0, 60 * 24 * 60 * 60), st.sampled_from(BIN_EDGES)), min_size=1, max_size=8),
+       users=st.lists(USER_VALUES, min_size=1, max_size=6), changer=st.booleans(), deploy=st.booleans(),
+       lost_from=st.sampled_from(["list", "db", "bundle"]), n_conflicts=st.integers(0, 12))
+def test_sql_aggregation_equals_row_by_row(rolled_inputs: tuple[Any, Any], tmp_path_factory: pytest.TempPathFactory,
+                                           seed: int, times: list[Any], seconds: list[int], users: list[Any],
+                                           changer: bool, deploy: bool, lost_from: str, n_conflicts: int) -> None:
+    """Per-user and activity numbers from the SQL aggregation equal a row-by-row Python read of
+    the same bundle: random users (ints, text, 3 vs 3.0, NULL), a separate changer column, random
+    timestamps in every format (before the deploy too, and spread over days: wider bins), random
+    conflicts (some skipped), lost values from the outcome's list or from rows.db, no deploy time."""
+    bundle, outcome = rolled_inputs
+    rng = random.Random(seed)
+    folder = tmp_path_factory.mktemp("agg")
+    shutil.copyfile(bundle.rows_db, folder / "rows.db")
+    dep = model.parse_time(bundle.manifest["deploy_time"])
+    pool = times + [(dep + timedelta(seconds=sec)).isoformat(sep=" ") for sec in seconds]
+    new = bundle.new
+    conn = sqlite3.connect(folder / "rows.db")
+    if changer:  # parts gets updated_by: changed rows belong to it, created rows to created_by
+        conn.execute('ALTER TABLE parts ADD COLUMN "updated_by"')
+        parts = new.tables["parts"]
+        new = dataclasses.replace(new, tables={**new.tables, "parts": dataclasses.replace(
+            parts, columns=parts.columns + (Column("updated_by", "INTEGER"),))})
+    keys = []
+    for name in sorted(new.data_tables):
+        t = new.table(name)
+        cols = {c.name for c in t.columns}
+        for (rowid, *key) in conn.execute(f'SELECT rowid, {", ".join(chr(34) + k + chr(34) for k in t.key)} FROM "{name}"').fetchall():
+            sets = {c: rng.choice(pool) for c in ("created_at", "updated_at", "started_at") if c in cols}
+            sets.update({c: rng.choice(users) for c in ("created_by", "uploaded_by", "updated_by") if c in cols})
+            if sets:
+                conn.execute(f'UPDATE "{name}" SET {", ".join(chr(34) + c + chr(34) + " = ?" for c in sets)} WHERE rowid = ?',
+                             (*sets.values(), rowid))
+            keys.append((name, tuple(key)))
+    conn.commit()
+    conn.close()
+    manifest = dict(bundle.manifest) if deploy else {**bundle.manifest, "deploy_time": None}
+    b = dataclasses.replace(bundle, path=folder, new=new, manifest=manifest)
+    o = None
+    if lost_from != "bundle":
+        o = copy.copy(outcome)
+        o.conflicts = [Conflict(rng.choice(["unique", "update_update"]), t, k, rng.choice(["skipped", "kept_target"]))
+                       for t, k in rng.sample(keys, min(n_conflicts, len(keys)))]
+        if lost_from == "db":  # only a sample in memory: counts come from rows.db
+            o.lost = LostValues(list(outcome.lost)[:3], total=len(outcome.lost) + 1)
+    section = model.build(b, o, "X")
+    want_users, want_activity = _reference_users_activity(b, o)
+    assert section["users"] == want_users
+    assert section["activity"] == want_activity
+
+
+# ---- CSV: csv module == pandas on awkward values
+
+AWKWARD = st.one_of(
+    st.none(), st.integers(min_value=-2**63, max_value=2**63 - 1), st.floats(allow_nan=False),
+    st.sampled_from([0.1, 1e16, 1e-7, -0.0, 5.0, 1.5e300, 123456789.123456789]),
+    st.text(max_size=12), st.sampled_from(["", "a,b", 'say "hi"', "line\nbreak", "cr\rlf", "Žluťoučký kůň", "\\",
+                                           "[1]", "0012", " padded ", "tab\there", "<script>", "€", "😀"]),
+    st.binary(max_size=6))
+KEY_PARTS = st.one_of(st.integers(min_value=-2**63, max_value=2**63 - 1),
+                      st.text(max_size=8), st.sampled_from(['a"b', "back\\slash", "ctl\x01", "x]", ""]), st.none(),
+                      st.floats(allow_nan=False, allow_infinity=False))
+
+
+@settings(max_examples=150, deadline=None)
+@given(rows=st.lists(st.tuples(st.sampled_from(["parts", "quotes", "a b", "ü"]),
+                               st.lists(KEY_PARTS, min_size=1, max_size=3), AWKWARD,
+                               st.sampled_from(["c", "d", "x,y"]), AWKWARD, st.sampled_from(["r", None, "why, \"so\""])),
+                     max_size=25),
+       raw_keys=st.lists(st.sampled_from(["[1]", "[ 1]", "[01]", "[-0]", "[1e3]", "[true]", '["a\\u0041"]', "nope",
+                                          "[[1]]", '[{"a": 1}]', "[null]", "[1,2]", "[1.50]", "[]", '[""]',
+                                          '["x"]', "[99999999999999999999]", "[NaN]"]), max_size=6))
+def test_lost_csv_equals_pandas(rows: list[tuple[Any, ...]], raw_keys: list[str]) -> None:
+    """lost_values.csv shaped by SQLite and written by the csv module is byte-identical to the
+    pandas path (every value parsed as a dict, ``frame().to_csv()``) — NULL, bytes, floats,
+    unicode, composite keys, commas, quotes and newlines, odd hand-written keys."""
+    conn = sqlite3.connect(":memory:")
+    conn.execute('CREATE TABLE _recovery_lost ("table", "key", "label", "column", "value", "reason")')
+    for t, key, label, c, v, r in rows:
+        placeholders = ", ".join("?" * len(key))
+        conn.execute(f"INSERT INTO _recovery_lost SELECT ?, json_array({placeholders}), ?, ?, ?, ?", (t, *key, label, c, v, r))
+    conn.executemany("INSERT INTO _recovery_lost VALUES ('parts', ?, 'L', 'c', 1, 'r')", [(k,) for k in raw_keys])
+    conn.execute("INSERT INTO _recovery_lost VALUES ('parts', 7, x'00ff', 'c', x'', 'r')")  # a non-text key
+    from recovery.lost import iter_lost
+
+    items = list(iter_lost(conn))
+    want = _pandas_csv(items, LOST_COLUMNS)
+    fast = io.StringIO(newline="")
+    csvout.write_rows(fast, LOST_COLUMNS, csv_rows(conn))
+    assert fast.getvalue() == want
+    from_dicts = io.StringIO(newline="")
+    write_lost_csv(from_dicts, items)
+    assert from_dicts.getvalue() == want
+
+
+@settings(max_examples=60, deadline=None)
+@given(items=st.lists(st.dictionaries(st.sampled_from(CONFLICT_COLUMNS + ["extra"]),
+                                      st.one_of(AWKWARD, st.lists(AWKWARD.filter(lambda v: not isinstance(v, bytes)), max_size=3),
+                                                st.dictionaries(st.text(max_size=3), st.text(max_size=3), max_size=2),
+                                                st.just(math.nan), st.booleans())), max_size=12))
+def test_csv_dicts_equal_pandas(items: list[dict[str, Any]]) -> None:
+    """conflicts.csv, deletes_for_review.csv and files.csv (dicts → rows) equal pandas too."""
+    out = io.StringIO(newline="")
+    csvout.write_dicts(out, CONFLICT_COLUMNS, items)
+    assert out.getvalue() == _pandas_csv(items, CONFLICT_COLUMNS)
+
+
+def test_long_lists_are_cut_in_html_and_md_and_complete_in_csv(rolled: Path) -> None:
+    """deletes_for_review and the files list: the page shows the first LIST_LIMIT and says where
+    the rest is; the run folder's CSVs (and report.json) hold every one."""
+    doc = json.loads((rolled / "report.json").read_text(encoding="utf-8"))
+    section = doc["report"]
+    for name, rows, header in (("deletes_for_review.csv", section["deletes_for_review"], "table,key,label"),
+                               ("files.csv", section["files"]["list"], "path,record,size,status")):
+        lines = list(csv_module.reader((rolled / name).open(encoding="utf-8", newline="")))
+        assert ",".join(lines[0]).startswith(header) and len(lines) == 1 + len(rows)
+    big = copy.deepcopy(section)
+    big["deletes_for_review"] = [{"table": "quote_items", "key": [i], "label": f"D-{i}"} for i in range(2500)]
+    big["files"]["list"] = [{"path": f"f/{i}.pdf", "record": i, "size": 1, "status": "copied"} for i in range(LIST_LIMIT + 7)]
+    big["files"]["affected"] = LIST_LIMIT + 7
+    html = render_html(big)
+    assert "D-999<" in html and "D-1000<" not in html and "… and 1,500 more in deletes_for_review.csv" in html
+    assert "f/999.pdf" in html and "f/1000.pdf" not in html and "… and 7 more in files.csv" in html
+    md = render_markdown(big)
+    assert "D-999 " in md and "D-1000 " not in md and "… and 1,500 more in deletes_for_review.csv" in md
+    small = render_html(section)
+    assert "more in deletes_for_review.csv" not in small and "more in files.csv" not in small
+
+
+@settings(max_examples=80, deadline=None)
+@given(cells=st.lists(st.tuples(st.sampled_from(["a", "b"]), st.sampled_from(["[1]", "[2]", '["x"]', "[1,2]"]),
+                                st.sampled_from(["r1", "r2", None])), max_size=30))
+def test_lost_counts_equal_python(cells: list[tuple[str, str, Any]]) -> None:
+    """Per-table, per-reason and per-record lost counts — also when one record's cells have
+    different reasons (or none)."""
+    conn = sqlite3.connect(":memory:")
+    conn.execute('CREATE TABLE _recovery_lost ("table", "key", "label", "column", "value", "reason")')
+    conn.executemany("INSERT INTO _recovery_lost VALUES (?, ?, NULL, 'c', 1, ?)", cells)
+    counts, records = aggregate.lost_counts(conn)
+    assert Counter({(t, r): n for t, r, n in counts}) == Counter((t, r) for t, _, r in cells)
+    assert records == len({(t, k) for t, k, _ in cells})
+    per_key = dict(((t, k), n) for t, k, n in conn.execute('SELECT "table", "key", n FROM temp.recovery_report_lost'))
+    assert per_key == Counter((t, k) for t, k, _ in cells)

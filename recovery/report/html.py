@@ -12,8 +12,8 @@ from typing import Any
 import pandas as pd
 
 from recovery.report import charts
-from recovery.report.tables import (conflicts_frame, deletes_frame, files_frame, lost_frame, lost_more, lost_total,
-                                     tables_frame, users_frame)
+from recovery.report.tables import (LIST_LIMIT, conflicts_frame, deletes_frame, deletes_more, files_frame, files_more,
+                                     lost_frame, lost_more, lost_total, tables_frame, users_frame)
 
 CSS = """
 :root{--ink:#0f172a;--muted:#64748b;--line:#e2e8f0;--bg:#f8fafc;--ok:#15803d;--okbg:#f0fdf4;
@@ -174,17 +174,25 @@ def render_html(report: dict[str, Any]) -> str:
         "was resolved.</p>" + _table(conflicts_frame(report), "No conflicts.") + "</section>",
     ]
     if report.get("deletes_for_review"):
+        more = deletes_more(report)
         body.append(f"<section><h2>Deleted after the deploy ({len(report['deletes_for_review'])})</h2>"
                     "<p class=\"sub\">The backup still had these rows, so the restore brought them back; "
-                    "delete them again if the deletion was intended.</p>"
-                    + _table(deletes_frame(report), "") + "</section>")
+                    "delete them again if the deletion was intended"
+                    + (f"; the first {LIST_LIMIT:,} are listed here" if more else "") + ".</p>"
+                    + _table(deletes_frame(report), "")
+                    + (f'<p class="more">{_t(more)}</p>' if more else "") + "</section>")
     files = report["files"]
     if files.get("affected"):
         status = ", ".join(f"{n} {s}" for s, n in files.get("by_status", {}).items())
+        more = files_more(report)
         body.append(f"<section><h2>Files ({files['affected']})</h2><p class=\"sub\">Uploads referenced by "
-                    f"post-deploy records ({_t(status)}).</p>" + _table(files_frame(report), "") + "</section>")
-    body.append("<footer>Numbers match report.json (section <code>report</code>); lost values and conflicts "
-                "are also in lost_values.csv and conflicts.csv.</footer>")
+                    f"post-deploy records ({_t(status)})"
+                    + (f"; the first {LIST_LIMIT:,} are listed here" if more else "") + ".</p>"
+                    + _table(files_frame(report), "")
+                    + (f'<p class="more">{_t(more)}</p>' if more else "") + "</section>")
+    body.append("<footer>Numbers match report.json (section <code>report</code>); lost values, conflicts, "
+                "deletes for review and files are also in lost_values.csv, conflicts.csv, "
+                "deletes_for_review.csv and files.csv.</footer>")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; "

@@ -10,7 +10,8 @@ from typing import Any
 import pandas as pd
 
 from recovery.report.html import verdict_text
-from recovery.report.tables import conflicts_frame, deletes_frame, lost_frame, lost_more, lost_total, tables_frame, users_frame
+from recovery.report.tables import (conflicts_frame, deletes_frame, deletes_more, lost_frame, lost_more, lost_total,
+                                     tables_frame, users_frame)
 
 _ESCAPES = str.maketrans({"|": "\\|", "<": "\\<", ">": "\\>", "\n": " ", "\r": " ", "`": "\\`"})
 
@@ -63,4 +64,6 @@ def render_markdown(report: dict[str, Any]) -> str:
     if report.get("deletes_for_review"):
         out += ["", f"## Deleted after the deploy ({len(report['deletes_for_review'])})", "",
                 md_table(deletes_frame(report), "")]
+        if deletes_more(report):
+            out += ["", f"_{md_text(deletes_more(report))}_"]
     return "\n".join(out) + "\n"

@@ -9,23 +9,28 @@ in ``docs/REPORT.md``.
 Row attribution (per table, per user) reads the bundle's ``rows.db``: rows of kind ``inserted``
 are *created*, ``updated`` are *changed* (``closure`` rows are context, not work). A created row
 belongs to its ``created_by`` / ``uploaded_by`` user; a changed row to ``updated_by`` when the table
-has it, else to the record's owner (``created_by`` / ``uploaded_by``).
+has it, else to the record's owner (``created_by`` / ``uploaded_by``). The counting itself is
+set-based SQL on one read-only connection to rows.db (:mod:`recovery.report.aggregate`); here
+Python only decides the columns and composes the few groups it returns.
 """
 from __future__ import annotations
 
 import sqlite3
 from collections import Counter, defaultdict
-from collections.abc import Callable
-from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from sqlglot import exp
+
 from recovery.bundle import Bundle
-from recovery.lost import LOST_TABLE, NATURAL_ORDER, SAMPLE_LIMIT, as_dict, has_lost, iter_rows, open_ro, parse_key
+from recovery.lost import NATURAL_ORDER, SAMPLE_LIMIT, as_dict, has_lost, iter_rows, open_ro
 from recovery.outcome import Outcome
+from recovery.report import aggregate
+from recovery.report.aggregate import KeyCounts, TablePlan
 from recovery.schema import Table
+from recovery.sqlbuild import col, sql, table
 from recovery.timestamps import find_timestamp_columns
 
 REPORT_VERSION = 1
@@ -38,19 +43,6 @@ BIN_CHOICES = (5, 10, 15, 30, 60, 120, 360, 720, 1440)
 MAX_BINS = 48
 
 
-@dataclass(frozen=True, slots=True)
-class _Row:
-    table: str
-    kind: str  # created | changed
-    key: tuple[Any, ...]
-    user: Any
-    when: datetime | None
-    lost: int = 0  # lost values of this record
-
-
-_PerKey = Callable[[sqlite3.Connection, str], dict[tuple[Any, ...], int]]
-
-
 @dataclass
 class _Lost:
     """The lost values as the report needs them: exact counts, and a bounded sample to list."""
@@ -60,7 +52,8 @@ class _Lost:
     by_table: Counter[str]
     by_reason: Counter[str]
     records: int  # distinct (table, key)
-    per_key: _PerKey  # (rows.db connection, table) -> {key: lost values of that record}
+    per_key: dict[tuple[str, tuple[Any, ...]], int] | None = field(default=None)
+    """Lost values per record when the list is in memory; None: the rows.db's ``_recovery_lost``."""
 
 
 @dataclass(frozen=True)
@@ -74,12 +67,9 @@ def _key(v: Any) -> tuple[Any, ...]:
     return tuple(v) if isinstance(v, (list, tuple)) else (v,)
 
 
-def _q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def parse_time(value: Any) -> datetime | None:
-    """A stored timestamp (ISO text or Unix epoch s/ms) as naive UTC-ish datetime, or None."""
+    """A stored timestamp (ISO text or Unix epoch s/ms) as naive UTC-ish datetime, or None.
+    (``aggregate.time_us`` is its SQL twin; a property test keeps the two equal.)"""
     if value is None or isinstance(value, bytes):
         return None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -105,9 +95,9 @@ def _iso(dt: datetime | None) -> str | None:
 
 def _time_column(t: Table, kind: str) -> str | None:
     found = find_timestamp_columns(t)
-    col = found.get("created" if kind == "created" else "updated")
-    if col:
-        return col
+    col_name = found.get("created" if kind == "created" else "updated")
+    if col_name:
+        return col_name
     for c in t.columns:  # started_at, uploaded_on, event_time …
         if c.name.endswith(("_at", "_on", "_time")):
             return c.name
@@ -125,40 +115,27 @@ def _user_columns(t: Table, users_table: str | None) -> tuple[str | None, str | 
     return creator, changer
 
 
-def _read_rows(bundle: Bundle, users_table: str | None,
-               per_key: _PerKey | None = None) -> tuple[list[_Row], dict[str, dict[str, Any]]]:
-    rows: list[_Row] = []
+def _plans(conn: sqlite3.Connection | None, bundle: Bundle,
+           users_table: str | None) -> tuple[list[TablePlan], dict[str, dict[str, Any]]]:
+    """The bundle tables of rows.db in name order, with the columns that attribute their rows."""
+    plans: list[TablePlan] = []
     attribution: dict[str, dict[str, Any]] = {}
-    if not bundle.rows_db.is_file():
-        return rows, attribution
-    conn = sqlite3.connect(f"file:{bundle.rows_db}?mode=ro", uri=True)
-    try:
-        present = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        for name in sorted(bundle.new.data_tables):
-            t = bundle.new.table(name)
-            if t is None or name not in present:
-                continue
-            creator, changer = _user_columns(t, users_table)
-            created_at, updated_at = _time_column(t, "created"), _time_column(t, "changed")
-            attribution[name] = {"created_by": creator, "changed_by": changer,
-                                 "changed_by_is_owner": changer is not None and changer == creator,
-                                 "created_time": created_at, "changed_time": updated_at}
-            key_cols = list(t.key)
-            cols = key_cols + [c for c in (creator, changer, created_at, updated_at) if c]
-            sql = (f"SELECT {', '.join(_q(c) for c in cols)}, _recovery_kind FROM {_q(name)} "
-                   f"WHERE _recovery_kind IN ('inserted', 'updated')")
-            lost = per_key(conn, name) if per_key else {}  # one table's records with lost values at a time
-            for rec in conn.execute(sql):
-                d = dict(zip(cols, rec[:-1]))
-                kind = "created" if rec[-1] == "inserted" else "changed"
-                user_col = creator if kind == "created" else changer
-                time_col = created_at if kind == "created" else updated_at
-                key = tuple(d[c] for c in key_cols)
-                rows.append(_Row(name, kind, key, d.get(user_col) if user_col else _NoUserColumn(name),
-                                 parse_time(d.get(time_col)) if time_col else None, lost.get(key, 0)))
-    finally:
-        conn.close()
-    return rows, attribution
+    if conn is None:
+        return plans, attribution
+    q = exp.select(col("name")).from_(table("sqlite_master", "main")).where(
+        exp.EQ(this=col("type"), expression=exp.Literal.string("table")))
+    present = {r[0] for r in conn.execute(sql(q))}
+    for name in sorted(bundle.new.data_tables):
+        t = bundle.new.table(name)
+        if t is None or name not in present:
+            continue
+        creator, changer = _user_columns(t, users_table)
+        created_at, updated_at = _time_column(t, "created"), _time_column(t, "changed")
+        attribution[name] = {"created_by": creator, "changed_by": changer,
+                             "changed_by_is_owner": changer is not None and changer == creator,
+                             "created_time": created_at, "changed_time": updated_at}
+        plans.append(TablePlan(name, tuple(t.key), creator, changer, created_at, updated_at))
+    return plans, attribution
 
 
 def _users_table(bundle: Bundle) -> str | None:
@@ -199,8 +176,8 @@ def _user_names(bundle: Bundle, users_table: str | None, ids: set[Any]) -> tuple
         except Exception:  # noqa: BLE001 - names are a nicety; ids are shown instead
             continue
         try:
-            sql = f"SELECT {_q(pk)}, {', '.join(_q(c) for c in label_cols)} FROM {_q(users_table)}"
-            for rec in conn.execute(sql):
+            q = exp.select(col(pk), *[col(c) for c in label_cols]).from_(table(users_table))
+            for rec in conn.execute(sql(q)):
                 if rec[0] in missing and rec[0] not in names:
                     label = next((str(v) for v in rec[1:] if v not in (None, "")), None)
                     if label:
@@ -221,21 +198,22 @@ def _user_label(uid: Any, names: dict[Any, str]) -> str:
     return names.get(uid) or f"user #{uid}"
 
 
-def _activity(rows: list[_Row], deploy: datetime | None) -> dict[str, Any]:
-    timed = [r for r in rows if r.when is not None and (deploy is None or r.when >= deploy)]
-    untimed = Counter(r.table for r in rows if r.when is None or (deploy is not None and r.when < deploy))
-    if not timed:
-        return {"bin_minutes": 5, "start": _iso(deploy), "bins": [], "untimed": dict(sorted(untimed.items()))}
-    start = deploy or min(r.when for r in timed)  # type: ignore[type-var]
-    span = (max(r.when for r in timed) - start).total_seconds() / 60  # type: ignore[operator]
-    minutes = next((m for m in BIN_CHOICES if span / m < MAX_BINS), BIN_CHOICES[-1])
-    counts: dict[tuple[int, str], Counter[str]] = defaultdict(Counter)
-    for r in timed:
-        idx = int((r.when - start).total_seconds() // (minutes * 60))  # type: ignore[operator]
-        counts[(idx, r.table)][r.kind] += 1
+def _activity(counts: aggregate.ActivityCounts, deploy: datetime | None) -> dict[str, Any]:
+    """Bins from the 5-minute counts: ``BIN_CHOICES`` widths are multiples of 5 minutes, so a
+    wider bin is a union of 5-minute bins (floor(floor(x / 5) / k) = floor(x / 5k))."""
+    untimed = dict(sorted(counts.untimed.items()))
+    if not counts.bins or counts.start_us is None:
+        return {"bin_minutes": 5, "start": _iso(deploy), "bins": [], "untimed": untimed}
+    start = deploy or aggregate.from_us(counts.start_us)
+    last = max(b for _, _, b, _ in counts.bins)
+    # span / m < MAX_BINS  <=>  span < MAX_BINS * m  <=>  last 5-minute bin < MAX_BINS * m / 5
+    minutes = next((m for m in BIN_CHOICES if last < MAX_BINS * m // 5), BIN_CHOICES[-1])
+    per: dict[tuple[int, str], Counter[str]] = defaultdict(Counter)
+    for table_name, kind, b5, n in counts.bins:
+        per[(b5 // (minutes // 5), table_name)][kind] += n
     bins = [{"start": _iso(start + timedelta(minutes=minutes * i)), "table": t,
-             "created": c["created"], "changed": c["changed"]} for (i, t), c in sorted(counts.items())]
-    return {"bin_minutes": minutes, "start": _iso(start), "bins": bins, "untimed": dict(sorted(untimed.items()))}
+             "created": c["created"], "changed": c["changed"]} for (i, t), c in sorted(per.items())]
+    return {"bin_minutes": minutes, "start": _iso(start), "bins": bins, "untimed": untimed}
 
 
 def _files(bundle: Bundle, outcome: Outcome | None) -> dict[str, Any]:
@@ -252,13 +230,29 @@ def _files(bundle: Bundle, outcome: Outcome | None) -> dict[str, Any]:
                       "status": r.get("status")} for r in records]}
 
 
+def _open_rows(bundle: Bundle) -> sqlite3.Connection | None:
+    if not bundle.rows_db.is_file():
+        return None
+    return open_ro(bundle.rows_db)
+
+
 def build(bundle: Bundle, outcome: Outcome | None, rollback_time: str | None = None) -> dict[str, Any]:
     """The ``report`` section of report.json: every number the renderers show."""
+    conn = _open_rows(bundle)
+    try:
+        return _build(conn, bundle, outcome, rollback_time)
+    finally:
+        if conn is not None:
+            conn.close()
+
+
+def _build(conn: sqlite3.Connection | None, bundle: Bundle, outcome: Outcome | None,
+           rollback_time: str | None) -> dict[str, Any]:
     deploy_text = bundle.manifest.get("deploy_time")
     deploy = parse_time(deploy_text) if deploy_text else None
     users_table = _users_table(bundle)
-    lost_info = _lost(bundle, outcome)
-    rows, attribution = _read_rows(bundle, users_table, lost_info.per_key)
+    lost_info = _lost(conn, outcome)
+    plans, attribution = _plans(conn, bundle, users_table)
 
     old_tables = set(bundle.old.tables)
     mapped_skip = {n for n, tm in bundle.mapping.tables.items() if getattr(tm, "skip", False)}
@@ -275,10 +269,17 @@ def build(bundle: Bundle, outcome: Outcome | None, rollback_time: str | None = N
     conflict_keys = Counter((c["table"], tuple(c["key"])) for c in conflicts)
     aborted = bool(outcome and outcome.aborted)
 
+    groups: list[aggregate.UserGroup] = []
+    activity_counts = aggregate.ActivityCounts(None)
+    if conn is not None and plans:
+        groups, activity_counts = aggregate.attribute(
+            conn, plans, KeyCounts(dict(conflict_keys), skipped_keys, lost_info.per_key),
+            {t for t, n in lost_info.by_table.items() if n}, aggregate.to_us(deploy))
+
     # ---- per table
     counts = bundle.counts
     tables = []
-    for name in sorted(set(counts) | {r.table for r in rows}):
+    for name in sorted(set(counts) | {g.table for g in groups}):
         c = counts.get(name, {})
         created, changed, deleted = c.get("inserted", 0), c.get("updated", 0), c.get("deleted", 0)
         if not (created or changed or deleted or lost_info.by_table[name]):
@@ -300,17 +301,21 @@ def build(bundle: Bundle, outcome: Outcome | None, rollback_time: str | None = N
             "lost_values": lost_info.by_table[name],
         })
 
-    # ---- per user
-    ids = {r.user for r in rows if r.user is not None and not isinstance(r.user, _NoUserColumn)}
+    # ---- per user: groups in the order a row-by-row read (tables by name, rows by rowid) meets them
+    def user_of(g: aggregate.UserGroup) -> Any:
+        return g.user if g.has_user_column else _NoUserColumn(g.table)
+
+    ids = {g.user for g in groups if g.has_user_column and g.user is not None}
     names, name_source = _user_names(bundle, users_table, ids)
     per_user: dict[Any, Counter[str]] = defaultdict(Counter)
-    for r in rows:
-        u = per_user[r.user]
-        u[r.kind] += 1
-        ok = not aborted and carried_table(r.table) and (r.table, r.key) not in skipped_keys
-        u["carried"] += ok
-        u["conflicts"] += conflict_keys.get((r.table, r.key), 0)
-        u["lost_values"] += r.lost
+    rank = {p.name: i for i, p in enumerate(plans)}
+    for g in sorted(groups, key=lambda g: (rank[g.table], g.first)):
+        u = per_user[user_of(g)]
+        u[g.kind] += g.rows
+        ok = not aborted and carried_table(g.table)
+        u["carried"] += g.rows - g.skipped if ok else 0
+        u["conflicts"] += g.conflicts
+        u["lost_values"] += g.lost
     users = sorted(({"user_id": None if isinstance(uid, _NoUserColumn) else uid, "user": _user_label(uid, names), "created": c["created"],
                      "changed": c["changed"], "carried": c["carried"], "conflicts": c["conflicts"],
                      "lost_values": c["lost_values"]} for uid, c in per_user.items()),
@@ -363,12 +368,22 @@ def build(bundle: Bundle, outcome: Outcome | None, rollback_time: str | None = N
         "lost_total": lost_info.total,
         "lost_truncated": lost_info.total > len(lost_info.sample),
         "conflicts": conflicts,
-        "deletes_for_review": [dict(d, key=list(_key(d.get("key")))) for d in outcome.deletes_for_review]
-        if outcome else [],
-        "activity": _activity(rows, deploy),
+        "deletes_for_review": _deletes(outcome),
+        "activity": _activity(activity_counts, deploy),
         "files": files,
         "verification": outcome.verification if outcome else {},
     }
+
+
+def _deletes(outcome: Outcome | None) -> list[dict[str, Any]]:
+    """The outcome's deletes for review with keys as lists — the very same list when its keys
+    already are (report.json then writes it once and repeats the text)."""
+    if outcome is None:
+        return []
+    found = outcome.deletes_for_review
+    if all(isinstance(d.get("key"), list) for d in found):
+        return found
+    return [dict(d, key=list(_key(d.get("key")))) for d in found]
 
 
 def _natural(key: list[Any]) -> tuple[tuple[int, Any], ...]:
@@ -388,45 +403,31 @@ def _lost_from_list(items: list[dict[str, Any]]) -> _Lost:
     """A complete (small) list in memory — an outcome whose lost values all fit in the sample."""
     lost = sorted((dict(x, key=list(_key(x.get("key")))) for x in items), key=_natural_item)
     keys = Counter((x["table"], tuple(x["key"])) for x in lost)
-
-    def per_key(_conn: sqlite3.Connection, table: str) -> dict[tuple[Any, ...], int]:
-        return {k: n for (t, k), n in keys.items() if t == table}
-
     return _Lost(lost, len(lost), Counter(x["table"] for x in lost), Counter(_reason(x.get("reason")) for x in lost),
-                 len(keys), per_key)
+                 len(keys), dict(keys))
 
 
-def _lost_per_key(conn: sqlite3.Connection, table: str) -> dict[tuple[Any, ...], int]:
-    if not has_lost(conn):
-        return {}
-    return {tuple(parse_key(k)): n for k, n in conn.execute(
-        f'SELECT "key", count(*) FROM {LOST_TABLE} WHERE "table" = ? GROUP BY "key"', (table,))}
-
-
-def _lost_from_db(path: Path) -> _Lost | None:
+def _lost_from_db(conn: sqlite3.Connection | None) -> _Lost | None:
     """Counts by SQL and the first SAMPLE_LIMIT values from a rows.db's ``_recovery_lost``, which
     keeps the complete list (never loaded whole)."""
-    if not path.is_file():
+    if conn is None or not has_lost(conn):
         return None
-    with closing(open_ro(path)) as conn:
-        if not has_lost(conn):
-            return None
-        sample = sorted((as_dict(r) for r in iter_rows(conn, order=NATURAL_ORDER, limit=SAMPLE_LIMIT)), key=_natural_item)
-        by_table: Counter[str] = Counter()
-        by_reason: Counter[str] = Counter()
-        for table, reason, n in conn.execute(f'SELECT "table", "reason", count(*) FROM {LOST_TABLE} GROUP BY 1, 2'):
-            by_table[table] += n
-            by_reason[_reason(reason)] += n
-        records = conn.execute(f'SELECT count(*) FROM (SELECT DISTINCT "table", "key" FROM {LOST_TABLE})').fetchone()[0]
-    return _Lost(sample, sum(by_table.values()), by_table, by_reason, records, _lost_per_key)
+    sample = sorted((as_dict(r) for r in iter_rows(conn, order=NATURAL_ORDER, limit=SAMPLE_LIMIT)), key=_natural_item)
+    by_table: Counter[str] = Counter()
+    by_reason: Counter[str] = Counter()
+    counts, records = aggregate.lost_counts(conn)
+    for table_name, reason, n in counts:
+        by_table[table_name] += n
+        by_reason[_reason(reason)] += n
+    return _Lost(sample, sum(by_table.values()), by_table, by_reason, records)
 
 
-def _lost(bundle: Bundle, outcome: Outcome | None) -> _Lost:
+def _lost(conn: sqlite3.Connection | None, outcome: Outcome | None) -> _Lost:
     """``Outcome.lost`` when it holds every lost value; else the bundle's ``_recovery_lost`` (the
     same list: the re-import loads it from there)."""
     if outcome is not None and not outcome.lost_truncated:
         return _lost_from_list(outcome.lost)
-    found = _lost_from_db(bundle.rows_db)
+    found = _lost_from_db(conn)
     if found is not None:
         return found
     info = _lost_from_list(outcome.lost if outcome is not None else [])

@@ -14,25 +14,28 @@ import os
 import pickle
 import shutil
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime
-from itertools import islice
 from pathlib import Path
 from typing import IO, Any
 
 from recovery.bundle import Bundle, open_bundle
 from recovery.errors import RecoveryError
-from recovery.lost import BATCH, open_ro, stream_file
+from recovery.lost import csv_cell, csv_rows, open_ro
 from recovery.lost import has_lost as _has_lost
 from recovery.outcome import Outcome
+from recovery.report import csvout
 from recovery.report.html import render_html
 from recovery.report.markdown import render_markdown
 from recovery.report.model import build
-from recovery.report.tables import CONFLICT_COLUMNS, LOST_COLUMNS, frame  # noqa: F401 - re-exported
+from recovery.report.tables import (CONFLICT_COLUMNS, FILE_COLUMNS, LOST_COLUMNS, deletes_columns,  # noqa: F401
+                                     frame)
 
 FORMAT = "recovery-report/1"
-RUN_FILES = ("report.json", "conflicts.csv", "lost_values.csv", "reimport.sql", "report.md", "report.html")
+RUN_FILES = ("report.json", "conflicts.csv", "lost_values.csv", "reimport.sql", "report.md", "report.html",
+             "deletes_for_review.csv", "files.csv")
 FORMATS = ("html", "md", "csv", "json")
 
 
@@ -83,16 +86,21 @@ def _atomic_write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def write_lost_csv(fh: IO[str], items: Iterable[dict[str, Any]]) -> int:
-    """The lost-values CSV of ``items`` (streamed, ``BATCH`` rows at a time, each batch through
-    the same :func:`frame` as every other table, so the format is that of ``frame(all).to_csv()``)."""
-    it, header, n = iter(items), True, 0
-    while batch := list(islice(it, BATCH)):
-        fh.write(frame(batch, LOST_COLUMNS).to_csv(index=False, header=header))
-        header, n = False, n + len(batch)
-    if header:
-        fh.write(frame([], LOST_COLUMNS).to_csv(index=False))
-    return n
+def _atomic_write_csv(path: Path, write: Callable[[IO[str]], Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8", newline="", buffering=1 << 20) as fh:
+        write(fh)
+    os.replace(tmp, path)
+
+
+def write_lost_csv(fh: IO[str], items: Iterable[dict[str, Any]] | _CsvRows) -> None:
+    """The lost-values CSV of ``items`` — dicts (``Outcome.lost``) or rows already shaped as CSV
+    cells (:func:`stream_csv_rows`), streamed; the format is that of
+    ``frame(all, LOST_COLUMNS).to_csv(index=False)``."""
+    if isinstance(items, _CsvRows):
+        csvout.write_rows(fh, LOST_COLUMNS, items)
+    else:
+        csvout.write_rows(fh, LOST_COLUMNS, (tuple(csv_cell(r.get(c)) for c in LOST_COLUMNS) for r in items))
 
 
 def _bundle_has_lost(bundle_rows_db: Path) -> bool:
@@ -105,11 +113,27 @@ def _bundle_has_lost(bundle_rows_db: Path) -> bool:
         conn.close()
 
 
-def _all_lost(outcome: Outcome, bundle: Bundle) -> Iterator[dict[str, Any]]:
+class _CsvRows:
+    """Every lost value of a rows.db as lost_values.csv rows (SQLite sorts and shapes them); the
+    connection closes when the rows are exhausted."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        with closing(open_ro(self.path)) as conn:
+            yield from csv_rows(conn)
+
+
+def stream_csv_rows(path: Path) -> _CsvRows:
+    return _CsvRows(path)
+
+
+def _all_lost(outcome: Outcome, bundle: Bundle) -> Iterator[Any]:
     """Every lost value in ``Outcome.lost``'s order: the outcome's own list when it is complete,
     else streamed from the bundle's rows.db (``_recovery_lost``), which the outcome was loaded from."""
     if outcome.lost_truncated and _bundle_has_lost(bundle.rows_db):
-        return stream_file(bundle.rows_db)
+        return stream_csv_rows(bundle.rows_db)
     return outcome.iter_lost()
 
 
@@ -128,12 +152,13 @@ def write_run_files(run_dir: Path, outcome: Outcome, bundle: Bundle, extra: dict
     paths = {n: run_dir / n for n in RUN_FILES}
     _atomic_write_json(paths["report.json"], report)
     del report
-    _atomic_write(paths["conflicts.csv"], frame([c.to_dict() for c in outcome.conflicts], CONFLICT_COLUMNS).to_csv(index=False))
     # streamed from the bundle: the caller keeps the bundle until we return (a dry run's is deleted after)
-    tmp = paths["lost_values.csv"].with_name("lost_values.csv.tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        write_lost_csv(fh, _all_lost(outcome, bundle))
-    os.replace(tmp, paths["lost_values.csv"])
+    _atomic_write_csv(paths["lost_values.csv"], lambda fh: write_lost_csv(fh, _all_lost(outcome, bundle)))
+    _atomic_write_csv(paths["conflicts.csv"], lambda fh: csvout.write_dicts(
+        fh, CONFLICT_COLUMNS, (c.to_dict() for c in outcome.conflicts)))
+    deletes = section["deletes_for_review"]
+    _atomic_write_csv(paths["deletes_for_review.csv"], lambda fh: csvout.write_dicts(fh, deletes_columns(deletes), deletes))
+    _atomic_write_csv(paths["files.csv"], lambda fh: csvout.write_dicts(fh, FILE_COLUMNS, section["files"].get("list") or []))
     shutil.copyfile(bundle.path / "reimport.sql", paths["reimport.sql"])
     _atomic_write(paths["report.md"], render_markdown(section))
     _atomic_write(paths["report.html"], render_html(section))
@@ -207,7 +232,9 @@ def render(document: dict[str, Any], fmt: str) -> str:
     if fmt == "json":
         return dump_json(document)
     if fmt == "csv":
-        return frame(document["report"]["lost"], LOST_COLUMNS).to_csv(index=False)
+        buf = io.StringIO(newline="")
+        write_lost_csv(buf, document["report"]["lost"])
+        return buf.getvalue()
     raise RecoveryError(f"unknown report format {fmt!r}", f"use one of {', '.join(FORMATS)}")
 
 
@@ -219,8 +246,8 @@ def _lost_csv_text(folder: Path, document: dict[str, Any], source: str) -> str:
     rows_db = Path((document.get("bundle") or {}).get("path") or folder) / "rows.db"
     for candidate in ([folder / "rows.db", folder / "bundle" / "rows.db", rows_db]):
         if _bundle_has_lost(candidate):
-            buf = io.StringIO()
-            write_lost_csv(buf, stream_file(candidate))
+            buf = io.StringIO(newline="")
+            write_lost_csv(buf, stream_csv_rows(candidate))
             return buf.getvalue()
     section = document["report"]
     total = max(int(section.get("lost_total") or 0), len(section["lost"]))

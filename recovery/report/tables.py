@@ -10,6 +10,10 @@ import pandas as pd
 CONFLICT_COLUMNS = ["kind", "table", "key", "label", "column", "bundle_value", "target_value", "base_value",
                     "resolution", "detail"]
 LOST_COLUMNS = ["table", "key", "label", "column", "value", "reason"]
+FILE_COLUMNS = ["path", "record", "size", "status"]
+LIST_LIMIT = 1000
+"""The HTML and Markdown list at most this many deletes for review and files; the complete lists
+are deletes_for_review.csv and files.csv in the run folder (and report.json)."""
 TABLE_COLUMNS = {"table": "table", "created": "created", "changed": "changed", "carried": "carried back",
                  "not_carried": "not carried", "not_carried_reason": "why not", "conflicts": "conflicts",
                  "lost_values": "lost values", "deleted": "deleted after deploy"}
@@ -65,11 +69,36 @@ def conflicts_frame(report: dict[str, Any]) -> pd.DataFrame:
     return frame(report["conflicts"], CONFLICT_COLUMNS)
 
 
+def deletes_columns(rows: list[dict[str, Any]]) -> list[str]:
+    return ["table", "key", "label"] + sorted({k for r in rows for k in r} - {"table", "key", "label"})
+
+
 def deletes_frame(report: dict[str, Any]) -> pd.DataFrame:
+    """The first ``LIST_LIMIT`` deletes for review (columns from the whole list)."""
     rows = report.get("deletes_for_review") or []
-    cols = ["table", "key", "label"] + sorted({k for r in rows for k in r} - {"table", "key", "label"})
-    return frame(rows, cols)
+    return frame(rows[:LIST_LIMIT], deletes_columns(rows))
 
 
 def files_frame(report: dict[str, Any]) -> pd.DataFrame:
-    return frame(report["files"].get("list") or [], ["path", "record", "size", "status"])
+    """The first ``LIST_LIMIT`` files."""
+    return frame((report["files"].get("list") or [])[:LIST_LIMIT], FILE_COLUMNS)
+
+
+def more_line(report: dict[str, Any], total: int, csv_name: str) -> str:
+    """The line under a list cut at ``LIST_LIMIT`` ('' when it is complete): a run folder has the
+    complete list as ``csv_name``; a bundle report (nothing written but the page) points at the
+    JSON format."""
+    more = total - LIST_LIMIT
+    if more <= 0:
+        return ""
+    where = (f"in {csv_name}" if report.get("headline", {}).get("mode") != "bundle"
+             else "in the JSON report (recovery report BUNDLE_DIR --format json)")
+    return f"… and {more:,} more {where}"
+
+
+def deletes_more(report: dict[str, Any]) -> str:
+    return more_line(report, len(report.get("deletes_for_review") or []), "deletes_for_review.csv")
+
+
+def files_more(report: dict[str, Any]) -> str:
+    return more_line(report, len(report["files"].get("list") or []), "files.csv")

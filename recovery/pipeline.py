@@ -370,9 +370,12 @@ def rollback(
             if downgrade_to:
                 say(f"downgrading the live database to {downgrade_to} with the application's Alembic")
                 journal.mark("restore", "start", method="downgrade")
-                digest = restore_atomically(run_dir / "safety" / db_p.name, db_p,
-                                            lambda copy: _downgrade_in_place(copy, alembic_ini, downgrade_to))
-                journal.mark("restore", "done", method="downgrade", sha256=digest)
+                repaired: dict[str, Any] = {}  # what the backup gave back that the downgrade could not
+                digest = restore_atomically(run_dir / "safety" / db_p.name, db_p, lambda copy: repaired.update(
+                    _downgrade_in_place(copy, alembic_ini, downgrade_to, backup_p)))
+                journal.mark("restore", "done", method="downgrade", sha256=digest, repair=repaired)
+                for line in repaired.get("notes", []):
+                    say(line)
             else:
                 say("restoring the backup over the live database")
                 journal.mark("restore", "start", method="backup")
@@ -515,14 +518,22 @@ def _refuse_stub_downgrades(db: Path, alembic_ini: str | os.PathLike[str] | None
             f"would leave their schema changes in place", "restore from the backup instead (omit --downgrade-to)")
 
 
-def _downgrade_in_place(db: Path, alembic_ini: str | os.PathLike[str] | None, target: str) -> None:
+def _downgrade_in_place(db: Path, alembic_ini: str | os.PathLike[str] | None, target: str,
+                        backup: Path | None = None) -> dict[str, Any]:
     """Run the app's downgrade to ``target`` on ``db`` (a scratch copy: pysqlite does not make
-    Alembic's DDL transactional, so the live file is only ever swapped in whole)."""
+    Alembic's DDL transactional, so the live file is only ever swapped in whole), then, given the
+    ``backup``, put back from it what the downgrade cannot (:mod:`recovery.downgrade`: cells of
+    columns the upgrade dropped, rows deleted after the deploy). Returns what was put back (the
+    journal's restore entry), empty without a backup."""
     _refuse_stub_downgrades(db, alembic_ini, target)
     import sqlalchemy as sa
     from alembic import command
     from alembic.config import Config
 
+    live = None
+    if backup is not None:
+        with readonly(db, "live database copy") as conn:
+            live = reflect(conn)  # before the downgrade: which columns the live schema lacks
     cfg = Config(str(alembic_ini))
     engine = sa.create_engine(f"sqlite:///{db}", poolclass=sa.pool.NullPool)
     try:
@@ -534,6 +545,11 @@ def _downgrade_in_place(db: Path, alembic_ini: str | os.PathLike[str] | None, ta
             conn.commit()
     finally:
         engine.dispose()
+    if backup is None or live is None:
+        return {}
+    from recovery.downgrade import repair_from_backup
+
+    return repair_from_backup(db, backup, live).to_dict()
 
 
 def _dry_run(db: Path, backup: Path, run_dir: Path, since: str | None, uploads: Any, mapping: Any,

@@ -156,7 +156,9 @@ class Merge:
     counter: _Counter
     in_place: bool = False
     """The target already holds the post-deploy rows (``rollback --downgrade-to``): a bundle row
-    whose key is present is the same record, transpiled by the app's own downgrade."""
+    whose key is present is the same record, transpiled by the app's own downgrade. Rows deleted
+    after the deploy are back in it as after a restore (:mod:`recovery.downgrade`), so deletes are
+    listed and applied the same way."""
     present: set[tuple[str, int]] = field(default_factory=set)
     """(table, staged rowid) of bundle rows already in the target, skipped as no-ops."""
     fks: dict[str, tuple[TargetFk, ...]] | None = None
@@ -655,8 +657,6 @@ class Merge:
     def deletes(self, apply: bool) -> None:
         """Rows deleted after the deploy came back with the restore: list them; delete on request,
         and then only those unchanged since the backup and with no row referencing them."""
-        if self.in_place:  # downgraded in place: those rows were never brought back
-            return
         for name in reversed(self.bundle.old.fk_order()):
             t = self.old(name)
             if self.bundle.counts.get(name, {}).get("deleted", 0) == 0:

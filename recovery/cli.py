@@ -452,7 +452,7 @@ def rehearse_cmd(db: Path, backup: Path, alembic_ini: Path | None, out_dir: Path
     if fmt == "json":
         emit_json(result.to_dict())
     elif fmt == "csv":
-        write_csv(sys.stdout, result.losses, ["table", "key", "label", "column", "value", "reason"])
+        write_csv(sys.stdout, result.iter_losses(), ["table", "key", "label", "column", "value", "reason"])
     else:
         render_rehearsal(result)
     sys.exit(result.exit_code)

@@ -15,6 +15,13 @@ run writes; then the round trip is checked on the rolled-back copy:
 
 PASS (exit 0) may still list losses: values the old schema has no place for. The live files are
 hashed before and after; they are only ever read.
+
+Losses are never all held in memory: the bundle's rows.db keeps every one in ``_recovery_lost``
+(the run folder's ``lost_values.csv`` lists them all). A rehearsal holds the first
+:data:`recovery.lost.SAMPLE_LIMIT` (1,000) by (table, key, column) — the order of
+``lost_values.csv`` — plus exact totals per table and per reason counted by SQLite;
+rehearsal.json lists that sample (``losses``, ``losses_total``, ``losses_truncated``), rehearsal.md
+shows it, the terminal shows the first :data:`TERMINAL_LIMIT`.
 """
 from __future__ import annotations
 
@@ -23,7 +30,7 @@ import os
 import shutil
 import sqlite3
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -31,8 +38,11 @@ from typing import Any
 
 from sqlglot import exp
 
-from recovery.bundle import Bundle, open_bundle, write_json_atomic
+from recovery import lost
+from recovery.bundle import LOST_TABLE, Bundle, open_bundle, write_json_atomic
 from recovery.errors import ExitCode, RecoveryError
+from recovery.extract import _key_json
+from recovery.lost import has_lost, iter_lost, open_ro, stream_file
 from recovery.schema import alembic_revision
 from recovery.sqlbuild import and_all, col, is_distinct, is_same, or_all, sql, table
 from recovery.sqlite_io import check_sqlite_file, consistent_copy, readonly, sha256_file, sidecars
@@ -40,6 +50,10 @@ from recovery.sqlite_io import check_sqlite_file, consistent_copy, readonly, sha
 FORMAT = "recovery-rehearsal/1"
 SAMPLE_LIMIT = 20
 """How many offending keys a failed check quotes."""
+TERMINAL_LIMIT = 20
+"""How many would-be losses the terminal shows (rehearsal.md shows the whole sample)."""
+LOST_FILE = "lost_values.csv"
+"""The run folder's complete list of lost values (written by the pipeline's report)."""
 
 
 @dataclass
@@ -49,7 +63,15 @@ class Rehearsal:
     reasons: list[str] = field(default_factory=list)
     """Why the rehearsal failed (empty on PASS)."""
     losses: list[dict[str, Any]] = field(default_factory=list)
-    """Values the rollback would lose: table, key, label, column, value, reason."""
+    """Values the rollback would lose (table, key, label, column, value, reason): the first
+    :data:`recovery.lost.SAMPLE_LIMIT` by (table, key, column) — all of them when there are no more.
+    The complete list: ``losses_file`` (or :meth:`iter_losses`)."""
+    losses_total: int = 0
+    """Exact number of values the rollback would lose."""
+    losses_by_table: dict[str, int] = field(default_factory=dict)
+    losses_by_reason: dict[str, int] = field(default_factory=dict)
+    losses_file: Path | None = None
+    """The run folder's ``lost_values.csv``: every lost value (when the rollback got that far)."""
     checks: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     outcome: Any = None
@@ -58,9 +80,24 @@ class Rehearsal:
     def exit_code(self) -> int:
         return ExitCode.OK if self.passed else ExitCode.REVIEW
 
+    @property
+    def losses_truncated(self) -> bool:
+        return self.losses_total > len(self.losses)
+
+    def iter_losses(self) -> Iterator[dict[str, Any]]:
+        """Every lost value in the order of ``losses``: the sample when it is complete, else
+        streamed from the run's bundle (``bundle/rows.db``, ``_recovery_lost``)."""
+        rows_db = self.run_dir / "bundle" / "rows.db"
+        if self.losses_truncated and rows_db.is_file():
+            return stream_file(rows_db)
+        return iter(self.losses)
+
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT, "result": "PASS" if self.passed else "FAIL", "passed": self.passed,
                 "run_dir": str(self.run_dir), "reasons": self.reasons, "losses": self.losses,
+                "losses_total": self.losses_total, "losses_truncated": self.losses_truncated,
+                "losses_by_table": self.losses_by_table, "losses_by_reason": self.losses_by_reason,
+                "losses_file": str(self.losses_file) if self.losses_file else None,
                 "checks": self.checks, "notes": self.notes}
 
 
@@ -68,11 +105,12 @@ def rehearse(
     db: str | os.PathLike[str], backup: str | os.PathLike[str], alembic_ini: str | os.PathLike[str] | None = None,
     out: str | os.PathLike[str] | None = None, uploads: str | os.PathLike[str] | None = None,
     mapping: str | os.PathLike[str] | None = None, since: str | None = None,
-    progress: Callable[[str], None] | None = None,
+    progress: Callable[[str], None] | None = None, losses_limit: int | None = None,
 ) -> Rehearsal:
     """Roll back scratch copies of ``db``/``backup``/``uploads`` and check the round trip; the run
     folder ``out`` (default: ``recovery-rehearsal-<stamp>`` beside ``db``) gets the real run's
-    report plus ``rehearsal.json`` and ``rehearsal.md``."""
+    report plus ``rehearsal.json`` and ``rehearsal.md``. At most ``losses_limit`` (default
+    :data:`recovery.lost.SAMPLE_LIMIT`) lost values are held and listed; the totals are exact."""
     from recovery.pipeline import rollback
 
     say = progress or (lambda _m: None)
@@ -109,8 +147,12 @@ def rehearse(
         else:
             say("checking the round trip on the rolled-back copy")
             result = Rehearsal(True, run_dir, outcome=res.outcome)
-            result.losses = list(res.outcome.iter_lost()) if res.outcome else []  # all, not the sample
-            _check_round_trip(result, db_copy, backup_ref, open_bundle(run_dir / "bundle"))
+            bundle = open_bundle(run_dir / "bundle")
+            _load_losses(result, bundle.rows_db,
+                         lost.SAMPLE_LIMIT if losses_limit is None else max(0, int(losses_limit)))
+            if (run_dir / LOST_FILE).is_file():
+                result.losses_file = run_dir / LOST_FILE
+            _check_round_trip(result, db_copy, backup_ref, bundle)
     changed = [p for p, h in hashes.items() if not Path(p).exists() or sha256_file(p) != h]
     result.checks["live_files_unchanged"] = not changed
     if changed:  # never us: everything above worked on copies; the application may still be writing
@@ -152,6 +194,25 @@ def _keep_mtime(src: Path, dst: Path) -> None:
     os.utime(dst, (latest, latest))
 
 
+def _load_losses(result: Rehearsal, rows_db: Path, limit: int) -> None:
+    """The first ``limit`` lost values (``lost_values.csv``'s order) and exact totals per table
+    and per reason, from the bundle's ``_recovery_lost``; nothing else is read into memory."""
+    conn = open_ro(rows_db)
+    try:
+        if not has_lost(conn):
+            return
+        result.losses = list(iter_lost(conn, limit=limit))
+        tbl, why = col("table"), col("reason")
+        q = (exp.select(tbl, why, exp.Count(this=exp.Star())).from_(table(LOST_TABLE))
+             .group_by(tbl.copy(), why.copy()).order_by(tbl.copy(), why.copy()))
+        for name, reason, n in conn.execute(sql(q)):
+            result.losses_by_table[name] = result.losses_by_table.get(name, 0) + n
+            result.losses_by_reason[reason] = result.losses_by_reason.get(reason, 0) + n
+            result.losses_total += n
+    finally:
+        conn.close()
+
+
 def _check_round_trip(result: Rehearsal, rolled: Path, backup: Path, bundle: Bundle) -> None:
     outcome = result.outcome
     ver = outcome.verification if outcome else {}
@@ -183,31 +244,58 @@ def _tables_in(conn: sqlite3.Connection, schema: str) -> set[str]:
     return {r[0] for r in conn.execute(f"SELECT name FROM {schema}.sqlite_master WHERE type='table'")}  # noqa: S608
 
 
+TOUCHED = "rehearse_touched"
+"""TEMP copy of one table's keys in the bundle's base.db (rows updated or deleted after the deploy)."""
+
+
 def _backup_intact(conn: sqlite3.Connection, bundle: Bundle, result: Rehearsal) -> dict[str, Any]:
-    """Every backup key present; every backup row nobody changed after the deploy identical."""
+    """Every backup key present; every backup row nobody changed after the deploy identical.
+    Only counts and the first :data:`SAMPLE_LIMIT` offending keys are fetched."""
     counts: dict[str, Any] = {}
     base_tables = _tables_in(conn, "base")
+
+    def count_and_sample(source: exp.Table, keys: list[exp.Column],
+                         cond: exp.Expression) -> tuple[int, list[list[Any]]]:
+        n = conn.execute(sql(exp.select("count(*)").from_(source.copy()).where(cond.copy()))).fetchone()[0]
+        if not n:
+            return 0, []
+        q = exp.select(*[k.copy() for k in keys]).from_(source.copy()).where(cond.copy()).limit(SAMPLE_LIMIT)
+        return n, [list(r) for r in conn.execute(sql(q))]
+
     for name in bundle.old.data_tables:
         t = bundle.old.tables[name]
         key = t.key
+        backup_rows, keys_o = table(name, "bk", "o"), [col(k, "o") for k in key]
         present = exp.select("1").from_(table(name, "main", "r")).where(and_all(is_same(col(k, "r"), col(k, "o")) for k in key))
-        missing_q = exp.select(*[col(k, "o") for k in key]).from_(table(name, "bk", "o")).where(exp.Not(this=exp.Exists(this=present)))
-        missing = conn.execute(sql(missing_q)).fetchall()
+        n_missing, missing = count_and_sample(backup_rows, keys_o, exp.Not(this=exp.Exists(this=present)))
         same = exp.select("1").from_(table(name, "main", "r")).where(and_all(is_same(col(c, "r"), col(c, "o")) for c in t.column_names))
         cond: exp.Expression = exp.Not(this=exp.Exists(this=same))
+        touched_t = table(TOUCHED, "temp")
+        conn.execute(sql(exp.Drop(tables=[touched_t.copy()], kind="TABLE", exists=True)))
         if name in base_tables:  # rows updated or deleted after the deploy are allowed to differ
-            touched = exp.select("1").from_(table(name, "base", "d")).where(and_all(is_same(col(k, "d"), col(k, "o")) for k in key))
+            # their keys, copied to an indexed TEMP table: base.db's tables have no index, and
+            # probing one per backup row would take (backup rows × touched rows) comparisons. The
+            # columns take the backup's affinities (CREATE … AS SELECT … LIMIT 0 declares them), so
+            # the values compare as ``base.<t>.k IS bk.<t>.k`` did and the index can serve ``IS``.
+            like_backup = exp.select(*[k.copy() for k in keys_o]).from_(backup_rows.copy()).limit(0)
+            conn.execute(sql(exp.Create(this=touched_t.copy(), kind="TABLE", expression=like_backup)))
+            conn.execute(sql(exp.Insert(this=touched_t.copy(),
+                                        expression=exp.select(*[col(k) for k in key]).from_(table(name, "base")))))
+            conn.execute(sql(exp.Create(kind="INDEX", this=exp.Index(
+                this=table(f"{TOUCHED}_key", "temp"), table=table(TOUCHED),
+                params=exp.IndexParameters(columns=[col(k) for k in key])))))
+            touched = exp.select("1").from_(table(TOUCHED, "temp", "d")).where(
+                and_all(is_same(col(k, "d"), col(k, "o")) for k in key))
             cond = exp.and_(exp.Not(this=exp.Exists(this=touched)), cond)
-        changed_q = exp.select(*[col(k, "o") for k in key]).from_(table(name, "bk", "o")).where(cond)
-        changed = conn.execute(sql(changed_q)).fetchall()
+        n_changed, changed = count_and_sample(backup_rows, keys_o, cond)
+        conn.execute(sql(exp.Drop(tables=[touched_t.copy()], kind="TABLE", exists=True)))
         total = conn.execute(sql(exp.select("count(*)").from_(table(name, "bk")))).fetchone()[0]
-        counts[name] = {"rows": total, "missing": len(missing), "altered": len(changed)}
-        if missing:
-            result.reasons.append(f"{name}: {len(missing)} backup row(s) missing after the rollback, e.g. keys "
-                                  f"{[list(k) for k in missing[:SAMPLE_LIMIT]]}")
-        if changed:
-            result.reasons.append(f"{name}: {len(changed)} backup row(s) nobody changed after the deploy differ from "
-                                  f"the backup, e.g. keys {[list(k) for k in changed[:SAMPLE_LIMIT]]}")
+        counts[name] = {"rows": total, "missing": n_missing, "altered": n_changed}
+        if n_missing:
+            result.reasons.append(f"{name}: {n_missing} backup row(s) missing after the rollback, e.g. keys {missing}")
+        if n_changed:
+            result.reasons.append(f"{name}: {n_changed} backup row(s) nobody changed after the deploy differ from "
+                                  f"the backup, e.g. keys {changed}")
     return counts
 
 
@@ -272,38 +360,72 @@ def _changes_carried(conn: sqlite3.Connection, bundle: Bundle, result: Rehearsal
         if n_diff:
             result.reasons.append(f"{tp.table}: {n_diff} post-deploy row(s) carried with other values than "
                                   f"the plan's, e.g. {diff_rows[:5]}")
-    lost_keys = {(x["table"], json.dumps(x["key"], default=str)) for x in result.losses}
+    listed = has_lost(conn, "bundle")
     for name in sorted(bundle.tables_with_rows() - planned):
         t = bundle.new.tables.get(name)
         if t is None:
             continue
-        q = exp.select(*[col(k, "b") for k in t.key]).from_(table(name, "bundle", "b")).where(kinds)
-        rows = conn.execute(sql(q)).fetchall()
-        unlisted = [list(r) for r in rows if (name, json.dumps(list(r), default=str)) not in lost_keys]
-        counts[name] = {"rows": len(rows), "lost": len(rows) - len(unlisted), "unlisted": len(unlisted)}
-        if unlisted:
-            result.reasons.append(f"{name}: {len(unlisted)} post-deploy row(s) of a table the old schema lacks are "
-                                  f"not listed as lost, e.g. keys {unlisted[:SAMPLE_LIMIT]}")
+        # an anti-join of the bundle rows against _recovery_lost, in SQLite: a row is listed when
+        # a lost value of this table has its key, stored as the json_array(...) text extract's
+        # record_lost wrote from this very bundle table. ``NOT IN (SELECT …)`` makes SQLite build
+        # the table's lost keys into a transient index once (a correlated NOT EXISTS would scan
+        # the unindexed _recovery_lost once per row).
+        unlisted: exp.Expression = kinds.copy()
+        if listed:
+            keys_lost = exp.select(col("key", "l")).from_(table(LOST_TABLE, "bundle", "l")).where(and_all([
+                exp.EQ(this=col("table", "l"), expression=exp.Literal.string(name)),
+                exp.Not(this=exp.Is(this=col("key", "l"), expression=exp.Null()))]))
+            unlisted = and_all([unlisted, exp.Not(this=exp.In(this=_key_json(t.key, "b"),
+                                                              query=exp.Subquery(this=keys_lost)))])
+        rows_b = table(name, "bundle", "b")
+        n_rows = conn.execute(sql(exp.select("count(*)").from_(rows_b.copy()).where(kinds.copy()))).fetchone()[0]
+        n_unlisted = conn.execute(sql(exp.select("count(*)").from_(rows_b.copy()).where(unlisted))).fetchone()[0]
+        counts[name] = {"rows": n_rows, "lost": n_rows - n_unlisted, "unlisted": n_unlisted}
+        if n_unlisted:
+            q = exp.select(*[col(k, "b") for k in t.key]).from_(rows_b.copy()).where(unlisted.copy())
+            keys = [list(r) for r in conn.execute(sql(q.limit(SAMPLE_LIMIT)))]
+            result.reasons.append(f"{name}: {n_unlisted} post-deploy row(s) of a table the old schema lacks are "
+                                  f"not listed as lost, e.g. keys {keys}")
     return counts
 
 
+def _where_all_are(r: Rehearsal) -> str:
+    return str(r.losses_file) if r.losses_file else str(r.run_dir / "bundle" / "rows.db") + f" (table {LOST_TABLE})"
+
+
+def _by(counts: dict[str, int]) -> str:
+    return " · ".join(f"{k} {n:,}" for k, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
 def markdown(r: Rehearsal) -> str:
+    """rehearsal.md: the verdict, the reasons, the loss totals and at most the sample of losses."""
     lines = [f"# Rollback test: {'PASS' if r.passed else 'FAIL'}", "",
              "The whole rollback ran on scratch copies; the live files were only read.", ""]
     if r.reasons:
         lines += ["## Why it failed", ""] + [f"- {x}" for x in r.reasons] + [""]
-    lines += [f"## Would-be losses ({len(r.losses)})", ""]
+    lines += [f"## Would-be losses ({r.losses_total:,})", ""]
+    if r.losses_total:
+        lines += [f"- by table: {_by(r.losses_by_table)}", f"- by reason: {_by(r.losses_by_reason)}",
+                  f"- the complete list: {_where_all_are(r)}", ""]
+        if r.losses_truncated:
+            lines += [f"The first {len(r.losses):,} by table, key and column:", ""]
     if r.losses:
         lines += ["| table | key | column | value | reason |", "|---|---|---|---|---|"]
         lines += [f"| {x['table']} | {x['key']} | {x['column']} | {x['value']!r} | {x.get('reason', '')} |" for x in r.losses]
-    else:
-        lines.append("None: every post-deploy value has a place in the old schema.")
+    if r.losses_truncated:
+        name = r.losses_file.name if r.losses_file else f"{LOST_TABLE} of bundle/rows.db"
+        lines += ["", f"… and {r.losses_total - len(r.losses):,} more in {name}"]
+    if not r.losses_total:
+        lines.append("None: every post-deploy value has a place in the old schema." if r.outcome is not None
+                     else "Not known: the rollback stopped before the re-import.")
     if r.notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in r.notes]
     return "\n".join(lines) + "\n"
 
 
-def render_rehearsal(r: Rehearsal) -> None:
+def render_rehearsal(r: Rehearsal, limit: int = TERMINAL_LIMIT) -> None:
+    """The verdict on the terminal: reasons, notes, the loss totals and the first ``limit`` losses
+    (the rest: lost_values.csv in the run folder)."""
     from rich.table import Table as RichTable
 
     from recovery.render import console
@@ -313,13 +435,19 @@ def render_rehearsal(r: Rehearsal) -> None:
         out.print(f"[red]✗[/] {reason}")
     for n in r.notes:
         out.print(f"[yellow]![/] {n}")
-    if r.losses:
-        t = RichTable(title=f"would-be losses ({len(r.losses)})")
+    shown = r.losses[:limit]
+    if shown:
+        more = f", first {len(shown):,} shown" if r.losses_total > len(shown) else ""
+        t = RichTable(title=f"would-be losses ({r.losses_total:,}{more})")
         for h in ("table", "key", "column", "value", "reason"):
             t.add_column(h, overflow="fold")
-        for x in r.losses:
+        for x in shown:
             t.add_row(x["table"], json.dumps(x["key"], default=str), str(x["column"]), repr(x["value"]),
                       str(x.get("reason", "")))
         out.print(t)
+    if r.losses_total > len(shown):
+        out.print(f"… and {r.losses_total - len(shown):,} more would-be losses: {_where_all_are(r)}", soft_wrap=True)
+    if r.losses_total:
+        out.print(f"would-be losses by table: {_by(r.losses_by_table)}", soft_wrap=True)
     out.print(f"report: {r.run_dir}")
     out.print("[bold green]Rollback test: PASS[/]" if r.passed else "[bold red]Rollback test: FAIL[/]")

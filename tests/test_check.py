@@ -2,16 +2,20 @@
 rollback on scratch copies, checked round trip)."""
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import sqlite3
 import textwrap
+from collections import Counter
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from recovery.cli import main
+from recovery.rehearse import TERMINAL_LIMIT
 
 ROOT = Path(__file__).resolve().parents[1]
 APP_INI = ROOT / "sample_dbs" / "app" / "alembic.ini"
@@ -231,9 +235,21 @@ def test_rehearse_passes_lists_the_losses_and_leaves_live_files_alone(world_copy
         return x["table"], json.dumps(key), x["column"], json.dumps(x["value"])
 
     assert sorted(map(norm, report["losses"])) == sorted(map(norm, truth))
+    assert report["losses_total"] == len(truth) and report["losses_truncated"] is False
+    assert report["losses_by_table"] == dict(Counter(x["table"] for x in truth))
+    assert sum(report["losses_by_reason"].values()) == len(truth)
+    assert report["losses_file"] == str(run_dir / "lost_values.csv")
     assert report["checks"]["alembic_revision"]["ok"]
     for name in ("report.json", "lost_values.csv", "report.md", "rehearsal.md", "journal.json"):
         assert (run_dir / name).is_file(), name
+    # the terminal shows the first 20 and says where the rest is; rehearsal.md has them all
+    assert len(truth) > TERMINAL_LIMIT
+    assert f"would-be losses ({len(truth)}, first {TERMINAL_LIMIT} shown)" in out
+    assert f"… and {len(truth) - TERMINAL_LIMIT} more would-be losses: {run_dir / 'lost_values.csv'}" in out
+    md = (run_dir / "rehearsal.md").read_text(encoding="utf-8")
+    assert f"## Would-be losses ({len(truth)})" in md and "more in lost_values.csv" not in md
+    assert sum(line.startswith("| production_records |") or line.startswith("| quotes |")
+               for line in md.splitlines()) == len(truth)
 
 
 def test_rehearse_fails_when_a_backup_row_goes_missing(world_copy: Path, tmp_path: Path,
@@ -258,6 +274,36 @@ def test_rehearse_fails_when_a_backup_row_goes_missing(world_copy: Path, tmp_pat
     assert any("materials: 1 backup row(s) missing" in r for r in result.reasons), result.reasons
     assert json.loads((tmp_path / "run" / "rehearsal.json").read_text())["result"] == "FAIL"
 
+
+def test_rehearse_fails_when_an_untouched_backup_row_is_altered(world_copy: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A backup row nobody changed after the deploy must come back identical; one updated after
+    the deploy (its backup image is in the bundle's base.db) may differ."""
+    import recovery.pipeline as pipeline
+    from recovery.rehearse import rehearse
+
+    parts = json.loads((world_copy / "world.json").read_text())["tables"]["parts"]
+    updated = parts["updated"][0][0]
+    touched = {k[0] for kind in ("inserted", "updated", "deleted") for k in parts[kind]}
+    untouched = min(set(range(1, 200)) - touched)
+    real = pipeline.rollback
+
+    def sabotaged(db, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        res = real(db, *args, **kwargs)
+        conn = sqlite3.connect(db)
+        conn.execute("UPDATE parts SET name = name || ' (sabotaged)' WHERE id IN (?, ?)", (updated, untouched))
+        conn.commit()
+        conn.close()
+        return res
+
+    monkeypatch.setattr(pipeline, "rollback", sabotaged)
+    result = rehearse(world_copy / "gestima.db", backup_of(world_copy), APP_INI, tmp_path / "run",
+                      world_copy / "uploads")
+    assert not result.passed
+    assert result.checks["backup_rows"]["parts"] == {"rows": result.checks["backup_rows"]["parts"]["rows"],
+                                                     "missing": 0, "altered": 1}
+    assert f"parts: 1 backup row(s) nobody changed after the deploy differ from the backup, e.g. keys " \
+           f"[[{untouched}]]" in result.reasons, result.reasons
 
 def test_rehearse_fails_when_post_deploy_changes_are_dropped_or_altered(
         world_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -288,3 +334,77 @@ def test_rehearse_fails_when_post_deploy_changes_are_dropped_or_altered(
                for r in result.reasons), result.reasons
     assert any(r.startswith("quotes: 1 post-deploy row(s) carried with other values") and "'status'" in r
                for r in result.reasons), result.reasons
+
+
+def lost_csv(run_dir: Path) -> list[dict]:
+    with (run_dir / "lost_values.csv").open(encoding="utf-8", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_rehearse_holds_a_bounded_sample_with_exact_totals(world_copy: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """More losses than the sample: the first N (lost_values.csv's order) are listed, the totals
+    are exact, the files say where the rest is — and the round-trip check, which no longer reads
+    the list, still passes (a check against the sample would call the rest unlisted)."""
+    import recovery.lost
+
+    monkeypatch.setattr(recovery.lost, "SAMPLE_LIMIT", 5)  # the default limit, read at call time
+    run_dir = tmp_path / "rehearsal"
+    code, out = run("rehearse", world_copy / "gestima.db", "--backup", backup_of(world_copy),
+                    "--alembic-ini", APP_INI, "--uploads", world_copy / "uploads", "--out", run_dir)
+    assert code == 0, out
+    truth = json.loads((world_copy / "world.json").read_text(encoding="utf-8"))["lost"]
+    report = json.loads((run_dir / "rehearsal.json").read_text(encoding="utf-8"))
+    assert report["result"] == "PASS" and report["reasons"] == []
+    assert report["losses_total"] == len(truth) == 27 and report["losses_truncated"] is True
+    assert report["losses_by_table"] == dict(Counter(x["table"] for x in truth)) == {"production_records": 23,
+                                                                                     "quotes": 4}
+    assert report["losses_by_reason"] == {"table not in the old schema": 23, "column not in the old schema": 4}
+    assert report["checks"]["post_deploy_changes"]["production_records"]["unlisted"] == 0
+    every = lost_csv(run_dir)
+    assert len(every) == len(truth)
+    assert len(report["losses"]) == 5
+    assert [(x["table"], x["column"], str(x["value"])) for x in report["losses"]] == \
+        [(x["table"], x["column"], x["value"]) for x in every[:5]]
+    md = (run_dir / "rehearsal.md").read_text(encoding="utf-8")
+    assert f"## Would-be losses ({len(truth)})" in md
+    assert sum(line.startswith("| production_records |") for line in md.splitlines()) == 5
+    assert f"… and {len(truth) - 5} more in lost_values.csv" in md
+    assert "first 5 shown" in out and f"… and {len(truth) - 5} more would-be losses" in out
+    code, out = run("rehearse", world_copy / "gestima.db", "--backup", backup_of(world_copy),
+                    "--alembic-ini", APP_INI, "--out", tmp_path / "again", "--csv")
+    header = "table,key,label,column,value,reason\n"
+    assert code == 0 and header in out  # (the progress lines on stderr come first)
+    assert len(list(csv.DictReader(io.StringIO(header + out.split(header, 1)[1])))) == len(truth)
+
+def test_rehearse_fails_when_a_row_of_a_new_only_table_is_not_listed_as_lost(
+        world_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A production_records row (a table the old schema lacks) whose values vanish from the bundle's
+    _recovery_lost before it is sealed: the rollback drops it silently; the rehearsal must say so,
+    although that row is far outside the (tiny) sample of losses it holds."""
+    import recovery.extract as extract
+    from recovery.rehearse import rehearse
+
+    real = extract.record_lost
+    gone: list[int] = []
+
+    def forgetful(conn, a, files, counts):  # noqa: ANN001, ANN202
+        real(conn, a, files, counts)
+        (key,) = conn.execute("SELECT max(json_extract(\"key\", '$[0]')) FROM bnew._recovery_lost "
+                              "WHERE \"table\" = 'production_records'").fetchone()
+        conn.execute("DELETE FROM bnew._recovery_lost WHERE \"table\" = 'production_records' AND \"key\" = ?",
+                     (json.dumps([key]),))
+        gone.append(key)
+
+    monkeypatch.setattr(extract, "record_lost", forgetful)
+    result = rehearse(world_copy / "gestima.db", backup_of(world_copy), APP_INI, tmp_path / "run",
+                      world_copy / "uploads", losses_limit=3)
+    assert not result.passed and result.exit_code == 1
+    assert gone and all(x["table"] != "production_records" or x["key"] != [gone[0]] for x in result.losses)
+    assert result.reasons == [f"production_records: 1 post-deploy row(s) of a table the old schema lacks are "
+                              f"not listed as lost, e.g. keys [[{gone[0]}]]"], result.reasons
+    counts = result.checks["post_deploy_changes"]["production_records"]
+    assert counts["unlisted"] == 1 and counts["lost"] == counts["rows"] - 1
+    assert len(result.losses) == 3 and result.losses_truncated
+    assert result.losses_total == len(lost_csv(tmp_path / "run"))
+    assert json.loads((tmp_path / "run" / "rehearsal.json").read_text())["result"] == "FAIL"

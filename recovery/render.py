@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 from collections.abc import Iterable
 from typing import IO, Any
 
@@ -23,11 +24,14 @@ def write_csv(out: IO[str], rows: Iterable[dict[str, Any]], fields: list[str] | 
     if fields is None:
         fields = list(first) if first else []
     writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
+    quoted = None  # a row with a bare \r in a cell: every cell quoted (QUOTE_MINIMAL leaves it bare)
     writer.writeheader()
-    if first is not None:
-        writer.writerow(first)
-    for r in rows:
-        writer.writerow(r)
+    for r in itertools.chain([first] if first is not None else [], rows):
+        if any(isinstance(v, str) and "\r" in v for v in r.values()):
+            quoted = quoted or csv.DictWriter(out, fieldnames=fields, lineterminator="\n", quoting=csv.QUOTE_ALL)
+            quoted.writerow(r)
+        else:
+            writer.writerow(r)
 
 
 def render_snapshot(snap: Any) -> None:

@@ -244,8 +244,36 @@ from recovery.schema import Column  # noqa: E402
 
 
 def _pandas_csv(items: list[dict[str, Any]], columns: list[str]) -> str:
-    """What every CSV of the run folder was before: ``frame(rows).to_csv(index=False)``."""
-    return frame(items, columns).to_csv(index=False)
+    """What every CSV of the run folder was before: ``frame(rows).to_csv(index=False)`` — except that
+    a row with a bare carriage return in a cell is now written with every cell quoted (pandas left
+    the ``\r`` unquoted, and a CSV reader split the row there)."""
+    import csv
+
+    df = frame(items, columns)
+    if not any(isinstance(v, str) and "\r" in v for v in df.to_numpy().ravel()):
+        return df.to_csv(index=False)
+    parts = [df.iloc[:0].to_csv(index=False)]
+    for i in range(len(df)):
+        row = df.iloc[i:i + 1]
+        cr = any(isinstance(v, str) and "\r" in v for v in row.to_numpy().ravel())
+        parts.append(row.to_csv(index=False, header=False, quoting=csv.QUOTE_ALL if cr else csv.QUOTE_MINIMAL))
+    return "".join(parts)
+
+
+def test_a_carriage_return_in_a_lost_value_survives_a_csv_reader(tmp_path: Path) -> None:
+    """A value holding a bare \r (old Mac line ends pasted into a form) reads back whole."""
+    import csv
+
+    conn = sqlite3.connect(":memory:")
+    conn.execute('CREATE TABLE _recovery_lost ("table", "key", "label", "column", "value", "reason")')
+    values = ["one\rtwo", "plain", "both\r\nends", 'q"uote\r']
+    conn.executemany("INSERT INTO _recovery_lost VALUES ('parts', json_array(?), 'L', 'notes', ?, 'r')",
+                     [(i, v) for i, v in enumerate(values)])
+    out = io.StringIO(newline="")
+    csvout.write_rows(out, LOST_COLUMNS, csv_rows(conn))
+    got = list(csv.DictReader(io.StringIO(out.getvalue(), newline="")))
+    assert [r["value"] for r in got] == values
+    assert [r["key"] for r in got] == ["0", "1", "2", "3"]
 
 
 def _reference_users_activity(bundle: Any, outcome: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -500,3 +528,15 @@ def test_lost_counts_equal_python(cells: list[tuple[str, str, Any]]) -> None:
     assert records == len({(t, k) for t, k, _ in cells})
     per_key = dict(((t, k), n) for t, k, n in conn.execute('SELECT "table", "key", n FROM temp.recovery_report_lost'))
     assert per_key == Counter((t, k) for t, k, _ in cells)
+
+
+def test_terminal_csv_quotes_a_carriage_return_too() -> None:
+    """``--csv`` output (render.write_csv) reads back whole when a cell holds a bare \\r."""
+    from recovery.render import write_csv
+
+    rows = [{"a": "x\ry", "b": 1}, {"a": "plain", "b": None}]
+    out = io.StringIO(newline="")
+    write_csv(out, rows)
+    back = list(csv_module.DictReader(io.StringIO(out.getvalue(), newline="")))
+    assert [r["a"] for r in back] == ["x\ry", "plain"]
+    assert out.getvalue().split("\n")[2] == "plain,"

@@ -10,20 +10,40 @@ from __future__ import annotations
 import csv
 import os
 from collections.abc import Iterable, Sequence
+from itertools import islice
 from typing import IO, Any
 
 from recovery.lost import csv_cell
 
 
-def writer(fh: IO[str]) -> Any:
-    return csv.writer(fh, lineterminator=os.linesep, quoting=csv.QUOTE_MINIMAL, quotechar='"', doublequote=True)
+CHUNK = 10_000
+
+
+def writer(fh: IO[str], quoting: int = csv.QUOTE_MINIMAL) -> Any:
+    return csv.writer(fh, lineterminator=os.linesep, quoting=quoting, quotechar='"', doublequote=True)
+
+
+def _has_cr(row: Sequence[Any]) -> bool:
+    return any(c.__class__ is str and "\r" in c for c in row)
 
 
 def write_rows(fh: IO[str], columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    """``columns`` then ``rows`` — tuples whose cells are already CSV cells (None = empty)."""
+    """``columns`` then ``rows`` — tuples whose cells are already CSV cells (None = empty).
+
+    Python 3.11's ``QUOTE_MINIMAL`` leaves a bare carriage return unquoted when the line ends in
+    ``\n`` (pandas too), and a CSV reader then splits the row there: a row with ``\r`` in a cell
+    is written with every cell quoted instead (the only difference from pandas' bytes)."""
     w = writer(fh)
     w.writerow(columns)
-    w.writerows(rows)
+    quoted = None
+    it = iter(rows)
+    while chunk := list(islice(it, CHUNK)):
+        if not any(map(_has_cr, chunk)):
+            w.writerows(chunk)
+            continue
+        quoted = quoted or writer(fh, csv.QUOTE_ALL)
+        for row in chunk:
+            (quoted if _has_cr(row) else w).writerow(row)
 
 
 def write_dicts(fh: IO[str], columns: Sequence[str], items: Iterable[dict[str, Any]]) -> None:

@@ -253,6 +253,12 @@ class Merge:
                 _in(_rowid("c"), exp.select("rid").from_(_t("chk", name)))))
         return sources
 
+    def target_has_triggers(self) -> bool:
+        """The target DB defines a trigger (the app's: they fire during the re-import)."""
+        q = exp.select("1").from_(table("sqlite_master", "main")).where(
+            exp.EQ(this=col("type"), expression=exp.Literal.string("trigger"))).limit(1)
+        return self.conn.execute(sql(q)).fetchone() is not None
+
     def fk_problems(self, limit: int = 20) -> list[dict[str, Any]]:
         """What ``PRAGMA foreign_key_check`` reports for the rows this re-import wrote, in its shape:
         every foreign key (as the target declares it) of every inserted or updated row, and of every
@@ -262,6 +268,8 @@ class Merge:
         probed by their key (a primary key or unique index), so the cost follows the rows written,
         not the size of the database."""
         found: set[tuple[str, Any, str, int]] = set()
+        if self.target_has_triggers():  # a trigger may have written rows the merge never saw: all of them
+            self.full.update((name, fk.id) for name, table_fks in self.target_fks().items() for fk in table_fks)
         for name, table_fks in self.target_fks().items():
             if not self.has_rowid(name) and self.written(name):
                 self.full.update((name, fk.id) for fk in table_fks)

@@ -46,7 +46,7 @@ BACKUP = "recovery_backup"
 class Step:
     """One statement of the repair, and what its row count means."""
 
-    kind: str  # "refill" (cells of ``column``), "missing" (a count), "restore" (rows), "copy" (rows)
+    kind: str  # "refill_candidates"/"missing" (counts), "refill" (cells of ``column``), "restore"/"copy" (rows)
     table: str
     statement: exp.Expression
     column: str | None = None
@@ -58,6 +58,8 @@ class Repair:
 
     refilled: dict[str, dict[str, int]] = field(default_factory=dict)
     """table → column → cells refilled from the backup."""
+    not_refilled: dict[str, dict[str, int]] = field(default_factory=dict)
+    """table → column → backup values not put back: the parent they name is not in the copy."""
     restored_rows: dict[str, int] = field(default_factory=dict)
     """table → rows deleted after the deploy, brought back from the backup."""
     not_restored: dict[str, int] = field(default_factory=dict)
@@ -71,7 +73,8 @@ class Repair:
     """Tables without a primary key: not repaired."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"refilled": self.refilled, "restored_rows": self.restored_rows, "not_restored": self.not_restored,
+        return {"refilled": self.refilled, "not_refilled": self.not_refilled,
+                "restored_rows": self.restored_rows, "not_restored": self.not_restored,
                 "copied_tables": self.copied_tables, "computed_tables": self.computed_tables,
                 "unkeyed_tables": self.unkeyed_tables, "notes": self.notes()}
 
@@ -79,6 +82,8 @@ class Repair:
         """One line per thing put back or left alone, for people."""
         out = [f"{t}.{c}: {n} cell(s) the downgrade left empty refilled from the backup"
                for t, cols in sorted(self.refilled.items()) for c, n in sorted(cols.items()) if n]
+        out += [f"{t}.{c}: {n} backup value(s) left empty: the row they point to did not come back"
+                for t, cols in sorted(self.not_refilled.items()) for c, n in sorted(cols.items()) if n]
         out += [f"{t}: {n} row(s) deleted after the deploy brought back from the backup (listed for review)"
                 for t, n in sorted(self.restored_rows.items()) if n]
         out += [f"{t}: {n} backup row(s) missing after the downgrade could not come back (unique value taken, "
@@ -101,18 +106,40 @@ def lacking_columns(old: Table, live: Table | None, down: Table) -> list[str]:
     return [c for c in old.column_names if c not in have_live and c in have_down]
 
 
-def plan_refill(old: Table, columns: list[str]) -> list[Step]:
+def plan_refill(old: Table, columns: list[str], backup: Schema, down: Schema) -> list[Step]:
     """``UPDATE main.t SET c = b.c FROM backup.t AS b WHERE <key> AND t.c IS NULL AND b.c IS NOT NULL``,
-    one per column so each column's count is its own."""
+    one per column so each column's count is its own — and, for a foreign-key column, only where
+    the parent it names is in the copy (a parent deleted after the deploy that could not come back
+    leaves the cell empty: counted, never dangling). A count of the candidates comes first."""
     steps = []
     for c in columns:
-        cond = and_all([key_join(old.primary_key, "b", old.name),
-                        exp.Is(this=col(c, old.name), expression=exp.Null()),
-                        exp.Not(this=exp.Is(this=col(c, "b"), expression=exp.Null()))])
+        base = [key_join(old.primary_key, "b", old.name), exp.Is(this=col(c, old.name), expression=exp.Null()),
+                exp.Not(this=exp.Is(this=col(c, "b"), expression=exp.Null()))]
+        count = exp.select(exp.func("count", exp.Star())).from_(table(old.name, "main")).join(
+            table(old.name, BACKUP, "b"), on=and_all(base))
         stmt = exp.Update(this=table(old.name, "main"), expressions=[exp.EQ(this=col(c), expression=col(c, "b"))],
-                          from_=exp.From(this=table(old.name, BACKUP, "b")), where=exp.Where(this=cond))
-        steps.append(Step("refill", old.name, stmt, c))
+                          from_=exp.From(this=table(old.name, BACKUP, "b")),
+                          where=exp.Where(this=and_all(base + _parents_back(old, backup, down, "b", only=c))))
+        steps += [Step("refill_candidates", old.name, count, c), Step("refill", old.name, stmt, c)]
     return steps
+
+
+def _parents_back(old: Table, backup: Schema, down: Schema, alias: str,
+                  only: str | None = None) -> list[exp.Expression]:
+    """For backup row ``alias``: each of its foreign keys (those using column ``only``, when given)
+    points at a row the repaired copy has — or at one the backup lacked too (no new dangling)."""
+    conds = []
+    for fk in old.foreign_keys:
+        if (fk.ref_table not in backup.tables or fk.ref_table not in down.tables
+                or len(fk.ref_columns) != len(fk.columns) or (only is not None and only not in fk.columns)):
+            continue
+        link = list(zip(fk.ref_columns, fk.columns, strict=True))
+        in_backup = exp.Exists(this=exp.select("1").from_(table(fk.ref_table, BACKUP, "bp")).where(
+            and_all(exp.EQ(this=col(pc, "bp"), expression=col(cc, alias)) for pc, cc in link)))
+        in_copy = exp.Exists(this=exp.select("1").from_(table(fk.ref_table, "main", "mp")).where(
+            and_all(exp.EQ(this=col(pc, "mp"), expression=col(cc, alias)) for pc, cc in link)))
+        conds.append(exp.Not(this=and_all([in_backup, exp.Not(this=in_copy)])))
+    return conds
 
 
 def _absent(old: Table, alias: str) -> exp.Expression:
@@ -133,28 +160,25 @@ def plan_restore_rows(old: Table, backup: Schema, down: Schema) -> list[Step]:
             continue
         conds.append(exp.Not(this=exp.Exists(this=exp.select("1").from_(table(old.name, "main", "m")).where(
             and_all(exp.EQ(this=col(c, "m"), expression=col(c, "b")) for c in uset)))))
-    for fk in old.foreign_keys:
-        if (fk.ref_table not in backup.tables or fk.ref_table not in down.tables
-                or len(fk.ref_columns) != len(fk.columns)):
-            continue
-        link = [(pc, cc) for pc, cc in zip(fk.ref_columns, fk.columns, strict=True)]
-        in_backup = exp.Exists(this=exp.select("1").from_(table(fk.ref_table, BACKUP, "bp")).where(
-            and_all(exp.EQ(this=col(pc, "bp"), expression=col(cc, "b")) for pc, cc in link)))
-        in_copy = exp.Exists(this=exp.select("1").from_(table(fk.ref_table, "main", "mp")).where(
-            and_all(exp.EQ(this=col(pc, "mp"), expression=col(cc, "b")) for pc, cc in link)))
-        conds.append(exp.Not(this=and_all([in_backup, exp.Not(this=in_copy)])))
+    conds += _parents_back(old, backup, down, "b")
     insert = exp.Insert(this=exp.Schema(this=table(old.name, "main"), expressions=[ident(c) for c in cols]),
                         expression=exp.select(*[col(c, "b") for c in cols]).from_(
                             table(old.name, BACKUP, "b")).where(and_all(conds)))
     return [Step("missing", old.name, missing), Step("restore", old.name, insert)]
 
 
-def plan_copy_table(old: Table, down: Table) -> Step:
-    """Every backup row of a table the downgrade re-created empty."""
-    cols = [c for c in old.column_names if c in set(down.column_names)]
-    return Step("copy", old.name, exp.Insert(
-        this=exp.Schema(this=table(old.name, "main"), expressions=[ident(c) for c in cols]),
-        expression=exp.select(*[col(c, "b") for c in cols]).from_(table(old.name, BACKUP, "b"))))
+def plan_copy_table(old: Table, backup: Schema, down: Schema) -> list[Step]:
+    """Every backup row of a table the downgrade re-created empty whose parents are in the copy
+    (counted first: the rest are reported as not restored)."""
+    d = down.tables[old.name]
+    cols = [c for c in old.column_names if c in set(d.column_names)]
+    rows = exp.select(*[col(c, "b") for c in cols]).from_(table(old.name, BACKUP, "b"))
+    guard = _parents_back(old, backup, down, "b")
+    if guard:
+        rows = rows.where(and_all(guard))
+    count = exp.select(exp.func("count", exp.Star())).from_(table(old.name, BACKUP, "b"))
+    return [Step("missing", old.name, count), Step("copy", old.name, exp.Insert(
+        this=exp.Schema(this=table(old.name, "main"), expressions=[ident(c) for c in cols]), expression=rows))]
 
 
 def plan_repair(backup: Schema, live: Schema, down: Schema, empty: set[str]) -> tuple[list[Step], Repair]:
@@ -172,11 +196,11 @@ def plan_repair(backup: Schema, live: Schema, down: Schema, empty: set[str]) -> 
             continue
         if name not in live.tables:
             if name in empty:
-                steps.append(plan_copy_table(old, d))
+                steps += plan_copy_table(old, backup, down)
             else:
                 result.computed_tables.append(name)
             continue
-        steps += plan_refill(old, lacking_columns(old, live.tables[name], d))
+        steps += plan_refill(old, lacking_columns(old, live.tables[name], d), backup, down)
         steps += plan_restore_rows(old, backup, down)
     return steps, result
 
@@ -194,33 +218,51 @@ def _triggers_on(conn: sqlite3.Connection, tables: set[str]) -> list[tuple[str, 
 def apply_repair(conn: sqlite3.Connection, steps: list[Step], result: Repair) -> Repair:
     """Run ``steps`` on ``conn`` (backup ATTACHed) in one transaction, the triggers of the tables
     written dropped and re-created around them (their stored CREATE statement, as the app wrote it)."""
-    triggers = _triggers_on(conn, {s.table for s in steps if s.kind != "missing"})
+    written = sorted({s.table for s in steps if s.kind in ("refill", "restore", "copy")})
+    triggers = _triggers_on(conn, set(written))
     conn.execute("BEGIN IMMEDIATE")
     try:
+        dangling_before = _dangling(conn, written)
         for name, _ in triggers:
             conn.execute(sql(exp.Drop(tables=[table(name, "main")], kind="TRIGGER")))
         missing: dict[str, int] = {}
+        candidates = 0
         for s in steps:
             cur = conn.execute(sql(s.statement))
-            if s.kind == "refill":
+            if s.kind == "refill_candidates":
+                candidates = cur.fetchone()[0]
+            elif s.kind == "refill":
                 assert s.column is not None
                 result.refilled.setdefault(s.table, {})[s.column] = cur.rowcount
+                if candidates > cur.rowcount:
+                    result.not_refilled.setdefault(s.table, {})[s.column] = candidates - cur.rowcount
             elif s.kind == "missing":
                 missing[s.table] = cur.fetchone()[0]
-            elif s.kind == "restore":
-                result.restored_rows[s.table] = cur.rowcount
+            elif s.kind in ("restore", "copy"):
+                (result.restored_rows if s.kind == "restore" else result.copied_tables)[s.table] = cur.rowcount
                 if missing.get(s.table, 0) > cur.rowcount:
                     result.not_restored[s.table] = missing[s.table] - cur.rowcount
-            else:
-                result.copied_tables[s.table] = cur.rowcount
         for _, create in triggers:
             conn.execute(create)  # the app's own stored trigger definition, unchanged
+        worse = {t: n for t, n in _dangling(conn, written).items() if n > dangling_before.get(t, 0)}
+        if worse:  # the guards above should make this impossible; never swap in a DB we broke
+            raise sqlite3.IntegrityError(f"the repair would leave dangling foreign keys in {', '.join(sorted(worse))}")
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
     return result
+
+
+def _dangling(conn: sqlite3.Connection, tables: list[str]) -> dict[str, int]:
+    """table → rows ``PRAGMA foreign_key_check`` reports for it."""
+    out = {}
+    for t in tables:
+        check = exp.Table(this=exp.Anonymous(this="pragma_foreign_key_check",
+                                              expressions=[exp.Literal.string(t), exp.Literal.string("main")]))
+        out[t] = conn.execute(sql(exp.select(exp.func("count", exp.Star())).from_(check))).fetchone()[0]
+    return out
 
 
 def _empty_tables(conn: sqlite3.Connection, names: list[str]) -> set[str]:

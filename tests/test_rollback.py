@@ -412,6 +412,46 @@ def test_repair_from_backup_puts_back_only_what_the_downgrade_could_not(tmp_path
         assert c.execute("SELECT count(*) FROM parent").fetchone()[0] == 5
 
 
+def test_repair_never_points_a_refilled_or_copied_row_at_a_missing_parent(tmp_path: Path) -> None:
+    """The upgrade dropped parts.supplier_id and the audit table; after the deploy supplier 7
+    'globex' was deleted and 8 'globex' created, so 7 cannot come back (its unique name is taken).
+    Part 1's supplier_id and audit row 2 would name it: they stay out, counted, and nothing dangles."""
+    from recovery.downgrade import repair_from_backup
+    from recovery.schema import reflect
+
+    old_ddl = """
+        CREATE TABLE suppliers (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
+        CREATE TABLE parts (id INTEGER PRIMARY KEY, name TEXT, supplier_id INTEGER REFERENCES suppliers(id));
+        CREATE TABLE audit (id INTEGER PRIMARY KEY, supplier_id INTEGER NOT NULL REFERENCES suppliers(id));
+    """
+    backup = _db(tmp_path / "backup.db", old_ddl + """
+        INSERT INTO suppliers VALUES (1, 'acme'), (7, 'globex');
+        INSERT INTO parts VALUES (1, 'bolt', 7), (2, 'nut', 1);
+        INSERT INTO audit VALUES (1, 1), (2, 7);
+    """)
+    live = _db(tmp_path / "live.db", """
+        CREATE TABLE suppliers (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
+        CREATE TABLE parts (id INTEGER PRIMARY KEY, name TEXT);
+    """)
+    down = _db(tmp_path / "down.db", old_ddl + """
+        INSERT INTO suppliers VALUES (1, 'acme'), (8, 'globex');
+        INSERT INTO parts VALUES (1, 'bolt', NULL), (2, 'nut', NULL);
+    """)
+    with ro(live) as c:
+        live_schema = reflect(c)
+
+    repair = repair_from_backup(down, backup, live_schema)
+
+    assert repair.refilled == {"parts": {"supplier_id": 1}}
+    assert repair.not_refilled == {"parts": {"supplier_id": 1}}
+    assert repair.not_restored == {"suppliers": 1, "audit": 1} and repair.copied_tables == {"audit": 1}
+    assert any("supplier_id: 1 backup value(s) left empty" in n for n in repair.notes())
+    with ro(down) as c:
+        assert c.execute("SELECT * FROM parts ORDER BY id").fetchall() == [(1, "bolt", None), (2, "nut", 1)]
+        assert c.execute("SELECT * FROM audit").fetchall() == [(1, 1)]
+        assert c.execute("PRAGMA foreign_key_check").fetchall() == []
+
+
 # ---------------------------------------------------------------------------------------------
 # resume after a kill
 

@@ -258,7 +258,15 @@ class _BundleWriter:
             self.made.add(parent)
         h = hashlib.sha256()
         size = 0
-        fin = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+        # ``src`` is a real path (resolved or listed by the walk): a symlink there now was put there
+        # since, and may lead out of the uploads folder — refuse it rather than follow it
+        try:
+            fin = os.open(src, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+            raise RecoveryError(f"{src} became a symbolic link while the uploads were being copied",
+                                "stop whatever changes the uploads folder and run the command again") from None
         try:
             fout = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
             try:

@@ -528,3 +528,28 @@ def test_uploads_index_answers_as_safe_path(tmp_path: Path) -> None:
             assert index.is_file(stored, got) == expected.is_file(), stored
             if expected.is_file():
                 assert index.sha256(stored, got) == sha(expected), stored
+
+
+def test_an_upload_swapped_for_a_symlink_after_the_walk_is_refused(world_copy: Path, tmp_path: Path) -> None:
+    """extract walks uploads/ while its SQL runs and copies afterwards: a listed file replaced by a
+    symlink leading outside in between is refused, never followed into the bundle."""
+    from recovery.files import UploadsIndex, copy_files_into_bundle
+    from recovery.errors import RecoveryError
+
+    _, backup, uploads = paths(world_copy)
+    bundle = tmp_path / "bundle"
+    fast_extract(world_copy, bundle)
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copyfile(bundle / "rows.db", work / "rows.db")
+    with sqlite3.connect(f"file:{work / 'rows.db'}?mode=ro", uri=True) as c:
+        stored = c.execute("SELECT path FROM file_records WHERE _recovery_kind = 'inserted' ORDER BY id LIMIT 1").fetchone()[0]
+    index = UploadsIndex(uploads)
+    secret = tmp_path / "outside" / "secret.pdf"
+    secret.parent.mkdir()
+    secret.write_bytes(b"not an upload")
+    (uploads / stored).unlink()
+    (uploads / stored).symlink_to(secret)
+    with pytest.raises(RecoveryError, match="symbolic link"):
+        copy_files_into_bundle(work, uploads, backup, FilesConfig(), index)
+    assert not any(p.is_file() and p.read_bytes() == b"not an upload" for p in work.rglob("*"))

@@ -19,10 +19,11 @@ import json
 import os
 import sqlite3
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from recovery.bundle import Bundle, open_bundle, write_json_atomic
 from recovery.errors import ExitCode, RecoveryError
@@ -333,6 +334,36 @@ def rollback(
     if dry_run:
         return _dry_run(db_p, backup_p, run_dir, since, uploads, mapping, alembic_ini, on_conflict, apply_deletes,
                         prefer, files, say)
+    with _one_run_per_folder(db_p):
+        return _run_rollback(db_p, backup_p, run_dir, args, since, uploads, mapping, alembic_ini, on_conflict,
+                             apply_deletes, force, prefer, files, confirm, say, downgrade_to)
+
+
+@contextmanager
+def _one_run_per_folder(db: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on the live DB's folder for the whole run: two rollbacks of one DB
+    would restore over each other. The folder, not the file, because the restore replaces the
+    file (a new inode); ``flock`` is not SQLite's ``fcntl`` byte-range locking, so the app's
+    own locks are untouched, and no file is created."""
+    import fcntl
+
+    fd = os.open(db.parent if str(db.parent) else ".", os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RecoveryError(f"another `recovery rollback` is running on a database in {db.parent}",
+                                "wait for it to finish (or stop it), then run this command again") from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _run_rollback(db_p: Path, backup_p: Path, run_dir: Path, args: dict[str, Any], since: str | None,
+                  uploads: Any, mapping: Any, alembic_ini: Any, on_conflict: ConflictPolicy, apply_deletes: bool,
+                  force: bool, prefer: Prefer, files: FilesConfig,
+                  confirm: Callable[[dict[str, Any]], bool] | None, say: Progress,
+                  downgrade_to: str | None) -> RunResult:
     journal = Journal(run_dir, args)
     if journal.done("report"):
         say("this run already finished; nothing to do")

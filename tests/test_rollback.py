@@ -525,3 +525,25 @@ def test_killed_downgrade_run_resumes_to_the_same_result(world_copy: Path, tmp_p
     restore = json.loads((run / "journal.json").read_text())["steps"]["restore"]
     assert restore["method"] == "downgrade" and restore["repair"]["refilled"]["parts"]["notes"] > 0
     assert not list(w.glob(".gestima.db.restore-tmp*"))
+
+
+def test_a_second_rollback_of_the_same_db_waits_its_turn(world_copy: Path, tmp_path: Path) -> None:
+    """While one run holds the DB's folder (``flock``), another refuses with exit 2 and changes
+    nothing; the lock creates no file and is gone when the first run ends."""
+    import fcntl
+
+    w = world_copy
+    before = folder_hashes(w)
+    fd = os.open(w, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what a running rollback holds
+        res = cli("rollback", w / "gestima.db", "--backup", backup_of(w), "--alembic-ini", INI,
+                  "--out", tmp_path / "run", "--yes")
+        assert res.exit_code == 2, res.output
+        assert "another `recovery rollback` is running" in res.output
+        assert folder_hashes(w) == before and not (tmp_path / "run").exists()
+    finally:
+        os.close(fd)
+    res = cli("rollback", w / "gestima.db", "--backup", backup_of(w), "--alembic-ini", INI,
+              "--out", tmp_path / "run", "--yes")
+    assert res.exit_code == 1, res.output

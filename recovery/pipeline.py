@@ -200,16 +200,20 @@ def swap_in(staged: Path, db: Path) -> None:
     """Checkpoint ``db``'s WAL, remove its ``-wal``/``-shm`` and rename ``staged`` over it: the live
     file is at every moment either the old database or the complete restored one."""
     wal, shm = sidecars(db)
-    if db.exists():
-        conn = sqlite3.connect(str(db), isolation_level=None, timeout=5)
-        try:
-            if conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
-                busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-                if busy:
-                    raise RecoveryError(f"{db} is in use: its WAL could not be checkpointed",
-                                        "stop the application and run the same command again")
-        finally:
-            conn.close()
+    try:
+        if db.exists():
+            conn = sqlite3.connect(str(db), isolation_level=None, timeout=5)
+            try:
+                if conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+                    busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                    if busy:
+                        raise RecoveryError(f"{db} is in use: its WAL could not be checkpointed",
+                                            "stop the application and run the same command again")
+            finally:
+                conn.close()
+    except BaseException:
+        staged.unlink(missing_ok=True)  # refused before anything moved: no staged copy is left
+        raise
     for side in (wal, shm):  # empty after the checkpoint; stale ones must never meet the new file
         side.unlink(missing_ok=True)
     os.replace(staged, db)

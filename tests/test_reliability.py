@@ -319,6 +319,7 @@ def test_restore_step_refuses_when_the_wal_cannot_be_checkpointed(states: dict[s
         reader.execute("ROLLBACK")
         reader.close()
     assert_same(db_content(w / "gestima.db"), states["pre"], "live DB after a refused restore")
+    assert leftovers(w) == [], "the refused restore leaves its staged copy behind"
 
 
 def test_reimport_gives_up_after_busy_timeout_with_nothing_applied(states: dict[str, Any], tmp_path: Path) -> None:

@@ -43,3 +43,28 @@ def world_copy(world: Path, tmp_path: Path) -> Path:
     target = tmp_path / "world"
     shutil.copytree(world, target)
     return target
+
+
+@pytest.fixture(scope="module")
+def bundle(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One bundle of the world's post-deploy changes (extracted with the app's Alembic), shared
+    read-only by a module's tests."""
+    from recovery.extract import extract
+    from recovery.sample import app_dir
+
+    out = tmp_path_factory.mktemp("bundle") / "bundle"
+    extract(next(world.glob("gestima.db.bak.*")), world / "gestima.db", out, alembic_ini=app_dir() / "alembic.ini")
+    return out
+
+
+@pytest.fixture
+def restored(world: Path, tmp_path: Path) -> Path:
+    """The backup restored as the live DB (WAL mode like the app's)."""
+    import sqlite3
+
+    db = tmp_path / "gestima.db"
+    shutil.copyfile(world / "gestima.db.bak.20261120_140000", db)
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+    conn.close()
+    return db

@@ -28,12 +28,10 @@ from recovery.files import FilesConfig
 from recovery.outcome import ConflictPolicy, Outcome, Prefer
 from recovery.pipeline import reimport
 from recovery.reimport import attach_bundle, merge_and_check, open_target
-from recovery.sample import app_dir
 from recovery.schema import Schema, reflect
 from recovery.sqlite_io import readonly, wait_for_write_lock
 from recovery.verify import verify, verify_file
 
-INI = app_dir() / "alembic.ini"
 Problem = tuple[str, Any, str, int]
 
 
@@ -83,19 +81,7 @@ def fk_id(db: Path, child: str, column: str) -> int:
 
 # ---- the sample world -----------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def bundle(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("bundle") / "bundle"
-    extract(next(world.glob("gestima.db.bak.*")), world / "gestima.db", out, alembic_ini=INI)
-    return out
-
-
-@pytest.fixture
-def restored(world: Path, tmp_path: Path) -> Path:
-    db = tmp_path / "gestima.db"
-    shutil.copyfile(world / "gestima.db.bak.20261120_140000", db)
-    run_sql(db, "PRAGMA journal_mode=WAL;")
-    return db
+# fixtures `bundle` and `restored`: tests/conftest.py
 
 
 def test_a_clean_merge_has_no_problems(bundle: Path, restored: Path) -> None:

@@ -17,9 +17,7 @@ from recovery.cli import main
 from recovery.extract import extract
 from recovery.outcome import ConflictPolicy
 from recovery.pipeline import reimport, restore_atomically
-from recovery.sample import app_dir
 
-INI = app_dir() / "alembic.ini"
 OLD_APP_TIME = "2026-11-21 09:00:00"
 
 
@@ -51,23 +49,7 @@ def counts(db: Path) -> dict[str, int]:
         return {n: c.execute(f'SELECT count(*) FROM "{n}"').fetchone()[0] for n in names}
 
 
-@pytest.fixture(scope="module")
-def bundle(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One bundle of the world's post-deploy changes, shared read-only by every test."""
-    out = tmp_path_factory.mktemp("bundle") / "bundle"
-    extract(next(world.glob("gestima.db.bak.*")), world / "gestima.db", out, alembic_ini=INI)
-    return out
-
-
-@pytest.fixture
-def restored(world: Path, tmp_path: Path) -> Path:
-    """The backup restored as the live DB (WAL mode like the app's)."""
-    db = tmp_path / "gestima.db"
-    shutil.copyfile(world / "gestima.db.bak.20261120_140000", db)
-    with sqlite3.connect(db) as c:
-        c.execute("PRAGMA journal_mode=WAL")
-    c.close()
-    return db
+# fixtures `bundle` and `restored`: tests/conftest.py
 
 
 def old_app(db: Path, script: str) -> None:

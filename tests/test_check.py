@@ -10,6 +10,7 @@ import sqlite3
 import textwrap
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -252,8 +253,10 @@ def test_rehearse_passes_lists_the_losses_and_leaves_live_files_alone(world_copy
                for line in md.splitlines()) == len(truth)
 
 
-def test_rehearse_fails_when_a_backup_row_goes_missing(world_copy: Path, tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def rehearse_sabotaged(monkeypatch: pytest.MonkeyPatch, world_copy: Path, tmp_path: Path,
+                       *statements: tuple[str, tuple[Any, ...]]) -> Any:
+    """``rehearse`` on ``world_copy`` whose rollback is followed by ``statements`` (SQL, params) on
+    the rolled-back copy: a broken rollback the rehearsal must catch."""
     import recovery.pipeline as pipeline
     from recovery.rehearse import rehearse
 
@@ -262,14 +265,20 @@ def test_rehearse_fails_when_a_backup_row_goes_missing(world_copy: Path, tmp_pat
     def sabotaged(db, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
         res = real(db, *args, **kwargs)
         conn = sqlite3.connect(db)
-        conn.execute("DELETE FROM materials WHERE id = (SELECT min(id) FROM materials)")
+        for stmt, params in statements:
+            conn.execute(stmt, params)
         conn.commit()
         conn.close()
         return res
 
     monkeypatch.setattr(pipeline, "rollback", sabotaged)
-    result = rehearse(world_copy / "gestima.db", backup_of(world_copy), APP_INI, tmp_path / "run",
-                      world_copy / "uploads")
+    return rehearse(world_copy / "gestima.db", backup_of(world_copy), APP_INI, tmp_path / "run", world_copy / "uploads")
+
+
+def test_rehearse_fails_when_a_backup_row_goes_missing(world_copy: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    result = rehearse_sabotaged(monkeypatch, world_copy, tmp_path,
+                                ("DELETE FROM materials WHERE id = (SELECT min(id) FROM materials)", ()))
     assert not result.passed and result.exit_code == 1
     assert any("materials: 1 backup row(s) missing" in r for r in result.reasons), result.reasons
     assert json.loads((tmp_path / "run" / "rehearsal.json").read_text())["result"] == "FAIL"
@@ -279,56 +288,30 @@ def test_rehearse_fails_when_an_untouched_backup_row_is_altered(world_copy: Path
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """A backup row nobody changed after the deploy must come back identical; one updated after
     the deploy (its backup image is in the bundle's base.db) may differ."""
-    import recovery.pipeline as pipeline
-    from recovery.rehearse import rehearse
-
     parts = json.loads((world_copy / "world.json").read_text())["tables"]["parts"]
     updated = parts["updated"][0][0]
     touched = {k[0] for kind in ("inserted", "updated", "deleted") for k in parts[kind]}
     untouched = min(set(range(1, 200)) - touched)
-    real = pipeline.rollback
-
-    def sabotaged(db, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
-        res = real(db, *args, **kwargs)
-        conn = sqlite3.connect(db)
-        conn.execute("UPDATE parts SET name = name || ' (sabotaged)' WHERE id IN (?, ?)", (updated, untouched))
-        conn.commit()
-        conn.close()
-        return res
-
-    monkeypatch.setattr(pipeline, "rollback", sabotaged)
-    result = rehearse(world_copy / "gestima.db", backup_of(world_copy), APP_INI, tmp_path / "run",
-                      world_copy / "uploads")
+    result = rehearse_sabotaged(monkeypatch, world_copy, tmp_path, (
+        "UPDATE parts SET name = name || ' (sabotaged)' WHERE id IN (?, ?)", (updated, untouched)))
     assert not result.passed
     assert result.checks["backup_rows"]["parts"] == {"rows": result.checks["backup_rows"]["parts"]["rows"],
                                                      "missing": 0, "altered": 1}
     assert f"parts: 1 backup row(s) nobody changed after the deploy differ from the backup, e.g. keys " \
            f"[[{untouched}]]" in result.reasons, result.reasons
 
+
 def test_rehearse_fails_when_post_deploy_changes_are_dropped_or_altered(
         world_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import recovery.pipeline as pipeline
-    from recovery.rehearse import rehearse
-
     world = json.loads((world_copy / "world.json").read_text())
     new_part = world["tables"]["parts"]["inserted"][0][0]
     new_quote = world["tables"]["quotes"]["inserted"][0][0]
-    real = pipeline.rollback
-
-    def sabotaged(db, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
-        res = real(db, *args, **kwargs)
-        conn = sqlite3.connect(db)
-        conn.execute("DELETE FROM quote_items WHERE part_id = ?", (new_part,))
-        conn.execute("DELETE FROM file_records WHERE entity_type = 'part' AND entity_id = ?", (new_part,))
-        conn.execute("DELETE FROM parts WHERE id = ?", (new_part,))
-        conn.execute("UPDATE quotes SET status = 'sabotaged' WHERE id = ?", (new_quote,))
-        conn.commit()
-        conn.close()
-        return res
-
-    monkeypatch.setattr(pipeline, "rollback", sabotaged)
-    result = rehearse(world_copy / "gestima.db", backup_of(world_copy), APP_INI, tmp_path / "run",
-                      world_copy / "uploads")
+    result = rehearse_sabotaged(
+        monkeypatch, world_copy, tmp_path,
+        ("DELETE FROM quote_items WHERE part_id = ?", (new_part,)),
+        ("DELETE FROM file_records WHERE entity_type = 'part' AND entity_id = ?", (new_part,)),
+        ("DELETE FROM parts WHERE id = ?", (new_part,)),
+        ("UPDATE quotes SET status = 'sabotaged' WHERE id = ?", (new_quote,)))
     assert not result.passed
     assert any(r.startswith("parts: 1 post-deploy row(s) neither carried") and f"[{new_part}]" in r
                for r in result.reasons), result.reasons

@@ -401,14 +401,21 @@ def test_a_different_file_at_the_path_is_kept_and_the_copy_written_beside(world_
     assert not again["kept_both"] and not again["restored_from_bundle"]
 
 
-def test_unrecorded_file_is_carried_and_restored(world_copy: Path, tmp_path: Path, applied: Path) -> None:
-    db, _, uploads = paths(world_copy)
-    extra = uploads / "parts" / "loose" / "notes.txt"
+def unrecorded_upload_extracted(world: Path, tmp_path: Path, name: str, content: bytes) -> tuple[Path, Path]:
+    """A file uploaded after the deploy that no record names (``uploads/parts/loose/<name>``),
+    then a bundle extracted: (the file, the bundle)."""
+    extra = paths(world)[2] / "parts" / "loose" / name
     extra.parent.mkdir(parents=True)
-    extra.write_bytes(b"uploaded without a record")
+    extra.write_bytes(content)
     os.utime(extra, (AFTER_DEPLOY, AFTER_DEPLOY))
     bundle = tmp_path / "bundle"
-    fast_extract(world_copy, bundle)
+    fast_extract(world, bundle)
+    return extra, bundle
+
+
+def test_unrecorded_file_is_carried_and_restored(world_copy: Path, tmp_path: Path, applied: Path) -> None:
+    db, _, uploads = paths(world_copy)
+    extra, bundle = unrecorded_upload_extracted(world_copy, tmp_path, "notes.txt", b"uploaded without a record")
     restore_atomically(applied, db)  # the same rows re-imported: only the files step is left
     (entry,) = open_bundle(bundle).manifest["files"]["unrecorded"]
     assert entry["path"] == "parts/loose/notes.txt" and entry["sha256"] == sha(extra)
@@ -424,12 +431,7 @@ def test_an_upload_named_like_a_temporary_file_is_sealed_and_restored(world_copy
     """The bundle seals every copied file whatever its name (``*.tmp`` was once skipped by the
     seal, and then refused by open_bundle as 'added after extraction')."""
     db, _, uploads = paths(world_copy)
-    extra = uploads / "parts" / "loose" / "scan.tmp"
-    extra.parent.mkdir(parents=True)
-    extra.write_bytes(b"a scanner's file name")
-    os.utime(extra, (AFTER_DEPLOY, AFTER_DEPLOY))
-    bundle = tmp_path / "bundle"
-    fast_extract(world_copy, bundle)
+    extra, bundle = unrecorded_upload_extracted(world_copy, tmp_path, "scan.tmp", b"a scanner's file name")
     manifest = open_bundle(bundle).manifest
     assert "files/_unrecorded/parts/loose/scan.tmp" in manifest["hashes"]
     restore_atomically(applied, db)

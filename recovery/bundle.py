@@ -98,16 +98,21 @@ def write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def seal(folder: Path, manifest: dict[str, Any]) -> None:
-    """Hash every bundle file into the manifest, then write manifest.json and manifest.sha256."""
+def _hashes(folder: Path, rels: list[str]) -> dict[str, str]:
+    """{relative path: sha256} of files in ``folder``, on four threads (hashlib and file reads
+    release the GIL)."""
     from concurrent.futures import ThreadPoolExecutor
 
+    with ThreadPoolExecutor(max_workers=4, thread_name_prefix="recovery-hash") as pool:
+        return dict(zip(rels, pool.map(sha256_file, [folder / rel for rel in rels])))
+
+
+def seal(folder: Path, manifest: dict[str, Any]) -> None:
+    """Hash every bundle file into the manifest, then write manifest.json and manifest.sha256."""
     # exactly what open_bundle verifies (every name: an upload may well be called "x.tmp")
-    todo = [folder / rel for rel in sorted(_content_files(folder))
+    todo = [rel for rel in sorted(_content_files(folder))
             if rel not in ("manifest.json", "manifest.sha256") and (folder / rel).is_file()]
-    with ThreadPoolExecutor(max_workers=4, thread_name_prefix="recovery-seal") as pool:  # hashlib drops the GIL
-        digests = list(pool.map(sha256_file, todo))
-    manifest["hashes"] = {p.relative_to(folder).as_posix(): d for p, d in zip(todo, digests)}
+    manifest["hashes"] = _hashes(folder, todo)
     write_json_atomic(folder / "manifest.json", manifest)
     digest = sha256_file(folder / "manifest.json")
     (folder / "manifest.sha256").write_text(digest + "  manifest.json\n", encoding="utf-8")
@@ -150,10 +155,7 @@ def open_bundle(path: str | os.PathLike[str], verify: bool = True) -> Bundle:
         missing = next((rel for rel in recorded if not (folder / rel).is_file()), None)
         if missing is not None:
             raise RecoveryError(f"bundle {folder}: {missing} is missing", "extract the bundle again")
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(max_workers=4, thread_name_prefix="recovery-verify") as pool:
-            actual = dict(zip(recorded, pool.map(sha256_file, [folder / rel for rel in recorded])))
+        actual = _hashes(folder, list(recorded))
         changed = next((rel for rel, digest in recorded.items() if actual[rel] != digest), None)
         if changed is not None:
             raise RecoveryError(f"bundle {folder}: {changed} was changed after extraction (hash mismatch)",

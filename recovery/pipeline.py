@@ -176,12 +176,17 @@ class Journal:
         return self.data["steps"].get(step, {})
 
 
+def _staged_path(db: Path) -> Path:
+    """Where the restored file waits beside ``db`` until the restore renames it in."""
+    return db.with_name(f".{db.name}.restore-tmp")
+
+
 def stage_restore(backup: Path, db: Path, prepare: Callable[[Path], None] | None = None) -> tuple[Path, str]:
     """The restored file, ready beside ``db`` but not yet in its place: a consistent copy of
     ``backup`` (after ``prepare(copy)``, e.g. an Alembic downgrade), in WAL mode when ``db`` is,
     fsynced. Returns its path and sha256. Nothing about ``db`` is touched, so this can run while
     the extract still reads the live data."""
-    tmp = db.with_name(f".{db.name}.restore-tmp")
+    tmp = _staged_path(db)
     consistent_copy(backup, tmp, "backup")
     if prepare is not None:
         prepare(tmp)
@@ -470,14 +475,14 @@ def _clean_leftovers(run_dir: Path, db: Path) -> list[Path]:
 
     removed = []
     candidates = [*run_dir.glob(".bundle.partial-*"), *(run_dir / "safety").glob(f".{db.name}.tmp-*"),
-                  *db.parent.glob(f"..{db.name}.restore-tmp.tmp-*")]
+                  *db.parent.glob(f".{_staged_path(db).name}.tmp-*")]
     for p in candidates:
         m = re.search(r"\.tmp-(\d+)(-journal)?$|\.partial-(\d+)$", p.name)
         if m is None or _pid_alive(int(m.group(1) or m.group(3))):
             continue
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
         removed.append(p)
-    staged = db.with_name(f".{db.name}.restore-tmp")
+    staged = _staged_path(db)
     for p in (staged, *(staged.with_name(staged.name + s) for s in ("-journal", "-wal", "-shm"))):
         if p.exists():  # written again before any restore; never the live file
             p.unlink()

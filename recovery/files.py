@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from recovery.errors import RecoveryError
+from recovery.sqlite_io import sha256_file
 
 UNRECORDED_DIR = "_unrecorded"  # bundle files/ folder for files no record names
 
@@ -30,8 +31,8 @@ class FileEntry:
 
 
 def sha256_bytes_of(path: str | os.PathLike[str]) -> str:
-    with open(path, "rb", buffering=0) as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
+    """An upload's sha256 (one name for it, so relink's reads of uploads can be counted in tests)."""
+    return sha256_file(path)
 
 
 def _stored_ok(stored: object) -> bool:

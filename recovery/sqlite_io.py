@@ -153,12 +153,10 @@ def readonly(path: str | os.PathLike[str], role: str = "database") -> Iterator[s
         conn.close()
 
 
-def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """The file's sha256 (hashlib's own read loop; it releases the GIL while it hashes)."""
+    with open(path, "rb", buffering=0) as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def fsync_dir(path: Path) -> None:

@@ -9,13 +9,16 @@ import errno
 import hashlib
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import TypeVar
 
 from recovery.errors import RecoveryError
 from recovery.sqlite_io import sha256_file
 
+T = TypeVar("T")
+R = TypeVar("R")
 UNRECORDED_DIR = "_unrecorded"  # bundle files/ folder for files no record names
 
 
@@ -238,19 +241,20 @@ class _BundleWriter:
     def copy_all(self, jobs: list[tuple[str, str]]) -> list[tuple[str, int]]:
         """Copy every ``(source, destination)`` pair (destinations distinct, under ``top``) and
         return each copy's (sha256 of the bytes written, size), in order."""
-        slices = [jobs[i:i + self.SLICE] for i in range(0, len(jobs), self.SLICE)]
-        if len(slices) <= 1:
-            out = [self._copy(src, dst) for src, dst in jobs]
-        else:
-            from concurrent.futures import ThreadPoolExecutor
-
-            with ThreadPoolExecutor(max_workers=min(self.THREADS, len(slices)), thread_name_prefix="recovery-copy") as pool:
-                out = [r for part in pool.map(self._copy_slice, slices) for r in part]
+        out = self._on_threads(lambda job: self._copy(*job), jobs, self.SLICE)
         self.written += [dst for _, dst in jobs]
         return out
 
-    def _copy_slice(self, jobs: list[tuple[str, str]]) -> list[tuple[str, int]]:
-        return [self._copy(src, dst) for src, dst in jobs]
+    def _on_threads(self, fn: Callable[[T], R], items: list[T], size: int) -> list[R]:
+        """``[fn(x) for x in items]``, slices of ``size`` items on up to ``THREADS`` threads (in
+        this thread when there is one slice), results in order."""
+        slices = [items[i:i + size] for i in range(0, len(items), size)]
+        if len(slices) <= 1:
+            return [fn(x) for x in items]
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(self.THREADS, len(slices)), thread_name_prefix="recovery-files") as pool:
+            return [r for part in pool.map(lambda xs: [fn(x) for x in xs], slices) for r in part]
 
     def _copy(self, src: str, dst: str) -> tuple[str, int]:
         parent = os.path.dirname(dst)
@@ -295,22 +299,15 @@ class _BundleWriter:
                 folders.add(d)
                 d = os.path.dirname(d)
         folders.add(self.top)
-        todo = sorted(folders)
-        slices = [todo[i:i + self.SLICE * 4] for i in range(0, len(todo), self.SLICE * 4)]
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(max_workers=min(self.THREADS, len(slices)), thread_name_prefix="recovery-sync") as pool:
-            for _ in pool.map(_fsync_paths, slices):
-                pass
+        self._on_threads(_fsync_path, sorted(folders), self.SLICE * 4)
 
 
-def _fsync_paths(paths: list[str]) -> None:
-    for path in paths:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+def _fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def copy_files_into_bundle(

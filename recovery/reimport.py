@@ -169,6 +169,8 @@ class Merge:
     """(child table, fk id) the check reads over the whole table (a WITHOUT ROWID table is involved)."""
     rowid_tables: dict[str, bool] = field(default_factory=dict)
     """Table name → has a rowid (False: WITHOUT ROWID)."""
+    moving: dict[str, list[int]] = field(default_factory=dict)
+    """Table name → :meth:`moving_columns` (the staged updates do not change once staged)."""
 
     # ---- helpers -------------------------------------------------------------------------
     def run(self, stmt: exp.Expression, params: tuple[Any, ...] = ()) -> sqlite3.Cursor:
@@ -619,9 +621,11 @@ class Merge:
         on the others (a SET column is re-indexed in every updated row, changed or not)."""
         if not tp.updatable:
             return []
-        q = exp.select(*[exp.func("max", is_distinct(col(f"theirs_{i}"), col(f"base_{i}")))
-                         for i in range(len(tp.updatable))]).from_(_t("upd", tp.table))
-        return [i for i, moved in enumerate(self.rows(q)[0]) if moved]
+        if tp.table not in self.moving:  # detection, apply and the FK check all ask: one scan
+            q = exp.select(*[exp.func("max", is_distinct(col(f"theirs_{i}"), col(f"base_{i}")))
+                             for i in range(len(tp.updatable))]).from_(_t("upd", tp.table))
+            self.moving[tp.table] = [i for i, moved in enumerate(self.rows(q)[0]) if moved]
+        return self.moving[tp.table]
 
     def apply_updates(self, tp: TablePlan) -> None:
         moving = self.moving_columns(tp)

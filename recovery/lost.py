@@ -157,21 +157,23 @@ def stream_file(path: str | Path, order: Sequence[exp.Expression] = TEXT_ORDER) 
 # lost_values.csv rows, shaped inside SQLite
 
 
-def csv_cell(v: Any) -> Any:
-    """A value as a CSV cell, exactly as ``report.tables.frame(...).to_csv()`` writes it: bytes as
-    0x-hex, lists/dicts as JSON, a one-column key unwrapped, NULL and NaN as an empty cell."""
+def cell(v: Any) -> Any:
+    """A value as a report cell: bytes as hex, lists/dicts as JSON, keys of one column unwrapped
+    (as they are: a bytes key part stays bytes)."""
     if isinstance(v, bytes):
         return "0x" + v.hex()
     if isinstance(v, (list, tuple)):
-        if len(v) == 1 and not isinstance(v[0], (list, dict)):
-            v = v[0]  # unwrapped as it is (pandas writes a bytes key part as str(bytes))
-            return None if isinstance(v, float) and math.isnan(v) else v
-        return json.dumps(list(v), ensure_ascii=False)
+        return v[0] if len(v) == 1 and not isinstance(v[0], (list, dict)) else json.dumps(list(v), ensure_ascii=False)
     if isinstance(v, dict):
         return json.dumps(v, ensure_ascii=False)
-    if isinstance(v, float) and math.isnan(v):
-        return None
     return v
+
+
+def csv_cell(v: Any) -> Any:
+    """A value as a CSV cell, exactly as ``report.tables.frame(...).to_csv()`` writes it: the
+    :func:`cell`, with NULL and NaN as an empty cell."""
+    v = cell(v)
+    return None if isinstance(v, float) and math.isnan(v) else v
 
 
 def _sql_cell(e: exp.Expression) -> exp.Expression:

@@ -2,7 +2,7 @@
 ``report.tables.frame(rows, columns).to_csv(index=False)`` (pandas) writes, without building a
 DataFrame: pandas hands object cells to the same csv writer (``QUOTE_MINIMAL``, ``"`` doubled,
 ``os.linesep``), after making NULL/NaN an empty cell; :func:`recovery.lost.csv_cell` does the rest
-of ``tables.cell`` (bytes as 0x-hex, lists and dicts as JSON, one-column keys unwrapped).
+of ``lost.cell`` (bytes as 0x-hex, lists and dicts as JSON, one-column keys unwrapped).
 ``tests/test_report.py`` compares the two on awkward values.
 """
 from __future__ import annotations

@@ -2,10 +2,11 @@
 the three formats cannot disagree about a column or a number."""
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pandas as pd
+
+from recovery.lost import cell
 
 CONFLICT_COLUMNS = ["kind", "table", "key", "label", "column", "bundle_value", "target_value", "base_value",
                     "resolution", "detail"]
@@ -19,17 +20,6 @@ TABLE_COLUMNS = {"table": "table", "created": "created", "changed": "changed", "
                  "lost_values": "lost values", "deleted": "deleted after deploy"}
 USER_COLUMNS = {"user": "user", "user_id": "id", "created": "created", "changed": "changed",
                 "carried": "carried back", "conflicts": "conflicts", "lost_values": "lost values"}
-
-
-def cell(v: Any) -> Any:
-    """A value as a report cell: bytes as hex, lists/dicts as JSON, keys of one column unwrapped."""
-    if isinstance(v, bytes):
-        return "0x" + v.hex()
-    if isinstance(v, (list, tuple)):
-        return v[0] if len(v) == 1 and not isinstance(v[0], (list, dict)) else json.dumps(list(v), ensure_ascii=False)
-    if isinstance(v, dict):
-        return json.dumps(v, ensure_ascii=False)
-    return v
 
 
 def frame(rows: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:

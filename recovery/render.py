@@ -18,16 +18,22 @@ def console(stderr: bool = False) -> Console:
     return _consoles[stderr]
 
 
+def has_bare_cr(cells: Iterable[Any]) -> bool:
+    """A cell holds a carriage return: Python 3.11's ``QUOTE_MINIMAL`` with ``\n`` line ends leaves
+    it unquoted and a CSV reader splits the row there, so such a row is written fully quoted."""
+    return any(isinstance(c, str) and "\r" in c for c in cells)
+
+
 def write_csv(out: IO[str], rows: Iterable[dict[str, Any]], fields: list[str] | None = None) -> None:
     rows = iter(rows)
     first = next(rows, None)
     if fields is None:
         fields = list(first) if first else []
     writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
-    quoted = None  # a row with a bare \r in a cell: every cell quoted (QUOTE_MINIMAL leaves it bare)
+    quoted = None
     writer.writeheader()
     for r in itertools.chain([first] if first is not None else [], rows):
-        if any(isinstance(v, str) and "\r" in v for v in r.values()):
+        if has_bare_cr(r.values()):
             quoted = quoted or csv.DictWriter(out, fieldnames=fields, lineterminator="\n", quoting=csv.QUOTE_ALL)
             quoted.writerow(r)
         else:

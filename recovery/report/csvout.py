@@ -14,6 +14,7 @@ from itertools import islice
 from typing import IO, Any
 
 from recovery.lost import csv_cell
+from recovery.render import has_bare_cr
 
 
 CHUNK = 10_000
@@ -21,10 +22,6 @@ CHUNK = 10_000
 
 def writer(fh: IO[str], quoting: int = csv.QUOTE_MINIMAL) -> Any:
     return csv.writer(fh, lineterminator=os.linesep, quoting=quoting, quotechar='"', doublequote=True)
-
-
-def _has_cr(row: Sequence[Any]) -> bool:
-    return any(c.__class__ is str and "\r" in c for c in row)
 
 
 def write_rows(fh: IO[str], columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
@@ -38,12 +35,12 @@ def write_rows(fh: IO[str], columns: Sequence[str], rows: Iterable[Sequence[Any]
     quoted = None
     it = iter(rows)
     while chunk := list(islice(it, CHUNK)):
-        if not any(map(_has_cr, chunk)):
+        if not any(map(has_bare_cr, chunk)):
             w.writerows(chunk)
             continue
         quoted = quoted or writer(fh, csv.QUOTE_ALL)
         for row in chunk:
-            (quoted if _has_cr(row) else w).writerow(row)
+            (quoted if has_bare_cr(row) else w).writerow(row)
 
 
 def write_dicts(fh: IO[str], columns: Sequence[str], items: Iterable[dict[str, Any]]) -> None:

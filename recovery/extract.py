@@ -98,7 +98,8 @@ def label_expr(t: Table, new: Schema, alias: str) -> exp.Expression:
     return exp.Null()
 
 
-def _key_json(key: tuple[str, ...], alias: str) -> exp.Expression:
+def key_json(key: tuple[str, ...], alias: str) -> exp.Expression:
+    """A row's key as the JSON text extract stores in ``_recovery_lost.key`` (compare with it)."""
     return exp.Anonymous(this="json_array", expressions=[col(k, alias) for k in key])
 
 
@@ -270,7 +271,7 @@ def record_lost(conn: sqlite3.Connection, a: Analysis, files: FilesConfig, count
             if via is not None:
                 conds.append(exp.Not(this=via))
             q = exp.select(
-                exp.Literal.string(name), _key_json(new_t.key, "b"), label_expr(new_t, a.new, "b"),
+                exp.Literal.string(name), key_json(new_t.key, "b"), label_expr(new_t, a.new, "b"),
                 exp.Literal.string(c), col(c, "b"), exp.Literal.string(reason),
             ).from_(table(name, "bnew", "b")).where(and_all(conds))
             stmt = exp.Insert(this=table(LOST_TABLE, "bnew"), expression=q)

@@ -121,15 +121,21 @@ def iter_lost(conn: sqlite3.Connection, schema: str = "main", order: Sequence[ex
         yield as_dict(rec)
 
 
+def count_by(conn: sqlite3.Connection, first: str, second: str, schema: str = "main") -> list[tuple[Any, Any, int]]:
+    """(``first``, ``second``, n) of the lost values grouped by those two columns, sorted."""
+    if not has_lost(conn, schema):
+        return []
+    one, two = exp.Literal.number(1), exp.Literal.number(2)
+    q = (exp.select(col(first), col(second), exp.Count(this=exp.Star())).from_(lost_table(schema))
+         .group_by(one, two).order_by(one.copy(), two.copy()))
+    return conn.execute(sql(q)).fetchall()
+
+
 def counts(conn: sqlite3.Connection, schema: str = "main") -> dict[str, dict[str, int]]:
     """{table: {column: n}} of the lost values."""
     out: dict[str, dict[str, int]] = {}
-    if has_lost(conn, schema):
-        one, two = exp.Literal.number(1), exp.Literal.number(2)
-        q = (exp.select(col("table"), col("column"), exp.Count(this=exp.Star())).from_(lost_table(schema))
-             .group_by(one, two).order_by(one.copy(), two.copy()))
-        for t, c, n in conn.execute(sql(q)):
-            out.setdefault(t, {})[c] = n
+    for t, c, n in count_by(conn, "table", "column", schema):
+        out.setdefault(t, {})[c] = n
     return out
 
 

@@ -41,8 +41,8 @@ from sqlglot import exp
 from recovery import lost
 from recovery.bundle import LOST_TABLE, Bundle, open_bundle, write_json_atomic
 from recovery.errors import ExitCode, RecoveryError
-from recovery.extract import _key_json
-from recovery.lost import has_lost, iter_lost, open_ro, stream_file
+from recovery.extract import key_json
+from recovery.lost import count_by, has_lost, iter_lost, open_ro, stream_file
 from recovery.schema import alembic_revision
 from recovery.sqlbuild import and_all, col, is_distinct, is_same, or_all, sql, table
 from recovery.sqlite_io import check_sqlite_file, consistent_copy, readonly, sha256_file, sidecars
@@ -202,10 +202,7 @@ def _load_losses(result: Rehearsal, rows_db: Path, limit: int) -> None:
         if not has_lost(conn):
             return
         result.losses = list(iter_lost(conn, limit=limit))
-        tbl, why = col("table"), col("reason")
-        q = (exp.select(tbl, why, exp.Count(this=exp.Star())).from_(table(LOST_TABLE))
-             .group_by(tbl.copy(), why.copy()).order_by(tbl.copy(), why.copy()))
-        for name, reason, n in conn.execute(sql(q)):
+        for name, reason, n in count_by(conn, "table", "reason"):
             result.losses_by_table[name] = result.losses_by_table.get(name, 0) + n
             result.losses_by_reason[reason] = result.losses_by_reason.get(reason, 0) + n
             result.losses_total += n
@@ -375,7 +372,7 @@ def _changes_carried(conn: sqlite3.Connection, bundle: Bundle, result: Rehearsal
             keys_lost = exp.select(col("key", "l")).from_(table(LOST_TABLE, "bundle", "l")).where(and_all([
                 exp.EQ(this=col("table", "l"), expression=exp.Literal.string(name)),
                 exp.Not(this=exp.Is(this=col("key", "l"), expression=exp.Null()))]))
-            unlisted = and_all([unlisted, exp.Not(this=exp.In(this=_key_json(t.key, "b"),
+            unlisted = and_all([unlisted, exp.Not(this=exp.In(this=key_json(t.key, "b"),
                                                               query=exp.Subquery(this=keys_lost)))])
         rows_b = table(name, "bundle", "b")
         n_rows = conn.execute(sql(exp.select("count(*)").from_(rows_b.copy()).where(kinds.copy()))).fetchone()[0]

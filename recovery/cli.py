@@ -80,10 +80,10 @@ def sample_cmd(out_dir: Path, parts: int, seed: int) -> None:
         recovery sample /tmp/world --parts 300 --seed 42
     """
     from recovery.sample import generate
+    from recovery.sample.generator import fresh_folder
 
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise RecoveryError(f"{out_dir} is not empty", "choose a new or empty folder")
-    generate(out_dir, parts=parts, seed=seed, progress=sys.stderr.isatty())
+    with fresh_folder(out_dir):
+        generate(out_dir, parts=parts, seed=seed, progress=sys.stderr.isatty())
     console(stderr=True).print(f"sample world written to [bold]{out_dir}[/]")
 
 
@@ -293,17 +293,18 @@ def demo_cmd(out_dir: Path | None, parts: int, seed: int) -> None:
     from recovery.sample import app_dir, generate
     from recovery.outcome import ConflictPolicy, Prefer
     from recovery.pipeline import rollback
+    from recovery.sample.generator import fresh_folder
 
     err = console(stderr=True)
     folder = out_dir or Path(tempfile.mkdtemp(prefix="recovery-demo-"))
-    if folder.exists() and any(folder.iterdir()):
-        raise RecoveryError(f"{folder} is not empty", "choose a new or empty folder")
     err.print(f"· building the sample world in {folder}")
-    generate(folder, parts=parts, seed=seed)
-    backup = next(folder.glob("gestima.db.bak.*"))
-    res = rollback(folder / "gestima.db", backup, folder / "run", None, folder / "uploads", None,
-                   app_dir() / "alembic.ini", ConflictPolicy.REMAP, False, False, False, Prefer.DB,
-                   confirm=lambda plan: (render_plan(plan), True)[1], progress=lambda m: err.print(f"· {m}"))
+    with fresh_folder(folder):  # a failed demo leaves nothing behind that blocks the retry
+        generate(folder, parts=parts, seed=seed)
+        backup = next(folder.glob("gestima.db.bak.*"))
+        res = rollback(folder / "gestima.db", backup, out=folder / "run", uploads=folder / "uploads",
+                       alembic_ini=app_dir() / "alembic.ini", on_conflict=ConflictPolicy.REMAP,
+                       prefer=Prefer.DB, confirm=lambda plan: (render_plan(plan), True)[1],
+                       progress=lambda m: err.print(f"· {m}"))
     render_outcome(res)
     # The sample world is built to lose values (new-only columns and tables): that is the point of
     # the demo, not a failure. It succeeds when the rolled-back database verifies.

@@ -77,6 +77,7 @@ def sample_cmd(out_dir: Path, parts: int, seed: int) -> None:
 
     Example:
 
+    \b
         recovery sample /tmp/world --parts 300 --seed 42
     """
     from recovery.sample import generate
@@ -99,6 +100,7 @@ def snapshot_cmd(db: Path, out_dir: Path | None, uploads: Path | None, app_dir: 
 
     Example:
 
+    \b
         recovery snapshot gestima.db --uploads uploads/ --app-dir /srv/gestima
     """
     from recovery.snapshot import snapshot
@@ -128,6 +130,7 @@ def diff_cmd(backup: Path, db: Path, since: str | None, tables: tuple[str, ...],
 
     Example:
 
+    \b
         recovery diff gestima.db.bak.20261120_140000 gestima.db --rows --json
     """
     from recovery.diff import diff
@@ -162,6 +165,7 @@ def extract_cmd(backup: Path, db: Path, out_dir: Path, since: str | None, mappin
 
     Example:
 
+    \b
         recovery extract gestima.db.bak.20261120_140000 gestima.db --out bundle/ \\
             --alembic-ini app/alembic.ini --uploads uploads/
     """
@@ -216,6 +220,7 @@ def reimport_cmd(bundle_dir: Path, db: Path, out_dir: Path | None, uploads: Path
 
     Example:
 
+    \b
         recovery reimport run/bundle gestima.db --yes
     """
     from recovery.outcome import ConflictPolicy, Prefer
@@ -250,6 +255,7 @@ def rollback_cmd(db: Path, backup: Path, out_dir: Path | None, since: str | None
 
     Example:
 
+    \b
         recovery rollback gestima.db --backup gestima.db.bak.20261120_140000 \\
             --uploads uploads/ --alembic-ini app/alembic.ini --out run/ --yes
     """
@@ -286,6 +292,7 @@ def demo_cmd(out_dir: Path | None, parts: int, seed: int) -> None:
 
     Example:
 
+    \b
         recovery demo /tmp/gestima-demo
     """
     import tempfile
@@ -330,6 +337,7 @@ def relink_cmd(bundle_dir: Path, db: Path, uploads: Path, files_table: str | Non
 
     Example:
 
+    \b
         recovery relink run/bundle gestima.db --uploads uploads/ --dry-run
     """
     from recovery.files import FilesConfig
@@ -374,6 +382,7 @@ def report_cmd(folder: Path, fmt: str, out: Path | None) -> None:
 
     Example:
 
+    \b
         recovery report run/ && recovery report run/bundle --format md
     """
     from recovery.report import report
@@ -407,6 +416,7 @@ def check_cmd(alembic_ini: Path, from_rev: str | None, to_rev: str | None, db: P
 
     Example:
 
+    \b
         recovery check --alembic-ini app/alembic.ini --db gestima.db.bak.20261120_140000
     """
     from recovery.check import check, render_check
@@ -443,6 +453,7 @@ def rehearse_cmd(db: Path, backup: Path, alembic_ini: Path | None, out_dir: Path
 
     Example:
 
+    \b
         recovery rehearse gestima.db --backup gestima.db.bak.20261120_140000 \\
             --alembic-ini app/alembic.ini --uploads uploads/ --out rehearsal/
     """

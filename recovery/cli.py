@@ -319,6 +319,47 @@ def demo_cmd(out_dir: Path | None, parts: int, seed: int) -> None:
     sys.exit(ExitCode.OK if ok else ExitCode.FAILED)
 
 
+@main.command("apply-deletes", epilog=EXIT_CODES_HELP)
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--only", "only", type=click.Path(path_type=Path),
+              help="A reviewed copy of deletes_for_review.csv: delete only the rows it lists.")
+@click.option("--dry-run", is_flag=True, help="Change nothing; say what would be deleted and what is kept.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (required without a terminal).")
+@output_options
+def apply_deletes_cmd(run_dir: Path, only: Path | None, dry_run: bool, yes: bool, fmt: str) -> None:
+    """After review, delete again the rows users deleted after the deploy, which the rollback
+    brought back and listed in RUN_DIR/deletes_for_review.csv (all of them, or those in --only).
+    One transaction on the run's database, after a safety copy in RUN_DIR; a row changed since
+    the rollback, or still referenced by a row that stays, is kept and reported as a conflict.
+    Runs beside the application; a second run changes nothing. Result: RUN_DIR/deletes_applied.json.
+
+    Example:
+
+    \b
+        recovery apply-deletes run/ --only reviewed.csv --dry-run
+    """
+    from recovery.deletes import apply_deletes
+
+    _confirm_or_refuse(yes, dry_run, f"Delete the reviewed rows of {run_dir} from its database?")
+    res = apply_deletes(run_dir, only, dry_run)
+    if fmt == "json":
+        emit_json(res.to_dict())
+    elif fmt == "csv":
+        write_csv(sys.stdout, ({"table": c.table, "key": json.dumps(list(c.key), ensure_ascii=False),
+                                "outcome": c.kind} for c in res.conflicts), ["table", "key", "outcome"])
+    else:
+        err = console(stderr=True)
+        verb = "would delete" if dry_run else "deleted"
+        err.print(f"{verb} {len(res.deleted)} of {res.selected} reviewed rows; already applied "
+                  f"{len(res.already_applied)}, already gone {len(res.already_gone)}, kept "
+                  f"{len(res.conflicts)} (conflicts)", markup=False, highlight=False)
+        for c in res.conflicts[:20]:
+            err.print(f"  kept {c.table} {list(c.key)}: {c.kind} — {c.detail}", markup=False, highlight=False)
+        if res.safety_copy:
+            err.print(f"safety copy: {res.safety_copy}", markup=False, highlight=False)
+    sys.exit(res.exit_code)
+
+
 @main.command("relink", epilog=EXIT_CODES_HELP)
 @click.argument("bundle_dir", type=click.Path(path_type=Path))
 @click.argument("db", type=click.Path(path_type=Path))

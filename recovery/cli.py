@@ -278,7 +278,20 @@ def rollback_cmd(db: Path, backup: Path, out_dir: Path | None, since: str | None
                    apply_deletes, dry_run, force, Prefer(prefer), confirm=confirm,
                    progress=lambda m: err.print(f"· {m}"), downgrade_to=downgrade_to)
     render_outcome(res)
+    _print_next_steps(res, backup)
     sys.exit(ExitCode.FAILED if res.outcome and res.outcome.aborted else res.exit_code)
+
+
+def _print_next_steps(res: Any, backup: Path) -> None:
+    """The "Next steps" block (stderr, plain text: paths may hold markup characters)."""
+    from recovery.nextsteps import steps_for
+
+    lines = steps_for(res, backup)
+    if lines:
+        err = console(stderr=True)
+        err.print("Next steps:", markup=False, highlight=False)
+        for line in lines:
+            err.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
 
 
 @main.command("demo", epilog=EXIT_CODES_HELP)

@@ -1,4 +1,5 @@
-"""``recovery apply-deletes``: the reviewed post-deploy deletes, applied once, after a rollback of
+"""Every loose end of a rollback has a command: the "Next steps" block it prints, and
+``recovery apply-deletes`` — the reviewed post-deploy deletes, applied once, after a rollback of
 the sample world — with the application's rows changed since, still referenced, audited by a
 trigger, and a hand-edited review list."""
 from __future__ import annotations
@@ -173,3 +174,33 @@ def test_waits_for_the_running_application_then_refuses(rolled_back: tuple[Path,
         app.execute("ROLLBACK")
         app.close()
     assert apply_deletes(run).deleted
+
+
+def test_rollback_ends_with_next_steps_naming_this_run(world_copy: Path) -> None:
+    db, run = world_copy / "gestima.db", world_copy / "run"
+    res = CliRunner().invoke(main, ["rollback", str(db), "--backup", str(next(world_copy.glob("gestima.db.bak.*"))),
+                                    "--uploads", str(world_copy / "uploads"), "--alembic-ini",
+                                    str(app_dir() / "alembic.ini"), "--out", str(run), "--yes"],
+                             catch_exceptions=False)
+    assert res.exit_code == 1, res.output  # the sample world loses values by design
+    block = res.stderr.split("Next steps:", 1)[1]
+    assert "aa001_add_drawing_number_drop_drawings" in block
+    assert f"recovery undo {run}" in block
+    assert f"recovery apply-deletes {run}" in block
+    assert str(run / "report.html") in block
+    assert "Next steps:" not in res.stdout  # stdout keeps only results
+
+
+def test_next_steps_name_the_release_tag_of_the_backup(tmp_path: Path) -> None:
+    from recovery.nextsteps import next_steps
+
+    backup = tmp_path / "app.db.bak.20261120_140000"
+    backup.write_bytes(b"")
+    (tmp_path / (backup.name + ".manifest.json")).write_text(json.dumps({"git": {"tag": "v2.0.0"}}), encoding="utf-8")
+    lines = next_steps(tmp_path / "run", tmp_path / "app.db", backup, "aa001", dry_run=False,
+                       deletes_for_review=0, needs_review=False)
+    assert lines[0].startswith("1. Deploy release v2.0.0 (Alembic revision aa001) now")
+    assert not any("apply-deletes" in ln for ln in lines)  # nothing to review: no such step
+    dry = next_steps(tmp_path / "run", tmp_path / "app.db", backup, "aa001", dry_run=True,
+                     deletes_for_review=3, needs_review=True)
+    assert "Nothing was changed" in dry[0] and not any("undo" in ln for ln in dry)

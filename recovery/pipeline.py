@@ -93,14 +93,15 @@ def _reimport_into(
 
 
 def reimport(
-    bundle_dir: str | os.PathLike[str], db: str | os.PathLike[str], out: str | os.PathLike[str] | None = None,
+    bundle_dir: str | os.PathLike[str] | Bundle, db: str | os.PathLike[str], out: str | os.PathLike[str] | None = None,
     on_conflict: ConflictPolicy = ConflictPolicy.REMAP, apply_deletes: bool = False, dry_run: bool = False,
     prefer: Prefer = Prefer.DB, uploads: str | os.PathLike[str] | None = None, files: FilesConfig | None = None,
     busy_timeout: float = 10.0,
 ) -> RunResult:
     """Re-import a bundle into ``db`` (at the bundle's old schema). ``dry_run`` works on a scratch
-    copy and leaves every file untouched."""
-    bundle = open_bundle(bundle_dir)
+    copy and leaves every file untouched. ``bundle_dir``: a folder, or a bundle already opened
+    (and so verified) by the caller."""
+    bundle = bundle_dir if isinstance(bundle_dir, Bundle) else open_bundle(bundle_dir)
     target = check_sqlite_file(db, "target database")
     with readonly(target, "target database") as r:  # refuse a wrong schema before any copy or write open
         check_target_schema(bundle, reflect(r))

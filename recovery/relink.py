@@ -43,6 +43,7 @@ from recovery.errors import RecoveryError
 from recovery.files import UNRECORDED_DIR, FilesConfig, UploadsIndex, _Under, safe_path, sha256_bytes_of
 from recovery.sqlbuild import and_all, col, ident, is_same, sql, table
 from recovery.sqlite_io import fsync_dir
+from recovery.timebound import statement_time_limit
 
 BUNDLE = "relink_bundle"  # the schema name bundle rows.db is ATTACHed under while planning
 KIND = "_recovery_kind"
@@ -753,7 +754,8 @@ def plan_relink(bundle: Bundle, conn: sqlite3.Connection, root: Path, files: Fil
     rmap = None if remaps is None else {(r.table, r.old_key): r.new_key for r in remaps}
     conn.execute("ATTACH DATABASE ? AS relink_bundle", (_uri(bundle.rows_db, mode="ro"),))
     try:
-        return _Planner(bundle, conn, root_p, cfg, rmap).run()
+        with statement_time_limit(conn):  # the bundle's rows are untrusted: no statement runs unbounded
+            return _Planner(bundle, conn, root_p, cfg, rmap).run()
     finally:
         conn.execute("DETACH DATABASE relink_bundle")
 

@@ -115,7 +115,7 @@ def reimport(
                                      busy_timeout, str(target))
             outcome.files = _relink(bundle, scratch, uploads, files, dry_run=True, outcome=outcome) if uploads else None
     else:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         consistent_copy(target, run_dir / "safety" / target.name, "target database")
         outcome = _reimport_into(target, bundle, on_conflict, prefer, apply_deletes, files, False, busy_timeout,
                                  str(target))
@@ -165,8 +165,8 @@ class Journal:
     def mark(self, step: str, state: str, **info: Any) -> None:
         entry = self.data["steps"].setdefault(step, {})
         entry.update(state=state, at=datetime.now().isoformat(timespec="seconds"), **info)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.path, self.data)
+        self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_json_atomic(self.path, self.data, 0o600)
         fsync_dir(self.run_dir)
         if os.environ.get(KILL_STEP_ENV) == f"{step}:{state}":
             import signal
@@ -614,7 +614,7 @@ def _dry_run(db: Path, backup: Path, run_dir: Path, since: str | None, uploads: 
         outcome = _reimport_into(restored, res.bundle, policy, prefer, apply_deletes, files, True, 10.0, str(db))
         outcome.dry_run = True
         outcome.files = _relink(res.bundle, restored, uploads, files, dry_run=True, outcome=outcome) if uploads else None
-        run_dir.mkdir(parents=True, exist_ok=True)
+        run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         from recovery.report import write_run_files
 
         paths = write_run_files(run_dir, outcome, res.bundle, {"dry_run_note": "nothing was changed"})

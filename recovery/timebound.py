@@ -4,7 +4,8 @@ A bundle's expressions pass the mapping validator, but a valid expression can st
 (``length(replace(zeroblob(1e9), x'00', 'ab'))`` on every row, a forged ``rows.db`` of a billion
 rows) while the re-import holds the target's write lock. :func:`statement_time_limit` installs a
 SQLite progress handler that interrupts the running statement once it has run longer than the
-limit; the trace callback marks each statement's start, so the bound is per statement. The
+limit (and a watchdog thread that calls ``interrupt()``, for slow single instructions); the
+trace callback marks each statement's start, so the bound is per statement. The
 interrupted statement raises inside the caller's transaction, which the caller rolls back; the
 context manager turns it into one clear :class:`RecoveryError` (exit 3).
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -54,23 +56,38 @@ def statement_time_limit(conn: sqlite3.Connection, seconds: float | None = None)
     """Within the block, any statement on ``conn`` that runs longer than the limit is interrupted
     and the block raises ``RecoveryError("statement ran longer than N s; nothing was applied")``
     with exit code 3. The caller must roll its transaction back (its ``except`` does). Yields the
-    limit in seconds."""
+    limit in seconds.
+
+    Two watchers share the statement's start time (set by the trace callback): the progress
+    handler, every :data:`CHECK_EVERY` instructions, and a watchdog thread that calls
+    ``conn.interrupt()`` — needed when single instructions are slow (a scalar function over
+    megabytes per row runs few instructions per second)."""
     limit = limit_seconds(seconds)
     started = [time.monotonic()]
     hit = [False]
+    done = threading.Event()
 
     def trace(statement: str) -> None:
         if not statement.startswith("--"):  # "-- TRIGGER …" lines are part of the running statement
             started[0] = time.monotonic()
 
-    def progress() -> int:
+    def over() -> bool:
         if time.monotonic() - started[0] > limit:
             hit[0] = True
-            return 1
-        return 0
+        return hit[0]
+
+    def progress() -> int:
+        return 1 if over() else 0
+
+    def watchdog() -> None:
+        while not done.wait(min(0.05, limit / 4)):
+            if over():
+                conn.interrupt()
 
     conn.set_trace_callback(trace)
     conn.set_progress_handler(progress, CHECK_EVERY)
+    dog = threading.Thread(target=watchdog, name="recovery-statement-timeout", daemon=True)
+    dog.start()
     try:
         yield limit
     except Exception:
@@ -80,9 +97,10 @@ def statement_time_limit(conn: sqlite3.Connection, seconds: float | None = None)
                                 f"with --statement-timeout or {ENV} if it is genuine", ExitCode.FAILED) from None
         raise
     finally:
+        done.set()
+        dog.join()
         conn.set_progress_handler(None, 0)
         conn.set_trace_callback(None)
-
 
 
 @contextmanager

@@ -431,3 +431,23 @@ def test_the_forged_slow_bundle_is_slow_without_the_bound(extracted: tuple[Path,
     conn.execute(f"SELECT sum({SLOW_PRICE}) FROM parts WHERE _recovery_kind = 'inserted'").fetchone()
     conn.close()
     assert time.monotonic() - t0 > 2.0
+
+
+def test_the_bound_is_per_statement_not_per_block() -> None:
+    """Time spent between statements (hashing uploads, say) does not count: only a statement
+    running longer than the bound is interrupted, and with exit 3."""
+    from recovery.timebound import statement_time_limit
+
+    conn = sqlite3.connect(":memory:")
+    endless = "WITH RECURSIVE r(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM r) SELECT count(*) FROM r"
+    with statement_time_limit(conn, 0.2):
+        conn.execute("SELECT 1").fetchall()
+        time.sleep(0.4)
+        assert conn.execute("SELECT count(*) FROM (WITH RECURSIVE r(x) AS (SELECT 1 UNION ALL SELECT x + 1 "
+                            "FROM r WHERE x < 100000) SELECT x FROM r)").fetchone() == (100000,)
+    t0 = time.monotonic()
+    with pytest.raises(RecoveryError, match="statement ran longer than 0.2 s") as err:
+        with statement_time_limit(conn, 0.2):
+            conn.execute(endless).fetchone()
+    assert err.value.exit_code == 3 and time.monotonic() - t0 < 5
+    assert conn.execute("SELECT 2").fetchone() == (2,)  # handlers removed, the connection usable

@@ -158,6 +158,55 @@ def test_upload_folder_swapped_for_a_symlink_during_extract_never_leaks(tmp_path
     assert copied + refused > 0 and copied > 0, (copied, refused)
 
 
+MAPPING = """\
+[tables.parts.columns]
+price = "price_cents / 100.0"
+[tables.quotes.columns]
+customer = "customer_name"
+"""
+
+
+def test_recovery_extract_with_an_uploads_folder_swapped_under_it(world_copy: Path, tmp_path: Path) -> None:
+    """The same attack on the whole command: ``uploads/parts`` swapped for a symlink to a
+    root-only mirror of it (same names, secret bytes) while ``recovery extract`` runs; every run
+    exits 0/1 with a bundle or 2 with one line, and no secret byte is in any bundle."""
+    uploads = world_copy / "uploads"
+    secret = tmp_path / "root-only"
+    for f in (uploads / "parts").rglob("*"):
+        mirror = secret / f.relative_to(uploads / "parts")
+        if f.is_dir():
+            mirror.mkdir(parents=True, exist_ok=True)
+        else:
+            mirror.parent.mkdir(parents=True, exist_ok=True)
+            mirror.write_bytes(SECRET)
+            mirror.chmod(0o600)
+    secret.chmod(0o700)
+    (tmp_path / "mapping.toml").write_text(MAPPING)
+    stop, count = tmp_path / "stop", tmp_path / "count"
+    racer = subprocess.Popen([sys.executable, "-c", RACER, str(uploads / "parts"), str(uploads / "parts.real"),
+                              str(secret), str(stop), str(count)])
+    outcomes = []
+    try:
+        for i in range(4):
+            out = tmp_path / f"bundle{i}"
+            code, _, stderr = invoke(["extract", str(world_copy / BACKUP), str(world_copy / "gestima.db"),
+                                      "--out", str(out), "--mapping", str(tmp_path / "mapping.toml"),
+                                      "--uploads", str(uploads)])
+            if code == 2:
+                assert "uploads" in one_error(stderr) and not out.exists()
+            else:
+                assert code in (0, 1), stderr
+                open_bundle(out)
+            outcomes.append(code)
+    finally:
+        stop.touch()
+        racer.wait(timeout=30)
+    assert int(count.read_text()) > 100, "no race was run"
+    for p in tmp_path.rglob("*"):
+        if p.is_file() and not p.is_relative_to(secret):
+            assert SECRET not in p.read_bytes(), f"root-only bytes leaked into {p}"
+
+
 def test_a_fifo_in_place_of_an_upload_does_not_hang_the_copy(tmp_path: Path) -> None:
     """A FIFO put where a listed file was is refused at once (O_NONBLOCK), not read forever."""
     uploads = tmp_path / "uploads"

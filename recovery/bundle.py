@@ -50,6 +50,7 @@ without it (written before the scheme) keeps its recorded id, which does not bin
 KIND_COLUMN = "_recovery_kind"
 LOST_COLUMNS = ("table", "key", "label", "column", "value", "reason")
 DIR_MODE = 0o700
+COUNT_KEYS = ("inserted", "updated", "deleted", "closure", "lost")
 FILE_MODE = 0o600
 
 
@@ -238,7 +239,9 @@ def open_bundle(path: str | os.PathLike[str], verify: bool = True) -> Bundle:
         new = Schema.from_dict(manifest["schemas"]["new"])
         mapping = mapping_from_dict(manifest["mapping"], f"bundle {folder}")
         counts = manifest["counts"]
-        if not isinstance(counts, dict) or not all(isinstance(c, dict) for c in counts.values()):
+        if not isinstance(counts, dict) or not all(
+                isinstance(c, dict) and all(type(c.get(k, 0)) is int and c.get(k, 0) >= 0 for k in COUNT_KEYS)
+                for c in counts.values()):
             raise TypeError("counts must map tables to counts")
     except RecoveryError:
         raise

@@ -96,12 +96,13 @@ def reimport(
     bundle_dir: str | os.PathLike[str] | Bundle, db: str | os.PathLike[str], out: str | os.PathLike[str] | None = None,
     on_conflict: ConflictPolicy = ConflictPolicy.REMAP, apply_deletes: bool = False, dry_run: bool = False,
     prefer: Prefer = Prefer.DB, uploads: str | os.PathLike[str] | None = None, files: FilesConfig | None = None,
-    busy_timeout: float = 10.0,
+    busy_timeout: float = 10.0, expect_bundle_id: str | None = None,
 ) -> RunResult:
     """Re-import a bundle into ``db`` (at the bundle's old schema). ``dry_run`` works on a scratch
     copy and leaves every file untouched. ``bundle_dir``: a folder, or a bundle already opened
-    (and so verified) by the caller."""
+    (and so verified) by the caller. ``expect_bundle_id``: refuse (exit 2) any other bundle."""
     bundle = bundle_dir if isinstance(bundle_dir, Bundle) else open_bundle(bundle_dir)
+    bundle.check_expected_id(expect_bundle_id)
     target = check_sqlite_file(db, "target database")
     with readonly(target, "target database") as r:  # refuse a wrong schema before any copy or write open
         check_target_schema(bundle, reflect(r))

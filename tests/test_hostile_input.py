@@ -489,14 +489,14 @@ def test_the_bound_is_per_statement_not_per_block() -> None:
 
     conn = sqlite3.connect(":memory:")
     endless = "WITH RECURSIVE r(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM r) SELECT count(*) FROM r"
-    with statement_time_limit(conn, 0.2):
+    with statement_time_limit(conn, 1.0):
         conn.execute("SELECT 1").fetchall()
-        time.sleep(0.4)
+        time.sleep(1.5)  # longer than the bound, between statements
         assert conn.execute("SELECT count(*) FROM (WITH RECURSIVE r(x) AS (SELECT 1 UNION ALL SELECT x + 1 "
-                            "FROM r WHERE x < 100000) SELECT x FROM r)").fetchone() == (100000,)
+                            "FROM r WHERE x < 1000) SELECT x FROM r)").fetchone() == (1000,)
     t0 = time.monotonic()
-    with pytest.raises(RecoveryError, match="statement ran longer than 0.2 s") as err:
-        with statement_time_limit(conn, 0.2):
+    with pytest.raises(RecoveryError, match="statement ran longer than 1 s") as err:
+        with statement_time_limit(conn, 1.0):
             conn.execute(endless).fetchone()
-    assert err.value.exit_code == 3 and time.monotonic() - t0 < 5
+    assert err.value.exit_code == 3 and time.monotonic() - t0 < 10
     assert conn.execute("SELECT 2").fetchone() == (2,)  # handlers removed, the connection usable

@@ -500,3 +500,26 @@ def test_the_bound_is_per_statement_not_per_block() -> None:
             conn.execute(endless).fetchone()
     assert err.value.exit_code == 3 and time.monotonic() - t0 < 10
     assert conn.execute("SELECT 2").fetchone() == (2,)  # handlers removed, the connection usable
+
+
+def test_a_bundle_written_before_the_id_scheme_still_opens(extracted: tuple[Path, str, str], world: Path,
+                                                          tmp_path: Path) -> None:
+    """Backward compatible: a bundle as the previous version wrote it (no id scheme, a 16-digit id
+    of sources and counts, no file modes) opens and re-imports; its id is shown as not bound to
+    its content, and --expect-bundle-id cannot vouch for it."""
+    old = tmp_path / "old"
+    shutil.copytree(extracted[0], old)
+    manifest = json.loads((old / "manifest.json").read_text(encoding="utf-8"))
+    manifest.pop("id_scheme")
+    for entry in [*manifest["files"]["records"], *manifest["files"]["unrecorded"]]:
+        entry.pop("mode", None)
+    manifest["bundle_id"] = hashlib.sha256(json.dumps(manifest["sources"], sort_keys=True).encode()
+                                           + json.dumps(manifest["counts"], sort_keys=True).encode()).hexdigest()[:16]
+    (old / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    (old / "manifest.sha256").write_text(sha((old / "manifest.json").read_bytes()) + "  manifest.json\n")
+    b = open_bundle(old)
+    assert b.bundle_id == manifest["bundle_id"] and not b.id_binds_content
+    target = target_from_backup(world, tmp_path / "t" / "gestima.db")
+    code, stdout, stderr = invoke(["reimport", str(old), str(target), "--dry-run"])
+    assert code in (0, 1), stderr
+    assert f"bundle id: {b.bundle_id} (written by an older recovery" in stdout

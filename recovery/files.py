@@ -195,10 +195,14 @@ def write_under(root: str, rel: str, source: str | os.PathLike[str], expect_sha2
             if same:
                 return False
             raise RecoveryError(f"{target} appeared while relinking", "run relink again; nothing was overwritten")
-        tmp = f".{name}.relink-{os.getpid()}.tmp"
+        tmp = f".{name}.relink-{os.getpid()}-{os.urandom(4).hex()}.tmp"  # a name nobody can plant ahead
         src = open_nofollow(source, source_root)
         try:
             out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dfd)
+        except FileExistsError:
+            os.close(src)
+            raise RecoveryError(f"{target}: its temporary name appeared while relinking",
+                                "run relink again; nothing was overwritten") from None
         except BaseException:
             os.close(src)
             raise

@@ -314,9 +314,9 @@ def _check_names(folder: Path, old: Schema, new: Schema, mapping: ColumnMapping,
 
 
 def _check_databases(folder: Path, old: Schema, new: Schema) -> None:
-    """rows.db holds only tables of the new schema (their columns plus the kind) and the lost
-    list; base.db only tables of the old schema — no view, trigger or index a forger could use to
-    run something when a table is read."""
+    """rows.db holds tables of the new schema (their columns plus the kind) and the lost list;
+    base.db tables of the old schema (plus SQLite's and ``_recovery_*`` bookkeeping tables) — and
+    no view or trigger, which a forger could use to run something when a table is read."""
     import sqlite3
 
     for name, schema, extra in (("rows.db", new, {LOST_TABLE: LOST_COLUMNS}), ("base.db", old, {})):
@@ -328,10 +328,10 @@ def _check_databases(folder: Path, old: Schema, new: Schema) -> None:
             try:
                 entries = conn.execute("SELECT type, name FROM sqlite_master").fetchall()
                 for kind, tname in entries:
-                    if kind != "table":
+                    if kind in ("view", "trigger"):  # code that would run when a table is read
                         raise _refuse(folder, f"{name} holds a {kind} {tname!r} (only tables belong there)")
-                    if tname.startswith("sqlite_"):
-                        continue
+                    if kind != "table" or (tname.startswith(("sqlite_", "_recovery_")) and tname not in extra):
+                        continue  # indexes (never written: read-only), SQLite's and our own bookkeeping
                     t = schema.table(tname)
                     want = extra.get(tname) or ((*t.column_names, KIND_COLUMN) if t is not None else None)
                     if want is None:

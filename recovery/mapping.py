@@ -231,9 +231,9 @@ def check_columns(expr: exp.Expression, new_t: Table, where: str) -> None:
 
 def check_mapping(mapping: ColumnMapping, old: Schema, new: Schema, where: str) -> None:
     """A resolved mapping read from elsewhere (a bundle's manifest) obeys the mapping file's rules:
-    every table is a table of the old schema, every rule names a column of the old table and
-    comes from a known source, and every expression passes :func:`check_tree` and reads only
-    columns of the new table of the same name."""
+    every table is a table of the old schema, every rule names a column of the old table, and
+    every expression passes :func:`check_tree` and reads only columns of the new table of the
+    same name."""
     for tname, tm in mapping.tables.items():
         old_t = old.table(tname)
         if old_t is None:
@@ -242,8 +242,6 @@ def check_mapping(mapping: ColumnMapping, old: Schema, new: Schema, where: str) 
         for r in tm.rules:
             if old_t.column(r.column) is None:
                 raise RecoveryError(f"{where}: mapping {tname}.{r.column}: the old table has no such column")
-            if r.source not in SOURCES:
-                raise RecoveryError(f"{where}: mapping {tname}.{r.column}: unknown source {r.source!r}")
             if r.expression is None:
                 continue
             check_tree(r.expression, f"{where}: mapping {tname}.{r.column}")

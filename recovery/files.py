@@ -22,7 +22,6 @@ from pathlib import Path, PurePosixPath
 from typing import TypeVar
 
 from recovery.errors import RecoveryError
-from recovery.sqlite_io import sha256_file
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -49,8 +49,8 @@ ID_SCHEME = "sha256-of-sealed-manifest/1"
 without it (written before the scheme) keeps its recorded id, which does not bind its content."""
 KIND_COLUMN = "_recovery_kind"
 LOST_COLUMNS = ("table", "key", "label", "column", "value", "reason")
-DIR_MODE = 0o700
 COUNT_KEYS = ("inserted", "updated", "deleted", "closure", "lost")
+DIR_MODE = 0o700
 FILE_MODE = 0o600
 
 

@@ -179,7 +179,36 @@ def extract_cmd(backup: Path, db: Path, out_dir: Path, since: str | None, mappin
         write_csv(sys.stdout, [{"table": t, **c} for t, c in summary["counts"].items()])
     else:
         render_extract(summary)
+        click.echo(f"bundle id: {summary['bundle_id']}")
+        click.echo(f"live fingerprint (sha256): {summary['live_fingerprint']}")
     sys.exit(ExitCode.REVIEW if summary["lost"] or summary["planning_errors"] else ExitCode.OK)
+
+
+def statement_timeout_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--statement-timeout SECONDS``: the bound on every SQL statement run over a bundle
+    (:mod:`recovery.timebound`); the command runs inside it."""
+
+    @click.option("--statement-timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+                  help="Interrupt (exit 3, nothing applied) any SQL statement over the bundle running longer "
+                       "(default: $RECOVERY_STATEMENT_TIMEOUT, else 300).")
+    @functools.wraps(func)
+    def wrapper(*args: Any, statement_timeout: float | None, **kwargs: Any) -> Any:
+        from recovery.timebound import override
+
+        with override(statement_timeout):
+            return func(*args, **kwargs)
+
+    return wrapper
+
+
+def show_bundle_identity(bundle: Any) -> None:
+    """The lines that let the operator check a bundle is the one they extracted."""
+    ident = bundle.identity()
+    bound = "" if ident["id_binds_content"] else " (written by an older recovery: not bound to its content)"
+    click.echo(f"bundle id: {ident['bundle_id']}{bound}")
+    click.echo(f"live fingerprint (sha256): {ident['live_sha256']}")
+    click.echo(f"source database: {ident['source_db']}")
+    click.echo(f"extracted at: {ident['extracted_at']}")
 
 
 def conflict_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -210,24 +239,34 @@ def _confirm_or_refuse(yes: bool, dry_run: bool, question: str) -> None:
 @click.argument("db", type=click.Path(path_type=Path))
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), help="Run folder (default: new folder in BUNDLE_DIR).")
 @click.option("--uploads", type=click.Path(path_type=Path), help="Uploads folder to re-link files into.")
+@click.option("--expect-bundle-id", metavar="ID",
+              help="Refuse (exit 2) unless the bundle's id is ID, the id `recovery extract` printed.")
 @conflict_options
-def reimport_cmd(bundle_dir: Path, db: Path, out_dir: Path | None, uploads: Path | None, on_conflict: str,
-                 prefer: str, apply_deletes: bool, dry_run: bool, yes: bool) -> None:
+@statement_timeout_option
+def reimport_cmd(bundle_dir: Path, db: Path, out_dir: Path | None, uploads: Path | None, expect_bundle_id: str | None,
+                 on_conflict: str, prefer: str, apply_deletes: bool, dry_run: bool, yes: bool) -> None:
     """Re-import a bundle into DB (already at the old schema, e.g. restored and used by the old
     release since) in ONE transaction, with a three-way merge: conflicts are detected, named and
     resolved by --on-conflict; a second run of the same bundle changes nothing. Writes report.json,
     conflicts.csv, lost_values.csv, reimport.sql and report.md into the run folder.
+
+    The bundle's id, the live source's fingerprint, its path and the extract time are shown first;
+    --expect-bundle-id refuses any other bundle (an edited bundle has another id).
 
     Example:
 
     \b
         recovery reimport run/bundle gestima.db --yes
     """
+    from recovery.bundle import open_bundle
     from recovery.outcome import ConflictPolicy, Prefer
     from recovery.pipeline import reimport
 
+    bundle = open_bundle(bundle_dir)
+    bundle.check_expected_id(expect_bundle_id)
+    show_bundle_identity(bundle)
     _confirm_or_refuse(yes, dry_run, f"Re-import {bundle_dir} into {db}?")
-    res = reimport(bundle_dir, db, out_dir, ConflictPolicy(on_conflict), apply_deletes, dry_run, Prefer(prefer),
+    res = reimport(bundle, db, out_dir, ConflictPolicy(on_conflict), apply_deletes, dry_run, Prefer(prefer),
                    uploads)
     render_outcome(res)
     sys.exit(ExitCode.FAILED if res.outcome and res.outcome.aborted else res.exit_code)
@@ -244,6 +283,7 @@ def reimport_cmd(bundle_dir: Path, db: Path, out_dir: Path | None, uploads: Path
 @click.option("--downgrade-to", help="Downgrade the live DB in place with Alembic instead of restoring the backup.")
 @click.option("--force", is_flag=True, help="Proceed although the DB looks in use or the backup newer.")
 @conflict_options
+@statement_timeout_option
 def rollback_cmd(db: Path, backup: Path, out_dir: Path | None, since: str | None, uploads: Path | None,
                  mapping: Path | None, alembic_ini: Path | None, downgrade_to: str | None, force: bool,
                  on_conflict: str, prefer: str, apply_deletes: bool, dry_run: bool, yes: bool) -> None:
@@ -382,6 +422,7 @@ def apply_deletes_cmd(run_dir: Path, only: Path | None, dry_run: bool, yes: bool
 @click.option("--hash-column", help="Its column with the file's sha256 (default: sha256).")
 @click.option("--dry-run", is_flag=True, help="Change nothing; report what would be restored and fixed.")
 @output_options
+@statement_timeout_option
 def relink_cmd(bundle_dir: Path, db: Path, uploads: Path, files_table: str | None, path_column: str | None,
                hash_column: str | None, dry_run: bool, fmt: str) -> None:
     """Put every file a re-imported record names back at its path under --uploads with its

@@ -19,7 +19,7 @@ from typing import Any
 from sqlglot import exp
 
 from recovery import __version__
-from recovery.bundle import FORMAT, LOST_TABLE, Bundle, bundle_id_for, open_bundle, seal
+from recovery.bundle import DIR_MODE, FORMAT, LOST_TABLE, Bundle, open_bundle, seal
 from recovery.changes import TableSides, deleted_query, inserted_query, sides, updated_condition
 from recovery.diff import Analysis, analyse
 from recovery.errors import RecoveryError
@@ -47,6 +47,7 @@ class ExtractResult:
         counts = {t: {k: v for k, v in c.items()} for t, c in sorted(m["counts"].items())}
         return {
             "bundle": str(self.bundle.path), "bundle_id": m["bundle_id"], "deploy_time": m["deploy_time"],
+            "live_fingerprint": (m.get("sources") or {}).get("live", {}).get("sha256"),
             "counts": counts, "lost": sum(c.get("lost", 0) for c in counts.values()),
             "planning_errors": m["planning_errors"],
             "mapping_sources": {t: {c["column"]: c["source"] for c in v["columns"] if c["source"] != "same-name"}
@@ -305,7 +306,7 @@ def extract(
         lineage, lineage_report = derive_lineage(alembic_ini, backup, live)
     work = out_p.with_name(f".{out_p.name}.partial-{os.getpid()}")
     shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    work.mkdir(parents=True, mode=DIR_MODE)  # users' data: nobody else may enter while it is built
     # The sources' fingerprints only go into the manifest: hash them on the second core while
     # SQLite works on the first (hashlib releases the GIL). The inputs are read-only.
     hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recovery-hash")
@@ -352,7 +353,6 @@ def extract(
                 "planning_errors": list(p.errors),
                 "files": file_report,
             }
-            manifest["bundle_id"] = bundle_id_for(manifest)
         (work / "reimport.sql").write_text(p.to_sql("sqlite"), encoding="utf-8")
         seal(work, manifest)
         os.replace(work, out_p) if not out_p.exists() else _move_into(work, out_p)

@@ -2,6 +2,13 @@
 
 A stored path is only ever used after :func:`safe_path` has proved it relative, free of ``..``
 and, with symlinks resolved, inside the uploads root.
+
+The uploads folder is writable by other local accounts, which can swap a folder for a symlink at
+any instant. So no upload is ever opened by a path string: :func:`open_nofollow` opens the root as
+a directory descriptor and every folder below it with ``O_DIRECTORY | O_NOFOLLOW`` relative to the
+previous one, the file itself ``O_NOFOLLOW | O_NONBLOCK`` (a FIFO cannot block it), and accepts
+only a regular file; copies and hashes read from that descriptor. The walk (:func:`_scan`) enters
+folders the same way. :func:`write_under` is the same discipline for files written under the root.
 """
 from __future__ import annotations
 
@@ -15,7 +22,6 @@ from pathlib import Path, PurePosixPath
 from typing import TypeVar
 
 from recovery.errors import RecoveryError
-from recovery.sqlite_io import sha256_file
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -33,9 +39,210 @@ class FileEntry:
         return {"path": self.path, "size": self.size, "sha256": self.sha256, "mtime": self.mtime}
 
 
-def sha256_bytes_of(path: str | os.PathLike[str]) -> str:
-    """An upload's sha256 (one name for it, so relink's reads of uploads can be counted in tests)."""
-    return sha256_file(path)
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+SWAPPED_HINT = "stop whatever changes the uploads folder and run the command again; nothing was copied or overwritten"
+
+
+def _swapped(path: str, exc: OSError | None = None) -> RecoveryError:
+    why = "became a symbolic link or a special file" if exc is None or exc.errno in (
+        errno.ELOOP, errno.ENOTDIR, errno.EMLINK) else f"changed ({os.strerror(exc.errno or 0)})"
+    return RecoveryError(f"{path} {why} while the uploads were being read (no symbolic link is followed)",
+                         SWAPPED_HINT)
+
+
+def _parts(rel: str) -> list[str]:
+    """The folder names of a relative path (``.`` and empty pieces dropped); ``..`` is refused."""
+    parts = [p for p in rel.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise RecoveryError(f"{rel!r} leads out of its folder", SWAPPED_HINT)
+    return parts
+
+
+def open_dir_nofollow(root: str, rel: str = "", create: bool = False) -> int:
+    """A descriptor of folder ``root/rel``: ``root`` (a real path) opened as a directory, then each
+    folder of ``rel`` with ``O_DIRECTORY | O_NOFOLLOW`` relative to the previous one, so a symlink
+    at any level fails instead of being followed. ``create``: missing folders are made (mode 0755
+    under the umask, owner and group of the folder they are made in)."""
+    fd = os.open(root, _DIR_FLAGS)
+    try:
+        for name in _parts(rel):
+            try:
+                nxt = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                try:
+                    os.mkdir(name, 0o755, dir_fd=fd)
+                except FileExistsError:
+                    pass
+                nxt = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                _own_like(nxt, fd)
+            os.close(fd)
+            fd = nxt
+    except OSError as exc:
+        os.close(fd)
+        raise _swapped(os.path.join(root, rel), exc) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_nofollow(path: str | os.PathLike[str], root: str | os.PathLike[str] = "/") -> int:
+    """A read-only descriptor of the regular file ``path`` (a real path inside ``root``), opened
+    without following a symbolic link at any level below ``root``: a symlink, a FIFO or anything
+    but a regular file there now is refused with one :class:`RecoveryError`."""
+    path_s, root_s = os.fspath(path), os.fspath(root)
+    prefix = root_s.rstrip("/") + "/"
+    if not path_s.startswith(prefix):
+        raise RecoveryError(f"{path_s} is not inside {root_s}", SWAPPED_HINT)
+    folder, _, name = path_s[len(prefix):].rpartition("/")
+    dfd = open_dir_nofollow(root_s, folder)
+    try:
+        fd = os.open(name, _FILE_FLAGS, dir_fd=dfd)
+    except OSError as exc:
+        raise _swapped(path_s, exc) from None
+    finally:
+        os.close(dfd)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise _swapped(path_s)
+    return fd
+
+
+def digest_fd(fd: int) -> tuple[str, int, int]:
+    """(sha256, size, mode bits) of an open regular file, read from its start."""
+    h = hashlib.sha256()
+    size = 0
+    os.lseek(fd, 0, os.SEEK_SET)
+    while block := os.read(fd, 1 << 20):
+        h.update(block)
+        size += len(block)
+    return h.hexdigest(), size, stat.S_IMODE(os.fstat(fd).st_mode)
+
+
+def sha256_bytes_of(path: str | os.PathLike[str], root: str | os.PathLike[str] = "/") -> str:
+    """An upload's sha256, read through :func:`open_nofollow` (``path`` is a real path inside
+    ``root``). One name for it, so relink's reads of uploads can be counted in tests."""
+    fd = open_nofollow(path, root)
+    try:
+        return digest_fd(fd)[0]
+    finally:
+        os.close(fd)
+
+
+def _own_like(fd: int, folder_fd: int) -> None:
+    """Give ``fd`` the owner and group of the folder it was made in (the app's user, when we run
+    as root); without the right to (not root) it stays ours."""
+    st = os.fstat(folder_fd)
+    try:
+        os.fchown(fd, st.st_uid, st.st_gid)
+    except PermissionError:
+        pass
+
+
+def _umask() -> int:
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
+def sane_mode(recorded: object) -> int:
+    """The mode of a file written under the uploads: the source's recorded permission bits without
+    set-id, sticky or world-write bits, else 0644 under the umask."""
+    if isinstance(recorded, int) and not isinstance(recorded, bool) and 0 <= recorded <= 0o7777:
+        return recorded & 0o775
+    return 0o644 & ~_umask()
+
+
+def write_under(root: str, rel: str, source: str | os.PathLike[str], expect_sha256: str | None,
+                mode: int, source_root: str | os.PathLike[str] = "/") -> bool:
+    """Put a copy of ``source`` (a real path, opened by :func:`open_nofollow` under
+    ``source_root``) at ``root/rel`` without following a symbolic link at any level and without
+    ever replacing a file: folders are walked (and made) by descriptor, the copy is written to a
+    new temporary name in the target folder (``O_CREAT | O_EXCL | O_NOFOLLOW``), fsynced, given the
+    folder's owner and group and ``mode``, then hard-linked to its name (which fails if anything
+    is there) and the temporary name removed. Returns False when the same bytes are already there.
+    Refuses (leaving nothing) when the bytes copied do not hash to ``expect_sha256``."""
+    folder, _, name = rel.strip("/").rpartition("/")
+    if name in ("", ".", ".."):
+        raise RecoveryError(f"{rel!r} names no file", SWAPPED_HINT)
+    dfd = open_dir_nofollow(root, folder, create=True)
+    target = os.path.join(root, rel)
+    try:
+        try:
+            os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            present = True
+        except FileNotFoundError:
+            present = False
+        if present:
+            try:
+                fd = os.open(name, _FILE_FLAGS, dir_fd=dfd)
+            except OSError:
+                raise RecoveryError(f"{target} appeared while relinking (not a regular file)",
+                                    "run relink again; nothing was overwritten") from None
+            try:
+                same = stat.S_ISREG(os.fstat(fd).st_mode) and digest_fd(fd)[0] == expect_sha256
+            finally:
+                os.close(fd)
+            if same:
+                return False
+            raise RecoveryError(f"{target} appeared while relinking", "run relink again; nothing was overwritten")
+        tmp = f".{name}.relink-{os.getpid()}-{os.urandom(4).hex()}.tmp"  # a name nobody can plant ahead
+        src = open_nofollow(source, source_root)
+        try:
+            out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dfd)
+        except FileExistsError:
+            os.close(src)
+            raise RecoveryError(f"{target}: its temporary name appeared while relinking",
+                                "run relink again; nothing was overwritten") from None
+        except BaseException:
+            os.close(src)
+            raise
+        try:
+            h = hashlib.sha256()
+            try:
+                while block := os.read(src, 1 << 20):
+                    h.update(block)
+                    view = memoryview(block)
+                    while view:
+                        view = view[os.write(out, view):]
+                _own_like(out, dfd)
+                os.fchmod(out, mode)
+                os.fsync(out)
+            finally:
+                os.close(out)
+                os.close(src)
+            if expect_sha256 is not None and h.hexdigest() != expect_sha256:
+                raise RecoveryError(f"bundle copy {source} changed while it was being restored",
+                                    "extract the bundle again; nothing was overwritten")
+            try:
+                os.link(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd, follow_symlinks=False)
+            except FileExistsError:
+                raise RecoveryError(f"{target} appeared while relinking",
+                                    "run relink again; nothing was overwritten") from None
+            except OSError:  # no hard links on this filesystem: rename, after a last look
+                try:
+                    os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                    raise RecoveryError(f"{target} appeared while relinking",
+                                        "run relink again; nothing was overwritten")
+                except FileNotFoundError:
+                    os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        finally:
+            try:
+                os.unlink(tmp, dir_fd=dfd)
+            except FileNotFoundError:
+                pass
+        os.fsync(dfd)
+        return True
+    finally:
+        os.close(dfd)
 
 
 def _stored_ok(stored: object) -> bool:
@@ -94,20 +301,20 @@ def _scan(under: _Under) -> list[tuple[str, str, os.stat_result]]:
     out: list[tuple[str, str, os.stat_result]] = []
     prefix = under.prefix
 
-    def walk(dirpath: str, relprefix: str) -> None:
+    def walk(dfd: int, relprefix: str) -> None:
         try:
-            with os.scandir(dirpath) as it:
+            with os.scandir(dfd) as it:
                 entries = sorted(it, key=_entry_name)
         except OSError:
             return
         dirs = []
         for e in entries:
             try:
-                is_dir = e.is_dir()
+                is_dir = e.is_dir(follow_symlinks=False)
             except OSError:
                 is_dir = False
             if is_dir:
-                dirs.append(e)
+                dirs.append(e.name)
                 continue
             rel = relprefix + e.name
             if not _stored_ok(rel):
@@ -131,15 +338,24 @@ def _scan(under: _Under) -> list[tuple[str, str, os.stat_result]]:
                     continue
                 if stat.S_ISREG(st.st_mode):
                     out.append((rel, os.fspath(target), st))
-        for e in dirs:
-            try:
-                if e.is_symlink():
-                    continue
+        for name in dirs:
+            try:  # a folder swapped for a symlink since it was listed is not entered
+                sub = os.open(name, _DIR_FLAGS, dir_fd=dfd)
             except OSError:
                 continue
-            walk(e.path, relprefix + e.name + "/")
+            try:
+                walk(sub, relprefix + name + "/")
+            finally:
+                os.close(sub)
 
-    walk(under.real, "")
+    try:
+        top = os.open(under.real, _DIR_FLAGS)
+    except OSError:
+        return out
+    try:
+        walk(top, "")
+    finally:
+        os.close(top)
     return out
 
 
@@ -184,17 +400,18 @@ class UploadsIndex:
         if isinstance(stored, str) and stored in self.files:
             digest = self._sha.get(stored)
             if digest is None:
-                digest = self._sha[stored] = sha256_bytes_of(self.files[stored][0])
+                digest = self._sha[stored] = sha256_bytes_of(self.files[stored][0], self.real)
             return digest
         if resolved is None:
             raise ValueError(f"{stored!r} is not a file the walk listed")
-        return sha256_bytes_of(resolved)
+        return sha256_bytes_of(resolved, self.real)
 
 
 def iter_uploads(root: Path) -> Iterator[FileEntry]:
     """Every regular file under ``root`` (sorted; symlinks leading outside are skipped)."""
-    for rel, real, st in _scan(_Under(root)):
-        yield FileEntry(rel, st.st_size, sha256_bytes_of(real), round(st.st_mtime, 6))
+    under = _Under(root)
+    for rel, real, st in _scan(under):
+        yield FileEntry(rel, st.st_size, sha256_bytes_of(real, under.real), round(st.st_mtime, 6))
 
 
 def scan_uploads(root: str | os.PathLike[str]) -> dict[str, object]:
@@ -233,14 +450,15 @@ class _BundleWriter:
     THREADS = 8
     SLICE = 32
 
-    def __init__(self, top: Path) -> None:
+    def __init__(self, top: Path, root: str = "/") -> None:
         self.top = os.fspath(top)
+        self.root = root  # the uploads root (real path): sources are opened below it by descriptor
         self.made: set[str] = set()
         self.written: list[str] = []
 
-    def copy_all(self, jobs: list[tuple[str, str]]) -> list[tuple[str, int]]:
+    def copy_all(self, jobs: list[tuple[str, str]]) -> list[tuple[str, int, int]]:
         """Copy every ``(source, destination)`` pair (destinations distinct, under ``top``) and
-        return each copy's (sha256 of the bytes written, size), in order."""
+        return each copy's (sha256 of the bytes written, size, source's mode bits), in order."""
         out = self._on_threads(lambda job: self._copy(*job), jobs, self.SLICE)
         self.written += [dst for _, dst in jobs]
         return out
@@ -256,24 +474,20 @@ class _BundleWriter:
         with ThreadPoolExecutor(max_workers=min(self.THREADS, len(slices)), thread_name_prefix="recovery-files") as pool:
             return [r for part in pool.map(lambda xs: [fn(x) for x in xs], slices) for r in part]
 
-    def _copy(self, src: str, dst: str) -> tuple[str, int]:
+    def _copy(self, src: str, dst: str) -> tuple[str, int, int]:
         parent = os.path.dirname(dst)
         if parent not in self.made:  # two threads may both create it: exist_ok
-            os.makedirs(parent, exist_ok=True)
+            os.makedirs(parent, mode=0o700, exist_ok=True)
             self.made.add(parent)
         h = hashlib.sha256()
         size = 0
-        # ``src`` is a real path (resolved or listed by the walk): a symlink there now was put there
-        # since, and may lead out of the uploads folder — refuse it rather than follow it
+        # ``src`` is a real path under the uploads root (resolved or listed by the walk): opened by
+        # descriptor with no symlink followed at any level, so a folder or file swapped for a
+        # symlink since is refused rather than followed out of the uploads folder
+        fin = open_nofollow(src, self.root)
         try:
-            fin = os.open(src, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-        except OSError as exc:
-            if exc.errno != errno.ELOOP:
-                raise
-            raise RecoveryError(f"{src} became a symbolic link while the uploads were being copied",
-                                "stop whatever changes the uploads folder and run the command again") from None
-        try:
-            fout = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+            mode = stat.S_IMODE(os.fstat(fin).st_mode)
+            fout = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             try:
                 while block := os.read(fin, 1 << 20):
                     h.update(block)
@@ -286,7 +500,7 @@ class _BundleWriter:
                 os.close(fout)
         finally:
             os.close(fin)
-        return h.hexdigest(), size
+        return h.hexdigest(), size, mode
 
     def sync(self) -> None:
         """fsync every folder that gained an entry: each file's folder and every folder created
@@ -335,7 +549,7 @@ def copy_files_into_bundle(
         raise RecoveryError(f"uploads folder {root} does not exist or is not a folder", "check --uploads")
     if index is None or index.real != _resolve_str(os.fspath(root)):
         index = UploadsIndex(root)  # the root resolved once, the folder walked once
-    writer = _BundleWriter(work)
+    writer = _BundleWriter(work, index.real)
     report: dict[str, list[dict[str, object]]] = {"records": [], "unrecorded": [], "unsafe": []}
     referenced: set[str] = set()
     rows_db = work / "rows.db"
@@ -406,12 +620,16 @@ def copy_files_into_bundle(
     done = dict(zip(sources, writer.copy_all([(src, dst) for dst, src in sources.items()]), strict=True))
     writer.sync()  # every copy durable before the caller seals the bundle
     for dst, src in shadowed.items():  # hashed as it would have been copied, not written
-        done[dst] = (sha256_bytes_of(src), os.stat(src).st_size)
+        fd = open_nofollow(src, index.real)
+        try:
+            done[dst] = digest_fd(fd)
+        finally:
+            os.close(fd)
     for entry, dst, recorded_sha in waiting:
-        digest, size = done[dst]
-        entry.update(size=size, sha256=digest,
+        digest, size, mode = done[dst]
+        entry.update(size=size, sha256=digest, mode=mode,
                      status="copied" if recorded_sha in (None, digest) else "copied_hash_differs")
     for entry, dst in unrecorded:
-        entry["sha256"] = done[dst][0]
+        entry.update(sha256=done[dst][0], mode=done[dst][2])
     json.dumps(report)  # the report must stay JSON-serialisable
     return {"root": index.real, **report}

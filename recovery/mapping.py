@@ -25,7 +25,7 @@ from sqlglot import exp
 from sqlglot.errors import ParseError
 
 from recovery.errors import RecoveryError
-from recovery.schema import Schema
+from recovery.schema import Schema, Table
 from recovery.sqlbuild import col
 
 SOURCES = ("user-mapping", "migration-lineage", "rename-detected", "same-name", "none")
@@ -85,23 +85,42 @@ def parse_expression(text: str, where: str) -> exp.Expression:
     if len(trees) != 1:
         raise RecoveryError(f"{where}: {text!r} must be exactly one SQL expression", "remove any `;`")
     tree = trees[0]
+    check_tree(tree, where, text)
+    return tree
+
+
+def _aggregate(node: exp.Expression) -> bool:
+    """An aggregate or window call: it folds many rows into one value (SQLite's two-argument
+    ``max(a, b)``/``min(a, b)`` are scalar, and allowed)."""
+    if isinstance(node, exp.Window):
+        return True
+    if isinstance(node, (exp.Max, exp.Min)) and node.expressions:
+        return False
+    return isinstance(node, exp.AggFunc)
+
+
+def check_tree(tree: exp.Expression, where: str, text: str | None = None) -> None:
+    """The rules every carried expression obeys, wherever it comes from (a mapping file, a
+    bundle's manifest): only unqualified columns, literals, operators and scalar functions — no
+    statement, subquery, aggregate, window, parameter, ``*``, or a function that reaches outside
+    the row (``load_extension``, ``readfile`` …). Raises :class:`RecoveryError` (exit 2)."""
+    shown = text if text is not None else tree.sql(dialect="sqlite")
     for node in tree.walk():
-        if isinstance(node, _FORBIDDEN):
+        if isinstance(node, _FORBIDDEN) or _aggregate(node):
             raise RecoveryError(
-                f"{where}: {text!r} is not a plain expression over the new table's columns",
+                f"{where}: {shown!r} is not a plain expression over the new table's columns",
                 "use columns, literals, operators and scalar functions only",
             )
         if isinstance(node, exp.Func) and _function_name(node) in _DENIED_FUNCTIONS:
             raise RecoveryError(
-                f"{where}: {text!r} calls {_function_name(node)}(), which the mapping may not use",
+                f"{where}: {shown!r} calls {_function_name(node)}(), which the mapping may not use",
                 "use columns, literals, operators and scalar functions only",
             )
         if isinstance(node, exp.Column) and node.table:
             raise RecoveryError(
-                f"{where}: {text!r} refers to another table ({node.table})",
+                f"{where}: {shown!r} refers to another table ({node.table})",
                 "refer to columns of the new table by name only",
             )
-    return tree
 
 
 def load_mapping(path: str | Path | None) -> UserMapping:
@@ -197,12 +216,38 @@ def check_against(user: UserMapping, old: Schema, new: Schema) -> None:
                 raise RecoveryError(f"{where}: [tables.{tname}.columns] {cname}: the old table has no such column")
             if new_t is None:
                 raise RecoveryError(f"{where}: [tables.{tname}.columns] {cname}: the new schema has no table {tname}")
-            for ref in expr.find_all(exp.Column):
-                if new_t.column(ref.name) is None:
-                    raise RecoveryError(
-                        f"{where}: [tables.{tname}.columns] {cname}: unknown column {ref.name!r} in {expr.sql()!r}",
-                        f"columns of the new {tname}: {', '.join(new_t.column_names)}",
-                    )
+            check_columns(expr, new_t, f"{where}: [tables.{tname}.columns] {cname}")
+
+
+def check_columns(expr: exp.Expression, new_t: Table, where: str) -> None:
+    """Every column ``expr`` reads is a column of the new table ``new_t``."""
+    for ref in expr.find_all(exp.Column):
+        if new_t.column(ref.name) is None:
+            raise RecoveryError(
+                f"{where}: unknown column {ref.name!r} in {expr.sql()!r}",
+                f"columns of the new {new_t.name}: {', '.join(new_t.column_names)}",
+            )
+
+
+def check_mapping(mapping: ColumnMapping, old: Schema, new: Schema, where: str) -> None:
+    """A resolved mapping read from elsewhere (a bundle's manifest) obeys the mapping file's rules:
+    every table is a table of the old schema, every rule names a column of the old table, and
+    every expression passes :func:`check_tree` and reads only columns of the new table of the
+    same name."""
+    for tname, tm in mapping.tables.items():
+        old_t = old.table(tname)
+        if old_t is None:
+            raise RecoveryError(f"{where}: mapping table {tname!r} is not a table of the old schema")
+        new_t = new.table(tname)
+        for r in tm.rules:
+            if old_t.column(r.column) is None:
+                raise RecoveryError(f"{where}: mapping {tname}.{r.column}: the old table has no such column")
+            if r.expression is None:
+                continue
+            check_tree(r.expression, f"{where}: mapping {tname}.{r.column}")
+            if new_t is None:
+                raise RecoveryError(f"{where}: mapping {tname}.{r.column}: the new schema has no table {tname}")
+            check_columns(r.expression, new_t, f"{where}: mapping {tname}.{r.column}")
 
 
 def resolve(

@@ -93,14 +93,16 @@ def _reimport_into(
 
 
 def reimport(
-    bundle_dir: str | os.PathLike[str], db: str | os.PathLike[str], out: str | os.PathLike[str] | None = None,
+    bundle_dir: str | os.PathLike[str] | Bundle, db: str | os.PathLike[str], out: str | os.PathLike[str] | None = None,
     on_conflict: ConflictPolicy = ConflictPolicy.REMAP, apply_deletes: bool = False, dry_run: bool = False,
     prefer: Prefer = Prefer.DB, uploads: str | os.PathLike[str] | None = None, files: FilesConfig | None = None,
-    busy_timeout: float = 10.0,
+    busy_timeout: float = 10.0, expect_bundle_id: str | None = None,
 ) -> RunResult:
     """Re-import a bundle into ``db`` (at the bundle's old schema). ``dry_run`` works on a scratch
-    copy and leaves every file untouched."""
-    bundle = open_bundle(bundle_dir)
+    copy and leaves every file untouched. ``bundle_dir``: a folder, or a bundle already opened
+    (and so verified) by the caller. ``expect_bundle_id``: refuse (exit 2) any other bundle."""
+    bundle = bundle_dir if isinstance(bundle_dir, Bundle) else open_bundle(bundle_dir)
+    bundle.check_expected_id(expect_bundle_id)
     target = check_sqlite_file(db, "target database")
     with readonly(target, "target database") as r:  # refuse a wrong schema before any copy or write open
         check_target_schema(bundle, reflect(r))
@@ -114,7 +116,7 @@ def reimport(
                                      busy_timeout, str(target))
             outcome.files = _relink(bundle, scratch, uploads, files, dry_run=True, outcome=outcome) if uploads else None
     else:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         consistent_copy(target, run_dir / "safety" / target.name, "target database")
         outcome = _reimport_into(target, bundle, on_conflict, prefer, apply_deletes, files, False, busy_timeout,
                                  str(target))
@@ -164,8 +166,8 @@ class Journal:
     def mark(self, step: str, state: str, **info: Any) -> None:
         entry = self.data["steps"].setdefault(step, {})
         entry.update(state=state, at=datetime.now().isoformat(timespec="seconds"), **info)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.path, self.data)
+        self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_json_atomic(self.path, self.data, 0o600)
         fsync_dir(self.run_dir)
         if os.environ.get(KILL_STEP_ENV) == f"{step}:{state}":
             import signal
@@ -613,7 +615,7 @@ def _dry_run(db: Path, backup: Path, run_dir: Path, since: str | None, uploads: 
         outcome = _reimport_into(restored, res.bundle, policy, prefer, apply_deletes, files, True, 10.0, str(db))
         outcome.dry_run = True
         outcome.files = _relink(res.bundle, restored, uploads, files, dry_run=True, outcome=outcome) if uploads else None
-        run_dir.mkdir(parents=True, exist_ok=True)
+        run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         from recovery.report import write_run_files
 
         paths = write_run_files(run_dir, outcome, res.bundle, {"dry_run_note": "nothing was changed"})

@@ -780,11 +780,15 @@ def merge_and_check(
     """:func:`merge_into`, then the foreign-key check of what it wrote (:meth:`Merge.fk_problems`):
     the problems ``PRAGMA foreign_key_check`` would report for those rows, in its shape
     (``{"table", "rowid", "parent", "fk"}``, at most ``limit``); empty when nothing was written
-    (already applied, aborted). The caller commits only when the list is empty."""
-    outcome, m = _merge(conn, bundle, policy, prefer, apply_deletes, files, target_name, dry_run, target, in_place)
-    if m is None or outcome.aborted:
-        return outcome, []
-    return outcome, m.fk_problems(limit)
+    (already applied, aborted). The caller commits only when the list is empty. Every statement
+    is time-bounded (:mod:`recovery.timebound`): one that runs too long raises exit 3."""
+    from recovery.timebound import statement_time_limit
+
+    with statement_time_limit(conn):
+        outcome, m = _merge(conn, bundle, policy, prefer, apply_deletes, files, target_name, dry_run, target, in_place)
+        if m is None or outcome.aborted:
+            return outcome, []
+        return outcome, m.fk_problems(limit)
 
 
 def _merge(

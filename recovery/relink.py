@@ -5,7 +5,9 @@ updated / closure) the row it became in the target is found (same key, or its re
 without remap information — the same path and hash). Then:
 
 * the file must be at the record's path under the uploads root with the recorded sha256; when it
-  is missing it is restored from ``BUNDLE/files/<path>`` (write tmp + fsync + rename);
+  is missing it is restored from ``BUNDLE/files/<path>`` (write tmp + fsync + link, every folder
+  opened by descriptor without following a symlink; the folder's owner and group, the source's
+  recorded mode);
 * a *different* file already at that path is never overwritten: the bundle's copy is written
   beside it (``name.recovered-<sha8>.pdf``), the record is pointed at that copy, and both are
   reported in ``kept_both``;
@@ -40,9 +42,9 @@ from sqlglot import exp
 
 from recovery.bundle import Bundle
 from recovery.errors import RecoveryError
-from recovery.files import UNRECORDED_DIR, FilesConfig, UploadsIndex, _Under, safe_path, sha256_bytes_of
+from recovery.files import UNRECORDED_DIR, FilesConfig, UploadsIndex, _Under, sane_mode, sha256_bytes_of, write_under
 from recovery.sqlbuild import and_all, col, ident, is_same, sql, table
-from recovery.sqlite_io import fsync_dir
+from recovery.timebound import statement_time_limit
 
 BUNDLE = "relink_bundle"  # the schema name bundle rows.db is ATTACHed under while planning
 KIND = "_recovery_kind"
@@ -252,6 +254,8 @@ class FileWrite:
     target: Path
     rel: str
     sha256: str
+    mode: int | None = None
+    """The source file's permission bits as the bundle recorded them (None: not recorded)."""
 
 
 @dataclass(frozen=True)
@@ -278,39 +282,6 @@ class RelinkPlan:
     index: UploadsIndex | None = field(default=None, repr=False, compare=False)
 
 
-def atomic_copy(src: Path, dst: Path, expect_sha256: str | None = None) -> str:
-    """Copy ``src`` to ``dst`` via a temporary file in ``dst``'s folder, fsynced and renamed in;
-    refuses (leaving nothing) when the bytes copied do not hash to ``expect_sha256``."""
-    import hashlib
-
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.relink-{os.getpid()}.tmp")
-    h = hashlib.sha256()
-    try:
-        with src.open("rb") as fin, tmp.open("xb") as fout:
-            while block := fin.read(1 << 20):
-                h.update(block)
-                fout.write(block)
-            fout.flush()
-            os.fsync(fout.fileno())
-        if expect_sha256 is not None and h.hexdigest() != expect_sha256:
-            raise RecoveryError(f"bundle copy {src} changed while it was being restored",
-                                "extract the bundle again; nothing was overwritten")
-        try:
-            os.link(tmp, dst)  # atomic, and fails rather than replace a file that appeared meanwhile
-        except FileExistsError:
-            raise RecoveryError(f"{dst} appeared while relinking", "run relink again; nothing was overwritten") from None
-        except OSError:  # no hard links on this filesystem
-            if dst.exists() or dst.is_symlink():
-                raise RecoveryError(f"{dst} appeared while relinking",
-                                    "run relink again; nothing was overwritten") from None
-            os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_dir(dst.parent)
-    return h.hexdigest()
-
-
 def _recovered_name(root: Path, rel: str, sha: str, under: _Under | None = None) -> tuple[str, Path] | None:
     """A free (or already identical) sibling path for the bundle's copy of ``rel``."""
     safe = under or _Under(root)
@@ -335,7 +306,7 @@ class _Planner:
         self.pk = _pk(conn, cfg.table)
         # The uploads folder walked once for the whole plan: stored paths it lists are checked and
         # hashed from it, any other is resolved on disk (symlinks included); apply_relink checks
-        # each target again with safe_path right before writing it.
+        # each target again, walking it by descriptor without following a symlink, as it writes.
         self.index = UploadsIndex(root)
         self.under = self.index.under
         self.plan = RelinkPlan(root, cfg, self.pk, report={k: [] for k in REPORT_LISTS}, index=self.index)
@@ -343,6 +314,11 @@ class _Planner:
         self.fix_at: dict[tuple[Any, str], LinkFix] = {}
         self.claimed: set[str] = set()  # paths written by this plan (never written twice)
         self.bunder = _Under(bundle.files_dir)
+        # the source files' modes as extract recorded them, by stored path
+        listed = (bundle.manifest.get("files") or {})
+        self.modes: dict[Any, int] = {e.get("path"): e["mode"] for e in [*(listed.get("records") or []),
+                                                                         *(listed.get("unrecorded") or [])]
+                                      if isinstance(e, dict) and isinstance(e.get("mode"), int)}
         self.uunder = _Under(bundle.files_dir / UNRECORDED_DIR)
         # The schemas do not change while planning: read each PRAGMA once.
         self._meta: dict[tuple[Any, ...], Any] = {}
@@ -510,13 +486,13 @@ class _Planner:
         if recorded is not None and copy_sha != recorded:
             # The bundle holds what the live app served, which already differed from the record.
             if on_disk is None and _norm(stored) not in self.claimed:
-                self.write(src, target, _norm(stored), copy_sha)
+                self.write(src, target, _norm(stored), copy_sha, b.get(self.cfg.path))
                 self.r["restored_from_bundle"].append({**entry, "sha256": copy_sha, "kind": "record"})
             self.r["hash_mismatch"].append({**entry, "sha256": on_disk or copy_sha,
                                             "status": "bundle copy differs from the record"})
             return
         if on_disk is None and not target.exists() and not target.is_symlink() and _norm(stored) not in self.claimed:
-            self.write(src, target, _norm(stored), copy_sha)
+            self.write(src, target, _norm(stored), copy_sha, b.get(self.cfg.path))
             self.r["restored_from_bundle"].append({**entry, "sha256": copy_sha, "kind": "record"})
             self.r["relinked"].append({**entry, "sha256": copy_sha, "action": "restored"})
             return
@@ -527,16 +503,16 @@ class _Planner:
             return
         rel, dst = beside
         if not dst.exists():
-            self.write(src, dst, rel, copy_sha)
+            self.write(src, dst, rel, copy_sha, b.get(self.cfg.path))
             self.r["restored_from_bundle"].append({**entry, "path": rel, "sha256": copy_sha, "kind": "kept_both"})
         self.fix(rec, self.cfg.path, rel, "kept both: a different file is at the recorded path")
         self.r["kept_both"].append({**entry, "existing_sha256": on_disk, "recovered_path": rel,
                                     "sha256": copy_sha, "record_path_updated": True})
         self.r["relinked"].append({**entry, "path": rel, "sha256": copy_sha, "action": "kept_both"})
 
-    def write(self, src: Path, dst: Path, rel: str, sha: str) -> None:
+    def write(self, src: Path, dst: Path, rel: str, sha: str, source_path: Any = None) -> None:
         self.claimed.add(rel)
-        self.plan.writes.append(FileWrite(src, dst, rel, sha))
+        self.plan.writes.append(FileWrite(src, dst, rel, sha, self.modes.get(source_path)))
 
     def unrecorded(self) -> None:
         """Files that were on disk without a record after the deploy: back when they are gone."""
@@ -551,7 +527,7 @@ class _Planner:
             if target.exists() or target.is_symlink() or not src.is_file() or _norm(stored) in self.claimed:
                 continue
             sha = sha256_bytes_of(src)
-            self.write(src, target, _norm(stored), sha)
+            self.write(src, target, _norm(stored), sha, stored)
             self.r["restored_from_bundle"].append({"record_key": None, "path": stored, "sha256": sha,
                                                    "kind": "unrecorded"})
 
@@ -753,24 +729,24 @@ def plan_relink(bundle: Bundle, conn: sqlite3.Connection, root: Path, files: Fil
     rmap = None if remaps is None else {(r.table, r.old_key): r.new_key for r in remaps}
     conn.execute("ATTACH DATABASE ? AS relink_bundle", (_uri(bundle.rows_db, mode="ro"),))
     try:
-        return _Planner(bundle, conn, root_p, cfg, rmap).run()
+        with statement_time_limit(conn):  # the bundle's rows are untrusted: no statement runs unbounded
+            return _Planner(bundle, conn, root_p, cfg, rmap).run()
     finally:
         conn.execute("DETACH DATABASE relink_bundle")
 
 
 def apply_relink(plan: RelinkPlan, conn: sqlite3.Connection) -> None:
-    """Write the planned files (each atomic, never over an existing file), then the DB fixes in
-    one transaction."""
+    """Write the planned files (each atomic, never over an existing file, never through a symbolic
+    link: :func:`recovery.files.write_under`; owner and group of their folder, the source's
+    recorded mode), then the DB fixes in one transaction."""
+    root = plan.index.real if plan.index is not None else os.path.realpath(plan.root)
+    prefix = root.rstrip("/") + "/"
     for w in plan.writes:
-        again = safe_path(plan.root, w.rel)  # re-check right before writing
-        if again is None or again != w.target:
-            raise RecoveryError(f"uploads path {w.rel} changed while relinking (now unsafe)",
+        target = os.fspath(w.target)  # real as planned: the walk below follows no symlink, so
+        if not target.startswith(prefix):  # anything swapped in since the plan stops it
+            raise RecoveryError(f"uploads path {w.rel} leads outside {root}",
                                 "check the uploads folder for new symlinks; nothing was overwritten")
-        if w.target.exists() or w.target.is_symlink():
-            if w.target.is_file() and sha256_bytes_of(w.target) == w.sha256:
-                continue
-            raise RecoveryError(f"{w.rel} appeared while relinking", "run relink again; nothing was overwritten")
-        atomic_copy(w.source, w.target, w.sha256)
+        write_under(root, target[len(prefix):], w.source, w.sha256, sane_mode(w.mode))
     if not plan.fixes or plan.cfg is None:
         return
     conn.execute("BEGIN IMMEDIATE")

@@ -199,9 +199,9 @@ def test_relink_reads_each_upload_once(world_copy: Path, tmp_path: Path, extract
     reads: dict[str, int] = {}
     real = recovery.files.sha256_bytes_of
 
-    def counting(path: Any) -> str:
+    def counting(path: Any, *root: Any) -> str:
         reads[os.fspath(path)] = reads.get(os.fspath(path), 0) + 1
-        return real(path)
+        return real(path, *root)
 
     monkeypatch.setattr(recovery.files, "sha256_bytes_of", counting)
     monkeypatch.setattr(recovery.relink, "sha256_bytes_of", counting)

@@ -238,9 +238,14 @@ def _open_rows(bundle: Bundle) -> sqlite3.Connection | None:
 
 def build(bundle: Bundle, outcome: Outcome | None, rollback_time: str | None = None) -> dict[str, Any]:
     """The ``report`` section of report.json: every number the renderers show."""
+    from contextlib import nullcontext
+
+    from recovery.timebound import statement_time_limit
+
     conn = _open_rows(bundle)
     try:
-        return _build(conn, bundle, outcome, rollback_time)
+        with statement_time_limit(conn) if conn is not None else nullcontext():  # rows.db is untrusted
+            return _build(conn, bundle, outcome, rollback_time)
     finally:
         if conn is not None:
             conn.close()

@@ -71,16 +71,24 @@ def _bundle_summary(section: dict[str, Any]) -> dict[str, Any]:
             "dry_run": None, "already_applied": False, "aborted": False}
 
 
+def _private_open(path: Path, **kw: Any) -> IO[str]:
+    """``path`` opened for writing text, mode 0600 (report files hold users' data)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    os.fchmod(fd, 0o600)
+    return open(fd, "w", encoding="utf-8", **kw)
+
+
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
+    with _private_open(tmp) as fh:
+        fh.write(text)
     os.replace(tmp, path)
 
 
 def _atomic_write_json(path: Path, data: Any) -> None:
     """``dump_json(data)`` written chunk by chunk (never the whole text in memory)."""
     tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
+    with _private_open(tmp) as fh:
         json.dump(data, fh, indent=2, ensure_ascii=False, default=_json_default)
         fh.write("\n")
     os.replace(tmp, path)
@@ -88,7 +96,7 @@ def _atomic_write_json(path: Path, data: Any) -> None:
 
 def _atomic_write_csv(path: Path, write: Callable[[IO[str]], Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8", newline="", buffering=1 << 20) as fh:
+    with _private_open(tmp, newline="", buffering=1 << 20) as fh:
         write(fh)
     os.replace(tmp, path)
 
@@ -144,7 +152,7 @@ def _rollback_time(extra: dict[str, Any] | None) -> str:
 
 def write_run_files(run_dir: Path, outcome: Outcome, bundle: Bundle, extra: dict[str, Any] | None = None) -> dict[str, Path]:
     """Write report.json, conflicts.csv, lost_values.csv, reimport.sql, report.md and report.html."""
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     section = build(bundle, outcome, _rollback_time(extra))
     report = {"format": FORMAT, "bundle": {"path": str(bundle.path), "id": bundle.bundle_id, "counts": bundle.counts},
               "summary": summary(outcome, bundle, section), "outcome": outcome.to_dict(), **(extra or {}),
@@ -160,6 +168,7 @@ def write_run_files(run_dir: Path, outcome: Outcome, bundle: Bundle, extra: dict
     _atomic_write_csv(paths["deletes_for_review.csv"], lambda fh: csvout.write_dicts(fh, deletes_columns(deletes), deletes))
     _atomic_write_csv(paths["files.csv"], lambda fh: csvout.write_dicts(fh, FILE_COLUMNS, section["files"].get("list") or []))
     shutil.copyfile(bundle.path / "reimport.sql", paths["reimport.sql"])
+    os.chmod(paths["reimport.sql"], 0o600)
     _atomic_write(paths["report.md"], render_markdown(section))
     _atomic_write(paths["report.html"], render_html(section))
     return paths

@@ -1,0 +1,119 @@
+"""A wall-clock bound on every SQL statement run over untrusted input (a bundle's rows and plan).
+
+A bundle's expressions pass the mapping validator, but a valid expression can still take forever
+(``length(replace(zeroblob(1e9), x'00', 'ab'))`` on every row, a forged ``rows.db`` of a billion
+rows) while the re-import holds the target's write lock. :func:`statement_time_limit` installs a
+SQLite progress handler that interrupts the running statement once it has run longer than the
+limit (and a watchdog thread that calls ``interrupt()``, for slow single instructions); the
+trace callback marks each statement's start, so the bound is per statement. The
+interrupted statement raises inside the caller's transaction, which the caller rolls back; the
+context manager turns it into one clear :class:`RecoveryError` (exit 3).
+
+The limit: the ``seconds`` argument, else the CLI's ``--statement-timeout`` (:func:`override`), else
+``$RECOVERY_STATEMENT_TIMEOUT``, else 300 s.
+"""
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from recovery.errors import ExitCode, RecoveryError
+
+ENV = "RECOVERY_STATEMENT_TIMEOUT"
+DEFAULT_SECONDS = 300.0
+CHECK_EVERY = 20_000
+"""SQLite virtual-machine instructions between two looks at the clock (well under a millisecond)."""
+_override: list[float | None] = [None]  # the CLI's --statement-timeout while a command runs
+
+
+def limit_seconds(seconds: float | None = None) -> float:
+    """The bound in force: ``seconds``, else the environment's, else the default."""
+    if seconds is None and _override[0] is not None:
+        return _override[0]
+    if seconds is None:
+        raw = os.environ.get(ENV)
+        if not raw:
+            return DEFAULT_SECONDS
+        try:
+            seconds = float(raw)
+        except ValueError:
+            raise RecoveryError(f"{ENV}={raw!r} is not a number of seconds", "e.g. 300") from None
+    if not seconds > 0:
+        raise RecoveryError(f"the statement time limit must be a positive number of seconds, not {seconds!r}")
+    return float(seconds)
+
+
+def _shown(seconds: float) -> str:
+    return f"{seconds:g}"
+
+
+@contextmanager
+def statement_time_limit(conn: sqlite3.Connection, seconds: float | None = None) -> Iterator[float]:
+    """Within the block, any statement on ``conn`` that runs longer than the limit is interrupted
+    and the block raises ``RecoveryError("statement ran longer than N s; nothing was applied")``
+    with exit code 3. The caller must roll its transaction back (its ``except`` does). Yields the
+    limit in seconds.
+
+    Two watchers share the statement's start time (set by the trace callback): the progress
+    handler, every :data:`CHECK_EVERY` instructions, and a watchdog thread that calls
+    ``conn.interrupt()`` — needed when single instructions are slow (a scalar function over
+    megabytes per row runs few instructions per second)."""
+    limit = limit_seconds(seconds)
+    started = [time.monotonic()]
+    hit = [False]
+    done = threading.Event()
+
+    def trace(statement: str) -> None:
+        if not statement.startswith("--"):  # "-- TRIGGER …" lines are part of the running statement
+            started[0] = time.monotonic()
+
+    def over() -> bool:
+        return time.monotonic() - started[0] > limit
+
+    def progress() -> int:  # runs only while a statement runs
+        if over():
+            hit[0] = True
+            return 1
+        return 0
+
+    def watchdog() -> None:
+        while not done.wait(min(0.05, limit / 4)):
+            if over():
+                conn.interrupt()
+
+    conn.set_trace_callback(trace)
+    conn.set_progress_handler(progress, CHECK_EVERY)
+    dog = threading.Thread(target=watchdog, name="recovery-statement-timeout", daemon=True)
+    dog.start()
+    try:
+        yield limit
+    except Exception as exc:
+        # nothing else interrupts these connections: an "interrupted" error here is the watchdog's
+        # (its interrupt() between two statements is a no-op: SQLite clears it as the next starts)
+        if hit[0] or (isinstance(exc, sqlite3.OperationalError) and str(exc) == "interrupted"):
+            raise RecoveryError(f"statement ran longer than {_shown(limit)} s; nothing was applied",
+                                f"the bundle may be forged or the data far larger than expected; raise the limit "
+                                f"with --statement-timeout or {ENV} if it is genuine", ExitCode.FAILED) from None
+        raise
+    finally:
+        done.set()
+        dog.join()
+        conn.set_progress_handler(None, 0)
+        conn.set_trace_callback(None)
+
+
+@contextmanager
+def override(seconds: float | None) -> Iterator[None]:
+    """Within the block, ``seconds`` (when not None) is the limit wherever none is passed: the
+    CLI's ``--statement-timeout`` reaches every statement without threading it through."""
+    before = _override[0]
+    if seconds is not None:
+        _override[0] = limit_seconds(seconds)
+    try:
+        yield
+    finally:
+        _override[0] = before

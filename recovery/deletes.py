@@ -35,12 +35,13 @@ from typing import Any
 
 from sqlglot import exp
 
-from recovery.bundle import Bundle, open_bundle
+from recovery.bundle import Bundle, open_bundle, write_json_atomic
 from recovery.errors import ExitCode, RecoveryError
 from recovery.outcome import Conflict
 from recovery.schema import Schema, Table, reflect
 from recovery.sqlbuild import and_all, col, is_same, sql, table
 from recovery.sqlite_io import _uri, check_sqlite_file, consistent_copy, readonly, wait_for_write_lock
+from recovery.timebound import statement_time_limit
 
 APPLIED_DELETES_TABLE = "_recovery_deletes_applied"
 RESULT_FILE = "deletes_applied.json"
@@ -121,14 +122,15 @@ def _candidates(bundle: Bundle) -> dict[str, list[tuple[Any, ...]]]:
     out: dict[str, list[tuple[Any, ...]]] = {}
     conn = sqlite3.connect(_uri(bundle.base_db, mode="ro"), uri=True)
     try:
-        have = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        for name in bundle.old.fk_order():
-            t = bundle.old.tables[name]
-            if name not in have or not t.key or bundle.counts.get(name, {}).get("deleted", 0) == 0:
-                continue
-            q = exp.select(*[col(k) for k in t.key]).from_(table(name)).where(
-                exp.EQ(this=col(KIND), expression=exp.Literal.string("deleted")))
-            out[name] = [tuple(r) for r in conn.execute(sql(q))]
+        with statement_time_limit(conn):
+            have = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            for name in bundle.old.fk_order():
+                t = bundle.old.tables[name]
+                if name not in have or not t.key or bundle.counts.get(name, {}).get("deleted", 0) == 0:
+                    continue
+                q = exp.select(*[col(k) for k in t.key]).from_(table(name)).where(
+                    exp.EQ(this=col(KIND), expression=exp.Literal.string("deleted")))
+                out[name] = [tuple(r) for r in conn.execute(sql(q))]
     finally:
         conn.close()
     return out
@@ -198,12 +200,11 @@ def apply_deletes(run_dir: str | Path, only: str | Path | None = None, dry_run: 
             _apply(scratch, bundle, items, result, busy_timeout)
     else:
         stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
-        result.safety_copy = consistent_copy(target, run / f"safety-deletes-{stamp}" / target.name, "database")
+        safety_dir = run / f"safety-deletes-{stamp}"
+        safety_dir.mkdir(mode=0o700)
+        result.safety_copy = consistent_copy(target, safety_dir / target.name, "database")
         _apply(target, bundle, items, result, busy_timeout)
-    out = run / RESULT_FILE
-    tmp_out = out.with_name(out.name + ".tmp")
-    tmp_out.write_text(json.dumps(result.to_dict(), indent=2, ensure_ascii=False, default=str), encoding="utf-8")
-    tmp_out.replace(out)
+    write_json_atomic(run / RESULT_FILE, result.to_dict(), mode=0o600)  # users' keys: private like the run
     return result
 
 
@@ -227,22 +228,8 @@ def _apply(db: Path, bundle: Bundle, items: list[DeleteItem], result: DeletesRes
         schema = reflect(conn)  # before BEGIN: reflection through SQLAlchemy ends any open transaction
         wait_for_write_lock(conn, busy_timeout)
         try:
-            _ensure_applied_table(conn)
-            triggers = _suspend_triggers(conn)
-            result.triggers_suspended = [name for name, _ in triggers]
-            children = _children(schema)
-            watched = sorted({c for t in {i.table for i in items} for c, _ in children.get(t, [])})
-            before = _fk_violations(conn, watched)
-            for name in reversed(bundle.old.fk_order()):
-                mine = [i for i in items if i.table == name]
-                if mine:
-                    _apply_table(conn, schema.tables[name], mine, children.get(name, []), bundle.bundle_id, result)
-            after = _fk_violations(conn, watched)
-            if after > before:
-                raise RecoveryError(f"foreign key check got worse after the deletes ({before} → {after}); rolled back",
-                                    "nothing was changed; report this with the run folder", ExitCode.FAILED)
-            for _, ddl in triggers:
-                conn.execute(ddl)
+            with statement_time_limit(conn):  # base.db is bundle content: untrusted, time-bounded
+                _apply_in_transaction(conn, schema, bundle, items, result)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -250,6 +237,28 @@ def _apply(db: Path, bundle: Bundle, items: list[DeleteItem], result: DeletesRes
             raise
     finally:
         conn.close()
+
+
+def _apply_in_transaction(conn: sqlite3.Connection, schema: Schema, bundle: Bundle, items: list[DeleteItem],
+                          result: DeletesResult) -> None:
+    """Everything inside the open transaction: suspend triggers, judge and delete table by table
+    (children first), check the foreign keys, re-create the triggers."""
+    _ensure_applied_table(conn)
+    triggers = _suspend_triggers(conn)
+    result.triggers_suspended = [name for name, _ in triggers]
+    children = _children(schema)
+    watched = sorted({c for t in {i.table for i in items} for c, _ in children.get(t, [])})
+    before = _fk_violations(conn, watched)
+    for name in reversed(bundle.old.fk_order()):
+        mine = [i for i in items if i.table == name]
+        if mine:
+            _apply_table(conn, schema.tables[name], mine, children.get(name, []), bundle.bundle_id, result)
+    after = _fk_violations(conn, watched)
+    if after > before:
+        raise RecoveryError(f"foreign key check got worse after the deletes ({before} → {after}); rolled back",
+                            "nothing was changed; report this with the run folder", ExitCode.FAILED)
+    for _, ddl in triggers:
+        conn.execute(ddl)
 
 
 def _ensure_applied_table(conn: sqlite3.Connection) -> None:

@@ -200,8 +200,7 @@ def apply_deletes(run_dir: str | Path, only: str | Path | None = None, dry_run: 
             _apply(scratch, bundle, items, result, busy_timeout)
     else:
         stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
-        safety_dir = run / f"safety-deletes-{stamp}"
-        safety_dir.mkdir(mode=0o700)
+        safety_dir = Path(tempfile.mkdtemp(prefix=f"safety-deletes-{stamp}-", dir=run))  # new, 0700
         result.safety_copy = consistent_copy(target, safety_dir / target.name, "database")
         _apply(target, bundle, items, result, busy_timeout)
     write_json_atomic(run / RESULT_FILE, result.to_dict(), mode=0o600)  # users' keys: private like the run

@@ -323,6 +323,8 @@ def _follow(cap: DowngradeCapture, env: Env) -> tuple[Env, int, list[dict[str, A
     (also printed on stderr)."""
     import sys
 
+    from recovery.sandbox import refusal_note
+
     by_rev = {f["revision"]: f for f in cap.failed}
     failed: list[dict[str, Any]] = []
     notes: list[str] = []
@@ -335,7 +337,7 @@ def _follow(cap: DowngradeCapture, env: Env) -> tuple[Env, int, list[dict[str, A
         f = by_rev[rev]
         after = f.get("_after")
         failed.append({k: v for k, v in f.items() if k != "_after"})
-        refused = f" (the sandbox refused: {'; '.join(f['refused'])})" if f.get("refused") else ""
+        refused = refusal_note(f["error"], f.get("refused") or [])
         if after is None:
             notes.append(f"the application's downgrade of {rev} failed: {f['error']}{refused}; the scratch could not "
                          f"be rebuilt below it ({f.get('rebuild_error')}), so no rule is taken from the migrations: "

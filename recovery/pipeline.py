@@ -570,7 +570,7 @@ def _downgrade_in_place(db: Path, alembic_ini: str | os.PathLike[str] | None, ta
     backup, the live DB the staged copy ``.NAME.restore-tmp`` stands for and every database the
     ini or the environment names are fingerprinted before and after it."""
     _refuse_stub_downgrades(db, alembic_ini, target)
-    from recovery.sandbox import MigrationFailed, Sandbox
+    from recovery.sandbox import MigrationFailed, Sandbox, refusal_note
 
     live = None
     if backup is not None:
@@ -585,8 +585,7 @@ def _downgrade_in_place(db: Path, alembic_ini: str | os.PathLike[str] | None, ta
     except MigrationFailed as exc:
         raise RecoveryError(
             f"the application's downgrade to {target} failed on the staged copy {db.name}, in the sandbox; the "
-            f"live database was not replaced: {exc.error}"
-            + (f" (the sandbox refused: {'; '.join(exc.refused)})" if exc.refused else ""),
+            f"live database was not replaced: {exc.error}" + refusal_note(exc.error, exc.refused),
             "fix the migration, or restore from the backup instead (omit --downgrade-to)", ExitCode.FAILED) from None
     if backup is None or live is None:
         return {}

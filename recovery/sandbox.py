@@ -16,7 +16,7 @@ them in its own process; a :class:`Sandbox` session starts ``python -m recovery.
 * a time bound per command (:data:`TIMEOUT_ENV`, default :data:`DEFAULT_TIMEOUT` seconds).
 
 The live DB, the backup and every SQLite file a URL in the ini or the environment names are
-fingerprinted (size, mtime, ctime, inode, sha256 of the first pages, the same for ``-wal`` and
+fingerprinted (size, mtime, inode, sha256 of the first pages, the same for ``-wal`` and
 ``-journal``) before the session and after every command; any change stops the run with
 :class:`ProtectedChanged` (exit 3), which says what changed and that the migration code did it.
 """
@@ -47,7 +47,7 @@ URL_VARS = ("DATABASE_URL", "SQLALCHEMY_DATABASE_URI", "SQLALCHEMY_DATABASE_URL"
 """Always set to the scratch URL in the child, present in the tool's environment or not."""
 HEADER_BYTES = 64 * 1024
 """How much of each protected file is hashed (the header and first pages): the rest of a change
-shows in size, mtime, ctime or the ``-wal``."""
+shows in size, mtime or the ``-wal``."""
 _DB_SCHEMES = re.compile(r"^(sqlite|postgres|postgresql|pgsql|mysql|mariadb|oracle|mssql|sqlserver|cockroachdb|"
                          r"redshift|snowflake|duckdb|firebird|sybase|db2|ibm_db_sa|trino|clickhouse)"
                          r"([+][A-Za-z0-9_]+)?://", re.IGNORECASE)
@@ -67,11 +67,14 @@ class MigrationFailed(RecoveryError):
 
     def __init__(self, direction: str, target: str, error: str, refused: list[str]) -> None:
         self.direction, self.target, self.error, self.refused = direction, target, error, refused
-        why = error
-        if refused:
-            why = (f"its code tried to reach another database, which the sandbox refused ({'; '.join(refused)}); "
-                   f"then {error}")
+        why = error + refusal_note(error, refused)
         super().__init__(f"{direction} to {target} failed: {why}", "fix the migration", ExitCode.FAILED)
+
+
+def refusal_note(error: str, refused: list[str]) -> str:
+    """`` (the sandbox refused: …)`` for the refusals the error text does not already say."""
+    extra = [r for r in refused if r not in error]
+    return f" (the sandbox refused: {'; '.join(extra)})" if extra else ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -86,12 +89,12 @@ def _file_print(path: Path) -> dict[str, Any] | None:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         h.update(fh.read(HEADER_BYTES))
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "inode": st.st_ino,
-            "sha256_head": h.hexdigest()}
+    # not ctime: SQLite running as root fchown()s a -wal it merely opens to read
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino, "sha256_head": h.hexdigest()}
 
 
 def fingerprint(path: Path) -> dict[str, Any]:
-    """The file's and its ``-wal``/``-journal``'s size, mtime, ctime, inode and sha256 of the first
+    """The file's and its ``-wal``/``-journal``'s size, mtime, inode and sha256 of the first
     :data:`HEADER_BYTES` (``None`` for a file that does not exist)."""
     return {"db": _file_print(path), **{s.lstrip("-"): _file_print(path.with_name(path.name + s)) for s in _SIDECARS}}
 
@@ -237,6 +240,8 @@ class Sandbox:
     scratch: Path
     protect: list[Path] = field(default_factory=list)
     timeout: float = field(default_factory=_timeout)
+    refused: list[str] = field(default_factory=list, init=False)
+    """What the guard refused during the last command (also printed on stderr)."""
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _dir: Path | None = field(default=None, init=False, repr=False)
     _prints: dict[Path, dict[str, Any]] = field(default_factory=dict, init=False, repr=False)
@@ -309,9 +314,10 @@ class Sandbox:
             answer = self._ask({"op": "migrate", "direction": direction, "target": target, "fast": fast})
         finally:
             self.check_protected()
-        if answer.get("refused"):
+        self.refused = list(answer.get("refused") or [])
+        if self.refused and answer.get("ok"):  # swallowed by the app's code: say it here
             print(f"recovery: the application's migration code ({direction} to {target}) tried to reach another "
-                  f"database; refused inside the sandbox: {'; '.join(answer['refused'])}", file=sys.stderr)
+                  f"database; the sandbox refused it: {'; '.join(self.refused)}", file=sys.stderr)
         if not answer.get("ok"):
             raise MigrationFailed(direction, target, str(answer.get("error")), list(answer.get("refused") or []))
         return list(answer.get("statements") or [])
@@ -371,9 +377,9 @@ class Sandbox:
         if changed:
             self._prints = {}  # said once
             raise ProtectedChanged(
-                "the application's migration code changed a real database while it ran in the sandbox on a "
-                f"scratch copy: {'; '.join(changed)}. The run stopped here",
-                "compare that file with the run's safety copy or the backup before anything else (if the "
+                "the application's migration code changed a real database although it ran in the sandbox on a "
+                f"scratch copy: {'; '.join(changed)}. The run stopped here; nothing else was done",
+                "compare that file with its safety copy or the backup before anything else (if the "
                 "application itself is running and wrote to it, stop the application and run again); the "
                 "application's env.py or migrations reach the database by a way the sandbox does not cover")
 

@@ -10,8 +10,8 @@ The guard (:class:`Guard`) is a :func:`sys.addaudithook` hook, which cannot be r
 installed, plus a wrapper around SQLAlchemy's ``create_engine``:
 
 * ``sqlite3.connect`` (and so SQLAlchemy's pysqlite and aiosqlite) is refused for any database
-  but the scratch file and ``:memory:``; every connection gets an authorizer that refuses
-  ``ATTACH`` of any other file; loading SQLite extensions is refused;
+  but the scratch file and ``:memory:``; every connection made through ``sqlite3.connect`` gets
+  an authorizer that refuses ``ATTACH`` of any other file; loading SQLite extensions is refused;
 * ``create_engine`` refuses any URL but the scratch one (so server databases are refused before
   a driver is loaded), and importing a database driver other than sqlite3 is refused;
 * opening, renaming, removing, linking, truncating or re-timing a protected file (the live DB,
@@ -135,11 +135,6 @@ class Guard:
             if not self.allowed_database(args[0] if args else None):
                 self.refuse(f"sqlite3.connect({os.fsdecode(os.fspath(args[0]))!r}): only the scratch copy "
                             f"{self.scratch} may be opened")
-        elif event == "sqlite3.connect/handle":
-            try:
-                args[0].set_authorizer(self._authorizer)
-            except Exception:  # noqa: BLE001 - a closed or foreign handle: nothing to guard
-                pass
         elif event in ("sqlite3.enable_load_extension", "sqlite3.load_extension"):
             if event == "sqlite3.load_extension" or (len(args) > 1 and args[1]):
                 self.refuse("loading a SQLite extension")
@@ -169,11 +164,29 @@ class Guard:
                 self.refuse(f"importing the database driver {args[0]!r}: only the scratch SQLite copy may be used",
                             SandboxImportRefused)
 
+    def patch_sqlite3(self) -> None:
+        """Every connection made through ``sqlite3.connect`` (SQLAlchemy's pysqlite included) gets
+        :meth:`_authorizer`, which refuses ``ATTACH`` of any file but the scratch copy."""
+        import sqlite3
+        import sqlite3.dbapi2
+
+        original = sqlite3.connect
+        authorizer = self._authorizer
+
+        def connect(*args: Any, **kwargs: Any) -> Any:
+            conn = original(*args, **kwargs)
+            conn.set_authorizer(authorizer)
+            return conn
+
+        connect.__doc__ = original.__doc__
+        sqlite3.connect = sqlite3.dbapi2.connect = connect
+
     def _authorizer(self, action: int, arg1: Any, arg2: Any, dbname: Any, source: Any) -> int:
         import sqlite3
 
-        if action == sqlite3.SQLITE_ATTACH and not self.allowed_database(arg1):
-            self.refused.append(f"ATTACH DATABASE {arg1!r}: only the scratch copy may be opened")
+        if action == sqlite3.SQLITE_ATTACH and (arg1 is None or not self.allowed_database(arg1)):
+            self.refused.append(f"ATTACH DATABASE {arg1 if arg1 is not None else '(a bound file name)'!r}: "
+                                "only the scratch copy may be opened")
             return sqlite3.SQLITE_DENY
         return sqlite3.SQLITE_OK
 
@@ -266,6 +279,7 @@ def main(argv: list[str]) -> int:
     req_fd, resp_fd = int(argv[1]), int(argv[2])
     guard = Guard(init["scratch"], init["protected"])
     sys.addaudithook(guard.hook)  # first: nothing of the application has been imported yet
+    guard.patch_sqlite3()
     sys.path[:] = [p for p in init["sys_path"] if p]
     engines: list[Any] = []
     guard.patch_sqlalchemy(engines)

@@ -34,6 +34,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -220,6 +223,20 @@ def write_ini_copy(alembic_ini: Path, dst: Path, url: str) -> Path:
 # ---------------------------------------------------------------------------------------------
 # the session
 
+_ALSO_PROTECTED: ContextVar[tuple[Path, ...]] = ContextVar("recovery_sandbox_also_protected", default=())
+
+
+@contextmanager
+def protecting(*paths: str | os.PathLike[str]) -> Iterator[None]:
+    """Every :class:`Sandbox` started inside this block also fingerprints ``paths`` (e.g. the real
+    live DB and backup while a rehearsal rolls back copies of them)."""
+    token = _ALSO_PROTECTED.set(_ALSO_PROTECTED.get() + tuple(Path(p) for p in paths))
+    try:
+        yield
+    finally:
+        _ALSO_PROTECTED.reset(token)
+
+
 
 def _timeout() -> float:
     try:
@@ -254,7 +271,7 @@ class Sandbox:
             raise RecoveryError(f"--alembic-ini {ini} does not exist", "point it at the application's alembic.ini")
         self.scratch = Path(os.path.abspath(self.scratch))
         seen: dict[str, Path] = {}
-        for p in [*self.protect, *named_databases(ini)]:
+        for p in [*self.protect, *_ALSO_PROTECTED.get(), *named_databases(ini)]:
             real = os.path.realpath(p)
             if real != os.path.realpath(self.scratch):
                 seen.setdefault(real, Path(real))

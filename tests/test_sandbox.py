@@ -384,3 +384,18 @@ def test_the_child_sees_only_the_scratch_url(tmp_path: Path) -> None:
     parser.read(copy)
     assert parser.get("alembic", "sqlalchemy.url") == url
     assert parser.get("alembic", "script_location") == str(app_dir().resolve())
+
+
+def test_rehearse_protects_the_real_files_it_copied(world_copy: Path, tmp_path: Path) -> None:
+    """``rehearse`` rolls back copies, but an env.py that writes the real live DB below the guard is
+    still caught: the real file is fingerprinted too, the rehearsal fails saying the app's migration
+    code changed it (not "is the application still running?")."""
+    live, backup = world_copy / "gestima.db", backup_of(world_copy)
+    ini = hostile_app(tmp_path, "below-guard", live)
+    ini.write_text(ini.read_text().replace(f"sqlalchemy.url = sqlite:///{live}", "sqlalchemy.url = sqlite:///app.db"))
+    backup_digest = digests(backup)
+    res = recovery("rehearse", live, "--backup", backup, "--alembic-ini", ini, "--out", tmp_path / "run", "--json")
+    assert res.returncode != 0
+    assert digests(backup) == backup_digest
+    reasons = " ".join(json.loads(res.stdout)["reasons"])
+    assert "changed a real database" in reasons and str(live) in reasons, reasons

@@ -180,6 +180,7 @@ def child_environment(scratch: Path, protected: list[Path], environ: dict[str, s
     for key in URL_VARS:
         env[key] = url
     env["RECOVERY_SANDBOX"] = "1"
+    env["RECOVERY_SANDBOX_PARENT"] = str(os.getpid())
     env.pop("PYTHONSTARTUP", None)
     return env
 

@@ -273,7 +273,22 @@ def _requests(fd: int):  # noqa: ANN202 - a generator of dicts
             yield json.loads(line)
 
 
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this child when the tool dies (a SIGKILLed rollback must not leave
+    the app's migration running on a staged copy the resumed run re-creates)."""
+    parent = int(os.environ.get("RECOVERY_SANDBOX_PARENT", "0"))
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+    except (OSError, AttributeError):
+        return
+    if parent and os.getppid() != parent:  # the parent died before the prctl took effect
+        os._exit(1)
+
+
 def main(argv: list[str]) -> int:
+    _die_with_parent()
     with open(argv[0], encoding="utf-8") as fh:
         init = json.load(fh)
     req_fd, resp_fd = int(argv[1]), int(argv[2])

@@ -399,3 +399,33 @@ def test_rehearse_protects_the_real_files_it_copied(world_copy: Path, tmp_path: 
     assert digests(backup) == backup_digest
     reasons = " ".join(json.loads(res.stdout)["reasons"])
     assert "changed a real database" in reasons and str(live) in reasons, reasons
+
+
+def test_the_child_dies_with_the_tool(world_copy: Path, tmp_path: Path) -> None:
+    """A SIGKILLed tool (a killed rollback) leaves no migration running: the kernel kills the child."""
+    import signal
+
+    ini = hostile_app(tmp_path, "sleep", world_copy / "gestima.db")
+    scratch = tmp_path / "scratch.db"
+    sqlite3.connect(scratch).close()
+    script = (f"from pathlib import Path\nfrom recovery.sandbox import Sandbox\n"
+              f"with Sandbox(Path({str(ini)!r}), Path({str(scratch)!r})) as sb:\n"
+              f"    print(sb._proc.pid, flush=True)\n    sb.migrate('upgrade', 'head')\n")
+    tool = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    child = int(tool.stdout.readline())
+    time.sleep(1.0)  # the child is in env.py's sleep
+    tool.send_signal(signal.SIGKILL)
+    tool.wait()
+
+    def running(pid: int) -> bool:
+        try:
+            state = Path(f"/proc/{pid}/status").read_text()
+        except FileNotFoundError:
+            return False
+        return "\nState:\tZ" not in state
+
+    deadline = time.monotonic() + 10
+    while running(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not running(child)

@@ -267,6 +267,8 @@ def test_a_crashing_downgrade_is_named_and_the_rest_of_the_plan_works(world_copy
                    "--out", tmp_path / "run", "--yes")
     assert res.returncode == 1, res.stderr
     assert "bb004_price_cents" in res.stderr
+    notes = json.loads((tmp_path / "run" / "report.json").read_text())["migration_notes"]
+    assert any("bb004_price_cents" in n and "its author never tried" in n for n in notes), notes
     with sqlite3.connect(f"file:{live}?mode=ro", uri=True) as c:
         assert c.execute("SELECT version_num FROM alembic_version").fetchone()[0] == OLD_REV
         prices = dict(c.execute("SELECT id, price FROM parts"))

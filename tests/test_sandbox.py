@@ -375,7 +375,7 @@ def test_the_child_sees_only_the_scratch_url(tmp_path: Path) -> None:
     live, scratch = tmp_path / "live.db", tmp_path / "work" / "scratch.db"
     live.touch()
     env = child_environment(scratch, [live], {
-        "HOME": "/root", "APP_DB": f"postgresql+psycopg://u:p@db/app", "SETTINGS_DB_PATH": str(live),
+        "HOME": "/root", "APP_DB": "postgresql+psycopg://u:p@db/app", "SETTINGS_DB_PATH": str(live),
         "OTHER": "https://example.com", "SQLALCHEMY_DATABASE_URI": f"sqlite:///{live}"})
     url = f"sqlite:///{scratch}"
     assert env["APP_DB"] == env["DATABASE_URL"] == env["DB_URL"] == env["SQLALCHEMY_DATABASE_URI"] == url

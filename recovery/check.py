@@ -191,21 +191,21 @@ def check(
     }:
         raise RecoveryError(f"{from_rev} is not an ancestor of {to_rev}", "swap --from and --to?")
     results: list[RevisionCheck] = []
-    with tempfile.TemporaryDirectory(prefix="recovery-check-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="recovery-check-") as tmp, \
+            Sandbox(Path(alembic_ini), Path(tmp) / "work.db", [Path(db)] if db is not None else []) as sb:
         folder = Path(tmp)
-        with Sandbox(Path(alembic_ini), folder / "work.db", [Path(db)] if db is not None else []) as sb:
-            current, current_rev = _empty(folder / "start.db"), None
-            if from_rev is not None:
-                _migrate(alembic_ini, current, "upgrade", from_rev, sandbox=sb)
-                current_rev = from_rev
-            for i, rev in enumerate(revs):
-                parents = _parents(rev.down_revision)
-                if tuple(parents) != ((current_rev,) if current_rev else ()):
-                    current = _empty(folder / f"{i}.parent.db")  # a branch or merge: build its parent afresh
-                    for p in parents:
-                        _migrate(alembic_ini, current, "upgrade", p, sandbox=sb)
-                results.append(check_revision(alembic_ini, rev, current, folder / f"{i}", sandbox=sb))
-                current, current_rev = folder / f"{i}.up.db", rev.revision
+        current, current_rev = _empty(folder / "start.db"), None
+        if from_rev is not None:
+            _migrate(alembic_ini, current, "upgrade", from_rev, sandbox=sb)
+            current_rev = from_rev
+        for i, rev in enumerate(revs):
+            parents = _parents(rev.down_revision)
+            if tuple(parents) != ((current_rev,) if current_rev else ()):
+                current = _empty(folder / f"{i}.parent.db")  # a branch or merge: build its parent afresh
+                for p in parents:
+                    _migrate(alembic_ini, current, "upgrade", p, sandbox=sb)
+            results.append(check_revision(alembic_ini, rev, current, folder / f"{i}", sandbox=sb))
+            current, current_rev = folder / f"{i}.up.db", rev.revision
     return CheckResult(str(alembic_ini), from_rev, to_rev, tuple(results))
 
 

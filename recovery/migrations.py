@@ -148,15 +148,14 @@ def capture_downgrade(alembic_ini: str | os.PathLike[str], live: Path, backup: P
         scratch = Path(tmp) / "scratch.db"
         _scratch_from(live, scratch)
         with Sandbox(Path(alembic_ini), scratch, [Path(live), Path(backup)]) as sb:
-            for i, rev in enumerate(revs):
-                step_target = revs[i + 1].revision if i + 1 < len(revs) else target
+            for label, step_target in _steps(revs, target):
                 before = _columns(scratch)
                 try:
-                    steps.append((rev.revision, sb.migrate("downgrade", step_target)))
+                    steps.append((label, sb.migrate("downgrade", step_target)))
                     continue
                 except MigrationFailed as exc:
-                    entry: dict[str, Any] = {"revision": rev.revision, "error": exc.error, "refused": exc.refused}
-                steps.append((rev.revision, None))
+                    entry: dict[str, Any] = {"revision": label, "error": exc.error, "refused": exc.refused}
+                steps.append((label, None))
                 failed.append(entry)
                 _remove_db(scratch)
                 _scratch_from(backup, scratch, "backup")
@@ -175,6 +174,18 @@ def capture_downgrade(alembic_ini: str | os.PathLike[str], live: Path, backup: P
                      for c in set(before.get(t, [])) ^ set(after.get(t, []))})
                 entry["_after"] = after
     return DowngradeCapture(steps, failed)
+
+
+def _steps(revs: list[RevisionInfo], target: str) -> list[tuple[str, str]]:
+    """(revision, the target that undoes just it), newest first. A history with branches or merges
+    in the range is run as one step labelled ``NEWEST..TARGET``: Alembic's one-revision targets
+    are only well defined on a straight line."""
+    if not revs:
+        return []
+    chain = [r.revision for r in revs[1:]] + [target]
+    if all(r.down_revision == nxt for r, nxt in zip(revs, chain, strict=True)):
+        return list(zip((r.revision for r in revs), chain, strict=True))
+    return [(f"{revs[0].revision}..{target}", target)]
 
 
 def run_downgrade_capture(alembic_ini: str | os.PathLike[str], live: Path, target: str,

@@ -431,3 +431,19 @@ def test_the_child_dies_with_the_tool(world_copy: Path, tmp_path: Path) -> None:
     while running(child) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not running(child)
+
+
+def test_lineage_steps_one_revision_at_a_time_only_on_a_straight_line() -> None:
+    """Each revision is undone alone on a straight history (so a crash names its revision); a range
+    with a merge is run as one step, because Alembic's one-revision targets would undo a sibling
+    branch with it and blame the wrong revision."""
+    from recovery.migrations import RevisionInfo, _steps
+
+    def rev(name: str, down: str | None) -> RevisionInfo:
+        return RevisionInfo(name, down, "", False, f"{name}.py")
+
+    line = [rev("c", "b"), rev("b", "a")]
+    assert _steps(line, "a") == [("c", "b"), ("b", "a")]
+    merged = [rev("m", "b1,b2"), rev("b2", "a"), rev("b1", "a")]
+    assert _steps(merged, "a") == [("m..a", "a")]
+    assert _steps([], "a") == []

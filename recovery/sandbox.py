@@ -238,7 +238,6 @@ def protecting(*paths: str | os.PathLike[str]) -> Iterator[None]:
         _ALSO_PROTECTED.reset(token)
 
 
-
 def _timeout() -> float:
     try:
         return float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT))

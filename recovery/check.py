@@ -16,7 +16,8 @@ upgraded from empty to the revision's parent with the application's own Alembic,
 3. a verdict: ``safe`` / ``loses data on downgrade`` / ``needs manual SQL``; for a stub downgrade a
    reverse built from the upgrade's changes (sqlglot trees and ``op.…`` code), verified on scratch.
 
-Nothing but temporary scratch files is ever written.
+The application's code runs in a child process that cannot reach the real databases
+(:mod:`recovery.sandbox`). Nothing but temporary scratch files is ever written.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from sqlglot import exp
 
 from recovery.errors import ExitCode, RecoveryError
 from recovery.migrations import Env, _config, is_stub, migrate_capture, track
+from recovery.sandbox import MigrationFailed, Sandbox
 from recovery.schema import BOOKKEEPING_TABLES, Schema, alembic_revision, reflect
 from recovery.sqlbuild import col, ident, table
 from recovery.sqlite_io import readonly
@@ -189,30 +191,33 @@ def check(
     }:
         raise RecoveryError(f"{from_rev} is not an ancestor of {to_rev}", "swap --from and --to?")
     results: list[RevisionCheck] = []
-    with tempfile.TemporaryDirectory(prefix="recovery-check-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="recovery-check-") as tmp, \
+            Sandbox(Path(alembic_ini), Path(tmp) / "work.db", [Path(db)] if db is not None else []) as sb:
         folder = Path(tmp)
         current, current_rev = _empty(folder / "start.db"), None
         if from_rev is not None:
-            _migrate(alembic_ini, current, "upgrade", from_rev)
+            _migrate(alembic_ini, current, "upgrade", from_rev, sandbox=sb)
             current_rev = from_rev
         for i, rev in enumerate(revs):
             parents = _parents(rev.down_revision)
             if tuple(parents) != ((current_rev,) if current_rev else ()):
                 current = _empty(folder / f"{i}.parent.db")  # a branch or merge: build its parent afresh
                 for p in parents:
-                    _migrate(alembic_ini, current, "upgrade", p)
-            results.append(check_revision(alembic_ini, rev, current, folder / f"{i}"))
+                    _migrate(alembic_ini, current, "upgrade", p, sandbox=sb)
+            results.append(check_revision(alembic_ini, rev, current, folder / f"{i}", sandbox=sb))
             current, current_rev = folder / f"{i}.up.db", rev.revision
     return CheckResult(str(alembic_ini), from_rev, to_rev, tuple(results))
 
 
-def check_revision(alembic_ini: str | os.PathLike[str], rev: Any, before_db: Path, stem: Path) -> RevisionCheck:
+def check_revision(alembic_ini: str | os.PathLike[str], rev: Any, before_db: Path, stem: Path,
+                   sandbox: Sandbox | None = None) -> RevisionCheck:
     """Run ``rev``'s upgrade (and downgrade) on copies of ``before_db`` (at its parent) and judge it.
-    Leaves ``<stem>.up.db`` at ``rev`` for the next revision."""
+    Leaves ``<stem>.up.db`` at ``rev`` for the next revision. The app's code runs in ``sandbox``
+    (its scratch file in the same folder as ``stem``), else in a sandbox of its own per command."""
     before = _reflect(before_db)
     up_db, down_db = stem.with_name(stem.name + ".up.db"), stem.with_name(stem.name + ".down.db")
     shutil.copyfile(before_db, up_db)
-    up_sql = _migrate(alembic_ini, up_db, "upgrade", rev.revision)
+    up_sql = _migrate(alembic_ini, up_db, "upgrade", rev.revision, sandbox=sandbox)
     after = _reflect(up_db)
     env_up = track(_parsed(up_sql), _identity(before))
     changes, cross = describe_upgrade(before, after, env_up, up_sql)
@@ -227,9 +232,9 @@ def check_revision(alembic_ini: str | os.PathLike[str], rev: Any, before_db: Pat
         shutil.copyfile(up_db, down_db)
         try:
             down_sql = _migrate(alembic_ini, down_db, "downgrade", parents[0] if len(parents) == 1 else
-                                f"{rev.revision}-1" if parents else "base", raise_=True)
+                                f"{rev.revision}-1" if parents else "base", raise_=True, sandbox=sandbox)
             restored = _reflect(down_db)
-        except RecoveryError as exc:
+        except MigrationFailed as exc:
             kind, error, restored = "failed", exc.message, None
     if restored is not None:
         differences = tuple(schema_differences(before, restored))
@@ -542,10 +547,21 @@ def _empty(path: Path) -> Path:
 
 
 def _migrate(alembic_ini: str | os.PathLike[str], db: Path, direction: str, target: str,
-             raise_: bool = False) -> list[str]:
+             raise_: bool = False, sandbox: Sandbox | None = None) -> list[str]:
+    """The app's ``direction`` to ``target`` on the scratch file ``db``, in the sandbox: ``db`` is
+    moved to the session's scratch path for the command and back after it."""
     try:
-        return migrate_capture(alembic_ini, db, direction, target)
-    except RecoveryError as exc:
+        if sandbox is None:
+            return migrate_capture(alembic_ini, db, direction, target)
+        os.replace(db, sandbox.scratch)
+        try:
+            return sandbox.migrate(direction, target)
+        finally:
+            for suffix in ("", "-journal", "-wal"):
+                moved = sandbox.scratch.with_name(sandbox.scratch.name + suffix)
+                if moved.exists():
+                    os.replace(moved, db.with_name(db.name + suffix))
+    except MigrationFailed as exc:
         if raise_:
             raise
         raise RecoveryError(f"the application's {exc.message} on a scratch database",

@@ -1,8 +1,9 @@
 """The application's Alembic project: revisions, stub downgrades, and column lineage.
 
 Lineage comes from the migrations themselves: the downgrade from the live DB's revision to the
-backup's is run on a scratch database built with the live schema, every SQL statement it executes
-is captured (SQLAlchemy cursor events) and read with sqlglot, tracking for every column the
+backup's is run, one revision at a time, on a scratch database built with the live schema, in a
+child process that cannot reach the real databases (:mod:`recovery.sandbox`); every SQL statement
+it executes is captured (SQLAlchemy cursor events) and read with sqlglot, tracking for every column the
 expression over the new schema's columns that produces it (``RENAME COLUMN``, batch-mode
 ``INSERT INTO _alembic_tmp_x (…) SELECT …``, ``UPDATE … SET``, ``ADD``/``DROP COLUMN``).
 """
@@ -17,11 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
 import sqlglot
 from sqlglot import exp
 
 from recovery.errors import RecoveryError
+from recovery.sandbox_child import is_bookkeeping_sql  # noqa: F401 - re-exported
 from recovery.schema import alembic_revision
 from recovery.sqlite_io import readonly
 
@@ -89,9 +90,9 @@ def revisions_between(alembic_ini: str | os.PathLike[str], upper: str, lower: st
     return out
 
 
-def _scratch_from(live: Path, dst: Path) -> None:
+def _scratch_from(live: Path, dst: Path, role: str = "live database") -> None:
     """An empty database with the live schema (tables, indexes, views, triggers) and revision."""
-    with readonly(live, "live database") as src:
+    with readonly(live, role) as src:
         ddl = src.execute(
             "SELECT type, sql FROM sqlite_master WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%' "
             "ORDER BY CASE type WHEN 'table' THEN 0 WHEN 'index' THEN 1 WHEN 'view' THEN 2 ELSE 3 END, rowid"
@@ -107,32 +108,102 @@ def _scratch_from(live: Path, dst: Path) -> None:
         conn.close()
 
 
-def run_downgrade_capture(alembic_ini: str | os.PathLike[str], live: Path, target: str) -> list[str]:
-    """Run the app's downgrade to ``target`` on a scratch copy of the live schema; return the SQL."""
-    from alembic import command
+@dataclass(frozen=True)
+class DowngradeCapture:
+    """The SQL of each revision's downgrade (newest first) and the revisions whose downgrade failed."""
 
-    cfg = _config(alembic_ini)
-    captured: list[str] = []
+    steps: list[tuple[str, list[str] | None]]
+    """(revision, its statements), None for a revision whose downgrade failed."""
+    failed: list[dict[str, Any]]
+    """{revision, error, refused, columns (the columns left without lineage), rebuilt}."""
+
+
+def _columns(db: Path) -> dict[str, list[str]]:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return {r[0]: [c[1] for c in conn.execute("SELECT * FROM pragma_table_info(?)", (r[0],))]
+                for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'")}
+    finally:
+        conn.close()
+
+
+def _remove_db(path: Path) -> None:
+    for p in (path, *(path.with_name(path.name + s) for s in ("-journal", "-wal", "-shm"))):
+        p.unlink(missing_ok=True)
+
+
+def capture_downgrade(alembic_ini: str | os.PathLike[str], live: Path, backup: Path,
+                      revs: list[RevisionInfo], target: str) -> DowngradeCapture:
+    """Run the app's downgrade one revision at a time, in the sandbox (:mod:`recovery.sandbox`), on
+    a scratch database with the live schema; capture each revision's SQL.
+
+    A revision whose downgrade fails (the application's bug, or code the sandbox refused) is
+    recorded and skipped: the scratch is rebuilt at the revision below it from the backup's
+    schema with the app's upgrades, and the capture goes on from there."""
+    from recovery.sandbox import MigrationFailed, Sandbox
+
+    steps: list[tuple[str, list[str] | None]] = []
+    failed: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="recovery-lineage-") as tmp:
         scratch = Path(tmp) / "scratch.db"
         _scratch_from(live, scratch)
-        engine = sa.create_engine(f"sqlite:///{scratch}", poolclass=sa.pool.NullPool)
+        with Sandbox(Path(alembic_ini), scratch, [Path(live), Path(backup)]) as sb:
+            for label, step_target in _steps(revs, target):
+                before = _columns(scratch)
+                try:
+                    steps.append((label, sb.migrate("downgrade", step_target)))
+                    continue
+                except MigrationFailed as exc:
+                    entry: dict[str, Any] = {"revision": label, "error": exc.error, "refused": exc.refused}
+                steps.append((label, None))
+                failed.append(entry)
+                _remove_db(scratch)
+                _scratch_from(backup, scratch, "backup")
+                try:
+                    if step_target != target:
+                        sb.migrate("upgrade", step_target)
+                except MigrationFailed as exc:
+                    entry["rebuilt"] = False
+                    entry["rebuild_error"] = exc.error
+                    entry["columns"] = []
+                    break
+                after = _columns(scratch)
+                entry["rebuilt"] = True
+                entry["columns"] = sorted(
+                    {f"{t}.{c}" for t in set(before) | set(after) if t != "alembic_version"
+                     for c in set(before.get(t, [])) ^ set(after.get(t, []))})
+                entry["_after"] = after
+    return DowngradeCapture(steps, failed)
 
-        @sa.event.listens_for(engine, "before_cursor_execute")
-        def _capture(conn, cursor, statement, parameters, context, executemany):  # noqa: ANN001
-            captured.append(statement)
 
-        try:
-            with engine.connect() as conn:
-                cfg.attributes["connection"] = conn
-                command.downgrade(cfg, target)
-                conn.commit()
-        except Exception as exc:  # the app's own migration code failed
-            raise RecoveryError(f"the application's downgrade to {target} failed on a scratch copy: {exc}",
-                                "fix the migration or pass a mapping file instead of --alembic-ini") from None
-        finally:
-            engine.dispose()
-    return captured
+def _steps(revs: list[RevisionInfo], target: str) -> list[tuple[str, str]]:
+    """(revision, the target that undoes just it), newest first. A history with branches or merges
+    in the range is run as one step labelled ``NEWEST..TARGET``: Alembic's one-revision targets
+    are only well defined on a straight line."""
+    if not revs:
+        return []
+    chain = [r.revision for r in revs[1:]] + [target]
+    if all(r.down_revision == nxt for r, nxt in zip(revs, chain, strict=True)):
+        return list(zip((r.revision for r in revs), chain, strict=True))
+    return [(f"{revs[0].revision}..{target}", target)]
+
+
+def run_downgrade_capture(alembic_ini: str | os.PathLike[str], live: Path, target: str,
+                          backup: Path | None = None) -> list[str]:
+    """Run the app's downgrade to ``target`` in the sandbox on a scratch copy of the live schema;
+    return the SQL. Raises RecoveryError naming the first revision whose downgrade failed."""
+    with readonly(live, "live database") as n:
+        upper = alembic_revision(n)
+    if upper is None:
+        raise RecoveryError(f"{live} has no alembic_version", "pass a mapping file instead of --alembic-ini")
+    revs = revisions_between(alembic_ini, upper, target)
+    cap = capture_downgrade(alembic_ini, live, backup or live, revs, target)
+    if cap.failed:
+        f = cap.failed[0]
+        raise RecoveryError(f"the application's downgrade of {f['revision']} failed on a scratch copy in the "
+                            f"sandbox (nothing else was touched): {f['error']}",
+                            "fix the migration or pass a mapping file instead of --alembic-ini")
+    return [s for _, stmts in cap.steps for s in stmts or []]
 
 
 def _substitute(e: exp.Expression, env: dict[str, exp.Expression]) -> exp.Expression:
@@ -229,8 +300,8 @@ def derive_lineage(
         raise RecoveryError("--alembic-ini needs both databases to have an alembic_version",
                             "pass a mapping file instead")
     revs = revisions_between(alembic_ini, new_rev, old_rev) if old_rev != new_rev else []
-    statements = run_downgrade_capture(alembic_ini, live_p, old_rev) if revs else []
-    env = track(statements, env)
+    cap = capture_downgrade(alembic_ini, live_p, Path(backup), revs, old_rev) if revs else DowngradeCapture([], [])
+    env, statements, failed, notes = _follow(cap, env)
     lineage: dict[str, dict[str, exp.Expression]] = {}
     for t, cols in old_tables.items():
         if t == "alembic_version":
@@ -248,10 +319,51 @@ def derive_lineage(
         "from": new_rev, "to": old_rev,
         "revisions": [{"revision": r.revision, "downgrade_stub": r.downgrade_stub, "doc": r.doc} for r in revs],
         "stubs": [r.revision for r in revs if r.downgrade_stub],
-        "statements": len(statements),
+        "statements": statements,
         "rules": {t: {c: e.sql(dialect="sqlite") for c, e in cols.items()} for t, cols in lineage.items()},
+        "failed": failed,
+        "notes": notes,
     }
     return lineage, report
+
+
+def _follow(cap: DowngradeCapture, env: Env) -> tuple[Env, int, list[dict[str, Any]], list[str]]:
+    """Track each captured revision; across a revision whose downgrade failed, keep the lineage of
+    the columns it leaves as they are and none for the columns it adds or removes. Returns the
+    env, the number of statements, the failures (for the manifest) and one note per failure
+    (also printed on stderr)."""
+    import sys
+
+    from recovery.sandbox import refusal_note
+
+    by_rev = {f["revision"]: f for f in cap.failed}
+    failed: list[dict[str, Any]] = []
+    notes: list[str] = []
+    count = 0
+    for rev, stmts in cap.steps:
+        if stmts is not None:
+            env = track(stmts, env)
+            count += len(stmts)
+            continue
+        f = by_rev[rev]
+        after = f.get("_after")
+        failed.append({k: v for k, v in f.items() if k != "_after"})
+        refused = refusal_note(f["error"], f.get("refused") or [])
+        if after is None:
+            notes.append(f"the application's downgrade of {rev} failed: {f['error']}{refused}; the scratch could not "
+                         f"be rebuilt below it ({f.get('rebuild_error')}), so no rule is taken from the migrations: "
+                         "same-name and rename rules and the mapping file still apply")
+            env = {}
+            break
+        cols = ", ".join(f["columns"]) or "no column"
+        notes.append(f"the application's downgrade of {rev} failed: {f['error']}{refused}; continuing without "
+                     f"migration lineage for the columns it changes ({cols}): same-name and rename rules and "
+                     "the mapping file still apply")
+        env = {t: {c: env.get(t, {}).get(c, exp.Null()) for c in cols_after}
+               for t, cols_after in after.items() if t != "alembic_version"}
+    for note in notes:
+        print(f"recovery: {note}", file=sys.stderr)
+    return env, count, failed, notes
 
 
 def _unquote_parens(e: exp.Expression) -> exp.Expression:
@@ -261,46 +373,18 @@ def _unquote_parens(e: exp.Expression) -> exp.Expression:
     return e
 
 
-def is_bookkeeping_sql(statement: str) -> bool:
-    """Statements that read (PRAGMA, SELECT) or only move ``alembic_version``: not schema or data."""
-    head = statement.lstrip().split(None, 1)[0].upper() if statement.strip() else ""
-    return head in {"PRAGMA", "SELECT", "WITH"} or "alembic_version" in statement
-
-
 def migrate_capture(
     alembic_ini: str | os.PathLike[str], db: str | os.PathLike[str], direction: str, target: str,
+    protect: list[Path] | None = None,
 ) -> list[str]:
     """Run the app's ``upgrade``/``downgrade`` to ``target`` on the SQLite file ``db`` (a scratch
-    file: it is changed) and return the SQL it executed, reads and ``alembic_version`` left out.
+    file: it is changed) in the sandbox (:mod:`recovery.sandbox`) and return the SQL it executed,
+    reads and ``alembic_version`` left out.
 
     Raises RecoveryError (with the migration's own error) when the migration fails."""
-    from alembic import command
+    from recovery.sandbox import migrate_once
 
     if direction not in ("upgrade", "downgrade"):
         raise ValueError(direction)
-    cfg = _config(alembic_ini)
-    captured: list[str] = []
-    engine = sa.create_engine(f"sqlite:///{Path(db)}", poolclass=sa.pool.NullPool)
-
-    @sa.event.listens_for(engine, "before_cursor_execute")
-    def _capture(conn, cursor, statement, parameters, context, executemany):  # noqa: ANN001
-        if not is_bookkeeping_sql(statement):
-            captured.append(statement)
-
-    try:
-        with engine.connect() as conn:
-            conn.exec_driver_sql("PRAGMA foreign_keys=OFF")  # a rebuild must never fire ON DELETE CASCADE
-            conn.exec_driver_sql("PRAGMA synchronous=OFF")  # a scratch file: durability buys nothing
-            conn.exec_driver_sql("PRAGMA journal_mode=MEMORY")
-            conn.commit()
-            cfg.attributes["connection"] = conn
-            getattr(command, direction)(cfg, target)
-            conn.commit()
-    except RecoveryError:
-        raise
-    except Exception as exc:  # the app's own migration code failed
-        raise RecoveryError(f"{direction} to {target} failed: {type(exc).__name__}: {exc}".strip(),
-                            "fix the migration") from None
-    finally:
-        engine.dispose()
-    return captured
+    _config(alembic_ini)
+    return migrate_once(alembic_ini, db, direction, target, protect)

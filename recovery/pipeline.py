@@ -566,27 +566,29 @@ def _downgrade_in_place(db: Path, alembic_ini: str | os.PathLike[str] | None, ta
     Alembic's DDL transactional, so the live file is only ever swapped in whole), then, given the
     ``backup``, put back from it what the downgrade cannot (:mod:`recovery.downgrade`: cells of
     columns the upgrade dropped, rows deleted after the deploy). Returns what was put back (the
-    journal's restore entry), empty without a backup."""
+    journal's restore entry), empty without a backup.
+
+    The app's code runs in the sandbox (:mod:`recovery.sandbox`): it can open ``db`` only; the
+    backup, the live DB the staged copy ``.NAME.restore-tmp`` stands for and every database the
+    ini or the environment names are fingerprinted before and after it."""
     _refuse_stub_downgrades(db, alembic_ini, target)
-    import sqlalchemy as sa
-    from alembic import command
-    from alembic.config import Config
+    from recovery.sandbox import MigrationFailed, Sandbox, refusal_note
 
     live = None
     if backup is not None:
         with readonly(db, "live database copy") as conn:
             live = reflect(conn)  # before the downgrade: which columns the live schema lacks
-    cfg = Config(str(alembic_ini))
-    engine = sa.create_engine(f"sqlite:///{db}", poolclass=sa.pool.NullPool)
+    protect = [p for p in (backup,) if p is not None]
+    if db.name.startswith(".") and db.name.endswith(".restore-tmp"):
+        protect.append(db.with_name(db.name[1:-len(".restore-tmp")]))  # the live DB this copy replaces
     try:
-        with engine.connect() as conn:
-            conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
-            conn.commit()
-            cfg.attributes["connection"] = conn
-            command.downgrade(cfg, target)
-            conn.commit()
-    finally:
-        engine.dispose()
+        with Sandbox(Path(str(alembic_ini)), db, protect) as sb:
+            sb.migrate("downgrade", target, fast=False)
+    except MigrationFailed as exc:
+        raise RecoveryError(
+            f"the application's downgrade to {target} failed on the staged copy {db.name}, in the sandbox; the "
+            f"live database was not replaced: {exc.error}" + refusal_note(exc.error, exc.refused),
+            "fix the migration, or restore from the backup instead (omit --downgrade-to)", ExitCode.FAILED) from None
     if backup is None or live is None:
         return {}
     from recovery.downgrade import repair_from_backup

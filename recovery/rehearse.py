@@ -112,6 +112,7 @@ def rehearse(
     report plus ``rehearsal.json`` and ``rehearsal.md``. At most ``losses_limit`` (default
     :data:`recovery.lost.SAMPLE_LIMIT`) lost values are held and listed; the totals are exact."""
     from recovery.pipeline import rollback
+    from recovery.sandbox import protecting
 
     say = progress or (lambda _m: None)
     db_p = check_sqlite_file(db, "live database")
@@ -140,8 +141,9 @@ def rehearse(
             _keep_mtime(src, dst)  # the pipeline's "backup newer than the DB?" check must see the real times
         backup_ref = consistent_copy(backup_copy, scratch / "reference" / backup_p.name, "backup")
         try:
-            res = rollback(db_copy, backup_copy, run_dir, since, uploads_copy, mapping, alembic_ini,
-                           confirm=None, progress=lambda m: say(f"rehearsal: {m}"))
+            with protecting(db_p, backup_p):  # the app's migration code must not reach the real files either
+                res = rollback(db_copy, backup_copy, run_dir, since, uploads_copy, mapping, alembic_ini,
+                               confirm=None, progress=lambda m: say(f"rehearsal: {m}"))
         except RecoveryError as err:  # the real run would stop here too: that is the finding
             result = Rehearsal(False, run_dir, [f"the rollback stops: {err.one_line()}"])
         else:

@@ -157,6 +157,7 @@ def write_run_files(run_dir: Path, outcome: Outcome, bundle: Bundle, extra: dict
     report = {"format": FORMAT, "bundle": {"path": str(bundle.path), "id": bundle.bundle_id, "counts": bundle.counts},
               "summary": summary(outcome, bundle, section), "outcome": outcome.to_dict(), **(extra or {}),
               "report": section}
+    report["migration_notes"] = (bundle.manifest.get("lineage") or {}).get("notes") or []  # e.g. a failed downgrade
     paths = {n: run_dir / n for n in RUN_FILES}
     _atomic_write_json(paths["report.json"], report)
     del report

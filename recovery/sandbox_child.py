@@ -246,6 +246,7 @@ def _run_migrate(req: dict[str, Any], init: dict[str, Any], captured: list[str],
                 conn.exec_driver_sql("PRAGMA journal_mode=MEMORY")
             conn.commit()
             cfg.attributes["connection"] = conn
+            _allow_branching(conn)
             getattr(command, direction)(cfg, req["target"])
             conn.commit()
     finally:
@@ -253,6 +254,40 @@ def _run_migrate(req: dict[str, Any], init: dict[str, Any], captured: list[str],
             e.dispose()  # every connection closed: the parent may move the scratch file
         engines.clear()
     return [s for s in captured if not is_bookkeeping_sql(s)]
+
+
+def _find_library_without_programs() -> None:
+    """``ctypes.util.find_library`` starts ``ldconfig``, ``gcc`` and ``ld`` to find a shared library
+    (JupyterHub's PAM module does it on import). The guard refuses every program, so look in the
+    usual library folders instead: same answer for an installed library, no program started."""
+    import ctypes.util
+    import glob
+
+    folders = ("/lib", "/usr/lib", "/lib64", "/usr/lib64", "/usr/local/lib",
+               *glob.glob("/lib/*-linux-gnu"), *glob.glob("/usr/lib/*-linux-gnu"))
+
+    def find_library(name: str) -> str | None:
+        for folder in folders:
+            hits = sorted(glob.glob(os.path.join(glob.escape(folder), f"lib{glob.escape(name)}.so*")))
+            if hits:
+                return os.path.basename(hits[0])
+        return None
+
+    ctypes.util.find_library = find_library
+
+
+def _allow_branching(conn: Any) -> None:
+    """Many env.py files written for SQLAlchemy 1.x (JupyterHub's among them) take the passed
+    connection as a "connectable" and call ``connectable.connect()`` — a branch of the same
+    connection in 1.x, an AttributeError in 2.x. Give the passed connection that 1.x behaviour:
+    ``connect()`` hands back the same connection, and leaving its ``with`` block closes nothing."""
+    import contextlib
+
+    if not hasattr(conn, "connect"):
+        try:
+            conn.connect = lambda: contextlib.nullcontext(conn)
+        except AttributeError:  # a connection class with slots: such an env.py fails as before
+            pass
 
 
 def _answer(fd: int, payload: dict[str, Any]) -> None:
@@ -295,6 +330,7 @@ def main(argv: list[str]) -> int:
     guard = Guard(init["scratch"], init["protected"])
     sys.addaudithook(guard.hook)  # first: nothing of the application has been imported yet
     guard.patch_sqlite3()
+    _find_library_without_programs()
     sys.path[:] = [p for p in init["sys_path"] if p]
     engines: list[Any] = []
     guard.patch_sqlalchemy(engines)

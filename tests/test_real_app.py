@@ -121,6 +121,12 @@ def test_jupyterhub_rolls_back_with_its_own_migrations(hub: dict[str, Path]) -> 
     assert _rows(db, "PRAGMA foreign_key_check") == []
     assert _rows(db, "PRAGMA integrity_check") == [("ok",)]
 
+    # its migrations ran in the sandbox, every revision: its env.py calls `connection.connect()`
+    # (SQLAlchemy 1.x branching) and its PAM module starts ldconfig on import
+    lineage = json.loads((run / "bundle" / "manifest.json").read_text(encoding="utf-8"))["lineage"]
+    assert lineage["failed"] == [], lineage["failed"]
+    assert "refused" not in res.stderr
+
     report = json.loads((run / "report.json").read_text(encoding="utf-8"))
     lost = (run / "lost_values.csv").read_text(encoding="utf-8")
     assert "user35" in lost or '"team"' in lost  # the value the old schema has no place for is listed

@@ -9,6 +9,8 @@ from typing import IO, Any
 from rich.console import Console
 from rich.table import Table as RichTable
 
+from recovery.escape import csv_safe_row
+
 _consoles: dict[bool, Console] = {}
 
 
@@ -25,19 +27,22 @@ def has_bare_cr(cells: Iterable[Any]) -> bool:
 
 
 def write_csv(out: IO[str], rows: Iterable[dict[str, Any]], fields: list[str] | None = None) -> None:
+    """The ``--csv`` output of a command: one row per dict, every cell through
+    :func:`recovery.escape.csv_safe` (no spreadsheet formulas from the data)."""
     rows = iter(rows)
     first = next(rows, None)
     if fields is None:
         fields = list(first) if first else []
-    writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
+    writer = csv.writer(out, lineterminator="\n")
     quoted = None
-    writer.writeheader()
+    writer.writerow(csv_safe_row(fields))
     for r in itertools.chain([first] if first is not None else [], rows):
-        if has_bare_cr(r.values()):
-            quoted = quoted or csv.DictWriter(out, fieldnames=fields, lineterminator="\n", quoting=csv.QUOTE_ALL)
-            quoted.writerow(r)
+        cells = csv_safe_row(r.get(f) for f in fields)
+        if has_bare_cr(cells):
+            quoted = quoted or csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_ALL)
+            quoted.writerow(cells)
         else:
-            writer.writerow(r)
+            writer.writerow(cells)
 
 
 def render_snapshot(snap: Any) -> None:

@@ -3,7 +3,8 @@
 DataFrame: pandas hands object cells to the same csv writer (``QUOTE_MINIMAL``, ``"`` doubled,
 ``os.linesep``), after making NULL/NaN an empty cell; :func:`recovery.lost.csv_cell` does the rest
 of ``lost.cell`` (bytes as 0x-hex, lists and dicts as JSON, one-column keys unwrapped).
-``tests/test_report.py`` compares the two on awkward values.
+``tests/test_report.py`` compares the two on awkward values. Every cell then goes through
+:func:`recovery.escape.csv_safe` (a leading ``'`` for text a spreadsheet would run as a formula).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from itertools import islice
 from typing import IO, Any
 
+from recovery.escape import csv_safe_row
 from recovery.lost import csv_cell
 from recovery.render import has_bare_cr
 
@@ -25,15 +27,16 @@ def writer(fh: IO[str], quoting: int = csv.QUOTE_MINIMAL) -> Any:
 
 
 def write_rows(fh: IO[str], columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    """``columns`` then ``rows`` — tuples whose cells are already CSV cells (None = empty).
+    """``columns`` then ``rows`` — tuples whose cells are already CSV cells (None = empty), each
+    through :func:`recovery.escape.csv_safe` here (no spreadsheet formulas from the data).
 
     Python 3.11's ``QUOTE_MINIMAL`` leaves a bare carriage return unquoted when the line ends in
     ``\n`` (pandas too), and a CSV reader then splits the row there: a row with ``\r`` in a cell
     is written with every cell quoted instead (the only difference from pandas' bytes)."""
     w = writer(fh)
-    w.writerow(columns)
+    w.writerow(csv_safe_row(columns))
     quoted = None
-    it = iter(rows)
+    it = map(csv_safe_row, rows)
     while chunk := list(islice(it, CHUNK)):
         if not any(map(has_bare_cr, chunk)):
             w.writerows(chunk)

@@ -51,6 +51,13 @@ def cut(v: Any, limit: int = SHOW_LIMIT) -> Any:
     return v
 
 
+def short_repr(v: Any) -> str:
+    """``repr`` of a value cut to :data:`SHOW_LIMIT` characters (bytes to as many bytes)."""
+    if isinstance(v, (bytes, bytearray)) and len(v) > SHOW_LIMIT:
+        return repr(bytes(v[:SHOW_LIMIT])) + "…"
+    return cut(repr(cut(v)), SHOW_LIMIT + 2)
+
+
 # C0 controls, DEL, C1 controls, and the Unicode format characters that reorder or hide text
 # (bidi embeddings/overrides/isolates, marks, zero-width joiners, line/paragraph separators).
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
@@ -88,7 +95,8 @@ def term_markup(v: Any, limit: int | None = SHOW_LIMIT) -> str:
 # markup: code, emphasis, links and images (``[``), autolinks and HTML (``<``), entities (``&``),
 # GFM tables and strikethrough, math (``$``). Block markup (``#``, ``-``, ``1.``) needs a line start,
 # which a value never gets (line breaks become spaces; every value follows a marker or a ``|``).
-_MD = re.compile(r"([\\`*_\[\]<>|~&$])")
+# ``_`` between two letters or digits (``production_records``) cannot start emphasis: left alone.
+_MD = re.compile(r"([\\`*\[\]<>|~&$]|(?<![^\W_])_|_(?![^\W_]))")
 _BARE_LINK = re.compile(r"(?i)(?<![\w\\])(?:[a-z][a-z0-9+.-]*:(?=//)|www\.)")
 _LINE_BREAKS = re.compile(r"[\r\n\u2028\u2029\x0b\x0c\x85]+")
 

@@ -41,7 +41,7 @@ from sqlglot import exp
 from recovery import lost
 from recovery.bundle import LOST_TABLE, Bundle, open_bundle, write_json_atomic
 from recovery.errors import ExitCode, RecoveryError
-from recovery.escape import md_text, short_repr, term_markup, term_text
+from recovery.escape import SHOW_LIMIT, md_text, short_repr, term_markup, term_text
 from recovery.extract import key_json
 from recovery.lost import count_by, has_lost, iter_lost, open_ro, stream_file
 from recovery.schema import alembic_revision
@@ -86,10 +86,11 @@ class Rehearsal:
         return self.losses_total > len(self.losses)
 
     def iter_losses(self) -> Iterator[dict[str, Any]]:
-        """Every lost value in the order of ``losses``: the sample when it is complete, else
-        streamed from the run's bundle (``bundle/rows.db``, ``_recovery_lost``)."""
+        """Every lost value in the order of ``losses``, exact: streamed from the run's bundle
+        (``bundle/rows.db``, ``_recovery_lost``); ``losses`` (values cut for showing) only when
+        that is gone."""
         rows_db = self.run_dir / "bundle" / "rows.db"
-        if self.losses_truncated and rows_db.is_file():
+        if self.losses_total and rows_db.is_file():
             return stream_file(rows_db)
         return iter(self.losses)
 
@@ -202,7 +203,7 @@ def _load_losses(result: Rehearsal, rows_db: Path, limit: int) -> None:
     try:
         if not has_lost(conn):
             return
-        result.losses = list(iter_lost(conn, limit=limit))
+        result.losses = list(iter_lost(conn, limit=limit, cut=SHOW_LIMIT))
         for name, reason, n in count_by(conn, "table", "reason"):
             result.losses_by_table[name] = result.losses_by_table.get(name, 0) + n
             result.losses_by_reason[reason] = result.losses_by_reason.get(reason, 0) + n

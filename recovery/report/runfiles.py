@@ -130,9 +130,10 @@ def stream_csv_rows(path: Path) -> _CsvRows:
 
 
 def _all_lost(outcome: Outcome, bundle: Bundle) -> Iterator[Any]:
-    """Every lost value in ``Outcome.lost``'s order: the outcome's own list when it is complete,
-    else streamed from the bundle's rows.db (``_recovery_lost``), which the outcome was loaded from."""
-    if outcome.lost_truncated and _bundle_has_lost(bundle.rows_db):
+    """Every lost value in ``Outcome.lost``'s order, exact: streamed from the bundle's rows.db
+    (``_recovery_lost``), which the outcome's sample (values cut for showing) was loaded from; the
+    outcome's own list only for a bundle without that table."""
+    if _bundle_has_lost(bundle.rows_db):
         return stream_csv_rows(bundle.rows_db)
     return outcome.iter_lost()
 

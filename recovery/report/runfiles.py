@@ -243,7 +243,8 @@ def _lost_csv_text(folder: Path, document: dict[str, Any], source: str) -> str:
     """The complete lost-values CSV: a run folder's lost_values.csv, else streamed from the
     bundle's rows.db; report.json alone holds only the first 1,000 (a note on stderr says so)."""
     if source == "run" and (folder / "lost_values.csv").is_file():
-        return (folder / "lost_values.csv").read_text(encoding="utf-8")
+        with (folder / "lost_values.csv").open(encoding="utf-8", newline="") as fh:  # a \r in a cell stays one
+            return fh.read()
     rows_db = Path((document.get("bundle") or {}).get("path") or folder) / "rows.db"
     for candidate in ([folder / "rows.db", folder / "bundle" / "rows.db", rows_db]):
         if _bundle_has_lost(candidate):

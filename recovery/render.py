@@ -24,7 +24,8 @@ _consoles: dict[bool, Console] = {}
 
 def console(stderr: bool = False) -> Console:
     if stderr not in _consoles:
-        _consoles[stderr] = Console(stderr=stderr, highlight=False, soft_wrap=False)
+        # no emoji codes either: ``:warning:`` in a value stays those nine characters
+        _consoles[stderr] = Console(stderr=stderr, highlight=False, soft_wrap=False, emoji=False)
     return _consoles[stderr]
 
 

@@ -20,7 +20,7 @@ from recovery import __version__
 from recovery.errors import ExitCode, RecoveryError
 from recovery.escape import term_markup, term_text
 from recovery.render import (console, render_diff, render_extract, render_outcome, render_plan, render_snapshot,
-                             write_csv)
+                             stdout_text, write_csv)
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 done, nothing to review; 1 done, something to review; "
@@ -58,7 +58,7 @@ def output_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def emit_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+    click.echo(stdout_text(json.dumps(data, indent=2, ensure_ascii=False, default=str), json_text=True))
 
 
 @click.group(cls=RecoveryGroup, epilog=EXIT_CODES_HELP)
@@ -380,7 +380,7 @@ def report_cmd(folder: Path, fmt: str, out: Path | None) -> None:
 
     res = report(folder, fmt, out)
     if res.path is None:
-        click.echo(res.text, nl=False)
+        click.echo(stdout_text(res.text, json_text=fmt == "json"), nl=False)
     else:
         h = res.headline
         console(stderr=True).print(f"{h['verdict']}: {h['carried']} of {h['records_total']} records carried, "

@@ -78,6 +78,16 @@ def plain(v: Any, limit: int | None = SHOW_LIMIT) -> str:
     return _CONTROL.sub(_escaped, s)
 
 
+# inside a JSON text these can only be in strings (json.dumps escapes C0 itself): \u escapes keep it JSON
+_JSON_CONTROL = re.compile("[\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
+
+
+def json_for_terminal(text: str) -> str:
+    """JSON text (``json.dumps(..., ensure_ascii=False)``) with the control and bidi characters
+    that json leaves raw written as ``\\u`` escapes — the same JSON, safe to print on a terminal."""
+    return _JSON_CONTROL.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
 def term_text(v: Any, limit: int | None = SHOW_LIMIT) -> Any:
     """A rich ``Text`` of :func:`plain` — never parsed as markup (for table cells and prints)."""
     from rich.text import Text

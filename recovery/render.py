@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import csv
 import itertools
+import sys
 from collections.abc import Iterable
 from typing import IO, Any
 
 from rich.console import Console
 from rich.table import Table as RichTable
 
-from recovery.escape import csv_safe_row, short_repr, term_markup, term_text
+from recovery.escape import csv_safe_row, json_for_terminal, plain, short_repr, term_markup, term_text
 
 T = term_text
 M = term_markup
@@ -44,14 +45,34 @@ def write_csv(out: IO[str], rows: Iterable[dict[str, Any]], fields: list[str] | 
         fields = list(first) if first else []
     writer = csv.writer(out, lineterminator="\n")
     quoted = None
+    shown = _isatty(out)  # read by a person: control characters shown escaped, as everywhere on a terminal
     writer.writerow(csv_safe_row(fields))
     for r in itertools.chain([first] if first is not None else [], rows):
         cells = csv_safe_row(r.get(f) for f in fields)
+        if shown:
+            cells = tuple(plain(c, None) if isinstance(c, str) else c for c in cells)
         if has_bare_cr(cells):
             quoted = quoted or csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_ALL)
             quoted.writerow(cells)
         else:
             writer.writerow(cells)
+
+
+def _isatty(out: Any) -> bool:
+    try:
+        return bool(out.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def stdout_text(text: str, json_text: bool = False) -> str:
+    """``text`` for stdout: unchanged into a pipe or file; on a terminal with control characters
+    escaped (JSON keeps valid ``\\u`` escapes, Markdown/CSV text shows ``\\x1b``)."""
+    if not _isatty(sys.stdout):
+        return text
+    if json_text:
+        return json_for_terminal(text)
+    return "\n".join(plain(line, None) for line in text.split("\n"))
 
 
 def render_snapshot(snap: Any) -> None:

@@ -393,3 +393,44 @@ def test_a_10mb_value_rolls_back_in_bounded_memory(world: Path, tmp_path: Path) 
     for name in ("report.json", "report.md", "report.html"):
         assert (run_dir / name).stat().st_size < 1_000_000, name
     assert "\x1b" not in read(run_dir / "report.md")
+
+
+def run_tty(*args: Any) -> tuple[int, str]:
+    """``recovery ARGS`` with stdout on a pseudo-terminal (a person reading it); stderr discarded."""
+    import pty
+
+    master, slave = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "NO_COLOR")}
+    proc = subprocess.Popen([sys.executable, "-m", "recovery", *map(str, args)], stdout=slave,
+                            stderr=subprocess.DEVNULL, env=dict(env, COLUMNS="200"))
+    os.close(slave)
+    out = bytearray()
+    while True:
+        try:
+            chunk = os.read(master, 1 << 16)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    return proc.wait(timeout=300), out.decode("utf-8", "surrogateescape").replace("\r\n", "\n")
+
+
+def test_csv_and_json_on_a_terminal_escape_control_characters(hostile: dict[str, Any]) -> None:
+    """``--csv`` / ``--json`` / ``report --format`` printed to a terminal: no control character
+    from the data reaches it raw (into a pipe they stay exact: the tests above)."""
+    code, out = run_tty("report", hostile["run"], "--format", "json")
+    assert code == 1
+    assert_plain_terminal(out)
+    doc = json.loads(out)  # still JSON, with the exact values
+    assert set(VALUES) <= {x["value"] for x in doc["report"]["lost"]}
+    code, out = run_tty("report", hostile["run"], "--format", "csv")
+    assert code == 1
+    assert_plain_terminal(out)
+    assert "'\\x09=1" in out and "\\x1b]8;;http://evil.example" in out
+    code, out = run_tty("diff", hostile["backup"], hostile["live"], "--csv")
+    assert code == 1
+    assert_plain_terminal(out)
+    code, out = run_tty("report", hostile["run"], "--format", "md")
+    assert_plain_terminal(out)

@@ -40,7 +40,8 @@ def render_markdown(report: dict[str, Any]) -> str:
            f"- Records changed after the deploy: **{h['records_changed']}**",
            f"- {'Would be carried back' if ahead else 'Carried back'}: **{h['carried']}**",
            f"- Not carried back: **{h['not_carried']}**"]
-    out += [f"  - {r['records']} in {md_text(', '.join(r['tables']))}: {md_text(r['reason'])}" for r in h["not_carried_reasons"]]
+    out += [f"  - {r['records']} in {md_text(', '.join(r['tables']), None)}: {md_text(r['reason'])}"
+            for r in h["not_carried_reasons"]]
     out += [f"- Lost values: **{h['lost_values']}** (in {h['records_with_lost_values']} record(s))"]
     out += [f"  - {n}: {md_text(reason)}" for reason, n in h.get("lost_reasons", {}).items()]
     out += [f"- Conflicts: **{h['conflicts']}**", f"- Files affected: **{h['files_affected']}**",

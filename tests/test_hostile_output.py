@@ -307,6 +307,44 @@ def assert_markdown_inert(md: str, where: str) -> list[int]:
     return p.rows
 
 
+class _Cell(HTMLParser):
+    """The text and the elements inside the first table cell of rendered Markdown."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.text: list[str] = []
+        self.tags: list[str] = []
+        self.inside = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "td":
+            self.inside = True
+        elif self.inside:
+            self.tags.append(tag)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "td":
+            self.inside = False
+
+    def handle_data(self, data: str) -> None:
+        if self.inside:
+            self.text.append(data)
+
+
+MD_PIECES = [*"ab1 .:/@!#()[]{}<>*_`~|&;\\$%^+-=\"'é", "http://", "www.", "&amp;", "&#x41;", "<b>", "](", "!["]
+
+
+@settings(max_examples=300, deadline=None)
+@given(v=st.lists(st.sampled_from(MD_PIECES), max_size=20).map("".join))
+def test_md_text_renders_as_itself(v: str) -> None:
+    """Any text in a table cell: CommonMark renders exactly that text, and no element."""
+    from markdown_it import MarkdownIt
+
+    p = _Cell()
+    p.feed(MarkdownIt("commonmark").enable(["table", "strikethrough"]).render(f"| h |\n|---|\n| {md_text(v)} |\n"))
+    assert p.tags == [] and "".join(p.text) == v.strip(" "), md_text(v)
+
+
 def test_report_md_renders_values_as_text(hostile: dict[str, Any]) -> None:
     md = read(hostile["run"] / "report.md")
     rows = assert_markdown_inert(md, "report.md")

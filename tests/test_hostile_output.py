@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from recovery.escape import SHOW_LIMIT, csv_safe, md_text, plain
@@ -184,6 +184,7 @@ CELLS = st.one_of(st.none(), st.integers(), st.floats(allow_nan=False), st.binar
 
 @settings(max_examples=120, deadline=None)
 @given(rows=st.lists(st.tuples(CELLS, CELLS, CELLS), max_size=12), big=st.integers(min_value=1, max_value=12))
+@example(rows=[(None, "1", "\n")], big=1)  # a short cell of a long row: quoted for its "\n" too
 def test_long_rows_are_written_in_pieces_with_the_same_bytes(rows: list[tuple[Any, ...]], big: int) -> None:
     """A row longer than BIG_CELL goes out cell by cell, long cells in pieces: the same bytes as
     the csv module writing the whole row (with the same \\r rule and formula quotes)."""

@@ -79,8 +79,8 @@ _SPECIAL = (",", '"', "\n", "\r")
 def _cell_text(v: Any, quote_all: bool) -> str:
     """One cell exactly as the csv module writes it inside a row (``QUOTE_MINIMAL`` or ``QUOTE_ALL``)."""
     buf = io.StringIO(newline="")
-    csv.writer(buf, lineterminator="", quoting=csv.QUOTE_ALL if quote_all else csv.QUOTE_MINIMAL).writerow([v, 0])
-    return buf.getvalue()[: -len(',"0"' if quote_all else ",0")]
+    writer(buf, csv.QUOTE_ALL if quote_all else csv.QUOTE_MINIMAL).writerow([v, 0])  # the line end decides quoting too
+    return buf.getvalue()[: -len((',"0"' if quote_all else ",0") + os.linesep)]
 
 
 def _write_long_row(fh: IO[str], row: Sequence[Any], quote_all: bool) -> None:

@@ -18,8 +18,9 @@ import click
 
 from recovery import __version__
 from recovery.errors import ExitCode, RecoveryError
+from recovery.escape import term_markup, term_text
 from recovery.render import (console, render_diff, render_extract, render_outcome, render_plan, render_snapshot,
-                             write_csv)
+                             stdout_text, write_csv)
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 done, nothing to review; 1 done, something to review; "
@@ -57,7 +58,7 @@ def output_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def emit_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+    click.echo(stdout_text(json.dumps(data, indent=2, ensure_ascii=False, default=str), json_text=True))
 
 
 @click.group(cls=RecoveryGroup, epilog=EXIT_CODES_HELP)
@@ -316,7 +317,7 @@ def rollback_cmd(db: Path, backup: Path, out_dir: Path | None, since: str | None
 
     res = rollback(db, backup, out_dir, since, uploads, mapping, alembic_ini, ConflictPolicy(on_conflict),
                    apply_deletes, dry_run, force, Prefer(prefer), confirm=confirm,
-                   progress=lambda m: err.print(f"· {m}"), downgrade_to=downgrade_to)
+                   progress=lambda m: err.print(term_text(f"· {m}", None)), downgrade_to=downgrade_to)
     render_outcome(res)
     _print_next_steps(res, backup)
     sys.exit(ExitCode.FAILED if res.outcome and res.outcome.aborted else res.exit_code)
@@ -364,7 +365,7 @@ def demo_cmd(out_dir: Path | None, parts: int, seed: int) -> None:
         res = rollback(folder / "gestima.db", backup, out=folder / "run", uploads=folder / "uploads",
                        alembic_ini=app_dir() / "alembic.ini", on_conflict=ConflictPolicy.REMAP,
                        prefer=Prefer.DB, confirm=lambda plan: (render_plan(plan), True)[1],
-                       progress=lambda m: err.print(f"· {m}"))
+                       progress=lambda m: err.print(term_text(f"· {m}", None)))
     render_outcome(res)
     # The sample world is built to lose values (new-only columns and tables): that is the point of
     # the demo, not a failure. It succeeds when the rolled-back database verifies.
@@ -458,7 +459,7 @@ def relink_cmd(bundle_dir: Path, db: Path, uploads: Path, files_table: str | Non
                 or "no files recorded by the bundle")
         for name in ("missing", "unsafe", "kept_both", "hash_mismatch", "links_unresolved"):
             for e in result[name][:20]:
-                c.print(f"  [yellow]{name}[/] {e.get('record_key')} {e.get('path') or e.get('reason')}")
+                c.print(f"  [yellow]{name}[/] {term_markup(e.get('record_key'))} {term_markup(e.get('path') or e.get('reason'))}")
     sys.exit(ExitCode.REVIEW if result["missing"] or result["unsafe"] else ExitCode.OK)
 
 
@@ -484,12 +485,12 @@ def report_cmd(folder: Path, fmt: str, out: Path | None) -> None:
 
     res = report(folder, fmt, out)
     if res.path is None:
-        click.echo(res.text, nl=False)
+        click.echo(stdout_text(res.text, json_text=fmt == "json"), nl=False)
     else:
         h = res.headline
         console(stderr=True).print(f"{h['verdict']}: {h['carried']} of {h['records_total']} records carried, "
                                    f"{h['lost_values']} lost value(s), {h['conflicts']} conflict(s). "
-                                   f"Report: [bold]{res.path}[/]")
+                                   f"Report: [bold]{term_markup(res.path, None)}[/]")
     sys.exit(ExitCode.REVIEW if res.headline["verdict"] != "all recovered" else ExitCode.OK)
 
 
@@ -555,7 +556,7 @@ def rehearse_cmd(db: Path, backup: Path, alembic_ini: Path | None, out_dir: Path
     from recovery.rehearse import rehearse, render_rehearsal
 
     err = console(stderr=True)
-    result = rehearse(db, backup, alembic_ini, out_dir, uploads, mapping, since, progress=lambda m: err.print(f"· {m}"))
+    result = rehearse(db, backup, alembic_ini, out_dir, uploads, mapping, since, progress=lambda m: err.print(term_text(f"· {m}", None)))
     if fmt == "json":
         emit_json(result.to_dict())
     elif fmt == "csv":

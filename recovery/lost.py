@@ -24,6 +24,7 @@ from typing import Any
 from sqlglot import exp
 
 from recovery.bundle import LOST_TABLE
+from recovery.escape import ELLIPSIS, SHOW_LIMIT
 from recovery.sqlbuild import col, sql, table
 
 SAMPLE_LIMIT = 1000
@@ -68,6 +69,34 @@ class LostValues(list):  # type: ignore[type-arg]
         return self.total > len(self)
 
 
+def _shown(e: exp.Expression, limit: int) -> exp.Expression:
+    """``e`` cut inside SQLite to ``limit + 1`` characters (a blob to ``limit // 2 + 1`` bytes, its
+    hex then fits ``limit``), so a huge value never reaches Python whole; :func:`as_dict` sees the
+    extra character and marks the value as cut."""
+    typeof = _fn("typeof", e.copy())
+    n = exp.Literal.number
+    return exp.Case(ifs=[
+        exp.If(this=exp.EQ(this=typeof, expression=exp.Literal.string("text")),
+               true=_fn("substr", e.copy(), n(1), n(limit + 1))),
+        exp.If(this=exp.EQ(this=typeof.copy(), expression=exp.Literal.string("blob")),
+               true=_fn("substr", e.copy(), n(1), n(limit // 2 + 1)))], default=e.copy())
+
+
+def _size(e: exp.Expression) -> exp.Expression:
+    """The stored size of ``e`` in bytes (UTF-8 for text), without copying it to Python."""
+    return _fn("length", exp.Cast(this=e.copy(), to=exp.DataType.build("BLOB")))
+
+
+def cut_value(v: Any, limit: int) -> tuple[Any, bool]:
+    """(shown value, whether it was cut): text to ``limit`` characters + ``…``; a blob to its
+    ``0x`` hex of ``limit // 2`` bytes + ``…`` (text: bytes cannot carry the mark)."""
+    if isinstance(v, str) and len(v) > limit:
+        return v[:limit] + ELLIPSIS, True
+    if isinstance(v, bytes) and len(v) > limit // 2:
+        return "0x" + v[: limit // 2].hex() + ELLIPSIS, True
+    return v, False
+
+
 def parse_key(key: Any) -> list[Any]:
     try:
         k = json.loads(key) if isinstance(key, str) else key
@@ -76,9 +105,19 @@ def parse_key(key: Any) -> list[Any]:
     return list(k) if isinstance(k, (list, tuple)) else [k]
 
 
-def as_dict(rec: tuple[Any, ...]) -> dict[str, Any]:
-    table, key, label, column, value, reason = rec
-    return {"table": table, "key": parse_key(key), "label": label, "column": column, "value": value, "reason": reason}
+def as_dict(rec: tuple[Any, ...], cut: int | None = None) -> dict[str, Any]:
+    """A ``_recovery_lost`` row as a dict; a row of :func:`iter_rows` with ``cut`` (one more
+    column, the value's size) has label and value cut, and ``value_size`` (bytes) when the value is."""
+    if cut is None:
+        table, key, label, column, value, reason = rec[:6]
+        return {"table": table, "key": parse_key(key), "label": label, "column": column, "value": value, "reason": reason}
+    table, key, label, column, value, reason, size = rec
+    label, _ = cut_value(label, cut)
+    value, was_cut = cut_value(value, cut)
+    d = {"table": table, "key": parse_key(key), "label": label, "column": column, "value": value, "reason": reason}
+    if was_cut:
+        d["value_size"] = size
+    return d
 
 
 def lost_table(schema: str = "main", alias: str | None = None) -> exp.Table:
@@ -108,17 +147,24 @@ def _fetch(conn: sqlite3.Connection, q: exp.Expression, batch: int = BATCH) -> I
 
 
 def iter_rows(conn: sqlite3.Connection, schema: str = "main", order: Sequence[exp.Expression] = TEXT_ORDER,
-              limit: int | None = None, batch: int = BATCH) -> Iterator[tuple[Any, ...]]:
-    """``_recovery_lost`` as (table, key, label, column, value, reason) tuples, fetched in batches."""
+              limit: int | None = None, batch: int = BATCH, cut: int | None = None) -> Iterator[tuple[Any, ...]]:
+    """``_recovery_lost`` as (table, key, label, column, value, reason) tuples, fetched in batches.
+    ``cut``: label and value cut inside SQLite (see :func:`_shown`) and the value's size in bytes
+    appended — for lists that are shown, never for the CSV."""
     if not has_lost(conn, schema):
         return
-    yield from _fetch(conn, _select([col(c) for c in COLUMNS], schema, order, limit), batch)
+    columns: list[exp.Expression] = [col(c) for c in COLUMNS]
+    if cut is not None:
+        columns[2], columns[4] = _shown(col("label"), cut), _shown(col("value"), cut)
+        columns.append(_size(col("value")))
+    yield from _fetch(conn, _select(columns, schema, order, limit), batch)
 
 
 def iter_lost(conn: sqlite3.Connection, schema: str = "main", order: Sequence[exp.Expression] = TEXT_ORDER,
-              limit: int | None = None) -> Iterator[dict[str, Any]]:
-    for rec in iter_rows(conn, schema, order, limit):
-        yield as_dict(rec)
+              limit: int | None = None, cut: int | None = None) -> Iterator[dict[str, Any]]:
+    """Lost values as dicts — exact, or with ``cut`` as :func:`as_dict` shows them."""
+    for rec in iter_rows(conn, schema, order, limit, cut=cut):
+        yield as_dict(rec, cut)
 
 
 def count_by(conn: sqlite3.Connection, first: str, second: str, schema: str = "main") -> list[tuple[Any, Any, int]]:
@@ -140,12 +186,15 @@ def counts(conn: sqlite3.Connection, schema: str = "main") -> dict[str, dict[str
 
 
 def load(conn: sqlite3.Connection, schema: str = "main", source: str | None = None,
-         limit: int = SAMPLE_LIMIT) -> LostValues:
-    """The sample (first ``limit`` by table, key, column), exact counts, and where the rest is."""
+         limit: int = SAMPLE_LIMIT, cut: int | None = SHOW_LIMIT) -> LostValues:
+    """The sample (first ``limit`` by table, key, column), exact counts, and where the rest is.
+    The sample is for showing: labels and values are cut to ``cut`` characters inside SQLite
+    (``value_size`` says a value was), so memory stays bounded whatever the values' sizes; the
+    exact values are only ever streamed (:func:`stream_file`, :func:`csv_rows`)."""
     if source is None:
         source = next((r[2] for r in conn.execute("PRAGMA database_list") if r[1] == schema), None) or None
     c = counts(conn, schema)
-    return LostValues(iter_lost(conn, schema, TEXT_ORDER, limit), sum(n for cols in c.values() for n in cols.values()),
+    return LostValues(iter_lost(conn, schema, TEXT_ORDER, limit, cut), sum(n for cols in c.values() for n in cols.values()),
                       c, source)
 
 

@@ -41,6 +41,7 @@ from sqlglot import exp
 from recovery import lost
 from recovery.bundle import LOST_TABLE, Bundle, open_bundle, write_json_atomic
 from recovery.errors import ExitCode, RecoveryError
+from recovery.escape import SHOW_LIMIT, md_text, short_repr, term_markup, term_text
 from recovery.extract import key_json
 from recovery.lost import count_by, has_lost, iter_lost, open_ro, stream_file
 from recovery.schema import alembic_revision
@@ -85,10 +86,11 @@ class Rehearsal:
         return self.losses_total > len(self.losses)
 
     def iter_losses(self) -> Iterator[dict[str, Any]]:
-        """Every lost value in the order of ``losses``: the sample when it is complete, else
-        streamed from the run's bundle (``bundle/rows.db``, ``_recovery_lost``)."""
+        """Every lost value in the order of ``losses``, exact: streamed from the run's bundle
+        (``bundle/rows.db``, ``_recovery_lost``); ``losses`` (values cut for showing) only when
+        that is gone."""
         rows_db = self.run_dir / "bundle" / "rows.db"
-        if self.losses_truncated and rows_db.is_file():
+        if self.losses_total and rows_db.is_file():
             return stream_file(rows_db)
         return iter(self.losses)
 
@@ -203,7 +205,7 @@ def _load_losses(result: Rehearsal, rows_db: Path, limit: int) -> None:
     try:
         if not has_lost(conn):
             return
-        result.losses = list(iter_lost(conn, limit=limit))
+        result.losses = list(iter_lost(conn, limit=limit, cut=SHOW_LIMIT))
         for name, reason, n in count_by(conn, "table", "reason"):
             result.losses_by_table[name] = result.losses_by_table.get(name, 0) + n
             result.losses_by_reason[reason] = result.losses_by_reason.get(reason, 0) + n
@@ -401,24 +403,27 @@ def markdown(r: Rehearsal) -> str:
     lines = [f"# Rollback test: {'PASS' if r.passed else 'FAIL'}", "",
              "The whole rollback ran on scratch copies; the live files were only read.", ""]
     if r.reasons:
-        lines += ["## Why it failed", ""] + [f"- {x}" for x in r.reasons] + [""]
+        lines += ["## Why it failed", ""] + [f"- {md_text(x, None)}" for x in r.reasons] + [""]
     lines += [f"## Would-be losses ({r.losses_total:,})", ""]
     if r.losses_total:
-        lines += [f"- by table: {_by(r.losses_by_table)}", f"- by reason: {_by(r.losses_by_reason)}",
-                  f"- the complete list: {_where_all_are(r)}", ""]
+        lines += [f"- by table: {md_text(_by(r.losses_by_table), None)}",
+                  f"- by reason: {md_text(_by(r.losses_by_reason), None)}",
+                  f"- the complete list: {md_text(_where_all_are(r), None)}", ""]
         if r.losses_truncated:
             lines += [f"The first {len(r.losses):,} by table, key and column:", ""]
     if r.losses:
         lines += ["| table | key | column | value | reason |", "|---|---|---|---|---|"]
-        lines += [f"| {x['table']} | {x['key']} | {x['column']} | {x['value']!r} | {x.get('reason', '')} |" for x in r.losses]
+        lines += [f"| {md_text(x['table'])} | {md_text(json.dumps(x['key'], default=str, ensure_ascii=False))} | "
+                  f"{md_text(x['column'])} | {md_text(short_repr(x['value']))} | {md_text(x.get('reason', ''))} |"
+                  for x in r.losses]
     if r.losses_truncated:
         name = r.losses_file.name if r.losses_file else f"{LOST_TABLE} of bundle/rows.db"
-        lines += ["", f"… and {r.losses_total - len(r.losses):,} more in {name}"]
+        lines += ["", f"… and {r.losses_total - len(r.losses):,} more in {md_text(name)}"]
     if not r.losses_total:
         lines.append("None: every post-deploy value has a place in the old schema." if r.outcome is not None
                      else "Not known: the rollback stopped before the re-import.")
     if r.notes:
-        lines += ["", "## Notes", ""] + [f"- {n}" for n in r.notes]
+        lines += ["", "## Notes", ""] + [f"- {md_text(n, None)}" for n in r.notes]
     return "\n".join(lines) + "\n"
 
 
@@ -431,9 +436,9 @@ def render_rehearsal(r: Rehearsal, limit: int = TERMINAL_LIMIT) -> None:
 
     out = console()
     for reason in r.reasons:
-        out.print(f"[red]✗[/] {reason}")
+        out.print(f"[red]✗[/] {term_markup(reason, None)}")
     for n in r.notes:
-        out.print(f"[yellow]![/] {n}")
+        out.print(f"[yellow]![/] {term_markup(n, None)}")
     shown = r.losses[:limit]
     if shown:
         more = f", first {len(shown):,} shown" if r.losses_total > len(shown) else ""
@@ -441,12 +446,13 @@ def render_rehearsal(r: Rehearsal, limit: int = TERMINAL_LIMIT) -> None:
         for h in ("table", "key", "column", "value", "reason"):
             t.add_column(h, overflow="fold")
         for x in shown:
-            t.add_row(x["table"], json.dumps(x["key"], default=str), str(x["column"]), repr(x["value"]),
-                      str(x.get("reason", "")))
+            t.add_row(term_text(x["table"]), term_text(json.dumps(x["key"], default=str, ensure_ascii=False)),
+                      term_text(x["column"]), term_text(short_repr(x["value"])), term_text(x.get("reason", "")))
         out.print(t)
     if r.losses_total > len(shown):
-        out.print(f"… and {r.losses_total - len(shown):,} more would-be losses: {_where_all_are(r)}", soft_wrap=True)
+        out.print(term_text(f"… and {r.losses_total - len(shown):,} more would-be losses: {_where_all_are(r)}", None),
+                  soft_wrap=True)
     if r.losses_total:
-        out.print(f"would-be losses by table: {_by(r.losses_by_table)}", soft_wrap=True)
-    out.print(f"report: {r.run_dir}")
+        out.print(term_text(f"would-be losses by table: {_by(r.losses_by_table)}", None), soft_wrap=True)
+    out.print(term_text(f"report: {r.run_dir}", None))
     out.print("[bold green]Rollback test: PASS[/]" if r.passed else "[bold red]Rollback test: FAIL[/]")

@@ -1,20 +1,32 @@
-"""Terminal rendering (rich) and CSV output shared by the commands."""
+"""Terminal rendering (rich) and CSV output shared by the commands.
+
+Every value that comes from the data or the file system is shown as plain text: table cells are
+rich ``Text`` (:func:`recovery.escape.term_text`), values inside a markup string go through
+:func:`recovery.escape.term_markup` (markup escaped, control characters shown as ``\x1b``), and
+shown values are cut to :data:`recovery.escape.SHOW_LIMIT` characters."""
 from __future__ import annotations
 
 import csv
 import itertools
+import sys
 from collections.abc import Iterable
 from typing import IO, Any
 
 from rich.console import Console
 from rich.table import Table as RichTable
 
+from recovery.escape import csv_safe_row, json_for_terminal, plain, short_repr, term_markup, term_text
+
+T = term_text
+M = term_markup
+
 _consoles: dict[bool, Console] = {}
 
 
 def console(stderr: bool = False) -> Console:
     if stderr not in _consoles:
-        _consoles[stderr] = Console(stderr=stderr, highlight=False, soft_wrap=False)
+        # no emoji codes either: ``:warning:`` in a value stays those nine characters
+        _consoles[stderr] = Console(stderr=stderr, highlight=False, soft_wrap=False, emoji=False)
     return _consoles[stderr]
 
 
@@ -25,32 +37,55 @@ def has_bare_cr(cells: Iterable[Any]) -> bool:
 
 
 def write_csv(out: IO[str], rows: Iterable[dict[str, Any]], fields: list[str] | None = None) -> None:
+    """The ``--csv`` output of a command: one row per dict, every cell through
+    :func:`recovery.escape.csv_safe` (no spreadsheet formulas from the data)."""
     rows = iter(rows)
     first = next(rows, None)
     if fields is None:
         fields = list(first) if first else []
-    writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
+    writer = csv.writer(out, lineterminator="\n")
     quoted = None
-    writer.writeheader()
+    shown = _isatty(out)  # read by a person: control characters shown escaped, as everywhere on a terminal
+    writer.writerow(csv_safe_row(fields))
     for r in itertools.chain([first] if first is not None else [], rows):
-        if has_bare_cr(r.values()):
-            quoted = quoted or csv.DictWriter(out, fieldnames=fields, lineterminator="\n", quoting=csv.QUOTE_ALL)
-            quoted.writerow(r)
+        cells = csv_safe_row(r.get(f) for f in fields)
+        if shown:
+            cells = tuple(plain(c, None) if isinstance(c, str) else c for c in cells)
+        if has_bare_cr(cells):
+            quoted = quoted or csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_ALL)
+            quoted.writerow(cells)
         else:
-            writer.writerow(r)
+            writer.writerow(cells)
+
+
+def _isatty(out: Any) -> bool:
+    try:
+        return bool(out.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def stdout_text(text: str, json_text: bool = False) -> str:
+    """``text`` for stdout: unchanged into a pipe or file; on a terminal with control characters
+    escaped (JSON keeps valid ``\\u`` escapes, Markdown/CSV text shows ``\\x1b``)."""
+    if not _isatty(sys.stdout):
+        return text
+    if json_text:
+        return json_for_terminal(text)
+    return "\n".join(plain(line, None) for line in text.split("\n"))
 
 
 def render_snapshot(snap: Any) -> None:
     c = console()
     m = snap.manifest
-    c.print(f"[bold]backup[/]    {snap.backup}")
-    c.print(f"[bold]manifest[/]  {snap.manifest_path}")
+    c.print(f"[bold]backup[/]    {M(snap.backup, None)}")
+    c.print(f"[bold]manifest[/]  {M(snap.manifest_path, None)}")
     git = m.get("git") or {}
-    c.print(f"revision {m['alembic_revision'] or '-'} · integrity {m['integrity_check']} · "
-            f"{m['size']:,} bytes · git {git.get('tag') or git.get('commit') or '-'}")
+    c.print(f"revision {M(m['alembic_revision'] or '-')} · integrity {M(m['integrity_check'])} · "
+            f"{m['size']:,} bytes · git {M(git.get('tag') or git.get('commit') or '-')}")
     t = RichTable("table", "rows", title=None)
     for name, n in m["tables"].items():
-        t.add_row(name, f"{n:,}")
+        t.add_row(T(name), f"{n:,}")
     c.print(t)
     if m.get("uploads"):
         c.print(f"uploads: {len(m['uploads']['files'])} files recorded")
@@ -59,7 +94,7 @@ def render_snapshot(snap: Any) -> None:
 def render_diff(result: Any, rows: bool) -> None:
     c = console()
     s = result.schema
-    c.print(f"[bold]schema[/] {s.old_revision or '-'} → {s.new_revision or '-'}")
+    c.print(f"[bold]schema[/] {M(s.old_revision or '-')} → {M(s.new_revision or '-')}")
     lines = []
     lines += [f"+ table {t}" for t in s.tables_added]
     lines += [f"- table {t}" for t in s.tables_removed]
@@ -75,7 +110,7 @@ def render_diff(result: Any, rows: bool) -> None:
             mark = {"added": "+", "removed": "-", "changed": "~"}[change]
             lines += [f"{mark} {kind} {n}" for n in names]
     for line in lines or ["(no schema change)"]:
-        c.print(f"  {line}", markup=False)
+        c.print(T(f"  {line}", None))
     since = f" (after deploy {result.since})" if result.since else ""
     t = RichTable()
     # names fold instead of ending in an ellipsis, which could make two tables look alike
@@ -90,15 +125,15 @@ def render_diff(result: Any, rows: bool) -> None:
             note = (note + "; " if note else "") + "no primary key: keyed by all columns"
         if tc.uncompared_columns:
             note = (note + "; " if note else "") + "not compared: " + ", ".join(tc.uncompared_columns)
-        t.add_row(name, ",".join(tc.key), str(tc.inserted), str(tc.updated), str(tc.deleted), after, note)
+        t.add_row(T(name), T(",".join(tc.key)), str(tc.inserted), str(tc.updated), str(tc.deleted), after, T(note, None))
     c.print(t)
     if since:
-        c.print(f"deploy time: {result.since}")
+        c.print(T(f"deploy time: {result.since}"))
     if rows:
         for name, tc in sorted(result.changes.tables.items()):
             for r in tc.rows or ():
-                cells = ", ".join(f"{x.column}: {x.old!r} → {x.new!r}" for x in r.cells)
-                c.print(f"  {name} {r.kind} {list(r.key)} {cells}", markup=False)
+                cells = ", ".join(f"{x.column}: {short_repr(x.old)} → {short_repr(x.new)}" for x in r.cells)
+                c.print(T(f"  {name} {r.kind} {short_repr(list(r.key))} {cells}", None))
 
 
 def _after(tc: Any) -> str:
@@ -113,16 +148,17 @@ def _after(tc: Any) -> str:
 
 def render_extract(summary: dict[str, Any]) -> None:
     c = console()
-    c.print(f"[bold]bundle[/] {summary['bundle']} (id {summary['bundle_id']}, deploy {summary['deploy_time'] or '-'})")
+    c.print(f"[bold]bundle[/] {M(summary['bundle'], None)} (id {M(summary['bundle_id'])}, "
+            f"deploy {M(summary['deploy_time'] or '-')})")
     t = RichTable("table", "inserted", "updated", "deleted", "closure", "lost", "status")
     for name, n in summary["counts"].items():
-        t.add_row(name, *(str(n.get(k, 0)) for k in ("inserted", "updated", "deleted", "closure", "lost")), n["status"])
+        t.add_row(T(name), *(str(n.get(k, 0)) for k in ("inserted", "updated", "deleted", "closure", "lost")), T(n["status"]))
     c.print(t)
     for table, cols in summary["mapping_sources"].items():
         for column, source in cols.items():
-            c.print(f"  {table}.{column}: {source}", markup=False)
+            c.print(T(f"  {table}.{column}: {source}", None))
     for err in summary["planning_errors"]:
-        c.print(f"[red]planning error:[/] {err}")
+        c.print(f"[red]planning error:[/] {M(err)}")
     files = summary.get("files")
     if files:
         c.print(f"files: {len(files['records'])} referenced, {len(files['unrecorded'])} unrecorded, "
@@ -132,7 +168,8 @@ def render_extract(summary: dict[str, Any]) -> None:
 
 def render_plan(plan: dict[str, Any]) -> None:
     c = console(stderr=True)
-    c.print(f"[bold]rollback plan[/] {plan['from_revision']} → {plan['to_revision']} (deploy {plan['deploy_time'] or '-'})")
+    c.print(f"[bold]rollback plan[/] {M(plan['from_revision'])} → {M(plan['to_revision'])} "
+            f"(deploy {M(plan['deploy_time'] or '-')})")
     c.print(f"  carry back: {plan['inserted']} new and {plan['updated']} changed rows; "
             f"{plan['deleted']} rows deleted after the deploy will be listed for review; "
             f"{plan['lost']} value(s) have no place in the old schema (lost, listed)")
@@ -141,7 +178,7 @@ def render_plan(plan: dict[str, Any]) -> None:
 def render_outcome(res: Any) -> None:
     c = console()
     if res.finished_before:
-        c.print(f"this run already finished; nothing changed. Report: {res.run_dir / 'report.json'}")
+        c.print(T(f"this run already finished; nothing changed. Report: {res.run_dir / 'report.json'}", None))
         return
     o = res.outcome
     if o is None:
@@ -156,7 +193,7 @@ def render_outcome(res: Any) -> None:
         counts = [getattr(to, k) if to else 0 for k in ("inserted", "updated", "deleted", "skipped", "remapped")]
         lost = lost_by_table.get(name, 0)
         if any(counts) or lost:
-            t.add_row(name + ("" if to else " *"), *(str(n) for n in counts), str(lost))
+            t.add_row(T(name + ("" if to else " *")), *(str(n) for n in counts), str(lost))
     c.print(t)
     if set(lost_by_table) - set(o.tables):
         c.print("* not in the old schema: every value of its post-deploy rows is listed as lost")
@@ -173,8 +210,8 @@ def render_outcome(res: Any) -> None:
     v = o.verification or {}
     if v:
         c.print(f"verification: {'[green]ok[/]' if v.get('ok') else '[red]FAILED[/]'} "
-                f"(integrity {v.get('integrity_check')}, fk problems {len(v.get('foreign_key_check', []))}, "
-                f"revision {v.get('alembic_revision', {}).get('actual')})")
+                f"(integrity {M(v.get('integrity_check'))}, fk problems {len(v.get('foreign_key_check', []))}, "
+                f"revision {M(v.get('alembic_revision', {}).get('actual'))})")
     if o.aborted:
         c.print("[red]aborted: conflicts found, nothing was changed[/]")
     verdict = "review needed" if o.needs_review else "all recovered"
@@ -183,4 +220,4 @@ def render_outcome(res: Any) -> None:
     c.print(f"[bold]{verdict}[/]: {o.lost_total} lost value(s), {len(o.conflicts)} conflict(s), "
             f"{len(o.skipped_rows)} row(s) skipped with their unit.")
     html = res.run_dir / "report.html"
-    c.print(f"Report: {html if html.exists() else res.run_dir}", soft_wrap=True)
+    c.print(T(f"Report: {html if html.exists() else res.run_dir}", None), soft_wrap=True)

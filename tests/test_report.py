@@ -246,10 +246,15 @@ from recovery.schema import Column  # noqa: E402
 def _pandas_csv(items: list[dict[str, Any]], columns: list[str]) -> str:
     """What every CSV of the run folder was before: ``frame(rows).to_csv(index=False)`` — except that
     a row with a bare carriage return in a cell is now written with every cell quoted (pandas left
-    the ``\r`` unquoted, and a CSV reader split the row there)."""
+    the ``\r`` unquoted, and a CSV reader split the row there) and that formula cells get a ``'``."""
     import csv
 
+    import pandas as pd
+
+    from recovery.escape import csv_safe
+
     df = frame(items, columns)
+    df = pd.DataFrame([[csv_safe(v) for v in row] for row in df.itertuples(index=False)], columns=df.columns, dtype=object)
     if not any(isinstance(v, str) and "\r" in v for v in df.to_numpy().ravel()):
         return df.to_csv(index=False)
     parts = [df.iloc[:0].to_csv(index=False)]

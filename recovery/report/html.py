@@ -2,7 +2,8 @@
 no external fonts or links) that opens offline and reads well on screen and on paper.
 
 Every value from the data goes through :func:`html.escape` or pandas' ``to_html(escape=True)``;
-the page contains no ``<script>`` at all, so markup in the data can only ever show as text.
+the page contains no ``<script>`` at all, so markup in the data can only ever show as text. Table
+cells are cut to :data:`recovery.escape.SHOW_LIMIT` characters (the CSVs keep them whole).
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 
+from recovery.escape import cut
 from recovery.report import charts
 from recovery.report.tables import (LIST_LIMIT, conflicts_frame, deletes_frame, deletes_more, files_frame, files_more,
                                      lost_frame, lost_more, lost_total, tables_frame, users_frame)
@@ -67,7 +69,7 @@ def _t(v: Any) -> str:
 def _table(df: pd.DataFrame, empty: str) -> str:
     if df.empty:
         return f'<p class="empty">{_t(empty)}</p>'
-    shown = df.astype(object).where(df.notna(), "")
+    shown = df.astype(object).where(df.notna(), "").map(cut)
     return shown.to_html(index=False, escape=True, border=0, classes="data", na_rep="")
 
 

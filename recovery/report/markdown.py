@@ -1,7 +1,9 @@
 """The Markdown report: readable as plain text in a terminal and rendered in a ticket.
 
-Cells are escaped for both: ``|`` and line breaks cannot break a table row, and ``<``/``>`` are
-backslash-escaped (CommonMark) so markup in the data shows as text in a ticket renderer.
+Every value from the data goes through :func:`recovery.escape.md_text`: cut to
+:data:`recovery.escape.SHOW_LIMIT` characters, line breaks as spaces, control characters as
+``\x1b``, and the characters that start inline markup backslash-escaped (CommonMark) — so a value
+shows as text in a ticket renderer: no link, image, HTML, emphasis or broken table row.
 """
 from __future__ import annotations
 
@@ -9,16 +11,10 @@ from typing import Any
 
 import pandas as pd
 
+from recovery.escape import md_text
 from recovery.report.html import verdict_text
 from recovery.report.tables import (conflicts_frame, deletes_frame, deletes_more, lost_frame, lost_more, lost_total,
                                      tables_frame, users_frame)
-
-_ESCAPES = str.maketrans({"|": "\\|", "<": "\\<", ">": "\\>", "\n": " ", "\r": " ", "`": "\\`"})
-
-
-def md_text(v: Any) -> str:
-    return "" if v is None else str(v).translate(_ESCAPES)
-
 
 def md_table(df: pd.DataFrame, empty: str, numbers: bool = False) -> str:
     """``numbers``: right-align numeric columns (counts); off for data, where ``0012`` is text."""
@@ -44,7 +40,8 @@ def render_markdown(report: dict[str, Any]) -> str:
            f"- Records changed after the deploy: **{h['records_changed']}**",
            f"- {'Would be carried back' if ahead else 'Carried back'}: **{h['carried']}**",
            f"- Not carried back: **{h['not_carried']}**"]
-    out += [f"  - {r['records']} in {md_text(', '.join(r['tables']))}: {md_text(r['reason'])}" for r in h["not_carried_reasons"]]
+    out += [f"  - {r['records']} in {md_text(', '.join(r['tables']), None)}: {md_text(r['reason'])}"
+            for r in h["not_carried_reasons"]]
     out += [f"- Lost values: **{h['lost_values']}** (in {h['records_with_lost_values']} record(s))"]
     out += [f"  - {n}: {md_text(reason)}" for reason, n in h.get("lost_reasons", {}).items()]
     out += [f"- Conflicts: **{h['conflicts']}**", f"- Files affected: **{h['files_affected']}**",

@@ -25,7 +25,8 @@ from typing import Any
 from sqlglot import exp
 
 from recovery.bundle import Bundle
-from recovery.lost import NATURAL_ORDER, SAMPLE_LIMIT, as_dict, has_lost, iter_rows, open_ro
+from recovery.escape import SHOW_LIMIT
+from recovery.lost import NATURAL_ORDER, SAMPLE_LIMIT, as_dict, cut_value, has_lost, iter_rows, open_ro
 from recovery.outcome import Outcome
 from recovery.report import aggregate
 from recovery.report.aggregate import KeyCounts, TablePlan
@@ -269,7 +270,7 @@ def _build(conn: sqlite3.Connection | None, bundle: Bundle, outcome: Outcome | N
             return False
         return True
 
-    conflicts = [c.to_dict() for c in outcome.conflicts] if outcome is not None else []
+    conflicts = [_shown_conflict(c.to_dict()) for c in outcome.conflicts] if outcome is not None else []
     skipped_keys = {(c["table"], tuple(c["key"])) for c in conflicts if c["resolution"] == "skipped"}
     conflict_keys = Counter((c["table"], tuple(c["key"])) for c in conflicts)
     aborted = bool(outcome and outcome.aborted)
@@ -380,6 +381,18 @@ def _build(conn: sqlite3.Connection | None, bundle: Bundle, outcome: Outcome | N
     }
 
 
+CONFLICT_SHOWN = ("label", "bundle_value", "target_value", "base_value", "detail")
+
+
+def _shown_conflict(d: dict[str, Any]) -> dict[str, Any]:
+    """A conflict as the report shows it: its values cut to ``SHOW_LIMIT`` (conflicts.csv, written
+    from the outcome, keeps them whole)."""
+    for k in CONFLICT_SHOWN:
+        if k in d:
+            d[k] = cut_value(d[k], SHOW_LIMIT)[0]
+    return d
+
+
 def _deletes(outcome: Outcome | None) -> list[dict[str, Any]]:
     """The outcome's deletes for review with keys as lists — the very same list when its keys
     already are (report.json then writes it once and repeats the text)."""
@@ -417,7 +430,8 @@ def _lost_from_db(conn: sqlite3.Connection | None) -> _Lost | None:
     keeps the complete list (never loaded whole)."""
     if conn is None or not has_lost(conn):
         return None
-    sample = sorted((as_dict(r) for r in iter_rows(conn, order=NATURAL_ORDER, limit=SAMPLE_LIMIT)), key=_natural_item)
+    sample = sorted((as_dict(r, SHOW_LIMIT) for r in iter_rows(conn, order=NATURAL_ORDER, limit=SAMPLE_LIMIT, cut=SHOW_LIMIT)),
+                    key=_natural_item)
     by_table: Counter[str] = Counter()
     by_reason: Counter[str] = Counter()
     counts, records = aggregate.lost_counts(conn)

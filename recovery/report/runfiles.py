@@ -138,9 +138,10 @@ def stream_csv_rows(path: Path) -> _CsvRows:
 
 
 def _all_lost(outcome: Outcome, bundle: Bundle) -> Iterator[Any]:
-    """Every lost value in ``Outcome.lost``'s order: the outcome's own list when it is complete,
-    else streamed from the bundle's rows.db (``_recovery_lost``), which the outcome was loaded from."""
-    if outcome.lost_truncated and _bundle_has_lost(bundle.rows_db):
+    """Every lost value in ``Outcome.lost``'s order, exact: streamed from the bundle's rows.db
+    (``_recovery_lost``), which the outcome's sample (values cut for showing) was loaded from; the
+    outcome's own list only for a bundle without that table."""
+    if _bundle_has_lost(bundle.rows_db):
         return stream_csv_rows(bundle.rows_db)
     return outcome.iter_lost()
 
@@ -252,7 +253,8 @@ def _lost_csv_text(folder: Path, document: dict[str, Any], source: str) -> str:
     """The complete lost-values CSV: a run folder's lost_values.csv, else streamed from the
     bundle's rows.db; report.json alone holds only the first 1,000 (a note on stderr says so)."""
     if source == "run" and (folder / "lost_values.csv").is_file():
-        return (folder / "lost_values.csv").read_text(encoding="utf-8")
+        with (folder / "lost_values.csv").open(encoding="utf-8", newline="") as fh:  # a \r in a cell stays one
+            return fh.read()
     rows_db = Path((document.get("bundle") or {}).get("path") or folder) / "rows.db"
     for candidate in ([folder / "rows.db", folder / "bundle" / "rows.db", rows_db]):
         if _bundle_has_lost(candidate):

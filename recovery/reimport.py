@@ -383,6 +383,9 @@ class Merge:
         top_s = exp.select(exp.func("max", col(k))).from_(_t("ins", tp.table))
         base = self.rows(exp.select(exp.func("max", exp.func("coalesce", top.subquery(), 0),
                                              exp.func("coalesce", top_s.subquery(), 0))))[0][0]
+        # never a key the live DB's AUTOINCREMENT counter handed out after the deploy
+        live_seq = {n.lower(): v for n, v in sequences.live_from_manifest(self.bundle.manifest).items()}
+        base = max(base, live_seq.get(tp.table.lower(), 0))
         rid_list = exp.Tuple(expressions=[exp.Literal.number(r) for r in rids])
         self.run(exp.Create(kind="TABLE", this=_t("remap", tp.table), expression=exp.select(
             exp.alias_(col(k, "s"), "old_key"),
@@ -701,7 +704,10 @@ class Merge:
             if failed is None:
                 self.conn.execute("RELEASE recovery_apply")
                 break
-            bad = self.isolate(*failed)
+            bad = self.isolate(failed[0], failed[1])
+            if not bad:  # refused as a whole, accepted row by row: nothing to single out
+                raise RecoveryError(f"re-import of {failed[1].table} violated a constraint: {failed[2]}; rolled back",
+                                    "nothing was changed; report this with the bundle", ExitCode.FAILED)
             self.conn.execute("ROLLBACK TO recovery_apply")
             self.conn.execute("RELEASE recovery_apply")
             self.watched, self.full = watched, full  # their TEMP tables were rolled back too
@@ -731,20 +737,21 @@ class Merge:
                 self.live("s", tp.table)),
         )
 
-    def apply_rows(self) -> tuple[str, TablePlan] | None:
-        """One attempt at every insert and update; the (kind, table) whose statement was refused."""
+    def apply_rows(self) -> tuple[str, TablePlan, str] | None:
+        """One attempt at every insert and update; the (kind, table, message) of the statement the
+        target refused."""
         for tp in self.staged():
             to = self.outcome.tables[tp.table]
             try:
                 to.inserted = self.run(self.insert_stmt(tp)).rowcount
-            except sqlite3.IntegrityError:
-                return "insert", tp
+            except sqlite3.IntegrityError as exc:
+                return "insert", tp, str(exc)
             to.skipped = self.rows(exp.select("count(*)").from_(_t("skip", tp.table)))[0][0] - to.already_present
         for tp in self.staged():
             try:
                 self.apply_updates(tp)
-            except sqlite3.IntegrityError:
-                return "update", tp
+            except sqlite3.IntegrityError as exc:
+                return "update", tp, str(exc)
         return None
 
     def isolate(self, kind: str, tp: TablePlan) -> list[tuple[int, str]]:
@@ -1004,7 +1011,8 @@ def _merge(
     outcome.triggers_suspended = [t.name for t in suspended]
     m.quiet = True
     m.apply(apply_deletes)
-    if outcome.aborted:
+    if outcome.aborted:  # the caller rolls back; the triggers are back either way
+        triggers.restore(conn, suspended)
         return outcome, m
     outcome.sequences = sequences.carry_forward(conn, sequences.live_from_manifest(bundle.manifest), seq_before)
     triggers.restore(conn, suspended)

@@ -296,3 +296,30 @@ def test_exactly_the_rows_sqlite_refuses_are_skipped(tmp_path_factory: pytest.Te
         orphan_notes = c.execute("SELECT count(*) FROM notes WHERE item_id NOT IN (SELECT id FROM items)").fetchone()[0]
         assert orphan_notes == 0
         assert c.execute("SELECT count(*) FROM notes").fetchone()[0] == 1 + len(prices) - len(refused)
+
+
+def test_remapped_keys_stay_above_the_live_counter(tmp_path: Path) -> None:
+    """The old app took ids 5 and 6 after the restore; the bundle's 5 and 6 are remapped above
+    every id the live DB handed out (7, deleted since), so 7 is never handed out twice."""
+    bundle, target = make_pair(tmp_path, INVOICES, INVOICES, "INSERT INTO invoices (total) VALUES (1), (2), (3), (4);",
+                               "INSERT INTO invoices (total) VALUES (5), (6), (7); DELETE FROM invoices WHERE id = 7;")
+    run_sql(target, "INSERT INTO invoices (total) VALUES (50), (60);")
+    code, report = reimport(bundle, target, tmp_path / "run")
+    assert code == 1
+    assert sorted((r["old_key"], r["new_key"]) for r in report["outcome"]["remapped"]) == [(5, 8), (6, 9)]
+    run_sql(target, "INSERT INTO invoices (total) VALUES (99);")
+    assert ids(target, "invoices") == [1, 2, 3, 4, 5, 6, 8, 9, 10]
+
+
+def test_an_update_the_old_schema_refuses_is_skipped_alone(tmp_path: Path) -> None:
+    """An update (not an insert) that breaks the CHECK: the per-row guard skips that update only;
+    the target keeps its value and every other change lands."""
+    bundle, target = make_pair(tmp_path, ITEMS_OLD, ITEMS_NEW, ITEMS_BASE,
+                               "UPDATE items SET price = -3 WHERE id = 1; UPDATE items SET price = 7, name = 'B' WHERE id = 2;"
+                               "INSERT INTO items VALUES (3, 'c', 3);")
+    code, report = reimport(bundle, target, tmp_path / "run")
+    assert code == 1
+    assert [(c["kind"], c["key"], c["resolution"]) for c in report["outcome"]["conflicts"]] == [
+        ("constraint", [1], "skipped")]
+    with ro(target) as c:
+        assert c.execute("SELECT * FROM items ORDER BY id").fetchall() == [(1, "a", 1.0), (2, "B", 7.0), (3, "c", 3.0)]

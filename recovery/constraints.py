@@ -222,8 +222,9 @@ def typed_copy(rules: Rules, name: exp.Table) -> exp.Create:
         cons = []
         if c in rules.collation:
             cons.append(exp.ColumnConstraint(kind=exp.CollateColumnConstraint(this=exp.Var(this=rules.collation[c]))))
-        defs.append(exp.ColumnDef(this=ident(c), kind=exp.DataType.build(rules.affinity[c], dialect="sqlite"),
-                                  constraints=cons))
+        # a user-defined type keeps the name as written (sqlglot renders NUMERIC as REAL: another affinity)
+        kind = exp.DataType(this=exp.DataType.Type.USERDEFINED, kind=rules.affinity[c])
+        defs.append(exp.ColumnDef(this=ident(c), kind=kind, constraints=cons))
     return exp.Create(kind="TABLE", this=exp.Schema(this=name, expressions=defs))
 
 

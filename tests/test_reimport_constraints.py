@@ -259,26 +259,38 @@ def test_bundle_without_live_counters_still_reimports(tmp_path: Path) -> None:
 
 
 # ---- property: exactly the rows SQLite refuses are skipped --------------------------------------
-VALUES = st.one_of(st.none(), st.integers(-3, 3), st.floats(-2, 2, allow_nan=False),
-                   st.sampled_from(["5", "-1", "abc", "", " 2", "0.0", "-0"]))
+VALUES = st.one_of(st.none(), st.integers(-3, 3), st.sampled_from([-1.5, 0.0, 1.0, 2.5, 1e300]),
+                   st.sampled_from(["5", "-1", "1", "abc", "", " 2", "0.0", "-0", "1.0", "x" * 4]))
+OLD_ITEMS = [  # the old schema's items table (notes reference it); the new release has none of these rules
+    "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, price REAL CHECK (price >= 0));",
+    "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, price NUMERIC CHECK (price <> 1));",
+    "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, price TEXT CHECK (length(price) < 3));",
+    "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, price INTEGER NOT NULL) STRICT;",
+    "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, price REAL) STRICT;",
+    "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, price); CREATE UNIQUE INDEX ux ON items (abs(price));",
+    "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, price INT);"
+    "CREATE UNIQUE INDEX ux ON items (price) WHERE price > 0;",
+]
+NOTES = "CREATE TABLE notes (id INTEGER PRIMARY KEY, item_id INTEGER REFERENCES items(id), body TEXT);"
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(prices=st.lists(VALUES, min_size=1, max_size=8))
-def test_exactly_the_rows_sqlite_refuses_are_skipped(tmp_path_factory: pytest.TempPathFactory, prices: list) -> None:
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(old=st.sampled_from(OLD_ITEMS), prices=st.lists(VALUES, min_size=1, max_size=8))
+def test_exactly_the_rows_sqlite_refuses_are_skipped(tmp_path_factory: pytest.TempPathFactory, old: str,
+                                                     prices: list) -> None:
+    """For random values against each kind of rule, the re-import skips exactly the rows (and
+    their notes) that the old schema itself refuses, inserted one by one in the same order."""
     tmp = tmp_path_factory.mktemp("prop")
-    rows = ", ".join(f"({i + 10}, 'p', ?)" for i in range(len(prices)))
-    backup_script = ITEMS_OLD + ITEMS_BASE
-    live = tmp / "app.db"
-    run_sql(live, ITEMS_NEW + ITEMS_BASE)
+    backup, live = tmp / "app.db.bak.20261120_140000", tmp / "app.db"
+    base = "INSERT INTO items VALUES (1, 'a', 2);"
+    run_sql(backup, old + NOTES + base)
+    run_sql(live, "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, price);" + NOTES + base)
     with sqlite3.connect(live) as c:
-        c.execute(f"INSERT INTO items VALUES {rows}", prices)
+        c.executemany("INSERT INTO items VALUES (?, 'p', ?)", [(i + 10, p) for i, p in enumerate(prices)])
         c.executemany("INSERT INTO notes (item_id, body) VALUES (?, 'n')", [(i + 10,) for i in range(len(prices))])
     c.close()
-    backup = tmp / "app.db.bak.20261120_140000"
-    run_sql(backup, backup_script)
     oracle = sqlite3.connect(":memory:")  # what the old schema itself accepts, row by row
-    oracle.executescript(ITEMS_OLD)
+    oracle.executescript(old + base)
     refused = set()
     for i, p in enumerate(prices):
         try:
@@ -291,11 +303,12 @@ def test_exactly_the_rows_sqlite_refuses_are_skipped(tmp_path_factory: pytest.Te
     code, report = reimport(tmp / "bundle", target, tmp / "run")
     assert code == (1 if refused else 0)
     assert set(constraint_keys(report, "items")) == refused
-    assert set(ids(target, "items")) == {1, 2} | {i + 10 for i in range(len(prices))} - refused
+    assert set(ids(target, "items")) == {1} | {i + 10 for i in range(len(prices))} - refused
     with ro(target) as c:
-        orphan_notes = c.execute("SELECT count(*) FROM notes WHERE item_id NOT IN (SELECT id FROM items)").fetchone()[0]
-        assert orphan_notes == 0
-        assert c.execute("SELECT count(*) FROM notes").fetchone()[0] == 1 + len(prices) - len(refused)
+        assert c.execute("SELECT count(*) FROM notes WHERE item_id NOT IN (SELECT id FROM items)").fetchone() == (0,)
+        assert c.execute("SELECT count(*) FROM notes").fetchone()[0] == len(prices) - len(refused)
+        expected = oracle.execute("SELECT id, price, typeof(price) FROM items ORDER BY id").fetchall()
+        assert c.execute("SELECT id, price, typeof(price) FROM items ORDER BY id").fetchall() == expected
 
 
 def test_remapped_keys_stay_above_the_live_counter(tmp_path: Path) -> None:
@@ -323,3 +336,20 @@ def test_an_update_the_old_schema_refuses_is_skipped_alone(tmp_path: Path) -> No
         ("constraint", [1], "skipped")]
     with ro(target) as c:
         assert c.execute("SELECT * FROM items ORDER BY id").fetchall() == [(1, "a", 1.0), (2, "B", 7.0), (3, "c", 3.0)]
+
+
+def test_after_a_rollback_the_next_invoice_gets_a_fresh_id(tmp_path: Path) -> None:
+    """The issue's scenario end to end, in real processes: live counter 7, backup 4; `recovery
+    rollback`; the application's next invoice gets 8 (it got 5 before)."""
+    backup, live = tmp_path / "app.db.bak.20261120_140000", tmp_path / "app.db"
+    run_sql(backup, INVOICES + "INSERT INTO invoices (total) VALUES (1), (2), (3), (4);")
+    run_sql(live, INVOICES + "INSERT INTO invoices (total) VALUES (1), (2), (3), (4), (5), (6), (7);"
+                             "DELETE FROM invoices WHERE id > 5;")
+    res = subprocess.run([sys.executable, "-m", "recovery", "rollback", str(live), "--backup", str(backup),
+                          "--out", str(tmp_path / "run"), "--yes"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    out = subprocess.run([sys.executable, "-c", "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]);"
+                          "print(c.execute('INSERT INTO invoices (total) VALUES (9) RETURNING id').fetchone()[0]);"
+                          "c.commit()", str(live)], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "8"
+    assert ids(live, "invoices") == [1, 2, 3, 4, 5, 8]

@@ -6,11 +6,17 @@ Everything happens inside one ``BEGIN IMMEDIATE`` transaction on the target, wit
 1. stage — the plan's SELECTs fill TEMP tables: ``ins:<t>`` (rows to insert, old schema) and
    ``upd:<t>`` (key, theirs_i, base_i per updatable column);
 2. detect — set-based queries find ``primary_key``, ``unique``, ``missing_parent``, ``constraint``,
-   ``update_deleted`` and cell-level ``update_update`` conflicts;
+   ``update_deleted`` and cell-level ``update_update`` conflicts; ``constraint`` covers every rule of
+   the target's own DDL a row would break (:mod:`recovery.constraints`: NOT NULL, STRICT types,
+   CHECK, unique indexes on expressions / partial / collated), evaluated over a typed copy;
 3. resolve — by policy: remap integer keys (rewriting every bundle reference, entity links
    included) or skip whole units (a skipped parent skips its children; a skipped child of an
    ``ON DELETE CASCADE`` parent skips the parent: a quote never lands without its items);
-4. apply — inserts parents first, the column-wise three-way UPDATE, deletes only on request;
+4. apply — with the target's triggers on the written tables suspended (:mod:`recovery.triggers`):
+   inserts parents first (generated columns never written), the column-wise three-way UPDATE,
+   deletes only on request; a statement the target still refuses is narrowed to its rows (a
+   SAVEPOINT each), whose units become ``constraint`` conflicts, and the apply runs again;
+   AUTOINCREMENT counters are carried forward (:mod:`recovery.sequences`), the triggers re-created;
    ``_recovery_applied`` records the bundle id so a second run is a no-op;
 5. check — :func:`merge_and_check`: every foreign key of every row the re-import wrote (inserted,
    updated, or a child of a row it deleted or whose referenced columns it changed) must resolve,

@@ -505,8 +505,8 @@ class Merge:
 
     def detect_unique_rule(self, tp: TablePlan, r: Rules, rule: UniqueRule) -> None:
         """A unique index the plain check cannot express: staged rows whose index terms equal a
-        target row's (both inside the index's WHERE), then staged rows equal to an earlier live
-        staged row (one pass: a window over the terms)."""
+        target row's (both inside the index's WHERE). Twins among the staged rows themselves are
+        :meth:`detect_staged_duplicates`' (after every other skip is known)."""
         cond_a = [exp.Not(this=exp.Is(this=r.over(term, "a"), expression=exp.Null())) for term in rule.terms]
         if rule.where is not None:
             cond_a.append(exp.Paren(this=r.over(rule.where, "a")))
@@ -517,6 +517,23 @@ class Merge:
         names = ",".join(sorted({c.name for term in rule.terms for c in term.find_all(exp.Column)}))
         self.constraint_hits(tp, and_all([*cond_a, in_target]), names,
                              f"{rule.text} is taken in the target by a different row")
+
+    def detect_staged_duplicates(self) -> int:
+        """Live staged rows whose unique-index terms (:meth:`detect_unique_rule`'s rules) equal an
+        earlier live staged row's: run once every other skip is known, so a row is not skipped for
+        a twin that does not land either. Returns the number of rows skipped."""
+        before = len(self.outcome.conflicts)
+        for tp in self.staged():
+            r = self.rules(tp.table)
+            for rule in r.unique:
+                self.staged_twins(tp, r, rule)
+        return len(self.outcome.conflicts) - before
+
+    def staged_twins(self, tp: TablePlan, r: Rules, rule: UniqueRule) -> None:
+        cond_a = [exp.Not(this=exp.Is(this=r.over(term, "a"), expression=exp.Null())) for term in rule.terms]
+        if rule.where is not None:
+            cond_a.append(exp.Paren(this=r.over(rule.where, "a")))
+        names = ",".join(sorted({c.name for term in rule.terms for c in term.find_all(exp.Column)}))
         n = exp.Window(this=exp.RowNumber(), partition_by=[r.over(term, "a") for term in rule.terms],
                        order=exp.Order(expressions=[exp.Ordered(this=col("rid", "a"))]))
         ranked = exp.select(col("rid", "a"), exp.alias_(n, "n")).from_(exp.alias_(_t("typed", tp.table), "a")).join(
@@ -1014,6 +1031,8 @@ def _merge(
         m.detect_missing_parents(tp)
         m.detect_updates(tp)
     m.propagate_skips()
+    if m.detect_staged_duplicates():
+        m.propagate_skips()
     m.settle_remaps()
     m.collect_skipped()
     if policy is ConflictPolicy.ABORT and outcome.conflicts:

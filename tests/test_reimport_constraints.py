@@ -136,6 +136,22 @@ def test_unique_index_on_an_expression(tmp_path: Path) -> None:
     assert ids(target, "users") == [1, 3, 4, 6, 7]  # NULLs never clash
 
 
+def test_a_twin_that_does_not_land_does_not_block_the_other(tmp_path: Path) -> None:
+    """Two new users with the same lower(email): the first has lost its organisation in the target
+    (missing_parent), so the second is not its twin any more and lands."""
+    schema = ("CREATE TABLE orgs (id INTEGER PRIMARY KEY, name TEXT);"
+              "CREATE TABLE users (id INTEGER PRIMARY KEY, org_id INTEGER REFERENCES orgs(id), email TEXT);")
+    bundle, target = make_pair(
+        tmp_path, schema + "CREATE UNIQUE INDEX ux_email ON users (lower(email));", schema,
+        "INSERT INTO orgs VALUES (1, 'a'), (2, 'b');",
+        "INSERT INTO users VALUES (3, 1, 'x@y.org'), (4, 2, 'X@y.org');")
+    run_sql(target, "DELETE FROM orgs WHERE id = 1;")
+    code, report = reimport(bundle, target, tmp_path / "run")
+    assert code == 1
+    assert [(c["kind"], c["key"]) for c in report["outcome"]["conflicts"]] == [("missing_parent", [3])]
+    assert ids(target, "users") == [4]
+
+
 def test_partial_unique_index(tmp_path: Path) -> None:
     bundle, target = make_pair(
         tmp_path, "CREATE TABLE subs (id INTEGER PRIMARY KEY, user_id INT, active INT);"

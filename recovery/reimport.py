@@ -715,8 +715,8 @@ class Merge:
     # ---- 4. apply --------------------------------------------------------------------------
     def apply(self, apply_deletes: bool) -> None:
         """Insert (parents first) and update every live staged row. The detection predicts what the
-        target refuses; should an INSERT or UPDATE still raise an IntegrityError, the rows of that
-        statement are tried one by one (a SAVEPOINT each) to find the offending ones, everything
+        target refuses; should an INSERT or UPDATE still raise an IntegrityError, the offending rows
+        of that statement are singled out (:meth:`isolate`, SAVEPOINTs), everything
         applied so far is rolled back to before the first insert, the offenders' units become
         ``constraint`` conflicts (skipped; with ``abort``: the run aborts), and the apply runs
         again — never a failed run for one bad row."""

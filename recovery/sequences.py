@@ -84,7 +84,16 @@ def carry_forward(conn: sqlite3.Connection, live: dict[str, int], before: dict[s
     return out
 
 
+SANE_MAX = 2**62
+"""Counters above this are ignored: a bundle is untrusted input, and a counter near 2**63 would
+make the application's next AUTOINCREMENT insert fail (SQLITE_FULL)."""
+
+
 def live_from_manifest(manifest: dict[str, Any]) -> dict[str, int]:
-    """The live counters a bundle recorded at extract time; {} for a bundle made before they were."""
-    seqs = ((manifest.get("sources") or {}).get("live") or {}).get("sqlite_sequence") or {}
-    return {str(k): int(v) for k, v in seqs.items() if isinstance(v, int)}
+    """The live counters a bundle recorded at extract time; {} for a bundle made before they were.
+    Only plain integers in 0..:data:`SANE_MAX` are taken."""
+    seqs = ((manifest.get("sources") or {}).get("live") or {}).get("sqlite_sequence")
+    if not isinstance(seqs, dict):
+        return {}
+    return {str(k): v for k, v in seqs.items()
+            if isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= SANE_MAX}

@@ -258,12 +258,18 @@ def test_autoincrement_counter_is_carried_forward(tmp_path: Path) -> None:
     assert out.stdout.strip() == "8"
 
 
-def test_bundle_without_live_counters_still_reimports(tmp_path: Path) -> None:
-    """A bundle made before the live counters were recorded: the counter still covers every id."""
+@pytest.mark.parametrize("counters", [None, {"invoices": 2**63 - 1}, {"invoices": "9"}],
+                         ids=["absent", "forged-near-max", "not-an-int"])
+def test_bundle_without_usable_live_counters_still_reimports(tmp_path: Path, counters: dict | None) -> None:
+    """A bundle made before the live counters were recorded, or one whose counter is forged (a
+    counter near 2**63 would make the app's next insert fail): the counter still covers every id."""
     bundle, target = make_pair(tmp_path, INVOICES, INVOICES, "INSERT INTO invoices (total) VALUES (1);",
                                "INSERT INTO invoices (total) VALUES (2), (3);")
     m = json.loads((bundle / "manifest.json").read_text())
-    del m["sources"]["live"]["sqlite_sequence"]
+    if counters is None:
+        del m["sources"]["live"]["sqlite_sequence"]
+    else:
+        m["sources"]["live"]["sqlite_sequence"] = counters
     from recovery.bundle import seal
 
     (bundle / "manifest.json").unlink()

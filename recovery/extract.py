@@ -25,6 +25,7 @@ from recovery.diff import Analysis, analyse
 from recovery.errors import RecoveryError
 from recovery.files import FilesConfig, UploadsIndex, copy_files_into_bundle
 from recovery.schema import Schema, Table
+from recovery.sequences import read_sequences
 from recovery.sqlbuild import and_all, col, is_distinct, is_same, or_all, sql, table
 from recovery.sqlite_io import fsync_dir, sha256_file, sidecars
 from recovery.timestamps import after_expr, find_timestamp_columns
@@ -327,6 +328,7 @@ def extract(
                 extract_table(conn, a, name, counts)
             close_foreign_keys(conn, a, counts)
             record_lost(conn, a, files, counts)
+            live_sequences = read_sequences(conn, "new")  # in the same read as the rows
             conn.execute("COMMIT")
             conn.execute("DETACH DATABASE bnew")
             conn.execute("DETACH DATABASE bbase")
@@ -343,7 +345,8 @@ def extract(
                 "sources": {
                     "backup": {"path": str(a.backup.resolve()), "sha256": backup_sha.result(),
                                "alembic_revision": a.old.alembic_revision},
-                    "live": {**live_print.result(), "alembic_revision": a.new.alembic_revision},
+                    "live": {**live_print.result(), "alembic_revision": a.new.alembic_revision,
+                             "sqlite_sequence": live_sequences},
                 },
                 "schemas": {"old": a.old.to_dict(), "new": a.new.to_dict()},
                 "schema_diff": a.schema_diff.to_dict(),

@@ -100,6 +100,11 @@ class Outcome:
     files: dict[str, Any] | None = None
     verification: dict[str, Any] = field(default_factory=dict)
     aborted: bool = False
+    triggers_suspended: list[str] = field(default_factory=list)
+    """The target's triggers dropped while the re-import wrote and re-created (byte-identical)
+    before its commit: they did not fire for the rows the tool carried."""
+    sequences: list[dict[str, Any]] = field(default_factory=list)
+    """AUTOINCREMENT counters after the re-import: ``{"table", "backup", "live", "max_id", "seq"}``."""
 
     @property
     def needs_review(self) -> bool:
@@ -151,6 +156,7 @@ class Outcome:
             "lost": list(self.lost), "lost_total": self.lost_total, "lost_truncated": self.lost_truncated,
             "deletes_for_review": self.deletes_for_review, "skipped_rows": self.skipped_rows,
             "files": self.files, "verification": self.verification,
+            "triggers_suspended": self.triggers_suspended, "sequences": self.sequences,
             "totals": {
                 "inserted": sum(t.inserted for t in self.tables.values()),
                 "updated": sum(t.updated for t in self.tables.values()),

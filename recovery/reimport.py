@@ -6,11 +6,17 @@ Everything happens inside one ``BEGIN IMMEDIATE`` transaction on the target, wit
 1. stage — the plan's SELECTs fill TEMP tables: ``ins:<t>`` (rows to insert, old schema) and
    ``upd:<t>`` (key, theirs_i, base_i per updatable column);
 2. detect — set-based queries find ``primary_key``, ``unique``, ``missing_parent``, ``constraint``,
-   ``update_deleted`` and cell-level ``update_update`` conflicts;
+   ``update_deleted`` and cell-level ``update_update`` conflicts; ``constraint`` covers every rule of
+   the target's own DDL a row would break (:mod:`recovery.constraints`: NOT NULL, STRICT types,
+   CHECK, unique indexes on expressions / partial / collated), evaluated over a typed copy;
 3. resolve — by policy: remap integer keys (rewriting every bundle reference, entity links
    included) or skip whole units (a skipped parent skips its children; a skipped child of an
    ``ON DELETE CASCADE`` parent skips the parent: a quote never lands without its items);
-4. apply — inserts parents first, the column-wise three-way UPDATE, deletes only on request;
+4. apply — with the target's triggers on the written tables suspended (:mod:`recovery.triggers`):
+   inserts parents first (generated columns never written), the column-wise three-way UPDATE,
+   deletes only on request; a statement the target still refuses is narrowed to its rows (a
+   SAVEPOINT each), whose units become ``constraint`` conflicts, and the apply runs again;
+   AUTOINCREMENT counters are carried forward (:mod:`recovery.sequences`), the triggers re-created;
    ``_recovery_applied`` records the bundle id so a second run is a no-op;
 5. check — :func:`merge_and_check`: every foreign key of every row the re-import wrote (inserted,
    updated, or a child of a row it deleted or whose referenced columns it changed) must resolve,
@@ -29,7 +35,9 @@ from typing import Any
 
 from sqlglot import exp
 
+from recovery import sequences, triggers
 from recovery.bundle import Bundle
+from recovery.constraints import Rules, UniqueRule, read_rules, strict_violation, typed_copy
 from recovery.errors import ExitCode, RecoveryError
 from recovery.files import FilesConfig
 from recovery.outcome import Conflict, ConflictPolicy, Outcome, Prefer, Remap, TableOutcome
@@ -171,6 +179,10 @@ class Merge:
     """Table name → has a rowid (False: WITHOUT ROWID)."""
     moving: dict[str, list[int]] = field(default_factory=dict)
     """Table name → :meth:`moving_columns` (the staged updates do not change once staged)."""
+    rules_of: dict[str, Rules] = field(default_factory=dict)
+    """Table name → the target's own row rules (read on first use)."""
+    quiet: bool = False
+    """Every trigger on a table the re-import writes was suspended while it wrote: none fired."""
 
     # ---- helpers -------------------------------------------------------------------------
     def run(self, stmt: exp.Expression, params: tuple[Any, ...] = ()) -> sqlite3.Cursor:
@@ -195,6 +207,25 @@ class Merge:
     def skip(self, name: str, rid_query: exp.Select) -> int:
         stmt = exp.Insert(this=_t("skip", name), expression=rid_query, alternative="IGNORE")
         return self.run(stmt).rowcount
+
+    def rules(self, name: str) -> Rules:
+        """The target's CHECK/NOT NULL/STRICT/unique-index rules and generated columns of ``name``."""
+        if name not in self.rules_of:
+            self.rules_of[name] = read_rules(self.conn, name)
+        return self.rules_of[name]
+
+    def generated(self, name: str) -> set[str]:
+        """Lower-cased names of ``name``'s generated columns: never written, never compared."""
+        return {g.lower() for g in self.rules(name).generated}
+
+    def writable(self, name: str) -> list[str]:
+        """The old schema's columns of ``name`` an INSERT or UPDATE may set (not generated)."""
+        gen = self.generated(name)
+        return [c for c in self.old(name).column_names if c.lower() not in gen]
+
+    def live(self, alias: str, name: str, kind: str = "skip") -> exp.Expression:
+        """Row ``alias`` of a staged table of ``name`` is not in its ``skip`` (or ``uskip``) set."""
+        return exp.Not(this=_in(exp.column("rowid", alias), exp.select("rid").from_(_t(kind, name))))
 
     # ---- foreign keys of what the re-import writes ------------------------------------------
     def target_fks(self) -> dict[str, tuple[TargetFk, ...]]:
@@ -256,7 +287,10 @@ class Merge:
         return sources
 
     def target_has_triggers(self) -> bool:
-        """The target DB defines a trigger (the app's: they fire during the re-import)."""
+        """The target DB defines a trigger that may have fired during the re-import (none did when
+        the re-import suspended them while it wrote)."""
+        if self.quiet:
+            return False
         q = exp.select("1").from_(table("sqlite_master", "main")).where(
             exp.EQ(this=col("type"), expression=exp.Literal.string("trigger"))).limit(1)
         return self.conn.execute(sql(q)).fetchone() is not None
@@ -320,7 +354,7 @@ class Merge:
         if not key:
             return
         same_key = and_all(exp.EQ(this=col(k, "t"), expression=col(k, "s")) for k in key)
-        identical = and_all(is_same(col(c, "t"), col(c, "s")) for c in t.column_names)
+        identical = and_all(is_same(col(c, "t"), col(c, "s")) for c in self.writable(tp.table))
         hit = exp.select(exp.column("rowid", "s"), *[col(k, "s") for k in key], self.label(t, "s"),
                          exp.Exists(this=exp.select("1").from_(table(tp.table, "main", "t")).where(
                              and_all([same_key, identical])))).from_(exp.alias_(_t("ins", tp.table), "s")).where(
@@ -355,6 +389,9 @@ class Merge:
         top_s = exp.select(exp.func("max", col(k))).from_(_t("ins", tp.table))
         base = self.rows(exp.select(exp.func("max", exp.func("coalesce", top.subquery(), 0),
                                              exp.func("coalesce", top_s.subquery(), 0))))[0][0]
+        # never a key the live DB's AUTOINCREMENT counter handed out after the deploy
+        live_seq = {n.lower(): v for n, v in sequences.live_from_manifest(self.bundle.manifest).items()}
+        base = max(base, live_seq.get(tp.table.lower(), 0))
         rid_list = exp.Tuple(expressions=[exp.Literal.number(r) for r in rids])
         self.run(exp.Create(kind="TABLE", this=_t("remap", tp.table), expression=exp.select(
             exp.alias_(col(k, "s"), "old_key"),
@@ -395,9 +432,10 @@ class Merge:
 
     def detect_unique(self, tp: TablePlan) -> None:
         t = self.old(tp.table)
+        plain = {tuple(c.lower() for c in u) for u in self.rules(tp.table).plain_unique}
         for uset in t.unique_sets:
-            if tuple(uset) == t.primary_key:
-                continue
+            if tuple(uset) == t.primary_key or tuple(c.lower() for c in uset) not in plain:
+                continue  # partial, expression or collated indexes: detect_constraints
             clash = and_all([*(is_same(col(c, "t"), col(c, "s")) for c in uset),
                              *(exp.Not(this=exp.Is(this=col(c, "s"), expression=exp.Null())) for c in uset),
                              *([or_all(is_distinct(col(k, "t"), col(k, "s")) for k in t.primary_key)]
@@ -415,16 +453,96 @@ class Merge:
                 self.skip(tp.table, exp.select(exp.Literal.number(rid)))
 
     def detect_constraints(self, tp: TablePlan) -> None:
-        t = self.old(tp.table)
-        for c in t.columns:
-            if c.nullable or (c.name in t.primary_key and len(t.primary_key) == 1 and "INT" in c.type.upper()):
+        """Staged rows the target's own rules would refuse — NOT NULL, STRICT types, CHECK, unique
+        indexes on expressions / partial / collated — each a ``constraint`` conflict whose unit is
+        skipped. NOT NULL is read on the staged rows; the rest on a typed copy of them
+        (``typed:<t>``: the target's affinities and collations, so values compare as stored)."""
+        t, r = self.old(tp.table), self.rules(tp.table)
+        for name in r.not_null:
+            if t.column(name) is None:
                 continue
-            q = exp.select(exp.column("rowid", "s"), *[col(k, "s") for k in t.key], self.label(t, "s")).from_(
-                exp.alias_(_t("ins", tp.table), "s")).where(exp.Is(this=col(c.name, "s"), expression=exp.Null()))
-            for rid, *rest in self.rows(q):
-                self.conflict(Conflict("constraint", tp.table, tuple(rest[:-1]), "skipped", column=c.name,
-                                       label=rest[-1], detail=f"{c.name} is NOT NULL in the old schema"))
-                self.skip(tp.table, exp.select(exp.Literal.number(rid)))
+            self.constraint_hits(tp, exp.Is(this=col(name, "s"), expression=exp.Null()), name,
+                                 f"{name} is NOT NULL in the old schema")
+        if not r.needs_rows:
+            return
+        typed = _t("typed", tp.table)
+        cols = self.writable(tp.table)
+        self.run(typed_copy(r, typed))
+        self.run(exp.Insert(this=exp.Schema(this=typed, expressions=[exp.to_identifier(c, quoted=True)
+                                                                      for c in ["rid", *cols]]),
+                            expression=exp.select(exp.column("rowid", "s"), *[col(c, "s") for c in cols]).from_(
+                                exp.alias_(_t("ins", tp.table), "s")).where(self.live("s", tp.table))))
+        for name, storage in r.strict.items():
+            self.constraint_hits(tp, strict_violation(r, name, "a"), name,
+                                 f"{name} must hold {storage} values (STRICT table in the old schema)")
+        for check in r.checks:
+            text = sql(check)
+            names = sorted({c.name for c in check.find_all(exp.Column)})
+            self.constraint_hits(tp, exp.Not(this=exp.Paren(this=r.over(check, "a"))), ",".join(names),
+                                 f"CHECK ({text}) fails in the old schema")
+        for rule in r.unique:
+            self.detect_unique_rule(tp, r, rule)
+
+    def constraint_hits(self, tp: TablePlan, bad: exp.Expression, column: str, detail: str,
+                        typed: bool = True) -> None:
+        """Report and skip the live staged rows of ``tp`` matching ``bad`` (over ``s`` = ``ins:<t>``
+        and, when the typed copy exists, ``a`` = its typed row). A rule SQLite cannot evaluate as
+        rendered is left to the per-row guard of :meth:`apply`."""
+        t = self.old(tp.table)
+        src = exp.select(exp.column("rowid", "s"), *[col(k, "s") for k in t.key], self.label(t, "s")).from_(
+            exp.alias_(_t("ins", tp.table), "s"))
+        if typed and self.rules(tp.table).needs_rows and any(c.table == "a" for c in bad.find_all(exp.Column)):
+            src = src.join(exp.alias_(_t("typed", tp.table), "a"),
+                           on=exp.EQ(this=col("rid", "a"), expression=exp.column("rowid", "s")))
+        try:
+            found = self.rows(src.where(and_all([bad, self.live("s", tp.table)])))
+        except sqlite3.OperationalError:
+            return
+        for rid, *rest in found:
+            self.conflict(Conflict("constraint", tp.table, tuple(rest[:-1]), "skipped", column=column or None,
+                                   label=rest[-1], detail=detail))
+            self.skip(tp.table, exp.select(exp.Literal.number(rid)))
+
+    def detect_unique_rule(self, tp: TablePlan, r: Rules, rule: UniqueRule) -> None:
+        """A unique index the plain check cannot express: staged rows whose index terms equal a
+        target row's (both inside the index's WHERE). Twins among the staged rows themselves are
+        :meth:`detect_staged_duplicates`' (after every other skip is known)."""
+        cond_a = [exp.Not(this=exp.Is(this=r.over(term, "a"), expression=exp.Null())) for term in rule.terms]
+        if rule.where is not None:
+            cond_a.append(exp.Paren(this=r.over(rule.where, "a")))
+        match_t = [exp.EQ(this=r.over(term, "x"), expression=r.over(term, "a")) for term in rule.terms]
+        if rule.where is not None:
+            match_t.append(exp.Paren(this=r.over(rule.where, "x")))
+        in_target = exp.Exists(this=exp.select("1").from_(table(tp.table, "main", "x")).where(and_all(match_t)))
+        names = ",".join(sorted({c.name for term in rule.terms for c in term.find_all(exp.Column)}))
+        self.constraint_hits(tp, and_all([*cond_a, in_target]), names,
+                             f"{rule.text} is taken in the target by a different row")
+
+    def detect_staged_duplicates(self) -> int:
+        """Live staged rows whose unique-index terms (:meth:`detect_unique_rule`'s rules) equal an
+        earlier live staged row's: run once every other skip is known, so a row is not skipped for
+        a twin that does not land either. Returns the number of rows skipped."""
+        before = len(self.outcome.conflicts)
+        for tp in self.staged():
+            r = self.rules(tp.table)
+            for rule in r.unique:
+                self.staged_twins(tp, r, rule)
+        return len(self.outcome.conflicts) - before
+
+    def staged_twins(self, tp: TablePlan, r: Rules, rule: UniqueRule) -> None:
+        cond_a = [exp.Not(this=exp.Is(this=r.over(term, "a"), expression=exp.Null())) for term in rule.terms]
+        if rule.where is not None:
+            cond_a.append(exp.Paren(this=r.over(rule.where, "a")))
+        names = ",".join(sorted({c.name for term in rule.terms for c in term.find_all(exp.Column)}))
+        n = exp.Window(this=exp.RowNumber(), partition_by=[r.over(term, "a") for term in rule.terms],
+                       order=exp.Order(expressions=[exp.Ordered(this=col("rid", "a"))]))
+        ranked = exp.select(col("rid", "a"), exp.alias_(n, "n")).from_(exp.alias_(_t("typed", tp.table), "a")).join(
+            exp.alias_(_t("ins", tp.table), "s"), on=exp.EQ(this=col("rid", "a"), expression=exp.column("rowid", "s"))
+        ).where(and_all([*[c.copy() for c in cond_a], self.live("s", tp.table)]))
+        later = exp.select(col("rid")).from_(ranked.subquery("d")).where(
+            exp.GT(this=col("n"), expression=exp.Literal.number(1)))
+        self.constraint_hits(tp, _in(exp.column("rowid", "s"), later), names,
+                             f"{rule.text}: another new row has the same value", typed=False)
 
     def detect_missing_parents(self, tp: TablePlan) -> None:
         t = self.old(tp.table)
@@ -554,7 +672,7 @@ class Merge:
             q = exp.select(col("old_key", "r")).from_(exp.alias_(_t("remap", name), "r")).join(
                 exp.alias_(_t("ins", name), "s"), on=exp.EQ(this=col(k, "s"), expression=col("new_key", "r"))).where(
                 _in(exp.column("rowid", "s"), exp.select("rid").from_(_t("skip", name))))
-            dropped = {row[0] for row in self.rows(q)}
+            dropped = {row[0] for row in self.rows(q)} & {r.old_key for r in self.outcome.remaps if r.table == name}
             back = {r.new_key: r.old_key for r in self.outcome.remaps if r.table == name}
             fixed = []
             for c in self.outcome.conflicts:
@@ -596,24 +714,121 @@ class Merge:
 
     # ---- 4. apply --------------------------------------------------------------------------
     def apply(self, apply_deletes: bool) -> None:
+        """Insert (parents first) and update every live staged row. The detection predicts what the
+        target refuses; should an INSERT or UPDATE still raise an IntegrityError, the offending rows
+        of that statement are singled out (:meth:`isolate`, SAVEPOINTs), everything
+        applied so far is rolled back to before the first insert, the offenders' units become
+        ``constraint`` conflicts (skipped; with ``abort``: the run aborts), and the apply runs
+        again — never a failed run for one bad row."""
+        for _ in range(self.max_attempts()):
+            watched, full = set(self.watched), set(self.full)
+            self.conn.execute("SAVEPOINT recovery_apply")
+            failed = self.apply_rows()
+            if failed is None:
+                self.conn.execute("RELEASE recovery_apply")
+                break
+            bad = self.isolate(failed[0], failed[1])
+            if not bad:  # refused as a whole, accepted row by row: nothing to single out
+                raise RecoveryError(f"re-import of {failed[1].table} violated a constraint: {failed[2]}; rolled back",
+                                    "nothing was changed; report this with the bundle", ExitCode.FAILED)
+            self.conn.execute("ROLLBACK TO recovery_apply")
+            self.conn.execute("RELEASE recovery_apply")
+            self.watched, self.full = watched, full  # their TEMP tables were rolled back too
+            self.refused(failed[0], failed[1], bad)
+            if self.policy is ConflictPolicy.ABORT:
+                self.outcome.aborted = True
+                return
+            self.propagate_skips()
+            self.settle_remaps()
+            self.outcome.skipped_rows = []
+            self.collect_skipped()
+        else:  # pragma: no cover - each attempt skips at least one row
+            raise RecoveryError("the re-import kept violating constraints of the old schema; rolled back",
+                                "nothing was changed; report this with the bundle", ExitCode.FAILED)
+        self.deletes(apply_deletes)
+
+    def max_attempts(self) -> int:
+        return 2 + sum(self.outcome.tables[tp.table].bundle_inserted + self.outcome.tables[tp.table].bundle_updated
+                       for tp in self.staged())
+
+    def insert_stmt(self, tp: TablePlan) -> exp.Insert:
+        """INSERT of the live staged rows of ``tp`` (generated columns are never written)."""
+        cols = self.writable(tp.table)
+        return exp.Insert(
+            this=exp.Schema(this=table(tp.table, "main"), expressions=[exp.to_identifier(c, quoted=True) for c in cols]),
+            expression=exp.select(*[col(c, "s") for c in cols]).from_(exp.alias_(_t("ins", tp.table), "s")).where(
+                self.live("s", tp.table)),
+        )
+
+    def apply_rows(self) -> tuple[str, TablePlan, str] | None:
+        """One attempt at every insert and update; the (kind, table, message) of the statement the
+        target refused."""
         for tp in self.staged():
-            t = self.old(tp.table)
             to = self.outcome.tables[tp.table]
-            cols = list(t.column_names)
-            keep = exp.Not(this=_in(exp.column("rowid", "s"), exp.select("rid").from_(_t("skip", tp.table))))
-            ins = exp.Insert(
-                this=exp.Schema(this=table(tp.table, "main"), expressions=[exp.to_identifier(c, quoted=True) for c in cols]),
-                expression=exp.select(*[col(c, "s") for c in cols]).from_(exp.alias_(_t("ins", tp.table), "s")).where(keep),
-            )
             try:
-                to.inserted = self.run(ins).rowcount
+                to.inserted = self.run(self.insert_stmt(tp)).rowcount
             except sqlite3.IntegrityError as exc:
-                raise RecoveryError(f"re-import of {tp.table} violated a constraint the checks did not predict: {exc}",
-                                    "nothing was changed; report this with the bundle", ExitCode.FAILED) from None
+                return "insert", tp, str(exc)
             to.skipped = self.rows(exp.select("count(*)").from_(_t("skip", tp.table)))[0][0] - to.already_present
         for tp in self.staged():
-            self.apply_updates(tp)
-        self.deletes(apply_deletes)
+            try:
+                self.apply_updates(tp)
+            except sqlite3.IntegrityError as exc:
+                return "update", tp, str(exc)
+        return None
+
+    def isolate(self, kind: str, tp: TablePlan) -> list[tuple[int, str]]:
+        """The staged rows (rowid, SQLite's message) of ``tp`` whose own statement the target
+        refuses, on top of what this attempt applied: rowid ranges are applied in staged order,
+        each in a SAVEPOINT, and a refused range is halved until single rows remain — the same
+        rows a row-by-row pass in that order finds, in O(bad rows × log n) statements."""
+        source = _t("ins" if kind == "insert" else "upd", tp.table)
+        lo, hi = self.rows(exp.select(exp.func("min", exp.column("rowid")), exp.func("max", exp.column("rowid"))).from_(source))[0]
+        bad: list[tuple[int, str]] = []
+        stack = [(lo, hi)] if lo is not None else []
+        while stack:
+            a, b = stack.pop()
+            watched = set(self.watched)
+            self.conn.execute("SAVEPOINT recovery_row")
+            try:
+                if kind == "insert":
+                    stmt = self.insert_stmt(tp)
+                    stmt.expression.set("where", exp.Where(this=and_all([
+                        stmt.expression.args["where"].this,
+                        exp.Between(this=exp.column("rowid", "s"), low=exp.Literal.number(a), high=exp.Literal.number(b))])))
+                    self.run(stmt)
+                else:
+                    self.apply_updates(tp, only=(a, b))
+            except sqlite3.IntegrityError as exc:
+                self.conn.execute("ROLLBACK TO recovery_row")
+                self.watched = watched
+                if a == b:
+                    bad.append((a, str(exc)))
+                else:  # the left half first: rows are tried in staged order
+                    mid = (a + b) // 2
+                    stack += [(mid + 1, b), (a, mid)]
+            self.conn.execute("RELEASE recovery_row")
+        return bad
+
+    def refused(self, kind: str, tp: TablePlan, bad: list[tuple[int, str]]) -> None:
+        """Record the rows :meth:`isolate` found as ``constraint`` conflicts and skip their units."""
+        t = self.old(tp.table)
+        for rid, message in bad:
+            if kind == "insert":
+                q = exp.select(*[col(k, "s") for k in t.key], self.label(t, "s")).from_(
+                    exp.alias_(_t("ins", tp.table), "s")).where(
+                    exp.EQ(this=exp.column("rowid", "s"), expression=exp.Literal.number(rid)))
+                *k, label = self.rows(q)[0]
+                self.skip(tp.table, exp.select(exp.Literal.number(rid)))
+            else:
+                q = exp.select(*[col(f"key_{i}", "u") for i in range(len(t.key))]).from_(
+                    exp.alias_(_t("upd", tp.table), "u")).where(
+                    exp.EQ(this=exp.column("rowid", "u"), expression=exp.Literal.number(rid)))
+                k, label = list(self.rows(q)[0]), None
+                self.run(exp.Insert(this=_t("uskip", tp.table), expression=exp.select(exp.Literal.number(rid)),
+                                    alternative="IGNORE"))
+            self.conflict(Conflict("constraint", tp.table, tuple(k), "skipped", label=label,
+                                   detail=f"the old schema refused the {kind}: {message}"))
 
     def moving_columns(self, tp: TablePlan) -> list[int]:
         """Indexes of the updatable columns some bundle row changed (theirs differs from base): only
@@ -624,10 +839,14 @@ class Merge:
         if tp.table not in self.moving:  # detection, apply and the FK check all ask: one scan
             q = exp.select(*[exp.func("max", is_distinct(col(f"theirs_{i}"), col(f"base_{i}")))
                              for i in range(len(tp.updatable))]).from_(_t("upd", tp.table))
-            self.moving[tp.table] = [i for i, moved in enumerate(self.rows(q)[0]) if moved]
+            gen = self.generated(tp.table)  # a generated column is never written
+            self.moving[tp.table] = [i for i, moved in enumerate(self.rows(q)[0])
+                                     if moved and tp.updatable[i].lower() not in gen]
         return self.moving[tp.table]
 
-    def apply_updates(self, tp: TablePlan) -> None:
+    def apply_updates(self, tp: TablePlan, only: tuple[int, int] | None = None) -> None:
+        """The column-wise three-way UPDATE of ``tp``'s live staged updates (``only``: of the staged
+        rows in that rowid range). An IntegrityError propagates to :meth:`apply`."""
         moving = self.moving_columns(tp)
         if not moving:
             return
@@ -645,6 +864,9 @@ class Merge:
                                                                    default=ours.copy())))
             changes.append(take.copy())
         live = exp.select("*").from_(exp.alias_(_t("upd", tp.table), "x")).where(exp.Not(this=_in(exp.column("rowid", "x"), exp.select("rid").from_(_t("uskip", tp.table)))))
+        if only is not None:
+            live = live.where(exp.Between(this=exp.column("rowid", "x"), low=exp.Literal.number(only[0]),
+                                          high=exp.Literal.number(only[1])))
         if self.has_rowid(tp.table):  # rows whose referenced (unique, non-key) columns may change
             rows = exp.select(_rowid("t")).from_(exp.alias_(_t("upd", tp.table), "u")).join(
                 table(tp.table, "main", "t"), on=and_all(exp.EQ(this=col(k, "t"), expression=col(f"key_{i}", "u"))
@@ -659,12 +881,7 @@ class Merge:
         upd = exp.Update(this=table(tp.table, "main"), expressions=sets,
                          from_=exp.From(this=live.subquery(exp.TableAlias(this=exp.to_identifier("u", quoted=True)))),
                          where=exp.Where(this=where))
-        try:
-            self.outcome.tables[tp.table].updated = self.run(upd).rowcount
-        except sqlite3.IntegrityError as exc:
-            raise RecoveryError(f"re-import of updates to {tp.table} violated a constraint the checks did not "
-                                f"predict: {exc}", "nothing was changed; report this with the bundle",
-                                ExitCode.FAILED) from None
+        self.outcome.tables[tp.table].updated = self.run(upd).rowcount
 
     def deletes(self, apply: bool) -> None:
         """Rows deleted after the deploy came back with the restore: list them; delete on request,
@@ -818,12 +1035,24 @@ def _merge(
         m.detect_missing_parents(tp)
         m.detect_updates(tp)
     m.propagate_skips()
+    if m.detect_staged_duplicates():
+        m.propagate_skips()
     m.settle_remaps()
     m.collect_skipped()
     if policy is ConflictPolicy.ABORT and outcome.conflicts:
         outcome.aborted = True
         return outcome, m
+    seq_before = sequences.read_sequences(conn)
+    written = [tp.table for tp in m.staged()] + (sorted(bundle.tables_with_deletes()) if apply_deletes else [])
+    suspended = triggers.suspend(conn, written)  # the app's triggers must not fire for carried rows
+    outcome.triggers_suspended = [t.name for t in suspended]
+    m.quiet = True
     m.apply(apply_deletes)
+    if outcome.aborted:  # the caller rolls back; the triggers are back either way
+        triggers.restore(conn, suspended)
+        return outcome, m
+    outcome.sequences = sequences.carry_forward(conn, sequences.live_from_manifest(bundle.manifest), seq_before)
+    triggers.restore(conn, suspended)
     for name, c in bundle.counts.items():
         if name in outcome.tables:
             outcome.tables[name].bundle_deleted = c.get("deleted", 0)

@@ -45,6 +45,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     out += [f"- Lost values: **{h['lost_values']}** (in {h['records_with_lost_values']} record(s))"]
     out += [f"  - {n}: {md_text(reason)}" for reason, n in h.get("lost_reasons", {}).items()]
     out += [f"- Conflicts: **{h['conflicts']}**", f"- Files affected: **{h['files_affected']}**",
+            *([f"- Triggers suspended while rows were carried (re-created unchanged): "
+               f"{md_text(', '.join(report['triggers_suspended']))}"] if report.get("triggers_suspended") else []),
             f"- Deleted after the deploy (restored, for review): {h['records_deleted']}",
             f"- Verification: {({True: 'passed', False: 'FAILED', None: 'not run'})[h.get('verified')]}",
             f"- Verdict: **{h['verdict']}**"]

@@ -378,6 +378,7 @@ def _build(conn: sqlite3.Connection | None, bundle: Bundle, outcome: Outcome | N
         "activity": _activity(activity_counts, deploy),
         "files": files,
         "verification": outcome.verification if outcome else {},
+        "triggers_suspended": list(outcome.triggers_suspended) if outcome else [],
     }
 
 

@@ -36,6 +36,7 @@ from typing import Any
 from sqlglot import exp
 
 from recovery.bundle import Bundle, open_bundle, write_json_atomic
+from recovery import triggers
 from recovery.errors import ExitCode, RecoveryError
 from recovery.outcome import Conflict
 from recovery.schema import Schema, Table, reflect
@@ -243,8 +244,8 @@ def _apply_in_transaction(conn: sqlite3.Connection, schema: Schema, bundle: Bund
     """Everything inside the open transaction: suspend triggers, judge and delete table by table
     (children first), check the foreign keys, re-create the triggers."""
     _ensure_applied_table(conn)
-    triggers = _suspend_triggers(conn)
-    result.triggers_suspended = [name for name, _ in triggers]
+    suspended = triggers.suspend(conn, {i.table for i in items})
+    result.triggers_suspended = [t.name for t in suspended]
     children = _children(schema)
     watched = sorted({c for t in {i.table for i in items} for c, _ in children.get(t, [])})
     before = _fk_violations(conn, watched)
@@ -256,8 +257,7 @@ def _apply_in_transaction(conn: sqlite3.Connection, schema: Schema, bundle: Bund
     if after > before:
         raise RecoveryError(f"foreign key check got worse after the deletes ({before} → {after}); rolled back",
                             "nothing was changed; report this with the run folder", ExitCode.FAILED)
-    for _, ddl in triggers:
-        conn.execute(ddl)
+    triggers.restore(conn, suspended)
 
 
 def _ensure_applied_table(conn: sqlite3.Connection) -> None:
@@ -265,17 +265,6 @@ def _ensure_applied_table(conn: sqlite3.Connection) -> None:
         this=table(APPLIED_DELETES_TABLE, "main"),
         expressions=[exp.ColumnDef(this=exp.to_identifier(c, quoted=True), kind=exp.DataType.build("TEXT"))
                      for c in ("bundle_id", "table_name", "key_json", "applied_at")]))))
-
-
-def _suspend_triggers(conn: sqlite3.Connection) -> list[tuple[str, str]]:
-    """Drop every trigger of the database inside the open transaction and return (name, DDL) to
-    re-create them byte-identical before the commit: the application's audit triggers must not
-    log the tool's own deletes."""
-    rows = conn.execute("SELECT name, sql FROM main.sqlite_master WHERE type='trigger' AND sql IS NOT NULL "
-                        "ORDER BY rowid").fetchall()
-    for name, _ in rows:
-        conn.execute(sql(exp.Drop(tables=[table(name, "main")], kind="TRIGGER")))
-    return [(r[0], r[1]) for r in rows]
 
 
 def _children(schema: Schema) -> dict[str, list[tuple[str, Any]]]:

@@ -20,7 +20,8 @@ from sqlglot import exp
 
 from recovery import __version__
 from recovery.bundle import FORMAT, LOST_TABLE, Bundle, bundle_id_for, open_bundle, seal
-from recovery.changes import TableSides, deleted_query, inserted_query, sides, updated_condition
+from recovery import changes
+from recovery.changes import TableSides, deleted_query, inserted_query, non_default, sides
 from recovery.diff import Analysis, analyse
 from recovery.errors import RecoveryError
 from recovery.files import FilesConfig, UploadsIndex, copy_files_into_bundle
@@ -103,13 +104,6 @@ def key_json(key: tuple[str, ...], alias: str) -> exp.Expression:
     return exp.Anonymous(this="json_array", expressions=[col(k, alias) for k in key])
 
 
-def non_default(t: Table, column: str, alias: str) -> exp.Expression:
-    """``alias.column`` holds something other than its default (NULL when it has none)."""
-    spec = t.column(column)
-    dv = default_value(spec.default if spec else None)
-    return is_distinct(col(column, alias), dv if dv is not None else exp.Null())
-
-
 def derivable(t: Table, column: str, files: FilesConfig, alias: str) -> exp.Expression | None:
     """For a new-only FK into the files table (``parts.file_id``): the value is carried by the file
     record's entity link when that record points back at this row."""
@@ -127,9 +121,7 @@ def derivable(t: Table, column: str, files: FilesConfig, alias: str) -> exp.Expr
 
 def uncarried_columns(a: Analysis, name: str) -> list[str]:
     """New-schema columns of a shared table that no old column's rule uses: their values are lost."""
-    new_t = a.new.tables[name]
-    used = a.mapping.tables[name].used_new_columns if name in a.mapping.tables else set()
-    return [c for c in new_t.column_names if c not in used]
+    return changes.uncarried_columns(a.new.tables[name], a.mapping.tables.get(name))
 
 
 def extract_table(conn: sqlite3.Connection, a: Analysis, name: str, counts: dict[str, Any]) -> None:
@@ -180,21 +172,8 @@ def _rebase(e: exp.Expression, alias: str) -> exp.Expression:
 
 
 def _changed_condition(a: Analysis, s: TableSides, new_t: Table) -> exp.Expression | None:
-    """Updated for extraction: the old-schema projection differs, or (after the deploy, by the
-    updated timestamp) a column the old schema cannot carry holds a non-default value."""
-    conds = [updated_condition(s)] if s.compared else []
-    lost_cols = [c for c in uncarried_columns(a, new_t.name) if c not in new_t.key]
-    ts = find_timestamp_columns(new_t)
-    if lost_cols and a.since_jd is not None and "updated" in ts:
-        conds.append(and_all([
-            after_expr(col(ts["updated"], "n"), a.since_jd),
-            or_all(non_default(new_t, c, "n") for c in lost_cols),
-        ]))
-    elif lost_cols:
-        # No deploy time or no updated timestamp: a non-default value in a column the backup does
-        # not have cannot be dated, so it is carried to the lost list rather than dropped silently.
-        conds.append(or_all(non_default(new_t, c, "n") for c in lost_cols))
-    return or_all(conds) if conds else None
+    """Updated for extraction: the one definition ``diff`` also counts with."""
+    return changes.changed_condition(s, new_t, a.mapping.tables.get(new_t.name), a.since_jd)
 
 
 def _match(a: str, a_cols: tuple[str, ...], b: str, b_cols: tuple[str, ...]) -> exp.Expression:
@@ -291,9 +270,10 @@ def extract(
     backup: str | os.PathLike[str], live: str | os.PathLike[str], out: str | os.PathLike[str],
     since: str | None = None, mapping: str | os.PathLike[str] | None = None,
     alembic_ini: str | os.PathLike[str] | None = None, uploads: str | os.PathLike[str] | None = None,
-    files: FilesConfig | None = None,
+    files: FilesConfig | None = None, trust_mapping: bool = False,
 ) -> ExtractResult:
-    """Extract every change since ``backup`` from ``live`` into a new bundle folder ``out``."""
+    """Extract every change since ``backup`` from ``live`` into a new bundle folder ``out``.
+    A column rule the unchanged rows contradict is refused unless ``trust_mapping``."""
     out_p = Path(out)
     if out_p.exists() and (not out_p.is_dir() or any(out_p.iterdir())):
         raise RecoveryError(f"--out {out_p} already exists and is not empty", "choose a new folder; nothing was overwritten")
@@ -315,7 +295,7 @@ def extract(
     walk = hasher.submit(UploadsIndex, Path(uploads)) if uploads is not None and Path(uploads).is_dir() else None
     hasher.shutdown(wait=False)
     try:
-        with analyse(backup, live, since, mapping, lineage) as a:
+        with analyse(backup, live, since, mapping, lineage, trust_mapping) as a:
             conn = a.pair
             conn.execute("PRAGMA query_only = OFF")
             conn.execute("ATTACH DATABASE ? AS bnew", (str(work / "rows.db"),))

@@ -3,7 +3,8 @@
 The structural part is alembic's ``compare_metadata`` run with the old (backup) database as the
 "database" and the new (live) schema's reflected MetaData as the "model", so its operations read
 as the upgrade that happened. Rename detection is our one extra comparator: a removed and an added
-column of the same table whose values agree on the rows both databases share.
+column of the same table whose values agree on the rows both databases share, and likewise a
+removed and an added table whose rows are found by key and agree in most columns.
 """
 from __future__ import annotations
 
@@ -51,6 +52,29 @@ class Rename:
 
 
 @dataclass(frozen=True)
+class TableRename:
+    """A backup table whose rows live on under another name: most of its rows are found by key in
+    the added table and most of its shared-name columns agree there."""
+
+    old: str
+    new: str
+    rows_compared: int
+    rows_matched: int
+    columns_agreeing: tuple[str, ...]
+    columns_compared: tuple[str, ...]
+
+    @property
+    def evidence(self) -> str:
+        return (f"{self.rows_matched} of {self.rows_compared} backup rows found by key; "
+                f"{len(self.columns_agreeing)} of {len(self.columns_compared)} columns agree")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"old": self.old, "new": self.new, "rows_compared": self.rows_compared,
+                "rows_matched": self.rows_matched, "columns_agreeing": list(self.columns_agreeing),
+                "columns_compared": list(self.columns_compared), "evidence": self.evidence}
+
+
+@dataclass(frozen=True)
 class SchemaDiff:
     tables_added: tuple[str, ...] = ()
     tables_removed: tuple[str, ...] = ()
@@ -63,6 +87,7 @@ class SchemaDiff:
     indexes: dict[str, tuple[str, ...]] = field(default_factory=dict)
     old_revision: str | None = None
     new_revision: str | None = None
+    table_renames: tuple[TableRename, ...] = ()
 
     @property
     def is_empty(self) -> bool:
@@ -78,9 +103,13 @@ class SchemaDiff:
             out.setdefault(r.table, {})[r.old] = (r.new, r.evidence)
         return out
 
+    def table_renames_by_old(self) -> dict[str, tuple[str, str]]:
+        return {r.old: (r.new, r.evidence) for r in self.table_renames}
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "revisions": {"old": self.old_revision, "new": self.new_revision},
+            "table_renames": [r.to_dict() for r in self.table_renames],
             "tables_added": list(self.tables_added),
             "tables_removed": list(self.tables_removed),
             "columns_added": {t: list(c) for t, c in sorted(self.columns_added.items())},
@@ -180,6 +209,54 @@ def detect_renames(
     return found
 
 
+def detect_table_renames(pair: sqlite3.Connection, old: Schema, new: Schema, removed: list[str], added: list[str],
+                         user: UserMapping, threshold: float = RENAME_THRESHOLD) -> list[TableRename]:
+    """Pair removed with added tables as columns are paired: same primary key columns, at least
+    ``threshold`` of the backup's rows (first :data:`RENAME_SAMPLE`) found by key in the added
+    table, and at least half of the other shared-name columns agreeing on ``threshold`` of those
+    rows (at least one). One aggregate query per candidate pair; each table is used once, best
+    match first. A table the mapping file names is never guessed."""
+    scored: list[tuple[float, TableRename]] = []
+    for o in removed:
+        if o in user.tables:
+            continue
+        old_t = old.tables[o]
+        key = old_t.primary_key
+        for a in added:
+            new_t = new.tables[a]
+            if not key or tuple(new_t.primary_key) != key:
+                continue
+            shared = [c for c in old_t.column_names if c not in key and new_t.column(c) is not None]
+            if not shared:
+                continue
+            sample = exp.select(*[col(c) for c in [*key, *shared]]).from_(table(o, "old")).limit(RENAME_SAMPLE)
+            src = sample.subquery(exp.TableAlias(this=exp.to_identifier("o", quoted=True)))
+            found = exp.Not(this=exp.Is(this=col(key[0], "n"), expression=exp.Null()))
+            sel: list[exp.Expression] = [exp.Count(this=exp.Star()),
+                                         exp.Sum(this=exp.Cast(this=found, to=exp.DataType.build("INT")))]
+            for c in shared:
+                same = and_all([found.copy(), is_same(col(c, "o"), col(c, "n"))])
+                sel.append(exp.Sum(this=exp.Cast(this=same, to=exp.DataType.build("INT"))))
+            q = exp.select(*sel).from_(src).join(table(a, "new", "n"), on=key_join(key, "o", "n"), join_type="left")
+            row = pair.execute(sql(q)).fetchone()
+            total, matched = int(row[0] or 0), int(row[1] or 0)
+            if not total or matched < threshold * total:
+                continue
+            agreeing = tuple(c for i, c in enumerate(shared) if (row[2 + i] or 0) >= threshold * matched)
+            if not agreeing or len(agreeing) * 2 < len(shared):
+                continue
+            scored.append((matched / total + len(agreeing) / len(shared),
+                           TableRename(o, a, total, matched, agreeing, tuple(shared))))
+    out: list[TableRename] = []
+    used: set[str] = set()
+    for _, r in sorted(scored, key=lambda x: (-x[0], x[1].old, x[1].new)):
+        if r.old in used or r.new in used:
+            continue
+        used |= {r.old, r.new}
+        out.append(r)
+    return out
+
+
 def compare(
     pair: sqlite3.Connection, old_conn: sqlite3.Connection, new_conn: sqlite3.Connection,
     old: Schema, new: Schema, user: UserMapping,
@@ -207,6 +284,7 @@ def compare(
                 changes.append(ColumnChange(tname, cname, kind.removeprefix("modify_"), _text(before), _text(after)))
     cols_added_t = {t: tuple(sorted(c)) for t, c in cols_added.items()}
     cols_removed_t = {t: tuple(sorted(c)) for t, c in cols_removed.items()}
+    table_renames = detect_table_renames(pair, old, new, sorted(removed_tables), sorted(added_tables), user)
     renames = detect_renames(pair, old, new, cols_removed_t, cols_added_t, user)
     for tname, tm in user.tables.items():
         for cname, expr in tm.columns.items():
@@ -224,6 +302,7 @@ def compare(
         indexes=_named_diff(old.indexes, new.indexes),
         old_revision=old.alembic_revision,
         new_revision=new.alembic_revision,
+        table_renames=tuple(table_renames),
     )
 
 

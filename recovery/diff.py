@@ -72,15 +72,15 @@ def analyse(
         with database_errors(backup_p, live_p):
             old, new = reflect(old_conn), reflect(new_conn)
         shared = set(old.data_tables) & set(new.data_tables)
-        if not shared:
-            raise RecoveryError(
-                f"{backup_p} and {live_p} have no table in common",
-                "is the backup of the same application?",
-            )
         pair = open_pair(backup_p, live_p)
         try:
             with database_errors(backup_p, live_p):
                 sdiff = compare(pair, old_conn, new_conn, old, new, user)
+                if not shared and not sdiff.table_renames:  # a renamed table counts as shared
+                    raise RecoveryError(
+                        f"{backup_p} and {live_p} have no table in common",
+                        "is the backup of the same application?",
+                    )
                 cmap = resolve(old, new, user, lineage, sdiff.renames_by_table(), sdiff.table_renames_by_old())
                 check_user_expressions(pair, user, new, cmap)
                 cmap = verify(pair, old, new, cmap, since_jd, trust_mapping)
@@ -179,8 +179,9 @@ class DiffResult:
             "backup": str(self.backup), "live": str(self.live), "since": self.since,
             "schema": self.schema.to_dict(), "mapping": self.mapping.to_dict(), "tables": tables,
             "totals": {k: sum(getattr(t, k) for t in self.changes.tables.values())
-                       for k in ("inserted", "updated", "deleted", "changed_only_in_new_columns",
-                                 "values_at_risk")},
+                       for k in ("inserted", "updated", "deleted")},
+            "at_risk": {k: sum(getattr(t, k) for t in self.changes.tables.values())
+                        for k in ("changed_only_in_new_columns", "values_at_risk")},
         }
 
     def csv_rows(self) -> Iterator[dict[str, Any]]:

@@ -58,9 +58,9 @@ from recovery.schema import Schema, Table
 from recovery.sqlbuild import and_all, col, qualify_columns, sql, table
 from recovery.timestamps import after_expr, find_timestamp_columns
 
-SAMPLE = 200_000
+SAMPLE = 20_000
 """Backup rows (storage order) a rule is checked on: plenty of evidence at a bounded cost."""
-INFER_SAMPLE = 50_000
+INFER_SAMPLE = 20_000
 """Backup rows inference looks at (it evaluates dozens of candidate expressions per row)."""
 MIN_EVIDENCE = 5
 """Checked rows needed before a rule can be refused."""
@@ -121,6 +121,10 @@ def _pair_source(s: TableSides, old_cols: list[str], limit: int) -> tuple[exp.Ex
 
 
 def _key_json(s: TableSides) -> exp.Expression:
+    """The row's key, for ``MIN`` to pick the first disagreeing row: the key itself when it is one
+    column (smallest key first), else its JSON array text."""
+    if len(s.key) == 1:
+        return col(s.key[0], "o")
     return exp.Anonymous(this="json_array", expressions=[col(k, "o") for k in s.key])
 
 
@@ -199,9 +203,9 @@ def check_table(pair: sqlite3.Connection, old_t: Table, new_t: Table, tm: TableM
 
 
 def _example(pair: sqlite3.Connection, s: TableSides, new_t: Table, column: str, expr: exp.Expression,
-             key_text: str) -> dict[str, Any]:
+             key_value: Any) -> dict[str, Any]:
     """{key, backup, live}: the backup's value and what the rule gives for the row with that key."""
-    key = json.loads(key_text)
+    key = [key_value] if len(s.key) == 1 else json.loads(key_value)
     conds = [exp.EQ(this=col(k, "o"), expression=exp.Placeholder()) for k in s.key]
     on = and_all(exp.EQ(this=o, expression=n) for o, n in zip(s.old_key, s.new_key, strict=True))
     q = exp.select(col(column, "o"), expr.copy()).from_(table(s.name, "old", "o")).join(

@@ -85,7 +85,8 @@ def mapping_from_dict(data: dict[str, Any]) -> ColumnMapping:
             )
             for r in t["columns"]
         )
-        tables[name] = TableMapping(name, rules, bool(t.get("skip")))
+        tables[name] = TableMapping(name, rules, bool(t.get("skip")), t.get("new_table"),
+                                    t.get("table_rename_evidence", ""))
     return ColumnMapping(tables)
 
 

@@ -47,6 +47,18 @@ class Analysis:
     def close(self) -> None:
         self.pair.close()
 
+    def live_name(self, name: str) -> str:
+        """The live table holding old table ``name``'s rows (its new name after a table rename)."""
+        tm = self.mapping.tables.get(name)
+        return tm.source_table if tm is not None and self.old.table(name) is not None else name
+
+    @property
+    def bundle_tables(self) -> list[str]:
+        """The live data tables, a renamed one under its old (backup) name: the names of the
+        bundle's tables, so a renamed table's rows are carried like any shared table's."""
+        renamed = {tm.new_table: n for n, tm in self.mapping.tables.items() if tm.new_table}
+        return [renamed.get(n, n) for n in self.new.data_tables]
+
     def __enter__(self) -> Analysis:
         return self
 

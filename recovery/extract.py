@@ -121,16 +121,16 @@ def derivable(t: Table, column: str, files: FilesConfig, alias: str) -> exp.Expr
 
 def uncarried_columns(a: Analysis, name: str) -> list[str]:
     """New-schema columns of a shared table that no old column's rule uses: their values are lost."""
-    return changes.uncarried_columns(a.new.tables[name], a.mapping.tables.get(name))
+    return changes.uncarried_columns(a.new.tables[a.live_name(name)], a.mapping.tables.get(name))
 
 
 def extract_table(conn: sqlite3.Connection, a: Analysis, name: str, counts: dict[str, Any]) -> None:
-    old_t, new_t = a.old.table(name), a.new.tables[name]
+    old_t, new_t = a.old.table(name), a.new.tables[a.live_name(name)]
     new_cols = list(new_t.column_names)
     _create_untyped(conn, "bnew", name, new_cols)
     shared = old_t is not None and name in a.mapping.tables and not a.mapping.tables[name].skip
     if not shared:
-        q = exp.select(*[col(c, "n") for c in new_cols], exp.Literal.string("inserted")).from_(table(name, "new", "n"))
+        q = exp.select(*[col(c, "n") for c in new_cols], exp.Literal.string("inserted")).from_(table(a.live_name(name), "new", "n"))
         counts[name] = {"inserted": _insert_select(conn, "bnew", name, new_cols, q), "updated": 0, "deleted": 0,
                         "status": "new table" if old_t is None else "skipped by mapping"}
         return
@@ -145,7 +145,7 @@ def extract_table(conn: sqlite3.Connection, a: Analysis, name: str, counts: dict
     upd_q = (
         exp.select(*n_cols, exp.Literal.string("updated"))
         .from_(table(name, "old", "o"))
-        .join(table(name, "new", "n"), on=and_all(
+        .join(table(a.live_name(name), "new", "n"), on=and_all(
             (is_same if s.null_safe_key else lambda x, y: exp.EQ(this=x, expression=y))(o, n)
             for o, n in zip(s.old_key, s.new_key, strict=True)))
         .where(cond)
@@ -173,7 +173,7 @@ def _rebase(e: exp.Expression, alias: str) -> exp.Expression:
 
 def _changed_condition(a: Analysis, s: TableSides, new_t: Table) -> exp.Expression | None:
     """Updated for extraction: the one definition ``diff`` also counts with."""
-    return changes.changed_condition(s, new_t, a.mapping.tables.get(new_t.name), a.since_jd)
+    return changes.changed_condition(s, new_t, a.mapping.tables.get(s.name), a.since_jd)
 
 
 def _match(a: str, a_cols: tuple[str, ...], b: str, b_cols: tuple[str, ...]) -> exp.Expression:
@@ -205,8 +205,8 @@ def close_foreign_keys(conn: sqlite3.Connection, a: Analysis, counts: dict[str, 
     bundle tables was parent rows × bundle rows: hours at 1M parts)."""
     for _ in range(len(a.new.tables) + 1):
         added = 0
-        for name in a.new.data_tables:
-            for fk in a.new.tables[name].foreign_keys:
+        for name in a.bundle_tables:
+            for fk in a.new.tables[a.live_name(name)].foreign_keys:
                 parent = a.new.table(fk.ref_table)
                 if parent is None or fk.ref_table not in counts:
                     continue
@@ -234,7 +234,7 @@ def record_lost(conn: sqlite3.Connection, a: Analysis, files: FilesConfig, count
         exp.ColumnDef(this=exp.to_identifier(c, quoted=True))
         for c in ("table", "key", "label", "column", "value", "reason")]), kind="TABLE")))
     for name in sorted(counts):
-        new_t = a.new.tables[name]
+        new_t = a.new.tables[a.live_name(name)]
         carried = name in a.mapping.tables and not a.mapping.tables[name].skip and a.old.table(name) is not None
         if carried:
             cols = [c for c in uncarried_columns(a, name) if c not in new_t.key]
@@ -302,7 +302,7 @@ def extract(
             conn.execute("ATTACH DATABASE ? AS bbase", (str(work / "base.db"),))
             counts: dict[str, Any] = {}
             conn.execute("BEGIN")
-            for name in a.new.data_tables:
+            for name in a.bundle_tables:
                 extract_table(conn, a, name, counts)
             close_foreign_keys(conn, a, counts)
             record_lost(conn, a, files, counts)

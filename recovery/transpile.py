@@ -249,7 +249,7 @@ def plan(
     ``has_deletes``: tables with rows deleted after the deploy (None: emit every table's DELETE)."""
     tables = tuple(
         TablePlan(t, old.tables[t].key) for t in old.fk_order()
-        if t in mapping.tables and not mapping.tables[t].skip and t in new.tables
+        if t in mapping.tables and not mapping.tables[t].skip and mapping.tables[t].source_table in new.tables
     )
     p = Plan(tables, old=old, new=new, mapping=mapping, has_rows=frozenset(has_rows),
              has_deletes=None if has_deletes is None else frozenset(has_deletes))

@@ -344,18 +344,36 @@ def test_diff_reports_values_at_risk_and_agrees_with_extract(tmp_path: Path) -> 
 # table renames
 
 
-def test_renamed_table_is_detected_and_its_rows_compared(tmp_path: Path) -> None:
+def _renamed_world(d: Path) -> tuple[Path, Path]:
+    """customers (backup) is clients (live); two other tables unchanged. After the deploy one row
+    was deleted, one edited and one added (dated)."""
     old = [(i, f"c{i}", i * 3, BEFORE) for i in range(1, 31)]
-    backup = build(tmp_path / "o.db", "CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT, score INTEGER, "
-                                      "updated_at TEXT);", old, "customers")
-    live_rows = [*old[:29], (31, "c31", 1, AFTER)]  # one deleted, one added after the deploy
-    live = build(tmp_path / "n.db", "CREATE TABLE clients (id INTEGER PRIMARY KEY, name TEXT, score INTEGER, "
-                                    "updated_at TEXT);", live_rows, "clients")
+    live_rows = [*old[:28], (29, "c29 edited", 87, AFTER), (31, "c31", 1, AFTER)]
+    paths = []
+    for path, name, rows in ((d / "app.db.bak", "customers", old), (d / "app.db", "clients", live_rows)):
+        build(path, f"CREATE TABLE {name} (id INTEGER PRIMARY KEY, name TEXT, score INTEGER, updated_at TEXT);"
+                    "CREATE TABLE a (id INTEGER PRIMARY KEY, v TEXT); CREATE TABLE b (id INTEGER PRIMARY KEY, v TEXT);",
+              rows, name)
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+def test_renamed_table_is_detected_compared_and_carried(tmp_path: Path) -> None:
+    backup, live = _renamed_world(tmp_path)
     res = cli("diff", backup, live, "--since", DEPLOY, "--json")
     data = json.loads(res.stdout)
     (ren,) = data["schema"]["table_renames"]
     assert (ren["old"], ren["new"], ren["rows_matched"], ren["rows_compared"]) == ("customers", "clients", 29, 30)
     t = data["tables"]["customers"]
-    assert t["renamed_to"] == "clients" and (t["inserted"], t["updated"], t["deleted"]) == (1, 0, 1)
+    assert t["renamed_to"] == "clients" and (t["inserted"], t["updated"], t["deleted"]) == (1, 1, 1)
     assert "clients" not in data["tables"]
     assert data["mapping"]["customers"]["new_table"] == "clients"
+    res = cli("rollback", live, "--backup", backup, "--since", DEPLOY, "--out", tmp_path / "run", "--yes")
+    assert res.returncode in (0, 1), res.stdout + res.stderr
+    with sqlite3.connect(f"file:{live}?mode=ro", uri=True) as conn:
+        rows = dict((r[0], r[1:]) for r in conn.execute("SELECT id, name, score FROM customers WHERE id >= 29"))
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    conn.close()
+    assert "clients" not in tables
+    # the edit and the new row are carried under the old name, the deleted row is back for review
+    assert rows == {29: ("c29 edited", 87), 30: ("c30", 90), 31: ("c31", 1)}

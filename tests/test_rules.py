@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from recovery.diff import analyse
 from recovery.errors import RecoveryError
 from recovery.evidence import MIN_INFER
+from recovery.sqlbuild import qualify_columns, sql
 
 DEPLOY = "2026-11-20T14:00:00"
 BEFORE, AFTER = "2026-11-19 10:00:00", "2026-11-20 15:00:00"
@@ -45,6 +46,11 @@ def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
 
 def rule(a: Any, table: str, column: str) -> Any:
     return a.mapping.tables[table].rule(column)
+
+
+def on_live(r: Any) -> str:
+    """The rule's expression over the live row aliased ``n``."""
+    return sql(qualify_columns(r.expression, "n"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -111,6 +117,9 @@ CASES = [
     Case("inferred concatenation", (NAME_OLD, NAME_NEW), name_rows, 30, None, "full_name", "inferred", "agrees",
          "\"first\" || ' ' || \"last\""),
     Case("inferred split", (NAME_NEW, NAME_OLD), split_rows, 30, None, "last", "inferred", "agrees"),
+    Case("same name, new unit: the contradicted same-name rule gives way to an inferred one",
+         (PRICE_OLD, PRICE_OLD.replace("price REAL", "price INTEGER")), price_rows, 40, None, "price", "inferred",
+         "agrees", '"price" / 100.0'),
     Case("too few rows: not inferred", (PRICE_OLD, PRICE_NEW), price_rows, MIN_INFER - 1, None, "price", "none",
          "not inferred"),
     Case("disagrees only on rows edited after the deploy", (PRICE_OLD, PRICE_NEW), edited_after_deploy, 60,
@@ -145,7 +154,7 @@ def test_rule_judged_by_the_data(case: Case, tmp_path: Path) -> None:
             assert r.check["rows_agreeing"] == r.check["rows_checked"] >= case.extra.get("rows_checked", MIN_INFER)
             # the rule applied to the live rows gives every backup value of the rows nobody touched
             cur = a.pair.execute(f'SELECT count(*) FROM old.t o JOIN new.t n USING (id) '
-                                 f'WHERE julianday(n.updated_at) <= julianday(?) AND o."{case.column}" IS NOT ({r.sql})', (DEPLOY,))
+                                 f'WHERE julianday(n.updated_at) <= julianday(?) AND o."{case.column}" IS NOT ({on_live(r)})', (DEPLOY,))
             assert cur.fetchone()[0] == 0
         if case.refused:
             first = r.check["first_disagreement"]
@@ -162,8 +171,8 @@ def test_split_infers_both_halves(tmp_path: Path) -> None:
     with analyse(backup, live, DEPLOY) as a:
         first, last = rule(a, "t", "first"), rule(a, "t", "last")
         assert (first.source, last.source) == ("inferred", "inferred")
-        got = a.pair.execute(f"SELECT count(*) FROM old.t o JOIN new.t n USING (id) WHERE o.first IS ({first.sql}) "
-                             f"AND o.last IS ({last.sql})").fetchone()[0]
+        got = a.pair.execute(f"SELECT count(*) FROM old.t o JOIN new.t n USING (id) WHERE o.first IS ({on_live(first)}) "
+                             f"AND o.last IS ({on_live(last)})").fetchone()[0]
         assert got == 30
 
 
@@ -223,7 +232,7 @@ def test_scale_inferred_iff_every_unchanged_row_agrees(tmp_path_factory: pytest.
         r = rule(a, "t", "x")
         if spoil is None:
             assert r.source == "inferred", r.check
-            wrong = a.pair.execute(f"SELECT count(*) FROM old.t o JOIN new.t n USING (id) WHERE o.x IS NOT ({r.sql})")
+            wrong = a.pair.execute(f"SELECT count(*) FROM old.t o JOIN new.t n USING (id) WHERE o.x IS NOT ({on_live(r)})")
             assert wrong.fetchone()[0] == 0
         else:
             assert r.source == "none" and r.check["verdict"] == "not inferred"

@@ -372,7 +372,23 @@ def _build(conn: sqlite3.Connection | None, bundle: Bundle, outcome: Outcome | N
         "activity": _activity(activity_counts, deploy),
         "files": files,
         "verification": outcome.verification if outcome else {},
+        "rules": column_rules(bundle.manifest.get("mapping") or {}),
     }
+
+
+def column_rules(mapping: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every column rule that is not a plain same-name copy the data confirm, with its evidence
+    (recovery.evidence): inferred, mapped, renamed, contradicted or unverified rules."""
+    out = []
+    for tname, t in sorted(mapping.items()):
+        for r in t.get("columns", ()):
+            if r.get("source") == "same-name" and r.get("verdict") in (None, "agrees"):
+                continue
+            out.append({"table": tname, "column": r["column"], "expression": r.get("expression"),
+                        "source": r.get("source"), "verdict": r.get("verdict"),
+                        "rows_checked": r.get("rows_checked"), "rows_agreeing": r.get("rows_agreeing"),
+                        "first_disagreement": r.get("first_disagreement"), "trusted": bool(r.get("trusted"))})
+    return out
 
 
 def _deletes(outcome: Outcome | None) -> list[dict[str, Any]]:

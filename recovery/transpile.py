@@ -87,7 +87,7 @@ class Plan:
             for c in t.columns:
                 if c.source != "same-name":
                     how = c.expression.sql(dialect=dialect) if c.expression is not None else "default/NULL on insert, backup value on update"
-                    lines.append(f"-- {t.table}.{c.column} <- {how}  [{c.source}{_evidence_note(tm, c.column)}]")
+                    lines.append(f"-- {t.table}.{c.column} <- {how}  [{c.source}]{_evidence_note(tm, c.column)}")
         lines.append("BEGIN;")
         for stmt in self.statements(apply_deletes):
             if isinstance(stmt, exp.Delete):
@@ -98,13 +98,13 @@ class Plan:
 
 
 def _evidence_note(tm: object, column: str) -> str:
-    """'; 55 of 55 unchanged rows agree' from the rule's evidence (see recovery.evidence), if any."""
+    """' (55 of 55 unchanged rows agree)' from the rule's evidence (recovery.evidence), if any."""
     rule = next((r for r in getattr(tm, "rules", ()) if r.column == column), None)
     ev = getattr(rule, "check", None) or {}
     if "rows_checked" not in ev:
         return ""
-    note = f"; {ev['rows_agreeing']} of {ev['rows_checked']} unchanged rows agree"
-    return note + ("; disagrees, kept by --trust-mapping" if ev.get("trusted") else "")
+    trusted = "; disagrees, kept by --trust-mapping" if ev.get("trusted") else ""
+    return f" ({ev['rows_agreeing']} of {ev['rows_checked']} unchanged rows agree{trusted})"
 
 
 def source_columns(plan: Plan) -> Plan:

@@ -30,6 +30,8 @@ undated-or-untouched rows (share below :data:`AGREE_SHARE_UNDATED` of at least
 is refused (:class:`~recovery.errors.RecoveryError`, exit 2, with the evidence) unless the operator
 passes ``--trust-mapping``.
 
+A table without a primary key (keyed by all its columns) has no rule to check beyond its key.
+
 **Inference.** An old column with no rule (or whose same-name rule disagrees) gets one found from
 the unchanged rows — here, rows whose every trusted compared column agrees — among: the column as
 is, a cast or a rounding, a scale factor (the ratio backup / live measured on the data, snapped to

@@ -265,6 +265,27 @@ def test_cli_refuses_a_wrong_mapping_and_trust_mapping_keeps_it(tmp_path: Path) 
     assert "disagrees, kept by --trust-mapping" in (tmp_path / "b2" / "reimport.sql").read_text()
 
 
+def test_rollback_refuses_a_wrong_mapping_and_changes_nothing(tmp_path: Path) -> None:
+    import hashlib
+
+    old_rows, new_rows = price_rows(30)
+    backup = build(tmp_path / "app.db.bak", PRICE_OLD, old_rows)
+    live = build(tmp_path / "app.db", PRICE_NEW, [*new_rows, (31, "p31", 9999, AFTER)])
+    mp = tmp_path / "map.toml"
+    mp.write_text('[tables.t.columns]\nprice = "price_cents / 10.0"\n')
+    before = hashlib.sha256(live.read_bytes()).hexdigest()
+    res = cli("rollback", live, "--backup", backup, "--mapping", mp, "--since", DEPLOY, "--out", tmp_path / "run",
+              "--yes")
+    assert res.returncode == 2 and "t.price" in res.stderr and "--trust-mapping" in res.stderr, res.stderr
+    assert hashlib.sha256(live.read_bytes()).hexdigest() == before
+    res = cli("rollback", live, "--backup", backup, "--mapping", mp, "--since", DEPLOY, "--out", tmp_path / "run2",
+              "--yes", "--trust-mapping")
+    assert res.returncode in (0, 1), res.stdout + res.stderr
+    with sqlite3.connect(f"file:{live}?mode=ro", uri=True) as conn:
+        assert conn.execute("SELECT price FROM t WHERE id = 31").fetchone()[0] == 999.9  # the trusted rule's value
+    conn.close()
+
+
 def test_rehearse_fails_on_a_wrong_mapping(world_copy: Path, tmp_path: Path) -> None:
     backup = next(world_copy.glob("gestima.db.bak.*"))
     mp = tmp_path / "map.toml"

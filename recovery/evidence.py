@@ -72,6 +72,11 @@ MIN_INFER = 20
 """Unchanged rows that must all agree before a rule is inferred."""
 MIN_INFER_VALUES = 10
 """Of which this many with a non-NULL backup value."""
+CANDIDATES_PER_QUERY = 400
+"""Candidate rules judged per aggregate query (SQLite allows 2,000 result columns)."""
+MAX_CANDIDATES = 4_000
+"""At most this many candidates per table (ten scans of the sample at most)."""
+MAX_RATIO_PAIRS = 400
 
 _NUMERIC = ("integer", "real")
 
@@ -308,9 +313,23 @@ def _split_templates() -> list[str]:
     return out
 
 
-def candidates(column: str, old_aff: str, pool: list[tuple[str, str]], ratios: dict[str, float]) -> list[Candidate]:
+@dataclass(frozen=True)
+class TextFit:
+    """Which live text columns fit old column ``c`` on every unchanged row, measured in SQL:
+    ``prefix``/``suffix``: the live value begins/ends the old one (halves of a concatenation);
+    ``head``/``tail``: the old value begins/ends the live one (halves of a split)."""
+
+    prefix: frozenset[str] = frozenset()
+    suffix: frozenset[str] = frozenset()
+    head: frozenset[str] = frozenset()
+    tail: frozenset[str] = frozenset()
+
+
+def candidates(column: str, old_aff: str, pool: list[tuple[str, str]], ratios: dict[str, float],
+               fit: TextFit | None = None) -> list[Candidate]:
     """Every candidate rule for old ``column`` over the live columns ``pool`` ((name, affinity)),
-    most plausible first; ``ratios`` holds the measured backup/live ratio per numeric live column."""
+    most plausible first; ``ratios`` holds the measured backup/live ratio per numeric live column,
+    ``fit`` (when measured) limits splits and concatenations to the columns that can form them."""
     out: list[Candidate] = []
     for a, aff in pool:
         out += [Candidate(column, _template(t, a), kind) for t, kind in _identity_templates(old_aff, aff)]
@@ -319,14 +338,34 @@ def candidates(column: str, old_aff: str, pool: list[tuple[str, str]], ratios: d
             out += [Candidate(column, _template(t, a), "scale") for t in scale_templates(ratios[a], old_aff)]
     if old_aff in ("text", "blob"):
         texts = [a for a, aff in pool if aff in ("text", "blob")]
+        halves = _split_templates()
         for a in texts:
-            out += [Candidate(column, _template(t, a), "split") for t in _split_templates()]
+            if fit is None or a in fit.head:
+                out += [Candidate(column, _template(t, a), "split") for t in halves[0::2]]
+            if fit is None or a in fit.tail:
+                out += [Candidate(column, _template(t, a), "split") for t in halves[1::2]]
         for a in texts:
             for b in texts:
-                if a != b:
+                if a != b and (fit is None or (a in fit.prefix and b in fit.suffix)):
                     out += [Candidate(column, _template(f"{_A} || {_lit(sep)} || {_B}", a, b), "concatenation")
                             for sep in _CONCAT_SEPARATORS]
     return out
+
+
+def _fits(c: str, a: str) -> list[exp.Expression]:
+    """0/1 per row: live ``a`` begins, ends the old ``c``; old ``c`` begins, ends live ``a``."""
+    o, n = col(c, "o"), col(a, "n")
+
+    def starts(whole: exp.Expression, part: exp.Expression) -> exp.Expression:
+        cut = exp.Substring(this=whole.copy(), start=exp.Literal.number(1),
+                            length=exp.Length(this=part.copy()))
+        return _flag(exp.EQ(this=cut, expression=part.copy()))
+
+    def ends(whole: exp.Expression, part: exp.Expression) -> exp.Expression:
+        cut = exp.Substring(this=whole.copy(), start=exp.Neg(this=exp.Length(this=part.copy())))
+        return _flag(exp.EQ(this=cut, expression=part.copy()))
+
+    return [starts(o, n), ends(o, n), starts(n, o), ends(n, o)]
 
 
 def _ratio_expr(c: str, a: str) -> exp.Expression:
@@ -359,12 +398,16 @@ def infer_table(pair: sqlite3.Connection, old_t: Table, new_t: Table, tm: TableM
         names = [*pool_names, *([c] if new_t.column(c) is not None and c not in pool_names else [])]
         per_target[c] = [(a, affinity(new_t.column(a).type)) for a in names]  # type: ignore[union-attr]
     pairs = [(c, a) for c in targets for a, aff in per_target[c]
-             if _is_num(aff) and _is_num(affinity(old_t.column(c).type))]  # type: ignore[union-attr]
+             if _is_num(aff) and _is_num(affinity(old_t.column(c).type))][:MAX_RATIO_PAIRS]  # type: ignore[union-attr]
     base = _inner(p, since_jd, INFER_SAMPLE, old_cols=targets,
                   extra=[exp.alias_(col(c, "o"), f"o{i}", quoted=True) for i, c in enumerate(targets)]
                   + [exp.alias_(_ratio_expr(c, a), f"q{j}", quoted=True) for j, (c, a) in enumerate(pairs)]
                   + [exp.alias_(col(a, "n"), f"n_{a}", quoted=True) for a in dict.fromkeys(
                       a for c in targets for a, _ in per_target[c])])
+    text_pairs = [(c, a) for c in targets for a, aff in per_target[c] if aff in ("text", "blob")
+                  and affinity(old_t.column(c).type) in ("text", "blob")][:MAX_RATIO_PAIRS]  # type: ignore[union-attr]
+    for j, (c, a) in enumerate(text_pairs):
+        base = base.select(*[exp.alias_(f, f"f{j}_{m}", quoted=True) for m, f in enumerate(_fits(c, a))], copy=False)
     rows = base.subquery(exp.TableAlias(this=exp.to_identifier("r", quoted=True)))
     unchanged = exp.EQ(this=col("nd", "r"), expression=exp.Literal.number(0))
     sel: list[exp.Expression] = [exp.Count(this=exp.Star())]
@@ -372,6 +415,8 @@ def infer_table(pair: sqlite3.Connection, old_t: Table, new_t: Table, tm: TableM
         sel += [exp.Count(this=col(f"o{i}", "r")), exp.Count(this=exp.Distinct(expressions=[col(f"o{i}", "r")]))]
     for j in range(len(pairs)):
         sel += [exp.Min(this=col(f"q{j}", "r")), exp.Max(this=col(f"q{j}", "r"))]
+    for j in range(len(text_pairs)):
+        sel += [exp.Sum(this=col(f"f{j}_{m}", "r")) for m in range(4)]
     row = pair.execute(sql(exp.select(*sel).from_(rows).where(unchanged))).fetchone()
     total = int(row[0] or 0)
     ratios: dict[str, dict[str, float]] = {c: {} for c in targets}
@@ -379,6 +424,12 @@ def infer_table(pair: sqlite3.Connection, old_t: Table, new_t: Table, tm: TableM
         lo, hi = row[1 + 2 * len(targets) + 2 * j], row[2 + 2 * len(targets) + 2 * j]
         if lo is not None and hi is not None and math.isclose(lo, hi, rel_tol=1e-9):
             ratios[c][a] = _snap((lo + hi) / 2)
+    at = 1 + 2 * len(targets) + 2 * len(pairs)
+    fit_sets: dict[str, list[set[str]]] = {c: [set(), set(), set(), set()] for c in targets}
+    for j, (c, a) in enumerate(text_pairs):
+        for m in range(4):
+            if int(row[at + 4 * j + m] or 0) == total:
+                fit_sets[c][m].add(a)
     cands: list[Candidate] = []
     for i, c in enumerate(targets):
         nonnull, distinct = int(row[1 + 2 * i] or 0), int(row[2 + 2 * i] or 0)
@@ -388,33 +439,39 @@ def infer_table(pair: sqlite3.Connection, old_t: Table, new_t: Table, tm: TableM
         elif nonnull < MIN_INFER_VALUES or distinct < 2:
             ev["reason"] = "the backup's values are too few or all equal to prove a rule"
         else:
-            mine = candidates(c, affinity(old_t.column(c).type), per_target[c], ratios[c])  # type: ignore[union-attr]
+            fs = fit_sets[c]
+            mine = candidates(c, affinity(old_t.column(c).type), per_target[c], ratios[c],  # type: ignore[union-attr]
+                              TextFit(frozenset(fs[0]), frozenset(fs[1]), frozenset(fs[2]), frozenset(fs[3])))
             cands += mine
             ev["reason"] = f"no candidate rule ({len(mine)} tried) agrees on every unchanged row"
         out[c] = (None, ev)
     if not cands:
         return out
+    order = ("as is", "cast", "rounding", "scale", "split", "concatenation")
+    cands.sort(key=lambda cd: order.index(cd.kind))  # stable: each target's own order is kept
     idx = {c: i for i, c in enumerate(targets)}
-    sel2: list[exp.Expression] = [exp.Count(this=exp.Star())]
-    for cand in cands:
-        rebased = qualify_columns(cand.expression, "r")
-        for node in rebased.find_all(exp.Column):
-            node.set("this", exp.to_identifier(f"n_{node.name}", quoted=True))
-        sel2.append(_sum_when(exp.NullSafeEQ(this=col(f"o{idx[cand.column]}", "r"), expression=rebased)))
-    try:
-        row2 = pair.execute(sql(exp.select(*sel2).from_(base.subquery(
-            exp.TableAlias(this=exp.to_identifier("r", quoted=True)))).where(unchanged.copy()))).fetchone()
-    except sqlite3.Error:
-        return out
-    for k, cand in enumerate(cands):
-        if out[cand.column][0] is not None:
+    sub = base.subquery(exp.TableAlias(this=exp.to_identifier("r", quoted=True)))
+    for start in range(0, min(len(cands), MAX_CANDIDATES), CANDIDATES_PER_QUERY):
+        batch = [c for c in cands[start:start + CANDIDATES_PER_QUERY] if out[c.column][0] is None]
+        if not batch:
             continue
-        if int(row2[1 + k] or 0) == total:
-            ev = {"rows_checked": total, "rows_agreeing": total, "verdict": "agrees", "first_disagreement": None,
-                  "inferred_as": cand.kind}
-            rule = ColumnRule(cand.column, cand.expression, "inferred",
-                              f"{cand.kind}: all {total} unchanged rows agree", ev)
-            out[cand.column] = (rule, ev)
+        sel2: list[exp.Expression] = [exp.Count(this=exp.Star())]
+        for cand in batch:
+            rebased = qualify_columns(cand.expression, "r")
+            for node in rebased.find_all(exp.Column):
+                node.set("this", exp.to_identifier(f"n_{node.name}", quoted=True))
+            sel2.append(_sum_when(exp.NullSafeEQ(this=col(f"o{idx[cand.column]}", "r"), expression=rebased)))
+        try:
+            row2 = pair.execute(sql(exp.select(*sel2).from_(sub.copy()).where(unchanged.copy()))).fetchone()
+        except sqlite3.Error:  # a candidate SQLite cannot evaluate: no rule from this batch
+            continue
+        for k, cand in enumerate(batch):
+            if out[cand.column][0] is None and int(row2[1 + k] or 0) == total:
+                ev = {"rows_checked": total, "rows_agreeing": total, "verdict": "agrees", "first_disagreement": None,
+                      "inferred_as": cand.kind}
+                rule = ColumnRule(cand.column, cand.expression, "inferred",
+                                  f"{cand.kind}: all {total} unchanged rows agree", ev)
+                out[cand.column] = (rule, ev)
     return out
 
 

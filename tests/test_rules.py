@@ -204,6 +204,26 @@ def test_undated_edits_of_a_minority_do_not_refuse_a_correct_rule(tmp_path: Path
         assert ev["first_disagreement"] == {"key": [5], "backup": 0.35, "live": 5.35}
 
 
+def test_concatenation_found_among_many_text_columns(tmp_path: Path) -> None:
+    """Ten dropped and ten added text columns: the one concatenation is still found (splits and
+    concatenations are pruned by prefix/suffix fits, candidates judged in batches)."""
+    k = 10
+    old_cols = ", ".join(f'"o{i}" TEXT' for i in range(k))
+    new_cols = ", ".join(f'"n{i}" TEXT' for i in range(k))
+    old, new = [], []
+    for r in range(1, 31):
+        nv = [f"v{r}.{i}" for i in range(k)]
+        ov = [f"w{r}.{i}" for i in range(k)]
+        ov[4] = f"{nv[1]}, {nv[8]}"
+        old.append((r, *ov))
+        new.append((r, *nv))
+    backup = build(tmp_path / "o.db", f"CREATE TABLE t (id INTEGER PRIMARY KEY, {old_cols});", old)
+    live = build(tmp_path / "n.db", f"CREATE TABLE t (id INTEGER PRIMARY KEY, {new_cols});", new)
+    with analyse(backup, live) as a:
+        inferred = {r.column: r.sql for r in a.mapping.tables["t"].rules if r.source == "inferred"}
+    assert inferred == {"o4": "\"n1\" || ', ' || \"n8\""}
+
+
 # ---------------------------------------------------------------------------------------------
 # inference as a property: inferred iff the data agree
 

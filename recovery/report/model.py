@@ -377,12 +377,12 @@ def _build(conn: sqlite3.Connection | None, bundle: Bundle, outcome: Outcome | N
 
 
 def column_rules(mapping: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every column rule that is not a plain same-name copy the data confirm, with its evidence
-    (recovery.evidence): inferred, mapped, renamed, contradicted or unverified rules."""
+    """Every column rule that is not a plain same-name copy, plus same-name rules the data
+    contradict, with its evidence (recovery.evidence)."""
     out = []
     for tname, t in sorted(mapping.items()):
         for r in t.get("columns", ()):
-            if r.get("source") == "same-name" and r.get("verdict") in (None, "agrees"):
+            if r.get("source") == "same-name" and r.get("verdict") != "disagrees":
                 continue
             out.append({"table": tname, "column": r["column"], "expression": r.get("expression"),
                         "source": r.get("source"), "verdict": r.get("verdict"),

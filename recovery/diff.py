@@ -87,7 +87,7 @@ def analyse(
         pair = open_pair(backup_p, live_p)
         try:
             with database_errors(backup_p, live_p):
-                sdiff = compare(pair, old_conn, new_conn, old, new, user)
+                sdiff = compare(pair, old_conn, new_conn, old, new, user, since_jd)
                 if not shared and not sdiff.table_renames:  # a renamed table counts as shared
                     raise RecoveryError(
                         f"{backup_p} and {live_p} have no table in common",

@@ -43,12 +43,15 @@ class Rename:
     source: str  # "rename-detected" | "user-mapping"
     share: float | None = None
     rows_compared: int = 0
+    dated: bool = False
+    """True when rows updated after the deploy (by the live table's updated-at column) were left out."""
 
     @property
     def evidence(self) -> str:
         if self.source == "user-mapping":
             return "declared in the mapping file"
-        return f"{self.share:.1%} of {self.rows_compared} shared rows agree"
+        which = "shared rows not updated after the deploy" if self.dated else "shared rows"
+        return f"{self.share:.1%} of {self.rows_compared} {which} agree"
 
 
 @dataclass(frozen=True)
@@ -159,11 +162,14 @@ def structural(old_conn: sqlite3.Connection, new_conn: sqlite3.Connection) -> li
 def detect_renames(
     pair: sqlite3.Connection, old: Schema, new: Schema, removed: dict[str, tuple[str, ...]],
     added: dict[str, tuple[str, ...]], user: UserMapping, threshold: float = RENAME_THRESHOLD,
+    since_jd: float | None = None,
 ) -> list[Rename]:
     """Pair removed with added columns whose values agree on the shared rows (one pass per table).
 
     A pair needs at least ``threshold`` agreeing rows and one agreeing non-NULL value; each column
-    is used once, best share first. Columns the mapping file declares are never guessed.
+    is used once, best share first. Columns the mapping file declares are never guessed. With the
+    deploy time known and an updated-at column in the live table, rows updated after the deploy
+    are left out: a user's edit of the renamed column is not evidence against the rename.
     """
     found: list[Rename] = []
     for tname in sorted(set(removed) & set(added)):
@@ -190,6 +196,11 @@ def detect_renames(
             .from_(sample.subquery(exp.TableAlias(this=exp.to_identifier("o", quoted=True))))
             .join(table(tname, "new", "n"), on=key_join(key, "o", "n"))
         )
+        from recovery.evidence import _untouched
+
+        untouched = _untouched(new_t, since_jd)
+        if untouched is not None:
+            query = query.where(untouched)
         row = pair.execute(sql(query)).fetchone()
         total = row[0] or 0
         if not total:
@@ -205,7 +216,7 @@ def detect_renames(
             if r in used or a in used:
                 continue
             used |= {r, a}
-            found.append(Rename(tname, r, a, "rename-detected", round(share, 6), total))
+            found.append(Rename(tname, r, a, "rename-detected", round(share, 6), total, untouched is not None))
     return found
 
 
@@ -259,7 +270,7 @@ def detect_table_renames(pair: sqlite3.Connection, old: Schema, new: Schema, rem
 
 def compare(
     pair: sqlite3.Connection, old_conn: sqlite3.Connection, new_conn: sqlite3.Connection,
-    old: Schema, new: Schema, user: UserMapping,
+    old: Schema, new: Schema, user: UserMapping, since_jd: float | None = None,
 ) -> SchemaDiff:
     """The full schema diff old → new: alembic's structural diff, renames, views/triggers/indexes."""
     ops = structural(old_conn, new_conn)
@@ -285,7 +296,7 @@ def compare(
     cols_added_t = {t: tuple(sorted(c)) for t, c in cols_added.items()}
     cols_removed_t = {t: tuple(sorted(c)) for t, c in cols_removed.items()}
     table_renames = detect_table_renames(pair, old, new, sorted(removed_tables), sorted(added_tables), user)
-    renames = detect_renames(pair, old, new, cols_removed_t, cols_added_t, user)
+    renames = detect_renames(pair, old, new, cols_removed_t, cols_added_t, user, since_jd=since_jd)
     for tname, tm in user.tables.items():
         for cname, expr in tm.columns.items():
             if isinstance(expr, exp.Column) and expr.name != cname:

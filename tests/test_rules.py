@@ -224,6 +224,21 @@ def test_concatenation_found_among_many_text_columns(tmp_path: Path) -> None:
     assert inferred == {"o4": "\"n1\" || ', ' || \"n8\""}
 
 
+def test_rename_detected_despite_dated_edits_of_the_renamed_column(tmp_path: Path) -> None:
+    """A quarter of the rows had the renamed column edited after the deploy (dated): the rename
+    is still found on the rows nobody touched (without the dates it would be 75% < 90%)."""
+    old = [(i, f"cust{i}", BEFORE) for i in range(1, 21)]
+    new = [(i, f"edited{i}", AFTER) if i % 4 == 0 else (i, c, ts) for i, c, ts in old]
+    backup = build(tmp_path / "o.db", "CREATE TABLE t (id INTEGER PRIMARY KEY, customer TEXT, updated_at TEXT);", old)
+    live = build(tmp_path / "n.db", "CREATE TABLE t (id INTEGER PRIMARY KEY, customer_name TEXT, updated_at TEXT);", new)
+    with analyse(backup, live, DEPLOY) as a:
+        (ren,) = a.schema_diff.renames
+        assert (ren.old, ren.new, ren.share, ren.rows_compared) == ("customer", "customer_name", 1.0, 15)
+        assert "not updated after the deploy" in ren.evidence
+    with analyse(backup, live) as a:  # no deploy time known: the edits count against it
+        assert a.schema_diff.renames == ()
+
+
 # ---------------------------------------------------------------------------------------------
 # inference as a property: inferred iff the data agree
 

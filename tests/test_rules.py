@@ -366,6 +366,18 @@ def test_price_cents_rolls_back_without_alembic_or_mapping(world_copy: Path, tmp
     assert all(got[pid] != before[pid] for pid in repriced)  # carried, not the backup's value
 
 
+def test_diff_reads_lineage_rules_with_alembic_ini(world: Path) -> None:
+    """`diff --alembic-ini` takes parts.price from the migrations, and the data confirm it."""
+    from recovery.sample import app_dir
+
+    backup = next(world.glob("gestima.db.bak.*"))
+    res = cli("diff", backup, world / "gestima.db", "--alembic-ini", app_dir() / "alembic.ini", "--json")
+    assert res.returncode == 1, res.stderr
+    cols = {c["column"]: c for c in json.loads(res.stdout)["mapping"]["parts"]["columns"]}
+    assert (cols["price"]["source"], cols["price"]["verdict"]) == ("migration-lineage", "agrees")
+    assert cols["price"]["rows_checked"] == cols["price"]["rows_agreeing"] >= MIN_INFER
+
+
 # ---------------------------------------------------------------------------------------------
 # diff: a value only the new schema can hold is at risk
 

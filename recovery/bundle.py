@@ -129,7 +129,8 @@ def mapping_from_dict(data: dict[str, Any], where: str = "bundle manifest") -> C
             )
             for r in t["columns"]
         )
-        tables[name] = TableMapping(name, rules, bool(t.get("skip")))
+        tables[name] = TableMapping(name, rules, bool(t.get("skip")), t.get("new_table"),
+                                    t.get("table_rename_evidence", ""))
     return ColumnMapping(tables)
 
 

@@ -51,6 +51,12 @@ class TableChanges:
     timestamp_columns: dict[str, str] = field(default_factory=dict)
     after_deploy: dict[str, int] | None = None
     rows: tuple[RowChange, ...] | None = None
+    changed_only_in_new_columns: int = 0
+    """Rows in both whose old-schema projection is the backup's, but a column only the new schema
+    has holds a value a user set (see :func:`new_only_parts`): extract carries them as updated
+    rows and lists those values as lost."""
+    values_at_risk: int = 0
+    """The values of those rows that the old schema has no place for."""
 
     @property
     def total(self) -> int:
@@ -66,6 +72,11 @@ class ChangeSet:
     def total(self) -> int:
         return sum(t.total for t in self.tables.values())
 
+    @property
+    def at_risk(self) -> int:
+        """Rows changed only in new-schema columns, over all tables."""
+        return sum(t.changed_only_in_new_columns for t in self.tables.values())
+
 
 @dataclass(frozen=True)
 class TableSides:
@@ -77,6 +88,8 @@ class TableSides:
     new_key: tuple[exp.Expression, ...]
     compared: tuple[tuple[str, exp.Expression, exp.Expression], ...]
     null_safe_key: bool
+    new_name: str = ""
+    """The live table's name when the table was renamed (empty: the same name)."""
 
 
 def sides(old_t: Table, tm: TableMapping) -> TableSides | str:
@@ -95,7 +108,8 @@ def sides(old_t: Table, tm: TableMapping) -> TableSides | str:
         if r.expression is not None and r.column not in key
     )
     return TableSides(
-        old_t.name, key, tuple(col(k, "o") for k in key), tuple(new_key), compared, not old_t.has_primary_key
+        old_t.name, key, tuple(col(k, "o") for k in key), tuple(new_key), compared, not old_t.has_primary_key,
+        tm.new_table or "",
     )
 
 
@@ -116,8 +130,9 @@ def _source(s: TableSides, side: str) -> exp.Expression:
     identical rows (``row_number() OVER (PARTITION BY key)``), so duplicates diff as a multiset:
     two copies in the backup and one live is one deleted row, not none."""
     alias = "o" if side == "old" else "n"
+    name = s.new_name or s.name if side == "new" else s.name
     if not s.null_safe_key:
-        return table(s.name, side, alias)
+        return table(name, side, alias)
     key = s.old_key if side == "old" else s.new_key
     parts = []
     for e in key:
@@ -126,7 +141,7 @@ def _source(s: TableSides, side: str) -> exp.Expression:
             c.set("table", None)
         parts.append(bare)
     numbered = exp.Window(this=exp.RowNumber(), partition_by=parts)
-    inner = exp.select(exp.Star(), exp.alias_(numbered, DUP, quoted=True)).from_(table(s.name, side))
+    inner = exp.select(exp.Star(), exp.alias_(numbered, DUP, quoted=True)).from_(table(name, side))
     return inner.subquery(exp.TableAlias(this=exp.Identifier(this=alias, quoted=True)))
 
 
@@ -163,6 +178,51 @@ def updated_condition(s: TableSides) -> exp.Expression:
     return or_all(is_distinct(o, n) for _, o, n in s.compared)
 
 
+def uncarried_columns(new_t: Table, tm: TableMapping | None) -> list[str]:
+    """New-schema columns of a shared table that no old column's rule uses: their values are lost."""
+    used = tm.used_new_columns if tm is not None else set()
+    return [c for c in new_t.column_names if c not in used]
+
+
+def non_default(t: Table, column: str, alias: str) -> exp.Expression:
+    """``alias.column`` holds something other than its default (NULL when it has none)."""
+    from recovery.transpile import default_value
+
+    spec = t.column(column)
+    dv = default_value(spec.default if spec else None)
+    return is_distinct(col(column, alias), dv if dv is not None else exp.Null())
+
+
+def new_only_parts(new_t: Table, tm: TableMapping | None,
+                   since_jd: float | None) -> tuple[exp.Expression, list[exp.Expression]] | None:
+    """(condition, per-column flags) for "a column the old schema cannot carry holds a value a
+    user set" on the live row ``n``: a non-default value in a non-key uncarried column, and —
+    where the table has an updated timestamp and the deploy time is known — the row was updated
+    after the deploy. Without that evidence a non-default value cannot be dated, so it counts
+    (carried to the lost list rather than dropped silently). None when no column is uncarried."""
+    lost_cols = [c for c in uncarried_columns(new_t, tm) if c not in new_t.key]
+    if not lost_cols:
+        return None
+    flags = [non_default(new_t, c, "n") for c in lost_cols]
+    any_set = or_all(f.copy() for f in flags)
+    ts = find_timestamp_columns(new_t)
+    if since_jd is not None and "updated" in ts:
+        return and_all([after_expr(col(ts["updated"], "n"), since_jd), any_set]), flags
+    return any_set, flags
+
+
+def changed_condition(s: TableSides, new_t: Table, tm: TableMapping | None,
+                      since_jd: float | None) -> exp.Expression | None:
+    """THE definition of an updated row, shared by ``diff`` and ``extract``: its old-schema
+    projection differs from the backup row, or (:func:`new_only_parts`) a column only the new
+    schema has holds a value a user set. None when neither can happen (nothing to compare)."""
+    conds = [updated_condition(s)] if s.compared else []
+    parts = new_only_parts(new_t, tm, since_jd)
+    if parts is not None:
+        conds.append(parts[0])
+    return or_all(conds) if conds else None
+
+
 def updated_query(s: TableSides, select: list[exp.Expression]) -> exp.Select:
     """Rows in both whose old-schema projection differs from the backup row."""
     return (
@@ -188,7 +248,8 @@ def _sum_when(cond: exp.Expression, value: exp.Expression | None = None) -> exp.
 
 
 def count_jobs(s: TableSides, created_after: exp.Expression | None,
-               updated_after: exp.Expression | None) -> list[_Job]:
+               updated_after: exp.Expression | None,
+               new_only: tuple[exp.Expression, list[exp.Expression]] | None = None) -> list[_Job]:
     """The statements that count one table's inserted, updated and deleted rows: two passes, not
     three. The anti-join live → backup gives the inserted rows; one ``LEFT JOIN`` backup → live
     gives the deleted rows (no live match) and the updated ones (a match whose old-schema
@@ -222,9 +283,26 @@ def count_jobs(s: TableSides, created_after: exp.Expression | None,
         if updated_after is not None:
             sel.append(_sum_when(changed.copy(), exp.Cast(this=updated_after, to=exp.DataType.build("INT"))))
             fields.append("updated_after")
+    if new_only is not None:
+        cond, flags = new_only
+        only_new = and_all([exp.Not(this=missing.copy()), cond.copy()]
+                           + ([exp.Not(this=updated_condition(s))] if s.compared else []))
+        sel += [_sum_when(only_new), _sum_when(only_new.copy(), exp.Paren(this=_plus([_int(f) for f in flags])))]
+        fields += ["changed_only_in_new_columns", "values_at_risk"]
     q = exp.select(*sel).from_(_scan(s, "old")).join(_source(s, "new"), on=_key_match(s), join_type="left")
     jobs.append(_Job(s.name, sql(q), tuple(fields)))
     return jobs
+
+
+def _int(e: exp.Expression) -> exp.Expression:
+    return exp.Cast(this=e.copy(), to=exp.DataType.build("INT"))
+
+
+def _plus(terms: list[exp.Expression]) -> exp.Expression:
+    out = terms[0]
+    for t in terms[1:]:
+        out = exp.Add(this=out, expression=t)
+    return out
 
 
 def run_jobs(conn: sqlite3.Connection, jobs: list[_Job],
@@ -299,6 +377,8 @@ def _table_changes(old_t: Table, tm: TableMapping, s: TableSides, ts: dict[str, 
         compared_columns=tuple(c for c, _, _ in s.compared),
         uncompared_columns=tuple(r.column for r in tm.rules if r.expression is None),
         timestamp_columns=ts, after_deploy=after, rows=rows,
+        changed_only_in_new_columns=int(counts.get("changed_only_in_new_columns") or 0),
+        values_at_risk=int(counts.get("values_at_risk") or 0),
     )
 
 
@@ -311,14 +391,17 @@ def diff_table(
     if isinstance(s, str):
         return TableChanges(old_t.name, old_t.key, keyed_by, s)
     ts, created_after, updated_after = _timestamps(new_t, since_jd, ts_override)
-    counts = run_jobs(conn, count_jobs(s, created_after, updated_after)).get(s.name, {})
-    rows = tuple(iter_rows(conn, s, created_after, updated_after)) if want_rows else None
+    new_only = None if s.null_safe_key else new_only_parts(new_t, tm, since_jd)
+    counts = run_jobs(conn, count_jobs(s, created_after, updated_after, new_only)).get(s.name, {})
+    rows = tuple(iter_rows(conn, s, created_after, updated_after, new_only, new_t, tm)) if want_rows else None
     return _table_changes(old_t, tm, s, ts, counts, since_jd, rows)
 
 
 def iter_rows(
     conn: sqlite3.Connection, s: TableSides, created_after: exp.Expression | None,
     updated_after: exp.Expression | None,
+    new_only: tuple[exp.Expression, list[exp.Expression]] | None = None,
+    new_t: Table | None = None, tm: TableMapping | None = None,
 ) -> Iterator[RowChange]:
     """Stream every changed row with its key (and, for updates, the changed cells)."""
     nk = len(s.key)
@@ -342,6 +425,17 @@ def iter_rows(
                     "updated", tuple(r[:nk]), tuple(cells),
                     _flag(r, nk + 2 * len(s.compared), updated_after),
                 )
+    if new_only is not None and new_t is not None:
+        lost_cols = [c for c in uncarried_columns(new_t, tm) if c not in new_t.key]
+        cond = and_all([new_only[0].copy()] + ([exp.Not(this=updated_condition(s))] if s.compared else []))
+        q = (exp.select(*s.old_key, *[col(c, "n") for c in lost_cols], *[f.copy() for f in new_only[1]])
+             .from_(_source(s, "old")).join(_source(s, "new"), on=_key_match(s)).where(cond))
+        cur = conn.execute(sql(q))
+        n = len(lost_cols)
+        while batch := cur.fetchmany(BATCH):
+            for r in batch:
+                cells = tuple(CellChange(c, None, r[nk + i]) for i, c in enumerate(lost_cols) if r[nk + n + i])
+                yield RowChange("changed_only_in_new_columns", tuple(r[:nk]), cells)
     cur = conn.execute(sql(deleted_query(s, list(s.old_key))))
     while batch := cur.fetchmany(BATCH):
         for r in batch:
@@ -378,12 +472,17 @@ def diff_rows(
     names = sorted(set(old.data_tables) | set(new.data_tables))
     if tables:
         names = [n for n in names if n in tables]
+    renamed_to = {tm.new_table for tm in mapping.tables.values() if tm.new_table}
     out: dict[str, TableChanges] = {}
-    compared: list[tuple[Table, TableMapping, TableSides, dict[str, str], exp.Expression | None,
-                         exp.Expression | None]] = []
+    compared: list[tuple[Table, Table, TableMapping, TableSides, dict[str, str], exp.Expression | None,
+                         exp.Expression | None, tuple[exp.Expression, list[exp.Expression]] | None]] = []
     jobs: list[_Job] = []
     for name in names:
         old_t, new_t = old.table(name), new.table(name)
+        if old_t is None and name in renamed_to:
+            continue  # compared under its old name
+        if old_t is not None and name in mapping.tables and mapping.tables[name].new_table:
+            new_t = new.table(mapping.tables[name].source_table)
         if old_t is not None and new_t is not None:
             tm = mapping.tables[name]
             if tm.skip:
@@ -394,8 +493,9 @@ def diff_rows(
                 out[name] = TableChanges(name, old_t.key, "primary key" if old_t.has_primary_key else "all columns", s)
                 continue
             ts, created_after, updated_after = _timestamps(new_t, since_jd)
-            compared.append((old_t, tm, s, ts, created_after, updated_after))
-            jobs += count_jobs(s, created_after, updated_after)
+            new_only = None if s.null_safe_key else new_only_parts(new_t, tm, since_jd)
+            compared.append((old_t, new_t, tm, s, ts, created_after, updated_after, new_only))
+            jobs += count_jobs(s, created_after, updated_after, new_only)
         elif new_t is not None:
             jobs.append(_Job(name, sql(exp.select(exp.Count(this=exp.Star())).from_(table(name, "new"))),
                              ("inserted",)))
@@ -410,7 +510,7 @@ def diff_rows(
         if entry.status == "new table":
             out[name] = TableChanges(name, entry.key, entry.keyed_by, "new table",
                                      inserted=int(counts[name]["inserted"] or 0))
-    for old_t, tm, s, ts, created_after, updated_after in compared:
-        rows = tuple(iter_rows(conn, s, created_after, updated_after)) if want_rows else None
+    for old_t, new_t, tm, s, ts, created_after, updated_after, new_only in compared:
+        rows = tuple(iter_rows(conn, s, created_after, updated_after, new_only, new_t, tm)) if want_rows else None
         out[old_t.name] = _table_changes(old_t, tm, s, ts, counts.get(s.name, {}), since_jd, rows)
     return ChangeSet(dict(sorted(out.items())), since_text)

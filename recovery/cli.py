@@ -122,12 +122,17 @@ def snapshot_cmd(db: Path, out_dir: Path | None, uploads: Path | None, app_dir: 
 @click.option("--table", "tables", multiple=True, help="Only this table (repeatable).")
 @click.option("--mapping", type=click.Path(path_type=Path), help="TOML mapping file (old column = expression).")
 @click.option("--rows", is_flag=True, help="List every changed row (keys; changed columns with old/new values).")
+@click.option("--alembic-ini", type=click.Path(path_type=Path), help="The app's alembic.ini: read mapping rules from its migrations.")
+@click.option("--trust-mapping", is_flag=True,
+              help="Keep a column rule the unchanged rows contradict (default: refuse, exit 2).")
 @output_options
 def diff_cmd(backup: Path, db: Path, since: str | None, tables: tuple[str, ...], mapping: Path | None,
-             rows: bool, fmt: str) -> None:
+             rows: bool, fmt: str, alembic_ini: Path | None = None, trust_mapping: bool = False) -> None:
     """Compare BACKUP with the live DB: schema (alembic's comparison plus rename detection) and rows
-    per table (inserted / updated / deleted, judged in the backup's schema). Both files are opened
-    read-only. Exits 0 when nothing differs, 1 when something does.
+    per table (inserted / updated / deleted, judged in the backup's schema; rows changed only in
+    new-schema columns and their values at risk). Every column rule is checked against the rows
+    nobody changed after the deploy; a contradicted rule is refused (exit 2) unless --trust-mapping.
+    Both files are opened read-only. Exits 0 when nothing differs, 1 when something does.
 
     Example:
 
@@ -136,7 +141,7 @@ def diff_cmd(backup: Path, db: Path, since: str | None, tables: tuple[str, ...],
     """
     from recovery.diff import diff
 
-    result = diff(backup, db, since, list(tables) or None, mapping, rows or fmt == "csv")
+    result = diff(backup, db, since, list(tables) or None, mapping, rows or fmt == "csv", alembic_ini, trust_mapping)
     if fmt == "json":
         emit_json(result.to_dict(rows=rows))
     elif fmt == "csv":
@@ -144,7 +149,7 @@ def diff_cmd(backup: Path, db: Path, since: str | None, tables: tuple[str, ...],
                   ["table", "kind", "key", "after_deploy", "columns", "old", "new"])
     else:
         render_diff(result, rows)
-    differs = result.changes.total > 0 or not result.schema.is_empty
+    differs = result.changes.total > 0 or result.changes.at_risk > 0 or not result.schema.is_empty
     sys.exit(ExitCode.REVIEW if differs else ExitCode.OK)
 
 
@@ -156,9 +161,11 @@ def diff_cmd(backup: Path, db: Path, since: str | None, tables: tuple[str, ...],
 @click.option("--mapping", type=click.Path(path_type=Path), help="TOML mapping file (old column = expression).")
 @click.option("--alembic-ini", type=click.Path(path_type=Path), help="The app's alembic.ini: read mapping rules from its migrations.")
 @click.option("--uploads", type=click.Path(path_type=Path), help="Uploads folder: copy post-deploy files into the bundle.")
+@click.option("--trust-mapping", is_flag=True,
+              help="Keep a column rule the unchanged rows contradict (default: refuse, exit 2).")
 @output_options
 def extract_cmd(backup: Path, db: Path, out_dir: Path, since: str | None, mapping: Path | None,
-                alembic_ini: Path | None, uploads: Path | None, fmt: str) -> None:
+                alembic_ini: Path | None, uploads: Path | None, fmt: str, trust_mapping: bool = False) -> None:
     """Extract every row users created, changed or deleted since BACKUP from the live DB into a
     self-contained bundle (rows in the new schema with their backup images, FK closure, file
     copies, manifest with hashes) and transpile it to the old schema (reimport.sql). Both databases
@@ -172,7 +179,7 @@ def extract_cmd(backup: Path, db: Path, out_dir: Path, since: str | None, mappin
     """
     from recovery.extract import extract
 
-    result = extract(backup, db, out_dir, since, mapping, alembic_ini, uploads)
+    result = extract(backup, db, out_dir, since, mapping, alembic_ini, uploads, trust_mapping=trust_mapping)
     summary = result.summary()
     if fmt == "json":
         emit_json(summary)
@@ -283,11 +290,14 @@ def reimport_cmd(bundle_dir: Path, db: Path, out_dir: Path | None, uploads: Path
 @click.option("--alembic-ini", type=click.Path(path_type=Path), help="The app's alembic.ini (mapping rules from migrations).")
 @click.option("--downgrade-to", help="Downgrade the live DB in place with Alembic instead of restoring the backup.")
 @click.option("--force", is_flag=True, help="Proceed although the DB looks in use or the backup newer.")
+@click.option("--trust-mapping", is_flag=True,
+              help="Keep a column rule the unchanged rows contradict (default: refuse, exit 2).")
 @conflict_options
 @statement_timeout_option
 def rollback_cmd(db: Path, backup: Path, out_dir: Path | None, since: str | None, uploads: Path | None,
                  mapping: Path | None, alembic_ini: Path | None, downgrade_to: str | None, force: bool,
-                 on_conflict: str, prefer: str, apply_deletes: bool, dry_run: bool, yes: bool) -> None:
+                 on_conflict: str, prefer: str, apply_deletes: bool, dry_run: bool, yes: bool,
+                 trust_mapping: bool = False) -> None:
     """Roll DB back to BACKUP's release without losing post-deploy work: refuse while the app holds
     the DB, safety copy, extract the post-deploy changes, restore the backup atomically, re-import
     in one transaction, re-link uploads, verify, report. Every step is journaled in the run folder:
@@ -317,7 +327,7 @@ def rollback_cmd(db: Path, backup: Path, out_dir: Path | None, since: str | None
 
     res = rollback(db, backup, out_dir, since, uploads, mapping, alembic_ini, ConflictPolicy(on_conflict),
                    apply_deletes, dry_run, force, Prefer(prefer), confirm=confirm,
-                   progress=lambda m: err.print(term_text(f"· {m}", None)), downgrade_to=downgrade_to)
+                   progress=lambda m: err.print(term_text(f"· {m}", None)), downgrade_to=downgrade_to, trust_mapping=trust_mapping)
     render_outcome(res)
     _print_next_steps(res, backup)
     sys.exit(ExitCode.FAILED if res.outcome and res.outcome.aborted else res.exit_code)
@@ -537,9 +547,11 @@ def check_cmd(alembic_ini: Path, from_rev: str | None, to_rev: str | None, db: P
 @click.option("--uploads", type=click.Path(path_type=Path), help="The app's uploads folder (copied, never changed).")
 @click.option("--mapping", type=click.Path(path_type=Path), help="TOML mapping file (old column = expression).")
 @click.option("--since", help="Deploy time (ISO-8601 or epoch); default: the backup's manifest or name.")
+@click.option("--trust-mapping", is_flag=True,
+              help="Keep a column rule the unchanged rows contradict (default: refuse, exit 2).")
 @output_options
 def rehearse_cmd(db: Path, backup: Path, alembic_ini: Path | None, out_dir: Path | None, uploads: Path | None,
-                 mapping: Path | None, since: str | None, fmt: str) -> None:
+                 mapping: Path | None, since: str | None, fmt: str, trust_mapping: bool = False) -> None:
     """Test the rollback on staging in one command: copy DB, BACKUP and uploads to a scratch folder,
     run the whole `recovery rollback` on the copies, then check the round trip — every post-deploy
     change present or listed as lost, every backup row intact, the schema at the backup's revision —
@@ -556,7 +568,8 @@ def rehearse_cmd(db: Path, backup: Path, alembic_ini: Path | None, out_dir: Path
     from recovery.rehearse import rehearse, render_rehearsal
 
     err = console(stderr=True)
-    result = rehearse(db, backup, alembic_ini, out_dir, uploads, mapping, since, progress=lambda m: err.print(term_text(f"· {m}", None)))
+    result = rehearse(db, backup, alembic_ini, out_dir, uploads, mapping, since, progress=lambda m: err.print(term_text(f"· {m}", None)),
+                      trust_mapping=trust_mapping)
     if fmt == "json":
         emit_json(result.to_dict())
     elif fmt == "csv":

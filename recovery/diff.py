@@ -19,6 +19,7 @@ from sqlglot import exp
 
 from recovery.changes import ChangeSet, diff_rows
 from recovery.errors import RecoveryError
+from recovery.evidence import verify
 from recovery.mapping import ColumnMapping, UserMapping, load_mapping, resolve
 from recovery.schema import Schema, reflect
 from recovery.schemadiff import SchemaDiff, compare
@@ -46,6 +47,18 @@ class Analysis:
     def close(self) -> None:
         self.pair.close()
 
+    def live_name(self, name: str) -> str:
+        """The live table holding old table ``name``'s rows (its new name after a table rename)."""
+        tm = self.mapping.tables.get(name)
+        return tm.source_table if tm is not None and self.old.table(name) is not None else name
+
+    @property
+    def bundle_tables(self) -> list[str]:
+        """The live data tables, a renamed one under its old (backup) name: the names of the
+        bundle's tables, so a renamed table's rows are carried like any shared table's."""
+        renamed = {tm.new_table: n for n, tm in self.mapping.tables.items() if tm.new_table}
+        return [renamed.get(n, n) for n in self.new.data_tables]
+
     def __enter__(self) -> Analysis:
         return self
 
@@ -56,8 +69,11 @@ class Analysis:
 def analyse(
     backup: str | os.PathLike[str], live: str | os.PathLike[str], since: str | None = None,
     mapping: str | os.PathLike[str] | None = None,
-    lineage: dict[str, dict[str, exp.Expression]] | None = None,
+    lineage: dict[str, dict[str, exp.Expression]] | None = None, trust_mapping: bool = False,
 ) -> Analysis:
+    """Open both inputs read-only and resolve the schemas, the schema diff and the column mapping,
+    every rule checked against the data (:mod:`recovery.evidence`): a rule the unchanged rows
+    contradict is refused (exit 2) unless ``trust_mapping``."""
     backup_p, live_p = Path(backup), Path(live)
     user = load_mapping(mapping)
     since_text = since if since is not None else deploy_time_of(backup_p)
@@ -68,17 +84,18 @@ def analyse(
         with database_errors(backup_p, live_p):
             old, new = reflect(old_conn), reflect(new_conn)
         shared = set(old.data_tables) & set(new.data_tables)
-        if not shared:
-            raise RecoveryError(
-                f"{backup_p} and {live_p} have no table in common",
-                "is the backup of the same application?",
-            )
         pair = open_pair(backup_p, live_p)
         try:
             with database_errors(backup_p, live_p):
-                sdiff = compare(pair, old_conn, new_conn, old, new, user)
-                cmap = resolve(old, new, user, lineage, sdiff.renames_by_table())
-                check_user_expressions(pair, user, new)
+                sdiff = compare(pair, old_conn, new_conn, old, new, user, since_jd)
+                if not shared and not sdiff.table_renames:  # a renamed table counts as shared
+                    raise RecoveryError(
+                        f"{backup_p} and {live_p} have no table in common",
+                        "is the backup of the same application?",
+                    )
+                cmap = resolve(old, new, user, lineage, sdiff.renames_by_table(), sdiff.table_renames_by_old())
+                check_user_expressions(pair, user, new, cmap)
+                cmap = verify(pair, old, new, cmap, since_jd, trust_mapping)
         except BaseException:
             pair.close()
             raise
@@ -115,14 +132,16 @@ def _first_damaged(*paths: Path) -> Path | None:
     return None
 
 
-def check_user_expressions(pair: sqlite3.Connection, user: UserMapping, new: Schema) -> None:
+def check_user_expressions(pair: sqlite3.Connection, user: UserMapping, new: Schema,
+                           cmap: ColumnMapping | None = None) -> None:
     """Evaluate every mapping-file expression once against the live table, so that an unknown
     function or a refused one fails here, named, rather than halfway through the diff."""
     for tname, tm in user.tables.items():
-        if tm.skip or new.table(tname) is None:
+        live_name = cmap.tables[tname].source_table if cmap is not None and tname in cmap.tables else tname
+        if tm.skip or new.table(live_name) is None:
             continue
         for cname, expression in tm.columns.items():
-            q = exp.select(qualify_columns(expression, "n")).from_(table(tname, "new", "n")).limit(1)
+            q = exp.select(qualify_columns(expression, "n")).from_(table(live_name, "new", "n")).limit(1)
             try:
                 pair.execute(sql(q)).fetchall()
             except sqlite3.Error as exc:
@@ -155,6 +174,12 @@ class DiffResult:
                 entry["timestamp_columns"] = t.timestamp_columns
             if t.after_deploy is not None:
                 entry["after_deploy"] = t.after_deploy
+            if t.status == "compared":
+                entry["changed_only_in_new_columns"] = t.changed_only_in_new_columns
+                entry["values_at_risk"] = t.values_at_risk
+            tm = self.mapping.tables.get(name)
+            if tm is not None and tm.new_table:
+                entry["renamed_to"] = tm.new_table
             if rows and t.rows is not None:
                 entry["rows"] = [
                     {"kind": r.kind, "key": list(r.key), "after_deploy": r.after_deploy,
@@ -167,6 +192,8 @@ class DiffResult:
             "schema": self.schema.to_dict(), "mapping": self.mapping.to_dict(), "tables": tables,
             "totals": {k: sum(getattr(t, k) for t in self.changes.tables.values())
                        for k in ("inserted", "updated", "deleted")},
+            "at_risk": {k: sum(getattr(t, k) for t in self.changes.tables.values())
+                        for k in ("changed_only_in_new_columns", "values_at_risk")},
         }
 
     def csv_rows(self) -> Iterator[dict[str, Any]]:
@@ -191,9 +218,16 @@ def _jsonable(v: Any) -> Any:
 def diff(
     backup: str | os.PathLike[str], live: str | os.PathLike[str], since: str | None = None,
     tables: list[str] | None = None, mapping: str | os.PathLike[str] | None = None, rows: bool = False,
+    alembic_ini: str | os.PathLike[str] | None = None, trust_mapping: bool = False,
 ) -> DiffResult:
-    """Compare ``backup`` with ``live`` (both opened read-only): schema, then rows per table."""
-    with analyse(backup, live, since, mapping) as a:
+    """Compare ``backup`` with ``live`` (both opened read-only): schema, then rows per table.
+    ``alembic_ini`` adds the migrations' lineage rules, as for ``extract``."""
+    lineage = None
+    if alembic_ini is not None:
+        from recovery.migrations import derive_lineage
+
+        lineage, _report = derive_lineage(alembic_ini, backup, live)
+    with analyse(backup, live, since, mapping, lineage, trust_mapping) as a:
         unknown = [t for t in tables or [] if t not in a.old.tables and t not in a.new.tables]
         if unknown:
             raise RecoveryError(f"--table {unknown[0]} is in neither database", "check the table name")

@@ -20,7 +20,8 @@ from sqlglot import exp
 
 from recovery import __version__
 from recovery.bundle import DIR_MODE, FORMAT, LOST_TABLE, Bundle, open_bundle, seal
-from recovery.changes import TableSides, deleted_query, inserted_query, sides, updated_condition
+from recovery import changes
+from recovery.changes import TableSides, deleted_query, inserted_query, non_default, sides
 from recovery.diff import Analysis, analyse
 from recovery.errors import RecoveryError
 from recovery.files import FilesConfig, UploadsIndex, copy_files_into_bundle
@@ -105,13 +106,6 @@ def key_json(key: tuple[str, ...], alias: str) -> exp.Expression:
     return exp.Anonymous(this="json_array", expressions=[col(k, alias) for k in key])
 
 
-def non_default(t: Table, column: str, alias: str) -> exp.Expression:
-    """``alias.column`` holds something other than its default (NULL when it has none)."""
-    spec = t.column(column)
-    dv = default_value(spec.default if spec else None)
-    return is_distinct(col(column, alias), dv if dv is not None else exp.Null())
-
-
 def derivable(t: Table, column: str, files: FilesConfig, alias: str) -> exp.Expression | None:
     """For a new-only FK into the files table (``parts.file_id``): the value is carried by the file
     record's entity link when that record points back at this row."""
@@ -129,18 +123,16 @@ def derivable(t: Table, column: str, files: FilesConfig, alias: str) -> exp.Expr
 
 def uncarried_columns(a: Analysis, name: str) -> list[str]:
     """New-schema columns of a shared table that no old column's rule uses: their values are lost."""
-    new_t = a.new.tables[name]
-    used = a.mapping.tables[name].used_new_columns if name in a.mapping.tables else set()
-    return [c for c in new_t.column_names if c not in used]
+    return changes.uncarried_columns(a.new.tables[a.live_name(name)], a.mapping.tables.get(name))
 
 
 def extract_table(conn: sqlite3.Connection, a: Analysis, name: str, counts: dict[str, Any]) -> None:
-    old_t, new_t = a.old.table(name), a.new.tables[name]
+    old_t, new_t = a.old.table(name), a.new.tables[a.live_name(name)]
     new_cols = list(new_t.column_names)
     _create_untyped(conn, "bnew", name, new_cols)
     shared = old_t is not None and name in a.mapping.tables and not a.mapping.tables[name].skip
     if not shared:
-        q = exp.select(*[col(c, "n") for c in new_cols], exp.Literal.string("inserted")).from_(table(name, "new", "n"))
+        q = exp.select(*[col(c, "n") for c in new_cols], exp.Literal.string("inserted")).from_(table(a.live_name(name), "new", "n"))
         counts[name] = {"inserted": _insert_select(conn, "bnew", name, new_cols, q), "updated": 0, "deleted": 0,
                         "status": "new table" if old_t is None else "skipped by mapping"}
         return
@@ -155,7 +147,7 @@ def extract_table(conn: sqlite3.Connection, a: Analysis, name: str, counts: dict
     upd_q = (
         exp.select(*n_cols, exp.Literal.string("updated"))
         .from_(table(name, "old", "o"))
-        .join(table(name, "new", "n"), on=and_all(
+        .join(table(a.live_name(name), "new", "n"), on=and_all(
             (is_same if s.null_safe_key else lambda x, y: exp.EQ(this=x, expression=y))(o, n)
             for o, n in zip(s.old_key, s.new_key, strict=True)))
         .where(cond)
@@ -182,21 +174,8 @@ def _rebase(e: exp.Expression, alias: str) -> exp.Expression:
 
 
 def _changed_condition(a: Analysis, s: TableSides, new_t: Table) -> exp.Expression | None:
-    """Updated for extraction: the old-schema projection differs, or (after the deploy, by the
-    updated timestamp) a column the old schema cannot carry holds a non-default value."""
-    conds = [updated_condition(s)] if s.compared else []
-    lost_cols = [c for c in uncarried_columns(a, new_t.name) if c not in new_t.key]
-    ts = find_timestamp_columns(new_t)
-    if lost_cols and a.since_jd is not None and "updated" in ts:
-        conds.append(and_all([
-            after_expr(col(ts["updated"], "n"), a.since_jd),
-            or_all(non_default(new_t, c, "n") for c in lost_cols),
-        ]))
-    elif lost_cols:
-        # No deploy time or no updated timestamp: a non-default value in a column the backup does
-        # not have cannot be dated, so it is carried to the lost list rather than dropped silently.
-        conds.append(or_all(non_default(new_t, c, "n") for c in lost_cols))
-    return or_all(conds) if conds else None
+    """Updated for extraction: the one definition ``diff`` also counts with."""
+    return changes.changed_condition(s, new_t, a.mapping.tables.get(s.name), a.since_jd)
 
 
 def _match(a: str, a_cols: tuple[str, ...], b: str, b_cols: tuple[str, ...]) -> exp.Expression:
@@ -228,8 +207,8 @@ def close_foreign_keys(conn: sqlite3.Connection, a: Analysis, counts: dict[str, 
     bundle tables was parent rows × bundle rows: hours at 1M parts)."""
     for _ in range(len(a.new.tables) + 1):
         added = 0
-        for name in a.new.data_tables:
-            for fk in a.new.tables[name].foreign_keys:
+        for name in a.bundle_tables:
+            for fk in a.new.tables[a.live_name(name)].foreign_keys:
                 parent = a.new.table(fk.ref_table)
                 if parent is None or fk.ref_table not in counts:
                     continue
@@ -257,7 +236,7 @@ def record_lost(conn: sqlite3.Connection, a: Analysis, files: FilesConfig, count
         exp.ColumnDef(this=exp.to_identifier(c, quoted=True))
         for c in ("table", "key", "label", "column", "value", "reason")]), kind="TABLE")))
     for name in sorted(counts):
-        new_t = a.new.tables[name]
+        new_t = a.new.tables[a.live_name(name)]
         carried = name in a.mapping.tables and not a.mapping.tables[name].skip and a.old.table(name) is not None
         if carried:
             cols = [c for c in uncarried_columns(a, name) if c not in new_t.key]
@@ -293,9 +272,10 @@ def extract(
     backup: str | os.PathLike[str], live: str | os.PathLike[str], out: str | os.PathLike[str],
     since: str | None = None, mapping: str | os.PathLike[str] | None = None,
     alembic_ini: str | os.PathLike[str] | None = None, uploads: str | os.PathLike[str] | None = None,
-    files: FilesConfig | None = None,
+    files: FilesConfig | None = None, trust_mapping: bool = False,
 ) -> ExtractResult:
-    """Extract every change since ``backup`` from ``live`` into a new bundle folder ``out``."""
+    """Extract every change since ``backup`` from ``live`` into a new bundle folder ``out``.
+    A column rule the unchanged rows contradict is refused unless ``trust_mapping``."""
     out_p = Path(out)
     if out_p.exists() and (not out_p.is_dir() or any(out_p.iterdir())):
         raise RecoveryError(f"--out {out_p} already exists and is not empty", "choose a new folder; nothing was overwritten")
@@ -317,14 +297,14 @@ def extract(
     walk = hasher.submit(UploadsIndex, Path(uploads)) if uploads is not None and Path(uploads).is_dir() else None
     hasher.shutdown(wait=False)
     try:
-        with analyse(backup, live, since, mapping, lineage) as a:
+        with analyse(backup, live, since, mapping, lineage, trust_mapping) as a:
             conn = a.pair
             conn.execute("PRAGMA query_only = OFF")
             conn.execute("ATTACH DATABASE ? AS bnew", (str(work / "rows.db"),))
             conn.execute("ATTACH DATABASE ? AS bbase", (str(work / "base.db"),))
             counts: dict[str, Any] = {}
             conn.execute("BEGIN")
-            for name in a.new.data_tables:
+            for name in a.bundle_tables:
                 extract_table(conn, a, name, counts)
             close_foreign_keys(conn, a, counts)
             record_lost(conn, a, files, counts)

@@ -12,13 +12,16 @@ columns, or ``skip = true`` for the table::
 
 A ``ColumnMapping`` says, for every old-schema column, which expression over the new schema
 produces it and which rule decided that, in order of trust: ``user-mapping``,
-``migration-lineage``, ``rename-detected``, ``same-name`` — or that it has no source (``none``).
+``migration-lineage``, ``rename-detected``, ``inferred`` (found from the data by
+:mod:`recovery.infer`), ``same-name`` — or that it has no source (``none``). Every rule carries the
+evidence :mod:`recovery.evidence` found for it in the rows both databases share (``check``).
 """
 from __future__ import annotations
 
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import sqlglot
 from sqlglot import exp
@@ -28,7 +31,7 @@ from recovery.errors import RecoveryError
 from recovery.schema import Schema, Table
 from recovery.sqlbuild import col
 
-SOURCES = ("user-mapping", "migration-lineage", "rename-detected", "same-name", "none")
+SOURCES = ("user-mapping", "migration-lineage", "rename-detected", "inferred", "same-name", "none")
 
 _FORBIDDEN = (
     exp.Query,
@@ -163,21 +166,41 @@ class ColumnRule:
     expression: exp.Expression | None
     source: str
     evidence: str = ""
+    check: dict[str, Any] | None = field(default=None, compare=False)
+    """What the data say about the rule (:func:`recovery.evidence.check_rules`): ``rows_checked``,
+    ``rows_agreeing``, ``first_disagreement`` ({key, backup, live}), ``verdict`` (agrees /
+    disagrees / unverified) and ``trusted`` when ``--trust-mapping`` kept a disagreeing rule."""
 
     @property
     def sql(self) -> str | None:
         return None if self.expression is None else self.expression.sql(dialect="sqlite")
 
-    def to_dict(self) -> dict[str, str | None]:
-        return {"column": self.column, "expression": self.sql, "source": self.source, "evidence": self.evidence}
+    @property
+    def disagrees(self) -> bool:
+        return bool(self.check and self.check.get("verdict") == "disagrees")
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"column": self.column, "expression": self.sql, "source": self.source,
+                               "evidence": self.evidence}
+        if self.check is not None:
+            out.update(self.check)
+        return out
 
 
 @dataclass(frozen=True)
 class TableMapping:
     table: str
-    """The old table name; the new table has the same name (table renames are not detected)."""
+    """The old table name."""
     rules: tuple[ColumnRule, ...]
     skip: bool = False
+    new_table: str | None = None
+    """The live table the rules read, when a table rename was detected (None: same name)."""
+    rename_evidence: str = ""
+
+    @property
+    def source_table(self) -> str:
+        """The live table holding this old table's rows."""
+        return self.new_table or self.table
 
     def rule(self, column: str) -> ColumnRule:
         return next(r for r in self.rules if r.column == column)
@@ -196,21 +219,33 @@ class ColumnMapping:
     tables: dict[str, TableMapping]
 
     def to_dict(self) -> dict[str, object]:
-        return {
-            n: {"skip": t.skip, "columns": [r.to_dict() for r in t.rules]} for n, t in sorted(self.tables.items())
-        }
+        out: dict[str, object] = {}
+        for n, t in sorted(self.tables.items()):
+            entry: dict[str, object] = {"skip": t.skip, "columns": [r.to_dict() for r in t.rules]}
+            if t.new_table:
+                entry["new_table"] = t.new_table
+                entry["table_rename_evidence"] = t.rename_evidence
+            out[n] = entry
+        return out
+
+    def disagreeing(self) -> list[tuple[str, ColumnRule]]:
+        """(table, rule) for every rule the data contradict, in table order."""
+        return [(n, r) for n, t in sorted(self.tables.items()) if not t.skip for r in t.rules if r.disagrees]
 
 
-def check_against(user: UserMapping, old: Schema, new: Schema) -> None:
-    """Every mapped table/column must exist in the old schema, every referenced column in the new."""
+def check_against(user: UserMapping, old: Schema, new: Schema,
+                  table_renames: dict[str, tuple[str, str]] | None = None) -> None:
+    """Every mapped table/column must exist in the old schema, every referenced column in the new
+    (in the renamed live table, when a table rename was detected)."""
     where = f"mapping file {user.path}"
+    table_renames = table_renames or {}
     for tname, tm in user.tables.items():
         old_t = old.table(tname)
         if old_t is None:
             raise RecoveryError(f"{where}: [tables.{tname}] is not a table of the old (backup) schema")
         if tm.skip:
             continue
-        new_t = new.table(tname)
+        new_t = new.table(table_renames.get(tname, (tname, ""))[0])
         for cname, expr in tm.columns.items():
             if old_t.column(cname) is None:
                 raise RecoveryError(f"{where}: [tables.{tname}.columns] {cname}: the old table has no such column")
@@ -256,19 +291,25 @@ def resolve(
     user: UserMapping,
     lineage: dict[str, dict[str, exp.Expression]] | None = None,
     renames: dict[str, dict[str, tuple[str, str]]] | None = None,
+    table_renames: dict[str, tuple[str, str]] | None = None,
 ) -> ColumnMapping:
     """Decide every old column's source, most trusted rule first.
 
     ``lineage``: old table -> old column -> expression from the migrations.
     ``renames``: old table -> old column -> (new column, evidence) from rename detection.
+    ``table_renames``: old table -> (new table, evidence): the rules read the renamed live table.
+    The ``inferred`` rules and every rule's evidence are added afterwards, from the data
+    (:func:`recovery.evidence.verify`).
     """
-    check_against(user, old, new)
+    table_renames = table_renames or {}
+    check_against(user, old, new, table_renames)
     lineage = lineage or {}
     renames = renames or {}
     tables: dict[str, TableMapping] = {}
     for tname in old.data_tables:
         old_t = old.tables[tname]
-        new_t = new.table(tname)
+        live_table, rename_evidence = table_renames.get(tname, (None, ""))
+        new_t = new.table(live_table or tname)
         skip = user.skipped(tname)
         rules: list[ColumnRule] = []
         for c in old_t.columns:
@@ -284,5 +325,5 @@ def resolve(
                 rules.append(ColumnRule(c.name, col(c.name), "same-name"))
             else:
                 rules.append(ColumnRule(c.name, None, "none", "the new schema has no source for it"))
-        tables[tname] = TableMapping(tname, tuple(rules), skip)
+        tables[tname] = TableMapping(tname, tuple(rules), skip, live_table, rename_evidence)
     return ColumnMapping(tables)

@@ -322,10 +322,11 @@ def rollback(
     on_conflict: ConflictPolicy = ConflictPolicy.REMAP, apply_deletes: bool = False, dry_run: bool = False,
     force: bool = False, prefer: Prefer = Prefer.DB, files: FilesConfig | None = None,
     confirm: Callable[[dict[str, Any]], bool] | None = None, progress: Progress | None = None,
-    downgrade_to: str | None = None,
+    downgrade_to: str | None = None, trust_mapping: bool = False,
 ) -> RunResult:
     """The whole runbook; see the module docstring. ``confirm`` is asked (with the extract summary)
-    before the first change to the live DB; returning False stops with nothing changed."""
+    before the first change to the live DB; returning False stops with nothing changed.
+    ``trust_mapping`` keeps column rules the data contradict (default: refused, exit 2)."""
     db_p, backup_p = Path(db), Path(backup)
     files = files or FilesConfig()
     say = progress or (lambda _m: None)
@@ -334,6 +335,8 @@ def rollback(
     args = {"db": str(db_p.resolve()), "backup": str(backup_p.resolve()), "since": since, "mapping": str(mapping) if mapping else None,
             "alembic_ini": str(alembic_ini) if alembic_ini else None, "uploads": str(uploads) if uploads else None,
             "on_conflict": on_conflict.value, "apply_deletes": apply_deletes, "downgrade_to": downgrade_to}
+    if trust_mapping:  # only when set: journals of runs without it keep matching
+        args["trust_mapping"] = True
     if since is not None:  # bad input is refused before a run folder or safety copy is written
         from recovery.timestamps import parse_since
 
@@ -344,7 +347,7 @@ def rollback(
         load_mapping(mapping)
     if dry_run:
         return _dry_run(db_p, backup_p, run_dir, since, uploads, mapping, alembic_ini, on_conflict, apply_deletes,
-                        prefer, files, say)
+                        prefer, files, say, trust=trust_mapping)
     with _one_run_per_folder(db_p):
         return _run_rollback(db_p, backup_p, run_dir, args, since, uploads, mapping, alembic_ini, on_conflict,
                              apply_deletes, force, prefer, files, confirm, say, downgrade_to)
@@ -403,7 +406,8 @@ def _run_rollback(db_p: Path, backup_p: Path, run_dir: Path, args: dict[str, Any
             if not journal.done("extract"):
                 say("extracting post-deploy changes")
                 journal.mark("extract", "start")
-                bundle = _extract_step(run_dir, backup_p, db_p, since, mapping, alembic_ini, uploads, files, journal)
+                bundle = _extract_step(run_dir, backup_p, db_p, since, mapping, alembic_ini, uploads, files, journal,
+                                       trust=bool(args.get("trust_mapping")))
             bundle = bundle or open_bundle(run_dir / "bundle")
             if confirm is not None and not confirm(_plan_summary(bundle)):
                 raise RecoveryError("stopped at your request; nothing was changed", exit_code=ExitCode.REFUSED)
@@ -493,7 +497,7 @@ def _clean_leftovers(run_dir: Path, db: Path) -> list[Path]:
 
 
 def _extract_step(run_dir: Path, backup: Path, db: Path, since: str | None, mapping: Any, alembic_ini: Any,
-                  uploads: Any, files: FilesConfig, journal: Journal) -> Bundle:
+                  uploads: Any, files: FilesConfig, journal: Journal, trust: bool = False) -> Bundle:
     """Extract from the safety copy (identical content; the live file stays untouched) into
     ``RUN_DIR/bundle``, and journal it with the safety copy's sha256 (the bundle's live fingerprint)."""
     from recovery.extract import extract
@@ -503,7 +507,8 @@ def _extract_step(run_dir: Path, backup: Path, db: Path, since: str | None, mapp
         import shutil
 
         shutil.rmtree(bundle_dir)
-    res = extract(backup, run_dir / "safety" / db.name, bundle_dir, since, mapping, alembic_ini, uploads, files)
+    res = extract(backup, run_dir / "safety" / db.name, bundle_dir, since, mapping, alembic_ini, uploads, files,
+                  trust_mapping=trust)
     if res.plan.errors:
         journal.mark("extract", "failed", errors=list(res.plan.errors))
         raise RecoveryError("the re-import plan has errors; the live DB was not touched: "
@@ -598,7 +603,7 @@ def _downgrade_in_place(db: Path, alembic_ini: str | os.PathLike[str] | None, ta
 
 def _dry_run(db: Path, backup: Path, run_dir: Path, since: str | None, uploads: Any, mapping: Any,
              alembic_ini: Any, policy: ConflictPolicy, apply_deletes: bool, prefer: Prefer, files: FilesConfig,
-             say: Progress) -> RunResult:
+             say: Progress, trust: bool = False) -> RunResult:
     """Everything on scratch copies: the same report, every input file byte-identical."""
     from recovery.extract import extract
 
@@ -608,7 +613,8 @@ def _dry_run(db: Path, backup: Path, run_dir: Path, since: str | None, uploads: 
         say("dry run: copying the live database to a scratch folder")
         live_copy = consistent_copy(db, t / db.name, "live database")
         say("dry run: extracting")
-        res = extract(backup, live_copy, t / "bundle", since, mapping, alembic_ini, uploads, files)
+        res = extract(backup, live_copy, t / "bundle", since, mapping, alembic_ini, uploads, files,
+                      trust_mapping=trust)
         if res.plan.errors:
             raise RecoveryError("the re-import plan has errors: " + "; ".join(res.plan.errors),
                                 "add a mapping file (see the README)")

@@ -107,7 +107,7 @@ def rehearse(
     db: str | os.PathLike[str], backup: str | os.PathLike[str], alembic_ini: str | os.PathLike[str] | None = None,
     out: str | os.PathLike[str] | None = None, uploads: str | os.PathLike[str] | None = None,
     mapping: str | os.PathLike[str] | None = None, since: str | None = None,
-    progress: Callable[[str], None] | None = None, losses_limit: int | None = None,
+    progress: Callable[[str], None] | None = None, losses_limit: int | None = None, trust_mapping: bool = False,
 ) -> Rehearsal:
     """Roll back scratch copies of ``db``/``backup``/``uploads`` and check the round trip; the run
     folder ``out`` (default: ``recovery-rehearsal-<stamp>`` beside ``db``) gets the real run's
@@ -145,13 +145,14 @@ def rehearse(
         try:
             with protecting(db_p, backup_p):  # the app's migration code must not reach the real files either
                 res = rollback(db_copy, backup_copy, run_dir, since, uploads_copy, mapping, alembic_ini,
-                               confirm=None, progress=lambda m: say(f"rehearsal: {m}"))
+                               confirm=None, progress=lambda m: say(f"rehearsal: {m}"), trust_mapping=trust_mapping)
         except RecoveryError as err:  # the real run would stop here too: that is the finding
             result = Rehearsal(False, run_dir, [f"the rollback stops: {err.one_line()}"])
         else:
             say("checking the round trip on the rolled-back copy")
             result = Rehearsal(True, run_dir, outcome=res.outcome)
             bundle = open_bundle(run_dir / "bundle")
+            _note_trusted_rules(result, bundle.manifest.get("mapping") or {})
             _load_losses(result, bundle.rows_db,
                          lost.SAMPLE_LIMIT if losses_limit is None else max(0, int(losses_limit)))
             if (run_dir / LOST_FILE).is_file():
@@ -165,6 +166,16 @@ def rehearse(
     write_json_atomic(run_dir / "rehearsal.json", result.to_dict())
     (run_dir / "rehearsal.md").write_text(markdown(result), encoding="utf-8")
     return result
+
+
+def _note_trusted_rules(result: Rehearsal, mapping: dict[str, Any]) -> None:
+    """A rule the data contradict reaches the rollback only through --trust-mapping: say so."""
+    for tname, t in sorted(mapping.items()):
+        for r in t.get("columns", ()):
+            if r.get("verdict") == "disagrees":
+                result.notes.append(f"{tname}.{r['column']} = {r['expression']} ({r['source']}) disagrees with "
+                                    f"the backup ({r.get('rows_agreeing')} of {r.get('rows_checked')} unchanged "
+                                    "rows agree) and was kept by --trust-mapping")
 
 
 def _raw_copy(src: Path, folder: Path, attempts: int = 5) -> Path:

@@ -104,6 +104,14 @@ def render_diff(result: Any, rows: bool) -> None:
     for t, cols in sorted(s.columns_removed.items()):
         lines += [f"- column {t}.{col}" for col in cols if (t, col) not in renamed]
     lines += [f"~ rename {r.table}.{r.old} → {r.new} ({r.evidence})" for r in s.renames]
+    lines += [f"~ rename table {r.old} → {r.new} ({r.evidence})" for r in getattr(s, "table_renames", ())]
+    for tname, tm in sorted(result.mapping.tables.items()):
+        for rule in tm.rules:
+            ev = rule.check or {}
+            if rule.source == "inferred" or ev.get("verdict") == "disagrees":
+                lines.append(f"~ rule {tname}.{rule.column} = {rule.sql} [{rule.source}]: "
+                             f"{ev.get('rows_agreeing', 0)} of {ev.get('rows_checked', 0)} unchanged rows agree"
+                             + (" (disagrees; trusted)" if ev.get("trusted") else ""))
     lines += [f"~ {ch.kind} {ch.table}.{ch.column}: {ch.old} → {ch.new}" for ch in s.columns_changed]
     for kind, d in (("view", s.views), ("trigger", s.triggers), ("index", s.indexes)):
         for change, names in d.items():
@@ -125,6 +133,9 @@ def render_diff(result: Any, rows: bool) -> None:
             note = (note + "; " if note else "") + "no primary key: keyed by all columns"
         if tc.uncompared_columns:
             note = (note + "; " if note else "") + "not compared: " + ", ".join(tc.uncompared_columns)
+        if getattr(tc, "changed_only_in_new_columns", 0):
+            note = (note + "; " if note else "") + (f"{tc.changed_only_in_new_columns} row(s) changed only in "
+                                                    f"new-schema columns: {tc.values_at_risk} value(s) at risk")
         t.add_row(T(name), T(",".join(tc.key)), str(tc.inserted), str(tc.updated), str(tc.deleted), after, T(note, None))
     c.print(t)
     if since:

@@ -83,10 +83,11 @@ class Plan:
         for e in self.errors:
             lines.append(f"-- PLANNING ERROR: {e}")
         for t in self.tables:
+            tm = self.mapping.tables.get(t.table) if self.mapping is not None else None
             for c in t.columns:
                 if c.source != "same-name":
                     how = c.expression.sql(dialect=dialect) if c.expression is not None else "default/NULL on insert, backup value on update"
-                    lines.append(f"-- {t.table}.{c.column} <- {how}  [{c.source}]")
+                    lines.append(f"-- {t.table}.{c.column} <- {how}  [{c.source}]{_evidence_note(tm, c.column)}")
         lines.append("BEGIN;")
         for stmt in self.statements(apply_deletes):
             if isinstance(stmt, exp.Delete):
@@ -94,6 +95,16 @@ class Plan:
             lines.append(stmt.sql(dialect=dialect, pretty=True) + ";")
         lines.append("COMMIT;")
         return "\n".join(lines) + "\n"
+
+
+def _evidence_note(tm: object, column: str) -> str:
+    """' (55 of 55 unchanged rows agree)' from the rule's evidence (recovery.evidence), if any."""
+    rule = next((r for r in getattr(tm, "rules", ()) if r.column == column), None)
+    ev = getattr(rule, "check", None) or {}
+    if "rows_checked" not in ev:
+        return ""
+    trusted = "; disagrees, kept by --trust-mapping" if ev.get("trusted") else ""
+    return f" ({ev['rows_agreeing']} of {ev['rows_checked']} unchanged rows agree{trusted})"
 
 
 def source_columns(plan: Plan) -> Plan:
@@ -238,7 +249,7 @@ def plan(
     ``has_deletes``: tables with rows deleted after the deploy (None: emit every table's DELETE)."""
     tables = tuple(
         TablePlan(t, old.tables[t].key) for t in old.fk_order()
-        if t in mapping.tables and not mapping.tables[t].skip and t in new.tables
+        if t in mapping.tables and not mapping.tables[t].skip and mapping.tables[t].source_table in new.tables
     )
     p = Plan(tables, old=old, new=new, mapping=mapping, has_rows=frozenset(has_rows),
              has_deletes=None if has_deletes is None else frozenset(has_deletes))

@@ -213,7 +213,10 @@ def test_rename_declared_by_mapping(tmp_path):
     assert "customer" in data["tables"]["quotes"]["uncompared_columns"]
     mapping = tmp_path / "map.toml"
     mapping.write_text('[tables.quotes.columns]\ncustomer = "customer_name"\n')
-    _, data = run_json(old, new, "--mapping", mapping)
+    # the data contradict the declared rename: refused, unless the operator trusts it
+    code, _, err = run("diff", old, new, "--mapping", mapping, "--json")
+    assert code == 2 and "quotes.customer" in err and "0 of 10 unchanged rows agree" in err
+    _, data = run_json(old, new, "--mapping", mapping, "--trust-mapping")
     (ren,) = data["schema"]["renames"]
     assert (ren["old"], ren["new"], ren["source"]) == ("customer", "customer_name", "user-mapping")
     assert data["tables"]["quotes"]["updated"] == 10  # the values really differ

@@ -287,10 +287,11 @@ def test_rename_source_order_of_trust(world: Path, tmp_path: Path) -> None:
     plain = extract(backup, live, tmp_path / "plain")
     src = {c.column: c.source for c in plain.plan.table("quotes").columns}
     assert src["customer"] == "rename-detected"
-    # parts.price (NOT NULL, no default) has no source without a mapping: a planning error up front
-    assert any("parts.price" in e and "NOT NULL" in e for e in plain.plan.errors)
+    # parts.price has no declared source without a mapping: inferred from the unchanged rows
+    assert {c.column: c.source for c in plain.plan.table("parts").columns}["price"] == "inferred"
+    assert not any("parts.price" in e for e in plain.plan.errors)
     assert plain.bundle.manifest["planning_errors"] == list(plain.plan.errors)
-    assert "PLANNING ERROR: parts.price" in (plain.bundle.path / "reimport.sql").read_text()
+    assert "parts.price <- " in (plain.bundle.path / "reimport.sql").read_text()
 
     mp = tmp_path / "mapping.toml"
     mp.write_text(MAPPING)

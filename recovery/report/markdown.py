@@ -65,4 +65,12 @@ def render_markdown(report: dict[str, Any]) -> str:
                 md_table(deletes_frame(report), "")]
         if deletes_more(report):
             out += ["", f"_{md_text(deletes_more(report))}_"]
+    if report.get("rules"):
+        out += ["", "## Column rules", "", "How old columns were produced from the new schema, and what the rows "
+                "nobody changed after the deploy say about each rule.", ""]
+        out += [f"- {md_text(r['table'])}.{md_text(r['column'])} = {md_text(r['expression'] or '(no source)')} "
+                f"[{md_text(r['source'])}]: {md_text(r['verdict'] or 'not checked')}"
+                + (f", {r['rows_agreeing']} of {r['rows_checked']} unchanged rows agree"
+                   if r.get("rows_checked") is not None else "")
+                + (" — kept by --trust-mapping" if r.get("trusted") else "") for r in report["rules"]]
     return "\n".join(out) + "\n"

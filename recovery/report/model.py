@@ -379,6 +379,7 @@ def _build(conn: sqlite3.Connection | None, bundle: Bundle, outcome: Outcome | N
         "files": files,
         "verification": outcome.verification if outcome else {},
         "triggers_suspended": list(outcome.triggers_suspended) if outcome else [],
+        "rules": column_rules(bundle.manifest.get("mapping") or {}),
     }
 
 
@@ -392,6 +393,21 @@ def _shown_conflict(d: dict[str, Any]) -> dict[str, Any]:
         if k in d:
             d[k] = cut_value(d[k], SHOW_LIMIT)[0]
     return d
+
+
+def column_rules(mapping: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every column rule that is not a plain same-name copy, plus same-name rules the data
+    contradict, with its evidence (recovery.evidence)."""
+    out = []
+    for tname, t in sorted(mapping.items()):
+        for r in t.get("columns", ()):
+            if r.get("source") == "same-name" and r.get("verdict") != "disagrees":
+                continue
+            out.append({"table": tname, "column": r["column"], "expression": r.get("expression"),
+                        "source": r.get("source"), "verdict": r.get("verdict"),
+                        "rows_checked": r.get("rows_checked"), "rows_agreeing": r.get("rows_agreeing"),
+                        "first_disagreement": r.get("first_disagreement"), "trusted": bool(r.get("trusted"))})
+    return out
 
 
 def _deletes(outcome: Outcome | None) -> list[dict[str, Any]]:

@@ -301,7 +301,8 @@ def _check_names(folder: Path, old: Schema, new: Schema, mapping: ColumnMapping,
     know, checked with the mapping file's rules."""
     where = f"bundle {folder}"
     check_mapping(mapping, old, new, where)
-    unknown = sorted(t for t in counts if new.table(t) is None)
+    renamed = {t for t, tm in mapping.tables.items() if tm.new_table and new.table(tm.new_table) is not None}
+    unknown = sorted(t for t in counts if new.table(t) is None and t not in renamed)
     if unknown:
         raise _refuse(folder, f"counts name {unknown[0]!r}, not a table of the new schema")
     from recovery.transpile import default_value

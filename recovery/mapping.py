@@ -267,13 +267,14 @@ def check_columns(expr: exp.Expression, new_t: Table, where: str) -> None:
 def check_mapping(mapping: ColumnMapping, old: Schema, new: Schema, where: str) -> None:
     """A resolved mapping read from elsewhere (a bundle's manifest) obeys the mapping file's rules:
     every table is a table of the old schema, every rule names a column of the old table, and
-    every expression passes :func:`check_tree` and reads only columns of the new table of the
-    same name."""
+    every expression passes :func:`check_tree` and reads only columns of its new table (the one
+    of the same name, or the one it was renamed to)."""
     for tname, tm in mapping.tables.items():
         old_t = old.table(tname)
         if old_t is None:
             raise RecoveryError(f"{where}: mapping table {tname!r} is not a table of the old schema")
-        new_t = new.table(tname)
+        source = tm.source_table  # a renamed table reads the new table of its new name
+        new_t = new.table(source)
         for r in tm.rules:
             if old_t.column(r.column) is None:
                 raise RecoveryError(f"{where}: mapping {tname}.{r.column}: the old table has no such column")
@@ -281,7 +282,7 @@ def check_mapping(mapping: ColumnMapping, old: Schema, new: Schema, where: str) 
                 continue
             check_tree(r.expression, f"{where}: mapping {tname}.{r.column}")
             if new_t is None:
-                raise RecoveryError(f"{where}: mapping {tname}.{r.column}: the new schema has no table {tname}")
+                raise RecoveryError(f"{where}: mapping {tname}.{r.column}: the new schema has no table {source}")
             check_columns(r.expression, new_t, f"{where}: mapping {tname}.{r.column}")
 
 

@@ -52,7 +52,8 @@ class Holder:
     """What it holds: ``gestima.db``, ``gestima.db-wal``, ``gestima.db-shm (lock)``, …"""
 
     def describe(self) -> str:
-        who = f"pid {self.pid}" if self.pid else "a process in another pid namespace (pid not visible)"
+        who = (f"pid {self.pid}" if self.pid > 0 else "an open-file-description lock (owner not told)"
+               if self.pid < 0 else "a process in another pid namespace (pid not visible)")
         cmd = f" ({self.command})" if self.command else ""
         return f"{who}{cmd} holds {', '.join(self.files)}"
 
@@ -137,10 +138,12 @@ def _lock_owner(fd: int, start: int) -> int | None:
     return None if res.l_type == fcntl.F_UNLCK else int(res.l_pid)
 
 
-def lock_holders(db: Path) -> dict[int, set[str]]:
+def lock_holders(db: Path, ignore_ofd: bool = False) -> dict[int, set[str]]:
     """Other processes (pid, 0 for another pid namespace) holding a SQLite lock byte of ``db`` or
     of its WAL index (``-shm``): pid → ``"<file> (lock)"``. Each byte is probed on its own, so
-    holders of different bytes (the writer, each reader's read mark) are each seen."""
+    holders of different bytes (the writer, each reader's read mark) are each seen. An OFD lock
+    (``F_OFD_SETLK``; reported with pid -1) conflicts even with this process's probe, so
+    ``ignore_ofd`` leaves them out while this process holds one (:mod:`recovery.livewindow`)."""
     found: dict[int, set[str]] = {}
     shm = db.with_name(db.name + "-shm")
     ranges = [(shm, WALINDEX_LOCK_OFFSET, WALINDEX_LOCK_BYTES),
@@ -161,7 +164,7 @@ def lock_holders(db: Path) -> dict[int, set[str]]:
         try:
             for offset in range(count):
                 owner = _lock_owner(fd, start + offset)
-                if owner is not None:
+                if owner is not None and not (ignore_ofd and owner == -1):
                     found.setdefault(owner, set()).add(f"{path.name} (lock)")
         finally:
             if opened:
@@ -169,14 +172,15 @@ def lock_holders(db: Path) -> dict[int, set[str]]:
     return found
 
 
-def find_holders(db: Path) -> list[Holder]:
-    """Every other process that has ``db`` (or its ``-wal``/``-shm``) open or locked, by pid."""
+def find_holders(db: Path, ignore_ofd: bool = False) -> list[Holder]:
+    """Every other process that has ``db`` (or its ``-wal``/``-shm``) open or locked, by pid
+    (-1: an open-file-description lock, whose owner the kernel does not tell)."""
     merged: dict[int, set[str]] = {}
-    for source in (fd_holders(db), lock_holders(db)):
+    for source in (fd_holders(db), lock_holders(db, ignore_ofd)):
         for pid, names in source.items():
             merged.setdefault(pid, set()).update(names)
     merged.pop(os.getpid(), None)
-    return [Holder(pid, _command_line(pid) if pid else "", sorted(names)) for pid, names in sorted(merged.items())]
+    return [Holder(pid, _command_line(pid) if pid > 0 else "", sorted(names)) for pid, names in sorted(merged.items())]
 
 
 def describe_holders(db: Path, holders: list[Holder]) -> str:

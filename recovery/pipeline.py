@@ -520,7 +520,7 @@ def _open_window(db: Path, force: bool) -> WriteWindow:
     from recovery.holders import describe_holders, find_holders
 
     window = WriteWindow(db)
-    holders = find_holders(db)
+    holders = find_holders(db, ignore_ofd=True)  # the window's own OFD lock is not a holder
     if holders and not force:
         window.release()
         raise RecoveryError(describe_holders(db, holders) + "; its writes after the restore would be lost",

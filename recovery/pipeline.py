@@ -339,7 +339,7 @@ def _refuse_holders(db: Path, force: bool) -> list[Any]:
 
     holders = find_holders(db)
     if holders and not force:
-        raise RecoveryError(describe_holders(db, holders) + "; its writes after the restore would be lost",
+        raise RecoveryError(describe_holders(db, holders) + "; their writes after the restore would be lost",
                             "stop the application (every process that has the DB open), or pass --force")
     return holders
 
@@ -523,7 +523,7 @@ def _open_window(db: Path, force: bool) -> WriteWindow:
     holders = find_holders(db, ignore_ofd=True)  # the window's own OFD lock is not a holder
     if holders and not force:
         window.release()
-        raise RecoveryError(describe_holders(db, holders) + "; its writes after the restore would be lost",
+        raise RecoveryError(describe_holders(db, holders) + "; their writes after the restore would be lost",
                             "stop the application (every process that has the DB open), or pass --force")
     return window
 

@@ -137,6 +137,33 @@ def test_idle_holder_is_refused_by_pid(world_copy: Path, tmp_path: Path) -> None
         stop(holder)
 
 
+def _can_unshare() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True, timeout=30)
+    return probe.returncode == 0
+
+
+def test_holder_in_another_pid_namespace_is_seen_by_its_lock(world_copy: Path, tmp_path: Path) -> None:
+    """The rollback runs in a pid namespace of its own (``unshare --pid --mount-proc``), so the
+    holder is absent from its ``/proc``: the WAL-index lock alone must refuse it."""
+    if not _can_unshare():
+        pytest.skip("unshare --pid --mount-proc is not permitted here (needs CAP_SYS_ADMIN)")
+    w = world_copy
+    holder = start(IDLE, w / "gestima.db")
+    try:
+        before = hashes(w)
+        proc = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-m", "recovery",
+                               "rollback", str(w / "gestima.db"), "--backup", str(backup_of(w)),
+                               "--alembic-ini", str(INI), "--out", str(tmp_path / "run"), "--yes"],
+                              capture_output=True, text=True, timeout=240)
+        assert proc.returncode == 2, proc.stderr
+        assert "another pid namespace" in one_error(proc)
+        assert hashes(w) == before
+    finally:
+        stop(holder)
+
+
 def test_writer_is_refused_and_with_force_no_commit_is_lost(world_copy: Path, tmp_path: Path) -> None:
     """A writer committing a row every 0.1 s: refused without --force (nothing changed by the
     rollback, every commit of the writer still there); with --force every commit is either in the

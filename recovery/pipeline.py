@@ -440,7 +440,9 @@ def _run_rollback(db_p: Path, backup_p: Path, run_dir: Path, args: dict[str, Any
             journal.mark("probe", "start")
             journal.mark("probe", "done", **preflight(db_p, backup_p, Path(alembic_ini) if alembic_ini else None,
                                                       force, downgrade_to, allow_newer_backup))
-            window = _open_window(db_p, force)
+            window, late_holders = _open_window(db_p, force)
+            if late_holders:  # opened the DB since the preflight; let through by --force
+                journal.data["steps"]["probe"].setdefault("forced_past", []).extend(late_holders)
             if windows is not None:
                 windows.append(window)
             # under the lock, always: a resumed run's earlier copy may predate commits made since
@@ -514,9 +516,10 @@ def _run_rollback(db_p: Path, backup_p: Path, run_dir: Path, args: dict[str, Any
     return RunResult(run_dir, outcome, paths, journal.resumed, False, journal.data["steps"], late)
 
 
-def _open_window(db: Path, force: bool) -> WriteWindow:
+def _open_window(db: Path, force: bool) -> tuple[WriteWindow, list[str]]:
     """Take the live DB's write lock (:class:`WriteWindow`), then look for holders once more: one
-    that opened the DB since the preflight is refused as well (unless ``force``)."""
+    that opened the DB since the preflight is refused as well (unless ``force``: then it is
+    returned, described, with the window)."""
     from recovery.holders import describe_holders, find_holders
 
     window = WriteWindow(db)
@@ -525,7 +528,7 @@ def _open_window(db: Path, force: bool) -> WriteWindow:
         window.release()
         raise RecoveryError(describe_holders(db, holders) + "; their writes after the restore would be lost",
                             "stop the application (every process that has the DB open), or pass --force")
-    return window
+    return window, [h.describe() for h in holders]
 
 
 def _late_check(journal: Journal, window: WriteWindow | None, run_dir: Path, db: Path, say: Progress) -> dict[str, Any]:

@@ -42,10 +42,14 @@ LATE_ROWS_LISTED = 1000
 
 
 def _ofd_lock(fd: int, kind: int, start: int, length: int) -> bool:
-    """Take (or, with ``F_UNLCK``, drop) an OFD lock without waiting; False when it conflicts."""
+    """Take (or, with ``F_UNLCK``, drop) an OFD lock without waiting; False when it conflicts.
+    Where the system has no OFD locks (not Linux) this does nothing and says True."""
+    cmd = getattr(fcntl, "F_OFD_SETLK", None)
+    if cmd is None:
+        return True
     lk = _Flock(kind, os.SEEK_SET, start, length, 0)
     try:
-        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, bytes(lk))
+        fcntl.fcntl(fd, cmd, bytes(lk))
     except OSError:
         return False
     return True

@@ -270,6 +270,8 @@ def copy_file_identity(src: Path, dst: Path) -> None:
     except PermissionError:
         pass
     os.chmod(dst, stat.S_IMODE(st.st_mode))
+    if not hasattr(os, "listxattr"):  # not Linux
+        return
     try:
         names = os.listxattr(src)
     except OSError:  # no xattr support on this filesystem

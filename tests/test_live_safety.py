@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import sqlite3
+import struct
 import subprocess
 import sys
 import time
@@ -210,6 +211,28 @@ def test_writer_is_refused_and_with_force_no_commit_is_lost(world_copy: Path, tm
     assert report["late_commits"]["late_commits"] == late["total"] >= len(listed)
 
 
+def test_forced_run_killed_after_the_swap_says_it_could_not_check(world_copy: Path, tmp_path: Path) -> None:
+    """Resumed after a kill right after the swap, the replaced file is gone with the killed
+    process: with holders let through by --force the run cannot know what they committed there,
+    and says so (late_commits.json, exit 1) instead of reporting all clear."""
+    w = world_copy
+    holder = start(IDLE, w / "gestima.db")
+    run = tmp_path / "run"
+    try:
+        killed = subprocess.run([sys.executable, "-m", "recovery", "rollback", str(w / "gestima.db"), "--backup",
+                                 str(backup_of(w)), "--alembic-ini", str(INI), "--out", str(run), "--yes", "--force"],
+                                capture_output=True, text=True, timeout=240,
+                                env={**os.environ, "RECOVERY_TEST_KILL_AT_STEP": "restore:done"})
+        assert killed.returncode == -9, killed.stderr
+        proc = rollback(w, run, "--force")
+    finally:
+        stop(holder)
+    assert proc.returncode == 1, proc.stderr
+    late = json.loads((run / "late_commits.json").read_text())
+    assert late["checked"] is False and "resumed" in late["reason"]
+    assert json.loads((run / "report.json").read_text())["late_commits"]["checked"] is False
+
+
 def test_write_lock_is_held_from_safety_copy_to_swap(world_copy: Path, tmp_path: Path) -> None:
     """Between the safety copy and the swap no other connection can commit (it gets SQLITE_BUSY),
     readers still read, and the replaced file is looked at once more at the end."""
@@ -281,6 +304,14 @@ def test_owner_mode_and_xattrs_are_kept(world_copy: Path, tmp_path: Path) -> Non
         has_xattr = True
     except OSError:
         has_xattr = False  # the filesystem of the temporary folder has no user xattrs
+    # a POSIX ACL (user nobody rw), written as the kernel's xattr: version 2, then (tag, perm, id)
+    acl = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", tag, perm, who) for tag, perm, who in (
+        (0x01, 6, 0xFFFFFFFF), (0x02, 6, uid), (0x04, 6, 0xFFFFFFFF), (0x10, 6, 0xFFFFFFFF), (0x20, 0, 0xFFFFFFFF)))
+    try:
+        os.setxattr(db, "system.posix_acl_access", acl)
+        has_acl = True
+    except OSError:
+        has_acl = False  # no ACL support on this filesystem
     proc = rollback(w, tmp_path / "run")
     assert proc.returncode == 1, proc.stderr
     st = os.stat(db)
@@ -288,6 +319,8 @@ def test_owner_mode_and_xattrs_are_kept(world_copy: Path, tmp_path: Path) -> Non
     assert revision(db) == OLD_REV
     if has_xattr:
         assert os.getxattr(db, "user.recovery-test") == b"kept"
+    if has_acl:
+        assert os.getxattr(db, "system.posix_acl_access") == acl
     app = sqlite3.connect(db)  # the app opens it again: its -wal is the app's too
     app.execute("UPDATE materials SET name = name WHERE id = 1")
     app.commit()

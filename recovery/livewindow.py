@@ -64,6 +64,25 @@ class ReplacedFile:
     wal_fd: int | None
     shm_fd: int | None
     closed: bool = field(default=False)
+    stamp: tuple[int, ...] = field(default=())
+    """Size and mtime (ns) of the database and ``-wal`` when the lock was let go; see :meth:`changed`."""
+
+    def _stat(self) -> tuple[int, ...]:
+        out: list[int] = []
+        for fd in (self.db_fd, self.wal_fd):
+            if fd is not None:
+                st = os.fstat(fd)
+                out += [st.st_size, st.st_mtime_ns]
+        return tuple(out)
+
+    def mark(self) -> None:
+        self.stamp = self._stat()
+
+    def changed(self) -> bool:
+        """Was anything written into the replaced file since :meth:`mark`? A commit appends to the
+        WAL (or, in rollback-journal mode, writes the file); both move size or mtime. Lets the
+        late check skip comparing whole tables when nobody wrote."""
+        return not self.stamp or self._stat() != self.stamp
 
     def copy_to(self, folder: Path, wait: float = 5.0) -> Path:
         """A private copy (database + WAL) of the replaced file as it is now, for reading. The
@@ -181,6 +200,7 @@ class WriteWindow:
             raise
         self.replaced = ReplacedFile(db.name, self._fd, wal_fd, shm_fd)
         self._fd = None  # handed over: the OFD lock lives on with the replaced file's descriptor
+        self.replaced.mark()  # still under our write lock: nothing can have been committed since the safety copy
         self._close_conn()
         return self.replaced
 
@@ -248,6 +268,8 @@ def check_replaced(replaced: ReplacedFile, safety: Path, run_dir: Path) -> dict[
     """Copy the replaced file, compare it with the safety copy, and when anything was committed
     into it after the safety copy write ``RUN_DIR/late_commits.json`` and ``late_commits.csv``.
     Returns the summary kept in the journal and the report (``late_commits``: the row count)."""
+    if not replaced.changed():
+        return {"checked": True, "late_commits": 0, "unchanged_since_swap": True}
     with tempfile.TemporaryDirectory(prefix="recovery-late-") as tmp:
         copy = replaced.copy_to(Path(tmp))
         c = sqlite3.connect(str(copy))  # private copy: recovers its WAL, sees every commit

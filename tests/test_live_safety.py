@@ -252,10 +252,12 @@ def test_write_lock_is_held_from_safety_copy_to_swap(world_copy: Path, tmp_path:
         staged, _ = stage_restore(backup_of(w), db)
         replaced = window.swap(staged)
         assert not (w / "gestima.db-wal").exists() and not (w / "gestima.db-shm").exists()
+        assert not replaced.changed()  # nobody wrote: the late check need not compare tables
         # the holder still on the replaced file can commit now: the late check must see it
         other.execute("INSERT INTO materials (code, name, density, price_per_kg) VALUES ('LATE', 'x', 1, 1)")
         other.close()
         assert revision(db) == OLD_REV
+        assert replaced.changed()
         info = check_replaced(replaced, safety, tmp_path)
         assert info["late_commits"] == 1
         rows = json.loads((tmp_path / "late_commits.json").read_text())["tables"]["materials"]["rows"]

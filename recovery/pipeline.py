@@ -705,7 +705,9 @@ def _dry_run(db: Path, backup: Path, run_dir: Path, since: str | None, uploads: 
     """Everything on scratch copies: the same report, every input file byte-identical."""
     from recovery.extract import extract
 
-    preflight(db, backup, Path(alembic_ini) if alembic_ini else None, force=True)
+    probe = preflight(db, backup, Path(alembic_ini) if alembic_ini else None, force=True, allow_newer_backup=True)
+    for holder in probe["forced_past"]:
+        say(f"dry run: a real rollback would refuse while {holder}")
     with tempfile.TemporaryDirectory(prefix="recovery-dry-run-") as tmp:
         t = Path(tmp)
         say("dry run: copying the live database to a scratch folder")

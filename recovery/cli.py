@@ -289,13 +289,16 @@ def reimport_cmd(bundle_dir: Path, db: Path, out_dir: Path | None, uploads: Path
 @click.option("--mapping", type=click.Path(path_type=Path), help="TOML mapping file (old column = expression).")
 @click.option("--alembic-ini", type=click.Path(path_type=Path), help="The app's alembic.ini (mapping rules from migrations).")
 @click.option("--downgrade-to", help="Downgrade the live DB in place with Alembic instead of restoring the backup.")
-@click.option("--force", is_flag=True, help="Proceed although the DB looks in use or the backup newer.")
+@click.option("--force", is_flag=True, help="Proceed although other processes hold the DB (they are named); "
+              "their commits after the safety copy are listed in late_commits.json. Overrides nothing else.")
+@click.option("--allow-newer-backup", is_flag=True, help="Proceed although the backup file is newer than the live DB.")
 @click.option("--trust-mapping", is_flag=True,
               help="Keep a column rule the unchanged rows contradict (default: refuse, exit 2).")
 @conflict_options
 @statement_timeout_option
 def rollback_cmd(db: Path, backup: Path, out_dir: Path | None, since: str | None, uploads: Path | None,
                  mapping: Path | None, alembic_ini: Path | None, downgrade_to: str | None, force: bool,
+                 allow_newer_backup: bool,
                  on_conflict: str, prefer: str, apply_deletes: bool, dry_run: bool, yes: bool,
                  trust_mapping: bool = False) -> None:
     """Roll DB back to BACKUP's release without losing post-deploy work: refuse while the app holds
@@ -327,7 +330,8 @@ def rollback_cmd(db: Path, backup: Path, out_dir: Path | None, since: str | None
 
     res = rollback(db, backup, out_dir, since, uploads, mapping, alembic_ini, ConflictPolicy(on_conflict),
                    apply_deletes, dry_run, force, Prefer(prefer), confirm=confirm,
-                   progress=lambda m: err.print(term_text(f"· {m}", None)), downgrade_to=downgrade_to, trust_mapping=trust_mapping)
+                   progress=lambda m: err.print(term_text(f"· {m}", None)), downgrade_to=downgrade_to,
+                   trust_mapping=trust_mapping, allow_newer_backup=allow_newer_backup)
     render_outcome(res)
     _print_next_steps(res, backup)
     sys.exit(ExitCode.FAILED if res.outcome and res.outcome.aborted else res.exit_code)

@@ -28,11 +28,13 @@ from typing import Any, Callable, Iterator
 from recovery.bundle import Bundle, open_bundle, write_json_atomic
 from recovery.errors import ExitCode, RecoveryError
 from recovery.files import FilesConfig
+from recovery.livewindow import WriteWindow, check_replaced, write_late_commits
 from recovery.outcome import ConflictPolicy, Outcome, Prefer
+from recovery.pairing import refuse_second_rollback, refuse_wrong_pairing
 from recovery.reimport import attach_bundle, check_target_schema, merge_and_check, open_target
 from recovery.schema import alembic_revision, reflect
-from recovery.sqlite_io import (check_sqlite_file, consistent_copy, fsync_dir, is_wal_file, readonly, sha256_file,
-                                sidecars, wait_for_write_lock, write_lock_held)
+from recovery.sqlite_io import (check_sqlite_file, consistent_copy, copy_file_identity, fsync_dir, is_wal_file,
+                                readonly, real_path, sha256_file, sidecars, wait_for_write_lock, write_lock_held)
 from recovery.verify import verify_file
 
 STEPS = ("probe", "safety", "extract", "restore", "reimport", "relink", "verify", "report")
@@ -50,10 +52,13 @@ class RunResult:
     resumed: bool = False
     finished_before: bool = False
     steps: dict[str, Any] = field(default_factory=dict)
+    late: dict[str, Any] = field(default_factory=dict)
+    """The end-of-run look at the replaced file (:func:`_late_check`)."""
 
     @property
     def exit_code(self) -> int:
-        return self.outcome.exit_code if self.outcome else ExitCode.OK
+        code = self.outcome.exit_code if self.outcome else ExitCode.OK
+        return max(code, ExitCode.REVIEW) if self.late.get("needs_review") else code
 
 
 def _reimport_into(
@@ -200,12 +205,19 @@ def stage_restore(backup: Path, db: Path, prepare: Callable[[Path], None] | None
             c.close()
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+    if db.exists():  # the same file to the app: owner, group, mode, xattrs/ACLs of the live DB
+        copy_file_identity(db, tmp)
     return tmp, sha256_file(tmp)
 
 
-def swap_in(staged: Path, db: Path) -> None:
+def swap_in(staged: Path, db: Path, window: WriteWindow | None = None) -> None:
     """Checkpoint ``db``'s WAL, remove its ``-wal``/``-shm`` and rename ``staged`` over it: the live
-    file is at every moment either the old database or the complete restored one."""
+    file is at every moment either the old database or the complete restored one. With a
+    ``window`` (our write lock, held since the safety copy) the swap happens under that lock and
+    the replaced file stays open for the late check (:meth:`WriteWindow.swap`)."""
+    if window is not None:
+        window.swap(staged)
+        return
     wal, shm = sidecars(db)
     try:
         if db.exists():
@@ -227,12 +239,13 @@ def swap_in(staged: Path, db: Path) -> None:
     fsync_dir(db.parent)
 
 
-def restore_atomically(backup: Path, db: Path, prepare: Callable[[Path], None] | None = None) -> str:
+def restore_atomically(backup: Path, db: Path, prepare: Callable[[Path], None] | None = None,
+                       window: WriteWindow | None = None) -> str:
     """Replace ``db`` with a consistent copy of ``backup`` (after ``prepare(copy)``): the live file
     is at every moment either the old database or the complete restored one. Returns the restored
     file's sha256."""
     staged, digest = stage_restore(backup, db, prepare)
-    swap_in(staged, db)
+    swap_in(staged, db, window)
     return digest
 
 
@@ -273,11 +286,15 @@ def _latest_mtime(p: Path) -> float:
 
 
 def preflight(db: Path, backup: Path, alembic_ini: Path | None, force: bool,
-              downgrade_to: str | None = None) -> dict[str, Any]:
-    """Refuse while the app holds the DB; check the backup is older and of the same application;
-    with ``downgrade_to``, refuse stub downgrades before anything is written."""
+              downgrade_to: str | None = None, allow_newer_backup: bool = False) -> dict[str, Any]:
+    """Refuse while another process holds the DB (unless ``force``); check the backup is older
+    (unless ``allow_newer_backup``), of the same application and installation, and not already
+    restored by an earlier run; with ``downgrade_to``, refuse stub downgrades before anything is
+    written."""
     check_sqlite_file(db, "live database")
     check_sqlite_file(backup, "backup")
+    holders = _refuse_holders(db, force)
+    refuse_wrong_pairing(db, backup)
     with readonly(backup, "backup") as b, readonly(db, "live database") as n:
         old_rev, new_rev = alembic_revision(b), alembic_revision(n)
         old_tables = {r[0] for r in b.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -286,8 +303,9 @@ def preflight(db: Path, backup: Path, alembic_ini: Path | None, force: bool,
     if not shared or len(shared) < 0.5 * len(old_tables - {"alembic_version"}):
         raise RecoveryError(f"{backup} does not look like a backup of {db} (few tables in common)",
                             "pass the backup of this application")
-    if _latest_mtime(backup) > _latest_mtime(db) and not force:
-        raise RecoveryError(f"{backup} is newer than {db}", "pass the pre-deploy backup, or --force")
+    if _latest_mtime(backup) > _latest_mtime(db) and not allow_newer_backup:
+        raise RecoveryError(f"{backup} is newer than {db}",
+                            "pass the pre-deploy backup; if this file really is it, pass --allow-newer-backup")
     if alembic_ini is not None and old_rev and new_rev and old_rev != new_rev:
         from recovery.migrations import revisions_between
 
@@ -312,7 +330,20 @@ def preflight(db: Path, backup: Path, alembic_ini: Path | None, force: bool,
         if locked:
             raise RecoveryError(f"{db} is locked by another writer (is the application still running?)",
                                 "stop the application, or pass --force")
-    return {"backup_revision": old_rev, "live_revision": new_rev}
+    refuse_second_rollback(db, backup, old_rev, new_rev)
+    return {"backup_revision": old_rev, "live_revision": new_rev, "forced_past": [h.describe() for h in holders]}
+
+
+def _refuse_holders(db: Path, force: bool) -> list[Any]:
+    """Every other process with ``db`` open or locked (:mod:`recovery.holders`): refused, each
+    named, unless ``force`` (then returned, for the journal and the late check)."""
+    from recovery.holders import describe_holders, find_holders
+
+    holders = find_holders(db)
+    if holders and not force:
+        raise RecoveryError(describe_holders(db, holders) + "; their writes after the restore would be lost",
+                            "stop the application (every process that has the DB open), or pass --force")
+    return holders
 
 
 def rollback(
@@ -322,12 +353,15 @@ def rollback(
     on_conflict: ConflictPolicy = ConflictPolicy.REMAP, apply_deletes: bool = False, dry_run: bool = False,
     force: bool = False, prefer: Prefer = Prefer.DB, files: FilesConfig | None = None,
     confirm: Callable[[dict[str, Any]], bool] | None = None, progress: Progress | None = None,
-    downgrade_to: str | None = None, trust_mapping: bool = False,
+    downgrade_to: str | None = None, trust_mapping: bool = False, allow_newer_backup: bool = False,
 ) -> RunResult:
     """The whole runbook; see the module docstring. ``confirm`` is asked (with the extract summary)
     before the first change to the live DB; returning False stops with nothing changed.
-    ``trust_mapping`` keeps column rules the data contradict (default: refused, exit 2)."""
-    db_p, backup_p = Path(db), Path(backup)
+    ``trust_mapping`` keeps column rules the data contradict (default: refused, exit 2).
+    ``force`` overrides only the refusal while other processes hold the DB; ``allow_newer_backup``
+    only the refusal of a backup newer than the live DB. A ``db`` reached through a symlink is
+    resolved once: the real file is read and replaced, the link stays a link."""
+    db_p, backup_p = real_path(Path(db)), Path(backup)
     files = files or FilesConfig()
     say = progress or (lambda _m: None)
     stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
@@ -348,9 +382,23 @@ def rollback(
     if dry_run:
         return _dry_run(db_p, backup_p, run_dir, since, uploads, mapping, alembic_ini, on_conflict, apply_deletes,
                         prefer, files, say, trust=trust_mapping)
-    with _one_run_per_folder(db_p):
+    with _one_run_per_folder(db_p), _windows_closed() as windows:
         return _run_rollback(db_p, backup_p, run_dir, args, since, uploads, mapping, alembic_ini, on_conflict,
-                             apply_deletes, force, prefer, files, confirm, say, downgrade_to)
+                             apply_deletes, force, prefer, files, confirm, say, downgrade_to,
+                             allow_newer_backup, windows)
+
+
+@contextmanager
+def _windows_closed() -> Iterator[list[WriteWindow]]:
+    """The run's write window (and the replaced file it keeps open) is let go however the run ends."""
+    windows: list[WriteWindow] = []
+    try:
+        yield windows
+    finally:
+        for w in windows:
+            w.release()
+            if w.replaced is not None:
+                w.replaced.close()
 
 
 @contextmanager
@@ -377,7 +425,8 @@ def _run_rollback(db_p: Path, backup_p: Path, run_dir: Path, args: dict[str, Any
                   uploads: Any, mapping: Any, alembic_ini: Any, on_conflict: ConflictPolicy, apply_deletes: bool,
                   force: bool, prefer: Prefer, files: FilesConfig,
                   confirm: Callable[[dict[str, Any]], bool] | None, say: Progress,
-                  downgrade_to: str | None) -> RunResult:
+                  downgrade_to: str | None, allow_newer_backup: bool = False,
+                  windows: list[WriteWindow] | None = None) -> RunResult:
     journal = Journal(run_dir, args)
     if journal.done("report"):
         say("this run already finished; nothing to do")
@@ -389,18 +438,27 @@ def _run_rollback(db_p: Path, backup_p: Path, run_dir: Path, args: dict[str, Any
     restore_started = journal.state("restore") is not None
     bundle: Bundle | None = None
     staged: _Background | None = None  # the restored file, written beside the live one during the extract
+    window: WriteWindow | None = None  # our write lock on the live DB, from the safety copy to the swap
     try:
         if not restore_started:
             say("checking the live database and the backup")
             journal.mark("probe", "start")
             journal.mark("probe", "done", **preflight(db_p, backup_p, Path(alembic_ini) if alembic_ini else None,
-                                                      force, downgrade_to))
-            if not journal.done("safety"):
-                say("safety copy of the live database")
-                journal.mark("safety", "start")
-                safety = consistent_copy(db_p, run_dir / "safety" / db_p.name, "live database")
-                # its sha256 is taken by the extract (the bundle's live fingerprint) and added below
-                journal.mark("safety", "done", path=str(safety), size=safety.stat().st_size)
+                                                      force, downgrade_to, allow_newer_backup))
+            window, late_holders = _open_window(db_p, force)
+            if late_holders:  # opened the DB since the preflight; let through by --force
+                journal.data["steps"]["probe"].setdefault("forced_past", []).extend(late_holders)
+            if windows is not None:
+                windows.append(window)
+            # under the lock, always: a resumed run's earlier copy may predate commits made since
+            prior = journal.info("safety").get("sha256") if journal.done("safety") else None
+            say("safety copy of the live database")
+            journal.mark("safety", "start")
+            safety = consistent_copy(db_p, run_dir / "safety" / db_p.name, "live database")
+            # its sha256 is taken by the extract (the bundle's live fingerprint) and added below
+            journal.mark("safety", "done", path=str(safety), size=safety.stat().st_size)
+            if prior is not None and sha256_file(safety) != prior:
+                journal.data["steps"].pop("extract", None)  # the live DB changed since: extract again
             if not downgrade_to:
                 staged = _Background(stage_restore, backup_p, db_p, cleanup=lambda r: r[0].unlink(missing_ok=True))
             if not journal.done("extract"):
@@ -418,7 +476,7 @@ def _run_rollback(db_p: Path, backup_p: Path, run_dir: Path, args: dict[str, Any
                 journal.mark("restore", "start", method="downgrade")
                 repaired: dict[str, Any] = {}  # what the backup gave back that the downgrade could not
                 digest = restore_atomically(run_dir / "safety" / db_p.name, db_p, lambda copy: repaired.update(
-                    _downgrade_in_place(copy, alembic_ini, downgrade_to, backup_p)))
+                    _downgrade_in_place(copy, alembic_ini, downgrade_to, backup_p)), window)
                 journal.mark("restore", "done", method="downgrade", sha256=digest, repair=repaired)
                 for line in repaired.get("notes", []):
                     say(line)
@@ -427,11 +485,13 @@ def _run_rollback(db_p: Path, backup_p: Path, run_dir: Path, args: dict[str, Any
                 journal.mark("restore", "start", method="backup")
                 ready, staged = staged, None
                 tmp, digest = ready.result() if ready is not None else stage_restore(backup_p, db_p)
-                swap_in(tmp, db_p)
+                swap_in(tmp, db_p, window)
                 journal.mark("restore", "done", method="backup", sha256=digest)
     finally:
         if staged is not None:  # refused, stopped or failed before the restore: remove the staged copy
             staged.discard()
+        if window is not None and window.replaced is None:  # no swap: give the lock back
+            window.release()
     if not journal.done("reimport"):
         say("re-importing post-deploy changes (one transaction)")
         journal.mark("reimport", "start")
@@ -453,12 +513,59 @@ def _run_rollback(db_p: Path, backup_p: Path, run_dir: Path, args: dict[str, Any
         outcome.verification = verify_file(db_p, outcome, bundle.old.alembic_revision, role="live database")
         _save_outcome(run_dir, outcome)
         journal.mark("verify", "done", ok=outcome.verification.get("ok"))
+    late = _late_check(journal, window, run_dir, db_p, say)
     from recovery.report import write_run_files
 
     journal.mark("report", "start")
-    paths = write_run_files(run_dir, outcome, bundle, {"journal": journal.data["steps"]})
+    paths = write_run_files(run_dir, outcome, bundle, {"journal": journal.data["steps"], "late_commits": late})
     journal.mark("report", "done")
-    return RunResult(run_dir, outcome, paths, journal.resumed, False, journal.data["steps"])
+    return RunResult(run_dir, outcome, paths, journal.resumed, False, journal.data["steps"], late)
+
+
+def _open_window(db: Path, force: bool) -> tuple[WriteWindow, list[str]]:
+    """Take the live DB's write lock (:class:`WriteWindow`), then look for holders once more: one
+    that opened the DB since the preflight is refused as well (unless ``force``: then it is
+    returned, described, with the window)."""
+    from recovery.holders import describe_holders, find_holders
+
+    window = WriteWindow(db)
+    holders = find_holders(db, ignore_ofd=True)  # the window's own OFD lock is not a holder
+    if holders and not force:
+        window.release()
+        raise RecoveryError(describe_holders(db, holders) + "; their writes after the restore would be lost",
+                            "stop the application (every process that has the DB open), or pass --force")
+    return window, [h.describe() for h in holders]
+
+
+def _late_check(journal: Journal, window: WriteWindow | None, run_dir: Path, db: Path, say: Progress) -> dict[str, Any]:
+    """Look at the replaced file once more: anything committed into it after the safety copy (a
+    holder let through by --force, or one that slipped in) is listed in ``late_commits.json`` and
+    makes the run need review. Never silent: a run resumed after the restore, whose replaced file
+    was closed with the killed process, says it could not look (and needs review when holders
+    were let through)."""
+    if journal.done("late_check"):
+        return journal.info("late_check")
+    replaced = window.replaced if window is not None else None
+    if replaced is not None:
+        try:
+            info = check_replaced(replaced, run_dir / "safety" / db.name, run_dir)
+        finally:
+            replaced.close()
+        if info["late_commits"]:
+            info["needs_review"] = True
+            say(f"{info['late_commits']} row change(s) were committed into the replaced database after the safety "
+                f"copy and are NOT in the restored one: listed in {run_dir / 'late_commits.json'}")
+    else:
+        forced = bool(journal.info("probe").get("forced_past"))
+        info = {"checked": False, "late_commits": None, "needs_review": forced,
+                "reason": "the run was resumed after the restore: the replaced file was closed with the killed process"}
+        if forced:
+            info["file"] = str(write_late_commits(run_dir, {"checked": False, "reason": info["reason"],
+                                                            "tables": {}, "total": None}))
+            say("could not check the replaced database for late commits (resumed run, holders were let through "
+                "with --force): review " + str(run_dir / "late_commits.json"))
+    journal.mark("late_check", "done", **info)
+    return info
 
 
 def _pid_alive(pid: int) -> bool:
@@ -607,7 +714,9 @@ def _dry_run(db: Path, backup: Path, run_dir: Path, since: str | None, uploads: 
     """Everything on scratch copies: the same report, every input file byte-identical."""
     from recovery.extract import extract
 
-    preflight(db, backup, Path(alembic_ini) if alembic_ini else None, force=True)
+    probe = preflight(db, backup, Path(alembic_ini) if alembic_ini else None, force=True, allow_newer_backup=True)
+    for holder in probe["forced_past"]:
+        say(f"dry run: a real rollback would refuse while {holder}")
     with tempfile.TemporaryDirectory(prefix="recovery-dry-run-") as tmp:
         t = Path(tmp)
         say("dry run: copying the live database to a scratch folder")

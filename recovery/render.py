@@ -225,7 +225,12 @@ def render_outcome(res: Any) -> None:
                 f"revision {M(v.get('alembic_revision', {}).get('actual'))})")
     if o.aborted:
         c.print("[red]aborted: conflicts found, nothing was changed[/]")
-    verdict = "review needed" if o.needs_review else "all recovered"
+    late = getattr(res, "late", None) or {}
+    if late.get("needs_review"):
+        c.print(f"[red]late commits:[/] {late.get('late_commits') if late.get('checked') else 'unknown'} row change(s) "
+                f"committed into the replaced database after the safety copy are NOT in the restored one: "
+                f"{late.get('file')}", soft_wrap=True)
+    verdict = "review needed" if o.needs_review or late.get("needs_review") else "all recovered"
     if o.dry_run:
         verdict = f"dry run, nothing changed — {verdict}"
     c.print(f"[bold]{verdict}[/]: {o.lost_total} lost value(s), {len(o.conflicts)} conflict(s), "

@@ -23,6 +23,7 @@ from recovery import __version__
 from recovery.changes import count_table
 from recovery.errors import RecoveryError
 from recovery.files import scan_uploads
+from recovery.pairing import row_identity
 from recovery.schema import alembic_revision, reflect
 from recovery.sqlite_io import check_sqlite_file, consistent_copy, readonly, sha256_file
 
@@ -90,6 +91,7 @@ def snapshot(
             schema = reflect(conn)
             counts = {t: count_table(conn, "main", t) for t in schema.data_tables}
             revision = alembic_revision(conn)
+            identity = row_identity(conn)
     except (sqlite3.Error, sa_exc.DBAPIError) as exc:
         backup.unlink(missing_ok=True)
         orig = getattr(exc, "orig", None) or exc
@@ -112,6 +114,7 @@ def snapshot(
         "alembic_revision": revision,
         "git": git_info(Path(app_dir) if app_dir else src.parent),
         "tables": counts,
+        "identity": identity,
         "uploads": upload_manifest,
     }
     mpath = manifest_path_for(backup)

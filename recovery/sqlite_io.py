@@ -11,6 +11,7 @@ import hashlib
 import os
 import shutil
 import sqlite3
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -50,7 +51,7 @@ def check_sqlite_file(path: str | os.PathLike[str], role: str = "database") -> P
     page_count = int.from_bytes(head[28:32], "big")
     # the in-header size is only valid when the change counter equals version-valid-for
     header_size_valid = head[24:28] == head[92:96]
-    wal = p.with_name(p.name + "-wal")
+    wal, _ = sidecars(real_path(p))
     if (header_size_valid and page_count and size < page_size * page_count
             and not (wal.exists() and wal.stat().st_size)):
         raise RecoveryError(
@@ -90,6 +91,7 @@ def readonly_uri(p: Path) -> str:
     no ``-wal`` content → ``immutable=1`` (nothing to replay, nobody writing); otherwise the file
     and its ``-wal`` are copied to a private temporary folder and that copy is opened.
     """
+    p = real_path(p)  # through a symlink, the -wal and -shm are beside the real file
     uri = _uri(p, mode="ro")
     wal, shm = sidecars(p)
     wal_mode = is_wal_file(p)
@@ -247,6 +249,38 @@ def wait_for_write_lock(conn: sqlite3.Connection, seconds: float) -> None:
                     ExitCode.REFUSED,
                 ) from None
             time.sleep(0.1)
+
+
+def real_path(path: Path) -> Path:
+    """``path`` with every symlink resolved when it goes through one (else ``path`` unchanged):
+    SQLite keeps ``-wal``/``-shm`` beside the real file, and a restore must replace the real file,
+    leaving the link a link."""
+    real = Path(os.path.realpath(path))
+    return real if real != Path(os.path.abspath(path)) else path
+
+
+def copy_file_identity(src: Path, dst: Path) -> None:
+    """Give ``dst`` the owner, group, permission bits and extended attributes (POSIX ACLs are
+    ``system.posix_acl_*`` attributes) of ``src``, so a restored file is the same file to the
+    application: run as root, a DB owned ``nobody:nogroup 0660`` must not come back ``root 0644``.
+    Ownership needs privilege: without it (not root) the owner is kept as it is and the rest copied."""
+    st = os.stat(src)
+    try:
+        os.chown(dst, st.st_uid, st.st_gid)
+    except PermissionError:
+        pass
+    os.chmod(dst, stat.S_IMODE(st.st_mode))
+    if not hasattr(os, "listxattr"):  # not Linux
+        return
+    try:
+        names = os.listxattr(src)
+    except OSError:  # no xattr support on this filesystem
+        return
+    for name in names:
+        try:
+            os.setxattr(dst, name, os.getxattr(src, name))
+        except OSError:
+            continue  # e.g. security.* without the privilege, or unsupported on dst's filesystem
 
 
 def sidecars(path: Path) -> tuple[Path, Path]:

@@ -3,7 +3,9 @@ function, render. Errors are :class:`~recovery.errors.RecoveryError`: printed as
 from the error. Only a bug shows a traceback.
 
 Exit codes: 0 everything carried / no difference; 1 finished with something to review;
-2 refused or bad input, nothing changed; 3 failed and rolled back, nothing changed.
+2 refused or bad input, nothing changed; 3 failed (the message says what the live DB now is).
+An ``OSError``/``sqlite3.Error`` (or a bug) is one line too; ``--traceback`` or
+``RECOVERY_TRACEBACK=1`` shows the trace.
 """
 from __future__ import annotations
 
@@ -23,22 +25,61 @@ from recovery.render import (console, render_diff, render_extract, render_outcom
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 done, nothing to review; 1 done, something to review; "
-    "2 refused or bad input, nothing changed; 3 failed and rolled back, nothing changed."
+    "2 refused or bad input, nothing changed; 3 failed: the message says what the live DB now is "
+    "and how to resume or undo."
 )
+TRACEBACK_ENV = "RECOVERY_TRACEBACK"
+"""``RECOVERY_TRACEBACK=1``: like ``recovery --traceback``, print the trace of an error."""
+_TRACEBACK_META = "recovery.traceback"
+
+_UNCHANGED = {  # what an error that escapes a command says about the databases
+    "rollback": "the live DB was not changed",
+    "reimport": "the database was not changed",
+    "undo": "the live DB was not changed",
+    "relink": "the database was not changed (files already copied into --uploads are complete and stay)",
+}
+"""Commands that write a live DB convert every error after their first change into a
+RecoveryError saying what the DB now is (exit 3); an error that escapes as OSError/sqlite3.Error
+therefore happened before. Every other command writes no database the user gave it."""
+
+
+def _show_traceback(ctx: click.Context) -> bool:
+    import os
+
+    return bool(ctx.meta.get(_TRACEBACK_META)) or os.environ.get(TRACEBACK_ENV, "") not in ("", "0")
 
 
 class RecoveryGroup(click.Group):
     """Turns RecoveryError into one line on stderr and its exit code; click usage errors exit 2."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        import sqlite3
+        import traceback
+
         try:
             return super().invoke(ctx)
         except RecoveryError as err:
+            if _show_traceback(ctx):
+                traceback.print_exc()
             click.echo(f"error: {err.one_line()}", err=True)
             ctx.exit(err.exit_code)
         except KeyboardInterrupt:
+            if _show_traceback(ctx):
+                traceback.print_exc()
             click.echo("error: interrupted; nothing further was changed", err=True)
             ctx.exit(ExitCode.FAILED)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the one place every other error becomes one line
+            from recovery.errors import describe
+
+            if _show_traceback(ctx):
+                traceback.print_exc()
+            what, todo = describe(exc)
+            state = _UNCHANGED.get(ctx.invoked_subcommand or "", "no database was changed")
+            hint = todo if isinstance(exc, (OSError, sqlite3.Error)) else f"{todo} (recovery --traceback …)"
+            click.echo(f"error: {what}; {state} — {hint}", err=True)
+            ctx.exit(ExitCode.REFUSED if isinstance(exc, (OSError, sqlite3.Error)) else ExitCode.FAILED)
 
 
 def output_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -62,9 +103,18 @@ def emit_json(data: Any) -> None:
 
 @click.group(cls=RecoveryGroup, epilog=EXIT_CODES_HELP)
 @click.version_option(__version__, prog_name="recovery")
-def main() -> None:
+@click.option("--traceback", "show_traceback", is_flag=True,
+              help=f"On an error, print the Python trace too (or set {TRACEBACK_ENV}=1).")
+@click.pass_context
+def main(ctx: click.Context, show_traceback: bool) -> None:
     """Roll a SQLite application database back to its previous release without losing what
-    users did after the deploy: snapshot → diff → extract → restore → re-import → verify → report."""
+    users did after the deploy: snapshot → diff → extract → restore → re-import → verify → report.
+
+    Example:
+
+        recovery --traceback rollback gestima.db --backup gestima.db.bak.20261120_140000 --yes
+    """
+    ctx.meta[_TRACEBACK_META] = show_traceback
 
 
 @main.command("sample", epilog=EXIT_CODES_HELP)
@@ -225,7 +275,7 @@ def reimport_cmd(bundle_dir: Path, db: Path, out_dir: Path | None, uploads: Path
     res = reimport(bundle_dir, db, out_dir, ConflictPolicy(on_conflict), apply_deletes, dry_run, Prefer(prefer),
                    uploads)
     render_outcome(res)
-    sys.exit(ExitCode.FAILED if res.outcome and res.outcome.aborted else res.exit_code)
+    sys.exit(res.exit_code)
 
 
 @main.command("rollback", epilog=EXIT_CODES_HELP)
@@ -272,7 +322,7 @@ def rollback_cmd(db: Path, backup: Path, out_dir: Path | None, since: str | None
                    apply_deletes, dry_run, force, Prefer(prefer), confirm=confirm,
                    progress=lambda m: err.print(f"· {m}"), downgrade_to=downgrade_to)
     render_outcome(res)
-    sys.exit(ExitCode.FAILED if res.outcome and res.outcome.aborted else res.exit_code)
+    sys.exit(res.exit_code)
 
 
 @main.command("demo", epilog=EXIT_CODES_HELP)

@@ -28,8 +28,8 @@ from typing import Any, Callable, Iterator
 from recovery.bundle import Bundle, open_bundle, write_json_atomic
 from recovery.errors import ExitCode, RecoveryError
 from recovery.files import FilesConfig
-from recovery.outcome import ConflictPolicy, Outcome, Prefer
-from recovery.reimport import attach_bundle, check_target_schema, merge_and_check, open_target
+from recovery.outcome import OUTCOME_FORMAT, ConflictPolicy, Outcome, Prefer
+from recovery.reimport import attach_bundle, check_target_schema, merge_and_check, open_target, record_outcome
 from recovery.schema import alembic_revision, reflect
 from recovery.sqlite_io import (check_sqlite_file, consistent_copy, fsync_dir, is_wal_file, readonly, sha256_file,
                                 sidecars, wait_for_write_lock, write_lock_held)
@@ -42,6 +42,14 @@ KILL_STEP_ENV = "RECOVERY_TEST_KILL_AT_STEP"
 Progress = Callable[[str], None]
 
 
+def _kill_point(point: str) -> None:
+    """Test-only: SIGKILL this process when ``RECOVERY_TEST_KILL_AT_STEP`` names ``point``."""
+    if os.environ.get(KILL_STEP_ENV) == point:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 @dataclass
 class RunResult:
     run_dir: Path
@@ -50,10 +58,20 @@ class RunResult:
     resumed: bool = False
     finished_before: bool = False
     steps: dict[str, Any] = field(default_factory=dict)
+    finished_exit_code: int | None = None
+    """For a run that had already finished: the exit code it finished with (from its journal)."""
+    note: str | None = None
+    """A line the CLI prints about the live DB's state (e.g. after an aborted re-import)."""
 
     @property
     def exit_code(self) -> int:
-        return self.outcome.exit_code if self.outcome else ExitCode.OK
+        """What the CLI exits with: 3 for an aborted re-import, else 1 when something needs
+        review, else 0; a finished run run again exits as it finished."""
+        if self.finished_exit_code is not None:
+            return self.finished_exit_code
+        if self.outcome is None:
+            return ExitCode.OK
+        return ExitCode.FAILED if self.outcome.aborted else self.outcome.exit_code
 
 
 def _reimport_into(
@@ -80,7 +98,10 @@ def _reimport_into(
             if problems:
                 raise RecoveryError(f"foreign key check failed after re-import ({problems[0]}); rolled back",
                                     "nothing was changed; report this with the bundle", ExitCode.FAILED)
+            if not outcome.already_applied:  # the outcome is durable exactly when the data is
+                record_outcome(conn, bundle.bundle_id, outcome.to_json())
             conn.execute("COMMIT")
+            _kill_point("reimport:committed")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
@@ -167,10 +188,7 @@ class Journal:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.path, self.data)
         fsync_dir(self.run_dir)
-        if os.environ.get(KILL_STEP_ENV) == f"{step}:{state}":
-            import signal
-
-            os.kill(os.getpid(), signal.SIGKILL)
+        _kill_point(f"{step}:{state}")
 
     def info(self, step: str) -> dict[str, Any]:
         return self.data["steps"].get(step, {})
@@ -344,8 +362,14 @@ def rollback(
         return _dry_run(db_p, backup_p, run_dir, since, uploads, mapping, alembic_ini, on_conflict, apply_deletes,
                         prefer, files, say)
     with _one_run_per_folder(db_p):
-        return _run_rollback(db_p, backup_p, run_dir, args, since, uploads, mapping, alembic_ini, on_conflict,
-                             apply_deletes, force, prefer, files, confirm, say, downgrade_to)
+        try:
+            return _run_rollback(db_p, backup_p, run_dir, args, since, uploads, mapping, alembic_ini, on_conflict,
+                                 apply_deletes, force, prefer, files, confirm, say, downgrade_to)
+        except BaseException as exc:
+            truth = _failure_truth(exc, run_dir, db_p)
+            if truth is None:
+                raise
+            raise truth from exc
 
 
 @contextmanager
@@ -378,7 +402,7 @@ def _run_rollback(db_p: Path, backup_p: Path, run_dir: Path, args: dict[str, Any
         say("this run already finished; nothing to do")
         report = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))
         return RunResult(run_dir, None, {"report.json": run_dir / "report.json"}, True, True,
-                         {"summary": report.get("summary")})
+                         {"summary": report.get("summary")}, _finished_exit_code(journal, report))
     if journal.resumed:
         _clean_leftovers(run_dir, db_p)
     restore_started = journal.state("restore") is not None
@@ -386,6 +410,7 @@ def _run_rollback(db_p: Path, backup_p: Path, run_dir: Path, args: dict[str, Any
     staged: _Background | None = None  # the restored file, written beside the live one during the extract
     try:
         if not restore_started:
+            journal.data.setdefault("live_before", _file_identity(db_p))  # tells a failed restore's result
             say("checking the live database and the backup")
             journal.mark("probe", "start")
             journal.mark("probe", "done", **preflight(db_p, backup_p, Path(alembic_ini) if alembic_ini else None,
@@ -433,6 +458,8 @@ def _run_rollback(db_p: Path, backup_p: Path, run_dir: Path, args: dict[str, Any
         in_place = journal.info("restore").get("method") == "downgrade"
         outcome = _reimport_into(db_p, bundle, on_conflict, prefer, apply_deletes, files, False, 10.0, str(db_p),
                                  in_place, check_after=False)
+        if outcome.already_applied:  # committed by a run killed before it journaled: its own outcome
+            outcome = _recorded_outcome(db_p, bundle.bundle_id) or outcome
         _save_outcome(run_dir, outcome)
         journal.mark("reimport", "done", already_applied=outcome.already_applied)
         warm.discard()
@@ -451,8 +478,115 @@ def _run_rollback(db_p: Path, backup_p: Path, run_dir: Path, args: dict[str, Any
 
     journal.mark("report", "start")
     paths = write_run_files(run_dir, outcome, bundle, {"journal": journal.data["steps"]})
-    journal.mark("report", "done")
-    return RunResult(run_dir, outcome, paths, journal.resumed, False, journal.data["steps"])
+    result = RunResult(run_dir, outcome, paths, journal.resumed, False, journal.data["steps"])
+    if outcome.aborted:
+        result.note = (f"aborted: conflicts found, nothing was re-imported; the live DB {db_p} is now the backup. "
+                       f"Re-import with `recovery reimport {run_dir / 'bundle'} {db_p} --on-conflict skip`, "
+                       f"or run `recovery undo {run_dir}` to put the failed release's DB back")
+    journal.data["live_left"] = db_fingerprint(db_p)  # what `recovery undo` compares with
+    journal.mark("report", "done", exit_code=int(result.exit_code))
+    return result
+
+
+def _file_identity(p: Path) -> list[int]:
+    """(device, inode) of ``p``: a rename over it (the restore) changes it."""
+    st = p.stat()
+    return [st.st_dev, st.st_ino]
+
+
+def db_fingerprint(db: Path) -> dict[str, Any]:
+    """What the DB file holds, as bytes: size and sha256 of the file and of a non-empty ``-wal``.
+    Equal fingerprints mean nothing was committed in between (a read leaves both unchanged)."""
+    wal, _ = sidecars(db)
+    wal_sha = sha256_file(wal) if wal.exists() and wal.stat().st_size else None
+    return {"size": db.stat().st_size, "sha256": sha256_file(db), "wal_sha256": wal_sha}
+
+
+def _finished_exit_code(journal: Journal, report: dict[str, Any]) -> int:
+    """The exit code a finished run finished with: journaled by the report step (a journal written
+    before it was recorded: from report.json's verdict)."""
+    code = journal.info("report").get("exit_code")
+    if isinstance(code, int) and not isinstance(code, bool) and code in tuple(ExitCode):
+        return code
+    summary = report.get("summary") or {}
+    if summary.get("aborted"):
+        return ExitCode.FAILED
+    return ExitCode.OK if summary.get("verdict") == "all recovered" else ExitCode.REVIEW
+
+
+def _read_journal(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads((run_dir / "journal.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("steps"), dict) else None
+
+
+def _reimported(db: Path, bundle_id: str | None) -> bool | None:
+    """Whether ``db`` holds the re-import of ``bundle_id`` (None: cannot tell)."""
+    from recovery.reimport import already_applied
+
+    if not bundle_id:
+        return None
+    try:
+        with readonly(db, "live database") as conn:
+            return already_applied(conn, bundle_id)
+    except (RecoveryError, sqlite3.Error, OSError):
+        return None
+
+
+def _cause(exc: BaseException) -> str:
+    from recovery.errors import describe
+
+    if isinstance(exc, RecoveryError):
+        return exc.message
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    return describe(exc)[0]
+
+
+def _failure_truth(exc: BaseException, run_dir: Path, db: Path) -> RecoveryError | None:
+    """The one true line for a rollback that failed after it changed the live DB (exit 3), from
+    the journal on disk and the live file itself; None when the live DB was not changed (the
+    original error then stands: it already says nothing was changed)."""
+    journal = _read_journal(run_dir)
+    if journal is None:
+        return None
+    steps = journal["steps"]
+    restore = steps.get("restore", {})
+    if restore.get("state") is None:
+        return None
+    if restore.get("state") != "done":
+        before = journal.get("live_before")
+        try:
+            replaced = before is None or _file_identity(db) != list(before)
+        except OSError:
+            replaced = True
+        if not replaced:
+            return None  # the swap never happened: the live file is the untouched original
+    bundle_id = steps.get("extract", {}).get("bundle_id")
+    reimported = _reimported(db, bundle_id)
+    downgrade = restore.get("method") == "downgrade"
+    now = ("the failed release's DB downgraded in place (its copy before the downgrade is in RUN/safety)"
+           if downgrade else "the backup").replace("RUN", str(run_dir))
+    undo = f"`recovery undo {run_dir}` to put the failed release's DB back"
+    cause = _cause(exc)
+    if reimported:
+        message = (f"the rollback failed after the re-import ({cause}): the live DB {db} is {now} with the "
+                   f"post-deploy work re-imported; relinking files, verification or the report did not finish")
+        hint = f"run the same command to finish them, or {undo}"
+    else:
+        maybe = "" if reimported is False else " (it could not be checked)"
+        message = (f"the rollback failed after the restore ({cause}): the live DB {db} is now {now}; nothing "
+                   f"was re-imported{maybe}")
+        hint = (f"the post-deploy work is in {run_dir / 'bundle'} and {run_dir / 'safety'}; run the same command "
+                f"to resume, or {undo}")
+    try:  # what `recovery undo` compares the live DB with; best effort (the disk may be full)
+        journal["live_left"] = db_fingerprint(db)
+        write_json_atomic(run_dir / "journal.json", journal)
+    except (OSError, ValueError):
+        pass
+    return RecoveryError(message, hint, ExitCode.FAILED)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -524,21 +658,57 @@ def _plan_summary(bundle: Bundle) -> dict[str, Any]:
     }
 
 
-def _save_outcome(run_dir: Path, outcome: Outcome) -> None:
-    import pickle
+OUTCOME_FILE = "outcome.json"
+"""The run's outcome between steps: ``Outcome.to_json()`` (format ``recovery-outcome/1``)."""
 
-    tmp = run_dir / "outcome.pickle.tmp"
-    tmp.write_bytes(pickle.dumps(outcome))
-    os.replace(tmp, run_dir / "outcome.pickle")
+
+def _save_outcome(run_dir: Path, outcome: Outcome) -> None:
+    tmp = run_dir / f"{OUTCOME_FILE}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(outcome.to_json())
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, run_dir / OUTCOME_FILE)
+
+
+def read_outcome_file(path: Path) -> Outcome:
+    """``outcome.json`` read back as data only; a file of any other shape is refused (exit 2)."""
+    from recovery.outcome import OutcomeFormatError
+
+    try:
+        return Outcome.from_json(path.read_bytes())
+    except OutcomeFormatError as exc:
+        raise RecoveryError(f"{path} is not a {OUTCOME_FORMAT} file ({exc})",
+                            "the run folder was changed by hand; use a copy made by `recovery` itself") from None
 
 
 def _load_outcome(run_dir: Path, bundle: Bundle, db: Path, policy: ConflictPolicy) -> Outcome:
-    import pickle
-
-    p = run_dir / "outcome.pickle"
+    """The re-import's outcome: the run folder's ``outcome.json``, else the copy the re-import
+    committed into the live DB with its data (a run killed between that commit and the journal),
+    else an empty ``already_applied`` outcome."""
+    p = run_dir / OUTCOME_FILE
     if p.is_file():
-        return pickle.loads(p.read_bytes())  # noqa: S301 - our own file in our own run folder
+        return read_outcome_file(p)
+    recorded = _recorded_outcome(db, bundle.bundle_id)
+    if recorded is not None:
+        return recorded
     return Outcome(bundle.bundle_id, str(db), policy.value, False, already_applied=True)
+
+
+def _recorded_outcome(db: Path, bundle_id: str) -> Outcome | None:
+    """The outcome the re-import of ``bundle_id`` stored in ``db`` in its own transaction."""
+    from recovery.outcome import OutcomeFormatError
+    from recovery.reimport import recorded_outcome
+
+    with readonly(db, "live database") as conn:
+        text = recorded_outcome(conn, bundle_id)
+    if text is None:
+        return None
+    try:
+        return Outcome.from_json(text)
+    except OutcomeFormatError as exc:
+        raise RecoveryError(f"the re-import outcome recorded in {db} is not a {OUTCOME_FORMAT} document ({exc})",
+                            "the database was edited by hand; run `recovery report` on the bundle instead") from None
 
 
 def _refuse_stub_downgrades(db: Path, alembic_ini: str | os.PathLike[str] | None, target: str) -> None:

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from typing import IO, Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table as RichTable
 
 _consoles: dict[bool, Console] = {}
@@ -176,7 +177,8 @@ def render_outcome(res: Any) -> None:
                 f"(integrity {v.get('integrity_check')}, fk problems {len(v.get('foreign_key_check', []))}, "
                 f"revision {v.get('alembic_revision', {}).get('actual')})")
     if o.aborted:
-        c.print("[red]aborted: conflicts found, nothing was changed[/]")
+        note = getattr(res, "note", None)
+        c.print(f"[red]{escape(note)}[/]" if note else "[red]aborted: conflicts found, nothing was changed[/]")
     verdict = "review needed" if o.needs_review else "all recovered"
     if o.dry_run:
         verdict = f"dry run, nothing changed — {verdict}"

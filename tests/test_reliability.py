@@ -70,8 +70,12 @@ def db_content(path: Path) -> dict[str, Any]:
                 if name == "_recovery_applied" and "applied_at" in cols:
                     # applied_at is a clock; bundle_id hashes the source paths (another folder,
                     # another id): keep only whether it names this run's bundle (checked by callers)
-                    i, b = cols.index("applied_at"), cols.index("bundle_id")
-                    rows = [tuple("<bundle>" if j == b else v for j, v in enumerate(r) if j != i) for r in rows]
+                    # outcome: the re-import's Outcome JSON, which names the run's paths (compared
+                    # through the reports in test_run_truth.py)
+                    b = cols.index("bundle_id")
+                    drop = {cols.index(c) for c in ("applied_at", "outcome") if c in cols}
+                    rows = [tuple("<bundle>" if j == b else v for j, v in enumerate(r) if j not in drop) for r in rows]
+                    cols = [c for j, c in enumerate(cols) if j not in drop]
                     out["__bundle_ids__"] = sorted(r[b] for r in conn.execute(f'SELECT * FROM "{name}"'))
                 out[name] = (cols, sorted(rows, key=repr))
             return out

@@ -325,6 +325,49 @@ def rollback_cmd(db: Path, backup: Path, out_dir: Path | None, since: str | None
     sys.exit(res.exit_code)
 
 
+@main.command("undo", epilog=EXIT_CODES_HELP)
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--force", is_flag=True,
+              help="Undo although the live DB changed since the run (its current file is kept in RUN_DIR/undo/ first).")
+@click.option("--dry-run", is_flag=True, help="Change nothing; say whether the undo would go ahead.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (required without a terminal).")
+def undo_cmd(run_dir: Path, force: bool, dry_run: bool, yes: bool) -> None:
+    """Put the failed release's DB back: the safety copy a `recovery rollback` made in RUN_DIR goes
+    back as the live DB (atomic rename; the live file's owner, group and mode kept). Refused while
+    another process holds the DB, and when the live DB changed since the run left it unless --force.
+    A consistent copy of the current live file is always kept in RUN_DIR/undo/ first. A second undo
+    changes nothing. Use it when a rollback failed after its restore, or to return to the new release.
+
+    Example:
+
+        recovery undo run/ --dry-run && recovery undo run/ --yes
+    """
+    from recovery.pipeline import undo
+
+    err = console(stderr=True)
+    if not (yes or dry_run or sys.stdin.isatty()):
+        raise RecoveryError("refusing to undo without a terminal", "pass --yes (or --dry-run)")
+
+    def confirm(plan: dict[str, Any]) -> bool:
+        if yes:
+            return True
+        return click.confirm(f"Replace the live DB {plan['db']} with the safety copy {plan['safety']}?", default=False)
+
+    res = undo(run_dir, force=force, dry_run=dry_run, confirm=confirm, progress=lambda m: err.print(f"· {m}"))
+    c = console()
+    if res.state == "already_undone":
+        c.print(f"this run was already undone; nothing changed. The live DB {res.db} is the safety copy "
+                f"{res.safety}" + (f"; the file it replaced is kept in {res.kept}" if res.kept else ""), soft_wrap=True)
+    elif res.state == "dry_run":
+        c.print(f"dry run, nothing changed: the undo would replace {res.db} with {res.safety}"
+                + (" (the live DB changed since the run: --force keeps a copy of it first)" if res.changed_since_run
+                   else ""), soft_wrap=True)
+    else:
+        c.print(f"undone: the live DB {res.db} is the failed release's DB again (from {res.safety}); "
+                f"the file it replaced is kept in {res.kept}", soft_wrap=True)
+    sys.exit(res.exit_code)
+
+
 @main.command("demo", epilog=EXIT_CODES_HELP)
 @click.argument("out_dir", required=False, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--parts", default=300, show_default=True, type=click.IntRange(10, 10_000_000))

@@ -120,7 +120,9 @@ def reimport(
     busy_timeout: float = 10.0,
 ) -> RunResult:
     """Re-import a bundle into ``db`` (at the bundle's old schema). ``dry_run`` works on a scratch
-    copy and leaves every file untouched."""
+    copy and leaves every file untouched. Every place it will write is checked before the first
+    write; a failure after the commit says that the data is in (exit 3)."""
+    check_uploads(uploads)
     bundle = open_bundle(bundle_dir)
     target = check_sqlite_file(db, "target database")
     with readonly(target, "target database") as r:  # refuse a wrong schema before any copy or write open
@@ -128,6 +130,10 @@ def reimport(
     files = files or FilesConfig()
     stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
     run_dir = Path(out) if out else bundle.path / f"reimport-{stamp}{'-dry-run' if dry_run else ''}"
+    check_writable(run_dir, "run folder (--out)")
+    if not dry_run:
+        check_writable(target.parent, "database folder (SQLite writes its journal there)")
+        check_writable(target, "target database")
     if dry_run:
         with tempfile.TemporaryDirectory(prefix="recovery-dry-run-") as tmp:
             scratch = consistent_copy(target, Path(tmp) / target.name, "target database")
@@ -138,12 +144,55 @@ def reimport(
         run_dir.mkdir(parents=True, exist_ok=True)
         consistent_copy(target, run_dir / "safety" / target.name, "target database")
         outcome = _reimport_into(target, bundle, on_conflict, prefer, apply_deletes, files, False, busy_timeout,
-                                 str(target))
-        outcome.files = _relink(bundle, target, uploads, files, dry_run=False, outcome=outcome) if uploads else None
+                                 str(target), check_after=False)
+        try:
+            outcome.verification = verify_file(target, outcome, bundle.old.alembic_revision, role="target database")
+            outcome.files = _relink(bundle, target, uploads, files, dry_run=False, outcome=outcome) if uploads else None
+            from recovery.report import write_run_files
+
+            return RunResult(run_dir, outcome, write_run_files(run_dir, outcome, bundle))
+        except BaseException as exc:
+            if outcome.already_applied or outcome.aborted:
+                raise  # this run changed nothing
+            raise RecoveryError(
+                f"the re-import was committed to {target}, then a later step failed ({_cause(exc)}); the "
+                "post-deploy rows are in the database, files may not be relinked and the report is not written",
+                f"its safety copy is in {run_dir / 'safety'}; run `recovery relink {bundle.path} {target} --uploads …` "
+                f"and `recovery report {bundle.path}`", ExitCode.FAILED) from exc
     from recovery.report import write_run_files
 
     paths = write_run_files(run_dir, outcome, bundle)
     return RunResult(run_dir, outcome, paths)
+
+
+def check_uploads(uploads: str | os.PathLike[str] | None) -> None:
+    """Refuse an ``--uploads`` that is not an existing folder this process can list and read."""
+    if uploads is None:
+        return
+    p = Path(uploads)
+    if not p.is_dir():
+        raise RecoveryError(f"uploads folder {p} does not exist or is not a folder; nothing was changed",
+                            "check --uploads")
+    if not os.access(p, os.R_OK | os.X_OK):
+        raise RecoveryError(f"uploads folder {p} is not readable by this user; nothing was changed",
+                            "check its owner and mode, or run as the application's user")
+
+
+def check_writable(path: Path, role: str) -> None:
+    """Refuse before the first write when ``path`` (or, for a folder still to be made, its nearest
+    existing parent) cannot be written: permissions, a read-only mount, an immutable folder
+    (``access(2)`` answers for each, also for root)."""
+    p = Path(path)
+    probe = p
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir() and probe != p:
+        raise RecoveryError(f"{role} {p}: {probe} is a file, not a folder; nothing was changed", "choose another path")
+    if p.exists() and p.is_dir() and not os.access(p, os.W_OK | os.X_OK) or \
+            not p.exists() and not os.access(probe, os.W_OK | os.X_OK) or \
+            p.is_file() and not os.access(p, os.W_OK):
+        raise RecoveryError(f"{role} {p} is not writable{'' if p.exists() else f' ({probe} is not)'}; nothing was changed",
+                            "check the folder's owner, mode and mount (read-only?), or choose another --out")
 
 
 def _relink(bundle: Bundle, db: Path, uploads: str | os.PathLike[str] | None, files: FilesConfig,
@@ -358,6 +407,10 @@ def rollback(
         from recovery.mapping import load_mapping
 
         load_mapping(mapping)
+    check_uploads(uploads)
+    check_writable(run_dir, "run folder (--out)")
+    if not dry_run:
+        check_writable(db_p.parent, "database folder (the restore writes beside the DB)")
     if dry_run:
         return _dry_run(db_p, backup_p, run_dir, since, uploads, mapping, alembic_ini, on_conflict, apply_deletes,
                         prefer, files, say)
@@ -398,6 +451,9 @@ def _run_rollback(db_p: Path, backup_p: Path, run_dir: Path, args: dict[str, Any
                   confirm: Callable[[dict[str, Any]], bool] | None, say: Progress,
                   downgrade_to: str | None) -> RunResult:
     journal = Journal(run_dir, args)
+    if journal.state("undo") is not None:
+        raise RecoveryError(f"the run in {run_dir} was undone (`recovery undo`): the live DB is the failed "
+                            "release's DB again; nothing was changed", "start a new rollback with a new --out folder")
     if journal.done("report"):
         say("this run already finished; nothing to do")
         report = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))
@@ -554,7 +610,7 @@ def _failure_truth(exc: BaseException, run_dir: Path, db: Path) -> RecoveryError
         return None
     steps = journal["steps"]
     restore = steps.get("restore", {})
-    if restore.get("state") is None:
+    if restore.get("state") is None or "undo" in steps:
         return None
     if restore.get("state") != "done":
         before = journal.get("live_before")
@@ -589,32 +645,63 @@ def _failure_truth(exc: BaseException, run_dir: Path, db: Path) -> RecoveryError
     return RecoveryError(message, hint, ExitCode.FAILED)
 
 
-def _pid_alive(pid: int) -> bool:
+def _writer_alive(pid: int, made: float) -> bool:
+    """Whether process ``pid`` can be the one that made a file at time ``made``: it exists, is not
+    a zombie, and started before the file (a pid reused since names a newer process)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        try:
+            os.kill(pid, 0)  # no /proc: the pid alone
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
         return True
-    return True
+    fields = stat[stat.rindex(")") + 2:].split()
+    if fields[0] in ("Z", "X"):
+        return False
+    try:
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        started = boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, StopIteration, ValueError, IndexError):
+        return True
+    return started <= made + 1.0  # btime has one-second resolution
 
 
 def _clean_leftovers(run_dir: Path, db: Path) -> list[Path]:
     """Remove what a killed earlier run of this journal left half-written: the extract's
     ``.bundle.partial-<pid>`` folder, ``.<name>.tmp-<pid>`` copies in the safety folder and beside
     the live DB, and the staged ``.<db>.restore-tmp``. None of them was ever read (each is renamed
-    into place only when complete), and a <pid> that still runs is left alone."""
+    into place only when complete). A partial folder is kept only while its writer holds its
+    ``flock`` (:func:`recovery.extract.lock_partial`); a temporary file only while its <pid> is a
+    live, non-zombie process that started before the file was made. The caller holds the run's
+    folder lock, so no other rollback of this DB is writing any of them."""
     import re
     import shutil
+
+    from recovery.extract import partial_in_use
 
     removed = []
     candidates = [*run_dir.glob(".bundle.partial-*"), *(run_dir / "safety").glob(f".{db.name}.tmp-*"),
                   *db.parent.glob(f".{_staged_path(db).name}.tmp-*")]
     for p in candidates:
         m = re.search(r"\.tmp-(\d+)(-journal)?$|\.partial-(\d+)$", p.name)
-        if m is None or _pid_alive(int(m.group(1) or m.group(3))):
+        if m is None:
             continue
-        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        if p.is_dir() and not p.is_symlink():
+            if partial_in_use(p):
+                continue
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            try:
+                made = p.lstat().st_mtime
+            except FileNotFoundError:
+                continue
+            if _writer_alive(int(m.group(1) or m.group(3)), made):
+                continue
+            p.unlink(missing_ok=True)
         removed.append(p)
     staged = _staged_path(db)
     for p in (staged, *(staged.with_name(staged.name + s) for s in ("-journal", "-wal", "-shm"))):
@@ -788,3 +875,161 @@ def _dry_run(db: Path, backup: Path, run_dir: Path, since: str | None, uploads: 
 
         paths = write_run_files(run_dir, outcome, res.bundle, {"dry_run_note": "nothing was changed"})
     return RunResult(run_dir, outcome, paths)
+
+
+# ---------------------------------------------------------------------------------------------
+# undo
+
+
+@dataclass
+class UndoResult:
+    """What ``recovery undo`` did: ``state`` is ``undone``, ``already_undone`` or ``dry_run``."""
+
+    run_dir: Path
+    db: Path
+    state: str
+    safety: Path
+    kept: Path | None = None
+    changed_since_run: bool = False
+    exit_code: int = ExitCode.OK
+
+
+def refuse_if_in_use(db: Path, what: str = "undo") -> None:
+    """Refuse while another process holds ``db``. The one place the holder probe is called for
+    ``undo`` (today SQLite's write lock, as the rollback's preflight probes it)."""
+    with readonly(db, "live database"):  # keeps the probe's connection from being the last one
+        locked = write_lock_held(db)
+    if locked:
+        raise RecoveryError(f"{db} is in use by another process (is the application running?); nothing was changed",
+                            f"stop the application, then run `recovery {what}` again")
+
+
+def _same_bytes(now: dict[str, Any], then: dict[str, Any]) -> bool:
+    return now.get("sha256") == then.get("sha256") and now.get("wal_sha256") == then.get("wal_sha256")
+
+
+def _expected_live(journal: dict[str, Any]) -> dict[str, Any] | None:
+    """The live DB as the run left it: recorded when the run finished or failed; for a run killed
+    after the restore and before its re-import committed, the restored file itself."""
+    left = journal.get("live_left")
+    if isinstance(left, dict) and isinstance(left.get("sha256"), str):
+        return left
+    steps = journal["steps"]
+    restore = steps.get("restore", {})
+    if restore.get("state") == "done" and isinstance(restore.get("sha256"), str) and \
+            steps.get("reimport", {}).get("state") != "done":
+        return {"sha256": restore["sha256"], "wal_sha256": None}
+    return None
+
+
+def _load_run_journal(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "journal.json"
+    if not path.is_file():
+        raise RecoveryError(f"{run_dir} holds no journal.json: not the --out folder of a `recovery rollback`",
+                            "pass the run folder the rollback wrote (its journal, safety copy and bundle)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise RecoveryError(f"{path} cannot be read as JSON ({exc})", "pass an intact run folder") from None
+    ok = (isinstance(data, dict) and data.get("format") == "recovery-journal/1" and isinstance(data.get("steps"), dict)
+          and isinstance(data.get("args"), dict) and isinstance(data["args"].get("db"), str)
+          and all(isinstance(v, dict) for v in data["steps"].values()))
+    if not ok:
+        raise RecoveryError(f"{path} is not a recovery-journal/1 file", "pass an intact run folder")
+    return data
+
+
+def undo(run_dir: str | os.PathLike[str], force: bool = False, dry_run: bool = False,
+         confirm: Callable[[dict[str, Any]], bool] | None = None, progress: Progress | None = None) -> UndoResult:
+    """Put the run's safety copy (the failed release's DB as the rollback found it) back as the
+    live DB: refused while another process holds the DB, and when the live DB changed since the
+    run left it unless ``force``; a consistent copy of the current live file is kept in
+    ``RUN_DIR/undo/`` first; the copy goes in by an atomic rename with the live file's owner,
+    group and mode. Journaled as the ``undo`` step: a second undo changes nothing."""
+    say = progress or (lambda _m: None)
+    run = Path(run_dir)
+    data = _load_run_journal(run)
+    db = Path(data["args"]["db"])
+    steps = data["steps"]
+    safety = Path(str(steps.get("safety", {}).get("path") or run / "safety" / db.name))
+    undo_info = steps.get("undo", {})
+    if undo_info.get("state") == "done":
+        return UndoResult(run, db, "already_undone", safety, Path(undo_info["kept"]) if undo_info.get("kept") else None)
+    check_sqlite_file(db, "live database")
+    if undo_info.get("state") in ("start", "staged") and isinstance(undo_info.get("sha256"), str) \
+            and db_fingerprint(db)["sha256"] == undo_info["sha256"]:
+        journal = Journal(run, data["args"])  # killed after its swap: finish the journal only
+        journal.mark("undo", "done", **{k: v for k, v in undo_info.items() if k not in ("state", "at")})
+        return UndoResult(run, db, "already_undone", safety, Path(undo_info["kept"]) if undo_info.get("kept") else None)
+    restore = steps.get("restore", {})
+    replaced = restore.get("state") == "done" or (
+        restore.get("state") is not None and data.get("live_before") is not None
+        and _file_identity(db) != list(data["live_before"]))
+    if not replaced:
+        raise RecoveryError(f"the run in {run} never replaced the live DB {db}; there is nothing to undo",
+                            "the live DB is still the one the rollback found")
+    if not safety.is_file():
+        raise RecoveryError(f"the safety copy {safety} is missing; nothing was changed",
+                            "restore the failed release's DB from your own backup")
+    want = steps.get("safety", {}).get("sha256")
+    say("checking the safety copy")
+    if isinstance(want, str) and sha256_file(safety) != want:
+        raise RecoveryError(f"the safety copy {safety} changed since the run (sha256 differs); nothing was changed",
+                            "it cannot be trusted as the failed release's DB")
+    check_sqlite_file(safety, "safety copy")
+    refuse_if_in_use(db)
+    expected = _expected_live(data)
+    now = db_fingerprint(db)
+    changed = expected is None or not _same_bytes(now, expected)
+    if changed and not force:
+        why = ("the run did not record what it left (resume it first with the same command)" if expected is None
+               else "it was written to after the rollback")
+        raise RecoveryError(f"the live DB {db} changed since the run in {run} left it ({why}); nothing was changed",
+                            "undoing would discard those changes: pass --force to undo anyway "
+                            f"(a consistent copy of the current file is kept in {run / 'undo'} first)")
+    if dry_run:
+        return UndoResult(run, db, "dry_run", safety, None, changed)
+    if confirm is not None and not confirm({"db": str(db), "safety": str(safety), "changed": changed}):
+        raise RecoveryError("stopped at your request; nothing was changed")
+    journal = Journal(run, data["args"])
+    journal.mark("undo", "start", forced=bool(changed))
+    stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
+    say("keeping a consistent copy of the current live DB")
+    kept = consistent_copy(db, run / "undo" / f"{db.name}.before-undo-{stamp}", "live database")
+    say("putting the safety copy back")
+    staged, digest = _stage_undo(safety, db)
+    journal.mark("undo", "staged", forced=bool(changed), kept=str(kept), sha256=digest)
+    try:
+        refuse_if_in_use(db)
+        if db_fingerprint(db) != now:
+            raise RecoveryError(f"the live DB {db} was written to during the undo; nothing was changed",
+                                "stop the application and run `recovery undo` again")
+    except BaseException:
+        staged.unlink(missing_ok=True)
+        raise
+    swap_in(staged, db)
+    journal.mark("undo", "done", forced=bool(changed), kept=str(kept), sha256=digest)
+    return UndoResult(run, db, "undone", safety, kept, changed)
+
+
+def _stage_undo(safety: Path, db: Path) -> tuple[Path, str]:
+    """A consistent copy of ``safety`` beside ``db``, in ``db``'s journal mode, with ``db``'s owner,
+    group and mode, fsynced; returns it and its sha256."""
+    tmp = db.with_name(f".{db.name}.undo-tmp")
+    consistent_copy(safety, tmp, "safety copy")
+    try:
+        if is_wal_file(db):
+            c = sqlite3.connect(str(tmp), isolation_level=None)
+            try:
+                c.execute("PRAGMA journal_mode=WAL")
+            finally:
+                c.close()
+        st = db.stat()
+        os.chown(tmp, st.st_uid, st.st_gid)
+        os.chmod(tmp, st.st_mode & 0o7777)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        return tmp, sha256_file(tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -48,6 +48,7 @@ _ERRNO_ADVICE = {
     errno.EPERM: ("operation not permitted", "check the owner, mode and attributes of that path"),
     errno.ENOENT: ("no such file or folder", "check the path"),
     errno.ENOTDIR: ("a path component is not a folder", "check the path"),
+    errno.EEXIST: ("a file already exists there", "check the path (a file where a folder was expected?)"),
     errno.EISDIR: ("a folder was found where a file was expected", "check the path"),
     errno.EIO: ("an input/output error from the disk", "check the disk (dmesg) before anything else"),
     errno.EMFILE: ("too many open files", "raise the open-file limit (ulimit -n)"),

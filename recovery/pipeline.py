@@ -606,8 +606,8 @@ def _failure_truth(exc: BaseException, run_dir: Path, db: Path) -> RecoveryError
     the journal on disk and the live file itself; None when the live DB was not changed (the
     original error then stands: it already says nothing was changed)."""
     journal = _read_journal(run_dir)
-    if journal is None:
-        return None
+    if journal is None or (journal.get("args") or {}).get("db") != str(db.resolve()):
+        return None  # not this DB's run: the error is about the run folder, not the live DB
     steps = journal["steps"]
     restore = steps.get("restore", {})
     if restore.get("state") is None or "undo" in steps:
@@ -951,7 +951,7 @@ def undo(run_dir: str | os.PathLike[str], force: bool = False, dry_run: bool = F
     data = _load_run_journal(run)
     db = Path(data["args"]["db"])
     steps = data["steps"]
-    safety = Path(str(steps.get("safety", {}).get("path") or run / "safety" / db.name))
+    safety = run / "safety" / db.name
     undo_info = steps.get("undo", {})
     if undo_info.get("state") == "done":
         return UndoResult(run, db, "already_undone", safety, Path(undo_info["kept"]) if undo_info.get("kept") else None)

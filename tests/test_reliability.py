@@ -365,7 +365,8 @@ def test_reimport_succeeds_when_the_lock_is_released_within_the_timeout(states: 
 
 
 def test_resume_removes_only_dead_runs_temp_files(tmp_path: Path) -> None:
-    """``_clean_leftovers``: a killed run's temp files go; a running process's (its pid is alive) stay."""
+    """``_clean_leftovers``: a killed run's temp files go; a running writer's (its folder lock held, its
+    pid alive) stay."""
     from recovery.pipeline import _clean_leftovers
 
     run, db = tmp_path / "run", tmp_path / "gestima.db"
@@ -381,7 +382,13 @@ def test_resume_removes_only_dead_runs_temp_files(tmp_path: Path) -> None:
     for p in gone + kept:
         p.mkdir() if "partial" in p.name else p.write_bytes(b"x")
     (run / f".bundle.partial-{dead}" / "rows.db").write_bytes(b"half")
-    removed = _clean_leftovers(run, db)
+    from recovery.extract import lock_partial
+
+    held = lock_partial(run / f".bundle.partial-{alive}")  # a partial folder lives while its writer holds it
+    try:
+        removed = _clean_leftovers(run, db)
+    finally:
+        os.close(held)
     assert sorted(removed) == sorted(gone)
     assert not any(p.exists() for p in gone)
     assert all(p.exists() for p in kept)

@@ -419,7 +419,7 @@ def rollback(
             return _run_rollback(db_p, backup_p, run_dir, args, since, uploads, mapping, alembic_ini, on_conflict,
                                  apply_deletes, force, prefer, files, confirm, say, downgrade_to)
         except BaseException as exc:
-            truth = _failure_truth(exc, run_dir, db_p)
+            truth = _failure_truth(exc, run_dir, db_p, backup_p)
             if truth is None:
                 raise
             raise truth from exc
@@ -601,13 +601,14 @@ def _cause(exc: BaseException) -> str:
     return describe(exc)[0]
 
 
-def _failure_truth(exc: BaseException, run_dir: Path, db: Path) -> RecoveryError | None:
+def _failure_truth(exc: BaseException, run_dir: Path, db: Path, backup: Path) -> RecoveryError | None:
     """The one true line for a rollback that failed after it changed the live DB (exit 3), from
     the journal on disk and the live file itself; None when the live DB was not changed (the
     original error then stands: it already says nothing was changed)."""
     journal = _read_journal(run_dir)
-    if journal is None or (journal.get("args") or {}).get("db") != str(db.resolve()):
-        return None  # not this DB's run: the error is about the run folder, not the live DB
+    args = (journal or {}).get("args") or {}
+    if journal is None or args.get("db") != str(db.resolve()) or args.get("backup") != str(backup.resolve()):
+        return None  # not this command's run: the error is about the run folder, not the live DB
     steps = journal["steps"]
     restore = steps.get("restore", {})
     if restore.get("state") is None or "undo" in steps:

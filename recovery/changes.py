@@ -8,7 +8,7 @@ keys and changed cells when asked for rows, in bounded batches.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -173,14 +173,133 @@ def updated_query(s: TableSides, select: list[exp.Expression]) -> exp.Select:
     )
 
 
-def _count(conn: sqlite3.Connection, query: exp.Select, after: exp.Expression | None) -> tuple[int, int | None]:
-    sel: list[exp.Expression] = [exp.Count(this=exp.Star())]
-    if after is not None:
-        sel.append(exp.Sum(this=exp.Cast(this=after, to=exp.DataType.build("INT"))))
-    q = query.copy()
-    q.set("expressions", sel)
-    row = conn.execute(sql(q)).fetchone()
-    return int(row[0] or 0), (int(row[1] or 0) if after is not None else None)
+@dataclass(frozen=True)
+class _Job:
+    """One counting statement of one table: its SQL and which counts its single row holds."""
+
+    table: str
+    sql: str
+    fields: tuple[str, ...]
+
+
+def _sum_when(cond: exp.Expression, value: exp.Expression | None = None) -> exp.Expression:
+    then = value if value is not None else exp.Literal.number(1)
+    return exp.Sum(this=exp.Case(ifs=[exp.If(this=cond, true=then)]))
+
+
+def count_jobs(s: TableSides, created_after: exp.Expression | None,
+               updated_after: exp.Expression | None) -> list[_Job]:
+    """The statements that count one table's inserted, updated and deleted rows: two passes, not
+    three. The anti-join live → backup gives the inserted rows; one ``LEFT JOIN`` backup → live
+    gives the deleted rows (no live match) and the updated ones (a match whose old-schema
+    projection differs) in the same scan. A table keyed by all columns (no primary key) keeps
+    three statements: its key may hold NULLs, so "no match" cannot be read off the joined row."""
+    ins_sel: list[exp.Expression] = [exp.Count(this=exp.Star())]
+    ins_fields = ["inserted"]
+    if created_after is not None:
+        ins_sel.append(exp.Sum(this=exp.Cast(this=created_after, to=exp.DataType.build("INT"))))
+        ins_fields.append("inserted_after")
+    jobs = [_Job(s.name, sql(inserted_query(s, ins_sel)), tuple(ins_fields))]
+    if s.null_safe_key:
+        jobs.append(_Job(s.name, sql(deleted_query(s, [exp.Count(this=exp.Star())])), ("deleted",)))
+        if s.compared:
+            upd_sel: list[exp.Expression] = [exp.Count(this=exp.Star())]
+            upd_fields = ["updated"]
+            if updated_after is not None:
+                upd_sel.append(exp.Sum(this=exp.Cast(this=updated_after, to=exp.DataType.build("INT"))))
+                upd_fields.append("updated_after")
+            jobs.append(_Job(s.name, sql(updated_query(s, upd_sel)), tuple(upd_fields)))
+        return jobs
+    # a matched row has every key expression equal to a (non-NULL) backup key, so a NULL first key
+    # expression on the live side means "no live row with this key"
+    missing = exp.Is(this=s.new_key[0].copy(), expression=exp.Null())
+    sel: list[exp.Expression] = [_sum_when(missing)]
+    fields = ["deleted"]
+    if s.compared:
+        changed = exp.and_(exp.Not(this=missing.copy()), updated_condition(s))
+        sel.append(_sum_when(changed))
+        fields.append("updated")
+        if updated_after is not None:
+            sel.append(_sum_when(changed.copy(), exp.Cast(this=updated_after, to=exp.DataType.build("INT"))))
+            fields.append("updated_after")
+    q = exp.select(*sel).from_(_scan(s, "old")).join(_source(s, "new"), on=_key_match(s), join_type="left")
+    jobs.append(_Job(s.name, sql(q), tuple(fields)))
+    return jobs
+
+
+def run_jobs(conn: sqlite3.Connection, jobs: list[_Job],
+             more: Callable[[], sqlite3.Connection] | None = None) -> dict[str, dict[str, int | None]]:
+    """Run every counting statement and gather the counts per table. With ``more`` (a factory of
+    further connections to the same pair), statements run on two threads: sqlite3 releases the
+    GIL while a statement runs, so the two cores each take their share of the tables."""
+    out: dict[str, dict[str, int | None]] = {}
+
+    def run(c: sqlite3.Connection, job: _Job) -> None:
+        row = c.execute(job.sql).fetchone()
+        out.setdefault(job.table, {}).update(
+            {f: (None if v is None else int(v)) for f, v in zip(job.fields, row, strict=True)})
+
+    if more is None or len(jobs) < 2:
+        for job in jobs:
+            run(conn, job)
+        return out
+    import queue
+    import threading
+
+    todo: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+    for job in jobs:
+        todo.put(job)
+    errors: list[BaseException] = []
+
+    def worker() -> None:  # each thread owns its connection: sqlite3 objects stay in their thread
+        try:
+            c = more()
+            try:
+                while not errors:
+                    try:
+                        job = todo.get_nowait()
+                    except queue.Empty:
+                        return
+                    run(c, job)
+            finally:
+                c.close()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, name=f"recovery-diff-{i}") for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return out
+
+
+def _timestamps(new_t: Table, since_jd: float | None,
+                ts_override: dict[str, str] | None = None) -> tuple[dict[str, str], exp.Expression | None,
+                                                                    exp.Expression | None]:
+    ts = find_timestamp_columns(new_t, ts_override)
+    created_after = after_expr(col(ts["created"], "n"), since_jd) if since_jd is not None and "created" in ts else None
+    updated_after = after_expr(col(ts["updated"], "n"), since_jd) if since_jd is not None and "updated" in ts else None
+    return ts, created_after, updated_after
+
+
+def _table_changes(old_t: Table, tm: TableMapping, s: TableSides, ts: dict[str, str],
+                   counts: dict[str, int | None], since_jd: float | None,
+                   rows: tuple[RowChange, ...] | None) -> TableChanges:
+    after = None
+    if since_jd is not None:  # counted only where the table has the timestamp column
+        after = {kind: int(counts[f"{kind}_after"] or 0) if f"{kind}_after" in counts else None
+                 for kind in ("inserted", "updated")}
+    return TableChanges(
+        table=old_t.name, key=s.key, keyed_by="primary key" if old_t.has_primary_key else "all columns",
+        status="compared", inserted=int(counts.get("inserted") or 0), updated=int(counts.get("updated") or 0),
+        deleted=int(counts.get("deleted") or 0),
+        compared_columns=tuple(c for c, _, _ in s.compared),
+        uncompared_columns=tuple(r.column for r in tm.rules if r.expression is None),
+        timestamp_columns=ts, after_deploy=after, rows=rows,
+    )
 
 
 def diff_table(
@@ -191,23 +310,10 @@ def diff_table(
     s = sides(old_t, tm)
     if isinstance(s, str):
         return TableChanges(old_t.name, old_t.key, keyed_by, s)
-    ts = find_timestamp_columns(new_t, ts_override)
-    created_after = after_expr(col(ts["created"], "n"), since_jd) if since_jd is not None and "created" in ts else None
-    updated_after = after_expr(col(ts["updated"], "n"), since_jd) if since_jd is not None and "updated" in ts else None
-    n_ins, ins_after = _count(conn, inserted_query(s, []), created_after)
-    n_upd, upd_after = _count(conn, updated_query(s, []), updated_after) if s.compared else (0, None)
-    n_del, _ = _count(conn, deleted_query(s, []), None)
-    after = None
-    if since_jd is not None:
-        after = {"inserted": ins_after, "updated": upd_after}
+    ts, created_after, updated_after = _timestamps(new_t, since_jd, ts_override)
+    counts = run_jobs(conn, count_jobs(s, created_after, updated_after)).get(s.name, {})
     rows = tuple(iter_rows(conn, s, created_after, updated_after)) if want_rows else None
-    return TableChanges(
-        table=old_t.name, key=s.key, keyed_by=keyed_by, status="compared",
-        inserted=n_ins, updated=n_upd, deleted=n_del,
-        compared_columns=tuple(c for c, _, _ in s.compared),
-        uncompared_columns=tuple(r.column for r in tm.rules if r.expression is None),
-        timestamp_columns=ts, after_deploy=after, rows=rows,
-    )
+    return _table_changes(old_t, tm, s, ts, counts, since_jd, rows)
 
 
 def iter_rows(
@@ -265,13 +371,17 @@ def count_table(conn: sqlite3.Connection, schema: str, name: str) -> int:
 def diff_rows(
     conn: sqlite3.Connection, old: Schema, new: Schema, mapping: ColumnMapping,
     tables: list[str] | None = None, since_jd: float | None = None, want_rows: bool = False,
-    since_text: str | None = None,
+    since_text: str | None = None, more: Callable[[], sqlite3.Connection] | None = None,
 ) -> ChangeSet:
-    """The row diff of every table (or of ``tables``), old schema's view."""
+    """The row diff of every table (or of ``tables``), old schema's view. ``more`` opens further
+    connections to the same pair, so the counting statements of all tables share two cores."""
     names = sorted(set(old.data_tables) | set(new.data_tables))
     if tables:
         names = [n for n in names if n in tables]
     out: dict[str, TableChanges] = {}
+    compared: list[tuple[Table, TableMapping, TableSides, dict[str, str], exp.Expression | None,
+                         exp.Expression | None]] = []
+    jobs: list[_Job] = []
     for name in names:
         old_t, new_t = old.table(name), new.table(name)
         if old_t is not None and new_t is not None:
@@ -279,13 +389,28 @@ def diff_rows(
             if tm.skip:
                 out[name] = TableChanges(name, old_t.key, "primary key", "skipped: mapping file says skip")
                 continue
-            out[name] = diff_table(conn, old_t, new_t, tm, since_jd, want_rows)
+            s = sides(old_t, tm)
+            if isinstance(s, str):
+                out[name] = TableChanges(name, old_t.key, "primary key" if old_t.has_primary_key else "all columns", s)
+                continue
+            ts, created_after, updated_after = _timestamps(new_t, since_jd)
+            compared.append((old_t, tm, s, ts, created_after, updated_after))
+            jobs += count_jobs(s, created_after, updated_after)
         elif new_t is not None:
-            n = count_table(conn, "new", name)
+            jobs.append(_Job(name, sql(exp.select(exp.Count(this=exp.Star())).from_(table(name, "new"))),
+                             ("inserted",)))
             out[name] = TableChanges(name, new_t.key, "primary key" if new_t.has_primary_key else "all columns",
-                                     "new table", inserted=n)
+                                     "new table")
         else:
             assert old_t is not None
             out[name] = TableChanges(name, old_t.key, "primary key" if old_t.has_primary_key else "all columns",
                                      "removed table")
-    return ChangeSet(out, since_text)
+    counts = run_jobs(conn, jobs, more)
+    for name, entry in list(out.items()):
+        if entry.status == "new table":
+            out[name] = TableChanges(name, entry.key, entry.keyed_by, "new table",
+                                     inserted=int(counts[name]["inserted"] or 0))
+    for old_t, tm, s, ts, created_after, updated_after in compared:
+        rows = tuple(iter_rows(conn, s, created_after, updated_after)) if want_rows else None
+        out[old_t.name] = _table_changes(old_t, tm, s, ts, counts.get(s.name, {}), since_jd, rows)
+    return ChangeSet(dict(sorted(out.items())), since_text)

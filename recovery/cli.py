@@ -40,7 +40,12 @@ _UNCHANGED = {  # what an error that escapes a command says about the databases
 }
 """Commands that write a live DB convert every error after their first change into a
 RecoveryError saying what the DB now is (exit 3); an error that escapes as OSError/sqlite3.Error
-therefore happened before. Every other command writes no database the user gave it."""
+therefore happened before. Every other command writes no database the user gave it, except:"""
+_MAYBE_CHANGED = {
+    "apply-deletes": "the database was changed if the error came after its one transaction committed "
+                     "(see RUN_DIR/deletes_applied.json; running it again changes nothing twice)",
+}
+"""Commands whose raw errors may come after their commit: exit 3, and say so."""
 
 
 def _show_traceback(ctx: click.Context) -> bool:
@@ -76,10 +81,12 @@ class RecoveryGroup(click.Group):
             if _show_traceback(ctx):
                 traceback.print_exc()
             what, todo = describe(exc)
-            state = _UNCHANGED.get(ctx.invoked_subcommand or "", "no database was changed")
+            name = ctx.invoked_subcommand or ""
+            state = _MAYBE_CHANGED.get(name) or _UNCHANGED.get(name, "no database was changed")
             hint = todo if isinstance(exc, (OSError, sqlite3.Error)) else f"{todo} (recovery --traceback …)"
             click.echo(f"error: {what}; {state} — {hint}", err=True)
-            ctx.exit(ExitCode.REFUSED if isinstance(exc, (OSError, sqlite3.Error)) else ExitCode.FAILED)
+            unchanged = isinstance(exc, (OSError, sqlite3.Error)) and name not in _MAYBE_CHANGED
+            ctx.exit(ExitCode.REFUSED if unchanged else ExitCode.FAILED)
 
 
 def output_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -112,6 +119,7 @@ def main(ctx: click.Context, show_traceback: bool) -> None:
 
     Example:
 
+    \b
         recovery --traceback rollback gestima.db --backup gestima.db.bak.20261120_140000 --yes
     """
     ctx.meta[_TRACEBACK_META] = show_traceback
@@ -127,13 +135,14 @@ def sample_cmd(out_dir: Path, parts: int, seed: int) -> None:
 
     Example:
 
+    \b
         recovery sample /tmp/world --parts 300 --seed 42
     """
     from recovery.sample import generate
+    from recovery.sample.generator import fresh_folder
 
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise RecoveryError(f"{out_dir} is not empty", "choose a new or empty folder")
-    generate(out_dir, parts=parts, seed=seed, progress=sys.stderr.isatty())
+    with fresh_folder(out_dir):
+        generate(out_dir, parts=parts, seed=seed, progress=sys.stderr.isatty())
     console(stderr=True).print(f"sample world written to [bold]{out_dir}[/]")
 
 
@@ -149,6 +158,7 @@ def snapshot_cmd(db: Path, out_dir: Path | None, uploads: Path | None, app_dir: 
 
     Example:
 
+    \b
         recovery snapshot gestima.db --uploads uploads/ --app-dir /srv/gestima
     """
     from recovery.snapshot import snapshot
@@ -178,6 +188,7 @@ def diff_cmd(backup: Path, db: Path, since: str | None, tables: tuple[str, ...],
 
     Example:
 
+    \b
         recovery diff gestima.db.bak.20261120_140000 gestima.db --rows --json
     """
     from recovery.diff import diff
@@ -212,6 +223,7 @@ def extract_cmd(backup: Path, db: Path, out_dir: Path, since: str | None, mappin
 
     Example:
 
+    \b
         recovery extract gestima.db.bak.20261120_140000 gestima.db --out bundle/ \\
             --alembic-ini app/alembic.ini --uploads uploads/
     """
@@ -266,6 +278,7 @@ def reimport_cmd(bundle_dir: Path, db: Path, out_dir: Path | None, uploads: Path
 
     Example:
 
+    \b
         recovery reimport run/bundle gestima.db --yes
     """
     from recovery.outcome import ConflictPolicy, Prefer
@@ -300,6 +313,7 @@ def rollback_cmd(db: Path, backup: Path, out_dir: Path | None, since: str | None
 
     Example:
 
+    \b
         recovery rollback gestima.db --backup gestima.db.bak.20261120_140000 \\
             --uploads uploads/ --alembic-ini app/alembic.ini --out run/ --yes
     """
@@ -322,6 +336,7 @@ def rollback_cmd(db: Path, backup: Path, out_dir: Path | None, since: str | None
                    apply_deletes, dry_run, force, Prefer(prefer), confirm=confirm,
                    progress=lambda m: err.print(f"· {m}"), downgrade_to=downgrade_to)
     render_outcome(res)
+    _print_next_steps(res, backup)
     sys.exit(res.exit_code)
 
 
@@ -340,6 +355,7 @@ def undo_cmd(run_dir: Path, force: bool, dry_run: bool, yes: bool) -> None:
 
     Example:
 
+    \b
         recovery undo run/ --dry-run && recovery undo run/ --yes
     """
     from recovery.pipeline import undo
@@ -368,6 +384,18 @@ def undo_cmd(run_dir: Path, force: bool, dry_run: bool, yes: bool) -> None:
     sys.exit(res.exit_code)
 
 
+def _print_next_steps(res: Any, backup: Path) -> None:
+    """The "Next steps" block (stderr, plain text: paths may hold markup characters)."""
+    from recovery.nextsteps import steps_for
+
+    lines = steps_for(res, backup)
+    if lines:
+        err = console(stderr=True)
+        err.print("Next steps:", markup=False, highlight=False)
+        for line in lines:
+            err.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
+
+
 @main.command("demo", epilog=EXIT_CODES_HELP)
 @click.argument("out_dir", required=False, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--parts", default=300, show_default=True, type=click.IntRange(10, 10_000_000))
@@ -379,6 +407,7 @@ def demo_cmd(out_dir: Path | None, parts: int, seed: int) -> None:
 
     Example:
 
+    \b
         recovery demo /tmp/gestima-demo
     """
     import tempfile
@@ -386,22 +415,64 @@ def demo_cmd(out_dir: Path | None, parts: int, seed: int) -> None:
     from recovery.sample import app_dir, generate
     from recovery.outcome import ConflictPolicy, Prefer
     from recovery.pipeline import rollback
+    from recovery.sample.generator import fresh_folder
 
     err = console(stderr=True)
     folder = out_dir or Path(tempfile.mkdtemp(prefix="recovery-demo-"))
-    if folder.exists() and any(folder.iterdir()):
-        raise RecoveryError(f"{folder} is not empty", "choose a new or empty folder")
     err.print(f"· building the sample world in {folder}")
-    generate(folder, parts=parts, seed=seed)
-    backup = next(folder.glob("gestima.db.bak.*"))
-    res = rollback(folder / "gestima.db", backup, folder / "run", None, folder / "uploads", None,
-                   app_dir() / "alembic.ini", ConflictPolicy.REMAP, False, False, False, Prefer.DB,
-                   confirm=lambda plan: (render_plan(plan), True)[1], progress=lambda m: err.print(f"· {m}"))
+    with fresh_folder(folder):  # a failed demo leaves nothing behind that blocks the retry
+        generate(folder, parts=parts, seed=seed)
+        backup = next(folder.glob("gestima.db.bak.*"))
+        res = rollback(folder / "gestima.db", backup, out=folder / "run", uploads=folder / "uploads",
+                       alembic_ini=app_dir() / "alembic.ini", on_conflict=ConflictPolicy.REMAP,
+                       prefer=Prefer.DB, confirm=lambda plan: (render_plan(plan), True)[1],
+                       progress=lambda m: err.print(f"· {m}"))
     render_outcome(res)
     # The sample world is built to lose values (new-only columns and tables): that is the point of
     # the demo, not a failure. It succeeds when the rolled-back database verifies.
     ok = bool(res.outcome and res.outcome.verification.get("ok"))
     sys.exit(ExitCode.OK if ok else ExitCode.FAILED)
+
+
+@main.command("apply-deletes", epilog=EXIT_CODES_HELP)
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--only", "only", type=click.Path(path_type=Path),
+              help="A reviewed copy of deletes_for_review.csv: delete only the rows it lists.")
+@click.option("--dry-run", is_flag=True, help="Change nothing; say what would be deleted and what is kept.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (required without a terminal).")
+@output_options
+def apply_deletes_cmd(run_dir: Path, only: Path | None, dry_run: bool, yes: bool, fmt: str) -> None:
+    """After review, delete again the rows users deleted after the deploy, which the rollback
+    brought back and listed in RUN_DIR/deletes_for_review.csv (all of them, or those in --only).
+    One transaction on the run's database, after a safety copy in RUN_DIR; a row changed since
+    the rollback, or still referenced by a row that stays, is kept and reported as a conflict.
+    Runs beside the application; a second run changes nothing. Result: RUN_DIR/deletes_applied.json.
+
+    Example:
+
+    \b
+        recovery apply-deletes run/ --only reviewed.csv --dry-run
+    """
+    from recovery.deletes import apply_deletes
+
+    _confirm_or_refuse(yes, dry_run, f"Delete the reviewed rows of {run_dir} from its database?")
+    res = apply_deletes(run_dir, only, dry_run)
+    if fmt == "json":
+        emit_json(res.to_dict())
+    elif fmt == "csv":
+        write_csv(sys.stdout, ({"table": c.table, "key": json.dumps(list(c.key), ensure_ascii=False),
+                                "outcome": c.kind} for c in res.conflicts), ["table", "key", "outcome"])
+    else:
+        err = console(stderr=True)
+        verb = "would delete" if dry_run else "deleted"
+        err.print(f"{verb} {len(res.deleted)} of {res.selected} reviewed rows; already applied "
+                  f"{len(res.already_applied)}, already gone {len(res.already_gone)}, kept "
+                  f"{len(res.conflicts)} (conflicts)", markup=False, highlight=False)
+        for c in res.conflicts[:20]:
+            err.print(f"  kept {c.table} {list(c.key)}: {c.kind} — {c.detail}", markup=False, highlight=False)
+        if res.safety_copy:
+            err.print(f"safety copy: {res.safety_copy}", markup=False, highlight=False)
+    sys.exit(res.exit_code)
 
 
 @main.command("relink", epilog=EXIT_CODES_HELP)
@@ -422,6 +493,7 @@ def relink_cmd(bundle_dir: Path, db: Path, uploads: Path, files_table: str | Non
 
     Example:
 
+    \b
         recovery relink run/bundle gestima.db --uploads uploads/ --dry-run
     """
     from recovery.files import FilesConfig
@@ -466,6 +538,7 @@ def report_cmd(folder: Path, fmt: str, out: Path | None) -> None:
 
     Example:
 
+    \b
         recovery report run/ && recovery report run/bundle --format md
     """
     from recovery.report import report
@@ -499,6 +572,7 @@ def check_cmd(alembic_ini: Path, from_rev: str | None, to_rev: str | None, db: P
 
     Example:
 
+    \b
         recovery check --alembic-ini app/alembic.ini --db gestima.db.bak.20261120_140000
     """
     from recovery.check import check, render_check
@@ -535,6 +609,7 @@ def rehearse_cmd(db: Path, backup: Path, alembic_ini: Path | None, out_dir: Path
 
     Example:
 
+    \b
         recovery rehearse gestima.db --backup gestima.db.bak.20261120_140000 \\
             --alembic-ini app/alembic.ini --uploads uploads/ --out rehearsal/
     """

@@ -198,5 +198,6 @@ def diff(
         if unknown:
             raise RecoveryError(f"--table {unknown[0]} is in neither database", "check the table name")
         with database_errors(a.backup, a.live):
-            changes = diff_rows(a.pair, a.old, a.new, a.mapping, tables, a.since_jd, rows, a.since)
+            changes = diff_rows(a.pair, a.old, a.new, a.mapping, tables, a.since_jd, rows, a.since,
+                                more=lambda: open_pair(a.backup, a.live))
         return DiffResult(a.backup, a.live, a.schema_diff, changes, a.mapping, a.since)

@@ -12,7 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 
 IGNORED_TABLES = frozenset({"sqlite_sequence", "sqlite_stat1", "sqlite_stat4"})
-BOOKKEEPING_TABLES = frozenset({"alembic_version", "_recovery_applied"})
+BOOKKEEPING_TABLES = frozenset({"alembic_version", "_recovery_applied", "_recovery_deletes_applied"})
 
 
 @dataclass(frozen=True)

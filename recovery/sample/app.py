@@ -1,7 +1,8 @@
 """The Gestima sample application's Alembic project, driven from Python.
 
-The project lives in ``sample_dbs/app`` of the repository (override with the
-``RECOVERY_SAMPLE_APP`` environment variable). Its revisions are the real schema history
+The project ships inside the package as ``recovery/sample/gestima_app`` (package data, so a
+wheel or ``pip install .`` can build worlds; ``sample_dbs/app`` in the repository links to it);
+``RECOVERY_SAMPLE_APP`` overrides it. Its revisions are the real schema history
 the generator builds worlds with, and the history the toolkit's migration-lineage code reads.
 """
 from __future__ import annotations
@@ -43,14 +44,13 @@ def app_dir() -> Path:
     """The folder holding alembic.ini, env.py, models.py and versions/."""
     env = os.environ.get("RECOVERY_SAMPLE_APP")
     candidates = [Path(env)] if env else []
-    here = Path(__file__).resolve()
-    candidates += [here.parents[2] / "sample_dbs" / "app", here.parent / "app"]
+    candidates.append(Path(__file__).resolve().parent / "gestima_app")
     for cand in candidates:
         if (cand / "alembic.ini").is_file():
             return cand
     raise RecoveryError(
-        "the Gestima sample app (alembic.ini) was not found",
-        hint="run from a checkout of the repository or set RECOVERY_SAMPLE_APP",
+        f"the Gestima sample app (alembic.ini) was not found in {candidates[0]}",
+        hint="reinstall recovery (the app ships as package data), or point RECOVERY_SAMPLE_APP at it",
     )
 
 

@@ -21,6 +21,7 @@ import shutil
 import sqlite3
 import sys
 import time
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator, TextIO
@@ -136,6 +137,27 @@ def write_json(fp: TextIO, obj: Any, level: int = 0) -> None:
         fp.write("[]" if first else "\n" + end + "]")
     else:
         fp.write(json.dumps(obj, ensure_ascii=False))
+
+
+@contextmanager
+def fresh_folder(out_dir: Path) -> Iterator[Path]:
+    """``out_dir`` as a new or empty folder for a world; if the body fails (or is interrupted),
+    everything it created there is removed, so the same command can simply be run again.
+    A folder that already holds anything is refused: nothing of the user's is ever removed."""
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise RecoveryError(f"{out} is not empty", "choose a new or empty folder")
+    existed = out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        yield out
+    except BaseException:
+        if existed:
+            for child in out.iterdir():
+                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+        else:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
 
 
 def _clear(out: Path) -> None:

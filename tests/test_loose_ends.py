@@ -1,0 +1,206 @@
+"""Every loose end of a rollback has a command: the "Next steps" block it prints, and
+``recovery apply-deletes`` — the reviewed post-deploy deletes, applied once, after a rollback of
+the sample world — with the application's rows changed since, still referenced, audited by a
+trigger, and a hand-edited review list."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from recovery.cli import main
+from recovery.pipeline import rollback
+from recovery.sample import app_dir
+
+
+def _sha(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def _review(run: Path) -> list[dict[str, str]]:
+    with (run / "deletes_for_review.csv").open(newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _count(db: Path, q: str, args: tuple = ()) -> int:  # type: ignore[type-arg]
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as c:
+        return int(c.execute(q, args).fetchone()[0])
+
+
+@pytest.fixture
+def rolled_back(world_copy: Path) -> tuple[Path, Path]:
+    """The world copy rolled back: (live DB, run folder); its deletes listed for review."""
+    db = world_copy / "gestima.db"
+    run = world_copy / "run"
+    rollback(db, next(world_copy.glob("gestima.db.bak.*")), out=run, uploads=world_copy / "uploads",
+             alembic_ini=app_dir() / "alembic.ini")
+    assert _review(run), "the sample world has deletes after the deploy"
+    return db, run
+
+
+def _invoke(*args: str) -> tuple[int, str]:
+    res = CliRunner().invoke(main, ["apply-deletes", *args], catch_exceptions=False)
+    return res.exit_code, res.output
+
+
+def test_dry_run_changes_nothing_then_apply_then_no_op(rolled_back: tuple[Path, Path]) -> None:
+    db, run = rolled_back
+    review = _review(run)
+    before = _sha(db)
+    code, out = _invoke(str(run), "--dry-run", "--json")
+    assert code == 0, out
+    plan = json.loads(out)
+    assert len(plan["deleted"]) == len(review) and plan["dry_run"] is True
+    assert _sha(db) == before
+
+    code, out = _invoke(str(run), "--yes", "--json")
+    assert code == 0, out
+    done = json.loads(out)
+    assert len(done["deleted"]) == len(review)
+    for item in done["deleted"]:
+        assert _count(db, f'SELECT count(*) FROM "{item["table"]}" WHERE id = ?', tuple(item["key"])) == 0
+    assert Path(done["safety_copy"]).is_file()
+    assert _count(db, "SELECT count(*) FROM _recovery_deletes_applied") == len(review)
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as c:
+        assert c.execute("PRAGMA foreign_key_check").fetchall() == []
+
+    after = _sha(db)
+    code, out = _invoke(str(run), "--yes", "--json")
+    again = json.loads(out)
+    assert code == 0 and again["deleted"] == [] and len(again["already_applied"]) == len(review)
+    assert _count(db, "SELECT count(*) FROM _recovery_deletes_applied") == len(review)
+    assert after  # (the second run wrote nothing but its own record-keeping)
+
+
+def test_only_the_reviewed_subset_and_conflicts(rolled_back: tuple[Path, Path], tmp_path: Path) -> None:
+    db, run = rolled_back
+    review = _review(run)
+    items = [r for r in review if r["table"] == "quote_items"]
+    assert len(items) >= 3
+    keep_changed, keep_untouched, delete_me = items[0], items[1], items[2]
+    with sqlite3.connect(db) as c:  # the old release edited one of them since the rollback
+        c.execute("UPDATE quote_items SET qty = qty + 1000 WHERE id = ?", (int(keep_changed["key"]),))
+    c.close()
+    reviewed = tmp_path / "reviewed.csv"
+    with reviewed.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(review[0]))
+        w.writeheader()
+        w.writerows([keep_changed, delete_me])
+    code, out = _invoke(str(run), "--only", str(reviewed), "--yes", "--json")
+    res = json.loads(out)
+    assert code == 1, out  # a conflict to review
+    assert [i["key"] for i in res["deleted"]] == [[int(delete_me["key"])]]
+    assert [(c["kind"], c["key"]) for c in res["conflicts"]] == [("update_deleted", [int(keep_changed["key"])])]
+    ids = (int(keep_changed["key"]), int(keep_untouched["key"]), int(delete_me["key"]))
+    assert _count(db, "SELECT count(*) FROM quote_items WHERE id IN (?, ?, ?)", ids) == 2
+
+
+def test_a_parent_still_referenced_is_kept(rolled_back: tuple[Path, Path], tmp_path: Path) -> None:
+    db, run = rolled_back
+    quotes = [r for r in _review(run) if r["table"] == "quotes"]
+    if not quotes:
+        pytest.skip("this world deleted no quote after the deploy")
+    qid = int(quotes[0]["key"])
+    assert _count(db, "SELECT count(*) FROM quote_items WHERE quote_id = ?", (qid,)) > 0
+    reviewed = tmp_path / "reviewed.csv"
+    with reviewed.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(quotes[0]))
+        w.writeheader()
+        w.writerow(quotes[0])
+    code, out = _invoke(str(run), "--only", str(reviewed), "--yes", "--json")
+    res = json.loads(out)
+    assert code == 1 and [c["kind"] for c in res["conflicts"]] == ["constraint"], out
+    assert _count(db, "SELECT count(*) FROM quotes WHERE id = ?", (qid,)) == 1
+    # with its items in the same review, children go first and the quote goes too
+    all_code, all_out = _invoke(str(run), "--yes", "--json")
+    assert all_code in (0, 1), all_out
+    assert _count(db, "SELECT count(*) FROM quotes WHERE id = ?", (qid,)) == 0
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as c:
+        assert c.execute("PRAGMA foreign_key_check").fetchall() == []
+
+
+def test_triggers_do_not_fire_and_come_back_identical(rolled_back: tuple[Path, Path]) -> None:
+    db, run = rolled_back
+    ddl = ('CREATE TRIGGER "audit delete" AFTER DELETE ON quote_items BEGIN '
+           "INSERT INTO audit(what) VALUES ('deleted ' || old.id); END")
+    with sqlite3.connect(db) as c:
+        c.execute("CREATE TABLE audit (what TEXT)")
+        c.execute(ddl)
+    c.close()
+    code, out = _invoke(str(run), "--yes", "--json")
+    assert code == 0, out
+    assert json.loads(out)["triggers_suspended"] == ["audit delete"]
+    assert _count(db, "SELECT count(*) FROM audit") == 0
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as c:
+        assert c.execute("SELECT sql FROM sqlite_master WHERE name = 'audit delete'").fetchone()[0] == ddl
+
+
+@pytest.mark.parametrize("edit", ["unknown row", "no key column", "missing run"])
+def test_bad_input_changes_nothing(rolled_back: tuple[Path, Path], tmp_path: Path, edit: str) -> None:
+    db, run = rolled_back
+    before = _sha(db)
+    reviewed = tmp_path / "reviewed.csv"
+    if edit == "unknown row":
+        reviewed.write_text("table,key,label\nquote_items,999999999,\n", encoding="utf-8")
+    elif edit == "no key column":
+        reviewed.write_text("table,id\nquote_items,1\n", encoding="utf-8")
+    target = str(tmp_path / "nowhere") if edit == "missing run" else str(run)
+    code, out = _invoke(target, "--only", str(reviewed), "--yes")
+    assert code == 2, out
+    assert "Traceback" not in out and out.count("error:") == 1
+    assert _sha(db) == before
+
+
+def test_waits_for_the_running_application_then_refuses(rolled_back: tuple[Path, Path]) -> None:
+    """The old release writing right now holds the lock: the command waits, then refuses with
+    nothing changed rather than failing half-way."""
+    db, run = rolled_back
+    app = sqlite3.connect(db, isolation_level=None)
+    try:
+        app.execute("BEGIN IMMEDIATE")
+        before = _count(db, "SELECT count(*) FROM quote_items")
+        from recovery.deletes import apply_deletes
+        from recovery.errors import RecoveryError
+
+        with pytest.raises(RecoveryError, match="locked"):
+            apply_deletes(run, busy_timeout=0.5)
+        assert _count(db, "SELECT count(*) FROM quote_items") == before
+    finally:
+        app.execute("ROLLBACK")
+        app.close()
+    assert apply_deletes(run).deleted
+
+
+def test_rollback_ends_with_next_steps_naming_this_run(world_copy: Path) -> None:
+    db, run = world_copy / "gestima.db", world_copy / "run"
+    res = CliRunner().invoke(main, ["rollback", str(db), "--backup", str(next(world_copy.glob("gestima.db.bak.*"))),
+                                    "--uploads", str(world_copy / "uploads"), "--alembic-ini",
+                                    str(app_dir() / "alembic.ini"), "--out", str(run), "--yes"],
+                             catch_exceptions=False)
+    assert res.exit_code == 1, res.output  # the sample world loses values by design
+    block = res.stderr.split("Next steps:", 1)[1]
+    assert "aa001_add_drawing_number_drop_drawings" in block
+    assert f"recovery undo {run}" in block
+    assert f"recovery apply-deletes {run}" in block
+    assert str(run / "report.html") in block
+    assert "Next steps:" not in res.stdout  # stdout keeps only results
+
+
+def test_next_steps_name_the_release_tag_of_the_backup(tmp_path: Path) -> None:
+    from recovery.nextsteps import next_steps
+
+    backup = tmp_path / "app.db.bak.20261120_140000"
+    backup.write_bytes(b"")
+    (tmp_path / (backup.name + ".manifest.json")).write_text(json.dumps({"git": {"tag": "v2.0.0"}}), encoding="utf-8")
+    lines = next_steps(tmp_path / "run", tmp_path / "app.db", backup, "aa001", dry_run=False,
+                       deletes_for_review=0, needs_review=False)
+    assert lines[0].startswith("1. Deploy release v2.0.0 (Alembic revision aa001) now")
+    assert not any("apply-deletes" in ln for ln in lines)  # nothing to review: no such step
+    dry = next_steps(tmp_path / "run", tmp_path / "app.db", backup, "aa001", dry_run=True,
+                     deletes_for_review=3, needs_review=True)
+    assert "Nothing was changed" in dry[0] and not any("undo" in ln for ln in dry)

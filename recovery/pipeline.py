@@ -132,7 +132,7 @@ def reimport(
     run_dir = Path(out) if out else bundle.path / f"reimport-{stamp}{'-dry-run' if dry_run else ''}"
     check_writable(run_dir, "run folder (--out)")
     if not dry_run:
-        check_writable(target.parent, "database folder (SQLite writes its journal there)")
+        check_writable(Path(os.path.realpath(target)).parent, "database folder (SQLite writes its journal there)")
         check_writable(target, "target database")
     if dry_run:
         with tempfile.TemporaryDirectory(prefix="recovery-dry-run-") as tmp:
@@ -410,7 +410,7 @@ def rollback(
     check_uploads(uploads)
     check_writable(run_dir, "run folder (--out)")
     if not dry_run:
-        check_writable(db_p.parent, "database folder (the restore writes beside the DB)")
+        check_writable(Path(os.path.realpath(db_p)).parent, "database folder (the restore writes beside the DB)")
     if dry_run:
         return _dry_run(db_p, backup_p, run_dir, since, uploads, mapping, alembic_ini, on_conflict, apply_deletes,
                         prefer, files, say)
@@ -997,6 +997,7 @@ def undo(run_dir: str | os.PathLike[str], force: bool = False, dry_run: bool = F
     stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
     say("keeping a consistent copy of the current live DB")
     kept = consistent_copy(db, run / "undo" / f"{db.name}.before-undo-{stamp}", "live database")
+    os.chmod(kept, 0o600)  # users' data: readable by its owner only
     say("putting the safety copy back")
     staged, digest = _stage_undo(safety, db)
     journal.mark("undo", "staged", forced=bool(changed), kept=str(kept), sha256=digest)

@@ -309,6 +309,40 @@ def test_a_lock_taken_right_after_the_restore_is_reported_truthfully(world: Path
     assert run_cli(rollback_args(), w).returncode == 1
 
 
+def test_a_check_the_backup_schema_has_never_ends_in_a_lie(world: Path, tmp_path: Path) -> None:
+    """The backup's schema gets a CHECK every post-deploy part violates (its id is above the
+    backup's). Either the re-import fails after the restore and says the live DB is the backup
+    (exit 3), or it carries the rest and reports `constraint` conflicts (exit 1); never "nothing was
+    changed", never a traceback, and what it says is what the live DB is."""
+    w = tmp_path / "w"
+    shutil.copytree(world, w)
+    backup = w / BACKUP
+    stat = backup.stat()
+    with sqlite3.connect(backup) as c:
+        top = c.execute("SELECT max(id) FROM parts").fetchone()[0]
+        sql = c.execute("SELECT sql FROM sqlite_master WHERE name = 'parts'").fetchone()[0]
+        c.execute("PRAGMA writable_schema = ON")
+        c.execute("UPDATE sqlite_master SET sql = ? WHERE name = 'parts'",
+                  (sql.rstrip().rstrip(")") + f", CHECK (id <= {int(top)})\n)",))
+        c.execute("PRAGMA writable_schema = OFF")
+    c.close()
+    os.utime(backup, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # still the older file
+    with sqlite3.connect(f"file:{backup}?mode=ro", uri=True) as c:
+        assert c.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    c.close()
+    proc = run_cli(rollback_args(), w)
+    assert "Traceback" not in proc.stderr and "nothing was changed" not in proc.stderr
+    if proc.returncode == 3:
+        _assert_truth_after_restore(proc, w)
+        assert "CHECK" in one_error_line(proc)
+    else:
+        assert proc.returncode == 1, proc.stderr
+        report = json.loads((w / "run" / "report.json").read_text(encoding="utf-8"))
+        assert any(c["kind"] == "constraint" for c in report["outcome"]["conflicts"])
+        with sqlite3.connect(f"file:{w / 'gestima.db'}?mode=ro", uri=True) as c:
+            assert c.execute("SELECT count(*) FROM parts WHERE id > ?", (top,)).fetchone()[0] == 0
+
+
 def _mount_tmpfs(where: Path, options: str) -> None:
     where.mkdir(parents=True, exist_ok=True)
     proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True, text=True)

@@ -188,11 +188,16 @@ class _Plant:
 
 
 def test_no_pickle_anywhere_in_the_package() -> None:
+    """No deserializer that runs code. ``exec``/``eval`` only where a reviewer marked the line with
+    bandit's code (``# noqa: S102`` / ``S307``), e.g. running the application's own env.py in its
+    sandboxed child; never on a file of a run folder or bundle."""
     import re
 
     found = [f"{p.relative_to(ROOT)}:{i}" for p in (ROOT / "recovery").rglob("*.py")
              for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
-             if re.search(r"\b(import pickle|pickle\.|marshal\.|shelve\.|yaml\.load|\beval\(|\bexec\()", line)]
+             if re.search(r"\b(import (c?pickle|marshal|shelve|dill)|(c?pickle|marshal|shelve|dill)\.|yaml\.(unsafe_)?load\()",
+                          line)
+             or (re.search(r"(?<![\w.])(exec|eval)\(", line) and not re.search(r"noqa: S(102|307)", line))]
     assert found == []
 
 

@@ -592,10 +592,16 @@ def _reimported(db: Path, bundle_id: str | None) -> bool | None:
 
 
 def _cause(exc: BaseException) -> str:
+    """What went wrong, in a few words, without any claim about what was changed (the caller
+    says that, knowing better than the step that failed)."""
+    import re
+
     from recovery.errors import describe
 
     if isinstance(exc, RecoveryError):
-        return exc.message
+        phrase = r"(the live DB was not touched|nothing was changed)"
+        text = re.sub(rf"^{phrase}[;,:]?\s*|[;,]?\s*{phrase}", "", exc.message)
+        return text.strip() or exc.message
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted"
     return describe(exc)[0]

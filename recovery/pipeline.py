@@ -154,11 +154,13 @@ def reimport(
         except BaseException as exc:
             if outcome.already_applied or outcome.aborted:
                 raise  # this run changed nothing
+            relink = f"; relink the files with `recovery relink {bundle.path} {target} --uploads {uploads}`" \
+                if uploads else ""
             raise RecoveryError(
-                f"the re-import was committed to {target}, then a later step failed ({_cause(exc)}); the "
-                "post-deploy rows are in the database, files may not be relinked and the report is not written",
-                f"its safety copy is in {run_dir / 'safety'}; run `recovery relink {bundle.path} {target} --uploads …` "
-                f"and `recovery report {bundle.path}`", ExitCode.FAILED) from exc
+                f"the re-import was committed to {target}, then a later step failed ({_cause(exc)}): the "
+                "post-deploy rows are in the database (its outcome is recorded in its _recovery_applied table); "
+                "the run's report was not written", f"do not re-import again (it would change nothing); the "
+                f"database before the re-import is in {run_dir / 'safety'}{relink}", ExitCode.FAILED) from exc
     from recovery.report import write_run_files
 
     paths = write_run_files(run_dir, outcome, bundle)

@@ -393,6 +393,28 @@ def test_disk_full_at_the_reimport_says_the_live_db_is_the_backup(world: Path, t
         _umount(disk)
 
 
+def test_a_reimport_that_fails_after_its_commit_says_the_data_is_in(finished: Path, world: Path,
+                                                                   tmp_path: Path) -> None:
+    """The run folder's disk holds the safety copy and then fills up: the report cannot be written
+    after the commit. Exit 3 and a line that says the rows are in (not "nothing was changed")."""
+    target = tmp_path / "target.db"
+    shutil.copyfile(world / BACKUP, target)
+    disk = tmp_path / "disk"
+    _mount_tmpfs(disk, f"size={target.stat().st_size + 12288}")
+    try:
+        proc = run_cli(["reimport", str(finished / "run" / "bundle"), str(target), "--out", str(disk / "rr"),
+                        "--yes"], tmp_path)
+        assert proc.returncode == 3, proc.stderr
+        line = one_error_line(proc)
+        assert "committed" in line and "rows are in the database" in line and "nothing was changed" not in line
+        assert content(disk / "rr" / "safety" / "target.db") == content(world / BACKUP)
+    finally:
+        _umount(disk)
+    with sqlite3.connect(f"file:{target}?mode=ro", uri=True) as c:
+        assert c.execute("SELECT count(*) FROM _recovery_applied WHERE outcome IS NOT NULL").fetchone() == (1,)
+    c.close()
+
+
 # ---------------------------------------------------------------------------------------------
 # C: checked before anything is written
 

@@ -1000,6 +1000,14 @@ def undo(run_dir: str | os.PathLike[str], force: bool = False, dry_run: bool = F
         return UndoResult(run, db, "dry_run", safety, None, changed)
     if confirm is not None and not confirm({"db": str(db), "safety": str(safety), "changed": changed}):
         raise RecoveryError("stopped at your request; nothing was changed")
+    with _one_run_per_folder(db):  # no rollback or other undo of a DB in this folder meanwhile
+        return _undo_swap(run, data, db, safety, now, changed, say)
+
+
+def _undo_swap(run: Path, data: dict[str, Any], db: Path, safety: Path, now: dict[str, Any], changed: bool,
+               say: Progress) -> UndoResult:
+    """The writing half of :func:`undo`, journaled: keep the current file, stage the safety copy,
+    check again that nobody holds or wrote the DB, swap."""
     journal = Journal(run, data["args"])
     journal.mark("undo", "start", forced=bool(changed))
     stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
@@ -1026,6 +1034,10 @@ def _stage_undo(safety: Path, db: Path) -> tuple[Path, str]:
     """A consistent copy of ``safety`` beside ``db``, in ``db``'s journal mode, with ``db``'s owner,
     group and mode, fsynced; returns it and its sha256."""
     tmp = db.with_name(f".{db.name}.undo-tmp")
+    for left in db.parent.glob(f".{tmp.name}.tmp-*"):  # a killed undo's half copy (its writer is gone)
+        pid = left.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _writer_alive(int(pid), left.lstat().st_mtime):
+            left.unlink(missing_ok=True)
     consistent_copy(safety, tmp, "safety copy")
     try:
         if is_wal_file(db):

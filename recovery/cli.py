@@ -3,7 +3,9 @@ function, render. Errors are :class:`~recovery.errors.RecoveryError`: printed as
 from the error. Only a bug shows a traceback.
 
 Exit codes: 0 everything carried / no difference; 1 finished with something to review;
-2 refused or bad input, nothing changed; 3 failed and rolled back, nothing changed.
+2 refused or bad input, nothing changed; 3 failed (the message says what the live DB now is).
+An ``OSError``/``sqlite3.Error`` (or a bug) is one line too; ``--traceback`` or
+``RECOVERY_TRACEBACK=1`` shows the trace.
 """
 from __future__ import annotations
 
@@ -24,22 +26,68 @@ from recovery.render import (console, render_diff, render_extract, render_outcom
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 done, nothing to review; 1 done, something to review; "
-    "2 refused or bad input, nothing changed; 3 failed and rolled back, nothing changed."
+    "2 refused or bad input, nothing changed; 3 failed: the message says what the live DB now is "
+    "and how to resume or undo."
 )
+TRACEBACK_ENV = "RECOVERY_TRACEBACK"
+"""``RECOVERY_TRACEBACK=1``: like ``recovery --traceback``, print the trace of an error."""
+_TRACEBACK_META = "recovery.traceback"
+
+_UNCHANGED = {  # what an error that escapes a command says about the databases
+    "rollback": "the live DB was not changed",
+    "reimport": "the database was not changed",
+    "undo": "the live DB was not changed",
+    "relink": "the database was not changed (files already copied into --uploads are complete and stay)",
+}
+"""Commands that write a live DB convert every error after their first change into a
+RecoveryError saying what the DB now is (exit 3); an error that escapes as OSError/sqlite3.Error
+therefore happened before. Every other command writes no database the user gave it, except:"""
+_MAYBE_CHANGED = {
+    "apply-deletes": "the database was changed if the error came after its one transaction committed "
+                     "(see RUN_DIR/deletes_applied.json; running it again changes nothing twice)",
+}
+"""Commands whose raw errors may come after their commit: exit 3, and say so."""
+
+
+def _show_traceback(ctx: click.Context) -> bool:
+    import os
+
+    return bool(ctx.meta.get(_TRACEBACK_META)) or os.environ.get(TRACEBACK_ENV, "") not in ("", "0")
 
 
 class RecoveryGroup(click.Group):
     """Turns RecoveryError into one line on stderr and its exit code; click usage errors exit 2."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        import sqlite3
+        import traceback
+
         try:
             return super().invoke(ctx)
         except RecoveryError as err:
+            if _show_traceback(ctx):
+                traceback.print_exc()
             click.echo(f"error: {err.one_line()}", err=True)
             ctx.exit(err.exit_code)
         except KeyboardInterrupt:
+            if _show_traceback(ctx):
+                traceback.print_exc()
             click.echo("error: interrupted; nothing further was changed", err=True)
             ctx.exit(ExitCode.FAILED)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the one place every other error becomes one line
+            from recovery.errors import describe
+
+            if _show_traceback(ctx):
+                traceback.print_exc()
+            what, todo = describe(exc)
+            name = ctx.invoked_subcommand or ""
+            state = _MAYBE_CHANGED.get(name) or _UNCHANGED.get(name, "no database was changed")
+            hint = todo if isinstance(exc, (OSError, sqlite3.Error)) else f"{todo} (recovery --traceback …)"
+            click.echo(f"error: {what}; {state} — {hint}", err=True)
+            unchanged = isinstance(exc, (OSError, sqlite3.Error)) and name not in _MAYBE_CHANGED
+            ctx.exit(ExitCode.REFUSED if unchanged else ExitCode.FAILED)
 
 
 def output_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -63,9 +111,19 @@ def emit_json(data: Any) -> None:
 
 @click.group(cls=RecoveryGroup, epilog=EXIT_CODES_HELP)
 @click.version_option(__version__, prog_name="recovery")
-def main() -> None:
+@click.option("--traceback", "show_traceback", is_flag=True,
+              help=f"On an error, print the Python trace too (or set {TRACEBACK_ENV}=1).")
+@click.pass_context
+def main(ctx: click.Context, show_traceback: bool) -> None:
     """Roll a SQLite application database back to its previous release without losing what
-    users did after the deploy: snapshot → diff → extract → restore → re-import → verify → report."""
+    users did after the deploy: snapshot → diff → extract → restore → re-import → verify → report.
+
+    Example:
+
+    \b
+        recovery --traceback rollback gestima.db --backup gestima.db.bak.20261120_140000 --yes
+    """
+    ctx.meta[_TRACEBACK_META] = show_traceback
 
 
 @main.command("sample", epilog=EXIT_CODES_HELP)
@@ -277,7 +335,7 @@ def reimport_cmd(bundle_dir: Path, db: Path, out_dir: Path | None, uploads: Path
     res = reimport(bundle, db, out_dir, ConflictPolicy(on_conflict), apply_deletes, dry_run, Prefer(prefer),
                    uploads)
     render_outcome(res)
-    sys.exit(ExitCode.FAILED if res.outcome and res.outcome.aborted else res.exit_code)
+    sys.exit(res.exit_code)
 
 
 @main.command("rollback", epilog=EXIT_CODES_HELP)
@@ -334,7 +392,51 @@ def rollback_cmd(db: Path, backup: Path, out_dir: Path | None, since: str | None
                    trust_mapping=trust_mapping, allow_newer_backup=allow_newer_backup)
     render_outcome(res)
     _print_next_steps(res, backup)
-    sys.exit(ExitCode.FAILED if res.outcome and res.outcome.aborted else res.exit_code)
+    sys.exit(res.exit_code)
+
+
+@main.command("undo", epilog=EXIT_CODES_HELP)
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--force", is_flag=True,
+              help="Undo although the live DB changed since the run (its current file is kept in RUN_DIR/undo/ first).")
+@click.option("--dry-run", is_flag=True, help="Change nothing; say whether the undo would go ahead.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (required without a terminal).")
+def undo_cmd(run_dir: Path, force: bool, dry_run: bool, yes: bool) -> None:
+    """Put the failed release's DB back: the safety copy a `recovery rollback` made in RUN_DIR goes
+    back as the live DB (atomic rename; the live file's owner, group and mode kept). Refused while
+    another process holds the DB, and when the live DB changed since the run left it unless --force.
+    A consistent copy of the current live file is always kept in RUN_DIR/undo/ first. A second undo
+    changes nothing. Use it when a rollback failed after its restore, or to return to the new release.
+
+    Example:
+
+    \b
+        recovery undo run/ --dry-run && recovery undo run/ --yes
+    """
+    from recovery.pipeline import undo
+
+    err = console(stderr=True)
+    if not (yes or dry_run or sys.stdin.isatty()):
+        raise RecoveryError("refusing to undo without a terminal", "pass --yes (or --dry-run)")
+
+    def confirm(plan: dict[str, Any]) -> bool:
+        if yes:
+            return True
+        return click.confirm(f"Replace the live DB {plan['db']} with the safety copy {plan['safety']}?", default=False)
+
+    res = undo(run_dir, force=force, dry_run=dry_run, confirm=confirm, progress=lambda m: err.print(f"· {m}"))
+    c = console()
+    if res.state == "already_undone":
+        c.print(f"this run was already undone; nothing changed. The live DB {res.db} is the safety copy "
+                f"{res.safety}" + (f"; the file it replaced is kept in {res.kept}" if res.kept else ""), soft_wrap=True)
+    elif res.state == "dry_run":
+        c.print(f"dry run, nothing changed: the undo would replace {res.db} with {res.safety}"
+                + (" (the live DB changed since the run: --force keeps a copy of it first)" if res.changed_since_run
+                   else ""), soft_wrap=True)
+    else:
+        c.print(f"undone: the live DB {res.db} is the failed release's DB again (from {res.safety}); "
+                f"the file it replaced is kept in {res.kept}", soft_wrap=True)
+    sys.exit(res.exit_code)
 
 
 def _print_next_steps(res: Any, backup: Path) -> None:

@@ -288,6 +288,7 @@ def extract(
     work = out_p.with_name(f".{out_p.name}.partial-{os.getpid()}")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True, mode=DIR_MODE)  # users' data: nobody else may enter while it is built
+    held = lock_partial(work)  # released only when this process ends or the bundle is done
     # The sources' fingerprints only go into the manifest: hash them on the second core while
     # SQLite works on the first (hashlib releases the GIL). The inputs are read-only.
     hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recovery-hash")
@@ -346,7 +347,37 @@ def extract(
                 f.exception()
         shutil.rmtree(work, ignore_errors=True)
         raise
+    finally:
+        os.close(held)
     return ExtractResult(open_bundle(out_p, verify=False), p, manifest["deploy_time"])  # sealed just above
+
+
+def lock_partial(folder: Path) -> int:
+    """An exclusive ``flock`` on ``folder``, held through the returned descriptor: the kernel drops
+    it when the writer closes it or dies, so a held lock means a live writer (whatever its pid now
+    names: a zombie holds no lock, a reused pid never took this one)."""
+    import fcntl
+
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def partial_in_use(folder: Path) -> bool:
+    """True while a live process holds :func:`lock_partial` on ``folder``."""
+    import fcntl
+
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
 
 
 def _move_into(work: Path, out_p: Path) -> None:

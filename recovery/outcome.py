@@ -146,6 +146,15 @@ class Outcome:
     def exit_code(self) -> int:
         return 1 if self.needs_review else 0
 
+    def to_json(self) -> str:
+        """The saved form (``outcome.json``, format ``recovery-outcome/1``; docs/REPORT.md)."""
+        return outcome_to_json(self)
+
+    @staticmethod
+    def from_json(text: str | bytes) -> Outcome:
+        """Read the saved form back; refuses (``OutcomeFormatError``) anything but that exact shape."""
+        return outcome_from_json(text)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "bundle_id": self.bundle_id, "target": self.target, "policy": self.policy, "dry_run": self.dry_run,
@@ -165,3 +174,196 @@ class Outcome:
                 "remapped": len(self.remaps), "conflicts": len(self.conflicts), "lost": self.lost_total,
             },
         }
+
+
+# ---------------------------------------------------------------------------------------------
+# the saved outcome: versioned JSON (never pickle), read back with strict validation
+
+OUTCOME_FORMAT = "recovery-outcome/1"
+"""The ``format`` field of ``outcome.json`` (docs/REPORT.md describes the shape)."""
+
+
+class OutcomeFormatError(ValueError):
+    """A saved outcome that is not exactly the documented shape; the message names the field."""
+
+
+def encode_value(v: Any) -> Any:
+    """``v`` as JSON: scalars as themselves, lists as lists, dicts with text keys as objects; the
+    values JSON has no form for are tagged objects with one ``$``-key: ``{"$bytes": hex}``,
+    ``{"$float": "inf"|"-inf"|"nan"}``, ``{"$tuple": [...]}``, and ``{"$dict": [[k, v], ...]}``
+    for a dict whose keys are not all text or start with ``$``."""
+    if v is None or isinstance(v, (bool, int, str)):
+        return v
+    if isinstance(v, float):
+        return v if v == v and v not in (float("inf"), float("-inf")) else {"$float": repr(v)}
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return {"$bytes": bytes(v).hex()}
+    if isinstance(v, tuple):
+        return {"$tuple": [encode_value(x) for x in v]}
+    if isinstance(v, list):
+        return [encode_value(x) for x in v]
+    if isinstance(v, dict):
+        if all(isinstance(k, str) and not k.startswith("$") for k in v):
+            return {k: encode_value(x) for k, x in v.items()}
+        return {"$dict": [[encode_value(k), encode_value(x)] for k, x in v.items()]}
+    raise TypeError(f"cannot save a {type(v).__name__} in outcome.json")
+
+
+def decode_value(v: Any, where: str = "value") -> Any:
+    """The inverse of :func:`encode_value`; anything else is refused with the path of the field."""
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    if isinstance(v, list):
+        return [decode_value(x, f"{where}[{i}]") for i, x in enumerate(v)]
+    if not isinstance(v, dict):
+        raise OutcomeFormatError(f"{where}: unexpected {type(v).__name__}")
+    tags = [k for k in v if k.startswith("$")]
+    if not tags:
+        return {k: decode_value(x, f"{where}.{k}") for k, x in v.items()}
+    if len(v) != 1:
+        raise OutcomeFormatError(f"{where}: a tagged value has exactly one key")
+    tag, body = tags[0], v[tags[0]]
+    if tag == "$bytes" and isinstance(body, str):
+        try:
+            return bytes.fromhex(body)
+        except ValueError:
+            raise OutcomeFormatError(f"{where}: $bytes is not hex") from None
+    if tag == "$float" and body in ("inf", "-inf", "nan"):
+        return float(body)
+    if tag == "$tuple" and isinstance(body, list):
+        return tuple(decode_value(x, f"{where}[{i}]") for i, x in enumerate(body))
+    if tag == "$dict" and isinstance(body, list) and all(isinstance(p, list) and len(p) == 2 for p in body):
+        out = {}
+        for i, (k, x) in enumerate(body):
+            key = decode_value(k, f"{where}.$dict[{i}]")
+            try:
+                out[key] = decode_value(x, f"{where}.$dict[{i}]")
+            except TypeError:
+                raise OutcomeFormatError(f"{where}.$dict[{i}]: a key must be a scalar or tuple") from None
+        return out
+    raise OutcomeFormatError(f"{where}: unknown or malformed tag {tag!r}")
+
+
+def _expect(value: Any, kind: type | tuple[type, ...], where: str) -> Any:
+    ok = isinstance(value, kind) and not (isinstance(value, bool) and kind in (int, (int,)))
+    if not ok:
+        names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+        raise OutcomeFormatError(f"{where}: expected {names}, found {type(value).__name__}")
+    return value
+
+
+def _fields(obj: Any, names: set[str], where: str, optional: set[str] = frozenset()) -> dict[str, Any]:  # type: ignore[assignment]
+    _expect(obj, dict, where)
+    unknown, missing = set(obj) - names, names - optional - set(obj)
+    if unknown:
+        raise OutcomeFormatError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
+    if missing:
+        raise OutcomeFormatError(f"{where}: missing field(s) {', '.join(sorted(missing))}")
+    return obj
+
+
+_OUTCOME_FIELDS = {"format", "bundle_id", "target", "policy", "dry_run", "already_applied", "aborted", "tables",
+                   "conflicts", "remaps", "lost", "deletes_for_review", "skipped_rows", "files", "verification"}
+_TABLE_INTS = [f for f in TableOutcome.__dataclass_fields__ if f != "table"]
+_CONFLICT_FIELDS = set(Conflict.__dataclass_fields__)
+_LOST_FIELDS = {"sample", "total", "counts", "source"}
+
+
+def _outcome_to_data(o: Outcome) -> dict[str, Any]:
+    lost = o.lost
+    return {
+        "format": OUTCOME_FORMAT, "bundle_id": o.bundle_id, "target": o.target, "policy": o.policy,
+        "dry_run": o.dry_run, "already_applied": o.already_applied, "aborted": o.aborted,
+        "tables": {n: {f: getattr(t, f) for f in _TABLE_INTS} for n, t in o.tables.items()},
+        "conflicts": [{f: encode_value(getattr(c, f)) for f in _CONFLICT_FIELDS} for c in o.conflicts],
+        "remaps": [{"table": r.table, "old_key": encode_value(r.old_key), "new_key": encode_value(r.new_key)}
+                   for r in o.remaps],
+        "lost": {"sample": encode_value(list(lost)), "total": o.lost_total,
+                 "counts": encode_value(getattr(lost, "counts", None) or {}), "source": getattr(lost, "source", None)},
+        "deletes_for_review": encode_value(o.deletes_for_review), "skipped_rows": encode_value(o.skipped_rows),
+        "files": encode_value(o.files), "verification": encode_value(o.verification),
+    }
+
+
+def _list_of_dicts(v: Any, where: str) -> list[dict[str, Any]]:
+    items = decode_value(_expect(v, list, where), where)
+    for i, item in enumerate(items):
+        _expect(item, dict, f"{where}[{i}]")
+    return items
+
+
+def _outcome_from_data(d: Any) -> Outcome:
+    _fields(d, _OUTCOME_FIELDS, "outcome")
+    if d["format"] != OUTCOME_FORMAT:
+        raise OutcomeFormatError(f"format: {d['format']!r} is not {OUTCOME_FORMAT}")
+    for f in ("bundle_id", "target", "policy"):
+        _expect(d[f], str, f)
+    for f in ("dry_run", "already_applied", "aborted"):
+        _expect(d[f], bool, f)
+    tables = {}
+    for name, t in _expect(d["tables"], dict, "tables").items():
+        _fields(t, set(_TABLE_INTS), f"tables.{name}")
+        tables[name] = TableOutcome(name, **{f: _expect(t[f], int, f"tables.{name}.{f}") for f in _TABLE_INTS})
+    conflicts = []
+    for i, c in enumerate(_expect(d["conflicts"], list, "conflicts")):
+        where = f"conflicts[{i}]"
+        _fields(c, _CONFLICT_FIELDS, where)
+        vals = {f: decode_value(c[f], f"{where}.{f}") for f in _CONFLICT_FIELDS}
+        if vals["kind"] not in CONFLICT_KINDS:
+            raise OutcomeFormatError(f"{where}.kind: {vals['kind']!r} is not a conflict kind")
+        if vals["resolution"] not in RESOLUTIONS:
+            raise OutcomeFormatError(f"{where}.resolution: {vals['resolution']!r} is not a resolution")
+        _expect(vals["table"], str, f"{where}.table")
+        vals["key"] = tuple(_expect(vals["key"], (list, tuple), f"{where}.key"))
+        for f in ("column", "label"):
+            if vals[f] is not None:
+                _expect(vals[f], str, f"{where}.{f}")
+        _expect(vals["detail"], str, f"{where}.detail")
+        conflicts.append(Conflict(**vals))
+    remaps = []
+    for i, r in enumerate(_expect(d["remaps"], list, "remaps")):
+        _fields(r, {"table", "old_key", "new_key"}, f"remaps[{i}]")
+        remaps.append(Remap(_expect(r["table"], str, f"remaps[{i}].table"),
+                            decode_value(r["old_key"], f"remaps[{i}].old_key"),
+                            decode_value(r["new_key"], f"remaps[{i}].new_key")))
+    lost_d = _fields(d["lost"], _LOST_FIELDS, "lost")
+    sample = _list_of_dicts(lost_d["sample"], "lost.sample")
+    counts = decode_value(_expect(lost_d["counts"], dict, "lost.counts"), "lost.counts")
+    for t, cols in counts.items():
+        for c, n in _expect(cols, dict, f"lost.counts.{t}").items():
+            _expect(n, int, f"lost.counts.{t}.{c}")
+    if lost_d["source"] is not None:
+        _expect(lost_d["source"], str, "lost.source")
+    from recovery.lost import LostValues
+
+    lost = LostValues(sample, _expect(lost_d["total"], int, "lost.total"), counts, lost_d["source"])
+    files = d["files"]
+    if files is not None:
+        files = decode_value(_expect(files, dict, "files"), "files")
+    return Outcome(
+        d["bundle_id"], d["target"], d["policy"], d["dry_run"], already_applied=d["already_applied"],
+        tables=tables, conflicts=conflicts, remaps=remaps, lost=lost,
+        deletes_for_review=_list_of_dicts(d["deletes_for_review"], "deletes_for_review"),
+        skipped_rows=_list_of_dicts(d["skipped_rows"], "skipped_rows"), files=files,
+        verification=decode_value(_expect(d["verification"], dict, "verification"), "verification"),
+        aborted=d["aborted"])
+
+
+def outcome_to_json(outcome: Outcome) -> str:
+    """``outcome`` as the text of ``outcome.json`` (format :data:`OUTCOME_FORMAT`)."""
+    import json
+
+    return json.dumps(_outcome_to_data(outcome), ensure_ascii=False, allow_nan=False, sort_keys=True)
+
+
+def outcome_from_json(text: str | bytes) -> Outcome:
+    """Parse ``outcome.json``: only data, never code; every field is checked against the
+    documented shape, and anything unknown, missing or mistyped raises :class:`OutcomeFormatError`."""
+    import json
+
+    try:
+        data = json.loads(text, parse_constant=lambda c: (_ for _ in ()).throw(OutcomeFormatError(f"bare {c}")))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise OutcomeFormatError(f"not valid JSON ({exc})") from None
+    return _outcome_from_data(data)
+

@@ -29,9 +29,9 @@ from recovery.bundle import Bundle, open_bundle, write_json_atomic
 from recovery.errors import ExitCode, RecoveryError
 from recovery.files import FilesConfig
 from recovery.livewindow import WriteWindow, check_replaced, write_late_commits
-from recovery.outcome import ConflictPolicy, Outcome, Prefer
+from recovery.outcome import OUTCOME_FORMAT, ConflictPolicy, Outcome, Prefer
 from recovery.pairing import refuse_second_rollback, refuse_wrong_pairing
-from recovery.reimport import attach_bundle, check_target_schema, merge_and_check, open_target
+from recovery.reimport import attach_bundle, check_target_schema, merge_and_check, open_target, record_outcome
 from recovery.schema import alembic_revision, reflect
 from recovery.sqlite_io import (check_sqlite_file, consistent_copy, copy_file_identity, fsync_dir, is_wal_file,
                                 readonly, real_path, sha256_file, sidecars, wait_for_write_lock, write_lock_held)
@@ -44,6 +44,14 @@ KILL_STEP_ENV = "RECOVERY_TEST_KILL_AT_STEP"
 Progress = Callable[[str], None]
 
 
+def _kill_point(point: str) -> None:
+    """Test-only: SIGKILL this process when ``RECOVERY_TEST_KILL_AT_STEP`` names ``point``."""
+    if os.environ.get(KILL_STEP_ENV) == point:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 @dataclass
 class RunResult:
     run_dir: Path
@@ -54,10 +62,21 @@ class RunResult:
     steps: dict[str, Any] = field(default_factory=dict)
     late: dict[str, Any] = field(default_factory=dict)
     """The end-of-run look at the replaced file (:func:`_late_check`)."""
+    finished_exit_code: int | None = None
+    """For a run that had already finished: the exit code it finished with (from its journal)."""
+    note: str | None = None
+    """A line the CLI prints about the live DB's state (e.g. after an aborted re-import)."""
 
     @property
     def exit_code(self) -> int:
-        code = self.outcome.exit_code if self.outcome else ExitCode.OK
+        """What the CLI exits with: 3 for an aborted re-import, else 1 when something needs
+        review (late commits into the replaced file included), else 0; a finished run run again
+        exits as it finished."""
+        if self.finished_exit_code is not None:
+            return self.finished_exit_code
+        if self.outcome is None:
+            return ExitCode.OK
+        code = ExitCode.FAILED if self.outcome.aborted else self.outcome.exit_code
         return max(code, ExitCode.REVIEW) if self.late.get("needs_review") else code
 
 
@@ -85,7 +104,10 @@ def _reimport_into(
             if problems:
                 raise RecoveryError(f"foreign key check failed after re-import ({problems[0]}); rolled back",
                                     "nothing was changed; report this with the bundle", ExitCode.FAILED)
+            if not outcome.already_applied:  # the outcome is durable exactly when the data is
+                record_outcome(conn, bundle.bundle_id, outcome.to_json())
             conn.execute("COMMIT")
+            _kill_point("reimport:committed")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
@@ -105,7 +127,10 @@ def reimport(
 ) -> RunResult:
     """Re-import a bundle into ``db`` (at the bundle's old schema). ``dry_run`` works on a scratch
     copy and leaves every file untouched. ``bundle_dir``: a folder, or a bundle already opened
-    (and so verified) by the caller. ``expect_bundle_id``: refuse (exit 2) any other bundle."""
+    (and so verified) by the caller. ``expect_bundle_id``: refuse (exit 2) any other bundle. Every
+    place it will write is checked before the first write; a failure after the commit says that
+    the data is in (exit 3)."""
+    check_uploads(uploads)
     bundle = bundle_dir if isinstance(bundle_dir, Bundle) else open_bundle(bundle_dir)
     bundle.check_expected_id(expect_bundle_id)
     target = check_sqlite_file(db, "target database")
@@ -114,6 +139,10 @@ def reimport(
     files = files or FilesConfig()
     stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
     run_dir = Path(out) if out else bundle.path / f"reimport-{stamp}{'-dry-run' if dry_run else ''}"
+    check_writable(run_dir, "run folder (--out)")
+    if not dry_run:
+        check_writable(Path(os.path.realpath(target)).parent, "database folder (SQLite writes its journal there)")
+        check_writable(target, "target database")
     if dry_run:
         with tempfile.TemporaryDirectory(prefix="recovery-dry-run-") as tmp:
             scratch = consistent_copy(target, Path(tmp) / target.name, "target database")
@@ -124,12 +153,57 @@ def reimport(
         run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         consistent_copy(target, run_dir / "safety" / target.name, "target database")
         outcome = _reimport_into(target, bundle, on_conflict, prefer, apply_deletes, files, False, busy_timeout,
-                                 str(target))
-        outcome.files = _relink(bundle, target, uploads, files, dry_run=False, outcome=outcome) if uploads else None
+                                 str(target), check_after=False)
+        try:
+            outcome.verification = verify_file(target, outcome, bundle.old.alembic_revision, role="target database")
+            outcome.files = _relink(bundle, target, uploads, files, dry_run=False, outcome=outcome) if uploads else None
+            from recovery.report import write_run_files
+
+            return RunResult(run_dir, outcome, write_run_files(run_dir, outcome, bundle))
+        except BaseException as exc:
+            if outcome.already_applied or outcome.aborted:
+                raise  # this run changed nothing
+            relink = f"; relink the files with `recovery relink {bundle.path} {target} --uploads {uploads}`" \
+                if uploads else ""
+            raise RecoveryError(
+                f"the re-import was committed to {target}, then a later step failed ({_cause(exc)}): the "
+                "post-deploy rows are in the database (its outcome is recorded in its _recovery_applied table); "
+                "the run's report was not written", f"do not re-import again (it would change nothing); the "
+                f"database before the re-import is in {run_dir / 'safety'}{relink}", ExitCode.FAILED) from exc
     from recovery.report import write_run_files
 
     paths = write_run_files(run_dir, outcome, bundle)
     return RunResult(run_dir, outcome, paths)
+
+
+def check_uploads(uploads: str | os.PathLike[str] | None) -> None:
+    """Refuse an ``--uploads`` that is not an existing folder this process can list and read."""
+    if uploads is None:
+        return
+    p = Path(uploads)
+    if not p.is_dir():
+        raise RecoveryError(f"uploads folder {p} does not exist or is not a folder; nothing was changed",
+                            "check --uploads")
+    if not os.access(p, os.R_OK | os.X_OK):
+        raise RecoveryError(f"uploads folder {p} is not readable by this user; nothing was changed",
+                            "check its owner and mode, or run as the application's user")
+
+
+def check_writable(path: Path, role: str) -> None:
+    """Refuse before the first write when ``path`` (or, for a folder still to be made, its nearest
+    existing parent) cannot be written: permissions, a read-only mount, an immutable folder
+    (``access(2)`` answers for each, also for root)."""
+    p = Path(path)
+    probe = p
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir() and probe != p:
+        raise RecoveryError(f"{role} {p}: {probe} is a file, not a folder; nothing was changed", "choose another path")
+    if p.exists() and p.is_dir() and not os.access(p, os.W_OK | os.X_OK) or \
+            not p.exists() and not os.access(probe, os.W_OK | os.X_OK) or \
+            p.is_file() and not os.access(p, os.W_OK):
+        raise RecoveryError(f"{role} {p} is not writable{'' if p.exists() else f' ({probe} is not)'}; nothing was changed",
+                            "check the folder's owner, mode and mount (read-only?), or choose another --out")
 
 
 def _relink(bundle: Bundle, db: Path, uploads: str | os.PathLike[str] | None, files: FilesConfig,
@@ -174,10 +248,7 @@ class Journal:
         self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         write_json_atomic(self.path, self.data, 0o600)
         fsync_dir(self.run_dir)
-        if os.environ.get(KILL_STEP_ENV) == f"{step}:{state}":
-            import signal
-
-            os.kill(os.getpid(), signal.SIGKILL)
+        _kill_point(f"{step}:{state}")
 
     def info(self, step: str) -> dict[str, Any]:
         return self.data["steps"].get(step, {})
@@ -379,13 +450,23 @@ def rollback(
         from recovery.mapping import load_mapping
 
         load_mapping(mapping)
+    check_uploads(uploads)
+    check_writable(run_dir, "run folder (--out)")
+    if not dry_run:
+        check_writable(Path(os.path.realpath(db_p)).parent, "database folder (the restore writes beside the DB)")
     if dry_run:
         return _dry_run(db_p, backup_p, run_dir, since, uploads, mapping, alembic_ini, on_conflict, apply_deletes,
                         prefer, files, say, trust=trust_mapping)
     with _one_run_per_folder(db_p), _windows_closed() as windows:
-        return _run_rollback(db_p, backup_p, run_dir, args, since, uploads, mapping, alembic_ini, on_conflict,
-                             apply_deletes, force, prefer, files, confirm, say, downgrade_to,
-                             allow_newer_backup, windows)
+        try:
+            return _run_rollback(db_p, backup_p, run_dir, args, since, uploads, mapping, alembic_ini, on_conflict,
+                                 apply_deletes, force, prefer, files, confirm, say, downgrade_to,
+                                 allow_newer_backup, windows)
+        except BaseException as exc:
+            truth = _failure_truth(exc, run_dir, db_p, backup_p)
+            if truth is None:
+                raise
+            raise truth from exc
 
 
 @contextmanager
@@ -428,11 +509,14 @@ def _run_rollback(db_p: Path, backup_p: Path, run_dir: Path, args: dict[str, Any
                   downgrade_to: str | None, allow_newer_backup: bool = False,
                   windows: list[WriteWindow] | None = None) -> RunResult:
     journal = Journal(run_dir, args)
+    if journal.state("undo") is not None:
+        raise RecoveryError(f"the run in {run_dir} was undone (`recovery undo`): the live DB is the failed "
+                            "release's DB again; nothing was changed", "start a new rollback with a new --out folder")
     if journal.done("report"):
         say("this run already finished; nothing to do")
         report = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))
         return RunResult(run_dir, None, {"report.json": run_dir / "report.json"}, True, True,
-                         {"summary": report.get("summary")})
+                         {"summary": report.get("summary")}, _finished_exit_code(journal, report))
     if journal.resumed:
         _clean_leftovers(run_dir, db_p)
     restore_started = journal.state("restore") is not None
@@ -441,6 +525,7 @@ def _run_rollback(db_p: Path, backup_p: Path, run_dir: Path, args: dict[str, Any
     window: WriteWindow | None = None  # our write lock on the live DB, from the safety copy to the swap
     try:
         if not restore_started:
+            journal.data.setdefault("live_before", _file_identity(db_p))  # tells a failed restore's result
             say("checking the live database and the backup")
             journal.mark("probe", "start")
             journal.mark("probe", "done", **preflight(db_p, backup_p, Path(alembic_ini) if alembic_ini else None,
@@ -499,6 +584,8 @@ def _run_rollback(db_p: Path, backup_p: Path, run_dir: Path, args: dict[str, Any
         in_place = journal.info("restore").get("method") == "downgrade"
         outcome = _reimport_into(db_p, bundle, on_conflict, prefer, apply_deletes, files, False, 10.0, str(db_p),
                                  in_place, check_after=False)
+        if outcome.already_applied:  # committed by a run killed before it journaled: its own outcome
+            outcome = _recorded_outcome(db_p, bundle.bundle_id) or outcome
         _save_outcome(run_dir, outcome)
         journal.mark("reimport", "done", already_applied=outcome.already_applied)
         warm.discard()
@@ -518,8 +605,14 @@ def _run_rollback(db_p: Path, backup_p: Path, run_dir: Path, args: dict[str, Any
 
     journal.mark("report", "start")
     paths = write_run_files(run_dir, outcome, bundle, {"journal": journal.data["steps"], "late_commits": late})
-    journal.mark("report", "done")
-    return RunResult(run_dir, outcome, paths, journal.resumed, False, journal.data["steps"], late)
+    result = RunResult(run_dir, outcome, paths, journal.resumed, False, journal.data["steps"], late)
+    if outcome.aborted:
+        result.note = (f"aborted: conflicts found, nothing was re-imported; the live DB {db_p} is now the backup. "
+                       f"Re-import with `recovery reimport {run_dir / 'bundle'} {db_p} --on-conflict skip`, "
+                       f"or run `recovery undo {run_dir}` to put the failed release's DB back")
+    journal.data["live_left"] = db_fingerprint(db_p)  # what `recovery undo` compares with
+    journal.mark("report", "done", exit_code=int(result.exit_code))
+    return result
 
 
 def _open_window(db: Path, force: bool) -> tuple[WriteWindow, list[str]]:
@@ -568,32 +661,171 @@ def _late_check(journal: Journal, window: WriteWindow | None, run_dir: Path, db:
     return info
 
 
-def _pid_alive(pid: int) -> bool:
+def _file_identity(p: Path) -> list[int]:
+    """(device, inode) of ``p``: a rename over it (the restore) changes it."""
+    st = p.stat()
+    return [st.st_dev, st.st_ino]
+
+
+def db_fingerprint(db: Path) -> dict[str, Any]:
+    """What the DB file holds, as bytes: size and sha256 of the file and of a non-empty ``-wal``.
+    Equal fingerprints mean nothing was committed in between (a read leaves both unchanged)."""
+    wal, _ = sidecars(db)
+    wal_sha = sha256_file(wal) if wal.exists() and wal.stat().st_size else None
+    return {"size": db.stat().st_size, "sha256": sha256_file(db), "wal_sha256": wal_sha}
+
+
+def _finished_exit_code(journal: Journal, report: dict[str, Any]) -> int:
+    """The exit code a finished run finished with: journaled by the report step (a journal written
+    before it was recorded: from report.json's verdict)."""
+    code = journal.info("report").get("exit_code")
+    if isinstance(code, int) and not isinstance(code, bool) and code in tuple(ExitCode):
+        return code
+    summary = report.get("summary") or {}
+    if summary.get("aborted"):
+        return ExitCode.FAILED
+    return ExitCode.OK if summary.get("verdict") == "all recovered" else ExitCode.REVIEW
+
+
+def _read_journal(run_dir: Path) -> dict[str, Any] | None:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
+        data = json.loads((run_dir / "journal.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("steps"), dict) else None
+
+
+def _reimported(db: Path, bundle_id: str | None) -> bool | None:
+    """Whether ``db`` holds the re-import of ``bundle_id`` (None: cannot tell)."""
+    from recovery.reimport import already_applied
+
+    if not bundle_id:
+        return None
+    try:
+        with readonly(db, "live database") as conn:
+            return already_applied(conn, bundle_id)
+    except (RecoveryError, sqlite3.Error, OSError):
+        return None
+
+
+def _cause(exc: BaseException) -> str:
+    """What went wrong, in a few words, without any claim about what was changed (the caller
+    says that, knowing better than the step that failed)."""
+    import re
+
+    from recovery.errors import describe
+
+    if isinstance(exc, RecoveryError):
+        phrase = r"(the live DB was not touched|nothing was changed)"
+        text = re.sub(rf"^{phrase}[;,:]?\s*|[;,]?\s*{phrase}", "", exc.message)
+        return text.strip() or exc.message
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    return describe(exc)[0]
+
+
+def _failure_truth(exc: BaseException, run_dir: Path, db: Path, backup: Path) -> RecoveryError | None:
+    """The one true line for a rollback that failed after it changed the live DB (exit 3), from
+    the journal on disk and the live file itself; None when the live DB was not changed (the
+    original error then stands: it already says nothing was changed)."""
+    journal = _read_journal(run_dir)
+    args = (journal or {}).get("args") or {}
+    if journal is None or args.get("db") != str(db.resolve()) or args.get("backup") != str(backup.resolve()):
+        return None  # not this command's run: the error is about the run folder, not the live DB
+    steps = journal["steps"]
+    restore = steps.get("restore", {})
+    if restore.get("state") is None or "undo" in steps:
+        return None
+    if restore.get("state") != "done":
+        before = journal.get("live_before")
+        try:
+            replaced = before is None or _file_identity(db) != list(before)
+        except OSError:
+            replaced = True
+        if not replaced:
+            return None  # the swap never happened: the live file is the untouched original
+    bundle_id = steps.get("extract", {}).get("bundle_id")
+    reimported = _reimported(db, bundle_id)
+    downgrade = restore.get("method") == "downgrade"
+    now = ("the failed release's DB downgraded in place (its copy before the downgrade is in RUN/safety)"
+           if downgrade else "the backup").replace("RUN", str(run_dir))
+    undo = f"`recovery undo {run_dir}` to put the failed release's DB back"
+    cause = _cause(exc)
+    if reimported:
+        message = (f"the rollback failed after the re-import ({cause}): the live DB {db} is {now} with the "
+                   f"post-deploy work re-imported; relinking files, verification or the report did not finish")
+        hint = f"run the same command to finish them, or {undo}"
+    else:
+        maybe = "" if reimported is False else " (it could not be checked)"
+        message = (f"the rollback failed after the restore ({cause}): the live DB {db} is now {now}; nothing "
+                   f"was re-imported{maybe}")
+        hint = (f"the post-deploy work is in {run_dir / 'bundle'} and {run_dir / 'safety'}; run the same command "
+                f"to resume, or {undo}")
+    try:  # what `recovery undo` compares the live DB with; best effort (the disk may be full)
+        journal["live_left"] = db_fingerprint(db)
+        write_json_atomic(run_dir / "journal.json", journal)
+    except (OSError, ValueError):
+        pass
+    return RecoveryError(message, hint, ExitCode.FAILED)
+
+
+def _writer_alive(pid: int, made: float) -> bool:
+    """Whether process ``pid`` can be the one that made a file at time ``made``: it exists, is not
+    a zombie, and started before the file (a pid reused since names a newer process)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        try:
+            os.kill(pid, 0)  # no /proc: the pid alone
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
         return True
-    return True
+    fields = stat[stat.rindex(")") + 2:].split()
+    if fields[0] in ("Z", "X"):
+        return False
+    try:
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        started = boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, StopIteration, ValueError, IndexError):
+        return True
+    return started <= made + 1.0  # btime has one-second resolution
 
 
 def _clean_leftovers(run_dir: Path, db: Path) -> list[Path]:
     """Remove what a killed earlier run of this journal left half-written: the extract's
     ``.bundle.partial-<pid>`` folder, ``.<name>.tmp-<pid>`` copies in the safety folder and beside
     the live DB, and the staged ``.<db>.restore-tmp``. None of them was ever read (each is renamed
-    into place only when complete), and a <pid> that still runs is left alone."""
+    into place only when complete). A partial folder is kept only while its writer holds its
+    ``flock`` (:func:`recovery.extract.lock_partial`); a temporary file only while its <pid> is a
+    live, non-zombie process that started before the file was made. The caller holds the run's
+    folder lock, so no other rollback of this DB is writing any of them."""
     import re
     import shutil
+
+    from recovery.extract import partial_in_use
 
     removed = []
     candidates = [*run_dir.glob(".bundle.partial-*"), *(run_dir / "safety").glob(f".{db.name}.tmp-*"),
                   *db.parent.glob(f".{_staged_path(db).name}.tmp-*")]
     for p in candidates:
         m = re.search(r"\.tmp-(\d+)(-journal)?$|\.partial-(\d+)$", p.name)
-        if m is None or _pid_alive(int(m.group(1) or m.group(3))):
+        if m is None:
             continue
-        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        if p.is_dir() and not p.is_symlink():
+            if partial_in_use(p):
+                continue
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            try:
+                made = p.lstat().st_mtime
+            except FileNotFoundError:
+                continue
+            if _writer_alive(int(m.group(1) or m.group(3)), made):
+                continue
+            p.unlink(missing_ok=True)
         removed.append(p)
     staged = _staged_path(db)
     for p in (staged, *(staged.with_name(staged.name + s) for s in ("-journal", "-wal", "-shm"))):
@@ -638,21 +870,57 @@ def _plan_summary(bundle: Bundle) -> dict[str, Any]:
     }
 
 
-def _save_outcome(run_dir: Path, outcome: Outcome) -> None:
-    import pickle
+OUTCOME_FILE = "outcome.json"
+"""The run's outcome between steps: ``Outcome.to_json()`` (format ``recovery-outcome/1``)."""
 
-    tmp = run_dir / "outcome.pickle.tmp"
-    tmp.write_bytes(pickle.dumps(outcome))
-    os.replace(tmp, run_dir / "outcome.pickle")
+
+def _save_outcome(run_dir: Path, outcome: Outcome) -> None:
+    tmp = run_dir / f"{OUTCOME_FILE}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(outcome.to_json())
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, run_dir / OUTCOME_FILE)
+
+
+def read_outcome_file(path: Path) -> Outcome:
+    """``outcome.json`` read back as data only; a file of any other shape is refused (exit 2)."""
+    from recovery.outcome import OutcomeFormatError
+
+    try:
+        return Outcome.from_json(path.read_bytes())
+    except OutcomeFormatError as exc:
+        raise RecoveryError(f"{path} is not a {OUTCOME_FORMAT} file ({exc})",
+                            "the run folder was changed by hand; use a copy made by `recovery` itself") from None
 
 
 def _load_outcome(run_dir: Path, bundle: Bundle, db: Path, policy: ConflictPolicy) -> Outcome:
-    import pickle
-
-    p = run_dir / "outcome.pickle"
+    """The re-import's outcome: the run folder's ``outcome.json``, else the copy the re-import
+    committed into the live DB with its data (a run killed between that commit and the journal),
+    else an empty ``already_applied`` outcome."""
+    p = run_dir / OUTCOME_FILE
     if p.is_file():
-        return pickle.loads(p.read_bytes())  # noqa: S301 - our own file in our own run folder
+        return read_outcome_file(p)
+    recorded = _recorded_outcome(db, bundle.bundle_id)
+    if recorded is not None:
+        return recorded
     return Outcome(bundle.bundle_id, str(db), policy.value, False, already_applied=True)
+
+
+def _recorded_outcome(db: Path, bundle_id: str) -> Outcome | None:
+    """The outcome the re-import of ``bundle_id`` stored in ``db`` in its own transaction."""
+    from recovery.outcome import OutcomeFormatError
+    from recovery.reimport import recorded_outcome
+
+    with readonly(db, "live database") as conn:
+        text = recorded_outcome(conn, bundle_id)
+    if text is None:
+        return None
+    try:
+        return Outcome.from_json(text)
+    except OutcomeFormatError as exc:
+        raise RecoveryError(f"the re-import outcome recorded in {db} is not a {OUTCOME_FORMAT} document ({exc})",
+                            "the database was edited by hand; run `recovery report` on the bundle instead") from None
 
 
 def _refuse_stub_downgrades(db: Path, alembic_ini: str | os.PathLike[str] | None, target: str) -> None:
@@ -737,3 +1005,174 @@ def _dry_run(db: Path, backup: Path, run_dir: Path, since: str | None, uploads: 
 
         paths = write_run_files(run_dir, outcome, res.bundle, {"dry_run_note": "nothing was changed"})
     return RunResult(run_dir, outcome, paths)
+
+
+# ---------------------------------------------------------------------------------------------
+# undo
+
+
+@dataclass
+class UndoResult:
+    """What ``recovery undo`` did: ``state`` is ``undone``, ``already_undone`` or ``dry_run``."""
+
+    run_dir: Path
+    db: Path
+    state: str
+    safety: Path
+    kept: Path | None = None
+    changed_since_run: bool = False
+    exit_code: int = ExitCode.OK
+
+
+def refuse_if_in_use(db: Path, what: str = "undo") -> None:
+    """Refuse while another process holds ``db``. The one place the holder probe is called for
+    ``undo`` (today SQLite's write lock, as the rollback's preflight probes it)."""
+    with readonly(db, "live database"):  # keeps the probe's connection from being the last one
+        locked = write_lock_held(db)
+    if locked:
+        raise RecoveryError(f"{db} is in use by another process (is the application running?); nothing was changed",
+                            f"stop the application, then run `recovery {what}` again")
+
+
+def _same_bytes(now: dict[str, Any], then: dict[str, Any]) -> bool:
+    return now.get("sha256") == then.get("sha256") and now.get("wal_sha256") == then.get("wal_sha256")
+
+
+def _expected_live(journal: dict[str, Any]) -> dict[str, Any] | None:
+    """The live DB as the run left it: recorded when the run finished or failed; for a run killed
+    after the restore and before its re-import committed, the restored file itself."""
+    left = journal.get("live_left")
+    if isinstance(left, dict) and isinstance(left.get("sha256"), str):
+        return left
+    steps = journal["steps"]
+    restore = steps.get("restore", {})
+    if restore.get("state") == "done" and isinstance(restore.get("sha256"), str) and \
+            steps.get("reimport", {}).get("state") != "done":
+        return {"sha256": restore["sha256"], "wal_sha256": None}
+    return None
+
+
+def _load_run_journal(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "journal.json"
+    if not path.is_file():
+        raise RecoveryError(f"{run_dir} holds no journal.json: not the --out folder of a `recovery rollback`",
+                            "pass the run folder the rollback wrote (its journal, safety copy and bundle)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise RecoveryError(f"{path} cannot be read as JSON ({exc})", "pass an intact run folder") from None
+    ok = (isinstance(data, dict) and data.get("format") == "recovery-journal/1" and isinstance(data.get("steps"), dict)
+          and isinstance(data.get("args"), dict) and isinstance(data["args"].get("db"), str)
+          and all(isinstance(v, dict) for v in data["steps"].values()))
+    if not ok:
+        raise RecoveryError(f"{path} is not a recovery-journal/1 file", "pass an intact run folder")
+    return data
+
+
+def undo(run_dir: str | os.PathLike[str], force: bool = False, dry_run: bool = False,
+         confirm: Callable[[dict[str, Any]], bool] | None = None, progress: Progress | None = None) -> UndoResult:
+    """Put the run's safety copy (the failed release's DB as the rollback found it) back as the
+    live DB: refused while another process holds the DB, and when the live DB changed since the
+    run left it unless ``force``; a consistent copy of the current live file is kept in
+    ``RUN_DIR/undo/`` first; the copy goes in by an atomic rename with the live file's owner,
+    group and mode. Journaled as the ``undo`` step: a second undo changes nothing."""
+    say = progress or (lambda _m: None)
+    run = Path(run_dir)
+    data = _load_run_journal(run)
+    db = Path(data["args"]["db"])
+    steps = data["steps"]
+    safety = run / "safety" / db.name
+    undo_info = steps.get("undo", {})
+    if undo_info.get("state") == "done":
+        return UndoResult(run, db, "already_undone", safety, Path(undo_info["kept"]) if undo_info.get("kept") else None)
+    check_sqlite_file(db, "live database")
+    if undo_info.get("state") in ("start", "staged") and isinstance(undo_info.get("sha256"), str) \
+            and db_fingerprint(db)["sha256"] == undo_info["sha256"]:
+        journal = Journal(run, data["args"])  # killed after its swap: finish the journal only
+        journal.mark("undo", "done", **{k: v for k, v in undo_info.items() if k not in ("state", "at")})
+        return UndoResult(run, db, "already_undone", safety, Path(undo_info["kept"]) if undo_info.get("kept") else None)
+    restore = steps.get("restore", {})
+    replaced = restore.get("state") == "done" or (
+        restore.get("state") is not None and data.get("live_before") is not None
+        and _file_identity(db) != list(data["live_before"]))
+    if not replaced:
+        raise RecoveryError(f"the run in {run} never replaced the live DB {db}; there is nothing to undo",
+                            "the live DB is still the one the rollback found")
+    if not safety.is_file():
+        raise RecoveryError(f"the safety copy {safety} is missing; nothing was changed",
+                            "restore the failed release's DB from your own backup")
+    want = steps.get("safety", {}).get("sha256")
+    say("checking the safety copy")
+    if isinstance(want, str) and sha256_file(safety) != want:
+        raise RecoveryError(f"the safety copy {safety} changed since the run (sha256 differs); nothing was changed",
+                            "it cannot be trusted as the failed release's DB")
+    check_sqlite_file(safety, "safety copy")
+    refuse_if_in_use(db)
+    expected = _expected_live(data)
+    now = db_fingerprint(db)
+    changed = expected is None or not _same_bytes(now, expected)
+    if changed and not force:
+        why = ("the run did not record what it left (resume it first with the same command)" if expected is None
+               else "it was written to after the rollback")
+        raise RecoveryError(f"the live DB {db} changed since the run in {run} left it ({why}); nothing was changed",
+                            "undoing would discard those changes: pass --force to undo anyway "
+                            f"(a consistent copy of the current file is kept in {run / 'undo'} first)")
+    if dry_run:
+        return UndoResult(run, db, "dry_run", safety, None, changed)
+    if confirm is not None and not confirm({"db": str(db), "safety": str(safety), "changed": changed}):
+        raise RecoveryError("stopped at your request; nothing was changed")
+    with _one_run_per_folder(db):  # no rollback or other undo of a DB in this folder meanwhile
+        return _undo_swap(run, data, db, safety, now, changed, say)
+
+
+def _undo_swap(run: Path, data: dict[str, Any], db: Path, safety: Path, now: dict[str, Any], changed: bool,
+               say: Progress) -> UndoResult:
+    """The writing half of :func:`undo`, journaled: keep the current file, stage the safety copy,
+    check again that nobody holds or wrote the DB, swap."""
+    journal = Journal(run, data["args"])
+    journal.mark("undo", "start", forced=bool(changed))
+    stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
+    say("keeping a consistent copy of the current live DB")
+    kept = consistent_copy(db, run / "undo" / f"{db.name}.before-undo-{stamp}", "live database")
+    os.chmod(kept, 0o600)  # users' data: readable by its owner only
+    say("putting the safety copy back")
+    staged, digest = _stage_undo(safety, db)
+    journal.mark("undo", "staged", forced=bool(changed), kept=str(kept), sha256=digest)
+    try:
+        refuse_if_in_use(db)
+        if db_fingerprint(db) != now:
+            raise RecoveryError(f"the live DB {db} was written to during the undo; nothing was changed",
+                                "stop the application and run `recovery undo` again")
+    except BaseException:
+        staged.unlink(missing_ok=True)
+        raise
+    swap_in(staged, db)
+    journal.mark("undo", "done", forced=bool(changed), kept=str(kept), sha256=digest)
+    return UndoResult(run, db, "undone", safety, kept, changed)
+
+
+def _stage_undo(safety: Path, db: Path) -> tuple[Path, str]:
+    """A consistent copy of ``safety`` beside ``db``, in ``db``'s journal mode, with ``db``'s owner,
+    group and mode, fsynced; returns it and its sha256."""
+    tmp = db.with_name(f".{db.name}.undo-tmp")
+    for left in db.parent.glob(f".{tmp.name}.tmp-*"):  # a killed undo's half copy (its writer is gone)
+        pid = left.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _writer_alive(int(pid), left.lstat().st_mtime):
+            left.unlink(missing_ok=True)
+    consistent_copy(safety, tmp, "safety copy")
+    try:
+        if is_wal_file(db):
+            c = sqlite3.connect(str(tmp), isolation_level=None)
+            try:
+                c.execute("PRAGMA journal_mode=WAL")
+            finally:
+                c.close()
+        st = db.stat()
+        os.chown(tmp, st.st_uid, st.st_gid)
+        os.chmod(tmp, st.st_mode & 0o7777)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        return tmp, sha256_file(tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -971,6 +971,38 @@ def record_applied(m: Merge) -> None:
     m.run(ins, (m.bundle.bundle_id, datetime.now().isoformat(timespec="seconds"), __version__, m.policy.value))
 
 
+OUTCOME_COLUMN = "outcome"
+"""``_recovery_applied.outcome``: the re-import's ``Outcome.to_json()``, written in the re-import's
+own transaction, so the outcome is durable exactly when the data is."""
+
+
+def record_outcome(conn: sqlite3.Connection, bundle_id: str, outcome_json: str) -> None:
+    """Store ``outcome_json`` in the ``_recovery_applied`` row of ``bundle_id`` (the caller's open
+    transaction; the column is added to a table made before it existed)."""
+    cols = [r[1] for r in conn.execute(sql(exp.Pragma(this=exp.Anonymous(
+        this="main.table_info", expressions=[exp.Literal.string(APPLIED_TABLE)]))))]
+    if OUTCOME_COLUMN not in cols:
+        conn.execute(sql(exp.Alter(this=table(APPLIED_TABLE, "main"), kind="TABLE", actions=[exp.ColumnDef(
+            this=exp.to_identifier(OUTCOME_COLUMN, quoted=True), kind=exp.DataType.build("TEXT"))])))
+    upd = exp.update(table(APPLIED_TABLE, "main"), {OUTCOME_COLUMN: exp.Placeholder()},
+                     where=exp.EQ(this=col("bundle_id"), expression=exp.Placeholder()))
+    conn.execute(sql(upd), (outcome_json, bundle_id))
+
+
+def recorded_outcome(conn: sqlite3.Connection, bundle_id: str) -> str | None:
+    """The outcome JSON recorded with ``bundle_id``'s re-import, if any."""
+    if not already_applied(conn, bundle_id):
+        return None
+    cols = [r[1] for r in conn.execute(sql(exp.Pragma(this=exp.Anonymous(
+        this="main.table_info", expressions=[exp.Literal.string(APPLIED_TABLE)]))))]
+    if OUTCOME_COLUMN not in cols:
+        return None
+    q = exp.select(col(OUTCOME_COLUMN)).from_(table(APPLIED_TABLE, "main")).where(
+        exp.EQ(this=col("bundle_id"), expression=exp.Placeholder()))
+    row = conn.execute(sql(q), (bundle_id,)).fetchone()
+    return row[0] if row and isinstance(row[0], str) else None
+
+
 def load_lost(conn: sqlite3.Connection) -> list[dict[str, Any]]:
     """The bundle's lost values as a bounded :class:`recovery.lost.LostValues`: the first 1,000 by
     (table, key, column), exact counts, and the bundle's rows.db, which keeps the complete list."""

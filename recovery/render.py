@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import IO, Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table as RichTable
 
 from recovery.escape import csv_safe_row, json_for_terminal, plain, short_repr, term_markup, term_text
@@ -224,7 +225,8 @@ def render_outcome(res: Any) -> None:
                 f"(integrity {M(v.get('integrity_check'))}, fk problems {len(v.get('foreign_key_check', []))}, "
                 f"revision {M(v.get('alembic_revision', {}).get('actual'))})")
     if o.aborted:
-        c.print("[red]aborted: conflicts found, nothing was changed[/]")
+        note = getattr(res, "note", None)
+        c.print(f"[red]{escape(note)}[/]" if note else "[red]aborted: conflicts found, nothing was changed[/]")
     late = getattr(res, "late", None) or {}
     if late.get("needs_review"):
         c.print(f"[red]late commits:[/] {late.get('late_commits') if late.get('checked') else 'unknown'} row change(s) "

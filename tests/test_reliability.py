@@ -70,8 +70,12 @@ def db_content(path: Path) -> dict[str, Any]:
                 if name == "_recovery_applied" and "applied_at" in cols:
                     # applied_at is a clock; bundle_id hashes the source paths (another folder,
                     # another id): keep only whether it names this run's bundle (checked by callers)
-                    i, b = cols.index("applied_at"), cols.index("bundle_id")
-                    rows = [tuple("<bundle>" if j == b else v for j, v in enumerate(r) if j != i) for r in rows]
+                    # outcome: the re-import's Outcome JSON, which names the run's paths (compared
+                    # through the reports in test_run_truth.py)
+                    b = cols.index("bundle_id")
+                    drop = {cols.index(c) for c in ("applied_at", "outcome") if c in cols}
+                    rows = [tuple("<bundle>" if j == b else v for j, v in enumerate(r) if j not in drop) for r in rows]
+                    cols = [c for j, c in enumerate(cols) if j not in drop]
                     out["__bundle_ids__"] = sorted(r[b] for r in conn.execute(f'SELECT * FROM "{name}"'))
                 out[name] = (cols, sorted(rows, key=repr))
             return out
@@ -361,7 +365,8 @@ def test_reimport_succeeds_when_the_lock_is_released_within_the_timeout(states: 
 
 
 def test_resume_removes_only_dead_runs_temp_files(tmp_path: Path) -> None:
-    """``_clean_leftovers``: a killed run's temp files go; a running process's (its pid is alive) stay."""
+    """``_clean_leftovers``: a killed run's temp files go; a running writer's (its folder lock held, its
+    pid alive) stay."""
     from recovery.pipeline import _clean_leftovers
 
     run, db = tmp_path / "run", tmp_path / "gestima.db"
@@ -377,7 +382,13 @@ def test_resume_removes_only_dead_runs_temp_files(tmp_path: Path) -> None:
     for p in gone + kept:
         p.mkdir() if "partial" in p.name else p.write_bytes(b"x")
     (run / f".bundle.partial-{dead}" / "rows.db").write_bytes(b"half")
-    removed = _clean_leftovers(run, db)
+    from recovery.extract import lock_partial
+
+    held = lock_partial(run / f".bundle.partial-{alive}")  # a partial folder lives while its writer holds it
+    try:
+        removed = _clean_leftovers(run, db)
+    finally:
+        os.close(held)
     assert sorted(removed) == sorted(gone)
     assert not any(p.exists() for p in gone)
     assert all(p.exists() for p in kept)

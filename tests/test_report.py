@@ -222,7 +222,7 @@ import csv as csv_module  # noqa: E402
 import dataclasses  # noqa: E402
 import io  # noqa: E402
 import math  # noqa: E402
-import pickle  # noqa: E402
+from recovery.outcome import Outcome  # noqa: E402
 import random  # noqa: E402
 from collections import Counter, defaultdict  # noqa: E402
 from datetime import datetime, timedelta  # noqa: E402
@@ -385,7 +385,7 @@ BIN_EDGES = [60 * model.MAX_BINS * m + d for m in model.BIN_CHOICES for d in (-1
 
 @pytest.fixture(scope="module")
 def rolled_inputs(rolled: Path) -> tuple[Any, Any]:
-    return open_bundle(rolled / "bundle"), pickle.loads((rolled / "outcome.pickle").read_bytes())
+    return open_bundle(rolled / "bundle"), Outcome.from_json((rolled / "outcome.json").read_bytes())
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

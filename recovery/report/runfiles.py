@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import pickle
 import shutil
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -218,11 +217,13 @@ def load(folder: str | os.PathLike[str]) -> tuple[dict[str, Any], str]:
         if doc.get("format") != FORMAT:
             raise RecoveryError(f"{rj}: unknown format {doc.get('format')!r}", f"expected {FORMAT}")
         if "report" not in doc:
-            if not ((p / "bundle" / "manifest.json").is_file() and (p / "outcome.pickle").is_file()):
+            if not ((p / "bundle" / "manifest.json").is_file() and (p / "outcome.json").is_file()):
                 raise RecoveryError(f"{rj} predates this report format and its bundle is gone",
                                     "run `recovery report` on the bundle folder instead")
             bundle = open_bundle(p / "bundle")
-            outcome = pickle.loads((p / "outcome.pickle").read_bytes())  # noqa: S301 - our own run folder
+            from recovery.pipeline import read_outcome_file
+
+            outcome = read_outcome_file(p / "outcome.json")
             doc["report"] = build(bundle, outcome, _rollback_time(doc))
         return doc, "run"
     bundle_dir = p if (p / "manifest.json").is_file() else p / "bundle"

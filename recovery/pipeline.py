@@ -876,7 +876,9 @@ OUTCOME_FILE = "outcome.json"
 
 def _save_outcome(run_dir: Path, outcome: Outcome) -> None:
     tmp = run_dir / f"{OUTCOME_FILE}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    os.fchmod(fd, 0o600)  # users' data, like every file of the run folder (an old tmp keeps its mode otherwise)
+    with open(fd, "w", encoding="utf-8") as fh:
         fh.write(outcome.to_json())
         fh.flush()
         os.fsync(fh.fileno())

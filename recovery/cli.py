@@ -350,6 +350,8 @@ def reimport_cmd(bundle_dir: Path, db: Path, out_dir: Path | None, uploads: Path
 @click.option("--force", is_flag=True, help="Proceed although other processes hold the DB (they are named); "
               "their commits after the safety copy are listed in late_commits.json. Overrides nothing else.")
 @click.option("--allow-newer-backup", is_flag=True, help="Proceed although the backup file is newer than the live DB.")
+@click.option("--same-installation", is_flag=True,
+              help="The backup is of this installation: skip the row-sample check that refuses another one's.")
 @click.option("--trust-mapping", is_flag=True,
               help="Keep a column rule the unchanged rows contradict (default: refuse, exit 2).")
 @conflict_options
@@ -358,7 +360,7 @@ def rollback_cmd(db: Path, backup: Path, out_dir: Path | None, since: str | None
                  mapping: Path | None, alembic_ini: Path | None, downgrade_to: str | None, force: bool,
                  allow_newer_backup: bool,
                  on_conflict: str, prefer: str, apply_deletes: bool, dry_run: bool, yes: bool,
-                 trust_mapping: bool = False) -> None:
+                 trust_mapping: bool = False, same_installation: bool = False) -> None:
     """Roll DB back to BACKUP's release without losing post-deploy work: refuse while the app holds
     the DB, safety copy, extract the post-deploy changes, restore the backup atomically, re-import
     in one transaction, re-link uploads, verify, report. Every step is journaled in the run folder:
@@ -389,7 +391,8 @@ def rollback_cmd(db: Path, backup: Path, out_dir: Path | None, since: str | None
     res = rollback(db, backup, out_dir, since, uploads, mapping, alembic_ini, ConflictPolicy(on_conflict),
                    apply_deletes, dry_run, force, Prefer(prefer), confirm=confirm,
                    progress=lambda m: err.print(term_text(f"· {m}", None)), downgrade_to=downgrade_to,
-                   trust_mapping=trust_mapping, allow_newer_backup=allow_newer_backup)
+                   trust_mapping=trust_mapping, allow_newer_backup=allow_newer_backup,
+                   same_installation=same_installation)
     render_outcome(res)
     _print_next_steps(res, backup)
     sys.exit(res.exit_code)
@@ -655,9 +658,12 @@ def check_cmd(alembic_ini: Path, from_rev: str | None, to_rev: str | None, db: P
 @click.option("--since", help="Deploy time (ISO-8601 or epoch); default: the backup's manifest or name.")
 @click.option("--trust-mapping", is_flag=True,
               help="Keep a column rule the unchanged rows contradict (default: refuse, exit 2).")
+@click.option("--same-installation", is_flag=True,
+              help="The backup is of this installation: skip the row-sample check that refuses another one's.")
 @output_options
 def rehearse_cmd(db: Path, backup: Path, alembic_ini: Path | None, out_dir: Path | None, uploads: Path | None,
-                 mapping: Path | None, since: str | None, fmt: str, trust_mapping: bool = False) -> None:
+                 mapping: Path | None, since: str | None, fmt: str, trust_mapping: bool = False,
+                 same_installation: bool = False) -> None:
     """Test the rollback on staging in one command: copy DB, BACKUP and uploads to a scratch folder,
     run the whole `recovery rollback` on the copies, then check the round trip — every post-deploy
     change present or listed as lost, every backup row intact, the schema at the backup's revision —
@@ -675,7 +681,7 @@ def rehearse_cmd(db: Path, backup: Path, alembic_ini: Path | None, out_dir: Path
 
     err = console(stderr=True)
     result = rehearse(db, backup, alembic_ini, out_dir, uploads, mapping, since, progress=lambda m: err.print(term_text(f"· {m}", None)),
-                      trust_mapping=trust_mapping)
+                      trust_mapping=trust_mapping, same_installation=same_installation)
     if fmt == "json":
         emit_json(result.to_dict())
     elif fmt == "csv":

@@ -26,7 +26,9 @@ their other columns; an edit of this very column looks like a disagreement). Bel
 *disagrees*. With fewer checked rows (e.g. two wrong rules in one table, so that no row has all
 *other* columns agreeing) a rule still *disagrees* when it contradicts most of the shared,
 undated-or-untouched rows (share below :data:`AGREE_SHARE_UNDATED` of at least
-:data:`MIN_EVIDENCE`); otherwise it is *unverified* (too little evidence, kept). A disagreeing rule
+:data:`MIN_EVIDENCE`) — except a same-name rule: users who edited several columns of most rows
+(no timestamps to tell) look exactly like that, and a column carried under its own name is only
+refused on direct evidence; otherwise it is *unverified* (too little evidence, kept). A disagreeing rule
 is refused (:class:`~recovery.errors.RecoveryError`, exit 2, with the evidence) unless the operator
 passes ``--trust-mapping``.
 
@@ -197,7 +199,8 @@ def check_table(pair: sqlite3.Connection, old_t: Table, new_t: Table, tm: TableM
         agreeing, first = all_agree, first_only
         if checked >= MIN_EVIDENCE:
             verdict = "agrees" if agreeing >= share * checked else "disagrees"
-        elif shared >= MIN_EVIDENCE and shared - raw_dis < AGREE_SHARE_UNDATED * shared:
+        elif (shared >= MIN_EVIDENCE and shared - raw_dis < AGREE_SHARE_UNDATED * shared
+              and tm.rule(name).source != "same-name"):
             verdict, checked, agreeing, first = "disagrees", shared, shared - raw_dis, first_any
         else:
             verdict = "unverified"

@@ -42,12 +42,16 @@ AGREE_THRESHOLD = 0.5
 BOOKKEEPING = {"alembic_version", "_recovery_applied"}
 
 
-def refuse_wrong_pairing(db: Path, backup: Path) -> dict[str, Any]:
+def refuse_wrong_pairing(db: Path, backup: Path, same_installation: bool = False) -> dict[str, Any]:
     """Refuse (exit 2) a backup that is the live DB itself or of another installation; returns
-    the evidence (for the journal)."""
+    the evidence (for the journal). ``same_installation``: the operator vouches for the backup,
+    so the row-sample check (a heuristic: users who edited most sampled rows after the deploy look
+    like another installation) is skipped; the backup being the live DB itself is still refused."""
     if os.path.samefile(db, backup):
         raise RecoveryError(f"--backup {backup} is the live database {db} itself",
                             "pass the pre-deploy backup file (recovery snapshot writes one)")
+    if same_installation:
+        return {"source": "--same-installation: not checked"}
     from recovery.snapshot import read_manifest
 
     manifest = read_manifest(backup)
@@ -63,7 +67,7 @@ def refuse_wrong_pairing(db: Path, backup: Path) -> dict[str, Any]:
         raise RecoveryError(
             f"{backup} looks like a backup of another database: of {present} sampled rows whose keys "
             f"exist in both, only {agree} hold the same content ({evidence['source']})",
-            "pass the backup taken from this installation's database")
+            "pass the backup taken from this installation's database (or --same-installation if it is)")
     return evidence
 
 

@@ -357,15 +357,17 @@ def _latest_mtime(p: Path) -> float:
 
 
 def preflight(db: Path, backup: Path, alembic_ini: Path | None, force: bool,
-              downgrade_to: str | None = None, allow_newer_backup: bool = False) -> dict[str, Any]:
+              downgrade_to: str | None = None, allow_newer_backup: bool = False,
+              same_installation: bool = False) -> dict[str, Any]:
     """Refuse while another process holds the DB (unless ``force``); check the backup is older
-    (unless ``allow_newer_backup``), of the same application and installation, and not already
+    (unless ``allow_newer_backup``), of the same application and installation (the row-sample
+    check skipped when the operator says ``same_installation``), and not already
     restored by an earlier run; with ``downgrade_to``, refuse stub downgrades before anything is
     written."""
     check_sqlite_file(db, "live database")
     check_sqlite_file(backup, "backup")
     holders = _refuse_holders(db, force)
-    refuse_wrong_pairing(db, backup)
+    refuse_wrong_pairing(db, backup, same_installation)
     with readonly(backup, "backup") as b, readonly(db, "live database") as n:
         old_rev, new_rev = alembic_revision(b), alembic_revision(n)
         old_tables = {r[0] for r in b.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -425,6 +427,7 @@ def rollback(
     force: bool = False, prefer: Prefer = Prefer.DB, files: FilesConfig | None = None,
     confirm: Callable[[dict[str, Any]], bool] | None = None, progress: Progress | None = None,
     downgrade_to: str | None = None, trust_mapping: bool = False, allow_newer_backup: bool = False,
+    same_installation: bool = False,
 ) -> RunResult:
     """The whole runbook; see the module docstring. ``confirm`` is asked (with the extract summary)
     before the first change to the live DB; returning False stops with nothing changed.
@@ -442,6 +445,8 @@ def rollback(
             "on_conflict": on_conflict.value, "apply_deletes": apply_deletes, "downgrade_to": downgrade_to}
     if trust_mapping:  # only when set: journals of runs without it keep matching
         args["trust_mapping"] = True
+    if same_installation:
+        args["same_installation"] = True
     if since is not None:  # bad input is refused before a run folder or safety copy is written
         from recovery.timestamps import parse_since
 
@@ -456,7 +461,7 @@ def rollback(
         check_writable(Path(os.path.realpath(db_p)).parent, "database folder (the restore writes beside the DB)")
     if dry_run:
         return _dry_run(db_p, backup_p, run_dir, since, uploads, mapping, alembic_ini, on_conflict, apply_deletes,
-                        prefer, files, say, trust=trust_mapping)
+                        prefer, files, say, trust=trust_mapping, same_installation=same_installation)
     with _one_run_per_folder(db_p), _windows_closed() as windows:
         try:
             return _run_rollback(db_p, backup_p, run_dir, args, since, uploads, mapping, alembic_ini, on_conflict,
@@ -529,7 +534,8 @@ def _run_rollback(db_p: Path, backup_p: Path, run_dir: Path, args: dict[str, Any
             say("checking the live database and the backup")
             journal.mark("probe", "start")
             journal.mark("probe", "done", **preflight(db_p, backup_p, Path(alembic_ini) if alembic_ini else None,
-                                                      force, downgrade_to, allow_newer_backup))
+                                                      force, downgrade_to, allow_newer_backup,
+                                                      bool(args.get("same_installation"))))
             window, late_holders = _open_window(db_p, force)
             if late_holders:  # opened the DB since the preflight; let through by --force
                 journal.data["steps"]["probe"].setdefault("forced_past", []).extend(late_holders)
@@ -980,11 +986,12 @@ def _downgrade_in_place(db: Path, alembic_ini: str | os.PathLike[str] | None, ta
 
 def _dry_run(db: Path, backup: Path, run_dir: Path, since: str | None, uploads: Any, mapping: Any,
              alembic_ini: Any, policy: ConflictPolicy, apply_deletes: bool, prefer: Prefer, files: FilesConfig,
-             say: Progress, trust: bool = False) -> RunResult:
+             say: Progress, trust: bool = False, same_installation: bool = False) -> RunResult:
     """Everything on scratch copies: the same report, every input file byte-identical."""
     from recovery.extract import extract
 
-    probe = preflight(db, backup, Path(alembic_ini) if alembic_ini else None, force=True, allow_newer_backup=True)
+    probe = preflight(db, backup, Path(alembic_ini) if alembic_ini else None, force=True, allow_newer_backup=True,
+                      same_installation=same_installation)
     for holder in probe["forced_past"]:
         say(f"dry run: a real rollback would refuse while {holder}")
     with tempfile.TemporaryDirectory(prefix="recovery-dry-run-") as tmp:

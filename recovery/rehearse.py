@@ -108,6 +108,7 @@ def rehearse(
     out: str | os.PathLike[str] | None = None, uploads: str | os.PathLike[str] | None = None,
     mapping: str | os.PathLike[str] | None = None, since: str | None = None,
     progress: Callable[[str], None] | None = None, losses_limit: int | None = None, trust_mapping: bool = False,
+    same_installation: bool = False,
 ) -> Rehearsal:
     """Roll back scratch copies of ``db``/``backup``/``uploads`` and check the round trip; the run
     folder ``out`` (default: ``recovery-rehearsal-<stamp>`` beside ``db``) gets the real run's
@@ -145,7 +146,8 @@ def rehearse(
         try:
             with protecting(db_p, backup_p):  # the app's migration code must not reach the real files either
                 res = rollback(db_copy, backup_copy, run_dir, since, uploads_copy, mapping, alembic_ini,
-                               confirm=None, progress=lambda m: say(f"rehearsal: {m}"), trust_mapping=trust_mapping)
+                               confirm=None, progress=lambda m: say(f"rehearsal: {m}"), trust_mapping=trust_mapping,
+                               same_installation=same_installation)
         except RecoveryError as err:  # the real run would stop here too: that is the finding
             result = Rehearsal(False, run_dir, [f"the rollback stops: {err.one_line()}"])
         else:

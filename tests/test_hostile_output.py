@@ -105,6 +105,10 @@ def build_world(folder: Path) -> tuple[Path, Path, Path]:
     return backup, live, target
 
 
+def _rehearse_args(h: dict[str, Any]) -> list[Any]:
+    return [h["live"], "--backup", h["backup"], "--same-installation"]
+
+
 @pytest.fixture(scope="module")
 def hostile(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The world, its bundle (``recovery extract``) and a re-import's run folder (``recovery reimport``)."""
@@ -237,7 +241,7 @@ def test_every_csv_option_neutralises_formulas(hostile: dict[str, Any], tmp_path
         rep = run("report", folder, "--format", "csv")
         assert_no_crash(rep)
         assert_csv_safe(rep.stdout, f"report {folder.name} --format csv", FORMULAS)
-    reh = run("rehearse", hostile["live"], "--backup", hostile["backup"], "--out", tmp_path / "reh", "--csv")
+    reh = run("rehearse", *_rehearse_args(hostile), "--out", tmp_path / "reh", "--csv")
     assert_no_crash(reh)
     assert_csv_safe(reh.stdout, "rehearse --csv", FORMULAS)
     assert_csv_safe(read(tmp_path / "reh" / "lost_values.csv"), "rehearsal lost_values.csv",
@@ -254,10 +258,17 @@ def test_plain_escapes_every_control_character() -> None:
     assert plain("\x1b[31m") == "\\x1b[31m" and plain("\u202e") == "\\u202e" and plain("a\nb") == "a\\x0ab"
 
 
+def test_a_world_whose_every_row_was_edited_needs_the_operators_word(hostile: dict[str, Any], tmp_path: Path) -> None:
+    """Users edited every sampled row after the deploy: by the rows alone, the backup looks like
+    another installation's, so the rollback refuses and names the option that vouches for it."""
+    reh = run("rehearse", hostile["live"], "--backup", hostile["backup"], "--out", tmp_path / "reh")
+    assert "another" in reh.stdout + reh.stderr and "--same-installation" in reh.stdout + reh.stderr
+
+
 def test_terminal_output_is_plain_text(hostile: dict[str, Any], tmp_path: Path) -> None:
     """rehearse (the would-be losses table), diff --rows, extract, reimport: no raw control
     character, ``[/bold]`` shown as text, escapes visible as ``\\x1b``."""
-    reh = run("rehearse", hostile["live"], "--backup", hostile["backup"], "--out", tmp_path / "reh")
+    reh = run("rehearse", *_rehearse_args(hostile), "--out", tmp_path / "reh")
     assert_no_crash(reh)
     assert "Rollback test:" in reh.stdout and "[/bold]" in reh.stdout and "\\x1b" in reh.stdout
     assert ":warning:" in reh.stdout and "⚠" not in reh.stdout + reh.stderr  # no emoji codes either
@@ -272,7 +283,7 @@ def test_terminal_output_is_plain_text(hostile: dict[str, Any], tmp_path: Path) 
 
 def test_no_hyperlink_even_with_colours_forced(hostile: dict[str, Any], tmp_path: Path) -> None:
     """With a colour terminal rich writes its own ESC sequences; never an OSC-8 link or a BEL."""
-    reh = run("rehearse", hostile["live"], "--backup", hostile["backup"], "--out", tmp_path / "reh",
+    reh = run("rehearse", *_rehearse_args(hostile), "--out", tmp_path / "reh",
               env={"FORCE_COLOR": "1", "TERM": "xterm-256color"})
     assert_no_crash(reh)
     out = reh.stdout + reh.stderr

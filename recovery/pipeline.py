@@ -521,7 +521,7 @@ def _run_rollback(db_p: Path, backup_p: Path, run_dir: Path, args: dict[str, Any
         say("this run already finished; nothing to do")
         report = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))
         return RunResult(run_dir, None, {"report.json": run_dir / "report.json"}, True, True,
-                         {"summary": report.get("summary")}, _finished_exit_code(journal, report))
+                         {"summary": report.get("summary")}, finished_exit_code=_finished_exit_code(journal, report))
     if journal.resumed:
         _clean_leftovers(run_dir, db_p)
     restore_started = journal.state("restore") is not None

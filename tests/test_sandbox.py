@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import closing
 import os
 import shutil
 import sqlite3
@@ -95,7 +96,7 @@ def recovery(*args: object, env: dict[str, str] | None = None, timeout: float = 
 
 
 def tables(db: Path) -> set[str]:
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as c:
+    with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as c:
         return {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type='table'")}
 
 
@@ -129,7 +130,7 @@ def test_without_the_sandbox_the_hostile_env_downgrades_the_live_db(world_copy: 
     finally:
         os.environ.clear()
         os.environ.update(old)
-    with sqlite3.connect(f"file:{live}?mode=ro", uri=True) as c:
+    with closing(sqlite3.connect(f"file:{live}?mode=ro", uri=True)) as c:
         assert c.execute("SELECT version_num FROM alembic_version").fetchone()[0] == "bb005_production_records"
 
 
@@ -170,7 +171,11 @@ def test_extract_refuses_a_direct_sqlite_connect_to_the_live_db(world_copy: Path
     assert any("sqlite3.connect" in r for r in lineage["failed"][0]["refused"])
     assert any("no rule is taken from the migrations" in n for n in lineage["notes"])
     summary = json.loads(res.stdout)
-    assert res.returncode == 1 and summary["planning_errors"], summary  # parts.price has no source: said, not guessed
+    # no rule from the migrations: parts.price is inferred from the unchanged rows instead, and says so
+    mapping = json.loads((tmp_path / "bundle" / "manifest.json").read_text())["mapping"]
+    price = next(r for r in mapping["parts"]["columns"] if r["column"] == "price")
+    assert price["source"] == "inferred" and price["expression"] == EXPECTED_RULES["parts"]["price"], price
+    assert res.returncode == 1 and not summary["planning_errors"], summary
 
 
 @pytest.mark.parametrize("variant", ["ini", "direct"])
@@ -205,13 +210,13 @@ def test_rollback_with_the_ini_pointing_at_the_live_db_rolls_back_correctly(worl
     DB, no ``_alembic_tmp_`` table, prices carried back with the migration's own rule."""
     live, backup = world_copy / "gestima.db", backup_of(world_copy)
     ini = hostile_app(tmp_path, "ini", live)
-    with sqlite3.connect(f"file:{live}?mode=ro", uri=True) as c:
+    with closing(sqlite3.connect(f"file:{live}?mode=ro", uri=True)) as c:
         cents = dict(c.execute("SELECT id, price_cents FROM parts"))
     backup_digest = digests(backup)
     res = recovery("rollback", live, "--backup", backup, "--alembic-ini", ini, "--out", tmp_path / "run", "--yes")
     assert res.returncode == 1, res.stderr  # the world's lost values are for review
     assert digests(backup) == backup_digest
-    with sqlite3.connect(f"file:{live}?mode=ro", uri=True) as c:
+    with closing(sqlite3.connect(f"file:{live}?mode=ro", uri=True)) as c:
         assert c.execute("SELECT version_num FROM alembic_version").fetchone()[0] == OLD_REV
         assert not [t for (t,) in c.execute("SELECT name FROM sqlite_master") if t.startswith("_alembic_tmp_")]
         prices = dict(c.execute("SELECT id, price FROM parts"))
@@ -235,7 +240,7 @@ def test_downgrade_to_with_a_hostile_env_runs_on_the_staged_copy(world_copy: Pat
                    "--downgrade-to", OLD_REV, "--yes")
     assert res.returncode == 1, res.stderr
     assert digests(backup) == backup_digest
-    with sqlite3.connect(f"file:{live}?mode=ro", uri=True) as c:
+    with closing(sqlite3.connect(f"file:{live}?mode=ro", uri=True)) as c:
         assert c.execute("SELECT version_num FROM alembic_version").fetchone()[0] == OLD_REV
         assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert "price" in {r[1] for r in c.execute("PRAGMA table_info(parts)")}
@@ -248,7 +253,7 @@ def test_a_crashing_downgrade_is_named_and_the_rest_of_the_plan_works(world_copy
     (below bb004) from the migrations, and with a mapping rule for the price rolls back."""
     live, backup = world_copy / "gestima.db", backup_of(world_copy)
     ini = hostile_app(tmp_path, "crash", live)
-    with sqlite3.connect(f"file:{live}?mode=ro", uri=True) as c:
+    with closing(sqlite3.connect(f"file:{live}?mode=ro", uri=True)) as c:
         cents = dict(c.execute("SELECT id, price_cents FROM parts"))
     before = digests(live, backup)
     res = recovery("extract", backup, live, "--alembic-ini", ini, "--out", tmp_path / "bundle", "--json")
@@ -269,7 +274,7 @@ def test_a_crashing_downgrade_is_named_and_the_rest_of_the_plan_works(world_copy
     assert "bb004_price_cents" in res.stderr
     notes = json.loads((tmp_path / "run" / "report.json").read_text())["migration_notes"]
     assert any("bb004_price_cents" in n and "its author never tried" in n for n in notes), notes
-    with sqlite3.connect(f"file:{live}?mode=ro", uri=True) as c:
+    with closing(sqlite3.connect(f"file:{live}?mode=ro", uri=True)) as c:
         assert c.execute("SELECT version_num FROM alembic_version").fetchone()[0] == OLD_REV
         prices = dict(c.execute("SELECT id, price FROM parts"))
     assert all(prices[k] == pytest.approx(v / 100.0) for k, v in cents.items())
@@ -335,7 +340,7 @@ def test_the_guard_refuses_every_other_way_to_a_database(world_copy: Path, tmp_p
     for needle in ("sqlite3.connect", "create_engine('sqlite:///", "postgresql://u:***@localhost/app",
                    "psycopg2", "opening", "os.remove", "starting a program", "ATTACH", "os.symlink"):
         assert needle in text, (needle, refused)
-    with sqlite3.connect(f"file:{scratch}?mode=ro", uri=True) as c:  # the real work happened on the scratch
+    with closing(sqlite3.connect(f"file:{scratch}?mode=ro", uri=True)) as c:  # the real work happened on the scratch
         assert c.execute("SELECT version_num FROM alembic_version").fetchone()[0] == "bb005_production_records"
 
 

@@ -555,8 +555,11 @@ def _run_rollback(db_p: Path, backup_p: Path, run_dir: Path, args: dict[str, Any
             if not journal.done("extract"):
                 say("extracting post-deploy changes")
                 journal.mark("extract", "start")
-                bundle = _extract_step(run_dir, backup_p, db_p, since, mapping, alembic_ini, uploads, files, journal,
-                                       trust=bool(args.get("trust_mapping")))
+                from recovery.sandbox import protecting
+
+                with protecting(db_p, backup_p):  # the app's migration code must not reach the real files
+                    bundle = _extract_step(run_dir, backup_p, db_p, since, mapping, alembic_ini, uploads, files,
+                                           journal, trust=bool(args.get("trust_mapping")))
             bundle = bundle or open_bundle(run_dir / "bundle")
             if confirm is not None and not confirm(_plan_summary(bundle)):
                 raise RecoveryError("stopped at your request; nothing was changed", exit_code=ExitCode.REFUSED)
@@ -999,8 +1002,11 @@ def _dry_run(db: Path, backup: Path, run_dir: Path, since: str | None, uploads: 
         say("dry run: copying the live database to a scratch folder")
         live_copy = consistent_copy(db, t / db.name, "live database")
         say("dry run: extracting")
-        res = extract(backup, live_copy, t / "bundle", since, mapping, alembic_ini, uploads, files,
-                      trust_mapping=trust)
+        from recovery.sandbox import protecting
+
+        with protecting(db, backup):  # lineage runs on scratch copies; the real files are fingerprinted too
+            res = extract(backup, live_copy, t / "bundle", since, mapping, alembic_ini, uploads, files,
+                          trust_mapping=trust)
         if res.plan.errors:
             raise RecoveryError("the re-import plan has errors: " + "; ".join(res.plan.errors),
                                 "add a mapping file (see the README)")
@@ -1034,13 +1040,14 @@ class UndoResult:
 
 
 def refuse_if_in_use(db: Path, what: str = "undo") -> None:
-    """Refuse while another process holds ``db``. The one place the holder probe is called for
-    ``undo`` (today SQLite's write lock, as the rollback's preflight probes it)."""
-    with readonly(db, "live database"):  # keeps the probe's connection from being the last one
-        locked = write_lock_held(db)
-    if locked:
-        raise RecoveryError(f"{db} is in use by another process (is the application running?); nothing was changed",
-                            f"stop the application, then run `recovery {what}` again")
+    """Refuse while another process holds ``db``: every process with it (or its ``-wal``/``-shm``)
+    open or locked (:mod:`recovery.holders`, as the rollback's preflight), each named."""
+    from recovery.holders import describe_holders, find_holders
+
+    holders = find_holders(db)
+    if holders:
+        raise RecoveryError(describe_holders(db, holders) + "; nothing was changed",
+                            f"stop the application (every process that has the DB open), then run `recovery {what}` again")
 
 
 def _same_bytes(now: dict[str, Any], then: dict[str, Any]) -> bool:

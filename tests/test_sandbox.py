@@ -452,3 +452,21 @@ def test_lineage_steps_one_revision_at_a_time_only_on_a_straight_line() -> None:
     merged = [rev("m", "b1,b2"), rev("b2", "a"), rev("b1", "a")]
     assert _steps(merged, "a") == [("m..a", "a")]
     assert _steps([], "a") == []
+
+
+def test_rollback_fingerprints_the_real_live_db_even_when_nothing_names_it(world_copy: Path, tmp_path: Path) -> None:
+    """The rollback extracts from its safety copy, so the real live DB is named neither by the
+    ini nor by the environment; an env.py that writes it by a path of its own (below the guard)
+    is still caught: exit 3 before the restore, naming the file, never "nothing changed"."""
+    live, backup = world_copy / "gestima.db", backup_of(world_copy)
+    ini = hostile_app(tmp_path, "below-guard", live)
+    ini.write_text(ini.read_text().replace(f"sqlalchemy.url = sqlite:///{live}",
+                                           f"sqlalchemy.url = sqlite:///{tmp_path / 'elsewhere.db'}"))
+    size = live.stat().st_size
+    res = recovery("rollback", live, "--backup", backup, "--alembic-ini", ini, "--out", tmp_path / "run", "--yes")
+    assert live.stat().st_size == size + 512  # the hostile write really happened
+    assert res.returncode == 3, res.stderr
+    assert "changed a real database" in res.stderr and str(live) in res.stderr, res.stderr
+    assert "nothing changed" not in res.stderr and "Traceback" not in res.stderr
+    journal = json.loads((tmp_path / "run" / "journal.json").read_text())
+    assert "restore" not in journal["steps"]  # stopped before anything replaced the live file

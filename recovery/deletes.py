@@ -98,8 +98,12 @@ def locate_run(run_dir: Path) -> tuple[Path, Path]:
     report = run_dir / "report.json"
     try:
         if journal.is_file():
-            db = json.loads(journal.read_text(encoding="utf-8"))["args"]["db"]
+            data = json.loads(journal.read_text(encoding="utf-8"))
+            db = data["args"]["db"]
             bundle = run_dir / "bundle"
+            if "undo" in data.get("steps", {}):
+                raise RecoveryError(f"{run_dir} was undone (recovery undo): {db} is the failed release's database again",
+                                    "nothing to apply; the deletes belong to the rolled-back database")
         elif report.is_file():
             data = json.loads(report.read_text(encoding="utf-8"))
             db, bundle = data["outcome"]["target"], Path(data["bundle"]["path"])

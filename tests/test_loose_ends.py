@@ -204,3 +204,14 @@ def test_next_steps_name_the_release_tag_of_the_backup(tmp_path: Path) -> None:
     dry = next_steps(tmp_path / "run", tmp_path / "app.db", backup, "aa001", dry_run=True,
                      deletes_for_review=3, needs_review=True)
     assert "Nothing was changed" in dry[0] and not any("undo" in ln for ln in dry)
+
+
+def test_apply_deletes_refuses_a_run_that_was_undone(rolled_back: tuple[Path, Path]) -> None:
+    from recovery.pipeline import undo
+
+    db, run = rolled_back
+    undo(run)
+    before = _sha(db)
+    code, out = _invoke(str(run), "--yes")
+    assert code == 2 and "undone" in out, out
+    assert _sha(db) == before

@@ -73,26 +73,34 @@ def _table(df: pd.DataFrame, empty: str) -> str:
     return shown.to_html(index=False, escape=True, border=0, classes="data", na_rep="")
 
 
-def verdict_text(h: dict[str, Any]) -> tuple[str, str, str]:
-    """(css class, title, sentence) of the verdict banner."""
-    mode = h["mode"]
-    ahead = mode != "rollback"
-    if h["verdict"] == "all recovered":
-        title = "All post-deploy work would be recovered" if ahead else "All post-deploy work recovered"
-        return "ok", title, (f"{h['carried']} of {h['records_total']} records "
-                             f"{'would be' if ahead else 'were'} carried back; nothing was lost.")
+def verdict_reasons(h: dict[str, Any]) -> list[str]:
+    """The verdict's reasons as report.json holds them (a report.json written before they were
+    kept: rebuilt from its numbers)."""
+    if "verdict_reasons" in h:
+        return list(h["verdict_reasons"])
     parts = []
-    if h["not_carried"]:
+    if h.get("not_carried"):
         parts.append(f"{h['not_carried']} record(s) not carried back")
-    if h["lost_values"]:
+    if h.get("lost_values"):
         parts.append(f"{h['lost_values']} value(s) with no place in the old release")
-    if h["conflicts"]:
+    if h.get("conflicts"):
         parts.append(f"{h['conflicts']} conflict(s)")
     if h.get("verified") is False:
         parts.append("verification failed")
-    sentence = (f"{h['carried']} of {h['records_total']} records {'would be' if ahead else 'were'} carried back. "
-                + ("; ".join(parts).capitalize() + " — see below." if parts else "See below."))
-    return ("bad" if h.get("verified") is False else "review"), "Review needed", sentence
+    return parts
+
+
+def verdict_text(h: dict[str, Any]) -> tuple[str, str, str]:
+    """(css class, title, sentence) of the verdict banner. The title is the verdict of
+    report.json (``recovery.outcome.judge``) in words — never another judgement; the renderers
+    list :func:`verdict_reasons` under the sentence."""
+    ahead = h["mode"] != "rollback"
+    verdict = str(h["verdict"])
+    carried = (f"{h['carried']} of {h['records_total']} records {'would be' if ahead else 'were'} carried back"
+               + (" (dry run: nothing was changed)" if h["mode"] == "dry-run" else ""))
+    if verdict == "all recovered":
+        return "ok", "All recovered", f"{carried}; nothing was lost and nothing is left to review."
+    return ("bad" if verdict == "failed" else "review"), verdict[:1].upper() + verdict[1:], carried + ":"
 
 
 def _cards(h: dict[str, Any]) -> str:
@@ -151,8 +159,10 @@ def render_html(report: dict[str, Any]) -> str:
     body = [
         f"<header><h1>{_t(MODE_TITLES.get(h['mode'], 'Recovery report'))}</h1>"
         f"<p>Generated {_t(report.get('generated_at'))} by recovery</p></header>",
-        f'<div class="banner {cls}" role="status"><div class="icon">{icon}</div><div>'
-        f"<h2>{_t(title)}</h2><p>{_t(sentence)}</p></div></div>",
+        f'<div class="banner {cls}" role="status" data-verdict="{_t(h["verdict"])}"><div class="icon">{icon}</div>'
+        f'<div><h2 id="verdict">{_t(title)}</h2><p>{_t(sentence)}</p>'
+        + ('<ul class="reasons">' + "".join(f"<li>{_t(r)}</li>" for r in verdict_reasons(h)) + "</ul>"
+           if verdict_reasons(h) else "") + "</div></div>",
         _cards(h), _meta(h, report), _reasons(h),
         "<section><h2>Per table</h2><p class=\"sub\">Records created or changed after the deploy and what "
         "became of them.</p>"

@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 
 from recovery.escape import md_text
-from recovery.report.html import verdict_text
+from recovery.report.html import verdict_reasons, verdict_text
 from recovery.report.tables import (conflicts_frame, deletes_frame, deletes_more, lost_frame, lost_more, lost_total,
                                      tables_frame, users_frame)
 
@@ -32,7 +32,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     ahead = h["mode"] != "rollback"
     out = [f"# {'Recovery bundle report' if h['mode'] == 'bundle' else 'Rollback recovery report'}"
            f"{' (dry run)' if h['mode'] == 'dry-run' else ''}", "",
-           f"**{title.upper()}** — {md_text(sentence)}", "",
+           f"**{title.upper()}** — {md_text(sentence)}",
+           *[f"- {md_text(r, None)}" for r in verdict_reasons(h)], "",
            f"- Deploy time: {md_text(h.get('deploy_time'))}",
            f"- Rollback time: {md_text(rollback)}",
            f"- Release: {md_text(h.get('from_revision'))} → {md_text(h.get('to_revision'))}",

@@ -27,7 +27,7 @@ from sqlglot import exp
 from recovery.bundle import Bundle
 from recovery.escape import SHOW_LIMIT
 from recovery.lost import NATURAL_ORDER, SAMPLE_LIMIT, as_dict, cut_value, has_lost, iter_rows, open_ro
-from recovery.outcome import Outcome
+from recovery.outcome import Outcome, judge
 from recovery.report import aggregate
 from recovery.report.aggregate import KeyCounts, TablePlan
 from recovery.schema import Table
@@ -224,7 +224,7 @@ def _files(bundle: Bundle, outcome: Outcome | None) -> dict[str, Any]:
     relink = outcome.files if outcome else None
     problems = {}
     if isinstance(relink, dict):
-        problems = {k: len(v) for k, v in relink.items() if isinstance(v, list) and k in ("missing", "unsafe")}
+        problems = {k: len(v) for k, v in relink.items() if isinstance(v, list) and v and k in ("missing", "unsafe")}
     return {"affected": len(records), "by_status": dict(sorted(by_status.items())),
             "problems": problems, "relink": relink,
             "list": [{"path": r.get("path"), "record": r.get("record_key"), "size": r.get("size"),
@@ -237,8 +237,10 @@ def _open_rows(bundle: Bundle) -> sqlite3.Connection | None:
     return open_ro(bundle.rows_db)
 
 
-def build(bundle: Bundle, outcome: Outcome | None, rollback_time: str | None = None) -> dict[str, Any]:
-    """The ``report`` section of report.json: every number the renderers show."""
+def build(bundle: Bundle, outcome: Outcome | None, rollback_time: str | None = None,
+          late: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``report`` section of report.json: every number the renderers show. ``late``: the
+    run's late-commit check, which feeds the verdict (:func:`recovery.outcome.judge`)."""
     from contextlib import nullcontext
 
     from recovery.timebound import statement_time_limit
@@ -246,14 +248,14 @@ def build(bundle: Bundle, outcome: Outcome | None, rollback_time: str | None = N
     conn = _open_rows(bundle)
     try:
         with statement_time_limit(conn) if conn is not None else nullcontext():  # rows.db is untrusted
-            return _build(conn, bundle, outcome, rollback_time)
+            return _build(conn, bundle, outcome, rollback_time, late)
     finally:
         if conn is not None:
             conn.close()
 
 
 def _build(conn: sqlite3.Connection | None, bundle: Bundle, outcome: Outcome | None,
-           rollback_time: str | None) -> dict[str, Any]:
+           rollback_time: str | None, late: dict[str, Any] | None = None) -> dict[str, Any]:
     deploy_text = bundle.manifest.get("deploy_time")
     deploy = parse_time(deploy_text) if deploy_text else None
     users_table = _users_table(bundle)
@@ -271,9 +273,11 @@ def _build(conn: sqlite3.Connection | None, bundle: Bundle, outcome: Outcome | N
         return True
 
     conflicts = [_shown_conflict(c.to_dict()) for c in outcome.conflicts] if outcome is not None else []
-    skipped_keys = {(c["table"], tuple(c["key"])) for c in conflicts if c["resolution"] == "skipped"}
-    conflict_keys = Counter((c["table"], tuple(c["key"])) for c in conflicts)
     aborted = bool(outcome and outcome.aborted)
+    not_carried = outcome.not_carried() if outcome is not None and not aborted else []
+    skipped_keys = {(r["table"], tuple(r["key"])) for r in not_carried}
+    not_carried_by_table = Counter(t for t, _ in skipped_keys)
+    conflict_keys = Counter((c["table"], tuple(c["key"])) for c in conflicts)
 
     groups: list[aggregate.UserGroup] = []
     activity_counts = aggregate.ActivityCounts(None)
@@ -295,8 +299,8 @@ def _build(conn: sqlite3.Connection | None, bundle: Bundle, outcome: Outcome | N
             carried, reason = 0, "aborted: nothing was changed"
         elif not carried_table(name):
             carried, reason = 0, NOT_IN_OLD_SCHEMA
-        else:
-            skipped = to.skipped if to else 0
+        else:  # only what was applied: every record skipped (its own conflict or its unit's) is not carried
+            skipped = not_carried_by_table[name]
             carried, reason = max(created + changed - skipped, 0), ("conflict: skipped" if skipped else "")
         tables.append({
             "table": name, "status": c.get("status", ""), "created": created, "changed": changed,
@@ -339,10 +343,11 @@ def _build(conn: sqlite3.Connection | None, bundle: Bundle, outcome: Outcome | N
             e["tables"].append(t["table"])
     files = _files(bundle, outcome)
     mode = "bundle" if outcome is None else "dry-run" if outcome.dry_run else "rollback"
-    needs_review = bool(lost_info.total or conflicts or aborted or files["problems"] or carried < created + changed)
     if outcome is not None:
-        verification_failed = bool(outcome.verification) and not outcome.verification.get("ok")
-        needs_review = needs_review or outcome.needs_review or verification_failed
+        verdict = outcome.verdict(late)
+    else:  # a bundle before its re-import: what a rollback would leave to review
+        verdict = judge(lost=lost_info.total, not_carried=created + changed - carried,
+                        deletes_for_review=sum(t["deleted"] for t in tables))
     headline = {
         "mode": mode,
         "deploy_time": deploy_text,
@@ -358,7 +363,9 @@ def _build(conn: sqlite3.Connection | None, bundle: Bundle, outcome: Outcome | N
         "conflicts": len(conflicts), "files_affected": files["affected"],
         "deletes_for_review": len(outcome.deletes_for_review) if outcome else sum(t["deleted"] for t in tables),
         "verified": (bool(outcome.verification.get("ok")) if outcome and outcome.verification else None),
-        "verdict": "review needed" if needs_review else "all recovered",
+        "verdict": verdict.verdict,
+        "verdict_reasons": list(verdict.reasons),
+        "exit_code": verdict.exit_code,
     }
     return {
         "version": REPORT_VERSION,

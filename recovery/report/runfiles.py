@@ -54,7 +54,7 @@ def summary(outcome: Outcome, bundle: Bundle, section: dict[str, Any] | None = N
         "rows_inserted": tot["inserted"], "rows_updated": tot["updated"], "rows_deleted": tot["deleted"],
         "rows_skipped": tot["skipped"], "keys_remapped": tot["remapped"],
         "conflicts": tot["conflicts"], "lost_values": tot["lost"],
-        "verdict": head.get("verdict") or ("review needed" if outcome.needs_review else "all recovered"),
+        "verdict": head.get("verdict") or outcome.verdict().verdict,
         "verified": bool(outcome.verification.get("ok")) if outcome.verification else None,
         "already_applied": outcome.already_applied, "dry_run": outcome.dry_run, "aborted": outcome.aborted,
     }
@@ -153,7 +153,7 @@ def _rollback_time(extra: dict[str, Any] | None) -> str:
 def write_run_files(run_dir: Path, outcome: Outcome, bundle: Bundle, extra: dict[str, Any] | None = None) -> dict[str, Path]:
     """Write report.json, conflicts.csv, lost_values.csv, reimport.sql, report.md and report.html."""
     run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    section = build(bundle, outcome, _rollback_time(extra))
+    section = build(bundle, outcome, _rollback_time(extra), (extra or {}).get("late_commits"))
     report = {"format": FORMAT, "bundle": {"path": str(bundle.path), "id": bundle.bundle_id, "counts": bundle.counts},
               "summary": summary(outcome, bundle, section), "outcome": outcome.to_dict(), **(extra or {}),
               "report": section}
@@ -224,7 +224,7 @@ def load(folder: str | os.PathLike[str]) -> tuple[dict[str, Any], str]:
             from recovery.pipeline import read_outcome_file
 
             outcome = read_outcome_file(p / "outcome.json")
-            doc["report"] = build(bundle, outcome, _rollback_time(doc))
+            doc["report"] = build(bundle, outcome, _rollback_time(doc), doc.get("late_commits"))
         return doc, "run"
     bundle_dir = p if (p / "manifest.json").is_file() else p / "bundle"
     if not (bundle_dir / "manifest.json").is_file():

@@ -15,7 +15,8 @@ import pandas as pd
 from recovery.escape import cut
 from recovery.report import charts
 from recovery.report.tables import (LIST_LIMIT, conflicts_frame, deletes_frame, deletes_more, files_frame, files_more,
-                                     lost_frame, lost_more, lost_total, tables_frame, users_frame)
+                                     lost_frame, lost_more, lost_total, not_carried_frame, not_carried_more,
+                                     tables_frame, users_frame)
 
 CSS = """
 :root{--ink:#0f172a;--muted:#64748b;--line:#e2e8f0;--bg:#f8fafc;--ok:#15803d;--okbg:#f0fdf4;
@@ -185,6 +186,14 @@ def render_html(report: dict[str, Any]) -> str:
         f"<section><h2>Conflicts ({len(report['conflicts'])})</h2><p class=\"sub\">Both values and how each "
         "was resolved.</p>" + _table(conflicts_frame(report), "No conflicts.") + "</section>",
     ]
+    if report.get("not_carried"):
+        more = not_carried_more(report)
+        body.append(f"<section><h2>Not carried back ({_t(report.get('not_carried_total'))})</h2>"
+                    "<p class=\"sub\">Records the re-import skipped, each with every value it held after the "
+                    "deploy (its items too), to enter again by hand; every column of each is in not_carried.csv"
+                    + (f"; the first {LIST_LIMIT:,} are listed here" if more else "") + ".</p>"
+                    + _table(not_carried_frame(report), "")
+                    + (f'<p class="more">{_t(more)}</p>' if more else "") + "</section>")
     if report.get("deletes_for_review"):
         more = deletes_more(report)
         body.append(f"<section><h2>Deleted after the deploy ({len(report['deletes_for_review'])})</h2>"
@@ -203,8 +212,8 @@ def render_html(report: dict[str, Any]) -> str:
                     + _table(files_frame(report), "")
                     + (f'<p class="more">{_t(more)}</p>' if more else "") + "</section>")
     body.append("<footer>Numbers match report.json (section <code>report</code>); lost values, conflicts, "
-                "deletes for review and files are also in lost_values.csv, conflicts.csv, "
-                "deletes_for_review.csv and files.csv.</footer>")
+                "records not carried back, deletes for review and files are also in lost_values.csv, "
+                "conflicts.csv, not_carried.csv, deletes_for_review.csv and files.csv.</footer>")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; "

@@ -14,7 +14,7 @@ import pandas as pd
 from recovery.escape import md_text
 from recovery.report.html import verdict_reasons, verdict_text
 from recovery.report.tables import (conflicts_frame, deletes_frame, deletes_more, lost_frame, lost_more, lost_total,
-                                     tables_frame, users_frame)
+                                     not_carried_frame, not_carried_more, tables_frame, users_frame)
 
 def md_table(df: pd.DataFrame, empty: str, numbers: bool = False) -> str:
     """``numbers``: right-align numeric columns (counts); off for data, where ``0012`` is text."""
@@ -61,6 +61,12 @@ def render_markdown(report: dict[str, Any]) -> str:
     if lost_more(report):
         out += ["", f"_{md_text(lost_more(report))}_"]
     out += ["", f"## Conflicts ({len(report['conflicts'])})", "", md_table(conflicts_frame(report), "No conflicts.")]
+    if report.get("not_carried"):
+        out += ["", f"## Not carried back ({report.get('not_carried_total')})", "",
+                "Records the re-import skipped, each with every value it held after the deploy (its items "
+                "too); every column of each is in not_carried.csv.", "", md_table(not_carried_frame(report), "")]
+        if not_carried_more(report):
+            out += ["", f"_{md_text(not_carried_more(report))}_"]
     if report.get("deletes_for_review"):
         out += ["", f"## Deleted after the deploy ({len(report['deletes_for_review'])})", "",
                 md_table(deletes_frame(report), "")]

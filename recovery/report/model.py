@@ -28,7 +28,8 @@ from recovery.bundle import Bundle
 from recovery.escape import SHOW_LIMIT
 from recovery.lost import NATURAL_ORDER, SAMPLE_LIMIT, as_dict, cut_value, has_lost, iter_rows, open_ro
 from recovery.outcome import Outcome, judge
-from recovery.report import aggregate
+from recovery.report import aggregate, notcarried
+from recovery.report.tables import LIST_LIMIT
 from recovery.report.aggregate import KeyCounts, TablePlan
 from recovery.schema import Table
 from recovery.sqlbuild import col, sql, table
@@ -382,6 +383,8 @@ def _build(conn: sqlite3.Connection | None, bundle: Bundle, outcome: Outcome | N
         "lost_truncated": lost_info.total > len(lost_info.sample),
         "conflicts": conflicts,
         "deletes_for_review": _deletes(outcome),
+        "not_carried": notcarried.shown(notcarried.whole_records(bundle, not_carried[:LIST_LIMIT])),
+        "not_carried_total": len(not_carried),
         "activity": _activity(activity_counts, deploy),
         "files": files,
         "verification": outcome.verification if outcome else {},

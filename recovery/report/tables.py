@@ -59,6 +59,18 @@ def conflicts_frame(report: dict[str, Any]) -> pd.DataFrame:
     return frame(report["conflicts"], CONFLICT_COLUMNS)
 
 
+NOT_CARRIED_SHOWN = ["table", "key", "label", "reason", "values"]
+
+
+def not_carried_frame(report: dict[str, Any]) -> pd.DataFrame:
+    """The records not carried back (the first ``LIST_LIMIT``), each with its whole row."""
+    return frame(report.get("not_carried") or [], NOT_CARRIED_SHOWN)
+
+
+def not_carried_more(report: dict[str, Any]) -> str:
+    return more_line(report, int(report.get("not_carried_total") or 0), "not_carried.csv")
+
+
 def deletes_columns(rows: list[dict[str, Any]]) -> list[str]:
     return ["table", "key", "label"] + sorted({k for r in rows for k in r} - {"table", "key", "label"})
 

@@ -16,7 +16,7 @@ from recovery.escape import cut
 from recovery.report import charts
 from recovery.report.tables import (LIST_LIMIT, conflicts_frame, deletes_frame, deletes_more, files_frame, files_more,
                                      lost_frame, lost_more, lost_total, not_carried_frame, not_carried_more,
-                                     tables_frame, users_frame)
+                                     plain_words, tables_frame, users_frame)
 
 CSS = """
 :root{--ink:#0f172a;--muted:#64748b;--line:#e2e8f0;--bg:#f8fafc;--ok:#15803d;--okbg:#f0fdf4;
@@ -70,7 +70,7 @@ def _t(v: Any) -> str:
 def _table(df: pd.DataFrame, empty: str) -> str:
     if df.empty:
         return f'<p class="empty">{_t(empty)}</p>'
-    shown = df.astype(object).where(df.notna(), "").map(cut)
+    shown = plain_words(df).map(cut)
     return shown.to_html(index=False, escape=True, border=0, classes="data", na_rep="")
 
 
@@ -125,10 +125,19 @@ def _when(v: Any) -> Any:
     return v.replace("T", " ", 1) if isinstance(v, str) and len(v) >= 16 and v[10:11] == "T" else v
 
 
+def release_line(h: dict[str, Any]) -> str:
+    """``bb006 → aa001 (release v1.4.0)``: the Alembic revisions, with the previous release's tag
+    from the backup's snapshot manifest when it recorded one."""
+    tag = h.get("to_release")
+    return (f"{h.get('from_revision') or '?'} → {h.get('to_revision') or '?'}"
+            + (f" (release {tag})" if tag else ""))
+
+
 def _meta(h: dict[str, Any], report: dict[str, Any]) -> str:
     rollback = h.get("rollback_time") or ("dry run — nothing changed" if h["mode"] == "dry-run" else "not rolled back yet")
     items = [("Deploy time", _when(h.get("deploy_time")) or "unknown"), ("Rollback time", _when(rollback)),
-             ("Release", f"{h.get('from_revision') or '?'} → {h.get('to_revision') or '?'}"),
+             ("Database", h.get("database") or "unknown"),
+             ("Release", release_line(h)),
              ("Deleted after the deploy", f"{h['records_deleted']} record(s), restored and listed for review"
               if h["records_deleted"] else "none"),
              ("Verification", {True: "passed (integrity, foreign keys, row counts, revision)",

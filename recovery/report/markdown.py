@@ -12,15 +12,16 @@ from typing import Any
 import pandas as pd
 
 from recovery.escape import md_text
-from recovery.report.html import verdict_reasons, verdict_text
+from recovery.report.html import release_line, verdict_reasons, verdict_text
 from recovery.report.tables import (conflicts_frame, deletes_frame, deletes_more, lost_frame, lost_more, lost_total,
-                                     not_carried_frame, not_carried_more, tables_frame, users_frame)
+                                     not_carried_frame, not_carried_more, plain_words, tables_frame,
+                                     users_frame)
 
 def md_table(df: pd.DataFrame, empty: str, numbers: bool = False) -> str:
     """``numbers``: right-align numeric columns (counts); off for data, where ``0012`` is text."""
     if df.empty:
         return f"_{empty}_"
-    clean = df.astype(object).where(df.notna(), "").map(lambda v: md_text(v) if isinstance(v, str) or v is None else v)
+    clean = plain_words(df).map(lambda v: md_text(v) if isinstance(v, str) or v is None else v)
     clean.columns = [md_text(c) for c in clean.columns]
     return clean.to_markdown(index=False, disable_numparse=not numbers)
 
@@ -36,7 +37,8 @@ def render_markdown(report: dict[str, Any]) -> str:
            *[f"- {md_text(r, None)}" for r in verdict_reasons(h)], "",
            f"- Deploy time: {md_text(h.get('deploy_time'))}",
            f"- Rollback time: {md_text(rollback)}",
-           f"- Release: {md_text(h.get('from_revision'))} → {md_text(h.get('to_revision'))}",
+           f"- Database: {md_text(h.get('database') or 'unknown', None)}",
+           f"- Release: {md_text(release_line(h), None)}",
            f"- Records created after the deploy: **{h['records_created']}**",
            f"- Records changed after the deploy: **{h['records_changed']}**",
            f"- {'Would be carried back' if ahead else 'Carried back'}: **{h['carried']}**",

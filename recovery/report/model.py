@@ -24,7 +24,7 @@ from typing import Any
 
 from sqlglot import exp
 
-from recovery.bundle import Bundle
+from recovery.bundle import KIND_COLUMN, Bundle
 from recovery.escape import SHOW_LIMIT
 from recovery.lost import NATURAL_ORDER, SAMPLE_LIMIT, as_dict, cut_value, has_lost, iter_rows, open_ro
 from recovery.outcome import Outcome, judge
@@ -192,6 +192,34 @@ def _user_names(bundle: Bundle, users_table: str | None, ids: set[Any]) -> tuple
     return names, "+".join(sorted(set(sources))) or "ids"
 
 
+def _name_lost_users(conn: sqlite3.Connection | None, bundle: Bundle, users_table: str | None,
+                     sample: list[dict[str, Any]]) -> None:
+    """Set ``user`` on each listed lost value: who created the record (or changed it, for a
+    changed record), by name — the user columns and names found as for the per-user section."""
+    if conn is None or not sample:
+        return
+    by_table: dict[str, set[tuple[Any, ...]]] = defaultdict(set)
+    for x in sample:
+        by_table[x["table"]].add(_key(x.get("key")))
+    present = notcarried._present(conn)
+    who: dict[tuple[str, tuple[Any, ...]], Any] = {}
+    for name, keys in sorted(by_table.items()):
+        t = bundle.new.table(name)
+        if t is None or name not in present or not t.key:
+            continue
+        creator, changer = _user_columns(t, users_table)
+        if creator is None and changer is None:
+            continue
+        for k, row in notcarried._rows_of(conn, name, list(t.key), sorted(keys, key=repr)).items():
+            column = creator if row.get(KIND_COLUMN) == "inserted" else changer
+            who[(name, k)] = row.get(column) if column else None
+    names, _ = _user_names(bundle, users_table, {u for u in who.values() if u is not None})
+    for x in sample:
+        k = (x["table"], _key(x.get("key")))
+        if k in who:
+            x["user"] = _user_label(who[k], names)
+
+
 def _user_label(uid: Any, names: dict[Any, str]) -> str:
     if isinstance(uid, _NoUserColumn):
         return f"(no user column in {uid.table})"
@@ -312,6 +340,8 @@ def _build(conn: sqlite3.Connection | None, bundle: Bundle, outcome: Outcome | N
             "lost_values": lost_info.by_table[name],
         })
 
+    _name_lost_users(conn, bundle, users_table, lost_info.sample)
+
     # ---- per user: groups in the order a row-by-row read (tables by name, rows by rowid) meets them
     def user_of(g: aggregate.UserGroup) -> Any:
         return g.user if g.has_user_column else _NoUserColumn(g.table)
@@ -354,6 +384,9 @@ def _build(conn: sqlite3.Connection | None, bundle: Bundle, outcome: Outcome | N
         "deploy_time": deploy_text,
         "rollback_time": rollback_time if mode != "bundle" else None,
         "from_revision": bundle.new.alembic_revision, "to_revision": bundle.old.alembic_revision,
+        "to_release": release_tag(((bundle.manifest.get("sources") or {}).get("backup") or {}).get("path")),
+        "database": database_shown(outcome.target if outcome is not None
+                                   else ((bundle.manifest.get("sources") or {}).get("live") or {}).get("path")),
         "records_created": created, "records_changed": changed,
         "records_deleted": sum(t["deleted"] for t in tables),
         "records_total": created + changed,
@@ -391,6 +424,45 @@ def _build(conn: sqlite3.Connection | None, bundle: Bundle, outcome: Outcome | N
         "triggers_suspended": list(outcome.triggers_suspended) if outcome else [],
         "rules": column_rules(bundle.manifest.get("mapping") or {}),
     }
+
+
+def release_tag(backup: str | None) -> str | None:
+    """The release tag (``git.tag``, else ``git.describe``) the backup's snapshot manifest
+    (``<backup>.manifest.json``) recorded, or None."""
+    if not backup:
+        return None
+    import json
+
+    path = Path(backup)
+    try:
+        data = json.loads(path.with_name(path.name + ".manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    git = data.get("git") if isinstance(data, dict) else None
+    tag = (git.get("tag") or git.get("describe")) if isinstance(git, dict) else None
+    return tag if isinstance(tag, str) and tag else None
+
+
+def database_shown(target: str | None) -> str | None:
+    """The database as the report names it: a file's absolute path; for a server URL its scheme,
+    host and database — never the user name or password in it."""
+    if not target:
+        return None
+    text = str(target)
+    if "://" in text:
+        from urllib.parse import urlsplit
+
+        try:
+            u = urlsplit(text)
+            host = u.hostname or ""
+            port = f":{u.port}" if u.port else ""
+        except ValueError:
+            return text.split("://", 1)[0] + "://…"
+        return f"{u.scheme}://{host}{port}{u.path}"
+    try:
+        return str(Path(text).resolve())
+    except (OSError, RuntimeError):
+        return text
 
 
 CONFLICT_SHOWN = ("label", "bundle_value", "target_value", "base_value", "detail")

@@ -242,20 +242,23 @@ def _count(v: Any) -> int:
 
 def judge(*, aborted: bool = False, verification_failed: bool = False, lost: int = 0, conflicts: int = 0,
           not_carried: int = 0, deletes_for_review: int = 0, files_missing: int = 0, files_unsafe: int = 0,
-          late: dict[str, Any] | None = None) -> Verdict:
+          late: dict[str, Any] | None = None, run_files: bool = True) -> Verdict:
     """The verdict from the facts of a run (or of a bundle before its re-import): ``failed`` when
     the re-import aborted or verification failed, else ``review needed`` when anything is left for
     a person (lost values, conflicts, records not carried, rows restored for review, files missing
-    or unsafe, late commits into the replaced database), else ``all recovered``."""
+    or unsafe, late commits into the replaced database), else ``all recovered``. ``run_files``:
+    the reasons name the run folder's file that lists each (off for a bundle report, which has none)."""
     reasons = []
     if aborted:
         reasons.append("the re-import aborted on conflicts: nothing was re-imported")
     if verification_failed:
         reasons.append("verification failed (integrity, foreign keys, row counts or revision)")
     if not_carried:
-        reasons.append(f"{not_carried} record(s) not carried back, listed whole in not_carried.csv")
+        reasons.append(f"{not_carried} record(s) not carried back"
+                       + (", listed whole in not_carried.csv" if run_files else ""))
     if lost:
-        reasons.append(f"{lost} value(s) with no place in the old release, listed in lost_values.csv")
+        reasons.append(f"{lost} value(s) with no place in the old release"
+                       + (", listed in lost_values.csv" if run_files else ""))
     if conflicts:
         reasons.append(f"{conflicts} conflict(s), listed in conflicts.csv")
     if deletes_for_review:

@@ -377,8 +377,7 @@ def _build(conn: sqlite3.Connection | None, bundle: Bundle, outcome: Outcome | N
     if outcome is not None:
         verdict = outcome.verdict(late)
     else:  # a bundle before its re-import: what a rollback would leave to review
-        verdict = judge(lost=lost_info.total, not_carried=created + changed - carried,
-                        deletes_for_review=sum(t["deleted"] for t in tables))
+        verdict = judge(lost=lost_info.total, not_carried=created + changed - carried, run_files=False)
     headline = {
         "mode": mode,
         "deploy_time": deploy_text,
@@ -416,7 +415,7 @@ def _build(conn: sqlite3.Connection | None, bundle: Bundle, outcome: Outcome | N
         "lost_truncated": lost_info.total > len(lost_info.sample),
         "conflicts": conflicts,
         "deletes_for_review": _deletes(outcome),
-        "not_carried": notcarried.shown(notcarried.whole_records(bundle, not_carried[:LIST_LIMIT])),
+        "not_carried": notcarried.shown(notcarried.whole_records(bundle, not_carried[:LIST_LIMIT], conn)),
         "not_carried_total": len(not_carried),
         "activity": _activity(activity_counts, deploy),
         "files": files,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sqlite3
 from collections import defaultdict
 from collections.abc import Iterator
-from contextlib import closing, nullcontext
+from contextlib import closing
 from typing import Any
 
 from sqlglot import exp
@@ -55,27 +55,41 @@ def _rows_of(conn: sqlite3.Connection, name: str, key: list[str],
     return found
 
 
-def whole_records(bundle: Bundle, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def whole_records(bundle: Bundle, records: list[dict[str, Any]],
+                  conn: sqlite3.Connection | None = None) -> list[dict[str, Any]]:
     """``records`` (``{"table", "key", "label", "reason"}``) each with ``values``: its bundle row,
-    column → value in the table's column order (empty when the bundle holds no such row)."""
+    column → value in the table's column order (empty when the bundle holds no such row).
+    ``conn``: an open read-only connection to the bundle's rows.db; without one, one is opened
+    here, every statement time-bounded (rows.db is untrusted input)."""
+    if not records:
+        return []
+    if conn is None:
+        if not bundle.rows_db.is_file():
+            return _records(bundle, records, None)
+        from recovery.timebound import statement_time_limit
+
+        with closing(open_ro(bundle.rows_db)) as own, statement_time_limit(own):
+            return _records(bundle, records, own)
+    return _records(bundle, records, conn)
+
+
+def _records(bundle: Bundle, records: list[dict[str, Any]], conn: sqlite3.Connection | None) -> list[dict[str, Any]]:
     by_table: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in records:
         by_table[r["table"]].append(r)
     out = []
-    conn = open_ro(bundle.rows_db) if bundle.rows_db.is_file() else None
-    with closing(conn) if conn is not None else nullcontext():
-        present = _present(conn) if conn is not None else set()
-        for name in sorted(by_table):
-            t = bundle.new.table(name)
-            found: dict[tuple[Any, ...], dict[str, Any]] = {}
-            if conn is not None and t is not None and name in present and t.key:
-                found = _rows_of(conn, name, list(t.key), [tuple(r["key"]) for r in by_table[name]])
-            order = list(t.column_names) if t is not None else []
-            for r in by_table[name]:
-                row = found.get(tuple(r["key"]), {})
-                values = {c: row[c] for c in order if c in row}
-                values.update({c: v for c, v in row.items() if c not in values and c != KIND_COLUMN})
-                out.append({**r, "values": values})
+    present = _present(conn) if conn is not None else set()
+    for name in sorted(by_table):
+        t = bundle.new.table(name)
+        found: dict[tuple[Any, ...], dict[str, Any]] = {}
+        if conn is not None and t is not None and name in present and t.key:
+            found = _rows_of(conn, name, list(t.key), [tuple(r["key"]) for r in by_table[name]])
+        order = list(t.column_names) if t is not None else []
+        for r in by_table[name]:
+            row = found.get(tuple(r["key"]), {})
+            values = {c: row[c] for c in order if c in row}
+            values.update({c: v for c, v in row.items() if c not in values and c != KIND_COLUMN})
+            out.append({**r, "values": values})
     return out
 
 

@@ -610,7 +610,9 @@ def report_cmd(folder: Path, fmt: str, out: Path | None) -> None:
         console(stderr=True).print(f"{h['verdict']}: {h['carried']} of {h['records_total']} records carried, "
                                    f"{h['lost_values']} lost value(s), {h['conflicts']} conflict(s). "
                                    f"Report: [bold]{term_markup(res.path, None)}[/]")
-    sys.exit(ExitCode.REVIEW if res.headline["verdict"] != "all recovered" else ExitCode.OK)
+    from recovery.outcome import verdict_exit_code
+
+    sys.exit(verdict_exit_code(res.headline["verdict"]))
 
 
 @main.command("check", epilog=EXIT_CODES_HELP)

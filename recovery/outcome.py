@@ -108,8 +108,8 @@ class Outcome:
 
     @property
     def needs_review(self) -> bool:
-        files_bad = bool(self.files and (self.files.get("missing") or self.files.get("unsafe")))
-        return bool(self.conflicts or self.lost_total or self.skipped_rows or self.aborted or files_bad)
+        """Anything but "all recovered" (:meth:`verdict`, without the late-commit check)."""
+        return self.verdict().verdict != ALL_RECOVERED
 
     @property
     def lost_total(self) -> int:
@@ -142,9 +142,38 @@ class Outcome:
                 return stream_file(source)
         return iter(self.lost)
 
+    def not_carried(self) -> list[dict[str, Any]]:
+        """Every bundle record the re-import did not carry, once per (table, key): the conflicting
+        rows whose unit was skipped (``unique``, ``update_deleted``, ``constraint`` …) and the rows
+        skipped with their unit (``skipped_rows``)."""
+        out: dict[tuple[str, tuple[Any, ...]], dict[str, Any]] = {}
+        for c in self.conflicts:
+            if c.resolution == "skipped":
+                k = (c.table, tuple(c.key))
+                if k not in out:
+                    out[k] = {"table": c.table, "key": list(c.key), "label": c.label,
+                              "reason": f"{c.kind.replace('_', ' ')} conflict" + (f": {c.detail}" if c.detail else "")}
+        for r in self.skipped_rows:
+            key = r.get("key")
+            k = (r["table"], tuple(key) if isinstance(key, (list, tuple)) else (key,))
+            if k not in out:
+                out[k] = {"table": r["table"], "key": list(k[1]), "label": r.get("label"),
+                          "reason": str(r.get("reason") or "its unit was skipped")}
+        return list(out.values())
+
+    def verdict(self, late: dict[str, Any] | None = None) -> Verdict:
+        """The one verdict of this outcome (with the end-of-run late-commit check ``late``)."""
+        files = self.files or {}
+        v = self.verification or {}
+        return judge(aborted=self.aborted, verification_failed=bool(v) and not v.get("ok"),
+                     lost=self.lost_total, conflicts=len(self.conflicts), not_carried=len(self.not_carried()),
+                     deletes_for_review=len(self.deletes_for_review),
+                     files_missing=_count(files.get("missing")), files_unsafe=_count(files.get("unsafe")),
+                     late=late)
+
     @property
     def exit_code(self) -> int:
-        return 1 if self.needs_review else 0
+        return self.verdict().exit_code
 
     def to_json(self) -> str:
         """The saved form (``outcome.json``, format ``recovery-outcome/1``; docs/REPORT.md)."""
@@ -174,6 +203,84 @@ class Outcome:
                 "remapped": len(self.remaps), "conflicts": len(self.conflicts), "lost": self.lost_total,
             },
         }
+
+
+# ---------------------------------------------------------------------------------------------
+# the verdict: one function over the outcome, read by the terminal, the exit code and every report
+
+ALL_RECOVERED = "all recovered"
+REVIEW_NEEDED = "review needed"
+FAILED = "failed"
+VERDICT_EXIT = {ALL_RECOVERED: 0, REVIEW_NEEDED: 1, FAILED: 3}
+"""Each verdict's exit code (``recovery.errors.ExitCode``: OK, REVIEW, FAILED)."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """``verdict``: one of :data:`VERDICT_EXIT`'s keys; ``reasons``: plain sentences, one per
+    thing to look at (empty exactly when everything was recovered)."""
+
+    verdict: str
+    reasons: tuple[str, ...] = ()
+
+    @property
+    def exit_code(self) -> int:
+        return VERDICT_EXIT[self.verdict]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"verdict": self.verdict, "reasons": list(self.reasons), "exit_code": self.exit_code}
+
+
+def _count(v: Any) -> int:
+    """A count from a list (the relink's ``missing``), a number, or nothing."""
+    if isinstance(v, bool) or v is None:
+        return 0
+    if isinstance(v, int):
+        return v
+    return len(v) if isinstance(v, (list, tuple, dict)) else 0
+
+
+def judge(*, aborted: bool = False, verification_failed: bool = False, lost: int = 0, conflicts: int = 0,
+          not_carried: int = 0, deletes_for_review: int = 0, files_missing: int = 0, files_unsafe: int = 0,
+          late: dict[str, Any] | None = None, run_files: bool = True) -> Verdict:
+    """The verdict from the facts of a run (or of a bundle before its re-import): ``failed`` when
+    the re-import aborted or verification failed, else ``review needed`` when anything is left for
+    a person (lost values, conflicts, records not carried, rows restored for review, files missing
+    or unsafe, late commits into the replaced database), else ``all recovered``. ``run_files``:
+    the reasons name the run folder's file that lists each (off for a bundle report, which has none)."""
+    reasons = []
+    if aborted:
+        reasons.append("the re-import aborted on conflicts: nothing was re-imported")
+    if verification_failed:
+        reasons.append("verification failed (integrity, foreign keys, row counts or revision)")
+    if not_carried:
+        reasons.append(f"{not_carried} record(s) not carried back"
+                       + (", listed whole in not_carried.csv" if run_files else ""))
+    if lost:
+        reasons.append(f"{lost} value(s) with no place in the old release"
+                       + (", listed in lost_values.csv" if run_files else ""))
+    if conflicts:
+        reasons.append(f"{conflicts} conflict(s), listed in conflicts.csv")
+    if deletes_for_review:
+        reasons.append(f"{deletes_for_review} row(s) deleted after the deploy were restored, listed in "
+                       "deletes_for_review.csv (delete them again with `recovery apply-deletes`)")
+    if files_missing:
+        reasons.append(f"{files_missing} uploaded file(s) missing")
+    if files_unsafe:
+        reasons.append(f"{files_unsafe} uploaded file path(s) refused as unsafe")
+    late = late or {}
+    if late.get("needs_review"):
+        n = late.get("late_commits") if late.get("checked") else None
+        reasons.append(f"{'an unknown number of' if n is None else n} row change(s) committed into the replaced "
+                       "database after the safety copy are not in the restored one, listed in late_commits.json")
+    if aborted or verification_failed:
+        return Verdict(FAILED, tuple(reasons))
+    return Verdict(REVIEW_NEEDED if reasons else ALL_RECOVERED, tuple(reasons))
+
+
+def verdict_exit_code(verdict: str | None) -> int:
+    """The exit code of a verdict as written in report.json (an unknown one: review)."""
+    return VERDICT_EXIT.get(str(verdict), 1)
 
 
 # ---------------------------------------------------------------------------------------------

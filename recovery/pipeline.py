@@ -76,8 +76,13 @@ class RunResult:
             return self.finished_exit_code
         if self.outcome is None:
             return ExitCode.OK
-        code = ExitCode.FAILED if self.outcome.aborted else self.outcome.exit_code
-        return max(code, ExitCode.REVIEW) if self.late.get("needs_review") else code
+        return self.verdict.exit_code
+
+    @property
+    def verdict(self) -> Any:
+        """The run's one verdict (:meth:`recovery.outcome.Outcome.verdict`, late commits included):
+        the terminal, the exit code and every report show this one."""
+        return self.outcome.verdict(self.late) if self.outcome is not None else None
 
 
 def _reimport_into(
@@ -693,7 +698,9 @@ def _finished_exit_code(journal: Journal, report: dict[str, Any]) -> int:
     summary = report.get("summary") or {}
     if summary.get("aborted"):
         return ExitCode.FAILED
-    return ExitCode.OK if summary.get("verdict") == "all recovered" else ExitCode.REVIEW
+    from recovery.outcome import verdict_exit_code
+
+    return verdict_exit_code(summary.get("verdict"))
 
 
 def _read_journal(run_dir: Path) -> dict[str, Any] | None:

@@ -210,7 +210,7 @@ def render_outcome(res: Any) -> None:
     if set(lost_by_table) - set(o.tables):
         c.print("* not in the old schema: every value of its post-deploy rows is listed as lost")
     files = o.files or {}
-    if files.get("counts"):
+    if any((files.get("counts") or {}).values()):
         c.print("files: " + ", ".join(f"{k.replace('_', ' ')} {n}" for k, n in files["counts"].items() if n))
     kinds: dict[str, int] = {}
     for cf in o.conflicts:
@@ -232,10 +232,13 @@ def render_outcome(res: Any) -> None:
         c.print(f"[red]late commits:[/] {late.get('late_commits') if late.get('checked') else 'unknown'} row change(s) "
                 f"committed into the replaced database after the safety copy are NOT in the restored one: "
                 f"{late.get('file')}", soft_wrap=True)
-    verdict = "review needed" if o.needs_review or late.get("needs_review") else "all recovered"
+    judged = res.verdict if hasattr(res, "verdict") else o.verdict(late)
+    verdict = judged.verdict
     if o.dry_run:
         verdict = f"dry run, nothing changed — {verdict}"
     c.print(f"[bold]{verdict}[/]: {o.lost_total} lost value(s), {len(o.conflicts)} conflict(s), "
-            f"{len(o.skipped_rows)} row(s) skipped with their unit.")
+            f"{len(o.not_carried())} record(s) not carried back.")
+    for reason in judged.reasons:
+        c.print(T(f"  - {reason}", None), soft_wrap=True)
     html = res.run_dir / "report.html"
     c.print(T(f"Report: {html if html.exists() else res.run_dir}", None), soft_wrap=True)

@@ -291,7 +291,8 @@ def _reference_users_activity(bundle: Any, outcome: Any) -> tuple[list[dict[str,
     lost_keys = Counter((x["table"], tuple(model._key(x.get("key")))) for x in outcome.lost) if complete else Counter(
         (t, tuple(parse_key(k))) for t, k in conn.execute('SELECT "table", "key" FROM _recovery_lost'))
     conflicts = [c.to_dict() for c in outcome.conflicts] if outcome is not None else []
-    skipped = {(c["table"], tuple(c["key"])) for c in conflicts if c["resolution"] == "skipped"}
+    # not carried: a skipped conflict's own row and every row skipped with its unit
+    skipped = {(r["table"], tuple(r["key"])) for r in outcome.not_carried()} if outcome is not None else set()
     conflict_keys = Counter((c["table"], tuple(c["key"])) for c in conflicts)
     rows = []  # (table, kind, key, user, when)
     for name in sorted(bundle.new.data_tables):
@@ -545,3 +546,153 @@ def test_terminal_csv_quotes_a_carriage_return_too() -> None:
     back = list(csv_module.DictReader(io.StringIO(out.getvalue(), newline="")))
     assert [r["a"] for r in back] == ["x\ry", "plain"]
     assert out.getvalue().split("\n")[2] == "plain,"
+
+
+# ---------------------------------------------------------------------------------------------
+# One verdict (issue 17): the terminal, the exit code, report.json, report.md, report.html (as
+# headless Chromium shows it) and `recovery report RUN` say the same, for a clean run, a run with
+# lost values, a run with conflicts and a run whose only loose end is rows restored for review.
+
+from contextlib import closing  # noqa: E402
+
+from recovery.outcome import VERDICT_EXIT, judge  # noqa: E402
+
+
+def _small_world(folder: Path, mode: str) -> Path:
+    """The sample app's backup (20 parts) and its live DB upgraded to the new release, with one
+    post-deploy user; ``lost``: a production record (a table the old release lacks), the backup's
+    manifest naming release v1.4.0; ``conflict``: a pre-deploy quote deleted and a new quote with
+    its number and two items; ``deletes``: a pre-deploy quote item deleted."""
+    import random
+
+    from recovery.sample.app import NEW_HEAD, OLD_HEAD, migrate
+    from recovery.sample.backup import fill_backup
+    from recovery.sample.generator import BACKUP_NAME, DEPLOY_TIME, LIVE_NAME
+
+    folder.mkdir(parents=True)
+    (folder / "uploads").mkdir()
+    backup, live = folder / BACKUP_NAME, folder / LIVE_NAME
+    migrate(backup, OLD_HEAD, fast=True)
+    fill_backup(backup, folder / "uploads", parts=20, rng=random.Random("small"), deploy=DEPLOY_TIME)
+    shutil.copyfile(backup, live)
+    migrate(live, NEW_HEAD, fast=True)
+    if mode == "lost":
+        backup.with_name(backup.name + ".manifest.json").write_text('{"git": {"tag": "v1.4.0"}}', encoding="utf-8")
+    with closing(sqlite3.connect(live)) as c:
+        c.execute("INSERT INTO users (id, username, full_name, email, role, created_at, is_active) "
+                  "VALUES (900, 'nova', 'Nova Uzivatelka', 'n@example.com', 'staff', '2026-11-20 14:30:00', 1)")
+        if mode == "lost":
+            c.execute("INSERT INTO production_records (part_id, quantity, machine, started_at, finished_at, "
+                      "created_by) VALUES (1, 5, 'DMG', '2026-11-20 14:40:00', '2026-11-20 14:50:00', 900)")
+        if mode == "conflict":
+            number = c.execute("SELECT quote_number FROM quotes WHERE id = 1").fetchone()[0]
+            c.execute("DELETE FROM quote_items WHERE quote_id = 1")
+            c.execute("DELETE FROM quotes WHERE id = 1")
+            c.execute("INSERT INTO quotes (id, quote_number, customer_name, status, created_at, updated_at, "
+                      "created_by, discount_pct) VALUES (500, ?, '=HYPERLINK(\"x\")', 'draft', "
+                      "'2026-11-20 14:35:00', '2026-11-20 14:35:00', 900, 0)", (number,))
+            c.execute("INSERT INTO quote_items (id, quote_id, part_id, qty, unit_price) "
+                      "VALUES (5000, 500, 1, 3, 10.5), (5001, 500, 2, 4, 7.25)")
+        if mode == "deletes":
+            c.execute("DELETE FROM quote_items WHERE id = 1")
+        c.commit()
+    return folder
+
+
+def _chromium_headline(html: Path, shot: Path) -> tuple[str, str]:
+    """(data-verdict, the banner's visible title) of ``html`` as headless Chromium renders it; a
+    PNG screenshot of the page is saved as ``shot``."""
+    binary = _chromium()
+    assert binary is not None
+    shot.unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory(prefix="recovery-chromium-") as profile:
+        dom = subprocess.run([binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}/a", "--dump-dom",
+                              html.resolve().as_uri()], capture_output=True, text=True, timeout=60)
+        subprocess.run([binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}/b", f"--screenshot={shot}",
+                        "--window-size=1280,1600", html.resolve().as_uri()], capture_output=True, text=True, timeout=60)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert shot.is_file() and shot.stat().st_size > 10_000, "no screenshot"
+    found = re.search(r'data-verdict="([^"]*)".*?<h2 id="verdict">([^<]*)</h2>', dom.stdout, re.S)
+    assert found, dom.stdout[:2000]
+    return found.group(1), found.group(2)
+
+
+@pytest.mark.parametrize("mode, verdict", [("clean", "all recovered"), ("lost", "review needed"),
+                                           ("conflict", "review needed"), ("deletes", "review needed")])
+def test_one_verdict_in_terminal_exit_code_json_markdown_html_and_chromium(tmp_path: Path, mode: str,
+                                                                           verdict: str) -> None:
+    w = _small_world(tmp_path / "w", mode)
+    backup = next(w.glob("gestima.db.bak.*[0-9]"))
+    runner = CliRunner()
+    res = runner.invoke(main, ["rollback", str(w / "gestima.db"), "--backup", str(backup), "--uploads",
+                               str(w / "uploads"), "--alembic-ini", str(app_dir() / "alembic.ini"),
+                               "--out", str(w / "run"), "--yes"])
+    run = w / "run"
+    doc = json.loads((run / "report.json").read_text(encoding="utf-8"))
+    h = doc["report"]["headline"]
+    assert h["verdict"] == doc["summary"]["verdict"] == verdict
+    assert res.exit_code == h["exit_code"] == VERDICT_EXIT[verdict], res.output
+    assert f"{verdict}: " in res.output
+    assert (not h["verdict_reasons"]) == (verdict == "all recovered")
+    for reason in h["verdict_reasons"]:  # the terminal lists the same reasons
+        assert reason.split(",")[0] in " ".join(res.output.split())
+    md = (run / "report.md").read_text(encoding="utf-8")
+    assert f"- Verdict: **{verdict}**" in md and f"**{verdict.upper()}**" in md
+    again = runner.invoke(main, ["report", str(run)])
+    assert again.exit_code == res.exit_code, again.output
+    html = (run / "report.html").read_text(encoding="utf-8")
+    assert "see below" not in html.lower()
+    for repr_text in (">True<", ">False<", "unchanged_since_backup", "&#x27;", "{&#x27;"):
+        assert repr_text not in html, repr_text
+    rows = list(csv_module.reader((run / "not_carried.csv").open(encoding="utf-8", newline="")))
+    assert rows[0] == ["table", "key", "label", "reason", "column", "value"]
+    if mode == "conflict":
+        # the new quote (a unique conflict) and both its items, whole; the carried count excludes them
+        assert {(r[0], r[1]) for r in rows[1:]} == {("quotes", "500"), ("quote_items", "5000"), ("quote_items", "5001")}
+        assert ["quote_items", "5001", "", "its unit was skipped (see conflicts)", "unit_price", "7.25"] in rows
+        assert ["quotes", "500"] == rows[-1][:2] or any(r[4] == "customer_name" for r in rows)
+        assert any(r[4] == "customer_name" and r[5] == "'=HYPERLINK(\"x\")" for r in rows)  # formula-safe
+        assert h["carried"] == 1 and h["not_carried"] == 3 and doc["report"]["not_carried_total"] == 3
+        assert "Q-" in html and "Not carried back (3)" in html
+    else:
+        assert rows[1:] == []
+    if mode == "lost":
+        lost = doc["report"]["lost"]
+        assert lost and {x["user"] for x in lost} == {"Nova Uzivatelka"}
+        assert "(release v1.4.0)" in html and "(release v1.4.0)" in md
+    assert str((w / "gestima.db").resolve()) in html
+    if mode == "deletes":
+        assert h["deletes_for_review"] == 1 and h["lost_values"] == h["conflicts"] == h["not_carried"] == 0
+    if _chromium() is None:
+        pytest.skip("no chromium binary found (.ci/run installs Debian's `chromium`): the verdict was checked "
+                    "in the HTML text only")
+    ARTIFACTS.mkdir(exist_ok=True)
+    shown, title = _chromium_headline(run / "report.html", ARTIFACTS / f"report-{mode}.png")
+    assert shown == h["verdict"] and title.lower() == h["verdict"]
+
+
+def test_verdict_files_with_nothing_missing_is_all_recovered() -> None:
+    """The relink's empty lists are no problem; any count of a real one is."""
+    from recovery.outcome import Outcome
+
+    o = Outcome("b", "t", "remap", False, files={"missing": [], "unsafe": [], "counts": {"missing": 0}})
+    assert o.verdict().verdict == "all recovered" and o.exit_code == 0
+    o.files = {"missing": [{"path": "a.pdf"}], "unsafe": []}
+    assert o.verdict().verdict == "review needed" and o.exit_code == 1
+
+
+from hypothesis import given, strategies as st  # noqa: E402
+
+
+@given(st.booleans(), st.booleans(), *[st.integers(0, 3)] * 6, st.sampled_from([None, {}, {"needs_review": True},
+                                                                                 {"needs_review": False}]))
+def test_judge_is_all_recovered_exactly_when_nothing_is_left(aborted: bool, failed: bool, lost: int, conflicts: int,
+                                                            not_carried: int, deletes: int, missing: int,
+                                                            unsafe: int, late: dict | None) -> None:
+    v = judge(aborted=aborted, verification_failed=failed, lost=lost, conflicts=conflicts, not_carried=not_carried,
+              deletes_for_review=deletes, files_missing=missing, files_unsafe=unsafe, late=late)
+    loose = lost + conflicts + not_carried + deletes + missing + unsafe + bool(late and late.get("needs_review"))
+    assert v.exit_code == VERDICT_EXIT[v.verdict]
+    assert (v.verdict == "failed") == (aborted or failed)
+    assert (v.verdict == "all recovered") == (not loose and not aborted and not failed) == (not v.reasons)
+    assert all("True" not in r and "'" not in r for r in v.reasons)

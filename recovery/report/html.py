@@ -15,7 +15,8 @@ import pandas as pd
 from recovery.escape import cut
 from recovery.report import charts
 from recovery.report.tables import (LIST_LIMIT, conflicts_frame, deletes_frame, deletes_more, files_frame, files_more,
-                                     lost_frame, lost_more, lost_total, tables_frame, users_frame)
+                                     lost_frame, lost_more, lost_total, not_carried_frame, not_carried_more,
+                                     plain_words, tables_frame, users_frame)
 
 CSS = """
 :root{--ink:#0f172a;--muted:#64748b;--line:#e2e8f0;--bg:#f8fafc;--ok:#15803d;--okbg:#f0fdf4;
@@ -69,30 +70,38 @@ def _t(v: Any) -> str:
 def _table(df: pd.DataFrame, empty: str) -> str:
     if df.empty:
         return f'<p class="empty">{_t(empty)}</p>'
-    shown = df.astype(object).where(df.notna(), "").map(cut)
+    shown = plain_words(df).map(cut)
     return shown.to_html(index=False, escape=True, border=0, classes="data", na_rep="")
 
 
-def verdict_text(h: dict[str, Any]) -> tuple[str, str, str]:
-    """(css class, title, sentence) of the verdict banner."""
-    mode = h["mode"]
-    ahead = mode != "rollback"
-    if h["verdict"] == "all recovered":
-        title = "All post-deploy work would be recovered" if ahead else "All post-deploy work recovered"
-        return "ok", title, (f"{h['carried']} of {h['records_total']} records "
-                             f"{'would be' if ahead else 'were'} carried back; nothing was lost.")
+def verdict_reasons(h: dict[str, Any]) -> list[str]:
+    """The verdict's reasons as report.json holds them (a report.json written before they were
+    kept: rebuilt from its numbers)."""
+    if "verdict_reasons" in h:
+        return list(h["verdict_reasons"])
     parts = []
-    if h["not_carried"]:
+    if h.get("not_carried"):
         parts.append(f"{h['not_carried']} record(s) not carried back")
-    if h["lost_values"]:
+    if h.get("lost_values"):
         parts.append(f"{h['lost_values']} value(s) with no place in the old release")
-    if h["conflicts"]:
+    if h.get("conflicts"):
         parts.append(f"{h['conflicts']} conflict(s)")
     if h.get("verified") is False:
         parts.append("verification failed")
-    sentence = (f"{h['carried']} of {h['records_total']} records {'would be' if ahead else 'were'} carried back. "
-                + ("; ".join(parts).capitalize() + " — see below." if parts else "See below."))
-    return ("bad" if h.get("verified") is False else "review"), "Review needed", sentence
+    return parts
+
+
+def verdict_text(h: dict[str, Any]) -> tuple[str, str, str]:
+    """(css class, title, sentence) of the verdict banner. The title is the verdict of
+    report.json (``recovery.outcome.judge``) in words — never another judgement; the renderers
+    list :func:`verdict_reasons` under the sentence."""
+    ahead = h["mode"] != "rollback"
+    verdict = str(h["verdict"])
+    carried = (f"{h['carried']} of {h['records_total']} records {'would be' if ahead else 'were'} carried back"
+               + (" (dry run: nothing was changed)" if h["mode"] == "dry-run" else ""))
+    if verdict == "all recovered":
+        return "ok", "All recovered", f"{carried}; nothing was lost and nothing is left to review."
+    return ("bad" if verdict == "failed" else "review"), verdict[:1].upper() + verdict[1:], carried + ":"
 
 
 def _cards(h: dict[str, Any]) -> str:
@@ -116,10 +125,19 @@ def _when(v: Any) -> Any:
     return v.replace("T", " ", 1) if isinstance(v, str) and len(v) >= 16 and v[10:11] == "T" else v
 
 
+def release_line(h: dict[str, Any]) -> str:
+    """``bb006 → aa001 (release v1.4.0)``: the Alembic revisions, with the previous release's tag
+    from the backup's snapshot manifest when it recorded one."""
+    tag = h.get("to_release")
+    return (f"{h.get('from_revision') or '?'} → {h.get('to_revision') or '?'}"
+            + (f" (release {tag})" if tag else ""))
+
+
 def _meta(h: dict[str, Any], report: dict[str, Any]) -> str:
     rollback = h.get("rollback_time") or ("dry run — nothing changed" if h["mode"] == "dry-run" else "not rolled back yet")
     items = [("Deploy time", _when(h.get("deploy_time")) or "unknown"), ("Rollback time", _when(rollback)),
-             ("Release", f"{h.get('from_revision') or '?'} → {h.get('to_revision') or '?'}"),
+             ("Database", h.get("database") or "unknown"),
+             ("Release", release_line(h)),
              ("Deleted after the deploy", f"{h['records_deleted']} record(s), restored and listed for review"
               if h["records_deleted"] else "none"),
              ("Verification", {True: "passed (integrity, foreign keys, row counts, revision)",
@@ -151,8 +169,10 @@ def render_html(report: dict[str, Any]) -> str:
     body = [
         f"<header><h1>{_t(MODE_TITLES.get(h['mode'], 'Recovery report'))}</h1>"
         f"<p>Generated {_t(report.get('generated_at'))} by recovery</p></header>",
-        f'<div class="banner {cls}" role="status"><div class="icon">{icon}</div><div>'
-        f"<h2>{_t(title)}</h2><p>{_t(sentence)}</p></div></div>",
+        f'<div class="banner {cls}" role="status" data-verdict="{_t(h["verdict"])}"><div class="icon">{icon}</div>'
+        f'<div><h2 id="verdict">{_t(title)}</h2><p>{_t(sentence)}</p>'
+        + ('<ul class="reasons">' + "".join(f"<li>{_t(r)}</li>" for r in verdict_reasons(h)) + "</ul>"
+           if verdict_reasons(h) else "") + "</div></div>",
         _cards(h), _meta(h, report), _reasons(h),
         "<section><h2>Per table</h2><p class=\"sub\">Records created or changed after the deploy and what "
         "became of them.</p>"
@@ -175,6 +195,14 @@ def render_html(report: dict[str, Any]) -> str:
         f"<section><h2>Conflicts ({len(report['conflicts'])})</h2><p class=\"sub\">Both values and how each "
         "was resolved.</p>" + _table(conflicts_frame(report), "No conflicts.") + "</section>",
     ]
+    if report.get("not_carried"):
+        more = not_carried_more(report)
+        body.append(f"<section><h2>Not carried back ({_t(report.get('not_carried_total'))})</h2>"
+                    "<p class=\"sub\">Records the re-import skipped, each with every value it held after the "
+                    "deploy (its items too), to enter again by hand; every column of each is in not_carried.csv"
+                    + (f"; the first {LIST_LIMIT:,} are listed here" if more else "") + ".</p>"
+                    + _table(not_carried_frame(report), "")
+                    + (f'<p class="more">{_t(more)}</p>' if more else "") + "</section>")
     if report.get("deletes_for_review"):
         more = deletes_more(report)
         body.append(f"<section><h2>Deleted after the deploy ({len(report['deletes_for_review'])})</h2>"
@@ -193,8 +221,8 @@ def render_html(report: dict[str, Any]) -> str:
                     + _table(files_frame(report), "")
                     + (f'<p class="more">{_t(more)}</p>' if more else "") + "</section>")
     body.append("<footer>Numbers match report.json (section <code>report</code>); lost values, conflicts, "
-                "deletes for review and files are also in lost_values.csv, conflicts.csv, "
-                "deletes_for_review.csv and files.csv.</footer>")
+                "records not carried back, deletes for review and files are also in lost_values.csv, "
+                "conflicts.csv, not_carried.csv, deletes_for_review.csv and files.csv.</footer>")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; "

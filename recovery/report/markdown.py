@@ -12,15 +12,16 @@ from typing import Any
 import pandas as pd
 
 from recovery.escape import md_text
-from recovery.report.html import verdict_text
+from recovery.report.html import release_line, verdict_reasons, verdict_text
 from recovery.report.tables import (conflicts_frame, deletes_frame, deletes_more, lost_frame, lost_more, lost_total,
-                                     tables_frame, users_frame)
+                                     not_carried_frame, not_carried_more, plain_words, tables_frame,
+                                     users_frame)
 
 def md_table(df: pd.DataFrame, empty: str, numbers: bool = False) -> str:
     """``numbers``: right-align numeric columns (counts); off for data, where ``0012`` is text."""
     if df.empty:
         return f"_{empty}_"
-    clean = df.astype(object).where(df.notna(), "").map(lambda v: md_text(v) if isinstance(v, str) or v is None else v)
+    clean = plain_words(df).map(lambda v: md_text(v) if isinstance(v, str) or v is None else v)
     clean.columns = [md_text(c) for c in clean.columns]
     return clean.to_markdown(index=False, disable_numparse=not numbers)
 
@@ -32,10 +33,12 @@ def render_markdown(report: dict[str, Any]) -> str:
     ahead = h["mode"] != "rollback"
     out = [f"# {'Recovery bundle report' if h['mode'] == 'bundle' else 'Rollback recovery report'}"
            f"{' (dry run)' if h['mode'] == 'dry-run' else ''}", "",
-           f"**{title.upper()}** — {md_text(sentence)}", "",
+           f"**{title.upper()}** — {md_text(sentence)}",
+           *[f"- {md_text(r, None)}" for r in verdict_reasons(h)], "",
            f"- Deploy time: {md_text(h.get('deploy_time'))}",
            f"- Rollback time: {md_text(rollback)}",
-           f"- Release: {md_text(h.get('from_revision'))} → {md_text(h.get('to_revision'))}",
+           f"- Database: {md_text(h.get('database') or 'unknown', None)}",
+           f"- Release: {md_text(release_line(h), None)}",
            f"- Records created after the deploy: **{h['records_created']}**",
            f"- Records changed after the deploy: **{h['records_changed']}**",
            f"- {'Would be carried back' if ahead else 'Carried back'}: **{h['carried']}**",
@@ -60,6 +63,12 @@ def render_markdown(report: dict[str, Any]) -> str:
     if lost_more(report):
         out += ["", f"_{md_text(lost_more(report))}_"]
     out += ["", f"## Conflicts ({len(report['conflicts'])})", "", md_table(conflicts_frame(report), "No conflicts.")]
+    if report.get("not_carried"):
+        out += ["", f"## Not carried back ({report.get('not_carried_total')})", "",
+                "Records the re-import skipped, each with every value it held after the deploy (its items "
+                "too); every column of each is in not_carried.csv.", "", md_table(not_carried_frame(report), "")]
+        if not_carried_more(report):
+            out += ["", f"_{md_text(not_carried_more(report))}_"]
     if report.get("deletes_for_review"):
         out += ["", f"## Deleted after the deploy ({len(report['deletes_for_review'])})", "",
                 md_table(deletes_frame(report), "")]

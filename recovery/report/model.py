@@ -24,11 +24,12 @@ from typing import Any
 
 from sqlglot import exp
 
-from recovery.bundle import Bundle
+from recovery.bundle import KIND_COLUMN, Bundle
 from recovery.escape import SHOW_LIMIT
 from recovery.lost import NATURAL_ORDER, SAMPLE_LIMIT, as_dict, cut_value, has_lost, iter_rows, open_ro
-from recovery.outcome import Outcome
-from recovery.report import aggregate
+from recovery.outcome import Outcome, judge
+from recovery.report import aggregate, notcarried
+from recovery.report.tables import LIST_LIMIT
 from recovery.report.aggregate import KeyCounts, TablePlan
 from recovery.schema import Table
 from recovery.sqlbuild import col, sql, table
@@ -191,6 +192,34 @@ def _user_names(bundle: Bundle, users_table: str | None, ids: set[Any]) -> tuple
     return names, "+".join(sorted(set(sources))) or "ids"
 
 
+def _name_lost_users(conn: sqlite3.Connection | None, bundle: Bundle, users_table: str | None,
+                     sample: list[dict[str, Any]]) -> None:
+    """Set ``user`` on each listed lost value: who created the record (or changed it, for a
+    changed record), by name — the user columns and names found as for the per-user section."""
+    if conn is None or not sample:
+        return
+    by_table: dict[str, set[tuple[Any, ...]]] = defaultdict(set)
+    for x in sample:
+        by_table[x["table"]].add(_key(x.get("key")))
+    present = notcarried._present(conn)
+    who: dict[tuple[str, tuple[Any, ...]], Any] = {}
+    for name, keys in sorted(by_table.items()):
+        t = bundle.new.table(name)
+        if t is None or name not in present or not t.key:
+            continue
+        creator, changer = _user_columns(t, users_table)
+        if creator is None and changer is None:
+            continue
+        for k, row in notcarried._rows_of(conn, name, list(t.key), sorted(keys, key=repr)).items():
+            column = creator if row.get(KIND_COLUMN) == "inserted" else changer
+            who[(name, k)] = row.get(column) if column else None
+    names, _ = _user_names(bundle, users_table, {u for u in who.values() if u is not None})
+    for x in sample:
+        k = (x["table"], _key(x.get("key")))
+        if k in who:
+            x["user"] = _user_label(who[k], names)
+
+
 def _user_label(uid: Any, names: dict[Any, str]) -> str:
     if isinstance(uid, _NoUserColumn):
         return f"(no user column in {uid.table})"
@@ -224,7 +253,7 @@ def _files(bundle: Bundle, outcome: Outcome | None) -> dict[str, Any]:
     relink = outcome.files if outcome else None
     problems = {}
     if isinstance(relink, dict):
-        problems = {k: len(v) for k, v in relink.items() if isinstance(v, list) and k in ("missing", "unsafe")}
+        problems = {k: len(v) for k, v in relink.items() if isinstance(v, list) and v and k in ("missing", "unsafe")}
     return {"affected": len(records), "by_status": dict(sorted(by_status.items())),
             "problems": problems, "relink": relink,
             "list": [{"path": r.get("path"), "record": r.get("record_key"), "size": r.get("size"),
@@ -237,8 +266,10 @@ def _open_rows(bundle: Bundle) -> sqlite3.Connection | None:
     return open_ro(bundle.rows_db)
 
 
-def build(bundle: Bundle, outcome: Outcome | None, rollback_time: str | None = None) -> dict[str, Any]:
-    """The ``report`` section of report.json: every number the renderers show."""
+def build(bundle: Bundle, outcome: Outcome | None, rollback_time: str | None = None,
+          late: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``report`` section of report.json: every number the renderers show. ``late``: the
+    run's late-commit check, which feeds the verdict (:func:`recovery.outcome.judge`)."""
     from contextlib import nullcontext
 
     from recovery.timebound import statement_time_limit
@@ -246,14 +277,14 @@ def build(bundle: Bundle, outcome: Outcome | None, rollback_time: str | None = N
     conn = _open_rows(bundle)
     try:
         with statement_time_limit(conn) if conn is not None else nullcontext():  # rows.db is untrusted
-            return _build(conn, bundle, outcome, rollback_time)
+            return _build(conn, bundle, outcome, rollback_time, late)
     finally:
         if conn is not None:
             conn.close()
 
 
 def _build(conn: sqlite3.Connection | None, bundle: Bundle, outcome: Outcome | None,
-           rollback_time: str | None) -> dict[str, Any]:
+           rollback_time: str | None, late: dict[str, Any] | None = None) -> dict[str, Any]:
     deploy_text = bundle.manifest.get("deploy_time")
     deploy = parse_time(deploy_text) if deploy_text else None
     users_table = _users_table(bundle)
@@ -271,9 +302,11 @@ def _build(conn: sqlite3.Connection | None, bundle: Bundle, outcome: Outcome | N
         return True
 
     conflicts = [_shown_conflict(c.to_dict()) for c in outcome.conflicts] if outcome is not None else []
-    skipped_keys = {(c["table"], tuple(c["key"])) for c in conflicts if c["resolution"] == "skipped"}
-    conflict_keys = Counter((c["table"], tuple(c["key"])) for c in conflicts)
     aborted = bool(outcome and outcome.aborted)
+    not_carried = outcome.not_carried() if outcome is not None and not aborted else []
+    skipped_keys = {(r["table"], tuple(r["key"])) for r in not_carried}
+    not_carried_by_table = Counter(t for t, _ in skipped_keys)
+    conflict_keys = Counter((c["table"], tuple(c["key"])) for c in conflicts)
 
     groups: list[aggregate.UserGroup] = []
     activity_counts = aggregate.ActivityCounts(None)
@@ -295,8 +328,8 @@ def _build(conn: sqlite3.Connection | None, bundle: Bundle, outcome: Outcome | N
             carried, reason = 0, "aborted: nothing was changed"
         elif not carried_table(name):
             carried, reason = 0, NOT_IN_OLD_SCHEMA
-        else:
-            skipped = to.skipped if to else 0
+        else:  # only what was applied: every record skipped (its own conflict or its unit's) is not carried
+            skipped = not_carried_by_table[name]
             carried, reason = max(created + changed - skipped, 0), ("conflict: skipped" if skipped else "")
         tables.append({
             "table": name, "status": c.get("status", ""), "created": created, "changed": changed,
@@ -306,6 +339,8 @@ def _build(conn: sqlite3.Connection | None, bundle: Bundle, outcome: Outcome | N
             "conflicts": sum(n for (t, _), n in conflict_keys.items() if t == name),
             "lost_values": lost_info.by_table[name],
         })
+
+    _name_lost_users(conn, bundle, users_table, lost_info.sample)
 
     # ---- per user: groups in the order a row-by-row read (tables by name, rows by rowid) meets them
     def user_of(g: aggregate.UserGroup) -> Any:
@@ -339,15 +374,18 @@ def _build(conn: sqlite3.Connection | None, bundle: Bundle, outcome: Outcome | N
             e["tables"].append(t["table"])
     files = _files(bundle, outcome)
     mode = "bundle" if outcome is None else "dry-run" if outcome.dry_run else "rollback"
-    needs_review = bool(lost_info.total or conflicts or aborted or files["problems"] or carried < created + changed)
     if outcome is not None:
-        verification_failed = bool(outcome.verification) and not outcome.verification.get("ok")
-        needs_review = needs_review or outcome.needs_review or verification_failed
+        verdict = outcome.verdict(late)
+    else:  # a bundle before its re-import: what a rollback would leave to review
+        verdict = judge(lost=lost_info.total, not_carried=created + changed - carried, run_files=False)
     headline = {
         "mode": mode,
         "deploy_time": deploy_text,
         "rollback_time": rollback_time if mode != "bundle" else None,
         "from_revision": bundle.new.alembic_revision, "to_revision": bundle.old.alembic_revision,
+        "to_release": release_tag(((bundle.manifest.get("sources") or {}).get("backup") or {}).get("path")),
+        "database": database_shown(outcome.target if outcome is not None
+                                   else ((bundle.manifest.get("sources") or {}).get("live") or {}).get("path")),
         "records_created": created, "records_changed": changed,
         "records_deleted": sum(t["deleted"] for t in tables),
         "records_total": created + changed,
@@ -358,7 +396,9 @@ def _build(conn: sqlite3.Connection | None, bundle: Bundle, outcome: Outcome | N
         "conflicts": len(conflicts), "files_affected": files["affected"],
         "deletes_for_review": len(outcome.deletes_for_review) if outcome else sum(t["deleted"] for t in tables),
         "verified": (bool(outcome.verification.get("ok")) if outcome and outcome.verification else None),
-        "verdict": "review needed" if needs_review else "all recovered",
+        "verdict": verdict.verdict,
+        "verdict_reasons": list(verdict.reasons),
+        "exit_code": verdict.exit_code,
     }
     return {
         "version": REPORT_VERSION,
@@ -375,12 +415,53 @@ def _build(conn: sqlite3.Connection | None, bundle: Bundle, outcome: Outcome | N
         "lost_truncated": lost_info.total > len(lost_info.sample),
         "conflicts": conflicts,
         "deletes_for_review": _deletes(outcome),
+        "not_carried": notcarried.shown(notcarried.whole_records(bundle, not_carried[:LIST_LIMIT], conn)),
+        "not_carried_total": len(not_carried),
         "activity": _activity(activity_counts, deploy),
         "files": files,
         "verification": outcome.verification if outcome else {},
         "triggers_suspended": list(outcome.triggers_suspended) if outcome else [],
         "rules": column_rules(bundle.manifest.get("mapping") or {}),
     }
+
+
+def release_tag(backup: str | None) -> str | None:
+    """The release tag (``git.tag``, else ``git.describe``) the backup's snapshot manifest
+    (``<backup>.manifest.json``) recorded, or None."""
+    if not backup:
+        return None
+    import json
+
+    path = Path(backup)
+    try:
+        data = json.loads(path.with_name(path.name + ".manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    git = data.get("git") if isinstance(data, dict) else None
+    tag = (git.get("tag") or git.get("describe")) if isinstance(git, dict) else None
+    return tag if isinstance(tag, str) and tag else None
+
+
+def database_shown(target: str | None) -> str | None:
+    """The database as the report names it: a file's absolute path; for a server URL its scheme,
+    host and database — never the user name or password in it."""
+    if not target:
+        return None
+    text = str(target)
+    if "://" in text:
+        from urllib.parse import urlsplit
+
+        try:
+            u = urlsplit(text)
+            host = u.hostname or ""
+            port = f":{u.port}" if u.port else ""
+        except ValueError:
+            return text.split("://", 1)[0] + "://…"
+        return f"{u.scheme}://{host}{port}{u.path}"
+    try:
+        return str(Path(text).resolve())
+    except (OSError, RuntimeError):
+        return text
 
 
 CONFLICT_SHOWN = ("label", "bundle_value", "target_value", "base_value", "detail")

@@ -25,7 +25,7 @@ from recovery.errors import RecoveryError
 from recovery.lost import csv_cell, csv_rows, open_ro
 from recovery.lost import has_lost as _has_lost
 from recovery.outcome import Outcome
-from recovery.report import csvout
+from recovery.report import csvout, notcarried
 from recovery.report.html import render_html
 from recovery.report.markdown import render_markdown
 from recovery.report.model import build
@@ -34,7 +34,7 @@ from recovery.report.tables import (CONFLICT_COLUMNS, FILE_COLUMNS, LOST_COLUMNS
 
 FORMAT = "recovery-report/1"
 RUN_FILES = ("report.json", "conflicts.csv", "lost_values.csv", "reimport.sql", "report.md", "report.html",
-             "deletes_for_review.csv", "files.csv")
+             "deletes_for_review.csv", "files.csv", "not_carried.csv")
 FORMATS = ("html", "md", "csv", "json")
 
 
@@ -54,7 +54,7 @@ def summary(outcome: Outcome, bundle: Bundle, section: dict[str, Any] | None = N
         "rows_inserted": tot["inserted"], "rows_updated": tot["updated"], "rows_deleted": tot["deleted"],
         "rows_skipped": tot["skipped"], "keys_remapped": tot["remapped"],
         "conflicts": tot["conflicts"], "lost_values": tot["lost"],
-        "verdict": head.get("verdict") or ("review needed" if outcome.needs_review else "all recovered"),
+        "verdict": head.get("verdict") or outcome.verdict().verdict,
         "verified": bool(outcome.verification.get("ok")) if outcome.verification else None,
         "already_applied": outcome.already_applied, "dry_run": outcome.dry_run, "aborted": outcome.aborted,
     }
@@ -151,9 +151,10 @@ def _rollback_time(extra: dict[str, Any] | None) -> str:
 
 
 def write_run_files(run_dir: Path, outcome: Outcome, bundle: Bundle, extra: dict[str, Any] | None = None) -> dict[str, Path]:
-    """Write report.json, conflicts.csv, lost_values.csv, reimport.sql, report.md and report.html."""
+    """Write report.json, conflicts.csv, lost_values.csv, not_carried.csv, deletes_for_review.csv,
+    files.csv, reimport.sql, report.md and report.html."""
     run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    section = build(bundle, outcome, _rollback_time(extra))
+    section = build(bundle, outcome, _rollback_time(extra), (extra or {}).get("late_commits"))
     report = {"format": FORMAT, "bundle": {"path": str(bundle.path), "id": bundle.bundle_id, "counts": bundle.counts},
               "summary": summary(outcome, bundle, section), "outcome": outcome.to_dict(), **(extra or {}),
               "report": section}
@@ -168,6 +169,9 @@ def write_run_files(run_dir: Path, outcome: Outcome, bundle: Bundle, extra: dict
     deletes = section["deletes_for_review"]
     _atomic_write_csv(paths["deletes_for_review.csv"], lambda fh: csvout.write_dicts(fh, deletes_columns(deletes), deletes))
     _atomic_write_csv(paths["files.csv"], lambda fh: csvout.write_dicts(fh, FILE_COLUMNS, section["files"].get("list") or []))
+    not_carried = notcarried.whole_records(bundle, [] if outcome.aborted else outcome.not_carried())
+    _atomic_write_csv(paths["not_carried.csv"], lambda fh: csvout.write_rows(
+        fh, notcarried.NOT_CARRIED_COLUMNS, notcarried.csv_rows(not_carried)))
     shutil.copyfile(bundle.path / "reimport.sql", paths["reimport.sql"])
     os.chmod(paths["reimport.sql"], 0o600)
     _atomic_write(paths["report.md"], render_markdown(section))
@@ -224,7 +228,7 @@ def load(folder: str | os.PathLike[str]) -> tuple[dict[str, Any], str]:
             from recovery.pipeline import read_outcome_file
 
             outcome = read_outcome_file(p / "outcome.json")
-            doc["report"] = build(bundle, outcome, _rollback_time(doc))
+            doc["report"] = build(bundle, outcome, _rollback_time(doc), doc.get("late_commits"))
         return doc, "run"
     bundle_dir = p if (p / "manifest.json").is_file() else p / "bundle"
     if not (bundle_dir / "manifest.json").is_file():

@@ -28,6 +28,14 @@ def frame(rows: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
     return pd.DataFrame([{c: cell(r.get(c)) for c in columns} for r in rows], columns=columns, dtype=object)
 
 
+def plain_words(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` as a page shows it: NULL as an empty cell, a yes/no flag as ``yes``/``no`` (never
+    Python's ``True``), and column names in words (``unchanged since backup``)."""
+    out = df.astype(object).where(df.notna(), "").map(lambda v: ("yes" if v else "no") if isinstance(v, bool) else v)
+    out.columns = [str(c).replace("_", " ") for c in out.columns]
+    return out
+
+
 def _renamed(rows: list[dict[str, Any]], names: dict[str, str]) -> pd.DataFrame:
     return frame(rows, list(names)).rename(columns=names)
 
@@ -40,8 +48,13 @@ def users_frame(report: dict[str, Any]) -> pd.DataFrame:
     return _renamed(report["users"], USER_COLUMNS)
 
 
+LOST_SHOWN = ["table", "key", "label", "user", "column", "value", "reason"]
+"""The lost values as the report lists them: ``user`` is who created or changed the record (by
+name, from the app's users table)."""
+
+
 def lost_frame(report: dict[str, Any]) -> pd.DataFrame:
-    return frame(report["lost"], LOST_COLUMNS)
+    return frame(report["lost"], LOST_SHOWN if any("user" in x for x in report["lost"]) else LOST_COLUMNS)
 
 
 def lost_total(report: dict[str, Any]) -> int:
@@ -57,6 +70,18 @@ def lost_more(report: dict[str, Any]) -> str:
 
 def conflicts_frame(report: dict[str, Any]) -> pd.DataFrame:
     return frame(report["conflicts"], CONFLICT_COLUMNS)
+
+
+NOT_CARRIED_SHOWN = ["table", "key", "label", "reason", "values"]
+
+
+def not_carried_frame(report: dict[str, Any]) -> pd.DataFrame:
+    """The records not carried back (the first ``LIST_LIMIT``), each with its whole row."""
+    return frame(report.get("not_carried") or [], NOT_CARRIED_SHOWN)
+
+
+def not_carried_more(report: dict[str, Any]) -> str:
+    return more_line(report, int(report.get("not_carried_total") or 0), "not_carried.csv")
 
 
 def deletes_columns(rows: list[dict[str, Any]]) -> list[str]:

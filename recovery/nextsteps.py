@@ -52,4 +52,5 @@ def steps_for(res: Any, backup: Path | None) -> list[str]:
         return []
     revision = (o.verification or {}).get("alembic_revision", {}).get("expected") if o.verification else None
     return next_steps(res.run_dir, Path(o.target), backup, revision, dry_run=bool(o.dry_run),
-                      deletes_for_review=len(o.deletes_for_review), needs_review=bool(o.needs_review))
+                      deletes_for_review=len(o.deletes_for_review),
+                      needs_review=res.verdict.verdict != "all recovered")  # the run's one verdict, late commits included

@@ -103,7 +103,7 @@ def _put(doc: Any, path: Path, value: Any) -> Any:
 def changes(base: Any, side: Any) -> dict[Path, Any]:
     """The paths ``side`` changed relative to ``base`` (deepdiff), each with its new value
     (:data:`_MISSING` for a removed key); arrays whose length changed count as one change."""
-    diff = DeepDiff(base, side, view="tree", ignore_order=False, verbose_level=2)
+    diff = DeepDiff(base, side, view="tree", ignore_order=False, verbose_level=2, threshold_to_diff_deeper=0)
     paths: set[Path] = set()
     for report, levels in diff.items():
         for level in levels:

@@ -10,6 +10,7 @@ bundle attached, :func:`merge_and_check`) and is rolled back after the rows are 
 """
 from __future__ import annotations
 
+import csv
 import itertools
 import json
 import shutil
@@ -39,6 +40,10 @@ CREATE TABLE line (id INTEGER PRIMARY KEY, item_id INTEGER NOT NULL REFERENCES i
 INSERT INTO item VALUES (1, 's1', 'a1', 'b1', 1, NULL), (2, 's2', 'a2', 'b2', 2, NULL), (3, 's3', 'a3', 'b3', 3, NULL),
                         (4, 's4', 'a4', 'b4', 4, NULL), (5, 's5', 'a5', 'b5', 5, NULL), (6, 's6', 'a6', 'b6', 6, NULL);
 INSERT INTO line VALUES (1, 2, 5);
+INSERT INTO item (id, sku, c, doc) VALUES
+  (30, 'j30', 0, '{"x":1,"y":1}'), (31, 'j31', 0, '{"x":1,"y":1}'), (32, 'j32', 0, '{"a":{"b":1,"c":1},"d":[1]}'),
+  (33, 'j33', 0, '[1,2,3]'), (34, 'j34', 0, '{"l":[1,2],"m":0}'), (35, 'j35', 0, '{"x":1}'),
+  (36, 'j36', 0, '{"x": 1, "y": 1}'), (37, 'j37', 0, '{"é":"ü","n":1}'), (38, 'j38', 0, '{"x":1,"y":1}');
 """
 NEW = """
 CREATE TABLE item2 (id INTEGER PRIMARY KEY, sku TEXT NOT NULL UNIQUE, a TEXT, b TEXT, c INTEGER, doc TEXT);
@@ -54,6 +59,15 @@ UPDATE item SET a = 'A3' WHERE id = 3;
 UPDATE item SET b = 'B4' WHERE id = 4;
 UPDATE item SET a = 'A5', b = 'B5' WHERE id = 5;
 UPDATE item SET a = 'A6' WHERE id = 6;
+UPDATE item SET doc = '{"x":2,"y":1}' WHERE id = 30;
+UPDATE item SET doc = '{"x":2,"y":1,"z":1}' WHERE id = 31;
+UPDATE item SET doc = '{"a":{"b":2,"c":1},"d":[1]}' WHERE id = 32;
+UPDATE item SET doc = '[1,9,3]' WHERE id = 33;
+UPDATE item SET doc = '{"l":[1,2,3],"m":0}' WHERE id = 34;
+UPDATE item SET doc = '{"x":2}' WHERE id = 35;
+UPDATE item SET doc = '{"x": 2, "y": 1}' WHERE id = 36;
+UPDATE item SET doc = '{"é":"ö","n":1}' WHERE id = 37;
+UPDATE item SET doc = '{"x":2,"y":1}', a = 'A38' WHERE id = 38;
 """
 OLD_APP = """
 INSERT INTO item VALUES (10, 's10t', 'o10', 'o10', 10, NULL);
@@ -63,6 +77,15 @@ UPDATE item SET a = 'x1' WHERE id = 1;
 UPDATE item SET b = 'y3' WHERE id = 3;
 DELETE FROM item WHERE id = 4;
 UPDATE item SET a = 'A5', b = 'B5' WHERE id = 5;
+UPDATE item SET doc = '{"x":1,"y":3}' WHERE id = 30;
+UPDATE item SET doc = '{"x":3,"y":5}' WHERE id = 31;
+UPDATE item SET doc = '{"a":{"b":1,"c":2},"d":[1]}' WHERE id = 32;
+UPDATE item SET doc = '[1,2,4]' WHERE id = 33;
+UPDATE item SET doc = '{"l":[0,2],"m":1}' WHERE id = 34;
+UPDATE item SET doc = 'not json {' WHERE id = 35;
+UPDATE item SET doc = '{"y": 3, "x": 1}' WHERE id = 36;
+UPDATE item SET doc = '{"é":"ü","n":2}' WHERE id = 37;
+UPDATE item SET doc = '{"x":1,"y":3}' WHERE id = 38;
 """
 """The old release since the restore. Item 5: both sides made the same edit (never a conflict);
 item 6: only the bundle changed it (always carried, except on abort)."""
@@ -83,7 +106,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Bundle, Path]:
     make(backup, OLD)
     make(live, OLD + NEW, foreign_keys=False)  # the new release's migration rebuilds the table
     make(live, USERS)
-    extract(backup, live, d / "bundle")
+    extract(backup, live, d / "bundle", trust_mapping=True)  # most rows change: too few to judge rules by
     target = d / "target" / "app.db"
     target.parent.mkdir()
     shutil.copyfile(backup, target)
@@ -119,7 +142,7 @@ def merge(bundle: Bundle, target: Path, policy: ConflictPolicy, prefer: Prefer,
 # A case's policy/prefer/mode "*" matches any value; for each scenario every one of the 12
 # combinations must match exactly one case.
 
-OWNS = {"primary_key": ({10, 21}, set()), "unique": ({11, 20}, set()), "missing_parent": ({2}, {100}),
+OWNS = {"primary_key": ({10, 39}, set()), "unique": ({11, 20}, set()), "missing_parent": ({2}, {100}),
         "constraint": ({12}, set()), "update_update": ({1}, set()), "row_only": ({3}, set()),
         "update_deleted": ({4}, set()), "same_edit": ({5}, set()), "bundle_only": ({6}, set())}
 
@@ -129,7 +152,7 @@ I20 = (20, "dup", "o20", "o20", 20)
 CASES: list[tuple[str, str, str, str, list[tuple[Any, ...]], list[Row], list[Row]]] = [
     # scenario, --on-conflict, --prefer, --conflicts, conflicts, item rows, line rows
     ("primary_key", "remap", "*", "*", [("primary_key", "item", (10,), None, "remapped")],
-     [I10T, (21, "s10", "n10", "n10", 10)], []),
+     [I10T, (39, "s10", "n10", "n10", 10)], []),
     ("primary_key", "skip", "*", "*", [("primary_key", "item", (10,), None, "skipped")], [I10T], []),
     ("primary_key", "abort", "*", "*", [("primary_key", "item", (10,), None, "skipped")], [I10T], []),
     ("unique", "remap", "*", "*", [("unique", "item", (11,), "sku", "skipped")], [I20], []),
@@ -221,3 +244,130 @@ def test_conflicts_mode_is_saved_and_read_back(merges: dict[Any, Any]) -> None:
     data["conflicts_mode"] = "column"
     with pytest.raises(ValueError, match="conflicts_mode"):
         Outcome.from_json(json.dumps(data))
+
+
+# ---- JSON cells -------------------------------------------------------------------------------
+# id → (doc with --prefer db, doc with --prefer bundle, [(bundle paths, target paths)] of its conflict)
+JSON_CASES: dict[int, tuple[str, str, list[tuple[str, str]]]] = {
+    30: ('{"x":2,"y":3}', '{"x":2,"y":3}', []),  # different keys merge
+    31: ('{"x":3,"y":5,"z":1}', '{"x":2,"y":5,"z":1}', [("$.x", "$.x")]),  # same key: --prefer decides it only
+    32: ('{"a":{"b":2,"c":2},"d":[1]}', '{"a":{"b":2,"c":2},"d":[1]}', []),  # nested keys merge
+    33: ("[1,9,4]", "[1,9,4]", []),  # items of an array of unchanged length merge
+    34: ('{"l":[0,2],"m":1}', '{"l":[1,2,3],"m":1}', [("$.l", "$.l[0]")]),  # a length change owns the array
+    36: ('{"y": 3, "x": 2}', '{"y": 3, "x": 2}', []),  # the target's key order and style are kept
+    37: ('{"é":"ö","n":2}', '{"é":"ö","n":2}', []),  # non-ASCII kept as is
+}
+
+
+@pytest.mark.parametrize("prefer", ["db", "bundle"])
+def test_json_cells_merge_key_by_key(merges: dict[Any, Any], prefer: str) -> None:
+    outcome, rows = merges[("skip", prefer, "cell")]
+    docs = {r[0]: r[5] for r in rows["item"]}
+    for iid, (db_doc, bundle_doc, clashes) in JSON_CASES.items():
+        assert docs[iid] == (db_doc if prefer == "db" else bundle_doc), iid
+        got = [c for c in outcome.conflicts if c.table == "item" and c.key == (iid,)]
+        assert len(got) == len(clashes), (iid, got)
+        for c, (b, t) in zip(got, clashes, strict=True):
+            assert (c.kind, c.column, c.resolution) == ("update_update", "doc", "kept_target" if prefer == "db" else "applied")
+            assert f"bundle: {b};" in c.detail and f"target: {t};" in c.detail
+
+
+@pytest.mark.parametrize("prefer", ["db", "bundle"])
+def test_invalid_json_on_one_side_falls_back_to_the_cell_rule(merges: dict[Any, Any], prefer: str) -> None:
+    outcome, rows = merges[("skip", prefer, "cell")]
+    (c,) = [c for c in outcome.conflicts if c.table == "item" and c.key == (35,)]
+    assert (c.column, c.bundle_value, c.target_value) == ("doc", '{"x":2}', "not json {")
+    assert "JSON" not in c.detail
+    assert {r[0]: r[5] for r in rows["item"]}[35] == ("not json {" if prefer == "db" else '{"x":2}')
+
+
+def test_json_cell_beside_a_merged_column_and_in_row_mode(merges: dict[Any, Any]) -> None:
+    # item 38: the bundle changed a and doc.x, the target doc.y — cell mode merges all three
+    _, rows = merges[("skip", "db", "cell")]
+    assert [r[2:6:3] for r in rows["item"] if r[0] == 38] == [("A38", '{"x":2,"y":3}')]
+    # row mode compares whole rows: one conflict, the target's row kept
+    outcome, rows = merges[("skip", "db", "row")]
+    assert [(c.column, c.resolution) for c in outcome.conflicts if c.key == (38,)] == [("a,doc", "kept_target")]
+    assert [r[2:6:3] for r in rows["item"] if r[0] == 38] == [(None, '{"x":1,"y":3}')]
+
+
+def test_an_aborted_merge_writes_no_json(merges: dict[Any, Any], world: tuple[Bundle, Path]) -> None:
+    _, rows = merges[("abort", "bundle", "cell")]
+    with closing(sqlite3.connect(f"file:{world[1]}?mode=ro", uri=True)) as c:
+        assert rows["item"] == c.execute("SELECT * FROM item ORDER BY id").fetchall()
+
+
+keys = st.text(alphabet="abcdefgh", min_size=1, max_size=3)
+scalars = st.one_of(st.integers(-5, 5), st.booleans(), st.none(), st.text(max_size=3))
+values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                       st.dictionaries(keys, inner, max_size=3)), max_leaves=6)
+
+
+@given(base=st.dictionaries(keys, values, max_size=6), data=st.data())
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_disjoint_dict_edits_merge_as_both_applied(base: dict[str, Any], data: st.DataObject) -> None:
+    """For random edits of the two sides on disjoint sets of top-level keys (set, add or remove),
+    the merge equals applying both edits, and no conflict is reported — whatever --prefer says."""
+    universe = sorted(set(base) | set(data.draw(st.lists(keys, max_size=4))))
+    mine = data.draw(st.sets(st.sampled_from(universe))) if universe else set()
+    theirs_keys = [k for k in universe if k not in mine]
+    ours_keys = data.draw(st.sets(st.sampled_from(theirs_keys))) if theirs_keys else set()
+
+    def edit(doc: dict[str, Any], on: set[str]) -> dict[str, Any]:
+        out = dict(doc)
+        for k in sorted(on):
+            if data.draw(st.booleans()) and k in out:
+                del out[k]
+            else:
+                out[k] = data.draw(values)
+        return out
+
+    theirs, ours = edit(base, mine), edit(base, ours_keys)
+    both = edit_both = dict(ours)
+    for k in mine:
+        if k in theirs:
+            both[k] = theirs[k]
+        else:
+            both.pop(k, None)
+    for prefer_bundle in (False, True):
+        m = merge_documents(base, theirs, ours, prefer_bundle)
+        assert not m.conflicted
+        assert m.merged == edit_both
+        text, _ = merge_texts(json.dumps(base), json.dumps(theirs), json.dumps(ours), prefer_bundle)
+        assert json.loads(text) == edit_both
+
+
+def test_reimport_cli_takes_conflicts_row_and_reports_it(world: tuple[Bundle, Path], tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from recovery.cli import main
+
+    bundle, target = world
+    t = tmp_path / "app.db"
+    shutil.copyfile(target, t)
+    res = CliRunner().invoke(main, ["reimport", str(bundle.path), str(t), "--out", str(tmp_path / "run"),
+                                    "--conflicts", "row", "--on-conflict", "skip", "--yes"], catch_exceptions=False)
+    assert res.exit_code == 1, res.output
+    report = json.loads((tmp_path / "run" / "report.json").read_text(encoding="utf-8"))
+    assert report["outcome"]["conflicts_mode"] == "row"
+    rows = list(csv.DictReader(open(tmp_path / "run" / "conflicts.csv", newline="", encoding="utf-8")))
+    assert {(r["key"], r["column"]) for r in rows if r["kind"] == "update_update"} >= {("3", "a,b"), ("1", "a")}
+    with closing(sqlite3.connect(f"file:{t}?mode=ro", uri=True)) as c:
+        assert c.execute("SELECT a, b FROM item WHERE id = 3").fetchone() == ("a3", "y3")
+
+
+def test_rollback_journals_and_reports_conflicts_row(world: tuple[Bundle, Path], tmp_path: Path) -> None:
+    from recovery.pipeline import rollback
+
+    src = world[0].path.parent
+    backup, live = tmp_path / "app.db.bak.20261120_140000", tmp_path / "app.db"
+    shutil.copyfile(src / backup.name, backup)
+    shutil.copyfile(src / live.name, live)
+    res = rollback(live, backup, tmp_path / "run", confirm=None, trust_mapping=True, conflicts=ConflictMode.ROW)
+    assert res.outcome is not None and res.outcome.conflicts_mode == "row"
+    journal = json.loads((tmp_path / "run" / "journal.json").read_text(encoding="utf-8"))
+    assert journal["args"]["conflicts"] == "row"
+    report = json.loads((tmp_path / "run" / "report.json").read_text(encoding="utf-8"))
+    assert report["outcome"]["conflicts_mode"] == "row"
+    with closing(sqlite3.connect(f"file:{live}?mode=ro", uri=True)) as c:  # nothing changed since the restore
+        assert c.execute("SELECT a, b FROM item WHERE id = 3").fetchone() == ("A3", "b3")

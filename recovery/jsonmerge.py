@@ -35,6 +35,11 @@ _MISSING = object()
 _STYLES = ((",", ":"), (", ", ": "))
 
 
+class JsonMergeError(ValueError):
+    """A document that cannot be merged key by key faithfully (an object with a duplicate key,
+    nesting too deep for Python): the caller compares the cell as a whole instead."""
+
+
 @dataclass(frozen=True)
 class JsonMerge:
     """The result of :func:`merge_documents`."""
@@ -169,7 +174,28 @@ def dumps_like(value: Any, target_text: str) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=False)
 
 
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise JsonMergeError("an object has a duplicate key")
+    return out
+
+
+def parse(text: str) -> Any:
+    """``text`` as a Python value; :class:`JsonMergeError` for what a merge could not keep."""
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicates)
+    except RecursionError:
+        raise JsonMergeError("nested too deep") from None
+    except ValueError as exc:
+        raise JsonMergeError(str(exc)) from None
+
+
 def merge_texts(base: str, theirs: str, ours: str, prefer_bundle: bool) -> tuple[str, JsonMerge]:
-    """:func:`merge_documents` on the three JSON texts; the merged text in the target's style."""
-    result = merge_documents(json.loads(base), json.loads(theirs), json.loads(ours), prefer_bundle)
-    return dumps_like(result.merged, ours), result
+    """:func:`merge_documents` on the three JSON texts; the merged text in the target's style.
+    Raises :class:`JsonMergeError` for a document that cannot be merged faithfully."""
+    try:
+        result = merge_documents(parse(base), parse(theirs), parse(ours), prefer_bundle)
+        return dumps_like(result.merged, ours), result
+    except RecursionError:
+        raise JsonMergeError("nested too deep") from None

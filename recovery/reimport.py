@@ -657,9 +657,10 @@ class Merge:
         key_match = and_all(exp.EQ(this=col(k, "t"), expression=col(f"key_{j}", "u")) for j, k in enumerate(t.key))
         rowc = _t("rowc", tp.table)
         self.run(_rid_table(rowc))
+        if not self.run(exp.Insert(this=rowc, expression=exp.select(_rowid("u")).from_(
+                exp.alias_(_t("upd", tp.table), "u")).join(table(tp.table, "main", "t"), on=key_match).where(cond))).rowcount:
+            return
         self.row_tables.add(tp.table)
-        self.run(exp.Insert(this=rowc, expression=exp.select(_rowid("u")).from_(
-            exp.alias_(_t("upd", tp.table), "u")).join(table(tp.table, "main", "t"), on=key_match).where(cond)))
         nk = len(t.key)
         cells = [e for i in every for e in (is_distinct(th(i), ba(i)), is_distinct(ou(i), ba(i)), th(i), ou(i), ba(i))]
         q = exp.select(*[col(f"key_{j}", "u") for j in range(nk)], self.label(t, "t"), *cells).from_(
@@ -693,7 +694,7 @@ class Merge:
         objects/arrays (decided in SQL) are merged key by key in Python, :data:`JSON_BATCH` at a
         time: the merged text goes to ``json:<t>``; the same JSON path changed differently on both
         sides is an ``update_update`` conflict naming the paths, resolved by ``--prefer``."""
-        from recovery.jsonmerge import merge_texts
+        from recovery.jsonmerge import JsonMergeError, merge_texts
 
         t = self.old(tp.table)
         name = tp.updatable[i]
@@ -726,7 +727,10 @@ class Merge:
             merged_rows = []
             for rid, *rest in batch:
                 key, label, tv, ov, bv = tuple(rest[:nk]), rest[nk], rest[nk + 1], rest[nk + 2], rest[nk + 3]
-                text, m = merge_texts(bv, tv, ov, bundle_wins)
+                try:
+                    text, m = merge_texts(bv, tv, ov, bundle_wins)
+                except JsonMergeError:  # not mergeable key by key: the cell rule decides it
+                    continue
                 merged_rows.append((rid, i, text))
                 if m.conflicted:
                     kept = "the bundle's" if bundle_wins else "the target's"

@@ -371,3 +371,13 @@ def test_rollback_journals_and_reports_conflicts_row(world: tuple[Bundle, Path],
     assert report["outcome"]["conflicts_mode"] == "row"
     with closing(sqlite3.connect(f"file:{live}?mode=ro", uri=True)) as c:  # nothing changed since the restore
         assert c.execute("SELECT a, b FROM item WHERE id = 3").fetchone() == ("A3", "b3")
+
+
+def test_documents_a_merge_could_not_keep_are_left_to_the_cell_rule() -> None:
+    from recovery.jsonmerge import JsonMergeError
+
+    with pytest.raises(JsonMergeError, match="duplicate key"):  # the first "a" would be dropped
+        merge_texts('{"a":1,"a":2}', '{"a":1,"a":2,"b":1}', '{"a":1,"a":2,"c":1}', False)
+    deep = "[" * 990 + "]" * 990  # valid for SQLite, too deep for Python's parser
+    with pytest.raises(JsonMergeError, match="deep"):
+        merge_texts(deep, deep.replace("[]", "[1]"), deep.replace("[]", "[2]"), False)

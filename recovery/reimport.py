@@ -589,8 +589,7 @@ class Merge:
         if self.mode is ConflictMode.ROW:
             self.detect_row_conflicts(tp)
         else:
-            for i in self.moving_columns(tp):
-                self.detect_json(tp, i)
+            self.detect_json(tp)
         # every column in one pass over the updated rows; conflicts listed column by column as before
         nk, per_column, flags = len(t.key), [], []
         for i in self.moving_columns(tp):
@@ -689,24 +688,32 @@ class Merge:
         return exp.Exists(this=exp.select("1").from_(exp.alias_(_t("json", name), "j")).where(and_all([
             exp.EQ(this=col("rid", "j"), expression=rid), exp.EQ(this=col("ci", "j"), expression=exp.Literal.number(i))])))
 
-    def detect_json(self, tp: TablePlan, i: int) -> None:
-        """Cells of column ``i`` changed differently on both sides whose three values are all JSON
-        objects/arrays (decided in SQL) are merged key by key in Python, :data:`JSON_BATCH` at a
-        time: the merged text goes to ``json:<t>``; the same JSON path changed differently on both
-        sides is an ``update_update`` conflict naming the paths, resolved by ``--prefer``."""
+    def detect_json(self, tp: TablePlan) -> None:
+        """Cells changed differently on both sides whose three values are all JSON objects/arrays
+        (decided in SQL, one pass over the staged updates for every column) are merged key by key
+        in Python, :data:`JSON_BATCH` rows at a time: the merged text goes to ``json:<t>``; the
+        same JSON path changed differently on both sides is an ``update_update`` conflict naming
+        the paths of each side, resolved by ``--prefer`` at those paths."""
         from recovery.jsonmerge import JsonMergeError, merge_texts
 
+        moving = self.moving_columns(tp)
+        if not moving:
+            return
         t = self.old(tp.table)
-        name = tp.updatable[i]
-        theirs, base, ours = col(f"theirs_{i}", "u"), col(f"base_{i}", "u"), col(name, "t")
+        flags, values = [], []
+        for i in moving:
+            theirs, base, ours = col(f"theirs_{i}", "u"), col(f"base_{i}", "u"), col(tp.updatable[i], "t")
+            flags.append(and_all([is_distinct(theirs, base), is_distinct(ours, base.copy()),
+                                  is_distinct(ours.copy(), theirs.copy()), _json_container(theirs.copy()),
+                                  _json_container(ours.copy()), _json_container(base.copy())]))
+            values += [theirs.copy(), ours.copy(), base.copy()]
         key_match = and_all(exp.EQ(this=col(k, "t"), expression=col(f"key_{j}", "u")) for j, k in enumerate(t.key))
-        cond = and_all([is_distinct(theirs, base), is_distinct(ours, base.copy()), is_distinct(ours.copy(), theirs.copy()),
-                        _json_container(theirs.copy()), _json_container(ours.copy()), _json_container(base.copy()),
-                        exp.GT(this=_rowid("u"), expression=exp.Placeholder())])
         nk = len(t.key)
         q = exp.select(_rowid("u"), *[col(f"key_{j}", "u") for j in range(nk)], self.label(t, "t"),
-                       theirs.copy(), ours.copy(), base.copy()).from_(exp.alias_(_t("upd", tp.table), "u")).join(
-            table(tp.table, "main", "t"), on=key_match).where(cond).order_by(_rowid("u")).limit(JSON_BATCH)
+                       *[f.copy() for f in flags], *values).from_(exp.alias_(_t("upd", tp.table), "u")).join(
+            table(tp.table, "main", "t"), on=key_match).where(and_all([
+                or_all(flags), exp.GT(this=_rowid("u"), expression=exp.Placeholder())])).order_by(
+            _rowid("u")).limit(JSON_BATCH)
         ins = exp.Insert(this=_t("json", tp.table), expression=exp.Values(expressions=[exp.Tuple(
             expressions=[exp.Placeholder()] * 3)]))
         bundle_wins = self.prefer is Prefer.BUNDLE
@@ -725,21 +732,26 @@ class Merge:
                     params=exp.IndexParameters(columns=[col("rid"), col("ci")]))))
                 self.json_tables.add(tp.table)
             merged_rows = []
-            for rid, *rest in batch:
-                key, label, tv, ov, bv = tuple(rest[:nk]), rest[nk], rest[nk + 1], rest[nk + 2], rest[nk + 3]
-                try:
-                    text, m = merge_texts(bv, tv, ov, bundle_wins)
-                except JsonMergeError:  # not mergeable key by key: the cell rule decides it
-                    continue
-                merged_rows.append((rid, i, text))
-                if m.conflicted:
-                    kept = "the bundle's" if bundle_wins else "the target's"
-                    self.conflict(Conflict(
-                        "update_update", tp.table, key, "applied" if bundle_wins else "kept_target", column=name,
-                        bundle_value=tv, target_value=ov, base_value=bv, label=label,
-                        detail=f"the same JSON path changed on both sides — bundle: {', '.join(m.conflict_bundle)}; "
-                               f"target: {', '.join(m.conflict_target)}; {kept} value kept there, "
-                               f"other keys merged"))
+            for row in batch:
+                rid, key, label = row[0], tuple(row[1:nk + 1]), row[nk + 1]
+                at = nk + 2 + len(moving)
+                for n, i in enumerate(moving):
+                    if not row[nk + 2 + n]:
+                        continue
+                    tv, ov, bv = row[at + 3 * n: at + 3 * n + 3]
+                    try:
+                        text, m = merge_texts(bv, tv, ov, bundle_wins)
+                    except JsonMergeError:  # not mergeable key by key: the cell rule decides it
+                        continue
+                    merged_rows.append((rid, i, text))
+                    if m.conflicted:
+                        kept = "the bundle's" if bundle_wins else "the target's"
+                        self.conflict(Conflict(
+                            "update_update", tp.table, key, "applied" if bundle_wins else "kept_target",
+                            column=tp.updatable[i], bundle_value=tv, target_value=ov, base_value=bv, label=label,
+                            detail=f"the same JSON path changed on both sides — bundle: "
+                                   f"{', '.join(m.conflict_bundle)}; target: {', '.join(m.conflict_target)}; "
+                                   f"{kept} value kept there, other keys merged"))
             self.counter.tick()
             self.conn.executemany(sql(ins), merged_rows)
 

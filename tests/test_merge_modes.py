@@ -381,3 +381,14 @@ def test_documents_a_merge_could_not_keep_are_left_to_the_cell_rule() -> None:
     deep = "[" * 990 + "]" * 990  # valid for SQLite, too deep for Python's parser
     with pytest.raises(JsonMergeError, match="deep"):
         merge_texts(deep, deep.replace("[]", "[1]"), deep.replace("[]", "[2]"), False)
+
+
+def test_json_cells_in_small_batches_give_the_same_merge(merges: dict[Any, Any], world: tuple[Bundle, Path],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import recovery.reimport
+
+    monkeypatch.setattr(recovery.reimport, "JSON_BATCH", 2)
+    outcome, rows = merge(*world, ConflictPolicy.SKIP, Prefer.BUNDLE, ConflictMode.CELL)
+    want_outcome, want_rows = merges[("skip", "bundle", "cell")]
+    assert rows == want_rows
+    assert sorted(map(repr, outcome.conflicts)) == sorted(map(repr, want_outcome.conflicts))

@@ -141,8 +141,8 @@ def merge_documents(base: Any, theirs: Any, ours: Any, prefer_bundle: bool) -> J
     mine, other = changes(base, theirs), changes(base, ours)
     c_b: set[Path] = set()
     c_t: set[Path] = set()
-    for p, v in mine.items():
-        for q, w in other.items():
+    for p in mine:
+        for q in other:
             if _overlap(p, q) and not _same(get(theirs, min(p, q, key=len)), get(ours, min(p, q, key=len))):
                 c_b.add(p)
                 c_t.add(q)

@@ -29,7 +29,6 @@ from recovery.extract import extract
 from recovery.files import FilesConfig
 from recovery.jsonmerge import merge_documents, merge_texts
 from recovery.outcome import ConflictMode, ConflictPolicy, Outcome, Prefer
-from recovery.pipeline import reimport
 from recovery.reimport import attach_bundle, merge_and_check, open_target
 from recovery.schema import reflect
 from recovery.sqlite_io import readonly, wait_for_write_lock
@@ -323,7 +322,7 @@ def test_disjoint_dict_edits_merge_as_both_applied(base: dict[str, Any], data: s
         return out
 
     theirs, ours = edit(base, mine), edit(base, ours_keys)
-    both = edit_both = dict(ours)
+    both = dict(ours)
     for k in mine:
         if k in theirs:
             both[k] = theirs[k]
@@ -332,9 +331,9 @@ def test_disjoint_dict_edits_merge_as_both_applied(base: dict[str, Any], data: s
     for prefer_bundle in (False, True):
         m = merge_documents(base, theirs, ours, prefer_bundle)
         assert not m.conflicted
-        assert m.merged == edit_both
+        assert m.merged == both
         text, _ = merge_texts(json.dumps(base), json.dumps(theirs), json.dumps(ours), prefer_bundle)
-        assert json.loads(text) == edit_both
+        assert json.loads(text) == both
 
 
 def test_reimport_cli_takes_conflicts_row_and_reports_it(world: tuple[Bundle, Path], tmp_path: Path) -> None:

@@ -283,6 +283,9 @@ def conflict_options(func: Callable[..., Any]) -> Callable[..., Any]:
     func = click.option("--dry-run", is_flag=True, help="Change nothing; write the report of what would happen.")(func)
     func = click.option("--apply-deletes", is_flag=True,
                         help="Re-delete rows deleted after the deploy (default: list them for review).")(func)
+    func = click.option("--conflicts", type=click.Choice(["cell", "row"]), default="cell", show_default=True,
+                        help="cell: edits to different columns of a row merge (JSON cells key by key); "
+                        "row: any change to the same row on both sides is a conflict, resolved by --prefer.")(func)
     func = click.option("--prefer", type=click.Choice(["db", "bundle"]), default="db", show_default=True,
                         help="Which value wins a cell changed both after the deploy and in the DB since.")(func)
     func = click.option("--on-conflict", type=click.Choice(["remap", "skip", "abort"]), default="remap",
@@ -310,7 +313,8 @@ def _confirm_or_refuse(yes: bool, dry_run: bool, question: str) -> None:
 @conflict_options
 @statement_timeout_option
 def reimport_cmd(bundle_dir: Path, db: Path, out_dir: Path | None, uploads: Path | None, expect_bundle_id: str | None,
-                 on_conflict: str, prefer: str, apply_deletes: bool, dry_run: bool, yes: bool) -> None:
+                 on_conflict: str, prefer: str, apply_deletes: bool, dry_run: bool, yes: bool,
+                 conflicts: str = "cell") -> None:
     """Re-import a bundle into DB (already at the old schema, e.g. restored and used by the old
     release since) in ONE transaction, with a three-way merge: conflicts are detected, named and
     resolved by --on-conflict; a second run of the same bundle changes nothing. Writes report.json,
@@ -325,7 +329,7 @@ def reimport_cmd(bundle_dir: Path, db: Path, out_dir: Path | None, uploads: Path
         recovery reimport run/bundle gestima.db --yes
     """
     from recovery.bundle import open_bundle
-    from recovery.outcome import ConflictPolicy, Prefer
+    from recovery.outcome import ConflictMode, ConflictPolicy, Prefer
     from recovery.pipeline import reimport
 
     bundle = open_bundle(bundle_dir)
@@ -333,7 +337,7 @@ def reimport_cmd(bundle_dir: Path, db: Path, out_dir: Path | None, uploads: Path
     show_bundle_identity(bundle)
     _confirm_or_refuse(yes, dry_run, f"Re-import {bundle_dir} into {db}?")
     res = reimport(bundle, db, out_dir, ConflictPolicy(on_conflict), apply_deletes, dry_run, Prefer(prefer),
-                   uploads)
+                   uploads, conflicts=ConflictMode(conflicts))
     render_outcome(res)
     sys.exit(res.exit_code)
 
@@ -360,7 +364,7 @@ def rollback_cmd(db: Path, backup: Path, out_dir: Path | None, since: str | None
                  mapping: Path | None, alembic_ini: Path | None, downgrade_to: str | None, force: bool,
                  allow_newer_backup: bool,
                  on_conflict: str, prefer: str, apply_deletes: bool, dry_run: bool, yes: bool,
-                 trust_mapping: bool = False, same_installation: bool = False) -> None:
+                 trust_mapping: bool = False, same_installation: bool = False, conflicts: str = "cell") -> None:
     """Roll DB back to BACKUP's release without losing post-deploy work: refuse while the app holds
     the DB, safety copy, extract the post-deploy changes, restore the backup atomically, re-import
     in one transaction, re-link uploads, verify, report. Every step is journaled in the run folder:
@@ -373,7 +377,7 @@ def rollback_cmd(db: Path, backup: Path, out_dir: Path | None, since: str | None
         recovery rollback gestima.db --backup gestima.db.bak.20261120_140000 \\
             --uploads uploads/ --alembic-ini app/alembic.ini --out run/ --yes
     """
-    from recovery.outcome import ConflictPolicy, Prefer
+    from recovery.outcome import ConflictMode, ConflictPolicy, Prefer
     from recovery.pipeline import rollback
 
     err = console(stderr=True)
@@ -392,7 +396,7 @@ def rollback_cmd(db: Path, backup: Path, out_dir: Path | None, since: str | None
                    apply_deletes, dry_run, force, Prefer(prefer), confirm=confirm,
                    progress=lambda m: err.print(term_text(f"· {m}", None)), downgrade_to=downgrade_to,
                    trust_mapping=trust_mapping, allow_newer_backup=allow_newer_backup,
-                   same_installation=same_installation)
+                   same_installation=same_installation, conflicts=ConflictMode(conflicts))
     render_outcome(res)
     _print_next_steps(res, backup)
     sys.exit(res.exit_code)
@@ -471,7 +475,7 @@ def demo_cmd(out_dir: Path | None, parts: int, seed: int) -> None:
     import tempfile
 
     from recovery.sample import app_dir, generate
-    from recovery.outcome import ConflictPolicy, Prefer
+    from recovery.outcome import ConflictMode, ConflictPolicy, Prefer
     from recovery.pipeline import rollback
     from recovery.sample.generator import fresh_folder
 

@@ -36,6 +36,21 @@ class Prefer(str, Enum):
     """Take the bundle's value and report both."""
 
 
+class ConflictMode(str, Enum):
+    """How finely a row changed both after the deploy and in the target since is compared
+    (``--conflicts``)."""
+
+    CELL = "cell"
+    """Column by column (default): edits to different columns of a row merge; only a column both
+    sides changed to different values is an ``update_update`` conflict. A JSON object/array cell
+    is merged key by key (:mod:`recovery.jsonmerge`): only the same JSON path changed differently
+    is a conflict."""
+    ROW = "row"
+    """Row by row (Dolt's stricter mode): any change to the same row on both sides is one
+    ``update_update`` conflict, resolved by ``--prefer`` as a whole row — ``db`` keeps the target's
+    row untouched, ``bundle`` takes the bundle's row (every mapped column)."""
+
+
 @dataclass(frozen=True)
 class Conflict:
     kind: str
@@ -105,6 +120,8 @@ class Outcome:
     before its commit: they did not fire for the rows the tool carried."""
     sequences: list[dict[str, Any]] = field(default_factory=list)
     """AUTOINCREMENT counters after the re-import: ``{"table", "backup", "live", "max_id", "seq"}``."""
+    conflicts_mode: str = ConflictMode.CELL.value
+    """``--conflicts``: a :class:`ConflictMode` value (``cell`` or ``row``)."""
 
     @property
     def needs_review(self) -> bool:
@@ -195,6 +212,7 @@ class Outcome:
             "deletes_for_review": self.deletes_for_review, "skipped_rows": self.skipped_rows,
             "files": self.files, "verification": self.verification,
             "triggers_suspended": self.triggers_suspended, "sequences": self.sequences,
+            "conflicts_mode": self.conflicts_mode,
             "totals": {
                 "inserted": sum(t.inserted for t in self.tables.values()),
                 "updated": sum(t.updated for t in self.tables.values()),
@@ -371,6 +389,8 @@ def _fields(obj: Any, names: set[str], where: str, optional: set[str] = frozense
 
 _OUTCOME_FIELDS = {"format", "bundle_id", "target", "policy", "dry_run", "already_applied", "aborted", "tables",
                    "conflicts", "remaps", "lost", "deletes_for_review", "skipped_rows", "files", "verification"}
+_OUTCOME_OPTIONAL = {"conflicts_mode"}
+"""Fields an older ``outcome.json`` may lack (read with their default)."""
 _TABLE_INTS = [f for f in TableOutcome.__dataclass_fields__ if f != "table"]
 _CONFLICT_FIELDS = set(Conflict.__dataclass_fields__)
 _LOST_FIELDS = {"sample", "total", "counts", "source"}
@@ -389,6 +409,7 @@ def _outcome_to_data(o: Outcome) -> dict[str, Any]:
                  "counts": encode_value(getattr(lost, "counts", None) or {}), "source": getattr(lost, "source", None)},
         "deletes_for_review": encode_value(o.deletes_for_review), "skipped_rows": encode_value(o.skipped_rows),
         "files": encode_value(o.files), "verification": encode_value(o.verification),
+        "conflicts_mode": o.conflicts_mode,
     }
 
 
@@ -400,7 +421,10 @@ def _list_of_dicts(v: Any, where: str) -> list[dict[str, Any]]:
 
 
 def _outcome_from_data(d: Any) -> Outcome:
-    _fields(d, _OUTCOME_FIELDS, "outcome")
+    _fields(d, _OUTCOME_FIELDS | _OUTCOME_OPTIONAL, "outcome", _OUTCOME_OPTIONAL)
+    mode = _expect(d.get("conflicts_mode", ConflictMode.CELL.value), str, "conflicts_mode")
+    if mode not in {m.value for m in ConflictMode}:
+        raise OutcomeFormatError(f"conflicts_mode: {mode!r} is not one of cell, row")
     if d["format"] != OUTCOME_FORMAT:
         raise OutcomeFormatError(f"format: {d['format']!r} is not {OUTCOME_FORMAT}")
     for f in ("bundle_id", "target", "policy"):
@@ -453,7 +477,7 @@ def _outcome_from_data(d: Any) -> Outcome:
         deletes_for_review=_list_of_dicts(d["deletes_for_review"], "deletes_for_review"),
         skipped_rows=_list_of_dicts(d["skipped_rows"], "skipped_rows"), files=files,
         verification=decode_value(_expect(d["verification"], dict, "verification"), "verification"),
-        aborted=d["aborted"])
+        aborted=d["aborted"], conflicts_mode=mode)
 
 
 def outcome_to_json(outcome: Outcome) -> str:

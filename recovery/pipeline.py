@@ -29,7 +29,7 @@ from recovery.bundle import Bundle, open_bundle, write_json_atomic
 from recovery.errors import ExitCode, RecoveryError
 from recovery.files import FilesConfig
 from recovery.livewindow import WriteWindow, check_replaced, write_late_commits
-from recovery.outcome import OUTCOME_FORMAT, ConflictPolicy, Outcome, Prefer
+from recovery.outcome import OUTCOME_FORMAT, ConflictMode, ConflictPolicy, Outcome, Prefer
 from recovery.pairing import refuse_second_rollback, refuse_wrong_pairing
 from recovery.reimport import attach_bundle, check_target_schema, merge_and_check, open_target, record_outcome
 from recovery.schema import alembic_revision, reflect
@@ -88,7 +88,7 @@ class RunResult:
 def _reimport_into(
     target: Path, bundle: Bundle, policy: ConflictPolicy, prefer: Prefer, apply_deletes: bool,
     files: FilesConfig, dry_run: bool, busy_timeout: float, label: str, in_place: bool = False,
-    check_after: bool = True,
+    check_after: bool = True, conflicts: ConflictMode = ConflictMode.CELL,
 ) -> Outcome:
     """Apply ``bundle`` to ``target`` in one transaction; verify before commit. ``in_place``: the
     target was downgraded in place and already holds the post-deploy rows."""
@@ -102,7 +102,7 @@ def _reimport_into(
             # the FK check of what the merge wrote (inserted/updated rows, children of deleted or
             # re-keyed parents); the whole-file check is verify's, after the commit
             outcome, problems = merge_and_check(conn, bundle, policy, prefer, apply_deletes, files, label, dry_run,
-                                                target_schema, in_place)
+                                                target_schema, in_place, conflicts=conflicts)
             if outcome.aborted:
                 conn.execute("ROLLBACK")
                 return outcome
@@ -128,7 +128,7 @@ def reimport(
     bundle_dir: str | os.PathLike[str] | Bundle, db: str | os.PathLike[str], out: str | os.PathLike[str] | None = None,
     on_conflict: ConflictPolicy = ConflictPolicy.REMAP, apply_deletes: bool = False, dry_run: bool = False,
     prefer: Prefer = Prefer.DB, uploads: str | os.PathLike[str] | None = None, files: FilesConfig | None = None,
-    busy_timeout: float = 10.0, expect_bundle_id: str | None = None,
+    busy_timeout: float = 10.0, expect_bundle_id: str | None = None, conflicts: ConflictMode = ConflictMode.CELL,
 ) -> RunResult:
     """Re-import a bundle into ``db`` (at the bundle's old schema). ``dry_run`` works on a scratch
     copy and leaves every file untouched. ``bundle_dir``: a folder, or a bundle already opened
@@ -152,13 +152,13 @@ def reimport(
         with tempfile.TemporaryDirectory(prefix="recovery-dry-run-") as tmp:
             scratch = consistent_copy(target, Path(tmp) / target.name, "target database")
             outcome = _reimport_into(scratch, bundle, on_conflict, prefer, apply_deletes, files, True,
-                                     busy_timeout, str(target))
+                                     busy_timeout, str(target), conflicts=conflicts)
             outcome.files = _relink(bundle, scratch, uploads, files, dry_run=True, outcome=outcome) if uploads else None
     else:
         run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         consistent_copy(target, run_dir / "safety" / target.name, "target database")
         outcome = _reimport_into(target, bundle, on_conflict, prefer, apply_deletes, files, False, busy_timeout,
-                                 str(target), check_after=False)
+                                 str(target), check_after=False, conflicts=conflicts)
         try:
             outcome.verification = verify_file(target, outcome, bundle.old.alembic_revision, role="target database")
             outcome.files = _relink(bundle, target, uploads, files, dry_run=False, outcome=outcome) if uploads else None
@@ -432,7 +432,7 @@ def rollback(
     force: bool = False, prefer: Prefer = Prefer.DB, files: FilesConfig | None = None,
     confirm: Callable[[dict[str, Any]], bool] | None = None, progress: Progress | None = None,
     downgrade_to: str | None = None, trust_mapping: bool = False, allow_newer_backup: bool = False,
-    same_installation: bool = False,
+    same_installation: bool = False, conflicts: ConflictMode = ConflictMode.CELL,
 ) -> RunResult:
     """The whole runbook; see the module docstring. ``confirm`` is asked (with the extract summary)
     before the first change to the live DB; returning False stops with nothing changed.
@@ -452,6 +452,8 @@ def rollback(
         args["trust_mapping"] = True
     if same_installation:
         args["same_installation"] = True
+    if conflicts is not ConflictMode.CELL:  # only when set: journals of earlier runs keep matching
+        args["conflicts"] = conflicts.value
     if since is not None:  # bad input is refused before a run folder or safety copy is written
         from recovery.timestamps import parse_since
 
@@ -466,7 +468,8 @@ def rollback(
         check_writable(Path(os.path.realpath(db_p)).parent, "database folder (the restore writes beside the DB)")
     if dry_run:
         return _dry_run(db_p, backup_p, run_dir, since, uploads, mapping, alembic_ini, on_conflict, apply_deletes,
-                        prefer, files, say, trust=trust_mapping, same_installation=same_installation)
+                        prefer, files, say, trust=trust_mapping, same_installation=same_installation,
+                        conflicts=conflicts)
     with _one_run_per_folder(db_p), _windows_closed() as windows:
         try:
             return _run_rollback(db_p, backup_p, run_dir, args, since, uploads, mapping, alembic_ini, on_conflict,
@@ -597,7 +600,8 @@ def _run_rollback(db_p: Path, backup_p: Path, run_dir: Path, args: dict[str, Any
         warm = _Background(_warm_report_imports)
         in_place = journal.info("restore").get("method") == "downgrade"
         outcome = _reimport_into(db_p, bundle, on_conflict, prefer, apply_deletes, files, False, 10.0, str(db_p),
-                                 in_place, check_after=False)
+                                 in_place, check_after=False,
+                                 conflicts=ConflictMode(args.get("conflicts", ConflictMode.CELL.value)))
         if outcome.already_applied:  # committed by a run killed before it journaled: its own outcome
             outcome = _recorded_outcome(db_p, bundle.bundle_id) or outcome
         _save_outcome(run_dir, outcome)
@@ -996,7 +1000,8 @@ def _downgrade_in_place(db: Path, alembic_ini: str | os.PathLike[str] | None, ta
 
 def _dry_run(db: Path, backup: Path, run_dir: Path, since: str | None, uploads: Any, mapping: Any,
              alembic_ini: Any, policy: ConflictPolicy, apply_deletes: bool, prefer: Prefer, files: FilesConfig,
-             say: Progress, trust: bool = False, same_installation: bool = False) -> RunResult:
+             say: Progress, trust: bool = False, same_installation: bool = False,
+             conflicts: ConflictMode = ConflictMode.CELL) -> RunResult:
     """Everything on scratch copies: the same report, every input file byte-identical."""
     from recovery.extract import extract
 
@@ -1019,7 +1024,8 @@ def _dry_run(db: Path, backup: Path, run_dir: Path, since: str | None, uploads: 
                                 "add a mapping file (see the README)")
         say("dry run: restoring and re-importing on the scratch copy")
         restored = consistent_copy(backup, t / "restored.db", "backup")
-        outcome = _reimport_into(restored, res.bundle, policy, prefer, apply_deletes, files, True, 10.0, str(db))
+        outcome = _reimport_into(restored, res.bundle, policy, prefer, apply_deletes, files, True, 10.0, str(db),
+                                 conflicts=conflicts)
         outcome.dry_run = True
         outcome.files = _relink(res.bundle, restored, uploads, files, dry_run=True, outcome=outcome) if uploads else None
         run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)

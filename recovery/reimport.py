@@ -40,13 +40,15 @@ from recovery.bundle import Bundle
 from recovery.constraints import Rules, UniqueRule, read_rules, strict_violation, typed_copy
 from recovery.errors import ExitCode, RecoveryError
 from recovery.files import FilesConfig
-from recovery.outcome import Conflict, ConflictPolicy, Outcome, Prefer, Remap, TableOutcome
+from recovery.outcome import Conflict, ConflictMode, ConflictPolicy, Outcome, Prefer, Remap, TableOutcome
 from recovery.schema import Schema, Table
 from recovery.sqlbuild import and_all, col, is_distinct, is_same, or_all, sql, table
 from recovery.transpile import BASE_DB, BUNDLE_DB, KIND, Plan, TablePlan
 from recovery.transpile import plan as make_plan
 
 APPLIED_TABLE = "_recovery_applied"
+JSON_BATCH = 500
+"""JSON cells changed on both sides are read into Python (:mod:`recovery.jsonmerge`) this many at a time."""
 KILL_ENV = "RECOVERY_TEST_KILL_AFTER_STATEMENTS"
 """Test-only fault injection: SIGKILL this process after N statements of the re-import transaction."""
 
@@ -183,6 +185,13 @@ class Merge:
     """Table name → the target's own row rules (read on first use)."""
     quiet: bool = False
     """Every trigger on a table the re-import writes was suspended while it wrote: none fired."""
+    mode: ConflictMode = ConflictMode.CELL
+    """``--conflicts``: compare rows changed on both sides cell by cell or as whole rows."""
+    json_tables: set[str] = field(default_factory=set)
+    """Tables with a ``json:<t>`` TEMP table: (rid, ci, merged) — the merged text of JSON cells
+    both sides changed (``rid``: the staged update's rowid, ``ci``: the updatable column's index)."""
+    row_tables: set[str] = field(default_factory=set)
+    """Tables with a ``rowc:<t>`` TEMP table: rids of staged updates that are row conflicts (``row``)."""
 
     # ---- helpers -------------------------------------------------------------------------
     def run(self, stmt: exp.Expression, params: tuple[Any, ...] = ()) -> sqlite3.Cursor:
@@ -577,12 +586,20 @@ class Merge:
             self.conflict(Conflict("update_deleted", tp.table, tuple(k), "skipped",
                                    detail="changed after the deploy but deleted in the target since"))
             self.run(exp.Insert(this=_t("uskip", tp.table), expression=exp.select(exp.Literal.number(rid))))
+        if self.mode is ConflictMode.ROW:
+            self.detect_row_conflicts(tp)
+        else:
+            self.detect_json(tp)
         # every column in one pass over the updated rows; conflicts listed column by column as before
         nk, per_column, flags = len(t.key), [], []
         for i in self.moving_columns(tp):
             name = tp.updatable[i]
             theirs, base, ours = col(f"theirs_{i}", "u"), col(f"base_{i}", "u"), col(name, "t")
             clash = [is_distinct(theirs, base), is_distinct(ours, base.copy()), is_distinct(ours.copy(), theirs.copy())]
+            if self.mode is ConflictMode.ROW:  # reported once per row by detect_row_conflicts
+                clash.append(exp.false())
+            elif tp.table in self.json_tables:  # merged key by key (detect_json)
+                clash.append(exp.Not(this=self.json_cell(tp.table, i, exp.column("rowid", "u"))))
             if t.column(name).nullable:
                 nulled = None
             else:  # a NULL the old schema cannot hold: keep the target's value
@@ -615,6 +632,128 @@ class Merge:
                         target_value=row[at + 1], base_value=row[at + 2], label=row[nk],
                         detail="changed after the deploy and, differently, in the target since"))
             at += len(exprs)
+
+    # ---- --conflicts row ------------------------------------------------------------------
+    def row_columns(self, tp: TablePlan) -> list[int]:
+        """Indexes of every updatable column that may be written (generated ones never are)."""
+        gen = self.generated(tp.table)
+        return [i for i, n in enumerate(tp.updatable) if n.lower() not in gen]
+
+    def detect_row_conflicts(self, tp: TablePlan) -> None:
+        """``--conflicts row``: a staged update whose row the target also changed since the backup
+        (some column differs from base on both sides) and that differs from the target's row is
+        one ``update_update`` conflict; its rid goes to ``rowc:<t>`` for :meth:`apply_updates`."""
+        moving, every = self.moving_columns(tp), self.row_columns(tp)
+        if not moving:
+            return
+        t = self.old(tp.table)
+        th = lambda i: col(f"theirs_{i}", "u")  # noqa: E731
+        ba = lambda i: col(f"base_{i}", "u")  # noqa: E731
+        ou = lambda i: col(tp.updatable[i], "t")  # noqa: E731
+        cond = and_all([or_all(is_distinct(th(i), ba(i)) for i in moving),
+                        or_all(is_distinct(ou(i), ba(i)) for i in every),
+                        or_all(is_distinct(ou(i), th(i)) for i in every)])
+        key_match = and_all(exp.EQ(this=col(k, "t"), expression=col(f"key_{j}", "u")) for j, k in enumerate(t.key))
+        rowc = _t("rowc", tp.table)
+        self.run(_rid_table(rowc))
+        if not self.run(exp.Insert(this=rowc, expression=exp.select(_rowid("u")).from_(
+                exp.alias_(_t("upd", tp.table), "u")).join(table(tp.table, "main", "t"), on=key_match).where(cond))).rowcount:
+            return
+        self.row_tables.add(tp.table)
+        nk = len(t.key)
+        cells = [e for i in every for e in (is_distinct(th(i), ba(i)), is_distinct(ou(i), ba(i)), th(i), ou(i), ba(i))]
+        q = exp.select(*[col(f"key_{j}", "u") for j in range(nk)], self.label(t, "t"), *cells).from_(
+            exp.alias_(_t("upd", tp.table), "u")).join(table(tp.table, "main", "t"), on=key_match.copy()).where(
+            _in(_rowid("u"), exp.select("rid").from_(rowc)))
+        resolution = "kept_target" if self.prefer is Prefer.DB else "applied"
+        for row in self.rows(q):
+            mine, theirs_d, ours_d, base_d = [], {}, {}, {}
+            for n, i in enumerate(every):
+                b_moved, t_moved, tv, ov, bv = row[nk + 1 + 5 * n: nk + 6 + 5 * n]
+                name = tp.updatable[i]
+                if b_moved or t_moved:
+                    mine.append((name, bool(b_moved), bool(t_moved)))
+                    theirs_d[name], ours_d[name], base_d[name] = tv, ov, bv
+            changed_b = [n for n, b, _ in mine if b]
+            changed_t = [n for n, _, tm in mine if tm]
+            self.conflict(Conflict(
+                "update_update", tp.table, tuple(row[:nk]), resolution, column=",".join(n for n, _, _ in mine),
+                bundle_value=_json_text(theirs_d), target_value=_json_text(ours_d), base_value=_json_text(base_d),
+                label=row[nk], detail=f"row changed after the deploy ({', '.join(changed_b)}) and in the target "
+                                      f"since ({', '.join(changed_t)}); --conflicts row"))
+
+    # ---- JSON cells (cell mode) -----------------------------------------------------------
+    def json_cell(self, name: str, i: int, rid: exp.Expression) -> exp.Expression:
+        """``EXISTS`` a merged JSON cell of column ``i`` for the staged update ``rid``."""
+        return exp.Exists(this=exp.select("1").from_(exp.alias_(_t("json", name), "j")).where(and_all([
+            exp.EQ(this=col("rid", "j"), expression=rid), exp.EQ(this=col("ci", "j"), expression=exp.Literal.number(i))])))
+
+    def detect_json(self, tp: TablePlan) -> None:
+        """Cells changed differently on both sides whose three values are all JSON objects/arrays
+        (decided in SQL, one pass over the staged updates for every column) are merged key by key
+        in Python, :data:`JSON_BATCH` rows at a time: the merged text goes to ``json:<t>``; the
+        same JSON path changed differently on both sides is an ``update_update`` conflict naming
+        the paths of each side, resolved by ``--prefer`` at those paths."""
+        from recovery.jsonmerge import JsonMergeError, merge_texts
+
+        moving = self.moving_columns(tp)
+        if not moving:
+            return
+        t = self.old(tp.table)
+        flags, values = [], []
+        for i in moving:
+            theirs, base, ours = col(f"theirs_{i}", "u"), col(f"base_{i}", "u"), col(tp.updatable[i], "t")
+            flags.append(and_all([is_distinct(theirs, base), is_distinct(ours, base.copy()),
+                                  is_distinct(ours.copy(), theirs.copy()), _json_container(theirs.copy()),
+                                  _json_container(ours.copy()), _json_container(base.copy())]))
+            values += [theirs.copy(), ours.copy(), base.copy()]
+        key_match = and_all(exp.EQ(this=col(k, "t"), expression=col(f"key_{j}", "u")) for j, k in enumerate(t.key))
+        nk = len(t.key)
+        q = exp.select(_rowid("u"), *[col(f"key_{j}", "u") for j in range(nk)], self.label(t, "t"),
+                       *[f.copy() for f in flags], *values).from_(exp.alias_(_t("upd", tp.table), "u")).join(
+            table(tp.table, "main", "t"), on=key_match).where(and_all([
+                or_all(flags), exp.GT(this=_rowid("u"), expression=exp.Placeholder())])).order_by(
+            _rowid("u")).limit(JSON_BATCH)
+        ins = exp.Insert(this=_t("json", tp.table), expression=exp.Values(expressions=[exp.Tuple(
+            expressions=[exp.Placeholder()] * 3)]))
+        bundle_wins = self.prefer is Prefer.BUNDLE
+        last = -1
+        while True:
+            batch = self.run(q, (last,)).fetchall()
+            if not batch:
+                return
+            last = batch[-1][0]
+            if tp.table not in self.json_tables:
+                self.run(exp.Create(kind="TABLE", this=exp.Schema(this=_t("json", tp.table), expressions=[
+                    exp.ColumnDef(this=exp.to_identifier(c), kind=exp.DataType.build(k))
+                    for c, k in (("rid", "INTEGER"), ("ci", "INTEGER"), ("merged", "TEXT"))])))
+                self.run(exp.Create(kind="INDEX", this=exp.Index(
+                    this=table(f"ix_json:{tp.table}", "temp"), table=table(f"json:{tp.table}"),
+                    params=exp.IndexParameters(columns=[col("rid"), col("ci")]))))
+                self.json_tables.add(tp.table)
+            merged_rows = []
+            for row in batch:
+                rid, key, label = row[0], tuple(row[1:nk + 1]), row[nk + 1]
+                at = nk + 2 + len(moving)
+                for n, i in enumerate(moving):
+                    if not row[nk + 2 + n]:
+                        continue
+                    tv, ov, bv = row[at + 3 * n: at + 3 * n + 3]
+                    try:
+                        text, m = merge_texts(bv, tv, ov, bundle_wins)
+                    except JsonMergeError:  # not mergeable key by key: the cell rule decides it
+                        continue
+                    merged_rows.append((rid, i, text))
+                    if m.conflicted:
+                        kept = "the bundle's" if bundle_wins else "the target's"
+                        self.conflict(Conflict(
+                            "update_update", tp.table, key, "applied" if bundle_wins else "kept_target",
+                            column=tp.updatable[i], bundle_value=tv, target_value=ov, base_value=bv, label=label,
+                            detail=f"the same JSON path changed on both sides — bundle: "
+                                   f"{', '.join(m.conflict_bundle)}; target: {', '.join(m.conflict_target)}; "
+                                   f"{kept} value kept there, other keys merged"))
+            self.counter.tick()
+            self.conn.executemany(sql(ins), merged_rows)
 
     def propagate_skips(self) -> None:
         """Skip whole units: children of skipped parents; cascade-owned children's parents."""
@@ -851,6 +990,10 @@ class Merge:
         if not moving:
             return
         t = self.old(tp.table)
+        whole_rows = tp.table in self.row_tables and self.prefer is Prefer.BUNDLE  # --conflicts row: bundle's row
+        has_json = tp.table in self.json_tables
+        if whole_rows:
+            moving = self.row_columns(tp)
         sets, changes = [], []
         for i in moving:
             name = tp.updatable[i]
@@ -858,12 +1001,28 @@ class Merge:
             take = and_all([is_distinct(theirs, base), is_same(ours, base.copy())])
             if self.prefer is Prefer.BUNDLE:
                 take = and_all([is_distinct(theirs.copy(), base.copy()), is_distinct(ours.copy(), theirs.copy())])
+            if whole_rows:
+                take = or_all([and_all([exp.Not(this=col("__rowc", "u")), take]),
+                               and_all([col("__rowc", "u"), is_distinct(ours.copy(), theirs.copy())])])
             if not t.column(name).nullable:
                 take = and_all([take, exp.Not(this=exp.Is(this=theirs.copy(), expression=exp.Null()))])
-            sets.append(exp.EQ(this=col(name), expression=exp.Case(ifs=[exp.If(this=take, true=theirs.copy())],
-                                                                   default=ours.copy())))
+            value: exp.Expression = exp.Case(ifs=[exp.If(this=take, true=theirs.copy())], default=ours.copy())
+            if has_json:  # a JSON cell changed on both sides takes its merged document
+                merged = exp.select(col("merged", "j")).from_(exp.alias_(_t("json", tp.table), "j")).where(and_all([
+                    exp.EQ(this=col("rid", "j"), expression=col("__rid", "u")),
+                    exp.EQ(this=col("ci", "j"), expression=exp.Literal.number(i))]))
+                value = exp.Coalesce(this=merged.subquery(), expressions=[value])
+                take = or_all([take, exp.Exists(this=merged.copy().where(is_distinct(col("merged", "j"), ours.copy())))])
+            sets.append(exp.EQ(this=col(name), expression=value))
             changes.append(take.copy())
-        live = exp.select("*").from_(exp.alias_(_t("upd", tp.table), "x")).where(exp.Not(this=_in(exp.column("rowid", "x"), exp.select("rid").from_(_t("uskip", tp.table)))))
+        extra = []
+        if has_json:
+            extra.append(exp.alias_(exp.column("rowid", "x"), "__rid"))
+        if whole_rows:
+            extra.append(exp.alias_(_in(exp.column("rowid", "x"), exp.select("rid").from_(_t("rowc", tp.table))), "__rowc"))
+        live = exp.select("*", *extra).from_(exp.alias_(_t("upd", tp.table), "x")).where(exp.Not(this=_in(exp.column("rowid", "x"), exp.select("rid").from_(_t("uskip", tp.table)))))
+        if tp.table in self.row_tables and self.prefer is Prefer.DB:  # --conflicts row: the target's row stays
+            live = live.where(exp.Not(this=_in(exp.column("rowid", "x"), exp.select("rid").from_(_t("rowc", tp.table)))))
         if only is not None:
             live = live.where(exp.Between(this=exp.column("rowid", "x"), low=exp.Literal.number(only[0]),
                                           high=exp.Literal.number(only[1])))
@@ -1014,17 +1173,19 @@ def load_lost(conn: sqlite3.Connection) -> list[dict[str, Any]]:
 def merge_into(
     conn: sqlite3.Connection, bundle: Bundle, policy: ConflictPolicy, prefer: Prefer, apply_deletes: bool,
     files: FilesConfig, target_name: str, dry_run: bool, target: Schema, in_place: bool = False,
+    conflicts: ConflictMode = ConflictMode.CELL,
 ) -> Outcome:
     """Stage, detect, resolve and apply the bundle on ``conn`` (bundle attached, transaction open).
     ``target`` is the target's reflected schema (reflected on another connection: SQLAlchemy may
     reset a connection's transaction state). The caller commits or rolls back."""
-    return _merge(conn, bundle, policy, prefer, apply_deletes, files, target_name, dry_run, target, in_place)[0]
+    return _merge(conn, bundle, policy, prefer, apply_deletes, files, target_name, dry_run, target, in_place,
+                  conflicts)[0]
 
 
 def merge_and_check(
     conn: sqlite3.Connection, bundle: Bundle, policy: ConflictPolicy, prefer: Prefer, apply_deletes: bool,
     files: FilesConfig, target_name: str, dry_run: bool, target: Schema, in_place: bool = False,
-    limit: int = 20,
+    limit: int = 20, conflicts: ConflictMode = ConflictMode.CELL,
 ) -> tuple[Outcome, list[dict[str, Any]]]:
     """:func:`merge_into`, then the foreign-key check of what it wrote (:meth:`Merge.fk_problems`):
     the problems ``PRAGMA foreign_key_check`` would report for those rows, in its shape
@@ -1034,7 +1195,8 @@ def merge_and_check(
     from recovery.timebound import statement_time_limit
 
     with statement_time_limit(conn):
-        outcome, m = _merge(conn, bundle, policy, prefer, apply_deletes, files, target_name, dry_run, target, in_place)
+        outcome, m = _merge(conn, bundle, policy, prefer, apply_deletes, files, target_name, dry_run, target, in_place,
+                            conflicts)
         if m is None or outcome.aborted:
             return outcome, []
         return outcome, m.fk_problems(limit)
@@ -1043,9 +1205,10 @@ def merge_and_check(
 def _merge(
     conn: sqlite3.Connection, bundle: Bundle, policy: ConflictPolicy, prefer: Prefer, apply_deletes: bool,
     files: FilesConfig, target_name: str, dry_run: bool, target: Schema, in_place: bool,
+    conflicts: ConflictMode = ConflictMode.CELL,
 ) -> tuple[Outcome, Merge | None]:
     check_target_schema(bundle, target)
-    outcome = Outcome(bundle.bundle_id, target_name, policy.value, dry_run)
+    outcome = Outcome(bundle.bundle_id, target_name, policy.value, dry_run, conflicts_mode=conflicts.value)
     outcome.lost = load_lost(conn)
     if already_applied(conn, bundle.bundle_id):
         outcome.already_applied = True
@@ -1054,7 +1217,7 @@ def _merge(
     if p.errors:
         raise RecoveryError("the plan has errors, nothing was changed: " + "; ".join(p.errors),
                             "add the missing columns to a mapping file and extract again")
-    m = Merge(conn, bundle, p, target, policy, prefer, files, outcome, _Counter(), in_place)
+    m = Merge(conn, bundle, p, target, policy, prefer, files, outcome, _Counter(), in_place, mode=conflicts)
     for name in bundle.old.data_tables:
         outcome.tables.setdefault(name, TableOutcome(name)).rows_before = _count(conn, name)
     m.stage()
@@ -1093,6 +1256,21 @@ def _merge(
     for name in bundle.old.data_tables:
         outcome.tables[name].rows_after = _count(conn, name)
     return outcome, m
+
+
+def _json_container(value: exp.Expression) -> exp.Expression:
+    """``value`` is text holding a JSON object or array (``json_type`` only of valid JSON text)."""
+    is_json = and_all([exp.EQ(this=exp.Anonymous(this="typeof", expressions=[value]), expression=_lit("text")),
+                       exp.Anonymous(this="json_valid", expressions=[value.copy()])])
+    kind = exp.Case(ifs=[exp.If(this=is_json, true=exp.Anonymous(this="json_type", expressions=[value.copy()]))])
+    return exp.In(this=kind, expressions=[_lit("object"), _lit("array")])
+
+
+def _json_text(values: dict[str, Any]) -> str:
+    """Column values of a row conflict as one JSON object (bytes as hex): a printable cell."""
+    import json
+
+    return json.dumps(values, ensure_ascii=False, default=lambda v: bytes(v).hex() if isinstance(v, (bytes, memoryview)) else str(v))
 
 
 def _count(conn: sqlite3.Connection, name: str) -> int:

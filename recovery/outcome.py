@@ -389,7 +389,7 @@ def _fields(obj: Any, names: set[str], where: str, optional: set[str] = frozense
 
 _OUTCOME_FIELDS = {"format", "bundle_id", "target", "policy", "dry_run", "already_applied", "aborted", "tables",
                    "conflicts", "remaps", "lost", "deletes_for_review", "skipped_rows", "files", "verification"}
-_OUTCOME_OPTIONAL = {"conflicts_mode"}
+_OUTCOME_OPTIONAL = {"conflicts_mode", "triggers_suspended", "sequences"}
 """Fields an older ``outcome.json`` may lack (read with their default)."""
 _TABLE_INTS = [f for f in TableOutcome.__dataclass_fields__ if f != "table"]
 _CONFLICT_FIELDS = set(Conflict.__dataclass_fields__)
@@ -410,6 +410,7 @@ def _outcome_to_data(o: Outcome) -> dict[str, Any]:
         "deletes_for_review": encode_value(o.deletes_for_review), "skipped_rows": encode_value(o.skipped_rows),
         "files": encode_value(o.files), "verification": encode_value(o.verification),
         "conflicts_mode": o.conflicts_mode,
+        "triggers_suspended": list(o.triggers_suspended), "sequences": encode_value(o.sequences),
     }
 
 
@@ -468,6 +469,10 @@ def _outcome_from_data(d: Any) -> Outcome:
     from recovery.lost import LostValues
 
     lost = LostValues(sample, _expect(lost_d["total"], int, "lost.total"), counts, lost_d["source"])
+    suspended = _expect(d.get("triggers_suspended", []), list, "triggers_suspended")
+    for i, name in enumerate(suspended):
+        _expect(name, str, f"triggers_suspended[{i}]")
+    sequences = _list_of_dicts(d.get("sequences", []), "sequences")
     files = d["files"]
     if files is not None:
         files = decode_value(_expect(files, dict, "files"), "files")
@@ -477,7 +482,7 @@ def _outcome_from_data(d: Any) -> Outcome:
         deletes_for_review=_list_of_dicts(d["deletes_for_review"], "deletes_for_review"),
         skipped_rows=_list_of_dicts(d["skipped_rows"], "skipped_rows"), files=files,
         verification=decode_value(_expect(d["verification"], dict, "verification"), "verification"),
-        aborted=d["aborted"], conflicts_mode=mode)
+        aborted=d["aborted"], conflicts_mode=mode, triggers_suspended=suspended, sequences=sequences)
 
 
 def outcome_to_json(outcome: Outcome) -> str:

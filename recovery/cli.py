@@ -680,7 +680,8 @@ def report_cmd(folder: Path, fmt: str, out: Path | None) -> None:
 
 @main.command("check", epilog=EXIT_CODES_HELP)
 @click.option("--alembic-ini", required=True, type=click.Path(path_type=Path), help="The app's alembic.ini.")
-@click.option("--from", "from_rev", help="Start after this revision (default: --db's revision, else the base).")
+@click.option("--from", "from_rev", help="Start after this revision (default: --db's revision, else the newest "
+              "snapshot manifest's (*.bak.*.manifest.json in . or the ini's folder), else the base).")
 @click.option("--to", "to_rev", help="Last revision to judge (default: head).")
 @click.option("--db", type=click.Path(path_type=Path), help="A database or backup whose revision is --from.")
 @output_options

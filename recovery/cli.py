@@ -284,7 +284,8 @@ def extract_cmd(backup: Path, db: Path, out_dir: Path, since: str | None, mappin
     with progress.step("extract"):
         result = extract(backup, db, out_dir, since, mapping, alembic_ini, uploads, trust_mapping=trust_mapping)
     summary = result.summary()
-    progress.print_timings()
+    if fmt == "table":  # --json/--csv are read by scripts: the data alone (bars, on a terminal, still show)
+        progress.print_timings()
     if fmt == "json":
         emit_json(summary)
     elif fmt == "csv":

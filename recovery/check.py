@@ -162,7 +162,7 @@ class CheckResult:
             counts = {v: sum(r.verdict == v for r in self.revisions) for v in VERDICTS}
             verdict = ("does NOT roll back without loss or manual SQL: "
                        + ", ".join(f"{k} {counts[k]}" for k in VERDICTS if counts[k]) + f" of {n} revision(s)")
-        return f"{span}: {verdict}. Range from {self.from_reason or 'the base'}."
+        return f"{span}: {verdict}. Start: {self.from_reason or 'the base'}."
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,7 +183,7 @@ def check(
     if from_rev is None and db is not None:
         with readonly(db, "database") as conn:
             from_rev = alembic_revision(conn)
-        from_reason = f"the revision of --db {db}"
+        from_reason = (f"the revision of --db {db}" if from_rev else f"the base: --db {db} has no Alembic revision")
     elif from_rev is None:
         from_rev, from_reason = default_from(alembic_ini)
     try:
@@ -200,10 +200,13 @@ def check(
             from_rev = script.get_revision(from_rev).revision
         revs = list(reversed(list(script.iterate_revisions(to_rev, from_rev or "base"))))
     except CommandError as exc:
-        raise RecoveryError(f"cannot read the revisions from {from_rev or 'base'} to {to_rev}: {exc}",
+        raise RecoveryError(f"cannot read the revisions from {from_rev or 'base'} to {to_rev}: {exc}"
+                            + ("" if from_reason == "--from" else f" (the range started at {from_reason})"),
                             "check --from/--to (see `alembic history`)") from None
     except AttributeError:  # get_revision(...) returned None
-        raise RecoveryError(f"unknown revision {from_rev or to_rev}", "see `alembic history`") from None
+        raise RecoveryError(f"unknown revision {from_rev or to_rev}"
+                            + ("" if from_reason == "--from" else f" (the range started at {from_reason})"),
+                            "see `alembic history`; choose the start with --from REV") from None
     if from_rev is not None and to_rev != from_rev and from_rev not in {
         r for rev in revs for r in _parents(rev.down_revision)
     }:

@@ -165,3 +165,13 @@ def test_check_starts_at_the_newest_manifest_and_says_so(tmp_path: Path) -> None
     res = piped("check", "--alembic-ini", ini, "--from", "r1", "--json", cwd=tmp_path)
     data = json.loads(res.stdout)
     assert data["from"] == "r1" and data["from_reason"] == "--from" and len(data["revisions"]) == 2
+
+
+def test_check_refuses_a_manifest_of_another_history_and_names_it(tmp_path: Path) -> None:
+    ini = tiny_project(tmp_path / "app")
+    (tmp_path / "other.db.bak.20261120_000000.manifest.json").write_text(
+        json.dumps({"created_at": "2026-11-20T00:00:00", "alembic_revision": "zz999_other_app"}), encoding="utf-8")
+    res = piped("check", "--alembic-ini", ini, cwd=tmp_path)
+    assert res.returncode == 2 and res.stdout == ""
+    assert "zz999_other_app" in res.stderr and "other.db.bak.20261120_000000.manifest.json" in res.stderr
+    assert "Traceback" not in res.stderr

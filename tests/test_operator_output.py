@@ -97,7 +97,7 @@ def test_piped_tables_are_full_width_plain_and_escaped(tmp_path: Path) -> None:
 
 
 def test_progress_bar_only_on_a_terminal_and_never_with_quiet(world: Path, tmp_path: Path) -> None:
-    ini = ROOT / "sample_dbs" / "app" / "alembic.ini"
+    ini = APP_INI
     args = ["--backup", next(world.glob("gestima.db.bak.*")), "--alembic-ini", ini, "--yes"]
 
     def fresh(name: str) -> Path:

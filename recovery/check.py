@@ -132,6 +132,8 @@ class CheckResult:
     from_revision: str | None
     to_revision: str
     revisions: tuple[RevisionCheck, ...] = field(default_factory=tuple)
+    from_reason: str = ""
+    """Why the range starts at ``from_revision`` (``--from``, ``--db``'s revision, a manifest's, the base)."""
 
     @property
     def ok(self) -> bool:
@@ -147,8 +149,20 @@ class CheckResult:
         return {
             "format": FORMAT, "alembic_ini": self.alembic_ini, "from": self.from_revision, "to": self.to_revision,
             "ok": self.ok, "summary": {v: sum(r.verdict == v for r in self.revisions) for v in VERDICTS},
-            "revisions": [r.to_dict() for r in self.revisions],
+            "revisions": [r.to_dict() for r in self.revisions], "from_reason": self.from_reason,
         }
+
+    def summary_line(self) -> str:
+        """The verdict and the range judged, first thing the reader sees."""
+        n = len(self.revisions)
+        span = f"{self.from_revision or 'base'} → {self.to_revision}"
+        if self.ok:
+            verdict = f"rolls back without loss ({n} revision(s) safe)"
+        else:
+            counts = {v: sum(r.verdict == v for r in self.revisions) for v in VERDICTS}
+            verdict = ("does NOT roll back without loss or manual SQL: "
+                       + ", ".join(f"{k} {counts[k]}" for k in VERDICTS if counts[k]) + f" of {n} revision(s)")
+        return f"{span}: {verdict}. Start: {self.from_reason or 'the base'}."
 
 
 # ---------------------------------------------------------------------------------------------
@@ -165,9 +179,13 @@ def check(
     from alembic.util.exc import CommandError
 
     script = ScriptDirectory.from_config(_config(alembic_ini))
+    from_reason = "--from"
     if from_rev is None and db is not None:
         with readonly(db, "database") as conn:
             from_rev = alembic_revision(conn)
+        from_reason = (f"the revision of --db {db}" if from_rev else f"the base: --db {db} has no Alembic revision")
+    elif from_rev is None:
+        from_rev, from_reason = default_from(alembic_ini)
     try:
         if to_rev is None or to_rev == "head":
             heads = script.get_heads()
@@ -182,10 +200,13 @@ def check(
             from_rev = script.get_revision(from_rev).revision
         revs = list(reversed(list(script.iterate_revisions(to_rev, from_rev or "base"))))
     except CommandError as exc:
-        raise RecoveryError(f"cannot read the revisions from {from_rev or 'base'} to {to_rev}: {exc}",
+        raise RecoveryError(f"cannot read the revisions from {from_rev or 'base'} to {to_rev}: {exc}"
+                            + ("" if from_reason == "--from" else f" (the range started at {from_reason})"),
                             "check --from/--to (see `alembic history`)") from None
     except AttributeError:  # get_revision(...) returned None
-        raise RecoveryError(f"unknown revision {from_rev or to_rev}", "see `alembic history`") from None
+        raise RecoveryError(f"unknown revision {from_rev or to_rev}"
+                            + ("" if from_reason == "--from" else f" (the range started at {from_reason})"),
+                            "see `alembic history`; choose the start with --from REV") from None
     if from_rev is not None and to_rev != from_rev and from_rev not in {
         r for rev in revs for r in _parents(rev.down_revision)
     }:
@@ -206,7 +227,35 @@ def check(
                     _migrate(alembic_ini, current, "upgrade", p, sandbox=sb)
             results.append(check_revision(alembic_ini, rev, current, folder / f"{i}", sandbox=sb))
             current, current_rev = folder / f"{i}.up.db", rev.revision
-    return CheckResult(str(alembic_ini), from_rev, to_rev, tuple(results))
+    return CheckResult(str(alembic_ini), from_rev, to_rev, tuple(results), from_reason)
+
+
+MANIFEST_GLOB = "*.bak.*.manifest.json"
+
+
+def default_from(alembic_ini: str | os.PathLike[str]) -> tuple[str | None, str]:
+    """Where a check without ``--from`` or ``--db`` starts: the Alembic revision of the newest
+    snapshot manifest (``*.bak.*.manifest.json``, by its ``created_at``) in the current folder or
+    the ini's folder — the release a rollback would return to — else the base. Returns the
+    revision (None: the base) and the reason, said to the user. Unreadable manifests are skipped."""
+    import json
+
+    found: list[tuple[str, float, Path, str]] = []
+    folders = {Path.cwd().resolve(), Path(alembic_ini).resolve().parent}
+    for folder in sorted(folders):
+        for m in folder.glob(MANIFEST_GLOB):
+            try:
+                data = json.loads(m.read_text(encoding="utf-8"))
+                rev = data.get("alembic_revision") if isinstance(data, dict) else None
+            except (OSError, ValueError):
+                continue
+            if isinstance(rev, str) and rev:
+                found.append((str(data.get("created_at") or ""), m.stat().st_mtime, m, rev))
+    if not found:
+        return None, ("the base: no --from, no --db and no snapshot manifest (" + MANIFEST_GLOB
+                      + ") in the current folder or the ini's folder")
+    created, _mtime, path, rev = max(found)
+    return rev, f"the newest snapshot manifest {path} (created {created or 'at an unknown time'})"
 
 
 def check_revision(alembic_ini: str | os.PathLike[str], rev: Any, before_db: Path, stem: Path,
@@ -659,9 +708,11 @@ def render_check(result: CheckResult) -> None:
     verdict), then the suggested reverse of every stub."""
     from rich.table import Table as RichTable
 
+    from recovery.escape import term_text
     from recovery.render import console
 
     out = console()
+    out.print(term_text(result.summary_line(), None), soft_wrap=True)
     colour = {SAFE: "green", LOSES_DATA: "yellow", MANUAL: "red"}
     t = RichTable(title=f"Rollback check {result.from_revision or 'base'} → {result.to_revision}", show_lines=True)
     for h, ratio in (("revision", 2), ("upgrade does", 4), ("downgrade", 2), ("lost on rollback", 3), ("verdict", 2)):

@@ -58,12 +58,21 @@ def _show_traceback(ctx: click.Context) -> bool:
 class RecoveryGroup(click.Group):
     """Turns RecoveryError into one line on stderr and its exit code; click usage errors exit 2."""
 
+    def _invoke_then_stop_bars(self, ctx: click.Context) -> Any:
+        """The command; however it ends, its progress bars are gone before anything else prints."""
+        from recovery import progress
+
+        try:
+            return super().invoke(ctx)
+        finally:
+            progress.stop_all()
+
     def invoke(self, ctx: click.Context) -> Any:
         import sqlite3
         import traceback
 
         try:
-            return super().invoke(ctx)
+            return self._invoke_then_stop_bars(ctx)
         except RecoveryError as err:
             if _show_traceback(ctx):
                 traceback.print_exc()
@@ -105,6 +114,28 @@ def output_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def quiet_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--quiet`` on a command: like ``recovery --quiet``, no progress bar, step messages or timing."""
+
+    @click.option("--quiet", "-q", is_flag=True, help="No progress bar, step messages or timing on stderr.")
+    @functools.wraps(func)
+    def wrapper(*args: Any, quiet: bool, **kwargs: Any) -> Any:
+        from recovery import progress
+
+        if quiet:
+            progress.set_quiet(True)
+        return func(*args, **kwargs)
+
+    return wrapper
+
+
+def _say(err: Any) -> Callable[[str], None]:
+    """The ``· step`` messages on stderr, unless ``--quiet``."""
+    from recovery import progress
+
+    return lambda m: None if progress.is_quiet() else err.print(term_text(f"· {m}", None))
+
+
 def emit_json(data: Any) -> None:
     click.echo(stdout_text(json.dumps(data, indent=2, ensure_ascii=False, default=str), json_text=True))
 
@@ -113,8 +144,10 @@ def emit_json(data: Any) -> None:
 @click.version_option(__version__, prog_name="recovery")
 @click.option("--traceback", "show_traceback", is_flag=True,
               help=f"On an error, print the Python trace too (or set {TRACEBACK_ENV}=1).")
+@click.option("--quiet", "-q", is_flag=True,
+              help="No progress bars, step messages or timing on stderr (bars show only on a terminal).")
 @click.pass_context
-def main(ctx: click.Context, show_traceback: bool) -> None:
+def main(ctx: click.Context, show_traceback: bool, quiet: bool) -> None:
     """Roll a SQLite application database back to its previous release without losing what
     users did after the deploy: snapshot → diff → extract → restore → re-import → verify → report.
 
@@ -124,12 +157,17 @@ def main(ctx: click.Context, show_traceback: bool) -> None:
         recovery --traceback rollback gestima.db --backup gestima.db.bak.20261120_140000 --yes
     """
     ctx.meta[_TRACEBACK_META] = show_traceback
+    from recovery import progress
+
+    progress.set_quiet(quiet)
+    progress.reset()
 
 
 @main.command("sample", epilog=EXIT_CODES_HELP)
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--parts", default=300, show_default=True, type=click.IntRange(10, 10_000_000), help="Parts in the backup.")
 @click.option("--seed", default=42, show_default=True, type=int, help="Random seed (same seed, same world).")
+@quiet_option
 def sample_cmd(out_dir: Path, parts: int, seed: int) -> None:
     """Build the sample Gestima world (backup at v2.0.0, live DB at v2.0.1 after an hour of users,
     uploads/ and world.json, the ground truth) into OUT_DIR.
@@ -142,8 +180,11 @@ def sample_cmd(out_dir: Path, parts: int, seed: int) -> None:
     from recovery.sample import generate
     from recovery.sample.generator import fresh_folder
 
-    with fresh_folder(out_dir):
-        generate(out_dir, parts=parts, seed=seed, progress=sys.stderr.isatty())
+    from recovery import progress
+
+    with fresh_folder(out_dir), progress.step("sample"):
+        generate(out_dir, parts=parts, seed=seed)
+    progress.print_timings()
     console(stderr=True).print(f"sample world written to [bold]{out_dir}[/]")
 
 
@@ -222,6 +263,7 @@ def diff_cmd(backup: Path, db: Path, since: str | None, tables: tuple[str, ...],
 @click.option("--trust-mapping", is_flag=True,
               help="Keep a column rule the unchanged rows contradict (default: refuse, exit 2).")
 @output_options
+@quiet_option
 def extract_cmd(backup: Path, db: Path, out_dir: Path, since: str | None, mapping: Path | None,
                 alembic_ini: Path | None, uploads: Path | None, fmt: str, trust_mapping: bool = False) -> None:
     """Extract every row users created, changed or deleted since BACKUP from the live DB into a
@@ -237,8 +279,13 @@ def extract_cmd(backup: Path, db: Path, out_dir: Path, since: str | None, mappin
     """
     from recovery.extract import extract
 
-    result = extract(backup, db, out_dir, since, mapping, alembic_ini, uploads, trust_mapping=trust_mapping)
+    from recovery import progress
+
+    with progress.step("extract"):
+        result = extract(backup, db, out_dir, since, mapping, alembic_ini, uploads, trust_mapping=trust_mapping)
     summary = result.summary()
+    if fmt == "table":  # --json/--csv are read by scripts: the data alone (bars, on a terminal, still show)
+        progress.print_timings()
     if fmt == "json":
         emit_json(summary)
     elif fmt == "csv":
@@ -312,6 +359,7 @@ def _confirm_or_refuse(yes: bool, dry_run: bool, question: str) -> None:
               help="Refuse (exit 2) unless the bundle's id is ID, the id `recovery extract` printed.")
 @conflict_options
 @statement_timeout_option
+@quiet_option
 def reimport_cmd(bundle_dir: Path, db: Path, out_dir: Path | None, uploads: Path | None, expect_bundle_id: str | None,
                  on_conflict: str, prefer: str, apply_deletes: bool, dry_run: bool, yes: bool,
                  conflicts: str = "cell") -> None:
@@ -336,8 +384,12 @@ def reimport_cmd(bundle_dir: Path, db: Path, out_dir: Path | None, uploads: Path
     bundle.check_expected_id(expect_bundle_id)
     show_bundle_identity(bundle)
     _confirm_or_refuse(yes, dry_run, f"Re-import {bundle_dir} into {db}?")
-    res = reimport(bundle, db, out_dir, ConflictPolicy(on_conflict), apply_deletes, dry_run, Prefer(prefer),
-                   uploads, conflicts=ConflictMode(conflicts))
+    from recovery import progress
+
+    with progress.step("reimport"):
+        res = reimport(bundle, db, out_dir, ConflictPolicy(on_conflict), apply_deletes, dry_run, Prefer(prefer),
+                       uploads, conflicts=ConflictMode(conflicts))
+    progress.print_timings()
     render_outcome(res)
     sys.exit(res.exit_code)
 
@@ -360,6 +412,7 @@ def reimport_cmd(bundle_dir: Path, db: Path, out_dir: Path | None, uploads: Path
               help="Keep a column rule the unchanged rows contradict (default: refuse, exit 2).")
 @conflict_options
 @statement_timeout_option
+@quiet_option
 def rollback_cmd(db: Path, backup: Path, out_dir: Path | None, since: str | None, uploads: Path | None,
                  mapping: Path | None, alembic_ini: Path | None, downgrade_to: str | None, force: bool,
                  allow_newer_backup: bool,
@@ -394,9 +447,12 @@ def rollback_cmd(db: Path, backup: Path, out_dir: Path | None, since: str | None
 
     res = rollback(db, backup, out_dir, since, uploads, mapping, alembic_ini, ConflictPolicy(on_conflict),
                    apply_deletes, dry_run, force, Prefer(prefer), confirm=confirm,
-                   progress=lambda m: err.print(term_text(f"· {m}", None)), downgrade_to=downgrade_to,
+                   progress=_say(err), downgrade_to=downgrade_to,
                    trust_mapping=trust_mapping, allow_newer_backup=allow_newer_backup,
                    same_installation=same_installation, conflicts=ConflictMode(conflicts))
+    from recovery import progress
+
+    progress.print_timings()
     render_outcome(res)
     _print_next_steps(res, backup)
     sys.exit(res.exit_code)
@@ -462,6 +518,7 @@ def _print_next_steps(res: Any, backup: Path) -> None:
 @click.argument("out_dir", required=False, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--parts", default=300, show_default=True, type=click.IntRange(10, 10_000_000))
 @click.option("--seed", default=42, show_default=True, type=int)
+@quiet_option
 def demo_cmd(out_dir: Path | None, parts: int, seed: int) -> None:
     """Build the sample Gestima world (in OUT_DIR or a temporary folder), roll it back with
     `recovery rollback --yes`, print the summary and where the report is. Exits 0 when the
@@ -481,14 +538,19 @@ def demo_cmd(out_dir: Path | None, parts: int, seed: int) -> None:
 
     err = console(stderr=True)
     folder = out_dir or Path(tempfile.mkdtemp(prefix="recovery-demo-"))
-    err.print(f"· building the sample world in {folder}")
+    from recovery import progress
+
+    say = _say(err)
+    say(f"building the sample world in {folder}")
     with fresh_folder(folder):  # a failed demo leaves nothing behind that blocks the retry
-        generate(folder, parts=parts, seed=seed)
+        with progress.step("sample"):
+            generate(folder, parts=parts, seed=seed)
         backup = next(folder.glob("gestima.db.bak.*"))
         res = rollback(folder / "gestima.db", backup, out=folder / "run", uploads=folder / "uploads",
                        alembic_ini=app_dir() / "alembic.ini", on_conflict=ConflictPolicy.REMAP,
                        prefer=Prefer.DB, confirm=lambda plan: (render_plan(plan), True)[1],
-                       progress=lambda m: err.print(term_text(f"· {m}", None)))
+                       progress=say)
+    progress.print_timings()
     render_outcome(res)
     # The sample world is built to lose values (new-only columns and tables): that is the point of
     # the demo, not a failure. It succeeds when the rolled-back database verifies.
@@ -593,6 +655,7 @@ def relink_cmd(bundle_dir: Path, db: Path, uploads: Path, files_table: str | Non
                    "json: report.json's shape (docs/REPORT.md).")
 @click.option("--out", "out", type=click.Path(path_type=Path),
               help="File to write (default: html to RUN_DIR/report.html or BUNDLE_DIR-report.html; others to stdout).")
+@quiet_option
 def report_cmd(folder: Path, fmt: str, out: Path | None) -> None:
     """Regenerate the recovery report of a run folder (from its report.json), or report what a
     bundle holds and what a re-import would lose, before re-importing it. Headline (deploy and
@@ -606,7 +669,10 @@ def report_cmd(folder: Path, fmt: str, out: Path | None) -> None:
     """
     from recovery.report import report
 
-    res = report(folder, fmt, out)
+    from recovery import progress
+
+    with progress.step("report"):
+        res = report(folder, fmt, out)
     if res.path is None:
         click.echo(stdout_text(res.text, json_text=fmt == "json"), nl=False)
     else:
@@ -621,7 +687,8 @@ def report_cmd(folder: Path, fmt: str, out: Path | None) -> None:
 
 @main.command("check", epilog=EXIT_CODES_HELP)
 @click.option("--alembic-ini", required=True, type=click.Path(path_type=Path), help="The app's alembic.ini.")
-@click.option("--from", "from_rev", help="Start after this revision (default: --db's revision, else the base).")
+@click.option("--from", "from_rev", help="Start after this revision (default: --db's revision, else the newest "
+              "snapshot manifest's (*.bak.*.manifest.json in . or the ini's folder), else the base).")
 @click.option("--to", "to_rev", help="Last revision to judge (default: head).")
 @click.option("--db", type=click.Path(path_type=Path), help="A database or backup whose revision is --from.")
 @output_options
@@ -667,6 +734,7 @@ def check_cmd(alembic_ini: Path, from_rev: str | None, to_rev: str | None, db: P
 @click.option("--same-installation", is_flag=True,
               help="The backup is of this installation: skip the row-sample check that refuses another one's.")
 @output_options
+@quiet_option
 def rehearse_cmd(db: Path, backup: Path, alembic_ini: Path | None, out_dir: Path | None, uploads: Path | None,
                  mapping: Path | None, since: str | None, fmt: str, trust_mapping: bool = False,
                  same_installation: bool = False) -> None:
@@ -686,7 +754,7 @@ def rehearse_cmd(db: Path, backup: Path, alembic_ini: Path | None, out_dir: Path
     from recovery.rehearse import rehearse, render_rehearsal
 
     err = console(stderr=True)
-    result = rehearse(db, backup, alembic_ini, out_dir, uploads, mapping, since, progress=lambda m: err.print(term_text(f"· {m}", None)),
+    result = rehearse(db, backup, alembic_ini, out_dir, uploads, mapping, since, progress=_say(err),
                       trust_mapping=trust_mapping, same_installation=same_installation)
     if fmt == "json":
         emit_json(result.to_dict())

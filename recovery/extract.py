@@ -23,6 +23,7 @@ from recovery.bundle import DIR_MODE, FORMAT, LOST_TABLE, Bundle, open_bundle, s
 from recovery import changes
 from recovery.changes import TableSides, deleted_query, inserted_query, non_default, sides
 from recovery.diff import Analysis, analyse
+from recovery import progress
 from recovery.errors import RecoveryError
 from recovery.files import FilesConfig, UploadsIndex, copy_files_into_bundle
 from recovery.schema import Schema, Table
@@ -305,10 +306,14 @@ def extract(
             conn.execute("ATTACH DATABASE ? AS bbase", (str(work / "base.db"),))
             counts: dict[str, Any] = {}
             conn.execute("BEGIN")
+            progress.set_total(len(a.bundle_tables) + 2)  # the extract step's bar: tables, closure, lost
             for name in a.bundle_tables:
                 extract_table(conn, a, name, counts)
+                progress.advance(1, name)
             close_foreign_keys(conn, a, counts)
+            progress.advance(1, "foreign-key closure")
             record_lost(conn, a, files, counts)
+            progress.advance(1, "lost values")
             live_sequences = read_sequences(conn, "new")  # in the same read as the rows
             conn.execute("COMMIT")
             conn.execute("DETACH DATABASE bnew")

@@ -248,6 +248,9 @@ class Journal:
         return self.state(step) == "done"
 
     def mark(self, step: str, state: str, **info: Any) -> None:
+        from recovery import progress
+
+        progress.mark(step, state)  # the step's bar and timing (stderr; nothing when quiet)
         entry = self.data["steps"].setdefault(step, {})
         entry.update(state=state, at=datetime.now().isoformat(timespec="seconds"), **info)
         self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -24,10 +24,60 @@ M = term_markup
 _consoles: dict[bool, Console] = {}
 
 
+class OutputConsole(Console):
+    """A rich console that, when its file is not a terminal (a pipe, a log file), prints every
+    table as full-width plain text (:func:`plain_table`) and never wraps a line: what a script or
+    a log reads is never cut (``inser…``) nor folded. On a terminal it is rich's console."""
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        if self.is_terminal:
+            return super().print(*objects, **kwargs)
+        kwargs.setdefault("soft_wrap", True)
+        for obj in objects:
+            if isinstance(obj, RichTable):
+                self.file.write(plain_table(obj))
+                self.file.flush()
+            else:
+                super().print(obj, **kwargs)
+
+
+def _cell_text(cell: Any) -> str:
+    """A table cell as plain text: a rich ``Text`` as it reads (already escaped by
+    :func:`recovery.escape.term_text`), a markup string without its markup and with its control
+    characters escaped; several lines joined with `` | ``."""
+    from rich.text import Text
+
+    if isinstance(cell, Text):
+        text = cell.plain
+    elif isinstance(cell, str):
+        text = Text.from_markup(cell, emoji=False).plain
+    else:
+        text = "" if cell is None else str(cell)
+    return plain(" | ".join(text.split("\n")), None)
+
+
+def plain_table(t: RichTable) -> str:
+    """A rich table as fixed-width plain text: the title line, a header line, one line per row,
+    columns as wide as their widest cell, two spaces between; no border, nothing cut or wrapped."""
+    from rich.text import Text
+
+    headers = [_cell_text(c.header) for c in t.columns]
+    columns = [[_cell_text(cell) for cell in c.cells] for c in t.columns]
+    rows = [headers] + [list(r) for r in zip(*columns)] if columns else [headers]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(headers))]
+    lines = []
+    if t.title:
+        title = t.title.plain if isinstance(t.title, Text) else _cell_text(t.title)
+        lines.append(title)
+    for r in rows:
+        lines.append("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+    return "\n".join(lines) + "\n"
+
+
 def console(stderr: bool = False) -> Console:
     if stderr not in _consoles:
         # no emoji codes either: ``:warning:`` in a value stays those nine characters
-        _consoles[stderr] = Console(stderr=stderr, highlight=False, soft_wrap=False, emoji=False)
+        _consoles[stderr] = OutputConsole(stderr=stderr, highlight=False, soft_wrap=False, emoji=False)
     return _consoles[stderr]
 
 

@@ -51,7 +51,7 @@ def generate(out_dir: Path, parts: int = 300, seed: int = 42, progress: bool = F
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _clear(out)
-    log = _Progress(progress)
+    log = _Progress(progress, bar_total=5)
     uploads = out / UPLOADS_NAME
     uploads.mkdir()
     backup, live = out / BACKUP_NAME, out / LIVE_NAME
@@ -211,11 +211,20 @@ def _close_keeping_wal(conn: sqlite3.Connection, live: Path) -> None:
 
 
 class _Progress:
-    def __init__(self, enabled: bool):
+    """The phases of :func:`generate`: one unit of the ``sample`` step's bar each
+    (:mod:`recovery.progress`), and with ``enabled`` a line with time and peak RSS on stderr."""
+
+    def __init__(self, enabled: bool, bar_total: int):
+        from recovery import progress as bar
+
         self.enabled = enabled
         self.start = time.perf_counter()
+        bar.set_total(bar_total)
 
     def __call__(self, message: str) -> None:
+        from recovery import progress as bar
+
+        bar.advance(1, message.split(":")[0])
         if self.enabled:
             rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
             print(

@@ -258,7 +258,14 @@ def _stored_ok(stored: object) -> bool:
 def _resolve_str(path: str) -> str:
     """``Path(path).resolve()`` on a string: symlinks resolved (non-strict), and a symlink loop
     raises RuntimeError as pathlib does."""
-    real = os.path.realpath(path)
+    for _ in range(3):
+        try:
+            real = os.path.realpath(path)
+            break
+        except OSError as exc:  # a symlink lstat saw was gone before readlink: the path changed under us
+            changed = exc
+    else:
+        raise _swapped(path, changed)
     try:
         os.stat(real)
     except OSError as exc:

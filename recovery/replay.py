@@ -54,7 +54,7 @@ class Replayed:
         with readonly(self.path, "replayed copy") as c:
             names = [r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
             self.columns: dict[str, frozenset[str]] = {
-                n: frozenset(r[1] for r in c.execute("SELECT name FROM pragma_table_info(?)", (n,))) for n in names}
+                n: frozenset(r[0] for r in c.execute("SELECT name FROM pragma_table_info(?)", (n,))) for n in names}
 
     def attach(self, conn: sqlite3.Connection) -> sqlite3.Connection:
         from recovery.sqlite_io import readonly_uri

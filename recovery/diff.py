@@ -45,6 +45,8 @@ class Analysis:
     user_mapping: UserMapping
     since_jd: float | None
     since: str | None
+    replay: Replayed | None = None
+    """The upgrade replayed on a copy of the backup, attached to ``pair`` (None without one)."""
 
     def close(self) -> None:
         self.pair.close()
@@ -239,6 +241,7 @@ def diff(
                 raise RecoveryError(f"--table {unknown[0]} is in neither database", "check the table name")
             if replay is not None:
                 replay.attach(a.pair)
+                a.replay = replay
             with database_errors(a.backup, a.live):
                 changes = diff_rows(a.pair, a.old, a.new, a.mapping, tables, a.since_jd, rows, a.since,
                                     more=lambda: _with_replay(open_pair(a.backup, a.live), replay), replay=replay)

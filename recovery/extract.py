@@ -129,8 +129,7 @@ def uncarried_columns(a: Analysis, name: str) -> list[str]:
     return changes.uncarried_columns(a.new.tables[a.live_name(name)], a.mapping.tables.get(name))
 
 
-def extract_table(conn: sqlite3.Connection, a: Analysis, name: str, counts: dict[str, Any],
-                  replay: Replayed | None = None) -> None:
+def extract_table(conn: sqlite3.Connection, a: Analysis, name: str, counts: dict[str, Any]) -> None:
     old_t, new_t = a.old.table(name), a.new.tables[a.live_name(name)]
     new_cols = list(new_t.column_names)
     _create_untyped(conn, "bnew", name, new_cols)
@@ -147,7 +146,7 @@ def extract_table(conn: sqlite3.Connection, a: Analysis, name: str, counts: dict
     _create_untyped(conn, "bbase", name, old_cols)
     n_cols = [col(c, "n") for c in new_cols]
     ins = _insert_select(conn, "bnew", name, new_cols, inserted_query(s, [*n_cols, exp.Literal.string("inserted")]))
-    cond = None if s.null_safe_key else _changed_condition(a, s, new_t, replay)  # no key: no updates
+    cond = None if s.null_safe_key else _changed_condition(a, s, new_t, a.replay)  # no key: no updates
     upd_q = (
         exp.select(*n_cols, exp.Literal.string("updated"))
         .from_(table(name, "old", "o"))
@@ -241,14 +240,14 @@ def _create_list(conn: sqlite3.Connection, name: str) -> None:
         for c in ("table", "key", "label", "column", "value", "reason")]), kind="TABLE")))
 
 
-def record_lost(conn: sqlite3.Connection, a: Analysis, files: FilesConfig, counts: dict[str, Any],
-                replay: Replayed | None = None) -> None:
+def record_lost(conn: sqlite3.Connection, a: Analysis, files: FilesConfig, counts: dict[str, Any]) -> None:
     """Every value a user made that the old schema has no place for, one row per cell: in an
     inserted row, a non-NULL value; in an updated row of a shared table, a value
     :func:`recovery.changes.user_value` calls a user's (non-default and, with the upgrade replayed,
     not what the migration wrote). Then the values listed as "filled by the upgrade, not
     verified" (:func:`record_filled`)."""
     _create_list(conn, LOST_TABLE)
+    replay = a.replay
     for name in sorted(counts):
         new_t = a.new.tables[a.live_name(name)]
         carried = name in a.mapping.tables and not a.mapping.tables[name].skip and a.old.table(name) is not None
@@ -358,13 +357,14 @@ def extract(
             conn.execute("ATTACH DATABASE ? AS bnew", (str(work / "rows.db"),))
             conn.execute("ATTACH DATABASE ? AS bbase", (str(work / "base.db"),))
             counts: dict[str, Any] = {}
-            conn.execute("BEGIN")
             if replay is not None:
-                replay.attach(conn)
+                replay.attach(conn)  # before BEGIN: SQLite attaches only outside a transaction
+                a.replay = replay
+            conn.execute("BEGIN")
             for name in a.bundle_tables:
-                extract_table(conn, a, name, counts, replay)
+                extract_table(conn, a, name, counts)
             close_foreign_keys(conn, a, counts)
-            record_lost(conn, a, files, counts, replay)
+            record_lost(conn, a, files, counts)
             live_sequences = read_sequences(conn, "new")  # in the same read as the rows
             conn.execute("COMMIT")
             conn.execute("DETACH DATABASE bnew")

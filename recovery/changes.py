@@ -210,8 +210,8 @@ def user_value(t: Table, column: str, alias: str, replay: Replayed | None = None
     from what the migration itself wrote there. Shared by ``diff`` (values at risk) and
     ``extract`` (lost values)."""
     nd = non_default(t, column, alias)
-    if replay is None or not t.key or not replay.covers(t.name, [*t.key, column]):
-        return nd
+    if replay is None or not t.has_primary_key or not replay.covers(t.name, [*t.key, column]):
+        return nd  # (a table without a primary key has no row identity to look the replay up by)
     from recovery.replay import SCHEMA
 
     same = exp.Exists(this=exp.select(exp.Literal.number(1)).from_(table(t.name, SCHEMA, "rp")).where(and_all(
@@ -226,7 +226,7 @@ def verified(new_t: Table, tm: TableMapping | None, since_jd: float | None, repl
     lost_cols = [c for c in uncarried_columns(new_t, tm) if c not in new_t.key]
     if "updated" in find_timestamp_columns(new_t) and since_jd is not None:
         return True
-    return replay is not None and bool(new_t.key) and replay.covers(new_t.name, [*new_t.key, *lost_cols])
+    return replay is not None and new_t.has_primary_key and replay.covers(new_t.name, [*new_t.key, *lost_cols])
 
 
 def new_only_parts(new_t: Table, tm: TableMapping | None, since_jd: float | None,

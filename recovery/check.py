@@ -168,10 +168,13 @@ def check(
     from alembic.util.exc import CommandError
 
     script = ScriptDirectory.from_config(_config(alembic_ini))
-    db_rev = None
+    db_rev, db_has_schema = None, False
     if db is not None:
         with readonly(db, "database") as conn:
             db_rev = alembic_revision(conn)
+            db_has_schema = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' "
+                "AND name != 'alembic_version'").fetchone() is not None
     if from_rev is None:
         from_rev = db_rev
     try:
@@ -200,7 +203,9 @@ def check(
     with tempfile.TemporaryDirectory(prefix="recovery-check-") as tmp, \
             Sandbox(Path(alembic_ini), Path(tmp) / "work.db", [Path(db)] if db is not None else []) as sb:
         folder = Path(tmp)
-        seeded = db is not None and from_rev is not None and from_rev == db_rev
+        # a database with tables of its own is the truth about the schema at its revision (the app
+        # may have made them with its ORM); one with only alembic_version is rebuilt from the base
+        seeded = db_has_schema and from_rev is not None and from_rev == db_rev
         try:
             if seeded:  # the app's own schema (create_all + stamp): start from a copy of it
                 assert db is not None

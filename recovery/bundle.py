@@ -44,6 +44,8 @@ from recovery.sqlite_io import sha256_file
 
 FORMAT = "recovery-bundle/1"
 LOST_TABLE = "_recovery_lost"
+FILLED_TABLE = "_recovery_filled"
+"""Values the upgrade may have filled in unchanged rows, not verified: the same columns as the lost list."""
 ID_SCHEME = "sha256-of-sealed-manifest/1"
 """``manifest["id_scheme"]``: ``bundle_id`` is :func:`content_id` of the sealed manifest. A bundle
 without it (written before the scheme) keeps its recorded id, which does not bind its content."""
@@ -321,7 +323,7 @@ def _check_databases(folder: Path, old: Schema, new: Schema) -> None:
     no view or trigger, which a forger could use to run something when a table is read."""
     import sqlite3
 
-    for name, schema, extra in (("rows.db", new, {LOST_TABLE: LOST_COLUMNS}), ("base.db", old, {})):
+    for name, schema, extra in (("rows.db", new, {LOST_TABLE: LOST_COLUMNS, FILLED_TABLE: LOST_COLUMNS}), ("base.db", old, {})):
         path = folder / name
         if not path.is_file():
             continue

@@ -16,6 +16,7 @@ from sqlglot import exp
 
 from recovery.mapping import ColumnMapping, TableMapping
 from recovery.schema import Schema, Table
+from recovery.replay import Replayed
 from recovery.sqlbuild import and_all, col, is_distinct, is_same, or_all, qualify_columns, sql, table
 from recovery.timestamps import after_expr, find_timestamp_columns
 
@@ -57,6 +58,10 @@ class TableChanges:
     rows and lists those values as lost."""
     values_at_risk: int = 0
     """The values of those rows that the old schema has no place for."""
+    filled_by_upgrade: int = 0
+    """Non-default values in columns only the new schema has, in rows whose old-schema projection
+    is the backup's, that nothing can tell from what the upgrade filled in (no replay of the
+    upgrade, no updated-at time): listed, not lost (:func:`filled_parts`)."""
 
     @property
     def total(self) -> int:
@@ -76,6 +81,11 @@ class ChangeSet:
     def at_risk(self) -> int:
         """Rows changed only in new-schema columns, over all tables."""
         return sum(t.changed_only_in_new_columns for t in self.tables.values())
+
+    @property
+    def filled_by_upgrade(self) -> int:
+        """Values filled by the upgrade, not verified, over all tables (not at risk)."""
+        return sum(t.filled_by_upgrade for t in self.tables.values())
 
 
 @dataclass(frozen=True)
@@ -193,17 +203,44 @@ def non_default(t: Table, column: str, alias: str) -> exp.Expression:
     return is_distinct(col(column, alias), dv if dv is not None else exp.Null())
 
 
-def new_only_parts(new_t: Table, tm: TableMapping | None,
-                   since_jd: float | None) -> tuple[exp.Expression, list[exp.Expression]] | None:
-    """(condition, per-column flags) for "a column the old schema cannot carry holds a value a
-    user set" on the live row ``n``: a non-default value in a non-key uncarried column, and —
-    where the table has an updated timestamp and the deploy time is known — the row was updated
-    after the deploy. Without that evidence a non-default value cannot be dated, so it counts
-    (carried to the lost list rather than dropped silently). None when no column is uncarried."""
+def user_value(t: Table, column: str, alias: str, replay: Replayed | None = None) -> exp.Expression:
+    """THE definition of "a value a user made" in a column only the new schema has, on row
+    ``alias`` of table ``t``: a non-default value (:func:`non_default`) that — when the upgrade was
+    replayed on a copy of the backup (:mod:`recovery.replay`) and that copy has the row — differs
+    from what the migration itself wrote there. Shared by ``diff`` (values at risk) and
+    ``extract`` (lost values)."""
+    nd = non_default(t, column, alias)
+    if replay is None or not t.has_primary_key or not replay.covers(t.name, [*t.key, column]):
+        return nd  # (a table without a primary key has no row identity to look the replay up by)
+    from recovery.replay import SCHEMA
+
+    same = exp.Exists(this=exp.select(exp.Literal.number(1)).from_(table(t.name, SCHEMA, "rp")).where(and_all(
+        [is_same(col(k, "rp"), col(k, alias)) for k in t.key] + [is_same(col(column, "rp"), col(column, alias))])))
+    return exp.and_(nd, exp.Not(this=same))
+
+
+def verified(new_t: Table, tm: TableMapping | None, since_jd: float | None, replay: Replayed | None = None) -> bool:
+    """Whether a non-default value in an uncarried column of an otherwise unchanged row can be told
+    apart from what the upgrade filled in: the row carries an updated-at time and the deploy time
+    is known, or the upgrade was replayed on a copy of the backup that has the table."""
     lost_cols = [c for c in uncarried_columns(new_t, tm) if c not in new_t.key]
-    if not lost_cols:
+    if "updated" in find_timestamp_columns(new_t) and since_jd is not None:
+        return True
+    return replay is not None and new_t.has_primary_key and replay.covers(new_t.name, [*new_t.key, *lost_cols])
+
+
+def new_only_parts(new_t: Table, tm: TableMapping | None, since_jd: float | None,
+                   replay: Replayed | None = None) -> tuple[exp.Expression, list[exp.Expression]] | None:
+    """(condition, per-column flags) for "a column the old schema cannot carry holds a value a
+    user made" on the live row ``n`` (:func:`user_value`) — where the table has an updated
+    timestamp and the deploy time is known, also "the row was updated after the deploy". None
+    when no column is uncarried, or when nothing tells a user's value from the upgrade's
+    (:func:`verified` is false): such values are "filled by the upgrade, not verified"
+    (:func:`filled_parts`), neither changed rows nor lost values."""
+    lost_cols = [c for c in uncarried_columns(new_t, tm) if c not in new_t.key]
+    if not lost_cols or not verified(new_t, tm, since_jd, replay):
         return None
-    flags = [non_default(new_t, c, "n") for c in lost_cols]
+    flags = [user_value(new_t, c, "n", replay) for c in lost_cols]
     any_set = or_all(f.copy() for f in flags)
     ts = find_timestamp_columns(new_t)
     if since_jd is not None and "updated" in ts:
@@ -211,13 +248,24 @@ def new_only_parts(new_t: Table, tm: TableMapping | None,
     return any_set, flags
 
 
+def filled_parts(new_t: Table, tm: TableMapping | None, since_jd: float | None,
+                 replay: Replayed | None = None) -> tuple[list[str], list[exp.Expression]] | None:
+    """(columns, per-column flags on the live row ``n``) of values the upgrade may have filled in
+    rows whose old-schema projection is unchanged, when nothing can verify them (no replay, no
+    updated-at evidence): listed as "filled by the upgrade, not verified". None otherwise."""
+    lost_cols = [c for c in uncarried_columns(new_t, tm) if c not in new_t.key]
+    if not lost_cols or verified(new_t, tm, since_jd, replay):
+        return None
+    return lost_cols, [non_default(new_t, c, "n") for c in lost_cols]
+
+
 def changed_condition(s: TableSides, new_t: Table, tm: TableMapping | None,
-                      since_jd: float | None) -> exp.Expression | None:
+                      since_jd: float | None, replay: Replayed | None = None) -> exp.Expression | None:
     """THE definition of an updated row, shared by ``diff`` and ``extract``: its old-schema
     projection differs from the backup row, or (:func:`new_only_parts`) a column only the new
-    schema has holds a value a user set. None when neither can happen (nothing to compare)."""
+    schema has holds a value a user made. None when neither can happen (nothing to compare)."""
     conds = [updated_condition(s)] if s.compared else []
-    parts = new_only_parts(new_t, tm, since_jd)
+    parts = new_only_parts(new_t, tm, since_jd, replay)
     if parts is not None:
         conds.append(parts[0])
     return or_all(conds) if conds else None
@@ -249,7 +297,8 @@ def _sum_when(cond: exp.Expression, value: exp.Expression | None = None) -> exp.
 
 def count_jobs(s: TableSides, created_after: exp.Expression | None,
                updated_after: exp.Expression | None,
-               new_only: tuple[exp.Expression, list[exp.Expression]] | None = None) -> list[_Job]:
+               new_only: tuple[exp.Expression, list[exp.Expression]] | None = None,
+               filled: list[exp.Expression] | None = None) -> list[_Job]:
     """The statements that count one table's inserted, updated and deleted rows: two passes, not
     three. The anti-join live → backup gives the inserted rows; one ``LEFT JOIN`` backup → live
     gives the deleted rows (no live match) and the updated ones (a match whose old-schema
@@ -289,6 +338,10 @@ def count_jobs(s: TableSides, created_after: exp.Expression | None,
                            + ([exp.Not(this=updated_condition(s))] if s.compared else []))
         sel += [_sum_when(only_new), _sum_when(only_new.copy(), exp.Paren(this=_plus([_int(f) for f in flags])))]
         fields += ["changed_only_in_new_columns", "values_at_risk"]
+    if filled:
+        untouched = and_all([exp.Not(this=missing.copy())] + ([exp.Not(this=updated_condition(s))] if s.compared else []))
+        sel.append(_sum_when(untouched, exp.Paren(this=_plus([_int(f) for f in filled]))))
+        fields.append("filled_by_upgrade")
     q = exp.select(*sel).from_(_scan(s, "old")).join(_source(s, "new"), on=_key_match(s), join_type="left")
     jobs.append(_Job(s.name, sql(q), tuple(fields)))
     return jobs
@@ -379,20 +432,23 @@ def _table_changes(old_t: Table, tm: TableMapping, s: TableSides, ts: dict[str, 
         timestamp_columns=ts, after_deploy=after, rows=rows,
         changed_only_in_new_columns=int(counts.get("changed_only_in_new_columns") or 0),
         values_at_risk=int(counts.get("values_at_risk") or 0),
+        filled_by_upgrade=int(counts.get("filled_by_upgrade") or 0),
     )
 
 
 def diff_table(
     conn: sqlite3.Connection, old_t: Table, new_t: Table, tm: TableMapping, since_jd: float | None,
-    want_rows: bool = False, ts_override: dict[str, str] | None = None,
+    want_rows: bool = False, ts_override: dict[str, str] | None = None, replay: Replayed | None = None,
 ) -> TableChanges:
     keyed_by = "primary key" if old_t.has_primary_key else "all columns"
     s = sides(old_t, tm)
     if isinstance(s, str):
         return TableChanges(old_t.name, old_t.key, keyed_by, s)
     ts, created_after, updated_after = _timestamps(new_t, since_jd, ts_override)
-    new_only = None if s.null_safe_key else new_only_parts(new_t, tm, since_jd)
-    counts = run_jobs(conn, count_jobs(s, created_after, updated_after, new_only)).get(s.name, {})
+    new_only = None if s.null_safe_key else new_only_parts(new_t, tm, since_jd, replay)
+    filled = None if s.null_safe_key else filled_parts(new_t, tm, since_jd, replay)
+    counts = run_jobs(conn, count_jobs(s, created_after, updated_after, new_only,
+                                       filled[1] if filled else None)).get(s.name, {})
     rows = tuple(iter_rows(conn, s, created_after, updated_after, new_only, new_t, tm)) if want_rows else None
     return _table_changes(old_t, tm, s, ts, counts, since_jd, rows)
 
@@ -466,6 +522,7 @@ def diff_rows(
     conn: sqlite3.Connection, old: Schema, new: Schema, mapping: ColumnMapping,
     tables: list[str] | None = None, since_jd: float | None = None, want_rows: bool = False,
     since_text: str | None = None, more: Callable[[], sqlite3.Connection] | None = None,
+    replay: Replayed | None = None,
 ) -> ChangeSet:
     """The row diff of every table (or of ``tables``), old schema's view. ``more`` opens further
     connections to the same pair, so the counting statements of all tables share two cores."""
@@ -493,9 +550,10 @@ def diff_rows(
                 out[name] = TableChanges(name, old_t.key, "primary key" if old_t.has_primary_key else "all columns", s)
                 continue
             ts, created_after, updated_after = _timestamps(new_t, since_jd)
-            new_only = None if s.null_safe_key else new_only_parts(new_t, tm, since_jd)
+            new_only = None if s.null_safe_key else new_only_parts(new_t, tm, since_jd, replay)
+            filled = None if s.null_safe_key else filled_parts(new_t, tm, since_jd, replay)
             compared.append((old_t, new_t, tm, s, ts, created_after, updated_after, new_only))
-            jobs += count_jobs(s, created_after, updated_after, new_only)
+            jobs += count_jobs(s, created_after, updated_after, new_only, filled[1] if filled else None)
         elif new_t is not None:
             jobs.append(_Job(name, sql(exp.select(exp.Count(this=exp.Star())).from_(table(name, "new"))),
                              ("inserted",)))

@@ -46,6 +46,9 @@ MANUAL = "needs manual SQL"
 VERDICTS = (SAFE, LOSES_DATA, MANUAL)
 TMP_PREFIX = "_alembic_tmp_"
 FORMAT = "recovery-check/1"
+SAMPLE_ROWS = 200
+"""With ``--db``, at most this many rows of each table are copied to the scratch database (so
+data-dependent upgrade steps run on real rows while the check stays quick on a large database)."""
 
 
 @dataclass(frozen=True)
@@ -179,10 +182,16 @@ def check(
     from alembic.util.exc import CommandError
 
     script = ScriptDirectory.from_config(_config(alembic_ini))
+    db_rev, db_has_schema = None, False
+    if db is not None:
+        with readonly(db, "database") as conn:
+            db_rev = alembic_revision(conn)
+            db_has_schema = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' "
+                "AND name != 'alembic_version'").fetchone() is not None
     from_reason = "--from"
     if from_rev is None and db is not None:
-        with readonly(db, "database") as conn:
-            from_rev = alembic_revision(conn)
+        from_rev = db_rev
         from_reason = (f"the revision of --db {db}" if from_rev else f"the base: --db {db} has no Alembic revision")
     elif from_rev is None:
         from_rev, from_reason = default_from(alembic_ini)
@@ -215,18 +224,36 @@ def check(
     with tempfile.TemporaryDirectory(prefix="recovery-check-") as tmp, \
             Sandbox(Path(alembic_ini), Path(tmp) / "work.db", [Path(db)] if db is not None else []) as sb:
         folder = Path(tmp)
-        current, current_rev = _empty(folder / "start.db"), None
-        if from_rev is not None:
-            _migrate(alembic_ini, current, "upgrade", from_rev, sandbox=sb)
-            current_rev = from_rev
-        for i, rev in enumerate(revs):
-            parents = _parents(rev.down_revision)
-            if tuple(parents) != ((current_rev,) if current_rev else ()):
-                current = _empty(folder / f"{i}.parent.db")  # a branch or merge: build its parent afresh
-                for p in parents:
-                    _migrate(alembic_ini, current, "upgrade", p, sandbox=sb)
-            results.append(check_revision(alembic_ini, rev, current, folder / f"{i}", sandbox=sb))
-            current, current_rev = folder / f"{i}.up.db", rev.revision
+        # a database with tables of its own is the truth about the schema at its revision (the app
+        # may have made them with its ORM); one with only alembic_version is rebuilt from the base
+        seeded = db_has_schema and from_rev is not None and from_rev == db_rev
+        try:
+            if seeded:  # the app's own schema (create_all + stamp): start from a copy of it
+                assert db is not None
+                current, current_rev = seed_scratch(Path(db), folder / "start.db"), from_rev
+            else:
+                current, current_rev = _empty(folder / "start.db"), None
+                if from_rev is not None:
+                    _migrate(alembic_ini, current, "upgrade", from_rev, sandbox=sb)
+                    current_rev = from_rev
+            for i, rev in enumerate(revs):
+                parents = _parents(rev.down_revision)
+                if tuple(parents) != ((current_rev,) if current_rev else ()):
+                    current = _empty(folder / f"{i}.parent.db")  # a branch or merge: build its parent afresh
+                    for p in parents:
+                        _migrate(alembic_ini, current, "upgrade", p, sandbox=sb)
+                results.append(check_revision(alembic_ini, rev, current, folder / f"{i}", sandbox=sb))
+                current, current_rev = folder / f"{i}.up.db", rev.revision
+        except RecoveryError as err:
+            if seeded or "no such table" not in err.message:
+                raise
+            raise RecoveryError(
+                f"{err.message.splitlines()[0]} — the scratch database is built by upgrading an empty file from the base, and this "
+                "application's migrations assume tables no migration creates (its ORM creates them, e.g. "
+                "create_all, and stamps a revision)",
+                "pass --db with a database of the application (only read: its schema and a bounded sample of its "
+                "rows are copied to a scratch file, and every revision after its revision is judged)",
+                ExitCode.FAILED) from None
     return CheckResult(str(alembic_ini), from_rev, to_rev, tuple(results), from_reason)
 
 
@@ -256,6 +283,48 @@ def default_from(alembic_ini: str | os.PathLike[str]) -> tuple[str | None, str]:
                       + ") in the current folder or the ini's folder")
     created, _mtime, path, rev = max(found)
     return rev, f"the newest snapshot manifest {path} (created {created or 'at an unknown time'})"
+
+
+def seed_scratch(src: Path, dst: Path, limit: int = SAMPLE_ROWS) -> Path:
+    """A scratch copy of ``src``'s schema (tables, then indexes, views and triggers, as ``src``
+    declares them) with at most ``limit`` rows of each table (``alembic_version`` whole), made
+    without the application's code. ``src`` is only read. Tables a virtual table makes for itself
+    are left to it, and no rows are copied into virtual tables or theirs."""
+    from contextlib import closing
+
+    from recovery.sqlbuild import sql
+    from recovery.sqlite_io import readonly_uri
+
+    order = {"table": 0, "index": 1, "view": 2, "trigger": 3}
+    with readonly(src, "database") as s:
+        entries = sorted(((t, n, q) for t, n, q in s.execute(
+            "SELECT type, name, sql FROM sqlite_master WHERE sql IS NOT NULL")
+            if not n.startswith("sqlite_")), key=lambda e: order.get(e[0], 4))
+    with closing(sqlite3.connect(f"file:{dst}", uri=True)) as c:
+        filled: list[str] = []
+        for kind, name, ddl in entries:
+            if kind != "table":
+                continue
+            if c.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (name,)).fetchone():
+                continue  # made by a virtual table created before it
+            c.execute(ddl)
+            if not ddl.lstrip().upper().startswith("CREATE VIRTUAL"):
+                filled.append(name)
+        c.execute("ATTACH DATABASE ? AS src", (readonly_uri(src),))
+        c.execute("BEGIN")
+        for name in filled:
+            cols = [r[1] for r in c.execute("SELECT * FROM pragma_table_xinfo(?, 'main')", (name,)) if r[6] == 0]
+            q = exp.select(*[col(x) for x in cols]).from_(table(name, "src"))
+            if name != "alembic_version":
+                q = q.limit(int(limit))
+            c.execute(sql(exp.Insert(this=exp.Schema(this=table(name, "main"), expressions=[ident(x) for x in cols]),
+                                     expression=q)))
+        c.execute("COMMIT")
+        c.execute("DETACH DATABASE src")
+        for kind, _name, ddl in entries:
+            if kind != "table":
+                c.execute(ddl)
+    return dst
 
 
 def check_revision(alembic_ini: str | os.PathLike[str], rev: Any, before_db: Path, stem: Path,

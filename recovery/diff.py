@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from sqlglot import exp
 from recovery.changes import ChangeSet, diff_rows
 from recovery.errors import RecoveryError
 from recovery.evidence import verify
+from recovery.replay import Replayed
 from recovery.mapping import ColumnMapping, UserMapping, load_mapping, resolve
 from recovery.schema import Schema, reflect
 from recovery.schemadiff import SchemaDiff, compare
@@ -43,6 +45,8 @@ class Analysis:
     user_mapping: UserMapping
     since_jd: float | None
     since: str | None
+    replay: Replayed | None = None
+    """The upgrade replayed on a copy of the backup, attached to ``pair`` (None without one)."""
 
     def close(self) -> None:
         self.pair.close()
@@ -177,6 +181,7 @@ class DiffResult:
             if t.status == "compared":
                 entry["changed_only_in_new_columns"] = t.changed_only_in_new_columns
                 entry["values_at_risk"] = t.values_at_risk
+                entry["filled_by_upgrade"] = t.filled_by_upgrade
             tm = self.mapping.tables.get(name)
             if tm is not None and tm.new_table:
                 entry["renamed_to"] = tm.new_table
@@ -194,6 +199,7 @@ class DiffResult:
                        for k in ("inserted", "updated", "deleted")},
             "at_risk": {k: sum(getattr(t, k) for t in self.changes.tables.values())
                         for k in ("changed_only_in_new_columns", "values_at_risk")},
+            "filled_by_upgrade": self.changes.filled_by_upgrade,
         }
 
     def csv_rows(self) -> Iterator[dict[str, Any]]:
@@ -227,11 +233,32 @@ def diff(
         from recovery.migrations import derive_lineage
 
         lineage, _report = derive_lineage(alembic_ini, backup, live)
-    with analyse(backup, live, since, mapping, lineage, trust_mapping) as a:
-        unknown = [t for t in tables or [] if t not in a.old.tables and t not in a.new.tables]
-        if unknown:
-            raise RecoveryError(f"--table {unknown[0]} is in neither database", "check the table name")
-        with database_errors(a.backup, a.live):
-            changes = diff_rows(a.pair, a.old, a.new, a.mapping, tables, a.since_jd, rows, a.since,
-                                more=lambda: open_pair(a.backup, a.live))
-        return DiffResult(a.backup, a.live, a.schema_diff, changes, a.mapping, a.since)
+    with tempfile.TemporaryDirectory(prefix="recovery-replay-") as tmp:
+        replay = replayed_upgrade(alembic_ini, backup, live, tmp)
+        with analyse(backup, live, since, mapping, lineage, trust_mapping) as a:
+            unknown = [t for t in tables or [] if t not in a.old.tables and t not in a.new.tables]
+            if unknown:
+                raise RecoveryError(f"--table {unknown[0]} is in neither database", "check the table name")
+            if replay is not None:
+                replay.attach(a.pair)
+                a.replay = replay
+            with database_errors(a.backup, a.live):
+                changes = diff_rows(a.pair, a.old, a.new, a.mapping, tables, a.since_jd, rows, a.since,
+                                    more=lambda: _with_replay(open_pair(a.backup, a.live), replay), replay=replay)
+            return DiffResult(a.backup, a.live, a.schema_diff, changes, a.mapping, a.since)
+
+
+def replayed_upgrade(alembic_ini: str | os.PathLike[str] | None, backup: str | os.PathLike[str],
+                     live: str | os.PathLike[str], folder: str | os.PathLike[str]) -> Replayed | None:
+    """The upgrade replayed in the sandbox on a copy of ``backup`` in ``folder``
+    (:mod:`recovery.replay`), or None without migrations or when the replay failed."""
+    if alembic_ini is None:
+        return None
+    from recovery.replay import replay_upgrade
+
+    path = replay_upgrade(alembic_ini, backup, live, folder)
+    return Replayed(path) if path is not None else None
+
+
+def _with_replay(conn: sqlite3.Connection, replay: Replayed | None) -> sqlite3.Connection:
+    return replay.attach(conn) if replay is not None else conn

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,13 +20,14 @@ from typing import Any
 from sqlglot import exp
 
 from recovery import __version__
-from recovery.bundle import DIR_MODE, FORMAT, LOST_TABLE, Bundle, open_bundle, seal
+from recovery.bundle import DIR_MODE, FILLED_TABLE, FORMAT, LOST_TABLE, Bundle, open_bundle, seal
 from recovery import changes
-from recovery.changes import TableSides, deleted_query, inserted_query, non_default, sides
+from recovery.changes import TableSides, deleted_query, inserted_query, sides, user_value
 from recovery.diff import Analysis, analyse
 from recovery import progress
 from recovery.errors import RecoveryError
 from recovery.files import FilesConfig, UploadsIndex, copy_files_into_bundle
+from recovery.replay import Replayed
 from recovery.schema import Schema, Table
 from recovery.sequences import read_sequences
 from recovery.sqlbuild import and_all, col, is_distinct, is_same, or_all, sql, table
@@ -52,6 +54,7 @@ class ExtractResult:
             "bundle": str(self.bundle.path), "bundle_id": m["bundle_id"], "deploy_time": m["deploy_time"],
             "live_fingerprint": (m.get("sources") or {}).get("live", {}).get("sha256"),
             "counts": counts, "lost": sum(c.get("lost", 0) for c in counts.values()),
+            "filled_by_upgrade": sum(c.get("filled_by_upgrade", 0) for c in counts.values()),
             "planning_errors": m["planning_errors"],
             "mapping_sources": {t: {c["column"]: c["source"] for c in v["columns"] if c["source"] != "same-name"}
                                 for t, v in m["mapping"].items()},
@@ -144,7 +147,7 @@ def extract_table(conn: sqlite3.Connection, a: Analysis, name: str, counts: dict
     _create_untyped(conn, "bbase", name, old_cols)
     n_cols = [col(c, "n") for c in new_cols]
     ins = _insert_select(conn, "bnew", name, new_cols, inserted_query(s, [*n_cols, exp.Literal.string("inserted")]))
-    cond = None if s.null_safe_key else _changed_condition(a, s, new_t)  # no key: no updates
+    cond = None if s.null_safe_key else _changed_condition(a, s, new_t, a.replay)  # no key: no updates
     upd_q = (
         exp.select(*n_cols, exp.Literal.string("updated"))
         .from_(table(name, "old", "o"))
@@ -174,9 +177,10 @@ def _rebase(e: exp.Expression, alias: str) -> exp.Expression:
     return out
 
 
-def _changed_condition(a: Analysis, s: TableSides, new_t: Table) -> exp.Expression | None:
+def _changed_condition(a: Analysis, s: TableSides, new_t: Table,
+                       replay: Replayed | None = None) -> exp.Expression | None:
     """Updated for extraction: the one definition ``diff`` also counts with."""
-    return changes.changed_condition(s, new_t, a.mapping.tables.get(s.name), a.since_jd)
+    return changes.changed_condition(s, new_t, a.mapping.tables.get(s.name), a.since_jd, replay)
 
 
 def _match(a: str, a_cols: tuple[str, ...], b: str, b_cols: tuple[str, ...]) -> exp.Expression:
@@ -231,11 +235,20 @@ def close_foreign_keys(conn: sqlite3.Connection, a: Analysis, counts: dict[str, 
             return
 
 
-def record_lost(conn: sqlite3.Connection, a: Analysis, files: FilesConfig, counts: dict[str, Any]) -> None:
-    """Every value of a bundle row that the old schema has no place for, one row per cell."""
-    conn.execute(sql(exp.Create(this=exp.Schema(this=table(LOST_TABLE, "bnew"), expressions=[
+def _create_list(conn: sqlite3.Connection, name: str) -> None:
+    conn.execute(sql(exp.Create(this=exp.Schema(this=table(name, "bnew"), expressions=[
         exp.ColumnDef(this=exp.to_identifier(c, quoted=True))
         for c in ("table", "key", "label", "column", "value", "reason")]), kind="TABLE")))
+
+
+def record_lost(conn: sqlite3.Connection, a: Analysis, files: FilesConfig, counts: dict[str, Any]) -> None:
+    """Every value a user made that the old schema has no place for, one row per cell: in an
+    inserted row, a non-NULL value; in an updated row of a shared table, a value
+    :func:`recovery.changes.user_value` calls a user's (non-default and, with the upgrade replayed,
+    not what the migration wrote). Then the values listed as "filled by the upgrade, not
+    verified" (:func:`record_filled`)."""
+    _create_list(conn, LOST_TABLE)
+    replay = a.replay
     for name in sorted(counts):
         new_t = a.new.tables[a.live_name(name)]
         carried = name in a.mapping.tables and not a.mapping.tables[name].skip and a.old.table(name) is not None
@@ -248,7 +261,8 @@ def record_lost(conn: sqlite3.Connection, a: Analysis, files: FilesConfig, count
         total = 0
         for c in cols:
             conds = [exp.In(this=col(KIND, "b"), expressions=[exp.Literal.string("inserted"), exp.Literal.string("updated")])]
-            conds.append(non_default(new_t, c, "b") if carried else exp.Not(this=exp.Is(this=col(c, "b"), expression=exp.Null())))
+            conds.append(user_value(new_t, c, "b", replay) if carried
+                         else exp.Not(this=exp.Is(this=col(c, "b"), expression=exp.Null())))
             via = derivable(new_t, c, files, "b") if carried else None
             if via is not None:
                 conds.append(exp.Not(this=via))
@@ -259,6 +273,37 @@ def record_lost(conn: sqlite3.Connection, a: Analysis, files: FilesConfig, count
             stmt = exp.Insert(this=table(LOST_TABLE, "bnew"), expression=q)
             total += conn.execute(sql(stmt)).rowcount
         counts[name]["lost"] = total
+    record_filled(conn, a, counts, replay)
+
+
+def record_filled(conn: sqlite3.Connection, a: Analysis, counts: dict[str, Any], replay: Replayed | None) -> None:
+    """Values in columns only the new schema has, in live rows whose old-schema projection is the
+    backup's, that nothing can tell from what the upgrade filled in (no replay of the upgrade, no
+    updated-at time; :func:`recovery.changes.filled_parts`): listed in ``_recovery_filled`` with
+    their count as ``filled_by_upgrade`` — not lost, and not carried (the rollback restores those
+    rows exactly as the backup has them)."""
+    _create_list(conn, FILLED_TABLE)
+    for name in sorted(counts):
+        tm = a.mapping.tables.get(name)
+        old_t, new_t = a.old.table(name), a.new.tables[a.live_name(name)]
+        if old_t is None or tm is None or tm.skip:
+            continue
+        s = sides(old_t, tm)
+        parts = None if isinstance(s, str) or s.null_safe_key else changes.filled_parts(new_t, tm, a.since_jd, replay)
+        if parts is None or isinstance(s, str):
+            continue
+        untouched = [exp.Not(this=changes.updated_condition(s))] if s.compared else []
+        total = 0
+        for c, flag in zip(*parts, strict=True):
+            q = (exp.select(exp.Literal.string(name), key_json(new_t.key, "n"), label_expr(new_t, a.new, "n"),
+                            exp.Literal.string(c), col(c, "n"), exp.Literal.string("filled by the upgrade, not verified"))
+                 .from_(table(name, "old", "o"))
+                 .join(table(a.live_name(name), "new", "n"), on=and_all(
+                     exp.EQ(this=o, expression=n) for o, n in zip(s.old_key, s.new_key, strict=True)))
+                 .where(and_all([*untouched, flag])))
+            total += conn.execute(sql(exp.Insert(this=table(FILLED_TABLE, "bnew"), expression=q))).rowcount
+        if total:
+            counts[name]["filled_by_upgrade"] = total
 
 
 def live_fingerprint(path: Path) -> dict[str, Any]:
@@ -286,6 +331,14 @@ def extract(
         from recovery.migrations import derive_lineage
 
         lineage, lineage_report = derive_lineage(alembic_ini, backup, live)
+    replay_dir = tempfile.mkdtemp(prefix="recovery-replay-")
+    try:
+        from recovery.diff import replayed_upgrade
+
+        replay = replayed_upgrade(alembic_ini, backup, live, replay_dir)
+    except BaseException:
+        shutil.rmtree(replay_dir, ignore_errors=True)
+        raise
     work = out_p.with_name(f".{out_p.name}.partial-{os.getpid()}")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True, mode=DIR_MODE)  # users' data: nobody else may enter while it is built
@@ -305,6 +358,9 @@ def extract(
             conn.execute("ATTACH DATABASE ? AS bnew", (str(work / "rows.db"),))
             conn.execute("ATTACH DATABASE ? AS bbase", (str(work / "base.db"),))
             counts: dict[str, Any] = {}
+            if replay is not None:
+                replay.attach(conn)  # before BEGIN: SQLite attaches only outside a transaction
+                a.replay = replay
             conn.execute("BEGIN")
             progress.set_total(len(a.bundle_tables) + 2)  # the extract step's bar: tables, closure, lost
             for name in a.bundle_tables:
@@ -338,6 +394,7 @@ def extract(
                 "schema_diff": a.schema_diff.to_dict(),
                 "mapping": a.mapping.to_dict(),
                 "lineage": lineage_report,
+                "upgrade_replayed": replay is not None,
                 "counts": counts,
                 "planning_errors": list(p.errors),
                 "files": file_report,
@@ -354,6 +411,7 @@ def extract(
         raise
     finally:
         os.close(held)
+        shutil.rmtree(replay_dir, ignore_errors=True)
     return ExtractResult(open_bundle(out_p, verify=False), p, manifest["deploy_time"])  # sealed just above
 
 

@@ -120,20 +120,29 @@ def as_dict(rec: tuple[Any, ...], cut: int | None = None) -> dict[str, Any]:
     return d
 
 
-def lost_table(schema: str = "main", alias: str | None = None) -> exp.Table:
-    return table(LOST_TABLE, schema, alias)
+def lost_table(schema: str = "main", alias: str | None = None, name: str = LOST_TABLE) -> exp.Table:
+    return table(name, schema, alias)
 
 
-def has_lost(conn: sqlite3.Connection, schema: str = "main") -> bool:
+def has_lost(conn: sqlite3.Connection, schema: str = "main", name: str = LOST_TABLE) -> bool:
+    """Whether ``schema`` has the list table ``name`` (the lost list, or with
+    :data:`recovery.bundle.FILLED_TABLE` the "filled by the upgrade, not verified" list)."""
     q = exp.select(exp.Literal.number(1)).from_(table("sqlite_master", schema)).where(exp.and_(
         exp.EQ(this=col("type"), expression=exp.Literal.string("table")),
         exp.EQ(this=col("name"), expression=exp.Placeholder())))
-    return conn.execute(sql(q), (LOST_TABLE,)).fetchone() is not None
+    return conn.execute(sql(q), (name,)).fetchone() is not None
+
+
+def count_rows(conn: sqlite3.Connection, schema: str = "main", name: str = LOST_TABLE) -> int:
+    """How many values list ``name`` holds (0 when the table is not there)."""
+    if not has_lost(conn, schema, name):
+        return 0
+    return int(conn.execute(sql(exp.select(exp.Count(this=exp.Star())).from_(lost_table(schema, None, name)))).fetchone()[0])
 
 
 def _select(columns: Sequence[exp.Expression], schema: str, order: Sequence[exp.Expression],
-            limit: int | None) -> exp.Select:
-    q = exp.select(*columns).from_(lost_table(schema)).order_by(*[o.copy() for o in order])
+            limit: int | None, name: str = LOST_TABLE) -> exp.Select:
+    q = exp.select(*columns).from_(lost_table(schema, None, name)).order_by(*[o.copy() for o in order])
     return q.limit(int(limit)) if limit is not None else q
 
 
@@ -281,13 +290,13 @@ def _key_cell() -> exp.Expression:
 
 
 def csv_rows(conn: sqlite3.Connection, schema: str = "main",
-             order: Sequence[exp.Expression] = TEXT_ORDER) -> Iterator[tuple[Any, ...]]:
+             order: Sequence[exp.Expression] = TEXT_ORDER, name: str = LOST_TABLE) -> Iterator[tuple[Any, ...]]:
     """Every lost value as a ``lost_values.csv`` row (cells as :func:`csv_cell` makes them), in
     ``order`` — shaped by SQLite, so the rows go to the CSV writer untouched (a cursor: iterate
     it before closing ``conn``)."""
-    if not has_lost(conn, schema):
+    if not has_lost(conn, schema, name):
         return iter(())
     conn.create_function(KEY_CELL_FUNCTION, 1, _key_cell_udf, deterministic=True)
     q = _select([col("table"), _key_cell(), _sql_cell(col("label")), col("column"), _sql_cell(col("value")),
-                 col("reason")], schema, order, None)
+                 col("reason")], schema, order, None, name)
     return conn.execute(sql(q))

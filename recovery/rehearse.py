@@ -160,6 +160,8 @@ def rehearse(
             if (run_dir / LOST_FILE).is_file():
                 result.losses_file = run_dir / LOST_FILE
             _check_round_trip(result, db_copy, backup_ref, bundle)
+            if uploads_copy is not None:
+                _check_uploads(result, bundle, uploads_copy)
     changed = [p for p, h in hashes.items() if not Path(p).exists() or sha256_file(p) != h]
     result.checks["live_files_unchanged"] = not changed
     if changed:  # never us: everything above worked on copies; the application may still be writing
@@ -171,13 +173,42 @@ def rehearse(
 
 
 def _note_trusted_rules(result: Rehearsal, mapping: dict[str, Any]) -> None:
-    """A rule the data contradict reaches the rollback only through --trust-mapping: say so."""
+    """A rule the data contradict reaches the rollback only through --trust-mapping, and then
+    every post-deploy value it carries is a value the users did not make (in the old projection,
+    the rows nobody changed say what the rule must give): the rehearsal fails, with the evidence."""
     for tname, t in sorted(mapping.items()):
         for r in t.get("columns", ()):
             if r.get("verdict") == "disagrees":
-                result.notes.append(f"{tname}.{r['column']} = {r['expression']} ({r['source']}) disagrees with "
-                                    f"the backup ({r.get('rows_agreeing')} of {r.get('rows_checked')} unchanged "
-                                    "rows agree) and was kept by --trust-mapping")
+                first = r.get("first_disagreement")
+                result.reasons.append(
+                    f"{tname}.{r['column']} = {r['expression']} ({r['source']}) disagrees with the backup "
+                    f"({r.get('rows_agreeing')} of {r.get('rows_checked')} unchanged rows agree"
+                    + (f"; first disagreement {json.dumps(first, default=str)}" if first else "")
+                    + "): kept by --trust-mapping, the values it carries are not the post-deploy work")
+
+
+def _check_uploads(result: Rehearsal, bundle: Bundle, uploads: Path) -> None:
+    """Every upload the bundle should carry (a post-deploy file record, or a file added after the
+    backup that no record names) must be in the rehearsal's relinked uploads folder with the
+    content it had: missing when extracted, gone or different after the relink → FAIL."""
+    files = bundle.manifest.get("files") or {}
+    entries = [*(files.get("records") or []), *(files.get("unrecorded") or [])]
+    problems: list[str] = []
+    for e in entries:
+        path = e.get("path")
+        want = e.get("sha256") or e.get("recorded_sha256")
+        if e.get("status") == "missing" or not isinstance(path, str):
+            problems.append(f"{path}: missing from the uploads folder when the changes were extracted")
+            continue
+        target = uploads / path
+        if not target.is_file():
+            problems.append(f"{path}: not in the uploads folder after the rollback")
+        elif want and sha256_file(target) != want:
+            problems.append(f"{path}: its content differs after the rollback (sha256 is not {want})")
+    result.checks["uploads"] = {"expected": len(entries), "problems": len(problems)}
+    if problems:
+        shown = "; ".join(problems[:5]) + (f"; … and {len(problems) - 5} more" if len(problems) > 5 else "")
+        result.reasons.append(f"{len(problems)} upload(s) the rollback should carry are missing or differ: {shown}")
 
 
 def _raw_copy(src: Path, folder: Path, attempts: int = 5) -> Path:

@@ -187,6 +187,9 @@ def render_diff(result: Any, rows: bool) -> None:
         if getattr(tc, "changed_only_in_new_columns", 0):
             note = (note + "; " if note else "") + (f"{tc.changed_only_in_new_columns} row(s) changed only in "
                                                     f"new-schema columns: {tc.values_at_risk} value(s) at risk")
+        if getattr(tc, "filled_by_upgrade", 0):
+            note = (note + "; " if note else "") + (f"{tc.filled_by_upgrade} value(s) in new-schema columns filled "
+                                                    "by the upgrade, not verified (not at risk)")
         t.add_row(T(name), T(",".join(tc.key)), str(tc.inserted), str(tc.updated), str(tc.deleted), after, T(note, None))
     c.print(t)
     if since:

@@ -283,6 +283,12 @@ def test_round_trip(world: dict[str, Any], data: st.DataObject) -> None:
         cells = {(c.table, tuple(c.key), c.column) for c in out.conflicts}
         remap = {(r.table, r.old_key): r.new_key for r in out.remaps}
         lost = {(x["table"], tuple(x["key"]), x["column"]): x["value"] for x in out.lost}
+        # undated non-default values in new columns of rows unchanged in the old projection: listed
+        # as filled by the upgrade, not verified (nothing tells them from the upgrade's)
+        with sqlite3.connect(f"file:{tmp / 'bundle' / 'rows.db'}?mode=ro", uri=True) as fc:
+            filled = {(t, tuple(json.loads(k)), c): v
+                      for t, k, c, v in fc.execute('SELECT "table", "key", "column", value FROM _recovery_filled')}
+        fc.close()
 
         b = sqlite3.connect(f"file:{backup}?mode=ro", uri=True)
         n = sqlite3.connect(f"file:{live}?mode=ro", uri=True)
@@ -311,7 +317,11 @@ def test_round_trip(world: dict[str, Any], data: st.DataObject) -> None:
                                 assert got[key][c] == v, f"{t.name} {key}.{c}: {got[key][c]!r} != {v!r}"
                     for c in mig.added.get(t.name, []):
                         if row[c.name] is not None and row[c.name] != c.default:
-                            assert lost.get((t.name, (key,), c.name)) == row[c.name], (t.name, key, c.name)
+                            cell = (t.name, (key,), c.name)
+                            if cell in filled:  # never lost as well, and only in a row the backup has
+                                assert cell not in lost and key in base and filled[cell] == row[c.name], cell
+                                continue
+                            assert lost.get(cell) == row[c.name], cell
             for name in mig.new_tables:
                 for key, row in rows(n, name).items():
                     if row["v"] is not None:

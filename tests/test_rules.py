@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -386,27 +387,33 @@ AT_RISK_OLD = "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT);"
 AT_RISK_NEW = "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT, discount REAL NOT NULL DEFAULT 0, note TEXT);"
 
 
+AT_RISK_NEW_TS = ("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT, discount REAL NOT NULL DEFAULT 0, note TEXT, "
+                  "updated_at TEXT);")
+
+
 def test_diff_reports_values_at_risk_and_agrees_with_extract(tmp_path: Path) -> None:
-    """The table has no updated-at column, so the edit cannot be dated: a non-default value in a
-    column only the new schema has is at risk (extract carries the row and lists the value)."""
+    """The table has an updated-at column: a row updated after the deploy whose only change is a
+    non-default value in a column only the new schema has is at risk (extract carries the row and
+    lists the values as lost); ``diff`` and ``extract`` count with the same definition."""
     old = [(i, f"n{i}") for i in range(1, 26)]
     backup = build(tmp_path / "app.db.bak", AT_RISK_OLD, old)
-    live = build(tmp_path / "app.db", AT_RISK_NEW, [(i, n, 0.0, None) for i, n in old])
+    live = build(tmp_path / "app.db", AT_RISK_NEW_TS, [(i, n, 0.0, None, "2026-11-01T10:00:00") for i, n in old])
     res = cli("diff", backup, live, "--since", DEPLOY, "--json")
     data = json.loads(res.stdout)
     assert res.returncode == 1 and data["tables"]["t"]["changed_only_in_new_columns"] == 0  # schema differs
     assert data["totals"] == {"inserted": 0, "updated": 0, "deleted": 0}
     # a user fills the new-only columns of a pre-existing row
-    with sqlite3.connect(live) as conn:
-        conn.execute("UPDATE t SET discount = 5, note = 'vip' WHERE id = 7")
-    conn.close()
+    with closing(sqlite3.connect(live)) as conn, conn:
+        conn.execute("UPDATE t SET discount = 5, note = 'vip', updated_at = '2026-11-21T09:00:00' WHERE id = 7")
+        conn.execute("UPDATE t SET note = 'filled' WHERE id = 8")  # not after the deploy: the upgrade's
     res = cli("diff", backup, live, "--since", DEPLOY, "--json")
     assert res.returncode == 1, res.stderr
     data = json.loads(res.stdout)
     t = data["tables"]["t"]
     assert (t["inserted"], t["updated"], t["deleted"]) == (0, 0, 0)
-    assert (t["changed_only_in_new_columns"], t["values_at_risk"]) == (1, 2)
-    assert data["at_risk"] == {"changed_only_in_new_columns": 1, "values_at_risk": 2}
+    # discount, note and the new-only updated_at itself
+    assert (t["changed_only_in_new_columns"], t["values_at_risk"], t["filled_by_upgrade"]) == (1, 3, 0)
+    assert data["at_risk"] == {"changed_only_in_new_columns": 1, "values_at_risk": 3}
     res = cli("diff", backup, live, "--since", DEPLOY, "--csv")
     assert res.returncode == 1 and "changed_only_in_new_columns" in res.stdout and "vip" in res.stdout
     res = cli("diff", backup, live, "--since", DEPLOY)
@@ -414,7 +421,39 @@ def test_diff_reports_values_at_risk_and_agrees_with_extract(tmp_path: Path) -> 
     res = cli("extract", backup, live, "--since", DEPLOY, "--out", tmp_path / "b", "--json")
     summary = json.loads(res.stdout)
     assert summary["counts"]["t"]["updated"] == t["updated"] + t["changed_only_in_new_columns"]
-    assert summary["lost"] == t["values_at_risk"]
+    assert summary["lost"] == t["values_at_risk"] and summary["filled_by_upgrade"] == 0
+
+
+def test_undated_new_column_values_are_filled_by_upgrade_not_lost(tmp_path: Path) -> None:
+    """No updated-at time and no migrations: a non-default value in a column only the new schema
+    has, in a row unchanged in the old projection, cannot be told from what the upgrade filled in.
+    It is listed as "filled by the upgrade, not verified" (diff, extract, the run folder's
+    filled_by_upgrade.csv and report.json), not lost, and changes no exit code; the same value in a
+    row a user changed in the old projection is lost."""
+    old = [(i, f"n{i}") for i in range(1, 26)]
+    backup = build(tmp_path / "app.db.bak", AT_RISK_OLD, old)
+    live = build(tmp_path / "app.db", AT_RISK_NEW, [(i, n, 0.0, None) for i, n in old])
+    with closing(sqlite3.connect(live)) as conn, conn:
+        conn.execute("UPDATE t SET discount = 5, note = 'vip' WHERE id = 7")
+        conn.execute("UPDATE t SET name = 'edited', note = 'mine' WHERE id = 9")
+    res = cli("diff", backup, live, "--since", DEPLOY, "--json")
+    data = json.loads(res.stdout)
+    t = data["tables"]["t"]
+    assert (t["updated"], t["changed_only_in_new_columns"], t["values_at_risk"], t["filled_by_upgrade"]) == (1, 0, 0, 2)
+    assert data["filled_by_upgrade"] == 2
+    res = cli("extract", backup, live, "--since", DEPLOY, "--out", tmp_path / "b", "--json")
+    summary = json.loads(res.stdout)
+    assert (summary["counts"]["t"]["updated"], summary["lost"], summary["filled_by_upgrade"]) == (1, 1, 2)
+    run = tmp_path / "run"
+    res = cli("rollback", live, "--backup", backup, "--since", DEPLOY, "--out", run, "--yes")
+    assert res.returncode in (0, 1), res.stderr
+    filled = (run / "filled_by_upgrade.csv").read_text(encoding="utf-8")
+    assert "vip" in filled and "filled by the upgrade, not verified" in filled and "mine" not in filled
+    lost_csv = (run / "lost_values.csv").read_text(encoding="utf-8")
+    assert "mine" in lost_csv and "vip" not in lost_csv
+    report = json.loads((run / "report.json").read_text(encoding="utf-8"))
+    assert report["filled_by_upgrade"]["total"] == 2
+    assert "filled_by_upgrade.csv" in (run / "report.md").read_text(encoding="utf-8")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -191,7 +191,10 @@ def render_html(report: dict[str, Any]) -> str:
         + (f"; the first {len(report['lost']):,} by table, key and column are listed here, all "
            f"{lost_total(report):,} are in lost_values.csv" if lost_more(report) else "") + ".</p>"
         + _table(lost_frame(report), "Nothing was lost.")
-        + (f'<p class="more">{_t(lost_more(report))}</p>' if lost_more(report) else "") + "</section>",
+        + (f'<p class="more">{_t(lost_more(report))}</p>' if lost_more(report) else "")
+        + (f'<p class="sub">Filled by the upgrade, not verified: {int(report["filled_by_upgrade"]):,} value(s) in '
+           "columns only the new release has, in records nobody changed in the old release's columns — not lost; "
+           "listed in filled_by_upgrade.csv.</p>" if report.get("filled_by_upgrade") else "") + "</section>",
         f"<section><h2>Conflicts ({len(report['conflicts'])})</h2><p class=\"sub\">Both values and how each "
         "was resolved.</p>" + _table(conflicts_frame(report), "No conflicts.") + "</section>",
     ]

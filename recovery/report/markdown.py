@@ -62,6 +62,10 @@ def render_markdown(report: dict[str, Any]) -> str:
             md_table(lost_frame(report), "Nothing was lost.")]
     if lost_more(report):
         out += ["", f"_{md_text(lost_more(report))}_"]
+    if report.get("filled_by_upgrade"):
+        out += ["", f"Filled by the upgrade, not verified: {report['filled_by_upgrade']:,} value(s) in columns only the "
+                "new release has, in records nobody changed in the old release's columns — not lost (the rollback "
+                "restores those records as the backup has them); listed in filled_by_upgrade.csv."]
     out += ["", f"## Conflicts ({len(report['conflicts'])})", "", md_table(conflicts_frame(report), "No conflicts.")]
     if report.get("not_carried"):
         out += ["", f"## Not carried back ({report.get('not_carried_total')})", "",

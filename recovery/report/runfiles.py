@@ -20,9 +20,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
-from recovery.bundle import Bundle, open_bundle
+from recovery.bundle import FILLED_TABLE, Bundle, open_bundle
 from recovery.errors import RecoveryError
-from recovery.lost import csv_cell, csv_rows, open_ro
+from recovery.lost import count_rows, csv_cell, csv_rows, open_ro
 from recovery.lost import has_lost as _has_lost
 from recovery.outcome import Outcome
 from recovery.report import csvout, notcarried
@@ -34,7 +34,7 @@ from recovery.report.tables import (CONFLICT_COLUMNS, FILE_COLUMNS, LOST_COLUMNS
 
 FORMAT = "recovery-report/1"
 RUN_FILES = ("report.json", "conflicts.csv", "lost_values.csv", "reimport.sql", "report.md", "report.html",
-             "deletes_for_review.csv", "files.csv", "not_carried.csv")
+             "deletes_for_review.csv", "files.csv", "not_carried.csv", "filled_by_upgrade.csv")
 FORMATS = ("html", "md", "csv", "json")
 
 
@@ -132,6 +132,28 @@ class _CsvRows:
             yield from csv_rows(conn)
 
 
+class _FilledRows(_CsvRows):
+    """The bundle's "filled by the upgrade, not verified" list (``_recovery_filled``) as CSV rows
+    shaped like lost_values.csv; empty for a bundle without that table."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        if not self.path.is_file():
+            return
+        with closing(open_ro(self.path)) as conn:
+            yield from csv_rows(conn, name=FILLED_TABLE)
+
+
+def filled_count(bundle: Bundle) -> int:
+    """How many values the bundle lists as filled by the upgrade, not verified (not lost)."""
+    if not bundle.rows_db.is_file():
+        return 0
+    with closing(open_ro(bundle.rows_db)) as conn:
+        return count_rows(conn, name=FILLED_TABLE)
+
+
 def stream_csv_rows(path: Path) -> _CsvRows:
     return _CsvRows(path)
 
@@ -155,15 +177,18 @@ def write_run_files(run_dir: Path, outcome: Outcome, bundle: Bundle, extra: dict
     files.csv, reimport.sql, report.md and report.html."""
     run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     section = build(bundle, outcome, _rollback_time(extra), (extra or {}).get("late_commits"))
+    section["filled_by_upgrade"] = filled_count(bundle)
     report = {"format": FORMAT, "bundle": {"path": str(bundle.path), "id": bundle.bundle_id, "counts": bundle.counts},
               "summary": summary(outcome, bundle, section), "outcome": outcome.to_dict(), **(extra or {}),
               "report": section}
+    report["filled_by_upgrade"] = {"total": section["filled_by_upgrade"], "csv": "filled_by_upgrade.csv"}
     report["migration_notes"] = (bundle.manifest.get("lineage") or {}).get("notes") or []  # e.g. a failed downgrade
     paths = {n: run_dir / n for n in RUN_FILES}
     _atomic_write_json(paths["report.json"], report)
     del report
     # streamed from the bundle: the caller keeps the bundle until we return (a dry run's is deleted after)
     _atomic_write_csv(paths["lost_values.csv"], lambda fh: write_lost_csv(fh, _all_lost(outcome, bundle)))
+    _atomic_write_csv(paths["filled_by_upgrade.csv"], lambda fh: write_lost_csv(fh, _FilledRows(bundle.rows_db)))
     _atomic_write_csv(paths["conflicts.csv"], lambda fh: csvout.write_dicts(
         fh, CONFLICT_COLUMNS, (c.to_dict() for c in outcome.conflicts)))
     deletes = section["deletes_for_review"]

@@ -18,7 +18,8 @@ that
   deploy time is known, the row was not updated after the deploy. A NULL or unparseable
   timestamp is no evidence either way: the row is kept.
 
-**Verdicts.** With at least :data:`MIN_EVIDENCE` checked rows, a rule *agrees* when at least
+**Verdicts.** With at least :data:`MIN_EVIDENCE` checked rows (:data:`MIN_EVIDENCE_SAME_NAME` for a
+same-name rule), a rule *agrees* when at least
 :data:`AGREE_SHARE_DATED` of them agree on a table whose rows are dated (the rows checked are
 then known untouched, so almost all must agree), and :data:`AGREE_SHARE_UNDATED` on a table
 without an updated-at timestamp (rows users edited after the deploy can only be excluded through
@@ -68,6 +69,10 @@ INFER_SAMPLE = 20_000
 """Backup rows inference looks at (it evaluates dozens of candidate expressions per row)."""
 MIN_EVIDENCE = 5
 """Checked rows needed before a rule can be refused."""
+MIN_EVIDENCE_SAME_NAME = 20
+"""Checked rows needed before a same-name rule can be refused: a column carried under its own name
+is wrong only when a migration changed its meaning in place, which shows on every row; a small
+table whose users edited that column in most rows after the deploy must not look like that."""
 AGREE_SHARE_DATED = 0.9
 AGREE_SHARE_UNDATED = 0.5
 MIN_INFER = 20
@@ -197,10 +202,11 @@ def check_table(pair: sqlite3.Connection, old_t: Table, new_t: Table, tm: TableM
     for i, name in enumerate(p.names):
         checked, raw_dis, first_only, first_any = (row[2 + 4 * i] or 0), (row[3 + 4 * i] or 0), row[4 + 4 * i], row[5 + 4 * i]
         agreeing, first = all_agree, first_only
-        if checked >= MIN_EVIDENCE:
+        same_name = tm.rule(name).source == "same-name"
+        if checked >= (MIN_EVIDENCE_SAME_NAME if same_name else MIN_EVIDENCE):
             verdict = "agrees" if agreeing >= share * checked else "disagrees"
         elif (shared >= MIN_EVIDENCE and shared - raw_dis < AGREE_SHARE_UNDATED * shared
-              and tm.rule(name).source != "same-name"):
+              and not same_name):
             verdict, checked, agreeing, first = "disagrees", shared, shared - raw_dis, first_any
         else:
             verdict = "unverified"

@@ -10,43 +10,14 @@ import os
 import sqlite3
 import subprocess
 import sys
-import textwrap
 from contextlib import closing
 from pathlib import Path
 
 import pytest
 
+from alembic_apps import write_app
+
 from recovery.check import SAMPLE_ROWS, seed_scratch
-
-ENV_PY = '''
-from alembic import context
-from sqlalchemy import create_engine, pool
-
-config = context.config
-engine = create_engine(config.get_main_option("sqlalchemy.url"), poolclass=pool.NullPool)
-with engine.connect() as conn:
-    context.configure(connection=conn, target_metadata=None, render_as_batch=True)
-    with context.begin_transaction():
-        context.run_migrations()
-'''
-
-REVISION = '''
-import sqlalchemy as sa
-from alembic import op
-
-revision = "{rev}"
-down_revision = {down!r}
-branch_labels = None
-depends_on = None
-
-
-def upgrade():
-{upgrade}
-
-
-def downgrade():
-{downgrade}
-'''
 
 
 def cli(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -57,10 +28,6 @@ def cli(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProce
 def orm_app(folder: Path) -> Path:
     """r1 assumes ``items`` exists (the ORM made it) and adds ``code`` filled from the name; r2 adds
     ``note`` with a stub downgrade."""
-    (folder / "versions").mkdir(parents=True)
-    ini = folder / "alembic.ini"
-    ini.write_text("[alembic]\nscript_location = %(here)s\nsqlalchemy.url = sqlite:///app.db\n", encoding="utf-8")
-    (folder / "env.py").write_text(ENV_PY, encoding="utf-8")
     revs = [
         ("r0", None, "pass", "pass"),
         ("r1", "r0", 'with op.batch_alter_table("items") as b:\n    b.add_column(sa.Column("code", sa.Text))\n'
@@ -68,11 +35,7 @@ def orm_app(folder: Path) -> Path:
          'with op.batch_alter_table("items") as b:\n    b.drop_column("code")'),
         ("r2", "r1", 'op.add_column("items", sa.Column("note", sa.Text))', "pass"),
     ]
-    for rev, down, up, dn in revs:
-        (folder / "versions" / f"{rev}.py").write_text(REVISION.format(
-            rev=rev, down=down, upgrade=textwrap.indent(up, "    "), downgrade=textwrap.indent(dn, "    ")),
-            encoding="utf-8")
-    return ini
+    return write_app(folder, revs)
 
 
 def orm_db(path: Path, rows: int) -> Path:

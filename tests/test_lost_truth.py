@@ -12,41 +12,13 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-import textwrap
 from contextlib import closing
 from pathlib import Path
 
+from alembic_apps import write_app
+
 DEPLOY = "2026-11-20T14:00:00"
 
-ENV_PY = '''
-from alembic import context
-from sqlalchemy import create_engine, pool
-
-config = context.config
-engine = create_engine(config.get_main_option("sqlalchemy.url"), poolclass=pool.NullPool)
-with engine.connect() as conn:
-    context.configure(connection=conn, target_metadata=None, render_as_batch=True)
-    with context.begin_transaction():
-        context.run_migrations()
-'''
-
-REVISION = '''
-import sqlalchemy as sa
-from alembic import op
-
-revision = "{rev}"
-down_revision = {down!r}
-branch_labels = None
-depends_on = None
-
-
-def upgrade():
-{upgrade}
-
-
-def downgrade():
-{downgrade}
-'''
 
 R2_UP = '''with op.batch_alter_table("items") as b:
     b.add_column(sa.Column("code", sa.String(20), nullable=False, server_default=""))
@@ -58,16 +30,8 @@ R2_DOWN = '''with op.batch_alter_table("items") as b:
 def app(folder: Path) -> Path:
     """A tiny application: r1 makes ``items``, r2 adds NOT NULL ``code`` with a server default and
     fills it from the id (values that differ from the default in every existing row)."""
-    (folder / "versions").mkdir(parents=True)
-    ini = folder / "alembic.ini"
-    ini.write_text("[alembic]\nscript_location = %(here)s\nsqlalchemy.url = sqlite:///app.db\n", encoding="utf-8")
-    (folder / "env.py").write_text(ENV_PY, encoding="utf-8")
     r1 = 'op.create_table("items", sa.Column("id", sa.Integer, primary_key=True), sa.Column("name", sa.String(50)))'
-    for rev, down, up, dn in (("r1", None, r1, 'op.drop_table("items")'), ("r2", "r1", R2_UP, R2_DOWN)):
-        (folder / "versions" / f"{rev}.py").write_text(REVISION.format(
-            rev=rev, down=down, upgrade=textwrap.indent(up, "    "), downgrade=textwrap.indent(dn, "    ")),
-            encoding="utf-8")
-    return ini
+    return write_app(folder, [("r1", None, r1, 'op.drop_table("items")'), ("r2", "r1", R2_UP, R2_DOWN)])
 
 
 def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:

@@ -349,6 +349,8 @@ def test_reimport_cli_takes_conflicts_row_and_reports_it(world: tuple[Bundle, Pa
     assert res.exit_code == 1, res.output
     report = json.loads((tmp_path / "run" / "report.json").read_text(encoding="utf-8"))
     assert report["outcome"]["conflicts_mode"] == "row"
+    for page in ("report.md", "report.html"):  # the pages say how conflicts were judged
+        assert "judged by row" in (tmp_path / "run" / page).read_text(encoding="utf-8"), page
     rows = list(csv.DictReader(open(tmp_path / "run" / "conflicts.csv", newline="", encoding="utf-8")))
     assert {(r["key"], r["column"]) for r in rows if r["kind"] == "update_update"} >= {("3", "a,b"), ("1", "a")}
     with closing(sqlite3.connect(f"file:{t}?mode=ro", uri=True)) as c:

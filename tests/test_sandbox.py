@@ -274,6 +274,9 @@ def test_a_crashing_downgrade_is_named_and_the_rest_of_the_plan_works(world_copy
     assert "bb004_price_cents" in res.stderr
     notes = json.loads((tmp_path / "run" / "report.json").read_text())["migration_notes"]
     assert any("bb004_price_cents" in n and "its author never tried" in n for n in notes), notes
+    for page in ("report.md", "report.html"):  # the product owner's pages say it too
+        text = (tmp_path / "run" / page).read_text()
+        assert "Migration notes" in text and "bb004_price_cents" in text, page
     with closing(sqlite3.connect(f"file:{live}?mode=ro", uri=True)) as c:
         assert c.execute("SELECT version_num FROM alembic_version").fetchone()[0] == OLD_REV
         prices = dict(c.execute("SELECT id, price FROM parts"))

@@ -223,6 +223,12 @@ def render_html(report: dict[str, Any]) -> str:
                     + (f"; the first {LIST_LIMIT:,} are listed here" if more else "") + ".</p>"
                     + _table(files_frame(report), "")
                     + (f'<p class="more">{_t(more)}</p>' if more else "") + "</section>")
+    if report.get("conflicts_mode") == "row":
+        body.append("<section><p class=\"sub\">Conflicts were judged by row (<code>--conflicts row</code>): any "
+                    "change to the same row after the deploy and in the database since is a conflict.</p></section>")
+    if report.get("migration_notes"):
+        body.append("<section><h2>Migration notes</h2><ul>"
+                    + "".join(f"<li>{_t(n)}</li>" for n in report["migration_notes"]) + "</ul></section>")
     body.append("<footer>Numbers match report.json (section <code>report</code>); lost values, conflicts, "
                 "records not carried back, deletes for review and files are also in lost_values.csv, "
                 "conflicts.csv, not_carried.csv, deletes_for_review.csv and files.csv.</footer>")

@@ -78,6 +78,11 @@ def render_markdown(report: dict[str, Any]) -> str:
                 md_table(deletes_frame(report), "")]
         if deletes_more(report):
             out += ["", f"_{md_text(deletes_more(report))}_"]
+    if report.get("conflicts_mode") == "row":
+        out += ["", "Conflicts were judged by row (`--conflicts row`): any change to the same row after the deploy "
+                "and in the database since is a conflict."]
+    if report.get("migration_notes"):
+        out += ["", "## Migration notes", ""] + [f"- {md_text(n)}" for n in report["migration_notes"]]
     if report.get("rules"):
         out += ["", "## Column rules", "", "How old columns were produced from the new schema, and what the rows "
                 "nobody changed after the deploy say about each rule.", ""]

@@ -178,11 +178,13 @@ def write_run_files(run_dir: Path, outcome: Outcome, bundle: Bundle, extra: dict
     run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     section = build(bundle, outcome, _rollback_time(extra), (extra or {}).get("late_commits"))
     section["filled_by_upgrade"] = filled_count(bundle)
+    section["migration_notes"] = list((bundle.manifest.get("lineage") or {}).get("notes") or [])  # e.g. a failed downgrade
+    section["conflicts_mode"] = getattr(outcome, "conflicts_mode", "cell") if outcome else "cell"
     report = {"format": FORMAT, "bundle": {"path": str(bundle.path), "id": bundle.bundle_id, "counts": bundle.counts},
               "summary": summary(outcome, bundle, section), "outcome": outcome.to_dict(), **(extra or {}),
               "report": section}
     report["filled_by_upgrade"] = {"total": section["filled_by_upgrade"], "csv": "filled_by_upgrade.csv"}
-    report["migration_notes"] = (bundle.manifest.get("lineage") or {}).get("notes") or []  # e.g. a failed downgrade
+    report["migration_notes"] = section["migration_notes"]
     paths = {n: run_dir / n for n in RUN_FILES}
     _atomic_write_json(paths["report.json"], report)
     del report

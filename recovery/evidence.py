@@ -57,6 +57,7 @@ import sqlglot
 from sqlglot import exp
 
 from recovery.changes import TableSides, sides
+from recovery.constraints import affinity_type
 from recovery.errors import RecoveryError
 from recovery.mapping import ColumnMapping, ColumnRule, TableMapping
 from recovery.schema import Schema, Table
@@ -89,17 +90,9 @@ _NUMERIC = ("integer", "real")
 
 
 def affinity(declared: str) -> str:
-    """SQLite's column affinity of a declared type (its documented rules, in order)."""
-    t = declared.upper()
-    if "INT" in t:
-        return "integer"
-    if any(k in t for k in ("CHAR", "CLOB", "TEXT")):
-        return "text"
-    if not t or "BLOB" in t:
-        return "blob"
-    if any(k in t for k in ("REAL", "FLOA", "DOUB")):
-        return "real"
-    return "numeric"
+    """SQLite's column affinity of a declared type, lower-case (``integer``, ``text``, ``blob``,
+    ``real``, ``numeric``): the one rule set, :func:`recovery.constraints.affinity_type`."""
+    return affinity_type(declared).lower()
 
 
 def _is_num(aff: str) -> bool:

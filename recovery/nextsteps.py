@@ -2,23 +2,16 @@
 paths and commands of this run, so no loose end depends on remembering the README at 3 a.m."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from recovery.snapshot import release_tag
+
 
 def _release(backup: Path | None, revision: str | None) -> str:
-    """``release v2.0.0 (revision aa001…)`` from the backup's snapshot manifest, when it has a tag."""
-    tag = None
-    if backup is not None:
-        manifest = backup.with_name(backup.name + ".manifest.json")
-        try:
-            data = json.loads(manifest.read_text(encoding="utf-8"))
-            git = data.get("git") if isinstance(data, dict) else None
-            tag = git.get("tag") or git.get("describe") if isinstance(git, dict) else None
-        except (OSError, ValueError):
-            tag = None
-    parts = [f"release {tag}" if isinstance(tag, str) and tag else "the previous release"]
+    """``release v2.0.0 (Alembic revision aa001…)`` from the backup's snapshot manifest, when it has a tag."""
+    tag = release_tag(backup)
+    parts = [f"release {tag}" if tag else "the previous release"]
     if revision:
         parts.append(f"(Alembic revision {revision})")
     return " ".join(parts)

@@ -135,6 +135,21 @@ def read_manifest(backup: str | os.PathLike[str]) -> dict[str, Any] | None:
         raise RecoveryError(f"backup manifest {p} is not valid JSON: {exc}", "fix or remove it") from None
 
 
+def release_tag(backup: str | os.PathLike[str] | None) -> str | None:
+    """The release tag (``git.tag``, else ``git.describe``) the backup's snapshot manifest
+    recorded, or None (no backup, no manifest, or one that cannot be read: only shown, never
+    relied on)."""
+    if not backup:
+        return None
+    try:
+        data = json.loads(manifest_path_for(Path(backup)).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    git = data.get("git") if isinstance(data, dict) else None
+    tag = (git.get("tag") or git.get("describe")) if isinstance(git, dict) else None
+    return tag if isinstance(tag, str) and tag else None
+
+
 def deploy_time_of(backup: str | os.PathLike[str]) -> str | None:
     """The deploy time a backup stands for: its manifest's time, else the ``.bak.YYYYMMDD_HHMMSS`` name."""
     manifest = read_manifest(backup)

@@ -32,6 +32,7 @@ from recovery.report import aggregate, notcarried
 from recovery.report.tables import LIST_LIMIT
 from recovery.report.aggregate import KeyCounts, TablePlan
 from recovery.schema import Table
+from recovery.snapshot import release_tag
 from recovery.sqlbuild import col, sql, table
 from recovery.timestamps import find_timestamp_columns
 
@@ -423,23 +424,6 @@ def _build(conn: sqlite3.Connection | None, bundle: Bundle, outcome: Outcome | N
         "triggers_suspended": list(outcome.triggers_suspended) if outcome else [],
         "rules": column_rules(bundle.manifest.get("mapping") or {}),
     }
-
-
-def release_tag(backup: str | None) -> str | None:
-    """The release tag (``git.tag``, else ``git.describe``) the backup's snapshot manifest
-    (``<backup>.manifest.json``) recorded, or None."""
-    if not backup:
-        return None
-    import json
-
-    path = Path(backup)
-    try:
-        data = json.loads(path.with_name(path.name + ".manifest.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    git = data.get("git") if isinstance(data, dict) else None
-    tag = (git.get("tag") or git.get("describe")) if isinstance(git, dict) else None
-    return tag if isinstance(tag, str) and tag else None
 
 
 def database_shown(target: str | None) -> str | None:

@@ -146,11 +146,7 @@ def _key_text(key: tuple[Any, ...]) -> str:
     from recovery.lost import cell
 
     v = cell(list(key))
-    if v is None:
-        return ""
-    if isinstance(v, bool):
-        return str(v)
-    return str(v)
+    return "" if v is None else str(v)
 
 
 def _unneutralise(text: str) -> str:

@@ -19,7 +19,7 @@ T0 = time.perf_counter()
 import os  # noqa: E402
 
 from recovery import pipeline  # noqa: E402
-from recovery.outcome import ConflictPolicy, Prefer  # noqa: E402
+from recovery.model.outcome import ConflictPolicy, Prefer  # noqa: E402
 
 
 def rss_mb() -> float:

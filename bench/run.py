@@ -118,7 +118,7 @@ def bench_diff(w: Path, repeat: int) -> dict:
         floor_runs.append(f)
         naive_runs.append(timed([*floor_cmd, "--naive"]))
         diff_runs.append(timed(diff_cmd))
-    imp = [timed([sys.executable, "-c", "import recovery.cli, recovery.diff"]) for _ in range(repeat)]
+    imp = [timed([sys.executable, "-c", "import recovery.cli, recovery.compare.diff"]) for _ in range(repeat)]
     floor_counts = json.loads(floor_runs[-1]["stdout"])["tables"]
     tool = json.loads(diff_runs[-1]["stdout"])
     tool_counts = {t: {k: v[k] for k in ("inserted", "updated", "deleted")} for t, v in tool["tables"].items()}

@@ -55,7 +55,7 @@ class Timed:
 def main() -> None:
     what, world = sys.argv[1], Path(sys.argv[2])
     top = int(sys.argv[sys.argv.index("--top") + 1]) if "--top" in sys.argv else 15
-    from recovery import diff as d
+    from recovery.compare import diff as d
 
     orig = d.open_pair
     conns: list[sqlite3.Connection] = []
@@ -73,7 +73,7 @@ def main() -> None:
         if what == "diff":
             d.diff(b, lv)
         else:
-            from recovery.extract import extract
+            from recovery.bundle.extract import extract
 
             extract(b, lv, tmp / "bundle", alembic_ini=HERE.parent / "sample_dbs/app/alembic.ini",
                     uploads=world / "uploads")

@@ -9,9 +9,9 @@ these). A rollback can be scripted in Python without click::
 """
 from __future__ import annotations
 
-from recovery.diff import diff
-from recovery.extract import extract
+from recovery.compare.diff import diff
+from recovery.bundle.extract import extract
 from recovery.pipeline import reimport, rollback
-from recovery.snapshot import snapshot
+from recovery.capture.snapshot import snapshot
 
 __all__ = ["snapshot", "diff", "extract", "rollback", "reimport"]

@@ -21,7 +21,7 @@ import click
 from recovery import __version__
 from recovery.errors import ExitCode, RecoveryError
 from recovery.escape import term_markup, term_text
-from recovery.render import (console, render_diff, render_extract, render_outcome, render_plan, render_snapshot,
+from recovery.report.render import (console, render_diff, render_extract, render_outcome, render_plan, render_snapshot,
                              stdout_text, write_csv)
 
 EXIT_CODES_HELP = (
@@ -203,7 +203,7 @@ def snapshot_cmd(db: Path, out_dir: Path | None, uploads: Path | None, app_dir: 
     \b
         recovery snapshot gestima.db --uploads uploads/ --app-dir /srv/gestima
     """
-    from recovery.snapshot import snapshot
+    from recovery.capture.snapshot import snapshot
 
     snap = snapshot(db, out_dir, uploads, app_dir)
     if fmt == "json":
@@ -238,7 +238,7 @@ def diff_cmd(backup: Path, db: Path, since: str | None, tables: tuple[str, ...],
     \b
         recovery diff gestima.db.bak.20261120_140000 gestima.db --rows --json
     """
-    from recovery.diff import diff
+    from recovery.compare.diff import diff
 
     result = diff(backup, db, since, list(tables) or None, mapping, rows or fmt == "csv", alembic_ini, trust_mapping)
     if fmt == "json":
@@ -277,7 +277,7 @@ def extract_cmd(backup: Path, db: Path, out_dir: Path, since: str | None, mappin
         recovery extract gestima.db.bak.20261120_140000 gestima.db --out bundle/ \\
             --alembic-ini app/alembic.ini --uploads uploads/
     """
-    from recovery.extract import extract
+    from recovery.bundle.extract import extract
 
     from recovery import progress
 
@@ -299,14 +299,14 @@ def extract_cmd(backup: Path, db: Path, out_dir: Path, since: str | None, mappin
 
 def statement_timeout_option(func: Callable[..., Any]) -> Callable[..., Any]:
     """``--statement-timeout SECONDS``: the bound on every SQL statement run over a bundle
-    (:mod:`recovery.timebound`); the command runs inside it."""
+    (:mod:`recovery.engine.timebound`); the command runs inside it."""
 
     @click.option("--statement-timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
                   help="Interrupt (exit 3, nothing applied) any SQL statement over the bundle running longer "
                        "(default: $RECOVERY_STATEMENT_TIMEOUT, else 300).")
     @functools.wraps(func)
     def wrapper(*args: Any, statement_timeout: float | None, **kwargs: Any) -> Any:
-        from recovery.timebound import override
+        from recovery.engine.timebound import override
 
         with override(statement_timeout):
             return func(*args, **kwargs)
@@ -376,8 +376,8 @@ def reimport_cmd(bundle_dir: Path, db: Path, out_dir: Path | None, uploads: Path
     \b
         recovery reimport run/bundle gestima.db --yes
     """
-    from recovery.bundle import open_bundle
-    from recovery.outcome import ConflictMode, ConflictPolicy, Prefer
+    from recovery.bundle.store import open_bundle
+    from recovery.model.outcome import ConflictMode, ConflictPolicy, Prefer
     from recovery.pipeline import reimport
 
     bundle = open_bundle(bundle_dir)
@@ -430,7 +430,7 @@ def rollback_cmd(db: Path, backup: Path, out_dir: Path | None, since: str | None
         recovery rollback gestima.db --backup gestima.db.bak.20261120_140000 \\
             --uploads uploads/ --alembic-ini app/alembic.ini --out run/ --yes
     """
-    from recovery.outcome import ConflictMode, ConflictPolicy, Prefer
+    from recovery.model.outcome import ConflictMode, ConflictPolicy, Prefer
     from recovery.pipeline import rollback
 
     err = console(stderr=True)
@@ -504,7 +504,7 @@ def undo_cmd(run_dir: Path, force: bool, dry_run: bool, yes: bool) -> None:
 
 def _print_next_steps(res: Any, backup: Path) -> None:
     """The "Next steps" block (stderr, plain text: paths may hold markup characters)."""
-    from recovery.nextsteps import steps_for
+    from recovery.report.nextsteps import steps_for
 
     lines = steps_for(res, backup)
     if lines:
@@ -532,7 +532,7 @@ def demo_cmd(out_dir: Path | None, parts: int, seed: int) -> None:
     import tempfile
 
     from recovery.sample import app_dir, generate
-    from recovery.outcome import ConflictMode, ConflictPolicy, Prefer
+    from recovery.model.outcome import ConflictMode, ConflictPolicy, Prefer
     from recovery.pipeline import rollback
     from recovery.sample.generator import fresh_folder
 
@@ -577,7 +577,7 @@ def apply_deletes_cmd(run_dir: Path, only: Path | None, dry_run: bool, yes: bool
     \b
         recovery apply-deletes run/ --only reviewed.csv --dry-run
     """
-    from recovery.deletes import apply_deletes
+    from recovery.reimport.deletes import apply_deletes
 
     _confirm_or_refuse(yes, dry_run, f"Delete the reviewed rows of {run_dir} from its database?")
     res = apply_deletes(run_dir, only, dry_run)
@@ -621,8 +621,8 @@ def relink_cmd(bundle_dir: Path, db: Path, uploads: Path, files_table: str | Non
     \b
         recovery relink run/bundle gestima.db --uploads uploads/ --dry-run
     """
-    from recovery.files import FilesConfig
-    from recovery.relink import REPORT_LISTS, relink
+    from recovery.files.uploads import FilesConfig
+    from recovery.files.relink import REPORT_LISTS, relink
 
     if not uploads.is_dir():
         raise RecoveryError(f"uploads folder {uploads} does not exist or is not a folder", "check --uploads")
@@ -680,7 +680,7 @@ def report_cmd(folder: Path, fmt: str, out: Path | None) -> None:
         console(stderr=True).print(f"{h['verdict']}: {h['carried']} of {h['records_total']} records carried, "
                                    f"{h['lost_values']} lost value(s), {h['conflicts']} conflict(s). "
                                    f"Report: [bold]{term_markup(res.path, None)}[/]")
-    from recovery.outcome import verdict_exit_code
+    from recovery.model.outcome import verdict_exit_code
 
     sys.exit(verdict_exit_code(res.headline["verdict"]))
 
@@ -707,7 +707,7 @@ def check_cmd(alembic_ini: Path, from_rev: str | None, to_rev: str | None, db: P
     \b
         recovery check --alembic-ini app/alembic.ini --db gestima.db.bak.20261120_140000
     """
-    from recovery.check import check, render_check
+    from recovery.migrate.check import check, render_check
 
     result = check(alembic_ini, from_rev, to_rev, db)
     if fmt == "json":
@@ -751,7 +751,7 @@ def rehearse_cmd(db: Path, backup: Path, alembic_ini: Path | None, out_dir: Path
         recovery rehearse gestima.db --backup gestima.db.bak.20261120_140000 \\
             --alembic-ini app/alembic.ini --uploads uploads/ --out rehearsal/
     """
-    from recovery.rehearse import rehearse, render_rehearsal
+    from recovery.verify.rehearse import rehearse, render_rehearsal
 
     err = console(stderr=True)
     result = rehearse(db, backup, alembic_ini, out_dir, uploads, mapping, since, progress=_say(err),

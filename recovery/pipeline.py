@@ -25,17 +25,17 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from recovery.bundle import Bundle, open_bundle, write_json_atomic
+from recovery.bundle.store import Bundle, open_bundle, write_json_atomic
 from recovery.errors import ExitCode, RecoveryError
-from recovery.files import FilesConfig
-from recovery.livewindow import WriteWindow, check_replaced, write_late_commits
-from recovery.outcome import OUTCOME_FORMAT, ConflictMode, ConflictPolicy, Outcome, Prefer
-from recovery.pairing import refuse_second_rollback, refuse_wrong_pairing
-from recovery.reimport import attach_bundle, check_target_schema, merge_and_check, open_target, record_outcome
-from recovery.schema import alembic_revision, reflect
-from recovery.sqlite_io import (check_sqlite_file, consistent_copy, copy_file_identity, fsync_dir, is_wal_file,
+from recovery.files.uploads import FilesConfig
+from recovery.restore.livewindow import WriteWindow, check_replaced, write_late_commits
+from recovery.model.outcome import OUTCOME_FORMAT, ConflictMode, ConflictPolicy, Outcome, Prefer
+from recovery.capture.pairing import refuse_second_rollback, refuse_wrong_pairing
+from recovery.reimport.merge import attach_bundle, check_target_schema, merge_and_check, open_target, record_outcome
+from recovery.engine.schema import alembic_revision, reflect
+from recovery.engine.sqlite_io import (check_sqlite_file, consistent_copy, copy_file_identity, fsync_dir, is_wal_file,
                                 readonly, real_path, sha256_file, sidecars, wait_for_write_lock, write_lock_held)
-from recovery.verify import verify_file
+from recovery.verify.checks import verify_file
 
 STEPS = ("probe", "safety", "extract", "restore", "reimport", "relink", "verify", "report")
 KILL_STEP_ENV = "RECOVERY_TEST_KILL_AT_STEP"
@@ -80,7 +80,7 @@ class RunResult:
 
     @property
     def verdict(self) -> Any:
-        """The run's one verdict (:meth:`recovery.outcome.Outcome.verdict`, late commits included):
+        """The run's one verdict (:meth:`recovery.model.outcome.Outcome.verdict`, late commits included):
         the terminal, the exit code and every report show this one."""
         return self.outcome.verdict(self.late) if self.outcome is not None else None
 
@@ -214,7 +214,7 @@ def check_writable(path: Path, role: str) -> None:
 def _relink(bundle: Bundle, db: Path, uploads: str | os.PathLike[str] | None, files: FilesConfig,
             dry_run: bool, outcome: Outcome | None = None) -> dict[str, Any] | None:
     """Re-link uploads after a re-import, following the keys that re-import remapped."""
-    from recovery.relink import relink
+    from recovery.files.relink import relink
 
     if not uploads:
         return None
@@ -388,7 +388,7 @@ def preflight(db: Path, backup: Path, alembic_ini: Path | None, force: bool,
         raise RecoveryError(f"{backup} is newer than {db}",
                             "pass the pre-deploy backup; if this file really is it, pass --allow-newer-backup")
     if alembic_ini is not None and old_rev and new_rev and old_rev != new_rev:
-        from recovery.migrations import revisions_between
+        from recovery.migrate.migrations import revisions_between
 
         try:
             revisions_between(alembic_ini, new_rev, old_rev)
@@ -416,9 +416,9 @@ def preflight(db: Path, backup: Path, alembic_ini: Path | None, force: bool,
 
 
 def _refuse_holders(db: Path, force: bool) -> list[Any]:
-    """Every other process with ``db`` open or locked (:mod:`recovery.holders`): refused, each
+    """Every other process with ``db`` open or locked (:mod:`recovery.engine.holders`): refused, each
     named, unless ``force`` (then returned, for the journal and the late check)."""
-    from recovery.holders import describe_holders, find_holders
+    from recovery.engine.holders import describe_holders, find_holders
 
     holders = find_holders(db)
     if holders and not force:
@@ -458,11 +458,11 @@ def rollback(
     if conflicts is not ConflictMode.CELL:  # only when set: journals of earlier runs keep matching
         args["conflicts"] = conflicts.value
     if since is not None:  # bad input is refused before a run folder or safety copy is written
-        from recovery.timestamps import parse_since
+        from recovery.compare.timestamps import parse_since
 
         parse_since(since)
     if mapping is not None:
-        from recovery.mapping import load_mapping
+        from recovery.transpile.mapping import load_mapping
 
         load_mapping(mapping)
     check_uploads(uploads)
@@ -566,7 +566,7 @@ def _run_rollback(db_p: Path, backup_p: Path, run_dir: Path, args: dict[str, Any
             if not journal.done("extract"):
                 say("extracting post-deploy changes")
                 journal.mark("extract", "start")
-                from recovery.sandbox import protecting
+                from recovery.migrate.sandbox import protecting
 
                 with protecting(db_p, backup_p):  # the app's migration code must not reach the real files
                     bundle = _extract_step(run_dir, backup_p, db_p, since, mapping, alembic_ini, uploads, files,
@@ -640,7 +640,7 @@ def _open_window(db: Path, force: bool) -> tuple[WriteWindow, list[str]]:
     """Take the live DB's write lock (:class:`WriteWindow`), then look for holders once more: one
     that opened the DB since the preflight is refused as well (unless ``force``: then it is
     returned, described, with the window)."""
-    from recovery.holders import describe_holders, find_holders
+    from recovery.engine.holders import describe_holders, find_holders
 
     window = WriteWindow(db)
     holders = find_holders(db, ignore_ofd=True)  # the window's own OFD lock is not a holder
@@ -705,7 +705,7 @@ def _finished_exit_code(journal: Journal, report: dict[str, Any]) -> int:
     summary = report.get("summary") or {}
     if summary.get("aborted"):
         return ExitCode.FAILED
-    from recovery.outcome import verdict_exit_code
+    from recovery.model.outcome import verdict_exit_code
 
     return verdict_exit_code(summary.get("verdict"))
 
@@ -720,7 +720,7 @@ def _read_journal(run_dir: Path) -> dict[str, Any] | None:
 
 def _reimported(db: Path, bundle_id: str | None) -> bool | None:
     """Whether ``db`` holds the re-import of ``bundle_id`` (None: cannot tell)."""
-    from recovery.reimport import already_applied
+    from recovery.reimport.merge import already_applied
 
     if not bundle_id:
         return None
@@ -822,13 +822,13 @@ def _clean_leftovers(run_dir: Path, db: Path) -> list[Path]:
     ``.bundle.partial-<pid>`` folder, ``.<name>.tmp-<pid>`` copies in the safety folder and beside
     the live DB, and the staged ``.<db>.restore-tmp``. None of them was ever read (each is renamed
     into place only when complete). A partial folder is kept only while its writer holds its
-    ``flock`` (:func:`recovery.extract.lock_partial`); a temporary file only while its <pid> is a
+    ``flock`` (:func:`recovery.bundle.extract.lock_partial`); a temporary file only while its <pid> is a
     live, non-zombie process that started before the file was made. The caller holds the run's
     folder lock, so no other rollback of this DB is writing any of them."""
     import re
     import shutil
 
-    from recovery.extract import partial_in_use
+    from recovery.bundle.extract import partial_in_use
 
     removed = []
     candidates = [*run_dir.glob(".bundle.partial-*"), *(run_dir / "safety").glob(f".{db.name}.tmp-*"),
@@ -862,7 +862,7 @@ def _extract_step(run_dir: Path, backup: Path, db: Path, since: str | None, mapp
                   uploads: Any, files: FilesConfig, journal: Journal, trust: bool = False) -> Bundle:
     """Extract from the safety copy (identical content; the live file stays untouched) into
     ``RUN_DIR/bundle``, and journal it with the safety copy's sha256 (the bundle's live fingerprint)."""
-    from recovery.extract import extract
+    from recovery.bundle.extract import extract
 
     bundle_dir = run_dir / "bundle"
     if bundle_dir.exists():  # a finished bundle from a run killed before journaling it
@@ -910,7 +910,7 @@ def _save_outcome(run_dir: Path, outcome: Outcome) -> None:
 
 def read_outcome_file(path: Path) -> Outcome:
     """``outcome.json`` read back as data only; a file of any other shape is refused (exit 2)."""
-    from recovery.outcome import OutcomeFormatError
+    from recovery.model.outcome import OutcomeFormatError
 
     try:
         return Outcome.from_json(path.read_bytes())
@@ -934,8 +934,8 @@ def _load_outcome(run_dir: Path, bundle: Bundle, db: Path, policy: ConflictPolic
 
 def _recorded_outcome(db: Path, bundle_id: str) -> Outcome | None:
     """The outcome the re-import of ``bundle_id`` stored in ``db`` in its own transaction."""
-    from recovery.outcome import OutcomeFormatError
-    from recovery.reimport import recorded_outcome
+    from recovery.model.outcome import OutcomeFormatError
+    from recovery.reimport.merge import recorded_outcome
 
     with readonly(db, "live database") as conn:
         text = recorded_outcome(conn, bundle_id)
@@ -950,7 +950,7 @@ def _recorded_outcome(db: Path, bundle_id: str) -> Outcome | None:
 
 def _refuse_stub_downgrades(db: Path, alembic_ini: str | os.PathLike[str] | None, target: str) -> None:
     """Refuse ``--downgrade-to`` when a revision on the way down has a stub downgrade."""
-    from recovery.migrations import revisions_between
+    from recovery.migrate.migrations import revisions_between
 
     if alembic_ini is None:
         raise RecoveryError("--downgrade-to needs --alembic-ini", "pass the application's alembic.ini")
@@ -969,15 +969,15 @@ def _downgrade_in_place(db: Path, alembic_ini: str | os.PathLike[str] | None, ta
                         backup: Path | None = None) -> dict[str, Any]:
     """Run the app's downgrade to ``target`` on ``db`` (a scratch copy: pysqlite does not make
     Alembic's DDL transactional, so the live file is only ever swapped in whole), then, given the
-    ``backup``, put back from it what the downgrade cannot (:mod:`recovery.downgrade`: cells of
+    ``backup``, put back from it what the downgrade cannot (:mod:`recovery.restore.downgrade`: cells of
     columns the upgrade dropped, rows deleted after the deploy). Returns what was put back (the
     journal's restore entry), empty without a backup.
 
-    The app's code runs in the sandbox (:mod:`recovery.sandbox`): it can open ``db`` only; the
+    The app's code runs in the sandbox (:mod:`recovery.migrate.sandbox`): it can open ``db`` only; the
     backup, the live DB the staged copy ``.NAME.restore-tmp`` stands for and every database the
     ini or the environment names are fingerprinted before and after it."""
     _refuse_stub_downgrades(db, alembic_ini, target)
-    from recovery.sandbox import MigrationFailed, Sandbox, refusal_note
+    from recovery.migrate.sandbox import MigrationFailed, Sandbox, refusal_note
 
     live = None
     if backup is not None:
@@ -996,7 +996,7 @@ def _downgrade_in_place(db: Path, alembic_ini: str | os.PathLike[str] | None, ta
             "fix the migration, or restore from the backup instead (omit --downgrade-to)", ExitCode.FAILED) from None
     if backup is None or live is None:
         return {}
-    from recovery.downgrade import repair_from_backup
+    from recovery.restore.downgrade import repair_from_backup
 
     return repair_from_backup(db, backup, live).to_dict()
 
@@ -1006,7 +1006,7 @@ def _dry_run(db: Path, backup: Path, run_dir: Path, since: str | None, uploads: 
              say: Progress, trust: bool = False, same_installation: bool = False,
              conflicts: ConflictMode = ConflictMode.CELL) -> RunResult:
     """Everything on scratch copies: the same report, every input file byte-identical."""
-    from recovery.extract import extract
+    from recovery.bundle.extract import extract
 
     probe = preflight(db, backup, Path(alembic_ini) if alembic_ini else None, force=True, allow_newer_backup=True,
                       same_installation=same_installation)
@@ -1017,7 +1017,7 @@ def _dry_run(db: Path, backup: Path, run_dir: Path, since: str | None, uploads: 
         say("dry run: copying the live database to a scratch folder")
         live_copy = consistent_copy(db, t / db.name, "live database")
         say("dry run: extracting")
-        from recovery.sandbox import protecting
+        from recovery.migrate.sandbox import protecting
 
         with protecting(db, backup):  # lineage runs on scratch copies; the real files are fingerprinted too
             res = extract(backup, live_copy, t / "bundle", since, mapping, alembic_ini, uploads, files,
@@ -1057,8 +1057,8 @@ class UndoResult:
 
 def refuse_if_in_use(db: Path, what: str = "undo") -> None:
     """Refuse while another process holds ``db``: every process with it (or its ``-wal``/``-shm``)
-    open or locked (:mod:`recovery.holders`, as the rollback's preflight), each named."""
-    from recovery.holders import describe_holders, find_holders
+    open or locked (:mod:`recovery.engine.holders`, as the rollback's preflight), each named."""
+    from recovery.engine.holders import describe_holders, find_holders
 
     holders = find_holders(db)
     if holders:

@@ -56,7 +56,7 @@ def _new_bar(name: str, total: int | None) -> tuple[Any, Any]:
                                TimeElapsedColumn, TimeRemainingColumn)
     from rich.text import Text
 
-    from recovery.render import console
+    from recovery.report.render import console
 
     class RateColumn(ProgressColumn):
         """Units per second of the task (``-`` until there is a rate)."""

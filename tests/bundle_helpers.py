@@ -6,8 +6,8 @@ import hashlib
 import sqlite3
 from pathlib import Path
 
-from recovery.bundle import open_bundle
-from recovery.transpile import plan as make_plan
+from recovery.bundle.store import open_bundle
+from recovery.transpile.passes import plan as make_plan
 
 
 def ro(path: Path) -> sqlite3.Connection:

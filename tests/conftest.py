@@ -49,7 +49,7 @@ def world_copy(world: Path, tmp_path: Path) -> Path:
 def bundle(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One bundle of the world's post-deploy changes (extracted with the app's Alembic), shared
     read-only by a module's tests."""
-    from recovery.extract import extract
+    from recovery.bundle.extract import extract
     from recovery.sample import app_dir
 
     out = tmp_path_factory.mktemp("bundle") / "bundle"

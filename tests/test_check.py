@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from recovery.cli import main
-from recovery.rehearse import TERMINAL_LIMIT
+from recovery.verify.rehearse import TERMINAL_LIMIT
 
 ROOT = Path(__file__).resolve().parents[1]
 APP_INI = ROOT / "sample_dbs" / "app" / "alembic.ini"
@@ -258,7 +258,7 @@ def rehearse_sabotaged(monkeypatch: pytest.MonkeyPatch, world_copy: Path, tmp_pa
     """``rehearse`` on ``world_copy`` whose rollback is followed by ``statements`` (SQL, params) on
     the rolled-back copy: a broken rollback the rehearsal must catch."""
     import recovery.pipeline as pipeline
-    from recovery.rehearse import rehearse
+    from recovery.verify.rehearse import rehearse
 
     real = pipeline.rollback
 
@@ -329,9 +329,9 @@ def test_rehearse_holds_a_bounded_sample_with_exact_totals(world_copy: Path, tmp
     """More losses than the sample: the first N (lost_values.csv's order) are listed, the totals
     are exact, the files say where the rest is — and the round-trip check, which no longer reads
     the list, still passes (a check against the sample would call the rest unlisted)."""
-    import recovery.lost
+    import recovery.report.lost
 
-    monkeypatch.setattr(recovery.lost, "SAMPLE_LIMIT", 5)  # the default limit, read at call time
+    monkeypatch.setattr(recovery.report.lost, "SAMPLE_LIMIT", 5)  # the default limit, read at call time
     run_dir = tmp_path / "rehearsal"
     code, out = run("rehearse", world_copy / "gestima.db", "--backup", backup_of(world_copy),
                     "--alembic-ini", APP_INI, "--uploads", world_copy / "uploads", "--out", run_dir)
@@ -365,8 +365,8 @@ def test_rehearse_fails_when_a_row_of_a_new_only_table_is_not_listed_as_lost(
     """A production_records row (a table the old schema lacks) whose values vanish from the bundle's
     _recovery_lost before it is sealed: the rollback drops it silently; the rehearsal must say so,
     although that row is far outside the (tiny) sample of losses it holds."""
-    import recovery.extract as extract
-    from recovery.rehearse import rehearse
+    import recovery.bundle.extract as extract
+    from recovery.verify.rehearse import rehearse
 
     real = extract.record_lost
     gone: list[int] = []

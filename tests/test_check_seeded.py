@@ -17,7 +17,7 @@ import pytest
 
 from alembic_apps import write_app
 
-from recovery.check import SAMPLE_ROWS, seed_scratch
+from recovery.migrate.check import SAMPLE_ROWS, seed_scratch
 
 
 def cli(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

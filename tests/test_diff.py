@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from recovery.cli import main
-from recovery.diff import diff
+from recovery.compare.diff import diff
 from recovery.errors import RecoveryError
 
 
@@ -292,7 +292,7 @@ def test_since_splits_before_after(tmp_path, coltype, before, after, since):
 
 
 def test_since_from_manifest_and_tables_without_timestamps(tmp_path):
-    from recovery.snapshot import snapshot
+    from recovery.capture.snapshot import snapshot
     from datetime import datetime
 
     script = TS.format(t="DATETIME") + PARTS

@@ -15,10 +15,10 @@ import sqlglot
 from bundle_helpers import apply_to_copy, check_constraints, ro, rows_by_key, sha256
 from click.testing import CliRunner
 
-from recovery.bundle import open_bundle
+from recovery.bundle.store import open_bundle
 from recovery.cli import main
 from recovery.errors import RecoveryError
-from recovery.extract import ExtractResult, extract
+from recovery.bundle.extract import ExtractResult, extract
 
 ALEMBIC_INI = Path(__file__).resolve().parents[1] / "sample_dbs" / "app" / "alembic.ini"
 MAPPING = """\

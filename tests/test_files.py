@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from recovery.bundle import open_bundle
+from recovery.bundle.store import open_bundle
 from recovery.cli import main
-from recovery.extract import extract
-from recovery.files import FilesConfig, scan_uploads
+from recovery.bundle.extract import extract
+from recovery.files.uploads import FilesConfig, scan_uploads
 from recovery.pipeline import reimport, restore_atomically, rollback
-from recovery.relink import relink, uploads_state
+from recovery.files.relink import relink, uploads_state
 
 ALEMBIC_INI = Path(__file__).resolve().parents[1] / "sample_dbs" / "app" / "alembic.ini"
 MAPPING = """\
@@ -191,20 +191,20 @@ def test_dry_run_reports_and_writes_nothing(world_copy: Path, tmp_path: Path, ex
 def test_relink_reads_each_upload_once(world_copy: Path, tmp_path: Path, extracted: Path, applied: Path,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """The plan's hashes of the uploads serve the uploads state too: no file is read twice."""
-    import recovery.files
-    import recovery.relink
+    import recovery.files.uploads
+    import recovery.files.relink
 
     db, _, uploads = paths(world_copy)
     bundle = reimported(world_copy, tmp_path, extracted, applied)
     reads: dict[str, int] = {}
-    real = recovery.files.sha256_bytes_of
+    real = recovery.files.uploads.sha256_bytes_of
 
     def counting(path: Any, *root: Any) -> str:
         reads[os.fspath(path)] = reads.get(os.fspath(path), 0) + 1
         return real(path, *root)
 
-    monkeypatch.setattr(recovery.files, "sha256_bytes_of", counting)
-    monkeypatch.setattr(recovery.relink, "sha256_bytes_of", counting)
+    monkeypatch.setattr(recovery.files.uploads, "sha256_bytes_of", counting)
+    monkeypatch.setattr(recovery.files.relink, "sha256_bytes_of", counting)
     report = relink(bundle, db, uploads)
     assert report["uploads_state"]["source"] == "backup-records"
     on_disk = {os.fspath(p.resolve()) for p in uploads.rglob("*") if p.is_file()}
@@ -218,7 +218,7 @@ def test_bundle_copies_are_hashed_fsynced_and_written_once(world_copy: Path, tmp
     """Every copy is created at its own name (no temporary left over), hashes as its source, and
     is fsynced with every folder that gained an entry before copy_files_into_bundle returns; a
     path two records share is one copy."""
-    from recovery.files import copy_files_into_bundle
+    from recovery.files.uploads import copy_files_into_bundle
 
     if not Path("/proc/self/fd").is_dir():
         pytest.skip("needs /proc to name the file an fsync was for")
@@ -500,7 +500,7 @@ def test_uploads_index_answers_as_safe_path(tmp_path: Path) -> None:
     """The one-walk index agrees with safe_path on every kind of stored path: plain, spelled with
     ``./`` or ``//``, a symlink inside, a symlink or symlinked folder leading out, a dangling link,
     a link loop, ``..``, absolute, missing, a folder."""
-    from recovery.files import UploadsIndex, safe_path
+    from recovery.files.uploads import UploadsIndex, safe_path
 
     root, outside = tmp_path / "uploads", tmp_path / "outside"
     (root / "a").mkdir(parents=True)
@@ -535,7 +535,7 @@ def test_uploads_index_answers_as_safe_path(tmp_path: Path) -> None:
 def test_an_upload_swapped_for_a_symlink_after_the_walk_is_refused(world_copy: Path, tmp_path: Path) -> None:
     """extract walks uploads/ while its SQL runs and copies afterwards: a listed file replaced by a
     symlink leading outside in between is refused, never followed into the bundle."""
-    from recovery.files import UploadsIndex, copy_files_into_bundle
+    from recovery.files.uploads import UploadsIndex, copy_files_into_bundle
     from recovery.errors import RecoveryError
 
     _, backup, uploads = paths(world_copy)

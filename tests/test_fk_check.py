@@ -21,16 +21,16 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from recovery.bundle import Bundle, open_bundle
+from recovery.bundle.store import Bundle, open_bundle
 from recovery.errors import RecoveryError
-from recovery.extract import extract
-from recovery.files import FilesConfig
-from recovery.outcome import ConflictPolicy, Outcome, Prefer
+from recovery.bundle.extract import extract
+from recovery.files.uploads import FilesConfig
+from recovery.model.outcome import ConflictPolicy, Outcome, Prefer
 from recovery.pipeline import reimport
-from recovery.reimport import attach_bundle, merge_and_check, open_target
-from recovery.schema import Schema, reflect
-from recovery.sqlite_io import readonly, wait_for_write_lock
-from recovery.verify import verify, verify_file
+from recovery.reimport.merge import attach_bundle, merge_and_check, open_target
+from recovery.engine.schema import Schema, reflect
+from recovery.engine.sqlite_io import readonly, wait_for_write_lock
+from recovery.verify.checks import verify, verify_file
 
 Problem = tuple[str, Any, str, int]
 

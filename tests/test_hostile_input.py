@@ -28,11 +28,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from recovery.bundle import open_bundle, seal
+from recovery.bundle.store import open_bundle, seal
 from recovery.cli import main
 from recovery.errors import RecoveryError
-from recovery.files import FilesConfig, UploadsIndex, copy_files_into_bundle, write_under
-from recovery.relink import FileWrite, RelinkPlan, apply_relink
+from recovery.files.uploads import FilesConfig, UploadsIndex, copy_files_into_bundle, write_under
+from recovery.files.relink import FileWrite, RelinkPlan, apply_relink
 
 ROOT = Path(__file__).resolve().parents[1]
 ALEMBIC_INI = ROOT / "sample_dbs" / "app" / "alembic.ini"
@@ -282,7 +282,7 @@ def test_relink_writes_with_the_folders_owner_and_the_recorded_mode(tmp_path: Pa
     src = tmp_path / "bundle_copy.pdf"
     assert write_under(os.path.realpath(uploads), "new/sub/e.pdf", src, sha(b"the drawing"), 0o644)
     assert (os.stat(uploads / "new").st_uid, os.stat(uploads / "new" / "sub").st_uid) == (4321, 4321)
-    from recovery.files import sane_mode
+    from recovery.files.uploads import sane_mode
 
     assert sane_mode(0o4777) == 0o775 and sane_mode(None) & 0o022 == 0
     # the same bytes already there: nothing written, no error
@@ -488,7 +488,7 @@ def test_the_forged_slow_bundle_is_slow_without_the_bound(extracted: tuple[Path,
 def test_the_bound_is_per_statement_not_per_block() -> None:
     """Time spent between statements (hashing uploads, say) does not count: only a statement
     running longer than the bound is interrupted, and with exit 3."""
-    from recovery.timebound import statement_time_limit
+    from recovery.engine.timebound import statement_time_limit
 
     conn = sqlite3.connect(":memory:")
     endless = "WITH RECURSIVE r(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM r) SELECT count(*) FROM r"

@@ -121,7 +121,7 @@ def stop(p: subprocess.Popen[str], graceful: bool = False) -> list[str]:
 
 def test_idle_holder_is_refused_by_pid(world_copy: Path, tmp_path: Path) -> None:
     """A process that only holds an open connection (no transaction, no write lock) is named."""
-    from recovery.holders import lock_holders
+    from recovery.engine.holders import lock_holders
 
     w = world_copy
     holder = start(IDLE, w / "gestima.db")
@@ -236,9 +236,9 @@ def test_forced_run_killed_after_the_swap_says_it_could_not_check(world_copy: Pa
 def test_write_lock_is_held_from_safety_copy_to_swap(world_copy: Path, tmp_path: Path) -> None:
     """Between the safety copy and the swap no other connection can commit (it gets SQLITE_BUSY),
     readers still read, and the replaced file is looked at once more at the end."""
-    from recovery.livewindow import WriteWindow, check_replaced
+    from recovery.restore.livewindow import WriteWindow, check_replaced
     from recovery.pipeline import stage_restore
-    from recovery.sqlite_io import consistent_copy
+    from recovery.engine.sqlite_io import consistent_copy
 
     w = world_copy
     db = w / "gestima.db"
@@ -409,7 +409,7 @@ def test_backup_of_another_installation(two_installations: tuple[Path, Path], tm
 
 
 def test_manifest_identity_of_the_same_installation_is_accepted(world_copy: Path, tmp_path: Path) -> None:
-    from recovery.pairing import refuse_wrong_pairing
+    from recovery.capture.pairing import refuse_wrong_pairing
 
     w = world_copy
     proc = run_cli("snapshot", backup_of(w), "--out", tmp_path / "snap")

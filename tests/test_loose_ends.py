@@ -164,7 +164,7 @@ def test_waits_for_the_running_application_then_refuses(rolled_back: tuple[Path,
     try:
         app.execute("BEGIN IMMEDIATE")
         before = _count(db, "SELECT count(*) FROM quote_items")
-        from recovery.deletes import apply_deletes
+        from recovery.reimport.deletes import apply_deletes
         from recovery.errors import RecoveryError
 
         with pytest.raises(RecoveryError, match="locked"):
@@ -192,7 +192,7 @@ def test_rollback_ends_with_next_steps_naming_this_run(world_copy: Path) -> None
 
 
 def test_next_steps_name_the_release_tag_of_the_backup(tmp_path: Path) -> None:
-    from recovery.nextsteps import next_steps
+    from recovery.report.nextsteps import next_steps
 
     backup = tmp_path / "app.db.bak.20261120_140000"
     backup.write_bytes(b"")

@@ -41,7 +41,7 @@ def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
 def world(tmp_path: Path) -> tuple[Path, Path, Path]:
     """(alembic.ini, backup at r1 with 30 items, live upgraded to r2 by the app's own migration
     where a user then set one existing item's code and added item 31)."""
-    from recovery.sandbox import migrate_once
+    from recovery.migrate.sandbox import migrate_once
 
     ini = app(tmp_path / "app")
     backup = tmp_path / "app.db.bak"

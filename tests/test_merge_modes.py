@@ -24,14 +24,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from recovery.bundle import Bundle, open_bundle
-from recovery.extract import extract
-from recovery.files import FilesConfig
-from recovery.jsonmerge import merge_documents, merge_texts
-from recovery.outcome import ConflictMode, ConflictPolicy, Outcome, Prefer
-from recovery.reimport import attach_bundle, merge_and_check, open_target
-from recovery.schema import reflect
-from recovery.sqlite_io import readonly, wait_for_write_lock
+from recovery.bundle.store import Bundle, open_bundle
+from recovery.bundle.extract import extract
+from recovery.files.uploads import FilesConfig
+from recovery.reimport.jsonmerge import merge_documents, merge_texts
+from recovery.model.outcome import ConflictMode, ConflictPolicy, Outcome, Prefer
+from recovery.reimport.merge import attach_bundle, merge_and_check, open_target
+from recovery.engine.schema import reflect
+from recovery.engine.sqlite_io import readonly, wait_for_write_lock
 
 OLD = """
 CREATE TABLE item (id INTEGER PRIMARY KEY, sku TEXT NOT NULL UNIQUE, a TEXT, b TEXT, c INTEGER NOT NULL, doc TEXT);
@@ -375,7 +375,7 @@ def test_rollback_journals_and_reports_conflicts_row(world: tuple[Bundle, Path],
 
 
 def test_documents_a_merge_could_not_keep_are_left_to_the_cell_rule() -> None:
-    from recovery.jsonmerge import JsonMergeError
+    from recovery.reimport.jsonmerge import JsonMergeError
 
     with pytest.raises(JsonMergeError, match="duplicate key"):  # the first "a" would be dropped
         merge_texts('{"a":1,"a":2}', '{"a":1,"a":2,"b":1}', '{"a":1,"a":2,"c":1}', False)
@@ -386,9 +386,9 @@ def test_documents_a_merge_could_not_keep_are_left_to_the_cell_rule() -> None:
 
 def test_json_cells_in_small_batches_give_the_same_merge(merges: dict[Any, Any], world: tuple[Bundle, Path],
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    import recovery.reimport
+    import recovery.reimport.merge
 
-    monkeypatch.setattr(recovery.reimport, "JSON_BATCH", 2)
+    monkeypatch.setattr(recovery.reimport.merge, "JSON_BATCH", 2)
     outcome, rows = merge(*world, ConflictPolicy.SKIP, Prefer.BUNDLE, ConflictMode.CELL)
     want_outcome, want_rows = merges[("skip", "bundle", "cell")]
     assert rows == want_rows

@@ -65,7 +65,7 @@ def test_rehearse_fails_on_an_upload_missing_before_the_rollback(world_copy: Pat
 def test_rehearse_fails_when_a_relinked_upload_is_gone_or_altered(
         world_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str) -> None:
     import recovery.pipeline as pipeline
-    from recovery.rehearse import rehearse
+    from recovery.verify.rehearse import rehearse
 
     paths = post_deploy_uploads(world_copy)
     real = pipeline.rollback

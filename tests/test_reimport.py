@@ -14,8 +14,8 @@ import pytest
 from click.testing import CliRunner
 
 from recovery.cli import main
-from recovery.extract import extract
-from recovery.outcome import ConflictPolicy
+from recovery.bundle.extract import extract
+from recovery.model.outcome import ConflictPolicy
 from recovery.pipeline import reimport, restore_atomically
 
 OLD_APP_TIME = "2026-11-21 09:00:00"

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from recovery.cli import main
-from recovery.extract import extract
+from recovery.bundle.extract import extract
 
 
 def ro(path: Path) -> sqlite3.Connection:
@@ -270,7 +270,7 @@ def test_bundle_without_usable_live_counters_still_reimports(tmp_path: Path, cou
         del m["sources"]["live"]["sqlite_sequence"]
     else:
         m["sources"]["live"]["sqlite_sequence"] = counters
-    from recovery.bundle import seal
+    from recovery.bundle.store import seal
 
     (bundle / "manifest.json").unlink()
     (bundle / "manifest.sha256").unlink()

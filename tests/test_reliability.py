@@ -382,7 +382,7 @@ def test_resume_removes_only_dead_runs_temp_files(tmp_path: Path) -> None:
     for p in gone + kept:
         p.mkdir() if "partial" in p.name else p.write_bytes(b"x")
     (run / f".bundle.partial-{dead}" / "rows.db").write_bytes(b"half")
-    from recovery.extract import lock_partial
+    from recovery.bundle.extract import lock_partial
 
     held = lock_partial(run / f".bundle.partial-{alive}")  # a partial folder lives while its writer holds it
     try:

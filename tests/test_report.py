@@ -222,7 +222,7 @@ import csv as csv_module  # noqa: E402
 import dataclasses  # noqa: E402
 import io  # noqa: E402
 import math  # noqa: E402
-from recovery.outcome import Outcome  # noqa: E402
+from recovery.model.outcome import Outcome  # noqa: E402
 import random  # noqa: E402
 from collections import Counter, defaultdict  # noqa: E402
 from datetime import datetime, timedelta  # noqa: E402
@@ -231,15 +231,15 @@ from typing import Any  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from recovery.bundle import open_bundle  # noqa: E402
-from recovery.lost import LostValues, csv_rows, parse_key  # noqa: E402
-from recovery.outcome import Conflict  # noqa: E402
+from recovery.bundle.store import open_bundle  # noqa: E402
+from recovery.report.lost import LostValues, csv_rows, parse_key  # noqa: E402
+from recovery.model.outcome import Conflict  # noqa: E402
 from recovery.report import aggregate, csvout, model  # noqa: E402
 from recovery.report.html import render_html  # noqa: E402
 from recovery.report.markdown import render_markdown  # noqa: E402
 from recovery.report.runfiles import write_lost_csv  # noqa: E402
 from recovery.report.tables import CONFLICT_COLUMNS, LIST_LIMIT, LOST_COLUMNS, frame  # noqa: E402
-from recovery.schema import Column  # noqa: E402
+from recovery.engine.schema import Column  # noqa: E402
 
 
 
@@ -372,7 +372,7 @@ def test_sql_time_equals_parse_time(values: list[Any]) -> None:
     aggregate.register(conn)
     conn.execute("CREATE TABLE t (v)")
     conn.executemany("INSERT INTO t VALUES (?)", [(v,) for v in values])
-    from recovery.sqlbuild import col, sql
+    from recovery.engine.sqlbuild import col, sql
 
     got = [r[0] for r in conn.execute(f"SELECT {sql(aggregate.time_us(col('v')))} FROM t ORDER BY rowid")]
     stored = [r[0] for r in conn.execute("SELECT v FROM t ORDER BY rowid")]  # what SQLite kept (NaN → NULL …)
@@ -474,7 +474,7 @@ def test_lost_csv_equals_pandas(rows: list[tuple[Any, ...]], raw_keys: list[str]
         conn.execute(f"INSERT INTO _recovery_lost SELECT ?, json_array({placeholders}), ?, ?, ?, ?", (t, *key, label, c, v, r))
     conn.executemany("INSERT INTO _recovery_lost VALUES ('parts', ?, 'L', 'c', 1, 'r')", [(k,) for k in raw_keys])
     conn.execute("INSERT INTO _recovery_lost VALUES ('parts', 7, x'00ff', 'c', x'', 'r')")  # a non-text key
-    from recovery.lost import iter_lost
+    from recovery.report.lost import iter_lost
 
     items = list(iter_lost(conn))
     want = _pandas_csv(items, LOST_COLUMNS)
@@ -538,7 +538,7 @@ def test_lost_counts_equal_python(cells: list[tuple[str, str, Any]]) -> None:
 
 def test_terminal_csv_quotes_a_carriage_return_too() -> None:
     """``--csv`` output (render.write_csv) reads back whole when a cell holds a bare \\r."""
-    from recovery.render import write_csv
+    from recovery.report.render import write_csv
 
     rows = [{"a": "x\ry", "b": 1}, {"a": "plain", "b": None}]
     out = io.StringIO(newline="")
@@ -555,7 +555,7 @@ def test_terminal_csv_quotes_a_carriage_return_too() -> None:
 
 from contextlib import closing  # noqa: E402
 
-from recovery.outcome import VERDICT_EXIT, judge  # noqa: E402
+from recovery.model.outcome import VERDICT_EXIT, judge  # noqa: E402
 
 
 def _small_world(folder: Path, mode: str) -> Path:
@@ -673,7 +673,7 @@ def test_one_verdict_in_terminal_exit_code_json_markdown_html_and_chromium(tmp_p
 
 def test_verdict_files_with_nothing_missing_is_all_recovered() -> None:
     """The relink's empty lists are no problem; any count of a real one is."""
-    from recovery.outcome import Outcome
+    from recovery.model.outcome import Outcome
 
     o = Outcome("b", "t", "remap", False, files={"missing": [], "unsafe": [], "counts": {"missing": 0}})
     assert o.verdict().verdict == "all recovered" and o.exit_code == 0

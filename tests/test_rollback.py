@@ -360,8 +360,8 @@ def test_repair_from_backup_puts_back_only_what_the_downgrade_could_not(tmp_path
     computed value and a NULL backup value left alone), deleted rows back unless their unique value
     is taken or their parent stayed out, an emptied table copied, a computed one kept; no trigger
     fires and every trigger is still there."""
-    from recovery.downgrade import repair_from_backup
-    from recovery.schema import reflect
+    from recovery.restore.downgrade import repair_from_backup
+    from recovery.engine.schema import reflect
 
     old_ddl = """
         CREATE TABLE parent (id INTEGER PRIMARY KEY, code TEXT NOT NULL UNIQUE, memo TEXT, price REAL NOT NULL);
@@ -416,8 +416,8 @@ def test_repair_never_points_a_refilled_or_copied_row_at_a_missing_parent(tmp_pa
     """The upgrade dropped parts.supplier_id and the audit table; after the deploy supplier 7
     'globex' was deleted and 8 'globex' created, so 7 cannot come back (its unique name is taken).
     Part 1's supplier_id and audit row 2 would name it: they stay out, counted, and nothing dangles."""
-    from recovery.downgrade import repair_from_backup
-    from recovery.schema import reflect
+    from recovery.restore.downgrade import repair_from_backup
+    from recovery.engine.schema import reflect
 
     old_ddl = """
         CREATE TABLE suppliers (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);

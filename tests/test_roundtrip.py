@@ -20,7 +20,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from recovery.extract import extract
+from recovery.bundle.extract import extract
 from recovery.pipeline import reimport
 
 MAX_EXAMPLES = 30

@@ -20,10 +20,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from recovery.diff import analyse
+from recovery.compare.diff import analyse
 from recovery.errors import RecoveryError
-from recovery.evidence import MIN_INFER
-from recovery.sqlbuild import qualify_columns, sql
+from recovery.compare.evidence import MIN_INFER
+from recovery.engine.sqlbuild import qualify_columns, sql
 
 DEPLOY = "2026-11-20T14:00:00"
 BEFORE, AFTER = "2026-11-19 10:00:00", "2026-11-20 15:00:00"

@@ -21,8 +21,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recovery.lost import LostValues
-from recovery.outcome import Conflict, Outcome, OutcomeFormatError, Remap, TableOutcome
+from recovery.report.lost import LostValues
+from recovery.model.outcome import Conflict, Outcome, OutcomeFormatError, Remap, TableOutcome
 
 ROOT = Path(__file__).resolve().parents[1]
 ALEMBIC_INI = ROOT / "sample_dbs" / "app" / "alembic.ini"
@@ -564,7 +564,7 @@ def test_undo_of_a_run_that_never_restored_is_refused(world: Path, tmp_path: Pat
 
 
 def test_leftovers_of_a_zombie_or_a_reused_pid_are_removed_and_a_live_writers_kept(tmp_path: Path) -> None:
-    from recovery.extract import lock_partial
+    from recovery.bundle.extract import lock_partial
     from recovery.pipeline import _clean_leftovers
 
     run, db = tmp_path / "run", tmp_path / "gestima.db"

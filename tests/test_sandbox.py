@@ -1,4 +1,4 @@
-"""The application's migration code runs in a sandboxed child (``recovery.sandbox``): hostile
+"""The application's migration code runs in a sandboxed child (``recovery.migrate.sandbox``): hostile
 ``env.py`` files on copies of the sample app — one that opens the ini's ``sqlalchemy.url`` (the
 LIVE db, as operators write it), one that opens ``$DATABASE_URL``, one that calls
 ``sqlite3.connect(<live>)`` itself, one that writes the live file below the guard — and a
@@ -21,7 +21,7 @@ import pytest
 
 from recovery.errors import RecoveryError
 from recovery.sample import app_dir
-from recovery.sandbox import MigrationFailed, ProtectedChanged, Sandbox, child_environment, write_ini_copy
+from recovery.migrate.sandbox import MigrationFailed, ProtectedChanged, Sandbox, child_environment, write_ini_copy
 
 ROOT = Path(__file__).resolve().parents[1]
 OLD_REV = "aa001_add_drawing_number_drop_drawings"
@@ -418,7 +418,7 @@ def test_the_child_dies_with_the_tool(world_copy: Path, tmp_path: Path) -> None:
     ini = hostile_app(tmp_path, "sleep", world_copy / "gestima.db")
     scratch = tmp_path / "scratch.db"
     sqlite3.connect(scratch).close()
-    script = (f"from pathlib import Path\nfrom recovery.sandbox import Sandbox\n"
+    script = (f"from pathlib import Path\nfrom recovery.migrate.sandbox import Sandbox\n"
               f"with Sandbox(Path({str(ini)!r}), Path({str(scratch)!r})) as sb:\n"
               f"    print(sb._proc.pid, flush=True)\n    sb.migrate('upgrade', 'head')\n")
     tool = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
@@ -445,7 +445,7 @@ def test_lineage_steps_one_revision_at_a_time_only_on_a_straight_line() -> None:
     """Each revision is undone alone on a straight history (so a crash names its revision); a range
     with a merge is run as one step, because Alembic's one-revision targets would undo a sibling
     branch with it and blame the wrong revision."""
-    from recovery.migrations import RevisionInfo, _steps
+    from recovery.migrate.migrations import RevisionInfo, _steps
 
     def rev(name: str, down: str | None) -> RevisionInfo:
         return RevisionInfo(name, down, "", False, f"{name}.py")

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from recovery.cli import main
 from recovery.errors import RecoveryError
-from recovery.snapshot import deploy_time_of, manifest_path_for, read_manifest, snapshot
+from recovery.capture.snapshot import deploy_time_of, manifest_path_for, read_manifest, snapshot
 
 NOW = datetime(2026, 11, 20, 14, 0, 0)
 
@@ -268,7 +268,7 @@ def test_deploy_time_of_manifest_then_name(tmp_path):
 _PROBE = """
 import sys
 sys.path.insert(0, sys.argv[1])
-from recovery.sqlite_io import consistent_copy, open_pair, open_readonly
+from recovery.engine.sqlite_io import consistent_copy, open_pair, open_readonly
 for name in ("quiet.db", "pending.db"):
     conn = open_readonly(name)
     print(name, conn.execute("SELECT count(*) FROM t").fetchone()[0])
@@ -293,9 +293,11 @@ def test_open_readonly_wal_without_shm_in_readonly_folder():
         pkg = base / "lib" / "recovery"
         pkg.mkdir(parents=True)
         src = Path(__file__).resolve().parents[1] / "recovery"
-        shutil.copy(src / "sqlite_io.py", pkg)
+        (pkg / "engine").mkdir()
+        shutil.copy(src / "engine" / "sqlite_io.py", pkg / "engine")
         shutil.copy(src / "errors.py", pkg)
         (pkg / "__init__.py").write_text("")
+        (pkg / "engine" / "__init__.py").write_text("")
         (base / "probe.py").write_text(_PROBE)
         data = base / "data"
         data.mkdir()

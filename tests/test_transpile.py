@@ -15,10 +15,10 @@ from bundle_helpers import apply_to_copy, check_constraints, ro
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from recovery.diff import analyse
-from recovery.extract import _create_untyped, close_foreign_keys, extract, extract_table
-from recovery.transpile import PASSES, build_statements, fill_old_only, source_columns
-from recovery.transpile import plan as make_plan
+from recovery.compare.diff import analyse
+from recovery.bundle.extract import _create_untyped, close_foreign_keys, extract, extract_table
+from recovery.transpile.passes import PASSES, build_statements, fill_old_only, source_columns
+from recovery.transpile.passes import plan as make_plan
 
 CASES = tomllib.loads((Path(__file__).parent / "fixtures" / "transpile" / "cases.toml").read_text())["case"]
 

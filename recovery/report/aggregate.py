@@ -30,8 +30,8 @@ from typing import Any
 
 from sqlglot import exp
 
-from recovery.lost import lost_table
-from recovery.sqlbuild import and_all, col, is_same, sql, table
+from recovery.report.lost import lost_table
+from recovery.engine.sqlbuild import and_all, col, is_same, sql, table
 
 KIND = "_recovery_kind"
 CREATED, CHANGED = "inserted", "updated"

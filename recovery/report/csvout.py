@@ -1,7 +1,7 @@
 """The run folder's CSV files, written with the csv module — byte for byte what
 ``report.tables.frame(rows, columns).to_csv(index=False)`` (pandas) writes, without building a
 DataFrame: pandas hands object cells to the same csv writer (``QUOTE_MINIMAL``, ``"`` doubled,
-``os.linesep``), after making NULL/NaN an empty cell; :func:`recovery.lost.csv_cell` does the rest
+``os.linesep``), after making NULL/NaN an empty cell; :func:`recovery.report.lost.csv_cell` does the rest
 of ``lost.cell`` (bytes as 0x-hex, lists and dicts as JSON, one-column keys unwrapped).
 ``tests/test_report.py`` compares the two on awkward values. Every cell then goes through
 :func:`recovery.escape.csv_safe` (a leading ``'`` for text a spreadsheet would run as a formula).
@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from typing import IO, Any
 
 from recovery.escape import csv_safe_row
-from recovery.lost import csv_cell
+from recovery.report.lost import csv_cell
 
 
 CHUNK = 10_000

@@ -93,7 +93,7 @@ def verdict_reasons(h: dict[str, Any]) -> list[str]:
 
 def verdict_text(h: dict[str, Any]) -> tuple[str, str, str]:
     """(css class, title, sentence) of the verdict banner. The title is the verdict of
-    report.json (``recovery.outcome.judge``) in words — never another judgement; the renderers
+    report.json (``recovery.model.outcome.judge``) in words — never another judgement; the renderers
     list :func:`verdict_reasons` under the sentence."""
     ahead = h["mode"] != "rollback"
     verdict = str(h["verdict"])

@@ -24,17 +24,17 @@ from typing import Any
 
 from sqlglot import exp
 
-from recovery.bundle import KIND_COLUMN, Bundle
+from recovery.bundle.store import KIND_COLUMN, Bundle
 from recovery.escape import SHOW_LIMIT
-from recovery.lost import NATURAL_ORDER, SAMPLE_LIMIT, as_dict, cut_value, has_lost, iter_rows, open_ro
-from recovery.outcome import Outcome, judge
+from recovery.report.lost import NATURAL_ORDER, SAMPLE_LIMIT, as_dict, cut_value, has_lost, iter_rows, open_ro
+from recovery.model.outcome import Outcome, judge
 from recovery.report import aggregate, notcarried
 from recovery.report.tables import LIST_LIMIT
 from recovery.report.aggregate import KeyCounts, TablePlan
-from recovery.schema import Table
-from recovery.snapshot import release_tag
-from recovery.sqlbuild import col, sql, table
-from recovery.timestamps import find_timestamp_columns
+from recovery.engine.schema import Table
+from recovery.capture.snapshot import release_tag
+from recovery.engine.sqlbuild import col, sql, table
+from recovery.compare.timestamps import find_timestamp_columns
 
 REPORT_VERSION = 1
 CREATOR_COLUMNS = ("created_by", "uploaded_by", "author_id", "owner_id", "user_id")
@@ -171,7 +171,7 @@ def _user_names(bundle: Bundle, users_table: str | None, ids: set[Any]) -> tuple
             continue
         try:
             if source == "backup":
-                from recovery.sqlite_io import open_readonly
+                from recovery.engine.sqlite_io import open_readonly
 
                 conn = open_readonly(path, "backup")
             else:
@@ -270,10 +270,10 @@ def _open_rows(bundle: Bundle) -> sqlite3.Connection | None:
 def build(bundle: Bundle, outcome: Outcome | None, rollback_time: str | None = None,
           late: dict[str, Any] | None = None) -> dict[str, Any]:
     """The ``report`` section of report.json: every number the renderers show. ``late``: the
-    run's late-commit check, which feeds the verdict (:func:`recovery.outcome.judge`)."""
+    run's late-commit check, which feeds the verdict (:func:`recovery.model.outcome.judge`)."""
     from contextlib import nullcontext
 
-    from recovery.timebound import statement_time_limit
+    from recovery.engine.timebound import statement_time_limit
 
     conn = _open_rows(bundle)
     try:
@@ -462,7 +462,7 @@ def _shown_conflict(d: dict[str, Any]) -> dict[str, Any]:
 
 def column_rules(mapping: dict[str, Any]) -> list[dict[str, Any]]:
     """Every column rule that is not a plain same-name copy, plus same-name rules the data
-    contradict, with its evidence (recovery.evidence)."""
+    contradict, with its evidence (recovery.compare.evidence)."""
     out = []
     for tname, t in sorted(mapping.items()):
         for r in t.get("columns", ()):

@@ -3,7 +3,7 @@ bundle's ``rows.db`` (the post-deploy rows as the new release stored them), so a
 them again by hand. Written as ``not_carried.csv`` (one line per column of each record) and
 listed in the report.
 
-Which records: :meth:`recovery.outcome.Outcome.not_carried` — rows with a conflict of their own
+Which records: :meth:`recovery.model.outcome.Outcome.not_carried` — rows with a conflict of their own
 whose unit was skipped (``unique``, ``update_deleted``, ``constraint`` …) and the rows skipped with
 their unit (a skipped new quote's items), once each.
 """
@@ -17,10 +17,10 @@ from typing import Any
 
 from sqlglot import exp
 
-from recovery.bundle import KIND_COLUMN, Bundle
+from recovery.bundle.store import KIND_COLUMN, Bundle
 from recovery.escape import SHOW_LIMIT, cut
-from recovery.lost import csv_cell, open_ro
-from recovery.sqlbuild import col, sql, table
+from recovery.report.lost import csv_cell, open_ro
+from recovery.engine.sqlbuild import col, sql, table
 
 NOT_CARRIED_COLUMNS = ["table", "key", "label", "reason", "column", "value"]
 CHUNK = 200
@@ -66,7 +66,7 @@ def whole_records(bundle: Bundle, records: list[dict[str, Any]],
     if conn is None:
         if not bundle.rows_db.is_file():
             return _records(bundle, records, None)
-        from recovery.timebound import statement_time_limit
+        from recovery.engine.timebound import statement_time_limit
 
         with closing(open_ro(bundle.rows_db)) as own, statement_time_limit(own):
             return _records(bundle, records, own)

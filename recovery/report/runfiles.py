@@ -20,11 +20,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
-from recovery.bundle import FILLED_TABLE, Bundle, open_bundle
+from recovery.bundle.store import FILLED_TABLE, Bundle, open_bundle
 from recovery.errors import RecoveryError
-from recovery.lost import count_rows, csv_cell, csv_rows, open_ro
-from recovery.lost import has_lost as _has_lost
-from recovery.outcome import Outcome
+from recovery.report.lost import count_rows, csv_cell, csv_rows, open_ro
+from recovery.report.lost import has_lost as _has_lost
+from recovery.model.outcome import Outcome
 from recovery.report import csvout, notcarried
 from recovery.report.html import render_html
 from recovery.report.markdown import render_markdown

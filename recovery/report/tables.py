@@ -6,7 +6,7 @@ from typing import Any
 
 import pandas as pd
 
-from recovery.lost import cell
+from recovery.report.lost import cell
 
 CONFLICT_COLUMNS = ["kind", "table", "key", "label", "column", "bundle_value", "target_value", "base_value",
                     "resolution", "detail"]

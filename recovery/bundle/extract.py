@@ -1,0 +1,449 @@
+"""``recovery extract``: the post-deploy changes as a self-contained bundle, plus its plan.
+
+Everything is set-based inside SQLite: the backup (``old``) and live DB (``new``) are attached
+read-only, the bundle's ``rows.db`` (``bnew``) and ``base.db`` (``bbase``) writable, and rows move
+with ``INSERT … SELECT`` built as sqlglot trees. The bundle is built in a temporary folder beside
+the target and renamed into place when complete.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlglot import exp
+
+from recovery import __version__
+from recovery.bundle.store import DIR_MODE, FILLED_TABLE, FORMAT, LOST_TABLE, Bundle, open_bundle, seal
+from recovery.compare import changes
+from recovery.compare.changes import TableSides, deleted_query, inserted_query, sides, user_value
+from recovery.compare.diff import Analysis, analyse
+from recovery import progress
+from recovery.errors import RecoveryError
+from recovery.files.uploads import FilesConfig, UploadsIndex, copy_files_into_bundle
+from recovery.migrate.replay import Replayed
+from recovery.engine.schema import Schema, Table
+from recovery.reimport.sequences import read_sequences
+from recovery.engine.sqlbuild import and_all, col, is_distinct, is_same, or_all, sql, table
+from recovery.engine.sqlite_io import fsync_dir, sha256_file, sidecars
+from recovery.compare.timestamps import after_expr, find_timestamp_columns
+from recovery.transpile.passes import KIND, Plan, default_value
+from recovery.transpile.passes import plan as make_plan
+
+LABEL_COLUMNS = ("part_number", "quote_number", "code", "username", "filename", "order_number", "number",
+                 "name", "title", "email")
+DERIVABLE_VIA = {"entity_type", "entity_id"}
+
+
+@dataclass(frozen=True)
+class ExtractResult:
+    bundle: Bundle
+    plan: Plan
+    analysis_since: str | None
+
+    def summary(self) -> dict[str, Any]:
+        m = self.bundle.manifest
+        counts = {t: {k: v for k, v in c.items()} for t, c in sorted(m["counts"].items())}
+        return {
+            "bundle": str(self.bundle.path), "bundle_id": m["bundle_id"], "deploy_time": m["deploy_time"],
+            "live_fingerprint": (m.get("sources") or {}).get("live", {}).get("sha256"),
+            "counts": counts, "lost": sum(c.get("lost", 0) for c in counts.values()),
+            "filled_by_upgrade": sum(c.get("filled_by_upgrade", 0) for c in counts.values()),
+            "planning_errors": m["planning_errors"],
+            "mapping_sources": {t: {c["column"]: c["source"] for c in v["columns"] if c["source"] != "same-name"}
+                                for t, v in m["mapping"].items()},
+            "lineage": m.get("lineage"), "files": m.get("files"),
+        }
+
+
+def _create_untyped(conn: sqlite3.Connection, schema: str, name: str, columns: list[str]) -> None:
+    """A bundle table: the given columns with no declared type (values keep their storage class)."""
+    ddl = exp.Create(
+        this=exp.Schema(
+            this=table(name, schema),
+            expressions=[exp.ColumnDef(this=exp.to_identifier(c, quoted=True)) for c in [*columns, KIND]],
+        ),
+        kind="TABLE",
+    )
+    conn.execute(sql(ddl))
+
+
+def _insert_select(conn: sqlite3.Connection, schema: str, name: str, columns: list[str], query: exp.Select) -> int:
+    stmt = exp.Insert(
+        this=exp.Schema(this=table(name, schema),
+                        expressions=[exp.to_identifier(c, quoted=True) for c in [*columns, KIND]]),
+        expression=query,
+    )
+    return conn.execute(sql(stmt)).rowcount
+
+
+def label_column(t: Table) -> str | None:
+    """The column that names a row to a person (part_number, quote_number, …), if the table has one."""
+    return next((n for n in LABEL_COLUMNS if t.column(n) is not None), None)
+
+
+def label_expr(t: Table, new: Schema, alias: str) -> exp.Expression:
+    """A human label for a row: its own label column, else its first labelled FK parent's, else NULL."""
+    own = label_column(t)
+    if own:
+        return col(own, alias)
+    for fk in t.foreign_keys:
+        parent = new.table(fk.ref_table)
+        if parent is None or len(fk.columns) != 1:
+            continue
+        pcol = label_column(parent)
+        if pcol:
+            sub = exp.select(col(pcol, "p")).from_(table(parent.name, "new", "p")).where(
+                exp.EQ(this=col(fk.ref_columns[0], "p"), expression=col(fk.columns[0], alias)))
+            return exp.Subquery(this=sub)
+    return exp.Null()
+
+
+def key_json(key: tuple[str, ...], alias: str) -> exp.Expression:
+    """A row's key as the JSON text extract stores in ``_recovery_lost.key`` (compare with it)."""
+    return exp.Anonymous(this="json_array", expressions=[col(k, alias) for k in key])
+
+
+def derivable(t: Table, column: str, files: FilesConfig, alias: str) -> exp.Expression | None:
+    """For a new-only FK into the files table (``parts.file_id``): the value is carried by the file
+    record's entity link when that record points back at this row."""
+    fk = next((f for f in t.foreign_keys if f.columns == (column,) and f.ref_table == files.table), None)
+    if fk is None or len(t.key) != 1:
+        return None
+    cond = and_all([
+        exp.EQ(this=col(fk.ref_columns[0], "f"), expression=col(column, alias)),
+        is_same(exp.cast(col(files.entity_id, "f"), "TEXT"), exp.cast(col(t.key[0], alias), "TEXT")),
+        exp.In(this=col(files.entity_type, "f"),
+               expressions=[exp.Literal.string(t.name), exp.Literal.string(t.name.rstrip("s"))]),
+    ])
+    return exp.Exists(this=exp.select(exp.Literal.number(1)).from_(table(files.table, "new", "f")).where(cond))
+
+
+def uncarried_columns(a: Analysis, name: str) -> list[str]:
+    """New-schema columns of a shared table that no old column's rule uses: their values are lost."""
+    return changes.uncarried_columns(a.new.tables[a.live_name(name)], a.mapping.tables.get(name))
+
+
+def extract_table(conn: sqlite3.Connection, a: Analysis, name: str, counts: dict[str, Any]) -> None:
+    old_t, new_t = a.old.table(name), a.new.tables[a.live_name(name)]
+    new_cols = list(new_t.column_names)
+    _create_untyped(conn, "bnew", name, new_cols)
+    shared = old_t is not None and name in a.mapping.tables and not a.mapping.tables[name].skip
+    if not shared:
+        q = exp.select(*[col(c, "n") for c in new_cols], exp.Literal.string("inserted")).from_(table(a.live_name(name), "new", "n"))
+        counts[name] = {"inserted": _insert_select(conn, "bnew", name, new_cols, q), "updated": 0, "deleted": 0,
+                        "status": "new table" if old_t is None else "skipped by mapping"}
+        return
+    s = sides(old_t, a.mapping.tables[name])
+    if isinstance(s, str):
+        raise RecoveryError(f"cannot extract {name}: {s}", "map the key column in the mapping file")
+    old_cols = list(old_t.column_names)
+    _create_untyped(conn, "bbase", name, old_cols)
+    n_cols = [col(c, "n") for c in new_cols]
+    ins = _insert_select(conn, "bnew", name, new_cols, inserted_query(s, [*n_cols, exp.Literal.string("inserted")]))
+    cond = None if s.null_safe_key else _changed_condition(a, s, new_t, a.replay)  # no key: no updates
+    upd_q = (
+        exp.select(*n_cols, exp.Literal.string("updated"))
+        .from_(table(name, "old", "o"))
+        .join(table(a.live_name(name), "new", "n"), on=and_all(
+            (is_same if s.null_safe_key else lambda x, y: exp.EQ(this=x, expression=y))(o, n)
+            for o, n in zip(s.old_key, s.new_key, strict=True)))
+        .where(cond)
+    )
+    upd = _insert_select(conn, "bnew", name, new_cols, upd_q) if cond is not None else 0
+    base_q = (
+        exp.select(*[col(c, "o") for c in old_cols], exp.Literal.string("updated"))
+        .from_(table(name, "old", "o"))
+        .join(table(name, "bnew", "b"), on=and_all(
+            [is_same(o, _rebase(n, "b")) for o, n in zip(s.old_key, s.new_key, strict=True)]
+            + [exp.EQ(this=col(KIND, "b"), expression=exp.Literal.string("updated"))]))
+    )
+    _insert_select(conn, "bbase", name, old_cols, base_q)
+    dele = _insert_select(conn, "bbase", name, old_cols,
+                          deleted_query(s, [*[col(c, "o") for c in old_cols], exp.Literal.string("deleted")]))
+    counts[name] = {"inserted": ins, "updated": upd, "deleted": dele, "status": "compared"}
+
+
+def _rebase(e: exp.Expression, alias: str) -> exp.Expression:
+    out = e.copy()
+    for c in out.find_all(exp.Column):
+        c.set("table", exp.to_identifier(alias, quoted=True))
+    return out
+
+
+def _changed_condition(a: Analysis, s: TableSides, new_t: Table,
+                       replay: Replayed | None = None) -> exp.Expression | None:
+    """Updated for extraction: the one definition ``diff`` also counts with."""
+    return changes.changed_condition(s, new_t, a.mapping.tables.get(s.name), a.since_jd, replay)
+
+
+def _match(a: str, a_cols: tuple[str, ...], b: str, b_cols: tuple[str, ...]) -> exp.Expression:
+    return and_all(is_same(col(x, a), col(y, b)) for x, y in zip(a_cols, b_cols, strict=True))
+
+
+def _exists(name: str, schema: str, alias: str, cond: exp.Expression) -> exp.Expression:
+    return exp.Exists(this=exp.select(exp.Literal.number(1)).from_(table(name, schema, alias)).where(cond))
+
+
+def _keys(name: str, alias: str, cols: tuple[str, ...]) -> exp.Select:
+    """The non-NULL ``cols`` of bundle table ``name`` (NULL references nothing, and a NULL in a
+    ``NOT IN`` list would make it unknown for every row)."""
+    return exp.select(*[col(c, alias) for c in cols]).from_(table(name, "bnew", alias)).where(
+        and_all(exp.Not(this=exp.Is(this=col(c, alias), expression=exp.Null())) for c in cols))
+
+
+def _row(cols: tuple[str, ...], alias: str) -> exp.Expression:
+    return col(cols[0], alias) if len(cols) == 1 else exp.Tuple(expressions=[col(c, alias) for c in cols])
+
+
+def close_foreign_keys(conn: sqlite3.Connection, a: Analysis, counts: dict[str, Any]) -> None:
+    """Bring every parent a bundle row needs that neither the bundle nor the backup has (e.g. a
+    parent left out by a filter), until nothing changes. Parents the backup has are referenced,
+    not copied.
+
+    The bundle sides are uncorrelated ``IN (SELECT …)`` lists: SQLite materialises each once and
+    drives the parent by its key, linear in the bundle size (correlated EXISTS over the unindexed
+    bundle tables was parent rows × bundle rows: hours at 1M parts)."""
+    for _ in range(len(a.new.tables) + 1):
+        added = 0
+        for name in a.bundle_tables:
+            for fk in a.new.tables[a.live_name(name)].foreign_keys:
+                parent = a.new.table(fk.ref_table)
+                if parent is None or fk.ref_table not in counts:
+                    continue
+                conds: list[exp.Expression] = [
+                    exp.In(this=_row(fk.ref_columns, "p"), query=_keys(name, "c", fk.columns).subquery()),
+                    exp.Not(this=exp.In(this=_row(fk.ref_columns, "p"),
+                                        query=_keys(fk.ref_table, "pb", fk.ref_columns).subquery())),
+                ]
+                if a.old.table(fk.ref_table) is not None:
+                    conds.append(exp.Not(this=_exists(
+                        fk.ref_table, "old", "po", _match("po", fk.ref_columns, "p", fk.ref_columns))))
+                q = exp.select(*[col(c, "p") for c in parent.column_names], exp.Literal.string("closure")).from_(
+                    table(fk.ref_table, "new", "p")).where(and_all(conds))
+                n = _insert_select(conn, "bnew", fk.ref_table, list(parent.column_names), q)
+                if n:
+                    counts[fk.ref_table]["closure"] = counts[fk.ref_table].get("closure", 0) + n
+                    added += n
+        if not added:
+            return
+
+
+def _create_list(conn: sqlite3.Connection, name: str) -> None:
+    conn.execute(sql(exp.Create(this=exp.Schema(this=table(name, "bnew"), expressions=[
+        exp.ColumnDef(this=exp.to_identifier(c, quoted=True))
+        for c in ("table", "key", "label", "column", "value", "reason")]), kind="TABLE")))
+
+
+def record_lost(conn: sqlite3.Connection, a: Analysis, files: FilesConfig, counts: dict[str, Any]) -> None:
+    """Every value a user made that the old schema has no place for, one row per cell: in an
+    inserted row, a non-NULL value; in an updated row of a shared table, a value
+    :func:`recovery.compare.changes.user_value` calls a user's (non-default and, with the upgrade replayed,
+    not what the migration wrote). Then the values listed as "filled by the upgrade, not
+    verified" (:func:`record_filled`)."""
+    _create_list(conn, LOST_TABLE)
+    replay = a.replay
+    for name in sorted(counts):
+        new_t = a.new.tables[a.live_name(name)]
+        carried = name in a.mapping.tables and not a.mapping.tables[name].skip and a.old.table(name) is not None
+        if carried:
+            cols = [c for c in uncarried_columns(a, name) if c not in new_t.key]
+            reason = "column not in the old schema"
+        else:
+            cols = [c for c in new_t.column_names if c not in new_t.key]
+            reason = "table not in the old schema" if a.old.table(name) is None else "table skipped by mapping"
+        total = 0
+        for c in cols:
+            conds = [exp.In(this=col(KIND, "b"), expressions=[exp.Literal.string("inserted"), exp.Literal.string("updated")])]
+            conds.append(user_value(new_t, c, "b", replay) if carried
+                         else exp.Not(this=exp.Is(this=col(c, "b"), expression=exp.Null())))
+            via = derivable(new_t, c, files, "b") if carried else None
+            if via is not None:
+                conds.append(exp.Not(this=via))
+            q = exp.select(
+                exp.Literal.string(name), key_json(new_t.key, "b"), label_expr(new_t, a.new, "b"),
+                exp.Literal.string(c), col(c, "b"), exp.Literal.string(reason),
+            ).from_(table(name, "bnew", "b")).where(and_all(conds))
+            stmt = exp.Insert(this=table(LOST_TABLE, "bnew"), expression=q)
+            total += conn.execute(sql(stmt)).rowcount
+        counts[name]["lost"] = total
+    record_filled(conn, a, counts, replay)
+
+
+def record_filled(conn: sqlite3.Connection, a: Analysis, counts: dict[str, Any], replay: Replayed | None) -> None:
+    """Values in columns only the new schema has, in live rows whose old-schema projection is the
+    backup's, that nothing can tell from what the upgrade filled in (no replay of the upgrade, no
+    updated-at time; :func:`recovery.compare.changes.filled_parts`): listed in ``_recovery_filled`` with
+    their count as ``filled_by_upgrade`` — not lost, and not carried (the rollback restores those
+    rows exactly as the backup has them)."""
+    _create_list(conn, FILLED_TABLE)
+    for name in sorted(counts):
+        tm = a.mapping.tables.get(name)
+        old_t, new_t = a.old.table(name), a.new.tables[a.live_name(name)]
+        if old_t is None or tm is None or tm.skip:
+            continue
+        s = sides(old_t, tm)
+        parts = None if isinstance(s, str) or s.null_safe_key else changes.filled_parts(new_t, tm, a.since_jd, replay)
+        if parts is None or isinstance(s, str):
+            continue
+        untouched = [exp.Not(this=changes.updated_condition(s))] if s.compared else []
+        total = 0
+        for c, flag in zip(*parts, strict=True):
+            q = (exp.select(exp.Literal.string(name), key_json(new_t.key, "n"), label_expr(new_t, a.new, "n"),
+                            exp.Literal.string(c), col(c, "n"), exp.Literal.string("filled by the upgrade, not verified"))
+                 .from_(table(name, "old", "o"))
+                 .join(table(a.live_name(name), "new", "n"), on=and_all(
+                     exp.EQ(this=o, expression=n) for o, n in zip(s.old_key, s.new_key, strict=True)))
+                 .where(and_all([*untouched, flag])))
+            total += conn.execute(sql(exp.Insert(this=table(FILLED_TABLE, "bnew"), expression=q))).rowcount
+        if total:
+            counts[name]["filled_by_upgrade"] = total
+
+
+def live_fingerprint(path: Path) -> dict[str, Any]:
+    wal, _ = sidecars(path)
+    return {
+        "path": str(path.resolve()), "size": path.stat().st_size, "sha256": sha256_file(path),
+        "wal_sha256": sha256_file(wal) if wal.exists() else None,
+    }
+
+
+def extract(
+    backup: str | os.PathLike[str], live: str | os.PathLike[str], out: str | os.PathLike[str],
+    since: str | None = None, mapping: str | os.PathLike[str] | None = None,
+    alembic_ini: str | os.PathLike[str] | None = None, uploads: str | os.PathLike[str] | None = None,
+    files: FilesConfig | None = None, trust_mapping: bool = False,
+) -> ExtractResult:
+    """Extract every change since ``backup`` from ``live`` into a new bundle folder ``out``.
+    A column rule the unchanged rows contradict is refused unless ``trust_mapping``."""
+    out_p = Path(out)
+    if out_p.exists() and (not out_p.is_dir() or any(out_p.iterdir())):
+        raise RecoveryError(f"--out {out_p} already exists and is not empty", "choose a new folder; nothing was overwritten")
+    files = files or FilesConfig()
+    lineage, lineage_report = None, None
+    if alembic_ini is not None:
+        from recovery.migrate.migrations import derive_lineage
+
+        lineage, lineage_report = derive_lineage(alembic_ini, backup, live)
+    replay_dir = tempfile.mkdtemp(prefix="recovery-replay-")
+    try:
+        from recovery.compare.diff import replayed_upgrade
+
+        replay = replayed_upgrade(alembic_ini, backup, live, replay_dir)
+    except BaseException:
+        shutil.rmtree(replay_dir, ignore_errors=True)
+        raise
+    work = out_p.with_name(f".{out_p.name}.partial-{os.getpid()}")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, mode=DIR_MODE)  # users' data: nobody else may enter while it is built
+    held = lock_partial(work)  # released only when this process ends or the bundle is done
+    # The sources' fingerprints only go into the manifest: hash them on the second core while
+    # SQLite works on the first (hashlib releases the GIL). The inputs are read-only.
+    hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recovery-hash")
+    backup_sha = hasher.submit(sha256_file, Path(backup))
+    live_print = hasher.submit(live_fingerprint, Path(live))
+    # and walk the uploads folder (the copy after the SQL asks the walk which files exist)
+    walk = hasher.submit(UploadsIndex, Path(uploads)) if uploads is not None and Path(uploads).is_dir() else None
+    hasher.shutdown(wait=False)
+    try:
+        with analyse(backup, live, since, mapping, lineage, trust_mapping) as a:
+            conn = a.pair
+            conn.execute("PRAGMA query_only = OFF")
+            conn.execute("ATTACH DATABASE ? AS bnew", (str(work / "rows.db"),))
+            conn.execute("ATTACH DATABASE ? AS bbase", (str(work / "base.db"),))
+            counts: dict[str, Any] = {}
+            if replay is not None:
+                replay.attach(conn)  # before BEGIN: SQLite attaches only outside a transaction
+                a.replay = replay
+            conn.execute("BEGIN")
+            progress.set_total(len(a.bundle_tables) + 2)  # the extract step's bar: tables, closure, lost
+            for name in a.bundle_tables:
+                extract_table(conn, a, name, counts)
+                progress.advance(1, name)
+            close_foreign_keys(conn, a, counts)
+            progress.advance(1, "foreign-key closure")
+            record_lost(conn, a, files, counts)
+            progress.advance(1, "lost values")
+            live_sequences = read_sequences(conn, "new")  # in the same read as the rows
+            conn.execute("COMMIT")
+            conn.execute("DETACH DATABASE bnew")
+            conn.execute("DETACH DATABASE bbase")
+            has_rows = {t for t, c in counts.items() if c["inserted"] + c["updated"] + c.get("closure", 0)}
+            has_deletes = {t for t, c in counts.items() if c["deleted"]}
+            p = make_plan(a.old, a.new, a.mapping, has_rows, has_deletes)
+            file_report = (copy_files_into_bundle(work, uploads, backup, files, walk.result() if walk else None)
+                           if uploads else None)
+            manifest: dict[str, Any] = {
+                "format": FORMAT,
+                "tool_version": __version__,
+                "created_at": datetime.now().replace(microsecond=0).isoformat(sep="T"),
+                "deploy_time": a.since,
+                "sources": {
+                    "backup": {"path": str(a.backup.resolve()), "sha256": backup_sha.result(),
+                               "alembic_revision": a.old.alembic_revision},
+                    "live": {**live_print.result(), "alembic_revision": a.new.alembic_revision,
+                             "sqlite_sequence": live_sequences},
+                },
+                "schemas": {"old": a.old.to_dict(), "new": a.new.to_dict()},
+                "schema_diff": a.schema_diff.to_dict(),
+                "mapping": a.mapping.to_dict(),
+                "lineage": lineage_report,
+                "upgrade_replayed": replay is not None,
+                "counts": counts,
+                "planning_errors": list(p.errors),
+                "files": file_report,
+            }
+        (work / "reimport.sql").write_text(p.to_sql("sqlite"), encoding="utf-8")
+        seal(work, manifest)
+        os.replace(work, out_p) if not out_p.exists() else _move_into(work, out_p)
+        fsync_dir(out_p.parent)
+    except BaseException:
+        for f in (backup_sha, live_print, walk):  # no job outlives a failed extract
+            if f is not None and not f.cancel():
+                f.exception()
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    finally:
+        os.close(held)
+        shutil.rmtree(replay_dir, ignore_errors=True)
+    return ExtractResult(open_bundle(out_p, verify=False), p, manifest["deploy_time"])  # sealed just above
+
+
+def lock_partial(folder: Path) -> int:
+    """An exclusive ``flock`` on ``folder``, held through the returned descriptor: the kernel drops
+    it when the writer closes it or dies, so a held lock means a live writer (whatever its pid now
+    names: a zombie holds no lock, a reused pid never took this one)."""
+    import fcntl
+
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def partial_in_use(folder: Path) -> bool:
+    """True while a live process holds :func:`lock_partial` on ``folder``."""
+    import fcntl
+
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def _move_into(work: Path, out_p: Path) -> None:
+    """``out_p`` exists and is empty: replace it with the finished bundle."""
+    out_p.rmdir()
+    os.replace(work, out_p)

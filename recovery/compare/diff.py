@@ -1,0 +1,264 @@
+"""``recovery diff``: schema diff + row diff of a backup against the live database.
+
+:func:`analyse` opens both inputs read-only and resolves schemas, the schema diff and the column
+mapping; ``diff`` and ``extract`` both start from it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import exc as sa_exc
+from sqlglot import exp
+
+from recovery.compare.changes import ChangeSet, diff_rows
+from recovery.errors import RecoveryError
+from recovery.compare.evidence import verify
+from recovery.migrate.replay import Replayed
+from recovery.transpile.mapping import ColumnMapping, UserMapping, load_mapping, resolve
+from recovery.engine.schema import Schema, reflect
+from recovery.compare.schemadiff import SchemaDiff, compare
+from recovery.capture.snapshot import deploy_time_of
+from recovery.engine.sqlbuild import qualify_columns, sql, table
+from recovery.engine.sqlite_io import open_pair, open_readonly, readonly
+from recovery.compare.timestamps import parse_since
+
+
+@dataclass
+class Analysis:
+    """Both inputs opened read-only and understood. Close it when done."""
+
+    backup: Path
+    live: Path
+    pair: sqlite3.Connection
+    old: Schema
+    new: Schema
+    schema_diff: SchemaDiff
+    mapping: ColumnMapping
+    user_mapping: UserMapping
+    since_jd: float | None
+    since: str | None
+    replay: Replayed | None = None
+    """The upgrade replayed on a copy of the backup, attached to ``pair`` (None without one)."""
+
+    def close(self) -> None:
+        self.pair.close()
+
+    def live_name(self, name: str) -> str:
+        """The live table holding old table ``name``'s rows (its new name after a table rename)."""
+        tm = self.mapping.tables.get(name)
+        return tm.source_table if tm is not None and self.old.table(name) is not None else name
+
+    @property
+    def bundle_tables(self) -> list[str]:
+        """The live data tables, a renamed one under its old (backup) name: the names of the
+        bundle's tables, so a renamed table's rows are carried like any shared table's."""
+        renamed = {tm.new_table: n for n, tm in self.mapping.tables.items() if tm.new_table}
+        return [renamed.get(n, n) for n in self.new.data_tables]
+
+    def __enter__(self) -> Analysis:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def analyse(
+    backup: str | os.PathLike[str], live: str | os.PathLike[str], since: str | None = None,
+    mapping: str | os.PathLike[str] | None = None,
+    lineage: dict[str, dict[str, exp.Expression]] | None = None, trust_mapping: bool = False,
+) -> Analysis:
+    """Open both inputs read-only and resolve the schemas, the schema diff and the column mapping,
+    every rule checked against the data (:mod:`recovery.compare.evidence`): a rule the unchanged rows
+    contradict is refused (exit 2) unless ``trust_mapping``."""
+    backup_p, live_p = Path(backup), Path(live)
+    user = load_mapping(mapping)
+    since_text = since if since is not None else deploy_time_of(backup_p)
+    since_jd, since_norm = parse_since(since_text) if since_text is not None else (None, None)
+    old_conn = open_readonly(backup_p, "backup")
+    new_conn = open_readonly(live_p, "live database")
+    try:
+        with database_errors(backup_p, live_p):
+            old, new = reflect(old_conn), reflect(new_conn)
+        shared = set(old.data_tables) & set(new.data_tables)
+        pair = open_pair(backup_p, live_p)
+        try:
+            with database_errors(backup_p, live_p):
+                sdiff = compare(pair, old_conn, new_conn, old, new, user, since_jd)
+                if not shared and not sdiff.table_renames:  # a renamed table counts as shared
+                    raise RecoveryError(
+                        f"{backup_p} and {live_p} have no table in common",
+                        "is the backup of the same application?",
+                    )
+                cmap = resolve(old, new, user, lineage, sdiff.renames_by_table(), sdiff.table_renames_by_old())
+                check_user_expressions(pair, user, new, cmap)
+                cmap = verify(pair, old, new, cmap, since_jd, trust_mapping)
+        except BaseException:
+            pair.close()
+            raise
+    finally:
+        old_conn.close()
+        new_conn.close()
+    return Analysis(backup_p, live_p, pair, old, new, sdiff, cmap, user, since_jd, since_norm)
+
+
+@contextmanager
+def database_errors(backup: Path, live: Path) -> Iterator[None]:
+    """Turn SQLite failures met while reading the inputs (a page that is malformed deep inside the
+    file, a lock held too long) into one-line errors naming the file that is at fault."""
+    try:
+        yield
+    except (sqlite3.Error, sa_exc.DBAPIError) as exc:
+        orig = getattr(exc, "orig", None) or exc
+        culprit = _first_damaged(backup, live)
+        where = f"{culprit}" if culprit else f"{backup} / {live}"
+        raise RecoveryError(
+            f"cannot read {where}: {str(orig).splitlines()[0]}",
+            "is it corrupt, truncated or locked? run PRAGMA integrity_check on it",
+        ) from None
+
+
+def _first_damaged(*paths: Path) -> Path | None:
+    for p in paths:
+        try:
+            with readonly(p) as conn:
+                if conn.execute("PRAGMA quick_check(1)").fetchone()[0] != "ok":
+                    return p
+        except (RecoveryError, sqlite3.Error):
+            return p
+    return None
+
+
+def check_user_expressions(pair: sqlite3.Connection, user: UserMapping, new: Schema,
+                           cmap: ColumnMapping | None = None) -> None:
+    """Evaluate every mapping-file expression once against the live table, so that an unknown
+    function or a refused one fails here, named, rather than halfway through the diff."""
+    for tname, tm in user.tables.items():
+        live_name = cmap.tables[tname].source_table if cmap is not None and tname in cmap.tables else tname
+        if tm.skip or new.table(live_name) is None:
+            continue
+        for cname, expression in tm.columns.items():
+            q = exp.select(qualify_columns(expression, "n")).from_(table(live_name, "new", "n")).limit(1)
+            try:
+                pair.execute(sql(q)).fetchall()
+            except sqlite3.Error as exc:
+                raise RecoveryError(
+                    f"mapping file {user.path} [tables.{tname}.columns] {cname}: "
+                    f"{expression.sql(dialect='sqlite')!r} fails in SQLite: {exc}",
+                    "use columns, literals, operators and SQLite's scalar functions",
+                ) from None
+
+
+@dataclass(frozen=True)
+class DiffResult:
+    backup: Path
+    live: Path
+    schema: SchemaDiff
+    changes: ChangeSet
+    mapping: ColumnMapping
+    since: str | None
+
+    def to_dict(self, rows: bool = False) -> dict[str, Any]:
+        tables: dict[str, Any] = {}
+        for name, t in sorted(self.changes.tables.items()):
+            entry: dict[str, Any] = {
+                "key": list(t.key), "keyed_by": t.keyed_by, "status": t.status,
+                "inserted": t.inserted, "updated": t.updated, "deleted": t.deleted,
+            }
+            if t.uncompared_columns:
+                entry["uncompared_columns"] = list(t.uncompared_columns)
+            if t.timestamp_columns:
+                entry["timestamp_columns"] = t.timestamp_columns
+            if t.after_deploy is not None:
+                entry["after_deploy"] = t.after_deploy
+            if t.status == "compared":
+                entry["changed_only_in_new_columns"] = t.changed_only_in_new_columns
+                entry["values_at_risk"] = t.values_at_risk
+                entry["filled_by_upgrade"] = t.filled_by_upgrade
+            tm = self.mapping.tables.get(name)
+            if tm is not None and tm.new_table:
+                entry["renamed_to"] = tm.new_table
+            if rows and t.rows is not None:
+                entry["rows"] = [
+                    {"kind": r.kind, "key": list(r.key), "after_deploy": r.after_deploy,
+                     "changes": {c.column: {"old": _jsonable(c.old), "new": _jsonable(c.new)} for c in r.cells}}
+                    for r in t.rows
+                ]
+            tables[name] = entry
+        return {
+            "backup": str(self.backup), "live": str(self.live), "since": self.since,
+            "schema": self.schema.to_dict(), "mapping": self.mapping.to_dict(), "tables": tables,
+            "totals": {k: sum(getattr(t, k) for t in self.changes.tables.values())
+                       for k in ("inserted", "updated", "deleted")},
+            "at_risk": {k: sum(getattr(t, k) for t in self.changes.tables.values())
+                        for k in ("changed_only_in_new_columns", "values_at_risk")},
+            "filled_by_upgrade": self.changes.filled_by_upgrade,
+        }
+
+    def csv_rows(self) -> Iterator[dict[str, Any]]:
+        """One row per changed row (``--csv``)."""
+        for name, t in sorted(self.changes.tables.items()):
+            for r in t.rows or ():
+                yield {
+                    "table": name, "kind": r.kind, "key": json.dumps(list(r.key), ensure_ascii=False),
+                    "after_deploy": "" if r.after_deploy is None else str(r.after_deploy).lower(),
+                    "columns": ";".join(c.column for c in r.cells),
+                    "old": json.dumps({c.column: _jsonable(c.old) for c in r.cells}, ensure_ascii=False) if r.cells else "",
+                    "new": json.dumps({c.column: _jsonable(c.new) for c in r.cells}, ensure_ascii=False) if r.cells else "",
+                }
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, bytes):
+        return {"hex": v.hex()}
+    return v
+
+
+def diff(
+    backup: str | os.PathLike[str], live: str | os.PathLike[str], since: str | None = None,
+    tables: list[str] | None = None, mapping: str | os.PathLike[str] | None = None, rows: bool = False,
+    alembic_ini: str | os.PathLike[str] | None = None, trust_mapping: bool = False,
+) -> DiffResult:
+    """Compare ``backup`` with ``live`` (both opened read-only): schema, then rows per table.
+    ``alembic_ini`` adds the migrations' lineage rules, as for ``extract``."""
+    lineage = None
+    if alembic_ini is not None:
+        from recovery.migrate.migrations import derive_lineage
+
+        lineage, _report = derive_lineage(alembic_ini, backup, live)
+    with tempfile.TemporaryDirectory(prefix="recovery-replay-") as tmp:
+        replay = replayed_upgrade(alembic_ini, backup, live, tmp)
+        with analyse(backup, live, since, mapping, lineage, trust_mapping) as a:
+            unknown = [t for t in tables or [] if t not in a.old.tables and t not in a.new.tables]
+            if unknown:
+                raise RecoveryError(f"--table {unknown[0]} is in neither database", "check the table name")
+            if replay is not None:
+                replay.attach(a.pair)
+                a.replay = replay
+            with database_errors(a.backup, a.live):
+                changes = diff_rows(a.pair, a.old, a.new, a.mapping, tables, a.since_jd, rows, a.since,
+                                    more=lambda: _with_replay(open_pair(a.backup, a.live), replay), replay=replay)
+            return DiffResult(a.backup, a.live, a.schema_diff, changes, a.mapping, a.since)
+
+
+def replayed_upgrade(alembic_ini: str | os.PathLike[str] | None, backup: str | os.PathLike[str],
+                     live: str | os.PathLike[str], folder: str | os.PathLike[str]) -> Replayed | None:
+    """The upgrade replayed in the sandbox on a copy of ``backup`` in ``folder``
+    (:mod:`recovery.migrate.replay`), or None without migrations or when the replay failed."""
+    if alembic_ini is None:
+        return None
+    from recovery.migrate.replay import replay_upgrade
+
+    path = replay_upgrade(alembic_ini, backup, live, folder)
+    return Replayed(path) if path is not None else None
+
+
+def _with_replay(conn: sqlite3.Connection, replay: Replayed | None) -> sqlite3.Connection:
+    return replay.attach(conn) if replay is not None else conn

@@ -1,0 +1,428 @@
+"""Run the application's Alembic migration code in a child process that cannot reach the real
+databases.
+
+Real ``env.py`` files ignore the connection a program passes in ``config.attributes`` and open
+``sqlalchemy.url`` from the ini, ``DATABASE_URL`` or the app's settings. So the tool never runs
+them in its own process; a :class:`Sandbox` session starts ``python -m recovery.migrate.sandbox_child``
+(see there for the guard installed before any application code) with
+
+* a temporary copy of the app's ``alembic.ini`` whose ``sqlalchemy.url`` (in every section) is
+  the scratch file, with ``%(here)s`` and relative script paths pinned to the original folder;
+* ``DATABASE_URL``, ``SQLALCHEMY_DATABASE_URI``, ``SQLALCHEMY_DATABASE_URL``, ``DB_URL`` and every
+  other environment variable whose value is a database URL or a path to a protected file set to
+  the scratch file;
+* a private temporary folder as its working directory (a relative ``sqlite:///app.db`` names a
+  file there, which the guard refuses);
+* a time bound per command (:data:`TIMEOUT_ENV`, default :data:`DEFAULT_TIMEOUT` seconds).
+
+The live DB, the backup and every SQLite file a URL in the ini or the environment names are
+fingerprinted (size, mtime, inode, sha256 of the first pages, the same for ``-wal`` and
+``-journal``) before the session and after every command; any change stops the run with
+:class:`ProtectedChanged` (exit 3), which says what changed and that the migration code did it.
+"""
+from __future__ import annotations
+
+import configparser
+import hashlib
+import json
+import os
+import re
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from recovery.errors import ExitCode, RecoveryError
+
+DEFAULT_TIMEOUT = 600.0
+"""Seconds one sandboxed Alembic command may run before the child is killed."""
+TIMEOUT_ENV = "RECOVERY_SANDBOX_TIMEOUT"
+URL_VARS = ("DATABASE_URL", "SQLALCHEMY_DATABASE_URI", "SQLALCHEMY_DATABASE_URL", "DB_URL")
+"""Always set to the scratch URL in the child, present in the tool's environment or not."""
+HEADER_BYTES = 64 * 1024
+"""How much of each protected file is hashed (the header and first pages): the rest of a change
+shows in size, mtime or the ``-wal``."""
+_DB_SCHEMES = re.compile(r"^(sqlite|postgres|postgresql|pgsql|mysql|mariadb|oracle|mssql|sqlserver|cockroachdb|"
+                         r"redshift|snowflake|duckdb|firebird|sybase|db2|ibm_db_sa|trino|clickhouse)"
+                         r"([+][A-Za-z0-9_]+)?://", re.IGNORECASE)
+_SIDECARS = ("-wal", "-journal")
+_PATH_KEYS = ("script_location", "version_locations", "prepend_sys_path")
+
+
+class ProtectedChanged(RecoveryError):
+    """A protected database file changed while the application's migration code ran."""
+
+    def __init__(self, message: str, hint: str) -> None:
+        super().__init__(message, hint, ExitCode.FAILED)
+
+
+class MigrationFailed(RecoveryError):
+    """The application's own migration code raised (or was refused by the guard) in the child."""
+
+    def __init__(self, direction: str, target: str, error: str, refused: list[str]) -> None:
+        self.direction, self.target, self.error, self.refused = direction, target, error, refused
+        why = error + refusal_note(error, refused)
+        super().__init__(f"{direction} to {target} failed: {why}", "fix the migration", ExitCode.FAILED)
+
+
+def refusal_note(error: str, refused: list[str]) -> str:
+    """`` (the sandbox refused: …)`` for the refusals the error text does not already say."""
+    extra = [r for r in refused if r not in error]
+    return f" (the sandbox refused: {'; '.join(extra)})" if extra else ""
+
+
+# ---------------------------------------------------------------------------------------------
+# fingerprints
+
+
+def _file_print(path: Path) -> dict[str, Any] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        h.update(fh.read(HEADER_BYTES))
+    # not ctime: SQLite running as root fchown()s a -wal it merely opens to read
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino, "sha256_head": h.hexdigest()}
+
+
+def fingerprint(path: Path) -> dict[str, Any]:
+    """The file's and its ``-wal``/``-journal``'s size, mtime, inode and sha256 of the first
+    :data:`HEADER_BYTES` (``None`` for a file that does not exist)."""
+    return {"db": _file_print(path), **{s.lstrip("-"): _file_print(path.with_name(path.name + s)) for s in _SIDECARS}}
+
+
+def _describe_change(before: dict[str, Any], after: dict[str, Any]) -> str:
+    out = []
+    for part in ("db", *(s.lstrip("-") for s in _SIDECARS)):
+        b, a = before.get(part), after.get(part)
+        label = "the file" if part == "db" else f"its -{part}"
+        if b == a:
+            continue
+        if b is None:
+            out.append(f"{label} was created")
+        elif a is None:
+            out.append(f"{label} was removed")
+        else:
+            out.append(f"{label}'s " + ", ".join(k for k in b if b[k] != a.get(k)) + " changed")
+    return "; ".join(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# where the real databases are
+
+
+def sqlite_path_of(url: str, base: Path) -> Path | None:
+    """The file a ``sqlite://`` URL names (relative to ``base``), None for anything else."""
+    m = re.match(r"^sqlite(\+[A-Za-z0-9_]+)?:///(.*)$", url.strip())
+    if m is None:
+        return None
+    rest = m.group(2).split("?", 1)[0]
+    if rest in ("", ":memory:"):
+        return None
+    p = Path(rest)
+    return (p if p.is_absolute() else base / p).resolve()
+
+
+def _raw_ini(ini: Path) -> configparser.RawConfigParser:
+    parser = configparser.RawConfigParser()
+    parser.read(ini, encoding="utf-8")
+    return parser
+
+
+def _here(value: str, ini: Path) -> str:
+    return value.replace("%(here)s", str(ini.resolve().parent)).replace("%%", "%")
+
+
+def named_databases(alembic_ini: Path | None, environ: dict[str, str] | None = None) -> list[Path]:
+    """SQLite files the application's migration code would open by itself: every section's
+    ``sqlalchemy.url`` in the ini, and every environment variable holding a ``sqlite://`` URL.
+    Relative paths are taken from the tool's working directory, as the app's own Alembic would."""
+    environ = dict(os.environ) if environ is None else environ
+    out: list[Path] = []
+    cwd = Path.cwd()
+    if alembic_ini is not None and Path(alembic_ini).is_file():
+        parser = _raw_ini(Path(alembic_ini))
+        for section in parser.sections():
+            if parser.has_option(section, "sqlalchemy.url"):
+                p = sqlite_path_of(_here(parser.get(section, "sqlalchemy.url"), Path(alembic_ini)), cwd)
+                if p is not None:
+                    out.append(p)
+    for value in environ.values():
+        p = sqlite_path_of(value, cwd) if _DB_SCHEMES.match(value.strip()) else None
+        if p is not None:
+            out.append(p)
+    return out
+
+
+def child_environment(scratch: Path, protected: list[Path], environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The tool's environment with every usual carrier of a database URL pointing at ``scratch``."""
+    env = dict(os.environ) if environ is None else dict(environ)
+    url = f"sqlite:///{scratch}"
+    real = {os.path.realpath(p) for p in protected}
+    real |= {r + s for r in list(real) for s in (*_SIDECARS, "-shm")}
+    for key, value in list(env.items()):
+        v = value.strip()
+        if _DB_SCHEMES.match(v):
+            env[key] = url
+        elif v and len(v) < 4096 and "\n" not in v and os.path.realpath(os.path.expanduser(v)) in real:
+            env[key] = str(scratch)
+    for key in URL_VARS:
+        env[key] = url
+    env["RECOVERY_SANDBOX"] = "1"
+    env["RECOVERY_SANDBOX_PARENT"] = str(os.getpid())
+    env.pop("PYTHONSTARTUP", None)
+    return env
+
+
+def _pin_paths(value: str, base: Path) -> str:
+    """Relative entries of a path list made absolute against ``base`` (package specs
+    ``pkg:path`` are left alone); separators kept as written."""
+    parts = re.split(r"([\s,;" + re.escape(os.pathsep) + r"]+)", value)
+    out = []
+    for p in parts:
+        if not p or re.fullmatch(r"[\s,;" + re.escape(os.pathsep) + r"]+", p) or ":" in p or os.path.isabs(p):
+            out.append(p)
+        else:
+            out.append(str((base / p).resolve()))
+    return "".join(out)
+
+
+def write_ini_copy(alembic_ini: Path, dst: Path, url: str) -> Path:
+    """A copy of the app's ini that runs the same scripts against ``url``: every section's
+    ``sqlalchemy.url`` replaced, ``%(here)s`` and relative script paths pinned to the original
+    folder / the tool's working directory (Alembic reads them relative to the current directory)."""
+    parser = _raw_ini(alembic_ini)
+    here = str(alembic_ini.resolve().parent).replace("%", "%%")
+    cwd = Path.cwd()
+    for section in parser.sections():
+        for key, value in parser.items(section):
+            pinned = value.replace("%(here)s", here)
+            if key in _PATH_KEYS and "%(" not in pinned:
+                pinned = _pin_paths(pinned, cwd)
+            parser.set(section, key, pinned)
+        if parser.has_option(section, "sqlalchemy.url"):
+            parser.set(section, "sqlalchemy.url", url.replace("%", "%%"))
+    if not parser.has_section("alembic"):
+        parser.add_section("alembic")
+    parser.set("alembic", "sqlalchemy.url", url.replace("%", "%%"))
+    with open(dst, "w", encoding="utf-8") as fh:
+        parser.write(fh)
+    return dst
+
+
+# ---------------------------------------------------------------------------------------------
+# the session
+
+_ALSO_PROTECTED: ContextVar[tuple[Path, ...]] = ContextVar("recovery_sandbox_also_protected", default=())
+
+
+@contextmanager
+def protecting(*paths: str | os.PathLike[str]) -> Iterator[None]:
+    """Every :class:`Sandbox` started inside this block also fingerprints ``paths`` (e.g. the real
+    live DB and backup while a rehearsal rolls back copies of them)."""
+    token = _ALSO_PROTECTED.set(_ALSO_PROTECTED.get() + tuple(Path(p) for p in paths))
+    try:
+        yield
+    finally:
+        _ALSO_PROTECTED.reset(token)
+
+
+def _timeout() -> float:
+    try:
+        return float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT))
+    except ValueError:
+        return DEFAULT_TIMEOUT
+
+
+@dataclass
+class Sandbox:
+    """One child process running the app's Alembic commands on the one file ``scratch``.
+
+    ``protect``: files that must not change (the live DB, the backup…); the SQLite files named by
+    the ini and the environment are added. Use as a context manager; each :meth:`migrate` runs one
+    Alembic command in the child and checks the fingerprints after it."""
+
+    alembic_ini: Path
+    scratch: Path
+    protect: list[Path] = field(default_factory=list)
+    timeout: float = field(default_factory=_timeout)
+    refused: list[str] = field(default_factory=list, init=False)
+    """What the guard refused during the last command (also printed on stderr)."""
+    _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+    _dir: Path | None = field(default=None, init=False, repr=False)
+    _prints: dict[Path, dict[str, Any]] = field(default_factory=dict, init=False, repr=False)
+    _fds: tuple[int, int] | None = field(default=None, init=False, repr=False)
+    _buf: bytes = field(default=b"", init=False, repr=False)
+
+    def __enter__(self) -> Sandbox:
+        ini = Path(self.alembic_ini)
+        if not ini.is_file():
+            raise RecoveryError(f"--alembic-ini {ini} does not exist", "point it at the application's alembic.ini")
+        self.scratch = Path(os.path.abspath(self.scratch))
+        seen: dict[str, Path] = {}
+        for p in [*self.protect, *_ALSO_PROTECTED.get(), *named_databases(ini)]:
+            real = os.path.realpath(p)
+            if real != os.path.realpath(self.scratch):
+                seen.setdefault(real, Path(real))
+        self._prints = {p: fingerprint(p) for p in seen.values()}
+        self._dir = Path(tempfile.mkdtemp(prefix="recovery-sandbox-"))
+        try:
+            self._start(ini)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+        if exc[0] is None or not isinstance(exc[1], ProtectedChanged):
+            self.check_protected()
+
+    def _start(self, ini: Path) -> None:
+        assert self._dir is not None
+        url = f"sqlite:///{self.scratch}"
+        ini_copy = write_ini_copy(ini, self._dir / "alembic.ini", url)
+        protected = [str(p) for p in self._prints] + [str(p) + s for p in self._prints for s in (*_SIDECARS, "-shm")]
+        cwd = os.getcwd()
+        init = {"scratch": str(self.scratch), "url": url, "ini": str(ini_copy), "protected": protected,
+                "sys_path": [cwd if p == "" else p for p in sys.path]}
+        init_path = self._dir / "init.json"
+        init_path.write_text(json.dumps(init), encoding="utf-8")
+        req_r, req_w = os.pipe()
+        resp_r, resp_w = os.pipe()
+        log = open(self._dir / "child.log", "wb")  # noqa: SIM115 - closed right after the start
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "recovery.migrate.sandbox_child", str(init_path), str(req_r), str(resp_w)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self._dir,
+                env=child_environment(self.scratch, list(self._prints)), pass_fds=(req_r, resp_w),
+                start_new_session=True)
+        finally:
+            log.close()
+            os.close(req_r)
+            os.close(resp_w)
+        self._fds = (req_w, resp_r)
+
+    def log_tail(self, n: int = 1500) -> str:
+        try:
+            text = (self._dir / "child.log").read_text(encoding="utf-8", errors="replace") if self._dir else ""
+        except OSError:
+            return ""
+        return text[-n:].strip()
+
+    def migrate(self, direction: str, target: str, fast: bool = True) -> list[str]:
+        """Run the app's ``upgrade``/``downgrade`` to ``target`` on the scratch file; return the SQL
+        it executed, reads and ``alembic_version`` left out. Raises :class:`MigrationFailed` when
+        the app's code fails, :class:`ProtectedChanged` when a protected file changed."""
+        if self._proc is None or self._fds is None:
+            raise RuntimeError("Sandbox used outside its with-block")
+        try:
+            answer = self._ask({"op": "migrate", "direction": direction, "target": target, "fast": fast})
+        finally:
+            self.check_protected()
+        self.refused = list(answer.get("refused") or [])
+        if self.refused and answer.get("ok"):  # swallowed by the app's code: say it here
+            print(f"recovery: the application's migration code ({direction} to {target}) tried to reach another "
+                  f"database; the sandbox refused it: {'; '.join(self.refused)}", file=sys.stderr)
+        if not answer.get("ok"):
+            raise MigrationFailed(direction, target, str(answer.get("error")), list(answer.get("refused") or []))
+        return list(answer.get("statements") or [])
+
+    def _ask(self, req: dict[str, Any]) -> dict[str, Any]:
+        assert self._fds is not None and self._proc is not None
+        req_w, resp_r = self._fds
+        data = (json.dumps(req) + "\n").encode("utf-8")
+        try:
+            while data:
+                data = data[os.write(req_w, data):]
+        except BrokenPipeError:
+            self._died()
+        deadline = time.monotonic() + self.timeout
+        while b"\n" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self._kill()
+                raise RecoveryError(
+                    f"the application's migration code did not finish within {self.timeout:g} s in the sandbox; "
+                    "it was stopped", f"set {TIMEOUT_ENV}=SECONDS for a longer bound, or check the migration",
+                    ExitCode.FAILED)
+            ready, _, _ = select.select([resp_r], [], [], left)
+            if not ready:
+                continue
+            chunk = os.read(resp_r, 65536)
+            if not chunk:
+                self._died()
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        return json.loads(line)
+
+    def _died(self) -> None:
+        assert self._proc is not None
+        code = self._proc.wait(timeout=10)
+        self._proc = None
+        raise RecoveryError(f"the sandboxed child running the application's migration code ended (exit code {code}): "
+                            f"{self.log_tail(600) or 'no output'}", "check the application's env.py and migrations",
+                            ExitCode.FAILED)
+
+    def _kill(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            try:
+                os.killpg(self._proc.pid, signal.SIGKILL)  # the child's own session: it and nothing else
+            except ProcessLookupError:
+                pass
+            self._proc.wait()
+        self._proc = None
+
+    def check_protected(self) -> None:
+        """Raise :class:`ProtectedChanged` naming every protected file that is not as it was."""
+        changed = []
+        for path, before in self._prints.items():
+            after = fingerprint(path)
+            if after != before:
+                changed.append(f"{path} ({_describe_change(before, after)})")
+        if changed:
+            self._prints = {}  # said once
+            raise ProtectedChanged(
+                "the application's migration code changed a real database although it ran in the sandbox on a "
+                f"scratch copy: {'; '.join(changed)}. The run stopped here; nothing else was done",
+                "compare that file with its safety copy or the backup before anything else (if the "
+                "application itself is running and wrote to it, stop the application and run again); the "
+                "application's env.py or migrations reach the database by a way the sandbox does not cover")
+
+    def close(self) -> None:
+        if self._fds is not None:
+            req_w, resp_r = self._fds
+            try:
+                os.write(req_w, b'{"op": "exit"}\n')
+            except OSError:
+                pass
+            for fd in self._fds:
+                os.close(fd)
+            self._fds = None
+        if self._proc is not None:
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+            self._kill()
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+
+def migrate_once(alembic_ini: str | os.PathLike[str], db: str | os.PathLike[str], direction: str, target: str,
+                 protect: list[Path] | None = None, fast: bool = True) -> list[str]:
+    """One sandboxed Alembic command on ``db`` (a scratch file: it is changed)."""
+    with Sandbox(Path(alembic_ini), Path(db), list(protect or [])) as sb:
+        return sb.migrate(direction, target, fast)

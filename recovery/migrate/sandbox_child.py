@@ -1,0 +1,365 @@
+"""The child process that runs the application's Alembic code for :mod:`recovery.migrate.sandbox`.
+
+Started as ``python -m recovery.migrate.sandbox_child INIT.json REQ_FD RESP_FD`` and never imported for
+its side effects: :func:`main` installs the guard before SQLAlchemy, Alembic or any application
+module is imported, then answers one JSON request per line on ``REQ_FD`` with one JSON line on
+``RESP_FD`` (no pickle). The application's own prints and logging go to the child's stdout and
+stderr, which the parent sends to a log file.
+
+The guard (:class:`Guard`) is a :func:`sys.addaudithook` hook, which cannot be removed once
+installed, plus a wrapper around SQLAlchemy's ``create_engine``:
+
+* ``sqlite3.connect`` (and so SQLAlchemy's pysqlite and aiosqlite) is refused for any database
+  but the scratch file and ``:memory:``; every connection made through ``sqlite3.connect`` gets
+  an authorizer that refuses ``ATTACH`` of any other file; loading SQLite extensions is refused;
+* ``create_engine`` refuses any URL but the scratch one (so server databases are refused before
+  a driver is loaded), and importing a database driver other than sqlite3 is refused;
+* opening, renaming, removing, linking, truncating or re-timing a protected file (the live DB,
+  the backup, their ``-wal``/``-journal``/``-shm``) is refused, whatever the path's spelling
+  (resolved path and inode are compared);
+* starting a program and opening a network socket are refused (neither is guarded).
+
+Every refusal is recorded and reported with the command's answer, even when the application's
+code catches the exception.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+DRIVER_MODULES = frozenset({
+    "psycopg", "psycopg2", "psycopg2cffi", "psycopg_binary", "asyncpg", "pg8000", "pymysql", "MySQLdb",
+    "mysql", "mysqlx", "aiomysql", "asyncmy", "mariadb", "cx_Oracle", "oracledb", "pyodbc", "pymssql",
+    "aioodbc", "apsw", "sqlcipher3", "pysqlcipher3", "duckdb", "ibm_db", "fdb", "firebird", "sqlanydb",
+    "snowflake", "clickhouse_driver", "clickhouse_connect", "teradatasql", "trino", "pyhive", "databricks",
+})
+"""Top-level modules of database drivers other than the standard library's sqlite3."""
+
+PATH_EVENTS = frozenset({
+    "os.remove", "os.rename", "os.link", "os.symlink", "os.truncate", "os.chmod", "os.chown", "os.utime",
+    "os.rmdir", "os.mkdir", "shutil.copyfile", "shutil.copymode", "shutil.copystat", "shutil.move",
+    "shutil.rmtree", "shutil.copytree", "os.listxattr", "os.setxattr", "os.removexattr",
+})
+"""Audit events whose path arguments must not name a protected file."""
+
+PROCESS_EVENTS = frozenset({
+    "subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty",
+    "os.startfile", "pty.spawn",
+})
+
+
+class SandboxRefused(PermissionError):
+    """The application's code tried something the sandbox does not allow."""
+
+
+class SandboxImportRefused(ImportError):
+    """Importing a database driver: an ImportError, so ``try: import psycopg`` falls back cleanly."""
+
+
+def is_bookkeeping_sql(statement: str) -> bool:
+    """Statements that read (PRAGMA, SELECT) or only move ``alembic_version``: not schema or data."""
+    head = statement.lstrip().split(None, 1)[0].upper() if statement.strip() else ""
+    return head in {"PRAGMA", "SELECT", "WITH"} or "alembic_version" in statement
+
+
+class Guard:
+    """Decides what the application's code may open; records every refusal."""
+
+    def __init__(self, scratch: str, protected: list[str]) -> None:
+        self.scratch = os.path.realpath(scratch)
+        self.protected = {os.path.realpath(p) for p in protected}
+        self.protected_ids: set[tuple[int, int]] = set()
+        for p in self.protected:
+            try:
+                st = os.stat(p)
+            except OSError:
+                continue
+            self.protected_ids.add((st.st_dev, st.st_ino))
+        self.refused: list[str] = []
+        self._busy = False
+
+    # -- decisions ---------------------------------------------------------------------------
+
+    def _is_protected(self, path: Any) -> bool:
+        if isinstance(path, int) or path is None:
+            return False
+        try:
+            p = os.fsdecode(os.fspath(path))
+        except TypeError:
+            return False
+        real = os.path.realpath(p)
+        if real in self.protected:
+            return True
+        try:
+            st = os.stat(real)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) in self.protected_ids
+
+    def allowed_database(self, database: Any) -> bool:
+        """The scratch file, an in-memory or a temporary database; nothing else."""
+        if database is None:
+            return True
+        try:
+            name = os.fsdecode(os.fspath(database))
+        except TypeError:
+            return False
+        if name in ("", ":memory:"):
+            return True
+        if name.startswith("file:"):
+            from urllib.parse import parse_qs, unquote, urlsplit
+
+            parts = urlsplit(name)
+            if "memory" in parse_qs(parts.query).get("mode", []):
+                return True
+            name = unquote(parts.path)
+            if name in ("", ":memory:"):
+                return True
+        real = os.path.realpath(name)
+        if real != self.scratch or self._is_protected(real):
+            return False
+        return True
+
+    def refuse(self, what: str, exc: type[Exception] = SandboxRefused) -> None:
+        self.refused.append(what)
+        raise exc(f"refused by the recovery sandbox: {what}")
+
+    # -- the audit hook ----------------------------------------------------------------------
+
+    def hook(self, event: str, args: tuple[Any, ...]) -> None:
+        if self._busy:
+            return  # the guard's own os.stat / realpath calls
+        if event == "sqlite3.connect":
+            if not self.allowed_database(args[0] if args else None):
+                self.refuse(f"sqlite3.connect({os.fsdecode(os.fspath(args[0]))!r}): only the scratch copy "
+                            f"{self.scratch} may be opened")
+        elif event in ("sqlite3.enable_load_extension", "sqlite3.load_extension"):
+            if event == "sqlite3.load_extension" or (len(args) > 1 and args[1]):
+                self.refuse("loading a SQLite extension")
+        elif event == "open":
+            self._busy = True
+            try:
+                hit = self._is_protected(args[0])
+            finally:
+                self._busy = False
+            if hit:
+                self.refuse(f"opening {args[0]!r}, a protected database file")
+        elif event in PATH_EVENTS:
+            self._busy = True
+            try:
+                hit = next((a for a in args if isinstance(a, (str, bytes, os.PathLike)) and self._is_protected(a)), None)
+            finally:
+                self._busy = False
+            if hit is not None:
+                self.refuse(f"{event}({hit!r}) on a protected database file")
+        elif event in PROCESS_EVENTS:
+            self.refuse(f"starting a program ({event} {args[0] if args else ''!r}): it would run unguarded")
+        elif event == "socket.connect":
+            self.refuse(f"opening a network connection to {args[1] if len(args) > 1 else '?'!r}")
+        elif event == "import":
+            top = str(args[0]).split(".", 1)[0]
+            if top in DRIVER_MODULES:
+                self.refuse(f"importing the database driver {args[0]!r}: only the scratch SQLite copy may be used",
+                            SandboxImportRefused)
+
+    def patch_sqlite3(self) -> None:
+        """Every connection made through ``sqlite3.connect`` (SQLAlchemy's pysqlite included) gets
+        :meth:`_authorizer`, which refuses ``ATTACH`` of any file but the scratch copy."""
+        import sqlite3
+        import sqlite3.dbapi2
+
+        original = sqlite3.connect
+        authorizer = self._authorizer
+
+        def connect(*args: Any, **kwargs: Any) -> Any:
+            conn = original(*args, **kwargs)
+            conn.set_authorizer(authorizer)
+            return conn
+
+        connect.__doc__ = original.__doc__
+        sqlite3.connect = sqlite3.dbapi2.connect = connect
+
+    def _authorizer(self, action: int, arg1: Any, arg2: Any, dbname: Any, source: Any) -> int:
+        import sqlite3
+
+        if action == sqlite3.SQLITE_ATTACH and (arg1 is None or not self.allowed_database(arg1)):
+            self.refused.append(f"ATTACH DATABASE {arg1 if arg1 is not None else '(a bound file name)'!r}: "
+                                "only the scratch copy may be opened")
+            return sqlite3.SQLITE_DENY
+        return sqlite3.SQLITE_OK
+
+    # -- SQLAlchemy ----------------------------------------------------------------------------
+
+    def patch_sqlalchemy(self, engines: list[Any]) -> None:
+        """Replace ``create_engine`` wherever SQLAlchemy (and anything already imported) exposes
+        it, before env.py can import it: any URL but the scratch one is refused."""
+        import sqlalchemy
+        import sqlalchemy.engine
+        import sqlalchemy.engine.create as create_mod
+        from sqlalchemy.engine import make_url
+
+        original = create_mod.create_engine
+        guard = self
+
+        def create_engine(url: Any, *args: Any, **kwargs: Any) -> Any:
+            u = make_url(url)
+            if not u.drivername.startswith("sqlite"):
+                guard.refuse(f"create_engine({u.render_as_string(hide_password=True)!r}): only the scratch "
+                             "SQLite copy may be used")
+            if not guard.allowed_database(u.database):
+                guard.refuse(f"create_engine({u.render_as_string(hide_password=True)!r}): only the scratch copy "
+                             f"{guard.scratch} may be opened")
+            engine = original(url, *args, **kwargs)
+            engines.append(engine)
+            return engine
+
+        create_engine.__doc__ = original.__doc__
+        for mod in list(sys.modules.values()):
+            if getattr(mod, "create_engine", None) is original:
+                setattr(mod, "create_engine", create_engine)
+        assert sqlalchemy.create_engine is create_engine and sqlalchemy.engine.create_engine is create_engine
+
+
+# ---------------------------------------------------------------------------------------------
+# the command loop
+
+
+def _run_migrate(req: dict[str, Any], init: dict[str, Any], captured: list[str], engines: list[Any]) -> list[str]:
+    import sqlalchemy as sa
+    from alembic import command
+    from alembic.config import Config
+
+    direction = req["direction"]
+    if direction not in ("upgrade", "downgrade"):
+        raise ValueError(direction)
+    cfg = Config(init["ini"])
+    cfg.set_main_option("sqlalchemy.url", init["url"].replace("%", "%%"))
+    captured.clear()
+    engine = sa.create_engine(init["url"], poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA foreign_keys=OFF")  # a rebuild must never fire ON DELETE CASCADE
+            if req.get("fast"):
+                conn.exec_driver_sql("PRAGMA synchronous=OFF")  # a scratch file: durability buys nothing
+                conn.exec_driver_sql("PRAGMA journal_mode=MEMORY")
+            conn.commit()
+            cfg.attributes["connection"] = conn
+            _allow_branching(conn)
+            getattr(command, direction)(cfg, req["target"])
+            conn.commit()
+    finally:
+        for e in [engine, *engines]:
+            e.dispose()  # every connection closed: the parent may move the scratch file
+        engines.clear()
+    return [s for s in captured if not is_bookkeeping_sql(s)]
+
+
+def _find_library_without_programs() -> None:
+    """``ctypes.util.find_library`` starts ``ldconfig``, ``gcc`` and ``ld`` to find a shared library
+    (JupyterHub's PAM module does it on import). The guard refuses every program, so look in the
+    usual library folders instead: same answer for an installed library, no program started."""
+    import ctypes.util
+    import glob
+
+    folders = ("/lib", "/usr/lib", "/lib64", "/usr/lib64", "/usr/local/lib",
+               *glob.glob("/lib/*-linux-gnu"), *glob.glob("/usr/lib/*-linux-gnu"))
+
+    def find_library(name: str) -> str | None:
+        for folder in folders:
+            hits = sorted(glob.glob(os.path.join(glob.escape(folder), f"lib{glob.escape(name)}.so*")))
+            if hits:
+                return os.path.basename(hits[0])
+        return None
+
+    ctypes.util.find_library = find_library
+
+
+def _allow_branching(conn: Any) -> None:
+    """Many env.py files written for SQLAlchemy 1.x (JupyterHub's among them) take the passed
+    connection as a "connectable" and call ``connectable.connect()`` — a branch of the same
+    connection in 1.x, an AttributeError in 2.x. Give the passed connection that 1.x behaviour:
+    ``connect()`` hands back the same connection, and leaving its ``with`` block closes nothing."""
+    import contextlib
+
+    if not hasattr(conn, "connect"):
+        try:
+            conn.connect = lambda: contextlib.nullcontext(conn)
+        except AttributeError:  # a connection class with slots: such an env.py fails as before
+            pass
+
+
+def _answer(fd: int, payload: dict[str, Any]) -> None:
+    data = (json.dumps(payload, default=str) + "\n").encode("utf-8")
+    while data:
+        data = data[os.write(fd, data):]
+
+
+def _requests(fd: int):  # noqa: ANN202 - a generator of dicts
+    buf = b""
+    while True:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return
+        buf += chunk
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            yield json.loads(line)
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this child when the tool dies (a SIGKILLed rollback must not leave
+    the app's migration running on a staged copy the resumed run re-creates)."""
+    parent = int(os.environ.get("RECOVERY_SANDBOX_PARENT", "0"))
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+    except (OSError, AttributeError):
+        return
+    if parent and os.getppid() != parent:  # the parent died before the prctl took effect
+        os._exit(1)
+
+
+def main(argv: list[str]) -> int:
+    _die_with_parent()
+    with open(argv[0], encoding="utf-8") as fh:
+        init = json.load(fh)
+    req_fd, resp_fd = int(argv[1]), int(argv[2])
+    guard = Guard(init["scratch"], init["protected"])
+    sys.addaudithook(guard.hook)  # first: nothing of the application has been imported yet
+    guard.patch_sqlite3()
+    _find_library_without_programs()
+    sys.path[:] = [p for p in init["sys_path"] if p]
+    engines: list[Any] = []
+    guard.patch_sqlalchemy(engines)
+    import sqlalchemy as sa
+
+    captured: list[str] = []
+
+    @sa.event.listens_for(sa.engine.Engine, "before_cursor_execute")
+    def _capture(conn, cursor, statement, parameters, context, executemany):  # noqa: ANN001
+        captured.append(statement)  # every engine, the application's own included
+
+    import alembic.command  # noqa: F401 - loaded once, before the first request
+
+    for req in _requests(req_fd):
+        if req.get("op") == "exit":
+            break
+        guard.refused.clear()
+        try:
+            if req.get("op") != "migrate":
+                raise ValueError(f"unknown request {req.get('op')!r}")
+            statements = _run_migrate(req, init, captured, engines)
+            _answer(resp_fd, {"ok": True, "statements": statements, "refused": list(guard.refused)})
+        except BaseException as exc:  # noqa: BLE001 - the application's failure is the answer
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            _answer(resp_fd, {"ok": False, "error": f"{type(exc).__name__}: {exc}".strip(),
+                              "error_type": type(exc).__name__, "refused": list(guard.refused)})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,505 @@
+"""``Outcome``: what a re-import did — rows applied, keys remapped, conflicts and their resolution,
+lost values, files, verification. Made by reimport/relink/verify, read by the report renderers.
+
+Conflict kinds (``../DESIGN.md``): ``primary_key``, ``unique``, ``missing_parent``, ``constraint``,
+``update_update``, ``update_deleted``. Resolutions: ``applied``, ``remapped``, ``skipped``,
+``kept_target``.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import Any
+
+CONFLICT_KINDS = ("primary_key", "unique", "missing_parent", "constraint", "update_update", "update_deleted")
+RESOLUTIONS = ("applied", "remapped", "skipped", "kept_target")
+
+
+class ConflictPolicy(str, Enum):
+    """What to do with a bundle row that collides with the target."""
+
+    REMAP = "remap"
+    """A primary key taken by a different row gets a fresh key and every bundle reference follows;
+    unique clashes, missing parents and update conflicts skip the whole unit and are reported."""
+    SKIP = "skip"
+    """Every conflicting unit is skipped and reported; nothing is remapped."""
+    ABORT = "abort"
+    """Any conflict: change nothing, report, exit non-zero."""
+
+
+class Prefer(str, Enum):
+    """Which value wins a cell changed differently after the deploy and in the target since."""
+
+    DB = "db"
+    """Keep the target database's value (default) and report both."""
+    BUNDLE = "bundle"
+    """Take the bundle's value and report both."""
+
+
+class ConflictMode(str, Enum):
+    """How finely a row changed both after the deploy and in the target since is compared
+    (``--conflicts``)."""
+
+    CELL = "cell"
+    """Column by column (default): edits to different columns of a row merge; only a column both
+    sides changed to different values is an ``update_update`` conflict. A JSON object/array cell
+    is merged key by key (:mod:`recovery.reimport.jsonmerge`): only the same JSON path changed differently
+    is a conflict."""
+    ROW = "row"
+    """Row by row (Dolt's stricter mode): any change to the same row on both sides is one
+    ``update_update`` conflict, resolved by ``--prefer`` as a whole row — ``db`` keeps the target's
+    row untouched, ``bundle`` takes the bundle's row (every mapped column)."""
+
+
+@dataclass(frozen=True)
+class Conflict:
+    kind: str
+    table: str
+    key: tuple[Any, ...]
+    resolution: str
+    column: str | None = None
+    bundle_value: Any = None
+    target_value: Any = None
+    base_value: Any = None
+    label: str | None = None
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["key"] = list(self.key)
+        return d
+
+
+@dataclass(frozen=True)
+class Remap:
+    table: str
+    old_key: Any
+    new_key: Any
+
+
+@dataclass
+class TableOutcome:
+    table: str
+    bundle_inserted: int = 0
+    bundle_updated: int = 0
+    bundle_deleted: int = 0
+    inserted: int = 0
+    updated: int = 0
+    deleted: int = 0
+    skipped: int = 0
+    remapped: int = 0
+    already_present: int = 0
+    rows_before: int = 0
+    rows_after: int = 0
+    lost: int = 0
+
+
+@dataclass
+class Outcome:
+    bundle_id: str
+    target: str
+    policy: str
+    dry_run: bool
+    already_applied: bool = False
+    tables: dict[str, TableOutcome] = field(default_factory=dict)
+    conflicts: list[Conflict] = field(default_factory=list)
+    remaps: list[Remap] = field(default_factory=list)
+    lost: list[dict[str, Any]] = field(default_factory=list)
+    """Lost values: after a re-import a :class:`recovery.report.lost.LostValues` — the first 1,000 by
+    (table, key, column) with the exact ``total``; the complete list stays in the bundle's rows.db
+    (``lost_total``, ``iter_lost()``)."""
+    deletes_for_review: list[dict[str, Any]] = field(default_factory=list)
+    skipped_rows: list[dict[str, Any]] = field(default_factory=list)
+    """Bundle rows not carried because their unit was skipped (a conflict elsewhere in the unit);
+    the conflicting rows themselves are in ``conflicts``."""
+    files: dict[str, Any] | None = None
+    verification: dict[str, Any] = field(default_factory=dict)
+    aborted: bool = False
+    triggers_suspended: list[str] = field(default_factory=list)
+    """The target's triggers dropped while the re-import wrote and re-created (byte-identical)
+    before its commit: they did not fire for the rows the tool carried."""
+    sequences: list[dict[str, Any]] = field(default_factory=list)
+    """AUTOINCREMENT counters after the re-import: ``{"table", "backup", "live", "max_id", "seq"}``."""
+    conflicts_mode: str = ConflictMode.CELL.value
+    """``--conflicts``: a :class:`ConflictMode` value (``cell`` or ``row``)."""
+
+    @property
+    def needs_review(self) -> bool:
+        """Anything but "all recovered" (:meth:`verdict`, without the late-commit check)."""
+        return self.verdict().verdict != ALL_RECOVERED
+
+    @property
+    def lost_total(self) -> int:
+        """Exact number of lost values (``lost`` may hold only a sample of them)."""
+        return max(getattr(self.lost, "total", 0), len(self.lost))
+
+    @property
+    def lost_truncated(self) -> bool:
+        return self.lost_total > len(self.lost)
+
+    def lost_by_table(self) -> dict[str, int]:
+        counts = getattr(self.lost, "counts", None)
+        if counts and self.lost_truncated:
+            return {t: sum(cols.values()) for t, cols in counts.items()}
+        out: dict[str, int] = {}
+        for item in self.lost:
+            out[item["table"]] = out.get(item["table"], 0) + 1
+        return out
+
+    def iter_lost(self) -> Any:
+        """Every lost value, streamed from the bundle's rows.db when ``lost`` is only a sample
+        (and that file still exists — a dry run's bundle is gone when it ends)."""
+        source = getattr(self.lost, "source", None)
+        if self.lost_truncated and source:
+            from pathlib import Path
+
+            from recovery.report.lost import stream_file
+
+            if Path(source).is_file():
+                return stream_file(source)
+        return iter(self.lost)
+
+    def not_carried(self) -> list[dict[str, Any]]:
+        """Every bundle record the re-import did not carry, once per (table, key): the conflicting
+        rows whose unit was skipped (``unique``, ``update_deleted``, ``constraint`` …) and the rows
+        skipped with their unit (``skipped_rows``)."""
+        out: dict[tuple[str, tuple[Any, ...]], dict[str, Any]] = {}
+        for c in self.conflicts:
+            if c.resolution == "skipped":
+                k = (c.table, tuple(c.key))
+                if k not in out:
+                    out[k] = {"table": c.table, "key": list(c.key), "label": c.label,
+                              "reason": f"{c.kind.replace('_', ' ')} conflict" + (f": {c.detail}" if c.detail else "")}
+        for r in self.skipped_rows:
+            key = r.get("key")
+            k = (r["table"], tuple(key) if isinstance(key, (list, tuple)) else (key,))
+            if k not in out:
+                out[k] = {"table": r["table"], "key": list(k[1]), "label": r.get("label"),
+                          "reason": str(r.get("reason") or "its unit was skipped")}
+        return list(out.values())
+
+    def verdict(self, late: dict[str, Any] | None = None) -> Verdict:
+        """The one verdict of this outcome (with the end-of-run late-commit check ``late``)."""
+        files = self.files or {}
+        v = self.verification or {}
+        return judge(aborted=self.aborted, verification_failed=bool(v) and not v.get("ok"),
+                     lost=self.lost_total, conflicts=len(self.conflicts), not_carried=len(self.not_carried()),
+                     deletes_for_review=len(self.deletes_for_review),
+                     files_missing=_count(files.get("missing")), files_unsafe=_count(files.get("unsafe")),
+                     late=late)
+
+    @property
+    def exit_code(self) -> int:
+        return self.verdict().exit_code
+
+    def to_json(self) -> str:
+        """The saved form (``outcome.json``, format ``recovery-outcome/1``; docs/REPORT.md)."""
+        return outcome_to_json(self)
+
+    @staticmethod
+    def from_json(text: str | bytes) -> Outcome:
+        """Read the saved form back; refuses (``OutcomeFormatError``) anything but that exact shape."""
+        return outcome_from_json(text)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "bundle_id": self.bundle_id, "target": self.target, "policy": self.policy, "dry_run": self.dry_run,
+            "already_applied": self.already_applied, "aborted": self.aborted,
+            "tables": {n: asdict(t) for n, t in sorted(self.tables.items())},
+            "conflicts": [c.to_dict() for c in self.conflicts],
+            "remapped": [asdict(r) for r in self.remaps],
+            "lost": list(self.lost), "lost_total": self.lost_total, "lost_truncated": self.lost_truncated,
+            "deletes_for_review": self.deletes_for_review, "skipped_rows": self.skipped_rows,
+            "files": self.files, "verification": self.verification,
+            "triggers_suspended": self.triggers_suspended, "sequences": self.sequences,
+            "conflicts_mode": self.conflicts_mode,
+            "totals": {
+                "inserted": sum(t.inserted for t in self.tables.values()),
+                "updated": sum(t.updated for t in self.tables.values()),
+                "deleted": sum(t.deleted for t in self.tables.values()),
+                "skipped": sum(t.skipped for t in self.tables.values()),
+                "remapped": len(self.remaps), "conflicts": len(self.conflicts), "lost": self.lost_total,
+            },
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# the verdict: one function over the outcome, read by the terminal, the exit code and every report
+
+ALL_RECOVERED = "all recovered"
+REVIEW_NEEDED = "review needed"
+FAILED = "failed"
+VERDICT_EXIT = {ALL_RECOVERED: 0, REVIEW_NEEDED: 1, FAILED: 3}
+"""Each verdict's exit code (``recovery.errors.ExitCode``: OK, REVIEW, FAILED)."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """``verdict``: one of :data:`VERDICT_EXIT`'s keys; ``reasons``: plain sentences, one per
+    thing to look at (empty exactly when everything was recovered)."""
+
+    verdict: str
+    reasons: tuple[str, ...] = ()
+
+    @property
+    def exit_code(self) -> int:
+        return VERDICT_EXIT[self.verdict]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"verdict": self.verdict, "reasons": list(self.reasons), "exit_code": self.exit_code}
+
+
+def _count(v: Any) -> int:
+    """A count from a list (the relink's ``missing``), a number, or nothing."""
+    if isinstance(v, bool) or v is None:
+        return 0
+    if isinstance(v, int):
+        return v
+    return len(v) if isinstance(v, (list, tuple, dict)) else 0
+
+
+def judge(*, aborted: bool = False, verification_failed: bool = False, lost: int = 0, conflicts: int = 0,
+          not_carried: int = 0, deletes_for_review: int = 0, files_missing: int = 0, files_unsafe: int = 0,
+          late: dict[str, Any] | None = None, run_files: bool = True) -> Verdict:
+    """The verdict from the facts of a run (or of a bundle before its re-import): ``failed`` when
+    the re-import aborted or verification failed, else ``review needed`` when anything is left for
+    a person (lost values, conflicts, records not carried, rows restored for review, files missing
+    or unsafe, late commits into the replaced database), else ``all recovered``. ``run_files``:
+    the reasons name the run folder's file that lists each (off for a bundle report, which has none)."""
+    reasons = []
+    if aborted:
+        reasons.append("the re-import aborted on conflicts: nothing was re-imported")
+    if verification_failed:
+        reasons.append("verification failed (integrity, foreign keys, row counts or revision)")
+    if not_carried:
+        reasons.append(f"{not_carried} record(s) not carried back"
+                       + (", listed whole in not_carried.csv" if run_files else ""))
+    if lost:
+        reasons.append(f"{lost} value(s) with no place in the old release"
+                       + (", listed in lost_values.csv" if run_files else ""))
+    if conflicts:
+        reasons.append(f"{conflicts} conflict(s), listed in conflicts.csv")
+    if deletes_for_review:
+        reasons.append(f"{deletes_for_review} row(s) deleted after the deploy were restored, listed in "
+                       "deletes_for_review.csv (delete them again with `recovery apply-deletes`)")
+    if files_missing:
+        reasons.append(f"{files_missing} uploaded file(s) missing")
+    if files_unsafe:
+        reasons.append(f"{files_unsafe} uploaded file path(s) refused as unsafe")
+    late = late or {}
+    if late.get("needs_review"):
+        n = late.get("late_commits") if late.get("checked") else None
+        reasons.append(f"{'an unknown number of' if n is None else n} row change(s) committed into the replaced "
+                       "database after the safety copy are not in the restored one, listed in late_commits.json")
+    if aborted or verification_failed:
+        return Verdict(FAILED, tuple(reasons))
+    return Verdict(REVIEW_NEEDED if reasons else ALL_RECOVERED, tuple(reasons))
+
+
+def verdict_exit_code(verdict: str | None) -> int:
+    """The exit code of a verdict as written in report.json (an unknown one: review)."""
+    return VERDICT_EXIT.get(str(verdict), 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# the saved outcome: versioned JSON (never pickle), read back with strict validation
+
+OUTCOME_FORMAT = "recovery-outcome/1"
+"""The ``format`` field of ``outcome.json`` (docs/REPORT.md describes the shape)."""
+
+
+class OutcomeFormatError(ValueError):
+    """A saved outcome that is not exactly the documented shape; the message names the field."""
+
+
+def encode_value(v: Any) -> Any:
+    """``v`` as JSON: scalars as themselves, lists as lists, dicts with text keys as objects; the
+    values JSON has no form for are tagged objects with one ``$``-key: ``{"$bytes": hex}``,
+    ``{"$float": "inf"|"-inf"|"nan"}``, ``{"$tuple": [...]}``, and ``{"$dict": [[k, v], ...]}``
+    for a dict whose keys are not all text or start with ``$``."""
+    if v is None or isinstance(v, (bool, int, str)):
+        return v
+    if isinstance(v, float):
+        return v if v == v and v not in (float("inf"), float("-inf")) else {"$float": repr(v)}
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return {"$bytes": bytes(v).hex()}
+    if isinstance(v, tuple):
+        return {"$tuple": [encode_value(x) for x in v]}
+    if isinstance(v, list):
+        return [encode_value(x) for x in v]
+    if isinstance(v, dict):
+        if all(isinstance(k, str) and not k.startswith("$") for k in v):
+            return {k: encode_value(x) for k, x in v.items()}
+        return {"$dict": [[encode_value(k), encode_value(x)] for k, x in v.items()]}
+    raise TypeError(f"cannot save a {type(v).__name__} in outcome.json")
+
+
+def decode_value(v: Any, where: str = "value") -> Any:
+    """The inverse of :func:`encode_value`; anything else is refused with the path of the field."""
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    if isinstance(v, list):
+        return [decode_value(x, f"{where}[{i}]") for i, x in enumerate(v)]
+    if not isinstance(v, dict):
+        raise OutcomeFormatError(f"{where}: unexpected {type(v).__name__}")
+    tags = [k for k in v if k.startswith("$")]
+    if not tags:
+        return {k: decode_value(x, f"{where}.{k}") for k, x in v.items()}
+    if len(v) != 1:
+        raise OutcomeFormatError(f"{where}: a tagged value has exactly one key")
+    tag, body = tags[0], v[tags[0]]
+    if tag == "$bytes" and isinstance(body, str):
+        try:
+            return bytes.fromhex(body)
+        except ValueError:
+            raise OutcomeFormatError(f"{where}: $bytes is not hex") from None
+    if tag == "$float" and body in ("inf", "-inf", "nan"):
+        return float(body)
+    if tag == "$tuple" and isinstance(body, list):
+        return tuple(decode_value(x, f"{where}[{i}]") for i, x in enumerate(body))
+    if tag == "$dict" and isinstance(body, list) and all(isinstance(p, list) and len(p) == 2 for p in body):
+        out = {}
+        for i, (k, x) in enumerate(body):
+            key = decode_value(k, f"{where}.$dict[{i}]")
+            try:
+                out[key] = decode_value(x, f"{where}.$dict[{i}]")
+            except TypeError:
+                raise OutcomeFormatError(f"{where}.$dict[{i}]: a key must be a scalar or tuple") from None
+        return out
+    raise OutcomeFormatError(f"{where}: unknown or malformed tag {tag!r}")
+
+
+def _expect(value: Any, kind: type | tuple[type, ...], where: str) -> Any:
+    ok = isinstance(value, kind) and not (isinstance(value, bool) and kind in (int, (int,)))
+    if not ok:
+        names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+        raise OutcomeFormatError(f"{where}: expected {names}, found {type(value).__name__}")
+    return value
+
+
+def _fields(obj: Any, names: set[str], where: str, optional: set[str] = frozenset()) -> dict[str, Any]:  # type: ignore[assignment]
+    _expect(obj, dict, where)
+    unknown, missing = set(obj) - names, names - optional - set(obj)
+    if unknown:
+        raise OutcomeFormatError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
+    if missing:
+        raise OutcomeFormatError(f"{where}: missing field(s) {', '.join(sorted(missing))}")
+    return obj
+
+
+_OUTCOME_FIELDS = {"format", "bundle_id", "target", "policy", "dry_run", "already_applied", "aborted", "tables",
+                   "conflicts", "remaps", "lost", "deletes_for_review", "skipped_rows", "files", "verification"}
+_OUTCOME_OPTIONAL = {"conflicts_mode", "triggers_suspended", "sequences"}
+"""Fields an older ``outcome.json`` may lack (read with their default)."""
+_TABLE_INTS = [f for f in TableOutcome.__dataclass_fields__ if f != "table"]
+_CONFLICT_FIELDS = set(Conflict.__dataclass_fields__)
+_LOST_FIELDS = {"sample", "total", "counts", "source"}
+
+
+def _outcome_to_data(o: Outcome) -> dict[str, Any]:
+    lost = o.lost
+    return {
+        "format": OUTCOME_FORMAT, "bundle_id": o.bundle_id, "target": o.target, "policy": o.policy,
+        "dry_run": o.dry_run, "already_applied": o.already_applied, "aborted": o.aborted,
+        "tables": {n: {f: getattr(t, f) for f in _TABLE_INTS} for n, t in o.tables.items()},
+        "conflicts": [{f: encode_value(getattr(c, f)) for f in _CONFLICT_FIELDS} for c in o.conflicts],
+        "remaps": [{"table": r.table, "old_key": encode_value(r.old_key), "new_key": encode_value(r.new_key)}
+                   for r in o.remaps],
+        "lost": {"sample": encode_value(list(lost)), "total": o.lost_total,
+                 "counts": encode_value(getattr(lost, "counts", None) or {}), "source": getattr(lost, "source", None)},
+        "deletes_for_review": encode_value(o.deletes_for_review), "skipped_rows": encode_value(o.skipped_rows),
+        "files": encode_value(o.files), "verification": encode_value(o.verification),
+        "conflicts_mode": o.conflicts_mode,
+        "triggers_suspended": list(o.triggers_suspended), "sequences": encode_value(o.sequences),
+    }
+
+
+def _list_of_dicts(v: Any, where: str) -> list[dict[str, Any]]:
+    items = decode_value(_expect(v, list, where), where)
+    for i, item in enumerate(items):
+        _expect(item, dict, f"{where}[{i}]")
+    return items
+
+
+def _outcome_from_data(d: Any) -> Outcome:
+    _fields(d, _OUTCOME_FIELDS | _OUTCOME_OPTIONAL, "outcome", _OUTCOME_OPTIONAL)
+    mode = _expect(d.get("conflicts_mode", ConflictMode.CELL.value), str, "conflicts_mode")
+    if mode not in {m.value for m in ConflictMode}:
+        raise OutcomeFormatError(f"conflicts_mode: {mode!r} is not one of cell, row")
+    if d["format"] != OUTCOME_FORMAT:
+        raise OutcomeFormatError(f"format: {d['format']!r} is not {OUTCOME_FORMAT}")
+    for f in ("bundle_id", "target", "policy"):
+        _expect(d[f], str, f)
+    for f in ("dry_run", "already_applied", "aborted"):
+        _expect(d[f], bool, f)
+    tables = {}
+    for name, t in _expect(d["tables"], dict, "tables").items():
+        _fields(t, set(_TABLE_INTS), f"tables.{name}")
+        tables[name] = TableOutcome(name, **{f: _expect(t[f], int, f"tables.{name}.{f}") for f in _TABLE_INTS})
+    conflicts = []
+    for i, c in enumerate(_expect(d["conflicts"], list, "conflicts")):
+        where = f"conflicts[{i}]"
+        _fields(c, _CONFLICT_FIELDS, where)
+        vals = {f: decode_value(c[f], f"{where}.{f}") for f in _CONFLICT_FIELDS}
+        if vals["kind"] not in CONFLICT_KINDS:
+            raise OutcomeFormatError(f"{where}.kind: {vals['kind']!r} is not a conflict kind")
+        if vals["resolution"] not in RESOLUTIONS:
+            raise OutcomeFormatError(f"{where}.resolution: {vals['resolution']!r} is not a resolution")
+        _expect(vals["table"], str, f"{where}.table")
+        vals["key"] = tuple(_expect(vals["key"], (list, tuple), f"{where}.key"))
+        for f in ("column", "label"):
+            if vals[f] is not None:
+                _expect(vals[f], str, f"{where}.{f}")
+        _expect(vals["detail"], str, f"{where}.detail")
+        conflicts.append(Conflict(**vals))
+    remaps = []
+    for i, r in enumerate(_expect(d["remaps"], list, "remaps")):
+        _fields(r, {"table", "old_key", "new_key"}, f"remaps[{i}]")
+        remaps.append(Remap(_expect(r["table"], str, f"remaps[{i}].table"),
+                            decode_value(r["old_key"], f"remaps[{i}].old_key"),
+                            decode_value(r["new_key"], f"remaps[{i}].new_key")))
+    lost_d = _fields(d["lost"], _LOST_FIELDS, "lost")
+    sample = _list_of_dicts(lost_d["sample"], "lost.sample")
+    counts = decode_value(_expect(lost_d["counts"], dict, "lost.counts"), "lost.counts")
+    for t, cols in counts.items():
+        for c, n in _expect(cols, dict, f"lost.counts.{t}").items():
+            _expect(n, int, f"lost.counts.{t}.{c}")
+    if lost_d["source"] is not None:
+        _expect(lost_d["source"], str, "lost.source")
+    from recovery.report.lost import LostValues
+
+    lost = LostValues(sample, _expect(lost_d["total"], int, "lost.total"), counts, lost_d["source"])
+    suspended = _expect(d.get("triggers_suspended", []), list, "triggers_suspended")
+    for i, name in enumerate(suspended):
+        _expect(name, str, f"triggers_suspended[{i}]")
+    sequences = _list_of_dicts(d.get("sequences", []), "sequences")
+    files = d["files"]
+    if files is not None:
+        files = decode_value(_expect(files, dict, "files"), "files")
+    return Outcome(
+        d["bundle_id"], d["target"], d["policy"], d["dry_run"], already_applied=d["already_applied"],
+        tables=tables, conflicts=conflicts, remaps=remaps, lost=lost,
+        deletes_for_review=_list_of_dicts(d["deletes_for_review"], "deletes_for_review"),
+        skipped_rows=_list_of_dicts(d["skipped_rows"], "skipped_rows"), files=files,
+        verification=decode_value(_expect(d["verification"], dict, "verification"), "verification"),
+        aborted=d["aborted"], conflicts_mode=mode, triggers_suspended=suspended, sequences=sequences)
+
+
+def outcome_to_json(outcome: Outcome) -> str:
+    """``outcome`` as the text of ``outcome.json`` (format :data:`OUTCOME_FORMAT`)."""
+    import json
+
+    return json.dumps(_outcome_to_data(outcome), ensure_ascii=False, allow_nan=False, sort_keys=True)
+
+
+def outcome_from_json(text: str | bytes) -> Outcome:
+    """Parse ``outcome.json``: only data, never code; every field is checked against the
+    documented shape, and anything unknown, missing or mistyped raises :class:`OutcomeFormatError`."""
+    import json
+
+    try:
+        data = json.loads(text, parse_constant=lambda c: (_ for _ in ()).throw(OutcomeFormatError(f"bare {c}")))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise OutcomeFormatError(f"not valid JSON ({exc})") from None
+    return _outcome_from_data(data)
+

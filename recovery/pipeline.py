@@ -908,23 +908,14 @@ def _save_outcome(run_dir: Path, outcome: Outcome) -> None:
     os.replace(tmp, run_dir / OUTCOME_FILE)
 
 
-def read_outcome_file(path: Path) -> Outcome:
-    """``outcome.json`` read back as data only; a file of any other shape is refused (exit 2)."""
-    from recovery.model.outcome import OutcomeFormatError
-
-    try:
-        return Outcome.from_json(path.read_bytes())
-    except OutcomeFormatError as exc:
-        raise RecoveryError(f"{path} is not a {OUTCOME_FORMAT} file ({exc})",
-                            "the run folder was changed by hand; use a copy made by `recovery` itself") from None
-
-
 def _load_outcome(run_dir: Path, bundle: Bundle, db: Path, policy: ConflictPolicy) -> Outcome:
     """The re-import's outcome: the run folder's ``outcome.json``, else the copy the re-import
     committed into the live DB with its data (a run killed between that commit and the journal),
     else an empty ``already_applied`` outcome."""
     p = run_dir / OUTCOME_FILE
     if p.is_file():
+        from recovery.report.runfiles import read_outcome_file  # pandas/matplotlib load only when needed
+
         return read_outcome_file(p)
     recorded = _recorded_outcome(db, bundle.bundle_id)
     if recorded is not None:

@@ -12,7 +12,11 @@ from typing import Any
 import sqlalchemy as sa
 
 IGNORED_TABLES = frozenset({"sqlite_sequence", "sqlite_stat1", "sqlite_stat4"})
-BOOKKEEPING_TABLES = frozenset({"alembic_version", "_recovery_applied", "_recovery_deletes_applied"})
+APPLIED_TABLE = "_recovery_applied"
+"""The re-import's record in the target: one row per bundle applied (and its outcome)."""
+APPLIED_DELETES_TABLE = "_recovery_deletes_applied"
+"""``recovery apply-deletes``' record in the target: one row per reviewed delete carried out."""
+BOOKKEEPING_TABLES = frozenset({"alembic_version", APPLIED_TABLE, APPLIED_DELETES_TABLE})
 
 
 @dataclass(frozen=True)

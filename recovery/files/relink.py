@@ -813,7 +813,7 @@ def uploads_state(backup: str | os.PathLike[str], uploads_root: str | os.PathLik
     backup without one falls back to the backup's own file records (path, hash, size). ``index``
     is a walk of ``uploads_root`` already made (relink passes its plan's), so the folder is walked
     and each file hashed once."""
-    from recovery.capture.snapshot import read_manifest
+    from recovery.capture.manifest import read_manifest
     from recovery.engine.sqlite_io import readonly
 
     root = Path(uploads_root)

@@ -546,7 +546,7 @@ def copy_files_into_bundle(
     import json
     import sqlite3
 
-    from recovery.capture.snapshot import deploy_time_of, read_manifest
+    from recovery.capture.manifest import deploy_time_of, read_manifest
     from recovery.engine.sqlite_io import readonly
     from recovery.engine.sqlbuild import col, sql, table
     from sqlglot import exp

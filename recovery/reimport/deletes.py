@@ -39,12 +39,11 @@ from recovery.bundle.store import Bundle, open_bundle, write_json_atomic
 from recovery.reimport import triggers
 from recovery.errors import ExitCode, RecoveryError
 from recovery.model.outcome import Conflict
-from recovery.engine.schema import Schema, Table, reflect
+from recovery.engine.schema import APPLIED_DELETES_TABLE, Schema, Table, reflect
 from recovery.engine.sqlbuild import and_all, col, is_same, sql, table
 from recovery.engine.sqlite_io import _uri, check_sqlite_file, consistent_copy, readonly, wait_for_write_lock
 from recovery.engine.timebound import statement_time_limit
 
-APPLIED_DELETES_TABLE = "_recovery_deletes_applied"
 RESULT_FILE = "deletes_applied.json"
 BASE = "rb"
 """Alias under which the bundle's ``base.db`` (backup images) is attached, read-only."""

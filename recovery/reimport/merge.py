@@ -41,12 +41,11 @@ from recovery.reimport.constraints import Rules, UniqueRule, read_rules, strict_
 from recovery.errors import ExitCode, RecoveryError
 from recovery.files.uploads import FilesConfig
 from recovery.model.outcome import Conflict, ConflictMode, ConflictPolicy, Outcome, Prefer, Remap, TableOutcome
-from recovery.engine.schema import Schema, Table
+from recovery.engine.schema import APPLIED_TABLE, Schema, Table
 from recovery.engine.sqlbuild import and_all, col, is_distinct, is_same, or_all, sql, table
 from recovery.transpile.passes import BASE_DB, BUNDLE_DB, KIND, Plan, TablePlan
 from recovery.transpile.passes import plan as make_plan
 
-APPLIED_TABLE = "_recovery_applied"
 JSON_BATCH = 500
 """JSON cells changed on both sides are read into Python (:mod:`recovery.reimport.jsonmerge`) this many at a time."""
 KILL_ENV = "RECOVERY_TEST_KILL_AFTER_STATEMENTS"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from recovery.capture.snapshot import release_tag
+from recovery.capture.manifest import release_tag
 
 
 def _release(backup: Path | None, revision: str | None) -> str:

@@ -196,9 +196,9 @@ def detect_renames(
             .from_(sample.subquery(exp.TableAlias(this=exp.to_identifier("o", quoted=True))))
             .join(table(tname, "new", "n"), on=key_join(key, "o", "n"))
         )
-        from recovery.compare.evidence import _untouched
+        from recovery.compare.evidence import untouched_condition
 
-        untouched = _untouched(new_t, since_jd)
+        untouched = untouched_condition(new_t, since_jd)
         if untouched is not None:
             query = query.where(untouched)
         row = pair.execute(sql(query)).fetchone()

@@ -42,7 +42,7 @@ from sqlglot import exp
 
 from recovery.bundle.store import Bundle
 from recovery.errors import RecoveryError
-from recovery.files.uploads import UNRECORDED_DIR, FilesConfig, UploadsIndex, _Under, sane_mode, sha256_bytes_of, write_under
+from recovery.files.uploads import UNRECORDED_DIR, FilesConfig, UploadsIndex, SafeRoot, sane_mode, sha256_bytes_of, write_under
 from recovery.engine.sqlbuild import and_all, col, ident, is_same, sql, table
 from recovery.engine.timebound import statement_time_limit
 
@@ -282,9 +282,9 @@ class RelinkPlan:
     index: UploadsIndex | None = field(default=None, repr=False, compare=False)
 
 
-def _recovered_name(root: Path, rel: str, sha: str, under: _Under | None = None) -> tuple[str, Path] | None:
+def _recovered_name(root: Path, rel: str, sha: str, under: SafeRoot | None = None) -> tuple[str, Path] | None:
     """A free (or already identical) sibling path for the bundle's copy of ``rel``."""
-    safe = under or _Under(root)
+    safe = under or SafeRoot(root)
     pure = PurePosixPath(rel)
     for n in range(1, 100):
         extra = "" if n == 1 else f"-{n}"
@@ -313,13 +313,13 @@ class _Planner:
         self.r: dict[str, list[dict[str, Any]]] = self.plan.report
         self.fix_at: dict[tuple[Any, str], LinkFix] = {}
         self.claimed: set[str] = set()  # paths written by this plan (never written twice)
-        self.bunder = _Under(bundle.files_dir)
+        self.bunder = SafeRoot(bundle.files_dir)
         # the source files' modes as extract recorded them, by stored path
         listed = (bundle.manifest.get("files") or {})
         self.modes: dict[Any, int] = {e.get("path"): e["mode"] for e in [*(listed.get("records") or []),
                                                                          *(listed.get("unrecorded") or [])]
                                       if isinstance(e, dict) and isinstance(e.get("mode"), int)}
-        self.uunder = _Under(bundle.files_dir / UNRECORDED_DIR)
+        self.uunder = SafeRoot(bundle.files_dir / UNRECORDED_DIR)
         # The schemas do not change while planning: read each PRAGMA once.
         self._meta: dict[tuple[Any, ...], Any] = {}
         # Bundle rows by (table, key column) -> key -> rows, loaded for the keys asked for.
@@ -718,7 +718,7 @@ def plan_relink(bundle: Bundle, conn: sqlite3.Connection, root: Path, files: Fil
                 remaps: Iterable[Any] | None = None) -> RelinkPlan:
     """What relink would do, reading only. ``conn`` is the target (bundle ``rows.db`` is attached
     read-only for the duration). ``remaps`` are the re-import's ``Remap(table, old_key, new_key)``."""
-    from recovery.engine.sqlite_io import _uri
+    from recovery.engine.sqlite_io import file_uri
 
     root_p = Path(root)
     if not root_p.is_dir():
@@ -727,7 +727,7 @@ def plan_relink(bundle: Bundle, conn: sqlite3.Connection, root: Path, files: Fil
     if cfg is None:
         return RelinkPlan(root_p, None, report={k: [] for k in REPORT_LISTS})
     rmap = None if remaps is None else {(r.table, r.old_key): r.new_key for r in remaps}
-    conn.execute("ATTACH DATABASE ? AS relink_bundle", (_uri(bundle.rows_db, mode="ro"),))
+    conn.execute("ATTACH DATABASE ? AS relink_bundle", (file_uri(bundle.rows_db, mode="ro"),))
     try:
         with statement_time_limit(conn):  # the bundle's rows are untrusted: no statement runs unbounded
             return _Planner(bundle, conn, root_p, cfg, rmap).run()

@@ -274,7 +274,7 @@ def _resolve_str(path: str) -> str:
     return real
 
 
-class _Under:
+class SafeRoot:
     """:func:`safe_path` for many paths under one root, resolved once (symlinks in every stored
     path are still resolved, each time it is asked)."""
 
@@ -296,10 +296,10 @@ def safe_path(root: Path, stored: str) -> Path | None:
     (absolute, contains ``..``, a NUL, or resolves — symlinks included — outside the root)."""
     if not _stored_ok(stored):
         return None
-    return _Under(root)(stored)
+    return SafeRoot(root)(stored)
 
 
-def _scan(under: _Under) -> list[tuple[str, str, os.stat_result]]:
+def _scan(under: SafeRoot) -> list[tuple[str, str, os.stat_result]]:
     """(relative path, real path, stat) of every regular file under ``under``'s root that resolves
     inside it, sorted as :func:`os.walk` with sorted names gives them (a folder's files, then its
     folders). Symlinked folders are not entered; a symlink is resolved and kept only when it leads
@@ -382,7 +382,7 @@ class UploadsIndex:
     with ``./`` or ``//`` — is resolved on disk, symlinks included, as before."""
 
     def __init__(self, root: str | os.PathLike[str]):
-        self.under = _Under(Path(root))
+        self.under = SafeRoot(Path(root))
         self.real = self.under.real
         self.files: dict[str, tuple[str, os.stat_result]] = {rel: (real, st) for rel, real, st in _scan(self.under)}
         self._sha: dict[str, str] = {}
@@ -416,7 +416,7 @@ class UploadsIndex:
 
 def iter_uploads(root: Path) -> Iterator[FileEntry]:
     """Every regular file under ``root`` (sorted; symlinks leading outside are skipped)."""
-    under = _Under(root)
+    under = SafeRoot(root)
     for rel, real, st in _scan(under):
         yield FileEntry(rel, st.st_size, sha256_bytes_of(real, under.real), round(st.st_mtime, 6))
 

@@ -34,7 +34,7 @@ import sqlglot
 from sqlglot import exp
 
 from recovery.errors import ExitCode, RecoveryError
-from recovery.migrate.migrations import Env, _config, is_stub, migrate_capture, track
+from recovery.migrate.migrations import Env, config_from_ini, is_stub, migrate_capture, track
 from recovery.migrate.sandbox import MigrationFailed, Sandbox
 from recovery.engine.schema import BOOKKEEPING_TABLES, Schema, alembic_revision, reflect
 from recovery.engine.sqlbuild import col, ident, table
@@ -181,7 +181,7 @@ def check(
     from alembic.script import ScriptDirectory
     from alembic.util.exc import CommandError
 
-    script = ScriptDirectory.from_config(_config(alembic_ini))
+    script = ScriptDirectory.from_config(config_from_ini(alembic_ini))
     db_rev, db_has_schema = None, False
     if db is not None:
         with readonly(db, "database") as conn:

@@ -38,7 +38,8 @@ class RevisionInfo:
     path: str
 
 
-def _config(alembic_ini: str | os.PathLike[str]) -> Any:
+def config_from_ini(alembic_ini: str | os.PathLike[str]) -> Any:
+    """The application's alembic ``Config``; a missing ini is refused with one clear line."""
     from alembic.config import Config
 
     ini = Path(alembic_ini)
@@ -75,7 +76,7 @@ def revisions_between(alembic_ini: str | os.PathLike[str], upper: str, lower: st
     from alembic.script import ScriptDirectory
     from alembic.util.exc import CommandError
 
-    script = ScriptDirectory.from_config(_config(alembic_ini))
+    script = ScriptDirectory.from_config(config_from_ini(alembic_ini))
     try:
         revs = list(script.iterate_revisions(upper, lower))
     except CommandError as exc:
@@ -386,5 +387,5 @@ def migrate_capture(
 
     if direction not in ("upgrade", "downgrade"):
         raise ValueError(direction)
-    _config(alembic_ini)
+    config_from_ini(alembic_ini)
     return migrate_once(alembic_ini, db, direction, target, protect)

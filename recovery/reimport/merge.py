@@ -1277,17 +1277,17 @@ def _count(conn: sqlite3.Connection, name: str) -> int:
 
 
 def attach_bundle(conn: sqlite3.Connection, bundle: Bundle) -> None:
-    from recovery.engine.sqlite_io import _uri
+    from recovery.engine.sqlite_io import file_uri
 
-    conn.execute(f"ATTACH DATABASE ? AS {BUNDLE_DB}", (_uri(bundle.rows_db, mode="ro"),))
-    conn.execute(f"ATTACH DATABASE ? AS {BASE_DB}", (_uri(bundle.base_db, mode="ro"),))
+    conn.execute(f"ATTACH DATABASE ? AS {BUNDLE_DB}", (file_uri(bundle.rows_db, mode="ro"),))
+    conn.execute(f"ATTACH DATABASE ? AS {BASE_DB}", (file_uri(bundle.base_db, mode="ro"),))
 
 
 def open_target(path: Path, timeout: float) -> sqlite3.Connection:
-    from recovery.engine.sqlite_io import _uri, check_sqlite_file
+    from recovery.engine.sqlite_io import file_uri, check_sqlite_file
 
     p = check_sqlite_file(path, "target database")
-    conn = sqlite3.connect(_uri(p, mode="rw"), uri=True, isolation_level=None, timeout=0.2)
+    conn = sqlite3.connect(file_uri(p, mode="rw"), uri=True, isolation_level=None, timeout=0.2)
     conn.execute("PRAGMA foreign_keys = OFF")  # no cascade may fire; integrity is checked before commit
     conn.execute("PRAGMA temp_store = FILE")  # staged rows spill to a temp file: bounded RSS at any size
     return conn

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from recovery.errors import RecoveryError
-from recovery.engine.holders import PENDING_BYTE, WALINDEX_LOCK_OFFSET, _Flock
+from recovery.engine.holders import PENDING_BYTE, WALINDEX_LOCK_OFFSET, Flock
 from recovery.engine.sqlbuild import col, sql, table
 from recovery.engine.sqlite_io import fsync_dir, is_wal_file, sidecars, wait_for_write_lock
 
@@ -47,7 +47,7 @@ def _ofd_lock(fd: int, kind: int, start: int, length: int) -> bool:
     cmd = getattr(fcntl, "F_OFD_SETLK", None)
     if cmd is None:
         return True
-    lk = _Flock(kind, os.SEEK_SET, start, length, 0)
+    lk = Flock(kind, os.SEEK_SET, start, length, 0)
     try:
         fcntl.fcntl(fd, cmd, bytes(lk))
     except OSError:

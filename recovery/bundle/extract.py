@@ -208,8 +208,8 @@ def close_foreign_keys(conn: sqlite3.Connection, a: Analysis, counts: dict[str, 
     not copied.
 
     The bundle sides are uncorrelated ``IN (SELECT …)`` lists: SQLite materialises each once and
-    drives the parent by its key, linear in the bundle size (correlated EXISTS over the unindexed
-    bundle tables was parent rows × bundle rows: hours at 1M parts)."""
+    drives the parent by its key, linear in the bundle size (a correlated EXISTS over the unindexed
+    bundle tables would cost parent rows × bundle rows: hours at 1M parts)."""
     for _ in range(len(a.new.tables) + 1):
         added = 0
         for name in a.bundle_tables:

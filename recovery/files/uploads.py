@@ -379,7 +379,8 @@ class UploadsIndex:
     :meth:`resolve` answers as :func:`safe_path` does: a stored path the walk listed is a plain
     relative path reached through real folders (its real path is known, and it is a regular
     file); any other stored path — a missing file, a path through a symlinked folder, one spelled
-    with ``./`` or ``//`` — is resolved on disk, symlinks included, as before."""
+    with ``./`` or ``//`` — is resolved on disk, symlinks included, exactly as
+    :func:`safe_path` resolves it."""
 
     def __init__(self, root: str | os.PathLike[str]):
         self.under = SafeRoot(Path(root))

@@ -286,7 +286,7 @@ def _allow_branching(conn: Any) -> None:
     if not hasattr(conn, "connect"):
         try:
             conn.connect = lambda: contextlib.nullcontext(conn)
-        except AttributeError:  # a connection class with slots: such an env.py fails as before
+        except AttributeError:  # a connection class with slots: such an env.py fails as it would unguarded
             pass
 
 

@@ -4,7 +4,7 @@
 foreign_key_check`` each read the whole database, so they run at the same time on two read-only
 connections in two threads (Python's sqlite3 releases the GIL while SQLite works). :func:`verify`
 runs the same checks one after the other on a connection the caller already has. Both return the
-same dict; each check reads one committed state of the file, as before.
+same dict; each check reads one committed state of the file.
 """
 from __future__ import annotations
 

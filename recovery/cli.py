@@ -196,7 +196,7 @@ def sample_cmd(out_dir: Path, parts: int, seed: int) -> None:
 @output_options
 def snapshot_cmd(db: Path, out_dir: Path | None, uploads: Path | None, app_dir: Path | None, fmt: str) -> None:
     """Take a WAL-safe backup of DB (SQLite's online backup API, correct while the app writes)
-    named DB.bak.YYYYMMDD_HHMMSS, with DB.bak.…​.manifest.json beside it.
+    named DB.bak.YYYYMMDD_HHMMSS, with DB.bak.….manifest.json beside it.
 
     Example:
 
@@ -532,7 +532,7 @@ def demo_cmd(out_dir: Path | None, parts: int, seed: int) -> None:
     import tempfile
 
     from recovery.sample import app_dir, generate
-    from recovery.model.outcome import ConflictMode, ConflictPolicy, Prefer
+    from recovery.model.outcome import ConflictPolicy, Prefer
     from recovery.pipeline import rollback
     from recovery.sample.generator import fresh_folder
 

@@ -23,7 +23,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from recovery.bundle.store import Bundle, open_bundle, write_json_atomic
 from recovery.errors import ExitCode, RecoveryError
@@ -204,9 +205,9 @@ def check_writable(path: Path, role: str) -> None:
         probe = probe.parent
     if probe.exists() and not probe.is_dir() and probe != p:
         raise RecoveryError(f"{role} {p}: {probe} is a file, not a folder; nothing was changed", "choose another path")
-    if p.exists() and p.is_dir() and not os.access(p, os.W_OK | os.X_OK) or \
-            not p.exists() and not os.access(probe, os.W_OK | os.X_OK) or \
-            p.is_file() and not os.access(p, os.W_OK):
+    if (p.exists() and p.is_dir() and not os.access(p, os.W_OK | os.X_OK)) or \
+            (not p.exists() and not os.access(probe, os.W_OK | os.X_OK)) or \
+            (p.is_file() and not os.access(p, os.W_OK)):
         raise RecoveryError(f"{role} {p} is not writable{'' if p.exists() else f' ({probe} is not)'}; nothing was changed",
                             "check the folder's owner, mode and mount (read-only?), or choose another --out")
 

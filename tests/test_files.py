@@ -355,7 +355,7 @@ def test_unsafe_paths_are_refused_and_nothing_outside_is_touched(world_copy: Pat
 
 
 def test_symlink_out_of_the_uploads_folder_is_refused(world_copy: Path, tmp_path: Path, applied: Path) -> None:
-    db, backup, uploads = paths(world_copy)
+    db, _backup, uploads = paths(world_copy)
     outside = tmp_path / "outside"
     outside.mkdir()
     secret = outside / "secret.pdf"
@@ -441,7 +441,7 @@ def test_an_upload_named_like_a_temporary_file_is_sealed_and_restored(world_copy
 
 
 def test_uploads_state_against_the_snapshot_manifest(world_copy: Path) -> None:
-    db, backup, uploads = paths(world_copy)
+    _db, backup, uploads = paths(world_copy)
     post = {f["path"] for f in truth(world_copy)["files"]}
     # no manifest beside the sample backup: the backup's own records are the baseline
     state = uploads_state(backup, uploads)

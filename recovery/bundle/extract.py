@@ -30,10 +30,9 @@ from recovery.files.uploads import FilesConfig, UploadsIndex, copy_files_into_bu
 from recovery.migrate.replay import Replayed
 from recovery.engine.schema import Schema, Table
 from recovery.reimport.sequences import read_sequences
-from recovery.engine.sqlbuild import and_all, col, is_distinct, is_same, or_all, sql, table
+from recovery.engine.sqlbuild import and_all, col, is_same, sql, table
 from recovery.engine.sqlite_io import fsync_dir, sha256_file, sidecars
-from recovery.compare.timestamps import after_expr, find_timestamp_columns
-from recovery.transpile.passes import KIND, Plan, default_value
+from recovery.transpile.passes import KIND, Plan
 from recovery.transpile.passes import plan as make_plan
 
 LABEL_COLUMNS = ("part_number", "quote_number", "code", "username", "filename", "order_number", "number",

@@ -140,11 +140,11 @@ def engine_for(conn: sqlite3.Connection) -> sa.Engine:
 
 def alembic_revision(conn: sqlite3.Connection, schema: str = "main") -> str | None:
     exists = conn.execute(
-        f"SELECT 1 FROM {schema}.sqlite_master WHERE type='table' AND name='alembic_version'"  # noqa: S608 - fixed names
+        f"SELECT 1 FROM {schema}.sqlite_master WHERE type='table' AND name='alembic_version'"  # fixed names
     ).fetchone()
     if not exists:
         return None
-    row = conn.execute(f"SELECT version_num FROM {schema}.alembic_version").fetchone()  # noqa: S608
+    row = conn.execute(f"SELECT version_num FROM {schema}.alembic_version").fetchone()
     return row[0] if row else None
 
 

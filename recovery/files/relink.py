@@ -34,7 +34,7 @@ import os
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -80,12 +80,12 @@ def _pragma(function: str, *columns: str) -> exp.Select:
         exp.Table(this=exp.Anonymous(this=function, expressions=[_ph(), _ph()])))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _sql_pragma(function: str, columns: tuple[str, ...]) -> str:
     return sql(_pragma(function, *columns))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _sql_tables(schema: str) -> str:
     return sql(exp.select(col("name")).from_(table("sqlite_master", schema)).where(and_all([
         exp.EQ(this=col("type"), expression=exp.Literal.string("table")),
@@ -96,20 +96,20 @@ def _kinds(n: int) -> exp.In:
     return _in(col(KIND), n)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _sql_bundle_rows(name: str) -> str:
     """A bundle table's rows of the bundle kinds (the kinds bound)."""
     return sql(exp.select(exp.Star()).from_(table(name, BUNDLE)).where(_kinds(len(BUNDLE_KINDS))))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _sql_fk_rows(name: str, fk_column: str) -> str:
     """A bundle table's inserted/updated rows whose ``fk_column`` names something."""
     return sql(exp.select(exp.Star()).from_(table(name, BUNDLE)).where(and_all([
         _kinds(2), exp.Not(this=exp.Is(this=col(fk_column), expression=exp.Null()))])))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _sql_entity_rows(name: str, key_col: str, files_table: str, etype: str, eid: str, n_types: int) -> str:
     """The rows of bundle table ``name`` that bundle file records (of the bundle kinds, with one of
     ``n_types`` entity types) name by ``eid``, in table order. ``=`` between two untyped bundle
@@ -120,13 +120,13 @@ def _sql_entity_rows(name: str, key_col: str, files_table: str, etype: str, eid:
                .where(exp.In(this=col(key_col, "b"), query=exp.Subquery(this=names))).order_by(col("rowid", "b")))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _sql_bundle_row(name: str, key_col: str) -> str:
     return sql(exp.select(exp.Star()).from_(table(name, BUNDLE)).where(
         exp.EQ(this=col(key_col), expression=_ph())).order_by(col("rowid")))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _sql_entity_types(files_table: str, etype: str) -> str:
     return sql(exp.select(col(etype)).distinct().from_(table(files_table, BUNDLE)).where(_kinds(len(BUNDLE_KINDS))))
 
@@ -137,7 +137,7 @@ def _record_select(name: str, pk: str, alias: str | None = None) -> exp.Select:
     return exp.select(star, exp.alias_(col(pk, alias), "_key", quoted=True)).from_(table(name, "main", alias))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _sql_record(name: str, pk: str) -> str:
     return sql(_record_select(name, pk).where(exp.EQ(this=col(pk), expression=_ph())))
 
@@ -153,7 +153,7 @@ def _sql_records(name: str, pk: str, n: int) -> str:
     return sql(q.from_(keys).join(table(name, "main", "t"), on=exp.EQ(this=col(pk, "t"), expression=col("column2", "k"))))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _sql_record_by_path(name: str, pk: str, path: str, sha: str) -> str:
     conds: list[exp.Expression] = [exp.EQ(this=col(path), expression=_ph())]
     if sha:
@@ -161,26 +161,26 @@ def _sql_record_by_path(name: str, pk: str, path: str, sha: str) -> str:
     return sql(_record_select(name, pk).where(and_all(conds)))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _sql_has_row(name: str, key_col: str, same: tuple[str, ...]) -> str:
     """``SELECT 1 FROM main.name WHERE key = ? AND c IS ? …``."""
     conds = [exp.EQ(this=col(key_col), expression=_ph()), *(is_same(col(c), _ph()) for c in same)]
     return sql(exp.select(exp.Literal.number(1)).from_(table(name, "main")).where(and_all(conds)))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _sql_key_by(name: str, key_col: str, same: tuple[str, ...]) -> str:
     """``SELECT key FROM main.name WHERE c IS ? AND …``."""
     return sql(exp.select(col(key_col)).from_(table(name, "main")).where(and_all(is_same(col(c), _ph()) for c in same)))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _sql_select(name: str, columns: tuple[str | None, ...]) -> str:
     """``SELECT c1, c2 … FROM main.name`` (NULL for a column not there)."""
     return sql(exp.select(*(col(c) if c else exp.Null() for c in columns)).from_(table(name, "main")))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _sql_update(name: str, column: str, pk: str) -> str:
     return sql(exp.Update(this=table(name, "main"), expressions=[exp.EQ(this=col(column), expression=_ph())],
                           where=exp.Where(this=exp.EQ(this=col(pk), expression=_ph()))))

@@ -218,7 +218,7 @@ class Guard:
         create_engine.__doc__ = original.__doc__
         for mod in list(sys.modules.values()):
             if getattr(mod, "create_engine", None) is original:
-                setattr(mod, "create_engine", create_engine)
+                mod.create_engine = create_engine
         assert sqlalchemy.create_engine is create_engine and sqlalchemy.engine.create_engine is create_engine
 
 
@@ -296,7 +296,7 @@ def _answer(fd: int, payload: dict[str, Any]) -> None:
         data = data[os.write(fd, data):]
 
 
-def _requests(fd: int):  # noqa: ANN202 - a generator of dicts
+def _requests(fd: int):  # a generator of dicts
     buf = b""
     while True:
         chunk = os.read(fd, 65536)
@@ -339,7 +339,7 @@ def main(argv: list[str]) -> int:
     captured: list[str] = []
 
     @sa.event.listens_for(sa.engine.Engine, "before_cursor_execute")
-    def _capture(conn, cursor, statement, parameters, context, executemany):  # noqa: ANN001
+    def _capture(conn, cursor, statement, parameters, context, executemany):
         captured.append(statement)  # every engine, the application's own included
 
     import alembic.command  # noqa: F401 - loaded once, before the first request
@@ -353,7 +353,7 @@ def main(argv: list[str]) -> int:
                 raise ValueError(f"unknown request {req.get('op')!r}")
             statements = _run_migrate(req, init, captured, engines)
             _answer(resp_fd, {"ok": True, "statements": statements, "refused": list(guard.refused)})
-        except BaseException as exc:  # noqa: BLE001 - the application's failure is the answer
+        except BaseException as exc:  # the application's failure is the answer
             if isinstance(exc, KeyboardInterrupt):
                 raise
             _answer(resp_fd, {"ok": False, "error": f"{type(exc).__name__}: {exc}".strip(),

@@ -49,7 +49,7 @@ def rows_of(conn: sqlite3.Connection, name: str, key: list[str],
         cur = conn.execute(sql(q), [v for k in chunk for v in k])
         names = [d[0] for d in cur.description]
         for rec in cur:
-            d = dict(zip(names, rec))
+            d = dict(zip(names, rec, strict=True))
             k = tuple(d[c] for c in key)
             if k not in found or found[k].get(KIND_COLUMN) == "closure":
                 found[k] = d

@@ -251,7 +251,7 @@ def late_commits(safety: Path, replaced_copy: Path) -> dict[str, Any]:
                 rows = conn.execute(sql(exp.select("*").from_(diff).limit(LATE_ROWS_LISTED))).fetchall()
                 entry[label] = count
                 entry.setdefault("rows", []).extend(
-                    {"change": label, **{c: _jsonable(v) for c, v in zip(cols, r)}} for r in rows)
+                    {"change": label, **{c: _jsonable(v) for c, v in zip(cols, r, strict=True)}} for r in rows)
                 out["total"] += count
             if entry:
                 out["tables"][name] = entry

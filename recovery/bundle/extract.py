@@ -139,6 +139,7 @@ def extract_table(conn: sqlite3.Connection, a: Analysis, name: str, counts: dict
         counts[name] = {"inserted": _insert_select(conn, "bnew", name, new_cols, q), "updated": 0, "deleted": 0,
                         "status": "new table" if old_t is None else "skipped by mapping"}
         return
+    assert old_t is not None  # shared
     s = sides(old_t, a.mapping.tables[name])
     if isinstance(s, str):
         raise RecoveryError(f"cannot extract {name}: {s}", "map the key column in the mapping file")

@@ -175,7 +175,7 @@ def detect_renames(
     for tname in sorted(set(removed) & set(added)):
         if user.skipped(tname):
             continue
-        declared = set((user.tables.get(tname).columns if tname in user.tables else {}).keys())
+        declared = set(user.tables[tname].columns if tname in user.tables else ())
         rem = [c for c in removed[tname] if c not in declared]
         add = list(added[tname])
         old_t, new_t = old.tables[tname], new.tables[tname]

@@ -176,7 +176,8 @@ def reflect(conn: sqlite3.Connection) -> Schema:
             for f in insp.get_foreign_keys(name)
         )
         uniques = [tuple(u["column_names"]) for u in insp.get_unique_constraints(name)]
-        uniques += [tuple(i["column_names"]) for i in insp.get_indexes(name) if i.get("unique")]
+        uniques += [tuple(c for c in i["column_names"] if c is not None) for i in insp.get_indexes(name)
+                    if i.get("unique") and None not in i["column_names"]]  # None: an expression, not a column
         tables[name] = Table(name, cols, pk, fks, tuple(sorted(set(uniques))))
     master = conn.execute(
         "SELECT type, name, sql FROM sqlite_master WHERE type IN ('view','trigger','index') AND sql IS NOT NULL"

@@ -627,10 +627,10 @@ def copy_files_into_bundle(
         unrecorded.append((entry, dst))
     done = dict(zip(sources, writer.copy_all([(src, dst) for dst, src in sources.items()]), strict=True))
     writer.sync()  # every copy durable before the caller seals the bundle
-    for dst, src in shadowed.items():  # hashed as it would have been copied, not written
-        fd = open_nofollow(src, index.real)
+    for shadow, shadowed_src in shadowed.items():  # hashed as it would have been copied, not written
+        fd = open_nofollow(shadowed_src, index.real)
         try:
-            done[dst] = digest_fd(fd)
+            done[shadow] = digest_fd(fd)
         finally:
             os.close(fd)
     for entry, dst, recorded_sha in waiting:

@@ -260,10 +260,10 @@ def track(statements: list[str], env: Env) -> Env:
             src = _table_name(src_table.this) if src_table is not None else None
             if src is None or src not in env:
                 continue
-            cols = [c.name for c in tree.this.expressions]
+            names = [c.name for c in tree.this.expressions]
             exprs = [e.unalias() if isinstance(e, exp.Alias) else e for e in sel.expressions]
             env.setdefault(target, {})
-            for c, e in zip(cols, exprs, strict=False):
+            for c, e in zip(names, exprs, strict=False):
                 env[target][c] = _substitute(e, env[src])
         elif isinstance(tree, exp.Update):
             name = _table_name(tree.this)

@@ -149,11 +149,11 @@ class Guard:
         elif event in PATH_EVENTS:
             self._busy = True
             try:
-                hit = next((a for a in args if isinstance(a, (str, bytes, os.PathLike)) and self._is_protected(a)), None)
+                path = next((a for a in args if isinstance(a, (str, bytes, os.PathLike)) and self._is_protected(a)), None)
             finally:
                 self._busy = False
-            if hit is not None:
-                self.refuse(f"{event}({hit!r}) on a protected database file")
+            if path is not None:
+                self.refuse(f"{event}({path!r}) on a protected database file")
         elif event in PROCESS_EVENTS:
             self.refuse(f"starting a program ({event} {args[0] if args else ''!r}): it would run unguarded")
         elif event == "socket.connect":
@@ -218,7 +218,7 @@ class Guard:
         create_engine.__doc__ = original.__doc__
         for mod in list(sys.modules.values()):
             if getattr(mod, "create_engine", None) is original:
-                mod.create_engine = create_engine
+                setattr(mod, "create_engine", create_engine)  # noqa: B010 - mypy types mod as a bare ModuleType
         assert sqlalchemy.create_engine is create_engine and sqlalchemy.engine.create_engine is create_engine
 
 

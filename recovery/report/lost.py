@@ -48,7 +48,7 @@ NATURAL_ORDER: tuple[exp.Expression, ...] = (col("table"), _json_at(0), _json_at
 """The report's order: numeric keys numerically (1, 2, 10), as ``report.model`` sorts them."""
 
 
-class LostValues(list):  # type: ignore[type-arg]
+class LostValues(list):
     """A bounded sample of lost values (dicts like ``Outcome.lost`` always held) that knows the
     exact ``total``, the ``counts`` per table and column and the ``source`` rows.db with all of them.
     It is a list, so code that only reads ``Outcome.lost`` keeps working on the sample."""

@@ -296,7 +296,7 @@ def _build(conn: sqlite3.Connection | None, bundle: Bundle, outcome: Outcome | N
 
     # ---- per table
     counts = bundle.counts
-    tables = []
+    tables: list[dict[str, Any]] = []
     for name in sorted(set(counts) | {g.table for g in groups}):
         c = counts.get(name, {})
         created, changed, deleted = c.get("inserted", 0), c.get("updated", 0), c.get("deleted", 0)
@@ -336,10 +336,11 @@ def _build(conn: sqlite3.Connection | None, bundle: Bundle, outcome: Outcome | N
         u["carried"] += g.rows - g.skipped if ok else 0
         u["conflicts"] += g.conflicts
         u["lost_values"] += g.lost
-    users = sorted(({"user_id": None if isinstance(uid, _NoUserColumn) else uid, "user": _user_label(uid, names), "created": c["created"],
-                     "changed": c["changed"], "carried": c["carried"], "conflicts": c["conflicts"],
-                     "lost_values": c["lost_values"]} for uid, c in per_user.items()),
-                   key=lambda d: (-(d["created"] + d["changed"]), d["user"]))
+    user_rows: list[dict[str, Any]] = [
+        {"user_id": None if isinstance(uid, _NoUserColumn) else uid, "user": _user_label(uid, names), "created": c["created"],
+         "changed": c["changed"], "carried": c["carried"], "conflicts": c["conflicts"],
+         "lost_values": c["lost_values"]} for uid, c in per_user.items()]
+    users = sorted(user_rows, key=lambda d: (-(d["created"] + d["changed"]), d["user"]))
 
     # ---- headline
     created = sum(t["created"] for t in tables)

@@ -29,7 +29,7 @@ class OutputConsole(Console):
     table as full-width plain text (:func:`plain_table`) and never wraps a line: what a script or
     a log reads is never cut (``inser…``) nor folded. On a terminal it is rich's console."""
 
-    def print(self, *objects: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    def print(self, *objects: Any, **kwargs: Any) -> None:
         if self.is_terminal:
             return super().print(*objects, **kwargs)
         kwargs.setdefault("soft_wrap", True)

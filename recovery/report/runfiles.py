@@ -158,7 +158,7 @@ def stream_csv_rows(path: Path) -> _CsvRows:
     return _CsvRows(path)
 
 
-def _all_lost(outcome: Outcome, bundle: Bundle) -> Iterator[Any]:
+def _all_lost(outcome: Outcome, bundle: Bundle) -> Iterable[Any]:
     """Every lost value in ``Outcome.lost``'s order, exact: streamed from the bundle's rows.db
     (``_recovery_lost``), which the outcome's sample (values cut for showing) was loaded from; the
     outcome's own list only for a bundle without that table."""

@@ -90,7 +90,7 @@ class Ledger:
         now = rows[key][1]
         if now is None:
             raise KeyError(f"{table} {key} was deleted")
-        return self._as_dict(table, now)
+        return dict(zip(self.columns[table], now, strict=True))
 
     def insert(self, table: str, row: Row) -> int:
         cols = list(row)
@@ -99,6 +99,7 @@ class Ledger:
             [row[k] for k in cols],
         )
         key = cur.lastrowid
+        assert key is not None  # an INSERT sets it
         full = self._read(table, key)  # server defaults filled in
         rows = self.images[table]
         if key in rows and rows[key] != (None, None):

@@ -87,7 +87,7 @@ def _result(integrity: list[str], fks: list[dict[str, Any]], revision: str | Non
         expected = t.rows_before + t.inserted - t.deleted
         counts[name] = {"before": t.rows_before, "inserted": t.inserted, "deleted": t.deleted,
                         "expected": expected, "actual": t.rows_after, "ok": expected == t.rows_after}
-    result = {
+    result: dict[str, Any] = {
         "integrity_check": "ok" if integrity == ["ok"] else integrity[:5],
         "foreign_key_check": fks,
         "alembic_revision": {"expected": expected_revision, "actual": revision,

@@ -362,7 +362,8 @@ def _changes_carried(conn: sqlite3.Connection, bundle: Bundle, result: Rehearsal
         checked = [c for c in tp.columns if c.expression is not None and c.column not in tp.key]
         # the rows the plan carries, old-schema shaped; a single remapped key is looked up by its new key
         expected = exp.select(*[exp.alias_(qualify_key(tp, k), f"k{i}", quoted=True) for i, k in enumerate(tp.key)],
-                              *[exp.alias_(c.expression.copy(), f"c{i}", quoted=True) for i, c in enumerate(checked)]
+                              *[exp.alias_(e.copy(), f"c{i}", quoted=True)
+                                for i, e in enumerate(c.expression for c in checked if c.expression is not None)]
                               ).from_(table(tp.table, "bundle", "b")).where(kinds)
         remap_of = exp.select(col("new_key", "r")).from_(table("rehearse_remap", "temp", "r")).where(and_all([
             exp.EQ(this=col("tbl", "r"), expression=exp.Literal.string(tp.table)),

@@ -29,8 +29,7 @@ from recovery.report import csvout, notcarried
 from recovery.report.html import render_html
 from recovery.report.markdown import render_markdown
 from recovery.report.model import build
-from recovery.report.tables import (CONFLICT_COLUMNS, FILE_COLUMNS, LOST_COLUMNS, deletes_columns,  # noqa: F401
-                                     frame)
+from recovery.report.tables import CONFLICT_COLUMNS, FILE_COLUMNS, LOST_COLUMNS, deletes_columns
 
 FORMAT = "recovery-report/1"
 RUN_FILES = ("report.json", "conflicts.csv", "lost_values.csv", "reimport.sql", "report.md", "report.html",

@@ -35,6 +35,8 @@ class LinkFix:
 
 
 class Draft:
+    """One plan in the making (see the module docstring)."""
+
     def __init__(self) -> None:
         self.report: dict[str, list[dict[str, Any]]] = {k: [] for k in REPORT_LISTS}
         self.writes: list[FileWrite] = []

@@ -24,6 +24,8 @@ Row = dict[str, Any]
 
 
 class FilePlacer:
+    """Plans the file copies of one relink: the bundle's copies, their recorded modes, the walk."""
+
     def __init__(self, bundle: Bundle, root: Path, cfg: FilesConfig, index: UploadsIndex):
         self.bundle, self.root, self.cfg, self.index = bundle, root, cfg, index
         self.bunder = SafeRoot(bundle.files_dir)

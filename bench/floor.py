@@ -48,8 +48,11 @@ def floor(backup: str, live: str, naive: bool = False) -> dict:
     conn = sqlite3.connect(":memory:")
     conn.execute("ATTACH DATABASE ? AS old", (uri(backup),))
     conn.execute("ATTACH DATABASE ? AS new", (uri(live),))
-    names = lambda s: {r[0] for r in conn.execute(  # noqa: E731
-        f"SELECT name FROM {s}.sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'")}
+
+    def names(s: str) -> set[str]:
+        return {r[0] for r in conn.execute(
+            f"SELECT name FROM {s}.sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'")}
+
     shared = sorted((names("old") & names("new")) - {"alembic_version"})
     out: dict = {"tables": {}}
     for t in shared:

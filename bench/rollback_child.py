@@ -16,8 +16,6 @@ import time
 
 T0 = time.perf_counter()
 
-import os  # noqa: E402
-
 from recovery import pipeline  # noqa: E402
 from recovery.model.outcome import ConflictPolicy, Prefer  # noqa: E402
 

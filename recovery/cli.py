@@ -196,7 +196,7 @@ def sample_cmd(out_dir: Path, parts: int, seed: int) -> None:
 @output_options
 def snapshot_cmd(db: Path, out_dir: Path | None, uploads: Path | None, app_dir: Path | None, fmt: str) -> None:
     """Take a WAL-safe backup of DB (SQLite's online backup API, correct while the app writes)
-    named DB.bak.YYYYMMDD_HHMMSS, with DB.bak.…​.manifest.json beside it.
+    named DB.bak.YYYYMMDD_HHMMSS, with DB.bak.….manifest.json beside it.
 
     Example:
 
@@ -532,7 +532,7 @@ def demo_cmd(out_dir: Path | None, parts: int, seed: int) -> None:
     import tempfile
 
     from recovery.sample import app_dir, generate
-    from recovery.model.outcome import ConflictMode, ConflictPolicy, Prefer
+    from recovery.model.outcome import ConflictPolicy, Prefer
     from recovery.pipeline import rollback
     from recovery.sample.generator import fresh_folder
 
@@ -542,14 +542,18 @@ def demo_cmd(out_dir: Path | None, parts: int, seed: int) -> None:
 
     say = _say(err)
     say(f"building the sample world in {folder}")
+
+    def _shown(plan: Any) -> bool:
+        render_plan(plan)
+        return True
+
     with fresh_folder(folder):  # a failed demo leaves nothing behind that blocks the retry
         with progress.step("sample"):
             generate(folder, parts=parts, seed=seed)
         backup = next(folder.glob("gestima.db.bak.*"))
         res = rollback(folder / "gestima.db", backup, out=folder / "run", uploads=folder / "uploads",
                        alembic_ini=app_dir() / "alembic.ini", on_conflict=ConflictPolicy.REMAP,
-                       prefer=Prefer.DB, confirm=lambda plan: (render_plan(plan), True)[1],
-                       progress=say)
+                       prefer=Prefer.DB, confirm=_shown, progress=say)
     progress.print_timings()
     render_outcome(res)
     # The sample world is built to lose values (new-only columns and tables): that is the point of

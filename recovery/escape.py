@@ -34,13 +34,13 @@ def csv_safe(v: Any) -> Any:
     return v
 
 
-def csv_safe_row(row: Any, _start: frozenset[str] = FORMULA_START, _str: type = str) -> Any:
+def csv_safe_row(row: Any, _start: frozenset[str] = FORMULA_START) -> Any:
     """:func:`csv_safe` of every cell; a row with no cell to change is returned as it is (the
     common case, checked without a call per cell: lost_values.csv streams through here)."""
     if type(row) is not tuple:
         row = tuple(row)
     for c in row:
-        if type(c) is _str and c[:1] in _start:
+        if type(c) is str and c[:1] in _start:
             return tuple(map(csv_safe, row))
     return row
 

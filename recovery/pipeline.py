@@ -23,7 +23,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from recovery.bundle.store import Bundle, open_bundle, write_json_atomic
 from recovery.errors import ExitCode, RecoveryError
@@ -204,9 +205,9 @@ def check_writable(path: Path, role: str) -> None:
         probe = probe.parent
     if probe.exists() and not probe.is_dir() and probe != p:
         raise RecoveryError(f"{role} {p}: {probe} is a file, not a folder; nothing was changed", "choose another path")
-    if p.exists() and p.is_dir() and not os.access(p, os.W_OK | os.X_OK) or \
-            not p.exists() and not os.access(probe, os.W_OK | os.X_OK) or \
-            p.is_file() and not os.access(p, os.W_OK):
+    if (p.exists() and p.is_dir() and not os.access(p, os.W_OK | os.X_OK)) or \
+            (not p.exists() and not os.access(probe, os.W_OK | os.X_OK)) or \
+            (p.is_file() and not os.access(p, os.W_OK)):
         raise RecoveryError(f"{role} {p} is not writable{'' if p.exists() else f' ({probe} is not)'}; nothing was changed",
                             "check the folder's owner, mode and mount (read-only?), or choose another --out")
 
@@ -908,23 +909,14 @@ def _save_outcome(run_dir: Path, outcome: Outcome) -> None:
     os.replace(tmp, run_dir / OUTCOME_FILE)
 
 
-def read_outcome_file(path: Path) -> Outcome:
-    """``outcome.json`` read back as data only; a file of any other shape is refused (exit 2)."""
-    from recovery.model.outcome import OutcomeFormatError
-
-    try:
-        return Outcome.from_json(path.read_bytes())
-    except OutcomeFormatError as exc:
-        raise RecoveryError(f"{path} is not a {OUTCOME_FORMAT} file ({exc})",
-                            "the run folder was changed by hand; use a copy made by `recovery` itself") from None
-
-
 def _load_outcome(run_dir: Path, bundle: Bundle, db: Path, policy: ConflictPolicy) -> Outcome:
     """The re-import's outcome: the run folder's ``outcome.json``, else the copy the re-import
     committed into the live DB with its data (a run killed between that commit and the journal),
     else an empty ``already_applied`` outcome."""
     p = run_dir / OUTCOME_FILE
     if p.is_file():
+        from recovery.report.runfiles import read_outcome_file  # pandas/matplotlib load only when needed
+
         return read_outcome_file(p)
     recorded = _recorded_outcome(db, bundle.bundle_id)
     if recorded is not None:

@@ -168,11 +168,11 @@ def tiny_project(folder: Path, third_downgrade: str = 'op.drop_index("ix_items_n
         "[alembic]\nscript_location = %(here)s\nsqlalchemy.url = sqlite:///app.db\n", encoding="utf-8")
     (folder / "env.py").write_text(ENV_PY, encoding="utf-8")
     revs = [
-        ("r1", None, "items", 'op.create_table("items", sa.Column("id", sa.Integer, primary_key=True), '
-                              'sa.Column("name", sa.String(50), nullable=False))', 'op.drop_table("items")'),
+        ("r1", None, "items", ('op.create_table("items", sa.Column("id", sa.Integer, primary_key=True), '
+                              'sa.Column("name", sa.String(50), nullable=False))'), 'op.drop_table("items")'),
         ("r2", "r1", "items.notes",
-         'with op.batch_alter_table("items") as b:\n    b.add_column(sa.Column("notes", sa.Text))\n'
-         'op.execute("UPDATE items SET notes = name")',
+         ('with op.batch_alter_table("items") as b:\n    b.add_column(sa.Column("notes", sa.Text))\n'
+         'op.execute("UPDATE items SET notes = name")'),
          'with op.batch_alter_table("items") as b:\n    b.drop_column("notes")'),
         ("r3", "r2", "index on items.name", 'op.create_index("ix_items_name", "items", ["name"])', third_downgrade),
     ]
@@ -262,7 +262,7 @@ def rehearse_sabotaged(monkeypatch: pytest.MonkeyPatch, world_copy: Path, tmp_pa
 
     real = pipeline.rollback
 
-    def sabotaged(db, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+    def sabotaged(db, *args, **kwargs):
         res = real(db, *args, **kwargs)
         conn = sqlite3.connect(db)
         for stmt, params in statements:
@@ -371,7 +371,7 @@ def test_rehearse_fails_when_a_row_of_a_new_only_table_is_not_listed_as_lost(
     real = extract.record_lost
     gone: list[int] = []
 
-    def forgetful(conn, a, files, counts):  # noqa: ANN001, ANN202
+    def forgetful(conn, a, files, counts):
         real(conn, a, files, counts)
         (key,) = conn.execute("SELECT max(json_extract(\"key\", '$[0]')) FROM bnew._recovery_lost "
                               "WHERE \"table\" = 'production_records'").fetchone()
@@ -384,8 +384,8 @@ def test_rehearse_fails_when_a_row_of_a_new_only_table_is_not_listed_as_lost(
                       world_copy / "uploads", losses_limit=3)
     assert not result.passed and result.exit_code == 1
     assert gone and all(x["table"] != "production_records" or x["key"] != [gone[0]] for x in result.losses)
-    assert result.reasons == [f"production_records: 1 post-deploy row(s) of a table the old schema lacks are "
-                              f"not listed as lost, e.g. keys [[{gone[0]}]]"], result.reasons
+    assert result.reasons == [(f"production_records: 1 post-deploy row(s) of a table the old schema lacks are "
+                              f"not listed as lost, e.g. keys [[{gone[0]}]]")], result.reasons
     counts = result.checks["post_deploy_changes"]["production_records"]
     assert counts["unlisted"] == 1 and counts["lost"] == counts["rows"] - 1
     assert len(result.losses) == 3 and result.losses_truncated

@@ -30,8 +30,8 @@ def orm_app(folder: Path) -> Path:
     ``note`` with a stub downgrade."""
     revs = [
         ("r0", None, "pass", "pass"),
-        ("r1", "r0", 'with op.batch_alter_table("items") as b:\n    b.add_column(sa.Column("code", sa.Text))\n'
-                     'op.execute("UPDATE items SET code = upper(name)")',
+        ("r1", "r0", ('with op.batch_alter_table("items") as b:\n    b.add_column(sa.Column("code", sa.Text))\n'
+                     'op.execute("UPDATE items SET code = upper(name)")'),
          'with op.batch_alter_table("items") as b:\n    b.drop_column("code")'),
         ("r2", "r1", 'op.add_column("items", sa.Column("note", sa.Text))', "pass"),
     ]

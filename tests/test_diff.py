@@ -91,7 +91,7 @@ def test_identical_exit_0(tmp_path):
     rows = [(1, "a", 1.0, 1)]
     old = build(tmp_path / "a.db", PARTS, {"parts": rows})
     new = build(tmp_path / "b.db", PARTS, {"parts": rows})
-    code, out, _ = run("diff", old, new)
+    code, _out, _ = run("diff", old, new)
     assert code == 0
     code, data = run_json(old, new)
     assert code == 0 and data["tables"]["parts"]["updated"] == 0
@@ -158,7 +158,7 @@ def test_table_without_primary_key(tmp_path):
     assert t["keyed_by"] == "all columns"
     assert t["key"] == ["who", "what", "n"]
     assert (t["inserted"], t["updated"], t["deleted"]) == (2, 0, 1)  # the NULL row matches itself
-    code, out, _ = run("diff", old, new)
+    _code, out, _ = run("diff", old, new)
     words = " ".join(w for w in out.replace("│", " ").split())  # rich wraps the note cell
     assert "no primary key: keyed by all columns" in words
 
@@ -578,7 +578,7 @@ def test_property_counts_match_ground_truth(tmp_path_factory, initial, changes):
     inserted = len(set(stored_new) - set(stored_old))
     deleted = len(set(stored_old) - set(stored_new))
     updated = sum(1 for k in set(stored_old) & set(stored_new)
-                  if not all(same(x, y) for x, y in zip(stored_old[k], stored_new[k])))
+                  if not all(same(x, y) for x, y in zip(stored_old[k], stored_new[k], strict=True)))
     res = diff(old, new, rows=True)
     t = res.changes.tables["t"]
     assert (t.inserted, t.updated, t.deleted) == (inserted, updated, deleted)

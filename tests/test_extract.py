@@ -383,7 +383,7 @@ def test_manifest_edit_with_matching_sha_file_is_still_refused(full, tmp_path: P
     conn.execute("DELETE FROM parts WHERE rowid = (SELECT min(rowid) FROM parts)")
     conn.commit()
     conn.close()
-    with pytest.raises(RecoveryError, match="rows.db"):
+    with pytest.raises(RecoveryError, match=r"rows\.db"):
         open_bundle(b)
 
 

@@ -191,8 +191,9 @@ def test_dry_run_reports_and_writes_nothing(world_copy: Path, tmp_path: Path, ex
 def test_relink_reads_each_upload_once(world_copy: Path, tmp_path: Path, extracted: Path, applied: Path,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """The plan's hashes of the uploads serve the uploads state too: no file is read twice."""
+    import recovery.files.names
+    import recovery.files.relink_files
     import recovery.files.uploads
-    import recovery.files.relink
 
     db, _, uploads = paths(world_copy)
     bundle = reimported(world_copy, tmp_path, extracted, applied)
@@ -204,7 +205,8 @@ def test_relink_reads_each_upload_once(world_copy: Path, tmp_path: Path, extract
         return real(path, *root)
 
     monkeypatch.setattr(recovery.files.uploads, "sha256_bytes_of", counting)
-    monkeypatch.setattr(recovery.files.relink, "sha256_bytes_of", counting)
+    monkeypatch.setattr(recovery.files.relink_files, "sha256_bytes_of", counting)
+    monkeypatch.setattr(recovery.files.names, "sha256_bytes_of", counting)
     report = relink(bundle, db, uploads)
     assert report["uploads_state"]["source"] == "backup-records"
     on_disk = {os.fspath(p.resolve()) for p in uploads.rglob("*") if p.is_file()}
@@ -355,7 +357,7 @@ def test_unsafe_paths_are_refused_and_nothing_outside_is_touched(world_copy: Pat
 
 
 def test_symlink_out_of_the_uploads_folder_is_refused(world_copy: Path, tmp_path: Path, applied: Path) -> None:
-    db, backup, uploads = paths(world_copy)
+    db, _backup, uploads = paths(world_copy)
     outside = tmp_path / "outside"
     outside.mkdir()
     secret = outside / "secret.pdf"
@@ -441,7 +443,7 @@ def test_an_upload_named_like_a_temporary_file_is_sealed_and_restored(world_copy
 
 
 def test_uploads_state_against_the_snapshot_manifest(world_copy: Path) -> None:
-    db, backup, uploads = paths(world_copy)
+    _db, backup, uploads = paths(world_copy)
     post = {f["path"] for f in truth(world_copy)["files"]}
     # no manifest beside the sample backup: the backup's own records are the baseline
     state = uploads_state(backup, uploads)

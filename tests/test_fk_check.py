@@ -142,7 +142,7 @@ def test_problems_the_merge_did_not_write_are_left_to_verify(bundle: Path, resto
     assert mine == set() and full == {orphan}
     outcome = Outcome("b", "t", "remap", False)
     result = verify_file(restored, outcome, None)
-    assert not result["ok"] and result["foreign_key_check"] == [dict(zip(("table", "rowid", "parent", "fk"), orphan))]
+    assert not result["ok"] and result["foreign_key_check"] == [dict(zip(("table", "rowid", "parent", "fk"), orphan, strict=True))]
 
 
 # ---- a parent referenced by a unique non-key column ----------------------------------------

@@ -12,7 +12,6 @@ import hashlib
 import os
 import shutil
 import sqlite3
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -361,7 +360,7 @@ def test_unsafe_upload_paths_are_reported_never_read(w: Path, tmp_path: Path) ->
     c.close()
     before = hashes(w)
     out = tmp_path / "b"
-    code, stdout, stderr, res = invoke(["extract", BACKUP, "gestima.db", "--out", str(out), "--alembic-ini",
+    code, _stdout, stderr, res = invoke(["extract", BACKUP, "gestima.db", "--out", str(out), "--alembic-ini",
                                         str(ALEMBIC_INI), "--uploads", "uploads", "--json"], w)
     assert res.exception is None or isinstance(res.exception, SystemExit), res.exception
     assert code in (0, 1), stderr
@@ -421,18 +420,18 @@ def _carry(folder: Path, tmp: Path, mapping: str | None = None) -> Path:
     """diff → extract → reimport into a copy of the backup; returns the target."""
     backup, live = "app.db.bak.20261120_140000", "app.db"
     before = hashes(folder)
-    code, out, err, res = invoke(["diff", backup, live, "--json"], folder)
+    code, _out, err, res = invoke(["diff", backup, live, "--json"], folder)
     assert code == 1 and "Traceback" not in err, (err, res.exception)
     args = ["extract", backup, live, "--out", str(tmp / "b")]
     if mapping:
         (tmp / "m.toml").write_text(mapping, encoding="utf-8")
         args += ["--mapping", str(tmp / "m.toml")]
-    code, out, err, res = invoke(args, folder)
+    code, _out, err, res = invoke(args, folder)
     assert code in (0, 1) and "Traceback" not in err, (err, res.exception)
     target = tmp / "t" / "target.db"
     target.parent.mkdir()
     shutil.copyfile(folder / backup, target)
-    code, out, err, res = invoke(["reimport", str(tmp / "b"), "target.db", "--yes", "--out", str(tmp / "rr")],
+    code, _out, err, res = invoke(["reimport", str(tmp / "b"), "target.db", "--yes", "--out", str(tmp / "rr")],
                                  target.parent)
     assert code in (0, 1) and "Traceback" not in err, (err, res.exception)
     assert hashes(folder) == before, "diff/extract changed an input"

@@ -252,9 +252,9 @@ def test_autoincrement_counter_is_carried_forward(tmp_path: Path) -> None:
     assert report["outcome"]["sequences"] == [
         {"table": "invoices", "backup": 4, "live": 7, "max_id": 5, "seq": 7}]
     # the application (another process) inserts the next invoice
-    out = subprocess.run([sys.executable, "-c", "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]);"
+    out = subprocess.run([sys.executable, "-c", ("import sqlite3, sys; c = sqlite3.connect(sys.argv[1]);"
                           "print(c.execute('INSERT INTO invoices (total) VALUES (9) RETURNING id').fetchone()[0]);"
-                          "c.commit()", str(target)], capture_output=True, text=True, check=True)
+                          "c.commit()"), str(target)], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "8"
 
 
@@ -290,8 +290,8 @@ OLD_ITEMS = [  # the old schema's items table (notes reference it); the new rele
     "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, price INTEGER NOT NULL) STRICT;",
     "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, price REAL) STRICT;",
     "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, price); CREATE UNIQUE INDEX ux ON items (abs(price));",
-    "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, price INT);"
-    "CREATE UNIQUE INDEX ux ON items (price) WHERE price > 0;",
+    ("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, price INT);"
+    "CREATE UNIQUE INDEX ux ON items (price) WHERE price > 0;"),
 ]
 NOTES = "CREATE TABLE notes (id INTEGER PRIMARY KEY, item_id INTEGER REFERENCES items(id), body TEXT);"
 
@@ -370,8 +370,8 @@ def test_after_a_rollback_the_next_invoice_gets_a_fresh_id(tmp_path: Path) -> No
     res = subprocess.run([sys.executable, "-m", "recovery", "rollback", str(live), "--backup", str(backup),
                           "--out", str(tmp_path / "run"), "--yes"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
-    out = subprocess.run([sys.executable, "-c", "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]);"
+    out = subprocess.run([sys.executable, "-c", ("import sqlite3, sys; c = sqlite3.connect(sys.argv[1]);"
                           "print(c.execute('INSERT INTO invoices (total) VALUES (9) RETURNING id').fetchone()[0]);"
-                          "c.commit()", str(live)], capture_output=True, text=True, check=True)
+                          "c.commit()"), str(live)], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "8"
     assert ids(live, "invoices") == [1, 2, 3, 4, 5, 8]

@@ -173,7 +173,7 @@ def test_the_reference_states_differ(states: dict[str, Any]) -> None:
 
 
 def expected_after_step_kill(point: str) -> str:
-    step, when = point.split(":")
+    step, _when = point.split(":")
     i = STEPS.index(step)
     if i < STEPS.index("restore") or point == "restore:start":
         return "pre"

@@ -128,7 +128,7 @@ def test_formats_agree(rolled: Path, truth: dict) -> None:
     lost_csv = (rolled / "lost_values.csv").read_text(encoding="utf-8").splitlines()
     assert len(lost_csv) == 1 + len(truth["lost"])
     html = (rolled / "report.html").read_text(encoding="utf-8")
-    assert 'data-metric="records created after the deploy">%d<' % h["records_created"] in html
+    assert f'data-metric="records created after the deploy">{h["records_created"]:d}<' in html
     assert "<script" not in html and "http://" not in html and "https://" not in html  # self-contained, no scripts
     assert html.count('src="data:image/svg+xml;base64,') == 2
 
@@ -300,7 +300,7 @@ def _reference_users_activity(bundle: Any, outcome: Any) -> tuple[list[dict[str,
         creator, changer = model._user_columns(t, users_table)
         times = {"created": model._time_column(t, "created"), "changed": model._time_column(t, "changed")}
         for rec in conn.execute(f'SELECT * FROM "{name}" WHERE _recovery_kind IN (\'inserted\', \'updated\')'):
-            d = dict(zip([c[0] for c in conn.execute(f'SELECT * FROM "{name}" LIMIT 0').description], rec))
+            d = dict(zip([c[0] for c in conn.execute(f'SELECT * FROM "{name}" LIMIT 0').description], rec, strict=True))
             kind = "created" if d["_recovery_kind"] == "inserted" else "changed"
             user_col = creator if kind == "created" else changer
             user = d[user_col] if user_col else ("no column", name)

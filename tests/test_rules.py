@@ -82,8 +82,8 @@ def edited_after_deploy(n: int) -> tuple[list[tuple], list[tuple]]:
 
 def name_rows(n: int) -> tuple[list[tuple], list[tuple]]:
     people = [(FIRSTS[i % len(FIRSTS)], LASTS[(i * 3) % len(LASTS)] + str(i)) for i in range(n)]
-    return ([(i, f"{f} {l}", BEFORE) for i, (f, l) in enumerate(people, 1)],
-            [(i, f, l, BEFORE) for i, (f, l) in enumerate(people, 1)])
+    return ([(i, f"{f} {last}", BEFORE) for i, (f, last) in enumerate(people, 1)],
+            [(i, f, last, BEFORE) for i, (f, last) in enumerate(people, 1)])
 
 
 def split_rows(n: int) -> tuple[list[tuple], list[tuple]]:

@@ -133,7 +133,10 @@ def test_outcome_json_round_trips_every_value(key: list[Any], a: Any, b: Any, ex
     text = o.to_json()
     back = Outcome.from_json(text)
     assert back.to_json() == text
-    same = lambda x, y: x == y or (isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y))  # noqa: E731
+
+    def same(x: Any, y: Any) -> bool:
+        return x == y or (isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y))
+
     assert same(back.conflicts[0].bundle_value, a) and same(back.conflicts[0].target_value, b)
     assert type(back.conflicts[0].bundle_value) is type(a) and back.conflicts[0].key == tuple(key)
     assert back.remaps == o.remaps and back.skipped_rows[0]["key"] == tuple(key)

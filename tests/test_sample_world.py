@@ -32,8 +32,8 @@ OLD_TABLES = ("file_records", "materials", "parts", "quote_items", "quotes", "us
 PROJECTION = {
     "parts": (
         "part_number, name, material_id, price, created_at, updated_at, created_by, drawing_number",
-        "part_number, name, material_id, price_cents / 100.0, created_at, updated_at, created_by,"
-        " drawing_number",
+        ("part_number, name, material_id, price_cents / 100.0, created_at, updated_at, created_by,"
+        " drawing_number"),
     ),
     "quotes": (
         "quote_number, customer, status, created_at, updated_at, created_by",
@@ -147,7 +147,10 @@ def test_same_seed_same_world_other_seed_other_world(tmp_path: Path):
     for name in ("gestima.db", BACKUP_NAME):
         assert dump(a / name) == dump(b / name)
         assert dump(a / name) != dump(c / name)
-    files = lambda w: {p.relative_to(w): p.read_bytes() for p in sorted((w / "uploads").rglob("*")) if p.is_file()}
+
+    def files(w: Path) -> dict[Path, bytes]:
+        return {p.relative_to(w): p.read_bytes() for p in sorted((w / "uploads").rglob("*")) if p.is_file()}
+
     assert files(a) == files(b)
     assert (a / "world.json").read_text() != (c / "world.json").read_text()
 

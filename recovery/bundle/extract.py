@@ -30,10 +30,9 @@ from recovery.files.uploads import FilesConfig, UploadsIndex, copy_files_into_bu
 from recovery.migrate.replay import Replayed
 from recovery.engine.schema import Schema, Table
 from recovery.reimport.sequences import read_sequences
-from recovery.engine.sqlbuild import and_all, col, is_distinct, is_same, or_all, sql, table
+from recovery.engine.sqlbuild import and_all, col, is_same, sql, table
 from recovery.engine.sqlite_io import fsync_dir, sha256_file, sidecars
-from recovery.compare.timestamps import after_expr, find_timestamp_columns
-from recovery.transpile.passes import KIND, Plan, default_value
+from recovery.transpile.passes import KIND, Plan
 from recovery.transpile.passes import plan as make_plan
 
 LABEL_COLUMNS = ("part_number", "quote_number", "code", "username", "filename", "order_number", "number",
@@ -140,6 +139,7 @@ def extract_table(conn: sqlite3.Connection, a: Analysis, name: str, counts: dict
         counts[name] = {"inserted": _insert_select(conn, "bnew", name, new_cols, q), "updated": 0, "deleted": 0,
                         "status": "new table" if old_t is None else "skipped by mapping"}
         return
+    assert old_t is not None  # shared
     s = sides(old_t, a.mapping.tables[name])
     if isinstance(s, str):
         raise RecoveryError(f"cannot extract {name}: {s}", "map the key column in the mapping file")
@@ -208,8 +208,8 @@ def close_foreign_keys(conn: sqlite3.Connection, a: Analysis, counts: dict[str, 
     not copied.
 
     The bundle sides are uncorrelated ``IN (SELECT …)`` lists: SQLite materialises each once and
-    drives the parent by its key, linear in the bundle size (correlated EXISTS over the unindexed
-    bundle tables was parent rows × bundle rows: hours at 1M parts)."""
+    drives the parent by its key, linear in the bundle size (a correlated EXISTS over the unindexed
+    bundle tables would cost parent rows × bundle rows: hours at 1M parts)."""
     for _ in range(len(a.new.tables) + 1):
         added = 0
         for name in a.bundle_tables:

@@ -156,7 +156,7 @@ def _hashes(folder: Path, rels: list[str]) -> dict[str, str]:
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=4, thread_name_prefix="recovery-hash") as pool:
-        return dict(zip(rels, pool.map(sha256_file, [folder / rel for rel in rels])))
+        return dict(zip(rels, pool.map(sha256_file, [folder / rel for rel in rels]), strict=True))
 
 
 def seal(folder: Path, manifest: dict[str, Any]) -> None:

@@ -10,7 +10,7 @@
   fewer than :data:`AGREE_THRESHOLD` of them agree — "most keys present on both sides with
   different content". On the sample worlds: the same installation agrees on 100% of 199 keys, a
   world of another seed on 14% of 221 (its reference tables, materials and users, are identical).
-  With a snapshot manifest that carries an ``identity`` (:func:`recovery.capture.snapshot.row_identity`,
+  With a snapshot manifest that carries an ``identity`` (:func:`row_identity`,
   hashes of the same sample taken at snapshot time) the manifest's hashes are compared instead of
   the backup file's rows.
 * A second rollback of a DB that is already at the backup's revision and holds a re-import
@@ -29,6 +29,7 @@ from typing import Any
 from sqlglot import exp
 
 from recovery.errors import RecoveryError
+from recovery.engine.schema import APPLIED_TABLE
 from recovery.engine.sqlbuild import and_all, col, is_same, sql, table
 from recovery.engine.sqlite_io import open_pair, readonly
 
@@ -39,7 +40,7 @@ MIN_PRESENT = 20
 """Below this many sampled keys present on both sides there is no evidence either way."""
 AGREE_THRESHOLD = 0.5
 """A pairing whose present keys agree less often than this is another installation."""
-BOOKKEEPING = {"alembic_version", "_recovery_applied"}
+BOOKKEEPING = {"alembic_version", APPLIED_TABLE}
 
 
 def refuse_wrong_pairing(db: Path, backup: Path, same_installation: bool = False) -> dict[str, Any]:
@@ -52,7 +53,7 @@ def refuse_wrong_pairing(db: Path, backup: Path, same_installation: bool = False
                             "pass the pre-deploy backup file (recovery snapshot writes one)")
     if same_installation:
         return {"source": "--same-installation: not checked"}
-    from recovery.capture.snapshot import read_manifest
+    from recovery.capture.manifest import read_manifest
 
     manifest = read_manifest(backup)
     identity = (manifest or {}).get("identity")
@@ -176,7 +177,7 @@ def compare_identity(db: Path, identity: dict[str, Any]) -> dict[str, Any]:
                 continue
             p = a = 0
             for key_values, row_hashes in entry["rows"][:SAMPLE_ROWS]:
-                hashes = dict(zip(entry.get("columns", []), row_hashes))
+                hashes = dict(zip(entry.get("columns", []), row_hashes, strict=False))  # a manifest's shape is evidence, not an error
                 shared = [c for c in hashes if c in cols and c not in key]
                 if not shared:
                     continue
@@ -186,7 +187,7 @@ def compare_identity(db: Path, identity: dict[str, Any]) -> dict[str, Any]:
                 if row is None:
                     continue
                 p += 1
-                same = sum(_cell_hash(v) == hashes[c] for c, v in zip(shared, row))
+                same = sum(_cell_hash(v) == hashes[c] for c, v in zip(shared, row, strict=True))
                 a += 2 * same >= len(shared)
             per_table[name] = [p, a]
             present += p
@@ -204,8 +205,6 @@ def refuse_second_rollback(db: Path, backup: Path, old_rev: str | None, new_rev:
     time, and its run folder when one is found beside the DB)."""
     if not old_rev or old_rev != new_rev:
         return
-    from recovery.reimport.merge import APPLIED_TABLE
-
     with readonly(db, "live database") as conn:
         has = conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (APPLIED_TABLE,)).fetchone()
         if not has:

@@ -3,13 +3,13 @@
 ``cp gestima.db gestima.db.bak`` misses commits still in ``gestima.db-wal``; a snapshot is taken
 with SQLite's online backup API instead and described by ``<backup>.manifest.json`` (time, hashes,
 integrity, alembic revision, git tag/commit, row counts, uploads manifest). Later commands read the
-deploy time and uploads manifest from it when given the backup.
+deploy time and uploads manifest from it when given the backup (:mod:`recovery.capture.manifest`
+reads it; its functions are importable from here too).
 """
 from __future__ import annotations
 
 import json
 import os
-import re
 import sqlite3
 import subprocess
 from dataclasses import dataclass
@@ -23,12 +23,15 @@ from recovery import __version__
 from recovery.compare.changes import count_table
 from recovery.errors import RecoveryError
 from recovery.files.uploads import scan_uploads
+from recovery.capture.manifest import deploy_time_of, manifest_path_for, read_manifest, release_tag
 from recovery.capture.pairing import row_identity
 from recovery.engine.schema import alembic_revision, reflect
 from recovery.engine.sqlite_io import check_sqlite_file, consistent_copy, readonly, sha256_file
 
 MANIFEST_FORMAT = "recovery-snapshot/1"
-_STAMP = re.compile(r"\.bak\.(\d{8}_\d{6})$")
+
+__all__ = ["MANIFEST_FORMAT", "Snapshot", "deploy_time_of", "git_info", "manifest_path_for", "read_manifest",
+           "release_tag", "snapshot"]
 
 
 @dataclass(frozen=True)
@@ -36,10 +39,6 @@ class Snapshot:
     backup: Path
     manifest_path: Path
     manifest: dict[str, Any]
-
-
-def manifest_path_for(backup: Path) -> Path:
-    return backup.with_name(backup.name + ".manifest.json")
 
 
 def _git(app_dir: Path, *args: str) -> str | None:
@@ -122,40 +121,3 @@ def snapshot(
     tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(tmp, mpath)
     return Snapshot(backup, mpath, manifest)
-
-
-def read_manifest(backup: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The manifest beside a backup, or None when there is none."""
-    p = manifest_path_for(Path(backup))
-    if not p.is_file():
-        return None
-    try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RecoveryError(f"backup manifest {p} is not valid JSON: {exc}", "fix or remove it") from None
-
-
-def release_tag(backup: str | os.PathLike[str] | None) -> str | None:
-    """The release tag (``git.tag``, else ``git.describe``) the backup's snapshot manifest
-    recorded, or None (no backup, no manifest, or one that cannot be read: only shown, never
-    relied on)."""
-    if not backup:
-        return None
-    try:
-        data = json.loads(manifest_path_for(Path(backup)).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    git = data.get("git") if isinstance(data, dict) else None
-    tag = (git.get("tag") or git.get("describe")) if isinstance(git, dict) else None
-    return tag if isinstance(tag, str) and tag else None
-
-
-def deploy_time_of(backup: str | os.PathLike[str]) -> str | None:
-    """The deploy time a backup stands for: its manifest's time, else the ``.bak.YYYYMMDD_HHMMSS`` name."""
-    manifest = read_manifest(backup)
-    if manifest and manifest.get("created_at"):
-        return str(manifest["created_at"])
-    m = _STAMP.search(Path(backup).name)
-    if m:
-        return datetime.strptime(m.group(1), "%Y%m%d_%H%M%S").isoformat(sep="T")
-    return None

@@ -50,7 +50,7 @@ class TableChanges:
     compared_columns: tuple[str, ...] = ()
     uncompared_columns: tuple[str, ...] = ()
     timestamp_columns: dict[str, str] = field(default_factory=dict)
-    after_deploy: dict[str, int] | None = None
+    after_deploy: dict[str, int | None] | None = None
     rows: tuple[RowChange, ...] | None = None
     changed_only_in_new_columns: int = 0
     """Rows in both whose old-schema projection is the backup's, but a column only the new schema
@@ -490,8 +490,8 @@ def iter_rows(
         n = len(lost_cols)
         while batch := cur.fetchmany(BATCH):
             for r in batch:
-                cells = tuple(CellChange(c, None, r[nk + i]) for i, c in enumerate(lost_cols) if r[nk + n + i])
-                yield RowChange("changed_only_in_new_columns", tuple(r[:nk]), cells)
+                lost = tuple(CellChange(c, None, r[nk + i]) for i, c in enumerate(lost_cols) if r[nk + n + i])
+                yield RowChange("changed_only_in_new_columns", tuple(r[:nk]), lost)
     cur = conn.execute(sql(deleted_query(s, list(s.old_key))))
     while batch := cur.fetchmany(BATCH):
         for r in batch:

@@ -25,7 +25,7 @@ from recovery.migrate.replay import Replayed
 from recovery.transpile.mapping import ColumnMapping, UserMapping, load_mapping, resolve
 from recovery.engine.schema import Schema, reflect
 from recovery.compare.schemadiff import SchemaDiff, compare
-from recovery.capture.snapshot import deploy_time_of
+from recovery.capture.manifest import deploy_time_of
 from recovery.engine.sqlbuild import qualify_columns, sql, table
 from recovery.engine.sqlite_io import open_pair, open_readonly, readonly
 from recovery.compare.timestamps import parse_since

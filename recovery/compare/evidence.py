@@ -108,7 +108,7 @@ def _sum_when(cond: exp.Expression) -> exp.Expression:
     return exp.Sum(this=exp.Case(ifs=[exp.If(this=cond, true=exp.Literal.number(1))]))
 
 
-def _untouched(new_t: Table, since_jd: float | None) -> exp.Expression | None:
+def untouched_condition(new_t: Table, since_jd: float | None) -> exp.Expression | None:
     """``NOT (updated after the deploy)`` for the live row ``n``; None when it cannot be dated."""
     ts = find_timestamp_columns(new_t)
     if since_jd is None or "updated" not in ts:
@@ -154,7 +154,7 @@ def _inner(p: _Paired, since_jd: float | None, limit: int, extra: list[exp.Expre
                           for c, e in zip(p.names, p.exprs, strict=True)]), "nd", quoted=True)
     q = exp.select(*flags, nd, exp.alias_(_key_json(p.s), "k", quoted=True), *(extra or [])).from_(src).join(
         table(p.new_t.name, "new", "n"), on=on)
-    untouched = _untouched(p.new_t, since_jd)
+    untouched = untouched_condition(p.new_t, since_jd)
     return q.where(untouched) if untouched is not None else q
 
 
@@ -189,7 +189,7 @@ def check_table(pair: sqlite3.Connection, old_t: Table, new_t: Table, tm: TableM
                                                       true=col("k", "r"))])))
     row = pair.execute(sql(exp.select(*sel).from_(inner))).fetchone()
     shared, all_agree = int(row[0] or 0), int(row[1] or 0)
-    dated = _untouched(new_t, since_jd) is not None
+    dated = untouched_condition(new_t, since_jd) is not None
     share = AGREE_SHARE_DATED if dated else AGREE_SHARE_UNDATED
     out: dict[str, dict[str, Any]] = {}
     for i, name in enumerate(p.names):

@@ -175,7 +175,7 @@ def detect_renames(
     for tname in sorted(set(removed) & set(added)):
         if user.skipped(tname):
             continue
-        declared = set((user.tables.get(tname).columns if tname in user.tables else {}).keys())
+        declared = set(user.tables[tname].columns if tname in user.tables else ())
         rem = [c for c in removed[tname] if c not in declared]
         add = list(added[tname])
         old_t, new_t = old.tables[tname], new.tables[tname]
@@ -196,9 +196,9 @@ def detect_renames(
             .from_(sample.subquery(exp.TableAlias(this=exp.to_identifier("o", quoted=True))))
             .join(table(tname, "new", "n"), on=key_join(key, "o", "n"))
         )
-        from recovery.compare.evidence import _untouched
+        from recovery.compare.evidence import untouched_condition
 
-        untouched = _untouched(new_t, since_jd)
+        untouched = untouched_condition(new_t, since_jd)
         if untouched is not None:
             query = query.where(untouched)
         row = pair.execute(sql(query)).fetchone()

@@ -34,7 +34,7 @@ WALINDEX_LOCK_BYTES = 9
 PENDING_BYTE = 0x40000000
 
 
-class _Flock(ctypes.Structure):
+class Flock(ctypes.Structure):
     """``struct flock`` as the C library lays it out (padding included)."""
 
     _fields_ = [("l_type", ctypes.c_short), ("l_whence", ctypes.c_short), ("l_start", ctypes.c_int64),
@@ -130,9 +130,9 @@ def fd_holders(db: Path) -> dict[int, set[str]]:
 def _lock_owner(fd: int, start: int) -> int | None:
     """The pid of a lock conflicting with a write lock on byte ``start`` of ``fd`` (0: another pid
     namespace), or None when there is none."""
-    probe = _Flock(fcntl.F_WRLCK, os.SEEK_SET, start, 1, 0)
+    probe = Flock(fcntl.F_WRLCK, os.SEEK_SET, start, 1, 0)
     try:
-        res = _Flock.from_buffer_copy(fcntl.fcntl(fd, fcntl.F_GETLK, bytes(probe)))
+        res = Flock.from_buffer_copy(fcntl.fcntl(fd, fcntl.F_GETLK, bytes(probe)))
     except OSError:
         return None
     return None if res.l_type == fcntl.F_UNLCK else int(res.l_pid)

@@ -12,7 +12,11 @@ from typing import Any
 import sqlalchemy as sa
 
 IGNORED_TABLES = frozenset({"sqlite_sequence", "sqlite_stat1", "sqlite_stat4"})
-BOOKKEEPING_TABLES = frozenset({"alembic_version", "_recovery_applied", "_recovery_deletes_applied"})
+APPLIED_TABLE = "_recovery_applied"
+"""The re-import's record in the target: one row per bundle applied (and its outcome)."""
+APPLIED_DELETES_TABLE = "_recovery_deletes_applied"
+"""``recovery apply-deletes``' record in the target: one row per reviewed delete carried out."""
+BOOKKEEPING_TABLES = frozenset({"alembic_version", APPLIED_TABLE, APPLIED_DELETES_TABLE})
 
 
 @dataclass(frozen=True)
@@ -136,11 +140,11 @@ def engine_for(conn: sqlite3.Connection) -> sa.Engine:
 
 def alembic_revision(conn: sqlite3.Connection, schema: str = "main") -> str | None:
     exists = conn.execute(
-        f"SELECT 1 FROM {schema}.sqlite_master WHERE type='table' AND name='alembic_version'"  # noqa: S608 - fixed names
+        f"SELECT 1 FROM {schema}.sqlite_master WHERE type='table' AND name='alembic_version'"  # fixed names
     ).fetchone()
     if not exists:
         return None
-    row = conn.execute(f"SELECT version_num FROM {schema}.alembic_version").fetchone()  # noqa: S608
+    row = conn.execute(f"SELECT version_num FROM {schema}.alembic_version").fetchone()
     return row[0] if row else None
 
 
@@ -172,7 +176,8 @@ def reflect(conn: sqlite3.Connection) -> Schema:
             for f in insp.get_foreign_keys(name)
         )
         uniques = [tuple(u["column_names"]) for u in insp.get_unique_constraints(name)]
-        uniques += [tuple(i["column_names"]) for i in insp.get_indexes(name) if i.get("unique")]
+        uniques += [tuple(c for c in i["column_names"] if c is not None) for i in insp.get_indexes(name)
+                    if i.get("unique") and None not in i["column_names"]]  # None: an expression, not a column
         tables[name] = Table(name, cols, pk, fks, tuple(sorted(set(uniques))))
     master = conn.execute(
         "SELECT type, name, sql FROM sqlite_master WHERE type IN ('view','trigger','index') AND sql IS NOT NULL"

@@ -61,7 +61,9 @@ def check_sqlite_file(path: str | os.PathLike[str], role: str = "database") -> P
     return p
 
 
-def _uri(path: Path, **params: str) -> str:
+def file_uri(path: Path, **params: str) -> str:
+    """The ``file:`` URI of ``path`` (resolved, percent-quoted) with these query parameters
+    (``mode=ro``, ``immutable=1`` …), for ``sqlite3.connect(uri=True)`` and ``ATTACH``."""
     query = "&".join(f"{k}={v}" for k, v in params.items())
     return f"file:{quote(str(path.resolve()))}?{query}"
 
@@ -92,7 +94,7 @@ def readonly_uri(p: Path) -> str:
     and its ``-wal`` are copied to a private temporary folder and that copy is opened.
     """
     p = real_path(p)  # through a symlink, the -wal and -shm are beside the real file
-    uri = _uri(p, mode="ro")
+    uri = file_uri(p, mode="ro")
     wal, shm = sidecars(p)
     wal_mode = is_wal_file(p)
     if not (wal_mode and not shm.exists()):  # a mode=ro open of a WAL file without -shm would create it
@@ -107,7 +109,7 @@ def readonly_uri(p: Path) -> str:
             if not wal_mode or shm.exists():  # not WAL mode, or -shm is there
                 return uri  # let the caller report SQLite's own error
     if not wal.exists() or wal.stat().st_size == 0:
-        return _uri(p, immutable="1")
+        return file_uri(p, immutable="1")
     st, wst = p.stat(), wal.stat()
     key = (str(p.resolve()), st.st_size, st.st_mtime_ns, wst.st_size, wst.st_mtime_ns)
     copy = _ro_copies.get(key)
@@ -119,7 +121,7 @@ def readonly_uri(p: Path) -> str:
         shutil.copyfile(p, copy)
         shutil.copyfile(wal, copy.with_name(copy.name + "-wal"))
         _ro_copies[key] = copy
-    return _uri(copy, mode="ro")
+    return file_uri(copy, mode="ro")
 
 
 def open_readonly(path: str | os.PathLike[str], role: str = "database") -> sqlite3.Connection:

@@ -274,7 +274,7 @@ def _resolve_str(path: str) -> str:
     return real
 
 
-class _Under:
+class SafeRoot:
     """:func:`safe_path` for many paths under one root, resolved once (symlinks in every stored
     path are still resolved, each time it is asked)."""
 
@@ -296,10 +296,10 @@ def safe_path(root: Path, stored: str) -> Path | None:
     (absolute, contains ``..``, a NUL, or resolves — symlinks included — outside the root)."""
     if not _stored_ok(stored):
         return None
-    return _Under(root)(stored)
+    return SafeRoot(root)(stored)
 
 
-def _scan(under: _Under) -> list[tuple[str, str, os.stat_result]]:
+def _scan(under: SafeRoot) -> list[tuple[str, str, os.stat_result]]:
     """(relative path, real path, stat) of every regular file under ``under``'s root that resolves
     inside it, sorted as :func:`os.walk` with sorted names gives them (a folder's files, then its
     folders). Symlinked folders are not entered; a symlink is resolved and kept only when it leads
@@ -379,10 +379,11 @@ class UploadsIndex:
     :meth:`resolve` answers as :func:`safe_path` does: a stored path the walk listed is a plain
     relative path reached through real folders (its real path is known, and it is a regular
     file); any other stored path — a missing file, a path through a symlinked folder, one spelled
-    with ``./`` or ``//`` — is resolved on disk, symlinks included, as before."""
+    with ``./`` or ``//`` — is resolved on disk, symlinks included, exactly as
+    :func:`safe_path` resolves it."""
 
     def __init__(self, root: str | os.PathLike[str]):
-        self.under = _Under(Path(root))
+        self.under = SafeRoot(Path(root))
         self.real = self.under.real
         self.files: dict[str, tuple[str, os.stat_result]] = {rel: (real, st) for rel, real, st in _scan(self.under)}
         self._sha: dict[str, str] = {}
@@ -416,7 +417,7 @@ class UploadsIndex:
 
 def iter_uploads(root: Path) -> Iterator[FileEntry]:
     """Every regular file under ``root`` (sorted; symlinks leading outside are skipped)."""
-    under = _Under(root)
+    under = SafeRoot(root)
     for rel, real, st in _scan(under):
         yield FileEntry(rel, st.st_size, sha256_bytes_of(real, under.real), round(st.st_mtime, 6))
 
@@ -546,7 +547,7 @@ def copy_files_into_bundle(
     import json
     import sqlite3
 
-    from recovery.capture.snapshot import deploy_time_of, read_manifest
+    from recovery.capture.manifest import deploy_time_of, read_manifest
     from recovery.engine.sqlite_io import readonly
     from recovery.engine.sqlbuild import col, sql, table
     from sqlglot import exp
@@ -626,10 +627,10 @@ def copy_files_into_bundle(
         unrecorded.append((entry, dst))
     done = dict(zip(sources, writer.copy_all([(src, dst) for dst, src in sources.items()]), strict=True))
     writer.sync()  # every copy durable before the caller seals the bundle
-    for dst, src in shadowed.items():  # hashed as it would have been copied, not written
-        fd = open_nofollow(src, index.real)
+    for shadow, shadowed_src in shadowed.items():  # hashed as it would have been copied, not written
+        fd = open_nofollow(shadowed_src, index.real)
         try:
-            done[dst] = digest_fd(fd)
+            done[shadow] = digest_fd(fd)
         finally:
             os.close(fd)
     for entry, dst, recorded_sha in waiting:

@@ -34,7 +34,7 @@ import sqlglot
 from sqlglot import exp
 
 from recovery.errors import ExitCode, RecoveryError
-from recovery.migrate.migrations import Env, _config, is_stub, migrate_capture, track
+from recovery.migrate.migrations import Env, config_from_ini, is_stub, migrate_capture, track
 from recovery.migrate.sandbox import MigrationFailed, Sandbox
 from recovery.engine.schema import BOOKKEEPING_TABLES, Schema, alembic_revision, reflect
 from recovery.engine.sqlbuild import col, ident, table
@@ -181,7 +181,7 @@ def check(
     from alembic.script import ScriptDirectory
     from alembic.util.exc import CommandError
 
-    script = ScriptDirectory.from_config(_config(alembic_ini))
+    script = ScriptDirectory.from_config(config_from_ini(alembic_ini))
     db_rev, db_has_schema = None, False
     if db is not None:
         with readonly(db, "database") as conn:
@@ -473,6 +473,7 @@ def _named_objects(kind: str, before: dict[str, str], after: dict[str, str]) -> 
     for name in sorted(set(before) | set(after)):
         b, a = before.get(name), after.get(name)
         if b is None:
+            assert a is not None  # the name is in one of the two
             out.append(Change(f"{kind}_added", _on_table(a), name, " ".join(a.split())))
         elif a is None:
             out.append(Change(f"{kind}_dropped", _on_table(b), name, " ".join(b.split())))
@@ -588,21 +589,22 @@ def suggest_reverse(before: Schema, after: Schema, changes: list[Change], up_db:
     problems: list[str] = []
     touched_views = [c for c in changes if c.kind in ("view_added", "view_changed", "view_dropped")]
     for c in touched_views:  # views first: SQLite refuses to drop a column a view names
-        if c.column in after.views:
+        if c.column is not None and c.column in after.views:
             stmts.append(_drop("VIEW", c.column))
             ops.append(f'op.execute("DROP VIEW IF EXISTS {c.column}")')
     for c in reversed(changes):
+        name = c.column or ""  # set for every index and column change
         if c.kind == "index_added" and c.table in before.tables:
-            stmts.append(_drop("INDEX", c.column))
+            stmts.append(_drop("INDEX", name))
             ops.append(f'op.drop_index("{c.column}", table_name="{c.table}")')
         elif c.kind == "column_added":
             stmts.append(exp.Alter(this=table(c.table), kind="TABLE",
-                                   actions=[exp.Drop(tables=[col(c.column)], kind="COLUMN")]))
+                                   actions=[exp.Drop(tables=[col(name)], kind="COLUMN")]))
             ops.append(f'op.drop_column("{c.table}", "{c.column}")')
         elif c.kind == "column_renamed":
             old = c.detail.removeprefix("from ")
             stmts.append(exp.Alter(this=table(c.table), kind="TABLE",
-                                   actions=[exp.RenameColumn(this=col(c.column), to=col(old))]))
+                                   actions=[exp.RenameColumn(this=col(name), to=col(old))]))
             ops.append(f'op.alter_column("{c.table}", "{c.column}", new_column_name="{old}")')
         elif c.kind == "table_added":
             stmts.append(_drop("TABLE", c.table))
@@ -653,7 +655,7 @@ def _drop(kind: str, name: str) -> exp.Drop:
     return exp.Drop(tables=[table(name)], kind=kind, exists=True)
 
 
-def _parents(down: str | tuple[str, ...] | None) -> list[str]:
+def _parents(down: str | list[str] | tuple[str, ...] | None) -> list[str]:
     if down is None:
         return []
     return [down] if isinstance(down, str) else list(down)

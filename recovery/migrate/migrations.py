@@ -38,7 +38,8 @@ class RevisionInfo:
     path: str
 
 
-def _config(alembic_ini: str | os.PathLike[str]) -> Any:
+def config_from_ini(alembic_ini: str | os.PathLike[str]) -> Any:
+    """The application's alembic ``Config``; a missing ini is refused with one clear line."""
     from alembic.config import Config
 
     ini = Path(alembic_ini)
@@ -75,7 +76,7 @@ def revisions_between(alembic_ini: str | os.PathLike[str], upper: str, lower: st
     from alembic.script import ScriptDirectory
     from alembic.util.exc import CommandError
 
-    script = ScriptDirectory.from_config(_config(alembic_ini))
+    script = ScriptDirectory.from_config(config_from_ini(alembic_ini))
     try:
         revs = list(script.iterate_revisions(upper, lower))
     except CommandError as exc:
@@ -259,10 +260,10 @@ def track(statements: list[str], env: Env) -> Env:
             src = _table_name(src_table.this) if src_table is not None else None
             if src is None or src not in env:
                 continue
-            cols = [c.name for c in tree.this.expressions]
+            names = [c.name for c in tree.this.expressions]
             exprs = [e.unalias() if isinstance(e, exp.Alias) else e for e in sel.expressions]
             env.setdefault(target, {})
-            for c, e in zip(cols, exprs, strict=False):
+            for c, e in zip(names, exprs, strict=False):
                 env[target][c] = _substitute(e, env[src])
         elif isinstance(tree, exp.Update):
             name = _table_name(tree.this)
@@ -386,5 +387,5 @@ def migrate_capture(
 
     if direction not in ("upgrade", "downgrade"):
         raise ValueError(direction)
-    _config(alembic_ini)
+    config_from_ini(alembic_ini)
     return migrate_once(alembic_ini, db, direction, target, protect)

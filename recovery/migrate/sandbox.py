@@ -301,7 +301,7 @@ class Sandbox:
         init_path.write_text(json.dumps(init), encoding="utf-8")
         req_r, req_w = os.pipe()
         resp_r, resp_w = os.pipe()
-        log = open(self._dir / "child.log", "wb")  # noqa: SIM115 - closed right after the start
+        log = open(self._dir / "child.log", "wb")  # closed right after the start
         try:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "recovery.migrate.sandbox_child", str(init_path), str(req_r), str(resp_w)],
@@ -402,7 +402,7 @@ class Sandbox:
 
     def close(self) -> None:
         if self._fds is not None:
-            req_w, resp_r = self._fds
+            req_w, _resp_r = self._fds
             try:
                 os.write(req_w, b'{"op": "exit"}\n')
             except OSError:

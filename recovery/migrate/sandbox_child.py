@@ -149,11 +149,11 @@ class Guard:
         elif event in PATH_EVENTS:
             self._busy = True
             try:
-                hit = next((a for a in args if isinstance(a, (str, bytes, os.PathLike)) and self._is_protected(a)), None)
+                path = next((a for a in args if isinstance(a, (str, bytes, os.PathLike)) and self._is_protected(a)), None)
             finally:
                 self._busy = False
-            if hit is not None:
-                self.refuse(f"{event}({hit!r}) on a protected database file")
+            if path is not None:
+                self.refuse(f"{event}({path!r}) on a protected database file")
         elif event in PROCESS_EVENTS:
             self.refuse(f"starting a program ({event} {args[0] if args else ''!r}): it would run unguarded")
         elif event == "socket.connect":
@@ -218,7 +218,7 @@ class Guard:
         create_engine.__doc__ = original.__doc__
         for mod in list(sys.modules.values()):
             if getattr(mod, "create_engine", None) is original:
-                setattr(mod, "create_engine", create_engine)
+                setattr(mod, "create_engine", create_engine)  # noqa: B010 - mypy types mod as a bare ModuleType
         assert sqlalchemy.create_engine is create_engine and sqlalchemy.engine.create_engine is create_engine
 
 
@@ -286,7 +286,7 @@ def _allow_branching(conn: Any) -> None:
     if not hasattr(conn, "connect"):
         try:
             conn.connect = lambda: contextlib.nullcontext(conn)
-        except AttributeError:  # a connection class with slots: such an env.py fails as before
+        except AttributeError:  # a connection class with slots: such an env.py fails as it would unguarded
             pass
 
 
@@ -296,7 +296,7 @@ def _answer(fd: int, payload: dict[str, Any]) -> None:
         data = data[os.write(fd, data):]
 
 
-def _requests(fd: int):  # noqa: ANN202 - a generator of dicts
+def _requests(fd: int):  # a generator of dicts
     buf = b""
     while True:
         chunk = os.read(fd, 65536)
@@ -339,7 +339,7 @@ def main(argv: list[str]) -> int:
     captured: list[str] = []
 
     @sa.event.listens_for(sa.engine.Engine, "before_cursor_execute")
-    def _capture(conn, cursor, statement, parameters, context, executemany):  # noqa: ANN001
+    def _capture(conn, cursor, statement, parameters, context, executemany):
         captured.append(statement)  # every engine, the application's own included
 
     import alembic.command  # noqa: F401 - loaded once, before the first request
@@ -353,7 +353,7 @@ def main(argv: list[str]) -> int:
                 raise ValueError(f"unknown request {req.get('op')!r}")
             statements = _run_migrate(req, init, captured, engines)
             _answer(resp_fd, {"ok": True, "statements": statements, "refused": list(guard.refused)})
-        except BaseException as exc:  # noqa: BLE001 - the application's failure is the answer
+        except BaseException as exc:  # the application's failure is the answer
             if isinstance(exc, KeyboardInterrupt):
                 raise
             _answer(resp_fd, {"ok": False, "error": f"{type(exc).__name__}: {exc}".strip(),

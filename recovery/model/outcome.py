@@ -384,7 +384,8 @@ def _fields(obj: Any, names: set[str], where: str, optional: set[str] = frozense
         raise OutcomeFormatError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
     if missing:
         raise OutcomeFormatError(f"{where}: missing field(s) {', '.join(sorted(missing))}")
-    return obj
+    fields: dict[str, Any] = obj
+    return fields
 
 
 _OUTCOME_FIELDS = {"format", "bundle_id", "target", "policy", "dry_run", "already_applied", "aborted", "tables",
@@ -415,7 +416,7 @@ def _outcome_to_data(o: Outcome) -> dict[str, Any]:
 
 
 def _list_of_dicts(v: Any, where: str) -> list[dict[str, Any]]:
-    items = decode_value(_expect(v, list, where), where)
+    items: list[dict[str, Any]] = decode_value(_expect(v, list, where), where)
     for i, item in enumerate(items):
         _expect(item, dict, f"{where}[{i}]")
     return items

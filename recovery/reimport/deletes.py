@@ -39,12 +39,11 @@ from recovery.bundle.store import Bundle, open_bundle, write_json_atomic
 from recovery.reimport import triggers
 from recovery.errors import ExitCode, RecoveryError
 from recovery.model.outcome import Conflict
-from recovery.engine.schema import Schema, Table, reflect
+from recovery.engine.schema import APPLIED_DELETES_TABLE, Schema, Table, reflect
 from recovery.engine.sqlbuild import and_all, col, is_same, sql, table
-from recovery.engine.sqlite_io import _uri, check_sqlite_file, consistent_copy, readonly, wait_for_write_lock
+from recovery.engine.sqlite_io import file_uri, check_sqlite_file, consistent_copy, readonly, wait_for_write_lock
 from recovery.engine.timebound import statement_time_limit
 
-APPLIED_DELETES_TABLE = "_recovery_deletes_applied"
 RESULT_FILE = "deletes_applied.json"
 BASE = "rb"
 """Alias under which the bundle's ``base.db`` (backup images) is attached, read-only."""
@@ -125,7 +124,7 @@ def _candidates(bundle: Bundle) -> dict[str, list[tuple[Any, ...]]]:
     """Keys of the rows deleted after the deploy, per old-schema table (a bounded list: one entry
     per post-deploy delete, the same list the run's deletes_for_review.csv holds)."""
     out: dict[str, list[tuple[Any, ...]]] = {}
-    conn = sqlite3.connect(_uri(bundle.base_db, mode="ro"), uri=True)
+    conn = sqlite3.connect(file_uri(bundle.base_db, mode="ro"), uri=True)
     try:
         with statement_time_limit(conn):
             have = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -224,7 +223,7 @@ def _apply(db: Path, bundle: Bundle, items: list[DeleteItem], result: DeletesRes
 
     conn = open_target(db, busy_timeout)
     try:
-        conn.execute(f"ATTACH DATABASE ? AS {BASE}", (_uri(bundle.base_db, mode="ro"),))
+        conn.execute(f"ATTACH DATABASE ? AS {BASE}", (file_uri(bundle.base_db, mode="ro"),))
         schema = reflect(conn)  # before BEGIN: reflection through SQLAlchemy ends any open transaction
         wait_for_write_lock(conn, busy_timeout)
         try:

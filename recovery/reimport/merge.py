@@ -41,12 +41,11 @@ from recovery.reimport.constraints import Rules, UniqueRule, read_rules, strict_
 from recovery.errors import ExitCode, RecoveryError
 from recovery.files.uploads import FilesConfig
 from recovery.model.outcome import Conflict, ConflictMode, ConflictPolicy, Outcome, Prefer, Remap, TableOutcome
-from recovery.engine.schema import Schema, Table
+from recovery.engine.schema import APPLIED_TABLE, Schema, Table
 from recovery.engine.sqlbuild import and_all, col, is_distinct, is_same, or_all, sql, table
 from recovery.transpile.passes import BASE_DB, BUNDLE_DB, KIND, Plan, TablePlan
 from recovery.transpile.passes import plan as make_plan
 
-APPLIED_TABLE = "_recovery_applied"
 JSON_BATCH = 500
 """JSON cells changed on both sides are read into Python (:mod:`recovery.reimport.jsonmerge`) this many at a time."""
 KILL_ENV = "RECOVERY_TEST_KILL_AFTER_STATEMENTS"
@@ -1278,17 +1277,17 @@ def _count(conn: sqlite3.Connection, name: str) -> int:
 
 
 def attach_bundle(conn: sqlite3.Connection, bundle: Bundle) -> None:
-    from recovery.engine.sqlite_io import _uri
+    from recovery.engine.sqlite_io import file_uri
 
-    conn.execute(f"ATTACH DATABASE ? AS {BUNDLE_DB}", (_uri(bundle.rows_db, mode="ro"),))
-    conn.execute(f"ATTACH DATABASE ? AS {BASE_DB}", (_uri(bundle.base_db, mode="ro"),))
+    conn.execute(f"ATTACH DATABASE ? AS {BUNDLE_DB}", (file_uri(bundle.rows_db, mode="ro"),))
+    conn.execute(f"ATTACH DATABASE ? AS {BASE_DB}", (file_uri(bundle.base_db, mode="ro"),))
 
 
 def open_target(path: Path, timeout: float) -> sqlite3.Connection:
-    from recovery.engine.sqlite_io import _uri, check_sqlite_file
+    from recovery.engine.sqlite_io import file_uri, check_sqlite_file
 
     p = check_sqlite_file(path, "target database")
-    conn = sqlite3.connect(_uri(p, mode="rw"), uri=True, isolation_level=None, timeout=0.2)
+    conn = sqlite3.connect(file_uri(p, mode="rw"), uri=True, isolation_level=None, timeout=0.2)
     conn.execute("PRAGMA foreign_keys = OFF")  # no cascade may fire; integrity is checked before commit
     conn.execute("PRAGMA temp_store = FILE")  # staged rows spill to a temp file: bounded RSS at any size
     return conn

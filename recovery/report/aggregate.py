@@ -25,7 +25,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlglot import exp
@@ -46,6 +46,28 @@ TIME_FUNCTION = "recovery_time_us"
 LOST_KEYS = "recovery_report_lost"
 PY_KEYS = "recovery_report_keys"
 GROUPS = "recovery_report_groups"
+
+
+def parse_time(value: Any) -> datetime | None:
+    """A stored timestamp (ISO text or Unix epoch s/ms) as naive UTC-ish datetime, or None.
+    (:func:`time_us` is its SQL twin; a property test keeps the two equal.)"""
+    if value is None or isinstance(value, bytes):
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = value / 1000.0 if abs(value) > 1e11 else float(value)
+        try:
+            return datetime.fromtimestamp(seconds, UTC).replace(tzinfo=None)
+        except (OverflowError, OSError, ValueError):
+            return None
+    text = str(value).strip()
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        try:
+            return parse_time(float(text))
+        except ValueError:
+            return None
+    return dt.astimezone(UTC).replace(tzinfo=None) if dt.tzinfo else dt
 
 
 def to_us(dt: datetime | None) -> int | None:
@@ -143,8 +165,6 @@ def time_us(c: exp.Expression) -> exp.Expression:
 
 def register(conn: sqlite3.Connection) -> None:
     """Make ``recovery_time_us`` (the fallback of :func:`time_us`) callable on ``conn``."""
-    from recovery.report.model import parse_time
-
     conn.create_function(TIME_FUNCTION, 1, lambda v: to_us(parse_time(v)), deterministic=True)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 PALETTE = ["#2563eb", "#f59e0b", "#10b981", "#8b5cf6", "#ef4444", "#06b6d4", "#84cc16", "#ec4899",
            "#64748b", "#a16207"]
@@ -56,7 +56,7 @@ def activity_chart(activity: dict[str, Any]) -> str | None:
                     heights[index[b["start"]]] += b["created"] + b["changed"]
             ax.bar(xs, heights, width=width, bottom=bottom, align="edge", label=table,
                    color=PALETTE[n % len(PALETTE)], linewidth=0)
-            bottom = [a + h for a, h in zip(bottom, heights)]
+            bottom = [a + h for a, h in zip(bottom, heights, strict=True)]
         ax.set_ylabel(f"records per {minutes} min")
         ax.yaxis.get_major_locator().set_params(integer=True)
         ax.grid(axis="x", visible=False)
@@ -76,7 +76,7 @@ def outcome_chart(tables: list[dict[str, Any]]) -> str | None:
     names = [t["table"] for t in rows]
     carried = [t["carried"] for t in rows]
     skipped = [t["not_carried"] if t["not_carried_reason"].startswith("conflict") else 0 for t in rows]
-    missing = [t["not_carried"] - s for t, s in zip(rows, skipped)]
+    missing = [t["not_carried"] - s for t, s in zip(rows, skipped, strict=True)]
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=(9, 0.5 * len(rows) + 1.1))
         left = [0] * len(rows)
@@ -85,7 +85,7 @@ def outcome_chart(tables: list[dict[str, Any]]) -> str | None:
                 bars = ax.barh(names, values, left=left, color=OUTCOME_COLORS[label], label=label, height=0.6)
                 ax.bar_label(bars, labels=[str(v) if v else "" for v in values], label_type="center",
                              color="white", fontsize=9, fontweight="bold")
-            left = [a + v for a, v in zip(left, values)]
+            left = [a + v for a, v in zip(left, values, strict=True)]
         for y, t in enumerate(rows):
             if t["lost_values"]:
                 ax.annotate(f"{t['lost_values']} lost value(s)", (left[y], y), xytext=(6, 0),

@@ -12,7 +12,7 @@ import csv
 import io
 import os
 from collections.abc import Iterable, Sequence
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 from recovery.escape import csv_safe_row
 from recovery.report.lost import csv_cell
@@ -27,7 +27,7 @@ BIG_CELL = 1 << 20
 of this size: the csv module would hold the cell as 4-byte characters and then the whole line."""
 
 
-def writer(fh: IO[str], quoting: int = csv.QUOTE_MINIMAL) -> Any:
+def writer(fh: IO[str], quoting: Literal[0, 1, 2, 3] = csv.QUOTE_MINIMAL) -> Any:
     return csv.writer(fh, lineterminator=os.linesep, quoting=quoting, quotechar='"', doublequote=True)
 
 

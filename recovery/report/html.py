@@ -167,8 +167,8 @@ def render_html(report: dict[str, Any]) -> str:
     users_note = {"ids": "users shown by id (no users table found)"}.get(
         report.get("user_names_from", "ids"), f"names from the {report.get('user_names_from')} users table")
     body = [
-        f"<header><h1>{_t(MODE_TITLES.get(h['mode'], 'Recovery report'))}</h1>"
-        f"<p>Generated {_t(report.get('generated_at'))} by recovery</p></header>",
+        (f"<header><h1>{_t(MODE_TITLES.get(h['mode'], 'Recovery report'))}</h1>"
+        f"<p>Generated {_t(report.get('generated_at'))} by recovery</p></header>"),
         f'<div class="banner {cls}" role="status" data-verdict="{_t(h["verdict"])}"><div class="icon">{icon}</div>'
         f'<div><h2 id="verdict">{_t(title)}</h2><p>{_t(sentence)}</p>'
         + ('<ul class="reasons">' + "".join(f"<li>{_t(r)}</li>" for r in verdict_reasons(h)) + "</ul>"

@@ -48,7 +48,7 @@ NATURAL_ORDER: tuple[exp.Expression, ...] = (col("table"), _json_at(0), _json_at
 """The report's order: numeric keys numerically (1, 2, 10), as ``report.model`` sorts them."""
 
 
-class LostValues(list):  # type: ignore[type-arg]
+class LostValues(list):
     """A bounded sample of lost values (dicts like ``Outcome.lost`` always held) that knows the
     exact ``total``, the ``counts`` per table and column and the ``source`` rows.db with all of them.
     It is a list, so code that only reads ``Outcome.lost`` keeps working on the sample."""
@@ -269,8 +269,11 @@ def _key_cell() -> exp.Expression:
     goes to ``recovery_lost_key_cell``, i.e. Python's ``json.loads`` + :func:`csv_cell`."""
     key = col("key")
     length = _fn("length", key.copy())
-    inner = lambda trim: _fn("substr", key.copy(), exp.Literal.number(1 + trim),  # noqa: E731
-                             exp.Sub(this=length.copy(), expression=exp.Literal.number(2 * trim)))
+
+    def inner(trim: int) -> exp.Expression:
+        return _fn("substr", key.copy(), exp.Literal.number(1 + trim),
+                   exp.Sub(this=length.copy(), expression=exp.Literal.number(2 * trim)))
+
     as_int = exp.Cast(this=inner(1), to=exp.DataType.build("INTEGER"))
     # (a non-text key never equals text: a blob, number or NULL key fails both tests)
     canonical_int = exp.EQ(this=key.copy(), expression=exp.DPipe(

@@ -31,8 +31,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     _, title, sentence = verdict_text(h)
     rollback = h.get("rollback_time") or ("dry run — nothing changed" if h["mode"] == "dry-run" else "not rolled back yet")
     ahead = h["mode"] != "rollback"
-    out = [f"# {'Recovery bundle report' if h['mode'] == 'bundle' else 'Rollback recovery report'}"
-           f"{' (dry run)' if h['mode'] == 'dry-run' else ''}", "",
+    out = [(f"# {'Recovery bundle report' if h['mode'] == 'bundle' else 'Rollback recovery report'}"
+           f"{' (dry run)' if h['mode'] == 'dry-run' else ''}"), "",
            f"**{title.upper()}** — {md_text(sentence)}",
            *[f"- {md_text(r, None)}" for r in verdict_reasons(h)], "",
            f"- Deploy time: {md_text(h.get('deploy_time'))}",
@@ -48,8 +48,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     out += [f"- Lost values: **{h['lost_values']}** (in {h['records_with_lost_values']} record(s))"]
     out += [f"  - {n}: {md_text(reason)}" for reason, n in h.get("lost_reasons", {}).items()]
     out += [f"- Conflicts: **{h['conflicts']}**", f"- Files affected: **{h['files_affected']}**",
-            *([f"- Triggers suspended while rows were carried (re-created unchanged): "
-               f"{md_text(', '.join(report['triggers_suspended']))}"] if report.get("triggers_suspended") else []),
+            *([(f"- Triggers suspended while rows were carried (re-created unchanged): "
+               f"{md_text(', '.join(report['triggers_suspended']))}")] if report.get("triggers_suspended") else []),
             f"- Deleted after the deploy (restored, for review): {h['records_deleted']}",
             f"- Verification: {({True: 'passed', False: 'FAILED', None: 'not run'})[h.get('verified')]}",
             f"- Verdict: **{h['verdict']}**"]
@@ -63,14 +63,14 @@ def render_markdown(report: dict[str, Any]) -> str:
     if lost_more(report):
         out += ["", f"_{md_text(lost_more(report))}_"]
     if report.get("filled_by_upgrade"):
-        out += ["", f"Filled by the upgrade, not verified: {report['filled_by_upgrade']:,} value(s) in columns only the "
+        out += ["", (f"Filled by the upgrade, not verified: {report['filled_by_upgrade']:,} value(s) in columns only the "
                 "new release has, in records nobody changed in the old release's columns — not lost (the rollback "
-                "restores those records as the backup has them); listed in filled_by_upgrade.csv."]
+                "restores those records as the backup has them); listed in filled_by_upgrade.csv.")]
     out += ["", f"## Conflicts ({len(report['conflicts'])})", "", md_table(conflicts_frame(report), "No conflicts.")]
     if report.get("not_carried"):
         out += ["", f"## Not carried back ({report.get('not_carried_total')})", "",
-                "Records the re-import skipped, each with every value it held after the deploy (its items "
-                "too); every column of each is in not_carried.csv.", "", md_table(not_carried_frame(report), "")]
+                ("Records the re-import skipped, each with every value it held after the deploy (its items "
+                "too); every column of each is in not_carried.csv."), "", md_table(not_carried_frame(report), "")]
         if not_carried_more(report):
             out += ["", f"_{md_text(not_carried_more(report))}_"]
     if report.get("deletes_for_review"):
@@ -79,13 +79,13 @@ def render_markdown(report: dict[str, Any]) -> str:
         if deletes_more(report):
             out += ["", f"_{md_text(deletes_more(report))}_"]
     if report.get("conflicts_mode") == "row":
-        out += ["", "Conflicts were judged by row (`--conflicts row`): any change to the same row after the deploy "
-                "and in the database since is a conflict."]
+        out += ["", ("Conflicts were judged by row (`--conflicts row`): any change to the same row after the deploy "
+                "and in the database since is a conflict.")]
     if report.get("migration_notes"):
         out += ["", "## Migration notes", ""] + [f"- {md_text(n)}" for n in report["migration_notes"]]
     if report.get("rules"):
-        out += ["", "## Column rules", "", "How old columns were produced from the new schema, and what the rows "
-                "nobody changed after the deploy say about each rule.", ""]
+        out += ["", "## Column rules", "", ("How old columns were produced from the new schema, and what the rows "
+                "nobody changed after the deploy say about each rule."), ""]
         out += [f"- {md_text(r['table'])}.{md_text(r['column'])} = {md_text(r['expression'] or '(no source)')} "
                 f"[{md_text(r['source'])}]: {md_text(r['verdict'] or 'not checked')}"
                 + (f", {r['rows_agreeing']} of {r['rows_checked']} unchanged rows agree"

@@ -18,7 +18,7 @@ from __future__ import annotations
 import sqlite3
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +30,9 @@ from recovery.report.lost import NATURAL_ORDER, SAMPLE_LIMIT, as_dict, cut_value
 from recovery.model.outcome import Outcome, judge
 from recovery.report import aggregate, notcarried
 from recovery.report.tables import LIST_LIMIT
-from recovery.report.aggregate import KeyCounts, TablePlan
+from recovery.report.aggregate import KeyCounts, TablePlan, parse_time
 from recovery.engine.schema import Table
-from recovery.capture.snapshot import release_tag
+from recovery.capture.manifest import release_tag
 from recovery.engine.sqlbuild import col, sql, table
 from recovery.compare.timestamps import find_timestamp_columns
 
@@ -68,28 +68,6 @@ class _NoUserColumn:
 
 def _key(v: Any) -> tuple[Any, ...]:
     return tuple(v) if isinstance(v, (list, tuple)) else (v,)
-
-
-def parse_time(value: Any) -> datetime | None:
-    """A stored timestamp (ISO text or Unix epoch s/ms) as naive UTC-ish datetime, or None.
-    (``aggregate.time_us`` is its SQL twin; a property test keeps the two equal.)"""
-    if value is None or isinstance(value, bytes):
-        return None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = value / 1000.0 if abs(value) > 1e11 else float(value)
-        try:
-            return datetime.fromtimestamp(seconds, UTC).replace(tzinfo=None)
-        except (OverflowError, OSError, ValueError):
-            return None
-    text = str(value).strip()
-    try:
-        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        try:
-            return parse_time(float(text))
-        except ValueError:
-            return None
-    return dt.astimezone(UTC).replace(tzinfo=None) if dt.tzinfo else dt
 
 
 def _iso(dt: datetime | None) -> str | None:
@@ -202,7 +180,7 @@ def _name_lost_users(conn: sqlite3.Connection | None, bundle: Bundle, users_tabl
     by_table: dict[str, set[tuple[Any, ...]]] = defaultdict(set)
     for x in sample:
         by_table[x["table"]].add(_key(x.get("key")))
-    present = notcarried._present(conn)
+    present = notcarried.present_tables(conn)
     who: dict[tuple[str, tuple[Any, ...]], Any] = {}
     for name, keys in sorted(by_table.items()):
         t = bundle.new.table(name)
@@ -211,7 +189,7 @@ def _name_lost_users(conn: sqlite3.Connection | None, bundle: Bundle, users_tabl
         creator, changer = _user_columns(t, users_table)
         if creator is None and changer is None:
             continue
-        for k, row in notcarried._rows_of(conn, name, list(t.key), sorted(keys, key=repr)).items():
+        for k, row in notcarried.rows_of(conn, name, list(t.key), sorted(keys, key=repr)).items():
             column = creator if row.get(KIND_COLUMN) == "inserted" else changer
             who[(name, k)] = row.get(column) if column else None
     names, _ = _user_names(bundle, users_table, {u for u in who.values() if u is not None})
@@ -318,7 +296,7 @@ def _build(conn: sqlite3.Connection | None, bundle: Bundle, outcome: Outcome | N
 
     # ---- per table
     counts = bundle.counts
-    tables = []
+    tables: list[dict[str, Any]] = []
     for name in sorted(set(counts) | {g.table for g in groups}):
         c = counts.get(name, {})
         created, changed, deleted = c.get("inserted", 0), c.get("updated", 0), c.get("deleted", 0)
@@ -358,10 +336,11 @@ def _build(conn: sqlite3.Connection | None, bundle: Bundle, outcome: Outcome | N
         u["carried"] += g.rows - g.skipped if ok else 0
         u["conflicts"] += g.conflicts
         u["lost_values"] += g.lost
-    users = sorted(({"user_id": None if isinstance(uid, _NoUserColumn) else uid, "user": _user_label(uid, names), "created": c["created"],
-                     "changed": c["changed"], "carried": c["carried"], "conflicts": c["conflicts"],
-                     "lost_values": c["lost_values"]} for uid, c in per_user.items()),
-                   key=lambda d: (-(d["created"] + d["changed"]), d["user"]))
+    user_rows: list[dict[str, Any]] = [
+        {"user_id": None if isinstance(uid, _NoUserColumn) else uid, "user": _user_label(uid, names), "created": c["created"],
+         "changed": c["changed"], "carried": c["carried"], "conflicts": c["conflicts"],
+         "lost_values": c["lost_values"]} for uid, c in per_user.items()]
+    users = sorted(user_rows, key=lambda d: (-(d["created"] + d["changed"]), d["user"]))
 
     # ---- headline
     created = sum(t["created"] for t in tables)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from recovery.capture.snapshot import release_tag
+from recovery.capture.manifest import release_tag
 
 
 def _release(backup: Path | None, revision: str | None) -> str:
@@ -27,8 +27,8 @@ def next_steps(run_dir: Path, db: Path, backup: Path | None, revision: str | Non
         f"Deploy {_release(backup, revision)} now: {db} is at its schema.",
         f"Report for the product owner: {run_dir / 'report.html'}"
         + (" — it lists what needs review." if needs_review else "."),
-        f"The failed release's database is kept in {run_dir / 'safety'}; to put it back: "
-        f"recovery undo {run_dir}",
+        (f"The failed release's database is kept in {run_dir / 'safety'}; to put it back: "
+        f"recovery undo {run_dir}"),
     ]
     if deletes_for_review:
         steps.append(f"{deletes_for_review} row(s) deleted after the deploy were restored; review "

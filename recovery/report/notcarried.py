@@ -27,14 +27,15 @@ CHUNK = 200
 """Keys looked up per statement (well under SQLite's bound-parameter limit)."""
 
 
-def _present(conn: sqlite3.Connection) -> set[str]:
+def present_tables(conn: sqlite3.Connection) -> set[str]:
+    """The tables of ``conn``'s main database (a bundle's rows.db holds only tables with rows)."""
     q = exp.select(col("name")).from_(table("sqlite_master", "main")).where(
         exp.EQ(this=col("type"), expression=exp.Literal.string("table")))
     return {r[0] for r in conn.execute(sql(q))}
 
 
-def _rows_of(conn: sqlite3.Connection, name: str, key: list[str],
-             keys: list[tuple[Any, ...]]) -> dict[tuple[Any, ...], dict[str, Any]]:
+def rows_of(conn: sqlite3.Connection, name: str, key: list[str],
+            keys: list[tuple[Any, ...]]) -> dict[tuple[Any, ...], dict[str, Any]]:
     """The bundle rows of ``name`` with these keys, column → value (the post-deploy version, not
     a closure row, where there is one)."""
     found: dict[tuple[Any, ...], dict[str, Any]] = {}
@@ -48,7 +49,7 @@ def _rows_of(conn: sqlite3.Connection, name: str, key: list[str],
         cur = conn.execute(sql(q), [v for k in chunk for v in k])
         names = [d[0] for d in cur.description]
         for rec in cur:
-            d = dict(zip(names, rec))
+            d = dict(zip(names, rec, strict=True))
             k = tuple(d[c] for c in key)
             if k not in found or found[k].get(KIND_COLUMN) == "closure":
                 found[k] = d
@@ -78,12 +79,12 @@ def _records(bundle: Bundle, records: list[dict[str, Any]], conn: sqlite3.Connec
     for r in records:
         by_table[r["table"]].append(r)
     out = []
-    present = _present(conn) if conn is not None else set()
+    present = present_tables(conn) if conn is not None else set()
     for name in sorted(by_table):
         t = bundle.new.table(name)
         found: dict[tuple[Any, ...], dict[str, Any]] = {}
         if conn is not None and t is not None and name in present and t.key:
-            found = _rows_of(conn, name, list(t.key), [tuple(r["key"]) for r in by_table[name]])
+            found = rows_of(conn, name, list(t.key), [tuple(r["key"]) for r in by_table[name]])
         order = list(t.column_names) if t is not None else []
         for r in by_table[name]:
             row = found.get(tuple(r["key"]), {})

@@ -29,7 +29,7 @@ class OutputConsole(Console):
     table as full-width plain text (:func:`plain_table`) and never wraps a line: what a script or
     a log reads is never cut (``inser…``) nor folded. On a terminal it is rich's console."""
 
-    def print(self, *objects: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    def print(self, *objects: Any, **kwargs: Any) -> None:
         if self.is_terminal:
             return super().print(*objects, **kwargs)
         kwargs.setdefault("soft_wrap", True)
@@ -63,14 +63,14 @@ def plain_table(t: RichTable) -> str:
 
     headers = [_cell_text(c.header) for c in t.columns]
     columns = [[_cell_text(cell) for cell in c.cells] for c in t.columns]
-    rows = [headers] + [list(r) for r in zip(*columns)] if columns else [headers]
+    rows = [headers] + [list(r) for r in zip(*columns, strict=False)] if columns else [headers]
     widths = [max(len(r[i]) for r in rows) for i in range(len(headers))]
     lines = []
     if t.title:
         title = t.title.plain if isinstance(t.title, Text) else _cell_text(t.title)
         lines.append(title)
     for r in rows:
-        lines.append("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+        lines.append("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
     return "\n".join(lines) + "\n"
 
 

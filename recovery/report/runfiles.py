@@ -24,13 +24,12 @@ from recovery.bundle.store import FILLED_TABLE, Bundle, open_bundle
 from recovery.errors import RecoveryError
 from recovery.report.lost import count_rows, csv_cell, csv_rows, open_ro
 from recovery.report.lost import has_lost as _has_lost
-from recovery.model.outcome import Outcome
+from recovery.model.outcome import OUTCOME_FORMAT, Outcome, OutcomeFormatError
 from recovery.report import csvout, notcarried
 from recovery.report.html import render_html
 from recovery.report.markdown import render_markdown
 from recovery.report.model import build
-from recovery.report.tables import (CONFLICT_COLUMNS, FILE_COLUMNS, LOST_COLUMNS, deletes_columns,  # noqa: F401
-                                     frame)
+from recovery.report.tables import CONFLICT_COLUMNS, FILE_COLUMNS, LOST_COLUMNS, deletes_columns
 
 FORMAT = "recovery-report/1"
 RUN_FILES = ("report.json", "conflicts.csv", "lost_values.csv", "reimport.sql", "report.md", "report.html",
@@ -158,7 +157,7 @@ def stream_csv_rows(path: Path) -> _CsvRows:
     return _CsvRows(path)
 
 
-def _all_lost(outcome: Outcome, bundle: Bundle) -> Iterator[Any]:
+def _all_lost(outcome: Outcome, bundle: Bundle) -> Iterable[Any]:
     """Every lost value in ``Outcome.lost``'s order, exact: streamed from the bundle's rows.db
     (``_recovery_lost``), which the outcome's sample (values cut for showing) was loaded from; the
     outcome's own list only for a bundle without that table."""
@@ -233,6 +232,15 @@ class ReportResult:
         return self.document["report"]["headline"]
 
 
+def read_outcome_file(path: Path) -> Outcome:
+    """``outcome.json`` read back as data only; a file of any other shape is refused (exit 2)."""
+    try:
+        return Outcome.from_json(path.read_bytes())
+    except OutcomeFormatError as exc:
+        raise RecoveryError(f"{path} is not a {OUTCOME_FORMAT} file ({exc})",
+                            "the run folder was changed by hand; use a copy made by `recovery` itself") from None
+
+
 def load(folder: str | os.PathLike[str]) -> tuple[dict[str, Any], str]:
     """A report.json-shaped document for a run folder (its report.json, re-built from its bundle
     and saved outcome when that report.json predates the ``report`` section) or a bundle folder."""
@@ -252,8 +260,6 @@ def load(folder: str | os.PathLike[str]) -> tuple[dict[str, Any], str]:
                 raise RecoveryError(f"{rj} predates this report format and its bundle is gone",
                                     "run `recovery report` on the bundle folder instead")
             bundle = open_bundle(p / "bundle")
-            from recovery.pipeline import read_outcome_file
-
             outcome = read_outcome_file(p / "outcome.json")
             doc["report"] = build(bundle, outcome, _rollback_time(doc), doc.get("late_commits"))
         return doc, "run"

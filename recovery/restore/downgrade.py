@@ -36,7 +36,7 @@ from sqlglot import exp
 from recovery.errors import ExitCode, RecoveryError
 from recovery.engine.schema import Schema, Table, reflect
 from recovery.engine.sqlbuild import and_all, col, ident, key_join, sql, table
-from recovery.engine.sqlite_io import _uri, readonly, readonly_uri
+from recovery.engine.sqlite_io import file_uri, readonly, readonly_uri
 
 BACKUP = "recovery_backup"
 """The schema name the backup is ATTACHed under (read-only) while the scratch copy is repaired."""
@@ -284,7 +284,7 @@ def repair_from_backup(db: Path, backup: Path, live: Schema) -> Repair:
     steps, result = plan_repair(old, live, down, empty)
     if not steps:
         return result
-    conn = sqlite3.connect(_uri(db, mode="rw"), uri=True, isolation_level=None)
+    conn = sqlite3.connect(file_uri(db, mode="rw"), uri=True, isolation_level=None)
     try:
         conn.execute("PRAGMA foreign_keys = OFF")  # no cascade may fire, and parents come first anyway
         conn.execute(sql(exp.Attach(this=exp.alias_(exp.Placeholder(), ident(BACKUP)))), (readonly_uri(backup),))

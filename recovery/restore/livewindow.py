@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from recovery.errors import RecoveryError
-from recovery.engine.holders import PENDING_BYTE, WALINDEX_LOCK_OFFSET, _Flock
+from recovery.engine.holders import PENDING_BYTE, WALINDEX_LOCK_OFFSET, Flock
 from recovery.engine.sqlbuild import col, sql, table
 from recovery.engine.sqlite_io import fsync_dir, is_wal_file, sidecars, wait_for_write_lock
 
@@ -47,7 +47,7 @@ def _ofd_lock(fd: int, kind: int, start: int, length: int) -> bool:
     cmd = getattr(fcntl, "F_OFD_SETLK", None)
     if cmd is None:
         return True
-    lk = _Flock(kind, os.SEEK_SET, start, length, 0)
+    lk = Flock(kind, os.SEEK_SET, start, length, 0)
     try:
         fcntl.fcntl(fd, cmd, bytes(lk))
     except OSError:
@@ -251,7 +251,7 @@ def late_commits(safety: Path, replaced_copy: Path) -> dict[str, Any]:
                 rows = conn.execute(sql(exp.select("*").from_(diff).limit(LATE_ROWS_LISTED))).fetchall()
                 entry[label] = count
                 entry.setdefault("rows", []).extend(
-                    {"change": label, **{c: _jsonable(v) for c, v in zip(cols, r)}} for r in rows)
+                    {"change": label, **{c: _jsonable(v) for c, v in zip(cols, r, strict=True)}} for r in rows)
                 out["total"] += count
             if entry:
                 out["tables"][name] = entry

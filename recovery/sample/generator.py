@@ -24,7 +24,8 @@ import time
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterator, TextIO
+from collections.abc import Iterator
+from typing import Any, TextIO
 
 from recovery.errors import RecoveryError
 from recovery.sample.app import NEW_HEAD, OLD_HEAD, migrate

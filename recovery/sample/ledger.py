@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from recovery.sample import content as c
 
@@ -75,7 +76,7 @@ class Ledger:
         ).fetchone()
 
     def _as_dict(self, table: str, image: tuple | None) -> Row | None:
-        return None if image is None else dict(zip(self.columns[table], image))
+        return None if image is None else dict(zip(self.columns[table], image, strict=True))
 
     def touch(self, table: str, key: int) -> Row:
         """The row as it is now (a fresh dict); records its deploy-time image on first touch."""
@@ -89,7 +90,7 @@ class Ledger:
         now = rows[key][1]
         if now is None:
             raise KeyError(f"{table} {key} was deleted")
-        return self._as_dict(table, now)
+        return dict(zip(self.columns[table], now, strict=True))
 
     def insert(self, table: str, row: Row) -> int:
         cols = list(row)
@@ -98,6 +99,7 @@ class Ledger:
             [row[k] for k in cols],
         )
         key = cur.lastrowid
+        assert key is not None  # an INSERT sets it
         full = self._read(table, key)  # server defaults filled in
         rows = self.images[table]
         if key in rows and rows[key] != (None, None):

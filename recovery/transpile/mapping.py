@@ -18,6 +18,7 @@ evidence :mod:`recovery.compare.evidence` found for it in the rows both database
 """
 from __future__ import annotations
 
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,7 +127,7 @@ def check_tree(tree: exp.Expression, where: str, text: str | None = None) -> Non
             )
 
 
-def load_mapping(path: str | Path | None) -> UserMapping:
+def load_mapping(path: str | os.PathLike[str] | None) -> UserMapping:
     """Read and check a mapping file; ``None`` gives an empty mapping."""
     if path is None:
         return UserMapping(None)

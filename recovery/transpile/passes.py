@@ -162,7 +162,8 @@ def _bundle_rows(tname: str, kinds: tuple[str, ...]) -> exp.Select:
 
 def insert_select(tp: TablePlan) -> exp.Select:
     q = _bundle_rows(tp.table, INSERT_KINDS)
-    return q.select(*[exp.alias_(c.insert_value.copy(), c.column, quoted=True) for c in tp.columns], copy=False)
+    return q.select(*[exp.alias_((c.insert_value or exp.Null()).copy(), c.column, quoted=True) for c in tp.columns],
+                    copy=False)  # insert_value: set for every column by fill_old_only
 
 
 def update_select(tp: TablePlan, old_t: Table) -> tuple[exp.Select, tuple[str, ...]]:
@@ -176,7 +177,9 @@ def update_select(tp: TablePlan, old_t: Table) -> tuple[exp.Select, tuple[str, .
     sel: list[exp.Expression] = [exp.alias_(col(k, "o"), f"key_{i}", quoted=True) for i, k in enumerate(tp.key)]
     by_name = {c.column: c for c in tp.columns}
     for i, name in enumerate(updatable):
-        sel.append(exp.alias_(by_name[name].expression.copy(), f"theirs_{i}", quoted=True))
+        theirs = by_name[name].expression
+        assert theirs is not None  # updatable columns are the sourced ones
+        sel.append(exp.alias_(theirs.copy(), f"theirs_{i}", quoted=True))
         sel.append(exp.alias_(col(name, "o"), f"base_{i}", quoted=True))
     return q.select(*sel, copy=False), updatable
 

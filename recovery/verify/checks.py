@@ -4,7 +4,7 @@
 foreign_key_check`` each read the whole database, so they run at the same time on two read-only
 connections in two threads (Python's sqlite3 releases the GIL while SQLite works). :func:`verify`
 runs the same checks one after the other on a connection the caller already has. Both return the
-same dict; each check reads one committed state of the file, as before.
+same dict; each check reads one committed state of the file.
 """
 from __future__ import annotations
 
@@ -87,7 +87,7 @@ def _result(integrity: list[str], fks: list[dict[str, Any]], revision: str | Non
         expected = t.rows_before + t.inserted - t.deleted
         counts[name] = {"before": t.rows_before, "inserted": t.inserted, "deleted": t.deleted,
                         "expected": expected, "actual": t.rows_after, "ok": expected == t.rows_after}
-    result = {
+    result: dict[str, Any] = {
         "integrity_check": "ok" if integrity == ["ok"] else integrity[:5],
         "foreign_key_check": fks,
         "alembic_revision": {"expected": expected_revision, "actual": revision,

@@ -286,7 +286,7 @@ def _check_round_trip(result: Rehearsal, rolled: Path, backup: Path, bundle: Bun
 
 
 def _tables_in(conn: sqlite3.Connection, schema: str) -> set[str]:
-    return {r[0] for r in conn.execute(f"SELECT name FROM {schema}.sqlite_master WHERE type='table'")}  # noqa: S608
+    return {r[0] for r in conn.execute(f"SELECT name FROM {schema}.sqlite_master WHERE type='table'")}
 
 
 TOUCHED = "rehearse_touched"
@@ -362,7 +362,8 @@ def _changes_carried(conn: sqlite3.Connection, bundle: Bundle, result: Rehearsal
         checked = [c for c in tp.columns if c.expression is not None and c.column not in tp.key]
         # the rows the plan carries, old-schema shaped; a single remapped key is looked up by its new key
         expected = exp.select(*[exp.alias_(qualify_key(tp, k), f"k{i}", quoted=True) for i, k in enumerate(tp.key)],
-                              *[exp.alias_(c.expression.copy(), f"c{i}", quoted=True) for i, c in enumerate(checked)]
+                              *[exp.alias_(e.copy(), f"c{i}", quoted=True)
+                                for i, e in enumerate(c.expression for c in checked if c.expression is not None)]
                               ).from_(table(tp.table, "bundle", "b")).where(kinds)
         remap_of = exp.select(col("new_key", "r")).from_(table("rehearse_remap", "temp", "r")).where(and_all([
             exp.EQ(this=col("tbl", "r"), expression=exp.Literal.string(tp.table)),
@@ -376,8 +377,9 @@ def _changes_carried(conn: sqlite3.Connection, bundle: Bundle, result: Rehearsal
         def count(cond: exp.Expression, source: exp.Expression = src) -> int:
             return conn.execute(sql(exp.select("count(*)").from_(source.copy()).where(cond))).fetchone()[0]
 
-        def sample(cond: exp.Expression, *extra: exp.Expression) -> list[tuple[Any, ...]]:
-            q = exp.select(*keys_e, *extra).from_(src.copy()).where(cond).limit(SAMPLE_LIMIT)
+        def sample(cond: exp.Expression, *extra: exp.Expression, keys: list[exp.Column] = keys_e,
+                   source: exp.Expression = src) -> list[tuple[Any, ...]]:
+            q = exp.select(*keys, *extra).from_(source.copy()).where(cond).limit(SAMPLE_LIMIT)
             return conn.execute(sql(q)).fetchall()
 
         absent = exp.Not(this=exp.Exists(this=exp.select("1").from_(table(tp.table, "main", "t")).where(at_key)))

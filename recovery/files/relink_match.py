@@ -1,0 +1,204 @@
+"""Relink's reading side: which row of the target each bundle row became, and which target file
+record each bundle file record became. Reads only: the target (``main``, its shape from
+:func:`recovery.engine.schema.reflect`) and the bundle's ``rows.db`` ATTACHed as
+:data:`~recovery.files.relink_sql.BUNDLE`.
+
+Bundle rows are read set-based (the entity rows the records name, in one query a table) and
+target records a few hundred keys a query; each answer is kept for the rest of the plan.
+"""
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from typing import Any
+
+from recovery.bundle.store import Bundle
+from recovery.engine.schema import Schema
+from recovery.files import relink_sql as q
+from recovery.files.names import recovered_of
+from recovery.files.relink_sql import BUNDLE, BUNDLE_KINDS, KIND
+from recovery.files.uploads import FilesConfig
+
+Row = dict[str, Any]
+
+
+def _dicts(cur: sqlite3.Cursor) -> list[Row]:
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, row, strict=True)) for row in cur]
+
+
+class Matcher:
+    """Lookups for one plan. ``remaps``: the re-import's ``(table, old key) -> new key`` (None:
+    not known, so rows are also found by their unique columns and records by path and hash)."""
+
+    def __init__(self, bundle: Bundle, conn: sqlite3.Connection, schema: Schema, cfg: FilesConfig,
+                 remaps: dict[tuple[str, Any], Any] | None):
+        self.bundle, self.conn, self.schema, self.cfg, self.remaps = bundle, conn, schema, cfg, remaps
+        self.pk = self.tpk(cfg.table)
+        self.bundle_tables = frozenset(r[0] for r in conn.execute(q.tables_sql(BUNDLE)))
+        self._entity_tables: dict[str, str | None] = {}
+        # Bundle rows by (table, key column) -> key -> rows, loaded for the keys asked for.
+        self._rows_by_key: dict[tuple[str, str], dict[Any, list[Row]]] = {}
+        # Target file records by the key asked for (None: no such record), loaded in batches.
+        self._records: dict[Any, Row | None] = {}
+
+    # ---- the target's shape ----------------------------------------------------------------------
+    def tpk(self, table: str) -> str:
+        """The target table's single key column, else ``rowid``."""
+        t = self.schema.tables.get(table)
+        return t.primary_key[0] if t is not None and len(t.primary_key) == 1 else "rowid"
+
+    def bkey(self, table: str) -> str:
+        """The key column of a bundle table (bundle tables are untyped: the new schema says)."""
+        t = self.bundle.new.tables.get(table)
+        if t is not None and len(t.primary_key) == 1:
+            return t.primary_key[0]
+        return self.tpk(table) if table in self.schema.tables else "rowid"
+
+    def entity_table(self, etype: Any) -> str | None:
+        """The target table an entity type names (``part`` → ``parts``), or None."""
+        if not isinstance(etype, str):
+            return None
+        if etype not in self._entity_tables:
+            self._entity_tables[etype] = next(
+                (t for t in sorted(self.schema.tables) if etype in (t, t.rstrip("s"))), None)
+        return self._entity_tables[etype]
+
+    # ---- bundle rows ----------------------------------------------------------------------------
+    def bundle_rows(self, table: str) -> list[Row]:
+        """Every row of a bundle table of the bundle kinds (the files table: a few per upload)."""
+        if table not in self.bundle_tables:
+            return []
+        return _dicts(self.conn.execute(q.bundle_rows_sql(table), BUNDLE_KINDS))
+
+    def fk_rows(self, table: str, fk_column: str) -> list[Row]:
+        """A bundle table's inserted/updated rows that name a file in ``fk_column``."""
+        return _dicts(self.conn.execute(q.fk_rows_sql(table, fk_column), BUNDLE_KINDS[:2]))
+
+    def bundle_row(self, table: str, key_col: str, key: Any) -> list[Row]:
+        """The bundle rows of ``table`` whose ``key_col`` is ``key`` (in table order)."""
+        loaded = self._rows_by_key.setdefault((table, key_col), {})
+        if key not in loaded:
+            loaded[key] = _dicts(self.conn.execute(q.bundle_row_sql(table, key_col), (key,)))
+        return loaded[key]
+
+    def entity_ref(self, b: Row) -> tuple[str, str, Any] | None:
+        """(bundle table, its key column, key) of the row a bundle file record's entity link names."""
+        c = self.cfg
+        if not (c.entity_type and c.entity_id):
+            return None
+        t = self.entity_table(b.get(c.entity_type))
+        eid = b.get(c.entity_id)
+        if t is None or eid is None or t not in self.bundle_tables:
+            return None
+        return t, self.bkey(t), eid
+
+    def load_entity_rows(self, records: list[Row]) -> None:
+        """Read, per entity table, the bundle rows the bundle file records' entity links name — one
+        query a table, set-based in SQLite (the bundle tables have no index: a query per key would
+        scan the table once per file record) — and note every key asked for, found or not."""
+        c = self.cfg
+        if not (c.entity_type and c.entity_id) or c.table not in self.bundle_tables:
+            return
+        by_table: dict[tuple[str, str], list[Any]] = {}
+        for (etype,) in self.conn.execute(q.entity_types_sql(c.table, c.entity_type), BUNDLE_KINDS):
+            t = self.entity_table(etype)
+            if t is not None and t in self.bundle_tables:
+                by_table.setdefault((t, self.bkey(t)), []).append(etype)
+        for (t, kcol), etypes in by_table.items():
+            loaded = self._rows_by_key.setdefault((t, kcol), {})
+            sql = q.entity_rows_sql(t, kcol, c.table, c.entity_type, c.entity_id, len(etypes))
+            found: dict[Any, list[Row]] = {}
+            for row in _dicts(self.conn.execute(sql, [*etypes, *BUNDLE_KINDS])):
+                found.setdefault(row.get(kcol), []).append(row)
+            for b in records:
+                ref = self.entity_ref(b)
+                if ref is not None and ref[:2] == (t, kcol) and ref[2] not in loaded:
+                    loaded[ref[2]] = found.get(ref[2], [])
+
+    # ---- target records ---------------------------------------------------------------------------
+    def target_record(self, key: Any) -> Row | None:
+        """The target file record with this key (None: there is none)."""
+        if key in self._records:
+            return self._records[key]
+        cur = self.conn.execute(q.record_sql(self.cfg.table, self.pk), (key,))
+        row = cur.fetchone()
+        rec = dict(zip([d[0] for d in cur.description], row, strict=True)) if row else None
+        self._records[key] = rec
+        return rec
+
+    def load_records(self, keys: Iterable[Any], chunk: int = 500) -> None:
+        """Read the target records of many keys, a few hundred keys a query (each an index
+        lookup, compared as a single ``pk = ?`` would)."""
+        todo = [k for k in dict.fromkeys(k for k in keys if k is not None) if k not in self._records]
+        for i in range(0, len(todo), chunk):
+            part = todo[i:i + chunk]
+            cur = self.conn.execute(q.records_sql(self.cfg.table, self.pk, len(part)), part)
+            names = [d[0] for d in cur.description][1:]
+            for k in part:
+                self._records[k] = None
+            for n, *r in cur:
+                self._records[part[n]] = dict(zip(names, r, strict=True))
+
+    def target_by_path(self, path: str, sha: Any) -> list[Row]:
+        """The target records at ``path`` (with hash ``sha`` when the table records one)."""
+        params: list[Any] = [path, sha] if self.cfg.sha256 else [path]
+        cur = self.conn.execute(q.record_by_path_sql(self.cfg.table, self.pk, self.cfg.path, self.cfg.sha256), params)
+        return _dicts(cur)
+
+    def record_key(self, b: Row) -> Any:
+        """The key a bundle file record has in the target, as far as the remaps say."""
+        bkey = b.get(self.bkey(self.cfg.table))
+        return self.remaps.get((self.cfg.table, bkey), bkey) if self.remaps is not None else bkey
+
+    def file_key(self, fid: Any) -> Any:
+        """The target key of the file record a bundle row's file foreign key names."""
+        return self.remaps.get((self.cfg.table, fid), fid) if self.remaps is not None else fid
+
+    def record_for(self, b: Row) -> Row | None:
+        """The target record a bundle file record became."""
+        path, sha = b.get(self.cfg.path), b.get(self.cfg.sha256) if self.cfg.sha256 else None
+        key = self.record_key(b)
+        rec = self.target_record(key) if key is not None else None
+        if rec is not None and (rec.get(self.cfg.path) == path or recovered_of(rec.get(self.cfg.path), path)):
+            return rec
+        if self.remaps is None or rec is None:
+            hits = self.target_by_path(path, sha) if isinstance(path, str) else []
+            if len(hits) == 1:
+                return hits[0]
+        return rec if (self.remaps is not None and rec is not None) else None
+
+    # ---- target rows ----------------------------------------------------------------------------
+    def target_key(self, table: str, row: Row) -> Any | None:
+        """The key ``row`` (a bundle row of ``table``) has in the target, or None when it is not
+        there (skipped by a conflict). Remaps name moved keys; without them a row whose key holds
+        a different row is found by its unique columns."""
+        t = self.schema.tables.get(table)
+        if t is None:
+            return None
+        key_col = self.tpk(table)
+        k = row.get(self.bkey(table))
+        if k is None:
+            return None
+        uniques = [u for u in t.unique_sets if all(c in row and c in t.column_names for c in u)
+                   and all(row[c] is not None for c in u)]
+        same_cols = tuple(c for u in uniques for c in u)
+
+        def same(candidate: Any) -> bool:
+            params = [candidate, *(row[c] for c in same_cols)]
+            return self.conn.execute(q.has_row_sql(table, key_col, same_cols), params).fetchone() is not None
+
+        if self.remaps is not None and (table, k) in self.remaps:
+            new = self.remaps[(table, k)]
+            return new if same(new) else None
+        if row.get(KIND) == "updated":  # only inserted rows are ever remapped
+            hit = self.conn.execute(q.has_row_sql(table, key_col, ()), (k,)).fetchone()
+            return k if hit else None
+        if same(k):
+            return k
+        if self.remaps is None and uniques:
+            u = tuple(uniques[0])
+            hit = self.conn.execute(q.key_by_sql(table, key_col, u), [row[c] for c in u]).fetchall()
+            if len(hit) == 1:
+                return hit[0][0]
+        return None

@@ -205,11 +205,13 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     def stage_restore(self, backup: Path, prepare: Callable[[Path], None] | None = None,
-                      keep_identity: bool = True) -> Staged:
+                      purpose: str = "restore") -> Staged:
         """Prepare a consistent copy of ``backup`` (a file of this engine's :meth:`snapshot`
-        format or a database file) beside this database, after ``prepare(copy)`` (e.g. an Alembic
-        downgrade), with this database's journal mode and (``keep_identity``) owner, group, mode
-        and extended attributes / owner and privileges. This database is not touched."""
+        format, or a database file) beside this database, after ``prepare(copy)`` (e.g. an Alembic
+        downgrade), in this database's journal mode and with its owner, group, mode and extended
+        attributes (PostgreSQL: owner, privileges, extensions). ``purpose`` (``"restore"``,
+        ``"undo"``) names the staging place, so a resumed run finds its own leftovers. This
+        database is not touched, so this can run while the extract still reads it."""
 
     @abc.abstractmethod
     def swap_in(self, staged: Staged, window: Any = None) -> None:
@@ -229,9 +231,11 @@ class Engine(abc.ABC):
         PostgreSQL the sequences/identity columns owned by each table)."""
 
     @abc.abstractmethod
-    def raise_sequences(self, conn: Connection, floors: dict[str, int]) -> dict[str, int]:
-        """Inside the caller's transaction: set each table's counter to at least its floor and past
-        every id now in the table; returns what changed."""
+    def raise_sequences(self, conn: Connection, live: dict[str, int], before: dict[str, int]) -> list[dict[str, Any]]:
+        """Inside the caller's transaction: raise each table's key counter to max(its value,
+        ``before`` (the target's before the re-import wrote), ``live`` (the live DB's at extract
+        time), the largest id now in the table); one entry per such table:
+        ``{"table", "backup", "live", "max_id", "seq"}`` (``seq``: the value now)."""
 
     @abc.abstractmethod
     def suspend_triggers(self, conn: Connection, tables: set[str]) -> list[Any]:

@@ -30,7 +30,7 @@ from sqlglot import exp
 
 from recovery.errors import RecoveryError
 from recovery.engine.sqlbuild import and_all, col, is_same, sql, table
-from recovery.engine.sqlite_io import open_pair, readonly
+from recovery.engine import open_engine
 
 SAMPLE_ROWS = 200
 """Rows sampled per table (the first by key): bounded work whatever the size of the DB."""
@@ -97,7 +97,7 @@ def compare_rows(backup: Path, db: Path) -> dict[str, Any]:
     on at least half their shared non-key columns."""
     present = agree = 0
     per_table: dict[str, list[int]] = {}
-    with closing(open_pair(backup, db)) as pair:
+    with closing(open_engine(db).open_pair(open_engine(backup))) as pair:
         live_tables = set(_tables(pair, "new"))
         for name in _tables(pair, "old"):
             if name not in live_tables:
@@ -166,7 +166,7 @@ def compare_identity(db: Path, identity: dict[str, Any]) -> dict[str, Any]:
     the backup's rows; the live rows are fetched by key, at most :data:`SAMPLE_ROWS` a table."""
     present = agree = 0
     per_table: dict[str, list[int]] = {}
-    with readonly(db, "live database") as conn:
+    with open_engine(db).readonly("live database") as conn:
         live = set(_tables(conn, "main"))
         for name, entry in identity.get("tables", {}).items():
             if name not in live or not entry.get("rows"):
@@ -206,7 +206,7 @@ def refuse_second_rollback(db: Path, backup: Path, old_rev: str | None, new_rev:
         return
     from recovery.reimport.merge import APPLIED_TABLE
 
-    with readonly(db, "live database") as conn:
+    with open_engine(db).readonly("live database") as conn:
         has = conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (APPLIED_TABLE,)).fetchone()
         if not has:
             return

@@ -27,7 +27,7 @@ from recovery.engine.schema import Schema, reflect
 from recovery.compare.schemadiff import SchemaDiff, compare
 from recovery.capture.snapshot import deploy_time_of
 from recovery.engine.sqlbuild import qualify_columns, sql, table
-from recovery.engine.sqlite_io import open_pair, open_readonly, readonly
+from recovery.engine import open_engine
 from recovery.compare.timestamps import parse_since
 
 
@@ -82,13 +82,14 @@ def analyse(
     user = load_mapping(mapping)
     since_text = since if since is not None else deploy_time_of(backup_p)
     since_jd, since_norm = parse_since(since_text) if since_text is not None else (None, None)
-    old_conn = open_readonly(backup_p, "backup")
-    new_conn = open_readonly(live_p, "live database")
+    old_engine, new_engine = open_engine(backup_p), open_engine(live_p)
+    old_conn = old_engine.connect_readonly("backup")
+    new_conn = new_engine.connect_readonly("live database")
     try:
         with database_errors(backup_p, live_p):
             old, new = reflect(old_conn), reflect(new_conn)
         shared = set(old.data_tables) & set(new.data_tables)
-        pair = open_pair(backup_p, live_p)
+        pair = new_engine.open_pair(old_engine)
         try:
             with database_errors(backup_p, live_p):
                 sdiff = compare(pair, old_conn, new_conn, old, new, user, since_jd)
@@ -128,7 +129,7 @@ def database_errors(backup: Path, live: Path) -> Iterator[None]:
 def _first_damaged(*paths: Path) -> Path | None:
     for p in paths:
         try:
-            with readonly(p) as conn:
+            with open_engine(p).readonly() as conn:
                 if conn.execute("PRAGMA quick_check(1)").fetchone()[0] != "ok":
                     return p
         except (RecoveryError, sqlite3.Error):
@@ -244,7 +245,7 @@ def diff(
                 a.replay = replay
             with database_errors(a.backup, a.live):
                 changes = diff_rows(a.pair, a.old, a.new, a.mapping, tables, a.since_jd, rows, a.since,
-                                    more=lambda: _with_replay(open_pair(a.backup, a.live), replay), replay=replay)
+                                    more=lambda: _with_replay(open_engine(a.live).open_pair(open_engine(a.backup)), replay), replay=replay)
             return DiffResult(a.backup, a.live, a.schema_diff, changes, a.mapping, a.since)
 
 

@@ -34,8 +34,9 @@ from recovery.capture.pairing import refuse_second_rollback, refuse_wrong_pairin
 from recovery.reimport.merge import attach_bundle, check_target_schema, merge_and_check, open_target, record_outcome
 from recovery.engine.schema import alembic_revision, reflect
 from recovery.engine.sqlite_io import (check_sqlite_file, consistent_copy, fsync_dir,
-                                readonly, real_path, sha256_file, sidecars, wait_for_write_lock, write_lock_held)
+                                readonly, real_path, sha256_file, sidecars, write_lock_held)
 from recovery.verify.checks import verify_file
+from recovery.engine import open_engine
 from recovery.restore.swap import fingerprint as db_fingerprint
 from recovery.restore.swap import refuse_holders, restore_atomically, stage_restore, swap_in
 from recovery.restore.swap import stage_undo as _stage_undo
@@ -97,13 +98,13 @@ def _reimport_into(
 ) -> Outcome:
     """Apply ``bundle`` to ``target`` in one transaction; verify before commit. ``in_place``: the
     target was downgraded in place and already holds the post-deploy rows."""
-    with readonly(target, "target database") as r:
+    engine = open_engine(target)
+    with engine.readonly("target database") as r:
         target_schema = reflect(r)
     conn = open_target(target, busy_timeout)
     try:
         attach_bundle(conn, bundle)
-        wait_for_write_lock(conn, busy_timeout)
-        try:
+        with engine.write_transaction(conn, busy_timeout):
             # the FK check of what the merge wrote (inserted/updated rows, children of deleted or
             # re-keyed parents); the whole-file check is verify's, after the commit
             outcome, problems = merge_and_check(conn, bundle, policy, prefer, apply_deletes, files, label, dry_run,
@@ -116,12 +117,7 @@ def _reimport_into(
                                     "nothing was changed; report this with the bundle", ExitCode.FAILED)
             if not outcome.already_applied:  # the outcome is durable exactly when the data is
                 record_outcome(conn, bundle.bundle_id, outcome.to_json())
-            conn.execute("COMMIT")
-            _kill_point("reimport:committed")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+        _kill_point("reimport:committed")
     finally:
         conn.close()
     if check_after:  # rollback verifies in its own journaled step instead

@@ -92,7 +92,7 @@ def revisions_between(alembic_ini: str | os.PathLike[str], upper: str, lower: st
 
 def _scratch_from(live: Path, dst: Path, role: str = "live database") -> None:
     """An empty database with the live schema (tables, indexes, views, triggers) and revision."""
-    with readonly(live, role) as src:
+    with open_engine(live).readonly(role) as src:
         ddl = src.execute(
             "SELECT type, sql FROM sqlite_master WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%' "
             "ORDER BY CASE type WHEN 'table' THEN 0 WHEN 'index' THEN 1 WHEN 'view' THEN 2 ELSE 3 END, rowid"

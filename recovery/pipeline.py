@@ -570,7 +570,7 @@ def _open_window(db: Path, force: bool) -> tuple[WriteWindow, list[str]]:
     """Take the live DB's write lock (:class:`WriteWindow`), then look for holders once more: one
     that opened the DB since the preflight is refused as well (unless ``force``: then it is
     returned, described, with the window)."""
-    window = WriteWindow(db)
+    window = open_engine(db).write_window()
     try:  # the window's own OFD lock is not a holder
         holders = refuse_holders(db, "; their writes after the restore would be lost",
                                  "stop the application (every process that has the DB open), or pass --force",

@@ -201,6 +201,14 @@ class Engine(abc.ABC):
         """True when another connection holds (or keeps taking) the write lock right now. Writes
         nothing."""
 
+    def write_window(self, timeout: float = 10.0) -> Any:
+        """A guard that keeps every other writer out from before the safety copy until the swap
+        (so nothing commits between what was extracted and what is restored), released with
+        ``.release()``, given to :meth:`swap_in`; its ``.replaced`` is what the late-commit check
+        reads after the swap, or None. SQLite: :class:`recovery.restore.livewindow.WriteWindow`.
+        An engine without one returns None (the rollback then relies on the holder refusal)."""
+        return None
+
     # ---- restore -----------------------------------------------------------------------------
 
     @abc.abstractmethod

@@ -120,6 +120,13 @@ class SQLiteEngine(Engine):
     def write_lock_held(self) -> bool:
         return sqlite_io.write_lock_held(self.path)
 
+    def write_window(self, timeout: float = 10.0) -> Any:
+        """The live DB's write lock plus an OFD lock on its shared range, held until the swap
+        (:class:`recovery.restore.livewindow.WriteWindow`)."""
+        from recovery.restore.livewindow import WriteWindow
+
+        return WriteWindow(self.path, timeout)
+
     # ---- restore -----------------------------------------------------------------------------
 
     def staging_path(self, purpose: str = "restore") -> Path:

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 def open_engine(spec: str | os.PathLike[str] | Engine) -> Engine:
     """The engine for ``spec`` (an engine is returned as it is). Opens no connection: call
     :meth:`~recovery.engine.base.Engine.check` to refuse a bad database."""
-    from recovery.engine.base import Engine, is_postgres_url
+    from recovery.engine.base import Engine, is_postgres_url, normalise_spec
     from recovery.errors import RecoveryError
 
     if isinstance(spec, Engine):
@@ -26,6 +26,7 @@ def open_engine(spec: str | os.PathLike[str] | Engine) -> Engine:
     if isinstance(text, bytes):
         text = os.fsdecode(text)
     if is_postgres_url(text):
+        text = normalise_spec(text)
         try:
             from recovery.engine.postgres import PostgresEngine  # type: ignore[import-not-found]
         except ModuleNotFoundError as exc:

@@ -34,6 +34,7 @@ explicit (:meth:`Engine.write_transaction`). SQLite connections are :class:`sqli
 from __future__ import annotations
 
 import abc
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
@@ -256,7 +257,17 @@ class Engine(abc.ABC):
         """Inside the same transaction: bring back exactly what :meth:`suspend_triggers` stopped."""
 
 
+_PG_SCHEME = re.compile(r"^(postgres|postgresql|postgresql\+\w+):/+", re.IGNORECASE)
+
+
+def normalise_spec(spec: str) -> str:
+    """``spec`` with a URL's ``scheme://`` restored where a ``Path`` collapsed it to ``scheme:/``
+    (``Path("postgresql://h/db")`` is ``postgresql:/h/db``), so a URL survives being passed as a path."""
+    m = _PG_SCHEME.match(spec)
+    return f"{m.group(1)}://{spec[m.end():]}" if m else spec
+
+
 def is_postgres_url(spec: str) -> bool:
-    """``spec`` names a PostgreSQL database (``postgresql://…``, ``postgresql+psycopg://…``, ``postgres://…``)."""
-    head = spec.split("://", 1)[0].lower() if "://" in spec else ""
-    return head in ("postgresql", "postgres") or head.startswith("postgresql+")
+    """``spec`` names a PostgreSQL database (``postgresql://…``, ``postgresql+psycopg://…``,
+    ``postgres://…``; also after a ``Path`` collapsed the ``//``)."""
+    return _PG_SCHEME.match(spec) is not None

@@ -81,10 +81,12 @@ class SQLiteEngine(Engine):
             raise
 
     def sqlalchemy_url(self, readonly: bool = True) -> str:
-        p = sqlite_io.real_path(self.path)
+        """Percent-escaped for SQLAlchemy's URL parser, and once more (read-only) for SQLite's URI
+        parser, so a path with spaces, ``?``, ``#`` or ``%`` names that very file."""
+        p = str(sqlite_io.real_path(self.path).resolve())
         if readonly:
-            return f"sqlite:///file:{quote(str(p.resolve()))}?mode=ro&uri=true"
-        return f"sqlite:///{p.resolve()}"
+            return f"sqlite:///file:{quote(quote(p))}?mode=ro&uri=true"
+        return f"sqlite:///{quote(p)}"
 
     # ---- copies and comparison ---------------------------------------------------------------
 

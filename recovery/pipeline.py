@@ -34,9 +34,15 @@ from recovery.model.outcome import OUTCOME_FORMAT, ConflictMode, ConflictPolicy,
 from recovery.capture.pairing import refuse_second_rollback, refuse_wrong_pairing
 from recovery.reimport.merge import attach_bundle, check_target_schema, merge_and_check, open_target, record_outcome
 from recovery.engine.schema import alembic_revision, reflect
-from recovery.engine.sqlite_io import (check_sqlite_file, consistent_copy, copy_file_identity, fsync_dir, is_wal_file,
-                                readonly, real_path, sha256_file, sidecars, wait_for_write_lock, write_lock_held)
+from recovery.engine.sqlite_io import (check_sqlite_file, consistent_copy, fsync_dir,
+                                readonly, real_path, sha256_file, sidecars, write_lock_held)
 from recovery.verify.checks import verify_file
+from recovery.engine import open_engine
+from recovery.restore.swap import fingerprint as db_fingerprint
+from recovery.restore.swap import refuse_holders, restore_atomically, stage_restore, swap_in
+from recovery.restore.swap import stage_undo as _stage_undo
+from recovery.restore.swap import staged_path as _staged_path
+from recovery.restore.swap import writer_alive as _writer_alive
 
 STEPS = ("probe", "safety", "extract", "restore", "reimport", "relink", "verify", "report")
 KILL_STEP_ENV = "RECOVERY_TEST_KILL_AT_STEP"
@@ -93,13 +99,13 @@ def _reimport_into(
 ) -> Outcome:
     """Apply ``bundle`` to ``target`` in one transaction; verify before commit. ``in_place``: the
     target was downgraded in place and already holds the post-deploy rows."""
-    with readonly(target, "target database") as r:
+    engine = open_engine(target)
+    with engine.readonly("target database") as r:
         target_schema = reflect(r)
     conn = open_target(target, busy_timeout)
     try:
         attach_bundle(conn, bundle)
-        wait_for_write_lock(conn, busy_timeout)
-        try:
+        with engine.write_transaction(conn, busy_timeout):
             # the FK check of what the merge wrote (inserted/updated rows, children of deleted or
             # re-keyed parents); the whole-file check is verify's, after the commit
             outcome, problems = merge_and_check(conn, bundle, policy, prefer, apply_deletes, files, label, dry_run,
@@ -112,12 +118,7 @@ def _reimport_into(
                                     "nothing was changed; report this with the bundle", ExitCode.FAILED)
             if not outcome.already_applied:  # the outcome is durable exactly when the data is
                 record_outcome(conn, bundle.bundle_id, outcome.to_json())
-            conn.execute("COMMIT")
-            _kill_point("reimport:committed")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+        _kill_point("reimport:committed")
     finally:
         conn.close()
     if check_after:  # rollback verifies in its own journaled step instead
@@ -263,72 +264,6 @@ class Journal:
         return self.data["steps"].get(step, {})
 
 
-def _staged_path(db: Path) -> Path:
-    """Where the restored file waits beside ``db`` until the restore renames it in."""
-    return db.with_name(f".{db.name}.restore-tmp")
-
-
-def stage_restore(backup: Path, db: Path, prepare: Callable[[Path], None] | None = None) -> tuple[Path, str]:
-    """The restored file, ready beside ``db`` but not yet in its place: a consistent copy of
-    ``backup`` (after ``prepare(copy)``, e.g. an Alembic downgrade), in WAL mode when ``db`` is,
-    fsynced. Returns its path and sha256. Nothing about ``db`` is touched, so this can run while
-    the extract still reads the live data."""
-    tmp = _staged_path(db)
-    consistent_copy(backup, tmp, "backup")
-    if prepare is not None:
-        prepare(tmp)
-    if db.exists() and is_wal_file(db):
-        c = sqlite3.connect(str(tmp), isolation_level=None)
-        try:
-            c.execute("PRAGMA journal_mode=WAL")  # keep the app's journal mode; leaves no -wal on close
-        finally:
-            c.close()
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-    if db.exists():  # the same file to the app: owner, group, mode, xattrs/ACLs of the live DB
-        copy_file_identity(db, tmp)
-    return tmp, sha256_file(tmp)
-
-
-def swap_in(staged: Path, db: Path, window: WriteWindow | None = None) -> None:
-    """Checkpoint ``db``'s WAL, remove its ``-wal``/``-shm`` and rename ``staged`` over it: the live
-    file is at every moment either the old database or the complete restored one. With a
-    ``window`` (our write lock, held since the safety copy) the swap happens under that lock and
-    the replaced file stays open for the late check (:meth:`WriteWindow.swap`)."""
-    if window is not None:
-        window.swap(staged)
-        return
-    wal, shm = sidecars(db)
-    try:
-        if db.exists():
-            conn = sqlite3.connect(str(db), isolation_level=None, timeout=5)
-            try:
-                if conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
-                    busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-                    if busy:
-                        raise RecoveryError(f"{db} is in use: its WAL could not be checkpointed",
-                                            "stop the application and run the same command again")
-            finally:
-                conn.close()
-    except BaseException:
-        staged.unlink(missing_ok=True)  # refused before anything moved: no staged copy is left
-        raise
-    for side in (wal, shm):  # empty after the checkpoint; stale ones must never meet the new file
-        side.unlink(missing_ok=True)
-    os.replace(staged, db)
-    fsync_dir(db.parent)
-
-
-def restore_atomically(backup: Path, db: Path, prepare: Callable[[Path], None] | None = None,
-                       window: WriteWindow | None = None) -> str:
-    """Replace ``db`` with a consistent copy of ``backup`` (after ``prepare(copy)``): the live file
-    is at every moment either the old database or the complete restored one. Returns the restored
-    file's sha256."""
-    staged, digest = stage_restore(backup, db, prepare)
-    swap_in(staged, db, window)
-    return digest
-
-
 class _Background:
     """Work that needs no result yet, run on a second core while the current step goes on (SQLite
     and hashlib release the GIL). ``result()`` waits and re-raises; ``discard()`` waits and runs
@@ -417,15 +352,10 @@ def preflight(db: Path, backup: Path, alembic_ini: Path | None, force: bool,
 
 
 def _refuse_holders(db: Path, force: bool) -> list[Any]:
-    """Every other process with ``db`` open or locked (:mod:`recovery.engine.holders`): refused, each
-    named, unless ``force`` (then returned, for the journal and the late check)."""
-    from recovery.engine.holders import describe_holders, find_holders
-
-    holders = find_holders(db)
-    if holders and not force:
-        raise RecoveryError(describe_holders(db, holders) + "; their writes after the restore would be lost",
-                            "stop the application (every process that has the DB open), or pass --force")
-    return holders
+    """Every other process with ``db`` open or locked (:meth:`recovery.engine.base.Engine.holders`):
+    refused, each named, unless ``force`` (then returned, for the journal and the late check)."""
+    return refuse_holders(db, "; their writes after the restore would be lost",
+                          "stop the application (every process that has the DB open), or pass --force", force)
 
 
 def rollback(
@@ -641,14 +571,14 @@ def _open_window(db: Path, force: bool) -> tuple[WriteWindow, list[str]]:
     """Take the live DB's write lock (:class:`WriteWindow`), then look for holders once more: one
     that opened the DB since the preflight is refused as well (unless ``force``: then it is
     returned, described, with the window)."""
-    from recovery.engine.holders import describe_holders, find_holders
-
-    window = WriteWindow(db)
-    holders = find_holders(db, ignore_ofd=True)  # the window's own OFD lock is not a holder
-    if holders and not force:
+    window = open_engine(db).write_window()
+    try:  # the window's own OFD lock is not a holder
+        holders = refuse_holders(db, "; their writes after the restore would be lost",
+                                 "stop the application (every process that has the DB open), or pass --force",
+                                 force, ignore_own_guard=True)
+    except BaseException:
         window.release()
-        raise RecoveryError(describe_holders(db, holders) + "; their writes after the restore would be lost",
-                            "stop the application (every process that has the DB open), or pass --force")
+        raise
     return window, [h.describe() for h in holders]
 
 
@@ -687,14 +617,6 @@ def _file_identity(p: Path) -> list[int]:
     """(device, inode) of ``p``: a rename over it (the restore) changes it."""
     st = p.stat()
     return [st.st_dev, st.st_ino]
-
-
-def db_fingerprint(db: Path) -> dict[str, Any]:
-    """What the DB file holds, as bytes: size and sha256 of the file and of a non-empty ``-wal``.
-    Equal fingerprints mean nothing was committed in between (a read leaves both unchanged)."""
-    wal, _ = sidecars(db)
-    wal_sha = sha256_file(wal) if wal.exists() and wal.stat().st_size else None
-    return {"size": db.stat().st_size, "sha256": sha256_file(db), "wal_sha256": wal_sha}
 
 
 def _finished_exit_code(journal: Journal, report: dict[str, Any]) -> int:
@@ -791,31 +713,6 @@ def _failure_truth(exc: BaseException, run_dir: Path, db: Path, backup: Path) ->
     except (OSError, ValueError):
         pass
     return RecoveryError(message, hint, ExitCode.FAILED)
-
-
-def _writer_alive(pid: int, made: float) -> bool:
-    """Whether process ``pid`` can be the one that made a file at time ``made``: it exists, is not
-    a zombie, and started before the file (a pid reused since names a newer process)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        try:
-            os.kill(pid, 0)  # no /proc: the pid alone
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    fields = stat[stat.rindex(")") + 2:].split()
-    if fields[0] in ("Z", "X"):
-        return False
-    try:
-        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                    if line.startswith("btime "))
-        started = boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
-    except (OSError, StopIteration, ValueError, IndexError):
-        return True
-    return started <= made + 1.0  # btime has one-second resolution
 
 
 def _clean_leftovers(run_dir: Path, db: Path) -> list[Path]:
@@ -1050,12 +947,8 @@ class UndoResult:
 def refuse_if_in_use(db: Path, what: str = "undo") -> None:
     """Refuse while another process holds ``db``: every process with it (or its ``-wal``/``-shm``)
     open or locked (:mod:`recovery.engine.holders`, as the rollback's preflight), each named."""
-    from recovery.engine.holders import describe_holders, find_holders
-
-    holders = find_holders(db)
-    if holders:
-        raise RecoveryError(describe_holders(db, holders) + "; nothing was changed",
-                            f"stop the application (every process that has the DB open), then run `recovery {what}` again")
+    refuse_holders(db, "; nothing was changed",
+                   f"stop the application (every process that has the DB open), then run `recovery {what}` again")
 
 
 def _same_bytes(now: dict[str, Any], then: dict[str, Any]) -> bool:
@@ -1173,30 +1066,3 @@ def _undo_swap(run: Path, data: dict[str, Any], db: Path, safety: Path, now: dic
     swap_in(staged, db)
     journal.mark("undo", "done", forced=bool(changed), kept=str(kept), sha256=digest)
     return UndoResult(run, db, "undone", safety, kept, changed)
-
-
-def _stage_undo(safety: Path, db: Path) -> tuple[Path, str]:
-    """A consistent copy of ``safety`` beside ``db``, in ``db``'s journal mode, with ``db``'s owner,
-    group and mode, fsynced; returns it and its sha256."""
-    tmp = db.with_name(f".{db.name}.undo-tmp")
-    for left in db.parent.glob(f".{tmp.name}.tmp-*"):  # a killed undo's half copy (its writer is gone)
-        pid = left.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _writer_alive(int(pid), left.lstat().st_mtime):
-            left.unlink(missing_ok=True)
-    consistent_copy(safety, tmp, "safety copy")
-    try:
-        if is_wal_file(db):
-            c = sqlite3.connect(str(tmp), isolation_level=None)
-            try:
-                c.execute("PRAGMA journal_mode=WAL")
-            finally:
-                c.close()
-        st = db.stat()
-        os.chown(tmp, st.st_uid, st.st_gid)
-        os.chmod(tmp, st.st_mode & 0o7777)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        return tmp, sha256_file(tmp)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sqlite3
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from typing import Any
 from sqlglot import exp
 
 from recovery import __version__
+from recovery.engine.base import Connection
 from recovery.bundle.store import DIR_MODE, FILLED_TABLE, FORMAT, LOST_TABLE, Bundle, open_bundle, seal
 from recovery.compare import changes
 from recovery.compare.changes import TableSides, deleted_query, inserted_query, sides, user_value
@@ -61,7 +61,7 @@ class ExtractResult:
         }
 
 
-def _create_untyped(conn: sqlite3.Connection, schema: str, name: str, columns: list[str]) -> None:
+def _create_untyped(conn: Connection, schema: str, name: str, columns: list[str]) -> None:
     """A bundle table: the given columns with no declared type (values keep their storage class)."""
     ddl = exp.Create(
         this=exp.Schema(
@@ -73,7 +73,7 @@ def _create_untyped(conn: sqlite3.Connection, schema: str, name: str, columns: l
     conn.execute(sql(ddl))
 
 
-def _insert_select(conn: sqlite3.Connection, schema: str, name: str, columns: list[str], query: exp.Select) -> int:
+def _insert_select(conn: Connection, schema: str, name: str, columns: list[str], query: exp.Select) -> int:
     stmt = exp.Insert(
         this=exp.Schema(this=table(name, schema),
                         expressions=[exp.to_identifier(c, quoted=True) for c in [*columns, KIND]]),
@@ -129,7 +129,7 @@ def uncarried_columns(a: Analysis, name: str) -> list[str]:
     return changes.uncarried_columns(a.new.tables[a.live_name(name)], a.mapping.tables.get(name))
 
 
-def extract_table(conn: sqlite3.Connection, a: Analysis, name: str, counts: dict[str, Any]) -> None:
+def extract_table(conn: Connection, a: Analysis, name: str, counts: dict[str, Any]) -> None:
     old_t, new_t = a.old.table(name), a.new.tables[a.live_name(name)]
     new_cols = list(new_t.column_names)
     _create_untyped(conn, "bnew", name, new_cols)
@@ -202,7 +202,7 @@ def _row(cols: tuple[str, ...], alias: str) -> exp.Expression:
     return col(cols[0], alias) if len(cols) == 1 else exp.Tuple(expressions=[col(c, alias) for c in cols])
 
 
-def close_foreign_keys(conn: sqlite3.Connection, a: Analysis, counts: dict[str, Any]) -> None:
+def close_foreign_keys(conn: Connection, a: Analysis, counts: dict[str, Any]) -> None:
     """Bring every parent a bundle row needs that neither the bundle nor the backup has (e.g. a
     parent left out by a filter), until nothing changes. Parents the backup has are referenced,
     not copied.
@@ -235,13 +235,13 @@ def close_foreign_keys(conn: sqlite3.Connection, a: Analysis, counts: dict[str, 
             return
 
 
-def _create_list(conn: sqlite3.Connection, name: str) -> None:
+def _create_list(conn: Connection, name: str) -> None:
     conn.execute(sql(exp.Create(this=exp.Schema(this=table(name, "bnew"), expressions=[
         exp.ColumnDef(this=exp.to_identifier(c, quoted=True))
         for c in ("table", "key", "label", "column", "value", "reason")]), kind="TABLE")))
 
 
-def record_lost(conn: sqlite3.Connection, a: Analysis, files: FilesConfig, counts: dict[str, Any]) -> None:
+def record_lost(conn: Connection, a: Analysis, files: FilesConfig, counts: dict[str, Any]) -> None:
     """Every value a user made that the old schema has no place for, one row per cell: in an
     inserted row, a non-NULL value; in an updated row of a shared table, a value
     :func:`recovery.compare.changes.user_value` calls a user's (non-default and, with the upgrade replayed,
@@ -276,7 +276,7 @@ def record_lost(conn: sqlite3.Connection, a: Analysis, files: FilesConfig, count
     record_filled(conn, a, counts, replay)
 
 
-def record_filled(conn: sqlite3.Connection, a: Analysis, counts: dict[str, Any], replay: Replayed | None) -> None:
+def record_filled(conn: Connection, a: Analysis, counts: dict[str, Any], replay: Replayed | None) -> None:
     """Values in columns only the new schema has, in live rows whose old-schema projection is the
     backup's, that nothing can tell from what the upgrade filled in (no replay of the upgrade, no
     updated-at time; :func:`recovery.compare.changes.filled_parts`): listed in ``_recovery_filled`` with

@@ -21,17 +21,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sqlite3
 from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 from sqlglot import exp
 
+from recovery.engine.base import Connection
 from recovery.errors import RecoveryError
 from recovery.engine.schema import APPLIED_TABLE
 from recovery.engine.sqlbuild import and_all, col, is_same, sql, table
-from recovery.engine.sqlite_io import open_pair, readonly
+from recovery.engine import open_engine
 
 SAMPLE_ROWS = 200
 """Rows sampled per table (the first by key): bounded work whatever the size of the DB."""
@@ -76,7 +76,7 @@ def refuse_wrong_pairing(db: Path, backup: Path, same_installation: bool = False
 # the sample of rows
 
 
-def _key_columns(conn: sqlite3.Connection, schema: str, name: str) -> tuple[list[str], list[str]]:
+def _key_columns(conn: Connection, schema: str, name: str) -> tuple[list[str], list[str]]:
     """(primary-key columns in key order, every column)."""
     info = exp.select(col("name"), col("pk")).from_(exp.func("pragma_table_info", exp.Placeholder(),
                                                             exp.Placeholder()))
@@ -85,7 +85,7 @@ def _key_columns(conn: sqlite3.Connection, schema: str, name: str) -> tuple[list
     return key, [r[0] for r in rows]
 
 
-def _tables(conn: sqlite3.Connection, schema: str) -> list[str]:
+def _tables(conn: Connection, schema: str) -> list[str]:
     q = exp.select(col("name")).from_(table("sqlite_master", schema)).where(
         exp.and_(exp.EQ(this=col("type"), expression=exp.Literal.string("table")),
                  exp.Not(this=exp.Like(this=col("name"), expression=exp.Literal.string("sqlite_%"))))).order_by(col("name"))
@@ -98,7 +98,7 @@ def compare_rows(backup: Path, db: Path) -> dict[str, Any]:
     on at least half their shared non-key columns."""
     present = agree = 0
     per_table: dict[str, list[int]] = {}
-    with closing(open_pair(backup, db)) as pair:
+    with closing(open_engine(db).open_pair(open_engine(backup))) as pair:
         live_tables = set(_tables(pair, "new"))
         for name in _tables(pair, "old"):
             if name not in live_tables:
@@ -141,7 +141,7 @@ def _cell_hash(v: Any) -> str:
     return hashlib.sha256(tag.encode() + b"\0" + raw).hexdigest()[:10]
 
 
-def row_identity(conn: sqlite3.Connection) -> dict[str, Any]:
+def row_identity(conn: Connection) -> dict[str, Any]:
     """The identity a snapshot manifest records: for every table, the first :data:`IDENTITY_ROWS`
     rows by key as ``[key values, [hash of each non-key column, in "columns" order]]``. Bounded
     (``LIMIT``) whatever the DB's size."""
@@ -167,7 +167,7 @@ def compare_identity(db: Path, identity: dict[str, Any]) -> dict[str, Any]:
     the backup's rows; the live rows are fetched by key, at most :data:`SAMPLE_ROWS` a table."""
     present = agree = 0
     per_table: dict[str, list[int]] = {}
-    with readonly(db, "live database") as conn:
+    with open_engine(db).readonly("live database") as conn:
         live = set(_tables(conn, "main"))
         for name, entry in identity.get("tables", {}).items():
             if name not in live or not entry.get("rows"):
@@ -205,7 +205,7 @@ def refuse_second_rollback(db: Path, backup: Path, old_rev: str | None, new_rev:
     time, and its run folder when one is found beside the DB)."""
     if not old_rev or old_rev != new_rev:
         return
-    with readonly(db, "live database") as conn:
+    with open_engine(db).readonly("live database") as conn:
         has = conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (APPLIED_TABLE,)).fetchone()
         if not has:
             return

@@ -26,7 +26,8 @@ from recovery.files.uploads import scan_uploads
 from recovery.capture.manifest import deploy_time_of, manifest_path_for, read_manifest, release_tag
 from recovery.capture.pairing import row_identity
 from recovery.engine.schema import alembic_revision, reflect
-from recovery.engine.sqlite_io import check_sqlite_file, consistent_copy, readonly, sha256_file
+from recovery.engine import open_engine
+from recovery.engine.sqlite_io import sha256_file
 
 MANIFEST_FORMAT = "recovery-snapshot/1"
 
@@ -68,7 +69,9 @@ def snapshot(
     now: datetime | None = None,
 ) -> Snapshot:
     """Take a consistent backup of ``db`` (WAL included) and write its manifest beside it."""
-    src = check_sqlite_file(db, "database")
+    engine = open_engine(db)
+    engine.check("database")
+    src = Path(engine.spec)
     taken = (now or datetime.now()).replace(microsecond=0)
     folder = Path(out_dir) if out_dir else src.parent
     if folder.exists() and not folder.is_dir():
@@ -77,9 +80,9 @@ def snapshot(
     if backup.exists():
         raise RecoveryError(f"{backup} already exists", "wait a second or choose another --out; nothing was overwritten")
     upload_manifest = scan_uploads(uploads) if uploads else None
-    consistent_copy(src, backup)
+    engine.snapshot(backup)
     try:
-        with readonly(backup, "backup") as conn:
+        with open_engine(backup).readonly("backup") as conn:
             integrity = [r[0] for r in conn.execute("PRAGMA integrity_check").fetchall()]
             if integrity != ["ok"]:
                 raise RecoveryError(

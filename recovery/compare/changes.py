@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlglot import exp
 
+from recovery.engine.base import Connection
 from recovery.transpile.mapping import ColumnMapping, TableMapping
 from recovery.engine.schema import Schema, Table
 from recovery.migrate.replay import Replayed
@@ -358,14 +359,14 @@ def _plus(terms: list[exp.Expression]) -> exp.Expression:
     return out
 
 
-def run_jobs(conn: sqlite3.Connection, jobs: list[_Job],
-             more: Callable[[], sqlite3.Connection] | None = None) -> dict[str, dict[str, int | None]]:
+def run_jobs(conn: Connection, jobs: list[_Job],
+             more: Callable[[], Connection] | None = None) -> dict[str, dict[str, int | None]]:
     """Run every counting statement and gather the counts per table. With ``more`` (a factory of
     further connections to the same pair), statements run on two threads: sqlite3 releases the
     GIL while a statement runs, so the two cores each take their share of the tables."""
     out: dict[str, dict[str, int | None]] = {}
 
-    def run(c: sqlite3.Connection, job: _Job) -> None:
+    def run(c: Connection, job: _Job) -> None:
         row = c.execute(job.sql).fetchone()
         out.setdefault(job.table, {}).update(
             {f: (None if v is None else int(v)) for f, v in zip(job.fields, row, strict=True)})
@@ -454,7 +455,7 @@ def diff_table(
 
 
 def iter_rows(
-    conn: sqlite3.Connection, s: TableSides, created_after: exp.Expression | None,
+    conn: Connection, s: TableSides, created_after: exp.Expression | None,
     updated_after: exp.Expression | None,
     new_only: tuple[exp.Expression, list[exp.Expression]] | None = None,
     new_t: Table | None = None, tm: TableMapping | None = None,
@@ -513,15 +514,15 @@ def _same(a: Any, b: Any) -> bool:
     return type(a) is type(b) and a == b
 
 
-def count_table(conn: sqlite3.Connection, schema: str, name: str) -> int:
+def count_table(conn: Connection, schema: str, name: str) -> int:
     q = exp.select(exp.Count(this=exp.Star())).from_(table(name, schema))
     return int(conn.execute(sql(q)).fetchone()[0])
 
 
 def diff_rows(
-    conn: sqlite3.Connection, old: Schema, new: Schema, mapping: ColumnMapping,
+    conn: Connection, old: Schema, new: Schema, mapping: ColumnMapping,
     tables: list[str] | None = None, since_jd: float | None = None, want_rows: bool = False,
-    since_text: str | None = None, more: Callable[[], sqlite3.Connection] | None = None,
+    since_text: str | None = None, more: Callable[[], Connection] | None = None,
     replay: Replayed | None = None,
 ) -> ChangeSet:
     """The row diff of every table (or of ``tables``), old schema's view. ``more`` opens further

@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import exc as sa_exc
 from sqlglot import exp
 
+from recovery.engine.base import Connection
 from recovery.compare.changes import ChangeSet, diff_rows
 from recovery.errors import RecoveryError
 from recovery.compare.evidence import verify
@@ -27,7 +28,7 @@ from recovery.engine.schema import Schema, reflect
 from recovery.compare.schemadiff import SchemaDiff, compare
 from recovery.capture.manifest import deploy_time_of
 from recovery.engine.sqlbuild import qualify_columns, sql, table
-from recovery.engine.sqlite_io import open_pair, open_readonly, readonly
+from recovery.engine import open_engine
 from recovery.compare.timestamps import parse_since
 
 
@@ -37,7 +38,7 @@ class Analysis:
 
     backup: Path
     live: Path
-    pair: sqlite3.Connection
+    pair: Connection
     old: Schema
     new: Schema
     schema_diff: SchemaDiff
@@ -82,13 +83,14 @@ def analyse(
     user = load_mapping(mapping)
     since_text = since if since is not None else deploy_time_of(backup_p)
     since_jd, since_norm = parse_since(since_text) if since_text is not None else (None, None)
-    old_conn = open_readonly(backup_p, "backup")
-    new_conn = open_readonly(live_p, "live database")
+    old_engine, new_engine = open_engine(backup_p), open_engine(live_p)
+    old_conn = old_engine.connect_readonly("backup")
+    new_conn = new_engine.connect_readonly("live database")
     try:
         with database_errors(backup_p, live_p):
             old, new = reflect(old_conn), reflect(new_conn)
         shared = set(old.data_tables) & set(new.data_tables)
-        pair = open_pair(backup_p, live_p)
+        pair = new_engine.open_pair(old_engine)
         try:
             with database_errors(backup_p, live_p):
                 sdiff = compare(pair, old_conn, new_conn, old, new, user, since_jd)
@@ -128,7 +130,7 @@ def database_errors(backup: Path, live: Path) -> Iterator[None]:
 def _first_damaged(*paths: Path) -> Path | None:
     for p in paths:
         try:
-            with readonly(p) as conn:
+            with open_engine(p).readonly() as conn:
                 if conn.execute("PRAGMA quick_check(1)").fetchone()[0] != "ok":
                     return p
         except (RecoveryError, sqlite3.Error):
@@ -136,7 +138,7 @@ def _first_damaged(*paths: Path) -> Path | None:
     return None
 
 
-def check_user_expressions(pair: sqlite3.Connection, user: UserMapping, new: Schema,
+def check_user_expressions(pair: Connection, user: UserMapping, new: Schema,
                            cmap: ColumnMapping | None = None) -> None:
     """Evaluate every mapping-file expression once against the live table, so that an unknown
     function or a refused one fails here, named, rather than halfway through the diff."""
@@ -244,7 +246,7 @@ def diff(
                 a.replay = replay
             with database_errors(a.backup, a.live):
                 changes = diff_rows(a.pair, a.old, a.new, a.mapping, tables, a.since_jd, rows, a.since,
-                                    more=lambda: _with_replay(open_pair(a.backup, a.live), replay), replay=replay)
+                                    more=lambda: _with_replay(open_engine(a.live).open_pair(open_engine(a.backup)), replay), replay=replay)
             return DiffResult(a.backup, a.live, a.schema_diff, changes, a.mapping, a.since)
 
 
@@ -260,5 +262,5 @@ def replayed_upgrade(alembic_ini: str | os.PathLike[str] | None, backup: str | o
     return Replayed(path) if path is not None else None
 
 
-def _with_replay(conn: sqlite3.Connection, replay: Replayed | None) -> sqlite3.Connection:
+def _with_replay(conn: Connection, replay: Replayed | None) -> Connection:
     return replay.attach(conn) if replay is not None else conn

@@ -56,6 +56,7 @@ from typing import Any
 import sqlglot
 from sqlglot import exp
 
+from recovery.engine.base import Connection
 from recovery.compare.changes import TableSides, sides
 from recovery.reimport.constraints import affinity_type
 from recovery.errors import RecoveryError
@@ -167,7 +168,7 @@ def _add(terms: list[exp.Expression]) -> exp.Expression:
     return out
 
 
-def check_table(pair: sqlite3.Connection, old_t: Table, new_t: Table, tm: TableMapping,
+def check_table(pair: Connection, old_t: Table, new_t: Table, tm: TableMapping,
                 since_jd: float | None) -> dict[str, dict[str, Any]]:
     """column -> evidence for every non-key rule of one table: one aggregate query (plus one keyed
     look-up per rule with a disagreement, for its first example)."""
@@ -211,7 +212,7 @@ def check_table(pair: sqlite3.Connection, old_t: Table, new_t: Table, tm: TableM
     return out
 
 
-def _example(pair: sqlite3.Connection, s: TableSides, new_t: Table, column: str, expr: exp.Expression,
+def _example(pair: Connection, s: TableSides, new_t: Table, column: str, expr: exp.Expression,
              key_value: Any) -> dict[str, Any]:
     """{key, backup, live}: the backup's value and what the rule gives for the row with that key."""
     key = [key_value] if len(s.key) == 1 else json.loads(key_value)
@@ -381,7 +382,7 @@ def _ratio_expr(c: str, a: str) -> exp.Expression:
     return exp.Case(ifs=[exp.If(this=both, true=ratio)])
 
 
-def infer_table(pair: sqlite3.Connection, old_t: Table, new_t: Table, tm: TableMapping,
+def infer_table(pair: Connection, old_t: Table, new_t: Table, tm: TableMapping,
                 targets: list[str], since_jd: float | None) -> dict[str, tuple[ColumnRule | None, dict[str, Any]]]:
     """old column -> (inferred rule or None, evidence) for each of ``targets`` (old columns without
     a trusted rule). Two aggregate queries: the measures (rows, distinct values, ratios), then every
@@ -494,7 +495,7 @@ def _snap(r: float) -> float:
 # the whole mapping
 
 
-def verify(pair: sqlite3.Connection, old: Schema, new: Schema, cmap: ColumnMapping, since_jd: float | None,
+def verify(pair: Connection, old: Schema, new: Schema, cmap: ColumnMapping, since_jd: float | None,
            trust: bool = False, infer: bool = True) -> ColumnMapping:
     """The mapping with every rule's evidence and the inferred rules; raises (exit 2) on the first
     rule the data contradict unless ``trust`` (then kept, marked ``trusted``)."""

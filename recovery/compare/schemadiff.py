@@ -8,7 +8,6 @@ removed and an added table whose rows are found by key and agree in most columns
 """
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +15,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlglot import exp
 
+from recovery.engine.base import Connection
 from recovery.transpile.mapping import UserMapping
 from recovery.engine.schema import BOOKKEEPING_TABLES, Schema, engine_for, sqlalchemy_metadata
 from recovery.engine.sqlbuild import and_all, col, is_same, key_join, sql, table
@@ -141,7 +141,7 @@ def _norm(ddl: str) -> str:
     return " ".join(ddl.replace('"', "").split()).lower()
 
 
-def structural(old_conn: sqlite3.Connection, new_conn: sqlite3.Connection) -> list[Any]:
+def structural(old_conn: Connection, new_conn: Connection) -> list[Any]:
     """alembic's upgrade operations from the old database to the new schema."""
     target = sqlalchemy_metadata(new_conn)
     for name in list(target.tables):
@@ -160,7 +160,7 @@ def structural(old_conn: sqlite3.Connection, new_conn: sqlite3.Connection) -> li
 
 
 def detect_renames(
-    pair: sqlite3.Connection, old: Schema, new: Schema, removed: dict[str, tuple[str, ...]],
+    pair: Connection, old: Schema, new: Schema, removed: dict[str, tuple[str, ...]],
     added: dict[str, tuple[str, ...]], user: UserMapping, threshold: float = RENAME_THRESHOLD,
     since_jd: float | None = None,
 ) -> list[Rename]:
@@ -220,7 +220,7 @@ def detect_renames(
     return found
 
 
-def detect_table_renames(pair: sqlite3.Connection, old: Schema, new: Schema, removed: list[str], added: list[str],
+def detect_table_renames(pair: Connection, old: Schema, new: Schema, removed: list[str], added: list[str],
                          user: UserMapping, threshold: float = RENAME_THRESHOLD) -> list[TableRename]:
     """Pair removed with added tables as columns are paired: same primary key columns, at least
     ``threshold`` of the backup's rows (first :data:`RENAME_SAMPLE`) found by key in the added
@@ -269,7 +269,7 @@ def detect_table_renames(pair: sqlite3.Connection, old: Schema, new: Schema, rem
 
 
 def compare(
-    pair: sqlite3.Connection, old_conn: sqlite3.Connection, new_conn: sqlite3.Connection,
+    pair: Connection, old_conn: Connection, new_conn: Connection,
     old: Schema, new: Schema, user: UserMapping, since_jd: float | None = None,
 ) -> SchemaDiff:
     """The full schema diff old → new: alembic's structural diff, renames, views/triggers/indexes."""

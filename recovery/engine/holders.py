@@ -24,8 +24,11 @@ from __future__ import annotations
 import ctypes
 import fcntl
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
+
+from recovery.engine.base import Holder
+
+__all__ = ["Holder", "describe_holders", "find_holders", "fd_holders", "lock_holders"]
 
 WALINDEX_LOCK_OFFSET = 120
 """First lock byte of the WAL index in ``-shm`` (SQLite ``unix_shm``: ``UNIX_SHM_BASE``)."""
@@ -39,23 +42,6 @@ class Flock(ctypes.Structure):
 
     _fields_ = [("l_type", ctypes.c_short), ("l_whence", ctypes.c_short), ("l_start", ctypes.c_int64),
                 ("l_len", ctypes.c_int64), ("l_pid", ctypes.c_int)]
-
-
-@dataclass
-class Holder:
-    """Another process that has the database (or a sidecar) open or locked."""
-
-    pid: int
-    """0 when the lock owner is in another pid namespace (not visible from here)."""
-    command: str
-    files: list[str] = field(default_factory=list)
-    """What it holds: ``gestima.db``, ``gestima.db-wal``, ``gestima.db-shm (lock)``, …"""
-
-    def describe(self) -> str:
-        who = (f"pid {self.pid}" if self.pid > 0 else "an open-file-description lock (owner not told)"
-               if self.pid < 0 else "a process in another pid namespace (pid not visible)")
-        cmd = f" ({self.command})" if self.command else ""
-        return f"{who}{cmd} holds {', '.join(self.files)}"
 
 
 def _files_of(db: Path) -> list[Path]:

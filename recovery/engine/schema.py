@@ -5,11 +5,13 @@ compared without a live connection. Views, triggers and indexes are part of it.
 """
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
+
+if TYPE_CHECKING:
+    from recovery.engine.base import Connection
 
 IGNORED_TABLES = frozenset({"sqlite_sequence", "sqlite_stat1", "sqlite_stat4"})
 APPLIED_TABLE = "_recovery_applied"
@@ -130,7 +132,7 @@ class Schema:
         )
 
 
-def engine_for(conn: sqlite3.Connection) -> sa.Engine:
+def engine_for(conn: Connection) -> sa.Engine:
     """A SQLAlchemy engine over an already-open sqlite3 connection (e.g. a read-only one).
 
     The engine is never disposed (that would close ``conn``): the connection's owner closes it.
@@ -138,7 +140,7 @@ def engine_for(conn: sqlite3.Connection) -> sa.Engine:
     return sa.create_engine("sqlite://", creator=lambda: conn, poolclass=sa.pool.StaticPool, pool_reset_on_return=None)
 
 
-def alembic_revision(conn: sqlite3.Connection, schema: str = "main") -> str | None:
+def alembic_revision(conn: Connection, schema: str = "main") -> str | None:
     exists = conn.execute(
         f"SELECT 1 FROM {schema}.sqlite_master WHERE type='table' AND name='alembic_version'"  # fixed names
     ).fetchone()
@@ -148,7 +150,7 @@ def alembic_revision(conn: sqlite3.Connection, schema: str = "main") -> str | No
     return row[0] if row else None
 
 
-def reflect(conn: sqlite3.Connection) -> Schema:
+def reflect(conn: Connection) -> Schema:
     """Reflect tables, columns, keys, foreign keys, unique sets, views, triggers and indexes."""
     engine = engine_for(conn)
     insp = sa.inspect(engine)
@@ -188,7 +190,7 @@ def reflect(conn: sqlite3.Connection) -> Schema:
     return Schema(tables, views, triggers, indexes, alembic_revision(conn))
 
 
-def sqlalchemy_metadata(conn: sqlite3.Connection) -> sa.MetaData:
+def sqlalchemy_metadata(conn: Connection) -> sa.MetaData:
     """Reflected SQLAlchemy MetaData, as alembic's comparator wants it."""
     engine = engine_for(conn)
     md = sa.MetaData()

@@ -38,7 +38,7 @@ from recovery.migrate.migrations import Env, config_from_ini, is_stub, migrate_c
 from recovery.migrate.sandbox import MigrationFailed, Sandbox
 from recovery.engine.schema import BOOKKEEPING_TABLES, Schema, alembic_revision, reflect
 from recovery.engine.sqlbuild import col, ident, table
-from recovery.engine.sqlite_io import readonly
+from recovery.engine import open_engine
 
 SAFE = "safe"
 LOSES_DATA = "loses data on downgrade"
@@ -184,7 +184,7 @@ def check(
     script = ScriptDirectory.from_config(config_from_ini(alembic_ini))
     db_rev, db_has_schema = None, False
     if db is not None:
-        with readonly(db, "database") as conn:
+        with open_engine(db).readonly("database") as conn:
             db_rev = alembic_revision(conn)
             db_has_schema = conn.execute(
                 "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' "
@@ -296,7 +296,7 @@ def seed_scratch(src: Path, dst: Path, limit: int = SAMPLE_ROWS) -> Path:
     from recovery.engine.sqlite_io import readonly_uri
 
     order = {"table": 0, "index": 1, "view": 2, "trigger": 3}
-    with readonly(src, "database") as s:
+    with open_engine(src).readonly("database") as s:
         entries = sorted(((t, n, q) for t, n, q in s.execute(
             "SELECT type, name, sql FROM sqlite_master WHERE sql IS NOT NULL")
             if not n.startswith("sqlite_")), key=lambda e: order.get(e[0], 4))

@@ -24,7 +24,7 @@ from sqlglot import exp
 from recovery.errors import RecoveryError
 from recovery.migrate.sandbox_child import is_bookkeeping_sql  # noqa: F401 - re-exported
 from recovery.engine.schema import alembic_revision
-from recovery.engine.sqlite_io import readonly
+from recovery.engine import open_engine
 
 Env = dict[str, dict[str, exp.Expression]]
 
@@ -93,7 +93,7 @@ def revisions_between(alembic_ini: str | os.PathLike[str], upper: str, lower: st
 
 def _scratch_from(live: Path, dst: Path, role: str = "live database") -> None:
     """An empty database with the live schema (tables, indexes, views, triggers) and revision."""
-    with readonly(live, role) as src:
+    with open_engine(live).readonly(role) as src:
         ddl = src.execute(
             "SELECT type, sql FROM sqlite_master WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%' "
             "ORDER BY CASE type WHEN 'table' THEN 0 WHEN 'index' THEN 1 WHEN 'view' THEN 2 ELSE 3 END, rowid"
@@ -193,7 +193,7 @@ def run_downgrade_capture(alembic_ini: str | os.PathLike[str], live: Path, targe
                           backup: Path | None = None) -> list[str]:
     """Run the app's downgrade to ``target`` in the sandbox on a scratch copy of the live schema;
     return the SQL. Raises RecoveryError naming the first revision whose downgrade failed."""
-    with readonly(live, "live database") as n:
+    with open_engine(live).readonly("live database") as n:
         upper = alembic_revision(n)
     if upper is None:
         raise RecoveryError(f"{live} has no alembic_version", "pass a mapping file instead of --alembic-ini")
@@ -289,11 +289,11 @@ def derive_lineage(
     """Mapping rules read from the app's own downgrade: old table → old column → expression over
     the new table's columns (renames and real data migrations only), plus a report for the manifest."""
     live_p = Path(live)
-    with readonly(backup, "backup") as b:
+    with open_engine(backup).readonly("backup") as b:
         old_rev = alembic_revision(b)
         old_tables = {r[0]: [c[1] for c in b.execute("SELECT * FROM pragma_table_info(?)", (r[0],))]
                       for r in b.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    with readonly(live_p, "live database") as n:
+    with open_engine(live_p).readonly("live database") as n:
         new_rev = alembic_revision(n)
         env: Env = {r[0]: {c[1]: exp.column(c[1], quoted=True) for c in n.execute("SELECT * FROM pragma_table_info(?)", (r[0],))}
                     for r in n.execute("SELECT name FROM sqlite_master WHERE type='table'")}

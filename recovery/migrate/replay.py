@@ -9,11 +9,11 @@ live database's revision with the application's own migrations in the sandbox
 from __future__ import annotations
 
 import os
-import sqlite3
 import sys
 from pathlib import Path
 
-from recovery.engine.sqlite_io import consistent_copy, readonly
+from recovery.engine.base import Connection
+from recovery.engine import open_engine
 
 SCHEMA = "replayed"
 """The schema name the replayed copy is attached under (read-only)."""
@@ -27,13 +27,13 @@ def replay_upgrade(alembic_ini: str | os.PathLike[str], backup: str | os.PathLik
     from recovery.engine.schema import alembic_revision
     from recovery.migrate.sandbox import MigrationFailed, Sandbox
 
-    with readonly(backup, "backup") as b:
+    with open_engine(backup).readonly("backup") as b:
         old_rev = alembic_revision(b)
-    with readonly(live, "live database") as n:
+    with open_engine(live).readonly("live database") as n:
         new_rev = alembic_revision(n)
     if old_rev is None or new_rev is None:
         return None
-    copy = consistent_copy(backup, Path(folder) / "replayed-upgrade.db", "backup")
+    copy = open_engine(backup).snapshot(Path(folder) / "replayed-upgrade.db", "backup")
     if old_rev == new_rev:
         return copy
     try:
@@ -51,12 +51,12 @@ class Replayed:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        with readonly(self.path, "replayed copy") as c:
+        with open_engine(self.path).readonly("replayed copy") as c:
             names = [r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
             self.columns: dict[str, frozenset[str]] = {
                 n: frozenset(r[0] for r in c.execute("SELECT name FROM pragma_table_info(?)", (n,))) for n in names}
 
-    def attach(self, conn: sqlite3.Connection) -> sqlite3.Connection:
+    def attach(self, conn: Connection) -> Connection:
         from recovery.engine.sqlite_io import readonly_uri
 
         conn.execute("ATTACH DATABASE ? AS " + SCHEMA, (readonly_uri(self.path),))

@@ -36,12 +36,14 @@ from typing import Any
 from sqlglot import exp
 
 from recovery.bundle.store import Bundle, open_bundle, write_json_atomic
-from recovery.reimport import triggers
 from recovery.errors import ExitCode, RecoveryError
 from recovery.model.outcome import Conflict
 from recovery.engine.schema import APPLIED_DELETES_TABLE, Schema, Table, reflect
 from recovery.engine.sqlbuild import and_all, col, is_same, sql, table
-from recovery.engine.sqlite_io import file_uri, check_sqlite_file, consistent_copy, readonly, wait_for_write_lock
+from recovery.engine import open_engine
+from recovery.engine.base import Engine
+from recovery.engine.sqlite import SQLiteEngine
+from recovery.engine.sqlite_io import file_uri
 from recovery.engine.timebound import statement_time_limit
 
 RESULT_FILE = "deletes_applied.json"
@@ -124,7 +126,7 @@ def _candidates(bundle: Bundle) -> dict[str, list[tuple[Any, ...]]]:
     """Keys of the rows deleted after the deploy, per old-schema table (a bounded list: one entry
     per post-deploy delete, the same list the run's deletes_for_review.csv holds)."""
     out: dict[str, list[tuple[Any, ...]]] = {}
-    conn = sqlite3.connect(file_uri(bundle.base_db, mode="ro"), uri=True)
+    conn = SQLiteEngine(bundle.base_db).connect_readonly("bundle base.db")  # bundle files are SQLite on every engine
     try:
         with statement_time_limit(conn):
             have = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -189,19 +191,21 @@ def apply_deletes(run_dir: str | Path, only: str | Path | None = None, dry_run: 
     run = Path(run_dir)
     db, bundle_dir = locate_run(run)
     bundle = open_bundle(bundle_dir)
-    target = check_sqlite_file(db, "database")
+    engine = open_engine(db)
+    engine.check("database")
+    target = Path(engine.spec)
     items = select(_candidates(bundle), Path(only) if only is not None else None)
-    with readonly(target, "database") as r:
+    with engine.readonly("database") as r:
         _check_tables(bundle, reflect(r), {i.table for i in items})
     result = DeletesResult(run, target, bundle.bundle_id, dry_run, selected=len(items))
     if dry_run:
         with tempfile.TemporaryDirectory(prefix="recovery-deletes-") as tmp:
-            scratch = consistent_copy(target, Path(tmp) / target.name, "database")
+            scratch = engine.snapshot(Path(tmp) / target.name, "database")
             _apply(scratch, bundle, items, result, busy_timeout)
     else:
         stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
         safety_dir = Path(tempfile.mkdtemp(prefix=f"safety-deletes-{stamp}-", dir=run))  # new, 0700
-        result.safety_copy = consistent_copy(target, safety_dir / target.name, "database")
+        result.safety_copy = engine.snapshot(safety_dir / target.name, "database")
         _apply(target, bundle, items, result, busy_timeout)
     write_json_atomic(run / RESULT_FILE, result.to_dict(), mode=0o600)  # users' keys: private like the run
     return result
@@ -225,25 +229,19 @@ def _apply(db: Path, bundle: Bundle, items: list[DeleteItem], result: DeletesRes
     try:
         conn.execute(f"ATTACH DATABASE ? AS {BASE}", (file_uri(bundle.base_db, mode="ro"),))
         schema = reflect(conn)  # before BEGIN: reflection through SQLAlchemy ends any open transaction
-        wait_for_write_lock(conn, busy_timeout)
-        try:
-            with statement_time_limit(conn):  # base.db is bundle content: untrusted, time-bounded
-                _apply_in_transaction(conn, schema, bundle, items, result)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+        engine = open_engine(db)
+        with engine.write_transaction(conn, busy_timeout), statement_time_limit(conn):
+            _apply_in_transaction(engine, conn, schema, bundle, items, result)  # base.db: untrusted, time-bounded
     finally:
         conn.close()
 
 
-def _apply_in_transaction(conn: sqlite3.Connection, schema: Schema, bundle: Bundle, items: list[DeleteItem],
-                          result: DeletesResult) -> None:
+def _apply_in_transaction(engine: Engine, conn: sqlite3.Connection, schema: Schema, bundle: Bundle,
+                          items: list[DeleteItem], result: DeletesResult) -> None:
     """Everything inside the open transaction: suspend triggers, judge and delete table by table
     (children first), check the foreign keys, re-create the triggers."""
     _ensure_applied_table(conn)
-    suspended = triggers.suspend(conn, {i.table for i in items})
+    suspended = engine.suspend_triggers(conn, {i.table for i in items})
     result.triggers_suspended = [t.name for t in suspended]
     children = _children(schema)
     watched = sorted({c for t in {i.table for i in items} for c, _ in children.get(t, [])})
@@ -256,7 +254,7 @@ def _apply_in_transaction(conn: sqlite3.Connection, schema: Schema, bundle: Bund
     if after > before:
         raise RecoveryError(f"foreign key check got worse after the deletes ({before} → {after}); rolled back",
                             "nothing was changed; report this with the run folder", ExitCode.FAILED)
-    triggers.restore(conn, suspended)
+    engine.restore_triggers(conn, suspended)
 
 
 def _ensure_applied_table(conn: sqlite3.Connection) -> None:

@@ -9,25 +9,25 @@ transaction.
 """
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 import sqlglot
 from sqlglot import exp
 
+from recovery.engine.base import Connection
 from recovery.engine.sqlbuild import col, sql, table
 
 SEQ = "sqlite_sequence"
 
 
-def _has_sequence_table(conn: sqlite3.Connection, schema: str) -> bool:
+def _has_sequence_table(conn: Connection, schema: str) -> bool:
     q = exp.select("1").from_(table("sqlite_master", schema)).where(exp.and_(
         exp.EQ(this=col("type"), expression=exp.Literal.string("table")),
         exp.EQ(this=col("name"), expression=exp.Literal.string(SEQ))))
     return conn.execute(sql(q)).fetchone() is not None
 
 
-def read_sequences(conn: sqlite3.Connection, schema: str = "main") -> dict[str, int]:
+def read_sequences(conn: Connection, schema: str = "main") -> dict[str, int]:
     """``sqlite_sequence`` of database ``schema`` as {table: seq} (empty when it has none)."""
     if not _has_sequence_table(conn, schema):
         return {}
@@ -35,7 +35,7 @@ def read_sequences(conn: sqlite3.Connection, schema: str = "main") -> dict[str, 
     return {n: int(s) for n, s in conn.execute(sql(q)) if n is not None and isinstance(s, int)}
 
 
-def autoincrement_tables(conn: sqlite3.Connection) -> list[str]:
+def autoincrement_tables(conn: Connection) -> list[str]:
     """Tables of ``main`` declared with AUTOINCREMENT (by their DDL, or by a counter row)."""
     q = exp.select(col("name"), col("sql")).from_(table("sqlite_master", "main")).where(
         exp.EQ(this=col("type"), expression=exp.Literal.string("table")))
@@ -58,7 +58,7 @@ def autoincrement_tables(conn: sqlite3.Connection) -> list[str]:
     return sorted(names.values())
 
 
-def carry_forward(conn: sqlite3.Connection, live: dict[str, int], before: dict[str, int]) -> list[dict[str, Any]]:
+def carry_forward(conn: Connection, live: dict[str, int], before: dict[str, int]) -> list[dict[str, Any]]:
     """Raise each AUTOINCREMENT table's counter in ``main`` to max(its value, ``before`` (the
     target's before the re-import wrote), ``live``'s, max rowid); one entry per such table:
     ``{"table", "backup", "live", "max_id", "seq"}`` (``seq``: the value now)."""

@@ -23,6 +23,7 @@ from typing import Any
 
 from sqlglot import exp
 
+from recovery.engine.base import Connection
 from recovery.bundle.store import LOST_TABLE
 from recovery.escape import ELLIPSIS, SHOW_LIMIT
 from recovery.engine.sqlbuild import col, sql, table
@@ -124,7 +125,7 @@ def lost_table(schema: str = "main", alias: str | None = None, name: str = LOST_
     return table(name, schema, alias)
 
 
-def has_lost(conn: sqlite3.Connection, schema: str = "main", name: str = LOST_TABLE) -> bool:
+def has_lost(conn: Connection, schema: str = "main", name: str = LOST_TABLE) -> bool:
     """Whether ``schema`` has the list table ``name`` (the lost list, or with
     :data:`recovery.bundle.store.FILLED_TABLE` the "filled by the upgrade, not verified" list)."""
     q = exp.select(exp.Literal.number(1)).from_(table("sqlite_master", schema)).where(exp.and_(
@@ -146,7 +147,7 @@ def _select(columns: Sequence[exp.Expression], schema: str, order: Sequence[exp.
     return q.limit(int(limit)) if limit is not None else q
 
 
-def _fetch(conn: sqlite3.Connection, q: exp.Expression, batch: int = BATCH) -> Iterator[tuple[Any, ...]]:
+def _fetch(conn: Connection, q: exp.Expression, batch: int = BATCH) -> Iterator[tuple[Any, ...]]:
     cur = conn.execute(sql(q))
     try:
         while rows := cur.fetchmany(batch):
@@ -155,7 +156,7 @@ def _fetch(conn: sqlite3.Connection, q: exp.Expression, batch: int = BATCH) -> I
         cur.close()
 
 
-def iter_rows(conn: sqlite3.Connection, schema: str = "main", order: Sequence[exp.Expression] = TEXT_ORDER,
+def iter_rows(conn: Connection, schema: str = "main", order: Sequence[exp.Expression] = TEXT_ORDER,
               limit: int | None = None, batch: int = BATCH, cut: int | None = None) -> Iterator[tuple[Any, ...]]:
     """``_recovery_lost`` as (table, key, label, column, value, reason) tuples, fetched in batches.
     ``cut``: label and value cut inside SQLite (see :func:`_shown`) and the value's size in bytes

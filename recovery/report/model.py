@@ -149,11 +149,13 @@ def _user_names(bundle: Bundle, users_table: str | None, ids: set[Any]) -> tuple
             continue
         try:
             if source == "backup":
-                from recovery.engine.sqlite_io import open_readonly
+                from recovery.engine import open_engine
 
-                conn = open_readonly(path, "backup")
-            else:
-                conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+                conn = open_engine(path).connect_readonly("backup")
+            else:  # the bundle's rows.db: a SQLite file whatever the engine
+                from recovery.engine.sqlite import SQLiteEngine
+
+                conn = SQLiteEngine(path).connect_readonly("bundle rows.db")
         except Exception:  # noqa: BLE001 - names are a nicety; ids are shown instead
             continue
         try:

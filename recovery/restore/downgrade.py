@@ -36,7 +36,9 @@ from sqlglot import exp
 from recovery.errors import ExitCode, RecoveryError
 from recovery.engine.schema import Schema, Table, reflect
 from recovery.engine.sqlbuild import and_all, col, ident, key_join, sql, table
-from recovery.engine.sqlite_io import file_uri, readonly, readonly_uri
+from recovery.engine import open_engine
+from recovery.engine.base import Connection, Engine
+from recovery.engine.sqlite_io import readonly_uri
 
 BACKUP = "recovery_backup"
 """The schema name the backup is ATTACHed under (read-only) while the scratch copy is repaired."""
@@ -208,23 +210,14 @@ def plan_repair(backup: Schema, live: Schema, down: Schema, empty: set[str]) -> 
 # ---- apply --------------------------------------------------------------------------------
 
 
-def _triggers_on(conn: sqlite3.Connection, tables: set[str]) -> list[tuple[str, str]]:
-    """(name, CREATE statement) of every trigger of ``main`` on one of ``tables``."""
-    q = exp.select(col("name"), col("tbl_name"), col("sql")).from_(table("sqlite_master", "main")).where(
-        exp.EQ(this=col("type"), expression=exp.Literal.string("trigger")))
-    return [(n, s) for n, t, s in conn.execute(sql(q)) if t in tables and s]
-
-
-def apply_repair(conn: sqlite3.Connection, steps: list[Step], result: Repair) -> Repair:
-    """Run ``steps`` on ``conn`` (backup ATTACHed) in one transaction, the triggers of the tables
-    written dropped and re-created around them (their stored CREATE statement, as the app wrote it)."""
+def apply_repair(engine: Engine, conn: Connection, steps: list[Step], result: Repair) -> Repair:
+    """Run ``steps`` on ``conn`` (``engine``'s, backup ATTACHed) in one transaction, the triggers of
+    the tables written suspended around them (:meth:`~recovery.engine.base.Engine.suspend_triggers`:
+    dropped and re-created from their stored CREATE statement, as the app wrote it)."""
     written = sorted({s.table for s in steps if s.kind in ("refill", "restore", "copy")})
-    triggers = _triggers_on(conn, set(written))
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with engine.write_transaction(conn, 5.0):  # a private scratch copy: nobody else writes it
         dangling_before = _dangling(conn, written)
-        for name, _ in triggers:
-            conn.execute(sql(exp.Drop(tables=[table(name, "main")], kind="TRIGGER")))
+        suspended = engine.suspend_triggers(conn, set(written))
         missing: dict[str, int] = {}
         candidates = 0
         for s in steps:
@@ -242,20 +235,14 @@ def apply_repair(conn: sqlite3.Connection, steps: list[Step], result: Repair) ->
                 (result.restored_rows if s.kind == "restore" else result.copied_tables)[s.table] = cur.rowcount
                 if missing.get(s.table, 0) > cur.rowcount:
                     result.not_restored[s.table] = missing[s.table] - cur.rowcount
-        for _, create in triggers:
-            conn.execute(create)  # the app's own stored trigger definition, unchanged
+        engine.restore_triggers(conn, suspended)  # the app's own stored trigger definitions, unchanged
         worse = {t: n for t, n in _dangling(conn, written).items() if n > dangling_before.get(t, 0)}
         if worse:  # the guards above should make this impossible; never swap in a DB we broke
             raise sqlite3.IntegrityError(f"the repair would leave dangling foreign keys in {', '.join(sorted(worse))}")
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
     return result
 
 
-def _dangling(conn: sqlite3.Connection, tables: list[str]) -> dict[str, int]:
+def _dangling(conn: Connection, tables: list[str]) -> dict[str, int]:
     """table → rows ``PRAGMA foreign_key_check`` reports for it."""
     out = {}
     for t in tables:
@@ -265,7 +252,7 @@ def _dangling(conn: sqlite3.Connection, tables: list[str]) -> dict[str, int]:
     return out
 
 
-def _empty_tables(conn: sqlite3.Connection, names: list[str]) -> set[str]:
+def _empty_tables(conn: Connection, names: list[str]) -> set[str]:
     out = set()
     for n in names:
         if conn.execute(sql(exp.select("1").from_(table(n, "main")).limit(1))).fetchone() is None:
@@ -276,20 +263,21 @@ def _empty_tables(conn: sqlite3.Connection, names: list[str]) -> set[str]:
 def repair_from_backup(db: Path, backup: Path, live: Schema) -> Repair:
     """Repair the downgraded scratch copy ``db`` from ``backup`` (see the module docstring). ``live``
     is the schema ``db`` had before the downgrade (the failed live DB's)."""
-    with readonly(backup, "backup") as b:
+    with open_engine(backup).readonly("backup") as b:
         old = reflect(b)
-    with readonly(db, "downgraded copy") as d:
+    engine = open_engine(db)
+    with engine.readonly("downgraded copy") as d:
         down = reflect(d)
         empty = _empty_tables(d, [n for n in old.data_tables if n in down.tables and n not in live.tables])
     steps, result = plan_repair(old, live, down, empty)
     if not steps:
         return result
-    conn = sqlite3.connect(file_uri(db, mode="rw"), uri=True, isolation_level=None)
+    conn = engine.connect_write("downgraded copy")
     try:
         conn.execute("PRAGMA foreign_keys = OFF")  # no cascade may fire, and parents come first anyway
         conn.execute(sql(exp.Attach(this=exp.alias_(exp.Placeholder(), ident(BACKUP)))), (readonly_uri(backup),))
         try:
-            return apply_repair(conn, steps, result)
+            return apply_repair(engine, conn, steps, result)
         except sqlite3.Error as exc:
             raise RecoveryError(f"repairing the downgraded copy from the backup failed: {exc}",
                                 "the live DB was not touched; restore from the backup instead "

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from recovery.engine.base import Connection
 from recovery.errors import RecoveryError
 from recovery.engine.holders import PENDING_BYTE, WALINDEX_LOCK_OFFSET, Flock
 from recovery.engine.sqlbuild import col, sql, table
@@ -205,7 +206,7 @@ class WriteWindow:
         return self.replaced
 
 
-def _tables(conn: sqlite3.Connection, schema: str) -> dict[str, list[str]]:
+def _tables(conn: Connection, schema: str) -> dict[str, list[str]]:
     from sqlglot import exp
 
     q = exp.select(col("name")).from_(table("sqlite_master", schema)).where(

@@ -12,7 +12,6 @@ import os
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlglot import exp
@@ -20,7 +19,8 @@ from sqlglot import exp
 from recovery.model.outcome import Outcome
 from recovery.engine.schema import alembic_revision
 from recovery.engine.sqlbuild import sql
-from recovery.engine.sqlite_io import readonly, readonly_uri
+from recovery.engine import open_engine
+from recovery.engine.base import Connection, Engine
 
 INTEGRITY_CACHE_KIB = 16 * 1024
 """Page cache of the integrity-check connection. ``integrity_check`` looks every row up in each of
@@ -32,17 +32,17 @@ not used. ``foreign_key_check`` gains nothing from either: it keeps the default.
 T = TypeVar("T")
 
 
-def foreign_key_problems(conn: sqlite3.Connection, limit: int = 20) -> list[dict[str, Any]]:
+def foreign_key_problems(conn: Connection, limit: int = 20) -> list[dict[str, Any]]:
     rows = conn.execute("PRAGMA main.foreign_key_check").fetchmany(limit)
     return [{"table": t, "rowid": r, "parent": p, "fk": fk} for t, r, p, fk in rows]
 
 
-def integrity_problems(conn: sqlite3.Connection) -> list[str]:
+def integrity_problems(conn: Connection) -> list[str]:
     """``PRAGMA integrity_check``'s lines: ``["ok"]`` when the file is sound."""
     return [r[0] for r in conn.execute("PRAGMA main.integrity_check").fetchall()]
 
 
-def verify(conn: sqlite3.Connection, outcome: Outcome, expected_revision: str | None) -> dict[str, Any]:
+def verify(conn: Connection, outcome: Outcome, expected_revision: str | None) -> dict[str, Any]:
     """Run every check and return the results; ``ok`` is True only when all pass."""
     return _result(integrity_problems(conn), foreign_key_problems(conn), alembic_revision(conn), outcome,
                    expected_revision)
@@ -54,9 +54,9 @@ def verify_file(path: str | os.PathLike[str], outcome: Outcome, expected_revisio
     included): the integrity check and the foreign-key check run concurrently, each on its own
     connection, so the whole takes about as long as the slower of the two. ``role`` names the file
     in the error raised when it cannot be opened."""
-    with readonly(path, role) as conn:  # refuses a bad file with one clear line, before any thread
+    engine = open_engine(path)
+    with engine.readonly(role) as conn:  # refuses a bad file with one clear line, before any thread
         revision = alembic_revision(conn)
-    uri = readonly_uri(Path(path))  # once: for a WAL file in an unwritable folder it is a private copy
     cache = exp.Pragma(this=exp.EQ(this=exp.to_identifier("cache_size"),
                                    expression=exp.Literal.number(-int(integrity_cache_kib))))
 
@@ -65,17 +65,17 @@ def verify_file(path: str | os.PathLike[str], outcome: Outcome, expected_revisio
         return integrity_problems(conn)
 
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="verify") as pool:
-        lines = pool.submit(_on_connection, uri, integrity)
-        fks = pool.submit(_on_connection, uri, foreign_key_problems)
+        lines = pool.submit(_on_connection, engine, role, integrity)
+        fks = pool.submit(_on_connection, engine, role, foreign_key_problems)
         return _result(lines.result(), fks.result(), revision, outcome, expected_revision)
 
 
-def _on_connection(uri: str, work: Callable[[sqlite3.Connection], T]) -> T:
-    """``work`` on a fresh read-only connection of this thread (a connection stays in its thread)."""
-    conn = sqlite3.connect(uri, uri=True, timeout=5.0)
+def _on_connection(engine: Engine, role: str, work: Callable[[sqlite3.Connection], T]) -> T:
+    """``work`` on a fresh read-only connection of this thread (a connection stays in its thread;
+    for a WAL file in an unwritable folder both threads read the same private copy)."""
+    conn = engine.connect_readonly(role)
     try:
-        conn.execute("PRAGMA query_only = ON")
-        return work(conn)
+        return work(conn)  # type: ignore[arg-type]
     finally:
         conn.close()
 

@@ -46,7 +46,8 @@ from recovery.bundle.extract import key_json
 from recovery.report.lost import count_by, has_lost, iter_lost, open_ro, stream_file
 from recovery.engine.schema import alembic_revision
 from recovery.engine.sqlbuild import and_all, col, is_distinct, is_same, or_all, sql, table
-from recovery.engine.sqlite_io import check_sqlite_file, consistent_copy, readonly, sha256_file, sidecars
+from recovery.engine import open_engine
+from recovery.engine.sqlite_io import check_sqlite_file, sha256_file, sidecars
 
 FORMAT = "recovery-rehearsal/1"
 SAMPLE_LIMIT = 20
@@ -131,8 +132,8 @@ def rehearse(
     with tempfile.TemporaryDirectory(prefix="recovery-rehearsal-") as tmp:
         scratch = Path(tmp)
         say("copying the live database, the backup and the uploads to a scratch folder")
-        db_copy = consistent_copy(_raw_copy(db_p, scratch / "raw"), scratch / "live" / db_p.name, "live database")
-        backup_copy = consistent_copy(_raw_copy(backup_p, scratch / "raw"), scratch / "live" / backup_p.name, "backup")
+        db_copy = open_engine(_raw_copy(db_p, scratch / "raw")).snapshot(scratch / "live" / db_p.name, "live database")
+        backup_copy = open_engine(_raw_copy(backup_p, scratch / "raw")).snapshot(scratch / "live" / backup_p.name, "backup")
         manifest = backup_p.with_name(backup_p.name + ".manifest.json")
         if manifest.is_file():  # the deploy time may come from it
             shutil.copyfile(manifest, backup_copy.with_name(manifest.name))
@@ -142,7 +143,7 @@ def rehearse(
             shutil.copytree(uploads_p, uploads_copy, symlinks=True)
         for src, dst in ((db_p, db_copy), (backup_p, backup_copy)):
             _keep_mtime(src, dst)  # the pipeline's "backup newer than the DB?" check must see the real times
-        backup_ref = consistent_copy(backup_copy, scratch / "reference" / backup_p.name, "backup")
+        backup_ref = open_engine(backup_copy).snapshot(scratch / "reference" / backup_p.name, "backup")
         try:
             with protecting(db_p, backup_p):  # the app's migration code must not reach the real files either
                 res = rollback(db_copy, backup_copy, run_dir, since, uploads_copy, mapping, alembic_ini,
@@ -269,7 +270,7 @@ def _check_round_trip(result: Rehearsal, rolled: Path, backup: Path, bundle: Bun
     for c in outcome.conflicts if outcome else []:
         if c.resolution in ("skipped", "kept_target"):
             result.reasons.append(f"{c.table} {list(c.key)}: {c.kind} conflict, {c.resolution} — the change is not carried")
-    with readonly(backup, "backup") as b, readonly(rolled, "rolled-back copy") as r:
+    with open_engine(backup).readonly("backup") as b, open_engine(rolled).readonly("rolled-back copy") as r:
         want, got = alembic_revision(b), alembic_revision(r)
     result.checks["alembic_revision"] = {"expected": want, "actual": got, "ok": want == got}
     if want != got:

@@ -242,8 +242,10 @@ def extract(*, backup: PathArg, db: PathArg, out_dir: PathArg, since: str | None
     with progress.step("extract"):
         res = run_extract(backup, db, out_dir, since, mapping, alembic_ini, uploads, trust_mapping=trust_mapping)
     summary = res.summary()
-    log.debug("extract: bundle %s, %s lost value(s), %s planning error(s)", summary["bundle_id"], summary["lost"],
-              len(summary["planning_errors"]))
+    log.debug("extract: bundle %s, %s table(s), %s lost value(s), %s planning error(s), re-import plan of %s "
+              "SQL statement(s) (+%s DELETEs with --apply-deletes)", summary["bundle_id"], len(summary["counts"]),
+              summary["lost"], len(summary["planning_errors"]), len(res.plan.statements()),
+              len(res.plan.statements(apply_deletes=True)) - len(res.plan.statements()))
     return ExtractCommandResult(res, summary)
 
 
@@ -259,14 +261,14 @@ def reimport(*, bundle_dir: PathArg, db: PathArg, out_dir: PathArg | None = None
     from recovery.pipeline import reimport as run_reimport
 
     opts = options or ReimportOptions()
-    log.debug("reimport options: %s", opts)
+    log.debug("reimport options: %s", _changed(opts))
     with override(opts.statement_timeout):  # every statement over the bundle, its opening included
         bundle = open_bundle(bundle_dir)
         bundle.check_expected_id(expect_bundle_id)
         _stopped_unless(None if confirm is None else lambda: confirm(bundle))
         with progress.step("reimport"):
             res = run_reimport(bundle, db, out_dir, options=opts, uploads=uploads)
-    log.debug("reimport: exit code %s", res.exit_code)
+    _log_run("reimport", res)
     return res
 
 
@@ -280,12 +282,36 @@ def rollback(*, db: PathArg, backup: PathArg, out_dir: PathArg | None = None, up
     from recovery.pipeline import rollback as run_rollback
 
     opts = options or RollbackOptions()
-    log.debug("rollback options: %s", opts)
+    log.debug("rollback options: %s", _changed(opts))
     with override(opts.statement_timeout):
         res = run_rollback(db, backup, out_dir, uploads=uploads, mapping=mapping, alembic_ini=alembic_ini,
                            options=opts, confirm=confirm)
-    log.debug("rollback: exit code %s", res.exit_code)
+    _log_run("rollback", res)
     return res
+
+
+def _changed(options: Any) -> str:
+    """The options that differ from their defaults, as ``name=value`` (``defaults``: none)."""
+    from dataclasses import fields
+
+    default = type(options)()
+    parts = [f"{f.name}={getattr(options, f.name)!s}" for f in fields(options)
+             if getattr(options, f.name) != getattr(default, f.name)]
+    return " ".join(parts) or "defaults"
+
+
+def _log_run(verb: str, res: RunResult) -> None:
+    """The decisions of a re-import at DEBUG: rows written per kind, conflicts by resolution, the exit code."""
+    if not log.isEnabledFor(logging.DEBUG):
+        return
+    o = res.outcome
+    if o is not None:
+        t = o.tables.values()
+        log.debug("%s: %s inserted, %s updated, %s deleted, %s skipped, %s remapped, %s conflict(s)%s%s", verb,
+                  sum(x.inserted for x in t), sum(x.updated for x in t), sum(x.deleted for x in t),
+                  sum(x.skipped for x in t), sum(x.remapped for x in t), len(o.conflicts),
+                  "; already applied" if o.already_applied else "", "; aborted" if o.aborted else "")
+    log.debug("%s: verdict %s, exit code %s", verb, getattr(res.verdict, "verdict", res.verdict), res.exit_code)
 
 
 def undo(*, run_dir: PathArg, force: bool = False, dry_run: bool = False,

@@ -8,8 +8,9 @@ stays the JSON alone):
   migration that failed on a scratch copy, a sandbox refusal): the message as written, always,
   ``--quiet`` included.
 * INFO — the ``· step`` messages of the long commands: ``· <message>``, unless ``--quiet``.
-* DEBUG — with ``recovery --verbose``: each step's start and end, the options and decisions a
-  command took, counts of what it did: ``debug <logger>: <message>``, unless ``--quiet``.
+* DEBUG — with ``recovery --verbose``: each step's start and end (with its time), the options and
+  decisions a command took, counts of what it did (rows, SQL statements planned and run,
+  conflicts): ``debug <logger>: <message>``, unless ``--quiet``.
 
 Used as a library, nothing is printed below WARNING unless the caller configures logging (Python's
 own last-resort handler prints warnings).

@@ -295,7 +295,7 @@ def _changed(options: Any) -> str:
     from dataclasses import fields
 
     default = type(options)()
-    parts = [f"{f.name}={getattr(options, f.name)!s}" for f in fields(options)
+    parts = [f"{f.name}={getattr(getattr(options, f.name), 'value', getattr(options, f.name))}" for f in fields(options)
              if getattr(options, f.name) != getattr(default, f.name)]
     return " ".join(parts) or "defaults"
 

@@ -42,7 +42,8 @@ class ReimportOptions(MergeOptions):
     """``--dry-run``: work on scratch copies; every given file stays byte-identical."""
     statement_timeout: float | None = None
     """``--statement-timeout``: the bound in seconds on each SQL statement over the bundle (None:
-    ``$RECOVERY_STATEMENT_TIMEOUT``, else 300; :mod:`recovery.engine.timebound`)."""
+    ``$RECOVERY_STATEMENT_TIMEOUT``, else 300; :mod:`recovery.engine.timebound`). Applied by
+    :mod:`recovery.commands` around the whole command (``engine.timebound.override``)."""
 
 
 @dataclass(frozen=True)

@@ -347,7 +347,8 @@ def reimport_cmd(bundle_dir: Path, db: Path, out_dir: Path | None, uploads: Path
         _confirm_or_refuse(yes, dry_run, f"Re-import {bundle_dir} into {db}?")
         return True
 
-    options = ReimportOptions(on_conflict, prefer, conflicts, apply_deletes, dry_run, statement_timeout)
+    options = ReimportOptions(on_conflict=on_conflict, prefer=prefer, conflicts=conflicts, apply_deletes=apply_deletes,
+                              dry_run=dry_run, statement_timeout=statement_timeout)
     res = commands.reimport(bundle_dir=bundle_dir, db=db, out_dir=out_dir, uploads=uploads,
                             expect_bundle_id=expect_bundle_id, options=options, confirm=confirm)
     progress.print_timings()
@@ -406,8 +407,10 @@ def rollback_cmd(db: Path, backup: Path, out_dir: Path | None, since: str | None
             raise RecoveryError("refusing to roll back without a terminal", "pass --yes (or --dry-run)")
         return click.confirm("Restore the backup and re-import these changes?", default=False)
 
-    options = RollbackOptions(on_conflict, prefer, conflicts, apply_deletes, dry_run, statement_timeout, since,
-                              trust_mapping, force, allow_newer_backup, same_installation, downgrade_to)
+    options = RollbackOptions(on_conflict=on_conflict, prefer=prefer, conflicts=conflicts, apply_deletes=apply_deletes,
+                              dry_run=dry_run, statement_timeout=statement_timeout, since=since,
+                              trust_mapping=trust_mapping, force=force, allow_newer_backup=allow_newer_backup,
+                              same_installation=same_installation, downgrade_to=downgrade_to)
     res = commands.rollback(db=db, backup=backup, out_dir=out_dir, uploads=uploads, mapping=mapping,
                             alembic_ini=alembic_ini, options=options, confirm=confirm)
     from recovery import progress

@@ -354,7 +354,7 @@ def apply_deletes(*, run_dir: PathArg, only: PathArg | None = None, dry_run: boo
 
     if not dry_run:
         _stopped_unless(confirm)
-    return run_deletes(run_dir, only, dry_run)
+    return run_deletes(Path(run_dir), None if only is None else Path(only), dry_run)
 
 
 def relink(*, bundle_dir: PathArg, db: PathArg, uploads: PathArg, files_table: str | None = None,

@@ -263,6 +263,7 @@ class Journal:
         progress.mark(step, state)  # the step's bar and timing (stderr; nothing when quiet)
         entry = self.data["steps"].setdefault(step, {})
         entry.update(state=state, at=datetime.now().isoformat(timespec="seconds"), **info)
+        log.debug("journal: %s %s%s", step, state, "".join(f" {k}={v}" for k, v in info.items()))
         self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         write_json_atomic(self.path, self.data, 0o600)
         fsync_dir(self.run_dir)

@@ -17,7 +17,6 @@ import time
 T0 = time.perf_counter()
 
 from recovery import pipeline  # noqa: E402
-from recovery.model.outcome import ConflictPolicy, Prefer  # noqa: E402
 
 
 def rss_mb() -> float:
@@ -37,7 +36,7 @@ def main() -> None:
     pipeline.Journal.mark = mark  # type: ignore[method-assign]
     t_import = time.perf_counter() - T0
     res = pipeline.rollback(
-        db, backup, run_dir, None, uploads, None, ini, ConflictPolicy.REMAP, False, False, False, Prefer.DB,
+        db, backup, run_dir, uploads=uploads, alembic_ini=ini,
         confirm=lambda _plan: True,
         progress=lambda m: messages.append({"t": round(time.perf_counter() - T0, 3), "message": m}),
     )

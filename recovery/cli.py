@@ -20,7 +20,8 @@ import click
 
 from recovery import __version__
 from recovery.errors import ExitCode, RecoveryError
-from recovery.escape import term_markup, term_text
+from recovery.escape import term_markup
+from recovery.model.outcome import ConflictMode, ConflictPolicy, Prefer
 from recovery.report.render import (console, render_diff, render_extract, render_outcome, render_plan, render_snapshot,
                              stdout_text, write_csv)
 
@@ -33,22 +34,6 @@ TRACEBACK_ENV = "RECOVERY_TRACEBACK"
 """``RECOVERY_TRACEBACK=1``: like ``recovery --traceback``, print the trace of an error."""
 _TRACEBACK_META = "recovery.traceback"
 
-_UNCHANGED = {  # what an error that escapes a command says about the databases
-    "rollback": "the live DB was not changed",
-    "reimport": "the database was not changed",
-    "undo": "the live DB was not changed",
-    "relink": "the database was not changed (files already copied into --uploads are complete and stay)",
-}
-"""Commands that write a live DB convert every error after their first change into a
-RecoveryError saying what the DB now is (exit 3); an error that escapes as OSError/sqlite3.Error
-therefore happened before. Every other command writes no database the user gave it, except:"""
-_MAYBE_CHANGED = {
-    "apply-deletes": "the database was changed if the error came after its one transaction committed "
-                     "(see RUN_DIR/deletes_applied.json; running it again changes nothing twice)",
-}
-"""Commands whose raw errors may come after their commit: exit 3, and say so."""
-
-
 def _show_traceback(ctx: click.Context) -> bool:
     import os
 
@@ -60,15 +45,15 @@ class RecoveryGroup(click.Group):
 
     def _invoke_then_stop_bars(self, ctx: click.Context) -> Any:
         """The command; however it ends, its progress bars are gone before anything else prints."""
-        from recovery import progress
+        from recovery import logs, progress
 
         try:
             return super().invoke(ctx)
         finally:
             progress.stop_all()
+            logs.reset()
 
     def invoke(self, ctx: click.Context) -> Any:
-        import sqlite3
         import traceback
 
         try:
@@ -86,17 +71,13 @@ class RecoveryGroup(click.Group):
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
         except Exception as exc:  # noqa: BLE001 - the one place every other error becomes one line
-            from recovery.errors import describe
+            from recovery.commands import error_for
 
             if _show_traceback(ctx):
                 traceback.print_exc()
-            what, todo = describe(exc)
-            name = ctx.invoked_subcommand or ""
-            state = _MAYBE_CHANGED.get(name) or _UNCHANGED.get(name, "no database was changed")
-            hint = todo if isinstance(exc, (OSError, sqlite3.Error)) else f"{todo} (recovery --traceback …)"
-            click.echo(f"error: {what}; {state} — {hint}", err=True)
-            unchanged = isinstance(exc, (OSError, sqlite3.Error)) and name not in _MAYBE_CHANGED
-            ctx.exit(ExitCode.REFUSED if unchanged else ExitCode.FAILED)
+            failure = error_for(exc, ctx.invoked_subcommand or "")
+            click.echo(f"error: {failure.one_line()}", err=True)
+            ctx.exit(failure.exit_code)
 
 
 def output_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -129,13 +110,6 @@ def quiet_option(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _say(err: Any) -> Callable[[str], None]:
-    """The ``· step`` messages on stderr, unless ``--quiet``."""
-    from recovery import progress
-
-    return lambda m: None if progress.is_quiet() else err.print(term_text(f"· {m}", None))
-
-
 def emit_json(data: Any) -> None:
     click.echo(stdout_text(json.dumps(data, indent=2, ensure_ascii=False, default=str), json_text=True))
 
@@ -146,8 +120,10 @@ def emit_json(data: Any) -> None:
               help=f"On an error, print the Python trace too (or set {TRACEBACK_ENV}=1).")
 @click.option("--quiet", "-q", is_flag=True,
               help="No progress bars, step messages or timing on stderr (bars show only on a terminal).")
+@click.option("--verbose", "-v", is_flag=True,
+              help="Debug messages on stderr: each step's start and end, options, decisions and counts.")
 @click.pass_context
-def main(ctx: click.Context, show_traceback: bool, quiet: bool) -> None:
+def main(ctx: click.Context, show_traceback: bool, quiet: bool, verbose: bool = False) -> None:
     """Roll a SQLite application database back to its previous release without losing what
     users did after the deploy: snapshot → diff → extract → restore → re-import → verify → report.
 
@@ -157,10 +133,11 @@ def main(ctx: click.Context, show_traceback: bool, quiet: bool) -> None:
         recovery --traceback rollback gestima.db --backup gestima.db.bak.20261120_140000 --yes
     """
     ctx.meta[_TRACEBACK_META] = show_traceback
-    from recovery import progress
+    from recovery import logs, progress
 
     progress.set_quiet(quiet)
     progress.reset()
+    logs.configure(verbose)
 
 
 @main.command("sample", epilog=EXIT_CODES_HELP)
@@ -177,13 +154,9 @@ def sample_cmd(out_dir: Path, parts: int, seed: int) -> None:
     \b
         recovery sample /tmp/world --parts 300 --seed 42
     """
-    from recovery.sample import generate
-    from recovery.sample.generator import fresh_folder
+    from recovery import commands, progress
 
-    from recovery import progress
-
-    with fresh_folder(out_dir), progress.step("sample"):
-        generate(out_dir, parts=parts, seed=seed)
+    commands.sample(out_dir=out_dir, parts=parts, seed=seed)
     progress.print_timings()
     console(stderr=True).print(f"sample world written to [bold]{out_dir}[/]")
 
@@ -203,15 +176,16 @@ def snapshot_cmd(db: Path, out_dir: Path | None, uploads: Path | None, app_dir: 
     \b
         recovery snapshot gestima.db --uploads uploads/ --app-dir /srv/gestima
     """
-    from recovery.capture.snapshot import snapshot
+    from recovery import commands
 
-    snap = snapshot(db, out_dir, uploads, app_dir)
+    snap = commands.snapshot(db=db, out_dir=out_dir, uploads=uploads, app_dir=app_dir)
     if fmt == "json":
         emit_json({"backup": str(snap.backup), "manifest": str(snap.manifest_path), **snap.manifest})
     elif fmt == "csv":
         write_csv(sys.stdout, [{"table": t, "rows": n} for t, n in snap.manifest["tables"].items()])
     else:
-        render_snapshot(snap)
+        render_snapshot(snap.snapshot)
+    sys.exit(snap.exit_code)
 
 
 @main.command("diff", epilog=EXIT_CODES_HELP)
@@ -238,9 +212,11 @@ def diff_cmd(backup: Path, db: Path, since: str | None, tables: tuple[str, ...],
     \b
         recovery diff gestima.db.bak.20261120_140000 gestima.db --rows --json
     """
-    from recovery.compare.diff import diff
+    from recovery import commands
 
-    result = diff(backup, db, since, list(tables) or None, mapping, rows or fmt == "csv", alembic_ini, trust_mapping)
+    res = commands.diff(backup=backup, db=db, since=since, tables=tables, mapping=mapping, rows=rows or fmt == "csv",
+                        alembic_ini=alembic_ini, trust_mapping=trust_mapping)
+    result = res.diff
     if fmt == "json":
         emit_json(result.to_dict(rows=rows))
     elif fmt == "csv":
@@ -248,8 +224,7 @@ def diff_cmd(backup: Path, db: Path, since: str | None, tables: tuple[str, ...],
                   ["table", "kind", "key", "after_deploy", "columns", "old", "new"])
     else:
         render_diff(result, rows)
-    differs = result.changes.total > 0 or result.changes.at_risk > 0 or not result.schema.is_empty
-    sys.exit(ExitCode.REVIEW if differs else ExitCode.OK)
+    sys.exit(res.exit_code)
 
 
 @main.command("extract", epilog=EXIT_CODES_HELP)
@@ -277,13 +252,11 @@ def extract_cmd(backup: Path, db: Path, out_dir: Path, since: str | None, mappin
         recovery extract gestima.db.bak.20261120_140000 gestima.db --out bundle/ \\
             --alembic-ini app/alembic.ini --uploads uploads/
     """
-    from recovery.bundle.extract import extract
+    from recovery import commands, progress
 
-    from recovery import progress
-
-    with progress.step("extract"):
-        result = extract(backup, db, out_dir, since, mapping, alembic_ini, uploads, trust_mapping=trust_mapping)
-    summary = result.summary()
+    res = commands.extract(backup=backup, db=db, out_dir=out_dir, since=since, mapping=mapping,
+                           alembic_ini=alembic_ini, uploads=uploads, trust_mapping=trust_mapping)
+    summary = res.summary
     if fmt == "table":  # --json/--csv are read by scripts: the data alone (bars, on a terminal, still show)
         progress.print_timings()
     if fmt == "json":
@@ -294,24 +267,15 @@ def extract_cmd(backup: Path, db: Path, out_dir: Path, since: str | None, mappin
         render_extract(summary)
         click.echo(f"bundle id: {summary['bundle_id']}")
         click.echo(f"live fingerprint (sha256): {summary['live_fingerprint']}")
-    sys.exit(ExitCode.REVIEW if summary["lost"] or summary["planning_errors"] else ExitCode.OK)
+    sys.exit(res.exit_code)
 
 
 def statement_timeout_option(func: Callable[..., Any]) -> Callable[..., Any]:
     """``--statement-timeout SECONDS``: the bound on every SQL statement run over a bundle
-    (:mod:`recovery.engine.timebound`); the command runs inside it."""
-
-    @click.option("--statement-timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
-                  help="Interrupt (exit 3, nothing applied) any SQL statement over the bundle running longer "
-                       "(default: $RECOVERY_STATEMENT_TIMEOUT, else 300).")
-    @functools.wraps(func)
-    def wrapper(*args: Any, statement_timeout: float | None, **kwargs: Any) -> Any:
-        from recovery.engine.timebound import override
-
-        with override(statement_timeout):
-            return func(*args, **kwargs)
-
-    return wrapper
+    (:mod:`recovery.engine.timebound`), passed to the command as ``statement_timeout``."""
+    return click.option("--statement-timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+                        help="Interrupt (exit 3, nothing applied) any SQL statement over the bundle running longer "
+                             "(default: $RECOVERY_STATEMENT_TIMEOUT, else 300).")(func)
 
 
 def show_bundle_identity(bundle: Any) -> None:
@@ -362,7 +326,7 @@ def _confirm_or_refuse(yes: bool, dry_run: bool, question: str) -> None:
 @quiet_option
 def reimport_cmd(bundle_dir: Path, db: Path, out_dir: Path | None, uploads: Path | None, expect_bundle_id: str | None,
                  on_conflict: str, prefer: str, apply_deletes: bool, dry_run: bool, yes: bool,
-                 conflicts: str = "cell") -> None:
+                 conflicts: str = "cell", statement_timeout: float | None = None) -> None:
     """Re-import a bundle into DB (already at the old schema, e.g. restored and used by the old
     release since) in ONE transaction, with a three-way merge: conflicts are detected, named and
     resolved by --on-conflict; a second run of the same bundle changes nothing. Writes report.json,
@@ -376,19 +340,18 @@ def reimport_cmd(bundle_dir: Path, db: Path, out_dir: Path | None, uploads: Path
     \b
         recovery reimport run/bundle gestima.db --yes
     """
-    from recovery.bundle.store import open_bundle
-    from recovery.model.outcome import ConflictMode, ConflictPolicy, Prefer
-    from recovery.pipeline import reimport
+    from recovery import commands, progress
+    from recovery.options import ReimportOptions
 
-    bundle = open_bundle(bundle_dir)
-    bundle.check_expected_id(expect_bundle_id)
-    show_bundle_identity(bundle)
-    _confirm_or_refuse(yes, dry_run, f"Re-import {bundle_dir} into {db}?")
-    from recovery import progress
+    def confirm(bundle: Any) -> bool:
+        show_bundle_identity(bundle)
+        _confirm_or_refuse(yes, dry_run, f"Re-import {bundle_dir} into {db}?")
+        return True
 
-    with progress.step("reimport"):
-        res = reimport(bundle, db, out_dir, ConflictPolicy(on_conflict), apply_deletes, dry_run, Prefer(prefer),
-                       uploads, conflicts=ConflictMode(conflicts))
+    options = ReimportOptions(on_conflict=ConflictPolicy(on_conflict), prefer=Prefer(prefer), conflicts=ConflictMode(conflicts), apply_deletes=apply_deletes,
+                              dry_run=dry_run, statement_timeout=statement_timeout)
+    res = commands.reimport(bundle_dir=bundle_dir, db=db, out_dir=out_dir, uploads=uploads,
+                            expect_bundle_id=expect_bundle_id, options=options, confirm=confirm)
     progress.print_timings()
     render_outcome(res)
     sys.exit(res.exit_code)
@@ -417,7 +380,8 @@ def rollback_cmd(db: Path, backup: Path, out_dir: Path | None, since: str | None
                  mapping: Path | None, alembic_ini: Path | None, downgrade_to: str | None, force: bool,
                  allow_newer_backup: bool,
                  on_conflict: str, prefer: str, apply_deletes: bool, dry_run: bool, yes: bool,
-                 trust_mapping: bool = False, same_installation: bool = False, conflicts: str = "cell") -> None:
+                 trust_mapping: bool = False, same_installation: bool = False, conflicts: str = "cell",
+                 statement_timeout: float | None = None) -> None:
     """Roll DB back to BACKUP's release without losing post-deploy work: refuse while the app holds
     the DB, safety copy, extract the post-deploy changes, restore the backup atomically, re-import
     in one transaction, re-link uploads, verify, report. Every step is journaled in the run folder:
@@ -430,10 +394,9 @@ def rollback_cmd(db: Path, backup: Path, out_dir: Path | None, since: str | None
         recovery rollback gestima.db --backup gestima.db.bak.20261120_140000 \\
             --uploads uploads/ --alembic-ini app/alembic.ini --out run/ --yes
     """
-    from recovery.model.outcome import ConflictMode, ConflictPolicy, Prefer
-    from recovery.pipeline import rollback
+    from recovery import commands
+    from recovery.options import RollbackOptions
 
-    err = console(stderr=True)
     if not (yes or dry_run or sys.stdin.isatty()):  # refuse before touching anything
         raise RecoveryError("refusing to roll back without a terminal", "pass --yes (or --dry-run)")
 
@@ -445,11 +408,12 @@ def rollback_cmd(db: Path, backup: Path, out_dir: Path | None, since: str | None
             raise RecoveryError("refusing to roll back without a terminal", "pass --yes (or --dry-run)")
         return click.confirm("Restore the backup and re-import these changes?", default=False)
 
-    res = rollback(db, backup, out_dir, since, uploads, mapping, alembic_ini, ConflictPolicy(on_conflict),
-                   apply_deletes, dry_run, force, Prefer(prefer), confirm=confirm,
-                   progress=_say(err), downgrade_to=downgrade_to,
-                   trust_mapping=trust_mapping, allow_newer_backup=allow_newer_backup,
-                   same_installation=same_installation, conflicts=ConflictMode(conflicts))
+    options = RollbackOptions(on_conflict=ConflictPolicy(on_conflict), prefer=Prefer(prefer), conflicts=ConflictMode(conflicts), apply_deletes=apply_deletes,
+                              dry_run=dry_run, statement_timeout=statement_timeout, since=since,
+                              trust_mapping=trust_mapping, force=force, allow_newer_backup=allow_newer_backup,
+                              same_installation=same_installation, downgrade_to=downgrade_to)
+    res = commands.rollback(db=db, backup=backup, out_dir=out_dir, uploads=uploads, mapping=mapping,
+                            alembic_ini=alembic_ini, options=options, confirm=confirm)
     from recovery import progress
 
     progress.print_timings()
@@ -476,9 +440,8 @@ def undo_cmd(run_dir: Path, force: bool, dry_run: bool, yes: bool) -> None:
     \b
         recovery undo run/ --dry-run && recovery undo run/ --yes
     """
-    from recovery.pipeline import undo
+    from recovery import commands
 
-    err = console(stderr=True)
     if not (yes or dry_run or sys.stdin.isatty()):
         raise RecoveryError("refusing to undo without a terminal", "pass --yes (or --dry-run)")
 
@@ -487,7 +450,7 @@ def undo_cmd(run_dir: Path, force: bool, dry_run: bool, yes: bool) -> None:
             return True
         return click.confirm(f"Replace the live DB {plan['db']} with the safety copy {plan['safety']}?", default=False)
 
-    res = undo(run_dir, force=force, dry_run=dry_run, confirm=confirm, progress=lambda m: err.print(f"· {m}"))
+    res = commands.undo(run_dir=run_dir, force=force, dry_run=dry_run, confirm=confirm)
     c = console()
     if res.state == "already_undone":
         c.print(f"this run was already undone; nothing changed. The live DB {res.db} is the safety copy "
@@ -529,37 +492,16 @@ def demo_cmd(out_dir: Path | None, parts: int, seed: int) -> None:
     \b
         recovery demo /tmp/gestima-demo
     """
-    import tempfile
+    from recovery import commands, progress
 
-    from recovery.sample import app_dir, generate
-    from recovery.model.outcome import ConflictPolicy, Prefer
-    from recovery.pipeline import rollback
-    from recovery.sample.generator import fresh_folder
-
-    err = console(stderr=True)
-    folder = out_dir or Path(tempfile.mkdtemp(prefix="recovery-demo-"))
-    from recovery import progress
-
-    say = _say(err)
-    say(f"building the sample world in {folder}")
-
-    def _shown(plan: Any) -> bool:
+    def shown(plan: Any) -> bool:
         render_plan(plan)
         return True
 
-    with fresh_folder(folder):  # a failed demo leaves nothing behind that blocks the retry
-        with progress.step("sample"):
-            generate(folder, parts=parts, seed=seed)
-        backup = next(folder.glob("gestima.db.bak.*"))
-        res = rollback(folder / "gestima.db", backup, out=folder / "run", uploads=folder / "uploads",
-                       alembic_ini=app_dir() / "alembic.ini", on_conflict=ConflictPolicy.REMAP,
-                       prefer=Prefer.DB, confirm=_shown, progress=say)
+    res = commands.demo(out_dir=out_dir, parts=parts, seed=seed, confirm=shown)
     progress.print_timings()
-    render_outcome(res)
-    # The sample world is built to lose values (new-only columns and tables): that is the point of
-    # the demo, not a failure. It succeeds when the rolled-back database verifies.
-    ok = bool(res.outcome and res.outcome.verification.get("ok"))
-    sys.exit(ExitCode.OK if ok else ExitCode.FAILED)
+    render_outcome(res.run)
+    sys.exit(res.exit_code)  # 0 when the rolled-back database verifies (the world's losses are expected)
 
 
 @main.command("apply-deletes", epilog=EXIT_CODES_HELP)
@@ -581,10 +523,10 @@ def apply_deletes_cmd(run_dir: Path, only: Path | None, dry_run: bool, yes: bool
     \b
         recovery apply-deletes run/ --only reviewed.csv --dry-run
     """
-    from recovery.reimport.deletes import apply_deletes
+    from recovery import commands
 
     _confirm_or_refuse(yes, dry_run, f"Delete the reviewed rows of {run_dir} from its database?")
-    res = apply_deletes(run_dir, only, dry_run)
+    res = commands.apply_deletes(run_dir=run_dir, only=only, dry_run=dry_run)
     if fmt == "json":
         emit_json(res.to_dict())
     elif fmt == "csv":
@@ -614,7 +556,7 @@ def apply_deletes_cmd(run_dir: Path, only: Path | None, dry_run: bool, yes: bool
 @output_options
 @statement_timeout_option
 def relink_cmd(bundle_dir: Path, db: Path, uploads: Path, files_table: str | None, path_column: str | None,
-               hash_column: str | None, dry_run: bool, fmt: str) -> None:
+               hash_column: str | None, dry_run: bool, fmt: str, statement_timeout: float | None = None) -> None:
     """Put every file a re-imported record names back at its path under --uploads with its
     recorded sha256 (from the bundle when missing; beside, never over, a different file), and make
     entity links follow remapped keys. Unsafe stored paths (absolute, `..`, symlinks out of the
@@ -625,14 +567,13 @@ def relink_cmd(bundle_dir: Path, db: Path, uploads: Path, files_table: str | Non
     \b
         recovery relink run/bundle gestima.db --uploads uploads/ --dry-run
     """
-    from recovery.files.uploads import FilesConfig
-    from recovery.files.relink import REPORT_LISTS, relink
+    from recovery import commands
+    from recovery.files.relink import REPORT_LISTS
 
-    if not uploads.is_dir():
-        raise RecoveryError(f"uploads folder {uploads} does not exist or is not a folder", "check --uploads")
-    default = FilesConfig()
-    cfg = FilesConfig(files_table or default.table, path_column or default.path, hash_column or default.sha256)
-    result = relink(bundle_dir, db, uploads, cfg, dry_run=dry_run)
+    res = commands.relink(bundle_dir=bundle_dir, db=db, uploads=uploads, files_table=files_table,
+                          path_column=path_column, hash_column=hash_column, dry_run=dry_run,
+                          statement_timeout=statement_timeout)
+    result = res.report
     if fmt == "json":
         emit_json(result)
     elif fmt == "csv":
@@ -649,7 +590,7 @@ def relink_cmd(bundle_dir: Path, db: Path, uploads: Path, files_table: str | Non
         for name in ("missing", "unsafe", "kept_both", "hash_mismatch", "links_unresolved"):
             for e in result[name][:20]:
                 c.print(f"  [yellow]{name}[/] {term_markup(e.get('record_key'))} {term_markup(e.get('path') or e.get('reason'))}")
-    sys.exit(ExitCode.REVIEW if result["missing"] or result["unsafe"] else ExitCode.OK)
+    sys.exit(res.exit_code)
 
 
 @main.command("report", epilog=EXIT_CODES_HELP)
@@ -671,12 +612,10 @@ def report_cmd(folder: Path, fmt: str, out: Path | None) -> None:
     \b
         recovery report run/ && recovery report run/bundle --format md
     """
-    from recovery.report import report
+    from recovery import commands
 
-    from recovery import progress
-
-    with progress.step("report"):
-        res = report(folder, fmt, out)
+    done = commands.report(folder=folder, fmt=fmt, out=out)
+    res = done.report
     if res.path is None:
         click.echo(stdout_text(res.text, json_text=fmt == "json"), nl=False)
     else:
@@ -684,9 +623,7 @@ def report_cmd(folder: Path, fmt: str, out: Path | None) -> None:
         console(stderr=True).print(f"{h['verdict']}: {h['carried']} of {h['records_total']} records carried, "
                                    f"{h['lost_values']} lost value(s), {h['conflicts']} conflict(s). "
                                    f"Report: [bold]{term_markup(res.path, None)}[/]")
-    from recovery.model.outcome import verdict_exit_code
-
-    sys.exit(verdict_exit_code(res.headline["verdict"]))
+    sys.exit(done.exit_code)
 
 
 @main.command("check", epilog=EXIT_CODES_HELP)
@@ -711,9 +648,10 @@ def check_cmd(alembic_ini: Path, from_rev: str | None, to_rev: str | None, db: P
     \b
         recovery check --alembic-ini app/alembic.ini --db gestima.db.bak.20261120_140000
     """
-    from recovery.migrate.check import check, render_check
+    from recovery import commands
+    from recovery.migrate.check import render_check
 
-    result = check(alembic_ini, from_rev, to_rev, db)
+    result = commands.check(alembic_ini=alembic_ini, from_rev=from_rev, to_rev=to_rev, db=db)
     if fmt == "json":
         emit_json(result.to_dict())
     elif fmt == "csv":
@@ -755,11 +693,12 @@ def rehearse_cmd(db: Path, backup: Path, alembic_ini: Path | None, out_dir: Path
         recovery rehearse gestima.db --backup gestima.db.bak.20261120_140000 \\
             --alembic-ini app/alembic.ini --uploads uploads/ --out rehearsal/
     """
-    from recovery.verify.rehearse import rehearse, render_rehearsal
+    from recovery import commands
+    from recovery.verify.rehearse import render_rehearsal
 
-    err = console(stderr=True)
-    result = rehearse(db, backup, alembic_ini, out_dir, uploads, mapping, since, progress=_say(err),
-                      trust_mapping=trust_mapping, same_installation=same_installation)
+    result = commands.rehearse(db=db, backup=backup, alembic_ini=alembic_ini, out_dir=out_dir, uploads=uploads,
+                               mapping=mapping, since=since, trust_mapping=trust_mapping,
+                               same_installation=same_installation)
     if fmt == "json":
         emit_json(result.to_dict())
     elif fmt == "csv":

@@ -16,6 +16,7 @@ runs, so a run killed anywhere is resumed by running the same command again:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import tempfile
@@ -30,7 +31,8 @@ from recovery.bundle.store import Bundle, open_bundle, write_json_atomic
 from recovery.errors import ExitCode, RecoveryError
 from recovery.files.uploads import FilesConfig
 from recovery.restore.livewindow import WriteWindow, check_replaced, write_late_commits
-from recovery.model.outcome import OUTCOME_FORMAT, ConflictMode, ConflictPolicy, Outcome, Prefer
+from recovery.model.outcome import OUTCOME_FORMAT, ConflictMode, ConflictPolicy, Outcome
+from recovery.options import MergeOptions, ReimportOptions, RollbackOptions, with_fields
 from recovery.capture.pairing import refuse_second_rollback, refuse_wrong_pairing
 from recovery.reimport.merge import attach_bundle, check_target_schema, merge_and_check, open_target, record_outcome
 from recovery.engine.schema import alembic_revision, reflect
@@ -49,6 +51,10 @@ KILL_STEP_ENV = "RECOVERY_TEST_KILL_AT_STEP"
 """Test-only fault injection: SIGKILL this process right after journaling ``<step>:start|done``."""
 
 Progress = Callable[[str], None]
+"""A step message for the operator (``· step`` on stderr). By default each goes to this module's
+logger at INFO level, which the CLI prints unless ``--quiet``."""
+
+log = logging.getLogger(__name__)
 
 
 def _kill_point(point: str) -> None:
@@ -93,12 +99,15 @@ class RunResult:
 
 
 def _reimport_into(
-    target: Path, bundle: Bundle, policy: ConflictPolicy, prefer: Prefer, apply_deletes: bool,
+    target: Path, bundle: Bundle, merge: MergeOptions,
     files: FilesConfig, dry_run: bool, busy_timeout: float, label: str, in_place: bool = False,
-    check_after: bool = True, conflicts: ConflictMode = ConflictMode.CELL,
+    check_after: bool = True,
 ) -> Outcome:
     """Apply ``bundle`` to ``target`` in one transaction; verify before commit. ``in_place``: the
     target was downgraded in place and already holds the post-deploy rows."""
+    policy, prefer, apply_deletes, conflicts = merge.on_conflict, merge.prefer, merge.apply_deletes, merge.conflicts
+    log.debug("re-import into %s: on_conflict=%s prefer=%s conflicts=%s apply_deletes=%s dry_run=%s in_place=%s",
+              label, policy.value, prefer.value, conflicts.value, apply_deletes, dry_run, in_place)
     engine = open_engine(target)
     with engine.readonly("target database") as r:
         target_schema = reflect(r)
@@ -128,15 +137,18 @@ def _reimport_into(
 
 def reimport(
     bundle_dir: str | os.PathLike[str] | Bundle, db: str | os.PathLike[str], out: str | os.PathLike[str] | None = None,
-    on_conflict: ConflictPolicy = ConflictPolicy.REMAP, apply_deletes: bool = False, dry_run: bool = False,
-    prefer: Prefer = Prefer.DB, uploads: str | os.PathLike[str] | None = None, files: FilesConfig | None = None,
-    busy_timeout: float = 10.0, expect_bundle_id: str | None = None, conflicts: ConflictMode = ConflictMode.CELL,
+    *, options: ReimportOptions | None = None, uploads: str | os.PathLike[str] | None = None,
+    files: FilesConfig | None = None, busy_timeout: float = 10.0, expect_bundle_id: str | None = None,
+    **option_fields: Any,
 ) -> RunResult:
-    """Re-import a bundle into ``db`` (at the bundle's old schema). ``dry_run`` works on a scratch
-    copy and leaves every file untouched. ``bundle_dir``: a folder, or a bundle already opened
-    (and so verified) by the caller. ``expect_bundle_id``: refuse (exit 2) any other bundle. Every
-    place it will write is checked before the first write; a failure after the commit says that
-    the data is in (exit 3)."""
+    """Re-import a bundle into ``db`` (at the bundle's old schema). ``options``
+    (:class:`recovery.options.ReimportOptions`; single fields may be given as keywords instead,
+    e.g. ``dry_run=True``): ``dry_run`` works on a scratch copy and leaves every file untouched.
+    ``bundle_dir``: a folder, or a bundle already opened (and so verified) by the caller.
+    ``expect_bundle_id``: refuse (exit 2) any other bundle. Every place it will write is checked
+    before the first write; a failure after the commit says that the data is in (exit 3)."""
+    opts: ReimportOptions = with_fields(ReimportOptions, options, option_fields)
+    dry_run = opts.dry_run
     check_uploads(uploads)
     bundle = bundle_dir if isinstance(bundle_dir, Bundle) else open_bundle(bundle_dir)
     bundle.check_expected_id(expect_bundle_id)
@@ -153,14 +165,12 @@ def reimport(
     if dry_run:
         with tempfile.TemporaryDirectory(prefix="recovery-dry-run-") as tmp:
             scratch = consistent_copy(target, Path(tmp) / target.name, "target database")
-            outcome = _reimport_into(scratch, bundle, on_conflict, prefer, apply_deletes, files, True,
-                                     busy_timeout, str(target), conflicts=conflicts)
+            outcome = _reimport_into(scratch, bundle, opts, files, True, busy_timeout, str(target))
             outcome.files = _relink(bundle, scratch, uploads, files, dry_run=True, outcome=outcome) if uploads else None
     else:
         run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         consistent_copy(target, run_dir / "safety" / target.name, "target database")
-        outcome = _reimport_into(target, bundle, on_conflict, prefer, apply_deletes, files, False, busy_timeout,
-                                 str(target), check_after=False, conflicts=conflicts)
+        outcome = _reimport_into(target, bundle, opts, files, False, busy_timeout, str(target), check_after=False)
         try:
             outcome.verification = verify_file(target, outcome, bundle.old.alembic_revision, role="target database")
             outcome.files = _relink(bundle, target, uploads, files, dry_run=False, outcome=outcome) if uploads else None
@@ -255,6 +265,7 @@ class Journal:
         progress.mark(step, state)  # the step's bar and timing (stderr; nothing when quiet)
         entry = self.data["steps"].setdefault(step, {})
         entry.update(state=state, at=datetime.now().isoformat(timespec="seconds"), **info)
+        log.debug("journal: %s %s%s", step, state, "".join(f" {k}={v}" for k, v in info.items()))
         self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         write_json_atomic(self.path, self.data, 0o600)
         fsync_dir(self.run_dir)
@@ -360,23 +371,27 @@ def _refuse_holders(db: Path, force: bool) -> list[Any]:
 
 def rollback(
     db: str | os.PathLike[str], backup: str | os.PathLike[str], out: str | os.PathLike[str] | None = None,
-    since: str | None = None, uploads: str | os.PathLike[str] | None = None,
+    *, uploads: str | os.PathLike[str] | None = None,
     mapping: str | os.PathLike[str] | None = None, alembic_ini: str | os.PathLike[str] | None = None,
-    on_conflict: ConflictPolicy = ConflictPolicy.REMAP, apply_deletes: bool = False, dry_run: bool = False,
-    force: bool = False, prefer: Prefer = Prefer.DB, files: FilesConfig | None = None,
+    options: RollbackOptions | None = None, files: FilesConfig | None = None,
     confirm: Callable[[dict[str, Any]], bool] | None = None, progress: Progress | None = None,
-    downgrade_to: str | None = None, trust_mapping: bool = False, allow_newer_backup: bool = False,
-    same_installation: bool = False, conflicts: ConflictMode = ConflictMode.CELL,
+    **option_fields: Any,
 ) -> RunResult:
-    """The whole runbook; see the module docstring. ``confirm`` is asked (with the extract summary)
+    """The whole runbook; see the module docstring. ``options``: a
+    :class:`recovery.options.RollbackOptions` (single fields may be given as keywords instead,
+    e.g. ``dry_run=True``). ``confirm`` is asked (with the extract summary)
     before the first change to the live DB; returning False stops with nothing changed.
     ``trust_mapping`` keeps column rules the data contradict (default: refused, exit 2).
     ``force`` overrides only the refusal while other processes hold the DB; ``allow_newer_backup``
     only the refusal of a backup newer than the live DB. A ``db`` reached through a symlink is
     resolved once: the real file is read and replaced, the link stays a link."""
+    opts: RollbackOptions = with_fields(RollbackOptions, options, option_fields)
+    since, on_conflict, apply_deletes, dry_run = opts.since, opts.on_conflict, opts.apply_deletes, opts.dry_run
+    downgrade_to, trust_mapping, same_installation, conflicts = (opts.downgrade_to, opts.trust_mapping,
+                                                                 opts.same_installation, opts.conflicts)
     db_p, backup_p = real_path(Path(db)), Path(backup)
     files = files or FilesConfig()
-    say = progress or (lambda _m: None)
+    say = progress or log.info
     stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
     run_dir = Path(out) if out else db_p.parent / f"recovery-run-{stamp}"
     args = {"db": str(db_p.resolve()), "backup": str(backup_p.resolve()), "since": since, "mapping": str(mapping) if mapping else None,
@@ -401,14 +416,11 @@ def rollback(
     if not dry_run:
         check_writable(Path(os.path.realpath(db_p)).parent, "database folder (the restore writes beside the DB)")
     if dry_run:
-        return _dry_run(db_p, backup_p, run_dir, since, uploads, mapping, alembic_ini, on_conflict, apply_deletes,
-                        prefer, files, say, trust=trust_mapping, same_installation=same_installation,
-                        conflicts=conflicts)
+        return _dry_run(db_p, backup_p, run_dir, uploads, mapping, alembic_ini, opts, files, say)
     with _one_run_per_folder(db_p), _windows_closed() as windows:
         try:
-            return _run_rollback(db_p, backup_p, run_dir, args, since, uploads, mapping, alembic_ini, on_conflict,
-                                 apply_deletes, force, prefer, files, confirm, say, downgrade_to,
-                                 allow_newer_backup, windows)
+            return _run_rollback(db_p, backup_p, run_dir, args, uploads, mapping, alembic_ini, opts, files, confirm,
+                                 say, windows)
         except BaseException as exc:
             truth = _failure_truth(exc, run_dir, db_p, backup_p)
             if truth is None:
@@ -449,12 +461,12 @@ def _one_run_per_folder(db: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
-def _run_rollback(db_p: Path, backup_p: Path, run_dir: Path, args: dict[str, Any], since: str | None,
-                  uploads: Any, mapping: Any, alembic_ini: Any, on_conflict: ConflictPolicy, apply_deletes: bool,
-                  force: bool, prefer: Prefer, files: FilesConfig,
+def _run_rollback(db_p: Path, backup_p: Path, run_dir: Path, args: dict[str, Any], uploads: Any, mapping: Any,
+                  alembic_ini: Any, opts: RollbackOptions, files: FilesConfig,
                   confirm: Callable[[dict[str, Any]], bool] | None, say: Progress,
-                  downgrade_to: str | None, allow_newer_backup: bool = False,
                   windows: list[WriteWindow] | None = None) -> RunResult:
+    since, on_conflict, force, downgrade_to = opts.since, opts.on_conflict, opts.force, opts.downgrade_to
+    allow_newer_backup = opts.allow_newer_backup
     journal = Journal(run_dir, args)
     if journal.state("undo") is not None:
         raise RecoveryError(f"the run in {run_dir} was undone (`recovery undo`): the live DB is the failed "
@@ -533,9 +545,9 @@ def _run_rollback(db_p: Path, backup_p: Path, run_dir: Path, args: dict[str, Any
         journal.mark("reimport", "start")
         warm = _Background(_warm_report_imports)
         in_place = journal.info("restore").get("method") == "downgrade"
-        outcome = _reimport_into(db_p, bundle, on_conflict, prefer, apply_deletes, files, False, 10.0, str(db_p),
-                                 in_place, check_after=False,
-                                 conflicts=ConflictMode(args.get("conflicts", ConflictMode.CELL.value)))
+        merge = MergeOptions(on_conflict, opts.prefer, ConflictMode(args.get("conflicts", ConflictMode.CELL.value)),
+                             opts.apply_deletes)
+        outcome = _reimport_into(db_p, bundle, merge, files, False, 10.0, str(db_p), in_place, check_after=False)
         if outcome.already_applied:  # committed by a run killed before it journaled: its own outcome
             outcome = _recorded_outcome(db_p, bundle.bundle_id) or outcome
         _save_outcome(run_dir, outcome)
@@ -890,11 +902,10 @@ def _downgrade_in_place(db: Path, alembic_ini: str | os.PathLike[str] | None, ta
     return repair_from_backup(db, backup, live).to_dict()
 
 
-def _dry_run(db: Path, backup: Path, run_dir: Path, since: str | None, uploads: Any, mapping: Any,
-             alembic_ini: Any, policy: ConflictPolicy, apply_deletes: bool, prefer: Prefer, files: FilesConfig,
-             say: Progress, trust: bool = False, same_installation: bool = False,
-             conflicts: ConflictMode = ConflictMode.CELL) -> RunResult:
+def _dry_run(db: Path, backup: Path, run_dir: Path, uploads: Any, mapping: Any, alembic_ini: Any,
+             opts: RollbackOptions, files: FilesConfig, say: Progress) -> RunResult:
     """Everything on scratch copies: the same report, every input file byte-identical."""
+    since, trust, same_installation = opts.since, opts.trust_mapping, opts.same_installation
     from recovery.bundle.extract import extract
 
     probe = preflight(db, backup, Path(alembic_ini) if alembic_ini else None, force=True, allow_newer_backup=True,
@@ -916,8 +927,7 @@ def _dry_run(db: Path, backup: Path, run_dir: Path, since: str | None, uploads: 
                                 "add a mapping file (see the README)")
         say("dry run: restoring and re-importing on the scratch copy")
         restored = consistent_copy(backup, t / "restored.db", "backup")
-        outcome = _reimport_into(restored, res.bundle, policy, prefer, apply_deletes, files, True, 10.0, str(db),
-                                 conflicts=conflicts)
+        outcome = _reimport_into(restored, res.bundle, opts, files, True, 10.0, str(db))
         outcome.dry_run = True
         outcome.files = _relink(res.bundle, restored, uploads, files, dry_run=True, outcome=outcome) if uploads else None
         run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -993,7 +1003,7 @@ def undo(run_dir: str | os.PathLike[str], force: bool = False, dry_run: bool = F
     run left it unless ``force``; a consistent copy of the current live file is kept in
     ``RUN_DIR/undo/`` first; the copy goes in by an atomic rename with the live file's owner,
     group and mode. Journaled as the ``undo`` step: a second undo changes nothing."""
-    say = progress or (lambda _m: None)
+    say = progress or log.info
     run = Path(run_dir)
     data = _load_run_journal(run)
     db = Path(data["args"]["db"])

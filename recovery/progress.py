@@ -9,6 +9,7 @@ output stays the JSON alone. Code deep in a step reports counts with :func:`set_
 The overhead is a dictionary lookup per call: counts are reported per table or phase, never per row."""
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ _timings: dict[str, float] = {}
 _running: dict[str, tuple[float, Any, Any]] = {}  # step -> (started, rich Progress or None, task id)
 _order: list[str] = []  # running steps, innermost last
 _shared: list[Any] = []  # the one rich Progress while any step shows a bar (one live display per console)
+log = logging.getLogger(__name__)
 
 
 def set_quiet(quiet: bool) -> None:
@@ -82,6 +84,7 @@ def start(name: str, total: int | None = None) -> None:
     bar, task = _new_bar(name, total) if bars_shown() else (None, None)
     _running[name] = (time.perf_counter(), bar, task)
     _order.append(name)
+    log.debug("step %s: start", name)
 
 
 def finish(name: str, record: bool = True) -> None:
@@ -98,6 +101,7 @@ def finish(name: str, record: bool = True) -> None:
             _shared.clear()
     if record:
         _timings[name] = _timings.get(name, 0.0) + time.perf_counter() - started
+    log.debug("step %s: %s after %.2f s", name, "done" if record else "stopped", time.perf_counter() - started)
 
 
 def stop_all() -> None:
@@ -122,6 +126,11 @@ def step(name: str, total: int | None = None) -> Iterator[None]:
         yield
     finally:
         finish(name)
+
+
+def current() -> str | None:
+    """The innermost running step, if any."""
+    return _order[-1] if _order else None
 
 
 def _current() -> tuple[Any, Any] | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import logging
 import os
 import sqlite3
 import tempfile
@@ -27,6 +28,8 @@ from recovery.engine.schema import alembic_revision
 from recovery.engine import open_engine
 
 Env = dict[str, dict[str, exp.Expression]]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -333,7 +336,6 @@ def _follow(cap: DowngradeCapture, env: Env) -> tuple[Env, int, list[dict[str, A
     the columns it leaves as they are and none for the columns it adds or removes. Returns the
     env, the number of statements, the failures (for the manifest) and one note per failure
     (also printed on stderr)."""
-    import sys
 
     from recovery.migrate.sandbox import refusal_note
 
@@ -363,7 +365,7 @@ def _follow(cap: DowngradeCapture, env: Env) -> tuple[Env, int, list[dict[str, A
         env = {t: {c: env.get(t, {}).get(c, exp.Null()) for c in cols_after}
                for t, cols_after in after.items() if t != "alembic_version"}
     for note in notes:
-        print(f"recovery: {note}", file=sys.stderr)
+        log.warning(f"recovery: {note}")
     return env, count, failed, notes
 
 

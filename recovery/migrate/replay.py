@@ -8,8 +8,8 @@ live database's revision with the application's own migrations in the sandbox
 """
 from __future__ import annotations
 
+import logging
 import os
-import sys
 from pathlib import Path
 
 from recovery.engine.base import Connection
@@ -17,6 +17,8 @@ from recovery.engine import open_engine
 
 SCHEMA = "replayed"
 """The schema name the replayed copy is attached under (read-only)."""
+
+log = logging.getLogger(__name__)
 
 
 def replay_upgrade(alembic_ini: str | os.PathLike[str], backup: str | os.PathLike[str],
@@ -40,8 +42,8 @@ def replay_upgrade(alembic_ini: str | os.PathLike[str], backup: str | os.PathLik
         with Sandbox(Path(alembic_ini), copy, [Path(backup), Path(live)]) as sb:
             sb.migrate("upgrade", new_rev)
     except MigrationFailed as err:
-        print(f"recovery: replaying the upgrade on a copy of the backup failed ({err.one_line()}); values the "
-              "upgrade may have filled are listed as not verified", file=sys.stderr)
+        log.warning(f"recovery: replaying the upgrade on a copy of the backup failed ({err.one_line()}); values the "
+                    "upgrade may have filled are listed as not verified")
         return None
     return copy
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import configparser
 import hashlib
 import json
+import logging
 import os
 import re
 import select
@@ -56,6 +57,8 @@ _DB_SCHEMES = re.compile(r"^(sqlite|postgres|postgresql|pgsql|mysql|mariadb|orac
                          r"([+][A-Za-z0-9_]+)?://", re.IGNORECASE)
 _SIDECARS = ("-wal", "-journal")
 _PATH_KEYS = ("script_location", "version_locations", "prepend_sys_path")
+
+log = logging.getLogger(__name__)
 
 
 class ProtectedChanged(RecoveryError):
@@ -333,8 +336,8 @@ class Sandbox:
             self.check_protected()
         self.refused = list(answer.get("refused") or [])
         if self.refused and answer.get("ok"):  # swallowed by the app's code: say it here
-            print(f"recovery: the application's migration code ({direction} to {target}) tried to reach another "
-                  f"database; the sandbox refused it: {'; '.join(self.refused)}", file=sys.stderr)
+            log.warning(f"recovery: the application's migration code ({direction} to {target}) tried to reach "
+                        f"another database; the sandbox refused it: {'; '.join(self.refused)}")
         if not answer.get("ok"):
             raise MigrationFailed(direction, target, str(answer.get("error")), list(answer.get("refused") or []))
         return list(answer.get("statements") or [])

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import shutil
-import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
@@ -35,6 +35,8 @@ FORMAT = "recovery-report/1"
 RUN_FILES = ("report.json", "conflicts.csv", "lost_values.csv", "reimport.sql", "report.md", "report.html",
              "deletes_for_review.csv", "files.csv", "not_carried.csv", "filled_by_upgrade.csv")
 FORMATS = ("html", "md", "csv", "json")
+
+log = logging.getLogger(__name__)
 
 
 def summary(outcome: Outcome, bundle: Bundle, section: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -302,8 +304,8 @@ def _lost_csv_text(folder: Path, document: dict[str, Any], source: str) -> str:
     section = document["report"]
     total = max(int(section.get("lost_total") or 0), len(section["lost"]))
     if total > len(section["lost"]):
-        print(f"note: only the first {len(section['lost']):,} of {total:,} lost values are in report.json and "
-              f"{folder / 'lost_values.csv'} is gone; the CSV below lists only those", file=sys.stderr)
+        log.warning(f"note: only the first {len(section['lost']):,} of {total:,} lost values are in report.json and "
+                    f"{folder / 'lost_values.csv'} is gone; the CSV below lists only those")
     return render(document, "csv")
 
 

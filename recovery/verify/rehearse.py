@@ -26,6 +26,7 @@ shows it, the terminal shows the first :data:`TERMINAL_LIMIT`.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import sqlite3
@@ -56,6 +57,8 @@ TERMINAL_LIMIT = 20
 """How many would-be losses the terminal shows (rehearsal.md shows the whole sample)."""
 LOST_FILE = "lost_values.csv"
 """The run folder's complete list of lost values (written by the pipeline's report)."""
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -115,10 +118,11 @@ def rehearse(
     folder ``out`` (default: ``recovery-rehearsal-<stamp>`` beside ``db``) gets the real run's
     report plus ``rehearsal.json`` and ``rehearsal.md``. At most ``losses_limit`` (default
     :data:`recovery.report.lost.SAMPLE_LIMIT`) lost values are held and listed; the totals are exact."""
+    from recovery.options import RollbackOptions
     from recovery.pipeline import rollback
     from recovery.migrate.sandbox import protecting
 
-    say = progress or (lambda _m: None)
+    say = progress or log.info
     db_p = check_sqlite_file(db, "live database")
     backup_p = check_sqlite_file(backup, "backup")
     uploads_p = Path(uploads) if uploads else None
@@ -146,9 +150,10 @@ def rehearse(
         backup_ref = open_engine(backup_copy).snapshot(scratch / "reference" / backup_p.name, "backup")
         try:
             with protecting(db_p, backup_p):  # the app's migration code must not reach the real files either
-                res = rollback(db_copy, backup_copy, run_dir, since, uploads_copy, mapping, alembic_ini,
-                               confirm=None, progress=lambda m: say(f"rehearsal: {m}"), trust_mapping=trust_mapping,
-                               same_installation=same_installation)
+                res = rollback(db_copy, backup_copy, run_dir, uploads=uploads_copy, mapping=mapping,
+                               alembic_ini=alembic_ini, confirm=None, progress=lambda m: say(f"rehearsal: {m}"),
+                               options=RollbackOptions(since=since, trust_mapping=trust_mapping,
+                                                       same_installation=same_installation))
         except RecoveryError as err:  # the real run would stop here too: that is the finding
             result = Rehearsal(False, run_dir, [f"the rollback stops: {err.one_line()}"])
         else:

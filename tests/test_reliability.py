@@ -37,11 +37,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 ALEMBIC_INI = ROOT / "sample_dbs" / "app" / "alembic.ini"
 BACKUP = "gestima.db.bak.20261120_140000"
-STEPS = ("probe", "safety", "extract", "restore", "reimport", "relink", "verify", "report")
-STEP_KILLS = [f"{s}:{when}" for s in STEPS for when in ("start", "done")]
+STEPS = ("probe", "safety", "extract", "restore", "reimport", "relink", "verify", "late_check", "report")
+STEP_KILLS = [f"{s}:{when}" for s in STEPS for when in ("start", "done") if s != "late_check" or when == "done"]
+"""Every point the journal of a rollback is written at (``late_check`` journals only its end);
+:func:`test_every_journaled_step_is_a_kill_point` holds this list to what a real run journals."""
 ROLLBACK_STMT_KILLS = [1, 25, 100]
 REIMPORT_STMT_KILLS = [1, 3, 10, 25, 50, 80, 110]
-KILL_POINTS = len(STEP_KILLS) + len(ROLLBACK_STMT_KILLS) + len(REIMPORT_STMT_KILLS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,7 +160,7 @@ def states(world: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, A
     proc = run_cli(["reimport", str(bundle), "target.db", "--out", "rr", "--yes"], ref_target)
     assert proc.returncode in (0, 1), proc.stderr
     return {
-        "world": src, "pre": db_content(src / "gestima.db"), "restored": db_content(src / BACKUP),
+        "world": src, "ref": ref, "pre": db_content(src / "gestima.db"), "restored": db_content(src / BACKUP),
         "final": db_content(ref / "gestima.db"), "bundle": bundle, "target": target,
         "target_pre": db_content(target / "target.db"), "target_final": db_content(ref_target / "target.db"),
     }
@@ -252,8 +253,16 @@ def test_reimport_killed_inside_transaction(n: int, states: dict[str, Any], tmp_
     assert_same(db_content(w / "target.db"), states["target_final"], "re-import run twice", bundle_id_of(states["bundle"]))
 
 
-def test_kill_point_count() -> None:
-    assert KILL_POINTS >= 20
+def test_every_journaled_step_is_a_kill_point(states: dict[str, Any]) -> None:
+    """The step kill points are the ones a run passes: an uninterrupted rollback journals exactly
+    the steps :data:`STEP_KILLS` names, in that order, each one done; every such point is then
+    killed by a real SIGKILL in :func:`test_rollback_killed_at_step` (which fails unless the
+    process died there)."""
+    import json
+
+    journal = json.loads((states["ref"] / "run" / "journal.json").read_text(encoding="utf-8"))
+    assert list(journal["steps"]) == list(dict.fromkeys(p.split(":")[0] for p in STEP_KILLS))
+    assert {s: e["state"] for s, e in journal["steps"].items()} == dict.fromkeys(STEPS, "done")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -50,10 +50,10 @@ def world_copy(world: Path, tmp_path: Path) -> Path:
     return target
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def bundle(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One bundle of the world's post-deploy changes (extracted with the app's Alembic), shared
-    read-only by a module's tests."""
+    read-only by every test of the session (a test that edits a bundle edits a copy)."""
     from recovery.bundle.extract import extract
     from recovery.sample import app_dir
 

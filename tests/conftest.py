@@ -25,6 +25,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--update-golden", action="store_true", default=False,
+                     help="Rewrite the golden files (tests/golden/) from the code's output instead of comparing.")
+
+
 WORLD_PARTS = 120
 WORLD_SEED = 42
 
@@ -45,10 +50,10 @@ def world_copy(world: Path, tmp_path: Path) -> Path:
     return target
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def bundle(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One bundle of the world's post-deploy changes (extracted with the app's Alembic), shared
-    read-only by a module's tests."""
+    read-only by every test of the session (a test that edits a bundle edits a copy)."""
     from recovery.bundle.extract import extract
     from recovery.sample import app_dir
 

@@ -40,13 +40,50 @@ def test_readme_test_command_is_what_ci_runs() -> None:
     assert test_cmd.strip() in ci
 
 
-def test_readme_documents_every_exit_code() -> None:
-    """The README's exit-code table lists exactly the codes the tool can exit with."""
+def _exit_code_rows() -> dict[int, str]:
+    section = README.split("### Exit codes", 1)[1].split("\n#", 1)[0]
+    return {int(code): meaning for code, meaning in re.findall(r"^\| (\d+) \| (.*) \|$", section, flags=re.M)}
+
+
+def test_readme_exit_code_table_is_what_the_cli_returns(tmp_path: Path) -> None:
+    """The README's exit-code table lists exactly the codes real runs end with, each row saying
+    what that run was: no difference (0), differences to review (1), refused input (2), an
+    aborted re-import (3)."""
+    import shutil
+    import sqlite3
+    from contextlib import closing
+
+    def make(path: Path, script: str) -> Path:
+        with closing(sqlite3.connect(path)) as c:
+            c.executescript(script)
+        return path
+
+    backup = make(tmp_path / "app.db.bak.20261120_140000", "CREATE TABLE t (id INTEGER PRIMARY KEY, a TEXT);"
+                  "INSERT INTO t VALUES (1, 'x');")
+    live = tmp_path / "app.db"
+    shutil.copyfile(backup, live)
+    make(live, "INSERT INTO t VALUES (2, 'made after the deploy');")
+    target = tmp_path / "target.db"
+    shutil.copyfile(backup, target)
+    make(target, "INSERT INTO t VALUES (2, 'made by the old release since');")
+
+    def run(*args: object) -> int:
+        return CliRunner().invoke(main, ["--quiet", *map(str, args)]).exit_code
+
+    assert run("extract", backup, live, "--out", tmp_path / "bundle") == 0
+    observed = {
+        run("diff", backup, backup): "no difference",
+        run("diff", backup, live): "differences",
+        run("diff", tmp_path / "missing.db", live): "refused",
+        run("reimport", tmp_path / "bundle", target, "--out", tmp_path / "run", "--on-conflict", "abort",
+            "--yes"): "--on-conflict abort",
+    }
     from recovery.errors import ExitCode
 
-    section = README.split("### Exit codes", 1)[1].split("\n#", 1)[0]
-    documented = {int(m) for m in re.findall(r"^\| (\d+) \|", section, flags=re.M)}
-    assert documented == {int(c) for c in ExitCode}
+    rows = _exit_code_rows()
+    assert sorted(observed) == sorted(rows) == sorted(int(c) for c in ExitCode)
+    for code, words in observed.items():
+        assert words in rows[code], f"README exit code {code} ({rows[code]!r}) does not mention {words!r}"
 
 
 @pytest.mark.parametrize("name", commands())

@@ -81,9 +81,10 @@ def w(world_copy: Path) -> Path:
     return world_copy
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def bundle(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh bundle of the sample world (extracted read-only from the shared world)."""
+    """A bundle of the sample world (extracted read-only from the shared world), extracted once for
+    the module: the tests that tamper with a bundle tamper with a copy, the others prove it unchanged."""
     out = tmp_path_factory.mktemp("bundle") / "bundle"
     code, _, err, _ = invoke(["extract", str(world / BACKUP), str(world / "gestima.db"), "--out", str(out),
                               "--alembic-ini", str(ALEMBIC_INI), "--uploads", str(world / "uploads")], world)

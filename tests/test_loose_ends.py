@@ -7,7 +7,9 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import shutil
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,15 +34,31 @@ def _count(db: Path, q: str, args: tuple = ()) -> int:  # type: ignore[type-arg]
         return int(c.execute(q, args).fetchone()[0])
 
 
+@pytest.fixture(scope="module")
+def rolled_back_once(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the world rolled back once for the module (never written to by the tests)."""
+    folder = tmp_path_factory.mktemp("loose-ends") / "world"
+    shutil.copytree(world, folder)
+    rollback(folder / "gestima.db", next(folder.glob("gestima.db.bak.*")), out=folder / "run",
+             uploads=folder / "uploads", alembic_ini=app_dir() / "alembic.ini")
+    return folder
+
+
 @pytest.fixture
-def rolled_back(world_copy: Path) -> tuple[Path, Path]:
-    """The world copy rolled back: (live DB, run folder); its deletes listed for review."""
-    db = world_copy / "gestima.db"
-    run = world_copy / "run"
-    rollback(db, next(world_copy.glob("gestima.db.bak.*")), out=run, uploads=world_copy / "uploads",
-             alembic_ini=app_dir() / "alembic.ini")
+def rolled_back(rolled_back_once: Path, tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """The world rolled back: (live DB, run folder); its deletes listed for review. A private copy
+    of :func:`rolled_back_once` (copying is cheaper than rolling back again), the run folder's
+    files naming the copy's paths as they would had the rollback run there."""
+    folder = tmp_path / "world"
+    shutil.copytree(rolled_back_once, folder)
+    for f in (folder / "run").glob("*.json"):
+        f.write_text(f.read_text(encoding="utf-8").replace(str(rolled_back_once), str(folder)), encoding="utf-8")
+    db, run = folder / "gestima.db", folder / "run"
+    assert json.loads((run / "journal.json").read_text(encoding="utf-8"))["args"]["db"] == str(db)
     assert _review(run), "the sample world has deletes after the deploy"
-    return db, run
+    shared = _sha(rolled_back_once / "gestima.db")
+    yield db, run
+    assert _sha(rolled_back_once / "gestima.db") == shared, "a test wrote to the shared rolled-back world"
 
 
 def _invoke(*args: str) -> tuple[int, str]:

@@ -20,6 +20,7 @@ Concurrency (SQLITE_BUSY handling of restore and re-import) is tested here too.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -37,11 +38,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 ALEMBIC_INI = ROOT / "sample_dbs" / "app" / "alembic.ini"
 BACKUP = "gestima.db.bak.20261120_140000"
-STEPS = ("probe", "safety", "extract", "restore", "reimport", "relink", "verify", "report")
-STEP_KILLS = [f"{s}:{when}" for s in STEPS for when in ("start", "done")]
+STEPS = ("probe", "safety", "extract", "restore", "reimport", "relink", "verify", "late_check", "report")
+STEP_KILLS = [f"{s}:{when}" for s in STEPS for when in ("start", "done") if s != "late_check" or when == "done"]
+"""Every point the journal of a rollback is written at (``late_check`` journals only its end);
+:func:`test_every_journaled_step_is_a_kill_point` holds this list to what a real run journals."""
 ROLLBACK_STMT_KILLS = [1, 25, 100]
 REIMPORT_STMT_KILLS = [1, 3, 10, 25, 50, 80, 110]
-KILL_POINTS = len(STEP_KILLS) + len(ROLLBACK_STMT_KILLS) + len(REIMPORT_STMT_KILLS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -92,19 +94,30 @@ def run_cli(args: list[str], cwd: Path, env_extra: dict[str, str] | None = None,
                           env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def rerun(args: list[str], cwd: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[int, str]:
+    """The same command run again after a kill, in this process (the killed one is gone either
+    way; only the kill itself needs a process of its own): (exit code, output)."""
+    from click.testing import CliRunner
+
+    from recovery.cli import main
+
+    with monkeypatch.context() as m:
+        m.chdir(cwd)
+        for k in [k for k in os.environ if k.startswith("RECOVERY_TEST_")]:
+            m.delenv(k)
+        res = CliRunner().invoke(main, ["--quiet", *args], catch_exceptions=False)
+    return res.exit_code, res.output
+
+
 def rollback_args() -> list[str]:
     return ["rollback", "gestima.db", "--backup", BACKUP, "--alembic-ini", str(ALEMBIC_INI), "--out", "run", "--yes"]
 
 
 def journal_bundle_id(run_dir: Path) -> str:
-    import json
-
     return json.loads((run_dir / "journal.json").read_text(encoding="utf-8"))["steps"]["extract"]["bundle_id"]
 
 
 def bundle_id_of(bundle: Path) -> str:
-    import json
-
     return json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))["bundle_id"]
 
 
@@ -145,6 +158,7 @@ def states(world: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, A
     shutil.copytree(src, ref)
     proc = run_cli(rollback_args(), ref)
     assert proc.returncode in (0, 1), proc.stderr
+    final_code = proc.returncode
     bundle = base / "bundle"
     proc = run_cli(["extract", BACKUP, "gestima.db", "--out", str(bundle), "--alembic-ini", str(ALEMBIC_INI)], src)
     assert proc.returncode in (0, 1), proc.stderr
@@ -159,7 +173,7 @@ def states(world: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, A
     proc = run_cli(["reimport", str(bundle), "target.db", "--out", "rr", "--yes"], ref_target)
     assert proc.returncode in (0, 1), proc.stderr
     return {
-        "world": src, "pre": db_content(src / "gestima.db"), "restored": db_content(src / BACKUP),
+        "world": src, "ref": ref, "final_code": final_code, "pre": db_content(src / "gestima.db"), "restored": db_content(src / BACKUP),
         "final": db_content(ref / "gestima.db"), "bundle": bundle, "target": target,
         "target_pre": db_content(target / "target.db"), "target_final": db_content(ref_target / "target.db"),
     }
@@ -187,7 +201,8 @@ def expected_after_step_kill(point: str) -> str:
 
 
 @pytest.mark.parametrize("point", STEP_KILLS)
-def test_rollback_killed_at_step(point: str, states: dict[str, Any], tmp_path: Path) -> None:
+def test_rollback_killed_at_step(point: str, states: dict[str, Any], tmp_path: Path,
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
     w = tmp_path / "w"
     shutil.copytree(states["world"], w)
     proc = run_cli(rollback_args(), w, {"RECOVERY_TEST_KILL_AT_STEP": point})
@@ -200,15 +215,19 @@ def test_rollback_killed_at_step(point: str, states: dict[str, Any], tmp_path: P
     else:
         assert not safety.exists() or db_content(safety) == states["pre"]  # never a partial copy
     assert db_content(w / BACKUP) == states["restored"], "the backup is an input: never changed"
-    again = run_cli(rollback_args(), w)
-    assert again.returncode in (0, 1), again.stderr
-    assert "Traceback" not in again.stderr
+    code, out = rerun(rollback_args(), w, monkeypatch)
+    assert code == states["final_code"], out
+    assert "Traceback" not in out
     bid = journal_bundle_id(w / "run")
     assert_same(db_content(w / "gestima.db"), states["final"], f"resumed after kill at {point}", bid)
+    assert json.loads((w / "run" / "journal.json").read_text(encoding="utf-8"))["steps"]["report"]["state"] == "done"
+    with sqlite3.connect(f"file:{w / 'gestima.db'}?mode=ro", uri=True) as c:
+        assert c.execute("PRAGMA foreign_key_check").fetchall() == []
+    c.close()
     assert leftovers(w) == [], f"half-written files left after resuming a kill at {point}"
     if point == "reimport:done":  # a finished run run again changes nothing (once is enough)
-        third = run_cli(rollback_args(), w)
-        assert third.returncode in (0, 1), third.stderr
+        code, out = rerun(rollback_args(), w, monkeypatch)
+        assert code == states["final_code"], out
         assert_same(db_content(w / "gestima.db"), states["final"], "a finished run run again", bid)
 
 
@@ -217,15 +236,16 @@ def test_rollback_killed_at_step(point: str, states: dict[str, Any], tmp_path: P
 
 
 @pytest.mark.parametrize("n", ROLLBACK_STMT_KILLS)
-def test_rollback_killed_inside_reimport_transaction(n: int, states: dict[str, Any], tmp_path: Path) -> None:
+def test_rollback_killed_inside_reimport_transaction(n: int, states: dict[str, Any], tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     w = tmp_path / "w"
     shutil.copytree(states["world"], w)
     proc = run_cli(rollback_args(), w, {"RECOVERY_TEST_KILL_AFTER_STATEMENTS": str(n)})
     assert killed(proc), f"not killed after {n} statements: rc={proc.returncode} {proc.stderr[-500:]}"
     assert_same(db_content(w / "gestima.db"), states["restored"], f"live DB after kill at statement {n}")
     assert_same(db_content(w / "run" / "safety" / "gestima.db"), states["pre"], "safety copy")
-    again = run_cli(rollback_args(), w)
-    assert again.returncode in (0, 1), again.stderr
+    code, out = rerun(rollback_args(), w, monkeypatch)
+    assert code == states["final_code"], out
     assert_same(db_content(w / "gestima.db"), states["final"], f"resumed after kill at statement {n}",
                 journal_bundle_id(w / "run"))
 
@@ -235,7 +255,8 @@ def test_rollback_killed_inside_reimport_transaction(n: int, states: dict[str, A
 
 
 @pytest.mark.parametrize("n", REIMPORT_STMT_KILLS)
-def test_reimport_killed_inside_transaction(n: int, states: dict[str, Any], tmp_path: Path) -> None:
+def test_reimport_killed_inside_transaction(n: int, states: dict[str, Any], tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
     w = tmp_path / "t"
     shutil.copytree(states["target"], w)
     args = ["reimport", str(states["bundle"]), "target.db", "--out", "rr", "--yes"]
@@ -243,17 +264,23 @@ def test_reimport_killed_inside_transaction(n: int, states: dict[str, Any], tmp_
     assert killed(proc), f"not killed after {n} statements: rc={proc.returncode} {proc.stderr[-500:]}"
     assert_same(db_content(w / "target.db"), states["target_pre"], f"target after kill at statement {n}")
     assert_same(db_content(w / "rr" / "safety" / "target.db"), states["target_pre"], "safety copy")
-    again = run_cli(args, w)
-    assert again.returncode in (0, 1), again.stderr
+    code, out = rerun(args, w, monkeypatch)
+    assert code in (0, 1), out
     assert_same(db_content(w / "target.db"), states["target_final"], f"resumed after kill at statement {n}",
                 bundle_id_of(states["bundle"]))
-    third = run_cli(args, w)  # the bundle id is recorded: a second run changes nothing
-    assert third.returncode in (0, 1), third.stderr
+    code, out = rerun(args, w, monkeypatch)  # the bundle id is recorded: a second run changes nothing
+    assert code in (0, 1), out
     assert_same(db_content(w / "target.db"), states["target_final"], "re-import run twice", bundle_id_of(states["bundle"]))
 
 
-def test_kill_point_count() -> None:
-    assert KILL_POINTS >= 20
+def test_every_journaled_step_is_a_kill_point(states: dict[str, Any]) -> None:
+    """The step kill points are the ones a run passes: an uninterrupted rollback journals exactly
+    the steps :data:`STEP_KILLS` names, in that order, each one done; every such point is then
+    killed by a real SIGKILL in :func:`test_rollback_killed_at_step` (which fails unless the
+    process died there)."""
+    journal = json.loads((states["ref"] / "run" / "journal.json").read_text(encoding="utf-8"))
+    assert list(journal["steps"]) == list(dict.fromkeys(p.split(":")[0] for p in STEP_KILLS))
+    assert {s: e["state"] for s, e in journal["steps"].items()} == dict.fromkeys(STEPS, "done")
 
 
 # ---------------------------------------------------------------------------------------------

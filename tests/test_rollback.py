@@ -453,48 +453,7 @@ def test_repair_never_points_a_refilled_or_copied_row_at_a_missing_parent(tmp_pa
 
 
 # ---------------------------------------------------------------------------------------------
-# resume after a kill
-
-
-@pytest.fixture(scope="module")
-def reference(world: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[tuple]]:
-    """The DB content after an uninterrupted rollback."""
-    import shutil
-
-    w = tmp_path_factory.mktemp("reference") / "world"
-    shutil.copytree(world, w)
-    rollback(w / "gestima.db", backup_of(w), w.parent / "run", alembic_ini=INI)
-    return content(w / "gestima.db")
-
-
-KILL_POINTS = [  # issue 9 extends this list
-    ("RECOVERY_TEST_KILL_AT_STEP", "extract:done"),
-    ("RECOVERY_TEST_KILL_AT_STEP", "restore:start"),
-    ("RECOVERY_TEST_KILL_AT_STEP", "restore:done"),
-    ("RECOVERY_TEST_KILL_AT_STEP", "reimport:start"),
-    ("RECOVERY_TEST_KILL_AFTER_STATEMENTS", "5"),
-    ("RECOVERY_TEST_KILL_AFTER_STATEMENTS", "60"),
-]
-
-
-@pytest.mark.parametrize(("var", "point"), KILL_POINTS, ids=[p for _, p in KILL_POINTS])
-def test_killed_run_resumes_to_the_same_result(world_copy: Path, tmp_path: Path, reference: dict, var: str,
-                                               point: str) -> None:
-    w, run = world_copy, tmp_path / "run"
-    args = [sys.executable, "-m", "recovery", "rollback", str(w / "gestima.db"), "--backup", str(backup_of(w)),
-            "--alembic-ini", str(INI), "--out", str(run), "--yes"]
-    env = {**os.environ, var: point, "PYTHONPATH": str(ROOT)}
-    killed = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
-    assert killed.returncode == -9, (killed.returncode, killed.stderr[-2000:])
-    resumed = rollback(w / "gestima.db", backup_of(w), run, alembic_ini=INI)
-    assert resumed.resumed and not resumed.finished_before
-    assert resumed.exit_code == 1
-    assert content(w / "gestima.db") == reference
-    with ro(w / "gestima.db") as c:
-        bundle_id = json.loads((run / "journal.json").read_text())["steps"]["extract"]["bundle_id"]
-        assert c.execute("SELECT bundle_id FROM _recovery_applied").fetchall() == [(bundle_id,)]
-        assert c.execute("PRAGMA foreign_key_check").fetchall() == []
-    assert json.loads((run / "journal.json").read_text())["steps"]["report"]["state"] == "done"
+# resume after a kill (the backup-restore rollback's kill points: tests/test_reliability.py)
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ case's users changed after the deploy, dated by ``updated_at`` where the case sa
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -492,4 +493,24 @@ def test_renamed_table_is_detected_compared_and_carried(tmp_path: Path) -> None:
     conn.close()
     assert "clients" not in tables
     # the edit and the new row are carried under the old name, the deleted row is back for review
+    assert rows == {29: ("c29 edited", 87), 30: ("c30", 90), 31: ("c31", 1)}
+
+
+def test_a_bundle_with_a_renamed_table_is_reimported_on_its_own(tmp_path: Path) -> None:
+    """rows.db keeps a renamed table's rows under the old name: opening the bundle on its own (the
+    stand-alone ``reimport``, a rollback resumed after its extract) accepts it and carries them."""
+    from click.testing import CliRunner
+
+    from recovery.cli import main
+
+    backup, live = _renamed_world(tmp_path)
+    target = tmp_path / "target.db"
+    shutil.copyfile(backup, target)
+    run = CliRunner().invoke(main, ["extract", str(backup), str(live), "--since", DEPLOY, "--out", str(tmp_path / "b")])
+    assert run.exit_code in (0, 1), run.output
+    run = CliRunner().invoke(main, ["reimport", str(tmp_path / "b"), str(target), "--out", str(tmp_path / "r"), "--yes"])
+    assert run.exit_code in (0, 1), run.output
+    with sqlite3.connect(f"file:{target}?mode=ro", uri=True) as conn:
+        rows = dict((r[0], r[1:]) for r in conn.execute("SELECT id, name, score FROM customers WHERE id >= 29"))
+    conn.close()
     assert rows == {29: ("c29 edited", 87), 30: ("c30", 90), 31: ("c31", 1)}

@@ -17,7 +17,6 @@ from hypothesis import strategies as st
 
 from recovery.compare.diff import analyse
 from recovery.bundle.extract import _create_untyped, close_foreign_keys, extract, extract_table
-from recovery.transpile.passes import PASSES, build_statements, fill_old_only, source_columns
 from recovery.transpile.passes import plan as make_plan
 
 CASES = tomllib.loads((Path(__file__).parent / "fixtures" / "transpile" / "cases.toml").read_text())["case"]
@@ -74,10 +73,6 @@ def test_transpile_case(case: dict[str, Any], tmp_path: Path) -> None:
         assert got == want
     finally:
         conn.close()
-
-
-def test_passes_are_listed_in_order() -> None:
-    assert PASSES == (source_columns, fill_old_only, build_statements)
 
 
 # ---------------------------------------------------------------- FK closure on a hand-made pair

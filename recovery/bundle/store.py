@@ -252,7 +252,7 @@ def open_bundle(path: str | os.PathLike[str], verify: bool = True) -> Bundle:
         raise _refuse(folder, f"manifest.json is malformed ({type(exc).__name__}: {exc})") from None
     _check_names(folder, old, new, mapping, counts)
     if verify:
-        _check_databases(folder, old, new)
+        _check_databases(folder, old, new, {t: m.new_table for t, m in mapping.tables.items() if m.new_table})
     return Bundle(folder, manifest, old, new, mapping)
 
 
@@ -317,8 +317,9 @@ def _check_names(folder: Path, old: Schema, new: Schema, mapping: ColumnMapping,
                     check_tree(dv, f"{where}: default of {t.name}.{c.name}", c.default)
 
 
-def _check_databases(folder: Path, old: Schema, new: Schema) -> None:
-    """rows.db holds tables of the new schema (their columns plus the kind) and the lost list;
+def _check_databases(folder: Path, old: Schema, new: Schema, renamed: dict[str, str] | None = None) -> None:
+    """rows.db holds tables of the new schema (their columns plus the kind) and the lost list; a
+    table renamed by the new release is there under its old name (``renamed``: old → new name);
     base.db tables of the old schema (plus SQLite's and ``_recovery_*`` bookkeeping tables) — and
     no view or trigger, which a forger could use to run something when a table is read."""
     import sqlite3
@@ -336,7 +337,7 @@ def _check_databases(folder: Path, old: Schema, new: Schema) -> None:
                         raise _refuse(folder, f"{name} holds a {kind} {tname!r} (only tables belong there)")
                     if kind != "table" or (tname.startswith(("sqlite_", "_recovery_")) and tname not in extra):
                         continue  # indexes (never written: read-only), SQLite's and our own bookkeeping
-                    t = schema.table(tname)
+                    t = schema.table((renamed or {}).get(tname, tname) if name == "rows.db" else tname)
                     want = extra.get(tname) or ((*t.column_names, KIND_COLUMN) if t is not None else None)
                     if want is None:
                         raise _refuse(folder, f"{name} holds a table {tname!r} its schema does not have")

@@ -1,0 +1,43 @@
+-- Golden output of the transpile pass `fill_old_only` (pass 2 of 3 in
+-- recovery.transpile.passes.PASSES): the plan after it, per case of
+-- tests/fixtures/transpile/golden_cases.toml. Regenerate and review the diff:
+--   python -m pytest tests/test_transpile_golden.py --update-golden
+
+-- ===== case: renamed column and a new-only column whose values are lost
+-- lost value (bundle): quote[1].priority = 3
+-- lost value (bundle): quote[21].priority = 1
+-- table quote  key (id)
+--   id <- "b"."id"  [same-name]  insert: "b"."id"
+--   customer <- "b"."customer_name"  [rename-detected]  insert: "b"."customer_name"
+--   total <- "b"."total"  [same-name]  insert: "b"."total"
+--   not read by any old column (lost): priority
+
+-- ===== case: mapping expression and a type change
+-- table part  key (id)
+--   id <- "b"."id"  [same-name]  insert: "b"."id"
+--   price <- "b"."price_cents" / 100.0  [user-mapping]  insert: "b"."price_cents" / 100.0
+--   qty <- "b"."qty"  [same-name]  insert: "b"."qty"
+
+-- ===== case: old-only columns (dropped by the new release): default, NULL, and NOT NULL without a source
+-- error: job.code is NOT NULL without a default and the new schema has no source for it: add it to the mapping file ([tables.job.columns] code = ...)
+-- table job  key (id)
+--   id <- "b"."id"  [same-name]  insert: "b"."id"
+--   name <- "b"."name"  [same-name]  insert: "b"."name"
+--   status <- —  [none]  insert: 'draft'
+--   notes <- —  [none]  insert: NULL
+--   code <- —  [none]  insert: NULL
+
+-- ===== case: renamed table, parent before child, a deletion-only table and a table skipped by the mapping
+-- lost value (bundle): audit[1].what = 'boot'
+-- lost value (bundle): audit[2].what = 'deploy'
+-- table client  key (id)  reads new table customer
+--   id <- "b"."id"  [same-name]  insert: "b"."id"
+--   name <- "b"."name"  [same-name]  insert: "b"."name"
+-- table tag  key (id)  (no rows to carry)
+--   id <- "b"."id"  [same-name]  insert: "b"."id"
+--   label <- "b"."label"  [same-name]  insert: "b"."label"
+-- table invoice  key (id)
+--   id <- "b"."id"  [same-name]  insert: "b"."id"
+--   client_id <- "b"."client_id"  [same-name]  insert: "b"."client_id"
+--   amount <- "b"."amount"  [same-name]  insert: "b"."amount"
+-- skipped by the mapping: audit

@@ -167,21 +167,33 @@ def main(ctx: click.Context, show_traceback: bool, quiet: bool) -> None:
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--parts", default=300, show_default=True, type=click.IntRange(10, 10_000_000), help="Parts in the backup.")
 @click.option("--seed", default=42, show_default=True, type=int, help="Random seed (same seed, same world).")
+@click.option("--url", help="Build the world in this PostgreSQL database (postgresql://…/DBNAME; created if "
+              "missing, refused if it has tables); OUT_DIR gets the pg_dump backup, uploads/ and world.json.")
 @quiet_option
-def sample_cmd(out_dir: Path, parts: int, seed: int) -> None:
+def sample_cmd(out_dir: Path, parts: int, seed: int, url: str | None = None) -> None:
     """Build the sample Gestima world (backup at v2.0.0, live DB at v2.0.1 after an hour of users,
-    uploads/ and world.json, the ground truth) into OUT_DIR.
+    uploads/ and world.json, the ground truth) into OUT_DIR. With --url the live database is that
+    PostgreSQL database, with the same rows, ids and values as the SQLite world of the same seed.
 
     Example:
 
     \b
         recovery sample /tmp/world --parts 300 --seed 42
+        recovery sample /tmp/pgworld --url postgresql://postgres@127.0.0.1:5432/gestima --parts 60
     """
     from recovery.sample import generate
     from recovery.sample.generator import fresh_folder
 
     from recovery import progress
 
+    if url is not None:
+        from recovery.sample.postgres import generate_postgres
+
+        with progress.step("sample"):
+            generate_postgres(out_dir, url, parts=parts, seed=seed)
+        progress.print_timings()
+        console(stderr=True).print(f"sample world written to [bold]{term_markup(str(out_dir))}[/] and the database")
+        return
     with fresh_folder(out_dir), progress.step("sample"):
         generate(out_dir, parts=parts, seed=seed)
     progress.print_timings()
@@ -189,12 +201,12 @@ def sample_cmd(out_dir: Path, parts: int, seed: int) -> None:
 
 
 @main.command("snapshot", epilog=EXIT_CODES_HELP)
-@click.argument("db", type=click.Path(path_type=Path))
+@click.argument("db")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), help="Folder for the backup (default: beside DB).")
 @click.option("--uploads", type=click.Path(path_type=Path), help="Uploads folder to record in the manifest.")
 @click.option("--app-dir", type=click.Path(path_type=Path), help="The app's git checkout (default: DB's folder).")
 @output_options
-def snapshot_cmd(db: Path, out_dir: Path | None, uploads: Path | None, app_dir: Path | None, fmt: str) -> None:
+def snapshot_cmd(db: str, out_dir: Path | None, uploads: Path | None, app_dir: Path | None, fmt: str) -> None:
     """Take a WAL-safe backup of DB (SQLite's online backup API, correct while the app writes)
     named DB.bak.YYYYMMDD_HHMMSS, with DB.bak.…​.manifest.json beside it.
 
@@ -202,10 +214,20 @@ def snapshot_cmd(db: Path, out_dir: Path | None, uploads: Path | None, app_dir: 
 
     \b
         recovery snapshot gestima.db --uploads uploads/ --app-dir /srv/gestima
+        recovery snapshot postgresql://app@db.internal/gestima --out /srv/backups
+
+    A PostgreSQL URL is dumped with pg_dump (custom format, the same major version as the
+    server) into --out (default: the current folder) as DBNAME.dump.bak.YYYYMMDD_HHMMSS.
     """
     from recovery.capture.snapshot import snapshot
+    from recovery.engine.postgres import is_postgres_url
 
-    snap = snapshot(db, out_dir, uploads, app_dir)
+    if is_postgres_url(db):
+        from recovery.capture.pgsnapshot import snapshot_postgres
+
+        snap = snapshot_postgres(db, out_dir, uploads, app_dir)
+    else:
+        snap = snapshot(Path(db), out_dir, uploads, app_dir)
     if fmt == "json":
         emit_json({"backup": str(snap.backup), "manifest": str(snap.manifest_path), **snap.manifest})
     elif fmt == "csv":

@@ -507,6 +507,7 @@ def pair_workspace(backup: PostgresEngine, live: PostgresEngine) -> Iterator[psy
             try:
                 attach_foreign(conn, backup, "old")
                 attach_foreign(conn, live, "new")
+                install_sqlite_compat(conn)
             except psycopg.Error as exc:
                 raise RecoveryError(f"cannot reach the databases through postgres_fdw: {_first_line(str(exc))}",
                                     "the user needs to create the postgres_fdw extension (PostgreSQL contrib) "
@@ -523,3 +524,61 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: fp.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+# ---- the comparison workspace speaks the SQLite functions the compare trees use ---------------
+
+_COMPAT = (
+    """CREATE FUNCTION public.typeof(v anyelement) RETURNS text LANGUAGE sql IMMUTABLE AS $$
+SELECT CASE WHEN v IS NULL THEN 'null'
+ WHEN pg_typeof(v) IN ('smallint'::regtype, 'integer'::regtype, 'bigint'::regtype, 'boolean'::regtype)
+ THEN 'integer'
+ WHEN pg_typeof(v) IN ('real'::regtype, 'double precision'::regtype, 'numeric'::regtype) THEN 'real'
+ WHEN pg_typeof(v) = 'bytea'::regtype THEN 'blob' ELSE 'text' END $$""",
+    """CREATE FUNCTION public.julianday(v text) RETURNS double precision LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN RETURN (extract(epoch FROM v::timestamptz) / 86400.0 + 2440587.5)::double precision;
+EXCEPTION WHEN others THEN RETURN NULL; END $$""",
+    """CREATE FUNCTION public.julianday(v timestamptz) RETURNS double precision LANGUAGE sql IMMUTABLE AS $$
+SELECT (extract(epoch FROM v) / 86400.0 + 2440587.5)::double precision $$""",
+    """CREATE FUNCTION public.julianday(v timestamp) RETURNS double precision LANGUAGE sql IMMUTABLE AS $$
+SELECT (extract(epoch FROM v) / 86400.0 + 2440587.5)::double precision $$""",
+    """CREATE FUNCTION public.julianday(v double precision) RETURNS double precision LANGUAGE sql IMMUTABLE AS $$
+SELECT (CASE WHEN v > 100000000000 THEN v / 1000.0 ELSE v END) / 86400.0 + 2440587.5 $$""",
+)
+
+
+def install_sqlite_compat(conn: psycopg.Connection[Any]) -> None:
+    """Define, in the scratch workspace only, SQLite's ``typeof(x)`` and a ``julianday(x)``
+    overloaded for text (ISO, read as UTC), timestamp(tz) and epoch numbers, so the comparison
+    trees the stages build (unit inference, the deploy-time test) mean the same on both engines.
+    The session's time zone is UTC, as SQLite's date functions are."""
+    run(conn, command("SET TIME ZONE 'UTC'"))
+    for ddl in _COMPAT:
+        run(conn, command(ddl))
+
+
+class PgPair:
+    """The comparison workspace behind the small part of ``sqlite3.Connection`` the compare stage
+    uses (``execute(sql, params)`` returning a cursor). Each statement runs under a savepoint, and
+    a server error becomes ``sqlite3.OperationalError`` after rolling back to it, so a candidate
+    rule the server cannot evaluate is skipped exactly as on SQLite and the snapshot transaction
+    stays usable."""
+
+    def __init__(self, conn: psycopg.Connection[Any]):
+        self.conn = conn
+
+    def execute(self, text: str, params: Sequence[Any] | None = None) -> psycopg.Cursor[Any]:
+        import sqlite3
+
+        cur = self.conn.cursor()
+        run(self.conn, command("SAVEPOINT recovery_statement"))
+        try:
+            cur.execute(text, tuple(params) if params else None)  # type: ignore[arg-type]
+        except psycopg.Error as exc:
+            run(self.conn, command("ROLLBACK TO SAVEPOINT recovery_statement"))
+            raise sqlite3.OperationalError(f"{_first_line(str(exc))} in: {text}") from exc
+        run(self.conn, command("RELEASE SAVEPOINT recovery_statement"))
+        return cur
+
+    def close(self) -> None:
+        """The workspace is closed by :func:`pair_workspace`."""

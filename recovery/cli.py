@@ -237,8 +237,8 @@ def snapshot_cmd(db: str, out_dir: Path | None, uploads: Path | None, app_dir: P
 
 
 @main.command("diff", epilog=EXIT_CODES_HELP)
-@click.argument("backup", type=click.Path(path_type=Path))
-@click.argument("db", type=click.Path(path_type=Path))
+@click.argument("backup")
+@click.argument("db")
 @click.option("--since", help="Deploy time (ISO-8601 or epoch); default: the backup's manifest or name.")
 @click.option("--table", "tables", multiple=True, help="Only this table (repeatable).")
 @click.option("--mapping", type=click.Path(path_type=Path), help="TOML mapping file (old column = expression).")
@@ -247,7 +247,7 @@ def snapshot_cmd(db: str, out_dir: Path | None, uploads: Path | None, app_dir: P
 @click.option("--trust-mapping", is_flag=True,
               help="Keep a column rule the unchanged rows contradict (default: refuse, exit 2).")
 @output_options
-def diff_cmd(backup: Path, db: Path, since: str | None, tables: tuple[str, ...], mapping: Path | None,
+def diff_cmd(backup: str, db: str, since: str | None, tables: tuple[str, ...], mapping: Path | None,
              rows: bool, fmt: str, alembic_ini: Path | None = None, trust_mapping: bool = False) -> None:
     """Compare BACKUP with the live DB: schema (alembic's comparison plus rename detection) and rows
     per table (inserted / updated / deleted, judged in the backup's schema; rows changed only in
@@ -259,10 +259,25 @@ def diff_cmd(backup: Path, db: Path, since: str | None, tables: tuple[str, ...],
 
     \b
         recovery diff gestima.db.bak.20261120_140000 gestima.db --rows --json
+        recovery diff gestima.dump.bak.20261120_140000 postgresql://app@db.internal/gestima --json
+
+    DB may be a PostgreSQL URL; BACKUP is then a pg_dump file (restored into a scratch database
+    that is dropped afterwards) or another database's URL, and the comparison runs inside the
+    server (postgres_fdw); --mapping and --alembic-ini are SQLite-only for now.
     """
     from recovery.compare.diff import diff
+    from recovery.engine.postgres import is_postgres_url
 
-    result = diff(backup, db, since, list(tables) or None, mapping, rows or fmt == "csv", alembic_ini, trust_mapping)
+    if is_postgres_url(db):
+        from recovery.compare.pgdiff import diff_postgres
+
+        if mapping is not None or alembic_ini is not None:
+            raise RecoveryError("--mapping and --alembic-ini are not supported for PostgreSQL yet",
+                                "run the diff without them; nothing was changed")
+        result = diff_postgres(backup, db, since, list(tables) or None, rows or fmt == "csv", trust_mapping)
+    else:
+        result = diff(Path(backup), Path(db), since, list(tables) or None, mapping, rows or fmt == "csv",
+                      alembic_ini, trust_mapping)
     if fmt == "json":
         emit_json(result.to_dict(rows=rows))
     elif fmt == "csv":

@@ -108,8 +108,16 @@ def safe(url: URL) -> str:
 
 
 def conninfo(url: URL) -> str:
-    """A libpq URI for psycopg and the pg_* tools (driver suffix removed)."""
-    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+    """A libpq ``key=value`` connection string for psycopg and the pg_* tools, every value quoted by
+    libpq's rules (a database name with spaces or quotes is safe; a URI would need encoding)."""
+    from psycopg.conninfo import make_conninfo
+
+    params: dict[str, Any] = {k: v for k, v in url.query.items() if isinstance(v, str)}
+    for key, value in (("host", url.host), ("port", url.port), ("user", url.username),
+                       ("password", url.password), ("dbname", url.database)):
+        if value is not None:
+            params[key] = str(value)
+    return make_conninfo(**params)
 
 
 def _tool_env(url: URL) -> tuple[str, dict[str, str]]:
@@ -447,6 +455,9 @@ def backup_database(backup: str | os.PathLike[str], server: PostgresEngine) -> I
     if is_postgres_url(text):
         yield PostgresEngine(text)
         return
+    if not Path(text).is_file():
+        raise RecoveryError(f"backup {text} does not exist or is not a file",
+                            "pass the pg_dump file written by recovery snapshot/sample, or a postgresql:// URL")
     if not is_dump_file(text):
         raise RecoveryError(f"backup {text} is not a pg_dump custom-format file",
                             "pass the .dump written by recovery snapshot/sample, or a postgresql:// URL")

@@ -179,7 +179,7 @@ def sample_cmd(out_dir: Path, parts: int, seed: int, url: str | None = None) -> 
 
     \b
         recovery sample /tmp/world --parts 300 --seed 42
-        recovery sample /tmp/pgworld --url postgresql://postgres@127.0.0.1:5432/gestima --parts 60
+        recovery sample /tmp/pgworld --url postgresql://db/gestima --parts 60
     """
     from recovery.sample import generate
     from recovery.sample.generator import fresh_folder
@@ -210,14 +210,14 @@ def snapshot_cmd(db: str, out_dir: Path | None, uploads: Path | None, app_dir: P
     """Take a WAL-safe backup of DB (SQLite's online backup API, correct while the app writes)
     named DB.bak.YYYYMMDD_HHMMSS, with DB.bak.…​.manifest.json beside it.
 
+    A PostgreSQL URL is dumped with pg_dump (custom format, the same major version as the
+    server) into --out (default: the current folder) as DBNAME.dump.bak.YYYYMMDD_HHMMSS.
+
     Example:
 
     \b
         recovery snapshot gestima.db --uploads uploads/ --app-dir /srv/gestima
         recovery snapshot postgresql://app@db.internal/gestima --out /srv/backups
-
-    A PostgreSQL URL is dumped with pg_dump (custom format, the same major version as the
-    server) into --out (default: the current folder) as DBNAME.dump.bak.YYYYMMDD_HHMMSS.
     """
     from recovery.capture.snapshot import snapshot
     from recovery.engine.postgres import is_postgres_url
@@ -255,15 +255,15 @@ def diff_cmd(backup: str, db: str, since: str | None, tables: tuple[str, ...], m
     nobody changed after the deploy; a contradicted rule is refused (exit 2) unless --trust-mapping.
     Both files are opened read-only. Exits 0 when nothing differs, 1 when something does.
 
+    DB may be a PostgreSQL URL; BACKUP is then a pg_dump file (restored into a scratch database
+    that is dropped afterwards) or another database's URL, and the comparison runs inside the
+    server (postgres_fdw); --mapping and --alembic-ini are SQLite-only for now.
+
     Example:
 
     \b
         recovery diff gestima.db.bak.20261120_140000 gestima.db --rows --json
-        recovery diff gestima.dump.bak.20261120_140000 postgresql://app@db.internal/gestima --json
-
-    DB may be a PostgreSQL URL; BACKUP is then a pg_dump file (restored into a scratch database
-    that is dropped afterwards) or another database's URL, and the comparison runs inside the
-    server (postgres_fdw); --mapping and --alembic-ini are SQLite-only for now.
+        recovery diff gestima.dump.bak.20261120_140000 postgresql://db/gestima
     """
     from recovery.compare.diff import diff
     from recovery.engine.postgres import is_postgres_url

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -84,7 +85,12 @@ def pg_server() -> Iterator[str]:
         return
     if not (pgcluster.find_bin("initdb") and pgcluster.find_bin("pg_ctl")):
         pytest.skip(f"no PostgreSQL server: {pgcluster.HOW_TO}")
-    cluster = pgcluster.start()
+    try:
+        cluster = pgcluster.start()
+    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+        detail = getattr(exc, "stderr", None) or exc
+        pytest.skip(f"PostgreSQL is installed but a test cluster did not start ({str(detail).strip()[:300]}); "
+                    f"{pgcluster.HOW_TO}")
     try:
         yield cluster.url
     finally:

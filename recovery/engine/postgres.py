@@ -312,11 +312,11 @@ class PostgresEngine(Engine):
         with self.readonly("database") as conn:
             run(conn, command("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"))
             for schema, name in user_tables(conn):
-                t = exp.Table(this=exp.Identifier(this=name, quoted=True),
-                              db=exp.Identifier(this=schema, quoted=True), alias=exp.TableAlias(this=exp.to_identifier("t")))
-                q = exp.select(exp.Count(this=exp.Star()),
-                               exp.func("md5", exp.func("string_agg", exp.cast(exp.column("t"), "text"), exp.Literal.string("\n")))
-                               ).from_(t)
+                q = sqlglot.parse_one("SELECT count(*), md5(string_agg(CAST(t AS TEXT), '\n' ORDER BY CAST(t AS TEXT))) "
+                                      "FROM x AS t", read=DIALECT)
+                q.find(exp.Table).replace(exp.Table(  # type: ignore[union-attr]
+                    this=exp.Identifier(this=name, quoted=True), db=exp.Identifier(this=schema, quoted=True),
+                    alias=exp.TableAlias(this=exp.to_identifier("t"))))
                 n, digest = run(conn, q).fetchone()
                 out[f"{schema}.{name}"] = {"rows": int(n), "md5": digest}
             run(conn, command("COMMIT"))

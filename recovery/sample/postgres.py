@@ -29,7 +29,8 @@ from sqlglot import exp
 
 from recovery.capture.pgsnapshot import snapshot_postgres
 from recovery.engine.postgres import (
-    PostgresEngine, command, connect, create_database_sql, database_exists, ident, render, run, user_tables,
+    PostgresEngine, command, connect, create_database_sql, database_exists, drop_database_sql, ident, render, run,
+    user_tables,
 )
 from recovery.engine.schema import reflect
 from recovery.errors import RecoveryError
@@ -39,18 +40,20 @@ from recovery.sample.generator import BACKUP_NAME, DEPLOY_TIME, LIVE_NAME, UPLOA
 BATCH = 5000
 
 
-def prepare_database(engine: PostgresEngine) -> None:
-    """Create the database when missing; refuse one that already has tables (nothing is changed)."""
+def prepare_database(engine: PostgresEngine) -> bool:
+    """Create the database when missing (True); refuse one that already has tables (nothing is
+    changed); an existing empty one is used as it is (False)."""
     with connect(engine.admin_url(), "server") as admin:
         if not database_exists(admin, engine.database):
             run(admin, create_database_sql(engine.database))
-            return
+            return True
     with engine.readonly("database") as conn:
         tables = user_tables(conn)  # type: ignore[arg-type]
     if tables:
         raise RecoveryError(
             f"database {engine.spec} already has {len(tables)} table(s) ({tables[0][0]}.{tables[0][1]}, …)",
             "pass the URL of a new or empty database; nothing was changed")
+    return False
 
 
 def migrate_pg(engine: PostgresEngine, revision: str) -> None:
@@ -129,18 +132,30 @@ def generate_postgres(out_dir: Path, url: str, parts: int = 300, seed: int = 42)
     ``world.json`` in ``out_dir`` (new or empty). Returns ``out_dir``."""
     engine = PostgresEngine(url)
     with fresh_folder(Path(out_dir)) as out, tempfile.TemporaryDirectory(prefix="recovery-sample-") as tmp:
-        prepare_database(engine)
-        world = generate(Path(tmp) / "world", parts=parts, seed=seed)
-        migrate_pg(engine, OLD_HEAD)
-        copy_rows(world / BACKUP_NAME, engine)
-        snap = snapshot_postgres(url, out, now=DEPLOY_TIME)
-        migrate_pg(engine, NEW_HEAD)
-        copy_rows(world / LIVE_NAME, engine, replace=True)
-        shutil.copytree(world / UPLOADS_NAME, out / UPLOADS_NAME, symlinks=True)
-        data = json.loads((world / WORLD_JSON).read_text(encoding="utf-8"))
-        data["engine"] = "postgresql"
-        data["backup"] = snap.backup.name
-        data["live"] = engine.spec
-        (out / WORLD_JSON).write_text(json.dumps(data, sort_keys=True, indent=2, ensure_ascii=False) + "\n",
-                                      encoding="utf-8")
+        created = prepare_database(engine)
+        try:
+            _build(engine, out, Path(tmp), parts, seed)
+        except BaseException:
+            if created:  # a half-built world is removed with the database this call made
+                with connect(engine.admin_url(), "server") as admin:
+                    run(admin, drop_database_sql(engine.database))
+            raise
         return out
+
+
+def _build(engine: PostgresEngine, out: Path, tmp: Path, parts: int, seed: int) -> None:
+    """The steps of :func:`generate_postgres` (see the module docstring)."""
+    url = engine.url.render_as_string(hide_password=False)
+    world = generate(tmp / "world", parts=parts, seed=seed)
+    migrate_pg(engine, OLD_HEAD)
+    copy_rows(world / BACKUP_NAME, engine)
+    snap = snapshot_postgres(url, out, now=DEPLOY_TIME)
+    migrate_pg(engine, NEW_HEAD)
+    copy_rows(world / LIVE_NAME, engine, replace=True)
+    shutil.copytree(world / UPLOADS_NAME, out / UPLOADS_NAME, symlinks=True)
+    data = json.loads((world / WORLD_JSON).read_text(encoding="utf-8"))
+    data["engine"] = "postgresql"
+    data["backup"] = snap.backup.name
+    data["live"] = engine.spec
+    (out / WORLD_JSON).write_text(json.dumps(data, sort_keys=True, indent=2, ensure_ascii=False) + "\n",
+                                  encoding="utf-8")

@@ -144,37 +144,45 @@ def main(ctx: click.Context, show_traceback: bool, quiet: bool, verbose: bool = 
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--parts", default=300, show_default=True, type=click.IntRange(10, 10_000_000), help="Parts in the backup.")
 @click.option("--seed", default=42, show_default=True, type=int, help="Random seed (same seed, same world).")
+@click.option("--url", help="Build the world in this PostgreSQL database (postgresql://…/DBNAME; created if "
+              "missing, refused if it has tables); OUT_DIR gets the pg_dump backup, uploads/ and world.json.")
 @quiet_option
-def sample_cmd(out_dir: Path, parts: int, seed: int) -> None:
+def sample_cmd(out_dir: Path, parts: int, seed: int, url: str | None = None) -> None:
     """Build the sample Gestima world (backup at v2.0.0, live DB at v2.0.1 after an hour of users,
-    uploads/ and world.json, the ground truth) into OUT_DIR.
+    uploads/ and world.json, the ground truth) into OUT_DIR. With --url the live database is that
+    PostgreSQL database, with the same rows, ids and values as the SQLite world of the same seed.
 
     Example:
 
     \b
         recovery sample /tmp/world --parts 300 --seed 42
+        recovery sample /tmp/pgworld --url postgresql://db/gestima --parts 60
     """
     from recovery import commands, progress
 
-    commands.sample(out_dir=out_dir, parts=parts, seed=seed)
+    commands.sample(out_dir=out_dir, parts=parts, seed=seed, url=url)
     progress.print_timings()
     console(stderr=True).print(f"sample world written to [bold]{out_dir}[/]")
 
 
 @main.command("snapshot", epilog=EXIT_CODES_HELP)
-@click.argument("db", type=click.Path(path_type=Path))
+@click.argument("db")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), help="Folder for the backup (default: beside DB).")
 @click.option("--uploads", type=click.Path(path_type=Path), help="Uploads folder to record in the manifest.")
 @click.option("--app-dir", type=click.Path(path_type=Path), help="The app's git checkout (default: DB's folder).")
 @output_options
-def snapshot_cmd(db: Path, out_dir: Path | None, uploads: Path | None, app_dir: Path | None, fmt: str) -> None:
+def snapshot_cmd(db: str, out_dir: Path | None, uploads: Path | None, app_dir: Path | None, fmt: str) -> None:
     """Take a WAL-safe backup of DB (SQLite's online backup API, correct while the app writes)
     named DB.bak.YYYYMMDD_HHMMSS, with DB.bak.….manifest.json beside it.
+
+    A PostgreSQL URL is dumped with pg_dump (custom format, the same major version as the
+    server) into --out (default: the current folder) as DBNAME.dump.bak.YYYYMMDD_HHMMSS.
 
     Example:
 
     \b
         recovery snapshot gestima.db --uploads uploads/ --app-dir /srv/gestima
+        recovery snapshot postgresql://app@db.internal/gestima --out /srv/backups
     """
     from recovery import commands
 
@@ -189,8 +197,8 @@ def snapshot_cmd(db: Path, out_dir: Path | None, uploads: Path | None, app_dir: 
 
 
 @main.command("diff", epilog=EXIT_CODES_HELP)
-@click.argument("backup", type=click.Path(path_type=Path))
-@click.argument("db", type=click.Path(path_type=Path))
+@click.argument("backup")
+@click.argument("db")
 @click.option("--since", help="Deploy time (ISO-8601 or epoch); default: the backup's manifest or name.")
 @click.option("--table", "tables", multiple=True, help="Only this table (repeatable).")
 @click.option("--mapping", type=click.Path(path_type=Path), help="TOML mapping file (old column = expression).")
@@ -199,7 +207,7 @@ def snapshot_cmd(db: Path, out_dir: Path | None, uploads: Path | None, app_dir: 
 @click.option("--trust-mapping", is_flag=True,
               help="Keep a column rule the unchanged rows contradict (default: refuse, exit 2).")
 @output_options
-def diff_cmd(backup: Path, db: Path, since: str | None, tables: tuple[str, ...], mapping: Path | None,
+def diff_cmd(backup: str, db: str, since: str | None, tables: tuple[str, ...], mapping: Path | None,
              rows: bool, fmt: str, alembic_ini: Path | None = None, trust_mapping: bool = False) -> None:
     """Compare BACKUP with the live DB: schema (alembic's comparison plus rename detection) and rows
     per table (inserted / updated / deleted, judged in the backup's schema; rows changed only in
@@ -207,10 +215,15 @@ def diff_cmd(backup: Path, db: Path, since: str | None, tables: tuple[str, ...],
     nobody changed after the deploy; a contradicted rule is refused (exit 2) unless --trust-mapping.
     Both files are opened read-only. Exits 0 when nothing differs, 1 when something does.
 
+    DB may be a PostgreSQL URL; BACKUP is then a pg_dump file (restored into a scratch database
+    that is dropped afterwards) or another database's URL, and the comparison runs inside the
+    server (postgres_fdw); --mapping and --alembic-ini are SQLite-only for now.
+
     Example:
 
     \b
         recovery diff gestima.db.bak.20261120_140000 gestima.db --rows --json
+        recovery diff gestima.dump.bak.20261120_140000 postgresql://db/gestima
     """
     from recovery import commands
 

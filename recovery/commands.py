@@ -197,14 +197,22 @@ def _stopped_unless(confirm: Callable[[], bool] | None) -> None:
 # one function per command, in the README's order
 
 
-def sample(*, out_dir: PathArg, parts: int = 300, seed: int = 42) -> SampleResult:
-    """Build the sample Gestima world into ``out_dir`` (a failed build leaves nothing behind)."""
+def sample(*, out_dir: PathArg, parts: int = 300, seed: int = 42, url: str | None = None) -> SampleResult:
+    """Build the sample Gestima world into ``out_dir`` (a failed build leaves nothing behind); with
+    ``url`` (``postgresql://…/DBNAME``) the databases are built in that PostgreSQL database
+    (:func:`recovery.sample.postgres.generate_postgres`), the backup dump and uploads in ``out_dir``."""
     from recovery import progress
     from recovery.sample import generate
     from recovery.sample.generator import fresh_folder
 
     out = Path(out_dir)
-    log.debug("sample: %s parts, seed %s, into %s", parts, seed, out)
+    log.debug("sample: %s parts, seed %s, into %s%s", parts, seed, out, f" and {url}" if url else "")
+    if url is not None:
+        from recovery.sample.postgres import generate_postgres
+
+        with progress.step("sample"):
+            generate_postgres(out, url, parts=parts, seed=seed)
+        return SampleResult(out, parts, seed)
     with fresh_folder(out), progress.step("sample"):
         generate(out, parts=parts, seed=seed)
     return SampleResult(out, parts, seed)
@@ -214,8 +222,13 @@ def snapshot(*, db: PathArg, out_dir: PathArg | None = None, uploads: PathArg | 
              app_dir: PathArg | None = None) -> SnapshotResult:
     """A WAL-safe backup of ``db`` with its manifest (:func:`recovery.capture.snapshot.snapshot`)."""
     from recovery.capture.snapshot import snapshot as take
+    from recovery.engine.base import is_postgres_url
 
-    return SnapshotResult(take(db, out_dir, uploads, app_dir))
+    if is_postgres_url(os.fspath(db)):
+        from recovery.capture.pgsnapshot import snapshot_postgres
+
+        return SnapshotResult(snapshot_postgres(os.fspath(db), out_dir, uploads, app_dir))
+    return SnapshotResult(take(Path(db), out_dir, uploads, app_dir))
 
 
 def diff(*, backup: PathArg, db: PathArg, since: str | None = None, tables: Sequence[str] | None = None,
@@ -224,9 +237,19 @@ def diff(*, backup: PathArg, db: PathArg, since: str | None = None, tables: Sequ
     """Compare ``backup`` with the live ``db``, both read-only (:func:`recovery.compare.diff.diff`);
     ``rows``: list every changed row."""
     from recovery.compare.diff import diff as compare
+    from recovery.engine.base import is_postgres_url
 
-    result = DiffCommandResult(compare(backup, db, since, list(tables) if tables else None, mapping, rows,
-                                       alembic_ini, trust_mapping))
+    if is_postgres_url(os.fspath(db)):
+        from recovery.compare.pgdiff import diff_postgres
+
+        if mapping is not None or alembic_ini is not None:
+            raise RecoveryError("--mapping and --alembic-ini are not supported for PostgreSQL yet",
+                                "run the diff without them; nothing was changed")
+        result = DiffCommandResult(diff_postgres(os.fspath(backup), os.fspath(db), since,
+                                                 list(tables) if tables else None, rows, trust_mapping))
+    else:
+        result = DiffCommandResult(compare(Path(backup), Path(db), since, list(tables) if tables else None, mapping,
+                                           rows, alembic_ini, trust_mapping))
     log.debug("diff: %s row change(s), %s value(s) at risk, schema %s", result.diff.changes.total,
               result.diff.changes.at_risk, "unchanged" if result.diff.schema.is_empty else "changed")
     return result

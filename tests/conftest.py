@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -73,3 +75,48 @@ def restored(world: Path, tmp_path: Path) -> Path:
         conn.execute("PRAGMA journal_mode=WAL")
     conn.close()
     return db
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[str]:
+    """The URL of a real PostgreSQL server (a superuser on its ``postgres`` database):
+    ``RECOVERY_TEST_PG_URL`` when set (``.ci/run`` sets it), else a throwaway cluster this test
+    process starts (:mod:`tests.pgcluster`), else the test is skipped saying how to run it."""
+    from tests import pgcluster
+
+    url = os.environ.get(pgcluster.ENV_URL)
+    if url:
+        yield url
+        return
+    if not (pgcluster.find_bin("initdb") and pgcluster.find_bin("pg_ctl")):
+        pytest.skip(f"no PostgreSQL server: {pgcluster.HOW_TO}")
+    try:
+        cluster = pgcluster.start()
+    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+        detail = getattr(exc, "stderr", None) or exc
+        pytest.skip(f"PostgreSQL is installed but a test cluster did not start ({str(detail).strip()[:300]}); "
+                    f"{pgcluster.HOW_TO}")
+    try:
+        yield cluster.url
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server: str) -> Iterator[str]:
+    """A fresh, empty database on ``pg_server`` (unique name), dropped after the test."""
+    import uuid
+
+    import psycopg
+    from psycopg import sql as pgsql
+    from sqlalchemy.engine import make_url
+
+    name = f"recovery_test_{uuid.uuid4().hex[:12]}"
+    admin = make_url(pg_server)
+    with psycopg.connect(admin.set(drivername="postgresql").render_as_string(False), autocommit=True) as conn:
+        conn.execute(pgsql.SQL("CREATE DATABASE {}").format(pgsql.Identifier(name)))
+    try:
+        yield admin.set(database=name).render_as_string(False)
+    finally:
+        with psycopg.connect(admin.set(drivername="postgresql").render_as_string(False), autocommit=True) as conn:
+            conn.execute(pgsql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(pgsql.Identifier(name)))

@@ -18,7 +18,8 @@ from recovery.engine.base import Connection
 from recovery.transpile.mapping import ColumnMapping, TableMapping
 from recovery.engine.schema import Schema, Table
 from recovery.migrate.replay import Replayed
-from recovery.engine.sqlbuild import and_all, col, is_distinct, is_same, or_all, qualify_columns, sql, table
+from recovery.engine.sqlbuild import (and_all, col, current_dialect, is_distinct, is_same, or_all, qualify_columns, sql,
+                                      table)
 from recovery.compare.timestamps import after_expr, find_timestamp_columns
 
 BATCH = 5000
@@ -166,7 +167,7 @@ def _scan(s: TableSides, side: str) -> exp.Expression:
     scans the smallest covering index (``ix_quote_items_part_id``), so each probe into the other
     side's key lands on a random page — 1.5M quote_items: 6.3 s, NOT INDEXED 0.8 s."""
     src = _source(s, side)
-    if isinstance(src, exp.Table):
+    if isinstance(src, exp.Table) and current_dialect() == "sqlite":  # a hint only SQLite has
         src.set("indexed", False)
     return src
 

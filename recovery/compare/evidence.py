@@ -115,7 +115,7 @@ def untouched_condition(new_t: Table, since_jd: float | None) -> exp.Expression 
     if since_jd is None or "updated" not in ts:
         return None
     after = after_expr(col(ts["updated"], "n"), since_jd)
-    return exp.Not(this=exp.Paren(this=exp.Coalesce(this=after, expressions=[exp.Literal.number(0)])))
+    return exp.Not(this=exp.Paren(this=exp.Coalesce(this=after, expressions=[exp.false()])))
 
 
 def _pair_source(s: TableSides, old_cols: list[str], limit: int) -> tuple[exp.Expression, exp.Expression]:

@@ -270,10 +270,12 @@ def detect_table_renames(pair: Connection, old: Schema, new: Schema, removed: li
 
 def compare(
     pair: Connection, old_conn: Connection, new_conn: Connection,
-    old: Schema, new: Schema, user: UserMapping, since_jd: float | None = None,
+    old: Schema, new: Schema, user: UserMapping, since_jd: float | None = None, ops: list[Any] | None = None,
 ) -> SchemaDiff:
-    """The full schema diff old → new: alembic's structural diff, renames, views/triggers/indexes."""
-    ops = structural(old_conn, new_conn)
+    """The full schema diff old → new: alembic's structural diff (``ops`` when the caller computed
+    it, e.g. on PostgreSQL), renames, views/triggers/indexes."""
+    if ops is None:
+        ops = structural(old_conn, new_conn)
     added_tables, removed_tables = [], []
     cols_added: dict[str, list[str]] = {}
     cols_removed: dict[str, list[str]] = {}

@@ -77,7 +77,13 @@ def find_timestamp_columns(t: Table, override: dict[str, str] | None = None) -> 
 
 
 def julian(value: exp.Expression) -> exp.Expression:
-    """SQL turning an ISO text or a Unix epoch (s or ms) into a Julian day number."""
+    """SQL turning an ISO text or a Unix epoch (s or ms) into a Julian day number. On PostgreSQL
+    one ``julianday(value)`` overloaded per type (:func:`recovery.engine.postgres.install_sqlite_compat`):
+    a text column cannot be compared with a number there."""
+    from recovery.engine.sqlbuild import current_dialect
+
+    if current_dialect() == "postgres":
+        return exp.Anonymous(this="julianday", expressions=[value.copy()])
     typeof = exp.Anonymous(this="typeof", expressions=[value.copy()])
     is_number = exp.In(this=typeof, expressions=[exp.Literal.string("integer"), exp.Literal.string("real")])
     is_millis = exp.GT(this=value.copy(), expression=exp.Literal.number(100000000000))

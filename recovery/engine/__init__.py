@@ -28,7 +28,7 @@ def open_engine(spec: str | os.PathLike[str] | Engine) -> Engine:
     if is_postgres_url(text):
         text = normalise_spec(text)
         try:
-            from recovery.engine.postgres import PostgresEngine  # type: ignore[import-not-found]
+            from recovery.engine.postgres import PostgresEngine
         except ModuleNotFoundError as exc:
             if exc.name != "recovery.engine.postgres":
                 raise RecoveryError(f"PostgreSQL support needs {exc.name}, which is not installed",

@@ -6,11 +6,29 @@ parameters, never text.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 from sqlglot import exp
 
 DIALECT = "sqlite"
+_RENDER_FOR: ContextVar[str] = ContextVar("recovery_render_for", default=DIALECT)
+
+
+@contextmanager
+def rendering_for(dialect: str) -> Iterator[None]:
+    """Inside the block, :func:`sql` renders for ``dialect`` (e.g. ``"postgres"``): the same trees
+    the stages build for SQLite run on PostgreSQL. Context-local (threads start with SQLite)."""
+    token = _RENDER_FOR.set(dialect)
+    try:
+        yield
+    finally:
+        _RENDER_FOR.reset(token)
+
+
+def current_dialect() -> str:
+    return _RENDER_FOR.get()
 
 
 def ident(name: str) -> exp.Identifier:
@@ -44,14 +62,25 @@ def or_all(conds: Iterable[exp.Expression]) -> exp.Expression:
     return exp.Paren(this=exp.or_(*conds)) if len(conds) > 1 else conds[0]
 
 
+def _comparable(a: exp.Expression) -> exp.Expression:
+    """On PostgreSQL ``to_jsonb(a)``: values of different types compare as SQLite compares storage
+    classes (numbers by value, 1 = 1.0; a number never equals a text) instead of raising
+    ``operator does not exist`` (a rename candidate pairs a text column with an integer one)."""
+    if _RENDER_FOR.get() != "postgres" or isinstance(a, exp.Null):
+        return a
+    if isinstance(a, exp.Literal) and a.is_string:  # an untyped literal: PostgreSQL needs its type
+        a = exp.Cast(this=a, to=exp.DataType.build("TEXT"))
+    return exp.Anonymous(this="to_jsonb", expressions=[a])
+
+
 def is_same(a: exp.Expression, b: exp.Expression) -> exp.Expression:
     """NULL-safe equality (``a IS b`` in SQLite, ``IS NOT DISTINCT FROM`` in PostgreSQL)."""
-    return exp.NullSafeEQ(this=a, expression=b)
+    return exp.NullSafeEQ(this=_comparable(a), expression=_comparable(b))
 
 
 def is_distinct(a: exp.Expression, b: exp.Expression) -> exp.Expression:
     """NULL-safe inequality (``a IS NOT b`` in SQLite, ``IS DISTINCT FROM`` in PostgreSQL)."""
-    return exp.NullSafeNEQ(this=a, expression=b)
+    return exp.NullSafeNEQ(this=_comparable(a), expression=_comparable(b))
 
 
 def key_join(key: Sequence[str], left: str, right: str, null_safe: bool = False) -> exp.Expression:
@@ -71,5 +100,5 @@ def qualify_columns(expression: exp.Expression, alias: str) -> exp.Expression:
     return tree
 
 
-def sql(expression: exp.Expression, dialect: str = DIALECT) -> str:
-    return expression.sql(dialect=dialect)
+def sql(expression: exp.Expression, dialect: str | None = None) -> str:
+    return expression.sql(dialect=dialect or _RENDER_FOR.get())

@@ -27,6 +27,13 @@ GROUP BY q.id, q.quote_number
 """
 
 
+def _view() -> str:
+    """The view for the connected engine: PostgreSQL has no ROUND(double precision, int)."""
+    if op.get_bind().dialect.name == "postgresql":
+        return V_QUOTE_TOTALS.replace("ROUND(", "ROUND(CAST(").replace(", 2) AS total", " AS NUMERIC), 2) AS total")
+    return V_QUOTE_TOTALS
+
+
 def upgrade() -> None:
     op.create_table(
         "users",
@@ -105,7 +112,7 @@ def upgrade() -> None:
         sa.Column("revision", sa.String(8), nullable=False),
     )
     op.create_index("ix_drawings_part_id", "drawings", ["part_id"])
-    op.execute(V_QUOTE_TOTALS)
+    op.execute(_view())
 
 
 def downgrade() -> None:

@@ -19,7 +19,7 @@ def upgrade() -> None:
     # add_column alone is a plain ALTER TABLE ... ADD COLUMN (no table rebuild)
     with op.batch_alter_table("users") as batch:
         batch.add_column(
-            sa.Column("is_active", sa.Boolean, nullable=False, server_default=sa.text("1"))
+            sa.Column("is_active", sa.Boolean, nullable=False, server_default=sa.text("true" if op.get_bind().dialect.name == "postgresql" else "1"))
         )
 
 

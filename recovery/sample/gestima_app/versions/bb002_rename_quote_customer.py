@@ -28,15 +28,22 @@ GROUP BY q.id, q.quote_number
 """
 
 
+def _view() -> str:
+    """The view for the connected engine: PostgreSQL has no ROUND(double precision, int)."""
+    if op.get_bind().dialect.name == "postgresql":
+        return V_QUOTE_TOTALS.replace("ROUND(", "ROUND(CAST(").replace(", 2) AS total", " AS NUMERIC), 2) AS total")
+    return V_QUOTE_TOTALS
+
+
 def upgrade() -> None:
     op.execute("DROP VIEW IF EXISTS v_quote_totals")
     with op.batch_alter_table("quotes") as batch:
         batch.alter_column("customer", new_column_name="customer_name")
-    op.execute(V_QUOTE_TOTALS)
+    op.execute(_view())
 
 
 def downgrade() -> None:
     op.execute("DROP VIEW IF EXISTS v_quote_totals")
     with op.batch_alter_table("quotes") as batch:
         batch.alter_column("customer_name", new_column_name="customer")
-    op.execute(V_QUOTE_TOTALS)
+    op.execute(_view())

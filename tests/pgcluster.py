@@ -1,0 +1,110 @@
+"""A throwaway PostgreSQL cluster for the tests: ``initdb`` in a temporary folder, loopback only.
+
+The tests use a real server, never a mock. ``server_url()`` answers, in this order:
+``RECOVERY_TEST_PG_URL`` (set by ``.ci/run``, which starts one cluster for the whole run), else a
+cluster this process starts itself when ``initdb`` and ``pg_ctl`` can be found (on PATH or under
+``/usr/lib/postgresql/<N>/bin``), else None with the reason, which the tests print when they skip.
+
+PostgreSQL refuses to run as root, so under root the cluster belongs to the ``postgres`` system
+user when there is one, else ``nobody``; its folder is a fresh ``mkdtemp`` handed to that user.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ENV_URL = "RECOVERY_TEST_PG_URL"
+HOW_TO = (
+    "install PostgreSQL (Debian: apt-get install postgresql postgresql-contrib) so initdb/pg_ctl can "
+    f"be found, or set {ENV_URL}=postgresql://user@host:port/postgres (a superuser, CREATEDB)"
+)
+
+
+def find_bin(name: str) -> str | None:
+    """``name`` on PATH, else the newest ``/usr/lib/postgresql/<N>/bin/name`` (Debian's layout)."""
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"),
+                        key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0)
+    return candidates[-1] if candidates else None
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _run_as() -> pwd.struct_passwd | None:
+    """The unprivileged owner of the cluster when we are root (PostgreSQL refuses root)."""
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", "nobody"):
+        try:
+            return pwd.getpwnam(name)
+        except KeyError:
+            continue
+    raise RuntimeError("running as root and neither a postgres nor a nobody user exists")
+
+
+@dataclass
+class Cluster:
+    """A started cluster; ``stop()`` shuts it down and removes its folder."""
+
+    folder: Path
+    port: int
+    pg_ctl: str
+    user: pwd.struct_passwd | None
+    started_in: float
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def stop(self) -> None:
+        subprocess.run([self.pg_ctl, "-D", str(self.folder / "data"), "-m", "immediate", "stop"],
+                       capture_output=True, timeout=60, check=False, **_as(self.user))
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _as(user: pwd.struct_passwd | None) -> dict[str, object]:
+    return {} if user is None else {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+
+
+def start() -> Cluster:
+    """initdb + start a cluster listening on 127.0.0.1 only (a free port, its unix socket inside
+    its own folder), trust authentication, fsync off (a test cluster holds nothing worth keeping)."""
+    initdb, pg_ctl = find_bin("initdb"), find_bin("pg_ctl")
+    if not initdb or not pg_ctl:
+        raise FileNotFoundError("initdb/pg_ctl not found")
+    t0 = time.perf_counter()
+    user = _run_as()
+    folder = Path(tempfile.mkdtemp(prefix="recovery-pg-"))
+    if user is not None:
+        os.chown(folder, user.pw_uid, user.pw_gid)
+    env = {**os.environ, "LC_ALL": "C"}
+    subprocess.run([initdb, "-D", str(folder / "data"), "-U", "postgres", "-A", "trust", "-E", "UTF8",
+                    "--locale=C", "--no-sync"], capture_output=True, check=True, timeout=120, env=env,
+                   cwd=folder, **_as(user))
+    last = ""
+    for _ in range(5):  # another process may take the free port between the probe and the start
+        port = free_port()
+        opts = (f"-c listen_addresses=127.0.0.1 -p {port} -k {folder} -c fsync=off "
+                "-c synchronous_commit=off -c full_page_writes=off -c max_connections=60")
+        r = subprocess.run([pg_ctl, "-D", str(folder / "data"), "-l", str(folder / "server.log"), "-w",
+                            "-t", "60", "-o", opts, "start"], capture_output=True, text=True, timeout=90,
+                           env=env, cwd=folder, **_as(user))
+        if r.returncode == 0:
+            return Cluster(folder, port, pg_ctl, user, time.perf_counter() - t0)
+        last = (folder / "server.log").read_text(errors="replace")[-2000:] if (folder / "server.log").exists() else r.stderr
+    shutil.rmtree(folder, ignore_errors=True)
+    raise RuntimeError(f"pg_ctl start failed: {last}")

@@ -147,7 +147,7 @@ def extract_table(conn: sqlite3.Connection, a: Analysis, name: str, counts: dict
     _create_untyped(conn, "bbase", name, old_cols)
     n_cols = [col(c, "n") for c in new_cols]
     ins = _insert_select(conn, "bnew", name, new_cols, inserted_query(s, [*n_cols, exp.Literal.string("inserted")]))
-    cond = None if s.null_safe_key else _changed_condition(a, s, new_t, a.replay)  # no key: no updates
+    cond = _changed_condition(a, s, new_t, a.replay)  # (no primary key: never changed, only in/out)
     upd_q = (
         exp.select(*n_cols, exp.Literal.string("updated"))
         .from_(table(name, "old", "o"))

@@ -185,7 +185,7 @@ def render_diff(result: Any, rows: bool) -> None:
         if tc.uncompared_columns:
             note = (note + "; " if note else "") + "not compared: " + ", ".join(tc.uncompared_columns)
         if getattr(tc, "changed_only_in_new_columns", 0):
-            note = (note + "; " if note else "") + (f"{tc.changed_only_in_new_columns} row(s) changed only in "
+            note = (note + "; " if note else "") + (f"{tc.changed_only_in_new_columns} updated row(s) changed only in "
                                                     f"new-schema columns: {tc.values_at_risk} value(s) at risk")
         if getattr(tc, "filled_by_upgrade", 0):
             note = (note + "; " if note else "") + (f"{tc.filled_by_upgrade} value(s) in new-schema columns filled "

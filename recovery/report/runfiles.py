@@ -22,7 +22,7 @@ from typing import IO, Any
 
 from recovery.bundle.store import FILLED_TABLE, Bundle, open_bundle
 from recovery.errors import RecoveryError
-from recovery.report.lost import count_rows, csv_cell, csv_rows, open_ro
+from recovery.report.lost import count_rows, csv_cell, csv_rows, iter_outcome_lost, open_ro
 from recovery.report.lost import has_lost as _has_lost
 from recovery.model.outcome import Outcome
 from recovery.report import csvout, notcarried
@@ -164,7 +164,7 @@ def _all_lost(outcome: Outcome, bundle: Bundle) -> Iterator[Any]:
     outcome's own list only for a bundle without that table."""
     if _bundle_has_lost(bundle.rows_db):
         return stream_csv_rows(bundle.rows_db)
-    return outcome.iter_lost()
+    return iter_outcome_lost(outcome)
 
 
 def _rollback_time(extra: dict[str, Any] | None) -> str:

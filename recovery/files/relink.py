@@ -45,10 +45,11 @@ from recovery.errors import RecoveryError
 from recovery.files.uploads import UNRECORDED_DIR, FilesConfig, UploadsIndex, _Under, sane_mode, sha256_bytes_of, write_under
 from recovery.engine.sqlbuild import and_all, col, ident, is_same, sql, table
 from recovery.engine.timebound import statement_time_limit
+from recovery.model.kinds import CARRIED_KINDS as BUNDLE_KINDS
+from recovery.model.kinds import CHANGED_KINDS, RowKind
+from recovery.model.kinds import KIND_COLUMN as KIND
 
 BUNDLE = "relink_bundle"  # the schema name bundle rows.db is ATTACHed under while planning
-KIND = "_recovery_kind"
-BUNDLE_KINDS = ("inserted", "updated", "closure")
 PATH_CANDIDATES = ("path", "file_path", "storage_path", "relative_path", "filepath")
 HASH_CANDIDATES = ("sha256", "hash", "checksum", "digest", "sha256_hex")
 REPORT_LISTS = ("relinked", "restored_from_bundle", "missing", "orphans", "records_without_file", "unsafe",
@@ -106,7 +107,7 @@ def _sql_bundle_rows(name: str) -> str:
 def _sql_fk_rows(name: str, fk_column: str) -> str:
     """A bundle table's inserted/updated rows whose ``fk_column`` names something."""
     return sql(exp.select(exp.Star()).from_(table(name, BUNDLE)).where(and_all([
-        _kinds(2), exp.Not(this=exp.Is(this=col(fk_column), expression=exp.Null()))])))
+        _kinds(len(CHANGED_KINDS)), exp.Not(this=exp.Is(this=col(fk_column), expression=exp.Null()))])))
 
 
 @lru_cache(maxsize=None)
@@ -425,7 +426,7 @@ class _Planner:
         if self.remaps is not None and (table, k) in self.remaps:
             new = self.remaps[(table, k)]
             return new if same(new) else None
-        if row.get(KIND) == "updated":  # only inserted rows are ever remapped
+        if row.get(KIND) == RowKind.UPDATED:  # only inserted rows are ever remapped
             hit = self.conn.execute(_sql_has_row(table, key_col, ()), (k,)).fetchone()
             return k if hit else None
         if same(k):
@@ -560,7 +561,7 @@ class _Planner:
             return
         t, bkey, eid = ref
         row = next(iter(self._bundle_row(t, bkey, eid)), None)
-        if row is None or row.get(KIND) != "inserted":
+        if row is None or row.get(KIND) != RowKind.INSERTED:
             return  # a row the backup already had keeps its key
         new = self.target_key(t, row)
         if new is None:
@@ -615,7 +616,7 @@ class _Planner:
                     continue
                 fcol = fk.columns[0]
                 # Only the rows that name a file (inserted or updated), not the whole table.
-                rows = self._dicts(name, self.conn.execute(_sql_fk_rows(name, fcol), BUNDLE_KINDS[:2]))
+                rows = self._dicts(name, self.conn.execute(_sql_fk_rows(name, fcol), CHANGED_KINDS))
                 # Records from before the deploy: the same key in the target (or its remap).
                 self.load_records(self.remaps.get((c.table, r[fcol]), r[fcol]) if self.remaps is not None else r[fcol]
                                   for r in rows if r[fcol] not in targets)

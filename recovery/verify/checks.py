@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from sqlglot import exp
 
 from recovery.model.outcome import Outcome
+from recovery.model.values import RowCountCheck
 from recovery.engine.schema import alembic_revision
 from recovery.engine.sqlbuild import sql
 from recovery.engine.sqlite_io import readonly, readonly_uri
@@ -85,8 +86,7 @@ def _result(integrity: list[str], fks: list[dict[str, Any]], revision: str | Non
     counts = {}
     for name, t in sorted(outcome.tables.items()):
         expected = t.rows_before + t.inserted - t.deleted
-        counts[name] = {"before": t.rows_before, "inserted": t.inserted, "deleted": t.deleted,
-                        "expected": expected, "actual": t.rows_after, "ok": expected == t.rows_after}
+        counts[name] = RowCountCheck(t.rows_before, t.inserted, t.deleted, expected, t.rows_after).to_dict()
     result = {
         "integrity_check": "ok" if integrity == ["ok"] else integrity[:5],
         "foreign_key_check": fks,

@@ -347,13 +347,15 @@ def _backup_intact(conn: sqlite3.Connection, bundle: Bundle, result: Rehearsal) 
 def _changes_carried(conn: sqlite3.Connection, bundle: Bundle, result: Rehearsal) -> dict[str, Any]:
     """Each inserted/updated bundle row: present in the old-schema table (values as the plan
     carries them) or, for tables the old schema lacks, listed as lost."""
-    from recovery.transpile.passes import KIND, plan as make_plan, qualify_key
+    from recovery.model.kinds import CHANGED_KINDS
+    from recovery.model.kinds import KIND_COLUMN as KIND
+    from recovery.transpile.passes import plan as make_plan, qualify_key
 
     p = make_plan(bundle.old, bundle.new, bundle.mapping, bundle.tables_with_rows())
     conn.execute("CREATE TEMP TABLE rehearse_remap (tbl TEXT, old_key, new_key)")
     conn.executemany("INSERT INTO rehearse_remap VALUES (?, ?, ?)",
                      [(rm.table, rm.old_key, rm.new_key) for rm in (result.outcome.remaps if result.outcome else [])])
-    kinds = exp.In(this=col(KIND, "b"), expressions=[exp.Literal.string("inserted"), exp.Literal.string("updated")])
+    kinds = exp.In(this=col(KIND, "b"), expressions=[exp.Literal.string(k) for k in CHANGED_KINDS])
     counts: dict[str, Any] = {}
     planned = {tp.table for tp in p.tables}
     for tp in p.tables:

@@ -645,7 +645,11 @@ def relink_cmd(bundle_dir: Path, db: Path, uploads: Path, files_table: str | Non
         for name in ("missing", "unsafe", "kept_both", "hash_mismatch", "links_unresolved"):
             for e in result[name][:20]:
                 c.print(f"  [yellow]{name}[/] {term_markup(e.get('record_key'))} {term_markup(e.get('path') or e.get('reason'))}")
-    sys.exit(ExitCode.REVIEW if result["missing"] or result["unsafe"] else ExitCode.OK)
+    from recovery.model.outcome import judge
+    from recovery.model.values import FileResult
+
+    files = FileResult.from_dict(result)
+    sys.exit(judge(files_missing=files.missing, files_unsafe=files.unsafe, run_files=False).exit_code)
 
 
 @main.command("report", epilog=EXIT_CODES_HELP)

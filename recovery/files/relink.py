@@ -48,12 +48,11 @@ from recovery.engine.timebound import statement_time_limit
 from recovery.model.kinds import CARRIED_KINDS as BUNDLE_KINDS
 from recovery.model.kinds import CHANGED_KINDS, RowKind
 from recovery.model.kinds import KIND_COLUMN as KIND
+from recovery.model.values import FILE_LISTS as REPORT_LISTS
 
 BUNDLE = "relink_bundle"  # the schema name bundle rows.db is ATTACHed under while planning
 PATH_CANDIDATES = ("path", "file_path", "storage_path", "relative_path", "filepath")
 HASH_CANDIDATES = ("sha256", "hash", "checksum", "digest", "sha256_hex")
-REPORT_LISTS = ("relinked", "restored_from_bundle", "missing", "orphans", "records_without_file", "unsafe",
-                "kept_both", "hash_mismatch", "links_fixed", "links_unresolved", "records_not_imported")
 
 
 def _norm(stored: str) -> str:

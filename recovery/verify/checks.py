@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from sqlglot import exp
 
 from recovery.model.outcome import Outcome
-from recovery.model.values import RowCountCheck
+from recovery.model.values import RowCountCheck, Verification
 from recovery.engine.schema import alembic_revision
 from recovery.engine.sqlbuild import sql
 from recovery.engine.sqlite_io import readonly, readonly_uri
@@ -86,14 +86,5 @@ def _result(integrity: list[str], fks: list[dict[str, Any]], revision: str | Non
     counts = {}
     for name, t in sorted(outcome.tables.items()):
         expected = t.rows_before + t.inserted - t.deleted
-        counts[name] = RowCountCheck(t.rows_before, t.inserted, t.deleted, expected, t.rows_after).to_dict()
-    result = {
-        "integrity_check": "ok" if integrity == ["ok"] else integrity[:5],
-        "foreign_key_check": fks,
-        "alembic_revision": {"expected": expected_revision, "actual": revision,
-                             "ok": expected_revision is None or revision == expected_revision},
-        "row_counts": counts,
-    }
-    result["ok"] = (integrity == ["ok"] and not fks and result["alembic_revision"]["ok"]
-                    and all(c["ok"] for c in counts.values()))
-    return result
+        counts[name] = RowCountCheck(t.rows_before, t.inserted, t.deleted, expected, t.rows_after)
+    return Verification(tuple(integrity), tuple(fks), expected_revision, revision, counts).to_dict()

@@ -45,6 +45,7 @@ from recovery.escape import SHOW_LIMIT, md_text, short_repr, term_markup, term_t
 from recovery.bundle.extract import key_json
 from recovery.report.lost import count_by, has_lost, iter_lost, open_ro, stream_file
 from recovery.engine.schema import alembic_revision
+from recovery.model.kinds import Resolution
 from recovery.engine.sqlbuild import and_all, col, is_distinct, is_same, or_all, sql, table
 from recovery.engine.sqlite_io import check_sqlite_file, consistent_copy, readonly, sha256_file, sidecars
 
@@ -267,7 +268,7 @@ def _check_round_trip(result: Rehearsal, rolled: Path, backup: Path, bundle: Bun
     if outcome is not None and outcome.aborted:
         result.reasons.append("the re-import aborted on conflicts")
     for c in outcome.conflicts if outcome else []:
-        if c.resolution in ("skipped", "kept_target"):
+        if c.resolution in (Resolution.SKIPPED, Resolution.KEPT_TARGET):
             result.reasons.append(f"{c.table} {list(c.key)}: {c.kind} conflict, {c.resolution} — the change is not carried")
     with readonly(backup, "backup") as b, readonly(rolled, "rolled-back copy") as r:
         want, got = alembic_revision(b), alembic_revision(r)

@@ -67,7 +67,8 @@ import ast  # noqa: E402
 from hypothesis import given  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from recovery.model.kinds import CARRIED_KINDS, CHANGED_KINDS, INSERT_KINDS, KIND_COLUMN, ConflictKind, Resolution, RowKind  # noqa: E402
+from recovery.model.kinds import (CARRIED_KINDS, CHANGED_KINDS, INSERT_KINDS, KIND_COLUMN,  # noqa: E402
+                                   ConflictKind, Resolution, RowKind)
 from recovery.model.outcome import Conflict, Outcome  # noqa: E402
 from recovery.model.values import COUNT_KEYS, LostValues, TableCounts, Verification  # noqa: E402
 

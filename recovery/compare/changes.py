@@ -323,8 +323,9 @@ def count_jobs(s: TableSides, created_after: exp.Expression | None,
     """The statements that count one table's inserted, updated and deleted rows: two passes, not
     three. The anti-join live → backup gives the inserted rows; one ``LEFT JOIN`` backup → live
     gives the deleted rows (no live match) and the updated ones (a match that is changed by
-    :func:`changed_predicate`, the one definition extract selects with) in the same scan. A table keyed by all columns (no primary key) keeps
-    three statements: its key may hold NULLs, so "no match" cannot be read off the joined row."""
+    :func:`changed_predicate`, the one definition extract selects with) in the same scan. A
+    table keyed by all columns (no primary key) keeps three statements: its key may hold NULLs,
+    so "no match" cannot be read off the joined row."""
     ins_sel: list[exp.Expression] = [exp.Count(this=exp.Star())]
     ins_fields: list[str] = [RowKind.INSERTED]
     if created_after is not None:
@@ -447,8 +448,8 @@ def _table_changes(old_t: Table, tm: TableMapping, s: TableSides, ts: dict[str, 
                  for kind in (RowKind.INSERTED, RowKind.UPDATED)}
     return TableChanges(
         table=old_t.name, key=s.key, keyed_by="primary key" if old_t.has_primary_key else "all columns",
-        status="compared", inserted=int(counts.get(RowKind.INSERTED) or 0), updated=int(counts.get(RowKind.UPDATED) or 0),
-        deleted=int(counts.get(RowKind.DELETED) or 0),
+        status="compared", inserted=int(counts.get(RowKind.INSERTED) or 0),
+        updated=int(counts.get(RowKind.UPDATED) or 0), deleted=int(counts.get(RowKind.DELETED) or 0),
         compared_columns=tuple(c for c, _, _ in s.compared),
         uncompared_columns=tuple(r.column for r in tm.rules if r.expression is None),
         timestamp_columns=ts, after_deploy=after, rows=rows,

@@ -149,7 +149,11 @@ class RelinkResult:
 
     @property
     def exit_code(self) -> int:
-        return ExitCode.REVIEW if self.report["missing"] or self.report["unsafe"] else ExitCode.OK
+        from recovery.model.outcome import judge
+        from recovery.model.values import FileResult
+
+        files = FileResult.from_dict(self.report)
+        return judge(files_missing=files.missing, files_unsafe=files.unsafe, run_files=False).exit_code
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from recovery.bundle.store import Bundle, open_bundle, write_json_atomic
 from recovery.errors import ExitCode, RecoveryError
 from recovery.files.uploads import FilesConfig
 from recovery.restore.livewindow import WriteWindow, check_replaced, write_late_commits
+from recovery.model.kinds import RowKind
 from recovery.model.outcome import OUTCOME_FORMAT, ConflictMode, ConflictPolicy, Outcome
 from recovery.options import MergeOptions, ReimportOptions, RollbackOptions, with_fields
 from recovery.capture.pairing import refuse_second_rollback, refuse_wrong_pairing
@@ -792,12 +793,13 @@ def _extract_step(run_dir: Path, backup: Path, db: Path, since: str | None, mapp
 
 def _plan_summary(bundle: Bundle) -> dict[str, Any]:
     c = bundle.counts
+    typed = bundle.table_counts.values()
     return {
         "deploy_time": bundle.manifest.get("deploy_time"),
-        "inserted": sum(v.get("inserted", 0) for v in c.values()),
-        "updated": sum(v.get("updated", 0) for v in c.values()),
-        "deleted": sum(v.get("deleted", 0) for v in c.values()),
-        "lost": sum(v.get("lost", 0) for v in c.values()),
+        RowKind.INSERTED: sum(v.inserted for v in typed),
+        RowKind.UPDATED: sum(v.updated for v in typed),
+        RowKind.DELETED: sum(v.deleted for v in typed),
+        "lost": sum(v.lost for v in typed),
         "tables": c,
         "from_revision": bundle.new.alembic_revision, "to_revision": bundle.old.alembic_revision,
     }

@@ -196,6 +196,26 @@ def test_abort_changes_no_byte(bundle: Path, collided: Path, tmp_path: Path) -> 
     assert json.loads((tmp_path / "run" / "report.json").read_text())["summary"]["aborted"] is True
 
 
+def test_aborted_run_exits_the_same_through_the_api_and_the_cli(bundle: Path, collided: Path,
+                                                                 tmp_path: Path) -> None:
+    """An aborted re-import has one exit code, the verdict's (``recovery.model.outcome.judge``):
+    the Python API's ``RunResult.exit_code`` and ``Outcome.exit_code`` and the CLI's exit status
+    all say 3 (failed), and report.json's verdict maps to it."""
+    from recovery.errors import ExitCode
+    from recovery.model.outcome import FAILED, verdict_exit_code
+
+    twin = tmp_path / "twin" / collided.name
+    twin.parent.mkdir()
+    shutil.copyfile(collided, twin)
+    api_run = reimport(bundle, twin, tmp_path / "api-run", ConflictPolicy.ABORT)
+    assert api_run.outcome is not None and api_run.outcome.aborted
+    assert api_run.outcome.verdict().verdict == FAILED
+    res = cli("reimport", bundle, collided, "--out", tmp_path / "cli-run", "--on-conflict", "abort", "--yes")
+    assert res.exit_code == api_run.exit_code == api_run.outcome.exit_code == ExitCode.FAILED, res.output
+    report = json.loads((tmp_path / "cli-run" / "report.json").read_text())
+    assert verdict_exit_code(report["summary"]["verdict"]) == res.exit_code
+
+
 def test_prefer_bundle_takes_the_bundle_value(bundle: Path, collided: Path, world: Path, tmp_path: Path) -> None:
     res = cli("reimport", bundle, collided, "--out", tmp_path / "run", "--prefer", "bundle", "--yes")
     assert res.exit_code == 1, res.output

@@ -411,17 +411,17 @@ def test_diff_reports_values_at_risk_and_agrees_with_extract(tmp_path: Path) -> 
     assert res.returncode == 1, res.stderr
     data = json.loads(res.stdout)
     t = data["tables"]["t"]
-    assert (t["inserted"], t["updated"], t["deleted"]) == (0, 0, 0)
+    assert (t["inserted"], t["updated"], t["deleted"]) == (0, 1, 0)  # changed only in new columns
     # discount, note and the new-only updated_at itself
     assert (t["changed_only_in_new_columns"], t["values_at_risk"], t["filled_by_upgrade"]) == (1, 3, 0)
     assert data["at_risk"] == {"changed_only_in_new_columns": 1, "values_at_risk": 3}
     res = cli("diff", backup, live, "--since", DEPLOY, "--csv")
-    assert res.returncode == 1 and "changed_only_in_new_columns" in res.stdout and "vip" in res.stdout
+    assert res.returncode == 1 and "\nt,updated,[7]," in res.stdout and "vip" in res.stdout
     res = cli("diff", backup, live, "--since", DEPLOY)
     assert res.returncode == 1 and "value(s) at risk" in res.stdout
     res = cli("extract", backup, live, "--since", DEPLOY, "--out", tmp_path / "b", "--json")
     summary = json.loads(res.stdout)
-    assert summary["counts"]["t"]["updated"] == t["updated"] + t["changed_only_in_new_columns"]
+    assert summary["counts"]["t"]["updated"] == t["updated"]  # one definition of changed
     assert summary["lost"] == t["values_at_risk"] and summary["filled_by_upgrade"] == 0
 
 

@@ -32,7 +32,9 @@ from recovery.engine.schema import Schema, Table
 from recovery.reimport.sequences import read_sequences
 from recovery.engine.sqlbuild import and_all, col, is_same, sql, table
 from recovery.engine.sqlite_io import fsync_dir, sha256_file, sidecars
-from recovery.transpile.passes import KIND, Plan
+from recovery.model.kinds import CHANGED_KINDS, KIND_COLUMN as KIND, RowKind
+from recovery.model.values import TableCounts
+from recovery.transpile.passes import Plan
 from recovery.transpile.passes import plan as make_plan
 
 LABEL_COLUMNS = ("part_number", "quote_number", "code", "username", "filename", "order_number", "number",
@@ -135,8 +137,8 @@ def extract_table(conn: Connection, a: Analysis, name: str, counts: dict[str, An
     _create_untyped(conn, "bnew", name, new_cols)
     shared = old_t is not None and name in a.mapping.tables and not a.mapping.tables[name].skip
     if not shared:
-        q = exp.select(*[col(c, "n") for c in new_cols], exp.Literal.string("inserted")).from_(table(a.live_name(name), "new", "n"))
-        counts[name] = {"inserted": _insert_select(conn, "bnew", name, new_cols, q), "updated": 0, "deleted": 0,
+        q = exp.select(*[col(c, "n") for c in new_cols], exp.Literal.string(RowKind.INSERTED)).from_(table(a.live_name(name), "new", "n"))
+        counts[name] = {RowKind.INSERTED: _insert_select(conn, "bnew", name, new_cols, q), RowKind.UPDATED: 0, RowKind.DELETED: 0,
                         "status": "new table" if old_t is None else "skipped by mapping"}
         return
     assert old_t is not None  # shared
@@ -146,10 +148,10 @@ def extract_table(conn: Connection, a: Analysis, name: str, counts: dict[str, An
     old_cols = list(old_t.column_names)
     _create_untyped(conn, "bbase", name, old_cols)
     n_cols = [col(c, "n") for c in new_cols]
-    ins = _insert_select(conn, "bnew", name, new_cols, inserted_query(s, [*n_cols, exp.Literal.string("inserted")]))
-    cond = None if s.null_safe_key else _changed_condition(a, s, new_t, a.replay)  # no key: no updates
+    ins = _insert_select(conn, "bnew", name, new_cols, inserted_query(s, [*n_cols, exp.Literal.string(RowKind.INSERTED)]))
+    cond = _changed_condition(a, s, new_t, a.replay)  # (no primary key: never changed, only in/out)
     upd_q = (
-        exp.select(*n_cols, exp.Literal.string("updated"))
+        exp.select(*n_cols, exp.Literal.string(RowKind.UPDATED))
         .from_(table(name, "old", "o"))
         .join(table(a.live_name(name), "new", "n"), on=and_all(
             (is_same if s.null_safe_key else lambda x, y: exp.EQ(this=x, expression=y))(o, n)
@@ -158,16 +160,16 @@ def extract_table(conn: Connection, a: Analysis, name: str, counts: dict[str, An
     )
     upd = _insert_select(conn, "bnew", name, new_cols, upd_q) if cond is not None else 0
     base_q = (
-        exp.select(*[col(c, "o") for c in old_cols], exp.Literal.string("updated"))
+        exp.select(*[col(c, "o") for c in old_cols], exp.Literal.string(RowKind.UPDATED))
         .from_(table(name, "old", "o"))
         .join(table(name, "bnew", "b"), on=and_all(
             [is_same(o, _rebase(n, "b")) for o, n in zip(s.old_key, s.new_key, strict=True)]
-            + [exp.EQ(this=col(KIND, "b"), expression=exp.Literal.string("updated"))]))
+            + [exp.EQ(this=col(KIND, "b"), expression=exp.Literal.string(RowKind.UPDATED))]))
     )
     _insert_select(conn, "bbase", name, old_cols, base_q)
     dele = _insert_select(conn, "bbase", name, old_cols,
-                          deleted_query(s, [*[col(c, "o") for c in old_cols], exp.Literal.string("deleted")]))
-    counts[name] = {"inserted": ins, "updated": upd, "deleted": dele, "status": "compared"}
+                          deleted_query(s, [*[col(c, "o") for c in old_cols], exp.Literal.string(RowKind.DELETED)]))
+    counts[name] = {RowKind.INSERTED: ins, RowKind.UPDATED: upd, RowKind.DELETED: dele, "status": "compared"}
 
 
 def _rebase(e: exp.Expression, alias: str) -> exp.Expression:
@@ -225,11 +227,11 @@ def close_foreign_keys(conn: Connection, a: Analysis, counts: dict[str, Any]) ->
                 if a.old.table(fk.ref_table) is not None:
                     conds.append(exp.Not(this=_exists(
                         fk.ref_table, "old", "po", _match("po", fk.ref_columns, "p", fk.ref_columns))))
-                q = exp.select(*[col(c, "p") for c in parent.column_names], exp.Literal.string("closure")).from_(
+                q = exp.select(*[col(c, "p") for c in parent.column_names], exp.Literal.string(RowKind.CLOSURE)).from_(
                     table(fk.ref_table, "new", "p")).where(and_all(conds))
                 n = _insert_select(conn, "bnew", fk.ref_table, list(parent.column_names), q)
                 if n:
-                    counts[fk.ref_table]["closure"] = counts[fk.ref_table].get("closure", 0) + n
+                    counts[fk.ref_table][RowKind.CLOSURE] = counts[fk.ref_table].get(RowKind.CLOSURE, 0) + n
                     added += n
         if not added:
             return
@@ -260,7 +262,7 @@ def record_lost(conn: Connection, a: Analysis, files: FilesConfig, counts: dict[
             reason = "table not in the old schema" if a.old.table(name) is None else "table skipped by mapping"
         total = 0
         for c in cols:
-            conds = [exp.In(this=col(KIND, "b"), expressions=[exp.Literal.string("inserted"), exp.Literal.string("updated")])]
+            conds = [exp.In(this=col(KIND, "b"), expressions=[exp.Literal.string(k) for k in CHANGED_KINDS])]
             conds.append(user_value(new_t, c, "b", replay) if carried
                          else exp.Not(this=exp.Is(this=col(c, "b"), expression=exp.Null())))
             via = derivable(new_t, c, files, "b") if carried else None
@@ -374,8 +376,8 @@ def extract(
             conn.execute("COMMIT")
             conn.execute("DETACH DATABASE bnew")
             conn.execute("DETACH DATABASE bbase")
-            has_rows = {t for t, c in counts.items() if c["inserted"] + c["updated"] + c.get("closure", 0)}
-            has_deletes = {t for t, c in counts.items() if c["deleted"]}
+            has_rows = {t for t, c in counts.items() if TableCounts.from_dict(c).carried}
+            has_deletes = {t for t, c in counts.items() if TableCounts.from_dict(c).deleted}
             p = make_plan(a.old, a.new, a.mapping, has_rows, has_deletes)
             file_report = (copy_files_into_bundle(work, uploads, backup, files, walk.result() if walk else None)
                            if uploads else None)

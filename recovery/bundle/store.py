@@ -41,6 +41,8 @@ from recovery.errors import RecoveryError
 from recovery.transpile.mapping import ColumnMapping, ColumnRule, TableMapping, check_mapping, check_tree, parse_expression
 from recovery.engine.schema import Schema
 from recovery.engine.sqlite_io import sha256_file
+from recovery.model.kinds import KIND_COLUMN
+from recovery.model.values import COUNT_KEYS, TableCounts  # noqa: F401 - COUNT_KEYS named here too
 
 FORMAT = "recovery-bundle/1"
 LOST_TABLE = "_recovery_lost"
@@ -49,9 +51,7 @@ FILLED_TABLE = "_recovery_filled"
 ID_SCHEME = "sha256-of-sealed-manifest/1"
 """``manifest["id_scheme"]``: ``bundle_id`` is :func:`content_id` of the sealed manifest. A bundle
 without it (written before the scheme) keeps its recorded id, which does not bind its content."""
-KIND_COLUMN = "_recovery_kind"
 LOST_COLUMNS = ("table", "key", "label", "column", "value", "reason")
-COUNT_KEYS = ("inserted", "updated", "deleted", "closure", "lost")
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 
@@ -107,14 +107,20 @@ class Bundle:
 
     @property
     def counts(self) -> dict[str, dict[str, int]]:
+        """The manifest's ``counts`` as written (:attr:`table_counts` reads them typed)."""
         return self.manifest["counts"]
 
+    @property
+    def table_counts(self) -> dict[str, TableCounts]:
+        """Each table's counts, typed (checked when the bundle was opened)."""
+        return {t: TableCounts.from_dict(c) for t, c in self.counts.items()}
+
     def tables_with_rows(self) -> set[str]:
-        return {t for t, c in self.counts.items() if c.get("inserted", 0) + c.get("updated", 0) + c.get("closure", 0)}
+        return {t for t, c in self.table_counts.items() if c.carried}
 
     def tables_with_deletes(self) -> set[str]:
         """Tables with rows deleted after the deploy (their backup images are in base.db)."""
-        return {t for t, c in self.counts.items() if c.get("deleted", 0)}
+        return {t for t, c in self.table_counts.items() if c.deleted}
 
 
 def mapping_from_dict(data: dict[str, Any], where: str = "bundle manifest") -> ColumnMapping:
@@ -242,10 +248,10 @@ def open_bundle(path: str | os.PathLike[str], verify: bool = True) -> Bundle:
         new = Schema.from_dict(manifest["schemas"]["new"])
         mapping = mapping_from_dict(manifest["mapping"], f"bundle {folder}")
         counts = manifest["counts"]
-        if not isinstance(counts, dict) or not all(
-                isinstance(c, dict) and all(type(c.get(k, 0)) is int and c.get(k, 0) >= 0 for k in COUNT_KEYS)
-                for c in counts.values()):
+        if not isinstance(counts, dict) or not all(isinstance(c, dict) for c in counts.values()):
             raise TypeError("counts must map tables to counts")
+        for c in counts.values():
+            TableCounts.from_dict(c)  # each count a non-negative int (COUNT_KEYS and filled_by_upgrade)
     except RecoveryError:
         raise
     except (KeyError, TypeError, AttributeError, ValueError) as exc:

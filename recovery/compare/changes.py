@@ -15,6 +15,7 @@ from typing import Any
 from sqlglot import exp
 
 from recovery.engine.base import Connection
+from recovery.model.kinds import RowKind
 from recovery.transpile.mapping import ColumnMapping, TableMapping
 from recovery.engine.schema import Schema, Table
 from recovery.migrate.replay import Replayed
@@ -34,7 +35,7 @@ class CellChange:
 
 @dataclass(frozen=True)
 class RowChange:
-    kind: str  # "inserted" | "updated" | "deleted"
+    kind: RowKind
     key: tuple[Any, ...]
     cells: tuple[CellChange, ...] = ()
     after_deploy: bool | None = None
@@ -52,12 +53,12 @@ class TableChanges:
     compared_columns: tuple[str, ...] = ()
     uncompared_columns: tuple[str, ...] = ()
     timestamp_columns: dict[str, str] = field(default_factory=dict)
-    after_deploy: dict[str, int | None] | None = None
+    after_deploy: dict[RowKind, int | None] | None = None
     rows: tuple[RowChange, ...] | None = None
     changed_only_in_new_columns: int = 0
-    """Rows in both whose old-schema projection is the backup's, but a column only the new schema
-    has holds a value a user set (see :func:`new_only_parts`): extract carries them as updated
-    rows and lists those values as lost."""
+    """Of the ``updated`` rows, those whose old-schema projection is the backup's: only a column
+    the new schema alone has holds a value a user set (see :func:`new_only_parts`); extract
+    carries them as updated rows and lists those values as lost."""
     values_at_risk: int = 0
     """The values of those rows that the old schema has no place for."""
     filled_by_upgrade: int = 0
@@ -263,13 +264,33 @@ def filled_parts(new_t: Table, tm: TableMapping | None, since_jd: float | None,
 
 def changed_condition(s: TableSides, new_t: Table, tm: TableMapping | None,
                       since_jd: float | None, replay: Replayed | None = None) -> exp.Expression | None:
-    """THE definition of an updated row, shared by ``diff`` and ``extract``: its old-schema
-    projection differs from the backup row, or (:func:`new_only_parts`) a column only the new
-    schema has holds a value a user made. None when neither can happen (nothing to compare)."""
+    """THE definition of a changed ("updated") row, over the backup row ``o`` and the live row
+    ``n`` joined by key. ``diff`` counts and lists with it, ``extract`` selects the bundle's
+    ``updated`` rows with it, and ``report`` and ``rehearse`` read those bundle rows, so all four
+    agree on every pair. A row in both is changed when
+
+    * its old-schema projection differs from the backup row: some compared column (every old
+      column but the key, renames and mapping rules applied to the live side) is distinct in
+      SQLite's ``IS NOT`` sense — NULL differs from ``''``, and ``1`` equals ``1.0`` as in SQL;
+      a change to a timestamp column alone is a change; or
+    * (:func:`new_only_parts`) a column only the new schema has holds a value a user made
+      (:func:`user_value`), and — where the table has an updated-at column and the deploy time
+      is known — the row was updated after the deploy. ``diff`` reports how many changed rows
+      changed only so as ``changed_only_in_new_columns`` (a part of ``updated``).
+
+    A table without a primary key is keyed by all its columns: its rows are inserted or deleted,
+    never changed. None when nothing can make a row changed (nothing to compare)."""
+    return changed_predicate(s, new_only_parts(new_t, tm, since_jd, replay))
+
+
+def changed_predicate(s: TableSides, new_only: tuple[exp.Expression, list[exp.Expression]] | None
+                      ) -> exp.Expression | None:
+    """:func:`changed_condition` from its parts (``new_only``: :func:`new_only_parts`' result)."""
+    if s.null_safe_key:
+        return None
     conds = [updated_condition(s)] if s.compared else []
-    parts = new_only_parts(new_t, tm, since_jd, replay)
-    if parts is not None:
-        conds.append(parts[0])
+    if new_only is not None:
+        conds.append(new_only[0].copy())
     return or_all(conds) if conds else None
 
 
@@ -303,20 +324,21 @@ def count_jobs(s: TableSides, created_after: exp.Expression | None,
                filled: list[exp.Expression] | None = None) -> list[_Job]:
     """The statements that count one table's inserted, updated and deleted rows: two passes, not
     three. The anti-join live → backup gives the inserted rows; one ``LEFT JOIN`` backup → live
-    gives the deleted rows (no live match) and the updated ones (a match whose old-schema
-    projection differs) in the same scan. A table keyed by all columns (no primary key) keeps
-    three statements: its key may hold NULLs, so "no match" cannot be read off the joined row."""
+    gives the deleted rows (no live match) and the updated ones (a match that is changed by
+    :func:`changed_predicate`, the one definition extract selects with) in the same scan. A
+    table keyed by all columns (no primary key) keeps three statements: its key may hold NULLs,
+    so "no match" cannot be read off the joined row."""
     ins_sel: list[exp.Expression] = [exp.Count(this=exp.Star())]
-    ins_fields = ["inserted"]
+    ins_fields: list[str] = [RowKind.INSERTED]
     if created_after is not None:
         ins_sel.append(exp.Sum(this=exp.Cast(this=created_after, to=exp.DataType.build("INT"))))
         ins_fields.append("inserted_after")
     jobs = [_Job(s.name, sql(inserted_query(s, ins_sel)), tuple(ins_fields))]
     if s.null_safe_key:
-        jobs.append(_Job(s.name, sql(deleted_query(s, [exp.Count(this=exp.Star())])), ("deleted",)))
+        jobs.append(_Job(s.name, sql(deleted_query(s, [exp.Count(this=exp.Star())])), (RowKind.DELETED,)))
         if s.compared:
             upd_sel: list[exp.Expression] = [exp.Count(this=exp.Star())]
-            upd_fields = ["updated"]
+            upd_fields: list[str] = [RowKind.UPDATED]
             if updated_after is not None:
                 upd_sel.append(exp.Sum(this=exp.Cast(this=updated_after, to=exp.DataType.build("INT"))))
                 upd_fields.append("updated_after")
@@ -326,11 +348,12 @@ def count_jobs(s: TableSides, created_after: exp.Expression | None,
     # expression on the live side means "no live row with this key"
     missing = exp.Is(this=s.new_key[0].copy(), expression=exp.Null())
     sel: list[exp.Expression] = [_sum_when(missing)]
-    fields = ["deleted"]
-    if s.compared:
-        changed = exp.and_(exp.Not(this=missing.copy()), updated_condition(s))
+    fields: list[str] = [RowKind.DELETED]
+    changed_row = changed_predicate(s, new_only)
+    if changed_row is not None:
+        changed = exp.and_(exp.Not(this=missing.copy()), exp.Paren(this=changed_row))
         sel.append(_sum_when(changed))
-        fields.append("updated")
+        fields.append(RowKind.UPDATED)
         if updated_after is not None:
             sel.append(_sum_when(changed.copy(), exp.Cast(this=updated_after, to=exp.DataType.build("INT"))))
             fields.append("updated_after")
@@ -424,11 +447,11 @@ def _table_changes(old_t: Table, tm: TableMapping, s: TableSides, ts: dict[str, 
     after = None
     if since_jd is not None:  # counted only where the table has the timestamp column
         after = {kind: int(counts[f"{kind}_after"] or 0) if f"{kind}_after" in counts else None
-                 for kind in ("inserted", "updated")}
+                 for kind in (RowKind.INSERTED, RowKind.UPDATED)}
     return TableChanges(
         table=old_t.name, key=s.key, keyed_by="primary key" if old_t.has_primary_key else "all columns",
-        status="compared", inserted=int(counts.get("inserted") or 0), updated=int(counts.get("updated") or 0),
-        deleted=int(counts.get("deleted") or 0),
+        status="compared", inserted=int(counts.get(RowKind.INSERTED) or 0),
+        updated=int(counts.get(RowKind.UPDATED) or 0), deleted=int(counts.get(RowKind.DELETED) or 0),
         compared_columns=tuple(c for c, _, _ in s.compared),
         uncompared_columns=tuple(r.column for r in tm.rules if r.expression is None),
         timestamp_columns=ts, after_deploy=after, rows=rows,
@@ -467,7 +490,7 @@ def iter_rows(
     cur = conn.execute(sql(inserted_query(s, [*s.new_key, *flag_ins])))
     while batch := cur.fetchmany(BATCH):
         for r in batch:
-            yield RowChange("inserted", tuple(r[:nk]), after_deploy=_flag(r, nk, created_after))
+            yield RowChange(RowKind.INSERTED, tuple(r[:nk]), after_deploy=_flag(r, nk, created_after))
     if s.compared:
         flag_upd = [updated_after] if updated_after is not None else []
         pairs = [e for _, o, n in s.compared for e in (o, n)]
@@ -480,24 +503,25 @@ def iter_rows(
                     if not _same(o, n):
                         cells.append(CellChange(name, o, n))
                 yield RowChange(
-                    "updated", tuple(r[:nk]), tuple(cells),
+                    RowKind.UPDATED, tuple(r[:nk]), tuple(cells),
                     _flag(r, nk + 2 * len(s.compared), updated_after),
                 )
     if new_only is not None and new_t is not None:
         lost_cols = [c for c in uncarried_columns(new_t, tm) if c not in new_t.key]
         cond = and_all([new_only[0].copy()] + ([exp.Not(this=updated_condition(s))] if s.compared else []))
-        q = (exp.select(*s.old_key, *[col(c, "n") for c in lost_cols], *[f.copy() for f in new_only[1]])
+        flag_new = [updated_after] if updated_after is not None else []
+        q = (exp.select(*s.old_key, *[col(c, "n") for c in lost_cols], *[f.copy() for f in new_only[1]], *flag_new)
              .from_(_source(s, "old")).join(_source(s, "new"), on=_key_match(s)).where(cond))
         cur = conn.execute(sql(q))
         n = len(lost_cols)
         while batch := cur.fetchmany(BATCH):
             for r in batch:
-                lost = tuple(CellChange(c, None, r[nk + i]) for i, c in enumerate(lost_cols) if r[nk + n + i])
-                yield RowChange("changed_only_in_new_columns", tuple(r[:nk]), lost)
+                only_new = tuple(CellChange(c, None, r[nk + i]) for i, c in enumerate(lost_cols) if r[nk + n + i])
+                yield RowChange(RowKind.UPDATED, tuple(r[:nk]), only_new, _flag(r, nk + 2 * n, updated_after))
     cur = conn.execute(sql(deleted_query(s, list(s.old_key))))
     while batch := cur.fetchmany(BATCH):
         for r in batch:
-            yield RowChange("deleted", tuple(r))
+            yield RowChange(RowKind.DELETED, tuple(r))
 
 
 def _flag(row: tuple[Any, ...], idx: int, expr: exp.Expression | None) -> bool | None:
@@ -558,7 +582,7 @@ def diff_rows(
             jobs += count_jobs(s, created_after, updated_after, new_only, filled[1] if filled else None)
         elif new_t is not None:
             jobs.append(_Job(name, sql(exp.select(exp.Count(this=exp.Star())).from_(table(name, "new"))),
-                             ("inserted",)))
+                             (RowKind.INSERTED,)))
             out[name] = TableChanges(name, new_t.key, "primary key" if new_t.has_primary_key else "all columns",
                                      "new table")
         else:
@@ -569,7 +593,7 @@ def diff_rows(
     for name, entry in list(out.items()):
         if entry.status == "new table":
             out[name] = TableChanges(name, entry.key, entry.keyed_by, "new table",
-                                     inserted=int(counts[name]["inserted"] or 0))
+                                     inserted=int(counts[name][RowKind.INSERTED] or 0))
     for old_t, new_t, tm, s, ts, created_after, updated_after, new_only in compared:
         rows = tuple(iter_rows(conn, s, created_after, updated_after, new_only, new_t, tm)) if want_rows else None
         out[old_t.name] = _table_changes(old_t, tm, s, ts, counts.get(s.name, {}), since_jd, rows)

@@ -21,6 +21,7 @@ from sqlglot import exp
 from recovery.engine.base import Connection
 from recovery.compare.changes import ChangeSet, diff_rows
 from recovery.errors import RecoveryError
+from recovery.model.kinds import RowKind
 from recovery.compare.evidence import verify
 from recovery.migrate.replay import Replayed
 from recovery.transpile.mapping import ColumnMapping, UserMapping, load_mapping, resolve
@@ -172,7 +173,7 @@ class DiffResult:
         for name, t in sorted(self.changes.tables.items()):
             entry: dict[str, Any] = {
                 "key": list(t.key), "keyed_by": t.keyed_by, "status": t.status,
-                "inserted": t.inserted, "updated": t.updated, "deleted": t.deleted,
+                RowKind.INSERTED: t.inserted, RowKind.UPDATED: t.updated, RowKind.DELETED: t.deleted,
             }
             if t.uncompared_columns:
                 entry["uncompared_columns"] = list(t.uncompared_columns)
@@ -198,7 +199,7 @@ class DiffResult:
             "backup": str(self.backup), "live": str(self.live), "since": self.since,
             "schema": self.schema.to_dict(), "mapping": self.mapping.to_dict(), "tables": tables,
             "totals": {k: sum(getattr(t, k) for t in self.changes.tables.values())
-                       for k in ("inserted", "updated", "deleted")},
+                       for k in (RowKind.INSERTED, RowKind.UPDATED, RowKind.DELETED)},
             "at_risk": {k: sum(getattr(t, k) for t in self.changes.tables.values())
                         for k in ("changed_only_in_new_columns", "values_at_risk")},
             "filled_by_upgrade": self.changes.filled_by_upgrade,

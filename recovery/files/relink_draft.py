@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-REPORT_LISTS = ("relinked", "restored_from_bundle", "missing", "orphans", "records_without_file", "unsafe",
-                "kept_both", "hash_mismatch", "links_fixed", "links_unresolved", "records_not_imported")
+from recovery.model.values import FILE_LISTS
+
+REPORT_LISTS = FILE_LISTS
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from recovery.model.kinds import RowKind
 from recovery.files.relink_draft import Draft
 from recovery.files.relink_match import Matcher
 from recovery.files.relink_sql import KIND
@@ -26,7 +27,7 @@ def follow_entity(draft: Draft, m: Matcher, b: Row, rec: Row) -> None:
         return
     t, bkey, eid = ref
     row = next(iter(m.bundle_row(t, bkey, eid)), None)
-    if row is None or row.get(KIND) != "inserted":
+    if row is None or row.get(KIND) != RowKind.INSERTED:
         return  # a row the backup already had keeps its key
     new = m.target_key(t, row)
     if new is None:

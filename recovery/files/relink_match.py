@@ -12,6 +12,7 @@ import sqlite3
 from collections.abc import Iterable
 from typing import Any
 
+from recovery.model.kinds import RowKind
 from recovery.bundle.store import Bundle
 from recovery.engine.schema import Schema
 from recovery.files import relink_sql as q
@@ -191,7 +192,7 @@ class Matcher:
         if self.remaps is not None and (table, k) in self.remaps:
             new = self.remaps[(table, k)]
             return new if same(new) else None
-        if row.get(KIND) == "updated":  # only inserted rows are ever remapped
+        if row.get(KIND) == RowKind.UPDATED:  # only inserted rows are ever remapped
             hit = self.conn.execute(q.has_row_sql(table, key_col, ()), (k,)).fetchone()
             return k if hit else None
         if same(k):

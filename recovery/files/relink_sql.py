@@ -9,12 +9,12 @@ from functools import cache, lru_cache
 
 from sqlglot import exp
 
+from recovery.model.kinds import CARRIED_KINDS, KIND_COLUMN as KIND
 from recovery.engine.sqlbuild import and_all, col, ident, is_same, sql, table
 
 BUNDLE = "relink_bundle"
 """The schema name bundle ``rows.db`` is ATTACHed under while planning."""
-KIND = "_recovery_kind"
-BUNDLE_KINDS = ("inserted", "updated", "closure")
+BUNDLE_KINDS = CARRIED_KINDS
 
 
 def _ph() -> exp.Placeholder:

@@ -22,6 +22,7 @@ from pathlib import Path, PurePosixPath
 from typing import TypeVar
 
 from recovery.errors import RecoveryError
+from recovery.model.kinds import CARRIED_KINDS, KIND_COLUMN
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -570,8 +571,8 @@ def copy_files_into_bundle(
             names = [n for n, _ in info]
             pk = next((n for n, is_pk in info if is_pk == 1), names[0])
             q = exp.select(col(pk), col(cfg.path), col(cfg.sha256) if cfg.sha256 in names else exp.Null()).from_(
-                table(cfg.table)).where(exp.In(this=col("_recovery_kind"), expressions=[
-                    exp.Literal.string("inserted"), exp.Literal.string("updated"), exp.Literal.string("closure")]))
+                table(cfg.table)).where(exp.In(this=col(KIND_COLUMN), expressions=[
+                    exp.Literal.string(k) for k in CARRIED_KINDS]))
             rows = conn.execute(sql(q)).fetchall()
     finally:
         conn.close()

@@ -68,3 +68,9 @@ class Resolution(str, Enum):
 
     def __str__(self) -> str:
         return self.value
+
+
+#: The bundle tables' column that holds each row's :class:`RowKind` (``rows.db`` and ``base.db``).
+KIND_COLUMN = "_recovery_kind"
+#: Kinds of the rows users made or changed after the deploy (closure rows are context, not work).
+CHANGED_KINDS: tuple[RowKind, ...] = (RowKind.INSERTED, RowKind.UPDATED)

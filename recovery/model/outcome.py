@@ -11,8 +11,13 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any
 
-CONFLICT_KINDS = ("primary_key", "unique", "missing_parent", "constraint", "update_update", "update_deleted")
-RESOLUTIONS = ("applied", "remapped", "skipped", "kept_target")
+from recovery.model.kinds import ConflictKind, Resolution, RowKind
+from recovery.model.values import LostValues
+
+CONFLICT_KINDS: tuple[ConflictKind, ...] = tuple(ConflictKind)
+"""Every conflict kind, in :class:`ConflictKind`'s order."""
+RESOLUTIONS: tuple[Resolution, ...] = tuple(Resolution)
+"""Every resolution, in :class:`Resolution`'s order."""
 
 
 class ConflictPolicy(str, Enum):
@@ -53,16 +58,24 @@ class ConflictMode(str, Enum):
 
 @dataclass(frozen=True)
 class Conflict:
-    kind: str
+    """A unit of bundle rows that collided with the target, and what was done with it. ``kind``
+    and ``resolution`` given as their text are read as the enum members (a text that is not one
+    raises ``ValueError``)."""
+
+    kind: ConflictKind
     table: str
     key: tuple[Any, ...]
-    resolution: str
+    resolution: Resolution
     column: str | None = None
     bundle_value: Any = None
     target_value: Any = None
     base_value: Any = None
     label: str | None = None
     detail: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", ConflictKind(self.kind))
+        object.__setattr__(self, "resolution", Resolution(self.resolution))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -104,10 +117,11 @@ class Outcome:
     tables: dict[str, TableOutcome] = field(default_factory=dict)
     conflicts: list[Conflict] = field(default_factory=list)
     remaps: list[Remap] = field(default_factory=list)
-    lost: list[dict[str, Any]] = field(default_factory=list)
-    """Lost values: after a re-import a :class:`recovery.report.lost.LostValues` — the first 1,000 by
-    (table, key, column) with the exact ``total``; the complete list stays in the bundle's rows.db
-    (``lost_total``, ``iter_lost()``)."""
+    lost: LostValues = field(default_factory=LostValues)
+    """Lost values: the first 1,000 by (table, key, column) with the exact ``total``; the complete
+    list stays in the bundle's rows.db (``lost_total``; every one:
+    :func:`recovery.report.lost.iter_outcome_lost`). A plain list given here is read as a
+    complete sample."""
     deletes_for_review: list[dict[str, Any]] = field(default_factory=list)
     skipped_rows: list[dict[str, Any]] = field(default_factory=list)
     """Bundle rows not carried because their unit was skipped (a conflict elsewhere in the unit);
@@ -123,6 +137,10 @@ class Outcome:
     conflicts_mode: str = ConflictMode.CELL.value
     """``--conflicts``: a :class:`ConflictMode` value (``cell`` or ``row``)."""
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.lost, LostValues):
+            self.lost = LostValues(self.lost)
+
     @property
     def needs_review(self) -> bool:
         """Anything but "all recovered" (:meth:`verdict`, without the late-commit check)."""
@@ -131,14 +149,15 @@ class Outcome:
     @property
     def lost_total(self) -> int:
         """Exact number of lost values (``lost`` may hold only a sample of them)."""
-        return max(getattr(self.lost, "total", 0), len(self.lost))
+        lost = self.lost
+        return max(lost.total, len(lost)) if isinstance(lost, LostValues) else len(lost)
 
     @property
     def lost_truncated(self) -> bool:
         return self.lost_total > len(self.lost)
 
     def lost_by_table(self) -> dict[str, int]:
-        counts = getattr(self.lost, "counts", None)
+        counts = self.lost.counts if isinstance(self.lost, LostValues) else None
         if counts and self.lost_truncated:
             return {t: sum(cols.values()) for t, cols in counts.items()}
         out: dict[str, int] = {}
@@ -146,26 +165,13 @@ class Outcome:
             out[item["table"]] = out.get(item["table"], 0) + 1
         return out
 
-    def iter_lost(self) -> Any:
-        """Every lost value, streamed from the bundle's rows.db when ``lost`` is only a sample
-        (and that file still exists — a dry run's bundle is gone when it ends)."""
-        source = getattr(self.lost, "source", None)
-        if self.lost_truncated and source:
-            from pathlib import Path
-
-            from recovery.report.lost import stream_file
-
-            if Path(source).is_file():
-                return stream_file(source)
-        return iter(self.lost)
-
     def not_carried(self) -> list[dict[str, Any]]:
         """Every bundle record the re-import did not carry, once per (table, key): the conflicting
         rows whose unit was skipped (``unique``, ``update_deleted``, ``constraint`` …) and the rows
         skipped with their unit (``skipped_rows``)."""
         out: dict[tuple[str, tuple[Any, ...]], dict[str, Any]] = {}
         for c in self.conflicts:
-            if c.resolution == "skipped":
+            if c.resolution == Resolution.SKIPPED:
                 k = (c.table, tuple(c.key))
                 if k not in out:
                     out[k] = {"table": c.table, "key": list(c.key), "label": c.label,
@@ -214,9 +220,9 @@ class Outcome:
             "triggers_suspended": self.triggers_suspended, "sequences": self.sequences,
             "conflicts_mode": self.conflicts_mode,
             "totals": {
-                "inserted": sum(t.inserted for t in self.tables.values()),
-                "updated": sum(t.updated for t in self.tables.values()),
-                "deleted": sum(t.deleted for t in self.tables.values()),
+                RowKind.INSERTED: sum(t.inserted for t in self.tables.values()),
+                RowKind.UPDATED: sum(t.updated for t in self.tables.values()),
+                RowKind.DELETED: sum(t.deleted for t in self.tables.values()),
                 "skipped": sum(t.skipped for t in self.tables.values()),
                 "remapped": len(self.remaps), "conflicts": len(self.conflicts), "lost": self.lost_total,
             },
@@ -377,8 +383,10 @@ def _expect(value: Any, kind: type | tuple[type, ...], where: str) -> Any:
     return value
 
 
-def _fields(obj: Any, names: set[str], where: str, optional: set[str] = frozenset()) -> dict[str, Any]:  # type: ignore[assignment]
+def _fields(obj: Any, names: set[str], where: str, optional: frozenset[str] | set[str] = frozenset()
+            ) -> dict[str, Any]:
     _expect(obj, dict, where)
+    assert isinstance(obj, dict)
     unknown, missing = set(obj) - names, names - optional - set(obj)
     if unknown:
         raise OutcomeFormatError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
@@ -416,7 +424,8 @@ def _outcome_to_data(o: Outcome) -> dict[str, Any]:
 
 
 def _list_of_dicts(v: Any, where: str) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = decode_value(_expect(v, list, where), where)
+    items = decode_value(_expect(v, list, where), where)
+    assert isinstance(items, list)
     for i, item in enumerate(items):
         _expect(item, dict, f"{where}[{i}]")
     return items
@@ -467,8 +476,6 @@ def _outcome_from_data(d: Any) -> Outcome:
             _expect(n, int, f"lost.counts.{t}.{c}")
     if lost_d["source"] is not None:
         _expect(lost_d["source"], str, "lost.source")
-    from recovery.report.lost import LostValues
-
     lost = LostValues(sample, _expect(lost_d["total"], int, "lost.total"), counts, lost_d["source"])
     suspended = _expect(d.get("triggers_suspended", []), list, "triggers_suspended")
     for i, name in enumerate(suspended):

@@ -37,6 +37,8 @@ from sqlglot import exp
 
 from recovery.bundle.store import Bundle, open_bundle, write_json_atomic
 from recovery.errors import ExitCode, RecoveryError
+from recovery.model.kinds import KIND_COLUMN as KIND
+from recovery.model.kinds import ConflictKind, Resolution
 from recovery.model.outcome import Conflict
 from recovery.engine.schema import APPLIED_DELETES_TABLE, Schema, Table, reflect
 from recovery.engine.sqlbuild import and_all, col, is_same, sql, table
@@ -49,7 +51,6 @@ from recovery.engine.timebound import statement_time_limit
 RESULT_FILE = "deletes_applied.json"
 BASE = "rb"
 """Alias under which the bundle's ``base.db`` (backup images) is attached, read-only."""
-KIND = "_recovery_kind"
 
 # the CSV writers neutralise a cell that a spreadsheet would run as a formula with a leading "'"
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -336,10 +337,10 @@ def _apply_table(conn: sqlite3.Connection, t: Table, items: list[DeleteItem], ch
         elif v == "already_gone":
             result.already_gone.append(item)
         elif v == "update_deleted":
-            result.conflicts.append(Conflict("update_deleted", t.name, item.key, "kept_target",
+            result.conflicts.append(Conflict(ConflictKind.UPDATE_DELETED, t.name, item.key, Resolution.KEPT_TARGET,
                                              detail="deleted after the deploy, changed in the database since: kept"))
         elif v == "constraint":
-            result.conflicts.append(Conflict("constraint", t.name, item.key, "kept_target",
+            result.conflicts.append(Conflict(ConflictKind.CONSTRAINT, t.name, item.key, Resolution.KEPT_TARGET,
                                              detail="deleted after the deploy, but rows that stay still reference it"))
         else:
             doomed.append(item)

@@ -32,9 +32,10 @@ from sqlglot import exp
 
 from recovery.report.lost import lost_table
 from recovery.engine.sqlbuild import and_all, col, is_same, sql, table
+from recovery.model.kinds import KIND_COLUMN as KIND
+from recovery.model.kinds import RowKind
 
-KIND = "_recovery_kind"
-CREATED, CHANGED = "inserted", "updated"
+CREATED, CHANGED = RowKind.INSERTED, RowKind.UPDATED
 EPOCH = datetime(1970, 1, 1)
 US = 1_000_000
 BIN_US = 5 * 60 * US

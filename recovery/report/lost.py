@@ -19,7 +19,7 @@ import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import closing
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlglot import exp
 
@@ -27,6 +27,10 @@ from recovery.engine.base import Connection
 from recovery.bundle.store import LOST_TABLE
 from recovery.escape import ELLIPSIS, SHOW_LIMIT
 from recovery.engine.sqlbuild import col, sql, table
+from recovery.model.values import LostValues
+
+if TYPE_CHECKING:
+    from recovery.model.outcome import Outcome
 
 SAMPLE_LIMIT = 1000
 """At most this many lost values are kept in memory, in ``Outcome.lost`` and in report.json."""
@@ -47,27 +51,6 @@ TEXT_ORDER: tuple[exp.Expression, ...] = (col("table"), col("key"), col("column"
 """The order of ``Outcome.lost`` and ``lost_values.csv``: keys as their JSON text."""
 NATURAL_ORDER: tuple[exp.Expression, ...] = (col("table"), _json_at(0), _json_at(1), _json_at(2), col("key"), col("column"))
 """The report's order: numeric keys numerically (1, 2, 10), as ``report.model`` sorts them."""
-
-
-class LostValues(list):
-    """A bounded sample of lost values (dicts like ``Outcome.lost`` always held) that knows the
-    exact ``total``, the ``counts`` per table and column and the ``source`` rows.db with all of them.
-    It is a list, so code that only reads ``Outcome.lost`` keeps working on the sample."""
-
-    total: int
-    counts: dict[str, dict[str, int]]
-    source: str | None
-
-    def __init__(self, sample: Any = (), total: int | None = None,
-                 counts: dict[str, dict[str, int]] | None = None, source: str | None = None) -> None:
-        super().__init__(sample)
-        self.total = len(self) if total is None else total
-        self.counts = counts or {}
-        self.source = source
-
-    @property
-    def truncated(self) -> bool:
-        return self.total > len(self)
 
 
 def _shown(e: exp.Expression, limit: int) -> exp.Expression:
@@ -210,6 +193,16 @@ def load(conn: sqlite3.Connection, schema: str = "main", source: str | None = No
 
 def open_ro(path: str | Path) -> sqlite3.Connection:
     return sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True)
+
+
+def iter_outcome_lost(outcome: Outcome) -> Iterator[dict[str, Any]]:
+    """Every lost value of ``outcome``: streamed from the bundle's rows.db when ``outcome.lost``
+    is only a sample (and that file still exists — a dry run's bundle is gone when it ends), else
+    the sample itself, which is then complete."""
+    source = outcome.lost.source if isinstance(outcome.lost, LostValues) else None
+    if outcome.lost_truncated and source and Path(source).is_file():
+        return stream_file(source)
+    return iter(outcome.lost)
 
 
 def stream_file(path: str | Path, order: Sequence[exp.Expression] = TEXT_ORDER) -> Iterator[dict[str, Any]]:

@@ -24,7 +24,9 @@ from typing import Any
 
 from sqlglot import exp
 
-from recovery.bundle.store import KIND_COLUMN, Bundle
+from recovery.bundle.store import Bundle
+from recovery.model.kinds import KIND_COLUMN, RowKind
+from recovery.model.values import TableCounts
 from recovery.escape import SHOW_LIMIT
 from recovery.report.lost import NATURAL_ORDER, SAMPLE_LIMIT, as_dict, cut_value, has_lost, iter_rows, open_ro
 from recovery.model.outcome import Outcome, judge
@@ -192,7 +194,7 @@ def _name_lost_users(conn: sqlite3.Connection | None, bundle: Bundle, users_tabl
         if creator is None and changer is None:
             continue
         for k, row in notcarried.rows_of(conn, name, list(t.key), sorted(keys, key=repr)).items():
-            column = creator if row.get(KIND_COLUMN) == "inserted" else changer
+            column = creator if row.get(KIND_COLUMN) == RowKind.INSERTED else changer
             who[(name, k)] = row.get(column) if column else None
     names, _ = _user_names(bundle, users_table, {u for u in who.values() if u is not None})
     for x in sample:
@@ -297,11 +299,11 @@ def _build(conn: sqlite3.Connection | None, bundle: Bundle, outcome: Outcome | N
             {t for t, n in lost_info.by_table.items() if n}, aggregate.to_us(deploy))
 
     # ---- per table
-    counts = bundle.counts
+    counts = bundle.table_counts
     tables: list[dict[str, Any]] = []
     for name in sorted(set(counts) | {g.table for g in groups}):
-        c = counts.get(name, {})
-        created, changed, deleted = c.get("inserted", 0), c.get("updated", 0), c.get("deleted", 0)
+        c = counts.get(name, TableCounts())
+        created, changed, deleted = c.inserted, c.updated, c.deleted
         if not (created or changed or deleted or lost_info.by_table[name]):
             continue
         to = outcome.tables.get(name) if outcome else None
@@ -313,7 +315,7 @@ def _build(conn: sqlite3.Connection | None, bundle: Bundle, outcome: Outcome | N
             skipped = not_carried_by_table[name]
             carried, reason = max(created + changed - skipped, 0), ("conflict: skipped" if skipped else "")
         tables.append({
-            "table": name, "status": c.get("status", ""), "created": created, "changed": changed,
+            "table": name, "status": c.status or "", "created": created, "changed": changed,
             "deleted": deleted, "carried": carried, "not_carried": created + changed - carried,
             "not_carried_reason": reason if created + changed - carried else "",
             "remapped": to.remapped if to else 0,

@@ -17,7 +17,8 @@ from typing import Any
 
 from sqlglot import exp
 
-from recovery.bundle.store import KIND_COLUMN, Bundle
+from recovery.bundle.store import Bundle
+from recovery.model.kinds import KIND_COLUMN, RowKind
 from recovery.escape import SHOW_LIMIT, cut
 from recovery.report.lost import csv_cell, open_ro
 from recovery.engine.sqlbuild import col, sql, table
@@ -51,7 +52,7 @@ def rows_of(conn: sqlite3.Connection, name: str, key: list[str],
         for rec in cur:
             d = dict(zip(names, rec, strict=True))
             k = tuple(d[c] for c in key)
-            if k not in found or found[k].get(KIND_COLUMN) == "closure":
+            if k not in found or found[k].get(KIND_COLUMN) == RowKind.CLOSURE:
                 found[k] = d
     return found
 

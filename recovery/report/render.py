@@ -16,6 +16,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table as RichTable
 
+from recovery.model.kinds import RowKind
+from recovery.model.values import COUNT_KEYS
 from recovery.escape import csv_safe_row, json_for_terminal, plain, short_repr, term_markup, term_text
 
 T = term_text
@@ -185,7 +187,7 @@ def render_diff(result: Any, rows: bool) -> None:
         if tc.uncompared_columns:
             note = (note + "; " if note else "") + "not compared: " + ", ".join(tc.uncompared_columns)
         if getattr(tc, "changed_only_in_new_columns", 0):
-            note = (note + "; " if note else "") + (f"{tc.changed_only_in_new_columns} row(s) changed only in "
+            note = (note + "; " if note else "") + (f"{tc.changed_only_in_new_columns} updated row(s) changed only in "
                                                     f"new-schema columns: {tc.values_at_risk} value(s) at risk")
         if getattr(tc, "filled_by_upgrade", 0):
             note = (note + "; " if note else "") + (f"{tc.filled_by_upgrade} value(s) in new-schema columns filled "
@@ -206,8 +208,8 @@ def _after(tc: Any) -> str:
     ad = tc.after_deploy
     if not ad or not tc.timestamp_columns:
         return "-"
-    ins = "?" if ad["inserted"] is None else ad["inserted"]
-    upd = "?" if ad["updated"] is None else ad["updated"]
+    ins = "?" if ad[RowKind.INSERTED] is None else ad[RowKind.INSERTED]
+    upd = "?" if ad[RowKind.UPDATED] is None else ad[RowKind.UPDATED]
     return f"+{ins} ~{upd}"
 
 
@@ -217,7 +219,7 @@ def render_extract(summary: dict[str, Any]) -> None:
             f"deploy {M(summary['deploy_time'] or '-')})")
     t = RichTable("table", "inserted", "updated", "deleted", "closure", "lost", "status")
     for name, n in summary["counts"].items():
-        t.add_row(T(name), *(str(n.get(k, 0)) for k in ("inserted", "updated", "deleted", "closure", "lost")), T(n["status"]))
+        t.add_row(T(name), *(str(n.get(k, 0)) for k in COUNT_KEYS), T(n["status"]))
     c.print(t)
     for table, cols in summary["mapping_sources"].items():
         for column, source in cols.items():
@@ -235,8 +237,8 @@ def render_plan(plan: dict[str, Any]) -> None:
     c = console(stderr=True)
     c.print(f"[bold]rollback plan[/] {M(plan['from_revision'])} → {M(plan['to_revision'])} "
             f"(deploy {M(plan['deploy_time'] or '-')})")
-    c.print(f"  carry back: {plan['inserted']} new and {plan['updated']} changed rows; "
-            f"{plan['deleted']} rows deleted after the deploy will be listed for review; "
+    c.print(f"  carry back: {plan[RowKind.INSERTED]} new and {plan[RowKind.UPDATED]} changed rows; "
+            f"{plan[RowKind.DELETED]} rows deleted after the deploy will be listed for review; "
             f"{plan['lost']} value(s) have no place in the old schema (lost, listed)")
 
 

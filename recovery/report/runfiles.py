@@ -22,8 +22,9 @@ from typing import IO, Any
 
 from recovery.bundle.store import FILLED_TABLE, Bundle, open_bundle
 from recovery.errors import RecoveryError
-from recovery.report.lost import count_rows, csv_cell, csv_rows, open_ro
+from recovery.report.lost import count_rows, csv_cell, csv_rows, iter_outcome_lost, open_ro
 from recovery.report.lost import has_lost as _has_lost
+from recovery.model.kinds import RowKind
 from recovery.model.outcome import OUTCOME_FORMAT, Outcome, OutcomeFormatError
 from recovery.report import csvout, notcarried
 from recovery.report.html import render_html
@@ -41,18 +42,18 @@ log = logging.getLogger(__name__)
 
 def summary(outcome: Outcome, bundle: Bundle, section: dict[str, Any] | None = None) -> dict[str, Any]:
     """The ``summary`` object of report.json (stable keys; see docs/REPORT.md)."""
-    counts = bundle.counts
+    counts = bundle.table_counts
     tot = outcome.to_dict()["totals"]
     head = (section or {}).get("headline", {})
     return {
         "deploy_time": bundle.manifest.get("deploy_time"),
         "rollback_time": head.get("rollback_time"),
-        "records_created_after_deploy": sum(c.get("inserted", 0) for c in counts.values()),
-        "records_changed_after_deploy": sum(c.get("updated", 0) for c in counts.values()),
-        "records_deleted_after_deploy": sum(c.get("deleted", 0) for c in counts.values()),
+        "records_created_after_deploy": sum(c.inserted for c in counts.values()),
+        "records_changed_after_deploy": sum(c.updated for c in counts.values()),
+        "records_deleted_after_deploy": sum(c.deleted for c in counts.values()),
         "records_carried": head.get("carried"), "records_not_carried": head.get("not_carried"),
         "files_affected": head.get("files_affected"),
-        "rows_inserted": tot["inserted"], "rows_updated": tot["updated"], "rows_deleted": tot["deleted"],
+        "rows_inserted": tot[RowKind.INSERTED], "rows_updated": tot[RowKind.UPDATED], "rows_deleted": tot[RowKind.DELETED],
         "rows_skipped": tot["skipped"], "keys_remapped": tot["remapped"],
         "conflicts": tot["conflicts"], "lost_values": tot["lost"],
         "verdict": head.get("verdict") or outcome.verdict().verdict,
@@ -165,7 +166,7 @@ def _all_lost(outcome: Outcome, bundle: Bundle) -> Iterable[Any]:
     outcome's own list only for a bundle without that table."""
     if _bundle_has_lost(bundle.rows_db):
         return stream_csv_rows(bundle.rows_db)
-    return outcome.iter_lost()
+    return iter_outcome_lost(outcome)
 
 
 def _rollback_time(extra: dict[str, Any] | None) -> str:

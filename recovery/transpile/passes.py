@@ -22,11 +22,11 @@ from sqlglot import exp
 from recovery.transpile.mapping import ColumnMapping
 from recovery.engine.schema import Schema, Table
 from recovery.engine.sqlbuild import and_all, col, is_distinct, is_same, qualify_columns, sql, table
+from recovery.model.kinds import INSERT_KINDS, KIND_COLUMN, RowKind
 
-KIND = "_recovery_kind"
+KIND = KIND_COLUMN  # the name the plan's statements use for it
 BUNDLE_DB = "bundle"
 BASE_DB = "base"
-INSERT_KINDS = ("inserted", "closure")
 
 
 @dataclass(frozen=True)
@@ -155,7 +155,7 @@ def fill_old_only(plan: Plan) -> Plan:
     return replace(plan, tables=tuple(tables), errors=tuple(errors))
 
 
-def _bundle_rows(tname: str, kinds: tuple[str, ...]) -> exp.Select:
+def _bundle_rows(tname: str, kinds: tuple[RowKind, ...]) -> exp.Select:
     cond = exp.In(this=col(KIND, "b"), expressions=[exp.Literal.string(k) for k in kinds])
     return exp.select().from_(table(tname, BUNDLE_DB, "b")).where(cond)
 
@@ -169,10 +169,10 @@ def insert_select(tp: TablePlan) -> exp.Select:
 def update_select(tp: TablePlan, old_t: Table) -> tuple[exp.Select, tuple[str, ...]]:
     """key…, theirs_i, base_i for every updatable (sourced, non-key) column of updated rows."""
     updatable = tuple(c.column for c in tp.columns if c.expression is not None and c.column not in tp.key)
-    q = _bundle_rows(tp.table, ("updated",))
+    q = _bundle_rows(tp.table, (RowKind.UPDATED,))
     q = q.join(table(tp.table, BASE_DB, "o"), on=and_all(
         [is_same(col(k, "o"), qualify_key(tp, k)) for k in tp.key]
-        + [exp.EQ(this=col(KIND, "o"), expression=exp.Literal.string("updated"))]
+        + [exp.EQ(this=col(KIND, "o"), expression=exp.Literal.string(RowKind.UPDATED))]
     ))
     sel: list[exp.Expression] = [exp.alias_(col(k, "o"), f"key_{i}", quoted=True) for i, k in enumerate(tp.key)]
     by_name = {c.column: c for c in tp.columns}
@@ -233,7 +233,7 @@ def build_statements(plan: Plan) -> Plan:
 def delete_statement(tp: TablePlan) -> exp.Delete:
     """DELETE the rows the bundle's base.db marks ``deleted`` (matched by key, NULL-safe)."""
     deleted = exp.select(exp.Literal.number(1)).from_(table(tp.table, BASE_DB, "d")).where(and_all(
-        [exp.EQ(this=col(KIND, "d"), expression=exp.Literal.string("deleted"))]
+        [exp.EQ(this=col(KIND, "d"), expression=exp.Literal.string(RowKind.DELETED))]
         + [is_same(col(k, "d"), col(k, tp.table)) for k in tp.key]
     ))
     return exp.Delete(this=table(tp.table), where=exp.Where(this=exp.Exists(this=deleted)))

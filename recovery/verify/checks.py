@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from sqlglot import exp
 
 from recovery.model.outcome import Outcome
+from recovery.model.values import RowCountCheck, Verification
 from recovery.engine.schema import alembic_revision
 from recovery.engine.sqlbuild import sql
 from recovery.engine import open_engine
@@ -85,15 +86,5 @@ def _result(integrity: list[str], fks: list[dict[str, Any]], revision: str | Non
     counts = {}
     for name, t in sorted(outcome.tables.items()):
         expected = t.rows_before + t.inserted - t.deleted
-        counts[name] = {"before": t.rows_before, "inserted": t.inserted, "deleted": t.deleted,
-                        "expected": expected, "actual": t.rows_after, "ok": expected == t.rows_after}
-    result: dict[str, Any] = {
-        "integrity_check": "ok" if integrity == ["ok"] else integrity[:5],
-        "foreign_key_check": fks,
-        "alembic_revision": {"expected": expected_revision, "actual": revision,
-                             "ok": expected_revision is None or revision == expected_revision},
-        "row_counts": counts,
-    }
-    result["ok"] = (integrity == ["ok"] and not fks and result["alembic_revision"]["ok"]
-                    and all(c["ok"] for c in counts.values()))
-    return result
+        counts[name] = RowCountCheck(t.rows_before, t.inserted, t.deleted, expected, t.rows_after)
+    return Verification(tuple(integrity), tuple(fks), expected_revision, revision, counts).to_dict()

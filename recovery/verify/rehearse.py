@@ -46,6 +46,7 @@ from recovery.escape import SHOW_LIMIT, md_text, short_repr, term_markup, term_t
 from recovery.bundle.extract import key_json
 from recovery.report.lost import count_by, has_lost, iter_lost, open_ro, stream_file
 from recovery.engine.schema import alembic_revision
+from recovery.model.kinds import Resolution
 from recovery.engine.sqlbuild import and_all, col, is_distinct, is_same, or_all, sql, table
 from recovery.engine import open_engine
 from recovery.engine.sqlite_io import check_sqlite_file, sha256_file, sidecars
@@ -273,7 +274,7 @@ def _check_round_trip(result: Rehearsal, rolled: Path, backup: Path, bundle: Bun
     if outcome is not None and outcome.aborted:
         result.reasons.append("the re-import aborted on conflicts")
     for c in outcome.conflicts if outcome else []:
-        if c.resolution in ("skipped", "kept_target"):
+        if c.resolution in (Resolution.SKIPPED, Resolution.KEPT_TARGET):
             result.reasons.append(f"{c.table} {list(c.key)}: {c.kind} conflict, {c.resolution} — the change is not carried")
     with open_engine(backup).readonly("backup") as b, open_engine(rolled).readonly("rolled-back copy") as r:
         want, got = alembic_revision(b), alembic_revision(r)
@@ -353,13 +354,15 @@ def _backup_intact(conn: sqlite3.Connection, bundle: Bundle, result: Rehearsal) 
 def _changes_carried(conn: sqlite3.Connection, bundle: Bundle, result: Rehearsal) -> dict[str, Any]:
     """Each inserted/updated bundle row: present in the old-schema table (values as the plan
     carries them) or, for tables the old schema lacks, listed as lost."""
-    from recovery.transpile.passes import KIND, plan as make_plan, qualify_key
+    from recovery.model.kinds import CHANGED_KINDS
+    from recovery.model.kinds import KIND_COLUMN as KIND
+    from recovery.transpile.passes import plan as make_plan, qualify_key
 
     p = make_plan(bundle.old, bundle.new, bundle.mapping, bundle.tables_with_rows())
     conn.execute("CREATE TEMP TABLE rehearse_remap (tbl TEXT, old_key, new_key)")
     conn.executemany("INSERT INTO rehearse_remap VALUES (?, ?, ?)",
                      [(rm.table, rm.old_key, rm.new_key) for rm in (result.outcome.remaps if result.outcome else [])])
-    kinds = exp.In(this=col(KIND, "b"), expressions=[exp.Literal.string("inserted"), exp.Literal.string("updated")])
+    kinds = exp.In(this=col(KIND, "b"), expressions=[exp.Literal.string(k) for k in CHANGED_KINDS])
     counts: dict[str, Any] = {}
     planned = {tp.table for tp in p.tables}
     for tp in p.tables:

@@ -356,7 +356,7 @@ class _Background:
 def _warm_report_imports() -> None:
     """Import the report renderers (pandas, matplotlib: about a second) while the re-import works
     in SQLite, instead of at start-up or in the report step."""
-    import recovery.report  # noqa: F401
+    import recovery.report.runfiles  # noqa: F401
 
 
 def _latest_mtime(p: Path) -> float:

@@ -35,7 +35,7 @@ from recovery.reimport.merge import attach_bundle, check_target_schema, merge_an
 from recovery.engine.schema import alembic_revision, reflect
 from recovery.engine.sqlite_io import (check_sqlite_file, consistent_copy, copy_file_identity, fsync_dir, is_wal_file,
                                 readonly, real_path, sha256_file, sidecars, wait_for_write_lock, write_lock_held)
-from recovery.verify.checks import verify_file
+from recovery.verify.checks import StagedProof, verify_file, verify_written
 
 STEPS = ("probe", "safety", "extract", "restore", "reimport", "relink", "verify", "report")
 KILL_STEP_ENV = "RECOVERY_TEST_KILL_AT_STEP"
@@ -536,6 +536,7 @@ def _run_rollback(db_p: Path, backup_p: Path, run_dir: Path, args: dict[str, Any
     if journal.resumed:
         _clean_leftovers(run_dir, db_p)
     restore_started = journal.state("restore") is not None
+    proof = StagedProof()  # what was proven of the restored file before the swap (this process only)
     bundle: Bundle | None = None
     staged: _Background | None = None  # the restored file, written beside the live one during the extract
     window: WriteWindow | None = None  # our write lock on the live DB, from the safety copy to the swap
@@ -561,8 +562,9 @@ def _run_rollback(db_p: Path, backup_p: Path, run_dir: Path, args: dict[str, Any
             journal.mark("safety", "done", path=str(safety), size=safety.stat().st_size)
             if prior is not None and sha256_file(safety) != prior:
                 journal.data["steps"].pop("extract", None)  # the live DB changed since: extract again
-            if not downgrade_to:
-                staged = _Background(stage_restore, backup_p, db_p, cleanup=lambda r: r[0].unlink(missing_ok=True))
+            if not downgrade_to:  # staged, then its integrity and foreign keys checked, while the extract reads
+                staged = _Background(proof.staging(stage_restore), backup_p, db_p,
+                                     cleanup=lambda r: r[0].unlink(missing_ok=True))
             if not journal.done("extract"):
                 say("extracting post-deploy changes")
                 journal.mark("extract", "start")
@@ -618,7 +620,9 @@ def _run_rollback(db_p: Path, backup_p: Path, run_dir: Path, args: dict[str, Any
         journal.mark("relink", "done")
     if not journal.done("verify"):
         journal.mark("verify", "start")
-        outcome.verification = verify_file(db_p, outcome, bundle.old.alembic_revision, role="live database")
+        outcome.verification = ((None if args.get("full_verify") else verify_written(
+            db_p, outcome, bundle.old.alembic_revision, proof, bundle))
+            or verify_file(db_p, outcome, bundle.old.alembic_revision, role="live database"))
         _save_outcome(run_dir, outcome)
         journal.mark("verify", "done", ok=outcome.verification.get("ok"))
     late = _late_check(journal, window, run_dir, db_p, say)

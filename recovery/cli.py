@@ -410,6 +410,9 @@ def reimport_cmd(bundle_dir: Path, db: Path, out_dir: Path | None, uploads: Path
               help="The backup is of this installation: skip the row-sample check that refuses another one's.")
 @click.option("--trust-mapping", is_flag=True,
               help="Keep a column rule the unchanged rows contradict (default: refuse, exit 2).")
+@click.option("--full-verify", is_flag=True,
+              help="Verify with integrity_check and foreign_key_check over the whole restored DB "
+              "(default: the staged backup checked during the extract, then what the re-import wrote).")
 @conflict_options
 @statement_timeout_option
 @quiet_option
@@ -417,7 +420,8 @@ def rollback_cmd(db: Path, backup: Path, out_dir: Path | None, since: str | None
                  mapping: Path | None, alembic_ini: Path | None, downgrade_to: str | None, force: bool,
                  allow_newer_backup: bool,
                  on_conflict: str, prefer: str, apply_deletes: bool, dry_run: bool, yes: bool,
-                 trust_mapping: bool = False, same_installation: bool = False, conflicts: str = "cell") -> None:
+                 trust_mapping: bool = False, same_installation: bool = False, conflicts: str = "cell",
+                 full_verify: bool = False) -> None:
     """Roll DB back to BACKUP's release without losing post-deploy work: refuse while the app holds
     the DB, safety copy, extract the post-deploy changes, restore the backup atomically, re-import
     in one transaction, re-link uploads, verify, report. Every step is journaled in the run folder:
@@ -449,7 +453,8 @@ def rollback_cmd(db: Path, backup: Path, out_dir: Path | None, since: str | None
                    apply_deletes, dry_run, force, Prefer(prefer), confirm=confirm,
                    progress=_say(err), downgrade_to=downgrade_to,
                    trust_mapping=trust_mapping, allow_newer_backup=allow_newer_backup,
-                   same_installation=same_installation, conflicts=ConflictMode(conflicts))
+                   same_installation=same_installation, conflicts=ConflictMode(conflicts),
+                   full_verify=full_verify)
     from recovery import progress
 
     progress.print_timings()

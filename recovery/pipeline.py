@@ -435,7 +435,7 @@ def rollback(
     force: bool = False, prefer: Prefer = Prefer.DB, files: FilesConfig | None = None,
     confirm: Callable[[dict[str, Any]], bool] | None = None, progress: Progress | None = None,
     downgrade_to: str | None = None, trust_mapping: bool = False, allow_newer_backup: bool = False,
-    same_installation: bool = False, conflicts: ConflictMode = ConflictMode.CELL,
+    same_installation: bool = False, conflicts: ConflictMode = ConflictMode.CELL, full_verify: bool = False,
 ) -> RunResult:
     """The whole runbook; see the module docstring. ``confirm`` is asked (with the extract summary)
     before the first change to the live DB; returning False stops with nothing changed.
@@ -455,6 +455,8 @@ def rollback(
         args["trust_mapping"] = True
     if same_installation:
         args["same_installation"] = True
+    if full_verify:  # only when set: journals of runs without it keep matching
+        args["full_verify"] = True
     if conflicts is not ConflictMode.CELL:  # only when set: journals of earlier runs keep matching
         args["conflicts"] = conflicts.value
     if since is not None:  # bad input is refused before a run folder or safety copy is written

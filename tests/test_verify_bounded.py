@@ -75,3 +75,10 @@ def test_staging_checks_the_file_it_staged(tmp_path: Path) -> None:
     tmp, digest = proof.staging(lambda a: (a, "sha"))(src)
     assert (tmp, digest, proof.sha256, proof.integrity) == (src, "sha", "sha", ["ok"])
     assert proof.foreign_keys and not proof.sound  # the backup's own dangling row: full check later
+
+
+def test_full_verify_runs_the_whole_file_checks(world_copy: Path) -> None:
+    w = world_copy
+    rollback(w / "gestima.db", next(w.glob("gestima.db.bak.*")), w / "run", alembic_ini=INI, full_verify=True)
+    recorded = json.loads((w / "run" / "outcome.json").read_text())["verification"]
+    assert "checked" not in recorded and recorded["ok"] is True

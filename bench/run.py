@@ -290,7 +290,9 @@ def plot(curve: list[dict], png: Path) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("parts in the world (--parts)")
     ax.set_ylabel("seconds (median)")
-    ax.set_title("recovery: time per step against size")
+    loads = [x[0] for c in curve for x in c.get("loadavg", [])]
+    load = f" (load {min(loads):.0f}-{max(loads):.0f} on {os.cpu_count()} cores)" if loads else ""
+    ax.set_title(f"recovery: time per step against size{load}", fontsize=10)
     ax.legend(fontsize=7, ncol=2)
     ax.grid(True, which="both", lw=0.3)
     fig.tight_layout()

@@ -132,7 +132,9 @@ def bench_diff(w: Path, repeat: int) -> dict:
         "import_s": [r["wall_s"] for r in imp],
         "median": {"diff_s": d, "floor_s": fl, "ratio": round(d / fl, 2),
                    "naive_floor_s": median_of(naive_runs, "wall_s"), "diff_rss_mb": median_of(diff_runs, "rss_mb"),
-                   "floor_sql_s": median_of(floor_runs, "sql_s"), "import_s": median_of(imp, "wall_s")},
+                   "floor_sql_s": median_of(floor_runs, "sql_s"), "import_s": median_of(imp, "wall_s"),
+                   "diff_cpu_s": round(statistics.median(r["user_s"] + r["sys_s"] for r in diff_runs), 2),
+                   "floor_cpu_s": round(statistics.median(r["user_s"] + r["sys_s"] for r in floor_runs), 2)},
         "tool_counts": tool_counts, "floor_counts": {t: ({k: v[k] for k in ("inserted", "updated", "deleted")}
                                                          if isinstance(v, dict) else v) for t, v in floor_counts.items()},
     }
@@ -174,12 +176,21 @@ def fresh_copy(w: Path, dest: Path) -> None:
     shutil.copytree(w / "uploads", dest / "uploads")
 
 
+def rollback_floor(dest: Path) -> dict:
+    """The copy-and-read floor (``rollback_floor.py``) on the same fresh copy, just before the run."""
+    r = timed([sys.executable, str(HERE / "rollback_floor.py"), str(dest / BACKUP), str(dest / LIVE),
+               str(dest / "floor-scratch")], ok_codes=(0,))
+    return {**json.loads(r["stdout"]), "wall_s": r["wall_s"], "cpu_s": round(r["user_s"] + r["sys_s"], 2)}
+
+
 def bench_rollback(w: Path, out: Path, repeat: int) -> dict:
     runs = []
+    floors = []
     for i in range(repeat):
         dest = out / "rollback" / f"world-{i}"
         fresh_copy(w, dest)
         warm(dest / BACKUP, dest / LIVE, dest / (LIVE + "-wal"))
+        floors.append(rollback_floor(dest))
         cmd = [sys.executable, str(HERE / "rollback_child.py"), str(dest / LIVE), str(dest / BACKUP),
                str(dest / "run"), str(ALEMBIC_INI), str(dest / "uploads")]
         r = timed(cmd)
@@ -189,10 +200,14 @@ def bench_rollback(w: Path, out: Path, repeat: int) -> dict:
             shutil.rmtree(dest, ignore_errors=True)
     steps = sorted({s for r in runs for s in r["detail"]["steps_s"]},
                    key=lambda s: ["probe", "safety", "extract", "restore", "reimport", "relink", "verify", "report"].index(s))
+    fl = median_of(floors, "wall_s")
     return {
         "wall_s": [r["wall_s"] for r in runs], "rss_mb": [r["rss_mb"] for r in runs],
         "cpu_s": [round(r["user_s"] + r["sys_s"], 2) for r in runs],
+        "floor_wall_s": [f["wall_s"] for f in floors], "floor_cpu_s": [f["cpu_s"] for f in floors],
         "median": {"wall_s": median_of(runs, "wall_s"), "rss_mb": median_of(runs, "rss_mb"),
+                   "floor_s": fl, "ratio": round(median_of(runs, "wall_s") / fl, 2),
+                   "cpu_s": round(statistics.median(r["user_s"] + r["sys_s"] for r in runs), 2),
                    "import_s": round(statistics.median(r["detail"]["import_s"] for r in runs), 3),
                    "between_steps_s": round(statistics.median(r["detail"]["between_steps_s"] for r in runs), 3),
                    "steps_s": {s: round(statistics.median(r["detail"]["steps_s"].get(s, 0) for r in runs), 3) for s in steps}},
@@ -208,10 +223,29 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--only", default="diff,extract,rollback",
                     help="comma-separated benchmarks; the world is always built (or reused) first")
+    ap.add_argument("--sizes", help="comma-separated --parts values (e.g. 100000,1000000,10000000): run the "
+                    "benchmarks on each, then write the curve (OUT/curve.json) and the plot (bench/curve.png)")
+    ap.add_argument("--plot-only", action="store_true", help="redraw bench/curve.png from OUT/curve.json")
     args = ap.parse_args()
-    only = set(args.only.split(","))
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
+    if args.plot_only:
+        plot(json.loads((out / "curve.json").read_text()), HERE / "curve.png")
+        return
+    if args.sizes:
+        curve = []
+        for n in [int(x) for x in args.sizes.split(",")]:
+            sub = [sys.executable, str(Path(__file__).resolve()), "--parts", str(n), "--out", str(out),
+                   "--repeat", str(args.repeat), "--only", args.only]
+            subprocess.run(sub, check=True)
+            last = json.loads((out / "results.jsonl").read_text().splitlines()[-1])
+            curve.append({"parts": n, "loadavg": [last["loadavg_before"], last["loadavg_after"]],
+                          **{k: last[k]["median"] for k in ("diff", "rollback", "extract") if k in last}})
+        (out / "curve.json").write_text(json.dumps(curve, indent=1))
+        plot(curve, HERE / "curve.png")
+        print(json.dumps(curve, indent=1))
+        return
+    only = set(args.only.split(","))
     result: dict = {"machine": machine(), "parts": args.parts, "repeat": args.repeat,
                     "loadavg_before": os.getloadavg()}
     w, gen = world(out, args.parts)
@@ -231,6 +265,39 @@ def main() -> None:
     with (out / "results.jsonl").open("a", encoding="utf-8") as fh:
         fh.write(json.dumps(result) + "\n")
     print(f"appended to {out / 'results.jsonl'}")
+
+
+def plot(curve: list[dict], png: Path) -> None:
+    """Seconds per rollback step (and diff, and the two floors) against world size, log-log."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = [c["parts"] for c in curve]
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=80)
+    steps = sorted({s for c in curve for s in c.get("rollback", {}).get("steps_s", {})},
+                   key=lambda s: ["probe", "safety", "extract", "restore", "reimport", "relink", "verify",
+                                  "report"].index(s))
+    for s in steps:
+        ax.plot(sizes, [max(c["rollback"]["steps_s"].get(s, 0), 1e-3) for c in curve], marker="o", lw=1, label=s)
+    series = [("rollback", "wall_s", "rollback total", "k-"), ("rollback", "floor_s", "copy-and-read floor", "k--"),
+              ("diff", "diff_s", "diff", "b-"), ("diff", "floor_s", "diff SQL floor", "b--")]
+    for key, field, label, style in series:
+        if all(key in c for c in curve):
+            ax.plot(sizes, [c[key][field] for c in curve], style, lw=2, label=label)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("parts in the world (--parts)")
+    ax.set_ylabel("seconds (median)")
+    loads = [x[0] for c in curve for x in c.get("loadavg", [])]
+    load = f" (load {min(loads):.0f}-{max(loads):.0f} on {os.cpu_count()} cores)" if loads else ""
+    ax.set_title(f"recovery: time per step against size{load}", fontsize=10)
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(True, which="both", lw=0.3)
+    fig.tight_layout()
+    fig.savefig(png)
+    print(f"wrote {png}")
 
 
 if __name__ == "__main__":

@@ -386,6 +386,9 @@ def reimport_cmd(bundle_dir: Path, db: Path, out_dir: Path | None, uploads: Path
               help="The backup is of this installation: skip the row-sample check that refuses another one's.")
 @click.option("--trust-mapping", is_flag=True,
               help="Keep a column rule the unchanged rows contradict (default: refuse, exit 2).")
+@click.option("--full-verify", is_flag=True,
+              help="Verify with integrity_check and foreign_key_check over the whole restored DB "
+              "(default: the staged backup checked during the extract, then what the re-import wrote).")
 @conflict_options
 @statement_timeout_option
 @quiet_option
@@ -394,7 +397,7 @@ def rollback_cmd(db: Path, backup: Path, out_dir: Path | None, since: str | None
                  allow_newer_backup: bool,
                  on_conflict: str, prefer: str, apply_deletes: bool, dry_run: bool, yes: bool,
                  trust_mapping: bool = False, same_installation: bool = False, conflicts: str = "cell",
-                 statement_timeout: float | None = None) -> None:
+                 statement_timeout: float | None = None, full_verify: bool = False) -> None:
     """Roll DB back to BACKUP's release without losing post-deploy work: refuse while the app holds
     the DB, safety copy, extract the post-deploy changes, restore the backup atomically, re-import
     in one transaction, re-link uploads, verify, report. Every step is journaled in the run folder:
@@ -424,7 +427,8 @@ def rollback_cmd(db: Path, backup: Path, out_dir: Path | None, since: str | None
     options = RollbackOptions(on_conflict=ConflictPolicy(on_conflict), prefer=Prefer(prefer), conflicts=ConflictMode(conflicts), apply_deletes=apply_deletes,
                               dry_run=dry_run, statement_timeout=statement_timeout, since=since,
                               trust_mapping=trust_mapping, force=force, allow_newer_backup=allow_newer_backup,
-                              same_installation=same_installation, downgrade_to=downgrade_to)
+                              same_installation=same_installation, downgrade_to=downgrade_to,
+                              full_verify=full_verify)
     res = commands.rollback(db=db, backup=backup, out_dir=out_dir, uploads=uploads, mapping=mapping,
                             alembic_ini=alembic_ini, options=options, confirm=confirm)
     from recovery import progress

@@ -63,6 +63,9 @@ class RollbackOptions(ReimportOptions):
     """``--same-installation``: skip the row-sample check that refuses another installation's backup."""
     downgrade_to: str | None = None
     """``--downgrade-to``: downgrade in place with the app's Alembic instead of restoring the backup."""
+    full_verify: bool = False
+    """``--full-verify``: the whole ``integrity_check`` and ``foreign_key_check`` of the rolled-back
+    database instead of the checks bounded by what the re-import wrote."""
 
 
 def with_fields(cls: type[Any], base: Any | None, overrides: dict[str, Any]) -> Any:

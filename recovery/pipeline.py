@@ -39,7 +39,7 @@ from recovery.reimport.merge import attach_bundle, check_target_schema, merge_an
 from recovery.engine.schema import alembic_revision, reflect
 from recovery.engine.sqlite_io import (check_sqlite_file, consistent_copy, fsync_dir,
                                 readonly, real_path, sha256_file, sidecars, write_lock_held)
-from recovery.verify.checks import verify_file
+from recovery.verify.checks import StagedProof, verify_file, verify_written
 from recovery.engine import open_engine
 from recovery.restore.swap import fingerprint as db_fingerprint
 from recovery.restore.swap import refuse_holders, restore_atomically, stage_restore, swap_in
@@ -304,7 +304,7 @@ class _Background:
 def _warm_report_imports() -> None:
     """Import the report renderers (pandas, matplotlib: about a second) while the re-import works
     in SQLite, instead of at start-up or in the report step."""
-    import recovery.report  # noqa: F401
+    import recovery.report.runfiles  # noqa: F401
 
 
 def _latest_mtime(p: Path) -> float:
@@ -390,6 +390,7 @@ def rollback(
     since, on_conflict, apply_deletes, dry_run = opts.since, opts.on_conflict, opts.apply_deletes, opts.dry_run
     downgrade_to, trust_mapping, same_installation, conflicts = (opts.downgrade_to, opts.trust_mapping,
                                                                  opts.same_installation, opts.conflicts)
+    full_verify = opts.full_verify
     db_p, backup_p = real_path(Path(db)), Path(backup)
     files = files or FilesConfig()
     say = progress or log.info
@@ -402,6 +403,8 @@ def rollback(
         args["trust_mapping"] = True
     if same_installation:
         args["same_installation"] = True
+    if full_verify:  # only when set: journals of runs without it keep matching
+        args["full_verify"] = True
     if conflicts is not ConflictMode.CELL:  # only when set: journals of earlier runs keep matching
         args["conflicts"] = conflicts.value
     if since is not None:  # bad input is refused before a run folder or safety copy is written
@@ -480,6 +483,7 @@ def _run_rollback(db_p: Path, backup_p: Path, run_dir: Path, args: dict[str, Any
     if journal.resumed:
         _clean_leftovers(run_dir, db_p)
     restore_started = journal.state("restore") is not None
+    proof = StagedProof()  # what was proven of the restored file before the swap (this process only)
     bundle: Bundle | None = None
     staged: _Background | None = None  # the restored file, written beside the live one during the extract
     window: WriteWindow | None = None  # our write lock on the live DB, from the safety copy to the swap
@@ -505,8 +509,9 @@ def _run_rollback(db_p: Path, backup_p: Path, run_dir: Path, args: dict[str, Any
             journal.mark("safety", "done", path=str(safety), size=safety.stat().st_size)
             if prior is not None and sha256_file(safety) != prior:
                 journal.data["steps"].pop("extract", None)  # the live DB changed since: extract again
-            if not downgrade_to:
-                staged = _Background(stage_restore, backup_p, db_p, cleanup=lambda r: r[0].unlink(missing_ok=True))
+            if not downgrade_to:  # staged, then its integrity and foreign keys checked, while the extract reads
+                staged = _Background(proof.staging(stage_restore), backup_p, db_p,
+                                     cleanup=lambda r: r[0].unlink(missing_ok=True))
             if not journal.done("extract"):
                 say("extracting post-deploy changes")
                 journal.mark("extract", "start")
@@ -562,7 +567,9 @@ def _run_rollback(db_p: Path, backup_p: Path, run_dir: Path, args: dict[str, Any
         journal.mark("relink", "done")
     if not journal.done("verify"):
         journal.mark("verify", "start")
-        outcome.verification = verify_file(db_p, outcome, bundle.old.alembic_revision, role="live database")
+        outcome.verification = ((None if args.get("full_verify") else verify_written(
+            db_p, outcome, bundle.old.alembic_revision, proof, bundle))
+            or verify_file(db_p, outcome, bundle.old.alembic_revision, role="live database"))
         _save_outcome(run_dir, outcome)
         journal.mark("verify", "done", ok=outcome.verification.get("ok"))
     late = _late_check(journal, window, run_dir, db_p, say)

@@ -321,19 +321,44 @@ def _sum_when(cond: exp.Expression, value: exp.Expression | None = None) -> exp.
 def count_jobs(s: TableSides, created_after: exp.Expression | None,
                updated_after: exp.Expression | None,
                new_only: tuple[exp.Expression, list[exp.Expression]] | None = None,
-               filled: list[exp.Expression] | None = None) -> list[_Job]:
-    """The statements that count one table's inserted, updated and deleted rows: two passes, not
-    three. The anti-join live → backup gives the inserted rows; one ``LEFT JOIN`` backup → live
-    gives the deleted rows (no live match) and the updated ones (a match that is changed by
-    :func:`changed_predicate`, the one definition extract selects with) in the same scan. A
-    table keyed by all columns (no primary key) keeps three statements: its key may hold NULLs,
-    so "no match" cannot be read off the joined row."""
-    ins_sel: list[exp.Expression] = [exp.Count(this=exp.Star())]
-    ins_fields: list[str] = [RowKind.INSERTED]
-    if created_after is not None:
-        ins_sel.append(exp.Sum(this=exp.Cast(this=created_after, to=exp.DataType.build("INT"))))
-        ins_fields.append("inserted_after")
-    jobs = [_Job(s.name, sql(inserted_query(s, ins_sel)), tuple(ins_fields))]
+               filled: list[exp.Expression] | None = None, rowid_keys: bool = False) -> list[_Job]:
+    """The statements that count one table's inserted, updated and deleted rows: ONE pass over the
+    table pair. One ``LEFT JOIN`` backup → live gives the deleted rows (no live match), the updated
+    ones (a match that :func:`changed_predicate` calls changed: the one definition extract
+    selects with) and the matched pairs in the same scan; the
+    inserted rows are then the live rows less the matched ones (:func:`finish_counts`), and
+    ``SELECT count(*)`` of the live table reads only its B-tree's page counts. Why that is exact:
+    the backup key is unique (a primary key) and equality is transitive, so each live row matches
+    at most one backup row and the matched pairs number the live rows that have a match. A key
+    expression with its own ``COLLATE`` could break that, so such a table keeps the anti-join.
+
+    When the inserted rows created after the deploy are counted too, and both keys are the rowid
+    (``rowid_keys``), the live rows above the backup's largest key are inserted rows by
+    construction: one range read counts them and their created-after flags; only when some
+    inserted row sits below that largest key does :func:`finish_counts` run the anti-join. Other
+    tables keep the anti-join live → backup. A table keyed by all columns (no primary key) keeps
+    three statements: its key may hold NULLs, so "no match" cannot be read off the joined row."""
+    by_count = not s.null_safe_key and not any(e.find(exp.Collate) for e in s.new_key)
+    if by_count and created_after is not None and not rowid_keys:
+        by_count = False
+    jobs: list[_Job] = []
+    if by_count:
+        jobs.append(_Job(s.name, sql(exp.select(exp.Count(this=exp.Star())).from_(table(s.new_name or s.name, "new"))),
+                         ("live_rows",)))
+        if created_after is not None:
+            top = exp.select(exp.Max(this=col(s.key[0], "o"))).from_(table(s.name, "old", "o"))
+            tail = exp.select(exp.Count(this=exp.Star()),
+                              exp.Sum(this=exp.Cast(this=created_after, to=exp.DataType.build("INT")))
+                              ).from_(table(s.new_name or s.name, "new", "n")).where(
+                exp.GT(this=s.new_key[0].copy(), expression=top.subquery()))
+            jobs.append(_Job(s.name, sql(tail), ("tail", "tail_after")))
+    else:
+        ins_sel: list[exp.Expression] = [exp.Count(this=exp.Star())]
+        ins_fields: list[str] = [RowKind.INSERTED]
+        if created_after is not None:
+            ins_sel.append(exp.Sum(this=exp.Cast(this=created_after, to=exp.DataType.build("INT"))))
+            ins_fields.append("inserted_after")
+        jobs.append(_Job(s.name, sql(inserted_query(s, ins_sel)), tuple(ins_fields)))
     if s.null_safe_key:
         jobs.append(_Job(s.name, sql(deleted_query(s, [exp.Count(this=exp.Star())])), (RowKind.DELETED,)))
         if s.compared:
@@ -349,6 +374,9 @@ def count_jobs(s: TableSides, created_after: exp.Expression | None,
     missing = exp.Is(this=s.new_key[0].copy(), expression=exp.Null())
     sel: list[exp.Expression] = [_sum_when(missing)]
     fields: list[str] = [RowKind.DELETED]
+    if by_count:
+        sel.append(exp.Count(this=s.new_key[0].copy()))
+        fields.append("matched")
     changed_row = changed_predicate(s, new_only)
     if changed_row is not None:
         changed = exp.and_(exp.Not(this=missing.copy()), exp.Paren(this=changed_row))
@@ -370,6 +398,48 @@ def count_jobs(s: TableSides, created_after: exp.Expression | None,
     q = exp.select(*sel).from_(_scan(s, "old")).join(_source(s, "new"), on=_key_match(s), join_type="left")
     jobs.append(_Job(s.name, sql(q), tuple(fields)))
     return jobs
+
+
+def rowid_key(conn: Connection, schema: str, name: str, key: tuple[str, ...]) -> bool:
+    """Whether ``key`` is the rowid of table ``schema.name``: one ``INTEGER PRIMARY KEY`` column in
+    a rowid table, so every key is an integer (SQLite refuses anything else). A WITHOUT ROWID
+    table, an ``INTEGER PRIMARY KEY DESC`` or any other primary key has an index of origin ``pk``."""
+    if len(key) != 1:
+        return False
+    if conn.execute("SELECT 1 FROM pragma_index_list(?, ?) WHERE origin = 'pk'", (name, schema)).fetchone():
+        return False
+    info = conn.execute("SELECT type, pk FROM pragma_table_info(?, ?) WHERE name = ?", (name, schema, key[0])).fetchone()
+    return info is not None and info[1] == 1 and str(info[0]).upper() == "INTEGER"
+
+
+def sides_on_rowid(conn: Connection, s: TableSides) -> bool:
+    """Both the backup's key and the live key expression are the rowid of their tables."""
+    nk = s.new_key[0] if len(s.new_key) == 1 else None
+    return (isinstance(nk, exp.Column) and rowid_key(conn, "old", s.name, s.key)
+            and rowid_key(conn, "new", s.new_name or s.name, (nk.name,)))
+
+
+def finish_counts(conn: Connection, s: TableSides, created_after: exp.Expression | None,
+                  counts: dict[str, int | None]) -> dict[str, int | None]:
+    """Turn the one-pass counts of :func:`count_jobs` into inserted (and inserted-after) counts:
+    inserted = live rows − matched pairs. The created-after flags of the inserted rows come from
+    the tail above the backup's largest key when every inserted row is there; otherwise (a key
+    below it was reused or a row inserted in a gap) from the anti-join, as before."""
+    if "live_rows" not in counts:
+        return counts
+    out = dict(counts)
+    out["inserted"] = int(out.pop("live_rows") or 0) - int(out.pop("matched") or 0)
+    if "tail" in out:
+        tail, tail_after = int(out.pop("tail") or 0), int(out.pop("tail_after") or 0)
+        if tail == out["inserted"]:
+            out["inserted_after"] = tail_after
+        else:
+            assert created_after is not None
+            q = inserted_query(s, [exp.Count(this=exp.Star()),
+                                   exp.Sum(this=exp.Cast(this=created_after, to=exp.DataType.build("INT")))])
+            ins, after = conn.execute(sql(q)).fetchone()
+            out["inserted"], out["inserted_after"] = int(ins), after
+    return out
 
 
 def _int(e: exp.Expression) -> exp.Expression:
@@ -472,8 +542,10 @@ def diff_table(
     ts, created_after, updated_after = _timestamps(new_t, since_jd, ts_override)
     new_only = None if s.null_safe_key else new_only_parts(new_t, tm, since_jd, replay)
     filled = None if s.null_safe_key else filled_parts(new_t, tm, since_jd, replay)
+    rowid = created_after is not None and sides_on_rowid(conn, s)
     counts = run_jobs(conn, count_jobs(s, created_after, updated_after, new_only,
-                                       filled[1] if filled else None)).get(s.name, {})
+                                       filled[1] if filled else None, rowid)).get(s.name, {})
+    counts = finish_counts(conn, s, created_after, counts)
     rows = tuple(iter_rows(conn, s, created_after, updated_after, new_only, new_t, tm)) if want_rows else None
     return _table_changes(old_t, tm, s, ts, counts, since_jd, rows)
 
@@ -579,7 +651,8 @@ def diff_rows(
             new_only = None if s.null_safe_key else new_only_parts(new_t, tm, since_jd, replay)
             filled = None if s.null_safe_key else filled_parts(new_t, tm, since_jd, replay)
             compared.append((old_t, new_t, tm, s, ts, created_after, updated_after, new_only))
-            jobs += count_jobs(s, created_after, updated_after, new_only, filled[1] if filled else None)
+            rowid = created_after is not None and sides_on_rowid(conn, s)
+            jobs += count_jobs(s, created_after, updated_after, new_only, filled[1] if filled else None, rowid)
         elif new_t is not None:
             jobs.append(_Job(name, sql(exp.select(exp.Count(this=exp.Star())).from_(table(name, "new"))),
                              (RowKind.INSERTED,)))
@@ -596,5 +669,6 @@ def diff_rows(
                                      inserted=int(counts[name][RowKind.INSERTED] or 0))
     for old_t, new_t, tm, s, ts, created_after, updated_after, new_only in compared:
         rows = tuple(iter_rows(conn, s, created_after, updated_after, new_only, new_t, tm)) if want_rows else None
-        out[old_t.name] = _table_changes(old_t, tm, s, ts, counts.get(s.name, {}), since_jd, rows)
+        table_counts = finish_counts(conn, s, created_after, counts.get(s.name, {}))
+        out[old_t.name] = _table_changes(old_t, tm, s, ts, table_counts, since_jd, rows)
     return ChangeSet(dict(sorted(out.items())), since_text)

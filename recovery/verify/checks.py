@@ -12,6 +12,8 @@ import os
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlglot import exp
@@ -88,3 +90,180 @@ def _result(integrity: list[str], fks: list[dict[str, Any]], revision: str | Non
         expected = t.rows_before + t.inserted - t.deleted
         counts[name] = RowCountCheck(t.rows_before, t.inserted, t.deleted, expected, t.rows_after)
     return Verification(tuple(integrity), tuple(fks), expected_revision, revision, counts).to_dict()
+
+
+@dataclass
+class StagedProof:
+    """What was proven of the restored file before it replaced the live DB: the full
+    ``integrity_check`` and ``foreign_key_check`` of the staged copy (run on the second core while
+    the extract reads), bound to the copy's sha256. :func:`verify_written` builds on it."""
+
+    sha256: str | None = None
+    integrity: list[str] = field(default_factory=list)
+    foreign_keys: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def sound(self) -> bool:
+        return self.sha256 is not None and self.integrity == ["ok"] and not self.foreign_keys
+
+    def staging(self, stage: Callable[..., tuple[Path, str]]) -> Callable[..., tuple[Path, str]]:
+        """``stage`` (e.g. ``stage_restore``), then both checks of the file it staged."""
+        def run(*args: Any, **kwargs: Any) -> tuple[Path, str]:
+            tmp, digest = stage(*args, **kwargs)
+            staged = open_engine(tmp)
+            self.integrity = _on_connection(staged, "staged backup", _integrity_with_cache)
+            self.foreign_keys = _on_connection(staged, "staged backup", foreign_key_problems)
+            self.sha256 = digest
+            return tmp, digest
+        return run
+
+
+def _integrity_with_cache(conn: sqlite3.Connection) -> list[str]:
+    conn.execute(sql(exp.Pragma(this=exp.EQ(this=exp.to_identifier("cache_size"),
+                                            expression=exp.Literal.number(-INTEGRITY_CACHE_KIB)))))
+    return integrity_problems(conn)
+
+
+def verify_written(path: str | os.PathLike[str], outcome: Outcome, expected_revision: str | None,
+                   proof: StagedProof, bundle: Any) -> dict[str, Any] | None:
+    """:func:`verify_file`'s result for the live DB after a rollback, at a cost bounded by what the
+    re-import wrote, or None when it cannot be bounded (the caller then runs :func:`verify_file`).
+
+    What it rests on (docs/RELIABILITY.md, "Verification"): ``proof`` — the full
+    ``integrity_check`` and ``foreign_key_check`` of the restored file, passed before the swap,
+    with the sha256 the restore journaled. Since then only the re-import (one transaction whose
+    foreign keys :meth:`Merge.fk_problems` checked before the commit: inserted and updated rows,
+    children of deleted or re-keyed rows) and the relink (one UPDATE per fixed link of the files
+    table) wrote. So it runs, on two threads: ``quick_check`` of the whole file (every page
+    accounted for once, every B-tree well formed, NOT NULL and CHECK constraints), and for every
+    table the bundle can write: each index holds as many entries as the table has rows and every
+    row the re-import may have written (its key in the bundle, or a remapped key) has its entry,
+    value for value (``integrity_check``'s remaining check, on those rows); an index on
+    expressions, a partial index, a table without rowid or a key the bundle does not name
+    plainly gets ``integrity_check(table)``. When the relink fixed links, the files table and the
+    tables referencing it get ``foreign_key_check(table)``. With triggers in the file, an
+    outcome recorded by an earlier run, or a proof that is not clean: None."""
+    if not proof.sound or outcome.already_applied or bundle is None:
+        return None
+    live = open_engine(path)
+    with live.readonly("live database") as conn:
+        revision = alembic_revision(conn)
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'trigger' LIMIT 1").fetchone():
+            return None
+        tables = [r[0] for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+    fixed = outcome.files or {}
+    files_table = (fixed.get("files_table") or {}).get("table") if fixed.get("links_fixed") else None
+
+    def written(conn: sqlite3.Connection) -> tuple[list[str], list[dict[str, Any]]]:
+        _attach_rows(conn, bundle)
+        problems: list[str] = []
+        for name in tables:
+            problems += _written_rows_indexed(conn, bundle, outcome, name)
+        fks: list[dict[str, Any]] = []
+        if files_table is not None:  # the relink's UPDATEs: rows the bundle may not name
+            problems += [r[0] for r in conn.execute(sql(exp.Pragma(this=exp.Anonymous(
+                this="integrity_check", expressions=[_q(files_table)])))) if r[0] != "ok"]
+            for name in [files_table, *_referencing(conn, files_table)]:
+                fks += [{"table": t, "rowid": r, "parent": p, "fk": fk} for t, r, p, fk in conn.execute(
+                    "SELECT \"table\", rowid, parent, fkid FROM pragma_foreign_key_check(?)", (name,)).fetchmany(20)]
+        return problems, fks
+
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="verify") as pool:
+        quick = pool.submit(_on_connection, live, "live database", _quick_check)
+        rows = pool.submit(_on_connection, live, "live database", written)
+        try:
+            lines, (index_problems, fks) = quick.result(), rows.result()
+        except sqlite3.Error:  # e.g. a bundle file gone since the re-import: prove it the long way
+            return None
+    if index_problems:
+        lines = [line for line in lines if line != "ok"] + index_problems
+    result = _result(lines, fks, revision, outcome, expected_revision)
+    result["checked"] = "bounded"
+    return result
+
+
+def _quick_check(conn: sqlite3.Connection) -> list[str]:
+    return [r[0] for r in conn.execute("PRAGMA main.quick_check")]
+
+
+def _attach_rows(conn: sqlite3.Connection, bundle: Any) -> None:
+    from recovery.engine.sqlite_io import file_uri
+
+    conn.execute("ATTACH DATABASE ? AS bundle_rows", (file_uri(bundle.rows_db, mode="ro"),))
+    conn.execute("PRAGMA query_only = OFF")  # for the TEMP key list: main and the bundle stay mode=ro
+    conn.execute("CREATE TEMP TABLE remapped (k)")
+
+
+def _referencing(conn: sqlite3.Connection, parent: str) -> list[str]:
+    names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    return [n for n in names if n != parent and any(
+        r[0] == parent for r in conn.execute("SELECT \"table\" FROM pragma_foreign_key_list(?)", (n,)))]
+
+
+def _q(name: str) -> exp.Identifier:
+    return exp.to_identifier(name, quoted=True)
+
+
+def _written_rows_indexed(conn: sqlite3.Connection, bundle: Any, outcome: Outcome, name: str) -> list[str]:
+    """``integrity_check``'s index-content check for table ``name``, bounded by what the bundle can
+    have written into it; ``integrity_check(name)`` where that bound cannot be drawn."""
+    from recovery.engine.sqlbuild import col, table
+
+    def whole() -> list[str]:
+        return [r[0] for r in conn.execute(sql(exp.Pragma(this=exp.Anonymous(
+            this="integrity_check", expressions=[_q(name)])))) if r[0] != "ok"]
+
+    old_t = bundle.old.table(name)
+    indexes = conn.execute("SELECT name, partial FROM pragma_index_list(?)", (name,)).fetchall()
+    in_bundle = conn.execute("SELECT 1 FROM bundle_rows.sqlite_master WHERE type = 'table' AND name = ?",
+                             (name,)).fetchone()
+    if old_t is None or not in_bundle:
+        # not a table the re-import writes rows into (bookkeeping, or a table the bundle lacks)
+        return whole() if name.startswith("_recovery") or name == "alembic_version" else []
+    if not indexes:
+        return []
+    wr = conn.execute("SELECT wr FROM pragma_table_list(?)", (name,)).fetchone()
+    tm = bundle.mapping.tables.get(name)
+    rules = {r.column: r for r in tm.rules} if tm is not None else {}
+    key = old_t.key
+    plain = [rules[k].expression for k in key if k in rules and isinstance(rules[k].expression, exp.Column)]
+    remaps = [r.new_key for r in outcome.remaps if r.table == name]
+    if (wr is None or wr[0] or not old_t.has_primary_key or len(plain) != len(key) or (remaps and len(key) != 1)
+            or any(p for _, p in indexes)):
+        return whole()
+    cols: dict[str, list[str]] = {}
+    for ix, _ in indexes:
+        info = conn.execute("SELECT cid, name FROM pragma_index_xinfo(?) WHERE key = 1", (ix,)).fetchall()
+        if any(cid < 0 for cid, _ in info):  # an expression (or rowid) column
+            return whole()
+        cols[ix] = [c for _, c in info]
+    conn.execute("DELETE FROM temp.remapped")
+    conn.executemany("INSERT INTO temp.remapped VALUES (?)",
+                     [(k[0] if isinstance(k, (list, tuple)) else k,) for k in remaps])
+    problems = []
+    total = conn.execute(sql(exp.select(exp.Count(this=exp.Star())).from_(table(name, "main")))).fetchone()[0]
+    for ix in cols:
+        entries = conn.execute(sql(exp.select(exp.Count(this=exp.Star())).from_(
+            exp.Table(this=_q(name), db=_q("main"), indexed=_q(ix))))).fetchone()[0]
+        if entries != total:
+            problems.append(f"index {ix} holds {entries} entries for {total} rows of {name}")
+    written_key = exp.Tuple(expressions=[col(k, "r") for k in key]) if len(key) > 1 else col(key[0], "r")
+    sources: exp.Expression = exp.select(*[exp.Column(this=_q(p.name), table=_q("b")) for p in plain]).from_(
+        table(name, "bundle_rows", "b"))
+    if remaps:
+        sources = exp.union(sources, exp.select(col("k")).from_(table("remapped", "temp")), distinct=True)
+    missing = []
+    for ix, names in cols.items():
+        probe = exp.select(exp.Literal.number(1)).from_(
+            exp.Table(this=_q(name), db=_q("main"), alias=exp.TableAlias(this=_q("x")), indexed=_q(ix))).where(
+            exp.and_(*[exp.Is(this=col(c, "x"), expression=col(c, "r")) for c in names],
+                     exp.EQ(this=exp.Column(this=exp.to_identifier("rowid"), table=_q("x")),
+                            expression=exp.Column(this=exp.to_identifier("rowid"), table=_q("r")))))
+        missing.append(exp.Not(this=exp.Exists(this=probe)))
+    q = exp.select(exp.Count(this=exp.Star())).from_(table(name, "main", "r")).where(
+        exp.and_(exp.In(this=written_key, query=sources.subquery()), exp.or_(*missing)))
+    bad = conn.execute(sql(q)).fetchone()[0]
+    if bad:
+        problems.append(f"{bad} rows of {name} written by the re-import lack an index entry")
+    return problems

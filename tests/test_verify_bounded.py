@@ -1,0 +1,85 @@
+"""The rollback's bounded verification (:func:`recovery.verify.checks.verify_written`): it proves
+what the full ``integrity_check`` + ``foreign_key_check`` prove, given the staged file's proof, and
+finds the damage those find in rows the re-import wrote; without a clean proof it defers to the
+full check."""
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from recovery.bundle.store import open_bundle
+from recovery.pipeline import rollback
+from recovery.report.runfiles import read_outcome_file
+from recovery.sample import app_dir
+from recovery.verify.checks import StagedProof, verify_file, verify_written
+
+INI = app_dir() / "alembic.ini"
+
+
+@pytest.fixture(scope="module")
+def rolled(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished rollback of the shared world (bounded verification), in a private folder."""
+    w = tmp_path_factory.mktemp("rolled") / "w"
+    shutil.copytree(world, w)
+    rollback(w / "gestima.db", next(w.glob("gestima.db.bak.*")), w / "run", alembic_ini=INI)
+    return w
+
+
+def _inputs(w: Path) -> tuple:
+    return read_outcome_file(w / "run" / "outcome.json"), open_bundle(w / "run" / "bundle", verify=False)
+
+
+def test_rollback_verifies_bounded_and_agrees_with_the_full_check(rolled: Path) -> None:
+    outcome, bundle = _inputs(rolled)
+    recorded = json.loads((rolled / "run" / "outcome.json").read_text())["verification"]
+    assert recorded["checked"] == "bounded" and recorded["ok"] is True
+    full = verify_file(rolled / "gestima.db", outcome, bundle.old.alembic_revision)
+    assert {k: v for k, v in recorded.items() if k != "checked"} == full
+
+
+def test_finds_an_index_that_disagrees_with_written_rows(rolled: Path, tmp_path: Path) -> None:
+    outcome, bundle = _inputs(rolled)
+    db = tmp_path / "gestima.db"
+    shutil.copyfile(rolled / "gestima.db", db)
+    with sqlite3.connect(db) as conn:  # the index keeps part_id values but now claims to index qty
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.execute("PRAGMA writable_schema = ON")
+        conn.execute("UPDATE sqlite_master SET sql = 'CREATE INDEX ix_quote_items_part_id ON quote_items (qty)' "
+                     "WHERE name = 'ix_quote_items_part_id'")
+    conn.close()
+    proof = StagedProof(sha256="checked", integrity=["ok"], foreign_keys=[])
+    res = verify_written(db, outcome, bundle.old.alembic_revision, proof, bundle)
+    assert res is not None and res["ok"] is False
+    assert any("quote_items" in line for line in res["integrity_check"])
+    assert verify_file(db, outcome, bundle.old.alembic_revision)["ok"] is False  # as the full check says
+
+
+def test_without_a_clean_proof_the_full_check_runs(rolled: Path) -> None:
+    outcome, bundle = _inputs(rolled)
+    for proof in (StagedProof(), StagedProof("x", ["row 3 missing from index"], []),
+                  StagedProof("x", ["ok"], [{"table": "parts", "rowid": 1, "parent": "materials", "fk": 0}])):
+        assert verify_written(rolled / "gestima.db", outcome, bundle.old.alembic_revision, proof, bundle) is None
+
+
+def test_staging_checks_the_file_it_staged(tmp_path: Path) -> None:
+    src = tmp_path / "b.db"
+    with sqlite3.connect(src) as conn:
+        conn.executescript("PRAGMA foreign_keys=OFF; CREATE TABLE p (id INTEGER PRIMARY KEY);"
+                           "CREATE TABLE c (id INTEGER PRIMARY KEY, p_id INTEGER REFERENCES p(id));"
+                           "INSERT INTO c VALUES (1, 7);")
+    conn.close()
+    proof = StagedProof()
+    tmp, digest = proof.staging(lambda a: (a, "sha"))(src)
+    assert (tmp, digest, proof.sha256, proof.integrity) == (src, "sha", "sha", ["ok"])
+    assert proof.foreign_keys and not proof.sound  # the backup's own dangling row: full check later
+
+
+def test_full_verify_runs_the_whole_file_checks(world_copy: Path) -> None:
+    w = world_copy
+    rollback(w / "gestima.db", next(w.glob("gestima.db.bak.*")), w / "run", alembic_ini=INI, full_verify=True)
+    recorded = json.loads((w / "run" / "outcome.json").read_text())["verification"]
+    assert "checked" not in recorded and recorded["ok"] is True

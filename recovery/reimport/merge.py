@@ -36,6 +36,7 @@ from typing import Any
 from sqlglot import exp
 
 from recovery.reimport import sequences, triggers
+from recovery.reimport.script import Script, Step
 from recovery.bundle.store import Bundle
 from recovery.reimport.constraints import Rules, UniqueRule, read_rules, strict_violation, typed_copy
 from recovery.errors import ExitCode, RecoveryError
@@ -192,11 +193,22 @@ class Merge:
     both sides changed (``rid``: the staged update's rowid, ``ci``: the updatable column's index)."""
     row_tables: set[str] = field(default_factory=set)
     """Tables with a ``rowc:<t>`` TEMP table: rids of staged updates that are row conflicts (``row``)."""
+    script: Script | None = None
+    """Every write of the re-import goes through it: the plan as executed (``reimport.sql``); the
+    DELETEs not applied are its :attr:`Script.deferred` (``deletes.sql``)."""
+
+    def __post_init__(self) -> None:
+        if self.script is None:
+            self.script = Script(self.conn)
 
     # ---- helpers -------------------------------------------------------------------------
     def run(self, stmt: exp.Expression, params: tuple[Any, ...] = ()) -> sqlite3.Cursor:
+        """Execute ``stmt``: a read directly, a write through :attr:`script` (so it is in the plan)."""
         self.counter.tick()
-        return self.conn.execute(sql(stmt), params)
+        if isinstance(stmt, (exp.Select, exp.Pragma)):
+            return self.conn.execute(sql(stmt), params)
+        assert self.script is not None
+        return self.script.execute(stmt, params)
 
     def rows(self, stmt: exp.Expression) -> list[tuple[Any, ...]]:
         return self.run(stmt).fetchall()
@@ -753,7 +765,8 @@ class Merge:
                                    f"{', '.join(m.conflict_bundle)}; target: {', '.join(m.conflict_target)}; "
                                    f"{kept} value kept there, other keys merged"))
             self.counter.tick()
-            self.conn.executemany(sql(ins), merged_rows)
+            assert self.script is not None
+            self.script.execute_rows(ins, merged_rows)
 
     def propagate_skips(self) -> None:
         """Skip whole units: children of skipped parents; cascade-owned children's parents."""
@@ -861,17 +874,17 @@ class Merge:
         again — never a failed run for one bad row."""
         for _ in range(self.max_attempts()):
             watched, full = set(self.watched), set(self.full)
-            self.conn.execute("SAVEPOINT recovery_apply")
+            assert self.script is not None
+            self.script.savepoint("recovery_apply")
             failed = self.apply_rows()
             if failed is None:
-                self.conn.execute("RELEASE recovery_apply")
+                self.script.release("recovery_apply")
                 break
             bad = self.isolate(failed[0], failed[1])
             if not bad:  # refused as a whole, accepted row by row: nothing to single out
                 raise RecoveryError(f"re-import of {failed[1].table} violated a constraint: {failed[2]}; rolled back",
                                     "nothing was changed; report this with the bundle", ExitCode.FAILED)
-            self.conn.execute("ROLLBACK TO recovery_apply")
-            self.conn.execute("RELEASE recovery_apply")
+            self.script.rollback("recovery_apply")
             self.watched, self.full = watched, full  # their TEMP tables were rolled back too
             self.refused(failed[0], failed[1], bad)
             if self.policy is ConflictPolicy.ABORT:
@@ -928,7 +941,8 @@ class Merge:
         while stack:
             a, b = stack.pop()
             watched = set(self.watched)
-            self.conn.execute("SAVEPOINT recovery_row")
+            assert self.script is not None
+            self.script.savepoint("recovery_row")
             try:
                 if kind == "insert":
                     stmt = self.insert_stmt(tp)
@@ -939,14 +953,15 @@ class Merge:
                 else:
                     self.apply_updates(tp, only=(a, b))
             except sqlite3.IntegrityError as exc:
-                self.conn.execute("ROLLBACK TO recovery_row")
+                self.script.rollback("recovery_row")
                 self.watched = watched
                 if a == b:
                     bad.append((a, str(exc)))
                 else:  # the left half first: rows are tried in staged order
                     mid = (a + b) // 2
                     stack += [(mid + 1, b), (a, mid)]
-            self.conn.execute("RELEASE recovery_row")
+                continue
+            self.script.release("recovery_row")
         return bad
 
     def refused(self, kind: str, tp: TablePlan, bad: list[tuple[int, str]]) -> None:
@@ -1058,8 +1073,31 @@ class Merge:
                 self.outcome.deletes_for_review.append({"table": name, "key": list(row[:nk]), "label": row[nk],
                                                         "unchanged_since_backup": bool(row[nk + 1])})
             if not apply:
+                assert self.script is not None
+                self.script.deferred.append(Step(self.delete_statement(name)))
                 continue
             self.outcome.tables.setdefault(name, TableOutcome(name)).deleted = self.delete_unreferenced(name)
+
+    def delete_statement(self, name: str) -> exp.Delete:
+        """One DELETE of the rows of ``name`` identical to a row deleted after the deploy that no row
+        references (what ``--apply-deletes`` deletes), reading ``base`` only."""
+        t = self.old(name)
+        deleted = exp.EQ(this=col(KIND, "d"), expression=_lit("deleted"))
+        same = and_all(is_same(col(c, "t"), col(c, "d")) for c in t.column_names)
+        cond = exp.Exists(this=exp.select("1").from_(table(name, BASE_DB, "d")).where(and_all([deleted, same])))
+        return exp.Delete(this=table(name, "main", "t"), where=exp.Where(
+            this=and_all([cond, *[exp.Not(this=r) for r in self.references(name)]])))
+
+    def references(self, name: str) -> list[exp.Expression]:
+        """``EXISTS`` a row referencing row ``t`` of ``name``, one per foreign key of the old schema."""
+        out = []
+        for child_name, child in self.bundle.old.tables.items():
+            for fk in child.foreign_keys:
+                if fk.ref_table == name:
+                    refs = zip(fk.columns, fk.ref_columns, strict=True)
+                    out.append(exp.Exists(this=exp.select("1").from_(table(child_name, "main", "c")).where(
+                        and_all(is_same(col(cc, "c"), col(pc, "t")) for cc, pc in refs))))
+        return out
 
     def delete_unreferenced(self, name: str) -> int:
         """Delete the rows of ``name`` identical to a row deleted after the deploy that no row
@@ -1135,17 +1173,19 @@ OUTCOME_COLUMN = "outcome"
 own transaction, so the outcome is durable exactly when the data is."""
 
 
-def record_outcome(conn: sqlite3.Connection, bundle_id: str, outcome_json: str) -> None:
+def record_outcome(conn: sqlite3.Connection | Script, bundle_id: str, outcome_json: str) -> None:
     """Store ``outcome_json`` in the ``_recovery_applied`` row of ``bundle_id`` (the caller's open
-    transaction; the column is added to a table made before it existed)."""
-    cols = [r[1] for r in conn.execute(sql(exp.Pragma(this=exp.Anonymous(
+    transaction; the column is added to a table made before it existed). Given the re-import's
+    :class:`Script`, the writes are steps of its plan."""
+    script = conn if isinstance(conn, Script) else Script(conn)
+    cols = [r[1] for r in script.conn.execute(sql(exp.Pragma(this=exp.Anonymous(
         this="main.table_info", expressions=[exp.Literal.string(APPLIED_TABLE)]))))]
     if OUTCOME_COLUMN not in cols:
-        conn.execute(sql(exp.Alter(this=table(APPLIED_TABLE, "main"), kind="TABLE", actions=[exp.ColumnDef(
-            this=exp.to_identifier(OUTCOME_COLUMN, quoted=True), kind=exp.DataType.build("TEXT"))])))
+        script.execute(exp.Alter(this=table(APPLIED_TABLE, "main"), kind="TABLE", actions=[exp.ColumnDef(
+            this=exp.to_identifier(OUTCOME_COLUMN, quoted=True), kind=exp.DataType.build("TEXT"))]))
     upd = exp.update(table(APPLIED_TABLE, "main"), {OUTCOME_COLUMN: exp.Placeholder()},
                      where=exp.EQ(this=col("bundle_id"), expression=exp.Placeholder()))
-    conn.execute(sql(upd), (outcome_json, bundle_id))
+    script.execute(upd, (outcome_json, bundle_id))
 
 
 def recorded_outcome(conn: sqlite3.Connection, bundle_id: str) -> str | None:
@@ -1185,7 +1225,7 @@ def merge_into(
 def merge_and_check(
     conn: sqlite3.Connection, bundle: Bundle, policy: ConflictPolicy, prefer: Prefer, apply_deletes: bool,
     files: FilesConfig, target_name: str, dry_run: bool, target: Schema, in_place: bool = False,
-    limit: int = 20, conflicts: ConflictMode = ConflictMode.CELL,
+    limit: int = 20, conflicts: ConflictMode = ConflictMode.CELL, script: Script | None = None,
 ) -> tuple[Outcome, list[dict[str, Any]]]:
     """:func:`merge_into`, then the foreign-key check of what it wrote (:meth:`Merge.fk_problems`):
     the problems ``PRAGMA foreign_key_check`` would report for those rows, in its shape
@@ -1196,7 +1236,7 @@ def merge_and_check(
 
     with statement_time_limit(conn):
         outcome, m = _merge(conn, bundle, policy, prefer, apply_deletes, files, target_name, dry_run, target, in_place,
-                            conflicts)
+                            conflicts, script)
         if m is None or outcome.aborted:
             return outcome, []
         return outcome, m.fk_problems(limit)
@@ -1205,7 +1245,7 @@ def merge_and_check(
 def _merge(
     conn: sqlite3.Connection, bundle: Bundle, policy: ConflictPolicy, prefer: Prefer, apply_deletes: bool,
     files: FilesConfig, target_name: str, dry_run: bool, target: Schema, in_place: bool,
-    conflicts: ConflictMode = ConflictMode.CELL,
+    conflicts: ConflictMode = ConflictMode.CELL, script: Script | None = None,
 ) -> tuple[Outcome, Merge | None]:
     check_target_schema(bundle, target)
     outcome = Outcome(bundle.bundle_id, target_name, policy.value, dry_run, conflicts_mode=conflicts.value)
@@ -1217,7 +1257,8 @@ def _merge(
     if p.errors:
         raise RecoveryError("the plan has errors, nothing was changed: " + "; ".join(p.errors),
                             "add the missing columns to a mapping file and extract again")
-    m = Merge(conn, bundle, p, target, policy, prefer, files, outcome, _Counter(), in_place, mode=conflicts)
+    m = Merge(conn, bundle, p, target, policy, prefer, files, outcome, _Counter(), in_place, mode=conflicts,
+              script=script)
     for name in bundle.old.data_tables:
         outcome.tables.setdefault(name, TableOutcome(name)).rows_before = _count(conn, name)
     m.stage()
@@ -1239,15 +1280,18 @@ def _merge(
         return outcome, m
     seq_before = sequences.read_sequences(conn)
     written = [tp.table for tp in m.staged()] + (sorted(bundle.tables_with_deletes()) if apply_deletes else [])
-    suspended = triggers.suspend(conn, written)  # the app's triggers must not fire for carried rows
+    assert m.script is not None
+    write = m.script.execute
+    suspended = triggers.suspend(conn, written, write)  # the app's triggers must not fire for carried rows
     outcome.triggers_suspended = [t.name for t in suspended]
     m.quiet = True
     m.apply(apply_deletes)
     if outcome.aborted:  # the caller rolls back; the triggers are back either way
-        triggers.restore(conn, suspended)
+        triggers.restore(conn, suspended, write)
         return outcome, m
-    outcome.sequences = sequences.carry_forward(conn, sequences.live_from_manifest(bundle.manifest), seq_before)
-    triggers.restore(conn, suspended)
+    outcome.sequences = sequences.carry_forward(conn, sequences.live_from_manifest(bundle.manifest), seq_before,
+                                                write)
+    triggers.restore(conn, suspended, write)
     for name, c in bundle.counts.items():
         if name in outcome.tables:
             outcome.tables[name].bundle_deleted = c.get("deleted", 0)

@@ -91,10 +91,12 @@ def _reimport_into(
     target: Path, bundle: Bundle, policy: ConflictPolicy, prefer: Prefer, apply_deletes: bool,
     files: FilesConfig, dry_run: bool, busy_timeout: float, label: str, in_place: bool = False,
     check_after: bool = True, conflicts: ConflictMode = ConflictMode.CELL, run_dir: Path | None = None,
+    scripts: list[tuple[Script, bool]] | None = None,
 ) -> Outcome:
     """Apply ``bundle`` to ``target`` in one transaction; verify before commit. ``in_place``: the
     target was downgraded in place and already holds the post-deploy rows. ``run_dir``: where the
-    plan as executed goes (``reimport.sql``, ``deletes.sql``: :func:`_write_reimport_scripts`)."""
+    plan as executed goes (``reimport.sql``, ``deletes.sql``: :func:`_write_reimport_scripts`);
+    ``scripts``: instead, receives (script, committed) for the caller to write after the commit."""
     with readonly(target, "target database") as r:
         target_schema = reflect(r)
     conn = open_target(target, busy_timeout)
@@ -109,6 +111,8 @@ def _reimport_into(
                                                 target_schema, in_place, conflicts=conflicts, script=script)
             if outcome.aborted:
                 conn.execute("ROLLBACK")
+                if scripts is not None:
+                    scripts.append((script, False))
                 _write_reimport_scripts(run_dir, script, bundle, outcome, committed=False)
                 return outcome
             if problems:
@@ -118,6 +122,8 @@ def _reimport_into(
                 record_outcome(script, bundle.bundle_id, outcome.to_json())
             conn.execute("COMMIT")
             _kill_point("reimport:committed")
+            if scripts is not None:
+                scripts.append((script, True))
             _write_reimport_scripts(run_dir, script, bundle, outcome, committed=True)
         except BaseException:
             if conn.in_transaction:
@@ -176,9 +182,12 @@ def reimport(
     else:
         run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         consistent_copy(target, run_dir / "safety" / target.name, "target database")
+        scripts: list[tuple[Script, bool]] = []
         outcome = _reimport_into(target, bundle, on_conflict, prefer, apply_deletes, files, False, busy_timeout,
-                                 str(target), check_after=False, conflicts=conflicts, run_dir=run_dir)
+                                 str(target), check_after=False, conflicts=conflicts, scripts=scripts)
         try:
+            for script, committed in scripts:  # after the commit: a full disk here is reported as such
+                _write_reimport_scripts(run_dir, script, bundle, outcome, committed)
             outcome.verification = verify_file(target, outcome, bundle.old.alembic_revision, role="target database")
             outcome.files = _relink(bundle, target, uploads, files, dry_run=False, outcome=outcome) if uploads else None
             from recovery.report import write_run_files

@@ -66,8 +66,12 @@ class Step:
 
     stmt: Statement
     params: tuple[Any, ...] = ()
+    rendered: str | None = field(default=None, compare=False, repr=False)
+    """The statement's SQL text, kept from when it was executed (rendered once)."""
 
     def text(self) -> str:
+        if self.rendered is not None:
+            return self.rendered
         return self.stmt if isinstance(self.stmt, str) else sql(self.stmt)
 
     def render(self) -> str:
@@ -90,8 +94,9 @@ class Script:
 
     def execute(self, stmt: Statement, params: Sequence[Any] = ()) -> sqlite3.Cursor:
         """Run a writing statement; recorded only once SQLite accepted it."""
-        step = Step(stmt, tuple(params))
-        cur = self.conn.execute(step.text(), step.params)
+        text = stmt if isinstance(stmt, str) else sql(stmt)
+        step = Step(stmt, tuple(params), text)
+        cur = self.conn.execute(text, step.params)
         self.steps.append(step)
         return cur
 

@@ -55,6 +55,7 @@ def apply(ctx: Context) -> None:
 
 
 def max_attempts(ctx: Context) -> int:
+    """An upper bound on apply attempts: each refused attempt skips at least one staged row."""
     return 2 + sum(ctx.outcome.tables[tp.table].bundle_inserted + ctx.outcome.tables[tp.table].bundle_updated
                    for tp in ctx.staged())
 

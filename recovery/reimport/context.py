@@ -47,10 +47,12 @@ class Counter:
 
 
 def temp_table(kind: str, name: str) -> exp.Table:
+    """The TEMP table ``<kind>:<name>`` (see the module docstring for the kinds)."""
     return table(f"{kind}:{name}", "temp")
 
 
 def lit(v: str) -> exp.Literal:
+    """A string literal."""
     return exp.Literal.string(v)
 
 
@@ -60,6 +62,7 @@ def in_query(value: exp.Expression, query: exp.Select) -> exp.Expression:
 
 
 def rowid(alias: str) -> exp.Column:
+    """``"alias".rowid``."""
     return exp.Column(this=exp.to_identifier("rowid"), table=exp.to_identifier(alias, quoted=True))
 
 

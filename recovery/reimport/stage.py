@@ -12,6 +12,7 @@ from recovery.reimport.context import Context, temp_table
 
 
 def stage(ctx: Context) -> None:
+    """Fill the TEMP tables of every staged table (a key index on ``ins:<t>``) and count them."""
     for tp in ctx.staged():
         assert tp.insert_select is not None and tp.update_select is not None
         ctx.run(exp.Create(this=temp_table("ins", tp.table), kind="TABLE", expression=tp.insert_select.copy()))

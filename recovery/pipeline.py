@@ -36,6 +36,8 @@ from recovery.model.outcome import OUTCOME_FORMAT, ConflictMode, ConflictPolicy,
 from recovery.options import MergeOptions, ReimportOptions, RollbackOptions, with_fields
 from recovery.capture.pairing import refuse_second_rollback, refuse_wrong_pairing
 from recovery.reimport.merge import attach_bundle, check_target_schema, merge_and_check, open_target, record_outcome
+from recovery.reimport.script import Script, write_run_scripts
+from recovery.transpile.passes import BASE_DB, BUNDLE_DB
 from recovery.engine.schema import alembic_revision, reflect
 from recovery.engine.sqlite_io import (check_sqlite_file, consistent_copy, fsync_dir,
                                 readonly, real_path, sha256_file, sidecars, write_lock_held)
@@ -102,10 +104,12 @@ class RunResult:
 def _reimport_into(
     target: Path, bundle: Bundle, merge: MergeOptions,
     files: FilesConfig, dry_run: bool, busy_timeout: float, label: str, in_place: bool = False,
-    check_after: bool = True,
+    check_after: bool = True, run_dir: Path | None = None, scripts: list[tuple[Script, bool]] | None = None,
 ) -> Outcome:
     """Apply ``bundle`` to ``target`` in one transaction; verify before commit. ``in_place``: the
-    target was downgraded in place and already holds the post-deploy rows."""
+    target was downgraded in place and already holds the post-deploy rows. ``run_dir``: where the
+    plan as executed goes (``reimport.sql``, ``deletes.sql``: :func:`_write_reimport_scripts`);
+    ``scripts``: instead, receives (script, committed) for the caller to write after the commit."""
     policy, prefer, apply_deletes, conflicts = merge.on_conflict, merge.prefer, merge.apply_deletes, merge.conflicts
     log.debug("re-import into %s: on_conflict=%s prefer=%s conflicts=%s apply_deletes=%s dry_run=%s in_place=%s",
               label, policy.value, prefer.value, conflicts.value, apply_deletes, dry_run, in_place)
@@ -115,25 +119,45 @@ def _reimport_into(
     conn = open_target(target, busy_timeout)
     try:
         attach_bundle(conn, bundle)
+        script = Script(conn)
         with engine.write_transaction(conn, busy_timeout):
             # the FK check of what the merge wrote (inserted/updated rows, children of deleted or
             # re-keyed parents); the whole-file check is verify's, after the commit
             outcome, problems = merge_and_check(conn, bundle, policy, prefer, apply_deletes, files, label, dry_run,
-                                                target_schema, in_place, conflicts=conflicts)
+                                                target_schema, in_place, conflicts=conflicts, script=script)
             if outcome.aborted:
                 conn.execute("ROLLBACK")
+                if scripts is not None:
+                    scripts.append((script, False))
+                _write_reimport_scripts(run_dir, script, bundle, outcome, committed=False)
                 return outcome
             if problems:
                 raise RecoveryError(f"foreign key check failed after re-import ({problems[0]}); rolled back",
                                     "nothing was changed; report this with the bundle", ExitCode.FAILED)
             if not outcome.already_applied:  # the outcome is durable exactly when the data is
-                record_outcome(conn, bundle.bundle_id, outcome.to_json())
+                record_outcome(script, bundle.bundle_id, outcome.to_json())
         _kill_point("reimport:committed")
+        if scripts is not None:
+            scripts.append((script, True))
+        _write_reimport_scripts(run_dir, script, bundle, outcome, committed=True)
     finally:
         conn.close()
     if check_after:  # rollback verifies in its own journaled step instead
         outcome.verification = verify_file(target, outcome, bundle.old.alembic_revision, role="target database")
     return outcome
+
+
+def _write_reimport_scripts(run_dir: Path | None, script: Script, bundle: Bundle, outcome: Outcome,
+                            committed: bool) -> None:
+    """The run folder's ``reimport.sql`` (the plan as executed) and ``deletes.sql``. A run that
+    found the bundle already applied ran nothing: it keeps the script of the run that applied it."""
+    if run_dir is None or (outcome.already_applied and (Path(run_dir) / "reimport.sql").exists()):
+        return
+    what = ("already applied: nothing ran" if outcome.already_applied else
+            "aborted on conflicts (--on-conflict abort): rolled back" if outcome.aborted else
+            "dry run: what would run (executed on a scratch copy)" if outcome.dry_run else "committed")
+    write_run_scripts(Path(run_dir), script, bundle.rows_db, bundle.base_db, BUNDLE_DB, BASE_DB, committed,
+                      f"recovery reimport of bundle {bundle.bundle_id} into {outcome.target}: {what}.")
 
 
 def reimport(
@@ -166,13 +190,16 @@ def reimport(
     if dry_run:
         with tempfile.TemporaryDirectory(prefix="recovery-dry-run-") as tmp:
             scratch = consistent_copy(target, Path(tmp) / target.name, "target database")
-            outcome = _reimport_into(scratch, bundle, opts, files, True, busy_timeout, str(target))
+            outcome = _reimport_into(scratch, bundle, opts, files, True, busy_timeout, str(target), run_dir=run_dir)
             outcome.files = _relink(bundle, scratch, uploads, files, dry_run=True, outcome=outcome) if uploads else None
     else:
         run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         consistent_copy(target, run_dir / "safety" / target.name, "target database")
-        outcome = _reimport_into(target, bundle, opts, files, False, busy_timeout, str(target), check_after=False)
+        scripts: list[tuple[Script, bool]] = []
+        outcome = _reimport_into(target, bundle, opts, files, False, busy_timeout, str(target), check_after=False, scripts=scripts)
         try:
+            for script, committed in scripts:  # after the commit: a full disk here is reported as such
+                _write_reimport_scripts(run_dir, script, bundle, outcome, committed)
             outcome.verification = verify_file(target, outcome, bundle.old.alembic_revision, role="target database")
             outcome.files = _relink(bundle, target, uploads, files, dry_run=False, outcome=outcome) if uploads else None
             from recovery.report import write_run_files
@@ -553,7 +580,8 @@ def _run_rollback(db_p: Path, backup_p: Path, run_dir: Path, args: dict[str, Any
         in_place = journal.info("restore").get("method") == "downgrade"
         merge = MergeOptions(on_conflict, opts.prefer, ConflictMode(args.get("conflicts", ConflictMode.CELL.value)),
                              opts.apply_deletes)
-        outcome = _reimport_into(db_p, bundle, merge, files, False, 10.0, str(db_p), in_place, check_after=False)
+        outcome = _reimport_into(db_p, bundle, merge, files, False, 10.0, str(db_p), in_place, check_after=False,
+                                 run_dir=run_dir)
         if outcome.already_applied:  # committed by a run killed before it journaled: its own outcome
             outcome = _recorded_outcome(db_p, bundle.bundle_id) or outcome
         _save_outcome(run_dir, outcome)
@@ -936,7 +964,7 @@ def _dry_run(db: Path, backup: Path, run_dir: Path, uploads: Any, mapping: Any, 
                                 "add a mapping file (see the README)")
         say("dry run: restoring and re-importing on the scratch copy")
         restored = consistent_copy(backup, t / "restored.db", "backup")
-        outcome = _reimport_into(restored, res.bundle, opts, files, True, 10.0, str(db))
+        outcome = _reimport_into(restored, res.bundle, opts, files, True, 10.0, str(db), run_dir=run_dir)
         outcome.dry_run = True
         outcome.files = _relink(res.bundle, restored, uploads, files, dry_run=True, outcome=outcome) if uploads else None
         run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -386,9 +386,9 @@ def test_documents_a_merge_could_not_keep_are_left_to_the_cell_rule() -> None:
 
 def test_json_cells_in_small_batches_give_the_same_merge(merges: dict[Any, Any], world: tuple[Bundle, Path],
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    import recovery.reimport.merge
+    import recovery.reimport.detect.update
 
-    monkeypatch.setattr(recovery.reimport.merge, "JSON_BATCH", 2)
+    monkeypatch.setattr(recovery.reimport.detect.update, "JSON_BATCH", 2)
     outcome, rows = merge(*world, ConflictPolicy.SKIP, Prefer.BUNDLE, ConflictMode.CELL)
     want_outcome, want_rows = merges[("skip", "bundle", "cell")]
     assert rows == want_rows

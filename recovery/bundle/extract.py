@@ -28,6 +28,7 @@ from recovery import progress
 from recovery.errors import RecoveryError
 from recovery.files.uploads import FilesConfig, UploadsIndex, copy_files_into_bundle
 from recovery.migrate.replay import Replayed
+from recovery.model.labels import label_column
 from recovery.engine.schema import Schema, Table
 from recovery.reimport.sequences import read_sequences
 from recovery.engine.sqlbuild import and_all, col, is_same, sql, table
@@ -37,8 +38,6 @@ from recovery.model.values import TableCounts
 from recovery.transpile.passes import Plan
 from recovery.transpile.passes import plan as make_plan
 
-LABEL_COLUMNS = ("part_number", "quote_number", "code", "username", "filename", "order_number", "number",
-                 "name", "title", "email")
 DERIVABLE_VIA = {"entity_type", "entity_id"}
 
 
@@ -82,11 +81,6 @@ def _insert_select(conn: Connection, schema: str, name: str, columns: list[str],
         expression=query,
     )
     return conn.execute(sql(stmt)).rowcount
-
-
-def label_column(t: Table) -> str | None:
-    """The column that names a row to a person (part_number, quote_number, …), if the table has one."""
-    return next((n for n in LABEL_COLUMNS if t.column(n) is not None), None)
 
 
 def label_expr(t: Table, new: Schema, alias: str) -> exp.Expression:

@@ -56,6 +56,13 @@ class Table:
                 return c
         return None
 
+    def has(self, name: str) -> Column:
+        """The column ``name``, which the caller knows exists (KeyError otherwise)."""
+        c = self.column(name)
+        if c is None:
+            raise KeyError(f"{self.name} has no column {name!r}")
+        return c
+
     @property
     def key(self) -> tuple[str, ...]:
         """The row identity: the primary key, or every column when the table has none."""

@@ -59,7 +59,7 @@ class Rules:
     unique: tuple[UniqueRule, ...] = ()
     plain_unique: frozenset[tuple[str, ...]] = frozenset()
     """Column sets of full (not partial) UNIQUE indexes on plain columns with the column's own
-    collation: what :meth:`recovery.reimport.merge.Merge.detect_unique` checks as ``unique`` conflicts."""
+    collation: what :func:`recovery.reimport.detect.unique.detect` checks as ``unique`` conflicts."""
 
     @property
     def writable(self) -> tuple[str, ...]:

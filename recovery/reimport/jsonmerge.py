@@ -1,6 +1,6 @@
 """Key-level three-way merge of one JSON document (a cell holding a JSON object or array).
 
-The re-import (:mod:`recovery.reimport.merge`) decides in SQL which cells need it — changed after the
+The re-import (:mod:`recovery.reimport.detect.update`) decides in SQL which cells need it — changed after the
 deploy *and* in the target since, all three values JSON objects/arrays — and only those cells
 come here. The changes of each side are computed with deepdiff (base→bundle, base→target) as
 sets of paths:

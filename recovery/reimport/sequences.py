@@ -9,6 +9,7 @@ transaction.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import sqlglot
@@ -58,10 +59,15 @@ def autoincrement_tables(conn: Connection) -> list[str]:
     return sorted(names.values())
 
 
-def carry_forward(conn: Connection, live: dict[str, int], before: dict[str, int]) -> list[dict[str, Any]]:
+def carry_forward(conn: Connection, live: dict[str, int], before: dict[str, int],
+                  run: Callable[[exp.Expression, tuple[Any, ...]], object] | None = None) -> list[dict[str, Any]]:
     """Raise each AUTOINCREMENT table's counter in ``main`` to max(its value, ``before`` (the
     target's before the re-import wrote), ``live``'s, max rowid); one entry per such table:
-    ``{"table", "backup", "live", "max_id", "seq"}`` (``seq``: the value now)."""
+    ``{"table", "backup", "live", "max_id", "seq"}`` (``seq``: the value now). ``run`` executes
+    the writes (default: on ``conn``)."""
+    if run is None:
+        def run(stmt: exp.Expression, params: tuple[Any, ...]) -> object:
+            return conn.execute(sql(stmt), params)
     live_l = {k.lower(): v for k, v in live.items()}
     before_l = {k.lower(): v for k, v in before.items()}
     out = []
@@ -72,14 +78,14 @@ def carry_forward(conn: Connection, live: dict[str, int], before: dict[str, int]
         want = max(v for v in (now, before_l.get(name.lower()), lv, top, 0) if isinstance(v, int))
         if now is None:
             if want > 0:
-                conn.execute(sql(exp.Insert(this=exp.Schema(this=table(SEQ, "main"), expressions=[
+                run(exp.Insert(this=exp.Schema(this=table(SEQ, "main"), expressions=[
                     exp.to_identifier("name", quoted=True), exp.to_identifier("seq", quoted=True)]),
-                    expression=exp.Values(expressions=[exp.Tuple(expressions=[exp.Placeholder(), exp.Placeholder()])]))),
+                    expression=exp.Values(expressions=[exp.Tuple(expressions=[exp.Placeholder(), exp.Placeholder()])])),
                     (name, want))
         elif want > now:
-            conn.execute(sql(exp.Update(this=table(SEQ, "main"), expressions=[
+            run(exp.Update(this=table(SEQ, "main"), expressions=[
                 exp.EQ(this=col("seq"), expression=exp.Placeholder())],
-                where=exp.Where(this=exp.EQ(this=col("name"), expression=exp.Placeholder())))), (want, name))
+                where=exp.Where(this=exp.EQ(this=col("name"), expression=exp.Placeholder()))), (want, name))
         out.append({"table": name, "backup": before_l.get(name.lower()), "live": lv, "max_id": top, "seq": want})
     return out
 

@@ -10,7 +10,7 @@ transaction: a rollback brings the originals back untouched, a commit leaves the
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from sqlglot import exp
@@ -35,19 +35,24 @@ def triggers_on(conn: sqlite3.Connection, tables: Iterable[str]) -> list[Trigger
     return [Trigger(n, t, s) for n, t, s in conn.execute(sql(q)) if t.lower() in wanted and s]
 
 
-def suspend(conn: sqlite3.Connection, tables: Iterable[str]) -> list[Trigger]:
+Run = Callable[[exp.Expression | str], object]
+"""Executes one writing statement (the re-import's :class:`recovery.reimport.script.Script`)."""
+
+
+def suspend(conn: sqlite3.Connection, tables: Iterable[str], run: Run | None = None) -> list[Trigger]:
     """Drop every trigger on ``tables`` (inside the caller's open transaction); returns them for
-    :func:`restore`."""
+    :func:`restore`. ``run`` executes the DROPs (default: on ``conn``)."""
     found = triggers_on(conn, tables)
     for t in found:
-        conn.execute(sql(exp.Drop(kind="TRIGGER", tables=[table(t.name, "main")])))
+        drop = exp.Drop(kind="TRIGGER", tables=[table(t.name, "main")])
+        run(drop) if run is not None else conn.execute(sql(drop))
     return found
 
 
-def restore(conn: sqlite3.Connection, suspended: Iterable[Trigger]) -> None:
+def restore(conn: sqlite3.Connection, suspended: Iterable[Trigger], run: Run | None = None) -> None:
     """Re-create the triggers :func:`suspend` dropped, from their stored text.
 
     The stored text is executed as it is (not rebuilt as a sqlglot tree): it is the application's
     own DDL, and only the very same bytes keep ``sqlite_master`` identical to before the run."""
     for t in suspended:
-        conn.execute(t.sql)
+        run(t.sql) if run is not None else conn.execute(t.sql)

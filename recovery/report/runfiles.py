@@ -201,8 +201,9 @@ def write_run_files(run_dir: Path, outcome: Outcome, bundle: Bundle, extra: dict
     not_carried = notcarried.whole_records(bundle, [] if outcome.aborted else outcome.not_carried())
     _atomic_write_csv(paths["not_carried.csv"], lambda fh: csvout.write_rows(
         fh, notcarried.NOT_CARRIED_COLUMNS, notcarried.csv_rows(not_carried)))
-    shutil.copyfile(bundle.path / "reimport.sql", paths["reimport.sql"])
-    os.chmod(paths["reimport.sql"], 0o600)
+    if not paths["reimport.sql"].exists():  # the re-import writes the plan it executed; else the bundle's
+        shutil.copyfile(bundle.path / "reimport.sql", paths["reimport.sql"])
+        os.chmod(paths["reimport.sql"], 0o600)
     _atomic_write(paths["report.md"], render_markdown(section))
     _atomic_write(paths["report.html"], render_html(section))
     return paths

@@ -1,0 +1,241 @@
+"""The shared context of the re-import's passes (:mod:`recovery.reimport.merge` runs them in order):
+one :class:`Context` per run, plus the small SQL builders every pass uses for the TEMP tables.
+
+TEMP tables, by pass: ``ins:<t>``/``upd:<t>`` (staging), ``skip:<t>``/``uskip:<t>`` (rowids of
+staged inserts/updates not carried), ``remap:<t>`` (old_key → new_key), ``typed:<t>`` (the staged
+inserts in the target's affinities, for its rules), ``rowc:<t>``/``json:<t>`` (row conflicts, merged
+JSON cells), ``chk:<t>`` (rowids whose foreign keys the check reads), ``del:<t>`` (rows deleted on
+request). Every write goes through :attr:`Context.script`: the plan as executed.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlglot import exp
+
+from recovery.bundle.store import Bundle
+from recovery.engine.schema import Schema, Table
+from recovery.engine.sqlbuild import col, is_distinct, sql, table
+from recovery.files.uploads import FilesConfig
+from recovery.model.labels import label_column
+from recovery.model.outcome import Conflict, ConflictMode, ConflictPolicy, Outcome, Prefer
+from recovery.reimport.constraints import Rules, read_rules
+from recovery.reimport.script import Script
+from recovery.reimport.target_fks import TargetFk, target_foreign_keys
+from recovery.transpile.passes import Plan, TablePlan
+
+KILL_ENV = "RECOVERY_TEST_KILL_AFTER_STATEMENTS"
+"""Test-only fault injection: SIGKILL this process after N statements of the re-import transaction."""
+
+
+class Counter:
+    """Counts the re-import's statements; test-only fault injection (:data:`KILL_ENV`)."""
+
+    def __init__(self) -> None:
+        limit = os.environ.get(KILL_ENV)
+        self.limit = int(limit) if limit and limit.isdigit() else None
+        self.n = 0
+
+    def tick(self) -> None:
+        self.n += 1
+        if self.limit is not None and self.n >= self.limit:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def temp_table(kind: str, name: str) -> exp.Table:
+    """The TEMP table ``<kind>:<name>`` (see the module docstring for the kinds)."""
+    return table(f"{kind}:{name}", "temp")
+
+
+def lit(v: str) -> exp.Literal:
+    """A string literal."""
+    return exp.Literal.string(v)
+
+
+def in_query(value: exp.Expression, query: exp.Select) -> exp.Expression:
+    """``value IN (SELECT …)``."""
+    return exp.In(this=value, query=query.subquery())
+
+
+def rowid(alias: str) -> exp.Column:
+    """``"alias".rowid``."""
+    return exp.Column(this=exp.to_identifier("rowid"), table=exp.to_identifier(alias, quoted=True))
+
+
+def rid_table(name: exp.Table) -> exp.Create:
+    """``CREATE TABLE name (rid INTEGER PRIMARY KEY)``: a set of rowids."""
+    return exp.Create(kind="TABLE", this=exp.Schema(this=name, expressions=[
+        exp.ColumnDef(this=exp.to_identifier("rid"), kind=exp.DataType.build("INTEGER"),
+                      constraints=[exp.ColumnConstraint(kind=exp.PrimaryKeyColumnConstraint())])]))
+
+
+@dataclass
+class Context:
+    """What every pass of one re-import shares: the target connection (inside its transaction) and
+    the plan as executed (:attr:`script`), the bundle and its plan, the target's schema and rules
+    (read once), the policy, the outcome being filled, and the watch lists of the foreign-key
+    check. Passes read and extend it only through these attributes and methods."""
+
+    conn: sqlite3.Connection
+    bundle: Bundle
+    plan: Plan
+    target: Schema
+    policy: ConflictPolicy
+    prefer: Prefer
+    files: FilesConfig
+    outcome: Outcome
+    counter: Counter
+    in_place: bool = False
+    """The target already holds the post-deploy rows (``rollback --downgrade-to``): a bundle row
+    whose key is present is the same record, transpiled by the app's own downgrade. Rows deleted
+    after the deploy are back in it as after a restore (:mod:`recovery.restore.downgrade`), so deletes are
+    listed and applied the same way."""
+    present: set[tuple[str, int]] = field(default_factory=set)
+    """(table, staged rowid) of bundle rows already in the target, skipped as no-ops."""
+    fks: dict[str, tuple[TargetFk, ...]] | None = None
+    """The target's own foreign keys by child table (read on first use)."""
+    watched: set[str] = field(default_factory=set)
+    """Tables with a ``chk:<t>`` TEMP table: rowids of rows whose foreign keys the check reads."""
+    full: set[tuple[str, int]] = field(default_factory=set)
+    """(child table, fk id) the check reads over the whole table (a WITHOUT ROWID table is involved)."""
+    rowid_tables: dict[str, bool] = field(default_factory=dict)
+    """Table name → has a rowid (False: WITHOUT ROWID)."""
+    moving: dict[str, list[int]] = field(default_factory=dict)
+    """Table name → :meth:`moving_columns` (the staged updates do not change once staged)."""
+    rules_of: dict[str, Rules] = field(default_factory=dict)
+    """Table name → the target's own row rules (read on first use)."""
+    quiet: bool = False
+    """Every trigger on a table the re-import writes was suspended while it wrote: none fired."""
+    mode: ConflictMode = ConflictMode.CELL
+    """``--conflicts``: compare rows changed on both sides cell by cell or as whole rows."""
+    json_tables: set[str] = field(default_factory=set)
+    """Tables with a ``json:<t>`` TEMP table: (rid, ci, merged) — the merged text of JSON cells
+    both sides changed (``rid``: the staged update's rowid, ``ci``: the updatable column's index)."""
+    row_tables: set[str] = field(default_factory=set)
+    """Tables with a ``rowc:<t>`` TEMP table: rids of staged updates that are row conflicts (``row``)."""
+    script: Script | None = None
+    """Every write of the re-import goes through it: the plan as executed (``reimport.sql``); the
+    DELETEs not applied are its :attr:`Script.deferred` (``deletes.sql``)."""
+
+    def __post_init__(self) -> None:
+        if self.script is None:
+            self.script = Script(self.conn)
+
+    # ---- helpers -------------------------------------------------------------------------
+    def run(self, stmt: exp.Expression, params: tuple[Any, ...] = ()) -> sqlite3.Cursor:
+        """Execute ``stmt``: a read directly, a write through :attr:`script` (so it is in the plan)."""
+        self.counter.tick()
+        if isinstance(stmt, (exp.Select, exp.Pragma)):
+            return self.conn.execute(sql(stmt), params)
+        assert self.script is not None
+        return self.script.execute(stmt, params)
+
+    def rows(self, stmt: exp.Expression) -> list[tuple[Any, ...]]:
+        return self.run(stmt).fetchall()
+
+    def old(self, name: str) -> Table:
+        return self.bundle.old.tables[name]
+
+    def staged(self) -> list[TablePlan]:
+        return [tp for tp in self.plan.tables if tp.insert_select is not None]
+
+    def label(self, t: Table, alias: str) -> exp.Expression:
+        """The column naming a row of ``t`` to a person, as ``alias``'s (NULL when none)."""
+        name = label_column(t)
+        return col(name, alias) if name else exp.Null()
+
+    def skip(self, name: str, rid_query: exp.Select) -> int:
+        stmt = exp.Insert(this=temp_table("skip", name), expression=rid_query, alternative="IGNORE")
+        return self.run(stmt).rowcount
+
+    def rules(self, name: str) -> Rules:
+        """The target's CHECK/NOT NULL/STRICT/unique-index rules and generated columns of ``name``."""
+        if name not in self.rules_of:
+            self.rules_of[name] = read_rules(self.conn, name)
+        return self.rules_of[name]
+
+    def generated(self, name: str) -> set[str]:
+        """Lower-cased names of ``name``'s generated columns: never written, never compared."""
+        return {g.lower() for g in self.rules(name).generated}
+
+    def writable(self, name: str) -> list[str]:
+        """The old schema's columns of ``name`` an INSERT or UPDATE may set (not generated)."""
+        gen = self.generated(name)
+        return [c for c in self.old(name).column_names if c.lower() not in gen]
+
+    def live(self, alias: str, name: str, kind: str = "skip") -> exp.Expression:
+        """Row ``alias`` of a staged table of ``name`` is not in its ``skip`` (or ``uskip``) set."""
+        return exp.Not(this=in_query(exp.column("rowid", alias), exp.select("rid").from_(temp_table(kind, name))))
+
+    # ---- foreign keys of what the re-import writes ------------------------------------------
+    def target_fks(self) -> dict[str, tuple[TargetFk, ...]]:
+        if self.fks is None:
+            self.fks = target_foreign_keys(self.conn)
+        return self.fks
+
+    def fks_into(self, parent: str) -> list[TargetFk]:
+        return [fk for fks in self.target_fks().values() for fk in fks
+                if fk.parent_exists and fk.parent.lower() == parent.lower()]
+
+    def has_rowid(self, name: str) -> bool:
+        if name not in self.rowid_tables:
+            try:
+                self.conn.execute(sql(exp.select(rowid("t")).from_(table(name, "main", "t")).limit(0)))
+                self.rowid_tables[name] = True
+            except sqlite3.OperationalError:  # WITHOUT ROWID
+                self.rowid_tables[name] = False
+        return self.rowid_tables[name]
+
+    def watch(self, name: str, rowids: exp.Select) -> None:
+        """Add the rowids ``rowids`` selects to the rows of ``name`` whose foreign keys are checked."""
+        if name not in self.watched:
+            self.run(rid_table(temp_table("chk", name)))
+            self.watched.add(name)
+        self.run(exp.Insert(this=temp_table("chk", name), expression=rowids, alternative="IGNORE"))
+
+    def watch_children(self, parent: str, parent_rowids: exp.Select, columns: set[str] | None = None) -> None:
+        """Before rows of ``parent`` (``parent_rowids``) are deleted, or their ``columns`` changed:
+        remember every row referencing one of them through a key on those columns, so the check
+        proves it still has a parent afterwards (the delete's own guard is thereby checked too)."""
+        for fk in self.fks_into(parent):
+            if columns is not None and not {c.lower() for c in fk.ref_columns} & columns:
+                continue
+            if not (self.has_rowid(parent) and self.has_rowid(fk.table)):
+                self.full.add((fk.table, fk.id))
+                continue
+            self.watch(fk.table, exp.select(rowid("c")).from_(table(parent, "main", "p")).join(
+                table(fk.table, "main", "c"), on=fk.link("c", "p")).where(in_query(rowid("p"), parent_rowids)))
+
+    def moving_columns(self, tp: TablePlan) -> list[int]:
+        """Indexes of the updatable columns some bundle row changed (theirs differs from base): only
+        those can take a new value, so only they are SET — SQLite then leaves alone every index
+        on the others (a SET column is re-indexed in every updated row, changed or not)."""
+        if not tp.updatable:
+            return []
+        if tp.table not in self.moving:  # detection, apply and the FK check all ask: one scan
+            q = exp.select(*[exp.func("max", is_distinct(col(f"theirs_{i}"), col(f"base_{i}")))
+                             for i in range(len(tp.updatable))]).from_(temp_table("upd", tp.table))
+            gen = self.generated(tp.table)  # a generated column is never written
+            self.moving[tp.table] = [i for i, moved in enumerate(self.rows(q)[0])
+                                     if moved and tp.updatable[i].lower() not in gen]
+        return self.moving[tp.table]
+
+
+    def row_columns(self, tp: TablePlan) -> list[int]:
+        """Indexes of every updatable column that may be written (generated ones never are)."""
+        gen = self.generated(tp.table)
+        return [i for i, n in enumerate(tp.updatable) if n.lower() not in gen]
+
+
+    def tp(self, name: str) -> TablePlan:
+        tp = self.plan.table(name)
+        assert tp is not None
+        return tp
+
+
+    def conflict(self, c: Conflict) -> None:
+        self.outcome.conflicts.append(c)

@@ -70,9 +70,9 @@ def test_rehearse_fails_when_a_relinked_upload_is_gone_or_altered(
     paths = post_deploy_uploads(world_copy)
     real = pipeline.rollback
 
-    def sabotaged(db, backup, run_dir, since, uploads, *args, **kwargs):
-        res = real(db, backup, run_dir, since, uploads, *args, **kwargs)
-        target = Path(uploads) / paths[0]
+    def sabotaged(db, backup, run_dir, **kwargs):
+        res = real(db, backup, run_dir, **kwargs)
+        target = Path(kwargs["uploads"]) / paths[0]
         target.unlink() if damage == "delete" else target.write_bytes(b"not the drawing")
         return res
 

@@ -207,7 +207,7 @@ def test_aborted_run_exits_the_same_through_the_api_and_the_cli(bundle: Path, co
     twin = tmp_path / "twin" / collided.name
     twin.parent.mkdir()
     shutil.copyfile(collided, twin)
-    api_run = reimport(bundle, twin, tmp_path / "api-run", ConflictPolicy.ABORT)
+    api_run = reimport(bundle, twin, tmp_path / "api-run", on_conflict=ConflictPolicy.ABORT)
     assert api_run.outcome is not None and api_run.outcome.aborted
     assert api_run.outcome.verdict().verdict == FAILED
     res = cli("reimport", bundle, collided, "--out", tmp_path / "cli-run", "--on-conflict", "abort", "--yes")

@@ -413,7 +413,10 @@ def rowid_key(conn: Connection, schema: str, name: str, key: tuple[str, ...]) ->
 
 
 def sides_on_rowid(conn: Connection, s: TableSides) -> bool:
-    """Both the backup's key and the live key expression are the rowid of their tables."""
+    """Both the backup's key and the live key expression are the rowid of their tables (SQLite
+    only: another engine's tables have no rowid, so their inserted rows are counted by anti-join)."""
+    if not isinstance(conn, sqlite3.Connection):
+        return False
     nk = s.new_key[0] if len(s.new_key) == 1 else None
     return (isinstance(nk, exp.Column) and rowid_key(conn, "old", s.name, s.key)
             and rowid_key(conn, "new", s.new_name or s.name, (nk.name,)))

@@ -236,7 +236,9 @@ def test_reimport_sql_is_written_and_parses(full) -> None:
     assert text == result.plan.to_sql("sqlite")
     trees = [t for t in sqlglot.parse(text, read="sqlite") if t is not None]
     kinds = {type(t).__name__ for t in trees}
-    assert {"Insert", "Update", "Delete"} <= kinds
+    assert {"Insert", "Update"} <= kinds
+    # the deletes are there for review, commented out: the file never deletes when run as it is
+    assert "Delete" not in kinds and "\n-- DELETE FROM" in text
     assert '"price_cents" / 100.0' in text and "[migration-lineage]" in text
 
 
@@ -250,7 +252,8 @@ def test_plan_renders_valid_postgres(full) -> None:
         assert len(parsed) == 1 and type(parsed[0]) is type(stmt), text
         assert " IS NOT " not in text.upper().replace("IS NOT DISTINCT", "")  # SQLite-only IS / IS NOT
     whole = result.plan.to_sql("postgres")
-    assert len([t for t in sqlglot.parse(whole, read="postgres") if t is not None]) == len(stmts) + 2  # BEGIN, COMMIT
+    live = [s for s in stmts if not isinstance(s, sqlglot.exp.Delete)]  # deletes are commented out
+    assert len([t for t in sqlglot.parse(whole, read="postgres") if t is not None]) == len(live) + 2  # BEGIN, COMMIT
 
 
 def test_reimport_sql_runs_as_a_script(full, world: Path, tmp_path: Path) -> None:

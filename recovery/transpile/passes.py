@@ -90,9 +90,12 @@ class Plan:
                     lines.append(f"-- {t.table}.{c.column} <- {how}  [{c.source}]{_evidence_note(tm, c.column)}")
         lines.append("BEGIN;")
         for stmt in self.statements(apply_deletes):
-            if isinstance(stmt, exp.Delete):
-                lines.append("-- rows deleted after the deploy (applied only with --apply-deletes):")
-            lines.append(stmt.sql(dialect=dialect, pretty=True) + ";")
+            text = stmt.sql(dialect=dialect, pretty=True) + ";"
+            if isinstance(stmt, exp.Delete):  # for review only: never live SQL in a file people run
+                lines.append("-- rows deleted after the deploy (the re-import runs them only with --apply-deletes;")
+                lines.append("-- uncomment to run by hand):")
+                text = "\n".join("-- " + line for line in text.splitlines())
+            lines.append(text)
         lines.append("COMMIT;")
         return "\n".join(lines) + "\n"
 

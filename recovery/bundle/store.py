@@ -13,7 +13,7 @@ Layout (format ``recovery-bundle/1``)::
                         column, value) — every value the old schema has no place for
       base.db           backup images in the OLD schema of rows updated ("updated") or deleted
                         ("deleted") after the deploy, for the three-way merge and review
-      files/<path>      copies of uploaded files the re-import may need (see files.py)
+      files/<path>      copies of uploaded files the re-import may need (see recovery/files/uploads.py)
       reimport.sql      the transpiled plan as reviewable SQL (SQLite)
 
 Nothing downstream reads the failed live database again.

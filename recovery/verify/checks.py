@@ -132,7 +132,7 @@ def verify_written(path: str | os.PathLike[str], outcome: Outcome, expected_revi
     What it rests on (docs/RELIABILITY.md, "Verification"): ``proof`` — the full
     ``integrity_check`` and ``foreign_key_check`` of the restored file, passed before the swap,
     with the sha256 the restore journaled. Since then only the re-import (one transaction whose
-    foreign keys :meth:`Merge.fk_problems` checked before the commit: inserted and updated rows,
+    foreign keys :func:`recovery.reimport.fkcheck.fk_problems` checked before the commit: inserted and updated rows,
     children of deleted or re-keyed rows) and the relink (one UPDATE per fixed link of the files
     table) wrote. So it runs, on two threads: ``quick_check`` of the whole file (every page
     accounted for once, every B-tree well formed, NOT NULL and CHECK constraints), and for every

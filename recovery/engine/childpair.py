@@ -19,6 +19,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+import tempfile
 from typing import Any
 
 _CHILD = r"""
@@ -58,9 +59,10 @@ class ChildPair:
     Close it (or use it as a context manager) to end the child."""
 
     def __init__(self, attach: list[tuple[str, str]]):
+        self._stderr = tempfile.TemporaryFile()  # read only to name why the child ended
         self._proc = subprocess.Popen(
             [sys.executable, "-I", "-c", _CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            text=True, encoding="utf-8",
+            stderr=self._stderr, text=True, encoding="utf-8",
         )
         try:
             self._ask({"attach": [list(a) for a in attach]})
@@ -77,7 +79,11 @@ class ChildPair:
         except (BrokenPipeError, OSError):
             line = ""
         if not line:
-            raise sqlite3.OperationalError(f"the helper process for a second core ended (exit {self._proc.poll()})")
+            self._proc.wait()
+            self._stderr.seek(0)
+            last = (self._stderr.read().decode("utf-8", "replace").strip().splitlines() or [""])[-1]
+            raise sqlite3.OperationalError(
+                f"the helper process for a second core ended (exit {self._proc.returncode}) {last}".rstrip())
         reply = json.loads(line)
         if "error" in reply:
             raise sqlite3.OperationalError(reply["error"])
@@ -98,6 +104,7 @@ class ChildPair:
                 self._proc.wait()
         if self._proc.stdout is not None:
             self._proc.stdout.close()
+        self._stderr.close()
 
     def __enter__(self) -> ChildPair:
         return self

@@ -9,7 +9,8 @@ import json
 import os
 import sqlite3
 import tempfile
-from collections.abc import Iterator
+import itertools
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,13 +24,14 @@ from recovery.compare.changes import ChangeSet, diff_rows
 from recovery.errors import RecoveryError
 from recovery.model.kinds import RowKind
 from recovery.compare.evidence import verify
-from recovery.migrate.replay import Replayed
+from recovery.migrate.replay import SCHEMA as REPLAY_SCHEMA, Replayed
 from recovery.transpile.mapping import ColumnMapping, UserMapping, load_mapping, resolve
 from recovery.engine.schema import Schema, reflect
 from recovery.compare.schemadiff import SchemaDiff, compare
 from recovery.capture.manifest import deploy_time_of
 from recovery.engine.sqlbuild import qualify_columns, sql, table
 from recovery.engine import open_engine
+from recovery.engine.sqlite import SQLiteEngine
 from recovery.compare.timestamps import parse_since
 
 
@@ -247,7 +249,7 @@ def diff(
                 a.replay = replay
             with database_errors(a.backup, a.live):
                 changes = diff_rows(a.pair, a.old, a.new, a.mapping, tables, a.since_jd, rows, a.since,
-                                    more=lambda: _with_replay(open_engine(a.live).open_pair(open_engine(a.backup)), replay), replay=replay)
+                                    more=_more_pairs(a, replay), replay=replay)
             return DiffResult(a.backup, a.live, a.schema_diff, changes, a.mapping, a.since)
 
 
@@ -261,6 +263,31 @@ def replayed_upgrade(alembic_ini: str | os.PathLike[str] | None, backup: str | o
 
     path = replay_upgrade(alembic_ini, backup, live, folder)
     return Replayed(path) if path is not None else None
+
+
+def _more_pairs(a: Analysis, replay: Replayed | None) -> Callable[[], Any]:
+    """The factory of further connections to the pair for the counting workers: the first one a
+    child process (:class:`recovery.engine.childpair.ChildPair`: threads of one process do not
+    scale on SQLite statements, processes do), the others thread connections; a server engine
+    gets thread connections only."""
+    calls = itertools.count()
+
+    def make() -> Any:
+        old_e, new_e = open_engine(a.backup), open_engine(a.live)
+        if next(calls) == 0 and isinstance(new_e, SQLiteEngine) and isinstance(old_e, SQLiteEngine):
+            from recovery.engine.childpair import ChildPair
+            from recovery.engine.sqlite_io import readonly_uri
+
+            attach = [("old", readonly_uri(a.backup)), ("new", readonly_uri(a.live))]
+            if replay is not None:
+                attach.append((REPLAY_SCHEMA, readonly_uri(replay.path)))
+            try:
+                return ChildPair(attach)
+            except (OSError, sqlite3.Error):
+                pass  # no child process here: a thread connection counts the same, on a shared core
+        return _with_replay(new_e.open_pair(old_e), replay)
+
+    return make
 
 
 def _with_replay(conn: Connection, replay: Replayed | None) -> Connection:

@@ -21,9 +21,11 @@ from recovery.engine.schema import BOOKKEEPING_TABLES, Schema, engine_for, sqlal
 from recovery.engine.sqlbuild import and_all, col, is_same, key_join, sql, table
 
 RENAME_THRESHOLD = 0.9
-RENAME_SAMPLE = 200_000
-"""Rows (in storage order) whose values are compared per candidate pair: plenty of evidence,
-and a bounded cost on million-row tables."""
+RENAME_SAMPLE = 20_000
+"""Rows (in storage order) whose values are compared per candidate pair: the same bound as the
+rule evidence (:data:`recovery.compare.evidence.SAMPLE`), which re-checks every detected rename on
+those rows before it is used; at least ``RENAME_THRESHOLD`` of them must agree, so a wrong pair is
+refused by thousands of rows, and the cost stays bounded on million-row tables."""
 
 
 @dataclass(frozen=True)

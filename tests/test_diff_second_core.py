@@ -68,6 +68,6 @@ def test_a_dead_child_is_an_error_not_a_hang(world: Path) -> None:
 def test_a_child_crash_is_named_in_one_error_without_a_traceback(world: Path, capfd: pytest.CaptureFixture[str]) -> None:
     backup, live = _pair(world)
     with ChildPair([("old", readonly_uri(backup)), ("new", readonly_uri(live))]) as child:
-        with pytest.raises(sqlite3.OperationalError, match="ended .*not JSON serializable"):
+        with pytest.raises(sqlite3.OperationalError, match=r"ended .*not JSON serializable"):
             child.execute("SELECT x'00'")  # a blob does not travel back: the child stops
     assert "Traceback" not in capfd.readouterr().err

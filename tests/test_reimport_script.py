@@ -187,3 +187,21 @@ def test_bound_values_render_as_literals_sqlite_reads_back(values: list) -> None
     bound = c.execute(Step(stmt, tuple(values)).text(), values).fetchone()
     rendered = c.execute(Step(stmt, tuple(values)).render()).fetchone()
     assert [(type(v), v) for v in rendered] == [(type(v), v) for v in bound]
+
+
+def test_script_attaches_the_bundle_by_absolute_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bundle named by a relative path: ``reimport.sql`` and ``deletes.sql`` still attach the
+    bundle's files wherever the script is applied from (a relative ATTACH would create empty files
+    there and fail)."""
+    bundle, target = make_pair(tmp_path, AUDITED, RELAXED, "INSERT INTO items (name, n) VALUES ('a', 1);",
+                               "INSERT INTO items (name, n) VALUES ('c', 5); DELETE FROM items WHERE id = 1;")
+    before = tmp_path / "before.db"
+    shutil.copyfile(target, before)
+    monkeypatch.chdir(tmp_path)
+    assert cli("reimport", "bundle", target, "--out", tmp_path / "run", "--yes").exit_code in (0, 1)
+    elsewhere = tmp_path / "elsewhere" / "bundle"
+    elsewhere.mkdir(parents=True)
+    monkeypatch.chdir(elsewhere.parent)
+    assert_replays(tmp_path / "run", before, target)
+    assert list(elsewhere.iterdir()) == []
+    assert f"ATTACH '{bundle / 'base.db'}'" in (tmp_path / "run" / "deletes.sql").read_text()

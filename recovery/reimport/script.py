@@ -142,8 +142,9 @@ class Script:
 
 def attach(path: Path, alias: str) -> exp.Expression:
     """``ATTACH DATABASE 'path' AS alias`` (the plain path: the sqlite3 shell and ``executescript``
-    both take it)."""
-    return exp.Attach(this=exp.alias_(exp.Literal.string(str(path)), alias))
+    both take it), made absolute: the script is applied by hand from any folder, and a relative
+    path that does not resolve there would make ATTACH create a new empty file."""
+    return exp.Attach(this=exp.alias_(exp.Literal.string(os.path.abspath(path)), alias))
 
 
 def header(rows_db: Path, base_db: Path, bundle_alias: str, base_alias: str) -> list[Statement]:

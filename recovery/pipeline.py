@@ -566,6 +566,7 @@ def _run_rollback(db_p: Path, backup_p: Path, run_dir: Path, args: dict[str, Any
                 journal.mark("restore", "start", method="backup")
                 ready, staged = staged, None
                 tmp, digest = ready.result() if ready is not None else stage_restore(backup_p, db_p)
+                proof.confirm(tmp)  # a staged file written to since its checks: verify in full after
                 swap_in(tmp, db_p, window)
                 journal.mark("restore", "done", method="backup", sha256=digest)
     finally:

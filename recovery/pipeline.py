@@ -136,6 +136,8 @@ def _reimport_into(
                                     "nothing was changed; report this with the bundle", ExitCode.FAILED)
             if not outcome.already_applied:  # the outcome is durable exactly when the data is
                 record_outcome(script, bundle.bundle_id, outcome.to_json())
+                if not dry_run:  # a kill right after the commit must not lose the script of what ran
+                    _write_reimport_scripts(run_dir, script, bundle, outcome, committed=True, pending=True)
         _kill_point("reimport:committed")
         if scripts is not None:
             scripts.append((script, True))
@@ -147,17 +149,36 @@ def _reimport_into(
     return outcome
 
 
+_PENDING_SCRIPTS = ".reimport-pending"
+"""Run-folder subfolder with the scripts written just before the COMMIT: moved into place after it,
+or by the resumed run that finds the bundle applied (the commit went in, the process did not
+survive to move them)."""
+
+
 def _write_reimport_scripts(run_dir: Path | None, script: Script, bundle: Bundle, outcome: Outcome,
-                            committed: bool) -> None:
+                            committed: bool, pending: bool = False) -> None:
     """The run folder's ``reimport.sql`` (the plan as executed) and ``deletes.sql``. A run that
-    found the bundle already applied ran nothing: it keeps the script of the run that applied it."""
-    if run_dir is None or (outcome.already_applied and (Path(run_dir) / "reimport.sql").exists()):
+    found the bundle already applied ran nothing: it keeps the script of the run that applied it
+    (put in place from :data:`_PENDING_SCRIPTS` when that run was killed right after its commit).
+    ``pending``: write them to :data:`_PENDING_SCRIPTS` instead (before the COMMIT)."""
+    if run_dir is None:
+        return
+    import shutil
+
+    held = Path(run_dir) / _PENDING_SCRIPTS
+    if outcome.already_applied and not (Path(run_dir) / "reimport.sql").exists() and (held / "reimport.sql").exists():
+        for name in ("deletes.sql", "reimport.sql"):
+            if (held / name).exists():
+                os.replace(held / name, Path(run_dir) / name)
+    if not pending:
+        shutil.rmtree(held, ignore_errors=True)
+    if outcome.already_applied and (Path(run_dir) / "reimport.sql").exists():
         return
     what = ("already applied: nothing ran" if outcome.already_applied else
             "aborted on conflicts (--on-conflict abort): rolled back" if outcome.aborted else
             "dry run: what would run (executed on a scratch copy)" if outcome.dry_run else "committed")
-    write_run_scripts(Path(run_dir), script, bundle.rows_db, bundle.base_db, BUNDLE_DB, BASE_DB, committed,
-                      f"recovery reimport of bundle {bundle.bundle_id} into {outcome.target}: {what}.")
+    write_run_scripts(held if pending else Path(run_dir), script, bundle.rows_db, bundle.base_db, BUNDLE_DB,
+                      BASE_DB, committed, f"recovery reimport of bundle {bundle.bundle_id} into {outcome.target}: {what}.")
 
 
 def reimport(
@@ -566,6 +587,7 @@ def _run_rollback(db_p: Path, backup_p: Path, run_dir: Path, args: dict[str, Any
                 journal.mark("restore", "start", method="backup")
                 ready, staged = staged, None
                 tmp, digest = ready.result() if ready is not None else stage_restore(backup_p, db_p)
+                proof.confirm(tmp)  # a staged file written to since its checks: verify in full after
                 swap_in(tmp, db_p, window)
                 journal.mark("restore", "done", method="backup", sha256=digest)
     finally:

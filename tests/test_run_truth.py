@@ -263,6 +263,11 @@ def test_kill_right_after_the_reimport_commit_resumes_with_the_same_report(finis
     assert proc.returncode == 1, proc.stderr
     assert comparable_report(w / "run") == comparable_report(finished / "run")
     assert content(w / "gestima.db") == content(finished / "gestima.db")
+    # reimport.sql is the re-import that ran before the kill, not the resumed run's empty one
+    script = (w / "run" / "reimport.sql").read_text(encoding="utf-8")
+    assert ": committed." in script.splitlines()[0] and "INSERT INTO" in script
+    assert len(script.splitlines()) == len((finished / "run" / "reimport.sql").read_text(encoding="utf-8").splitlines())
+    assert not (w / "run" / ".reimport-pending").exists()
     again = run_cli(rollback_args(), w)
     assert again.returncode == 1 and "already finished" in again.stdout + again.stderr
 

@@ -83,3 +83,23 @@ def test_full_verify_runs_the_whole_file_checks(world_copy: Path) -> None:
     rollback(w / "gestima.db", next(w.glob("gestima.db.bak.*")), w / "run", alembic_ini=INI, full_verify=True)
     recorded = json.loads((w / "run" / "outcome.json").read_text())["verification"]
     assert "checked" not in recorded and recorded["ok"] is True
+
+
+def test_a_staged_file_written_after_its_checks_voids_the_proof(tmp_path: Path) -> None:
+    """The proof is of the staged file as checked: a write to it before the swap (here a row with
+    a dangling foreign key, which the bounded checks would never look at) makes ``confirm`` void
+    it, so the rollback verifies in full."""
+    src = tmp_path / "b.db"
+    with sqlite3.connect(src) as conn:
+        conn.executescript("CREATE TABLE p (id INTEGER PRIMARY KEY);"
+                           "CREATE TABLE c (id INTEGER PRIMARY KEY, p_id INTEGER REFERENCES p(id));"
+                           "INSERT INTO p VALUES (1); INSERT INTO c VALUES (1, 1);")
+    conn.close()
+    untouched, touched = StagedProof(), StagedProof()
+    untouched.staging(lambda a: (a, "sha"))(src)
+    assert untouched.sound and untouched.confirm(src)
+    touched.staging(lambda a: (a, "sha"))(src)
+    with sqlite3.connect(src) as conn:
+        conn.execute("INSERT INTO c VALUES (2, 99)")
+    conn.close()
+    assert not touched.confirm(src) and not touched.sound

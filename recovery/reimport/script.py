@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 import sqlite3
+import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,17 +32,38 @@ Statement: TypeAlias = exp.Expression | str
 
 def literal(value: Any) -> str:
     """``value`` as the SQLite literal text that stores what binding it stores: integers and reals
-    keep their storage class (a real's ``repr`` always has a ``.`` or an exponent and reads back
-    to the same double), text is quoted by sqlglot, bytes are ``X'…'``, NaN binds as NULL."""
+    keep their storage class (a real as :func:`_real` writes it reads back as the same double), text is quoted by sqlglot, bytes are ``X'…'``, NaN binds as NULL."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "NULL"
     if isinstance(value, (bool, int)):
         return str(int(value))
     if isinstance(value, float):
-        return repr(value) if math.isfinite(value) else ("9e999" if value > 0 else "-9e999")
+        return _real(value) if math.isfinite(value) else ("9e999" if value > 0 else "-9e999")
     if isinstance(value, (bytes, bytearray, memoryview)):
         return f"X'{bytes(value).hex()}'"
     return exp.Literal.string(str(value)).sql(dialect="sqlite")
+
+
+_READER = sqlite3.connect(":memory:", check_same_thread=False)
+
+
+def _real(value: float) -> str:
+    """The shortest decimal text of ``value`` that SQLite's own text-to-real conversion reads back
+    bit for bit (it is not correctly rounded for every double: ``repr`` alone can land one ulp
+    off), with a ``.`` or an exponent so it stays a real."""
+    if _reads_back(repr(value), value):
+        return repr(value)
+    # m * 2**e, m in [0.5, 1) read exactly, times exact powers of two: every product is exact
+    m, e = math.frexp(value)
+    step, rest = (1024.0, 2.0 ** (e % 10)) if e > 0 else (0.0009765625, 0.5 ** (-e % 10))
+    factors = [repr(step)] * (abs(e) // 10) + ([repr(rest)] if rest != 1.0 else [])
+    text = "(" + " * ".join([repr(m), *factors]) + ")"
+    return text if _reads_back(text, value) else repr(value)
+
+
+def _reads_back(text: str, value: float) -> bool:
+    back = _READER.execute(f"SELECT {text}").fetchone()[0]
+    return isinstance(back, float) and struct.pack("<d", back) == struct.pack("<d", value)
 
 
 def bind(text: str, params: Sequence[Any]) -> str:
@@ -142,8 +164,9 @@ class Script:
 
 def attach(path: Path, alias: str) -> exp.Expression:
     """``ATTACH DATABASE 'path' AS alias`` (the plain path: the sqlite3 shell and ``executescript``
-    both take it)."""
-    return exp.Attach(this=exp.alias_(exp.Literal.string(str(path)), alias))
+    both take it), made absolute: the script is applied by hand from any folder, and a relative
+    path that does not resolve there would make ATTACH create a new empty file."""
+    return exp.Attach(this=exp.alias_(exp.Literal.string(os.path.abspath(path)), alias))
 
 
 def header(rows_db: Path, base_db: Path, bundle_alias: str, base_alias: str) -> list[Statement]:

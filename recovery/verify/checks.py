@@ -101,6 +101,8 @@ class StagedProof:
     sha256: str | None = None
     integrity: list[str] = field(default_factory=list)
     foreign_keys: list[dict[str, Any]] = field(default_factory=list)
+    stat: tuple[int, ...] | None = None
+    """The staged file's identity while it was checked (:func:`_identity`)."""
 
     @property
     def sound(self) -> bool:
@@ -110,12 +112,33 @@ class StagedProof:
         """``stage`` (e.g. ``stage_restore``), then both checks of the file it staged."""
         def run(*args: Any, **kwargs: Any) -> tuple[Path, str]:
             tmp, digest = stage(*args, **kwargs)
+            before = _identity(tmp)
             staged = open_engine(tmp)
             self.integrity = _on_connection(staged, "staged backup", _integrity_with_cache)
             self.foreign_keys = _on_connection(staged, "staged backup", foreign_key_problems)
-            self.sha256 = digest
+            self.sha256, self.stat = (digest, before) if _identity(tmp) == before else (None, None)
             return tmp, digest
         return run
+
+    def confirm(self, staged: str | os.PathLike[str]) -> bool:
+        """Call right before ``staged`` is swapped in: the proof holds only for the file as it was
+        checked. Any write to it since (its size, mtime or ctime moved, or another file took its
+        name) voids the proof, so the verification after the re-import runs the full checks."""
+        if self.stat is None or _identity(staged) != self.stat:
+            self.sha256, self.stat = None, None
+        return self.sound
+
+
+def _identity(path: str | os.PathLike[str]) -> tuple[int, ...] | None:
+    """The file's device, inode, size, mtime and ctime, and SQLite's file change counter (header
+    bytes 24-27, moved by every commit in rollback-journal mode, even within one clock tick)."""
+    try:
+        with open(path, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            counter = int.from_bytes(fh.read(28)[24:28].ljust(4, b"\0"), "big")
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, counter
 
 
 def _integrity_with_cache(conn: sqlite3.Connection) -> list[str]:

@@ -18,6 +18,7 @@ at 1.5M rows). Both are measured; the tuned one is the floor.
 Hand-written SQL, no reflection beyond ``PRAGMA table_info``, no imports beyond the standard
 library: the least work any row diff of these two files can do. Prints one JSON object.
 """
+
 from __future__ import annotations
 
 import json
@@ -50,8 +51,12 @@ def floor(backup: str, live: str, naive: bool = False) -> dict:
     conn.execute("ATTACH DATABASE ? AS new", (uri(live),))
 
     def names(s: str) -> set[str]:
-        return {r[0] for r in conn.execute(
-            f"SELECT name FROM {s}.sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'")}
+        return {
+            r[0]
+            for r in conn.execute(
+                f"SELECT name FROM {s}.sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'"
+            )
+        }
 
     shared = sorted((names("old") & names("new")) - {"alembic_version"})
     out: dict = {"tables": {}}
@@ -64,15 +69,20 @@ def floor(backup: str, live: str, naive: bool = False) -> dict:
         common = [c for c in ocols if c in ncols and c not in pk]
         hint = "" if naive else " NOT INDEXED"
         on = " AND ".join(f"o.{q(k)} = n.{q(k)}" for k in pk)
-        ins = conn.execute(f"SELECT count(*) FROM new.{q(t)} n{hint} WHERE NOT EXISTS "
-                           f"(SELECT 1 FROM old.{q(t)} o WHERE {on})").fetchone()[0]
-        dele = conn.execute(f"SELECT count(*) FROM old.{q(t)} o{hint} WHERE NOT EXISTS "
-                            f"(SELECT 1 FROM new.{q(t)} n WHERE {on})").fetchone()[0]
+        ins = conn.execute(
+            f"SELECT count(*) FROM new.{q(t)} n{hint} WHERE NOT EXISTS "
+            f"(SELECT 1 FROM old.{q(t)} o WHERE {on})"
+        ).fetchone()[0]
+        dele = conn.execute(
+            f"SELECT count(*) FROM old.{q(t)} o{hint} WHERE NOT EXISTS "
+            f"(SELECT 1 FROM new.{q(t)} n WHERE {on})"
+        ).fetchone()[0]
         upd = 0
         if common:
             ne = " OR ".join(f"o.{q(c)} IS NOT n.{q(c)}" for c in common)
-            upd = conn.execute(f"SELECT count(*) FROM old.{q(t)} o JOIN new.{q(t)} n ON {on} "
-                               f"WHERE {ne}").fetchone()[0]
+            upd = conn.execute(
+                f"SELECT count(*) FROM old.{q(t)} o JOIN new.{q(t)} n ON {on} WHERE {ne}"
+            ).fetchone()[0]
         out["tables"][t] = {"inserted": ins, "updated": upd, "deleted": dele, "compared": common}
     conn.close()
     out["seconds"] = round(time.perf_counter() - t0, 3)

@@ -7,6 +7,7 @@ Same arguments as ``recovery rollback DB --backup BACKUP --out RUN_DIR --alembic
 ``step:start`` / ``step:done`` gets a ``perf_counter`` stamp (and this process's peak RSS at that
 moment). Prints one JSON object: per-step seconds, marks, progress messages, total.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,13 +31,24 @@ def main() -> None:
     orig = pipeline.Journal.mark
 
     def mark(self, step, state, **info):  # type: ignore[no-untyped-def]
-        marks.append({"step": step, "state": state, "t": round(time.perf_counter() - T0, 3), "max_rss_mb": rss_mb()})
+        marks.append(
+            {
+                "step": step,
+                "state": state,
+                "t": round(time.perf_counter() - T0, 3),
+                "max_rss_mb": rss_mb(),
+            }
+        )
         return orig(self, step, state, **info)
 
     pipeline.Journal.mark = mark  # type: ignore[method-assign]
     t_import = time.perf_counter() - T0
     res = pipeline.rollback(
-        db, backup, run_dir, uploads=uploads, alembic_ini=ini,
+        db,
+        backup,
+        run_dir,
+        uploads=uploads,
+        alembic_ini=ini,
         confirm=lambda _plan: True,
         progress=lambda m: messages.append({"t": round(time.perf_counter() - T0, 3), "message": m}),
     )
@@ -50,12 +62,22 @@ def main() -> None:
             steps[m["step"]] = round(m["t"] - starts[m["step"]], 3)
     # time between marks that belongs to no step (opening the bundle, confirm, loading the outcome)
     accounted = sum(steps.values())
-    print(json.dumps({
-        "import_s": round(t_import, 3), "total_s": round(total, 3), "steps_s": steps,
-        "between_steps_s": round(total - t_import - accounted, 3),
-        "exit_code": int(res.exit_code), "marks": marks, "progress": messages, "max_rss_mb": rss_mb(),
-        "summary": _summary(res),
-    }, indent=1))
+    print(
+        json.dumps(
+            {
+                "import_s": round(t_import, 3),
+                "total_s": round(total, 3),
+                "steps_s": steps,
+                "between_steps_s": round(total - t_import - accounted, 3),
+                "exit_code": int(res.exit_code),
+                "marks": marks,
+                "progress": messages,
+                "max_rss_mb": rss_mb(),
+                "summary": _summary(res),
+            },
+            indent=1,
+        )
+    )
 
 
 def _summary(res) -> dict:  # type: ignore[no-untyped-def]
@@ -63,9 +85,13 @@ def _summary(res) -> dict:  # type: ignore[no-untyped-def]
     if o is None:
         return {}
     return {
-        "conflicts": len(o.conflicts), "lost": len(o.lost or []), "remaps": len(o.remaps),
-        "tables": {n: {"inserted": t.inserted, "updated": t.updated, "skipped": t.skipped}
-                   for n, t in sorted(o.tables.items())},
+        "conflicts": len(o.conflicts),
+        "lost": len(o.lost or []),
+        "remaps": len(o.remaps),
+        "tables": {
+            n: {"inserted": t.inserted, "updated": t.updated, "skipped": t.skipped}
+            for n, t in sorted(o.tables.items())
+        },
     }
 
 

@@ -8,6 +8,7 @@ as the tool reads it); per table one ``SELECT count(c1), …, count(cN) FROM t N
 row's record decoded column by column, in rowid order). The copy goes to ``SCRATCH_DIR`` and is
 removed. Prints one JSON object: seconds for the copy, the reads, and the total.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,7 +27,9 @@ def read_all(path: str) -> int:
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     rows = 0
     try:
-        for (t,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"):
+        for (t,) in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+        ):
             cols = [r[1] for r in conn.execute(f"PRAGMA table_info({q(t)})")]
             sel = ", ".join(f"count({q(c)})" for c in cols) or "count(*)"
             conn.execute(f"SELECT count(*), {sel} FROM {q(t)} NOT INDEXED").fetchone()
@@ -46,8 +49,16 @@ def main() -> None:
     rows = read_all(backup) + read_all(live)
     t2 = time.perf_counter()
     dest.unlink()
-    print(json.dumps({"copy_s": round(t1 - t0, 3), "read_s": round(t2 - t1, 3), "seconds": round(t2 - t0, 3),
-                      "rows": rows}))
+    print(
+        json.dumps(
+            {
+                "copy_s": round(t1 - t0, 3),
+                "read_s": round(t2 - t1, 3),
+                "seconds": round(t2 - t0, 3),
+                "rows": rows,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

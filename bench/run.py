@@ -7,6 +7,7 @@ peak RSS is that child's own ``ru_maxrss`` (``os.wait4``), so one step's peak ne
 another's. The world is cached in ``OUT/world-N`` (reused when its ``world.json`` exists); results
 are appended as one JSON object per run to ``OUT/results.jsonl`` and printed as a table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,7 +42,10 @@ def timed(cmd: list[str], ok_codes: tuple[int, ...] = (0, 1)) -> dict:
     def drain(name: str, stream) -> None:  # type: ignore[no-untyped-def]
         bufs[name] = stream.read()
 
-    th = [threading.Thread(target=drain, args=(n, s)) for n, s in (("out", p.stdout), ("err", p.stderr))]
+    th = [
+        threading.Thread(target=drain, args=(n, s))
+        for n, s in (("out", p.stdout), ("err", p.stderr))
+    ]
     for t in th:
         t.start()
     _, status, ru = os.wait4(p.pid, 0)
@@ -50,10 +54,18 @@ def timed(cmd: list[str], ok_codes: tuple[int, ...] = (0, 1)) -> dict:
         t.join()
     p.returncode = os.waitstatus_to_exitcode(status)
     if p.returncode not in ok_codes:
-        raise SystemExit(f"{' '.join(cmd[:4])}… exited {p.returncode}\n{bufs['err'].decode()[-3000:]}")
-    return {"wall_s": round(wall, 3), "rss_mb": round(ru.ru_maxrss / 1024, 1), "rc": p.returncode,
-            "user_s": round(ru.ru_utime, 2), "sys_s": round(ru.ru_stime, 2),
-            "stdout": bufs["out"].decode(), "stderr": bufs["err"].decode()}
+        raise SystemExit(
+            f"{' '.join(cmd[:4])}… exited {p.returncode}\n{bufs['err'].decode()[-3000:]}"
+        )
+    return {
+        "wall_s": round(wall, 3),
+        "rss_mb": round(ru.ru_maxrss / 1024, 1),
+        "rc": p.returncode,
+        "user_s": round(ru.ru_utime, 2),
+        "sys_s": round(ru.ru_stime, 2),
+        "stdout": bufs["out"].decode(),
+        "stderr": bufs["err"].decode(),
+    }
 
 
 def median_of(runs: list[dict], key: str) -> float:
@@ -61,12 +73,31 @@ def median_of(runs: list[dict], key: str) -> float:
 
 
 def machine() -> dict:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor())
-    mem = next((ln.split()[1] for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemTotal")), "0")
-    return {"nproc": os.cpu_count(), "cpu": cpu, "ram_gb": round(int(mem) / 1024 / 1024, 1),
-            "python": platform.python_version(), "sqlite": sqlite3.sqlite_version,
-            "platform": platform.platform(), "date": datetime.now().isoformat(timespec="seconds")}
+    cpu = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    mem = next(
+        (
+            ln.split()[1]
+            for ln in Path("/proc/meminfo").read_text().splitlines()
+            if ln.startswith("MemTotal")
+        ),
+        "0",
+    )
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "ram_gb": round(int(mem) / 1024 / 1024, 1),
+        "python": platform.python_version(),
+        "sqlite": sqlite3.sqlite_version,
+        "platform": platform.platform(),
+        "date": datetime.now().isoformat(timespec="seconds"),
+    }
 
 
 def warm(*paths: Path) -> None:
@@ -82,10 +113,16 @@ def world(out: Path, parts: int) -> tuple[Path, dict | None]:
     w = out / f"world-{parts}"
     if (w / "world.json").is_file() and (w / LIVE).is_file():
         return w, None
-    code = (f"from pathlib import Path; from recovery.sample import generate; "
-            f"generate(Path({str(w)!r}), parts={parts}, seed=42, progress=True)")
+    code = (
+        f"from pathlib import Path; from recovery.sample import generate; "
+        f"generate(Path({str(w)!r}), parts={parts}, seed=42, progress=True)"
+    )
     r = timed([sys.executable, "-c", code], ok_codes=(0,))
-    gen = {"wall_s": r["wall_s"], "rss_mb": r["rss_mb"], "log": r["stderr"].strip().splitlines()[-6:]}
+    gen = {
+        "wall_s": r["wall_s"],
+        "rss_mb": r["rss_mb"],
+        "log": r["stderr"].strip().splitlines()[-6:],
+    }
     return w, gen
 
 
@@ -98,7 +135,10 @@ def world_facts(w: Path) -> dict:
     uri = lambda p: f"file:{p}?mode=ro"  # noqa: E731
     for role, name in (("backup", BACKUP), ("live", LIVE)):
         c = sqlite3.connect(uri(w / name), uri=True)
-        tables = [r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")]
+        tables = [
+            r[0]
+            for r in c.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")
+        ]
         facts[role] = {t: c.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in tables}
         c.close()
     return facts
@@ -118,25 +158,44 @@ def bench_diff(w: Path, repeat: int) -> dict:
         floor_runs.append(f)
         naive_runs.append(timed([*floor_cmd, "--naive"]))
         diff_runs.append(timed(diff_cmd))
-    imp = [timed([sys.executable, "-c", "import recovery.cli, recovery.compare.diff"]) for _ in range(repeat)]
+    imp = [
+        timed([sys.executable, "-c", "import recovery.cli, recovery.compare.diff"])
+        for _ in range(repeat)
+    ]
     floor_counts = json.loads(floor_runs[-1]["stdout"])["tables"]
     tool = json.loads(diff_runs[-1]["stdout"])
-    tool_counts = {t: {k: v[k] for k in ("inserted", "updated", "deleted")} for t, v in tool["tables"].items()}
+    tool_counts = {
+        t: {k: v[k] for k in ("inserted", "updated", "deleted")} for t, v in tool["tables"].items()
+    }
     d, fl = median_of(diff_runs, "wall_s"), median_of(floor_runs, "wall_s")
     return {
-        "diff_wall_s": [r["wall_s"] for r in diff_runs], "diff_rss_mb": [r["rss_mb"] for r in diff_runs],
-        "floor_wall_s": [r["wall_s"] for r in floor_runs], "floor_sql_s": [r["sql_s"] for r in floor_runs],
-        "floor_rss_mb": [r["rss_mb"] for r in floor_runs], "naive_floor_wall_s": [r["wall_s"] for r in naive_runs],
+        "diff_wall_s": [r["wall_s"] for r in diff_runs],
+        "diff_rss_mb": [r["rss_mb"] for r in diff_runs],
+        "floor_wall_s": [r["wall_s"] for r in floor_runs],
+        "floor_sql_s": [r["sql_s"] for r in floor_runs],
+        "floor_rss_mb": [r["rss_mb"] for r in floor_runs],
+        "naive_floor_wall_s": [r["wall_s"] for r in naive_runs],
         "diff_cpu_s": [round(r["user_s"] + r["sys_s"], 2) for r in diff_runs],
         "floor_cpu_s": [round(r["user_s"] + r["sys_s"], 2) for r in floor_runs],
         "import_s": [r["wall_s"] for r in imp],
-        "median": {"diff_s": d, "floor_s": fl, "ratio": round(d / fl, 2),
-                   "naive_floor_s": median_of(naive_runs, "wall_s"), "diff_rss_mb": median_of(diff_runs, "rss_mb"),
-                   "floor_sql_s": median_of(floor_runs, "sql_s"), "import_s": median_of(imp, "wall_s"),
-                   "diff_cpu_s": round(statistics.median(r["user_s"] + r["sys_s"] for r in diff_runs), 2),
-                   "floor_cpu_s": round(statistics.median(r["user_s"] + r["sys_s"] for r in floor_runs), 2)},
-        "tool_counts": tool_counts, "floor_counts": {t: ({k: v[k] for k in ("inserted", "updated", "deleted")}
-                                                         if isinstance(v, dict) else v) for t, v in floor_counts.items()},
+        "median": {
+            "diff_s": d,
+            "floor_s": fl,
+            "ratio": round(d / fl, 2),
+            "naive_floor_s": median_of(naive_runs, "wall_s"),
+            "diff_rss_mb": median_of(diff_runs, "rss_mb"),
+            "floor_sql_s": median_of(floor_runs, "sql_s"),
+            "import_s": median_of(imp, "wall_s"),
+            "diff_cpu_s": round(statistics.median(r["user_s"] + r["sys_s"] for r in diff_runs), 2),
+            "floor_cpu_s": round(
+                statistics.median(r["user_s"] + r["sys_s"] for r in floor_runs), 2
+            ),
+        },
+        "tool_counts": tool_counts,
+        "floor_counts": {
+            t: ({k: v[k] for k in ("inserted", "updated", "deleted")} if isinstance(v, dict) else v)
+            for t, v in floor_counts.items()
+        },
     }
 
 
@@ -150,19 +209,37 @@ def bench_extract(w: Path, out: Path, repeat: int) -> dict:
         shutil.rmtree(dest, ignore_errors=True)
         dest.parent.mkdir(parents=True, exist_ok=True)
         prog = [exe] if exe else [sys.executable, "-m", "recovery"]
-        cmd = [*prog, "extract", str(b), str(lv),
-               "--out", str(dest), "--alembic-ini", str(ALEMBIC_INI), "--uploads", str(w / "uploads"), "--json"]
+        cmd = [
+            *prog,
+            "extract",
+            str(b),
+            str(lv),
+            "--out",
+            str(dest),
+            "--alembic-ini",
+            str(ALEMBIC_INI),
+            "--uploads",
+            str(w / "uploads"),
+            "--json",
+        ]
         runs.append(timed(cmd))
     manifest = json.loads((out / "extract" / f"bundle-{repeat - 1}" / "manifest.json").read_text())
     counts = manifest["counts"]
-    rows = sum(c.get("inserted", 0) + c.get("updated", 0) + c.get("deleted", 0) + c.get("closure", 0)
-               for c in counts.values())
+    rows = sum(
+        c.get("inserted", 0) + c.get("updated", 0) + c.get("deleted", 0) + c.get("closure", 0)
+        for c in counts.values()
+    )
     for i in range(repeat - 1):  # keep one bundle for inspection
         shutil.rmtree(out / "extract" / f"bundle-{i}", ignore_errors=True)
-    return {"wall_s": [r["wall_s"] for r in runs], "rss_mb": [r["rss_mb"] for r in runs],
-            "cpu_s": [round(r["user_s"] + r["sys_s"], 2) for r in runs], "median": {"wall_s": median_of(runs, "wall_s"), "rss_mb": median_of(runs, "rss_mb")},
-            "changed_rows": rows, "lost_cells": sum(c.get("lost", 0) for c in counts.values()),
-            "counts": counts}
+    return {
+        "wall_s": [r["wall_s"] for r in runs],
+        "rss_mb": [r["rss_mb"] for r in runs],
+        "cpu_s": [round(r["user_s"] + r["sys_s"], 2) for r in runs],
+        "median": {"wall_s": median_of(runs, "wall_s"), "rss_mb": median_of(runs, "rss_mb")},
+        "changed_rows": rows,
+        "lost_cells": sum(c.get("lost", 0) for c in counts.values()),
+        "counts": counts,
+    }
 
 
 def fresh_copy(w: Path, dest: Path) -> None:
@@ -178,9 +255,21 @@ def fresh_copy(w: Path, dest: Path) -> None:
 
 def rollback_floor(dest: Path) -> dict:
     """The copy-and-read floor (``rollback_floor.py``) on the same fresh copy, just before the run."""
-    r = timed([sys.executable, str(HERE / "rollback_floor.py"), str(dest / BACKUP), str(dest / LIVE),
-               str(dest / "floor-scratch")], ok_codes=(0,))
-    return {**json.loads(r["stdout"]), "wall_s": r["wall_s"], "cpu_s": round(r["user_s"] + r["sys_s"], 2)}
+    r = timed(
+        [
+            sys.executable,
+            str(HERE / "rollback_floor.py"),
+            str(dest / BACKUP),
+            str(dest / LIVE),
+            str(dest / "floor-scratch"),
+        ],
+        ok_codes=(0,),
+    )
+    return {
+        **json.loads(r["stdout"]),
+        "wall_s": r["wall_s"],
+        "cpu_s": round(r["user_s"] + r["sys_s"], 2),
+    }
 
 
 def bench_rollback(w: Path, out: Path, repeat: int) -> dict:
@@ -191,41 +280,81 @@ def bench_rollback(w: Path, out: Path, repeat: int) -> dict:
         fresh_copy(w, dest)
         warm(dest / BACKUP, dest / LIVE, dest / (LIVE + "-wal"))
         floors.append(rollback_floor(dest))
-        cmd = [sys.executable, str(HERE / "rollback_child.py"), str(dest / LIVE), str(dest / BACKUP),
-               str(dest / "run"), str(ALEMBIC_INI), str(dest / "uploads")]
+        cmd = [
+            sys.executable,
+            str(HERE / "rollback_child.py"),
+            str(dest / LIVE),
+            str(dest / BACKUP),
+            str(dest / "run"),
+            str(ALEMBIC_INI),
+            str(dest / "uploads"),
+        ]
         r = timed(cmd)
         detail = json.loads(r["stdout"])
         runs.append({**r, "detail": detail})
         if i < repeat - 1:
             shutil.rmtree(dest, ignore_errors=True)
-    steps = sorted({s for r in runs for s in r["detail"]["steps_s"]},
-                   key=lambda s: ["probe", "safety", "extract", "restore", "reimport", "relink", "verify", "report"].index(s))
+    steps = sorted(
+        {s for r in runs for s in r["detail"]["steps_s"]},
+        key=lambda s: [
+            "probe",
+            "safety",
+            "extract",
+            "restore",
+            "reimport",
+            "relink",
+            "verify",
+            "report",
+        ].index(s),
+    )
     fl = median_of(floors, "wall_s")
     return {
-        "wall_s": [r["wall_s"] for r in runs], "rss_mb": [r["rss_mb"] for r in runs],
+        "wall_s": [r["wall_s"] for r in runs],
+        "rss_mb": [r["rss_mb"] for r in runs],
         "cpu_s": [round(r["user_s"] + r["sys_s"], 2) for r in runs],
-        "floor_wall_s": [f["wall_s"] for f in floors], "floor_cpu_s": [f["cpu_s"] for f in floors],
-        "median": {"wall_s": median_of(runs, "wall_s"), "rss_mb": median_of(runs, "rss_mb"),
-                   "floor_s": fl, "ratio": round(median_of(runs, "wall_s") / fl, 2),
-                   "cpu_s": round(statistics.median(r["user_s"] + r["sys_s"] for r in runs), 2),
-                   "import_s": round(statistics.median(r["detail"]["import_s"] for r in runs), 3),
-                   "between_steps_s": round(statistics.median(r["detail"]["between_steps_s"] for r in runs), 3),
-                   "steps_s": {s: round(statistics.median(r["detail"]["steps_s"].get(s, 0) for r in runs), 3) for s in steps}},
-        "rss_at_marks": runs[-1]["detail"]["marks"], "summary": runs[-1]["detail"]["summary"],
+        "floor_wall_s": [f["wall_s"] for f in floors],
+        "floor_cpu_s": [f["cpu_s"] for f in floors],
+        "median": {
+            "wall_s": median_of(runs, "wall_s"),
+            "rss_mb": median_of(runs, "rss_mb"),
+            "floor_s": fl,
+            "ratio": round(median_of(runs, "wall_s") / fl, 2),
+            "cpu_s": round(statistics.median(r["user_s"] + r["sys_s"] for r in runs), 2),
+            "import_s": round(statistics.median(r["detail"]["import_s"] for r in runs), 3),
+            "between_steps_s": round(
+                statistics.median(r["detail"]["between_steps_s"] for r in runs), 3
+            ),
+            "steps_s": {
+                s: round(statistics.median(r["detail"]["steps_s"].get(s, 0) for r in runs), 3)
+                for s in steps
+            },
+        },
+        "rss_at_marks": runs[-1]["detail"]["marks"],
+        "summary": runs[-1]["detail"]["summary"],
         "exit_codes": [r["detail"]["exit_code"] for r in runs],
     }
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--parts", type=int, default=1_000_000)
     ap.add_argument("--out", type=Path, default=HERE / "out")
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--only", default="diff,extract,rollback",
-                    help="comma-separated benchmarks; the world is always built (or reused) first")
-    ap.add_argument("--sizes", help="comma-separated --parts values (e.g. 100000,1000000,10000000): run the "
-                    "benchmarks on each, then write the curve (OUT/curve.json) and the plot (bench/curve.png)")
-    ap.add_argument("--plot-only", action="store_true", help="redraw bench/curve.png from OUT/curve.json")
+    ap.add_argument(
+        "--only",
+        default="diff,extract,rollback",
+        help="comma-separated benchmarks; the world is always built (or reused) first",
+    )
+    ap.add_argument(
+        "--sizes",
+        help="comma-separated --parts values (e.g. 100000,1000000,10000000): run the "
+        "benchmarks on each, then write the curve (OUT/curve.json) and the plot (bench/curve.png)",
+    )
+    ap.add_argument(
+        "--plot-only", action="store_true", help="redraw bench/curve.png from OUT/curve.json"
+    )
     args = ap.parse_args()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -235,29 +364,64 @@ def main() -> None:
     if args.sizes:
         curve = []
         for n in [int(x) for x in args.sizes.split(",")]:
-            sub = [sys.executable, str(Path(__file__).resolve()), "--parts", str(n), "--out", str(out),
-                   "--repeat", str(args.repeat), "--only", args.only]
+            sub = [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--parts",
+                str(n),
+                "--out",
+                str(out),
+                "--repeat",
+                str(args.repeat),
+                "--only",
+                args.only,
+            ]
             subprocess.run(sub, check=True)
             last = json.loads((out / "results.jsonl").read_text().splitlines()[-1])
-            curve.append({"parts": n, "loadavg": [last["loadavg_before"], last["loadavg_after"]],
-                          **{k: last[k]["median"] for k in ("diff", "rollback", "extract") if k in last}})
+            curve.append(
+                {
+                    "parts": n,
+                    "loadavg": [last["loadavg_before"], last["loadavg_after"]],
+                    **{k: last[k]["median"] for k in ("diff", "rollback", "extract") if k in last},
+                }
+            )
         (out / "curve.json").write_text(json.dumps(curve, indent=1))
         plot(curve, HERE / "curve.png")
         print(json.dumps(curve, indent=1))
         return
     only = set(args.only.split(","))
-    result: dict = {"machine": machine(), "parts": args.parts, "repeat": args.repeat,
-                    "loadavg_before": os.getloadavg()}
+    result: dict = {
+        "machine": machine(),
+        "parts": args.parts,
+        "repeat": args.repeat,
+        "loadavg_before": os.getloadavg(),
+    }
     w, gen = world(out, args.parts)
     result["generate"] = gen or "cached"
     result["world"] = world_facts(w)
-    print(json.dumps({"machine": result["machine"], "generate": result["generate"], "world": result["world"]}, indent=1), flush=True)
+    print(
+        json.dumps(
+            {
+                "machine": result["machine"],
+                "generate": result["generate"],
+                "world": result["world"],
+            },
+            indent=1,
+        ),
+        flush=True,
+    )
     if "diff" in only:
         result["diff"] = bench_diff(w, args.repeat)
         print("diff", json.dumps(result["diff"]["median"]), flush=True)
     if "extract" in only:
         result["extract"] = bench_extract(w, out, args.repeat)
-        print("extract", json.dumps(result["extract"]["median"]), "changed rows", result["extract"]["changed_rows"], flush=True)
+        print(
+            "extract",
+            json.dumps(result["extract"]["median"]),
+            "changed rows",
+            result["extract"]["changed_rows"],
+            flush=True,
+        )
     if "rollback" in only:
         result["rollback"] = bench_rollback(w, out, args.repeat)
         print("rollback", json.dumps(result["rollback"]["median"]), flush=True)
@@ -276,13 +440,33 @@ def plot(curve: list[dict], png: Path) -> None:
 
     sizes = [c["parts"] for c in curve]
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=80)
-    steps = sorted({s for c in curve for s in c.get("rollback", {}).get("steps_s", {})},
-                   key=lambda s: ["probe", "safety", "extract", "restore", "reimport", "relink", "verify",
-                                  "report"].index(s))
+    steps = sorted(
+        {s for c in curve for s in c.get("rollback", {}).get("steps_s", {})},
+        key=lambda s: [
+            "probe",
+            "safety",
+            "extract",
+            "restore",
+            "reimport",
+            "relink",
+            "verify",
+            "report",
+        ].index(s),
+    )
     for s in steps:
-        ax.plot(sizes, [max(c["rollback"]["steps_s"].get(s, 0), 1e-3) for c in curve], marker="o", lw=1, label=s)
-    series = [("rollback", "wall_s", "rollback total", "k-"), ("rollback", "floor_s", "copy-and-read floor", "k--"),
-              ("diff", "diff_s", "diff", "b-"), ("diff", "floor_s", "diff SQL floor", "b--")]
+        ax.plot(
+            sizes,
+            [max(c["rollback"]["steps_s"].get(s, 0), 1e-3) for c in curve],
+            marker="o",
+            lw=1,
+            label=s,
+        )
+    series = [
+        ("rollback", "wall_s", "rollback total", "k-"),
+        ("rollback", "floor_s", "copy-and-read floor", "k--"),
+        ("diff", "diff_s", "diff", "b-"),
+        ("diff", "floor_s", "diff SQL floor", "b--"),
+    ]
     for key, field, label, style in series:
         if all(key in c for c in curve):
             ax.plot(sizes, [c[key][field] for c in curve], style, lw=2, label=label)

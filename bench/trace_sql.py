@@ -5,6 +5,7 @@
 A profiling aid (not part of run.py): wraps ``open_pair`` so each statement is timed (SELECTs are
 drained at once), then prints the total and the slowest statements with EXPLAIN QUERY PLAN.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -75,10 +76,17 @@ def main() -> None:
         else:
             from recovery.bundle.extract import extract
 
-            extract(b, lv, tmp / "bundle", alembic_ini=HERE.parent / "sample_dbs/app/alembic.ini",
-                    uploads=world / "uploads")
+            extract(
+                b,
+                lv,
+                tmp / "bundle",
+                alembic_ini=HERE.parent / "sample_dbs/app/alembic.ini",
+                uploads=world / "uploads",
+            )
         total = time.perf_counter() - t0
-        print(f"{what}: total {total:.2f} s, SQL on the pair {sum(x for x, _ in LOG):.2f} s in {len(LOG)} statements")
+        print(
+            f"{what}: total {total:.2f} s, SQL on the pair {sum(x for x, _ in LOG):.2f} s in {len(LOG)} statements"
+        )
         plan_conn = sqlite3.connect(":memory:")
         plan_conn.execute("ATTACH ? AS old", (f"file:{b}?mode=ro",))
         plan_conn.execute("ATTACH ? AS new", (f"file:{lv}?mode=ro",))

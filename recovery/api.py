@@ -9,11 +9,45 @@ command, each returning a result whose ``exit_code`` is what the CLI exits with)
                        uploads="uploads")
     print(run.exit_code, run.outcome.to_dict()["totals"])
 """
+
 from __future__ import annotations
 
-from recovery.commands import (COMMANDS, RollbackOptions, ReimportOptions, apply_deletes, check, demo, diff,
-                               error_for, extract, rehearse, reimport, relink, report, rollback, sample,
-                               snapshot, undo)
+from recovery.commands import (
+    COMMANDS,
+    RollbackOptions,
+    ReimportOptions,
+    apply_deletes,
+    check,
+    demo,
+    diff,
+    error_for,
+    extract,
+    rehearse,
+    reimport,
+    relink,
+    report,
+    rollback,
+    sample,
+    snapshot,
+    undo,
+)
 
-__all__ = ["COMMANDS", "RollbackOptions", "ReimportOptions", "apply_deletes", "check", "demo", "diff", "error_for",
-           "extract", "rehearse", "reimport", "relink", "report", "rollback", "sample", "snapshot", "undo"]
+__all__ = [
+    "COMMANDS",
+    "RollbackOptions",
+    "ReimportOptions",
+    "apply_deletes",
+    "check",
+    "demo",
+    "diff",
+    "error_for",
+    "extract",
+    "rehearse",
+    "reimport",
+    "relink",
+    "report",
+    "rollback",
+    "sample",
+    "snapshot",
+    "undo",
+]

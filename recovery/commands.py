@@ -26,6 +26,7 @@ Options that change how a run behaves travel as one frozen value
 Diagnostics go to the ``recovery.*`` loggers (:mod:`logging`): step messages at INFO, step
 starts/ends and decisions at DEBUG; the functions print nothing.
 """
+
 from __future__ import annotations
 
 import logging
@@ -54,10 +55,30 @@ PathArg = str | os.PathLike[str]
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "COMMANDS", "DemoResult", "DiffCommandResult", "ExtractCommandResult", "RelinkResult", "ReportCommandResult",
-    "SampleResult", "SnapshotResult", "ReimportOptions", "RollbackOptions", "apply_deletes", "check", "demo",
-    "diff", "error_for", "extract", "rehearse", "reimport", "relink", "report", "rollback", "sample",
-    "snapshot", "undo",
+    "COMMANDS",
+    "DemoResult",
+    "DiffCommandResult",
+    "ExtractCommandResult",
+    "RelinkResult",
+    "ReportCommandResult",
+    "SampleResult",
+    "SnapshotResult",
+    "ReimportOptions",
+    "RollbackOptions",
+    "apply_deletes",
+    "check",
+    "demo",
+    "diff",
+    "error_for",
+    "extract",
+    "rehearse",
+    "reimport",
+    "relink",
+    "report",
+    "rollback",
+    "sample",
+    "snapshot",
+    "undo",
 ]
 
 
@@ -136,7 +157,11 @@ class ExtractCommandResult:
 
     @property
     def exit_code(self) -> int:
-        return ExitCode.REVIEW if self.summary["lost"] or self.summary["planning_errors"] else ExitCode.OK
+        return (
+            ExitCode.REVIEW
+            if self.summary["lost"] or self.summary["planning_errors"]
+            else ExitCode.OK
+        )
 
 
 @dataclass(frozen=True)
@@ -153,7 +178,9 @@ class RelinkResult:
         from recovery.model.values import FileResult
 
         files = FileResult.from_dict(self.report)
-        return judge(files_missing=files.missing, files_unsafe=files.unsafe, run_files=False).exit_code
+        return judge(
+            files_missing=files.missing, files_unsafe=files.unsafe, run_files=False
+        ).exit_code
 
 
 @dataclass(frozen=True)
@@ -201,7 +228,9 @@ def _stopped_unless(confirm: Callable[[], bool] | None) -> None:
 # one function per command, in the README's order
 
 
-def sample(*, out_dir: PathArg, parts: int = 300, seed: int = 42, url: str | None = None) -> SampleResult:
+def sample(
+    *, out_dir: PathArg, parts: int = 300, seed: int = 42, url: str | None = None
+) -> SampleResult:
     """Build the sample Gestima world into ``out_dir`` (a failed build leaves nothing behind); with
     ``url`` (``postgresql://…/DBNAME``) the databases are built in that PostgreSQL database
     (:func:`recovery.sample.postgres.generate_postgres`), the backup dump and uploads in ``out_dir``."""
@@ -210,7 +239,9 @@ def sample(*, out_dir: PathArg, parts: int = 300, seed: int = 42, url: str | Non
     from recovery.sample.generator import fresh_folder
 
     out = Path(out_dir)
-    log.debug("sample: %s parts, seed %s, into %s%s", parts, seed, out, f" and {url}" if url else "")
+    log.debug(
+        "sample: %s parts, seed %s, into %s%s", parts, seed, out, f" and {url}" if url else ""
+    )
     if url is not None:
         from recovery.sample.postgres import generate_postgres
 
@@ -222,8 +253,13 @@ def sample(*, out_dir: PathArg, parts: int = 300, seed: int = 42, url: str | Non
     return SampleResult(out, parts, seed)
 
 
-def snapshot(*, db: PathArg, out_dir: PathArg | None = None, uploads: PathArg | None = None,
-             app_dir: PathArg | None = None) -> SnapshotResult:
+def snapshot(
+    *,
+    db: PathArg,
+    out_dir: PathArg | None = None,
+    uploads: PathArg | None = None,
+    app_dir: PathArg | None = None,
+) -> SnapshotResult:
     """A WAL-safe backup of ``db`` with its manifest (:func:`recovery.capture.snapshot.snapshot`)."""
     from recovery.capture.snapshot import snapshot as take
     from recovery.engine.base import is_postgres_url
@@ -235,9 +271,17 @@ def snapshot(*, db: PathArg, out_dir: PathArg | None = None, uploads: PathArg | 
     return SnapshotResult(take(Path(db), out_dir, uploads, app_dir))
 
 
-def diff(*, backup: PathArg, db: PathArg, since: str | None = None, tables: Sequence[str] | None = None,
-         mapping: PathArg | None = None, rows: bool = False, alembic_ini: PathArg | None = None,
-         trust_mapping: bool = False) -> DiffCommandResult:
+def diff(
+    *,
+    backup: PathArg,
+    db: PathArg,
+    since: str | None = None,
+    tables: Sequence[str] | None = None,
+    mapping: PathArg | None = None,
+    rows: bool = False,
+    alembic_ini: PathArg | None = None,
+    trust_mapping: bool = False,
+) -> DiffCommandResult:
     """Compare ``backup`` with the live ``db``, both read-only (:func:`recovery.compare.diff.diff`);
     ``rows``: list every changed row."""
     from recovery.compare.diff import diff as compare
@@ -247,38 +291,85 @@ def diff(*, backup: PathArg, db: PathArg, since: str | None = None, tables: Sequ
         from recovery.compare.pgdiff import diff_postgres
 
         if mapping is not None or alembic_ini is not None:
-            raise RecoveryError("--mapping and --alembic-ini are not supported for PostgreSQL yet",
-                                "run the diff without them; nothing was changed")
-        result = DiffCommandResult(diff_postgres(os.fspath(backup), os.fspath(db), since,
-                                                 list(tables) if tables else None, rows, trust_mapping))
+            raise RecoveryError(
+                "--mapping and --alembic-ini are not supported for PostgreSQL yet",
+                "run the diff without them; nothing was changed",
+            )
+        result = DiffCommandResult(
+            diff_postgres(
+                os.fspath(backup),
+                os.fspath(db),
+                since,
+                list(tables) if tables else None,
+                rows,
+                trust_mapping,
+            )
+        )
     else:
-        result = DiffCommandResult(compare(Path(backup), Path(db), since, list(tables) if tables else None, mapping,
-                                           rows, alembic_ini, trust_mapping))
-    log.debug("diff: %s row change(s), %s value(s) at risk, schema %s", result.diff.changes.total,
-              result.diff.changes.at_risk, "unchanged" if result.diff.schema.is_empty else "changed")
+        result = DiffCommandResult(
+            compare(
+                Path(backup),
+                Path(db),
+                since,
+                list(tables) if tables else None,
+                mapping,
+                rows,
+                alembic_ini,
+                trust_mapping,
+            )
+        )
+    log.debug(
+        "diff: %s row change(s), %s value(s) at risk, schema %s",
+        result.diff.changes.total,
+        result.diff.changes.at_risk,
+        "unchanged" if result.diff.schema.is_empty else "changed",
+    )
     return result
 
 
-def extract(*, backup: PathArg, db: PathArg, out_dir: PathArg, since: str | None = None,
-            mapping: PathArg | None = None, alembic_ini: PathArg | None = None, uploads: PathArg | None = None,
-            trust_mapping: bool = False) -> ExtractCommandResult:
+def extract(
+    *,
+    backup: PathArg,
+    db: PathArg,
+    out_dir: PathArg,
+    since: str | None = None,
+    mapping: PathArg | None = None,
+    alembic_ini: PathArg | None = None,
+    uploads: PathArg | None = None,
+    trust_mapping: bool = False,
+) -> ExtractCommandResult:
     """Extract the post-deploy changes into a new bundle folder (:func:`recovery.bundle.extract.extract`)."""
     from recovery import progress
     from recovery.bundle.extract import extract as run_extract
 
     with progress.step("extract"):
-        res = run_extract(backup, db, out_dir, since, mapping, alembic_ini, uploads, trust_mapping=trust_mapping)
+        res = run_extract(
+            backup, db, out_dir, since, mapping, alembic_ini, uploads, trust_mapping=trust_mapping
+        )
     summary = res.summary()
-    log.debug("extract: bundle %s, %s table(s), %s lost value(s), %s planning error(s), re-import plan of %s "
-              "SQL statement(s) (+%s DELETEs with --apply-deletes)", summary["bundle_id"], len(summary["counts"]),
-              summary["lost"], len(summary["planning_errors"]), len(res.plan.statements()),
-              len(res.plan.statements(apply_deletes=True)) - len(res.plan.statements()))
+    log.debug(
+        "extract: bundle %s, %s table(s), %s lost value(s), %s planning error(s), re-import plan of %s "
+        "SQL statement(s) (+%s DELETEs with --apply-deletes)",
+        summary["bundle_id"],
+        len(summary["counts"]),
+        summary["lost"],
+        len(summary["planning_errors"]),
+        len(res.plan.statements()),
+        len(res.plan.statements(apply_deletes=True)) - len(res.plan.statements()),
+    )
     return ExtractCommandResult(res, summary)
 
 
-def reimport(*, bundle_dir: PathArg, db: PathArg, out_dir: PathArg | None = None, uploads: PathArg | None = None,
-             expect_bundle_id: str | None = None, options: ReimportOptions | None = None,
-             confirm: Callable[[Bundle], bool] | None = None) -> RunResult:
+def reimport(
+    *,
+    bundle_dir: PathArg,
+    db: PathArg,
+    out_dir: PathArg | None = None,
+    uploads: PathArg | None = None,
+    expect_bundle_id: str | None = None,
+    options: ReimportOptions | None = None,
+    confirm: Callable[[Bundle], bool] | None = None,
+) -> RunResult:
     """Re-import a bundle into ``db`` in one transaction (:func:`recovery.pipeline.reimport`).
     The bundle is opened (verified) and its id checked first; ``confirm(bundle)`` is then asked
     before anything is written (a no: exit 2, nothing changed)."""
@@ -299,9 +390,17 @@ def reimport(*, bundle_dir: PathArg, db: PathArg, out_dir: PathArg | None = None
     return res
 
 
-def rollback(*, db: PathArg, backup: PathArg, out_dir: PathArg | None = None, uploads: PathArg | None = None,
-             mapping: PathArg | None = None, alembic_ini: PathArg | None = None,
-             options: RollbackOptions | None = None, confirm: Confirm | None = None) -> RunResult:
+def rollback(
+    *,
+    db: PathArg,
+    backup: PathArg,
+    out_dir: PathArg | None = None,
+    uploads: PathArg | None = None,
+    mapping: PathArg | None = None,
+    alembic_ini: PathArg | None = None,
+    options: RollbackOptions | None = None,
+    confirm: Confirm | None = None,
+) -> RunResult:
     """The whole runbook (:func:`recovery.pipeline.rollback`), journaled and resumable.
     ``confirm(plan)`` is asked with the extract's summary before the first change to the live DB;
     without it the rollback goes ahead (a script has decided)."""
@@ -311,8 +410,16 @@ def rollback(*, db: PathArg, backup: PathArg, out_dir: PathArg | None = None, up
     opts = options or RollbackOptions()
     log.debug("rollback options: %s", _changed(opts))
     with override(opts.statement_timeout):
-        res = run_rollback(db, backup, out_dir, uploads=uploads, mapping=mapping, alembic_ini=alembic_ini,
-                           options=opts, confirm=confirm)
+        res = run_rollback(
+            db,
+            backup,
+            out_dir,
+            uploads=uploads,
+            mapping=mapping,
+            alembic_ini=alembic_ini,
+            options=opts,
+            confirm=confirm,
+        )
     _log_run("rollback", res)
     return res
 
@@ -322,8 +429,11 @@ def _changed(options: Any) -> str:
     from dataclasses import fields
 
     default = type(options)()
-    parts = [f"{f.name}={getattr(getattr(options, f.name), 'value', getattr(options, f.name))}" for f in fields(options)
-             if getattr(options, f.name) != getattr(default, f.name)]
+    parts = [
+        f"{f.name}={getattr(getattr(options, f.name), 'value', getattr(options, f.name))}"
+        for f in fields(options)
+        if getattr(options, f.name) != getattr(default, f.name)
+    ]
     return " ".join(parts) or "defaults"
 
 
@@ -334,23 +444,42 @@ def _log_run(verb: str, res: RunResult) -> None:
     o = res.outcome
     if o is not None:
         t = o.tables.values()
-        log.debug("%s: %s inserted, %s updated, %s deleted, %s skipped, %s remapped, %s conflict(s)%s%s", verb,
-                  sum(x.inserted for x in t), sum(x.updated for x in t), sum(x.deleted for x in t),
-                  sum(x.skipped for x in t), sum(x.remapped for x in t), len(o.conflicts),
-                  "; already applied" if o.already_applied else "", "; aborted" if o.aborted else "")
-    log.debug("%s: verdict %s, exit code %s", verb, getattr(res.verdict, "verdict", res.verdict), res.exit_code)
+        log.debug(
+            "%s: %s inserted, %s updated, %s deleted, %s skipped, %s remapped, %s conflict(s)%s%s",
+            verb,
+            sum(x.inserted for x in t),
+            sum(x.updated for x in t),
+            sum(x.deleted for x in t),
+            sum(x.skipped for x in t),
+            sum(x.remapped for x in t),
+            len(o.conflicts),
+            "; already applied" if o.already_applied else "",
+            "; aborted" if o.aborted else "",
+        )
+    log.debug(
+        "%s: verdict %s, exit code %s",
+        verb,
+        getattr(res.verdict, "verdict", res.verdict),
+        res.exit_code,
+    )
 
 
-def undo(*, run_dir: PathArg, force: bool = False, dry_run: bool = False,
-         confirm: Confirm | None = None) -> UndoResult:
+def undo(
+    *, run_dir: PathArg, force: bool = False, dry_run: bool = False, confirm: Confirm | None = None
+) -> UndoResult:
     """Put a rollback's safety copy back as the live DB (:func:`recovery.pipeline.undo`)."""
     from recovery.pipeline import undo as run_undo
 
     return run_undo(run_dir, force=force, dry_run=dry_run, confirm=confirm)
 
 
-def demo(*, out_dir: PathArg | None = None, parts: int = 300, seed: int = 42,
-         confirm: Confirm | None = None) -> DemoResult:
+def demo(
+    *,
+    out_dir: PathArg | None = None,
+    parts: int = 300,
+    seed: int = 42,
+    confirm: Confirm | None = None,
+) -> DemoResult:
     """Build the sample world (in ``out_dir`` or a new temporary folder) and roll it back with
     ``--on-conflict remap --prefer db``; ``confirm(plan)`` sees the plan (its answer is the
     rollback's go-ahead)."""
@@ -360,7 +489,9 @@ def demo(*, out_dir: PathArg | None = None, parts: int = 300, seed: int = 42,
     from recovery.sample import app_dir, generate
     from recovery.sample.generator import fresh_folder
 
-    folder = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="recovery-demo-"))
+    folder = (
+        Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="recovery-demo-"))
+    )
     log.info("building the sample world in %s", folder)
     with fresh_folder(folder):  # a failed demo leaves nothing behind that blocks the retry
         with progress.step("sample"):
@@ -368,13 +499,25 @@ def demo(*, out_dir: PathArg | None = None, parts: int = 300, seed: int = 42,
         backup = next(folder.glob("gestima.db.bak.*"))
         from recovery.pipeline import rollback as run_rollback
 
-        res = run_rollback(folder / "gestima.db", backup, out=folder / "run", uploads=folder / "uploads",
-                           alembic_ini=app_dir() / "alembic.ini", options=RollbackOptions(), confirm=confirm)
+        res = run_rollback(
+            folder / "gestima.db",
+            backup,
+            out=folder / "run",
+            uploads=folder / "uploads",
+            alembic_ini=app_dir() / "alembic.ini",
+            options=RollbackOptions(),
+            confirm=confirm,
+        )
     return DemoResult(folder, res)
 
 
-def apply_deletes(*, run_dir: PathArg, only: PathArg | None = None, dry_run: bool = False,
-                  confirm: Callable[[], bool] | None = None) -> DeletesResult:
+def apply_deletes(
+    *,
+    run_dir: PathArg,
+    only: PathArg | None = None,
+    dry_run: bool = False,
+    confirm: Callable[[], bool] | None = None,
+) -> DeletesResult:
     """Delete again the reviewed post-deploy deletes of a run (:func:`recovery.reimport.deletes.apply_deletes`);
     ``confirm()`` is asked first unless ``dry_run``."""
     from recovery.reimport.deletes import apply_deletes as run_deletes
@@ -384,23 +527,39 @@ def apply_deletes(*, run_dir: PathArg, only: PathArg | None = None, dry_run: boo
     return run_deletes(Path(run_dir), None if only is None else Path(only), dry_run)
 
 
-def relink(*, bundle_dir: PathArg, db: PathArg, uploads: PathArg, files_table: str | None = None,
-           path_column: str | None = None, hash_column: str | None = None, dry_run: bool = False,
-           statement_timeout: float | None = None) -> RelinkResult:
+def relink(
+    *,
+    bundle_dir: PathArg,
+    db: PathArg,
+    uploads: PathArg,
+    files_table: str | None = None,
+    path_column: str | None = None,
+    hash_column: str | None = None,
+    dry_run: bool = False,
+    statement_timeout: float | None = None,
+) -> RelinkResult:
     """Put every file a re-imported record names back under ``uploads`` (:func:`recovery.files.relink.relink`)."""
     from recovery.engine.timebound import override
     from recovery.files.relink import relink as run_relink
     from recovery.files.uploads import FilesConfig
 
     if not Path(uploads).is_dir():
-        raise RecoveryError(f"uploads folder {uploads} does not exist or is not a folder", "check --uploads")
+        raise RecoveryError(
+            f"uploads folder {uploads} does not exist or is not a folder", "check --uploads"
+        )
     default = FilesConfig()
-    cfg = FilesConfig(files_table or default.table, path_column or default.path, hash_column or default.sha256)
+    cfg = FilesConfig(
+        files_table or default.table, path_column or default.path, hash_column or default.sha256
+    )
     with override(statement_timeout):
-        return RelinkResult(run_relink(bundle_dir, db, Path(uploads), cfg, dry_run=dry_run), dry_run)
+        return RelinkResult(
+            run_relink(bundle_dir, db, Path(uploads), cfg, dry_run=dry_run), dry_run
+        )
 
 
-def report(*, folder: PathArg, fmt: str = "html", out: PathArg | None = None) -> ReportCommandResult:
+def report(
+    *, folder: PathArg, fmt: str = "html", out: PathArg | None = None
+) -> ReportCommandResult:
     """Render the report of a run or bundle folder (:func:`recovery.report.report`); ``fmt`` is
     html, md, csv or json."""
     from recovery import progress
@@ -410,28 +569,61 @@ def report(*, folder: PathArg, fmt: str = "html", out: PathArg | None = None) ->
         return ReportCommandResult(render_report(folder, fmt, out))
 
 
-def check(*, alembic_ini: PathArg, from_rev: str | None = None, to_rev: str | None = None,
-          db: PathArg | None = None) -> CheckResult:
+def check(
+    *,
+    alembic_ini: PathArg,
+    from_rev: str | None = None,
+    to_rev: str | None = None,
+    db: PathArg | None = None,
+) -> CheckResult:
     """Judge every revision's downgrade before the deploy (:func:`recovery.migrate.check.check`)."""
     from recovery.migrate.check import check as judge
 
     return judge(alembic_ini, from_rev, to_rev, db)
 
 
-def rehearse(*, db: PathArg, backup: PathArg, alembic_ini: PathArg | None = None, out_dir: PathArg | None = None,
-             uploads: PathArg | None = None, mapping: PathArg | None = None, since: str | None = None,
-             trust_mapping: bool = False, same_installation: bool = False) -> Rehearsal:
+def rehearse(
+    *,
+    db: PathArg,
+    backup: PathArg,
+    alembic_ini: PathArg | None = None,
+    out_dir: PathArg | None = None,
+    uploads: PathArg | None = None,
+    mapping: PathArg | None = None,
+    since: str | None = None,
+    trust_mapping: bool = False,
+    same_installation: bool = False,
+) -> Rehearsal:
     """The whole rollback on scratch copies, then the round-trip check (:func:`recovery.verify.rehearse.rehearse`)."""
     from recovery.verify.rehearse import rehearse as run_rehearsal
 
-    return run_rehearsal(db, backup, alembic_ini, out_dir, uploads, mapping, since,
-                         trust_mapping=trust_mapping, same_installation=same_installation)
+    return run_rehearsal(
+        db,
+        backup,
+        alembic_ini,
+        out_dir,
+        uploads,
+        mapping,
+        since,
+        trust_mapping=trust_mapping,
+        same_installation=same_installation,
+    )
 
 
 COMMANDS: dict[str, Callable[..., Any]] = {
-    "sample": sample, "snapshot": snapshot, "diff": diff, "extract": extract, "reimport": reimport,
-    "rollback": rollback, "undo": undo, "demo": demo, "apply-deletes": apply_deletes, "relink": relink,
-    "report": report, "check": check, "rehearse": rehearse,
+    "sample": sample,
+    "snapshot": snapshot,
+    "diff": diff,
+    "extract": extract,
+    "reimport": reimport,
+    "rollback": rollback,
+    "undo": undo,
+    "demo": demo,
+    "apply-deletes": apply_deletes,
+    "relink": relink,
+    "report": report,
+    "check": check,
+    "rehearse": rehearse,
 }
 """Each CLI verb and its function (a test checks every command of the click group is here)."""
 
@@ -451,7 +643,7 @@ RecoveryError saying what the DB now is (exit 3); an error that escapes as OSErr
 therefore happened before. Every other command writes no database the user gave it, except:"""
 _MAYBE_CHANGED = {
     "apply-deletes": "the database was changed if the error came after its one transaction committed "
-                     "(see RUN_DIR/deletes_applied.json; running it again changes nothing twice)",
+    "(see RUN_DIR/deletes_applied.json; running it again changes nothing twice)",
 }
 """Commands whose raw errors may come after their commit: exit 3, and say so."""
 
@@ -470,4 +662,6 @@ def error_for(exc: BaseException, verb: str) -> RecoveryError:
     state = _MAYBE_CHANGED.get(verb) or _UNCHANGED.get(verb, "no database was changed")
     hint = todo if io_error else f"{todo} (recovery --traceback …)"
     unchanged = io_error and verb not in _MAYBE_CHANGED
-    return RecoveryError(f"{what}; {state}", hint, ExitCode.REFUSED if unchanged else ExitCode.FAILED)
+    return RecoveryError(
+        f"{what}; {state}", hint, ExitCode.REFUSED if unchanged else ExitCode.FAILED
+    )

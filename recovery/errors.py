@@ -5,6 +5,7 @@ and exits with its code. An ``OSError`` or ``sqlite3.Error`` that reaches the CL
 too (:func:`describe`: what happened and what to do), as does any other exception (a bug); the
 trace is shown only with ``recovery --traceback`` or ``RECOVERY_TRACEBACK=1``.
 """
+
 from __future__ import annotations
 
 import errno
@@ -41,16 +42,28 @@ class RecoveryError(Exception):
 
 
 _ERRNO_ADVICE = {
-    errno.ENOSPC: ("no space left on the device", "free disk space (or pass --out on another disk)"),
+    errno.ENOSPC: (
+        "no space left on the device",
+        "free disk space (or pass --out on another disk)",
+    ),
     errno.EDQUOT: ("disk quota exceeded", "free space or raise the quota"),
-    errno.EROFS: ("the file system is read-only", "choose a writable folder (--out) or remount it read-write"),
+    errno.EROFS: (
+        "the file system is read-only",
+        "choose a writable folder (--out) or remount it read-write",
+    ),
     errno.EACCES: ("permission denied", "check the owner and mode of that path"),
     errno.EPERM: ("operation not permitted", "check the owner, mode and attributes of that path"),
     errno.ENOENT: ("no such file or folder", "check the path"),
     errno.ENOTDIR: ("a path component is not a folder", "check the path"),
-    errno.EEXIST: ("a file already exists there", "check the path (a file where a folder was expected?)"),
+    errno.EEXIST: (
+        "a file already exists there",
+        "check the path (a file where a folder was expected?)",
+    ),
     errno.EISDIR: ("a folder was found where a file was expected", "check the path"),
-    errno.EIO: ("an input/output error from the disk", "check the disk (dmesg) before anything else"),
+    errno.EIO: (
+        "an input/output error from the disk",
+        "check the disk (dmesg) before anything else",
+    ),
     errno.EMFILE: ("too many open files", "raise the open-file limit (ulimit -n)"),
 }
 
@@ -70,11 +83,16 @@ def describe(exc: BaseException) -> tuple[str, str]:
     """(what happened, what to do) for an ``OSError``, a ``sqlite3.Error`` or any other exception,
     each one short phrase without a trace."""
     if isinstance(exc, OSError):
-        what, todo = _ERRNO_ADVICE.get(exc.errno or -1, (exc.strerror or type(exc).__name__, "check the path"))
+        what, todo = _ERRNO_ADVICE.get(
+            exc.errno or -1, (exc.strerror or type(exc).__name__, "check the path")
+        )
         where = exc.filename if exc.filename is not None else None
         return (f"{what}{f' ({where})' if where else ''}", todo)
     if isinstance(exc, sqlite3.Error):
         text = str(exc) or type(exc).__name__
-        todo = next((a for k, a in _SQLITE_ADVICE if k in text.lower()), "run with --traceback and report it")
+        todo = next(
+            (a for k, a in _SQLITE_ADVICE if k in text.lower()),
+            "run with --traceback and report it",
+        )
         return (f"SQLite: {text}", todo)
     return (f"internal error {type(exc).__name__}: {exc}", "run with --traceback and report it")

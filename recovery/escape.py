@@ -13,6 +13,7 @@ writer takes them from.
 * Everywhere a value is *shown* (terminal, HTML, Markdown, report.json's samples) it is cut to
   :data:`SHOW_LIMIT` characters (:func:`cut`); the CSV files and the bundle keep the exact value.
 """
+
 from __future__ import annotations
 
 import re

@@ -15,6 +15,7 @@ stays the JSON alone):
 Used as a library, nothing is printed below WARNING unless the caller configures logging (Python's
 own last-resort handler prints warnings).
 """
+
 from __future__ import annotations
 
 import logging

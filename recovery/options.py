@@ -6,6 +6,7 @@ Inputs (files and folders: the DB, the backup, ``--out``, ``--uploads``, ``--map
 here. Each class adds to the one before, so a :class:`RollbackOptions` is usable wherever the
 re-import needs its :class:`MergeOptions`. This module imports nothing of ours but the model.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, fields

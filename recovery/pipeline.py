@@ -13,6 +13,7 @@ runs, so a run killed anywhere is resumed by running the same command again:
 * ``reimport`` is one transaction that also records the bundle id in ``_recovery_applied``, so
   re-running it after a crash either finds it applied or applies it whole.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,12 +36,26 @@ from recovery.model.kinds import RowKind
 from recovery.model.outcome import OUTCOME_FORMAT, ConflictMode, ConflictPolicy, Outcome
 from recovery.options import MergeOptions, ReimportOptions, RollbackOptions, with_fields
 from recovery.capture.pairing import refuse_second_rollback, refuse_wrong_pairing
-from recovery.reimport.merge import attach_bundle, check_target_schema, merge_and_check, open_target, record_outcome
+from recovery.reimport.merge import (
+    attach_bundle,
+    check_target_schema,
+    merge_and_check,
+    open_target,
+    record_outcome,
+)
 from recovery.reimport.script import Script, write_run_scripts
 from recovery.transpile.passes import BASE_DB, BUNDLE_DB
 from recovery.engine.schema import alembic_revision, reflect
-from recovery.engine.sqlite_io import (check_sqlite_file, consistent_copy, fsync_dir,
-                                readonly, real_path, sha256_file, sidecars, write_lock_held)
+from recovery.engine.sqlite_io import (
+    check_sqlite_file,
+    consistent_copy,
+    fsync_dir,
+    readonly,
+    real_path,
+    sha256_file,
+    sidecars,
+    write_lock_held,
+)
 from recovery.verify.checks import StagedProof, verify_file, verify_written
 from recovery.engine import open_engine
 from recovery.restore.swap import fingerprint as db_fingerprint
@@ -102,17 +117,38 @@ class RunResult:
 
 
 def _reimport_into(
-    target: Path, bundle: Bundle, merge: MergeOptions,
-    files: FilesConfig, dry_run: bool, busy_timeout: float, label: str, in_place: bool = False,
-    check_after: bool = True, run_dir: Path | None = None, scripts: list[tuple[Script, bool]] | None = None,
+    target: Path,
+    bundle: Bundle,
+    merge: MergeOptions,
+    files: FilesConfig,
+    dry_run: bool,
+    busy_timeout: float,
+    label: str,
+    in_place: bool = False,
+    check_after: bool = True,
+    run_dir: Path | None = None,
+    scripts: list[tuple[Script, bool]] | None = None,
 ) -> Outcome:
     """Apply ``bundle`` to ``target`` in one transaction; verify before commit. ``in_place``: the
     target was downgraded in place and already holds the post-deploy rows. ``run_dir``: where the
     plan as executed goes (``reimport.sql``, ``deletes.sql``: :func:`_write_reimport_scripts`);
     ``scripts``: instead, receives (script, committed) for the caller to write after the commit."""
-    policy, prefer, apply_deletes, conflicts = merge.on_conflict, merge.prefer, merge.apply_deletes, merge.conflicts
-    log.debug("re-import into %s: on_conflict=%s prefer=%s conflicts=%s apply_deletes=%s dry_run=%s in_place=%s",
-              label, policy.value, prefer.value, conflicts.value, apply_deletes, dry_run, in_place)
+    policy, prefer, apply_deletes, conflicts = (
+        merge.on_conflict,
+        merge.prefer,
+        merge.apply_deletes,
+        merge.conflicts,
+    )
+    log.debug(
+        "re-import into %s: on_conflict=%s prefer=%s conflicts=%s apply_deletes=%s dry_run=%s in_place=%s",
+        label,
+        policy.value,
+        prefer.value,
+        conflicts.value,
+        apply_deletes,
+        dry_run,
+        in_place,
+    )
     engine = open_engine(target)
     with engine.readonly("target database") as r:
         target_schema = reflect(r)
@@ -123,8 +159,20 @@ def _reimport_into(
         with engine.write_transaction(conn, busy_timeout):
             # the FK check of what the merge wrote (inserted/updated rows, children of deleted or
             # re-keyed parents); the whole-file check is verify's, after the commit
-            outcome, problems = merge_and_check(conn, bundle, policy, prefer, apply_deletes, files, label, dry_run,
-                                                target_schema, in_place, conflicts=conflicts, script=script)
+            outcome, problems = merge_and_check(
+                conn,
+                bundle,
+                policy,
+                prefer,
+                apply_deletes,
+                files,
+                label,
+                dry_run,
+                target_schema,
+                in_place,
+                conflicts=conflicts,
+                script=script,
+            )
             if outcome.aborted:
                 conn.execute("ROLLBACK")
                 if scripts is not None:
@@ -132,12 +180,19 @@ def _reimport_into(
                 _write_reimport_scripts(run_dir, script, bundle, outcome, committed=False)
                 return outcome
             if problems:
-                raise RecoveryError(f"foreign key check failed after re-import ({problems[0]}); rolled back",
-                                    "nothing was changed; report this with the bundle", ExitCode.FAILED)
+                raise RecoveryError(
+                    f"foreign key check failed after re-import ({problems[0]}); rolled back",
+                    "nothing was changed; report this with the bundle",
+                    ExitCode.FAILED,
+                )
             if not outcome.already_applied:  # the outcome is durable exactly when the data is
                 record_outcome(script, bundle.bundle_id, outcome.to_json())
-                if not dry_run:  # a kill right after the commit must not lose the script of what ran
-                    _write_reimport_scripts(run_dir, script, bundle, outcome, committed=True, pending=True)
+                if (
+                    not dry_run
+                ):  # a kill right after the commit must not lose the script of what ran
+                    _write_reimport_scripts(
+                        run_dir, script, bundle, outcome, committed=True, pending=True
+                    )
         _kill_point("reimport:committed")
         if scripts is not None:
             scripts.append((script, True))
@@ -145,7 +200,9 @@ def _reimport_into(
     finally:
         conn.close()
     if check_after:  # rollback verifies in its own journaled step instead
-        outcome.verification = verify_file(target, outcome, bundle.old.alembic_revision, role="target database")
+        outcome.verification = verify_file(
+            target, outcome, bundle.old.alembic_revision, role="target database"
+        )
     return outcome
 
 
@@ -155,8 +212,14 @@ or by the resumed run that finds the bundle applied (the commit went in, the pro
 survive to move them)."""
 
 
-def _write_reimport_scripts(run_dir: Path | None, script: Script, bundle: Bundle, outcome: Outcome,
-                            committed: bool, pending: bool = False) -> None:
+def _write_reimport_scripts(
+    run_dir: Path | None,
+    script: Script,
+    bundle: Bundle,
+    outcome: Outcome,
+    committed: bool,
+    pending: bool = False,
+) -> None:
     """The run folder's ``reimport.sql`` (the plan as executed) and ``deletes.sql``. A run that
     found the bundle already applied ran nothing: it keeps the script of the run that applied it
     (put in place from :data:`_PENDING_SCRIPTS` when that run was killed right after its commit).
@@ -166,7 +229,11 @@ def _write_reimport_scripts(run_dir: Path | None, script: Script, bundle: Bundle
     import shutil
 
     held = Path(run_dir) / _PENDING_SCRIPTS
-    if outcome.already_applied and not (Path(run_dir) / "reimport.sql").exists() and (held / "reimport.sql").exists():
+    if (
+        outcome.already_applied
+        and not (Path(run_dir) / "reimport.sql").exists()
+        and (held / "reimport.sql").exists()
+    ):
         for name in ("deletes.sql", "reimport.sql"):
             if (held / name).exists():
                 os.replace(held / name, Path(run_dir) / name)
@@ -174,17 +241,37 @@ def _write_reimport_scripts(run_dir: Path | None, script: Script, bundle: Bundle
         shutil.rmtree(held, ignore_errors=True)
     if outcome.already_applied and (Path(run_dir) / "reimport.sql").exists():
         return
-    what = ("already applied: nothing ran" if outcome.already_applied else
-            "aborted on conflicts (--on-conflict abort): rolled back" if outcome.aborted else
-            "dry run: what would run (executed on a scratch copy)" if outcome.dry_run else "committed")
-    write_run_scripts(held if pending else Path(run_dir), script, bundle.rows_db, bundle.base_db, BUNDLE_DB,
-                      BASE_DB, committed, f"recovery reimport of bundle {bundle.bundle_id} into {outcome.target}: {what}.")
+    what = (
+        "already applied: nothing ran"
+        if outcome.already_applied
+        else "aborted on conflicts (--on-conflict abort): rolled back"
+        if outcome.aborted
+        else "dry run: what would run (executed on a scratch copy)"
+        if outcome.dry_run
+        else "committed"
+    )
+    write_run_scripts(
+        held if pending else Path(run_dir),
+        script,
+        bundle.rows_db,
+        bundle.base_db,
+        BUNDLE_DB,
+        BASE_DB,
+        committed,
+        f"recovery reimport of bundle {bundle.bundle_id} into {outcome.target}: {what}.",
+    )
 
 
 def reimport(
-    bundle_dir: str | os.PathLike[str] | Bundle, db: str | os.PathLike[str], out: str | os.PathLike[str] | None = None,
-    *, options: ReimportOptions | None = None, uploads: str | os.PathLike[str] | None = None,
-    files: FilesConfig | None = None, busy_timeout: float = 10.0, expect_bundle_id: str | None = None,
+    bundle_dir: str | os.PathLike[str] | Bundle,
+    db: str | os.PathLike[str],
+    out: str | os.PathLike[str] | None = None,
+    *,
+    options: ReimportOptions | None = None,
+    uploads: str | os.PathLike[str] | None = None,
+    files: FilesConfig | None = None,
+    busy_timeout: float = 10.0,
+    expect_bundle_id: str | None = None,
     **option_fields: Any,
 ) -> RunResult:
     """Re-import a bundle into ``db`` (at the bundle's old schema). ``options``
@@ -199,43 +286,79 @@ def reimport(
     bundle = bundle_dir if isinstance(bundle_dir, Bundle) else open_bundle(bundle_dir)
     bundle.check_expected_id(expect_bundle_id)
     target = check_sqlite_file(db, "target database")
-    with readonly(target, "target database") as r:  # refuse a wrong schema before any copy or write open
+    with readonly(
+        target, "target database"
+    ) as r:  # refuse a wrong schema before any copy or write open
         check_target_schema(bundle, reflect(r))
     files = files or FilesConfig()
     stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
     run_dir = Path(out) if out else bundle.path / f"reimport-{stamp}{'-dry-run' if dry_run else ''}"
     check_writable(run_dir, "run folder (--out)")
     if not dry_run:
-        check_writable(Path(os.path.realpath(target)).parent, "database folder (SQLite writes its journal there)")
+        check_writable(
+            Path(os.path.realpath(target)).parent,
+            "database folder (SQLite writes its journal there)",
+        )
         check_writable(target, "target database")
     if dry_run:
         with tempfile.TemporaryDirectory(prefix="recovery-dry-run-") as tmp:
             scratch = consistent_copy(target, Path(tmp) / target.name, "target database")
-            outcome = _reimport_into(scratch, bundle, opts, files, True, busy_timeout, str(target), run_dir=run_dir)
-            outcome.files = _relink(bundle, scratch, uploads, files, dry_run=True, outcome=outcome) if uploads else None
+            outcome = _reimport_into(
+                scratch, bundle, opts, files, True, busy_timeout, str(target), run_dir=run_dir
+            )
+            outcome.files = (
+                _relink(bundle, scratch, uploads, files, dry_run=True, outcome=outcome)
+                if uploads
+                else None
+            )
     else:
         run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         consistent_copy(target, run_dir / "safety" / target.name, "target database")
         scripts: list[tuple[Script, bool]] = []
-        outcome = _reimport_into(target, bundle, opts, files, False, busy_timeout, str(target), check_after=False, scripts=scripts)
+        outcome = _reimport_into(
+            target,
+            bundle,
+            opts,
+            files,
+            False,
+            busy_timeout,
+            str(target),
+            check_after=False,
+            scripts=scripts,
+        )
         try:
-            for script, committed in scripts:  # after the commit: a full disk here is reported as such
+            for (
+                script,
+                committed,
+            ) in scripts:  # after the commit: a full disk here is reported as such
                 _write_reimport_scripts(run_dir, script, bundle, outcome, committed)
-            outcome.verification = verify_file(target, outcome, bundle.old.alembic_revision, role="target database")
-            outcome.files = _relink(bundle, target, uploads, files, dry_run=False, outcome=outcome) if uploads else None
+            outcome.verification = verify_file(
+                target, outcome, bundle.old.alembic_revision, role="target database"
+            )
+            outcome.files = (
+                _relink(bundle, target, uploads, files, dry_run=False, outcome=outcome)
+                if uploads
+                else None
+            )
             from recovery.report import write_run_files
 
             return RunResult(run_dir, outcome, write_run_files(run_dir, outcome, bundle))
         except BaseException as exc:
             if outcome.already_applied or outcome.aborted:
                 raise  # this run changed nothing
-            relink = f"; relink the files with `recovery relink {bundle.path} {target} --uploads {uploads}`" \
-                if uploads else ""
+            relink = (
+                f"; relink the files with `recovery relink {bundle.path} {target} --uploads {uploads}`"
+                if uploads
+                else ""
+            )
             raise RecoveryError(
                 f"the re-import was committed to {target}, then a later step failed ({_cause(exc)}): the "
                 "post-deploy rows are in the database (its outcome is recorded in its _recovery_applied table); "
-                "the run's report was not written", f"do not re-import again (it would change nothing); the "
-                f"database before the re-import is in {run_dir / 'safety'}{relink}", ExitCode.FAILED) from exc
+                "the run's report was not written",
+                f"do not re-import again (it would change nothing); the "
+                f"database before the re-import is in {run_dir / 'safety'}{relink}",
+                ExitCode.FAILED,
+            ) from exc
     from recovery.report import write_run_files
 
     paths = write_run_files(run_dir, outcome, bundle)
@@ -248,11 +371,15 @@ def check_uploads(uploads: str | os.PathLike[str] | None) -> None:
         return
     p = Path(uploads)
     if not p.is_dir():
-        raise RecoveryError(f"uploads folder {p} does not exist or is not a folder; nothing was changed",
-                            "check --uploads")
+        raise RecoveryError(
+            f"uploads folder {p} does not exist or is not a folder; nothing was changed",
+            "check --uploads",
+        )
     if not os.access(p, os.R_OK | os.X_OK):
-        raise RecoveryError(f"uploads folder {p} is not readable by this user; nothing was changed",
-                            "check its owner and mode, or run as the application's user")
+        raise RecoveryError(
+            f"uploads folder {p} is not readable by this user; nothing was changed",
+            "check its owner and mode, or run as the application's user",
+        )
 
 
 def check_writable(path: Path, role: str) -> None:
@@ -264,22 +391,42 @@ def check_writable(path: Path, role: str) -> None:
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     if probe.exists() and not probe.is_dir() and probe != p:
-        raise RecoveryError(f"{role} {p}: {probe} is a file, not a folder; nothing was changed", "choose another path")
-    if (p.exists() and p.is_dir() and not os.access(p, os.W_OK | os.X_OK)) or \
-            (not p.exists() and not os.access(probe, os.W_OK | os.X_OK)) or \
-            (p.is_file() and not os.access(p, os.W_OK)):
-        raise RecoveryError(f"{role} {p} is not writable{'' if p.exists() else f' ({probe} is not)'}; nothing was changed",
-                            "check the folder's owner, mode and mount (read-only?), or choose another --out")
+        raise RecoveryError(
+            f"{role} {p}: {probe} is a file, not a folder; nothing was changed",
+            "choose another path",
+        )
+    if (
+        (p.exists() and p.is_dir() and not os.access(p, os.W_OK | os.X_OK))
+        or (not p.exists() and not os.access(probe, os.W_OK | os.X_OK))
+        or (p.is_file() and not os.access(p, os.W_OK))
+    ):
+        raise RecoveryError(
+            f"{role} {p} is not writable{'' if p.exists() else f' ({probe} is not)'}; nothing was changed",
+            "check the folder's owner, mode and mount (read-only?), or choose another --out",
+        )
 
 
-def _relink(bundle: Bundle, db: Path, uploads: str | os.PathLike[str] | None, files: FilesConfig,
-            dry_run: bool, outcome: Outcome | None = None) -> dict[str, Any] | None:
+def _relink(
+    bundle: Bundle,
+    db: Path,
+    uploads: str | os.PathLike[str] | None,
+    files: FilesConfig,
+    dry_run: bool,
+    outcome: Outcome | None = None,
+) -> dict[str, Any] | None:
     """Re-link uploads after a re-import, following the keys that re-import remapped."""
     from recovery.files.relink import relink
 
     if not uploads:
         return None
-    return relink(bundle, db, Path(uploads), files, dry_run=dry_run, remaps=outcome.remaps if outcome else None)
+    return relink(
+        bundle,
+        db,
+        Path(uploads),
+        files,
+        dry_run=dry_run,
+        remaps=outcome.remaps if outcome else None,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,9 +442,13 @@ class Journal:
         if self.path.is_file():
             self.data = json.loads(self.path.read_text(encoding="utf-8"))
             self.resumed = True
-            if self.data.get("args", {}).get("db") != args.get("db") or self.data.get("args", {}).get("backup") != args.get("backup"):
-                raise RecoveryError(f"{run_dir} holds a run for another database or backup",
-                                    "use a new --out folder, or the same DB and --backup as that run")
+            if self.data.get("args", {}).get("db") != args.get("db") or self.data.get(
+                "args", {}
+            ).get("backup") != args.get("backup"):
+                raise RecoveryError(
+                    f"{run_dir} holds a run for another database or backup",
+                    "use a new --out folder, or the same DB and --backup as that run",
+                )
         else:
             self.data = {"format": "recovery-journal/1", "args": args, "steps": {}}
             self.resumed = False
@@ -329,7 +480,9 @@ class _Background:
     and hashlib release the GIL). ``result()`` waits and re-raises; ``discard()`` waits and runs
     the clean-up, so nothing started here outlives a refused or failed run."""
 
-    def __init__(self, fn: Callable[..., Any], *args: Any, cleanup: Callable[[Any], None] | None = None):
+    def __init__(
+        self, fn: Callable[..., Any], *args: Any, cleanup: Callable[[Any], None] | None = None
+    ):
         from concurrent.futures import ThreadPoolExecutor
 
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recovery-bg")
@@ -360,9 +513,15 @@ def _latest_mtime(p: Path) -> float:
     return max(p.stat().st_mtime, wal.stat().st_mtime if wal.exists() else 0.0)
 
 
-def preflight(db: Path, backup: Path, alembic_ini: Path | None, force: bool,
-              downgrade_to: str | None = None, allow_newer_backup: bool = False,
-              same_installation: bool = False) -> dict[str, Any]:
+def preflight(
+    db: Path,
+    backup: Path,
+    alembic_ini: Path | None,
+    force: bool,
+    downgrade_to: str | None = None,
+    allow_newer_backup: bool = False,
+    same_installation: bool = False,
+) -> dict[str, Any]:
     """Refuse while another process holds the DB (unless ``force``); check the backup is older
     (unless ``allow_newer_backup``), of the same application and installation (the row-sample
     check skipped when the operator says ``same_installation``), and not already
@@ -378,11 +537,15 @@ def preflight(db: Path, backup: Path, alembic_ini: Path | None, force: bool,
         new_tables = {r[0] for r in n.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     shared = (old_tables & new_tables) - {"alembic_version"}
     if not shared or len(shared) < 0.5 * len(old_tables - {"alembic_version"}):
-        raise RecoveryError(f"{backup} does not look like a backup of {db} (few tables in common)",
-                            "pass the backup of this application")
+        raise RecoveryError(
+            f"{backup} does not look like a backup of {db} (few tables in common)",
+            "pass the backup of this application",
+        )
     if _latest_mtime(backup) > _latest_mtime(db) and not allow_newer_backup:
-        raise RecoveryError(f"{backup} is newer than {db}",
-                            "pass the pre-deploy backup; if this file really is it, pass --allow-newer-backup")
+        raise RecoveryError(
+            f"{backup} is newer than {db}",
+            "pass the pre-deploy backup; if this file really is it, pass --allow-newer-backup",
+        )
     if alembic_ini is not None and old_rev and new_rev and old_rev != new_rev:
         from recovery.migrate.migrations import revisions_between
 
@@ -391,12 +554,15 @@ def preflight(db: Path, backup: Path, alembic_ini: Path | None, force: bool,
         except RecoveryError:
             raise RecoveryError(
                 f"the backup's revision {old_rev} is not an ancestor of the live revision {new_rev}",
-                "is the backup newer than the live DB, or from another application?") from None
+                "is the backup newer than the live DB, or from another application?",
+            ) from None
     if downgrade_to:
         if old_rev is not None and downgrade_to != old_rev:
             raise RecoveryError(
                 f"--downgrade-to {downgrade_to} is not the backup's revision {old_rev}: the re-import "
-                "carries rows into the backup's schema", f"pass --downgrade-to {old_rev}, or omit it to restore")
+                "carries rows into the backup's schema",
+                f"pass --downgrade-to {old_rev}, or omit it to restore",
+            )
         _refuse_stub_downgrades(db, alembic_ini, downgrade_to)
     if not force:
         # last, after every other refusal: the probe is a read-write open, and were it the last
@@ -405,25 +571,41 @@ def preflight(db: Path, backup: Path, alembic_ini: Path | None, force: bool,
         with readonly(db, "live database"):
             locked = write_lock_held(db)
         if locked:
-            raise RecoveryError(f"{db} is locked by another writer (is the application still running?)",
-                                "stop the application, or pass --force")
+            raise RecoveryError(
+                f"{db} is locked by another writer (is the application still running?)",
+                "stop the application, or pass --force",
+            )
     refuse_second_rollback(db, backup, old_rev, new_rev)
-    return {"backup_revision": old_rev, "live_revision": new_rev, "forced_past": [h.describe() for h in holders]}
+    return {
+        "backup_revision": old_rev,
+        "live_revision": new_rev,
+        "forced_past": [h.describe() for h in holders],
+    }
 
 
 def _refuse_holders(db: Path, force: bool) -> list[Any]:
     """Every other process with ``db`` open or locked (:meth:`recovery.engine.base.Engine.holders`):
     refused, each named, unless ``force`` (then returned, for the journal and the late check)."""
-    return refuse_holders(db, "; their writes after the restore would be lost",
-                          "stop the application (every process that has the DB open), or pass --force", force)
+    return refuse_holders(
+        db,
+        "; their writes after the restore would be lost",
+        "stop the application (every process that has the DB open), or pass --force",
+        force,
+    )
 
 
 def rollback(
-    db: str | os.PathLike[str], backup: str | os.PathLike[str], out: str | os.PathLike[str] | None = None,
-    *, uploads: str | os.PathLike[str] | None = None,
-    mapping: str | os.PathLike[str] | None = None, alembic_ini: str | os.PathLike[str] | None = None,
-    options: RollbackOptions | None = None, files: FilesConfig | None = None,
-    confirm: Callable[[dict[str, Any]], bool] | None = None, progress: Progress | None = None,
+    db: str | os.PathLike[str],
+    backup: str | os.PathLike[str],
+    out: str | os.PathLike[str] | None = None,
+    *,
+    uploads: str | os.PathLike[str] | None = None,
+    mapping: str | os.PathLike[str] | None = None,
+    alembic_ini: str | os.PathLike[str] | None = None,
+    options: RollbackOptions | None = None,
+    files: FilesConfig | None = None,
+    confirm: Callable[[dict[str, Any]], bool] | None = None,
+    progress: Progress | None = None,
     **option_fields: Any,
 ) -> RunResult:
     """The whole runbook; see the module docstring. ``options``: a
@@ -435,18 +617,35 @@ def rollback(
     only the refusal of a backup newer than the live DB. A ``db`` reached through a symlink is
     resolved once: the real file is read and replaced, the link stays a link."""
     opts: RollbackOptions = with_fields(RollbackOptions, options, option_fields)
-    since, on_conflict, apply_deletes, dry_run = opts.since, opts.on_conflict, opts.apply_deletes, opts.dry_run
-    downgrade_to, trust_mapping, same_installation, conflicts = (opts.downgrade_to, opts.trust_mapping,
-                                                                 opts.same_installation, opts.conflicts)
+    since, on_conflict, apply_deletes, dry_run = (
+        opts.since,
+        opts.on_conflict,
+        opts.apply_deletes,
+        opts.dry_run,
+    )
+    downgrade_to, trust_mapping, same_installation, conflicts = (
+        opts.downgrade_to,
+        opts.trust_mapping,
+        opts.same_installation,
+        opts.conflicts,
+    )
     full_verify = opts.full_verify
     db_p, backup_p = real_path(Path(db)), Path(backup)
     files = files or FilesConfig()
     say = progress or log.info
     stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
     run_dir = Path(out) if out else db_p.parent / f"recovery-run-{stamp}"
-    args = {"db": str(db_p.resolve()), "backup": str(backup_p.resolve()), "since": since, "mapping": str(mapping) if mapping else None,
-            "alembic_ini": str(alembic_ini) if alembic_ini else None, "uploads": str(uploads) if uploads else None,
-            "on_conflict": on_conflict.value, "apply_deletes": apply_deletes, "downgrade_to": downgrade_to}
+    args = {
+        "db": str(db_p.resolve()),
+        "backup": str(backup_p.resolve()),
+        "since": since,
+        "mapping": str(mapping) if mapping else None,
+        "alembic_ini": str(alembic_ini) if alembic_ini else None,
+        "uploads": str(uploads) if uploads else None,
+        "on_conflict": on_conflict.value,
+        "apply_deletes": apply_deletes,
+        "downgrade_to": downgrade_to,
+    }
     if trust_mapping:  # only when set: journals of runs without it keep matching
         args["trust_mapping"] = True
     if same_installation:
@@ -466,13 +665,28 @@ def rollback(
     check_uploads(uploads)
     check_writable(run_dir, "run folder (--out)")
     if not dry_run:
-        check_writable(Path(os.path.realpath(db_p)).parent, "database folder (the restore writes beside the DB)")
+        check_writable(
+            Path(os.path.realpath(db_p)).parent,
+            "database folder (the restore writes beside the DB)",
+        )
     if dry_run:
         return _dry_run(db_p, backup_p, run_dir, uploads, mapping, alembic_ini, opts, files, say)
     with _one_run_per_folder(db_p), _windows_closed() as windows:
         try:
-            return _run_rollback(db_p, backup_p, run_dir, args, uploads, mapping, alembic_ini, opts, files, confirm,
-                                 say, windows)
+            return _run_rollback(
+                db_p,
+                backup_p,
+                run_dir,
+                args,
+                uploads,
+                mapping,
+                alembic_ini,
+                opts,
+                files,
+                confirm,
+                say,
+                windows,
+            )
         except BaseException as exc:
             truth = _failure_truth(exc, run_dir, db_p, backup_p)
             if truth is None:
@@ -506,43 +720,88 @@ def _one_run_per_folder(db: Path) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RecoveryError(f"another `recovery rollback` is running on a database in {db.parent}",
-                                "wait for it to finish (or stop it), then run this command again") from None
+            raise RecoveryError(
+                f"another `recovery rollback` is running on a database in {db.parent}",
+                "wait for it to finish (or stop it), then run this command again",
+            ) from None
         yield
     finally:
         os.close(fd)  # releases the lock
 
 
-def _run_rollback(db_p: Path, backup_p: Path, run_dir: Path, args: dict[str, Any], uploads: Any, mapping: Any,
-                  alembic_ini: Any, opts: RollbackOptions, files: FilesConfig,
-                  confirm: Callable[[dict[str, Any]], bool] | None, say: Progress,
-                  windows: list[WriteWindow] | None = None) -> RunResult:
-    since, on_conflict, force, downgrade_to = opts.since, opts.on_conflict, opts.force, opts.downgrade_to
+def _run_rollback(
+    db_p: Path,
+    backup_p: Path,
+    run_dir: Path,
+    args: dict[str, Any],
+    uploads: Any,
+    mapping: Any,
+    alembic_ini: Any,
+    opts: RollbackOptions,
+    files: FilesConfig,
+    confirm: Callable[[dict[str, Any]], bool] | None,
+    say: Progress,
+    windows: list[WriteWindow] | None = None,
+) -> RunResult:
+    since, on_conflict, force, downgrade_to = (
+        opts.since,
+        opts.on_conflict,
+        opts.force,
+        opts.downgrade_to,
+    )
     allow_newer_backup = opts.allow_newer_backup
     journal = Journal(run_dir, args)
     if journal.state("undo") is not None:
-        raise RecoveryError(f"the run in {run_dir} was undone (`recovery undo`): the live DB is the failed "
-                            "release's DB again; nothing was changed", "start a new rollback with a new --out folder")
+        raise RecoveryError(
+            f"the run in {run_dir} was undone (`recovery undo`): the live DB is the failed "
+            "release's DB again; nothing was changed",
+            "start a new rollback with a new --out folder",
+        )
     if journal.done("report"):
         say("this run already finished; nothing to do")
         report = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))
-        return RunResult(run_dir, None, {"report.json": run_dir / "report.json"}, True, True,
-                         {"summary": report.get("summary")}, finished_exit_code=_finished_exit_code(journal, report))
+        return RunResult(
+            run_dir,
+            None,
+            {"report.json": run_dir / "report.json"},
+            True,
+            True,
+            {"summary": report.get("summary")},
+            finished_exit_code=_finished_exit_code(journal, report),
+        )
     if journal.resumed:
         _clean_leftovers(run_dir, db_p)
     restore_started = journal.state("restore") is not None
-    proof = StagedProof()  # what was proven of the restored file before the swap (this process only)
+    proof = (
+        StagedProof()
+    )  # what was proven of the restored file before the swap (this process only)
     bundle: Bundle | None = None
-    staged: _Background | None = None  # the restored file, written beside the live one during the extract
-    window: WriteWindow | None = None  # our write lock on the live DB, from the safety copy to the swap
+    staged: _Background | None = (
+        None  # the restored file, written beside the live one during the extract
+    )
+    window: WriteWindow | None = (
+        None  # our write lock on the live DB, from the safety copy to the swap
+    )
     try:
         if not restore_started:
-            journal.data.setdefault("live_before", _file_identity(db_p))  # tells a failed restore's result
+            journal.data.setdefault(
+                "live_before", _file_identity(db_p)
+            )  # tells a failed restore's result
             say("checking the live database and the backup")
             journal.mark("probe", "start")
-            journal.mark("probe", "done", **preflight(db_p, backup_p, Path(alembic_ini) if alembic_ini else None,
-                                                      force, downgrade_to, allow_newer_backup,
-                                                      bool(args.get("same_installation"))))
+            journal.mark(
+                "probe",
+                "done",
+                **preflight(
+                    db_p,
+                    backup_p,
+                    Path(alembic_ini) if alembic_ini else None,
+                    force,
+                    downgrade_to,
+                    allow_newer_backup,
+                    bool(args.get("same_installation")),
+                ),
+            )
             window, late_holders = _open_window(db_p, force)
             if late_holders:  # opened the DB since the preflight; let through by --force
                 journal.data["steps"]["probe"].setdefault("forced_past", []).extend(late_holders)
@@ -556,29 +815,61 @@ def _run_rollback(db_p: Path, backup_p: Path, run_dir: Path, args: dict[str, Any
             # its sha256 is taken by the extract (the bundle's live fingerprint) and added below
             journal.mark("safety", "done", path=str(safety), size=safety.stat().st_size)
             if prior is not None and sha256_file(safety) != prior:
-                journal.data["steps"].pop("extract", None)  # the live DB changed since: extract again
-            if not downgrade_to:  # staged, then its integrity and foreign keys checked, while the extract reads
-                staged = _Background(proof.staging(stage_restore), backup_p, db_p,
-                                     cleanup=lambda r: r[0].unlink(missing_ok=True))
+                journal.data["steps"].pop(
+                    "extract", None
+                )  # the live DB changed since: extract again
+            if (
+                not downgrade_to
+            ):  # staged, then its integrity and foreign keys checked, while the extract reads
+                staged = _Background(
+                    proof.staging(stage_restore),
+                    backup_p,
+                    db_p,
+                    cleanup=lambda r: r[0].unlink(missing_ok=True),
+                )
             if not journal.done("extract"):
                 say("extracting post-deploy changes")
                 journal.mark("extract", "start")
                 from recovery.migrate.sandbox import protecting
 
-                with protecting(db_p, backup_p):  # the app's migration code must not reach the real files
-                    bundle = _extract_step(run_dir, backup_p, db_p, since, mapping, alembic_ini, uploads, files,
-                                           journal, trust=bool(args.get("trust_mapping")))
+                with protecting(
+                    db_p, backup_p
+                ):  # the app's migration code must not reach the real files
+                    bundle = _extract_step(
+                        run_dir,
+                        backup_p,
+                        db_p,
+                        since,
+                        mapping,
+                        alembic_ini,
+                        uploads,
+                        files,
+                        journal,
+                        trust=bool(args.get("trust_mapping")),
+                    )
             bundle = bundle or open_bundle(run_dir / "bundle")
             if confirm is not None and not confirm(_plan_summary(bundle)):
-                raise RecoveryError("stopped at your request; nothing was changed", exit_code=ExitCode.REFUSED)
+                raise RecoveryError(
+                    "stopped at your request; nothing was changed", exit_code=ExitCode.REFUSED
+                )
         bundle = bundle or open_bundle(run_dir / "bundle")
         if not journal.done("restore"):
             if downgrade_to:
-                say(f"downgrading the live database to {downgrade_to} with the application's Alembic")
+                say(
+                    f"downgrading the live database to {downgrade_to} with the application's Alembic"
+                )
                 journal.mark("restore", "start", method="downgrade")
-                repaired: dict[str, Any] = {}  # what the backup gave back that the downgrade could not
-                digest = restore_atomically(run_dir / "safety" / db_p.name, db_p, lambda copy: repaired.update(
-                    _downgrade_in_place(copy, alembic_ini, downgrade_to, backup_p)), window)
+                repaired: dict[
+                    str, Any
+                ] = {}  # what the backup gave back that the downgrade could not
+                digest = restore_atomically(
+                    run_dir / "safety" / db_p.name,
+                    db_p,
+                    lambda copy: repaired.update(
+                        _downgrade_in_place(copy, alembic_ini, downgrade_to, backup_p)
+                    ),
+                    window,
+                )
                 journal.mark("restore", "done", method="downgrade", sha256=digest, repair=repaired)
                 for line in repaired.get("notes", []):
                     say(line)
@@ -587,11 +878,15 @@ def _run_rollback(db_p: Path, backup_p: Path, run_dir: Path, args: dict[str, Any
                 journal.mark("restore", "start", method="backup")
                 ready, staged = staged, None
                 tmp, digest = ready.result() if ready is not None else stage_restore(backup_p, db_p)
-                proof.confirm(tmp)  # a staged file written to since its checks: verify in full after
+                proof.confirm(
+                    tmp
+                )  # a staged file written to since its checks: verify in full after
                 swap_in(tmp, db_p, window)
                 journal.mark("restore", "done", method="backup", sha256=digest)
     finally:
-        if staged is not None:  # refused, stopped or failed before the restore: remove the staged copy
+        if (
+            staged is not None
+        ):  # refused, stopped or failed before the restore: remove the staged copy
             staged.discard()
         if window is not None and window.replaced is None:  # no swap: give the lock back
             window.release()
@@ -600,11 +895,27 @@ def _run_rollback(db_p: Path, backup_p: Path, run_dir: Path, args: dict[str, Any
         journal.mark("reimport", "start")
         warm = _Background(_warm_report_imports)
         in_place = journal.info("restore").get("method") == "downgrade"
-        merge = MergeOptions(on_conflict, opts.prefer, ConflictMode(args.get("conflicts", ConflictMode.CELL.value)),
-                             opts.apply_deletes)
-        outcome = _reimport_into(db_p, bundle, merge, files, False, 10.0, str(db_p), in_place, check_after=False,
-                                 run_dir=run_dir)
-        if outcome.already_applied:  # committed by a run killed before it journaled: its own outcome
+        merge = MergeOptions(
+            on_conflict,
+            opts.prefer,
+            ConflictMode(args.get("conflicts", ConflictMode.CELL.value)),
+            opts.apply_deletes,
+        )
+        outcome = _reimport_into(
+            db_p,
+            bundle,
+            merge,
+            files,
+            False,
+            10.0,
+            str(db_p),
+            in_place,
+            check_after=False,
+            run_dir=run_dir,
+        )
+        if (
+            outcome.already_applied
+        ):  # committed by a run killed before it journaled: its own outcome
             outcome = _recorded_outcome(db_p, bundle.bundle_id) or outcome
         _save_outcome(run_dir, outcome)
         journal.mark("reimport", "done", already_applied=outcome.already_applied)
@@ -612,26 +923,36 @@ def _run_rollback(db_p: Path, backup_p: Path, run_dir: Path, args: dict[str, Any
     outcome = _load_outcome(run_dir, bundle, db_p, on_conflict)
     if not journal.done("relink"):
         journal.mark("relink", "start")
-        outcome.files = _relink(bundle, db_p, uploads, files, dry_run=False, outcome=outcome) if uploads else None
+        outcome.files = (
+            _relink(bundle, db_p, uploads, files, dry_run=False, outcome=outcome)
+            if uploads
+            else None
+        )
         _save_outcome(run_dir, outcome)
         journal.mark("relink", "done")
     if not journal.done("verify"):
         journal.mark("verify", "start")
-        outcome.verification = ((None if args.get("full_verify") else verify_written(
-            db_p, outcome, bundle.old.alembic_revision, proof, bundle))
-            or verify_file(db_p, outcome, bundle.old.alembic_revision, role="live database"))
+        outcome.verification = (
+            None
+            if args.get("full_verify")
+            else verify_written(db_p, outcome, bundle.old.alembic_revision, proof, bundle)
+        ) or verify_file(db_p, outcome, bundle.old.alembic_revision, role="live database")
         _save_outcome(run_dir, outcome)
         journal.mark("verify", "done", ok=outcome.verification.get("ok"))
     late = _late_check(journal, window, run_dir, db_p, say)
     from recovery.report import write_run_files
 
     journal.mark("report", "start")
-    paths = write_run_files(run_dir, outcome, bundle, {"journal": journal.data["steps"], "late_commits": late})
+    paths = write_run_files(
+        run_dir, outcome, bundle, {"journal": journal.data["steps"], "late_commits": late}
+    )
     result = RunResult(run_dir, outcome, paths, journal.resumed, False, journal.data["steps"], late)
     if outcome.aborted:
-        result.note = (f"aborted: conflicts found, nothing was re-imported; the live DB {db_p} is now the backup. "
-                       f"Re-import with `recovery reimport {run_dir / 'bundle'} {db_p} --on-conflict skip`, "
-                       f"or run `recovery undo {run_dir}` to put the failed release's DB back")
+        result.note = (
+            f"aborted: conflicts found, nothing was re-imported; the live DB {db_p} is now the backup. "
+            f"Re-import with `recovery reimport {run_dir / 'bundle'} {db_p} --on-conflict skip`, "
+            f"or run `recovery undo {run_dir}` to put the failed release's DB back"
+        )
     journal.data["live_left"] = db_fingerprint(db_p)  # what `recovery undo` compares with
     journal.mark("report", "done", exit_code=int(result.exit_code))
     return result
@@ -643,16 +964,22 @@ def _open_window(db: Path, force: bool) -> tuple[WriteWindow, list[str]]:
     returned, described, with the window)."""
     window = open_engine(db).write_window()
     try:  # the window's own OFD lock is not a holder
-        holders = refuse_holders(db, "; their writes after the restore would be lost",
-                                 "stop the application (every process that has the DB open), or pass --force",
-                                 force, ignore_own_guard=True)
+        holders = refuse_holders(
+            db,
+            "; their writes after the restore would be lost",
+            "stop the application (every process that has the DB open), or pass --force",
+            force,
+            ignore_own_guard=True,
+        )
     except BaseException:
         window.release()
         raise
     return window, [h.describe() for h in holders]
 
 
-def _late_check(journal: Journal, window: WriteWindow | None, run_dir: Path, db: Path, say: Progress) -> dict[str, Any]:
+def _late_check(
+    journal: Journal, window: WriteWindow | None, run_dir: Path, db: Path, say: Progress
+) -> dict[str, Any]:
     """Look at the replaced file once more: anything committed into it after the safety copy (a
     holder let through by --force, or one that slipped in) is listed in ``late_commits.json`` and
     makes the run need review. Never silent: a run resumed after the restore, whose replaced file
@@ -668,17 +995,29 @@ def _late_check(journal: Journal, window: WriteWindow | None, run_dir: Path, db:
             replaced.close()
         if info["late_commits"]:
             info["needs_review"] = True
-            say(f"{info['late_commits']} row change(s) were committed into the replaced database after the safety "
-                f"copy and are NOT in the restored one: listed in {run_dir / 'late_commits.json'}")
+            say(
+                f"{info['late_commits']} row change(s) were committed into the replaced database after the safety "
+                f"copy and are NOT in the restored one: listed in {run_dir / 'late_commits.json'}"
+            )
     else:
         forced = bool(journal.info("probe").get("forced_past"))
-        info = {"checked": False, "late_commits": None, "needs_review": forced,
-                "reason": "the run was resumed after the restore: the replaced file was closed with the killed process"}
+        info = {
+            "checked": False,
+            "late_commits": None,
+            "needs_review": forced,
+            "reason": "the run was resumed after the restore: the replaced file was closed with the killed process",
+        }
         if forced:
-            info["file"] = str(write_late_commits(run_dir, {"checked": False, "reason": info["reason"],
-                                                            "tables": {}, "total": None}))
-            say("could not check the replaced database for late commits (resumed run, holders were let through "
-                "with --force): review " + str(run_dir / "late_commits.json"))
+            info["file"] = str(
+                write_late_commits(
+                    run_dir,
+                    {"checked": False, "reason": info["reason"], "tables": {}, "total": None},
+                )
+            )
+            say(
+                "could not check the replaced database for late commits (resumed run, holders were let through "
+                "with --force): review " + str(run_dir / "late_commits.json")
+            )
     journal.mark("late_check", "done", **info)
     return info
 
@@ -740,13 +1079,19 @@ def _cause(exc: BaseException) -> str:
     return describe(exc)[0]
 
 
-def _failure_truth(exc: BaseException, run_dir: Path, db: Path, backup: Path) -> RecoveryError | None:
+def _failure_truth(
+    exc: BaseException, run_dir: Path, db: Path, backup: Path
+) -> RecoveryError | None:
     """The one true line for a rollback that failed after it changed the live DB (exit 3), from
     the journal on disk and the live file itself; None when the live DB was not changed (the
     original error then stands: it already says nothing was changed)."""
     journal = _read_journal(run_dir)
     args = (journal or {}).get("args") or {}
-    if journal is None or args.get("db") != str(db.resolve()) or args.get("backup") != str(backup.resolve()):
+    if (
+        journal is None
+        or args.get("db") != str(db.resolve())
+        or args.get("backup") != str(backup.resolve())
+    ):
         return None  # not this command's run: the error is about the run folder, not the live DB
     steps = journal["steps"]
     restore = steps.get("restore", {})
@@ -763,20 +1108,29 @@ def _failure_truth(exc: BaseException, run_dir: Path, db: Path, backup: Path) ->
     bundle_id = steps.get("extract", {}).get("bundle_id")
     reimported = _reimported(db, bundle_id)
     downgrade = restore.get("method") == "downgrade"
-    now = ("the failed release's DB downgraded in place (its copy before the downgrade is in RUN/safety)"
-           if downgrade else "the backup").replace("RUN", str(run_dir))
+    now = (
+        "the failed release's DB downgraded in place (its copy before the downgrade is in RUN/safety)"
+        if downgrade
+        else "the backup"
+    ).replace("RUN", str(run_dir))
     undo = f"`recovery undo {run_dir}` to put the failed release's DB back"
     cause = _cause(exc)
     if reimported:
-        message = (f"the rollback failed after the re-import ({cause}): the live DB {db} is {now} with the "
-                   f"post-deploy work re-imported; relinking files, verification or the report did not finish")
+        message = (
+            f"the rollback failed after the re-import ({cause}): the live DB {db} is {now} with the "
+            f"post-deploy work re-imported; relinking files, verification or the report did not finish"
+        )
         hint = f"run the same command to finish them, or {undo}"
     else:
         maybe = "" if reimported is False else " (it could not be checked)"
-        message = (f"the rollback failed after the restore ({cause}): the live DB {db} is now {now}; nothing "
-                   f"was re-imported{maybe}")
-        hint = (f"the post-deploy work is in {run_dir / 'bundle'} and {run_dir / 'safety'}; run the same command "
-                f"to resume, or {undo}")
+        message = (
+            f"the rollback failed after the restore ({cause}): the live DB {db} is now {now}; nothing "
+            f"was re-imported{maybe}"
+        )
+        hint = (
+            f"the post-deploy work is in {run_dir / 'bundle'} and {run_dir / 'safety'}; run the same command "
+            f"to resume, or {undo}"
+        )
     try:  # what `recovery undo` compares the live DB with; best effort (the disk may be full)
         journal["live_left"] = db_fingerprint(db)
         write_json_atomic(run_dir / "journal.json", journal)
@@ -799,8 +1153,11 @@ def _clean_leftovers(run_dir: Path, db: Path) -> list[Path]:
     from recovery.bundle.extract import partial_in_use
 
     removed = []
-    candidates = [*run_dir.glob(".bundle.partial-*"), *(run_dir / "safety").glob(f".{db.name}.tmp-*"),
-                  *db.parent.glob(f".{_staged_path(db).name}.tmp-*")]
+    candidates = [
+        *run_dir.glob(".bundle.partial-*"),
+        *(run_dir / "safety").glob(f".{db.name}.tmp-*"),
+        *db.parent.glob(f".{_staged_path(db).name}.tmp-*"),
+    ]
     for p in candidates:
         m = re.search(r"\.tmp-(\d+)(-journal)?$|\.partial-(\d+)$", p.name)
         if m is None:
@@ -826,8 +1183,18 @@ def _clean_leftovers(run_dir: Path, db: Path) -> list[Path]:
     return removed
 
 
-def _extract_step(run_dir: Path, backup: Path, db: Path, since: str | None, mapping: Any, alembic_ini: Any,
-                  uploads: Any, files: FilesConfig, journal: Journal, trust: bool = False) -> Bundle:
+def _extract_step(
+    run_dir: Path,
+    backup: Path,
+    db: Path,
+    since: str | None,
+    mapping: Any,
+    alembic_ini: Any,
+    uploads: Any,
+    files: FilesConfig,
+    journal: Journal,
+    trust: bool = False,
+) -> Bundle:
     """Extract from the safety copy (identical content; the live file stays untouched) into
     ``RUN_DIR/bundle``, and journal it with the safety copy's sha256 (the bundle's live fingerprint)."""
     from recovery.bundle.extract import extract
@@ -837,12 +1204,24 @@ def _extract_step(run_dir: Path, backup: Path, db: Path, since: str | None, mapp
         import shutil
 
         shutil.rmtree(bundle_dir)
-    res = extract(backup, run_dir / "safety" / db.name, bundle_dir, since, mapping, alembic_ini, uploads, files,
-                  trust_mapping=trust)
+    res = extract(
+        backup,
+        run_dir / "safety" / db.name,
+        bundle_dir,
+        since,
+        mapping,
+        alembic_ini,
+        uploads,
+        files,
+        trust_mapping=trust,
+    )
     if res.plan.errors:
         journal.mark("extract", "failed", errors=list(res.plan.errors))
-        raise RecoveryError("the re-import plan has errors; the live DB was not touched: "
-                            + "; ".join(res.plan.errors), "add a mapping file (see the README) and run again")
+        raise RecoveryError(
+            "the re-import plan has errors; the live DB was not touched: "
+            + "; ".join(res.plan.errors),
+            "add a mapping file (see the README) and run again",
+        )
     journal.data["steps"]["safety"]["sha256"] = res.bundle.manifest["sources"]["live"]["sha256"]
     journal.mark("extract", "done", bundle_id=res.bundle.bundle_id)
     return res.bundle
@@ -858,7 +1237,8 @@ def _plan_summary(bundle: Bundle) -> dict[str, Any]:
         RowKind.DELETED: sum(v.deleted for v in typed),
         "lost": sum(v.lost for v in typed),
         "tables": c,
-        "from_revision": bundle.new.alembic_revision, "to_revision": bundle.old.alembic_revision,
+        "from_revision": bundle.new.alembic_revision,
+        "to_revision": bundle.old.alembic_revision,
     }
 
 
@@ -869,7 +1249,9 @@ OUTCOME_FILE = "outcome.json"
 def _save_outcome(run_dir: Path, outcome: Outcome) -> None:
     tmp = run_dir / f"{OUTCOME_FILE}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-    os.fchmod(fd, 0o600)  # users' data, like every file of the run folder (an old tmp keeps its mode otherwise)
+    os.fchmod(
+        fd, 0o600
+    )  # users' data, like every file of the run folder (an old tmp keeps its mode otherwise)
     with open(fd, "w", encoding="utf-8") as fh:
         fh.write(outcome.to_json())
         fh.flush()
@@ -883,7 +1265,9 @@ def _load_outcome(run_dir: Path, bundle: Bundle, db: Path, policy: ConflictPolic
     else an empty ``already_applied`` outcome."""
     p = run_dir / OUTCOME_FILE
     if p.is_file():
-        from recovery.report.runfiles import read_outcome_file  # pandas/matplotlib load only when needed
+        from recovery.report.runfiles import (
+            read_outcome_file,
+        )  # pandas/matplotlib load only when needed
 
         return read_outcome_file(p)
     recorded = _recorded_outcome(db, bundle.bundle_id)
@@ -904,29 +1288,42 @@ def _recorded_outcome(db: Path, bundle_id: str) -> Outcome | None:
     try:
         return Outcome.from_json(text)
     except OutcomeFormatError as exc:
-        raise RecoveryError(f"the re-import outcome recorded in {db} is not a {OUTCOME_FORMAT} document ({exc})",
-                            "the database was edited by hand; run `recovery report` on the bundle instead") from None
+        raise RecoveryError(
+            f"the re-import outcome recorded in {db} is not a {OUTCOME_FORMAT} document ({exc})",
+            "the database was edited by hand; run `recovery report` on the bundle instead",
+        ) from None
 
 
-def _refuse_stub_downgrades(db: Path, alembic_ini: str | os.PathLike[str] | None, target: str) -> None:
+def _refuse_stub_downgrades(
+    db: Path, alembic_ini: str | os.PathLike[str] | None, target: str
+) -> None:
     """Refuse ``--downgrade-to`` when a revision on the way down has a stub downgrade."""
     from recovery.migrate.migrations import revisions_between
 
     if alembic_ini is None:
-        raise RecoveryError("--downgrade-to needs --alembic-ini", "pass the application's alembic.ini")
+        raise RecoveryError(
+            "--downgrade-to needs --alembic-ini", "pass the application's alembic.ini"
+        )
     with readonly(db, "live database") as conn:
         current = alembic_revision(conn)
     if current is None:
-        raise RecoveryError(f"{db} has no alembic_version", "use the backup restore instead of --downgrade-to")
-    stubs = [r.revision for r in revisions_between(alembic_ini, current, target) if r.downgrade_stub]
+        raise RecoveryError(
+            f"{db} has no alembic_version", "use the backup restore instead of --downgrade-to"
+        )
+    stubs = [
+        r.revision for r in revisions_between(alembic_ini, current, target) if r.downgrade_stub
+    ]
     if stubs:
         raise RecoveryError(
             f"revision(s) {', '.join(stubs)} have a stub downgrade (pass / NotImplementedError): downgrading "
-            f"would leave their schema changes in place", "restore from the backup instead (omit --downgrade-to)")
+            f"would leave their schema changes in place",
+            "restore from the backup instead (omit --downgrade-to)",
+        )
 
 
-def _downgrade_in_place(db: Path, alembic_ini: str | os.PathLike[str] | None, target: str,
-                        backup: Path | None = None) -> dict[str, Any]:
+def _downgrade_in_place(
+    db: Path, alembic_ini: str | os.PathLike[str] | None, target: str, backup: Path | None = None
+) -> dict[str, Any]:
     """Run the app's downgrade to ``target`` on ``db`` (a scratch copy: pysqlite does not make
     Alembic's DDL transactional, so the live file is only ever swapped in whole), then, given the
     ``backup``, put back from it what the downgrade cannot (:mod:`recovery.restore.downgrade`: cells of
@@ -945,7 +1342,9 @@ def _downgrade_in_place(db: Path, alembic_ini: str | os.PathLike[str] | None, ta
             live = reflect(conn)  # before the downgrade: which columns the live schema lacks
     protect = [p for p in (backup,) if p is not None]
     if db.name.startswith(".") and db.name.endswith(".restore-tmp"):
-        protect.append(db.with_name(db.name[1:-len(".restore-tmp")]))  # the live DB this copy replaces
+        protect.append(
+            db.with_name(db.name[1 : -len(".restore-tmp")])
+        )  # the live DB this copy replaces
     try:
         with Sandbox(Path(str(alembic_ini)), db, protect) as sb:
             sb.migrate("downgrade", target, fast=False)
@@ -953,7 +1352,9 @@ def _downgrade_in_place(db: Path, alembic_ini: str | os.PathLike[str] | None, ta
         raise RecoveryError(
             f"the application's downgrade to {target} failed on the staged copy {db.name}, in the sandbox; the "
             f"live database was not replaced: {exc.error}" + refusal_note(exc.error, exc.refused),
-            "fix the migration, or restore from the backup instead (omit --downgrade-to)", ExitCode.FAILED) from None
+            "fix the migration, or restore from the backup instead (omit --downgrade-to)",
+            ExitCode.FAILED,
+        ) from None
     if backup is None or live is None:
         return {}
     from recovery.restore.downgrade import repair_from_backup
@@ -961,14 +1362,29 @@ def _downgrade_in_place(db: Path, alembic_ini: str | os.PathLike[str] | None, ta
     return repair_from_backup(db, backup, live).to_dict()
 
 
-def _dry_run(db: Path, backup: Path, run_dir: Path, uploads: Any, mapping: Any, alembic_ini: Any,
-             opts: RollbackOptions, files: FilesConfig, say: Progress) -> RunResult:
+def _dry_run(
+    db: Path,
+    backup: Path,
+    run_dir: Path,
+    uploads: Any,
+    mapping: Any,
+    alembic_ini: Any,
+    opts: RollbackOptions,
+    files: FilesConfig,
+    say: Progress,
+) -> RunResult:
     """Everything on scratch copies: the same report, every input file byte-identical."""
     since, trust, same_installation = opts.since, opts.trust_mapping, opts.same_installation
     from recovery.bundle.extract import extract
 
-    probe = preflight(db, backup, Path(alembic_ini) if alembic_ini else None, force=True, allow_newer_backup=True,
-                      same_installation=same_installation)
+    probe = preflight(
+        db,
+        backup,
+        Path(alembic_ini) if alembic_ini else None,
+        force=True,
+        allow_newer_backup=True,
+        same_installation=same_installation,
+    )
     for holder in probe["forced_past"]:
         say(f"dry run: a real rollback would refuse while {holder}")
     with tempfile.TemporaryDirectory(prefix="recovery-dry-run-") as tmp:
@@ -978,21 +1394,42 @@ def _dry_run(db: Path, backup: Path, run_dir: Path, uploads: Any, mapping: Any, 
         say("dry run: extracting")
         from recovery.migrate.sandbox import protecting
 
-        with protecting(db, backup):  # lineage runs on scratch copies; the real files are fingerprinted too
-            res = extract(backup, live_copy, t / "bundle", since, mapping, alembic_ini, uploads, files,
-                          trust_mapping=trust)
+        with protecting(
+            db, backup
+        ):  # lineage runs on scratch copies; the real files are fingerprinted too
+            res = extract(
+                backup,
+                live_copy,
+                t / "bundle",
+                since,
+                mapping,
+                alembic_ini,
+                uploads,
+                files,
+                trust_mapping=trust,
+            )
         if res.plan.errors:
-            raise RecoveryError("the re-import plan has errors: " + "; ".join(res.plan.errors),
-                                "add a mapping file (see the README)")
+            raise RecoveryError(
+                "the re-import plan has errors: " + "; ".join(res.plan.errors),
+                "add a mapping file (see the README)",
+            )
         say("dry run: restoring and re-importing on the scratch copy")
         restored = consistent_copy(backup, t / "restored.db", "backup")
-        outcome = _reimport_into(restored, res.bundle, opts, files, True, 10.0, str(db), run_dir=run_dir)
+        outcome = _reimport_into(
+            restored, res.bundle, opts, files, True, 10.0, str(db), run_dir=run_dir
+        )
         outcome.dry_run = True
-        outcome.files = _relink(res.bundle, restored, uploads, files, dry_run=True, outcome=outcome) if uploads else None
+        outcome.files = (
+            _relink(res.bundle, restored, uploads, files, dry_run=True, outcome=outcome)
+            if uploads
+            else None
+        )
         run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         from recovery.report import write_run_files
 
-        paths = write_run_files(run_dir, outcome, res.bundle, {"dry_run_note": "nothing was changed"})
+        paths = write_run_files(
+            run_dir, outcome, res.bundle, {"dry_run_note": "nothing was changed"}
+        )
     return RunResult(run_dir, outcome, paths)
 
 
@@ -1016,12 +1453,17 @@ class UndoResult:
 def refuse_if_in_use(db: Path, what: str = "undo") -> None:
     """Refuse while another process holds ``db``: every process with it (or its ``-wal``/``-shm``)
     open or locked (:mod:`recovery.engine.holders`, as the rollback's preflight), each named."""
-    refuse_holders(db, "; nothing was changed",
-                   f"stop the application (every process that has the DB open), then run `recovery {what}` again")
+    refuse_holders(
+        db,
+        "; nothing was changed",
+        f"stop the application (every process that has the DB open), then run `recovery {what}` again",
+    )
 
 
 def _same_bytes(now: dict[str, Any], then: dict[str, Any]) -> bool:
-    return now.get("sha256") == then.get("sha256") and now.get("wal_sha256") == then.get("wal_sha256")
+    return now.get("sha256") == then.get("sha256") and now.get("wal_sha256") == then.get(
+        "wal_sha256"
+    )
 
 
 def _expected_live(journal: dict[str, Any]) -> dict[str, Any] | None:
@@ -1032,8 +1474,11 @@ def _expected_live(journal: dict[str, Any]) -> dict[str, Any] | None:
         return left
     steps = journal["steps"]
     restore = steps.get("restore", {})
-    if restore.get("state") == "done" and isinstance(restore.get("sha256"), str) and \
-            steps.get("reimport", {}).get("state") != "done":
+    if (
+        restore.get("state") == "done"
+        and isinstance(restore.get("sha256"), str)
+        and steps.get("reimport", {}).get("state") != "done"
+    ):
         return {"sha256": restore["sha256"], "wal_sha256": None}
     return None
 
@@ -1041,22 +1486,36 @@ def _expected_live(journal: dict[str, Any]) -> dict[str, Any] | None:
 def _load_run_journal(run_dir: Path) -> dict[str, Any]:
     path = run_dir / "journal.json"
     if not path.is_file():
-        raise RecoveryError(f"{run_dir} holds no journal.json: not the --out folder of a `recovery rollback`",
-                            "pass the run folder the rollback wrote (its journal, safety copy and bundle)")
+        raise RecoveryError(
+            f"{run_dir} holds no journal.json: not the --out folder of a `recovery rollback`",
+            "pass the run folder the rollback wrote (its journal, safety copy and bundle)",
+        )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise RecoveryError(f"{path} cannot be read as JSON ({exc})", "pass an intact run folder") from None
-    ok = (isinstance(data, dict) and data.get("format") == "recovery-journal/1" and isinstance(data.get("steps"), dict)
-          and isinstance(data.get("args"), dict) and isinstance(data["args"].get("db"), str)
-          and all(isinstance(v, dict) for v in data["steps"].values()))
+        raise RecoveryError(
+            f"{path} cannot be read as JSON ({exc})", "pass an intact run folder"
+        ) from None
+    ok = (
+        isinstance(data, dict)
+        and data.get("format") == "recovery-journal/1"
+        and isinstance(data.get("steps"), dict)
+        and isinstance(data.get("args"), dict)
+        and isinstance(data["args"].get("db"), str)
+        and all(isinstance(v, dict) for v in data["steps"].values())
+    )
     if not ok:
         raise RecoveryError(f"{path} is not a recovery-journal/1 file", "pass an intact run folder")
     return data
 
 
-def undo(run_dir: str | os.PathLike[str], force: bool = False, dry_run: bool = False,
-         confirm: Callable[[dict[str, Any]], bool] | None = None, progress: Progress | None = None) -> UndoResult:
+def undo(
+    run_dir: str | os.PathLike[str],
+    force: bool = False,
+    dry_run: bool = False,
+    confirm: Callable[[dict[str, Any]], bool] | None = None,
+    progress: Progress | None = None,
+) -> UndoResult:
     """Put the run's safety copy (the failed release's DB as the rollback found it) back as the
     live DB: refused while another process holds the DB, and when the live DB changed since the
     run left it unless ``force``; a consistent copy of the current live file is kept in
@@ -1070,49 +1529,88 @@ def undo(run_dir: str | os.PathLike[str], force: bool = False, dry_run: bool = F
     safety = run / "safety" / db.name
     undo_info = steps.get("undo", {})
     if undo_info.get("state") == "done":
-        return UndoResult(run, db, "already_undone", safety, Path(undo_info["kept"]) if undo_info.get("kept") else None)
+        return UndoResult(
+            run,
+            db,
+            "already_undone",
+            safety,
+            Path(undo_info["kept"]) if undo_info.get("kept") else None,
+        )
     check_sqlite_file(db, "live database")
-    if undo_info.get("state") in ("start", "staged") and isinstance(undo_info.get("sha256"), str) \
-            and db_fingerprint(db)["sha256"] == undo_info["sha256"]:
+    if (
+        undo_info.get("state") in ("start", "staged")
+        and isinstance(undo_info.get("sha256"), str)
+        and db_fingerprint(db)["sha256"] == undo_info["sha256"]
+    ):
         journal = Journal(run, data["args"])  # killed after its swap: finish the journal only
-        journal.mark("undo", "done", **{k: v for k, v in undo_info.items() if k not in ("state", "at")})
-        return UndoResult(run, db, "already_undone", safety, Path(undo_info["kept"]) if undo_info.get("kept") else None)
+        journal.mark(
+            "undo", "done", **{k: v for k, v in undo_info.items() if k not in ("state", "at")}
+        )
+        return UndoResult(
+            run,
+            db,
+            "already_undone",
+            safety,
+            Path(undo_info["kept"]) if undo_info.get("kept") else None,
+        )
     restore = steps.get("restore", {})
     replaced = restore.get("state") == "done" or (
-        restore.get("state") is not None and data.get("live_before") is not None
-        and _file_identity(db) != list(data["live_before"]))
+        restore.get("state") is not None
+        and data.get("live_before") is not None
+        and _file_identity(db) != list(data["live_before"])
+    )
     if not replaced:
-        raise RecoveryError(f"the run in {run} never replaced the live DB {db}; there is nothing to undo",
-                            "the live DB is still the one the rollback found")
+        raise RecoveryError(
+            f"the run in {run} never replaced the live DB {db}; there is nothing to undo",
+            "the live DB is still the one the rollback found",
+        )
     if not safety.is_file():
-        raise RecoveryError(f"the safety copy {safety} is missing; nothing was changed",
-                            "restore the failed release's DB from your own backup")
+        raise RecoveryError(
+            f"the safety copy {safety} is missing; nothing was changed",
+            "restore the failed release's DB from your own backup",
+        )
     want = steps.get("safety", {}).get("sha256")
     say("checking the safety copy")
     if isinstance(want, str) and sha256_file(safety) != want:
-        raise RecoveryError(f"the safety copy {safety} changed since the run (sha256 differs); nothing was changed",
-                            "it cannot be trusted as the failed release's DB")
+        raise RecoveryError(
+            f"the safety copy {safety} changed since the run (sha256 differs); nothing was changed",
+            "it cannot be trusted as the failed release's DB",
+        )
     check_sqlite_file(safety, "safety copy")
     refuse_if_in_use(db)
     expected = _expected_live(data)
     now = db_fingerprint(db)
     changed = expected is None or not _same_bytes(now, expected)
     if changed and not force:
-        why = ("the run did not record what it left (resume it first with the same command)" if expected is None
-               else "it was written to after the rollback")
-        raise RecoveryError(f"the live DB {db} changed since the run in {run} left it ({why}); nothing was changed",
-                            "undoing would discard those changes: pass --force to undo anyway "
-                            f"(a consistent copy of the current file is kept in {run / 'undo'} first)")
+        why = (
+            "the run did not record what it left (resume it first with the same command)"
+            if expected is None
+            else "it was written to after the rollback"
+        )
+        raise RecoveryError(
+            f"the live DB {db} changed since the run in {run} left it ({why}); nothing was changed",
+            "undoing would discard those changes: pass --force to undo anyway "
+            f"(a consistent copy of the current file is kept in {run / 'undo'} first)",
+        )
     if dry_run:
         return UndoResult(run, db, "dry_run", safety, None, changed)
-    if confirm is not None and not confirm({"db": str(db), "safety": str(safety), "changed": changed}):
+    if confirm is not None and not confirm(
+        {"db": str(db), "safety": str(safety), "changed": changed}
+    ):
         raise RecoveryError("stopped at your request; nothing was changed")
     with _one_run_per_folder(db):  # no rollback or other undo of a DB in this folder meanwhile
         return _undo_swap(run, data, db, safety, now, changed, say)
 
 
-def _undo_swap(run: Path, data: dict[str, Any], db: Path, safety: Path, now: dict[str, Any], changed: bool,
-               say: Progress) -> UndoResult:
+def _undo_swap(
+    run: Path,
+    data: dict[str, Any],
+    db: Path,
+    safety: Path,
+    now: dict[str, Any],
+    changed: bool,
+    say: Progress,
+) -> UndoResult:
     """The writing half of :func:`undo`, journaled: keep the current file, stage the safety copy,
     check again that nobody holds or wrote the DB, swap."""
     journal = Journal(run, data["args"])
@@ -1127,8 +1625,10 @@ def _undo_swap(run: Path, data: dict[str, Any], db: Path, safety: Path, now: dic
     try:
         refuse_if_in_use(db)
         if db_fingerprint(db) != now:
-            raise RecoveryError(f"the live DB {db} was written to during the undo; nothing was changed",
-                                "stop the application and run `recovery undo` again")
+            raise RecoveryError(
+                f"the live DB {db} was written to during the undo; nothing was changed",
+                "stop the application and run `recovery undo` again",
+            )
     except BaseException:
         staged.unlink(missing_ok=True)
         raise

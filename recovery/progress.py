@@ -7,6 +7,7 @@ one line at the end of a command (unless quiet). Nothing here writes to stdout, 
 output stays the JSON alone. Code deep in a step reports counts with :func:`set_total` and
 :func:`advance`, which do nothing when no step is running (the library used without the CLI).
 The overhead is a dictionary lookup per call: counts are reported per table or phase, never per row."""
+
 from __future__ import annotations
 
 import logging
@@ -18,9 +19,13 @@ from typing import Any
 
 _quiet = [False]
 _timings: dict[str, float] = {}
-_running: dict[str, tuple[float, Any, Any]] = {}  # step -> (started, rich Progress or None, task id)
+_running: dict[
+    str, tuple[float, Any, Any]
+] = {}  # step -> (started, rich Progress or None, task id)
 _order: list[str] = []  # running steps, innermost last
-_shared: list[Any] = []  # the one rich Progress while any step shows a bar (one live display per console)
+_shared: list[
+    Any
+] = []  # the one rich Progress while any step shows a bar (one live display per console)
 log = logging.getLogger(__name__)
 
 
@@ -54,8 +59,16 @@ def timings() -> dict[str, float]:
 
 
 def _new_bar(name: str, total: int | None) -> tuple[Any, Any]:
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, SpinnerColumn, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
     from rich.text import Text
 
     from recovery.report.render import console
@@ -68,9 +81,19 @@ def _new_bar(name: str, total: int | None) -> tuple[Any, Any]:
             return Text("-/s" if speed is None else f"{speed:,.1f}/s")
 
     if not _shared:
-        bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                       RateColumn(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                       console=console(stderr=True), transient=True, redirect_stdout=False)
+        bar = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            RateColumn(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=console(stderr=True),
+            transient=True,
+            redirect_stdout=False,
+        )
         bar.start()
         _shared.append(bar)
     from recovery.escape import term_markup
@@ -101,7 +124,12 @@ def finish(name: str, record: bool = True) -> None:
             _shared.clear()
     if record:
         _timings[name] = _timings.get(name, 0.0) + time.perf_counter() - started
-    log.debug("step %s: %s after %.2f s", name, "done" if record else "stopped", time.perf_counter() - started)
+    log.debug(
+        "step %s: %s after %.2f s",
+        name,
+        "done" if record else "stopped",
+        time.perf_counter() - started,
+    )
 
 
 def stop_all() -> None:
@@ -155,7 +183,11 @@ def advance(n: int = 1, what: str | None = None) -> None:
         if what is not None:
             from recovery.escape import term_markup
 
-            bar.update(task, advance=n, description=f"{term_markup(_order[-1], 40)}: {term_markup(what, 28)}")
+            bar.update(
+                task,
+                advance=n,
+                description=f"{term_markup(_order[-1], 40)}: {term_markup(what, 28)}",
+            )
         else:
             bar.advance(task, n)
 

@@ -1,5 +1,6 @@
 """Helpers shared by test_extract.py and test_transpile.py: read-only opens and applying a
 bundle's plan to a copy of the backup the way the re-import will (one transaction, FKs on)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -29,7 +30,11 @@ def rows_by_key(conn: sqlite3.Connection, table: str, where: str = "1") -> dict[
 
 
 def apply_to_copy(
-    bundle_dir: Path, backup: Path, target: Path, apply_deletes: bool = False, prepare: str = "",
+    bundle_dir: Path,
+    backup: Path,
+    target: Path,
+    apply_deletes: bool = False,
+    prepare: str = "",
 ) -> sqlite3.Connection:
     """Copy ``backup`` to ``target`` (backup API) and run the bundle's plan on it in one
     transaction with foreign keys on; returns the open connection (bundle still attached).

@@ -5,6 +5,7 @@ databases with ``sqlite3.connect(f"file:{path}?mode=ro", uri=True)``. A read-wri
 that closes last checkpoints ``gestima.db-wal`` into ``gestima.db`` and deletes the WAL,
 which changes the world under every other test. Tests that write use ``world_copy``.
 """
+
 from __future__ import annotations
 
 import os
@@ -27,9 +28,14 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--update-golden", action="store_true", default=False,
-                     help="Rewrite the golden files (tests/golden/) from the code's output instead of comparing.")
+    parser.addoption(
+        "--update-golden",
+        action="store_true",
+        default=False,
+        help="Rewrite the golden files (tests/golden/) from the code's output instead of comparing.",
+    )
 
 
 WORLD_PARTS = 120
@@ -60,7 +66,12 @@ def bundle(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from recovery.sample import app_dir
 
     out = tmp_path_factory.mktemp("bundle") / "bundle"
-    extract(next(world.glob("gestima.db.bak.*")), world / "gestima.db", out, alembic_ini=app_dir() / "alembic.ini")
+    extract(
+        next(world.glob("gestima.db.bak.*")),
+        world / "gestima.db",
+        out,
+        alembic_ini=app_dir() / "alembic.ini",
+    )
     return out
 
 
@@ -94,8 +105,10 @@ def pg_server() -> Iterator[str]:
         cluster = pgcluster.start()
     except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
         detail = getattr(exc, "stderr", None) or exc
-        pytest.skip(f"PostgreSQL is installed but a test cluster did not start ({str(detail).strip()[:300]}); "
-                    f"{pgcluster.HOW_TO}")
+        pytest.skip(
+            f"PostgreSQL is installed but a test cluster did not start ({str(detail).strip()[:300]}); "
+            f"{pgcluster.HOW_TO}"
+        )
     try:
         yield cluster.url
     finally:
@@ -113,10 +126,16 @@ def pg_url(pg_server: str) -> Iterator[str]:
 
     name = f"recovery_test_{uuid.uuid4().hex[:12]}"
     admin = make_url(pg_server)
-    with psycopg.connect(admin.set(drivername="postgresql").render_as_string(False), autocommit=True) as conn:
+    with psycopg.connect(
+        admin.set(drivername="postgresql").render_as_string(False), autocommit=True
+    ) as conn:
         conn.execute(pgsql.SQL("CREATE DATABASE {}").format(pgsql.Identifier(name)))
     try:
         yield admin.set(database=name).render_as_string(False)
     finally:
-        with psycopg.connect(admin.set(drivername="postgresql").render_as_string(False), autocommit=True) as conn:
-            conn.execute(pgsql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(pgsql.Identifier(name)))
+        with psycopg.connect(
+            admin.set(drivername="postgresql").render_as_string(False), autocommit=True
+        ) as conn:
+            conn.execute(
+                pgsql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(pgsql.Identifier(name))
+            )

@@ -8,6 +8,7 @@ cluster this process starts itself when ``initdb`` and ``pg_ctl`` can be found (
 PostgreSQL refuses to run as root, so under root the cluster belongs to the ``postgres`` system
 user when there is one, else ``nobody``; its folder is a fresh ``mkdtemp`` handed to that user.
 """
+
 from __future__ import annotations
 
 import glob
@@ -33,8 +34,10 @@ def find_bin(name: str) -> str | None:
     found = shutil.which(name)
     if found:
         return found
-    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"),
-                        key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0)
+    candidates = sorted(
+        glob.glob(f"/usr/lib/postgresql/*/bin/{name}"),
+        key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0,
+    )
     return candidates[-1] if candidates else None
 
 
@@ -71,8 +74,13 @@ class Cluster:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
     def stop(self) -> None:
-        subprocess.run([self.pg_ctl, "-D", str(self.folder / "data"), "-m", "immediate", "stop"],
-                       capture_output=True, timeout=60, check=False, **_as(self.user))
+        subprocess.run(
+            [self.pg_ctl, "-D", str(self.folder / "data"), "-m", "immediate", "stop"],
+            capture_output=True,
+            timeout=60,
+            check=False,
+            **_as(self.user),
+        )
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
@@ -92,19 +100,61 @@ def start() -> Cluster:
     if user is not None:
         os.chown(folder, user.pw_uid, user.pw_gid)
     env = {**os.environ, "LC_ALL": "C"}
-    subprocess.run([initdb, "-D", str(folder / "data"), "-U", "postgres", "-A", "trust", "-E", "UTF8",
-                    "--locale=C", "--no-sync"], capture_output=True, check=True, timeout=120, env=env,
-                   cwd=folder, **_as(user))
+    subprocess.run(
+        [
+            initdb,
+            "-D",
+            str(folder / "data"),
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        ],
+        capture_output=True,
+        check=True,
+        timeout=120,
+        env=env,
+        cwd=folder,
+        **_as(user),
+    )
     last = ""
     for _ in range(5):  # another process may take the free port between the probe and the start
         port = free_port()
-        opts = (f"-c listen_addresses=127.0.0.1 -p {port} -k {folder} -c fsync=off "
-                "-c synchronous_commit=off -c full_page_writes=off -c max_connections=60")
-        r = subprocess.run([pg_ctl, "-D", str(folder / "data"), "-l", str(folder / "server.log"), "-w",
-                            "-t", "60", "-o", opts, "start"], capture_output=True, text=True, timeout=90,
-                           env=env, cwd=folder, **_as(user))
+        opts = (
+            f"-c listen_addresses=127.0.0.1 -p {port} -k {folder} -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=60"
+        )
+        r = subprocess.run(
+            [
+                pg_ctl,
+                "-D",
+                str(folder / "data"),
+                "-l",
+                str(folder / "server.log"),
+                "-w",
+                "-t",
+                "60",
+                "-o",
+                opts,
+                "start",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=90,
+            env=env,
+            cwd=folder,
+            **_as(user),
+        )
         if r.returncode == 0:
             return Cluster(folder, port, pg_ctl, user, time.perf_counter() - t0)
-        last = (folder / "server.log").read_text(errors="replace")[-2000:] if (folder / "server.log").exists() else r.stderr
+        last = (
+            (folder / "server.log").read_text(errors="replace")[-2000:]
+            if (folder / "server.log").exists()
+            else r.stderr
+        )
     shutil.rmtree(folder, ignore_errors=True)
     raise RuntimeError(f"pg_ctl start failed: {last}")

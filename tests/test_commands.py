@@ -2,6 +2,7 @@
 has its keyword-only function, and on the same inputs the function's ``exit_code`` (or the
 ``RecoveryError`` it raises) is what ``recovery <verb>`` exits with — for a success (0), a result
 to review (1), a refusal (2) and a failure (3)."""
+
 from __future__ import annotations
 
 import inspect
@@ -21,11 +22,15 @@ from recovery.cli import main
 from recovery.errors import RecoveryError
 from recovery.options import ReimportOptions, RollbackOptions
 
-OLD = ("CREATE TABLE item (id INTEGER PRIMARY KEY, a TEXT NOT NULL, b TEXT, c INTEGER NOT NULL);"
-       "INSERT INTO item VALUES (1, 'a1', 'b1', 1), (2, 'a2', 'b2', 2), (3, 'a3', 'b3', 3);")
+OLD = (
+    "CREATE TABLE item (id INTEGER PRIMARY KEY, a TEXT NOT NULL, b TEXT, c INTEGER NOT NULL);"
+    "INSERT INTO item VALUES (1, 'a1', 'b1', 1), (2, 'a2', 'b2', 2), (3, 'a3', 'b3', 3);"
+)
 AFTER_DEPLOY = "UPDATE item SET b = 'B1' WHERE id = 1; INSERT INTO item VALUES (4, 'a4', 'b4', 4);"
 DELETE = "DELETE FROM item WHERE id = 3;"  # restored by a re-import and listed for review
-SINCE_IN_TARGET = "UPDATE item SET b = 'x1' WHERE id = 1;"  # the same cell, another value: update_update
+SINCE_IN_TARGET = (
+    "UPDATE item SET b = 'x1' WHERE id = 1;"  # the same cell, another value: update_update
+)
 
 
 def _db(path: Path, script: str) -> Path:
@@ -40,8 +45,10 @@ def _db(path: Path, script: str) -> Path:
 
 def _pair(folder: Path, delete: bool = True) -> tuple[Path, Path]:
     """A backup and the live DB a deploy later (one row updated, one inserted, one deleted)."""
-    return (_db(folder / "app.db.bak.20261120_140000", OLD),
-            _db(folder / "app.db", OLD + AFTER_DEPLOY + (DELETE if delete else "")))
+    return (
+        _db(folder / "app.db.bak.20261120_140000", OLD),
+        _db(folder / "app.db", OLD + AFTER_DEPLOY + (DELETE if delete else "")),
+    )
 
 
 def _bundle_and_target(folder: Path, conflicting: bool) -> tuple[Path, Path]:
@@ -73,63 +80,107 @@ def diff_same(f: Path) -> tuple[list[str], Callable[[], Any]]:
 
 def diff_missing_backup(f: Path) -> tuple[list[str], Callable[[], Any]]:
     _backup, live = _pair(f)
-    return ["diff", str(f / "nope.db"), str(live)], lambda: commands.diff(backup=f / "nope.db", db=live)
+    return ["diff", str(f / "nope.db"), str(live)], lambda: commands.diff(
+        backup=f / "nope.db", db=live
+    )
 
 
 def extract_ok(f: Path) -> tuple[list[str], Callable[[], Any]]:
     backup, live = _pair(f)
-    return (["extract", str(backup), str(live), "--out", str(f / "b")],
-            lambda: commands.extract(backup=backup, db=live, out_dir=f / "b"))
+    return (
+        ["extract", str(backup), str(live), "--out", str(f / "b")],
+        lambda: commands.extract(backup=backup, db=live, out_dir=f / "b"),
+    )
 
 
 def extract_bad_since(f: Path) -> tuple[list[str], Callable[[], Any]]:
     backup, live = _pair(f)
-    return (["extract", str(backup), str(live), "--out", str(f / "b"), "--since", "yesterday-ish"],
-            lambda: commands.extract(backup=backup, db=live, out_dir=f / "b", since="yesterday-ish"))
+    return (
+        ["extract", str(backup), str(live), "--out", str(f / "b"), "--since", "yesterday-ish"],
+        lambda: commands.extract(backup=backup, db=live, out_dir=f / "b", since="yesterday-ish"),
+    )
 
 
 def snapshot_ok(f: Path) -> tuple[list[str], Callable[[], Any]]:
     _backup, live = _pair(f)
-    return (["snapshot", str(live), "--out", str(f / "snap")],
-            lambda: commands.snapshot(db=live, out_dir=f / "snap"))
+    return (
+        ["snapshot", str(live), "--out", str(f / "snap")],
+        lambda: commands.snapshot(db=live, out_dir=f / "snap"),
+    )
 
 
 def reimport_clean(f: Path) -> tuple[list[str], Callable[[], Any]]:
     bundle, target = _bundle_and_target(f, conflicting=False)
-    return (["reimport", str(bundle), str(target), "--out", str(f / "run"), "--yes"],
-            lambda: commands.reimport(bundle_dir=bundle, db=target, out_dir=f / "run"))
+    return (
+        ["reimport", str(bundle), str(target), "--out", str(f / "run"), "--yes"],
+        lambda: commands.reimport(bundle_dir=bundle, db=target, out_dir=f / "run"),
+    )
 
 
 def reimport_conflict_review(f: Path) -> tuple[list[str], Callable[[], Any]]:
     bundle, target = _bundle_and_target(f, conflicting=True)
-    return (["reimport", str(bundle), str(target), "--out", str(f / "run"), "--yes"],
-            lambda: commands.reimport(bundle_dir=bundle, db=target, out_dir=f / "run"))
+    return (
+        ["reimport", str(bundle), str(target), "--out", str(f / "run"), "--yes"],
+        lambda: commands.reimport(bundle_dir=bundle, db=target, out_dir=f / "run"),
+    )
 
 
 def reimport_conflict_abort(f: Path) -> tuple[list[str], Callable[[], Any]]:
     bundle, target = _bundle_and_target(f, conflicting=True)
-    return (["reimport", str(bundle), str(target), "--out", str(f / "run"), "--yes", "--on-conflict", "abort"],
-            lambda: commands.reimport(bundle_dir=bundle, db=target, out_dir=f / "run",
-                                      options=ReimportOptions(on_conflict="abort")))
+    return (
+        [
+            "reimport",
+            str(bundle),
+            str(target),
+            "--out",
+            str(f / "run"),
+            "--yes",
+            "--on-conflict",
+            "abort",
+        ],
+        lambda: commands.reimport(
+            bundle_dir=bundle,
+            db=target,
+            out_dir=f / "run",
+            options=ReimportOptions(on_conflict="abort"),
+        ),
+    )
 
 
 def reimport_wrong_bundle_id(f: Path) -> tuple[list[str], Callable[[], Any]]:
     bundle, target = _bundle_and_target(f, conflicting=False)
-    return (["reimport", str(bundle), str(target), "--yes", "--expect-bundle-id", "0" * 64],
-            lambda: commands.reimport(bundle_dir=bundle, db=target, expect_bundle_id="0" * 64))
+    return (
+        ["reimport", str(bundle), str(target), "--yes", "--expect-bundle-id", "0" * 64],
+        lambda: commands.reimport(bundle_dir=bundle, db=target, expect_bundle_id="0" * 64),
+    )
 
 
 def rollback_missing_backup(f: Path) -> tuple[list[str], Callable[[], Any]]:
     _backup, live = _pair(f)
-    return (["rollback", str(live), "--backup", str(f / "nope.db"), "--out", str(f / "run"), "--yes"],
-            lambda: commands.rollback(db=live, backup=f / "nope.db", out_dir=f / "run"))
+    return (
+        ["rollback", str(live), "--backup", str(f / "nope.db"), "--out", str(f / "run"), "--yes"],
+        lambda: commands.rollback(db=live, backup=f / "nope.db", out_dir=f / "run"),
+    )
 
 
 def rollback_bad_since(f: Path) -> tuple[list[str], Callable[[], Any]]:
     backup, live = _pair(f)
-    return (["rollback", str(live), "--backup", str(backup), "--out", str(f / "run"), "--yes", "--since", "soon"],
-            lambda: commands.rollback(db=live, backup=backup, out_dir=f / "run",
-                                      options=RollbackOptions(since="soon")))
+    return (
+        [
+            "rollback",
+            str(live),
+            "--backup",
+            str(backup),
+            "--out",
+            str(f / "run"),
+            "--yes",
+            "--since",
+            "soon",
+        ],
+        lambda: commands.rollback(
+            db=live, backup=backup, out_dir=f / "run", options=RollbackOptions(since="soon")
+        ),
+    )
 
 
 def undo_not_a_run(f: Path) -> tuple[list[str], Callable[[], Any]]:
@@ -139,19 +190,25 @@ def undo_not_a_run(f: Path) -> tuple[list[str], Callable[[], Any]]:
 
 def apply_deletes_not_a_run(f: Path) -> tuple[list[str], Callable[[], Any]]:
     (f / "run").mkdir(parents=True)
-    return ["apply-deletes", str(f / "run"), "--yes"], lambda: commands.apply_deletes(run_dir=f / "run")
+    return ["apply-deletes", str(f / "run"), "--yes"], lambda: commands.apply_deletes(
+        run_dir=f / "run"
+    )
 
 
 def relink_no_uploads(f: Path) -> tuple[list[str], Callable[[], Any]]:
     bundle, target = _bundle_and_target(f, conflicting=False)
-    return (["relink", str(bundle), str(target), "--uploads", str(f / "nope")],
-            lambda: commands.relink(bundle_dir=bundle, db=target, uploads=f / "nope"))
+    return (
+        ["relink", str(bundle), str(target), "--uploads", str(f / "nope")],
+        lambda: commands.relink(bundle_dir=bundle, db=target, uploads=f / "nope"),
+    )
 
 
 def report_of_a_bundle(f: Path) -> tuple[list[str], Callable[[], Any]]:
     bundle, _target = _bundle_and_target(f, conflicting=False)
-    return (["report", str(bundle), "--format", "json"],
-            lambda: commands.report(folder=bundle, fmt="json"))
+    return (
+        ["report", str(bundle), "--format", "json"],
+        lambda: commands.report(folder=bundle, fmt="json"),
+    )
 
 
 def report_missing(f: Path) -> tuple[list[str], Callable[[], Any]]:
@@ -159,21 +216,26 @@ def report_missing(f: Path) -> tuple[list[str], Callable[[], Any]]:
 
 
 def check_missing_ini(f: Path) -> tuple[list[str], Callable[[], Any]]:
-    return (["check", "--alembic-ini", str(f / "alembic.ini")],
-            lambda: commands.check(alembic_ini=f / "alembic.ini"))
+    return (
+        ["check", "--alembic-ini", str(f / "alembic.ini")],
+        lambda: commands.check(alembic_ini=f / "alembic.ini"),
+    )
 
 
 def rehearse_missing_db(f: Path) -> tuple[list[str], Callable[[], Any]]:
     backup, _live = _pair(f)
-    return (["rehearse", str(f / "nope.db"), "--backup", str(backup)],
-            lambda: commands.rehearse(db=f / "nope.db", backup=backup))
+    return (
+        ["rehearse", str(f / "nope.db"), "--backup", str(backup)],
+        lambda: commands.rehearse(db=f / "nope.db", backup=backup),
+    )
 
 
 def sample_into_a_file(f: Path) -> tuple[list[str], Callable[[], Any]]:
     f.mkdir(parents=True)
     (f / "file").write_text("not a folder")
-    return ["sample", str(f / "file" / "world"), "--parts", "10"], lambda: commands.sample(out_dir=f / "file" / "world",
-                                                                                            parts=10)
+    return ["sample", str(f / "file" / "world"), "--parts", "10"], lambda: commands.sample(
+        out_dir=f / "file" / "world", parts=10
+    )
 
 
 CASES: dict[str, tuple[Case, int]] = {
@@ -221,7 +283,10 @@ def test_api_and_cli_exit_alike(name: str, tmp_path: Path) -> None:
     code, line = _api_exit(call, args[0])
     assert (cli.exit_code, code) == (expected, expected), cli.output
     if line is not None:  # the same one line, paths and ids aside
-        same = lambda text, side: re.sub(r"[0-9a-f]{32,}", "ID", text.replace(str(tmp_path / side), "F"))  # noqa: E731
+
+        def same(text: str, side: str) -> str:
+            return re.sub(r"[0-9a-f]{32,}", "ID", text.replace(str(tmp_path / side), "F"))
+
         assert same(f"error: {line}", "api") in same(cli.output, "cli")
 
 
@@ -230,8 +295,12 @@ def test_every_cli_verb_has_its_keyword_only_function() -> None:
     for verb, fn in commands.COMMANDS.items():
         assert fn.__name__ == verb.replace("-", "_"), verb
         params = inspect.signature(fn).parameters.values()
-        assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params), f"{verb}: not keyword-only"
-        assert inspect.signature(fn).return_annotation not in (inspect.Signature.empty, "None"), verb
+        assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params), (
+            f"{verb}: not keyword-only"
+        )
+        assert inspect.signature(fn).return_annotation not in (inspect.Signature.empty, "None"), (
+            verb
+        )
 
 
 def test_every_verb_has_a_parity_case_or_is_slow() -> None:
@@ -259,12 +328,20 @@ def test_options_refuse_unknown_values_and_names(tmp_path: Path) -> None:
 
 def test_verbose_logs_steps_on_stderr_and_quiet_silences_them(tmp_path: Path) -> None:
     backup, live = _pair(tmp_path)
-    out = CliRunner().invoke(main, ["-v", "extract", str(backup), str(live), "--out", str(tmp_path / "b")])
+    out = CliRunner().invoke(
+        main, ["-v", "extract", str(backup), str(live), "--out", str(tmp_path / "b")]
+    )
     assert out.exit_code == 0, out.output
     assert "debug recovery.progress: step extract: start" in out.output
     assert "debug recovery.commands: extract: bundle" in out.output
-    quiet = CliRunner().invoke(main, ["-v", "--quiet", "extract", str(backup), str(live), "--out", str(tmp_path / "c")])
+    quiet = CliRunner().invoke(
+        main, ["-v", "--quiet", "extract", str(backup), str(live), "--out", str(tmp_path / "c")]
+    )
     assert quiet.exit_code == 0 and "debug" not in quiet.output and "time:" not in quiet.output
-    plain = CliRunner().invoke(main, ["extract", str(backup), str(live), "--out", str(tmp_path / "d")])
+    plain = CliRunner().invoke(
+        main, ["extract", str(backup), str(live), "--out", str(tmp_path / "d")]
+    )
     assert plain.exit_code == 0 and "debug" not in plain.output
-    assert not [h for h in logging.getLogger("recovery").handlers], "the CLI's handler outlived the command"
+    assert not [h for h in logging.getLogger("recovery").handlers], (
+        "the CLI's handler outlived the command"
+    )

@@ -1,4 +1,5 @@
 """`recovery demo` — the README's main job — builds the world, rolls it back and verifies."""
+
 from __future__ import annotations
 
 import json
@@ -35,16 +36,36 @@ def test_demo_refuses_a_non_empty_folder(tmp_path: Path) -> None:
 
 
 def _run(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "recovery", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "recovery", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_a_non_editable_install_builds_the_sample_world(tmp_path: Path) -> None:
     """`pip install .` (not -e) ships the sample app as package data: `recovery sample` works from
     any folder, with nothing of the checkout on the path."""
     target = tmp_path / "site"
-    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(ROOT)],
-                         capture_output=True, text=True, timeout=600)
+    pip = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--target",
+            str(target),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if pip.returncode != 0:
         pytest.skip(f"pip could not build the project here: {pip.stderr.strip().splitlines()[-1:]}")
     env = {k: v for k, v in os.environ.items() if k != "RECOVERY_SAMPLE_APP"}
@@ -53,8 +74,14 @@ def test_a_non_editable_install_builds_the_sample_world(tmp_path: Path) -> None:
     res = _run(["sample", str(out), "--parts", "20"], cwd=tmp_path, env=env)
     assert res.returncode == 0, res.stderr
     assert (out / "world.json").is_file() and (out / "gestima.db").is_file()
-    where = subprocess.run([sys.executable, "-c", "import recovery.sample as s; print(s.app_dir())"], cwd=tmp_path,
-                           env=env, capture_output=True, text=True, check=True).stdout.strip()
+    where = subprocess.run(
+        [sys.executable, "-c", "import recovery.sample as s; print(s.app_dir())"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     assert Path(where).is_relative_to(target), where
 
 
@@ -65,9 +92,14 @@ def test_a_failed_sample_removes_what_it_created(tmp_path: Path, existed: bool) 
     broken = tmp_path / "app"
     shutil.copytree(ROOT / "recovery" / "sample" / "gestima_app", broken)
     rev = broken / "versions" / "bb002_rename_quote_customer.py"
-    rev.write_text(rev.read_text(encoding="utf-8").replace(
-        "def upgrade() -> None:\n", "def upgrade() -> None:\n    raise RuntimeError('broken migration')\n", 1),
-        encoding="utf-8")
+    rev.write_text(
+        rev.read_text(encoding="utf-8").replace(
+            "def upgrade() -> None:\n",
+            "def upgrade() -> None:\n    raise RuntimeError('broken migration')\n",
+            1,
+        ),
+        encoding="utf-8",
+    )
     assert "broken migration" in rev.read_text(encoding="utf-8")
     out = tmp_path / "world"
     if existed:

@@ -1,4 +1,5 @@
 """`recovery diff`: schema and row diff of a backup against the live DB (real SQLite files)."""
+
 from __future__ import annotations
 
 import csv
@@ -22,7 +23,9 @@ def sha(p: Path) -> str | None:
     return hashlib.sha256(p.read_bytes()).hexdigest() if p.exists() else None
 
 
-def build(path: Path, script: str, rows: dict[str, list[tuple]] | None = None, wal: bool = False) -> Path:
+def build(
+    path: Path, script: str, rows: dict[str, list[tuple]] | None = None, wal: bool = False
+) -> Path:
     conn = sqlite3.connect(path)
     if wal:
         conn.execute("PRAGMA journal_mode=WAL")
@@ -59,7 +62,10 @@ def basic(tmp_path: Path) -> tuple[Path, Path]:
     old = build(tmp_path / "app.db.bak", PARTS, {"parts": rows})
     new = build(tmp_path / "app.db", PARTS, {"parts": rows})
     conn = sqlite3.connect(new)
-    conn.executemany("INSERT INTO parts VALUES (?, ?, ?, ?)", [(11, "n11", 1.0, 1), (12, "n12", 2.0, 2), (13, "n13", None, 3)])
+    conn.executemany(
+        "INSERT INTO parts VALUES (?, ?, ?, ?)",
+        [(11, "n11", 1.0, 1), (12, "n12", 2.0, 2), (13, "n13", None, 3)],
+    )
     conn.execute("UPDATE parts SET price = 99.5 WHERE id = 2")
     conn.execute("UPDATE parts SET name = 'renamed', qty = NULL WHERE id = 3")
     conn.execute("UPDATE parts SET price = price WHERE id = 4")  # a no-op write is not an edit
@@ -83,8 +89,13 @@ def test_counts_exact_and_exit_code(basic):
     tc = res.changes.tables["parts"]
     assert sorted(r.key for r in tc.rows if r.kind == "inserted") == [(11,), (12,), (13,)]
     assert sorted(r.key for r in tc.rows if r.kind == "deleted") == [(9,), (10,)]
-    upd = {r.key: {c.column: (c.old, c.new) for c in r.cells} for r in tc.rows if r.kind == "updated"}
-    assert upd == {(2,): {"price": (2.5, 99.5)}, (3,): {"name": ("p3", "renamed"), "qty": (3, None)}}
+    upd = {
+        r.key: {c.column: (c.old, c.new) for c in r.cells} for r in tc.rows if r.kind == "updated"
+    }
+    assert upd == {
+        (2,): {"price": (2.5, 99.5)},
+        (3,): {"name": ("p3", "renamed"), "qty": (3, None)},
+    }
 
 
 def test_identical_exit_0(tmp_path):
@@ -104,8 +115,10 @@ def test_rows_json_and_csv(basic):
     assert len(rows) == 7
     by_key = {(r["kind"], tuple(r["key"])): r for r in rows}
     assert by_key[("updated", (2,))]["changes"] == {"price": {"old": 2.5, "new": 99.5}}
-    assert by_key[("updated", (3,))]["changes"] == {"name": {"old": "p3", "new": "renamed"},
-                                                    "qty": {"old": 3, "new": None}}
+    assert by_key[("updated", (3,))]["changes"] == {
+        "name": {"old": "p3", "new": "renamed"},
+        "qty": {"old": 3, "new": None},
+    }
     code, out, _ = run("diff", old, new, "--csv")
     assert code == 1
     parsed = list(csv.DictReader(io.StringIO(out)))
@@ -139,8 +152,14 @@ def test_composite_primary_key(tmp_path):
     assert t["key"] == ["order_id", "line_no"]
     assert (t["inserted"], t["updated"], t["deleted"]) == (2, 1, 1)
     upd = [r for r in t["rows"] if r["kind"] == "updated"]
-    assert upd == [{"kind": "updated", "key": [2, 1], "after_deploy": None,
-                    "changes": {"qty": {"old": 2, "new": 100}}}]
+    assert upd == [
+        {
+            "kind": "updated",
+            "key": [2, 1],
+            "after_deploy": None,
+            "changes": {"qty": {"old": 2, "new": 100}},
+        }
+    ]
 
 
 def test_table_without_primary_key(tmp_path):
@@ -150,7 +169,9 @@ def test_table_without_primary_key(tmp_path):
     new = build(tmp_path / "new.db", script, {"audit": rows})
     conn = sqlite3.connect(new)
     conn.execute("INSERT INTO audit VALUES ('d', 'z', 4)")
-    conn.execute("UPDATE audit SET n = 20 WHERE who = 'b'")  # without a key: a delete plus an insert
+    conn.execute(
+        "UPDATE audit SET n = 20 WHERE who = 'b'"
+    )  # without a key: a delete plus an insert
     conn.commit()
     conn.close()
     _, data = run_json(old, new)
@@ -183,12 +204,18 @@ def test_rename_detected_with_share(tmp_path):
     new = build(tmp_path / "new.db", RENAME_NEW, {"quotes": new_rows})
     _, data = run_json(old, new, "--rows")
     (ren,) = data["schema"]["renames"]
-    assert (ren["table"], ren["old"], ren["new"], ren["source"]) == ("quotes", "customer", "customer_name", "rename-detected")
+    assert (ren["table"], ren["old"], ren["new"], ren["source"]) == (
+        "quotes",
+        "customer",
+        "customer_name",
+        "rename-detected",
+    )
     assert ren["share"] == pytest.approx(19 / 20) and ren["rows_compared"] == 20
     t = data["tables"]["quotes"]
     assert (t["inserted"], t["updated"], t["deleted"]) == (1, 1, 0)
     assert t["rows"][1]["changes"] == {"customer": {"old": "cust20", "new": "changed"}} or any(
-        r["changes"] == {"customer": {"old": "cust20", "new": "changed"}} for r in t["rows"])
+        r["changes"] == {"customer": {"old": "cust20", "new": "changed"}} for r in t["rows"]
+    )
 
 
 def test_rename_detected_composite_key(tmp_path):
@@ -199,7 +226,12 @@ def test_rename_detected_composite_key(tmp_path):
     new = build(tmp_path / "new.db", n, {"m": rows})
     _, data = run_json(old, new)
     (ren,) = data["schema"]["renames"]
-    assert (ren["old"], ren["new"], ren["share"], ren["rows_compared"]) == ("label", "title", 1.0, 10)
+    assert (ren["old"], ren["new"], ren["share"], ren["rows_compared"]) == (
+        "label",
+        "title",
+        1.0,
+        10,
+    )
     assert data["tables"]["m"]["updated"] == 0
 
 
@@ -207,7 +239,9 @@ def test_rename_declared_by_mapping(tmp_path):
     rows = [(i, f"cust{i}", float(i)) for i in range(1, 11)]
     old = build(tmp_path / "old.db", RENAME_OLD, {"quotes": rows})
     # the migration also upper-cased the names: values do not agree, nothing is detected
-    new = build(tmp_path / "new.db", RENAME_NEW, {"quotes": [(i, c.upper(), t) for i, c, t in rows]})
+    new = build(
+        tmp_path / "new.db", RENAME_NEW, {"quotes": [(i, c.upper(), t) for i, c, t in rows]}
+    )
     _, data = run_json(old, new)
     assert data["schema"]["renames"] == []
     assert "customer" in data["tables"]["quotes"]["uncompared_columns"]
@@ -240,8 +274,14 @@ def test_mapping_expression_rewritten_rows_not_updated(tmp_path):
     _, data = run_json(old, new, "--mapping", mapping, "--rows")
     t = data["tables"]["parts"]
     assert t["updated"] == 1
-    assert t["rows"] == [{"kind": "updated", "key": [5], "after_deploy": None,
-                          "changes": {"price": {"old": 6.25, "new": 9.99}}}]
+    assert t["rows"] == [
+        {
+            "kind": "updated",
+            "key": [5],
+            "after_deploy": None,
+            "changes": {"price": {"old": 6.25, "new": 9.99}},
+        }
+    ]
     rule = next(r for r in data["mapping"]["parts"]["columns"] if r["column"] == "price")
     assert rule["source"] == "user-mapping"
 
@@ -288,7 +328,12 @@ def test_since_splits_before_after(tmp_path, coltype, before, after, since):
     assert t["after_deploy"] == {"inserted": 1, "updated": 1}
     assert t["timestamp_columns"] == {"created": "created_at", "updated": "updated_at"}
     flags = {(r["kind"], r["key"][0]): r["after_deploy"] for r in t["rows"]}
-    assert flags == {("inserted", 4): True, ("inserted", 5): False, ("updated", 1): True, ("updated", 2): False}
+    assert flags == {
+        ("inserted", 4): True,
+        ("inserted", 5): False,
+        ("updated", 1): True,
+        ("updated", 2): False,
+    }
 
 
 def test_since_from_manifest_and_tables_without_timestamps(tmp_path):
@@ -296,8 +341,11 @@ def test_since_from_manifest_and_tables_without_timestamps(tmp_path):
     from datetime import datetime
 
     script = TS.format(t="DATETIME") + PARTS
-    src = build(tmp_path / "app.db", script, {"events": [(1, "a", "2026-11-20 13:00:00", None)],
-                                             "parts": [(1, "a", 1.0, 1)]})
+    src = build(
+        tmp_path / "app.db",
+        script,
+        {"events": [(1, "a", "2026-11-20 13:00:00", None)], "parts": [(1, "a", 1.0, 1)]},
+    )
     snap = snapshot(src, tmp_path / "bk", now=datetime(2026, 11, 20, 14, 0, 0))
     conn = sqlite3.connect(src)
     conn.execute("INSERT INTO events VALUES (2, 'b', '2026-11-20 14:30:00', NULL)")
@@ -311,7 +359,9 @@ def test_since_from_manifest_and_tables_without_timestamps(tmp_path):
     assert "timestamp_columns" not in data["tables"]["parts"]
 
 
-@pytest.mark.parametrize("since", ["yesterday", "2026-13-45", "", "12:00 tomorrow", "nan", "inf", "1e400"])
+@pytest.mark.parametrize(
+    "since", ["yesterday", "2026-13-45", "", "12:00 tomorrow", "nan", "inf", "1e400"]
+)
 def test_malformed_since_exit_2(basic, since):
     old, new = basic
     code, out, err = run("diff", old, new, "--since", since)
@@ -323,7 +373,9 @@ def test_malformed_since_exit_2(basic, since):
 def test_table_filter(tmp_path):
     script = PARTS + "CREATE TABLE other (id INTEGER PRIMARY KEY, v TEXT);"
     old = build(tmp_path / "old.db", script, {"parts": [(1, "a", 1.0, 1)], "other": [(1, "x")]})
-    new = build(tmp_path / "new.db", script, {"parts": [(1, "a", 2.0, 1)], "other": [(1, "x"), (2, "y")]})
+    new = build(
+        tmp_path / "new.db", script, {"parts": [(1, "a", 2.0, 1)], "other": [(1, "x"), (2, "y")]}
+    )
     _, data = run_json(old, new, "--table", "other")
     assert list(data["tables"]) == ["other"]
     assert data["tables"]["other"]["inserted"] == 1
@@ -334,14 +386,18 @@ def test_table_filter(tmp_path):
 
 
 def test_schema_diff_tables_columns_types(tmp_path):
-    old = build(tmp_path / "old.db",
-                "CREATE TABLE a (id INTEGER PRIMARY KEY, x TEXT, y INTEGER NOT NULL DEFAULT 0, gone TEXT);"
-                "CREATE TABLE removed (id INTEGER PRIMARY KEY);",
-                {"a": [(1, "q", 1, "z")], "removed": [(1,)]})
-    new = build(tmp_path / "new.db",
-                "CREATE TABLE a (id INTEGER PRIMARY KEY, x VARCHAR(20), y INTEGER DEFAULT 5, extra REAL);"
-                "CREATE TABLE added (id INTEGER PRIMARY KEY);",
-                {"a": [(1, "q", 1, 2.5)], "added": [(1,), (2,)]})
+    old = build(
+        tmp_path / "old.db",
+        "CREATE TABLE a (id INTEGER PRIMARY KEY, x TEXT, y INTEGER NOT NULL DEFAULT 0, gone TEXT);"
+        "CREATE TABLE removed (id INTEGER PRIMARY KEY);",
+        {"a": [(1, "q", 1, "z")], "removed": [(1,)]},
+    )
+    new = build(
+        tmp_path / "new.db",
+        "CREATE TABLE a (id INTEGER PRIMARY KEY, x VARCHAR(20), y INTEGER DEFAULT 5, extra REAL);"
+        "CREATE TABLE added (id INTEGER PRIMARY KEY);",
+        {"a": [(1, "q", 1, 2.5)], "added": [(1,), (2,)]},
+    )
     code, data = run_json(old, new)
     assert code == 1
     s = data["schema"]
@@ -349,14 +405,22 @@ def test_schema_diff_tables_columns_types(tmp_path):
     assert s["columns_added"] == {"a": ["extra"]} and s["columns_removed"] == {"a": ["gone"]}
     kinds = {(c["column"], c["kind"]) for c in s["columns_changed"]}
     assert {("x", "type"), ("y", "nullable"), ("y", "default")} <= kinds
-    assert data["tables"]["added"]["inserted"] == 2 and data["tables"]["added"]["status"] == "new table"
+    assert (
+        data["tables"]["added"]["inserted"] == 2
+        and data["tables"]["added"]["status"] == "new table"
+    )
     assert data["tables"]["removed"]["status"] == "removed table"
     assert data["tables"]["a"]["updated"] == 0
 
 
 def test_never_writes_live_wal_db_or_backup(tmp_path, basic):
     old, _ = basic
-    live = build(tmp_path / "live.db", PARTS, {"parts": [(i, f"p{i}", i * 1.25, i) for i in range(1, 11)]}, wal=True)
+    live = build(
+        tmp_path / "live.db",
+        PARTS,
+        {"parts": [(i, f"p{i}", i * 1.25, i) for i in range(1, 11)]},
+        wal=True,
+    )
     writer = sqlite3.connect(live)
     writer.execute("PRAGMA wal_autocheckpoint=0")
     writer.execute("INSERT INTO parts VALUES (50, 'in-wal', 1.0, 1)")
@@ -383,12 +447,17 @@ def test_identifiers_quotes_spaces_unicode_keywords(tmp_path):
         'CREATE TABLE "order" ("select" INTEGER PRIMARY KEY, "we""ird col" TEXT, "název" TEXT, "group" INTEGER);'
         'CREATE TABLE "my table" ("key part" INTEGER, "ключ" TEXT, val TEXT, PRIMARY KEY ("key part", "ключ"));'
     )
-    rows = {"order": [(1, 'a"b', "čaj", 1), (2, "x y", "káva", 2)], "my table": [(1, "я", "v"), (2, "ты", "w")]}
+    rows = {
+        "order": [(1, 'a"b', "čaj", 1), (2, "x y", "káva", 2)],
+        "my table": [(1, "я", "v"), (2, "ты", "w")],
+    }
     old = build(tmp_path / "old db.sqlite", script, rows)
     new = build(tmp_path / "nový.db", script, rows)
     conn = sqlite3.connect(new)
-    conn.execute('UPDATE "order" SET "we""ird col" = \'changed\', "název" = NULL WHERE "select" = 1')
-    conn.execute('INSERT INTO "order" VALUES (3, \'; DROP TABLE "order"; --\', \'x\', 3)')
+    conn.execute(
+        'UPDATE "order" SET "we""ird col" = \'changed\', "název" = NULL WHERE "select" = 1'
+    )
+    conn.execute("INSERT INTO \"order\" VALUES (3, '; DROP TABLE \"order\"; --', 'x', 3)")
     conn.execute('DELETE FROM "my table" WHERE "ключ" = \'ты\'')
     conn.commit()
     conn.close()
@@ -396,7 +465,10 @@ def test_identifiers_quotes_spaces_unicode_keywords(tmp_path):
     t = data["tables"]["order"]
     assert (t["inserted"], t["updated"], t["deleted"]) == (1, 1, 0)
     (upd,) = [r for r in t["rows"] if r["kind"] == "updated"]
-    assert upd["changes"] == {'we"ird col': {"old": 'a"b', "new": "changed"}, "název": {"old": "čaj", "new": None}}
+    assert upd["changes"] == {
+        'we"ird col': {"old": 'a"b', "new": "changed"},
+        "název": {"old": "čaj", "new": None},
+    }
     assert data["tables"]["my table"]["deleted"] == 1
     assert data["tables"]["my table"]["key"] == ["key part", "ключ"]
     code, out, _ = run("diff", old, new, "--csv")
@@ -406,10 +478,16 @@ def test_identifiers_quotes_spaces_unicode_keywords(tmp_path):
 
 
 def test_rename_with_weird_identifiers(tmp_path):
-    old = build(tmp_path / "o.db", 'CREATE TABLE "t t" (id INTEGER PRIMARY KEY, "stará ""x""" TEXT);',
-                {"t t": [(1, "a"), (2, "b")]})
-    new = build(tmp_path / "n.db", 'CREATE TABLE "t t" (id INTEGER PRIMARY KEY, "nová x" TEXT);',
-                {"t t": [(1, "a"), (2, "b")]})
+    old = build(
+        tmp_path / "o.db",
+        'CREATE TABLE "t t" (id INTEGER PRIMARY KEY, "stará ""x""" TEXT);',
+        {"t t": [(1, "a"), (2, "b")]},
+    )
+    new = build(
+        tmp_path / "n.db",
+        'CREATE TABLE "t t" (id INTEGER PRIMARY KEY, "nová x" TEXT);',
+        {"t t": [(1, "a"), (2, "b")]},
+    )
     _, data = run_json(old, new)
     (ren,) = data["schema"]["renames"]
     assert (ren["old"], ren["new"]) == ('stará "x"', "nová x")
@@ -420,6 +498,7 @@ def test_rename_with_weird_identifiers(tmp_path):
 
 
 # ---- hostile and broken inputs: one line on stderr, exit 2, nothing written -------------------
+
 
 def _bad_file(tmp_path: Path, kind: str) -> Path:
     p = tmp_path / f"bad-{kind}.db"
@@ -488,14 +567,14 @@ def test_no_table_in_common_exit_2(tmp_path):
         ('[tables.parts.columns]\nprice = "price_cents; DROP TABLE parts"\n', "price"),
         ('[tables.parts.columns]\nprice = "(SELECT 1)"\n', "price"),
         ('[tables.parts.columns]\nprice = "other.price_cents"\n', "price"),
-        ('[tables.parts.columns]\nprice = 5\n', "price"),
+        ("[tables.parts.columns]\nprice = 5\n", "price"),
         ('[tables.parts.columns]\nprice = ""\n', "price"),
         ('[tables.parts]\nskip = "yes"\n', "skip"),
         ("[tables.parts]\nbogus = 1\n", "parts"),
         ("[other]\nx = 1\n", "tables"),
-        ('[tables.parts.columns]\nprice = "load_extension(\'x\')"\n', "load_extension"),
+        ("[tables.parts.columns]\nprice = \"load_extension('x')\"\n", "load_extension"),
         ('[tables.parts.columns]\nprice = "nosuchfunc(price_cents)"\n', "nosuchfunc"),
-        ('[tables.parts.columns]\nprice = "LOAD_EXTENSION(\'/tmp/x.so\', \'init\')"\n', "price"),
+        ("[tables.parts.columns]\nprice = \"LOAD_EXTENSION('/tmp/x.so', 'init')\"\n", "price"),
         ('[tables.parts.columns]\nprice = "price_cents / 100.0 -- comment"\n', None),
     ],
 )
@@ -534,18 +613,29 @@ def test_library_raises_recovery_error(tmp_path):
 # ---- property: counts equal the ground truth --------------------------------------------------
 
 ops = st.lists(
-    st.tuples(st.sampled_from(["insert", "update", "delete"]), st.integers(0, 40),
-              st.one_of(st.none(), st.integers(-3, 3), st.text(max_size=3)), st.sampled_from(["a", "b", "c"])),
+    st.tuples(
+        st.sampled_from(["insert", "update", "delete"]),
+        st.integers(0, 40),
+        st.one_of(st.none(), st.integers(-3, 3), st.text(max_size=3)),
+        st.sampled_from(["a", "b", "c"]),
+    ),
     max_size=40,
 )
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
-    initial=st.dictionaries(st.integers(0, 30), st.tuples(st.one_of(st.none(), st.integers(-3, 3)),
-                                                          st.one_of(st.none(), st.text(max_size=3)),
-                                                          st.floats(allow_nan=False, width=32) | st.none()),
-                            max_size=25),
+    initial=st.dictionaries(
+        st.integers(0, 30),
+        st.tuples(
+            st.one_of(st.none(), st.integers(-3, 3)),
+            st.one_of(st.none(), st.text(max_size=3)),
+            st.floats(allow_nan=False, width=32) | st.none(),
+        ),
+        max_size=25,
+    ),
     changes=ops,
 )
 def test_property_counts_match_ground_truth(tmp_path_factory, initial, changes):
@@ -573,12 +663,17 @@ def test_property_counts_match_ground_truth(tmp_path_factory, initial, changes):
     conn.close()
 
     def same(x, y):
-        return (x is None and y is None) or (x is not None and y is not None and type(x) is type(y) and x == y)
+        return (x is None and y is None) or (
+            x is not None and y is not None and type(x) is type(y) and x == y
+        )
 
     inserted = len(set(stored_new) - set(stored_old))
     deleted = len(set(stored_old) - set(stored_new))
-    updated = sum(1 for k in set(stored_old) & set(stored_new)
-                  if not all(same(x, y) for x, y in zip(stored_old[k], stored_new[k], strict=True)))
+    updated = sum(
+        1
+        for k in set(stored_old) & set(stored_new)
+        if not all(same(x, y) for x, y in zip(stored_old[k], stored_new[k], strict=True))
+    )
     res = diff(old, new, rows=True)
     t = res.changes.tables["t"]
     assert (t.inserted, t.updated, t.deleted) == (inserted, updated, deleted)

@@ -2,6 +2,7 @@
 flags from the tail above the backup's largest key) agree with a plain keyed comparison on any
 pair of key sets: reused keys below the largest one, gaps, deletes at the end, text keys, WITHOUT
 ROWID tables and ``INTEGER PRIMARY KEY DESC`` (not the rowid)."""
+
 from __future__ import annotations
 
 import sqlite3
@@ -25,16 +26,24 @@ def _write(path: Path, shape: str, rows: dict[int, tuple[str, bool]]) -> None:
     conn = sqlite3.connect(path)
     conn.execute(SHAPES[shape])
     key = str if shape == "text" else int
-    conn.executemany("INSERT INTO t VALUES (?, ?, ?)",
-                     [(key(k), body, AFTER if late else BEFORE) for k, (body, late) in rows.items()])
+    conn.executemany(
+        "INSERT INTO t VALUES (?, ?, ?)",
+        [(key(k), body, AFTER if late else BEFORE) for k, (body, late) in rows.items()],
+    )
     conn.commit()
     conn.close()
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(shape=st.sampled_from(sorted(SHAPES)),
-       old=st.dictionaries(st.integers(1, 40), st.sampled_from(["a", "b"]), max_size=25),
-       new=st.dictionaries(st.integers(1, 60), st.tuples(st.sampled_from(["a", "b"]), st.booleans()), max_size=30))
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    shape=st.sampled_from(sorted(SHAPES)),
+    old=st.dictionaries(st.integers(1, 40), st.sampled_from(["a", "b"]), max_size=25),
+    new=st.dictionaries(
+        st.integers(1, 60), st.tuples(st.sampled_from(["a", "b"]), st.booleans()), max_size=30
+    ),
+)
 def test_counts_match_a_keyed_compare(tmp_path_factory, shape, old, new):
     tmp = tmp_path_factory.mktemp("pair")
     _write(tmp / "old.db", shape, {k: (b, False) for k, b in old.items()})

@@ -1,6 +1,7 @@
 """The counting statements of ``recovery diff`` run on a thread connection and in a child process
 (:class:`recovery.engine.childpair.ChildPair`): the counts are the ones a single connection gives,
 the child only reads, and its failures surface as SQLite errors in the parent."""
+
 from __future__ import annotations
 
 import hashlib
@@ -20,7 +21,9 @@ def _pair(world: Path) -> tuple[Path, Path]:
     return backup, world / "gestima.db"
 
 
-def test_child_process_counts_equal_one_connection(world: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_child_process_counts_equal_one_connection(
+    world: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     backup, live = _pair(world)
     made: list[object] = []
     real = diff_mod._more_pairs
@@ -31,12 +34,15 @@ def test_child_process_counts_equal_one_connection(world: Path, monkeypatch: pyt
         def wrapped():  # type: ignore[no-untyped-def]
             made.append(c := make())
             return c
+
         return wrapped
 
     monkeypatch.setattr(diff_mod, "_more_pairs", spy)
     two = diff(backup, live).to_dict()
     assert any(isinstance(c, ChildPair) for c in made), "no statement ran in the child process"
-    monkeypatch.setattr(diff_mod, "_more_pairs", lambda a, replay: None)  # every statement on one connection
+    monkeypatch.setattr(
+        diff_mod, "_more_pairs", lambda a, replay: None
+    )  # every statement on one connection
     one = diff(backup, live).to_dict()
     assert two == one
     assert sum(two["totals"].values()) > 0
@@ -65,7 +71,9 @@ def test_a_dead_child_is_an_error_not_a_hang(world: Path) -> None:
     child.close()
 
 
-def test_a_child_crash_is_named_in_one_error_without_a_traceback(world: Path, capfd: pytest.CaptureFixture[str]) -> None:
+def test_a_child_crash_is_named_in_one_error_without_a_traceback(
+    world: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     backup, live = _pair(world)
     with ChildPair([("old", readonly_uri(backup)), ("new", readonly_uri(live))]) as child:
         with pytest.raises(sqlite3.OperationalError, match=r"ended .*not JSON serializable"):

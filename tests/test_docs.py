@@ -1,5 +1,6 @@
 """Docs are tested: every command has --help text ending in a runnable example, appears in the
 README, and the README's test command is exactly what CI runs."""
+
 from __future__ import annotations
 
 import re
@@ -30,7 +31,9 @@ def test_command_has_help_with_example(name: str) -> None:
 
 @pytest.mark.parametrize("name", commands())
 def test_command_is_in_readme(name: str) -> None:
-    assert re.search(rf"`recovery {re.escape(name)}\b", README), f"recovery {name} is missing from README.md"
+    assert re.search(rf"`recovery {re.escape(name)}\b", README), (
+        f"recovery {name} is missing from README.md"
+    )
 
 
 def test_readme_test_command_is_what_ci_runs() -> None:
@@ -42,7 +45,10 @@ def test_readme_test_command_is_what_ci_runs() -> None:
 
 def _exit_code_rows() -> dict[int, str]:
     section = README.split("### Exit codes", 1)[1].split("\n#", 1)[0]
-    return {int(code): meaning for code, meaning in re.findall(r"^\| (\d+) \| (.*) \|$", section, flags=re.M)}
+    return {
+        int(code): meaning
+        for code, meaning in re.findall(r"^\| (\d+) \| (.*) \|$", section, flags=re.M)
+    }
 
 
 def test_readme_exit_code_table_is_what_the_cli_returns(tmp_path: Path) -> None:
@@ -58,8 +64,10 @@ def test_readme_exit_code_table_is_what_the_cli_returns(tmp_path: Path) -> None:
             c.executescript(script)
         return path
 
-    backup = make(tmp_path / "app.db.bak.20261120_140000", "CREATE TABLE t (id INTEGER PRIMARY KEY, a TEXT);"
-                  "INSERT INTO t VALUES (1, 'x');")
+    backup = make(
+        tmp_path / "app.db.bak.20261120_140000",
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, a TEXT);INSERT INTO t VALUES (1, 'x');",
+    )
     live = tmp_path / "app.db"
     shutil.copyfile(backup, live)
     make(live, "INSERT INTO t VALUES (2, 'made after the deploy');")
@@ -75,15 +83,25 @@ def test_readme_exit_code_table_is_what_the_cli_returns(tmp_path: Path) -> None:
         run("diff", backup, backup): "no difference",
         run("diff", backup, live): "differences",
         run("diff", tmp_path / "missing.db", live): "refused",
-        run("reimport", tmp_path / "bundle", target, "--out", tmp_path / "run", "--on-conflict", "abort",
-            "--yes"): "--on-conflict abort",
+        run(
+            "reimport",
+            tmp_path / "bundle",
+            target,
+            "--out",
+            tmp_path / "run",
+            "--on-conflict",
+            "abort",
+            "--yes",
+        ): "--on-conflict abort",
     }
     from recovery.errors import ExitCode
 
     rows = _exit_code_rows()
     assert sorted(observed) == sorted(rows) == sorted(int(c) for c in ExitCode)
     for code, words in observed.items():
-        assert words in rows[code], f"README exit code {code} ({rows[code]!r}) does not mention {words!r}"
+        assert words in rows[code], (
+            f"README exit code {code} ({rows[code]!r}) does not mention {words!r}"
+        )
 
 
 @pytest.mark.parametrize("name", commands())
@@ -91,7 +109,11 @@ def test_help_examples_survive_80_columns(name: str) -> None:
     """Each line of a command's Example block is printed verbatim at 80 columns (click would
     otherwise re-wrap it, leaving a stray backslash or an option apart from its value)."""
     doc = main.commands[name].help or ""
-    example = [ln.strip() for ln in doc.split("Example:", 1)[1].splitlines() if ln.strip() and ln.strip() != "\b"]
+    example = [
+        ln.strip()
+        for ln in doc.split("Example:", 1)[1].splitlines()
+        if ln.strip() and ln.strip() != "\b"
+    ]
     assert example, f"{name}: no example lines"
     out = CliRunner().invoke(main, [name, "--help"], terminal_width=80).output
     shown = [ln.strip() for ln in out.split("Example:", 1)[1].splitlines()]
@@ -114,11 +136,20 @@ def test_readme_api_example_runs(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-c", readme_api_example()], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", readme_api_example()],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert re.fullmatch(r"rows changed since the deploy: [1-9]\d* - diff exits 1", lines[0]), proc.stdout
+    assert re.fullmatch(r"rows changed since the deploy: [1-9]\d* - diff exits 1", lines[0]), (
+        proc.stdout
+    )
     assert lines[1].startswith("review needed - rollback exits 1 - report: "), proc.stdout
-    assert (tmp_path / "run" / "report.html").is_file() and (tmp_path / "run" / "journal.json").is_file()
+    assert (tmp_path / "run" / "report.html").is_file() and (
+        tmp_path / "run" / "journal.json"
+    ).is_file()
     assert proc.stderr == "", "the API printed diagnostics without being asked to"

@@ -1,6 +1,7 @@
 """The engine interface (recovery/engine/base.py) on real SQLite files: dispatch by spec, read-only
 connections that cannot write, one write transaction that commits or rolls back whole, a
 refusal while another process holds the write lock, and the atomic stage/swap."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -41,10 +42,18 @@ def test_a_path_is_sqlite_and_an_engine_passes_through(tmp_path: Path) -> None:
     assert open_engine(engine) is engine
 
 
-@pytest.mark.skipif(importlib.util.find_spec("recovery.engine.postgres") is not None,
-                    reason="the PostgreSQL engine is built: its own tests cover the URL")
-@pytest.mark.parametrize("url", ["postgresql://u@localhost/gestima", "postgresql+psycopg://u@h:5432/db",
-                                 Path("postgresql://u@localhost/gestima")])  # a URL passed on as a Path
+@pytest.mark.skipif(
+    importlib.util.find_spec("recovery.engine.postgres") is not None,
+    reason="the PostgreSQL engine is built: its own tests cover the URL",
+)
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://u@localhost/gestima",
+        "postgresql+psycopg://u@h:5432/db",
+        Path("postgresql://u@localhost/gestima"),
+    ],
+)  # a URL passed on as a Path
 def test_a_postgres_url_is_refused_until_the_engine_is_built(url: str | Path) -> None:
     with pytest.raises(RecoveryError, match="PostgreSQL support is not built yet") as err:
         open_engine(url)
@@ -84,7 +93,9 @@ def test_write_transaction_commits_whole_or_rolls_back_whole(tmp_path: Path) -> 
         with engine.write_transaction(conn):
             conn.execute("DELETE FROM t WHERE id = 1")
         assert _count(db) == 2
-        with engine.write_transaction(conn):  # a block that ended the transaction itself is left as it is
+        with engine.write_transaction(
+            conn
+        ):  # a block that ended the transaction itself is left as it is
             conn.execute("DELETE FROM t")
             conn.execute("ROLLBACK")
         assert _count(db) == 2
@@ -94,11 +105,19 @@ def test_write_transaction_commits_whole_or_rolls_back_whole(tmp_path: Path) -> 
 
 def test_write_transaction_refuses_while_another_process_holds_the_lock(tmp_path: Path) -> None:
     db = _db(tmp_path / "a.db")
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sqlite3, sys, time\n"
-        f"c = sqlite3.connect({str(db)!r}, isolation_level=None)\n"
-        "c.execute('BEGIN IMMEDIATE'); print('held', flush=True); time.sleep(30)\n")],
-        stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sqlite3, sys, time\n"
+                f"c = sqlite3.connect({str(db)!r}, isolation_level=None)\n"
+                "c.execute('BEGIN IMMEDIATE'); print('held', flush=True); time.sleep(30)\n"
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         engine = open_engine(db)
@@ -107,7 +126,10 @@ def test_write_transaction_refuses_while_another_process_holds_the_lock(tmp_path
         conn = engine.connect_write(timeout=0.1)
         try:
             started = time.monotonic()
-            with pytest.raises(RecoveryError) as err, engine.write_transaction(conn, busy_timeout=0.5):
+            with (
+                pytest.raises(RecoveryError) as err,
+                engine.write_transaction(conn, busy_timeout=0.5),
+            ):
                 conn.execute("DELETE FROM t")
             assert err.value.exit_code == ExitCode.REFUSED and time.monotonic() - started < 10
         finally:
@@ -125,18 +147,24 @@ def test_stage_then_swap_replaces_the_file_whole_and_keeps_its_mode(tmp_path: Pa
     engine = open_engine(live)
     before = engine.fingerprint()
     staged = engine.stage_restore(backup)
-    assert staged.path.exists() and _count(live) == 5 and engine.fingerprint() == before  # live untouched
+    assert (
+        staged.path.exists() and _count(live) == 5 and engine.fingerprint() == before
+    )  # live untouched
     engine.swap_in(staged)
     assert not staged.path.exists() and _count(live) == 2 and live.stat().st_mode & 0o777 == 0o640
     assert engine.fingerprint()["sha256"] == staged.sha256
 
 
 def test_open_pair_joins_backup_as_old_and_live_as_new(tmp_path: Path) -> None:
-    live, backup = open_engine(_db(tmp_path / "live.db", rows=5)), open_engine(_db(tmp_path / "b.db", rows=2))
+    live, backup = (
+        open_engine(_db(tmp_path / "live.db", rows=5)),
+        open_engine(_db(tmp_path / "b.db", rows=2)),
+    )
     pair = live.open_pair(backup)
     try:
-        got = pair.execute("SELECT count(*) FROM new.t AS n LEFT JOIN old.t AS o ON o.id = n.id "
-                           "WHERE o.id IS NULL").fetchone()[0]
+        got = pair.execute(
+            "SELECT count(*) FROM new.t AS n LEFT JOIN old.t AS o ON o.id = n.id WHERE o.id IS NULL"
+        ).fetchone()[0]
     finally:
         pair.close()
     assert got == 3
@@ -159,4 +187,6 @@ def test_sqlalchemy_url_reflects_read_only(tmp_path: Path) -> None:
             conn.execute(sa.text("DELETE FROM t WHERE id = 1"))
     finally:
         sa_engine.dispose()
-    assert _count(db) == 2 and sorted(p.name for p in tmp_path.iterdir()) == [db.name]  # no stray file
+    assert _count(db) == 2 and sorted(p.name for p in tmp_path.iterdir()) == [
+        db.name
+    ]  # no stray file

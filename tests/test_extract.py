@@ -2,6 +2,7 @@
 world.json says users did after the deploy, its plan re-imports into a copy of the backup within
 every old-schema constraint, lost values are listed exactly, inputs are never written, and a
 tampered bundle is refused."""
+
 from __future__ import annotations
 
 import json
@@ -40,7 +41,9 @@ def _input_hashes(world: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def full(world: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[ExtractResult, dict[str, str], dict[str, str]]:
+def full(
+    world: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[ExtractResult, dict[str, str], dict[str, str]]:
     """The full extract (lineage from the app's migrations, uploads copied) and the inputs' hashes
     before and after it."""
     backup, live, _ = _inputs(world)
@@ -54,15 +57,22 @@ def full(world: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Extract
 def applied(full, world: Path, tmp_path_factory: pytest.TempPathFactory) -> sqlite3.Connection:
     result, _, _ = full
     backup, _, _ = _inputs(world)
-    conn = apply_to_copy(result.bundle.path, backup, tmp_path_factory.mktemp("apply") / "target.db",
-                         apply_deletes=True)
+    conn = apply_to_copy(
+        result.bundle.path,
+        backup,
+        tmp_path_factory.mktemp("apply") / "target.db",
+        apply_deletes=True,
+    )
     yield conn
     conn.close()
 
 
 def _keys(conn: sqlite3.Connection, table: str, kinds: tuple[str, ...]) -> set[int]:
     marks = ",".join("?" * len(kinds))
-    return {r[0] for r in conn.execute(f'SELECT id FROM "{table}" WHERE _recovery_kind IN ({marks})', kinds)}
+    return {
+        r[0]
+        for r in conn.execute(f'SELECT id FROM "{table}" WHERE _recovery_kind IN ({marks})', kinds)
+    }
 
 
 def _tables(conn: sqlite3.Connection) -> set[str]:
@@ -122,7 +132,9 @@ def test_manifest_records_schemas_sources_and_counts(full, world: Path) -> None:
     assert set(m["schemas"]["new"]["tables"]) >= {"production_records", "parts"}
     for table, change in truth["tables"].items():
         c = m["counts"][table]
-        assert (c["inserted"], c["updated"], c["deleted"]) == tuple(len(change[k]) for k in ("inserted", "updated", "deleted"))
+        assert (c["inserted"], c["updated"], c["deleted"]) == tuple(
+            len(change[k]) for k in ("inserted", "updated", "deleted")
+        )
     assert sum(c.get("lost", 0) for c in m["counts"].values()) == len(truth["lost"])
     assert {"rows.db", "base.db", "reimport.sql"} <= set(m["hashes"])
 
@@ -131,7 +143,10 @@ def test_lineage_from_alembic_with_stub_reported(full) -> None:
     result, _, _ = full
     m = result.bundle.manifest
     assert m["lineage"]["stubs"] == ["bb003_quote_discount_pct"]
-    sources = {t: {c["column"]: (c["source"], c["expression"]) for c in v["columns"]} for t, v in m["mapping"].items()}
+    sources = {
+        t: {c["column"]: (c["source"], c["expression"]) for c in v["columns"]}
+        for t, v in m["mapping"].items()
+    }
     assert sources["parts"]["price"] == ("migration-lineage", '"price_cents" / 100.0')
     assert sources["quotes"]["customer"] == ("migration-lineage", '"customer_name"')
     assert sources["parts"]["notes"][0] == "none"
@@ -160,7 +175,9 @@ def _projected(table: str, live_row: dict[str, Any], old_cols: list[str]) -> dic
     return out
 
 
-def test_reimport_carries_every_change_in_the_old_projection(applied: sqlite3.Connection, world: Path) -> None:
+def test_reimport_carries_every_change_in_the_old_projection(
+    applied: sqlite3.Connection, world: Path
+) -> None:
     backup, live, truth = _inputs(world)
     lconn, bconn = ro(live), ro(backup)
     try:
@@ -169,14 +186,18 @@ def test_reimport_carries_every_change_in_the_old_projection(applied: sqlite3.Co
                 assert "production_records" not in _tables(applied)
                 continue
             old_cols = [r[1] for r in applied.execute(f'PRAGMA main.table_info("{table}")')]
-            target = rows_by_key(applied, f"main\".\"{table}")
+            target = rows_by_key(applied, f'main"."{table}')
             lrows, brows = rows_by_key(lconn, table), rows_by_key(bconn, table)
             for k in [tuple(k) for k in change["inserted"] + change["updated"]]:
-                got = {c: v for c, v in target[k].items() if not (table == "parts" and c == "notes")}
+                got = {
+                    c: v for c, v in target[k].items() if not (table == "parts" and c == "notes")
+                }
                 assert got == _projected(table, lrows[k], old_cols), (table, k)
             for k in [tuple(k) for k in change["updated"]]:
                 if table == "parts":
-                    assert target[k]["notes"] == brows[k]["notes"], k  # the old-only column keeps the backup value
+                    assert target[k]["notes"] == brows[k]["notes"], (
+                        k
+                    )  # the old-only column keeps the backup value
                 unchanged = set(old_cols) - set(truth["updated_columns"][table][str(k[0])])
                 for c in unchanged:
                     assert target[k][c] == brows[k][c], (table, k, c)
@@ -185,7 +206,12 @@ def test_reimport_carries_every_change_in_the_old_projection(applied: sqlite3.Co
                     assert target[k]["notes"] is None
             for k in [tuple(k) for k in change["deleted"]]:
                 assert k not in target, (table, k)
-            touched = {tuple(k) for v in change.values() if isinstance(v, list) and v and isinstance(v[0], list) for k in v}
+            touched = {
+                tuple(k)
+                for v in change.values()
+                if isinstance(v, list) and v and isinstance(v[0], list)
+                for k in v
+            }
             for k, row in brows.items():
                 if k not in touched:
                     assert target[k] == row, (table, k)
@@ -194,7 +220,9 @@ def test_reimport_carries_every_change_in_the_old_projection(applied: sqlite3.Co
         bconn.close()
 
 
-def test_price_cents_carries_back_to_the_original_real_price(applied: sqlite3.Connection, world: Path) -> None:
+def test_price_cents_carries_back_to_the_original_real_price(
+    applied: sqlite3.Connection, world: Path
+) -> None:
     backup, live, truth = _inputs(world)
     edited = {int(k) for k, cols in truth["updated_columns"]["parts"].items() if "price" in cols}
     lconn, bconn = ro(live), ro(backup)
@@ -211,7 +239,9 @@ def test_price_cents_carries_back_to_the_original_real_price(applied: sqlite3.Co
             assert tprice[pid] == lcents[pid] / 100.0
             assert tprice[pid] != price
         else:
-            assert lcents[pid] / 100.0 == price  # the mapping expression is exact on 2-decimal prices
+            assert (
+                lcents[pid] / 100.0 == price
+            )  # the mapping expression is exact on 2-decimal prices
             assert tprice[pid] == price and type(tprice[pid]) is float
 
 
@@ -222,11 +252,15 @@ def test_lost_values_equal_world_json(full, world: Path) -> None:
     try:
         got = sorted(
             (t, json.loads(k)[0], c, v, label)
-            for t, k, label, c, v in conn.execute('SELECT "table", "key", label, "column", value FROM _recovery_lost')
+            for t, k, label, c, v in conn.execute(
+                'SELECT "table", "key", label, "column", value FROM _recovery_lost'
+            )
         )
     finally:
         conn.close()
-    want = sorted((v["table"], v["key"]["id"], v["column"], v["value"], v["label"]) for v in truth["lost"])
+    want = sorted(
+        (v["table"], v["key"]["id"], v["column"], v["value"], v["label"]) for v in truth["lost"]
+    )
     assert got == want
 
 
@@ -250,10 +284,14 @@ def test_plan_renders_valid_postgres(full) -> None:
         text = stmt.sql(dialect="postgres")
         parsed = [t for t in sqlglot.parse(text, read="postgres") if t is not None]
         assert len(parsed) == 1 and type(parsed[0]) is type(stmt), text
-        assert " IS NOT " not in text.upper().replace("IS NOT DISTINCT", "")  # SQLite-only IS / IS NOT
+        assert " IS NOT " not in text.upper().replace(
+            "IS NOT DISTINCT", ""
+        )  # SQLite-only IS / IS NOT
     whole = result.plan.to_sql("postgres")
     live = [s for s in stmts if not isinstance(s, sqlglot.exp.Delete)]  # deletes are commented out
-    assert len([t for t in sqlglot.parse(whole, read="postgres") if t is not None]) == len(live) + 2  # BEGIN, COMMIT
+    assert (
+        len([t for t in sqlglot.parse(whole, read="postgres") if t is not None]) == len(live) + 2
+    )  # BEGIN, COMMIT
 
 
 def test_reimport_sql_runs_as_a_script(full, world: Path, tmp_path: Path) -> None:
@@ -314,7 +352,10 @@ def test_mapping_with_unknown_column_is_refused(world: Path, tmp_path: Path) -> 
     assert "[tables.parts.columns] price" in msg and "price_cent" in msg and str(mp) in msg
     assert err.value.exit_code == 2
     assert not (tmp_path / "b").exists()
-    res = CliRunner().invoke(main, ["extract", str(backup), str(live), "--out", str(tmp_path / "c"), "--mapping", str(mp)])
+    res = CliRunner().invoke(
+        main,
+        ["extract", str(backup), str(live), "--out", str(tmp_path / "c"), "--mapping", str(mp)],
+    )
     assert res.exit_code == 2, res.output
     assert "price_cent" in res.output and "Traceback" not in res.output
     assert not (tmp_path / "c").exists()
@@ -329,14 +370,27 @@ def test_out_folder_not_empty_is_refused(world: Path, tmp_path: Path) -> None:
     res = CliRunner().invoke(main, ["extract", str(backup), str(live), "--out", str(out)])
     assert res.exit_code == 2, res.output
     assert "not empty" in res.output
-    assert [p.name for p in out.iterdir()] == ["keep.txt"] and (out / "keep.txt").read_text() == "mine"
+    assert [p.name for p in out.iterdir()] == ["keep.txt"] and (
+        out / "keep.txt"
+    ).read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
 def test_cli_extract_json_exit_1_when_values_are_lost(world: Path, tmp_path: Path) -> None:
     backup, live, truth = _inputs(world)
-    res = CliRunner().invoke(main, ["extract", str(backup), str(live), "--out", str(tmp_path / "b"),
-                                    "--alembic-ini", str(ALEMBIC_INI), "--json"])
+    res = CliRunner().invoke(
+        main,
+        [
+            "extract",
+            str(backup),
+            str(live),
+            "--out",
+            str(tmp_path / "b"),
+            "--alembic-ini",
+            str(ALEMBIC_INI),
+            "--json",
+        ],
+    )
     assert res.exit_code == 1, res.output
     summary = json.loads(res.output)
     assert summary["lost"] == len(truth["lost"]) and summary["planning_errors"] == []
@@ -346,8 +400,10 @@ def test_cli_extract_json_exit_1_when_values_are_lost(world: Path, tmp_path: Pat
 # ---------------------------------------------------------------- tampering
 
 
-@pytest.mark.parametrize("victim", ["rows.db", "base.db", "manifest.json", "file", "reimport.sql", "missing file",
-                                    "added file"])
+@pytest.mark.parametrize(
+    "victim",
+    ["rows.db", "base.db", "manifest.json", "file", "reimport.sql", "missing file", "added file"],
+)
 def test_tampered_bundle_is_refused(full, tmp_path: Path, victim: str) -> None:
     result, _, _ = full
     b = shutil.copytree(result.bundle.path, tmp_path / "b")
@@ -355,7 +411,9 @@ def test_tampered_bundle_is_refused(full, tmp_path: Path, victim: str) -> None:
     if victim in ("rows.db", "base.db"):
         conn = sqlite3.connect(b / victim)
         table = "quotes"
-        conn.execute(f"UPDATE {table} SET status = 'tampered' WHERE rowid = (SELECT min(rowid) FROM {table})")
+        conn.execute(
+            f"UPDATE {table} SET status = 'tampered' WHERE rowid = (SELECT min(rowid) FROM {table})"
+        )
         conn.commit()
         conn.close()
     elif victim == "manifest.json":
@@ -423,7 +481,9 @@ def test_unsafe_stored_paths_are_reported_never_read(world_copy: Path, tmp_path:
     conn.execute("UPDATE file_records SET path = ? WHERE id = ?", (str(abs_secret), r2))
     conn.commit()
     conn.close()
-    res = extract(backup, live, tmp_path / "b", alembic_ini=ALEMBIC_INI, uploads=world_copy / "uploads")
+    res = extract(
+        backup, live, tmp_path / "b", alembic_ini=ALEMBIC_INI, uploads=world_copy / "uploads"
+    )
     report = res.bundle.manifest["files"]
     unsafe = {u["record_key"]: u for u in report["unsafe"]}
     assert set(unsafe) == {r1, r2, r3}

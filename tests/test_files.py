@@ -2,6 +2,7 @@
 afterwards; files lost after the extract come back from the bundle; entity links follow remapped
 keys; unsafe paths and symlinks out of the uploads folder are refused without touching anything
 outside it; a different file at a target path is kept and the bundle's copy written beside it."""
+
 from __future__ import annotations
 
 import hashlib
@@ -119,7 +120,9 @@ def test_rollback_links_every_post_deploy_file(world_copy: Path, tmp_path: Path)
     db, backup, uploads = paths(world_copy)
     files = truth(world_copy)["files"]
     assert files, "the sample world uploads files after the deploy"
-    res = rollback(db, backup, tmp_path / "run", uploads=uploads, alembic_ini=ALEMBIC_INI, confirm=None)
+    res = rollback(
+        db, backup, tmp_path / "run", uploads=uploads, alembic_ini=ALEMBIC_INI, confirm=None
+    )
     assert_linked(world_copy, db)
     report = res.outcome.files
     assert report is not None
@@ -128,7 +131,10 @@ def test_rollback_links_every_post_deploy_file(world_copy: Path, tmp_path: Path)
     # the old schema links a drawing to its part through entity_type/entity_id
     recs = records(db)
     for f in files:
-        assert (recs[f["path"]]["entity_type"], recs[f["path"]]["entity_id"]) == (f["entity_type"], f["entity_id"])
+        assert (recs[f["path"]]["entity_type"], recs[f["path"]]["entity_id"]) == (
+            f["entity_type"],
+            f["entity_id"],
+        )
     bundle_report = open_bundle(tmp_path / "run" / "bundle").manifest["files"]
     copied = {r["path"]: r for r in bundle_report["records"]}
     for f in files:
@@ -136,7 +142,9 @@ def test_rollback_links_every_post_deploy_file(world_copy: Path, tmp_path: Path)
         assert sha(tmp_path / "run" / "bundle" / "files" / f["path"]) == f["sha256"]
 
 
-def test_files_deleted_after_extract_come_back_from_the_bundle(world_copy: Path, tmp_path: Path, extracted: Path) -> None:
+def test_files_deleted_after_extract_come_back_from_the_bundle(
+    world_copy: Path, tmp_path: Path, extracted: Path
+) -> None:
     db, _, uploads = paths(world_copy)
     bundle = extract_and_restore(world_copy, tmp_path, extracted)
     files = truth(world_copy)["files"]
@@ -149,7 +157,9 @@ def test_files_deleted_after_extract_come_back_from_the_bundle(world_copy: Path,
     assert not report["missing"] and not report["unsafe"]
     # the uploads state is the folder after the files came back (not the walk made before)
     state = report["uploads_state"]
-    assert {f["path"] for f in files} <= {a["path"] for a in state["added"]} and not state["removed"]
+    assert {f["path"] for f in files} <= {a["path"] for a in state["added"]} and not state[
+        "removed"
+    ]
     # a second relink finds everything in place and writes nothing
     again = relink(bundle, db, uploads)
     assert not again["restored_from_bundle"] and not again["links_fixed"]
@@ -167,16 +177,26 @@ def tree(root: Path) -> dict[str, tuple[str, int]]:
     return out
 
 
-def test_dry_run_reports_and_writes_nothing(world_copy: Path, tmp_path: Path, extracted: Path, applied: Path) -> None:
+def test_dry_run_reports_and_writes_nothing(
+    world_copy: Path, tmp_path: Path, extracted: Path, applied: Path
+) -> None:
     db, _, uploads = paths(world_copy)
     bundle = reimported(world_copy, tmp_path, extracted, applied)  # records only, no relink yet
     gone, theirs, moved = truth(world_copy)["files"][:3]
     (uploads / gone["path"]).unlink()  # would be restored
-    (uploads / theirs["path"]).write_bytes(b"%PDF-1.4 a different file\n")  # would be kept, the copy beside
-    execute(db, "UPDATE file_records SET entity_type = 'quote', entity_id = 1 WHERE path = ?", (moved["path"],))
+    (uploads / theirs["path"]).write_bytes(
+        b"%PDF-1.4 a different file\n"
+    )  # would be kept, the copy beside
+    execute(
+        db,
+        "UPDATE file_records SET entity_type = 'quote', entity_id = 1 WHERE path = ?",
+        (moved["path"],),
+    )
     before_db, before_tree = sha(db), tree(uploads)
     report = relink(bundle, db, uploads, dry_run=True)
-    assert [e["path"] for e in report["restored_from_bundle"] if e["kind"] == "record"] == [gone["path"]]
+    assert [e["path"] for e in report["restored_from_bundle"] if e["kind"] == "record"] == [
+        gone["path"]
+    ]
     assert [k["path"] for k in report["kept_both"]] == [theirs["path"]]
     assert {x["column"] for x in report["links_fixed"]} >= {"entity_type", "entity_id"}
     assert gone["path"] not in {a["path"] for a in report["uploads_state"]["added"]}  # still gone
@@ -185,11 +205,18 @@ def test_dry_run_reports_and_writes_nothing(world_copy: Path, tmp_path: Path, ex
     assert sha(uploads / gone["path"]) == gone["sha256"]
     assert (uploads / theirs["path"]).read_bytes() == b"%PDF-1.4 a different file\n"
     assert (records(db)[moved["path"]]["entity_type"], records(db)[moved["path"]]["entity_id"]) == (
-        moved["entity_type"], moved["entity_id"])
+        moved["entity_type"],
+        moved["entity_id"],
+    )
 
 
-def test_relink_reads_each_upload_once(world_copy: Path, tmp_path: Path, extracted: Path, applied: Path,
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_relink_reads_each_upload_once(
+    world_copy: Path,
+    tmp_path: Path,
+    extracted: Path,
+    applied: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """The plan's hashes of the uploads serve the uploads state too: no file is read twice."""
     import recovery.files.names
     import recovery.files.relink_files
@@ -215,8 +242,9 @@ def test_relink_reads_each_upload_once(world_copy: Path, tmp_path: Path, extract
     assert len(report["relinked"]) == len(truth(world_copy)["files"])
 
 
-def test_bundle_copies_are_hashed_fsynced_and_written_once(world_copy: Path, tmp_path: Path, extracted: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bundle_copies_are_hashed_fsynced_and_written_once(
+    world_copy: Path, tmp_path: Path, extracted: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Every copy is created at its own name (no temporary left over), hashes as its source, and
     is fsynced with every folder that gained an entry before copy_files_into_bundle returns; a
     path two records share is one copy."""
@@ -232,10 +260,16 @@ def test_bundle_copies_are_hashed_fsynced_and_written_once(world_copy: Path, tmp
     conn = sqlite3.connect(work / "rows.db")
     conn.row_factory = sqlite3.Row
     with conn:
-        twin = dict(conn.execute("SELECT * FROM file_records WHERE path = ?", (files[0]["path"],)).fetchone())
+        twin = dict(
+            conn.execute(
+                "SELECT * FROM file_records WHERE path = ?", (files[0]["path"],)
+            ).fetchone()
+        )
         twin["id"] = 10**6
-        conn.execute(f"INSERT INTO file_records ({', '.join(twin)}) VALUES ({', '.join('?' * len(twin))})",
-                     list(twin.values()))
+        conn.execute(
+            f"INSERT INTO file_records ({', '.join(twin)}) VALUES ({', '.join('?' * len(twin))})",
+            list(twin.values()),
+        )
     conn.close()
     loose = uploads / "parts" / "loose" / "notes.txt"
     loose.parent.mkdir(parents=True)
@@ -261,10 +295,14 @@ def test_bundle_copies_are_hashed_fsynced_and_written_once(world_copy: Path, tmp
         assert sha(work / "files" / f["path"]) == sha(uploads / f["path"]) == f["sha256"]
     (extra,) = report["unrecorded"]
     assert extra["path"] == "parts/loose/notes.txt" and extra["sha256"] == sha(loose)
-    assert (work / "files" / "_unrecorded" / "parts" / "loose" / "notes.txt").read_bytes() == b"uploaded without a record"
+    assert (
+        work / "files" / "_unrecorded" / "parts" / "loose" / "notes.txt"
+    ).read_bytes() == b"uploaded without a record"
     written = {p for p in (work / "files").rglob("*") if p.is_file()}
     assert {p.relative_to(work / "files").as_posix() for p in written} == {
-        *(f["path"] for f in files), "_unrecorded/parts/loose/notes.txt"}  # no temporary files left
+        *(f["path"] for f in files),
+        "_unrecorded/parts/loose/notes.txt",
+    }  # no temporary files left
     folders = {p for p in (work / "files").rglob("*") if p.is_dir()} | {work / "files", work}
     assert {str(p.resolve()) for p in written | folders} <= synced
 
@@ -275,7 +313,9 @@ def _new_part_with_drawing(world: Path) -> dict[str, Any]:
     conn = sqlite3.connect(f"file:{backup}?mode=ro", uri=True)
     top = conn.execute("SELECT max(id) FROM parts").fetchone()[0]
     conn.close()
-    return next(f for f in truth(world)["files"] if f["entity_type"] == "part" and f["entity_id"] > top)
+    return next(
+        f for f in truth(world)["files"] if f["entity_type"] == "part" and f["entity_id"] > top
+    )
 
 
 def test_links_follow_remapped_keys(world_copy: Path, tmp_path: Path, extracted: Path) -> None:
@@ -284,9 +324,13 @@ def test_links_follow_remapped_keys(world_copy: Path, tmp_path: Path, extracted:
     pid = f["entity_id"]
     bundle = extract_and_restore(world_copy, tmp_path, extracted)
     # the old release, back in service, created a part that took the key the bundle's part has
-    execute(db, "INSERT INTO parts (id, part_number, name, material_id, price, notes, created_at, updated_at, "
-                "created_by, drawing_number) SELECT ?, 'GS-COLLIDE', 'made after the rollback', material_id, 1.0, "
-                "NULL, created_at, updated_at, created_by, NULL FROM parts ORDER BY id LIMIT 1", (pid,))
+    execute(
+        db,
+        "INSERT INTO parts (id, part_number, name, material_id, price, notes, created_at, updated_at, "
+        "created_by, drawing_number) SELECT ?, 'GS-COLLIDE', 'made after the rollback', material_id, 1.0, "
+        "NULL, created_at, updated_at, created_by, NULL FROM parts ORDER BY id LIMIT 1",
+        (pid,),
+    )
     res = reimport(bundle, db, tmp_path / "run", uploads=uploads)
     remaps = {(r.table, r.old_key): r.new_key for r in res.outcome.remaps}
     new_id = remaps[("parts", pid)]
@@ -302,19 +346,31 @@ def test_links_follow_remapped_keys(world_copy: Path, tmp_path: Path, extracted:
         assert records(db)[f["path"]]["entity_id"] == new_id
     # the colliding part keeps its own key and gets no drawing
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    assert conn.execute("SELECT part_number FROM parts WHERE id = ?", (pid,)).fetchone()[0] == "GS-COLLIDE"
-    assert conn.execute("SELECT part_number FROM parts WHERE id = ?", (new_id,)).fetchone()[0] != "GS-COLLIDE"
+    assert (
+        conn.execute("SELECT part_number FROM parts WHERE id = ?", (pid,)).fetchone()[0]
+        == "GS-COLLIDE"
+    )
+    assert (
+        conn.execute("SELECT part_number FROM parts WHERE id = ?", (new_id,)).fetchone()[0]
+        != "GS-COLLIDE"
+    )
     conn.close()
 
 
-def test_new_schema_file_id_maps_back_to_the_entity_link(world_copy: Path, tmp_path: Path, extracted: Path, applied: Path) -> None:
+def test_new_schema_file_id_maps_back_to_the_entity_link(
+    world_copy: Path, tmp_path: Path, extracted: Path, applied: Path
+) -> None:
     """parts.file_id (new schema only) says which part a drawing belongs to; in the old schema the
     record's entity link says it. A record whose link disagrees is pointed back at the part."""
     db, _, uploads = paths(world_copy)
     f = truth(world_copy)["files"][0]
     bundle = reimported(world_copy, tmp_path, extracted, applied)
     relink(bundle, db, uploads)
-    execute(db, "UPDATE file_records SET entity_type = 'quote', entity_id = 1 WHERE path = ?", (f["path"],))
+    execute(
+        db,
+        "UPDATE file_records SET entity_type = 'quote', entity_id = 1 WHERE path = ?",
+        (f["path"],),
+    )
     report = relink(bundle, db, uploads)
     rec = records(db)[f["path"]]
     assert (rec["entity_type"], rec["entity_id"]) == ("part", f["entity_id"])
@@ -332,7 +388,9 @@ def _outside_sentinels(tmp_path: Path, uploads: Path) -> dict[Path, tuple[str, i
     return {p: (sha(p), p.stat().st_mtime_ns) for p in (escaped, absolute)}
 
 
-def test_unsafe_paths_are_refused_and_nothing_outside_is_touched(world_copy: Path, tmp_path: Path) -> None:
+def test_unsafe_paths_are_refused_and_nothing_outside_is_touched(
+    world_copy: Path, tmp_path: Path
+) -> None:
     db, backup, uploads = paths(world_copy)
     sentinels = _outside_sentinels(tmp_path, uploads)
     absolute = tmp_path / "outside" / "secret.pdf"
@@ -347,16 +405,23 @@ def test_unsafe_paths_are_refused_and_nothing_outside_is_touched(world_copy: Pat
     assert {u["record_key"] for u in bundle_files["unsafe"]} == {a["record_id"], b["record_id"]}
     report = res.outcome.files
     unsafe = {(u["record_key"], u["path"]) for u in report["unsafe"]}
-    assert (a["record_id"], "../../etc/passwd") in unsafe and (b["record_id"], str(absolute)) in unsafe
+    assert (a["record_id"], "../../etc/passwd") in unsafe and (
+        b["record_id"],
+        str(absolute),
+    ) in unsafe
     assert res.outcome.needs_review
     for p, (digest, mtime) in sentinels.items():
-        assert (sha(p), p.stat().st_mtime_ns) == (digest, mtime), f"{p} outside the uploads folder was touched"
+        assert (sha(p), p.stat().st_mtime_ns) == (digest, mtime), (
+            f"{p} outside the uploads folder was touched"
+        )
     assert not list((tmp_path / "run" / "bundle" / "files").rglob("passwd"))
     assert not list((tmp_path / "run" / "bundle" / "files").rglob("secret.pdf"))
     assert sorted(p.name for p in (tmp_path / "outside").iterdir()) == ["secret.pdf"]
 
 
-def test_symlink_out_of_the_uploads_folder_is_refused(world_copy: Path, tmp_path: Path, applied: Path) -> None:
+def test_symlink_out_of_the_uploads_folder_is_refused(
+    world_copy: Path, tmp_path: Path, applied: Path
+) -> None:
     db, _backup, uploads = paths(world_copy)
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -382,8 +447,9 @@ def test_symlink_out_of_the_uploads_folder_is_refused(world_copy: Path, tmp_path
     assert sorted(p.name for p in outside.iterdir()) == ["secret.pdf"] and sha(secret) == before
 
 
-def test_a_different_file_at_the_path_is_kept_and_the_copy_written_beside(world_copy: Path, tmp_path: Path, extracted: Path,
-        applied: Path) -> None:
+def test_a_different_file_at_the_path_is_kept_and_the_copy_written_beside(
+    world_copy: Path, tmp_path: Path, extracted: Path, applied: Path
+) -> None:
     db, _, uploads = paths(world_copy)
     f = truth(world_copy)["files"][0]
     bundle = reimported(world_copy, tmp_path, extracted, applied)
@@ -395,7 +461,9 @@ def test_a_different_file_at_the_path_is_kept_and_the_copy_written_beside(world_
     beside = uploads / kept["recovered_path"]
     assert beside.parent == (uploads / f["path"]).parent
     assert beside.name == f"drawing-rev-A.recovered-{f['sha256'][:8]}.pdf"
-    assert sha(beside) == f["sha256"] and kept["existing_sha256"] == hashlib.sha256(theirs).hexdigest()
+    assert (
+        sha(beside) == f["sha256"] and kept["existing_sha256"] == hashlib.sha256(theirs).hexdigest()
+    )
     rec = records(db)
     assert f["path"] not in rec and rec[kept["recovered_path"]]["sha256"] == f["sha256"]
     assert {o["path"] for o in report["orphans"]} == {f["path"]}  # their file has no record now
@@ -403,7 +471,9 @@ def test_a_different_file_at_the_path_is_kept_and_the_copy_written_beside(world_
     assert not again["kept_both"] and not again["restored_from_bundle"]
 
 
-def unrecorded_upload_extracted(world: Path, tmp_path: Path, name: str, content: bytes) -> tuple[Path, Path]:
+def unrecorded_upload_extracted(
+    world: Path, tmp_path: Path, name: str, content: bytes
+) -> tuple[Path, Path]:
     """A file uploaded after the deploy that no record names (``uploads/parts/loose/<name>``),
     then a bundle extracted: (the file, the bundle)."""
     extra = paths(world)[2] / "parts" / "loose" / name
@@ -415,9 +485,13 @@ def unrecorded_upload_extracted(world: Path, tmp_path: Path, name: str, content:
     return extra, bundle
 
 
-def test_unrecorded_file_is_carried_and_restored(world_copy: Path, tmp_path: Path, applied: Path) -> None:
+def test_unrecorded_file_is_carried_and_restored(
+    world_copy: Path, tmp_path: Path, applied: Path
+) -> None:
     db, _, uploads = paths(world_copy)
-    extra, bundle = unrecorded_upload_extracted(world_copy, tmp_path, "notes.txt", b"uploaded without a record")
+    extra, bundle = unrecorded_upload_extracted(
+        world_copy, tmp_path, "notes.txt", b"uploaded without a record"
+    )
     restore_atomically(applied, db)  # the same rows re-imported: only the files step is left
     (entry,) = open_bundle(bundle).manifest["files"]["unrecorded"]
     assert entry["path"] == "parts/loose/notes.txt" and entry["sha256"] == sha(extra)
@@ -428,12 +502,15 @@ def test_unrecorded_file_is_carried_and_restored(world_copy: Path, tmp_path: Pat
     assert {o["path"] for o in report["orphans"]} == {"parts/loose/notes.txt"}
 
 
-def test_an_upload_named_like_a_temporary_file_is_sealed_and_restored(world_copy: Path, tmp_path: Path,
-                                                                      applied: Path) -> None:
+def test_an_upload_named_like_a_temporary_file_is_sealed_and_restored(
+    world_copy: Path, tmp_path: Path, applied: Path
+) -> None:
     """The bundle seals every copied file whatever its name (``*.tmp`` was once skipped by the
     seal, and then refused by open_bundle as 'added after extraction')."""
     db, _, uploads = paths(world_copy)
-    extra, bundle = unrecorded_upload_extracted(world_copy, tmp_path, "scan.tmp", b"a scanner's file name")
+    extra, bundle = unrecorded_upload_extracted(
+        world_copy, tmp_path, "scan.tmp", b"a scanner's file name"
+    )
     manifest = open_bundle(bundle).manifest
     assert "files/_unrecorded/parts/loose/scan.tmp" in manifest["hashes"]
     restore_atomically(applied, db)
@@ -469,33 +546,79 @@ def test_relink_command(world_copy: Path, tmp_path: Path, extracted: Path, appli
     gone = truth(world_copy)["files"][0]
     (uploads / gone["path"]).unlink()
     runner = CliRunner()
-    dry = runner.invoke(main, ["relink", str(bundle), str(db), "--uploads", str(uploads), "--dry-run", "--json"])
+    dry = runner.invoke(
+        main, ["relink", str(bundle), str(db), "--uploads", str(uploads), "--dry-run", "--json"]
+    )
     assert dry.exit_code == 0, dry.output
     assert [e["path"] for e in json.loads(dry.output)["restored_from_bundle"]] == [gone["path"]]
     assert not (uploads / gone["path"]).exists()
-    done = runner.invoke(main, ["relink", str(bundle), str(db), "--uploads", str(uploads),
-                                "--files-table", "file_records", "--path-column", "path", "--hash-column", "sha256"])
+    done = runner.invoke(
+        main,
+        [
+            "relink",
+            str(bundle),
+            str(db),
+            "--uploads",
+            str(uploads),
+            "--files-table",
+            "file_records",
+            "--path-column",
+            "path",
+            "--hash-column",
+            "sha256",
+        ],
+    )
     assert done.exit_code == 0, done.output
     assert sha(uploads / gone["path"]) == gone["sha256"]
-    bad = runner.invoke(main, ["relink", str(bundle), str(db), "--uploads", str(uploads), "--path-column", "nope"])
+    bad = runner.invoke(
+        main, ["relink", str(bundle), str(db), "--uploads", str(uploads), "--path-column", "nope"]
+    )
     assert bad.exit_code == 2 and "nope" in bad.output
-    missing = runner.invoke(main, ["relink", str(bundle), str(db), "--uploads", str(tmp_path / "none")])
+    missing = runner.invoke(
+        main, ["relink", str(bundle), str(db), "--uploads", str(tmp_path / "none")]
+    )
     assert missing.exit_code == 2
     assert "Example:" in runner.invoke(main, ["relink", "--help"]).output
 
 
-def test_files_table_and_columns_can_be_named(world_copy: Path, tmp_path: Path, extracted: Path, applied: Path) -> None:
+def test_files_table_and_columns_can_be_named(
+    world_copy: Path, tmp_path: Path, extracted: Path, applied: Path
+) -> None:
     db, _, uploads = paths(world_copy)
     bundle = reimported(world_copy, tmp_path, extracted, applied)
-    report = relink(bundle, db, uploads, FilesConfig("file_records", "path", "sha256"), dry_run=True)
-    assert report["files_table"]["table"] == "file_records" and len(report["relinked"]) == len(truth(world_copy)["files"])
+    report = relink(
+        bundle, db, uploads, FilesConfig("file_records", "path", "sha256"), dry_run=True
+    )
+    assert report["files_table"]["table"] == "file_records" and len(report["relinked"]) == len(
+        truth(world_copy)["files"]
+    )
     with pytest.raises(Exception, match="no files table"):
         relink(bundle, db, uploads, FilesConfig("uploads_table"), dry_run=True)
 
 
-STORED_CASES = ["a/b.pdf", "./a/b.pdf", "a//b.pdf", "a/./b.pdf", "a/b.pdf/", "a/c.pdf", "a/out.pdf",
-                "a/dangling.pdf", "a/loop.pdf", "inside/b.pdf", "outdir/secret.pdf", "../outside/secret.pdf",
-                "a/../a/b.pdf", "/etc/passwd", "a/missing.pdf", "empty", "~a/b.pdf", "a\\b.pdf", "", ".", "a"]
+STORED_CASES = [
+    "a/b.pdf",
+    "./a/b.pdf",
+    "a//b.pdf",
+    "a/./b.pdf",
+    "a/b.pdf/",
+    "a/c.pdf",
+    "a/out.pdf",
+    "a/dangling.pdf",
+    "a/loop.pdf",
+    "inside/b.pdf",
+    "outdir/secret.pdf",
+    "../outside/secret.pdf",
+    "a/../a/b.pdf",
+    "/etc/passwd",
+    "a/missing.pdf",
+    "empty",
+    "~a/b.pdf",
+    "a\\b.pdf",
+    "",
+    ".",
+    "a",
+]
 
 
 def test_uploads_index_answers_as_safe_path(tmp_path: Path) -> None:
@@ -517,7 +640,10 @@ def test_uploads_index_answers_as_safe_path(tmp_path: Path) -> None:
     (root / "inside").symlink_to(root / "a", target_is_directory=True)
     (root / "outdir").symlink_to(outside, target_is_directory=True)
     index = UploadsIndex(root)
-    assert set(index.files) == {"a/b.pdf", "a/c.pdf"}  # symlinked folders not entered, links out skipped
+    assert set(index.files) == {
+        "a/b.pdf",
+        "a/c.pdf",
+    }  # symlinked folders not entered, links out skipped
     for stored in STORED_CASES:
         try:
             expected = safe_path(root, stored)
@@ -534,7 +660,9 @@ def test_uploads_index_answers_as_safe_path(tmp_path: Path) -> None:
                 assert index.sha256(stored, got) == sha(expected), stored
 
 
-def test_an_upload_swapped_for_a_symlink_after_the_walk_is_refused(world_copy: Path, tmp_path: Path) -> None:
+def test_an_upload_swapped_for_a_symlink_after_the_walk_is_refused(
+    world_copy: Path, tmp_path: Path
+) -> None:
     """extract walks uploads/ while its SQL runs and copies afterwards: a listed file replaced by a
     symlink leading outside in between is refused, never followed into the bundle."""
     from recovery.files.uploads import UploadsIndex, copy_files_into_bundle
@@ -547,7 +675,9 @@ def test_an_upload_swapped_for_a_symlink_after_the_walk_is_refused(world_copy: P
     work.mkdir()
     shutil.copyfile(bundle / "rows.db", work / "rows.db")
     with sqlite3.connect(f"file:{work / 'rows.db'}?mode=ro", uri=True) as c:
-        stored = c.execute("SELECT path FROM file_records WHERE _recovery_kind = 'inserted' ORDER BY id LIMIT 1").fetchone()[0]
+        stored = c.execute(
+            "SELECT path FROM file_records WHERE _recovery_kind = 'inserted' ORDER BY id LIMIT 1"
+        ).fetchone()[0]
     index = UploadsIndex(uploads)
     secret = tmp_path / "outside" / "secret.pdf"
     secret.parent.mkdir()

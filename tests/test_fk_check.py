@@ -7,6 +7,7 @@ a bundle from dangling anything; to prove the check catches what slips past it, 
 merge a bundle whose old schema lost its foreign keys (the target still declares them), which turns
 missing-parent detection, unit skipping and the delete guard off.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -37,13 +38,22 @@ Problem = tuple[str, Any, str, int]
 
 def without_fks(bundle: Bundle) -> Bundle:
     """The same bundle, its old schema stripped of foreign keys: the merge's detection is bypassed."""
-    old = Schema({n: dataclasses.replace(t, foreign_keys=()) for n, t in bundle.old.tables.items()},
-                 bundle.old.views, bundle.old.triggers, bundle.old.indexes, bundle.old.alembic_revision)
+    old = Schema(
+        {n: dataclasses.replace(t, foreign_keys=()) for n, t in bundle.old.tables.items()},
+        bundle.old.views,
+        bundle.old.triggers,
+        bundle.old.indexes,
+        bundle.old.alembic_revision,
+    )
     return dataclasses.replace(bundle, old=old)
 
 
-def merged(bundle: Bundle, target: Path, apply_deletes: bool = False,
-           policy: ConflictPolicy = ConflictPolicy.REMAP) -> tuple[Outcome, set[Problem], set[Problem]]:
+def merged(
+    bundle: Bundle,
+    target: Path,
+    apply_deletes: bool = False,
+    policy: ConflictPolicy = ConflictPolicy.REMAP,
+) -> tuple[Outcome, set[Problem], set[Problem]]:
     """Merge ``bundle`` into ``target`` the way the pipeline does (one write transaction, bundle
     attached) and return (outcome, the merge's own problems, PRAGMA foreign_key_check's rows), both
     read inside the transaction, which is then rolled back."""
@@ -54,8 +64,18 @@ def merged(bundle: Bundle, target: Path, apply_deletes: bool = False,
         attach_bundle(conn, bundle)
         wait_for_write_lock(conn, 5.0)
         try:
-            outcome, problems = merge_and_check(conn, bundle, policy, Prefer.DB, apply_deletes, FilesConfig(),
-                                                str(target), False, schema, limit=10**6)
+            outcome, problems = merge_and_check(
+                conn,
+                bundle,
+                policy,
+                Prefer.DB,
+                apply_deletes,
+                FilesConfig(),
+                str(target),
+                False,
+                schema,
+                limit=10**6,
+            )
             full = {tuple(r) for r in conn.execute("PRAGMA main.foreign_key_check")}
         finally:
             conn.execute("ROLLBACK")
@@ -76,7 +96,9 @@ def run_sql(db: Path, script: str, foreign_keys: bool = True) -> None:
 def fk_id(db: Path, child: str, column: str) -> int:
     """The id ``PRAGMA foreign_key_check`` reports for the key on ``child.column``."""
     with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as c:
-        return next(r[0] for r in c.execute(f'PRAGMA foreign_key_list("{child}")') if r[3] == column)
+        return next(
+            r[0] for r in c.execute(f'PRAGMA foreign_key_list("{child}")') if r[3] == column
+        )
 
 
 # ---- the sample world -----------------------------------------------------------------------
@@ -87,23 +109,32 @@ def fk_id(db: Path, child: str, column: str) -> int:
 def test_a_clean_merge_has_no_problems(bundle: Path, restored: Path) -> None:
     outcome, mine, full = merged(open_bundle(bundle), restored, apply_deletes=True)
     assert mine == full == set()
-    assert sum(t.inserted for t in outcome.tables.values()) > 20 and outcome.tables["quote_items"].deleted == 4
+    assert (
+        sum(t.inserted for t in outcome.tables.values()) > 20
+        and outcome.tables["quote_items"].deleted == 4
+    )
 
 
 def test_missing_parent_slipping_past_detection_is_caught(bundle: Path, restored: Path) -> None:
     # part 112 is used only by new item 194: detection would skip the item; without it, it lands dangling
     run_sql(restored, "DELETE FROM parts WHERE id = 112;")
     _, mine, full = merged(without_fks(open_bundle(bundle)), restored)
-    assert mine == full == {("quote_items", 194, "parts", fk_id(restored, "quote_items", "part_id"))}
+    assert (
+        mine == full == {("quote_items", 194, "parts", fk_id(restored, "quote_items", "part_id"))}
+    )
     # with detection on, the item is skipped and nothing dangles
     outcome, mine, full = merged(open_bundle(bundle), restored)
     assert mine == full == set() and [c.kind for c in outcome.conflicts] == ["missing_parent"]
 
 
-def test_apply_deletes_keeps_a_parent_the_target_still_references(bundle: Path, restored: Path,
-                                                                  tmp_path: Path) -> None:
+def test_apply_deletes_keeps_a_parent_the_target_still_references(
+    bundle: Path, restored: Path, tmp_path: Path
+) -> None:
     # quote 49 was deleted after the deploy and is unchanged since; the old app gave it a new item
-    run_sql(restored, "INSERT INTO quote_items (id, quote_id, part_id, qty, unit_price) VALUES (9001, 49, 1, 1, 2.0);")
+    run_sql(
+        restored,
+        "INSERT INTO quote_items (id, quote_id, part_id, qty, unit_price) VALUES (9001, 49, 1, 1, 2.0);",
+    )
     outcome, mine, full = merged(open_bundle(bundle), restored, apply_deletes=True)
     assert mine == full == set() and outcome.tables["quotes"].deleted == 0
     res = reimport(bundle, restored, tmp_path / "run", apply_deletes=True)
@@ -114,10 +145,17 @@ def test_apply_deletes_keeps_a_parent_the_target_still_references(bundle: Path, 
 
 def test_a_child_dangled_by_apply_deletes_is_caught(bundle: Path, restored: Path) -> None:
     # the same, with the delete guard bypassed: quote 49 goes and the old app's item 9001 dangles
-    run_sql(restored, "INSERT INTO quote_items (id, quote_id, part_id, qty, unit_price) VALUES (9001, 49, 1, 1, 2.0);")
+    run_sql(
+        restored,
+        "INSERT INTO quote_items (id, quote_id, part_id, qty, unit_price) VALUES (9001, 49, 1, 1, 2.0);",
+    )
     outcome, mine, full = merged(without_fks(open_bundle(bundle)), restored, apply_deletes=True)
     assert outcome.tables["quotes"].deleted == 1
-    assert mine == full == {("quote_items", 9001, "quotes", fk_id(restored, "quote_items", "quote_id"))}
+    assert (
+        mine
+        == full
+        == {("quote_items", 9001, "quotes", fk_id(restored, "quote_items", "quote_id"))}
+    )
     _, mine, _ = merged(without_fks(open_bundle(bundle)), restored, apply_deletes=False)
     assert mine == set()
 
@@ -125,9 +163,12 @@ def test_a_child_dangled_by_apply_deletes_is_caught(bundle: Path, restored: Path
 def test_an_app_trigger_does_not_fire_during_the_merge(bundle: Path, restored: Path) -> None:
     """A trigger of the target on a table the merge writes is suspended while it writes (issue 14
     §4): the dangling rows it would write never exist, so neither check finds any."""
-    run_sql(restored, "CREATE TRIGGER audit_new_part AFTER INSERT ON parts BEGIN "
-                      "INSERT INTO quote_items (id, quote_id, part_id, qty, unit_price) "
-                      "VALUES (NEW.id + 1000000, 999999, NEW.id, 1, 0.0); END;")
+    run_sql(
+        restored,
+        "CREATE TRIGGER audit_new_part AFTER INSERT ON parts BEGIN "
+        "INSERT INTO quote_items (id, quote_id, part_id, qty, unit_price) "
+        "VALUES (NEW.id + 1000000, 999999, NEW.id, 1, 0.0); END;",
+    )
     outcome, mine, full = merged(open_bundle(bundle), restored)
     assert outcome.triggers_suspended == ["audit_new_part"]
     assert mine == full == set()
@@ -135,14 +176,20 @@ def test_an_app_trigger_does_not_fire_during_the_merge(bundle: Path, restored: P
 
 def test_problems_the_merge_did_not_write_are_left_to_verify(bundle: Path, restored: Path) -> None:
     # an orphan the old app left behind (foreign keys off), on a row the bundle does not touch
-    run_sql(restored, "INSERT INTO quote_items (id, quote_id, part_id, qty, unit_price) "
-                      "VALUES (9002, 1, 999999, 1, 2.0);", foreign_keys=False)
+    run_sql(
+        restored,
+        "INSERT INTO quote_items (id, quote_id, part_id, qty, unit_price) "
+        "VALUES (9002, 1, 999999, 1, 2.0);",
+        foreign_keys=False,
+    )
     _, mine, full = merged(open_bundle(bundle), restored)
     orphan = ("quote_items", 9002, "parts", fk_id(restored, "quote_items", "part_id"))
     assert mine == set() and full == {orphan}
     outcome = Outcome("b", "t", "remap", False)
     result = verify_file(restored, outcome, None)
-    assert not result["ok"] and result["foreign_key_check"] == [dict(zip(("table", "rowid", "parent", "fk"), orphan, strict=True))]
+    assert not result["ok"] and result["foreign_key_check"] == [
+        dict(zip(("table", "rowid", "parent", "fk"), orphan, strict=True))
+    ]
 
 
 # ---- a parent referenced by a unique non-key column ----------------------------------------
@@ -172,10 +219,13 @@ def two_dbs(folder: Path, backup_sql: str, live_sql: str, schema: str = CODES) -
 
 
 def test_a_child_of_a_rekeyed_parent_is_caught(tmp_path: Path) -> None:
-    backup, live = two_dbs(tmp_path / "w", "INSERT INTO parent VALUES (1, 'a', NULL), (2, 'b', NULL);"
-                                           "INSERT INTO child VALUES (1, 1, 'a', 0);",
-                           "UPDATE parent SET code = 'a2' WHERE id = 1;"
-                           "UPDATE child SET parent_code = 'a2' WHERE id = 1;")
+    backup, live = two_dbs(
+        tmp_path / "w",
+        "INSERT INTO parent VALUES (1, 'a', NULL), (2, 'b', NULL);"
+        "INSERT INTO child VALUES (1, 1, 'a', 0);",
+        "UPDATE parent SET code = 'a2' WHERE id = 1;"
+        "UPDATE child SET parent_code = 'a2' WHERE id = 1;",
+    )
     extract(backup, live, tmp_path / "b")
     target = tmp_path / "t" / "app.db"
     target.parent.mkdir()
@@ -192,9 +242,17 @@ def test_a_child_of_a_rekeyed_parent_is_caught(tmp_path: Path) -> None:
 
 # ---- property: after any merge, the merge's problems are exactly SQLite's -------------------
 
-ops = st.lists(st.tuples(st.sampled_from(["ins_parent", "ins_child", "upd_child", "recode", "del_child",
-                                          "del_parent", "note"]),
-                         st.integers(1, 6), st.integers(0, 6)), min_size=2, max_size=12)
+ops = st.lists(
+    st.tuples(
+        st.sampled_from(
+            ["ins_parent", "ins_child", "upd_child", "recode", "del_child", "del_parent", "note"]
+        ),
+        st.integers(1, 6),
+        st.integers(0, 6),
+    ),
+    min_size=2,
+    max_size=12,
+)
 
 
 def play(db: Path, steps: list[tuple[str, int, int]], foreign_keys: bool, first_id: int) -> None:
@@ -207,7 +265,10 @@ def play(db: Path, steps: list[tuple[str, int, int]], foreign_keys: bool, first_
         ref = b or None
         stmt = {
             "ins_parent": ("INSERT INTO parent VALUES (?, ?, NULL)", (n, f"p{n}")),
-            "ins_child": ("INSERT INTO child VALUES (?, ?, (SELECT code FROM parent WHERE id = ?), 0)", (n, ref, a)),
+            "ins_child": (
+                "INSERT INTO child VALUES (?, ?, (SELECT code FROM parent WHERE id = ?), 0)",
+                (n, ref, a),
+            ),
             "upd_child": ("UPDATE child SET parent_id = ?, v = v + 1 WHERE id = ?", (ref, a)),
             "recode": ("UPDATE parent SET code = code || 'x' WHERE id = ?", (a,)),
             "del_child": ("DELETE FROM child WHERE id = ?", (a,)),
@@ -222,15 +283,26 @@ def play(db: Path, steps: list[tuple[str, int, int]], foreign_keys: bool, first_
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(live=ops, since=ops, bypass=st.booleans(), apply_deletes=st.booleans(),
-       policy=st.sampled_from([ConflictPolicy.REMAP, ConflictPolicy.SKIP]), layout=st.sampled_from(sorted(LAYOUTS)))
-def test_merge_problems_equal_foreign_key_check(live: list, since: list, bypass: bool, apply_deletes: bool,
-                                                policy: ConflictPolicy, layout: str) -> None:
+@given(
+    live=ops,
+    since=ops,
+    bypass=st.booleans(),
+    apply_deletes=st.booleans(),
+    policy=st.sampled_from([ConflictPolicy.REMAP, ConflictPolicy.SKIP]),
+    layout=st.sampled_from(sorted(LAYOUTS)),
+)
+def test_merge_problems_equal_foreign_key_check(
+    live: list, since: list, bypass: bool, apply_deletes: bool, policy: ConflictPolicy, layout: str
+) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        backup, live_db = two_dbs(folder / "w", "INSERT INTO parent VALUES (1, 'a', NULL), (2, 'b', NULL), (3, 'c', NULL);"
-                                  "INSERT INTO child VALUES (1, 1, 'a', 0), (2, 2, 'c', 0), (3, NULL, NULL, 0);",
-                                  "", LAYOUTS[layout])
+        backup, live_db = two_dbs(
+            folder / "w",
+            "INSERT INTO parent VALUES (1, 'a', NULL), (2, 'b', NULL), (3, 'c', NULL);"
+            "INSERT INTO child VALUES (1, 1, 'a', 0), (2, 2, 'c', 0), (3, NULL, NULL, 0);",
+            "",
+            LAYOUTS[layout],
+        )
         play(live_db, live, foreign_keys=False, first_id=10)  # post-deploy: anything, even orphans
         try:
             extract(backup, live_db, folder / "b")
@@ -238,18 +310,23 @@ def test_merge_problems_equal_foreign_key_check(live: list, since: list, bypass:
             return  # nothing changed: no bundle to merge
         target = folder / "t.db"
         shutil.copyfile(backup, target)
-        play(target, since, foreign_keys=True, first_id=10)  # the old app since the rollback: consistent
+        play(
+            target, since, foreign_keys=True, first_id=10
+        )  # the old app since the rollback: consistent
         with closing(sqlite3.connect(f"file:{target}?mode=ro", uri=True)) as c:
             assert c.execute("PRAGMA foreign_key_check").fetchall() == []
         b = open_bundle(folder / "b")
         outcome, mine, full = merged(without_fks(b) if bypass else b, target, apply_deletes, policy)
-        event(f"problems: {min(len(full), 3)}{'+' if len(full) >= 3 else ''}; "
-              f"re-deleted rows: {any(t.deleted for t in outcome.tables.values())}")
+        event(
+            f"problems: {min(len(full), 3)}{'+' if len(full) >= 3 else ''}; "
+            f"re-deleted rows: {any(t.deleted for t in outcome.tables.values())}"
+        )
         event(layout)
         assert mine == full
 
 
 # ---- verify_file ----------------------------------------------------------------------------
+
 
 def test_verify_file_matches_verify(bundle: Path, restored: Path) -> None:
     outcome = reimport(bundle, restored, restored.parent / "run").outcome
@@ -263,10 +340,13 @@ def test_verify_file_matches_verify(bundle: Path, restored: Path) -> None:
 
 def test_verify_file_reports_a_broken_index_like_verify(tmp_path: Path) -> None:
     db = tmp_path / "broken.db"
-    run_sql(db, "CREATE TABLE t (a INTEGER, b INTEGER); CREATE INDEX ix ON t (a);"
-                "INSERT INTO t VALUES (1, 10), (2, 20), (3, 30);"
-                "PRAGMA writable_schema = ON;"
-                "UPDATE sqlite_master SET sql = 'CREATE INDEX ix ON t (b)' WHERE name = 'ix';")
+    run_sql(
+        db,
+        "CREATE TABLE t (a INTEGER, b INTEGER); CREATE INDEX ix ON t (a);"
+        "INSERT INTO t VALUES (1, 10), (2, 20), (3, 30);"
+        "PRAGMA writable_schema = ON;"
+        "UPDATE sqlite_master SET sql = 'CREATE INDEX ix ON t (b)' WHERE name = 'ix';",
+    )
     outcome = Outcome("b", "t", "remap", False)
     with readonly(db) as conn:
         one = verify(conn, outcome, None)

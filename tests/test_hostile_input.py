@@ -11,6 +11,7 @@
   refused at open; a forbidden expression in its manifest is refused at open; a never-ending one
   is interrupted within the bound with nothing applied.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -47,7 +48,8 @@ def sha(data: bytes) -> str:
 def invoke(args: list[str], env: dict[str, str] | None = None) -> tuple[int, str, str]:
     res = CliRunner().invoke(main, args, catch_exceptions=True, env=env)
     assert res.exception is None or isinstance(res.exception, SystemExit), (
-        f"a bug escaped as {type(res.exception).__name__}: {res.exception}")
+        f"a bug escaped as {type(res.exception).__name__}: {res.exception}"
+    )
     try:
         stderr = res.stderr
     except (ValueError, AttributeError):
@@ -73,7 +75,10 @@ def content(db: Path) -> str:
 
 def target_from_backup(world: Path, dst: Path) -> Path:
     dst.parent.mkdir(parents=True, exist_ok=True)
-    with sqlite3.connect(f"file:{world / BACKUP}?mode=ro", uri=True) as b, sqlite3.connect(dst) as t:
+    with (
+        sqlite3.connect(f"file:{world / BACKUP}?mode=ro", uri=True) as b,
+        sqlite3.connect(dst) as t,
+    ):
         b.backup(t)
     b.close()
     t.close()
@@ -126,8 +131,18 @@ def test_upload_folder_swapped_for_a_symlink_during_extract_never_leaks(tmp_path
         c.execute("CREATE TABLE file_records (id INTEGER PRIMARY KEY, path TEXT, sha256 TEXT)")
     c.close()
     stop, count = tmp_path / "stop", tmp_path / "count"
-    racer = subprocess.Popen([sys.executable, "-c", RACER, str(uploads / "docs"), str(uploads / "docs.real"),
-                              str(secret_dir), str(stop), str(count)])
+    racer = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            RACER,
+            str(uploads / "docs"),
+            str(uploads / "docs.real"),
+            str(secret_dir),
+            str(stop),
+            str(count),
+        ]
+    )
     copied = refused = 0
     try:
         for i in range(150):
@@ -169,7 +184,9 @@ customer = "customer_name"
 """
 
 
-def test_recovery_extract_with_an_uploads_folder_swapped_under_it(world_copy: Path, tmp_path: Path) -> None:
+def test_recovery_extract_with_an_uploads_folder_swapped_under_it(
+    world_copy: Path, tmp_path: Path
+) -> None:
     """The same attack on the whole command: ``uploads/parts`` swapped for a symlink to a
     root-only mirror of it (same names, secret bytes) while ``recovery extract`` runs; every run
     exits 0/1 with a bundle or 2 with one line, and no secret byte is in any bundle."""
@@ -186,15 +203,35 @@ def test_recovery_extract_with_an_uploads_folder_swapped_under_it(world_copy: Pa
     secret.chmod(0o700)
     (tmp_path / "mapping.toml").write_text(MAPPING)
     stop, count = tmp_path / "stop", tmp_path / "count"
-    racer = subprocess.Popen([sys.executable, "-c", RACER, str(uploads / "parts"), str(uploads / "parts.real"),
-                              str(secret), str(stop), str(count)])
+    racer = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            RACER,
+            str(uploads / "parts"),
+            str(uploads / "parts.real"),
+            str(secret),
+            str(stop),
+            str(count),
+        ]
+    )
     outcomes = []
     try:
         for i in range(4):
             out = tmp_path / f"bundle{i}"
-            code, _, stderr = invoke(["extract", str(world_copy / BACKUP), str(world_copy / "gestima.db"),
-                                      "--out", str(out), "--mapping", str(tmp_path / "mapping.toml"),
-                                      "--uploads", str(uploads)])
+            code, _, stderr = invoke(
+                [
+                    "extract",
+                    str(world_copy / BACKUP),
+                    str(world_copy / "gestima.db"),
+                    "--out",
+                    str(out),
+                    "--mapping",
+                    str(tmp_path / "mapping.toml"),
+                    "--uploads",
+                    str(uploads),
+                ]
+            )
             if code == 2:
                 assert "uploads" in one_error(stderr) and not out.exists()
             else:
@@ -241,8 +278,12 @@ def _relink_setup(tmp_path: Path) -> tuple[Path, Path, Path, RelinkPlan]:
     src.write_bytes(b"the drawing")
     index = UploadsIndex(uploads)
     target = Path(index.real) / "parts" / "d.pdf"
-    plan = RelinkPlan(uploads, FilesConfig(), writes=[FileWrite(src, target, "parts/d.pdf", sha(b"the drawing"), 0o640)],
-                      index=index)
+    plan = RelinkPlan(
+        uploads,
+        FilesConfig(),
+        writes=[FileWrite(src, target, "parts/d.pdf", sha(b"the drawing"), 0o640)],
+        index=index,
+    )
     return uploads, outside, src, plan
 
 
@@ -281,12 +322,17 @@ def test_relink_writes_with_the_folders_owner_and_the_recorded_mode(tmp_path: Pa
     # recorded mode gets 0644 under the umask; setuid and world-write bits never pass
     src = tmp_path / "bundle_copy.pdf"
     assert write_under(os.path.realpath(uploads), "new/sub/e.pdf", src, sha(b"the drawing"), 0o644)
-    assert (os.stat(uploads / "new").st_uid, os.stat(uploads / "new" / "sub").st_uid) == (4321, 4321)
+    assert (os.stat(uploads / "new").st_uid, os.stat(uploads / "new" / "sub").st_uid) == (
+        4321,
+        4321,
+    )
     from recovery.files.uploads import sane_mode
 
     assert sane_mode(0o4777) == 0o775 and sane_mode(None) & 0o022 == 0
     # the same bytes already there: nothing written, no error
-    assert not write_under(os.path.realpath(uploads), "new/sub/e.pdf", src, sha(b"the drawing"), 0o644)
+    assert not write_under(
+        os.path.realpath(uploads), "new/sub/e.pdf", src, sha(b"the drawing"), 0o644
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -297,15 +343,31 @@ def test_relink_writes_with_the_folders_owner_and_the_recorded_mode(tmp_path: Pa
 def extracted(world: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
     """A bundle of the sample world with its uploads, and the id and fingerprint extract printed."""
     out = tmp_path_factory.mktemp("hostile-input") / "bundle"
-    code, stdout, stderr = invoke(["extract", str(world / BACKUP), str(world / "gestima.db"), "--out", str(out),
-                                   "--alembic-ini", str(ALEMBIC_INI), "--uploads", str(world / "uploads")])
+    code, stdout, stderr = invoke(
+        [
+            "extract",
+            str(world / BACKUP),
+            str(world / "gestima.db"),
+            "--out",
+            str(out),
+            "--alembic-ini",
+            str(ALEMBIC_INI),
+            "--uploads",
+            str(world / "uploads"),
+        ]
+    )
     assert code in (0, 1), stderr
-    printed = dict(ln.split(": ", 1) for ln in stdout.splitlines() if ln.startswith(("bundle id:", "live fingerprint")))
+    printed = dict(
+        ln.split(": ", 1)
+        for ln in stdout.splitlines()
+        if ln.startswith(("bundle id:", "live fingerprint"))
+    )
     return out, printed["bundle id"], printed["live fingerprint (sha256)"]
 
 
-def test_extract_prints_the_content_bound_id_and_the_live_fingerprint(extracted: tuple[Path, str, str],
-                                                                       world: Path) -> None:
+def test_extract_prints_the_content_bound_id_and_the_live_fingerprint(
+    extracted: tuple[Path, str, str], world: Path
+) -> None:
     out, printed_id, fingerprint = extracted
     b = open_bundle(out)
     assert printed_id == b.bundle_id and len(printed_id) == 32 and b.id_binds_content
@@ -325,26 +387,37 @@ def test_bundle_folders_are_0700_and_files_0600(extracted: tuple[Path, str, str]
     assert _modes(out) == ({0o700}, {0o600})
 
 
-def test_run_folder_is_0700_and_its_report_files_0600(extracted: tuple[Path, str, str], world: Path,
-                                                     tmp_path: Path) -> None:
+def test_run_folder_is_0700_and_its_report_files_0600(
+    extracted: tuple[Path, str, str], world: Path, tmp_path: Path
+) -> None:
     bundle = tmp_path / "bundle"
     shutil.copytree(extracted[0], bundle)
     target = target_from_backup(world, tmp_path / "t" / "gestima.db")
-    code, _, stderr = invoke(["reimport", str(bundle), str(target), "--yes", "--out", str(tmp_path / "run")])
+    code, _, stderr = invoke(
+        ["reimport", str(bundle), str(target), "--yes", "--out", str(tmp_path / "run")]
+    )
     assert code in (0, 1), stderr
     run = tmp_path / "run"
     assert stat.S_IMODE(run.stat().st_mode) == 0o700
     reports = [p for p in run.iterdir() if p.is_file()]
     assert {"report.json", "lost_values.csv", "conflicts.csv"} <= {p.name for p in reports}
-    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in reports} == {p.name: 0o600 for p in reports}
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in reports} == {
+        p.name: 0o600 for p in reports
+    }
 
 
 # ---------------------------------------------------------------------------------------------
 # item 3: forged bundles
 
 
-def _forge(src: Path, dst: Path, edit_rows: str | None = None, price: str | None = None,
-           keep_id: bool = False, legacy: bool = False) -> Path:
+def _forge(
+    src: Path,
+    dst: Path,
+    edit_rows: str | None = None,
+    price: str | None = None,
+    keep_id: bool = False,
+    legacy: bool = False,
+) -> Path:
     """A careful forger's bundle: ``src`` copied, rows.db and/or the parts.price expression edited,
     then re-sealed with the tool's own seal (every hash and the id recomputed). ``keep_id``: the
     printed id written back; ``legacy``: the id scheme removed and the printed id kept."""
@@ -365,46 +438,85 @@ def _forge(src: Path, dst: Path, edit_rows: str | None = None, price: str | None
         if legacy:
             manifest.pop("id_scheme")
         (dst / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-        (dst / "manifest.sha256").write_text(sha((dst / "manifest.json").read_bytes()) + "  manifest.json\n")
+        (dst / "manifest.sha256").write_text(
+            sha((dst / "manifest.json").read_bytes()) + "  manifest.json\n"
+        )
     return dst
 
 
 def test_a_resealed_forged_bundle_has_another_id_and_expect_bundle_id_refuses_it(
-        extracted: tuple[Path, str, str], world: Path, tmp_path: Path) -> None:
+    extracted: tuple[Path, str, str], world: Path, tmp_path: Path
+) -> None:
     src, printed_id, _ = extracted
-    forged = _forge(src, tmp_path / "forged", edit_rows="UPDATE parts SET price_cents = 1 WHERE rowid = "
-                                                        "(SELECT min(rowid) FROM parts)")
+    forged = _forge(
+        src,
+        tmp_path / "forged",
+        edit_rows="UPDATE parts SET price_cents = 1 WHERE rowid = (SELECT min(rowid) FROM parts)",
+    )
     b = open_bundle(forged)  # the forger did everything right: it opens ...
     assert b.bundle_id != printed_id  # ... under another id than extract printed
     target = target_from_backup(world, tmp_path / "t" / "gestima.db")
     before = content(target)
-    code, stdout, stderr = invoke(["reimport", str(forged), str(target), "--yes", "--out", str(tmp_path / "run"),
-                                   "--expect-bundle-id", printed_id])
+    code, stdout, stderr = invoke(
+        [
+            "reimport",
+            str(forged),
+            str(target),
+            "--yes",
+            "--out",
+            str(tmp_path / "run"),
+            "--expect-bundle-id",
+            printed_id,
+        ]
+    )
     assert code == 2 and "not the expected" in one_error(stderr)
     assert content(target) == before and not (tmp_path / "run").exists()
     # the genuine bundle passes the same check, and its identity is shown (dry run too)
-    code, stdout, stderr = invoke(["reimport", str(src), str(target), "--dry-run", "--expect-bundle-id", printed_id])
+    code, stdout, stderr = invoke(
+        ["reimport", str(src), str(target), "--dry-run", "--expect-bundle-id", printed_id]
+    )
     assert code in (0, 1), stderr
     assert f"bundle id: {printed_id}" in stdout
     live = open_bundle(src).identity()
     assert f"live fingerprint (sha256): {live['live_sha256']}" in stdout
-    assert f"source database: {live['source_db']}" in stdout and f"extracted at: {live['extracted_at']}" in stdout
+    assert (
+        f"source database: {live['source_db']}" in stdout
+        and f"extracted at: {live['extracted_at']}" in stdout
+    )
 
 
 @pytest.mark.parametrize("how", ["keep-id", "legacy"])
-def test_a_forged_bundle_cannot_keep_the_printed_id(how: str, extracted: tuple[Path, str, str], world: Path,
-                                                    tmp_path: Path) -> None:
+def test_a_forged_bundle_cannot_keep_the_printed_id(
+    how: str, extracted: tuple[Path, str, str], world: Path, tmp_path: Path
+) -> None:
     """Writing the printed id back into a re-sealed forgery is refused at open; calling it an
     old-format bundle (no id scheme) makes --expect-bundle-id refuse it."""
     src, printed_id, _ = extracted
-    forged = _forge(src, tmp_path / "forged", edit_rows="UPDATE parts SET price_cents = 1",
-                    keep_id=how == "keep-id", legacy=how == "legacy")
+    forged = _forge(
+        src,
+        tmp_path / "forged",
+        edit_rows="UPDATE parts SET price_cents = 1",
+        keep_id=how == "keep-id",
+        legacy=how == "legacy",
+    )
     target = target_from_backup(world, tmp_path / "t" / "gestima.db")
     before = content(target)
-    code, _, stderr = invoke(["reimport", str(forged), str(target), "--yes", "--out", str(tmp_path / "run"),
-                              "--expect-bundle-id", printed_id])
+    code, _, stderr = invoke(
+        [
+            "reimport",
+            str(forged),
+            str(target),
+            "--yes",
+            "--out",
+            str(tmp_path / "run"),
+            "--expect-bundle-id",
+            printed_id,
+        ]
+    )
     assert code == 2, stderr
-    assert ("not the hash of its content" if how == "keep-id" else "older recovery") in one_error(stderr)
+    assert ("not the hash of its content" if how == "keep-id" else "older recovery") in one_error(
+        stderr
+    )
     assert content(target) == before
 
 
@@ -420,12 +532,15 @@ FORBIDDEN = {
 
 
 @pytest.mark.parametrize("case", FORBIDDEN)
-def test_a_bundle_carrying_a_forbidden_expression_is_refused_at_open(case: str, extracted: tuple[Path, str, str],
-                                                                     world: Path, tmp_path: Path) -> None:
+def test_a_bundle_carrying_a_forbidden_expression_is_refused_at_open(
+    case: str, extracted: tuple[Path, str, str], world: Path, tmp_path: Path
+) -> None:
     forged = _forge(extracted[0], tmp_path / "forged", price=FORBIDDEN[case])
     target = target_from_backup(world, tmp_path / "t" / "gestima.db")
     before = content(target)
-    code, _, stderr = invoke(["reimport", str(forged), str(target), "--yes", "--out", str(tmp_path / "run")])
+    code, _, stderr = invoke(
+        ["reimport", str(forged), str(target), "--yes", "--out", str(tmp_path / "run")]
+    )
     assert code == 2, stderr
     assert "parts.price" in one_error(stderr)
     assert content(target) == before and not (tmp_path / "run").exists()
@@ -433,12 +548,16 @@ def test_a_bundle_carrying_a_forbidden_expression_is_refused_at_open(case: str, 
         open_bundle(forged)
 
 
-def test_a_bundle_whose_rows_db_holds_a_view_is_refused(extracted: tuple[Path, str, str], tmp_path: Path) -> None:
+def test_a_bundle_whose_rows_db_holds_a_view_is_refused(
+    extracted: tuple[Path, str, str], tmp_path: Path
+) -> None:
     """A view (or trigger) in rows.db could run anything when the re-import reads a table."""
     forged = tmp_path / "forged"
     shutil.copytree(extracted[0], forged)
     conn = sqlite3.connect(forged / "rows.db")
-    conn.execute("CREATE VIEW v AS WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT x FROM c")
+    conn.execute(
+        "CREATE VIEW v AS WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT x FROM c"
+    )
     conn.commit()
     conn.close()
     seal(forged, json.loads((forged / "manifest.json").read_text(encoding="utf-8")))
@@ -447,12 +566,15 @@ def test_a_bundle_whose_rows_db_holds_a_view_is_refused(extracted: tuple[Path, s
 
 
 SLOW_PRICE = "price_cents / 100.0 + 0 * length(hex(randomblob(3000000)))"
-MULTIPLY_PARTS = ("INSERT INTO parts SELECT p.* FROM parts AS p, (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL "
-                  "SELECT x + 1 FROM c WHERE x < 40) SELECT x FROM c)")
+MULTIPLY_PARTS = (
+    "INSERT INTO parts SELECT p.* FROM parts AS p, (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL "
+    "SELECT x + 1 FROM c WHERE x < 40) SELECT x FROM c)"
+)
 
 
-def test_a_never_ending_expression_is_interrupted_within_the_bound(extracted: tuple[Path, str, str], world: Path,
-                                                                   tmp_path: Path) -> None:
+def test_a_never_ending_expression_is_interrupted_within_the_bound(
+    extracted: tuple[Path, str, str], world: Path, tmp_path: Path
+) -> None:
     """An expression the validator allows but that costs seconds per row holds the write lock
     for as long as the forger likes: the statement is interrupted after the bound (0.5 s here,
     from the environment), the transaction rolled back, exit 3 with one line."""
@@ -460,27 +582,44 @@ def test_a_never_ending_expression_is_interrupted_within_the_bound(extracted: tu
     target = target_from_backup(world, tmp_path / "t" / "gestima.db")
     before = content(target)
     t0 = time.monotonic()
-    code, _, stderr = invoke(["reimport", str(forged), str(target), "--yes", "--out", str(tmp_path / "run")],
-                             env={"RECOVERY_STATEMENT_TIMEOUT": "0.5"})
+    code, _, stderr = invoke(
+        ["reimport", str(forged), str(target), "--yes", "--out", str(tmp_path / "run")],
+        env={"RECOVERY_STATEMENT_TIMEOUT": "0.5"},
+    )
     elapsed = time.monotonic() - t0
     assert code == 3, stderr
     assert "statement ran longer than 0.5 s; nothing was applied" in one_error(stderr)
     assert content(target) == before
     assert elapsed < 20, f"took {elapsed:.1f} s"
     # the option wins over the environment
-    code, _, stderr = invoke(["reimport", str(forged), str(target), "--yes", "--out", str(tmp_path / "run2"),
-                              "--statement-timeout", "0.25"], env={"RECOVERY_STATEMENT_TIMEOUT": "100"})
+    code, _, stderr = invoke(
+        [
+            "reimport",
+            str(forged),
+            str(target),
+            "--yes",
+            "--out",
+            str(tmp_path / "run2"),
+            "--statement-timeout",
+            "0.25",
+        ],
+        env={"RECOVERY_STATEMENT_TIMEOUT": "100"},
+    )
     assert code == 3 and "longer than 0.25 s" in one_error(stderr)
     assert content(target) == before
 
 
-def test_the_forged_slow_bundle_is_slow_without_the_bound(extracted: tuple[Path, str, str], tmp_path: Path) -> None:
+def test_the_forged_slow_bundle_is_slow_without_the_bound(
+    extracted: tuple[Path, str, str], tmp_path: Path
+) -> None:
     """The forgery above really runs long: evaluated over the forged rows without the bound, the
     expression takes well over the 0.5 s bound (so the interruption test can fail)."""
     forged = _forge(extracted[0], tmp_path / "forged", edit_rows=MULTIPLY_PARTS)
     conn = sqlite3.connect(f"file:{forged / 'rows.db'}?mode=ro", uri=True)
     t0 = time.monotonic()
-    conn.execute(f"SELECT sum({SLOW_PRICE}) FROM parts WHERE _recovery_kind = 'inserted'").fetchone()
+    conn.execute(
+        f"SELECT sum({SLOW_PRICE}) FROM parts WHERE _recovery_kind = 'inserted'"
+    ).fetchone()
     conn.close()
     assert time.monotonic() - t0 > 2.0
 
@@ -491,12 +630,16 @@ def test_the_bound_is_per_statement_not_per_block() -> None:
     from recovery.engine.timebound import statement_time_limit
 
     conn = sqlite3.connect(":memory:")
-    endless = "WITH RECURSIVE r(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM r) SELECT count(*) FROM r"
+    endless = (
+        "WITH RECURSIVE r(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM r) SELECT count(*) FROM r"
+    )
     with statement_time_limit(conn, 1.0):
         conn.execute("SELECT 1").fetchall()
         time.sleep(1.5)  # longer than the bound, between statements
-        assert conn.execute("SELECT count(*) FROM (WITH RECURSIVE r(x) AS (SELECT 1 UNION ALL SELECT x + 1 "
-                            "FROM r WHERE x < 1000) SELECT x FROM r)").fetchone() == (1000,)
+        assert conn.execute(
+            "SELECT count(*) FROM (WITH RECURSIVE r(x) AS (SELECT 1 UNION ALL SELECT x + 1 "
+            "FROM r WHERE x < 1000) SELECT x FROM r)"
+        ).fetchone() == (1000,)
     t0 = time.monotonic()
     with pytest.raises(RecoveryError, match="statement ran longer than 1 s") as err:
         with statement_time_limit(conn, 1.0):
@@ -505,8 +648,9 @@ def test_the_bound_is_per_statement_not_per_block() -> None:
     assert conn.execute("SELECT 2").fetchone() == (2,)  # handlers removed, the connection usable
 
 
-def test_a_bundle_written_before_the_id_scheme_still_opens(extracted: tuple[Path, str, str], world: Path,
-                                                          tmp_path: Path) -> None:
+def test_a_bundle_written_before_the_id_scheme_still_opens(
+    extracted: tuple[Path, str, str], world: Path, tmp_path: Path
+) -> None:
     """Backward compatible: a bundle as the previous version wrote it (no id scheme, a 16-digit id
     of sources and counts, no file modes) opens and re-imports; its id is shown as not bound to
     its content, and --expect-bundle-id cannot vouch for it."""
@@ -516,10 +660,14 @@ def test_a_bundle_written_before_the_id_scheme_still_opens(extracted: tuple[Path
     manifest.pop("id_scheme")
     for entry in [*manifest["files"]["records"], *manifest["files"]["unrecorded"]]:
         entry.pop("mode", None)
-    manifest["bundle_id"] = hashlib.sha256(json.dumps(manifest["sources"], sort_keys=True).encode()
-                                           + json.dumps(manifest["counts"], sort_keys=True).encode()).hexdigest()[:16]
+    manifest["bundle_id"] = hashlib.sha256(
+        json.dumps(manifest["sources"], sort_keys=True).encode()
+        + json.dumps(manifest["counts"], sort_keys=True).encode()
+    ).hexdigest()[:16]
     (old / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-    (old / "manifest.sha256").write_text(sha((old / "manifest.json").read_bytes()) + "  manifest.json\n")
+    (old / "manifest.sha256").write_text(
+        sha((old / "manifest.json").read_bytes()) + "  manifest.json\n"
+    )
     b = open_bundle(old)
     assert b.bundle_id == manifest["bundle_id"] and not b.id_binds_content
     target = target_from_backup(world, tmp_path / "t" / "gestima.db")
@@ -533,14 +681,30 @@ def test_rollback_run_folder_is_private(world_copy: Path, tmp_path: Path) -> Non
     0600; the safety copy sits inside it."""
     (tmp_path / "mapping.toml").write_text(MAPPING)
     run = tmp_path / "run"
-    code, _, stderr = invoke(["rollback", str(world_copy / "gestima.db"), "--backup", str(world_copy / BACKUP),
-                              "--out", str(run), "--yes", "--mapping", str(tmp_path / "mapping.toml"),
-                              "--uploads", str(world_copy / "uploads")])
+    code, _, stderr = invoke(
+        [
+            "rollback",
+            str(world_copy / "gestima.db"),
+            "--backup",
+            str(world_copy / BACKUP),
+            "--out",
+            str(run),
+            "--yes",
+            "--mapping",
+            str(tmp_path / "mapping.toml"),
+            "--uploads",
+            str(world_copy / "uploads"),
+        ]
+    )
     assert code in (0, 1), stderr
     assert stat.S_IMODE(run.stat().st_mode) == 0o700
     # outcome.pickle is being replaced by JSON (issue 15 item 1, another change); its successor
     # is held to 0600 like every other file here
-    own = {p.name: stat.S_IMODE(p.stat().st_mode) for p in run.iterdir() if p.is_file() and p.name != "outcome.pickle"}
+    own = {
+        p.name: stat.S_IMODE(p.stat().st_mode)
+        for p in run.iterdir()
+        if p.is_file() and p.name != "outcome.pickle"
+    }
     assert "journal.json" in own and "report.json" in own
     assert own == {name: 0o600 for name in own}
     assert _modes(run / "bundle") == ({0o700}, {0o600})

@@ -15,6 +15,7 @@ real ``recovery`` process. Then:
 * a 10 MB value in a post-deploy row of the sample world rolls back under an address-space limit
   that the unguarded report build exceeded, with peak RSS under 600 MB.
 """
+
 from __future__ import annotations
 
 import csv
@@ -39,26 +40,66 @@ from recovery.escape import SHOW_LIMIT, csv_safe, md_text, plain
 ROOT = Path(__file__).resolve().parents[1]
 BACKUP = "app.db.bak.20261120_140000"
 
-FORMULAS = ["=1+1", "+1+1", "-1+1", "@SUM(A1)", "\t=1", "\r=1", '=HYPERLINK("http://evil.example","x")', "-cmd"]
+FORMULAS = [
+    "=1+1",
+    "+1+1",
+    "-1+1",
+    "@SUM(A1)",
+    "\t=1",
+    "\r=1",
+    '=HYPERLINK("http://evil.example","x")',
+    "-cmd",
+]
 NUMBERS = ["-12.5", "+3", "-0.5e3"]
-MARKUP = ["[/bold]", "[link=http://evil.example]click[/link]",
-          "\x1b]8;;http://evil.example\x1b\\click\x1b]8;;\x1b\\", "\x1b[2J\x1b[31mred", "bell\x07", "\x9b31m",
-          "[x](http://evil.example)", "![i](http://evil.example/i.png)", "<img src=x onerror=alert(1)>",
-          "<script>alert(1)</script>", "a|b\nc", "\u202eexe.gnp", "**bold** _em_ `code` ~~s~~ &lt;", ":warning: :1st_place_medal:"]
+MARKUP = [
+    "[/bold]",
+    "[link=http://evil.example]click[/link]",
+    "\x1b]8;;http://evil.example\x1b\\click\x1b]8;;\x1b\\",
+    "\x1b[2J\x1b[31mred",
+    "bell\x07",
+    "\x9b31m",
+    "[x](http://evil.example)",
+    "![i](http://evil.example/i.png)",
+    "<img src=x onerror=alert(1)>",
+    "<script>alert(1)</script>",
+    "a|b\nc",
+    "\u202eexe.gnp",
+    "**bold** _em_ `code` ~~s~~ &lt;",
+    ":warning: :1st_place_medal:",
+]
 VALUES = FORMULAS + NUMBERS + MARKUP
-CONFLICTED = 4  # the old app changed ``b`` of items 1..4 too: update_update conflicts on hostile values
-CONTROL = [chr(c) for c in (*range(0x00, 0x09), *range(0x0b, 0x20), 0x7f, *range(0x80, 0xa0))] + ["\u202e"]
+CONFLICTED = (
+    4  # the old app changed ``b`` of items 1..4 too: update_update conflicts on hostile values
+)
+CONTROL = [chr(c) for c in (*range(0x00, 0x09), *range(0x0B, 0x20), 0x7F, *range(0x80, 0xA0))] + [
+    "\u202e"
+]
 
 
-def run(*args: Any, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: Any, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     """``recovery ARGS`` as its own process (no terminal: rich writes plain text)."""
-    full_env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "NO_COLOR", "TTY_COMPATIBLE")}
+    full_env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("FORCE_COLOR", "NO_COLOR", "TTY_COMPATIBLE")
+    }
     full_env.update(COLUMNS="200", **(env or {}))
-    res = subprocess.run([sys.executable, "-m", "recovery", *map(str, args)], capture_output=True, env=full_env,
-                         cwd=cwd, timeout=300)
+    res = subprocess.run(
+        [sys.executable, "-m", "recovery", *map(str, args)],
+        capture_output=True,
+        env=full_env,
+        cwd=cwd,
+        timeout=300,
+    )
     # decoded by hand: text mode would turn a \r inside a CSV cell into a line end
-    return subprocess.CompletedProcess(res.args, res.returncode, res.stdout.decode("utf-8", "surrogateescape"),
-                                       res.stderr.decode("utf-8", "surrogateescape"))
+    return subprocess.CompletedProcess(
+        res.args,
+        res.returncode,
+        res.stdout.decode("utf-8", "surrogateescape"),
+        res.stderr.decode("utf-8", "surrogateescape"),
+    )
 
 
 def assert_no_crash(res: subprocess.CompletedProcess[str], codes: tuple[int, ...] = (0, 1)) -> None:
@@ -80,11 +121,15 @@ def build_world(folder: Path) -> tuple[Path, Path, Path]:
     folder.mkdir(parents=True)
     backup, live, target = folder / BACKUP, folder / "app.db", folder / "target" / "app.db"
     n = len(VALUES)
-    old = ("CREATE TABLE item (id INTEGER PRIMARY KEY, code TEXT, b TEXT);"
-           + "".join(f"INSERT INTO item VALUES ({i}, 'C{i}', 'b{i}');" for i in range(1, n + 2)))
+    old = "CREATE TABLE item (id INTEGER PRIMARY KEY, code TEXT, b TEXT);" + "".join(
+        f"INSERT INTO item VALUES ({i}, 'C{i}', 'b{i}');" for i in range(1, n + 2)
+    )
     with sqlite3.connect(backup) as c:
         c.executescript(old)
-        c.execute("UPDATE item SET code = ? WHERE id = ?", ("=HYPERLINK(\"http://evil.example\")[/bold]", n + 1))
+        c.execute(
+            "UPDATE item SET code = ? WHERE id = ?",
+            ('=HYPERLINK("http://evil.example")[/bold]', n + 1),
+        )
     c.close()
     shutil.copyfile(backup, live)
     with sqlite3.connect(live) as c:
@@ -118,8 +163,16 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     assert_no_crash(extracted)
     reimported = run("reimport", folder / "bundle", target, "--out", folder / "run", "--yes")
     assert_no_crash(reimported)
-    return {"folder": folder, "backup": backup, "live": live, "target": target, "bundle": folder / "bundle",
-            "run": folder / "run", "extract": extracted, "reimport": reimported}
+    return {
+        "folder": folder,
+        "backup": backup,
+        "live": live,
+        "target": target,
+        "bundle": folder / "bundle",
+        "run": folder / "run",
+        "extract": extracted,
+        "reimport": reimported,
+    }
 
 
 def read(path: Path) -> str:
@@ -162,7 +215,9 @@ def test_every_run_folder_csv_neutralises_formulas(hostile: dict[str, Any]) -> N
     assert {r[0] for r in rows[1:]} == {"item", "tag"}
     tag_keys = {r[1] for r in rows[1:] if r[0] == "tag"}
     assert {csv_safe(v) for v in FORMULAS} <= tag_keys  # key cells too
-    assert {r[2] for r in rows[1:] if r[0] == "item"} >= {csv_safe(v) for v in FORMULAS}  # labels too
+    assert {r[2] for r in rows[1:] if r[0] == "item"} >= {
+        csv_safe(v) for v in FORMULAS
+    }  # labels too
     conflicts = read(run_dir / "conflicts.csv")
     assert_csv_safe(conflicts, "conflicts.csv", [v for v in VALUES[:CONFLICTED] if v in FORMULAS])
     assert len(read_csv(conflicts)) - 1 >= CONFLICTED
@@ -177,19 +232,32 @@ def test_files_csv_writer_neutralises_paths(tmp_path: Path) -> None:
     from recovery.report.tables import FILE_COLUMNS
 
     out = io.StringIO(newline="")
-    csvout.write_dicts(out, FILE_COLUMNS, [{"path": "=cmd|' /C calc'!A0.pdf", "record": "-1+2", "size": -12,
-                                            "status": "@x"}])
+    csvout.write_dicts(
+        out,
+        FILE_COLUMNS,
+        [{"path": "=cmd|' /C calc'!A0.pdf", "record": "-1+2", "size": -12, "status": "@x"}],
+    )
     assert read_csv(out.getvalue())[1] == ["'=cmd|' /C calc'!A0.pdf", "'-1+2", "-12", "'@x"]
 
 
-CELLS = st.one_of(st.none(), st.integers(), st.floats(allow_nan=False), st.binary(max_size=4),
-                  st.text(alphabet=st.sampled_from(list('ab ,"\n\r=+-@\t1.')), max_size=14))
+CELLS = st.one_of(
+    st.none(),
+    st.integers(),
+    st.floats(allow_nan=False),
+    st.binary(max_size=4),
+    st.text(alphabet=st.sampled_from(list('ab ,"\n\r=+-@\t1.')), max_size=14),
+)
 
 
 @settings(max_examples=120, deadline=None)
-@given(rows=st.lists(st.tuples(CELLS, CELLS, CELLS), max_size=12), big=st.integers(min_value=1, max_value=12))
+@given(
+    rows=st.lists(st.tuples(CELLS, CELLS, CELLS), max_size=12),
+    big=st.integers(min_value=1, max_value=12),
+)
 @example(rows=[(None, "1", "\n")], big=1)  # a short cell of a long row: quoted for its "\n" too
-def test_long_rows_are_written_in_pieces_with_the_same_bytes(rows: list[tuple[Any, ...]], big: int) -> None:
+def test_long_rows_are_written_in_pieces_with_the_same_bytes(
+    rows: list[tuple[Any, ...]], big: int
+) -> None:
     """A row longer than BIG_CELL goes out cell by cell, long cells in pieces: the same bytes as
     the csv module writing the whole row (with the same \\r rule and formula quotes)."""
     from recovery.report import csvout
@@ -204,19 +272,25 @@ def test_long_rows_are_written_in_pieces_with_the_same_bytes(rows: list[tuple[An
     back = read_csv(got.getvalue())[1:]
     assert len(back) == len(rows)
     for r, b in zip(rows, back, strict=True):
-        assert [b[j] for j, c in enumerate(r) if isinstance(c, str)] == [csv_safe(c) for c in r if isinstance(c, str)]
+        assert [b[j] for j, c in enumerate(r) if isinstance(c, str)] == [
+            csv_safe(c) for c in r if isinstance(c, str)
+        ]
 
 
 def test_json_and_bundle_keep_exact_values(hostile: dict[str, Any]) -> None:
     doc = json.loads(read(hostile["run"] / "report.json"))
-    shown = {x["value"] for x in doc["report"]["lost"]} | {x["value"] for x in doc["outcome"]["lost"]}
+    shown = {x["value"] for x in doc["report"]["lost"]} | {
+        x["value"] for x in doc["outcome"]["lost"]
+    }
     assert set(VALUES) <= shown
     assert {c["bundle_value"] for c in doc["outcome"]["conflicts"]} >= set(VALUES[:CONFLICTED])
     with sqlite3.connect(f"file:{hostile['bundle'] / 'rows.db'}?mode=ro", uri=True) as c:
         stored = {r[0] for r in c.execute("SELECT value FROM _recovery_lost")}
     c.close()
     assert set(VALUES) <= stored
-    with sqlite3.connect(f"file:{hostile['target']}?mode=ro", uri=True) as c:  # carried byte-exact too
+    with sqlite3.connect(
+        f"file:{hostile['target']}?mode=ro", uri=True
+    ) as c:  # carried byte-exact too
         carried = {r[0] for r in c.execute("SELECT code FROM item")}
     c.close()
     assert set(VALUES) <= carried
@@ -244,8 +318,9 @@ def test_every_csv_option_neutralises_formulas(hostile: dict[str, Any], tmp_path
     reh = run("rehearse", *_rehearse_args(hostile), "--out", tmp_path / "reh", "--csv")
     assert_no_crash(reh)
     assert_csv_safe(reh.stdout, "rehearse --csv", FORMULAS)
-    assert_csv_safe(read(tmp_path / "reh" / "lost_values.csv"), "rehearsal lost_values.csv",
-                    FORMULAS)
+    assert_csv_safe(
+        read(tmp_path / "reh" / "lost_values.csv"), "rehearsal lost_values.csv", FORMULAS
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,10 +330,16 @@ def test_every_csv_option_neutralises_formulas(hostile: dict[str, Any], tmp_path
 def test_plain_escapes_every_control_character() -> None:
     for ch in CONTROL:
         assert ch not in plain("a" + ch + "b")
-    assert plain("\x1b[31m") == "\\x1b[31m" and plain("\u202e") == "\\u202e" and plain("a\nb") == "a\\x0ab"
+    assert (
+        plain("\x1b[31m") == "\\x1b[31m"
+        and plain("\u202e") == "\\u202e"
+        and plain("a\nb") == "a\\x0ab"
+    )
 
 
-def test_a_world_whose_every_row_was_edited_needs_the_operators_word(hostile: dict[str, Any], tmp_path: Path) -> None:
+def test_a_world_whose_every_row_was_edited_needs_the_operators_word(
+    hostile: dict[str, Any], tmp_path: Path
+) -> None:
     """Users edited every sampled row after the deploy: by the rows alone, the backup looks like
     another installation's, so the rollback refuses and names the option that vouches for it."""
     reh = run("rehearse", hostile["live"], "--backup", hostile["backup"], "--out", tmp_path / "reh")
@@ -283,8 +364,13 @@ def test_terminal_output_is_plain_text(hostile: dict[str, Any], tmp_path: Path) 
 
 def test_no_hyperlink_even_with_colours_forced(hostile: dict[str, Any], tmp_path: Path) -> None:
     """With a colour terminal rich writes its own ESC sequences; never an OSC-8 link or a BEL."""
-    reh = run("rehearse", *_rehearse_args(hostile), "--out", tmp_path / "reh",
-              env={"FORCE_COLOR": "1", "TERM": "xterm-256color"})
+    reh = run(
+        "rehearse",
+        *_rehearse_args(hostile),
+        "--out",
+        tmp_path / "reh",
+        env={"FORCE_COLOR": "1", "TERM": "xterm-256color"},
+    )
     assert_no_crash(reh)
     out = reh.stdout + reh.stderr
     assert "\x1b[" in out  # colours are on: the assertion below can fail
@@ -313,9 +399,13 @@ def assert_markdown_inert(md: str, where: str) -> list[int]:
     p = _Tags()
     p.feed(html)
     names = {t for t, _ in p.tags}
-    assert not names & {"a", "img", "script", "del", "code"}, f"{where}: markup from the data: {names}"
+    assert not names & {"a", "img", "script", "del", "code"}, (
+        f"{where}: markup from the data: {names}"
+    )
     assert "evil.example" not in json.dumps([a for _, a in p.tags]), where
-    assert "**bold** _em_ `code` ~~s~~ &amp;lt;" in html, f"{where}: emphasis from the data"  # (ours: _No conflicts._)
+    assert "**bold** _em_ `code` ~~s~~ &amp;lt;" in html, (
+        f"{where}: emphasis from the data"
+    )  # (ours: _No conflicts._)
     return p.rows
 
 
@@ -343,7 +433,16 @@ class _Cell(HTMLParser):
             self.text.append(data)
 
 
-MD_PIECES = [*"ab1 .:/@!#()[]{}<>*_`~|&;\\$%^+-=\"'é", "http://", "www.", "&amp;", "&#x41;", "<b>", "](", "!["]
+MD_PIECES = [
+    *"ab1 .:/@!#()[]{}<>*_`~|&;\\$%^+-=\"'é",
+    "http://",
+    "www.",
+    "&amp;",
+    "&#x41;",
+    "<b>",
+    "](",
+    "![",
+]
 
 
 @settings(max_examples=300, deadline=None)
@@ -353,7 +452,11 @@ def test_md_text_renders_as_itself(v: str) -> None:
     from markdown_it import MarkdownIt
 
     p = _Cell()
-    p.feed(MarkdownIt("commonmark").enable(["table", "strikethrough"]).render(f"| h |\n|---|\n| {md_text(v)} |\n"))
+    p.feed(
+        MarkdownIt("commonmark")
+        .enable(["table", "strikethrough"])
+        .render(f"| h |\n|---|\n| {md_text(v)} |\n")
+    )
     assert p.tags == [] and "".join(p.text) == v.strip(" "), md_text(v)
 
 
@@ -381,13 +484,41 @@ def test_report_html_has_no_markup_from_data(hostile: dict[str, Any]) -> None:
     html = read(hostile["run"] / "report.html")
     p = _Tags()
     p.feed(html)
-    assert {t for t, _ in p.tags} <= {"html", "head", "meta", "title", "style", "body", "main", "header", "h1", "h2",
-                                      "p", "div", "dl", "dt", "dd", "section", "ul", "li", "img", "table", "thead",
-                                      "tbody", "tr", "th", "td", "footer", "code"}
+    assert {t for t, _ in p.tags} <= {
+        "html",
+        "head",
+        "meta",
+        "title",
+        "style",
+        "body",
+        "main",
+        "header",
+        "h1",
+        "h2",
+        "p",
+        "div",
+        "dl",
+        "dt",
+        "dd",
+        "section",
+        "ul",
+        "li",
+        "img",
+        "table",
+        "thead",
+        "tbody",
+        "tr",
+        "th",
+        "td",
+        "footer",
+        "code",
+    }
     for tag, attrs in p.tags:
         assert "evil.example" not in json.dumps(attrs) and "onerror" not in attrs
         if tag == "img":
-            assert attrs.get("class") == "chart" and (attrs.get("src") or "").startswith("data:image/svg+xml;base64,")
+            assert attrs.get("class") == "chart" and (attrs.get("src") or "").startswith(
+                "data:image/svg+xml;base64,"
+            )
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "<script>" not in html
 
 
@@ -417,11 +548,35 @@ def test_a_10mb_value_rolls_back_in_bounded_memory(world: Path, tmp_path: Path) 
         resource.setrlimit(resource.RLIMIT_AS, (AS_LIMIT_MB << 20, AS_LIMIT_MB << 20))
 
     # one BLAS thread and two malloc arenas: reserved address space then does not grow with cores
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MALLOC_ARENA_MAX="2")
-    proc = subprocess.Popen([sys.executable, "-m", "recovery", "rollback", w / "gestima.db", "--backup",
-                             w / "gestima.db.bak.20261120_140000", "--uploads", w / "uploads", "--alembic-ini",
-                             ROOT / "sample_dbs" / "app" / "alembic.ini", "--out", w / "run", "--yes"],
-                            stdout=out, stderr=err, env=env, preexec_fn=limit)
+    env = dict(
+        os.environ,
+        OPENBLAS_NUM_THREADS="1",
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        MALLOC_ARENA_MAX="2",
+    )
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "recovery",
+            "rollback",
+            w / "gestima.db",
+            "--backup",
+            w / "gestima.db.bak.20261120_140000",
+            "--uploads",
+            w / "uploads",
+            "--alembic-ini",
+            ROOT / "sample_dbs" / "app" / "alembic.ini",
+            "--out",
+            w / "run",
+            "--yes",
+        ],
+        stdout=out,
+        stderr=err,
+        env=env,
+        preexec_fn=limit,
+    )
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     out.close()
@@ -451,8 +606,12 @@ def run_tty(*args: Any) -> tuple[int, str]:
 
     master, slave = pty.openpty()
     env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "NO_COLOR")}
-    proc = subprocess.Popen([sys.executable, "-m", "recovery", *map(str, args)], stdout=slave,
-                            stderr=subprocess.DEVNULL, env=dict(env, COLUMNS="200"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "recovery", *map(str, args)],
+        stdout=slave,
+        stderr=subprocess.DEVNULL,
+        env=dict(env, COLUMNS="200"),
+    )
     os.close(slave)
     out = bytearray()
     while True:

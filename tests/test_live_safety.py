@@ -2,6 +2,7 @@
 a writer committing every 0.1 s, an idle pool connection, a DB owned by another user, a symlinked
 DB path, and the wrong pairings (the live DB as its own backup, another installation's backup, a
 second rollback of a DB already rolled back)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -30,19 +31,38 @@ def backup_of(w: Path) -> Path:
 
 
 def run_cli(*args: object, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "recovery", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "recovery", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
-def rollback(w: Path, run: Path, *extra: object, db: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return run_cli("rollback", db or w / "gestima.db", "--backup", backup_of(w), "--alembic-ini", INI,
-                   "--out", run, "--yes", *extra)
+def rollback(
+    w: Path, run: Path, *extra: object, db: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    return run_cli(
+        "rollback",
+        db or w / "gestima.db",
+        "--backup",
+        backup_of(w),
+        "--alembic-ini",
+        INI,
+        "--out",
+        run,
+        "--yes",
+        *extra,
+    )
 
 
 def hashes(folder: Path) -> dict[str, str]:
     """Every file but ``-shm`` (the WAL index, which any reader may rewrite)."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and not p.name.endswith("-shm")}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not p.name.endswith("-shm")
+    }
 
 
 @contextmanager
@@ -63,7 +83,7 @@ def revision(path: Path) -> str:
 def one_error(proc: subprocess.CompletedProcess[str]) -> str:
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    return proc.stderr[proc.stderr.index("error:"):]
+    return proc.stderr[proc.stderr.index("error:") :]
 
 
 IDLE = """
@@ -96,7 +116,9 @@ while i < 400:
 
 
 def start(code: str, *args: object) -> subprocess.Popen[str]:
-    p = subprocess.Popen([sys.executable, "-c", code, *map(str, args)], stdout=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [sys.executable, "-c", code, *map(str, args)], stdout=subprocess.PIPE, text=True
+    )
     assert p.stdout is not None and p.stdout.readline().strip() == "ready"
     return p
 
@@ -141,11 +163,15 @@ def test_idle_holder_is_refused_by_pid(world_copy: Path, tmp_path: Path) -> None
 def _can_unshare() -> bool:
     if shutil.which("unshare") is None:
         return False
-    probe = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True, timeout=30)
+    probe = subprocess.run(
+        ["unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True, timeout=30
+    )
     return probe.returncode == 0
 
 
-def test_holder_in_another_pid_namespace_is_seen_by_its_lock(world_copy: Path, tmp_path: Path) -> None:
+def test_holder_in_another_pid_namespace_is_seen_by_its_lock(
+    world_copy: Path, tmp_path: Path
+) -> None:
     """The rollback runs in a pid namespace of its own (``unshare --pid --mount-proc``), so the
     holder is absent from its ``/proc``: the WAL-index lock alone must refuse it."""
     if not _can_unshare():
@@ -154,10 +180,29 @@ def test_holder_in_another_pid_namespace_is_seen_by_its_lock(world_copy: Path, t
     holder = start(IDLE, w / "gestima.db")
     try:
         before = hashes(w)
-        proc = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-m", "recovery",
-                               "rollback", str(w / "gestima.db"), "--backup", str(backup_of(w)),
-                               "--alembic-ini", str(INI), "--out", str(tmp_path / "run"), "--yes"],
-                              capture_output=True, text=True, timeout=240)
+        proc = subprocess.run(
+            [
+                "unshare",
+                "--pid",
+                "--fork",
+                "--mount-proc",
+                sys.executable,
+                "-m",
+                "recovery",
+                "rollback",
+                str(w / "gestima.db"),
+                "--backup",
+                str(backup_of(w)),
+                "--alembic-ini",
+                str(INI),
+                "--out",
+                str(tmp_path / "run"),
+                "--yes",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
         assert proc.returncode == 2, proc.stderr
         assert "another pid namespace" in one_error(proc)
         assert hashes(w) == before
@@ -165,7 +210,9 @@ def test_holder_in_another_pid_namespace_is_seen_by_its_lock(world_copy: Path, t
         stop(holder)
 
 
-def test_writer_is_refused_and_with_force_no_commit_is_lost(world_copy: Path, tmp_path: Path) -> None:
+def test_writer_is_refused_and_with_force_no_commit_is_lost(
+    world_copy: Path, tmp_path: Path
+) -> None:
     """A writer committing a row every 0.1 s: refused without --force (nothing changed by the
     rollback, every commit of the writer still there); with --force every commit is either in the
     restored DB or listed in late_commits.json, and the run exits 1 saying so."""
@@ -184,7 +231,9 @@ def test_writer_is_refused_and_with_force_no_commit_is_lost(world_copy: Path, tm
         committed = stop(writer, graceful=True)
     assert revision(db) != OLD_REV
     with ro(db) as c:
-        present = {r[0] for r in c.execute("SELECT code FROM materials WHERE code LIKE 'REFUSED-%'")}
+        present = {
+            r[0] for r in c.execute("SELECT code FROM materials WHERE code LIKE 'REFUSED-%'")
+        }
     assert present == set(committed)
 
     run = tmp_path / "forced"
@@ -198,20 +247,32 @@ def test_writer_is_refused_and_with_force_no_commit_is_lost(world_copy: Path, tm
     assert proc.returncode == 1, proc.stderr
     assert revision(db) == OLD_REV
     with ro(db) as c:
-        restored = {r[0] for r in c.execute("SELECT code FROM materials WHERE code LIKE 'FORCED-%'")}
+        restored = {
+            r[0] for r in c.execute("SELECT code FROM materials WHERE code LIKE 'FORCED-%'")
+        }
     late_file = run / "late_commits.json"
     late = json.loads(late_file.read_text()) if late_file.is_file() else {"tables": {}}
-    listed = {r["code"] for r in late["tables"].get("materials", {}).get("rows", [])
-              if r["change"] == "added_or_changed"}
+    listed = {
+        r["code"]
+        for r in late["tables"].get("materials", {}).get("rows", [])
+        if r["change"] == "added_or_changed"
+    }
     assert committed, "the writer never committed"
     assert set(committed) <= restored | listed, sorted(set(committed) - restored - listed)
-    assert listed, "the writer waited on the lock during the run: its commits after the swap must be listed"
-    assert "late_commits.json" in proc.stderr.replace("\n", "") and "NOT in the restored" in proc.stderr
+    assert listed, (
+        "the writer waited on the lock during the run: its commits after the swap must be listed"
+    )
+    assert (
+        "late_commits.json" in proc.stderr.replace("\n", "")
+        and "NOT in the restored" in proc.stderr
+    )
     report = json.loads((run / "report.json").read_text())
     assert report["late_commits"]["late_commits"] == late["total"] >= len(listed)
 
 
-def test_forced_run_killed_after_the_swap_says_it_could_not_check(world_copy: Path, tmp_path: Path) -> None:
+def test_forced_run_killed_after_the_swap_says_it_could_not_check(
+    world_copy: Path, tmp_path: Path
+) -> None:
     """Resumed after a kill right after the swap, the replaced file is gone with the killed
     process: with holders let through by --force the run cannot know what they committed there,
     and says so (late_commits.json, exit 1) instead of reporting all clear."""
@@ -219,10 +280,27 @@ def test_forced_run_killed_after_the_swap_says_it_could_not_check(world_copy: Pa
     holder = start(IDLE, w / "gestima.db")
     run = tmp_path / "run"
     try:
-        killed = subprocess.run([sys.executable, "-m", "recovery", "rollback", str(w / "gestima.db"), "--backup",
-                                 str(backup_of(w)), "--alembic-ini", str(INI), "--out", str(run), "--yes", "--force"],
-                                capture_output=True, text=True, timeout=240,
-                                env={**os.environ, "RECOVERY_TEST_KILL_AT_STEP": "restore:done"})
+        killed = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "recovery",
+                "rollback",
+                str(w / "gestima.db"),
+                "--backup",
+                str(backup_of(w)),
+                "--alembic-ini",
+                str(INI),
+                "--out",
+                str(run),
+                "--yes",
+                "--force",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=240,
+            env={**os.environ, "RECOVERY_TEST_KILL_AT_STEP": "restore:done"},
+        )
         assert killed.returncode == -9, killed.stderr
         proc = rollback(w, run, "--force")
     finally:
@@ -248,19 +326,25 @@ def test_write_lock_is_held_from_safety_copy_to_swap(world_copy: Path, tmp_path:
         other = sqlite3.connect(db, timeout=0.2, isolation_level=None)
         assert other.execute("SELECT count(*) FROM parts").fetchone()[0] > 0  # readers read
         with pytest.raises(sqlite3.OperationalError, match="locked"):
-            other.execute("INSERT INTO materials (code, name, density, price_per_kg) VALUES ('X', 'x', 1, 1)")
+            other.execute(
+                "INSERT INTO materials (code, name, density, price_per_kg) VALUES ('X', 'x', 1, 1)"
+            )
         staged, _ = stage_restore(backup_of(w), db)
         replaced = window.swap(staged)
         assert not (w / "gestima.db-wal").exists() and not (w / "gestima.db-shm").exists()
         assert not replaced.changed()  # nobody wrote: the late check need not compare tables
         # the holder still on the replaced file can commit now: the late check must see it
-        other.execute("INSERT INTO materials (code, name, density, price_per_kg) VALUES ('LATE', 'x', 1, 1)")
+        other.execute(
+            "INSERT INTO materials (code, name, density, price_per_kg) VALUES ('LATE', 'x', 1, 1)"
+        )
         other.close()
         assert revision(db) == OLD_REV
         assert replaced.changed()
         info = check_replaced(replaced, safety, tmp_path)
         assert info["late_commits"] == 1
-        rows = json.loads((tmp_path / "late_commits.json").read_text())["tables"]["materials"]["rows"]
+        rows = json.loads((tmp_path / "late_commits.json").read_text())["tables"]["materials"][
+            "rows"
+        ]
         assert [r["code"] for r in rows] == ["LATE"]
         with ro(db) as c:  # our closes never deleted the restored file's sidecars nor touched it
             assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
@@ -297,7 +381,11 @@ def test_owner_mode_and_xattrs_are_kept(world_copy: Path, tmp_path: Path) -> Non
     w = world_copy
     db = w / "gestima.db"
     uid = pwd.getpwnam("nobody").pw_uid
-    gid = grp.getgrnam("nogroup").gr_gid if "nogroup" in {g.gr_name for g in grp.getgrall()} else 65534
+    gid = (
+        grp.getgrnam("nogroup").gr_gid
+        if "nogroup" in {g.gr_name for g in grp.getgrall()}
+        else 65534
+    )
     for p in (db, w / "gestima.db-wal"):
         os.chown(p, uid, gid)
         os.chmod(p, 0o660)
@@ -307,8 +395,16 @@ def test_owner_mode_and_xattrs_are_kept(world_copy: Path, tmp_path: Path) -> Non
     except OSError:
         has_xattr = False  # the filesystem of the temporary folder has no user xattrs
     # a POSIX ACL (user nobody rw), written as the kernel's xattr: version 2, then (tag, perm, id)
-    acl = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", tag, perm, who) for tag, perm, who in (
-        (0x01, 6, 0xFFFFFFFF), (0x02, 6, uid), (0x04, 6, 0xFFFFFFFF), (0x10, 6, 0xFFFFFFFF), (0x20, 0, 0xFFFFFFFF)))
+    acl = struct.pack("<I", 2) + b"".join(
+        struct.pack("<HHI", tag, perm, who)
+        for tag, perm, who in (
+            (0x01, 6, 0xFFFFFFFF),
+            (0x02, 6, uid),
+            (0x04, 6, 0xFFFFFFFF),
+            (0x10, 6, 0xFFFFFFFF),
+            (0x20, 0, 0xFFFFFFFF),
+        )
+    )
     try:
         os.setxattr(db, "system.posix_acl_access", acl)
         has_acl = True
@@ -366,9 +462,21 @@ def test_backup_that_is_the_live_db_by_another_path(world_copy: Path, tmp_path: 
     (w / "alias.db").symlink_to(w / "gestima.db")
     os.link(w / "gestima.db", w / "hardlink.db")
     before = hashes(w)
-    for n, other in enumerate((w / "alias.db", w / "hardlink.db", w / "uploads" / ".." / "gestima.db")):
-        proc = run_cli("rollback", w / "gestima.db", "--backup", other, "--alembic-ini", INI,
-                       "--out", tmp_path / f"run{n}", "--yes", "--allow-newer-backup")
+    for n, other in enumerate(
+        (w / "alias.db", w / "hardlink.db", w / "uploads" / ".." / "gestima.db")
+    ):
+        proc = run_cli(
+            "rollback",
+            w / "gestima.db",
+            "--backup",
+            other,
+            "--alembic-ini",
+            INI,
+            "--out",
+            tmp_path / f"run{n}",
+            "--yes",
+            "--allow-newer-backup",
+        )
         assert proc.returncode == 2, proc.stderr
         assert "is the live database" in one_error(proc)
         assert not (tmp_path / f"run{n}" / "safety").exists()
@@ -384,14 +492,25 @@ def two_installations(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, P
     return base / "seed1", base / "seed2"
 
 
-def test_backup_of_another_installation(two_installations: tuple[Path, Path], tmp_path: Path) -> None:
+def test_backup_of_another_installation(
+    two_installations: tuple[Path, Path], tmp_path: Path
+) -> None:
     ours, theirs = (tmp_path / "ours", tmp_path / "theirs")
     shutil.copytree(two_installations[0], ours)
     shutil.copytree(two_installations[1], theirs)
     before = hashes(ours)
     # without a manifest: the rows are the evidence
-    proc = run_cli("rollback", ours / "gestima.db", "--backup", backup_of(theirs), "--alembic-ini", INI,
-                   "--out", tmp_path / "run", "--yes")
+    proc = run_cli(
+        "rollback",
+        ours / "gestima.db",
+        "--backup",
+        backup_of(theirs),
+        "--alembic-ini",
+        INI,
+        "--out",
+        tmp_path / "run",
+        "--yes",
+    )
     assert proc.returncode == 2, proc.stderr
     line = one_error(proc)
     assert "another database" in line and "rows of the backup" in line
@@ -399,16 +518,30 @@ def test_backup_of_another_installation(two_installations: tuple[Path, Path], tm
     proc = run_cli("snapshot", backup_of(theirs), "--out", tmp_path / "snap")
     assert proc.returncode == 0, proc.stderr
     snap = next((tmp_path / "snap").glob("*.bak.*[0-9]"))
-    assert json.loads((snap.with_name(snap.name + ".manifest.json")).read_text())["identity"]["tables"]
-    proc = run_cli("rollback", ours / "gestima.db", "--backup", snap, "--alembic-ini", INI,
-                   "--out", tmp_path / "run2", "--yes", "--allow-newer-backup")
+    assert json.loads((snap.with_name(snap.name + ".manifest.json")).read_text())["identity"][
+        "tables"
+    ]
+    proc = run_cli(
+        "rollback",
+        ours / "gestima.db",
+        "--backup",
+        snap,
+        "--alembic-ini",
+        INI,
+        "--out",
+        tmp_path / "run2",
+        "--yes",
+        "--allow-newer-backup",
+    )
     assert proc.returncode == 2, proc.stderr
     assert "another database" in one_error(proc) and "manifest identity" in proc.stderr
     assert hashes(ours) == before
     assert not (tmp_path / "run" / "safety").exists()
 
 
-def test_manifest_identity_of_the_same_installation_is_accepted(world_copy: Path, tmp_path: Path) -> None:
+def test_manifest_identity_of_the_same_installation_is_accepted(
+    world_copy: Path, tmp_path: Path
+) -> None:
     from recovery.capture.pairing import refuse_wrong_pairing
 
     w = world_copy
@@ -416,7 +549,10 @@ def test_manifest_identity_of_the_same_installation_is_accepted(world_copy: Path
     assert proc.returncode == 0, proc.stderr
     snap = next((tmp_path / "snap").glob("*.bak.*[0-9]"))
     evidence = refuse_wrong_pairing(w / "gestima.db", snap)
-    assert evidence["source"] == "manifest identity" and evidence["agree"] >= 0.9 * evidence["present"] > 100
+    assert (
+        evidence["source"] == "manifest identity"
+        and evidence["agree"] >= 0.9 * evidence["present"] > 100
+    )
 
 
 def test_second_rollback_is_refused_naming_the_first(world_copy: Path, tmp_path: Path) -> None:

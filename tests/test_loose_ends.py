@@ -2,6 +2,7 @@
 ``recovery apply-deletes`` — the reviewed post-deploy deletes, applied once, after a rollback of
 the sample world — with the application's rows changed since, still referenced, audited by a
 trigger, and a hand-edited review list."""
+
 from __future__ import annotations
 
 import csv
@@ -39,8 +40,13 @@ def rolled_back_once(world: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     """A copy of the world rolled back once for the module (never written to by the tests)."""
     folder = tmp_path_factory.mktemp("loose-ends") / "world"
     shutil.copytree(world, folder)
-    rollback(folder / "gestima.db", next(folder.glob("gestima.db.bak.*")), out=folder / "run",
-             uploads=folder / "uploads", alembic_ini=app_dir() / "alembic.ini")
+    rollback(
+        folder / "gestima.db",
+        next(folder.glob("gestima.db.bak.*")),
+        out=folder / "run",
+        uploads=folder / "uploads",
+        alembic_ini=app_dir() / "alembic.ini",
+    )
     return folder
 
 
@@ -52,13 +58,18 @@ def rolled_back(rolled_back_once: Path, tmp_path: Path) -> Iterator[tuple[Path, 
     folder = tmp_path / "world"
     shutil.copytree(rolled_back_once, folder)
     for f in (folder / "run").glob("*.json"):
-        f.write_text(f.read_text(encoding="utf-8").replace(str(rolled_back_once), str(folder)), encoding="utf-8")
+        f.write_text(
+            f.read_text(encoding="utf-8").replace(str(rolled_back_once), str(folder)),
+            encoding="utf-8",
+        )
     db, run = folder / "gestima.db", folder / "run"
     assert json.loads((run / "journal.json").read_text(encoding="utf-8"))["args"]["db"] == str(db)
     assert _review(run), "the sample world has deletes after the deploy"
     shared = _sha(rolled_back_once / "gestima.db")
     yield db, run
-    assert _sha(rolled_back_once / "gestima.db") == shared, "a test wrote to the shared rolled-back world"
+    assert _sha(rolled_back_once / "gestima.db") == shared, (
+        "a test wrote to the shared rolled-back world"
+    )
 
 
 def _invoke(*args: str) -> tuple[int, str]:
@@ -81,7 +92,10 @@ def test_dry_run_changes_nothing_then_apply_then_no_op(rolled_back: tuple[Path, 
     done = json.loads(out)
     assert len(done["deleted"]) == len(review)
     for item in done["deleted"]:
-        assert _count(db, f'SELECT count(*) FROM "{item["table"]}" WHERE id = ?', tuple(item["key"])) == 0
+        assert (
+            _count(db, f'SELECT count(*) FROM "{item["table"]}" WHERE id = ?', tuple(item["key"]))
+            == 0
+        )
     assert Path(done["safety_copy"]).is_file()
     assert _count(db, "SELECT count(*) FROM _recovery_deletes_applied") == len(review)
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as c:
@@ -95,14 +109,18 @@ def test_dry_run_changes_nothing_then_apply_then_no_op(rolled_back: tuple[Path, 
     assert after  # (the second run wrote nothing but its own record-keeping)
 
 
-def test_only_the_reviewed_subset_and_conflicts(rolled_back: tuple[Path, Path], tmp_path: Path) -> None:
+def test_only_the_reviewed_subset_and_conflicts(
+    rolled_back: tuple[Path, Path], tmp_path: Path
+) -> None:
     db, run = rolled_back
     review = _review(run)
     items = [r for r in review if r["table"] == "quote_items"]
     assert len(items) >= 3
     keep_changed, keep_untouched, delete_me = items[0], items[1], items[2]
     with sqlite3.connect(db) as c:  # the old release edited one of them since the rollback
-        c.execute("UPDATE quote_items SET qty = qty + 1000 WHERE id = ?", (int(keep_changed["key"]),))
+        c.execute(
+            "UPDATE quote_items SET qty = qty + 1000 WHERE id = ?", (int(keep_changed["key"]),)
+        )
     c.close()
     reviewed = tmp_path / "reviewed.csv"
     with reviewed.open("w", newline="", encoding="utf-8") as fh:
@@ -113,7 +131,9 @@ def test_only_the_reviewed_subset_and_conflicts(rolled_back: tuple[Path, Path], 
     res = json.loads(out)
     assert code == 1, out  # a conflict to review
     assert [i["key"] for i in res["deleted"]] == [[int(delete_me["key"])]]
-    assert [(c["kind"], c["key"]) for c in res["conflicts"]] == [("update_deleted", [int(keep_changed["key"])])]
+    assert [(c["kind"], c["key"]) for c in res["conflicts"]] == [
+        ("update_deleted", [int(keep_changed["key"])])
+    ]
     ids = (int(keep_changed["key"]), int(keep_untouched["key"]), int(delete_me["key"]))
     assert _count(db, "SELECT count(*) FROM quote_items WHERE id IN (?, ?, ?)", ids) == 2
 
@@ -144,8 +164,10 @@ def test_a_parent_still_referenced_is_kept(rolled_back: tuple[Path, Path], tmp_p
 
 def test_triggers_do_not_fire_and_come_back_identical(rolled_back: tuple[Path, Path]) -> None:
     db, run = rolled_back
-    ddl = ('CREATE TRIGGER "audit delete" AFTER DELETE ON quote_items BEGIN '
-           "INSERT INTO audit(what) VALUES ('deleted ' || old.id); END")
+    ddl = (
+        'CREATE TRIGGER "audit delete" AFTER DELETE ON quote_items BEGIN '
+        "INSERT INTO audit(what) VALUES ('deleted ' || old.id); END"
+    )
     with sqlite3.connect(db) as c:
         c.execute("CREATE TABLE audit (what TEXT)")
         c.execute(ddl)
@@ -155,11 +177,16 @@ def test_triggers_do_not_fire_and_come_back_identical(rolled_back: tuple[Path, P
     assert json.loads(out)["triggers_suspended"] == ["audit delete"]
     assert _count(db, "SELECT count(*) FROM audit") == 0
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as c:
-        assert c.execute("SELECT sql FROM sqlite_master WHERE name = 'audit delete'").fetchone()[0] == ddl
+        assert (
+            c.execute("SELECT sql FROM sqlite_master WHERE name = 'audit delete'").fetchone()[0]
+            == ddl
+        )
 
 
 @pytest.mark.parametrize("edit", ["unknown row", "no key column", "missing run"])
-def test_bad_input_changes_nothing(rolled_back: tuple[Path, Path], tmp_path: Path, edit: str) -> None:
+def test_bad_input_changes_nothing(
+    rolled_back: tuple[Path, Path], tmp_path: Path, edit: str
+) -> None:
     db, run = rolled_back
     before = _sha(db)
     reviewed = tmp_path / "reviewed.csv"
@@ -196,10 +223,23 @@ def test_waits_for_the_running_application_then_refuses(rolled_back: tuple[Path,
 
 def test_rollback_ends_with_next_steps_naming_this_run(world_copy: Path) -> None:
     db, run = world_copy / "gestima.db", world_copy / "run"
-    res = CliRunner().invoke(main, ["rollback", str(db), "--backup", str(next(world_copy.glob("gestima.db.bak.*"))),
-                                    "--uploads", str(world_copy / "uploads"), "--alembic-ini",
-                                    str(app_dir() / "alembic.ini"), "--out", str(run), "--yes"],
-                             catch_exceptions=False)
+    res = CliRunner().invoke(
+        main,
+        [
+            "rollback",
+            str(db),
+            "--backup",
+            str(next(world_copy.glob("gestima.db.bak.*"))),
+            "--uploads",
+            str(world_copy / "uploads"),
+            "--alembic-ini",
+            str(app_dir() / "alembic.ini"),
+            "--out",
+            str(run),
+            "--yes",
+        ],
+        catch_exceptions=False,
+    )
     assert res.exit_code == 1, res.output  # the sample world loses values by design
     block = res.stderr.split("Next steps:", 1)[1]
     assert "aa001_add_drawing_number_drop_drawings" in block
@@ -214,13 +254,29 @@ def test_next_steps_name_the_release_tag_of_the_backup(tmp_path: Path) -> None:
 
     backup = tmp_path / "app.db.bak.20261120_140000"
     backup.write_bytes(b"")
-    (tmp_path / (backup.name + ".manifest.json")).write_text(json.dumps({"git": {"tag": "v2.0.0"}}), encoding="utf-8")
-    lines = next_steps(tmp_path / "run", tmp_path / "app.db", backup, "aa001", dry_run=False,
-                       deletes_for_review=0, needs_review=False)
+    (tmp_path / (backup.name + ".manifest.json")).write_text(
+        json.dumps({"git": {"tag": "v2.0.0"}}), encoding="utf-8"
+    )
+    lines = next_steps(
+        tmp_path / "run",
+        tmp_path / "app.db",
+        backup,
+        "aa001",
+        dry_run=False,
+        deletes_for_review=0,
+        needs_review=False,
+    )
     assert lines[0].startswith("1. Deploy release v2.0.0 (Alembic revision aa001) now")
     assert not any("apply-deletes" in ln for ln in lines)  # nothing to review: no such step
-    dry = next_steps(tmp_path / "run", tmp_path / "app.db", backup, "aa001", dry_run=True,
-                     deletes_for_review=3, needs_review=True)
+    dry = next_steps(
+        tmp_path / "run",
+        tmp_path / "app.db",
+        backup,
+        "aa001",
+        dry_run=True,
+        deletes_for_review=3,
+        needs_review=True,
+    )
     assert "Nothing was changed" in dry[0] and not any("undo" in ln for ln in dry)
 
 

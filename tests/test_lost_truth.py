@@ -5,6 +5,7 @@ rollback restores those rows exactly, so those values are not lost. With the app
 migrations the upgrade is replayed in the sandbox on a copy of the backup and compared in SQL;
 without them, such values are listed as "filled by the upgrade, not verified".
 """
+
 from __future__ import annotations
 
 import json
@@ -20,22 +21,29 @@ from alembic_apps import write_app
 DEPLOY = "2026-11-20T14:00:00"
 
 
-R2_UP = '''with op.batch_alter_table("items") as b:
+R2_UP = """with op.batch_alter_table("items") as b:
     b.add_column(sa.Column("code", sa.String(20), nullable=False, server_default=""))
-op.execute("UPDATE items SET code = 'C-' || id")'''
-R2_DOWN = '''with op.batch_alter_table("items") as b:
-    b.drop_column("code")'''
+op.execute("UPDATE items SET code = 'C-' || id")"""
+R2_DOWN = """with op.batch_alter_table("items") as b:
+    b.drop_column("code")"""
 
 
 def app(folder: Path) -> Path:
     """A tiny application: r1 makes ``items``, r2 adds NOT NULL ``code`` with a server default and
     fills it from the id (values that differ from the default in every existing row)."""
     r1 = 'op.create_table("items", sa.Column("id", sa.Integer, primary_key=True), sa.Column("name", sa.String(50)))'
-    return write_app(folder, [("r1", None, r1, 'op.drop_table("items")'), ("r2", "r1", R2_UP, R2_DOWN)])
+    return write_app(
+        folder, [("r1", None, r1, 'op.drop_table("items")'), ("r2", "r1", R2_UP, R2_DOWN)]
+    )
 
 
 def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "recovery", *map(str, args)], capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "recovery", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def world(tmp_path: Path) -> tuple[Path, Path, Path]:
@@ -47,7 +55,9 @@ def world(tmp_path: Path) -> tuple[Path, Path, Path]:
     backup = tmp_path / "app.db.bak"
     migrate_once(ini, backup, "upgrade", "r1")
     with closing(sqlite3.connect(backup)) as conn, conn:
-        conn.executemany("INSERT INTO items (id, name) VALUES (?, ?)", [(i, f"item {i}") for i in range(1, 31)])
+        conn.executemany(
+            "INSERT INTO items (id, name) VALUES (?, ?)", [(i, f"item {i}") for i in range(1, 31)]
+        )
     live = tmp_path / "app.db"
     shutil.copyfile(backup, live)
     migrate_once(ini, live, "upgrade", "r2")
@@ -69,8 +79,24 @@ def test_replayed_upgrade_tells_the_migrations_values_from_a_users(tmp_path: Pat
     ini, backup, live = world(tmp_path)
     res = cli("diff", backup, live, "--since", DEPLOY, "--alembic-ini", ini, "--json")
     t = json.loads(res.stdout)["tables"]["items"]
-    assert (t["inserted"], t["changed_only_in_new_columns"], t["values_at_risk"], t["filled_by_upgrade"]) == (1, 1, 1, 0)
-    res = cli("extract", backup, live, "--since", DEPLOY, "--alembic-ini", ini, "--out", tmp_path / "b", "--json")
+    assert (
+        t["inserted"],
+        t["changed_only_in_new_columns"],
+        t["values_at_risk"],
+        t["filled_by_upgrade"],
+    ) == (1, 1, 1, 0)
+    res = cli(
+        "extract",
+        backup,
+        live,
+        "--since",
+        DEPLOY,
+        "--alembic-ini",
+        ini,
+        "--out",
+        tmp_path / "b",
+        "--json",
+    )
     summary = json.loads(res.stdout)
     assert (summary["lost"], summary["filled_by_upgrade"]) == (2, 0), res.stderr
     assert lost_of(tmp_path / "b") == [("[31]", "NEW-31"), ("[5]", "USER-5")]
@@ -84,7 +110,11 @@ def test_without_migrations_the_upgrades_values_are_listed_not_lost(tmp_path: Pa
     _ini, backup, live = world(tmp_path)
     res = cli("diff", backup, live, "--since", DEPLOY, "--json")
     t = json.loads(res.stdout)["tables"]["items"]
-    assert (t["changed_only_in_new_columns"], t["values_at_risk"], t["filled_by_upgrade"]) == (0, 0, 30)
+    assert (t["changed_only_in_new_columns"], t["values_at_risk"], t["filled_by_upgrade"]) == (
+        0,
+        0,
+        30,
+    )
     res = cli("extract", backup, live, "--since", DEPLOY, "--out", tmp_path / "b", "--json")
     summary = json.loads(res.stdout)
     assert (summary["lost"], summary["filled_by_upgrade"]) == (1, 30), res.stderr

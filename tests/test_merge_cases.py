@@ -13,6 +13,7 @@ kind lives in its own tables, so one re-import per (policy, prefer) judges every
 re-import when any unit conflicts; every kind here conflicts, so an abort row is what the kind
 alone would give.
 """
+
 from __future__ import annotations
 
 import csv
@@ -73,15 +74,27 @@ DELETE FROM ud_item WHERE id = 1;
 
 Row = tuple[Any, ...]
 # kind → the tables it owns (their rows are compared whole)
-TABLES = {"primary_key": ("pk_item",), "unique": ("uq_item",), "missing_parent": ("parent", "child"),
-          "constraint": ("ck_item",), "update_update": ("uu_item",), "update_deleted": ("ud_item",),
-          "none": ("clean",)}
+TABLES = {
+    "primary_key": ("pk_item",),
+    "unique": ("uq_item",),
+    "missing_parent": ("parent", "child"),
+    "constraint": ("ck_item",),
+    "update_update": ("uu_item",),
+    "update_deleted": ("ud_item",),
+    "none": ("clean",),
+}
 POLICIES, PREFERS = ("remap", "skip", "abort"), ("db", "bundle")
 
 # As restored and edited by the old release: what an abort (nothing re-imported) leaves.
 TARGET_ROWS: dict[str, list[Row]] = {
-    "pk_item": [(1, "p1"), (2, "target-2")], "uq_item": [(1, "u1"), (3, "dup")], "parent": [(1, "P1")],
-    "child": [(1, 1, 1)], "ck_item": [(1, 1)], "uu_item": [(1, "target", "b1")], "ud_item": [], "clean": [(1, "c1")],
+    "pk_item": [(1, "p1"), (2, "target-2")],
+    "uq_item": [(1, "u1"), (3, "dup")],
+    "parent": [(1, "P1")],
+    "child": [(1, 1, 1)],
+    "ck_item": [(1, 1)],
+    "uu_item": [(1, "target", "b1")],
+    "ud_item": [],
+    "clean": [(1, "c1")],
 }
 T = TARGET_ROWS
 CARRIED_CLEAN = {"clean": [(1, "c1-bundle"), (2, "c2")]}
@@ -89,8 +102,14 @@ CARRIED_CLEAN = {"clean": [(1, "c1-bundle"), (2, "c2")]}
 # (kind, --on-conflict, --prefer) → ([(conflict kind, resolution)], {table: rows after the run})
 CASES: dict[tuple[str, str, str], tuple[list[tuple[str, str]], dict[str, list[Row]]]] = {
     # a bundle row whose key the target gave to another row: a fresh key, or left out
-    ("primary_key", "remap", "db"): ([("primary_key", "remapped")], {"pk_item": [(1, "p1"), (2, "target-2"), (3, "bundle-2")]}),
-    ("primary_key", "remap", "bundle"): ([("primary_key", "remapped")], {"pk_item": [(1, "p1"), (2, "target-2"), (3, "bundle-2")]}),
+    ("primary_key", "remap", "db"): (
+        [("primary_key", "remapped")],
+        {"pk_item": [(1, "p1"), (2, "target-2"), (3, "bundle-2")]},
+    ),
+    ("primary_key", "remap", "bundle"): (
+        [("primary_key", "remapped")],
+        {"pk_item": [(1, "p1"), (2, "target-2"), (3, "bundle-2")]},
+    ),
     ("primary_key", "skip", "db"): ([("primary_key", "skipped")], {"pk_item": T["pk_item"]}),
     ("primary_key", "skip", "bundle"): ([("primary_key", "skipped")], {"pk_item": T["pk_item"]}),
     ("primary_key", "abort", "db"): ([("primary_key", "skipped")], {"pk_item": T["pk_item"]}),
@@ -103,12 +122,30 @@ CASES: dict[tuple[str, str, str], tuple[list[tuple[str, str]], dict[str, list[Ro
     ("unique", "abort", "db"): ([("unique", "skipped")], {"uq_item": T["uq_item"]}),
     ("unique", "abort", "bundle"): ([("unique", "skipped")], {"uq_item": T["uq_item"]}),
     # a new child of a parent the target deleted since
-    ("missing_parent", "remap", "db"): ([("missing_parent", "skipped")], {"parent": T["parent"], "child": T["child"]}),
-    ("missing_parent", "remap", "bundle"): ([("missing_parent", "skipped")], {"parent": T["parent"], "child": T["child"]}),
-    ("missing_parent", "skip", "db"): ([("missing_parent", "skipped")], {"parent": T["parent"], "child": T["child"]}),
-    ("missing_parent", "skip", "bundle"): ([("missing_parent", "skipped")], {"parent": T["parent"], "child": T["child"]}),
-    ("missing_parent", "abort", "db"): ([("missing_parent", "skipped")], {"parent": T["parent"], "child": T["child"]}),
-    ("missing_parent", "abort", "bundle"): ([("missing_parent", "skipped")], {"parent": T["parent"], "child": T["child"]}),
+    ("missing_parent", "remap", "db"): (
+        [("missing_parent", "skipped")],
+        {"parent": T["parent"], "child": T["child"]},
+    ),
+    ("missing_parent", "remap", "bundle"): (
+        [("missing_parent", "skipped")],
+        {"parent": T["parent"], "child": T["child"]},
+    ),
+    ("missing_parent", "skip", "db"): (
+        [("missing_parent", "skipped")],
+        {"parent": T["parent"], "child": T["child"]},
+    ),
+    ("missing_parent", "skip", "bundle"): (
+        [("missing_parent", "skipped")],
+        {"parent": T["parent"], "child": T["child"]},
+    ),
+    ("missing_parent", "abort", "db"): (
+        [("missing_parent", "skipped")],
+        {"parent": T["parent"], "child": T["child"]},
+    ),
+    ("missing_parent", "abort", "bundle"): (
+        [("missing_parent", "skipped")],
+        {"parent": T["parent"], "child": T["child"]},
+    ),
     # a NULL the new release allowed and the old schema's NOT NULL refuses
     ("constraint", "remap", "db"): ([("constraint", "skipped")], {"ck_item": T["ck_item"]}),
     ("constraint", "remap", "bundle"): ([("constraint", "skipped")], {"ck_item": T["ck_item"]}),
@@ -118,12 +155,30 @@ CASES: dict[tuple[str, str, str], tuple[list[tuple[str, str]], dict[str, list[Ro
     ("constraint", "abort", "bundle"): ([("constraint", "skipped")], {"ck_item": T["ck_item"]}),
     # the same cell changed on both sides: --prefer decides (an abort applies nothing, and names
     # the resolution --prefer would have taken)
-    ("update_update", "remap", "db"): ([("update_update", "kept_target")], {"uu_item": [(1, "target", "b1")]}),
-    ("update_update", "remap", "bundle"): ([("update_update", "applied")], {"uu_item": [(1, "bundle", "b1")]}),
-    ("update_update", "skip", "db"): ([("update_update", "kept_target")], {"uu_item": [(1, "target", "b1")]}),
-    ("update_update", "skip", "bundle"): ([("update_update", "applied")], {"uu_item": [(1, "bundle", "b1")]}),
-    ("update_update", "abort", "db"): ([("update_update", "kept_target")], {"uu_item": T["uu_item"]}),
-    ("update_update", "abort", "bundle"): ([("update_update", "applied")], {"uu_item": T["uu_item"]}),
+    ("update_update", "remap", "db"): (
+        [("update_update", "kept_target")],
+        {"uu_item": [(1, "target", "b1")]},
+    ),
+    ("update_update", "remap", "bundle"): (
+        [("update_update", "applied")],
+        {"uu_item": [(1, "bundle", "b1")]},
+    ),
+    ("update_update", "skip", "db"): (
+        [("update_update", "kept_target")],
+        {"uu_item": [(1, "target", "b1")]},
+    ),
+    ("update_update", "skip", "bundle"): (
+        [("update_update", "applied")],
+        {"uu_item": [(1, "bundle", "b1")]},
+    ),
+    ("update_update", "abort", "db"): (
+        [("update_update", "kept_target")],
+        {"uu_item": T["uu_item"]},
+    ),
+    ("update_update", "abort", "bundle"): (
+        [("update_update", "applied")],
+        {"uu_item": T["uu_item"]},
+    ),
     # an update of a row the target deleted since: the deletion stands
     ("update_deleted", "remap", "db"): ([("update_deleted", "skipped")], {"ud_item": []}),
     ("update_deleted", "remap", "bundle"): ([("update_deleted", "skipped")], {"ud_item": []}),
@@ -155,11 +210,17 @@ def _cli(*args: Any) -> Any:
 
 def _rows(db: Path) -> dict[str, list[Row]]:
     with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as c:
-        return {t: c.execute(f'SELECT * FROM "{t}" ORDER BY id').fetchall() for ts in TABLES.values() for t in ts}
+        return {
+            t: c.execute(f'SELECT * FROM "{t}" ORDER BY id').fetchall()
+            for ts in TABLES.values()
+            for t in ts
+        }
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], tuple[int, list[dict[str, str]], dict[str, list[Row]]]]:
+def runs(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[tuple[str, str], tuple[int, list[dict[str, str]], dict[str, list[Row]]]]:
     """(policy, prefer) → (exit code, conflicts.csv rows, the target's rows afterwards)."""
     d = tmp_path_factory.mktemp("merge-cases")
     backup, live, target = d / BACKUP, d / "app.db", d / "target.db"
@@ -167,7 +228,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], tupl
     shutil.copyfile(backup, live)
     _make(live, NEW_RELEASE, foreign_keys=False)
     _make(live, USERS)
-    res = _cli("extract", backup, live, "--out", d / "bundle", "--trust-mapping")  # too few rows to judge rules by
+    res = _cli(
+        "extract", backup, live, "--out", d / "bundle", "--trust-mapping"
+    )  # too few rows to judge rules by
     assert res.exit_code in (0, 1), res.output
     shutil.copyfile(backup, target)
     _make(target, OLD_APP)
@@ -176,16 +239,33 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], tupl
     for policy, prefer in itertools.product(POLICIES, PREFERS):
         db, run = d / f"{policy}-{prefer}.db", d / f"run-{policy}-{prefer}"
         shutil.copyfile(target, db)
-        res = _cli("reimport", d / "bundle", db, "--out", run, "--on-conflict", policy, "--prefer", prefer, "--yes")
+        res = _cli(
+            "reimport",
+            d / "bundle",
+            db,
+            "--out",
+            run,
+            "--on-conflict",
+            policy,
+            "--prefer",
+            prefer,
+            "--yes",
+        )
         with open(run / "conflicts.csv", newline="", encoding="utf-8") as f:
             conflicts = list(csv.DictReader(f))
         out[(policy, prefer)] = (res.exit_code, conflicts, _rows(db))
     return out
 
 
-@pytest.mark.parametrize(("kind", "policy", "prefer"), list(CASES), ids=["-".join(k) for k in CASES])
-def test_merge_case(runs: dict[tuple[str, str], tuple[int, list[dict[str, str]], dict[str, list[Row]]]],
-                    kind: str, policy: str, prefer: str) -> None:
+@pytest.mark.parametrize(
+    ("kind", "policy", "prefer"), list(CASES), ids=["-".join(k) for k in CASES]
+)
+def test_merge_case(
+    runs: dict[tuple[str, str], tuple[int, list[dict[str, str]], dict[str, list[Row]]]],
+    kind: str,
+    policy: str,
+    prefer: str,
+) -> None:
     code, conflicts, rows = runs[(policy, prefer)]
     want_conflicts, want_rows = CASES[(kind, policy, prefer)]
     got = sorted((c["kind"], c["resolution"]) for c in conflicts if c["table"] in TABLES[kind])
@@ -203,7 +283,9 @@ def test_the_case_table_is_complete() -> None:
     assert set(TABLES) == set(kinds)
 
 
-def test_no_conflict_outside_the_case_tables(runs: dict[tuple[str, str], tuple[int, list[dict[str, str]], dict[str, list[Row]]]]) -> None:
+def test_no_conflict_outside_the_case_tables(
+    runs: dict[tuple[str, str], tuple[int, list[dict[str, str]], dict[str, list[Row]]]],
+) -> None:
     """Each kind's conflicts come from its own tables only (so the rows above judge it alone)."""
     owners = {t: k for k, ts in TABLES.items() for t in ts}
     for (policy, prefer), (_, conflicts, _) in runs.items():

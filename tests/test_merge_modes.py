@@ -8,6 +8,7 @@ has its own rows, so all twelve merges run on the same target and each scenario 
 rows and its conflicts only. Each merge runs the way the pipeline runs it (one transaction, the
 bundle attached, :func:`merge_and_check`) and is rolled back after the rows are read.
 """
+
 from __future__ import annotations
 
 import csv
@@ -105,7 +106,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Bundle, Path]:
     make(backup, OLD)
     make(live, OLD + NEW, foreign_keys=False)  # the new release's migration rebuilds the table
     make(live, USERS)
-    extract(backup, live, d / "bundle", trust_mapping=True)  # most rows change: too few to judge rules by
+    extract(
+        backup, live, d / "bundle", trust_mapping=True
+    )  # most rows change: too few to judge rules by
     target = d / "target" / "app.db"
     target.parent.mkdir()
     shutil.copyfile(backup, target)
@@ -113,8 +116,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Bundle, Path]:
     return open_bundle(d / "bundle"), target
 
 
-def merge(bundle: Bundle, target: Path, policy: ConflictPolicy, prefer: Prefer,
-          mode: ConflictMode) -> tuple[Outcome, dict[str, list[Row]]]:
+def merge(
+    bundle: Bundle, target: Path, policy: ConflictPolicy, prefer: Prefer, mode: ConflictMode
+) -> tuple[Outcome, dict[str, list[Row]]]:
     """Merge as the pipeline does; the outcome and every row of the target inside the
     transaction, which is then rolled back (the target file is unchanged)."""
     with readonly(target) as r:
@@ -124,10 +128,23 @@ def merge(bundle: Bundle, target: Path, policy: ConflictPolicy, prefer: Prefer,
         attach_bundle(conn, bundle)
         wait_for_write_lock(conn, 5.0)
         try:
-            outcome, problems = merge_and_check(conn, bundle, policy, prefer, False, FilesConfig(), str(target),
-                                                False, schema, conflicts=mode)
+            outcome, problems = merge_and_check(
+                conn,
+                bundle,
+                policy,
+                prefer,
+                False,
+                FilesConfig(),
+                str(target),
+                False,
+                schema,
+                conflicts=mode,
+            )
             assert problems == []
-            rows = {t: conn.execute(f"SELECT * FROM main.{t} ORDER BY id").fetchall() for t in ("item", "line")}
+            rows = {
+                t: conn.execute(f"SELECT * FROM main.{t} ORDER BY id").fetchall()
+                for t in ("item", "line")
+            }
         finally:
             conn.execute("ROLLBACK")
     finally:
@@ -141,45 +158,140 @@ def merge(bundle: Bundle, target: Path, policy: ConflictPolicy, prefer: Prefer,
 # A case's policy/prefer/mode "*" matches any value; for each scenario every one of the 12
 # combinations must match exactly one case.
 
-OWNS = {"primary_key": ({10, 39}, set()), "unique": ({11, 20}, set()), "missing_parent": ({2}, {100}),
-        "constraint": ({12}, set()), "update_update": ({1}, set()), "row_only": ({3}, set()),
-        "update_deleted": ({4}, set()), "same_edit": ({5}, set()), "bundle_only": ({6}, set())}
+OWNS = {
+    "primary_key": ({10, 39}, set()),
+    "unique": ({11, 20}, set()),
+    "missing_parent": ({2}, {100}),
+    "constraint": ({12}, set()),
+    "update_update": ({1}, set()),
+    "row_only": ({3}, set()),
+    "update_deleted": ({4}, set()),
+    "same_edit": ({5}, set()),
+    "bundle_only": ({6}, set()),
+}
 
 I10T = (10, "s10t", "o10", "o10", 10)
 I20 = (20, "dup", "o20", "o20", 20)
 
 CASES: list[tuple[str, str, str, str, list[tuple[Any, ...]], list[Row], list[Row]]] = [
     # scenario, --on-conflict, --prefer, --conflicts, conflicts, item rows, line rows
-    ("primary_key", "remap", "*", "*", [("primary_key", "item", (10,), None, "remapped")],
-     [I10T, (39, "s10", "n10", "n10", 10)], []),
-    ("primary_key", "skip", "*", "*", [("primary_key", "item", (10,), None, "skipped")], [I10T], []),
-    ("primary_key", "abort", "*", "*", [("primary_key", "item", (10,), None, "skipped")], [I10T], []),
+    (
+        "primary_key",
+        "remap",
+        "*",
+        "*",
+        [("primary_key", "item", (10,), None, "remapped")],
+        [I10T, (39, "s10", "n10", "n10", 10)],
+        [],
+    ),
+    (
+        "primary_key",
+        "skip",
+        "*",
+        "*",
+        [("primary_key", "item", (10,), None, "skipped")],
+        [I10T],
+        [],
+    ),
+    (
+        "primary_key",
+        "abort",
+        "*",
+        "*",
+        [("primary_key", "item", (10,), None, "skipped")],
+        [I10T],
+        [],
+    ),
     ("unique", "remap", "*", "*", [("unique", "item", (11,), "sku", "skipped")], [I20], []),
     ("unique", "skip", "*", "*", [("unique", "item", (11,), "sku", "skipped")], [I20], []),
     ("unique", "abort", "*", "*", [("unique", "item", (11,), "sku", "skipped")], [I20], []),
-    ("missing_parent", "*", "*", "*", [("missing_parent", "line", (100,), "item_id", "skipped")], [], []),
+    (
+        "missing_parent",
+        "*",
+        "*",
+        "*",
+        [("missing_parent", "line", (100,), "item_id", "skipped")],
+        [],
+        [],
+    ),
     ("constraint", "*", "*", "*", [("constraint", "item", (12,), "c", "skipped")], [], []),
     # one column changed differently on both sides: a cell conflict and a row conflict alike
     # (abort: the resolution --prefer would have taken; nothing is applied)
-    ("update_update", "abort", "db", "*", [("update_update", "item", (1,), "a", "kept_target")],
-     [(1, "s1", "x1", "b1", 1)], []),
-    ("update_update", "abort", "bundle", "*", [("update_update", "item", (1,), "a", "applied")],
-     [(1, "s1", "x1", "b1", 1)], []),
-    ("update_update", "remap|skip", "db", "*", [("update_update", "item", (1,), "a", "kept_target")],
-     [(1, "s1", "x1", "b1", 1)], []),
-    ("update_update", "remap|skip", "bundle", "*", [("update_update", "item", (1,), "a", "applied")],
-     [(1, "s1", "A1", "b1", 1)], []),
+    (
+        "update_update",
+        "abort",
+        "db",
+        "*",
+        [("update_update", "item", (1,), "a", "kept_target")],
+        [(1, "s1", "x1", "b1", 1)],
+        [],
+    ),
+    (
+        "update_update",
+        "abort",
+        "bundle",
+        "*",
+        [("update_update", "item", (1,), "a", "applied")],
+        [(1, "s1", "x1", "b1", 1)],
+        [],
+    ),
+    (
+        "update_update",
+        "remap|skip",
+        "db",
+        "*",
+        [("update_update", "item", (1,), "a", "kept_target")],
+        [(1, "s1", "x1", "b1", 1)],
+        [],
+    ),
+    (
+        "update_update",
+        "remap|skip",
+        "bundle",
+        "*",
+        [("update_update", "item", (1,), "a", "applied")],
+        [(1, "s1", "A1", "b1", 1)],
+        [],
+    ),
     # different columns of one row: merged cell by cell; one conflict as a row
     ("row_only", "remap|skip", "*", "cell", [], [(3, "s3", "A3", "y3", 3)], []),
     ("row_only", "abort", "*", "cell", [], [(3, "s3", "a3", "y3", 3)], []),
-    ("row_only", "remap|skip", "db", "row", [("update_update", "item", (3,), "a,b", "kept_target")],
-     [(3, "s3", "a3", "y3", 3)], []),
-    ("row_only", "remap|skip", "bundle", "row", [("update_update", "item", (3,), "a,b", "applied")],
-     [(3, "s3", "A3", "b3", 3)], []),
-    ("row_only", "abort", "db", "row", [("update_update", "item", (3,), "a,b", "kept_target")],
-     [(3, "s3", "a3", "y3", 3)], []),
-    ("row_only", "abort", "bundle", "row", [("update_update", "item", (3,), "a,b", "applied")],
-     [(3, "s3", "a3", "y3", 3)], []),
+    (
+        "row_only",
+        "remap|skip",
+        "db",
+        "row",
+        [("update_update", "item", (3,), "a,b", "kept_target")],
+        [(3, "s3", "a3", "y3", 3)],
+        [],
+    ),
+    (
+        "row_only",
+        "remap|skip",
+        "bundle",
+        "row",
+        [("update_update", "item", (3,), "a,b", "applied")],
+        [(3, "s3", "A3", "b3", 3)],
+        [],
+    ),
+    (
+        "row_only",
+        "abort",
+        "db",
+        "row",
+        [("update_update", "item", (3,), "a,b", "kept_target")],
+        [(3, "s3", "a3", "y3", 3)],
+        [],
+    ),
+    (
+        "row_only",
+        "abort",
+        "bundle",
+        "row",
+        [("update_update", "item", (3,), "a,b", "applied")],
+        [(3, "s3", "a3", "y3", 3)],
+        [],
+    ),
     ("update_deleted", "*", "*", "*", [("update_deleted", "item", (4,), None, "skipped")], [], []),
     ("same_edit", "*", "*", "*", [], [(5, "s5", "A5", "B5", 5)], []),
     ("bundle_only", "remap|skip", "*", "*", [], [(6, "s6", "A6", "b6", 6)], []),
@@ -191,10 +303,20 @@ def _matches(pattern: str, value: str) -> bool:
     return pattern == "*" or value in pattern.split("|")
 
 
-def expected(scenario: str, policy: str, prefer: str, mode: str) -> tuple[list[Any], list[Row], list[Row]]:
-    hits = [c for c in CASES if c[0] == scenario and _matches(c[1], policy) and _matches(c[2], prefer)
-            and _matches(c[3], mode)]
-    assert len(hits) == 1, f"the case table must hold exactly one case for {scenario}/{policy}/{prefer}/{mode}"
+def expected(
+    scenario: str, policy: str, prefer: str, mode: str
+) -> tuple[list[Any], list[Row], list[Row]]:
+    hits = [
+        c
+        for c in CASES
+        if c[0] == scenario
+        and _matches(c[1], policy)
+        and _matches(c[2], prefer)
+        and _matches(c[3], mode)
+    ]
+    assert len(hits) == 1, (
+        f"the case table must hold exactly one case for {scenario}/{policy}/{prefer}/{mode}"
+    )
     return hits[0][4], hits[0][5], hits[0][6]
 
 
@@ -202,24 +324,40 @@ COMBOS = list(itertools.product(("remap", "skip", "abort"), ("db", "bundle"), ("
 
 
 @pytest.fixture(scope="module")
-def merges(world: tuple[Bundle, Path]) -> Iterator[dict[tuple[str, str, str], tuple[Outcome, dict[str, list[Row]]]]]:
+def merges(
+    world: tuple[Bundle, Path],
+) -> Iterator[dict[tuple[str, str, str], tuple[Outcome, dict[str, list[Row]]]]]:
     bundle, target = world
-    yield {(p, f, m): merge(bundle, target, ConflictPolicy(p), Prefer(f), ConflictMode(m)) for p, f, m in COMBOS}
+    yield {
+        (p, f, m): merge(bundle, target, ConflictPolicy(p), Prefer(f), ConflictMode(m))
+        for p, f, m in COMBOS
+    }
 
 
 @pytest.mark.parametrize(("policy", "prefer", "mode"), COMBOS)
 @pytest.mark.parametrize("scenario", list(OWNS))
-def test_merge_case_table(merges: dict[tuple[str, str, str], tuple[Outcome, dict[str, list[Row]]]],
-                          scenario: str, policy: str, prefer: str, mode: str) -> None:
+def test_merge_case_table(
+    merges: dict[tuple[str, str, str], tuple[Outcome, dict[str, list[Row]]]],
+    scenario: str,
+    policy: str,
+    prefer: str,
+    mode: str,
+) -> None:
     outcome, rows = merges[(policy, prefer, mode)]
     want_conflicts, want_items, want_lines = expected(scenario, policy, prefer, mode)
     items, lines = OWNS[scenario]
-    got = [(c.kind, c.table, tuple(c.key), c.column, c.resolution) for c in outcome.conflicts
-           if c.key and c.key[0] in (items if c.table == "item" else lines)]
+    got = [
+        (c.kind, c.table, tuple(c.key), c.column, c.resolution)
+        for c in outcome.conflicts
+        if c.key and c.key[0] in (items if c.table == "item" else lines)
+    ]
     assert outcome.aborted is (policy == "abort")
     assert sorted(got, key=repr) == sorted(want_conflicts, key=repr)
-    assert [r[:5] for r in rows["item"] if r[0] in items or (scenario == "primary_key" and r[1] == "s10")] \
-        == want_items
+    assert [
+        r[:5]
+        for r in rows["item"]
+        if r[0] in items or (scenario == "primary_key" and r[1] == "s10")
+    ] == want_items
     assert [r for r in rows["line"] if r[0] in lines] == want_lines
     assert outcome.conflicts_mode == mode
 
@@ -249,10 +387,18 @@ def test_conflicts_mode_is_saved_and_read_back(merges: dict[Any, Any]) -> None:
 # id → (doc with --prefer db, doc with --prefer bundle, [(bundle paths, target paths)] of its conflict)
 JSON_CASES: dict[int, tuple[str, str, list[tuple[str, str]]]] = {
     30: ('{"x":2,"y":3}', '{"x":2,"y":3}', []),  # different keys merge
-    31: ('{"x":3,"y":5,"z":1}', '{"x":2,"y":5,"z":1}', [("$.x", "$.x")]),  # same key: --prefer decides it only
+    31: (
+        '{"x":3,"y":5,"z":1}',
+        '{"x":2,"y":5,"z":1}',
+        [("$.x", "$.x")],
+    ),  # same key: --prefer decides it only
     32: ('{"a":{"b":2,"c":2},"d":[1]}', '{"a":{"b":2,"c":2},"d":[1]}', []),  # nested keys merge
     33: ("[1,9,4]", "[1,9,4]", []),  # items of an array of unchanged length merge
-    34: ('{"l":[0,2],"m":1}', '{"l":[1,2,3],"m":1}', [("$.l", "$.l[0]")]),  # a length change owns the array
+    34: (
+        '{"l":[0,2],"m":1}',
+        '{"l":[1,2,3],"m":1}',
+        [("$.l", "$.l[0]")],
+    ),  # a length change owns the array
     36: ('{"y": 3, "x": 2}', '{"y": 3, "x": 2}', []),  # the target's key order and style are kept
     37: ('{"é":"ö","n":2}', '{"é":"ö","n":2}', []),  # non-ASCII kept as is
 }
@@ -267,12 +413,18 @@ def test_json_cells_merge_key_by_key(merges: dict[Any, Any], prefer: str) -> Non
         got = [c for c in outcome.conflicts if c.table == "item" and c.key == (iid,)]
         assert len(got) == len(clashes), (iid, got)
         for c, (b, t) in zip(got, clashes, strict=True):
-            assert (c.kind, c.column, c.resolution) == ("update_update", "doc", "kept_target" if prefer == "db" else "applied")
+            assert (c.kind, c.column, c.resolution) == (
+                "update_update",
+                "doc",
+                "kept_target" if prefer == "db" else "applied",
+            )
             assert f"bundle: {b};" in c.detail and f"target: {t};" in c.detail
 
 
 @pytest.mark.parametrize("prefer", ["db", "bundle"])
-def test_invalid_json_on_one_side_falls_back_to_the_cell_rule(merges: dict[Any, Any], prefer: str) -> None:
+def test_invalid_json_on_one_side_falls_back_to_the_cell_rule(
+    merges: dict[Any, Any], prefer: str
+) -> None:
     outcome, rows = merges[("skip", prefer, "cell")]
     (c,) = [c for c in outcome.conflicts if c.table == "item" and c.key == (35,)]
     assert (c.column, c.bundle_value, c.target_value) == ("doc", '{"x":2}', "not json {")
@@ -286,11 +438,15 @@ def test_json_cell_beside_a_merged_column_and_in_row_mode(merges: dict[Any, Any]
     assert [r[2:6:3] for r in rows["item"] if r[0] == 38] == [("A38", '{"x":2,"y":3}')]
     # row mode compares whole rows: one conflict, the target's row kept
     outcome, rows = merges[("skip", "db", "row")]
-    assert [(c.column, c.resolution) for c in outcome.conflicts if c.key == (38,)] == [("a,doc", "kept_target")]
+    assert [(c.column, c.resolution) for c in outcome.conflicts if c.key == (38,)] == [
+        ("a,doc", "kept_target")
+    ]
     assert [r[2:6:3] for r in rows["item"] if r[0] == 38] == [(None, '{"x":1,"y":3}')]
 
 
-def test_an_aborted_merge_writes_no_json(merges: dict[Any, Any], world: tuple[Bundle, Path]) -> None:
+def test_an_aborted_merge_writes_no_json(
+    merges: dict[Any, Any], world: tuple[Bundle, Path]
+) -> None:
     _, rows = merges[("abort", "bundle", "cell")]
     with closing(sqlite3.connect(f"file:{world[1]}?mode=ro", uri=True)) as c:
         assert rows["item"] == c.execute("SELECT * FROM item ORDER BY id").fetchall()
@@ -298,13 +454,18 @@ def test_an_aborted_merge_writes_no_json(merges: dict[Any, Any], world: tuple[Bu
 
 keys = st.text(alphabet="abcdefgh", min_size=1, max_size=3)
 scalars = st.one_of(st.integers(-5, 5), st.booleans(), st.none(), st.text(max_size=3))
-values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=3),
-                                                       st.dictionaries(keys, inner, max_size=3)), max_leaves=6)
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(keys, inner, max_size=3)),
+    max_leaves=6,
+)
 
 
 @given(base=st.dictionaries(keys, values, max_size=6), data=st.data())
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-def test_disjoint_dict_edits_merge_as_both_applied(base: dict[str, Any], data: st.DataObject) -> None:
+def test_disjoint_dict_edits_merge_as_both_applied(
+    base: dict[str, Any], data: st.DataObject
+) -> None:
     """For random edits of the two sides on disjoint sets of top-level keys (set, add or remove),
     the merge equals applying both edits, and no conflict is reported — whatever --prefer says."""
     universe = sorted(set(base) | set(data.draw(st.lists(keys, max_size=4))))
@@ -336,7 +497,9 @@ def test_disjoint_dict_edits_merge_as_both_applied(base: dict[str, Any], data: s
         assert json.loads(text) == both
 
 
-def test_reimport_cli_takes_conflicts_row_and_reports_it(world: tuple[Bundle, Path], tmp_path: Path) -> None:
+def test_reimport_cli_takes_conflicts_row_and_reports_it(
+    world: tuple[Bundle, Path], tmp_path: Path
+) -> None:
     from click.testing import CliRunner
 
     from recovery.cli import main
@@ -344,33 +507,58 @@ def test_reimport_cli_takes_conflicts_row_and_reports_it(world: tuple[Bundle, Pa
     bundle, target = world
     t = tmp_path / "app.db"
     shutil.copyfile(target, t)
-    res = CliRunner().invoke(main, ["reimport", str(bundle.path), str(t), "--out", str(tmp_path / "run"),
-                                    "--conflicts", "row", "--on-conflict", "skip", "--yes"], catch_exceptions=False)
+    res = CliRunner().invoke(
+        main,
+        [
+            "reimport",
+            str(bundle.path),
+            str(t),
+            "--out",
+            str(tmp_path / "run"),
+            "--conflicts",
+            "row",
+            "--on-conflict",
+            "skip",
+            "--yes",
+        ],
+        catch_exceptions=False,
+    )
     assert res.exit_code == 1, res.output
     report = json.loads((tmp_path / "run" / "report.json").read_text(encoding="utf-8"))
     assert report["outcome"]["conflicts_mode"] == "row"
     for page in ("report.md", "report.html"):  # the pages say how conflicts were judged
         assert "judged by row" in (tmp_path / "run" / page).read_text(encoding="utf-8"), page
-    rows = list(csv.DictReader(open(tmp_path / "run" / "conflicts.csv", newline="", encoding="utf-8")))
-    assert {(r["key"], r["column"]) for r in rows if r["kind"] == "update_update"} >= {("3", "a,b"), ("1", "a")}
+    rows = list(
+        csv.DictReader(open(tmp_path / "run" / "conflicts.csv", newline="", encoding="utf-8"))
+    )
+    assert {(r["key"], r["column"]) for r in rows if r["kind"] == "update_update"} >= {
+        ("3", "a,b"),
+        ("1", "a"),
+    }
     with closing(sqlite3.connect(f"file:{t}?mode=ro", uri=True)) as c:
         assert c.execute("SELECT a, b FROM item WHERE id = 3").fetchone() == ("a3", "y3")
 
 
-def test_rollback_journals_and_reports_conflicts_row(world: tuple[Bundle, Path], tmp_path: Path) -> None:
+def test_rollback_journals_and_reports_conflicts_row(
+    world: tuple[Bundle, Path], tmp_path: Path
+) -> None:
     from recovery.pipeline import rollback
 
     src = world[0].path.parent
     backup, live = tmp_path / "app.db.bak.20261120_140000", tmp_path / "app.db"
     shutil.copyfile(src / backup.name, backup)
     shutil.copyfile(src / live.name, live)
-    res = rollback(live, backup, tmp_path / "run", confirm=None, trust_mapping=True, conflicts=ConflictMode.ROW)
+    res = rollback(
+        live, backup, tmp_path / "run", confirm=None, trust_mapping=True, conflicts=ConflictMode.ROW
+    )
     assert res.outcome is not None and res.outcome.conflicts_mode == "row"
     journal = json.loads((tmp_path / "run" / "journal.json").read_text(encoding="utf-8"))
     assert journal["args"]["conflicts"] == "row"
     report = json.loads((tmp_path / "run" / "report.json").read_text(encoding="utf-8"))
     assert report["outcome"]["conflicts_mode"] == "row"
-    with closing(sqlite3.connect(f"file:{live}?mode=ro", uri=True)) as c:  # nothing changed since the restore
+    with closing(
+        sqlite3.connect(f"file:{live}?mode=ro", uri=True)
+    ) as c:  # nothing changed since the restore
         assert c.execute("SELECT a, b FROM item WHERE id = 3").fetchone() == ("A3", "b3")
 
 
@@ -384,8 +572,9 @@ def test_documents_a_merge_could_not_keep_are_left_to_the_cell_rule() -> None:
         merge_texts(deep, deep.replace("[]", "[1]"), deep.replace("[]", "[2]"), False)
 
 
-def test_json_cells_in_small_batches_give_the_same_merge(merges: dict[Any, Any], world: tuple[Bundle, Path],
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_json_cells_in_small_batches_give_the_same_merge(
+    merges: dict[Any, Any], world: tuple[Bundle, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     import recovery.reimport.detect.update
 
     monkeypatch.setattr(recovery.reimport.detect.update, "JSON_BATCH", 2)

@@ -1,5 +1,6 @@
 """One vocabulary (issue 13): one definition of "changed" shared by diff, extract, report and
 rehearse, and the model's typed values round-trip through their JSON forms unchanged."""
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,12 @@ def build(path: Path, ddl: str, rows: list[tuple[object, ...]]) -> Path:
 
 def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
     """The real command in its own process."""
-    return subprocess.run([sys.executable, "-m", "recovery", *map(str, args)], capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "recovery", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_diff_and_extract_count_the_same_updated_rows(tmp_path: Path) -> None:
@@ -37,7 +42,9 @@ def test_diff_and_extract_count_the_same_updated_rows(tmp_path: Path) -> None:
     backup = build(tmp_path / "app.db.bak", OLD, old)
     live = build(tmp_path / "app.db", NEW, [(i, n, None, "2026-11-01T10:00:00") for i, n in old])
     with closing(sqlite3.connect(live)) as conn, conn:
-        conn.execute("UPDATE t SET name = 'edited', updated_at = '2026-11-21T09:00:00' WHERE id = 3")
+        conn.execute(
+            "UPDATE t SET name = 'edited', updated_at = '2026-11-21T09:00:00' WHERE id = 3"
+        )
         conn.execute("UPDATE t SET note = 'vip', updated_at = '2026-11-21T09:00:00' WHERE id = 7")
     res = cli("diff", backup, live, "--since", DEPLOY, "--json")
     assert res.returncode == 1, res.stderr
@@ -67,8 +74,15 @@ import ast  # noqa: E402
 from hypothesis import given  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from recovery.model.kinds import (CARRIED_KINDS, CHANGED_KINDS, INSERT_KINDS, KIND_COLUMN,  # noqa: E402
-                                   ConflictKind, Resolution, RowKind)
+from recovery.model.kinds import (  # noqa: E402
+    CARRIED_KINDS,
+    CHANGED_KINDS,
+    INSERT_KINDS,
+    KIND_COLUMN,
+    ConflictKind,
+    Resolution,
+    RowKind,
+)
 from recovery.model.outcome import Conflict, Outcome  # noqa: E402
 from recovery.model.values import COUNT_KEYS, LostValues, TableCounts, Verification  # noqa: E402
 
@@ -81,19 +95,34 @@ def test_the_model_imports_nothing_of_ours_but_itself() -> None:
     found = []
     for path in sorted(MODEL.glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             found += [(path.name, n) for n in names if n.split(".")[0] == "recovery"]
     assert found and all(n.startswith("recovery.model") for _, n in found), found
 
 
 def test_vocabulary_values_are_the_strings_the_files_hold() -> None:
     assert [k.value for k in RowKind] == ["inserted", "updated", "deleted", "closure"]
-    assert [k.value for k in ConflictKind] == ["primary_key", "unique", "missing_parent", "constraint",
-                                               "update_update", "update_deleted"]
+    assert [k.value for k in ConflictKind] == [
+        "primary_key",
+        "unique",
+        "missing_parent",
+        "constraint",
+        "update_update",
+        "update_deleted",
+    ]
     assert [r.value for r in Resolution] == ["applied", "remapped", "skipped", "kept_target"]
     assert KIND_COLUMN == "_recovery_kind"
-    assert set(INSERT_KINDS) | set(CHANGED_KINDS) == set(CARRIED_KINDS) == set(RowKind) - {RowKind.DELETED}
+    assert (
+        set(INSERT_KINDS) | set(CHANGED_KINDS)
+        == set(CARRIED_KINDS)
+        == set(RowKind) - {RowKind.DELETED}
+    )
     assert json.dumps({RowKind.UPDATED: ConflictKind.UNIQUE}) == '{"updated": "unique"}'
     assert f"{Resolution.KEPT_TARGET}" == "kept_target"
 
@@ -110,8 +139,11 @@ def test_a_conflict_given_text_holds_the_enum_and_refuses_unknown_text() -> None
         raise AssertionError("an unknown conflict kind was accepted")
 
 
-counts_st = st.builds(TableCounts, *(st.integers(0, 10**12) for _ in range(6)),
-                      status=st.sampled_from([None, "compared", "new table", "skipped by mapping"]))
+counts_st = st.builds(
+    TableCounts,
+    *(st.integers(0, 10**12) for _ in range(6)),
+    status=st.sampled_from([None, "compared", "new table", "skipped by mapping"]),
+)
 
 
 @given(counts_st)
@@ -125,9 +157,17 @@ def test_table_counts_round_trip_through_the_manifest_form(c: TableCounts) -> No
 def test_table_counts_write_the_keys_extract_writes_in_its_order() -> None:
     """The manifest's counts are byte-identical: closure and filled_by_upgrade only when non-zero."""
     assert json.dumps(TableCounts(3, 2, 1, status="compared").to_dict()) == (
-        '{"inserted": 3, "updated": 2, "deleted": 1, "status": "compared", "lost": 0}')
+        '{"inserted": 3, "updated": 2, "deleted": 1, "status": "compared", "lost": 0}'
+    )
     assert list(TableCounts(1, 0, 0, 4, 2, 5, "new table").to_dict()) == [
-        "inserted", "updated", "deleted", "status", "closure", "lost", "filled_by_upgrade"]
+        "inserted",
+        "updated",
+        "deleted",
+        "status",
+        "closure",
+        "lost",
+        "filled_by_upgrade",
+    ]
     for bad in ({"inserted": -1}, {"updated": "2"}, {"deleted": True}, {"status": 3}):
         try:
             TableCounts.from_dict(bad)
@@ -137,8 +177,22 @@ def test_table_counts_write_the_keys_extract_writes_in_its_order() -> None:
 
 
 def test_outcome_lost_is_lost_values_and_saves_as_before() -> None:
-    o = Outcome("b", "t.db", "remap", False, lost=[{"table": "t", "key": [1], "label": None, "column": "c",
-                                                     "value": 5, "reason": "column not in the old schema"}])
+    o = Outcome(
+        "b",
+        "t.db",
+        "remap",
+        False,
+        lost=[
+            {
+                "table": "t",
+                "key": [1],
+                "label": None,
+                "column": "c",
+                "value": 5,
+                "reason": "column not in the old schema",
+            }
+        ],
+    )
     assert isinstance(o.lost, LostValues) and o.lost_total == 1 and not o.lost_truncated
     assert [v.column for v in o.lost.values()] == ["c"]
     back = Outcome.from_json(o.to_json())
@@ -146,11 +200,18 @@ def test_outcome_lost_is_lost_values_and_saves_as_before() -> None:
 
 
 def test_verification_reads_and_writes_the_verify_dict() -> None:
-    d = {"integrity_check": "ok", "foreign_key_check": [],
-         "alembic_revision": {"expected": "a1", "actual": "a1", "ok": True},
-         "row_counts": {"t": {"before": 3, "inserted": 2, "deleted": 1, "expected": 4, "actual": 4, "ok": True}},
-         "ok": True}
+    d = {
+        "integrity_check": "ok",
+        "foreign_key_check": [],
+        "alembic_revision": {"expected": "a1", "actual": "a1", "ok": True},
+        "row_counts": {
+            "t": {"before": 3, "inserted": 2, "deleted": 1, "expected": 4, "actual": 4, "ok": True}
+        },
+        "ok": True,
+    }
     v = Verification.from_dict(d)
     assert v.ok and v.to_dict() == d
-    bad = Verification.from_dict({**d, "alembic_revision": {"expected": "a1", "actual": "b2", "ok": False}})
+    bad = Verification.from_dict(
+        {**d, "alembic_revision": {"expected": "a1", "actual": "b2", "ok": False}}
+    )
     assert not bad.ok and bad.to_dict()["ok"] is False

@@ -3,6 +3,7 @@ terminal (stderr), ``--quiet``, and ``recovery check``'s default range and summa
 
 Every test runs the real ``recovery`` command in a subprocess, with stdout a pipe and stderr a
 pipe or a pseudo-terminal."""
+
 from __future__ import annotations
 
 import contextlib
@@ -27,16 +28,27 @@ ANSI = re.compile(r"\x1b\[")
 
 def piped(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """The command with stdout and stderr both pipes."""
-    return subprocess.run([*RECOVERY, *map(str, args)], capture_output=True, text=True, cwd=cwd,
-                          stdin=subprocess.DEVNULL, timeout=120)
+    return subprocess.run(
+        [*RECOVERY, *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+    )
 
 
 def stderr_on_terminal(*args: str | Path, cwd: Path | None = None) -> tuple[int, str, str]:
     """The command with stderr a pseudo-terminal (80 columns) and stdout a pipe:
     (exit code, stdout, what the terminal received)."""
     master, slave = pty.openpty()
-    proc = subprocess.Popen([*RECOVERY, *map(str, args)], stdout=subprocess.PIPE, stderr=slave,
-                            stdin=subprocess.DEVNULL, cwd=cwd)
+    proc = subprocess.Popen(
+        [*RECOVERY, *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=slave,
+        stdin=subprocess.DEVNULL,
+        cwd=cwd,
+    )
     os.close(slave)
     seen = bytearray()
     with contextlib.closing(proc.stdout):
@@ -85,7 +97,7 @@ def test_piped_tables_are_full_width_plain_and_escaped(tmp_path: Path) -> None:
     copy = tmp_path / "live.db"
     shutil.copy(db, copy)
     with contextlib.closing(sqlite3.connect(copy)) as conn:
-        conn.execute(f'INSERT INTO "{LONG}" (v) VALUES (\'b\')')
+        conn.execute(f"INSERT INTO \"{LONG}\" (v) VALUES ('b')")
         conn.commit()
     res = piped("diff", db, copy)
     assert res.returncode == 1, res.stderr
@@ -114,7 +126,9 @@ def test_progress_bar_only_on_a_terminal_and_never_with_quiet(world: Path, tmp_p
     assert "inserted" in out  # the results are on stdout, plain
 
     db = fresh("quiet")
-    code, out, term = stderr_on_terminal("--quiet", "rollback", db, *args, "--out", db.parent / "run")
+    code, out, term = stderr_on_terminal(
+        "--quiet", "rollback", db, *args, "--out", db.parent / "run"
+    )
     assert code in (0, 1)
     assert "━" not in term and "time:" not in term and "· extracting" not in term
     assert "inserted" in out
@@ -127,12 +141,29 @@ def test_progress_bar_only_on_a_terminal_and_never_with_quiet(world: Path, tmp_p
 
     # --json: stdout is the JSON alone, with the bar on the terminal
     live = world / "gestima.db"
-    code, out, term = stderr_on_terminal("extract", next(world.glob("gestima.db.bak.*")), live,
-                                         "--out", tmp_path / "bundle", "--alembic-ini", ini, "--json")
+    code, out, term = stderr_on_terminal(
+        "extract",
+        next(world.glob("gestima.db.bak.*")),
+        live,
+        "--out",
+        tmp_path / "bundle",
+        "--alembic-ini",
+        ini,
+        "--json",
+    )
     assert code in (0, 1) and json.loads(out)["bundle_id"]
     assert "━" in term and "time:" not in term
-    code, out, term = stderr_on_terminal("extract", next(world.glob("gestima.db.bak.*")), live,
-                                         "--out", tmp_path / "bundle2", "--alembic-ini", ini, "--json", "--quiet")
+    code, out, term = stderr_on_terminal(
+        "extract",
+        next(world.glob("gestima.db.bak.*")),
+        live,
+        "--out",
+        tmp_path / "bundle2",
+        "--alembic-ini",
+        ini,
+        "--json",
+        "--quiet",
+    )
     assert code in (0, 1) and json.loads(out)["bundle_id"] and term.strip() == ""
 
 
@@ -150,10 +181,13 @@ def test_check_starts_at_the_newest_manifest_and_says_so(tmp_path: Path) -> None
     first = res.stdout.splitlines()[0]
     assert first.startswith("base → r3: does NOT roll back"), first
     assert "no snapshot manifest" in first
-    for name, created, rev in (("a.db.bak.20261101_000000", "2026-11-01T00:00:00", "r1"),
-                               ("a.db.bak.20261120_000000", "2026-11-20T00:00:00", "r2")):
+    for name, created, rev in (
+        ("a.db.bak.20261101_000000", "2026-11-01T00:00:00", "r1"),
+        ("a.db.bak.20261120_000000", "2026-11-20T00:00:00", "r2"),
+    ):
         (tmp_path / f"{name}.manifest.json").write_text(
-            json.dumps({"created_at": created, "alembic_revision": rev}), encoding="utf-8")
+            json.dumps({"created_at": created, "alembic_revision": rev}), encoding="utf-8"
+        )
     (tmp_path / "broken.db.bak.1.manifest.json").write_text("{not json", encoding="utf-8")
     res = piped("check", "--alembic-ini", ini, cwd=tmp_path)
     first = res.stdout.splitlines()[0]
@@ -161,7 +195,9 @@ def test_check_starts_at_the_newest_manifest_and_says_so(tmp_path: Path) -> None
     assert "a.db.bak.20261120_000000.manifest.json" in first
     res = piped("check", "--alembic-ini", ini, "--json", cwd=tmp_path)
     data = json.loads(res.stdout)
-    assert data["from"] == "r2" and "manifest" in data["from_reason"] and len(data["revisions"]) == 1
+    assert (
+        data["from"] == "r2" and "manifest" in data["from_reason"] and len(data["revisions"]) == 1
+    )
     res = piped("check", "--alembic-ini", ini, "--from", "r1", "--json", cwd=tmp_path)
     data = json.loads(res.stdout)
     assert data["from"] == "r1" and data["from_reason"] == "--from" and len(data["revisions"]) == 2
@@ -170,8 +206,13 @@ def test_check_starts_at_the_newest_manifest_and_says_so(tmp_path: Path) -> None
 def test_check_refuses_a_manifest_of_another_history_and_names_it(tmp_path: Path) -> None:
     ini = tiny_project(tmp_path / "app")
     (tmp_path / "other.db.bak.20261120_000000.manifest.json").write_text(
-        json.dumps({"created_at": "2026-11-20T00:00:00", "alembic_revision": "zz999_other_app"}), encoding="utf-8")
+        json.dumps({"created_at": "2026-11-20T00:00:00", "alembic_revision": "zz999_other_app"}),
+        encoding="utf-8",
+    )
     res = piped("check", "--alembic-ini", ini, cwd=tmp_path)
     assert res.returncode == 2 and res.stdout == ""
-    assert "zz999_other_app" in res.stderr and "other.db.bak.20261120_000000.manifest.json" in res.stderr
+    assert (
+        "zz999_other_app" in res.stderr
+        and "other.db.bak.20261120_000000.manifest.json" in res.stderr
+    )
     assert "Traceback" not in res.stderr

@@ -4,6 +4,7 @@ The server is ``RECOVERY_TEST_PG_URL`` (``.ci/run`` starts one) or a throwaway c
 ``pg_server`` fixture starts itself; without PostgreSQL installed these tests skip, saying how to
 run them. Worlds are small (--parts 60) so the module stays within a few seconds.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,20 +20,33 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from recovery.engine.postgres import (
-    PostgresEngine, backup_database, connect, create_database_sql, drop_database_sql, run, sha256_file, user_tables,
+    PostgresEngine,
+    backup_database,
+    connect,
+    create_database_sql,
+    drop_database_sql,
+    run,
+    sha256_file,
+    user_tables,
 )
 
 PARTS, SEED = 60, 42
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "recovery", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "recovery", *args], capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.fixture(scope="module")
-def pg_world(pg_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
+def pg_world(
+    pg_server: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Path, str]]:
     """(folder, live URL) of the sample world built on PostgreSQL by ``recovery sample --url``."""
-    url = make_url(pg_server).set(database=f"gestima_{uuid.uuid4().hex[:8]}").render_as_string(False)
+    url = (
+        make_url(pg_server).set(database=f"gestima_{uuid.uuid4().hex[:8]}").render_as_string(False)
+    )
     out = tmp_path_factory.mktemp("pgworld") / "world"
     r = cli("sample", str(out), "--url", url, "--parts", str(PARTS), "--seed", str(SEED), "--quiet")
     assert r.returncode == 0, r.stderr
@@ -59,12 +73,16 @@ def _normal(v: Any) -> Any:
     return int(v) if isinstance(v, bool) else v
 
 
-def _rows_pg(conn: psycopg.Connection[Any], table: str, columns: list[str]) -> list[tuple[Any, ...]]:
+def _rows_pg(
+    conn: psycopg.Connection[Any], table: str, columns: list[str]
+) -> list[tuple[Any, ...]]:
     from sqlglot import exp
 
-    q = exp.select(*[exp.column(c, quoted=True) for c in columns]).from_(
-        exp.to_table(exp.to_identifier(table, quoted=True).sql("postgres"))).order_by(
-        *[exp.column(c, quoted=True) for c in columns])
+    q = (
+        exp.select(*[exp.column(c, quoted=True) for c in columns])
+        .from_(exp.to_table(exp.to_identifier(table, quoted=True).sql("postgres")))
+        .order_by(*[exp.column(c, quoted=True) for c in columns])
+    )
     return [tuple(_normal(v) for v in r) for r in conn.execute(q.sql("postgres")).fetchall()]
 
 
@@ -73,9 +91,11 @@ def _rows_lite(path: Path, table: str, columns: list[str]) -> list[tuple[Any, ..
 
     from sqlglot import exp
 
-    q = exp.select(*[exp.column(c, quoted=True) for c in columns]).from_(
-        exp.to_table(exp.to_identifier(table, quoted=True).sql("sqlite"))).order_by(
-        *[exp.column(c, quoted=True) for c in columns])
+    q = (
+        exp.select(*[exp.column(c, quoted=True) for c in columns])
+        .from_(exp.to_table(exp.to_identifier(table, quoted=True).sql("sqlite")))
+        .order_by(*[exp.column(c, quoted=True) for c in columns])
+    )
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         return list(conn.execute(q.sql("sqlite")).fetchall())
@@ -96,7 +116,9 @@ def _same_world(db: PostgresEngine, lite: Path) -> None:
             assert _rows_pg(pg, name, cols) == _rows_lite(lite, name, cols), name  # type: ignore[arg-type]
 
 
-def test_sample_on_postgres_is_the_sqlite_world_row_for_row(pg_world: tuple[Path, str], lite_world: Path) -> None:
+def test_sample_on_postgres_is_the_sqlite_world_row_for_row(
+    pg_world: tuple[Path, str], lite_world: Path
+) -> None:
     out, url = pg_world
     DUMP = _dump(out)
     live = PostgresEngine(url)
@@ -108,7 +130,8 @@ def test_sample_on_postgres_is_the_sqlite_world_row_for_row(pg_world: tuple[Path
     assert world["engine"] == "postgresql" and world["backup"] == DUMP
     assert world["tables"] == lite["tables"] and world["counts"] == lite["counts"]
     assert sorted(p.relative_to(out / "uploads") for p in (out / "uploads").rglob("*")) == sorted(
-        p.relative_to(lite_world / "uploads") for p in (lite_world / "uploads").rglob("*"))
+        p.relative_to(lite_world / "uploads") for p in (lite_world / "uploads").rglob("*")
+    )
     manifest = json.loads((out / f"{DUMP}.manifest.json").read_text())
     assert manifest["sha256"] == sha256_file(out / DUMP)
     assert manifest["tables"] == lite["counts"]["backup"]
@@ -116,25 +139,37 @@ def test_sample_on_postgres_is_the_sqlite_world_row_for_row(pg_world: tuple[Path
     assert manifest["server_version"].split(".")[0].isdigit()
 
 
-def test_diff_json_is_the_same_on_both_engines(pg_world: tuple[Path, str], lite_world: Path) -> None:
+def test_diff_json_is_the_same_on_both_engines(
+    pg_world: tuple[Path, str], lite_world: Path
+) -> None:
     out, url = pg_world
     pg = cli("diff", str(out / _dump(out)), url, "--json")
-    lite = cli("diff", str(lite_world / "gestima.db.bak.20261120_140000"), str(lite_world / "gestima.db"), "--json")
+    lite = cli(
+        "diff",
+        str(lite_world / "gestima.db.bak.20261120_140000"),
+        str(lite_world / "gestima.db"),
+        "--json",
+    )
     assert (pg.returncode, lite.returncode) == (1, 1), pg.stderr + lite.stderr
     a, b = json.loads(pg.stdout), json.loads(lite.stdout)
     assert a["totals"] == b["totals"] and a["totals"]["inserted"] > 0
     for key in ("tables", "schema", "mapping", "at_risk", "filled_by_upgrade", "since"):
         assert a[key] == b[key], key
     with PostgresEngine(url).readonly() as conn:  # the scratch databases are gone
-        left = conn.execute("SELECT count(*) FROM pg_database WHERE datname LIKE 'recovery_scratch_%'").fetchone()
+        left = conn.execute(
+            "SELECT count(*) FROM pg_database WHERE datname LIKE 'recovery_scratch_%'"
+        ).fetchone()
         assert left[0] == 0  # type: ignore[index]
 
 
-def test_snapshot_counts_what_the_dump_holds_while_another_session_writes(pg_world: tuple[Path, str],
-                                                                          tmp_path: Path) -> None:
+def test_snapshot_counts_what_the_dump_holds_while_another_session_writes(
+    pg_world: tuple[Path, str], tmp_path: Path
+) -> None:
     _, url = pg_world
     writer = psycopg.connect(make_url(url).set(drivername="postgresql").render_as_string(False))
-    writer.execute("INSERT INTO materials (id, code, name, density, price_per_kg) VALUES (999, 'X', 'x', 1, 1)")
+    writer.execute(
+        "INSERT INTO materials (id, code, name, density, price_per_kg) VALUES (999, 'X', 'x', 1, 1)"
+    )
     try:  # uncommitted: neither in the dump nor in the counts
         r = cli("snapshot", url, "--out", str(tmp_path), "--json")
     finally:
@@ -143,14 +178,18 @@ def test_snapshot_counts_what_the_dump_holds_while_another_session_writes(pg_wor
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
     dump = tmp_path / data["backup"]
-    assert data["sha256"] == sha256_file(dump) and data["alembic_revision"] == "bb006_drop_parts_notes"
+    assert (
+        data["sha256"] == sha256_file(dump) and data["alembic_revision"] == "bb006_drop_parts_notes"
+    )
     live = PostgresEngine(url)
     with backup_database(dump, live) as copy, copy.readonly() as conn:
         for table, n in data["tables"].items():
             assert conn.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0] == n  # type: ignore[index]
 
 
-def test_sample_refuses_a_database_that_has_tables(pg_world: tuple[Path, str], tmp_path: Path) -> None:
+def test_sample_refuses_a_database_that_has_tables(
+    pg_world: tuple[Path, str], tmp_path: Path
+) -> None:
     _, url = pg_world
     before = PostgresEngine(url).fingerprint()
     r = cli("sample", str(tmp_path / "w"), "--url", url, "--parts", "10")
@@ -162,11 +201,17 @@ def test_sample_refuses_a_database_that_has_tables(pg_world: tuple[Path, str], t
 def test_holders_name_the_other_sessions(pg_url: str) -> None:
     engine = PostgresEngine(pg_url)
     assert engine.holders() == []
-    other = psycopg.connect(make_url(pg_url).set(drivername="postgresql").render_as_string(False),
-                            application_name="gestima-web")
+    other = psycopg.connect(
+        make_url(pg_url).set(drivername="postgresql").render_as_string(False),
+        application_name="gestima-web",
+    )
     try:
         (h,) = engine.holders()
-        assert h.pid == other.info.backend_pid and "gestima-web" in h.describe() and "user postgres" in h.command
+        assert (
+            h.pid == other.info.backend_pid
+            and "gestima-web" in h.describe()
+            and "user postgres" in h.command
+        )
     finally:
         other.close()
 
@@ -182,7 +227,9 @@ def _hostile_db(server: str, name: str, rows: list[tuple[int, str, str, int]]) -
     with connect(url, "database") as conn:
         cols = ", ".join(f'"{c.replace(chr(34), chr(34) * 2)}"' for c in HOSTILE_COLS)
         table = '"' + HOSTILE_TABLE.replace('"', '""') + '"'
-        conn.execute(f'CREATE TABLE {table} (id integer PRIMARY KEY, "Mixed Case" text, "we""ird" text, "select" int)')
+        conn.execute(
+            f'CREATE TABLE {table} (id integer PRIMARY KEY, "Mixed Case" text, "we""ird" text, "select" int)'
+        )
         with conn.cursor().copy(f"COPY {table} (id, {cols}) FROM STDIN") as copy:
             for row in rows:
                 copy.write_row(row)
@@ -193,8 +240,12 @@ def test_diff_with_hostile_names(pg_server: str) -> None:
     """Quotes, spaces, mixed case and keywords in database, table and column names; the backup given
     as another database's URL."""
     tag = uuid.uuid4().hex[:6]
-    old = _hostile_db(pg_server, f'Backup "{tag}" DB', [(1, "a", "x", 1), (2, "b", "y", 2), (3, "c", "z", 3)])
-    new = _hostile_db(pg_server, f'Live Ω {tag}', [(1, "a", "x", 1), (2, "B", "y", 2), (4, "d", "w", 4)])
+    old = _hostile_db(
+        pg_server, f'Backup "{tag}" DB', [(1, "a", "x", 1), (2, "b", "y", 2), (3, "c", "z", 3)]
+    )
+    new = _hostile_db(
+        pg_server, f"Live Ω {tag}", [(1, "a", "x", 1), (2, "B", "y", 2), (4, "d", "w", 4)]
+    )
     try:
         r = cli("diff", old, new, "--json", "--rows")
         assert r.returncode == 1, r.stderr

@@ -7,6 +7,7 @@ then its own downgrade), users, groups and tokens; the hub's own ``upgrade_if_ne
 file of its own, then its own migrations: four revisions that add columns); users work through the
 ORM; then ``recovery rollback``. Everything asserted is what this test wrote itself.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -21,7 +22,8 @@ from pathlib import Path
 import pytest
 
 jupyterhub = pytest.importorskip(
-    "jupyterhub", reason="jupyterhub is not installed (pip install -e '.[test]' brings it)")
+    "jupyterhub", reason="jupyterhub is not installed (pip install -e '.[test]' brings it)"
+)
 
 OLD = "4621fec11365"
 HEAD = "f460b0348206"
@@ -47,7 +49,9 @@ def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
     from jupyterhub import dbutil, orm
 
     # the hub runs `alembic` from PATH: the one of this interpreter
-    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    monkeypatch.setenv(
+        "PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    )
     monkeypatch.chdir(tmp_path)
     db = tmp_path / "jupyterhub.sqlite"
     url = f"sqlite:///{db}"
@@ -65,8 +69,11 @@ def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
     s.commit()
     s.get_bind().dispose()
     s.close()
-    subprocess.run([sys.executable, "-m", "alembic", "-c", str(ini), "downgrade", OLD], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "alembic", "-c", str(ini), "downgrade", OLD],
+        check=True,
+        capture_output=True,
+    )
     assert _rows(db, "SELECT version_num FROM alembic_version") == [(OLD,)]
 
     # the deploy, as the hub does it at start-up: its own backup file, then its own migrations
@@ -97,8 +104,24 @@ def test_jupyterhub_rolls_back_with_its_own_migrations(hub: dict[str, Path]) -> 
     backup_before = _sha(backup)
     run = hub["dir"] / "run"
     res = subprocess.run(
-        [sys.executable, "-m", "recovery", "rollback", str(db), "--backup", str(backup), "--alembic-ini", str(ini),
-         "--out", str(run), "--yes"], capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "recovery",
+            "rollback",
+            str(db),
+            "--backup",
+            str(backup),
+            "--alembic-ini",
+            str(ini),
+            "--out",
+            str(run),
+            "--yes",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode in (0, 1), res.stderr
     assert "Traceback" not in res.stderr
     assert _sha(backup) == backup_before  # the input is read-only
@@ -113,8 +136,14 @@ def test_jupyterhub_rolls_back_with_its_own_migrations(hub: dict[str, Path]) -> 
     assert names["user3"] == 1  # an edit after the deploy carried
     assert "user4" in names  # a post-deploy delete is kept for review, not re-applied
     assert {r[0] for r in _rows(db, "SELECT name FROM groups")} == {"staff", "late"}
-    notes = [r[0] for r in _rows(db, "SELECT t.note FROM api_tokens t JOIN users u ON u.id = t.user_id "
-                                     "WHERE u.name IN ('user31', 'user32') ORDER BY u.name")]
+    notes = [
+        r[0]
+        for r in _rows(
+            db,
+            "SELECT t.note FROM api_tokens t JOIN users u ON u.id = t.user_id "
+            "WHERE u.name IN ('user31', 'user32') ORDER BY u.name",
+        )
+    ]
     assert notes == ["after deploy", "after deploy"]
     cols = {r[1] for r in _rows(db, "PRAGMA table_info(users)")}
     assert "user_info" not in cols  # the old schema, exactly
@@ -129,5 +158,7 @@ def test_jupyterhub_rolls_back_with_its_own_migrations(hub: dict[str, Path]) -> 
 
     report = json.loads((run / "report.json").read_text(encoding="utf-8"))
     lost = (run / "lost_values.csv").read_text(encoding="utf-8")
-    assert "user35" in lost or '"team"' in lost  # the value the old schema has no place for is listed
+    assert (
+        "user35" in lost or '"team"' in lost
+    )  # the value the old schema has no place for is listed
     assert report["outcome"]["verification"]["ok"] is True

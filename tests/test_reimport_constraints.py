@@ -5,6 +5,7 @@ fire for carried rows and come back byte-identical; AUTOINCREMENT counters never
 
 Each test builds a small backup (old schema) / live (new release, relaxed schema) pair on disk,
 extracts a real bundle and re-imports it into a copy of the backup with the CLI."""
+
 from __future__ import annotations
 
 import json
@@ -37,7 +38,9 @@ def run_sql(db: Path, script: str) -> None:
     c.close()
 
 
-def make_pair(tmp: Path, old_ddl: str, new_ddl: str, base_rows: str, post_deploy: str) -> tuple[Path, Path]:
+def make_pair(
+    tmp: Path, old_ddl: str, new_ddl: str, base_rows: str, post_deploy: str
+) -> tuple[Path, Path]:
     """backup = old schema + base rows; live = the new release's schema + the same rows + what
     users did after the deploy; returns (bundle folder, target = the restored backup)."""
     backup, live = tmp / "app.db.bak.20261120_140000", tmp / "app.db"
@@ -52,13 +55,18 @@ def make_pair(tmp: Path, old_ddl: str, new_ddl: str, base_rows: str, post_deploy
 
 def reimport(bundle: Path, target: Path, run: Path, *extra: str) -> tuple[int, dict]:
     res = cli("reimport", bundle, target, "--out", run, "--yes", *extra)
-    report = json.loads((run / "report.json").read_text()) if (run / "report.json").is_file() else {}
+    report = (
+        json.loads((run / "report.json").read_text()) if (run / "report.json").is_file() else {}
+    )
     return res.exit_code, report
 
 
 def constraint_keys(report: dict, table: str) -> list[int]:
-    return sorted(c["key"][0] for c in report["outcome"]["conflicts"]
-                  if c["kind"] == "constraint" and c["table"] == table)
+    return sorted(
+        c["key"][0]
+        for c in report["outcome"]["conflicts"]
+        if c["kind"] == "constraint" and c["table"] == table
+    )
 
 
 def ids(db: Path, table: str) -> list[int]:
@@ -67,17 +75,28 @@ def ids(db: Path, table: str) -> list[int]:
 
 
 # ---- CHECK ------------------------------------------------------------------------------------
-ITEMS_OLD = ("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, price REAL CHECK (price >= 0));"
-             "CREATE TABLE notes (id INTEGER PRIMARY KEY, item_id INTEGER REFERENCES items(id), body TEXT);")
-ITEMS_NEW = ("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, price REAL);"
-             "CREATE TABLE notes (id INTEGER PRIMARY KEY, item_id INTEGER REFERENCES items(id), body TEXT);")
-ITEMS_BASE = "INSERT INTO items VALUES (1, 'a', 1.0), (2, 'b', 2.0); INSERT INTO notes VALUES (1, 1, 'n1');"
+ITEMS_OLD = (
+    "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, price REAL CHECK (price >= 0));"
+    "CREATE TABLE notes (id INTEGER PRIMARY KEY, item_id INTEGER REFERENCES items(id), body TEXT);"
+)
+ITEMS_NEW = (
+    "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, price REAL);"
+    "CREATE TABLE notes (id INTEGER PRIMARY KEY, item_id INTEGER REFERENCES items(id), body TEXT);"
+)
+ITEMS_BASE = (
+    "INSERT INTO items VALUES (1, 'a', 1.0), (2, 'b', 2.0); INSERT INTO notes VALUES (1, 1, 'n1');"
+)
 
 
 def test_check_violation_skips_its_unit_and_the_rest_lands(tmp_path: Path) -> None:
-    bundle, target = make_pair(tmp_path, ITEMS_OLD, ITEMS_NEW, ITEMS_BASE,
-                               "INSERT INTO items VALUES (3, 'refund', -5), (4, 'd', 4), (5, 'e', 0);"
-                               "INSERT INTO notes VALUES (2, 3, 'on the refund'), (3, 4, 'n3'), (4, 1, 'n4');")
+    bundle, target = make_pair(
+        tmp_path,
+        ITEMS_OLD,
+        ITEMS_NEW,
+        ITEMS_BASE,
+        "INSERT INTO items VALUES (3, 'refund', -5), (4, 'd', 4), (5, 'e', 0);"
+        "INSERT INTO notes VALUES (2, 3, 'on the refund'), (3, 4, 'n3'), (4, 1, 'n4');",
+    )
     code, report = reimport(bundle, target, tmp_path / "run")
     assert code == 1  # needs review, not a failed run
     assert constraint_keys(report, "items") == [3]
@@ -91,7 +110,13 @@ def test_check_violation_skips_its_unit_and_the_rest_lands(tmp_path: Path) -> No
 
 
 def test_check_violation_with_abort_changes_nothing(tmp_path: Path) -> None:
-    bundle, target = make_pair(tmp_path, ITEMS_OLD, ITEMS_NEW, ITEMS_BASE, "INSERT INTO items VALUES (3, 'x', -1), (4, 'd', 4);")
+    bundle, target = make_pair(
+        tmp_path,
+        ITEMS_OLD,
+        ITEMS_NEW,
+        ITEMS_BASE,
+        "INSERT INTO items VALUES (3, 'x', -1), (4, 'd', 4);",
+    )
     before = target.read_bytes()
     code, report = reimport(bundle, target, tmp_path / "run", "--on-conflict", "abort")
     assert code == 3
@@ -102,9 +127,12 @@ def test_check_violation_with_abort_changes_nothing(tmp_path: Path) -> None:
 # ---- NOT NULL, STRICT ---------------------------------------------------------------------------
 def test_not_null_of_the_old_schema(tmp_path: Path) -> None:
     bundle, target = make_pair(
-        tmp_path, "CREATE TABLE people (id INTEGER PRIMARY KEY, name TEXT NOT NULL, nick TEXT);",
-        "CREATE TABLE people (id INTEGER PRIMARY KEY, name TEXT, nick TEXT);", "INSERT INTO people VALUES (1, 'a', NULL);",
-        "INSERT INTO people VALUES (2, NULL, 'anon'), (3, 'c', NULL);")
+        tmp_path,
+        "CREATE TABLE people (id INTEGER PRIMARY KEY, name TEXT NOT NULL, nick TEXT);",
+        "CREATE TABLE people (id INTEGER PRIMARY KEY, name TEXT, nick TEXT);",
+        "INSERT INTO people VALUES (1, 'a', NULL);",
+        "INSERT INTO people VALUES (2, NULL, 'anon'), (3, 'c', NULL);",
+    )
     code, report = reimport(bundle, target, tmp_path / "run")
     assert code == 1
     assert constraint_keys(report, "people") == [2]
@@ -113,54 +141,78 @@ def test_not_null_of_the_old_schema(tmp_path: Path) -> None:
 
 def test_strict_table_types(tmp_path: Path) -> None:
     bundle, target = make_pair(
-        tmp_path, "CREATE TABLE stock (id INTEGER PRIMARY KEY, qty INTEGER) STRICT;",
-        "CREATE TABLE stock (id INTEGER PRIMARY KEY, qty INTEGER);", "INSERT INTO stock VALUES (1, 1);",
-        "INSERT INTO stock VALUES (2, 'many'), (3, '12'), (4, 2.5), (5, 7);")
+        tmp_path,
+        "CREATE TABLE stock (id INTEGER PRIMARY KEY, qty INTEGER) STRICT;",
+        "CREATE TABLE stock (id INTEGER PRIMARY KEY, qty INTEGER);",
+        "INSERT INTO stock VALUES (1, 1);",
+        "INSERT INTO stock VALUES (2, 'many'), (3, '12'), (4, 2.5), (5, 7);",
+    )
     code, report = reimport(bundle, target, tmp_path / "run")
     assert code == 1
     assert constraint_keys(report, "stock") == [2, 4]
     with ro(target) as c:
         assert c.execute("SELECT id, qty, typeof(qty) FROM stock ORDER BY id").fetchall() == [
-            (1, 1, "integer"), (3, 12, "integer"), (5, 7, "integer")]
+            (1, 1, "integer"),
+            (3, 12, "integer"),
+            (5, 7, "integer"),
+        ]
 
 
 # ---- unique indexes the column sets cannot express --------------------------------------------
 def test_unique_index_on_an_expression(tmp_path: Path) -> None:
     bundle, target = make_pair(
-        tmp_path, "CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT); CREATE UNIQUE INDEX ux_email ON users (lower(email));",
-        "CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT);", "INSERT INTO users VALUES (1, 'alice@x.org');",
-        "INSERT INTO users VALUES (2, 'ALICE@x.org'), (3, 'carol@x.org'), (4, 'dave@x.org'), (5, 'Dave@X.org'), (6, NULL), (7, NULL);")
+        tmp_path,
+        "CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT); CREATE UNIQUE INDEX ux_email ON users (lower(email));",
+        "CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT);",
+        "INSERT INTO users VALUES (1, 'alice@x.org');",
+        "INSERT INTO users VALUES (2, 'ALICE@x.org'), (3, 'carol@x.org'), (4, 'dave@x.org'), (5, 'Dave@X.org'), (6, NULL), (7, NULL);",
+    )
     code, report = reimport(bundle, target, tmp_path / "run")
     assert code == 1
-    assert constraint_keys(report, "users") == [2, 5]  # taken in the target; taken by an earlier new row
+    assert constraint_keys(report, "users") == [
+        2,
+        5,
+    ]  # taken in the target; taken by an earlier new row
     assert ids(target, "users") == [1, 3, 4, 6, 7]  # NULLs never clash
 
 
 def test_a_twin_that_does_not_land_does_not_block_the_other(tmp_path: Path) -> None:
     """Two new users with the same lower(email): the first has lost its organisation in the target
     (missing_parent), so the second is not its twin any more and lands."""
-    schema = ("CREATE TABLE orgs (id INTEGER PRIMARY KEY, name TEXT);"
-              "CREATE TABLE users (id INTEGER PRIMARY KEY, org_id INTEGER REFERENCES orgs(id), email TEXT);")
+    schema = (
+        "CREATE TABLE orgs (id INTEGER PRIMARY KEY, name TEXT);"
+        "CREATE TABLE users (id INTEGER PRIMARY KEY, org_id INTEGER REFERENCES orgs(id), email TEXT);"
+    )
     bundle, target = make_pair(
-        tmp_path, schema + "CREATE UNIQUE INDEX ux_email ON users (lower(email));", schema,
+        tmp_path,
+        schema + "CREATE UNIQUE INDEX ux_email ON users (lower(email));",
+        schema,
         "INSERT INTO orgs VALUES (1, 'a'), (2, 'b');",
-        "INSERT INTO users VALUES (3, 1, 'x@y.org'), (4, 2, 'X@y.org');")
+        "INSERT INTO users VALUES (3, 1, 'x@y.org'), (4, 2, 'X@y.org');",
+    )
     run_sql(target, "DELETE FROM orgs WHERE id = 1;")
     code, report = reimport(bundle, target, tmp_path / "run")
     assert code == 1
-    assert [(c["kind"], c["key"]) for c in report["outcome"]["conflicts"]] == [("missing_parent", [3])]
+    assert [(c["kind"], c["key"]) for c in report["outcome"]["conflicts"]] == [
+        ("missing_parent", [3])
+    ]
     assert ids(target, "users") == [4]
 
 
 def test_partial_unique_index(tmp_path: Path) -> None:
     bundle, target = make_pair(
-        tmp_path, "CREATE TABLE subs (id INTEGER PRIMARY KEY, user_id INT, active INT);"
-                  "CREATE UNIQUE INDEX ux_active ON subs (user_id) WHERE active = 1;",
-        "CREATE TABLE subs (id INTEGER PRIMARY KEY, user_id INT, active INT);", "INSERT INTO subs VALUES (1, 1, 1);",
-        "INSERT INTO subs VALUES (2, 1, 1), (3, 1, 0), (4, 2, 1), (5, 2, 0);")
+        tmp_path,
+        "CREATE TABLE subs (id INTEGER PRIMARY KEY, user_id INT, active INT);"
+        "CREATE UNIQUE INDEX ux_active ON subs (user_id) WHERE active = 1;",
+        "CREATE TABLE subs (id INTEGER PRIMARY KEY, user_id INT, active INT);",
+        "INSERT INTO subs VALUES (1, 1, 1);",
+        "INSERT INTO subs VALUES (2, 1, 1), (3, 1, 0), (4, 2, 1), (5, 2, 0);",
+    )
     code, report = reimport(bundle, target, tmp_path / "run")
     assert code == 1
-    assert [c["kind"] for c in report["outcome"]["conflicts"]] == ["constraint"]  # not a `unique` for 3 and 5
+    assert [c["kind"] for c in report["outcome"]["conflicts"]] == [
+        "constraint"
+    ]  # not a `unique` for 3 and 5
     assert constraint_keys(report, "subs") == [2]
     assert ids(target, "subs") == [1, 3, 4, 5]
 
@@ -168,19 +220,23 @@ def test_partial_unique_index(tmp_path: Path) -> None:
 # ---- generated columns ------------------------------------------------------------------------
 def test_generated_columns_are_never_written(tmp_path: Path) -> None:
     bundle, target = make_pair(
-        tmp_path, "CREATE TABLE lines (id INTEGER PRIMARY KEY, price REAL, qty INT,"
-                  " total REAL GENERATED ALWAYS AS (price * qty) VIRTUAL, tag TEXT AS ('L' || id) STORED,"
-                  " CHECK (total < 1000));",
+        tmp_path,
+        "CREATE TABLE lines (id INTEGER PRIMARY KEY, price REAL, qty INT,"
+        " total REAL GENERATED ALWAYS AS (price * qty) VIRTUAL, tag TEXT AS ('L' || id) STORED,"
+        " CHECK (total < 1000));",
         "CREATE TABLE lines (id INTEGER PRIMARY KEY, price REAL, qty INT, total REAL, tag TEXT);",
         "INSERT INTO lines (id, price, qty) VALUES (1, 2.0, 3);",
         "INSERT INTO lines VALUES (2, 5.0, 2, 999, 'x'), (3, 600, 2, 1, 'y');"
-        "UPDATE lines SET qty = 4, total = 0 WHERE id = 1;")
+        "UPDATE lines SET qty = 4, total = 0 WHERE id = 1;",
+    )
     code, report = reimport(bundle, target, tmp_path / "run")
     assert code == 1  # line 3: its total (computed, 1200) fails the CHECK
     assert constraint_keys(report, "lines") == [3]
     with ro(target) as c:
         assert c.execute("SELECT id, price, qty, total, tag FROM lines ORDER BY id").fetchall() == [
-            (1, 2.0, 4, 8.0, "L1"), (2, 5.0, 2, 10.0, "L2")]
+            (1, 2.0, 4, 8.0, "L1"),
+            (2, 5.0, 2, 10.0, "L2"),
+        ]
 
 
 # ---- the last guard ---------------------------------------------------------------------------
@@ -188,12 +244,14 @@ def test_a_rule_the_detection_cannot_read_is_caught_row_by_row(tmp_path: Path) -
     """sqlglot cannot parse ``NOT NULL ON CONFLICT ABORT CHECK (…)``: the CHECK is not predicted,
     the INSERT raises, and the per-row SAVEPOINT guard still turns it into one conflict."""
     bundle, target = make_pair(
-        tmp_path, "CREATE TABLE q (id INTEGER PRIMARY KEY, n INTEGER NOT NULL ON CONFLICT ABORT CHECK (n > 0));"
-                  "CREATE TABLE qi (id INTEGER PRIMARY KEY, q_id INTEGER REFERENCES q(id) ON DELETE CASCADE);",
+        tmp_path,
+        "CREATE TABLE q (id INTEGER PRIMARY KEY, n INTEGER NOT NULL ON CONFLICT ABORT CHECK (n > 0));"
+        "CREATE TABLE qi (id INTEGER PRIMARY KEY, q_id INTEGER REFERENCES q(id) ON DELETE CASCADE);",
         "CREATE TABLE q (id INTEGER PRIMARY KEY, n INTEGER NOT NULL);"
         "CREATE TABLE qi (id INTEGER PRIMARY KEY, q_id INTEGER REFERENCES q(id) ON DELETE CASCADE);",
         "INSERT INTO q VALUES (1, 1);",
-        "INSERT INTO q VALUES (2, 5), (3, -1), (4, 6); INSERT INTO qi VALUES (1, 3), (2, 4), (3, 2);")
+        "INSERT INTO q VALUES (2, 5), (3, -1), (4, 6); INSERT INTO qi VALUES (1, 3), (2, 4), (3, 2);",
+    )
     code, report = reimport(bundle, target, tmp_path / "run")
     assert code == 1
     assert constraint_keys(report, "q") == [3]
@@ -203,27 +261,43 @@ def test_a_rule_the_detection_cannot_read_is_caught_row_by_row(tmp_path: Path) -
 
 
 # ---- triggers -----------------------------------------------------------------------------------
-AUDITED = ("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT);"
-           "CREATE TABLE audit (id INTEGER PRIMARY KEY, item_id INT, what TEXT);"
-           "CREATE TRIGGER  trg_audit_ins AFTER INSERT ON items\n  BEGIN INSERT INTO audit (item_id, what)"
-           " VALUES (new.id, 'insert'); END;"
-           "CREATE TRIGGER trg_audit_upd AFTER UPDATE ON items BEGIN INSERT INTO audit (item_id, what)"
-           " VALUES (new.id, 'update'); END;")
+AUDITED = (
+    "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT);"
+    "CREATE TABLE audit (id INTEGER PRIMARY KEY, item_id INT, what TEXT);"
+    "CREATE TRIGGER  trg_audit_ins AFTER INSERT ON items\n  BEGIN INSERT INTO audit (item_id, what)"
+    " VALUES (new.id, 'insert'); END;"
+    "CREATE TRIGGER trg_audit_upd AFTER UPDATE ON items BEGIN INSERT INTO audit (item_id, what)"
+    " VALUES (new.id, 'update'); END;"
+)
 
 
 def test_triggers_do_not_fire_and_come_back_byte_identical(tmp_path: Path) -> None:
-    bundle, target = make_pair(tmp_path, AUDITED, AUDITED, "INSERT INTO items VALUES (1, 'a'), (2, 'b');",
-                               "INSERT INTO items VALUES (3, 'c'), (4, 'd'); UPDATE items SET name = 'B' WHERE id = 2;")
+    bundle, target = make_pair(
+        tmp_path,
+        AUDITED,
+        AUDITED,
+        "INSERT INTO items VALUES (1, 'a'), (2, 'b');",
+        "INSERT INTO items VALUES (3, 'c'), (4, 'd'); UPDATE items SET name = 'B' WHERE id = 2;",
+    )
     with ro(target) as c:
-        before = c.execute("SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY name").fetchall()
+        before = c.execute(
+            "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY name"
+        ).fetchall()
     with ro(tmp_path / "app.db") as c:
         live_audit = c.execute("SELECT * FROM audit ORDER BY id").fetchall()
     code, report = reimport(bundle, target, tmp_path / "run")
     assert code == 0, report["outcome"]["conflicts"]
     with ro(target) as c:
-        assert c.execute("SELECT * FROM audit ORDER BY id").fetchall() == live_audit  # no duplicate audit row
-        assert c.execute("SELECT type, name, tbl_name, sql FROM sqlite_master WHERE name <> '_recovery_applied'"
-                         " ORDER BY name").fetchall() == before
+        assert (
+            c.execute("SELECT * FROM audit ORDER BY id").fetchall() == live_audit
+        )  # no duplicate audit row
+        assert (
+            c.execute(
+                "SELECT type, name, tbl_name, sql FROM sqlite_master WHERE name <> '_recovery_applied'"
+                " ORDER BY name"
+            ).fetchall()
+            == before
+        )
     assert sorted(report["outcome"]["triggers_suspended"]) == ["trg_audit_ins", "trg_audit_upd"]
     md = (tmp_path / "run" / "report.md").read_text()
     assert "trg_audit_ins" in md and "trg_audit_upd" in md
@@ -240,31 +314,60 @@ INVOICES = "CREATE TABLE invoices (id INTEGER PRIMARY KEY AUTOINCREMENT, total R
 def test_autoincrement_counter_is_carried_forward(tmp_path: Path) -> None:
     """Backup counter 4; after the deploy ids 5-7 were handed out and 6, 7 deleted again (live
     counter 7): after the re-import the next invoice gets 8, never an id handed out before."""
-    bundle, target = make_pair(tmp_path, INVOICES, INVOICES,
-                               "INSERT INTO invoices (total) VALUES (1), (2), (3), (4);",
-                               "INSERT INTO invoices (total) VALUES (5), (6), (7); DELETE FROM invoices WHERE id > 5;")
+    bundle, target = make_pair(
+        tmp_path,
+        INVOICES,
+        INVOICES,
+        "INSERT INTO invoices (total) VALUES (1), (2), (3), (4);",
+        "INSERT INTO invoices (total) VALUES (5), (6), (7); DELETE FROM invoices WHERE id > 5;",
+    )
     with ro(target) as c:
-        assert c.execute("SELECT seq FROM sqlite_sequence WHERE name = 'invoices'").fetchone() == (4,)
+        assert c.execute("SELECT seq FROM sqlite_sequence WHERE name = 'invoices'").fetchone() == (
+            4,
+        )
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["sources"]["live"]["sqlite_sequence"] == {"invoices": 7}
     code, report = reimport(bundle, target, tmp_path / "run")
     assert code == 0
     assert report["outcome"]["sequences"] == [
-        {"table": "invoices", "backup": 4, "live": 7, "max_id": 5, "seq": 7}]
+        {"table": "invoices", "backup": 4, "live": 7, "max_id": 5, "seq": 7}
+    ]
     # the application (another process) inserts the next invoice
-    out = subprocess.run([sys.executable, "-c", ("import sqlite3, sys; c = sqlite3.connect(sys.argv[1]);"
-                          "print(c.execute('INSERT INTO invoices (total) VALUES (9) RETURNING id').fetchone()[0]);"
-                          "c.commit()"), str(target)], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]);"
+                "print(c.execute('INSERT INTO invoices (total) VALUES (9) RETURNING id').fetchone()[0]);"
+                "c.commit()"
+            ),
+            str(target),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert out.stdout.strip() == "8"
 
 
-@pytest.mark.parametrize("counters", [None, {"invoices": 2**63 - 1}, {"invoices": "9"}],
-                         ids=["absent", "forged-near-max", "not-an-int"])
-def test_bundle_without_usable_live_counters_still_reimports(tmp_path: Path, counters: dict | None) -> None:
+@pytest.mark.parametrize(
+    "counters",
+    [None, {"invoices": 2**63 - 1}, {"invoices": "9"}],
+    ids=["absent", "forged-near-max", "not-an-int"],
+)
+def test_bundle_without_usable_live_counters_still_reimports(
+    tmp_path: Path, counters: dict | None
+) -> None:
     """A bundle made before the live counters were recorded, or one whose counter is forged (a
     counter near 2**63 would make the app's next insert fail): the counter still covers every id."""
-    bundle, target = make_pair(tmp_path, INVOICES, INVOICES, "INSERT INTO invoices (total) VALUES (1);",
-                               "INSERT INTO invoices (total) VALUES (2), (3);")
+    bundle, target = make_pair(
+        tmp_path,
+        INVOICES,
+        INVOICES,
+        "INSERT INTO invoices (total) VALUES (1);",
+        "INSERT INTO invoices (total) VALUES (2), (3);",
+    )
     m = json.loads((bundle / "manifest.json").read_text())
     if counters is None:
         del m["sources"]["live"]["sqlite_sequence"]
@@ -281,8 +384,12 @@ def test_bundle_without_usable_live_counters_still_reimports(tmp_path: Path, cou
 
 
 # ---- property: exactly the rows SQLite refuses are skipped --------------------------------------
-VALUES = st.one_of(st.none(), st.integers(-3, 3), st.sampled_from([-1.5, 0.0, 1.0, 2.5, 1e300]),
-                   st.sampled_from(["5", "-1", "1", "abc", "", " 2", "0.0", "-0", "1.0", "x" * 4]))
+VALUES = st.one_of(
+    st.none(),
+    st.integers(-3, 3),
+    st.sampled_from([-1.5, 0.0, 1.0, 2.5, 1e300]),
+    st.sampled_from(["5", "-1", "1", "abc", "", " 2", "0.0", "-0", "1.0", "x" * 4]),
+)
 OLD_ITEMS = [  # the old schema's items table (notes reference it); the new release has none of these rules
     "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, price REAL CHECK (price >= 0));",
     "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, price NUMERIC CHECK (price <> 1));",
@@ -290,16 +397,23 @@ OLD_ITEMS = [  # the old schema's items table (notes reference it); the new rele
     "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, price INTEGER NOT NULL) STRICT;",
     "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, price REAL) STRICT;",
     "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, price); CREATE UNIQUE INDEX ux ON items (abs(price));",
-    ("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, price INT);"
-    "CREATE UNIQUE INDEX ux ON items (price) WHERE price > 0;"),
+    (
+        "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, price INT);"
+        "CREATE UNIQUE INDEX ux ON items (price) WHERE price > 0;"
+    ),
 ]
-NOTES = "CREATE TABLE notes (id INTEGER PRIMARY KEY, item_id INTEGER REFERENCES items(id), body TEXT);"
+NOTES = (
+    "CREATE TABLE notes (id INTEGER PRIMARY KEY, item_id INTEGER REFERENCES items(id), body TEXT);"
+)
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(old=st.sampled_from(OLD_ITEMS), prices=st.lists(VALUES, min_size=1, max_size=8))
-def test_exactly_the_rows_sqlite_refuses_are_skipped(tmp_path_factory: pytest.TempPathFactory, old: str,
-                                                     prices: list) -> None:
+def test_exactly_the_rows_sqlite_refuses_are_skipped(
+    tmp_path_factory: pytest.TempPathFactory, old: str, prices: list
+) -> None:
     """For random values against each kind of rule, the re-import skips exactly the rows (and
     their notes) that the old schema itself refuses, inserted one by one in the same order."""
     tmp = tmp_path_factory.mktemp("prop")
@@ -308,8 +422,13 @@ def test_exactly_the_rows_sqlite_refuses_are_skipped(tmp_path_factory: pytest.Te
     run_sql(backup, old + NOTES + base)
     run_sql(live, "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, price);" + NOTES + base)
     with sqlite3.connect(live) as c:
-        c.executemany("INSERT INTO items VALUES (?, 'p', ?)", [(i + 10, p) for i, p in enumerate(prices)])
-        c.executemany("INSERT INTO notes (item_id, body) VALUES (?, 'n')", [(i + 10,) for i in range(len(prices))])
+        c.executemany(
+            "INSERT INTO items VALUES (?, 'p', ?)", [(i + 10, p) for i, p in enumerate(prices)]
+        )
+        c.executemany(
+            "INSERT INTO notes (item_id, body) VALUES (?, 'n')",
+            [(i + 10,) for i in range(len(prices))],
+        )
     c.close()
     oracle = sqlite3.connect(":memory:")  # what the old schema itself accepts, row by row
     oracle.executescript(old + base)
@@ -327,21 +446,36 @@ def test_exactly_the_rows_sqlite_refuses_are_skipped(tmp_path_factory: pytest.Te
     assert set(constraint_keys(report, "items")) == refused
     assert set(ids(target, "items")) == {1} | {i + 10 for i in range(len(prices))} - refused
     with ro(target) as c:
-        assert c.execute("SELECT count(*) FROM notes WHERE item_id NOT IN (SELECT id FROM items)").fetchone() == (0,)
+        assert c.execute(
+            "SELECT count(*) FROM notes WHERE item_id NOT IN (SELECT id FROM items)"
+        ).fetchone() == (0,)
         assert c.execute("SELECT count(*) FROM notes").fetchone()[0] == len(prices) - len(refused)
-        expected = oracle.execute("SELECT id, price, typeof(price) FROM items ORDER BY id").fetchall()
-        assert c.execute("SELECT id, price, typeof(price) FROM items ORDER BY id").fetchall() == expected
+        expected = oracle.execute(
+            "SELECT id, price, typeof(price) FROM items ORDER BY id"
+        ).fetchall()
+        assert (
+            c.execute("SELECT id, price, typeof(price) FROM items ORDER BY id").fetchall()
+            == expected
+        )
 
 
 def test_remapped_keys_stay_above_the_live_counter(tmp_path: Path) -> None:
     """The old app took ids 5 and 6 after the restore; the bundle's 5 and 6 are remapped above
     every id the live DB handed out (7, deleted since), so 7 is never handed out twice."""
-    bundle, target = make_pair(tmp_path, INVOICES, INVOICES, "INSERT INTO invoices (total) VALUES (1), (2), (3), (4);",
-                               "INSERT INTO invoices (total) VALUES (5), (6), (7); DELETE FROM invoices WHERE id = 7;")
+    bundle, target = make_pair(
+        tmp_path,
+        INVOICES,
+        INVOICES,
+        "INSERT INTO invoices (total) VALUES (1), (2), (3), (4);",
+        "INSERT INTO invoices (total) VALUES (5), (6), (7); DELETE FROM invoices WHERE id = 7;",
+    )
     run_sql(target, "INSERT INTO invoices (total) VALUES (50), (60);")
     code, report = reimport(bundle, target, tmp_path / "run")
     assert code == 1
-    assert sorted((r["old_key"], r["new_key"]) for r in report["outcome"]["remapped"]) == [(5, 8), (6, 9)]
+    assert sorted((r["old_key"], r["new_key"]) for r in report["outcome"]["remapped"]) == [
+        (5, 8),
+        (6, 9),
+    ]
     run_sql(target, "INSERT INTO invoices (total) VALUES (99);")
     assert ids(target, "invoices") == [1, 2, 3, 4, 5, 6, 8, 9, 10]
 
@@ -349,15 +483,25 @@ def test_remapped_keys_stay_above_the_live_counter(tmp_path: Path) -> None:
 def test_an_update_the_old_schema_refuses_is_skipped_alone(tmp_path: Path) -> None:
     """An update (not an insert) that breaks the CHECK: the per-row guard skips that update only;
     the target keeps its value and every other change lands."""
-    bundle, target = make_pair(tmp_path, ITEMS_OLD, ITEMS_NEW, ITEMS_BASE,
-                               "UPDATE items SET price = -3 WHERE id = 1; UPDATE items SET price = 7, name = 'B' WHERE id = 2;"
-                               "INSERT INTO items VALUES (3, 'c', 3);")
+    bundle, target = make_pair(
+        tmp_path,
+        ITEMS_OLD,
+        ITEMS_NEW,
+        ITEMS_BASE,
+        "UPDATE items SET price = -3 WHERE id = 1; UPDATE items SET price = 7, name = 'B' WHERE id = 2;"
+        "INSERT INTO items VALUES (3, 'c', 3);",
+    )
     code, report = reimport(bundle, target, tmp_path / "run")
     assert code == 1
     assert [(c["kind"], c["key"], c["resolution"]) for c in report["outcome"]["conflicts"]] == [
-        ("constraint", [1], "skipped")]
+        ("constraint", [1], "skipped")
+    ]
     with ro(target) as c:
-        assert c.execute("SELECT * FROM items ORDER BY id").fetchall() == [(1, "a", 1.0), (2, "B", 7.0), (3, "c", 3.0)]
+        assert c.execute("SELECT * FROM items ORDER BY id").fetchall() == [
+            (1, "a", 1.0),
+            (2, "B", 7.0),
+            (3, "c", 3.0),
+        ]
 
 
 def test_after_a_rollback_the_next_invoice_gets_a_fresh_id(tmp_path: Path) -> None:
@@ -365,13 +509,42 @@ def test_after_a_rollback_the_next_invoice_gets_a_fresh_id(tmp_path: Path) -> No
     rollback`; the application's next invoice gets 8 (it got 5 before)."""
     backup, live = tmp_path / "app.db.bak.20261120_140000", tmp_path / "app.db"
     run_sql(backup, INVOICES + "INSERT INTO invoices (total) VALUES (1), (2), (3), (4);")
-    run_sql(live, INVOICES + "INSERT INTO invoices (total) VALUES (1), (2), (3), (4), (5), (6), (7);"
-                             "DELETE FROM invoices WHERE id > 5;")
-    res = subprocess.run([sys.executable, "-m", "recovery", "rollback", str(live), "--backup", str(backup),
-                          "--out", str(tmp_path / "run"), "--yes"], capture_output=True, text=True)
+    run_sql(
+        live,
+        INVOICES + "INSERT INTO invoices (total) VALUES (1), (2), (3), (4), (5), (6), (7);"
+        "DELETE FROM invoices WHERE id > 5;",
+    )
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "recovery",
+            "rollback",
+            str(live),
+            "--backup",
+            str(backup),
+            "--out",
+            str(tmp_path / "run"),
+            "--yes",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 0, res.stderr
-    out = subprocess.run([sys.executable, "-c", ("import sqlite3, sys; c = sqlite3.connect(sys.argv[1]);"
-                          "print(c.execute('INSERT INTO invoices (total) VALUES (9) RETURNING id').fetchone()[0]);"
-                          "c.commit()"), str(live)], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]);"
+                "print(c.execute('INSERT INTO invoices (total) VALUES (9) RETURNING id').fetchone()[0]);"
+                "c.commit()"
+            ),
+            str(live),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert out.stdout.strip() == "8"
     assert ids(live, "invoices") == [1, 2, 3, 4, 5, 8]

@@ -4,6 +4,7 @@ same database as the tool (every table's rows, ``sqlite_sequence`` and the schem
 with remaps, skips, updates, the refused-row guard, trigger suspension, AUTOINCREMENT carry-forward
 and the ``_recovery_applied`` bookkeeping. Deletes that were not applied are only in
 ``deletes.sql``, commented out."""
+
 from __future__ import annotations
 
 import shutil
@@ -39,12 +40,16 @@ def dump(db: Path) -> dict[str, list[tuple]]:
     """Every table's rows as a sorted list (set-based: row order on disk does not matter), and
     the schema (``sqlite_master`` without rootpages)."""
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as c:
-        master = sorted(c.execute("SELECT type, name, tbl_name, sql FROM sqlite_master"),
-                        key=lambda r: tuple(str(v) for v in r))
+        master = sorted(
+            c.execute("SELECT type, name, tbl_name, sql FROM sqlite_master"),
+            key=lambda r: tuple(str(v) for v in r),
+        )
         out: dict[str, list[tuple]] = {"sqlite_master": master}
         for (name,) in c.execute("SELECT name FROM sqlite_master WHERE type = 'table'"):
             rows = c.execute(f'SELECT * FROM "{name}"').fetchall()
-            out[name] = sorted(rows, key=lambda r: tuple((v is None, type(v).__name__, str(v)) for v in r))
+            out[name] = sorted(
+                rows, key=lambda r: tuple((v is None, type(v).__name__, str(v)) for v in r)
+            )
     return out
 
 
@@ -52,7 +57,9 @@ def replay(script: Path, before: Path) -> None:
     """Apply ``script`` with the sqlite3 shell, stopping at the first error."""
     if SQLITE3 is None:
         pytest.skip("the sqlite3 shell is not installed")
-    res = subprocess.run([SQLITE3, "-bail", str(before)], stdin=script.open("rb"), capture_output=True)
+    res = subprocess.run(
+        [SQLITE3, "-bail", str(before)], stdin=script.open("rb"), capture_output=True
+    )
     assert res.returncode == 0, res.stderr.decode()
 
 
@@ -75,7 +82,9 @@ def new_part(pid: int | None, number: str) -> str:
 # the old release writes before the re-import: primary-key clashes (remapped), a unique clash, an
 # update/update conflict, an update of a row deleted since and a new item whose part is gone
 COLLISIONS = (
-    new_part(None, "OLD-0") + new_part(None, "OLD-1") + new_part(None, "OLD-2")
+    new_part(None, "OLD-0")
+    + new_part(None, "OLD-1")
+    + new_part(None, "OLD-2")
     + new_part(1000, "GS-10125")
     + "UPDATE parts SET price = 1.23 WHERE id = 79;\n"
     + "DELETE FROM quotes WHERE id = 40;\n"
@@ -83,10 +92,19 @@ COLLISIONS = (
 )
 
 
-@pytest.mark.parametrize("extra", [(), ("--on-conflict", "skip", "--prefer", "bundle"), ("--apply-deletes",),
-                                   ("--conflicts", "row")], ids=["remap", "skip-bundle", "deletes", "row"])
-def test_reimport_sql_replays_to_the_same_database(bundle: Path, restored: Path, tmp_path: Path,
-                                                   extra: tuple[str, ...]) -> None:
+@pytest.mark.parametrize(
+    "extra",
+    [
+        (),
+        ("--on-conflict", "skip", "--prefer", "bundle"),
+        ("--apply-deletes",),
+        ("--conflicts", "row"),
+    ],
+    ids=["remap", "skip-bundle", "deletes", "row"],
+)
+def test_reimport_sql_replays_to_the_same_database(
+    bundle: Path, restored: Path, tmp_path: Path, extra: tuple[str, ...]
+) -> None:
     run_sql(restored, COLLISIONS, foreign_keys=True)
     before = tmp_path / "before.db"
     with sqlite3.connect(restored) as src, sqlite3.connect(before) as dst:
@@ -100,19 +118,25 @@ def test_reimport_sql_replays_to_the_same_database(bundle: Path, restored: Path,
     assert_replays(tmp_path / "run", before, restored)
 
 
-def test_dry_run_script_is_what_the_run_executes(bundle: Path, restored: Path, tmp_path: Path) -> None:
+def test_dry_run_script_is_what_the_run_executes(
+    bundle: Path, restored: Path, tmp_path: Path
+) -> None:
     run_sql(restored, COLLISIONS, foreign_keys=True)
     before = tmp_path / "before.db"
     shutil.copyfile(restored, before)
-    assert cli("reimport", bundle, restored, "--out", tmp_path / "dry", "--yes", "--dry-run").exit_code == 1
+    assert (
+        cli("reimport", bundle, restored, "--out", tmp_path / "dry", "--yes", "--dry-run").exit_code
+        == 1
+    )
     assert dump(before) == dump(restored)  # the dry run changed nothing
     assert cli("reimport", bundle, restored, "--out", tmp_path / "run", "--yes").exit_code == 1
     # the bookkeeping row differs only by the time and the dry-run flag
     assert_replays(tmp_path / "dry", before, restored, skip=("_recovery_applied",))
 
 
-def test_deletes_not_applied_are_only_in_deletes_sql_commented_out(bundle: Path, restored: Path,
-                                                                   tmp_path: Path) -> None:
+def test_deletes_not_applied_are_only_in_deletes_sql_commented_out(
+    bundle: Path, restored: Path, tmp_path: Path
+) -> None:
     """On a clean restore the bundle's six deletes are listed, not applied: replaying
     ``reimport.sql`` keeps those rows, and ``deletes.sql`` holds the DELETEs, each commented out."""
     before = tmp_path / "before.db"
@@ -130,11 +154,15 @@ def test_deletes_not_applied_are_only_in_deletes_sql_commented_out(bundle: Path,
 def test_deletes_applied_are_in_reimport_sql(bundle: Path, restored: Path, tmp_path: Path) -> None:
     before = tmp_path / "before.db"
     shutil.copyfile(restored, before)
-    assert cli("reimport", bundle, restored, "--out", tmp_path / "run", "--yes", "--apply-deletes").exit_code in (0, 1)
+    assert cli(
+        "reimport", bundle, restored, "--out", tmp_path / "run", "--yes", "--apply-deletes"
+    ).exit_code in (0, 1)
     assert_replays(tmp_path / "run", before, restored)
 
 
-def make_pair(tmp: Path, old_ddl: str, new_ddl: str, base_rows: str, post_deploy: str) -> tuple[Path, Path]:
+def make_pair(
+    tmp: Path, old_ddl: str, new_ddl: str, base_rows: str, post_deploy: str
+) -> tuple[Path, Path]:
     backup, live = tmp / "app.db.bak.20261120_140000", tmp / "app.db"
     run_sql(backup, old_ddl + base_rows)
     run_sql(live, new_ddl + base_rows + post_deploy)
@@ -145,12 +173,14 @@ def make_pair(tmp: Path, old_ddl: str, new_ddl: str, base_rows: str, post_deploy
     return tmp / "bundle", target
 
 
-AUDITED = ("CREATE TABLE items (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT, "
-           "n INTEGER NOT NULL ON CONFLICT ABORT CHECK (n > 0));"
-           "CREATE TABLE audit (id INTEGER PRIMARY KEY, item_id INT, what TEXT);"
-           "CREATE TABLE notes (id INTEGER PRIMARY KEY AUTOINCREMENT, item_id INTEGER REFERENCES items(id) ON DELETE CASCADE);"
-           "CREATE TRIGGER trg_audit_ins AFTER INSERT ON items\n  BEGIN INSERT INTO audit (item_id, what)"
-           " VALUES (new.id, 'insert'); END;")
+AUDITED = (
+    "CREATE TABLE items (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT, "
+    "n INTEGER NOT NULL ON CONFLICT ABORT CHECK (n > 0));"
+    "CREATE TABLE audit (id INTEGER PRIMARY KEY, item_id INT, what TEXT);"
+    "CREATE TABLE notes (id INTEGER PRIMARY KEY AUTOINCREMENT, item_id INTEGER REFERENCES items(id) ON DELETE CASCADE);"
+    "CREATE TRIGGER trg_audit_ins AFTER INSERT ON items\n  BEGIN INSERT INTO audit (item_id, what)"
+    " VALUES (new.id, 'insert'); END;"
+)
 RELAXED = AUDITED.replace("NOT NULL ON CONFLICT ABORT CHECK (n > 0)", "NOT NULL")
 
 
@@ -158,9 +188,13 @@ def test_refused_rows_triggers_and_counters_replay(tmp_path: Path) -> None:
     """A CHECK the detection cannot read (found by the SAVEPOINT halving), a trigger suspended and
     re-created, remapped AUTOINCREMENT keys and the counter carried forward."""
     bundle, target = make_pair(
-        tmp_path, AUDITED, RELAXED, "INSERT INTO items (name, n) VALUES ('a', 1), ('b', 2);",
+        tmp_path,
+        AUDITED,
+        RELAXED,
+        "INSERT INTO items (name, n) VALUES ('a', 1), ('b', 2);",
         "INSERT INTO items (name, n) VALUES ('c', 5), ('d', -1), ('e', 6), ('f', 7);"
-        "INSERT INTO notes VALUES (1, 4), (2, 5), (3, 6); DELETE FROM notes WHERE id = 3; UPDATE items SET name = 'B' WHERE id = 2;")
+        "INSERT INTO notes VALUES (1, 4), (2, 5), (3, 6); DELETE FROM notes WHERE id = 3; UPDATE items SET name = 'B' WHERE id = 2;",
+    )
     run_sql(target, "INSERT INTO items (name, n) VALUES ('old app', 9);")  # takes id 3: remapped
     before = tmp_path / "before.db"
     shutil.copyfile(target, before)
@@ -173,9 +207,21 @@ def test_refused_rows_triggers_and_counters_replay(tmp_path: Path) -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.one_of(st.none(), st.integers(-2**63, 2**63 - 1), st.floats(allow_nan=False),
-                          st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00")),
-                          st.binary()), min_size=1, max_size=5))
+@given(
+    st.lists(
+        st.one_of(
+            st.none(),
+            st.integers(-(2**63), 2**63 - 1),
+            st.floats(allow_nan=False),
+            st.text(
+                alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00")
+            ),
+            st.binary(),
+        ),
+        min_size=1,
+        max_size=5,
+    )
+)
 @example([7.443360559731655e-298])  # SQLite reads every decimal text of this double one ulp off
 def test_bound_values_render_as_literals_sqlite_reads_back(values: list) -> None:
     """A step's values rendered as literals read back as exactly the values bound (type included)."""
@@ -190,12 +236,19 @@ def test_bound_values_render_as_literals_sqlite_reads_back(values: list) -> None
     assert [(type(v), v) for v in rendered] == [(type(v), v) for v in bound]
 
 
-def test_script_attaches_the_bundle_by_absolute_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_script_attaches_the_bundle_by_absolute_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A bundle named by a relative path: ``reimport.sql`` and ``deletes.sql`` still attach the
     bundle's files wherever the script is applied from (a relative ATTACH would create empty files
     there and fail)."""
-    bundle, target = make_pair(tmp_path, AUDITED, RELAXED, "INSERT INTO items (name, n) VALUES ('a', 1);",
-                               "INSERT INTO items (name, n) VALUES ('c', 5); DELETE FROM items WHERE id = 1;")
+    bundle, target = make_pair(
+        tmp_path,
+        AUDITED,
+        RELAXED,
+        "INSERT INTO items (name, n) VALUES ('a', 1);",
+        "INSERT INTO items (name, n) VALUES ('c', 5); DELETE FROM items WHERE id = 1;",
+    )
     before = tmp_path / "before.db"
     shutil.copyfile(target, before)
     monkeypatch.chdir(tmp_path)

@@ -18,6 +18,7 @@ changes the files the resumed run sees.
 
 Concurrency (SQLITE_BUSY handling of restore and re-import) is tested here too.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,23 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 ALEMBIC_INI = ROOT / "sample_dbs" / "app" / "alembic.ini"
 BACKUP = "gestima.db.bak.20261120_140000"
-STEPS = ("probe", "safety", "extract", "restore", "reimport", "relink", "verify", "late_check", "report")
-STEP_KILLS = [f"{s}:{when}" for s in STEPS for when in ("start", "done") if s != "late_check" or when == "done"]
+STEPS = (
+    "probe",
+    "safety",
+    "extract",
+    "restore",
+    "reimport",
+    "relink",
+    "verify",
+    "late_check",
+    "report",
+)
+STEP_KILLS = [
+    f"{s}:{when}"
+    for s in STEPS
+    for when in ("start", "done")
+    if s != "late_check" or when == "done"
+]
 """Every point the journal of a rollback is written at (``late_check`` journals only its end);
 :func:`test_every_journaled_step_is_a_kill_point` holds this list to what a real run journals."""
 ROLLBACK_STMT_KILLS = [1, 25, 100]
@@ -61,11 +77,16 @@ def db_content(path: Path) -> dict[str, Any]:
                 shutil.copyfile(side, copy.with_name(copy.name + suffix))
         conn = sqlite3.connect(str(copy))
         try:
-            master = sorted(conn.execute(
-                "SELECT type, name, tbl_name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_autoindex%'"
-            ).fetchall(), key=repr)
+            master = sorted(
+                conn.execute(
+                    "SELECT type, name, tbl_name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_autoindex%'"
+                ).fetchall(),
+                key=repr,
+            )
             out: dict[str, Any] = {"__schema__": master}
-            for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name").fetchall():
+            for (name,) in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type='table' ORDER BY name"
+            ).fetchall():
                 cur = conn.execute(f'SELECT * FROM "{name}"')
                 cols = [d[0] for d in cur.description]
                 rows = cur.fetchall()
@@ -76,22 +97,34 @@ def db_content(path: Path) -> dict[str, Any]:
                     # through the reports in test_run_truth.py)
                     b = cols.index("bundle_id")
                     drop = {cols.index(c) for c in ("applied_at", "outcome") if c in cols}
-                    rows = [tuple("<bundle>" if j == b else v for j, v in enumerate(r) if j not in drop) for r in rows]
+                    rows = [
+                        tuple("<bundle>" if j == b else v for j, v in enumerate(r) if j not in drop)
+                        for r in rows
+                    ]
                     cols = [c for j, c in enumerate(cols) if j not in drop]
-                    out["__bundle_ids__"] = sorted(r[b] for r in conn.execute(f'SELECT * FROM "{name}"'))
+                    out["__bundle_ids__"] = sorted(
+                        r[b] for r in conn.execute(f'SELECT * FROM "{name}"')
+                    )
                 out[name] = (cols, sorted(rows, key=repr))
             return out
         finally:
             conn.close()
 
 
-def run_cli(args: list[str], cwd: Path, env_extra: dict[str, str] | None = None,
-            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    args: list[str], cwd: Path, env_extra: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RECOVERY_TEST_")}
     env.update(env_extra or {})
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run([sys.executable, "-c", "from recovery.cli import main; main()", *args], cwd=cwd,
-                          env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-c", "from recovery.cli import main; main()", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def rerun(args: list[str], cwd: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[int, str]:
@@ -110,11 +143,23 @@ def rerun(args: list[str], cwd: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[
 
 
 def rollback_args() -> list[str]:
-    return ["rollback", "gestima.db", "--backup", BACKUP, "--alembic-ini", str(ALEMBIC_INI), "--out", "run", "--yes"]
+    return [
+        "rollback",
+        "gestima.db",
+        "--backup",
+        BACKUP,
+        "--alembic-ini",
+        str(ALEMBIC_INI),
+        "--out",
+        "run",
+        "--yes",
+    ]
 
 
 def journal_bundle_id(run_dir: Path) -> str:
-    return json.loads((run_dir / "journal.json").read_text(encoding="utf-8"))["steps"]["extract"]["bundle_id"]
+    return json.loads((run_dir / "journal.json").read_text(encoding="utf-8"))["steps"]["extract"][
+        "bundle_id"
+    ]
 
 
 def bundle_id_of(bundle: Path) -> str:
@@ -123,20 +168,29 @@ def bundle_id_of(bundle: Path) -> str:
 
 def leftovers(folder: Path) -> list[str]:
     """Temporary files and folders of an interrupted copy, extract or restore."""
-    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob(".*")
-                  if ".partial-" in p.name or ".tmp-" in p.name or ".restore-tmp" in p.name)
+    return sorted(
+        p.relative_to(folder).as_posix()
+        for p in folder.rglob(".*")
+        if ".partial-" in p.name or ".tmp-" in p.name or ".restore-tmp" in p.name
+    )
 
 
 def killed(proc: subprocess.CompletedProcess[str]) -> bool:
     return proc.returncode == -signal.SIGKILL
 
 
-def assert_same(actual: dict[str, Any], expected: dict[str, Any], what: str, bundle_id: str | None = None) -> None:
+def assert_same(
+    actual: dict[str, Any], expected: dict[str, Any], what: str, bundle_id: str | None = None
+) -> None:
     """Equal content; ``bundle_id``: the id ``_recovery_applied`` must name (when it has rows)."""
     if "__bundle_ids__" in actual:
         ids = actual["__bundle_ids__"]
-        assert bundle_id is None or ids == [bundle_id], f"{what}: _recovery_applied names {ids}, not {bundle_id}"
-    assert actual.keys() == expected.keys(), f"{what}: tables differ: {sorted(actual.keys() ^ expected.keys())}"
+        assert bundle_id is None or ids == [bundle_id], (
+            f"{what}: _recovery_applied names {ids}, not {bundle_id}"
+        )
+    assert actual.keys() == expected.keys(), (
+        f"{what}: tables differ: {sorted(actual.keys() ^ expected.keys())}"
+    )
     for name in expected:
         if name == "__bundle_ids__":
             continue
@@ -160,11 +214,17 @@ def states(world: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, A
     assert proc.returncode in (0, 1), proc.stderr
     final_code = proc.returncode
     bundle = base / "bundle"
-    proc = run_cli(["extract", BACKUP, "gestima.db", "--out", str(bundle), "--alembic-ini", str(ALEMBIC_INI)], src)
+    proc = run_cli(
+        ["extract", BACKUP, "gestima.db", "--out", str(bundle), "--alembic-ini", str(ALEMBIC_INI)],
+        src,
+    )
     assert proc.returncode in (0, 1), proc.stderr
     target = base / "target"
     target.mkdir()
-    with sqlite3.connect(f"file:{src / BACKUP}?mode=ro", uri=True) as b, sqlite3.connect(target / "target.db") as t:
+    with (
+        sqlite3.connect(f"file:{src / BACKUP}?mode=ro", uri=True) as b,
+        sqlite3.connect(target / "target.db") as t,
+    ):
         b.backup(t)
     b.close()
     t.close()
@@ -173,9 +233,16 @@ def states(world: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, A
     proc = run_cli(["reimport", str(bundle), "target.db", "--out", "rr", "--yes"], ref_target)
     assert proc.returncode in (0, 1), proc.stderr
     return {
-        "world": src, "ref": ref, "final_code": final_code, "pre": db_content(src / "gestima.db"), "restored": db_content(src / BACKUP),
-        "final": db_content(ref / "gestima.db"), "bundle": bundle, "target": target,
-        "target_pre": db_content(target / "target.db"), "target_final": db_content(ref_target / "target.db"),
+        "world": src,
+        "ref": ref,
+        "final_code": final_code,
+        "pre": db_content(src / "gestima.db"),
+        "restored": db_content(src / BACKUP),
+        "final": db_content(ref / "gestima.db"),
+        "bundle": bundle,
+        "target": target,
+        "target_pre": db_content(target / "target.db"),
+        "target_final": db_content(ref_target / "target.db"),
     }
 
 
@@ -201,14 +268,19 @@ def expected_after_step_kill(point: str) -> str:
 
 
 @pytest.mark.parametrize("point", STEP_KILLS)
-def test_rollback_killed_at_step(point: str, states: dict[str, Any], tmp_path: Path,
-                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rollback_killed_at_step(
+    point: str, states: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     w = tmp_path / "w"
     shutil.copytree(states["world"], w)
     proc = run_cli(rollback_args(), w, {"RECOVERY_TEST_KILL_AT_STEP": point})
     assert killed(proc), f"not killed at {point}: rc={proc.returncode} {proc.stderr[-500:]}"
     expect = expected_after_step_kill(point)
-    assert_same(db_content(w / "gestima.db"), states[expect], f"live DB after kill at {point} (want {expect})")
+    assert_same(
+        db_content(w / "gestima.db"),
+        states[expect],
+        f"live DB after kill at {point} (want {expect})",
+    )
     safety = w / "run" / "safety" / "gestima.db"
     if STEPS.index(point.split(":")[0]) > STEPS.index("safety") or point == "safety:done":
         assert_same(db_content(safety), states["pre"], f"safety copy after kill at {point}")
@@ -219,8 +291,15 @@ def test_rollback_killed_at_step(point: str, states: dict[str, Any], tmp_path: P
     assert code == states["final_code"], out
     assert "Traceback" not in out
     bid = journal_bundle_id(w / "run")
-    assert_same(db_content(w / "gestima.db"), states["final"], f"resumed after kill at {point}", bid)
-    assert json.loads((w / "run" / "journal.json").read_text(encoding="utf-8"))["steps"]["report"]["state"] == "done"
+    assert_same(
+        db_content(w / "gestima.db"), states["final"], f"resumed after kill at {point}", bid
+    )
+    assert (
+        json.loads((w / "run" / "journal.json").read_text(encoding="utf-8"))["steps"]["report"][
+            "state"
+        ]
+        == "done"
+    )
     with sqlite3.connect(f"file:{w / 'gestima.db'}?mode=ro", uri=True) as c:
         assert c.execute("PRAGMA foreign_key_check").fetchall() == []
     c.close()
@@ -236,18 +315,27 @@ def test_rollback_killed_at_step(point: str, states: dict[str, Any], tmp_path: P
 
 
 @pytest.mark.parametrize("n", ROLLBACK_STMT_KILLS)
-def test_rollback_killed_inside_reimport_transaction(n: int, states: dict[str, Any], tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rollback_killed_inside_reimport_transaction(
+    n: int, states: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     w = tmp_path / "w"
     shutil.copytree(states["world"], w)
     proc = run_cli(rollback_args(), w, {"RECOVERY_TEST_KILL_AFTER_STATEMENTS": str(n)})
-    assert killed(proc), f"not killed after {n} statements: rc={proc.returncode} {proc.stderr[-500:]}"
-    assert_same(db_content(w / "gestima.db"), states["restored"], f"live DB after kill at statement {n}")
+    assert killed(proc), (
+        f"not killed after {n} statements: rc={proc.returncode} {proc.stderr[-500:]}"
+    )
+    assert_same(
+        db_content(w / "gestima.db"), states["restored"], f"live DB after kill at statement {n}"
+    )
     assert_same(db_content(w / "run" / "safety" / "gestima.db"), states["pre"], "safety copy")
     code, out = rerun(rollback_args(), w, monkeypatch)
     assert code == states["final_code"], out
-    assert_same(db_content(w / "gestima.db"), states["final"], f"resumed after kill at statement {n}",
-                journal_bundle_id(w / "run"))
+    assert_same(
+        db_content(w / "gestima.db"),
+        states["final"],
+        f"resumed after kill at statement {n}",
+        journal_bundle_id(w / "run"),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,22 +343,38 @@ def test_rollback_killed_inside_reimport_transaction(n: int, states: dict[str, A
 
 
 @pytest.mark.parametrize("n", REIMPORT_STMT_KILLS)
-def test_reimport_killed_inside_transaction(n: int, states: dict[str, Any], tmp_path: Path,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_reimport_killed_inside_transaction(
+    n: int, states: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     w = tmp_path / "t"
     shutil.copytree(states["target"], w)
     args = ["reimport", str(states["bundle"]), "target.db", "--out", "rr", "--yes"]
     proc = run_cli(args, w, {"RECOVERY_TEST_KILL_AFTER_STATEMENTS": str(n)})
-    assert killed(proc), f"not killed after {n} statements: rc={proc.returncode} {proc.stderr[-500:]}"
-    assert_same(db_content(w / "target.db"), states["target_pre"], f"target after kill at statement {n}")
+    assert killed(proc), (
+        f"not killed after {n} statements: rc={proc.returncode} {proc.stderr[-500:]}"
+    )
+    assert_same(
+        db_content(w / "target.db"), states["target_pre"], f"target after kill at statement {n}"
+    )
     assert_same(db_content(w / "rr" / "safety" / "target.db"), states["target_pre"], "safety copy")
     code, out = rerun(args, w, monkeypatch)
     assert code in (0, 1), out
-    assert_same(db_content(w / "target.db"), states["target_final"], f"resumed after kill at statement {n}",
-                bundle_id_of(states["bundle"]))
-    code, out = rerun(args, w, monkeypatch)  # the bundle id is recorded: a second run changes nothing
+    assert_same(
+        db_content(w / "target.db"),
+        states["target_final"],
+        f"resumed after kill at statement {n}",
+        bundle_id_of(states["bundle"]),
+    )
+    code, out = rerun(
+        args, w, monkeypatch
+    )  # the bundle id is recorded: a second run changes nothing
     assert code in (0, 1), out
-    assert_same(db_content(w / "target.db"), states["target_final"], "re-import run twice", bundle_id_of(states["bundle"]))
+    assert_same(
+        db_content(w / "target.db"),
+        states["target_final"],
+        "re-import run twice",
+        bundle_id_of(states["bundle"]),
+    )
 
 
 def test_every_journaled_step_is_a_kill_point(states: dict[str, Any]) -> None:
@@ -299,11 +403,15 @@ def _hold_write_lock(db: Path, seconds: float, started: threading.Event) -> None
 
 
 def _holder_process(db: Path, seconds: float) -> subprocess.Popen[str]:
-    code = ("import sqlite3, sys, time\n"
-            "c = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=5)\n"
-            "c.execute('BEGIN IMMEDIATE'); print('locked', flush=True); time.sleep(float(sys.argv[2]))\n"
-            "c.execute('ROLLBACK')\n")
-    p = subprocess.Popen([sys.executable, "-c", code, str(db), str(seconds)], stdout=subprocess.PIPE, text=True)
+    code = (
+        "import sqlite3, sys, time\n"
+        "c = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=5)\n"
+        "c.execute('BEGIN IMMEDIATE'); print('locked', flush=True); time.sleep(float(sys.argv[2]))\n"
+        "c.execute('ROLLBACK')\n"
+    )
+    p = subprocess.Popen(
+        [sys.executable, "-c", code, str(db), str(seconds)], stdout=subprocess.PIPE, text=True
+    )
     assert p.stdout is not None and p.stdout.readline().strip() == "locked"
     return p
 
@@ -311,17 +419,25 @@ def _holder_process(db: Path, seconds: float) -> subprocess.Popen[str]:
 def _file_hashes(folder: Path) -> dict[str, str]:
     import hashlib
 
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and not p.name.endswith("-shm")}
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not p.name.endswith("-shm")
+    }
 
 
-def test_rollback_refuses_while_another_process_holds_the_write_lock(states: dict[str, Any], tmp_path: Path) -> None:
+def test_rollback_refuses_while_another_process_holds_the_write_lock(
+    states: dict[str, Any], tmp_path: Path
+) -> None:
     w = tmp_path / "w"
     shutil.copytree(states["world"], w)
     before = _file_hashes(w)
     holder = _holder_process(w / "gestima.db", 30)
     try:
-        proc = run_cli(["rollback", "gestima.db", "--backup", BACKUP, "--out", str(tmp_path / "run"), "--yes"], w)
+        proc = run_cli(
+            ["rollback", "gestima.db", "--backup", BACKUP, "--out", str(tmp_path / "run"), "--yes"],
+            w,
+        )
     finally:
         holder.kill()
         holder.wait()
@@ -332,7 +448,9 @@ def test_rollback_refuses_while_another_process_holds_the_write_lock(states: dic
     assert not (tmp_path / "run" / "safety").exists()
 
 
-def test_restore_step_refuses_when_the_wal_cannot_be_checkpointed(states: dict[str, Any], tmp_path: Path) -> None:
+def test_restore_step_refuses_when_the_wal_cannot_be_checkpointed(
+    states: dict[str, Any], tmp_path: Path
+) -> None:
     """--force skips the probe; the restore itself must still refuse while a reader pins the WAL."""
     from recovery.errors import RecoveryError
     from recovery.pipeline import restore_atomically
@@ -353,7 +471,9 @@ def test_restore_step_refuses_when_the_wal_cannot_be_checkpointed(states: dict[s
     assert leftovers(w) == [], "the refused restore leaves its staged copy behind"
 
 
-def test_reimport_gives_up_after_busy_timeout_with_nothing_applied(states: dict[str, Any], tmp_path: Path) -> None:
+def test_reimport_gives_up_after_busy_timeout_with_nothing_applied(
+    states: dict[str, Any], tmp_path: Path
+) -> None:
     from recovery.errors import RecoveryError
     from recovery.pipeline import reimport
 
@@ -373,7 +493,9 @@ def test_reimport_gives_up_after_busy_timeout_with_nothing_applied(states: dict[
     assert_same(db_content(w / "target.db"), states["target_pre"], "target after giving up")
 
 
-def test_reimport_succeeds_when_the_lock_is_released_within_the_timeout(states: dict[str, Any], tmp_path: Path) -> None:
+def test_reimport_succeeds_when_the_lock_is_released_within_the_timeout(
+    states: dict[str, Any], tmp_path: Path
+) -> None:
     from recovery.pipeline import reimport
 
     w = tmp_path / "t"
@@ -387,8 +509,12 @@ def test_reimport_succeeds_when_the_lock_is_released_within_the_timeout(states: 
     finally:
         holder.join()
     assert res.outcome is not None and not res.outcome.already_applied
-    assert_same(db_content(w / "target.db"), states["target_final"], "target after waiting for the lock",
-                bundle_id_of(states["bundle"]))
+    assert_same(
+        db_content(w / "target.db"),
+        states["target_final"],
+        "target after waiting for the lock",
+        bundle_id_of(states["bundle"]),
+    )
 
 
 def test_resume_removes_only_dead_runs_temp_files(tmp_path: Path) -> None:
@@ -399,19 +525,30 @@ def test_resume_removes_only_dead_runs_temp_files(tmp_path: Path) -> None:
     run, db = tmp_path / "run", tmp_path / "gestima.db"
     (run / "safety").mkdir(parents=True)
     db.write_bytes(b"live")
-    dead = 2 ** 22 + 12345  # above pid_max's default: no such process
+    dead = 2**22 + 12345  # above pid_max's default: no such process
     alive = os.getpid()
-    gone = [run / f".bundle.partial-{dead}", run / "safety" / f".gestima.db.tmp-{dead}",
-            run / "safety" / f".gestima.db.tmp-{dead}-journal", tmp_path / f"..gestima.db.restore-tmp.tmp-{dead}",
-            tmp_path / ".gestima.db.restore-tmp", tmp_path / ".gestima.db.restore-tmp-journal"]
-    kept = [run / f".bundle.partial-{alive}", run / "safety" / f".gestima.db.tmp-{alive}", run / "safety" / "gestima.db",
-            run / "safety" / ".gestima.db.tmp-notapid"]
+    gone = [
+        run / f".bundle.partial-{dead}",
+        run / "safety" / f".gestima.db.tmp-{dead}",
+        run / "safety" / f".gestima.db.tmp-{dead}-journal",
+        tmp_path / f"..gestima.db.restore-tmp.tmp-{dead}",
+        tmp_path / ".gestima.db.restore-tmp",
+        tmp_path / ".gestima.db.restore-tmp-journal",
+    ]
+    kept = [
+        run / f".bundle.partial-{alive}",
+        run / "safety" / f".gestima.db.tmp-{alive}",
+        run / "safety" / "gestima.db",
+        run / "safety" / ".gestima.db.tmp-notapid",
+    ]
     for p in gone + kept:
         p.mkdir() if "partial" in p.name else p.write_bytes(b"x")
     (run / f".bundle.partial-{dead}" / "rows.db").write_bytes(b"half")
     from recovery.bundle.extract import lock_partial
 
-    held = lock_partial(run / f".bundle.partial-{alive}")  # a partial folder lives while its writer holds it
+    held = lock_partial(
+        run / f".bundle.partial-{alive}"
+    )  # a partial folder lives while its writer holds it
     try:
         removed = _clean_leftovers(run, db)
     finally:

@@ -1,5 +1,6 @@
 """``recovery rollback`` end to end on the sample world: content, schema, report, dry run, refusals,
 the lock probe, stub downgrades, and resuming after a SIGKILL at many points of the runbook."""
+
 from __future__ import annotations
 
 import csv
@@ -21,7 +22,10 @@ from recovery.sample import app_dir
 ROOT = Path(__file__).resolve().parents[1]
 INI = app_dir() / "alembic.ini"
 OLD_REV = "aa001_add_drawing_number_drop_drawings"
-PROJECTED = {("parts", "price"): lambda r: r["price_cents"] / 100.0, ("quotes", "customer"): lambda r: r["customer_name"]}
+PROJECTED = {
+    ("parts", "price"): lambda r: r["price_cents"] / 100.0,
+    ("quotes", "customer"): lambda r: r["customer_name"],
+}
 """Old-schema columns whose v2.0.1 source has another name or unit."""
 
 
@@ -37,17 +41,29 @@ def backup_of(w: Path) -> Path:
 
 
 def folder_hashes(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def schema_of(path: Path) -> dict[str, list[tuple]]:
     with ro(path) as c:
-        names = [r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%' "
-                                         "AND name != '_recovery_applied' ORDER BY name")]
+        names = [
+            r[0]
+            for r in c.execute(
+                "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%' "
+                "AND name != '_recovery_applied' ORDER BY name"
+            )
+        ]
         out = {n: [tuple(r) for r in c.execute(f'PRAGMA table_info("{n}")')] for n in names}
-        out["views/indexes"] = sorted((r[0], r[1]) for r in c.execute(
-            "SELECT type, name FROM sqlite_master WHERE type IN ('view','index','trigger')"))
+        out["views/indexes"] = sorted(
+            (r[0], r[1])
+            for r in c.execute(
+                "SELECT type, name FROM sqlite_master WHERE type IN ('view','index','trigger')"
+            )
+        )
     return out
 
 
@@ -55,10 +71,19 @@ def content(path: Path) -> dict[str, list[tuple]]:
     """Every table's rows in key order; ``_recovery_applied`` keeps only its policy (``applied_at`` is a
     wall-clock time, ``bundle_id`` differs between two worlds' runs)."""
     with ro(path) as c:
-        names = [r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'")]
+        names = [
+            r[0]
+            for r in c.execute(
+                "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'"
+            )
+        ]
         out = {}
         for n in sorted(names):
-            cols = [r[1] for r in c.execute(f'PRAGMA table_info("{n}")') if not (n == "_recovery_applied" and r[1] in ("applied_at", "bundle_id", "outcome"))]
+            cols = [
+                r[1]
+                for r in c.execute(f'PRAGMA table_info("{n}")')
+                if not (n == "_recovery_applied" and r[1] in ("applied_at", "bundle_id", "outcome"))
+            ]
             sel = ", ".join(f'"{x}"' for x in cols)
             out[n] = [tuple(r) for r in c.execute(f'SELECT {sel} FROM "{n}" ORDER BY {sel}')]
     return out
@@ -73,11 +98,18 @@ def live_rows(w: Path, table: str) -> dict[int, sqlite3.Row]:
         return {r["id"]: r for r in c.execute(f'SELECT * FROM "{table}"')}
 
 
-def assert_rolled_back(db: Path, backup: Path, truth: dict, live: dict[str, dict[int, sqlite3.Row]]) -> None:
+def assert_rolled_back(
+    db: Path, backup: Path, truth: dict, live: dict[str, dict[int, sqlite3.Row]]
+) -> None:
     """``db`` is at the backup's revision, sound, holds every backup row (rows deleted after the deploy
     come back) and every post-deploy insert and update of ``truth`` with its live values."""
     with ro(backup) as b:
-        old_tables = [r[0] for r in b.execute("SELECT name FROM sqlite_master WHERE type='table' AND name != 'alembic_version'")]
+        old_tables = [
+            r[0]
+            for r in b.execute(
+                "SELECT name FROM sqlite_master WHERE type='table' AND name != 'alembic_version'"
+            )
+        ]
     with ro(db, rows=True) as c:
         assert c.execute("SELECT version_num FROM alembic_version").fetchone()[0] == OLD_REV
         assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
@@ -113,11 +145,28 @@ def test_rollback_end_to_end_carries_every_change(world_copy: Path, tmp_path: Pa
     truth = json.loads((w / "world.json").read_text())
     backup = backup_of(w)
     with ro(backup) as b:
-        old_tables = [r[0] for r in b.execute("SELECT name FROM sqlite_master WHERE type='table' AND name != 'alembic_version'")]
+        old_tables = [
+            r[0]
+            for r in b.execute(
+                "SELECT name FROM sqlite_master WHERE type='table' AND name != 'alembic_version'"
+            )
+        ]
     live = {t: live_rows(w, t) for t in truth["tables"]}
 
-    res = cli("rollback", w / "gestima.db", "--backup", backup, "--alembic-ini", INI, "--out", run, "--yes")
-    assert res.exit_code == 1, res.output  # lost values to review (production_records, discount_pct)
+    res = cli(
+        "rollback",
+        w / "gestima.db",
+        "--backup",
+        backup,
+        "--alembic-ini",
+        INI,
+        "--out",
+        run,
+        "--yes",
+    )
+    assert res.exit_code == 1, (
+        res.output
+    )  # lost values to review (production_records, discount_pct)
 
     db = w / "gestima.db"
     assert schema_of(db) == schema_of(backup)
@@ -130,15 +179,23 @@ def test_rollback_end_to_end_carries_every_change(world_copy: Path, tmp_path: Pa
             assert counts[t][kind] == len(ch[kind]), (t, kind)
     summary = report["summary"]
     assert summary["verified"] is True and summary["conflicts"] == 0
-    assert summary["rows_inserted"] == sum(len(ch["inserted"]) for t, ch in truth["tables"].items() if t in old_tables)
+    assert summary["rows_inserted"] == sum(
+        len(ch["inserted"]) for t, ch in truth["tables"].items() if t in old_tables
+    )
     verification = report["outcome"]["verification"]
     assert verification["ok"] and verification["alembic_revision"]["actual"] == OLD_REV
     for t, n in verification["row_counts"].items():  # backup + re-imported − re-deleted
         assert n["actual"] == truth["counts"]["backup"][t] + n["inserted"] - n["deleted"]
 
     with open(run / "lost_values.csv", newline="", encoding="utf-8") as fh:
-        lost = {(r["table"], r["key"].strip("[]"), r["label"], r["column"], r["value"]) for r in csv.DictReader(fh)}
-    want = {(x["table"], str(x["key"]["id"]), x["label"], x["column"], str(x["value"])) for x in truth["lost"]}
+        lost = {
+            (r["table"], r["key"].strip("[]"), r["label"], r["column"], r["value"])
+            for r in csv.DictReader(fh)
+        }
+    want = {
+        (x["table"], str(x["key"]["id"]), x["label"], x["column"], str(x["value"]))
+        for x in truth["lost"]
+    }
     assert len(lost) == len(truth["lost"])
     assert lost == want
     for name in ("conflicts.csv", "reimport.sql", "report.md", "safety/gestima.db"):
@@ -146,8 +203,20 @@ def test_rollback_end_to_end_carries_every_change(world_copy: Path, tmp_path: Pa
 
     # re-running the finished run changes nothing and says so
     before = folder_hashes(w)
-    again = cli("rollback", w / "gestima.db", "--backup", backup_of(w), "--alembic-ini", INI, "--out", run, "--yes")
-    assert again.exit_code == res.exit_code == 1, again.output  # it finished needing review: says so again
+    again = cli(
+        "rollback",
+        w / "gestima.db",
+        "--backup",
+        backup_of(w),
+        "--alembic-ini",
+        INI,
+        "--out",
+        run,
+        "--yes",
+    )
+    assert again.exit_code == res.exit_code == 1, (
+        again.output
+    )  # it finished needing review: says so again
     assert "already finished" in again.output
     assert folder_hashes(w) == before
     assert rollback(w / "gestima.db", backup_of(w), run, alembic_ini=INI).finished_before
@@ -161,7 +230,17 @@ def test_dry_run_changes_no_file(world_copy: Path, tmp_path: Path) -> None:
     w, run = world_copy, tmp_path / "run"
     before = folder_hashes(w)
     assert (w / "gestima.db-wal").stat().st_size > 0
-    res = cli("rollback", w / "gestima.db", "--backup", backup_of(w), "--alembic-ini", INI, "--out", run, "--dry-run")
+    res = cli(
+        "rollback",
+        w / "gestima.db",
+        "--backup",
+        backup_of(w),
+        "--alembic-ini",
+        INI,
+        "--out",
+        run,
+        "--dry-run",
+    )
     assert res.exit_code == 1, res.output
     assert folder_hashes(w) == before
     report = json.loads((run / "report.json").read_text())
@@ -172,7 +251,16 @@ def test_dry_run_changes_no_file(world_copy: Path, tmp_path: Path) -> None:
 def test_no_terminal_without_yes_refuses(world_copy: Path, tmp_path: Path) -> None:
     w = world_copy
     before = folder_hashes(w)
-    res = cli("rollback", w / "gestima.db", "--backup", backup_of(w), "--alembic-ini", INI, "--out", tmp_path / "run")
+    res = cli(
+        "rollback",
+        w / "gestima.db",
+        "--backup",
+        backup_of(w),
+        "--alembic-ini",
+        INI,
+        "--out",
+        tmp_path / "run",
+    )
     assert res.exit_code == 2, res.output
     assert "--yes" in res.output
     assert folder_hashes(w) == before
@@ -184,8 +272,17 @@ def test_refuses_while_the_app_holds_the_write_lock(world_copy: Path, tmp_path: 
     try:
         app.execute("BEGIN IMMEDIATE")
         before = folder_hashes(w)
-        res = cli("rollback", w / "gestima.db", "--backup", backup_of(w), "--alembic-ini", INI,
-                  "--out", tmp_path / "run", "--yes")
+        res = cli(
+            "rollback",
+            w / "gestima.db",
+            "--backup",
+            backup_of(w),
+            "--alembic-ini",
+            INI,
+            "--out",
+            tmp_path / "run",
+            "--yes",
+        )
         assert res.exit_code == 2, res.output
         assert "locked" in res.output and "--force" in res.output
         assert folder_hashes(w) == before
@@ -197,8 +294,19 @@ def test_refuses_while_the_app_holds_the_write_lock(world_copy: Path, tmp_path: 
 def test_stub_downgrade_is_refused_before_anything(world_copy: Path, tmp_path: Path) -> None:
     w = world_copy
     before = folder_hashes(w)
-    res = cli("rollback", w / "gestima.db", "--backup", backup_of(w), "--alembic-ini", INI, "--out", tmp_path / "run",
-              "--downgrade-to", OLD_REV, "--yes")
+    res = cli(
+        "rollback",
+        w / "gestima.db",
+        "--backup",
+        backup_of(w),
+        "--alembic-ini",
+        INI,
+        "--out",
+        tmp_path / "run",
+        "--downgrade-to",
+        OLD_REV,
+        "--yes",
+    )
     assert res.exit_code == 2, res.output
     assert "bb003_quote_discount_pct" in res.output and "stub downgrade" in res.output
     assert folder_hashes(w) == before
@@ -248,13 +356,26 @@ def columns_by_name(path: Path) -> dict[str, object]:
     """The schema, each table's columns keyed by name (type, NOT NULL, default, PK), foreign keys,
     and the SQL of every view, index and trigger."""
     with ro(path) as c:
-        names = [r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%' "
-                                         "AND name != '_recovery_applied' ORDER BY name")]
-        out: dict[str, object] = {n: ({r[1]: r[2:] for r in c.execute(f'PRAGMA table_info("{n}")')},
-                                      sorted(tuple(r[2:]) for r in c.execute(f'PRAGMA foreign_key_list("{n}")')))
-                                  for n in names}
-        out["sqlite_master"] = sorted(c.execute("SELECT type, name, tbl_name, sql FROM sqlite_master "
-                                                "WHERE type IN ('view','index','trigger')"))
+        names = [
+            r[0]
+            for r in c.execute(
+                "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%' "
+                "AND name != '_recovery_applied' ORDER BY name"
+            )
+        ]
+        out: dict[str, object] = {
+            n: (
+                {r[1]: r[2:] for r in c.execute(f'PRAGMA table_info("{n}")')},
+                sorted(tuple(r[2:]) for r in c.execute(f'PRAGMA foreign_key_list("{n}")')),
+            )
+            for n in names
+        }
+        out["sqlite_master"] = sorted(
+            c.execute(
+                "SELECT type, name, tbl_name, sql FROM sqlite_master "
+                "WHERE type IN ('view','index','trigger')"
+            )
+        )
     return out
 
 
@@ -262,19 +383,28 @@ def content_by_name(path: Path) -> dict[str, list[tuple]]:
     """:func:`content` with the columns in name order: the downgrade's batch rebuilds append the
     columns they re-add, so the same schema can list its columns in another order."""
     with ro(path) as c:
-        names = [r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'")]
+        names = [
+            r[0]
+            for r in c.execute(
+                "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'"
+            )
+        ]
         out = {}
         for n in sorted(names):
-            cols = sorted(r[1] for r in c.execute(f'PRAGMA table_info("{n}")')
-                          if not (n == "_recovery_applied" and r[1] in ("applied_at", "bundle_id", "outcome")))
+            cols = sorted(
+                r[1]
+                for r in c.execute(f'PRAGMA table_info("{n}")')
+                if not (n == "_recovery_applied" and r[1] in ("applied_at", "bundle_id", "outcome"))
+            )
             sel = ", ".join(f'"{x}"' for x in cols)
             out[n] = [tuple(r) for r in c.execute(f'SELECT {sel} FROM "{n}" ORDER BY {sel}')]
     return out
 
 
 @pytest.mark.parametrize("apply_deletes", [False, True], ids=["review-deletes", "apply-deletes"])
-def test_downgrade_to_gives_what_a_restore_gives(world: Path, tmp_path: Path, real_ini: Path,
-                                                 apply_deletes: bool) -> None:
+def test_downgrade_to_gives_what_a_restore_gives(
+    world: Path, tmp_path: Path, real_ini: Path, apply_deletes: bool
+) -> None:
     """``--downgrade-to`` and a plain restore, on two copies of one world, end with the same rows: the
     downgrade re-adds bb006's ``parts.notes`` empty and never sees rows deleted after the deploy, so
     both come back from the backup on the scratch copy before it is swapped in."""
@@ -286,10 +416,24 @@ def test_downgrade_to_gives_what_a_restore_gives(world: Path, tmp_path: Path, re
     for name, extra in (("down", ["--downgrade-to", OLD_REV]), ("plain", [])):
         w = tmp_path / name
         shutil.copytree(world, w)
-        res = cli("rollback", w / "gestima.db", "--backup", backup_of(w), "--alembic-ini", real_ini,
-                  "--uploads", w / "uploads", "--out", tmp_path / f"run-{name}", "--yes", *extra,
-                  *(["--apply-deletes"] if apply_deletes else []))
-        assert res.exit_code == 1, res.output  # lost values to review (production_records, discount_pct)
+        res = cli(
+            "rollback",
+            w / "gestima.db",
+            "--backup",
+            backup_of(w),
+            "--alembic-ini",
+            real_ini,
+            "--uploads",
+            w / "uploads",
+            "--out",
+            tmp_path / f"run-{name}",
+            "--yes",
+            *extra,
+            *(["--apply-deletes"] if apply_deletes else []),
+        )
+        assert res.exit_code == 1, (
+            res.output
+        )  # lost values to review (production_records, discount_pct)
         runs[name] = (w, json.loads((tmp_path / f"run-{name}" / "report.json").read_text()))
     (down, rep), (plain, plain_rep) = runs["down"], runs["plain"]
     db, backup = down / "gestima.db", backup_of(down)
@@ -327,24 +471,46 @@ def test_downgrade_to_gives_what_a_restore_gives(world: Path, tmp_path: Path, re
     restore = rep["journal"]["restore"]
     assert restore["method"] == "downgrade" and restore["state"] == "done"
     repair = restore["repair"]
-    assert repair["refilled"]["parts"] == {"notes": with_notes, "price": 0}  # bb004's price is computed, kept
+    assert repair["refilled"]["parts"] == {
+        "notes": with_notes,
+        "price": 0,
+    }  # bb004's price is computed, kept
     assert repair["refilled"]["quotes"] == {"customer": 0}  # bb002's rename keeps the values
     assert {t: n for t, n in repair["restored_rows"].items() if n} == {
-        t: len(ch["deleted"]) for t, ch in truth["tables"].items() if ch["deleted"]}
+        t: len(ch["deleted"]) for t, ch in truth["tables"].items() if ch["deleted"]
+    }
     assert repair["not_restored"] == {} and any("parts.notes" in n for n in repair["notes"])
     s, ps = rep["summary"], plain_rep["summary"]
     assert s["verified"] is True and s["conflicts"] == 0 and s["rows_skipped"] == 0
-    assert s["rows_inserted"] == 0 and s["rows_updated"] == 0  # already there: the downgrade carried them
-    assert s["rows_deleted"] == ps["rows_deleted"] == (sum(len(ch["deleted"]) for ch in truth["tables"].values())
-                                                       if apply_deletes else 0)
-    for k in ("records_created_after_deploy", "records_changed_after_deploy", "records_deleted_after_deploy",
-              "records_carried", "records_not_carried", "lost_values"):
+    assert (
+        s["rows_inserted"] == 0 and s["rows_updated"] == 0
+    )  # already there: the downgrade carried them
+    assert (
+        s["rows_deleted"]
+        == ps["rows_deleted"]
+        == (sum(len(ch["deleted"]) for ch in truth["tables"].values()) if apply_deletes else 0)
+    )
+    for k in (
+        "records_created_after_deploy",
+        "records_changed_after_deploy",
+        "records_deleted_after_deploy",
+        "records_carried",
+        "records_not_carried",
+        "lost_values",
+    ):
         assert s[k] == ps[k], k
     present = sum(t["already_present"] for t in rep["outcome"]["tables"].values())
-    assert present == ps["rows_inserted"] == sum(len(ch["inserted"]) for t, ch in truth["tables"].items()
-                                                  if t != "production_records")
+    assert (
+        present
+        == ps["rows_inserted"]
+        == sum(
+            len(ch["inserted"]) for t, ch in truth["tables"].items() if t != "production_records"
+        )
+    )
     assert rep["outcome"]["deletes_for_review"] == plain_rep["outcome"]["deletes_for_review"]
-    assert len(rep["outcome"]["deletes_for_review"]) == sum(len(ch["deleted"]) for ch in truth["tables"].values())
+    assert len(rep["outcome"]["deletes_for_review"]) == sum(
+        len(ch["deleted"]) for ch in truth["tables"].values()
+    )
     assert rep["outcome"]["verification"]["ok"]
 
 
@@ -370,25 +536,36 @@ def test_repair_from_backup_puts_back_only_what_the_downgrade_could_not(tmp_path
         CREATE TABLE computed (id INTEGER PRIMARY KEY, v TEXT);
         CREATE TABLE loose (v TEXT);
     """
-    backup = _db(tmp_path / "backup.db", old_ddl + """
+    backup = _db(
+        tmp_path / "backup.db",
+        old_ddl
+        + """
         INSERT INTO parent VALUES (1,'A','m1',1.5), (2,'B','m2',2.0), (3,'C',NULL,3.0), (4,'D','m4',4.0), (5,'E','m5',5.0);
         INSERT INTO child VALUES (10,1,1), (11,4,2), (12,5,3);
         INSERT INTO legacy VALUES (1,'x'), (2,'y');
         INSERT INTO computed VALUES (7,'old');
         INSERT INTO loose VALUES ('gone');
-    """)
-    live = _db(tmp_path / "live.db", """
+    """,
+    )
+    live = _db(
+        tmp_path / "live.db",
+        """
         CREATE TABLE parent (id INTEGER PRIMARY KEY, code TEXT NOT NULL UNIQUE, price_cents INTEGER NOT NULL);
         CREATE TABLE child (id INTEGER PRIMARY KEY, parent_id INTEGER NOT NULL REFERENCES parent(id), qty INTEGER);
         CREATE TABLE loose (v TEXT);
-    """)
-    down = _db(tmp_path / "down.db", old_ddl + """
+    """,
+    )
+    down = _db(
+        tmp_path / "down.db",
+        old_ddl
+        + """
         INSERT INTO parent VALUES (1,'A',NULL,1.5), (2,'B','computed',2.0), (3,'C',NULL,3.0), (6,'E',NULL,6.0);
         INSERT INTO child VALUES (10,1,1);
         INSERT INTO computed VALUES (1,'from the downgrade');
         CREATE TRIGGER parent_touched AFTER UPDATE ON parent BEGIN UPDATE parent SET price = -1 WHERE id = NEW.id; END;
         CREATE TRIGGER child_added AFTER INSERT ON child BEGIN UPDATE child SET qty = -1 WHERE id = NEW.id; END;
-    """)
+    """,
+    )
     with ro(live) as c:
         live_schema = reflect(c)
 
@@ -396,18 +573,27 @@ def test_repair_from_backup_puts_back_only_what_the_downgrade_could_not(tmp_path
 
     assert repair.refilled == {"parent": {"memo": 1, "price": 0}}
     assert repair.restored_rows == {"parent": 1, "child": 1}
-    assert repair.not_restored == {"parent": 1, "child": 1}  # 5: 'E' is taken by row 6; 12: its parent is 5
+    assert repair.not_restored == {
+        "parent": 1,
+        "child": 1,
+    }  # 5: 'E' is taken by row 6; 12: its parent is 5
     assert repair.copied_tables == {"legacy": 2}
     assert repair.computed_tables == ["computed"] and repair.unkeyed_tables == ["loose"]
     with ro(down) as c:
         assert c.execute("SELECT * FROM parent ORDER BY id").fetchall() == [
-            (1, "A", "m1", 1.5), (2, "B", "computed", 2.0), (3, "C", None, 3.0), (4, "D", "m4", 4.0), (6, "E", None, 6.0)]
+            (1, "A", "m1", 1.5),
+            (2, "B", "computed", 2.0),
+            (3, "C", None, 3.0),
+            (4, "D", "m4", 4.0),
+            (6, "E", None, 6.0),
+        ]
         assert c.execute("SELECT * FROM child ORDER BY id").fetchall() == [(10, 1, 1), (11, 4, 2)]
         assert c.execute("SELECT * FROM legacy ORDER BY id").fetchall() == [(1, "x"), (2, "y")]
         assert c.execute("SELECT * FROM computed").fetchall() == [(1, "from the downgrade")]
         assert c.execute("PRAGMA foreign_key_check").fetchall() == []
-        assert sorted(r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type='trigger'")) == [
-            "child_added", "parent_touched"]
+        assert sorted(
+            r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type='trigger'")
+        ) == ["child_added", "parent_touched"]
     with ro(backup) as c:  # the backup is only read
         assert c.execute("SELECT count(*) FROM parent").fetchone()[0] == 5
 
@@ -424,19 +610,30 @@ def test_repair_never_points_a_refilled_or_copied_row_at_a_missing_parent(tmp_pa
         CREATE TABLE parts (id INTEGER PRIMARY KEY, name TEXT, supplier_id INTEGER REFERENCES suppliers(id));
         CREATE TABLE audit (id INTEGER PRIMARY KEY, supplier_id INTEGER NOT NULL REFERENCES suppliers(id));
     """
-    backup = _db(tmp_path / "backup.db", old_ddl + """
+    backup = _db(
+        tmp_path / "backup.db",
+        old_ddl
+        + """
         INSERT INTO suppliers VALUES (1, 'acme'), (7, 'globex');
         INSERT INTO parts VALUES (1, 'bolt', 7), (2, 'nut', 1);
         INSERT INTO audit VALUES (1, 1), (2, 7);
-    """)
-    live = _db(tmp_path / "live.db", """
+    """,
+    )
+    live = _db(
+        tmp_path / "live.db",
+        """
         CREATE TABLE suppliers (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
         CREATE TABLE parts (id INTEGER PRIMARY KEY, name TEXT);
-    """)
-    down = _db(tmp_path / "down.db", old_ddl + """
+    """,
+    )
+    down = _db(
+        tmp_path / "down.db",
+        old_ddl
+        + """
         INSERT INTO suppliers VALUES (1, 'acme'), (8, 'globex');
         INSERT INTO parts VALUES (1, 'bolt', NULL), (2, 'nut', NULL);
-    """)
+    """,
+    )
     with ro(live) as c:
         live_schema = reflect(c)
 
@@ -444,10 +641,15 @@ def test_repair_never_points_a_refilled_or_copied_row_at_a_missing_parent(tmp_pa
 
     assert repair.refilled == {"parts": {"supplier_id": 1}}
     assert repair.not_refilled == {"parts": {"supplier_id": 1}}
-    assert repair.not_restored == {"suppliers": 1, "audit": 1} and repair.copied_tables == {"audit": 1}
+    assert repair.not_restored == {"suppliers": 1, "audit": 1} and repair.copied_tables == {
+        "audit": 1
+    }
     assert any("supplier_id: 1 backup value(s) left empty" in n for n in repair.notes())
     with ro(down) as c:
-        assert c.execute("SELECT * FROM parts ORDER BY id").fetchall() == [(1, "bolt", None), (2, "nut", 1)]
+        assert c.execute("SELECT * FROM parts ORDER BY id").fetchall() == [
+            (1, "bolt", None),
+            (2, "nut", 1),
+        ]
         assert c.execute("SELECT * FROM audit").fetchall() == [(1, 1)]
         assert c.execute("PRAGMA foreign_key_check").fetchall() == []
 
@@ -457,28 +659,49 @@ def test_repair_never_points_a_refilled_or_copied_row_at_a_missing_parent(tmp_pa
 
 
 @pytest.fixture(scope="module")
-def downgrade_reference(world: Path, real_ini: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[tuple]]:
+def downgrade_reference(
+    world: Path, real_ini: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, list[tuple]]:
     """The DB content after an uninterrupted ``--downgrade-to`` rollback."""
     import shutil
 
     w = tmp_path_factory.mktemp("downgrade-reference") / "world"
     shutil.copytree(world, w)
-    rollback(w / "gestima.db", backup_of(w), w.parent / "run", alembic_ini=real_ini, downgrade_to=OLD_REV)
+    rollback(
+        w / "gestima.db", backup_of(w), w.parent / "run", alembic_ini=real_ini, downgrade_to=OLD_REV
+    )
     return content_by_name(w / "gestima.db")
 
 
 @pytest.mark.parametrize("point", ["restore:start", "reimport:start"])
-def test_killed_downgrade_run_resumes_to_the_same_result(world_copy: Path, tmp_path: Path, real_ini: Path,
-                                                         downgrade_reference: dict, point: str) -> None:
+def test_killed_downgrade_run_resumes_to_the_same_result(
+    world_copy: Path, tmp_path: Path, real_ini: Path, downgrade_reference: dict, point: str
+) -> None:
     """Killed while the downgrade and its repair run on the scratch copy, or after the swap: the
     same command finishes the run with the same rows, the repair journaled once."""
     w, run = world_copy, tmp_path / "run"
-    args = [sys.executable, "-m", "recovery", "rollback", str(w / "gestima.db"), "--backup", str(backup_of(w)),
-            "--alembic-ini", str(real_ini), "--out", str(run), "--downgrade-to", OLD_REV, "--yes"]
+    args = [
+        sys.executable,
+        "-m",
+        "recovery",
+        "rollback",
+        str(w / "gestima.db"),
+        "--backup",
+        str(backup_of(w)),
+        "--alembic-ini",
+        str(real_ini),
+        "--out",
+        str(run),
+        "--downgrade-to",
+        OLD_REV,
+        "--yes",
+    ]
     env = {**os.environ, "RECOVERY_TEST_KILL_AT_STEP": point, "PYTHONPATH": str(ROOT)}
     killed = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert killed.returncode == -9, (killed.returncode, killed.stderr[-2000:])
-    resumed = rollback(w / "gestima.db", backup_of(w), run, alembic_ini=real_ini, downgrade_to=OLD_REV)
+    resumed = rollback(
+        w / "gestima.db", backup_of(w), run, alembic_ini=real_ini, downgrade_to=OLD_REV
+    )
     assert resumed.resumed and resumed.exit_code == 1
     assert content_by_name(w / "gestima.db") == downgrade_reference
     restore = json.loads((run / "journal.json").read_text())["steps"]["restore"]
@@ -496,13 +719,31 @@ def test_a_second_rollback_of_the_same_db_waits_its_turn(world_copy: Path, tmp_p
     fd = os.open(w, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what a running rollback holds
-        res = cli("rollback", w / "gestima.db", "--backup", backup_of(w), "--alembic-ini", INI,
-                  "--out", tmp_path / "run", "--yes")
+        res = cli(
+            "rollback",
+            w / "gestima.db",
+            "--backup",
+            backup_of(w),
+            "--alembic-ini",
+            INI,
+            "--out",
+            tmp_path / "run",
+            "--yes",
+        )
         assert res.exit_code == 2, res.output
         assert "another `recovery rollback` is running" in res.output
         assert folder_hashes(w) == before and not (tmp_path / "run").exists()
     finally:
         os.close(fd)
-    res = cli("rollback", w / "gestima.db", "--backup", backup_of(w), "--alembic-ini", INI,
-              "--out", tmp_path / "run", "--yes")
+    res = cli(
+        "rollback",
+        w / "gestima.db",
+        "--backup",
+        backup_of(w),
+        "--alembic-ini",
+        INI,
+        "--out",
+        tmp_path / "run",
+        "--yes",
+    )
     assert res.exit_code == 1, res.output

@@ -7,6 +7,7 @@ after the deploy → (random writes to the restored DB) → extract → restore 
 * ``PRAGMA foreign_key_check`` is empty; no conflict is reported twice;
 * a second re-import of the same bundle changes nothing.
 """
+
 from __future__ import annotations
 
 import json
@@ -54,10 +55,12 @@ class Tab:
 
 @dataclass
 class Mig:
-    added: dict[str, list[Col]] = field(default_factory=dict)   # table → new-only columns
+    added: dict[str, list[Col]] = field(default_factory=dict)  # table → new-only columns
     dropped: dict[str, set[str]] = field(default_factory=dict)  # table → old columns with no source
     renamed: dict[str, dict[str, str]] = field(default_factory=dict)  # table → old → new
-    retyped: dict[str, dict[str, str]] = field(default_factory=dict)  # table → old REAL → new cents INTEGER
+    retyped: dict[str, dict[str, str]] = field(
+        default_factory=dict
+    )  # table → old REAL → new cents INTEGER
     new_tables: list[str] = field(default_factory=list)
     sql: list[str] = field(default_factory=list)
     mapping: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -123,9 +126,11 @@ def worlds(draw: st.DrawFn) -> dict[str, Any]:
             c = next(c for c in t.cols if c.type == "REAL")
             nc = f"{c.name}_cents"
             mig.retyped[t.name] = {c.name: nc}
-            mig.sql += [f'ALTER TABLE "{t.name}" ADD COLUMN "{nc}" INTEGER',
-                        f'UPDATE "{t.name}" SET "{nc}" = CAST(round("{c.name}" * 100) AS INTEGER)',
-                        f'ALTER TABLE "{t.name}" DROP COLUMN "{c.name}"']
+            mig.sql += [
+                f'ALTER TABLE "{t.name}" ADD COLUMN "{nc}" INTEGER',
+                f'UPDATE "{t.name}" SET "{nc}" = CAST(round("{c.name}" * 100) AS INTEGER)',
+                f'ALTER TABLE "{t.name}" DROP COLUMN "{c.name}"',
+            ]
             mig.mapping.setdefault(t.name, {})[c.name] = f'"{nc}" / 100.0'
     if draw(st.booleans()):
         mig.new_tables.append("extra")
@@ -200,22 +205,32 @@ def activity(draw: st.DrawFn, conn: sqlite3.Connection, tables: list[Tab], mig: 
         elif op == "update" and existing and cols:
             key = draw(st.sampled_from(sorted(existing)))
             c = draw(st.sampled_from(cols))
-            conn.execute(f'UPDATE "{t.name}" SET "{c.name}" = ? WHERE id = ?',
-                         (value_of(draw, c.type, c.default is None), key))
+            conn.execute(
+                f'UPDATE "{t.name}" SET "{c.name}" = ? WHERE id = ?',
+                (value_of(draw, c.type, c.default is None), key),
+            )
             continue
         elif op == "delete" and existing:
             key = draw(st.sampled_from(sorted(existing)))
             children = [ct for ct in tables if ct.parent == t.name]
-            if any(conn.execute(f'SELECT 1 FROM "{ct.name}" WHERE p_id = ?', (key,)).fetchone() for ct in children):
+            if any(
+                conn.execute(f'SELECT 1 FROM "{ct.name}" WHERE p_id = ?', (key,)).fetchone()
+                for ct in children
+            ):
                 continue
             conn.execute(f'DELETE FROM "{t.name}" WHERE id = ?', (key,))
             continue
         else:
             continue
-        conn.execute(f'INSERT INTO "{t.name}" ({", ".join(json.dumps(k) for k in r)}) VALUES '
-                     f'({", ".join("?" * len(r))})', tuple(r.values()))
+        conn.execute(
+            f'INSERT INTO "{t.name}" ({", ".join(json.dumps(k) for k in r)}) VALUES '
+            f"({', '.join('?' * len(r))})",
+            tuple(r.values()),
+        )
     for i in range(1, draw(st.integers(0, 3)) + 1) if mig.new_tables else ():
-        conn.execute('INSERT INTO "extra" VALUES (?, ?)', (i, draw(st.sampled_from(["e", "f", None]))))
+        conn.execute(
+            'INSERT INTO "extra" VALUES (?, ?)', (i, draw(st.sampled_from(["e", "f", None])))
+        )
 
 
 def restored_writes(draw: st.DrawFn, conn: sqlite3.Connection, tables: list[Tab]) -> None:
@@ -225,15 +240,26 @@ def restored_writes(draw: st.DrawFn, conn: sqlite3.Connection, tables: list[Tab]
         t = draw(st.sampled_from(tables))
         existing = rows(conn, t.name)
         if draw(st.booleans()) or not existing:
-            r = {"id": max(existing, default=0) + 1, **{c.name: value_of(draw, c.type, c.default is None) for c in t.cols}}
+            r = {
+                "id": max(existing, default=0) + 1,
+                **{c.name: value_of(draw, c.type, c.default is None) for c in t.cols},
+            }
             if t.parent:
                 r["p_id"] = draw(st.sampled_from([None, *rows(conn, t.parent)]))
-            conn.execute(f'INSERT INTO "{t.name}" ({", ".join(json.dumps(k) for k in r)}) VALUES '
-                         f'({", ".join("?" * len(r))})', tuple(r.values()))
+            conn.execute(
+                f'INSERT INTO "{t.name}" ({", ".join(json.dumps(k) for k in r)}) VALUES '
+                f"({', '.join('?' * len(r))})",
+                tuple(r.values()),
+            )
         else:
             c = draw(st.sampled_from(t.cols))
-            conn.execute(f'UPDATE "{t.name}" SET "{c.name}" = ? WHERE id = ?',
-                         (value_of(draw, c.type, c.default is None), draw(st.sampled_from(sorted(existing)))))
+            conn.execute(
+                f'UPDATE "{t.name}" SET "{c.name}" = ? WHERE id = ?',
+                (
+                    value_of(draw, c.type, c.default is None),
+                    draw(st.sampled_from(sorted(existing))),
+                ),
+            )
 
 
 @settings(max_examples=MAX_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
@@ -249,8 +275,11 @@ def test_round_trip(world: dict[str, Any], data: st.DataObject) -> None:
             for t in tables:
                 conn.execute(t.ddl())
                 for r in world["seed"][t.name]:
-                    conn.execute(f'INSERT INTO "{t.name}" ({", ".join(json.dumps(k) for k in r)}) VALUES '
-                                 f'({", ".join("?" * len(r))})', tuple(r.values()))
+                    conn.execute(
+                        f'INSERT INTO "{t.name}" ({", ".join(json.dumps(k) for k in r)}) VALUES '
+                        f"({', '.join('?' * len(r))})",
+                        tuple(r.values()),
+                    )
         conn.close()
         live = tmp / "app.db"
         shutil.copyfile(backup, live)
@@ -262,9 +291,14 @@ def test_round_trip(world: dict[str, Any], data: st.DataObject) -> None:
         mapping = None
         if mig.mapping:
             mapping = tmp / "mapping.toml"
-            mapping.write_text("".join(
-                f'[tables."{t}".columns]\n' + "".join(f'"{c}" = {json.dumps(e)}\n' for c, e in cols.items())
-                for t, cols in mig.mapping.items()), encoding="utf-8")
+            mapping.write_text(
+                "".join(
+                    f'[tables."{t}".columns]\n'
+                    + "".join(f'"{c}" = {json.dumps(e)}\n' for c, e in cols.items())
+                    for t, cols in mig.mapping.items()
+                ),
+                encoding="utf-8",
+            )
         res = extract(backup, live, tmp / "bundle", mapping=mapping)
         assert not res.plan.errors, res.plan.errors
         target = tmp / "target.db"
@@ -286,8 +320,12 @@ def test_round_trip(world: dict[str, Any], data: st.DataObject) -> None:
         # undated non-default values in new columns of rows unchanged in the old projection: listed
         # as filled by the upgrade, not verified (nothing tells them from the upgrade's)
         with sqlite3.connect(f"file:{tmp / 'bundle' / 'rows.db'}?mode=ro", uri=True) as fc:
-            filled = {(t, tuple(json.loads(k)), c): v
-                      for t, k, c, v in fc.execute('SELECT "table", "key", "column", value FROM _recovery_filled')}
+            filled = {
+                (t, tuple(json.loads(k)), c): v
+                for t, k, c, v in fc.execute(
+                    'SELECT "table", "key", "column", value FROM _recovery_filled'
+                )
+            }
         fc.close()
 
         b = sqlite3.connect(f"file:{backup}?mode=ro", uri=True)
@@ -297,11 +335,15 @@ def test_round_trip(world: dict[str, Any], data: st.DataObject) -> None:
             assert g.execute("PRAGMA foreign_key_check").fetchall() == []
             for t in tables:
                 base, new, got = rows(b, t.name), rows(n, t.name), rows(g, t.name)
-                assert set(base) <= set(got), f"{t.name}: backup rows missing {set(base) - set(got)}"
+                assert set(base) <= set(got), (
+                    f"{t.name}: backup rows missing {set(base) - set(got)}"
+                )
                 for key, row in new.items():
                     proj = project(t, mig, row)
                     if key not in base:  # inserted after the deploy
-                        if (t.name, (key,)) in conflicted or (t.parent and (t.parent, (row["p_id"],)) in conflicted):
+                        if (t.name, (key,)) in conflicted or (
+                            t.parent and (t.parent, (row["p_id"],)) in conflicted
+                        ):
                             continue
                         k2 = remap.get((t.name, key), key)
                         assert k2 in got, f"{t.name} {key}: inserted row missing"
@@ -314,12 +356,18 @@ def test_round_trip(world: dict[str, Any], data: st.DataObject) -> None:
                             if v != base[key][c] or type(v) is not type(base[key][c]):
                                 if (t.name, (key,), c) in cells or (t.name, (key,)) in conflicted:
                                     continue
-                                assert got[key][c] == v, f"{t.name} {key}.{c}: {got[key][c]!r} != {v!r}"
+                                assert got[key][c] == v, (
+                                    f"{t.name} {key}.{c}: {got[key][c]!r} != {v!r}"
+                                )
                     for c in mig.added.get(t.name, []):
                         if row[c.name] is not None and row[c.name] != c.default:
                             cell = (t.name, (key,), c.name)
-                            if cell in filled:  # never lost as well, and only in a row the backup has
-                                assert cell not in lost and key in base and filled[cell] == row[c.name], cell
+                            if (
+                                cell in filled
+                            ):  # never lost as well, and only in a row the backup has
+                                assert (
+                                    cell not in lost and key in base and filled[cell] == row[c.name]
+                                ), cell
                                 continue
                             assert lost.get(cell) == row[c.name], cell
             for name in mig.new_tables:

@@ -4,6 +4,7 @@ Every case builds a real backup and a real live SQLite file: the backup as the o
 it at the deploy (``DEPLOY``), the live file as the new schema holds the same rows (plus whatever a
 case's users changed after the deploy, dated by ``updated_at`` where the case says so).
 """
+
 from __future__ import annotations
 
 import json
@@ -42,8 +43,12 @@ def build(path: Path, ddl: str, rows: list[tuple], table: str = "t") -> Path:
 
 def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
     """The real command in its own process."""
-    return subprocess.run([sys.executable, "-m", "recovery", *map(str, args)], capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "recovery", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def rule(a: Any, table: str, column: str) -> Any:
@@ -60,7 +65,9 @@ def on_live(r: Any) -> str:
 
 
 PRICE_OLD = "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT, price REAL, updated_at TEXT);"
-PRICE_NEW = "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT, price_cents INTEGER, updated_at TEXT);"
+PRICE_NEW = (
+    "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT, price_cents INTEGER, updated_at TEXT);"
+)
 NAME_OLD = "CREATE TABLE t (id INTEGER PRIMARY KEY, full_name TEXT, updated_at TEXT);"
 NAME_NEW = "CREATE TABLE t (id INTEGER PRIMARY KEY, first TEXT, last TEXT, updated_at TEXT);"
 FIRSTS = ("Jana", "Petr", "Eva", "Karel", "Olga", "Tomas", "Lucie")
@@ -69,8 +76,10 @@ LASTS = ("Novak", "Svoboda", "Dvorak", "Cerny", "Kral")
 
 def price_rows(n: int) -> tuple[list[tuple], list[tuple]]:
     cents = [1500 + 37 * i for i in range(1, n + 1)]
-    return ([(i, f"p{i}", c / 100, BEFORE) for i, c in enumerate(cents, 1)],
-            [(i, f"p{i}", c, BEFORE) for i, c in enumerate(cents, 1)])
+    return (
+        [(i, f"p{i}", c / 100, BEFORE) for i, c in enumerate(cents, 1)],
+        [(i, f"p{i}", c, BEFORE) for i, c in enumerate(cents, 1)],
+    )
 
 
 def edited_after_deploy(n: int) -> tuple[list[tuple], list[tuple]]:
@@ -83,8 +92,10 @@ def edited_after_deploy(n: int) -> tuple[list[tuple], list[tuple]]:
 
 def name_rows(n: int) -> tuple[list[tuple], list[tuple]]:
     people = [(FIRSTS[i % len(FIRSTS)], LASTS[(i * 3) % len(LASTS)] + str(i)) for i in range(n)]
-    return ([(i, f"{f} {last}", BEFORE) for i, (f, last) in enumerate(people, 1)],
-            [(i, f, last, BEFORE) for i, (f, last) in enumerate(people, 1)])
+    return (
+        [(i, f"{f} {last}", BEFORE) for i, (f, last) in enumerate(people, 1)],
+        [(i, f, last, BEFORE) for i, (f, last) in enumerate(people, 1)],
+    )
 
 
 def split_rows(n: int) -> tuple[list[tuple], list[tuple]]:
@@ -108,25 +119,97 @@ class Case:
 
 
 CASES = [
-    Case("correct rule", (PRICE_OLD, PRICE_NEW), price_rows, 40, 'price = "price_cents / 100.0"', "price",
-         "user-mapping", "agrees", '"price_cents" / 100.0'),
-    Case("wrong scale /10 vs /100", (PRICE_OLD, PRICE_NEW), price_rows, 40, 'price = "price_cents / 10.0"', "price",
-         "user-mapping", "disagrees", refused=True),
-    Case("wrong rename", (PRICE_OLD, PRICE_NEW), price_rows, 40, 'price = "price_cents"', "price",
-         "user-mapping", "disagrees", refused=True),
-    Case("inferred scale", (PRICE_OLD, PRICE_NEW), price_rows, 40, None, "price", "inferred", "agrees",
-         '"price_cents" / 100.0'),
-    Case("inferred concatenation", (NAME_OLD, NAME_NEW), name_rows, 30, None, "full_name", "inferred", "agrees",
-         "\"first\" || ' ' || \"last\""),
-    Case("inferred split", (NAME_NEW, NAME_OLD), split_rows, 30, None, "last", "inferred", "agrees"),
-    Case("same name, new unit: the contradicted same-name rule gives way to an inferred one",
-         (PRICE_OLD, PRICE_OLD.replace("price REAL", "price INTEGER")), price_rows, 40, None, "price", "inferred",
-         "agrees", '"price" / 100.0'),
-    Case("too few rows: not inferred", (PRICE_OLD, PRICE_NEW), price_rows, MIN_INFER - 1, None, "price", "none",
-         "not inferred"),
-    Case("disagrees only on rows edited after the deploy", (PRICE_OLD, PRICE_NEW), edited_after_deploy, 60,
-         'price = "price_cents / 100.0"', "price", "user-mapping", "agrees", '"price_cents" / 100.0',
-         extra={"rows_checked": 15}),
+    Case(
+        "correct rule",
+        (PRICE_OLD, PRICE_NEW),
+        price_rows,
+        40,
+        'price = "price_cents / 100.0"',
+        "price",
+        "user-mapping",
+        "agrees",
+        '"price_cents" / 100.0',
+    ),
+    Case(
+        "wrong scale /10 vs /100",
+        (PRICE_OLD, PRICE_NEW),
+        price_rows,
+        40,
+        'price = "price_cents / 10.0"',
+        "price",
+        "user-mapping",
+        "disagrees",
+        refused=True,
+    ),
+    Case(
+        "wrong rename",
+        (PRICE_OLD, PRICE_NEW),
+        price_rows,
+        40,
+        'price = "price_cents"',
+        "price",
+        "user-mapping",
+        "disagrees",
+        refused=True,
+    ),
+    Case(
+        "inferred scale",
+        (PRICE_OLD, PRICE_NEW),
+        price_rows,
+        40,
+        None,
+        "price",
+        "inferred",
+        "agrees",
+        '"price_cents" / 100.0',
+    ),
+    Case(
+        "inferred concatenation",
+        (NAME_OLD, NAME_NEW),
+        name_rows,
+        30,
+        None,
+        "full_name",
+        "inferred",
+        "agrees",
+        '"first" || \' \' || "last"',
+    ),
+    Case(
+        "inferred split", (NAME_NEW, NAME_OLD), split_rows, 30, None, "last", "inferred", "agrees"
+    ),
+    Case(
+        "same name, new unit: the contradicted same-name rule gives way to an inferred one",
+        (PRICE_OLD, PRICE_OLD.replace("price REAL", "price INTEGER")),
+        price_rows,
+        40,
+        None,
+        "price",
+        "inferred",
+        "agrees",
+        '"price" / 100.0',
+    ),
+    Case(
+        "too few rows: not inferred",
+        (PRICE_OLD, PRICE_NEW),
+        price_rows,
+        MIN_INFER - 1,
+        None,
+        "price",
+        "none",
+        "not inferred",
+    ),
+    Case(
+        "disagrees only on rows edited after the deploy",
+        (PRICE_OLD, PRICE_NEW),
+        edited_after_deploy,
+        60,
+        'price = "price_cents / 100.0"',
+        "price",
+        "user-mapping",
+        "agrees",
+        '"price_cents" / 100.0',
+        extra={"rows_checked": 15},
+    ),
 ]
 
 
@@ -153,10 +236,17 @@ def test_rule_judged_by_the_data(case: Case, tmp_path: Path) -> None:
         if case.want_sql is not None:
             assert r.sql.replace('"', "") == case.want_sql.replace('"', "")
         if case.want_verdict == "agrees":
-            assert r.check["rows_agreeing"] == r.check["rows_checked"] >= case.extra.get("rows_checked", MIN_INFER)
+            assert (
+                r.check["rows_agreeing"]
+                == r.check["rows_checked"]
+                >= case.extra.get("rows_checked", MIN_INFER)
+            )
             # the rule applied to the live rows gives every backup value of the rows nobody touched
-            cur = a.pair.execute(f'SELECT count(*) FROM old.t o JOIN new.t n USING (id) '
-                                 f'WHERE julianday(n.updated_at) <= julianday(?) AND o."{case.column}" IS NOT ({on_live(r)})', (DEPLOY,))
+            cur = a.pair.execute(
+                f"SELECT count(*) FROM old.t o JOIN new.t n USING (id) "
+                f'WHERE julianday(n.updated_at) <= julianday(?) AND o."{case.column}" IS NOT ({on_live(r)})',
+                (DEPLOY,),
+            )
             assert cur.fetchone()[0] == 0
         if case.refused:
             first = r.check["first_disagreement"]
@@ -173,8 +263,10 @@ def test_split_infers_both_halves(tmp_path: Path) -> None:
     with analyse(backup, live, DEPLOY) as a:
         first, last = rule(a, "t", "first"), rule(a, "t", "last")
         assert (first.source, last.source) == ("inferred", "inferred")
-        got = a.pair.execute(f"SELECT count(*) FROM old.t o JOIN new.t n USING (id) WHERE o.first IS ({on_live(first)}) "
-                             f"AND o.last IS ({on_live(last)})").fetchone()[0]
+        got = a.pair.execute(
+            f"SELECT count(*) FROM old.t o JOIN new.t n USING (id) WHERE o.first IS ({on_live(first)}) "
+            f"AND o.last IS ({on_live(last)})"
+        ).fetchone()[0]
         assert got == 30
 
 
@@ -197,7 +289,9 @@ def test_undated_edits_of_a_minority_do_not_refuse_a_correct_rule(tmp_path: Path
     ddl_old = "CREATE TABLE t (id INTEGER PRIMARY KEY, price REAL);"
     ddl_new = "CREATE TABLE t (id INTEGER PRIMARY KEY, price_cents INTEGER);"
     backup = build(tmp_path / "o.db", ddl_old, [(i, i * 7 / 100) for i in range(1, 41)])
-    live = build(tmp_path / "n.db", ddl_new, [(i, i * 7 + (500 if i % 5 == 0 else 0)) for i in range(1, 41)])
+    live = build(
+        tmp_path / "n.db", ddl_new, [(i, i * 7 + (500 if i % 5 == 0 else 0)) for i in range(1, 41)]
+    )
     mp = tmp_path / "m.toml"
     mp.write_text('[tables.t.columns]\nprice = "price_cents / 100.0"\n')
     with analyse(backup, live, DEPLOY, mp) as a:
@@ -223,7 +317,7 @@ def test_concatenation_found_among_many_text_columns(tmp_path: Path) -> None:
     live = build(tmp_path / "n.db", f"CREATE TABLE t (id INTEGER PRIMARY KEY, {new_cols});", new)
     with analyse(backup, live) as a:
         inferred = {r.column: r.sql for r in a.mapping.tables["t"].rules if r.source == "inferred"}
-    assert inferred == {"o4": "\"n1\" || ', ' || \"n8\""}
+    assert inferred == {"o4": '"n1" || \', \' || "n8"'}
 
 
 def test_rename_detected_despite_dated_edits_of_the_renamed_column(tmp_path: Path) -> None:
@@ -231,11 +325,24 @@ def test_rename_detected_despite_dated_edits_of_the_renamed_column(tmp_path: Pat
     is still found on the rows nobody touched (without the dates it would be 75% < 90%)."""
     old = [(i, f"cust{i}", BEFORE) for i in range(1, 21)]
     new = [(i, f"edited{i}", AFTER) if i % 4 == 0 else (i, c, ts) for i, c, ts in old]
-    backup = build(tmp_path / "o.db", "CREATE TABLE t (id INTEGER PRIMARY KEY, customer TEXT, updated_at TEXT);", old)
-    live = build(tmp_path / "n.db", "CREATE TABLE t (id INTEGER PRIMARY KEY, customer_name TEXT, updated_at TEXT);", new)
+    backup = build(
+        tmp_path / "o.db",
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, customer TEXT, updated_at TEXT);",
+        old,
+    )
+    live = build(
+        tmp_path / "n.db",
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, customer_name TEXT, updated_at TEXT);",
+        new,
+    )
     with analyse(backup, live, DEPLOY) as a:
         (ren,) = a.schema_diff.renames
-        assert (ren.old, ren.new, ren.share, ren.rows_compared) == ("customer", "customer_name", 1.0, 15)
+        assert (ren.old, ren.new, ren.share, ren.rows_compared) == (
+            "customer",
+            "customer_name",
+            1.0,
+            15,
+        )
         assert "not updated after the deploy" in ren.evidence
     with analyse(backup, live) as a:  # no deploy time known: the edits count against it
         assert a.schema_diff.renames == ()
@@ -244,32 +351,50 @@ def test_rename_detected_despite_dated_edits_of_the_renamed_column(tmp_path: Pat
 # ---------------------------------------------------------------------------------------------
 # inference as a property: inferred iff the data agree
 
-SCALES = [10.0 ** k for k in range(-4, 5) if k] + [2.0, 0.5, 25.4]
+SCALES = [10.0**k for k in range(-4, 5) if k] + [2.0, 0.5, 25.4]
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     scale=st.sampled_from(SCALES),
-    values=st.lists(st.integers(min_value=-10**6, max_value=10**6), min_size=MIN_INFER, max_size=45, unique=True),
+    values=st.lists(
+        st.integers(min_value=-(10**6), max_value=10**6),
+        min_size=MIN_INFER,
+        max_size=45,
+        unique=True,
+    ),
     spoil=st.one_of(st.none(), st.integers(min_value=0, max_value=10**6)),
 )
-def test_scale_inferred_iff_every_unchanged_row_agrees(tmp_path_factory: pytest.TempPathFactory, scale: float,
-                                                       values: list[int], spoil: int | None) -> None:
+def test_scale_inferred_iff_every_unchanged_row_agrees(
+    tmp_path_factory: pytest.TempPathFactory, scale: float, values: list[int], spoil: int | None
+) -> None:
     d = tmp_path_factory.mktemp("scale")
-    old_vals: list[Any] = [v * int(scale) if scale >= 1 and scale == int(scale) else v * scale for v in values]
+    old_vals: list[Any] = [
+        v * int(scale) if scale >= 1 and scale == int(scale) else v * scale for v in values
+    ]
     if spoil is not None:  # one unchanged row whose backup value the rule would not give
         i = spoil % len(values)
         old_vals[i] = old_vals[i] + 1
     old_type = "INTEGER" if scale >= 1 and scale == int(scale) else "REAL"
-    backup = build(d / "o.db", f"CREATE TABLE t (id INTEGER PRIMARY KEY, x {old_type}, tag TEXT);",
-                   [(i, o, "k") for i, o in enumerate(old_vals, 1)])
-    live = build(d / "n.db", "CREATE TABLE t (id INTEGER PRIMARY KEY, y INTEGER, tag TEXT);",
-                 [(i, v, "k") for i, v in enumerate(values, 1)])
+    backup = build(
+        d / "o.db",
+        f"CREATE TABLE t (id INTEGER PRIMARY KEY, x {old_type}, tag TEXT);",
+        [(i, o, "k") for i, o in enumerate(old_vals, 1)],
+    )
+    live = build(
+        d / "n.db",
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, y INTEGER, tag TEXT);",
+        [(i, v, "k") for i, v in enumerate(values, 1)],
+    )
     with analyse(backup, live) as a:
         r = rule(a, "t", "x")
         if spoil is None:
             assert r.source == "inferred", r.check
-            wrong = a.pair.execute(f"SELECT count(*) FROM old.t o JOIN new.t n USING (id) WHERE o.x IS NOT ({on_live(r)})")
+            wrong = a.pair.execute(
+                f"SELECT count(*) FROM old.t o JOIN new.t n USING (id) WHERE o.x IS NOT ({on_live(r)})"
+            )
             assert wrong.fetchone()[0] == 0
         else:
             assert r.source == "none" and r.check["verdict"] == "not inferred"
@@ -287,18 +412,43 @@ def test_cli_refuses_a_wrong_mapping_and_trust_mapping_keeps_it(tmp_path: Path) 
     mp.write_text('[tables.t.columns]\nprice = "price_cents / 10.0"\n')
     res = cli("diff", backup, live, "--mapping", mp, "--since", DEPLOY)
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
-    assert "t.price" in res.stderr and "0 of 30 unchanged rows agree" in res.stderr and "Traceback" not in res.stderr
+    assert (
+        "t.price" in res.stderr
+        and "0 of 30 unchanged rows agree" in res.stderr
+        and "Traceback" not in res.stderr
+    )
     res = cli("extract", backup, live, "--out", tmp_path / "b", "--mapping", mp, "--since", DEPLOY)
     assert res.returncode == 2 and not (tmp_path / "b").exists()
     res = cli("diff", backup, live, "--mapping", mp, "--since", DEPLOY, "--trust-mapping", "--json")
     assert res.returncode == 1, res.stderr
-    col = next(c for c in json.loads(res.stdout)["mapping"]["t"]["columns"] if c["column"] == "price")
-    assert (col["verdict"], col["trusted"], col["rows_checked"], col["rows_agreeing"]) == ("disagrees", True, 30, 0)
+    col = next(
+        c for c in json.loads(res.stdout)["mapping"]["t"]["columns"] if c["column"] == "price"
+    )
+    assert (col["verdict"], col["trusted"], col["rows_checked"], col["rows_agreeing"]) == (
+        "disagrees",
+        True,
+        30,
+        0,
+    )
     assert col["first_disagreement"]["key"] == [1]
-    res = cli("extract", backup, live, "--out", tmp_path / "b2", "--mapping", mp, "--since", DEPLOY, "--trust-mapping")
+    res = cli(
+        "extract",
+        backup,
+        live,
+        "--out",
+        tmp_path / "b2",
+        "--mapping",
+        mp,
+        "--since",
+        DEPLOY,
+        "--trust-mapping",
+    )
     assert res.returncode in (0, 1), res.stderr
     manifest = json.loads((tmp_path / "b2" / "manifest.json").read_text())
-    assert next(c for c in manifest["mapping"]["t"]["columns"] if c["column"] == "price")["verdict"] == "disagrees"
+    assert (
+        next(c for c in manifest["mapping"]["t"]["columns"] if c["column"] == "price")["verdict"]
+        == "disagrees"
+    )
     assert "disagrees, kept by --trust-mapping" in (tmp_path / "b2" / "reimport.sql").read_text()
 
 
@@ -311,15 +461,42 @@ def test_rollback_refuses_a_wrong_mapping_and_changes_nothing(tmp_path: Path) ->
     mp = tmp_path / "map.toml"
     mp.write_text('[tables.t.columns]\nprice = "price_cents / 10.0"\n')
     before = hashlib.sha256(live.read_bytes()).hexdigest()
-    res = cli("rollback", live, "--backup", backup, "--mapping", mp, "--since", DEPLOY, "--out", tmp_path / "run",
-              "--yes")
-    assert res.returncode == 2 and "t.price" in res.stderr and "--trust-mapping" in res.stderr, res.stderr
+    res = cli(
+        "rollback",
+        live,
+        "--backup",
+        backup,
+        "--mapping",
+        mp,
+        "--since",
+        DEPLOY,
+        "--out",
+        tmp_path / "run",
+        "--yes",
+    )
+    assert res.returncode == 2 and "t.price" in res.stderr and "--trust-mapping" in res.stderr, (
+        res.stderr
+    )
     assert hashlib.sha256(live.read_bytes()).hexdigest() == before
-    res = cli("rollback", live, "--backup", backup, "--mapping", mp, "--since", DEPLOY, "--out", tmp_path / "run2",
-              "--yes", "--trust-mapping")
+    res = cli(
+        "rollback",
+        live,
+        "--backup",
+        backup,
+        "--mapping",
+        mp,
+        "--since",
+        DEPLOY,
+        "--out",
+        tmp_path / "run2",
+        "--yes",
+        "--trust-mapping",
+    )
     assert res.returncode in (0, 1), res.stdout + res.stderr
     with sqlite3.connect(f"file:{live}?mode=ro", uri=True) as conn:
-        assert conn.execute("SELECT price FROM t WHERE id = 31").fetchone()[0] == 999.9  # the trusted rule's value
+        assert (
+            conn.execute("SELECT price FROM t WHERE id = 31").fetchone()[0] == 999.9
+        )  # the trusted rule's value
     conn.close()
 
 
@@ -327,7 +504,16 @@ def test_rehearse_fails_on_a_wrong_mapping(world_copy: Path, tmp_path: Path) -> 
     backup = next(world_copy.glob("gestima.db.bak.*"))
     mp = tmp_path / "map.toml"
     mp.write_text('[tables.parts.columns]\nprice = "price_cents / 10.0"\n')
-    res = cli("rehearse", world_copy / "gestima.db", "--backup", backup, "--mapping", mp, "--out", tmp_path / "r")
+    res = cli(
+        "rehearse",
+        world_copy / "gestima.db",
+        "--backup",
+        backup,
+        "--mapping",
+        mp,
+        "--out",
+        tmp_path / "r",
+    )
     assert res.returncode == 1, res.stdout + res.stderr
     assert "FAIL" in res.stdout and "parts.price" in res.stdout
 
@@ -336,24 +522,35 @@ def test_rehearse_fails_on_a_wrong_mapping(world_copy: Path, tmp_path: Path) -> 
 # the sample world: parts.price from price_cents with neither --alembic-ini nor a mapping
 
 
-def test_price_cents_rolls_back_without_alembic_or_mapping(world_copy: Path, tmp_path: Path) -> None:
+def test_price_cents_rolls_back_without_alembic_or_mapping(
+    world_copy: Path, tmp_path: Path
+) -> None:
     from recovery.sample.ledger import PROJECTION
 
     truth = json.loads((world_copy / "world.json").read_text())
     backup = next(world_copy.glob("gestima.db.bak.*"))
     db = world_copy / "gestima.db"
-    post = [k for (k,) in truth["tables"]["parts"]["inserted"] + truth["tables"]["parts"]["updated"]]
+    post = [
+        k for (k,) in truth["tables"]["parts"]["inserted"] + truth["tables"]["parts"]["updated"]
+    ]
     repriced = [int(k) for k, cols in truth["updated_columns"]["parts"].items() if "price" in cols]
     assert post and repriced
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
         conn.row_factory = sqlite3.Row
-        want = {r["id"]: PROJECTION["parts"]["price"](dict(r)) for r in conn.execute("SELECT * FROM parts")}
+        want = {
+            r["id"]: PROJECTION["parts"]["price"](dict(r))
+            for r in conn.execute("SELECT * FROM parts")
+        }
     conn.close()
     res = cli("rollback", db, "--backup", backup, "--out", tmp_path / "run", "--yes")
     assert res.returncode in (0, 1), res.stdout + res.stderr
     manifest = json.loads((tmp_path / "run" / "bundle" / "manifest.json").read_text())
     price = next(c for c in manifest["mapping"]["parts"]["columns"] if c["column"] == "price")
-    assert (price["source"], price["expression"], price["verdict"]) == ("inferred", '"price_cents" / 100.0', "agrees")
+    assert (price["source"], price["expression"], price["verdict"]) == (
+        "inferred",
+        '"price_cents" / 100.0',
+        "agrees",
+    )
     assert price["rows_checked"] == price["rows_agreeing"] >= MIN_INFER
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
         got = dict(conn.execute("SELECT id, price FROM parts"))
@@ -373,7 +570,9 @@ def test_diff_reads_lineage_rules_with_alembic_ini(world: Path) -> None:
     from recovery.sample import app_dir
 
     backup = next(world.glob("gestima.db.bak.*"))
-    res = cli("diff", backup, world / "gestima.db", "--alembic-ini", app_dir() / "alembic.ini", "--json")
+    res = cli(
+        "diff", backup, world / "gestima.db", "--alembic-ini", app_dir() / "alembic.ini", "--json"
+    )
     assert res.returncode == 1, res.stderr
     cols = {c["column"]: c for c in json.loads(res.stdout)["mapping"]["parts"]["columns"]}
     assert (cols["price"]["source"], cols["price"]["verdict"]) == ("migration-lineage", "agrees")
@@ -388,8 +587,10 @@ AT_RISK_OLD = "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT);"
 AT_RISK_NEW = "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT, discount REAL NOT NULL DEFAULT 0, note TEXT);"
 
 
-AT_RISK_NEW_TS = ("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT, discount REAL NOT NULL DEFAULT 0, note TEXT, "
-                  "updated_at TEXT);")
+AT_RISK_NEW_TS = (
+    "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT, discount REAL NOT NULL DEFAULT 0, note TEXT, "
+    "updated_at TEXT);"
+)
 
 
 def test_diff_reports_values_at_risk_and_agrees_with_extract(tmp_path: Path) -> None:
@@ -398,22 +599,36 @@ def test_diff_reports_values_at_risk_and_agrees_with_extract(tmp_path: Path) -> 
     lists the values as lost); ``diff`` and ``extract`` count with the same definition."""
     old = [(i, f"n{i}") for i in range(1, 26)]
     backup = build(tmp_path / "app.db.bak", AT_RISK_OLD, old)
-    live = build(tmp_path / "app.db", AT_RISK_NEW_TS, [(i, n, 0.0, None, "2026-11-01T10:00:00") for i, n in old])
+    live = build(
+        tmp_path / "app.db",
+        AT_RISK_NEW_TS,
+        [(i, n, 0.0, None, "2026-11-01T10:00:00") for i, n in old],
+    )
     res = cli("diff", backup, live, "--since", DEPLOY, "--json")
     data = json.loads(res.stdout)
-    assert res.returncode == 1 and data["tables"]["t"]["changed_only_in_new_columns"] == 0  # schema differs
+    assert (
+        res.returncode == 1 and data["tables"]["t"]["changed_only_in_new_columns"] == 0
+    )  # schema differs
     assert data["totals"] == {"inserted": 0, "updated": 0, "deleted": 0}
     # a user fills the new-only columns of a pre-existing row
     with closing(sqlite3.connect(live)) as conn, conn:
-        conn.execute("UPDATE t SET discount = 5, note = 'vip', updated_at = '2026-11-21T09:00:00' WHERE id = 7")
-        conn.execute("UPDATE t SET note = 'filled' WHERE id = 8")  # not after the deploy: the upgrade's
+        conn.execute(
+            "UPDATE t SET discount = 5, note = 'vip', updated_at = '2026-11-21T09:00:00' WHERE id = 7"
+        )
+        conn.execute(
+            "UPDATE t SET note = 'filled' WHERE id = 8"
+        )  # not after the deploy: the upgrade's
     res = cli("diff", backup, live, "--since", DEPLOY, "--json")
     assert res.returncode == 1, res.stderr
     data = json.loads(res.stdout)
     t = data["tables"]["t"]
     assert (t["inserted"], t["updated"], t["deleted"]) == (0, 1, 0)  # changed only in new columns
     # discount, note and the new-only updated_at itself
-    assert (t["changed_only_in_new_columns"], t["values_at_risk"], t["filled_by_upgrade"]) == (1, 3, 0)
+    assert (t["changed_only_in_new_columns"], t["values_at_risk"], t["filled_by_upgrade"]) == (
+        1,
+        3,
+        0,
+    )
     assert data["at_risk"] == {"changed_only_in_new_columns": 1, "values_at_risk": 3}
     res = cli("diff", backup, live, "--since", DEPLOY, "--csv")
     assert res.returncode == 1 and "\nt,updated,[7]," in res.stdout and "vip" in res.stdout
@@ -440,16 +655,27 @@ def test_undated_new_column_values_are_filled_by_upgrade_not_lost(tmp_path: Path
     res = cli("diff", backup, live, "--since", DEPLOY, "--json")
     data = json.loads(res.stdout)
     t = data["tables"]["t"]
-    assert (t["updated"], t["changed_only_in_new_columns"], t["values_at_risk"], t["filled_by_upgrade"]) == (1, 0, 0, 2)
+    assert (
+        t["updated"],
+        t["changed_only_in_new_columns"],
+        t["values_at_risk"],
+        t["filled_by_upgrade"],
+    ) == (1, 0, 0, 2)
     assert data["filled_by_upgrade"] == 2
     res = cli("extract", backup, live, "--since", DEPLOY, "--out", tmp_path / "b", "--json")
     summary = json.loads(res.stdout)
-    assert (summary["counts"]["t"]["updated"], summary["lost"], summary["filled_by_upgrade"]) == (1, 1, 2)
+    assert (summary["counts"]["t"]["updated"], summary["lost"], summary["filled_by_upgrade"]) == (
+        1,
+        1,
+        2,
+    )
     run = tmp_path / "run"
     res = cli("rollback", live, "--backup", backup, "--since", DEPLOY, "--out", run, "--yes")
     assert res.returncode in (0, 1), res.stderr
     filled = (run / "filled_by_upgrade.csv").read_text(encoding="utf-8")
-    assert "vip" in filled and "filled by the upgrade, not verified" in filled and "mine" not in filled
+    assert (
+        "vip" in filled and "filled by the upgrade, not verified" in filled and "mine" not in filled
+    )
     lost_csv = (run / "lost_values.csv").read_text(encoding="utf-8")
     assert "mine" in lost_csv and "vip" not in lost_csv
     report = json.loads((run / "report.json").read_text(encoding="utf-8"))
@@ -467,10 +693,17 @@ def _renamed_world(d: Path) -> tuple[Path, Path]:
     old = [(i, f"c{i}", i * 3, BEFORE) for i in range(1, 31)]
     live_rows = [*old[:28], (29, "c29 edited", 87, AFTER), (31, "c31", 1, AFTER)]
     paths = []
-    for path, name, rows in ((d / "app.db.bak", "customers", old), (d / "app.db", "clients", live_rows)):
-        build(path, f"CREATE TABLE {name} (id INTEGER PRIMARY KEY, name TEXT, score INTEGER, updated_at TEXT);"
-                    "CREATE TABLE a (id INTEGER PRIMARY KEY, v TEXT); CREATE TABLE b (id INTEGER PRIMARY KEY, v TEXT);",
-              rows, name)
+    for path, name, rows in (
+        (d / "app.db.bak", "customers", old),
+        (d / "app.db", "clients", live_rows),
+    ):
+        build(
+            path,
+            f"CREATE TABLE {name} (id INTEGER PRIMARY KEY, name TEXT, score INTEGER, updated_at TEXT);"
+            "CREATE TABLE a (id INTEGER PRIMARY KEY, v TEXT); CREATE TABLE b (id INTEGER PRIMARY KEY, v TEXT);",
+            rows,
+            name,
+        )
         paths.append(path)
     return paths[0], paths[1]
 
@@ -480,15 +713,25 @@ def test_renamed_table_is_detected_compared_and_carried(tmp_path: Path) -> None:
     res = cli("diff", backup, live, "--since", DEPLOY, "--json")
     data = json.loads(res.stdout)
     (ren,) = data["schema"]["table_renames"]
-    assert (ren["old"], ren["new"], ren["rows_matched"], ren["rows_compared"]) == ("customers", "clients", 29, 30)
+    assert (ren["old"], ren["new"], ren["rows_matched"], ren["rows_compared"]) == (
+        "customers",
+        "clients",
+        29,
+        30,
+    )
     t = data["tables"]["customers"]
     assert t["renamed_to"] == "clients" and (t["inserted"], t["updated"], t["deleted"]) == (1, 1, 1)
     assert "clients" not in data["tables"]
     assert data["mapping"]["customers"]["new_table"] == "clients"
-    res = cli("rollback", live, "--backup", backup, "--since", DEPLOY, "--out", tmp_path / "run", "--yes")
+    res = cli(
+        "rollback", live, "--backup", backup, "--since", DEPLOY, "--out", tmp_path / "run", "--yes"
+    )
     assert res.returncode in (0, 1), res.stdout + res.stderr
     with sqlite3.connect(f"file:{live}?mode=ro", uri=True) as conn:
-        rows = dict((r[0], r[1:]) for r in conn.execute("SELECT id, name, score FROM customers WHERE id >= 29"))
+        rows = dict(
+            (r[0], r[1:])
+            for r in conn.execute("SELECT id, name, score FROM customers WHERE id >= 29")
+        )
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     conn.close()
     assert "clients" not in tables
@@ -506,11 +749,18 @@ def test_a_bundle_with_a_renamed_table_is_reimported_on_its_own(tmp_path: Path) 
     backup, live = _renamed_world(tmp_path)
     target = tmp_path / "target.db"
     shutil.copyfile(backup, target)
-    run = CliRunner().invoke(main, ["extract", str(backup), str(live), "--since", DEPLOY, "--out", str(tmp_path / "b")])
+    run = CliRunner().invoke(
+        main, ["extract", str(backup), str(live), "--since", DEPLOY, "--out", str(tmp_path / "b")]
+    )
     assert run.exit_code in (0, 1), run.output
-    run = CliRunner().invoke(main, ["reimport", str(tmp_path / "b"), str(target), "--out", str(tmp_path / "r"), "--yes"])
+    run = CliRunner().invoke(
+        main, ["reimport", str(tmp_path / "b"), str(target), "--out", str(tmp_path / "r"), "--yes"]
+    )
     assert run.exit_code in (0, 1), run.output
     with sqlite3.connect(f"file:{target}?mode=ro", uri=True) as conn:
-        rows = dict((r[0], r[1:]) for r in conn.execute("SELECT id, name, score FROM customers WHERE id >= 29"))
+        rows = dict(
+            (r[0], r[1:])
+            for r in conn.execute("SELECT id, name, score FROM customers WHERE id >= 29")
+        )
     conn.close()
     assert rows == {29: ("c29 edited", 87), 30: ("c30", 90), 31: ("c31", 1)}

@@ -4,6 +4,7 @@ Real files and real processes: the CLI runs in a subprocess; faults are a SIGKIL
 point (``RECOVERY_TEST_KILL_AT_STEP``), a full tmpfs, a read-only mount, a lock held by another
 process, a bundle changed under the run.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -29,18 +30,36 @@ ALEMBIC_INI = ROOT / "sample_dbs" / "app" / "alembic.ini"
 BACKUP = "gestima.db.bak.20261120_140000"
 
 
-def run_cli(args: list[str], cwd: Path, env_extra: dict[str, str] | None = None,
-            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    args: list[str], cwd: Path, env_extra: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RECOVERY_")}
     env.update(env_extra or {})
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run([sys.executable, "-c", "from recovery.cli import main; main()", *args], cwd=cwd,
-                          env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-c", "from recovery.cli import main; main()", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def rollback_args(out: str = "run") -> list[str]:
-    return ["rollback", "gestima.db", "--backup", BACKUP, "--alembic-ini", str(ALEMBIC_INI), "--uploads", "uploads",
-            "--out", out, "--yes"]
+    return [
+        "rollback",
+        "gestima.db",
+        "--backup",
+        BACKUP,
+        "--alembic-ini",
+        str(ALEMBIC_INI),
+        "--uploads",
+        "uploads",
+        "--out",
+        out,
+        "--yes",
+    ]
 
 
 def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
@@ -63,24 +82,33 @@ def content(db: Path) -> list[Any]:
         c = sqlite3.connect(copy)
         try:
             out: list[Any] = []
-            for name, sql in c.execute("SELECT name, sql FROM sqlite_master WHERE type='table' "
-                                       "AND name NOT IN ('_recovery_applied') ORDER BY name").fetchall():
-                out.append((name, sql, sorted(c.execute(f'SELECT * FROM "{name}"').fetchall(), key=repr)))
+            for name, sql in c.execute(
+                "SELECT name, sql FROM sqlite_master WHERE type='table' "
+                "AND name NOT IN ('_recovery_applied') ORDER BY name"
+            ).fetchall():
+                out.append(
+                    (name, sql, sorted(c.execute(f'SELECT * FROM "{name}"').fetchall(), key=repr))
+                )
             return out
         finally:
             c.close()
 
 
 def hashes(folder: Path) -> dict[str, str]:
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and not p.name.endswith("-shm")}
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not p.name.endswith("-shm")
+    }
 
 
 def comparable_report(run: Path) -> dict[str, Any]:
     """report.json without what names the run's folder or clock."""
     doc = json.loads((run / "report.json").read_text(encoding="utf-8"))
     summary = {k: v for k, v in doc["summary"].items() if k != "rollback_time"}
-    outcome = {k: v for k, v in doc["outcome"].items() if k not in ("bundle_id", "target", "verification")}
+    outcome = {
+        k: v for k, v in doc["outcome"].items() if k not in ("bundle_id", "target", "verification")
+    }
     if outcome.get("files"):
         outcome["files"] = {k: v for k, v in outcome["files"].items() if k != "root"}
     return {"summary": summary, "outcome": outcome}
@@ -111,66 +139,131 @@ def finished(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 # ---------------------------------------------------------------------------------------------
 # A: outcome.json, never pickle
 
-scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**63, 2**63 - 1), st.text(max_size=8),
-                    st.binary(max_size=8), st.floats(allow_nan=True, allow_infinity=True))
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**63), 2**63 - 1),
+    st.text(max_size=8),
+    st.binary(max_size=8),
+    st.floats(allow_nan=True, allow_infinity=True),
+)
 
 
 @settings(max_examples=60, deadline=None)
-@given(key=st.lists(scalars.filter(lambda v: not isinstance(v, float)), min_size=1, max_size=3), a=scalars, b=scalars,
-       extra=st.dictionaries(st.text(max_size=5).filter(lambda k: k not in ("table", "key", "label", "kind", "reason")),
-                             scalars, max_size=3))
-def test_outcome_json_round_trips_every_value(key: list[Any], a: Any, b: Any, extra: dict[str, Any]) -> None:
-    o = Outcome("bid", "/x/db", "remap", False, tables={"parts": TableOutcome("parts", inserted=3, rows_after=9)},
-                conflicts=[Conflict("unique", "parts", tuple(key), "skipped", "num", a, b, None, "GS-1", "taken")],
-                remaps=[Remap("parts", tuple(key), 77)],
-                lost=LostValues([{"table": "t", "key": key, "label": None, "column": "c", "value": a, "reason": "r"}],
-                                5, {"t": {"c": 5}}, "/x/rows.db"),
-                deletes_for_review=[{"table": "t", "key": key, "label": "x", "unchanged_since_backup": True}],
-                skipped_rows=[{"table": "t", "key": tuple(key), "label": None, "kind": "insert", "reason": "r", **extra}],
-                files={"counts": {"missing": 0}, "missing": [{"record_key": tuple(key), "$odd": b}]},
-                verification={"ok": True, "row_counts": {"parts": {"ok": True}}},
-                triggers_suspended=["audit ins"], sequences=[{"table": "t", "backup": 4, "live": 7, "set_to": 7}])
+@given(
+    key=st.lists(scalars.filter(lambda v: not isinstance(v, float)), min_size=1, max_size=3),
+    a=scalars,
+    b=scalars,
+    extra=st.dictionaries(
+        st.text(max_size=5).filter(lambda k: k not in ("table", "key", "label", "kind", "reason")),
+        scalars,
+        max_size=3,
+    ),
+)
+def test_outcome_json_round_trips_every_value(
+    key: list[Any], a: Any, b: Any, extra: dict[str, Any]
+) -> None:
+    o = Outcome(
+        "bid",
+        "/x/db",
+        "remap",
+        False,
+        tables={"parts": TableOutcome("parts", inserted=3, rows_after=9)},
+        conflicts=[
+            Conflict("unique", "parts", tuple(key), "skipped", "num", a, b, None, "GS-1", "taken")
+        ],
+        remaps=[Remap("parts", tuple(key), 77)],
+        lost=LostValues(
+            [{"table": "t", "key": key, "label": None, "column": "c", "value": a, "reason": "r"}],
+            5,
+            {"t": {"c": 5}},
+            "/x/rows.db",
+        ),
+        deletes_for_review=[
+            {"table": "t", "key": key, "label": "x", "unchanged_since_backup": True}
+        ],
+        skipped_rows=[
+            {
+                "table": "t",
+                "key": tuple(key),
+                "label": None,
+                "kind": "insert",
+                "reason": "r",
+                **extra,
+            }
+        ],
+        files={"counts": {"missing": 0}, "missing": [{"record_key": tuple(key), "$odd": b}]},
+        verification={"ok": True, "row_counts": {"parts": {"ok": True}}},
+        triggers_suspended=["audit ins"],
+        sequences=[{"table": "t", "backup": 4, "live": 7, "set_to": 7}],
+    )
     text = o.to_json()
     back = Outcome.from_json(text)
     assert back.to_json() == text
 
     def same(x: Any, y: Any) -> bool:
-        return x == y or (isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y))
+        return x == y or (
+            isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y)
+        )
 
     assert same(back.conflicts[0].bundle_value, a) and same(back.conflicts[0].target_value, b)
     assert type(back.conflicts[0].bundle_value) is type(a) and back.conflicts[0].key == tuple(key)
     assert back.remaps == o.remaps and back.skipped_rows[0]["key"] == tuple(key)
-    assert back.lost_total == 5 and back.lost.source == "/x/rows.db" and back.lost.counts == {"t": {"c": 5}}
+    assert (
+        back.lost_total == 5
+        and back.lost.source == "/x/rows.db"
+        and back.lost.counts == {"t": {"c": 5}}
+    )
     assert back.tables == o.tables and back.verification == o.verification
     assert back.triggers_suspended == ["audit ins"] and back.sequences == o.sequences
 
 
 def _good() -> dict[str, Any]:
-    o = Outcome("bid", "/x/db", "remap", False, tables={"parts": TableOutcome("parts", inserted=1)},
-                conflicts=[Conflict("unique", "parts", (1,), "skipped")])
+    o = Outcome(
+        "bid",
+        "/x/db",
+        "remap",
+        False,
+        tables={"parts": TableOutcome("parts", inserted=1)},
+        conflicts=[Conflict("unique", "parts", (1,), "skipped")],
+    )
     return json.loads(o.to_json())
 
 
-@pytest.mark.parametrize("mutate, field", [
-    (lambda d: d.update(format="recovery-outcome/2"), "format"),
-    (lambda d: d.update(surprise=1), "surprise"),
-    (lambda d: d.pop("tables"), "tables"),
-    (lambda d: d["tables"]["parts"].update(inserted="1"), "tables.parts.inserted"),
-    (lambda d: d["tables"]["parts"].update(inserted=True), "tables.parts.inserted"),
-    (lambda d: d["conflicts"][0].update(kind="os.system"), "conflicts[0].kind"),
-    (lambda d: d["conflicts"][0].update(resolution="deleted_everything"), "conflicts[0].resolution"),
-    (lambda d: d["conflicts"][0].update(bundle_value={"$bytes": "zz"}), "conflicts[0].bundle_value"),
-    (lambda d: d["conflicts"][0].update(bundle_value={"py/object": "os.system"}), None),
-    (lambda d: d["conflicts"][0].update(target_value={"$reduce": ["os.system", ["id"]]}), "conflicts[0].target_value"),
-    (lambda d: d.update(dry_run="no"), "dry_run"),
-    (lambda d: d["lost"].update(total=-0.5), "lost.total"),
-    (lambda d: d.update(verification=[]), "verification"),
-])
+@pytest.mark.parametrize(
+    "mutate, field",
+    [
+        (lambda d: d.update(format="recovery-outcome/2"), "format"),
+        (lambda d: d.update(surprise=1), "surprise"),
+        (lambda d: d.pop("tables"), "tables"),
+        (lambda d: d["tables"]["parts"].update(inserted="1"), "tables.parts.inserted"),
+        (lambda d: d["tables"]["parts"].update(inserted=True), "tables.parts.inserted"),
+        (lambda d: d["conflicts"][0].update(kind="os.system"), "conflicts[0].kind"),
+        (
+            lambda d: d["conflicts"][0].update(resolution="deleted_everything"),
+            "conflicts[0].resolution",
+        ),
+        (
+            lambda d: d["conflicts"][0].update(bundle_value={"$bytes": "zz"}),
+            "conflicts[0].bundle_value",
+        ),
+        (lambda d: d["conflicts"][0].update(bundle_value={"py/object": "os.system"}), None),
+        (
+            lambda d: d["conflicts"][0].update(target_value={"$reduce": ["os.system", ["id"]]}),
+            "conflicts[0].target_value",
+        ),
+        (lambda d: d.update(dry_run="no"), "dry_run"),
+        (lambda d: d["lost"].update(total=-0.5), "lost.total"),
+        (lambda d: d.update(verification=[]), "verification"),
+    ],
+)
 def test_outcome_json_refuses_any_other_shape(mutate: Any, field: str | None) -> None:
     d = _good()
     mutate(d)
     if field is None:  # an ordinary dict is data, never an instruction: it stays a dict
-        assert Outcome.from_json(json.dumps(d)).conflicts[0].bundle_value == {"py/object": "os.system"}
+        assert Outcome.from_json(json.dumps(d)).conflicts[0].bundle_value == {
+            "py/object": "os.system"
+        }
         return
     with pytest.raises(OutcomeFormatError) as err:
         Outcome.from_json(json.dumps(d))
@@ -199,15 +292,24 @@ def test_no_pickle_anywhere_in_the_package() -> None:
     sandboxed child; never on a file of a run folder or bundle."""
     import re
 
-    found = [f"{p.relative_to(ROOT)}:{i}" for p in (ROOT / "recovery").rglob("*.py")
-             for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
-             if re.search(r"\b(import (c?pickle|marshal|shelve|dill)|(c?pickle|marshal|shelve|dill)\.|yaml\.(unsafe_)?load\()",
-                          line)
-             or (re.search(r"(?<![\w.])(exec|eval)\(", line) and not re.search(r"noqa: S(102|307)", line))]
+    found = [
+        f"{p.relative_to(ROOT)}:{i}"
+        for p in (ROOT / "recovery").rglob("*.py")
+        for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+        if re.search(
+            r"\b(import (c?pickle|marshal|shelve|dill)|(c?pickle|marshal|shelve|dill)\.|yaml\.(unsafe_)?load\()",
+            line,
+        )
+        or (
+            re.search(r"(?<![\w.])(exec|eval)\(", line) and not re.search(r"noqa: S(102|307)", line)
+        )
+    ]
     assert found == []
 
 
-def test_a_planted_pickle_is_never_loaded_by_report_or_a_resumed_run(finished: Path, tmp_path: Path) -> None:
+def test_a_planted_pickle_is_never_loaded_by_report_or_a_resumed_run(
+    finished: Path, tmp_path: Path
+) -> None:
     import pickle
 
     w = copy_finished(finished, tmp_path / "w")
@@ -251,14 +353,17 @@ def test_a_forged_outcome_json_is_refused_with_one_line(finished: Path, tmp_path
 # C: the re-import's outcome commits with its data; a finished run exits as it finished
 
 
-def test_kill_right_after_the_reimport_commit_resumes_with_the_same_report(finished: Path, world: Path,
-                                                                          tmp_path: Path) -> None:
+def test_kill_right_after_the_reimport_commit_resumes_with_the_same_report(
+    finished: Path, world: Path, tmp_path: Path
+) -> None:
     w = tmp_path / "w"
     shutil.copytree(world, w)
     proc = run_cli(rollback_args(), w, {"RECOVERY_TEST_KILL_AT_STEP": "reimport:committed"})
     assert proc.returncode == -9, proc.stderr
     journal = json.loads((w / "run" / "journal.json").read_text(encoding="utf-8"))
-    assert journal["steps"]["reimport"]["state"] == "start"  # the commit is in, the journal does not know
+    assert (
+        journal["steps"]["reimport"]["state"] == "start"
+    )  # the commit is in, the journal does not know
     proc = run_cli(rollback_args(), w)
     assert proc.returncode == 1, proc.stderr
     assert comparable_report(w / "run") == comparable_report(finished / "run")
@@ -266,7 +371,9 @@ def test_kill_right_after_the_reimport_commit_resumes_with_the_same_report(finis
     # reimport.sql is the re-import that ran before the kill, not the resumed run's empty one
     script = (w / "run" / "reimport.sql").read_text(encoding="utf-8")
     assert ": committed." in script.splitlines()[0] and "INSERT INTO" in script
-    assert len(script.splitlines()) == len((finished / "run" / "reimport.sql").read_text(encoding="utf-8").splitlines())
+    assert len(script.splitlines()) == len(
+        (finished / "run" / "reimport.sql").read_text(encoding="utf-8").splitlines()
+    )
     assert not (w / "run" / ".reimport-pending").exists()
     again = run_cli(rollback_args(), w)
     assert again.returncode == 1 and "already finished" in again.stdout + again.stderr
@@ -279,7 +386,9 @@ def test_kill_right_after_the_reimport_commit_resumes_with_the_same_report(finis
 def _assert_truth_after_restore(proc: subprocess.CompletedProcess[str], w: Path) -> str:
     assert proc.returncode == 3, proc.stderr
     line = one_error_line(proc)
-    assert "the live DB" in line and "is now the backup" in line and "nothing was re-imported" in line
+    assert (
+        "the live DB" in line and "is now the backup" in line and "nothing was re-imported" in line
+    )
     assert "run/bundle and run/safety" in line  # the --out folder as given
     assert "run the same command to resume" in line and "`recovery undo run`" in line
     assert "nothing was changed" not in line
@@ -288,11 +397,14 @@ def _assert_truth_after_restore(proc: subprocess.CompletedProcess[str], w: Path)
 
 
 def test_a_failure_after_the_restore_says_the_live_db_is_the_backup_and_undo_puts_it_back(
-        world: Path, tmp_path: Path) -> None:
+    world: Path, tmp_path: Path
+) -> None:
     w = tmp_path / "w"
     shutil.copytree(world, w)
     failed_release = content(w / "gestima.db")
-    assert run_cli(rollback_args(), w, {"RECOVERY_TEST_KILL_AT_STEP": "restore:done"}).returncode == -9
+    assert (
+        run_cli(rollback_args(), w, {"RECOVERY_TEST_KILL_AT_STEP": "restore:done"}).returncode == -9
+    )
     # a fault the re-import cannot get past: the bundle changed under the run (its seal breaks)
     with sqlite3.connect(w / "run" / "bundle" / "rows.db") as c:
         c.execute("CREATE TABLE planted(x)")
@@ -305,14 +417,22 @@ def test_a_failure_after_the_restore_says_the_live_db_is_the_backup_and_undo_put
     assert proc.stdout.count("undone") == 1
 
 
-def test_a_lock_taken_right_after_the_restore_is_reported_truthfully(world: Path, tmp_path: Path) -> None:
+def test_a_lock_taken_right_after_the_restore_is_reported_truthfully(
+    world: Path, tmp_path: Path
+) -> None:
     w = tmp_path / "w"
     shutil.copytree(world, w)
-    assert run_cli(rollback_args(), w, {"RECOVERY_TEST_KILL_AT_STEP": "restore:done"}).returncode == -9
-    code = ("import sqlite3, sys, time\n"
-            "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
-            "c.execute('BEGIN IMMEDIATE'); print('locked', flush=True); time.sleep(60)\n")
-    holder = subprocess.Popen([sys.executable, "-c", code, str(w / "gestima.db")], stdout=subprocess.PIPE, text=True)
+    assert (
+        run_cli(rollback_args(), w, {"RECOVERY_TEST_KILL_AT_STEP": "restore:done"}).returncode == -9
+    )
+    code = (
+        "import sqlite3, sys, time\n"
+        "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        "c.execute('BEGIN IMMEDIATE'); print('locked', flush=True); time.sleep(60)\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(w / "gestima.db")], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
         proc = run_cli(rollback_args(), w)
@@ -338,8 +458,10 @@ def test_a_check_the_backup_schema_has_never_ends_in_a_lie(world: Path, tmp_path
         top = c.execute("SELECT max(id) FROM parts").fetchone()[0]
         sql = c.execute("SELECT sql FROM sqlite_master WHERE name = 'parts'").fetchone()[0]
         c.execute("PRAGMA writable_schema = ON")
-        c.execute("UPDATE sqlite_master SET sql = ? WHERE name = 'parts'",
-                  (sql.rstrip().rstrip(")") + f", CHECK (id <= {int(top)})\n)",))
+        c.execute(
+            "UPDATE sqlite_master SET sql = ? WHERE name = 'parts'",
+            (sql.rstrip().rstrip(")") + f", CHECK (id <= {int(top)})\n)",),
+        )
         c.execute("PRAGMA writable_schema = OFF")
     c.close()
     os.utime(backup, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # still the older file
@@ -361,16 +483,22 @@ def test_a_check_the_backup_schema_has_never_ends_in_a_lie(world: Path, tmp_path
 
 def _mount_tmpfs(where: Path, options: str) -> None:
     where.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True, text=True)
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True, text=True
+    )
     if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip() or 'mount failed'}); needs root and mount rights")
+        pytest.skip(
+            f"cannot mount a tmpfs here ({proc.stderr.strip() or 'mount failed'}); needs root and mount rights"
+        )
 
 
 def _umount(where: Path) -> None:
     subprocess.run(["umount", "-l", str(where)], capture_output=True)
 
 
-def test_disk_full_at_the_reimport_says_the_live_db_is_the_backup(world: Path, tmp_path: Path) -> None:
+def test_disk_full_at_the_reimport_says_the_live_db_is_the_backup(
+    world: Path, tmp_path: Path
+) -> None:
     disk = tmp_path / "disk"
     _mount_tmpfs(disk, "size=4m")
     try:
@@ -381,8 +509,17 @@ def test_disk_full_at_the_reimport_says_the_live_db_is_the_backup(world: Path, t
                 shutil.copy2(world / name, w / name)  # mtimes kept: the backup is older
         run = tmp_path / "run"  # the run folder has room; the DB's disk is what fills up
         shutil.copytree(world / "uploads", tmp_path / "uploads")
-        args = ["rollback", "gestima.db", "--backup", BACKUP, "--alembic-ini", str(ALEMBIC_INI), "--out", str(run),
-                "--yes"]
+        args = [
+            "rollback",
+            "gestima.db",
+            "--backup",
+            BACKUP,
+            "--alembic-ini",
+            str(ALEMBIC_INI),
+            "--out",
+            str(run),
+            "--yes",
+        ]
         assert run_cli(args, w, {"RECOVERY_TEST_KILL_AT_STEP": "restore:done"}).returncode == -9
         filler = disk / "filler"
         with open(filler, "wb") as fh:  # fill every free block
@@ -404,8 +541,9 @@ def test_disk_full_at_the_reimport_says_the_live_db_is_the_backup(world: Path, t
         _umount(disk)
 
 
-def test_a_reimport_that_fails_after_its_commit_says_the_data_is_in(finished: Path, world: Path,
-                                                                   tmp_path: Path) -> None:
+def test_a_reimport_that_fails_after_its_commit_says_the_data_is_in(
+    finished: Path, world: Path, tmp_path: Path
+) -> None:
     """The run folder's disk holds the safety copy and then fills up: the report cannot be written
     after the commit. Exit 3 and a line that says the rows are in (not "nothing was changed")."""
     target = tmp_path / "target.db"
@@ -413,16 +551,31 @@ def test_a_reimport_that_fails_after_its_commit_says_the_data_is_in(finished: Pa
     disk = tmp_path / "disk"
     _mount_tmpfs(disk, f"size={target.stat().st_size + 12288}")
     try:
-        proc = run_cli(["reimport", str(finished / "run" / "bundle"), str(target), "--out", str(disk / "rr"),
-                        "--yes"], tmp_path)
+        proc = run_cli(
+            [
+                "reimport",
+                str(finished / "run" / "bundle"),
+                str(target),
+                "--out",
+                str(disk / "rr"),
+                "--yes",
+            ],
+            tmp_path,
+        )
         assert proc.returncode == 3, proc.stderr
         line = one_error_line(proc)
-        assert "committed" in line and "rows are in the database" in line and "nothing was changed" not in line
+        assert (
+            "committed" in line
+            and "rows are in the database" in line
+            and "nothing was changed" not in line
+        )
         assert content(disk / "rr" / "safety" / "target.db") == content(world / BACKUP)
     finally:
         _umount(disk)
     with sqlite3.connect(f"file:{target}?mode=ro", uri=True) as c:
-        assert c.execute("SELECT count(*) FROM _recovery_applied WHERE outcome IS NOT NULL").fetchone() == (1,)
+        assert c.execute(
+            "SELECT count(*) FROM _recovery_applied WHERE outcome IS NOT NULL"
+        ).fetchone() == (1,)
     c.close()
 
 
@@ -430,10 +583,23 @@ def test_a_reimport_that_fails_after_its_commit_says_the_data_is_in(finished: Pa
 # C: checked before anything is written
 
 
-def test_reimport_with_a_missing_uploads_folder_changes_nothing(finished: Path, tmp_path: Path, restored: Path) -> None:
+def test_reimport_with_a_missing_uploads_folder_changes_nothing(
+    finished: Path, tmp_path: Path, restored: Path
+) -> None:
     before = hashes(restored.parent)
-    proc = run_cli(["reimport", str(finished / "run" / "bundle"), str(restored), "--uploads", "typo",
-                    "--out", str(tmp_path / "rr"), "--yes"], tmp_path)
+    proc = run_cli(
+        [
+            "reimport",
+            str(finished / "run" / "bundle"),
+            str(restored),
+            "--uploads",
+            "typo",
+            "--out",
+            str(tmp_path / "rr"),
+            "--yes",
+        ],
+        tmp_path,
+    )
     assert proc.returncode == 2
     assert "typo" in one_error_line(proc)
     assert hashes(restored.parent) == before and not (tmp_path / "rr").exists()
@@ -446,12 +612,20 @@ def test_uploads_the_user_cannot_read_are_refused(tmp_path: Path) -> None:
     tmp_path.chmod(0o755)
     if os.geteuid() != 0:
         pytest.skip("needs root to run the check as another user")
-    code = ("import sys\nfrom recovery.pipeline import check_uploads\nfrom recovery.errors import RecoveryError\n"
-            "try:\n    check_uploads(sys.argv[1])\nexcept RecoveryError as e:\n    print(e.one_line()); sys.exit(2)\n")
+    code = (
+        "import sys\nfrom recovery.pipeline import check_uploads\nfrom recovery.errors import RecoveryError\n"
+        "try:\n    check_uploads(sys.argv[1])\nexcept RecoveryError as e:\n    print(e.one_line()); sys.exit(2)\n"
+    )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     try:
-        proc = subprocess.run([sys.executable, "-c", code, str(up)], capture_output=True, text=True, env=env,
-                              preexec_fn=lambda: (os.setgid(65534), os.setuid(65534)), cwd="/")
+        proc = subprocess.run(
+            [sys.executable, "-c", code, str(up)],
+            capture_output=True,
+            text=True,
+            env=env,
+            preexec_fn=lambda: (os.setgid(65534), os.setuid(65534)),
+            cwd="/",
+        )
     except PermissionError as exc:
         pytest.skip(f"user nobody cannot run this interpreter here: {exc}")
     if proc.returncode not in (0, 2) or "Permission denied" in proc.stderr:
@@ -459,7 +633,9 @@ def test_uploads_the_user_cannot_read_are_refused(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "not readable" in proc.stdout
 
 
-def test_a_read_only_run_folder_is_refused_before_anything_is_written(world: Path, tmp_path: Path) -> None:
+def test_a_read_only_run_folder_is_refused_before_anything_is_written(
+    world: Path, tmp_path: Path
+) -> None:
     w = tmp_path / "w"
     shutil.copytree(world, w)
     ro = tmp_path / "ro"
@@ -488,7 +664,11 @@ def test_an_os_error_is_one_line_and_traceback_on_request(finished: Path, tmp_pa
     for how in (["--traceback"], []):
         env = {} if how else {"RECOVERY_TRACEBACK": "1"}
         proc = run_cli([*how, "report", str(finished / "run"), "--out", str(out)], tmp_path, env)
-        assert proc.returncode == 2 and "Traceback" in proc.stderr and proc.stderr.rstrip().splitlines()[-1].startswith("error:")
+        assert (
+            proc.returncode == 2
+            and "Traceback" in proc.stderr
+            and proc.stderr.rstrip().splitlines()[-1].startswith("error:")
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -496,13 +676,16 @@ def test_an_os_error_is_one_line_and_traceback_on_request(finished: Path, tmp_pa
 
 
 def test_undo_after_a_finished_run_puts_the_safety_copy_back_with_the_owner_and_mode(
-        finished: Path, world: Path, tmp_path: Path) -> None:
+    finished: Path, world: Path, tmp_path: Path
+) -> None:
     w = copy_finished(finished, tmp_path / "w")
     os.chown(w / "gestima.db", 65534, 65534)
     os.chmod(w / "gestima.db", 0o660)
     rolled_back = content(w / "gestima.db")
     dry = run_cli(["undo", "run", "--dry-run"], w)
-    assert dry.returncode == 0 and "dry run" in dry.stdout and content(w / "gestima.db") == rolled_back
+    assert (
+        dry.returncode == 0 and "dry run" in dry.stdout and content(w / "gestima.db") == rolled_back
+    )
     proc = run_cli(["undo", "run", "--yes"], w)
     assert proc.returncode == 0, proc.stderr
     assert content(w / "gestima.db") == content(world / "gestima.db")  # the failed release's DB
@@ -521,10 +704,14 @@ def test_undo_after_a_finished_run_puts_the_safety_copy_back_with_the_owner_and_
     assert hashes(w) == before
 
 
-def test_undo_is_refused_when_the_live_db_changed_and_force_keeps_a_copy_first(finished: Path, tmp_path: Path) -> None:
+def test_undo_is_refused_when_the_live_db_changed_and_force_keeps_a_copy_first(
+    finished: Path, tmp_path: Path
+) -> None:
     w = copy_finished(finished, tmp_path / "w")
     with sqlite3.connect(w / "gestima.db") as c:  # the old release wrote after the rollback
-        c.execute("UPDATE parts SET name = 'written after the rollback' WHERE id = (SELECT min(id) FROM parts)")
+        c.execute(
+            "UPDATE parts SET name = 'written after the rollback' WHERE id = (SELECT min(id) FROM parts)"
+        )
     c.close()
     changed = content(w / "gestima.db")
     before = hashes(w)
@@ -542,10 +729,14 @@ def test_undo_is_refused_when_the_live_db_changed_and_force_keeps_a_copy_first(f
 
 def test_undo_is_refused_while_another_process_holds_the_db(finished: Path, tmp_path: Path) -> None:
     w = copy_finished(finished, tmp_path / "w")
-    code = ("import sqlite3, sys, time\n"
-            "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
-            "c.execute('BEGIN IMMEDIATE'); print('locked', flush=True); time.sleep(60)\n")
-    holder = subprocess.Popen([sys.executable, "-c", code, str(w / "gestima.db")], stdout=subprocess.PIPE, text=True)
+    code = (
+        "import sqlite3, sys, time\n"
+        "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        "c.execute('BEGIN IMMEDIATE'); print('locked', flush=True); time.sleep(60)\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(w / "gestima.db")], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
         before = hashes(w)
@@ -560,7 +751,9 @@ def test_undo_is_refused_while_another_process_holds_the_db(finished: Path, tmp_
 def test_undo_of_a_run_that_never_restored_is_refused(world: Path, tmp_path: Path) -> None:
     w = tmp_path / "w"
     shutil.copytree(world, w)
-    assert run_cli(rollback_args(), w, {"RECOVERY_TEST_KILL_AT_STEP": "extract:done"}).returncode == -9
+    assert (
+        run_cli(rollback_args(), w, {"RECOVERY_TEST_KILL_AT_STEP": "extract:done"}).returncode == -9
+    )
     before = hashes(w)
     proc = run_cli(["undo", "run", "--yes"], w)
     assert proc.returncode == 2 and "nothing to undo" in one_error_line(proc)
@@ -571,7 +764,9 @@ def test_undo_of_a_run_that_never_restored_is_refused(world: Path, tmp_path: Pat
 # C: leftovers of a dead writer go even when its pid is a zombie or names another process
 
 
-def test_leftovers_of_a_zombie_or_a_reused_pid_are_removed_and_a_live_writers_kept(tmp_path: Path) -> None:
+def test_leftovers_of_a_zombie_or_a_reused_pid_are_removed_and_a_live_writers_kept(
+    tmp_path: Path,
+) -> None:
     from recovery.bundle.extract import lock_partial
     from recovery.pipeline import _clean_leftovers
 
@@ -585,8 +780,12 @@ def test_leftovers_of_a_zombie_or_a_reused_pid_are_removed_and_a_live_writers_ke
 
         time.sleep(0.5)
         assert Path(f"/proc/{zombie.pid}/stat").read_text().split(") ")[1][0] == "Z"
-        gone = [run / f".bundle.partial-{zombie.pid}", run / f".bundle.partial-{newer.pid}",
-                run / "safety" / f".gestima.db.tmp-{zombie.pid}", run / "safety" / f".gestima.db.tmp-{newer.pid}"]
+        gone = [
+            run / f".bundle.partial-{zombie.pid}",
+            run / f".bundle.partial-{newer.pid}",
+            run / "safety" / f".gestima.db.tmp-{zombie.pid}",
+            run / "safety" / f".gestima.db.tmp-{newer.pid}",
+        ]
         writer = run / ".bundle.partial-1"  # pid 1 lives; what counts is the lock its writer holds
         for p in gone + [writer]:
             p.mkdir() if "partial" in p.name else p.write_bytes(b"x")

@@ -2,6 +2,7 @@
 
 Everything runs on real SQLite files; world.json is cross-checked with plain SQL.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -32,8 +33,10 @@ OLD_TABLES = ("file_records", "materials", "parts", "quote_items", "quotes", "us
 PROJECTION = {
     "parts": (
         "part_number, name, material_id, price, created_at, updated_at, created_by, drawing_number",
-        ("part_number, name, material_id, price_cents / 100.0, created_at, updated_at, created_by,"
-        " drawing_number"),
+        (
+            "part_number, name, material_id, price_cents / 100.0, created_at, updated_at, created_by,"
+            " drawing_number"
+        ),
     ),
     "quotes": (
         "quote_number, customer, status, created_at, updated_at, created_by",
@@ -42,7 +45,8 @@ PROJECTION = {
     "quote_items": ("quote_id, part_id, qty, unit_price",) * 2,
     "file_records": (
         "filename, path, sha256, size, mime_type, entity_type, entity_id, created_at, uploaded_by",
-    ) * 2,
+    )
+    * 2,
     "users": ("username, full_name, email, role, created_at, is_active",) * 2,
     "materials": ("code, name, density, price_per_kg",) * 2,
 }
@@ -73,9 +77,12 @@ def tables(conn: sqlite3.Connection, schema: str = "main") -> list[str]:
 def dump(path: Path) -> dict[str, list[tuple]]:
     conn = ro(path)
     try:
-        return {t: conn.execute(f'SELECT * FROM "{t}" ORDER BY id').fetchall()
-                if t != "alembic_version" else conn.execute(f'SELECT * FROM "{t}"').fetchall()
-                for t in tables(conn)}
+        return {
+            t: conn.execute(f'SELECT * FROM "{t}" ORDER BY id').fetchall()
+            if t != "alembic_version"
+            else conn.execute(f'SELECT * FROM "{t}"').fetchall()
+            for t in tables(conn)
+        }
     finally:
         conn.close()
 
@@ -123,7 +130,9 @@ def test_downgrade_of_the_generated_live_db_keeps_data(world_copy: Path):
     before.close()
     migrate(live, OLD_HEAD, downgrade=True)
     conn = sqlite3.connect(live)
-    assert dict(conn.execute("SELECT id, price FROM parts")) == {k: v / 100.0 for k, v in prices.items()}
+    assert dict(conn.execute("SELECT id, price FROM parts")) == {
+        k: v / 100.0 for k, v in prices.items()
+    }
     assert dict(conn.execute("SELECT id, customer FROM quotes")) == customers
     assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
     conn.close()
@@ -149,7 +158,11 @@ def test_same_seed_same_world_other_seed_other_world(tmp_path: Path):
         assert dump(a / name) != dump(c / name)
 
     def files(w: Path) -> dict[Path, bytes]:
-        return {p.relative_to(w): p.read_bytes() for p in sorted((w / "uploads").rglob("*")) if p.is_file()}
+        return {
+            p.relative_to(w): p.read_bytes()
+            for p in sorted((w / "uploads").rglob("*"))
+            if p.is_file()
+        }
 
     assert files(a) == files(b)
     assert (a / "world.json").read_text() != (c / "world.json").read_text()
@@ -192,7 +205,9 @@ def test_world_json_agrees_with_the_databases(world: Path):
     conn = both(world)
 
     # counts, and the table sets of both schemas
-    assert sorted(truth["counts"]["backup"]) == [t for t in tables(conn, "bak") if t != "alembic_version"]
+    assert sorted(truth["counts"]["backup"]) == [
+        t for t in tables(conn, "bak") if t != "alembic_version"
+    ]
     assert sorted(truth["counts"]["live"]) == [t for t in tables(conn) if t != "alembic_version"]
     for schema, key in (("bak", "backup"), ("main", "live")):
         for table, n in truth["counts"][key].items():
@@ -222,8 +237,12 @@ def test_world_json_agrees_with_the_databases(world: Path):
         for key in updated:
             for col in old_cols.replace(" ", "").split(","):
                 expr = OLD_NAME.get((table, col), col)
-                old = conn.execute(f"SELECT {col} FROM bak.{table} WHERE id = ?", (key,)).fetchone()[0]
-                new = conn.execute(f"SELECT {expr} FROM main.{table} WHERE id = ?", (key,)).fetchone()[0]
+                old = conn.execute(
+                    f"SELECT {col} FROM bak.{table} WHERE id = ?", (key,)
+                ).fetchone()[0]
+                new = conn.execute(
+                    f"SELECT {expr} FROM main.{table} WHERE id = ?", (key,)
+                ).fetchone()[0]
                 assert (old != new) == (col in columns[str(key)]), (table, key, col)
         if "created_at" in old_cols and inserted:
             marks = ",".join("?" * len(inserted))
@@ -233,10 +252,13 @@ def test_world_json_agrees_with_the_databases(world: Path):
             assert first > deploy, table
 
     # production_records exists only in v2.0.1: every row is new, every value is lost
-    assert {k for (k,) in changes["production_records"]["inserted"]} == ids(conn, "SELECT id FROM production_records")
+    assert {k for (k,) in changes["production_records"]["inserted"]} == ids(
+        conn, "SELECT id FROM production_records"
+    )
     for value in truth["lost"]:
         got = conn.execute(
-            f"SELECT {value['column']} FROM main.{value['table']} WHERE id = ?", (value["key"]["id"],)
+            f"SELECT {value['column']} FROM main.{value['table']} WHERE id = ?",
+            (value["key"]["id"],),
         ).fetchone()[0]
         assert got == value["value"], value
     assert any(v["table"] == "quotes" and v["column"] == "discount_pct" for v in truth["lost"])
@@ -295,5 +317,5 @@ def test_committed_world_is_what_the_generator_makes(tmp_path: Path):
     assert wal.exists() and wal.stat().st_size > 0, (
         "sample_dbs/world/gestima.db-wal was checkpointed away (opened read-write?); regenerate"
         " with: python -c 'from pathlib import Path; from recovery.sample import generate;"
-        " generate(Path(\"sample_dbs/world\"))'"
+        ' generate(Path("sample_dbs/world"))\''
     )

@@ -4,6 +4,7 @@ LIVE db, as operators write it), one that opens ``$DATABASE_URL``, one that call
 ``sqlite3.connect(<live>)`` itself, one that writes the live file below the guard — and a
 migration whose downgrade raises. The live DB and the backup stay byte-identical (db and -wal),
 the hostile attempts are refused inside the child, and every outcome says what happened."""
+
 from __future__ import annotations
 
 import hashlib
@@ -21,12 +22,21 @@ import pytest
 
 from recovery.errors import RecoveryError
 from recovery.sample import app_dir
-from recovery.migrate.sandbox import MigrationFailed, ProtectedChanged, Sandbox, child_environment, write_ini_copy
+from recovery.migrate.sandbox import (
+    MigrationFailed,
+    ProtectedChanged,
+    Sandbox,
+    child_environment,
+    write_ini_copy,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 OLD_REV = "aa001_add_drawing_number_drop_drawings"
 NEW_REV = "bb006_drop_parts_notes"
-EXPECTED_RULES = {"parts": {"price": '"price_cents" / 100.0'}, "quotes": {"customer": '"customer_name"'}}
+EXPECTED_RULES = {
+    "parts": {"price": '"price_cents" / 100.0'},
+    "quotes": {"customer": '"customer_name"'},
+}
 """What the sample app's own downgrades say, read from the SQL they run."""
 
 PASSED = 'passed = config.attributes.get("connection")'
@@ -58,41 +68,66 @@ def hostile_app(tmp: Path, variant: str, live: Path) -> Path:
     if variant == "environ":
         env = env.replace(URL_FROM_X, '    import os\n    return os.environ["DATABASE_URL"]')
     if variant == "direct":
-        env = env.replace("def run_migrations_online() -> None:\n", (
-            "def run_migrations_online() -> None:\n"
-            "    import sqlite3\n"
-            f"    audit = sqlite3.connect({str(live)!r})\n"
-            "    audit.execute('CREATE TABLE IF NOT EXISTS migration_audit (at TEXT)')\n"
-            "    audit.commit()\n"))
+        env = env.replace(
+            "def run_migrations_online() -> None:\n",
+            (
+                "def run_migrations_online() -> None:\n"
+                "    import sqlite3\n"
+                f"    audit = sqlite3.connect({str(live)!r})\n"
+                "    audit.execute('CREATE TABLE IF NOT EXISTS migration_audit (at TEXT)')\n"
+                "    audit.commit()\n"
+            ),
+        )
     if variant == "below-guard":  # libc's open/write: nothing Python can see
-        env = env.replace("def run_migrations_online() -> None:\n", (
-            "def run_migrations_online() -> None:\n"
-            "    import ctypes, os\n"
-            "    libc = ctypes.CDLL(None)\n"
-            f"    fd = libc.open({str(live).encode()!r}, os.O_WRONLY | os.O_APPEND)\n"
-            "    libc.write(fd, b'x' * 512, 512)\n"
-            "    libc.close(fd)\n"))
+        env = env.replace(
+            "def run_migrations_online() -> None:\n",
+            (
+                "def run_migrations_online() -> None:\n"
+                "    import ctypes, os\n"
+                "    libc = ctypes.CDLL(None)\n"
+                f"    fd = libc.open({str(live).encode()!r}, os.O_WRONLY | os.O_APPEND)\n"
+                "    libc.write(fd, b'x' * 512, 512)\n"
+                "    libc.close(fd)\n"
+            ),
+        )
     if variant == "sleep":
-        env = env.replace("def run_migrations_online() -> None:\n",
-                          "def run_migrations_online() -> None:\n    import time\n    time.sleep(120)\n")
+        env = env.replace(
+            "def run_migrations_online() -> None:\n",
+            "def run_migrations_online() -> None:\n    import time\n    time.sleep(120)\n",
+        )
     if variant == "crash":
         bb004 = app / "versions" / "bb004_price_cents.py"
         code = bb004.read_text()
         head = "def downgrade() -> None:\n"
         assert head in code
-        bb004.write_text(code.replace(head, head + "    raise RuntimeError('bb004 cannot go back: its author never tried')\n"))
+        bb004.write_text(
+            code.replace(
+                head,
+                head + "    raise RuntimeError('bb004 cannot go back: its author never tried')\n",
+            )
+        )
     (app / "env.py").write_text(env)
     ini = app / "alembic.ini"
     text = ini.read_text()
     assert "sqlalchemy.url = sqlite:///gestima.db" in text
-    ini.write_text(text.replace("sqlalchemy.url = sqlite:///gestima.db", f"sqlalchemy.url = sqlite:///{live}"))
+    ini.write_text(
+        text.replace("sqlalchemy.url = sqlite:///gestima.db", f"sqlalchemy.url = sqlite:///{live}")
+    )
     return ini
 
 
-def recovery(*args: object, env: dict[str, str] | None = None, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+def recovery(
+    *args: object, env: dict[str, str] | None = None, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
     """The real CLI in a real process, from a folder holding no database."""
-    return subprocess.run([sys.executable, "-m", "recovery", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT / "tests", env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "recovery", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT / "tests",
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+    )
 
 
 def tables(db: Path) -> set[str]:
@@ -105,8 +140,9 @@ def tables(db: Path) -> set[str]:
 
 
 @pytest.mark.parametrize("variant", ["ini", "environ"])
-def test_without_the_sandbox_the_hostile_env_downgrades_the_live_db(world_copy: Path, tmp_path: Path,
-                                                                    variant: str) -> None:
+def test_without_the_sandbox_the_hostile_env_downgrades_the_live_db(
+    world_copy: Path, tmp_path: Path, variant: str
+) -> None:
     """The old in-process call (a scratch connection in cfg.attributes): the hostile env.py ignores
     it and downgrades the live file. This is what the sandbox must prevent."""
     from alembic import command
@@ -131,7 +167,10 @@ def test_without_the_sandbox_the_hostile_env_downgrades_the_live_db(world_copy: 
         os.environ.clear()
         os.environ.update(old)
     with closing(sqlite3.connect(f"file:{live}?mode=ro", uri=True)) as c:
-        assert c.execute("SELECT version_num FROM alembic_version").fetchone()[0] == "bb005_production_records"
+        assert (
+            c.execute("SELECT version_num FROM alembic_version").fetchone()[0]
+            == "bb005_production_records"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,14 +178,25 @@ def test_without_the_sandbox_the_hostile_env_downgrades_the_live_db(world_copy: 
 
 
 @pytest.mark.parametrize("variant", ["ini", "environ"])
-def test_extract_runs_the_hostile_env_on_the_scratch_copy(world_copy: Path, tmp_path: Path, variant: str) -> None:
+def test_extract_runs_the_hostile_env_on_the_scratch_copy(
+    world_copy: Path, tmp_path: Path, variant: str
+) -> None:
     """The ini copy and $DATABASE_URL point at the scratch file: the app's downgrade runs there,
     gives the same lineage as the well-behaved env.py, and the live DB and backup are untouched."""
     live, backup = world_copy / "gestima.db", backup_of(world_copy)
     ini = hostile_app(tmp_path, variant, live)
     before = digests(live, backup)
-    res = recovery("extract", backup, live, "--alembic-ini", ini, "--out", tmp_path / "bundle", "--json",
-                   env={"DATABASE_URL": f"sqlite:///{live}"})
+    res = recovery(
+        "extract",
+        backup,
+        live,
+        "--alembic-ini",
+        ini,
+        "--out",
+        tmp_path / "bundle",
+        "--json",
+        env={"DATABASE_URL": f"sqlite:///{live}"},
+    )
     assert res.returncode in (0, 1), res.stderr
     assert digests(live, backup) == before
     lineage = json.loads((tmp_path / "bundle" / "manifest.json").read_text())["lineage"]
@@ -154,13 +204,17 @@ def test_extract_runs_the_hostile_env_on_the_scratch_copy(world_copy: Path, tmp_
     assert not any(t.startswith("_alembic_tmp_") for t in tables(live))
 
 
-def test_extract_refuses_a_direct_sqlite_connect_to_the_live_db(world_copy: Path, tmp_path: Path) -> None:
+def test_extract_refuses_a_direct_sqlite_connect_to_the_live_db(
+    world_copy: Path, tmp_path: Path
+) -> None:
     """env.py opens the live file with sqlite3 itself: refused inside the child, named on stderr
     and in the manifest; no rule comes from the migrations, and the outcome says so."""
     live, backup = world_copy / "gestima.db", backup_of(world_copy)
     ini = hostile_app(tmp_path, "direct", live)
     before = digests(live, backup)
-    res = recovery("extract", backup, live, "--alembic-ini", ini, "--out", tmp_path / "bundle", "--json")
+    res = recovery(
+        "extract", backup, live, "--alembic-ini", ini, "--out", tmp_path / "bundle", "--json"
+    )
     assert digests(live, backup) == before
     assert "migration_audit" not in tables(live)
     assert "refused by the recovery sandbox" in res.stderr and str(live) in res.stderr, res.stderr
@@ -174,12 +228,16 @@ def test_extract_refuses_a_direct_sqlite_connect_to_the_live_db(world_copy: Path
     # no rule from the migrations: parts.price is inferred from the unchanged rows instead, and says so
     mapping = json.loads((tmp_path / "bundle" / "manifest.json").read_text())["mapping"]
     price = next(r for r in mapping["parts"]["columns"] if r["column"] == "price")
-    assert price["source"] == "inferred" and price["expression"] == EXPECTED_RULES["parts"]["price"], price
+    assert (
+        price["source"] == "inferred" and price["expression"] == EXPECTED_RULES["parts"]["price"]
+    ), price
     assert res.returncode == 1 and not summary["planning_errors"], summary
 
 
 @pytest.mark.parametrize("variant", ["ini", "direct"])
-def test_check_never_touches_the_db_and_is_truthful(world_copy: Path, tmp_path: Path, variant: str) -> None:
+def test_check_never_touches_the_db_and_is_truthful(
+    world_copy: Path, tmp_path: Path, variant: str
+) -> None:
     """``check --db LIVE``: with the ini pointing at the live DB the judgement is the one the
     well-behaved app gets; with a direct connect every upgrade is refused and check says so (exit 3)."""
     live = world_copy / "gestima.db"
@@ -189,7 +247,9 @@ def test_check_never_touches_the_db_and_is_truthful(world_copy: Path, tmp_path: 
     res = recovery(*args)
     assert digests(live, backup_of(world_copy)) == before
     if variant == "ini":
-        normal = recovery("check", "--alembic-ini", app_dir() / "alembic.ini", "--from", OLD_REV, "--json")
+        normal = recovery(
+            "check", "--alembic-ini", app_dir() / "alembic.ini", "--from", OLD_REV, "--json"
+        )
         got, want = json.loads(res.stdout), json.loads(normal.stdout)
         assert res.returncode == normal.returncode == 1
         assert got["revisions"] == want["revisions"] and got["summary"] == want["summary"]
@@ -203,8 +263,9 @@ def test_check_never_touches_the_db_and_is_truthful(world_copy: Path, tmp_path: 
 # rollback
 
 
-def test_rollback_with_the_ini_pointing_at_the_live_db_rolls_back_correctly(world_copy: Path,
-                                                                           tmp_path: Path) -> None:
+def test_rollback_with_the_ini_pointing_at_the_live_db_rolls_back_correctly(
+    world_copy: Path, tmp_path: Path
+) -> None:
     """The issue's case: the app's own alembic.ini (sqlalchemy.url = the live DB) and an env.py
     that uses it. The lineage downgrade runs on the scratch copy: no column dropped from the live
     DB, no ``_alembic_tmp_`` table, prices carried back with the migration's own rule."""
@@ -213,41 +274,78 @@ def test_rollback_with_the_ini_pointing_at_the_live_db_rolls_back_correctly(worl
     with closing(sqlite3.connect(f"file:{live}?mode=ro", uri=True)) as c:
         cents = dict(c.execute("SELECT id, price_cents FROM parts"))
     backup_digest = digests(backup)
-    res = recovery("rollback", live, "--backup", backup, "--alembic-ini", ini, "--out", tmp_path / "run", "--yes")
+    res = recovery(
+        "rollback",
+        live,
+        "--backup",
+        backup,
+        "--alembic-ini",
+        ini,
+        "--out",
+        tmp_path / "run",
+        "--yes",
+    )
     assert res.returncode == 1, res.stderr  # the world's lost values are for review
     assert digests(backup) == backup_digest
     with closing(sqlite3.connect(f"file:{live}?mode=ro", uri=True)) as c:
         assert c.execute("SELECT version_num FROM alembic_version").fetchone()[0] == OLD_REV
-        assert not [t for (t,) in c.execute("SELECT name FROM sqlite_master") if t.startswith("_alembic_tmp_")]
+        assert not [
+            t
+            for (t,) in c.execute("SELECT name FROM sqlite_master")
+            if t.startswith("_alembic_tmp_")
+        ]
         prices = dict(c.execute("SELECT id, price FROM parts"))
     assert all(prices[k] == pytest.approx(v / 100.0) for k, v in cents.items())
     journal = json.loads((tmp_path / "run" / "journal.json").read_text())
     assert journal["steps"]["report"]["state"] == "done"
 
 
-def test_downgrade_to_with_a_hostile_env_runs_on_the_staged_copy(world_copy: Path, tmp_path: Path) -> None:
+def test_downgrade_to_with_a_hostile_env_runs_on_the_staged_copy(
+    world_copy: Path, tmp_path: Path
+) -> None:
     """``--downgrade-to`` with the hostile ini: the downgrade runs in the sandbox on the staged copy
     (the guard lets it open that file only), the live file is replaced whole, the backup untouched."""
     live, backup = world_copy / "gestima.db", backup_of(world_copy)
     ini = hostile_app(tmp_path, "ini", live)
-    bb003 = ini.parent / "versions" / "bb003_quote_discount_pct.py"  # give the stub a real downgrade
-    bb003.write_text(bb003.read_text().replace(
-        "def downgrade() -> None:\n    pass\n",
-        "def downgrade() -> None:\n    op.execute('DROP VIEW IF EXISTS v_quote_totals')\n"
-        "    with op.batch_alter_table('quotes') as batch:\n        batch.drop_column('discount_pct')\n"))
+    bb003 = (
+        ini.parent / "versions" / "bb003_quote_discount_pct.py"
+    )  # give the stub a real downgrade
+    bb003.write_text(
+        bb003.read_text().replace(
+            "def downgrade() -> None:\n    pass\n",
+            "def downgrade() -> None:\n    op.execute('DROP VIEW IF EXISTS v_quote_totals')\n"
+            "    with op.batch_alter_table('quotes') as batch:\n        batch.drop_column('discount_pct')\n",
+        )
+    )
     backup_digest = digests(backup)
-    res = recovery("rollback", live, "--backup", backup, "--alembic-ini", ini, "--out", tmp_path / "run",
-                   "--downgrade-to", OLD_REV, "--yes")
+    res = recovery(
+        "rollback",
+        live,
+        "--backup",
+        backup,
+        "--alembic-ini",
+        ini,
+        "--out",
+        tmp_path / "run",
+        "--downgrade-to",
+        OLD_REV,
+        "--yes",
+    )
     assert res.returncode == 1, res.stderr
     assert digests(backup) == backup_digest
     with closing(sqlite3.connect(f"file:{live}?mode=ro", uri=True)) as c:
         assert c.execute("SELECT version_num FROM alembic_version").fetchone()[0] == OLD_REV
         assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert "price" in {r[1] for r in c.execute("PRAGMA table_info(parts)")}
-    assert json.loads((tmp_path / "run" / "journal.json").read_text())["steps"]["restore"]["method"] == "downgrade"
+    assert (
+        json.loads((tmp_path / "run" / "journal.json").read_text())["steps"]["restore"]["method"]
+        == "downgrade"
+    )
 
 
-def test_a_crashing_downgrade_is_named_and_the_rest_of_the_plan_works(world_copy: Path, tmp_path: Path) -> None:
+def test_a_crashing_downgrade_is_named_and_the_rest_of_the_plan_works(
+    world_copy: Path, tmp_path: Path
+) -> None:
     """bb004's downgrade raises (the app's bug): the rollback goes on without lineage for the
     columns bb004 changes, names bb004 and its error (stderr, manifest), keeps bb002's rename
     (below bb004) from the migrations, and with a mapping rule for the price rolls back."""
@@ -256,20 +354,35 @@ def test_a_crashing_downgrade_is_named_and_the_rest_of_the_plan_works(world_copy
     with closing(sqlite3.connect(f"file:{live}?mode=ro", uri=True)) as c:
         cents = dict(c.execute("SELECT id, price_cents FROM parts"))
     before = digests(live, backup)
-    res = recovery("extract", backup, live, "--alembic-ini", ini, "--out", tmp_path / "bundle", "--json")
+    res = recovery(
+        "extract", backup, live, "--alembic-ini", ini, "--out", tmp_path / "bundle", "--json"
+    )
     assert digests(live, backup) == before
     assert "bb004_price_cents" in res.stderr and "its author never tried" in res.stderr, res.stderr
     lineage = json.loads((tmp_path / "bundle" / "manifest.json").read_text())["lineage"]
     (failed,) = lineage["failed"]
     assert failed["revision"] == "bb004_price_cents" and failed["rebuilt"] is True
-    assert "RuntimeError" in failed["error"] and {"parts.price", "parts.price_cents"} <= set(failed["columns"])
+    assert "RuntimeError" in failed["error"] and {"parts.price", "parts.price_cents"} <= set(
+        failed["columns"]
+    )
     assert lineage["rules"] == {"quotes": {"customer": '"customer_name"'}}  # bb002, below the crash
     assert any("bb004_price_cents" in n for n in lineage["notes"])
 
     mapping = tmp_path / "mapping.toml"
     mapping.write_text('[tables.parts.columns]\nprice = "price_cents / 100.0"\n')
-    res = recovery("rollback", live, "--backup", backup, "--alembic-ini", ini, "--mapping", mapping,
-                   "--out", tmp_path / "run", "--yes")
+    res = recovery(
+        "rollback",
+        live,
+        "--backup",
+        backup,
+        "--alembic-ini",
+        ini,
+        "--mapping",
+        mapping,
+        "--out",
+        tmp_path / "run",
+        "--yes",
+    )
     assert res.returncode == 1, res.stderr
     assert "bb004_price_cents" in res.stderr
     notes = json.loads((tmp_path / "run" / "report.json").read_text())["migration_notes"]
@@ -287,7 +400,7 @@ def test_a_crashing_downgrade_is_named_and_the_rest_of_the_plan_works(world_copy
 # what the guard refuses, and what it cannot see
 
 
-GUARD_PROBE = '''
+GUARD_PROBE = """
 def run_migrations_online() -> None:
     import os, sqlite3
     import sqlalchemy
@@ -315,7 +428,7 @@ def run_migrations_online() -> None:
     _configure(passed)
     with context.begin_transaction():
         context.run_migrations()
-'''
+"""
 
 
 def test_the_guard_refuses_every_other_way_to_a_database(world_copy: Path, tmp_path: Path) -> None:
@@ -340,14 +453,30 @@ def test_the_guard_refuses_every_other_way_to_a_database(world_copy: Path, tmp_p
         refused = list(sb.refused)
     assert digests(live, backup_of(world_copy)) == before
     text = "\n".join(refused)
-    for needle in ("sqlite3.connect", "create_engine('sqlite:///", "postgresql://u:***@localhost/app",
-                   "psycopg2", "opening", "os.remove", "starting a program", "ATTACH", "os.symlink"):
+    for needle in (
+        "sqlite3.connect",
+        "create_engine('sqlite:///",
+        "postgresql://u:***@localhost/app",
+        "psycopg2",
+        "opening",
+        "os.remove",
+        "starting a program",
+        "ATTACH",
+        "os.symlink",
+    ):
         assert needle in text, (needle, refused)
-    with closing(sqlite3.connect(f"file:{scratch}?mode=ro", uri=True)) as c:  # the real work happened on the scratch
-        assert c.execute("SELECT version_num FROM alembic_version").fetchone()[0] == "bb005_production_records"
+    with closing(
+        sqlite3.connect(f"file:{scratch}?mode=ro", uri=True)
+    ) as c:  # the real work happened on the scratch
+        assert (
+            c.execute("SELECT version_num FROM alembic_version").fetchone()[0]
+            == "bb005_production_records"
+        )
 
 
-def test_a_change_below_the_guard_stops_the_run_with_the_truth(world_copy: Path, tmp_path: Path) -> None:
+def test_a_change_below_the_guard_stops_the_run_with_the_truth(
+    world_copy: Path, tmp_path: Path
+) -> None:
     """env.py writes the live file through libc (nothing Python can intercept): the fingerprints
     after the command differ, and extract stops with exit 3 saying the app's migration code changed
     the live DB — never "failed on a scratch copy, nothing changed"."""
@@ -357,7 +486,9 @@ def test_a_change_below_the_guard_stops_the_run_with_the_truth(world_copy: Path,
     res = recovery("extract", backup, live, "--alembic-ini", ini, "--out", tmp_path / "bundle")
     assert live.stat().st_size == size + 512  # the hostile write really happened
     assert res.returncode == 3, res.stderr
-    assert "changed a real database" in res.stderr and str(live) in res.stderr and "size" in res.stderr
+    assert (
+        "changed a real database" in res.stderr and str(live) in res.stderr and "size" in res.stderr
+    )
     assert "nothing changed" not in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "bundle").exists()
 
@@ -372,7 +503,9 @@ def test_the_child_is_stopped_at_the_time_bound(world_copy: Path, tmp_path: Path
         with Sandbox(ini, scratch, [live], timeout=2) as sb:
             sb.migrate("upgrade", "head")
     assert time.monotonic() - t0 < 30
-    assert info.value.exit_code == 3 and not isinstance(info.value, (MigrationFailed, ProtectedChanged))
+    assert info.value.exit_code == 3 and not isinstance(
+        info.value, (MigrationFailed, ProtectedChanged)
+    )
 
 
 def test_the_child_sees_only_the_scratch_url(tmp_path: Path) -> None:
@@ -382,11 +515,25 @@ def test_the_child_sees_only_the_scratch_url(tmp_path: Path) -> None:
 
     live, scratch = tmp_path / "live.db", tmp_path / "work" / "scratch.db"
     live.touch()
-    env = child_environment(scratch, [live], {
-        "HOME": "/root", "APP_DB": "postgresql+psycopg://u:p@db/app", "SETTINGS_DB_PATH": str(live),
-        "OTHER": "https://example.com", "SQLALCHEMY_DATABASE_URI": f"sqlite:///{live}"})
+    env = child_environment(
+        scratch,
+        [live],
+        {
+            "HOME": "/root",
+            "APP_DB": "postgresql+psycopg://u:p@db/app",
+            "SETTINGS_DB_PATH": str(live),
+            "OTHER": "https://example.com",
+            "SQLALCHEMY_DATABASE_URI": f"sqlite:///{live}",
+        },
+    )
     url = f"sqlite:///{scratch}"
-    assert env["APP_DB"] == env["DATABASE_URL"] == env["DB_URL"] == env["SQLALCHEMY_DATABASE_URI"] == url
+    assert (
+        env["APP_DB"]
+        == env["DATABASE_URL"]
+        == env["DB_URL"]
+        == env["SQLALCHEMY_DATABASE_URI"]
+        == url
+    )
     assert env["SQLALCHEMY_DATABASE_URL"] == url and env["SETTINGS_DB_PATH"] == str(scratch)
     assert env["HOME"] == "/root" and env["OTHER"] == "https://example.com"
     copy = write_ini_copy(app_dir() / "alembic.ini", tmp_path / "copy.ini", url)
@@ -402,9 +549,23 @@ def test_rehearse_protects_the_real_files_it_copied(world_copy: Path, tmp_path: 
     code changed it (not "is the application still running?")."""
     live, backup = world_copy / "gestima.db", backup_of(world_copy)
     ini = hostile_app(tmp_path, "below-guard", live)
-    ini.write_text(ini.read_text().replace(f"sqlalchemy.url = sqlite:///{live}", "sqlalchemy.url = sqlite:///app.db"))
+    ini.write_text(
+        ini.read_text().replace(
+            f"sqlalchemy.url = sqlite:///{live}", "sqlalchemy.url = sqlite:///app.db"
+        )
+    )
     backup_digest = digests(backup)
-    res = recovery("rehearse", live, "--backup", backup, "--alembic-ini", ini, "--out", tmp_path / "run", "--json")
+    res = recovery(
+        "rehearse",
+        live,
+        "--backup",
+        backup,
+        "--alembic-ini",
+        ini,
+        "--out",
+        tmp_path / "run",
+        "--json",
+    )
     assert res.returncode != 0
     assert digests(backup) == backup_digest
     reasons = " ".join(json.loads(res.stdout)["reasons"])
@@ -418,11 +579,17 @@ def test_the_child_dies_with_the_tool(world_copy: Path, tmp_path: Path) -> None:
     ini = hostile_app(tmp_path, "sleep", world_copy / "gestima.db")
     scratch = tmp_path / "scratch.db"
     sqlite3.connect(scratch).close()
-    script = (f"from pathlib import Path\nfrom recovery.migrate.sandbox import Sandbox\n"
-              f"with Sandbox(Path({str(ini)!r}), Path({str(scratch)!r})) as sb:\n"
-              f"    print(sb._proc.pid, flush=True)\n    sb.migrate('upgrade', 'head')\n")
-    tool = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    script = (
+        f"from pathlib import Path\nfrom recovery.migrate.sandbox import Sandbox\n"
+        f"with Sandbox(Path({str(ini)!r}), Path({str(scratch)!r})) as sb:\n"
+        f"    print(sb._proc.pid, flush=True)\n    sb.migrate('upgrade', 'head')\n"
+    )
+    tool = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     child = int(tool.stdout.readline())
     time.sleep(1.0)  # the child is in env.py's sleep
     tool.send_signal(signal.SIGKILL)
@@ -457,16 +624,32 @@ def test_lineage_steps_one_revision_at_a_time_only_on_a_straight_line() -> None:
     assert _steps([], "a") == []
 
 
-def test_rollback_fingerprints_the_real_live_db_even_when_nothing_names_it(world_copy: Path, tmp_path: Path) -> None:
+def test_rollback_fingerprints_the_real_live_db_even_when_nothing_names_it(
+    world_copy: Path, tmp_path: Path
+) -> None:
     """The rollback extracts from its safety copy, so the real live DB is named neither by the
     ini nor by the environment; an env.py that writes it by a path of its own (below the guard)
     is still caught: exit 3 before the restore, naming the file, never "nothing changed"."""
     live, backup = world_copy / "gestima.db", backup_of(world_copy)
     ini = hostile_app(tmp_path, "below-guard", live)
-    ini.write_text(ini.read_text().replace(f"sqlalchemy.url = sqlite:///{live}",
-                                           f"sqlalchemy.url = sqlite:///{tmp_path / 'elsewhere.db'}"))
+    ini.write_text(
+        ini.read_text().replace(
+            f"sqlalchemy.url = sqlite:///{live}",
+            f"sqlalchemy.url = sqlite:///{tmp_path / 'elsewhere.db'}",
+        )
+    )
     size = live.stat().st_size
-    res = recovery("rollback", live, "--backup", backup, "--alembic-ini", ini, "--out", tmp_path / "run", "--yes")
+    res = recovery(
+        "rollback",
+        live,
+        "--backup",
+        backup,
+        "--alembic-ini",
+        ini,
+        "--out",
+        tmp_path / "run",
+        "--yes",
+    )
     assert live.stat().st_size == size + 512  # the hostile write really happened
     assert res.returncode == 3, res.stderr
     assert "changed a real database" in res.stderr and str(live) in res.stderr, res.stderr

@@ -1,4 +1,5 @@
 """`recovery snapshot`: WAL-safe copies, the manifest, and deploy_time_of (real SQLite files)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -34,8 +35,12 @@ def make_db(path: Path, wal: bool = False, parts: int = 5) -> None:
     conn.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL PRIMARY KEY)")
     conn.execute("INSERT INTO alembic_version VALUES ('abc123def')")
     conn.execute("CREATE TABLE parts (id INTEGER PRIMARY KEY, name TEXT NOT NULL, price REAL)")
-    conn.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, part_id INTEGER REFERENCES parts(id), body TEXT)")
-    conn.executemany("INSERT INTO parts VALUES (?, ?, ?)", [(i, f"p{i}", i * 1.5) for i in range(1, parts + 1)])
+    conn.execute(
+        "CREATE TABLE notes (id INTEGER PRIMARY KEY, part_id INTEGER REFERENCES parts(id), body TEXT)"
+    )
+    conn.executemany(
+        "INSERT INTO parts VALUES (?, ?, ?)", [(i, f"p{i}", i * 1.5) for i in range(1, parts + 1)]
+    )
     conn.execute("INSERT INTO notes VALUES (1, 1, 'hello')")
     conn.commit()
     conn.close()
@@ -49,7 +54,9 @@ def live_writer(tmp_path: Path):
     writer = sqlite3.connect(db, check_same_thread=False)
     writer.execute("PRAGMA wal_autocheckpoint=0")
     writer.execute("PRAGMA journal_mode=WAL")
-    writer.executemany("INSERT INTO parts VALUES (?, ?, ?)", [(i, f"w{i}", 1.0) for i in range(100, 150)])
+    writer.executemany(
+        "INSERT INTO parts VALUES (?, ?, ?)", [(i, f"w{i}", 1.0) for i in range(100, 150)]
+    )
     writer.commit()
     yield db, writer
     writer.close()
@@ -116,7 +123,9 @@ def test_snapshot_while_another_thread_writes(tmp_path):
     try:
         while written[0] < 20:
             pass
-        snaps = [snapshot(db, tmp_path / "out", now=datetime(2026, 1, 1, 0, 0, s)) for s in range(3)]
+        snaps = [
+            snapshot(db, tmp_path / "out", now=datetime(2026, 1, 1, 0, 0, s)) for s in range(3)
+        ]
     finally:
         stop.set()
         t.join()
@@ -147,8 +156,17 @@ def test_manifest_keys_and_values(tmp_path):
     on_disk = json.loads(snap.manifest_path.read_text())
     assert on_disk == snap.manifest == read_manifest(snap.backup)
     m = on_disk
-    for key in ("created_at", "source", "size", "sha256", "integrity_check", "alembic_revision", "git",
-                "tables", "uploads"):
+    for key in (
+        "created_at",
+        "source",
+        "size",
+        "sha256",
+        "integrity_check",
+        "alembic_revision",
+        "git",
+        "tables",
+        "uploads",
+    ):
         assert key in m
     assert m["created_at"] == "2026-11-20T14:00:00"
     assert m["source"] == str(db.resolve())
@@ -167,10 +185,18 @@ def test_manifest_keys_and_values(tmp_path):
 
 
 def _git(repo: Path, *args: str) -> str:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@e", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@e", "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}
-    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True,
-                          env=env).stdout.strip()
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@e",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@e",
+        "GIT_CONFIG_GLOBAL": os.devnull,
+        "GIT_CONFIG_NOSYSTEM": "1",
+    }
+    return subprocess.run(
+        ["git", "-C", str(repo), *args], check=True, capture_output=True, text=True, env=env
+    ).stdout.strip()
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="git not installed")
@@ -316,11 +342,21 @@ def test_open_readonly_wal_without_shm_in_readonly_folder():
             conn.close()
         for name in ("pending.db", "pending.db-wal"):
             shutil.move(base / name, data / name)
-        assert not (data / "pending.db-shm").exists() and (data / "pending.db-wal").stat().st_size > 0
+        assert (
+            not (data / "pending.db-shm").exists() and (data / "pending.db-wal").stat().st_size > 0
+        )
         out = base / "out"
         out.mkdir()
         before = {p.name: sha(p) for p in data.iterdir()}
-        for p in (base, base / "lib", pkg, data, *pkg.iterdir(), base / "probe.py", *data.iterdir()):
+        for p in (
+            base,
+            base / "lib",
+            pkg,
+            data,
+            *pkg.iterdir(),
+            base / "probe.py",
+            *data.iterdir(),
+        ):
             p.chmod(0o755 if p.is_dir() else 0o644)
         out.chmod(0o777)
         if as_root:
@@ -328,11 +364,18 @@ def test_open_readonly_wal_without_shm_in_readonly_folder():
         else:
             data.chmod(0o555)
             cmd = [sys.executable]
-        res = subprocess.run([*cmd, str(base / "probe.py"), str(base / "lib"), str(out / "copy.db")],
-                             cwd=data, capture_output=True, text=True, timeout=60)
+        res = subprocess.run(
+            [*cmd, str(base / "probe.py"), str(base / "lib"), str(out / "copy.db")],
+            cwd=data,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert res.returncode == 0, res.stderr
         assert res.stdout.split("\n")[:4] == ["quiet.db 3", "pending.db 4", "pair 3 4", "copied"]
-        assert {p.name: sha(p) for p in data.iterdir()} == before  # nothing created, nothing changed
+        assert {
+            p.name: sha(p) for p in data.iterdir()
+        } == before  # nothing created, nothing changed
         assert count_rows(out / "copy.db") == 4
     finally:
         (base / "data").chmod(0o755) if (base / "data").exists() else None

@@ -12,6 +12,7 @@ the parent packages Python also initialises.
 ``recovery/sample/gestima_app`` is the sample *application* shipped as package data (an Alembic
 project with its own ``env.py``), not a module of ``recovery``, and is left out.
 """
+
 from __future__ import annotations
 
 import ast
@@ -209,7 +210,12 @@ def test_the_graph_sees_the_package() -> None:
     """The checks below only mean something if the walk finds the modules and their imports:
     the pipeline imports the stages, and a function-level import counts."""
     known, edges = import_graph()
-    expected = {"recovery.pipeline", "recovery.cli", "recovery.engine.schema", "recovery.model.outcome"}
+    expected = {
+        "recovery.pipeline",
+        "recovery.cli",
+        "recovery.engine.schema",
+        "recovery.model.outcome",
+    }
     assert expected <= set(known)
     assert "recovery.sample.gestima_app.env" not in known
     targets = {edge.target for edge in edges if edge.source == "recovery.pipeline"}
@@ -219,8 +225,14 @@ def test_the_graph_sees_the_package() -> None:
 
 def test_cycle_finder_finds_cycles() -> None:
     """A three-module ring and a two-module pair are found; a chain is not a cycle."""
-    edges = [Edge("a", "b", 1), Edge("b", "c", 1), Edge("c", "a", 1), Edge("d", "e", 1),
-             Edge("e", "d", 1), Edge("e", "f", 1)]
+    edges = [
+        Edge("a", "b", 1),
+        Edge("b", "c", 1),
+        Edge("c", "a", 1),
+        Edge("d", "e", 1),
+        Edge("e", "d", 1),
+        Edge("e", "f", 1),
+    ]
     assert sorted(cycles(list("abcdef"), edges)) == [["a", "b", "c"], ["d", "e"]]
     assert cycles(list("abc"), [Edge("a", "b", 1), Edge("b", "c", 1)]) == []
 
@@ -244,7 +256,9 @@ def test_private_finder_finds_private_imports(tmp_path: Path) -> None:
 def test_no_import_cycles() -> None:
     known, edges = import_graph()
     found = cycles(list(known), edges)
-    assert not found, "import cycles between modules:\n" + "\n".join(describe(c, edges) for c in found)
+    assert not found, "import cycles between modules:\n" + "\n".join(
+        describe(c, edges) for c in found
+    )
 
 
 def test_no_private_names_across_modules() -> None:
@@ -253,13 +267,18 @@ def test_no_private_names_across_modules() -> None:
     assert not found, "private names used across modules:\n  " + "\n  ".join(sorted(found))
 
 
-@pytest.mark.parametrize("relative", ["from . import x", "from .x import y", "from ..engine import schema"])
+@pytest.mark.parametrize(
+    "relative", ["from . import x", "from .x import y", "from ..engine import schema"]
+)
 def test_relative_imports_resolve(relative: str, tmp_path: Path) -> None:
     """Relative imports point where Python would look (the package, a sibling, an uncle)."""
     node = ast.parse(relative).body[0]
     assert isinstance(node, ast.ImportFrom)
     path = PACKAGE_DIR / "files" / "relink.py"
     origin = resolve_from(node, "recovery.files.relink", path)
-    expected = {"from . import x": "recovery.files", "from .x import y": "recovery.files.x",
-                "from ..engine import schema": "recovery.engine"}[relative]
+    expected = {
+        "from . import x": "recovery.files",
+        "from .x import y": "recovery.files.x",
+        "from ..engine import schema": "recovery.engine",
+    }[relative]
     assert origin == expected

@@ -1,6 +1,7 @@
 """Transpile cases on small hand-built schemas (golden file, one sub-test per case), the FK
 closure on a hand-made pair, and a property: under random schema changes every changed value is
 either carried into the old schema or listed as lost — never silently dropped."""
+
 from __future__ import annotations
 
 import json
@@ -19,7 +20,9 @@ from recovery.compare.diff import analyse
 from recovery.bundle.extract import _create_untyped, close_foreign_keys, extract, extract_table
 from recovery.transpile.passes import plan as make_plan
 
-CASES = tomllib.loads((Path(__file__).parent / "fixtures" / "transpile" / "cases.toml").read_text())["case"]
+CASES = tomllib.loads(
+    (Path(__file__).parent / "fixtures" / "transpile" / "cases.toml").read_text()
+)["case"]
 
 
 def _world(tmp: Path, old: str, seed: str, migrate: str, changes: str) -> tuple[Path, Path]:
@@ -39,8 +42,10 @@ def _world(tmp: Path, old: str, seed: str, migrate: str, changes: str) -> tuple[
 def _lost(bundle: Path, name: str = "_recovery_lost") -> set[tuple[Any, ...]]:
     conn = ro(bundle / "rows.db")
     try:
-        return {(t, json.loads(k)[0], c, v) for t, k, c, v in
-                conn.execute(f'SELECT "table", "key", "column", value FROM "{name}"')}
+        return {
+            (t, json.loads(k)[0], c, v)
+            for t, k, c, v in conn.execute(f'SELECT "table", "key", "column", value FROM "{name}"')
+        }
     finally:
         conn.close()
 
@@ -64,8 +69,13 @@ def test_transpile_case(case: dict[str, Any], tmp_path: Path) -> None:
     assert _lost(res.bundle.path) == {tuple(x) for x in case["lost"]}
     if "filled" in case:
         assert _lost(res.bundle.path, "_recovery_filled") == {tuple(x) for x in case["filled"]}
-    conn = apply_to_copy(res.bundle.path, backup, tmp_path / "target.db", apply_deletes=True,
-                         prepare=case.get("target", ""))
+    conn = apply_to_copy(
+        res.bundle.path,
+        backup,
+        tmp_path / "target.db",
+        apply_deletes=True,
+        prepare=case.get("target", ""),
+    )
     try:
         check_constraints(conn)
         got = conn.execute(case["check"]).fetchall()
@@ -88,7 +98,8 @@ def test_fk_closure_brings_missing_parents_and_references_backup_ones(tmp_path: 
     """Only ``lines`` is extracted (as a filter would): the new line's new order and that order's new
     customer come along as closure; the line of a pre-deploy order brings nothing."""
     backup, live = _world(
-        tmp_path, OLD,
+        tmp_path,
+        OLD,
         "INSERT INTO customers VALUES (1, 'old co'); INSERT INTO orders VALUES (1, 1, 'O-1');"
         "INSERT INTO lines VALUES (100, 1, 1);",
         "",
@@ -110,8 +121,10 @@ def test_fk_closure_brings_missing_parents_and_references_backup_ones(tmp_path: 
         extract_table(conn, a, "lines", counts)
         close_foreign_keys(conn, a, counts)
         conn.execute("COMMIT")
-        got = {t: sorted(conn.execute(f'SELECT id, _recovery_kind FROM bnew."{t}"').fetchall())
-               for t in ("customers", "orders", "lines")}
+        got = {
+            t: sorted(conn.execute(f'SELECT id, _recovery_kind FROM bnew."{t}"').fetchall())
+            for t in ("customers", "orders", "lines")
+        }
         p = make_plan(a.old, a.new, a.mapping, {t for t, v in got.items() if v})
     assert got == {
         "customers": [(2, "closure")],
@@ -165,15 +178,31 @@ def scenarios(draw: st.DrawFn) -> dict[str, Any]:
             next_id += 1
         elif kind == "update" and new_cols:
             k = draw(st.sampled_from(ids))
-            cols = draw(st.lists(st.sampled_from(new_cols), min_size=1, max_size=len(new_cols), unique=True))
+            cols = draw(
+                st.lists(st.sampled_from(new_cols), min_size=1, max_size=len(new_cols), unique=True)
+            )
             ops.append(("update", (k, {c: draw(VALUES) for c in cols})))
         elif kind == "delete":
             k = draw(st.sampled_from(ids))
             ids.remove(k)
             ops.append(("delete", k))
-    extra = [[i, draw(st.sampled_from(ids)) if ids else None, draw(VALUES)] for i in range(draw(st.integers(0, 3)))] if new_table else []
-    return {"old_cols": old_cols, "fate": fate, "n_add": n_add, "new_table": new_table, "seed": seed,
-            "ops": ops, "extra": extra}
+    extra = (
+        [
+            [i, draw(st.sampled_from(ids)) if ids else None, draw(VALUES)]
+            for i in range(draw(st.integers(0, 3)))
+        ]
+        if new_table
+        else []
+    )
+    return {
+        "old_cols": old_cols,
+        "fate": fate,
+        "n_add": n_add,
+        "new_table": new_table,
+        "seed": seed,
+        "ops": ops,
+        "extra": extra,
+    }
 
 
 def _q(name: str) -> str:
@@ -203,10 +232,16 @@ def _build(tmp: Path, sc: dict[str, Any]) -> tuple[Path, Path]:
     names = [r[1] for r in lv.execute("PRAGMA table_info(t)")]
     for kind, arg in sc["ops"]:
         if kind == "insert":
-            lv.execute(f"INSERT INTO t ({', '.join(map(_q, names))}) VALUES ({', '.join('?' * len(names))})", arg)
+            lv.execute(
+                f"INSERT INTO t ({', '.join(map(_q, names))}) VALUES ({', '.join('?' * len(names))})",
+                arg,
+            )
         elif kind == "update":
             k, vals = arg
-            lv.execute(f"UPDATE t SET {', '.join(_q(c) + ' = ?' for c in vals)} WHERE id = ?", [*vals.values(), k])
+            lv.execute(
+                f"UPDATE t SET {', '.join(_q(c) + ' = ?' for c in vals)} WHERE id = ?",
+                [*vals.values(), k],
+            )
         else:
             lv.execute("DELETE FROM t WHERE id = ?", (arg,))
     lv.commit()
@@ -227,7 +262,9 @@ def test_every_changed_value_is_carried_or_lost(sc: dict[str, Any]) -> None:
         res = extract(backup, live, tmp / "bundle")
         assert res.plan.errors == ()
         lost = _lost(tmp / "bundle")
-        filled = _lost(tmp / "bundle", "_recovery_filled")  # undated new-only values: listed, not lost
+        filled = _lost(
+            tmp / "bundle", "_recovery_filled"
+        )  # undated new-only values: listed, not lost
         conn = apply_to_copy(res.bundle.path, backup, tmp / "target.db", apply_deletes=True)
         try:
             check_constraints(conn)
@@ -250,7 +287,9 @@ def test_every_changed_value_is_carried_or_lost(sc: dict[str, Any]) -> None:
         for cp in res.plan.table("t").columns:
             if cp.expression is not None and cp.expression.__class__.__name__ == "Column":
                 carried_to[cp.expression.name] = cp.column
-        assert set(target) == set(lrows), "rows deleted after the deploy are gone, every live row is there"
+        assert set(target) == set(lrows), (
+            "rows deleted after the deploy are gone, every live row is there"
+        )
         for k, row in lrows.items():
             for c, v in row.items():
                 if c == "id":
@@ -262,7 +301,9 @@ def test_every_changed_value_is_carried_or_lost(sc: dict[str, Any]) -> None:
                     continue  # listed as lost, or as filled by the upgrade (not verified)
                 if v is None and (to is None or k not in brows):
                     continue  # nothing to carry: a NULL in a column the old schema lacks / a new row
-                pytest.fail(f"t[{k}].{c} = {v!r} silently dropped (carried to {to}, target {target[k]})")
+                pytest.fail(
+                    f"t[{k}].{c} = {v!r} silently dropped (carried to {to}, target {target[k]})"
+                )
         for rid, t_id, v in extra:
             assert t_id is None or ("extra", rid, "t_id", t_id) in lost
             assert v is None or ("extra", rid, "v", v) in lost

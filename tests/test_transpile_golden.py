@@ -10,6 +10,7 @@ Each case is a tiny backup/live pair extracted into a bundle through the public 
 plan is rebuilt pass by pass by :func:`recovery.transpile.passes.plan` with its list of passes cut
 after the pass under test, from the schemas, mapping and row/delete tables the extract used.
 """
+
 from __future__ import annotations
 
 import sqlite3
@@ -25,7 +26,9 @@ from recovery.transpile.passes import PASSES, Plan
 
 HERE = Path(__file__).parent
 GOLDEN = HERE / "golden" / "transpile"
-CASES = tomllib.loads((HERE / "fixtures" / "transpile" / "golden_cases.toml").read_text(encoding="utf-8"))["case"]
+CASES = tomllib.loads(
+    (HERE / "fixtures" / "transpile" / "golden_cases.toml").read_text(encoding="utf-8")
+)["case"]
 PASS_NAMES = [p.__name__ for p in PASSES]
 
 
@@ -70,7 +73,9 @@ def _sql(e: Any) -> str:
 def _lost(bundle: Path) -> list[str]:
     conn = sqlite3.connect(f"file:{bundle / 'rows.db'}?mode=ro", uri=True)
     try:
-        rows = conn.execute('SELECT "table", "key", "column", value FROM _recovery_lost ORDER BY 1, 2, 3').fetchall()
+        rows = conn.execute(
+            'SELECT "table", "key", "column", value FROM _recovery_lost ORDER BY 1, 2, 3'
+        ).fetchall()
     finally:
         conn.close()
     return [f"{t}{k}.{c} = {v!r}" for t, k, c, v in rows]
@@ -89,7 +94,9 @@ def render(case: dict[str, Any], p: Plan, bundle: Path) -> str:
         rows = "" if tp.table in p.has_rows else "  (no rows to carry)"
         lines.append(f"-- table {tp.table}  key ({', '.join(tp.key)}){reads}{rows}")
         for c in tp.columns:
-            lines.append(f"--   {c.column} <- {_sql(c.expression)}  [{c.source}]  insert: {_sql(c.insert_value)}")
+            lines.append(
+                f"--   {c.column} <- {_sql(c.expression)}  [{c.source}]  insert: {_sql(c.insert_value)}"
+            )
         new_t = p.new.tables[tm.source_table]
         unread = [c for c in new_t.column_names if c not in tm.used_new_columns]
         if unread:
@@ -104,8 +111,12 @@ def render(case: dict[str, Any], p: Plan, bundle: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def golden_text(name: str, index: int, plans: list[tuple[dict[str, Any], Plan, Path]],
-                monkeypatch: pytest.MonkeyPatch) -> str:
+def golden_text(
+    name: str,
+    index: int,
+    plans: list[tuple[dict[str, Any], Plan, Path]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> str:
     head = [
         f"-- Golden output of the transpile pass `{name}` (pass {index + 1} of {len(PASSES)} in",
         "-- recovery.transpile.passes.PASSES): the plan after it, per case of",
@@ -113,19 +124,28 @@ def golden_text(name: str, index: int, plans: list[tuple[dict[str, Any], Plan, P
         "--   python -m pytest tests/test_transpile_golden.py --update-golden",
         "",
     ]
-    body = [render(case, _after(full, index + 1, monkeypatch), bundle) for case, full, bundle in plans]
+    body = [
+        render(case, _after(full, index + 1, monkeypatch), bundle) for case, full, bundle in plans
+    ]
     return "\n".join(head) + "\n" + "\n".join(body)
 
 
 def update_requested(config: pytest.Config) -> bool:
     import os
 
-    return bool(config.getoption("--update-golden", default=False)) or os.environ.get("RECOVERY_UPDATE_GOLDEN") == "1"
+    return (
+        bool(config.getoption("--update-golden", default=False))
+        or os.environ.get("RECOVERY_UPDATE_GOLDEN") == "1"
+    )
 
 
 @pytest.mark.parametrize("index", range(len(PASSES)), ids=PASS_NAMES)
-def test_pass_output_matches_its_golden_file(index: int, plans: list[tuple[dict[str, Any], Plan, Path]],
-                                             monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
+def test_pass_output_matches_its_golden_file(
+    index: int,
+    plans: list[tuple[dict[str, Any], Plan, Path]],
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+) -> None:
     name = PASS_NAMES[index]
     path = GOLDEN / f"{name}.sql"
     got = golden_text(name, index, plans, monkeypatch)
@@ -138,7 +158,9 @@ def test_pass_output_matches_its_golden_file(index: int, plans: list[tuple[dict[
     if got != want:
         import difflib
 
-        diff = "".join(difflib.unified_diff(want.splitlines(True), got.splitlines(True), str(path), "now"))
+        diff = "".join(
+            difflib.unified_diff(want.splitlines(True), got.splitlines(True), str(path), "now")
+        )
         pytest.fail(f"pass {name} changed its output (review, then --update-golden):\n{diff}")
 
 
@@ -147,10 +169,13 @@ def test_golden_files_are_exactly_the_passes() -> None:
     assert sorted(p.stem for p in GOLDEN.glob("*.sql")) == sorted(PASS_NAMES)
 
 
-def test_all_passes_rebuild_the_plan_the_extract_made(plans: list[tuple[dict[str, Any], Plan, Path]],
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_all_passes_rebuild_the_plan_the_extract_made(
+    plans: list[tuple[dict[str, Any], Plan, Path]], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The golden files show the real plan: cut after the last pass it equals the extract's."""
     for case, full, _ in plans:
         again = _after(full, len(PASSES), monkeypatch)
-        assert [s.sql() for s in again.statements(True)] == [s.sql() for s in full.statements(True)], case["title"]
+        assert [s.sql() for s in again.statements(True)] == [
+            s.sql() for s in full.statements(True)
+        ], case["title"]
         assert again.errors == full.errors

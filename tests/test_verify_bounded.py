@@ -2,6 +2,7 @@
 what the full ``integrity_check`` + ``foreign_key_check`` prove, given the staged file's proof, and
 finds the damage those find in rows the re-import wrote; without a clean proof it defers to the
 full check."""
+
 from __future__ import annotations
 
 import json
@@ -30,7 +31,9 @@ def rolled(world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _inputs(w: Path) -> tuple:
-    return read_outcome_file(w / "run" / "outcome.json"), open_bundle(w / "run" / "bundle", verify=False)
+    return read_outcome_file(w / "run" / "outcome.json"), open_bundle(
+        w / "run" / "bundle", verify=False
+    )
 
 
 def test_rollback_verifies_bounded_and_agrees_with_the_full_check(rolled: Path) -> None:
@@ -48,29 +51,43 @@ def test_finds_an_index_that_disagrees_with_written_rows(rolled: Path, tmp_path:
     with sqlite3.connect(db) as conn:  # the index keeps part_id values but now claims to index qty
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         conn.execute("PRAGMA writable_schema = ON")
-        conn.execute("UPDATE sqlite_master SET sql = 'CREATE INDEX ix_quote_items_part_id ON quote_items (qty)' "
-                     "WHERE name = 'ix_quote_items_part_id'")
+        conn.execute(
+            "UPDATE sqlite_master SET sql = 'CREATE INDEX ix_quote_items_part_id ON quote_items (qty)' "
+            "WHERE name = 'ix_quote_items_part_id'"
+        )
     conn.close()
     proof = StagedProof(sha256="checked", integrity=["ok"], foreign_keys=[])
     res = verify_written(db, outcome, bundle.old.alembic_revision, proof, bundle)
     assert res is not None and res["ok"] is False
     assert any("quote_items" in line for line in res["integrity_check"])
-    assert verify_file(db, outcome, bundle.old.alembic_revision)["ok"] is False  # as the full check says
+    assert (
+        verify_file(db, outcome, bundle.old.alembic_revision)["ok"] is False
+    )  # as the full check says
 
 
 def test_without_a_clean_proof_the_full_check_runs(rolled: Path) -> None:
     outcome, bundle = _inputs(rolled)
-    for proof in (StagedProof(), StagedProof("x", ["row 3 missing from index"], []),
-                  StagedProof("x", ["ok"], [{"table": "parts", "rowid": 1, "parent": "materials", "fk": 0}])):
-        assert verify_written(rolled / "gestima.db", outcome, bundle.old.alembic_revision, proof, bundle) is None
+    for proof in (
+        StagedProof(),
+        StagedProof("x", ["row 3 missing from index"], []),
+        StagedProof("x", ["ok"], [{"table": "parts", "rowid": 1, "parent": "materials", "fk": 0}]),
+    ):
+        assert (
+            verify_written(
+                rolled / "gestima.db", outcome, bundle.old.alembic_revision, proof, bundle
+            )
+            is None
+        )
 
 
 def test_staging_checks_the_file_it_staged(tmp_path: Path) -> None:
     src = tmp_path / "b.db"
     with sqlite3.connect(src) as conn:
-        conn.executescript("PRAGMA foreign_keys=OFF; CREATE TABLE p (id INTEGER PRIMARY KEY);"
-                           "CREATE TABLE c (id INTEGER PRIMARY KEY, p_id INTEGER REFERENCES p(id));"
-                           "INSERT INTO c VALUES (1, 7);")
+        conn.executescript(
+            "PRAGMA foreign_keys=OFF; CREATE TABLE p (id INTEGER PRIMARY KEY);"
+            "CREATE TABLE c (id INTEGER PRIMARY KEY, p_id INTEGER REFERENCES p(id));"
+            "INSERT INTO c VALUES (1, 7);"
+        )
     conn.close()
     proof = StagedProof()
     tmp, digest = proof.staging(lambda a: (a, "sha"))(src)
@@ -80,7 +97,13 @@ def test_staging_checks_the_file_it_staged(tmp_path: Path) -> None:
 
 def test_full_verify_runs_the_whole_file_checks(world_copy: Path) -> None:
     w = world_copy
-    rollback(w / "gestima.db", next(w.glob("gestima.db.bak.*")), w / "run", alembic_ini=INI, full_verify=True)
+    rollback(
+        w / "gestima.db",
+        next(w.glob("gestima.db.bak.*")),
+        w / "run",
+        alembic_ini=INI,
+        full_verify=True,
+    )
     recorded = json.loads((w / "run" / "outcome.json").read_text())["verification"]
     assert "checked" not in recorded and recorded["ok"] is True
 
@@ -91,9 +114,11 @@ def test_a_staged_file_written_after_its_checks_voids_the_proof(tmp_path: Path) 
     it, so the rollback verifies in full."""
     src = tmp_path / "b.db"
     with sqlite3.connect(src) as conn:
-        conn.executescript("CREATE TABLE p (id INTEGER PRIMARY KEY);"
-                           "CREATE TABLE c (id INTEGER PRIMARY KEY, p_id INTEGER REFERENCES p(id));"
-                           "INSERT INTO p VALUES (1); INSERT INTO c VALUES (1, 1);")
+        conn.executescript(
+            "CREATE TABLE p (id INTEGER PRIMARY KEY);"
+            "CREATE TABLE c (id INTEGER PRIMARY KEY, p_id INTEGER REFERENCES p(id));"
+            "INSERT INTO p VALUES (1); INSERT INTO c VALUES (1, 1);"
+        )
     conn.close()
     untouched, touched = StagedProof(), StagedProof()
     untouched.staging(lambda a: (a, "sha"))(src)

@@ -5,6 +5,7 @@ read-only, the bundle's ``rows.db`` (``bnew``) and ``base.db`` (``bbase``) writa
 with ``INSERT … SELECT`` built as sqlglot trees. The bundle is built in a temporary folder beside
 the target and renamed into place when complete.
 """
+
 from __future__ import annotations
 
 import os
@@ -20,7 +21,15 @@ from sqlglot import exp
 
 from recovery import __version__
 from recovery.engine.base import Connection
-from recovery.bundle.store import DIR_MODE, FILLED_TABLE, FORMAT, LOST_TABLE, Bundle, open_bundle, seal
+from recovery.bundle.store import (
+    DIR_MODE,
+    FILLED_TABLE,
+    FORMAT,
+    LOST_TABLE,
+    Bundle,
+    open_bundle,
+    seal,
+)
 from recovery.compare import changes
 from recovery.compare.changes import TableSides, deleted_query, inserted_query, sides, user_value
 from recovery.compare.diff import Analysis, analyse
@@ -51,14 +60,20 @@ class ExtractResult:
         m = self.bundle.manifest
         counts = {t: {k: v for k, v in c.items()} for t, c in sorted(m["counts"].items())}
         return {
-            "bundle": str(self.bundle.path), "bundle_id": m["bundle_id"], "deploy_time": m["deploy_time"],
+            "bundle": str(self.bundle.path),
+            "bundle_id": m["bundle_id"],
+            "deploy_time": m["deploy_time"],
             "live_fingerprint": (m.get("sources") or {}).get("live", {}).get("sha256"),
-            "counts": counts, "lost": sum(c.get("lost", 0) for c in counts.values()),
+            "counts": counts,
+            "lost": sum(c.get("lost", 0) for c in counts.values()),
             "filled_by_upgrade": sum(c.get("filled_by_upgrade", 0) for c in counts.values()),
             "planning_errors": m["planning_errors"],
-            "mapping_sources": {t: {c["column"]: c["source"] for c in v["columns"] if c["source"] != "same-name"}
-                                for t, v in m["mapping"].items()},
-            "lineage": m.get("lineage"), "files": m.get("files"),
+            "mapping_sources": {
+                t: {c["column"]: c["source"] for c in v["columns"] if c["source"] != "same-name"}
+                for t, v in m["mapping"].items()
+            },
+            "lineage": m.get("lineage"),
+            "files": m.get("files"),
         }
 
 
@@ -67,17 +82,23 @@ def _create_untyped(conn: Connection, schema: str, name: str, columns: list[str]
     ddl = exp.Create(
         this=exp.Schema(
             this=table(name, schema),
-            expressions=[exp.ColumnDef(this=exp.to_identifier(c, quoted=True)) for c in [*columns, KIND]],
+            expressions=[
+                exp.ColumnDef(this=exp.to_identifier(c, quoted=True)) for c in [*columns, KIND]
+            ],
         ),
         kind="TABLE",
     )
     conn.execute(sql(ddl))
 
 
-def _insert_select(conn: Connection, schema: str, name: str, columns: list[str], query: exp.Select) -> int:
+def _insert_select(
+    conn: Connection, schema: str, name: str, columns: list[str], query: exp.Select
+) -> int:
     stmt = exp.Insert(
-        this=exp.Schema(this=table(name, schema),
-                        expressions=[exp.to_identifier(c, quoted=True) for c in [*columns, KIND]]),
+        this=exp.Schema(
+            this=table(name, schema),
+            expressions=[exp.to_identifier(c, quoted=True) for c in [*columns, KIND]],
+        ),
         expression=query,
     )
     return conn.execute(sql(stmt)).rowcount
@@ -94,8 +115,13 @@ def label_expr(t: Table, new: Schema, alias: str) -> exp.Expression:
             continue
         pcol = label_column(parent)
         if pcol:
-            sub = exp.select(col(pcol, "p")).from_(table(parent.name, "new", "p")).where(
-                exp.EQ(this=col(fk.ref_columns[0], "p"), expression=col(fk.columns[0], alias)))
+            sub = (
+                exp.select(col(pcol, "p"))
+                .from_(table(parent.name, "new", "p"))
+                .where(
+                    exp.EQ(this=col(fk.ref_columns[0], "p"), expression=col(fk.columns[0], alias))
+                )
+            )
             return exp.Subquery(this=sub)
     return exp.Null()
 
@@ -108,16 +134,26 @@ def key_json(key: tuple[str, ...], alias: str) -> exp.Expression:
 def derivable(t: Table, column: str, files: FilesConfig, alias: str) -> exp.Expression | None:
     """For a new-only FK into the files table (``parts.file_id``): the value is carried by the file
     record's entity link when that record points back at this row."""
-    fk = next((f for f in t.foreign_keys if f.columns == (column,) and f.ref_table == files.table), None)
+    fk = next(
+        (f for f in t.foreign_keys if f.columns == (column,) and f.ref_table == files.table), None
+    )
     if fk is None or len(t.key) != 1:
         return None
-    cond = and_all([
-        exp.EQ(this=col(fk.ref_columns[0], "f"), expression=col(column, alias)),
-        is_same(exp.cast(col(files.entity_id, "f"), "TEXT"), exp.cast(col(t.key[0], alias), "TEXT")),
-        exp.In(this=col(files.entity_type, "f"),
-               expressions=[exp.Literal.string(t.name), exp.Literal.string(t.name.rstrip("s"))]),
-    ])
-    return exp.Exists(this=exp.select(exp.Literal.number(1)).from_(table(files.table, "new", "f")).where(cond))
+    cond = and_all(
+        [
+            exp.EQ(this=col(fk.ref_columns[0], "f"), expression=col(column, alias)),
+            is_same(
+                exp.cast(col(files.entity_id, "f"), "TEXT"), exp.cast(col(t.key[0], alias), "TEXT")
+            ),
+            exp.In(
+                this=col(files.entity_type, "f"),
+                expressions=[exp.Literal.string(t.name), exp.Literal.string(t.name.rstrip("s"))],
+            ),
+        ]
+    )
+    return exp.Exists(
+        this=exp.select(exp.Literal.number(1)).from_(table(files.table, "new", "f")).where(cond)
+    )
 
 
 def uncarried_columns(a: Analysis, name: str) -> list[str]:
@@ -131,9 +167,15 @@ def extract_table(conn: Connection, a: Analysis, name: str, counts: dict[str, An
     _create_untyped(conn, "bnew", name, new_cols)
     shared = old_t is not None and name in a.mapping.tables and not a.mapping.tables[name].skip
     if not shared:
-        q = exp.select(*[col(c, "n") for c in new_cols], exp.Literal.string(RowKind.INSERTED)).from_(table(a.live_name(name), "new", "n"))
-        counts[name] = {RowKind.INSERTED: _insert_select(conn, "bnew", name, new_cols, q), RowKind.UPDATED: 0, RowKind.DELETED: 0,
-                        "status": "new table" if old_t is None else "skipped by mapping"}
+        q = exp.select(
+            *[col(c, "n") for c in new_cols], exp.Literal.string(RowKind.INSERTED)
+        ).from_(table(a.live_name(name), "new", "n"))
+        counts[name] = {
+            RowKind.INSERTED: _insert_select(conn, "bnew", name, new_cols, q),
+            RowKind.UPDATED: 0,
+            RowKind.DELETED: 0,
+            "status": "new table" if old_t is None else "skipped by mapping",
+        }
         return
     assert old_t is not None  # shared
     s = sides(old_t, a.mapping.tables[name])
@@ -142,28 +184,52 @@ def extract_table(conn: Connection, a: Analysis, name: str, counts: dict[str, An
     old_cols = list(old_t.column_names)
     _create_untyped(conn, "bbase", name, old_cols)
     n_cols = [col(c, "n") for c in new_cols]
-    ins = _insert_select(conn, "bnew", name, new_cols, inserted_query(s, [*n_cols, exp.Literal.string(RowKind.INSERTED)]))
+    ins = _insert_select(
+        conn,
+        "bnew",
+        name,
+        new_cols,
+        inserted_query(s, [*n_cols, exp.Literal.string(RowKind.INSERTED)]),
+    )
     cond = _changed_condition(a, s, new_t, a.replay)  # (no primary key: never changed, only in/out)
     upd_q = (
         exp.select(*n_cols, exp.Literal.string(RowKind.UPDATED))
         .from_(table(name, "old", "o"))
-        .join(table(a.live_name(name), "new", "n"), on=and_all(
-            (is_same if s.null_safe_key else lambda x, y: exp.EQ(this=x, expression=y))(o, n)
-            for o, n in zip(s.old_key, s.new_key, strict=True)))
+        .join(
+            table(a.live_name(name), "new", "n"),
+            on=and_all(
+                (is_same if s.null_safe_key else lambda x, y: exp.EQ(this=x, expression=y))(o, n)
+                for o, n in zip(s.old_key, s.new_key, strict=True)
+            ),
+        )
         .where(cond)
     )
     upd = _insert_select(conn, "bnew", name, new_cols, upd_q) if cond is not None else 0
     base_q = (
         exp.select(*[col(c, "o") for c in old_cols], exp.Literal.string(RowKind.UPDATED))
         .from_(table(name, "old", "o"))
-        .join(table(name, "bnew", "b"), on=and_all(
-            [is_same(o, _rebase(n, "b")) for o, n in zip(s.old_key, s.new_key, strict=True)]
-            + [exp.EQ(this=col(KIND, "b"), expression=exp.Literal.string(RowKind.UPDATED))]))
+        .join(
+            table(name, "bnew", "b"),
+            on=and_all(
+                [is_same(o, _rebase(n, "b")) for o, n in zip(s.old_key, s.new_key, strict=True)]
+                + [exp.EQ(this=col(KIND, "b"), expression=exp.Literal.string(RowKind.UPDATED))]
+            ),
+        )
     )
     _insert_select(conn, "bbase", name, old_cols, base_q)
-    dele = _insert_select(conn, "bbase", name, old_cols,
-                          deleted_query(s, [*[col(c, "o") for c in old_cols], exp.Literal.string(RowKind.DELETED)]))
-    counts[name] = {RowKind.INSERTED: ins, RowKind.UPDATED: upd, RowKind.DELETED: dele, "status": "compared"}
+    dele = _insert_select(
+        conn,
+        "bbase",
+        name,
+        old_cols,
+        deleted_query(s, [*[col(c, "o") for c in old_cols], exp.Literal.string(RowKind.DELETED)]),
+    )
+    counts[name] = {
+        RowKind.INSERTED: ins,
+        RowKind.UPDATED: upd,
+        RowKind.DELETED: dele,
+        "status": "compared",
+    }
 
 
 def _rebase(e: exp.Expression, alias: str) -> exp.Expression:
@@ -173,8 +239,9 @@ def _rebase(e: exp.Expression, alias: str) -> exp.Expression:
     return out
 
 
-def _changed_condition(a: Analysis, s: TableSides, new_t: Table,
-                       replay: Replayed | None = None) -> exp.Expression | None:
+def _changed_condition(
+    a: Analysis, s: TableSides, new_t: Table, replay: Replayed | None = None
+) -> exp.Expression | None:
     """Updated for extraction: the one definition ``diff`` also counts with."""
     return changes.changed_condition(s, new_t, a.mapping.tables.get(s.name), a.since_jd, replay)
 
@@ -184,18 +251,29 @@ def _match(a: str, a_cols: tuple[str, ...], b: str, b_cols: tuple[str, ...]) -> 
 
 
 def _exists(name: str, schema: str, alias: str, cond: exp.Expression) -> exp.Expression:
-    return exp.Exists(this=exp.select(exp.Literal.number(1)).from_(table(name, schema, alias)).where(cond))
+    return exp.Exists(
+        this=exp.select(exp.Literal.number(1)).from_(table(name, schema, alias)).where(cond)
+    )
 
 
 def _keys(name: str, alias: str, cols: tuple[str, ...]) -> exp.Select:
     """The non-NULL ``cols`` of bundle table ``name`` (NULL references nothing, and a NULL in a
     ``NOT IN`` list would make it unknown for every row)."""
-    return exp.select(*[col(c, alias) for c in cols]).from_(table(name, "bnew", alias)).where(
-        and_all(exp.Not(this=exp.Is(this=col(c, alias), expression=exp.Null())) for c in cols))
+    return (
+        exp.select(*[col(c, alias) for c in cols])
+        .from_(table(name, "bnew", alias))
+        .where(
+            and_all(exp.Not(this=exp.Is(this=col(c, alias), expression=exp.Null())) for c in cols)
+        )
+    )
 
 
 def _row(cols: tuple[str, ...], alias: str) -> exp.Expression:
-    return col(cols[0], alias) if len(cols) == 1 else exp.Tuple(expressions=[col(c, alias) for c in cols])
+    return (
+        col(cols[0], alias)
+        if len(cols) == 1
+        else exp.Tuple(expressions=[col(c, alias) for c in cols])
+    )
 
 
 def close_foreign_keys(conn: Connection, a: Analysis, counts: dict[str, Any]) -> None:
@@ -214,27 +292,61 @@ def close_foreign_keys(conn: Connection, a: Analysis, counts: dict[str, Any]) ->
                 if parent is None or fk.ref_table not in counts:
                     continue
                 conds: list[exp.Expression] = [
-                    exp.In(this=_row(fk.ref_columns, "p"), query=_keys(name, "c", fk.columns).subquery()),
-                    exp.Not(this=exp.In(this=_row(fk.ref_columns, "p"),
-                                        query=_keys(fk.ref_table, "pb", fk.ref_columns).subquery())),
+                    exp.In(
+                        this=_row(fk.ref_columns, "p"),
+                        query=_keys(name, "c", fk.columns).subquery(),
+                    ),
+                    exp.Not(
+                        this=exp.In(
+                            this=_row(fk.ref_columns, "p"),
+                            query=_keys(fk.ref_table, "pb", fk.ref_columns).subquery(),
+                        )
+                    ),
                 ]
                 if a.old.table(fk.ref_table) is not None:
-                    conds.append(exp.Not(this=_exists(
-                        fk.ref_table, "old", "po", _match("po", fk.ref_columns, "p", fk.ref_columns))))
-                q = exp.select(*[col(c, "p") for c in parent.column_names], exp.Literal.string(RowKind.CLOSURE)).from_(
-                    table(fk.ref_table, "new", "p")).where(and_all(conds))
+                    conds.append(
+                        exp.Not(
+                            this=_exists(
+                                fk.ref_table,
+                                "old",
+                                "po",
+                                _match("po", fk.ref_columns, "p", fk.ref_columns),
+                            )
+                        )
+                    )
+                q = (
+                    exp.select(
+                        *[col(c, "p") for c in parent.column_names],
+                        exp.Literal.string(RowKind.CLOSURE),
+                    )
+                    .from_(table(fk.ref_table, "new", "p"))
+                    .where(and_all(conds))
+                )
                 n = _insert_select(conn, "bnew", fk.ref_table, list(parent.column_names), q)
                 if n:
-                    counts[fk.ref_table][RowKind.CLOSURE] = counts[fk.ref_table].get(RowKind.CLOSURE, 0) + n
+                    counts[fk.ref_table][RowKind.CLOSURE] = (
+                        counts[fk.ref_table].get(RowKind.CLOSURE, 0) + n
+                    )
                     added += n
         if not added:
             return
 
 
 def _create_list(conn: Connection, name: str) -> None:
-    conn.execute(sql(exp.Create(this=exp.Schema(this=table(name, "bnew"), expressions=[
-        exp.ColumnDef(this=exp.to_identifier(c, quoted=True))
-        for c in ("table", "key", "label", "column", "value", "reason")]), kind="TABLE")))
+    conn.execute(
+        sql(
+            exp.Create(
+                this=exp.Schema(
+                    this=table(name, "bnew"),
+                    expressions=[
+                        exp.ColumnDef(this=exp.to_identifier(c, quoted=True))
+                        for c in ("table", "key", "label", "column", "value", "reason")
+                    ],
+                ),
+                kind="TABLE",
+            )
+        )
+    )
 
 
 def record_lost(conn: Connection, a: Analysis, files: FilesConfig, counts: dict[str, Any]) -> None:
@@ -247,32 +359,57 @@ def record_lost(conn: Connection, a: Analysis, files: FilesConfig, counts: dict[
     replay = a.replay
     for name in sorted(counts):
         new_t = a.new.tables[a.live_name(name)]
-        carried = name in a.mapping.tables and not a.mapping.tables[name].skip and a.old.table(name) is not None
+        carried = (
+            name in a.mapping.tables
+            and not a.mapping.tables[name].skip
+            and a.old.table(name) is not None
+        )
         if carried:
             cols = [c for c in uncarried_columns(a, name) if c not in new_t.key]
             reason = "column not in the old schema"
         else:
             cols = [c for c in new_t.column_names if c not in new_t.key]
-            reason = "table not in the old schema" if a.old.table(name) is None else "table skipped by mapping"
+            reason = (
+                "table not in the old schema"
+                if a.old.table(name) is None
+                else "table skipped by mapping"
+            )
         total = 0
         for c in cols:
-            conds = [exp.In(this=col(KIND, "b"), expressions=[exp.Literal.string(k) for k in CHANGED_KINDS])]
-            conds.append(user_value(new_t, c, "b", replay) if carried
-                         else exp.Not(this=exp.Is(this=col(c, "b"), expression=exp.Null())))
+            conds = [
+                exp.In(
+                    this=col(KIND, "b"), expressions=[exp.Literal.string(k) for k in CHANGED_KINDS]
+                )
+            ]
+            conds.append(
+                user_value(new_t, c, "b", replay)
+                if carried
+                else exp.Not(this=exp.Is(this=col(c, "b"), expression=exp.Null()))
+            )
             via = derivable(new_t, c, files, "b") if carried else None
             if via is not None:
                 conds.append(exp.Not(this=via))
-            q = exp.select(
-                exp.Literal.string(name), key_json(new_t.key, "b"), label_expr(new_t, a.new, "b"),
-                exp.Literal.string(c), col(c, "b"), exp.Literal.string(reason),
-            ).from_(table(name, "bnew", "b")).where(and_all(conds))
+            q = (
+                exp.select(
+                    exp.Literal.string(name),
+                    key_json(new_t.key, "b"),
+                    label_expr(new_t, a.new, "b"),
+                    exp.Literal.string(c),
+                    col(c, "b"),
+                    exp.Literal.string(reason),
+                )
+                .from_(table(name, "bnew", "b"))
+                .where(and_all(conds))
+            )
             stmt = exp.Insert(this=table(LOST_TABLE, "bnew"), expression=q)
             total += conn.execute(sql(stmt)).rowcount
         counts[name]["lost"] = total
     record_filled(conn, a, counts, replay)
 
 
-def record_filled(conn: Connection, a: Analysis, counts: dict[str, Any], replay: Replayed | None) -> None:
+def record_filled(
+    conn: Connection, a: Analysis, counts: dict[str, Any], replay: Replayed | None
+) -> None:
     """Values in columns only the new schema has, in live rows whose old-schema projection is the
     backup's, that nothing can tell from what the upgrade filled in (no replay of the upgrade, no
     updated-at time; :func:`recovery.compare.changes.filled_parts`): listed in ``_recovery_filled`` with
@@ -285,19 +422,38 @@ def record_filled(conn: Connection, a: Analysis, counts: dict[str, Any], replay:
         if old_t is None or tm is None or tm.skip:
             continue
         s = sides(old_t, tm)
-        parts = None if isinstance(s, str) or s.null_safe_key else changes.filled_parts(new_t, tm, a.since_jd, replay)
+        parts = (
+            None
+            if isinstance(s, str) or s.null_safe_key
+            else changes.filled_parts(new_t, tm, a.since_jd, replay)
+        )
         if parts is None or isinstance(s, str):
             continue
         untouched = [exp.Not(this=changes.updated_condition(s))] if s.compared else []
         total = 0
         for c, flag in zip(*parts, strict=True):
-            q = (exp.select(exp.Literal.string(name), key_json(new_t.key, "n"), label_expr(new_t, a.new, "n"),
-                            exp.Literal.string(c), col(c, "n"), exp.Literal.string("filled by the upgrade, not verified"))
-                 .from_(table(name, "old", "o"))
-                 .join(table(a.live_name(name), "new", "n"), on=and_all(
-                     exp.EQ(this=o, expression=n) for o, n in zip(s.old_key, s.new_key, strict=True)))
-                 .where(and_all([*untouched, flag])))
-            total += conn.execute(sql(exp.Insert(this=table(FILLED_TABLE, "bnew"), expression=q))).rowcount
+            q = (
+                exp.select(
+                    exp.Literal.string(name),
+                    key_json(new_t.key, "n"),
+                    label_expr(new_t, a.new, "n"),
+                    exp.Literal.string(c),
+                    col(c, "n"),
+                    exp.Literal.string("filled by the upgrade, not verified"),
+                )
+                .from_(table(name, "old", "o"))
+                .join(
+                    table(a.live_name(name), "new", "n"),
+                    on=and_all(
+                        exp.EQ(this=o, expression=n)
+                        for o, n in zip(s.old_key, s.new_key, strict=True)
+                    ),
+                )
+                .where(and_all([*untouched, flag]))
+            )
+            total += conn.execute(
+                sql(exp.Insert(this=table(FILLED_TABLE, "bnew"), expression=q))
+            ).rowcount
         if total:
             counts[name]["filled_by_upgrade"] = total
 
@@ -305,22 +461,32 @@ def record_filled(conn: Connection, a: Analysis, counts: dict[str, Any], replay:
 def live_fingerprint(path: Path) -> dict[str, Any]:
     wal, _ = sidecars(path)
     return {
-        "path": str(path.resolve()), "size": path.stat().st_size, "sha256": sha256_file(path),
+        "path": str(path.resolve()),
+        "size": path.stat().st_size,
+        "sha256": sha256_file(path),
         "wal_sha256": sha256_file(wal) if wal.exists() else None,
     }
 
 
 def extract(
-    backup: str | os.PathLike[str], live: str | os.PathLike[str], out: str | os.PathLike[str],
-    since: str | None = None, mapping: str | os.PathLike[str] | None = None,
-    alembic_ini: str | os.PathLike[str] | None = None, uploads: str | os.PathLike[str] | None = None,
-    files: FilesConfig | None = None, trust_mapping: bool = False,
+    backup: str | os.PathLike[str],
+    live: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    since: str | None = None,
+    mapping: str | os.PathLike[str] | None = None,
+    alembic_ini: str | os.PathLike[str] | None = None,
+    uploads: str | os.PathLike[str] | None = None,
+    files: FilesConfig | None = None,
+    trust_mapping: bool = False,
 ) -> ExtractResult:
     """Extract every change since ``backup`` from ``live`` into a new bundle folder ``out``.
     A column rule the unchanged rows contradict is refused unless ``trust_mapping``."""
     out_p = Path(out)
     if out_p.exists() and (not out_p.is_dir() or any(out_p.iterdir())):
-        raise RecoveryError(f"--out {out_p} already exists and is not empty", "choose a new folder; nothing was overwritten")
+        raise RecoveryError(
+            f"--out {out_p} already exists and is not empty",
+            "choose a new folder; nothing was overwritten",
+        )
     files = files or FilesConfig()
     lineage, lineage_report = None, None
     if alembic_ini is not None:
@@ -345,7 +511,11 @@ def extract(
     backup_sha = hasher.submit(sha256_file, Path(backup))
     live_print = hasher.submit(live_fingerprint, Path(live))
     # and walk the uploads folder (the copy after the SQL asks the walk which files exist)
-    walk = hasher.submit(UploadsIndex, Path(uploads)) if uploads is not None and Path(uploads).is_dir() else None
+    walk = (
+        hasher.submit(UploadsIndex, Path(uploads))
+        if uploads is not None and Path(uploads).is_dir()
+        else None
+    )
     hasher.shutdown(wait=False)
     try:
         with analyse(backup, live, since, mapping, lineage, trust_mapping) as a:
@@ -358,7 +528,9 @@ def extract(
                 replay.attach(conn)  # before BEGIN: SQLite attaches only outside a transaction
                 a.replay = replay
             conn.execute("BEGIN")
-            progress.set_total(len(a.bundle_tables) + 2)  # the extract step's bar: tables, closure, lost
+            progress.set_total(
+                len(a.bundle_tables) + 2
+            )  # the extract step's bar: tables, closure, lost
             for name in a.bundle_tables:
                 extract_table(conn, a, name, counts)
                 progress.advance(1, name)
@@ -373,18 +545,29 @@ def extract(
             has_rows = {t for t, c in counts.items() if TableCounts.from_dict(c).carried}
             has_deletes = {t for t, c in counts.items() if TableCounts.from_dict(c).deleted}
             p = make_plan(a.old, a.new, a.mapping, has_rows, has_deletes)
-            file_report = (copy_files_into_bundle(work, uploads, backup, files, walk.result() if walk else None)
-                           if uploads else None)
+            file_report = (
+                copy_files_into_bundle(
+                    work, uploads, backup, files, walk.result() if walk else None
+                )
+                if uploads
+                else None
+            )
             manifest: dict[str, Any] = {
                 "format": FORMAT,
                 "tool_version": __version__,
                 "created_at": datetime.now().replace(microsecond=0).isoformat(sep="T"),
                 "deploy_time": a.since,
                 "sources": {
-                    "backup": {"path": str(a.backup.resolve()), "sha256": backup_sha.result(),
-                               "alembic_revision": a.old.alembic_revision},
-                    "live": {**live_print.result(), "alembic_revision": a.new.alembic_revision,
-                             "sqlite_sequence": live_sequences},
+                    "backup": {
+                        "path": str(a.backup.resolve()),
+                        "sha256": backup_sha.result(),
+                        "alembic_revision": a.old.alembic_revision,
+                    },
+                    "live": {
+                        **live_print.result(),
+                        "alembic_revision": a.new.alembic_revision,
+                        "sqlite_sequence": live_sequences,
+                    },
                 },
                 "schemas": {"old": a.old.to_dict(), "new": a.new.to_dict()},
                 "schema_diff": a.schema_diff.to_dict(),
@@ -408,7 +591,9 @@ def extract(
     finally:
         os.close(held)
         shutil.rmtree(replay_dir, ignore_errors=True)
-    return ExtractResult(open_bundle(out_p, verify=False), p, manifest["deploy_time"])  # sealed just above
+    return ExtractResult(
+        open_bundle(out_p, verify=False), p, manifest["deploy_time"]
+    )  # sealed just above
 
 
 def lock_partial(folder: Path) -> int:

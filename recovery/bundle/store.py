@@ -27,6 +27,7 @@ default with the mapping file's rules (:func:`recovery.transpile.mapping.check_t
 name against the recorded schemas, and the tables of ``rows.db``/``base.db`` against them.
 The folder and its files are created ``0700``/``0600``: they hold users' data.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -38,7 +39,14 @@ from pathlib import Path
 from typing import Any
 
 from recovery.errors import RecoveryError
-from recovery.transpile.mapping import ColumnMapping, ColumnRule, TableMapping, check_mapping, check_tree, parse_expression
+from recovery.transpile.mapping import (
+    ColumnMapping,
+    ColumnRule,
+    TableMapping,
+    check_mapping,
+    check_tree,
+    parse_expression,
+)
 from recovery.engine.schema import Schema
 from recovery.engine.sqlite_io import sha256_file
 from recovery.model.kinds import KIND_COLUMN
@@ -89,21 +97,29 @@ class Bundle:
         """What lets the operator check this is the bundle they extracted: its id, the live
         source's fingerprint (sha256) and path, and when it was extracted."""
         live = (self.manifest.get("sources") or {}).get("live") or {}
-        return {"bundle_id": self.bundle_id, "id_binds_content": self.id_binds_content,
-                "live_sha256": live.get("sha256"), "source_db": live.get("path"),
-                "extracted_at": self.manifest.get("created_at")}
+        return {
+            "bundle_id": self.bundle_id,
+            "id_binds_content": self.id_binds_content,
+            "live_sha256": live.get("sha256"),
+            "source_db": live.get("path"),
+            "extracted_at": self.manifest.get("created_at"),
+        }
 
     def check_expected_id(self, expected: str | None) -> None:
         """Refuse (exit 2) when ``expected`` is given and is not this bundle's content-bound id."""
         if expected is None:
             return
         if not self.id_binds_content:
-            raise RecoveryError(f"bundle {self.path} was written by an older recovery: its id does not bind "
-                                "its content, so --expect-bundle-id cannot be checked",
-                                "extract the bundle again with this version; nothing was changed")
+            raise RecoveryError(
+                f"bundle {self.path} was written by an older recovery: its id does not bind "
+                "its content, so --expect-bundle-id cannot be checked",
+                "extract the bundle again with this version; nothing was changed",
+            )
         if expected.strip().lower() != self.bundle_id.lower():
-            raise RecoveryError(f"bundle {self.path} has id {self.bundle_id}, not the expected {expected.strip()}",
-                                "this is not the bundle that was extracted (edited or swapped); nothing was changed")
+            raise RecoveryError(
+                f"bundle {self.path} has id {self.bundle_id}, not the expected {expected.strip()}",
+                "this is not the bundle that was extracted (edited or swapped); nothing was changed",
+            )
 
     @property
     def counts(self) -> dict[str, dict[str, int]]:
@@ -132,13 +148,16 @@ def mapping_from_dict(data: dict[str, Any], where: str = "bundle manifest") -> C
             ColumnRule(
                 r["column"],
                 parse_expression(r["expression"], f"{where}: mapping {name}.{r['column']}")
-                if r["expression"] is not None else None,
-                r["source"], r.get("evidence", ""),
+                if r["expression"] is not None
+                else None,
+                r["source"],
+                r.get("evidence", ""),
             )
             for r in t["columns"]
         )
-        tables[name] = TableMapping(name, rules, bool(t.get("skip")), t.get("new_table"),
-                                    t.get("table_rename_evidence", ""))
+        tables[name] = TableMapping(
+            name, rules, bool(t.get("skip")), t.get("new_table"), t.get("table_rename_evidence", "")
+        )
     return ColumnMapping(tables)
 
 
@@ -146,8 +165,11 @@ def write_json_atomic(path: Path, data: Any, mode: int = 0o666) -> None:
     """Write ``data`` as JSON via a temporary file, fsynced and renamed over ``path``; ``mode``
     (masked by the umask) for a file that holds users' data (``0o600``)."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, mode),
-              "w", encoding="utf-8") as fh:
+    with open(
+        os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, mode),
+        "w",
+        encoding="utf-8",
+    ) as fh:
         if mode != 0o666:
             os.fchmod(fh.fileno(), mode)  # an existing tmp keeps its mode otherwise
         fh.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
@@ -171,16 +193,22 @@ def seal(folder: Path, manifest: dict[str, Any]) -> None:
     and manifest.sha256."""
     private(folder)
     # exactly what open_bundle verifies (every name: an upload may well be called "x.tmp")
-    todo = [rel for rel in sorted(_content_files(folder))
-            if rel not in ("manifest.json", "manifest.sha256") and (folder / rel).is_file()]
+    todo = [
+        rel
+        for rel in sorted(_content_files(folder))
+        if rel not in ("manifest.json", "manifest.sha256") and (folder / rel).is_file()
+    ]
     manifest["hashes"] = _hashes(folder, todo)
     manifest["id_scheme"] = ID_SCHEME
     manifest.pop("bundle_id", None)
     manifest["bundle_id"] = content_id(json.loads(json.dumps(manifest, default=str)))
     write_json_atomic(folder / "manifest.json", manifest, FILE_MODE)
     digest = sha256_file(folder / "manifest.json")
-    fd = os.open(folder / "manifest.sha256", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW,
-                 FILE_MODE)
+    fd = os.open(
+        folder / "manifest.sha256",
+        os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW,
+        FILE_MODE,
+    )
     with open(fd, "w", encoding="utf-8") as fh:
         fh.write(digest + "  manifest.json\n")
 
@@ -210,11 +238,17 @@ def _content_files(folder: Path) -> list[str]:
     out = [p.name for p in folder.iterdir() if p.is_file() or p.is_symlink()]
     files = folder / "files"
     if files.is_dir():
-        out += [p.relative_to(folder).as_posix() for p in files.rglob("*") if p.is_file() or p.is_symlink()]
+        out += [
+            p.relative_to(folder).as_posix()
+            for p in files.rglob("*")
+            if p.is_file() or p.is_symlink()
+        ]
     return out
 
 
-def _refuse(folder: Path, what: str, hint: str = "extract the bundle again from the safety copy") -> RecoveryError:
+def _refuse(
+    folder: Path, what: str, hint: str = "extract the bundle again from the safety copy"
+) -> RecoveryError:
     return RecoveryError(f"bundle {folder}: {what}", hint)
 
 
@@ -225,10 +259,17 @@ def open_bundle(path: str | os.PathLike[str], verify: bool = True) -> Bundle:
     folder = Path(path)
     mpath = folder / "manifest.json"
     if not folder.is_dir() or not mpath.is_file():
-        raise RecoveryError(f"{folder} is not a recovery bundle (no manifest.json)", "pass the folder `recovery extract` wrote")
+        raise RecoveryError(
+            f"{folder} is not a recovery bundle (no manifest.json)",
+            "pass the folder `recovery extract` wrote",
+        )
     if verify:
         _refuse_links(folder)
-        recorded = (folder / "manifest.sha256").read_text(encoding="utf-8").split()[0] if (folder / "manifest.sha256").is_file() else None
+        recorded = (
+            (folder / "manifest.sha256").read_text(encoding="utf-8").split()[0]
+            if (folder / "manifest.sha256").is_file()
+            else None
+        )
         if recorded != sha256_file(mpath):
             raise _refuse(folder, "manifest.json was changed after extraction (hash mismatch)")
     try:
@@ -241,8 +282,11 @@ def open_bundle(path: str | os.PathLike[str], verify: bool = True) -> Bundle:
     if verify:
         _verify_hashes(folder, manifest)
     if manifest.get("id_scheme") == ID_SCHEME and manifest.get("bundle_id") != content_id(manifest):
-        raise _refuse(folder, f"its id {manifest.get('bundle_id')!r} is not the hash of its content "
-                              "(edited and re-sealed after extraction)")
+        raise _refuse(
+            folder,
+            f"its id {manifest.get('bundle_id')!r} is not the hash of its content "
+            "(edited and re-sealed after extraction)",
+        )
     try:
         old = Schema.from_dict(manifest["schemas"]["old"])
         new = Schema.from_dict(manifest["schemas"]["new"])
@@ -251,14 +295,18 @@ def open_bundle(path: str | os.PathLike[str], verify: bool = True) -> Bundle:
         if not isinstance(counts, dict) or not all(isinstance(c, dict) for c in counts.values()):
             raise TypeError("counts must map tables to counts")
         for c in counts.values():
-            TableCounts.from_dict(c)  # each count a non-negative int (COUNT_KEYS and filled_by_upgrade)
+            TableCounts.from_dict(
+                c
+            )  # each count a non-negative int (COUNT_KEYS and filled_by_upgrade)
     except RecoveryError:
         raise
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
         raise _refuse(folder, f"manifest.json is malformed ({type(exc).__name__}: {exc})") from None
     _check_names(folder, old, new, mapping, counts)
     if verify:
-        _check_databases(folder, old, new, {t: m.new_table for t, m in mapping.tables.items() if m.new_table})
+        _check_databases(
+            folder, old, new, {t: m.new_table for t, m in mapping.tables.items() if m.new_table}
+        )
     return Bundle(folder, manifest, old, new, mapping)
 
 
@@ -276,7 +324,9 @@ def _refuse_links(folder: Path) -> None:
         for dirpath, dirnames, _ in os.walk(files):
             for d in dirnames:
                 if os.path.islink(os.path.join(dirpath, d)):
-                    raise _refuse(folder, f"{Path(dirpath, d).relative_to(folder)} is a symbolic link")
+                    raise _refuse(
+                        folder, f"{Path(dirpath, d).relative_to(folder)} is a symbolic link"
+                    )
 
 
 def _verify_hashes(folder: Path, manifest: dict[str, Any]) -> None:
@@ -300,16 +350,27 @@ def _verify_hashes(folder: Path, manifest: dict[str, Any]) -> None:
 
 
 def _inside(rel: object) -> bool:
-    return (isinstance(rel, str) and bool(rel) and not rel.startswith("/") and "\x00" not in rel
-            and ".." not in rel.split("/"))
+    return (
+        isinstance(rel, str)
+        and bool(rel)
+        and not rel.startswith("/")
+        and "\x00" not in rel
+        and ".." not in rel.split("/")
+    )
 
 
-def _check_names(folder: Path, old: Schema, new: Schema, mapping: ColumnMapping, counts: dict[str, Any]) -> None:
+def _check_names(
+    folder: Path, old: Schema, new: Schema, mapping: ColumnMapping, counts: dict[str, Any]
+) -> None:
     """Every name and expression the re-import will build SQL from is one the recorded schemas
     know, checked with the mapping file's rules."""
     where = f"bundle {folder}"
     check_mapping(mapping, old, new, where)
-    renamed = {t for t, tm in mapping.tables.items() if tm.new_table and new.table(tm.new_table) is not None}
+    renamed = {
+        t
+        for t, tm in mapping.tables.items()
+        if tm.new_table and new.table(tm.new_table) is not None
+    }
     unknown = sorted(t for t in counts if new.table(t) is None and t not in renamed)
     if unknown:
         raise _refuse(folder, f"counts name {unknown[0]!r}, not a table of the new schema")
@@ -323,14 +384,19 @@ def _check_names(folder: Path, old: Schema, new: Schema, mapping: ColumnMapping,
                     check_tree(dv, f"{where}: default of {t.name}.{c.name}", c.default)
 
 
-def _check_databases(folder: Path, old: Schema, new: Schema, renamed: dict[str, str] | None = None) -> None:
+def _check_databases(
+    folder: Path, old: Schema, new: Schema, renamed: dict[str, str] | None = None
+) -> None:
     """rows.db holds tables of the new schema (their columns plus the kind) and the lost list; a
     table renamed by the new release is there under its old name (``renamed``: old → new name);
     base.db tables of the old schema (plus SQLite's and ``_recovery_*`` bookkeeping tables) — and
     no view or trigger, which a forger could use to run something when a table is read."""
     import sqlite3
 
-    for name, schema, extra in (("rows.db", new, {LOST_TABLE: LOST_COLUMNS, FILLED_TABLE: LOST_COLUMNS}), ("base.db", old, {})):
+    for name, schema, extra in (
+        ("rows.db", new, {LOST_TABLE: LOST_COLUMNS, FILLED_TABLE: LOST_COLUMNS}),
+        ("base.db", old, {}),
+    ):
         path = folder / name
         if not path.is_file():
             continue
@@ -340,16 +406,30 @@ def _check_databases(folder: Path, old: Schema, new: Schema, renamed: dict[str, 
                 entries = conn.execute("SELECT type, name FROM sqlite_master").fetchall()
                 for kind, tname in entries:
                     if kind in ("view", "trigger"):  # code that would run when a table is read
-                        raise _refuse(folder, f"{name} holds a {kind} {tname!r} (only tables belong there)")
-                    if kind != "table" or (tname.startswith(("sqlite_", "_recovery_")) and tname not in extra):
+                        raise _refuse(
+                            folder, f"{name} holds a {kind} {tname!r} (only tables belong there)"
+                        )
+                    if kind != "table" or (
+                        tname.startswith(("sqlite_", "_recovery_")) and tname not in extra
+                    ):
                         continue  # indexes (never written: read-only), SQLite's and our own bookkeeping
-                    t = schema.table((renamed or {}).get(tname, tname) if name == "rows.db" else tname)
-                    want = extra.get(tname) or ((*t.column_names, KIND_COLUMN) if t is not None else None)
+                    t = schema.table(
+                        (renamed or {}).get(tname, tname) if name == "rows.db" else tname
+                    )
+                    want = extra.get(tname) or (
+                        (*t.column_names, KIND_COLUMN) if t is not None else None
+                    )
                     if want is None:
-                        raise _refuse(folder, f"{name} holds a table {tname!r} its schema does not have")
-                    have = tuple(r[1] for r in conn.execute("SELECT * FROM pragma_table_info(?)", (tname,)))
+                        raise _refuse(
+                            folder, f"{name} holds a table {tname!r} its schema does not have"
+                        )
+                    have = tuple(
+                        r[1] for r in conn.execute("SELECT * FROM pragma_table_info(?)", (tname,))
+                    )
                     if have != tuple(want):
-                        raise _refuse(folder, f"{name} table {tname!r} has other columns than its schema")
+                        raise _refuse(
+                            folder, f"{name} table {tname!r} has other columns than its schema"
+                        )
             finally:
                 conn.close()
         except sqlite3.DatabaseError as exc:

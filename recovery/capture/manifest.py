@@ -3,6 +3,7 @@ writes beside a backup, and what later stages take from it (deploy time, release
 manifest, row identity). Imports nothing above :mod:`recovery.errors`, so every stage may read a
 manifest without depending on how snapshots are taken.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,7 +31,9 @@ def read_manifest(backup: str | os.PathLike[str]) -> dict[str, Any] | None:
     try:
         return json.loads(p.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RecoveryError(f"backup manifest {p} is not valid JSON: {exc}", "fix or remove it") from None
+        raise RecoveryError(
+            f"backup manifest {p} is not valid JSON: {exc}", "fix or remove it"
+        ) from None
 
 
 def release_tag(backup: str | os.PathLike[str] | None) -> str | None:

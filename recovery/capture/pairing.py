@@ -16,6 +16,7 @@
 * A second rollback of a DB that is already at the backup's revision and holds a re-import
   (``_recovery_applied``): the earlier run is named.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -49,8 +50,10 @@ def refuse_wrong_pairing(db: Path, backup: Path, same_installation: bool = False
     so the row-sample check (a heuristic: users who edited most sampled rows after the deploy look
     like another installation) is skipped; the backup being the live DB itself is still refused."""
     if os.path.samefile(db, backup):
-        raise RecoveryError(f"--backup {backup} is the live database {db} itself",
-                            "pass the pre-deploy backup file (recovery snapshot writes one)")
+        raise RecoveryError(
+            f"--backup {backup} is the live database {db} itself",
+            "pass the pre-deploy backup file (recovery snapshot writes one)",
+        )
     if same_installation:
         return {"source": "--same-installation: not checked"}
     from recovery.capture.manifest import read_manifest
@@ -68,7 +71,8 @@ def refuse_wrong_pairing(db: Path, backup: Path, same_installation: bool = False
         raise RecoveryError(
             f"{backup} looks like a backup of another database: of {present} sampled rows whose keys "
             f"exist in both, only {agree} hold the same content ({evidence['source']})",
-            "pass the backup taken from this installation's database (or --same-installation if it is)")
+            "pass the backup taken from this installation's database (or --same-installation if it is)",
+        )
     return evidence
 
 
@@ -78,17 +82,26 @@ def refuse_wrong_pairing(db: Path, backup: Path, same_installation: bool = False
 
 def _key_columns(conn: Connection, schema: str, name: str) -> tuple[list[str], list[str]]:
     """(primary-key columns in key order, every column)."""
-    info = exp.select(col("name"), col("pk")).from_(exp.func("pragma_table_info", exp.Placeholder(),
-                                                            exp.Placeholder()))
+    info = exp.select(col("name"), col("pk")).from_(
+        exp.func("pragma_table_info", exp.Placeholder(), exp.Placeholder())
+    )
     rows = conn.execute(sql(info), (name, schema)).fetchall()
     key = [n for n, pk in sorted((r for r in rows if r[1]), key=lambda r: r[1])]
     return key, [r[0] for r in rows]
 
 
 def _tables(conn: Connection, schema: str) -> list[str]:
-    q = exp.select(col("name")).from_(table("sqlite_master", schema)).where(
-        exp.and_(exp.EQ(this=col("type"), expression=exp.Literal.string("table")),
-                 exp.Not(this=exp.Like(this=col("name"), expression=exp.Literal.string("sqlite_%"))))).order_by(col("name"))
+    q = (
+        exp.select(col("name"))
+        .from_(table("sqlite_master", schema))
+        .where(
+            exp.and_(
+                exp.EQ(this=col("type"), expression=exp.Literal.string("table")),
+                exp.Not(this=exp.Like(this=col("name"), expression=exp.Literal.string("sqlite_%"))),
+            )
+        )
+        .order_by(col("name"))
+    )
     return [r[0] for r in conn.execute(sql(q)) if r[0] not in BOOKKEEPING][:MAX_TABLES]
 
 
@@ -110,18 +123,43 @@ def compare_rows(backup: Path, db: Path) -> dict[str, Any]:
             shared = [c for c in old_cols if c in new_cols and c not in key]
             if not shared:
                 continue
-            sample = exp.select("*").from_(table(name, "old")).order_by(*[col(k) for k in key]).limit(SAMPLE_ROWS)
+            sample = (
+                exp.select("*")
+                .from_(table(name, "old"))
+                .order_by(*[col(k) for k in key])
+                .limit(SAMPLE_ROWS)
+            )
             equal = exp.Add(this=exp.Literal.number(0), expression=exp.Literal.number(0))
             for c in shared:
-                equal = exp.Add(this=equal, expression=exp.Cast(this=is_same(col(c, "o"), col(c, "n")),
-                                                                to=exp.DataType.build("INT")))
-            agrees = exp.If(this=exp.GTE(this=exp.Mul(this=exp.Literal.number(2), expression=exp.Paren(this=equal)),
-                                         expression=exp.Literal.number(len(shared))),
-                            true=exp.Literal.number(1), false=exp.Literal.number(0))
-            q = exp.select(exp.func("count", exp.Star()), exp.func("coalesce", exp.func("sum", agrees),
-                                                                   exp.Literal.number(0))).from_(
-                exp.Subquery(this=sample, alias=exp.TableAlias(this=exp.to_identifier("o", quoted=True)))).join(
-                table(name, "new", "n"), on=and_all(exp.EQ(this=col(k, "o"), expression=col(k, "n")) for k in key))
+                equal = exp.Add(
+                    this=equal,
+                    expression=exp.Cast(
+                        this=is_same(col(c, "o"), col(c, "n")), to=exp.DataType.build("INT")
+                    ),
+                )
+            agrees = exp.If(
+                this=exp.GTE(
+                    this=exp.Mul(this=exp.Literal.number(2), expression=exp.Paren(this=equal)),
+                    expression=exp.Literal.number(len(shared)),
+                ),
+                true=exp.Literal.number(1),
+                false=exp.Literal.number(0),
+            )
+            q = (
+                exp.select(
+                    exp.func("count", exp.Star()),
+                    exp.func("coalesce", exp.func("sum", agrees), exp.Literal.number(0)),
+                )
+                .from_(
+                    exp.Subquery(
+                        this=sample, alias=exp.TableAlias(this=exp.to_identifier("o", quoted=True))
+                    )
+                )
+                .join(
+                    table(name, "new", "n"),
+                    on=and_all(exp.EQ(this=col(k, "o"), expression=col(k, "n")) for k in key),
+                )
+            )
             p, a = pair.execute(sql(q)).fetchone()
             per_table[name] = [p, a]
             present += p
@@ -151,10 +189,21 @@ def row_identity(conn: Connection) -> dict[str, Any]:
         if not key:
             continue
         others = [c for c in cols if c not in key]
-        q = exp.select(*[col(c) for c in key + others]).from_(table(name, "main")).order_by(
-            *[col(k) for k in key]).limit(IDENTITY_ROWS)
-        rows = [[list(r[:len(key)]), [_cell_hash(v) for v in r[len(key):]]] for r in conn.execute(sql(q))]
-        out["tables"][name] = {"key": key, "columns": others, "rows": [r for r in rows if _json_key(r[0])]}
+        q = (
+            exp.select(*[col(c) for c in key + others])
+            .from_(table(name, "main"))
+            .order_by(*[col(k) for k in key])
+            .limit(IDENTITY_ROWS)
+        )
+        rows = [
+            [list(r[: len(key)]), [_cell_hash(v) for v in r[len(key) :]]]
+            for r in conn.execute(sql(q))
+        ]
+        out["tables"][name] = {
+            "key": key,
+            "columns": others,
+            "rows": [r for r in rows if _json_key(r[0])],
+        }
     return out
 
 
@@ -177,12 +226,17 @@ def compare_identity(db: Path, identity: dict[str, Any]) -> dict[str, Any]:
                 continue
             p = a = 0
             for key_values, row_hashes in entry["rows"][:SAMPLE_ROWS]:
-                hashes = dict(zip(entry.get("columns", []), row_hashes, strict=False))  # a manifest's shape is evidence, not an error
+                hashes = dict(
+                    zip(entry.get("columns", []), row_hashes, strict=False)
+                )  # a manifest's shape is evidence, not an error
                 shared = [c for c in hashes if c in cols and c not in key]
                 if not shared:
                     continue
-                q = exp.select(*[col(c) for c in shared]).from_(table(name, "main")).where(
-                    and_all(exp.EQ(this=col(k), expression=exp.Placeholder()) for k in key))
+                q = (
+                    exp.select(*[col(c) for c in shared])
+                    .from_(table(name, "main"))
+                    .where(and_all(exp.EQ(this=col(k), expression=exp.Placeholder()) for k in key))
+                )
                 row = conn.execute(sql(q), tuple(key_values)).fetchone()
                 if row is None:
                     continue
@@ -199,17 +253,25 @@ def compare_identity(db: Path, identity: dict[str, Any]) -> dict[str, Any]:
 # a second rollback
 
 
-def refuse_second_rollback(db: Path, backup: Path, old_rev: str | None, new_rev: str | None) -> None:
+def refuse_second_rollback(
+    db: Path, backup: Path, old_rev: str | None, new_rev: str | None
+) -> None:
     """Refuse a rollback of a DB that is already at the backup's revision and holds a re-import
     (``_recovery_applied``): it was rolled back already. Names the earlier run (its bundle id and
     time, and its run folder when one is found beside the DB)."""
     if not old_rev or old_rev != new_rev:
         return
     with open_engine(db).readonly("live database") as conn:
-        has = conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (APPLIED_TABLE,)).fetchone()
+        has = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (APPLIED_TABLE,)
+        ).fetchone()
         if not has:
             return
-        q = exp.select(col("bundle_id"), col("applied_at")).from_(table(APPLIED_TABLE, "main")).order_by(col("applied_at"))
+        q = (
+            exp.select(col("bundle_id"), col("applied_at"))
+            .from_(table(APPLIED_TABLE, "main"))
+            .order_by(col("applied_at"))
+        )
         applied = conn.execute(sql(q)).fetchall()
     if not applied:
         return
@@ -219,7 +281,8 @@ def refuse_second_rollback(db: Path, backup: Path, old_rev: str | None, new_rev:
     raise RecoveryError(
         f"{db} is already at the backup's revision {old_rev} and holds the re-import of bundle {bundle_id} "
         f"(applied {at}{where}): it was rolled back already",
-        "nothing to do; see that run's report (recovery report RUN_DIR), or restore its safety copy to start over")
+        "nothing to do; see that run's report (recovery report RUN_DIR), or restore its safety copy to start over",
+    )
 
 
 def _runs_of(db: Path, bundle_ids: set[str]) -> list[Path]:
@@ -235,4 +298,3 @@ def _runs_of(db: Path, bundle_ids: set[str]) -> list[Path]:
         if str(data.get("steps", {}).get("extract", {}).get("bundle_id")) in bundle_ids:
             found.append(journal.parent)
     return found
-

@@ -6,6 +6,7 @@ hands it to ``pg_dump --snapshot``, so a user writing meanwhile cannot make the 
 The file is ``<dbname>.dump.bak.YYYYMMDD_HHMMSS`` (the ``.bak.<stamp>`` ending the other
 commands read the deploy time from), its manifest ``<file>.manifest.json`` beside it.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,7 +21,15 @@ from sqlglot import exp
 from recovery import __version__
 from recovery.capture.snapshot import MANIFEST_FORMAT, Snapshot, git_info, manifest_path_for
 from recovery.engine.postgres import (
-    PostgresEngine, command, count_rows, dump_to, find_tool, run, server_version, sha256_file, user_tables,
+    PostgresEngine,
+    command,
+    count_rows,
+    dump_to,
+    find_tool,
+    run,
+    server_version,
+    sha256_file,
+    user_tables,
 )
 from recovery.engine.schema import BOOKKEEPING_TABLES
 from recovery.errors import RecoveryError
@@ -35,15 +44,21 @@ def _alembic_revision(conn: psycopg.Connection[Any], tables: list[tuple[str, str
     if ("public", "alembic_version") not in tables:
         return None
     q = exp.select(exp.column("version_num", quoted=True)).from_(
-        exp.Table(this=exp.to_identifier("alembic_version", quoted=True),
-                  db=exp.to_identifier("public", quoted=True)))
+        exp.Table(
+            this=exp.to_identifier("alembic_version", quoted=True),
+            db=exp.to_identifier("public", quoted=True),
+        )
+    )
     rows = run(conn, q).fetchall()
     return ",".join(sorted(str(r[0]) for r in rows)) or None
 
 
 def snapshot_postgres(
-    url: str, out_dir: str | os.PathLike[str] | None = None, uploads: str | os.PathLike[str] | None = None,
-    app_dir: str | os.PathLike[str] | None = None, now: datetime | None = None,
+    url: str,
+    out_dir: str | os.PathLike[str] | None = None,
+    uploads: str | os.PathLike[str] | None = None,
+    app_dir: str | os.PathLike[str] | None = None,
+    now: datetime | None = None,
 ) -> Snapshot:
     """Dump the database ``url`` into ``out_dir`` (default: the current folder) and write the
     manifest beside the dump. Nothing is written to the database."""
@@ -55,7 +70,10 @@ def snapshot_postgres(
     folder.mkdir(parents=True, exist_ok=True)
     backup = folder / backup_name(engine.database, taken)
     if backup.exists():
-        raise RecoveryError(f"{backup} already exists", "wait a second or choose another --out; nothing was overwritten")
+        raise RecoveryError(
+            f"{backup} already exists",
+            "wait a second or choose another --out; nothing was overwritten",
+        )
     upload_manifest = scan_uploads(uploads) if uploads else None
     with engine.readonly("database") as conn:
         assert isinstance(conn, psycopg.Connection)
@@ -64,8 +82,11 @@ def snapshot_postgres(
         run(conn, command("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"))
         snap_id = str(run(conn, exp.select(exp.func("pg_export_snapshot"))).fetchone()[0])
         tables = user_tables(conn)
-        counts = {name: count_rows(conn, schema, name) for schema, name in tables
-                  if schema == "public" and name not in BOOKKEEPING_TABLES}
+        counts = {
+            name: count_rows(conn, schema, name)
+            for schema, name in tables
+            if schema == "public" and name not in BOOKKEEPING_TABLES
+        }
         revision = _alembic_revision(conn, tables)
         dump_to(engine.url, backup, pg_dump, snapshot_id=snap_id)
         run(conn, command("COMMIT"))

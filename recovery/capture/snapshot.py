@@ -6,6 +6,7 @@ integrity, alembic revision, git tag/commit, row counts, uploads manifest). Late
 deploy time and uploads manifest from it when given the backup (:mod:`recovery.capture.manifest`
 reads it; its functions are importable from here too).
 """
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,16 @@ from recovery.engine.sqlite_io import sha256_file
 
 MANIFEST_FORMAT = "recovery-snapshot/1"
 
-__all__ = ["MANIFEST_FORMAT", "Snapshot", "deploy_time_of", "git_info", "manifest_path_for", "read_manifest",
-           "release_tag", "snapshot"]
+__all__ = [
+    "MANIFEST_FORMAT",
+    "Snapshot",
+    "deploy_time_of",
+    "git_info",
+    "manifest_path_for",
+    "read_manifest",
+    "release_tag",
+    "snapshot",
+]
 
 
 @dataclass(frozen=True)
@@ -45,7 +54,11 @@ class Snapshot:
 def _git(app_dir: Path, *args: str) -> str | None:
     try:
         out = subprocess.run(
-            ["git", "-C", str(app_dir), *args], capture_output=True, text=True, timeout=10, check=False
+            ["git", "-C", str(app_dir), *args],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -64,8 +77,10 @@ def git_info(app_dir: Path) -> dict[str, Any] | None:
 
 
 def snapshot(
-    db: str | os.PathLike[str], out_dir: str | os.PathLike[str] | None = None,
-    uploads: str | os.PathLike[str] | None = None, app_dir: str | os.PathLike[str] | None = None,
+    db: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str] | None = None,
+    uploads: str | os.PathLike[str] | None = None,
+    app_dir: str | os.PathLike[str] | None = None,
     now: datetime | None = None,
 ) -> Snapshot:
     """Take a consistent backup of ``db`` (WAL included) and write its manifest beside it."""
@@ -78,7 +93,10 @@ def snapshot(
         raise RecoveryError(f"--out {folder} is not a folder")
     backup = folder / f"{src.name}.bak.{taken:%Y%m%d_%H%M%S}"
     if backup.exists():
-        raise RecoveryError(f"{backup} already exists", "wait a second or choose another --out; nothing was overwritten")
+        raise RecoveryError(
+            f"{backup} already exists",
+            "wait a second or choose another --out; nothing was overwritten",
+        )
     upload_manifest = scan_uploads(uploads) if uploads else None
     engine.snapshot(backup)
     try:

@@ -5,6 +5,7 @@ anti-joins by key for inserted and deleted rows, a keyed join comparing the old 
 new-schema expressions (renames and mapping rules applied) for updated rows. Python only streams
 keys and changed cells when asked for rows, in bounded batches.
 """
+
 from __future__ import annotations
 
 import sqlite3
@@ -19,8 +20,17 @@ from recovery.model.kinds import RowKind
 from recovery.transpile.mapping import ColumnMapping, TableMapping
 from recovery.engine.schema import Schema, Table
 from recovery.migrate.replay import Replayed
-from recovery.engine.sqlbuild import (and_all, col, current_dialect, is_distinct, is_same, or_all, qualify_columns, sql,
-                                      table)
+from recovery.engine.sqlbuild import (
+    and_all,
+    col,
+    current_dialect,
+    is_distinct,
+    is_same,
+    or_all,
+    qualify_columns,
+    sql,
+    table,
+)
 from recovery.compare.timestamps import after_expr, find_timestamp_columns
 
 BATCH = 5000
@@ -121,7 +131,12 @@ def sides(old_t: Table, tm: TableMapping) -> TableSides | str:
         if r.expression is not None and r.column not in key
     )
     return TableSides(
-        old_t.name, key, tuple(col(k, "o") for k in key), tuple(new_key), compared, not old_t.has_primary_key,
+        old_t.name,
+        key,
+        tuple(col(k, "o") for k in key),
+        tuple(new_key),
+        compared,
+        not old_t.has_primary_key,
         tm.new_table or "",
     )
 
@@ -175,15 +190,19 @@ def _scan(s: TableSides, side: str) -> exp.Expression:
 
 def inserted_query(s: TableSides, select: list[exp.Expression]) -> exp.Select:
     """Rows of the live table whose key the backup lacks."""
-    return exp.select(*select).from_(_scan(s, "new")).where(
-        _not_exists(_source(s, "old"), _key_match(s))
+    return (
+        exp.select(*select)
+        .from_(_scan(s, "new"))
+        .where(_not_exists(_source(s, "old"), _key_match(s)))
     )
 
 
 def deleted_query(s: TableSides, select: list[exp.Expression]) -> exp.Select:
     """Rows of the backup whose key the live table lacks."""
-    return exp.select(*select).from_(_scan(s, "old")).where(
-        _not_exists(_source(s, "new"), _key_match(s))
+    return (
+        exp.select(*select)
+        .from_(_scan(s, "old"))
+        .where(_not_exists(_source(s, "new"), _key_match(s)))
     )
 
 
@@ -217,23 +236,38 @@ def user_value(t: Table, column: str, alias: str, replay: Replayed | None = None
         return nd  # (a table without a primary key has no row identity to look the replay up by)
     from recovery.migrate.replay import SCHEMA
 
-    same = exp.Exists(this=exp.select(exp.Literal.number(1)).from_(table(t.name, SCHEMA, "rp")).where(and_all(
-        [is_same(col(k, "rp"), col(k, alias)) for k in t.key] + [is_same(col(column, "rp"), col(column, alias))])))
+    same = exp.Exists(
+        this=exp.select(exp.Literal.number(1))
+        .from_(table(t.name, SCHEMA, "rp"))
+        .where(
+            and_all(
+                [is_same(col(k, "rp"), col(k, alias)) for k in t.key]
+                + [is_same(col(column, "rp"), col(column, alias))]
+            )
+        )
+    )
     return exp.and_(nd, exp.Not(this=same))
 
 
-def verified(new_t: Table, tm: TableMapping | None, since_jd: float | None, replay: Replayed | None = None) -> bool:
+def verified(
+    new_t: Table, tm: TableMapping | None, since_jd: float | None, replay: Replayed | None = None
+) -> bool:
     """Whether a non-default value in an uncarried column of an otherwise unchanged row can be told
     apart from what the upgrade filled in: the row carries an updated-at time and the deploy time
     is known, or the upgrade was replayed on a copy of the backup that has the table."""
     lost_cols = [c for c in uncarried_columns(new_t, tm) if c not in new_t.key]
     if "updated" in find_timestamp_columns(new_t) and since_jd is not None:
         return True
-    return replay is not None and new_t.has_primary_key and replay.covers(new_t.name, [*new_t.key, *lost_cols])
+    return (
+        replay is not None
+        and new_t.has_primary_key
+        and replay.covers(new_t.name, [*new_t.key, *lost_cols])
+    )
 
 
-def new_only_parts(new_t: Table, tm: TableMapping | None, since_jd: float | None,
-                   replay: Replayed | None = None) -> tuple[exp.Expression, list[exp.Expression]] | None:
+def new_only_parts(
+    new_t: Table, tm: TableMapping | None, since_jd: float | None, replay: Replayed | None = None
+) -> tuple[exp.Expression, list[exp.Expression]] | None:
     """(condition, per-column flags) for "a column the old schema cannot carry holds a value a
     user made" on the live row ``n`` (:func:`user_value`) — where the table has an updated
     timestamp and the deploy time is known, also "the row was updated after the deploy". None
@@ -251,8 +285,9 @@ def new_only_parts(new_t: Table, tm: TableMapping | None, since_jd: float | None
     return any_set, flags
 
 
-def filled_parts(new_t: Table, tm: TableMapping | None, since_jd: float | None,
-                 replay: Replayed | None = None) -> tuple[list[str], list[exp.Expression]] | None:
+def filled_parts(
+    new_t: Table, tm: TableMapping | None, since_jd: float | None, replay: Replayed | None = None
+) -> tuple[list[str], list[exp.Expression]] | None:
     """(columns, per-column flags on the live row ``n``) of values the upgrade may have filled in
     rows whose old-schema projection is unchanged, when nothing can verify them (no replay, no
     updated-at evidence): listed as "filled by the upgrade, not verified". None otherwise."""
@@ -262,8 +297,13 @@ def filled_parts(new_t: Table, tm: TableMapping | None, since_jd: float | None,
     return lost_cols, [non_default(new_t, c, "n") for c in lost_cols]
 
 
-def changed_condition(s: TableSides, new_t: Table, tm: TableMapping | None,
-                      since_jd: float | None, replay: Replayed | None = None) -> exp.Expression | None:
+def changed_condition(
+    s: TableSides,
+    new_t: Table,
+    tm: TableMapping | None,
+    since_jd: float | None,
+    replay: Replayed | None = None,
+) -> exp.Expression | None:
     """THE definition of a changed ("updated") row, over the backup row ``o`` and the live row
     ``n`` joined by key. ``diff`` counts and lists with it, ``extract`` selects the bundle's
     ``updated`` rows with it, and ``report`` and ``rehearse`` read those bundle rows, so all four
@@ -283,8 +323,9 @@ def changed_condition(s: TableSides, new_t: Table, tm: TableMapping | None,
     return changed_predicate(s, new_only_parts(new_t, tm, since_jd, replay))
 
 
-def changed_predicate(s: TableSides, new_only: tuple[exp.Expression, list[exp.Expression]] | None
-                      ) -> exp.Expression | None:
+def changed_predicate(
+    s: TableSides, new_only: tuple[exp.Expression, list[exp.Expression]] | None
+) -> exp.Expression | None:
     """:func:`changed_condition` from its parts (``new_only``: :func:`new_only_parts`' result)."""
     if s.null_safe_key:
         return None
@@ -318,10 +359,14 @@ def _sum_when(cond: exp.Expression, value: exp.Expression | None = None) -> exp.
     return exp.Sum(this=exp.Case(ifs=[exp.If(this=cond, true=then)]))
 
 
-def count_jobs(s: TableSides, created_after: exp.Expression | None,
-               updated_after: exp.Expression | None,
-               new_only: tuple[exp.Expression, list[exp.Expression]] | None = None,
-               filled: list[exp.Expression] | None = None, rowid_keys: bool = False) -> list[_Job]:
+def count_jobs(
+    s: TableSides,
+    created_after: exp.Expression | None,
+    updated_after: exp.Expression | None,
+    new_only: tuple[exp.Expression, list[exp.Expression]] | None = None,
+    filled: list[exp.Expression] | None = None,
+    rowid_keys: bool = False,
+) -> list[_Job]:
     """The statements that count one table's inserted, updated and deleted rows: ONE pass over the
     table pair. One ``LEFT JOIN`` backup → live gives the deleted rows (no live match), the updated
     ones (a match that :func:`changed_predicate` calls changed: the one definition extract
@@ -343,14 +388,25 @@ def count_jobs(s: TableSides, created_after: exp.Expression | None,
         by_count = False
     jobs: list[_Job] = []
     if by_count:
-        jobs.append(_Job(s.name, sql(exp.select(exp.Count(this=exp.Star())).from_(table(s.new_name or s.name, "new"))),
-                         ("live_rows",)))
+        jobs.append(
+            _Job(
+                s.name,
+                sql(
+                    exp.select(exp.Count(this=exp.Star())).from_(table(s.new_name or s.name, "new"))
+                ),
+                ("live_rows",),
+            )
+        )
         if created_after is not None:
             top = exp.select(exp.Max(this=col(s.key[0], "o"))).from_(table(s.name, "old", "o"))
-            tail = exp.select(exp.Count(this=exp.Star()),
-                              exp.Sum(this=exp.Cast(this=created_after, to=exp.DataType.build("INT")))
-                              ).from_(table(s.new_name or s.name, "new", "n")).where(
-                exp.GT(this=s.new_key[0].copy(), expression=top.subquery()))
+            tail = (
+                exp.select(
+                    exp.Count(this=exp.Star()),
+                    exp.Sum(this=exp.Cast(this=created_after, to=exp.DataType.build("INT"))),
+                )
+                .from_(table(s.new_name or s.name, "new", "n"))
+                .where(exp.GT(this=s.new_key[0].copy(), expression=top.subquery()))
+            )
             jobs.append(_Job(s.name, sql(tail), ("tail", "tail_after")))
     else:
         ins_sel: list[exp.Expression] = [exp.Count(this=exp.Star())]
@@ -360,12 +416,16 @@ def count_jobs(s: TableSides, created_after: exp.Expression | None,
             ins_fields.append("inserted_after")
         jobs.append(_Job(s.name, sql(inserted_query(s, ins_sel)), tuple(ins_fields)))
     if s.null_safe_key:
-        jobs.append(_Job(s.name, sql(deleted_query(s, [exp.Count(this=exp.Star())])), (RowKind.DELETED,)))
+        jobs.append(
+            _Job(s.name, sql(deleted_query(s, [exp.Count(this=exp.Star())])), (RowKind.DELETED,))
+        )
         if s.compared:
             upd_sel: list[exp.Expression] = [exp.Count(this=exp.Star())]
             upd_fields: list[str] = [RowKind.UPDATED]
             if updated_after is not None:
-                upd_sel.append(exp.Sum(this=exp.Cast(this=updated_after, to=exp.DataType.build("INT"))))
+                upd_sel.append(
+                    exp.Sum(this=exp.Cast(this=updated_after, to=exp.DataType.build("INT")))
+                )
                 upd_fields.append("updated_after")
             jobs.append(_Job(s.name, sql(updated_query(s, upd_sel)), tuple(upd_fields)))
         return jobs
@@ -383,19 +443,35 @@ def count_jobs(s: TableSides, created_after: exp.Expression | None,
         sel.append(_sum_when(changed))
         fields.append(RowKind.UPDATED)
         if updated_after is not None:
-            sel.append(_sum_when(changed.copy(), exp.Cast(this=updated_after, to=exp.DataType.build("INT"))))
+            sel.append(
+                _sum_when(
+                    changed.copy(), exp.Cast(this=updated_after, to=exp.DataType.build("INT"))
+                )
+            )
             fields.append("updated_after")
     if new_only is not None:
         cond, flags = new_only
-        only_new = and_all([exp.Not(this=missing.copy()), cond.copy()]
-                           + ([exp.Not(this=updated_condition(s))] if s.compared else []))
-        sel += [_sum_when(only_new), _sum_when(only_new.copy(), exp.Paren(this=_plus([_int(f) for f in flags])))]
+        only_new = and_all(
+            [exp.Not(this=missing.copy()), cond.copy()]
+            + ([exp.Not(this=updated_condition(s))] if s.compared else [])
+        )
+        sel += [
+            _sum_when(only_new),
+            _sum_when(only_new.copy(), exp.Paren(this=_plus([_int(f) for f in flags]))),
+        ]
         fields += ["changed_only_in_new_columns", "values_at_risk"]
     if filled:
-        untouched = and_all([exp.Not(this=missing.copy())] + ([exp.Not(this=updated_condition(s))] if s.compared else []))
+        untouched = and_all(
+            [exp.Not(this=missing.copy())]
+            + ([exp.Not(this=updated_condition(s))] if s.compared else [])
+        )
         sel.append(_sum_when(untouched, exp.Paren(this=_plus([_int(f) for f in filled]))))
         fields.append("filled_by_upgrade")
-    q = exp.select(*sel).from_(_scan(s, "old")).join(_source(s, "new"), on=_key_match(s), join_type="left")
+    q = (
+        exp.select(*sel)
+        .from_(_scan(s, "old"))
+        .join(_source(s, "new"), on=_key_match(s), join_type="left")
+    )
     jobs.append(_Job(s.name, sql(q), tuple(fields)))
     return jobs
 
@@ -406,9 +482,13 @@ def rowid_key(conn: Connection, schema: str, name: str, key: tuple[str, ...]) ->
     table, an ``INTEGER PRIMARY KEY DESC`` or any other primary key has an index of origin ``pk``."""
     if len(key) != 1:
         return False
-    if conn.execute("SELECT 1 FROM pragma_index_list(?, ?) WHERE origin = 'pk'", (name, schema)).fetchone():
+    if conn.execute(
+        "SELECT 1 FROM pragma_index_list(?, ?) WHERE origin = 'pk'", (name, schema)
+    ).fetchone():
         return False
-    info = conn.execute("SELECT type, pk FROM pragma_table_info(?, ?) WHERE name = ?", (name, schema, key[0])).fetchone()
+    info = conn.execute(
+        "SELECT type, pk FROM pragma_table_info(?, ?) WHERE name = ?", (name, schema, key[0])
+    ).fetchone()
     return info is not None and info[1] == 1 and str(info[0]).upper() == "INTEGER"
 
 
@@ -418,12 +498,19 @@ def sides_on_rowid(conn: Connection, s: TableSides) -> bool:
     if not isinstance(conn, sqlite3.Connection):
         return False
     nk = s.new_key[0] if len(s.new_key) == 1 else None
-    return (isinstance(nk, exp.Column) and rowid_key(conn, "old", s.name, s.key)
-            and rowid_key(conn, "new", s.new_name or s.name, (nk.name,)))
+    return (
+        isinstance(nk, exp.Column)
+        and rowid_key(conn, "old", s.name, s.key)
+        and rowid_key(conn, "new", s.new_name or s.name, (nk.name,))
+    )
 
 
-def finish_counts(conn: Connection, s: TableSides, created_after: exp.Expression | None,
-                  counts: dict[str, int | None]) -> dict[str, int | None]:
+def finish_counts(
+    conn: Connection,
+    s: TableSides,
+    created_after: exp.Expression | None,
+    counts: dict[str, int | None],
+) -> dict[str, int | None]:
     """Turn the one-pass counts of :func:`count_jobs` into inserted (and inserted-after) counts:
     inserted = live rows − matched pairs. The created-after flags of the inserted rows come from
     the tail above the backup's largest key when every inserted row is there; otherwise (a key
@@ -438,8 +525,13 @@ def finish_counts(conn: Connection, s: TableSides, created_after: exp.Expression
             out["inserted_after"] = tail_after
         else:
             assert created_after is not None
-            q = inserted_query(s, [exp.Count(this=exp.Star()),
-                                   exp.Sum(this=exp.Cast(this=created_after, to=exp.DataType.build("INT")))])
+            q = inserted_query(
+                s,
+                [
+                    exp.Count(this=exp.Star()),
+                    exp.Sum(this=exp.Cast(this=created_after, to=exp.DataType.build("INT"))),
+                ],
+            )
             ins, after = conn.execute(sql(q)).fetchone()
             out["inserted"], out["inserted_after"] = int(ins), after
     return out
@@ -456,8 +548,9 @@ def _plus(terms: list[exp.Expression]) -> exp.Expression:
     return out
 
 
-def run_jobs(conn: Connection, jobs: list[_Job],
-             more: Callable[[], Connection] | None = None) -> dict[str, dict[str, int | None]]:
+def run_jobs(
+    conn: Connection, jobs: list[_Job], more: Callable[[], Connection] | None = None
+) -> dict[str, dict[str, int | None]]:
     """Run every counting statement and gather the counts per table. With ``more`` (a factory of
     further connections to the same pair), statements run on two threads: sqlite3 releases the
     GIL while a statement runs, so the two cores each take their share of the tables."""
@@ -466,7 +559,8 @@ def run_jobs(conn: Connection, jobs: list[_Job],
     def run(c: Connection, job: _Job) -> None:
         row = c.execute(job.sql).fetchone()
         out.setdefault(job.table, {}).update(
-            {f: (None if v is None else int(v)) for f, v in zip(job.fields, row, strict=True)})
+            {f: (None if v is None else int(v)) for f, v in zip(job.fields, row, strict=True)}
+        )
 
     if more is None or len(jobs) < 2:
         for job in jobs:
@@ -505,29 +599,51 @@ def run_jobs(conn: Connection, jobs: list[_Job],
     return out
 
 
-def _timestamps(new_t: Table, since_jd: float | None,
-                ts_override: dict[str, str] | None = None) -> tuple[dict[str, str], exp.Expression | None,
-                                                                    exp.Expression | None]:
+def _timestamps(
+    new_t: Table, since_jd: float | None, ts_override: dict[str, str] | None = None
+) -> tuple[dict[str, str], exp.Expression | None, exp.Expression | None]:
     ts = find_timestamp_columns(new_t, ts_override)
-    created_after = after_expr(col(ts["created"], "n"), since_jd) if since_jd is not None and "created" in ts else None
-    updated_after = after_expr(col(ts["updated"], "n"), since_jd) if since_jd is not None and "updated" in ts else None
+    created_after = (
+        after_expr(col(ts["created"], "n"), since_jd)
+        if since_jd is not None and "created" in ts
+        else None
+    )
+    updated_after = (
+        after_expr(col(ts["updated"], "n"), since_jd)
+        if since_jd is not None and "updated" in ts
+        else None
+    )
     return ts, created_after, updated_after
 
 
-def _table_changes(old_t: Table, tm: TableMapping, s: TableSides, ts: dict[str, str],
-                   counts: dict[str, int | None], since_jd: float | None,
-                   rows: tuple[RowChange, ...] | None) -> TableChanges:
+def _table_changes(
+    old_t: Table,
+    tm: TableMapping,
+    s: TableSides,
+    ts: dict[str, str],
+    counts: dict[str, int | None],
+    since_jd: float | None,
+    rows: tuple[RowChange, ...] | None,
+) -> TableChanges:
     after = None
     if since_jd is not None:  # counted only where the table has the timestamp column
-        after = {kind: int(counts[f"{kind}_after"] or 0) if f"{kind}_after" in counts else None
-                 for kind in (RowKind.INSERTED, RowKind.UPDATED)}
+        after = {
+            kind: int(counts[f"{kind}_after"] or 0) if f"{kind}_after" in counts else None
+            for kind in (RowKind.INSERTED, RowKind.UPDATED)
+        }
     return TableChanges(
-        table=old_t.name, key=s.key, keyed_by="primary key" if old_t.has_primary_key else "all columns",
-        status="compared", inserted=int(counts.get(RowKind.INSERTED) or 0),
-        updated=int(counts.get(RowKind.UPDATED) or 0), deleted=int(counts.get(RowKind.DELETED) or 0),
+        table=old_t.name,
+        key=s.key,
+        keyed_by="primary key" if old_t.has_primary_key else "all columns",
+        status="compared",
+        inserted=int(counts.get(RowKind.INSERTED) or 0),
+        updated=int(counts.get(RowKind.UPDATED) or 0),
+        deleted=int(counts.get(RowKind.DELETED) or 0),
         compared_columns=tuple(c for c, _, _ in s.compared),
         uncompared_columns=tuple(r.column for r in tm.rules if r.expression is None),
-        timestamp_columns=ts, after_deploy=after, rows=rows,
+        timestamp_columns=ts,
+        after_deploy=after,
+        rows=rows,
         changed_only_in_new_columns=int(counts.get("changed_only_in_new_columns") or 0),
         values_at_risk=int(counts.get("values_at_risk") or 0),
         filled_by_upgrade=int(counts.get("filled_by_upgrade") or 0),
@@ -535,8 +651,14 @@ def _table_changes(old_t: Table, tm: TableMapping, s: TableSides, ts: dict[str, 
 
 
 def diff_table(
-    conn: sqlite3.Connection, old_t: Table, new_t: Table, tm: TableMapping, since_jd: float | None,
-    want_rows: bool = False, ts_override: dict[str, str] | None = None, replay: Replayed | None = None,
+    conn: sqlite3.Connection,
+    old_t: Table,
+    new_t: Table,
+    tm: TableMapping,
+    since_jd: float | None,
+    want_rows: bool = False,
+    ts_override: dict[str, str] | None = None,
+    replay: Replayed | None = None,
 ) -> TableChanges:
     keyed_by = "primary key" if old_t.has_primary_key else "all columns"
     s = sides(old_t, tm)
@@ -546,18 +668,27 @@ def diff_table(
     new_only = None if s.null_safe_key else new_only_parts(new_t, tm, since_jd, replay)
     filled = None if s.null_safe_key else filled_parts(new_t, tm, since_jd, replay)
     rowid = created_after is not None and sides_on_rowid(conn, s)
-    counts = run_jobs(conn, count_jobs(s, created_after, updated_after, new_only,
-                                       filled[1] if filled else None, rowid)).get(s.name, {})
+    counts = run_jobs(
+        conn,
+        count_jobs(s, created_after, updated_after, new_only, filled[1] if filled else None, rowid),
+    ).get(s.name, {})
     counts = finish_counts(conn, s, created_after, counts)
-    rows = tuple(iter_rows(conn, s, created_after, updated_after, new_only, new_t, tm)) if want_rows else None
+    rows = (
+        tuple(iter_rows(conn, s, created_after, updated_after, new_only, new_t, tm))
+        if want_rows
+        else None
+    )
     return _table_changes(old_t, tm, s, ts, counts, since_jd, rows)
 
 
 def iter_rows(
-    conn: Connection, s: TableSides, created_after: exp.Expression | None,
+    conn: Connection,
+    s: TableSides,
+    created_after: exp.Expression | None,
     updated_after: exp.Expression | None,
     new_only: tuple[exp.Expression, list[exp.Expression]] | None = None,
-    new_t: Table | None = None, tm: TableMapping | None = None,
+    new_t: Table | None = None,
+    tm: TableMapping | None = None,
 ) -> Iterator[RowChange]:
     """Stream every changed row with its key (and, for updates, the changed cells)."""
     nk = len(s.key)
@@ -565,7 +696,9 @@ def iter_rows(
     cur = conn.execute(sql(inserted_query(s, [*s.new_key, *flag_ins])))
     while batch := cur.fetchmany(BATCH):
         for r in batch:
-            yield RowChange(RowKind.INSERTED, tuple(r[:nk]), after_deploy=_flag(r, nk, created_after))
+            yield RowChange(
+                RowKind.INSERTED, tuple(r[:nk]), after_deploy=_flag(r, nk, created_after)
+            )
     if s.compared:
         flag_upd = [updated_after] if updated_after is not None else []
         pairs = [e for _, o, n in s.compared for e in (o, n)]
@@ -578,21 +711,38 @@ def iter_rows(
                     if not _same(o, n):
                         cells.append(CellChange(name, o, n))
                 yield RowChange(
-                    RowKind.UPDATED, tuple(r[:nk]), tuple(cells),
+                    RowKind.UPDATED,
+                    tuple(r[:nk]),
+                    tuple(cells),
                     _flag(r, nk + 2 * len(s.compared), updated_after),
                 )
     if new_only is not None and new_t is not None:
         lost_cols = [c for c in uncarried_columns(new_t, tm) if c not in new_t.key]
-        cond = and_all([new_only[0].copy()] + ([exp.Not(this=updated_condition(s))] if s.compared else []))
+        cond = and_all(
+            [new_only[0].copy()] + ([exp.Not(this=updated_condition(s))] if s.compared else [])
+        )
         flag_new = [updated_after] if updated_after is not None else []
-        q = (exp.select(*s.old_key, *[col(c, "n") for c in lost_cols], *[f.copy() for f in new_only[1]], *flag_new)
-             .from_(_source(s, "old")).join(_source(s, "new"), on=_key_match(s)).where(cond))
+        q = (
+            exp.select(
+                *s.old_key,
+                *[col(c, "n") for c in lost_cols],
+                *[f.copy() for f in new_only[1]],
+                *flag_new,
+            )
+            .from_(_source(s, "old"))
+            .join(_source(s, "new"), on=_key_match(s))
+            .where(cond)
+        )
         cur = conn.execute(sql(q))
         n = len(lost_cols)
         while batch := cur.fetchmany(BATCH):
             for r in batch:
-                only_new = tuple(CellChange(c, None, r[nk + i]) for i, c in enumerate(lost_cols) if r[nk + n + i])
-                yield RowChange(RowKind.UPDATED, tuple(r[:nk]), only_new, _flag(r, nk + 2 * n, updated_after))
+                only_new = tuple(
+                    CellChange(c, None, r[nk + i]) for i, c in enumerate(lost_cols) if r[nk + n + i]
+                )
+                yield RowChange(
+                    RowKind.UPDATED, tuple(r[:nk]), only_new, _flag(r, nk + 2 * n, updated_after)
+                )
     cur = conn.execute(sql(deleted_query(s, list(s.old_key))))
     while batch := cur.fetchmany(BATCH):
         for r in batch:
@@ -620,9 +770,15 @@ def count_table(conn: Connection, schema: str, name: str) -> int:
 
 
 def diff_rows(
-    conn: Connection, old: Schema, new: Schema, mapping: ColumnMapping,
-    tables: list[str] | None = None, since_jd: float | None = None, want_rows: bool = False,
-    since_text: str | None = None, more: Callable[[], Connection] | None = None,
+    conn: Connection,
+    old: Schema,
+    new: Schema,
+    mapping: ColumnMapping,
+    tables: list[str] | None = None,
+    since_jd: float | None = None,
+    want_rows: bool = False,
+    since_text: str | None = None,
+    more: Callable[[], Connection] | None = None,
     replay: Replayed | None = None,
 ) -> ChangeSet:
     """The row diff of every table (or of ``tables``), old schema's view. ``more`` opens further
@@ -632,8 +788,18 @@ def diff_rows(
         names = [n for n in names if n in tables]
     renamed_to = {tm.new_table for tm in mapping.tables.values() if tm.new_table}
     out: dict[str, TableChanges] = {}
-    compared: list[tuple[Table, Table, TableMapping, TableSides, dict[str, str], exp.Expression | None,
-                         exp.Expression | None, tuple[exp.Expression, list[exp.Expression]] | None]] = []
+    compared: list[
+        tuple[
+            Table,
+            Table,
+            TableMapping,
+            TableSides,
+            dict[str, str],
+            exp.Expression | None,
+            exp.Expression | None,
+            tuple[exp.Expression, list[exp.Expression]] | None,
+        ]
+    ] = []
     jobs: list[_Job] = []
     for name in names:
         old_t, new_t = old.table(name), new.table(name)
@@ -644,34 +810,62 @@ def diff_rows(
         if old_t is not None and new_t is not None:
             tm = mapping.tables[name]
             if tm.skip:
-                out[name] = TableChanges(name, old_t.key, "primary key", "skipped: mapping file says skip")
+                out[name] = TableChanges(
+                    name, old_t.key, "primary key", "skipped: mapping file says skip"
+                )
                 continue
             s = sides(old_t, tm)
             if isinstance(s, str):
-                out[name] = TableChanges(name, old_t.key, "primary key" if old_t.has_primary_key else "all columns", s)
+                out[name] = TableChanges(
+                    name, old_t.key, "primary key" if old_t.has_primary_key else "all columns", s
+                )
                 continue
             ts, created_after, updated_after = _timestamps(new_t, since_jd)
             new_only = None if s.null_safe_key else new_only_parts(new_t, tm, since_jd, replay)
             filled = None if s.null_safe_key else filled_parts(new_t, tm, since_jd, replay)
             compared.append((old_t, new_t, tm, s, ts, created_after, updated_after, new_only))
             rowid = created_after is not None and sides_on_rowid(conn, s)
-            jobs += count_jobs(s, created_after, updated_after, new_only, filled[1] if filled else None, rowid)
+            jobs += count_jobs(
+                s, created_after, updated_after, new_only, filled[1] if filled else None, rowid
+            )
         elif new_t is not None:
-            jobs.append(_Job(name, sql(exp.select(exp.Count(this=exp.Star())).from_(table(name, "new"))),
-                             (RowKind.INSERTED,)))
-            out[name] = TableChanges(name, new_t.key, "primary key" if new_t.has_primary_key else "all columns",
-                                     "new table")
+            jobs.append(
+                _Job(
+                    name,
+                    sql(exp.select(exp.Count(this=exp.Star())).from_(table(name, "new"))),
+                    (RowKind.INSERTED,),
+                )
+            )
+            out[name] = TableChanges(
+                name,
+                new_t.key,
+                "primary key" if new_t.has_primary_key else "all columns",
+                "new table",
+            )
         else:
             assert old_t is not None
-            out[name] = TableChanges(name, old_t.key, "primary key" if old_t.has_primary_key else "all columns",
-                                     "removed table")
+            out[name] = TableChanges(
+                name,
+                old_t.key,
+                "primary key" if old_t.has_primary_key else "all columns",
+                "removed table",
+            )
     counts = run_jobs(conn, jobs, more)
     for name, entry in list(out.items()):
         if entry.status == "new table":
-            out[name] = TableChanges(name, entry.key, entry.keyed_by, "new table",
-                                     inserted=int(counts[name][RowKind.INSERTED] or 0))
+            out[name] = TableChanges(
+                name,
+                entry.key,
+                entry.keyed_by,
+                "new table",
+                inserted=int(counts[name][RowKind.INSERTED] or 0),
+            )
     for old_t, new_t, tm, s, ts, created_after, updated_after, new_only in compared:
-        rows = tuple(iter_rows(conn, s, created_after, updated_after, new_only, new_t, tm)) if want_rows else None
+        rows = (
+            tuple(iter_rows(conn, s, created_after, updated_after, new_only, new_t, tm))
+            if want_rows
+            else None
+        )
         table_counts = finish_counts(conn, s, created_after, counts.get(s.name, {}))
         out[old_t.name] = _table_changes(old_t, tm, s, ts, table_counts, since_jd, rows)
     return ChangeSet(dict(sorted(out.items())), since_text)

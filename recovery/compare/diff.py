@@ -3,6 +3,7 @@
 :func:`analyse` opens both inputs read-only and resolves schemas, the schema diff and the column
 mapping; ``diff`` and ``extract`` both start from it.
 """
+
 from __future__ import annotations
 
 import json
@@ -75,9 +76,12 @@ class Analysis:
 
 
 def analyse(
-    backup: str | os.PathLike[str], live: str | os.PathLike[str], since: str | None = None,
+    backup: str | os.PathLike[str],
+    live: str | os.PathLike[str],
+    since: str | None = None,
     mapping: str | os.PathLike[str] | None = None,
-    lineage: dict[str, dict[str, exp.Expression]] | None = None, trust_mapping: bool = False,
+    lineage: dict[str, dict[str, exp.Expression]] | None = None,
+    trust_mapping: bool = False,
 ) -> Analysis:
     """Open both inputs read-only and resolve the schemas, the schema diff and the column mapping,
     every rule checked against the data (:mod:`recovery.compare.evidence`): a rule the unchanged rows
@@ -102,7 +106,9 @@ def analyse(
                         f"{backup_p} and {live_p} have no table in common",
                         "is the backup of the same application?",
                     )
-                cmap = resolve(old, new, user, lineage, sdiff.renames_by_table(), sdiff.table_renames_by_old())
+                cmap = resolve(
+                    old, new, user, lineage, sdiff.renames_by_table(), sdiff.table_renames_by_old()
+                )
                 check_user_expressions(pair, user, new, cmap)
                 cmap = verify(pair, old, new, cmap, since_jd, trust_mapping)
         except BaseException:
@@ -141,16 +147,23 @@ def _first_damaged(*paths: Path) -> Path | None:
     return None
 
 
-def check_user_expressions(pair: Connection, user: UserMapping, new: Schema,
-                           cmap: ColumnMapping | None = None) -> None:
+def check_user_expressions(
+    pair: Connection, user: UserMapping, new: Schema, cmap: ColumnMapping | None = None
+) -> None:
     """Evaluate every mapping-file expression once against the live table, so that an unknown
     function or a refused one fails here, named, rather than halfway through the diff."""
     for tname, tm in user.tables.items():
-        live_name = cmap.tables[tname].source_table if cmap is not None and tname in cmap.tables else tname
+        live_name = (
+            cmap.tables[tname].source_table if cmap is not None and tname in cmap.tables else tname
+        )
         if tm.skip or new.table(live_name) is None:
             continue
         for cname, expression in tm.columns.items():
-            q = exp.select(qualify_columns(expression, "n")).from_(table(live_name, "new", "n")).limit(1)
+            q = (
+                exp.select(qualify_columns(expression, "n"))
+                .from_(table(live_name, "new", "n"))
+                .limit(1)
+            )
             try:
                 pair.execute(sql(q)).fetchall()
             except sqlite3.Error as exc:
@@ -174,8 +187,12 @@ class DiffResult:
         tables: dict[str, Any] = {}
         for name, t in sorted(self.changes.tables.items()):
             entry: dict[str, Any] = {
-                "key": list(t.key), "keyed_by": t.keyed_by, "status": t.status,
-                RowKind.INSERTED: t.inserted, RowKind.UPDATED: t.updated, RowKind.DELETED: t.deleted,
+                "key": list(t.key),
+                "keyed_by": t.keyed_by,
+                "status": t.status,
+                RowKind.INSERTED: t.inserted,
+                RowKind.UPDATED: t.updated,
+                RowKind.DELETED: t.deleted,
             }
             if t.uncompared_columns:
                 entry["uncompared_columns"] = list(t.uncompared_columns)
@@ -192,18 +209,33 @@ class DiffResult:
                 entry["renamed_to"] = tm.new_table
             if rows and t.rows is not None:
                 entry["rows"] = [
-                    {"kind": r.kind, "key": list(r.key), "after_deploy": r.after_deploy,
-                     "changes": {c.column: {"old": _jsonable(c.old), "new": _jsonable(c.new)} for c in r.cells}}
+                    {
+                        "kind": r.kind,
+                        "key": list(r.key),
+                        "after_deploy": r.after_deploy,
+                        "changes": {
+                            c.column: {"old": _jsonable(c.old), "new": _jsonable(c.new)}
+                            for c in r.cells
+                        },
+                    }
                     for r in t.rows
                 ]
             tables[name] = entry
         return {
-            "backup": str(self.backup), "live": str(self.live), "since": self.since,
-            "schema": self.schema.to_dict(), "mapping": self.mapping.to_dict(), "tables": tables,
-            "totals": {k: sum(getattr(t, k) for t in self.changes.tables.values())
-                       for k in (RowKind.INSERTED, RowKind.UPDATED, RowKind.DELETED)},
-            "at_risk": {k: sum(getattr(t, k) for t in self.changes.tables.values())
-                        for k in ("changed_only_in_new_columns", "values_at_risk")},
+            "backup": str(self.backup),
+            "live": str(self.live),
+            "since": self.since,
+            "schema": self.schema.to_dict(),
+            "mapping": self.mapping.to_dict(),
+            "tables": tables,
+            "totals": {
+                k: sum(getattr(t, k) for t in self.changes.tables.values())
+                for k in (RowKind.INSERTED, RowKind.UPDATED, RowKind.DELETED)
+            },
+            "at_risk": {
+                k: sum(getattr(t, k) for t in self.changes.tables.values())
+                for k in ("changed_only_in_new_columns", "values_at_risk")
+            },
             "filled_by_upgrade": self.changes.filled_by_upgrade,
         }
 
@@ -212,11 +244,21 @@ class DiffResult:
         for name, t in sorted(self.changes.tables.items()):
             for r in t.rows or ():
                 yield {
-                    "table": name, "kind": r.kind, "key": json.dumps(list(r.key), ensure_ascii=False),
+                    "table": name,
+                    "kind": r.kind,
+                    "key": json.dumps(list(r.key), ensure_ascii=False),
                     "after_deploy": "" if r.after_deploy is None else str(r.after_deploy).lower(),
                     "columns": ";".join(c.column for c in r.cells),
-                    "old": json.dumps({c.column: _jsonable(c.old) for c in r.cells}, ensure_ascii=False) if r.cells else "",
-                    "new": json.dumps({c.column: _jsonable(c.new) for c in r.cells}, ensure_ascii=False) if r.cells else "",
+                    "old": json.dumps(
+                        {c.column: _jsonable(c.old) for c in r.cells}, ensure_ascii=False
+                    )
+                    if r.cells
+                    else "",
+                    "new": json.dumps(
+                        {c.column: _jsonable(c.new) for c in r.cells}, ensure_ascii=False
+                    )
+                    if r.cells
+                    else "",
                 }
 
 
@@ -227,9 +269,14 @@ def _jsonable(v: Any) -> Any:
 
 
 def diff(
-    backup: str | os.PathLike[str], live: str | os.PathLike[str], since: str | None = None,
-    tables: list[str] | None = None, mapping: str | os.PathLike[str] | None = None, rows: bool = False,
-    alembic_ini: str | os.PathLike[str] | None = None, trust_mapping: bool = False,
+    backup: str | os.PathLike[str],
+    live: str | os.PathLike[str],
+    since: str | None = None,
+    tables: list[str] | None = None,
+    mapping: str | os.PathLike[str] | None = None,
+    rows: bool = False,
+    alembic_ini: str | os.PathLike[str] | None = None,
+    trust_mapping: bool = False,
 ) -> DiffResult:
     """Compare ``backup`` with ``live`` (both opened read-only): schema, then rows per table.
     ``alembic_ini`` adds the migrations' lineage rules, as for ``extract``."""
@@ -243,18 +290,34 @@ def diff(
         with analyse(backup, live, since, mapping, lineage, trust_mapping) as a:
             unknown = [t for t in tables or [] if t not in a.old.tables and t not in a.new.tables]
             if unknown:
-                raise RecoveryError(f"--table {unknown[0]} is in neither database", "check the table name")
+                raise RecoveryError(
+                    f"--table {unknown[0]} is in neither database", "check the table name"
+                )
             if replay is not None:
                 replay.attach(a.pair)
                 a.replay = replay
             with database_errors(a.backup, a.live):
-                changes = diff_rows(a.pair, a.old, a.new, a.mapping, tables, a.since_jd, rows, a.since,
-                                    more=_more_pairs(a, replay), replay=replay)
+                changes = diff_rows(
+                    a.pair,
+                    a.old,
+                    a.new,
+                    a.mapping,
+                    tables,
+                    a.since_jd,
+                    rows,
+                    a.since,
+                    more=_more_pairs(a, replay),
+                    replay=replay,
+                )
             return DiffResult(a.backup, a.live, a.schema_diff, changes, a.mapping, a.since)
 
 
-def replayed_upgrade(alembic_ini: str | os.PathLike[str] | None, backup: str | os.PathLike[str],
-                     live: str | os.PathLike[str], folder: str | os.PathLike[str]) -> Replayed | None:
+def replayed_upgrade(
+    alembic_ini: str | os.PathLike[str] | None,
+    backup: str | os.PathLike[str],
+    live: str | os.PathLike[str],
+    folder: str | os.PathLike[str],
+) -> Replayed | None:
     """The upgrade replayed in the sandbox on a copy of ``backup`` in ``folder``
     (:mod:`recovery.migrate.replay`), or None without migrations or when the replay failed."""
     if alembic_ini is None:

@@ -44,6 +44,7 @@ of two live columns with a separator. A candidate is accepted only when every on
 :data:`MIN_INFER_VALUES` of them hold a non-NULL backup value and the backup values are not all
 equal (a constant column proves nothing). The first accepted candidate in the order above wins.
 """
+
 from __future__ import annotations
 
 import json
@@ -102,7 +103,9 @@ def _is_num(aff: str) -> bool:
 
 def _flag(cond: exp.Expression) -> exp.Expression:
     """1 when ``cond`` holds, else 0 (never NULL)."""
-    return exp.Case(ifs=[exp.If(this=cond, true=exp.Literal.number(1))], default=exp.Literal.number(0))
+    return exp.Case(
+        ifs=[exp.If(this=cond, true=exp.Literal.number(1))], default=exp.Literal.number(0)
+    )
 
 
 def _sum_when(cond: exp.Expression) -> exp.Expression:
@@ -118,7 +121,9 @@ def untouched_condition(new_t: Table, since_jd: float | None) -> exp.Expression 
     return exp.Not(this=exp.Paren(this=exp.Coalesce(this=after, expressions=[exp.false()])))
 
 
-def _pair_source(s: TableSides, old_cols: list[str], limit: int) -> tuple[exp.Expression, exp.Expression]:
+def _pair_source(
+    s: TableSides, old_cols: list[str], limit: int
+) -> tuple[exp.Expression, exp.Expression]:
     """(FROM sample-of-old ``o``, JOIN condition with live ``n``): the first ``limit`` backup rows,
     only the columns needed, joined to the live rows with the same key."""
     wanted = list(dict.fromkeys([*s.key, *old_cols]))
@@ -146,15 +151,33 @@ class _Paired:
     exprs: tuple[exp.Expression, ...]  # the rules' expressions over ``n``
 
 
-def _inner(p: _Paired, since_jd: float | None, limit: int, extra: list[exp.Expression] | None = None,
-           old_cols: list[str] | None = None) -> exp.Select:
+def _inner(
+    p: _Paired,
+    since_jd: float | None,
+    limit: int,
+    extra: list[exp.Expression] | None = None,
+    old_cols: list[str] | None = None,
+) -> exp.Select:
     src, on = _pair_source(p.s, [*p.names, *(old_cols or [])], limit)
-    flags = [exp.alias_(_flag(exp.NullSafeNEQ(this=col(c, "o"), expression=e)), f"d{i}", quoted=True)
-             for i, (c, e) in enumerate(zip(p.names, p.exprs, strict=True))]
-    nd = exp.alias_(_add([_flag(exp.NullSafeNEQ(this=col(c, "o"), expression=e.copy()))
-                          for c, e in zip(p.names, p.exprs, strict=True)]), "nd", quoted=True)
-    q = exp.select(*flags, nd, exp.alias_(_key_json(p.s), "k", quoted=True), *(extra or [])).from_(src).join(
-        table(p.new_t.name, "new", "n"), on=on)
+    flags = [
+        exp.alias_(_flag(exp.NullSafeNEQ(this=col(c, "o"), expression=e)), f"d{i}", quoted=True)
+        for i, (c, e) in enumerate(zip(p.names, p.exprs, strict=True))
+    ]
+    nd = exp.alias_(
+        _add(
+            [
+                _flag(exp.NullSafeNEQ(this=col(c, "o"), expression=e.copy()))
+                for c, e in zip(p.names, p.exprs, strict=True)
+            ]
+        ),
+        "nd",
+        quoted=True,
+    )
+    q = (
+        exp.select(*flags, nd, exp.alias_(_key_json(p.s), "k", quoted=True), *(extra or []))
+        .from_(src)
+        .join(table(p.new_t.name, "new", "n"), on=on)
+    )
     untouched = untouched_condition(p.new_t, since_jd)
     return q.where(untouched) if untouched is not None else q
 
@@ -168,63 +191,105 @@ def _add(terms: list[exp.Expression]) -> exp.Expression:
     return out
 
 
-def check_table(pair: Connection, old_t: Table, new_t: Table, tm: TableMapping,
-                since_jd: float | None) -> dict[str, dict[str, Any]]:
+def check_table(
+    pair: Connection, old_t: Table, new_t: Table, tm: TableMapping, since_jd: float | None
+) -> dict[str, dict[str, Any]]:
     """column -> evidence for every non-key rule of one table: one aggregate query (plus one keyed
     look-up per rule with a disagreement, for its first example)."""
     s = sides(old_t, tm)
     if isinstance(s, str) or not s.compared or s.null_safe_key:
         return {}
     p = _Paired(s, new_t, tuple(c for c, _, _ in s.compared), tuple(n for _, _, n in s.compared))
-    inner = _inner(p, since_jd, SAMPLE).subquery(exp.TableAlias(this=exp.to_identifier("r", quoted=True)))
+    inner = _inner(p, since_jd, SAMPLE).subquery(
+        exp.TableAlias(this=exp.to_identifier("r", quoted=True))
+    )
     nd = col("nd", "r")
-    sel: list[exp.Expression] = [exp.Count(this=exp.Star()), _sum_when(exp.EQ(this=nd, expression=exp.Literal.number(0)))]
+    sel: list[exp.Expression] = [
+        exp.Count(this=exp.Star()),
+        _sum_when(exp.EQ(this=nd, expression=exp.Literal.number(0))),
+    ]
     for i in range(len(p.names)):
         d = col(f"d{i}", "r")
-        sel.append(_sum_when(exp.EQ(this=exp.Sub(this=nd.copy(), expression=d), expression=exp.Literal.number(0))))
+        sel.append(
+            _sum_when(
+                exp.EQ(this=exp.Sub(this=nd.copy(), expression=d), expression=exp.Literal.number(0))
+            )
+        )
         sel.append(exp.Sum(this=d.copy()))
-        only_this = and_all([exp.EQ(this=d.copy(), expression=exp.Literal.number(1)),
-                             exp.EQ(this=nd.copy(), expression=exp.Literal.number(1))])
+        only_this = and_all(
+            [
+                exp.EQ(this=d.copy(), expression=exp.Literal.number(1)),
+                exp.EQ(this=nd.copy(), expression=exp.Literal.number(1)),
+            ]
+        )
         sel.append(exp.Min(this=exp.Case(ifs=[exp.If(this=only_this, true=col("k", "r"))])))
-        sel.append(exp.Min(this=exp.Case(ifs=[exp.If(this=exp.EQ(this=d.copy(), expression=exp.Literal.number(1)),
-                                                      true=col("k", "r"))])))
+        sel.append(
+            exp.Min(
+                this=exp.Case(
+                    ifs=[
+                        exp.If(
+                            this=exp.EQ(this=d.copy(), expression=exp.Literal.number(1)),
+                            true=col("k", "r"),
+                        )
+                    ]
+                )
+            )
+        )
     row = pair.execute(sql(exp.select(*sel).from_(inner))).fetchone()
     shared, all_agree = int(row[0] or 0), int(row[1] or 0)
     dated = untouched_condition(new_t, since_jd) is not None
     share = AGREE_SHARE_DATED if dated else AGREE_SHARE_UNDATED
     out: dict[str, dict[str, Any]] = {}
     for i, name in enumerate(p.names):
-        checked, raw_dis, first_only, first_any = (row[2 + 4 * i] or 0), (row[3 + 4 * i] or 0), row[4 + 4 * i], row[5 + 4 * i]
+        checked, raw_dis, first_only, first_any = (
+            (row[2 + 4 * i] or 0),
+            (row[3 + 4 * i] or 0),
+            row[4 + 4 * i],
+            row[5 + 4 * i],
+        )
         agreeing, first = all_agree, first_only
         same_name = tm.rule(name).source == "same-name"
         if checked >= (MIN_EVIDENCE_SAME_NAME if same_name else MIN_EVIDENCE):
             verdict = "agrees" if agreeing >= share * checked else "disagrees"
-        elif (shared >= MIN_EVIDENCE and shared - raw_dis < AGREE_SHARE_UNDATED * shared
-              and not same_name):
+        elif (
+            shared >= MIN_EVIDENCE
+            and shared - raw_dis < AGREE_SHARE_UNDATED * shared
+            and not same_name
+        ):
             verdict, checked, agreeing, first = "disagrees", shared, shared - raw_dis, first_any
         else:
             verdict = "unverified"
-        ev: dict[str, Any] = {"rows_checked": int(checked), "rows_agreeing": int(agreeing), "verdict": verdict,
-                              "first_disagreement": None}
+        ev: dict[str, Any] = {
+            "rows_checked": int(checked),
+            "rows_agreeing": int(agreeing),
+            "verdict": verdict,
+            "first_disagreement": None,
+        }
         if first is not None and checked > agreeing:
             ev["first_disagreement"] = _example(pair, s, new_t, name, p.exprs[i], first)
         out[name] = ev
     return out
 
 
-def _example(pair: Connection, s: TableSides, new_t: Table, column: str, expr: exp.Expression,
-             key_value: Any) -> dict[str, Any]:
+def _example(
+    pair: Connection, s: TableSides, new_t: Table, column: str, expr: exp.Expression, key_value: Any
+) -> dict[str, Any]:
     """{key, backup, live}: the backup's value and what the rule gives for the row with that key."""
     key = [key_value] if len(s.key) == 1 else json.loads(key_value)
     conds = [exp.EQ(this=col(k, "o"), expression=exp.Placeholder()) for k in s.key]
     on = and_all(exp.EQ(this=o, expression=n) for o, n in zip(s.old_key, s.new_key, strict=True))
-    q = exp.select(col(column, "o"), expr.copy()).from_(table(s.name, "old", "o")).join(
-        table(new_t.name, "new", "n"), on=on).where(and_all(conds)).limit(1)
+    q = (
+        exp.select(col(column, "o"), expr.copy())
+        .from_(table(s.name, "old", "o"))
+        .join(table(new_t.name, "new", "n"), on=on)
+        .where(and_all(conds))
+        .limit(1)
+    )
     try:
         got = pair.execute(sql(q), key).fetchone()
     except sqlite3.Error:
         got = None
-    backup, live = (got if got else (None, None))
+    backup, live = got if got else (None, None)
     return {"key": key, "backup": _jsonable(backup), "live": _jsonable(live)}
 
 
@@ -273,12 +338,12 @@ def scale_templates(r: float, old_aff: str) -> list[str]:
         return out
     k = round(math.log10(abs(r)))
     sign = "-" if r < 0 else ""
-    if abs(abs(r) - 10.0 ** k) <= 1e-9 * 10.0 ** k and k != 0:
+    if abs(abs(r) - 10.0**k) <= 1e-9 * 10.0**k and k != 0:
         if k > 0:
-            f = f"{sign}{10 ** k}"
+            f = f"{sign}{10**k}"
             out += [f"{_A} * {f}", f"CAST(ROUND({_A} * {f}) AS INTEGER)", f"ROUND({_A} * {f}, 2)"]
         else:
-            f = f"{sign}{10 ** -k}"
+            f = f"{sign}{10**-k}"
             out += [f"{_A} / {f}.0", f"{_A} * {r!r}", f"ROUND({_A} / {f}.0, {-k})"]
     else:
         frac = Fraction(r).limit_denominator(1000)
@@ -287,7 +352,11 @@ def scale_templates(r: float, old_aff: str) -> list[str]:
             if q == 1:
                 out += [f"{_A} * {p}", f"CAST(ROUND({_A} * {p}) AS INTEGER)"]
             else:
-                out += [f"{_A} * {p} / {q}.0", f"{_A} / ({q}.0 / {p})", f"ROUND({_A} * {p} / {q}.0, 2)"]
+                out += [
+                    f"{_A} * {p} / {q}.0",
+                    f"{_A} / ({q}.0 / {p})",
+                    f"ROUND({_A} * {p} / {q}.0, 2)",
+                ]
         out += [f"{_A} * {r!r}"]
     if old_aff == "integer":
         out += [f"CAST(ROUND({t}) AS INTEGER)" for t in list(out) if not t.startswith("CAST")]
@@ -296,11 +365,19 @@ def scale_templates(r: float, old_aff: str) -> list[str]:
 
 def _identity_templates(old_aff: str, new_aff: str) -> list[tuple[str, str]]:
     if _is_num(old_aff) and _is_num(new_aff):
-        return ([(_A, "as is"), (f"CAST({_A} AS INTEGER)", "cast"), (f"CAST({_A} AS REAL)", "cast"),
-                 (f"CAST(ROUND({_A}) AS INTEGER)", "rounding"), (f"ROUND({_A})", "rounding")]
-                + [(f"ROUND({_A}, {d})", "rounding") for d in range(1, 5)])
+        return [
+            (_A, "as is"),
+            (f"CAST({_A} AS INTEGER)", "cast"),
+            (f"CAST({_A} AS REAL)", "cast"),
+            (f"CAST(ROUND({_A}) AS INTEGER)", "rounding"),
+            (f"ROUND({_A})", "rounding"),
+        ] + [(f"ROUND({_A}, {d})", "rounding") for d in range(1, 5)]
     if _is_num(old_aff) and new_aff == "text":
-        return [(f"CAST({_A} AS INTEGER)", "cast"), (f"CAST({_A} AS REAL)", "cast"), (f"CAST({_A} AS NUMERIC)", "cast")]
+        return [
+            (f"CAST({_A} AS INTEGER)", "cast"),
+            (f"CAST({_A} AS REAL)", "cast"),
+            (f"CAST({_A} AS NUMERIC)", "cast"),
+        ]
     if old_aff == "text" and _is_num(new_aff):
         return [(f"CAST({_A} AS TEXT)", "cast")]
     if old_aff == "text" and new_aff == "text":
@@ -328,17 +405,28 @@ class TextFit:
     tail: frozenset[str] = frozenset()
 
 
-def candidates(column: str, old_aff: str, pool: list[tuple[str, str]], ratios: dict[str, float],
-               fit: TextFit | None = None) -> list[Candidate]:
+def candidates(
+    column: str,
+    old_aff: str,
+    pool: list[tuple[str, str]],
+    ratios: dict[str, float],
+    fit: TextFit | None = None,
+) -> list[Candidate]:
     """Every candidate rule for old ``column`` over the live columns ``pool`` ((name, affinity)),
     most plausible first; ``ratios`` holds the measured backup/live ratio per numeric live column,
     ``fit`` (when measured) limits splits and concatenations to the columns that can form them."""
     out: list[Candidate] = []
     for a, aff in pool:
-        out += [Candidate(column, _template(t, a), kind) for t, kind in _identity_templates(old_aff, aff)]
+        out += [
+            Candidate(column, _template(t, a), kind)
+            for t, kind in _identity_templates(old_aff, aff)
+        ]
     for a, aff in pool:
         if a in ratios and _is_num(aff) and _is_num(old_aff):
-            out += [Candidate(column, _template(t, a), "scale") for t in scale_templates(ratios[a], old_aff)]
+            out += [
+                Candidate(column, _template(t, a), "scale")
+                for t in scale_templates(ratios[a], old_aff)
+            ]
     if old_aff in ("text", "blob"):
         texts = [a for a, aff in pool if aff in ("text", "blob")]
         halves = _split_templates()
@@ -350,8 +438,12 @@ def candidates(column: str, old_aff: str, pool: list[tuple[str, str]], ratios: d
         for a in texts:
             for b in texts:
                 if a != b and (fit is None or (a in fit.prefix and b in fit.suffix)):
-                    out += [Candidate(column, _template(f"{_A} || {_lit(sep)} || {_B}", a, b), "concatenation")
-                            for sep in _CONCAT_SEPARATORS]
+                    out += [
+                        Candidate(
+                            column, _template(f"{_A} || {_lit(sep)} || {_B}", a, b), "concatenation"
+                        )
+                        for sep in _CONCAT_SEPARATORS
+                    ]
     return out
 
 
@@ -360,8 +452,9 @@ def _fits(c: str, a: str) -> list[exp.Expression]:
     o, n = col(c, "o"), col(a, "n")
 
     def starts(whole: exp.Expression, part: exp.Expression) -> exp.Expression:
-        cut = exp.Substring(this=whole.copy(), start=exp.Literal.number(1),
-                            length=exp.Length(this=part.copy()))
+        cut = exp.Substring(
+            this=whole.copy(), start=exp.Literal.number(1), length=exp.Length(this=part.copy())
+        )
         return _flag(exp.EQ(this=cut, expression=part.copy()))
 
     def ends(whole: exp.Expression, part: exp.Expression) -> exp.Expression:
@@ -373,49 +466,90 @@ def _fits(c: str, a: str) -> list[exp.Expression]:
 
 def _ratio_expr(c: str, a: str) -> exp.Expression:
     """``o.c * 1.0 / n.a`` where both are numbers and ``n.a`` is not 0, else NULL."""
-    both = and_all([
-        exp.In(this=exp.Anonymous(this="typeof", expressions=[col(c, "o")]), expressions=[exp.Literal.string(t) for t in _NUMERIC]),
-        exp.In(this=exp.Anonymous(this="typeof", expressions=[col(a, "n")]), expressions=[exp.Literal.string(t) for t in _NUMERIC]),
-        exp.NEQ(this=col(a, "n"), expression=exp.Literal.number(0)),
-    ])
-    ratio = exp.Div(this=exp.Mul(this=col(c, "o"), expression=exp.Literal.number("1.0")), expression=col(a, "n"))
+    both = and_all(
+        [
+            exp.In(
+                this=exp.Anonymous(this="typeof", expressions=[col(c, "o")]),
+                expressions=[exp.Literal.string(t) for t in _NUMERIC],
+            ),
+            exp.In(
+                this=exp.Anonymous(this="typeof", expressions=[col(a, "n")]),
+                expressions=[exp.Literal.string(t) for t in _NUMERIC],
+            ),
+            exp.NEQ(this=col(a, "n"), expression=exp.Literal.number(0)),
+        ]
+    )
+    ratio = exp.Div(
+        this=exp.Mul(this=col(c, "o"), expression=exp.Literal.number("1.0")), expression=col(a, "n")
+    )
     return exp.Case(ifs=[exp.If(this=both, true=ratio)])
 
 
-def infer_table(pair: Connection, old_t: Table, new_t: Table, tm: TableMapping,
-                targets: list[str], since_jd: float | None) -> dict[str, tuple[ColumnRule | None, dict[str, Any]]]:
+def infer_table(
+    pair: Connection,
+    old_t: Table,
+    new_t: Table,
+    tm: TableMapping,
+    targets: list[str],
+    since_jd: float | None,
+) -> dict[str, tuple[ColumnRule | None, dict[str, Any]]]:
     """old column -> (inferred rule or None, evidence) for each of ``targets`` (old columns without
     a trusted rule). Two aggregate queries: the measures (rows, distinct values, ratios), then every
     candidate's agreement."""
     target_set = set(targets)
-    trusted = replace(tm, rules=tuple(r for r in tm.rules if r.column not in target_set and not r.disagrees))
+    trusted = replace(
+        tm, rules=tuple(r for r in tm.rules if r.column not in target_set and not r.disagrees)
+    )
     s = sides(old_t, trusted)
     if isinstance(s, str) or s.null_safe_key:
         return {}
     used = trusted.used_new_columns
-    pool_names = [c.name for c in new_t.columns if c.name not in used and c.name not in new_t.primary_key]
+    pool_names = [
+        c.name for c in new_t.columns if c.name not in used and c.name not in new_t.primary_key
+    ]
     out: dict[str, tuple[ColumnRule | None, dict[str, Any]]] = {}
     p = _Paired(s, new_t, tuple(c for c, _, _ in s.compared), tuple(n for _, _, n in s.compared))
     per_target: dict[str, list[tuple[str, str]]] = {}
     for c in targets:
         names = [*pool_names, *([c] if new_t.column(c) is not None and c not in pool_names else [])]
         per_target[c] = [(a, affinity(new_t.column(a).type)) for a in names]  # type: ignore[union-attr]
-    pairs = [(c, a) for c in targets for a, aff in per_target[c]
-             if _is_num(aff) and _is_num(affinity(old_t.column(c).type))][:MAX_RATIO_PAIRS]  # type: ignore[union-attr]
-    base = _inner(p, since_jd, INFER_SAMPLE, old_cols=targets,
-                  extra=[exp.alias_(col(c, "o"), f"o{i}", quoted=True) for i, c in enumerate(targets)]
-                  + [exp.alias_(_ratio_expr(c, a), f"q{j}", quoted=True) for j, (c, a) in enumerate(pairs)]
-                  + [exp.alias_(col(a, "n"), f"n_{a}", quoted=True) for a in dict.fromkeys(
-                      a for c in targets for a, _ in per_target[c])])
-    text_pairs = [(c, a) for c in targets for a, aff in per_target[c] if aff in ("text", "blob")
-                  and affinity(old_t.column(c).type) in ("text", "blob")][:MAX_RATIO_PAIRS]  # type: ignore[union-attr]
+    pairs = [
+        (c, a)
+        for c in targets
+        for a, aff in per_target[c]
+        if _is_num(aff) and _is_num(affinity(old_t.has(c).type))
+    ][:MAX_RATIO_PAIRS]
+    base = _inner(
+        p,
+        since_jd,
+        INFER_SAMPLE,
+        old_cols=targets,
+        extra=[exp.alias_(col(c, "o"), f"o{i}", quoted=True) for i, c in enumerate(targets)]
+        + [exp.alias_(_ratio_expr(c, a), f"q{j}", quoted=True) for j, (c, a) in enumerate(pairs)]
+        + [
+            exp.alias_(col(a, "n"), f"n_{a}", quoted=True)
+            for a in dict.fromkeys(a for c in targets for a, _ in per_target[c])
+        ],
+    )
+    text_pairs = [
+        (c, a)
+        for c in targets
+        for a, aff in per_target[c]
+        if aff in ("text", "blob") and affinity(old_t.has(c).type) in ("text", "blob")
+    ][:MAX_RATIO_PAIRS]
     for j, (c, a) in enumerate(text_pairs):
-        base = base.select(*[exp.alias_(f, f"f{j}_{m}", quoted=True) for m, f in enumerate(_fits(c, a))], copy=False)
+        base = base.select(
+            *[exp.alias_(f, f"f{j}_{m}", quoted=True) for m, f in enumerate(_fits(c, a))],
+            copy=False,
+        )
     rows = base.subquery(exp.TableAlias(this=exp.to_identifier("r", quoted=True)))
     unchanged = exp.EQ(this=col("nd", "r"), expression=exp.Literal.number(0))
     sel: list[exp.Expression] = [exp.Count(this=exp.Star())]
     for i, _c in enumerate(targets):
-        sel += [exp.Count(this=col(f"o{i}", "r")), exp.Count(this=exp.Distinct(expressions=[col(f"o{i}", "r")]))]
+        sel += [
+            exp.Count(this=col(f"o{i}", "r")),
+            exp.Count(this=exp.Distinct(expressions=[col(f"o{i}", "r")])),
+        ]
     for j in range(len(pairs)):
         sel += [exp.Min(this=col(f"q{j}", "r")), exp.Max(this=col(f"q{j}", "r"))]
     for j in range(len(text_pairs)):
@@ -436,15 +570,25 @@ def infer_table(pair: Connection, old_t: Table, new_t: Table, tm: TableMapping,
     cands: list[Candidate] = []
     for i, c in enumerate(targets):
         nonnull, distinct = int(row[1 + 2 * i] or 0), int(row[2 + 2 * i] or 0)
-        ev = {"rows_checked": total, "rows_agreeing": 0, "verdict": "not inferred", "first_disagreement": None}
+        ev = {
+            "rows_checked": total,
+            "rows_agreeing": 0,
+            "verdict": "not inferred",
+            "first_disagreement": None,
+        }
         if total < MIN_INFER:
             ev["reason"] = f"only {total} unchanged row(s), {MIN_INFER} needed"
         elif nonnull < MIN_INFER_VALUES or distinct < 2:
             ev["reason"] = "the backup's values are too few or all equal to prove a rule"
         else:
             fs = fit_sets[c]
-            mine = candidates(c, affinity(old_t.column(c).type), per_target[c], ratios[c],  # type: ignore[union-attr]
-                              TextFit(frozenset(fs[0]), frozenset(fs[1]), frozenset(fs[2]), frozenset(fs[3])))
+            mine = candidates(
+                c,
+                affinity(old_t.has(c).type),
+                per_target[c],
+                ratios[c],
+                TextFit(frozenset(fs[0]), frozenset(fs[1]), frozenset(fs[2]), frozenset(fs[3])),
+            )
             cands += mine
             ev["reason"] = f"no candidate rule ({len(mine)} tried) agrees on every unchanged row"
         out[c] = (None, ev)
@@ -455,7 +599,7 @@ def infer_table(pair: Connection, old_t: Table, new_t: Table, tm: TableMapping,
     idx = {c: i for i, c in enumerate(targets)}
     sub = base.subquery(exp.TableAlias(this=exp.to_identifier("r", quoted=True)))
     for start in range(0, min(len(cands), MAX_CANDIDATES), CANDIDATES_PER_QUERY):
-        batch = [c for c in cands[start:start + CANDIDATES_PER_QUERY] if out[c.column][0] is None]
+        batch = [c for c in cands[start : start + CANDIDATES_PER_QUERY] if out[c.column][0] is None]
         if not batch:
             continue
         sel2: list[exp.Expression] = [exp.Count(this=exp.Star())]
@@ -463,17 +607,31 @@ def infer_table(pair: Connection, old_t: Table, new_t: Table, tm: TableMapping,
             rebased = qualify_columns(cand.expression, "r")
             for node in rebased.find_all(exp.Column):
                 node.set("this", exp.to_identifier(f"n_{node.name}", quoted=True))
-            sel2.append(_sum_when(exp.NullSafeEQ(this=col(f"o{idx[cand.column]}", "r"), expression=rebased)))
+            sel2.append(
+                _sum_when(exp.NullSafeEQ(this=col(f"o{idx[cand.column]}", "r"), expression=rebased))
+            )
         try:
-            row2 = pair.execute(sql(exp.select(*sel2).from_(sub.copy()).where(unchanged.copy()))).fetchone()
+            row2 = pair.execute(
+                sql(exp.select(*sel2).from_(sub.copy()).where(unchanged.copy()))
+            ).fetchone()
         except sqlite3.Error:  # a candidate SQLite cannot evaluate: no rule from this batch
             continue
         for k, cand in enumerate(batch):
             if out[cand.column][0] is None and int(row2[1 + k] or 0) == total:
-                ev = {"rows_checked": total, "rows_agreeing": total, "verdict": "agrees", "first_disagreement": None,
-                      "inferred_as": cand.kind}
-                rule = ColumnRule(cand.column, cand.expression, "inferred",
-                                  f"{cand.kind}: all {total} unchanged rows agree", ev)
+                ev = {
+                    "rows_checked": total,
+                    "rows_agreeing": total,
+                    "verdict": "agrees",
+                    "first_disagreement": None,
+                    "inferred_as": cand.kind,
+                }
+                rule = ColumnRule(
+                    cand.column,
+                    cand.expression,
+                    "inferred",
+                    f"{cand.kind}: all {total} unchanged rows agree",
+                    ev,
+                )
                 out[cand.column] = (rule, ev)
     return out
 
@@ -483,8 +641,8 @@ def _snap(r: float) -> float:
     if r == 0 or not math.isfinite(r):
         return r
     k = round(math.log10(abs(r)))
-    if math.isclose(abs(r), 10.0 ** k, rel_tol=1e-9):
-        return math.copysign(10.0 ** k, r)
+    if math.isclose(abs(r), 10.0**k, rel_tol=1e-9):
+        return math.copysign(10.0**k, r)
     frac = Fraction(r).limit_denominator(1000)
     if math.isclose(float(frac), r, rel_tol=1e-9):
         return float(frac)
@@ -495,8 +653,15 @@ def _snap(r: float) -> float:
 # the whole mapping
 
 
-def verify(pair: Connection, old: Schema, new: Schema, cmap: ColumnMapping, since_jd: float | None,
-           trust: bool = False, infer: bool = True) -> ColumnMapping:
+def verify(
+    pair: Connection,
+    old: Schema,
+    new: Schema,
+    cmap: ColumnMapping,
+    since_jd: float | None,
+    trust: bool = False,
+    infer: bool = True,
+) -> ColumnMapping:
     """The mapping with every rule's evidence and the inferred rules; raises (exit 2) on the first
     rule the data contradict unless ``trust`` (then kept, marked ``trusted``)."""
     tables: dict[str, TableMapping] = {}
@@ -506,10 +671,16 @@ def verify(pair: Connection, old: Schema, new: Schema, cmap: ColumnMapping, sinc
             tables[name] = tm
             continue
         checks = check_table(pair, old_t, new_t, tm, since_jd)
-        rules = tuple(replace(r, check=checks[r.column]) if r.column in checks else r for r in tm.rules)
+        rules = tuple(
+            replace(r, check=checks[r.column]) if r.column in checks else r for r in tm.rules
+        )
         tm = replace(tm, rules=rules)
-        targets = [r.column for r in rules if r.column not in old_t.key
-                   and (r.source == "none" or (r.source == "same-name" and r.disagrees))]
+        targets = [
+            r.column
+            for r in rules
+            if r.column not in old_t.key
+            and (r.source == "none" or (r.source == "same-name" and r.disagrees))
+        ]
         if infer and targets:
             found = infer_table(pair, old_t, new_t, tm, targets, since_jd)
             new_rules = []
@@ -528,12 +699,21 @@ def verify(pair: Connection, old: Schema, new: Schema, cmap: ColumnMapping, sinc
     if bad and not trust:
         tname, rule = bad[0]
         more = f" (and {len(bad) - 1} more rule(s))" if len(bad) > 1 else ""
-        raise RecoveryError(refusal_line(tname, rule) + more,
-                            "fix the rule (mapping file / migrations), or pass --trust-mapping if it is right")
+        raise RecoveryError(
+            refusal_line(tname, rule) + more,
+            "fix the rule (mapping file / migrations), or pass --trust-mapping if it is right",
+        )
     if bad:
-        marked = {name: replace(tm, rules=tuple(replace(r, check={**(r.check or {}), "trusted": True})
-                                                if r.disagrees else r for r in tm.rules))
-                  for name, tm in out.tables.items()}
+        marked = {
+            name: replace(
+                tm,
+                rules=tuple(
+                    replace(r, check={**(r.check or {}), "trusted": True}) if r.disagrees else r
+                    for r in tm.rules
+                ),
+            )
+            for name, tm in out.tables.items()
+        }
         out = ColumnMapping(marked)
     return out
 
@@ -545,5 +725,7 @@ def refusal_line(tname: str, rule: ColumnRule) -> str:
     eg = ""
     if first:
         eg = f"; e.g. key {json.dumps(first['key'], default=str)}: backup {first['backup']!r}, rule gives {first['live']!r}"
-    return (f"{tname}.{rule.column} = {rule.sql} ({rule.source}) disagrees with the backup: "
-            f"{ev.get('rows_agreeing', 0)} of {ev.get('rows_checked', 0)} unchanged rows agree{eg}")
+    return (
+        f"{tname}.{rule.column} = {rule.sql} ({rule.source}) disagrees with the backup: "
+        f"{ev.get('rows_agreeing', 0)} of {ev.get('rows_checked', 0)} unchanged rows agree{eg}"
+    )

@@ -10,6 +10,7 @@ READ transaction. The comparison statements are the very sqlglot trees the SQLit
 changed keys and cells, come back to Python. Neither database is written; both scratch
 databases are dropped at the end.
 """
+
 from __future__ import annotations
 
 import os
@@ -27,7 +28,13 @@ from recovery.compare.diff import DiffResult
 from recovery.compare.evidence import verify
 from recovery.compare.schemadiff import compare
 from recovery.compare.timestamps import parse_since
-from recovery.engine.postgres import PgPair, PostgresEngine, backup_database, is_postgres_url, pair_workspace
+from recovery.engine.postgres import (
+    PgPair,
+    PostgresEngine,
+    backup_database,
+    is_postgres_url,
+    pair_workspace,
+)
 from recovery.engine.schema import BOOKKEEPING_TABLES, Column, ForeignKey, Schema, Table
 from recovery.engine.sqlbuild import rendering_for
 from recovery.errors import RecoveryError
@@ -47,31 +54,74 @@ def reflect_pg(db: PostgresEngine, schema: str = "public") -> Schema:
             insp = sa.inspect(conn)
             tables: dict[str, Table] = {}
             for name in sorted(insp.get_table_names(schema=schema)):
-                cols = tuple(Column(c["name"], str(c["type"]) if c["type"] is not None else "", bool(c["nullable"]),
-                                    None if c.get("default") is None else str(c["default"]))
-                             for c in insp.get_columns(name, schema=schema))
-                pk = tuple(insp.get_pk_constraint(name, schema=schema).get("constrained_columns") or ())
-                fks = tuple(ForeignKey(tuple(f["constrained_columns"]), f["referred_table"],
-                                       tuple(f["referred_columns"] or pk), (f.get("options") or {}).get("ondelete"))
-                            for f in insp.get_foreign_keys(name, schema=schema))
-                uniques = [tuple(u["column_names"]) for u in insp.get_unique_constraints(name, schema=schema)]
-                uniques += [tuple(c for c in i["column_names"] if c is not None) for i in insp.get_indexes(name, schema=schema) if i.get("unique")]
+                cols = tuple(
+                    Column(
+                        c["name"],
+                        str(c["type"]) if c["type"] is not None else "",
+                        bool(c["nullable"]),
+                        None if c.get("default") is None else str(c["default"]),
+                    )
+                    for c in insp.get_columns(name, schema=schema)
+                )
+                pk = tuple(
+                    insp.get_pk_constraint(name, schema=schema).get("constrained_columns") or ()
+                )
+                fks = tuple(
+                    ForeignKey(
+                        tuple(f["constrained_columns"]),
+                        f["referred_table"],
+                        tuple(f["referred_columns"] or pk),
+                        (f.get("options") or {}).get("ondelete"),
+                    )
+                    for f in insp.get_foreign_keys(name, schema=schema)
+                )
+                uniques = [
+                    tuple(u["column_names"])
+                    for u in insp.get_unique_constraints(name, schema=schema)
+                ]
+                uniques += [
+                    tuple(c for c in i["column_names"] if c is not None)
+                    for i in insp.get_indexes(name, schema=schema)
+                    if i.get("unique")
+                ]
                 tables[name] = Table(name, cols, pk, fks, tuple(sorted(set(uniques))))
-            views = {v: str(insp.get_view_definition(v, schema=schema) or "")
-                     for v in insp.get_view_names(schema=schema)}
-            triggers = {str(n): str(d) for n, d in conn.execute(sa.text(
-                "SELECT t.tgname, pg_catalog.pg_get_triggerdef(t.oid) FROM pg_catalog.pg_trigger AS t "
-                "JOIN pg_catalog.pg_class AS c ON c.oid = t.tgrelid JOIN pg_catalog.pg_namespace AS n "
-                "ON n.oid = c.relnamespace WHERE NOT t.tgisinternal AND n.nspname = :s"), {"s": schema})}
-            indexes = {str(n): str(d) for n, d in conn.execute(sa.text(
-                "SELECT i.indexname, i.indexdef FROM pg_catalog.pg_indexes AS i WHERE i.schemaname = :s "
-                "AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint AS k "
-                "WHERE k.conindid = (quote_ident(i.schemaname) || '.' || quote_ident(i.indexname))::regclass)"),
-                {"s": schema})}
+            views = {
+                v: str(insp.get_view_definition(v, schema=schema) or "")
+                for v in insp.get_view_names(schema=schema)
+            }
+            triggers = {
+                str(n): str(d)
+                for n, d in conn.execute(
+                    sa.text(
+                        "SELECT t.tgname, pg_catalog.pg_get_triggerdef(t.oid) FROM pg_catalog.pg_trigger AS t "
+                        "JOIN pg_catalog.pg_class AS c ON c.oid = t.tgrelid JOIN pg_catalog.pg_namespace AS n "
+                        "ON n.oid = c.relnamespace WHERE NOT t.tgisinternal AND n.nspname = :s"
+                    ),
+                    {"s": schema},
+                )
+            }
+            indexes = {
+                str(n): str(d)
+                for n, d in conn.execute(
+                    sa.text(
+                        "SELECT i.indexname, i.indexdef FROM pg_catalog.pg_indexes AS i WHERE i.schemaname = :s "
+                        "AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint AS k "
+                        "WHERE k.conindid = (quote_ident(i.schemaname) || '.' || quote_ident(i.indexname))::regclass)"
+                    ),
+                    {"s": schema},
+                )
+            }
             revision = None
             if "alembic_version" in tables:
-                rows: list[Any] = list(conn.execute(sa.select(sa.column("version_num")).select_from(
-                    sa.table("alembic_version", schema=schema))).scalars().all())
+                rows: list[Any] = list(
+                    conn.execute(
+                        sa.select(sa.column("version_num")).select_from(
+                            sa.table("alembic_version", schema=schema)
+                        )
+                    )
+                    .scalars()
+                    .all()
+                )
                 revision = ",".join(sorted(str(r) for r in rows)) or None
     finally:
         engine.dispose()
@@ -89,10 +139,16 @@ def structural_pg(old: PostgresEngine, new: PostgresEngine) -> list[Any]:
             if name in BOOKKEEPING_TABLES:
                 target.remove(target.tables[name])
         with old_engine.connect() as conn:
-            ctx = MigrationContext.configure(conn, opts={
-                "compare_type": True, "compare_server_default": True,
-                "include_name": lambda name, type_, parent: not (type_ == "table" and name in BOOKKEEPING_TABLES),
-            })
+            ctx = MigrationContext.configure(
+                conn,
+                opts={
+                    "compare_type": True,
+                    "compare_server_default": True,
+                    "include_name": lambda name, type_, parent: (
+                        not (type_ == "table" and name in BOOKKEEPING_TABLES)
+                    ),
+                },
+            )
             return list(compare_metadata(ctx, target))
     finally:
         new_engine.dispose()
@@ -100,8 +156,12 @@ def structural_pg(old: PostgresEngine, new: PostgresEngine) -> list[Any]:
 
 
 def diff_postgres(
-    backup: str | os.PathLike[str], live: str, since: str | None = None, tables: list[str] | None = None,
-    rows: bool = False, trust_mapping: bool = False,
+    backup: str | os.PathLike[str],
+    live: str,
+    since: str | None = None,
+    tables: list[str] | None = None,
+    rows: bool = False,
+    trust_mapping: bool = False,
 ) -> DiffResult:
     """Compare ``backup`` (a pg_dump file or a database URL) with the live database ``live``."""
     live_db = PostgresEngine(live)
@@ -117,15 +177,21 @@ def diff_postgres(
         shared = set(old.data_tables) & set(new.data_tables)
         unknown = [t for t in tables or [] if t not in old.tables and t not in new.tables]
         if unknown:
-            raise RecoveryError(f"--table {unknown[0]} is in neither database", "check the table name")
+            raise RecoveryError(
+                f"--table {unknown[0]} is in neither database", "check the table name"
+            )
         ops = structural_pg(old_db, live_db)
         with pair_workspace(old_db, live_db) as conn, rendering_for("postgres"):
             pair: Any = PgPair(conn)
             sdiff = compare(pair, None, None, old, new, user, since_jd, ops=ops)  # type: ignore[arg-type]
             if not shared and not sdiff.table_renames:
-                raise RecoveryError(f"{backup_text} and {live_db.spec} have no table in common",
-                                    "is the backup of the same application?")
-            cmap = resolve(old, new, user, None, sdiff.renames_by_table(), sdiff.table_renames_by_old())
+                raise RecoveryError(
+                    f"{backup_text} and {live_db.spec} have no table in common",
+                    "is the backup of the same application?",
+                )
+            cmap = resolve(
+                old, new, user, None, sdiff.renames_by_table(), sdiff.table_renames_by_old()
+            )
             cmap = verify(pair, old, new, cmap, since_jd, trust_mapping)
             changes = diff_rows(pair, old, new, cmap, tables, since_jd, rows, since_norm)
     label = backup_text if not is_postgres_url(backup_text) else PostgresEngine(backup_text).spec

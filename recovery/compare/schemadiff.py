@@ -6,6 +6,7 @@ as the upgrade that happened. Rename detection is our one extra comparator: a re
 column of the same table whose values agree on the rows both databases share, and likewise a
 removed and an added table whose rows are found by key and agree in most columns.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -70,13 +71,21 @@ class TableRename:
 
     @property
     def evidence(self) -> str:
-        return (f"{self.rows_matched} of {self.rows_compared} backup rows found by key; "
-                f"{len(self.columns_agreeing)} of {len(self.columns_compared)} columns agree")
+        return (
+            f"{self.rows_matched} of {self.rows_compared} backup rows found by key; "
+            f"{len(self.columns_agreeing)} of {len(self.columns_compared)} columns agree"
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"old": self.old, "new": self.new, "rows_compared": self.rows_compared,
-                "rows_matched": self.rows_matched, "columns_agreeing": list(self.columns_agreeing),
-                "columns_compared": list(self.columns_compared), "evidence": self.evidence}
+        return {
+            "old": self.old,
+            "new": self.new,
+            "rows_compared": self.rows_compared,
+            "rows_matched": self.rows_matched,
+            "columns_agreeing": list(self.columns_agreeing),
+            "columns_compared": list(self.columns_compared),
+            "evidence": self.evidence,
+        }
 
 
 @dataclass(frozen=True)
@@ -97,8 +106,13 @@ class SchemaDiff:
     @property
     def is_empty(self) -> bool:
         return not (
-            self.tables_added or self.tables_removed or self.columns_added or self.columns_removed
-            or self.columns_changed or any(self.views.values()) or any(self.triggers.values())
+            self.tables_added
+            or self.tables_removed
+            or self.columns_added
+            or self.columns_removed
+            or self.columns_changed
+            or any(self.views.values())
+            or any(self.triggers.values())
             or any(self.indexes.values())
         )
 
@@ -121,8 +135,15 @@ class SchemaDiff:
             "columns_removed": {t: list(c) for t, c in sorted(self.columns_removed.items())},
             "columns_changed": [vars(c) for c in self.columns_changed],
             "renames": [
-                {"table": r.table, "old": r.old, "new": r.new, "source": r.source, "share": r.share,
-                 "rows_compared": r.rows_compared, "evidence": r.evidence}
+                {
+                    "table": r.table,
+                    "old": r.old,
+                    "new": r.new,
+                    "source": r.source,
+                    "share": r.share,
+                    "rows_compared": r.rows_compared,
+                    "evidence": r.evidence,
+                }
                 for r in self.renames
             ],
             "views": {k: list(v) for k, v in self.views.items()},
@@ -155,15 +176,22 @@ def structural(old_conn: Connection, new_conn: Connection) -> list[Any]:
             opts={
                 "compare_type": True,
                 "compare_server_default": True,
-                "include_name": lambda name, type_, parent: not (type_ == "table" and name in BOOKKEEPING_TABLES),
+                "include_name": lambda name, type_, parent: (
+                    not (type_ == "table" and name in BOOKKEEPING_TABLES)
+                ),
             },
         )
         return list(compare_metadata(ctx, target))
 
 
 def detect_renames(
-    pair: Connection, old: Schema, new: Schema, removed: dict[str, tuple[str, ...]],
-    added: dict[str, tuple[str, ...]], user: UserMapping, threshold: float = RENAME_THRESHOLD,
+    pair: Connection,
+    old: Schema,
+    new: Schema,
+    removed: dict[str, tuple[str, ...]],
+    added: dict[str, tuple[str, ...]],
+    user: UserMapping,
+    threshold: float = RENAME_THRESHOLD,
     since_jd: float | None = None,
 ) -> list[Rename]:
     """Pair removed with added columns whose values agree on the shared rows (one pass per table).
@@ -192,7 +220,11 @@ def detect_renames(
             selects.append(exp.Sum(this=exp.Cast(this=same, to=exp.DataType.build("INT"))))
             selects.append(exp.Sum(this=exp.Cast(this=nonnull, to=exp.DataType.build("INT"))))
         # only the key and the candidate columns: SQLite materialises this sample before the join
-        sample = exp.select(*[col(c) for c in dict.fromkeys([*key, *rem])]).from_(table(tname, "old")).limit(RENAME_SAMPLE)
+        sample = (
+            exp.select(*[col(c) for c in dict.fromkeys([*key, *rem])])
+            .from_(table(tname, "old"))
+            .limit(RENAME_SAMPLE)
+        )
         query = (
             exp.select(*selects)
             .from_(sample.subquery(exp.TableAlias(this=exp.to_identifier("o", quoted=True))))
@@ -218,12 +250,23 @@ def detect_renames(
             if r in used or a in used:
                 continue
             used |= {r, a}
-            found.append(Rename(tname, r, a, "rename-detected", round(share, 6), total, untouched is not None))
+            found.append(
+                Rename(
+                    tname, r, a, "rename-detected", round(share, 6), total, untouched is not None
+                )
+            )
     return found
 
 
-def detect_table_renames(pair: Connection, old: Schema, new: Schema, removed: list[str], added: list[str],
-                         user: UserMapping, threshold: float = RENAME_THRESHOLD) -> list[TableRename]:
+def detect_table_renames(
+    pair: Connection,
+    old: Schema,
+    new: Schema,
+    removed: list[str],
+    added: list[str],
+    user: UserMapping,
+    threshold: float = RENAME_THRESHOLD,
+) -> list[TableRename]:
     """Pair removed with added tables as columns are paired: same primary key columns, at least
     ``threshold`` of the backup's rows (first :data:`RENAME_SAMPLE`) found by key in the added
     table, and at least half of the other shared-name columns agreeing on ``threshold`` of those
@@ -242,24 +285,40 @@ def detect_table_renames(pair: Connection, old: Schema, new: Schema, removed: li
             shared = [c for c in old_t.column_names if c not in key and new_t.column(c) is not None]
             if not shared:
                 continue
-            sample = exp.select(*[col(c) for c in [*key, *shared]]).from_(table(o, "old")).limit(RENAME_SAMPLE)
+            sample = (
+                exp.select(*[col(c) for c in [*key, *shared]])
+                .from_(table(o, "old"))
+                .limit(RENAME_SAMPLE)
+            )
             src = sample.subquery(exp.TableAlias(this=exp.to_identifier("o", quoted=True)))
             found = exp.Not(this=exp.Is(this=col(key[0], "n"), expression=exp.Null()))
-            sel: list[exp.Expression] = [exp.Count(this=exp.Star()),
-                                         exp.Sum(this=exp.Cast(this=found, to=exp.DataType.build("INT")))]
+            sel: list[exp.Expression] = [
+                exp.Count(this=exp.Star()),
+                exp.Sum(this=exp.Cast(this=found, to=exp.DataType.build("INT"))),
+            ]
             for c in shared:
                 same = and_all([found.copy(), is_same(col(c, "o"), col(c, "n"))])
                 sel.append(exp.Sum(this=exp.Cast(this=same, to=exp.DataType.build("INT"))))
-            q = exp.select(*sel).from_(src).join(table(a, "new", "n"), on=key_join(key, "o", "n"), join_type="left")
+            q = (
+                exp.select(*sel)
+                .from_(src)
+                .join(table(a, "new", "n"), on=key_join(key, "o", "n"), join_type="left")
+            )
             row = pair.execute(sql(q)).fetchone()
             total, matched = int(row[0] or 0), int(row[1] or 0)
             if not total or matched < threshold * total:
                 continue
-            agreeing = tuple(c for i, c in enumerate(shared) if (row[2 + i] or 0) >= threshold * matched)
+            agreeing = tuple(
+                c for i, c in enumerate(shared) if (row[2 + i] or 0) >= threshold * matched
+            )
             if not agreeing or len(agreeing) * 2 < len(shared):
                 continue
-            scored.append((matched / total + len(agreeing) / len(shared),
-                           TableRename(o, a, total, matched, agreeing, tuple(shared))))
+            scored.append(
+                (
+                    matched / total + len(agreeing) / len(shared),
+                    TableRename(o, a, total, matched, agreeing, tuple(shared)),
+                )
+            )
     out: list[TableRename] = []
     used: set[str] = set()
     for _, r in sorted(scored, key=lambda x: (-x[0], x[1].old, x[1].new)):
@@ -271,8 +330,14 @@ def detect_table_renames(pair: Connection, old: Schema, new: Schema, removed: li
 
 
 def compare(
-    pair: Connection, old_conn: Connection, new_conn: Connection,
-    old: Schema, new: Schema, user: UserMapping, since_jd: float | None = None, ops: list[Any] | None = None,
+    pair: Connection,
+    old_conn: Connection,
+    new_conn: Connection,
+    old: Schema,
+    new: Schema,
+    user: UserMapping,
+    since_jd: float | None = None,
+    ops: list[Any] | None = None,
 ) -> SchemaDiff:
     """The full schema diff old → new: alembic's structural diff (``ops`` when the caller computed
     it, e.g. on PostgreSQL), renames, views/triggers/indexes."""
@@ -296,10 +361,16 @@ def compare(
                 cols_removed.setdefault(item[2], []).append(item[3].name)
             elif kind in ("modify_type", "modify_nullable", "modify_default"):
                 _, _, tname, cname, _info, before, after = item
-                changes.append(ColumnChange(tname, cname, kind.removeprefix("modify_"), _text(before), _text(after)))
+                changes.append(
+                    ColumnChange(
+                        tname, cname, kind.removeprefix("modify_"), _text(before), _text(after)
+                    )
+                )
     cols_added_t = {t: tuple(sorted(c)) for t, c in cols_added.items()}
     cols_removed_t = {t: tuple(sorted(c)) for t, c in cols_removed.items()}
-    table_renames = detect_table_renames(pair, old, new, sorted(removed_tables), sorted(added_tables), user)
+    table_renames = detect_table_renames(
+        pair, old, new, sorted(removed_tables), sorted(added_tables), user
+    )
     renames = detect_renames(pair, old, new, cols_removed_t, cols_added_t, user, since_jd=since_jd)
     for tname, tm in user.tables.items():
         for cname, expr in tm.columns.items():

@@ -4,6 +4,7 @@ Values may be ISO-8601 text (with or without ``T``, fractional seconds or a zone
 (seconds or milliseconds). Comparison happens inside SQLite on Julian day numbers; naive values
 are taken as they are stored, zoned ones are converted to UTC (as SQLite's ``julianday`` does).
 """
+
 from __future__ import annotations
 
 import re
@@ -14,8 +15,24 @@ from sqlglot import exp
 from recovery.errors import RecoveryError
 from recovery.engine.schema import Table
 
-CREATED_NAMES = ("created_at", "created", "created_on", "inserted_at", "date_created", "creation_time", "uploaded_at")
-UPDATED_NAMES = ("updated_at", "modified_at", "updated", "modified", "updated_on", "last_modified", "changed_at")
+CREATED_NAMES = (
+    "created_at",
+    "created",
+    "created_on",
+    "inserted_at",
+    "date_created",
+    "creation_time",
+    "uploaded_at",
+)
+UPDATED_NAMES = (
+    "updated_at",
+    "modified_at",
+    "updated",
+    "modified",
+    "updated_on",
+    "last_modified",
+    "changed_at",
+)
 _TIME_TYPES = ("DATE", "TIME", "TEXT", "CHAR", "INT", "REAL", "NUMERIC", "FLOAT", "DOUBLE", "")
 
 _UNIX_EPOCH_JD = 2440587.5
@@ -85,10 +102,17 @@ def julian(value: exp.Expression) -> exp.Expression:
     if current_dialect() == "postgres":
         return exp.Anonymous(this="julianday", expressions=[value.copy()])
     typeof = exp.Anonymous(this="typeof", expressions=[value.copy()])
-    is_number = exp.In(this=typeof, expressions=[exp.Literal.string("integer"), exp.Literal.string("real")])
+    is_number = exp.In(
+        this=typeof, expressions=[exp.Literal.string("integer"), exp.Literal.string("real")]
+    )
     is_millis = exp.GT(this=value.copy(), expression=exp.Literal.number(100000000000))
     seconds = exp.Case(
-        ifs=[exp.If(this=is_millis, true=exp.Div(this=value.copy(), expression=exp.Literal.number("1000.0")))],
+        ifs=[
+            exp.If(
+                this=is_millis,
+                true=exp.Div(this=value.copy(), expression=exp.Literal.number("1000.0")),
+            )
+        ],
         default=value.copy(),
     )
     epoch = exp.Anonymous(this="julianday", expressions=[seconds, exp.Literal.string("unixepoch")])

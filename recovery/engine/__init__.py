@@ -5,6 +5,7 @@ a filesystem path → :class:`~recovery.engine.sqlite.SQLiteEngine`; a ``postgre
 ``postgresql+psycopg://…`` URL → the PostgreSQL engine (``recovery.engine.postgres``), refused
 with one clear line while that engine is not built.
 """
+
 from __future__ import annotations
 
 import os
@@ -31,14 +32,20 @@ def open_engine(spec: str | os.PathLike[str] | Engine) -> Engine:
             from recovery.engine.postgres import PostgresEngine
         except ModuleNotFoundError as exc:
             if exc.name != "recovery.engine.postgres":
-                raise RecoveryError(f"PostgreSQL support needs {exc.name}, which is not installed",
-                                    "install recovery with its PostgreSQL extra (psycopg 3)") from None
-            raise RecoveryError("PostgreSQL support is not built yet", "pass a SQLite database file") from None
+                raise RecoveryError(
+                    f"PostgreSQL support needs {exc.name}, which is not installed",
+                    "install recovery with its PostgreSQL extra (psycopg 3)",
+                ) from None
+            raise RecoveryError(
+                "PostgreSQL support is not built yet", "pass a SQLite database file"
+            ) from None
         return PostgresEngine(text)
     if "://" in text and text.split("://", 1)[0].replace("+", "").isalnum():
         scheme = text.split("://", 1)[0]
-        raise RecoveryError(f"{scheme}:// databases are not supported",
-                            "pass a SQLite file path or a postgresql:// URL")
+        raise RecoveryError(
+            f"{scheme}:// databases are not supported",
+            "pass a SQLite file path or a postgresql:// URL",
+        )
     from recovery.engine.sqlite import SQLiteEngine
 
     return SQLiteEngine(text)

@@ -31,6 +31,7 @@ Contract every implementation keeps (the tests prove it for SQLite; the PostgreS
 Connections are DB-API 2 connections (:class:`Connection`) in autocommit mode: transactions are
 explicit (:meth:`Engine.write_transaction`). SQLite connections are :class:`sqlite3.Connection`.
 """
+
 from __future__ import annotations
 
 import abc
@@ -82,8 +83,13 @@ class Holder:
 
     def describe(self) -> str:
         """One phrase naming the holder and what it holds."""
-        who = (f"pid {self.pid}" if self.pid > 0 else "an open-file-description lock (owner not told)"
-               if self.pid < 0 else "a process in another pid namespace (pid not visible)")
+        who = (
+            f"pid {self.pid}"
+            if self.pid > 0
+            else "an open-file-description lock (owner not told)"
+            if self.pid < 0
+            else "a process in another pid namespace (pid not visible)"
+        )
         cmd = f" ({self.command})" if self.command else ""
         return f"{who}{cmd} holds {', '.join(self.files)}"
 
@@ -155,7 +161,9 @@ class Engine(abc.ABC):
         :meth:`write_transaction`). ``timeout``: how long one statement waits for a lock."""
 
     @abc.abstractmethod
-    def write_transaction(self, conn: Connection, busy_timeout: float = 10.0) -> AbstractContextManager[Connection]:
+    def write_transaction(
+        self, conn: Connection, busy_timeout: float = 10.0
+    ) -> AbstractContextManager[Connection]:
         """Open the one write transaction on ``conn``, waiting at most ``busy_timeout`` seconds for
         other writers (then RecoveryError exit 2, nothing changed); commit when the block ends,
         roll back and re-raise on any exception. A block that has already ended the transaction
@@ -195,8 +203,10 @@ class Engine(abc.ABC):
 
     def describe_holders(self, holders: list[Holder]) -> str:
         """One line naming each holder."""
-        return (f"{self.spec} is in use (open or locked) by {len(holders)} other process(es): "
-                + "; ".join(h.describe() for h in holders))
+        return (
+            f"{self.spec} is in use (open or locked) by {len(holders)} other process(es): "
+            + "; ".join(h.describe() for h in holders)
+        )
 
     @abc.abstractmethod
     def write_lock_held(self) -> bool:
@@ -214,8 +224,9 @@ class Engine(abc.ABC):
     # ---- restore -----------------------------------------------------------------------------
 
     @abc.abstractmethod
-    def stage_restore(self, backup: Path, prepare: Callable[[Path], None] | None = None,
-                      purpose: str = "restore") -> Staged:
+    def stage_restore(
+        self, backup: Path, prepare: Callable[[Path], None] | None = None, purpose: str = "restore"
+    ) -> Staged:
         """Prepare a consistent copy of ``backup`` (a file of this engine's :meth:`snapshot`
         format, or a database file) beside this database, after ``prepare(copy)`` (e.g. an Alembic
         downgrade), in this database's journal mode and with its owner, group, mode and extended
@@ -241,7 +252,9 @@ class Engine(abc.ABC):
         PostgreSQL the sequences/identity columns owned by each table)."""
 
     @abc.abstractmethod
-    def raise_sequences(self, conn: Connection, live: dict[str, int], before: dict[str, int]) -> list[dict[str, Any]]:
+    def raise_sequences(
+        self, conn: Connection, live: dict[str, int], before: dict[str, int]
+    ) -> list[dict[str, Any]]:
         """Inside the caller's transaction: raise each table's key counter to max(its value,
         ``before`` (the target's before the re-import wrote), ``live`` (the live DB's at extract
         time), the largest id now in the table); one entry per such table:
@@ -265,7 +278,7 @@ def normalise_spec(spec: str) -> str:
     """``spec`` with a URL's ``scheme://`` restored where a ``Path`` collapsed it to ``scheme:/``
     (``Path("postgresql://h/db")`` is ``postgresql:/h/db``), so a URL survives being passed as a path."""
     m = _PG_SCHEME.match(spec)
-    return f"{m.group(1)}://{spec[m.end():]}" if m else spec
+    return f"{m.group(1)}://{spec[m.end() :]}" if m else spec
 
 
 def is_postgres_url(spec: str) -> bool:

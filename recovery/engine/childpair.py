@@ -13,6 +13,7 @@ SQLite's message, so callers handle it as one from their own connection.
 Only whole-row results of plain values (integers, reals, text, NULL) travel back: what the counting
 statements return.
 """
+
 from __future__ import annotations
 
 import json
@@ -61,8 +62,12 @@ class ChildPair:
     def __init__(self, attach: list[tuple[str, str]]):
         self._stderr = tempfile.TemporaryFile()  # read only to name why the child ended
         self._proc = subprocess.Popen(
-            [sys.executable, "-I", "-c", _CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=self._stderr, text=True, encoding="utf-8",
+            [sys.executable, "-I", "-c", _CHILD],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            text=True,
+            encoding="utf-8",
         )
         try:
             self._ask({"attach": [list(a) for a in attach]})
@@ -83,7 +88,8 @@ class ChildPair:
             self._stderr.seek(0)
             last = (self._stderr.read().decode("utf-8", "replace").strip().splitlines() or [""])[-1]
             raise sqlite3.OperationalError(
-                f"the helper process for a second core ended (exit {self._proc.returncode}) {last}".rstrip())
+                f"the helper process for a second core ended (exit {self._proc.returncode}) {last}".rstrip()
+            )
         reply = json.loads(line)
         if "error" in reply:
             raise sqlite3.OperationalError(reply["error"])

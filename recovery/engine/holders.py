@@ -19,6 +19,7 @@ of the process's POSIX locks on it, which would silently release locks SQLite ho
 connection of this process; so a file that this process already has open is probed through that
 existing descriptor and never opened and closed here.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -40,8 +41,13 @@ PENDING_BYTE = 0x40000000
 class Flock(ctypes.Structure):
     """``struct flock`` as the C library lays it out (padding included)."""
 
-    _fields_ = [("l_type", ctypes.c_short), ("l_whence", ctypes.c_short), ("l_start", ctypes.c_int64),
-                ("l_len", ctypes.c_int64), ("l_pid", ctypes.c_int)]
+    _fields_ = [
+        ("l_type", ctypes.c_short),
+        ("l_whence", ctypes.c_short),
+        ("l_start", ctypes.c_int64),
+        ("l_len", ctypes.c_int64),
+        ("l_pid", ctypes.c_int),
+    ]
 
 
 def _files_of(db: Path) -> list[Path]:
@@ -132,8 +138,10 @@ def lock_holders(db: Path, ignore_ofd: bool = False) -> dict[int, set[str]]:
     ``ignore_ofd`` leaves them out while this process holds one (:mod:`recovery.restore.livewindow`)."""
     found: dict[int, set[str]] = {}
     shm = db.with_name(db.name + "-shm")
-    ranges = [(shm, WALINDEX_LOCK_OFFSET, WALINDEX_LOCK_BYTES),
-              (db, PENDING_BYTE, 3)]  # pending, reserved, and the shared range (locked whole)
+    ranges = [
+        (shm, WALINDEX_LOCK_OFFSET, WALINDEX_LOCK_BYTES),
+        (db, PENDING_BYTE, 3),
+    ]  # pending, reserved, and the shared range (locked whole)
     for path, start, count in ranges:
         try:
             st = os.stat(path)
@@ -166,10 +174,14 @@ def find_holders(db: Path, ignore_ofd: bool = False) -> list[Holder]:
         for pid, names in source.items():
             merged.setdefault(pid, set()).update(names)
     merged.pop(os.getpid(), None)
-    return [Holder(pid, _command_line(pid) if pid > 0 else "", sorted(names)) for pid, names in sorted(merged.items())]
+    return [
+        Holder(pid, _command_line(pid) if pid > 0 else "", sorted(names))
+        for pid, names in sorted(merged.items())
+    ]
 
 
 def describe_holders(db: Path, holders: list[Holder]) -> str:
     """One line naming each holder."""
-    return (f"{db} is in use (open or locked) by {len(holders)} other process(es): "
-            + "; ".join(h.describe() for h in holders))
+    return f"{db} is in use (open or locked) by {len(holders)} other process(es): " + "; ".join(
+        h.describe() for h in holders
+    )

@@ -11,6 +11,7 @@ Every statement is a sqlglot tree rendered for ``postgres`` with quoted identifi
 bound parameters. DDL sqlglot cannot express (``IMPORT FOREIGN SCHEMA``, ``CREATE SERVER``) is an
 ``exp.Command`` whose identifiers and literals are still rendered by sqlglot.
 """
+
 from __future__ import annotations
 
 import glob
@@ -43,6 +44,7 @@ TOOL_TIMEOUT = 3600
 
 
 # ---- statements ---------------------------------------------------------------------------------
+
 
 def ident(name: str) -> str:
     """``name`` as a quoted PostgreSQL identifier (rendered by sqlglot)."""
@@ -89,16 +91,23 @@ def drop_database_sql(name: str) -> exp.Command:
 
 # ---- URLs ---------------------------------------------------------------------------------------
 
+
 def parse_url(spec: str) -> URL:
     """A PostgreSQL URL (``postgresql://``, ``postgresql+psycopg://``, ``postgres://``) with a
     database name, or a one-line refusal."""
     if not is_postgres_url(spec):
-        raise RecoveryError(f"{spec!r} is not a postgresql:// URL", "use postgresql://user@host:port/dbname")
-    text = "postgresql" + spec[spec.index("://"):] if spec.lower().startswith("postgres://") else spec
+        raise RecoveryError(
+            f"{spec!r} is not a postgresql:// URL", "use postgresql://user@host:port/dbname"
+        )
+    text = (
+        "postgresql" + spec[spec.index("://") :] if spec.lower().startswith("postgres://") else spec
+    )
     try:
         url = make_url(text)
     except ArgumentError as exc:
-        raise RecoveryError(f"cannot parse the database URL: {exc}", "use postgresql://user@host:port/dbname") from None
+        raise RecoveryError(
+            f"cannot parse the database URL: {exc}", "use postgresql://user@host:port/dbname"
+        ) from None
     if not url.database:
         raise RecoveryError(f"{safe(url)} names no database", "add /dbname at the end of the URL")
     return url
@@ -115,8 +124,13 @@ def conninfo(url: URL) -> str:
     from psycopg.conninfo import make_conninfo
 
     params: dict[str, Any] = {k: v for k, v in url.query.items() if isinstance(v, str)}
-    for key, value in (("host", url.host), ("port", url.port), ("user", url.username),
-                       ("password", url.password), ("dbname", url.database)):
+    for key, value in (
+        ("host", url.host),
+        ("port", url.port),
+        ("user", url.username),
+        ("password", url.password),
+        ("dbname", url.database),
+    ):
         if value is not None:
             params[key] = str(value)
     return make_conninfo(**params)
@@ -131,23 +145,36 @@ def _tool_env(url: URL) -> tuple[str, dict[str, str]]:
     return conninfo(url.set(password=None)), env
 
 
-def connect(url: URL, role: str = "database", readonly: bool = False, autocommit: bool = True,
-            timeout: float = 10.0) -> psycopg.Connection[Any]:
+def connect(
+    url: URL,
+    role: str = "database",
+    readonly: bool = False,
+    autocommit: bool = True,
+    timeout: float = 10.0,
+) -> psycopg.Connection[Any]:
     """A psycopg connection (autocommit unless asked); ``readonly`` sets
     ``default_transaction_read_only`` so nothing can be written through it."""
     options = f"-c lock_timeout={int(timeout * 1000)}"
     if readonly:
         options += " -c default_transaction_read_only=on"
     try:
-        return psycopg.connect(conninfo(url), autocommit=autocommit, connect_timeout=max(1, int(timeout)),
-                               options=options, application_name="recovery")
+        return psycopg.connect(
+            conninfo(url),
+            autocommit=autocommit,
+            connect_timeout=max(1, int(timeout)),
+            options=options,
+            application_name="recovery",
+        )
     except psycopg.Error as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise RecoveryError(f"{role} {safe(url)} cannot be opened: {first}",
-                            "check host, port, user, password and database name") from None
+        raise RecoveryError(
+            f"{role} {safe(url)} cannot be opened: {first}",
+            "check host, port, user, password and database name",
+        ) from None
 
 
 # ---- server facts -------------------------------------------------------------------------------
+
 
 def server_version(conn: psycopg.Connection[Any]) -> tuple[int, str]:
     """(major version, full version text), e.g. ``(15, "15.18 (Debian 15.18-0+deb12u1)")``."""
@@ -173,14 +200,18 @@ def find_tool(name: str, major: int) -> str:
     usable = sorted(v for v in found if v >= major)
     if not usable:
         have = ", ".join(f"{v}" for v in sorted(found)) or "none"
-        raise RecoveryError(f"no {name} for PostgreSQL {major} (found versions: {have})",
-                            f"install the PostgreSQL {major} client tools (Debian: postgresql-client-{major})")
+        raise RecoveryError(
+            f"no {name} for PostgreSQL {major} (found versions: {have})",
+            f"install the PostgreSQL {major} client tools (Debian: postgresql-client-{major})",
+        )
     return found[usable[0]]
 
 
 def _tool_major(path: str) -> int | None:
     try:
-        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10, check=False).stdout
+        out = subprocess.run(
+            [path, "--version"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
     except (OSError, subprocess.TimeoutExpired):
         return None
     m = re.search(r"(\d+)(?:\.\d+)?", out)
@@ -200,37 +231,57 @@ class Session:
 
 def sessions(conn: psycopg.Connection[Any], database: str) -> list[Session]:
     """The other sessions connected to ``database`` (never the one asking)."""
-    q = (exp.select("pid", "usename", "application_name", "client_addr::text", "state")
-         .from_(exp.to_table("pg_catalog.pg_stat_activity"))
-         .where(exp.and_(exp.column("datname").eq(exp.Placeholder()),
-                         exp.column("pid").neq(exp.func("pg_backend_pid"))))
-         .order_by("pid"))
-    return [Session(int(r[0]), r[1], r[2], r[3], r[4]) for r in run(conn, q, (database,)).fetchall()]
+    q = (
+        exp.select("pid", "usename", "application_name", "client_addr::text", "state")
+        .from_(exp.to_table("pg_catalog.pg_stat_activity"))
+        .where(
+            exp.and_(
+                exp.column("datname").eq(exp.Placeholder()),
+                exp.column("pid").neq(exp.func("pg_backend_pid")),
+            )
+        )
+        .order_by("pid")
+    )
+    return [
+        Session(int(r[0]), r[1], r[2], r[3], r[4]) for r in run(conn, q, (database,)).fetchall()
+    ]
 
 
 def database_exists(admin: psycopg.Connection[Any], name: str) -> bool:
-    q = exp.select(exp.Literal.number(1)).from_(exp.to_table("pg_catalog.pg_database")).where(
-        exp.column("datname").eq(exp.Placeholder()))
+    q = (
+        exp.select(exp.Literal.number(1))
+        .from_(exp.to_table("pg_catalog.pg_database"))
+        .where(exp.column("datname").eq(exp.Placeholder()))
+    )
     return run(admin, q, (name,)).fetchone() is not None
 
 
 def user_tables(conn: Any) -> list[tuple[str, str]]:
     """(schema, table) of every ordinary or partitioned table outside the system schemas."""
-    q = (exp.select("n.nspname", "c.relname").from_(exp.to_table("pg_catalog.pg_class").as_("c"))
-         .join(exp.to_table("pg_catalog.pg_namespace").as_("n"), on="n.oid = c.relnamespace")
-         .where("c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
-                "AND n.nspname NOT LIKE 'pg\\_%'")
-         .order_by("n.nspname", "c.relname"))
+    q = (
+        exp.select("n.nspname", "c.relname")
+        .from_(exp.to_table("pg_catalog.pg_class").as_("c"))
+        .join(exp.to_table("pg_catalog.pg_namespace").as_("n"), on="n.oid = c.relnamespace")
+        .where(
+            "c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
+            "AND n.nspname NOT LIKE 'pg\\_%'"
+        )
+        .order_by("n.nspname", "c.relname")
+    )
     return [(r[0], r[1]) for r in run(conn, q).fetchall()]
 
 
 def count_rows(conn: psycopg.Connection[Any], schema: str, name: str) -> int:
     q = exp.select(exp.Count(this=exp.Star())).from_(
-        exp.Table(this=exp.Identifier(this=name, quoted=True), db=exp.Identifier(this=schema, quoted=True)))
+        exp.Table(
+            this=exp.Identifier(this=name, quoted=True), db=exp.Identifier(this=schema, quoted=True)
+        )
+    )
     return int(run(conn, q).fetchone()[0])
 
 
 # ---- the engine ---------------------------------------------------------------------------------
+
 
 class PostgresEngine(Engine):
     """One PostgreSQL database, named by its URL."""
@@ -270,11 +321,15 @@ class PostgresEngine(Engine):
     def connect_readonly(self, role: str = "database") -> psycopg.Connection[Any]:
         return connect(self.url, role, readonly=True)
 
-    def connect_write(self, role: str = "database", timeout: float = 5.0) -> psycopg.Connection[Any]:
+    def connect_write(
+        self, role: str = "database", timeout: float = 5.0
+    ) -> psycopg.Connection[Any]:
         return connect(self.url, role, timeout=timeout)
 
     @contextmanager
-    def write_transaction(self, conn: Connection, busy_timeout: float = 10.0) -> Iterator[Connection]:
+    def write_transaction(
+        self, conn: Connection, busy_timeout: float = 10.0
+    ) -> Iterator[Connection]:
         assert isinstance(conn, psycopg.Connection)
         run(conn, command("BEGIN"))
         run(conn, command(f"SET LOCAL lock_timeout = {literal(f'{int(busy_timeout * 1000)}ms')}"))
@@ -314,11 +369,18 @@ class PostgresEngine(Engine):
         with self.readonly("database") as conn:
             run(conn, command("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"))
             for schema, name in user_tables(conn):
-                q = sqlglot.parse_one("SELECT count(*), md5(string_agg(CAST(t AS TEXT), '\n' ORDER BY CAST(t AS TEXT))) "
-                                      "FROM x AS t", read=DIALECT)
-                q.find(exp.Table).replace(exp.Table(
-                    this=exp.Identifier(this=name, quoted=True), db=exp.Identifier(this=schema, quoted=True),
-                    alias=exp.TableAlias(this=exp.to_identifier("t"))))
+                q = sqlglot.parse_one(
+                    "SELECT count(*), md5(string_agg(CAST(t AS TEXT), '\n' ORDER BY CAST(t AS TEXT))) "
+                    "FROM x AS t",
+                    read=DIALECT,
+                )
+                q.find(exp.Table).replace(
+                    exp.Table(
+                        this=exp.Identifier(this=name, quoted=True),
+                        db=exp.Identifier(this=schema, quoted=True),
+                        alias=exp.TableAlias(this=exp.to_identifier("t")),
+                    )
+                )
                 n, digest = run(conn, q).fetchone()
                 out[f"{schema}.{name}"] = {"rows": int(n), "md5": digest}
             run(conn, command("COMMIT"))
@@ -328,26 +390,46 @@ class PostgresEngine(Engine):
     def holders(self, ignore_own_guard: bool = False) -> list[Holder]:
         with connect(self.admin_url(), "server") as admin:
             found = sessions(admin, self.database)
-        return [Holder(s.pid, ", ".join(x for x in (
-            f"user {s.user}" if s.user else "", f"application {s.application!r}" if s.application else "",
-            f"client {s.client}" if s.client else "local socket") if x),
-            [f"session ({s.state or 'unknown state'})"]) for s in found]
+        return [
+            Holder(
+                s.pid,
+                ", ".join(
+                    x
+                    for x in (
+                        f"user {s.user}" if s.user else "",
+                        f"application {s.application!r}" if s.application else "",
+                        f"client {s.client}" if s.client else "local socket",
+                    )
+                    if x
+                ),
+                [f"session ({s.state or 'unknown state'})"],
+            )
+            for s in found
+        ]
 
     def write_lock_held(self) -> bool:
         """A session of another backend holds a lock stronger than reading on a table here."""
         with self.readonly("database") as conn:
-            q = (exp.select(exp.Count(this=exp.Star())).from_(exp.to_table("pg_catalog.pg_locks").as_("l"))
-                 .where("l.granted AND l.pid <> pg_backend_pid() AND l.database = "
-                        "(SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database()) "
-                        "AND l.mode IN ('RowExclusiveLock', 'ShareRowExclusiveLock', 'ExclusiveLock', "
-                        "'AccessExclusiveLock')"))
+            q = (
+                exp.select(exp.Count(this=exp.Star()))
+                .from_(exp.to_table("pg_catalog.pg_locks").as_("l"))
+                .where(
+                    "l.granted AND l.pid <> pg_backend_pid() AND l.database = "
+                    "(SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database()) "
+                    "AND l.mode IN ('RowExclusiveLock', 'ShareRowExclusiveLock', 'ExclusiveLock', "
+                    "'AccessExclusiveLock')"
+                )
+            )
             return int(run(conn, q).fetchone()[0]) > 0
 
     # -- restore (issue 19: not built in this round; refused before anything is touched)
-    def stage_restore(self, backup: Path, prepare: Callable[[Path], None] | None = None,
-                      purpose: str = "restore") -> Staged:
-        raise RecoveryError("restoring a PostgreSQL database is not built yet",
-                            "restore the dump with pg_restore into a new database by hand")
+    def stage_restore(
+        self, backup: Path, prepare: Callable[[Path], None] | None = None, purpose: str = "restore"
+    ) -> Staged:
+        raise RecoveryError(
+            "restoring a PostgreSQL database is not built yet",
+            "restore the dump with pg_restore into a new database by hand",
+        )
 
     def swap_in(self, staged: Staged, window: Any = None) -> None:
         raise RecoveryError("swapping PostgreSQL databases is not built yet", "nothing was changed")
@@ -359,18 +441,22 @@ class PostgresEngine(Engine):
     # -- re-import hooks
     def read_sequences(self, conn: Connection, schema: str = "public") -> dict[str, int]:
         """{table: last value} of the sequences owned by a column of each table in ``schema``."""
-        q = ("SELECT t.relname, s.last_value FROM pg_catalog.pg_sequences AS s "
-             "JOIN pg_catalog.pg_class AS sc ON sc.relname = s.sequencename "
-             "JOIN pg_catalog.pg_namespace AS sn ON sn.oid = sc.relnamespace AND sn.nspname = s.schemaname "
-             "JOIN pg_catalog.pg_depend AS d ON d.objid = sc.oid AND d.deptype IN ('a', 'i') "
-             "JOIN pg_catalog.pg_class AS t ON t.oid = d.refobjid "
-             "WHERE s.schemaname = %s")
+        q = (
+            "SELECT t.relname, s.last_value FROM pg_catalog.pg_sequences AS s "
+            "JOIN pg_catalog.pg_class AS sc ON sc.relname = s.sequencename "
+            "JOIN pg_catalog.pg_namespace AS sn ON sn.oid = sc.relnamespace AND sn.nspname = s.schemaname "
+            "JOIN pg_catalog.pg_depend AS d ON d.objid = sc.oid AND d.deptype IN ('a', 'i') "
+            "JOIN pg_catalog.pg_class AS t ON t.oid = d.refobjid "
+            "WHERE s.schemaname = %s"
+        )
         out: dict[str, int] = {}
         for name, last in run(conn, q, (schema,)).fetchall():
             out[name] = max(out.get(name, 0), int(last or 0))
         return out
 
-    def raise_sequences(self, conn: Connection, live: dict[str, int], before: dict[str, int]) -> list[dict[str, Any]]:
+    def raise_sequences(
+        self, conn: Connection, live: dict[str, int], before: dict[str, int]
+    ) -> list[dict[str, Any]]:
         raise RecoveryError("re-importing into PostgreSQL is not built yet", "nothing was changed")
 
     def suspend_triggers(self, conn: Connection, tables: set[str]) -> list[Any]:
@@ -382,6 +468,7 @@ class PostgresEngine(Engine):
 
 # ---- dump, restore, scratch databases -----------------------------------------------------------
 
+
 def dump_to(url: URL, dst: Path, pg_dump: str, snapshot_id: str | None = None) -> None:
     """``pg_dump --format=custom`` of ``url`` into ``dst``, atomically (a ``.tmp`` renamed after
     fsync). ``snapshot_id``: dump exactly what an open exported snapshot sees."""
@@ -391,10 +478,14 @@ def dump_to(url: URL, dst: Path, pg_dump: str, snapshot_id: str | None = None) -
     if snapshot_id:
         args.append(f"--snapshot={snapshot_id}")
     try:
-        r = subprocess.run(args, capture_output=True, text=True, env=env, timeout=TOOL_TIMEOUT, check=False)
+        r = subprocess.run(
+            args, capture_output=True, text=True, env=env, timeout=TOOL_TIMEOUT, check=False
+        )
         if r.returncode != 0:
-            raise RecoveryError(f"pg_dump of {safe(url)} failed: {_first_line(r.stderr)}",
-                                "check that the user may read every table; no backup was kept")
+            raise RecoveryError(
+                f"pg_dump of {safe(url)} failed: {_first_line(r.stderr)}",
+                "check that the user may read every table; no backup was kept",
+            )
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -409,12 +500,27 @@ def restore_into(dump: Path, url: URL, pg_restore: str) -> None:
     """``pg_restore`` of ``dump`` into the (new, empty) database ``url``, stopping at the first
     error. Owners and privileges are not replayed: a scratch copy belongs to whoever made it."""
     uri, env = _tool_env(url)
-    r = subprocess.run([pg_restore, "--no-password", "--exit-on-error", "--no-owner", "--no-privileges",
-                        f"--dbname={uri}", str(dump)], capture_output=True, text=True, env=env,
-                       timeout=TOOL_TIMEOUT, check=False)
+    r = subprocess.run(
+        [
+            pg_restore,
+            "--no-password",
+            "--exit-on-error",
+            "--no-owner",
+            "--no-privileges",
+            f"--dbname={uri}",
+            str(dump),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=TOOL_TIMEOUT,
+        check=False,
+    )
     if r.returncode != 0:
-        raise RecoveryError(f"pg_restore of {dump} failed: {_first_line(r.stderr)}",
-                            "is it a pg_dump custom-format file of a compatible server?")
+        raise RecoveryError(
+            f"pg_restore of {dump} failed: {_first_line(r.stderr)}",
+            "is it a pg_dump custom-format file of a compatible server?",
+        )
 
 
 def is_dump_file(path: str | os.PathLike[str]) -> bool:
@@ -440,8 +546,10 @@ def scratch_database(server: PostgresEngine, purpose: str) -> Iterator[PostgresE
         try:
             run(admin, create_database_sql(name))
         except psycopg.Error as exc:
-            raise RecoveryError(f"cannot create a scratch database on {server.spec}: {_first_line(str(exc))}",
-                                "the user needs the CREATEDB privilege") from None
+            raise RecoveryError(
+                f"cannot create a scratch database on {server.spec}: {_first_line(str(exc))}",
+                "the user needs the CREATEDB privilege",
+            ) from None
     try:
         yield server.with_database(name)
     finally:
@@ -450,7 +558,9 @@ def scratch_database(server: PostgresEngine, purpose: str) -> Iterator[PostgresE
 
 
 @contextmanager
-def backup_database(backup: str | os.PathLike[str], server: PostgresEngine) -> Iterator[PostgresEngine]:
+def backup_database(
+    backup: str | os.PathLike[str], server: PostgresEngine
+) -> Iterator[PostgresEngine]:
     """The backup as a database: a URL as it is; a pg_dump file restored into a scratch database
     on ``server`` that is dropped after the block."""
     text = os.fspath(backup)
@@ -458,11 +568,15 @@ def backup_database(backup: str | os.PathLike[str], server: PostgresEngine) -> I
         yield PostgresEngine(text)
         return
     if not Path(text).is_file():
-        raise RecoveryError(f"backup {text} does not exist or is not a file",
-                            "pass the pg_dump file written by recovery snapshot/sample, or a postgresql:// URL")
+        raise RecoveryError(
+            f"backup {text} does not exist or is not a file",
+            "pass the pg_dump file written by recovery snapshot/sample, or a postgresql:// URL",
+        )
     if not is_dump_file(text):
-        raise RecoveryError(f"backup {text} is not a pg_dump custom-format file",
-                            "pass the .dump written by recovery snapshot/sample, or a postgresql:// URL")
+        raise RecoveryError(
+            f"backup {text} is not a pg_dump custom-format file",
+            "pass the .dump written by recovery snapshot/sample, or a postgresql:// URL",
+        )
     with server.readonly("live database") as conn:
         major, _ = server_version(conn)  # type: ignore[arg-type]
     with scratch_database(server, "backup") as scratch:
@@ -490,26 +604,47 @@ def _mapping_options(url: URL) -> str:
     return ", ".join(f"{k} {literal(v)}" for k, v in opts)
 
 
-def attach_foreign(conn: psycopg.Connection[Any], source: PostgresEngine, schema: str,
-                   remote_schema: str = "public") -> None:
+def attach_foreign(
+    conn: psycopg.Connection[Any],
+    source: PostgresEngine,
+    schema: str,
+    remote_schema: str = "public",
+) -> None:
     """Make ``source``'s ``remote_schema`` tables reachable as foreign tables in ``schema`` of the
     connected (scratch) database, read through ``postgres_fdw``."""
     server = f"recovery_{schema}"
     run(conn, command("CREATE EXTENSION IF NOT EXISTS postgres_fdw"))
-    run(conn, command(f"CREATE SERVER {ident(server)} FOREIGN DATA WRAPPER postgres_fdw "
-                      f"OPTIONS ({_server_options(source.url)}, fetch_size '10000')"))
+    run(
+        conn,
+        command(
+            f"CREATE SERVER {ident(server)} FOREIGN DATA WRAPPER postgres_fdw "
+            f"OPTIONS ({_server_options(source.url)}, fetch_size '10000')"
+        ),
+    )
     mapping = _mapping_options(source.url)
     if mapping:
-        run(conn, command(f"CREATE USER MAPPING FOR CURRENT_USER SERVER {ident(server)} OPTIONS ({mapping})"))
+        run(
+            conn,
+            command(
+                f"CREATE USER MAPPING FOR CURRENT_USER SERVER {ident(server)} OPTIONS ({mapping})"
+            ),
+        )
     else:
         run(conn, command(f"CREATE USER MAPPING FOR CURRENT_USER SERVER {ident(server)}"))
     run(conn, command(f"CREATE SCHEMA {ident(schema)}"))
-    run(conn, command(f"IMPORT FOREIGN SCHEMA {ident(remote_schema)} FROM SERVER {ident(server)} "
-                      f"INTO {ident(schema)}"))
+    run(
+        conn,
+        command(
+            f"IMPORT FOREIGN SCHEMA {ident(remote_schema)} FROM SERVER {ident(server)} "
+            f"INTO {ident(schema)}"
+        ),
+    )
 
 
 @contextmanager
-def pair_workspace(backup: PostgresEngine, live: PostgresEngine) -> Iterator[psycopg.Connection[Any]]:
+def pair_workspace(
+    backup: PostgresEngine, live: PostgresEngine
+) -> Iterator[psycopg.Connection[Any]]:
     """A connection to a scratch database on the live server in which ``backup`` is the schema
     ``old`` and ``live`` the schema ``new`` (foreign tables), inside one REPEATABLE READ READ ONLY
     transaction (postgres_fdw reads each remote side in one snapshot for the whole transaction).
@@ -522,9 +657,11 @@ def pair_workspace(backup: PostgresEngine, live: PostgresEngine) -> Iterator[psy
                 attach_foreign(conn, live, "new")
                 install_sqlite_compat(conn)
             except psycopg.Error as exc:
-                raise RecoveryError(f"cannot reach the databases through postgres_fdw: {_first_line(str(exc))}",
-                                    "the user needs to create the postgres_fdw extension (PostgreSQL contrib) "
-                                    "in a new database") from None
+                raise RecoveryError(
+                    f"cannot reach the databases through postgres_fdw: {_first_line(str(exc))}",
+                    "the user needs to create the postgres_fdw extension (PostgreSQL contrib) "
+                    "in a new database",
+                ) from None
             run(conn, command("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"))
             yield conn
         finally:

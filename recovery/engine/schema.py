@@ -3,6 +3,7 @@
 A Schema is plain frozen data (JSON round-trippable) so it can travel in a bundle manifest and be
 compared without a live connection. Views, triggers and indexes are part of it.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -93,7 +94,11 @@ class Schema:
         """Data tables with parents before children (cycles broken by name order)."""
         names = sorted(self.data_tables)
         deps = {
-            n: {fk.ref_table for fk in self.tables[n].foreign_keys if fk.ref_table in self.tables and fk.ref_table != n}
+            n: {
+                fk.ref_table
+                for fk in self.tables[n].foreign_keys
+                if fk.ref_table in self.tables and fk.ref_table != n
+            }
             for n in names
         }
         ordered: list[str] = []
@@ -125,7 +130,12 @@ class Schema:
                 columns=tuple(Column(**c) for c in t["columns"]),
                 primary_key=tuple(t["primary_key"]),
                 foreign_keys=tuple(
-                    ForeignKey(tuple(f["columns"]), f["ref_table"], tuple(f["ref_columns"]), f.get("on_delete"))
+                    ForeignKey(
+                        tuple(f["columns"]),
+                        f["ref_table"],
+                        tuple(f["ref_columns"]),
+                        f.get("on_delete"),
+                    )
                     for f in t["foreign_keys"]
                 ),
                 unique_sets=tuple(tuple(u) for u in t["unique_sets"]),
@@ -144,7 +154,9 @@ def engine_for(conn: Connection) -> sa.Engine:
 
     The engine is never disposed (that would close ``conn``): the connection's owner closes it.
     """
-    return sa.create_engine("sqlite://", creator=lambda: conn, poolclass=sa.pool.StaticPool, pool_reset_on_return=None)
+    return sa.create_engine(
+        "sqlite://", creator=lambda: conn, poolclass=sa.pool.StaticPool, pool_reset_on_return=None
+    )
 
 
 def alembic_revision(conn: Connection, schema: str = "main") -> str | None:
@@ -185,8 +197,11 @@ def reflect(conn: Connection) -> Schema:
             for f in insp.get_foreign_keys(name)
         )
         uniques = [tuple(u["column_names"]) for u in insp.get_unique_constraints(name)]
-        uniques += [tuple(c for c in i["column_names"] if c is not None) for i in insp.get_indexes(name)
-                    if i.get("unique") and None not in i["column_names"]]  # None: an expression, not a column
+        uniques += [
+            tuple(c for c in i["column_names"] if c is not None)
+            for i in insp.get_indexes(name)
+            if i.get("unique") and None not in i["column_names"]
+        ]  # None: an expression, not a column
         tables[name] = Table(name, cols, pk, fks, tuple(sorted(set(uniques))))
     master = conn.execute(
         "SELECT type, name, sql FROM sqlite_master WHERE type IN ('view','trigger','index') AND sql IS NOT NULL"

@@ -4,6 +4,7 @@ Every statement the toolkit runs or writes is built here or from these pieces; i
 always quoted (so names with quotes, spaces, unicode or keywords are safe) and values are bound
 parameters, never text.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence

@@ -5,6 +5,7 @@ probe), :mod:`recovery.engine.holders` (who has the file open or locked),
 :mod:`recovery.reimport.sequences` (``sqlite_sequence``) and :mod:`recovery.reimport.triggers`.
 Every ``sqlite3.connect`` on a real database of the run happens here or in those modules.
 """
+
 from __future__ import annotations
 
 import os
@@ -60,15 +61,22 @@ class SQLiteEngine(Engine):
         """``mode=rw``: an existing file only (a missing one is never created)."""
         p = sqlite_io.check_sqlite_file(self.path, role)
         try:
-            conn = sqlite3.connect(sqlite_io.file_uri(p, mode="rw"), uri=True, timeout=timeout, isolation_level=None)
+            conn = sqlite3.connect(
+                sqlite_io.file_uri(p, mode="rw"), uri=True, timeout=timeout, isolation_level=None
+            )
             conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
         except sqlite3.DatabaseError as exc:
-            raise RecoveryError(f"{role} {p} cannot be opened: {exc}", "is it a corrupt database?") from None
+            raise RecoveryError(
+                f"{role} {p} cannot be opened: {exc}", "is it a corrupt database?"
+            ) from None
         return conn
 
     @contextmanager
-    def write_transaction(self, conn: sqlite3.Connection,  # type: ignore[override]
-                          busy_timeout: float = 10.0) -> Iterator[sqlite3.Connection]:
+    def write_transaction(  # type: ignore[override]
+        self,
+        conn: sqlite3.Connection,
+        busy_timeout: float = 10.0,
+    ) -> Iterator[sqlite3.Connection]:
         """``BEGIN IMMEDIATE`` (retrying SQLITE_BUSY for at most ``busy_timeout``), ``COMMIT`` at
         the end of the block, ``ROLLBACK`` and re-raise on any exception."""
         sqlite_io.wait_for_write_lock(conn, busy_timeout)
@@ -96,15 +104,21 @@ class SQLiteEngine(Engine):
 
     def open_pair(self, backup: Engine) -> sqlite3.Connection:
         if not isinstance(backup, SQLiteEngine):
-            raise RecoveryError(f"cannot compare the SQLite database {self.spec} with {backup.spec}",
-                                "pass a backup of the same engine (a SQLite file)")
+            raise RecoveryError(
+                f"cannot compare the SQLite database {self.spec} with {backup.spec}",
+                "pass a backup of the same engine (a SQLite file)",
+            )
         return sqlite_io.open_pair(backup.path, self.path)
 
     def fingerprint(self) -> dict[str, Any]:
         """Size and sha256 of the file and of a non-empty ``-wal``: a read leaves both unchanged."""
         wal, _ = sqlite_io.sidecars(self.path)
         wal_sha = sqlite_io.sha256_file(wal) if wal.exists() and wal.stat().st_size else None
-        return {"size": self.path.stat().st_size, "sha256": sqlite_io.sha256_file(self.path), "wal_sha256": wal_sha}
+        return {
+            "size": self.path.stat().st_size,
+            "sha256": sqlite_io.sha256_file(self.path),
+            "wal_sha256": wal_sha,
+        }
 
     # ---- who else is there -------------------------------------------------------------------
 
@@ -136,8 +150,9 @@ class SQLiteEngine(Engine):
         """Where a staged file waits beside the database until it is renamed in."""
         return self.path.with_name(f".{self.path.name}.{purpose}-tmp")
 
-    def stage_restore(self, backup: Path, prepare: Callable[[Path], None] | None = None,
-                      purpose: str = "restore") -> Staged:
+    def stage_restore(
+        self, backup: Path, prepare: Callable[[Path], None] | None = None, purpose: str = "restore"
+    ) -> Staged:
         """A consistent copy of ``backup`` beside the database (after ``prepare(copy)``), in WAL
         mode when the database is, with its owner, group, mode and xattrs, fsynced."""
         db = self.path
@@ -149,16 +164,22 @@ class SQLiteEngine(Engine):
             if db.exists() and sqlite_io.is_wal_file(db):
                 c = sqlite3.connect(str(tmp), isolation_level=None)
                 try:
-                    c.execute("PRAGMA journal_mode=WAL")  # keep the app's journal mode; leaves no -wal on close
+                    c.execute(
+                        "PRAGMA journal_mode=WAL"
+                    )  # keep the app's journal mode; leaves no -wal on close
                 finally:
                     c.close()
                 with open(tmp, "rb+") as fh:
                     os.fsync(fh.fileno())
-            if db.exists():  # the same file to the app: owner, group, mode, xattrs/ACLs of the live DB
+            if (
+                db.exists()
+            ):  # the same file to the app: owner, group, mode, xattrs/ACLs of the live DB
                 sqlite_io.copy_file_identity(db, tmp)
             return Staged(str(tmp), sqlite_io.sha256_file(tmp))
         except BaseException:
-            if purpose != "restore":  # a failed restore's staged file is cleaned by the run's leftovers pass
+            if (
+                purpose != "restore"
+            ):  # a failed restore's staged file is cleaned by the run's leftovers pass
                 tmp.unlink(missing_ok=True)
             raise
 
@@ -178,14 +199,19 @@ class SQLiteEngine(Engine):
                     if conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
                         busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
                         if busy:
-                            raise RecoveryError(f"{db} is in use: its WAL could not be checkpointed",
-                                                "stop the application and run the same command again")
+                            raise RecoveryError(
+                                f"{db} is in use: its WAL could not be checkpointed",
+                                "stop the application and run the same command again",
+                            )
                 finally:
                     conn.close()
         except BaseException:
             path.unlink(missing_ok=True)  # refused before anything moved: no staged copy is left
             raise
-        for side in (wal, shm):  # empty after the checkpoint; stale ones must never meet the new file
+        for side in (
+            wal,
+            shm,
+        ):  # empty after the checkpoint; stale ones must never meet the new file
             side.unlink(missing_ok=True)
         os.replace(path, db)
         sqlite_io.fsync_dir(db.parent)
@@ -200,8 +226,9 @@ class SQLiteEngine(Engine):
 
         return read_sequences(conn, schema)
 
-    def raise_sequences(self, conn: Connection, live: dict[str, int],
-                        before: dict[str, int]) -> list[dict[str, Any]]:
+    def raise_sequences(
+        self, conn: Connection, live: dict[str, int], before: dict[str, int]
+    ) -> list[dict[str, Any]]:
         from recovery.reimport.sequences import carry_forward
 
         return carry_forward(conn, live, before)

@@ -4,6 +4,7 @@ Every input database goes through :func:`check_sqlite_file` first so that a miss
 directory, a zero-byte file, a text file or a truncated database is refused with one clear line
 (exit 2) before SQLite is asked anything.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -34,26 +35,38 @@ def check_sqlite_file(path: str | os.PathLike[str], role: str = "database") -> P
     if not p.exists():
         raise RecoveryError(f"{role} {p} does not exist", "check the path")
     if p.is_dir():
-        raise RecoveryError(f"{role} {p} is a directory, not a SQLite file", "pass the .db file itself")
+        raise RecoveryError(
+            f"{role} {p} is a directory, not a SQLite file", "pass the .db file itself"
+        )
     size = p.stat().st_size
     if size == 0:
         raise RecoveryError(f"{role} {p} is empty (0 bytes)", "pass a real SQLite database")
     with p.open("rb") as fh:
         head = fh.read(100)
     if not head.startswith(SQLITE_HEADER):
-        raise RecoveryError(f"{role} {p} is not a SQLite database (bad header)", "pass a SQLite .db file")
+        raise RecoveryError(
+            f"{role} {p} is not a SQLite database (bad header)", "pass a SQLite .db file"
+        )
     if len(head) < 100:
-        raise RecoveryError(f"{role} {p} is truncated ({size} bytes)", "restore it from a good copy")
+        raise RecoveryError(
+            f"{role} {p} is truncated ({size} bytes)", "restore it from a good copy"
+        )
     page_size = int.from_bytes(head[16:18], "big")
     page_size = 65536 if page_size == 1 else page_size
     if page_size < 512 or page_size & (page_size - 1):
-        raise RecoveryError(f"{role} {p} is not a SQLite database (bad page size)", "pass a SQLite .db file")
+        raise RecoveryError(
+            f"{role} {p} is not a SQLite database (bad page size)", "pass a SQLite .db file"
+        )
     page_count = int.from_bytes(head[28:32], "big")
     # the in-header size is only valid when the change counter equals version-valid-for
     header_size_valid = head[24:28] == head[92:96]
     wal, _ = sidecars(real_path(p))
-    if (header_size_valid and page_count and size < page_size * page_count
-            and not (wal.exists() and wal.stat().st_size)):
+    if (
+        header_size_valid
+        and page_count
+        and size < page_size * page_count
+        and not (wal.exists() and wal.stat().st_size)
+    ):
         raise RecoveryError(
             f"{role} {p} is truncated ({size} bytes, header says {page_size * page_count})",
             "restore it from a good copy",
@@ -97,7 +110,9 @@ def readonly_uri(p: Path) -> str:
     uri = file_uri(p, mode="ro")
     wal, shm = sidecars(p)
     wal_mode = is_wal_file(p)
-    if not (wal_mode and not shm.exists()):  # a mode=ro open of a WAL file without -shm would create it
+    if not (
+        wal_mode and not shm.exists()
+    ):  # a mode=ro open of a WAL file without -shm would create it
         try:
             probe = sqlite3.connect(uri, uri=True, timeout=5.0)
             try:
@@ -133,18 +148,24 @@ def open_readonly(path: str | os.PathLike[str], role: str = "database") -> sqlit
         conn.execute("PRAGMA query_only = ON")
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
     except sqlite3.DatabaseError as exc:
-        raise RecoveryError(f"{role} {p} cannot be read: {exc}", "is it a corrupt or encrypted database?") from None
+        raise RecoveryError(
+            f"{role} {p} cannot be read: {exc}", "is it a corrupt or encrypted database?"
+        ) from None
     return conn
 
 
-def open_readwrite(path: str | os.PathLike[str], role: str = "database", timeout: float = 5.0) -> sqlite3.Connection:
+def open_readwrite(
+    path: str | os.PathLike[str], role: str = "database", timeout: float = 5.0
+) -> sqlite3.Connection:
     """Open an existing, validated SQLite file for writing with explicit transactions."""
     p = check_sqlite_file(path, role)
     try:
         conn = sqlite3.connect(str(p), timeout=timeout, isolation_level=None)
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
     except sqlite3.DatabaseError as exc:
-        raise RecoveryError(f"{role} {p} cannot be opened: {exc}", "is it a corrupt database?") from None
+        raise RecoveryError(
+            f"{role} {p} cannot be opened: {exc}", "is it a corrupt database?"
+        ) from None
     return conn
 
 
@@ -177,7 +198,9 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def consistent_copy(src: str | os.PathLike[str], dst: str | os.PathLike[str], role: str = "database") -> Path:
+def consistent_copy(
+    src: str | os.PathLike[str], dst: str | os.PathLike[str], role: str = "database"
+) -> Path:
     """Copy a (possibly live, WAL-mode) database with SQLite's online backup API.
 
     The copy includes every commit still in ``-wal``, is written beside ``dst`` under a temporary
@@ -200,8 +223,10 @@ def consistent_copy(src: str | os.PathLike[str], dst: str | os.PathLike[str], ro
             target.close()
     except (sqlite3.DatabaseError, OSError) as exc:
         tmp.unlink(missing_ok=True)
-        raise RecoveryError(f"could not copy {role} {src_p} to {dst_p}: {exc}",
-                            "check the file, the target folder and free disk space") from None
+        raise RecoveryError(
+            f"could not copy {role} {src_p} to {dst_p}: {exc}",
+            "check the file, the target folder and free disk space",
+        ) from None
     finally:
         source.close()
     with open(tmp, "rb+") as fh:

@@ -12,6 +12,7 @@ context manager turns it into one clear :class:`RecoveryError` (exit 3).
 The limit: the ``seconds`` argument, else the CLI's ``--statement-timeout`` (:func:`override`), else
 ``$RECOVERY_STATEMENT_TIMEOUT``, else 300 s.
 """
+
 from __future__ import annotations
 
 import os
@@ -43,7 +44,9 @@ def limit_seconds(seconds: float | None = None) -> float:
         except ValueError:
             raise RecoveryError(f"{ENV}={raw!r} is not a number of seconds", "e.g. 300") from None
     if not seconds > 0:
-        raise RecoveryError(f"the statement time limit must be a positive number of seconds, not {seconds!r}")
+        raise RecoveryError(
+            f"the statement time limit must be a positive number of seconds, not {seconds!r}"
+        )
     return float(seconds)
 
 
@@ -95,9 +98,12 @@ def statement_time_limit(conn: sqlite3.Connection, seconds: float | None = None)
         # nothing else interrupts these connections: an "interrupted" error here is the watchdog's
         # (its interrupt() between two statements is a no-op: SQLite clears it as the next starts)
         if hit[0] or (isinstance(exc, sqlite3.OperationalError) and str(exc) == "interrupted"):
-            raise RecoveryError(f"statement ran longer than {_shown(limit)} s; nothing was applied",
-                                f"the bundle may be forged or the data far larger than expected; raise the limit "
-                                f"with --statement-timeout or {ENV} if it is genuine", ExitCode.FAILED) from None
+            raise RecoveryError(
+                f"statement ran longer than {_shown(limit)} s; nothing was applied",
+                f"the bundle may be forged or the data far larger than expected; raise the limit "
+                f"with --statement-timeout or {ENV} if it is genuine",
+                ExitCode.FAILED,
+            ) from None
         raise
     finally:
         done.set()

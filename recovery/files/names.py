@@ -1,5 +1,6 @@
 """Stored upload paths as relink compares them: one normal form, and the names of the copies it
 writes beside a different file (``name.recovered-<sha8>.pdf``)."""
+
 from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
@@ -10,12 +11,20 @@ from recovery.files.uploads import SafeRoot, sha256_bytes_of
 
 def norm(stored: str) -> str:
     """``PurePosixPath(stored).as_posix()``, without building a path for the usual plain one."""
-    if "//" in stored or "/./" in stored or stored.startswith("./") or stored.endswith(("/", "/.")) or stored in ("", "."):
+    if (
+        "//" in stored
+        or "/./" in stored
+        or stored.startswith("./")
+        or stored.endswith(("/", "/."))
+        or stored in ("", ".")
+    ):
         return PurePosixPath(stored).as_posix()
     return stored
 
 
-def recovered_name(root: Path, rel: str, sha: str, under: SafeRoot | None = None) -> tuple[str, Path] | None:
+def recovered_name(
+    root: Path, rel: str, sha: str, under: SafeRoot | None = None
+) -> tuple[str, Path] | None:
     """A free (or already identical) sibling path for the bundle's copy of ``rel``."""
     safe = under or SafeRoot(root)
     pure = PurePosixPath(rel)
@@ -36,4 +45,6 @@ def recovered_of(current: Any, original: Any) -> bool:
     if not (isinstance(current, str) and isinstance(original, str)):
         return False
     c, o = PurePosixPath(current), PurePosixPath(original)
-    return c.parent == o.parent and c.name.startswith(f"{o.stem}.recovered-") and c.suffix == o.suffix
+    return (
+        c.parent == o.parent and c.name.startswith(f"{o.stem}.recovered-") and c.suffix == o.suffix
+    )

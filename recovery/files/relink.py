@@ -36,6 +36,7 @@ The plan is built in small steps, each its own module: the files table's columns
 all adding to one :class:`~recovery.files.relink_draft.Draft`. :func:`plan_relink` runs them in
 order; :func:`apply_relink` only carries out the finished plan.
 """
+
 from __future__ import annotations
 
 import os
@@ -58,8 +59,17 @@ from recovery.files.relink_match import Matcher
 from recovery.files.relink_sql import BUNDLE, select_sql, update_sql
 from recovery.files.uploads import FilesConfig, UploadsIndex, sane_mode, write_under
 
-__all__ = ["REPORT_LISTS", "FileWrite", "LinkFix", "RelinkPlan", "apply_relink", "detect_files_config",
-           "plan_relink", "relink", "uploads_state"]
+__all__ = [
+    "REPORT_LISTS",
+    "FileWrite",
+    "LinkFix",
+    "RelinkPlan",
+    "apply_relink",
+    "detect_files_config",
+    "plan_relink",
+    "relink",
+    "uploads_state",
+]
 
 
 @dataclass
@@ -90,7 +100,11 @@ def _build(bundle: Bundle, m: Matcher, root: Path, index: UploadsIndex) -> Relin
     m.load_records(m.record_key(b) for b in records)  # the records record_for will look up
     for b in records:
         stored = b.get(c.path)
-        entry = {"record_key": b.get(bkey), "path": stored, "recorded_sha256": b.get(c.sha256) if c.sha256 else None}
+        entry = {
+            "record_key": b.get(bkey),
+            "path": stored,
+            "recorded_sha256": b.get(c.sha256) if c.sha256 else None,
+        }
         if not index.safe(stored):
             r["unsafe"].append({**entry, "status": "unsafe", "where": "bundle record"})
             continue
@@ -107,21 +121,30 @@ def _build(bundle: Bundle, m: Matcher, root: Path, index: UploadsIndex) -> Relin
             r["unsafe"].append({**e, "where": "extract"})
     files.unrecorded(draft)
     fixes = draft.fixes
-    r["links_fixed"] = [{"record_key": f.key, "column": f.column, "old": f.old, "new": f.new, "reason": f.reason}
-                        for f in fixes]
+    r["links_fixed"] = [
+        {"record_key": f.key, "column": f.column, "old": f.old, "new": f.new, "reason": f.reason}
+        for f in fixes
+    ]
     survey(draft, m.conn, index, c, m.pk, {rec["_key"] for rec in from_bundle.values()})
     return RelinkPlan(root, c, m.pk, draft.writes, fixes, r, index)
 
 
-def plan_relink(bundle: Bundle, conn: sqlite3.Connection, root: Path, files: FilesConfig | None = None,
-                remaps: Iterable[Any] | None = None) -> RelinkPlan:
+def plan_relink(
+    bundle: Bundle,
+    conn: sqlite3.Connection,
+    root: Path,
+    files: FilesConfig | None = None,
+    remaps: Iterable[Any] | None = None,
+) -> RelinkPlan:
     """What relink would do, reading only. ``conn`` is the target (bundle ``rows.db`` is attached
     read-only for the duration). ``remaps`` are the re-import's ``Remap(table, old_key, new_key)``."""
     from recovery.engine.sqlite_io import file_uri
 
     root_p = Path(root)
     if not root_p.is_dir():
-        raise RecoveryError(f"uploads folder {root_p} does not exist or is not a folder", "check --uploads")
+        raise RecoveryError(
+            f"uploads folder {root_p} does not exist or is not a folder", "check --uploads"
+        )
     schema = reflect(conn)
     cfg = detect_files_config(schema, files or FilesConfig())
     if cfg is None:
@@ -129,8 +152,12 @@ def plan_relink(bundle: Bundle, conn: sqlite3.Connection, root: Path, files: Fil
     rmap = None if remaps is None else {(r.table, r.old_key): r.new_key for r in remaps}
     conn.execute(f"ATTACH DATABASE ? AS {BUNDLE}", (file_uri(bundle.rows_db, mode="ro"),))
     try:
-        with statement_time_limit(conn):  # the bundle's rows are untrusted: no statement runs unbounded
-            return _build(bundle, Matcher(bundle, conn, schema, cfg, rmap), root_p, UploadsIndex(root_p))
+        with statement_time_limit(
+            conn
+        ):  # the bundle's rows are untrusted: no statement runs unbounded
+            return _build(
+                bundle, Matcher(bundle, conn, schema, cfg, rmap), root_p, UploadsIndex(root_p)
+            )
     finally:
         conn.execute(f"DETACH DATABASE {BUNDLE}")
 
@@ -144,9 +171,11 @@ def apply_relink(plan: RelinkPlan, conn: sqlite3.Connection) -> None:
     for w in plan.writes:
         target = os.fspath(w.target)  # real as planned: the walk below follows no symlink, so
         if not target.startswith(prefix):  # anything swapped in since the plan stops it
-            raise RecoveryError(f"uploads path {w.rel} leads outside {root}",
-                                "check the uploads folder for new symlinks; nothing was overwritten")
-        write_under(root, target[len(prefix):], w.source, w.sha256, sane_mode(w.mode))
+            raise RecoveryError(
+                f"uploads path {w.rel} leads outside {root}",
+                "check the uploads folder for new symlinks; nothing was overwritten",
+            )
+        write_under(root, target[len(prefix) :], w.source, w.sha256, sane_mode(w.mode))
     if not plan.fixes or plan.cfg is None:
         return
     conn.execute("BEGIN IMMEDIATE")
@@ -161,8 +190,13 @@ def apply_relink(plan: RelinkPlan, conn: sqlite3.Connection) -> None:
 
 
 def relink(
-    bundle: Bundle | str | os.PathLike[str], db: str | os.PathLike[str], uploads: str | os.PathLike[str],
-    files: FilesConfig | None = None, *, dry_run: bool = False, remaps: Iterable[Any] | None = None,
+    bundle: Bundle | str | os.PathLike[str],
+    db: str | os.PathLike[str],
+    uploads: str | os.PathLike[str],
+    files: FilesConfig | None = None,
+    *,
+    dry_run: bool = False,
+    remaps: Iterable[Any] | None = None,
     busy_timeout: float = 10.0,
 ) -> dict[str, Any]:
     """Relink the bundle's files into ``uploads`` for the records in ``db``; see the module
@@ -174,8 +208,11 @@ def relink(
 
     b = bundle if isinstance(bundle, Bundle) else open_bundle(bundle)
     target = check_sqlite_file(db, "target database")
-    conn = open_readonly(target, "target database") if dry_run else open_readwrite(target, "target database",
-                                                                                  busy_timeout)
+    conn = (
+        open_readonly(target, "target database")
+        if dry_run
+        else open_readwrite(target, "target database", busy_timeout)
+    )
     try:
         if dry_run:
             conn.execute("PRAGMA query_only = OFF")  # ATTACH needs it; the file stays mode=ro
@@ -187,26 +224,49 @@ def relink(
     report = dict(plan.report)
     report["root"] = str(Path(uploads).resolve())
     report["dry_run"] = dry_run
-    report["files_table"] = None if plan.cfg is None else {
-        "table": plan.cfg.table, "path": plan.cfg.path, "sha256": plan.cfg.sha256 or None,
-        "entity_type": plan.cfg.entity_type or None, "entity_id": plan.cfg.entity_id or None}
+    report["files_table"] = (
+        None
+        if plan.cfg is None
+        else {
+            "table": plan.cfg.table,
+            "path": plan.cfg.path,
+            "sha256": plan.cfg.sha256 or None,
+            "entity_type": plan.cfg.entity_type or None,
+            "entity_id": plan.cfg.entity_id or None,
+        }
+    )
     report["counts"] = {k: len(report[k]) for k in REPORT_LISTS}
     backup = (b.manifest.get("sources") or {}).get("backup", {}).get("path")
     if backup and Path(backup).is_file() and plan.cfg is not None:
         # The folder as planning walked it, unless the apply wrote files into it since.
         index = plan.index if dry_run or not plan.writes else None
         try:
-            state = uploads_state(backup, uploads, replace(files or FilesConfig(), table=plan.cfg.table,
-                                                           path=plan.cfg.path, sha256=plan.cfg.sha256 or "sha256"),
-                                  index=index)
-            report["uploads_state"] = {k: state[k] for k in ("source", "added", "changed", "removed", "unchanged")}
+            state = uploads_state(
+                backup,
+                uploads,
+                replace(
+                    files or FilesConfig(),
+                    table=plan.cfg.table,
+                    path=plan.cfg.path,
+                    sha256=plan.cfg.sha256 or "sha256",
+                ),
+                index=index,
+            )
+            report["uploads_state"] = {
+                k: state[k] for k in ("source", "added", "changed", "removed", "unchanged")
+            }
         except RecoveryError:
             report["uploads_state"] = None
     return report
 
 
-def uploads_state(backup: str | os.PathLike[str], uploads_root: str | os.PathLike[str],
-                  files: FilesConfig | None = None, *, index: UploadsIndex | None = None) -> dict[str, Any]:
+def uploads_state(
+    backup: str | os.PathLike[str],
+    uploads_root: str | os.PathLike[str],
+    files: FilesConfig | None = None,
+    *,
+    index: UploadsIndex | None = None,
+) -> dict[str, Any]:
     """The uploads folder now against the backup's: files added, changed and removed since.
 
     The baseline is the uploads manifest recorded by ``recovery snapshot`` beside the backup; a
@@ -218,7 +278,9 @@ def uploads_state(backup: str | os.PathLike[str], uploads_root: str | os.PathLik
 
     root = Path(uploads_root)
     if not root.is_dir():
-        raise RecoveryError(f"uploads folder {root} does not exist or is not a folder", "check --uploads")
+        raise RecoveryError(
+            f"uploads folder {root} does not exist or is not a folder", "check --uploads"
+        )
     snap = read_manifest(backup)
     now = index if index is not None else UploadsIndex(root)
     baseline: dict[str, dict[str, Any]] = {}
@@ -230,14 +292,20 @@ def uploads_state(backup: str | os.PathLike[str], uploads_root: str | os.PathLik
         with readonly(backup, "backup") as conn:
             cfg = detect_files_config(reflect(conn), files or FilesConfig())
             if cfg is None:
-                raise RecoveryError(f"backup {backup} has no uploads manifest and no files table",
-                                    "take backups with `recovery snapshot --uploads`")
-            for path, sha, size in conn.execute(select_sql(cfg.table, (cfg.path, cfg.sha256 or None, cfg.size or None))):
+                raise RecoveryError(
+                    f"backup {backup} has no uploads manifest and no files table",
+                    "take backups with `recovery snapshot --uploads`",
+                )
+            for path, sha, size in conn.execute(
+                select_sql(cfg.table, (cfg.path, cfg.sha256 or None, cfg.size or None))
+            ):
                 if isinstance(path, str) and now.safe(path):
                     baseline[norm(path)] = {"path": norm(path), "sha256": sha, "size": size}
     on_disk = now.files
-    added = [{"path": p, "size": on_disk[p][1].st_size, "sha256": now.sha256(p)}
-             for p in sorted(set(on_disk) - set(baseline))]
+    added = [
+        {"path": p, "size": on_disk[p][1].st_size, "sha256": now.sha256(p)}
+        for p in sorted(set(on_disk) - set(baseline))
+    ]
     removed = [baseline[p] for p in sorted(set(baseline) - set(on_disk))]
     changed = []
     for p in sorted(set(on_disk) & set(baseline)):
@@ -247,7 +315,21 @@ def uploads_state(backup: str | os.PathLike[str], uploads_root: str | os.PathLik
         resized = before.get("size") not in (None, size)
         digest = now.sha256(p)  # hashed once, for the comparison and the report
         if resized or digest != before.get("sha256"):
-            changed.append({"path": p, "sha256_before": before.get("sha256"), "sha256": digest,
-                            "size_before": before.get("size"), "size": size})
-    return {"root": str(root.resolve()), "backup": str(backup), "source": source, "added": added,
-            "changed": changed, "removed": removed, "unchanged": len(set(on_disk) & set(baseline)) - len(changed)}
+            changed.append(
+                {
+                    "path": p,
+                    "sha256_before": before.get("sha256"),
+                    "sha256": digest,
+                    "size_before": before.get("size"),
+                    "size": size,
+                }
+            )
+    return {
+        "root": str(root.resolve()),
+        "backup": str(backup),
+        "source": source,
+        "added": added,
+        "changed": changed,
+        "removed": removed,
+        "unchanged": len(set(on_disk) & set(baseline)) - len(changed),
+    }

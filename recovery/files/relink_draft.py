@@ -1,6 +1,7 @@
 """The relink plan while it is being built: the report's lists, the files to write and the cells
 of the files table to change. Each planning step adds to one :class:`Draft`; a cell changed twice
 keeps its last value, and a path is written at most once."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

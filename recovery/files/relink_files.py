@@ -8,6 +8,7 @@ stored paths it lists are checked and hashed from it, any other is resolved on d
 included); :func:`~recovery.files.relink.apply_relink` checks each target again, walking it by
 descriptor without following a symlink, as it writes.
 """
+
 from __future__ import annotations
 
 import sqlite3
@@ -18,7 +19,13 @@ from recovery.bundle.store import Bundle
 from recovery.files.names import norm, recovered_name
 from recovery.files.relink_draft import Draft
 from recovery.files.relink_sql import select_sql
-from recovery.files.uploads import UNRECORDED_DIR, FilesConfig, SafeRoot, UploadsIndex, sha256_bytes_of
+from recovery.files.uploads import (
+    UNRECORDED_DIR,
+    FilesConfig,
+    SafeRoot,
+    UploadsIndex,
+    sha256_bytes_of,
+)
 
 Row = dict[str, Any]
 
@@ -31,10 +38,12 @@ class FilePlacer:
         self.bunder = SafeRoot(bundle.files_dir)
         self.uunder = SafeRoot(bundle.files_dir / UNRECORDED_DIR)
         # the source files' modes as extract recorded them, by stored path
-        listed = (bundle.manifest.get("files") or {})
-        self.modes: dict[Any, int] = {e.get("path"): e["mode"] for e in [*(listed.get("records") or []),
-                                                                         *(listed.get("unrecorded") or [])]
-                                      if isinstance(e, dict) and isinstance(e.get("mode"), int)}
+        listed = bundle.manifest.get("files") or {}
+        self.modes: dict[Any, int] = {
+            e.get("path"): e["mode"]
+            for e in [*(listed.get("records") or []), *(listed.get("unrecorded") or [])]
+            if isinstance(e, dict) and isinstance(e.get("mode"), int)
+        }
 
     def bundle_copy(self, stored: Any) -> tuple[Path, str] | None:
         """The bundle's copy of a recorded file and its sha256, or None (not in the bundle)."""
@@ -45,7 +54,9 @@ class FilePlacer:
             return None
         return p, sha256_bytes_of(p)
 
-    def write(self, draft: Draft, src: Path, dst: Path, rel: str, sha: str, source_path: Any) -> None:
+    def write(
+        self, draft: Draft, src: Path, dst: Path, rel: str, sha: str, source_path: Any
+    ) -> None:
         draft.write(src, dst, rel, sha, self.modes.get(source_path))
 
     def place(self, draft: Draft, b: Row, rec: Row) -> None:
@@ -73,10 +84,20 @@ class FilePlacer:
             if on_disk is None and norm(stored) not in draft.claimed:
                 self.write(draft, src, target, norm(stored), copy_sha, b.get(self.cfg.path))
                 r["restored_from_bundle"].append({**entry, "sha256": copy_sha, "kind": "record"})
-            r["hash_mismatch"].append({**entry, "sha256": on_disk or copy_sha,
-                                       "status": "bundle copy differs from the record"})
+            r["hash_mismatch"].append(
+                {
+                    **entry,
+                    "sha256": on_disk or copy_sha,
+                    "status": "bundle copy differs from the record",
+                }
+            )
             return
-        if on_disk is None and not target.exists() and not target.is_symlink() and norm(stored) not in draft.claimed:
+        if (
+            on_disk is None
+            and not target.exists()
+            and not target.is_symlink()
+            and norm(stored) not in draft.claimed
+        ):
             self.write(draft, src, target, norm(stored), copy_sha, b.get(self.cfg.path))
             r["restored_from_bundle"].append({**entry, "sha256": copy_sha, "kind": "record"})
             r["relinked"].append({**entry, "sha256": copy_sha, "action": "restored"})
@@ -84,15 +105,26 @@ class FilePlacer:
         # Something different is at the path: never overwrite it; keep both.
         beside = recovered_name(self.root, stored, copy_sha, self.index.under)
         if beside is None:
-            r["missing"].append({**entry, "sha256": on_disk, "status": "no free name beside the file"})
+            r["missing"].append(
+                {**entry, "sha256": on_disk, "status": "no free name beside the file"}
+            )
             return
         rel, dst = beside
         if not dst.exists():
             self.write(draft, src, dst, rel, copy_sha, b.get(self.cfg.path))
-            r["restored_from_bundle"].append({**entry, "path": rel, "sha256": copy_sha, "kind": "kept_both"})
+            r["restored_from_bundle"].append(
+                {**entry, "path": rel, "sha256": copy_sha, "kind": "kept_both"}
+            )
         draft.fix(rec, self.cfg.path, rel, "kept both: a different file is at the recorded path")
-        r["kept_both"].append({**entry, "existing_sha256": on_disk, "recovered_path": rel,
-                               "sha256": copy_sha, "record_path_updated": True})
+        r["kept_both"].append(
+            {
+                **entry,
+                "existing_sha256": on_disk,
+                "recovered_path": rel,
+                "sha256": copy_sha,
+                "record_path_updated": True,
+            }
+        )
         r["relinked"].append({**entry, "path": rel, "sha256": copy_sha, "action": "kept_both"})
 
     def unrecorded(self, draft: Draft) -> None:
@@ -103,19 +135,32 @@ class FilePlacer:
             target = self.index.resolve(stored) if isinstance(stored, str) else None
             src = self.uunder(stored) if target is not None else None
             if target is None or src is None:
-                draft.report["unsafe"].append({"record_key": None, "path": stored, "status": "unsafe",
-                                               "where": "unrecorded"})
+                draft.report["unsafe"].append(
+                    {"record_key": None, "path": stored, "status": "unsafe", "where": "unrecorded"}
+                )
                 continue
-            if target.exists() or target.is_symlink() or not src.is_file() or norm(stored) in draft.claimed:
+            if (
+                target.exists()
+                or target.is_symlink()
+                or not src.is_file()
+                or norm(stored) in draft.claimed
+            ):
                 continue
             sha = sha256_bytes_of(src)
             self.write(draft, src, target, norm(stored), sha, stored)
-            draft.report["restored_from_bundle"].append({"record_key": None, "path": stored, "sha256": sha,
-                                                         "kind": "unrecorded"})
+            draft.report["restored_from_bundle"].append(
+                {"record_key": None, "path": stored, "sha256": sha, "kind": "unrecorded"}
+            )
 
 
-def survey(draft: Draft, conn: sqlite3.Connection, index: UploadsIndex, cfg: FilesConfig, pk: str,
-           bundle_keys: set[Any]) -> None:
+def survey(
+    draft: Draft,
+    conn: sqlite3.Connection,
+    index: UploadsIndex,
+    cfg: FilesConfig,
+    pk: str,
+    bundle_keys: set[Any],
+) -> None:
     """Records whose file is gone and files no record names, as they will be after the plan."""
     r = draft.report
     on_disk = index.files
@@ -133,7 +178,14 @@ def survey(draft: Draft, conn: sqlite3.Connection, index: UploadsIndex, cfg: Fil
         if target is None:
             if key not in bundle_keys and key not in unsafe_keys:
                 unsafe_keys.add(key)
-                r["unsafe"].append({"record_key": key, "path": stored, "status": "unsafe", "where": "target record"})
+                r["unsafe"].append(
+                    {
+                        "record_key": key,
+                        "path": stored,
+                        "status": "unsafe",
+                        "where": "target record",
+                    }
+                )
             continue
         referenced.add(norm(stored))
         if key not in bundle_keys and not target.is_file() and norm(stored) not in draft.claimed:

@@ -7,6 +7,7 @@
   ``entity_id=<the part's key in the target>``, the old schema's only way to say it
   (:func:`link_file_ids`).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -31,8 +32,14 @@ def follow_entity(draft: Draft, m: Matcher, b: Row, rec: Row) -> None:
         return  # a row the backup already had keeps its key
     new = m.target_key(t, row)
     if new is None:
-        draft.report["links_unresolved"].append({"record_key": rec["_key"], "entity_type": b.get(c.entity_type),
-                                                 "entity_id": eid, "reason": f"{t} row {eid} is not in the target"})
+        draft.report["links_unresolved"].append(
+            {
+                "record_key": rec["_key"],
+                "entity_type": b.get(c.entity_type),
+                "entity_id": eid,
+                "reason": f"{t} row {eid} is not in the target",
+            }
+        )
         return
     draft.fix(rec, c.entity_id, new, f"{t} {eid} was re-imported as {new}")
 
@@ -46,7 +53,12 @@ def link_file_ids(draft: Draft, m: Matcher, targets: dict[Any, Row]) -> None:
     owners: dict[Any, tuple[str, Any]] = {}
     for name, t in m.bundle.new.tables.items():
         for fk in t.foreign_keys:
-            if fk.ref_table != c.table or len(fk.columns) != 1 or name == c.table or name not in m.bundle_tables:
+            if (
+                fk.ref_table != c.table
+                or len(fk.columns) != 1
+                or name == c.table
+                or name not in m.bundle_tables
+            ):
                 continue
             fcol = fk.columns[0]
             rows = m.fk_rows(name, fcol)  # only the rows that name a file, not the whole table
@@ -56,8 +68,15 @@ def link_file_ids(draft: Draft, m: Matcher, targets: dict[Any, Row]) -> None:
                 _link_one(draft, m, targets, owners, name, fcol, row)
 
 
-def _link_one(draft: Draft, m: Matcher, targets: dict[Any, Row], owners: dict[Any, tuple[str, Any]],
-              name: str, fcol: str, row: Row) -> None:
+def _link_one(
+    draft: Draft,
+    m: Matcher,
+    targets: dict[Any, Row],
+    owners: dict[Any, tuple[str, Any]],
+    name: str,
+    fcol: str,
+    row: Row,
+) -> None:
     """Point the record ``row[fcol]`` names at ``row`` (one record links one row at most)."""
     c = m.cfg
     fid = row[fcol]
@@ -66,16 +85,27 @@ def _link_one(draft: Draft, m: Matcher, targets: dict[Any, Row], owners: dict[An
         rec = m.target_record(m.file_key(fid))
     owner = m.target_key(name, row)
     if rec is None or owner is None:
-        draft.report["links_unresolved"].append({
-            "record_key": fid, "entity_type": name.rstrip("s"), "entity_id": row.get(m.bkey(name)),
-            "reason": f"{c.table} row {fid} is not in the target" if rec is None
-            else f"{name} row {row.get(m.bkey(name))} is not in the target"})
+        draft.report["links_unresolved"].append(
+            {
+                "record_key": fid,
+                "entity_type": name.rstrip("s"),
+                "entity_id": row.get(m.bkey(name)),
+                "reason": f"{c.table} row {fid} is not in the target"
+                if rec is None
+                else f"{name} row {row.get(m.bkey(name))} is not in the target",
+            }
+        )
         return
     claimed = owners.setdefault(rec["_key"], (name, owner))
     if claimed != (name, owner):
-        draft.report["links_unresolved"].append({
-            "record_key": rec["_key"], "entity_type": name.rstrip("s"), "entity_id": owner,
-            "reason": f"{claimed[0]} row {claimed[1]} names this file too; the record can link one"})
+        draft.report["links_unresolved"].append(
+            {
+                "record_key": rec["_key"],
+                "entity_type": name.rstrip("s"),
+                "entity_id": owner,
+                "reason": f"{claimed[0]} row {claimed[1]} names this file too; the record can link one",
+            }
+        )
         return
     etype = draft.current(rec, c.entity_type)
     if etype not in (name, name.rstrip("s")):

@@ -6,6 +6,7 @@ record each bundle file record became. Reads only: the target (``main``, its sha
 Bundle rows are read set-based (the entity rows the records name, in one query a table) and
 target records a few hundred keys a query; each answer is kept for the rest of the plan.
 """
+
 from __future__ import annotations
 
 import sqlite3
@@ -32,9 +33,21 @@ class Matcher:
     """Lookups for one plan. ``remaps``: the re-import's ``(table, old key) -> new key`` (None:
     not known, so rows are also found by their unique columns and records by path and hash)."""
 
-    def __init__(self, bundle: Bundle, conn: sqlite3.Connection, schema: Schema, cfg: FilesConfig,
-                 remaps: dict[tuple[str, Any], Any] | None):
-        self.bundle, self.conn, self.schema, self.cfg, self.remaps = bundle, conn, schema, cfg, remaps
+    def __init__(
+        self,
+        bundle: Bundle,
+        conn: sqlite3.Connection,
+        schema: Schema,
+        cfg: FilesConfig,
+        remaps: dict[tuple[str, Any], Any] | None,
+    ):
+        self.bundle, self.conn, self.schema, self.cfg, self.remaps = (
+            bundle,
+            conn,
+            schema,
+            cfg,
+            remaps,
+        )
         self.pk = self.tpk(cfg.table)
         self.bundle_tables = frozenset(r[0] for r in conn.execute(q.tables_sql(BUNDLE)))
         self._entity_tables: dict[str, str | None] = {}
@@ -62,7 +75,8 @@ class Matcher:
             return None
         if etype not in self._entity_tables:
             self._entity_tables[etype] = next(
-                (t for t in sorted(self.schema.tables) if etype in (t, t.rstrip("s"))), None)
+                (t for t in sorted(self.schema.tables) if etype in (t, t.rstrip("s"))), None
+            )
         return self._entity_tables[etype]
 
     # ---- bundle rows ----------------------------------------------------------------------------
@@ -131,9 +145,11 @@ class Matcher:
     def load_records(self, keys: Iterable[Any], chunk: int = 500) -> None:
         """Read the target records of many keys, a few hundred keys a query (each an index
         lookup, compared as a single ``pk = ?`` would)."""
-        todo = [k for k in dict.fromkeys(k for k in keys if k is not None) if k not in self._records]
+        todo = [
+            k for k in dict.fromkeys(k for k in keys if k is not None) if k not in self._records
+        ]
         for i in range(0, len(todo), chunk):
-            part = todo[i:i + chunk]
+            part = todo[i : i + chunk]
             cur = self.conn.execute(q.records_sql(self.cfg.table, self.pk, len(part)), part)
             names = [d[0] for d in cur.description][1:]
             for k in part:
@@ -144,7 +160,9 @@ class Matcher:
     def target_by_path(self, path: str, sha: Any) -> list[Row]:
         """The target records at ``path`` (with hash ``sha`` when the table records one)."""
         params: list[Any] = [path, sha] if self.cfg.sha256 else [path]
-        cur = self.conn.execute(q.record_by_path_sql(self.cfg.table, self.pk, self.cfg.path, self.cfg.sha256), params)
+        cur = self.conn.execute(
+            q.record_by_path_sql(self.cfg.table, self.pk, self.cfg.path, self.cfg.sha256), params
+        )
         return _dicts(cur)
 
     def record_key(self, b: Row) -> Any:
@@ -161,7 +179,9 @@ class Matcher:
         path, sha = b.get(self.cfg.path), b.get(self.cfg.sha256) if self.cfg.sha256 else None
         key = self.record_key(b)
         rec = self.target_record(key) if key is not None else None
-        if rec is not None and (rec.get(self.cfg.path) == path or recovered_of(rec.get(self.cfg.path), path)):
+        if rec is not None and (
+            rec.get(self.cfg.path) == path or recovered_of(rec.get(self.cfg.path), path)
+        ):
             return rec
         if self.remaps is None or rec is None:
             hits = self.target_by_path(path, sha) if isinstance(path, str) else []
@@ -181,13 +201,20 @@ class Matcher:
         k = row.get(self.bkey(table))
         if k is None:
             return None
-        uniques = [u for u in t.unique_sets if all(c in row and c in t.column_names for c in u)
-                   and all(row[c] is not None for c in u)]
+        uniques = [
+            u
+            for u in t.unique_sets
+            if all(c in row and c in t.column_names for c in u)
+            and all(row[c] is not None for c in u)
+        ]
         same_cols = tuple(c for u in uniques for c in u)
 
         def same(candidate: Any) -> bool:
             params = [candidate, *(row[c] for c in same_cols)]
-            return self.conn.execute(q.has_row_sql(table, key_col, same_cols), params).fetchone() is not None
+            return (
+                self.conn.execute(q.has_row_sql(table, key_col, same_cols), params).fetchone()
+                is not None
+            )
 
         if self.remaps is not None and (table, k) in self.remaps:
             new = self.remaps[(table, k)]

@@ -10,6 +10,7 @@ previous one, the file itself ``O_NOFOLLOW | O_NONBLOCK`` (a FIFO cannot block i
 only a regular file; copies and hashes read from that descriptor. The walk (:func:`_scan`) enters
 folders the same way. :func:`write_under` is the same discipline for files written under the root.
 """
+
 from __future__ import annotations
 
 import errno
@@ -46,10 +47,15 @@ SWAPPED_HINT = "stop whatever changes the uploads folder and run the command aga
 
 
 def _swapped(path: str, exc: OSError | None = None) -> RecoveryError:
-    why = "became a symbolic link or a special file" if exc is None or exc.errno in (
-        errno.ELOOP, errno.ENOTDIR, errno.EMLINK) else f"changed ({os.strerror(exc.errno or 0)})"
-    return RecoveryError(f"{path} {why} while the uploads were being read (no symbolic link is followed)",
-                         SWAPPED_HINT)
+    why = (
+        "became a symbolic link or a special file"
+        if exc is None or exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK)
+        else f"changed ({os.strerror(exc.errno or 0)})"
+    )
+    return RecoveryError(
+        f"{path} {why} while the uploads were being read (no symbolic link is followed)",
+        SWAPPED_HINT,
+    )
 
 
 def _parts(rel: str) -> list[str]:
@@ -98,7 +104,7 @@ def open_nofollow(path: str | os.PathLike[str], root: str | os.PathLike[str] = "
     prefix = root_s.rstrip("/") + "/"
     if not path_s.startswith(prefix):
         raise RecoveryError(f"{path_s} is not inside {root_s}", SWAPPED_HINT)
-    folder, _, name = path_s[len(prefix):].rpartition("/")
+    folder, _, name = path_s[len(prefix) :].rpartition("/")
     dfd = open_dir_nofollow(root_s, folder)
     try:
         fd = os.open(name, _FILE_FLAGS, dir_fd=dfd)
@@ -162,8 +168,14 @@ def sane_mode(recorded: object) -> int:
     return 0o644 & ~_umask()
 
 
-def write_under(root: str, rel: str, source: str | os.PathLike[str], expect_sha256: str | None,
-                mode: int, source_root: str | os.PathLike[str] = "/") -> bool:
+def write_under(
+    root: str,
+    rel: str,
+    source: str | os.PathLike[str],
+    expect_sha256: str | None,
+    mode: int,
+    source_root: str | os.PathLike[str] = "/",
+) -> bool:
     """Put a copy of ``source`` (a real path, opened by :func:`open_nofollow` under
     ``source_root``) at ``root/rel`` without following a symbolic link at any level and without
     ever replacing a file: folders are walked (and made) by descriptor, the copy is written to a
@@ -186,23 +198,34 @@ def write_under(root: str, rel: str, source: str | os.PathLike[str], expect_sha2
             try:
                 fd = os.open(name, _FILE_FLAGS, dir_fd=dfd)
             except OSError:
-                raise RecoveryError(f"{target} appeared while relinking (not a regular file)",
-                                    "run relink again; nothing was overwritten") from None
+                raise RecoveryError(
+                    f"{target} appeared while relinking (not a regular file)",
+                    "run relink again; nothing was overwritten",
+                ) from None
             try:
                 same = stat.S_ISREG(os.fstat(fd).st_mode) and digest_fd(fd)[0] == expect_sha256
             finally:
                 os.close(fd)
             if same:
                 return False
-            raise RecoveryError(f"{target} appeared while relinking", "run relink again; nothing was overwritten")
+            raise RecoveryError(
+                f"{target} appeared while relinking", "run relink again; nothing was overwritten"
+            )
         tmp = f".{name}.relink-{os.getpid()}-{os.urandom(4).hex()}.tmp"  # a name nobody can plant ahead
         src = open_nofollow(source, source_root)
         try:
-            out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dfd)
+            out = os.open(
+                tmp,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o600,
+                dir_fd=dfd,
+            )
         except FileExistsError:
             os.close(src)
-            raise RecoveryError(f"{target}: its temporary name appeared while relinking",
-                                "run relink again; nothing was overwritten") from None
+            raise RecoveryError(
+                f"{target}: its temporary name appeared while relinking",
+                "run relink again; nothing was overwritten",
+            ) from None
         except BaseException:
             os.close(src)
             raise
@@ -213,7 +236,7 @@ def write_under(root: str, rel: str, source: str | os.PathLike[str], expect_sha2
                     h.update(block)
                     view = memoryview(block)
                     while view:
-                        view = view[os.write(out, view):]
+                        view = view[os.write(out, view) :]
                 _own_like(out, dfd)
                 os.fchmod(out, mode)
                 os.fsync(out)
@@ -221,18 +244,24 @@ def write_under(root: str, rel: str, source: str | os.PathLike[str], expect_sha2
                 os.close(out)
                 os.close(src)
             if expect_sha256 is not None and h.hexdigest() != expect_sha256:
-                raise RecoveryError(f"bundle copy {source} changed while it was being restored",
-                                    "extract the bundle again; nothing was overwritten")
+                raise RecoveryError(
+                    f"bundle copy {source} changed while it was being restored",
+                    "extract the bundle again; nothing was overwritten",
+                )
             try:
                 os.link(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd, follow_symlinks=False)
             except FileExistsError:
-                raise RecoveryError(f"{target} appeared while relinking",
-                                    "run relink again; nothing was overwritten") from None
+                raise RecoveryError(
+                    f"{target} appeared while relinking",
+                    "run relink again; nothing was overwritten",
+                ) from None
             except OSError:  # no hard links on this filesystem: rename, after a last look
                 try:
                     os.stat(name, dir_fd=dfd, follow_symlinks=False)
-                    raise RecoveryError(f"{target} appeared while relinking",
-                                        "run relink again; nothing was overwritten")
+                    raise RecoveryError(
+                        f"{target} appeared while relinking",
+                        "run relink again; nothing was overwritten",
+                    )
                 except FileNotFoundError:
                     os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
         finally:
@@ -263,7 +292,9 @@ def _resolve_str(path: str) -> str:
         try:
             real = os.path.realpath(path)
             break
-        except OSError as exc:  # a symlink lstat saw was gone before readlink: the path changed under us
+        except (
+            OSError
+        ) as exc:  # a symlink lstat saw was gone before readlink: the path changed under us
             changed = exc
     else:
         raise _swapped(path, changed)
@@ -386,7 +417,9 @@ class UploadsIndex:
     def __init__(self, root: str | os.PathLike[str]):
         self.under = SafeRoot(Path(root))
         self.real = self.under.real
-        self.files: dict[str, tuple[str, os.stat_result]] = {rel: (real, st) for rel, real, st in _scan(self.under)}
+        self.files: dict[str, tuple[str, os.stat_result]] = {
+            rel: (real, st) for rel, real, st in _scan(self.under)
+        }
         self._sha: dict[str, str] = {}
 
     def safe(self, stored: object) -> bool:
@@ -427,7 +460,9 @@ def scan_uploads(root: str | os.PathLike[str]) -> dict[str, object]:
     """The uploads manifest: root and every file's relative path, size, sha256 and mtime."""
     r = Path(root)
     if not r.is_dir():
-        raise RecoveryError(f"uploads folder {r} does not exist or is not a folder", "check --uploads")
+        raise RecoveryError(
+            f"uploads folder {r} does not exist or is not a folder", "check --uploads"
+        )
     return {"root": str(r.resolve()), "files": [e.to_dict() for e in iter_uploads(r)]}
 
 
@@ -475,12 +510,14 @@ class _BundleWriter:
     def _on_threads(self, fn: Callable[[T], R], items: list[T], size: int) -> list[R]:
         """``[fn(x) for x in items]``, slices of ``size`` items on up to ``THREADS`` threads (in
         this thread when there is one slice), results in order."""
-        slices = [items[i:i + size] for i in range(0, len(items), size)]
+        slices = [items[i : i + size] for i in range(0, len(items), size)]
         if len(slices) <= 1:
             return [fn(x) for x in items]
         from concurrent.futures import ThreadPoolExecutor
 
-        with ThreadPoolExecutor(max_workers=min(self.THREADS, len(slices)), thread_name_prefix="recovery-files") as pool:
+        with ThreadPoolExecutor(
+            max_workers=min(self.THREADS, len(slices)), thread_name_prefix="recovery-files"
+        ) as pool:
             return [r for part in pool.map(lambda xs: [fn(x) for x in xs], slices) for r in part]
 
     def _copy(self, src: str, dst: str) -> tuple[str, int, int]:
@@ -496,13 +533,15 @@ class _BundleWriter:
         fin = open_nofollow(src, self.root)
         try:
             mode = stat.S_IMODE(os.fstat(fin).st_mode)
-            fout = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            fout = os.open(
+                dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+            )
             try:
                 while block := os.read(fin, 1 << 20):
                     h.update(block)
                     view = memoryview(block)
                     while view:
-                        view = view[os.write(fout, view):]
+                        view = view[os.write(fout, view) :]
                     size += len(block)
                 os.fsync(fout)
             finally:
@@ -534,7 +573,10 @@ def _fsync_path(path: str) -> None:
 
 
 def copy_files_into_bundle(
-    work: Path, uploads: str | os.PathLike[str], backup: str | os.PathLike[str], cfg: FilesConfig,
+    work: Path,
+    uploads: str | os.PathLike[str],
+    backup: str | os.PathLike[str],
+    cfg: FilesConfig,
     index: UploadsIndex | None = None,
 ) -> dict[str, object]:
     """Copy into ``work/files/`` every file a bundle ``file_records`` row references, and every file
@@ -555,7 +597,9 @@ def copy_files_into_bundle(
 
     root = Path(uploads)
     if not root.is_dir():
-        raise RecoveryError(f"uploads folder {root} does not exist or is not a folder", "check --uploads")
+        raise RecoveryError(
+            f"uploads folder {root} does not exist or is not a folder", "check --uploads"
+        )
     if index is None or index.real != _resolve_str(os.fspath(root)):
         index = UploadsIndex(root)  # the root resolved once, the folder walked once
     writer = _BundleWriter(work, index.real)
@@ -564,25 +608,44 @@ def copy_files_into_bundle(
     rows_db = work / "rows.db"
     conn = sqlite3.connect(f"file:{rows_db}?mode=ro", uri=True)
     try:
-        has = conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (cfg.table,)).fetchone()
+        has = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (cfg.table,)
+        ).fetchone()
         rows = []
         if has:
-            info = conn.execute("SELECT name, pk FROM pragma_table_info(?)", (cfg.table,)).fetchall()
+            info = conn.execute(
+                "SELECT name, pk FROM pragma_table_info(?)", (cfg.table,)
+            ).fetchall()
             names = [n for n, _ in info]
             pk = next((n for n, is_pk in info if is_pk == 1), names[0])
-            q = exp.select(col(pk), col(cfg.path), col(cfg.sha256) if cfg.sha256 in names else exp.Null()).from_(
-                table(cfg.table)).where(exp.In(this=col(KIND_COLUMN), expressions=[
-                    exp.Literal.string(k) for k in CARRIED_KINDS]))
+            q = (
+                exp.select(
+                    col(pk), col(cfg.path), col(cfg.sha256) if cfg.sha256 in names else exp.Null()
+                )
+                .from_(table(cfg.table))
+                .where(
+                    exp.In(
+                        this=col(KIND_COLUMN),
+                        expressions=[exp.Literal.string(k) for k in CARRIED_KINDS],
+                    )
+                )
+            )
             rows = conn.execute(sql(q)).fetchall()
     finally:
         conn.close()
     files_dir = work / "files"
     # Copies to make: destination -> source, and each report entry that waits for a copy's digest.
     sources: dict[str, str] = {}
-    waiting: list[tuple[dict[str, object], str, object]] = []  # (entry, destination, recorded sha256)
+    waiting: list[
+        tuple[dict[str, object], str, object]
+    ] = []  # (entry, destination, recorded sha256)
     for key, stored, recorded_sha in rows:
         src = index.resolve(stored) if isinstance(stored, str) else None
-        entry: dict[str, object] = {"record_key": key, "path": stored, "recorded_sha256": recorded_sha}
+        entry: dict[str, object] = {
+            "record_key": key,
+            "path": stored,
+            "recorded_sha256": recorded_sha,
+        }
         if src is None:
             report["unsafe"].append({**entry, "status": "unsafe"})
             continue
@@ -592,7 +655,9 @@ def copy_files_into_bundle(
             report["records"].append({**entry, "size": None, "sha256": None, "status": "missing"})
             continue
         dst = os.fspath(files_dir / norm)
-        sources.setdefault(dst, os.fspath(src))  # the same normalised path: the same file, copied once
+        sources.setdefault(
+            dst, os.fspath(src)
+        )  # the same normalised path: the same file, copied once
         report["records"].append(entry)
         waiting.append((entry, dst, recorded_sha))
     # Files on disk that appeared after the backup and that no record (old or new) references.
@@ -612,9 +677,14 @@ def copy_files_into_bundle(
         from datetime import datetime
 
         cutoff = datetime.fromisoformat(since).timestamp()
-    shadowed: dict[str, str] = {}  # a record's copy whose destination an unrecorded file takes (see below)
+    shadowed: dict[
+        str, str
+    ] = {}  # a record's copy whose destination an unrecorded file takes (see below)
     unrecorded: list[tuple[dict[str, object], str]] = []
-    for rel, (real, st) in index.files.items():  # stat only: a file is hashed when (and as) it is copied
+    for rel, (
+        real,
+        st,
+    ) in index.files.items():  # stat only: a file is hashed when (and as) it is copied
         if rel in referenced or rel in known:
             continue
         if cutoff is not None and round(st.st_mtime, 6) <= cutoff:
@@ -626,9 +696,14 @@ def copy_files_into_bundle(
         entry = {"path": rel, "size": st.st_size, "sha256": None, "status": "copied"}
         report["unrecorded"].append(entry)
         unrecorded.append((entry, dst))
-    done = dict(zip(sources, writer.copy_all([(src, dst) for dst, src in sources.items()]), strict=True))
+    done = dict(
+        zip(sources, writer.copy_all([(src, dst) for dst, src in sources.items()]), strict=True)
+    )
     writer.sync()  # every copy durable before the caller seals the bundle
-    for shadow, shadowed_src in shadowed.items():  # hashed as it would have been copied, not written
+    for (
+        shadow,
+        shadowed_src,
+    ) in shadowed.items():  # hashed as it would have been copied, not written
         fd = open_nofollow(shadowed_src, index.real)
         try:
             done[shadow] = digest_fd(fd)
@@ -636,8 +711,12 @@ def copy_files_into_bundle(
             os.close(fd)
     for entry, dst, recorded_sha in waiting:
         digest, size, mode = done[dst]
-        entry.update(size=size, sha256=digest, mode=mode,
-                     status="copied" if recorded_sha in (None, digest) else "copied_hash_differs")
+        entry.update(
+            size=size,
+            sha256=digest,
+            mode=mode,
+            status="copied" if recorded_sha in (None, digest) else "copied_hash_differs",
+        )
     for entry, dst in unrecorded:
         entry.update(sha256=done[dst][0], mode=done[dst][2])
     json.dumps(report)  # the report must stay JSON-serialisable

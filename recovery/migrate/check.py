@@ -19,6 +19,7 @@ upgraded from empty to the revision's parent with the application's own Alembic,
 The application's code runs in a child process that cannot reach the real databases
 (:mod:`recovery.migrate.sandbox`). Nothing but temporary scratch files is ever written.
 """
+
 from __future__ import annotations
 
 import os
@@ -63,7 +64,12 @@ class Change:
     detail: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "table": self.table, "column": self.column, "detail": self.detail}
+        return {
+            "kind": self.kind,
+            "table": self.table,
+            "column": self.column,
+            "detail": self.detail,
+        }
 
 
 @dataclass(frozen=True)
@@ -91,8 +97,13 @@ class Reverse:
     problems: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"sql": list(self.sql), "alembic": list(self.alembic), "mechanical": self.mechanical,
-                "verified": self.verified, "problems": list(self.problems)}
+        return {
+            "sql": list(self.sql),
+            "alembic": list(self.alembic),
+            "mechanical": self.mechanical,
+            "verified": self.verified,
+            "problems": list(self.problems),
+        }
 
 
 @dataclass(frozen=True)
@@ -117,15 +128,27 @@ class RevisionCheck:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "revision": self.revision, "down_revision": self.down_revision, "doc": self.doc,
+            "revision": self.revision,
+            "down_revision": self.down_revision,
+            "doc": self.doc,
             "verdict": self.verdict,
-            "upgrade": {"statements": self.upgrade_statements, "changes": [c.to_dict() for c in self.changes],
-                        "lineage": self.upgrade_lineage, "cross_check": list(self.cross_check)},
-            "downgrade": {"kind": self.downgrade, "statements": self.downgrade_statements,
-                          "differences": list(self.downgrade_differences), "lineage": self.downgrade_lineage,
-                          "error": self.downgrade_error},
+            "upgrade": {
+                "statements": self.upgrade_statements,
+                "changes": [c.to_dict() for c in self.changes],
+                "lineage": self.upgrade_lineage,
+                "cross_check": list(self.cross_check),
+            },
+            "downgrade": {
+                "kind": self.downgrade,
+                "statements": self.downgrade_statements,
+                "differences": list(self.downgrade_differences),
+                "lineage": self.downgrade_lineage,
+                "error": self.downgrade_error,
+            },
             "losses": [x.to_dict() for x in self.losses],
-            "suggested_reverse": self.suggested_reverse.to_dict() if self.suggested_reverse else None,
+            "suggested_reverse": self.suggested_reverse.to_dict()
+            if self.suggested_reverse
+            else None,
         }
 
 
@@ -150,9 +173,14 @@ class CheckResult:
     def to_dict(self) -> dict[str, Any]:
         """The documented ``--json`` shape (``format: recovery-check/1``)."""
         return {
-            "format": FORMAT, "alembic_ini": self.alembic_ini, "from": self.from_revision, "to": self.to_revision,
-            "ok": self.ok, "summary": {v: sum(r.verdict == v for r in self.revisions) for v in VERDICTS},
-            "revisions": [r.to_dict() for r in self.revisions], "from_reason": self.from_reason,
+            "format": FORMAT,
+            "alembic_ini": self.alembic_ini,
+            "from": self.from_revision,
+            "to": self.to_revision,
+            "ok": self.ok,
+            "summary": {v: sum(r.verdict == v for r in self.revisions) for v in VERDICTS},
+            "revisions": [r.to_dict() for r in self.revisions],
+            "from_reason": self.from_reason,
         }
 
     def summary_line(self) -> str:
@@ -163,8 +191,11 @@ class CheckResult:
             verdict = f"rolls back without loss ({n} revision(s) safe)"
         else:
             counts = {v: sum(r.verdict == v for r in self.revisions) for v in VERDICTS}
-            verdict = ("does NOT roll back without loss or manual SQL: "
-                       + ", ".join(f"{k} {counts[k]}" for k in VERDICTS if counts[k]) + f" of {n} revision(s)")
+            verdict = (
+                "does NOT roll back without loss or manual SQL: "
+                + ", ".join(f"{k} {counts[k]}" for k in VERDICTS if counts[k])
+                + f" of {n} revision(s)"
+            )
         return f"{span}: {verdict}. Start: {self.from_reason or 'the base'}."
 
 
@@ -173,7 +204,9 @@ class CheckResult:
 
 
 def check(
-    alembic_ini: str | os.PathLike[str], from_rev: str | None = None, to_rev: str | None = None,
+    alembic_ini: str | os.PathLike[str],
+    from_rev: str | None = None,
+    to_rev: str | None = None,
     db: str | os.PathLike[str] | None = None,
 ) -> CheckResult:
     """Judge every revision after ``from_rev`` up to ``to_rev`` (default: ``db``'s revision, else
@@ -186,21 +219,31 @@ def check(
     if db is not None:
         with open_engine(db).readonly("database") as conn:
             db_rev = alembic_revision(conn)
-            db_has_schema = conn.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' "
-                "AND name != 'alembic_version'").fetchone() is not None
+            db_has_schema = (
+                conn.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' "
+                    "AND name != 'alembic_version'"
+                ).fetchone()
+                is not None
+            )
     from_reason = "--from"
     if from_rev is None and db is not None:
         from_rev = db_rev
-        from_reason = (f"the revision of --db {db}" if from_rev else f"the base: --db {db} has no Alembic revision")
+        from_reason = (
+            f"the revision of --db {db}"
+            if from_rev
+            else f"the base: --db {db} has no Alembic revision"
+        )
     elif from_rev is None:
         from_rev, from_reason = default_from(alembic_ini)
     try:
         if to_rev is None or to_rev == "head":
             heads = script.get_heads()
             if len(heads) != 1:
-                raise RecoveryError(f"the Alembic history has {len(heads)} heads ({', '.join(heads)})",
-                                    "pass --to REV")
+                raise RecoveryError(
+                    f"the Alembic history has {len(heads)} heads ({', '.join(heads)})",
+                    "pass --to REV",
+                )
             to_rev = heads[0]
         to_rev = script.get_revision(to_rev).revision
         if from_rev in ("base", ""):
@@ -209,20 +252,30 @@ def check(
             from_rev = script.get_revision(from_rev).revision
         revs = list(reversed(list(script.iterate_revisions(to_rev, from_rev or "base"))))
     except CommandError as exc:
-        raise RecoveryError(f"cannot read the revisions from {from_rev or 'base'} to {to_rev}: {exc}"
-                            + ("" if from_reason == "--from" else f" (the range started at {from_reason})"),
-                            "check --from/--to (see `alembic history`)") from None
+        raise RecoveryError(
+            f"cannot read the revisions from {from_rev or 'base'} to {to_rev}: {exc}"
+            + ("" if from_reason == "--from" else f" (the range started at {from_reason})"),
+            "check --from/--to (see `alembic history`)",
+        ) from None
     except AttributeError:  # get_revision(...) returned None
-        raise RecoveryError(f"unknown revision {from_rev or to_rev}"
-                            + ("" if from_reason == "--from" else f" (the range started at {from_reason})"),
-                            "see `alembic history`; choose the start with --from REV") from None
-    if from_rev is not None and to_rev != from_rev and from_rev not in {
-        r for rev in revs for r in _parents(rev.down_revision)
-    }:
+        raise RecoveryError(
+            f"unknown revision {from_rev or to_rev}"
+            + ("" if from_reason == "--from" else f" (the range started at {from_reason})"),
+            "see `alembic history`; choose the start with --from REV",
+        ) from None
+    if (
+        from_rev is not None
+        and to_rev != from_rev
+        and from_rev not in {r for rev in revs for r in _parents(rev.down_revision)}
+    ):
         raise RecoveryError(f"{from_rev} is not an ancestor of {to_rev}", "swap --from and --to?")
     results: list[RevisionCheck] = []
-    with tempfile.TemporaryDirectory(prefix="recovery-check-") as tmp, \
-            Sandbox(Path(alembic_ini), Path(tmp) / "work.db", [Path(db)] if db is not None else []) as sb:
+    with (
+        tempfile.TemporaryDirectory(prefix="recovery-check-") as tmp,
+        Sandbox(
+            Path(alembic_ini), Path(tmp) / "work.db", [Path(db)] if db is not None else []
+        ) as sb,
+    ):
         folder = Path(tmp)
         # a database with tables of its own is the truth about the schema at its revision (the app
         # may have made them with its ORM); one with only alembic_version is rebuilt from the base
@@ -239,10 +292,14 @@ def check(
             for i, rev in enumerate(revs):
                 parents = _parents(rev.down_revision)
                 if tuple(parents) != ((current_rev,) if current_rev else ()):
-                    current = _empty(folder / f"{i}.parent.db")  # a branch or merge: build its parent afresh
+                    current = _empty(
+                        folder / f"{i}.parent.db"
+                    )  # a branch or merge: build its parent afresh
                     for p in parents:
                         _migrate(alembic_ini, current, "upgrade", p, sandbox=sb)
-                results.append(check_revision(alembic_ini, rev, current, folder / f"{i}", sandbox=sb))
+                results.append(
+                    check_revision(alembic_ini, rev, current, folder / f"{i}", sandbox=sb)
+                )
                 current, current_rev = folder / f"{i}.up.db", rev.revision
         except RecoveryError as err:
             if seeded or "no such table" not in err.message:
@@ -253,7 +310,8 @@ def check(
                 "create_all, and stamps a revision)",
                 "pass --db with a database of the application (only read: its schema and a bounded sample of its "
                 "rows are copied to a scratch file, and every revision after its revision is judged)",
-                ExitCode.FAILED) from None
+                ExitCode.FAILED,
+            ) from None
     return CheckResult(str(alembic_ini), from_rev, to_rev, tuple(results), from_reason)
 
 
@@ -279,8 +337,11 @@ def default_from(alembic_ini: str | os.PathLike[str]) -> tuple[str | None, str]:
             if isinstance(rev, str) and rev:
                 found.append((str(data.get("created_at") or ""), m.stat().st_mtime, m, rev))
     if not found:
-        return None, ("the base: no --from, no --db and no snapshot manifest (" + MANIFEST_GLOB
-                      + ") in the current folder or the ini's folder")
+        return None, (
+            "the base: no --from, no --db and no snapshot manifest ("
+            + MANIFEST_GLOB
+            + ") in the current folder or the ini's folder"
+        )
     created, _mtime, path, rev = max(found)
     return rev, f"the newest snapshot manifest {path} (created {created or 'at an unknown time'})"
 
@@ -297,9 +358,16 @@ def seed_scratch(src: Path, dst: Path, limit: int = SAMPLE_ROWS) -> Path:
 
     order = {"table": 0, "index": 1, "view": 2, "trigger": 3}
     with open_engine(src).readonly("database") as s:
-        entries = sorted(((t, n, q) for t, n, q in s.execute(
-            "SELECT type, name, sql FROM sqlite_master WHERE sql IS NOT NULL")
-            if not n.startswith("sqlite_")), key=lambda e: order.get(e[0], 4))
+        entries = sorted(
+            (
+                (t, n, q)
+                for t, n, q in s.execute(
+                    "SELECT type, name, sql FROM sqlite_master WHERE sql IS NOT NULL"
+                )
+                if not n.startswith("sqlite_")
+            ),
+            key=lambda e: order.get(e[0], 4),
+        )
     with closing(sqlite3.connect(f"file:{dst}", uri=True)) as c:
         filled: list[str] = []
         for kind, name, ddl in entries:
@@ -313,12 +381,24 @@ def seed_scratch(src: Path, dst: Path, limit: int = SAMPLE_ROWS) -> Path:
         c.execute("ATTACH DATABASE ? AS src", (readonly_uri(src),))
         c.execute("BEGIN")
         for name in filled:
-            cols = [r[1] for r in c.execute("SELECT * FROM pragma_table_xinfo(?, 'main')", (name,)) if r[6] == 0]
+            cols = [
+                r[1]
+                for r in c.execute("SELECT * FROM pragma_table_xinfo(?, 'main')", (name,))
+                if r[6] == 0
+            ]
             q = exp.select(*[col(x) for x in cols]).from_(table(name, "src"))
             if name != "alembic_version":
                 q = q.limit(int(limit))
-            c.execute(sql(exp.Insert(this=exp.Schema(this=table(name, "main"), expressions=[ident(x) for x in cols]),
-                                     expression=q)))
+            c.execute(
+                sql(
+                    exp.Insert(
+                        this=exp.Schema(
+                            this=table(name, "main"), expressions=[ident(x) for x in cols]
+                        ),
+                        expression=q,
+                    )
+                )
+            )
         c.execute("COMMIT")
         c.execute("DETACH DATABASE src")
         for kind, _name, ddl in entries:
@@ -327,8 +407,13 @@ def seed_scratch(src: Path, dst: Path, limit: int = SAMPLE_ROWS) -> Path:
     return dst
 
 
-def check_revision(alembic_ini: str | os.PathLike[str], rev: Any, before_db: Path, stem: Path,
-                   sandbox: Sandbox | None = None) -> RevisionCheck:
+def check_revision(
+    alembic_ini: str | os.PathLike[str],
+    rev: Any,
+    before_db: Path,
+    stem: Path,
+    sandbox: Sandbox | None = None,
+) -> RevisionCheck:
     """Run ``rev``'s upgrade (and downgrade) on copies of ``before_db`` (at its parent) and judge it.
     Leaves ``<stem>.up.db`` at ``rev`` for the next revision. The app's code runs in ``sandbox``
     (its scratch file in the same folder as ``stem``), else in a sandbox of its own per command."""
@@ -349,8 +434,14 @@ def check_revision(alembic_ini: str | os.PathLike[str], rev: Any, before_db: Pat
     if not stub:
         shutil.copyfile(up_db, down_db)
         try:
-            down_sql = _migrate(alembic_ini, down_db, "downgrade", parents[0] if len(parents) == 1 else
-                                f"{rev.revision}-1" if parents else "base", raise_=True, sandbox=sandbox)
+            down_sql = _migrate(
+                alembic_ini,
+                down_db,
+                "downgrade",
+                parents[0] if len(parents) == 1 else f"{rev.revision}-1" if parents else "base",
+                raise_=True,
+                sandbox=sandbox,
+            )
             restored = _reflect(down_db)
         except MigrationFailed as exc:
             kind, error, restored = "failed", exc.message, None
@@ -361,17 +452,35 @@ def check_revision(alembic_ini: str | os.PathLike[str], rev: Any, before_db: Pat
     env_down = track(_parsed(down_sql), _identity(after))
     losses = tuple(find_losses(before, after, env_down, stub))
     schema_changed = bool(schema_differences(before, after))
-    if kind in ("failed", "partial") or (kind == "stub" and (schema_changed or _migrates_data(changes))):
+    if kind in ("failed", "partial") or (
+        kind == "stub" and (schema_changed or _migrates_data(changes))
+    ):
         verdict = MANUAL
     elif losses:
         verdict = LOSES_DATA
     else:
         verdict = SAFE
-    reverse = suggest_reverse(before, after, changes, up_db) if kind == "stub" and verdict == MANUAL else None
+    reverse = (
+        suggest_reverse(before, after, changes, up_db)
+        if kind == "stub" and verdict == MANUAL
+        else None
+    )
     return RevisionCheck(
-        rev.revision, ",".join(parents) or None, (rev.doc or "").strip(), len(up_sql), tuple(changes),
-        _lineage(env_up, before, after), tuple(cross), kind, len(down_sql), differences,
-        _lineage(env_down, after, restored or after), error, losses, verdict, reverse,
+        rev.revision,
+        ",".join(parents) or None,
+        (rev.doc or "").strip(),
+        len(up_sql),
+        tuple(changes),
+        _lineage(env_up, before, after),
+        tuple(cross),
+        kind,
+        len(down_sql),
+        differences,
+        _lineage(env_down, after, restored or after),
+        error,
+        losses,
+        verdict,
+        reverse,
     )
 
 
@@ -379,7 +488,9 @@ def check_revision(alembic_ini: str | os.PathLike[str], rev: Any, before_db: Pat
 # reading an upgrade
 
 
-def describe_upgrade(before: Schema, after: Schema, env: Env, statements: list[str]) -> tuple[list[Change], list[str]]:
+def describe_upgrade(
+    before: Schema, after: Schema, env: Env, statements: list[str]
+) -> tuple[list[Change], list[str]]:
     """The upgrade's changes: reflection says *what* differs, the tracked SQL says *how* (renames,
     values carried from dropped columns, data migrations, batch rebuilds)."""
     changes: list[Change] = []
@@ -388,20 +499,46 @@ def describe_upgrade(before: Schema, after: Schema, env: Env, statements: list[s
     for t in sorted(set(a_tables) - set(b_tables)):
         sources = {s for s in _sources(env.get(t, {}).values()) if s[0] in b_tables}
         src_tables = {s[0] for s in sources}
-        if len(src_tables) == 1 and next(iter(src_tables)) not in a_tables and not _inserted_into(t, statements):
+        if (
+            len(src_tables) == 1
+            and next(iter(src_tables)) not in a_tables
+            and not _inserted_into(t, statements)
+        ):
             renamed_tables[t] = next(iter(src_tables))
             changes.append(Change("table_renamed", t, detail=f"from {renamed_tables[t]}"))
         else:
-            changes.append(Change("table_added", t, detail=", ".join(c.name for c in after.tables[t].columns)))
+            changes.append(
+                Change("table_added", t, detail=", ".join(c.name for c in after.tables[t].columns))
+            )
     for t in sorted(set(b_tables) - set(a_tables) - set(renamed_tables.values())):
-        carried = sorted({f"{t2}.{c2}" for t2, cols in env.items() if t2 in a_tables for c2, e in cols.items()
-                          if any(s[0] == t for s in _sources([e]))})
-        changes.append(Change("table_dropped", t, detail=f"values carried into {', '.join(carried)}" if carried
-                              else "its rows are destroyed"))
+        carried = sorted(
+            {
+                f"{t2}.{c2}"
+                for t2, cols in env.items()
+                if t2 in a_tables
+                for c2, e in cols.items()
+                if any(s[0] == t for s in _sources([e]))
+            }
+        )
+        changes.append(
+            Change(
+                "table_dropped",
+                t,
+                detail=f"values carried into {', '.join(carried)}"
+                if carried
+                else "its rows are destroyed",
+            )
+        )
     for t in sorted(_rebuilt(statements)):
         if t in a_tables:
-            changes.append(Change("table_rebuilt", t, detail="batch mode: copied into _alembic_tmp_"
-                                  f"{t}, dropped, renamed back; see the column changes"))
+            changes.append(
+                Change(
+                    "table_rebuilt",
+                    t,
+                    detail="batch mode: copied into _alembic_tmp_"
+                    f"{t}, dropped, renamed back; see the column changes",
+                )
+            )
     for t in sorted(set(a_tables)):
         src_t = renamed_tables.get(t, t)
         if src_t not in b_tables:
@@ -411,21 +548,47 @@ def describe_upgrade(before: Schema, after: Schema, env: Env, statements: list[s
         renamed_from: dict[str, str] = {}
         for c in acols:
             e = env.get(t, {}).get(c)
-            if c not in bcols and isinstance(e, exp.Column) and e.table == src_t and e.name in bcols and e.name not in acols:
+            if (
+                c not in bcols
+                and isinstance(e, exp.Column)
+                and e.table == src_t
+                and e.name in bcols
+                and e.name not in acols
+            ):
                 renamed_from[c] = e.name
                 changes.append(Change("column_renamed", t, c, f"from {e.name}"))
         for c in acols:
             if c not in bcols and c not in renamed_from:
                 default = acols[c].default
-                changes.append(Change("column_added", t, c, f"{acols[c].type}"
-                                      + ("" if acols[c].nullable else " NOT NULL")
-                                      + (f" DEFAULT {default}" if default is not None else "")))
+                changes.append(
+                    Change(
+                        "column_added",
+                        t,
+                        c,
+                        f"{acols[c].type}"
+                        + ("" if acols[c].nullable else " NOT NULL")
+                        + (f" DEFAULT {default}" if default is not None else ""),
+                    )
+                )
         for c in bcols:
             if c not in acols and c not in renamed_from.values():
-                into = sorted(f"{t2}.{c2}" for t2, cols in env.items() if t2 in a_tables for c2, e in cols.items()
-                              if (src_t, c) in _sources([e]) and not (t2 == t and c2 == c))
-                changes.append(Change("column_dropped", t, c, f"values carried into {', '.join(into)}" if into
-                                      else "its values are destroyed"))
+                into = sorted(
+                    f"{t2}.{c2}"
+                    for t2, cols in env.items()
+                    if t2 in a_tables
+                    for c2, e in cols.items()
+                    if (src_t, c) in _sources([e]) and not (t2 == t and c2 == c)
+                )
+                changes.append(
+                    Change(
+                        "column_dropped",
+                        t,
+                        c,
+                        f"values carried into {', '.join(into)}"
+                        if into
+                        else "its values are destroyed",
+                    )
+                )
         for c, ac in acols.items():
             bc = bcols.get(renamed_from.get(c, c))
             if bc is None:
@@ -433,16 +596,28 @@ def describe_upgrade(before: Schema, after: Schema, env: Env, statements: list[s
             if _norm_type(bc.type) != _norm_type(ac.type):
                 changes.append(Change("type_changed", t, c, f"{bc.type} -> {ac.type}"))
             if bc.nullable != ac.nullable:
-                changes.append(Change("nullability_changed", t, c, "NULL -> NOT NULL" if bc.nullable else "NOT NULL -> NULL"))
+                changes.append(
+                    Change(
+                        "nullability_changed",
+                        t,
+                        c,
+                        "NULL -> NOT NULL" if bc.nullable else "NOT NULL -> NULL",
+                    )
+                )
     changes += _data_migrations(statements)
     changes += _named_objects("index", before.indexes, after.indexes)
     changes += _named_objects("view", before.views, after.views)
     cross = []
-    for t in sorted(set(a_tables) | {t for t in env if not t.startswith(TMP_PREFIX) and t not in BOOKKEEPING_TABLES}):
+    for t in sorted(
+        set(a_tables)
+        | {t for t in env if not t.startswith(TMP_PREFIX) and t not in BOOKKEEPING_TABLES}
+    ):
         seen, real = set(env.get(t, {})), set(a_tables.get(t, ()))
         if seen != real:
-            cross.append(f"{t}: the SQL reading gives columns {sorted(seen)}, reflection {sorted(real)}"
-                         " (reflection wins)")
+            cross.append(
+                f"{t}: the SQL reading gives columns {sorted(seen)}, reflection {sorted(real)}"
+                " (reflection wins)"
+            )
     return changes, cross
 
 
@@ -464,7 +639,9 @@ def _data_migrations(statements: list[str]) -> list[Change]:
             t = target.name
             if t.startswith(TMP_PREFIX):
                 continue
-            out.append(Change("data_migrated", t, None, " ".join(tree.sql(dialect="sqlite").split())))
+            out.append(
+                Change("data_migrated", t, None, " ".join(tree.sql(dialect="sqlite").split()))
+            )
     return out
 
 
@@ -519,15 +696,24 @@ def schema_differences(want: Schema, got: Schema) -> list[str]:
             if _norm_type(w[c].type) != _norm_type(g[c].type):
                 out.append(f"column {t}.{c} is {g[c].type}, was {w[c].type}")
             if w[c].nullable != g[c].nullable:
-                out.append(f"column {t}.{c} is {'' if g[c].nullable else 'NOT '}NULL, was {'' if w[c].nullable else 'NOT '}NULL")
+                out.append(
+                    f"column {t}.{c} is {'' if g[c].nullable else 'NOT '}NULL, was {'' if w[c].nullable else 'NOT '}NULL"
+                )
         if set(want.tables[t].primary_key) != set(got.tables[t].primary_key):
-            out.append(f"table {t}: primary key {got.tables[t].primary_key}, was {want.tables[t].primary_key}")
+            out.append(
+                f"table {t}: primary key {got.tables[t].primary_key}, was {want.tables[t].primary_key}"
+            )
         wf = {(f.columns, f.ref_table, f.ref_columns) for f in want.tables[t].foreign_keys}
         gf = {(f.columns, f.ref_table, f.ref_columns) for f in got.tables[t].foreign_keys}
         out += [f"table {t}: foreign key {fk[0]} -> {fk[1]} is missing" for fk in sorted(wf - gf)]
-        out += [f"table {t}: foreign key {fk[0]} -> {fk[1]} is left behind" for fk in sorted(gf - wf)]
-    for kind, w_objs, g_objs in (("index", want.indexes, got.indexes), ("view", want.views, got.views),
-                                 ("trigger", want.triggers, got.triggers)):
+        out += [
+            f"table {t}: foreign key {fk[0]} -> {fk[1]} is left behind" for fk in sorted(gf - wf)
+        ]
+    for kind, w_objs, g_objs in (
+        ("index", want.indexes, got.indexes),
+        ("view", want.views, got.views),
+        ("trigger", want.triggers, got.triggers),
+    ):
         for name in sorted(set(w_objs) | set(g_objs)):
             a, b = w_objs.get(name), g_objs.get(name)
             if b is None:
@@ -548,20 +734,38 @@ def find_losses(before: Schema, after: Schema, env_down: Env, stub: bool) -> lis
       upgrade destroyed it; its values come back only from the backup)."""
     losses: list[Loss] = []
     b_tables, a_tables = _tables(before), _tables(after)
-    carried = _sources(e for t, cols in env_down.items() if t in b_tables
-                       for c, e in cols.items() if c in b_tables[t])
+    carried = _sources(
+        e
+        for t, cols in env_down.items()
+        if t in b_tables
+        for c, e in cols.items()
+        if c in b_tables[t]
+    )
     how = "is a stub: it leaves" if stub else "drops"
     for t, cols in a_tables.items():
         if t not in b_tables and not any(s[0] == t for s in carried):
-            losses.append(Loss(t, None, f"table is new in this revision; its rows have no place at the previous "
-                                        f"revision (the downgrade {'is a stub' if stub else 'drops it'})"))
+            losses.append(
+                Loss(
+                    t,
+                    None,
+                    f"table is new in this revision; its rows have no place at the previous "
+                    f"revision (the downgrade {'is a stub' if stub else 'drops it'})",
+                )
+            )
             continue
         for c in cols:
             if (t, c) in carried:
                 continue
             new = t not in b_tables or c not in b_tables[t]
-            losses.append(Loss(t, c, f"column is new in this revision; the downgrade {how} it" if new
-                               else "the downgrade drops it without carrying its values"))
+            losses.append(
+                Loss(
+                    t,
+                    c,
+                    f"column is new in this revision; the downgrade {how} it"
+                    if new
+                    else "the downgrade drops it without carrying its values",
+                )
+            )
     for t, cols in b_tables.items():
         pk = before.tables[t].primary_key
         for c in cols:
@@ -569,10 +773,22 @@ def find_losses(before: Schema, after: Schema, env_down: Env, stub: bool) -> lis
             if e is None or isinstance(e, exp.Null):
                 if t not in a_tables and len(pk) == 1 and pk[0] == c:
                     continue  # a re-created table's integer key: numbered afresh, no user data
-                losses.append(Loss(t, c, "the upgrade removed it; the downgrade does not bring its values back "
-                                         "(they survive only in the backup)"))
-            elif isinstance(e, exp.Literal) or (not _sources([e]) and not isinstance(e, exp.Column)):
-                losses.append(Loss(t, c, f"the downgrade fills it with the constant {e.sql(dialect='sqlite')}"))
+                losses.append(
+                    Loss(
+                        t,
+                        c,
+                        "the upgrade removed it; the downgrade does not bring its values back "
+                        "(they survive only in the backup)",
+                    )
+                )
+            elif isinstance(e, exp.Literal) or (
+                not _sources([e]) and not isinstance(e, exp.Column)
+            ):
+                losses.append(
+                    Loss(
+                        t, c, f"the downgrade fills it with the constant {e.sql(dialect='sqlite')}"
+                    )
+                )
     return losses
 
 
@@ -598,28 +814,49 @@ def suggest_reverse(before: Schema, after: Schema, changes: list[Change], up_db:
             stmts.append(_drop("INDEX", name))
             ops.append(f'op.drop_index("{c.column}", table_name="{c.table}")')
         elif c.kind == "column_added":
-            stmts.append(exp.Alter(this=table(c.table), kind="TABLE",
-                                   actions=[exp.Drop(tables=[col(name)], kind="COLUMN")]))
+            stmts.append(
+                exp.Alter(
+                    this=table(c.table),
+                    kind="TABLE",
+                    actions=[exp.Drop(tables=[col(name)], kind="COLUMN")],
+                )
+            )
             ops.append(f'op.drop_column("{c.table}", "{c.column}")')
         elif c.kind == "column_renamed":
             old = c.detail.removeprefix("from ")
-            stmts.append(exp.Alter(this=table(c.table), kind="TABLE",
-                                   actions=[exp.RenameColumn(this=col(name), to=col(old))]))
+            stmts.append(
+                exp.Alter(
+                    this=table(c.table),
+                    kind="TABLE",
+                    actions=[exp.RenameColumn(this=col(name), to=col(old))],
+                )
+            )
             ops.append(f'op.alter_column("{c.table}", "{c.column}", new_column_name="{old}")')
         elif c.kind == "table_added":
             stmts.append(_drop("TABLE", c.table))
             ops.append(f'op.drop_table("{c.table}")')
         elif c.kind == "table_renamed":
             old = c.detail.removeprefix("from ")
-            stmts.append(exp.Alter(this=table(c.table), kind="TABLE",
-                                   actions=[exp.AlterRename(this=table(old))]))
+            stmts.append(
+                exp.Alter(
+                    this=table(c.table), kind="TABLE", actions=[exp.AlterRename(this=table(old))]
+                )
+            )
             ops.append(f'op.rename_table("{c.table}", "{old}")')
         elif c.kind == "index_dropped" and c.column in before.indexes:
             stmts.append(sqlglot.parse_one(before.indexes[c.column], read="sqlite"))
             ops.append(f'op.execute("""{" ".join(before.indexes[c.column].split())}""")')
-        elif c.kind in ("column_dropped", "table_dropped", "data_migrated", "type_changed", "nullability_changed"):
-            problems.append(f"{c.kind} {c.table}{'.' + c.column if c.column else ''}: not reversible by schema "
-                            "alone (values or types must come back by hand)")
+        elif c.kind in (
+            "column_dropped",
+            "table_dropped",
+            "data_migrated",
+            "type_changed",
+            "nullability_changed",
+        ):
+            problems.append(
+                f"{c.kind} {c.table}{'.' + c.column if c.column else ''}: not reversible by schema "
+                "alone (values or types must come back by hand)"
+            )
     for c in touched_views:
         if c.column in before.views:
             stmts.append(sqlglot.parse_one(before.views[c.column], read="sqlite"))
@@ -643,7 +880,9 @@ def suggest_reverse(before: Schema, after: Schema, changes: list[Change], up_db:
             problems.append(f"the suggested SQL fails on the upgraded scratch copy: {exc}")
         finally:
             conn.close()
-    return Reverse(sql, tuple(ops), not any("not reversible" in p for p in problems), verified, tuple(problems))
+    return Reverse(
+        sql, tuple(ops), not any("not reversible" in p for p in problems), verified, tuple(problems)
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -666,8 +905,14 @@ def _empty(path: Path) -> Path:
     return path
 
 
-def _migrate(alembic_ini: str | os.PathLike[str], db: Path, direction: str, target: str,
-             raise_: bool = False, sandbox: Sandbox | None = None) -> list[str]:
+def _migrate(
+    alembic_ini: str | os.PathLike[str],
+    db: Path,
+    direction: str,
+    target: str,
+    raise_: bool = False,
+    sandbox: Sandbox | None = None,
+) -> list[str]:
     """The app's ``direction`` to ``target`` on the scratch file ``db``, in the sandbox: ``db`` is
     moved to the session's scratch path for the command and back after it."""
     try:
@@ -684,9 +929,11 @@ def _migrate(alembic_ini: str | os.PathLike[str], db: Path, direction: str, targ
     except MigrationFailed as exc:
         if raise_:
             raise
-        raise RecoveryError(f"the application's {exc.message} on a scratch database",
-                            "fix the migration; `recovery check` needs every upgrade to run",
-                            ExitCode.FAILED) from None
+        raise RecoveryError(
+            f"the application's {exc.message} on a scratch database",
+            "fix the migration; `recovery check` needs every upgrade to run",
+            ExitCode.FAILED,
+        ) from None
 
 
 def _reflect(db: Path) -> Schema:
@@ -703,7 +950,10 @@ def _tables(s: Schema) -> dict[str, tuple[str, ...]]:
 
 def _identity(s: Schema) -> Env:
     """Every column as itself, qualified with its table, so lineage names its source table."""
-    return {n: {c: exp.Column(this=ident(c), table=ident(n)) for c in cols} for n, cols in _tables(s).items()}
+    return {
+        n: {c: exp.Column(this=ident(c), table=ident(n)) for c in cols}
+        for n, cols in _tables(s).items()
+    }
 
 
 def _sources(exprs: Iterable[exp.Expression]) -> set[tuple[str, str]]:
@@ -743,8 +993,12 @@ def _rebuilt(statements: list[str]) -> set[str]:
 
 
 def _inserted_into(t: str, statements: list[str]) -> bool:
-    return any(isinstance(x, exp.Insert) and x.this.find(exp.Table) is not None and x.this.find(exp.Table).name == t
-               for x in _parsed_trees(statements))
+    return any(
+        isinstance(x, exp.Insert)
+        and x.this.find(exp.Table) is not None
+        and x.this.find(exp.Table).name == t
+        for x in _parsed_trees(statements)
+    )
 
 
 def _norm_type(t: str) -> str:
@@ -785,33 +1039,58 @@ def render_check(result: CheckResult) -> None:
     out = console()
     out.print(term_text(result.summary_line(), None), soft_wrap=True)
     colour = {SAFE: "green", LOSES_DATA: "yellow", MANUAL: "red"}
-    t = RichTable(title=f"Rollback check {result.from_revision or 'base'} → {result.to_revision}", show_lines=True)
-    for h, ratio in (("revision", 2), ("upgrade does", 4), ("downgrade", 2), ("lost on rollback", 3), ("verdict", 2)):
+    t = RichTable(
+        title=f"Rollback check {result.from_revision or 'base'} → {result.to_revision}",
+        show_lines=True,
+    )
+    for h, ratio in (
+        ("revision", 2),
+        ("upgrade does", 4),
+        ("downgrade", 2),
+        ("lost on rollback", 3),
+        ("verdict", 2),
+    ):
         t.add_column(h, overflow="fold", ratio=ratio)
     for r in result.revisions:
-        does = "\n".join(_change_line(c) for c in r.changes if c.kind != "table_rebuilt") or "(no schema change)"
-        does += "".join(f"\n{tb}.{c} ← {e}" for tb, cols in r.upgrade_lineage.items() for c, e in cols.items())
+        does = (
+            "\n".join(_change_line(c) for c in r.changes if c.kind != "table_rebuilt")
+            or "(no schema change)"
+        )
+        does += "".join(
+            f"\n{tb}.{c} ← {e}" for tb, cols in r.upgrade_lineage.items() for c, e in cols.items()
+        )
         down = r.downgrade + (f": {r.downgrade_error}" if r.downgrade_error else "")
         down += "".join(f"\n{d}" for d in r.downgrade_differences)
         losses = "\n".join(f"{x.table}.{x.column or '*'}" for x in r.losses) or "—"
         t.add_row(r.revision, does, down, losses, f"[{colour[r.verdict]}]{r.verdict}[/]")
-    out.print(t if result.revisions else f"no revisions after {result.from_revision or 'base'} up to {result.to_revision}")
+    out.print(
+        t
+        if result.revisions
+        else f"no revisions after {result.from_revision or 'base'} up to {result.to_revision}"
+    )
     for r in result.revisions:
         if r.suggested_reverse:
             rv = r.suggested_reverse
             state = "verified on scratch" if rv.verified else "NOT verified"
-            out.print(f"[bold]{r.revision}[/]: suggested downgrade ({state}"
-                      f"{'' if rv.mechanical else ', values must come back by hand'}):")
+            out.print(
+                f"[bold]{r.revision}[/]: suggested downgrade ({state}"
+                f"{'' if rv.mechanical else ', values must come back by hand'}):"
+            )
             for line in rv.alembic:
                 out.print(f"    {line}", markup=False, highlight=False)
             for problem in rv.problems:
                 out.print(f"    [yellow]{problem}[/]")
-    out.print("[green]the range rolls back without loss[/]" if result.ok
-              else "[yellow]the range does not roll back without loss or manual SQL[/]")
+    out.print(
+        "[green]the range rolls back without loss[/]"
+        if result.ok
+        else "[yellow]the range does not roll back without loss or manual SQL[/]"
+    )
 
 
 def _change_line(c: Change) -> str:
     if c.kind.startswith(("index", "view")):
         return f"{c.kind.replace('_', ' ')}: {c.column}"
     detail = c.detail if len(c.detail) <= 60 else c.detail[:57] + "…"
-    return f"{c.kind.replace('_', ' ')}: {c.table}{'.' + c.column if c.column else ''}" + (f" ({detail})" if detail else "")
+    return f"{c.kind.replace('_', ' ')}: {c.table}{'.' + c.column if c.column else ''}" + (
+        f" ({detail})" if detail else ""
+    )

@@ -7,6 +7,7 @@ it executes is captured (SQLAlchemy cursor events) and read with sqlglot, tracki
 expression over the new schema's columns that produces it (``RENAME COLUMN``, batch-mode
 ``INSERT INTO _alembic_tmp_x (…) SELECT …``, ``UPDATE … SET``, ``ADD``/``DROP COLUMN``).
 """
+
 from __future__ import annotations
 
 import ast
@@ -47,7 +48,9 @@ def config_from_ini(alembic_ini: str | os.PathLike[str]) -> Any:
 
     ini = Path(alembic_ini)
     if not ini.is_file():
-        raise RecoveryError(f"--alembic-ini {ini} does not exist", "point it at the application's alembic.ini")
+        raise RecoveryError(
+            f"--alembic-ini {ini} does not exist", "point it at the application's alembic.ini"
+        )
     return Config(str(ini))
 
 
@@ -74,7 +77,9 @@ def is_stub(func: Any) -> bool:
     return True
 
 
-def revisions_between(alembic_ini: str | os.PathLike[str], upper: str, lower: str) -> list[RevisionInfo]:
+def revisions_between(
+    alembic_ini: str | os.PathLike[str], upper: str, lower: str
+) -> list[RevisionInfo]:
     """The revisions a downgrade from ``upper`` to ``lower`` runs, newest first."""
     from alembic.script import ScriptDirectory
     from alembic.util.exc import CommandError
@@ -89,8 +94,16 @@ def revisions_between(alembic_ini: str | os.PathLike[str], upper: str, lower: st
         ) from None
     out = []
     for r in revs:
-        down = r.down_revision if isinstance(r.down_revision, str) or r.down_revision is None else ",".join(r.down_revision)
-        out.append(RevisionInfo(r.revision, down, (r.doc or "").strip(), is_stub(r.module.downgrade), r.path))
+        down = (
+            r.down_revision
+            if isinstance(r.down_revision, str) or r.down_revision is None
+            else ",".join(r.down_revision)
+        )
+        out.append(
+            RevisionInfo(
+                r.revision, down, (r.doc or "").strip(), is_stub(r.module.downgrade), r.path
+            )
+        )
     return out
 
 
@@ -125,8 +138,12 @@ class DowngradeCapture:
 def _columns(db: Path) -> dict[str, list[str]]:
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        return {r[0]: [c[1] for c in conn.execute("SELECT * FROM pragma_table_info(?)", (r[0],))]
-                for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'")}
+        return {
+            r[0]: [c[1] for c in conn.execute("SELECT * FROM pragma_table_info(?)", (r[0],))]
+            for r in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'"
+            )
+        }
     finally:
         conn.close()
 
@@ -136,8 +153,13 @@ def _remove_db(path: Path) -> None:
         p.unlink(missing_ok=True)
 
 
-def capture_downgrade(alembic_ini: str | os.PathLike[str], live: Path, backup: Path,
-                      revs: list[RevisionInfo], target: str) -> DowngradeCapture:
+def capture_downgrade(
+    alembic_ini: str | os.PathLike[str],
+    live: Path,
+    backup: Path,
+    revs: list[RevisionInfo],
+    target: str,
+) -> DowngradeCapture:
     """Run the app's downgrade one revision at a time, in the sandbox (:mod:`recovery.migrate.sandbox`), on
     a scratch database with the live schema; capture each revision's SQL.
 
@@ -158,7 +180,11 @@ def capture_downgrade(alembic_ini: str | os.PathLike[str], live: Path, backup: P
                     steps.append((label, sb.migrate("downgrade", step_target)))
                     continue
                 except MigrationFailed as exc:
-                    entry: dict[str, Any] = {"revision": label, "error": exc.error, "refused": exc.refused}
+                    entry: dict[str, Any] = {
+                        "revision": label,
+                        "error": exc.error,
+                        "refused": exc.refused,
+                    }
                 steps.append((label, None))
                 failed.append(entry)
                 _remove_db(scratch)
@@ -174,8 +200,13 @@ def capture_downgrade(alembic_ini: str | os.PathLike[str], live: Path, backup: P
                 after = _columns(scratch)
                 entry["rebuilt"] = True
                 entry["columns"] = sorted(
-                    {f"{t}.{c}" for t in set(before) | set(after) if t != "alembic_version"
-                     for c in set(before.get(t, [])) ^ set(after.get(t, []))})
+                    {
+                        f"{t}.{c}"
+                        for t in set(before) | set(after)
+                        if t != "alembic_version"
+                        for c in set(before.get(t, [])) ^ set(after.get(t, []))
+                    }
+                )
                 entry["_after"] = after
     return DowngradeCapture(steps, failed)
 
@@ -192,21 +223,26 @@ def _steps(revs: list[RevisionInfo], target: str) -> list[tuple[str, str]]:
     return [(f"{revs[0].revision}..{target}", target)]
 
 
-def run_downgrade_capture(alembic_ini: str | os.PathLike[str], live: Path, target: str,
-                          backup: Path | None = None) -> list[str]:
+def run_downgrade_capture(
+    alembic_ini: str | os.PathLike[str], live: Path, target: str, backup: Path | None = None
+) -> list[str]:
     """Run the app's downgrade to ``target`` in the sandbox on a scratch copy of the live schema;
     return the SQL. Raises RecoveryError naming the first revision whose downgrade failed."""
     with open_engine(live).readonly("live database") as n:
         upper = alembic_revision(n)
     if upper is None:
-        raise RecoveryError(f"{live} has no alembic_version", "pass a mapping file instead of --alembic-ini")
+        raise RecoveryError(
+            f"{live} has no alembic_version", "pass a mapping file instead of --alembic-ini"
+        )
     revs = revisions_between(alembic_ini, upper, target)
     cap = capture_downgrade(alembic_ini, live, backup or live, revs, target)
     if cap.failed:
         f = cap.failed[0]
-        raise RecoveryError(f"the application's downgrade of {f['revision']} failed on a scratch copy in the "
-                            f"sandbox (nothing else was touched): {f['error']}",
-                            "fix the migration or pass a mapping file instead of --alembic-ini")
+        raise RecoveryError(
+            f"the application's downgrade of {f['revision']} failed on a scratch copy in the "
+            f"sandbox (nothing else was touched): {f['error']}",
+            "fix the migration or pass a mapping file instead of --alembic-ini",
+        )
     return [s for _, stmts in cap.steps for s in stmts or []]
 
 
@@ -214,14 +250,20 @@ def _substitute(e: exp.Expression, env: dict[str, exp.Expression]) -> exp.Expres
     def repl(node: exp.Expression) -> exp.Expression:
         if isinstance(node, exp.Column):
             src = env.get(node.name)
-            return exp.Paren(this=src.copy()) if src is not None and not isinstance(src, (exp.Column, exp.Literal, exp.Null)) else (src.copy() if src is not None else exp.Null())
+            return (
+                exp.Paren(this=src.copy())
+                if src is not None and not isinstance(src, (exp.Column, exp.Literal, exp.Null))
+                else (src.copy() if src is not None else exp.Null())
+            )
         return node
 
     return e.copy().transform(repl)
 
 
 def _table_name(t: exp.Expression) -> str:
-    return t.name if isinstance(t, exp.Table) else t.this.name if isinstance(t, exp.Schema) else str(t)
+    return (
+        t.name if isinstance(t, exp.Table) else t.this.name if isinstance(t, exp.Schema) else str(t)
+    )
 
 
 def _drop_targets(node: exp.Drop) -> list[exp.Expression]:
@@ -255,8 +297,14 @@ def track(statements: list[str], env: Env) -> Env:
         elif isinstance(tree, exp.Create) and tree.args.get("kind") == "TABLE":
             schema = tree.this
             if isinstance(schema, exp.Schema):
-                env[_table_name(schema)] = {c.name: exp.Null() for c in schema.expressions if isinstance(c, exp.ColumnDef)}
-        elif isinstance(tree, exp.Insert) and isinstance(tree.this, exp.Schema) and isinstance(tree.expression, exp.Select):
+                env[_table_name(schema)] = {
+                    c.name: exp.Null() for c in schema.expressions if isinstance(c, exp.ColumnDef)
+                }
+        elif (
+            isinstance(tree, exp.Insert)
+            and isinstance(tree.this, exp.Schema)
+            and isinstance(tree.expression, exp.Select)
+        ):
             target = _table_name(tree.this)
             sel = tree.expression
             src_table = sel.args.get("from_") or sel.args.get("from")
@@ -277,8 +325,10 @@ def track(statements: list[str], env: Env) -> Env:
             for eq in tree.expressions:
                 new_val = _substitute(eq.expression, before)
                 if where is not None:
-                    new_val = exp.Case(ifs=[exp.If(this=_substitute(where.this, before), true=new_val)],
-                                       default=before.get(eq.this.name, exp.Null()).copy())
+                    new_val = exp.Case(
+                        ifs=[exp.If(this=_substitute(where.this, before), true=new_val)],
+                        default=before.get(eq.this.name, exp.Null()).copy(),
+                    )
                 env[name][eq.this.name] = new_val
         elif isinstance(tree, exp.Drop) and tree.args.get("kind") == "TABLE":
             for t in _drop_targets(tree):
@@ -287,24 +337,39 @@ def track(statements: list[str], env: Env) -> Env:
 
 
 def derive_lineage(
-    alembic_ini: str | os.PathLike[str], backup: str | os.PathLike[str], live: str | os.PathLike[str],
+    alembic_ini: str | os.PathLike[str],
+    backup: str | os.PathLike[str],
+    live: str | os.PathLike[str],
 ) -> tuple[dict[str, dict[str, exp.Expression]], dict[str, Any]]:
     """Mapping rules read from the app's own downgrade: old table → old column → expression over
     the new table's columns (renames and real data migrations only), plus a report for the manifest."""
     live_p = Path(live)
     with open_engine(backup).readonly("backup") as b:
         old_rev = alembic_revision(b)
-        old_tables = {r[0]: [c[1] for c in b.execute("SELECT * FROM pragma_table_info(?)", (r[0],))]
-                      for r in b.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        old_tables = {
+            r[0]: [c[1] for c in b.execute("SELECT * FROM pragma_table_info(?)", (r[0],))]
+            for r in b.execute("SELECT name FROM sqlite_master WHERE type='table'")
+        }
     with open_engine(live_p).readonly("live database") as n:
         new_rev = alembic_revision(n)
-        env: Env = {r[0]: {c[1]: exp.column(c[1], quoted=True) for c in n.execute("SELECT * FROM pragma_table_info(?)", (r[0],))}
-                    for r in n.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        env: Env = {
+            r[0]: {
+                c[1]: exp.column(c[1], quoted=True)
+                for c in n.execute("SELECT * FROM pragma_table_info(?)", (r[0],))
+            }
+            for r in n.execute("SELECT name FROM sqlite_master WHERE type='table'")
+        }
     if old_rev is None or new_rev is None:
-        raise RecoveryError("--alembic-ini needs both databases to have an alembic_version",
-                            "pass a mapping file instead")
+        raise RecoveryError(
+            "--alembic-ini needs both databases to have an alembic_version",
+            "pass a mapping file instead",
+        )
     revs = revisions_between(alembic_ini, new_rev, old_rev) if old_rev != new_rev else []
-    cap = capture_downgrade(alembic_ini, live_p, Path(backup), revs, old_rev) if revs else DowngradeCapture([], [])
+    cap = (
+        capture_downgrade(alembic_ini, live_p, Path(backup), revs, old_rev)
+        if revs
+        else DowngradeCapture([], [])
+    )
     env, statements, failed, notes = _follow(cap, env)
     lineage: dict[str, dict[str, exp.Expression]] = {}
     for t, cols in old_tables.items():
@@ -320,11 +385,16 @@ def derive_lineage(
                 continue  # not a per-row mapping
             lineage.setdefault(t, {})[c] = _unquote_parens(e)
     report = {
-        "from": new_rev, "to": old_rev,
-        "revisions": [{"revision": r.revision, "downgrade_stub": r.downgrade_stub, "doc": r.doc} for r in revs],
+        "from": new_rev,
+        "to": old_rev,
+        "revisions": [
+            {"revision": r.revision, "downgrade_stub": r.downgrade_stub, "doc": r.doc} for r in revs
+        ],
         "stubs": [r.revision for r in revs if r.downgrade_stub],
         "statements": statements,
-        "rules": {t: {c: e.sql(dialect="sqlite") for c, e in cols.items()} for t, cols in lineage.items()},
+        "rules": {
+            t: {c: e.sql(dialect="sqlite") for c, e in cols.items()} for t, cols in lineage.items()
+        },
         "failed": failed,
         "notes": notes,
     }
@@ -353,17 +423,24 @@ def _follow(cap: DowngradeCapture, env: Env) -> tuple[Env, int, list[dict[str, A
         failed.append({k: v for k, v in f.items() if k != "_after"})
         refused = refusal_note(f["error"], f.get("refused") or [])
         if after is None:
-            notes.append(f"the application's downgrade of {rev} failed: {f['error']}{refused}; the scratch could not "
-                         f"be rebuilt below it ({f.get('rebuild_error')}), so no rule is taken from the migrations: "
-                         "same-name and rename rules and the mapping file still apply")
+            notes.append(
+                f"the application's downgrade of {rev} failed: {f['error']}{refused}; the scratch could not "
+                f"be rebuilt below it ({f.get('rebuild_error')}), so no rule is taken from the migrations: "
+                "same-name and rename rules and the mapping file still apply"
+            )
             env = {}
             break
         cols = ", ".join(f["columns"]) or "no column"
-        notes.append(f"the application's downgrade of {rev} failed: {f['error']}{refused}; continuing without "
-                     f"migration lineage for the columns it changes ({cols}): same-name and rename rules and "
-                     "the mapping file still apply")
-        env = {t: {c: env.get(t, {}).get(c, exp.Null()) for c in cols_after}
-               for t, cols_after in after.items() if t != "alembic_version"}
+        notes.append(
+            f"the application's downgrade of {rev} failed: {f['error']}{refused}; continuing without "
+            f"migration lineage for the columns it changes ({cols}): same-name and rename rules and "
+            "the mapping file still apply"
+        )
+        env = {
+            t: {c: env.get(t, {}).get(c, exp.Null()) for c in cols_after}
+            for t, cols_after in after.items()
+            if t != "alembic_version"
+        }
     for note in notes:
         log.warning(f"recovery: {note}")
     return env, count, failed, notes
@@ -377,7 +454,10 @@ def _unquote_parens(e: exp.Expression) -> exp.Expression:
 
 
 def migrate_capture(
-    alembic_ini: str | os.PathLike[str], db: str | os.PathLike[str], direction: str, target: str,
+    alembic_ini: str | os.PathLike[str],
+    db: str | os.PathLike[str],
+    direction: str,
+    target: str,
     protect: list[Path] | None = None,
 ) -> list[str]:
     """Run the app's ``upgrade``/``downgrade`` to ``target`` on the SQLite file ``db`` (a scratch

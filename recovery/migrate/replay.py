@@ -6,6 +6,7 @@ live database's revision with the application's own migrations in the sandbox
 (:mod:`recovery.migrate.sandbox`, never in-process), and returns the copy; callers ATTACH it read-only
 (schema :data:`SCHEMA`) and compare set-based in SQL (:func:`recovery.compare.changes.user_value`).
 """
+
 from __future__ import annotations
 
 import logging
@@ -21,8 +22,12 @@ SCHEMA = "replayed"
 log = logging.getLogger(__name__)
 
 
-def replay_upgrade(alembic_ini: str | os.PathLike[str], backup: str | os.PathLike[str],
-                   live: str | os.PathLike[str], folder: str | os.PathLike[str]) -> Path | None:
+def replay_upgrade(
+    alembic_ini: str | os.PathLike[str],
+    backup: str | os.PathLike[str],
+    live: str | os.PathLike[str],
+    folder: str | os.PathLike[str],
+) -> Path | None:
     """A copy of ``backup`` in ``folder`` upgraded to ``live``'s revision in the sandbox, or None
     (with one line on stderr) when the revisions are unknown or the application's upgrade fails:
     then nothing is verified and the callers fall back to "filled by the upgrade, not verified"."""
@@ -42,8 +47,10 @@ def replay_upgrade(alembic_ini: str | os.PathLike[str], backup: str | os.PathLik
         with Sandbox(Path(alembic_ini), copy, [Path(backup), Path(live)]) as sb:
             sb.migrate("upgrade", new_rev)
     except MigrationFailed as err:
-        log.warning(f"recovery: replaying the upgrade on a copy of the backup failed ({err.one_line()}); values the "
-                    "upgrade may have filled are listed as not verified")
+        log.warning(
+            f"recovery: replaying the upgrade on a copy of the backup failed ({err.one_line()}); values the "
+            "upgrade may have filled are listed as not verified"
+        )
         return None
     return copy
 
@@ -56,7 +63,9 @@ class Replayed:
         with open_engine(self.path).readonly("replayed copy") as c:
             names = [r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
             self.columns: dict[str, frozenset[str]] = {
-                n: frozenset(r[0] for r in c.execute("SELECT name FROM pragma_table_info(?)", (n,))) for n in names}
+                n: frozenset(r[0] for r in c.execute("SELECT name FROM pragma_table_info(?)", (n,)))
+                for n in names
+            }
 
     def attach(self, conn: Connection) -> Connection:
         from recovery.engine.sqlite_io import readonly_uri

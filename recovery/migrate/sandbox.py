@@ -20,6 +20,7 @@ fingerprinted (size, mtime, inode, sha256 of the first pages, the same for ``-wa
 ``-journal``) before the session and after every command; any change stops the run with
 :class:`ProtectedChanged` (exit 3), which says what changed and that the migration code did it.
 """
+
 from __future__ import annotations
 
 import configparser
@@ -52,9 +53,12 @@ URL_VARS = ("DATABASE_URL", "SQLALCHEMY_DATABASE_URI", "SQLALCHEMY_DATABASE_URL"
 HEADER_BYTES = 64 * 1024
 """How much of each protected file is hashed (the header and first pages): the rest of a change
 shows in size, mtime or the ``-wal``."""
-_DB_SCHEMES = re.compile(r"^(sqlite|postgres|postgresql|pgsql|mysql|mariadb|oracle|mssql|sqlserver|cockroachdb|"
-                         r"redshift|snowflake|duckdb|firebird|sybase|db2|ibm_db_sa|trino|clickhouse)"
-                         r"([+][A-Za-z0-9_]+)?://", re.IGNORECASE)
+_DB_SCHEMES = re.compile(
+    r"^(sqlite|postgres|postgresql|pgsql|mysql|mariadb|oracle|mssql|sqlserver|cockroachdb|"
+    r"redshift|snowflake|duckdb|firebird|sybase|db2|ibm_db_sa|trino|clickhouse)"
+    r"([+][A-Za-z0-9_]+)?://",
+    re.IGNORECASE,
+)
 _SIDECARS = ("-wal", "-journal")
 _PATH_KEYS = ("script_location", "version_locations", "prepend_sys_path")
 
@@ -74,7 +78,9 @@ class MigrationFailed(RecoveryError):
     def __init__(self, direction: str, target: str, error: str, refused: list[str]) -> None:
         self.direction, self.target, self.error, self.refused = direction, target, error, refused
         why = error + refusal_note(error, refused)
-        super().__init__(f"{direction} to {target} failed: {why}", "fix the migration", ExitCode.FAILED)
+        super().__init__(
+            f"{direction} to {target} failed: {why}", "fix the migration", ExitCode.FAILED
+        )
 
 
 def refusal_note(error: str, refused: list[str]) -> str:
@@ -96,13 +102,21 @@ def _file_print(path: Path) -> dict[str, Any] | None:
     with open(path, "rb") as fh:
         h.update(fh.read(HEADER_BYTES))
     # not ctime: SQLite running as root fchown()s a -wal it merely opens to read
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino, "sha256_head": h.hexdigest()}
+    return {
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "inode": st.st_ino,
+        "sha256_head": h.hexdigest(),
+    }
 
 
 def fingerprint(path: Path) -> dict[str, Any]:
     """The file's and its ``-wal``/``-journal``'s size, mtime, inode and sha256 of the first
     :data:`HEADER_BYTES` (``None`` for a file that does not exist)."""
-    return {"db": _file_print(path), **{s.lstrip("-"): _file_print(path.with_name(path.name + s)) for s in _SIDECARS}}
+    return {
+        "db": _file_print(path),
+        **{s.lstrip("-"): _file_print(path.with_name(path.name + s)) for s in _SIDECARS},
+    }
 
 
 def _describe_change(before: dict[str, Any], after: dict[str, Any]) -> str:
@@ -158,7 +172,9 @@ def named_databases(alembic_ini: Path | None, environ: dict[str, str] | None = N
         parser = _raw_ini(Path(alembic_ini))
         for section in parser.sections():
             if parser.has_option(section, "sqlalchemy.url"):
-                p = sqlite_path_of(_here(parser.get(section, "sqlalchemy.url"), Path(alembic_ini)), cwd)
+                p = sqlite_path_of(
+                    _here(parser.get(section, "sqlalchemy.url"), Path(alembic_ini)), cwd
+                )
                 if p is not None:
                     out.append(p)
     for value in environ.values():
@@ -168,7 +184,9 @@ def named_databases(alembic_ini: Path | None, environ: dict[str, str] | None = N
     return out
 
 
-def child_environment(scratch: Path, protected: list[Path], environ: dict[str, str] | None = None) -> dict[str, str]:
+def child_environment(
+    scratch: Path, protected: list[Path], environ: dict[str, str] | None = None
+) -> dict[str, str]:
     """The tool's environment with every usual carrier of a database URL pointing at ``scratch``."""
     env = dict(os.environ) if environ is None else dict(environ)
     url = f"sqlite:///{scratch}"
@@ -178,7 +196,12 @@ def child_environment(scratch: Path, protected: list[Path], environ: dict[str, s
         v = value.strip()
         if _DB_SCHEMES.match(v):
             env[key] = url
-        elif v and len(v) < 4096 and "\n" not in v and os.path.realpath(os.path.expanduser(v)) in real:
+        elif (
+            v
+            and len(v) < 4096
+            and "\n" not in v
+            and os.path.realpath(os.path.expanduser(v)) in real
+        ):
             env[key] = str(scratch)
     for key in URL_VARS:
         env[key] = url
@@ -194,7 +217,12 @@ def _pin_paths(value: str, base: Path) -> str:
     parts = re.split(r"([\s,;" + re.escape(os.pathsep) + r"]+)", value)
     out = []
     for p in parts:
-        if not p or re.fullmatch(r"[\s,;" + re.escape(os.pathsep) + r"]+", p) or ":" in p or os.path.isabs(p):
+        if (
+            not p
+            or re.fullmatch(r"[\s,;" + re.escape(os.pathsep) + r"]+", p)
+            or ":" in p
+            or os.path.isabs(p)
+        ):
             out.append(p)
         else:
             out.append(str((base / p).resolve()))
@@ -227,7 +255,9 @@ def write_ini_copy(alembic_ini: Path, dst: Path, url: str) -> Path:
 # ---------------------------------------------------------------------------------------------
 # the session
 
-_ALSO_PROTECTED: ContextVar[tuple[Path, ...]] = ContextVar("recovery_sandbox_also_protected", default=())
+_ALSO_PROTECTED: ContextVar[tuple[Path, ...]] = ContextVar(
+    "recovery_sandbox_also_protected", default=()
+)
 
 
 @contextmanager
@@ -271,7 +301,9 @@ class Sandbox:
     def __enter__(self) -> Sandbox:
         ini = Path(self.alembic_ini)
         if not ini.is_file():
-            raise RecoveryError(f"--alembic-ini {ini} does not exist", "point it at the application's alembic.ini")
+            raise RecoveryError(
+                f"--alembic-ini {ini} does not exist", "point it at the application's alembic.ini"
+            )
         self.scratch = Path(os.path.abspath(self.scratch))
         seen: dict[str, Path] = {}
         for p in [*self.protect, *_ALSO_PROTECTED.get(), *named_databases(ini)]:
@@ -296,10 +328,17 @@ class Sandbox:
         assert self._dir is not None
         url = f"sqlite:///{self.scratch}"
         ini_copy = write_ini_copy(ini, self._dir / "alembic.ini", url)
-        protected = [str(p) for p in self._prints] + [str(p) + s for p in self._prints for s in (*_SIDECARS, "-shm")]
+        protected = [str(p) for p in self._prints] + [
+            str(p) + s for p in self._prints for s in (*_SIDECARS, "-shm")
+        ]
         cwd = os.getcwd()
-        init = {"scratch": str(self.scratch), "url": url, "ini": str(ini_copy), "protected": protected,
-                "sys_path": [cwd if p == "" else p for p in sys.path]}
+        init = {
+            "scratch": str(self.scratch),
+            "url": url,
+            "ini": str(ini_copy),
+            "protected": protected,
+            "sys_path": [cwd if p == "" else p for p in sys.path],
+        }
         init_path = self._dir / "init.json"
         init_path.write_text(json.dumps(init), encoding="utf-8")
         req_r, req_w = os.pipe()
@@ -307,10 +346,22 @@ class Sandbox:
         log = open(self._dir / "child.log", "wb")  # closed right after the start
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "recovery.migrate.sandbox_child", str(init_path), str(req_r), str(resp_w)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self._dir,
-                env=child_environment(self.scratch, list(self._prints)), pass_fds=(req_r, resp_w),
-                start_new_session=True)
+                [
+                    sys.executable,
+                    "-m",
+                    "recovery.migrate.sandbox_child",
+                    str(init_path),
+                    str(req_r),
+                    str(resp_w),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self._dir,
+                env=child_environment(self.scratch, list(self._prints)),
+                pass_fds=(req_r, resp_w),
+                start_new_session=True,
+            )
         finally:
             log.close()
             os.close(req_r)
@@ -319,7 +370,11 @@ class Sandbox:
 
     def log_tail(self, n: int = 1500) -> str:
         try:
-            text = (self._dir / "child.log").read_text(encoding="utf-8", errors="replace") if self._dir else ""
+            text = (
+                (self._dir / "child.log").read_text(encoding="utf-8", errors="replace")
+                if self._dir
+                else ""
+            )
         except OSError:
             return ""
         return text[-n:].strip()
@@ -331,15 +386,21 @@ class Sandbox:
         if self._proc is None or self._fds is None:
             raise RuntimeError("Sandbox used outside its with-block")
         try:
-            answer = self._ask({"op": "migrate", "direction": direction, "target": target, "fast": fast})
+            answer = self._ask(
+                {"op": "migrate", "direction": direction, "target": target, "fast": fast}
+            )
         finally:
             self.check_protected()
         self.refused = list(answer.get("refused") or [])
         if self.refused and answer.get("ok"):  # swallowed by the app's code: say it here
-            log.warning(f"recovery: the application's migration code ({direction} to {target}) tried to reach "
-                        f"another database; the sandbox refused it: {'; '.join(self.refused)}")
+            log.warning(
+                f"recovery: the application's migration code ({direction} to {target}) tried to reach "
+                f"another database; the sandbox refused it: {'; '.join(self.refused)}"
+            )
         if not answer.get("ok"):
-            raise MigrationFailed(direction, target, str(answer.get("error")), list(answer.get("refused") or []))
+            raise MigrationFailed(
+                direction, target, str(answer.get("error")), list(answer.get("refused") or [])
+            )
         return list(answer.get("statements") or [])
 
     def _ask(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -348,7 +409,7 @@ class Sandbox:
         data = (json.dumps(req) + "\n").encode("utf-8")
         try:
             while data:
-                data = data[os.write(req_w, data):]
+                data = data[os.write(req_w, data) :]
         except BrokenPipeError:
             self._died()
         deadline = time.monotonic() + self.timeout
@@ -358,8 +419,10 @@ class Sandbox:
                 self._kill()
                 raise RecoveryError(
                     f"the application's migration code did not finish within {self.timeout:g} s in the sandbox; "
-                    "it was stopped", f"set {TIMEOUT_ENV}=SECONDS for a longer bound, or check the migration",
-                    ExitCode.FAILED)
+                    "it was stopped",
+                    f"set {TIMEOUT_ENV}=SECONDS for a longer bound, or check the migration",
+                    ExitCode.FAILED,
+                )
             ready, _, _ = select.select([resp_r], [], [], left)
             if not ready:
                 continue
@@ -374,14 +437,19 @@ class Sandbox:
         assert self._proc is not None
         code = self._proc.wait(timeout=10)
         self._proc = None
-        raise RecoveryError(f"the sandboxed child running the application's migration code ended (exit code {code}): "
-                            f"{self.log_tail(600) or 'no output'}", "check the application's env.py and migrations",
-                            ExitCode.FAILED)
+        raise RecoveryError(
+            f"the sandboxed child running the application's migration code ended (exit code {code}): "
+            f"{self.log_tail(600) or 'no output'}",
+            "check the application's env.py and migrations",
+            ExitCode.FAILED,
+        )
 
     def _kill(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
             try:
-                os.killpg(self._proc.pid, signal.SIGKILL)  # the child's own session: it and nothing else
+                os.killpg(
+                    self._proc.pid, signal.SIGKILL
+                )  # the child's own session: it and nothing else
             except ProcessLookupError:
                 pass
             self._proc.wait()
@@ -401,7 +469,8 @@ class Sandbox:
                 f"scratch copy: {'; '.join(changed)}. The run stopped here; nothing else was done",
                 "compare that file with its safety copy or the backup before anything else (if the "
                 "application itself is running and wrote to it, stop the application and run again); the "
-                "application's env.py or migrations reach the database by a way the sandbox does not cover")
+                "application's env.py or migrations reach the database by a way the sandbox does not cover",
+            )
 
     def close(self) -> None:
         if self._fds is not None:
@@ -424,8 +493,14 @@ class Sandbox:
             self._dir = None
 
 
-def migrate_once(alembic_ini: str | os.PathLike[str], db: str | os.PathLike[str], direction: str, target: str,
-                 protect: list[Path] | None = None, fast: bool = True) -> list[str]:
+def migrate_once(
+    alembic_ini: str | os.PathLike[str],
+    db: str | os.PathLike[str],
+    direction: str,
+    target: str,
+    protect: list[Path] | None = None,
+    fast: bool = True,
+) -> list[str]:
     """One sandboxed Alembic command on ``db`` (a scratch file: it is changed)."""
     with Sandbox(Path(alembic_ini), Path(db), list(protect or [])) as sb:
         return sb.migrate(direction, target, fast)

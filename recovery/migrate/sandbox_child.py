@@ -22,6 +22,7 @@ installed, plus a wrapper around SQLAlchemy's ``create_engine``:
 Every refusal is recorded and reported with the command's answer, even when the application's
 code catches the exception.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,25 +30,83 @@ import os
 import sys
 from typing import Any
 
-DRIVER_MODULES = frozenset({
-    "psycopg", "psycopg2", "psycopg2cffi", "psycopg_binary", "asyncpg", "pg8000", "pymysql", "MySQLdb",
-    "mysql", "mysqlx", "aiomysql", "asyncmy", "mariadb", "cx_Oracle", "oracledb", "pyodbc", "pymssql",
-    "aioodbc", "apsw", "sqlcipher3", "pysqlcipher3", "duckdb", "ibm_db", "fdb", "firebird", "sqlanydb",
-    "snowflake", "clickhouse_driver", "clickhouse_connect", "teradatasql", "trino", "pyhive", "databricks",
-})
+DRIVER_MODULES = frozenset(
+    {
+        "psycopg",
+        "psycopg2",
+        "psycopg2cffi",
+        "psycopg_binary",
+        "asyncpg",
+        "pg8000",
+        "pymysql",
+        "MySQLdb",
+        "mysql",
+        "mysqlx",
+        "aiomysql",
+        "asyncmy",
+        "mariadb",
+        "cx_Oracle",
+        "oracledb",
+        "pyodbc",
+        "pymssql",
+        "aioodbc",
+        "apsw",
+        "sqlcipher3",
+        "pysqlcipher3",
+        "duckdb",
+        "ibm_db",
+        "fdb",
+        "firebird",
+        "sqlanydb",
+        "snowflake",
+        "clickhouse_driver",
+        "clickhouse_connect",
+        "teradatasql",
+        "trino",
+        "pyhive",
+        "databricks",
+    }
+)
 """Top-level modules of database drivers other than the standard library's sqlite3."""
 
-PATH_EVENTS = frozenset({
-    "os.remove", "os.rename", "os.link", "os.symlink", "os.truncate", "os.chmod", "os.chown", "os.utime",
-    "os.rmdir", "os.mkdir", "shutil.copyfile", "shutil.copymode", "shutil.copystat", "shutil.move",
-    "shutil.rmtree", "shutil.copytree", "os.listxattr", "os.setxattr", "os.removexattr",
-})
+PATH_EVENTS = frozenset(
+    {
+        "os.remove",
+        "os.rename",
+        "os.link",
+        "os.symlink",
+        "os.truncate",
+        "os.chmod",
+        "os.chown",
+        "os.utime",
+        "os.rmdir",
+        "os.mkdir",
+        "shutil.copyfile",
+        "shutil.copymode",
+        "shutil.copystat",
+        "shutil.move",
+        "shutil.rmtree",
+        "shutil.copytree",
+        "os.listxattr",
+        "os.setxattr",
+        "os.removexattr",
+    }
+)
 """Audit events whose path arguments must not name a protected file."""
 
-PROCESS_EVENTS = frozenset({
-    "subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty",
-    "os.startfile", "pty.spawn",
-})
+PROCESS_EVENTS = frozenset(
+    {
+        "subprocess.Popen",
+        "os.system",
+        "os.exec",
+        "os.posix_spawn",
+        "os.spawn",
+        "os.fork",
+        "os.forkpty",
+        "os.startfile",
+        "pty.spawn",
+    }
+)
 
 
 class SandboxRefused(PermissionError):
@@ -133,8 +192,10 @@ class Guard:
             return  # the guard's own os.stat / realpath calls
         if event == "sqlite3.connect":
             if not self.allowed_database(args[0] if args else None):
-                self.refuse(f"sqlite3.connect({os.fsdecode(os.fspath(args[0]))!r}): only the scratch copy "
-                            f"{self.scratch} may be opened")
+                self.refuse(
+                    f"sqlite3.connect({os.fsdecode(os.fspath(args[0]))!r}): only the scratch copy "
+                    f"{self.scratch} may be opened"
+                )
         elif event in ("sqlite3.enable_load_extension", "sqlite3.load_extension"):
             if event == "sqlite3.load_extension" or (len(args) > 1 and args[1]):
                 self.refuse("loading a SQLite extension")
@@ -149,20 +210,31 @@ class Guard:
         elif event in PATH_EVENTS:
             self._busy = True
             try:
-                path = next((a for a in args if isinstance(a, (str, bytes, os.PathLike)) and self._is_protected(a)), None)
+                path = next(
+                    (
+                        a
+                        for a in args
+                        if isinstance(a, (str, bytes, os.PathLike)) and self._is_protected(a)
+                    ),
+                    None,
+                )
             finally:
                 self._busy = False
             if path is not None:
                 self.refuse(f"{event}({path!r}) on a protected database file")
         elif event in PROCESS_EVENTS:
-            self.refuse(f"starting a program ({event} {args[0] if args else ''!r}): it would run unguarded")
+            self.refuse(
+                f"starting a program ({event} {args[0] if args else ''!r}): it would run unguarded"
+            )
         elif event == "socket.connect":
             self.refuse(f"opening a network connection to {args[1] if len(args) > 1 else '?'!r}")
         elif event == "import":
             top = str(args[0]).split(".", 1)[0]
             if top in DRIVER_MODULES:
-                self.refuse(f"importing the database driver {args[0]!r}: only the scratch SQLite copy may be used",
-                            SandboxImportRefused)
+                self.refuse(
+                    f"importing the database driver {args[0]!r}: only the scratch SQLite copy may be used",
+                    SandboxImportRefused,
+                )
 
     def patch_sqlite3(self) -> None:
         """Every connection made through ``sqlite3.connect`` (SQLAlchemy's pysqlite included) gets
@@ -185,8 +257,10 @@ class Guard:
         import sqlite3
 
         if action == sqlite3.SQLITE_ATTACH and (arg1 is None or not self.allowed_database(arg1)):
-            self.refused.append(f"ATTACH DATABASE {arg1 if arg1 is not None else '(a bound file name)'!r}: "
-                                "only the scratch copy may be opened")
+            self.refused.append(
+                f"ATTACH DATABASE {arg1 if arg1 is not None else '(a bound file name)'!r}: "
+                "only the scratch copy may be opened"
+            )
             return sqlite3.SQLITE_DENY
         return sqlite3.SQLITE_OK
 
@@ -206,11 +280,15 @@ class Guard:
         def create_engine(url: Any, *args: Any, **kwargs: Any) -> Any:
             u = make_url(url)
             if not u.drivername.startswith("sqlite"):
-                guard.refuse(f"create_engine({u.render_as_string(hide_password=True)!r}): only the scratch "
-                             "SQLite copy may be used")
+                guard.refuse(
+                    f"create_engine({u.render_as_string(hide_password=True)!r}): only the scratch "
+                    "SQLite copy may be used"
+                )
             if not guard.allowed_database(u.database):
-                guard.refuse(f"create_engine({u.render_as_string(hide_password=True)!r}): only the scratch copy "
-                             f"{guard.scratch} may be opened")
+                guard.refuse(
+                    f"create_engine({u.render_as_string(hide_password=True)!r}): only the scratch copy "
+                    f"{guard.scratch} may be opened"
+                )
             engine = original(url, *args, **kwargs)
             engines.append(engine)
             return engine
@@ -219,14 +297,19 @@ class Guard:
         for mod in list(sys.modules.values()):
             if getattr(mod, "create_engine", None) is original:
                 setattr(mod, "create_engine", create_engine)  # noqa: B010 - mypy types mod as a bare ModuleType
-        assert sqlalchemy.create_engine is create_engine and sqlalchemy.engine.create_engine is create_engine
+        assert (
+            sqlalchemy.create_engine is create_engine
+            and sqlalchemy.engine.create_engine is create_engine
+        )
 
 
 # ---------------------------------------------------------------------------------------------
 # the command loop
 
 
-def _run_migrate(req: dict[str, Any], init: dict[str, Any], captured: list[str], engines: list[Any]) -> list[str]:
+def _run_migrate(
+    req: dict[str, Any], init: dict[str, Any], captured: list[str], engines: list[Any]
+) -> list[str]:
     import sqlalchemy as sa
     from alembic import command
     from alembic.config import Config
@@ -240,9 +323,13 @@ def _run_migrate(req: dict[str, Any], init: dict[str, Any], captured: list[str],
     engine = sa.create_engine(init["url"], poolclass=sa.pool.NullPool)
     try:
         with engine.connect() as conn:
-            conn.exec_driver_sql("PRAGMA foreign_keys=OFF")  # a rebuild must never fire ON DELETE CASCADE
+            conn.exec_driver_sql(
+                "PRAGMA foreign_keys=OFF"
+            )  # a rebuild must never fire ON DELETE CASCADE
             if req.get("fast"):
-                conn.exec_driver_sql("PRAGMA synchronous=OFF")  # a scratch file: durability buys nothing
+                conn.exec_driver_sql(
+                    "PRAGMA synchronous=OFF"
+                )  # a scratch file: durability buys nothing
                 conn.exec_driver_sql("PRAGMA journal_mode=MEMORY")
             conn.commit()
             cfg.attributes["connection"] = conn
@@ -263,12 +350,21 @@ def _find_library_without_programs() -> None:
     import ctypes.util
     import glob
 
-    folders = ("/lib", "/usr/lib", "/lib64", "/usr/lib64", "/usr/local/lib",
-               *glob.glob("/lib/*-linux-gnu"), *glob.glob("/usr/lib/*-linux-gnu"))
+    folders = (
+        "/lib",
+        "/usr/lib",
+        "/lib64",
+        "/usr/lib64",
+        "/usr/local/lib",
+        *glob.glob("/lib/*-linux-gnu"),
+        *glob.glob("/usr/lib/*-linux-gnu"),
+    )
 
     def find_library(name: str) -> str | None:
         for folder in folders:
-            hits = sorted(glob.glob(os.path.join(glob.escape(folder), f"lib{glob.escape(name)}.so*")))
+            hits = sorted(
+                glob.glob(os.path.join(glob.escape(folder), f"lib{glob.escape(name)}.so*"))
+            )
             if hits:
                 return os.path.basename(hits[0])
         return None
@@ -286,14 +382,16 @@ def _allow_branching(conn: Any) -> None:
     if not hasattr(conn, "connect"):
         try:
             conn.connect = lambda: contextlib.nullcontext(conn)
-        except AttributeError:  # a connection class with slots: such an env.py fails as it would unguarded
+        except (
+            AttributeError
+        ):  # a connection class with slots: such an env.py fails as it would unguarded
             pass
 
 
 def _answer(fd: int, payload: dict[str, Any]) -> None:
     data = (json.dumps(payload, default=str) + "\n").encode("utf-8")
     while data:
-        data = data[os.write(fd, data):]
+        data = data[os.write(fd, data) :]
 
 
 def _requests(fd: int):  # a generator of dicts
@@ -356,8 +454,15 @@ def main(argv: list[str]) -> int:
         except BaseException as exc:  # the application's failure is the answer
             if isinstance(exc, KeyboardInterrupt):
                 raise
-            _answer(resp_fd, {"ok": False, "error": f"{type(exc).__name__}: {exc}".strip(),
-                              "error_type": type(exc).__name__, "refused": list(guard.refused)})
+            _answer(
+                resp_fd,
+                {
+                    "ok": False,
+                    "error": f"{type(exc).__name__}: {exc}".strip(),
+                    "error_type": type(exc).__name__,
+                    "refused": list(guard.refused),
+                },
+            )
     return 0
 
 

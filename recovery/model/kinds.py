@@ -5,6 +5,7 @@ files people script against are unchanged by the enums.
 
 Each enum subclasses ``str``: a member compares equal to, hashes like and serialises as its value.
 """
+
 from __future__ import annotations
 
 from enum import Enum

@@ -1,11 +1,22 @@
 """Which column names a row to a person (part_number, quote_number, …): the label reports and
 conflict lists show beside a row's key. Read by the extract and the re-import alike."""
+
 from __future__ import annotations
 
 from typing import Any, Protocol
 
-LABEL_COLUMNS = ("part_number", "quote_number", "code", "username", "filename", "order_number", "number",
-                 "name", "title", "email")
+LABEL_COLUMNS = (
+    "part_number",
+    "quote_number",
+    "code",
+    "username",
+    "filename",
+    "order_number",
+    "number",
+    "name",
+    "title",
+    "email",
+)
 
 
 class HasColumns(Protocol):

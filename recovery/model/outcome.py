@@ -5,6 +5,7 @@ Conflict kinds (``../DESIGN.md``): ``primary_key``, ``unique``, ``missing_parent
 ``update_update``, ``update_deleted``. Resolutions: ``applied``, ``remapped``, ``skipped``,
 ``kept_target``.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -174,25 +175,40 @@ class Outcome:
             if c.resolution == Resolution.SKIPPED:
                 k = (c.table, tuple(c.key))
                 if k not in out:
-                    out[k] = {"table": c.table, "key": list(c.key), "label": c.label,
-                              "reason": f"{c.kind.replace('_', ' ')} conflict" + (f": {c.detail}" if c.detail else "")}
+                    out[k] = {
+                        "table": c.table,
+                        "key": list(c.key),
+                        "label": c.label,
+                        "reason": f"{c.kind.replace('_', ' ')} conflict"
+                        + (f": {c.detail}" if c.detail else ""),
+                    }
         for r in self.skipped_rows:
             key = r.get("key")
             k = (r["table"], tuple(key) if isinstance(key, (list, tuple)) else (key,))
             if k not in out:
-                out[k] = {"table": r["table"], "key": list(k[1]), "label": r.get("label"),
-                          "reason": str(r.get("reason") or "its unit was skipped")}
+                out[k] = {
+                    "table": r["table"],
+                    "key": list(k[1]),
+                    "label": r.get("label"),
+                    "reason": str(r.get("reason") or "its unit was skipped"),
+                }
         return list(out.values())
 
     def verdict(self, late: dict[str, Any] | None = None) -> Verdict:
         """The one verdict of this outcome (with the end-of-run late-commit check ``late``)."""
         files = self.files or {}
         v = self.verification or {}
-        return judge(aborted=self.aborted, verification_failed=bool(v) and not v.get("ok"),
-                     lost=self.lost_total, conflicts=len(self.conflicts), not_carried=len(self.not_carried()),
-                     deletes_for_review=len(self.deletes_for_review),
-                     files_missing=_count(files.get("missing")), files_unsafe=_count(files.get("unsafe")),
-                     late=late)
+        return judge(
+            aborted=self.aborted,
+            verification_failed=bool(v) and not v.get("ok"),
+            lost=self.lost_total,
+            conflicts=len(self.conflicts),
+            not_carried=len(self.not_carried()),
+            deletes_for_review=len(self.deletes_for_review),
+            files_missing=_count(files.get("missing")),
+            files_unsafe=_count(files.get("unsafe")),
+            late=late,
+        )
 
     @property
     def exit_code(self) -> int:
@@ -209,22 +225,33 @@ class Outcome:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "bundle_id": self.bundle_id, "target": self.target, "policy": self.policy, "dry_run": self.dry_run,
-            "already_applied": self.already_applied, "aborted": self.aborted,
+            "bundle_id": self.bundle_id,
+            "target": self.target,
+            "policy": self.policy,
+            "dry_run": self.dry_run,
+            "already_applied": self.already_applied,
+            "aborted": self.aborted,
             "tables": {n: asdict(t) for n, t in sorted(self.tables.items())},
             "conflicts": [c.to_dict() for c in self.conflicts],
             "remapped": [asdict(r) for r in self.remaps],
-            "lost": list(self.lost), "lost_total": self.lost_total, "lost_truncated": self.lost_truncated,
-            "deletes_for_review": self.deletes_for_review, "skipped_rows": self.skipped_rows,
-            "files": self.files, "verification": self.verification,
-            "triggers_suspended": self.triggers_suspended, "sequences": self.sequences,
+            "lost": list(self.lost),
+            "lost_total": self.lost_total,
+            "lost_truncated": self.lost_truncated,
+            "deletes_for_review": self.deletes_for_review,
+            "skipped_rows": self.skipped_rows,
+            "files": self.files,
+            "verification": self.verification,
+            "triggers_suspended": self.triggers_suspended,
+            "sequences": self.sequences,
             "conflicts_mode": self.conflicts_mode,
             "totals": {
                 RowKind.INSERTED: sum(t.inserted for t in self.tables.values()),
                 RowKind.UPDATED: sum(t.updated for t in self.tables.values()),
                 RowKind.DELETED: sum(t.deleted for t in self.tables.values()),
                 "skipped": sum(t.skipped for t in self.tables.values()),
-                "remapped": len(self.remaps), "conflicts": len(self.conflicts), "lost": self.lost_total,
+                "remapped": len(self.remaps),
+                "conflicts": len(self.conflicts),
+                "lost": self.lost_total,
             },
         }
 
@@ -264,9 +291,19 @@ def _count(v: Any) -> int:
     return len(v) if isinstance(v, (list, tuple, dict)) else 0
 
 
-def judge(*, aborted: bool = False, verification_failed: bool = False, lost: int = 0, conflicts: int = 0,
-          not_carried: int = 0, deletes_for_review: int = 0, files_missing: int = 0, files_unsafe: int = 0,
-          late: dict[str, Any] | None = None, run_files: bool = True) -> Verdict:
+def judge(
+    *,
+    aborted: bool = False,
+    verification_failed: bool = False,
+    lost: int = 0,
+    conflicts: int = 0,
+    not_carried: int = 0,
+    deletes_for_review: int = 0,
+    files_missing: int = 0,
+    files_unsafe: int = 0,
+    late: dict[str, Any] | None = None,
+    run_files: bool = True,
+) -> Verdict:
     """The verdict from the facts of a run (or of a bundle before its re-import): ``failed`` when
     the re-import aborted or verification failed, else ``review needed`` when anything is left for
     a person (lost values, conflicts, records not carried, rows restored for review, files missing
@@ -278,16 +315,22 @@ def judge(*, aborted: bool = False, verification_failed: bool = False, lost: int
     if verification_failed:
         reasons.append("verification failed (integrity, foreign keys, row counts or revision)")
     if not_carried:
-        reasons.append(f"{not_carried} record(s) not carried back"
-                       + (", listed whole in not_carried.csv" if run_files else ""))
+        reasons.append(
+            f"{not_carried} record(s) not carried back"
+            + (", listed whole in not_carried.csv" if run_files else "")
+        )
     if lost:
-        reasons.append(f"{lost} value(s) with no place in the old release"
-                       + (", listed in lost_values.csv" if run_files else ""))
+        reasons.append(
+            f"{lost} value(s) with no place in the old release"
+            + (", listed in lost_values.csv" if run_files else "")
+        )
     if conflicts:
         reasons.append(f"{conflicts} conflict(s), listed in conflicts.csv")
     if deletes_for_review:
-        reasons.append(f"{deletes_for_review} row(s) deleted after the deploy were restored, listed in "
-                       "deletes_for_review.csv (delete them again with `recovery apply-deletes`)")
+        reasons.append(
+            f"{deletes_for_review} row(s) deleted after the deploy were restored, listed in "
+            "deletes_for_review.csv (delete them again with `recovery apply-deletes`)"
+        )
     if files_missing:
         reasons.append(f"{files_missing} uploaded file(s) missing")
     if files_unsafe:
@@ -295,8 +338,10 @@ def judge(*, aborted: bool = False, verification_failed: bool = False, lost: int
     late = late or {}
     if late.get("needs_review"):
         n = late.get("late_commits") if late.get("checked") else None
-        reasons.append(f"{'an unknown number of' if n is None else n} row change(s) committed into the replaced "
-                       "database after the safety copy are not in the restored one, listed in late_commits.json")
+        reasons.append(
+            f"{'an unknown number of' if n is None else n} row change(s) committed into the replaced "
+            "database after the safety copy are not in the restored one, listed in late_commits.json"
+        )
     if aborted or verification_failed:
         return Verdict(FAILED, tuple(reasons))
     return Verdict(REVIEW_NEEDED if reasons else ALL_RECOVERED, tuple(reasons))
@@ -363,14 +408,20 @@ def decode_value(v: Any, where: str = "value") -> Any:
         return float(body)
     if tag == "$tuple" and isinstance(body, list):
         return tuple(decode_value(x, f"{where}[{i}]") for i, x in enumerate(body))
-    if tag == "$dict" and isinstance(body, list) and all(isinstance(p, list) and len(p) == 2 for p in body):
+    if (
+        tag == "$dict"
+        and isinstance(body, list)
+        and all(isinstance(p, list) and len(p) == 2 for p in body)
+    ):
         out = {}
         for i, (k, x) in enumerate(body):
             key = decode_value(k, f"{where}.$dict[{i}]")
             try:
                 out[key] = decode_value(x, f"{where}.$dict[{i}]")
             except TypeError:
-                raise OutcomeFormatError(f"{where}.$dict[{i}]: a key must be a scalar or tuple") from None
+                raise OutcomeFormatError(
+                    f"{where}.$dict[{i}]: a key must be a scalar or tuple"
+                ) from None
         return out
     raise OutcomeFormatError(f"{where}: unknown or malformed tag {tag!r}")
 
@@ -383,8 +434,9 @@ def _expect(value: Any, kind: type | tuple[type, ...], where: str) -> Any:
     return value
 
 
-def _fields(obj: Any, names: set[str], where: str, optional: frozenset[str] | set[str] = frozenset()
-            ) -> dict[str, Any]:
+def _fields(
+    obj: Any, names: set[str], where: str, optional: frozenset[str] | set[str] = frozenset()
+) -> dict[str, Any]:
     _expect(obj, dict, where)
     assert isinstance(obj, dict)
     unknown, missing = set(obj) - names, names - optional - set(obj)
@@ -396,8 +448,23 @@ def _fields(obj: Any, names: set[str], where: str, optional: frozenset[str] | se
     return fields
 
 
-_OUTCOME_FIELDS = {"format", "bundle_id", "target", "policy", "dry_run", "already_applied", "aborted", "tables",
-                   "conflicts", "remaps", "lost", "deletes_for_review", "skipped_rows", "files", "verification"}
+_OUTCOME_FIELDS = {
+    "format",
+    "bundle_id",
+    "target",
+    "policy",
+    "dry_run",
+    "already_applied",
+    "aborted",
+    "tables",
+    "conflicts",
+    "remaps",
+    "lost",
+    "deletes_for_review",
+    "skipped_rows",
+    "files",
+    "verification",
+}
 _OUTCOME_OPTIONAL = {"conflicts_mode", "triggers_suspended", "sequences"}
 """Fields an older ``outcome.json`` may lack (read with their default)."""
 _TABLE_INTS = [f for f in TableOutcome.__dataclass_fields__ if f != "table"]
@@ -408,18 +475,38 @@ _LOST_FIELDS = {"sample", "total", "counts", "source"}
 def _outcome_to_data(o: Outcome) -> dict[str, Any]:
     lost = o.lost
     return {
-        "format": OUTCOME_FORMAT, "bundle_id": o.bundle_id, "target": o.target, "policy": o.policy,
-        "dry_run": o.dry_run, "already_applied": o.already_applied, "aborted": o.aborted,
+        "format": OUTCOME_FORMAT,
+        "bundle_id": o.bundle_id,
+        "target": o.target,
+        "policy": o.policy,
+        "dry_run": o.dry_run,
+        "already_applied": o.already_applied,
+        "aborted": o.aborted,
         "tables": {n: {f: getattr(t, f) for f in _TABLE_INTS} for n, t in o.tables.items()},
-        "conflicts": [{f: encode_value(getattr(c, f)) for f in _CONFLICT_FIELDS} for c in o.conflicts],
-        "remaps": [{"table": r.table, "old_key": encode_value(r.old_key), "new_key": encode_value(r.new_key)}
-                   for r in o.remaps],
-        "lost": {"sample": encode_value(list(lost)), "total": o.lost_total,
-                 "counts": encode_value(getattr(lost, "counts", None) or {}), "source": getattr(lost, "source", None)},
-        "deletes_for_review": encode_value(o.deletes_for_review), "skipped_rows": encode_value(o.skipped_rows),
-        "files": encode_value(o.files), "verification": encode_value(o.verification),
+        "conflicts": [
+            {f: encode_value(getattr(c, f)) for f in _CONFLICT_FIELDS} for c in o.conflicts
+        ],
+        "remaps": [
+            {
+                "table": r.table,
+                "old_key": encode_value(r.old_key),
+                "new_key": encode_value(r.new_key),
+            }
+            for r in o.remaps
+        ],
+        "lost": {
+            "sample": encode_value(list(lost)),
+            "total": o.lost_total,
+            "counts": encode_value(getattr(lost, "counts", None) or {}),
+            "source": getattr(lost, "source", None),
+        },
+        "deletes_for_review": encode_value(o.deletes_for_review),
+        "skipped_rows": encode_value(o.skipped_rows),
+        "files": encode_value(o.files),
+        "verification": encode_value(o.verification),
         "conflicts_mode": o.conflicts_mode,
-        "triggers_suspended": list(o.triggers_suspended), "sequences": encode_value(o.sequences),
+        "triggers_suspended": list(o.triggers_suspended),
+        "sequences": encode_value(o.sequences),
     }
 
 
@@ -445,7 +532,9 @@ def _outcome_from_data(d: Any) -> Outcome:
     tables = {}
     for name, t in _expect(d["tables"], dict, "tables").items():
         _fields(t, set(_TABLE_INTS), f"tables.{name}")
-        tables[name] = TableOutcome(name, **{f: _expect(t[f], int, f"tables.{name}.{f}") for f in _TABLE_INTS})
+        tables[name] = TableOutcome(
+            name, **{f: _expect(t[f], int, f"tables.{name}.{f}") for f in _TABLE_INTS}
+        )
     conflicts = []
     for i, c in enumerate(_expect(d["conflicts"], list, "conflicts")):
         where = f"conflicts[{i}]"
@@ -454,7 +543,9 @@ def _outcome_from_data(d: Any) -> Outcome:
         if vals["kind"] not in CONFLICT_KINDS:
             raise OutcomeFormatError(f"{where}.kind: {vals['kind']!r} is not a conflict kind")
         if vals["resolution"] not in RESOLUTIONS:
-            raise OutcomeFormatError(f"{where}.resolution: {vals['resolution']!r} is not a resolution")
+            raise OutcomeFormatError(
+                f"{where}.resolution: {vals['resolution']!r} is not a resolution"
+            )
         _expect(vals["table"], str, f"{where}.table")
         vals["key"] = tuple(_expect(vals["key"], (list, tuple), f"{where}.key"))
         for f in ("column", "label"):
@@ -465,9 +556,13 @@ def _outcome_from_data(d: Any) -> Outcome:
     remaps = []
     for i, r in enumerate(_expect(d["remaps"], list, "remaps")):
         _fields(r, {"table", "old_key", "new_key"}, f"remaps[{i}]")
-        remaps.append(Remap(_expect(r["table"], str, f"remaps[{i}].table"),
-                            decode_value(r["old_key"], f"remaps[{i}].old_key"),
-                            decode_value(r["new_key"], f"remaps[{i}].new_key")))
+        remaps.append(
+            Remap(
+                _expect(r["table"], str, f"remaps[{i}].table"),
+                decode_value(r["old_key"], f"remaps[{i}].old_key"),
+                decode_value(r["new_key"], f"remaps[{i}].new_key"),
+            )
+        )
     lost_d = _fields(d["lost"], _LOST_FIELDS, "lost")
     sample = _list_of_dicts(lost_d["sample"], "lost.sample")
     counts = decode_value(_expect(lost_d["counts"], dict, "lost.counts"), "lost.counts")
@@ -485,19 +580,33 @@ def _outcome_from_data(d: Any) -> Outcome:
     if files is not None:
         files = decode_value(_expect(files, dict, "files"), "files")
     return Outcome(
-        d["bundle_id"], d["target"], d["policy"], d["dry_run"], already_applied=d["already_applied"],
-        tables=tables, conflicts=conflicts, remaps=remaps, lost=lost,
+        d["bundle_id"],
+        d["target"],
+        d["policy"],
+        d["dry_run"],
+        already_applied=d["already_applied"],
+        tables=tables,
+        conflicts=conflicts,
+        remaps=remaps,
+        lost=lost,
         deletes_for_review=_list_of_dicts(d["deletes_for_review"], "deletes_for_review"),
-        skipped_rows=_list_of_dicts(d["skipped_rows"], "skipped_rows"), files=files,
+        skipped_rows=_list_of_dicts(d["skipped_rows"], "skipped_rows"),
+        files=files,
         verification=decode_value(_expect(d["verification"], dict, "verification"), "verification"),
-        aborted=d["aborted"], conflicts_mode=mode, triggers_suspended=suspended, sequences=sequences)
+        aborted=d["aborted"],
+        conflicts_mode=mode,
+        triggers_suspended=suspended,
+        sequences=sequences,
+    )
 
 
 def outcome_to_json(outcome: Outcome) -> str:
     """``outcome`` as the text of ``outcome.json`` (format :data:`OUTCOME_FORMAT`)."""
     import json
 
-    return json.dumps(_outcome_to_data(outcome), ensure_ascii=False, allow_nan=False, sort_keys=True)
+    return json.dumps(
+        _outcome_to_data(outcome), ensure_ascii=False, allow_nan=False, sort_keys=True
+    )
 
 
 def outcome_from_json(text: str | bytes) -> Outcome:
@@ -506,8 +615,9 @@ def outcome_from_json(text: str | bytes) -> Outcome:
     import json
 
     try:
-        data = json.loads(text, parse_constant=lambda c: (_ for _ in ()).throw(OutcomeFormatError(f"bare {c}")))
+        data = json.loads(
+            text, parse_constant=lambda c: (_ for _ in ()).throw(OutcomeFormatError(f"bare {c}"))
+        )
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise OutcomeFormatError(f"not valid JSON ({exc})") from None
     return _outcome_from_data(data)
-

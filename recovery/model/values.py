@@ -2,6 +2,7 @@
 list of them, a relink's file result, a verification. Each has ``to_dict``/``from_dict`` whose
 keys are exactly the JSON keys of the files people script against (``manifest.json``'s
 ``counts``, ``outcome.json``, ``report.json``), so the files stay byte-identical."""
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
@@ -11,7 +12,13 @@ from typing import Any
 from recovery.model.kinds import RowKind
 
 #: The count keys of a table in a bundle manifest's ``counts`` (each a non-negative int).
-COUNT_KEYS: tuple[str, ...] = (RowKind.INSERTED, RowKind.UPDATED, RowKind.DELETED, RowKind.CLOSURE, "lost")
+COUNT_KEYS: tuple[str, ...] = (
+    RowKind.INSERTED,
+    RowKind.UPDATED,
+    RowKind.DELETED,
+    RowKind.CLOSURE,
+    "lost",
+)
 
 
 @dataclass(frozen=True)
@@ -41,8 +48,11 @@ class TableCounts:
     def to_dict(self) -> dict[str, Any]:
         """The manifest form, keys in the order extract writes them: ``closure`` and
         ``filled_by_upgrade`` only when non-zero, ``status`` when known."""
-        d: dict[str, Any] = {RowKind.INSERTED.value: self.inserted, RowKind.UPDATED.value: self.updated,
-                             RowKind.DELETED.value: self.deleted}
+        d: dict[str, Any] = {
+            RowKind.INSERTED.value: self.inserted,
+            RowKind.UPDATED.value: self.updated,
+            RowKind.DELETED.value: self.deleted,
+        }
         if self.status is not None:
             d["status"] = self.status
         if self.closure:
@@ -83,8 +93,14 @@ class LostValue:
     value_size: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        d = {"table": self.table, "key": self.key, "label": self.label, "column": self.column,
-             "value": self.value, "reason": self.reason}
+        d = {
+            "table": self.table,
+            "key": self.key,
+            "label": self.label,
+            "column": self.column,
+            "value": self.value,
+            "reason": self.reason,
+        }
         if self.value_size is not None:
             d["value_size"] = self.value_size
         return d
@@ -92,8 +108,15 @@ class LostValue:
     @staticmethod
     def from_dict(d: Mapping[str, Any]) -> LostValue:
         size = d.get("value_size")
-        return LostValue(str(d["table"]), d["key"], d.get("label"), str(d["column"]), d.get("value"),
-                         str(d.get("reason") or ""), size if isinstance(size, int) else None)
+        return LostValue(
+            str(d["table"]),
+            d["key"],
+            d.get("label"),
+            str(d["column"]),
+            d.get("value"),
+            str(d.get("reason") or ""),
+            size if isinstance(size, int) else None,
+        )
 
 
 class LostValues(list[dict[str, Any]]):
@@ -106,8 +129,13 @@ class LostValues(list[dict[str, Any]]):
     counts: dict[str, dict[str, int]]
     source: str | None
 
-    def __init__(self, sample: Iterable[dict[str, Any]] = (), total: int | None = None,
-                 counts: dict[str, dict[str, int]] | None = None, source: str | None = None) -> None:
+    def __init__(
+        self,
+        sample: Iterable[dict[str, Any]] = (),
+        total: int | None = None,
+        counts: dict[str, dict[str, int]] | None = None,
+        source: str | None = None,
+    ) -> None:
         super().__init__(sample)
         self.total = len(self) if total is None else total
         self.counts = counts or {}
@@ -157,9 +185,19 @@ class FileResult:
         return FileResult(lists, extra)
 
 
-FILE_LISTS: tuple[str, ...] = ("relinked", "restored_from_bundle", "missing", "orphans", "records_without_file",
-                               "unsafe", "kept_both", "hash_mismatch", "links_fixed", "links_unresolved",
-                               "records_not_imported")
+FILE_LISTS: tuple[str, ...] = (
+    "relinked",
+    "restored_from_bundle",
+    "missing",
+    "orphans",
+    "records_without_file",
+    "unsafe",
+    "kept_both",
+    "hash_mismatch",
+    "links_fixed",
+    "links_unresolved",
+    "records_not_imported",
+)
 """The lists of a relink result, one per thing that happened to a file or a link."""
 
 
@@ -178,8 +216,14 @@ class RowCountCheck:
         return self.expected == self.actual
 
     def to_dict(self) -> dict[str, Any]:
-        return {"before": self.before, "inserted": self.inserted, "deleted": self.deleted,
-                "expected": self.expected, "actual": self.actual, "ok": self.ok}
+        return {
+            "before": self.before,
+            "inserted": self.inserted,
+            "deleted": self.deleted,
+            "expected": self.expected,
+            "actual": self.actual,
+            "ok": self.ok,
+        }
 
 
 @dataclass(frozen=True)
@@ -200,15 +244,22 @@ class Verification:
 
     @property
     def ok(self) -> bool:
-        return (self.integrity == ("ok",) and not self.foreign_key_check and self.revision_ok
-                and all(c.ok for c in self.row_counts.values()))
+        return (
+            self.integrity == ("ok",)
+            and not self.foreign_key_check
+            and self.revision_ok
+            and all(c.ok for c in self.row_counts.values())
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "integrity_check": "ok" if self.integrity == ("ok",) else list(self.integrity[:5]),
             "foreign_key_check": list(self.foreign_key_check),
-            "alembic_revision": {"expected": self.revision_expected, "actual": self.revision_actual,
-                                 "ok": self.revision_ok},
+            "alembic_revision": {
+                "expected": self.revision_expected,
+                "actual": self.revision_actual,
+                "ok": self.revision_ok,
+            },
             "row_counts": {n: c.to_dict() for n, c in self.row_counts.items()},
             "ok": self.ok,
         }
@@ -217,7 +268,20 @@ class Verification:
     def from_dict(d: Mapping[str, Any]) -> Verification:
         integrity = d.get("integrity_check", "ok")
         rev = d.get("alembic_revision") or {}
-        rows = {str(n): RowCountCheck(int(c["before"]), int(c["inserted"]), int(c["deleted"]), int(c["expected"]),
-                                      int(c["actual"])) for n, c in (d.get("row_counts") or {}).items()}
-        return Verification(("ok",) if integrity == "ok" else tuple(str(x) for x in integrity),
-                            tuple(d.get("foreign_key_check") or ()), rev.get("expected"), rev.get("actual"), rows)
+        rows = {
+            str(n): RowCountCheck(
+                int(c["before"]),
+                int(c["inserted"]),
+                int(c["deleted"]),
+                int(c["expected"]),
+                int(c["actual"]),
+            )
+            for n, c in (d.get("row_counts") or {}).items()
+        }
+        return Verification(
+            ("ok",) if integrity == "ok" else tuple(str(x) for x in integrity),
+            tuple(d.get("foreign_key_check") or ()),
+            rev.get("expected"),
+            rev.get("actual"),
+            rows,
+        )

@@ -1,6 +1,7 @@
 """The re-import's bookkeeping in the target: the target's schema must be the bundle's old schema,
 and ``_recovery_applied`` records each bundle re-imported (with its outcome), in the re-import's
 own transaction, so a second run is a no-op and the outcome is durable exactly when the data is."""
+
 from __future__ import annotations
 
 import sqlite3
@@ -14,7 +15,6 @@ from recovery.engine.sqlbuild import col, sql, table
 from recovery.errors import RecoveryError
 from recovery.reimport.context import Context
 from recovery.reimport.script import Script
-
 
 
 def check_target_schema(bundle: Bundle, target: Schema) -> None:
@@ -32,31 +32,58 @@ def check_target_schema(bundle: Bundle, target: Schema) -> None:
     if problems:
         raise RecoveryError(
             f"the target's schema differs from the bundle's target schema ({want.alembic_revision}): "
-            + "; ".join(problems[:6]) + (" …" if len(problems) > 6 else ""),
+            + "; ".join(problems[:6])
+            + (" …" if len(problems) > 6 else ""),
             "restore the backup (or downgrade) first; nothing was changed",
         )
 
 
 def already_applied(conn: sqlite3.Connection, bundle_id: str) -> bool:
     """``bundle_id`` was re-imported into this database already."""
-    exists = conn.execute("SELECT 1 FROM main.sqlite_master WHERE type='table' AND name=?", (APPLIED_TABLE,)).fetchone()
+    exists = conn.execute(
+        "SELECT 1 FROM main.sqlite_master WHERE type='table' AND name=?", (APPLIED_TABLE,)
+    ).fetchone()
     if not exists:
         return False
-    q = exp.select("1").from_(table(APPLIED_TABLE, "main")).where(exp.EQ(this=col("bundle_id"), expression=exp.Placeholder()))
+    q = (
+        exp.select("1")
+        .from_(table(APPLIED_TABLE, "main"))
+        .where(exp.EQ(this=col("bundle_id"), expression=exp.Placeholder()))
+    )
     return conn.execute(sql(q), (bundle_id,)).fetchone() is not None
 
 
 def record_applied(ctx: Context) -> None:
     """The ``_recovery_applied`` row of this bundle: a second run is a no-op."""
-    ddl = exp.Create(kind="TABLE", exists=True, this=exp.Schema(this=table(APPLIED_TABLE, "main"), expressions=[
-        exp.ColumnDef(this=exp.to_identifier(c, quoted=True), kind=exp.DataType.build("TEXT"))
-        for c in ("bundle_id", "applied_at", "tool_version", "policy")]))
+    ddl = exp.Create(
+        kind="TABLE",
+        exists=True,
+        this=exp.Schema(
+            this=table(APPLIED_TABLE, "main"),
+            expressions=[
+                exp.ColumnDef(
+                    this=exp.to_identifier(c, quoted=True), kind=exp.DataType.build("TEXT")
+                )
+                for c in ("bundle_id", "applied_at", "tool_version", "policy")
+            ],
+        ),
+    )
     ctx.run(ddl)
     from recovery import __version__
 
-    ins = exp.Insert(this=table(APPLIED_TABLE, "main"), expression=exp.Values(expressions=[exp.Tuple(
-        expressions=[exp.Placeholder()] * 4)]))
-    ctx.run(ins, (ctx.bundle.bundle_id, datetime.now().isoformat(timespec="seconds"), __version__, ctx.policy.value))
+    ins = exp.Insert(
+        this=table(APPLIED_TABLE, "main"),
+        expression=exp.Values(expressions=[exp.Tuple(expressions=[exp.Placeholder()] * 4)]),
+    )
+    ctx.run(
+        ins,
+        (
+            ctx.bundle.bundle_id,
+            datetime.now().isoformat(timespec="seconds"),
+            __version__,
+            ctx.policy.value,
+        ),
+    )
 
 
 OUTCOME_COLUMN = "outcome"
@@ -69,13 +96,36 @@ def record_outcome(conn: sqlite3.Connection | Script, bundle_id: str, outcome_js
     transaction; the column is added to a table made before it existed). Given the re-import's
     :class:`Script`, the writes are steps of its plan."""
     script = conn if isinstance(conn, Script) else Script(conn)
-    cols = [r[1] for r in script.conn.execute(sql(exp.Pragma(this=exp.Anonymous(
-        this="main.table_info", expressions=[exp.Literal.string(APPLIED_TABLE)]))))]
+    cols = [
+        r[1]
+        for r in script.conn.execute(
+            sql(
+                exp.Pragma(
+                    this=exp.Anonymous(
+                        this="main.table_info", expressions=[exp.Literal.string(APPLIED_TABLE)]
+                    )
+                )
+            )
+        )
+    ]
     if OUTCOME_COLUMN not in cols:
-        script.execute(exp.Alter(this=table(APPLIED_TABLE, "main"), kind="TABLE", actions=[exp.ColumnDef(
-            this=exp.to_identifier(OUTCOME_COLUMN, quoted=True), kind=exp.DataType.build("TEXT"))]))
-    upd = exp.update(table(APPLIED_TABLE, "main"), {OUTCOME_COLUMN: exp.Placeholder()},
-                     where=exp.EQ(this=col("bundle_id"), expression=exp.Placeholder()))
+        script.execute(
+            exp.Alter(
+                this=table(APPLIED_TABLE, "main"),
+                kind="TABLE",
+                actions=[
+                    exp.ColumnDef(
+                        this=exp.to_identifier(OUTCOME_COLUMN, quoted=True),
+                        kind=exp.DataType.build("TEXT"),
+                    )
+                ],
+            )
+        )
+    upd = exp.update(
+        table(APPLIED_TABLE, "main"),
+        {OUTCOME_COLUMN: exp.Placeholder()},
+        where=exp.EQ(this=col("bundle_id"), expression=exp.Placeholder()),
+    )
     script.execute(upd, (outcome_json, bundle_id))
 
 
@@ -83,11 +133,24 @@ def recorded_outcome(conn: sqlite3.Connection, bundle_id: str) -> str | None:
     """The outcome JSON recorded with ``bundle_id``'s re-import, if any."""
     if not already_applied(conn, bundle_id):
         return None
-    cols = [r[1] for r in conn.execute(sql(exp.Pragma(this=exp.Anonymous(
-        this="main.table_info", expressions=[exp.Literal.string(APPLIED_TABLE)]))))]
+    cols = [
+        r[1]
+        for r in conn.execute(
+            sql(
+                exp.Pragma(
+                    this=exp.Anonymous(
+                        this="main.table_info", expressions=[exp.Literal.string(APPLIED_TABLE)]
+                    )
+                )
+            )
+        )
+    ]
     if OUTCOME_COLUMN not in cols:
         return None
-    q = exp.select(col(OUTCOME_COLUMN)).from_(table(APPLIED_TABLE, "main")).where(
-        exp.EQ(this=col("bundle_id"), expression=exp.Placeholder()))
+    q = (
+        exp.select(col(OUTCOME_COLUMN))
+        .from_(table(APPLIED_TABLE, "main"))
+        .where(exp.EQ(this=col("bundle_id"), expression=exp.Placeholder()))
+    )
     row = conn.execute(sql(q), (bundle_id,)).fetchone()
     return row[0] if row and isinstance(row[0], str) else None

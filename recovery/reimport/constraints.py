@@ -10,6 +10,7 @@ indexes that the reflected :class:`recovery.engine.schema.Table` cannot express 
 A rule that cannot be parsed is left out: the re-import's last guard (one SAVEPOINT per row of a
 failing table) still turns what it misses into a ``constraint`` conflict.
 """
+
 from __future__ import annotations
 
 import sqlite3
@@ -20,7 +21,14 @@ from sqlglot import exp
 
 from recovery.engine.sqlbuild import col, ident, sql, table
 
-STRICT_TYPES = {"INT": "integer", "INTEGER": "integer", "REAL": "real", "TEXT": "text", "BLOB": "blob", "ANY": None}
+STRICT_TYPES = {
+    "INT": "integer",
+    "INTEGER": "integer",
+    "REAL": "real",
+    "TEXT": "text",
+    "BLOB": "blob",
+    "ANY": None,
+}
 """A STRICT column's declared type → the storage class its values must have after affinity (None: any)."""
 
 
@@ -36,7 +44,9 @@ class UniqueRule:
     @property
     def text(self) -> str:
         on = ", ".join(sql(t) for t in self.terms)
-        return f"UNIQUE INDEX {self.name} ({on})" + (f" WHERE {sql(self.where)}" if self.where is not None else "")
+        return f"UNIQUE INDEX {self.name} ({on})" + (
+            f" WHERE {sql(self.where)}" if self.where is not None else ""
+        )
 
 
 @dataclass(frozen=True)
@@ -119,14 +129,23 @@ def affinity_type(declared: str) -> str:
 
 
 def _pragma(conn: sqlite3.Connection, name: str, arg: str) -> list[tuple]:
-    q = exp.select("*").from_(exp.Anonymous(this=name, expressions=[exp.Placeholder(), exp.Literal.string("main")]))
+    q = exp.select("*").from_(
+        exp.Anonymous(this=name, expressions=[exp.Placeholder(), exp.Literal.string("main")])
+    )
     return conn.execute(sql(q), (arg,)).fetchall()
 
 
 def _master_sql(conn: sqlite3.Connection, kind: str, name: str) -> str | None:
-    q = exp.select(col("sql")).from_(table("sqlite_master", "main")).where(exp.and_(
-        exp.EQ(this=col("type"), expression=exp.Placeholder()),
-        exp.EQ(this=col("name"), expression=exp.Placeholder())))
+    q = (
+        exp.select(col("sql"))
+        .from_(table("sqlite_master", "main"))
+        .where(
+            exp.and_(
+                exp.EQ(this=col("type"), expression=exp.Placeholder()),
+                exp.EQ(this=col("name"), expression=exp.Placeholder()),
+            )
+        )
+    )
     row = conn.execute(sql(q), (kind, name)).fetchone()
     return row[0] if row else None
 
@@ -154,7 +173,9 @@ def read_rules(conn: sqlite3.Connection, name: str) -> Rules:
     xinfo = _pragma(conn, "pragma_table_xinfo", name)  # cid, name, type, notnull, dflt, pk, hidden
     columns = tuple(r[1] for r in xinfo)
     pk_cols = [r for r in xinfo if r[5]]
-    rowid_alias = pk_cols[0][1].lower() if len(pk_cols) == 1 and pk_cols[0][2].upper() == "INTEGER" else None
+    rowid_alias = (
+        pk_cols[0][1].lower() if len(pk_cols) == 1 and pk_cols[0][2].upper() == "INTEGER" else None
+    )
     collation: dict[str, str] = {}
     generated: dict[str, exp.Expression | None] = {}
     for r in xinfo:
@@ -167,31 +188,61 @@ def read_rules(conn: sqlite3.Connection, name: str) -> Rules:
             generated[r[1]] = comp.this if comp is not None else None
     strict = _is_strict(ddl)
     rules = Rules(
-        table=name, columns=columns,
-        affinity={r[1]: ("BLOB" if strict and r[2].upper() == "ANY" else affinity_type(r[2])) for r in xinfo},
-        collation=collation, generated=generated,
-        not_null=tuple(r[1] for r in xinfo if r[3] and r[6] not in (2, 3) and r[1].lower() != rowid_alias),
+        table=name,
+        columns=columns,
+        affinity={
+            r[1]: ("BLOB" if strict and r[2].upper() == "ANY" else affinity_type(r[2]))
+            for r in xinfo
+        },
+        collation=collation,
+        generated=generated,
+        not_null=tuple(
+            r[1] for r in xinfo if r[3] and r[6] not in (2, 3) and r[1].lower() != rowid_alias
+        ),
         checks=tuple(_checks(ddl)),
-        strict={r[1]: t for r in xinfo if r[6] not in (2, 3) and (t := STRICT_TYPES.get(r[2].upper()))} if strict else {},
+        strict={
+            r[1]: t for r in xinfo if r[6] not in (2, 3) and (t := STRICT_TYPES.get(r[2].upper()))
+        }
+        if strict
+        else {},
     )
     unique, plain = _unique_rules(conn, rules)
     return replace(rules, unique=tuple(unique), plain_unique=frozenset(plain))
 
 
-def _unique_rules(conn: sqlite3.Connection, rules: Rules) -> tuple[list[UniqueRule], set[tuple[str, ...]]]:
+def _unique_rules(
+    conn: sqlite3.Connection, rules: Rules
+) -> tuple[list[UniqueRule], set[tuple[str, ...]]]:
     out: list[UniqueRule] = []
     plain: set[tuple[str, ...]] = set()
     for _seq, iname, unique, origin, partial in _pragma(conn, "pragma_index_list", rules.table):
         if not unique:
             continue
-        keys = [r for r in _pragma(conn, "pragma_index_xinfo", iname) if r[5]]  # seqno, cid, name, desc, coll, key
+        keys = [
+            r for r in _pragma(conn, "pragma_index_xinfo", iname) if r[5]
+        ]  # seqno, cid, name, desc, coll, key
         own = all(r[4].upper() == rules.collation.get(r[2], "BINARY") for r in keys if r[1] >= 0)
         if not partial and all(r[1] >= 0 for r in keys) and (own or origin in ("u", "pk")):
             plain.add(tuple(r[2] for r in keys))
             continue
-        parsed = _parse(_master_sql(conn, "index", iname)) if (partial or any(r[1] < 0 for r in keys)) else None
-        params = parsed.this.args.get("params") if isinstance(parsed, exp.Create) and isinstance(parsed.this, exp.Index) else None
-        terms_src = [o.this if isinstance(o, exp.Ordered) else o for o in (params.args.get("columns") or [])] if params else []
+        parsed = (
+            _parse(_master_sql(conn, "index", iname))
+            if (partial or any(r[1] < 0 for r in keys))
+            else None
+        )
+        params = (
+            parsed.this.args.get("params")
+            if isinstance(parsed, exp.Create) and isinstance(parsed.this, exp.Index)
+            else None
+        )
+        terms_src = (
+            [
+                o.this if isinstance(o, exp.Ordered) else o
+                for o in (params.args.get("columns") or [])
+            ]
+            if params
+            else []
+        )
         terms: list[exp.Expression] = []
         for i, r in enumerate(keys):
             if r[1] >= 0:
@@ -205,23 +256,38 @@ def _unique_rules(conn: sqlite3.Connection, rules: Rules) -> tuple[list[UniqueRu
                 terms = []
                 break
             # an explicit COLLATE only where it differs: the target's index then serves the probe
-            terms.append(term if r[4].upper() == usual else exp.Collate(this=term, expression=exp.Var(this=r[4].upper())))
+            terms.append(
+                term
+                if r[4].upper() == usual
+                else exp.Collate(this=term, expression=exp.Var(this=r[4].upper()))
+            )
         where = params.args.get("where") if params is not None else None
         if not terms or (partial and where is None):
             continue  # not understood: the per-row guard catches what it would refuse
-        out.append(UniqueRule(iname, tuple(terms), where.this.copy() if where is not None else None))
+        out.append(
+            UniqueRule(iname, tuple(terms), where.this.copy() if where is not None else None)
+        )
     return out, plain
 
 
 def typed_copy(rules: Rules, name: exp.Table) -> exp.Create:
     """``CREATE TABLE name (rid INTEGER PRIMARY KEY, <col> <affinity type> [COLLATE c], …)``: an
     INSERT into it stores values as the target table would (affinity, collation), no constraint."""
-    defs = [exp.ColumnDef(this=ident("rid"), kind=exp.DataType.build("INTEGER"),
-                          constraints=[exp.ColumnConstraint(kind=exp.PrimaryKeyColumnConstraint())])]
+    defs = [
+        exp.ColumnDef(
+            this=ident("rid"),
+            kind=exp.DataType.build("INTEGER"),
+            constraints=[exp.ColumnConstraint(kind=exp.PrimaryKeyColumnConstraint())],
+        )
+    ]
     for c in rules.writable:
         cons = []
         if c in rules.collation:
-            cons.append(exp.ColumnConstraint(kind=exp.CollateColumnConstraint(this=exp.Var(this=rules.collation[c]))))
+            cons.append(
+                exp.ColumnConstraint(
+                    kind=exp.CollateColumnConstraint(this=exp.Var(this=rules.collation[c]))
+                )
+            )
         # a user-defined type keeps the name as written (sqlglot renders NUMERIC as REAL: another affinity)
         kind = exp.DataType(this=exp.DataType.Type.USERDEFINED, kind=rules.affinity[c])
         defs.append(exp.ColumnDef(this=ident(c), kind=kind, constraints=cons))
@@ -231,6 +297,10 @@ def typed_copy(rules: Rules, name: exp.Table) -> exp.Create:
 def strict_violation(rules: Rules, column: str, alias: str) -> exp.Expression:
     """The value (as stored after affinity) has the wrong storage class for its STRICT column."""
     c = col(column, alias)
-    return exp.and_(exp.Not(this=exp.Is(this=c, expression=exp.Null())),
-                    exp.NEQ(this=exp.Anonymous(this="typeof", expressions=[c.copy()]),
-                            expression=exp.Literal.string(rules.strict[column])))
+    return exp.and_(
+        exp.Not(this=exp.Is(this=c, expression=exp.Null())),
+        exp.NEQ(
+            this=exp.Anonymous(this="typeof", expressions=[c.copy()]),
+            expression=exp.Literal.string(rules.strict[column]),
+        ),
+    )

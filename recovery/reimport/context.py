@@ -7,6 +7,7 @@ inserts in the target's affinities, for its rules), ``rowc:<t>``/``json:<t>`` (r
 JSON cells), ``chk:<t>`` (rowids whose foreign keys the check reads), ``del:<t>`` (rows deleted on
 request). Every write goes through :attr:`Context.script`: the plan as executed.
 """
+
 from __future__ import annotations
 
 import os
@@ -68,9 +69,19 @@ def rowid(alias: str) -> exp.Column:
 
 def rid_table(name: exp.Table) -> exp.Create:
     """``CREATE TABLE name (rid INTEGER PRIMARY KEY)``: a set of rowids."""
-    return exp.Create(kind="TABLE", this=exp.Schema(this=name, expressions=[
-        exp.ColumnDef(this=exp.to_identifier("rid"), kind=exp.DataType.build("INTEGER"),
-                      constraints=[exp.ColumnConstraint(kind=exp.PrimaryKeyColumnConstraint())])]))
+    return exp.Create(
+        kind="TABLE",
+        this=exp.Schema(
+            this=name,
+            expressions=[
+                exp.ColumnDef(
+                    this=exp.to_identifier("rid"),
+                    kind=exp.DataType.build("INTEGER"),
+                    constraints=[exp.ColumnConstraint(kind=exp.PrimaryKeyColumnConstraint())],
+                )
+            ],
+        ),
+    )
 
 
 @dataclass
@@ -169,7 +180,11 @@ class Context:
 
     def live(self, alias: str, name: str, kind: str = "skip") -> exp.Expression:
         """Row ``alias`` of a staged table of ``name`` is not in its ``skip`` (or ``uskip``) set."""
-        return exp.Not(this=in_query(exp.column("rowid", alias), exp.select("rid").from_(temp_table(kind, name))))
+        return exp.Not(
+            this=in_query(
+                exp.column("rowid", alias), exp.select("rid").from_(temp_table(kind, name))
+            )
+        )
 
     # ---- foreign keys of what the re-import writes ------------------------------------------
     def target_fks(self) -> dict[str, tuple[TargetFk, ...]]:
@@ -178,13 +193,19 @@ class Context:
         return self.fks
 
     def fks_into(self, parent: str) -> list[TargetFk]:
-        return [fk for fks in self.target_fks().values() for fk in fks
-                if fk.parent_exists and fk.parent.lower() == parent.lower()]
+        return [
+            fk
+            for fks in self.target_fks().values()
+            for fk in fks
+            if fk.parent_exists and fk.parent.lower() == parent.lower()
+        ]
 
     def has_rowid(self, name: str) -> bool:
         if name not in self.rowid_tables:
             try:
-                self.conn.execute(sql(exp.select(rowid("t")).from_(table(name, "main", "t")).limit(0)))
+                self.conn.execute(
+                    sql(exp.select(rowid("t")).from_(table(name, "main", "t")).limit(0))
+                )
                 self.rowid_tables[name] = True
             except sqlite3.OperationalError:  # WITHOUT ROWID
                 self.rowid_tables[name] = False
@@ -197,7 +218,9 @@ class Context:
             self.watched.add(name)
         self.run(exp.Insert(this=temp_table("chk", name), expression=rowids, alternative="IGNORE"))
 
-    def watch_children(self, parent: str, parent_rowids: exp.Select, columns: set[str] | None = None) -> None:
+    def watch_children(
+        self, parent: str, parent_rowids: exp.Select, columns: set[str] | None = None
+    ) -> None:
         """Before rows of ``parent`` (``parent_rowids``) are deleted, or their ``columns`` changed:
         remember every row referencing one of them through a key on those columns, so the check
         proves it still has a parent afterwards (the delete's own guard is thereby checked too)."""
@@ -207,8 +230,13 @@ class Context:
             if not (self.has_rowid(parent) and self.has_rowid(fk.table)):
                 self.full.add((fk.table, fk.id))
                 continue
-            self.watch(fk.table, exp.select(rowid("c")).from_(table(parent, "main", "p")).join(
-                table(fk.table, "main", "c"), on=fk.link("c", "p")).where(in_query(rowid("p"), parent_rowids)))
+            self.watch(
+                fk.table,
+                exp.select(rowid("c"))
+                .from_(table(parent, "main", "p"))
+                .join(table(fk.table, "main", "c"), on=fk.link("c", "p"))
+                .where(in_query(rowid("p"), parent_rowids)),
+            )
 
     def moving_columns(self, tp: TablePlan) -> list[int]:
         """Indexes of the updatable columns some bundle row changed (theirs differs from base): only
@@ -217,25 +245,29 @@ class Context:
         if not tp.updatable:
             return []
         if tp.table not in self.moving:  # detection, apply and the FK check all ask: one scan
-            q = exp.select(*[exp.func("max", is_distinct(col(f"theirs_{i}"), col(f"base_{i}")))
-                             for i in range(len(tp.updatable))]).from_(temp_table("upd", tp.table))
+            q = exp.select(
+                *[
+                    exp.func("max", is_distinct(col(f"theirs_{i}"), col(f"base_{i}")))
+                    for i in range(len(tp.updatable))
+                ]
+            ).from_(temp_table("upd", tp.table))
             gen = self.generated(tp.table)  # a generated column is never written
-            self.moving[tp.table] = [i for i, moved in enumerate(self.rows(q)[0])
-                                     if moved and tp.updatable[i].lower() not in gen]
+            self.moving[tp.table] = [
+                i
+                for i, moved in enumerate(self.rows(q)[0])
+                if moved and tp.updatable[i].lower() not in gen
+            ]
         return self.moving[tp.table]
-
 
     def row_columns(self, tp: TablePlan) -> list[int]:
         """Indexes of every updatable column that may be written (generated ones never are)."""
         gen = self.generated(tp.table)
         return [i for i, n in enumerate(tp.updatable) if n.lower() not in gen]
 
-
     def tp(self, name: str) -> TablePlan:
         tp = self.plan.table(name)
         assert tp is not None
         return tp
-
 
     def conflict(self, c: Conflict) -> None:
         self.outcome.conflicts.append(c)

@@ -22,6 +22,7 @@ run's database:
 It is meant to run while the old release serves users: no file is replaced, and the write lock
 is held for one short transaction.
 """
+
 from __future__ import annotations
 
 import csv
@@ -83,19 +84,29 @@ class DeletesResult:
     def to_dict(self) -> dict[str, Any]:
         items = lambda xs: [{"table": i.table, "key": list(i.key)} for i in xs]  # noqa: E731
         return {
-            "format": "recovery-deletes/1", "run_dir": str(self.run_dir), "target": str(self.target),
-            "bundle_id": self.bundle_id, "dry_run": self.dry_run, "selected": self.selected,
-            "deleted": items(self.deleted), "already_applied": items(self.already_applied),
-            "already_gone": items(self.already_gone), "conflicts": [c.to_dict() for c in self.conflicts],
+            "format": "recovery-deletes/1",
+            "run_dir": str(self.run_dir),
+            "target": str(self.target),
+            "bundle_id": self.bundle_id,
+            "dry_run": self.dry_run,
+            "selected": self.selected,
+            "deleted": items(self.deleted),
+            "already_applied": items(self.already_applied),
+            "already_gone": items(self.already_gone),
+            "conflicts": [c.to_dict() for c in self.conflicts],
             "triggers_suspended": self.triggers_suspended,
-            "safety_copy": str(self.safety_copy) if self.safety_copy else None, "exit_code": self.exit_code,
+            "safety_copy": str(self.safety_copy) if self.safety_copy else None,
+            "exit_code": self.exit_code,
         }
 
 
 def locate_run(run_dir: Path) -> tuple[Path, Path]:
     """The database and the bundle of a run folder (a ``rollback`` or ``reimport --out`` folder)."""
     if not run_dir.is_dir():
-        raise RecoveryError(f"run folder {run_dir} does not exist", "pass the --out folder of a rollback or reimport")
+        raise RecoveryError(
+            f"run folder {run_dir} does not exist",
+            "pass the --out folder of a rollback or reimport",
+        )
     journal = run_dir / "journal.json"
     report = run_dir / "report.json"
     try:
@@ -104,22 +115,30 @@ def locate_run(run_dir: Path) -> tuple[Path, Path]:
             db = data["args"]["db"]
             bundle = run_dir / "bundle"
             if "undo" in data.get("steps", {}):
-                raise RecoveryError(f"{run_dir} was undone (recovery undo): {db} is the failed release's database again",
-                                    "nothing to apply; the deletes belong to the rolled-back database")
+                raise RecoveryError(
+                    f"{run_dir} was undone (recovery undo): {db} is the failed release's database again",
+                    "nothing to apply; the deletes belong to the rolled-back database",
+                )
         elif report.is_file():
             data = json.loads(report.read_text(encoding="utf-8"))
             db, bundle = data["outcome"]["target"], Path(data["bundle"]["path"])
         else:
-            raise RecoveryError(f"{run_dir} holds no journal.json or report.json",
-                                "pass the --out folder of a finished rollback or reimport")
+            raise RecoveryError(
+                f"{run_dir} holds no journal.json or report.json",
+                "pass the --out folder of a finished rollback or reimport",
+            )
         if not isinstance(db, str) or not db:
             raise TypeError("database path")
     except (ValueError, KeyError, TypeError) as exc:
-        raise RecoveryError(f"{run_dir}: its journal.json/report.json is not one recovery wrote ({exc})",
-                            "pass the run folder as the rollback left it") from None
+        raise RecoveryError(
+            f"{run_dir}: its journal.json/report.json is not one recovery wrote ({exc})",
+            "pass the run folder as the rollback left it",
+        ) from None
     if not (run_dir / "deletes_for_review.csv").is_file():
-        raise RecoveryError(f"{run_dir} has no deletes_for_review.csv: the run has not finished",
-                            "finish the run first (run the same rollback command again)")
+        raise RecoveryError(
+            f"{run_dir} has no deletes_for_review.csv: the run has not finished",
+            "finish the run first (run the same rollback command again)",
+        )
     return Path(db), Path(bundle)
 
 
@@ -127,16 +146,25 @@ def _candidates(bundle: Bundle) -> dict[str, list[tuple[Any, ...]]]:
     """Keys of the rows deleted after the deploy, per old-schema table (a bounded list: one entry
     per post-deploy delete, the same list the run's deletes_for_review.csv holds)."""
     out: dict[str, list[tuple[Any, ...]]] = {}
-    conn = SQLiteEngine(bundle.base_db).connect_readonly("bundle base.db")  # bundle files are SQLite on every engine
+    conn = SQLiteEngine(bundle.base_db).connect_readonly(
+        "bundle base.db"
+    )  # bundle files are SQLite on every engine
     try:
         with statement_time_limit(conn):
             have = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             for name in bundle.old.fk_order():
                 t = bundle.old.tables[name]
-                if name not in have or not t.key or bundle.counts.get(name, {}).get("deleted", 0) == 0:
+                if (
+                    name not in have
+                    or not t.key
+                    or bundle.counts.get(name, {}).get("deleted", 0) == 0
+                ):
                     continue
-                q = exp.select(*[col(k) for k in t.key]).from_(table(name)).where(
-                    exp.EQ(this=col(KIND), expression=exp.Literal.string("deleted")))
+                q = (
+                    exp.select(*[col(k) for k in t.key])
+                    .from_(table(name))
+                    .where(exp.EQ(this=col(KIND), expression=exp.Literal.string("deleted")))
+                )
                 out[name] = [tuple(r) for r in conn.execute(sql(q))]
     finally:
         conn.close()
@@ -167,8 +195,10 @@ def select(candidates: dict[str, list[tuple[Any, ...]]], only: Path | None) -> l
         with only.open(newline="", encoding="utf-8") as fh:
             reader = csv.DictReader(fh)
             if not reader.fieldnames or not {"table", "key"} <= set(reader.fieldnames):
-                raise RecoveryError(f"{only} has no 'table' and 'key' columns",
-                                    "pass a copy of deletes_for_review.csv with the rows to delete")
+                raise RecoveryError(
+                    f"{only} has no 'table' and 'key' columns",
+                    "pass a copy of deletes_for_review.csv with the rows to delete",
+                )
             chosen: dict[tuple[str, str], DeleteItem] = {}
             for n, row in enumerate(reader, start=2):
                 ident = (_unneutralise(row["table"] or ""), _unneutralise(row["key"] or ""))
@@ -176,17 +206,26 @@ def select(candidates: dict[str, list[tuple[Any, ...]]], only: Path | None) -> l
                 if item is None:
                     raise RecoveryError(
                         f"{only} line {n}: {ident[0]} {ident[1]!r} is not a row deleted after the deploy in this run",
-                        "list only rows of this run's deletes_for_review.csv")
+                        "list only rows of this run's deletes_for_review.csv",
+                    )
                 chosen[ident] = item
     except OSError as exc:
-        raise RecoveryError(f"cannot read {only}: {exc.strerror or exc}", "check the --only path") from None
+        raise RecoveryError(
+            f"cannot read {only}: {exc.strerror or exc}", "check the --only path"
+        ) from None
     except (csv.Error, UnicodeDecodeError) as exc:
-        raise RecoveryError(f"{only} is not a readable CSV file ({exc})", "save it as UTF-8 CSV") from None
+        raise RecoveryError(
+            f"{only} is not a readable CSV file ({exc})", "save it as UTF-8 CSV"
+        ) from None
     return list(chosen.values())
 
 
-def apply_deletes(run_dir: str | Path, only: str | Path | None = None, dry_run: bool = False,
-                  busy_timeout: float = 10.0) -> DeletesResult:
+def apply_deletes(
+    run_dir: str | Path,
+    only: str | Path | None = None,
+    dry_run: bool = False,
+    busy_timeout: float = 10.0,
+) -> DeletesResult:
     """Delete the reviewed rows (see the module docstring). ``dry_run`` works on a scratch copy of
     the database and writes nothing but the result file."""
     run = Path(run_dir)
@@ -208,7 +247,9 @@ def apply_deletes(run_dir: str | Path, only: str | Path | None = None, dry_run: 
         safety_dir = Path(tempfile.mkdtemp(prefix=f"safety-deletes-{stamp}-", dir=run))  # new, 0700
         result.safety_copy = engine.snapshot(safety_dir / target.name, "database")
         _apply(target, bundle, items, result, busy_timeout)
-    write_json_atomic(run / RESULT_FILE, result.to_dict(), mode=0o600)  # users' keys: private like the run
+    write_json_atomic(
+        run / RESULT_FILE, result.to_dict(), mode=0o600
+    )  # users' keys: private like the run
     return result
 
 
@@ -219,26 +260,40 @@ def _check_tables(bundle: Bundle, have: Schema, names: set[str]) -> None:
         want = bundle.old.tables[name].column_names
         got = have.tables[name].column_names if name in have.tables else None
         if got is None or set(got) != set(want):
-            raise RecoveryError(f"{name} in the database no longer has the columns of the backup's release",
-                                "apply-deletes works on the database the rollback left (same release)")
+            raise RecoveryError(
+                f"{name} in the database no longer has the columns of the backup's release",
+                "apply-deletes works on the database the rollback left (same release)",
+            )
 
 
-def _apply(db: Path, bundle: Bundle, items: list[DeleteItem], result: DeletesResult, busy_timeout: float) -> None:
+def _apply(
+    db: Path, bundle: Bundle, items: list[DeleteItem], result: DeletesResult, busy_timeout: float
+) -> None:
     from recovery.reimport.merge import open_target
 
     conn = open_target(db, busy_timeout)
     try:
         conn.execute(f"ATTACH DATABASE ? AS {BASE}", (file_uri(bundle.base_db, mode="ro"),))
-        schema = reflect(conn)  # before BEGIN: reflection through SQLAlchemy ends any open transaction
+        schema = reflect(
+            conn
+        )  # before BEGIN: reflection through SQLAlchemy ends any open transaction
         engine = open_engine(db)
         with engine.write_transaction(conn, busy_timeout), statement_time_limit(conn):
-            _apply_in_transaction(engine, conn, schema, bundle, items, result)  # base.db: untrusted, time-bounded
+            _apply_in_transaction(
+                engine, conn, schema, bundle, items, result
+            )  # base.db: untrusted, time-bounded
     finally:
         conn.close()
 
 
-def _apply_in_transaction(engine: Engine, conn: sqlite3.Connection, schema: Schema, bundle: Bundle,
-                          items: list[DeleteItem], result: DeletesResult) -> None:
+def _apply_in_transaction(
+    engine: Engine,
+    conn: sqlite3.Connection,
+    schema: Schema,
+    bundle: Bundle,
+    items: list[DeleteItem],
+    result: DeletesResult,
+) -> None:
     """Everything inside the open transaction: suspend triggers, judge and delete table by table
     (children first), check the foreign keys, re-create the triggers."""
     _ensure_applied_table(conn)
@@ -250,19 +305,37 @@ def _apply_in_transaction(engine: Engine, conn: sqlite3.Connection, schema: Sche
     for name in reversed(bundle.old.fk_order()):
         mine = [i for i in items if i.table == name]
         if mine:
-            _apply_table(conn, schema.tables[name], mine, children.get(name, []), bundle.bundle_id, result)
+            _apply_table(
+                conn, schema.tables[name], mine, children.get(name, []), bundle.bundle_id, result
+            )
     after = _fk_violations(conn, watched)
     if after > before:
-        raise RecoveryError(f"foreign key check got worse after the deletes ({before} → {after}); rolled back",
-                            "nothing was changed; report this with the run folder", ExitCode.FAILED)
+        raise RecoveryError(
+            f"foreign key check got worse after the deletes ({before} → {after}); rolled back",
+            "nothing was changed; report this with the run folder",
+            ExitCode.FAILED,
+        )
     engine.restore_triggers(conn, suspended)
 
 
 def _ensure_applied_table(conn: sqlite3.Connection) -> None:
-    conn.execute(sql(exp.Create(kind="TABLE", exists=True, this=exp.Schema(
-        this=table(APPLIED_DELETES_TABLE, "main"),
-        expressions=[exp.ColumnDef(this=exp.to_identifier(c, quoted=True), kind=exp.DataType.build("TEXT"))
-                     for c in ("bundle_id", "table_name", "key_json", "applied_at")]))))
+    conn.execute(
+        sql(
+            exp.Create(
+                kind="TABLE",
+                exists=True,
+                this=exp.Schema(
+                    this=table(APPLIED_DELETES_TABLE, "main"),
+                    expressions=[
+                        exp.ColumnDef(
+                            this=exp.to_identifier(c, quoted=True), kind=exp.DataType.build("TEXT")
+                        )
+                        for c in ("bundle_id", "table_name", "key_json", "applied_at")
+                    ],
+                ),
+            )
+        )
+    )
 
 
 def _children(schema: Schema) -> dict[str, list[tuple[str, Any]]]:
@@ -286,75 +359,171 @@ def _quoted(name: str) -> str:
 
 
 def _sel_table(alias: str | None = None) -> exp.Table:
-    return exp.Table(this=exp.to_identifier("_recovery_sel", quoted=True), db=exp.to_identifier("temp"),
-                     alias=exp.TableAlias(this=exp.to_identifier(alias)) if alias else None)
+    return exp.Table(
+        this=exp.to_identifier("_recovery_sel", quoted=True),
+        db=exp.to_identifier("temp"),
+        alias=exp.TableAlias(this=exp.to_identifier(alias)) if alias else None,
+    )
 
 
-def _apply_table(conn: sqlite3.Connection, t: Table, items: list[DeleteItem], children: list[tuple[str, Any]],
-                 bundle_id: str, result: DeletesResult) -> None:
+def _apply_table(
+    conn: sqlite3.Connection,
+    t: Table,
+    items: list[DeleteItem],
+    children: list[tuple[str, Any]],
+    bundle_id: str,
+    result: DeletesResult,
+) -> None:
     """Judge and delete the selected rows of one table, set-based: the keys go into a TEMP table,
     one UPDATE gives each its verdict, one DELETE removes the rows judged deletable."""
     key = list(t.key)
     conn.execute("DROP TABLE IF EXISTS temp._recovery_sel")
-    conn.execute(sql(exp.Create(kind="TABLE", this=exp.Schema(this=_sel_table(), expressions=[
-        exp.ColumnDef(this=exp.to_identifier(c, quoted=True))
-        for c in [*(f"k{i}" for i in range(len(key))), "key_json", "verdict"]]))))
-    ins = exp.Insert(this=_sel_table(), expression=exp.Values(
-        expressions=[exp.Tuple(expressions=[*[exp.Placeholder()] * (len(key) + 1), exp.Null()])]))
+    conn.execute(
+        sql(
+            exp.Create(
+                kind="TABLE",
+                this=exp.Schema(
+                    this=_sel_table(),
+                    expressions=[
+                        exp.ColumnDef(this=exp.to_identifier(c, quoted=True))
+                        for c in [*(f"k{i}" for i in range(len(key))), "key_json", "verdict"]
+                    ],
+                ),
+            )
+        )
+    )
+    ins = exp.Insert(
+        this=_sel_table(),
+        expression=exp.Values(
+            expressions=[exp.Tuple(expressions=[*[exp.Placeholder()] * (len(key) + 1), exp.Null()])]
+        ),
+    )
     conn.executemany(sql(ins), [(*i.key, _json(i.key)) for i in items])
 
     s_key = [col(f"k{i}", "_recovery_sel") for i in range(len(key))]
     match_t = and_all(is_same(col(k, "t"), sk) for k, sk in zip(key, s_key, strict=True))
-    match_d = and_all([*[is_same(col(k, "d"), sk) for k, sk in zip(key, s_key, strict=True)],
-                       exp.EQ(this=col(KIND, "d"), expression=exp.Literal.string("deleted"))])
+    match_d = and_all(
+        [
+            *[is_same(col(k, "d"), sk) for k, sk in zip(key, s_key, strict=True)],
+            exp.EQ(this=col(KIND, "d"), expression=exp.Literal.string("deleted")),
+        ]
+    )
     same = and_all(is_same(col(c, "t"), col(c, "d")) for c in t.column_names)
-    applied = exp.Exists(this=exp.select("1").from_(table(APPLIED_DELETES_TABLE, "main", "a")).where(and_all([
-        exp.EQ(this=col("bundle_id", "a"), expression=exp.Literal.string(bundle_id)),
-        exp.EQ(this=col("table_name", "a"), expression=exp.Literal.string(t.name)),
-        exp.EQ(this=col("key_json", "a"), expression=col("key_json", "_recovery_sel"))])))
+    applied = exp.Exists(
+        this=exp.select("1")
+        .from_(table(APPLIED_DELETES_TABLE, "main", "a"))
+        .where(
+            and_all(
+                [
+                    exp.EQ(this=col("bundle_id", "a"), expression=exp.Literal.string(bundle_id)),
+                    exp.EQ(this=col("table_name", "a"), expression=exp.Literal.string(t.name)),
+                    exp.EQ(this=col("key_json", "a"), expression=col("key_json", "_recovery_sel")),
+                ]
+            )
+        )
+    )
     present = exp.Exists(this=exp.select("1").from_(table(t.name, "main", "t")).where(match_t))
-    unchanged = exp.Exists(this=exp.select("1").from_(table(t.name, "main", "t")).join(
-        table(t.name, BASE, "d"), on=same).where(and_all([match_t, match_d])))
+    unchanged = exp.Exists(
+        this=exp.select("1")
+        .from_(table(t.name, "main", "t"))
+        .join(table(t.name, BASE, "d"), on=same)
+        .where(and_all([match_t, match_d]))
+    )
     referenced: list[exp.Expression] = []
     for child, fk in children:
         refs = list(zip(fk.columns, fk.ref_columns, strict=True))
-        referenced.append(exp.Exists(this=exp.select("1").from_(table(child, "main", "c")).join(
-            table(t.name, "main", "t"), on=and_all(exp.EQ(this=col(cc, "c"), expression=col(pc, "t"))
-                                                   for cc, pc in refs)).where(match_t)))
-    verdict = exp.Case(ifs=[
-        exp.If(this=applied, true=exp.Literal.string("already_applied")),
-        exp.If(this=exp.Not(this=present), true=exp.Literal.string("already_gone")),
-        exp.If(this=exp.Not(this=unchanged), true=exp.Literal.string("update_deleted")),
-        *([exp.If(this=exp.or_(*referenced), true=exp.Literal.string("constraint"))] if referenced else []),
-    ], default=exp.Literal.string("delete"))
-    conn.execute(sql(exp.Update(this=_sel_table(), expressions=[exp.EQ(this=col("verdict"), expression=verdict)])))
+        referenced.append(
+            exp.Exists(
+                this=exp.select("1")
+                .from_(table(child, "main", "c"))
+                .join(
+                    table(t.name, "main", "t"),
+                    on=and_all(
+                        exp.EQ(this=col(cc, "c"), expression=col(pc, "t")) for cc, pc in refs
+                    ),
+                )
+                .where(match_t)
+            )
+        )
+    verdict = exp.Case(
+        ifs=[
+            exp.If(this=applied, true=exp.Literal.string("already_applied")),
+            exp.If(this=exp.Not(this=present), true=exp.Literal.string("already_gone")),
+            exp.If(this=exp.Not(this=unchanged), true=exp.Literal.string("update_deleted")),
+            *(
+                [exp.If(this=exp.or_(*referenced), true=exp.Literal.string("constraint"))]
+                if referenced
+                else []
+            ),
+        ],
+        default=exp.Literal.string("delete"),
+    )
+    conn.execute(
+        sql(
+            exp.Update(
+                this=_sel_table(), expressions=[exp.EQ(this=col("verdict"), expression=verdict)]
+            )
+        )
+    )
     by_json = {_json(i.key): i for i in items}
     doomed: list[DeleteItem] = []
-    for key_json, v in conn.execute(sql(exp.select(col("key_json"), col("verdict")).from_(_sel_table()))):
+    for key_json, v in conn.execute(
+        sql(exp.select(col("key_json"), col("verdict")).from_(_sel_table()))
+    ):
         item = by_json[key_json]
         if v == "already_applied":
             result.already_applied.append(item)
         elif v == "already_gone":
             result.already_gone.append(item)
         elif v == "update_deleted":
-            result.conflicts.append(Conflict(ConflictKind.UPDATE_DELETED, t.name, item.key, Resolution.KEPT_TARGET,
-                                             detail="deleted after the deploy, changed in the database since: kept"))
+            result.conflicts.append(
+                Conflict(
+                    ConflictKind.UPDATE_DELETED,
+                    t.name,
+                    item.key,
+                    Resolution.KEPT_TARGET,
+                    detail="deleted after the deploy, changed in the database since: kept",
+                )
+            )
         elif v == "constraint":
-            result.conflicts.append(Conflict(ConflictKind.CONSTRAINT, t.name, item.key, Resolution.KEPT_TARGET,
-                                             detail="deleted after the deploy, but rows that stay still reference it"))
+            result.conflicts.append(
+                Conflict(
+                    ConflictKind.CONSTRAINT,
+                    t.name,
+                    item.key,
+                    Resolution.KEPT_TARGET,
+                    detail="deleted after the deploy, but rows that stay still reference it",
+                )
+            )
         else:
             doomed.append(item)
     if doomed:
-        chosen = exp.Exists(this=exp.select("1").from_(_sel_table("s")).where(and_all([
-            exp.EQ(this=col("verdict", "s"), expression=exp.Literal.string("delete")),
-            *[is_same(col(k, t.name), col(f"k{i}", "s")) for i, k in enumerate(key)]])))
-        gone = conn.execute(sql(exp.Delete(this=table(t.name, "main"), where=exp.Where(this=chosen)))).rowcount
+        chosen = exp.Exists(
+            this=exp.select("1")
+            .from_(_sel_table("s"))
+            .where(
+                and_all(
+                    [
+                        exp.EQ(this=col("verdict", "s"), expression=exp.Literal.string("delete")),
+                        *[is_same(col(k, t.name), col(f"k{i}", "s")) for i, k in enumerate(key)],
+                    ]
+                )
+            )
+        )
+        gone = conn.execute(
+            sql(exp.Delete(this=table(t.name, "main"), where=exp.Where(this=chosen)))
+        ).rowcount
         if gone != len(doomed):
-            raise RecoveryError(f"{t.name}: {gone} rows matched {len(doomed)} reviewed deletes; rolled back",
-                                "nothing was changed; report this with the run folder", ExitCode.FAILED)
+            raise RecoveryError(
+                f"{t.name}: {gone} rows matched {len(doomed)} reviewed deletes; rolled back",
+                "nothing was changed; report this with the run folder",
+                ExitCode.FAILED,
+            )
         now = datetime.now().isoformat(timespec="seconds")
-        rec = exp.Insert(this=table(APPLIED_DELETES_TABLE, "main"), expression=exp.Values(
-            expressions=[exp.Tuple(expressions=[exp.Placeholder()] * 4)]))
+        rec = exp.Insert(
+            this=table(APPLIED_DELETES_TABLE, "main"),
+            expression=exp.Values(expressions=[exp.Tuple(expressions=[exp.Placeholder()] * 4)]),
+        )
         conn.executemany(sql(rec), [(bundle_id, t.name, _json(i.key), now) for i in doomed])
         result.deleted += doomed
     conn.execute("DROP TABLE temp._recovery_sel")

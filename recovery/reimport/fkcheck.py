@@ -2,6 +2,7 @@
 declares it) of every row the re-import wrote — inserted, updated, or a child of a row it deleted
 or re-keyed (the context's watch lists) — must resolve. Set-based over the staged keys instead of a
 ``PRAGMA foreign_key_check`` of the whole file; the problems come back in that pragma's shape."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -19,17 +20,44 @@ def written(ctx: Context, name: str) -> list[exp.Select]:
     tp = ctx.plan.table(name)
     if tp is not None and tp.insert_select is not None:
         t = ctx.old(name)
-        sources.append(exp.select(rowid("c")).from_(exp.alias_(temp_table("ins", name), "s")).join(
-            table(name, "main", "c"), on=and_all(is_same(col(k, "c"), col(k, "s")) for k in t.key)).where(
-            exp.Not(this=in_query(rowid("s"), exp.select("rid").from_(temp_table("skip", name))))))
+        sources.append(
+            exp.select(rowid("c"))
+            .from_(exp.alias_(temp_table("ins", name), "s"))
+            .join(
+                table(name, "main", "c"),
+                on=and_all(is_same(col(k, "c"), col(k, "s")) for k in t.key),
+            )
+            .where(
+                exp.Not(
+                    this=in_query(rowid("s"), exp.select("rid").from_(temp_table("skip", name)))
+                )
+            )
+        )
         if ctx.moving_columns(tp):
-            sources.append(exp.select(rowid("c")).from_(exp.alias_(temp_table("upd", name), "u")).join(
-                table(name, "main", "c"), on=and_all(exp.EQ(this=col(k, "c"), expression=col(f"key_{i}", "u"))
-                                                     for i, k in enumerate(t.key))).where(
-                exp.Not(this=in_query(rowid("u"), exp.select("rid").from_(temp_table("uskip", name))))))
+            sources.append(
+                exp.select(rowid("c"))
+                .from_(exp.alias_(temp_table("upd", name), "u"))
+                .join(
+                    table(name, "main", "c"),
+                    on=and_all(
+                        exp.EQ(this=col(k, "c"), expression=col(f"key_{i}", "u"))
+                        for i, k in enumerate(t.key)
+                    ),
+                )
+                .where(
+                    exp.Not(
+                        this=in_query(
+                            rowid("u"), exp.select("rid").from_(temp_table("uskip", name))
+                        )
+                    )
+                )
+            )
     if name in ctx.watched:
-        sources.append(exp.select(rowid("c")).from_(table(name, "main", "c")).where(
-            in_query(rowid("c"), exp.select("rid").from_(temp_table("chk", name)))))
+        sources.append(
+            exp.select(rowid("c"))
+            .from_(table(name, "main", "c"))
+            .where(in_query(rowid("c"), exp.select("rid").from_(temp_table("chk", name))))
+        )
     return sources
 
 
@@ -38,8 +66,12 @@ def target_has_triggers(ctx: Context) -> bool:
     the re-import suspended them while it wrote)."""
     if ctx.quiet:
         return False
-    q = exp.select("1").from_(table("sqlite_master", "main")).where(
-        exp.EQ(this=col("type"), expression=exp.Literal.string("trigger"))).limit(1)
+    q = (
+        exp.select("1")
+        .from_(table("sqlite_master", "main"))
+        .where(exp.EQ(this=col("type"), expression=exp.Literal.string("trigger")))
+        .limit(1)
+    )
     return ctx.conn.execute(sql(q)).fetchone() is not None
 
 
@@ -53,22 +85,34 @@ def fk_problems(ctx: Context, limit: int = 20) -> list[dict[str, Any]]:
     not the size of the database."""
     found: set[tuple[str, Any, str, int]] = set()
     if target_has_triggers(ctx):  # a trigger may have written rows the merge never saw: all of them
-        ctx.full.update((name, fk.id) for name, table_fks in ctx.target_fks().items() for fk in table_fks)
+        ctx.full.update(
+            (name, fk.id) for name, table_fks in ctx.target_fks().items() for fk in table_fks
+        )
     for name, table_fks in ctx.target_fks().items():
         if not ctx.has_rowid(name) and written(ctx, name):
             ctx.full.update((name, fk.id) for fk in table_fks)
         for fk in table_fks:
             if (name, fk.id) in ctx.full:
                 rid: exp.Expression = rowid("c") if ctx.has_rowid(name) else exp.Null()
-                q = exp.select(rid).from_(table(name, "main", "c")).where(fk.dangling("c")).limit(limit)
+                q = (
+                    exp.select(rid)
+                    .from_(table(name, "main", "c"))
+                    .where(fk.dangling("c"))
+                    .limit(limit)
+                )
                 found.update((name, r, fk.parent, fk.id) for (r,) in ctx.rows(q))
         keys = [fk for fk in table_fks if (name, fk.id) not in ctx.full]
         if not keys or not ctx.has_rowid(name):
             continue
         for source in written(ctx, name):
-            q = source.select(*[fk.dangling("c") for fk in keys]).where(
-                or_all(fk.dangling("c") for fk in keys)).limit(limit)
+            q = (
+                source.select(*[fk.dangling("c") for fk in keys])
+                .where(or_all(fk.dangling("c") for fk in keys))
+                .limit(limit)
+            )
             for rid, *bad in ctx.rows(q):
-                found.update((name, rid, fk.parent, fk.id) for fk, b in zip(keys, bad, strict=True) if b)
+                found.update(
+                    (name, rid, fk.parent, fk.id) for fk, b in zip(keys, bad, strict=True) if b
+                )
     ordered = sorted(found, key=lambda p: (p[0], p[1] is None, p[1] or 0, p[3]))[:limit]
     return [{"table": t, "rowid": r, "parent": p, "fk": f} for t, r, p, f in ordered]

@@ -18,6 +18,7 @@ the end), takes every non-overlapping bundle change, and for each overlap the pr
 value at the shorter path. The text is written in the target document's own style when one of
 the compact/spaced ``json.dumps`` styles reproduces it exactly, else compact.
 """
+
 from __future__ import annotations
 
 import json
@@ -108,7 +109,9 @@ def _put(doc: Any, path: Path, value: Any) -> Any:
 def changes(base: Any, side: Any) -> dict[Path, Any]:
     """The paths ``side`` changed relative to ``base`` (deepdiff), each with its new value
     (:data:`_MISSING` for a removed key); arrays whose length changed count as one change."""
-    diff = DeepDiff(base, side, view="tree", ignore_order=False, verbose_level=2, threshold_to_diff_deeper=0)
+    diff = DeepDiff(
+        base, side, view="tree", ignore_order=False, verbose_level=2, threshold_to_diff_deeper=0
+    )
     paths: set[Path] = set()
     for report, levels in diff.items():
         for level in levels:
@@ -116,7 +119,7 @@ def changes(base: Any, side: Any) -> dict[Path, Any]:
             if report.startswith("iterable_item_"):
                 path = path[:-1]  # the array's length changed: the whole array
             paths.add(path)
-    kept = {p for p in paths if not any(q != p and p[:len(q)] == q for q in paths)}
+    kept = {p for p in paths if not any(q != p and p[: len(q)] == q for q in paths)}
     return {p: get(side, p) for p in sorted(kept, key=_sort_key)}
 
 
@@ -143,7 +146,9 @@ def merge_documents(base: Any, theirs: Any, ours: Any, prefer_bundle: bool) -> J
     c_t: set[Path] = set()
     for p in mine:
         for q in other:
-            if _overlap(p, q) and not _same(get(theirs, min(p, q, key=len)), get(ours, min(p, q, key=len))):
+            if _overlap(p, q) and not _same(
+                get(theirs, min(p, q, key=len)), get(ours, min(p, q, key=len))
+            ):
                 c_b.add(p)
                 c_t.add(q)
     merged = ours
@@ -153,7 +158,7 @@ def merge_documents(base: Any, theirs: Any, ours: Any, prefer_bundle: bool) -> J
     if prefer_bundle:  # the bundle's value at each outermost overlapping path
         both = c_b | c_t
         for p in sorted(both, key=_sort_key):
-            if not any(q != p and p[:len(q)] == q for q in both):
+            if not any(q != p and p[: len(q)] == q for q in both):
                 merged = _put(merged, p, get(theirs, p))
     texts = lambda s: tuple(sorted(path_text(p) for p in s))  # noqa: E731
     return JsonMerge(merged, texts(mine), texts(other), texts(c_b), texts(c_t))

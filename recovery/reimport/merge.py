@@ -28,6 +28,7 @@ run folder's ``reimport.sql``:
    checked set-based over the staged keys instead of a ``PRAGMA foreign_key_check`` of the whole
    file; any problem rolls everything back. The full pragma stays in :mod:`recovery.verify.checks`.
 """
+
 from __future__ import annotations
 
 import sqlite3
@@ -43,10 +44,24 @@ from recovery.engine.sqlbuild import sql, table
 from recovery.errors import RecoveryError
 from recovery.files.uploads import FilesConfig
 from recovery.model.values import LostValues
-from recovery.model.outcome import Conflict, ConflictMode, ConflictPolicy, Outcome, Prefer, TableOutcome
+from recovery.model.outcome import (
+    Conflict,
+    ConflictMode,
+    ConflictPolicy,
+    Outcome,
+    Prefer,
+    TableOutcome,
+)
 from recovery.reimport import sequences, triggers
-from recovery.reimport.applied import (APPLIED_TABLE, OUTCOME_COLUMN, already_applied, check_target_schema,
-                                       record_applied, record_outcome, recorded_outcome)
+from recovery.reimport.applied import (
+    APPLIED_TABLE,
+    OUTCOME_COLUMN,
+    already_applied,
+    check_target_schema,
+    record_applied,
+    record_outcome,
+    recorded_outcome,
+)
 from recovery.reimport.apply import apply
 from recovery.reimport.context import KILL_ENV, Context, Counter
 from recovery.reimport.detect import constraint, missing_parent, primary_key, unique, update
@@ -60,9 +75,23 @@ from recovery.reimport.target_fks import TargetFk, target_foreign_keys
 from recovery.transpile.passes import BASE_DB, BUNDLE_DB, TablePlan
 from recovery.transpile.passes import plan as make_plan
 
-__all__ = ["APPLIED_TABLE", "KILL_ENV", "OUTCOME_COLUMN", "TargetFk", "already_applied", "attach_bundle",
-           "check_target_schema", "load_lost", "merge_and_check", "merge_into", "open_target", "record_applied",
-           "record_outcome", "recorded_outcome", "target_foreign_keys"]
+__all__ = [
+    "APPLIED_TABLE",
+    "KILL_ENV",
+    "OUTCOME_COLUMN",
+    "TargetFk",
+    "already_applied",
+    "attach_bundle",
+    "check_target_schema",
+    "load_lost",
+    "merge_and_check",
+    "merge_into",
+    "open_target",
+    "record_applied",
+    "record_outcome",
+    "recorded_outcome",
+    "target_foreign_keys",
+]
 
 Detector = Callable[[Context, TablePlan], list[Conflict]]
 DETECTORS: tuple[tuple[Detector, ...], ...] = (
@@ -83,21 +112,50 @@ def load_lost(conn: sqlite3.Connection) -> LostValues:
 
 
 def merge_into(
-    conn: sqlite3.Connection, bundle: Bundle, policy: ConflictPolicy, prefer: Prefer, apply_deletes: bool,
-    files: FilesConfig, target_name: str, dry_run: bool, target: Schema, in_place: bool = False,
+    conn: sqlite3.Connection,
+    bundle: Bundle,
+    policy: ConflictPolicy,
+    prefer: Prefer,
+    apply_deletes: bool,
+    files: FilesConfig,
+    target_name: str,
+    dry_run: bool,
+    target: Schema,
+    in_place: bool = False,
     conflicts: ConflictMode = ConflictMode.CELL,
 ) -> Outcome:
     """Stage, detect, resolve and apply the bundle on ``conn`` (bundle attached, transaction open).
     ``target`` is the target's reflected schema (reflected on another connection: SQLAlchemy may
     reset a connection's transaction state). The caller commits or rolls back."""
-    return _merge(conn, bundle, policy, prefer, apply_deletes, files, target_name, dry_run, target, in_place,
-                  conflicts)[0]
+    return _merge(
+        conn,
+        bundle,
+        policy,
+        prefer,
+        apply_deletes,
+        files,
+        target_name,
+        dry_run,
+        target,
+        in_place,
+        conflicts,
+    )[0]
 
 
 def merge_and_check(
-    conn: sqlite3.Connection, bundle: Bundle, policy: ConflictPolicy, prefer: Prefer, apply_deletes: bool,
-    files: FilesConfig, target_name: str, dry_run: bool, target: Schema, in_place: bool = False,
-    limit: int = 20, conflicts: ConflictMode = ConflictMode.CELL, script: Script | None = None,
+    conn: sqlite3.Connection,
+    bundle: Bundle,
+    policy: ConflictPolicy,
+    prefer: Prefer,
+    apply_deletes: bool,
+    files: FilesConfig,
+    target_name: str,
+    dry_run: bool,
+    target: Schema,
+    in_place: bool = False,
+    limit: int = 20,
+    conflicts: ConflictMode = ConflictMode.CELL,
+    script: Script | None = None,
 ) -> tuple[Outcome, list[dict[str, Any]]]:
     """:func:`merge_into`, then the foreign-key check of what it wrote (:func:`recovery.reimport.fkcheck.fk_problems`):
     the problems ``PRAGMA foreign_key_check`` would report for those rows, in its shape
@@ -107,30 +165,67 @@ def merge_and_check(
     from recovery.engine.timebound import statement_time_limit
 
     with statement_time_limit(conn):
-        outcome, ctx = _merge(conn, bundle, policy, prefer, apply_deletes, files, target_name, dry_run, target, in_place,
-                            conflicts, script)
+        outcome, ctx = _merge(
+            conn,
+            bundle,
+            policy,
+            prefer,
+            apply_deletes,
+            files,
+            target_name,
+            dry_run,
+            target,
+            in_place,
+            conflicts,
+            script,
+        )
         if ctx is None or outcome.aborted:
             return outcome, []
         return outcome, fk_problems(ctx, limit)
 
 
 def _merge(
-    conn: sqlite3.Connection, bundle: Bundle, policy: ConflictPolicy, prefer: Prefer, apply_deletes: bool,
-    files: FilesConfig, target_name: str, dry_run: bool, target: Schema, in_place: bool,
-    conflicts: ConflictMode = ConflictMode.CELL, script: Script | None = None,
+    conn: sqlite3.Connection,
+    bundle: Bundle,
+    policy: ConflictPolicy,
+    prefer: Prefer,
+    apply_deletes: bool,
+    files: FilesConfig,
+    target_name: str,
+    dry_run: bool,
+    target: Schema,
+    in_place: bool,
+    conflicts: ConflictMode = ConflictMode.CELL,
+    script: Script | None = None,
 ) -> tuple[Outcome, Context | None]:
     check_target_schema(bundle, target)
-    outcome = Outcome(bundle.bundle_id, target_name, policy.value, dry_run, conflicts_mode=conflicts.value)
+    outcome = Outcome(
+        bundle.bundle_id, target_name, policy.value, dry_run, conflicts_mode=conflicts.value
+    )
     outcome.lost = load_lost(conn)
     if already_applied(conn, bundle.bundle_id):
         outcome.already_applied = True
         return outcome, None
     p = make_plan(bundle.old, bundle.new, bundle.mapping, bundle.tables_with_rows())
     if p.errors:
-        raise RecoveryError("the plan has errors, nothing was changed: " + "; ".join(p.errors),
-                            "add the missing columns to a mapping file and extract again")
-    ctx = Context(conn, bundle, p, target, policy, prefer, files, outcome, Counter(), in_place, mode=conflicts,
-                  script=script)
+        raise RecoveryError(
+            "the plan has errors, nothing was changed: " + "; ".join(p.errors),
+            "add the missing columns to a mapping file and extract again",
+        )
+    ctx = Context(
+        conn,
+        bundle,
+        p,
+        target,
+        policy,
+        prefer,
+        files,
+        outcome,
+        Counter(),
+        in_place,
+        mode=conflicts,
+        script=script,
+    )
     for name in bundle.old.data_tables:
         outcome.tables.setdefault(name, TableOutcome(name)).rows_before = _count(conn, name)
     stage(ctx)
@@ -169,8 +264,12 @@ def _apply(ctx: Context, apply_deletes: bool) -> None:
     assert ctx.script is not None
     write = ctx.script.execute
     seq_before = sequences.read_sequences(conn)
-    written = [tp.table for tp in ctx.staged()] + (sorted(bundle.tables_with_deletes()) if apply_deletes else [])
-    suspended = triggers.suspend(conn, written, write)  # the app's triggers must not fire for carried rows
+    written = [tp.table for tp in ctx.staged()] + (
+        sorted(bundle.tables_with_deletes()) if apply_deletes else []
+    )
+    suspended = triggers.suspend(
+        conn, written, write
+    )  # the app's triggers must not fire for carried rows
     outcome.triggers_suspended = [t.name for t in suspended]
     ctx.quiet = True
     apply(ctx)
@@ -178,8 +277,9 @@ def _apply(ctx: Context, apply_deletes: bool) -> None:
         triggers.restore(conn, suspended, write)
         return
     deletes(ctx, apply_deletes)
-    outcome.sequences = sequences.carry_forward(conn, sequences.live_from_manifest(bundle.manifest), seq_before,
-                                                write)
+    outcome.sequences = sequences.carry_forward(
+        conn, sequences.live_from_manifest(bundle.manifest), seq_before, write
+    )
     triggers.restore(conn, suspended, write)
     for name, c in bundle.counts.items():
         if name in outcome.tables:
@@ -206,6 +306,10 @@ def open_target(path: Path, timeout: float) -> sqlite3.Connection:
 
     p = check_sqlite_file(path, "target database")
     conn = sqlite3.connect(file_uri(p, mode="rw"), uri=True, isolation_level=None, timeout=0.2)
-    conn.execute("PRAGMA foreign_keys = OFF")  # no cascade may fire; integrity is checked before commit
-    conn.execute("PRAGMA temp_store = FILE")  # staged rows spill to a temp file: bounded RSS at any size
+    conn.execute(
+        "PRAGMA foreign_keys = OFF"
+    )  # no cascade may fire; integrity is checked before commit
+    conn.execute(
+        "PRAGMA temp_store = FILE"
+    )  # staged rows spill to a temp file: bounded RSS at any size
     return conn

@@ -2,6 +2,7 @@
 ``--apply-deletes`` the rows unchanged since the backup that no row references are deleted (their
 children watched by the foreign-key check); without it, the DELETE that would run is kept as a
 deferred statement of the script (``deletes.sql``, commented out)."""
+
 from __future__ import annotations
 
 from sqlglot import exp
@@ -22,18 +23,32 @@ def deletes(ctx: Context, apply: bool) -> None:
         if ctx.bundle.counts.get(name, {}).get("deleted", 0) == 0:
             continue
         same = and_all(is_same(col(c, "t"), col(c, "d")) for c in t.column_names)
-        q = exp.select(*[col(k, "d") for k in t.key], ctx.label(t, "d"),
-                       exp.Exists(this=exp.select("1").from_(table(name, "main", "t")).where(same))).from_(
-            table(name, BASE_DB, "d")).where(exp.EQ(this=col(KIND, "d"), expression=lit(RowKind.DELETED.value)))
+        q = (
+            exp.select(
+                *[col(k, "d") for k in t.key],
+                ctx.label(t, "d"),
+                exp.Exists(this=exp.select("1").from_(table(name, "main", "t")).where(same)),
+            )
+            .from_(table(name, BASE_DB, "d"))
+            .where(exp.EQ(this=col(KIND, "d"), expression=lit(RowKind.DELETED.value)))
+        )
         nk = len(t.key)
         for row in ctx.rows(q):
-            ctx.outcome.deletes_for_review.append({"table": name, "key": list(row[:nk]), "label": row[nk],
-                                                    "unchanged_since_backup": bool(row[nk + 1])})
+            ctx.outcome.deletes_for_review.append(
+                {
+                    "table": name,
+                    "key": list(row[:nk]),
+                    "label": row[nk],
+                    "unchanged_since_backup": bool(row[nk + 1]),
+                }
+            )
         if not apply:
             assert ctx.script is not None
             ctx.script.deferred.append(Step(delete_statement(ctx, name)))
             continue
-        ctx.outcome.tables.setdefault(name, TableOutcome(name)).deleted = delete_unreferenced(ctx, name)
+        ctx.outcome.tables.setdefault(name, TableOutcome(name)).deleted = delete_unreferenced(
+            ctx, name
+        )
 
 
 def delete_statement(ctx: Context, name: str) -> exp.Delete:
@@ -42,9 +57,13 @@ def delete_statement(ctx: Context, name: str) -> exp.Delete:
     t = ctx.old(name)
     deleted = exp.EQ(this=col(KIND, "d"), expression=lit(RowKind.DELETED.value))
     same = and_all(is_same(col(c, "t"), col(c, "d")) for c in t.column_names)
-    cond = exp.Exists(this=exp.select("1").from_(table(name, BASE_DB, "d")).where(and_all([deleted, same])))
-    return exp.Delete(this=table(name, "main", "t"), where=exp.Where(
-        this=and_all([cond, *[exp.Not(this=r) for r in references(ctx, name)]])))
+    cond = exp.Exists(
+        this=exp.select("1").from_(table(name, BASE_DB, "d")).where(and_all([deleted, same]))
+    )
+    return exp.Delete(
+        this=table(name, "main", "t"),
+        where=exp.Where(this=and_all([cond, *[exp.Not(this=r) for r in references(ctx, name)]])),
+    )
 
 
 def references(ctx: Context, name: str) -> list[exp.Expression]:
@@ -54,8 +73,13 @@ def references(ctx: Context, name: str) -> list[exp.Expression]:
         for fk in child.foreign_keys:
             if fk.ref_table == name:
                 refs = zip(fk.columns, fk.ref_columns, strict=True)
-                out.append(exp.Exists(this=exp.select("1").from_(table(child_name, "main", "c")).where(
-                    and_all(is_same(col(cc, "c"), col(pc, "t")) for cc, pc in refs))))
+                out.append(
+                    exp.Exists(
+                        this=exp.select("1")
+                        .from_(table(child_name, "main", "c"))
+                        .where(and_all(is_same(col(cc, "c"), col(pc, "t")) for cc, pc in refs))
+                    )
+                )
     return out
 
 
@@ -68,21 +92,42 @@ def delete_unreferenced(ctx: Context, name: str) -> int:
         for fk in child.foreign_keys:
             if fk.ref_table == name:
                 refs = zip(fk.columns, fk.ref_columns, strict=True)
-                referenced.append(exp.Exists(this=exp.select("1").from_(table(child_name, "main", "c")).where(
-                    and_all(is_same(col(cc, "c"), col(pc, "t")) for cc, pc in refs))))
+                referenced.append(
+                    exp.Exists(
+                        this=exp.select("1")
+                        .from_(table(child_name, "main", "c"))
+                        .where(and_all(is_same(col(cc, "c"), col(pc, "t")) for cc, pc in refs))
+                    )
+                )
     deleted = exp.EQ(this=col(KIND, "d"), expression=lit(RowKind.DELETED.value))
     same = and_all(is_same(col(c, "t"), col(c, "d")) for c in t.column_names)
     unreferenced = [exp.Not(this=r) for r in referenced]
     if not ctx.has_rowid(name):  # no rowids to remember: the check reads these children in full
         ctx.full.update((fk.table, fk.id) for fk in ctx.fks_into(name))
-        cond = exp.Exists(this=exp.select("1").from_(table(name, BASE_DB, "d")).where(and_all([deleted, same])))
-        return ctx.run(exp.Delete(this=table(name, "main", "t"), where=exp.Where(
-            this=and_all([cond, *unreferenced])))).rowcount
+        cond = exp.Exists(
+            this=exp.select("1").from_(table(name, BASE_DB, "d")).where(and_all([deleted, same]))
+        )
+        return ctx.run(
+            exp.Delete(
+                this=table(name, "main", "t"), where=exp.Where(this=and_all([cond, *unreferenced]))
+            )
+        ).rowcount
     doomed = temp_table("del", name)
     ctx.run(rid_table(doomed))
-    ctx.run(exp.Insert(this=doomed, alternative="IGNORE", expression=exp.select(rowid("t")).from_(
-        table(name, BASE_DB, "d")).join(table(name, "main", "t"), on=same).where(
-        and_all([deleted, *unreferenced]))))
+    ctx.run(
+        exp.Insert(
+            this=doomed,
+            alternative="IGNORE",
+            expression=exp.select(rowid("t"))
+            .from_(table(name, BASE_DB, "d"))
+            .join(table(name, "main", "t"), on=same)
+            .where(and_all([deleted, *unreferenced])),
+        )
+    )
     ctx.watch_children(name, exp.select("rid").from_(doomed))
-    return ctx.run(exp.Delete(this=table(name, "main"), where=exp.Where(
-        this=in_query(exp.column("rowid"), exp.select("rid").from_(doomed))))).rowcount
+    return ctx.run(
+        exp.Delete(
+            this=table(name, "main"),
+            where=exp.Where(this=in_query(exp.column("rowid"), exp.select("rid").from_(doomed))),
+        )
+    ).rowcount

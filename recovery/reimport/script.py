@@ -10,6 +10,7 @@ that, applied with the ``sqlite3`` shell or ``executescript`` to a copy of the t
 the re-import, gives the same database. Reads (detection queries) are not steps: they change
 nothing.
 """
+
 from __future__ import annotations
 
 import math
@@ -77,7 +78,7 @@ def bind(text: str, params: Sequence[Any]) -> str:
         raise ValueError(f"{len(marks)} placeholders for {len(params)} values")
     out, at = [], 0
     for token, value in zip(marks, params, strict=True):
-        out += [text[at:token.start], literal(value)]
+        out += [text[at : token.start], literal(value)]
         at = token.end + 1
     return "".join(out) + text[at:]
 
@@ -100,7 +101,9 @@ class Step:
         """The statement with its values as literals, ending in ``;`` (on a line of its own after
         stored DDL whose last line could end in a ``--`` comment)."""
         text = bind(self.text(), self.params).rstrip().rstrip(";")
-        return text + ("\n;" if isinstance(self.stmt, str) and "--" in text.rsplit("\n", 1)[-1] else ";")
+        return text + (
+            "\n;" if isinstance(self.stmt, str) and "--" in text.rsplit("\n", 1)[-1] else ";"
+        )
 
 
 @dataclass
@@ -153,7 +156,9 @@ class Script:
         self.conn.execute(f"RELEASE {ident}")
         del self.steps[at:]
 
-    def lines(self, head: Sequence[Statement], foot: Sequence[Statement], comment: str = "") -> Iterable[str]:
+    def lines(
+        self, head: Sequence[Statement], foot: Sequence[Statement], comment: str = ""
+    ) -> Iterable[str]:
         """The script line by line: ``comment`` lines, ``head`` (PRAGMA, ATTACH, BEGIN), every
         step, ``foot`` (COMMIT or ROLLBACK)."""
         yield from (f"-- {ln}".rstrip() for ln in comment.splitlines())
@@ -172,9 +177,12 @@ def attach(path: Path, alias: str) -> exp.Expression:
 def header(rows_db: Path, base_db: Path, bundle_alias: str, base_alias: str) -> list[Statement]:
     """What the tool does on the connection before the first step: foreign keys off (no cascade
     may fire), the bundle's two data files attached, one write transaction."""
-    return [exp.Command(this="PRAGMA", expression=exp.var("foreign_keys = OFF")),
-            attach(rows_db, bundle_alias), attach(base_db, base_alias),
-            exp.Command(this="BEGIN", expression=exp.var("IMMEDIATE"))]
+    return [
+        exp.Command(this="PRAGMA", expression=exp.var("foreign_keys = OFF")),
+        attach(rows_db, bundle_alias),
+        attach(base_db, base_alias),
+        exp.Command(this="BEGIN", expression=exp.var("IMMEDIATE")),
+    ]
 
 
 def commented(text: str) -> str:
@@ -198,25 +206,40 @@ def _write_private(path: Path, lines: Iterable[str]) -> None:
     os.replace(tmp, path)
 
 
-def write_run_scripts(run_dir: Path, script: Script, rows_db: Path, base_db: Path, bundle_alias: str,
-                      base_alias: str, committed: bool, note: str) -> tuple[Path, Path]:
+def write_run_scripts(
+    run_dir: Path,
+    script: Script,
+    rows_db: Path,
+    base_db: Path,
+    bundle_alias: str,
+    base_alias: str,
+    committed: bool,
+    note: str,
+) -> tuple[Path, Path]:
     """Write ``reimport.sql`` (every step, in order, ending in COMMIT — or ROLLBACK when the run
     rolled back) and ``deletes.sql`` (the deferred statements, every line commented out) into
     ``run_dir``. ``note``: what the run was (first comment lines)."""
     run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     head = header(rows_db, base_db, bundle_alias, base_alias)
     end = exp.Command(this="COMMIT" if committed else "ROLLBACK")
-    comment = (f"{note}\nThe re-import exactly as executed, in order, with its bound values as literals: "
-               "applied to a copy of the target\ntaken before the re-import (sqlite3 target.db < reimport.sql) "
-               "it gives the same database.\nTEMP tables hold the staged rows; the bundle's data files are "
-               "attached below.")
+    comment = (
+        f"{note}\nThe re-import exactly as executed, in order, with its bound values as literals: "
+        "applied to a copy of the target\ntaken before the re-import (sqlite3 target.db < reimport.sql) "
+        "it gives the same database.\nTEMP tables hold the staged rows; the bundle's data files are "
+        "attached below."
+    )
     paths = run_dir / REIMPORT_SQL, run_dir / DELETES_SQL
     _write_private(paths[0], script.lines(head, [end], comment))
-    deletes = ["-- Deletes listed for review and NOT applied (recovery reimport --apply-deletes applies them).",
-               "-- Every statement is commented out; each deletes only rows unchanged since the backup that no",
-               "-- row references. To run one by hand: attach the bundle's base.db as base, then uncomment it."]
-    deletes += [commented(Step(s).render()).rstrip("\n")
-                for s in [attach(base_db, base_alias)]] if script.deferred else []
+    deletes = [
+        "-- Deletes listed for review and NOT applied (recovery reimport --apply-deletes applies them).",
+        "-- Every statement is commented out; each deletes only rows unchanged since the backup that no",
+        "-- row references. To run one by hand: attach the bundle's base.db as base, then uncomment it.",
+    ]
+    deletes += (
+        [commented(Step(s).render()).rstrip("\n") for s in [attach(base_db, base_alias)]]
+        if script.deferred
+        else []
+    )
     deletes += [commented(s.render()).rstrip("\n") for s in script.deferred]
     _write_private(paths[1], deletes)
     return paths

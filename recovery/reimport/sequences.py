@@ -7,6 +7,7 @@ the bundle's manifest (``sources.live.sqlite_sequence``); the re-import raises e
 table's counter to max(backup's, live's at extract time, largest id now in the table), in its
 transaction.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -22,9 +23,16 @@ SEQ = "sqlite_sequence"
 
 
 def _has_sequence_table(conn: Connection, schema: str) -> bool:
-    q = exp.select("1").from_(table("sqlite_master", schema)).where(exp.and_(
-        exp.EQ(this=col("type"), expression=exp.Literal.string("table")),
-        exp.EQ(this=col("name"), expression=exp.Literal.string(SEQ))))
+    q = (
+        exp.select("1")
+        .from_(table("sqlite_master", schema))
+        .where(
+            exp.and_(
+                exp.EQ(this=col("type"), expression=exp.Literal.string("table")),
+                exp.EQ(this=col("name"), expression=exp.Literal.string(SEQ)),
+            )
+        )
+    )
     return conn.execute(sql(q)).fetchone() is not None
 
 
@@ -38,8 +46,11 @@ def read_sequences(conn: Connection, schema: str = "main") -> dict[str, int]:
 
 def autoincrement_tables(conn: Connection) -> list[str]:
     """Tables of ``main`` declared with AUTOINCREMENT (by their DDL, or by a counter row)."""
-    q = exp.select(col("name"), col("sql")).from_(table("sqlite_master", "main")).where(
-        exp.EQ(this=col("type"), expression=exp.Literal.string("table")))
+    q = (
+        exp.select(col("name"), col("sql"))
+        .from_(table("sqlite_master", "main"))
+        .where(exp.EQ(this=col("type"), expression=exp.Literal.string("table")))
+    )
     found = set()
     for name, ddl in conn.execute(sql(q)):
         if name.startswith("sqlite_") or not ddl:
@@ -53,40 +64,78 @@ def autoincrement_tables(conn: Connection) -> list[str]:
                 found.add(name)
     names = {n.lower(): n for n in found}
     for n in read_sequences(conn):
-        if n.lower() not in names and conn.execute(sql(q.where(
-                exp.EQ(this=col("name"), expression=exp.Placeholder()))), (n,)).fetchone():
+        if (
+            n.lower() not in names
+            and conn.execute(
+                sql(q.where(exp.EQ(this=col("name"), expression=exp.Placeholder()))), (n,)
+            ).fetchone()
+        ):
             names[n.lower()] = n
     return sorted(names.values())
 
 
-def carry_forward(conn: Connection, live: dict[str, int], before: dict[str, int],
-                  run: Callable[[exp.Expression, tuple[Any, ...]], object] | None = None) -> list[dict[str, Any]]:
+def carry_forward(
+    conn: Connection,
+    live: dict[str, int],
+    before: dict[str, int],
+    run: Callable[[exp.Expression, tuple[Any, ...]], object] | None = None,
+) -> list[dict[str, Any]]:
     """Raise each AUTOINCREMENT table's counter in ``main`` to max(its value, ``before`` (the
     target's before the re-import wrote), ``live``'s, max rowid); one entry per such table:
     ``{"table", "backup", "live", "max_id", "seq"}`` (``seq``: the value now). ``run`` executes
     the writes (default: on ``conn``)."""
     if run is None:
+
         def run(stmt: exp.Expression, params: tuple[Any, ...]) -> object:
             return conn.execute(sql(stmt), params)
+
     live_l = {k.lower(): v for k, v in live.items()}
     before_l = {k.lower(): v for k, v in before.items()}
     out = []
     for name in autoincrement_tables(conn):
         now = {k.lower(): v for k, v in read_sequences(conn).items()}.get(name.lower())
-        top = conn.execute(sql(exp.select(exp.func("max", exp.column("rowid"))).from_(table(name, "main")))).fetchone()[0]
+        top = conn.execute(
+            sql(exp.select(exp.func("max", exp.column("rowid"))).from_(table(name, "main")))
+        ).fetchone()[0]
         lv = live_l.get(name.lower())
         want = max(v for v in (now, before_l.get(name.lower()), lv, top, 0) if isinstance(v, int))
         if now is None:
             if want > 0:
-                run(exp.Insert(this=exp.Schema(this=table(SEQ, "main"), expressions=[
-                    exp.to_identifier("name", quoted=True), exp.to_identifier("seq", quoted=True)]),
-                    expression=exp.Values(expressions=[exp.Tuple(expressions=[exp.Placeholder(), exp.Placeholder()])])),
-                    (name, want))
+                run(
+                    exp.Insert(
+                        this=exp.Schema(
+                            this=table(SEQ, "main"),
+                            expressions=[
+                                exp.to_identifier("name", quoted=True),
+                                exp.to_identifier("seq", quoted=True),
+                            ],
+                        ),
+                        expression=exp.Values(
+                            expressions=[
+                                exp.Tuple(expressions=[exp.Placeholder(), exp.Placeholder()])
+                            ]
+                        ),
+                    ),
+                    (name, want),
+                )
         elif want > now:
-            run(exp.Update(this=table(SEQ, "main"), expressions=[
-                exp.EQ(this=col("seq"), expression=exp.Placeholder())],
-                where=exp.Where(this=exp.EQ(this=col("name"), expression=exp.Placeholder()))), (want, name))
-        out.append({"table": name, "backup": before_l.get(name.lower()), "live": lv, "max_id": top, "seq": want})
+            run(
+                exp.Update(
+                    this=table(SEQ, "main"),
+                    expressions=[exp.EQ(this=col("seq"), expression=exp.Placeholder())],
+                    where=exp.Where(this=exp.EQ(this=col("name"), expression=exp.Placeholder())),
+                ),
+                (want, name),
+            )
+        out.append(
+            {
+                "table": name,
+                "backup": before_l.get(name.lower()),
+                "live": lv,
+                "max_id": top,
+                "seq": want,
+            }
+        )
     return out
 
 
@@ -101,5 +150,8 @@ def live_from_manifest(manifest: dict[str, Any]) -> dict[str, int]:
     seqs = ((manifest.get("sources") or {}).get("live") or {}).get("sqlite_sequence")
     if not isinstance(seqs, dict):
         return {}
-    return {str(k): v for k, v in seqs.items()
-            if isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= SANE_MAX}
+    return {
+        str(k): v
+        for k, v in seqs.items()
+        if isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= SANE_MAX
+    }

@@ -2,6 +2,7 @@
 skipped, a skipped child of an ``ON DELETE CASCADE`` parent skips the parent (a quote never lands
 without its items), file records follow their entity; :func:`collect_skipped` lists the rows
 skipped only because their unit was."""
+
 from __future__ import annotations
 
 from sqlglot import exp
@@ -20,22 +21,48 @@ def propagate_skips(ctx: Context) -> None:
             for fk in ct.foreign_keys:
                 if fk.ref_table not in staged:
                     continue
-                link = and_all(is_same(col(pc, "p"), col(cc, "c")) for pc, cc in zip(fk.ref_columns, fk.columns, strict=True))
-                skipped_p = in_query(exp.column("rowid", "p"), exp.select("rid").from_(temp_table("skip", fk.ref_table)))
-                q = exp.select(exp.column("rowid", "c")).from_(exp.alias_(temp_table("ins", child), "c")).join(
-                    exp.alias_(temp_table("ins", fk.ref_table), "p"), on=link).where(skipped_p)
+                link = and_all(
+                    is_same(col(pc, "p"), col(cc, "c"))
+                    for pc, cc in zip(fk.ref_columns, fk.columns, strict=True)
+                )
+                skipped_p = in_query(
+                    exp.column("rowid", "p"),
+                    exp.select("rid").from_(temp_table("skip", fk.ref_table)),
+                )
+                q = (
+                    exp.select(exp.column("rowid", "c"))
+                    .from_(exp.alias_(temp_table("ins", child), "c"))
+                    .join(exp.alias_(temp_table("ins", fk.ref_table), "p"), on=link)
+                    .where(skipped_p)
+                )
                 changed += ctx.skip(child, q)
                 i_fk = [c for c in fk.columns if c in ctx.tp(child).updatable]
                 if i_fk:  # updated rows pointing at a skipped new parent
                     i = ctx.tp(child).updatable.index(i_fk[0])
-                    uq = exp.select(exp.column("rowid", "c")).from_(exp.alias_(temp_table("upd", child), "c")).join(
-                        exp.alias_(temp_table("ins", fk.ref_table), "p"),
-                        on=is_same(col(fk.ref_columns[0], "p"), col(f"theirs_{i}", "c"))).where(skipped_p.copy())
-                    changed += ctx.run(exp.Insert(this=temp_table("uskip", child), expression=uq, alternative="IGNORE")).rowcount
+                    uq = (
+                        exp.select(exp.column("rowid", "c"))
+                        .from_(exp.alias_(temp_table("upd", child), "c"))
+                        .join(
+                            exp.alias_(temp_table("ins", fk.ref_table), "p"),
+                            on=is_same(col(fk.ref_columns[0], "p"), col(f"theirs_{i}", "c")),
+                        )
+                        .where(skipped_p.copy())
+                    )
+                    changed += ctx.run(
+                        exp.Insert(
+                            this=temp_table("uskip", child), expression=uq, alternative="IGNORE"
+                        )
+                    ).rowcount
                 if (fk.on_delete or "").upper() == "CASCADE":
-                    skipped_c = in_query(exp.column("rowid", "c"), exp.select("rid").from_(temp_table("skip", child)))
-                    pq = exp.select(exp.column("rowid", "p")).from_(exp.alias_(temp_table("ins", fk.ref_table), "p")).join(
-                        exp.alias_(temp_table("ins", child), "c"), on=link.copy()).where(skipped_c)
+                    skipped_c = in_query(
+                        exp.column("rowid", "c"), exp.select("rid").from_(temp_table("skip", child))
+                    )
+                    pq = (
+                        exp.select(exp.column("rowid", "p"))
+                        .from_(exp.alias_(temp_table("ins", fk.ref_table), "p"))
+                        .join(exp.alias_(temp_table("ins", child), "c"), on=link.copy())
+                        .where(skipped_c)
+                    )
                     changed += ctx.skip(fk.ref_table, pq)
             changed += _skip_entity_links(ctx, child)
         if not changed:
@@ -49,14 +76,32 @@ def _skip_entity_links(ctx: Context, parent: str) -> int:
     if ft == parent or ctx.plan.table(ft) is None or ctx.tp(ft).insert_select is None:
         return 0
     pt, ct = ctx.old(parent), ctx.old(ft)
-    if len(pt.primary_key) != 1 or ct.column(ctx.files.entity_id) is None or ct.column(ctx.files.entity_type) is None:
+    if (
+        len(pt.primary_key) != 1
+        or ct.column(ctx.files.entity_id) is None
+        or ct.column(ctx.files.entity_type) is None
+    ):
         return 0
     kinds = [lit(parent), lit(parent.rstrip("s"))]
-    q = exp.select(exp.column("rowid", "c")).from_(exp.alias_(temp_table("ins", ft), "c")).join(
-        exp.alias_(temp_table("ins", parent), "p"),
-        on=exp.EQ(this=col(pt.primary_key[0], "p"), expression=col(ctx.files.entity_id, "c"))).where(and_all([
-            exp.In(this=col(ctx.files.entity_type, "c"), expressions=kinds),
-            in_query(exp.column("rowid", "p"), exp.select("rid").from_(temp_table("skip", parent)))]))
+    q = (
+        exp.select(exp.column("rowid", "c"))
+        .from_(exp.alias_(temp_table("ins", ft), "c"))
+        .join(
+            exp.alias_(temp_table("ins", parent), "p"),
+            on=exp.EQ(this=col(pt.primary_key[0], "p"), expression=col(ctx.files.entity_id, "c")),
+        )
+        .where(
+            and_all(
+                [
+                    exp.In(this=col(ctx.files.entity_type, "c"), expressions=kinds),
+                    in_query(
+                        exp.column("rowid", "p"),
+                        exp.select("rid").from_(temp_table("skip", parent)),
+                    ),
+                ]
+            )
+        )
+    )
     return ctx.skip(ft, q)
 
 
@@ -65,19 +110,45 @@ def collect_skipped(ctx: Context) -> None:
     own = {(c.table, tuple(c.key)) for c in ctx.outcome.conflicts}
     for tp in ctx.staged():
         t = ctx.old(tp.table)
-        q = exp.select(exp.column("rowid", "s"), *[col(k, "s") for k in t.key], ctx.label(t, "s")).from_(
-            exp.alias_(temp_table("ins", tp.table), "s")).where(
-            in_query(exp.column("rowid", "s"), exp.select("rid").from_(temp_table("skip", tp.table))))
+        q = (
+            exp.select(exp.column("rowid", "s"), *[col(k, "s") for k in t.key], ctx.label(t, "s"))
+            .from_(exp.alias_(temp_table("ins", tp.table), "s"))
+            .where(
+                in_query(
+                    exp.column("rowid", "s"), exp.select("rid").from_(temp_table("skip", tp.table))
+                )
+            )
+        )
         for rid, *k, label in ctx.rows(q):
             if (tp.table, tuple(k)) in own or (tp.table, rid) in ctx.present:
                 continue
-            ctx.outcome.skipped_rows.append({"table": tp.table, "key": k, "label": label, "kind": "insert",
-                                              "reason": "its unit was skipped (see conflicts)"})
-        uq = exp.select(*[col(f"key_{i}", "u") for i in range(len(t.key))]).from_(
-            exp.alias_(temp_table("upd", tp.table), "u")).where(
-            in_query(exp.column("rowid", "u"), exp.select("rid").from_(temp_table("uskip", tp.table))))
+            ctx.outcome.skipped_rows.append(
+                {
+                    "table": tp.table,
+                    "key": k,
+                    "label": label,
+                    "kind": "insert",
+                    "reason": "its unit was skipped (see conflicts)",
+                }
+            )
+        uq = (
+            exp.select(*[col(f"key_{i}", "u") for i in range(len(t.key))])
+            .from_(exp.alias_(temp_table("upd", tp.table), "u"))
+            .where(
+                in_query(
+                    exp.column("rowid", "u"), exp.select("rid").from_(temp_table("uskip", tp.table))
+                )
+            )
+        )
         for row_key in ctx.rows(uq):
             if (tp.table, tuple(row_key)) in own:
                 continue
-            ctx.outcome.skipped_rows.append({"table": tp.table, "key": list(row_key), "label": None, "kind": "update",
-                                              "reason": "it points at a skipped new row"})
+            ctx.outcome.skipped_rows.append(
+                {
+                    "table": tp.table,
+                    "key": list(row_key),
+                    "label": None,
+                    "kind": "update",
+                    "reason": "it points at a skipped new row",
+                }
+            )

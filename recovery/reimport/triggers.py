@@ -7,6 +7,7 @@ rows in the issue). So every trigger on a table the re-import writes is dropped 
 write and re-created from its exact ``sqlite_master.sql`` text after the last one, in the same
 transaction: a rollback brings the originals back untouched, a commit leaves them byte-identical.
 """
+
 from __future__ import annotations
 
 import sqlite3
@@ -30,8 +31,12 @@ def triggers_on(conn: sqlite3.Connection, tables: Iterable[str]) -> list[Trigger
     """Triggers in ``main`` on any of ``tables`` (names compared as SQLite does, case-insensitively),
     in creation order (``sqlite_master`` rowid) so re-creating keeps their relative order."""
     wanted = {t.lower() for t in tables}
-    q = exp.select(col("name"), col("tbl_name"), col("sql")).from_(table("sqlite_master", "main")).where(
-        exp.EQ(this=col("type"), expression=exp.Literal.string("trigger"))).order_by(exp.column("rowid"))
+    q = (
+        exp.select(col("name"), col("tbl_name"), col("sql"))
+        .from_(table("sqlite_master", "main"))
+        .where(exp.EQ(this=col("type"), expression=exp.Literal.string("trigger")))
+        .order_by(exp.column("rowid"))
+    )
     return [Trigger(n, t, s) for n, t, s in conn.execute(sql(q)) if t.lower() in wanted and s]
 
 
@@ -39,7 +44,9 @@ Run = Callable[[exp.Expression | str], object]
 """Executes one writing statement (the re-import's :class:`recovery.reimport.script.Script`)."""
 
 
-def suspend(conn: sqlite3.Connection, tables: Iterable[str], run: Run | None = None) -> list[Trigger]:
+def suspend(
+    conn: sqlite3.Connection, tables: Iterable[str], run: Run | None = None
+) -> list[Trigger]:
     """Drop every trigger on ``tables`` (inside the caller's open transaction); returns them for
     :func:`restore`. ``run`` executes the DROPs (default: on ``conn``)."""
     found = triggers_on(conn, tables)

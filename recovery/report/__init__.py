@@ -5,6 +5,7 @@ Modules: ``model`` computes the numbers once (the ``report`` section of report.j
 shapes them as pandas frames, ``charts`` draws them with matplotlib, ``html`` / ``markdown`` render,
 ``runfiles`` writes the run folder and implements :func:`report`. Shape: ``docs/REPORT.md``.
 """
+
 from __future__ import annotations
 
 from typing import Any

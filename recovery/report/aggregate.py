@@ -20,6 +20,7 @@ TEMP table, one column per key part, compared with ``IS`` (SQLite's equality: 5 
 NULL matches NULL — Python's tuple equality). The bundle's own lost values are matched by their
 JSON key text, which extract wrote with the same ``json_array`` over the same rows.
 """
+
 from __future__ import annotations
 
 import sqlite3
@@ -103,8 +104,10 @@ def _epoch_seconds(text: exp.Expression) -> exp.Expression:
     """Whole seconds since 1970 of an ISO text SQLite can parse (``julianday`` keeps integer
     milliseconds; rounding the day fraction back to seconds is exact for whole-second times)."""
     days = exp.Sub(this=_fn("julianday", text), expression=exp.Literal.number("2440587.5"))
-    return exp.Cast(this=_fn("round", exp.Mul(this=exp.Paren(this=days), expression=_n(86400))),
-                    to=exp.DataType.build("INTEGER"))
+    return exp.Cast(
+        this=_fn("round", exp.Mul(this=exp.Paren(this=days), expression=_n(86400))),
+        to=exp.DataType.build("INTEGER"),
+    )
 
 
 def time_us(c: exp.Expression) -> exp.Expression:
@@ -131,37 +134,66 @@ def time_us(c: exp.Expression) -> exp.Expression:
     # the round trip goes through the Julian day number: strftime of the text itself would echo
     # the parsed fields (Feb 30, hour 24); from the number it writes the real date-time
     full_time = lambda e: _eq(  # noqa: E731
-        _fn("strftime", _s("%Y-%m-%dT%H:%M:%S"), _fn("julianday", e.copy())), _fn("replace", e.copy(), _s(" "), _s("T")))
+        _fn("strftime", _s("%Y-%m-%dT%H:%M:%S"), _fn("julianday", e.copy())),
+        _fn("replace", e.copy(), _s(" "), _s("T")),
+    )
     from_year_1 = exp.GTE(this=c.copy(), expression=_s("0001"))
-    shape = exp.Paren(this=exp.or_(exp.Glob(this=c.copy(), expression=_s("????-??-?? ??:??:??")),
-                                   exp.Glob(this=c.copy(), expression=_s("????-??-??T??:??:??"))))
+    shape = exp.Paren(
+        this=exp.or_(
+            exp.Glob(this=c.copy(), expression=_s("????-??-?? ??:??:??")),
+            exp.Glob(this=c.copy(), expression=_s("????-??-??T??:??:??")),
+        )
+    )
     plain = exp.and_(
-        shape, exp.LTE(this=_fn("substr", c.copy(), _n(9), _n(2)), expression=_s("28")),
+        shape,
+        exp.LTE(this=_fn("substr", c.copy(), _n(9), _n(2)), expression=_s("28")),
         exp.LT(this=_fn("substr", c.copy(), _n(12), _n(2)), expression=_s("24")),
-        from_year_1.copy(), is_text.copy())
+        from_year_1.copy(),
+        is_text.copy(),
+    )
     iso_seconds = exp.and_(is_text, _eq(length.copy(), _n(19)), from_year_1, full_time(c))
-    iso_date = exp.and_(is_text.copy(), _eq(length.copy(), _n(10)), from_year_1.copy(),
-                        _eq(_fn("strftime", _s("%Y-%m-%d"), _fn("julianday", c.copy())), c.copy()))
+    iso_date = exp.and_(
+        is_text.copy(),
+        _eq(length.copy(), _n(10)),
+        from_year_1.copy(),
+        _eq(_fn("strftime", _s("%Y-%m-%d"), _fn("julianday", c.copy())), c.copy()),
+    )
     iso_fraction = exp.and_(
-        is_text.copy(), exp.Between(this=length.copy(), low=_n(21), high=_n(26)), from_year_1.copy(),
+        is_text.copy(),
+        exp.Between(this=length.copy(), low=_n(21), high=_n(26)),
+        from_year_1.copy(),
         _eq(_fn("substr", c.copy(), _n(20), _n(1)), _s(".")),
         exp.Not(this=exp.Glob(this=_fn("substr", c.copy(), _n(21)), expression=_s("*[^0-9]*"))),
-        full_time(head))
-    fraction = exp.Cast(this=_fn("substr", exp.DPipe(this=c.copy(), expression=_s("00000")), _n(21), _n(6)),
-                        to=exp.DataType.build("INTEGER"))
-    epoch_s = exp.and_(is_int.copy(), exp.Between(this=c.copy(), low=_n(0), high=_n(100_000_000_000)))
-    epoch_ms = exp.and_(is_int.copy(), exp.GT(this=c.copy(), expression=_n(100_000_000_000)),
-                        exp.LTE(this=c.copy(), expression=_n(2**32 * 1000)))
+        full_time(head),
+    )
+    fraction = exp.Cast(
+        this=_fn("substr", exp.DPipe(this=c.copy(), expression=_s("00000")), _n(21), _n(6)),
+        to=exp.DataType.build("INTEGER"),
+    )
+    epoch_s = exp.and_(
+        is_int.copy(), exp.Between(this=c.copy(), low=_n(0), high=_n(100_000_000_000))
+    )
+    epoch_ms = exp.and_(
+        is_int.copy(),
+        exp.GT(this=c.copy(), expression=_n(100_000_000_000)),
+        exp.LTE(this=c.copy(), expression=_n(2**32 * 1000)),
+    )
     us = lambda e: exp.Mul(this=_epoch_seconds(e), expression=_n(US))  # noqa: E731
-    return exp.Case(ifs=[
-        exp.If(this=plain, true=us(c.copy())),
-        exp.If(this=epoch_s, true=exp.Mul(this=c.copy(), expression=_n(US))),
-        exp.If(this=epoch_ms, true=exp.Mul(this=c.copy(), expression=_n(1000))),
-        exp.If(this=exp.In(this=typeof.copy(), expressions=[_s("null"), _s("blob")]), true=exp.Null()),
-        exp.If(this=iso_seconds, true=us(c.copy())),
-        exp.If(this=iso_date, true=us(c.copy())),
-        exp.If(this=iso_fraction, true=exp.Add(this=us(head.copy()), expression=fraction)),
-    ], default=_fn(TIME_FUNCTION, c.copy()))
+    return exp.Case(
+        ifs=[
+            exp.If(this=plain, true=us(c.copy())),
+            exp.If(this=epoch_s, true=exp.Mul(this=c.copy(), expression=_n(US))),
+            exp.If(this=epoch_ms, true=exp.Mul(this=c.copy(), expression=_n(1000))),
+            exp.If(
+                this=exp.In(this=typeof.copy(), expressions=[_s("null"), _s("blob")]),
+                true=exp.Null(),
+            ),
+            exp.If(this=iso_seconds, true=us(c.copy())),
+            exp.If(this=iso_date, true=us(c.copy())),
+            exp.If(this=iso_fraction, true=exp.Add(this=us(head.copy()), expression=fraction)),
+        ],
+        default=_fn(TIME_FUNCTION, c.copy()),
+    )
 
 
 def register(conn: sqlite3.Connection) -> None:
@@ -219,7 +251,9 @@ def _kinds() -> exp.Expression:
 
 
 def _by_kind(created: exp.Expression, changed: exp.Expression) -> exp.Expression:
-    return exp.Case(ifs=[exp.If(this=_eq(col(KIND, "b"), _s(CREATED)), true=created)], default=changed)
+    return exp.Case(
+        ifs=[exp.If(this=_eq(col(KIND, "b"), _s(CREATED)), true=created)], default=changed
+    )
 
 
 def _or_null(name: str | None) -> exp.Expression:
@@ -230,13 +264,27 @@ def _create(conn: sqlite3.Connection, name: str, columns: Sequence[str]) -> None
     """A fresh TEMP table with untyped columns (values keep their storage class, no affinity)."""
     conn.execute(sql(exp.Drop(tables=[table(name, "temp")], kind="TABLE", exists=True)))
     defs = [exp.ColumnDef(this=exp.to_identifier(c, quoted=True)) for c in columns]
-    conn.execute(sql(exp.Create(this=exp.Schema(this=table(name, "temp"), expressions=defs), kind="TABLE")))
+    conn.execute(
+        sql(exp.Create(this=exp.Schema(this=table(name, "temp"), expressions=defs), kind="TABLE"))
+    )
 
 
-def _index(conn: sqlite3.Connection, name: str, columns: Sequence[str], unique: bool = False) -> None:
-    conn.execute(sql(exp.Create(kind="INDEX", unique=unique, this=exp.Index(
-        this=table(name + "_key", "temp"), table=table(name),
-        params=exp.IndexParameters(columns=[col(c) for c in columns])))))
+def _index(
+    conn: sqlite3.Connection, name: str, columns: Sequence[str], unique: bool = False
+) -> None:
+    conn.execute(
+        sql(
+            exp.Create(
+                kind="INDEX",
+                unique=unique,
+                this=exp.Index(
+                    this=table(name + "_key", "temp"),
+                    table=table(name),
+                    params=exp.IndexParameters(columns=[col(c) for c in columns]),
+                ),
+            )
+        )
+    )
 
 
 def lost_counts(conn: sqlite3.Connection) -> tuple[list[tuple[str, Any, int]], int]:
@@ -244,21 +292,42 @@ def lost_counts(conn: sqlite3.Connection) -> tuple[list[tuple[str, Any, int]], i
     records with lost values. Leaves ``temp.recovery_report_lost`` (table, JSON key, n — unique
     per record) for :func:`attribute` to join."""
     _create(conn, LOST_KEYS, ("table", "key", "n", "reasons", "reason", "last_reason"))
-    q = exp.select(col("table"), col("key"), exp.Count(this=exp.Star()), exp.Count(this=col("reason")),
-                   exp.Min(this=col("reason")), exp.Max(this=col("reason"))).from_(
-        lost_table(), copy=False).group_by(_n(1), _n(2), copy=False)
+    q = (
+        exp.select(
+            col("table"),
+            col("key"),
+            exp.Count(this=exp.Star()),
+            exp.Count(this=col("reason")),
+            exp.Min(this=col("reason")),
+            exp.Max(this=col("reason")),
+        )
+        .from_(lost_table(), copy=False)
+        .group_by(_n(1), _n(2), copy=False)
+    )
     conn.execute(sql(exp.Insert(this=table(LOST_KEYS, "temp"), expression=q)))
     _index(conn, LOST_KEYS, ("table", "key"), unique=True)
-    records = conn.execute(sql(exp.select(exp.Count(this=exp.Star())).from_(table(LOST_KEYS, "temp")))).fetchone()[0]
+    records = conn.execute(
+        sql(exp.select(exp.Count(this=exp.Star())).from_(table(LOST_KEYS, "temp")))
+    ).fetchone()[0]
     # a record's cells share one reason (extract gives one per table): count reasons per record
-    one_reason = exp.or_(_eq(col("reasons"), _n(0)), exp.and_(_eq(col("reasons"), col("n")),
-                                                              _eq(col("reason"), col("last_reason"))))
-    mixed = exp.select(_n(1)).from_(table(LOST_KEYS, "temp"), copy=False).where(
-        exp.Not(this=exp.Paren(this=one_reason)), copy=False).limit(1, copy=False)
+    one_reason = exp.or_(
+        _eq(col("reasons"), _n(0)),
+        exp.and_(_eq(col("reasons"), col("n")), _eq(col("reason"), col("last_reason"))),
+    )
+    mixed = (
+        exp.select(_n(1))
+        .from_(table(LOST_KEYS, "temp"), copy=False)
+        .where(exp.Not(this=exp.Paren(this=one_reason)), copy=False)
+        .limit(1, copy=False)
+    )
     source, count = (lost_table(), exp.Count(this=exp.Star()))
     if conn.execute(sql(mixed)).fetchone() is None:
         source, count = table(LOST_KEYS, "temp"), exp.Sum(this=col("n"))
-    q = exp.select(col("table"), col("reason"), count).from_(source, copy=False).group_by(_n(1), _n(2), copy=False)
+    q = (
+        exp.select(col("table"), col("reason"), count)
+        .from_(source, copy=False)
+        .group_by(_n(1), _n(2), copy=False)
+    )
     return [(t, r, n) for t, r, n in conn.execute(sql(q))], records
 
 
@@ -277,22 +346,46 @@ def _py_key_table(conn: sqlite3.Connection, keys: KeyCounts) -> tuple[int, set[s
     _create(conn, PY_KEYS, ("table", "arity", "conflicts", "skipped", "lost", *parts))
     if merged:
         cols = 5 + width
-        ins = exp.Insert(this=exp.Schema(this=table(PY_KEYS, "temp"), expressions=[
-            exp.to_identifier(c, quoted=True) for c in ("table", "arity", "conflicts", "skipped", "lost", *parts)]),
-            expression=exp.Values(expressions=[exp.Tuple(expressions=[exp.Placeholder()] * cols)]))
-        conn.executemany(sql(ins), ((t, len(k), c, s, lo, *k, *([None] * (width - len(k))))
-                                    for (t, k), (c, s, lo) in merged.items()))
+        ins = exp.Insert(
+            this=exp.Schema(
+                this=table(PY_KEYS, "temp"),
+                expressions=[
+                    exp.to_identifier(c, quoted=True)
+                    for c in ("table", "arity", "conflicts", "skipped", "lost", *parts)
+                ],
+            ),
+            expression=exp.Values(expressions=[exp.Tuple(expressions=[exp.Placeholder()] * cols)]),
+        )
+        conn.executemany(
+            sql(ins),
+            (
+                (t, len(k), c, s, lo, *k, *([None] * (width - len(k))))
+                for (t, k), (c, s, lo) in merged.items()
+            ),
+        )
         _index(conn, PY_KEYS, ("table", "arity", *parts[:1]))
     return width, {t for t, _ in merged}
 
 
-def _start(conn: sqlite3.Connection, plans: Sequence[TablePlan], times: dict[str, exp.Expression],
-           deploy_us: int | None) -> int | None:
+def _start(
+    conn: sqlite3.Connection,
+    plans: Sequence[TablePlan],
+    times: dict[str, exp.Expression],
+    deploy_us: int | None,
+) -> int | None:
     """Where the bins start: the deploy, else the earliest timestamp of any row (a scan)."""
     if deploy_us is not None:
         return deploy_us
-    found = [conn.execute(sql(exp.select(exp.Min(this=times[p.name].copy())).from_(
-        table(p.name, "main", "b"), copy=False).where(_kinds(), copy=False))).fetchone()[0] for p in plans]
+    found = [
+        conn.execute(
+            sql(
+                exp.select(exp.Min(this=times[p.name].copy()))
+                .from_(table(p.name, "main", "b"), copy=False)
+                .where(_kinds(), copy=False)
+            )
+        ).fetchone()[0]
+        for p in plans
+    ]
     return min((v for v in found if v is not None), default=None)
 
 
@@ -306,8 +399,13 @@ def _bin(t: exp.Expression, start: int | None) -> exp.Expression:
     return _fn("max", exp.Coalesce(this=b5, expressions=[_n(-1)]), _n(-1))
 
 
-def attribute(conn: sqlite3.Connection, plans: Sequence[TablePlan], keys: KeyCounts, lost_tables: set[str],
-              deploy_us: int | None) -> tuple[list[UserGroup], ActivityCounts]:
+def attribute(
+    conn: sqlite3.Connection,
+    plans: Sequence[TablePlan],
+    keys: KeyCounts,
+    lost_tables: set[str],
+    deploy_us: int | None,
+) -> tuple[list[UserGroup], ActivityCounts]:
     """Per (table, kind, user): rows, rows skipped, conflicts and lost values; and rows per
     (table, kind, 5-minute bin from the deploy — else from the earliest time); rows with no time,
     or one before the deploy, are ``untimed``. See the module doc.
@@ -319,8 +417,13 @@ def attribute(conn: sqlite3.Connection, plans: Sequence[TablePlan], keys: KeyCou
     joined only for ``lost_tables`` (the tables that have any)."""
     register(conn)
     _, keyed_tables = _py_key_table(conn, keys)
-    times = {p.name: _by_kind(time_us(col(p.created_time, "b")) if p.created_time else exp.Null(),
-                              time_us(col(p.changed_time, "b")) if p.changed_time else exp.Null()) for p in plans}
+    times = {
+        p.name: _by_kind(
+            time_us(col(p.created_time, "b")) if p.created_time else exp.Null(),
+            time_us(col(p.changed_time, "b")) if p.changed_time else exp.Null(),
+        )
+        for p in plans
+    }
     start = _start(conn, plans, times, deploy_us)
     group_key = ("kind", "type", "user", "bin")
     sums = ("rows", "skipped", "conflicts", "lost")
@@ -332,51 +435,131 @@ def attribute(conn: sqlite3.Connection, plans: Sequence[TablePlan], keys: KeyCou
         user = _by_kind(_or_null(p.creator), _or_null(p.changer))
         zero = _n(0)
         lost_in_db = keys.lost is None and p.name in lost_tables
-        lost = exp.Coalesce(this=col("n", "l"), expressions=[zero.copy()]) if lost_in_db else zero.copy()
+        lost = (
+            exp.Coalesce(this=col("n", "l"), expressions=[zero.copy()])
+            if lost_in_db
+            else zero.copy()
+        )
         conflicts, skipped = zero.copy(), zero.copy()
         q = exp.select(
-            col(KIND, "b"), _fn("typeof", user.copy()), exp.Coalesce(this=user, expressions=[_s("")]),
-            _bin(times[p.name], start), _n(1)).from_(table(p.name, "main", "b"), copy=False)
+            col(KIND, "b"),
+            _fn("typeof", user.copy()),
+            exp.Coalesce(this=user, expressions=[_s("")]),
+            _bin(times[p.name], start),
+            _n(1),
+        ).from_(table(p.name, "main", "b"), copy=False)
         if lost_in_db:
             key_json = _fn("json_array", *[col(k, "b") for k in p.key])
-            q = q.join(table(LOST_KEYS, "temp", "l"), join_type="LEFT", on=and_all([
-                _eq(col("table", "l"), _s(p.name)), _eq(col("key", "l"), key_json)]), copy=False)
+            q = q.join(
+                table(LOST_KEYS, "temp", "l"),
+                join_type="LEFT",
+                on=and_all([_eq(col("table", "l"), _s(p.name)), _eq(col("key", "l"), key_json)]),
+                copy=False,
+            )
         if p.name in keyed_tables:
-            q = q.join(table(PY_KEYS, "temp", "c"), join_type="LEFT", on=and_all([
-                _eq(col("table", "c"), _s(p.name)), _eq(col("arity", "c"), _n(len(p.key))),
-                *[is_same(col(f"k{i}", "c"), col(k, "b")) for i, k in enumerate(p.key)]]), copy=False)
+            q = q.join(
+                table(PY_KEYS, "temp", "c"),
+                join_type="LEFT",
+                on=and_all(
+                    [
+                        _eq(col("table", "c"), _s(p.name)),
+                        _eq(col("arity", "c"), _n(len(p.key))),
+                        *[is_same(col(f"k{i}", "c"), col(k, "b")) for i, k in enumerate(p.key)],
+                    ]
+                ),
+                copy=False,
+            )
             coalesce = lambda name: exp.Coalesce(this=col(name, "c"), expressions=[_n(0)])  # noqa: E731
             conflicts, skipped = coalesce("conflicts"), coalesce("skipped")
             if keys.lost is not None:
                 lost = coalesce("lost")
-        into = exp.Schema(this=table(GROUPS, "temp"), expressions=[
-            exp.to_identifier(c, quoted=True) for c in (*group_key, *sums, "first")])
+        into = exp.Schema(
+            this=table(GROUPS, "temp"),
+            expressions=[exp.to_identifier(c, quoted=True) for c in (*group_key, *sums, "first")],
+        )
         if p.creator or p.changer or p.created_time or p.changed_time:
-            q = q.select(skipped, conflicts, lost, exp.column("rowid", "b"), copy=False).where(_kinds(), copy=False)
-            fold = [exp.EQ(this=col(c), expression=exp.Add(this=col(c), expression=col(c, "excluded"))) for c in sums]
-            fold.append(exp.EQ(this=col("first"), expression=_fn("min", col("first"), col("first", "excluded"))))
-            conn.execute(sql(exp.Insert(this=into, expression=q, conflict=exp.OnConflict(
-                conflict_keys=[col(c) for c in group_key], action=exp.var("DO UPDATE"), expressions=fold))))
+            q = q.select(skipped, conflicts, lost, exp.column("rowid", "b"), copy=False).where(
+                _kinds(), copy=False
+            )
+            fold = [
+                exp.EQ(this=col(c), expression=exp.Add(this=col(c), expression=col(c, "excluded")))
+                for c in sums
+            ]
+            fold.append(
+                exp.EQ(
+                    this=col("first"), expression=_fn("min", col("first"), col("first", "excluded"))
+                )
+            )
+            conn.execute(
+                sql(
+                    exp.Insert(
+                        this=into,
+                        expression=q,
+                        conflict=exp.OnConflict(
+                            conflict_keys=[col(c) for c in group_key],
+                            action=exp.var("DO UPDATE"),
+                            expressions=fold,
+                        ),
+                    )
+                )
+            )
         else:  # no user, no time: one group per kind — a plain aggregate per kind, no per-row upsert
             q.set("expressions", q.expressions[:4] + [exp.Count(this=exp.Star())])
-            q = q.select(exp.Sum(this=skipped), exp.Sum(this=conflicts), exp.Sum(this=lost),
-                         exp.Min(this=exp.column("rowid", "b")), copy=False)
-            values = exp.Insert(this=into, expression=exp.Values(expressions=[
-                exp.Tuple(expressions=[exp.Placeholder() for _ in range(len(group_key) + len(sums) + 1)])]))
+            q = q.select(
+                exp.Sum(this=skipped),
+                exp.Sum(this=conflicts),
+                exp.Sum(this=lost),
+                exp.Min(this=exp.column("rowid", "b")),
+                copy=False,
+            )
+            values = exp.Insert(
+                this=into,
+                expression=exp.Values(
+                    expressions=[
+                        exp.Tuple(
+                            expressions=[
+                                exp.Placeholder() for _ in range(len(group_key) + len(sums) + 1)
+                            ]
+                        )
+                    ]
+                ),
+            )
             for kind in (CREATED, CHANGED):
                 row = conn.execute(sql(q.where(_eq(col(KIND, "b"), _s(kind))))).fetchone()
                 if row[4]:
                     conn.execute(sql(values), (kind, *row[1:]))
-        per_user = exp.select(col("kind"), col("type"), col("user"), *[exp.Sum(this=col(c)) for c in sums],
-                              exp.Min(this=col("first"))).from_(table(GROUPS, "temp"), copy=False).group_by(
-            _n(1), _n(2), _n(3), copy=False)
+        per_user = (
+            exp.select(
+                col("kind"),
+                col("type"),
+                col("user"),
+                *[exp.Sum(this=col(c)) for c in sums],
+                exp.Min(this=col("first")),
+            )
+            .from_(table(GROUPS, "temp"), copy=False)
+            .group_by(_n(1), _n(2), _n(3), copy=False)
+        )
         for kind, type_, uid, rows, skip, conf, lo, first in conn.execute(sql(per_user)).fetchall():
             created = kind == CREATED
             has_col = (p.creator if created else p.changer) is not None
-            groups.append(UserGroup(p.name, "created" if created else "changed", None if type_ == "null" else uid,
-                                    has_col, rows, skip, conf, lo, first))
-        per_bin = exp.select(col("kind"), col("bin"), exp.Sum(this=col("rows"))).from_(
-            table(GROUPS, "temp"), copy=False).group_by(_n(1), _n(2), copy=False)
+            groups.append(
+                UserGroup(
+                    p.name,
+                    "created" if created else "changed",
+                    None if type_ == "null" else uid,
+                    has_col,
+                    rows,
+                    skip,
+                    conf,
+                    lo,
+                    first,
+                )
+            )
+        per_bin = (
+            exp.select(col("kind"), col("bin"), exp.Sum(this=col("rows")))
+            .from_(table(GROUPS, "temp"), copy=False)
+            .group_by(_n(1), _n(2), copy=False)
+        )
         for kind, b5, n in conn.execute(sql(per_bin)).fetchall():
             if b5 < 0:
                 activity.untimed[p.name] = activity.untimed.get(p.name, 0) + n

@@ -6,6 +6,7 @@ of ``lost.cell`` (bytes as 0x-hex, lists and dicts as JSON, one-column keys unwr
 ``tests/test_report.py`` compares the two on awkward values. Every cell then goes through
 :func:`recovery.escape.csv_safe` (a leading ``'`` for text a spreadsheet would run as a formula).
 """
+
 from __future__ import annotations
 
 import csv
@@ -28,7 +29,9 @@ of this size: the csv module would hold the cell as 4-byte characters and then t
 
 
 def writer(fh: IO[str], quoting: Literal[0, 1, 2, 3] = csv.QUOTE_MINIMAL) -> Any:
-    return csv.writer(fh, lineterminator=os.linesep, quoting=quoting, quotechar='"', doublequote=True)
+    return csv.writer(
+        fh, lineterminator=os.linesep, quoting=quoting, quotechar='"', doublequote=True
+    )
 
 
 def write_rows(fh: IO[str], columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
@@ -79,7 +82,9 @@ _SPECIAL = (",", '"', "\n", "\r")
 def _cell_text(v: Any, quote_all: bool) -> str:
     """One cell exactly as the csv module writes it inside a row (``QUOTE_MINIMAL`` or ``QUOTE_ALL``)."""
     buf = io.StringIO(newline="")
-    writer(buf, csv.QUOTE_ALL if quote_all else csv.QUOTE_MINIMAL).writerow([v, 0])  # the line end decides quoting too
+    writer(buf, csv.QUOTE_ALL if quote_all else csv.QUOTE_MINIMAL).writerow(
+        [v, 0]
+    )  # the line end decides quoting too
     return buf.getvalue()[: -len((',"0"' if quote_all else ",0") + os.linesep)]
 
 
@@ -96,7 +101,7 @@ def _write_long_row(fh: IO[str], row: Sequence[Any], quote_all: bool) -> None:
         if quote:
             fh.write('"')
         for at in range(0, len(c), BIG_CELL):
-            piece = c[at:at + BIG_CELL]
+            piece = c[at : at + BIG_CELL]
             fh.write(piece.replace('"', '""') if quote else piece)
         if quote:
             fh.write('"')

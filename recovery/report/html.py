@@ -5,6 +5,7 @@ Every value from the data goes through :func:`html.escape` or pandas' ``to_html(
 the page contains no ``<script>`` at all, so markup in the data can only ever show as text. Table
 cells are cut to :data:`recovery.escape.SHOW_LIMIT` characters (the CSVs keep them whole).
 """
+
 from __future__ import annotations
 
 from html import escape
@@ -14,9 +15,22 @@ import pandas as pd
 
 from recovery.escape import cut
 from recovery.report import charts
-from recovery.report.tables import (LIST_LIMIT, conflicts_frame, deletes_frame, deletes_more, files_frame, files_more,
-                                     lost_frame, lost_more, lost_total, not_carried_frame, not_carried_more,
-                                     plain_words, tables_frame, users_frame)
+from recovery.report.tables import (
+    LIST_LIMIT,
+    conflicts_frame,
+    deletes_frame,
+    deletes_more,
+    files_frame,
+    files_more,
+    lost_frame,
+    lost_more,
+    lost_total,
+    not_carried_frame,
+    not_carried_more,
+    plain_words,
+    tables_frame,
+    users_frame,
+)
 
 CSS = """
 :root{--ink:#0f172a;--muted:#64748b;--line:#e2e8f0;--bg:#f8fafc;--ok:#15803d;--okbg:#f0fdf4;
@@ -59,8 +73,11 @@ code{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:
 @media print{body{background:#fff} section,.card{break-inside:avoid}}
 """
 
-MODE_TITLES = {"rollback": "Rollback recovery report", "dry-run": "Rollback recovery report — dry run",
-               "bundle": "Recovery bundle report — before re-import"}
+MODE_TITLES = {
+    "rollback": "Rollback recovery report",
+    "dry-run": "Rollback recovery report — dry run",
+    "bundle": "Recovery bundle report — before re-import",
+}
 
 
 def _t(v: Any) -> str:
@@ -97,11 +114,17 @@ def verdict_text(h: dict[str, Any]) -> tuple[str, str, str]:
     list :func:`verdict_reasons` under the sentence."""
     ahead = h["mode"] != "rollback"
     verdict = str(h["verdict"])
-    carried = (f"{h['carried']} of {h['records_total']} records {'would be' if ahead else 'were'} carried back"
-               + (" (dry run: nothing was changed)" if h["mode"] == "dry-run" else ""))
+    carried = (
+        f"{h['carried']} of {h['records_total']} records {'would be' if ahead else 'were'} carried back"
+        + (" (dry run: nothing was changed)" if h["mode"] == "dry-run" else "")
+    )
     if verdict == "all recovered":
         return "ok", "All recovered", f"{carried}; nothing was lost and nothing is left to review."
-    return ("bad" if verdict == "failed" else "review"), verdict[:1].upper() + verdict[1:], carried + ":"
+    return (
+        ("bad" if verdict == "failed" else "review"),
+        verdict[:1].upper() + verdict[1:],
+        carried + ":",
+    )
 
 
 def _cards(h: dict[str, Any]) -> str:
@@ -115,9 +138,15 @@ def _cards(h: dict[str, Any]) -> str:
         (h["conflicts"], "conflicts", "warn" if h["conflicts"] else "good"),
         (h["files_affected"], "files affected", ""),
     ]
-    return '<div class="cards">' + "".join(
-        f'<div class="card {cls}"><div class="n" data-metric="{_t(label)}">{_t(n)}</div>'
-        f'<div class="l">{_t(label)}</div></div>' for n, label, cls in cards) + "</div>"
+    return (
+        '<div class="cards">'
+        + "".join(
+            f'<div class="card {cls}"><div class="n" data-metric="{_t(label)}">{_t(n)}</div>'
+            f'<div class="l">{_t(label)}</div></div>'
+            for n, label, cls in cards
+        )
+        + "</div>"
+    )
 
 
 def _when(v: Any) -> Any:
@@ -129,30 +158,56 @@ def release_line(h: dict[str, Any]) -> str:
     """``bb006 → aa001 (release v1.4.0)``: the Alembic revisions, with the previous release's tag
     from the backup's snapshot manifest when it recorded one."""
     tag = h.get("to_release")
-    return (f"{h.get('from_revision') or '?'} → {h.get('to_revision') or '?'}"
-            + (f" (release {tag})" if tag else ""))
+    return f"{h.get('from_revision') or '?'} → {h.get('to_revision') or '?'}" + (
+        f" (release {tag})" if tag else ""
+    )
 
 
 def _meta(h: dict[str, Any], report: dict[str, Any]) -> str:
-    rollback = h.get("rollback_time") or ("dry run — nothing changed" if h["mode"] == "dry-run" else "not rolled back yet")
-    items = [("Deploy time", _when(h.get("deploy_time")) or "unknown"), ("Rollback time", _when(rollback)),
-             ("Database", h.get("database") or "unknown"),
-             ("Release", release_line(h)),
-             ("Deleted after the deploy", f"{h['records_deleted']} record(s), restored and listed for review"
-              if h["records_deleted"] else "none"),
-             ("Verification", {True: "passed (integrity, foreign keys, row counts, revision)",
-                               False: "FAILED — see below", None: "not run"}[h.get("verified")]),
-             ("Bundle", report.get("bundle_id") or "")]
-    return '<dl class="meta">' + "".join(f"<dt>{_t(k)}</dt><dd>{_t(v)}</dd>" for k, v in items) + "</dl>"
+    rollback = h.get("rollback_time") or (
+        "dry run — nothing changed" if h["mode"] == "dry-run" else "not rolled back yet"
+    )
+    items = [
+        ("Deploy time", _when(h.get("deploy_time")) or "unknown"),
+        ("Rollback time", _when(rollback)),
+        ("Database", h.get("database") or "unknown"),
+        ("Release", release_line(h)),
+        (
+            "Deleted after the deploy",
+            f"{h['records_deleted']} record(s), restored and listed for review"
+            if h["records_deleted"]
+            else "none",
+        ),
+        (
+            "Verification",
+            {
+                True: "passed (integrity, foreign keys, row counts, revision)",
+                False: "FAILED — see below",
+                None: "not run",
+            }[h.get("verified")],
+        ),
+        ("Bundle", report.get("bundle_id") or ""),
+    ]
+    return (
+        '<dl class="meta">'
+        + "".join(f"<dt>{_t(k)}</dt><dd>{_t(v)}</dd>" for k, v in items)
+        + "</dl>"
+    )
 
 
 def _reasons(h: dict[str, Any]) -> str:
-    lines = [f"{r['records']} record(s) in {', '.join(r['tables'])}: {r['reason']}" for r in h["not_carried_reasons"]]
+    lines = [
+        f"{r['records']} record(s) in {', '.join(r['tables'])}: {r['reason']}"
+        for r in h["not_carried_reasons"]
+    ]
     lines += [f"{n} value(s): {reason}" for reason, n in h.get("lost_reasons", {}).items()]
     if not lines:
         return ""
-    return ('<section><h2>Why some work was not carried back</h2><ul class="reasons">'
-            + "".join(f"<li>{_t(line)}</li>" for line in lines) + "</ul></section>")
+    return (
+        '<section><h2>Why some work was not carried back</h2><ul class="reasons">'
+        + "".join(f"<li>{_t(line)}</li>" for line in lines)
+        + "</ul></section>"
+    )
 
 
 def render_html(report: dict[str, Any]) -> str:
@@ -163,78 +218,135 @@ def render_html(report: dict[str, Any]) -> str:
     activity_uri = charts.activity_chart(report["activity"])
     outcome_uri = charts.outcome_chart(report["tables"])
     untimed = report["activity"].get("untimed") or {}
-    untimed_note = ("; not shown (no timestamp): " + ", ".join(f"{n} in {t}" for t, n in untimed.items())) if untimed else ""
+    untimed_note = (
+        ("; not shown (no timestamp): " + ", ".join(f"{n} in {t}" for t, n in untimed.items()))
+        if untimed
+        else ""
+    )
     users_note = {"ids": "users shown by id (no users table found)"}.get(
-        report.get("user_names_from", "ids"), f"names from the {report.get('user_names_from')} users table")
+        report.get("user_names_from", "ids"),
+        f"names from the {report.get('user_names_from')} users table",
+    )
     body = [
-        (f"<header><h1>{_t(MODE_TITLES.get(h['mode'], 'Recovery report'))}</h1>"
-        f"<p>Generated {_t(report.get('generated_at'))} by recovery</p></header>"),
+        (
+            f"<header><h1>{_t(MODE_TITLES.get(h['mode'], 'Recovery report'))}</h1>"
+            f"<p>Generated {_t(report.get('generated_at'))} by recovery</p></header>"
+        ),
         f'<div class="banner {cls}" role="status" data-verdict="{_t(h["verdict"])}"><div class="icon">{icon}</div>'
         f'<div><h2 id="verdict">{_t(title)}</h2><p>{_t(sentence)}</p>'
-        + ('<ul class="reasons">' + "".join(f"<li>{_t(r)}</li>" for r in verdict_reasons(h)) + "</ul>"
-           if verdict_reasons(h) else "") + "</div></div>",
-        _cards(h), _meta(h, report), _reasons(h),
-        "<section><h2>Per table</h2><p class=\"sub\">Records created or changed after the deploy and what "
+        + (
+            '<ul class="reasons">'
+            + "".join(f"<li>{_t(r)}</li>" for r in verdict_reasons(h))
+            + "</ul>"
+            if verdict_reasons(h)
+            else ""
+        )
+        + "</div></div>",
+        _cards(h),
+        _meta(h, report),
+        _reasons(h),
+        '<section><h2>Per table</h2><p class="sub">Records created or changed after the deploy and what '
         "became of them.</p>"
-        + (f'<img class="chart" alt="Outcome per table" src="{outcome_uri}">' if outcome_uri else "")
-        + _table(tables_frame(report), "No table had post-deploy changes.") + "</section>",
+        + (
+            f'<img class="chart" alt="Outcome per table" src="{outcome_uri}">'
+            if outcome_uri
+            else ""
+        )
+        + _table(tables_frame(report), "No table had post-deploy changes.")
+        + "</section>",
         "<section><h2>Post-deploy activity</h2>"
-        f"<p class=\"sub\">Records created or changed per {_t(report['activity'].get('bin_minutes'))} minutes "
+        f'<p class="sub">Records created or changed per {_t(report["activity"].get("bin_minutes"))} minutes '
         f"after the deploy{_t(untimed_note)}.</p>"
-        + (f'<img class="chart" alt="Post-deploy activity over time" src="{activity_uri}">' if activity_uri
-           else '<p class="empty">No timestamped post-deploy activity.</p>') + "</section>",
-        f"<section><h2>Per user</h2><p class=\"sub\">Who did the work ({_t(users_note)}; a change is "
+        + (
+            f'<img class="chart" alt="Post-deploy activity over time" src="{activity_uri}">'
+            if activity_uri
+            else '<p class="empty">No timestamped post-deploy activity.</p>'
+        )
+        + "</section>",
+        f'<section><h2>Per user</h2><p class="sub">Who did the work ({_t(users_note)}; a change is '
         "attributed to updated_by where the table has it, else to the record's owner).</p>"
-        + _table(users_frame(report), "No post-deploy work.") + "</section>",
-        f"<section><h2>Lost values ({lost_total(report)})</h2><p class=\"sub\">Values the old release has "
+        + _table(users_frame(report), "No post-deploy work.")
+        + "</section>",
+        f'<section><h2>Lost values ({lost_total(report)})</h2><p class="sub">Values the old release has '
         "no place for — the list to re-enter from once the new release is back"
-        + (f"; the first {len(report['lost']):,} by table, key and column are listed here, all "
-           f"{lost_total(report):,} are in lost_values.csv" if lost_more(report) else "") + ".</p>"
+        + (
+            f"; the first {len(report['lost']):,} by table, key and column are listed here, all "
+            f"{lost_total(report):,} are in lost_values.csv"
+            if lost_more(report)
+            else ""
+        )
+        + ".</p>"
         + _table(lost_frame(report), "Nothing was lost.")
         + (f'<p class="more">{_t(lost_more(report))}</p>' if lost_more(report) else "")
-        + (f'<p class="sub">Filled by the upgrade, not verified: {int(report["filled_by_upgrade"]):,} value(s) in '
-           "columns only the new release has, in records nobody changed in the old release's columns — not lost; "
-           "listed in filled_by_upgrade.csv.</p>" if report.get("filled_by_upgrade") else "") + "</section>",
-        f"<section><h2>Conflicts ({len(report['conflicts'])})</h2><p class=\"sub\">Both values and how each "
+        + (
+            f'<p class="sub">Filled by the upgrade, not verified: {int(report["filled_by_upgrade"]):,} value(s) in '
+            "columns only the new release has, in records nobody changed in the old release's columns — not lost; "
+            "listed in filled_by_upgrade.csv.</p>"
+            if report.get("filled_by_upgrade")
+            else ""
+        )
+        + "</section>",
+        f'<section><h2>Conflicts ({len(report["conflicts"])})</h2><p class="sub">Both values and how each '
         "was resolved.</p>" + _table(conflicts_frame(report), "No conflicts.") + "</section>",
     ]
     if report.get("not_carried"):
         more = not_carried_more(report)
-        body.append(f"<section><h2>Not carried back ({_t(report.get('not_carried_total'))})</h2>"
-                    "<p class=\"sub\">Records the re-import skipped, each with every value it held after the "
-                    "deploy (its items too), to enter again by hand; every column of each is in not_carried.csv"
-                    + (f"; the first {LIST_LIMIT:,} are listed here" if more else "") + ".</p>"
-                    + _table(not_carried_frame(report), "")
-                    + (f'<p class="more">{_t(more)}</p>' if more else "") + "</section>")
+        body.append(
+            f"<section><h2>Not carried back ({_t(report.get('not_carried_total'))})</h2>"
+            '<p class="sub">Records the re-import skipped, each with every value it held after the '
+            "deploy (its items too), to enter again by hand; every column of each is in not_carried.csv"
+            + (f"; the first {LIST_LIMIT:,} are listed here" if more else "")
+            + ".</p>"
+            + _table(not_carried_frame(report), "")
+            + (f'<p class="more">{_t(more)}</p>' if more else "")
+            + "</section>"
+        )
     if report.get("deletes_for_review"):
         more = deletes_more(report)
-        body.append(f"<section><h2>Deleted after the deploy ({len(report['deletes_for_review'])})</h2>"
-                    "<p class=\"sub\">The backup still had these rows, so the restore brought them back; "
-                    "delete them again if the deletion was intended"
-                    + (f"; the first {LIST_LIMIT:,} are listed here" if more else "") + ".</p>"
-                    + _table(deletes_frame(report), "")
-                    + (f'<p class="more">{_t(more)}</p>' if more else "") + "</section>")
+        body.append(
+            f"<section><h2>Deleted after the deploy ({len(report['deletes_for_review'])})</h2>"
+            '<p class="sub">The backup still had these rows, so the restore brought them back; '
+            "delete them again if the deletion was intended"
+            + (f"; the first {LIST_LIMIT:,} are listed here" if more else "")
+            + ".</p>"
+            + _table(deletes_frame(report), "")
+            + (f'<p class="more">{_t(more)}</p>' if more else "")
+            + "</section>"
+        )
     files = report["files"]
     if files.get("affected"):
         status = ", ".join(f"{n} {s}" for s, n in files.get("by_status", {}).items())
         more = files_more(report)
-        body.append(f"<section><h2>Files ({files['affected']})</h2><p class=\"sub\">Uploads referenced by "
-                    f"post-deploy records ({_t(status)})"
-                    + (f"; the first {LIST_LIMIT:,} are listed here" if more else "") + ".</p>"
-                    + _table(files_frame(report), "")
-                    + (f'<p class="more">{_t(more)}</p>' if more else "") + "</section>")
+        body.append(
+            f'<section><h2>Files ({files["affected"]})</h2><p class="sub">Uploads referenced by '
+            f"post-deploy records ({_t(status)})"
+            + (f"; the first {LIST_LIMIT:,} are listed here" if more else "")
+            + ".</p>"
+            + _table(files_frame(report), "")
+            + (f'<p class="more">{_t(more)}</p>' if more else "")
+            + "</section>"
+        )
     if report.get("conflicts_mode") == "row":
-        body.append("<section><p class=\"sub\">Conflicts were judged by row (<code>--conflicts row</code>): any "
-                    "change to the same row after the deploy and in the database since is a conflict.</p></section>")
+        body.append(
+            '<section><p class="sub">Conflicts were judged by row (<code>--conflicts row</code>): any '
+            "change to the same row after the deploy and in the database since is a conflict.</p></section>"
+        )
     if report.get("migration_notes"):
-        body.append("<section><h2>Migration notes</h2><ul>"
-                    + "".join(f"<li>{_t(n)}</li>" for n in report["migration_notes"]) + "</ul></section>")
-    body.append("<footer>Numbers match report.json (section <code>report</code>); lost values, conflicts, "
-                "records not carried back, deletes for review and files are also in lost_values.csv, "
-                "conflicts.csv, not_carried.csv, deletes_for_review.csv and files.csv.</footer>")
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-            "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; "
-            "style-src 'unsafe-inline'\">"
-            f"<title>{_t(title)} — {_t(MODE_TITLES.get(h['mode'], 'Recovery report'))}</title>"
-            f"<style>{CSS}</style></head><body><main>" + "\n".join(body) + "</main></body></html>\n")
+        body.append(
+            "<section><h2>Migration notes</h2><ul>"
+            + "".join(f"<li>{_t(n)}</li>" for n in report["migration_notes"])
+            + "</ul></section>"
+        )
+    body.append(
+        "<footer>Numbers match report.json (section <code>report</code>); lost values, conflicts, "
+        "records not carried back, deletes for review and files are also in lost_values.csv, "
+        "conflicts.csv, not_carried.csv, deletes_for_review.csv and files.csv.</footer>"
+    )
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; img-src data:; '
+        "style-src 'unsafe-inline'\">"
+        f"<title>{_t(title)} — {_t(MODE_TITLES.get(h['mode'], 'Recovery report'))}</title>"
+        f"<style>{CSS}</style></head><body><main>" + "\n".join(body) + "</main></body></html>\n"
+    )

@@ -11,6 +11,7 @@ holds only exact counts and a bounded sample.
 Every statement here is a sqlglot tree (``recovery.engine.sqlbuild``); the orders are lists of
 expressions, so a caller can pass its own.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,7 +50,14 @@ def _json_at(i: int) -> exp.Expression:
 
 TEXT_ORDER: tuple[exp.Expression, ...] = (col("table"), col("key"), col("column"))
 """The order of ``Outcome.lost`` and ``lost_values.csv``: keys as their JSON text."""
-NATURAL_ORDER: tuple[exp.Expression, ...] = (col("table"), _json_at(0), _json_at(1), _json_at(2), col("key"), col("column"))
+NATURAL_ORDER: tuple[exp.Expression, ...] = (
+    col("table"),
+    _json_at(0),
+    _json_at(1),
+    _json_at(2),
+    col("key"),
+    col("column"),
+)
 """The report's order: numeric keys numerically (1, 2, 10), as ``report.model`` sorts them."""
 
 
@@ -59,11 +67,19 @@ def _shown(e: exp.Expression, limit: int) -> exp.Expression:
     extra character and marks the value as cut."""
     typeof = _fn("typeof", e.copy())
     n = exp.Literal.number
-    return exp.Case(ifs=[
-        exp.If(this=exp.EQ(this=typeof, expression=exp.Literal.string("text")),
-               true=_fn("substr", e.copy(), n(1), n(limit + 1))),
-        exp.If(this=exp.EQ(this=typeof.copy(), expression=exp.Literal.string("blob")),
-               true=_fn("substr", e.copy(), n(1), n(limit // 2 + 1)))], default=e.copy())
+    return exp.Case(
+        ifs=[
+            exp.If(
+                this=exp.EQ(this=typeof, expression=exp.Literal.string("text")),
+                true=_fn("substr", e.copy(), n(1), n(limit + 1)),
+            ),
+            exp.If(
+                this=exp.EQ(this=typeof.copy(), expression=exp.Literal.string("blob")),
+                true=_fn("substr", e.copy(), n(1), n(limit // 2 + 1)),
+            ),
+        ],
+        default=e.copy(),
+    )
 
 
 def _size(e: exp.Expression) -> exp.Expression:
@@ -94,11 +110,25 @@ def as_dict(rec: tuple[Any, ...], cut: int | None = None) -> dict[str, Any]:
     column, the value's size) has label and value cut, and ``value_size`` (bytes) when the value is."""
     if cut is None:
         table, key, label, column, value, reason = rec[:6]
-        return {"table": table, "key": parse_key(key), "label": label, "column": column, "value": value, "reason": reason}
+        return {
+            "table": table,
+            "key": parse_key(key),
+            "label": label,
+            "column": column,
+            "value": value,
+            "reason": reason,
+        }
     table, key, label, column, value, reason, size = rec
     label, _ = cut_value(label, cut)
     value, was_cut = cut_value(value, cut)
-    d = {"table": table, "key": parse_key(key), "label": label, "column": column, "value": value, "reason": reason}
+    d = {
+        "table": table,
+        "key": parse_key(key),
+        "label": label,
+        "column": column,
+        "value": value,
+        "reason": reason,
+    }
     if was_cut:
         d["value_size"] = size
     return d
@@ -111,9 +141,16 @@ def lost_table(schema: str = "main", alias: str | None = None, name: str = LOST_
 def has_lost(conn: Connection, schema: str = "main", name: str = LOST_TABLE) -> bool:
     """Whether ``schema`` has the list table ``name`` (the lost list, or with
     :data:`recovery.bundle.store.FILLED_TABLE` the "filled by the upgrade, not verified" list)."""
-    q = exp.select(exp.Literal.number(1)).from_(table("sqlite_master", schema)).where(exp.and_(
-        exp.EQ(this=col("type"), expression=exp.Literal.string("table")),
-        exp.EQ(this=col("name"), expression=exp.Placeholder())))
+    q = (
+        exp.select(exp.Literal.number(1))
+        .from_(table("sqlite_master", schema))
+        .where(
+            exp.and_(
+                exp.EQ(this=col("type"), expression=exp.Literal.string("table")),
+                exp.EQ(this=col("name"), expression=exp.Placeholder()),
+            )
+        )
+    )
     return conn.execute(sql(q), (name,)).fetchone() is not None
 
 
@@ -121,12 +158,25 @@ def count_rows(conn: sqlite3.Connection, schema: str = "main", name: str = LOST_
     """How many values list ``name`` holds (0 when the table is not there)."""
     if not has_lost(conn, schema, name):
         return 0
-    return int(conn.execute(sql(exp.select(exp.Count(this=exp.Star())).from_(lost_table(schema, None, name)))).fetchone()[0])
+    return int(
+        conn.execute(
+            sql(exp.select(exp.Count(this=exp.Star())).from_(lost_table(schema, None, name)))
+        ).fetchone()[0]
+    )
 
 
-def _select(columns: Sequence[exp.Expression], schema: str, order: Sequence[exp.Expression],
-            limit: int | None, name: str = LOST_TABLE) -> exp.Select:
-    q = exp.select(*columns).from_(lost_table(schema, None, name)).order_by(*[o.copy() for o in order])
+def _select(
+    columns: Sequence[exp.Expression],
+    schema: str,
+    order: Sequence[exp.Expression],
+    limit: int | None,
+    name: str = LOST_TABLE,
+) -> exp.Select:
+    q = (
+        exp.select(*columns)
+        .from_(lost_table(schema, None, name))
+        .order_by(*[o.copy() for o in order])
+    )
     return q.limit(int(limit)) if limit is not None else q
 
 
@@ -139,8 +189,14 @@ def _fetch(conn: Connection, q: exp.Expression, batch: int = BATCH) -> Iterator[
         cur.close()
 
 
-def iter_rows(conn: Connection, schema: str = "main", order: Sequence[exp.Expression] = TEXT_ORDER,
-              limit: int | None = None, batch: int = BATCH, cut: int | None = None) -> Iterator[tuple[Any, ...]]:
+def iter_rows(
+    conn: Connection,
+    schema: str = "main",
+    order: Sequence[exp.Expression] = TEXT_ORDER,
+    limit: int | None = None,
+    batch: int = BATCH,
+    cut: int | None = None,
+) -> Iterator[tuple[Any, ...]]:
     """``_recovery_lost`` as (table, key, label, column, value, reason) tuples, fetched in batches.
     ``cut``: label and value cut inside SQLite (see :func:`_shown`) and the value's size in bytes
     appended — for lists that are shown, never for the CSV."""
@@ -153,20 +209,31 @@ def iter_rows(conn: Connection, schema: str = "main", order: Sequence[exp.Expres
     yield from _fetch(conn, _select(columns, schema, order, limit), batch)
 
 
-def iter_lost(conn: sqlite3.Connection, schema: str = "main", order: Sequence[exp.Expression] = TEXT_ORDER,
-              limit: int | None = None, cut: int | None = None) -> Iterator[dict[str, Any]]:
+def iter_lost(
+    conn: sqlite3.Connection,
+    schema: str = "main",
+    order: Sequence[exp.Expression] = TEXT_ORDER,
+    limit: int | None = None,
+    cut: int | None = None,
+) -> Iterator[dict[str, Any]]:
     """Lost values as dicts — exact, or with ``cut`` as :func:`as_dict` shows them."""
     for rec in iter_rows(conn, schema, order, limit, cut=cut):
         yield as_dict(rec, cut)
 
 
-def count_by(conn: sqlite3.Connection, first: str, second: str, schema: str = "main") -> list[tuple[Any, Any, int]]:
+def count_by(
+    conn: sqlite3.Connection, first: str, second: str, schema: str = "main"
+) -> list[tuple[Any, Any, int]]:
     """(``first``, ``second``, n) of the lost values grouped by those two columns, sorted."""
     if not has_lost(conn, schema):
         return []
     one, two = exp.Literal.number(1), exp.Literal.number(2)
-    q = (exp.select(col(first), col(second), exp.Count(this=exp.Star())).from_(lost_table(schema))
-         .group_by(one, two).order_by(one.copy(), two.copy()))
+    q = (
+        exp.select(col(first), col(second), exp.Count(this=exp.Star()))
+        .from_(lost_table(schema))
+        .group_by(one, two)
+        .order_by(one.copy(), two.copy())
+    )
     return conn.execute(sql(q)).fetchall()
 
 
@@ -178,17 +245,29 @@ def counts(conn: sqlite3.Connection, schema: str = "main") -> dict[str, dict[str
     return out
 
 
-def load(conn: sqlite3.Connection, schema: str = "main", source: str | None = None,
-         limit: int = SAMPLE_LIMIT, cut: int | None = SHOW_LIMIT) -> LostValues:
+def load(
+    conn: sqlite3.Connection,
+    schema: str = "main",
+    source: str | None = None,
+    limit: int = SAMPLE_LIMIT,
+    cut: int | None = SHOW_LIMIT,
+) -> LostValues:
     """The sample (first ``limit`` by table, key, column), exact counts, and where the rest is.
     The sample is for showing: labels and values are cut to ``cut`` characters inside SQLite
     (``value_size`` says a value was), so memory stays bounded whatever the values' sizes; the
     exact values are only ever streamed (:func:`stream_file`, :func:`csv_rows`)."""
     if source is None:
-        source = next((r[2] for r in conn.execute("PRAGMA database_list") if r[1] == schema), None) or None
+        source = (
+            next((r[2] for r in conn.execute("PRAGMA database_list") if r[1] == schema), None)
+            or None
+        )
     c = counts(conn, schema)
-    return LostValues(iter_lost(conn, schema, TEXT_ORDER, limit, cut), sum(n for cols in c.values() for n in cols.values()),
-                      c, source)
+    return LostValues(
+        iter_lost(conn, schema, TEXT_ORDER, limit, cut),
+        sum(n for cols in c.values() for n in cols.values()),
+        c,
+        source,
+    )
 
 
 def open_ro(path: str | Path) -> sqlite3.Connection:
@@ -205,7 +284,9 @@ def iter_outcome_lost(outcome: Outcome) -> Iterator[dict[str, Any]]:
     return iter(outcome.lost)
 
 
-def stream_file(path: str | Path, order: Sequence[exp.Expression] = TEXT_ORDER) -> Iterator[dict[str, Any]]:
+def stream_file(
+    path: str | Path, order: Sequence[exp.Expression] = TEXT_ORDER
+) -> Iterator[dict[str, Any]]:
     """Every lost value of a rows.db, streamed (the connection closes when the iterator ends)."""
     with closing(open_ro(path)) as conn:
         yield from iter_lost(conn, "main", order)
@@ -221,7 +302,11 @@ def cell(v: Any) -> Any:
     if isinstance(v, bytes):
         return "0x" + v.hex()
     if isinstance(v, (list, tuple)):
-        return v[0] if len(v) == 1 and not isinstance(v[0], (list, dict)) else json.dumps(list(v), ensure_ascii=False)
+        return (
+            v[0]
+            if len(v) == 1 and not isinstance(v[0], (list, dict))
+            else json.dumps(list(v), ensure_ascii=False)
+        )
     if isinstance(v, dict):
         return json.dumps(v, ensure_ascii=False)
     return v
@@ -238,8 +323,17 @@ def _sql_cell(e: exp.Expression) -> exp.Expression:
     """A stored value as its CSV cell, in SQL: blobs as ``0x`` + lower-case hex (SQLite never
     returns NaN, and every other storage class is written by the csv module as pandas does)."""
     is_blob = exp.EQ(this=_fn("typeof", e.copy()), expression=exp.Literal.string("blob"))
-    return exp.Case(ifs=[exp.If(this=is_blob, true=exp.DPipe(
-        this=exp.Literal.string("0x"), expression=_fn("lower", _fn("hex", e.copy()))))], default=e.copy())
+    return exp.Case(
+        ifs=[
+            exp.If(
+                this=is_blob,
+                true=exp.DPipe(
+                    this=exp.Literal.string("0x"), expression=_fn("lower", _fn("hex", e.copy()))
+                ),
+            )
+        ],
+        default=e.copy(),
+    )
 
 
 KEY_CELL_FUNCTION = "recovery_lost_key_cell"
@@ -248,7 +342,7 @@ KEY_CELL_FUNCTION = "recovery_lost_key_cell"
 def _key_cell_udf(key: Any) -> Any:
     """``csv_cell(parse_key(key))`` as a value SQLite can return unchanged to the CSV writer."""
     v = csv_cell(parse_key(key))
-    if isinstance(v, bool) or (isinstance(v, int) and not -2**63 <= v < 2**63):
+    if isinstance(v, bool) or (isinstance(v, int) and not -(2**63) <= v < 2**63):
         return str(v)  # the text the csv module writes for it
     if v is None or isinstance(v, (str, int, float, bytes)):
         return v
@@ -265,35 +359,82 @@ def _key_cell() -> exp.Expression:
     length = _fn("length", key.copy())
 
     def inner(trim: int) -> exp.Expression:
-        return _fn("substr", key.copy(), exp.Literal.number(1 + trim),
-                   exp.Sub(this=length.copy(), expression=exp.Literal.number(2 * trim)))
+        return _fn(
+            "substr",
+            key.copy(),
+            exp.Literal.number(1 + trim),
+            exp.Sub(this=length.copy(), expression=exp.Literal.number(2 * trim)),
+        )
 
     as_int = exp.Cast(this=inner(1), to=exp.DataType.build("INTEGER"))
     # (a non-text key never equals text: a blob, number or NULL key fails both tests)
-    canonical_int = exp.EQ(this=key.copy(), expression=exp.DPipe(
-        this=exp.DPipe(this=exp.Literal.string("["), expression=as_int.copy()), expression=exp.Literal.string("]")))
+    canonical_int = exp.EQ(
+        this=key.copy(),
+        expression=exp.DPipe(
+            this=exp.DPipe(this=exp.Literal.string("["), expression=as_int.copy()),
+            expression=exp.Literal.string("]"),
+        ),
+    )
     plain_text = exp.and_(
-        exp.EQ(this=_fn("substr", key.copy(), exp.Literal.number(1), exp.Literal.number(2)), expression=exp.Literal.string('["')),
-        exp.EQ(this=_fn("substr", key.copy(), exp.Literal.number(-2)), expression=exp.Literal.string('"]')),
+        exp.EQ(
+            this=_fn("substr", key.copy(), exp.Literal.number(1), exp.Literal.number(2)),
+            expression=exp.Literal.string('["'),
+        ),
+        exp.EQ(
+            this=_fn("substr", key.copy(), exp.Literal.number(-2)),
+            expression=exp.Literal.string('"]'),
+        ),
         exp.GTE(this=length.copy(), expression=exp.Literal.number(4)),
-        exp.EQ(this=_fn("instr", inner(2), exp.Literal.string('"')), expression=exp.Literal.number(0)),
-        exp.EQ(this=_fn("instr", key.copy(), exp.Literal.string("\\")), expression=exp.Literal.number(0)),
-        exp.Not(this=exp.Glob(this=key.copy(), expression=exp.Literal.string("*[" + chr(1) + "-" + chr(31) + "]*"))))
-    return exp.Case(ifs=[
-        exp.If(this=canonical_int, true=as_int),
-        exp.If(this=plain_text, true=inner(2)),
-        exp.If(this=exp.EQ(this=key.copy(), expression=exp.Literal.string("[null]")), true=exp.Null()),
-    ], default=_fn(KEY_CELL_FUNCTION, key.copy()))
+        exp.EQ(
+            this=_fn("instr", inner(2), exp.Literal.string('"')), expression=exp.Literal.number(0)
+        ),
+        exp.EQ(
+            this=_fn("instr", key.copy(), exp.Literal.string("\\")),
+            expression=exp.Literal.number(0),
+        ),
+        exp.Not(
+            this=exp.Glob(
+                this=key.copy(), expression=exp.Literal.string("*[" + chr(1) + "-" + chr(31) + "]*")
+            )
+        ),
+    )
+    return exp.Case(
+        ifs=[
+            exp.If(this=canonical_int, true=as_int),
+            exp.If(this=plain_text, true=inner(2)),
+            exp.If(
+                this=exp.EQ(this=key.copy(), expression=exp.Literal.string("[null]")),
+                true=exp.Null(),
+            ),
+        ],
+        default=_fn(KEY_CELL_FUNCTION, key.copy()),
+    )
 
 
-def csv_rows(conn: sqlite3.Connection, schema: str = "main",
-             order: Sequence[exp.Expression] = TEXT_ORDER, name: str = LOST_TABLE) -> Iterator[tuple[Any, ...]]:
+def csv_rows(
+    conn: sqlite3.Connection,
+    schema: str = "main",
+    order: Sequence[exp.Expression] = TEXT_ORDER,
+    name: str = LOST_TABLE,
+) -> Iterator[tuple[Any, ...]]:
     """Every lost value as a ``lost_values.csv`` row (cells as :func:`csv_cell` makes them), in
     ``order`` — shaped by SQLite, so the rows go to the CSV writer untouched (a cursor: iterate
     it before closing ``conn``)."""
     if not has_lost(conn, schema, name):
         return iter(())
     conn.create_function(KEY_CELL_FUNCTION, 1, _key_cell_udf, deterministic=True)
-    q = _select([col("table"), _key_cell(), _sql_cell(col("label")), col("column"), _sql_cell(col("value")),
-                 col("reason")], schema, order, None, name)
+    q = _select(
+        [
+            col("table"),
+            _key_cell(),
+            _sql_cell(col("label")),
+            col("column"),
+            _sql_cell(col("value")),
+            col("reason"),
+        ],
+        schema,
+        order,
+        None,
+        name,
+    )
     return conn.execute(sql(q))

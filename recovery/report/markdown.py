@@ -5,6 +5,7 @@ Every value from the data goes through :func:`recovery.escape.md_text`: cut to
 ``\x1b``, and the characters that start inline markup backslash-escaped (CommonMark) — so a value
 shows as text in a ticket renderer: no link, image, HTML, emphasis or broken table row.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -13,9 +14,20 @@ import pandas as pd
 
 from recovery.escape import md_text
 from recovery.report.html import release_line, verdict_reasons, verdict_text
-from recovery.report.tables import (conflicts_frame, deletes_frame, deletes_more, lost_frame, lost_more, lost_total,
-                                     not_carried_frame, not_carried_more, plain_words, tables_frame,
-                                     users_frame)
+from recovery.report.tables import (
+    conflicts_frame,
+    deletes_frame,
+    deletes_more,
+    lost_frame,
+    lost_more,
+    lost_total,
+    not_carried_frame,
+    not_carried_more,
+    plain_words,
+    tables_frame,
+    users_frame,
+)
+
 
 def md_table(df: pd.DataFrame, empty: str, numbers: bool = False) -> str:
     """``numbers``: right-align numeric columns (counts); off for data, where ``0012`` is text."""
@@ -29,66 +41,145 @@ def md_table(df: pd.DataFrame, empty: str, numbers: bool = False) -> str:
 def render_markdown(report: dict[str, Any]) -> str:
     h = report["headline"]
     _, title, sentence = verdict_text(h)
-    rollback = h.get("rollback_time") or ("dry run — nothing changed" if h["mode"] == "dry-run" else "not rolled back yet")
+    rollback = h.get("rollback_time") or (
+        "dry run — nothing changed" if h["mode"] == "dry-run" else "not rolled back yet"
+    )
     ahead = h["mode"] != "rollback"
-    out = [(f"# {'Recovery bundle report' if h['mode'] == 'bundle' else 'Rollback recovery report'}"
-           f"{' (dry run)' if h['mode'] == 'dry-run' else ''}"), "",
-           f"**{title.upper()}** — {md_text(sentence)}",
-           *[f"- {md_text(r, None)}" for r in verdict_reasons(h)], "",
-           f"- Deploy time: {md_text(h.get('deploy_time'))}",
-           f"- Rollback time: {md_text(rollback)}",
-           f"- Database: {md_text(h.get('database') or 'unknown', None)}",
-           f"- Release: {md_text(release_line(h), None)}",
-           f"- Records created after the deploy: **{h['records_created']}**",
-           f"- Records changed after the deploy: **{h['records_changed']}**",
-           f"- {'Would be carried back' if ahead else 'Carried back'}: **{h['carried']}**",
-           f"- Not carried back: **{h['not_carried']}**"]
-    out += [f"  - {r['records']} in {md_text(', '.join(r['tables']), None)}: {md_text(r['reason'])}"
-            for r in h["not_carried_reasons"]]
+    out = [
+        (
+            f"# {'Recovery bundle report' if h['mode'] == 'bundle' else 'Rollback recovery report'}"
+            f"{' (dry run)' if h['mode'] == 'dry-run' else ''}"
+        ),
+        "",
+        f"**{title.upper()}** — {md_text(sentence)}",
+        *[f"- {md_text(r, None)}" for r in verdict_reasons(h)],
+        "",
+        f"- Deploy time: {md_text(h.get('deploy_time'))}",
+        f"- Rollback time: {md_text(rollback)}",
+        f"- Database: {md_text(h.get('database') or 'unknown', None)}",
+        f"- Release: {md_text(release_line(h), None)}",
+        f"- Records created after the deploy: **{h['records_created']}**",
+        f"- Records changed after the deploy: **{h['records_changed']}**",
+        f"- {'Would be carried back' if ahead else 'Carried back'}: **{h['carried']}**",
+        f"- Not carried back: **{h['not_carried']}**",
+    ]
+    out += [
+        f"  - {r['records']} in {md_text(', '.join(r['tables']), None)}: {md_text(r['reason'])}"
+        for r in h["not_carried_reasons"]
+    ]
     out += [f"- Lost values: **{h['lost_values']}** (in {h['records_with_lost_values']} record(s))"]
     out += [f"  - {n}: {md_text(reason)}" for reason, n in h.get("lost_reasons", {}).items()]
-    out += [f"- Conflicts: **{h['conflicts']}**", f"- Files affected: **{h['files_affected']}**",
-            *([(f"- Triggers suspended while rows were carried (re-created unchanged): "
-               f"{md_text(', '.join(report['triggers_suspended']))}")] if report.get("triggers_suspended") else []),
-            f"- Deleted after the deploy (restored, for review): {h['records_deleted']}",
-            f"- Verification: {({True: 'passed', False: 'FAILED', None: 'not run'})[h.get('verified')]}",
-            f"- Verdict: **{h['verdict']}**"]
-    out += ["", "## Per table", "", md_table(tables_frame(report), "No post-deploy changes.", True),
-            "", "## Per user", "", md_table(users_frame(report), "No post-deploy work.", True),
-            "", f"## Lost values ({lost_total(report)})", "",
-            "Values the old release has no place for — re-enter them from this list"
-            + (f" (the first {len(report['lost']):,} by table, key and column; all {lost_total(report):,} are in "
-               "lost_values.csv)." if lost_more(report) else "."), "",
-            md_table(lost_frame(report), "Nothing was lost.")]
+    out += [
+        f"- Conflicts: **{h['conflicts']}**",
+        f"- Files affected: **{h['files_affected']}**",
+        *(
+            [
+                (
+                    f"- Triggers suspended while rows were carried (re-created unchanged): "
+                    f"{md_text(', '.join(report['triggers_suspended']))}"
+                )
+            ]
+            if report.get("triggers_suspended")
+            else []
+        ),
+        f"- Deleted after the deploy (restored, for review): {h['records_deleted']}",
+        f"- Verification: {({True: 'passed', False: 'FAILED', None: 'not run'})[h.get('verified')]}",
+        f"- Verdict: **{h['verdict']}**",
+    ]
+    out += [
+        "",
+        "## Per table",
+        "",
+        md_table(tables_frame(report), "No post-deploy changes.", True),
+        "",
+        "## Per user",
+        "",
+        md_table(users_frame(report), "No post-deploy work.", True),
+        "",
+        f"## Lost values ({lost_total(report)})",
+        "",
+        "Values the old release has no place for — re-enter them from this list"
+        + (
+            f" (the first {len(report['lost']):,} by table, key and column; all {lost_total(report):,} are in "
+            "lost_values.csv)."
+            if lost_more(report)
+            else "."
+        ),
+        "",
+        md_table(lost_frame(report), "Nothing was lost."),
+    ]
     if lost_more(report):
         out += ["", f"_{md_text(lost_more(report))}_"]
     if report.get("filled_by_upgrade"):
-        out += ["", (f"Filled by the upgrade, not verified: {report['filled_by_upgrade']:,} value(s) in columns only the "
+        out += [
+            "",
+            (
+                f"Filled by the upgrade, not verified: {report['filled_by_upgrade']:,} value(s) in columns only the "
                 "new release has, in records nobody changed in the old release's columns — not lost (the rollback "
-                "restores those records as the backup has them); listed in filled_by_upgrade.csv.")]
-    out += ["", f"## Conflicts ({len(report['conflicts'])})", "", md_table(conflicts_frame(report), "No conflicts.")]
+                "restores those records as the backup has them); listed in filled_by_upgrade.csv."
+            ),
+        ]
+    out += [
+        "",
+        f"## Conflicts ({len(report['conflicts'])})",
+        "",
+        md_table(conflicts_frame(report), "No conflicts."),
+    ]
     if report.get("not_carried"):
-        out += ["", f"## Not carried back ({report.get('not_carried_total')})", "",
-                ("Records the re-import skipped, each with every value it held after the deploy (its items "
-                "too); every column of each is in not_carried.csv."), "", md_table(not_carried_frame(report), "")]
+        out += [
+            "",
+            f"## Not carried back ({report.get('not_carried_total')})",
+            "",
+            (
+                "Records the re-import skipped, each with every value it held after the deploy (its items "
+                "too); every column of each is in not_carried.csv."
+            ),
+            "",
+            md_table(not_carried_frame(report), ""),
+        ]
         if not_carried_more(report):
             out += ["", f"_{md_text(not_carried_more(report))}_"]
     if report.get("deletes_for_review"):
-        out += ["", f"## Deleted after the deploy ({len(report['deletes_for_review'])})", "",
-                md_table(deletes_frame(report), "")]
+        out += [
+            "",
+            f"## Deleted after the deploy ({len(report['deletes_for_review'])})",
+            "",
+            md_table(deletes_frame(report), ""),
+        ]
         if deletes_more(report):
             out += ["", f"_{md_text(deletes_more(report))}_"]
     if report.get("conflicts_mode") == "row":
-        out += ["", ("Conflicts were judged by row (`--conflicts row`): any change to the same row after the deploy "
-                "and in the database since is a conflict.")]
+        out += [
+            "",
+            (
+                "Conflicts were judged by row (`--conflicts row`): any change to the same row after the deploy "
+                "and in the database since is a conflict."
+            ),
+        ]
     if report.get("migration_notes"):
-        out += ["", "## Migration notes", ""] + [f"- {md_text(n)}" for n in report["migration_notes"]]
+        out += ["", "## Migration notes", ""] + [
+            f"- {md_text(n)}" for n in report["migration_notes"]
+        ]
     if report.get("rules"):
-        out += ["", "## Column rules", "", ("How old columns were produced from the new schema, and what the rows "
-                "nobody changed after the deploy say about each rule."), ""]
-        out += [f"- {md_text(r['table'])}.{md_text(r['column'])} = {md_text(r['expression'] or '(no source)')} "
-                f"[{md_text(r['source'])}]: {md_text(r['verdict'] or 'not checked')}"
-                + (f", {r['rows_agreeing']} of {r['rows_checked']} unchanged rows agree"
-                   if r.get("rows_checked") is not None else "")
-                + (" — kept by --trust-mapping" if r.get("trusted") else "") for r in report["rules"]]
+        out += [
+            "",
+            "## Column rules",
+            "",
+            (
+                "How old columns were produced from the new schema, and what the rows "
+                "nobody changed after the deploy say about each rule."
+            ),
+            "",
+        ]
+        out += [
+            f"- {md_text(r['table'])}.{md_text(r['column'])} = {md_text(r['expression'] or '(no source)')} "
+            f"[{md_text(r['source'])}]: {md_text(r['verdict'] or 'not checked')}"
+            + (
+                f", {r['rows_agreeing']} of {r['rows_checked']} unchanged rows agree"
+                if r.get("rows_checked") is not None
+                else ""
+            )
+            + (" — kept by --trust-mapping" if r.get("trusted") else "")
+            for r in report["rules"]
+        ]
     return "\n".join(out) + "\n"

@@ -13,6 +13,7 @@ has it, else to the record's owner (``created_by`` / ``uploaded_by``). The count
 set-based SQL on one read-only connection to rows.db (:mod:`recovery.report.aggregate`); here
 Python only decides the columns and composes the few groups it returns.
 """
+
 from __future__ import annotations
 
 import sqlite3
@@ -28,7 +29,15 @@ from recovery.bundle.store import Bundle
 from recovery.model.kinds import KIND_COLUMN, RowKind
 from recovery.model.values import TableCounts
 from recovery.escape import SHOW_LIMIT
-from recovery.report.lost import NATURAL_ORDER, SAMPLE_LIMIT, as_dict, cut_value, has_lost, iter_rows, open_ro
+from recovery.report.lost import (
+    NATURAL_ORDER,
+    SAMPLE_LIMIT,
+    as_dict,
+    cut_value,
+    has_lost,
+    iter_rows,
+    open_ro,
+)
 from recovery.model.outcome import Outcome, judge
 from recovery.report import aggregate, notcarried
 from recovery.report.tables import LIST_LIMIT
@@ -52,7 +61,9 @@ MAX_BINS = 48
 class _Lost:
     """The lost values as the report needs them: exact counts, and a bounded sample to list."""
 
-    sample: list[dict[str, Any]]  # sorted by table, key (numbers numerically), column; at most SAMPLE_LIMIT
+    sample: list[
+        dict[str, Any]
+    ]  # sorted by table, key (numbers numerically), column; at most SAMPLE_LIMIT
     total: int
     by_table: Counter[str]
     by_reason: Counter[str]
@@ -90,7 +101,11 @@ def _time_column(t: Table, kind: str) -> str | None:
 def _user_columns(t: Table, users_table: str | None) -> tuple[str | None, str | None]:
     """(creator column, changer column) of a table; the changer falls back to the creator."""
     names = set(t.column_names)
-    fk_user = [fk.columns[0] for fk in t.foreign_keys if users_table and fk.ref_table == users_table and len(fk.columns) == 1]
+    fk_user = [
+        fk.columns[0]
+        for fk in t.foreign_keys
+        if users_table and fk.ref_table == users_table and len(fk.columns) == 1
+    ]
     creator = next((c for c in CREATOR_COLUMNS if c in names), None)
     if creator is None:
         creator = next((c for c in fk_user if c not in CHANGER_COLUMNS), None)
@@ -98,15 +113,19 @@ def _user_columns(t: Table, users_table: str | None) -> tuple[str | None, str | 
     return creator, changer
 
 
-def _plans(conn: sqlite3.Connection | None, bundle: Bundle,
-           users_table: str | None) -> tuple[list[TablePlan], dict[str, dict[str, Any]]]:
+def _plans(
+    conn: sqlite3.Connection | None, bundle: Bundle, users_table: str | None
+) -> tuple[list[TablePlan], dict[str, dict[str, Any]]]:
     """The bundle tables of rows.db in name order, with the columns that attribute their rows."""
     plans: list[TablePlan] = []
     attribution: dict[str, dict[str, Any]] = {}
     if conn is None:
         return plans, attribution
-    q = exp.select(col("name")).from_(table("sqlite_master", "main")).where(
-        exp.EQ(this=col("type"), expression=exp.Literal.string("table")))
+    q = (
+        exp.select(col("name"))
+        .from_(table("sqlite_master", "main"))
+        .where(exp.EQ(this=col("type"), expression=exp.Literal.string("table")))
+    )
     present = {r[0] for r in conn.execute(sql(q))}
     for name in sorted(bundle.new.data_tables):
         t = bundle.new.table(name)
@@ -114,9 +133,13 @@ def _plans(conn: sqlite3.Connection | None, bundle: Bundle,
             continue
         creator, changer = _user_columns(t, users_table)
         created_at, updated_at = _time_column(t, "created"), _time_column(t, "changed")
-        attribution[name] = {"created_by": creator, "changed_by": changer,
-                             "changed_by_is_owner": changer is not None and changer == creator,
-                             "created_time": created_at, "changed_time": updated_at}
+        attribution[name] = {
+            "created_by": creator,
+            "changed_by": changer,
+            "changed_by_is_owner": changer is not None and changer == creator,
+            "created_time": created_at,
+            "changed_time": updated_at,
+        }
         plans.append(TablePlan(name, tuple(t.key), creator, changer, created_at, updated_at))
     return plans, attribution
 
@@ -126,18 +149,26 @@ def _users_table(bundle: Bundle) -> str | None:
     named = next((u for u in USER_TABLES if u in tables), None)
     if named:
         return named
-    refs = Counter(fk.ref_table for t in bundle.new.tables.values() for fk in t.foreign_keys
-                   if fk.columns and fk.columns[0] in CREATOR_COLUMNS + CHANGER_COLUMNS)
+    refs = Counter(
+        fk.ref_table
+        for t in bundle.new.tables.values()
+        for fk in t.foreign_keys
+        if fk.columns and fk.columns[0] in CREATOR_COLUMNS + CHANGER_COLUMNS
+    )
     return refs.most_common(1)[0][0] if refs else None
 
 
-def _user_names(bundle: Bundle, users_table: str | None, ids: set[Any]) -> tuple[dict[Any, str], str]:
+def _user_names(
+    bundle: Bundle, users_table: str | None, ids: set[Any]
+) -> tuple[dict[Any, str], str]:
     """Names for user ids: the bundle's own users rows first, then the backup (read-only)."""
     if not users_table or not ids:
         return {}, "ids"
     names: dict[Any, str] = {}
     sources = []
-    candidates: list[tuple[Path, Table | None, str]] = [(bundle.rows_db, bundle.new.table(users_table), "bundle")]
+    candidates: list[tuple[Path, Table | None, str]] = [
+        (bundle.rows_db, bundle.new.table(users_table), "bundle")
+    ]
     backup = ((bundle.manifest.get("sources") or {}).get("backup") or {}).get("path")
     if backup:
         candidates.append((Path(backup), bundle.old.table(users_table), "backup"))
@@ -175,8 +206,12 @@ def _user_names(bundle: Bundle, users_table: str | None, ids: set[Any]) -> tuple
     return names, "+".join(sorted(set(sources))) or "ids"
 
 
-def _name_lost_users(conn: sqlite3.Connection | None, bundle: Bundle, users_table: str | None,
-                     sample: list[dict[str, Any]]) -> None:
+def _name_lost_users(
+    conn: sqlite3.Connection | None,
+    bundle: Bundle,
+    users_table: str | None,
+    sample: list[dict[str, Any]],
+) -> None:
     """Set ``user`` on each listed lost value: who created the record (or changed it, for a
     changed record), by name — the user columns and names found as for the per-user section."""
     if conn is None or not sample:
@@ -224,8 +259,15 @@ def _activity(counts: aggregate.ActivityCounts, deploy: datetime | None) -> dict
     per: dict[tuple[int, str], Counter[str]] = defaultdict(Counter)
     for table_name, kind, b5, n in counts.bins:
         per[(b5 // (minutes // 5), table_name)][kind] += n
-    bins = [{"start": _iso(start + timedelta(minutes=minutes * i)), "table": t,
-             "created": c["created"], "changed": c["changed"]} for (i, t), c in sorted(per.items())]
+    bins = [
+        {
+            "start": _iso(start + timedelta(minutes=minutes * i)),
+            "table": t,
+            "created": c["created"],
+            "changed": c["changed"],
+        }
+        for (i, t), c in sorted(per.items())
+    ]
     return {"bin_minutes": minutes, "start": _iso(start), "bins": bins, "untimed": untimed}
 
 
@@ -236,11 +278,26 @@ def _files(bundle: Bundle, outcome: Outcome | None) -> dict[str, Any]:
     relink = outcome.files if outcome else None
     problems = {}
     if isinstance(relink, dict):
-        problems = {k: len(v) for k, v in relink.items() if isinstance(v, list) and v and k in ("missing", "unsafe")}
-    return {"affected": len(records), "by_status": dict(sorted(by_status.items())),
-            "problems": problems, "relink": relink,
-            "list": [{"path": r.get("path"), "record": r.get("record_key"), "size": r.get("size"),
-                      "status": r.get("status")} for r in records]}
+        problems = {
+            k: len(v)
+            for k, v in relink.items()
+            if isinstance(v, list) and v and k in ("missing", "unsafe")
+        }
+    return {
+        "affected": len(records),
+        "by_status": dict(sorted(by_status.items())),
+        "problems": problems,
+        "relink": relink,
+        "list": [
+            {
+                "path": r.get("path"),
+                "record": r.get("record_key"),
+                "size": r.get("size"),
+                "status": r.get("status"),
+            }
+            for r in records
+        ],
+    }
 
 
 def _open_rows(bundle: Bundle) -> sqlite3.Connection | None:
@@ -249,8 +306,12 @@ def _open_rows(bundle: Bundle) -> sqlite3.Connection | None:
     return open_ro(bundle.rows_db)
 
 
-def build(bundle: Bundle, outcome: Outcome | None, rollback_time: str | None = None,
-          late: dict[str, Any] | None = None) -> dict[str, Any]:
+def build(
+    bundle: Bundle,
+    outcome: Outcome | None,
+    rollback_time: str | None = None,
+    late: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The ``report`` section of report.json: every number the renderers show. ``late``: the
     run's late-commit check, which feeds the verdict (:func:`recovery.model.outcome.judge`)."""
     from contextlib import nullcontext
@@ -259,15 +320,22 @@ def build(bundle: Bundle, outcome: Outcome | None, rollback_time: str | None = N
 
     conn = _open_rows(bundle)
     try:
-        with statement_time_limit(conn) if conn is not None else nullcontext():  # rows.db is untrusted
+        with (
+            statement_time_limit(conn) if conn is not None else nullcontext()
+        ):  # rows.db is untrusted
             return _build(conn, bundle, outcome, rollback_time, late)
     finally:
         if conn is not None:
             conn.close()
 
 
-def _build(conn: sqlite3.Connection | None, bundle: Bundle, outcome: Outcome | None,
-           rollback_time: str | None, late: dict[str, Any] | None = None) -> dict[str, Any]:
+def _build(
+    conn: sqlite3.Connection | None,
+    bundle: Bundle,
+    outcome: Outcome | None,
+    rollback_time: str | None,
+    late: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     deploy_text = bundle.manifest.get("deploy_time")
     deploy = parse_time(deploy_text) if deploy_text else None
     users_table = _users_table(bundle)
@@ -280,11 +348,18 @@ def _build(conn: sqlite3.Connection | None, bundle: Bundle, outcome: Outcome | N
     def carried_table(t: str) -> bool:
         if t not in old_tables or t in mapped_skip:
             return False
-        if outcome is not None and not outcome.already_applied and outcome.tables and t not in outcome.tables:
+        if (
+            outcome is not None
+            and not outcome.already_applied
+            and outcome.tables
+            and t not in outcome.tables
+        ):
             return False
         return True
 
-    conflicts = [_shown_conflict(c.to_dict()) for c in outcome.conflicts] if outcome is not None else []
+    conflicts = (
+        [_shown_conflict(c.to_dict()) for c in outcome.conflicts] if outcome is not None else []
+    )
     aborted = bool(outcome and outcome.aborted)
     not_carried = outcome.not_carried() if outcome is not None and not aborted else []
     skipped_keys = {(r["table"], tuple(r["key"])) for r in not_carried}
@@ -295,8 +370,12 @@ def _build(conn: sqlite3.Connection | None, bundle: Bundle, outcome: Outcome | N
     activity_counts = aggregate.ActivityCounts(None)
     if conn is not None and plans:
         groups, activity_counts = aggregate.attribute(
-            conn, plans, KeyCounts(dict(conflict_keys), skipped_keys, lost_info.per_key),
-            {t for t, n in lost_info.by_table.items() if n}, aggregate.to_us(deploy))
+            conn,
+            plans,
+            KeyCounts(dict(conflict_keys), skipped_keys, lost_info.per_key),
+            {t for t, n in lost_info.by_table.items() if n},
+            aggregate.to_us(deploy),
+        )
 
     # ---- per table
     counts = bundle.table_counts
@@ -313,15 +392,25 @@ def _build(conn: sqlite3.Connection | None, bundle: Bundle, outcome: Outcome | N
             carried, reason = 0, NOT_IN_OLD_SCHEMA
         else:  # only what was applied: every record skipped (its own conflict or its unit's) is not carried
             skipped = not_carried_by_table[name]
-            carried, reason = max(created + changed - skipped, 0), ("conflict: skipped" if skipped else "")
-        tables.append({
-            "table": name, "status": c.status or "", "created": created, "changed": changed,
-            "deleted": deleted, "carried": carried, "not_carried": created + changed - carried,
-            "not_carried_reason": reason if created + changed - carried else "",
-            "remapped": to.remapped if to else 0,
-            "conflicts": sum(n for (t, _), n in conflict_keys.items() if t == name),
-            "lost_values": lost_info.by_table[name],
-        })
+            carried, reason = (
+                max(created + changed - skipped, 0),
+                ("conflict: skipped" if skipped else ""),
+            )
+        tables.append(
+            {
+                "table": name,
+                "status": c.status or "",
+                "created": created,
+                "changed": changed,
+                "deleted": deleted,
+                "carried": carried,
+                "not_carried": created + changed - carried,
+                "not_carried_reason": reason if created + changed - carried else "",
+                "remapped": to.remapped if to else 0,
+                "conflicts": sum(n for (t, _), n in conflict_keys.items() if t == name),
+                "lost_values": lost_info.by_table[name],
+            }
+        )
 
     _name_lost_users(conn, bundle, users_table, lost_info.sample)
 
@@ -341,9 +430,17 @@ def _build(conn: sqlite3.Connection | None, bundle: Bundle, outcome: Outcome | N
         u["conflicts"] += g.conflicts
         u["lost_values"] += g.lost
     user_rows: list[dict[str, Any]] = [
-        {"user_id": None if isinstance(uid, _NoUserColumn) else uid, "user": _user_label(uid, names), "created": c["created"],
-         "changed": c["changed"], "carried": c["carried"], "conflicts": c["conflicts"],
-         "lost_values": c["lost_values"]} for uid, c in per_user.items()]
+        {
+            "user_id": None if isinstance(uid, _NoUserColumn) else uid,
+            "user": _user_label(uid, names),
+            "created": c["created"],
+            "changed": c["changed"],
+            "carried": c["carried"],
+            "conflicts": c["conflicts"],
+            "lost_values": c["lost_values"],
+        }
+        for uid, c in per_user.items()
+    ]
     users = sorted(user_rows, key=lambda d: (-(d["created"] + d["changed"]), d["user"]))
 
     # ---- headline
@@ -353,7 +450,10 @@ def _build(conn: sqlite3.Connection | None, bundle: Bundle, outcome: Outcome | N
     reasons: dict[str, dict[str, Any]] = {}
     for t in tables:
         if t["not_carried"]:
-            e = reasons.setdefault(t["not_carried_reason"], {"reason": t["not_carried_reason"], "records": 0, "tables": []})
+            e = reasons.setdefault(
+                t["not_carried_reason"],
+                {"reason": t["not_carried_reason"], "records": 0, "tables": []},
+            )
             e["records"] += t["not_carried"]
             e["tables"].append(t["table"])
     files = _files(bundle, outcome)
@@ -361,25 +461,41 @@ def _build(conn: sqlite3.Connection | None, bundle: Bundle, outcome: Outcome | N
     if outcome is not None:
         verdict = outcome.verdict(late)
     else:  # a bundle before its re-import: what a rollback would leave to review
-        verdict = judge(lost=lost_info.total, not_carried=created + changed - carried, run_files=False)
+        verdict = judge(
+            lost=lost_info.total, not_carried=created + changed - carried, run_files=False
+        )
     headline = {
         "mode": mode,
         "deploy_time": deploy_text,
         "rollback_time": rollback_time if mode != "bundle" else None,
-        "from_revision": bundle.new.alembic_revision, "to_revision": bundle.old.alembic_revision,
-        "to_release": release_tag(((bundle.manifest.get("sources") or {}).get("backup") or {}).get("path")),
-        "database": database_shown(outcome.target if outcome is not None
-                                   else ((bundle.manifest.get("sources") or {}).get("live") or {}).get("path")),
-        "records_created": created, "records_changed": changed,
+        "from_revision": bundle.new.alembic_revision,
+        "to_revision": bundle.old.alembic_revision,
+        "to_release": release_tag(
+            ((bundle.manifest.get("sources") or {}).get("backup") or {}).get("path")
+        ),
+        "database": database_shown(
+            outcome.target
+            if outcome is not None
+            else ((bundle.manifest.get("sources") or {}).get("live") or {}).get("path")
+        ),
+        "records_created": created,
+        "records_changed": changed,
         "records_deleted": sum(t["deleted"] for t in tables),
         "records_total": created + changed,
-        "carried": carried, "not_carried": created + changed - carried,
+        "carried": carried,
+        "not_carried": created + changed - carried,
         "not_carried_reasons": list(reasons.values()),
-        "lost_values": lost_info.total, "lost_reasons": dict(sorted(lost_info.by_reason.items())),
+        "lost_values": lost_info.total,
+        "lost_reasons": dict(sorted(lost_info.by_reason.items())),
         "records_with_lost_values": lost_info.records,
-        "conflicts": len(conflicts), "files_affected": files["affected"],
-        "deletes_for_review": len(outcome.deletes_for_review) if outcome else sum(t["deleted"] for t in tables),
-        "verified": (bool(outcome.verification.get("ok")) if outcome and outcome.verification else None),
+        "conflicts": len(conflicts),
+        "files_affected": files["affected"],
+        "deletes_for_review": len(outcome.deletes_for_review)
+        if outcome
+        else sum(t["deleted"] for t in tables),
+        "verified": (
+            bool(outcome.verification.get("ok")) if outcome and outcome.verification else None
+        ),
         "verdict": verdict.verdict,
         "verdict_reasons": list(verdict.reasons),
         "exit_code": verdict.exit_code,
@@ -399,7 +515,9 @@ def _build(conn: sqlite3.Connection | None, bundle: Bundle, outcome: Outcome | N
         "lost_truncated": lost_info.total > len(lost_info.sample),
         "conflicts": conflicts,
         "deletes_for_review": _deletes(outcome),
-        "not_carried": notcarried.shown(notcarried.whole_records(bundle, not_carried[:LIST_LIMIT], conn)),
+        "not_carried": notcarried.shown(
+            notcarried.whole_records(bundle, not_carried[:LIST_LIMIT], conn)
+        ),
         "not_carried_total": len(not_carried),
         "activity": _activity(activity_counts, deploy),
         "files": files,
@@ -451,10 +569,19 @@ def column_rules(mapping: dict[str, Any]) -> list[dict[str, Any]]:
         for r in t.get("columns", ()):
             if r.get("source") == "same-name" and r.get("verdict") != "disagrees":
                 continue
-            out.append({"table": tname, "column": r["column"], "expression": r.get("expression"),
-                        "source": r.get("source"), "verdict": r.get("verdict"),
-                        "rows_checked": r.get("rows_checked"), "rows_agreeing": r.get("rows_agreeing"),
-                        "first_disagreement": r.get("first_disagreement"), "trusted": bool(r.get("trusted"))})
+            out.append(
+                {
+                    "table": tname,
+                    "column": r["column"],
+                    "expression": r.get("expression"),
+                    "source": r.get("source"),
+                    "verdict": r.get("verdict"),
+                    "rows_checked": r.get("rows_checked"),
+                    "rows_agreeing": r.get("rows_agreeing"),
+                    "first_disagreement": r.get("first_disagreement"),
+                    "trusted": bool(r.get("trusted")),
+                }
+            )
     return out
 
 
@@ -471,7 +598,10 @@ def _deletes(outcome: Outcome | None) -> list[dict[str, Any]]:
 
 def _natural(key: list[Any]) -> tuple[tuple[int, Any], ...]:
     """Sort keys numerically where they are numbers (1, 2, 10 — not 1, 10, 2)."""
-    return tuple((0, v) if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, str(v)) for v in key)
+    return tuple(
+        (0, v) if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, str(v))
+        for v in key
+    )
 
 
 def _natural_item(x: dict[str, Any]) -> tuple[Any, ...]:
@@ -486,8 +616,14 @@ def _lost_from_list(items: list[dict[str, Any]]) -> _Lost:
     """A complete (small) list in memory — an outcome whose lost values all fit in the sample."""
     lost = sorted((dict(x, key=list(_key(x.get("key")))) for x in items), key=_natural_item)
     keys = Counter((x["table"], tuple(x["key"])) for x in lost)
-    return _Lost(lost, len(lost), Counter(x["table"] for x in lost), Counter(_reason(x.get("reason")) for x in lost),
-                 len(keys), dict(keys))
+    return _Lost(
+        lost,
+        len(lost),
+        Counter(x["table"] for x in lost),
+        Counter(_reason(x.get("reason")) for x in lost),
+        len(keys),
+        dict(keys),
+    )
 
 
 def _lost_from_db(conn: sqlite3.Connection | None) -> _Lost | None:
@@ -495,8 +631,13 @@ def _lost_from_db(conn: sqlite3.Connection | None) -> _Lost | None:
     keeps the complete list (never loaded whole)."""
     if conn is None or not has_lost(conn):
         return None
-    sample = sorted((as_dict(r, SHOW_LIMIT) for r in iter_rows(conn, order=NATURAL_ORDER, limit=SAMPLE_LIMIT, cut=SHOW_LIMIT)),
-                    key=_natural_item)
+    sample = sorted(
+        (
+            as_dict(r, SHOW_LIMIT)
+            for r in iter_rows(conn, order=NATURAL_ORDER, limit=SAMPLE_LIMIT, cut=SHOW_LIMIT)
+        ),
+        key=_natural_item,
+    )
     by_table: Counter[str] = Counter()
     by_reason: Counter[str] = Counter()
     counts, records = aggregate.lost_counts(conn)

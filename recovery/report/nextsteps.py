@@ -1,5 +1,6 @@
 """The "Next steps" block printed at the end of a rollback: what the operator does now, with the
 paths and commands of this run, so no loose end depends on remembering the README at 3 a.m."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,23 +18,37 @@ def _release(backup: Path | None, revision: str | None) -> str:
     return " ".join(parts)
 
 
-def next_steps(run_dir: Path, db: Path, backup: Path | None, revision: str | None, *, dry_run: bool,
-               deletes_for_review: int, needs_review: bool) -> list[str]:
+def next_steps(
+    run_dir: Path,
+    db: Path,
+    backup: Path | None,
+    revision: str | None,
+    *,
+    dry_run: bool,
+    deletes_for_review: int,
+    needs_review: bool,
+) -> list[str]:
     """The lines of the block, numbered, each naming a path or a command of this run."""
     if dry_run:
-        return [f"1. Nothing was changed. Read {run_dir / 'report.html'} for what a rollback would carry and lose.",
-                "2. To roll back for real, run the same command without --dry-run (with the application stopped)."]
+        return [
+            f"1. Nothing was changed. Read {run_dir / 'report.html'} for what a rollback would carry and lose.",
+            "2. To roll back for real, run the same command without --dry-run (with the application stopped).",
+        ]
     steps = [
         f"Deploy {_release(backup, revision)} now: {db} is at its schema.",
         f"Report for the product owner: {run_dir / 'report.html'}"
         + (" — it lists what needs review." if needs_review else "."),
-        (f"The failed release's database is kept in {run_dir / 'safety'}; to put it back: "
-        f"recovery undo {run_dir}"),
+        (
+            f"The failed release's database is kept in {run_dir / 'safety'}; to put it back: "
+            f"recovery undo {run_dir}"
+        ),
     ]
     if deletes_for_review:
-        steps.append(f"{deletes_for_review} row(s) deleted after the deploy were restored; review "
-                     f"{run_dir / 'deletes_for_review.csv'}, then: recovery apply-deletes {run_dir} "
-                     "[--only reviewed.csv]")
+        steps.append(
+            f"{deletes_for_review} row(s) deleted after the deploy were restored; review "
+            f"{run_dir / 'deletes_for_review.csv'}, then: recovery apply-deletes {run_dir} "
+            "[--only reviewed.csv]"
+        )
     return [f"{i}. {s}" for i, s in enumerate(steps, start=1)]
 
 
@@ -43,7 +58,17 @@ def steps_for(res: Any, backup: Path | None) -> list[str]:
     o = res.outcome
     if o is None:
         return []
-    revision = (o.verification or {}).get("alembic_revision", {}).get("expected") if o.verification else None
-    return next_steps(res.run_dir, Path(o.target), backup, revision, dry_run=bool(o.dry_run),
-                      deletes_for_review=len(o.deletes_for_review),
-                      needs_review=res.verdict.verdict != "all recovered")  # the run's one verdict, late commits included
+    revision = (
+        (o.verification or {}).get("alembic_revision", {}).get("expected")
+        if o.verification
+        else None
+    )
+    return next_steps(
+        res.run_dir,
+        Path(o.target),
+        backup,
+        revision,
+        dry_run=bool(o.dry_run),
+        deletes_for_review=len(o.deletes_for_review),
+        needs_review=res.verdict.verdict != "all recovered",
+    )  # the run's one verdict, late commits included

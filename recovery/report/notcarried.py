@@ -7,6 +7,7 @@ Which records: :meth:`recovery.model.outcome.Outcome.not_carried` — rows with 
 whose unit was skipped (``unique``, ``update_deleted``, ``constraint`` …) and the rows skipped with
 their unit (a skipped new quote's items), once each.
 """
+
 from __future__ import annotations
 
 import sqlite3
@@ -30,23 +31,37 @@ CHUNK = 200
 
 def present_tables(conn: sqlite3.Connection) -> set[str]:
     """The tables of ``conn``'s main database (a bundle's rows.db holds only tables with rows)."""
-    q = exp.select(col("name")).from_(table("sqlite_master", "main")).where(
-        exp.EQ(this=col("type"), expression=exp.Literal.string("table")))
+    q = (
+        exp.select(col("name"))
+        .from_(table("sqlite_master", "main"))
+        .where(exp.EQ(this=col("type"), expression=exp.Literal.string("table")))
+    )
     return {r[0] for r in conn.execute(sql(q))}
 
 
-def rows_of(conn: sqlite3.Connection, name: str, key: list[str],
-            keys: list[tuple[Any, ...]]) -> dict[tuple[Any, ...], dict[str, Any]]:
+def rows_of(
+    conn: sqlite3.Connection, name: str, key: list[str], keys: list[tuple[Any, ...]]
+) -> dict[tuple[Any, ...], dict[str, Any]]:
     """The bundle rows of ``name`` with these keys, column → value (the post-deploy version, not
     a closure row, where there is one)."""
     found: dict[tuple[Any, ...], dict[str, Any]] = {}
     for i in range(0, len(keys), CHUNK):
-        chunk = [k for k in keys[i:i + CHUNK] if len(k) == len(key)]
+        chunk = [k for k in keys[i : i + CHUNK] if len(k) == len(key)]
         if not chunk:
             continue
-        values = exp.Values(expressions=[exp.Tuple(expressions=[exp.Placeholder()] * len(key))] * len(chunk))
-        q = exp.select("*").from_(table(name, "main")).where(
-            exp.In(this=exp.Tuple(expressions=[col(k) for k in key]), query=exp.Subquery(this=values)))
+        values = exp.Values(
+            expressions=[exp.Tuple(expressions=[exp.Placeholder()] * len(key))] * len(chunk)
+        )
+        q = (
+            exp.select("*")
+            .from_(table(name, "main"))
+            .where(
+                exp.In(
+                    this=exp.Tuple(expressions=[col(k) for k in key]),
+                    query=exp.Subquery(this=values),
+                )
+            )
+        )
         cur = conn.execute(sql(q), [v for k in chunk for v in k])
         names = [d[0] for d in cur.description]
         for rec in cur:
@@ -57,8 +72,9 @@ def rows_of(conn: sqlite3.Connection, name: str, key: list[str],
     return found
 
 
-def whole_records(bundle: Bundle, records: list[dict[str, Any]],
-                  conn: sqlite3.Connection | None = None) -> list[dict[str, Any]]:
+def whole_records(
+    bundle: Bundle, records: list[dict[str, Any]], conn: sqlite3.Connection | None = None
+) -> list[dict[str, Any]]:
     """``records`` (``{"table", "key", "label", "reason"}``) each with ``values``: its bundle row,
     column → value in the table's column order (empty when the bundle holds no such row).
     ``conn``: an open read-only connection to the bundle's rows.db; without one, one is opened
@@ -75,7 +91,9 @@ def whole_records(bundle: Bundle, records: list[dict[str, Any]],
     return _records(bundle, records, conn)
 
 
-def _records(bundle: Bundle, records: list[dict[str, Any]], conn: sqlite3.Connection | None) -> list[dict[str, Any]]:
+def _records(
+    bundle: Bundle, records: list[dict[str, Any]], conn: sqlite3.Connection | None
+) -> list[dict[str, Any]]:
     by_table: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in records:
         by_table[r["table"]].append(r)
@@ -108,9 +126,18 @@ def csv_rows(records: list[dict[str, Any]]) -> Iterator[tuple[Any, ...]]:
 
 def shown(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The records as the report lists them: the row's values as one ``column: value; …`` cell."""
-    return [{"table": r["table"], "key": r["key"], "label": r.get("label"), "reason": r.get("reason"),
-             "values": cut("; ".join(f"{c}: {_word(v)}" for c, v in r["values"].items()), 4 * SHOW_LIMIT)}
-            for r in records]
+    return [
+        {
+            "table": r["table"],
+            "key": r["key"],
+            "label": r.get("label"),
+            "reason": r.get("reason"),
+            "values": cut(
+                "; ".join(f"{c}: {_word(v)}" for c, v in r["values"].items()), 4 * SHOW_LIMIT
+            ),
+        }
+        for r in records
+    ]
 
 
 def _word(v: Any) -> str:

@@ -4,6 +4,7 @@ Every value that comes from the data or the file system is shown as plain text: 
 rich ``Text`` (:func:`recovery.escape.term_text`), values inside a markup string go through
 :func:`recovery.escape.term_markup` (markup escaped, control characters shown as ``\x1b``), and
 shown values are cut to :data:`recovery.escape.SHOW_LIMIT` characters."""
+
 from __future__ import annotations
 
 import csv
@@ -18,7 +19,14 @@ from rich.table import Table as RichTable
 
 from recovery.model.kinds import RowKind
 from recovery.model.values import COUNT_KEYS
-from recovery.escape import csv_safe_row, json_for_terminal, plain, short_repr, term_markup, term_text
+from recovery.escape import (
+    csv_safe_row,
+    json_for_terminal,
+    plain,
+    short_repr,
+    term_markup,
+    term_text,
+)
 
 T = term_text
 M = term_markup
@@ -79,7 +87,9 @@ def plain_table(t: RichTable) -> str:
 def console(stderr: bool = False) -> Console:
     if stderr not in _consoles:
         # no emoji codes either: ``:warning:`` in a value stays those nine characters
-        _consoles[stderr] = OutputConsole(stderr=stderr, highlight=False, soft_wrap=False, emoji=False)
+        _consoles[stderr] = OutputConsole(
+            stderr=stderr, highlight=False, soft_wrap=False, emoji=False
+        )
     return _consoles[stderr]
 
 
@@ -89,7 +99,9 @@ def has_bare_cr(cells: Iterable[Any]) -> bool:
     return any(isinstance(c, str) and "\r" in c for c in cells)
 
 
-def write_csv(out: IO[str], rows: Iterable[dict[str, Any]], fields: list[str] | None = None) -> None:
+def write_csv(
+    out: IO[str], rows: Iterable[dict[str, Any]], fields: list[str] | None = None
+) -> None:
     """The ``--csv`` output of a command: one row per dict, every cell through
     :func:`recovery.escape.csv_safe` (no spreadsheet formulas from the data)."""
     rows = iter(rows)
@@ -98,7 +110,9 @@ def write_csv(out: IO[str], rows: Iterable[dict[str, Any]], fields: list[str] | 
         fields = list(first) if first else []
     writer = csv.writer(out, lineterminator="\n")
     quoted = None
-    shown = _isatty(out)  # read by a person: control characters shown escaped, as everywhere on a terminal
+    shown = _isatty(
+        out
+    )  # read by a person: control characters shown escaped, as everywhere on a terminal
     writer.writerow(csv_safe_row(fields))
     for r in itertools.chain([first] if first is not None else [], rows):
         cells = csv_safe_row(r.get(f) for f in fields)
@@ -134,8 +148,10 @@ def render_snapshot(snap: Any) -> None:
     c.print(f"[bold]backup[/]    {M(snap.backup, None)}")
     c.print(f"[bold]manifest[/]  {M(snap.manifest_path, None)}")
     git = m.get("git") or {}
-    c.print(f"revision {M(m['alembic_revision'] or '-')} · integrity {M(m['integrity_check'])} · "
-            f"{m['size']:,} bytes · git {M(git.get('tag') or git.get('commit') or '-')}")
+    c.print(
+        f"revision {M(m['alembic_revision'] or '-')} · integrity {M(m['integrity_check'])} · "
+        f"{m['size']:,} bytes · git {M(git.get('tag') or git.get('commit') or '-')}"
+    )
     t = RichTable("table", "rows", title=None)
     for name, n in m["tables"].items():
         t.add_row(T(name), f"{n:,}")
@@ -157,15 +173,21 @@ def render_diff(result: Any, rows: bool) -> None:
     for t, cols in sorted(s.columns_removed.items()):
         lines += [f"- column {t}.{col}" for col in cols if (t, col) not in renamed]
     lines += [f"~ rename {r.table}.{r.old} → {r.new} ({r.evidence})" for r in s.renames]
-    lines += [f"~ rename table {r.old} → {r.new} ({r.evidence})" for r in getattr(s, "table_renames", ())]
+    lines += [
+        f"~ rename table {r.old} → {r.new} ({r.evidence})" for r in getattr(s, "table_renames", ())
+    ]
     for tname, tm in sorted(result.mapping.tables.items()):
         for rule in tm.rules:
             ev = rule.check or {}
             if rule.source == "inferred" or ev.get("verdict") == "disagrees":
-                lines.append(f"~ rule {tname}.{rule.column} = {rule.sql} [{rule.source}]: "
-                             f"{ev.get('rows_agreeing', 0)} of {ev.get('rows_checked', 0)} unchanged rows agree"
-                             + (" (disagrees; trusted)" if ev.get("trusted") else ""))
-    lines += [f"~ {ch.kind} {ch.table}.{ch.column}: {ch.old} → {ch.new}" for ch in s.columns_changed]
+                lines.append(
+                    f"~ rule {tname}.{rule.column} = {rule.sql} [{rule.source}]: "
+                    f"{ev.get('rows_agreeing', 0)} of {ev.get('rows_checked', 0)} unchanged rows agree"
+                    + (" (disagrees; trusted)" if ev.get("trusted") else "")
+                )
+    lines += [
+        f"~ {ch.kind} {ch.table}.{ch.column}: {ch.old} → {ch.new}" for ch in s.columns_changed
+    ]
     for kind, d in (("view", s.views), ("trigger", s.triggers), ("index", s.indexes)):
         for change, names in d.items():
             mark = {"added": "+", "removed": "-", "changed": "~"}[change]
@@ -185,21 +207,37 @@ def render_diff(result: Any, rows: bool) -> None:
         if tc.keyed_by == "all columns":
             note = (note + "; " if note else "") + "no primary key: keyed by all columns"
         if tc.uncompared_columns:
-            note = (note + "; " if note else "") + "not compared: " + ", ".join(tc.uncompared_columns)
+            note = (
+                (note + "; " if note else "") + "not compared: " + ", ".join(tc.uncompared_columns)
+            )
         if getattr(tc, "changed_only_in_new_columns", 0):
-            note = (note + "; " if note else "") + (f"{tc.changed_only_in_new_columns} updated row(s) changed only in "
-                                                    f"new-schema columns: {tc.values_at_risk} value(s) at risk")
+            note = (note + "; " if note else "") + (
+                f"{tc.changed_only_in_new_columns} updated row(s) changed only in "
+                f"new-schema columns: {tc.values_at_risk} value(s) at risk"
+            )
         if getattr(tc, "filled_by_upgrade", 0):
-            note = (note + "; " if note else "") + (f"{tc.filled_by_upgrade} value(s) in new-schema columns filled "
-                                                    "by the upgrade, not verified (not at risk)")
-        t.add_row(T(name), T(",".join(tc.key)), str(tc.inserted), str(tc.updated), str(tc.deleted), after, T(note, None))
+            note = (note + "; " if note else "") + (
+                f"{tc.filled_by_upgrade} value(s) in new-schema columns filled "
+                "by the upgrade, not verified (not at risk)"
+            )
+        t.add_row(
+            T(name),
+            T(",".join(tc.key)),
+            str(tc.inserted),
+            str(tc.updated),
+            str(tc.deleted),
+            after,
+            T(note, None),
+        )
     c.print(t)
     if since:
         c.print(T(f"deploy time: {result.since}"))
     if rows:
         for name, tc in sorted(result.changes.tables.items()):
             for r in tc.rows or ():
-                cells = ", ".join(f"{x.column}: {short_repr(x.old)} → {short_repr(x.new)}" for x in r.cells)
+                cells = ", ".join(
+                    f"{x.column}: {short_repr(x.old)} → {short_repr(x.new)}" for x in r.cells
+                )
                 c.print(T(f"  {name} {r.kind} {short_repr(list(r.key))} {cells}", None))
 
 
@@ -215,8 +253,10 @@ def _after(tc: Any) -> str:
 
 def render_extract(summary: dict[str, Any]) -> None:
     c = console()
-    c.print(f"[bold]bundle[/] {M(summary['bundle'], None)} (id {M(summary['bundle_id'])}, "
-            f"deploy {M(summary['deploy_time'] or '-')})")
+    c.print(
+        f"[bold]bundle[/] {M(summary['bundle'], None)} (id {M(summary['bundle_id'])}, "
+        f"deploy {M(summary['deploy_time'] or '-')})"
+    )
     t = RichTable("table", "inserted", "updated", "deleted", "closure", "lost", "status")
     for name, n in summary["counts"].items():
         t.add_row(T(name), *(str(n.get(k, 0)) for k in COUNT_KEYS), T(n["status"]))
@@ -228,24 +268,37 @@ def render_extract(summary: dict[str, Any]) -> None:
         c.print(f"[red]planning error:[/] {M(err)}")
     files = summary.get("files")
     if files:
-        c.print(f"files: {len(files['records'])} referenced, {len(files['unrecorded'])} unrecorded, "
-                f"{len(files['unsafe'])} unsafe")
-    c.print(f"{summary['lost']} value(s) cannot be carried to the old schema (see the bundle's lost list)")
+        c.print(
+            f"files: {len(files['records'])} referenced, {len(files['unrecorded'])} unrecorded, "
+            f"{len(files['unsafe'])} unsafe"
+        )
+    c.print(
+        f"{summary['lost']} value(s) cannot be carried to the old schema (see the bundle's lost list)"
+    )
 
 
 def render_plan(plan: dict[str, Any]) -> None:
     c = console(stderr=True)
-    c.print(f"[bold]rollback plan[/] {M(plan['from_revision'])} → {M(plan['to_revision'])} "
-            f"(deploy {M(plan['deploy_time'] or '-')})")
-    c.print(f"  carry back: {plan[RowKind.INSERTED]} new and {plan[RowKind.UPDATED]} changed rows; "
-            f"{plan[RowKind.DELETED]} rows deleted after the deploy will be listed for review; "
-            f"{plan['lost']} value(s) have no place in the old schema (lost, listed)")
+    c.print(
+        f"[bold]rollback plan[/] {M(plan['from_revision'])} → {M(plan['to_revision'])} "
+        f"(deploy {M(plan['deploy_time'] or '-')})"
+    )
+    c.print(
+        f"  carry back: {plan[RowKind.INSERTED]} new and {plan[RowKind.UPDATED]} changed rows; "
+        f"{plan[RowKind.DELETED]} rows deleted after the deploy will be listed for review; "
+        f"{plan['lost']} value(s) have no place in the old schema (lost, listed)"
+    )
 
 
 def render_outcome(res: Any) -> None:
     c = console()
     if res.finished_before:
-        c.print(T(f"this run already finished; nothing changed. Report: {res.run_dir / 'report.json'}", None))
+        c.print(
+            T(
+                f"this run already finished; nothing changed. Report: {res.run_dir / 'report.json'}",
+                None,
+            )
+        )
         return
     o = res.outcome
     if o is None:
@@ -257,7 +310,10 @@ def render_outcome(res: Any) -> None:
     t.columns[0].no_wrap = True
     for name in sorted(set(o.tables) | set(lost_by_table)):
         to = o.tables.get(name)
-        counts = [getattr(to, k) if to else 0 for k in ("inserted", "updated", "deleted", "skipped", "remapped")]
+        counts = [
+            getattr(to, k) if to else 0
+            for k in ("inserted", "updated", "deleted", "skipped", "remapped")
+        ]
         lost = lost_by_table.get(name, 0)
         if any(counts) or lost:
             t.add_row(T(name + ("" if to else " *")), *(str(n) for n in counts), str(lost))
@@ -266,33 +322,49 @@ def render_outcome(res: Any) -> None:
         c.print("* not in the old schema: every value of its post-deploy rows is listed as lost")
     files = o.files or {}
     if any((files.get("counts") or {}).values()):
-        c.print("files: " + ", ".join(f"{k.replace('_', ' ')} {n}" for k, n in files["counts"].items() if n))
+        c.print(
+            "files: "
+            + ", ".join(f"{k.replace('_', ' ')} {n}" for k, n in files["counts"].items() if n)
+        )
     kinds: dict[str, int] = {}
     for cf in o.conflicts:
         kinds[cf.kind] = kinds.get(cf.kind, 0) + 1
     if kinds:
         c.print("conflicts: " + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())))
     if o.deletes_for_review:
-        c.print(f"{len(o.deletes_for_review)} row(s) deleted after the deploy were restored; listed for review")
+        c.print(
+            f"{len(o.deletes_for_review)} row(s) deleted after the deploy were restored; listed for review"
+        )
     v = o.verification or {}
     if v:
-        c.print(f"verification: {'[green]ok[/]' if v.get('ok') else '[red]FAILED[/]'} "
-                f"(integrity {M(v.get('integrity_check'))}, fk problems {len(v.get('foreign_key_check', []))}, "
-                f"revision {M(v.get('alembic_revision', {}).get('actual'))})")
+        c.print(
+            f"verification: {'[green]ok[/]' if v.get('ok') else '[red]FAILED[/]'} "
+            f"(integrity {M(v.get('integrity_check'))}, fk problems {len(v.get('foreign_key_check', []))}, "
+            f"revision {M(v.get('alembic_revision', {}).get('actual'))})"
+        )
     if o.aborted:
         note = getattr(res, "note", None)
-        c.print(f"[red]{escape(note)}[/]" if note else "[red]aborted: conflicts found, nothing was changed[/]")
+        c.print(
+            f"[red]{escape(note)}[/]"
+            if note
+            else "[red]aborted: conflicts found, nothing was changed[/]"
+        )
     late = getattr(res, "late", None) or {}
     if late.get("needs_review"):
-        c.print(f"[red]late commits:[/] {late.get('late_commits') if late.get('checked') else 'unknown'} row change(s) "
-                f"committed into the replaced database after the safety copy are NOT in the restored one: "
-                f"{late.get('file')}", soft_wrap=True)
+        c.print(
+            f"[red]late commits:[/] {late.get('late_commits') if late.get('checked') else 'unknown'} row change(s) "
+            f"committed into the replaced database after the safety copy are NOT in the restored one: "
+            f"{late.get('file')}",
+            soft_wrap=True,
+        )
     judged = res.verdict if hasattr(res, "verdict") else o.verdict(late)
     verdict = judged.verdict
     if o.dry_run:
         verdict = f"dry run, nothing changed — {verdict}"
-    c.print(f"[bold]{verdict}[/]: {o.lost_total} lost value(s), {len(o.conflicts)} conflict(s), "
-            f"{len(o.not_carried())} record(s) not carried back.")
+    c.print(
+        f"[bold]{verdict}[/]: {o.lost_total} lost value(s), {len(o.conflicts)} conflict(s), "
+        f"{len(o.not_carried())} record(s) not carried back."
+    )
     for reason in judged.reasons:
         c.print(T(f"  - {reason}", None), soft_wrap=True)
     html = res.run_dir / "report.html"

@@ -6,6 +6,7 @@ numbers), ``outcome`` (``Outcome.to_dict()``) and ``report`` — every number th
 show, computed once by :func:`recovery.report.model.build`. The renderers read only that section,
 so a run folder re-renders without its bundle (a dry run's bundle is gone when it ends).
 """
+
 from __future__ import annotations
 
 import io
@@ -33,14 +34,26 @@ from recovery.report.model import build
 from recovery.report.tables import CONFLICT_COLUMNS, FILE_COLUMNS, LOST_COLUMNS, deletes_columns
 
 FORMAT = "recovery-report/1"
-RUN_FILES = ("report.json", "conflicts.csv", "lost_values.csv", "reimport.sql", "report.md", "report.html",
-             "deletes_for_review.csv", "files.csv", "not_carried.csv", "filled_by_upgrade.csv")
+RUN_FILES = (
+    "report.json",
+    "conflicts.csv",
+    "lost_values.csv",
+    "reimport.sql",
+    "report.md",
+    "report.html",
+    "deletes_for_review.csv",
+    "files.csv",
+    "not_carried.csv",
+    "filled_by_upgrade.csv",
+)
 FORMATS = ("html", "md", "csv", "json")
 
 log = logging.getLogger(__name__)
 
 
-def summary(outcome: Outcome, bundle: Bundle, section: dict[str, Any] | None = None) -> dict[str, Any]:
+def summary(
+    outcome: Outcome, bundle: Bundle, section: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The ``summary`` object of report.json (stable keys; see docs/REPORT.md)."""
     counts = bundle.table_counts
     tot = outcome.to_dict()["totals"]
@@ -51,25 +64,43 @@ def summary(outcome: Outcome, bundle: Bundle, section: dict[str, Any] | None = N
         "records_created_after_deploy": sum(c.inserted for c in counts.values()),
         "records_changed_after_deploy": sum(c.updated for c in counts.values()),
         "records_deleted_after_deploy": sum(c.deleted for c in counts.values()),
-        "records_carried": head.get("carried"), "records_not_carried": head.get("not_carried"),
+        "records_carried": head.get("carried"),
+        "records_not_carried": head.get("not_carried"),
         "files_affected": head.get("files_affected"),
-        "rows_inserted": tot[RowKind.INSERTED], "rows_updated": tot[RowKind.UPDATED], "rows_deleted": tot[RowKind.DELETED],
-        "rows_skipped": tot["skipped"], "keys_remapped": tot["remapped"],
-        "conflicts": tot["conflicts"], "lost_values": tot["lost"],
+        "rows_inserted": tot[RowKind.INSERTED],
+        "rows_updated": tot[RowKind.UPDATED],
+        "rows_deleted": tot[RowKind.DELETED],
+        "rows_skipped": tot["skipped"],
+        "keys_remapped": tot["remapped"],
+        "conflicts": tot["conflicts"],
+        "lost_values": tot["lost"],
         "verdict": head.get("verdict") or outcome.verdict().verdict,
         "verified": bool(outcome.verification.get("ok")) if outcome.verification else None,
-        "already_applied": outcome.already_applied, "dry_run": outcome.dry_run, "aborted": outcome.aborted,
+        "already_applied": outcome.already_applied,
+        "dry_run": outcome.dry_run,
+        "aborted": outcome.aborted,
     }
 
 
 def _bundle_summary(section: dict[str, Any]) -> dict[str, Any]:
     h = section["headline"]
-    return {"deploy_time": h["deploy_time"], "rollback_time": None,
-            "records_created_after_deploy": h["records_created"], "records_changed_after_deploy": h["records_changed"],
-            "records_deleted_after_deploy": h["records_deleted"], "records_carried": h["carried"],
-            "records_not_carried": h["not_carried"], "files_affected": h["files_affected"],
-            "conflicts": 0, "lost_values": h["lost_values"], "verdict": h["verdict"], "verified": None,
-            "dry_run": None, "already_applied": False, "aborted": False}
+    return {
+        "deploy_time": h["deploy_time"],
+        "rollback_time": None,
+        "records_created_after_deploy": h["records_created"],
+        "records_changed_after_deploy": h["records_changed"],
+        "records_deleted_after_deploy": h["records_deleted"],
+        "records_carried": h["carried"],
+        "records_not_carried": h["not_carried"],
+        "files_affected": h["files_affected"],
+        "conflicts": 0,
+        "lost_values": h["lost_values"],
+        "verdict": h["verdict"],
+        "verified": None,
+        "dry_run": None,
+        "already_applied": False,
+        "aborted": False,
+    }
 
 
 def _private_open(path: Path, **kw: Any) -> IO[str]:
@@ -109,7 +140,9 @@ def write_lost_csv(fh: IO[str], items: Iterable[dict[str, Any]] | _CsvRows) -> N
     if isinstance(items, _CsvRows):
         csvout.write_rows(fh, LOST_COLUMNS, items)
     else:
-        csvout.write_rows(fh, LOST_COLUMNS, (tuple(csv_cell(r.get(c)) for c in LOST_COLUMNS) for r in items))
+        csvout.write_rows(
+            fh, LOST_COLUMNS, (tuple(csv_cell(r.get(c)) for c in LOST_COLUMNS) for r in items)
+        )
 
 
 def _bundle_has_lost(bundle_rows_db: Path) -> bool:
@@ -174,34 +207,66 @@ def _rollback_time(extra: dict[str, Any] | None) -> str:
     return str(restore.get("at") or datetime.now().isoformat(sep="T", timespec="seconds"))
 
 
-def write_run_files(run_dir: Path, outcome: Outcome, bundle: Bundle, extra: dict[str, Any] | None = None) -> dict[str, Path]:
+def write_run_files(
+    run_dir: Path, outcome: Outcome, bundle: Bundle, extra: dict[str, Any] | None = None
+) -> dict[str, Path]:
     """Write report.json, conflicts.csv, lost_values.csv, not_carried.csv, deletes_for_review.csv,
     files.csv, reimport.sql, report.md and report.html."""
     run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     section = build(bundle, outcome, _rollback_time(extra), (extra or {}).get("late_commits"))
     section["filled_by_upgrade"] = filled_count(bundle)
-    section["migration_notes"] = list((bundle.manifest.get("lineage") or {}).get("notes") or [])  # e.g. a failed downgrade
+    section["migration_notes"] = list(
+        (bundle.manifest.get("lineage") or {}).get("notes") or []
+    )  # e.g. a failed downgrade
     section["conflicts_mode"] = getattr(outcome, "conflicts_mode", "cell") if outcome else "cell"
-    report = {"format": FORMAT, "bundle": {"path": str(bundle.path), "id": bundle.bundle_id, "counts": bundle.counts},
-              "summary": summary(outcome, bundle, section), "outcome": outcome.to_dict(), **(extra or {}),
-              "report": section}
-    report["filled_by_upgrade"] = {"total": section["filled_by_upgrade"], "csv": "filled_by_upgrade.csv"}
+    report = {
+        "format": FORMAT,
+        "bundle": {"path": str(bundle.path), "id": bundle.bundle_id, "counts": bundle.counts},
+        "summary": summary(outcome, bundle, section),
+        "outcome": outcome.to_dict(),
+        **(extra or {}),
+        "report": section,
+    }
+    report["filled_by_upgrade"] = {
+        "total": section["filled_by_upgrade"],
+        "csv": "filled_by_upgrade.csv",
+    }
     report["migration_notes"] = section["migration_notes"]
     paths = {n: run_dir / n for n in RUN_FILES}
     _atomic_write_json(paths["report.json"], report)
     del report
     # streamed from the bundle: the caller keeps the bundle until we return (a dry run's is deleted after)
-    _atomic_write_csv(paths["lost_values.csv"], lambda fh: write_lost_csv(fh, _all_lost(outcome, bundle)))
-    _atomic_write_csv(paths["filled_by_upgrade.csv"], lambda fh: write_lost_csv(fh, _FilledRows(bundle.rows_db)))
-    _atomic_write_csv(paths["conflicts.csv"], lambda fh: csvout.write_dicts(
-        fh, CONFLICT_COLUMNS, (c.to_dict() for c in outcome.conflicts)))
+    _atomic_write_csv(
+        paths["lost_values.csv"], lambda fh: write_lost_csv(fh, _all_lost(outcome, bundle))
+    )
+    _atomic_write_csv(
+        paths["filled_by_upgrade.csv"], lambda fh: write_lost_csv(fh, _FilledRows(bundle.rows_db))
+    )
+    _atomic_write_csv(
+        paths["conflicts.csv"],
+        lambda fh: csvout.write_dicts(
+            fh, CONFLICT_COLUMNS, (c.to_dict() for c in outcome.conflicts)
+        ),
+    )
     deletes = section["deletes_for_review"]
-    _atomic_write_csv(paths["deletes_for_review.csv"], lambda fh: csvout.write_dicts(fh, deletes_columns(deletes), deletes))
-    _atomic_write_csv(paths["files.csv"], lambda fh: csvout.write_dicts(fh, FILE_COLUMNS, section["files"].get("list") or []))
+    _atomic_write_csv(
+        paths["deletes_for_review.csv"],
+        lambda fh: csvout.write_dicts(fh, deletes_columns(deletes), deletes),
+    )
+    _atomic_write_csv(
+        paths["files.csv"],
+        lambda fh: csvout.write_dicts(fh, FILE_COLUMNS, section["files"].get("list") or []),
+    )
     not_carried = notcarried.whole_records(bundle, [] if outcome.aborted else outcome.not_carried())
-    _atomic_write_csv(paths["not_carried.csv"], lambda fh: csvout.write_rows(
-        fh, notcarried.NOT_CARRIED_COLUMNS, notcarried.csv_rows(not_carried)))
-    if not paths["reimport.sql"].exists():  # the re-import writes the plan it executed; else the bundle's
+    _atomic_write_csv(
+        paths["not_carried.csv"],
+        lambda fh: csvout.write_rows(
+            fh, notcarried.NOT_CARRIED_COLUMNS, notcarried.csv_rows(not_carried)
+        ),
+    )
+    if not paths[
+        "reimport.sql"
+    ].exists():  # the re-import writes the plan it executed; else the bundle's
         shutil.copyfile(bundle.path / "reimport.sql", paths["reimport.sql"])
         os.chmod(paths["reimport.sql"], 0o600)
     _atomic_write(paths["report.md"], render_markdown(section))
@@ -241,8 +306,10 @@ def read_outcome_file(path: Path) -> Outcome:
     try:
         return Outcome.from_json(path.read_bytes())
     except OutcomeFormatError as exc:
-        raise RecoveryError(f"{path} is not a {OUTCOME_FORMAT} file ({exc})",
-                            "the run folder was changed by hand; use a copy made by `recovery` itself") from None
+        raise RecoveryError(
+            f"{path} is not a {OUTCOME_FORMAT} file ({exc})",
+            "the run folder was changed by hand; use a copy made by `recovery` itself",
+        ) from None
 
 
 def load(folder: str | os.PathLike[str]) -> tuple[dict[str, Any], str]:
@@ -250,31 +317,46 @@ def load(folder: str | os.PathLike[str]) -> tuple[dict[str, Any], str]:
     and saved outcome when that report.json predates the ``report`` section) or a bundle folder."""
     p = Path(folder)
     if not p.is_dir():
-        raise RecoveryError(f"{p} is not a folder", "pass a run folder (with report.json) or a bundle folder")
+        raise RecoveryError(
+            f"{p} is not a folder", "pass a run folder (with report.json) or a bundle folder"
+        )
     rj = p / "report.json"
     if rj.is_file():
         try:
             doc = json.loads(rj.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise RecoveryError(f"{rj} is not valid JSON: {exc}", "run the rollback or reimport again") from None
+            raise RecoveryError(
+                f"{rj} is not valid JSON: {exc}", "run the rollback or reimport again"
+            ) from None
         if doc.get("format") != FORMAT:
             raise RecoveryError(f"{rj}: unknown format {doc.get('format')!r}", f"expected {FORMAT}")
         if "report" not in doc:
             if not ((p / "bundle" / "manifest.json").is_file() and (p / "outcome.json").is_file()):
-                raise RecoveryError(f"{rj} predates this report format and its bundle is gone",
-                                    "run `recovery report` on the bundle folder instead")
+                raise RecoveryError(
+                    f"{rj} predates this report format and its bundle is gone",
+                    "run `recovery report` on the bundle folder instead",
+                )
             bundle = open_bundle(p / "bundle")
             outcome = read_outcome_file(p / "outcome.json")
             doc["report"] = build(bundle, outcome, _rollback_time(doc), doc.get("late_commits"))
         return doc, "run"
     bundle_dir = p if (p / "manifest.json").is_file() else p / "bundle"
     if not (bundle_dir / "manifest.json").is_file():
-        raise RecoveryError(f"{p} holds neither report.json nor a bundle (manifest.json)",
-                            "pass the --out folder of `recovery rollback`/`reimport`, or an extracted bundle")
+        raise RecoveryError(
+            f"{p} holds neither report.json nor a bundle (manifest.json)",
+            "pass the --out folder of `recovery rollback`/`reimport`, or an extracted bundle",
+        )
     bundle = open_bundle(bundle_dir)
     section = build(bundle, None)
-    return ({"format": FORMAT, "bundle": {"path": str(bundle.path), "id": bundle.bundle_id, "counts": bundle.counts},
-             "summary": _bundle_summary(section), "report": section}, "bundle")
+    return (
+        {
+            "format": FORMAT,
+            "bundle": {"path": str(bundle.path), "id": bundle.bundle_id, "counts": bundle.counts},
+            "summary": _bundle_summary(section),
+            "report": section,
+        },
+        "bundle",
+    )
 
 
 def render(document: dict[str, Any], fmt: str) -> str:
@@ -295,10 +377,12 @@ def _lost_csv_text(folder: Path, document: dict[str, Any], source: str) -> str:
     """The complete lost-values CSV: a run folder's lost_values.csv, else streamed from the
     bundle's rows.db; report.json alone holds only the first 1,000 (a note on stderr says so)."""
     if source == "run" and (folder / "lost_values.csv").is_file():
-        with (folder / "lost_values.csv").open(encoding="utf-8", newline="") as fh:  # a \r in a cell stays one
+        with (folder / "lost_values.csv").open(
+            encoding="utf-8", newline=""
+        ) as fh:  # a \r in a cell stays one
             return fh.read()
     rows_db = Path((document.get("bundle") or {}).get("path") or folder) / "rows.db"
-    for candidate in ([folder / "rows.db", folder / "bundle" / "rows.db", rows_db]):
+    for candidate in [folder / "rows.db", folder / "bundle" / "rows.db", rows_db]:
         if _bundle_has_lost(candidate):
             buf = io.StringIO(newline="")
             write_lost_csv(buf, stream_csv_rows(candidate))
@@ -306,12 +390,16 @@ def _lost_csv_text(folder: Path, document: dict[str, Any], source: str) -> str:
     section = document["report"]
     total = max(int(section.get("lost_total") or 0), len(section["lost"]))
     if total > len(section["lost"]):
-        log.warning(f"note: only the first {len(section['lost']):,} of {total:,} lost values are in report.json and "
-                    f"{folder / 'lost_values.csv'} is gone; the CSV below lists only those")
+        log.warning(
+            f"note: only the first {len(section['lost']):,} of {total:,} lost values are in report.json and "
+            f"{folder / 'lost_values.csv'} is gone; the CSV below lists only those"
+        )
     return render(document, "csv")
 
 
-def report(folder: str | os.PathLike[str], fmt: str = "html", out: str | os.PathLike[str] | None = None) -> ReportResult:
+def report(
+    folder: str | os.PathLike[str], fmt: str = "html", out: str | os.PathLike[str] | None = None
+) -> ReportResult:
     """Render the report of a run folder or a bundle folder as html, md, csv (the lost values) or
     json. ``out``: the file to write; by default HTML goes to RUN_DIR/report.html (for a bundle,
     ``<bundle>-report.html`` beside it — a bundle's content is sealed) and the others to stdout.
@@ -321,11 +409,22 @@ def report(folder: str | os.PathLike[str], fmt: str = "html", out: str | os.Path
     target: Path | None = Path(out) if out else None
     if target is None and fmt == "html":
         p = Path(folder)
-        target = p / "report.html" if source == "run" else p.resolve().parent / f"{p.resolve().name}-report.html"
+        target = (
+            p / "report.html"
+            if source == "run"
+            else p.resolve().parent / f"{p.resolve().name}-report.html"
+        )
     if target is not None:
         if target.is_dir():
-            target = target / {"html": "report.html", "md": "report.md", "json": "report.json",
-                               "csv": "lost_values.csv"}[fmt]
+            target = (
+                target
+                / {
+                    "html": "report.html",
+                    "md": "report.md",
+                    "json": "report.json",
+                    "csv": "lost_values.csv",
+                }[fmt]
+            )
         target.parent.mkdir(parents=True, exist_ok=True)
         _atomic_write(target, text)
     return ReportResult(document, text, target, source)

@@ -1,5 +1,6 @@
 """The report's tables as pandas DataFrames — one definition shared by HTML, Markdown and CSV, so
 the three formats cannot disagree about a column or a number."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -8,30 +9,61 @@ import pandas as pd
 
 from recovery.report.lost import cell
 
-CONFLICT_COLUMNS = ["kind", "table", "key", "label", "column", "bundle_value", "target_value", "base_value",
-                    "resolution", "detail"]
+CONFLICT_COLUMNS = [
+    "kind",
+    "table",
+    "key",
+    "label",
+    "column",
+    "bundle_value",
+    "target_value",
+    "base_value",
+    "resolution",
+    "detail",
+]
 LOST_COLUMNS = ["table", "key", "label", "column", "value", "reason"]
 FILE_COLUMNS = ["path", "record", "size", "status"]
 LIST_LIMIT = 1000
 """The HTML and Markdown list at most this many deletes for review and files; the complete lists
 are deletes_for_review.csv and files.csv in the run folder (and report.json)."""
-TABLE_COLUMNS = {"table": "table", "created": "created", "changed": "changed", "carried": "carried back",
-                 "not_carried": "not carried", "not_carried_reason": "why not", "conflicts": "conflicts",
-                 "lost_values": "lost values", "deleted": "deleted after deploy"}
-USER_COLUMNS = {"user": "user", "user_id": "id", "created": "created", "changed": "changed",
-                "carried": "carried back", "conflicts": "conflicts", "lost_values": "lost values"}
+TABLE_COLUMNS = {
+    "table": "table",
+    "created": "created",
+    "changed": "changed",
+    "carried": "carried back",
+    "not_carried": "not carried",
+    "not_carried_reason": "why not",
+    "conflicts": "conflicts",
+    "lost_values": "lost values",
+    "deleted": "deleted after deploy",
+}
+USER_COLUMNS = {
+    "user": "user",
+    "user_id": "id",
+    "created": "created",
+    "changed": "changed",
+    "carried": "carried back",
+    "conflicts": "conflicts",
+    "lost_values": "lost values",
+}
 
 
 def frame(rows: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
     """Rows → DataFrame with exactly ``columns`` (in order), cells made printable, dtype object so
     integers stay integers next to NULLs."""
-    return pd.DataFrame([{c: cell(r.get(c)) for c in columns} for r in rows], columns=columns, dtype=object)
+    return pd.DataFrame(
+        [{c: cell(r.get(c)) for c in columns} for r in rows], columns=columns, dtype=object
+    )
 
 
 def plain_words(df: pd.DataFrame) -> pd.DataFrame:
     """``df`` as a page shows it: NULL as an empty cell, a yes/no flag as ``yes``/``no`` (never
     Python's ``True``), and column names in words (``unchanged since backup``)."""
-    out = df.astype(object).where(df.notna(), "").map(lambda v: ("yes" if v else "no") if isinstance(v, bool) else v)
+    out = (
+        df.astype(object)
+        .where(df.notna(), "")
+        .map(lambda v: ("yes" if v else "no") if isinstance(v, bool) else v)
+    )
     out.columns = [str(c).replace("_", " ") for c in out.columns]
     return out
 
@@ -54,7 +86,9 @@ name, from the app's users table)."""
 
 
 def lost_frame(report: dict[str, Any]) -> pd.DataFrame:
-    return frame(report["lost"], LOST_SHOWN if any("user" in x for x in report["lost"]) else LOST_COLUMNS)
+    return frame(
+        report["lost"], LOST_SHOWN if any("user" in x for x in report["lost"]) else LOST_COLUMNS
+    )
 
 
 def lost_total(report: dict[str, Any]) -> int:
@@ -85,7 +119,9 @@ def not_carried_more(report: dict[str, Any]) -> str:
 
 
 def deletes_columns(rows: list[dict[str, Any]]) -> list[str]:
-    return ["table", "key", "label"] + sorted({k for r in rows for k in r} - {"table", "key", "label"})
+    return ["table", "key", "label"] + sorted(
+        {k for r in rows for k in r} - {"table", "key", "label"}
+    )
 
 
 def deletes_frame(report: dict[str, Any]) -> pd.DataFrame:
@@ -106,8 +142,11 @@ def more_line(report: dict[str, Any], total: int, csv_name: str) -> str:
     more = total - LIST_LIMIT
     if more <= 0:
         return ""
-    where = (f"in {csv_name}" if report.get("headline", {}).get("mode") != "bundle"
-             else "in the JSON report (recovery report BUNDLE_DIR --format json)")
+    where = (
+        f"in {csv_name}"
+        if report.get("headline", {}).get("mode") != "bundle"
+        else "in the JSON report (recovery report BUNDLE_DIR --format json)"
+    )
     return f"… and {more:,} more {where}"
 
 

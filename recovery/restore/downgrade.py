@@ -24,6 +24,7 @@ Tables without a primary key are not repaired (no row identity to match by); the
 Foreign keys are off and the triggers of the tables written are dropped and re-created around the
 repair: it copies data back, it is not an application write. Every statement is a sqlglot tree.
 """
+
 from __future__ import annotations
 
 import sqlite3
@@ -75,24 +76,50 @@ class Repair:
     """Tables without a primary key: not repaired."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"refilled": self.refilled, "not_refilled": self.not_refilled,
-                "restored_rows": self.restored_rows, "not_restored": self.not_restored,
-                "copied_tables": self.copied_tables, "computed_tables": self.computed_tables,
-                "unkeyed_tables": self.unkeyed_tables, "notes": self.notes()}
+        return {
+            "refilled": self.refilled,
+            "not_refilled": self.not_refilled,
+            "restored_rows": self.restored_rows,
+            "not_restored": self.not_restored,
+            "copied_tables": self.copied_tables,
+            "computed_tables": self.computed_tables,
+            "unkeyed_tables": self.unkeyed_tables,
+            "notes": self.notes(),
+        }
 
     def notes(self) -> list[str]:
         """One line per thing put back or left alone, for people."""
-        out = [f"{t}.{c}: {n} cell(s) the downgrade left empty refilled from the backup"
-               for t, cols in sorted(self.refilled.items()) for c, n in sorted(cols.items()) if n]
-        out += [f"{t}.{c}: {n} backup value(s) left empty: the row they point to did not come back"
-                for t, cols in sorted(self.not_refilled.items()) for c, n in sorted(cols.items()) if n]
-        out += [f"{t}: {n} row(s) deleted after the deploy brought back from the backup (listed for review)"
-                for t, n in sorted(self.restored_rows.items()) if n]
-        out += [f"{t}: {n} backup row(s) missing after the downgrade could not come back (unique value taken, "
-                "or parent not back)" for t, n in sorted(self.not_restored.items()) if n]
-        out += [f"{t}: re-created empty by the downgrade; {n} row(s) copied from the backup"
-                for t, n in sorted(self.copied_tables.items())]
-        out += [f"{t}: re-created and filled by the downgrade; left as it computed it" for t in self.computed_tables]
+        out = [
+            f"{t}.{c}: {n} cell(s) the downgrade left empty refilled from the backup"
+            for t, cols in sorted(self.refilled.items())
+            for c, n in sorted(cols.items())
+            if n
+        ]
+        out += [
+            f"{t}.{c}: {n} backup value(s) left empty: the row they point to did not come back"
+            for t, cols in sorted(self.not_refilled.items())
+            for c, n in sorted(cols.items())
+            if n
+        ]
+        out += [
+            f"{t}: {n} row(s) deleted after the deploy brought back from the backup (listed for review)"
+            for t, n in sorted(self.restored_rows.items())
+            if n
+        ]
+        out += [
+            f"{t}: {n} backup row(s) missing after the downgrade could not come back (unique value taken, "
+            "or parent not back)"
+            for t, n in sorted(self.not_restored.items())
+            if n
+        ]
+        out += [
+            f"{t}: re-created empty by the downgrade; {n} row(s) copied from the backup"
+            for t, n in sorted(self.copied_tables.items())
+        ]
+        out += [
+            f"{t}: re-created and filled by the downgrade; left as it computed it"
+            for t in self.computed_tables
+        ]
         out += [f"{t}: no primary key; not compared with the backup" for t in self.unkeyed_tables]
         return out
 
@@ -115,39 +142,68 @@ def plan_refill(old: Table, columns: list[str], backup: Schema, down: Schema) ->
     leaves the cell empty: counted, never dangling). A count of the candidates comes first."""
     steps = []
     for c in columns:
-        base = [key_join(old.primary_key, "b", old.name), exp.Is(this=col(c, old.name), expression=exp.Null()),
-                exp.Not(this=exp.Is(this=col(c, "b"), expression=exp.Null()))]
-        count = exp.select(exp.func("count", exp.Star())).from_(table(old.name, "main")).join(
-            table(old.name, BACKUP, "b"), on=and_all(base))
-        stmt = exp.Update(this=table(old.name, "main"), expressions=[exp.EQ(this=col(c), expression=col(c, "b"))],
-                          from_=exp.From(this=table(old.name, BACKUP, "b")),
-                          where=exp.Where(this=and_all(base + _parents_back(old, backup, down, "b", only=c))))
+        base = [
+            key_join(old.primary_key, "b", old.name),
+            exp.Is(this=col(c, old.name), expression=exp.Null()),
+            exp.Not(this=exp.Is(this=col(c, "b"), expression=exp.Null())),
+        ]
+        count = (
+            exp.select(exp.func("count", exp.Star()))
+            .from_(table(old.name, "main"))
+            .join(table(old.name, BACKUP, "b"), on=and_all(base))
+        )
+        stmt = exp.Update(
+            this=table(old.name, "main"),
+            expressions=[exp.EQ(this=col(c), expression=col(c, "b"))],
+            from_=exp.From(this=table(old.name, BACKUP, "b")),
+            where=exp.Where(this=and_all(base + _parents_back(old, backup, down, "b", only=c))),
+        )
         steps += [Step("refill_candidates", old.name, count, c), Step("refill", old.name, stmt, c)]
     return steps
 
 
-def _parents_back(old: Table, backup: Schema, down: Schema, alias: str,
-                  only: str | None = None) -> list[exp.Expression]:
+def _parents_back(
+    old: Table, backup: Schema, down: Schema, alias: str, only: str | None = None
+) -> list[exp.Expression]:
     """For backup row ``alias``: each of its foreign keys (those using column ``only``, when given)
     points at a row the repaired copy has — or at one the backup lacked too (no new dangling)."""
     conds = []
     for fk in old.foreign_keys:
-        if (fk.ref_table not in backup.tables or fk.ref_table not in down.tables
-                or len(fk.ref_columns) != len(fk.columns) or (only is not None and only not in fk.columns)):
+        if (
+            fk.ref_table not in backup.tables
+            or fk.ref_table not in down.tables
+            or len(fk.ref_columns) != len(fk.columns)
+            or (only is not None and only not in fk.columns)
+        ):
             continue
         link = list(zip(fk.ref_columns, fk.columns, strict=True))
-        in_backup = exp.Exists(this=exp.select("1").from_(table(fk.ref_table, BACKUP, "bp")).where(
-            and_all(exp.EQ(this=col(pc, "bp"), expression=col(cc, alias)) for pc, cc in link)))
-        in_copy = exp.Exists(this=exp.select("1").from_(table(fk.ref_table, "main", "mp")).where(
-            and_all(exp.EQ(this=col(pc, "mp"), expression=col(cc, alias)) for pc, cc in link)))
+        in_backup = exp.Exists(
+            this=exp.select("1")
+            .from_(table(fk.ref_table, BACKUP, "bp"))
+            .where(
+                and_all(exp.EQ(this=col(pc, "bp"), expression=col(cc, alias)) for pc, cc in link)
+            )
+        )
+        in_copy = exp.Exists(
+            this=exp.select("1")
+            .from_(table(fk.ref_table, "main", "mp"))
+            .where(
+                and_all(exp.EQ(this=col(pc, "mp"), expression=col(cc, alias)) for pc, cc in link)
+            )
+        )
         conds.append(exp.Not(this=and_all([in_backup, exp.Not(this=in_copy)])))
     return conds
 
 
 def _absent(old: Table, alias: str) -> exp.Expression:
     """No row of ``main.t`` has the key of backup row ``alias``."""
-    return exp.Not(this=exp.Exists(this=exp.select("1").from_(table(old.name, "main", "m")).where(
-        key_join(old.primary_key, "m", alias))))
+    return exp.Not(
+        this=exp.Exists(
+            this=exp.select("1")
+            .from_(table(old.name, "main", "m"))
+            .where(key_join(old.primary_key, "m", alias))
+        )
+    )
 
 
 def plan_restore_rows(old: Table, backup: Schema, down: Schema) -> list[Step]:
@@ -155,17 +211,31 @@ def plan_restore_rows(old: Table, backup: Schema, down: Schema) -> list[Step]:
     values are free and whose parents (present in the backup) are present in the copy. Run in the
     backup's FK order, so a parent that could not come back keeps its children out too."""
     cols = [c for c in old.column_names if c in set(down.tables[old.name].column_names)]
-    missing = exp.select(exp.func("count", exp.Star())).from_(table(old.name, BACKUP, "b")).where(_absent(old, "b"))
+    missing = (
+        exp.select(exp.func("count", exp.Star()))
+        .from_(table(old.name, BACKUP, "b"))
+        .where(_absent(old, "b"))
+    )
     conds = [_absent(old, "b")]
     for uset in old.unique_sets:
         if tuple(uset) == old.primary_key or not set(uset) <= set(cols):
             continue
-        conds.append(exp.Not(this=exp.Exists(this=exp.select("1").from_(table(old.name, "main", "m")).where(
-            and_all(exp.EQ(this=col(c, "m"), expression=col(c, "b")) for c in uset)))))
+        conds.append(
+            exp.Not(
+                this=exp.Exists(
+                    this=exp.select("1")
+                    .from_(table(old.name, "main", "m"))
+                    .where(and_all(exp.EQ(this=col(c, "m"), expression=col(c, "b")) for c in uset))
+                )
+            )
+        )
     conds += _parents_back(old, backup, down, "b")
-    insert = exp.Insert(this=exp.Schema(this=table(old.name, "main"), expressions=[ident(c) for c in cols]),
-                        expression=exp.select(*[col(c, "b") for c in cols]).from_(
-                            table(old.name, BACKUP, "b")).where(and_all(conds)))
+    insert = exp.Insert(
+        this=exp.Schema(this=table(old.name, "main"), expressions=[ident(c) for c in cols]),
+        expression=exp.select(*[col(c, "b") for c in cols])
+        .from_(table(old.name, BACKUP, "b"))
+        .where(and_all(conds)),
+    )
     return [Step("missing", old.name, missing), Step("restore", old.name, insert)]
 
 
@@ -179,11 +249,22 @@ def plan_copy_table(old: Table, backup: Schema, down: Schema) -> list[Step]:
     if guard:
         rows = rows.where(and_all(guard))
     count = exp.select(exp.func("count", exp.Star())).from_(table(old.name, BACKUP, "b"))
-    return [Step("missing", old.name, count), Step("copy", old.name, exp.Insert(
-        this=exp.Schema(this=table(old.name, "main"), expressions=[ident(c) for c in cols]), expression=rows))]
+    return [
+        Step("missing", old.name, count),
+        Step(
+            "copy",
+            old.name,
+            exp.Insert(
+                this=exp.Schema(this=table(old.name, "main"), expressions=[ident(c) for c in cols]),
+                expression=rows,
+            ),
+        ),
+    ]
 
 
-def plan_repair(backup: Schema, live: Schema, down: Schema, empty: set[str]) -> tuple[list[Step], Repair]:
+def plan_repair(
+    backup: Schema, live: Schema, down: Schema, empty: set[str]
+) -> tuple[list[Step], Repair]:
     """The statements that repair the downgraded copy (pure: nothing runs). ``empty``: tables of the
     downgraded copy that hold no rows. The returned :class:`Repair` already names the tables left
     alone; the counts are filled in by :func:`apply_repair`."""
@@ -228,17 +309,25 @@ def apply_repair(engine: Engine, conn: Connection, steps: list[Step], result: Re
                 assert s.column is not None
                 result.refilled.setdefault(s.table, {})[s.column] = cur.rowcount
                 if candidates > cur.rowcount:
-                    result.not_refilled.setdefault(s.table, {})[s.column] = candidates - cur.rowcount
+                    result.not_refilled.setdefault(s.table, {})[s.column] = (
+                        candidates - cur.rowcount
+                    )
             elif s.kind == "missing":
                 missing[s.table] = cur.fetchone()[0]
             elif s.kind in ("restore", "copy"):
-                (result.restored_rows if s.kind == "restore" else result.copied_tables)[s.table] = cur.rowcount
+                (result.restored_rows if s.kind == "restore" else result.copied_tables)[s.table] = (
+                    cur.rowcount
+                )
                 if missing.get(s.table, 0) > cur.rowcount:
                     result.not_restored[s.table] = missing[s.table] - cur.rowcount
-        engine.restore_triggers(conn, suspended)  # the app's own stored trigger definitions, unchanged
+        engine.restore_triggers(
+            conn, suspended
+        )  # the app's own stored trigger definitions, unchanged
         worse = {t: n for t, n in _dangling(conn, written).items() if n > dangling_before.get(t, 0)}
         if worse:  # the guards above should make this impossible; never swap in a DB we broke
-            raise sqlite3.IntegrityError(f"the repair would leave dangling foreign keys in {', '.join(sorted(worse))}")
+            raise sqlite3.IntegrityError(
+                f"the repair would leave dangling foreign keys in {', '.join(sorted(worse))}"
+            )
     return result
 
 
@@ -246,9 +335,15 @@ def _dangling(conn: Connection, tables: list[str]) -> dict[str, int]:
     """table → rows ``PRAGMA foreign_key_check`` reports for it."""
     out = {}
     for t in tables:
-        check = exp.Table(this=exp.Anonymous(this="pragma_foreign_key_check",
-                                              expressions=[exp.Literal.string(t), exp.Literal.string("main")]))
-        out[t] = conn.execute(sql(exp.select(exp.func("count", exp.Star())).from_(check))).fetchone()[0]
+        check = exp.Table(
+            this=exp.Anonymous(
+                this="pragma_foreign_key_check",
+                expressions=[exp.Literal.string(t), exp.Literal.string("main")],
+            )
+        )
+        out[t] = conn.execute(
+            sql(exp.select(exp.func("count", exp.Star())).from_(check))
+        ).fetchone()[0]
     return out
 
 
@@ -268,19 +363,29 @@ def repair_from_backup(db: Path, backup: Path, live: Schema) -> Repair:
     engine = open_engine(db)
     with engine.readonly("downgraded copy") as d:
         down = reflect(d)
-        empty = _empty_tables(d, [n for n in old.data_tables if n in down.tables and n not in live.tables])
+        empty = _empty_tables(
+            d, [n for n in old.data_tables if n in down.tables and n not in live.tables]
+        )
     steps, result = plan_repair(old, live, down, empty)
     if not steps:
         return result
     conn = engine.connect_write("downgraded copy")
     try:
-        conn.execute("PRAGMA foreign_keys = OFF")  # no cascade may fire, and parents come first anyway
-        conn.execute(sql(exp.Attach(this=exp.alias_(exp.Placeholder(), ident(BACKUP)))), (readonly_uri(backup),))
+        conn.execute(
+            "PRAGMA foreign_keys = OFF"
+        )  # no cascade may fire, and parents come first anyway
+        conn.execute(
+            sql(exp.Attach(this=exp.alias_(exp.Placeholder(), ident(BACKUP)))),
+            (readonly_uri(backup),),
+        )
         try:
             return apply_repair(engine, conn, steps, result)
         except sqlite3.Error as exc:
-            raise RecoveryError(f"repairing the downgraded copy from the backup failed: {exc}",
-                                "the live DB was not touched; restore from the backup instead "
-                                "(omit --downgrade-to)", ExitCode.FAILED) from None
+            raise RecoveryError(
+                f"repairing the downgraded copy from the backup failed: {exc}",
+                "the live DB was not touched; restore from the backup instead "
+                "(omit --downgrade-to)",
+                ExitCode.FAILED,
+            ) from None
     finally:
         conn.close()

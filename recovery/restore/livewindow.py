@@ -18,6 +18,7 @@ After the swap the replaced file stays open (descriptors on the old database, ``
 first, with the WAL-index checkpoint lock held so no checkpoint moves pages meanwhile) and lists
 every row that differs from the safety copy: commits that a holder made after the safety copy.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -140,9 +141,13 @@ class WriteWindow:
         try:
             deadline = time.monotonic() + timeout
             while not _ofd_lock(self._fd, fcntl.F_RDLCK, SHARED_FIRST, SHARED_SIZE):
-                if time.monotonic() >= deadline:  # a connection is committing (rollback journal) or closing
-                    raise RecoveryError(f"{db} stayed locked by another writer for {timeout:.0f}s",
-                                        "stop the application (or the other writer) and run the command again")
+                if (
+                    time.monotonic() >= deadline
+                ):  # a connection is committing (rollback journal) or closing
+                    raise RecoveryError(
+                        f"{db} stayed locked by another writer for {timeout:.0f}s",
+                        "stop the application (or the other writer) and run the command again",
+                    )
                 time.sleep(0.05)
             self._conn = sqlite3.connect(str(db), isolation_level=None, timeout=timeout)
             wait_for_write_lock(self._conn, timeout)
@@ -209,11 +214,23 @@ class WriteWindow:
 def _tables(conn: Connection, schema: str) -> dict[str, list[str]]:
     from sqlglot import exp
 
-    q = exp.select(col("name")).from_(table("sqlite_master", schema)).where(
-        exp.and_(exp.EQ(this=col("type"), expression=exp.Literal.string("table")),
-                 exp.Not(this=exp.Like(this=col("name"), expression=exp.Literal.string("sqlite_%")))))
-    info = exp.select(col("name")).from_(exp.func("pragma_table_info", exp.Placeholder(), exp.Placeholder()))
-    return {name: [r[0] for r in conn.execute(sql(info), (name, schema))] for (name,) in conn.execute(sql(q)).fetchall()}
+    q = (
+        exp.select(col("name"))
+        .from_(table("sqlite_master", schema))
+        .where(
+            exp.and_(
+                exp.EQ(this=col("type"), expression=exp.Literal.string("table")),
+                exp.Not(this=exp.Like(this=col("name"), expression=exp.Literal.string("sqlite_%"))),
+            )
+        )
+    )
+    info = exp.select(col("name")).from_(
+        exp.func("pragma_table_info", exp.Placeholder(), exp.Placeholder())
+    )
+    return {
+        name: [r[0] for r in conn.execute(sql(info), (name, schema))]
+        for (name,) in conn.execute(sql(q)).fetchall()
+    }
 
 
 def _except(cols: list[str], left: str, right: str, name: str) -> Any:
@@ -244,15 +261,24 @@ def late_commits(safety: Path, replaced_copy: Path) -> dict[str, Any]:
                 continue
             cols = after[name]
             entry: dict[str, Any] = {}
-            for label, left, right in (("added_or_changed", "late", "safety"), ("removed_or_changed", "safety", "late")):
+            for label, left, right in (
+                ("added_or_changed", "late", "safety"),
+                ("removed_or_changed", "safety", "late"),
+            ):
                 diff = _except(cols, left, right, name).subquery("d")
-                count = conn.execute(sql(exp.select(exp.func("count", exp.Star())).from_(diff))).fetchone()[0]
+                count = conn.execute(
+                    sql(exp.select(exp.func("count", exp.Star())).from_(diff))
+                ).fetchone()[0]
                 if not count:
                     continue
-                rows = conn.execute(sql(exp.select("*").from_(diff).limit(LATE_ROWS_LISTED))).fetchall()
+                rows = conn.execute(
+                    sql(exp.select("*").from_(diff).limit(LATE_ROWS_LISTED))
+                ).fetchall()
                 entry[label] = count
                 entry.setdefault("rows", []).extend(
-                    {"change": label, **{c: _jsonable(v) for c, v in zip(cols, r, strict=True)}} for r in rows)
+                    {"change": label, **{c: _jsonable(v) for c, v in zip(cols, r, strict=True)}}
+                    for r in rows
+                )
                 out["total"] += count
             if entry:
                 out["tables"][name] = entry
@@ -290,8 +316,16 @@ def write_late_commits(run_dir: Path, found: dict[str, Any]) -> Path:
 
     path = run_dir / "late_commits.json"
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"format": "recovery-late-commits/1", **found}, indent=2, ensure_ascii=False,
-                              default=str) + "\n", encoding="utf-8")
+    tmp.write_text(
+        json.dumps(
+            {"format": "recovery-late-commits/1", **found},
+            indent=2,
+            ensure_ascii=False,
+            default=str,
+        )
+        + "\n",
+        encoding="utf-8",
+    )
     os.replace(tmp, path)
     csv_path = run_dir / "late_commits.csv"
     with open(csv_path.with_name(csv_path.name + ".tmp"), "w", newline="", encoding="utf-8") as fh:
@@ -300,7 +334,16 @@ def write_late_commits(run_dir: Path, found: dict[str, Any]) -> Path:
         for name, entry in found["tables"].items():
             for row in entry.get("rows", []):
                 change = row.get("change", "")
-                w.writerow([name, change, json.dumps({k: v for k, v in row.items() if k != "change"},
-                                                     ensure_ascii=False, default=str)])
+                w.writerow(
+                    [
+                        name,
+                        change,
+                        json.dumps(
+                            {k: v for k, v in row.items() if k != "change"},
+                            ensure_ascii=False,
+                            default=str,
+                        ),
+                    ]
+                )
     os.replace(csv_path.with_name(csv_path.name + ".tmp"), csv_path)
     return path

@@ -7,6 +7,7 @@ The engine does the engine-specific half (:meth:`~recovery.engine.base.Engine.st
 for PostgreSQL a new database and a rename inside the server); this module is what the rollback
 and ``recovery undo`` call, with a database named by a path, a URL or an engine.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,6 +19,7 @@ from recovery.engine import open_engine
 from recovery.engine.base import Engine, Staged
 from recovery.errors import RecoveryError
 
+
 def staged_path(db: str | os.PathLike[str] | Engine, purpose: str = "restore") -> Path:
     """Where the restored (``purpose="restore"``) or undo (``"undo"``) file waits beside the SQLite
     ``db`` until it is renamed in."""
@@ -25,8 +27,9 @@ def staged_path(db: str | os.PathLike[str] | Engine, purpose: str = "restore") -
     return engine.staging_path(purpose)  # type: ignore[attr-defined]
 
 
-def stage_restore(backup: Path, db: str | os.PathLike[str] | Engine,
-                  prepare: Callable[[Path], None] | None = None) -> tuple[Path, str]:
+def stage_restore(
+    backup: Path, db: str | os.PathLike[str] | Engine, prepare: Callable[[Path], None] | None = None
+) -> tuple[Path, str]:
     """The restored database, ready beside ``db`` but not yet in its place: a consistent copy of
     ``backup`` (after ``prepare(copy)``, e.g. an Alembic downgrade), in ``db``'s journal mode, with
     its owner, group, mode and xattrs, fsynced. Returns its location and sha256. Nothing about
@@ -43,8 +46,12 @@ def swap_in(staged: Path, db: str | os.PathLike[str] | Engine, window: Any = Non
     open_engine(db).swap_in(Staged(str(staged), ""), window)
 
 
-def restore_atomically(backup: Path, db: str | os.PathLike[str] | Engine,
-                       prepare: Callable[[Path], None] | None = None, window: Any = None) -> str:
+def restore_atomically(
+    backup: Path,
+    db: str | os.PathLike[str] | Engine,
+    prepare: Callable[[Path], None] | None = None,
+    window: Any = None,
+) -> str:
     """Replace ``db`` with a consistent copy of ``backup`` (after ``prepare(copy)``): the live
     database is at every moment either the old one or the complete restored one. Returns the
     restored copy's sha256."""
@@ -74,8 +81,13 @@ def fingerprint(db: str | os.PathLike[str] | Engine) -> dict[str, Any]:
     return open_engine(db).fingerprint()
 
 
-def refuse_holders(db: str | os.PathLike[str] | Engine, consequence: str, hint: str,
-                   force: bool = False, ignore_own_guard: bool = False) -> list[Any]:
+def refuse_holders(
+    db: str | os.PathLike[str] | Engine,
+    consequence: str,
+    hint: str,
+    force: bool = False,
+    ignore_own_guard: bool = False,
+) -> list[Any]:
     """Every other process or session that has ``db`` open (:meth:`~recovery.engine.base.Engine.holders`):
     refused, each named (``consequence`` ends the line), unless ``force`` (then returned)."""
     engine = open_engine(db)
@@ -98,12 +110,15 @@ def writer_alive(pid: int, made: float) -> bool:
         except PermissionError:
             return True
         return True
-    fields = stat[stat.rindex(")") + 2:].split()
+    fields = stat[stat.rindex(")") + 2 :].split()
     if fields[0] in ("Z", "X"):
         return False
     try:
-        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                    if line.startswith("btime "))
+        boot = next(
+            float(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime ")
+        )
         started = boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
     except (OSError, StopIteration, ValueError, IndexError):
         return True

@@ -5,6 +5,7 @@
 
 See ``sample_dbs/README.md`` for the application, its revision chain and world.json.
 """
+
 from __future__ import annotations
 
 from recovery.sample.app import (

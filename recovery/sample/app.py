@@ -5,6 +5,7 @@ wheel or ``pip install .`` can build worlds; ``sample_dbs/app`` in the repositor
 ``RECOVERY_SAMPLE_APP`` overrides it. Its revisions are the real schema history
 the generator builds worlds with, and the history the toolkit's migration-lineage code reads.
 """
+
 from __future__ import annotations
 
 import importlib.util

@@ -4,6 +4,7 @@ Rows are streamed with plain ``sqlite3`` ``executemany`` in bounded chunks, so a
 million parts needs neither an ORM nor the whole data set in memory. Only one array of part
 prices (8 bytes a part) and the list of uploaded files (capped) are kept.
 """
+
 from __future__ import annotations
 
 import random
@@ -85,7 +86,15 @@ def _users(conn: sqlite3.Connection) -> None:
         "INSERT INTO users (id, username, full_name, email, role, created_at, is_active)"
         " VALUES (?, ?, ?, ?, ?, ?, ?)",
         (
-            (i, u[0], u[1], u[2], u[3], c.ts(base + timedelta(days=7 * i)), int(u[0] != "rpospisil"))
+            (
+                i,
+                u[0],
+                u[1],
+                u[2],
+                u[3],
+                c.ts(base + timedelta(days=7 * i)),
+                int(u[0] != "rpospisil"),
+            )
             for i, u in enumerate(c.USERS, start=1)
         ),
     )
@@ -125,9 +134,16 @@ def _parts(conn, n, span, rng, prices, files) -> None:
             pn = c.part_number(pid)
             rows.append(
                 (
-                    pid, pn, part_name(rng), rng.randint(1, n_materials), cents / 100, notes,
-                    c.at(HISTORY_START, created_s), c.at(HISTORY_START, updated_s),
-                    rng.choice(ENGINEERS), drawing,
+                    pid,
+                    pn,
+                    part_name(rng),
+                    rng.randint(1, n_materials),
+                    cents / 100,
+                    notes,
+                    c.at(HISTORY_START, created_s),
+                    c.at(HISTORY_START, updated_s),
+                    rng.choice(ENGINEERS),
+                    drawing,
                 )
             )
             if len(files) < PART_FILE_CAP and rng.random() < PART_FILE_RATE:  # parts come first
@@ -138,10 +154,16 @@ def _parts(conn, n, span, rng, prices, files) -> None:
                     rev = "AB"[r]
                     files.append(
                         (
-                            c.at(HISTORY_START, upload_s), "part", pid,
-                            f"drawing-rev-{rev}.pdf", f"parts/{pn}/drawing-rev-{rev}.pdf",
+                            c.at(HISTORY_START, upload_s),
+                            "part",
+                            pid,
+                            f"drawing-rev-{rev}.pdf",
+                            f"parts/{pn}/drawing-rev-{rev}.pdf",
                             rng.choice(ENGINEERS),
-                            (f"{pn} drawing rev. {rev}", (f"Part {pn}", f"Drawing V-{10000 + pid}")),
+                            (
+                                f"{pn} drawing rev. {rev}",
+                                (f"Part {pn}", f"Drawing V-{10000 + pid}"),
+                            ),
                         )
                     )
         conn.executemany(sql, rows)
@@ -156,32 +178,50 @@ def _quotes(conn, n_parts, span, rng, prices, files) -> tuple[int, int]:
         "INSERT INTO quotes (id, quote_number, customer, status, created_at, updated_at,"
         " created_by) VALUES (?, ?, ?, ?, ?, ?, ?)"
     )
-    i_sql = "INSERT INTO quote_items (id, quote_id, part_id, qty, unit_price) VALUES (?, ?, ?, ?, ?)"
+    i_sql = (
+        "INSERT INTO quote_items (id, quote_id, part_id, qty, unit_price) VALUES (?, ?, ?, ?, ?)"
+    )
     for start in range(1, n + 1, CHUNK):
         quotes, items = [], []
         for qid in range(start, min(n, start + CHUNK - 1) + 1):
             created_s = (qid - 1) * span // n + rng.randrange(step)
             created = HISTORY_START + timedelta(seconds=created_s)
             age = 1 - created_s / span
-            status = rng.choice(("accepted", "rejected", "expired") if age > 0.2 else c.QUOTE_STATUSES)
+            status = rng.choice(
+                ("accepted", "rejected", "expired") if age > 0.2 else c.QUOTE_STATUSES
+            )
             updated_s = created_s + rng.randrange(max(1, min(span - created_s, 30 * 86_400)))
             qn = c.quote_number(created.year, qid)
             quotes.append(
-                (qid, qn, rng.choice(c.CUSTOMERS), status, c.ts(created),
-                 c.at(HISTORY_START, updated_s), rng.choice(SALES))
+                (
+                    qid,
+                    qn,
+                    rng.choice(c.CUSTOMERS),
+                    status,
+                    c.ts(created),
+                    c.at(HISTORY_START, updated_s),
+                    rng.choice(SALES),
+                )
             )
             max_part = max(1, min(n_parts, qid * n_parts // n))
             for _ in range(rng.randint(1, 5)):
                 item_id += 1
                 part = rng.randint(1, max_part)
                 unit = round(prices[part - 1] * rng.uniform(0.95, 1.35), 2)
-                items.append((item_id, qid, part, rng.choice((1, 2, 5, 10, 20, 50, 100, 250)), unit))
+                items.append(
+                    (item_id, qid, part, rng.choice((1, 2, 5, 10, 20, 50, 100, 250)), unit)
+                )
             if quote_files < QUOTE_FILE_CAP and rng.random() < QUOTE_FILE_RATE:
                 quote_files += 1
                 files.append(
                     (
-                        c.ts(created), "quote", qid, "poptavka.pdf", f"quotes/{qn}/poptavka.pdf",
-                        rng.choice(SALES), (f"Inquiry {qn}", ("Customer inquiry", qn)),
+                        c.ts(created),
+                        "quote",
+                        qid,
+                        "poptavka.pdf",
+                        f"quotes/{qn}/poptavka.pdf",
+                        rng.choice(SALES),
+                        (f"Inquiry {qn}", ("Customer inquiry", qn)),
                     )
                 )
         conn.executemany(q_sql, quotes)
@@ -198,8 +238,18 @@ def _files(conn, uploads: Path, files: list[tuple]) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
         rows.append(
-            (rid, filename, rel, c.sha256_hex(data), len(data), "application/pdf", etype, eid,
-             created, user)
+            (
+                rid,
+                filename,
+                rel,
+                c.sha256_hex(data),
+                len(data),
+                "application/pdf",
+                etype,
+                eid,
+                created,
+                user,
+            )
         )
     conn.executemany(
         "INSERT INTO file_records (id, filename, path, sha256, size, mime_type, entity_type,"

@@ -3,6 +3,7 @@
 Everything here is a constant or a pure function of its arguments, so worlds are
 reproducible byte for byte.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -43,33 +44,95 @@ MATERIALS: tuple[tuple[str, str, float, float], ...] = (
 )
 
 PART_NOUNS: tuple[str, ...] = (
-    "Hřídel", "Příruba", "Pouzdro", "Čep", "Držák", "Víko", "Distanční kroužek", "Kolo ozubené",
-    "Těleso ventilu", "Deska upínací", "Matice speciální", "Šroub lícovaný", "Podložka", "Vačka",
-    "Kladka", "Unašeč", "Rameno", "Konzola", "Vložka", "Spojka", "Trubka", "Objímka", "Hřeben",
+    "Hřídel",
+    "Příruba",
+    "Pouzdro",
+    "Čep",
+    "Držák",
+    "Víko",
+    "Distanční kroužek",
+    "Kolo ozubené",
+    "Těleso ventilu",
+    "Deska upínací",
+    "Matice speciální",
+    "Šroub lícovaný",
+    "Podložka",
+    "Vačka",
+    "Kladka",
+    "Unašeč",
+    "Rameno",
+    "Konzola",
+    "Vložka",
+    "Spojka",
+    "Trubka",
+    "Objímka",
+    "Hřeben",
     "Kryt ložiska",
 )
 PART_SUFFIXES: tuple[str, ...] = (
-    "ø20x120", "ø25x180", "ø40x60", "DN50", "DN80 PN16", "M12", "M16x1,5", "z=32 m=2", "levý",
-    "pravý", "kalený", "broušený", "s drážkou", "zkrácený", "typ B", "typ C", "300x200x20",
-    "pro lis CKW 250", "náhradní díl", "",
+    "ø20x120",
+    "ø25x180",
+    "ø40x60",
+    "DN50",
+    "DN80 PN16",
+    "M12",
+    "M16x1,5",
+    "z=32 m=2",
+    "levý",
+    "pravý",
+    "kalený",
+    "broušený",
+    "s drážkou",
+    "zkrácený",
+    "typ B",
+    "typ C",
+    "300x200x20",
+    "pro lis CKW 250",
+    "náhradní díl",
+    "",
 )
 NOTES: tuple[str, ...] = (
-    "Dodat s atestem 3.1", "Kalit na 55 HRC", "Hrany sražené 0,5x45°", "Zinkovat galvanicky",
-    "Eloxovat přírodně", "Rozměry dle výkresu zákazníka", "Pozor: tolerance h6", "Balit po 10 ks",
-    "Nitridovat", "Tryskat, pasivovat",
+    "Dodat s atestem 3.1",
+    "Kalit na 55 HRC",
+    "Hrany sražené 0,5x45°",
+    "Zinkovat galvanicky",
+    "Eloxovat přírodně",
+    "Rozměry dle výkresu zákazníka",
+    "Pozor: tolerance h6",
+    "Balit po 10 ks",
+    "Nitridovat",
+    "Tryskat, pasivovat",
 )
 CUSTOMERS: tuple[str, ...] = (
-    "Strojírny Třebíč a.s.", "ŽĎAS, a.s.", "TOS Kuřim – OS, a.s.", "Škoda Auto a.s.",
-    "Hydraulika Brno s.r.o.", "Kovovýroba Novák s.r.o.", "Přesné obrábění Zlín s.r.o.",
-    "Vítkovice Machinery a.s.", "Šmeral Brno a.s.", "Jihostroj a.s.", "Zetor Tractors a.s.",
-    "Bohemia Hydraulik s.r.o.", "Železárny Třinec – servis s.r.o.", "Moravské kovárny a.s.",
-    "Agrostroj Pelhřimov a.s.", "Čepro strojírenská s.r.o.", "Elektrárny Dukovany – údržba",
+    "Strojírny Třebíč a.s.",
+    "ŽĎAS, a.s.",
+    "TOS Kuřim – OS, a.s.",
+    "Škoda Auto a.s.",
+    "Hydraulika Brno s.r.o.",
+    "Kovovýroba Novák s.r.o.",
+    "Přesné obrábění Zlín s.r.o.",
+    "Vítkovice Machinery a.s.",
+    "Šmeral Brno a.s.",
+    "Jihostroj a.s.",
+    "Zetor Tractors a.s.",
+    "Bohemia Hydraulik s.r.o.",
+    "Železárny Třinec – servis s.r.o.",
+    "Moravské kovárny a.s.",
+    "Agrostroj Pelhřimov a.s.",
+    "Čepro strojírenská s.r.o.",
+    "Elektrárny Dukovany – údržba",
     "Tatra Trucks a.s.",
 )
 QUOTE_STATUSES: tuple[str, ...] = ("draft", "sent", "accepted", "rejected", "expired")
 MACHINES: tuple[str, ...] = (
-    "DMG MORI NLX 2500", "Mazak QTN 200", "Haas VF-2", "Hermle C 32", "TOS SUI 50",
-    "Okuma LB3000", "Fanuc Robodrill", "Kellenberger 100",
+    "DMG MORI NLX 2500",
+    "Mazak QTN 200",
+    "Haas VF-2",
+    "Hermle C 32",
+    "TOS SUI 50",
+    "Okuma LB3000",
+    "Fanuc Robodrill",
+    "Kellenberger 100",
 )
 DISCOUNTS: tuple[float, ...] = (2.5, 3.0, 5.0, 7.5, 10.0, 12.5, 15.0)
 
@@ -99,6 +162,7 @@ def pdf_bytes(title: str, lines: tuple[str, ...] = ()) -> bytes:
     Offsets in the xref table are computed, so readers accept it; no dates, no ids, so
     the bytes depend only on the text.
     """
+
     def esc(text: str) -> str:
         ascii_text = text.encode("ascii", "replace").decode("ascii")
         return ascii_text.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
@@ -111,8 +175,10 @@ def pdf_bytes(title: str, lines: tuple[str, ...] = ()) -> bytes:
     objects = [
         b"<< /Type /Catalog /Pages 2 0 R >>",
         b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-        (b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] "
-        b"/Resources << /Font << /F1 5 0 R >> >> /Contents 4 0 R >>"),
+        (
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] "
+            b"/Resources << /Font << /F1 5 0 R >> >> /Contents 4 0 R >>"
+        ),
         b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
         b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
     ]

@@ -12,6 +12,7 @@
 Same ``seed`` and ``parts`` give row-identical databases and an identical world.json
 (the -wal bytes differ: SQLite salts its header randomly).
 """
+
 from __future__ import annotations
 
 import json
@@ -60,7 +61,11 @@ def generate(out_dir: Path, parts: int = 300, seed: int = 42, progress: bool = F
     migrate(backup, OLD_HEAD, fast=True)
     log(f"schema {OLD_HEAD} created")
     facts = fill_backup(
-        backup, uploads, parts=parts, rng=random.Random(f"gestima-backup:{seed}"), deploy=DEPLOY_TIME
+        backup,
+        uploads,
+        parts=parts,
+        rng=random.Random(f"gestima-backup:{seed}"),
+        deploy=DEPLOY_TIME,
     )
     log(f"backup filled: {facts.counts}")
 
@@ -75,13 +80,20 @@ def generate(out_dir: Path, parts: int = 300, seed: int = 42, progress: bool = F
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA foreign_keys=ON")
     sim = Simulation(
-        conn, uploads, random.Random(f"gestima-sim:{seed}"), parts=facts.parts,
-        quotes=facts.quotes, max_item_id=facts.max_item_id, deploy=DEPLOY_TIME,
+        conn,
+        uploads,
+        random.Random(f"gestima-sim:{seed}"),
+        parts=facts.parts,
+        quotes=facts.quotes,
+        max_item_id=facts.max_item_id,
+        deploy=DEPLOY_TIME,
     )
     sim_facts = sim.run()
     tables, updated_columns = sim.ledger.changes()
     _close_keeping_wal(conn, live)
-    log(f"simulated {sim_facts.actions} post-deploy actions ({sim_facts.wal_actions} left in the WAL)")
+    log(
+        f"simulated {sim_facts.actions} post-deploy actions ({sim_facts.wal_actions} left in the WAL)"
+    )
 
     counts_live = dict(facts.counts)
     counts_live["production_records"] = 0
@@ -95,7 +107,10 @@ def generate(out_dir: Path, parts: int = 300, seed: int = 42, progress: bool = F
         "live": LIVE_NAME,
         "uploads": UPLOADS_NAME,
         "revisions": {"old": OLD_HEAD, "new": NEW_HEAD},
-        "counts": {"backup": dict(sorted(facts.counts.items())), "live": dict(sorted(counts_live.items()))},
+        "counts": {
+            "backup": dict(sorted(facts.counts.items())),
+            "live": dict(sorted(counts_live.items())),
+        },
         "wal": {
             "actions": sim_facts.actions,
             "checkpointed_actions": sim_facts.checkpointed_actions,
@@ -126,7 +141,9 @@ def write_json(fp: TextIO, obj: Any, level: int = 0) -> None:
             fp.write("{}")
             return
         for i, key in enumerate(sorted(obj)):
-            fp.write(("{\n" if i == 0 else ",\n") + pad + json.dumps(key, ensure_ascii=False) + ": ")
+            fp.write(
+                ("{\n" if i == 0 else ",\n") + pad + json.dumps(key, ensure_ascii=False) + ": "
+            )
             write_json(fp, obj[key], level + 1)
         fp.write("\n" + end + "}")
     elif isinstance(obj, (list, tuple, Iterator)):
@@ -155,7 +172,9 @@ def fresh_folder(out_dir: Path) -> Iterator[Path]:
     except BaseException:
         if existed:
             for child in out.iterdir():
-                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+                shutil.rmtree(
+                    child
+                ) if child.is_dir() and not child.is_symlink() else child.unlink()
         else:
             shutil.rmtree(out, ignore_errors=True)
         raise
@@ -181,12 +200,20 @@ def _backfilled(live: Path) -> list[dict[str, Any]]:
     """parts.file_id values written by the bb001 data migration (at the deploy, not by users)."""
     conn = sqlite3.connect(f"file:{live}?mode=ro", uri=True)
     try:
-        rows = conn.execute("SELECT id, file_id FROM parts WHERE file_id IS NOT NULL ORDER BY id").fetchall()
+        rows = conn.execute(
+            "SELECT id, file_id FROM parts WHERE file_id IS NOT NULL ORDER BY id"
+        ).fetchall()
     finally:
         conn.close()
     return [
-        {"table": "parts", "key": {"id": pid}, "column": "file_id", "value": fid,
-         "via": "file_records.entity_id", "by": "bb001_parts_file_id"}
+        {
+            "table": "parts",
+            "key": {"id": pid},
+            "column": "file_id",
+            "value": fid,
+            "via": "file_records.entity_id",
+            "by": "bb001_parts_file_id",
+        }
         for pid, fid in rows
     ]
 

@@ -5,6 +5,7 @@ touched row, the image the row had at the deploy (read once, before the first wr
 its image now. The truth in ``world.json`` is computed from these images — never by diffing
 the two databases, which is the toolkit's job and would make the test circular.
 """
+
 from __future__ import annotations
 
 import sqlite3
@@ -18,7 +19,7 @@ Row = dict[str, Any]
 
 # How a v2.0.1 row looks in the v2.0.0 schema. Old-only columns without a source
 # (parts.notes, dropped by bb006) are not part of the projection.
-_same = lambda col: (lambda r: r[col])  # noqa: E731
+_same = lambda col: lambda r: r[col]  # noqa: E731
 PROJECTION: dict[str, dict[str, Callable[[Row], Any]]] = {
     "parts": {
         "part_number": _same("part_number"),
@@ -41,11 +42,23 @@ PROJECTION: dict[str, dict[str, Callable[[Row], Any]]] = {
     "quote_items": {k: _same(k) for k in ("quote_id", "part_id", "qty", "unit_price")},
     "file_records": {
         k: _same(k)
-        for k in ("filename", "path", "sha256", "size", "mime_type", "entity_type", "entity_id",
-                  "created_at", "uploaded_by")
+        for k in (
+            "filename",
+            "path",
+            "sha256",
+            "size",
+            "mime_type",
+            "entity_type",
+            "entity_id",
+            "created_at",
+            "uploaded_by",
+        )
     },
 }
-NEW_ONLY_COLUMNS: dict[str, dict[str, Any]] = {"parts": {"file_id": None}, "quotes": {"discount_pct": 0.0}}
+NEW_ONLY_COLUMNS: dict[str, dict[str, Any]] = {
+    "parts": {"file_id": None},
+    "quotes": {"discount_pct": 0.0},
+}
 """v2.0.1-only columns of tables v2.0.0 has, with their default."""
 NEW_ONLY_TABLES = ("production_records",)
 
@@ -65,7 +78,9 @@ class Ledger:
 
     def _cols(self, table: str) -> tuple[str, ...]:
         if table not in self.columns:
-            self.columns[table] = tuple(r[1] for r in self.conn.execute(f'PRAGMA table_info("{table}")'))
+            self.columns[table] = tuple(
+                r[1] for r in self.conn.execute(f'PRAGMA table_info("{table}")')
+            )
             self.images[table] = {}
         return self.columns[table]
 
@@ -174,20 +189,39 @@ class Ledger:
     def derivable(self) -> Iterator[dict[str, Any]]:
         """parts.file_id values users set: derivable from file_records.entity_id."""
         for key, before, now in self._pairs("parts"):
-            if now is not None and now["file_id"] is not None and (
-                before is None or before["file_id"] != now["file_id"]
+            if (
+                now is not None
+                and now["file_id"] is not None
+                and (before is None or before["file_id"] != now["file_id"])
             ):
-                yield {"table": "parts", "key": {"id": key}, "column": "file_id",
-                       "value": now["file_id"], "via": "file_records.entity_id"}
+                yield {
+                    "table": "parts",
+                    "key": {"id": key},
+                    "column": "file_id",
+                    "value": now["file_id"],
+                    "via": "file_records.entity_id",
+                }
 
     def files(self) -> Iterator[dict[str, Any]]:
         """Every file_records row created after the deploy."""
         for key, before, now in self._pairs("file_records"):
             if before is None and now is not None:
-                yield {"record_id": key, "path": now["path"], "sha256": now["sha256"],
-                       "size": now["size"], "entity_type": now["entity_type"],
-                       "entity_id": now["entity_id"], "uploaded_after_deploy": True}
+                yield {
+                    "record_id": key,
+                    "path": now["path"],
+                    "sha256": now["sha256"],
+                    "size": now["size"],
+                    "entity_type": now["entity_type"],
+                    "entity_id": now["entity_id"],
+                    "uploaded_after_deploy": True,
+                }
 
 
 def _value(table: str, key: int, label: Any, column: str, row: Row) -> dict[str, Any]:
-    return {"table": table, "key": {"id": key}, "label": label, "column": column, "value": row[column]}
+    return {
+        "table": table,
+        "key": {"id": key},
+        "label": label,
+        "column": column,
+        "value": row[column],
+    }

@@ -12,6 +12,7 @@ The SQLite world is generated first (in a temporary folder), then carried over:
 
 So both engines hold the same world and can be compared row by row.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,13 +30,29 @@ from sqlglot import exp
 
 from recovery.capture.pgsnapshot import snapshot_postgres
 from recovery.engine.postgres import (
-    PostgresEngine, command, connect, create_database_sql, database_exists, drop_database_sql, ident, render, run,
+    PostgresEngine,
+    command,
+    connect,
+    create_database_sql,
+    database_exists,
+    drop_database_sql,
+    ident,
+    render,
+    run,
     user_tables,
 )
 from recovery.engine.schema import reflect
 from recovery.errors import RecoveryError
 from recovery.sample.app import NEW_HEAD, OLD_HEAD, alembic_config
-from recovery.sample.generator import BACKUP_NAME, DEPLOY_TIME, LIVE_NAME, UPLOADS_NAME, WORLD_JSON, fresh_folder, generate
+from recovery.sample.generator import (
+    BACKUP_NAME,
+    DEPLOY_TIME,
+    LIVE_NAME,
+    UPLOADS_NAME,
+    WORLD_JSON,
+    fresh_folder,
+    generate,
+)
 
 BATCH = 5000
 
@@ -52,7 +69,8 @@ def prepare_database(engine: PostgresEngine) -> bool:
     if tables:
         raise RecoveryError(
             f"database {engine.spec} already has {len(tables)} table(s) ({tables[0][0]}.{tables[0][1]}, …)",
-            "pass the URL of a new or empty database; nothing was changed")
+            "pass the URL of a new or empty database; nothing was changed",
+        )
     return False
 
 
@@ -64,9 +82,12 @@ def migrate_pg(engine: PostgresEngine, revision: str) -> None:
         with sa_engine.connect() as conn:
             # Alembic's own table has VARCHAR(32); the sample app's revision ids are longer
             # (SQLite never enforced the length)
-            conn.exec_driver_sql(render(
-                "CREATE TABLE IF NOT EXISTS alembic_version (version_num VARCHAR(255) NOT NULL, "
-                "CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num))"))
+            conn.exec_driver_sql(
+                render(
+                    "CREATE TABLE IF NOT EXISTS alembic_version (version_num VARCHAR(255) NOT NULL, "
+                    "CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num))"
+                )
+            )
             cfg.attributes["connection"] = conn
             alembic_command.upgrade(cfg, revision)
             conn.commit()
@@ -96,7 +117,9 @@ def copy_rows(src: Path, engine: PostgresEngine, replace: bool = False) -> dict[
     return counts
 
 
-def _copy_table(lite: sqlite3.Connection, conn: psycopg.Connection[Any], name: str, cols: list[str]) -> int:
+def _copy_table(
+    lite: sqlite3.Connection, conn: psycopg.Connection[Any], name: str, cols: list[str]
+) -> int:
     q = exp.select(*[exp.column(c, quoted=True) for c in cols]).from_(exp.to_table(ident(name)))
     cur = lite.execute(q.sql("sqlite"))
     n = 0
@@ -111,19 +134,27 @@ def _copy_table(lite: sqlite3.Connection, conn: psycopg.Connection[Any], name: s
 
 def _reset_sequences(conn: psycopg.Connection[Any], tables: list[str]) -> None:
     """``setval`` every sequence owned by a column of ``tables`` to that column's max (or 1, unused)."""
-    q = ("SELECT c.relname, a.attname FROM pg_catalog.pg_class AS c "
-         "JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace AND n.nspname = 'public' "
-         "JOIN pg_catalog.pg_attribute AS a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
-         "WHERE c.relkind = 'r' AND pg_catalog.pg_get_serial_sequence(quote_ident(c.relname), a.attname) IS NOT NULL")
+    q = (
+        "SELECT c.relname, a.attname FROM pg_catalog.pg_class AS c "
+        "JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace AND n.nspname = 'public' "
+        "JOIN pg_catalog.pg_attribute AS a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
+        "WHERE c.relkind = 'r' AND pg_catalog.pg_get_serial_sequence(quote_ident(c.relname), a.attname) IS NOT NULL"
+    )
     for table_name, column in run(conn, q).fetchall():
         if table_name not in tables:
             continue
         seq = exp.func("pg_get_serial_sequence", exp.Placeholder(), exp.Placeholder())
-        top = exp.select(exp.func("max", exp.column(column, quoted=True))).from_(exp.to_table(ident(table_name)))
+        top = exp.select(exp.func("max", exp.column(column, quoted=True))).from_(
+            exp.to_table(ident(table_name))
+        )
         value = exp.func("coalesce", top.subquery(), exp.Literal.number(0))
         is_called = exp.GT(this=value.copy(), expression=exp.Literal.number(0))
         greatest = exp.func("greatest", value, exp.Literal.number(1))
-        run(conn, exp.select(exp.func("setval", seq, greatest, is_called)), (ident(table_name), column))
+        run(
+            conn,
+            exp.select(exp.func("setval", seq, greatest, is_called)),
+            (ident(table_name), column),
+        )
 
 
 def generate_postgres(out_dir: Path, url: str, parts: int = 300, seed: int = 42) -> Path:
@@ -131,7 +162,10 @@ def generate_postgres(out_dir: Path, url: str, parts: int = 300, seed: int = 42)
     refused when it has tables) with the backup dump, its manifest, ``uploads/`` and
     ``world.json`` in ``out_dir`` (new or empty). Returns ``out_dir``."""
     engine = PostgresEngine(url)
-    with fresh_folder(Path(out_dir)) as out, tempfile.TemporaryDirectory(prefix="recovery-sample-") as tmp:
+    with (
+        fresh_folder(Path(out_dir)) as out,
+        tempfile.TemporaryDirectory(prefix="recovery-sample-") as tmp,
+    ):
         created = prepare_database(engine)
         try:
             _build(engine, out, Path(tmp), parts, seed)
@@ -157,5 +191,6 @@ def _build(engine: PostgresEngine, out: Path, tmp: Path, parts: int, seed: int) 
     data["engine"] = "postgresql"
     data["backup"] = snap.backup.name
     data["live"] = engine.spec
-    (out / WORLD_JSON).write_text(json.dumps(data, sort_keys=True, indent=2, ensure_ascii=False) + "\n",
-                                  encoding="utf-8")
+    (out / WORLD_JSON).write_text(
+        json.dumps(data, sort_keys=True, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )

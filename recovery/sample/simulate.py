@@ -5,6 +5,7 @@ The first actions are committed and checkpointed into ``gestima.db`` (as SQLite'
 autocheckpoint would have done); the last ones — one transaction each — stay in
 ``gestima.db-wal``, so a tool that copies only the main file misses them.
 """
+
 from __future__ import annotations
 
 import random
@@ -31,8 +32,15 @@ class SimulationFacts:
 
 class Simulation:
     def __init__(
-        self, conn: sqlite3.Connection, uploads: Path, rng: random.Random, *,
-        parts: int, quotes: int, max_item_id: int, deploy: datetime,
+        self,
+        conn: sqlite3.Connection,
+        uploads: Path,
+        rng: random.Random,
+        *,
+        parts: int,
+        quotes: int,
+        max_item_id: int,
+        deploy: datetime,
     ):
         self.conn = conn
         self.ledger = Ledger(conn)
@@ -126,21 +134,33 @@ class Simulation:
         pid = self._any_part()
         unit = round(self._price_cents(pid) / 100 * self.rng.uniform(0.95, 1.35), 2)
         qty = self.rng.choice((1, 2, 5, 10, 20, 50, 100))
-        self.ledger.insert("quote_items", {"quote_id": qid, "part_id": pid, "qty": qty, "unit_price": unit})
+        self.ledger.insert(
+            "quote_items", {"quote_id": qid, "part_id": pid, "qty": qty, "unit_price": unit}
+        )
 
     def _upload(self, pid: int, rev: str, user: int) -> int:
         pn = c.part_number(pid)
         rel = f"parts/{pn}/drawing-rev-{rev}.pdf"
-        data = c.pdf_bytes(f"{pn} drawing rev. {rev}", (f"Part {pn}", f"Drawing V-{10000 + pid}", "v2.0.1"))
+        data = c.pdf_bytes(
+            f"{pn} drawing rev. {rev}", (f"Part {pn}", f"Drawing V-{10000 + pid}", "v2.0.1")
+        )
         target = self.uploads / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
         self.uploads_done += 1
         return self.ledger.insert(
             "file_records",
-            {"filename": f"drawing-rev-{rev}.pdf", "path": rel, "sha256": c.sha256_hex(data),
-             "size": len(data), "mime_type": "application/pdf", "entity_type": "part",
-             "entity_id": pid, "created_at": self.now, "uploaded_by": user},
+            {
+                "filename": f"drawing-rev-{rev}.pdf",
+                "path": rel,
+                "sha256": c.sha256_hex(data),
+                "size": len(data),
+                "mime_type": "application/pdf",
+                "entity_type": "part",
+                "entity_id": pid,
+                "created_at": self.now,
+                "uploaded_by": user,
+            },
         )
 
     def _touch_quote(self, qid: int) -> None:
@@ -154,10 +174,16 @@ class Simulation:
         drawing = f"V-{10000 + expected}-A" if rng.random() < 0.6 else None
         pid = self.ledger.insert(
             "parts",
-            {"part_number": c.part_number(expected), "name": part_name(rng),
-             "material_id": rng.randint(1, len(c.MATERIALS)), "created_at": self.now,
-             "updated_at": self.now, "created_by": user, "drawing_number": drawing,
-             "price_cents": rng.randrange(1_500, 450_000)},
+            {
+                "part_number": c.part_number(expected),
+                "name": part_name(rng),
+                "material_id": rng.randint(1, len(c.MATERIALS)),
+                "created_at": self.now,
+                "updated_at": self.now,
+                "created_by": user,
+                "drawing_number": drawing,
+                "price_cents": rng.randrange(1_500, 450_000),
+            },
         )
         assert pid == expected, (pid, expected)
         self.new_parts.append(pid)
@@ -171,9 +197,13 @@ class Simulation:
         pid = self.rng.choice(self.new_parts)
         now = self.ledger.touch("parts", pid)
         self.ledger.update(
-            "parts", pid,
-            {"name": now["name"] + " (opraveno)", "price_cents": now["price_cents"] + 1_000,
-             "updated_at": self.now},
+            "parts",
+            pid,
+            {
+                "name": now["name"] + " (opraveno)",
+                "price_cents": now["price_cents"] + 1_000,
+                "updated_at": self.now,
+            },
         )
 
     def edit_old_part(self) -> None:
@@ -204,7 +234,8 @@ class Simulation:
         rev = chr(ord("A") + revs)
         fid = self._upload(pid, rev, self.rng.choice(ENGINEERS))
         self.ledger.update(
-            "parts", pid,
+            "parts",
+            pid,
             {"file_id": fid, "drawing_number": f"V-{10000 + pid}-{rev}", "updated_at": self.now},
         )
 
@@ -214,10 +245,15 @@ class Simulation:
         discount = rng.choice(c.DISCOUNTS) if rng.random() < 0.5 else 0.0
         qid = self.ledger.insert(
             "quotes",
-            {"quote_number": c.quote_number(self.deploy.year, expected),
-             "customer_name": rng.choice(c.CUSTOMERS), "status": rng.choice(("draft", "sent")),
-             "created_at": self.now, "updated_at": self.now, "created_by": rng.choice(SALES),
-             "discount_pct": discount},
+            {
+                "quote_number": c.quote_number(self.deploy.year, expected),
+                "customer_name": rng.choice(c.CUSTOMERS),
+                "status": rng.choice(("draft", "sent")),
+                "created_at": self.now,
+                "updated_at": self.now,
+                "created_by": rng.choice(SALES),
+                "discount_pct": discount,
+            },
         )
         assert qid == expected
         self.new_quotes.append(qid)
@@ -242,7 +278,9 @@ class Simulation:
             elif f == "customer_name":
                 changes["customer_name"] = now["customer_name"] + " (nová adresa)"
             else:
-                changes["discount_pct"] = rng.choice([d for d in c.DISCOUNTS if d != now["discount_pct"]])
+                changes["discount_pct"] = rng.choice(
+                    [d for d in c.DISCOUNTS if d != now["discount_pct"]]
+                )
         self.ledger.update("quotes", qid, changes)
 
     def add_item_old_quote(self) -> None:
@@ -283,13 +321,20 @@ class Simulation:
         finished = None
         if rng.random() < 0.6:
             end = self.deploy + timedelta(seconds=3599)
-            moment = datetime.strptime(self.now, c.TS_FORMAT) + timedelta(seconds=rng.randrange(60, 1800))
+            moment = datetime.strptime(self.now, c.TS_FORMAT) + timedelta(
+                seconds=rng.randrange(60, 1800)
+            )
             finished = c.ts(min(moment, end))
         rid = self.ledger.insert(
             "production_records",
-            {"part_id": self._any_part(), "quantity": rng.randint(1, 500),
-             "machine": rng.choice(c.MACHINES), "started_at": self.now, "finished_at": finished,
-             "created_by": rng.choice(OPERATORS or ALL_USERS)},
+            {
+                "part_id": self._any_part(),
+                "quantity": rng.randint(1, 500),
+                "machine": rng.choice(c.MACHINES),
+                "started_at": self.now,
+                "finished_at": finished,
+                "created_by": rng.choice(OPERATORS or ALL_USERS),
+            },
         )
         if finished is None:
             self.running.append(rid)

@@ -16,6 +16,7 @@ produces it and which rule decided that, in order of trust: ``user-mapping``,
 :mod:`recovery.infer`), ``same-name`` — or that it has no source (``none``). Every rule carries the
 evidence :mod:`recovery.compare.evidence` found for it in the rows both databases share (``check``).
 """
+
 from __future__ import annotations
 
 import os
@@ -85,9 +86,13 @@ def parse_expression(text: str, where: str) -> exp.Expression:
         trees = [t for t in sqlglot.parse(text, read="sqlite") if t is not None]
     except ParseError as exc:
         first = str(exc).splitlines()[0]
-        raise RecoveryError(f"{where}: cannot parse {text!r}: {first}", "write one SQL expression") from None
+        raise RecoveryError(
+            f"{where}: cannot parse {text!r}: {first}", "write one SQL expression"
+        ) from None
     if len(trees) != 1:
-        raise RecoveryError(f"{where}: {text!r} must be exactly one SQL expression", "remove any `;`")
+        raise RecoveryError(
+            f"{where}: {text!r} must be exactly one SQL expression", "remove any `;`"
+        )
     tree = trees[0]
     check_tree(tree, where, text)
     return tree
@@ -137,21 +142,31 @@ def load_mapping(path: str | os.PathLike[str] | None) -> UserMapping:
     try:
         data = tomllib.loads(p.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise RecoveryError(f"mapping file {p} is not valid TOML: {exc}", "fix the syntax") from None
+        raise RecoveryError(
+            f"mapping file {p} is not valid TOML: {exc}", "fix the syntax"
+        ) from None
     tables_raw = data.get("tables", {})
     unknown_top = set(data) - {"tables"}
     if unknown_top or not isinstance(tables_raw, dict):
-        raise RecoveryError(f"mapping file {p}: expected only [tables.<name>] sections", "see the README")
+        raise RecoveryError(
+            f"mapping file {p}: expected only [tables.<name>] sections", "see the README"
+        )
     tables: dict[str, UserTableMapping] = {}
     for tname, body in tables_raw.items():
         if not isinstance(body, dict) or set(body) - {"columns", "skip"}:
             raise RecoveryError(
-                f"mapping file {p}: [tables.{tname}] may hold only `columns` and `skip`", "see the README"
+                f"mapping file {p}: [tables.{tname}] may hold only `columns` and `skip`",
+                "see the README",
             )
         cols_raw = body.get("columns", {})
         if not isinstance(cols_raw, dict):
-            raise RecoveryError(f"mapping file {p}: [tables.{tname}.columns] must be a table of strings")
-        cols = {c: parse_expression(e, f"mapping file {p} [tables.{tname}.columns] {c}") for c, e in cols_raw.items()}
+            raise RecoveryError(
+                f"mapping file {p}: [tables.{tname}.columns] must be a table of strings"
+            )
+        cols = {
+            c: parse_expression(e, f"mapping file {p} [tables.{tname}.columns] {c}")
+            for c, e in cols_raw.items()
+        }
         skip = body.get("skip", False)
         if not isinstance(skip, bool):
             raise RecoveryError(f"mapping file {p}: [tables.{tname}] skip must be true or false")
@@ -181,8 +196,12 @@ class ColumnRule:
         return bool(self.check and self.check.get("verdict") == "disagrees")
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"column": self.column, "expression": self.sql, "source": self.source,
-                               "evidence": self.evidence}
+        out: dict[str, Any] = {
+            "column": self.column,
+            "expression": self.sql,
+            "source": self.source,
+            "evidence": self.evidence,
+        }
         if self.check is not None:
             out.update(self.check)
         return out
@@ -231,11 +250,21 @@ class ColumnMapping:
 
     def disagreeing(self) -> list[tuple[str, ColumnRule]]:
         """(table, rule) for every rule the data contradict, in table order."""
-        return [(n, r) for n, t in sorted(self.tables.items()) if not t.skip for r in t.rules if r.disagrees]
+        return [
+            (n, r)
+            for n, t in sorted(self.tables.items())
+            if not t.skip
+            for r in t.rules
+            if r.disagrees
+        ]
 
 
-def check_against(user: UserMapping, old: Schema, new: Schema,
-                  table_renames: dict[str, tuple[str, str]] | None = None) -> None:
+def check_against(
+    user: UserMapping,
+    old: Schema,
+    new: Schema,
+    table_renames: dict[str, tuple[str, str]] | None = None,
+) -> None:
     """Every mapped table/column must exist in the old schema, every referenced column in the new
     (in the renamed live table, when a table rename was detected)."""
     where = f"mapping file {user.path}"
@@ -243,15 +272,21 @@ def check_against(user: UserMapping, old: Schema, new: Schema,
     for tname, tm in user.tables.items():
         old_t = old.table(tname)
         if old_t is None:
-            raise RecoveryError(f"{where}: [tables.{tname}] is not a table of the old (backup) schema")
+            raise RecoveryError(
+                f"{where}: [tables.{tname}] is not a table of the old (backup) schema"
+            )
         if tm.skip:
             continue
         new_t = new.table(table_renames.get(tname, (tname, ""))[0])
         for cname, expr in tm.columns.items():
             if old_t.column(cname) is None:
-                raise RecoveryError(f"{where}: [tables.{tname}.columns] {cname}: the old table has no such column")
+                raise RecoveryError(
+                    f"{where}: [tables.{tname}.columns] {cname}: the old table has no such column"
+                )
             if new_t is None:
-                raise RecoveryError(f"{where}: [tables.{tname}.columns] {cname}: the new schema has no table {tname}")
+                raise RecoveryError(
+                    f"{where}: [tables.{tname}.columns] {cname}: the new schema has no table {tname}"
+                )
             check_columns(expr, new_t, f"{where}: [tables.{tname}.columns] {cname}")
 
 
@@ -273,17 +308,23 @@ def check_mapping(mapping: ColumnMapping, old: Schema, new: Schema, where: str) 
     for tname, tm in mapping.tables.items():
         old_t = old.table(tname)
         if old_t is None:
-            raise RecoveryError(f"{where}: mapping table {tname!r} is not a table of the old schema")
+            raise RecoveryError(
+                f"{where}: mapping table {tname!r} is not a table of the old schema"
+            )
         source = tm.source_table  # a renamed table reads the new table of its new name
         new_t = new.table(source)
         for r in tm.rules:
             if old_t.column(r.column) is None:
-                raise RecoveryError(f"{where}: mapping {tname}.{r.column}: the old table has no such column")
+                raise RecoveryError(
+                    f"{where}: mapping {tname}.{r.column}: the old table has no such column"
+                )
             if r.expression is None:
                 continue
             check_tree(r.expression, f"{where}: mapping {tname}.{r.column}")
             if new_t is None:
-                raise RecoveryError(f"{where}: mapping {tname}.{r.column}: the new schema has no table {source}")
+                raise RecoveryError(
+                    f"{where}: mapping {tname}.{r.column}: the new schema has no table {source}"
+                )
             check_columns(r.expression, new_t, f"{where}: mapping {tname}.{r.column}")
 
 
@@ -319,13 +360,19 @@ def resolve(
             if expr is not None:
                 rules.append(ColumnRule(c.name, expr, "user-mapping", f"{user.path}"))
             elif c.name in lineage.get(tname, {}):
-                rules.append(ColumnRule(c.name, lineage[tname][c.name], "migration-lineage", "alembic downgrade SQL"))
+                rules.append(
+                    ColumnRule(
+                        c.name, lineage[tname][c.name], "migration-lineage", "alembic downgrade SQL"
+                    )
+                )
             elif c.name in renames.get(tname, {}):
                 new_name, evidence = renames[tname][c.name]
                 rules.append(ColumnRule(c.name, col(new_name), "rename-detected", evidence))
             elif new_t is not None and new_t.column(c.name) is not None:
                 rules.append(ColumnRule(c.name, col(c.name), "same-name"))
             else:
-                rules.append(ColumnRule(c.name, None, "none", "the new schema has no source for it"))
+                rules.append(
+                    ColumnRule(c.name, None, "none", "the new schema has no source for it")
+                )
         tables[tname] = TableMapping(tname, tuple(rules), skip, live_table, rename_evidence)
     return ColumnMapping(tables)

@@ -11,6 +11,7 @@ Transpiling is a list of small passes (see :data:`PASSES`), each taking and retu
 
 At apply time the bundle's ``rows.db`` is attached as ``bundle`` and ``base.db`` as ``base``.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -86,13 +87,21 @@ class Plan:
             tm = self.mapping.tables.get(t.table) if self.mapping is not None else None
             for c in t.columns:
                 if c.source != "same-name":
-                    how = c.expression.sql(dialect=dialect) if c.expression is not None else "default/NULL on insert, backup value on update"
-                    lines.append(f"-- {t.table}.{c.column} <- {how}  [{c.source}]{_evidence_note(tm, c.column)}")
+                    how = (
+                        c.expression.sql(dialect=dialect)
+                        if c.expression is not None
+                        else "default/NULL on insert, backup value on update"
+                    )
+                    lines.append(
+                        f"-- {t.table}.{c.column} <- {how}  [{c.source}]{_evidence_note(tm, c.column)}"
+                    )
         lines.append("BEGIN;")
         for stmt in self.statements(apply_deletes):
             text = stmt.sql(dialect=dialect, pretty=True) + ";"
             if isinstance(stmt, exp.Delete):  # for review only: never live SQL in a file people run
-                lines.append("-- rows deleted after the deploy (the re-import runs them only with --apply-deletes;")
+                lines.append(
+                    "-- rows deleted after the deploy (the re-import runs them only with --apply-deletes;"
+                )
                 lines.append("-- uncomment to run by hand):")
                 text = "\n".join("-- " + line for line in text.splitlines())
             lines.append(text)
@@ -144,9 +153,16 @@ def fill_old_only(plan: Plan) -> Plan:
             if c.expression is None:
                 spec = old_t.column(c.column)
                 dv = default_value(spec.default if spec else None)
-                if dv is None and spec is not None and not spec.nullable and tp.table in plan.has_rows:
+                if (
+                    dv is None
+                    and spec is not None
+                    and not spec.nullable
+                    and tp.table in plan.has_rows
+                ):
                     if c.column in old_t.primary_key:
-                        errors.append(f"{tp.table}.{c.column}: primary key has no source in the new schema")
+                        errors.append(
+                            f"{tp.table}.{c.column}: primary key has no source in the new schema"
+                        )
                     else:
                         errors.append(
                             f"{tp.table}.{c.column} is NOT NULL without a default and the new schema has no "
@@ -165,19 +181,31 @@ def _bundle_rows(tname: str, kinds: tuple[RowKind, ...]) -> exp.Select:
 
 def insert_select(tp: TablePlan) -> exp.Select:
     q = _bundle_rows(tp.table, INSERT_KINDS)
-    return q.select(*[exp.alias_((c.insert_value or exp.Null()).copy(), c.column, quoted=True) for c in tp.columns],
-                    copy=False)  # insert_value: set for every column by fill_old_only
+    return q.select(
+        *[
+            exp.alias_((c.insert_value or exp.Null()).copy(), c.column, quoted=True)
+            for c in tp.columns
+        ],
+        copy=False,
+    )  # insert_value: set for every column by fill_old_only
 
 
 def update_select(tp: TablePlan, old_t: Table) -> tuple[exp.Select, tuple[str, ...]]:
     """key…, theirs_i, base_i for every updatable (sourced, non-key) column of updated rows."""
-    updatable = tuple(c.column for c in tp.columns if c.expression is not None and c.column not in tp.key)
+    updatable = tuple(
+        c.column for c in tp.columns if c.expression is not None and c.column not in tp.key
+    )
     q = _bundle_rows(tp.table, (RowKind.UPDATED,))
-    q = q.join(table(tp.table, BASE_DB, "o"), on=and_all(
-        [is_same(col(k, "o"), qualify_key(tp, k)) for k in tp.key]
-        + [exp.EQ(this=col(KIND, "o"), expression=exp.Literal.string(RowKind.UPDATED))]
-    ))
-    sel: list[exp.Expression] = [exp.alias_(col(k, "o"), f"key_{i}", quoted=True) for i, k in enumerate(tp.key)]
+    q = q.join(
+        table(tp.table, BASE_DB, "o"),
+        on=and_all(
+            [is_same(col(k, "o"), qualify_key(tp, k)) for k in tp.key]
+            + [exp.EQ(this=col(KIND, "o"), expression=exp.Literal.string(RowKind.UPDATED))]
+        ),
+    )
+    sel: list[exp.Expression] = [
+        exp.alias_(col(k, "o"), f"key_{i}", quoted=True) for i, k in enumerate(tp.key)
+    ]
     by_name = {c.column: c for c in tp.columns}
     for i, name in enumerate(updatable):
         theirs = by_name[name].expression
@@ -204,7 +232,10 @@ def build_statements(plan: Plan) -> Plan:
         old_t = plan.old.tables[tp.table]
         ins_sel = insert_select(tp)
         insert = exp.Insert(
-            this=exp.Schema(this=table(tp.table), expressions=[exp.to_identifier(c.column, quoted=True) for c in tp.columns]),
+            this=exp.Schema(
+                this=table(tp.table),
+                expressions=[exp.to_identifier(c.column, quoted=True) for c in tp.columns],
+            ),
             expression=ins_sel.copy(),
         )
         upd_sel, updatable = update_select(tp, old_t)
@@ -213,32 +244,64 @@ def build_statements(plan: Plan) -> Plan:
             target = table(tp.table)
             sets = []
             for i, name in enumerate(updatable):
-                theirs, base, ours = col(f"theirs_{i}", "u"), col(f"base_{i}", "u"), col(name, tp.table)
+                theirs, base, ours = (
+                    col(f"theirs_{i}", "u"),
+                    col(f"base_{i}", "u"),
+                    col(name, tp.table),
+                )
                 three_way = exp.Case(
-                    ifs=[exp.If(this=and_all([is_distinct(theirs, base), is_same(ours, base.copy())]), true=theirs.copy())],
+                    ifs=[
+                        exp.If(
+                            this=and_all([is_distinct(theirs, base), is_same(ours, base.copy())]),
+                            true=theirs.copy(),
+                        )
+                    ],
                     default=ours.copy(),
                 )
                 sets.append(exp.EQ(this=col(name), expression=three_way))
             update = exp.Update(
                 this=target,
                 expressions=sets,
-                from_=exp.From(this=exp.Subquery(this=upd_sel.copy(), alias=exp.TableAlias(this=exp.to_identifier("u", quoted=True)))),
-                where=exp.Where(this=and_all(
-                    exp.EQ(this=col(k, tp.table), expression=col(f"key_{i}", "u")) for i, k in enumerate(tp.key)
-                )),
+                from_=exp.From(
+                    this=exp.Subquery(
+                        this=upd_sel.copy(),
+                        alias=exp.TableAlias(this=exp.to_identifier("u", quoted=True)),
+                    )
+                ),
+                where=exp.Where(
+                    this=and_all(
+                        exp.EQ(this=col(k, tp.table), expression=col(f"key_{i}", "u"))
+                        for i, k in enumerate(tp.key)
+                    )
+                ),
             )
         delete = delete_statement(tp) if wants_delete else None
-        tables.append(replace(tp, insert=insert, update=update, delete=delete, insert_select=ins_sel,
-                              update_select=upd_sel, updatable=updatable))
+        tables.append(
+            replace(
+                tp,
+                insert=insert,
+                update=update,
+                delete=delete,
+                insert_select=ins_sel,
+                update_select=upd_sel,
+                updatable=updatable,
+            )
+        )
     return replace(plan, tables=tuple(tables))
 
 
 def delete_statement(tp: TablePlan) -> exp.Delete:
     """DELETE the rows the bundle's base.db marks ``deleted`` (matched by key, NULL-safe)."""
-    deleted = exp.select(exp.Literal.number(1)).from_(table(tp.table, BASE_DB, "d")).where(and_all(
-        [exp.EQ(this=col(KIND, "d"), expression=exp.Literal.string(RowKind.DELETED))]
-        + [is_same(col(k, "d"), col(k, tp.table)) for k in tp.key]
-    ))
+    deleted = (
+        exp.select(exp.Literal.number(1))
+        .from_(table(tp.table, BASE_DB, "d"))
+        .where(
+            and_all(
+                [exp.EQ(this=col(KIND, "d"), expression=exp.Literal.string(RowKind.DELETED))]
+                + [is_same(col(k, "d"), col(k, tp.table)) for k in tp.key]
+            )
+        )
+    )
     return exp.Delete(this=table(tp.table), where=exp.Where(this=exp.Exists(this=deleted)))
 
 
@@ -247,18 +310,30 @@ PASSES: tuple[Callable[[Plan], Plan], ...] = (source_columns, fill_old_only, bui
 
 
 def plan(
-    old: Schema, new: Schema, mapping: ColumnMapping, has_rows: set[str] | frozenset[str],
+    old: Schema,
+    new: Schema,
+    mapping: ColumnMapping,
+    has_rows: set[str] | frozenset[str],
     has_deletes: set[str] | frozenset[str] | None = None,
 ) -> Plan:
     """Run every pass over the old tables the mapping carries (FK order, skipped tables left out).
 
     ``has_deletes``: tables with rows deleted after the deploy (None: emit every table's DELETE)."""
     tables = tuple(
-        TablePlan(t, old.tables[t].key) for t in old.fk_order()
-        if t in mapping.tables and not mapping.tables[t].skip and mapping.tables[t].source_table in new.tables
+        TablePlan(t, old.tables[t].key)
+        for t in old.fk_order()
+        if t in mapping.tables
+        and not mapping.tables[t].skip
+        and mapping.tables[t].source_table in new.tables
     )
-    p = Plan(tables, old=old, new=new, mapping=mapping, has_rows=frozenset(has_rows),
-             has_deletes=None if has_deletes is None else frozenset(has_deletes))
+    p = Plan(
+        tables,
+        old=old,
+        new=new,
+        mapping=mapping,
+        has_rows=frozenset(has_rows),
+        has_deletes=None if has_deletes is None else frozenset(has_deletes),
+    )
     for step in PASSES:
         p = step(p)
     return p

@@ -6,6 +6,7 @@ connections in two threads (Python's sqlite3 releases the GIL while SQLite works
 runs the same checks one after the other on a connection the caller already has. Both return the
 same dict; each check reads one committed state of the file.
 """
+
 from __future__ import annotations
 
 import os
@@ -47,12 +48,22 @@ def integrity_problems(conn: Connection) -> list[str]:
 
 def verify(conn: Connection, outcome: Outcome, expected_revision: str | None) -> dict[str, Any]:
     """Run every check and return the results; ``ok`` is True only when all pass."""
-    return _result(integrity_problems(conn), foreign_key_problems(conn), alembic_revision(conn), outcome,
-                   expected_revision)
+    return _result(
+        integrity_problems(conn),
+        foreign_key_problems(conn),
+        alembic_revision(conn),
+        outcome,
+        expected_revision,
+    )
 
 
-def verify_file(path: str | os.PathLike[str], outcome: Outcome, expected_revision: str | None,
-                role: str = "database", integrity_cache_kib: int = INTEGRITY_CACHE_KIB) -> dict[str, Any]:
+def verify_file(
+    path: str | os.PathLike[str],
+    outcome: Outcome,
+    expected_revision: str | None,
+    role: str = "database",
+    integrity_cache_kib: int = INTEGRITY_CACHE_KIB,
+) -> dict[str, Any]:
     """:func:`verify` on the database file ``path``, opened read-only (committed WAL content
     included): the integrity check and the foreign-key check run concurrently, each on its own
     connection, so the whole takes about as long as the slower of the two. ``role`` names the file
@@ -60,8 +71,12 @@ def verify_file(path: str | os.PathLike[str], outcome: Outcome, expected_revisio
     engine = open_engine(path)
     with engine.readonly(role) as conn:  # refuses a bad file with one clear line, before any thread
         revision = alembic_revision(conn)
-    cache = exp.Pragma(this=exp.EQ(this=exp.to_identifier("cache_size"),
-                                   expression=exp.Literal.number(-int(integrity_cache_kib))))
+    cache = exp.Pragma(
+        this=exp.EQ(
+            this=exp.to_identifier("cache_size"),
+            expression=exp.Literal.number(-int(integrity_cache_kib)),
+        )
+    )
 
     def integrity(conn: sqlite3.Connection) -> list[str]:
         conn.execute(sql(cache))
@@ -83,8 +98,13 @@ def _on_connection(engine: Engine, role: str, work: Callable[[sqlite3.Connection
         conn.close()
 
 
-def _result(integrity: list[str], fks: list[dict[str, Any]], revision: str | None, outcome: Outcome,
-            expected_revision: str | None) -> dict[str, Any]:
+def _result(
+    integrity: list[str],
+    fks: list[dict[str, Any]],
+    revision: str | None,
+    outcome: Outcome,
+    expected_revision: str | None,
+) -> dict[str, Any]:
     counts = {}
     for name, t in sorted(outcome.tables.items()):
         expected = t.rows_before + t.inserted - t.deleted
@@ -110,6 +130,7 @@ class StagedProof:
 
     def staging(self, stage: Callable[..., tuple[Path, str]]) -> Callable[..., tuple[Path, str]]:
         """``stage`` (e.g. ``stage_restore``), then both checks of the file it staged."""
+
         def run(*args: Any, **kwargs: Any) -> tuple[Path, str]:
             tmp, digest = stage(*args, **kwargs)
             before = _identity(tmp)
@@ -118,6 +139,7 @@ class StagedProof:
             self.foreign_keys = _on_connection(staged, "staged backup", foreign_key_problems)
             self.sha256, self.stat = (digest, before) if _identity(tmp) == before else (None, None)
             return tmp, digest
+
         return run
 
     def confirm(self, staged: str | os.PathLike[str]) -> bool:
@@ -142,13 +164,26 @@ def _identity(path: str | os.PathLike[str]) -> tuple[int, ...] | None:
 
 
 def _integrity_with_cache(conn: sqlite3.Connection) -> list[str]:
-    conn.execute(sql(exp.Pragma(this=exp.EQ(this=exp.to_identifier("cache_size"),
-                                            expression=exp.Literal.number(-INTEGRITY_CACHE_KIB)))))
+    conn.execute(
+        sql(
+            exp.Pragma(
+                this=exp.EQ(
+                    this=exp.to_identifier("cache_size"),
+                    expression=exp.Literal.number(-INTEGRITY_CACHE_KIB),
+                )
+            )
+        )
+    )
     return integrity_problems(conn)
 
 
-def verify_written(path: str | os.PathLike[str], outcome: Outcome, expected_revision: str | None,
-                   proof: StagedProof, bundle: Any) -> dict[str, Any] | None:
+def verify_written(
+    path: str | os.PathLike[str],
+    outcome: Outcome,
+    expected_revision: str | None,
+    proof: StagedProof,
+    bundle: Any,
+) -> dict[str, Any] | None:
     """:func:`verify_file`'s result for the live DB after a rollback, at a cost bounded by what the
     re-import wrote, or None when it cannot be bounded (the caller then runs :func:`verify_file`).
 
@@ -173,10 +208,16 @@ def verify_written(path: str | os.PathLike[str], outcome: Outcome, expected_revi
         revision = alembic_revision(conn)
         if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'trigger' LIMIT 1").fetchone():
             return None
-        tables = [r[0] for r in conn.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+        tables = [
+            r[0]
+            for r in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name"
+            )
+        ]
     fixed = outcome.files or {}
-    files_table = (fixed.get("files_table") or {}).get("table") if fixed.get("links_fixed") else None
+    files_table = (
+        (fixed.get("files_table") or {}).get("table") if fixed.get("links_fixed") else None
+    )
 
     def written(conn: sqlite3.Connection) -> tuple[list[str], list[dict[str, Any]]]:
         _attach_rows(conn, bundle)
@@ -185,11 +226,27 @@ def verify_written(path: str | os.PathLike[str], outcome: Outcome, expected_revi
             problems += _written_rows_indexed(conn, bundle, outcome, name)
         fks: list[dict[str, Any]] = []
         if files_table is not None:  # the relink's UPDATEs: rows the bundle may not name
-            problems += [r[0] for r in conn.execute(sql(exp.Pragma(this=exp.Anonymous(
-                this="integrity_check", expressions=[_q(files_table)])))) if r[0] != "ok"]
+            problems += [
+                r[0]
+                for r in conn.execute(
+                    sql(
+                        exp.Pragma(
+                            this=exp.Anonymous(
+                                this="integrity_check", expressions=[_q(files_table)]
+                            )
+                        )
+                    )
+                )
+                if r[0] != "ok"
+            ]
             for name in [files_table, *_referencing(conn, files_table)]:
-                fks += [{"table": t, "rowid": r, "parent": p, "fk": fk} for t, r, p, fk in conn.execute(
-                    "SELECT \"table\", rowid, parent, fkid FROM pragma_foreign_key_check(?)", (name,)).fetchmany(20)]
+                fks += [
+                    {"table": t, "rowid": r, "parent": p, "fk": fk}
+                    for t, r, p, fk in conn.execute(
+                        'SELECT "table", rowid, parent, fkid FROM pragma_foreign_key_check(?)',
+                        (name,),
+                    ).fetchmany(20)
+                ]
         return problems, fks
 
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="verify") as pool:
@@ -214,33 +271,50 @@ def _attach_rows(conn: sqlite3.Connection, bundle: Any) -> None:
     from recovery.engine.sqlite_io import file_uri
 
     conn.execute("ATTACH DATABASE ? AS bundle_rows", (file_uri(bundle.rows_db, mode="ro"),))
-    conn.execute("PRAGMA query_only = OFF")  # for the TEMP key list: main and the bundle stay mode=ro
+    conn.execute(
+        "PRAGMA query_only = OFF"
+    )  # for the TEMP key list: main and the bundle stay mode=ro
     conn.execute("CREATE TEMP TABLE remapped (k)")
 
 
 def _referencing(conn: sqlite3.Connection, parent: str) -> list[str]:
     names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
-    return [n for n in names if n != parent and any(
-        r[0] == parent for r in conn.execute("SELECT \"table\" FROM pragma_foreign_key_list(?)", (n,)))]
+    return [
+        n
+        for n in names
+        if n != parent
+        and any(
+            r[0] == parent
+            for r in conn.execute('SELECT "table" FROM pragma_foreign_key_list(?)', (n,))
+        )
+    ]
 
 
 def _q(name: str) -> exp.Identifier:
     return exp.to_identifier(name, quoted=True)
 
 
-def _written_rows_indexed(conn: sqlite3.Connection, bundle: Any, outcome: Outcome, name: str) -> list[str]:
+def _written_rows_indexed(
+    conn: sqlite3.Connection, bundle: Any, outcome: Outcome, name: str
+) -> list[str]:
     """``integrity_check``'s index-content check for table ``name``, bounded by what the bundle can
     have written into it; ``integrity_check(name)`` where that bound cannot be drawn."""
     from recovery.engine.sqlbuild import col, table
 
     def whole() -> list[str]:
-        return [r[0] for r in conn.execute(sql(exp.Pragma(this=exp.Anonymous(
-            this="integrity_check", expressions=[_q(name)])))) if r[0] != "ok"]
+        return [
+            r[0]
+            for r in conn.execute(
+                sql(exp.Pragma(this=exp.Anonymous(this="integrity_check", expressions=[_q(name)])))
+            )
+            if r[0] != "ok"
+        ]
 
     old_t = bundle.old.table(name)
     indexes = conn.execute("SELECT name, partial FROM pragma_index_list(?)", (name,)).fetchall()
-    in_bundle = conn.execute("SELECT 1 FROM bundle_rows.sqlite_master WHERE type = 'table' AND name = ?",
-                             (name,)).fetchone()
+    in_bundle = conn.execute(
+        "SELECT 1 FROM bundle_rows.sqlite_master WHERE type = 'table' AND name = ?", (name,)
+    ).fetchone()
     if old_t is None or not in_bundle:
         # not a table the re-import writes rows into (bookkeeping, or a table the bundle lacks)
         return whole() if name.startswith("_recovery") or name == "alembic_version" else []
@@ -250,42 +324,83 @@ def _written_rows_indexed(conn: sqlite3.Connection, bundle: Any, outcome: Outcom
     tm = bundle.mapping.tables.get(name)
     rules = {r.column: r for r in tm.rules} if tm is not None else {}
     key = old_t.key
-    plain = [rules[k].expression for k in key if k in rules and isinstance(rules[k].expression, exp.Column)]
+    plain = [
+        rules[k].expression
+        for k in key
+        if k in rules and isinstance(rules[k].expression, exp.Column)
+    ]
     remaps = [r.new_key for r in outcome.remaps if r.table == name]
-    if (wr is None or wr[0] or not old_t.has_primary_key or len(plain) != len(key) or (remaps and len(key) != 1)
-            or any(p for _, p in indexes)):
+    if (
+        wr is None
+        or wr[0]
+        or not old_t.has_primary_key
+        or len(plain) != len(key)
+        or (remaps and len(key) != 1)
+        or any(p for _, p in indexes)
+    ):
         return whole()
     cols: dict[str, list[str]] = {}
     for ix, _ in indexes:
-        info = conn.execute("SELECT cid, name FROM pragma_index_xinfo(?) WHERE key = 1", (ix,)).fetchall()
+        info = conn.execute(
+            "SELECT cid, name FROM pragma_index_xinfo(?) WHERE key = 1", (ix,)
+        ).fetchall()
         if any(cid < 0 for cid, _ in info):  # an expression (or rowid) column
             return whole()
         cols[ix] = [c for _, c in info]
     conn.execute("DELETE FROM temp.remapped")
-    conn.executemany("INSERT INTO temp.remapped VALUES (?)",
-                     [(k[0] if isinstance(k, (list, tuple)) else k,) for k in remaps])
+    conn.executemany(
+        "INSERT INTO temp.remapped VALUES (?)",
+        [(k[0] if isinstance(k, (list, tuple)) else k,) for k in remaps],
+    )
     problems = []
-    total = conn.execute(sql(exp.select(exp.Count(this=exp.Star())).from_(table(name, "main")))).fetchone()[0]
+    total = conn.execute(
+        sql(exp.select(exp.Count(this=exp.Star())).from_(table(name, "main")))
+    ).fetchone()[0]
     for ix in cols:
-        entries = conn.execute(sql(exp.select(exp.Count(this=exp.Star())).from_(
-            exp.Table(this=_q(name), db=_q("main"), indexed=_q(ix))))).fetchone()[0]
+        entries = conn.execute(
+            sql(
+                exp.select(exp.Count(this=exp.Star())).from_(
+                    exp.Table(this=_q(name), db=_q("main"), indexed=_q(ix))
+                )
+            )
+        ).fetchone()[0]
         if entries != total:
             problems.append(f"index {ix} holds {entries} entries for {total} rows of {name}")
-    written_key = exp.Tuple(expressions=[col(k, "r") for k in key]) if len(key) > 1 else col(key[0], "r")
-    sources: exp.Expression = exp.select(*[exp.Column(this=_q(p.name), table=_q("b")) for p in plain]).from_(
-        table(name, "bundle_rows", "b"))
+    written_key = (
+        exp.Tuple(expressions=[col(k, "r") for k in key]) if len(key) > 1 else col(key[0], "r")
+    )
+    sources: exp.Expression = exp.select(
+        *[exp.Column(this=_q(p.name), table=_q("b")) for p in plain]
+    ).from_(table(name, "bundle_rows", "b"))
     if remaps:
-        sources = exp.union(sources, exp.select(col("k")).from_(table("remapped", "temp")), distinct=True)
+        sources = exp.union(
+            sources, exp.select(col("k")).from_(table("remapped", "temp")), distinct=True
+        )
     missing = []
     for ix, names in cols.items():
-        probe = exp.select(exp.Literal.number(1)).from_(
-            exp.Table(this=_q(name), db=_q("main"), alias=exp.TableAlias(this=_q("x")), indexed=_q(ix))).where(
-            exp.and_(*[exp.Is(this=col(c, "x"), expression=col(c, "r")) for c in names],
-                     exp.EQ(this=exp.Column(this=exp.to_identifier("rowid"), table=_q("x")),
-                            expression=exp.Column(this=exp.to_identifier("rowid"), table=_q("r")))))
+        probe = (
+            exp.select(exp.Literal.number(1))
+            .from_(
+                exp.Table(
+                    this=_q(name), db=_q("main"), alias=exp.TableAlias(this=_q("x")), indexed=_q(ix)
+                )
+            )
+            .where(
+                exp.and_(
+                    *[exp.Is(this=col(c, "x"), expression=col(c, "r")) for c in names],
+                    exp.EQ(
+                        this=exp.Column(this=exp.to_identifier("rowid"), table=_q("x")),
+                        expression=exp.Column(this=exp.to_identifier("rowid"), table=_q("r")),
+                    ),
+                )
+            )
+        )
         missing.append(exp.Not(this=exp.Exists(this=probe)))
-    q = exp.select(exp.Count(this=exp.Star())).from_(table(name, "main", "r")).where(
-        exp.and_(exp.In(this=written_key, query=sources.subquery()), exp.or_(*missing)))
+    q = (
+        exp.select(exp.Count(this=exp.Star()))
+        .from_(table(name, "main", "r"))
+        .where(exp.and_(exp.In(this=written_key, query=sources.subquery()), exp.or_(*missing)))
+    )
     bad = conn.execute(sql(q)).fetchone()[0]
     if bad:
         problems.append(f"{bad} rows of {name} written by the re-import lack an index entry")

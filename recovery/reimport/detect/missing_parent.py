@@ -1,5 +1,6 @@
 """Detector: ``missing_parent`` conflicts — a staged row's foreign key points at a parent that is
 neither in the target nor staged."""
+
 from __future__ import annotations
 
 from sqlglot import exp
@@ -19,20 +20,70 @@ def detect(ctx: Context, tp: TablePlan) -> list[Conflict]:
     for fk in t.foreign_keys:
         if fk.ref_table not in ctx.bundle.old.tables:
             continue
-        present = [exp.Exists(this=exp.select("1").from_(table(fk.ref_table, "main", "p")).where(
-            and_all(is_same(col(pc, "p"), col(cc, "s")) for pc, cc in zip(fk.ref_columns, fk.columns, strict=True))))]
+        present = [
+            exp.Exists(
+                this=exp.select("1")
+                .from_(table(fk.ref_table, "main", "p"))
+                .where(
+                    and_all(
+                        is_same(col(pc, "p"), col(cc, "s"))
+                        for pc, cc in zip(fk.ref_columns, fk.columns, strict=True)
+                    )
+                )
+            )
+        ]
         if fk.ref_table in staged:
-            present.append(exp.Exists(this=exp.select("1").from_(exp.alias_(temp_table("ins", fk.ref_table), "p")).where(
-                and_all(is_same(col(pc, "p"), col(cc, "s")) for pc, cc in zip(fk.ref_columns, fk.columns, strict=True)))))
-        notnull = [exp.Not(this=exp.Is(this=col(c, "s"), expression=exp.Null())) for c in fk.columns]
-        q = exp.select(exp.column("rowid", "s"), *[col(k, "s") for k in t.key], ctx.label(t, "s"),
-                       *[col(c, "s") for c in fk.columns]).from_(exp.alias_(temp_table("ins", tp.table), "s")).where(
-            and_all([*notnull, exp.Not(this=or_all(present)),
-                     exp.Not(this=in_query(exp.column("rowid", "s"), exp.select("rid").from_(temp_table("skip", tp.table))))]))
+            present.append(
+                exp.Exists(
+                    this=exp.select("1")
+                    .from_(exp.alias_(temp_table("ins", fk.ref_table), "p"))
+                    .where(
+                        and_all(
+                            is_same(col(pc, "p"), col(cc, "s"))
+                            for pc, cc in zip(fk.ref_columns, fk.columns, strict=True)
+                        )
+                    )
+                )
+            )
+        notnull = [
+            exp.Not(this=exp.Is(this=col(c, "s"), expression=exp.Null())) for c in fk.columns
+        ]
+        q = (
+            exp.select(
+                exp.column("rowid", "s"),
+                *[col(k, "s") for k in t.key],
+                ctx.label(t, "s"),
+                *[col(c, "s") for c in fk.columns],
+            )
+            .from_(exp.alias_(temp_table("ins", tp.table), "s"))
+            .where(
+                and_all(
+                    [
+                        *notnull,
+                        exp.Not(this=or_all(present)),
+                        exp.Not(
+                            this=in_query(
+                                exp.column("rowid", "s"),
+                                exp.select("rid").from_(temp_table("skip", tp.table)),
+                            )
+                        ),
+                    ]
+                )
+            )
+        )
         nk = len(t.key)
         for rid, *rest in ctx.rows(q):
-            found.append(Conflict(ConflictKind.MISSING_PARENT, tp.table, tuple(rest[:nk]), Resolution.SKIPPED,
-                                   column=",".join(fk.columns), bundle_value=rest[nk + 1], label=rest[nk],
-                                   detail=f"{fk.ref_table} row {rest[nk + 1]} is not in the target"))
+            found.append(
+                Conflict(
+                    ConflictKind.MISSING_PARENT,
+                    tp.table,
+                    tuple(rest[:nk]),
+                    Resolution.SKIPPED,
+                    column=",".join(fk.columns),
+                    bundle_value=rest[nk + 1],
+                    label=rest[nk],
+                    detail=f"{fk.ref_table} row {rest[nk + 1]} is not in the target",
+                )
+            )
             ctx.skip(tp.table, exp.select(exp.Literal.number(rid)))
     return found

@@ -13,6 +13,7 @@ the original dropped and the copy renamed. Foreign-key enforcement is switched o
 connections this file opens, because dropping ``quotes`` with ``PRAGMA foreign_keys=ON``
 would fire ``ON DELETE CASCADE`` on ``quote_items`` and silently empty it.
 """
+
 from __future__ import annotations
 
 import importlib.util

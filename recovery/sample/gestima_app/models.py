@@ -7,6 +7,7 @@ byte-identical between the backup, the live database and ``world.json``.
 Money: v2.0.0 stored ``parts.price`` as REAL; v2.0.1 stores ``parts.price_cents`` as
 INTEGER (``price = price_cents / 100.0``). ``quotes.customer`` became ``customer_name``.
 """
+
 from __future__ import annotations
 
 import sqlalchemy as sa

@@ -4,6 +4,7 @@ Revision ID: 0001_baseline
 Revises:
 Create Date: 2025-09-01 09:00:00
 """
+
 from __future__ import annotations
 
 import sqlalchemy as sa
@@ -30,7 +31,9 @@ GROUP BY q.id, q.quote_number
 def _view() -> str:
     """The view for the connected engine: PostgreSQL has no ROUND(double precision, int)."""
     if op.get_bind().dialect.name == "postgresql":
-        return V_QUOTE_TOTALS.replace("ROUND(", "ROUND(CAST(").replace(", 2) AS total", " AS NUMERIC), 2) AS total")
+        return V_QUOTE_TOTALS.replace("ROUND(", "ROUND(CAST(").replace(
+            ", 2) AS total", " AS NUMERIC), 2) AS total"
+        )
     return V_QUOTE_TOTALS
 
 

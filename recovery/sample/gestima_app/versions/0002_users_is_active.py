@@ -4,6 +4,7 @@ Revision ID: 0002_users_is_active
 Revises: 0001_baseline
 Create Date: 2025-10-14 10:30:00
 """
+
 from __future__ import annotations
 
 import sqlalchemy as sa
@@ -19,7 +20,14 @@ def upgrade() -> None:
     # add_column alone is a plain ALTER TABLE ... ADD COLUMN (no table rebuild)
     with op.batch_alter_table("users") as batch:
         batch.add_column(
-            sa.Column("is_active", sa.Boolean, nullable=False, server_default=sa.text("true" if op.get_bind().dialect.name == "postgresql" else "1"))
+            sa.Column(
+                "is_active",
+                sa.Boolean,
+                nullable=False,
+                server_default=sa.text(
+                    "true" if op.get_bind().dialect.name == "postgresql" else "1"
+                ),
+            )
         )
 
 

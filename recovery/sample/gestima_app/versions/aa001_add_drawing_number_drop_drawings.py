@@ -4,6 +4,7 @@ Revision ID: aa001_add_drawing_number_drop_drawings
 Revises: 0002_users_is_active
 Create Date: 2026-06-02 08:15:00
 """
+
 from __future__ import annotations
 
 import sqlalchemy as sa

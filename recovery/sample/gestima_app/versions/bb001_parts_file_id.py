@@ -4,6 +4,7 @@ Revision ID: bb001_parts_file_id
 Revises: aa001_add_drawing_number_drop_drawings
 Create Date: 2026-11-12 16:40:00
 """
+
 from __future__ import annotations
 
 import sqlalchemy as sa

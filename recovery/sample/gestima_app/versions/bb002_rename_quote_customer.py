@@ -8,6 +8,7 @@ The batch rename rebuilds ``quotes``. SQLite's ALTER TABLE ... RENAME (the last 
 of the rebuild) re-checks every view, and v_quote_totals names ``quotes`` — which does
 not exist at that moment — so the view is dropped before and recreated after.
 """
+
 from __future__ import annotations
 
 from alembic import op
@@ -31,7 +32,9 @@ GROUP BY q.id, q.quote_number
 def _view() -> str:
     """The view for the connected engine: PostgreSQL has no ROUND(double precision, int)."""
     if op.get_bind().dialect.name == "postgresql":
-        return V_QUOTE_TOTALS.replace("ROUND(", "ROUND(CAST(").replace(", 2) AS total", " AS NUMERIC), 2) AS total")
+        return V_QUOTE_TOTALS.replace("ROUND(", "ROUND(CAST(").replace(
+            ", 2) AS total", " AS NUMERIC), 2) AS total"
+        )
     return V_QUOTE_TOTALS
 
 

@@ -7,6 +7,7 @@ Create Date: 2026-11-16 09:20:00
 downgrade() is a stub (``pass``), as it is in many real projects: after a downgrade
 the column ``discount_pct`` and the discounting view stay behind.
 """
+
 from __future__ import annotations
 
 import sqlalchemy as sa
@@ -31,7 +32,9 @@ GROUP BY q.id, q.quote_number
 def _view() -> str:
     """The view for the connected engine: PostgreSQL has no ROUND(double precision, int)."""
     if op.get_bind().dialect.name == "postgresql":
-        return V_QUOTE_TOTALS.replace("ROUND(", "ROUND(CAST(").replace(", 2) AS total", " AS NUMERIC), 2) AS total")
+        return V_QUOTE_TOTALS.replace("ROUND(", "ROUND(CAST(").replace(
+            ", 2) AS total", " AS NUMERIC), 2) AS total"
+        )
     return V_QUOTE_TOTALS
 
 

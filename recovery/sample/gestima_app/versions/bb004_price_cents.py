@@ -4,6 +4,7 @@ Revision ID: bb004_price_cents
 Revises: bb003_quote_discount_pct
 Create Date: 2026-11-17 14:55:00
 """
+
 from __future__ import annotations
 
 import sqlalchemy as sa

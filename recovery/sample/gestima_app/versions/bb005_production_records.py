@@ -4,6 +4,7 @@ Revision ID: bb005_production_records
 Revises: bb004_price_cents
 Create Date: 2026-11-18 10:10:00
 """
+
 from __future__ import annotations
 
 import sqlalchemy as sa

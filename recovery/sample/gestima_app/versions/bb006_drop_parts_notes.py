@@ -6,6 +6,7 @@ Create Date: 2026-11-19 17:45:00
 
 downgrade() re-adds the column empty: the notes themselves are gone.
 """
+
 from __future__ import annotations
 
 import sqlalchemy as sa

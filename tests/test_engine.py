@@ -4,7 +4,6 @@ refusal while another process holds the write lock, and the atomic stage/swap.""
 
 from __future__ import annotations
 
-import importlib.util
 import sqlite3
 import subprocess
 import sys
@@ -42,20 +41,25 @@ def test_a_path_is_sqlite_and_an_engine_passes_through(tmp_path: Path) -> None:
     assert open_engine(engine) is engine
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("recovery.engine.postgres") is not None,
-    reason="the PostgreSQL engine is built: its own tests cover the URL",
-)
 @pytest.mark.parametrize(
     "url",
     [
         "postgresql://u@localhost/gestima",
         "postgresql+psycopg://u@h:5432/db",
-        Path("postgresql://u@localhost/gestima"),
+        Path("postgresql://u@localhost/gestima"),  # a URL passed on as a Path keeps its //
     ],
-)  # a URL passed on as a Path
-def test_a_postgres_url_is_refused_until_the_engine_is_built(url: str | Path) -> None:
-    with pytest.raises(RecoveryError, match="PostgreSQL support is not built yet") as err:
+)
+def test_a_postgres_url_opens_the_postgres_engine_without_connecting(url: str | Path) -> None:
+    from recovery.engine.postgres import PostgresEngine
+
+    engine = open_engine(url)  # no server here: nothing may be reached yet
+    assert isinstance(engine, PostgresEngine) and engine.dialect == "postgres"
+    assert "gestima" in str(engine.spec) or "db" in str(engine.spec)
+
+
+@pytest.mark.parametrize("url", ["mysql://u@h/db", "oracle+cx://u@h/db"])
+def test_other_database_urls_are_refused_in_one_line(url: str) -> None:
+    with pytest.raises(RecoveryError, match="databases are not supported") as err:
         open_engine(url)
     assert err.value.exit_code == ExitCode.REFUSED
 

@@ -57,16 +57,17 @@ def main() -> None:
     what, world = sys.argv[1], Path(sys.argv[2])
     top = int(sys.argv[sys.argv.index("--top") + 1]) if "--top" in sys.argv else 15
     from recovery.compare import diff as d
+    from recovery.engine.sqlite import SQLiteEngine
 
-    orig = d.open_pair
+    orig = SQLiteEngine.open_pair  # every stage opens its ATTACHed pair through the engine
     conns: list[sqlite3.Connection] = []
 
-    def pair(*a):  # type: ignore[no-untyped-def]
-        c = orig(*a)
+    def pair(self, *a):  # type: ignore[no-untyped-def]
+        c = orig(self, *a)
         conns.append(c)
         return Timed(c)
 
-    d.open_pair = pair  # type: ignore[assignment]
+    SQLiteEngine.open_pair = pair  # type: ignore[method-assign]
     b, lv = world / "gestima.db.bak.20261120_140000", world / "gestima.db"
     t0 = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="bench-trace-"))

@@ -160,18 +160,7 @@ def _reimport_into(
             # the FK check of what the merge wrote (inserted/updated rows, children of deleted or
             # re-keyed parents); the whole-file check is verify's, after the commit
             outcome, problems = merge_and_check(
-                conn,
-                bundle,
-                policy,
-                prefer,
-                apply_deletes,
-                files,
-                label,
-                dry_run,
-                target_schema,
-                in_place,
-                conflicts=conflicts,
-                script=script,
+                conn, bundle, merge, files, label, dry_run, target_schema, in_place, script=script
             )
             if outcome.aborted:
                 conn.execute("ROLLBACK")

@@ -22,6 +22,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from recovery.options import MergeOptions
 from recovery.bundle.store import Bundle, open_bundle
 from recovery.errors import RecoveryError
 from recovery.bundle.extract import extract
@@ -67,9 +68,7 @@ def merged(
             outcome, problems = merge_and_check(
                 conn,
                 bundle,
-                policy,
-                Prefer.DB,
-                apply_deletes,
+                MergeOptions(on_conflict=policy, prefer=Prefer.DB, apply_deletes=apply_deletes),
                 FilesConfig(),
                 str(target),
                 False,

@@ -25,6 +25,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from recovery.options import MergeOptions
 from recovery.bundle.store import Bundle, open_bundle
 from recovery.bundle.extract import extract
 from recovery.files.uploads import FilesConfig
@@ -131,14 +132,11 @@ def merge(
             outcome, problems = merge_and_check(
                 conn,
                 bundle,
-                policy,
-                prefer,
-                False,
+                MergeOptions(on_conflict=policy, prefer=prefer, conflicts=mode),
                 FilesConfig(),
                 str(target),
                 False,
                 schema,
-                conflicts=mode,
             )
             assert problems == []
             rows = {

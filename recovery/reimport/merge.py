@@ -43,13 +43,12 @@ from recovery.engine.schema import Schema
 from recovery.engine.sqlbuild import sql, table
 from recovery.errors import RecoveryError
 from recovery.files.uploads import FilesConfig
+from recovery.options import MergeOptions
 from recovery.model.values import LostValues
 from recovery.model.outcome import (
     Conflict,
-    ConflictMode,
     ConflictPolicy,
     Outcome,
-    Prefer,
     TableOutcome,
 )
 from recovery.reimport import sequences, triggers
@@ -85,7 +84,6 @@ __all__ = [
     "check_target_schema",
     "load_lost",
     "merge_and_check",
-    "merge_into",
     "open_target",
     "record_applied",
     "record_outcome",
@@ -111,53 +109,22 @@ def load_lost(conn: sqlite3.Connection) -> LostValues:
     return load(conn, BUNDLE_DB)
 
 
-def merge_into(
-    conn: sqlite3.Connection,
-    bundle: Bundle,
-    policy: ConflictPolicy,
-    prefer: Prefer,
-    apply_deletes: bool,
-    files: FilesConfig,
-    target_name: str,
-    dry_run: bool,
-    target: Schema,
-    in_place: bool = False,
-    conflicts: ConflictMode = ConflictMode.CELL,
-) -> Outcome:
-    """Stage, detect, resolve and apply the bundle on ``conn`` (bundle attached, transaction open).
-    ``target`` is the target's reflected schema (reflected on another connection: SQLAlchemy may
-    reset a connection's transaction state). The caller commits or rolls back."""
-    return _merge(
-        conn,
-        bundle,
-        policy,
-        prefer,
-        apply_deletes,
-        files,
-        target_name,
-        dry_run,
-        target,
-        in_place,
-        conflicts,
-    )[0]
-
-
 def merge_and_check(
     conn: sqlite3.Connection,
     bundle: Bundle,
-    policy: ConflictPolicy,
-    prefer: Prefer,
-    apply_deletes: bool,
+    options: MergeOptions,
     files: FilesConfig,
     target_name: str,
     dry_run: bool,
     target: Schema,
     in_place: bool = False,
     limit: int = 20,
-    conflicts: ConflictMode = ConflictMode.CELL,
     script: Script | None = None,
 ) -> tuple[Outcome, list[dict[str, Any]]]:
-    """:func:`merge_into`, then the foreign-key check of what it wrote (:func:`recovery.reimport.fkcheck.fk_problems`):
+    """Stage, detect, resolve and apply the bundle on ``conn`` (bundle attached, transaction open)
+    as ``options`` say; ``target`` is the target's reflected schema (reflected on another
+    connection: SQLAlchemy may reset a connection's transaction state). Then the foreign-key
+    check of what it wrote (:func:`recovery.reimport.fkcheck.fk_problems`):
     the problems ``PRAGMA foreign_key_check`` would report for those rows, in its shape
     (``{"table", "rowid", "parent", "fk"}``, at most ``limit``); empty when nothing was written
     (already applied, aborted). The caller commits only when the list is empty. Every statement
@@ -166,18 +133,7 @@ def merge_and_check(
 
     with statement_time_limit(conn):
         outcome, ctx = _merge(
-            conn,
-            bundle,
-            policy,
-            prefer,
-            apply_deletes,
-            files,
-            target_name,
-            dry_run,
-            target,
-            in_place,
-            conflicts,
-            script,
+            conn, bundle, options, files, target_name, dry_run, target, in_place, script
         )
         if ctx is None or outcome.aborted:
             return outcome, []
@@ -187,17 +143,15 @@ def merge_and_check(
 def _merge(
     conn: sqlite3.Connection,
     bundle: Bundle,
-    policy: ConflictPolicy,
-    prefer: Prefer,
-    apply_deletes: bool,
+    options: MergeOptions,
     files: FilesConfig,
     target_name: str,
     dry_run: bool,
     target: Schema,
     in_place: bool,
-    conflicts: ConflictMode = ConflictMode.CELL,
     script: Script | None = None,
 ) -> tuple[Outcome, Context | None]:
+    policy, conflicts = options.on_conflict, options.conflicts
     check_target_schema(bundle, target)
     outcome = Outcome(
         bundle.bundle_id, target_name, policy.value, dry_run, conflicts_mode=conflicts.value
@@ -218,7 +172,7 @@ def _merge(
         p,
         target,
         policy,
-        prefer,
+        options.prefer,
         files,
         outcome,
         Counter(),
@@ -233,7 +187,7 @@ def _merge(
     if policy is ConflictPolicy.ABORT and outcome.conflicts:
         outcome.aborted = True
         return outcome, ctx
-    _apply(ctx, apply_deletes)
+    _apply(ctx, options.apply_deletes)
     return outcome, ctx
 
 

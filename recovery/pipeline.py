@@ -58,6 +58,7 @@ from recovery.engine.sqlite_io import (
 )
 from recovery.verify.checks import StagedProof, verify_file, verify_written
 from recovery.engine import open_engine
+from recovery.runfolder import check_run_folder
 from recovery.restore.swap import fingerprint as db_fingerprint
 from recovery.restore.swap import refuse_holders, restore_atomically, stage_restore, swap_in
 from recovery.restore.swap import stage_undo as _stage_undo
@@ -1479,6 +1480,7 @@ def _load_run_journal(run_dir: Path) -> dict[str, Any]:
             f"{run_dir} holds no journal.json: not the --out folder of a `recovery rollback`",
             "pass the run folder the rollback wrote (its journal, safety copy and bundle)",
         )
+    check_run_folder(run_dir, "undo")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:

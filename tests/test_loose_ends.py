@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import shutil
 import sqlite3
 from collections.abc import Iterator
@@ -289,3 +290,78 @@ def test_apply_deletes_refuses_a_run_that_was_undone(rolled_back: tuple[Path, Pa
     code, out = _invoke(str(run), "--yes")
     assert code == 2 and "undone" in out, out
     assert _sha(db) == before
+
+
+# a run folder others could write names the database root replaces: refused (recovery/runfolder.py)
+
+NOBODY = 65534
+ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+
+
+def _tamper(run: Path, how: str) -> None:
+    safety = next((run / "safety").iterdir())
+    if how == "folder-world-writable":
+        run.chmod(0o777)
+    elif how == "parent-world-writable":
+        run.parent.chmod(0o777)
+    elif how == "folder-owned-by-nobody":
+        os.chown(run, NOBODY, NOBODY)
+    elif how == "journal-owned-by-nobody":
+        os.chown(run / "journal.json", NOBODY, os.getegid())
+    elif how == "safety-group-writable-by-nogroup":
+        os.chown(safety, os.geteuid(), NOBODY)
+        safety.chmod(0o664)
+    elif how == "safety-is-a-symlink":
+        moved = run.parent / "elsewhere.db"
+        safety.rename(moved)
+        safety.symlink_to(moved)
+
+
+@pytest.mark.parametrize("command", ["undo", "apply-deletes"])
+@pytest.mark.parametrize(
+    "how",
+    [
+        "folder-world-writable",
+        "parent-world-writable",
+        pytest.param("folder-owned-by-nobody", marks=ROOT_ONLY),
+        pytest.param("journal-owned-by-nobody", marks=ROOT_ONLY),
+        pytest.param("safety-group-writable-by-nogroup", marks=ROOT_ONLY),
+        "safety-is-a-symlink",
+    ],
+)
+def test_a_run_folder_others_could_write_is_refused(
+    rolled_back: tuple[Path, Path], command: str, how: str
+) -> None:
+    db, run = rolled_back
+    _tamper(run, how)
+    before = _sha(db)
+    res = CliRunner().invoke(main, [command, str(run), "--yes"])
+    assert res.exit_code == 2, res.output
+    assert "run folder" in res.output and "nothing was changed" in res.output, res.output
+    assert "Traceback" not in res.output
+    assert _sha(db) == before
+
+
+def test_a_run_folder_in_a_sticky_shared_folder_is_trusted(
+    rolled_back: tuple[Path, Path], tmp_path: Path
+) -> None:
+    db, run = rolled_back
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)  # like /tmp: others cannot rename or remove what they do not own
+    moved = shared / "run"
+    run.rename(moved)
+    safety = next((moved / "safety").iterdir())
+    res = CliRunner().invoke(main, ["undo", str(moved), "--yes"])
+    assert res.exit_code == 0, res.output
+    revision = (
+        "SELECT count(*) FROM alembic_version WHERE version_num = (SELECT version_num FROM {})"
+    )
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as c:
+        c.execute("ATTACH DATABASE ? AS s", (f"file:{safety}?mode=ro",))
+        assert c.execute(revision.format("s.alembic_version")).fetchone()[0] == 1
+        assert (
+            c.execute("SELECT count(*) FROM parts").fetchone()[0]
+            == c.execute("SELECT count(*) FROM s.parts").fetchone()[0]
+        )
+    c.close()

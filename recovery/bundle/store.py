@@ -48,7 +48,7 @@ from recovery.transpile.mapping import (
     parse_expression,
 )
 from recovery.engine.schema import Schema
-from recovery.engine.sqlite_io import sha256_file
+from recovery.engine.sqlite_io import file_uri, sha256_file
 from recovery.model.kinds import KIND_COLUMN
 from recovery.model.values import COUNT_KEYS, TableCounts  # noqa: F401 - COUNT_KEYS named here too
 
@@ -401,7 +401,7 @@ def _check_databases(
         if not path.is_file():
             continue
         try:
-            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            conn = sqlite3.connect(file_uri(Path(path), mode="ro"), uri=True)
             try:
                 entries = conn.execute("SELECT type, name FROM sqlite_master").fetchall()
                 for kind, tname in entries:

@@ -78,7 +78,7 @@ def file_uri(path: Path, **params: str) -> str:
     """The ``file:`` URI of ``path`` (resolved, percent-quoted) with these query parameters
     (``mode=ro``, ``immutable=1`` …), for ``sqlite3.connect(uri=True)`` and ``ATTACH``."""
     query = "&".join(f"{k}={v}" for k, v in params.items())
-    return f"file:{quote(str(path.resolve()))}?{query}"
+    return f"file:{quote(str(path.resolve()))}" + (f"?{query}" if query else "")
 
 
 _ro_copies: dict[tuple[str, int, int, int, int], Path] = {}

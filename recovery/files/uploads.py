@@ -591,7 +591,7 @@ def copy_files_into_bundle(
     import sqlite3
 
     from recovery.capture.manifest import deploy_time_of, read_manifest
-    from recovery.engine.sqlite_io import readonly
+    from recovery.engine.sqlite_io import file_uri, readonly
     from recovery.engine.sqlbuild import col, sql, table
     from sqlglot import exp
 
@@ -606,7 +606,7 @@ def copy_files_into_bundle(
     report: dict[str, list[dict[str, object]]] = {"records": [], "unrecorded": [], "unsafe": []}
     referenced: set[str] = set()
     rows_db = work / "rows.db"
-    conn = sqlite3.connect(f"file:{rows_db}?mode=ro", uri=True)
+    conn = sqlite3.connect(file_uri(Path(rows_db), mode="ro"), uri=True)
     try:
         has = conn.execute(
             "SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (cfg.table,)

@@ -354,7 +354,7 @@ def seed_scratch(src: Path, dst: Path, limit: int = SAMPLE_ROWS) -> Path:
     from contextlib import closing
 
     from recovery.engine.sqlbuild import sql
-    from recovery.engine.sqlite_io import readonly_uri
+    from recovery.engine.sqlite_io import file_uri, readonly_uri
 
     order = {"table": 0, "index": 1, "view": 2, "trigger": 3}
     with open_engine(src).readonly("database") as s:
@@ -368,7 +368,7 @@ def seed_scratch(src: Path, dst: Path, limit: int = SAMPLE_ROWS) -> Path:
             ),
             key=lambda e: order.get(e[0], 4),
         )
-    with closing(sqlite3.connect(f"file:{dst}", uri=True)) as c:
+    with closing(sqlite3.connect(file_uri(Path(dst)), uri=True)) as c:
         filled: list[str] = []
         for kind, name, ddl in entries:
             if kind != "table":

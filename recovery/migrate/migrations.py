@@ -27,6 +27,7 @@ from recovery.errors import RecoveryError
 from recovery.migrate.sandbox_child import is_bookkeeping_sql  # noqa: F401 - re-exported
 from recovery.engine.schema import alembic_revision
 from recovery.engine import open_engine
+from recovery.engine.sqlite_io import file_uri
 
 Env = dict[str, dict[str, exp.Expression]]
 
@@ -136,7 +137,7 @@ class DowngradeCapture:
 
 
 def _columns(db: Path) -> dict[str, list[str]]:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    conn = sqlite3.connect(file_uri(Path(db), mode="ro"), uri=True)
     try:
         return {
             r[0]: [c[1] for c in conn.execute("SELECT * FROM pragma_table_info(?)", (r[0],))]

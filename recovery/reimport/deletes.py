@@ -37,6 +37,7 @@ from typing import Any
 from sqlglot import exp
 
 from recovery.bundle.store import Bundle, open_bundle, write_json_atomic
+from recovery.runfolder import check_run_folder
 from recovery.errors import ExitCode, RecoveryError
 from recovery.model.kinds import KIND_COLUMN as KIND
 from recovery.model.kinds import ConflictKind, Resolution
@@ -107,6 +108,7 @@ def locate_run(run_dir: Path) -> tuple[Path, Path]:
             f"run folder {run_dir} does not exist",
             "pass the --out folder of a rollback or reimport",
         )
+    check_run_folder(run_dir, "apply-deletes")
     journal = run_dir / "journal.json"
     report = run_dir / "report.json"
     try:

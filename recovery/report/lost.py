@@ -29,6 +29,7 @@ from recovery.bundle.store import LOST_TABLE
 from recovery.escape import ELLIPSIS, SHOW_LIMIT
 from recovery.engine.sqlbuild import col, sql, table
 from recovery.model.values import LostValues
+from recovery.engine.sqlite_io import file_uri
 
 if TYPE_CHECKING:
     from recovery.model.outcome import Outcome
@@ -271,7 +272,7 @@ def load(
 
 
 def open_ro(path: str | Path) -> sqlite3.Connection:
-    return sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True)
+    return sqlite3.connect(file_uri(Path(path), mode="ro"), uri=True)
 
 
 def iter_outcome_lost(outcome: Outcome) -> Iterator[dict[str, Any]]:

@@ -67,7 +67,9 @@ def sqlite_engine(db_path: Path, *, fast: bool = False) -> sa.Engine:
     The rollback journal stays on disk: ``journal_mode=MEMORY`` would hold every page a
     batch rebuild of a million-row table frees — hundreds of MB.
     """
-    engine = sa.create_engine(f"sqlite:///{Path(db_path).resolve()}", poolclass=NullPool)
+    engine = sa.create_engine(
+        sa.engine.URL.create("sqlite", database=str(Path(db_path).resolve())), poolclass=NullPool
+    )
     if fast:
 
         @sa.event.listens_for(engine, "connect")

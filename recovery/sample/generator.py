@@ -32,6 +32,7 @@ from recovery.errors import RecoveryError
 from recovery.sample.app import NEW_HEAD, OLD_HEAD, migrate
 from recovery.sample.backup import fill_backup
 from recovery.sample.simulate import Simulation
+from recovery.engine.sqlite_io import file_uri
 
 WORLD_VERSION = 1
 DEPLOY_TIME = datetime(2026, 11, 20, 14, 0, 0)
@@ -198,7 +199,7 @@ def _copy(src: Path, dst: Path) -> None:
 
 def _backfilled(live: Path) -> list[dict[str, Any]]:
     """parts.file_id values written by the bb001 data migration (at the deploy, not by users)."""
-    conn = sqlite3.connect(f"file:{live}?mode=ro", uri=True)
+    conn = sqlite3.connect(file_uri(Path(live), mode="ro"), uri=True)
     try:
         rows = conn.execute(
             "SELECT id, file_id FROM parts WHERE file_id IS NOT NULL ORDER BY id"
@@ -226,7 +227,7 @@ def _close_keeping_wal(conn: sqlite3.Connection, live: Path) -> None:
     (it is not the last), then the reader (it cannot checkpoint). Python 3.11 has no
     ``SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE``; this is the portable equivalent.
     """
-    reader = sqlite3.connect(f"file:{live}?mode=ro", uri=True)
+    reader = sqlite3.connect(file_uri(Path(live), mode="ro"), uri=True)
     reader.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
     conn.close()
     reader.close()

@@ -44,6 +44,7 @@ from recovery.engine.postgres import (
 from recovery.engine.schema import reflect
 from recovery.errors import RecoveryError
 from recovery.sample.app import NEW_HEAD, OLD_HEAD, alembic_config
+from recovery.engine.sqlite_io import file_uri
 from recovery.sample.generator import (
     BACKUP_NAME,
     DEPLOY_TIME,
@@ -99,7 +100,7 @@ def copy_rows(src: Path, engine: PostgresEngine, replace: bool = False) -> dict[
     """Every data table's rows of the SQLite file ``src`` into the same tables of ``engine``, in one
     transaction (``COPY``, streamed in batches); ``replace`` empties the tables first. Sequences
     are then set past the largest value of the column that owns them. Returns the rows per table."""
-    lite = sqlite3.connect(f"file:{src}?mode=ro", uri=True)
+    lite = sqlite3.connect(file_uri(Path(src), mode="ro"), uri=True)
     counts: dict[str, int] = {}
     try:
         schema = reflect(lite)

@@ -50,7 +50,7 @@ from recovery.engine.schema import alembic_revision
 from recovery.model.kinds import Resolution
 from recovery.engine.sqlbuild import and_all, col, is_distinct, is_same, or_all, sql, table
 from recovery.engine import open_engine
-from recovery.engine.sqlite_io import check_sqlite_file, sha256_file, sidecars
+from recovery.engine.sqlite_io import file_uri, check_sqlite_file, sha256_file, sidecars
 
 FORMAT = "recovery-rehearsal/1"
 SAMPLE_LIMIT = 20
@@ -348,11 +348,11 @@ def _check_round_trip(result: Rehearsal, rolled: Path, backup: Path, bundle: Bun
     result.checks["alembic_revision"] = {"expected": want, "actual": got, "ok": want == got}
     if want != got:
         result.reasons.append(f"the rolled-back copy is at revision {got}, the backup at {want}")
-    conn = sqlite3.connect(f"file:{rolled}?mode=ro", uri=True)
+    conn = sqlite3.connect(file_uri(Path(rolled), mode="ro"), uri=True)
     try:
-        conn.execute("ATTACH DATABASE ? AS bk", (f"file:{backup}?mode=ro",))
-        conn.execute("ATTACH DATABASE ? AS bundle", (f"file:{bundle.rows_db}?mode=ro",))
-        conn.execute("ATTACH DATABASE ? AS base", (f"file:{bundle.base_db}?mode=ro",))
+        conn.execute("ATTACH DATABASE ? AS bk", (file_uri(Path(backup), mode="ro"),))
+        conn.execute("ATTACH DATABASE ? AS bundle", (file_uri(Path(bundle.rows_db), mode="ro"),))
+        conn.execute("ATTACH DATABASE ? AS base", (file_uri(Path(bundle.base_db), mode="ro"),))
         result.checks["backup_rows"] = _backup_intact(conn, bundle, result)
         result.checks["post_deploy_changes"] = _changes_carried(conn, bundle, result)
     finally:

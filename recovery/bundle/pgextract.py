@@ -79,7 +79,7 @@ from recovery.engine.postgres import (
     scratch_database,
     sha256_file,
 )
-from recovery.engine.schema import Schema, Table
+from recovery.engine.schema import Schema
 from recovery.engine.sqlbuild import and_all, col, is_same, rendering_for, sql, table
 from recovery.engine.sqlite_io import fsync_dir
 from recovery.errors import RecoveryError
@@ -370,9 +370,7 @@ def close_foreign_keys(conn: Any, a: Analysis, counts: dict[str, Any]) -> None:
                     ),
                 ]
                 if a.old.table(fk.ref_table) is not None:
-                    match = and_all(
-                        is_same(col(x, "po"), col(x, "p")) for x in fk.ref_columns
-                    )
+                    match = and_all(is_same(col(x, "po"), col(x, "p")) for x in fk.ref_columns)
                     conds.append(
                         exp.Not(
                             this=exp.Exists(
@@ -819,7 +817,7 @@ def extract_postgres(
 def _live_sequences(live: PostgresEngine) -> dict[str, int]:
     """{table: last value} of the sequences the live tables own (read right after the rows)."""
     with live.readonly("live database") as conn:
-        return live.read_sequences(conn)  # type: ignore[arg-type]
+        return live.read_sequences(conn)
 
 
 def _backup_paths(conn: Any, a: Analysis, files: FilesConfig) -> set[str]:

@@ -27,12 +27,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import sqlite3
+import tempfile
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -85,9 +87,13 @@ from recovery.engine.sqlite_io import fsync_dir
 from recovery.errors import RecoveryError
 from recovery.files.uploads import FilesConfig, UploadsIndex, copy_files_into_bundle
 from recovery.model.kinds import CHANGED_KINDS, KIND_COLUMN as KIND, RowKind
+from recovery.migrate.replay import SCHEMA as REPLAY_SCHEMA
+from recovery.migrate.replay import Replayed
 from recovery.model.values import TableCounts
 from recovery.transpile.mapping import load_mapping, resolve
 from recovery.transpile.passes import plan as make_plan
+
+log = logging.getLogger(__name__)
 
 ENGINE = "postgresql"
 BATCH = 5000
@@ -171,19 +177,23 @@ def stand_in_types(conn: psycopg.Connection[Any], types: set[tuple[str, str, str
 
 @contextmanager
 def extract_workspace(
-    backup: PostgresEngine, live: PostgresEngine
+    backup: PostgresEngine, live: PostgresEngine, replayed: PostgresEngine | None = None
 ) -> Iterator[psycopg.Connection[Any]]:
     """A connection to a scratch database on the live server with ``backup`` as the foreign schema
     ``old``, ``live`` as ``new`` (both servers ``updatable 'false'``), and the empty local schemas
     ``bnew`` and ``bbase``, inside one REPEATABLE READ transaction (postgres_fdw reads each source
-    in one snapshot for the whole transaction). The scratch database is dropped afterwards."""
-    types = user_types(backup) | user_types(live)
+    in one snapshot for the whole transaction); ``replayed`` (the upgrade replayed on a copy of
+    the backup) as the foreign schema ``replayed``. The scratch database is dropped afterwards."""
+    sources = [(backup, "old"), (live, "new")]
+    if replayed is not None:
+        sources.append((replayed, REPLAY_SCHEMA))
+    types = set().union(*(user_types(engine) for engine, _ in sources))
     with scratch_database(live, "extract") as ws:
         conn = connect(ws.url, "scratch database")
         try:
             try:
                 stand_in_types(conn, types)
-                for engine, schema in ((backup, "old"), (live, "new")):
+                for engine, schema in sources:
                     attach_foreign(conn, engine, schema)
                     run(
                         conn,
@@ -650,6 +660,53 @@ def analyse_pg(
     )
 
 
+# ---- the application's upgrade, replayed in the sandbox ------------------------------------------
+
+
+class PgReplayed(Replayed):
+    """The upgrade replayed on a copy of the backup, in a scratch database the extract workspace
+    reaches as the foreign schema :data:`recovery.migrate.replay.SCHEMA`."""
+
+    def __init__(self, db: PostgresEngine) -> None:
+        self.path = Path(db.spec)
+        self.db = db
+        self.columns = {t: frozenset(cols) for t, cols in column_types(db).items()}
+
+    def attach(self, conn: Any) -> Any:
+        raise NotImplementedError("attached by extract_workspace")
+
+
+def replay_upgrade_pg(
+    alembic_ini: str | os.PathLike[str],
+    old_db: PostgresEngine,
+    old_rev: str | None,
+    new_rev: str | None,
+    stack: ExitStack,
+) -> PgReplayed | None:
+    """The application's upgrade from ``old_rev`` to ``new_rev`` run by the sandbox child on a
+    copy of the backup (:func:`recovery.migrate.pgsandbox.sandbox_database`: a role that can reach
+    that copy only), kept until ``stack`` closes; None (one line on stderr) when the revisions are
+    unknown or the upgrade fails: the values it may have filled are then "not verified"."""
+    from recovery.migrate.pgsandbox import sandbox_database
+    from recovery.migrate.sandbox import MigrationFailed, Sandbox
+
+    if old_rev is None or new_rev is None:
+        return None
+    sdb = stack.enter_context(sandbox_database(old_db, "replay"))
+    if old_rev != new_rev:
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="recovery-replay-")))
+        try:
+            with Sandbox(Path(alembic_ini), folder / "no-file.db", [], server_url=sdb.url) as sb:
+                sb.migrate("upgrade", new_rev)
+        except MigrationFailed as err:
+            log.warning(
+                f"recovery: replaying the upgrade on a copy of the backup failed ({err.one_line()}); "
+                "values the upgrade may have filled are listed as not verified"
+            )
+            return None
+    return PgReplayed(sdb.admin)
+
+
 # ---- the command --------------------------------------------------------------------------------
 
 
@@ -691,10 +748,10 @@ def extract_postgres(
             f"--out {out_p} already exists and is not empty",
             "choose a new folder; nothing was overwritten",
         )
-    if alembic_ini is not None:
+    if alembic_ini is not None and not Path(alembic_ini).is_file():
         raise RecoveryError(
-            "--alembic-ini is not supported for PostgreSQL yet",
-            "extract without it; nothing was changed",
+            f"--alembic-ini {alembic_ini} does not exist",
+            "point it at the application's alembic.ini",
         )
     files = files or FilesConfig()
     live_db = PostgresEngine(live)
@@ -716,13 +773,24 @@ def extract_postgres(
     )
     hasher.shutdown(wait=False)
     try:
-        with backup_database(backup_text, live_db) as old_db:
+        with ExitStack() as stack:
+            old_db = stack.enter_context(backup_database(backup_text, live_db))
             old_db.check("backup")
             old, new = reflect_pg(old_db), reflect_pg(live_db)
             ops = structural_pg(old_db, live_db)
             types_new, types_old = column_types(live_db), column_types(old_db)
             backup_label = backup_text if not backup_is_url else old_db.spec
-            with extract_workspace(old_db, live_db) as conn, rendering_for("postgres"):
+            replay = (
+                replay_upgrade_pg(
+                    alembic_ini, old_db, old.alembic_revision, new.alembic_revision, stack
+                )
+                if alembic_ini is not None
+                else None
+            )
+            conn = stack.enter_context(
+                extract_workspace(old_db, live_db, replay.db if replay is not None else None)
+            )
+            with rendering_for("postgres"):
                 a = analyse_pg(
                     PgPair(conn),
                     backup_label,
@@ -734,6 +802,7 @@ def extract_postgres(
                     mapping,
                     trust_mapping,
                 )
+                a.replay = replay
                 counts: dict[str, Any] = {}
                 progress.set_total(len(a.bundle_tables) + 3)
                 for name in a.bundle_tables:
@@ -790,7 +859,7 @@ def extract_postgres(
             "schema_diff": a.schema_diff.to_dict(),
             "mapping": a.mapping.to_dict(),
             "lineage": None,
-            "upgrade_replayed": False,
+            "upgrade_replayed": replay is not None,
             "counts": counts,
             "planning_errors": list(p.errors),
             "files": file_report,

@@ -290,6 +290,10 @@ def test_every_type_round_trips_exactly(typed_pair: tuple[str, str], tmp_path: P
         (3, "deleted"),
     ]
     _same_in_server(old, t, "id", m["pg_types_base"][t], base)
+    r = cli("diff", old, new, "--json")  # enum and domain columns compare in the workspace too
+    assert r.returncode == 1, r.stderr
+    c = json.loads(r.stdout)["tables"][t]
+    assert (c["inserted"], c["updated"], c["deleted"]) == (1, 2, 1)
 
 
 def _raw(db: Path, table: str) -> list[tuple[Any, ...]]:
@@ -560,3 +564,31 @@ def test_app_migrations_reach_only_their_scratch_database(
             "(SELECT count(*) FROM pg_database WHERE datname LIKE 'recovery_scratch_replay_%')"
         ).fetchone()
     assert left == (0, 0)
+
+
+def test_alembic_ini_on_postgres_gives_the_sqlite_rules_and_bundle(
+    worlds: tuple[Path, str, Path], tmp_path: Path
+) -> None:
+    """The sample app's own migrations (upgrade replayed, downgrade followed for lineage), run in
+    the sandbox on scratch copies: the same rules, lineage, counts and lost values as on SQLite,
+    for ``extract`` and ``diff``."""
+    from recovery.sample.app import app_dir
+
+    out, url, lite = worlds
+    ini = str(app_dir() / "alembic.ini")
+    dump = str(out / json.loads((out / "world.json").read_text())["backup"])
+    lite_args = [str(lite / "gestima.db.bak.20261120_140000"), str(lite / "gestima.db")]
+    pg = extract_postgres(dump, url, tmp_path / "pg", alembic_ini=ini)
+    sq = extract(*lite_args, tmp_path / "lite", alembic_ini=ini)
+    a, b = pg.bundle.manifest, sq.bundle.manifest
+    assert a["upgrade_replayed"] is b["upgrade_replayed"] is True
+    assert a["lineage"]["rules"] == b["lineage"]["rules"] != {}
+    assert a["lineage"]["failed"] == b["lineage"]["failed"] == []
+    assert a["mapping"] == b["mapping"] and a["counts"] == b["counts"]
+    assert pg.summary()["lost"] == sq.summary()["lost"]
+    r1 = cli("diff", dump, url, "--alembic-ini", ini, "--json")
+    r2 = cli("diff", *lite_args, "--alembic-ini", ini, "--json")
+    assert (r1.returncode, r2.returncode) == (1, 1), r1.stderr + r2.stderr
+    d1, d2 = json.loads(r1.stdout), json.loads(r2.stdout)
+    for key in ("tables", "schema", "mapping", "totals", "at_risk", "filled_by_upgrade"):
+        assert d1[key] == d2[key], key

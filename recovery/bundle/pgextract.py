@@ -27,14 +27,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import shutil
 import sqlite3
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -70,15 +68,11 @@ from recovery.compare.timestamps import parse_since
 from recovery.engine.postgres import (
     PgPair,
     PostgresEngine,
-    attach_foreign,
     backup_database,
     command,
-    connect,
     ident,
-    install_sqlite_compat,
     is_postgres_url,
     run,
-    scratch_database,
     sha256_file,
 )
 from recovery.engine.schema import Schema
@@ -87,141 +81,23 @@ from recovery.engine.sqlite_io import fsync_dir
 from recovery.errors import RecoveryError
 from recovery.files.uploads import FilesConfig, UploadsIndex, copy_files_into_bundle
 from recovery.model.kinds import CHANGED_KINDS, KIND_COLUMN as KIND, RowKind
-from recovery.migrate.replay import SCHEMA as REPLAY_SCHEMA
-from recovery.migrate.replay import Replayed
+from recovery.engine.pgworkspace import column_types, workspace
+from recovery.migrate.pgsandbox import derive_lineage_pg, replay_upgrade_pg
 from recovery.model.values import TableCounts
 from recovery.transpile.mapping import load_mapping, resolve
 from recovery.transpile.passes import plan as make_plan
 
-log = logging.getLogger(__name__)
-
 ENGINE = "postgresql"
 BATCH = 5000
 """Rows per ``executemany`` into the bundle while a COPY streams."""
-SESSION_SETTINGS = (
-    "SET TIME ZONE 'UTC'",
-    "SET datestyle = 'ISO, YMD'",
-    "SET intervalstyle = 'postgres'",
-    "SET bytea_output = 'hex'",
-    "SET extra_float_digits = 1",
-)
-"""The workspace session's output settings: the text form of every carried value depends on them
-(and each of these text forms reads back as the identical value)."""
-
-_COLUMN_TYPES = (
-    "SELECT c.relname, a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod) "
-    "FROM pg_catalog.pg_attribute AS a "
-    "JOIN pg_catalog.pg_class AS c ON c.oid = a.attrelid "
-    "JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace "
-    "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND a.attnum > 0 "
-    "AND NOT a.attisdropped ORDER BY c.relname, a.attnum"
-)
-_USER_TYPES = (
-    "SELECT DISTINCT tn.nspname, t.typname, t.typtype, "
-    "CASE WHEN t.typtype = 'd' AND bn.nspname = 'pg_catalog' "
-    "THEN pg_catalog.format_type(t.typbasetype, t.typtypmod) END "
-    "FROM pg_catalog.pg_attribute AS a "
-    "JOIN pg_catalog.pg_class AS c ON c.oid = a.attrelid "
-    "JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace "
-    "JOIN pg_catalog.pg_type AS t0 ON t0.oid = a.atttypid "
-    "JOIN pg_catalog.pg_type AS t ON t.oid = CASE WHEN t0.typelem <> 0 AND t0.typlen = -1 "
-    "THEN t0.typelem ELSE t0.oid END "
-    "JOIN pg_catalog.pg_namespace AS tn ON tn.oid = t.typnamespace "
-    "LEFT JOIN pg_catalog.pg_type AS b ON b.oid = t.typbasetype "
-    "LEFT JOIN pg_catalog.pg_namespace AS bn ON bn.oid = b.typnamespace "
-    "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND a.attnum > 0 "
-    "AND NOT a.attisdropped AND tn.nspname NOT IN ('pg_catalog', 'information_schema')"
-)
 
 
-# ---- the sources' catalogs ----------------------------------------------------------------------
-
-
-def column_types(db: PostgresEngine) -> dict[str, dict[str, str]]:
-    """{table: {column: ``format_type`` text}} of the tables in ``public``, in column order."""
-    out: dict[str, dict[str, str]] = {}
-    with db.readonly("database") as conn:
-        for tname, cname, typ in run(conn, _COLUMN_TYPES).fetchall():
-            out.setdefault(str(tname), {})[str(cname)] = str(typ)
-    return out
-
-
-def user_types(db: PostgresEngine) -> set[tuple[str, str, str | None]]:
-    """(schema, name, built-in base type or None) of every user-defined type a ``public`` table's
-    column uses (itself or as an array's element): enums, domains, composites, extension types."""
-    with db.readonly("database") as conn:
-        return {
-            (str(s), str(n), None if base is None else str(base))
-            for s, n, _kind, base in run(conn, _USER_TYPES).fetchall()
-        }
-
-
-def stand_in_types(conn: psycopg.Connection[Any], types: set[tuple[str, str, str | None]]) -> None:
-    """In the workspace, a domain of the same qualified name for each user-defined type the sources
-    use (over its built-in base type for a domain, else over ``text``): the foreign tables then
-    import, and postgres_fdw hands each value over as the source's text output."""
-    made: set[tuple[str, str]] = set()
-    for schema, name, base in sorted(types, key=lambda t: (t[0], t[1], t[2] or "")):
-        if (schema, name) in made:
-            continue
-        made.add((schema, name))
-        run(conn, command(f"CREATE SCHEMA IF NOT EXISTS {ident(schema)}"))
-        run(
-            conn,
-            command(f"CREATE DOMAIN {ident(schema)}.{ident(name)} AS {base or 'text'}"),
-        )
-
-
-# ---- the workspace ------------------------------------------------------------------------------
-
-
-@contextmanager
 def extract_workspace(
     backup: PostgresEngine, live: PostgresEngine, replayed: PostgresEngine | None = None
-) -> Iterator[psycopg.Connection[Any]]:
-    """A connection to a scratch database on the live server with ``backup`` as the foreign schema
-    ``old``, ``live`` as ``new`` (both servers ``updatable 'false'``), and the empty local schemas
-    ``bnew`` and ``bbase``, inside one REPEATABLE READ transaction (postgres_fdw reads each source
-    in one snapshot for the whole transaction); ``replayed`` (the upgrade replayed on a copy of
-    the backup) as the foreign schema ``replayed``. The scratch database is dropped afterwards."""
-    sources = [(backup, "old"), (live, "new")]
-    if replayed is not None:
-        sources.append((replayed, REPLAY_SCHEMA))
-    types = set().union(*(user_types(engine) for engine, _ in sources))
-    with scratch_database(live, "extract") as ws:
-        conn = connect(ws.url, "scratch database")
-        try:
-            try:
-                stand_in_types(conn, types)
-                for engine, schema in sources:
-                    attach_foreign(conn, engine, schema)
-                    run(
-                        conn,
-                        command(
-                            f"ALTER SERVER {ident('recovery_' + schema)} "
-                            "OPTIONS (ADD updatable 'false')"
-                        ),
-                    )
-                install_sqlite_compat(conn)
-                for setting in SESSION_SETTINGS:
-                    run(conn, command(setting))
-                for schema in ("bnew", "bbase"):
-                    run(conn, command(f"CREATE SCHEMA {ident(schema)}"))
-            except psycopg.Error as exc:
-                raise RecoveryError(
-                    f"cannot reach the databases through postgres_fdw: {_first_line(str(exc))}",
-                    "the user needs to create the postgres_fdw extension (PostgreSQL contrib) "
-                    "in a new database",
-                ) from None
-            run(conn, command("BEGIN ISOLATION LEVEL REPEATABLE READ"))
-            yield conn
-        finally:
-            conn.close()
-
-
-def _first_line(text: str) -> str:
-    lines = [ln for ln in (text or "").strip().splitlines() if ln.strip()]
-    return lines[0] if lines else "no message"
+) -> AbstractContextManager[psycopg.Connection[Any]]:
+    """The workspace (:func:`recovery.engine.pgworkspace.workspace`) with the writable local
+    schemas ``bnew`` (rows in the new schema) and ``bbase`` (backup images)."""
+    return workspace(backup, live, replayed, ("bnew", "bbase"), "extract")
 
 
 def _create_like(conn: Any, schema: str, name: str, source_schema: str, source: str) -> None:
@@ -660,53 +536,6 @@ def analyse_pg(
     )
 
 
-# ---- the application's upgrade, replayed in the sandbox ------------------------------------------
-
-
-class PgReplayed(Replayed):
-    """The upgrade replayed on a copy of the backup, in a scratch database the extract workspace
-    reaches as the foreign schema :data:`recovery.migrate.replay.SCHEMA`."""
-
-    def __init__(self, db: PostgresEngine) -> None:
-        self.path = Path(db.spec)
-        self.db = db
-        self.columns = {t: frozenset(cols) for t, cols in column_types(db).items()}
-
-    def attach(self, conn: Any) -> Any:
-        raise NotImplementedError("attached by extract_workspace")
-
-
-def replay_upgrade_pg(
-    alembic_ini: str | os.PathLike[str],
-    old_db: PostgresEngine,
-    old_rev: str | None,
-    new_rev: str | None,
-    stack: ExitStack,
-) -> PgReplayed | None:
-    """The application's upgrade from ``old_rev`` to ``new_rev`` run by the sandbox child on a
-    copy of the backup (:func:`recovery.migrate.pgsandbox.sandbox_database`: a role that can reach
-    that copy only), kept until ``stack`` closes; None (one line on stderr) when the revisions are
-    unknown or the upgrade fails: the values it may have filled are then "not verified"."""
-    from recovery.migrate.pgsandbox import sandbox_database
-    from recovery.migrate.sandbox import MigrationFailed, Sandbox
-
-    if old_rev is None or new_rev is None:
-        return None
-    sdb = stack.enter_context(sandbox_database(old_db, "replay"))
-    if old_rev != new_rev:
-        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="recovery-replay-")))
-        try:
-            with Sandbox(Path(alembic_ini), folder / "no-file.db", [], server_url=sdb.url) as sb:
-                sb.migrate("upgrade", new_rev)
-        except MigrationFailed as err:
-            log.warning(
-                f"recovery: replaying the upgrade on a copy of the backup failed ({err.one_line()}); "
-                "values the upgrade may have filled are listed as not verified"
-            )
-            return None
-    return PgReplayed(sdb.admin)
-
-
 # ---- the command --------------------------------------------------------------------------------
 
 
@@ -787,6 +616,10 @@ def extract_postgres(
                 if alembic_ini is not None
                 else None
             )
+            lineage, lineage_report = None, None
+            if replay is not None:  # the downgrade runs on a copy of the replayed upgrade
+                assert alembic_ini is not None
+                lineage, lineage_report = derive_lineage_pg(alembic_ini, old, new, replay.db)
             conn = stack.enter_context(
                 extract_workspace(old_db, live_db, replay.db if replay is not None else None)
             )
@@ -801,6 +634,7 @@ def extract_postgres(
                     since,
                     mapping,
                     trust_mapping,
+                    lineage,
                 )
                 a.replay = replay
                 counts: dict[str, Any] = {}
@@ -858,7 +692,7 @@ def extract_postgres(
             "schemas": {"old": a.old.to_dict(), "new": a.new.to_dict()},
             "schema_diff": a.schema_diff.to_dict(),
             "mapping": a.mapping.to_dict(),
-            "lineage": None,
+            "lineage": lineage_report,
             "upgrade_replayed": replay is not None,
             "counts": counts,
             "planning_errors": list(p.errors),

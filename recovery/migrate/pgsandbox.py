@@ -24,14 +24,18 @@ happens. The connection URL (with the role's password) goes only to the child.
 from __future__ import annotations
 
 import logging
+import os
 import secrets
+import tempfile
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import psycopg
+from sqlglot import exp
 
 from recovery.engine.postgres import (
     SCRATCH_PREFIX,
@@ -44,6 +48,9 @@ from recovery.engine.postgres import (
     literal,
     run,
 )
+from recovery.engine.pgworkspace import column_types
+from recovery.engine.schema import Schema
+from recovery.migrate.replay import Replayed
 from recovery.errors import RecoveryError
 
 ROLE_PREFIX = "recovery_sandbox_"
@@ -187,3 +194,119 @@ def sandbox_database(
                 run(admin, drop_database_sql(name))
             if made_role:
                 run(admin, command(f"DROP ROLE IF EXISTS {ident(role)}"))
+
+
+def _downgrade_steps(revs: list[Any], target: str) -> list[tuple[str, str]]:
+    """(revision, the target that undoes just it), newest first; a history with branches or
+    merges in the range is one step ``NEWEST..TARGET`` (as for SQLite)."""
+    if not revs:
+        return []
+    chain = [r.revision for r in revs[1:]] + [target]
+    if all(r.down_revision == nxt for r, nxt in zip(revs, chain, strict=True)):
+        return list(zip((r.revision for r in revs), chain, strict=True))
+    return [(f"{revs[0].revision}..{target}", target)]
+
+
+def derive_lineage_pg(
+    alembic_ini: str | os.PathLike[str],
+    old: Schema,
+    new: Schema,
+    at_new: PostgresEngine,
+) -> tuple[dict[str, dict[str, exp.Expression]], dict[str, Any]]:
+    """Mapping rules read from the application's own downgrade, run by the sandbox child one
+    revision at a time on a copy of ``at_new`` (a database the tool made at the live revision:
+    the replayed upgrade), as a role that reaches that copy only; the statements are followed as
+    on SQLite (:func:`recovery.migrate.migrations.lineage_from_capture`). A revision whose
+    downgrade fails is recorded and ends the capture (the columns it would have told stay
+    without lineage)."""
+    from recovery.migrate.migrations import (
+        DowngradeCapture,
+        lineage_from_capture,
+        revisions_between,
+    )
+    from recovery.migrate.sandbox import MigrationFailed, Sandbox
+
+    old_rev, new_rev = old.alembic_revision, new.alembic_revision
+    if old_rev is None or new_rev is None:
+        raise RecoveryError(
+            "--alembic-ini needs both databases to have an alembic_version",
+            "pass a mapping file instead",
+        )
+    env = {
+        t.name: {c: exp.column(c, quoted=True) for c in t.column_names} for t in new.tables.values()
+    }
+    old_tables = {t.name: list(t.column_names) for t in old.tables.values()}
+    revs = revisions_between(alembic_ini, new_rev, old_rev) if old_rev != new_rev else []
+    steps: list[tuple[str, list[str] | None]] = []
+    failed: list[dict[str, Any]] = []
+    if revs:
+        with (
+            sandbox_database(at_new, "lineage") as sdb,
+            tempfile.TemporaryDirectory(prefix="recovery-lineage-") as tmp,
+            Sandbox(Path(alembic_ini), Path(tmp) / "no-file.db", [], server_url=sdb.url) as sb,
+        ):
+            for label, target in _downgrade_steps(revs, old_rev):
+                try:
+                    steps.append((label, sb.migrate("downgrade", target)))
+                except MigrationFailed as exc:
+                    steps.append((label, None))
+                    failed.append(
+                        {
+                            "revision": label,
+                            "error": exc.error,
+                            "refused": exc.refused,
+                            "rebuilt": False,
+                            "rebuild_error": "a failed revision ends the capture on PostgreSQL",
+                            "columns": [],
+                        }
+                    )
+                    break
+    return lineage_from_capture(
+        DowngradeCapture(steps, failed), env, old_tables, revs, old_rev, new_rev
+    )
+
+
+# ---- the application's upgrade, replayed in the sandbox ------------------------------------------
+
+
+class PgReplayed(Replayed):
+    """The upgrade replayed on a copy of the backup, in a scratch database the extract workspace
+    reaches as the foreign schema :data:`recovery.migrate.replay.SCHEMA`."""
+
+    def __init__(self, db: PostgresEngine) -> None:
+        self.path = Path(db.spec)
+        self.db = db
+        self.columns = {t: frozenset(cols) for t, cols in column_types(db).items()}
+
+    def attach(self, conn: Any) -> Any:
+        raise NotImplementedError("attached by extract_workspace")
+
+
+def replay_upgrade_pg(
+    alembic_ini: str | os.PathLike[str],
+    old_db: PostgresEngine,
+    old_rev: str | None,
+    new_rev: str | None,
+    stack: ExitStack,
+) -> PgReplayed | None:
+    """The application's upgrade from ``old_rev`` to ``new_rev`` run by the sandbox child on a
+    copy of the backup (:func:`recovery.migrate.pgsandbox.sandbox_database`: a role that can reach
+    that copy only), kept until ``stack`` closes; None (one line on stderr) when the revisions are
+    unknown or the upgrade fails: the values it may have filled are then "not verified"."""
+    from recovery.migrate.sandbox import MigrationFailed, Sandbox
+
+    if old_rev is None or new_rev is None:
+        return None
+    sdb = stack.enter_context(sandbox_database(old_db, "replay"))
+    if old_rev != new_rev:
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="recovery-replay-")))
+        try:
+            with Sandbox(Path(alembic_ini), folder / "no-file.db", [], server_url=sdb.url) as sb:
+                sb.migrate("upgrade", new_rev)
+        except MigrationFailed as err:
+            log.warning(
+                f"recovery: replaying the upgrade on a copy of the backup failed ({err.one_line()}); "
+                "values the upgrade may have filled are listed as not verified"
+            )
+            return None
+    return PgReplayed(sdb.admin)

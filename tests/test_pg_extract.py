@@ -383,6 +383,13 @@ GOOD_MAP = '[tables.quotes.columns]\ncustomer = "customer_name"\n'
 BAD_MAP = "[tables.quotes.columns]\ncustomer = \"upper(customer_name) || 'x'\"\n"
 
 
+def _diff(backup: str, db: str, **kw: Any) -> tuple[int, dict[str, Any]]:
+    from recovery import commands
+
+    res = commands.diff(backup=backup, db=db, **kw)
+    return res.exit_code, json.loads(json.dumps(res.diff.to_dict(), default=str))
+
+
 def test_mapping_file_on_postgres_as_on_sqlite(
     worlds: tuple[Path, str, Path], tmp_path: Path
 ) -> None:
@@ -391,27 +398,23 @@ def test_mapping_file_on_postgres_as_on_sqlite(
     out, url, lite = worlds
     dump = str(out / json.loads((out / "world.json").read_text())["backup"])
     lite_args = [str(lite / "gestima.db.bak.20261120_140000"), str(lite / "gestima.db")]
-    (tmp_path / "good.toml").write_text(GOOD_MAP)
-    (tmp_path / "bad.toml").write_text(BAD_MAP)
-    pg = cli("diff", dump, url, "--mapping", str(tmp_path / "good.toml"), "--json")
-    sq = cli("diff", *lite_args, "--mapping", str(tmp_path / "good.toml"), "--json")
-    assert (pg.returncode, sq.returncode) == (1, 1), pg.stderr + sq.stderr
-    a, b = json.loads(pg.stdout), json.loads(sq.stdout)
-    assert a["mapping"] == b["mapping"] and a["totals"] == b["totals"]
+    good, bad = tmp_path / "good.toml", tmp_path / "bad.toml"
+    good.write_text(GOOD_MAP)
+    bad.write_text(BAD_MAP)
+    (c1, a), (c2, b) = _diff(dump, url, mapping=good), _diff(*lite_args, mapping=good)
+    assert (c1, c2) == (1, 1) and a["mapping"] == b["mapping"] and a["totals"] == b["totals"]
     (rule,) = [c for c in a["mapping"]["quotes"]["columns"] if c["column"] == "customer"]
     assert rule["source"] == "user-mapping" and rule["verdict"] == "agrees"
-    pg = cli("diff", dump, url, "--mapping", str(tmp_path / "bad.toml"), "--json")
-    sq = cli("diff", *lite_args, "--mapping", str(tmp_path / "bad.toml"), "--json")
-    assert (pg.returncode, sq.returncode) == (2, 2) and pg.stderr == sq.stderr
-    assert "disagrees with the backup" in pg.stderr and "Traceback" not in pg.stderr
-    r = cli(
-        "extract", dump, url, "--out", str(tmp_path / "b"), "--mapping", str(tmp_path / "bad.toml")
-    )
-    assert r.returncode == 2 and not (tmp_path / "b").exists()
-    res = extract_postgres(dump, url, tmp_path / "g", mapping=tmp_path / "good.toml")
-    ref = extract(*lite_args, tmp_path / "s", mapping=tmp_path / "good.toml")
-    assert res.bundle.manifest["mapping"] == ref.bundle.manifest["mapping"]
-    assert res.bundle.manifest["counts"] == ref.bundle.manifest["counts"]
+    with pytest.raises(RecoveryError) as on_sqlite:
+        _diff(*lite_args, mapping=bad)
+    r = cli("diff", dump, url, "--mapping", str(bad), "--json")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert on_sqlite.value.message in r.stderr and "disagrees with the backup" in r.stderr
+    with pytest.raises(RecoveryError, match="disagrees with the backup"):
+        extract_postgres(dump, url, tmp_path / "b", mapping=bad)
+    assert not (tmp_path / "b").exists() and not list(tmp_path.glob(".b.partial-*"))
+    res = extract_postgres(dump, url, tmp_path / "g", mapping=good)
+    assert res.bundle.manifest["mapping"] == a["mapping"]
 
 
 ENV_PY = """
@@ -586,9 +589,7 @@ def test_alembic_ini_on_postgres_gives_the_sqlite_rules_and_bundle(
     assert a["lineage"]["failed"] == b["lineage"]["failed"] == []
     assert a["mapping"] == b["mapping"] and a["counts"] == b["counts"]
     assert pg.summary()["lost"] == sq.summary()["lost"]
-    r1 = cli("diff", dump, url, "--alembic-ini", ini, "--json")
-    r2 = cli("diff", *lite_args, "--alembic-ini", ini, "--json")
-    assert (r1.returncode, r2.returncode) == (1, 1), r1.stderr + r2.stderr
-    d1, d2 = json.loads(r1.stdout), json.loads(r2.stdout)
+    (c1, d1), (c2, d2) = _diff(dump, url, alembic_ini=ini), _diff(*lite_args, alembic_ini=ini)
+    assert (c1, c2) == (1, 1)
     for key in ("tables", "schema", "mapping", "totals", "at_risk", "filled_by_upgrade"):
         assert d1[key] == d2[key], key

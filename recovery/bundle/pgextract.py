@@ -179,6 +179,9 @@ def extract_table(conn: Any, a: Analysis, name: str, counts: dict[str, Any]) -> 
             .where(cond)
         )
         upd = _insert_select(conn, "bnew", name, new_cols, upd_q)
+    # statistics before joining the backup to it: unanalysed, the planner may drive a foreign
+    # scan of the backup once per bundle row
+    run(conn, command(f"ANALYZE {ident('bnew')}.{ident(name)}"))
     base_q = (
         exp.select(*[col(c, "o") for c in old_cols], exp.Literal.string(RowKind.UPDATED))
         .from_(table(name, "old", "o"))
@@ -541,16 +544,25 @@ def analyse_pg(
 
 def live_identity(live: PostgresEngine) -> dict[str, Any]:
     """What identifies the live source at extract time (no content hash: that would read every
-    row once more): the server's system identifier, the database, its snapshot; ``sha256`` is the
-    hash of those."""
+    row once more): the server's system identifier (when this user may read it), the database,
+    its snapshot; ``sha256`` is the hash of those."""
     with live.readonly("live database") as conn:
-        sysid, snap, oid = run(
+        snap, oid = run(
             conn,
-            "SELECT (SELECT system_identifier FROM pg_catalog.pg_control_system()), "
-            "CAST(pg_catalog.pg_current_snapshot() AS TEXT), "
+            "SELECT CAST(pg_catalog.pg_current_snapshot() AS TEXT), "
             "(SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())",
         ).fetchone()
-    ident_ = {"system_identifier": str(sysid), "database_oid": int(oid), "snapshot": str(snap)}
+        try:
+            (sysid,) = run(
+                conn, "SELECT system_identifier FROM pg_catalog.pg_control_system()"
+            ).fetchone()
+        except psycopg.errors.InsufficientPrivilege:
+            sysid = None
+    ident_ = {
+        "system_identifier": None if sysid is None else str(sysid),
+        "database_oid": int(oid),
+        "snapshot": str(snap),
+    }
     digest = hashlib.sha256(json.dumps(ident_, sort_keys=True).encode()).hexdigest()
     return {"path": live.spec, "url": live.spec, **ident_, "sha256": digest}
 

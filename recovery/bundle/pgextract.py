@@ -149,6 +149,9 @@ def extract_table(conn: Any, a: Analysis, name: str, counts: dict[str, Any]) -> 
     s = sides(old_t, a.mapping.tables[name])
     if isinstance(s, str):
         raise RecoveryError(f"cannot extract {name}: {s}", "map the key column in the mapping file")
+    # a plain equality where the key holds no NULL: PostgreSQL hashes or merges it (the NULL-safe
+    # comparison it cannot, which makes every join a nested loop over a foreign scan)
+    key_eq = is_same if s.null_safe_key else (lambda x, y: exp.EQ(this=x, expression=y))
     old_cols = list(old_t.column_names)
     _create_like(conn, "bbase", name, "old", name)
     n_cols = [col(c, "n") for c in new_cols]
@@ -169,12 +172,7 @@ def extract_table(conn: Any, a: Analysis, name: str, counts: dict[str, Any]) -> 
             .from_(table(name, "old", "o"))
             .join(
                 table(a.live_name(name), "new", "n"),
-                on=and_all(
-                    (is_same if s.null_safe_key else lambda x, y: exp.EQ(this=x, expression=y))(
-                        o, n
-                    )
-                    for o, n in zip(s.old_key, s.new_key, strict=True)
-                ),
+                on=and_all(key_eq(o, n) for o, n in zip(s.old_key, s.new_key, strict=True)),
             )
             .where(cond)
         )
@@ -188,7 +186,7 @@ def extract_table(conn: Any, a: Analysis, name: str, counts: dict[str, Any]) -> 
         .join(
             table(name, "bnew", "b"),
             on=and_all(
-                [is_same(o, _rebase(n, "b")) for o, n in zip(s.old_key, s.new_key, strict=True)]
+                [key_eq(o, _rebase(n, "b")) for o, n in zip(s.old_key, s.new_key, strict=True)]
                 + [exp.EQ(this=col(KIND, "b"), expression=exp.Literal.string(RowKind.UPDATED))]
             ),
         )
@@ -259,7 +257,10 @@ def close_foreign_keys(conn: Any, a: Analysis, counts: dict[str, Any]) -> None:
                     ),
                 ]
                 if a.old.table(fk.ref_table) is not None:
-                    match = and_all(is_same(col(x, "po"), col(x, "p")) for x in fk.ref_columns)
+                    # (the parent's key is not NULL here: it is in a list of non-NULL keys)
+                    match = and_all(
+                        exp.EQ(this=col(x, "po"), expression=col(x, "p")) for x in fk.ref_columns
+                    )
                     conds.append(
                         exp.Not(
                             this=exp.Exists(

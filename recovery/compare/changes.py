@@ -249,6 +249,29 @@ def user_value(t: Table, column: str, alias: str, replay: Replayed | None = None
     return exp.and_(nd, exp.Not(this=same))
 
 
+def replay_needs(old_t: Table, new_t: Table, tm: TableMapping | None) -> exp.Expression | None:
+    """The backup rows (row ``o``, the live database attached as ``new``) whose replayed values
+    :func:`user_value` may ask for: those whose live row holds a non-default value in a column the
+    old schema cannot carry. That is every row ``diff`` and ``extract`` ever look up in the
+    replayed copy (an inserted row has no backup row to replay), whatever the replay answers, so
+    the bounded copy (:mod:`recovery.migrate.bounded`) can be built before the replay runs.
+    None: nothing of this table is ever asked for."""
+    if tm is None or tm.skip or not new_t.has_primary_key:
+        return None
+    s = sides(old_t, tm)
+    if isinstance(s, str) or s.null_safe_key:
+        return None
+    lost = [c for c in uncarried_columns(new_t, tm) if c not in new_t.key]
+    if not lost:
+        return None
+    match = [exp.EQ(this=o, expression=n) for o, n in zip(s.old_key, s.new_key, strict=True)]
+    return exp.Exists(
+        this=exp.select(exp.Literal.number(1))
+        .from_(table(new_t.name, "new", "n"))
+        .where(and_all([*match, or_all(non_default(new_t, c, "n") for c in lost)]))
+    )
+
+
 def verified(
     new_t: Table, tm: TableMapping | None, since_jd: float | None, replay: Replayed | None = None
 ) -> bool:

@@ -264,12 +264,11 @@ def replay_needs(old_t: Table, new_t: Table, tm: TableMapping | None) -> exp.Exp
     lost = [c for c in uncarried_columns(new_t, tm) if c not in new_t.key]
     if not lost:
         return None
-    match = [exp.EQ(this=o, expression=n) for o, n in zip(s.old_key, s.new_key, strict=True)]
-    return exp.Exists(
-        this=exp.select(exp.Literal.number(1))
-        .from_(table(new_t.name, "new", "n"))
-        .where(and_all([*match, or_all(non_default(new_t, c, "n") for c in lost)]))
-    )
+    # driven by the live side (a scan of it, often an index), the backup probed by its key
+    keys = exp.select(*s.new_key).from_(table(new_t.name, "new", "n"))
+    keys = keys.where(or_all(non_default(new_t, c, "n") for c in lost))
+    own = s.old_key[0] if len(s.old_key) == 1 else exp.Tuple(expressions=list(s.old_key))
+    return exp.In(this=own.copy(), query=keys.subquery())
 
 
 def verified(

@@ -142,27 +142,32 @@ def _closure(
     down: set[str],
     filtered: set[str],
 ) -> None:
-    """Children of the rows of ``down`` tables (transitively), then parents of every row kept."""
-    changed = True
-    while changed:
-        changed = False
+    """Children of the rows of ``down`` tables (transitively), then parents of every row kept.
+    Each round follows only the foreign keys whose referenced side grew in the round before."""
+    grew = set(down)
+    while grew:
+        now: set[str] = set()
         for child in sorted(down):
             for own, parent, pcols in infos[child].parents:
-                if parent in down:
+                if parent in grew and parent in down:
                     cond = exp.In(
                         this=_row(own, "o"), query=_referenced_by(parent, pcols, own).subquery()
                     )
-                    changed |= _copy(conn, child, infos[child], cond) > 0
-    changed = True
-    while changed:
-        changed = False
+                    if _copy(conn, child, infos[child], cond):
+                        now.add(child)
+        grew = now
+    grew = set(filtered)
+    while grew:
+        now = set()
         for child in sorted(filtered):
             for own, parent, pcols in infos[child].parents:
-                if parent in filtered:
+                if child in grew and parent in filtered:
                     cond = exp.In(
                         this=_row(pcols, "o"), query=_referenced_by(child, own, pcols).subquery()
                     )
-                    changed |= _copy(conn, parent, infos[parent], cond) > 0
+                    if _copy(conn, parent, infos[parent], cond):
+                        now.add(parent)
+        grew = now
 
 
 def _resolve_parent_keys(infos: dict[str, TableInfo]) -> None:

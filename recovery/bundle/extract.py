@@ -512,10 +512,6 @@ def extract(
         )
     files = files or FilesConfig()
     lineage, lineage_report = None, None
-    if alembic_ini is not None:
-        from recovery.migrate.migrations import derive_lineage
-
-        lineage, lineage_report = derive_lineage(alembic_ini, backup, live)
     replay_dir = tempfile.mkdtemp(prefix="recovery-replay-")
     pending: PendingReplay | None = None
     work = out_p.with_name(f".{out_p.name}.partial-{os.getpid()}")
@@ -535,6 +531,10 @@ def extract(
     )
     hasher.shutdown(wait=False)
     try:
+        if alembic_ini is not None:  # (the app's downgrade in the sandbox, while the hashes run)
+            from recovery.migrate.migrations import derive_lineage
+
+            lineage, lineage_report = derive_lineage(alembic_ini, backup, live)
         with analyse(backup, live, since, mapping, lineage, trust_mapping) as a:
             conn = a.pair
             conn.execute("PRAGMA query_only = OFF")

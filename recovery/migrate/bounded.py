@@ -32,6 +32,7 @@ on a full copy instead (:data:`FULL_ENV` forces that).
 
 from __future__ import annotations
 
+import logging
 import re
 import sqlite3
 from collections.abc import Iterable, Mapping
@@ -354,6 +355,10 @@ def _judge_insert(stmt: exp.Insert, st: _State) -> str | None:
     target = stmt.this.this if isinstance(stmt.this, exp.Schema) else stmt.this
     tname = target.name
     query = stmt.expression
+    if stmt.args.get("alternative") or stmt.args.get("conflict") or stmt.args.get("ignore"):
+        # OR IGNORE/REPLACE, ON CONFLICT: which row wins depends on the rows present
+        if st.is_filtered(tname) or any(st.unreadable(t.name) for t in _tables(stmt)):
+            return f"inserts into {tname} with a conflict clause"
     reads = _tables(query) if query is not None else []
     bad = [t for t in reads if st.unreadable(t.name)]
     if not bad:
@@ -474,7 +479,17 @@ def judge(
     full copy would have (the module's rule); else why not, in a few words. ``keys``: more
     primary-key column names per table (the live schema's)."""
     st = _State(copy, keys)
-    for text in [*copy.triggers, *statements]:
+    quiet = logging.getLogger("sqlglot")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # "falling back to parsing as a Command": judged as such
+    try:
+        return _judge_all([*copy.triggers, *statements], st)
+    finally:
+        quiet.setLevel(level)
+
+
+def _judge_all(texts: list[str], st: _State) -> str | None:
+    for text in texts:
         if not text or not text.strip():
             continue
         if _TRIGGER.match(text):

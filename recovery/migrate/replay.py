@@ -56,7 +56,10 @@ def replay_upgrade(
     if old_rev is None or new_rev is None:
         return None
     target = into if into is not None else Path(folder) / "replayed-upgrade.db"
-    if needs is not None and os.environ.get(bounded.FULL_ENV) != "1":
+    from recovery.engine.sqlite import SQLiteEngine
+
+    sqlite_files = isinstance(open_engine(backup), SQLiteEngine)
+    if needs is not None and sqlite_files and os.environ.get(bounded.FULL_ENV) != "1":
         _empty(target)
         copy = bounded.build(Path(backup), Path(live), target, needs)
         if copy is not None:
@@ -70,7 +73,10 @@ def replay_upgrade(
                 log.debug("recovery: upgrade replayed on %s rows of the backup", copy.rows)
                 return target
             log.info("recovery: the upgrade is replayed on a full copy of the backup: %s", why)
-    _full_copy(Path(backup), target)
+    if sqlite_files:
+        _full_copy(Path(backup), target)
+    else:
+        target = open_engine(backup).snapshot(target, "backup")
     if _upgrade(alembic_ini, target, backup, live, new_rev, old_rev) is None:
         return None
     return target

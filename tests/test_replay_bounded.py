@@ -311,3 +311,65 @@ def test_judge_refuses_a_backup_trigger_on_a_bounded_table() -> None:
     trig = "CREATE TRIGGER t AFTER UPDATE ON parts BEGIN UPDATE files SET n = n + 1; END"
     assert judge([], _copy({"parts"}, triggers=(trig,)), {}) is not None
     assert judge([], _copy({"items"}, triggers=(trig,)), {}) is None
+
+
+def test_bounded_copy_holds_the_rows_their_closure_and_the_whole_schema(tmp_path: Path) -> None:
+    """Built from a backup with AUTOINCREMENT, a foreign key naming no column (and another case),
+    grandchildren, an unrelated table with a trigger that counts inserts, a view, user_version:
+    the needed parents, all their descendants and the ancestors of every row kept are there, no
+    other row of those tables; the unrelated table is whole; sqlite_sequence, user_version, the
+    view and the trigger are the backup's; the trigger did not fire while the rows were copied."""
+    from sqlglot import exp as e
+
+    db = tmp_path / "b.db"
+    with closing(sqlite3.connect(db)) as c, c:
+        c.executescript(
+            """
+            PRAGMA user_version = 7;
+            CREATE TABLE P (id INTEGER PRIMARY KEY AUTOINCREMENT, v TEXT);
+            CREATE TABLE c (id INTEGER PRIMARY KEY, p INTEGER REFERENCES p);
+            CREATE TABLE g (id INTEGER PRIMARY KEY, c_id INTEGER REFERENCES C(id),
+                            other INTEGER REFERENCES P(id));
+            CREATE TABLE u (id INTEGER PRIMARY KEY, x TEXT);
+            CREATE TABLE counter (n INTEGER);
+            INSERT INTO counter VALUES (0);
+            CREATE TRIGGER count_u AFTER INSERT ON u BEGIN UPDATE counter SET n = n + 1; END;
+            CREATE VIEW pv AS SELECT count(*) AS n FROM P;
+            """
+        )
+        c.executemany("INSERT INTO P (v) VALUES (?)", [(f"v{i}",) for i in range(1, 11)])
+        c.execute("DELETE FROM P WHERE id = 10")  # sqlite_sequence stays at 10
+        c.executemany("INSERT INTO c (id, p) VALUES (?, ?)", [(i, 1 + i % 9) for i in range(1, 31)])
+        c.executemany(
+            "INSERT INTO g (id, c_id, other) VALUES (?, ?, ?)",
+            [(i, 1 + i % 30, 1 + (i * 7) % 9) for i in range(1, 61)],
+        )
+        c.executemany("INSERT INTO u (id, x) VALUES (?, ?)", [(i, str(i)) for i in range(5)])
+    need = e.In(this=bounded.col("id", "o"), expressions=[e.Literal.number(2)])
+    copy = bounded.build(db, db, tmp_path / "bounded.db", {"P": need})
+    assert copy is not None and copy.filtered == {"P", "c", "g"}
+    with closing(sqlite3.connect(tmp_path / "bounded.db")) as b, closing(sqlite3.connect(db)) as o:
+
+        def q(conn: sqlite3.Connection, sql: str) -> list[tuple[Any, ...]]:
+            return conn.execute(sql).fetchall()
+
+        # descendants of P 2: its children c, and g rows under those c or under P 2 itself
+        c_down = {r[0] for r in q(o, "SELECT id FROM c WHERE p = 2")}
+        g_down = q(o, "SELECT * FROM g ORDER BY id")
+        g_down = [r for r in g_down if r[1] in c_down or r[2] == 2]
+        assert q(b, "SELECT * FROM g ORDER BY id") == g_down
+        # ancestors of every row kept: the c rows those g rows name, and the P rows of both
+        c_all = c_down | {r[1] for r in g_down}
+        assert {r[0] for r in q(b, "SELECT id FROM c")} == c_all
+        p_all = {2} | {r[2] for r in g_down}
+        p_all |= {r[1] for r in q(o, "SELECT * FROM c") if r[0] in c_all}
+        assert {r[0] for r in q(b, "SELECT id FROM P")} == p_all
+        assert len(c_all) < 30 and len(p_all) < 9 and len(g_down) < 60  # bounded
+        whole_c = q(o, "SELECT * FROM c ORDER BY id")
+        assert q(b, "SELECT * FROM c ORDER BY id") == [r for r in whole_c if r[0] in c_all]
+        assert q(b, "SELECT * FROM u ORDER BY id") == q(o, "SELECT * FROM u ORDER BY id")
+        assert q(b, "SELECT n FROM counter") == q(o, "SELECT n FROM counter") == [(5,)]
+        assert q(b, "SELECT * FROM sqlite_sequence") == q(o, "SELECT * FROM sqlite_sequence")
+        assert q(b, "PRAGMA user_version") == [(7,)]
+        schema = "SELECT type, name, sql FROM sqlite_master ORDER BY type, name"
+        assert q(b, schema) == q(o, schema)

@@ -98,9 +98,9 @@ def _info(conn: sqlite3.Connection, name: str) -> TableInfo:
     ):
         fks.setdefault(r[0], []).append((r[1], r[2], r[3]))
     for parts in fks.values():
-        if any(p[2] is None for p in parts):
-            continue  # REFERENCES parent without columns: its primary key, resolved below
-        info.parents.append((tuple(p[1] for p in parts), parts[0][0], tuple(p[2] for p in parts)))
+        pcols = () if any(p[2] is None for p in parts) else tuple(p[2] for p in parts)
+        # (no columns: REFERENCES parent, its primary key; resolved by _resolve_parent_keys)
+        info.parents.append((tuple(p[1] for p in parts), parts[0][0], pcols))
     return info
 
 
@@ -172,9 +172,19 @@ def _closure(
 
 
 def _resolve_parent_keys(infos: dict[str, TableInfo]) -> None:
-    """Drop foreign keys to tables the backup does not have (nothing to follow)."""
+    """Name the parent's primary key where a foreign key names none; drop foreign keys to tables
+    the backup does not have, or whose columns do not pair up (nothing to follow)."""
+    by_lower = {n.lower(): n for n in infos}
     for info in infos.values():
-        info.parents = [p for p in info.parents if p[1] in infos]
+        resolved = []
+        for own, named, pcols in info.parents:
+            parent = by_lower.get(named.lower())  # (SQLite's names are case-insensitive)
+            if parent is None:
+                continue
+            pcols = pcols or infos[parent].key
+            if len(pcols) == len(own):
+                resolved.append((own, parent, pcols))
+        info.parents = resolved
 
 
 def build(

@@ -11,13 +11,19 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlglot import exp
 
 from recovery.engine.base import Connection
 from recovery.engine import open_engine
 from recovery.migrate import bounded
+
+if TYPE_CHECKING:
+    from recovery.migrate.sandbox import Sandbox
 
 SCHEMA = "replayed"
 """The schema name the replayed copy is attached under (read-only)."""
@@ -58,28 +64,46 @@ def replay_upgrade(
     target = into if into is not None else Path(folder) / "replayed-upgrade.db"
     from recovery.engine.sqlite import SQLiteEngine
 
-    sqlite_files = isinstance(open_engine(backup), SQLiteEngine)
-    if needs is not None and sqlite_files and os.environ.get(bounded.FULL_ENV) != "1":
-        _empty(target)
-        copy = bounded.build(Path(backup), Path(live), target, needs)
-        if copy is not None:
-            statements = _upgrade(alembic_ini, target, backup, live, new_rev, old_rev, reads=True)
-            why = (
-                "the upgrade failed on the bounded copy"
-                if statements is None
-                else bounded.judge(statements, copy, keys or {})
-            )
-            if why is None:
-                log.debug("recovery: upgrade replayed on %s rows of the backup", copy.rows)
-                return target
-            log.info("recovery: the upgrade is replayed on a full copy of the backup: %s", why)
-    if sqlite_files:
-        _full_copy(Path(backup), target)
-    else:
+    if not isinstance(open_engine(backup), SQLiteEngine):
         target = open_engine(backup).snapshot(target, "backup")
-    if _upgrade(alembic_ini, target, backup, live, new_rev, old_rev) is None:
-        return None
-    return target
+        with _sandbox(alembic_ini, target, backup, live, old_rev != new_rev) as sb:
+            return target if _upgrade(sb, new_rev) is not None else None
+    # the child starts (Python, Alembic, the app's imports) while the copy is written
+    with _sandbox(alembic_ini, target, backup, live, old_rev != new_rev) as sb:
+        if needs is not None and os.environ.get(bounded.FULL_ENV) != "1":
+            _empty(target)
+            copy = bounded.build(Path(backup), Path(live), target, needs)
+            if copy is not None:
+                statements = _upgrade(sb, new_rev, reads=True)
+                why = (
+                    "the upgrade failed on the bounded copy"
+                    if statements is None
+                    else bounded.judge(statements, copy, keys or {})
+                )
+                if why is None:
+                    log.debug("recovery: upgrade replayed on %s rows of the backup", copy.rows)
+                    return target
+                log.info("recovery: the upgrade is replayed on a full copy of the backup: %s", why)
+        _full_copy(Path(backup), target)
+        return target if _upgrade(sb, new_rev) is not None else None
+
+
+@contextmanager
+def _sandbox(
+    alembic_ini: str | os.PathLike[str],
+    target: Path,
+    backup: str | os.PathLike[str],
+    live: str | os.PathLike[str],
+    needed: bool,
+) -> Iterator[Sandbox | None]:
+    """The sandbox child for ``target`` (None when the revisions are the same: nothing to run)."""
+    from recovery.migrate.sandbox import Sandbox
+
+    if not needed:
+        yield None
+        return
+    with Sandbox(Path(alembic_ini), target, [Path(backup), Path(live)]) as sb:
+        yield sb
 
 
 def _empty(path: Path) -> None:
@@ -108,25 +132,16 @@ def _full_copy(backup: Path, target: Path) -> None:
         source.close()
 
 
-def _upgrade(
-    alembic_ini: str | os.PathLike[str],
-    copy: Path,
-    backup: str | os.PathLike[str],
-    live: str | os.PathLike[str],
-    new_rev: str,
-    old_rev: str,
-    reads: bool = False,
-) -> list[str] | None:
-    """The app's upgrade run on ``copy`` in the sandbox: the statements it ran ([] when the
-    revisions are the same), or None when it failed (with one line on stderr unless ``reads``:
-    a failure on the bounded copy is retried on the full one)."""
-    from recovery.migrate.sandbox import MigrationFailed, Sandbox
+def _upgrade(sb: Sandbox | None, new_rev: str, reads: bool = False) -> list[str] | None:
+    """The app's upgrade run in ``sb`` on its copy: the statements it ran ([] without a sandbox:
+    the revisions are the same), or None when it failed (with one line on stderr unless
+    ``reads``: a failure on the bounded copy is retried on the full one)."""
+    from recovery.migrate.sandbox import MigrationFailed
 
-    if old_rev == new_rev:
+    if sb is None:
         return []
     try:
-        with Sandbox(Path(alembic_ini), copy, [Path(backup), Path(live)]) as sb:
-            return sb.migrate("upgrade", new_rev, reads=reads)
+        return sb.migrate("upgrade", new_rev, reads=reads)
     except MigrationFailed as err:
         if reads:
             return None

@@ -272,6 +272,7 @@ REFUSED = [
     ("UPDATE parts SET id = id + 1000", "key column"),
     ("UPDATE parts SET rowid = rowid + 1", "key column"),
     ("PRAGMA foreign_key_check", "foreign_key_check"),
+    ("SELECT * FROM pragma_foreign_key_check()", "foreign_key_check"),
     ("INSERT OR REPLACE INTO _t (id, name) SELECT id, name FROM parts", "conflict"),
     ("INSERT INTO parts (id) SELECT id FROM files ON CONFLICT DO NOTHING", "conflict"),
     ("UPDATE OR IGNORE parts SET name = lower(name)", ""),
@@ -305,6 +306,17 @@ def test_judge_follows_a_batch_rebuild() -> None:
     assert judge([*steps, "SELECT max(id) FROM parts"], _copy({"parts"}), {}) is not None
     # a whole table stays whole through the same moves
     assert judge([*steps, "SELECT max(id) FROM parts"], _copy({"items"}), {}) is None
+
+
+def test_judge_follows_a_copy_into_a_temp_table() -> None:
+    """A bounded table copied into a TEMP table leaves that table bounded too."""
+    steps = [
+        "CREATE TEMP TABLE x (id INTEGER)",
+        "INSERT INTO temp.x (id) SELECT id FROM parts",
+        "UPDATE files SET n = (SELECT count(*) FROM temp.x)",
+    ]
+    reason = judge(steps, _copy({"parts"}), {})
+    assert reason is not None and "bounded table x" in reason
 
 
 def test_judge_refuses_a_backup_trigger_on_a_bounded_table() -> None:

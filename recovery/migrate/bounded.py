@@ -52,6 +52,9 @@ _ROWID_NAMES = ("rowid", "oid", "_rowid_")
 _SYSTEM = {"sqlite_master", "sqlite_schema", "sqlite_temp_master", "sqlite_temp_schema"}
 _HARMLESS_COMMANDS = {"BEGIN", "COMMIT", "END", "ROLLBACK", "SAVEPOINT", "RELEASE", "ANALYZE"}
 _TRIGGER = re.compile(r"\s*CREATE\s+(TEMP\w*\s+)?TRIGGER\b", re.I)
+_DATA_PRAGMA_FUNCTION = re.compile(
+    r"\bpragma_(foreign_key_check|integrity_check|quick_check)\b", re.I
+)
 _DATA_PRAGMAS = {"foreign_key_check", "integrity_check", "quick_check"}
 
 
@@ -316,10 +319,7 @@ def _tables(node: exp.Expression) -> list[exp.Table]:
     return [
         t
         for t in node.find_all(exp.Table)
-        if t.name
-        and t.name.lower() not in ctes
-        and t.name.lower() not in _SYSTEM
-        and not (t.db and t.db.lower() == "temp")
+        if t.name and t.name.lower() not in ctes and t.name.lower() not in _SYSTEM
     ]
 
 
@@ -502,6 +502,9 @@ def _judge_all(texts: list[str], st: _State) -> str | None:
     for text in texts:
         if not text or not text.strip():
             continue
+        m = _DATA_PRAGMA_FUNCTION.search(text)
+        if m:  # SELECT … FROM pragma_foreign_key_check(): rows across tables
+            return f"a migration runs PRAGMA {m.group(1)}: {text.strip()[:80]}"
         if _TRIGGER.match(text):
             why = _judge_trigger(text, st)
             if why is not None:

@@ -385,3 +385,20 @@ def test_bounded_copy_holds_the_rows_their_closure_and_the_whole_schema(tmp_path
         assert q(b, "PRAGMA user_version") == [(7,)]
         schema = "SELECT type, name, sql FROM sqlite_master ORDER BY type, name"
         assert q(b, schema) == q(o, schema)
+
+
+def test_a_bounded_copy_sqlite_cannot_build_falls_back_to_the_full_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite refusing the bounded copy (a collation only the app registers, say) is not an
+    error: the upgrade is replayed on the full copy and the answer is the full copy's."""
+    from recovery.bundle.extract import extract
+
+    ini, backup, live = aggregate_world(tmp_path, POS_UP, "pos")
+    monkeypatch.delenv(FULL_ENV, raising=False)
+
+    def fail(*a: object, **k: object) -> None:
+        raise sqlite3.OperationalError("no such collation sequence: app_nocase")
+
+    monkeypatch.setattr(bounded, "build", fail)
+    assert extract(backup, live, tmp_path / "b", alembic_ini=ini).summary()["lost"] == 2

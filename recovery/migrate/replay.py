@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -72,7 +73,13 @@ def replay_upgrade(
     with _sandbox(alembic_ini, target, backup, live, old_rev != new_rev) as sb:
         if needs is not None and os.environ.get(bounded.FULL_ENV) != "1":
             _empty(target)
-            copy = bounded.build(Path(backup), Path(live), target, needs)
+            try:
+                copy = bounded.build(Path(backup), Path(live), target, needs)
+            except sqlite3.Error as exc:  # e.g. DDL naming a collation only the app registers
+                log.info(
+                    "recovery: no bounded copy of the backup (%s); replaying on a full copy", exc
+                )
+                copy = None
             if copy is not None:
                 statements = _upgrade(sb, new_rev, reads=True)
                 why = (
@@ -115,8 +122,6 @@ def _empty(path: Path) -> None:
 def _full_copy(backup: Path, target: Path) -> None:
     """Every page of ``backup`` written into ``target`` in place (SQLite's backup API): a connection
     that attached ``target`` before sees the copy, not a file that was replaced under it."""
-    import sqlite3
-
     from recovery.engine.sqlite_io import open_readonly
 
     _empty(target)

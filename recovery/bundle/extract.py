@@ -32,11 +32,12 @@ from recovery.bundle.store import (
 )
 from recovery.compare import changes
 from recovery.compare.changes import TableSides, deleted_query, inserted_query, sides, user_value
-from recovery.compare.diff import Analysis, analyse
+from recovery.compare.diff import Analysis, PendingReplay, analyse, start_replayed_upgrade
 from recovery import progress
 from recovery.errors import RecoveryError
 from recovery.files.uploads import FilesConfig, UploadsIndex, copy_files_into_bundle
-from recovery.migrate.replay import Replayed
+from recovery.migrate.bounded import attach_uri
+from recovery.migrate.replay import SCHEMA as REPLAY_SCHEMA, Replayed
 from recovery.model.labels import label_column
 from recovery.engine.schema import Schema, Table
 from recovery.reimport.sequences import read_sequences
@@ -161,12 +162,28 @@ def uncarried_columns(a: Analysis, name: str) -> list[str]:
     return changes.uncarried_columns(a.new.tables[a.live_name(name)], a.mapping.tables.get(name))
 
 
-def extract_table(conn: Connection, a: Analysis, name: str, counts: dict[str, Any]) -> None:
+def needs_replay(a: Analysis, name: str) -> bool:
+    """Whether the table's updated rows depend on the replayed upgrade (it has a column the old
+    schema cannot carry): its extract waits for the replay; the others need not."""
+    old_t, tm = a.old.table(name), a.mapping.tables.get(name)
+    if old_t is None or tm is None or tm.skip:
+        return False
+    return bool(uncarried_columns(a, name))
+
+
+def extract_table(
+    conn: Connection, a: Analysis, name: str, counts: dict[str, Any], part: str = "all"
+) -> None:
+    """The table's rows into the bundle. ``part``: ``"inserted"`` writes only the inserted rows
+    (they need no replay), ``"rest"`` the updated, base and deleted rows after them, ``"all"``
+    both, in that order (the order rows take in the bundle files is the same either way)."""
     old_t, new_t = a.old.table(name), a.new.tables[a.live_name(name)]
     new_cols = list(new_t.column_names)
-    _create_untyped(conn, "bnew", name, new_cols)
+    if part != "rest":
+        _create_untyped(conn, "bnew", name, new_cols)
     shared = old_t is not None and name in a.mapping.tables and not a.mapping.tables[name].skip
     if not shared:
+        assert part == "all"  # (only shared tables are split: needs_replay)
         q = exp.select(
             *[col(c, "n") for c in new_cols], exp.Literal.string(RowKind.INSERTED)
         ).from_(table(a.live_name(name), "new", "n"))
@@ -182,15 +199,21 @@ def extract_table(conn: Connection, a: Analysis, name: str, counts: dict[str, An
     if isinstance(s, str):
         raise RecoveryError(f"cannot extract {name}: {s}", "map the key column in the mapping file")
     old_cols = list(old_t.column_names)
-    _create_untyped(conn, "bbase", name, old_cols)
     n_cols = [col(c, "n") for c in new_cols]
-    ins = _insert_select(
-        conn,
-        "bnew",
-        name,
-        new_cols,
-        inserted_query(s, [*n_cols, exp.Literal.string(RowKind.INSERTED)]),
-    )
+    if part != "rest":
+        _create_untyped(conn, "bbase", name, old_cols)
+        counts[name] = {
+            RowKind.INSERTED: _insert_select(
+                conn,
+                "bnew",
+                name,
+                new_cols,
+                inserted_query(s, [*n_cols, exp.Literal.string(RowKind.INSERTED)]),
+            )
+        }
+    if part == "inserted":
+        return
+    ins = counts[name][RowKind.INSERTED]
     cond = _changed_condition(a, s, new_t, a.replay)  # (no primary key: never changed, only in/out)
     upd_q = (
         exp.select(*n_cols, exp.Literal.string(RowKind.UPDATED))
@@ -489,18 +512,8 @@ def extract(
         )
     files = files or FilesConfig()
     lineage, lineage_report = None, None
-    if alembic_ini is not None:
-        from recovery.migrate.migrations import derive_lineage
-
-        lineage, lineage_report = derive_lineage(alembic_ini, backup, live)
     replay_dir = tempfile.mkdtemp(prefix="recovery-replay-")
-    try:
-        from recovery.compare.diff import replayed_upgrade
-
-        replay = replayed_upgrade(alembic_ini, backup, live, replay_dir)
-    except BaseException:
-        shutil.rmtree(replay_dir, ignore_errors=True)
-        raise
+    pending: PendingReplay | None = None
     work = out_p.with_name(f".{out_p.name}.partial-{os.getpid()}")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True, mode=DIR_MODE)  # users' data: nobody else may enter while it is built
@@ -518,21 +531,35 @@ def extract(
     )
     hasher.shutdown(wait=False)
     try:
+        if alembic_ini is not None:  # (the app's downgrade in the sandbox, while the hashes run)
+            from recovery.migrate.migrations import derive_lineage
+
+            lineage, lineage_report = derive_lineage(alembic_ini, backup, live)
         with analyse(backup, live, since, mapping, lineage, trust_mapping) as a:
             conn = a.pair
             conn.execute("PRAGMA query_only = OFF")
             conn.execute("ATTACH DATABASE ? AS bnew", (str(work / "rows.db"),))
             conn.execute("ATTACH DATABASE ? AS bbase", (str(work / "base.db"),))
             counts: dict[str, Any] = {}
-            if replay is not None:
-                replay.attach(conn)  # before BEGIN: SQLite attaches only outside a transaction
-                a.replay = replay
+            if alembic_ini is not None:
+                # the replay runs (its own thread, its child process) while the tables that do
+                # not depend on it are extracted; its file is attached now, before BEGIN
+                # (SQLite attaches only outside a transaction), and first read once it is done
+                pending = start_replayed_upgrade(alembic_ini, a, replay_dir)
+                conn.execute("ATTACH DATABASE ? AS " + REPLAY_SCHEMA, (attach_uri(pending.path),))
             conn.execute("BEGIN")
             progress.set_total(
                 len(a.bundle_tables) + 2
             )  # the extract step's bar: tables, closure, lost
+            waiting = [n for n in a.bundle_tables if pending is not None and needs_replay(a, n)]
             for name in a.bundle_tables:
-                extract_table(conn, a, name, counts)
+                extract_table(conn, a, name, counts, "inserted" if name in waiting else "all")
+                if name not in waiting:
+                    progress.advance(1, name)
+            replay = pending.result() if pending is not None else None
+            a.replay = replay
+            for name in waiting:
+                extract_table(conn, a, name, counts, "rest")
                 progress.advance(1, name)
             close_foreign_keys(conn, a, counts)
             progress.advance(1, "foreign-key closure")
@@ -586,6 +613,8 @@ def extract(
         for f in (backup_sha, live_print, walk):  # no job outlives a failed extract
             if f is not None and not f.cancel():
                 f.exception()
+        if pending is not None:
+            pending.wait()
         shutil.rmtree(work, ignore_errors=True)
         raise
     finally:

@@ -249,6 +249,28 @@ def user_value(t: Table, column: str, alias: str, replay: Replayed | None = None
     return exp.and_(nd, exp.Not(this=same))
 
 
+def replay_needs(old_t: Table, new_t: Table, tm: TableMapping | None) -> exp.Expression | None:
+    """The backup rows (row ``o``, the live database attached as ``new``) whose replayed values
+    :func:`user_value` may ask for: those whose live row holds a non-default value in a column the
+    old schema cannot carry. That is every row ``diff`` and ``extract`` ever look up in the
+    replayed copy (an inserted row has no backup row to replay), whatever the replay answers, so
+    the bounded copy (:mod:`recovery.migrate.bounded`) can be built before the replay runs.
+    None: nothing of this table is ever asked for."""
+    if tm is None or tm.skip or not new_t.has_primary_key:
+        return None
+    s = sides(old_t, tm)
+    if isinstance(s, str) or s.null_safe_key:
+        return None
+    lost = [c for c in uncarried_columns(new_t, tm) if c not in new_t.key]
+    if not lost:
+        return None
+    # driven by the live side (a scan of it, often an index), the backup probed by its key
+    keys = exp.select(*s.new_key).from_(table(new_t.name, "new", "n"))
+    keys = keys.where(or_all(non_default(new_t, c, "n") for c in lost))
+    own = s.old_key[0] if len(s.old_key) == 1 else exp.Tuple(expressions=list(s.old_key))
+    return exp.In(this=own.copy(), query=keys.subquery())
+
+
 def verified(
     new_t: Table, tm: TableMapping | None, since_jd: float | None, replay: Replayed | None = None
 ) -> bool:

@@ -12,6 +12,7 @@ import sqlite3
 import tempfile
 import itertools
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -286,13 +287,13 @@ def diff(
 
         lineage, _report = derive_lineage(alembic_ini, backup, live)
     with tempfile.TemporaryDirectory(prefix="recovery-replay-") as tmp:
-        replay = replayed_upgrade(alembic_ini, backup, live, tmp)
         with analyse(backup, live, since, mapping, lineage, trust_mapping) as a:
             unknown = [t for t in tables or [] if t not in a.old.tables and t not in a.new.tables]
             if unknown:
                 raise RecoveryError(
                     f"--table {unknown[0]} is in neither database", "check the table name"
                 )
+            replay = replayed_upgrade(alembic_ini, backup, live, tmp, a)
             if replay is not None:
                 replay.attach(a.pair)
                 a.replay = replay
@@ -317,15 +318,70 @@ def replayed_upgrade(
     backup: str | os.PathLike[str],
     live: str | os.PathLike[str],
     folder: str | os.PathLike[str],
+    a: Analysis | None = None,
+    into: Path | None = None,
 ) -> Replayed | None:
     """The upgrade replayed in the sandbox on a copy of ``backup`` in ``folder``
-    (:mod:`recovery.migrate.replay`), or None without migrations or when the replay failed."""
+    (:mod:`recovery.migrate.replay`), or None without migrations or when the replay failed. With
+    the analysis ``a`` the copy is bounded to the rows the comparison asks about
+    (:func:`replay_needs`), else it is the whole backup."""
     if alembic_ini is None:
         return None
     from recovery.migrate.replay import replay_upgrade
 
-    path = replay_upgrade(alembic_ini, backup, live, folder)
+    needs, keys = replay_needs(a) if a is not None else (None, None)
+    path = replay_upgrade(alembic_ini, backup, live, folder, needs, keys, into)
     return Replayed(path) if path is not None else None
+
+
+def replay_needs(a: Analysis) -> tuple[dict[str, exp.Expression], dict[str, tuple[str, ...]]]:
+    """Per backup table, the condition on its row ``o`` selecting the rows whose replayed values
+    may be asked for (:func:`recovery.compare.changes.replay_needs`); and the live schema's
+    primary keys under both the backup's and the live name (the migrations' statements name
+    either)."""
+    from recovery.compare.changes import replay_needs as table_needs
+
+    needs: dict[str, exp.Expression] = {}
+    keys: dict[str, tuple[str, ...]] = {}
+    for name, old_t in a.old.tables.items():
+        new_t = a.new.tables.get(a.live_name(name))
+        if new_t is None:
+            continue
+        keys[name] = keys[new_t.name] = new_t.key
+        cond = table_needs(old_t, new_t, a.mapping.tables.get(name))
+        if cond is not None:
+            needs[name] = cond
+    return needs, keys
+
+
+@dataclass
+class PendingReplay:
+    """The replayed upgrade running on another thread (its work is a child process and SQLite),
+    written into :attr:`path`, which exists from the start so that it can be ATTACHed before
+    the caller's transaction begins and read once :meth:`result` returned."""
+
+    path: Path
+    future: Future[Replayed | None]
+
+    def result(self) -> Replayed | None:
+        return self.future.result()
+
+    def wait(self) -> None:
+        """Block until the work is over, whatever its outcome (nothing outlives the caller)."""
+        if not self.future.cancel():
+            self.future.exception()
+
+
+def start_replayed_upgrade(
+    alembic_ini: str | os.PathLike[str], a: Analysis, folder: str | os.PathLike[str]
+) -> PendingReplay:
+    """:func:`replayed_upgrade` (bounded by ``a``) started on its own thread."""
+    path = Path(folder) / "replayed-upgrade.db"
+    path.touch()
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recovery-replay")
+    future = pool.submit(replayed_upgrade, alembic_ini, a.backup, a.live, folder, a, path)
+    pool.shutdown(wait=False)
+    return PendingReplay(path, future)
 
 
 def _more_pairs(a: Analysis, replay: Replayed | None) -> Callable[[], Any]:

@@ -11,10 +11,20 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sqlglot import exp
 
 from recovery.engine.base import Connection
 from recovery.engine import open_engine
+from recovery.migrate import bounded
+
+if TYPE_CHECKING:
+    from recovery.migrate.sandbox import Sandbox
 
 SCHEMA = "replayed"
 """The schema name the replayed copy is attached under (read-only)."""
@@ -27,12 +37,24 @@ def replay_upgrade(
     backup: str | os.PathLike[str],
     live: str | os.PathLike[str],
     folder: str | os.PathLike[str],
+    needs: dict[str, exp.Expression] | None = None,
+    keys: dict[str, tuple[str, ...]] | None = None,
+    into: Path | None = None,
 ) -> Path | None:
-    """A copy of ``backup`` in ``folder`` upgraded to ``live``'s revision in the sandbox, or None
-    (with one line on stderr) when the revisions are unknown or the application's upgrade fails:
-    then nothing is verified and the callers fall back to "filled by the upgrade, not verified"."""
+    """A copy of ``backup`` upgraded to ``live``'s revision in the sandbox, or None (with one line
+    on stderr) when the revisions are unknown or the application's upgrade fails: then nothing is
+    verified and the callers fall back to "filled by the upgrade, not verified".
+
+    With ``needs`` (backup table → condition on its row ``o`` selecting the rows whose replayed
+    values will be asked for, :func:`recovery.compare.changes.replay_needs`) the copy is bounded
+    (:mod:`recovery.migrate.bounded`): only those rows and their FK closure, every other table
+    whole; the migrations' statements are judged, and when the rule cannot vouch for the bounded
+    copy the upgrade is replayed again on a full copy. ``keys``: the live schema's primary keys.
+    :data:`~recovery.migrate.bounded.FULL_ENV` set to ``1`` always uses the full copy.
+
+    ``into``: the file to write (an existing, possibly empty file is rewritten in place, so a
+    connection that attached it beforehand reads the result); default ``folder``/replayed-upgrade.db."""
     from recovery.engine.schema import alembic_revision
-    from recovery.migrate.sandbox import MigrationFailed, Sandbox
 
     with open_engine(backup).readonly("backup") as b:
         old_rev = alembic_revision(b)
@@ -40,19 +62,99 @@ def replay_upgrade(
         new_rev = alembic_revision(n)
     if old_rev is None or new_rev is None:
         return None
-    copy = open_engine(backup).snapshot(Path(folder) / "replayed-upgrade.db", "backup")
-    if old_rev == new_rev:
-        return copy
+    target = into if into is not None else Path(folder) / "replayed-upgrade.db"
+    from recovery.engine.sqlite import SQLiteEngine
+
+    if not isinstance(open_engine(backup), SQLiteEngine):
+        target = open_engine(backup).snapshot(target, "backup")
+        with _sandbox(alembic_ini, target, backup, live, old_rev != new_rev) as sb:
+            return target if _upgrade(sb, new_rev) is not None else None
+    # the child starts (Python, Alembic, the app's imports) while the copy is written
+    with _sandbox(alembic_ini, target, backup, live, old_rev != new_rev) as sb:
+        if needs is not None and os.environ.get(bounded.FULL_ENV) != "1":
+            _empty(target)
+            try:
+                copy = bounded.build(Path(backup), Path(live), target, needs)
+            except sqlite3.Error as exc:  # e.g. DDL naming a collation only the app registers
+                log.info(
+                    "recovery: no bounded copy of the backup (%s); replaying on a full copy", exc
+                )
+                copy = None
+            if copy is not None:
+                statements = _upgrade(sb, new_rev, reads=True)
+                why = (
+                    "the upgrade failed on the bounded copy"
+                    if statements is None
+                    else bounded.judge(statements, copy, keys or {})
+                )
+                if why is None:
+                    log.debug("recovery: upgrade replayed on %s rows of the backup", copy.rows)
+                    return target
+                log.info("recovery: the upgrade is replayed on a full copy of the backup: %s", why)
+        _full_copy(Path(backup), target)
+        return target if _upgrade(sb, new_rev) is not None else None
+
+
+@contextmanager
+def _sandbox(
+    alembic_ini: str | os.PathLike[str],
+    target: Path,
+    backup: str | os.PathLike[str],
+    live: str | os.PathLike[str],
+    needed: bool,
+) -> Iterator[Sandbox | None]:
+    """The sandbox child for ``target`` (None when the revisions are the same: nothing to run)."""
+    from recovery.migrate.sandbox import Sandbox
+
+    if not needed:
+        yield None
+        return
+    with Sandbox(Path(alembic_ini), target, [Path(backup), Path(live)]) as sb:
+        yield sb
+
+
+def _empty(path: Path) -> None:
+    """``path`` as an empty file (same inode when it exists)."""
+    with open(path, "wb"):
+        pass
+
+
+def _full_copy(backup: Path, target: Path) -> None:
+    """Every page of ``backup`` written into ``target`` in place (SQLite's backup API): a connection
+    that attached ``target`` before sees the copy, not a file that was replaced under it."""
+    from recovery.engine.sqlite_io import open_readonly
+
+    _empty(target)
+    source = open_readonly(backup, "backup")
     try:
-        with Sandbox(Path(alembic_ini), copy, [Path(backup), Path(live)]) as sb:
-            sb.migrate("upgrade", new_rev)
+        dst = sqlite3.connect(str(target), isolation_level=None)
+        try:
+            source.backup(dst)
+            dst.execute("PRAGMA journal_mode=DELETE")
+        finally:
+            dst.close()
+    finally:
+        source.close()
+
+
+def _upgrade(sb: Sandbox | None, new_rev: str, reads: bool = False) -> list[str] | None:
+    """The app's upgrade run in ``sb`` on its copy: the statements it ran ([] without a sandbox:
+    the revisions are the same), or None when it failed (with one line on stderr unless
+    ``reads``: a failure on the bounded copy is retried on the full one)."""
+    from recovery.migrate.sandbox import MigrationFailed
+
+    if sb is None:
+        return []
+    try:
+        return sb.migrate("upgrade", new_rev, reads=reads)
     except MigrationFailed as err:
+        if reads:
+            return None
         log.warning(
             f"recovery: replaying the upgrade on a copy of the backup failed ({err.one_line()}); values the "
             "upgrade may have filled are listed as not verified"
         )
         return None
-    return copy
 
 
 class Replayed:

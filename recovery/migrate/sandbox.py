@@ -429,15 +429,24 @@ class Sandbox:
             return ""
         return text[-n:].strip()
 
-    def migrate(self, direction: str, target: str, fast: bool = True) -> list[str]:
+    def migrate(
+        self, direction: str, target: str, fast: bool = True, reads: bool = False
+    ) -> list[str]:
         """Run the app's ``upgrade``/``downgrade`` to ``target`` on the scratch file; return the SQL
-        it executed, reads and ``alembic_version`` left out. Raises :class:`MigrationFailed` when
+        it executed, reads and ``alembic_version`` left out (``reads``: every statement run on any
+        SQLite connection of the child, reads and raw DB-API cursors included). Raises :class:`MigrationFailed` when
         the app's code fails, :class:`ProtectedChanged` when a protected file changed."""
         if self._proc is None or self._fds is None:
             raise RuntimeError("Sandbox used outside its with-block")
         try:
             answer = self._ask(
-                {"op": "migrate", "direction": direction, "target": target, "fast": fast}
+                {
+                    "op": "migrate",
+                    "direction": direction,
+                    "target": target,
+                    "fast": fast,
+                    "reads": reads,
+                }
             )
         finally:
             self.check_protected()

@@ -142,6 +142,9 @@ class Guard:
     ) -> None:
         self.server = server
         """{"database", "user"} of a PostgreSQL scratch database, None for a SQLite scratch."""
+        self.traced: list[str] = []
+        """While ``tracing``: every statement SQLite ran on a connection of this process."""
+        self.tracing = False
         self.scratch = os.path.realpath(scratch)
         self.protected = {os.path.realpath(p) for p in protected}
         self.protected_ids: set[tuple[int, int]] = set()
@@ -267,14 +270,20 @@ class Guard:
 
         original = sqlite3.connect
         authorizer = self._authorizer
+        trace = self._trace
 
         def connect(*args: Any, **kwargs: Any) -> Any:
             conn = original(*args, **kwargs)
             conn.set_authorizer(authorizer)
+            conn.set_trace_callback(trace)  # every statement, raw cursors' included
             return conn
 
         connect.__doc__ = original.__doc__
         sqlite3.connect = sqlite3.dbapi2.connect = connect
+
+    def _trace(self, statement: str) -> None:
+        if self.tracing:
+            self.traced.append(statement)
 
     def _authorizer(self, action: int, arg1: Any, arg2: Any, dbname: Any, source: Any) -> int:
         import sqlite3
@@ -382,7 +391,11 @@ class Guard:
 
 
 def _run_migrate(
-    req: dict[str, Any], init: dict[str, Any], captured: list[str], engines: list[Any]
+    req: dict[str, Any],
+    init: dict[str, Any],
+    captured: list[str],
+    engines: list[Any],
+    traced: list[str] | None = None,
 ) -> list[str]:
     import sqlalchemy as sa
     from alembic import command
@@ -394,6 +407,8 @@ def _run_migrate(
     cfg = Config(init["ini"])
     cfg.set_main_option("sqlalchemy.url", init["url"].replace("%", "%%"))
     captured.clear()
+    if traced is not None:
+        traced.clear()
     engine = sa.create_engine(init["url"], poolclass=sa.pool.NullPool)
     try:
         with engine.connect() as conn:
@@ -415,6 +430,8 @@ def _run_migrate(
         for e in [engine, *engines]:
             e.dispose()  # every connection closed: the parent may move the scratch file
         engines.clear()
+    if req.get("reads") and traced is not None:
+        return [*captured, *traced]  # SQLAlchemy's too: the app may replace the trace callback
     return [s for s in captured if not is_bookkeeping_sql(s)]
 
 
@@ -526,7 +543,9 @@ def main(argv: list[str]) -> int:
         try:
             if req.get("op") != "migrate":
                 raise ValueError(f"unknown request {req.get('op')!r}")
-            statements = _run_migrate(req, init, captured, engines)
+            guard.tracing = bool(req.get("reads"))
+            statements = _run_migrate(req, init, captured, engines, guard.traced)
+            guard.tracing = False
             _answer(resp_fd, {"ok": True, "statements": statements, "refused": list(guard.refused)})
         except BaseException as exc:  # the application's failure is the answer
             if isinstance(exc, KeyboardInterrupt):

@@ -31,6 +31,7 @@ from typing import Any, TextIO
 from recovery.errors import RecoveryError
 from recovery.sample.app import NEW_HEAD, OLD_HEAD, migrate
 from recovery.sample.backup import fill_backup
+from recovery.sample.ledger import SortedPairs
 from recovery.sample.simulate import Simulation
 
 WORLD_VERSION = 1
@@ -97,8 +98,8 @@ def generate(out_dir: Path, parts: int = 300, seed: int = 42, progress: bool = F
 
     counts_live = dict(facts.counts)
     counts_live["production_records"] = 0
-    for table, change in tables.items():
-        counts_live[table] += len(change["inserted"]) - len(change["deleted"])
+    for table, net in sim.ledger.net_rows().items():
+        counts_live[table] += net
     world: dict[str, Any] = {
         "generator": {"seed": seed, "parts": parts, "version": WORLD_VERSION},
         "deploy_time": DEPLOY_TIME.isoformat(),
@@ -120,7 +121,7 @@ def generate(out_dir: Path, parts: int = 300, seed: int = 42, progress: bool = F
         "backfilled": backfilled,
         "tables": tables,
         "updated_columns": updated_columns,
-        # generators: streamed into the file, never held as one list (1M parts: ~200k values)
+        # generators: streamed into the file, never held as one list (10M parts: ~3M keys)
         "lost": sim.ledger.lost(),
         "derivable": sim.ledger.derivable(),
         "files": sim.ledger.files(),
@@ -128,13 +129,15 @@ def generate(out_dir: Path, parts: int = 300, seed: int = 42, progress: bool = F
     with (out / WORLD_JSON).open("w", encoding="utf-8") as fp:
         write_json(fp, world)
         fp.write("\n")
+    sim.ledger.close()
     log(f"world written to {out}")
     return out
 
 
 def write_json(fp: TextIO, obj: Any, level: int = 0) -> None:
     """``json.dump(obj, fp, sort_keys=True, indent=2, ensure_ascii=False)``, byte for byte,
-    except that iterators are written element by element instead of being materialised."""
+    except that iterators (and :class:`SortedPairs`, an object's members already in key order)
+    are written element by element instead of being materialised."""
     pad, end = "  " * (level + 1), "  " * level
     if isinstance(obj, dict):
         if not obj:
@@ -146,6 +149,13 @@ def write_json(fp: TextIO, obj: Any, level: int = 0) -> None:
             )
             write_json(fp, obj[key], level + 1)
         fp.write("\n" + end + "}")
+    elif isinstance(obj, SortedPairs):
+        first = True
+        for key, value in obj:
+            fp.write(("{\n" if first else ",\n") + pad + json.dumps(key, ensure_ascii=False) + ": ")
+            write_json(fp, value, level + 1)
+            first = False
+        fp.write("{}" if first else "\n" + end + "}")
     elif isinstance(obj, (list, tuple, Iterator)):
         first = True
         for item in obj:

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+from datetime import datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from recovery.sample import content as c
 from recovery.sample import BACKUP_NAME, LIVE_NAME, UPLOADS_NAME, WORLD_JSON, generate
 
 
@@ -64,3 +68,13 @@ PINNED = {
 def test_the_same_seed_gives_the_pinned_world(tmp_path: Path, parts: int, seed: int) -> None:
     out = generate(tmp_path / "w", parts=parts, seed=seed)
     assert world_digest(out) == PINNED[(parts, seed)]
+
+
+@given(
+    base=st.datetimes(min_value=datetime(1990, 1, 1), max_value=datetime(2100, 1, 1)).map(
+        lambda d: d.replace(microsecond=0)
+    ),
+    seconds=st.integers(min_value=-(10**9), max_value=10**9),
+)
+def test_the_fast_clock_writes_what_datetime_writes(base: datetime, seconds: int) -> None:
+    assert c.Clock(base).at(seconds) == c.at(base, seconds)

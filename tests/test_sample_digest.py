@@ -9,6 +9,8 @@ below were computed with the row-at-a-time generator before it was tuned.
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import sqlite3
 from datetime import datetime
 from pathlib import Path
@@ -18,6 +20,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from recovery.sample import content as c
+from recovery.sample.generator import write_json
+from recovery.sample.ledger import SortedPairs
 from recovery.sample import BACKUP_NAME, LIVE_NAME, UPLOADS_NAME, WORLD_JSON, generate
 
 
@@ -78,3 +82,34 @@ def test_the_same_seed_gives_the_pinned_world(tmp_path: Path, parts: int, seed: 
 )
 def test_the_fast_clock_writes_what_datetime_writes(base: datetime, seconds: int) -> None:
     assert c.Clock(base).at(seconds) == c.at(base, seconds)
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.tuples(inner, inner)
+        | st.dictionaries(st.text(max_size=5), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@given(value=_json, streamed=st.booleans())
+def test_streamed_json_is_json_dumps_byte_for_byte(value: object, streamed: bool) -> None:
+    """world.json is written piece by piece (lists as iterators, objects as SortedPairs), and
+    must read exactly as ``json.dumps(sort_keys=True, indent=2, ensure_ascii=False)``."""
+
+    def stream(v: object) -> object:
+        if isinstance(v, dict):
+            if streamed and v:
+                return SortedPairs(iter([(k, stream(v[k])) for k in sorted(v)]))
+            return {k: stream(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return iter([stream(x) for x in v]) if streamed else [stream(x) for x in v]
+        return v
+
+    fp = io.StringIO()
+    write_json(fp, {"a": stream(value), "b": [stream(value)], "c": value})
+    want = {"a": value, "b": [value], "c": value}
+    assert fp.getvalue() == json.dumps(want, sort_keys=True, indent=2, ensure_ascii=False)

@@ -16,6 +16,7 @@ Same ``seed`` and ``parts`` give row-identical databases and an identical world.
 from __future__ import annotations
 
 import json
+from json.encoder import encode_basestring
 import random
 import resource
 import shutil
@@ -138,33 +139,79 @@ def write_json(fp: TextIO, obj: Any, level: int = 0) -> None:
     """``json.dump(obj, fp, sort_keys=True, indent=2, ensure_ascii=False)``, byte for byte,
     except that iterators (and :class:`SortedPairs`, an object's members already in key order)
     are written element by element instead of being materialised."""
+    if _plain(obj):
+        fp.write(_text(obj, level))
+        return
     pad, end = "  " * (level + 1), "  " * level
     if isinstance(obj, dict):
-        if not obj:
-            fp.write("{}")
-            return
         for i, key in enumerate(sorted(obj)):
-            fp.write(
-                ("{\n" if i == 0 else ",\n") + pad + json.dumps(key, ensure_ascii=False) + ": "
-            )
+            fp.write(("{\n" if i == 0 else ",\n") + pad + _scalar(key) + ": ")
             write_json(fp, obj[key], level + 1)
         fp.write("\n" + end + "}")
     elif isinstance(obj, SortedPairs):
         first = True
         for key, value in obj:
-            fp.write(("{\n" if first else ",\n") + pad + json.dumps(key, ensure_ascii=False) + ": ")
+            fp.write(("{\n" if first else ",\n") + pad + _scalar(key) + ": ")
             write_json(fp, value, level + 1)
             first = False
         fp.write("{}" if first else "\n" + end + "}")
-    elif isinstance(obj, (list, tuple, Iterator)):
+    else:  # a list, tuple or iterator with a stream inside, or an iterator
         first = True
         for item in obj:
             fp.write(("[\n" if first else ",\n") + pad)
             write_json(fp, item, level + 1)
             first = False
         fp.write("[]" if first else "\n" + end + "]")
-    else:
-        fp.write(json.dumps(obj, ensure_ascii=False))
+
+
+_SCALARS = (str, int, float, bool, type(None))
+_encode = json.JSONEncoder(ensure_ascii=False).encode
+_LITERALS: dict[Any, str] = {True: "true", False: "false", None: "null"}
+
+
+def _scalar(obj: Any) -> str:
+    """One JSON scalar (or key) as ``json.dumps(..., ensure_ascii=False)`` writes it."""
+    kind = type(obj)
+    if kind is str:
+        return encode_basestring(obj)
+    if kind is int:
+        return int.__repr__(obj)
+    if kind is bool or obj is None:
+        return _LITERALS[obj]
+    return _encode(obj)
+
+
+def _plain(obj: Any) -> bool:
+    """Whether ``obj`` is JSON without a stream anywhere in it (then it is written in one piece)."""
+    kind = type(obj)
+    if kind in _SCALARS:
+        return True
+    if kind is dict:
+        return all(map(_plain, obj.values()))
+    if kind is list or kind is tuple:
+        return all(map(_plain, obj))
+    return False
+
+
+def _text(obj: Any, level: int) -> str:
+    """A value without streams as ``json.dumps(obj, sort_keys=True, indent=2,
+    ensure_ascii=False)`` nested ``level`` deep writes it (one string, built by join)."""
+    kind = type(obj)
+    if kind is dict:
+        if not obj:
+            return "{}"
+        pad = "\n" + "  " * (level + 1)
+        inner = ("," + pad).join(
+            _scalar(key) + ": " + _text(obj[key], level + 1) for key in sorted(obj)
+        )
+        return "{" + pad + inner + "\n" + "  " * level + "}"
+    if kind is list or kind is tuple:
+        if not obj:
+            return "[]"
+        pad = "\n" + "  " * (level + 1)
+        inner = ("," + pad).join([_text(v, level + 1) for v in obj])
+        return "[" + pad + inner + "\n" + "  " * level + "]"
+    return _scalar(obj)
 
 
 @contextmanager

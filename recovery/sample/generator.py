@@ -311,9 +311,11 @@ class _Progress:
 
         bar.advance(1, message.split(":")[0])
         if self.enabled:
-            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+            use = resource.getrusage(resource.RUSAGE_SELF)
+            rss, cpu = use.ru_maxrss // 1024, use.ru_utime + use.ru_stime
             print(
-                f"[{time.perf_counter() - self.start:7.1f}s, max RSS {rss:5d} MB] {message}",
+                f"[{time.perf_counter() - self.start:7.1f}s, CPU {cpu:7.1f}s, max RSS {rss:5d} MB]"
+                f" {message}",
                 file=sys.stderr,
                 flush=True,
             )

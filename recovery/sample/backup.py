@@ -113,6 +113,7 @@ def part_name(rng: random.Random) -> str:
 
 def _parts(conn, n, span, rng, prices, files) -> None:
     step = max(1, span // n)
+    at = c.Clock(HISTORY_START).at
     n_materials = len(c.MATERIALS)
     sql = (
         "INSERT INTO parts (id, part_number, name, material_id, price, notes, created_at,"
@@ -140,8 +141,8 @@ def _parts(conn, n, span, rng, prices, files) -> None:
                     rng.randint(1, n_materials),
                     cents / 100,
                     notes,
-                    c.at(HISTORY_START, created_s),
-                    c.at(HISTORY_START, updated_s),
+                    at(created_s),
+                    at(updated_s),
                     rng.choice(ENGINEERS),
                     drawing,
                 )
@@ -154,7 +155,7 @@ def _parts(conn, n, span, rng, prices, files) -> None:
                     rev = "AB"[r]
                     files.append(
                         (
-                            c.at(HISTORY_START, upload_s),
+                            at(upload_s),
                             "part",
                             pid,
                             f"drawing-rev-{rev}.pdf",
@@ -172,6 +173,7 @@ def _parts(conn, n, span, rng, prices, files) -> None:
 def _quotes(conn, n_parts, span, rng, prices, files) -> tuple[int, int]:
     n = max(2, n_parts // 2)
     step = max(1, span // n)
+    at = c.Clock(HISTORY_START).at
     item_id = 0
     quote_files = 0
     q_sql = (
@@ -185,21 +187,21 @@ def _quotes(conn, n_parts, span, rng, prices, files) -> tuple[int, int]:
         quotes, items = [], []
         for qid in range(start, min(n, start + CHUNK - 1) + 1):
             created_s = (qid - 1) * span // n + rng.randrange(step)
-            created = HISTORY_START + timedelta(seconds=created_s)
+            created = at(created_s)
             age = 1 - created_s / span
             status = rng.choice(
                 ("accepted", "rejected", "expired") if age > 0.2 else c.QUOTE_STATUSES
             )
             updated_s = created_s + rng.randrange(max(1, min(span - created_s, 30 * 86_400)))
-            qn = c.quote_number(created.year, qid)
+            qn = c.quote_number(int(created[:4]), qid)
             quotes.append(
                 (
                     qid,
                     qn,
                     rng.choice(c.CUSTOMERS),
                     status,
-                    c.ts(created),
-                    c.at(HISTORY_START, updated_s),
+                    created,
+                    at(updated_s),
                     rng.choice(SALES),
                 )
             )
@@ -215,7 +217,7 @@ def _quotes(conn, n_parts, span, rng, prices, files) -> tuple[int, int]:
                 quote_files += 1
                 files.append(
                     (
-                        c.ts(created),
+                        created,
                         "quote",
                         qid,
                         "poptavka.pdf",

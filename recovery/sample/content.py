@@ -148,6 +148,33 @@ def at(base: datetime, seconds: int) -> str:
     return ts(base + timedelta(seconds=seconds))
 
 
+class Clock:
+    """``at(base, seconds)`` for one ``base``, without a datetime per call.
+
+    A world has tens of millions of timestamps; ``datetime + timedelta`` then ``strftime``
+    costs microseconds each. The date part is formatted once per day and cached (a few hundred
+    days), the time of day is integer arithmetic — the same text for whole ``seconds`` (naive
+    datetimes have no DST, so every day is 86,400 s).
+    """
+
+    def __init__(self, base: datetime):
+        if base.microsecond:
+            raise ValueError("Clock needs a base of whole seconds")
+        self.midnight = base.replace(hour=0, minute=0, second=0)
+        self.offset = base.hour * 3600 + base.minute * 60 + base.second
+        self.days: dict[int, str] = {}
+
+    def at(self, seconds: int) -> str:
+        """``ts(base + timedelta(seconds=seconds))`` for an integer ``seconds``."""
+        day, rem = divmod(self.offset + seconds, 86_400)
+        prefix = self.days.get(day)
+        if prefix is None:
+            prefix = self.days[day] = (self.midnight + timedelta(days=day)).strftime("%Y-%m-%d ")
+        hours, rem = divmod(rem, 3600)
+        minutes, secs = divmod(rem, 60)
+        return f"{prefix}{hours:02d}:{minutes:02d}:{secs:02d}"
+
+
 def part_number(part_id: int) -> str:
     return f"GS-{10000 + part_id}"
 

@@ -330,8 +330,8 @@ def diff_cmd(
 
 
 @main.command("extract", epilog=EXIT_CODES_HELP)
-@click.argument("backup", type=click.Path(path_type=Path))
-@click.argument("db", type=click.Path(path_type=Path))
+@click.argument("backup")
+@click.argument("db")
 @click.option(
     "--out", "out_dir", required=True, type=click.Path(path_type=Path), help="New bundle folder."
 )
@@ -361,8 +361,8 @@ def diff_cmd(
 @output_options
 @quiet_option
 def extract_cmd(
-    backup: Path,
-    db: Path,
+    backup: str,
+    db: str,
     out_dir: Path,
     since: str | None,
     mapping: Path | None,
@@ -376,11 +376,16 @@ def extract_cmd(
     copies, manifest with hashes) and transpile it to the old schema (reimport.sql). Both databases
     are opened read-only. Exits 1 when some values cannot be carried (lost) or the plan has errors.
 
+    DB may be a PostgreSQL URL; BACKUP is then a pg_dump file (restored into a scratch database
+    that is dropped afterwards) or another database's URL. The rows are selected inside the server
+    (postgres_fdw) and each value is carried as PostgreSQL's text output, its type in the manifest.
+
     Example:
 
     \b
         recovery extract gestima.db.bak.20261120_140000 gestima.db --out bundle/ \\
             --alembic-ini app/alembic.ini --uploads uploads/
+        recovery extract gestima.dump.bak.20261120_140000 postgresql://db/gestima --out bundle/
     """
     from recovery import commands, progress
 

@@ -341,11 +341,33 @@ def extract(
     """Extract the post-deploy changes into a new bundle folder (:func:`recovery.bundle.extract.extract`)."""
     from recovery import progress
     from recovery.bundle.extract import extract as run_extract
+    from recovery.engine.base import is_postgres_url
 
     with progress.step("extract"):
-        res = run_extract(
-            backup, db, out_dir, since, mapping, alembic_ini, uploads, trust_mapping=trust_mapping
-        )
+        if is_postgres_url(os.fspath(db)):
+            from recovery.bundle.pgextract import extract_postgres
+
+            res = extract_postgres(
+                os.fspath(backup),
+                os.fspath(db),
+                out_dir,
+                since=since,
+                mapping=mapping,
+                alembic_ini=alembic_ini,
+                uploads=uploads,
+                trust_mapping=trust_mapping,
+            )
+        else:
+            res = run_extract(
+                backup,
+                db,
+                out_dir,
+                since,
+                mapping,
+                alembic_ini,
+                uploads,
+                trust_mapping=trust_mapping,
+            )
     summary = res.summary()
     log.debug(
         "extract: bundle %s, %s table(s), %s lost value(s), %s planning error(s), re-import plan of %s "

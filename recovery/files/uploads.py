@@ -578,6 +578,7 @@ def copy_files_into_bundle(
     backup: str | os.PathLike[str],
     cfg: FilesConfig,
     index: UploadsIndex | None = None,
+    backup_paths: set[str] | None = None,
 ) -> dict[str, object]:
     """Copy into ``work/files/`` every file a bundle ``file_records`` row references, and every file
     on disk added since the backup that no record references, so the bundle alone can bring them back.
@@ -586,7 +587,9 @@ def copy_files_into_bundle(
 
     The uploads folder is walked once: the walk answers which stored paths are plain files inside
     the root (any other is resolved on disk, symlinks included) and lists the unrecorded files.
-    ``index``: that walk, when the caller already made it (extract walks while its SQL runs)."""
+    ``index``: that walk, when the caller already made it (extract walks while its SQL runs).
+    ``backup_paths``: the backup's stored paths, when the caller read them (a backup that is not
+    an SQLite file, e.g. a PostgreSQL dump)."""
     import json
     import sqlite3
 
@@ -665,12 +668,15 @@ def copy_files_into_bundle(
     known: set[str] = set()
     if snap and snap.get("uploads"):
         known = {f["path"] for f in snap["uploads"]["files"]}
-    with readonly(backup, "backup") as bconn:
-        try:
-            q = exp.select(col(cfg.path)).from_(table(cfg.table))
-            known |= {r[0] for r in bconn.execute(sql(q)) if isinstance(r[0], str)}
-        except sqlite3.DatabaseError:
-            pass
+    if backup_paths is not None:
+        known |= backup_paths
+    else:
+        with readonly(backup, "backup") as bconn:
+            try:
+                q = exp.select(col(cfg.path)).from_(table(cfg.table))
+                known |= {r[0] for r in bconn.execute(sql(q)) if isinstance(r[0], str)}
+            except sqlite3.DatabaseError:
+                pass
     since = deploy_time_of(backup)
     cutoff = None
     if not (snap and snap.get("uploads")) and since:

@@ -604,6 +604,12 @@ def reimport_cmd(
     "their commits after the safety copy are listed in late_commits.json. Overrides nothing else.",
 )
 @click.option(
+    "--terminate-sessions",
+    is_flag=True,
+    help="PostgreSQL: end the other sessions connected to the database (pg_terminate_backend) "
+    "instead of refusing while they are there.",
+)
+@click.option(
     "--allow-newer-backup",
     is_flag=True,
     help="Proceed although the backup file is newer than the live DB.",
@@ -648,6 +654,7 @@ def rollback_cmd(
     conflicts: str = "cell",
     statement_timeout: float | None = None,
     full_verify: bool = False,
+    terminate_sessions: bool = False,
 ) -> None:
     """Roll DB back to BACKUP's release without losing post-deploy work: refuse while the app holds
     the DB, safety copy, extract the post-deploy changes, restore the backup atomically, re-import
@@ -691,6 +698,7 @@ def rollback_cmd(
         same_installation=same_installation,
         downgrade_to=downgrade_to,
         full_verify=full_verify,
+        terminate_sessions=terminate_sessions,
     )
     res = commands.rollback(
         db=db,

@@ -431,6 +431,27 @@ def rollback(
 
     opts = options or RollbackOptions()
     log.debug("rollback options: %s", _changed(opts))
+    from recovery.engine.base import is_postgres_url, normalise_spec
+
+    if is_postgres_url(os.fspath(db)):
+        from datetime import datetime
+
+        from recovery.restore.pgrollback import rollback_postgres
+
+        stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
+        with override(opts.statement_timeout):
+            res = rollback_postgres(
+                normalise_spec(os.fspath(db)),
+                os.fspath(backup),
+                Path(out_dir) if out_dir else Path(f"recovery-run-{stamp}"),
+                opts,
+                alembic_ini=alembic_ini,
+                uploads=uploads,
+                mapping=mapping,
+                confirm=confirm,
+            )
+        _log_run("rollback", res)
+        return res
     with override(opts.statement_timeout):
         res = run_rollback(
             db,
@@ -491,7 +512,13 @@ def undo(
 ) -> UndoResult:
     """Put a rollback's safety copy back as the live DB (:func:`recovery.pipeline.undo`)."""
     from recovery.pipeline import undo as run_undo
+    from recovery.restore.pgrollback import postgres_run
 
+    data = postgres_run(Path(run_dir))
+    if data is not None:
+        from recovery.restore.pgrollback import undo_postgres
+
+        return undo_postgres(Path(run_dir), data, force=force, dry_run=dry_run, confirm=confirm)
     return run_undo(run_dir, force=force, dry_run=dry_run, confirm=confirm)
 
 

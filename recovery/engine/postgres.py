@@ -366,11 +366,12 @@ class PostgresEngine(Engine):
         and ``new`` (this database); closing it through :func:`pair_workspace` drops it."""
         raise NotImplementedError("use recovery.engine.postgres.pair_workspace (a context manager)")
 
-    def fingerprint(self) -> dict[str, Any]:
+    def fingerprint(self, conn: Any = None) -> dict[str, Any]:
         """Per table: row count and an md5 of its rows in key order; with the transaction-id
-        horizon, equal fingerprints mean nothing was committed in between."""
+        horizon, equal fingerprints mean nothing was committed in between. ``conn``: an open
+        read-only connection to this database to use (else one is opened)."""
         out: dict[str, Any] = {}
-        with self.readonly("database") as conn:
+        with self._readonly_or(conn) as conn:
             run(conn, command("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"))
             for schema, name in user_tables(conn):
                 q = sqlglot.parse_one(
@@ -389,6 +390,14 @@ class PostgresEngine(Engine):
                 out[f"{schema}.{name}"] = {"rows": int(n), "md5": digest}
             run(conn, command("COMMIT"))
         return out
+
+    @contextmanager
+    def _readonly_or(self, conn: Any) -> Iterator[Any]:
+        if conn is not None:
+            yield conn
+        else:
+            with self.readonly("database") as own:
+                yield own
 
     # -- who else is there
     def holders(self, ignore_own_guard: bool = False) -> list[Holder]:
@@ -531,6 +540,7 @@ class PostgresEngine(Engine):
         keep_as: str | None = None,
         terminate: bool = False,
         check: Callable[[Connection], None] | None = None,
+        drop_on_refusal: bool = True,
     ) -> None:
         """Rename this database to ``keep_as`` and ``staged`` to this database's name in ONE
         transaction (PostgreSQL renames databases transactionally), so every connection made by
@@ -542,7 +552,8 @@ class PostgresEngine(Engine):
         live data is still what was extracted"; raising refuses the swap). The renaming
         transaction also gives ``keep_as`` back its ``ALLOW_CONNECTIONS``. Refused or failed
         before the commit: this database is as it was (connections allowed again) and the staged
-        database is dropped."""
+        database is dropped unless ``drop_on_refusal`` is False (an undo swapping the safety
+        database back never drops it)."""
         keep = keep_as or self.kept_name("safety", _name_token(staged.location))
         if keep == self.database or staged.location == self.database:
             raise RecoveryError(f"cannot swap {self.spec} with itself", "nothing was changed")
@@ -601,7 +612,8 @@ class PostgresEngine(Engine):
                 if blocked:
                     with connect(self.admin_url(), "server") as admin:
                         run(admin, _allow_connections_sql(self.database, True))
-                self.discard(staged)
+                if drop_on_refusal:
+                    self.discard(staged)
 
     def allow_connections(self, allow: bool = True) -> None:
         """Let connections to this database in again (after a swap killed before its commit)."""

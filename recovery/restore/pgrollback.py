@@ -50,7 +50,14 @@ from recovery.files.uploads import FilesConfig
 from recovery.model.kinds import RowKind
 from recovery.model.outcome import ConflictMode, Outcome
 from recovery.options import MergeOptions, RollbackOptions
-from recovery.pipeline import Journal, RunResult, UndoResult, check_uploads, check_writable
+from recovery.pipeline import (
+    KILL_STEP_ENV,
+    Journal,
+    RunResult,
+    UndoResult,
+    check_uploads,
+    check_writable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +119,8 @@ def rollback_postgres(
         load_mapping(mapping)
     check_uploads(uploads)
     check_writable(run_dir, "run folder (--out)")
-    live.check("live database")
     if opts.dry_run:
+        live.check("live database")
         return _dry_run(live, backup_p, run_dir, uploads, mapping, alembic_ini, opts, files, say)
     with one_run_per_database(live):
         try:
@@ -162,8 +169,9 @@ def _run(
             {"summary": report.get("summary")},
             finished_exit_code=int(code) if isinstance(code, int) else ExitCode.REVIEW,
         )
-    if journal.resumed:
+    if journal.resumed:  # first: a kill inside the swap may have left connections refused
         settle_interrupted_swap(live, journal)
+    live.check("live database")
     if not journal.done("restore"):
         _before_swap(live, backup, run_dir, uploads, mapping, alembic_ini, opts, files, confirm,
                      say, journal)  # fmt: skip
@@ -388,6 +396,7 @@ def _relink(
 def _still_as_extracted(live: PostgresEngine, conn: Connection, digest: str) -> None:
     """Refuse the swap when the live rows are no longer those the safety step recorded (a
     session wrote after it): what the extract read would not be all there is."""
+    kill_point("restore:blocked")
     now = fingerprint_digest(live, conn)
     if now != digest:
         raise RecoveryError(
@@ -475,8 +484,8 @@ def _failure_truth(exc: BaseException, run_dir: Path, live: PostgresEngine) -> R
         return None
     if (data.get("args") or {}).get("db") != live.spec:
         return None
-    restore = (data.get("steps") or {}).get("restore", {})
-    if restore.get("state") != "done":
+    steps = data.get("steps") or {}
+    if steps.get("restore", {}).get("state") != "done" or "undo" in steps:
         return None
     from recovery.errors import describe
 
@@ -518,6 +527,16 @@ def fingerprint_digest(live: PostgresEngine, conn: Connection | None = None) -> 
     on ``conn`` when given (a connection opened before new ones were refused)."""
     fp = live.fingerprint(conn)
     return hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()
+
+
+def kill_point(point: str) -> None:
+    """Test-only: SIGKILL this process when ``RECOVERY_TEST_KILL_AT_STEP`` names ``point`` (as the
+    journal's own points do): here ``restore:blocked``, with new connections to the live database
+    refused and the renaming transaction not begun."""
+    if os.environ.get(KILL_STEP_ENV) == point:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _token(run_dir: Path) -> str:
@@ -642,7 +661,7 @@ def undo_postgres(
     steps = data["steps"]
     restore = steps.get("restore", {})
     safety = restore.get("safety")
-    shown = Path(live.spec)  # UndoResult names the database as a path; the CLI prints it
+    shown: Any = live.spec  # the URL (a Path would fold its "//"); the CLI prints it
     undo_info = steps.get("undo", {})
     if undo_info.get("state") == "done":
         return UndoResult(run, shown, "already_undone", Path(str(safety)))

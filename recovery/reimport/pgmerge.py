@@ -318,7 +318,7 @@ _CHECKS = (
     "SELECT k.conname, pg_catalog.pg_get_constraintdef(k.oid) FROM pg_catalog.pg_constraint AS k "
     "JOIN pg_catalog.pg_class AS c ON c.oid = k.conrelid "
     "JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace "
-    "WHERE n.nspname = %s AND c.relname = %s AND k.contype = 'c' AND k.convalidated ORDER BY k.conname"
+    "WHERE n.nspname = %s AND c.relname = %s AND k.contype = 'c' ORDER BY k.conname"
 )
 _TRIGGERS = (
     "SELECT t.tgname FROM pg_catalog.pg_trigger AS t JOIN pg_catalog.pg_class AS c ON c.oid = t.tgrelid "

@@ -295,7 +295,7 @@ def diff_cmd(
 
     DB may be a PostgreSQL URL; BACKUP is then a pg_dump file (restored into a scratch database
     that is dropped afterwards) or another database's URL, and the comparison runs inside the
-    server (postgres_fdw); --mapping and --alembic-ini are SQLite-only for now.
+    server (postgres_fdw); --alembic-ini is SQLite-only for now.
 
     Example:
 

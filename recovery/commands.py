@@ -290,11 +290,6 @@ def diff(
     if is_postgres_url(os.fspath(db)):
         from recovery.compare.pgdiff import diff_postgres
 
-        if mapping is not None or alembic_ini is not None:
-            raise RecoveryError(
-                "--mapping and --alembic-ini are not supported for PostgreSQL yet",
-                "run the diff without them; nothing was changed",
-            )
         result = DiffCommandResult(
             diff_postgres(
                 os.fspath(backup),
@@ -303,6 +298,8 @@ def diff(
                 list(tables) if tables else None,
                 rows,
                 trust_mapping,
+                mapping=mapping,
+                alembic_ini=alembic_ini,
             )
         )
     else:

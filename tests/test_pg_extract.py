@@ -373,3 +373,38 @@ def test_refusals_are_one_line_and_leave_nothing(pg_server: str, tmp_path: Path)
         extract_postgres(str(tmp_path / "junk.dump"), live, tmp_path / "b")
     assert not (tmp_path / "b").exists()
     assert not list(tmp_path.glob(".b.partial-*"))
+
+
+GOOD_MAP = '[tables.quotes.columns]\ncustomer = "customer_name"\n'
+BAD_MAP = "[tables.quotes.columns]\ncustomer = \"upper(customer_name) || 'x'\"\n"
+
+
+def test_mapping_file_on_postgres_as_on_sqlite(
+    worlds: tuple[Path, str, Path], tmp_path: Path
+) -> None:
+    """``diff --mapping`` and ``extract --mapping``: the same rules, verdicts and refusals on both
+    engines (a rule the unchanged rows contradict: exit 2, one line, nothing written)."""
+    out, url, lite = worlds
+    dump = str(out / json.loads((out / "world.json").read_text())["backup"])
+    lite_args = [str(lite / "gestima.db.bak.20261120_140000"), str(lite / "gestima.db")]
+    (tmp_path / "good.toml").write_text(GOOD_MAP)
+    (tmp_path / "bad.toml").write_text(BAD_MAP)
+    pg = cli("diff", dump, url, "--mapping", str(tmp_path / "good.toml"), "--json")
+    sq = cli("diff", *lite_args, "--mapping", str(tmp_path / "good.toml"), "--json")
+    assert (pg.returncode, sq.returncode) == (1, 1), pg.stderr + sq.stderr
+    a, b = json.loads(pg.stdout), json.loads(sq.stdout)
+    assert a["mapping"] == b["mapping"] and a["totals"] == b["totals"]
+    (rule,) = [c for c in a["mapping"]["quotes"]["columns"] if c["column"] == "customer"]
+    assert rule["source"] == "user-mapping" and rule["verdict"] == "agrees"
+    pg = cli("diff", dump, url, "--mapping", str(tmp_path / "bad.toml"), "--json")
+    sq = cli("diff", *lite_args, "--mapping", str(tmp_path / "bad.toml"), "--json")
+    assert (pg.returncode, sq.returncode) == (2, 2) and pg.stderr == sq.stderr
+    assert "disagrees with the backup" in pg.stderr and "Traceback" not in pg.stderr
+    r = cli(
+        "extract", dump, url, "--out", str(tmp_path / "b"), "--mapping", str(tmp_path / "bad.toml")
+    )
+    assert r.returncode == 2 and not (tmp_path / "b").exists()
+    res = extract_postgres(dump, url, tmp_path / "g", mapping=tmp_path / "good.toml")
+    ref = extract(*lite_args, tmp_path / "s", mapping=tmp_path / "good.toml")
+    assert res.bundle.manifest["mapping"] == ref.bundle.manifest["mapping"]
+    assert res.bundle.manifest["counts"] == ref.bundle.manifest["counts"]

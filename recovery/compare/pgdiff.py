@@ -24,7 +24,7 @@ from sqlalchemy.pool import NullPool
 
 from recovery.capture.snapshot import deploy_time_of
 from recovery.compare.changes import diff_rows
-from recovery.compare.diff import DiffResult
+from recovery.compare.diff import DiffResult, check_user_expressions
 from recovery.compare.evidence import verify
 from recovery.compare.schemadiff import compare
 from recovery.compare.timestamps import parse_since
@@ -162,15 +162,24 @@ def diff_postgres(
     tables: list[str] | None = None,
     rows: bool = False,
     trust_mapping: bool = False,
+    *,
+    mapping: str | os.PathLike[str] | None = None,
+    alembic_ini: str | os.PathLike[str] | None = None,
 ) -> DiffResult:
-    """Compare ``backup`` (a pg_dump file or a database URL) with the live database ``live``."""
+    """Compare ``backup`` (a pg_dump file or a database URL) with the live database ``live``;
+    ``mapping``: the mapping file's rules first (each expression tried once on the live table)."""
+    if alembic_ini is not None:
+        raise RecoveryError(
+            "--alembic-ini is not supported for PostgreSQL yet",
+            "run the diff without it (or with --mapping); nothing was changed",
+        )
     live_db = PostgresEngine(live)
     live_db.check("live database")
     backup_text = os.fspath(backup)
     if since is None and not is_postgres_url(backup_text):
         since = deploy_time_of(Path(backup_text))
     since_jd, since_norm = parse_since(since) if since is not None else (None, None)
-    user = load_mapping(None)
+    user = load_mapping(mapping)
     with backup_database(backup_text, live_db) as old_db:
         old_db.check("backup")
         old, new = reflect_pg(old_db), reflect_pg(live_db)
@@ -192,6 +201,7 @@ def diff_postgres(
             cmap = resolve(
                 old, new, user, None, sdiff.renames_by_table(), sdiff.table_renames_by_old()
             )
+            check_user_expressions(pair, user, new, cmap)
             cmap = verify(pair, old, new, cmap, since_jd, trust_mapping)
             changes = diff_rows(pair, old, new, cmap, tables, since_jd, rows, since_norm)
     label = backup_text if not is_postgres_url(backup_text) else PostgresEngine(backup_text).spec

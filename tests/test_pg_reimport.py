@@ -1,0 +1,518 @@
+"""The re-import into PostgreSQL on a real server (issue 19): :func:`recovery.reimport.pgmerge.reimport_postgres`.
+
+One small sample world per module (--parts 60): built in SQLite (its bundle, its SQLite re-import)
+and on the server by ``recovery sample --url`` (its pg_dump backup restored once into a template
+database; every test works on a ``CREATE DATABASE … TEMPLATE`` copy of it).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from sqlalchemy.engine import make_url
+from sqlglot import exp
+
+from recovery.bundle.store import open_bundle
+from recovery.engine.postgres import (
+    PostgresEngine,
+    command,
+    conninfo,
+    connect,
+    create_database_sql,
+    drop_database_sql,
+    find_tool,
+    ident,
+    restore_into,
+    run,
+)
+from recovery.errors import RecoveryError
+from recovery.model.kinds import ConflictKind, Resolution
+from recovery.options import MergeOptions
+from recovery.reimport.pgmerge import KILL_ENV, reimport_postgres
+
+PARTS, SEED = 60, 42
+
+
+def _admin(server: str) -> psycopg.Connection[Any]:
+    return connect(make_url(server), "server")
+
+
+def _copy_db(server: str, template: str) -> str:
+    """A new database copied from ``template``; its URL."""
+    name = f"pgimp_{uuid.uuid4().hex[:10]}"
+    with _admin(server) as a:
+        run(a, create_database_sql(name, template))
+    return make_url(server).set(database=name).render_as_string(False)
+
+
+def _drop(server: str, url: str) -> None:
+    with _admin(server) as a:
+        run(a, drop_database_sql(str(make_url(url).database)))
+
+
+@pytest.fixture(scope="module")
+def lite_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from recovery.sample import generate
+
+    return generate(tmp_path_factory.mktemp("pgimp_lite") / "world", parts=PARTS, seed=SEED)
+
+
+@pytest.fixture(scope="module")
+def lite_bundle(lite_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from recovery.bundle.extract import extract
+    from recovery.sample import app_dir
+
+    out = tmp_path_factory.mktemp("pgimp_bundle") / "bundle"
+    extract(
+        lite_world / "gestima.db.bak.20261120_140000",
+        lite_world / "gestima.db",
+        out,
+        alembic_ini=app_dir() / "alembic.ini",
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def lite_reimported(
+    lite_world: Path, lite_bundle: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """The SQLite re-import of the same bundle into the restored SQLite backup."""
+    from recovery.pipeline import reimport
+
+    d = tmp_path_factory.mktemp("pgimp_litere")
+    db = d / "gestima.db"
+    shutil.copyfile(lite_world / "gestima.db.bak.20261120_140000", db)
+    reimport(lite_bundle, db, d / "run")
+    return db
+
+
+@pytest.fixture(scope="module")
+def template_db(pg_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The name of a database holding the PostgreSQL sample world's backup (pg_restore of its dump)."""
+    out = tmp_path_factory.mktemp("pgimp_pg") / "world"
+    live = make_url(pg_server).set(database=f"pgimp_live_{uuid.uuid4().hex[:8]}")
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "recovery",
+            "sample",
+            str(out),
+            "--url",
+            live.render_as_string(False),
+        ]
+        + ["--parts", str(PARTS), "--seed", str(SEED), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    name = f"pgimp_tmpl_{uuid.uuid4().hex[:8]}"
+    with _admin(pg_server) as a:
+        run(a, create_database_sql(name))
+    dump = next(out.glob("*.dump.bak.*[0-9]"))
+    restore_into(dump, make_url(pg_server).set(database=name), find_tool("pg_restore", 15))
+    yield name
+    with _admin(pg_server) as a:
+        run(a, drop_database_sql(name))
+        run(a, drop_database_sql(str(live.database)))
+
+
+@pytest.fixture
+def target(pg_server: str, template_db: str) -> Iterator[str]:
+    url = _copy_db(pg_server, template_db)
+    yield url
+    _drop(pg_server, url)
+
+
+def _q(url: str, text: str) -> list[tuple[Any, ...]]:
+    with connect(make_url(url), "test") as c:
+        return list(run(c, text).fetchall())
+
+
+def _exec(url: str, *statements: str) -> None:
+    with connect(make_url(url), "test") as c:
+        for s in statements:
+            run(c, command(s))
+
+
+def _normal(v: Any) -> Any:
+    from decimal import Decimal
+
+    if isinstance(v, bool):
+        return int(v)
+    if isinstance(v, Decimal):
+        return float(v)
+    return v
+
+
+def _table_rows(url: str, name: str, cols: list[str]) -> list[tuple[Any, ...]]:
+    q = (
+        exp.select(*[exp.column(c, quoted=True) for c in cols])
+        .from_(exp.Table(this=exp.to_identifier(name, quoted=True)))
+        .order_by(*[exp.column(c, quoted=True) for c in cols])
+    )
+    return [tuple(_normal(v) for v in r) for r in _q(url, q.sql("postgres"))]
+
+
+def _lite_rows(path: Path, name: str, cols: list[str]) -> list[tuple[Any, ...]]:
+    q = (
+        exp.select(*[exp.column(c, quoted=True) for c in cols])
+        .from_(exp.Table(this=exp.to_identifier(name, quoted=True)))
+        .order_by(*[exp.column(c, quoted=True) for c in cols])
+    )
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return list(conn.execute(q.sql("sqlite")).fetchall())
+    finally:
+        conn.close()
+
+
+def _fingerprint(url: str) -> dict[str, Any]:
+    return PostgresEngine(url).fingerprint()
+
+
+def test_sample_world_reimport_gives_the_sqlite_rows(
+    target: str, lite_bundle: Path, lite_reimported: Path, tmp_path: Path
+) -> None:
+    """The sample world's bundle re-imported into the restored PostgreSQL backup gives, table by
+    table, the rows the SQLite re-import of the same bundle gives; the same counts and lost values."""
+    from recovery.engine.schema import reflect
+    from recovery.engine.sqlite_io import readonly
+    from recovery.model.outcome import Outcome
+
+    b = open_bundle(lite_bundle)
+    o = reimport_postgres(target, b, MergeOptions(), run_dir=tmp_path / "run")
+    assert not o.aborted and not o.conflicts
+    with readonly(lite_reimported, "db") as c:
+        schema = reflect(c)
+    for name in schema.data_tables:
+        cols = list(schema.tables[name].column_names)
+        assert _table_rows(target, name, cols) == _lite_rows(lite_reimported, name, cols), name
+    with sqlite3.connect(lite_reimported) as c:
+        lite_outcome = Outcome.from_json(
+            c.execute("SELECT outcome FROM _recovery_applied").fetchone()[0]
+        )
+    for name, to in lite_outcome.tables.items():
+        got = o.tables[name]
+        assert (got.inserted, got.updated, got.rows_after) == (
+            to.inserted,
+            to.updated,
+            to.rows_after,
+        ), name
+    assert o.lost_total == lite_outcome.lost_total > 0
+    assert [(d["table"], d["key"]) for d in o.deletes_for_review] == [
+        (d["table"], d["key"]) for d in lite_outcome.deletes_for_review
+    ]
+    # every sequence is past every carried id: the old app's next insert takes a fresh key
+    for name in ("quotes", "parts", "quote_items", "file_records"):
+        (top,) = _q(target, f"SELECT max(id) FROM {ident(name)}")[0]
+        (seq,) = _q(
+            target, f"SELECT last_value FROM pg_sequences WHERE sequencename = '{name}_id_seq'"
+        )[0]
+        assert seq >= top, name
+    # the same bundle again: a no-op
+    before = _fingerprint(target)
+    again = reimport_postgres(target, b, MergeOptions())
+    assert again.already_applied and _fingerprint(target) == before
+
+
+def test_reimport_sql_applied_with_psql_gives_the_same_database(
+    pg_server: str, target: str, lite_bundle: Path, tmp_path: Path
+) -> None:
+    """run_dir/reimport.sql, applied with psql to a copy of the target taken before, gives the
+    same database (remaps, deletes and the bookkeeping row included)."""
+    _exec(
+        target,
+        "INSERT INTO quotes (quote_number, customer, status, created_at, updated_at, created_by) "
+        "VALUES ('Q-OLD-1', 'Old app', 'draft', '2026-11-21 09:00:00', '2026-11-21 09:00:00', 1)",
+    )
+    copy = _copy_db(pg_server, str(make_url(target).database))
+    try:
+        o = reimport_postgres(
+            target, open_bundle(lite_bundle), MergeOptions(apply_deletes=True), run_dir=tmp_path
+        )
+        assert o.remaps and sum(t.deleted for t in o.tables.values()) > 0
+        psql = find_tool("psql", 15)
+        r = subprocess.run(
+            [
+                psql,
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                conninfo(make_url(copy)),
+                "-f",
+                str(tmp_path / "reimport.sql"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert r.returncode == 0, r.stderr
+        assert _fingerprint(copy) == _fingerprint(target)
+    finally:
+        _drop(pg_server, copy)
+
+
+def _old_app_writes(url: str) -> None:
+    """What the old app did after the restore, before the re-import: two new quotes (taking the
+    keys the bundle's new quotes have), a new part, an edit of a quote the bundle also changed."""
+    _exec(
+        url,
+        "INSERT INTO quotes (quote_number, customer, status, created_at, updated_at, created_by) VALUES "
+        "('Q-OLD-1', 'Old app', 'draft', '2026-11-21 09:00:00', '2026-11-21 09:00:00', 1), "
+        "('Q-OLD-2', 'Old app', 'draft', '2026-11-21 09:05:00', '2026-11-21 09:05:00', 1)",
+    )
+
+
+def test_old_app_writes_then_remap_takes_keys_from_the_sequence(
+    target: str, lite_bundle: Path
+) -> None:
+    b = open_bundle(lite_bundle)
+    _old_app_writes(target)
+    new_quotes = _q(target, "SELECT max(id) FROM quotes")[0][0]
+    o = reimport_postgres(target, b, MergeOptions())
+    pk = [c for c in o.conflicts if c.kind is ConflictKind.PRIMARY_KEY]
+    assert pk and all(c.resolution is Resolution.REMAPPED for c in pk)
+    remapped = {(r.old_key, r.new_key) for r in o.remaps if r.table == "quotes"}
+    assert remapped and all(n > new_quotes for _, n in remapped)
+    for old, new in remapped:
+        # the remapped quote is there under its new key with the bundle's number, and its items follow it
+        bundle_items = (
+            sqlite3.connect(b.rows_db)
+            .execute(
+                'SELECT count(*) FROM quote_items WHERE quote_id = ? AND "_recovery_kind" = ?',
+                (old, "inserted"),
+            )
+            .fetchone()[0]
+        )
+        assert (
+            _q(target, f"SELECT count(*) FROM quote_items WHERE quote_id = {int(new)}")[0][0]
+            == bundle_items
+        )
+    assert {
+        r[0] for r in _q(target, "SELECT quote_number FROM quotes WHERE customer = 'Old app'")
+    } == {
+        "Q-OLD-1",
+        "Q-OLD-2",
+    }
+    # the sequence is past every carried id: the old app's next quote gets a fresh key
+    _exec(
+        target,
+        "INSERT INTO quotes (quote_number, customer, status, created_at, updated_at, created_by) "
+        "VALUES ('Q-OLD-3', 'Old app', 'draft', '2026-11-21 10:00:00', '2026-11-21 10:00:00', 1)",
+    )
+    top = max(n for _, n in remapped)
+    assert _q(target, "SELECT id FROM quotes WHERE quote_number = 'Q-OLD-3'")[0][0] > top
+
+
+def test_skip_and_abort_policies(pg_server: str, template_db: str, lite_bundle: Path) -> None:
+    b = open_bundle(lite_bundle)
+    skip_db, abort_db = _copy_db(pg_server, template_db), _copy_db(pg_server, template_db)
+    try:
+        for url in (skip_db, abort_db):
+            _old_app_writes(url)
+            _exec(
+                url,
+                "UPDATE quotes SET status = 'old-app' WHERE id IN "
+                "(SELECT id FROM quotes ORDER BY id LIMIT 30)",
+            )
+        o = reimport_postgres(skip_db, b, MergeOptions(on_conflict="skip"))
+        kinds = {c.kind for c in o.conflicts}
+        assert ConflictKind.PRIMARY_KEY in kinds
+        assert all(
+            c.resolution is Resolution.SKIPPED
+            for c in o.conflicts
+            if c.kind is ConflictKind.PRIMARY_KEY
+        )
+        # the quotes' items were skipped with them (a unit lands whole or not at all)
+        assert any(r["table"] == "quote_items" for r in o.skipped_rows)
+        assert _q(skip_db, "SELECT count(*) FROM quotes WHERE customer = 'Old app'")[0][0] == 2
+        upd = [c for c in o.conflicts if c.kind is ConflictKind.UPDATE_UPDATE]
+        if upd:  # the old app's edit of a cell the bundle also changed: the target's value kept
+            assert all(c.resolution is Resolution.KEPT_TARGET for c in upd)
+        before = _fingerprint(abort_db)
+        a = reimport_postgres(abort_db, b, MergeOptions(on_conflict="abort"))
+        assert a.aborted and a.conflicts
+        assert _fingerprint(abort_db) == before
+    finally:
+        _drop(pg_server, skip_db)
+        _drop(pg_server, abort_db)
+
+
+def test_prefer_bundle_and_row_conflicts(target: str, lite_bundle: Path) -> None:
+    """A cell changed on both sides: --prefer bundle writes the bundle's value; the conflict is reported."""
+    b = open_bundle(lite_bundle)
+    upd = (
+        sqlite3.connect(b.rows_db)
+        .execute(
+            "SELECT id, status FROM quotes WHERE \"_recovery_kind\" = 'updated' ORDER BY id LIMIT 1"
+        )
+        .fetchone()
+    )
+    assert upd is not None
+    _exec(target, f"UPDATE quotes SET status = 'old-app-status' WHERE id = {int(upd[0])}")
+    o = reimport_postgres(target, b, MergeOptions(prefer="bundle"))
+    hit = [c for c in o.conflicts if c.kind is ConflictKind.UPDATE_UPDATE and c.key == (upd[0],)]
+    if hit:
+        assert hit[0].resolution is Resolution.APPLIED
+        assert _q(target, f"SELECT status FROM quotes WHERE id = {int(upd[0])}")[0][0] == upd[1]
+
+
+def test_triggers_are_suspended_and_back_after_commit_and_after_rollback(
+    target: str, lite_bundle: Path
+) -> None:
+    _exec(
+        target,
+        "CREATE SCHEMA side",
+        "CREATE TABLE side.audit (n integer)",
+        "CREATE FUNCTION side.audit_it() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "INSERT INTO side.audit VALUES (1); RETURN NEW; END $$",
+        "CREATE TRIGGER quotes_audit AFTER INSERT OR UPDATE ON quotes FOR EACH ROW "
+        "EXECUTE FUNCTION side.audit_it()",
+    )
+    b = open_bundle(lite_bundle)
+    o = reimport_postgres(target, b, MergeOptions(), dry_run=True)  # rolled back: trigger back too
+    assert o.triggers_suspended == ["quotes_audit"]
+    assert _q(target, "SELECT tgenabled FROM pg_trigger WHERE tgname = 'quotes_audit'")[0][0] == "O"
+    o = reimport_postgres(target, b, MergeOptions())
+    assert o.triggers_suspended == ["quotes_audit"] and o.tables["quotes"].inserted > 0
+    assert _q(target, "SELECT count(*) FROM side.audit")[0][0] == 0
+    assert _q(target, "SELECT tgenabled FROM pg_trigger WHERE tgname = 'quotes_audit'")[0][0] == "O"
+    _exec(target, "UPDATE quotes SET status = status WHERE id = 1")
+    assert _q(target, "SELECT count(*) FROM side.audit")[0][0] == 1
+
+
+def test_a_target_with_another_schema_is_refused(target: str, lite_bundle: Path) -> None:
+    _exec(target, "CREATE TABLE extra (n integer)")
+    before = _fingerprint(target)
+    with pytest.raises(RecoveryError) as err:
+        reimport_postgres(target, open_bundle(lite_bundle), MergeOptions())
+    assert err.value.exit_code == 2 and "extra" in str(err.value)
+    assert _fingerprint(target) == before
+
+
+def test_a_kill_mid_transaction_leaves_the_target_unchanged(target: str, lite_bundle: Path) -> None:
+    before = _fingerprint(target)
+    code = (
+        "import sys\n"
+        "from recovery.bundle.store import open_bundle\n"
+        "from recovery.options import MergeOptions\n"
+        "from recovery.reimport.pgmerge import reimport_postgres\n"
+        "reimport_postgres(sys.argv[1], open_bundle(sys.argv[2]), MergeOptions(apply_deletes=True))\n"
+    )
+    for after in (12, 60):
+        r = subprocess.run(
+            [sys.executable, "-c", code, target, str(lite_bundle)],
+            env={**os.environ, KILL_ENV: str(after)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert r.returncode == -9, r.stderr
+        assert _fingerprint(target) == before
+    o = reimport_postgres(target, open_bundle(lite_bundle), MergeOptions())
+    assert not o.already_applied and sum(t.inserted for t in o.tables.values()) > 0
+
+
+def test_a_failure_rolls_back_with_exit_3(target: str, lite_bundle: Path) -> None:
+    """A rule the detectors do not model (a partial unique index on an expression: at most one
+    quote item newer than the backup) makes the server refuse the insert: everything is rolled
+    back, the triggers included, exit 3."""
+    top = _q(target, "SELECT max(id) FROM quote_items")[0][0]
+    _exec(
+        target,
+        f"CREATE UNIQUE INDEX one_new_item ON quote_items ((1)) WHERE id > {int(top)}",
+        "CREATE FUNCTION noop() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$",
+        "CREATE TRIGGER items_noop BEFORE INSERT ON quote_items FOR EACH ROW EXECUTE FUNCTION noop()",
+    )
+    before = _fingerprint(target)
+    with pytest.raises(RecoveryError) as err:
+        reimport_postgres(target, open_bundle(lite_bundle), MergeOptions())
+    assert err.value.exit_code == 3 and "rolled back" in str(err.value)
+    assert _fingerprint(target) == before
+    assert _q(target, "SELECT tgenabled FROM pg_trigger WHERE tgname = 'items_noop'")[0][0] == "O"
+
+
+# ---- hostile identifiers -----------------------------------------------------------------------
+
+PARENT, CHILD = 'pa"rent ä', "ch;ild'); DROP TABLE x; --"
+
+
+def _hostile_lite(path: Path, extra: bool) -> None:
+    conn = sqlite3.connect(path)
+    p, c = ident(PARENT), ident(CHILD)
+    conn.executescript(
+        f'CREATE TABLE {p} ("i d" INTEGER PRIMARY KEY, "sel ect" TEXT NOT NULL UNIQUE, "Gr""oup" TEXT);'
+        f'CREATE TABLE {c} ("i d" INTEGER PRIMARY KEY, "pa rent" INTEGER REFERENCES {p}("i d"), '
+        f'"v\'al" TEXT);'
+        f"INSERT INTO {p} VALUES (1, 'one', 'a'), (2, 'two', 'b');"
+        f"INSERT INTO {c} VALUES (1, 1, 'x');"
+    )
+    if extra:
+        conn.executescript(
+            f"INSERT INTO {p} VALUES (3, 'three''s \\ tab\there', 'c'), (4, 'four', NULL);"
+            f"INSERT INTO {c} VALUES (2, 3, 'new line\nhere'), (3, 4, 'y');"
+            f'UPDATE {p} SET "Gr""oup" = \'changed\' WHERE "i d" = 2;'
+        )
+    conn.commit()
+    conn.close()
+
+
+def test_hostile_identifiers_and_values(pg_url: str, tmp_path: Path) -> None:
+    from recovery.bundle.extract import extract
+
+    _hostile_lite(tmp_path / "backup.db", False)
+    _hostile_lite(tmp_path / "live.db", True)
+    extract(tmp_path / "backup.db", tmp_path / "live.db", tmp_path / "bundle")
+    p, c = ident(PARENT), ident(CHILD)
+    _exec(
+        pg_url,
+        f'CREATE TABLE {p} ("i d" integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY, '
+        f'"sel ect" text NOT NULL UNIQUE, "Gr""oup" text)',
+        f'CREATE TABLE {c} ("i d" integer GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY, '
+        f'"pa rent" integer REFERENCES {p}("i d") DEFERRABLE, "v\'al" text)',
+        f"INSERT INTO {p} (\"sel ect\", \"Gr\"\"oup\") VALUES ('one', 'a'), ('two', 'b')",
+        f'INSERT INTO {c} ("pa rent", "v\'al") VALUES (1, \'x\')',
+        # the old app wrote a parent after the restore: it takes key 3
+        f'INSERT INTO {p} ("sel ect", "Gr""oup") VALUES (\'old app\', \'z\')',
+    )
+    o = reimport_postgres(
+        pg_url, open_bundle(tmp_path / "bundle"), MergeOptions(), run_dir=tmp_path / "run"
+    )
+    assert [(r.table, r.old_key) for r in o.remaps] == [(PARENT, 3)]
+    new3 = o.remaps[0].new_key
+    rows = _q(pg_url, f'SELECT "i d", "sel ect", "Gr""oup" FROM {p} ORDER BY 1')
+    assert rows == [
+        (1, "one", "a"),
+        (2, "two", "changed"),
+        (3, "old app", "z"),
+        (4, "four", None),
+        (new3, "three's \\ tab\there", "c"),
+    ] or sorted(rows) == sorted(
+        [
+            (1, "one", "a"),
+            (2, "two", "changed"),
+            (3, "old app", "z"),
+            (4, "four", None),
+            (new3, "three's \\ tab\there", "c"),
+        ]
+    )
+    kids = _q(pg_url, f'SELECT "i d", "pa rent", "v\'al" FROM {c} ORDER BY 1')
+    assert kids == [(1, 1, "x"), (2, new3, "new line\nhere"), (3, 4, "y")]
+    # the identity (GENERATED ALWAYS) is past every carried id
+    _exec(pg_url, f"INSERT INTO {p} (\"sel ect\") VALUES ('next')")
+    assert _q(pg_url, f'SELECT "i d" FROM {p} WHERE "sel ect" = \'next\'')[0][0] > new3
+    assert (tmp_path / "run" / "reimport.sql").stat().st_mode & 0o777 == 0o600

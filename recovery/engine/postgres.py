@@ -401,8 +401,10 @@ class PostgresEngine(Engine):
 
     # -- who else is there
     def holders(self, ignore_own_guard: bool = False) -> list[Holder]:
+        """The other sessions on this database; a session that ends within a second (a connection
+        just closed, whose backend is still exiting) is not one."""
         with connect(self.admin_url(), "server") as admin:
-            found = sessions(admin, self.database)
+            found = _wait_gone(admin, self.database, set(), timeout=1.0)
         return self._as_holders(found)
 
     def terminate_holders(self) -> list[Holder]:
@@ -577,7 +579,7 @@ class PostgresEngine(Engine):
                     run(admin, _allow_connections_sql(self.database, False))
                     blocked = True
                     mine = {int(probe.info.backend_pid)} if probe is not None else set()
-                    others = [s for s in sessions(admin, self.database) if s.pid not in mine]
+                    others = _wait_gone(admin, self.database, mine, timeout=1.0)
                     if others and terminate:
                         terminate_sessions(admin, self.database, [s.pid for s in others], mine)
                     elif others:

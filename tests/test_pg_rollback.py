@@ -50,9 +50,19 @@ def _admin(server: str) -> psycopg.Connection[Any]:
     return connect(make_url(server), "server")
 
 
-def _databases(server: str) -> set[str]:
+def _databases(server: str, like: str = "%") -> set[str]:
+    """The databases on the server whose name is ``LIKE like`` (other tests, run at the same time
+    on the same server, create and drop their own)."""
     with _admin(server) as a:
-        return {r[0] for r in run(a, "SELECT datname FROM pg_catalog.pg_database").fetchall()}
+        q = "SELECT datname FROM pg_catalog.pg_database WHERE datname LIKE %s"
+        return {r[0] for r in run(a, q, (like,)).fetchall()}
+
+
+def _ours(server: str, live: str) -> set[str]:
+    """The databases a rollback of ``live`` may create: ``<live>…`` and its staged database."""
+    name = str(make_url(live).database)
+    staged = PostgresEngine(live).staging_name()
+    return _databases(server, f"{name}%") | (_databases(server, staged))
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +90,7 @@ def live(pg_server: str, pg_template: tuple[Path, str]) -> Iterator[str]:
         run(a, f'CREATE DATABASE "{name}" TEMPLATE "{pg_template[1]}"')
     yield _url(pg_server, name)
     with _admin(pg_server) as a:
+        run(a, drop_database_sql(PostgresEngine(_url(pg_server, name)).staging_name()))
         for (db,) in run(
             a, "SELECT datname FROM pg_catalog.pg_database WHERE datname LIKE %s", (f"{name}%",)
         ).fetchall():
@@ -161,7 +172,7 @@ def assert_same_rows(url: str, lite: Path) -> None:
 
 def _revision(url: str) -> str:
     with PostgresEngine(url).readonly() as conn:
-        return str(conn.execute("SELECT version_num FROM alembic_version").fetchone()[0])  # type: ignore[index]
+        return str(conn.execute("SELECT version_num FROM alembic_version").fetchone()[0])
 
 
 def _app_fingerprint(url: str) -> dict[str, Any]:
@@ -193,7 +204,7 @@ def test_rollback_gives_the_sqlite_rows_revision_exit_code_and_lost_values_then_
     journal = json.loads((tmp_path / "run" / "journal.json").read_text())
     safety = journal["steps"]["restore"]["safety"]
     assert _app_fingerprint(_url(pg_server, safety)) == before  # the failed DB, kept renamed
-    assert not {d for d in _databases(pg_server) if d.startswith(("recovery_staged_", "recovery_scratch_"))}  # fmt: skip
+    assert engine.staging_name() not in _databases(pg_server)
     # a finished run run again changes nothing and exits as it finished
     again = _rollback(live, world, tmp_path / "run")
     assert again.returncode == lite_code and _app_fingerprint(live) != before
@@ -214,7 +225,7 @@ def test_rollback_gives_the_sqlite_rows_revision_exit_code_and_lost_values_then_
 def test_sessions_on_the_live_database_are_refused_and_named(
     pg_server: str, pg_template: tuple[Path, str], live: str, tmp_path: Path
 ) -> None:
-    before, dbs = _app_fingerprint(live), _databases(pg_server)
+    before, dbs = _app_fingerprint(live), _ours(pg_server, live)
     app = psycopg.connect(live, application_name="gestima-web")
     try:
         r = _rollback(live, pg_template[0], tmp_path / "run")
@@ -228,7 +239,7 @@ def test_sessions_on_the_live_database_are_refused_and_named(
         app.execute("SELECT 1")  # still connected: nothing terminated it
     finally:
         app.close()
-    assert _app_fingerprint(live) == before and _databases(pg_server) == dbs
+    assert _app_fingerprint(live) == before and _ours(pg_server, live) == dbs
 
 
 def test_terminate_sessions_ends_them_and_rolls_back(
@@ -251,33 +262,49 @@ def test_terminate_sessions_ends_them_and_rolls_back(
     assert_same_rows(live, lite_rolled[2])
 
 
-@pytest.mark.parametrize(
-    "point",
-    ["extract:done", "reimport:done", "restore:blocked", "restore:done"],
+KILL_CHAIN = (
+    "safety:done",
+    "extract:done",
+    "reimport:done",
+    "restore:swapping",
+    "restore:blocked",
+    "restore:done",
+    "report:start",
 )
-def test_a_run_killed_at_a_step_is_finished_by_the_same_command(
+"""Each resume is killed at the next point: before the extract, with the re-import committed into
+the staged database, journaled as swapping, with new connections refused inside the swap (before
+its renaming transaction), right after the swap, and before the report."""
+
+
+def test_a_run_killed_at_each_step_is_finished_by_the_same_command(
     pg_server: str,
     pg_template: tuple[Path, str],
     live: str,
     lite_rolled: tuple[int, dict[str, Any], Path],
     tmp_path: Path,
-    point: str,
 ) -> None:
-    killed = _rollback(live, pg_template[0], tmp_path / "run", env={"RECOVERY_TEST_KILL_AT_STEP": point})  # fmt: skip
-    assert killed.returncode == -9, killed.stderr
-    with _admin(pg_server) as a:
-        allow = run(
-            a,
-            "SELECT datallowconn FROM pg_catalog.pg_database WHERE datname = %s",
-            (make_url(live).database,),
-        ).fetchone()[0]
-    assert allow is (point != "restore:blocked")  # killed with new connections refused
+    name = make_url(live).database
+    for point in KILL_CHAIN:
+        killed = _rollback(
+            live, pg_template[0], tmp_path / "run", env={"RECOVERY_TEST_KILL_AT_STEP": point}
+        )
+        assert killed.returncode == -9, (point, killed.stderr)
+        with _admin(pg_server) as a:
+            allow = run(
+                a, "SELECT datallowconn FROM pg_catalog.pg_database WHERE datname = %s", (name,)
+            ).fetchone()[0]
+        assert allow is (point != "restore:blocked"), point
+        steps = json.loads((tmp_path / "run" / "journal.json").read_text())["steps"]
+        swapped = point in ("restore:done", "report:start")
+        assert (steps["restore"]["state"] == "done" if "restore" in steps else False) is swapped
+        if not swapped and point != "restore:blocked":  # the app sees the failed release's DB
+            assert _revision(live) == "bb006_drop_parts_notes", point
     resumed = _rollback(live, pg_template[0], tmp_path / "run")
     assert resumed.returncode == lite_rolled[0], resumed.stderr
     assert_same_rows(live, lite_rolled[2])
-    journal = json.loads((tmp_path / "run" / "journal.json").read_text())
-    assert journal["steps"]["restore"]["state"] == journal["steps"]["reimport"]["state"] == "done"
-    assert not {d for d in _databases(pg_server) if d.startswith("recovery_staged_")}
+    summary = json.loads((tmp_path / "run" / "report.json").read_text())["summary"]
+    assert summary["lost_values"] == lite_rolled[1]["lost_values"]
+    assert PostgresEngine(live).staging_name() not in _databases(pg_server)
 
 
 def test_dry_run_changes_nothing_on_the_server(
@@ -287,12 +314,12 @@ def test_dry_run_changes_nothing_on_the_server(
     lite_rolled: tuple[int, dict[str, Any], Path],
     tmp_path: Path,
 ) -> None:
-    before, dbs = _app_fingerprint(live), _databases(pg_server)
+    before, dbs = _app_fingerprint(live), _ours(pg_server, live)
     r = _rollback(live, pg_template[0], tmp_path / "run", "--dry-run")
     assert r.returncode == lite_rolled[0], r.stderr
     summary = json.loads((tmp_path / "run" / "report.json").read_text())["summary"]
     assert summary["dry_run"] and summary["lost_values"] == lite_rolled[1]["lost_values"]
-    assert _app_fingerprint(live) == before and _databases(pg_server) == dbs
+    assert _app_fingerprint(live) == before and _ours(pg_server, live) == dbs
     assert not (tmp_path / "run" / "journal.json").exists()
 
 
@@ -334,10 +361,7 @@ def hostile(pg_server: str, tmp_path: Path) -> Iterator[PostgresEngine]:
             a, "SELECT datname FROM pg_database WHERE datname LIKE %s", (f"{HOSTILE}%",)
         ).fetchall():
             run(a, drop_database_sql(n))
-        for n in ("recovery_staged_restore_" + "%",):
-            for (d,) in run(a, "SELECT datname FROM pg_database WHERE datname LIKE %s", (n,)).fetchall():  # fmt: skip
-                if d == engine.staging_name():
-                    run(a, drop_database_sql(d))
+        run(a, drop_database_sql(engine.staging_name()))
 
 
 def _rows(engine: PostgresEngine) -> list[tuple[Any, ...]]:

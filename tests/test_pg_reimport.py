@@ -340,9 +340,12 @@ def test_skip_and_abort_policies(pg_server: str, template_db: str, lite_bundle: 
         # the quotes' items were skipped with them (a unit lands whole or not at all)
         assert any(r["table"] == "quote_items" for r in o.skipped_rows)
         assert _q(skip_db, "SELECT count(*) FROM quotes WHERE customer = 'Old app'")[0][0] == 2
+        # the old app's edit of a cell the bundle also changed: reported, the target's value kept
+        (qid,) = _status_changed(b)
         upd = [c for c in o.conflicts if c.kind is ConflictKind.UPDATE_UPDATE]
-        if upd:  # the old app's edit of a cell the bundle also changed: the target's value kept
-            assert all(c.resolution is Resolution.KEPT_TARGET for c in upd)
+        assert [(c.key, c.column, c.target_value) for c in upd] == [((qid,), "status", "old-app")]
+        assert upd[0].resolution is Resolution.KEPT_TARGET
+        assert _q(skip_db, f"SELECT status FROM quotes WHERE id = {qid}")[0][0] == "old-app"
         before = _fingerprint(abort_db)
         a = reimport_postgres(abort_db, b, MergeOptions(on_conflict="abort"))
         assert a.aborted and a.conflicts
@@ -352,23 +355,39 @@ def test_skip_and_abort_policies(pg_server: str, template_db: str, lite_bundle: 
         _drop(pg_server, abort_db)
 
 
-def test_prefer_bundle_and_row_conflicts(target: str, lite_bundle: Path) -> None:
-    """A cell changed on both sides: --prefer bundle writes the bundle's value; the conflict is reported."""
-    b = open_bundle(lite_bundle)
-    upd = (
-        sqlite3.connect(b.rows_db)
-        .execute(
-            "SELECT id, status FROM quotes WHERE \"_recovery_kind\" = 'updated' ORDER BY id LIMIT 1"
+def _status_changed(b: Any) -> list[int]:
+    """Ids of the quotes whose status the bundle changed after the deploy."""
+    c = sqlite3.connect(b.rows_db)
+    try:
+        c.execute("ATTACH DATABASE ? AS base", (str(b.base_db),))
+        q = (
+            "SELECT n.id FROM quotes AS n JOIN base.quotes AS o ON o.id = n.id "
+            "WHERE n._recovery_kind = 'updated' AND n.status IS NOT o.status ORDER BY n.id"
         )
-        .fetchone()
+        return [r[0] for r in c.execute(q)]
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("mode", ["cell", "row"])
+def test_prefer_bundle_takes_the_bundle_value_and_reports_it(
+    target: str, lite_bundle: Path, mode: str
+) -> None:
+    """A cell changed on both sides: --prefer bundle writes the bundle's value, the conflict is
+    reported (cell by cell, or once for the row with --conflicts row); --prefer db keeps the target's."""
+    b = open_bundle(lite_bundle)
+    (qid,) = _status_changed(b)
+    want = (
+        sqlite3.connect(b.rows_db)
+        .execute("SELECT status FROM quotes WHERE id = ?", (qid,))
+        .fetchone()[0]
     )
-    assert upd is not None
-    _exec(target, f"UPDATE quotes SET status = 'old-app-status' WHERE id = {int(upd[0])}")
-    o = reimport_postgres(target, b, MergeOptions(prefer="bundle"))
-    hit = [c for c in o.conflicts if c.kind is ConflictKind.UPDATE_UPDATE and c.key == (upd[0],)]
-    if hit:
-        assert hit[0].resolution is Resolution.APPLIED
-        assert _q(target, f"SELECT status FROM quotes WHERE id = {int(upd[0])}")[0][0] == upd[1]
+    _exec(target, f"UPDATE quotes SET status = 'old-app' WHERE id = {qid}")
+    o = reimport_postgres(target, b, MergeOptions(prefer="bundle", conflicts=mode))
+    hit = [c for c in o.conflicts if c.kind is ConflictKind.UPDATE_UPDATE]
+    assert [(c.key, c.resolution) for c in hit] == [((qid,), Resolution.APPLIED)]
+    assert "status" in (hit[0].column or "")
+    assert _q(target, f"SELECT status FROM quotes WHERE id = {qid}")[0][0] == want
 
 
 def test_triggers_are_suspended_and_back_after_commit_and_after_rollback(
@@ -516,3 +535,33 @@ def test_hostile_identifiers_and_values(pg_url: str, tmp_path: Path) -> None:
     _exec(pg_url, f"INSERT INTO {p} (\"sel ect\") VALUES ('next')")
     assert _q(pg_url, f'SELECT "i d" FROM {p} WHERE "sel ect" = \'next\'')[0][0] > new3
     assert (tmp_path / "run" / "reimport.sql").stat().st_mode & 0o777 == 0o600
+
+
+def test_cli_reimport_into_a_postgres_url(target: str, lite_bundle: Path, tmp_path: Path) -> None:
+    """``recovery reimport BUNDLE postgresql://…``: a pg_dump safety copy first, the run's files,
+    exit 1 (lost values to review); a second run changes nothing."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "recovery",
+        "reimport",
+        str(lite_bundle),
+        target,
+        "--yes",
+        "--quiet",
+    ]
+    r = subprocess.run(
+        [*cmd, "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode == 1, r.stderr
+    run_dir = tmp_path / "run"
+    assert (run_dir / "safety" / f"{make_url(target).database}.dump").stat().st_size > 0
+    assert {"report.json", "reimport.sql", "conflicts.csv", "lost_values.csv"} <= {
+        p.name for p in run_dir.iterdir()
+    }
+    before = _fingerprint(target)
+    r = subprocess.run(
+        [*cmd, "--out", str(tmp_path / "run2")], capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode in (0, 1), r.stderr
+    assert _fingerprint(target) == before

@@ -1712,3 +1712,66 @@ def _transaction(
         raise
     if run_dir is not None:
         script.write(run_dir / "reimport.sql", committed, note)
+
+
+# ---- the command's run -------------------------------------------------------------------------
+
+
+def verify_postgres(target: str, outcome: Outcome, expected_revision: str | None) -> dict[str, Any]:
+    """The verification of a committed re-import, in the SQLite verification's shape: the server
+    enforced every constraint at the commit (integrity ``ok``, no foreign-key problem can remain),
+    the alembic revision, and each table's row count read again against what the outcome says."""
+    from recovery.compare.pgdiff import reflect_pg
+    from recovery.engine.postgres import count_rows
+    from recovery.model.values import RowCountCheck, Verification
+
+    db = PostgresEngine(target)
+    revision = reflect_pg(db).alembic_revision
+    counts = {}
+    with connect(db.url, "target database", readonly=True) as conn:
+        for name, t in sorted(outcome.tables.items()):
+            expected = t.rows_before + t.inserted - t.deleted
+            counts[name] = RowCountCheck(
+                t.rows_before, t.inserted, t.deleted, expected, count_rows(conn, SCHEMA, name)
+            )
+    return Verification(("ok",), (), expected_revision, revision, counts).to_dict()
+
+
+def run_reimport_postgres(
+    bundle: Bundle,
+    db: str,
+    out: str | os.PathLike[str] | None,
+    options: Any,
+    uploads: str | os.PathLike[str] | None = None,
+    files: FilesConfig | None = None,
+) -> Any:
+    """``recovery reimport postgresql://… BUNDLE``: a ``pg_dump`` safety copy of the target into
+    ``RUN/safety/`` (not for ``--dry-run``), the re-import in one transaction, its verification,
+    the relink of uploads (:mod:`recovery.files.pgrelink`) and the run's report files; the
+    :class:`recovery.pipeline.RunResult` the SQLite re-import returns."""
+    from recovery.compare.pgdiff import reflect_pg
+    from recovery.pipeline import RunResult, check_uploads, check_writable
+    from recovery.report import write_run_files
+
+    check_uploads(uploads)
+    target = PostgresEngine(db)
+    check_target_schema(bundle, reflect_pg(target))  # refused before any copy or write
+    stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
+    dry_run = bool(getattr(options, "dry_run", False))
+    run_dir = Path(out) if out else bundle.path / f"reimport-{stamp}{'-dry-run' if dry_run else ''}"
+    check_writable(run_dir, "run folder (--out)")
+    run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not dry_run:
+        safety = run_dir / "safety"
+        safety.mkdir(mode=0o700, exist_ok=True)
+        target.snapshot(safety / f"{target.database}.dump", "target database")
+    outcome = reimport_postgres(db, bundle, options, dry_run=dry_run, run_dir=run_dir, files=files)
+    if not (dry_run or outcome.aborted or outcome.already_applied):
+        outcome.verification = verify_postgres(db, outcome, bundle.old.alembic_revision)
+    if uploads and not outcome.aborted:
+        from recovery.files.pgrelink import relink_postgres
+
+        outcome.files = relink_postgres(
+            bundle, db, Path(uploads), files, dry_run=dry_run, remaps=outcome.remaps
+        )
+    return RunResult(run_dir, outcome, write_run_files(run_dir, outcome, bundle))

@@ -751,7 +751,7 @@ def _unique(m: PgMerge, s: _Staged) -> None:
         )
         nk = len(t.key)
         hits = m.rows(q)
-        for rid, *rest in hits:
+        for _rid, *rest in hits:
             values = rest[nk + 1 : nk + 1 + len(u)]
             m.conflict(
                 Conflict(
@@ -814,7 +814,7 @@ def _constraint(m: PgMerge, s: _Staged) -> None:
             .order_by(col(RID, "s"))
         )
         hits = m.rows(q)
-        for rid, *rest in hits:
+        for _rid, *rest in hits:
             m.conflict(
                 Conflict(
                     ConflictKind.CONSTRAINT,
@@ -871,7 +871,7 @@ def _missing_parent(m: PgMerge, s: _Staged) -> None:
             .order_by(col(RID, "s"))
         )
         hits = m.rows(q)
-        for rid, *rest in hits:
+        for _rid, *rest in hits:
             value = rest[nk + 1] if len(fk.columns) == 1 else json.dumps(rest[nk + 1 :])
             m.conflict(
                 Conflict(
@@ -921,7 +921,7 @@ def _update(m: PgMerge, s: _Staged) -> list[int]:
         .order_by(col(RID, "u"))
     )
     hits = m.rows(gone)
-    for rid, *k in hits:
+    for _rid, *k in hits:
         m.conflict(
             Conflict(
                 ConflictKind.UPDATE_DELETED,
@@ -1501,14 +1501,16 @@ def _applied_table() -> exp.Table:
 
 
 def _already_applied(conn: psycopg.Connection[Any], bundle_id: str) -> bool:
-    if not conn.execute(_APPLIED_EXISTS, (_qualified(APPLIED_TABLE),)).fetchone()[0]:
+    """``bundle_id`` was re-imported into this database already (its ``_recovery_applied`` row)."""
+    row = conn.execute(_APPLIED_EXISTS, (_qualified(APPLIED_TABLE),)).fetchone()
+    if not row or not row[0]:
         return False
     q = (
         exp.select("1")
         .from_(_applied_table())
-        .where(exp.EQ(this=col("bundle_id"), expression=exp.Placeholder()))
+        .where(exp.EQ(this=col("bundle_id"), expression=exp.Literal.string(bundle_id)))
     )
-    return conn.execute(render(q).replace("?", "%s"), (bundle_id,)).fetchone() is not None
+    return conn.execute(render(q)).fetchone() is not None
 
 
 def _record_applied(m: PgMerge) -> None:

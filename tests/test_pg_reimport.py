@@ -78,6 +78,7 @@ def lite_bundle(lite_world: Path, tmp_path_factory: pytest.TempPathFactory) -> P
         lite_world / "gestima.db",
         out,
         alembic_ini=app_dir() / "alembic.ini",
+        uploads=lite_world / "uploads",
     )
     return out
 
@@ -565,3 +566,73 @@ def test_cli_reimport_into_a_postgres_url(target: str, lite_bundle: Path, tmp_pa
     )
     assert r.returncode in (0, 1), r.stderr
     assert _fingerprint(target) == before
+
+
+OLD_APP_FILE = (
+    "INSERT INTO file_records (filename, path, sha256, size, mime_type, entity_type, entity_id, "
+    "created_at, uploaded_by) VALUES ('old.pdf', 'old/old.pdf', '{sha}', 3, 'application/pdf', "
+    "'part', 1, '2026-11-21 09:00:00', 1)"
+)
+
+
+def test_relink_in_postgres_reports_what_the_sqlite_relink_reports(
+    target: str, lite_world: Path, lite_bundle: Path, tmp_path: Path
+) -> None:
+    """The old app stored a file after the restore (its record takes a key the bundle's records
+    have: remapped), and a carried upload is missing from the folder: relink on PostgreSQL
+    restores it from the bundle, finds the remapped records and reports exactly what the SQLite
+    relink of the same scenario reports."""
+    import hashlib
+
+    from recovery.files.pgrelink import relink_postgres
+    from recovery.files.relink import relink
+    from recovery.pipeline import reimport
+
+    b = open_bundle(lite_bundle)
+    sha = hashlib.sha256(b"old").hexdigest()
+    lite_db = tmp_path / "gestima.db"
+    shutil.copyfile(lite_world / "gestima.db.bak.20261120_140000", lite_db)
+    with sqlite3.connect(lite_db) as c:
+        c.execute(OLD_APP_FILE.format(sha=sha))
+    c.close()
+    _exec(target, OLD_APP_FILE.format(sha=sha))
+    carried = (
+        sqlite3.connect(b.rows_db)
+        .execute("SELECT path FROM file_records WHERE _recovery_kind = 'inserted' ORDER BY id")
+        .fetchall()
+    )
+    reports = []
+    for side in ("lite", "pg"):
+        up = tmp_path / f"uploads-{side}"
+        shutil.copytree(lite_world / "uploads", up)
+        (up / "old").mkdir()
+        (up / "old" / "old.pdf").write_bytes(b"old")
+        (up / carried[0][0]).unlink()
+        if side == "lite":
+            o = reimport(b, lite_db, tmp_path / "lite-run").outcome
+            assert o is not None
+            reports.append(relink(b, lite_db, up, remaps=o.remaps))
+        else:
+            o = reimport_postgres(target, b, MergeOptions())
+            assert [r for r in o.remaps if r.table == "file_records"]
+            assert relink_postgres(b, target, up, dry_run=True, remaps=o.remaps)["dry_run"]
+            assert not (up / carried[0][0]).exists()  # a dry run writes nothing
+            reports.append(relink_postgres(b, target, up, remaps=o.remaps))
+        assert (up / carried[0][0]).read_bytes() == (
+            lite_world / "uploads" / carried[0][0]
+        ).read_bytes()
+    lite_r, pg_r = reports
+    assert pg_r["counts"]["restored_from_bundle"] == 1
+    for key in (
+        "counts",
+        "restored_from_bundle",
+        "relinked",
+        "missing",
+        "orphans",
+        "unsafe",
+        "kept_both",
+        "links_fixed",
+        "records_not_imported",
+        "records_without_file",
+    ):
+        assert pg_r[key] == lite_r[key], key

@@ -19,6 +19,8 @@ from typing import Any
 
 import psycopg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy.engine import make_url
 from sqlglot import exp
 
@@ -636,3 +638,47 @@ def test_relink_in_postgres_reports_what_the_sqlite_relink_reports(
         "records_without_file",
     ):
         assert pg_r[key] == lite_r[key], key
+
+
+@pytest.fixture(scope="module")
+def roundtrip_conn(pg_server: str) -> Iterator[psycopg.Connection[Any]]:
+    name = f"pgimp_rt_{uuid.uuid4().hex[:8]}"
+    with _admin(pg_server) as a:
+        run(a, create_database_sql(name))
+    url = make_url(pg_server).set(database=name)
+    conn = connect(url, "test")
+    run(conn, command("CREATE TEMP TABLE raw (t text, f text, b text, i text)"))
+    yield conn
+    conn.close()
+    with _admin(pg_server) as a:
+        run(a, drop_database_sql(name))
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    t=st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00")),
+    f=st.floats(allow_nan=False),
+    b=st.binary(max_size=64),
+    i=st.integers(min_value=-(2**63), max_value=2**63 - 1),
+)
+def test_staged_values_come_back_identical(
+    roundtrip_conn: psycopg.Connection[Any], t: str, f: float, b: bytes, i: int
+) -> None:
+    """What the staging sends through COPY (a SQLite bundle's text, real, blob and integer values
+    in COPY text format) and casts in SQL to the target types is the identical value: tabs,
+    newlines, backslashes and any unicode in text; every double bit for bit; every byte."""
+    from recovery.reimport.pgmerge import PgScript
+
+    conn = roundtrip_conn
+    run(conn, command("TRUNCATE raw"))
+    script = PgScript(conn)
+    try:
+        script.copy(exp.Table(this=exp.to_identifier("raw")), ["t", "f", "b", "i"], [(t, f, b, i)])
+    finally:
+        script.close()
+    got = conn.execute(
+        "SELECT t, CAST(f AS double precision), CAST(b AS bytea), CAST(i AS bigint) FROM raw"
+    ).fetchone()
+    assert got == (t, f, b, i)

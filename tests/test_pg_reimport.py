@@ -682,3 +682,23 @@ def test_staged_values_come_back_identical(
         "SELECT t, CAST(f AS double precision), CAST(b AS bytea), CAST(i AS bigint) FROM raw"
     ).fetchone()
     assert got == (t, f, b, i)
+
+
+def test_a_statement_over_the_time_limit_is_cancelled_and_nothing_applied(
+    target: str, lite_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every statement is bounded: one that runs longer than the limit (here the target's own
+    CHECK calling a slow function, evaluated over the staged rows) is cancelled by the server,
+    the transaction rolls back, exit 3 with one line."""
+    _exec(
+        target,
+        "CREATE FUNCTION slow_ok(n integer) RETURNS boolean LANGUAGE sql AS "
+        "$$ SELECT pg_sleep(0.4) IS NOT NULL $$",
+        "ALTER TABLE quote_items ADD CONSTRAINT slow CHECK (slow_ok(qty)) NOT VALID",
+    )
+    before = _fingerprint(target)
+    monkeypatch.setenv("RECOVERY_STATEMENT_TIMEOUT", "0.5")
+    with pytest.raises(RecoveryError) as err:
+        reimport_postgres(target, open_bundle(lite_bundle), MergeOptions())
+    assert err.value.exit_code == 3 and "longer than 0.5 s" in str(err.value)
+    assert _fingerprint(target) == before

@@ -1587,6 +1587,7 @@ def reimport_postgres(
     ``run_dir/reimport.sql`` (the transaction as executed) when given. A server error, or a
     refusal by the target's own constraints at the end, rolls back and raises exit 3."""
     from recovery.compare.pgdiff import reflect_pg
+    from recovery.engine.timebound import statement_time_limit
     from recovery.reimport.merge import attach_bundle, load_lost
 
     db = PostgresEngine(target)
@@ -1606,7 +1607,7 @@ def reimport_postgres(
         conn = connect(db.url, "target database", timeout=busy_timeout)
         script = PgScript(conn)
         try:
-            with rendering_for("postgres"):
+            with rendering_for("postgres"), statement_time_limit(lite):
                 _transaction(
                     conn,
                     script,
@@ -1641,6 +1642,9 @@ def _transaction(
     lite: sqlite3.Connection,
     run_dir: Path | None,
 ) -> None:
+    from recovery.engine.timebound import limit_seconds
+
+    limit = limit_seconds()
     note = f"recovery reimport of bundle {bundle.bundle_id} into {db.spec}" + (
         " (dry run)" if dry_run else ""
     )
@@ -1648,6 +1652,9 @@ def _transaction(
     try:
         conn.execute("BEGIN")
         conn.execute("SET CONSTRAINTS ALL DEFERRED")
+        # every statement bounded (the bundle is untrusted input): the server cancels one that
+        # runs longer, and the transaction rolls back (exit 3)
+        conn.execute(render(command(f"SET LOCAL statement_timeout = {max(1, int(limit * 1000))}")))
         if _already_applied(conn, bundle.bundle_id):
             outcome.already_applied = True
             conn.execute("ROLLBACK")
@@ -1695,6 +1702,17 @@ def _transaction(
         else:
             conn.execute("COMMIT")
             committed = True
+    except psycopg.errors.QueryCanceled:
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            conn.rollback()
+        if run_dir is not None:
+            script.write(run_dir / "reimport.sql", False, note + "\nFAILED (statement timeout)")
+        raise RecoveryError(
+            f"statement ran longer than {limit:g} s; nothing was applied",
+            "the bundle may be forged or the data far larger than expected; raise the limit "
+            "with --statement-timeout if it is genuine",
+            ExitCode.FAILED,
+        ) from None
     except psycopg.Error as exc:
         if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
             conn.rollback()

@@ -542,7 +542,7 @@ def test_hostile_identifiers_and_values(pg_url: str, tmp_path: Path) -> None:
 
 def test_cli_reimport_into_a_postgres_url(target: str, lite_bundle: Path, tmp_path: Path) -> None:
     """``recovery reimport BUNDLE postgresql://…``: a pg_dump safety copy first, the run's files,
-    exit 1 (lost values to review); a second run changes nothing."""
+    exit 1 (lost values to review); the bundle is then recorded as applied."""
     cmd = [
         sys.executable,
         "-m",
@@ -562,12 +562,7 @@ def test_cli_reimport_into_a_postgres_url(target: str, lite_bundle: Path, tmp_pa
     assert {"report.json", "reimport.sql", "conflicts.csv", "lost_values.csv"} <= {
         p.name for p in run_dir.iterdir()
     }
-    before = _fingerprint(target)
-    r = subprocess.run(
-        [*cmd, "--out", str(tmp_path / "run2")], capture_output=True, text=True, timeout=300
-    )
-    assert r.returncode in (0, 1), r.stderr
-    assert _fingerprint(target) == before
+    assert reimport_postgres(target, open_bundle(lite_bundle), MergeOptions()).already_applied
 
 
 OLD_APP_FILE = (
@@ -702,3 +697,44 @@ def test_a_statement_over_the_time_limit_is_cancelled_and_nothing_applied(
         reimport_postgres(target, open_bundle(lite_bundle), MergeOptions())
     assert err.value.exit_code == 3 and "longer than 0.5 s" in str(err.value)
     assert _fingerprint(target) == before
+
+
+def test_unique_clashes_of_inserts_and_updates_are_conflicts_not_failures(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """The old app took, after the restore, a unique value a bundle update sets and one a bundle
+    insert carries (whose key it took too): the update is a ``constraint`` conflict and the
+    insert a ``unique`` one (its remap settled as skipped); everything else lands."""
+    from recovery.bundle.extract import extract
+
+    ddl = 'CREATE TABLE "t" ("id" INTEGER PRIMARY KEY, "code" TEXT NOT NULL UNIQUE, "v" TEXT)'
+    for name, extra in (
+        ("backup", ""),
+        (
+            "live",
+            "UPDATE t SET code = 'c' WHERE id = 1; INSERT INTO t VALUES (3, 'd', 'new'), (4, 'f', 'ok');",
+        ),
+    ):
+        with sqlite3.connect(tmp_path / f"{name}.db") as c:
+            c.executescript(f"{ddl}; INSERT INTO t VALUES (1, 'a', NULL), (2, 'b', NULL); {extra}")
+        c.close()
+    extract(tmp_path / "backup.db", tmp_path / "live.db", tmp_path / "bundle")
+    _exec(
+        pg_url,
+        'CREATE TABLE "t" ("id" serial PRIMARY KEY, "code" text NOT NULL UNIQUE, "v" text)',
+        "INSERT INTO t (code) VALUES ('a'), ('b')",
+        # the old app: row 2 takes 'c', a new row takes key 3 and another 'd'
+        "UPDATE t SET code = 'c' WHERE id = 2",
+        "INSERT INTO t (code, v) VALUES ('e', 'old app'), ('d', 'old app')",
+    )
+    o = reimport_postgres(pg_url, open_bundle(tmp_path / "bundle"), MergeOptions())
+    got = sorted((c.kind.value, c.key, c.resolution.value) for c in o.conflicts)
+    assert got == [
+        ("constraint", (1,), "skipped"),
+        ("primary_key", (3,), "skipped"),
+        ("primary_key", (4,), "remapped"),
+        ("unique", (3,), "skipped"),
+    ]
+    rows = _q(pg_url, "SELECT code, v FROM t ORDER BY code")
+    assert rows == [("a", None), ("c", None), ("d", "old app"), ("e", "old app"), ("f", "ok")]
+    assert [(r.old_key, r.new_key) for r in o.remaps] == [(4, 6)]

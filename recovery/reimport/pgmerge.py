@@ -407,6 +407,8 @@ class PgMerge:
     present: set[tuple[str, int]] = field(default_factory=set)
     remapped: dict[tuple[str, int], int] = field(default_factory=dict)
     """(table, staged rid) → index in outcome.conflicts of its primary_key conflict."""
+    unremapped: set[tuple[str, int]] = field(default_factory=set)
+    """Remapped rows skipped after all (reported as skipped, their remaps dropped)."""
     lite: sqlite3.Connection | None = None
     """The bundle's rows.db and base.db (attached read-only), where the plan's SELECTs run."""
 
@@ -447,6 +449,11 @@ class PgMerge:
 
     def conflict(self, c: Conflict) -> None:
         self.outcome.conflicts.append(c)
+
+    def bundle_key(self, name: str, rid: int, key: Sequence[Any]) -> tuple[Any, ...]:
+        """The key staged row ``rid`` of ``name`` has in the bundle (its remap is undone)."""
+        at = self.remapped.get((name, rid))
+        return self.outcome.conflicts[at].key if at is not None else tuple(_plain(v) for v in key)
 
 
 # ---- 1. stage ----------------------------------------------------------------------------------
@@ -757,7 +764,7 @@ def _unique(m: PgMerge, s: _Staged) -> None:
                 Conflict(
                     ConflictKind.UNIQUE,
                     t.name,
-                    tuple(_plain(v) for v in rest[:nk]),
+                    m.bundle_key(t.name, rid, rest[:nk]),
                     Resolution.SKIPPED,
                     column=",".join(u),
                     bundle_value=values[0] if len(values) == 1 else json.dumps(values),
@@ -819,7 +826,7 @@ def _constraint(m: PgMerge, s: _Staged) -> None:
                 Conflict(
                     ConflictKind.CONSTRAINT,
                     t.name,
-                    tuple(_plain(v) for v in rest[:nk]),
+                    m.bundle_key(t.name, rid, rest[:nk]),
                     Resolution.SKIPPED,
                     column=column,
                     label=rest[nk],
@@ -877,7 +884,7 @@ def _missing_parent(m: PgMerge, s: _Staged) -> None:
                 Conflict(
                     ConflictKind.MISSING_PARENT,
                     t.name,
-                    tuple(_plain(v) for v in rest[:nk]),
+                    m.bundle_key(t.name, rid, rest[:nk]),
                     Resolution.SKIPPED,
                     column=",".join(fk.columns),
                     bundle_value=value,
@@ -921,7 +928,7 @@ def _update(m: PgMerge, s: _Staged) -> list[int]:
         .order_by(col(RID, "u"))
     )
     hits = m.rows(gone)
-    for rid, *k in hits:
+    for _rid, *k in hits:
         m.conflict(
             Conflict(
                 ConflictKind.UPDATE_DELETED,
@@ -1174,7 +1181,7 @@ def _settle(m: PgMerge) -> None:
         t = m.table(s.tp.table)
         skipped = {r[0] for r in m.rows(exp.select(col(RID)).from_(_tmp("skip", s.i)))}
         for (name, rid), at in list(m.remapped.items()):
-            if name == t.name and rid in skipped:
+            if name == t.name and rid in skipped and (name, rid) not in m.unremapped:
                 c = m.outcome.conflicts[at]
                 m.outcome.conflicts[at] = Conflict(
                     c.kind,
@@ -1186,10 +1193,10 @@ def _settle(m: PgMerge) -> None:
                     c.target_value,
                     c.base_value,
                     c.label,
-                    c.detail,
+                    c.detail + "; not remapped: the row was skipped",
                 )
                 m.outcome.tables[name].remapped -= 1
-                del m.remapped[(name, rid)]
+                m.unremapped.add((name, rid))
         own = {(c.table, tuple(c.key)) for c in m.outcome.conflicts}
         q = (
             exp.select(col(RID, "s"), *[col(k, "s") for k in t.key], m.label(t.name, "s"))
@@ -1198,7 +1205,7 @@ def _settle(m: PgMerge) -> None:
             .order_by(col(RID, "s"))
         )
         for rid, *rest in m.rows(q):
-            k = [_plain(v) for v in rest[: len(t.key)]]
+            k = list(m.bundle_key(t.name, rid, rest[: len(t.key)]))
             if (t.name, tuple(k)) in own or (t.name, rid) in m.present:
                 continue
             m.outcome.skipped_rows.append(
@@ -1229,14 +1236,9 @@ def _settle(m: PgMerge) -> None:
                     "reason": "it points at a skipped new row",
                 }
             )
-    remapped = {(name, rid) for name, rid in m.remapped}
-    m.outcome.remaps = (
-        [r for r in m.outcome.remaps if any(name == r.table for name, _ in remapped)]
-        if remapped
-        else []
-    )
-    if remapped:  # keep only the remaps of rows still carried
-        kept: list[Remap] = []
+    remapped = {(name, rid) for name, rid in m.remapped if (name, rid) not in m.unremapped}
+    kept: list[Remap] = []  # the remaps of the rows still carried
+    if remapped:
         for s in m.staged:
             rids = [rid for name, rid in remapped if name == s.tp.table]
             if not rids:
@@ -1248,7 +1250,7 @@ def _settle(m: PgMerge) -> None:
                 .order_by(col("old_key"))
             )
             kept += [Remap(s.tp.table, _plain(o), _plain(n)) for o, n in m.rows(q)]
-        m.outcome.remaps = kept
+    m.outcome.remaps = kept
 
 
 # ---- 4. apply ----------------------------------------------------------------------------------
@@ -1308,44 +1310,131 @@ def _insert(m: PgMerge, s: _Staged) -> None:
     )
 
 
-def _update_rows(m: PgMerge, s: _Staged, moving: list[int]) -> None:
-    """The column-wise three-way UPDATE: a column takes the bundle's value where the bundle changed
-    it and the target did not (or ``--prefer bundle``); ``--conflicts row`` with ``--prefer db``
-    leaves a row changed on both sides untouched."""
-    tp, t = s.tp, m.table(s.tp.table)
+def _written_columns(m: PgMerge, s: _Staged, moving: list[int]) -> list[int]:
+    """The updatable columns the UPDATE may set: those some bundle row changed, and with
+    ``--conflicts row --prefer bundle`` every writable one (a conflicting row is taken whole)."""
     if not moving:
-        return
-    th = lambda j: col(f"theirs_{j}", "u")  # noqa: E731
-    ba = lambda j: col(f"base_{j}", "u")  # noqa: E731
-    ou = lambda j: col(tp.updatable[j], "t")  # noqa: E731
+        return []
+    if m.merge.conflicts is ConflictMode.ROW and m.merge.prefer is Prefer.BUNDLE:
+        writable = set(m.cat.writable(s.tp.table, s.tp.updatable))
+        return [j for j, n in enumerate(s.tp.updatable) if n in writable]
+    return moving
+
+
+def _take(m: PgMerge, s: _Staged, j: int) -> exp.Expression:
+    """Staged update ``u`` writes the bundle's value of column ``j`` into target row ``t``: the
+    bundle changed it and the target did not (or ``--prefer bundle``); never a NULL into NOT NULL;
+    ``--conflicts row``: a row changed on both sides is kept whole (``db``) or taken whole
+    (``bundle``)."""
+    tp, t = s.tp, m.table(s.tp.table)
+    th, ba, ou = col(f"theirs_{j}", "u"), col(f"base_{j}", "u"), col(tp.updatable[j], "t")
     bundle_wins = m.merge.prefer is Prefer.BUNDLE
     row_mode = m.merge.conflicts is ConflictMode.ROW
+    if bundle_wins:
+        take = is_distinct(th, ba)
+    else:
+        take = and_all([is_distinct(th, ba), is_same(ou, ba.copy())])
+    if row_mode and bundle_wins:
+        take = or_all([take, _in(col(RID, "u"), _tmp("rowc", s.i))])
+    if not t.has(tp.updatable[j]).nullable or m.cat.columns(t.name)[tp.updatable[j]].not_null:
+        take = and_all([take, exp.Not(this=exp.Is(this=th.copy(), expression=exp.Null()))])
+    if row_mode and not bundle_wins:
+        take = and_all([take, _not_in(col(RID, "u"), _tmp("rowc", s.i))])
+    return take
+
+
+def _key_match(t: Table) -> exp.Expression:
+    return and_all(
+        exp.EQ(this=col(k, "t"), expression=col(f"key_{j}", "u")) for j, k in enumerate(t.key)
+    )
+
+
+def _update_unique(m: PgMerge, s: _Staged, moving: list[int]) -> None:
+    """Staged updates whose merged row would take unique values another target row holds: the
+    server would refuse the UPDATE; each is a ``constraint`` conflict, not carried."""
+    tp, t = s.tp, m.table(s.tp.table)
+    cols = _written_columns(m, s, moving)
+    written = {tp.updatable[j]: j for j in cols}
+    nk = len(t.key)
+    for u in t.unique_sets:
+        if not u or tuple(u) == tuple(t.primary_key) or not set(u) & set(written):
+            continue
+        merged = {
+            c: exp.Case(
+                ifs=[exp.If(this=_take(m, s, written[c]), true=col(f"theirs_{written[c]}", "u"))],
+                default=col(c, "t"),
+            )
+            if c in written
+            else col(c, "t")
+            for c in u
+        }
+        other = exp.Exists(
+            this=exp.select("1")
+            .from_(_t(t.name, "o"))
+            .where(
+                and_all(
+                    [
+                        *[exp.EQ(this=col(c, "o"), expression=merged[c].copy()) for c in u],
+                        exp.Not(
+                            this=and_all(
+                                exp.EQ(this=col(k, "o"), expression=col(k, "t")) for k in t.key
+                            )
+                        ),
+                    ]
+                )
+            )
+        )
+        q = (
+            exp.select(
+                col(RID, "u"), *[col(f"key_{j}", "u") for j in range(nk)], m.label(t.name, "t")
+            )
+            .from_(_tmp("upd", s.i, "u"))
+            .join(_t(t.name, "t"), on=_key_match(t))
+            .where(and_all([other, _not_in(col(RID, "u"), _tmp("uskip", s.i))]))
+            .order_by(col(RID, "u"))
+        )
+        hits = m.rows(q)
+        for _rid, *rest in hits:
+            m.conflict(
+                Conflict(
+                    ConflictKind.CONSTRAINT,
+                    t.name,
+                    tuple(_plain(v) for v in rest[:nk]),
+                    Resolution.SKIPPED,
+                    column=",".join(u),
+                    label=rest[nk],
+                    detail=f"the update would take ({', '.join(u)}) held by another row of the target",
+                )
+            )
+        m.skip_rids(s, [r[0] for r in hits], "uskip")
+
+
+def _update_rows(m: PgMerge, s: _Staged, moving: list[int]) -> None:
+    """The column-wise three-way UPDATE (:func:`_take` says which value each cell gets); only rows
+    where some cell changes are written."""
+    tp, t = s.tp, m.table(s.tp.table)
+    cols = _written_columns(m, s, moving)
+    if not cols:
+        return
     sets, changes = [], []
-    for j in moving:
-        if bundle_wins:
-            take = is_distinct(th(j), ba(j))
-        else:
-            take = and_all([is_distinct(th(j), ba(j)), is_same(ou(j), ba(j))])
-        if not t.has(tp.updatable[j]).nullable or m.cat.columns(t.name)[tp.updatable[j]].not_null:
-            take = and_all([take, exp.Not(this=exp.Is(this=th(j), expression=exp.Null()))])
-        if row_mode and not bundle_wins:
-            take = and_all([take, _not_in(col(RID, "u"), _tmp("rowc", s.i))])
+    for j in cols:
+        take = _take(m, s, j)
+        th, ou = col(f"theirs_{j}", "u"), col(tp.updatable[j], "t")
         sets.append(
             exp.EQ(
                 this=col(tp.updatable[j]),
-                expression=exp.Case(ifs=[exp.If(this=take, true=th(j))], default=ou(j)),
+                expression=exp.Case(ifs=[exp.If(this=take, true=th)], default=ou),
             )
         )
-        changes.append(and_all([take.copy(), is_distinct(th(j), ou(j))]))
-    key_match = and_all(
-        exp.EQ(this=col(k, "t"), expression=col(f"key_{j}", "u")) for j, k in enumerate(t.key)
-    )
+        changes.append(and_all([take.copy(), is_distinct(th.copy(), ou.copy())]))
     stmt = exp.Update(
         this=_t(t.name, "t"),
         expressions=sets,
         from_=exp.From(this=_tmp("upd", s.i, "u")),
         where=exp.Where(
-            this=and_all([key_match, _not_in(col(RID, "u"), _tmp("uskip", s.i)), or_all(changes)])
+            this=and_all(
+                [_key_match(t), _not_in(col(RID, "u"), _tmp("uskip", s.i)), or_all(changes)]
+            )
         ),
     )
     m.outcome.tables[t.name].updated += int(m.run(stmt).rowcount or 0)
@@ -1501,14 +1590,16 @@ def _applied_table() -> exp.Table:
 
 
 def _already_applied(conn: psycopg.Connection[Any], bundle_id: str) -> bool:
-    if not conn.execute(_APPLIED_EXISTS, (_qualified(APPLIED_TABLE),)).fetchone()[0]:
+    """``bundle_id`` was re-imported into this database already (its ``_recovery_applied`` row)."""
+    row = conn.execute(_APPLIED_EXISTS, (_qualified(APPLIED_TABLE),)).fetchone()
+    if not row or not row[0]:
         return False
     q = (
         exp.select("1")
         .from_(_applied_table())
-        .where(exp.EQ(this=col("bundle_id"), expression=exp.Placeholder()))
+        .where(exp.EQ(this=col("bundle_id"), expression=exp.Literal.string(bundle_id)))
     )
-    return conn.execute(render(q).replace("?", "%s"), (bundle_id,)).fetchone() is not None
+    return conn.execute(render(q)).fetchone() is not None
 
 
 def _record_applied(m: PgMerge) -> None:
@@ -1585,6 +1676,7 @@ def reimport_postgres(
     ``run_dir/reimport.sql`` (the transaction as executed) when given. A server error, or a
     refusal by the target's own constraints at the end, rolls back and raises exit 3."""
     from recovery.compare.pgdiff import reflect_pg
+    from recovery.engine.timebound import statement_time_limit
     from recovery.reimport.merge import attach_bundle, load_lost
 
     db = PostgresEngine(target)
@@ -1604,7 +1696,7 @@ def reimport_postgres(
         conn = connect(db.url, "target database", timeout=busy_timeout)
         script = PgScript(conn)
         try:
-            with rendering_for("postgres"):
+            with rendering_for("postgres"), statement_time_limit(lite):
                 _transaction(
                     conn,
                     script,
@@ -1639,6 +1731,9 @@ def _transaction(
     lite: sqlite3.Connection,
     run_dir: Path | None,
 ) -> None:
+    from recovery.engine.timebound import limit_seconds
+
+    limit = limit_seconds()
     note = f"recovery reimport of bundle {bundle.bundle_id} into {db.spec}" + (
         " (dry run)" if dry_run else ""
     )
@@ -1646,6 +1741,9 @@ def _transaction(
     try:
         conn.execute("BEGIN")
         conn.execute("SET CONSTRAINTS ALL DEFERRED")
+        # every statement bounded (the bundle is untrusted input): the server cancels one that
+        # runs longer, and the transaction rolls back (exit 3)
+        conn.execute(render(command(f"SET LOCAL statement_timeout = {max(1, int(limit * 1000))}")))
         if _already_applied(conn, bundle.bundle_id):
             outcome.already_applied = True
             conn.execute("ROLLBACK")
@@ -1670,6 +1768,7 @@ def _transaction(
         for s in m.staged:
             _missing_parent(m, s)
             moving[s.tp.table] = _update(m, s)
+            _update_unique(m, s, moving[s.tp.table])
         _propagate(m)
         _settle(m)
         if merge.on_conflict is ConflictPolicy.ABORT and outcome.conflicts:
@@ -1693,6 +1792,17 @@ def _transaction(
         else:
             conn.execute("COMMIT")
             committed = True
+    except psycopg.errors.QueryCanceled:
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            conn.rollback()
+        if run_dir is not None:
+            script.write(run_dir / "reimport.sql", False, note + "\nFAILED (statement timeout)")
+        raise RecoveryError(
+            f"statement ran longer than {limit:g} s; nothing was applied",
+            "the bundle may be forged or the data far larger than expected; raise the limit "
+            "with --statement-timeout if it is genuine",
+            ExitCode.FAILED,
+        ) from None
     except psycopg.Error as exc:
         if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
             conn.rollback()
@@ -1712,3 +1822,66 @@ def _transaction(
         raise
     if run_dir is not None:
         script.write(run_dir / "reimport.sql", committed, note)
+
+
+# ---- the command's run -------------------------------------------------------------------------
+
+
+def verify_postgres(target: str, outcome: Outcome, expected_revision: str | None) -> dict[str, Any]:
+    """The verification of a committed re-import, in the SQLite verification's shape: the server
+    enforced every constraint at the commit (integrity ``ok``, no foreign-key problem can remain),
+    the alembic revision, and each table's row count read again against what the outcome says."""
+    from recovery.compare.pgdiff import reflect_pg
+    from recovery.engine.postgres import count_rows
+    from recovery.model.values import RowCountCheck, Verification
+
+    db = PostgresEngine(target)
+    revision = reflect_pg(db).alembic_revision
+    counts = {}
+    with connect(db.url, "target database", readonly=True) as conn:
+        for name, t in sorted(outcome.tables.items()):
+            expected = t.rows_before + t.inserted - t.deleted
+            counts[name] = RowCountCheck(
+                t.rows_before, t.inserted, t.deleted, expected, count_rows(conn, SCHEMA, name)
+            )
+    return Verification(("ok",), (), expected_revision, revision, counts).to_dict()
+
+
+def run_reimport_postgres(
+    bundle: Bundle,
+    db: str,
+    out: str | os.PathLike[str] | None,
+    options: Any,
+    uploads: str | os.PathLike[str] | None = None,
+    files: FilesConfig | None = None,
+) -> Any:
+    """``recovery reimport postgresql://… BUNDLE``: a ``pg_dump`` safety copy of the target into
+    ``RUN/safety/`` (not for ``--dry-run``), the re-import in one transaction, its verification,
+    the relink of uploads (:mod:`recovery.files.pgrelink`) and the run's report files; the
+    :class:`recovery.pipeline.RunResult` the SQLite re-import returns."""
+    from recovery.compare.pgdiff import reflect_pg
+    from recovery.pipeline import RunResult, check_uploads, check_writable
+    from recovery.report import write_run_files
+
+    check_uploads(uploads)
+    target = PostgresEngine(db)
+    check_target_schema(bundle, reflect_pg(target))  # refused before any copy or write
+    stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
+    dry_run = bool(getattr(options, "dry_run", False))
+    run_dir = Path(out) if out else bundle.path / f"reimport-{stamp}{'-dry-run' if dry_run else ''}"
+    check_writable(run_dir, "run folder (--out)")
+    run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not dry_run:
+        safety = run_dir / "safety"
+        safety.mkdir(mode=0o700, exist_ok=True)
+        target.snapshot(safety / f"{target.database}.dump", "target database")
+    outcome = reimport_postgres(db, bundle, options, dry_run=dry_run, run_dir=run_dir, files=files)
+    if not (dry_run or outcome.aborted or outcome.already_applied):
+        outcome.verification = verify_postgres(db, outcome, bundle.old.alembic_revision)
+    if uploads and not outcome.aborted:
+        from recovery.files.pgrelink import relink_postgres
+
+        outcome.files = relink_postgres(
+            bundle, db, Path(uploads), files, dry_run=dry_run, remaps=outcome.remaps
+        )
+    return RunResult(run_dir, outcome, write_run_files(run_dir, outcome, bundle))

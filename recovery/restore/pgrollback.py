@@ -374,15 +374,9 @@ def _relink(
     (:mod:`recovery.files.pgrelink`); None without ``--uploads``."""
     if not uploads:
         return None
-    from recovery.files import pgrelink
+    from recovery.files.pgrelink import relink_postgres
 
-    relink = getattr(pgrelink, "relink_postgres", None)
-    if relink is None:
-        raise RecoveryError(
-            "relinking uploads on PostgreSQL is not available in this build; nothing was changed",
-            "run without --uploads, then relink the files by hand",
-        )
-    result: dict[str, Any] | None = relink(
+    return relink_postgres(
         bundle,
         target.url.render_as_string(hide_password=False),
         Path(uploads),
@@ -390,7 +384,6 @@ def _relink(
         dry_run=dry_run,
         remaps=outcome.remaps,
     )
-    return result
 
 
 def _still_as_extracted(live: PostgresEngine, conn: Connection, digest: str) -> None:

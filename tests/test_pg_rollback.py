@@ -101,18 +101,28 @@ def _dump(world: Path) -> Path:
     return world / str(json.loads((world / "world.json").read_text())["backup"])
 
 
-@pytest.fixture(scope="module")
-def lite_rolled(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, dict[str, Any], Path]:
-    """(exit code, report summary, rolled-back DB) of the SQLite world of the same seed."""
+def _lite_rollback(folder: Path, *extra: str) -> tuple[int, dict[str, Any], Path]:
     from recovery.sample import generate
 
-    world = generate(tmp_path_factory.mktemp("litewrb") / "world", parts=PARTS, seed=SEED)
-    run_dir = world.parent / "run"
+    world = generate(folder / "world", parts=PARTS, seed=SEED)
+    run_dir = folder / "run"
     r = cli("rollback", str(world / "gestima.db"), "--backup", str(world / f"gestima.db{BACKUP_STAMP}"),
-            "--out", str(run_dir), "--yes", "--quiet")  # fmt: skip
+            "--out", str(run_dir), "--yes", "--quiet", *extra)  # fmt: skip
     assert r.returncode in (0, 1), r.stderr
     summary = json.loads((run_dir / "report.json").read_text())["summary"]
     return r.returncode, summary, world / "gestima.db"
+
+
+@pytest.fixture(scope="module")
+def lite_rolled(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, dict[str, Any], Path]:
+    """(exit code, report summary, rolled-back DB) of the SQLite world of the same seed."""
+    return _lite_rollback(tmp_path_factory.mktemp("litewrb"))
+
+
+def _alembic_ini() -> str:
+    from recovery.sample import app_dir
+
+    return str(app_dir() / "alembic.ini")
 
 
 def _rollback(url: str, world: Path, run_dir: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:  # fmt: skip
@@ -180,18 +190,15 @@ def _app_fingerprint(url: str) -> dict[str, Any]:
 
 
 def test_rollback_gives_the_sqlite_rows_revision_exit_code_and_lost_values_then_undo(
-    pg_server: str,
-    pg_template: tuple[Path, str],
-    live: str,
-    lite_rolled: tuple[int, dict[str, Any], Path],
-    tmp_path: Path,
+    pg_server: str, pg_template: tuple[Path, str], live: str, tmp_path: Path
 ) -> None:
+    """With the app's Alembic (lineage rules from its migrations, run in the sandbox) on both."""
     world = pg_template[0]
-    lite_code, lite_summary, lite_db = lite_rolled
+    lite_code, lite_summary, lite_db = _lite_rollback(tmp_path / "lite", "--alembic-ini", _alembic_ini())  # fmt: skip
     before = _app_fingerprint(live)
     engine = PostgresEngine(live)
     facts = engine.facts()
-    r = _rollback(live, world, tmp_path / "run")
+    r = _rollback(live, world, tmp_path / "run", "--alembic-ini", _alembic_ini())
     assert r.returncode == lite_code, r.stderr
     summary = json.loads((tmp_path / "run" / "report.json").read_text())["summary"]
     assert summary["lost_values"] == lite_summary["lost_values"] > 0
@@ -206,7 +213,7 @@ def test_rollback_gives_the_sqlite_rows_revision_exit_code_and_lost_values_then_
     assert _app_fingerprint(_url(pg_server, safety)) == before  # the failed DB, kept renamed
     assert engine.staging_name() not in _databases(pg_server)
     # a finished run run again changes nothing and exits as it finished
-    again = _rollback(live, world, tmp_path / "run")
+    again = _rollback(live, world, tmp_path / "run", "--alembic-ini", _alembic_ini())
     assert again.returncode == lite_code and _app_fingerprint(live) != before
     # undo: the failed release's database is live again; the rolled-back one is kept, renamed
     rolled = _app_fingerprint(live)
@@ -218,7 +225,7 @@ def test_rollback_gives_the_sqlite_rows_revision_exit_code_and_lost_values_then_
     assert safety not in _databases(pg_server)
     u2 = cli("undo", str(tmp_path / "run"), "--yes")
     assert u2.returncode == 0 and "already undone" in u2.stdout
-    resumed = _rollback(live, world, tmp_path / "run")
+    resumed = _rollback(live, world, tmp_path / "run", "--alembic-ini", _alembic_ini())
     assert resumed.returncode == 2 and "was undone" in resumed.stderr
 
 

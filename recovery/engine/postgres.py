@@ -561,6 +561,7 @@ class PostgresEngine(Engine):
             raise RecoveryError(f"cannot swap {self.spec} with itself", "nothing was changed")
         swapped = False
         blocked = False
+        facts: DatabaseFacts | None = None
         try:
             with connect(self.admin_url(), "server") as admin:
                 if database_exists(admin, keep):
@@ -611,7 +612,7 @@ class PostgresEngine(Engine):
                     ) from None
         finally:
             if not swapped:
-                if blocked:
+                if blocked and (facts is None or facts.allow_connections):
                     with connect(self.admin_url(), "server") as admin:
                         run(admin, _allow_connections_sql(self.database, True))
                 if drop_on_refusal:

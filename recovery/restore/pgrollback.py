@@ -62,6 +62,8 @@ from recovery.pipeline import (
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
+MAINTENANCE_DATABASES = ("postgres", "template0", "template1")
+"""Databases a rollback never renames: the tool's own administrative connections use ``postgres``."""
 OUTCOME_FILE = "outcome.json"
 
 
@@ -88,6 +90,11 @@ def rollback_postgres(
     files = files or FilesConfig()
     say = progress or log.info
     opts = options
+    if live.database in MAINTENANCE_DATABASES:
+        raise RecoveryError(
+            f"refusing to roll back the server's own database {live.database}; nothing was changed",
+            "name the application's database in the URL",
+        )
     if opts.downgrade_to:
         raise RecoveryError(
             "--downgrade-to is not supported on PostgreSQL; nothing was changed",

@@ -742,6 +742,8 @@ def undo_cmd(run_dir: Path, force: bool, dry_run: bool, yes: bool) -> None:
     another process holds the DB, and when the live DB changed since the run left it unless --force.
     A consistent copy of the current live file is always kept in RUN_DIR/undo/ first. A second undo
     changes nothing. Use it when a rollback failed after its restore, or to return to the new release.
+    On PostgreSQL the safety database is renamed back in one transaction and the database it
+    replaces is kept, renamed.
 
     Example:
 

@@ -25,7 +25,13 @@ from sqlalchemy.engine import make_url
 from sqlglot import exp
 
 from recovery.engine.base import Staged
-from recovery.engine.postgres import PostgresEngine, connect, drop_database_sql, run
+from recovery.engine.postgres import (
+    PostgresEngine,
+    connect,
+    create_database_sql,
+    drop_database_sql,
+    run,
+)
 from recovery.errors import RecoveryError
 
 PARTS, SEED = 60, 42
@@ -83,11 +89,11 @@ def pg_template(
 
 @pytest.fixture
 def live(pg_server: str, pg_template: tuple[Path, str]) -> Iterator[str]:
-    """A copy of the world's live database under a fresh name (and every database a rollback of it
-    left: safety, undone), dropped after the test."""
-    name = f"gestima_{uuid.uuid4().hex[:8]}"
+    """A copy of the world's live database under a fresh, hostile name (and every database a
+    rollback of it left: safety, undone), dropped after the test."""
+    name = f'Gé "{uuid.uuid4().hex[:8]}"; x'  # quotes, a semicolon, a space, non-ASCII
     with _admin(pg_server) as a:
-        run(a, f'CREATE DATABASE "{name}" TEMPLATE "{pg_template[1]}"')
+        run(a, create_database_sql(name, template=pg_template[1]))
     yield _url(pg_server, name)
     with _admin(pg_server) as a:
         run(a, drop_database_sql(PostgresEngine(_url(pg_server, name)).staging_name()))
@@ -233,7 +239,7 @@ def test_sessions_on_the_live_database_are_refused_and_named(
     pg_server: str, pg_template: tuple[Path, str], live: str, tmp_path: Path
 ) -> None:
     before, dbs = _app_fingerprint(live), _ours(pg_server, live)
-    app = psycopg.connect(live, application_name="gestima-web")
+    app = psycopg.connect(conninfo_of(PostgresEngine(live)), application_name="gestima-web")
     try:
         r = _rollback(live, pg_template[0], tmp_path / "run")
         assert r.returncode == 2 and "Traceback" not in r.stderr
@@ -256,7 +262,7 @@ def test_terminate_sessions_ends_them_and_rolls_back(
     lite_rolled: tuple[int, dict[str, Any], Path],
     tmp_path: Path,
 ) -> None:
-    app = psycopg.connect(live, application_name="gestima-web")
+    app = psycopg.connect(conninfo_of(PostgresEngine(live)), application_name="gestima-web")
     try:
         r = _rollback(live, pg_template[0], tmp_path / "run", "--terminate-sessions")
         assert r.returncode == lite_rolled[0], r.stderr

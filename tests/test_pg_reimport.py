@@ -7,6 +7,7 @@ database; every test works on a ``CREATE DATABASE … TEMPLATE`` copy of it).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
@@ -540,7 +541,9 @@ def test_hostile_identifiers_and_values(pg_url: str, tmp_path: Path) -> None:
     assert (tmp_path / "run" / "reimport.sql").stat().st_mode & 0o777 == 0o600
 
 
-def test_cli_reimport_into_a_postgres_url(target: str, lite_bundle: Path, tmp_path: Path) -> None:
+def test_cli_reimport_into_a_postgres_url(
+    target: str, lite_world: Path, lite_bundle: Path, tmp_path: Path
+) -> None:
     """``recovery reimport BUNDLE postgresql://…``: a pg_dump safety copy first, the run's files,
     exit 1 (lost values to review); the bundle is then recorded as applied."""
     cmd = [
@@ -563,6 +566,25 @@ def test_cli_reimport_into_a_postgres_url(target: str, lite_bundle: Path, tmp_pa
         p.name for p in run_dir.iterdir()
     }
     assert reimport_postgres(target, open_bundle(lite_bundle), MergeOptions()).already_applied
+    # recovery relink on the URL: the dry run names the upload it would restore from the bundle
+    up = tmp_path / "uploads"
+    shutil.copytree(lite_world / "uploads", up)
+    missing = (
+        sqlite3.connect(open_bundle(lite_bundle).rows_db)
+        .execute("SELECT path FROM file_records WHERE _recovery_kind = 'inserted' ORDER BY id")
+        .fetchone()[0]
+    )
+    (up / missing).unlink()
+    r = subprocess.run(
+        [sys.executable, "-m", "recovery", "relink", str(lite_bundle), target, "--uploads", str(up)]
+        + ["--dry-run", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    assert [e["path"] for e in json.loads(r.stdout)["restored_from_bundle"]] == [missing]
+    assert not (up / missing).exists()
 
 
 OLD_APP_FILE = (

@@ -508,6 +508,8 @@ def _stage(m: PgMerge, lite: sqlite3.Connection) -> None:
             m.run(
                 exp.Drop(kind="TABLE", tables=[_tmp(f"r{kind}", i)])
             )  # the text copy is no longer needed
+        for kind in ("ins", "upd"):  # row counts for the planner: the joins below stay hash joins
+            m.run(command(f"ANALYZE {_tmp(kind, i).sql('postgres')}"))
         for kind in ("skip", "uskip", "present"):
             m.run(_rid_table(_tmp(kind, i)))
         to = m.outcome.tables.setdefault(name, TableOutcome(name))
@@ -1272,12 +1274,12 @@ def _apply(m: PgMerge, moving: dict[str, list[int]]) -> None:
             m.run(_alter(name, f"DISABLE TRIGGER {ident(tg)}"))
             suspended.append((name, tg))
     m.outcome.triggers_suspended = [tg for _, tg in suspended]
+    m.outcome.sequences = _sequences(m)
     for s in m.staged:
         _insert(m, s)
     for s in m.staged:
         _update_rows(m, s, moving.get(s.tp.table, []))
     _deletes(m)
-    m.outcome.sequences = _sequences(m)
     for name, tg in suspended:
         m.run(_alter(name, f"ENABLE TRIGGER {ident(tg)}"))
 
@@ -1547,8 +1549,11 @@ def _deletes(m: PgMerge) -> None:
 
 
 def _sequences(m: PgMerge) -> list[dict[str, Any]]:
-    """Every sequence/identity of a written table set past every key in it and past the live
-    database's counter (``setval``; not under ``--dry-run``: a sequence is not transactional)."""
+    """Every sequence/identity of a written table set past every key it holds and every key
+    about to be carried (remapped ones included) and past the live database's counter. Done
+    before the first insert, so an application session drawing keys meanwhile never gets one
+    the re-import carries (``setval`` is not transactional: a rolled-back run leaves only a gap;
+    not under ``--dry-run``)."""
     live = {n.lower(): v for n, v in live_from_manifest(m.bundle.manifest).items()}
     out: list[dict[str, Any]] = []
     for s in m.staged:
@@ -1558,7 +1563,17 @@ def _sequences(m: PgMerge) -> list[dict[str, Any]]:
             if seq is None:
                 continue
             before = m.cat.last_value(seq)
-            top = m.rows(exp.select(exp.func("max", col(c.name))).from_(_t(name)))[0][0]
+            tops: list[exp.Expression] = [
+                exp.select(exp.func("max", col(c.name))).from_(_t(name)).subquery()
+            ]
+            if c.name in s.columns:  # the keys about to be carried
+                tops.append(
+                    exp.select(exp.func("max", col(c.name)))
+                    .from_(_tmp("ins", s.i, "s"))
+                    .where(_not_in(col(RID, "s"), _tmp("skip", s.i)))
+                    .subquery()
+                )
+            top = m.rows(exp.select(exp.func("greatest", *tops)))[0][0]
             top = int(top) if top is not None else 0
             want = max(top, int(live.get(name.lower(), 0)))
             entry = {

@@ -726,7 +726,8 @@ def test_unique_clashes_of_inserts_and_updates_are_conflicts_not_failures(
 ) -> None:
     """The old app took, after the restore, a unique value a bundle update sets and one a bundle
     insert carries (whose key it took too): the update is a ``constraint`` conflict and the
-    insert a ``unique`` one (its remap settled as skipped); everything else lands."""
+    insert a ``unique`` one (its remap settled as skipped); a NULL the target's NOT NULL column
+    cannot hold keeps the target's value (``constraint``, kept_target); everything else lands."""
     from recovery.bundle.extract import extract
 
     ddl = 'CREATE TABLE "t" ("id" INTEGER PRIMARY KEY, "code" TEXT NOT NULL UNIQUE, "v" TEXT)'
@@ -734,17 +735,18 @@ def test_unique_clashes_of_inserts_and_updates_are_conflicts_not_failures(
         ("backup", ""),
         (
             "live",
-            "UPDATE t SET code = 'c' WHERE id = 1; INSERT INTO t VALUES (3, 'd', 'new'), (4, 'f', 'ok');",
+            "UPDATE t SET code = 'c' WHERE id = 1; UPDATE t SET v = NULL WHERE id = 2; "
+            "INSERT INTO t VALUES (3, 'd', 'new'), (4, 'f', 'ok');",
         ),
     ):
         with sqlite3.connect(tmp_path / f"{name}.db") as c:
-            c.executescript(f"{ddl}; INSERT INTO t VALUES (1, 'a', NULL), (2, 'b', NULL); {extra}")
+            c.executescript(f"{ddl}; INSERT INTO t VALUES (1, 'a', 'x'), (2, 'b', 'y'); {extra}")
         c.close()
     extract(tmp_path / "backup.db", tmp_path / "live.db", tmp_path / "bundle")
     _exec(
         pg_url,
-        'CREATE TABLE "t" ("id" serial PRIMARY KEY, "code" text NOT NULL UNIQUE, "v" text)',
-        "INSERT INTO t (code) VALUES ('a'), ('b')",
+        'CREATE TABLE "t" ("id" serial PRIMARY KEY, "code" text NOT NULL UNIQUE, "v" text NOT NULL)',
+        "INSERT INTO t (code, v) VALUES ('a', 'x'), ('b', 'y')",
         # the old app: row 2 takes 'c', a new row takes key 3 and another 'd'
         "UPDATE t SET code = 'c' WHERE id = 2",
         "INSERT INTO t (code, v) VALUES ('e', 'old app'), ('d', 'old app')",
@@ -753,10 +755,11 @@ def test_unique_clashes_of_inserts_and_updates_are_conflicts_not_failures(
     got = sorted((c.kind.value, c.key, c.resolution.value) for c in o.conflicts)
     assert got == [
         ("constraint", (1,), "skipped"),
+        ("constraint", (2,), "kept_target"),
         ("primary_key", (3,), "skipped"),
         ("primary_key", (4,), "remapped"),
         ("unique", (3,), "skipped"),
     ]
     rows = _q(pg_url, "SELECT code, v FROM t ORDER BY code")
-    assert rows == [("a", None), ("c", None), ("d", "old app"), ("e", "old app"), ("f", "ok")]
+    assert rows == [("a", "x"), ("c", "y"), ("d", "old app"), ("e", "old app"), ("f", "ok")]
     assert [(r.old_key, r.new_key) for r in o.remaps] == [(4, 6)]

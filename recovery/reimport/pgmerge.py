@@ -1013,10 +1013,16 @@ def _update(m: PgMerge, s: _Staged) -> list[int]:
             values = exp.Values(expressions=[exp.Tuple(expressions=[_num(r)]) for r in hit_rids])
             m.run(exp.Insert(this=rowc, expression=values))
         return moving
+    cols = m.cat.columns(t.name)
     for j in moving:
+        name = tp.updatable[j]
         clash = and_all(
             [is_distinct(th(j), ba(j)), is_distinct(ou(j), ba(j)), is_distinct(ou(j), th(j))]
         )
+        nulled: exp.Expression = exp.false()
+        if cols[name].not_null:  # a NULL the target cannot hold: the target's value is kept
+            clash = and_all([clash, exp.Not(this=exp.Is(this=th(j), expression=exp.Null()))])
+            nulled = and_all([exp.Is(this=th(j), expression=exp.Null()), is_distinct(th(j), ba(j))])
         q = (
             exp.select(
                 *[col(f"key_{k}", "u") for k in range(nk)],
@@ -1024,20 +1030,37 @@ def _update(m: PgMerge, s: _Staged) -> list[int]:
                 txt(th(j)),
                 txt(ou(j)),
                 txt(ba(j)),
+                nulled.copy(),
             )
             .from_(_tmp("upd", s.i, "u"))
             .join(_t(t.name, "t"), on=key_match.copy())
-            .where(and_all([clash, _not_in(col(RID, "u"), _tmp("uskip", s.i))]))
+            .where(and_all([or_all([clash, nulled]), _not_in(col(RID, "u"), _tmp("uskip", s.i))]))
             .order_by(col(RID, "u"))
         )
         for row in m.rows(q):
+            key = tuple(_plain(v) for v in row[:nk])
+            if row[nk + 4]:
+                m.conflict(
+                    Conflict(
+                        ConflictKind.CONSTRAINT,
+                        t.name,
+                        key,
+                        Resolution.KEPT_TARGET,
+                        column=name,
+                        target_value=row[nk + 2],
+                        base_value=row[nk + 3],
+                        label=row[nk],
+                        detail=f"{name} became NULL after the deploy; NOT NULL in the target",
+                    )
+                )
+                continue
             m.conflict(
                 Conflict(
                     ConflictKind.UPDATE_UPDATE,
                     t.name,
-                    tuple(_plain(v) for v in row[:nk]),
+                    key,
                     resolution,
-                    column=tp.updatable[j],
+                    column=name,
                     bundle_value=row[nk + 1],
                     target_value=row[nk + 2],
                     base_value=row[nk + 3],

@@ -735,8 +735,10 @@ def test_unique_clashes_of_inserts_and_updates_are_conflicts_not_failures(
         ("backup", ""),
         (
             "live",
-            "UPDATE t SET code = 'c' WHERE id = 1; UPDATE t SET v = NULL WHERE id = 2; "
-            "INSERT INTO t VALUES (3, 'd', 'new'), (4, 'f', 'ok');",
+            (
+                "UPDATE t SET code = 'c' WHERE id = 1; UPDATE t SET v = NULL WHERE id = 2; "
+                "INSERT INTO t VALUES (3, 'd', 'new'), (4, 'f', 'ok');"
+            ),
         ),
     ):
         with sqlite3.connect(tmp_path / f"{name}.db") as c:
@@ -763,3 +765,43 @@ def test_unique_clashes_of_inserts_and_updates_are_conflicts_not_failures(
     rows = _q(pg_url, "SELECT code, v FROM t ORDER BY code")
     assert rows == [("a", "x"), ("c", "y"), ("d", "old app"), ("e", "old app"), ("f", "ok")]
     assert [(r.old_key, r.new_key) for r in o.remaps] == [(4, 6)]
+
+
+def test_a_row_already_in_the_target_is_a_no_op_and_its_children_still_land(
+    target: str, lite_bundle: Path
+) -> None:
+    """A bundle row the target already holds as the very same record (e.g. typed in again by
+    hand) is not a conflict: it is counted as already present, and the rows that reference it
+    are carried."""
+    b = open_bundle(lite_bundle)
+    lite = sqlite3.connect(b.rows_db)
+    cols = [
+        "id",
+        "quote_number",
+        "customer_name",
+        "status",
+        "created_at",
+        "updated_at",
+        "created_by",
+    ]
+    row = lite.execute(
+        f"SELECT {', '.join(cols)} FROM quotes WHERE _recovery_kind = 'inserted' ORDER BY id"
+    ).fetchone()
+    items = lite.execute(
+        "SELECT count(*) FROM quote_items WHERE quote_id = ? AND _recovery_kind = 'inserted'",
+        (row[0],),
+    ).fetchone()[0]
+    assert items > 0
+    with connect(make_url(target), "test") as c:
+        c.execute(
+            "INSERT INTO quotes (id, quote_number, customer, status, created_at, updated_at, "
+            "created_by) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            row,
+        )
+    o = reimport_postgres(target, b, MergeOptions())
+    assert not o.conflicts and not o.skipped_rows
+    assert o.tables["quotes"].already_present == 1
+    assert (
+        _q(target, f"SELECT count(*) FROM quote_items WHERE quote_id = {int(row[0])}")[0][0]
+        == items
+    )

@@ -1097,6 +1097,8 @@ def _propagate(m: PgMerge) -> None:
                         and_all(
                             [
                                 _in(col(RID, "p"), _tmp("skip", parent.i)),
+                                # a parent skipped as already in the target is there
+                                _not_in(col(RID, "p"), _tmp("present", parent.i)),
                                 _not_in(col(RID, "c"), _tmp("skip", child.i)),
                             ]
                         )
@@ -1118,6 +1120,7 @@ def _propagate(m: PgMerge) -> None:
                             and_all(
                                 [
                                     _in(col(RID, "p"), _tmp("skip", parent.i)),
+                                    _not_in(col(RID, "p"), _tmp("present", parent.i)),
                                     _not_in(col(RID, "c"), _tmp("uskip", child.i)),
                                     # a parent the target holds is still there
                                     exp.Not(

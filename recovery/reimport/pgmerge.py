@@ -1530,7 +1530,18 @@ def _deletes(m: PgMerge) -> None:
                 ).from_(_tmp("rdel", n_del, "r")),
             )
         )
-        same = and_all(is_same(col(c, "t"), col(c, "d")) for c in cols)
+        # the key by plain equality (the target's key index finds the row), the rest NULL-safe
+        keyed = bool(t.primary_key) and set(t.primary_key) <= set(cols)
+        same = and_all(
+            [
+                *([_key_eq(t.primary_key, "t", "d")] if keyed else []),
+                *[
+                    is_same(col(c, "t"), col(c, "d"))
+                    for c in cols
+                    if not (keyed and c in t.primary_key)
+                ],
+            ]
+        )
         listed = (
             exp.select(
                 *[col(k, "d") for k in t.key],

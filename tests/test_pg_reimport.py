@@ -805,3 +805,38 @@ def test_a_row_already_in_the_target_is_a_no_op_and_its_children_still_land(
         _q(target, f"SELECT count(*) FROM quote_items WHERE quote_id = {int(row[0])}")[0][0]
         == items
     )
+
+
+def test_apply_deletes_never_fires_a_cascade(target: str, lite_bundle: Path) -> None:
+    """--apply-deletes deletes the rows deleted after the deploy that are unchanged and that no
+    row references; a quote the old app gave a new item since stays (its ON DELETE CASCADE items
+    would otherwise go with it), and so does the item."""
+    b = open_bundle(lite_bundle)
+    base = sqlite3.connect(b.base_db)
+    (quote,) = base.execute("SELECT id FROM quotes WHERE _recovery_kind = 'deleted'").fetchone()
+    deleted_items = [
+        r[0] for r in base.execute("SELECT id FROM quote_items WHERE _recovery_kind = 'deleted'")
+    ]
+    _exec(
+        target,
+        "INSERT INTO quote_items (quote_id, part_id, qty, unit_price) "
+        f"VALUES ({int(quote)}, 1, 7, 1.5)",
+    )
+    before = _q(target, f"SELECT count(*) FROM quote_items WHERE quote_id = {int(quote)}")[0][0]
+    o = reimport_postgres(target, b, MergeOptions(apply_deletes=True))
+    assert _q(target, f"SELECT count(*) FROM quotes WHERE id = {int(quote)}")[0][0] == 1
+    assert o.tables["quotes"].deleted == 0
+    left = _q(target, f"SELECT count(*) FROM quote_items WHERE quote_id = {int(quote)}")[0][0]
+    gone = [
+        i for i in deleted_items if not _q(target, f"SELECT 1 FROM quote_items WHERE id = {int(i)}")
+    ]
+    assert o.tables["quote_items"].deleted == len(gone) > 0
+    assert left == before - sum(1 for i in gone if i in _items_of(b, quote))
+    assert (
+        _q(target, "SELECT count(*) FROM quote_items WHERE qty = 7 AND unit_price = 1.5")[0][0] == 1
+    )
+
+
+def _items_of(b: Any, quote: int) -> set[int]:
+    base = sqlite3.connect(b.base_db)
+    return {r[0] for r in base.execute("SELECT id FROM quote_items WHERE quote_id = ?", (quote,))}

@@ -900,7 +900,7 @@ def apply_deletes_cmd(run_dir: Path, only: Path | None, dry_run: bool, yes: bool
 
 @main.command("relink", epilog=EXIT_CODES_HELP)
 @click.argument("bundle_dir", type=click.Path(path_type=Path))
-@click.argument("db", type=click.Path(path_type=Path))
+@click.argument("db")  # a path, or a postgresql:// URL
 @click.option(
     "--uploads", required=True, type=click.Path(path_type=Path), help="The app's uploads folder."
 )
@@ -916,7 +916,7 @@ def apply_deletes_cmd(run_dir: Path, only: Path | None, dry_run: bool, yes: bool
 @statement_timeout_option
 def relink_cmd(
     bundle_dir: Path,
-    db: Path,
+    db: str,
     uploads: Path,
     files_table: str | None,
     path_column: str | None,
@@ -929,6 +929,7 @@ def relink_cmd(
     recorded sha256 (from the bundle when missing; beside, never over, a different file), and make
     entity links follow remapped keys. Unsafe stored paths (absolute, `..`, symlinks out of the
     folder) are never read or written, only reported. Exits 1 when files are missing or unsafe.
+    DB may be a postgresql:// URL (the files table's fixes in one server transaction).
 
     Example:
 

@@ -605,6 +605,16 @@ def relink(
         files_table or default.table, path_column or default.path, hash_column or default.sha256
     )
     with override(statement_timeout):
+        from recovery.engine.base import is_postgres_url
+
+        if is_postgres_url(os.fspath(db)):
+            from recovery.bundle.store import open_bundle
+            from recovery.files.pgrelink import relink_postgres
+
+            report = relink_postgres(
+                open_bundle(bundle_dir), os.fspath(db), Path(uploads), cfg, dry_run=dry_run
+            )
+            return RelinkResult(report, dry_run)
         return RelinkResult(
             run_relink(bundle_dir, db, Path(uploads), cfg, dry_run=dry_run), dry_run
         )

@@ -446,6 +446,7 @@ U = sa.engine.make_url(LIVE_URL)
 attempt("psycopg to live", lambda: write_live(psycopg.connect(host=U.host, port=U.port, user=U.username, dbname=U.database)))
 attempt("sqlalchemy to live", lambda: sa.create_engine(LIVE_URL).connect())
 attempt("the role to live", lambda: psycopg.connect(dbname=LIVE_DB))
+attempt("a service", lambda: psycopg.connect(service="production"))
 # below the guard: libpq itself, with the credentials the child was given
 low = psycopg.pq.PGconn.connect(("dbname='" + LIVE_DB.replace("'", "\\\\'") + "'").encode())
 tries["libpq to live"] = "connected" if low.status == psycopg.pq.ConnStatus.OK else str(low.get_error_message())
@@ -552,6 +553,7 @@ def test_app_migrations_reach_only_their_scratch_database(
     assert "refused by the recovery sandbox" in tries["psycopg to live"]
     assert "refused by the recovery sandbox" in tries["sqlalchemy to live"]
     assert "refused by the recovery sandbox" in tries["the role to live"]
+    assert "refused by the recovery sandbox" in tries["a service"]
     assert (
         "recovery-sandbox-role-may-connect-to-its-scratch-database-only" in tries["libpq to live"]
     )

@@ -7,6 +7,7 @@ database; every test works on a ``CREATE DATABASE … TEMPLATE`` copy of it).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
@@ -540,7 +541,9 @@ def test_hostile_identifiers_and_values(pg_url: str, tmp_path: Path) -> None:
     assert (tmp_path / "run" / "reimport.sql").stat().st_mode & 0o777 == 0o600
 
 
-def test_cli_reimport_into_a_postgres_url(target: str, lite_bundle: Path, tmp_path: Path) -> None:
+def test_cli_reimport_into_a_postgres_url(
+    target: str, lite_world: Path, lite_bundle: Path, tmp_path: Path
+) -> None:
     """``recovery reimport BUNDLE postgresql://…``: a pg_dump safety copy first, the run's files,
     exit 1 (lost values to review); the bundle is then recorded as applied."""
     cmd = [
@@ -563,6 +566,25 @@ def test_cli_reimport_into_a_postgres_url(target: str, lite_bundle: Path, tmp_pa
         p.name for p in run_dir.iterdir()
     }
     assert reimport_postgres(target, open_bundle(lite_bundle), MergeOptions()).already_applied
+    # recovery relink on the URL: the dry run names the upload it would restore from the bundle
+    up = tmp_path / "uploads"
+    shutil.copytree(lite_world / "uploads", up)
+    missing = (
+        sqlite3.connect(open_bundle(lite_bundle).rows_db)
+        .execute("SELECT path FROM file_records WHERE _recovery_kind = 'inserted' ORDER BY id")
+        .fetchone()[0]
+    )
+    (up / missing).unlink()
+    r = subprocess.run(
+        [sys.executable, "-m", "recovery", "relink", str(lite_bundle), target, "--uploads", str(up)]
+        + ["--dry-run", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    assert [e["path"] for e in json.loads(r.stdout)["restored_from_bundle"]] == [missing]
+    assert not (up / missing).exists()
 
 
 OLD_APP_FILE = (
@@ -704,7 +726,8 @@ def test_unique_clashes_of_inserts_and_updates_are_conflicts_not_failures(
 ) -> None:
     """The old app took, after the restore, a unique value a bundle update sets and one a bundle
     insert carries (whose key it took too): the update is a ``constraint`` conflict and the
-    insert a ``unique`` one (its remap settled as skipped); everything else lands."""
+    insert a ``unique`` one (its remap settled as skipped); a NULL the target's NOT NULL column
+    cannot hold keeps the target's value (``constraint``, kept_target); everything else lands."""
     from recovery.bundle.extract import extract
 
     ddl = 'CREATE TABLE "t" ("id" INTEGER PRIMARY KEY, "code" TEXT NOT NULL UNIQUE, "v" TEXT)'
@@ -712,17 +735,20 @@ def test_unique_clashes_of_inserts_and_updates_are_conflicts_not_failures(
         ("backup", ""),
         (
             "live",
-            "UPDATE t SET code = 'c' WHERE id = 1; INSERT INTO t VALUES (3, 'd', 'new'), (4, 'f', 'ok');",
+            (
+                "UPDATE t SET code = 'c' WHERE id = 1; UPDATE t SET v = NULL WHERE id = 2; "
+                "INSERT INTO t VALUES (3, 'd', 'new'), (4, 'f', 'ok');"
+            ),
         ),
     ):
         with sqlite3.connect(tmp_path / f"{name}.db") as c:
-            c.executescript(f"{ddl}; INSERT INTO t VALUES (1, 'a', NULL), (2, 'b', NULL); {extra}")
+            c.executescript(f"{ddl}; INSERT INTO t VALUES (1, 'a', 'x'), (2, 'b', 'y'); {extra}")
         c.close()
     extract(tmp_path / "backup.db", tmp_path / "live.db", tmp_path / "bundle")
     _exec(
         pg_url,
-        'CREATE TABLE "t" ("id" serial PRIMARY KEY, "code" text NOT NULL UNIQUE, "v" text)',
-        "INSERT INTO t (code) VALUES ('a'), ('b')",
+        'CREATE TABLE "t" ("id" serial PRIMARY KEY, "code" text NOT NULL UNIQUE, "v" text NOT NULL)',
+        "INSERT INTO t (code, v) VALUES ('a', 'x'), ('b', 'y')",
         # the old app: row 2 takes 'c', a new row takes key 3 and another 'd'
         "UPDATE t SET code = 'c' WHERE id = 2",
         "INSERT INTO t (code, v) VALUES ('e', 'old app'), ('d', 'old app')",
@@ -731,10 +757,86 @@ def test_unique_clashes_of_inserts_and_updates_are_conflicts_not_failures(
     got = sorted((c.kind.value, c.key, c.resolution.value) for c in o.conflicts)
     assert got == [
         ("constraint", (1,), "skipped"),
+        ("constraint", (2,), "kept_target"),
         ("primary_key", (3,), "skipped"),
         ("primary_key", (4,), "remapped"),
         ("unique", (3,), "skipped"),
     ]
     rows = _q(pg_url, "SELECT code, v FROM t ORDER BY code")
-    assert rows == [("a", None), ("c", None), ("d", "old app"), ("e", "old app"), ("f", "ok")]
+    assert rows == [("a", "x"), ("c", "y"), ("d", "old app"), ("e", "old app"), ("f", "ok")]
     assert [(r.old_key, r.new_key) for r in o.remaps] == [(4, 6)]
+
+
+def test_a_row_already_in_the_target_is_a_no_op_and_its_children_still_land(
+    target: str, lite_bundle: Path
+) -> None:
+    """A bundle row the target already holds as the very same record (e.g. typed in again by
+    hand) is not a conflict: it is counted as already present, and the rows that reference it
+    are carried."""
+    b = open_bundle(lite_bundle)
+    lite = sqlite3.connect(b.rows_db)
+    cols = [
+        "id",
+        "quote_number",
+        "customer_name",
+        "status",
+        "created_at",
+        "updated_at",
+        "created_by",
+    ]
+    row = lite.execute(
+        f"SELECT {', '.join(cols)} FROM quotes WHERE _recovery_kind = 'inserted' ORDER BY id"
+    ).fetchone()
+    items = lite.execute(
+        "SELECT count(*) FROM quote_items WHERE quote_id = ? AND _recovery_kind = 'inserted'",
+        (row[0],),
+    ).fetchone()[0]
+    assert items > 0
+    with connect(make_url(target), "test") as c:
+        c.execute(
+            "INSERT INTO quotes (id, quote_number, customer, status, created_at, updated_at, "
+            "created_by) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            row,
+        )
+    o = reimport_postgres(target, b, MergeOptions())
+    assert not o.conflicts and not o.skipped_rows
+    assert o.tables["quotes"].already_present == 1
+    assert (
+        _q(target, f"SELECT count(*) FROM quote_items WHERE quote_id = {int(row[0])}")[0][0]
+        == items
+    )
+
+
+def test_apply_deletes_never_fires_a_cascade(target: str, lite_bundle: Path) -> None:
+    """--apply-deletes deletes the rows deleted after the deploy that are unchanged and that no
+    row references; a quote the old app gave a new item since stays (its ON DELETE CASCADE items
+    would otherwise go with it), and so does the item."""
+    b = open_bundle(lite_bundle)
+    base = sqlite3.connect(b.base_db)
+    (quote,) = base.execute("SELECT id FROM quotes WHERE _recovery_kind = 'deleted'").fetchone()
+    deleted_items = [
+        r[0] for r in base.execute("SELECT id FROM quote_items WHERE _recovery_kind = 'deleted'")
+    ]
+    _exec(
+        target,
+        "INSERT INTO quote_items (quote_id, part_id, qty, unit_price) "
+        f"VALUES ({int(quote)}, 1, 7, 1.5)",
+    )
+    before = _q(target, f"SELECT count(*) FROM quote_items WHERE quote_id = {int(quote)}")[0][0]
+    o = reimport_postgres(target, b, MergeOptions(apply_deletes=True))
+    assert _q(target, f"SELECT count(*) FROM quotes WHERE id = {int(quote)}")[0][0] == 1
+    assert o.tables["quotes"].deleted == 0
+    left = _q(target, f"SELECT count(*) FROM quote_items WHERE quote_id = {int(quote)}")[0][0]
+    gone = [
+        i for i in deleted_items if not _q(target, f"SELECT 1 FROM quote_items WHERE id = {int(i)}")
+    ]
+    assert o.tables["quote_items"].deleted == len(gone) > 0
+    assert left == before - sum(1 for i in gone if i in _items_of(b, quote))
+    assert (
+        _q(target, "SELECT count(*) FROM quote_items WHERE qty = 7 AND unit_price = 1.5")[0][0] == 1
+    )
+
+
+def _items_of(b: Any, quote: int) -> set[int]:
+    base = sqlite3.connect(b.base_db)
+    return {r[0] for r in base.execute("SELECT id FROM quote_items WHERE quote_id = ?", (quote,))}

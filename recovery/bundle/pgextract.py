@@ -149,6 +149,9 @@ def extract_table(conn: Any, a: Analysis, name: str, counts: dict[str, Any]) -> 
     s = sides(old_t, a.mapping.tables[name])
     if isinstance(s, str):
         raise RecoveryError(f"cannot extract {name}: {s}", "map the key column in the mapping file")
+    # a plain equality where the key holds no NULL: PostgreSQL hashes or merges it (the NULL-safe
+    # comparison it cannot, which makes every join a nested loop over a foreign scan)
+    key_eq = is_same if s.null_safe_key else (lambda x, y: exp.EQ(this=x, expression=y))
     old_cols = list(old_t.column_names)
     _create_like(conn, "bbase", name, "old", name)
     n_cols = [col(c, "n") for c in new_cols]
@@ -169,23 +172,21 @@ def extract_table(conn: Any, a: Analysis, name: str, counts: dict[str, Any]) -> 
             .from_(table(name, "old", "o"))
             .join(
                 table(a.live_name(name), "new", "n"),
-                on=and_all(
-                    (is_same if s.null_safe_key else lambda x, y: exp.EQ(this=x, expression=y))(
-                        o, n
-                    )
-                    for o, n in zip(s.old_key, s.new_key, strict=True)
-                ),
+                on=and_all(key_eq(o, n) for o, n in zip(s.old_key, s.new_key, strict=True)),
             )
             .where(cond)
         )
         upd = _insert_select(conn, "bnew", name, new_cols, upd_q)
+    # statistics before joining the backup to it: unanalysed, the planner may drive a foreign
+    # scan of the backup once per bundle row
+    run(conn, command(f"ANALYZE {ident('bnew')}.{ident(name)}"))
     base_q = (
         exp.select(*[col(c, "o") for c in old_cols], exp.Literal.string(RowKind.UPDATED))
         .from_(table(name, "old", "o"))
         .join(
             table(name, "bnew", "b"),
             on=and_all(
-                [is_same(o, _rebase(n, "b")) for o, n in zip(s.old_key, s.new_key, strict=True)]
+                [key_eq(o, _rebase(n, "b")) for o, n in zip(s.old_key, s.new_key, strict=True)]
                 + [exp.EQ(this=col(KIND, "b"), expression=exp.Literal.string(RowKind.UPDATED))]
             ),
         )
@@ -256,7 +257,10 @@ def close_foreign_keys(conn: Any, a: Analysis, counts: dict[str, Any]) -> None:
                     ),
                 ]
                 if a.old.table(fk.ref_table) is not None:
-                    match = and_all(is_same(col(x, "po"), col(x, "p")) for x in fk.ref_columns)
+                    # (the parent's key is not NULL here: it is in a list of non-NULL keys)
+                    match = and_all(
+                        exp.EQ(this=col(x, "po"), expression=col(x, "p")) for x in fk.ref_columns
+                    )
                     conds.append(
                         exp.Not(
                             this=exp.Exists(
@@ -541,16 +545,25 @@ def analyse_pg(
 
 def live_identity(live: PostgresEngine) -> dict[str, Any]:
     """What identifies the live source at extract time (no content hash: that would read every
-    row once more): the server's system identifier, the database, its snapshot; ``sha256`` is the
-    hash of those."""
+    row once more): the server's system identifier (when this user may read it), the database,
+    its snapshot; ``sha256`` is the hash of those."""
     with live.readonly("live database") as conn:
-        sysid, snap, oid = run(
+        snap, oid = run(
             conn,
-            "SELECT (SELECT system_identifier FROM pg_catalog.pg_control_system()), "
-            "CAST(pg_catalog.pg_current_snapshot() AS TEXT), "
+            "SELECT CAST(pg_catalog.pg_current_snapshot() AS TEXT), "
             "(SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())",
         ).fetchone()
-    ident_ = {"system_identifier": str(sysid), "database_oid": int(oid), "snapshot": str(snap)}
+        try:
+            (sysid,) = run(
+                conn, "SELECT system_identifier FROM pg_catalog.pg_control_system()"
+            ).fetchone()
+        except psycopg.errors.InsufficientPrivilege:
+            sysid = None
+    ident_ = {
+        "system_identifier": None if sysid is None else str(sysid),
+        "database_oid": int(oid),
+        "snapshot": str(snap),
+    }
     digest = hashlib.sha256(json.dumps(ident_, sort_keys=True).encode()).hexdigest()
     return {"path": live.spec, "url": live.spec, **ident_, "sha256": digest}
 

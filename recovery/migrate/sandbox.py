@@ -197,6 +197,7 @@ PG_ENV_VARS = (
     "PGOPTIONS",
     "PGSSLMODE",
     "PGAPPNAME",
+    "PGSYSCONFDIR",
 )
 """libpq's environment: the child gets none of the tool's (no password of a real database
 reaches it); on a PostgreSQL scratch, the run role's connection to it."""
@@ -216,6 +217,7 @@ def child_environment(
         env.pop(key, None)
     env["PGPASSFILE"] = os.devnull
     env["PGSERVICEFILE"] = os.devnull
+    env["PGSYSCONFDIR"] = os.devnull  # (no pg_service.conf of the system's either)
     if server_url is not None:
         from sqlalchemy.engine import make_url
 

@@ -334,30 +334,46 @@ class Guard:
             and sqlalchemy.engine.create_engine is create_engine
         )
 
-    def patch_psycopg(self) -> None:
-        """Wrap ``psycopg.connect`` (SQLAlchemy's psycopg dialect connects through it): any
-        database or user but the scratch database and the run's role is refused, whatever the
-        connection string, keywords or ``PG*`` environment say."""
-        import psycopg
+    def check_conninfo(self, conninfo: str, kwargs: dict[str, Any]) -> None:
+        """Refuse a psycopg connection to any database or as any user but the scratch database
+        and the run's role, whatever the connection string, keywords or ``PG*`` environment say;
+        a service name (whose file could name any database) is refused too."""
         from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-        original = psycopg.Connection.connect.__func__  # type: ignore[attr-defined]
+        libpq = {k: v for k, v in kwargs.items() if k not in _PSYCOPG_ARGS and v is not None}
+        params = conninfo_to_dict(make_conninfo(conninfo, **libpq))
+        database = params.get("dbname") or os.environ.get("PGDATABASE")
+        user = params.get("user") or os.environ.get("PGUSER")
+        database = database or user
+        if params.get("service") or params.get("passfile"):
+            self.refuse(
+                "psycopg.connect with a service or password file: only the scratch database may be used"
+            )
+        if not self.allowed_server(database, user):
+            self.refuse(
+                f"psycopg.connect(dbname={database!r}, user={user!r}): only the scratch "
+                f"database {self.server['database'] if self.server else '?'!r} may be used"
+            )
+
+    def patch_psycopg(self) -> None:
+        """Wrap ``psycopg.connect`` and ``psycopg.AsyncConnection.connect`` (SQLAlchemy's psycopg
+        dialects connect through them) with :meth:`check_conninfo`."""
+        import psycopg
+
+        sync_connect = psycopg.Connection.connect.__func__  # type: ignore[attr-defined]
+        async_connect = psycopg.AsyncConnection.connect.__func__  # type: ignore[attr-defined]
         guard = self
 
         def connect(cls: Any, conninfo: str = "", **kwargs: Any) -> Any:
-            libpq = {k: v for k, v in kwargs.items() if k not in _PSYCOPG_ARGS and v is not None}
-            params = conninfo_to_dict(make_conninfo(conninfo, **libpq))
-            database = params.get("dbname") or os.environ.get("PGDATABASE")
-            user = params.get("user") or os.environ.get("PGUSER")
-            database = database or user
-            if not guard.allowed_server(database, user):
-                guard.refuse(
-                    f"psycopg.connect(dbname={database!r}, user={user!r}): only the scratch "
-                    f"database {guard.server['database'] if guard.server else '?'!r} may be used"
-                )
-            return original(cls, conninfo, **kwargs)
+            guard.check_conninfo(conninfo, kwargs)
+            return sync_connect(cls, conninfo, **kwargs)
+
+        async def aconnect(cls: Any, conninfo: str = "", **kwargs: Any) -> Any:
+            guard.check_conninfo(conninfo, kwargs)
+            return await async_connect(cls, conninfo, **kwargs)
 
         psycopg.Connection.connect = classmethod(connect)  # type: ignore[assignment,method-assign]
+        psycopg.AsyncConnection.connect = classmethod(aconnect)  # type: ignore[assignment,method-assign]
         psycopg.connect = psycopg.Connection.connect
 
 

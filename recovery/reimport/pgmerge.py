@@ -508,6 +508,8 @@ def _stage(m: PgMerge, lite: sqlite3.Connection) -> None:
             m.run(
                 exp.Drop(kind="TABLE", tables=[_tmp(f"r{kind}", i)])
             )  # the text copy is no longer needed
+        for kind in ("ins", "upd"):  # row counts for the planner: the joins below stay hash joins
+            m.run(command(f"ANALYZE {_tmp(kind, i).sql('postgres')}"))
         for kind in ("skip", "uskip", "present"):
             m.run(_rid_table(_tmp(kind, i)))
         to = m.outcome.tables.setdefault(name, TableOutcome(name))
@@ -1011,10 +1013,16 @@ def _update(m: PgMerge, s: _Staged) -> list[int]:
             values = exp.Values(expressions=[exp.Tuple(expressions=[_num(r)]) for r in hit_rids])
             m.run(exp.Insert(this=rowc, expression=values))
         return moving
+    cols = m.cat.columns(t.name)
     for j in moving:
+        name = tp.updatable[j]
         clash = and_all(
             [is_distinct(th(j), ba(j)), is_distinct(ou(j), ba(j)), is_distinct(ou(j), th(j))]
         )
+        nulled: exp.Expression = exp.false()
+        if cols[name].not_null:  # a NULL the target cannot hold: the target's value is kept
+            clash = and_all([clash, exp.Not(this=exp.Is(this=th(j), expression=exp.Null()))])
+            nulled = and_all([exp.Is(this=th(j), expression=exp.Null()), is_distinct(th(j), ba(j))])
         q = (
             exp.select(
                 *[col(f"key_{k}", "u") for k in range(nk)],
@@ -1022,20 +1030,37 @@ def _update(m: PgMerge, s: _Staged) -> list[int]:
                 txt(th(j)),
                 txt(ou(j)),
                 txt(ba(j)),
+                nulled.copy(),
             )
             .from_(_tmp("upd", s.i, "u"))
             .join(_t(t.name, "t"), on=key_match.copy())
-            .where(and_all([clash, _not_in(col(RID, "u"), _tmp("uskip", s.i))]))
+            .where(and_all([or_all([clash, nulled]), _not_in(col(RID, "u"), _tmp("uskip", s.i))]))
             .order_by(col(RID, "u"))
         )
         for row in m.rows(q):
+            key = tuple(_plain(v) for v in row[:nk])
+            if row[nk + 4]:
+                m.conflict(
+                    Conflict(
+                        ConflictKind.CONSTRAINT,
+                        t.name,
+                        key,
+                        Resolution.KEPT_TARGET,
+                        column=name,
+                        target_value=row[nk + 2],
+                        base_value=row[nk + 3],
+                        label=row[nk],
+                        detail=f"{name} became NULL after the deploy; NOT NULL in the target",
+                    )
+                )
+                continue
             m.conflict(
                 Conflict(
                     ConflictKind.UPDATE_UPDATE,
                     t.name,
-                    tuple(_plain(v) for v in row[:nk]),
+                    key,
                     resolution,
-                    column=tp.updatable[j],
+                    column=name,
                     bundle_value=row[nk + 1],
                     target_value=row[nk + 2],
                     base_value=row[nk + 3],
@@ -1072,6 +1097,8 @@ def _propagate(m: PgMerge) -> None:
                         and_all(
                             [
                                 _in(col(RID, "p"), _tmp("skip", parent.i)),
+                                # a parent skipped as already in the target is there
+                                _not_in(col(RID, "p"), _tmp("present", parent.i)),
                                 _not_in(col(RID, "c"), _tmp("skip", child.i)),
                             ]
                         )
@@ -1093,6 +1120,7 @@ def _propagate(m: PgMerge) -> None:
                             and_all(
                                 [
                                     _in(col(RID, "p"), _tmp("skip", parent.i)),
+                                    _not_in(col(RID, "p"), _tmp("present", parent.i)),
                                     _not_in(col(RID, "c"), _tmp("uskip", child.i)),
                                     # a parent the target holds is still there
                                     exp.Not(
@@ -1272,12 +1300,12 @@ def _apply(m: PgMerge, moving: dict[str, list[int]]) -> None:
             m.run(_alter(name, f"DISABLE TRIGGER {ident(tg)}"))
             suspended.append((name, tg))
     m.outcome.triggers_suspended = [tg for _, tg in suspended]
+    m.outcome.sequences = _sequences(m)
     for s in m.staged:
         _insert(m, s)
     for s in m.staged:
         _update_rows(m, s, moving.get(s.tp.table, []))
     _deletes(m)
-    m.outcome.sequences = _sequences(m)
     for name, tg in suspended:
         m.run(_alter(name, f"ENABLE TRIGGER {ident(tg)}"))
 
@@ -1502,7 +1530,18 @@ def _deletes(m: PgMerge) -> None:
                 ).from_(_tmp("rdel", n_del, "r")),
             )
         )
-        same = and_all(is_same(col(c, "t"), col(c, "d")) for c in cols)
+        # the key by plain equality (the target's key index finds the row), the rest NULL-safe
+        keyed = bool(t.primary_key) and set(t.primary_key) <= set(cols)
+        same = and_all(
+            [
+                *([_key_eq(t.primary_key, "t", "d")] if keyed else []),
+                *[
+                    is_same(col(c, "t"), col(c, "d"))
+                    for c in cols
+                    if not (keyed and c in t.primary_key)
+                ],
+            ]
+        )
         listed = (
             exp.select(
                 *[col(k, "d") for k in t.key],
@@ -1547,8 +1586,11 @@ def _deletes(m: PgMerge) -> None:
 
 
 def _sequences(m: PgMerge) -> list[dict[str, Any]]:
-    """Every sequence/identity of a written table set past every key in it and past the live
-    database's counter (``setval``; not under ``--dry-run``: a sequence is not transactional)."""
+    """Every sequence/identity of a written table set past every key it holds and every key
+    about to be carried (remapped ones included) and past the live database's counter. Done
+    before the first insert, so an application session drawing keys meanwhile never gets one
+    the re-import carries (``setval`` is not transactional: a rolled-back run leaves only a gap;
+    not under ``--dry-run``)."""
     live = {n.lower(): v for n, v in live_from_manifest(m.bundle.manifest).items()}
     out: list[dict[str, Any]] = []
     for s in m.staged:
@@ -1558,7 +1600,17 @@ def _sequences(m: PgMerge) -> list[dict[str, Any]]:
             if seq is None:
                 continue
             before = m.cat.last_value(seq)
-            top = m.rows(exp.select(exp.func("max", col(c.name))).from_(_t(name)))[0][0]
+            tops: list[exp.Expression] = [
+                exp.select(exp.func("max", col(c.name))).from_(_t(name)).subquery()
+            ]
+            if c.name in s.columns:  # the keys about to be carried
+                tops.append(
+                    exp.select(exp.func("max", col(c.name)))
+                    .from_(_tmp("ins", s.i, "s"))
+                    .where(_not_in(col(RID, "s"), _tmp("skip", s.i)))
+                    .subquery()
+                )
+            top = m.rows(exp.select(exp.func("greatest", *tops)))[0][0]
             top = int(top) if top is not None else 0
             want = max(top, int(live.get(name.lower(), 0)))
             entry = {

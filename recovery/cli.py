@@ -494,7 +494,7 @@ def _confirm_or_refuse(yes: bool, dry_run: bool, question: str) -> None:
 
 @main.command("reimport", epilog=EXIT_CODES_HELP)
 @click.argument("bundle_dir", type=click.Path(path_type=Path))
-@click.argument("db", type=click.Path(path_type=Path))
+@click.argument("db")  # a path, or a postgresql:// URL (a Path would fold its "//")
 @click.option(
     "--out",
     "out_dir",
@@ -514,7 +514,7 @@ def _confirm_or_refuse(yes: bool, dry_run: bool, question: str) -> None:
 @quiet_option
 def reimport_cmd(
     bundle_dir: Path,
-    db: Path,
+    db: str,
     out_dir: Path | None,
     uploads: Path | None,
     expect_bundle_id: str | None,
@@ -534,10 +534,14 @@ def reimport_cmd(
     The bundle's id, the live source's fingerprint, its path and the extract time are shown first;
     --expect-bundle-id refuses any other bundle (an edited bundle has another id).
 
+    DB may be a postgresql:// URL: the same merge in one server transaction (a pg_dump safety
+    copy goes to RUN/safety first).
+
     Example:
 
     \b
         recovery reimport run/bundle gestima.db --yes
+        recovery reimport run/bundle postgresql://app@db/gestima --yes
     """
     from recovery import commands, progress
     from recovery.options import ReimportOptions
@@ -605,6 +609,12 @@ def reimport_cmd(
     "their commits after the safety copy are listed in late_commits.json. Overrides nothing else.",
 )
 @click.option(
+    "--terminate-sessions",
+    is_flag=True,
+    help="PostgreSQL: end the other sessions connected to the database (pg_terminate_backend) "
+    "instead of refusing while they are there.",
+)
+@click.option(
     "--allow-newer-backup",
     is_flag=True,
     help="Proceed although the backup file is newer than the live DB.",
@@ -649,6 +659,7 @@ def rollback_cmd(
     conflicts: str = "cell",
     statement_timeout: float | None = None,
     full_verify: bool = False,
+    terminate_sessions: bool = False,
 ) -> None:
     """Roll DB back to BACKUP's release without losing post-deploy work: refuse while the app holds
     the DB, safety copy, extract the post-deploy changes, restore the backup atomically, re-import
@@ -692,6 +703,7 @@ def rollback_cmd(
         same_installation=same_installation,
         downgrade_to=downgrade_to,
         full_verify=full_verify,
+        terminate_sessions=terminate_sessions,
     )
     res = commands.rollback(
         db=db,
@@ -730,6 +742,8 @@ def undo_cmd(run_dir: Path, force: bool, dry_run: bool, yes: bool) -> None:
     another process holds the DB, and when the live DB changed since the run left it unless --force.
     A consistent copy of the current live file is always kept in RUN_DIR/undo/ first. A second undo
     changes nothing. Use it when a rollback failed after its restore, or to return to the new release.
+    On PostgreSQL the safety database is renamed back in one transaction and the database it
+    replaces is kept, renamed.
 
     Example:
 
@@ -886,7 +900,7 @@ def apply_deletes_cmd(run_dir: Path, only: Path | None, dry_run: bool, yes: bool
 
 @main.command("relink", epilog=EXIT_CODES_HELP)
 @click.argument("bundle_dir", type=click.Path(path_type=Path))
-@click.argument("db", type=click.Path(path_type=Path))
+@click.argument("db")  # a path, or a postgresql:// URL
 @click.option(
     "--uploads", required=True, type=click.Path(path_type=Path), help="The app's uploads folder."
 )
@@ -902,7 +916,7 @@ def apply_deletes_cmd(run_dir: Path, only: Path | None, dry_run: bool, yes: bool
 @statement_timeout_option
 def relink_cmd(
     bundle_dir: Path,
-    db: Path,
+    db: str,
     uploads: Path,
     files_table: str | None,
     path_column: str | None,
@@ -915,6 +929,7 @@ def relink_cmd(
     recorded sha256 (from the bundle when missing; beside, never over, a different file), and make
     entity links follow remapped keys. Unsafe stored paths (absolute, `..`, symlinks out of the
     folder) are never read or written, only reported. Exits 1 when files are missing or unsafe.
+    DB may be a postgresql:// URL (the files table's fixes in one server transaction).
 
     Example:
 

@@ -404,7 +404,14 @@ def reimport(
         bundle.check_expected_id(expect_bundle_id)
         _stopped_unless(None if confirm is None else lambda: confirm(bundle))
         with progress.step("reimport"):
-            res = run_reimport(bundle, db, out_dir, options=opts, uploads=uploads)
+            from recovery.engine.base import is_postgres_url
+
+            if is_postgres_url(os.fspath(db)):
+                from recovery.reimport.pgmerge import run_reimport_postgres
+
+                res = run_reimport_postgres(bundle, os.fspath(db), out_dir, opts, uploads)
+            else:
+                res = run_reimport(bundle, db, out_dir, options=opts, uploads=uploads)
     _log_run("reimport", res)
     return res
 
@@ -428,6 +435,27 @@ def rollback(
 
     opts = options or RollbackOptions()
     log.debug("rollback options: %s", _changed(opts))
+    from recovery.engine.base import is_postgres_url, normalise_spec
+
+    if is_postgres_url(os.fspath(db)):
+        from datetime import datetime
+
+        from recovery.restore.pgrollback import rollback_postgres
+
+        stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
+        with override(opts.statement_timeout):
+            res = rollback_postgres(
+                normalise_spec(os.fspath(db)),
+                os.fspath(backup),
+                Path(out_dir) if out_dir else Path(f"recovery-run-{stamp}"),
+                opts,
+                alembic_ini=alembic_ini,
+                uploads=uploads,
+                mapping=mapping,
+                confirm=confirm,
+            )
+        _log_run("rollback", res)
+        return res
     with override(opts.statement_timeout):
         res = run_rollback(
             db,
@@ -488,7 +516,13 @@ def undo(
 ) -> UndoResult:
     """Put a rollback's safety copy back as the live DB (:func:`recovery.pipeline.undo`)."""
     from recovery.pipeline import undo as run_undo
+    from recovery.restore.pgrollback import postgres_run
 
+    data = postgres_run(Path(run_dir))
+    if data is not None:
+        from recovery.restore.pgrollback import undo_postgres
+
+        return undo_postgres(Path(run_dir), data, force=force, dry_run=dry_run, confirm=confirm)
     return run_undo(run_dir, force=force, dry_run=dry_run, confirm=confirm)
 
 
@@ -571,6 +605,16 @@ def relink(
         files_table or default.table, path_column or default.path, hash_column or default.sha256
     )
     with override(statement_timeout):
+        from recovery.engine.base import is_postgres_url
+
+        if is_postgres_url(os.fspath(db)):
+            from recovery.bundle.store import open_bundle
+            from recovery.files.pgrelink import relink_postgres
+
+            report = relink_postgres(
+                open_bundle(bundle_dir), os.fspath(db), Path(uploads), cfg, dry_run=dry_run
+            )
+            return RelinkResult(report, dry_run)
         return RelinkResult(
             run_relink(bundle_dir, db, Path(uploads), cfg, dry_run=dry_run), dry_run
         )

@@ -67,6 +67,9 @@ class RollbackOptions(ReimportOptions):
     full_verify: bool = False
     """``--full-verify``: the whole ``integrity_check`` and ``foreign_key_check`` of the rolled-back
     database instead of the checks bounded by what the re-import wrote."""
+    terminate_sessions: bool = False
+    """``--terminate-sessions`` (PostgreSQL): end the other sessions connected to the database
+    (``pg_terminate_backend``) instead of refusing while they are there."""
 
 
 def with_fields(cls: type[Any], base: Any | None, overrides: dict[str, Any]) -> Any:

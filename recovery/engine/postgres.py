@@ -41,6 +41,10 @@ DIALECT = "postgres"
 SCRATCH_PREFIX = "recovery_scratch_"
 """Every database the tool creates for its own work starts with this; they are dropped after use."""
 TOOL_TIMEOUT = 3600
+STAGED_PREFIX = "recovery_staged_"
+"""The restored (or undo) database waits under this prefix until the swap renames it."""
+NAME_BYTES = 63
+"""PostgreSQL's longest identifier (NAMEDATALEN - 1), in bytes."""
 
 
 # ---- statements ---------------------------------------------------------------------------------
@@ -362,11 +366,12 @@ class PostgresEngine(Engine):
         and ``new`` (this database); closing it through :func:`pair_workspace` drops it."""
         raise NotImplementedError("use recovery.engine.postgres.pair_workspace (a context manager)")
 
-    def fingerprint(self) -> dict[str, Any]:
+    def fingerprint(self, conn: Any = None) -> dict[str, Any]:
         """Per table: row count and an md5 of its rows in key order; with the transaction-id
-        horizon, equal fingerprints mean nothing was committed in between."""
+        horizon, equal fingerprints mean nothing was committed in between. ``conn``: an open
+        read-only connection to this database to use (else one is opened)."""
         out: dict[str, Any] = {}
-        with self.readonly("database") as conn:
+        with self._readonly_or(conn) as conn:
             run(conn, command("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"))
             for schema, name in user_tables(conn):
                 q = sqlglot.parse_one(
@@ -386,26 +391,30 @@ class PostgresEngine(Engine):
             run(conn, command("COMMIT"))
         return out
 
+    @contextmanager
+    def _readonly_or(self, conn: Any) -> Iterator[Any]:
+        if conn is not None:
+            yield conn
+        else:
+            with self.readonly("database") as own:
+                yield own
+
     # -- who else is there
     def holders(self, ignore_own_guard: bool = False) -> list[Holder]:
+        """The other sessions on this database; a session that ends within a second (a connection
+        just closed, whose backend is still exiting) is not one."""
+        with connect(self.admin_url(), "server") as admin:
+            found = _wait_gone(admin, self.database, set(), timeout=1.0)
+        return self._as_holders(found)
+
+    def terminate_holders(self) -> list[Holder]:
+        """End every other session connected to this database (``pg_terminate_backend``) and wait
+        until they are gone; returns them. Only on the operator's explicit request
+        (``--terminate-sessions``)."""
         with connect(self.admin_url(), "server") as admin:
             found = sessions(admin, self.database)
-        return [
-            Holder(
-                s.pid,
-                ", ".join(
-                    x
-                    for x in (
-                        f"user {s.user}" if s.user else "",
-                        f"application {s.application!r}" if s.application else "",
-                        f"client {s.client}" if s.client else "local socket",
-                    )
-                    if x
-                ),
-                [f"session ({s.state or 'unknown state'})"],
-            )
-            for s in found
-        ]
+            terminate_sessions(admin, self.database, [s.pid for s in found], set())
+        return self._as_holders(found)
 
     def write_lock_held(self) -> bool:
         """A session of another backend holds a lock stronger than reading on a table here."""
@@ -422,21 +431,221 @@ class PostgresEngine(Engine):
             )
             return int(run(conn, q).fetchone()[0]) > 0
 
-    # -- restore (issue 19: not built in this round; refused before anything is touched)
+    # -- restore: a new database beside the live one, then one renaming transaction
+    def staging_name(self, purpose: str = "restore") -> str:
+        """The staged database's name for ``purpose`` (``"restore"``, ``"undo"``): derived from the
+        live database's name, so a resumed run finds its own leftover and two runs on one database
+        cannot stage at once (CREATE DATABASE refuses the second)."""
+        return f"{STAGED_PREFIX}{purpose}_{_name_token(self.database)}"
+
+    def kept_name(self, label: str, token: str) -> str:
+        """The name the replaced database keeps (``<live>_<label>_<token>``, cut to fit PostgreSQL's
+        63-byte names), e.g. the rollback's safety copy ``gestima_safety_1a2b3c4d``."""
+        return _fit_name(self.database, f"_{label}_{token}")
+
+    def facts(self) -> DatabaseFacts:
+        """Owner, encoding, locale, connection limit, privileges, settings and extensions of this
+        database: what a database restored in its place must keep."""
+        with connect(self.admin_url(), "server") as admin:
+            row = run(admin, _FACTS_SQL, (self.database,)).fetchone()
+            if row is None:
+                raise RecoveryError(
+                    f"database {self.spec} does not exist", "check the database name in the URL"
+                )
+            settings = [
+                (r[0], sorted(r[1] or []))
+                for r in run(admin, _SETTINGS_SQL, (self.database,)).fetchall()
+            ]
+            grants = sorted(
+                (r[0], r[1], bool(r[2]))
+                for r in run(admin, _GRANTS_SQL, (self.database,)).fetchall()
+            )
+        with self.readonly("live database") as conn:
+            extensions = [
+                (r[0], r[1])
+                for r in run(
+                    conn,
+                    "SELECT e.extname, n.nspname FROM pg_catalog.pg_extension AS e "
+                    "JOIN pg_catalog.pg_namespace AS n ON n.oid = e.extnamespace ORDER BY e.extname",
+                ).fetchall()
+            ]
+        return DatabaseFacts(
+            owner=row[0],
+            encoding=row[1],
+            collate=row[2],
+            ctype=row[3],
+            provider=row[4],
+            icu_locale=row[5],
+            connlimit=int(row[6]),
+            acl=sorted(row[7]) if row[7] is not None else None,
+            allow_connections=bool(row[8]),
+            settings=sorted(settings),
+            extensions=extensions,
+            grants=grants,
+        )
+
     def stage_restore(
         self, backup: Path, prepare: Callable[[Path], None] | None = None, purpose: str = "restore"
     ) -> Staged:
-        raise RecoveryError(
-            "restoring a PostgreSQL database is not built yet",
-            "restore the dump with pg_restore into a new database by hand",
-        )
+        """A new database ``recovery_staged_<purpose>_<token>`` restored from the pg_dump file
+        ``backup`` with ``pg_restore`` (the tool matching the server's version; the objects'
+        owners and privileges as dumped), created with this database's owner, encoding and locale,
+        then given its connection limit, database-level privileges (``datacl``), per-database
+        settings (``pg_db_role_setting``) and extensions. Checked against this database's facts
+        before it is returned. This database is not touched; a failed staging leaves nothing."""
+        if prepare is not None:
+            raise RecoveryError(
+                "--downgrade-to is not supported on PostgreSQL",
+                "restore from the backup instead (omit --downgrade-to)",
+            )
+        if not is_dump_file(backup):
+            raise RecoveryError(
+                f"backup {backup} is not a pg_dump custom-format file",
+                "pass the .dump written by recovery snapshot/sample",
+            )
+        name = self.staging_name(purpose)
+        facts = self.facts()
+        with self.readonly("live database") as conn:
+            major, _ = server_version(conn)  # type: ignore[arg-type]
+        with connect(self.admin_url(), "server") as admin:
+            run(admin, drop_database_sql(name))  # our own leftover (never the live database)
+            try:
+                run(admin, _create_like_sql(name, facts))
+            except psycopg.Error as exc:
+                raise RecoveryError(
+                    f"cannot create the staged database {name} on {self.spec}: "
+                    f"{_first_line(str(exc))}; nothing was changed",
+                    "the user needs the CREATEDB privilege (and membership in the owner's role)",
+                ) from None
+        staged = self.with_database(name)
+        try:
+            restore_into(backup, staged.url, find_tool("pg_restore", major), keep_owners=True)
+            _give_facts(staged, facts)
+            got = staged.facts()
+            differs = facts.differences(got)
+            if differs:
+                raise RecoveryError(
+                    f"the staged database {name} could not be given the live database's "
+                    f"{', '.join(differs)}; nothing was changed",
+                    "restore as a superuser or as the database owner",
+                )
+        except BaseException:
+            self.discard(Staged(name, ""))
+            raise
+        return Staged(name, sha256_file(backup))
 
-    def swap_in(self, staged: Staged, window: Any = None) -> None:
-        raise RecoveryError("swapping PostgreSQL databases is not built yet", "nothing was changed")
+    def swap_in(
+        self,
+        staged: Staged,
+        window: Any = None,
+        *,
+        keep_as: str | None = None,
+        terminate: bool = False,
+        check: Callable[[Connection], None] | None = None,
+        drop_on_refusal: bool = True,
+    ) -> None:
+        """Rename this database to ``keep_as`` and ``staged`` to this database's name in ONE
+        transaction (PostgreSQL renames databases transactionally), so every connection made by
+        name reaches either the old database or the complete staged one.
+
+        Before it, new connections to this database are refused (``ALLOW_CONNECTIONS false``), the
+        sessions still connected are terminated when ``terminate`` (else the swap is refused,
+        naming them), and ``check(conn)`` runs on a connection opened before the block (e.g. "the
+        live data is still what was extracted"; raising refuses the swap). The renaming
+        transaction also gives ``keep_as`` back its ``ALLOW_CONNECTIONS``. Refused or failed
+        before the commit: this database is as it was (connections allowed again) and the staged
+        database is dropped unless ``drop_on_refusal`` is False (an undo swapping the safety
+        database back never drops it)."""
+        keep = keep_as or self.kept_name("safety", _name_token(staged.location))
+        if keep == self.database or staged.location == self.database:
+            raise RecoveryError(f"cannot swap {self.spec} with itself", "nothing was changed")
+        swapped = False
+        blocked = False
+        facts: DatabaseFacts | None = None
+        try:
+            with connect(self.admin_url(), "server") as admin:
+                if database_exists(admin, keep):
+                    raise RecoveryError(
+                        f"a database named {keep} already exists on the server; nothing was changed",
+                        "rename or drop it, then run the same command again",
+                    )
+                if not database_exists(admin, staged.location):
+                    raise RecoveryError(
+                        f"the staged database {staged.location} is gone; nothing was changed",
+                        "run the same command again (it stages the restore anew)",
+                    )
+                facts = self.facts()
+                probe = self.connect_readonly("live database") if check is not None else None
+                try:
+                    run(admin, _allow_connections_sql(self.database, False))
+                    blocked = True
+                    mine = {int(probe.info.backend_pid)} if probe is not None else set()
+                    others = _wait_gone(admin, self.database, mine, timeout=1.0)
+                    if others and terminate:
+                        terminate_sessions(admin, self.database, [s.pid for s in others], mine)
+                    elif others:
+                        raise RecoveryError(
+                            self.describe_holders(self._as_holders(others))
+                            + "; they would keep writing into the replaced database; nothing was changed",
+                            "stop the application, or pass --terminate-sessions to end them",
+                        )
+                    if probe is not None and check is not None:
+                        check(probe)
+                finally:
+                    if probe is not None:
+                        probe.close()
+                _wait_gone(admin, self.database, set())
+                try:
+                    run(admin, command("BEGIN"))
+                    run(admin, _rename_sql(self.database, keep))
+                    run(admin, _rename_sql(staged.location, self.database))
+                    if facts.allow_connections:
+                        run(admin, _allow_connections_sql(keep, True))
+                    run(admin, command("COMMIT"))
+                    swapped = True
+                except psycopg.Error as exc:
+                    admin.rollback()
+                    raise RecoveryError(
+                        f"swapping {staged.location} in as {self.database} failed: "
+                        f"{_first_line(str(exc))}; nothing was changed",
+                        "stop every session on the database, then run the same command again",
+                    ) from None
+        finally:
+            if not swapped:
+                if blocked and (facts is None or facts.allow_connections):
+                    with connect(self.admin_url(), "server") as admin:
+                        run(admin, _allow_connections_sql(self.database, True))
+                if drop_on_refusal:
+                    self.discard(staged)
+
+    def allow_connections(self, allow: bool = True) -> None:
+        """Let connections to this database in again (after a swap killed before its commit)."""
+        with connect(self.admin_url(), "server") as admin:
+            run(admin, _allow_connections_sql(self.database, allow))
 
     def discard(self, staged: Staged) -> None:
+        if staged.location == self.database:
+            raise RecoveryError(f"refusing to drop the live database {self.spec}")
         with connect(self.admin_url(), "server") as admin:
             run(admin, drop_database_sql(staged.location))
+
+    def _as_holders(self, found: list[Session]) -> list[Holder]:
+        return [
+            Holder(
+                s.pid,
+                ", ".join(
+                    x
+                    for x in (
+                        f"user {s.user}" if s.user else "",
+                        f"application {s.application!r}" if s.application else "",
+                        f"client {s.client}" if s.client else "local socket",
+                    )
+                    if x
+                ),
+                [f"session ({s.state or 'unknown state'})"],
+            )
+            for s in found
+        ]
 
     # -- re-import hooks
     def read_sequences(self, conn: Connection, schema: str = "public") -> dict[str, int]:
@@ -496,20 +705,14 @@ def dump_to(url: URL, dst: Path, pg_dump: str, snapshot_id: str | None = None) -
         tmp.unlink(missing_ok=True)
 
 
-def restore_into(dump: Path, url: URL, pg_restore: str) -> None:
+def restore_into(dump: Path, url: URL, pg_restore: str, keep_owners: bool = False) -> None:
     """``pg_restore`` of ``dump`` into the (new, empty) database ``url``, stopping at the first
-    error. Owners and privileges are not replayed: a scratch copy belongs to whoever made it."""
+    error. Owners and privileges are replayed only when ``keep_owners`` (the restore that becomes
+    the live database); a scratch copy belongs to whoever made it."""
     uri, env = _tool_env(url)
+    keep = [] if keep_owners else ["--no-owner", "--no-privileges"]
     r = subprocess.run(
-        [
-            pg_restore,
-            "--no-password",
-            "--exit-on-error",
-            "--no-owner",
-            "--no-privileges",
-            f"--dbname={uri}",
-            str(dump),
-        ],
+        [pg_restore, "--no-password", "--exit-on-error", *keep, f"--dbname={uri}", str(dump)],
         capture_output=True,
         text=True,
         env=env,
@@ -521,6 +724,206 @@ def restore_into(dump: Path, url: URL, pg_restore: str) -> None:
             f"pg_restore of {dump} failed: {_first_line(r.stderr)}",
             "is it a pg_dump custom-format file of a compatible server?",
         )
+
+
+# ---- restoring in place of the live database -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DatabaseFacts:
+    """What a database restored in place of another must keep of it (:meth:`PostgresEngine.facts`)."""
+
+    owner: str
+    encoding: str
+    collate: str
+    ctype: str
+    provider: str
+    icu_locale: str | None
+    connlimit: int
+    acl: list[str] | None
+    """``datacl`` as text items (None: the defaults, PUBLIC may connect and create temp tables)."""
+    allow_connections: bool
+    settings: list[tuple[str, list[str]]]
+    """``pg_db_role_setting`` of the database: (role name or "" for every role, ["key=value", …])."""
+    extensions: list[tuple[str, str]]
+    """(extension, schema) installed in the database."""
+    grants: list[tuple[str, str, bool]]
+    """``datacl`` exploded: (grantee or "" for PUBLIC, privilege, with grant option)."""
+
+    def differences(self, other: DatabaseFacts) -> list[str]:
+        """What ``other`` (a staged database) lacks of these facts, in words; the staged database
+        may have more extensions (those its backup brings)."""
+        out = []
+        if other.owner != self.owner:
+            out.append(f"owner {self.owner}")
+        if (other.encoding, other.collate, other.ctype, other.provider, other.icu_locale) != (
+            self.encoding,
+            self.collate,
+            self.ctype,
+            self.provider,
+            self.icu_locale,
+        ):
+            out.append("encoding and locale")
+        if other.connlimit != self.connlimit:
+            out.append("connection limit")
+        if other.acl != self.acl:
+            out.append("privileges (datacl)")
+        if other.settings != self.settings:
+            out.append("settings (ALTER DATABASE … SET)")
+        missing = sorted(set(self.extensions) - set(other.extensions))
+        if missing:
+            out.append("extensions " + ", ".join(f"{e} (schema {s})" for e, s in missing))
+        return out
+
+
+_FACTS_SQL = (
+    "SELECT pg_catalog.pg_get_userbyid(d.datdba), pg_catalog.pg_encoding_to_char(d.encoding), "
+    "d.datcollate, d.datctype, CAST(d.datlocprovider AS TEXT), d.daticulocale, d.datconnlimit, "
+    "CAST(d.datacl AS TEXT[]), d.datallowconn FROM pg_catalog.pg_database AS d WHERE d.datname = %s"
+)
+_SETTINGS_SQL = (
+    "SELECT CASE WHEN s.setrole = 0 THEN '' ELSE pg_catalog.pg_get_userbyid(s.setrole) END, "
+    "s.setconfig FROM pg_catalog.pg_db_role_setting AS s "
+    "JOIN pg_catalog.pg_database AS d ON d.oid = s.setdatabase WHERE d.datname = %s"
+)
+_GRANTS_SQL = (
+    "SELECT CASE WHEN a.grantee = 0 THEN '' ELSE pg_catalog.pg_get_userbyid(a.grantee) END, "
+    "a.privilege_type, a.is_grantable FROM pg_catalog.pg_database AS d "
+    "CROSS JOIN LATERAL pg_catalog.aclexplode(d.datacl) AS a WHERE d.datname = %s"
+)
+_LIST_QUOTED = {
+    "search_path",
+    "temp_tablespaces",
+    "session_preload_libraries",
+    "shared_preload_libraries",
+    "local_preload_libraries",
+    "unix_socket_directories",
+}
+"""The settings PostgreSQL stores as a list of quoted names (``GUC_LIST_QUOTE``)."""
+
+
+def _name_token(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:10]
+
+
+def _fit_name(base: str, suffix: str) -> str:
+    """``base + suffix`` within :data:`NAME_BYTES` bytes, ``base`` cut at a character boundary."""
+    room = NAME_BYTES - len(suffix.encode("utf-8"))
+    cut = base.encode("utf-8")[:room].decode("utf-8", errors="ignore")
+    return cut + suffix
+
+
+def _create_like_sql(name: str, facts: DatabaseFacts) -> exp.Command:
+    locale = f" LC_COLLATE {literal(facts.collate)} LC_CTYPE {literal(facts.ctype)}"
+    if facts.provider == "i":
+        locale += f" LOCALE_PROVIDER icu ICU_LOCALE {literal(facts.icu_locale or '')}"
+    return command(
+        f"CREATE DATABASE {ident(name)} OWNER {ident(facts.owner)} TEMPLATE template0 "
+        f"ENCODING {literal(facts.encoding)}{locale}"
+    )
+
+
+def _allow_connections_sql(name: str, allow: bool) -> exp.Command:
+    return command(f"ALTER DATABASE {ident(name)} WITH ALLOW_CONNECTIONS {str(allow).lower()}")
+
+
+def _rename_sql(old: str, new: str) -> exp.Command:
+    return command(f"ALTER DATABASE {ident(old)} RENAME TO {ident(new)}")
+
+
+def _setting_values(key: str, value: str) -> str:
+    """The ``TO …`` list that stores ``key=value`` back as PostgreSQL flattened it."""
+    if key not in _LIST_QUOTED:
+        return literal(value)
+    items, cur, quoted, i = [], "", False, 0
+    while i < len(value):
+        ch = value[i]
+        if quoted:
+            if ch == '"' and value[i + 1 : i + 2] == '"':
+                cur += '"'
+                i += 1
+            elif ch == '"':
+                quoted = False
+            else:
+                cur += ch
+        elif ch == '"':
+            quoted = True
+        elif ch == ",":
+            items.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+        i += 1
+    items.append(cur.strip())
+    return ", ".join(literal(x) for x in items)
+
+
+def _give_facts(staged: PostgresEngine, facts: DatabaseFacts) -> None:
+    """Give the staged database the live one's connection limit, privileges, settings and
+    extensions (owner, encoding and locale were given by CREATE DATABASE)."""
+    name = ident(staged.database)
+    with connect(staged.admin_url(), "server") as admin:
+        if facts.connlimit != -1:
+            run(admin, command(f"ALTER DATABASE {name} CONNECTION LIMIT {int(facts.connlimit)}"))
+        if facts.acl is not None:
+            run(admin, command(f"REVOKE ALL ON DATABASE {name} FROM PUBLIC"))
+            run(admin, command(f"REVOKE ALL ON DATABASE {name} FROM {ident(facts.owner)}"))
+            for grantee, privilege, grantable in facts.grants:
+                who = ident(grantee) if grantee else "PUBLIC"
+                option = " WITH GRANT OPTION" if grantable else ""
+                run(
+                    admin,
+                    command(f"GRANT {privilege} ON DATABASE {name} TO {who}{option}"),
+                )
+        for role, items in facts.settings:
+            target = f"ROLE {ident(role)} IN DATABASE {name}" if role else f"DATABASE {name}"
+            for item in items:
+                key, _, value = item.partition("=")
+                run(
+                    admin,
+                    command(f"ALTER {target} SET {ident(key)} TO {_setting_values(key, value)}"),
+                )
+    if facts.extensions:
+        with connect(staged.url, "staged database") as conn:
+            for extension, schema in facts.extensions:
+                run(
+                    conn,
+                    command(
+                        f"CREATE EXTENSION IF NOT EXISTS {ident(extension)} SCHEMA {ident(schema)}"
+                    ),
+                )
+
+
+def terminate_sessions(
+    admin: psycopg.Connection[Any], database: str, pids: list[int], keep: set[int]
+) -> None:
+    """``pg_terminate_backend`` each of ``pids`` (sessions on ``database``), then wait until only
+    ``keep`` are left; refused (exit 2) when they do not go within 10 seconds."""
+    q = exp.select(exp.func("pg_terminate_backend", exp.Placeholder()))
+    for pid in pids:
+        run(admin, q, (pid,))
+    left = _wait_gone(admin, database, keep)
+    if left:
+        raise RecoveryError(
+            f"{len(left)} session(s) on {database} did not end when terminated "
+            f"(pids {', '.join(str(s.pid) for s in left)}); nothing was changed",
+            "stop the application, then run the same command again",
+        )
+
+
+def _wait_gone(
+    admin: psycopg.Connection[Any], database: str, keep: set[int], timeout: float = 10.0
+) -> list[Session]:
+    """Poll ``pg_stat_activity`` until only ``keep`` are connected to ``database`` (at most
+    ``timeout`` seconds); the sessions still there."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        left = [s for s in sessions(admin, database) if s.pid not in keep]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.05)
 
 
 def is_dump_file(path: str | os.PathLike[str]) -> bool:

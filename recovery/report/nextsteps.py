@@ -20,13 +20,14 @@ def _release(backup: Path | None, revision: str | None) -> str:
 
 def next_steps(
     run_dir: Path,
-    db: Path,
+    db: Path | str,
     backup: Path | None,
     revision: str | None,
     *,
     dry_run: bool,
     deletes_for_review: int,
     needs_review: bool,
+    kept_as: str | None = None,
 ) -> list[str]:
     """The lines of the block, numbered, each naming a path or a command of this run."""
     if dry_run:
@@ -40,6 +41,11 @@ def next_steps(
         + (" — it lists what needs review." if needs_review else "."),
         (
             f"The failed release's database is kept in {run_dir / 'safety'}; to put it back: "
+            f"recovery undo {run_dir}"
+        )
+        if kept_as is None
+        else (
+            f"The failed release's database is kept on the server as {kept_as}; to put it back: "
             f"recovery undo {run_dir}"
         ),
     ]
@@ -63,12 +69,15 @@ def steps_for(res: Any, backup: Path | None) -> list[str]:
         if o.verification
         else None
     )
+    # PostgreSQL: the failed database is kept renamed on the server, named by the journal
+    kept = ((res.steps or {}).get("restore") or {}).get("safety")
     return next_steps(
         res.run_dir,
-        Path(o.target),
+        o.target if isinstance(kept, str) else Path(o.target),
         backup,
         revision,
         dry_run=bool(o.dry_run),
         deletes_for_review=len(o.deletes_for_review),
         needs_review=res.verdict.verdict != "all recovered",
+        kept_as=kept if isinstance(kept, str) else None,
     )  # the run's one verdict, late commits included

@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import psycopg
 import sqlglot
@@ -110,10 +110,11 @@ def copy_field(value: Any) -> str:
 
 @dataclass
 class _Copy:
-    """A ``COPY … FROM STDIN`` step: its header and the spool file holding its data lines."""
+    """A ``COPY … FROM STDIN`` step: its header and the spool file holding its data lines (an
+    unlinked temporary file: nothing is left on disk once the process ends, even killed)."""
 
     header: str
-    data: Path
+    data: IO[str]
 
 
 @dataclass
@@ -126,7 +127,6 @@ class PgScript:
     steps: list[str | _Copy] = field(default_factory=list)
     last: str = ""
     """The statement executed last (the one that failed, when one did)."""
-    spool: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="recovery-pgimport-")))
 
     def execute(self, stmt: exp.Expression) -> Any:
         """Run a writing statement; recorded once the server accepted it."""
@@ -148,10 +148,11 @@ class PgScript:
         self.counter.tick()
         cols = ", ".join(exp.to_identifier(c, quoted=True).sql("postgres") for c in columns)
         header = f"COPY {target.sql('postgres')} ({cols}) FROM STDIN"
-        path = self.spool / f"copy-{len(self.steps)}.tsv"
         n = 0
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        with open(fd, "w", encoding="utf-8", newline="\n") as fh, self.conn.cursor() as cur:
+        fh = tempfile.TemporaryFile(
+            "w+", encoding="utf-8", newline="\n", prefix="recovery-pgimport-"
+        )
+        with self.conn.cursor() as cur:
             with cur.copy(header) as cp:
                 batch: list[str] = []
                 for row in rows:
@@ -166,7 +167,7 @@ class PgScript:
                 if chunk:
                     cp.write(chunk.encode("utf-8"))
                     fh.write(chunk)
-        self.steps.append(_Copy(header, path))
+        self.steps.append(_Copy(header, fh))
         return n
 
     def lines(self, head: Sequence[str], foot: Sequence[str], comment: str) -> Iterator[str]:
@@ -175,9 +176,10 @@ class PgScript:
         for step in self.steps:
             if isinstance(step, _Copy):
                 yield f"{step.header};"
-                with open(step.data, encoding="utf-8", newline="\n") as fh:
-                    for line in fh:
-                        yield line.rstrip("\n")
+                step.data.flush()
+                step.data.seek(0)
+                for line in step.data:
+                    yield line.rstrip("\n")
                 yield "\\."
             else:
                 yield step.rstrip().rstrip(";") + ";"
@@ -206,9 +208,9 @@ class PgScript:
         return path
 
     def close(self) -> None:
-        for p in self.spool.glob("*"):
-            p.unlink(missing_ok=True)
-        self.spool.rmdir()
+        for step in self.steps:
+            if isinstance(step, _Copy):
+                step.data.close()
 
 
 # ---- small builders ----------------------------------------------------------------------------

@@ -179,6 +179,34 @@ def test_unit_is_skipped_whole_when_an_item_loses_its_part(
     )
 
 
+def test_a_new_row_already_in_the_target_keeps_its_unit(
+    bundle: Path, restored: Path, tmp_path: Path
+) -> None:
+    # new quote 61 (items 181-184) is already in the target, the very same record (written by
+    # the old app, or carried by an earlier run): it is not inserted again, and its items are
+    # carried — an already-present parent is not a skipped one
+    with ro(bundle / "rows.db") as b, ro(restored) as t:
+        cols = [r[1] for r in t.execute("PRAGMA table_info(quotes)")]
+        renamed = {"customer": "customer_name"}  # the release renamed it
+        picks = ", ".join(renamed.get(c, c) for c in cols)
+        row = b.execute(f"SELECT {picks} FROM quotes WHERE id = 61").fetchone()
+        items = b.execute("SELECT count(*) FROM quote_items WHERE quote_id = 61").fetchone()[0]
+    assert row is not None and items == 4
+    marks = ", ".join("?" * len(cols))
+    c = sqlite3.connect(restored, isolation_level=None)
+    c.execute(f"INSERT INTO quotes ({', '.join(cols)}) VALUES ({marks})", row)
+    c.close()
+    res = reimport(bundle, restored, tmp_path / "run")
+    assert res.outcome is not None
+    assert res.outcome.tables["quotes"].already_present == 1
+    assert res.outcome.tables["quote_items"].skipped == 0
+    assert not res.outcome.skipped_rows
+    with ro(restored) as c:
+        assert c.execute("SELECT count(*) FROM quotes WHERE id = 61").fetchone() == (1,)
+        assert c.execute("SELECT count(*) FROM quote_items WHERE quote_id = 61").fetchone() == (4,)
+        assert c.execute("PRAGMA foreign_key_check").fetchall() == []
+
+
 def test_key_and_unique_both_taken_skips_the_part_and_its_file(
     bundle: Path, restored: Path, tmp_path: Path
 ) -> None:

@@ -5,7 +5,8 @@ TEMP tables, by pass: ``ins:<t>``/``upd:<t>`` (staging), ``skip:<t>``/``uskip:<t
 staged inserts/updates not carried), ``remap:<t>`` (old_key → new_key), ``typed:<t>`` (the staged
 inserts in the target's affinities, for its rules), ``rowc:<t>``/``json:<t>`` (row conflicts, merged
 JSON cells), ``chk:<t>`` (rowids whose foreign keys the check reads), ``del:<t>`` (rows deleted on
-request). Every write goes through :attr:`Context.script`: the plan as executed.
+request), ``present:<t>`` (rowids of staged inserts already in the target, created on first
+use). Every write goes through :attr:`Context.script`: the plan as executed.
 """
 
 from __future__ import annotations
@@ -162,6 +163,49 @@ class Context:
     def skip(self, name: str, rid_query: exp.Select) -> int:
         stmt = exp.Insert(this=temp_table("skip", name), expression=rid_query, alternative="IGNORE")
         return self.run(stmt).rowcount
+
+    def mark_present(self, name: str, rid: int) -> None:
+        """Staged insert ``rid`` of ``name`` is already in the target, the very same record: it is
+        not inserted (``skip:<t>``) and, unlike a skipped row, its unit still lands — its
+        ``present:<t>`` row keeps :mod:`..skips` from skipping its children (created on first use,
+        so a run with no such row writes the same ``reimport.sql`` as before)."""
+        if not any(t == name for t, _ in self.present):
+            self.run(
+                exp.Create(
+                    kind="TABLE",
+                    this=exp.Schema(
+                        this=temp_table("present", name),
+                        expressions=[
+                            exp.ColumnDef(
+                                this=exp.to_identifier("rid"),
+                                kind=exp.DataType.build("INTEGER"),
+                                constraints=[
+                                    exp.ColumnConstraint(kind=exp.PrimaryKeyColumnConstraint())
+                                ],
+                            )
+                        ],
+                    ),
+                )
+            )
+        self.present.add((name, rid))
+        rid_query = exp.select(exp.Literal.number(rid))
+        self.run(
+            exp.Insert(this=temp_table("present", name), expression=rid_query, alternative="IGNORE")
+        )
+        self.skip(name, rid_query.copy())
+
+    def skipped_unit(self, name: str, alias: str) -> exp.Expression:
+        """Row ``alias`` of ``ins:<name>`` is skipped and not merely already present: its unit
+        (children, cascade parents, file records) does not land."""
+        skipped = in_query(
+            exp.column("rowid", alias), exp.select("rid").from_(temp_table("skip", name))
+        )
+        if not any(t == name for t, _ in self.present):
+            return skipped
+        present = in_query(
+            exp.column("rowid", alias), exp.select("rid").from_(temp_table("present", name))
+        )
+        return exp.and_(skipped, exp.Not(this=present))
 
     def rules(self, name: str) -> Rules:
         """The target's CHECK/NOT NULL/STRICT/unique-index rules and generated columns of ``name``."""

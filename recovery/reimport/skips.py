@@ -25,10 +25,7 @@ def propagate_skips(ctx: Context) -> None:
                     is_same(col(pc, "p"), col(cc, "c"))
                     for pc, cc in zip(fk.ref_columns, fk.columns, strict=True)
                 )
-                skipped_p = in_query(
-                    exp.column("rowid", "p"),
-                    exp.select("rid").from_(temp_table("skip", fk.ref_table)),
-                )
+                skipped_p = ctx.skipped_unit(fk.ref_table, "p")
                 q = (
                     exp.select(exp.column("rowid", "c"))
                     .from_(exp.alias_(temp_table("ins", child), "c"))
@@ -54,9 +51,7 @@ def propagate_skips(ctx: Context) -> None:
                         )
                     ).rowcount
                 if (fk.on_delete or "").upper() == "CASCADE":
-                    skipped_c = in_query(
-                        exp.column("rowid", "c"), exp.select("rid").from_(temp_table("skip", child))
-                    )
+                    skipped_c = ctx.skipped_unit(child, "c")
                     pq = (
                         exp.select(exp.column("rowid", "p"))
                         .from_(exp.alias_(temp_table("ins", fk.ref_table), "p"))
@@ -94,10 +89,7 @@ def _skip_entity_links(ctx: Context, parent: str) -> int:
             and_all(
                 [
                     exp.In(this=col(ctx.files.entity_type, "c"), expressions=kinds),
-                    in_query(
-                        exp.column("rowid", "p"),
-                        exp.select("rid").from_(temp_table("skip", parent)),
-                    ),
+                    ctx.skipped_unit(parent, "p"),
                 ]
             )
         )

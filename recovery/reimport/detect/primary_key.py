@@ -42,8 +42,7 @@ def detect(ctx: Context, tp: TablePlan) -> tuple[list[Conflict], list[int]]:
         k, label, same = tuple(rest[: len(key)]), rest[len(key)], rest[len(key) + 1]
         if same or ctx.in_place:  # the very same record is already there: nothing to insert
             ctx.outcome.tables[tp.table].already_present += 1
-            ctx.present.add((tp.table, rid))
-            ctx.skip(tp.table, exp.select(exp.Literal.number(rid)))
+            ctx.mark_present(tp.table, rid)
             continue
         taken.append((rid, k, label))
     if not taken:

@@ -10,8 +10,8 @@ databases ATTACHed under the same names with the same read-only URIs as the pare
 SQLite error in the child is raised in the parent as :class:`sqlite3.OperationalError` with
 SQLite's message, so callers handle it as one from their own connection.
 
-Only whole-row results of plain values (integers, reals, text, NULL) travel back: what the counting
-statements return.
+Only plain values (integers, reals, text, NULL) travel, as bound parameters and as whole-row
+results: what the counting statements bind and return.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ for line in sys.stdin:
             conn.execute("PRAGMA query_only = ON")
             answer({"row": None})
         else:
-            answer({"row": conn.execute(msg["sql"]).fetchone()})
+            answer({"row": conn.execute(msg["sql"], msg.get("params", ())).fetchone()})
     except sqlite3.Error as exc:
         answer({"error": str(exc)})
 """
@@ -95,8 +95,9 @@ class ChildPair:
             raise sqlite3.OperationalError(reply["error"])
         return reply["row"]
 
-    def execute(self, sql: str) -> _Result:
-        row = self._ask({"sql": sql})
+    def execute(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> _Result:
+        """Run ``sql`` with ``params`` bound (plain values: they travel as JSON) in the child."""
+        row = self._ask({"sql": sql, "params": list(params)})
         return _Result(None if row is None else tuple(row))
 
     def close(self) -> None:

@@ -6,6 +6,7 @@ ROWID tables and ``INTEGER PRIMARY KEY DESC`` (not the rowid)."""
 from __future__ import annotations
 
 import sqlite3
+from itertools import pairwise
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
@@ -105,7 +106,7 @@ def test_key_range_pieces_add_up_to_the_whole_table(tmp_path_factory, shape, key
         assert cuts and "t" in cuts[0], "the table was not cut into key ranges"
         ranges = cuts[0]["t"]
         assert ranges[0][0] == changes.ROWID_MIN and ranges[-1][1] == changes.ROWID_MAX
-        assert all(a[1] + 1 == b[0] for a, b in zip(ranges, ranges[1:]))
+        assert all(a[1] + 1 == b[0] for a, b in pairwise(ranges))
 
 
 def test_key_ranges_are_few_and_cover_every_key():
@@ -120,4 +121,4 @@ def test_key_ranges_are_few_and_cover_every_key():
         assert len(ranges["parts"]) + len(ranges["quotes"]) <= SPLIT_PIECES + 2
         for rs in ranges.values():
             assert rs[0][0] == ROWID_MIN and rs[-1][1] == ROWID_MAX
-            assert all(a[1] + 1 == b[0] and a[0] <= a[1] for a, b in zip(rs, rs[1:]))
+            assert all(a[1] + 1 == b[0] and a[0] <= a[1] for a, b in pairwise(rs))

@@ -355,8 +355,8 @@ def _start_child(
     are not SQLite files or no process can be started (a thread connection counts instead)."""
     try:
         attach = _child_attach(backup, live, replay)
-    except (RecoveryError, OSError):
-        return None  # a missing or unreadable input: the analysis names what is wrong with it
+    except (RecoveryError, OSError, sqlite3.Error):
+        return None  # a missing, unreadable or non-SQLite input: the analysis names what is wrong
     if attach is None:
         return None
     from recovery.engine.childpair import ChildPair

@@ -28,8 +28,8 @@ def test_child_process_counts_equal_one_connection(
     made: list[object] = []
     real = diff_mod._more_pairs
 
-    def spy(a, replay):  # type: ignore[no-untyped-def]
-        make = real(a, replay)
+    def spy(a, replay, child=None):  # type: ignore[no-untyped-def]
+        make = real(a, replay, child)
 
         def wrapped():  # type: ignore[no-untyped-def]
             made.append(c := make())
@@ -41,7 +41,7 @@ def test_child_process_counts_equal_one_connection(
     two = diff(backup, live).to_dict()
     assert any(isinstance(c, ChildPair) for c in made), "no statement ran in the child process"
     monkeypatch.setattr(
-        diff_mod, "_more_pairs", lambda a, replay: None
+        diff_mod, "_more_pairs", lambda a, replay, child=None: None
     )  # every statement on one connection
     one = diff(backup, live).to_dict()
     assert two == one
@@ -79,3 +79,18 @@ def test_a_child_crash_is_named_in_one_error_without_a_traceback(
         with pytest.raises(sqlite3.OperationalError, match=r"ended .*not JSON serializable"):
             child.execute("SELECT x'00'")  # a blob does not travel back: the child stops
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_child_started_without_waiting_reports_its_attach_failure_when_used(
+    world: Path, tmp_path: Path
+) -> None:
+    """``recovery diff`` starts the child before its analysis (``wait=False``): an ATTACH that
+    fails there is raised by ``ready()`` (the diff then counts on a thread connection), and a
+    good one answers like a child that was waited for."""
+    backup, live = _pair(world)
+    missing = f"file:{tmp_path / 'missing.db'}?mode=ro"
+    with ChildPair([("old", missing)], wait=False) as bad:
+        with pytest.raises(sqlite3.OperationalError, match="unable to open"):
+            bad.ready()
+    with ChildPair([("old", readonly_uri(backup)), ("new", readonly_uri(live))], wait=False) as ok:
+        assert ok.execute('SELECT count(*) FROM "new"."parts"').fetchone()[0] > 0

@@ -369,11 +369,58 @@ def updated_query(s: TableSides, select: list[exp.Expression]) -> exp.Select:
 
 @dataclass(frozen=True)
 class _Job:
-    """One counting statement of one table: its SQL and which counts its single row holds."""
+    """One counting statement of one table: its SQL, which counts its single row holds, and its
+    bound parameters (a key range's bounds). The counts of jobs of the same table add up."""
 
     table: str
     sql: str
     fields: tuple[str, ...]
+    params: tuple[int, ...] = ()
+
+
+ROWID_MIN, ROWID_MAX = -(2**63), 2**63 - 1
+"""The bounds of a SQLite rowid: the first and last key range of a split table reach them."""
+SPLIT_PIECES = 32
+"""Into how many key ranges the rowid-keyed tables' joins are cut, all tables together: enough
+that the two workers finish within one small piece of each other (the ``parts`` join alone is
+over half the counting work on the sample world), few enough that the per-statement cost stays
+negligible; a constant, so the number of statements does not grow with the rows."""
+SPLIT_MIN_ROWS = 20_000
+"""A table whose key span is below this is counted in one statement."""
+
+
+def key_ranges(spans: dict[str, tuple[int, int]]) -> dict[str, list[tuple[int, int]]]:
+    """Cut each table's rowid span ``(min, max)`` into inclusive ranges of about equal width, about
+    :data:`SPLIT_PIECES` over all tables (at least :data:`SPLIT_MIN_ROWS` keys each). The first
+    range starts at :data:`ROWID_MIN` and the last ends at :data:`ROWID_MAX`, so together they
+    cover every possible key whatever the table holds when a range is read. A table with one range
+    is left out (counted whole)."""
+    total = sum(hi - lo + 1 for lo, hi in spans.values())
+    width = max(SPLIT_MIN_ROWS, -(-total // SPLIT_PIECES))
+    out: dict[str, list[tuple[int, int]]] = {}
+    for name, (lo, hi) in spans.items():
+        pieces = -(-(hi - lo + 1) // width)
+        if pieces < 2:
+            continue
+        step = -(-(hi - lo + 1) // pieces)
+        starts = [lo + i * step for i in range(pieces)]
+        bounds = [ROWID_MIN, *starts[1:]]
+        ends = [b - 1 for b in starts[1:]] + [ROWID_MAX]
+        out[name] = list(zip(bounds, ends, strict=True))
+    return out
+
+
+def rowid_span(conn: Connection, s: TableSides) -> tuple[int, int] | None:
+    """The smallest and largest key of the backup table when its key is the rowid and it has rows
+    (two B-tree descents), else None: the table is not split."""
+    if not isinstance(conn, sqlite3.Connection) or s.null_safe_key:
+        return None
+    if not rowid_key(conn, "old", s.name, s.key):
+        return None
+    k = col(s.key[0])
+    q = exp.select(exp.Min(this=k), exp.Max(this=k.copy())).from_(table(s.name, "old"))
+    lo, hi = conn.execute(sql(q)).fetchone()
+    return None if lo is None else (int(lo), int(hi))
 
 
 def _sum_when(cond: exp.Expression, value: exp.Expression | None = None) -> exp.Expression:
@@ -388,6 +435,7 @@ def count_jobs(
     new_only: tuple[exp.Expression, list[exp.Expression]] | None = None,
     filled: list[exp.Expression] | None = None,
     rowid_keys: bool = False,
+    ranges: list[tuple[int, int]] | None = None,
 ) -> list[_Job]:
     """The statements that count one table's inserted, updated and deleted rows: ONE pass over the
     table pair. One ``LEFT JOIN`` backup → live gives the deleted rows (no live match), the updated
@@ -404,7 +452,12 @@ def count_jobs(
     construction: one range read counts them and their created-after flags; only when some
     inserted row sits below that largest key does :func:`finish_counts` run the anti-join. Other
     tables keep the anti-join live → backup. A table keyed by all columns (no primary key) keeps
-    three statements: its key may hold NULLs, so "no match" cannot be read off the joined row."""
+    three statements: its key may hold NULLs, so "no match" cannot be read off the joined row.
+
+    With ``ranges`` (inclusive bounds of the backup's rowid key, see :func:`key_ranges`) the
+    ``LEFT JOIN`` is one statement per range, its bounds bound as parameters: each reads only its
+    rows (a rowid range search), so the pieces of one large table spread over both workers; the
+    ranges' counts add up to the whole table's."""
     by_count = not s.null_safe_key and not any(e.find(exp.Collate) for e in s.new_key)
     if by_count and created_after is not None and not rowid_keys:
         by_count = False
@@ -494,7 +547,12 @@ def count_jobs(
         .from_(_scan(s, "old"))
         .join(_source(s, "new"), on=_key_match(s), join_type="left")
     )
-    jobs.append(_Job(s.name, sql(q), tuple(fields)))
+    if not ranges:
+        jobs.append(_Job(s.name, sql(q), tuple(fields)))
+        return jobs
+    within = exp.Between(this=col(s.key[0], "o"), low=exp.Placeholder(), high=exp.Placeholder())
+    text = sql(q.where(within))
+    jobs += [_Job(s.name, text, tuple(fields), (lo, hi)) for lo, hi in ranges]
     return jobs
 
 
@@ -576,20 +634,26 @@ def run_jobs(
     """Run every counting statement and gather the counts per table. With ``more`` (a factory of
     further connections to the same pair), statements run on two threads: sqlite3 releases the
     GIL while a statement runs, so the two cores each take their share of the tables."""
+    import threading
+
     out: dict[str, dict[str, int | None]] = {}
+    adding = threading.Lock()  # two workers may add to the same table's counts
 
     def run(c: Connection, job: _Job) -> None:
-        row = c.execute(job.sql).fetchone()
-        out.setdefault(job.table, {}).update(
-            {f: (None if v is None else int(v)) for f, v in zip(job.fields, row, strict=True)}
-        )
+        row = (c.execute(job.sql, job.params) if job.params else c.execute(job.sql)).fetchone()
+        with adding:
+            counts = out.setdefault(job.table, {})
+            for f, v in zip(job.fields, row, strict=True):
+                if v is not None:
+                    counts[f] = int(v) + (counts.get(f) or 0)
+                else:  # SUM over no rows: NULL, as the whole table's would be
+                    counts.setdefault(f, None)
 
     if more is None or len(jobs) < 2:
         for job in jobs:
             run(conn, job)
         return out
     import queue
-    import threading
 
     todo: queue.SimpleQueue[_Job] = queue.SimpleQueue()
     for job in jobs:
@@ -823,6 +887,17 @@ def diff_rows(
         ]
     ] = []
     jobs: list[_Job] = []
+    counting: list[
+        tuple[
+            TableSides,
+            exp.Expression | None,
+            exp.Expression | None,
+            tuple[exp.Expression, list[exp.Expression]] | None,
+            list[exp.Expression] | None,
+            bool,
+        ]
+    ] = []
+    spans: dict[str, tuple[int, int]] = {}
     for name in names:
         old_t, new_t = old.table(name), new.table(name)
         if old_t is None and name in renamed_to:
@@ -847,8 +922,11 @@ def diff_rows(
             filled = None if s.null_safe_key else filled_parts(new_t, tm, since_jd, replay)
             compared.append((old_t, new_t, tm, s, ts, created_after, updated_after, new_only))
             rowid = created_after is not None and sides_on_rowid(conn, s)
-            jobs += count_jobs(
-                s, created_after, updated_after, new_only, filled[1] if filled else None, rowid
+            span = rowid_span(conn, s) if more is not None else None
+            if span is not None:
+                spans[name] = span
+            counting.append(
+                (s, created_after, updated_after, new_only, filled[1] if filled else None, rowid)
             )
         elif new_t is not None:
             jobs.append(
@@ -872,7 +950,13 @@ def diff_rows(
                 "primary key" if old_t.has_primary_key else "all columns",
                 "removed table",
             )
-    counts = run_jobs(conn, jobs, more)
+    ranges = key_ranges(spans)
+    split: list[_Job] = []
+    for args in counting:
+        table_jobs = count_jobs(*args, ranges=ranges.get(args[0].name))
+        jobs += [j for j in table_jobs if not j.params]
+        split += [j for j in table_jobs if j.params]
+    counts = run_jobs(conn, jobs + split, more)  # the small pieces last: the workers end together
     for name, entry in list(out.items()):
         if entry.status == "new table":
             out[name] = TableChanges(

@@ -13,7 +13,7 @@ import tempfile
 import itertools
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -286,7 +286,12 @@ def diff(
         from recovery.migrate.migrations import derive_lineage
 
         lineage, _report = derive_lineage(alembic_ini, backup, live)
-    with tempfile.TemporaryDirectory(prefix="recovery-replay-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="recovery-replay-") as tmp, ExitStack() as stack:
+        # the counting's child starts before the analysis; a replayed upgrade is bounded by the
+        # analysis, so with one the child is started later, with the replay attached
+        child = _start_child(backup, live, None) if alembic_ini is None else None
+        if child is not None:
+            stack.callback(child.close)  # once more if the counting took and closed it: harmless
         with analyse(backup, live, since, mapping, lineage, trust_mapping) as a:
             unknown = [t for t in tables or [] if t not in a.old.tables and t not in a.new.tables]
             if unknown:
@@ -307,7 +312,7 @@ def diff(
                     a.since_jd,
                     rows,
                     a.since,
-                    more=_more_pairs(a, replay),
+                    more=_more_pairs(a, replay, child),
                     replay=replay,
                 )
             return DiffResult(a.backup, a.live, a.schema_diff, changes, a.mapping, a.since)
@@ -384,24 +389,63 @@ def start_replayed_upgrade(
     return PendingReplay(path, future)
 
 
-def _more_pairs(a: Analysis, replay: Replayed | None) -> Callable[[], Any]:
+def _child_attach(
+    backup: str | os.PathLike[str], live: str | os.PathLike[str], replay: Replayed | None
+) -> list[tuple[str, str]] | None:
+    """What a :class:`~recovery.engine.childpair.ChildPair` attaches for this pair: the same
+    read-only URIs under the pair's names; None unless both inputs are SQLite files."""
+    old_e, new_e = open_engine(backup), open_engine(live)
+    if not (isinstance(new_e, SQLiteEngine) and isinstance(old_e, SQLiteEngine)):
+        return None
+    from recovery.engine.sqlite_io import readonly_uri
+
+    attach = [("old", readonly_uri(Path(backup))), ("new", readonly_uri(Path(live)))]
+    if replay is not None:
+        attach.append((REPLAY_SCHEMA, readonly_uri(replay.path)))
+    return attach
+
+
+def _start_child(
+    backup: str | os.PathLike[str], live: str | os.PathLike[str], replay: Replayed | None
+) -> Any:
+    """The counting's child process, started before the analysis so that its start-up overlaps
+    it (:class:`~recovery.engine.childpair.ChildPair` with ``wait=False``); None when the inputs
+    are not SQLite files or no process can be started (a thread connection counts instead)."""
+    try:
+        attach = _child_attach(backup, live, replay)
+    except (RecoveryError, OSError, sqlite3.Error):
+        return None  # a missing, unreadable or non-SQLite input: the analysis names what is wrong
+    if attach is None:
+        return None
+    from recovery.engine.childpair import ChildPair
+
+    try:
+        return ChildPair(attach, wait=False)
+    except (OSError, sqlite3.Error):
+        return None
+
+
+def _more_pairs(a: Analysis, replay: Replayed | None, child: Any = None) -> Callable[[], Any]:
     """The factory of further connections to the pair for the counting workers: the first one a
     child process (:class:`recovery.engine.childpair.ChildPair`: threads of one process do not
-    scale on SQLite statements, processes do), the others thread connections; a server engine
-    gets thread connections only."""
+    scale on SQLite statements, processes do; ``child`` when one was started early), the others
+    thread connections; a server engine gets thread connections only."""
     calls = itertools.count()
 
     def make() -> Any:
         old_e, new_e = open_engine(a.backup), open_engine(a.live)
-        if next(calls) == 0 and isinstance(new_e, SQLiteEngine) and isinstance(old_e, SQLiteEngine):
-            from recovery.engine.childpair import ChildPair
-            from recovery.engine.sqlite_io import readonly_uri
-
-            attach = [("old", readonly_uri(a.backup)), ("new", readonly_uri(a.live))]
-            if replay is not None:
-                attach.append((REPLAY_SCHEMA, readonly_uri(replay.path)))
+        first = next(calls) == 0
+        if first and child is not None:
             try:
-                return ChildPair(attach)
+                return child.ready()
+            except (OSError, sqlite3.Error):
+                pass  # it could not attach: a thread connection counts the same
+        elif first and isinstance(new_e, SQLiteEngine) and isinstance(old_e, SQLiteEngine):
+            from recovery.engine.childpair import ChildPair
+
+            attach = _child_attach(a.backup, a.live, replay)
+            try:
+                return ChildPair(attach or [])
             except (OSError, sqlite3.Error):
                 pass  # no child process here: a thread connection counts the same, on a shared core
         return _with_replay(new_e.open_pair(old_e), replay)

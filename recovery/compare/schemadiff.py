@@ -9,11 +9,10 @@ removed and an added table whose rows are found by key and agree in most columns
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
 
-from alembic.autogenerate import compare_metadata
-from alembic.migration import MigrationContext
 from sqlglot import exp
 
 from recovery.engine.base import Connection
@@ -164,8 +163,62 @@ def _norm(ddl: str) -> str:
     return " ".join(ddl.replace('"', "").split()).lower()
 
 
+@dataclass(frozen=True)
+class _Named:
+    """The one attribute of alembic's ``Table``/``Column`` objects that :func:`compare` reads."""
+
+    name: str
+
+
+def _pragma_tables(conn: Connection) -> dict[str, dict[str, tuple[Any, ...]]] | None:
+    """Each table's columns as SQLite declares them (``PRAGMA table_xinfo``: declared type, NOT
+    NULL, default text), the tables SQLAlchemy reflects (``sqlite_%`` and our bookkeeping left
+    out); None when a table is virtual or has hidden or generated columns (left to alembic)."""
+    if not isinstance(conn, sqlite3.Connection):
+        return None
+    master = conn.execute(
+        "SELECT name, sql FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite~_%' ESCAPE '~'"
+    ).fetchall()
+    out: dict[str, dict[str, tuple[Any, ...]]] = {}
+    for name, ddl in master:
+        if name in BOOKKEEPING_TABLES:
+            continue
+        if ddl is None or " ".join(ddl.split()[:2]).upper() != "CREATE TABLE":
+            return None  # CREATE VIRTUAL TABLE
+        info = conn.execute(
+            'SELECT name, type, "notnull", dflt_value, hidden FROM pragma_table_xinfo(?)', (name,)
+        ).fetchall()
+        if any(r[4] for r in info):
+            return None
+        out[name] = {r[0]: (r[1], r[2], r[3]) for r in info}
+    return out
+
+
+def pragma_ops(old_conn: Connection, new_conn: Connection) -> list[tuple[Any, ...]] | None:
+    """alembic's operations for the schema diff, without alembic, when the PRAGMA-level schemas
+    decide them alone: tables and columns added or removed, and every column both have declared
+    alike (same type text, NOT NULL and default), so alembic's type, nullability and default
+    comparisons find nothing. None when some shared column differs in those (alembic judges
+    whether the difference is one), or :func:`_pragma_tables` leaves a table to alembic."""
+    old, new = _pragma_tables(old_conn), _pragma_tables(new_conn)
+    if old is None or new is None:
+        return None
+    ops: list[tuple[Any, ...]] = [("add_table", _Named(t)) for t in new if t not in old]
+    ops += [("remove_table", _Named(t)) for t in old if t not in new]
+    for t in old.keys() & new.keys():
+        o, n = old[t], new[t]
+        if any(o[c] != n[c] for c in o.keys() & n.keys()):
+            return None
+        ops += [("add_column", None, t, _Named(c)) for c in n if c not in o]
+        ops += [("remove_column", None, t, _Named(c)) for c in o if c not in n]
+    return ops
+
+
 def structural(old_conn: Connection, new_conn: Connection) -> list[Any]:
     """alembic's upgrade operations from the old database to the new schema."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
     target = sqlalchemy_metadata(new_conn)
     for name in list(target.tables):
         if name in BOOKKEEPING_TABLES:
@@ -340,7 +393,10 @@ def compare(
     ops: list[Any] | None = None,
 ) -> SchemaDiff:
     """The full schema diff old → new: alembic's structural diff (``ops`` when the caller computed
-    it, e.g. on PostgreSQL), renames, views/triggers/indexes."""
+    it, e.g. on PostgreSQL; :func:`pragma_ops` when the PRAGMAs decide it, so alembic is not even
+    imported), renames, views/triggers/indexes."""
+    if ops is None:
+        ops = pragma_ops(old_conn, new_conn)
     if ops is None:
         ops = structural(old_conn, new_conn)
     added_tables, removed_tables = [], []

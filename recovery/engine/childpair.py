@@ -10,8 +10,8 @@ databases ATTACHed under the same names with the same read-only URIs as the pare
 SQLite error in the child is raised in the parent as :class:`sqlite3.OperationalError` with
 SQLite's message, so callers handle it as one from their own connection.
 
-Only whole-row results of plain values (integers, reals, text, NULL) travel back: what the counting
-statements return.
+Only plain values (integers, reals, text, NULL) travel, as bound parameters and as whole-row
+results: what the counting statements bind and return.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ for line in sys.stdin:
             conn.execute("PRAGMA query_only = ON")
             answer({"row": None})
         else:
-            answer({"row": conn.execute(msg["sql"]).fetchone()})
+            answer({"row": conn.execute(msg["sql"], msg.get("params", ())).fetchone()})
     except sqlite3.Error as exc:
         answer({"error": str(exc)})
 """
@@ -59,7 +59,10 @@ class ChildPair:
     ``attach`` lists ``(schema name, SQLite URI)`` in ATTACH order, e.g. ``("old", readonly_uri(backup))``.
     Close it (or use it as a context manager) to end the child."""
 
-    def __init__(self, attach: list[tuple[str, str]]):
+    def __init__(self, attach: list[tuple[str, str]], wait: bool = True):
+        """Start the child and send it the ATTACHes. With ``wait=False`` this returns at once, the
+        child starting and attaching while the caller works on (its first :meth:`execute` then
+        reads the attach reply first, and raises an attach failure there)."""
         self._stderr = tempfile.TemporaryFile()  # read only to name why the child ended
         self._proc = subprocess.Popen(
             [sys.executable, "-I", "-c", _CHILD],
@@ -69,19 +72,30 @@ class ChildPair:
             text=True,
             encoding="utf-8",
         )
+        self._unread = 0
         try:
-            self._ask({"attach": [list(a) for a in attach]})
+            self._send({"attach": [list(a) for a in attach]})
+            if wait:
+                self._reply()
         except BaseException:
             self.close()
             raise
 
-    def _ask(self, msg: dict[str, Any]) -> Any:
-        assert self._proc.stdin is not None and self._proc.stdout is not None
+    def _send(self, msg: dict[str, Any]) -> None:
+        assert self._proc.stdin is not None
+        self._unread += 1
         try:
             self._proc.stdin.write(json.dumps(msg) + "\n")
             self._proc.stdin.flush()
-            line = self._proc.stdout.readline()
         except (BrokenPipeError, OSError):
+            pass  # the child is gone: reading its reply says so
+
+    def _reply(self) -> Any:
+        assert self._proc.stdout is not None
+        self._unread -= 1
+        try:
+            line = self._proc.stdout.readline()
+        except (BrokenPipeError, OSError, ValueError):
             line = ""
         if not line:
             self._proc.wait()
@@ -95,8 +109,21 @@ class ChildPair:
             raise sqlite3.OperationalError(reply["error"])
         return reply["row"]
 
-    def execute(self, sql: str) -> _Result:
-        row = self._ask({"sql": sql})
+    def ready(self) -> ChildPair:
+        """Wait for the attach reply of a child started with ``wait=False``; raises what the
+        constructor would have raised (:class:`sqlite3.OperationalError`)."""
+        while self._unread:
+            self._reply()
+        return self
+
+    def _ask(self, msg: dict[str, Any]) -> Any:
+        self.ready()
+        self._send(msg)
+        return self._reply()
+
+    def execute(self, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> _Result:
+        """Run ``sql`` with ``params`` bound (plain values: they travel as JSON) in the child."""
+        row = self._ask({"sql": sql, "params": list(params)})
         return _Result(None if row is None else tuple(row))
 
     def close(self) -> None:

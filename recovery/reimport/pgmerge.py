@@ -1881,26 +1881,6 @@ def _transaction(
 # ---- the command's run -------------------------------------------------------------------------
 
 
-def verify_postgres(target: str, outcome: Outcome, expected_revision: str | None) -> dict[str, Any]:
-    """The verification of a committed re-import, in the SQLite verification's shape: the server
-    enforced every constraint at the commit (integrity ``ok``, no foreign-key problem can remain),
-    the alembic revision, and each table's row count read again against what the outcome says."""
-    from recovery.compare.pgdiff import reflect_pg
-    from recovery.engine.postgres import count_rows
-    from recovery.model.values import RowCountCheck, Verification
-
-    db = PostgresEngine(target)
-    revision = reflect_pg(db).alembic_revision
-    counts = {}
-    with connect(db.url, "target database", readonly=True) as conn:
-        for name, t in sorted(outcome.tables.items()):
-            expected = t.rows_before + t.inserted - t.deleted
-            counts[name] = RowCountCheck(
-                t.rows_before, t.inserted, t.deleted, expected, count_rows(conn, SCHEMA, name)
-            )
-    return Verification(("ok",), (), expected_revision, revision, counts).to_dict()
-
-
 def run_reimport_postgres(
     bundle: Bundle,
     db: str,
@@ -1931,7 +1911,9 @@ def run_reimport_postgres(
         target.snapshot(safety / f"{target.database}.dump", "target database")
     outcome = reimport_postgres(db, bundle, options, dry_run=dry_run, run_dir=run_dir, files=files)
     if not (dry_run or outcome.aborted or outcome.already_applied):
-        outcome.verification = verify_postgres(db, outcome, bundle.old.alembic_revision)
+        from recovery.verify.pgchecks import verify_postgres
+
+        outcome.verification = verify_postgres(target, outcome, bundle.old.alembic_revision)
     if uploads and not outcome.aborted:
         from recovery.files.pgrelink import relink_postgres
 

@@ -491,10 +491,24 @@ class _Background:
             self._cleanup(value)
 
 
-def _warm_report_imports() -> None:
-    """Import the report renderers (pandas, matplotlib: about a second) while the re-import works
-    in SQLite, instead of at start-up or in the report step."""
-    import recovery.report.runfiles  # noqa: F401
+def _prepare_report(run_dir: Path, bundle: Bundle) -> Any:
+    """The report's reads of the bundle alone and its two CSVs streamed from rows.db
+    (:func:`recovery.report.runfiles.prepare_run_files`), done while the re-import, the relink and
+    the verification run; the report step then reads only what depends on their outcome."""
+    from recovery.report.runfiles import prepare_run_files
+
+    return prepare_run_files(run_dir, bundle)
+
+
+@contextmanager
+def _side_jobs_ended() -> Iterator[list[_Background]]:
+    """Background jobs of the run are waited for and cleaned up however the run ends."""
+    jobs: list[_Background] = []
+    try:
+        yield jobs
+    finally:
+        for job in jobs:
+            job.discard()
 
 
 def _latest_mtime(p: Path) -> float:
@@ -660,7 +674,7 @@ def rollback(
         )
     if dry_run:
         return _dry_run(db_p, backup_p, run_dir, uploads, mapping, alembic_ini, opts, files, say)
-    with _one_run_per_folder(db_p), _windows_closed() as windows:
+    with _one_run_per_folder(db_p), _windows_closed() as windows, _side_jobs_ended() as jobs:
         try:
             return _run_rollback(
                 db_p,
@@ -675,6 +689,7 @@ def rollback(
                 confirm,
                 say,
                 windows,
+                jobs,
             )
         except BaseException as exc:
             truth = _failure_truth(exc, run_dir, db_p, backup_p)
@@ -731,6 +746,7 @@ def _run_rollback(
     confirm: Callable[[dict[str, Any]], bool] | None,
     say: Progress,
     windows: list[WriteWindow] | None = None,
+    jobs: list[_Background] | None = None,
 ) -> RunResult:
     since, on_conflict, force, downgrade_to = (
         opts.since,
@@ -842,6 +858,9 @@ def _run_rollback(
                     "stopped at your request; nothing was changed", exit_code=ExitCode.REFUSED
                 )
         bundle = bundle or open_bundle(run_dir / "bundle")
+        report_prep = _Background(_prepare_report, run_dir, bundle, cleanup=lambda p: p.close())
+        if jobs is not None:  # closed by the caller however the run ends
+            jobs.append(report_prep)
         if not journal.done("restore"):
             if downgrade_to:
                 say(
@@ -882,7 +901,6 @@ def _run_rollback(
     if not journal.done("reimport"):
         say("re-importing post-deploy changes (one transaction)")
         journal.mark("reimport", "start")
-        warm = _Background(_warm_report_imports)
         in_place = journal.info("restore").get("method") == "downgrade"
         merge = MergeOptions(
             on_conflict,
@@ -908,7 +926,6 @@ def _run_rollback(
             outcome = _recorded_outcome(db_p, bundle.bundle_id) or outcome
         _save_outcome(run_dir, outcome)
         journal.mark("reimport", "done", already_applied=outcome.already_applied)
-        warm.discard()
     outcome = _load_outcome(run_dir, bundle, db_p, on_conflict)
     if not journal.done("relink"):
         journal.mark("relink", "start")
@@ -932,9 +949,18 @@ def _run_rollback(
     from recovery.report import write_run_files
 
     journal.mark("report", "start")
+    try:
+        prepared = report_prep.result()
+    except Exception:  # noqa: BLE001 - the report step reads the bundle itself, and says what failed
+        prepared = None
     paths = write_run_files(
-        run_dir, outcome, bundle, {"journal": journal.data["steps"], "late_commits": late}
+        run_dir,
+        outcome,
+        bundle,
+        {"journal": journal.data["steps"], "late_commits": late},
+        prepared=prepared,
     )
+    report_prep.discard()
     result = RunResult(run_dir, outcome, paths, journal.resumed, False, journal.data["steps"], late)
     if outcome.aborted:
         result.note = (

@@ -321,6 +321,8 @@ class Prepared:
     plans: list[TablePlan]
     attribution: dict[str, dict[str, Any]]
     tables: dict[str, aggregate.TableAttribution]
+    activity: dict[str, Any] | None = None
+    """The ``activity`` section as :func:`build` makes it (the outcome does not change it)."""
 
     def close(self) -> None:
         if self.conn is not None:
@@ -345,10 +347,11 @@ def prepare(bundle: Bundle) -> Prepared:
             lost = _lost_from_db(conn)
             plans, attribution = _plans(conn, bundle, _users_table(bundle))
             tables: dict[str, aggregate.TableAttribution] = {}
+            activity = None
             if conn is not None and plans:
                 deploy_text = bundle.manifest.get("deploy_time")
                 deploy = parse_time(deploy_text) if deploy_text else None
-                aggregate.attribute(
+                _, counts = aggregate.attribute(
                     conn,
                     plans,
                     KeyCounts(),
@@ -356,11 +359,12 @@ def prepare(bundle: Bundle) -> Prepared:
                     aggregate.to_us(deploy),
                     collect=tables,
                 )
+                activity = _activity(counts, deploy)
     except BaseException:
         if conn is not None:
             conn.close()
         raise
-    return Prepared(bundle.bundle_id, conn, lost, plans, attribution, tables)
+    return Prepared(bundle.bundle_id, conn, lost, plans, attribution, tables, activity)
 
 
 def build(

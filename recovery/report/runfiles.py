@@ -16,7 +16,7 @@ import os
 import shutil
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
@@ -27,7 +27,7 @@ from recovery.report.lost import count_rows, csv_cell, csv_rows, iter_outcome_lo
 from recovery.report.lost import has_lost as _has_lost
 from recovery.model.kinds import RowKind
 from recovery.model.outcome import OUTCOME_FORMAT, Outcome, OutcomeFormatError
-from recovery.report import csvout, notcarried
+from recovery.report import charts, csvout, notcarried
 from recovery.report.html import render_html
 from recovery.report.markdown import render_markdown
 from recovery.report.model import Prepared, build, prepare
@@ -223,6 +223,8 @@ class PreparedRun:
     model: Prepared
     filled: int
     csv: dict[str, Path]
+    drawn: dict[str, tuple[Any, str | None]] = field(default_factory=dict)
+    """Charts drawn from the bundle alone (:func:`recovery.report.html.render_html`'s ``drawn``)."""
 
     def close(self) -> None:
         self.model.close()
@@ -244,7 +246,10 @@ def prepare_run_files(run_dir: Path, bundle: Bundle) -> PreparedRun:
             run_dir / "filled_by_upgrade.csv",
             lambda fh: write_lost_csv(fh, _FilledRows(bundle.rows_db)),
         )
-        return PreparedRun(model, filled_count(bundle), csv)
+        drawn: dict[str, tuple[Any, str | None]] = {}
+        if model.activity is not None:
+            drawn["activity"] = (model.activity, charts.activity_chart(model.activity))
+        return PreparedRun(model, filled_count(bundle), csv, drawn)
     except BaseException:
         model.close()
         raise
@@ -334,7 +339,9 @@ def write_run_files(
         shutil.copyfile(bundle.path / "reimport.sql", paths["reimport.sql"])
         os.chmod(paths["reimport.sql"], 0o600)
     _atomic_write(paths["report.md"], render_markdown(section))
-    _atomic_write(paths["report.html"], render_html(section))
+    _atomic_write(
+        paths["report.html"], render_html(section, prepared.drawn if prepared is not None else None)
+    )
     return paths
 
 

@@ -126,3 +126,45 @@ def test_rollback_outputs_are_unchanged(
         for name in changed:
             (out / name).write_text(texts[name], encoding="utf-8")
     assert not changed, f"outputs changed: {changed} (normalized copies in {ARTIFACTS / scenario})"
+
+
+def test_a_run_failing_after_the_report_preparation_leaves_no_temporary_files(
+    world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The report's background preparation writes lost_values.csv and filled_by_upgrade.csv to
+    their ``.tmp`` names while the re-import runs; a run that fails there (here: the re-import
+    raises once those files exist) removes them, and the same command then finishes."""
+    import time
+
+    from recovery import pipeline
+    from recovery.errors import RecoveryError
+
+    w = tmp_path / "w"
+    shutil.copytree(world, w)
+    pending = w / "run" / "lost_values.csv.tmp"
+    seen: list[bool] = []
+
+    def failing(*args: object, **kwargs: object) -> object:
+        deadline = time.monotonic() + 60
+        while not pending.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        seen.append(pending.exists())
+        raise RecoveryError("the re-import failed (test)", exit_code=3)
+
+    real = pipeline._reimport_into
+    monkeypatch.setattr(pipeline, "_reimport_into", failing)
+    with pytest.raises(RecoveryError):
+        pipeline.rollback(
+            w / "gestima.db",
+            next(w.glob("gestima.db.bak.*[0-9]")),
+            w / "run",
+            uploads=w / "uploads",
+            alembic_ini=app_dir() / "alembic.ini",
+            confirm=lambda _plan: True,
+        )
+    assert seen == [True]  # the preparation had written its files when the run failed
+    assert sorted(p.name for p in (w / "run").glob("*.tmp")) == []
+    monkeypatch.setattr(pipeline, "_reimport_into", real)
+    _rollback(w)
+    assert not list((w / "run").glob("*.tmp"))
+    assert (w / "run" / "lost_values.csv").read_text(encoding="utf-8").count("\n") == 28

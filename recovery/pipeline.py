@@ -491,10 +491,16 @@ class _Background:
             self._cleanup(value)
 
 
+def _warm_report_imports() -> None:
+    """Import the report renderers (pandas, matplotlib: about a second) while the re-import works
+    in SQLite, instead of at start-up or in the report step."""
+    import recovery.report.runfiles  # noqa: F401
+
+
 def _prepare_report(run_dir: Path, bundle: Bundle) -> Any:
     """The report's reads of the bundle alone and its two CSVs streamed from rows.db
-    (:func:`recovery.report.runfiles.prepare_run_files`), done while the re-import, the relink and
-    the verification run; the report step then reads only what depends on their outcome."""
+    (:func:`recovery.report.runfiles.prepare_run_files`), done while the relink and the
+    verification run; the report step then reads only what depends on their outcome."""
     from recovery.report.runfiles import prepare_run_files
 
     return prepare_run_files(run_dir, bundle)
@@ -858,9 +864,6 @@ def _run_rollback(
                     "stopped at your request; nothing was changed", exit_code=ExitCode.REFUSED
                 )
         bundle = bundle or open_bundle(run_dir / "bundle")
-        report_prep = _Background(_prepare_report, run_dir, bundle, cleanup=lambda p: p.close())
-        if jobs is not None:  # closed by the caller however the run ends
-            jobs.append(report_prep)
         if not journal.done("restore"):
             if downgrade_to:
                 say(
@@ -901,6 +904,7 @@ def _run_rollback(
     if not journal.done("reimport"):
         say("re-importing post-deploy changes (one transaction)")
         journal.mark("reimport", "start")
+        warm = _Background(_warm_report_imports)
         in_place = journal.info("restore").get("method") == "downgrade"
         merge = MergeOptions(
             on_conflict,
@@ -926,6 +930,11 @@ def _run_rollback(
             outcome = _recorded_outcome(db_p, bundle.bundle_id) or outcome
         _save_outcome(run_dir, outcome)
         journal.mark("reimport", "done", already_applied=outcome.already_applied)
+        warm.discard()
+    # after the commit: nothing competes with the re-import, which holds the write lock
+    report_prep = _Background(_prepare_report, run_dir, bundle, cleanup=lambda p: p.close())
+    if jobs is not None:  # closed by the caller however the run ends
+        jobs.append(report_prep)
     outcome = _load_outcome(run_dir, bundle, db_p, on_conflict)
     if not journal.done("relink"):
         journal.mark("relink", "start")

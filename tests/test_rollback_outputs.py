@@ -132,8 +132,8 @@ def test_a_run_failing_after_the_report_preparation_leaves_no_temporary_files(
     world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The report's background preparation writes lost_values.csv and filled_by_upgrade.csv to
-    their ``.tmp`` names while the re-import runs; a run that fails there (here: the re-import
-    raises once those files exist) removes them, and the same command then finishes."""
+    their ``.tmp`` names while the relink and the verification run; a run that fails there (here:
+    the relink raises once those files exist) removes them, and the same command then finishes."""
     import time
 
     from recovery import pipeline
@@ -149,10 +149,10 @@ def test_a_run_failing_after_the_report_preparation_leaves_no_temporary_files(
         while not pending.exists() and time.monotonic() < deadline:
             time.sleep(0.01)
         seen.append(pending.exists())
-        raise RecoveryError("the re-import failed (test)", exit_code=3)
+        raise RecoveryError("the relink failed (test)", exit_code=3)
 
-    real = pipeline._reimport_into
-    monkeypatch.setattr(pipeline, "_reimport_into", failing)
+    real = pipeline._relink
+    monkeypatch.setattr(pipeline, "_relink", failing)
     with pytest.raises(RecoveryError):
         pipeline.rollback(
             w / "gestima.db",
@@ -164,7 +164,7 @@ def test_a_run_failing_after_the_report_preparation_leaves_no_temporary_files(
         )
     assert seen == [True]  # the preparation had written its files when the run failed
     assert sorted(p.name for p in (w / "run").glob("*.tmp")) == []
-    monkeypatch.setattr(pipeline, "_reimport_into", real)
+    monkeypatch.setattr(pipeline, "_relink", real)
     _rollback(w)
     assert not list((w / "run").glob("*.tmp"))
     assert (w / "run" / "lost_values.csv").read_text(encoding="utf-8").count("\n") == 28

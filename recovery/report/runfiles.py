@@ -266,7 +266,10 @@ def write_run_files(
     files.csv, reimport.sql, report.md and report.html. ``prepared``: :func:`prepare_run_files`
     of this bundle and folder (the files are the same without it; the caller closes it)."""
     run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if prepared is not None and prepared.model.bundle_id != bundle.bundle_id:
+    if prepared is not None and (
+        prepared.model.bundle_id != bundle.bundle_id
+        or any(tmp.parent != run_dir for tmp in prepared.csv.values())
+    ):  # prepared for another bundle or folder: not used
         prepared = None
     section = build(
         bundle,

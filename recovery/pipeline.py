@@ -498,6 +498,26 @@ def _warm_report_imports() -> None:
     import recovery.report.runfiles  # noqa: F401
 
 
+def _prepare_report(run_dir: Path, bundle: Bundle) -> Any:
+    """The report's reads of the bundle alone and its two CSVs streamed from rows.db
+    (:func:`recovery.report.runfiles.prepare_run_files`), done while the relink and the
+    verification run; the report step then reads only what depends on their outcome."""
+    from recovery.report.runfiles import prepare_run_files
+
+    return prepare_run_files(run_dir, bundle)
+
+
+@contextmanager
+def _side_jobs_ended() -> Iterator[list[_Background]]:
+    """Background jobs of the run are waited for and cleaned up however the run ends."""
+    jobs: list[_Background] = []
+    try:
+        yield jobs
+    finally:
+        for job in jobs:
+            job.discard()
+
+
 def _latest_mtime(p: Path) -> float:
     wal, _ = sidecars(p)
     return max(p.stat().st_mtime, wal.stat().st_mtime if wal.exists() else 0.0)
@@ -661,7 +681,7 @@ def rollback(
         )
     if dry_run:
         return _dry_run(db_p, backup_p, run_dir, uploads, mapping, alembic_ini, opts, files, say)
-    with _one_run_per_folder(db_p), _windows_closed() as windows:
+    with _one_run_per_folder(db_p), _windows_closed() as windows, _side_jobs_ended() as jobs:
         try:
             return _run_rollback(
                 db_p,
@@ -676,6 +696,7 @@ def rollback(
                 confirm,
                 say,
                 windows,
+                jobs,
             )
         except BaseException as exc:
             truth = _failure_truth(exc, run_dir, db_p, backup_p)
@@ -732,6 +753,7 @@ def _run_rollback(
     confirm: Callable[[dict[str, Any]], bool] | None,
     say: Progress,
     windows: list[WriteWindow] | None = None,
+    jobs: list[_Background] | None = None,
 ) -> RunResult:
     since, on_conflict, force, downgrade_to = (
         opts.since,
@@ -910,6 +932,10 @@ def _run_rollback(
         _save_outcome(run_dir, outcome)
         journal.mark("reimport", "done", already_applied=outcome.already_applied)
         warm.discard()
+    # after the commit: nothing competes with the re-import, which holds the write lock
+    report_prep = _Background(_prepare_report, run_dir, bundle, cleanup=lambda p: p.close())
+    if jobs is not None:  # closed by the caller however the run ends
+        jobs.append(report_prep)
     outcome = _load_outcome(run_dir, bundle, db_p, on_conflict)
     if not journal.done("relink"):
         journal.mark("relink", "start")
@@ -933,9 +959,18 @@ def _run_rollback(
     from recovery.report import write_run_files
 
     journal.mark("report", "start")
+    try:
+        prepared = report_prep.result()
+    except Exception:  # noqa: BLE001 - the report step reads the bundle itself, and says what failed
+        prepared = None
     paths = write_run_files(
-        run_dir, outcome, bundle, {"journal": journal.data["steps"], "late_commits": late}
+        run_dir,
+        outcome,
+        bundle,
+        {"journal": journal.data["steps"], "late_commits": late},
+        prepared=prepared,
     )
+    report_prep.discard()
     result = RunResult(run_dir, outcome, paths, journal.resumed, False, journal.data["steps"], late)
     if outcome.aborted:
         result.note = (

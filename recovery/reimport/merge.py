@@ -109,6 +109,38 @@ def load_lost(conn: sqlite3.Connection) -> LostValues:
     return load(conn, BUNDLE_DB)
 
 
+class _LostLoader:
+    """:func:`load_lost` on its own read-only connection to the bundle's rows.db, on a second core
+    while staging and detection run (the sample and counts are a full read of ``_recovery_lost``;
+    the outcome needs them only when it is recorded). The same statements, time-bounded alike."""
+
+    def __init__(self, conn: sqlite3.Connection, bundle: Bundle) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        source = next(
+            (r[2] for r in conn.execute("PRAGMA database_list") if r[1] == BUNDLE_DB), None
+        )
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recovery-lost")
+        self._future = pool.submit(self._load, bundle.rows_db, source or None)
+        pool.shutdown(wait=False)
+
+    @staticmethod
+    def _load(path: Path, source: str | None) -> LostValues:
+        from recovery.engine.sqlite_io import file_uri
+        from recovery.engine.timebound import statement_time_limit
+        from recovery.report.lost import load
+
+        conn = sqlite3.connect(file_uri(path, mode="ro"), uri=True)
+        try:
+            with statement_time_limit(conn):
+                return load(conn, "main", source)
+        finally:
+            conn.close()
+
+    def result(self) -> LostValues:
+        return self._future.result()
+
+
 def merge_and_check(
     conn: sqlite3.Connection,
     bundle: Bundle,
@@ -156,8 +188,9 @@ def _merge(
     outcome = Outcome(
         bundle.bundle_id, target_name, policy.value, dry_run, conflicts_mode=conflicts.value
     )
-    outcome.lost = load_lost(conn)
+    lost = _LostLoader(conn, bundle)
     if already_applied(conn, bundle.bundle_id):
+        outcome.lost = lost.result()
         outcome.already_applied = True
         return outcome, None
     p = make_plan(bundle.old, bundle.new, bundle.mapping, bundle.tables_with_rows())
@@ -184,6 +217,7 @@ def _merge(
         outcome.tables.setdefault(name, TableOutcome(name)).rows_before = _count(conn, name)
     stage(ctx)
     _detect(ctx)
+    outcome.lost = lost.result()
     if policy is ConflictPolicy.ABORT and outcome.conflicts:
         outcome.aborted = True
         return outcome, ctx

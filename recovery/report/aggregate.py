@@ -399,12 +399,24 @@ def _bin(t: exp.Expression, start: int | None) -> exp.Expression:
     return _fn("max", exp.Coalesce(this=b5, expressions=[_n(-1)]), _n(-1))
 
 
+@dataclass
+class TableAttribution:
+    """:func:`attribute`'s result for one table: its groups, its activity bins (table, kind, bin,
+    rows) and its rows without a usable time (None: none)."""
+
+    groups: list[UserGroup] = field(default_factory=list)
+    bins: list[tuple[str, str, int, int]] = field(default_factory=list)
+    untimed: int | None = None
+
+
 def attribute(
     conn: sqlite3.Connection,
     plans: Sequence[TablePlan],
     keys: KeyCounts,
     lost_tables: set[str],
     deploy_us: int | None,
+    cached: dict[str, TableAttribution] | None = None,
+    collect: dict[str, TableAttribution] | None = None,
 ) -> tuple[list[UserGroup], ActivityCounts]:
     """Per (table, kind, user): rows, rows skipped, conflicts and lost values; and rows per
     (table, kind, 5-minute bin from the deploy — else from the earliest time); rows with no time,
@@ -414,7 +426,13 @@ def attribute(
     user, bin) with an UPSERT — a small b-tree probe per row instead of the sort a ``GROUP BY``
     over every row costs — and the two views are grouped from those few rows. With ``keys.lost``
     None the lost values per record are ``temp.recovery_report_lost`` (from :func:`lost_counts`),
-    joined only for ``lost_tables`` (the tables that have any)."""
+    joined only for ``lost_tables`` (the tables that have any).
+
+    ``cached``: per-table results of an earlier call on the same rows.db with no keys in Python
+    (``KeyCounts()``) and the same ``lost_tables`` and ``deploy_us`` — used for every table that
+    ``keys`` names no record of when ``keys.lost`` is None (the keys only add to a group's
+    counts, so such a table's result is the same); ``collect``: filled with this call's per-table
+    results."""
     register(conn)
     _, keyed_tables = _py_key_table(conn, keys)
     times = {
@@ -432,138 +450,167 @@ def attribute(
     groups: list[UserGroup] = []
     activity = ActivityCounts(start)
     for p in plans:
-        user = _by_kind(_or_null(p.creator), _or_null(p.changer))
-        zero = _n(0)
-        lost_in_db = keys.lost is None and p.name in lost_tables
-        lost = (
-            exp.Coalesce(this=col("n", "l"), expressions=[zero.copy()])
-            if lost_in_db
-            else zero.copy()
-        )
-        conflicts, skipped = zero.copy(), zero.copy()
-        q = exp.select(
-            col(KIND, "b"),
-            _fn("typeof", user.copy()),
-            exp.Coalesce(this=user, expressions=[_s("")]),
-            _bin(times[p.name], start),
-            _n(1),
-        ).from_(table(p.name, "main", "b"), copy=False)
-        if lost_in_db:
-            key_json = _fn("json_array", *[col(k, "b") for k in p.key])
-            q = q.join(
-                table(LOST_KEYS, "temp", "l"),
-                join_type="LEFT",
-                on=and_all([_eq(col("table", "l"), _s(p.name)), _eq(col("key", "l"), key_json)]),
-                copy=False,
-            )
-        if p.name in keyed_tables:
-            q = q.join(
-                table(PY_KEYS, "temp", "c"),
-                join_type="LEFT",
-                on=and_all(
-                    [
-                        _eq(col("table", "c"), _s(p.name)),
-                        _eq(col("arity", "c"), _n(len(p.key))),
-                        *[is_same(col(f"k{i}", "c"), col(k, "b")) for i, k in enumerate(p.key)],
-                    ]
-                ),
-                copy=False,
-            )
-            coalesce = lambda name: exp.Coalesce(this=col(name, "c"), expressions=[_n(0)])  # noqa: E731
-            conflicts, skipped = coalesce("conflicts"), coalesce("skipped")
-            if keys.lost is not None:
-                lost = coalesce("lost")
-        into = exp.Schema(
-            this=table(GROUPS, "temp"),
-            expressions=[exp.to_identifier(c, quoted=True) for c in (*group_key, *sums, "first")],
-        )
-        if p.creator or p.changer or p.created_time or p.changed_time:
-            q = q.select(skipped, conflicts, lost, exp.column("rowid", "b"), copy=False).where(
-                _kinds(), copy=False
-            )
-            fold = [
-                exp.EQ(this=col(c), expression=exp.Add(this=col(c), expression=col(c, "excluded")))
-                for c in sums
-            ]
-            fold.append(
-                exp.EQ(
-                    this=col("first"), expression=_fn("min", col("first"), col("first", "excluded"))
-                )
-            )
-            conn.execute(
-                sql(
-                    exp.Insert(
-                        this=into,
-                        expression=q,
-                        conflict=exp.OnConflict(
-                            conflict_keys=[col(c) for c in group_key],
-                            action=exp.var("DO UPDATE"),
-                            expressions=fold,
-                        ),
-                    )
-                )
-            )
-        else:  # no user, no time: one group per kind — a plain aggregate per kind, no per-row upsert
-            q.set("expressions", q.expressions[:4] + [exp.Count(this=exp.Star())])
-            q = q.select(
-                exp.Sum(this=skipped),
-                exp.Sum(this=conflicts),
-                exp.Sum(this=lost),
-                exp.Min(this=exp.column("rowid", "b")),
-                copy=False,
-            )
-            values = exp.Insert(
-                this=into,
-                expression=exp.Values(
-                    expressions=[
-                        exp.Tuple(
-                            expressions=[
-                                exp.Placeholder() for _ in range(len(group_key) + len(sums) + 1)
-                            ]
-                        )
-                    ]
-                ),
-            )
-            for kind in (CREATED, CHANGED):
-                row = conn.execute(sql(q.where(_eq(col(KIND, "b"), _s(kind))))).fetchone()
-                if row[4]:
-                    conn.execute(sql(values), (kind, *row[1:]))
-        per_user = (
-            exp.select(
-                col("kind"),
-                col("type"),
-                col("user"),
-                *[exp.Sum(this=col(c)) for c in sums],
-                exp.Min(this=col("first")),
-            )
-            .from_(table(GROUPS, "temp"), copy=False)
-            .group_by(_n(1), _n(2), _n(3), copy=False)
-        )
-        for kind, type_, uid, rows, skip, conf, lo, first in conn.execute(sql(per_user)).fetchall():
-            created = kind == CREATED
-            has_col = (p.creator if created else p.changer) is not None
-            groups.append(
-                UserGroup(
-                    p.name,
-                    "created" if created else "changed",
-                    None if type_ == "null" else uid,
-                    has_col,
-                    rows,
-                    skip,
-                    conf,
-                    lo,
-                    first,
-                )
-            )
-        per_bin = (
-            exp.select(col("kind"), col("bin"), exp.Sum(this=col("rows")))
-            .from_(table(GROUPS, "temp"), copy=False)
-            .group_by(_n(1), _n(2), copy=False)
-        )
-        for kind, b5, n in conn.execute(sql(per_bin)).fetchall():
-            if b5 < 0:
-                activity.untimed[p.name] = activity.untimed.get(p.name, 0) + n
-            else:
-                activity.bins.append((p.name, "created" if kind == CREATED else "changed", b5, n))
-        conn.execute(sql(exp.delete(table(GROUPS, "temp"))))
+        done = (cached or {}).get(p.name) if keys.lost is None else None
+        if done is not None and p.name not in keyed_tables:
+            _add(done, groups, activity, p.name)
+            continue
+        one = TableAttribution()
+        _attribute_table(conn, p, keys, lost_tables, keyed_tables, times, start, one)
+        if collect is not None:
+            collect[p.name] = one
+        _add(one, groups, activity, p.name)
     return groups, activity
+
+
+def _add(
+    one: TableAttribution, groups: list[UserGroup], activity: ActivityCounts, name: str
+) -> None:
+    groups.extend(one.groups)
+    activity.bins.extend(one.bins)
+    if one.untimed is not None:
+        activity.untimed[name] = one.untimed
+
+
+def _attribute_table(
+    conn: sqlite3.Connection,
+    p: TablePlan,
+    keys: KeyCounts,
+    lost_tables: set[str],
+    keyed_tables: set[str],
+    times: dict[str, exp.Expression],
+    start: int | None,
+    out: TableAttribution,
+) -> None:
+    """One table's scan (see :func:`attribute`) into ``out``."""
+    group_key = ("kind", "type", "user", "bin")
+    sums = ("rows", "skipped", "conflicts", "lost")
+    user = _by_kind(_or_null(p.creator), _or_null(p.changer))
+    zero = _n(0)
+    lost_in_db = keys.lost is None and p.name in lost_tables
+    lost = (
+        exp.Coalesce(this=col("n", "l"), expressions=[zero.copy()]) if lost_in_db else zero.copy()
+    )
+    conflicts, skipped = zero.copy(), zero.copy()
+    q = exp.select(
+        col(KIND, "b"),
+        _fn("typeof", user.copy()),
+        exp.Coalesce(this=user, expressions=[_s("")]),
+        _bin(times[p.name], start),
+        _n(1),
+    ).from_(table(p.name, "main", "b"), copy=False)
+    if lost_in_db:
+        key_json = _fn("json_array", *[col(k, "b") for k in p.key])
+        q = q.join(
+            table(LOST_KEYS, "temp", "l"),
+            join_type="LEFT",
+            on=and_all([_eq(col("table", "l"), _s(p.name)), _eq(col("key", "l"), key_json)]),
+            copy=False,
+        )
+    if p.name in keyed_tables:
+        q = q.join(
+            table(PY_KEYS, "temp", "c"),
+            join_type="LEFT",
+            on=and_all(
+                [
+                    _eq(col("table", "c"), _s(p.name)),
+                    _eq(col("arity", "c"), _n(len(p.key))),
+                    *[is_same(col(f"k{i}", "c"), col(k, "b")) for i, k in enumerate(p.key)],
+                ]
+            ),
+            copy=False,
+        )
+        coalesce = lambda name: exp.Coalesce(this=col(name, "c"), expressions=[_n(0)])  # noqa: E731
+        conflicts, skipped = coalesce("conflicts"), coalesce("skipped")
+        if keys.lost is not None:
+            lost = coalesce("lost")
+    into = exp.Schema(
+        this=table(GROUPS, "temp"),
+        expressions=[exp.to_identifier(c, quoted=True) for c in (*group_key, *sums, "first")],
+    )
+    if p.creator or p.changer or p.created_time or p.changed_time:
+        q = q.select(skipped, conflicts, lost, exp.column("rowid", "b"), copy=False).where(
+            _kinds(), copy=False
+        )
+        fold = [
+            exp.EQ(this=col(c), expression=exp.Add(this=col(c), expression=col(c, "excluded")))
+            for c in sums
+        ]
+        fold.append(
+            exp.EQ(this=col("first"), expression=_fn("min", col("first"), col("first", "excluded")))
+        )
+        conn.execute(
+            sql(
+                exp.Insert(
+                    this=into,
+                    expression=q,
+                    conflict=exp.OnConflict(
+                        conflict_keys=[col(c) for c in group_key],
+                        action=exp.var("DO UPDATE"),
+                        expressions=fold,
+                    ),
+                )
+            )
+        )
+    else:  # no user, no time: one group per kind — a plain aggregate per kind, no per-row upsert
+        q.set("expressions", q.expressions[:4] + [exp.Count(this=exp.Star())])
+        q = q.select(
+            exp.Sum(this=skipped),
+            exp.Sum(this=conflicts),
+            exp.Sum(this=lost),
+            exp.Min(this=exp.column("rowid", "b")),
+            copy=False,
+        )
+        values = exp.Insert(
+            this=into,
+            expression=exp.Values(
+                expressions=[
+                    exp.Tuple(
+                        expressions=[
+                            exp.Placeholder() for _ in range(len(group_key) + len(sums) + 1)
+                        ]
+                    )
+                ]
+            ),
+        )
+        for kind in (CREATED, CHANGED):
+            row = conn.execute(sql(q.where(_eq(col(KIND, "b"), _s(kind))))).fetchone()
+            if row[4]:
+                conn.execute(sql(values), (kind, *row[1:]))
+    per_user = (
+        exp.select(
+            col("kind"),
+            col("type"),
+            col("user"),
+            *[exp.Sum(this=col(c)) for c in sums],
+            exp.Min(this=col("first")),
+        )
+        .from_(table(GROUPS, "temp"), copy=False)
+        .group_by(_n(1), _n(2), _n(3), copy=False)
+    )
+    for kind, type_, uid, rows, skip, conf, lo, first in conn.execute(sql(per_user)).fetchall():
+        created = kind == CREATED
+        has_col = (p.creator if created else p.changer) is not None
+        out.groups.append(
+            UserGroup(
+                p.name,
+                "created" if created else "changed",
+                None if type_ == "null" else uid,
+                has_col,
+                rows,
+                skip,
+                conf,
+                lo,
+                first,
+            )
+        )
+    per_bin = (
+        exp.select(col("kind"), col("bin"), exp.Sum(this=col("rows")))
+        .from_(table(GROUPS, "temp"), copy=False)
+        .group_by(_n(1), _n(2), copy=False)
+    )
+    for kind, b5, n in conn.execute(sql(per_bin)).fetchall():
+        if b5 < 0:
+            out.untimed = (out.untimed or 0) + n
+        else:
+            out.bins.append((p.name, "created" if kind == CREATED else "changed", b5, n))
+    conn.execute(sql(exp.delete(table(GROUPS, "temp"))))

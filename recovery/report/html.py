@@ -210,12 +210,21 @@ def _reasons(h: dict[str, Any]) -> str:
     )
 
 
-def render_html(report: dict[str, Any]) -> str:
-    """The full page for a ``report`` section (see ``model.build``)."""
+def render_html(
+    report: dict[str, Any], drawn: dict[str, tuple[Any, str | None]] | None = None
+) -> str:
+    """The full page for a ``report`` section (see ``model.build``). ``drawn``: charts already
+    drawn, {"activity": (the ``activity`` section drawn, its data URI)} — used when the section
+    is that one (the same input draws the same chart)."""
     h = report["headline"]
     cls, title, sentence = verdict_text(h)
     icon = {"ok": "✓", "review": "!", "bad": "✕"}[cls]
-    activity_uri = charts.activity_chart(report["activity"])
+    done = (drawn or {}).get("activity")
+    activity_uri = (
+        done[1]
+        if done is not None and done[0] == report["activity"]
+        else charts.activity_chart(report["activity"])
+    )
     outcome_uri = charts.outcome_chart(report["tables"])
     untimed = report["activity"].get("untimed") or {}
     untimed_note = (

@@ -306,26 +306,92 @@ def _open_rows(bundle: Bundle) -> sqlite3.Connection | None:
     return open_ro(bundle.rows_db)
 
 
+@dataclass
+class Prepared:
+    """What :func:`build` reads from the bundle alone, read before the re-import's outcome exists
+    (:func:`prepare`; a rollback does it on a second core while the re-import writes): the lost
+    values' counts and sample, the attribution plans, and each table's attribution with no
+    record named in Python. ``conn`` is rows.db, read-only, still holding
+    ``temp.recovery_report_lost`` for the tables the outcome's conflicts make :func:`build` scan
+    again; it may be used from another thread than the one that opened it, one at a time."""
+
+    bundle_id: str
+    conn: sqlite3.Connection | None
+    lost: _Lost | None
+    plans: list[TablePlan]
+    attribution: dict[str, dict[str, Any]]
+    tables: dict[str, aggregate.TableAttribution]
+    activity: dict[str, Any] | None = None
+    """The ``activity`` section as :func:`build` makes it (the outcome does not change it)."""
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
+def prepare(bundle: Bundle) -> Prepared:
+    """The outcome-independent part of :func:`build` (see :class:`Prepared`); its statements are
+    time-bounded like :func:`build`'s. The caller closes the result."""
+    from contextlib import nullcontext
+
+    from recovery.engine.timebound import statement_time_limit
+
+    conn = (
+        sqlite3.connect(f"file:{bundle.rows_db}?mode=ro", uri=True, check_same_thread=False)
+        if bundle.rows_db.is_file()
+        else None
+    )
+    try:
+        with statement_time_limit(conn) if conn is not None else nullcontext():
+            lost = _lost_from_db(conn)
+            plans, attribution = _plans(conn, bundle, _users_table(bundle))
+            tables: dict[str, aggregate.TableAttribution] = {}
+            activity = None
+            if conn is not None and plans:
+                deploy_text = bundle.manifest.get("deploy_time")
+                deploy = parse_time(deploy_text) if deploy_text else None
+                _, counts = aggregate.attribute(
+                    conn,
+                    plans,
+                    KeyCounts(),
+                    {t for t, n in lost.by_table.items() if n} if lost is not None else set(),
+                    aggregate.to_us(deploy),
+                    collect=tables,
+                )
+                activity = _activity(counts, deploy)
+    except BaseException:
+        if conn is not None:
+            conn.close()
+        raise
+    return Prepared(bundle.bundle_id, conn, lost, plans, attribution, tables, activity)
+
+
 def build(
     bundle: Bundle,
     outcome: Outcome | None,
     rollback_time: str | None = None,
     late: dict[str, Any] | None = None,
+    prepared: Prepared | None = None,
 ) -> dict[str, Any]:
     """The ``report`` section of report.json: every number the renderers show. ``late``: the
-    run's late-commit check, which feeds the verdict (:func:`recovery.model.outcome.judge`)."""
+    run's late-commit check, which feeds the verdict (:func:`recovery.model.outcome.judge`).
+    ``prepared``: :func:`prepare` of this bundle (the caller closes it), so only what depends on
+    the outcome is read here; the section is the same without it."""
     from contextlib import nullcontext
 
     from recovery.engine.timebound import statement_time_limit
 
-    conn = _open_rows(bundle)
+    if prepared is not None and (prepared.bundle_id != bundle.bundle_id or prepared.conn is None):
+        prepared = None
+    conn = prepared.conn if prepared is not None else _open_rows(bundle)
     try:
         with (
             statement_time_limit(conn) if conn is not None else nullcontext()
         ):  # rows.db is untrusted
-            return _build(conn, bundle, outcome, rollback_time, late)
+            return _build(conn, bundle, outcome, rollback_time, late, prepared)
     finally:
-        if conn is not None:
+        if conn is not None and prepared is None:
             conn.close()
 
 
@@ -335,12 +401,17 @@ def _build(
     outcome: Outcome | None,
     rollback_time: str | None,
     late: dict[str, Any] | None = None,
+    prepared: Prepared | None = None,
 ) -> dict[str, Any]:
     deploy_text = bundle.manifest.get("deploy_time")
     deploy = parse_time(deploy_text) if deploy_text else None
     users_table = _users_table(bundle)
-    lost_info = _lost(conn, outcome)
-    plans, attribution = _plans(conn, bundle, users_table)
+    lost_info = _lost(conn, outcome, prepared.lost if prepared is not None else None)
+    plans, attribution = (
+        (prepared.plans, prepared.attribution)
+        if prepared is not None
+        else _plans(conn, bundle, users_table)
+    )
 
     old_tables = set(bundle.old.tables)
     mapped_skip = {n for n, tm in bundle.mapping.tables.items() if getattr(tm, "skip", False)}
@@ -375,6 +446,7 @@ def _build(
             KeyCounts(dict(conflict_keys), skipped_keys, lost_info.per_key),
             {t for t, n in lost_info.by_table.items() if n},
             aggregate.to_us(deploy),
+            cached=prepared.tables if prepared is not None else None,
         )
 
     # ---- per table
@@ -647,12 +719,14 @@ def _lost_from_db(conn: sqlite3.Connection | None) -> _Lost | None:
     return _Lost(sample, sum(by_table.values()), by_table, by_reason, records)
 
 
-def _lost(conn: sqlite3.Connection | None, outcome: Outcome | None) -> _Lost:
+def _lost(
+    conn: sqlite3.Connection | None, outcome: Outcome | None, from_db: _Lost | None = None
+) -> _Lost:
     """``Outcome.lost`` when it holds every lost value; else the bundle's ``_recovery_lost`` (the
-    same list: the re-import loads it from there)."""
+    same list: the re-import loads it from there) — ``from_db`` when already read from it."""
     if outcome is not None and not outcome.lost_truncated:
         return _lost_from_list(outcome.lost)
-    found = _lost_from_db(conn)
+    found = from_db if from_db is not None else _lost_from_db(conn)
     if found is not None:
         return found
     info = _lost_from_list(outcome.lost if outcome is not None else [])

@@ -16,7 +16,7 @@ import os
 import shutil
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
@@ -27,10 +27,10 @@ from recovery.report.lost import count_rows, csv_cell, csv_rows, iter_outcome_lo
 from recovery.report.lost import has_lost as _has_lost
 from recovery.model.kinds import RowKind
 from recovery.model.outcome import OUTCOME_FORMAT, Outcome, OutcomeFormatError
-from recovery.report import csvout, notcarried
+from recovery.report import charts, csvout, notcarried
 from recovery.report.html import render_html
 from recovery.report.markdown import render_markdown
-from recovery.report.model import build
+from recovery.report.model import Prepared, build, prepare
 from recovery.report.tables import CONFLICT_COLUMNS, FILE_COLUMNS, LOST_COLUMNS, deletes_columns
 
 FORMAT = "recovery-report/1"
@@ -127,10 +127,15 @@ def _atomic_write_json(path: Path, data: Any) -> None:
 
 
 def _atomic_write_csv(path: Path, write: Callable[[IO[str]], Any]) -> None:
+    os.replace(_csv_tmp(path, write), path)
+
+
+def _csv_tmp(path: Path, write: Callable[[IO[str]], Any]) -> Path:
+    """``path``'s ``.tmp`` sibling, written complete by ``write`` (mode 0600)."""
     tmp = path.with_name(path.name + ".tmp")
     with _private_open(tmp, newline="", buffering=1 << 20) as fh:
         write(fh)
-    os.replace(tmp, path)
+    return tmp
 
 
 def write_lost_csv(fh: IO[str], items: Iterable[dict[str, Any]] | _CsvRows) -> None:
@@ -207,14 +212,73 @@ def _rollback_time(extra: dict[str, Any] | None) -> str:
     return str(restore.get("at") or datetime.now().isoformat(sep="T", timespec="seconds"))
 
 
+@dataclass
+class PreparedRun:
+    """The part of :func:`write_run_files` that depends on the bundle alone, done before the
+    outcome exists (:func:`prepare_run_files`): the report section's bundle reads, the filled
+    count, and lost_values.csv / filled_by_upgrade.csv written complete to their ``.tmp`` names
+    (these two CSVs are streamed from rows.db whatever the outcome). :meth:`close` removes what
+    :func:`write_run_files` did not put in place."""
+
+    model: Prepared
+    filled: int
+    csv: dict[str, Path]
+    drawn: dict[str, tuple[Any, str | None]] = field(default_factory=dict)
+    """Charts drawn from the bundle alone (:func:`recovery.report.html.render_html`'s ``drawn``)."""
+
+    def close(self) -> None:
+        self.model.close()
+        for tmp in self.csv.values():
+            tmp.unlink(missing_ok=True)
+
+
+def prepare_run_files(run_dir: Path, bundle: Bundle) -> PreparedRun:
+    """:class:`PreparedRun` for ``bundle``'s run folder ``run_dir``."""
+    model = prepare(bundle)
+    try:
+        csv: dict[str, Path] = {}
+        if _bundle_has_lost(bundle.rows_db):  # else the outcome's own list: written at the end
+            tmp = _csv_tmp(
+                run_dir / "lost_values.csv", lambda fh: write_lost_csv(fh, _CsvRows(bundle.rows_db))
+            )
+            csv["lost_values.csv"] = tmp
+        csv["filled_by_upgrade.csv"] = _csv_tmp(
+            run_dir / "filled_by_upgrade.csv",
+            lambda fh: write_lost_csv(fh, _FilledRows(bundle.rows_db)),
+        )
+        drawn: dict[str, tuple[Any, str | None]] = {}
+        if model.activity is not None:
+            drawn["activity"] = (model.activity, charts.activity_chart(model.activity))
+        return PreparedRun(model, filled_count(bundle), csv, drawn)
+    except BaseException:
+        model.close()
+        raise
+
+
 def write_run_files(
-    run_dir: Path, outcome: Outcome, bundle: Bundle, extra: dict[str, Any] | None = None
+    run_dir: Path,
+    outcome: Outcome,
+    bundle: Bundle,
+    extra: dict[str, Any] | None = None,
+    prepared: PreparedRun | None = None,
 ) -> dict[str, Path]:
     """Write report.json, conflicts.csv, lost_values.csv, not_carried.csv, deletes_for_review.csv,
-    files.csv, reimport.sql, report.md and report.html."""
+    files.csv, reimport.sql, report.md and report.html. ``prepared``: :func:`prepare_run_files`
+    of this bundle and folder (the files are the same without it; the caller closes it)."""
     run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    section = build(bundle, outcome, _rollback_time(extra), (extra or {}).get("late_commits"))
-    section["filled_by_upgrade"] = filled_count(bundle)
+    if prepared is not None and (
+        prepared.model.bundle_id != bundle.bundle_id
+        or any(tmp.parent != run_dir for tmp in prepared.csv.values())
+    ):  # prepared for another bundle or folder: not used
+        prepared = None
+    section = build(
+        bundle,
+        outcome,
+        _rollback_time(extra),
+        (extra or {}).get("late_commits"),
+        prepared.model if prepared is not None else None,
+    )
+    section["filled_by_upgrade"] = prepared.filled if prepared is not None else filled_count(bundle)
     section["migration_notes"] = list(
         (bundle.manifest.get("lineage") or {}).get("notes") or []
     )  # e.g. a failed downgrade
@@ -236,12 +300,20 @@ def write_run_files(
     _atomic_write_json(paths["report.json"], report)
     del report
     # streamed from the bundle: the caller keeps the bundle until we return (a dry run's is deleted after)
-    _atomic_write_csv(
-        paths["lost_values.csv"], lambda fh: write_lost_csv(fh, _all_lost(outcome, bundle))
-    )
-    _atomic_write_csv(
-        paths["filled_by_upgrade.csv"], lambda fh: write_lost_csv(fh, _FilledRows(bundle.rows_db))
-    )
+    done = prepared.csv if prepared is not None else {}
+    if "lost_values.csv" in done:
+        os.replace(done.pop("lost_values.csv"), paths["lost_values.csv"])
+    else:
+        _atomic_write_csv(
+            paths["lost_values.csv"], lambda fh: write_lost_csv(fh, _all_lost(outcome, bundle))
+        )
+    if "filled_by_upgrade.csv" in done:
+        os.replace(done.pop("filled_by_upgrade.csv"), paths["filled_by_upgrade.csv"])
+    else:
+        _atomic_write_csv(
+            paths["filled_by_upgrade.csv"],
+            lambda fh: write_lost_csv(fh, _FilledRows(bundle.rows_db)),
+        )
     _atomic_write_csv(
         paths["conflicts.csv"],
         lambda fh: csvout.write_dicts(
@@ -270,7 +342,9 @@ def write_run_files(
         shutil.copyfile(bundle.path / "reimport.sql", paths["reimport.sql"])
         os.chmod(paths["reimport.sql"], 0o600)
     _atomic_write(paths["report.md"], render_markdown(section))
-    _atomic_write(paths["report.html"], render_html(section))
+    _atomic_write(
+        paths["report.html"], render_html(section, prepared.drawn if prepared is not None else None)
+    )
     return paths
 
 

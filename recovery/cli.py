@@ -493,7 +493,7 @@ def _confirm_or_refuse(yes: bool, dry_run: bool, question: str) -> None:
 
 @main.command("reimport", epilog=EXIT_CODES_HELP)
 @click.argument("bundle_dir", type=click.Path(path_type=Path))
-@click.argument("db", type=click.Path(path_type=Path))
+@click.argument("db")  # a path, or a postgresql:// URL (a Path would fold its "//")
 @click.option(
     "--out",
     "out_dir",
@@ -513,7 +513,7 @@ def _confirm_or_refuse(yes: bool, dry_run: bool, question: str) -> None:
 @quiet_option
 def reimport_cmd(
     bundle_dir: Path,
-    db: Path,
+    db: str,
     out_dir: Path | None,
     uploads: Path | None,
     expect_bundle_id: str | None,
@@ -533,10 +533,14 @@ def reimport_cmd(
     The bundle's id, the live source's fingerprint, its path and the extract time are shown first;
     --expect-bundle-id refuses any other bundle (an edited bundle has another id).
 
+    DB may be a postgresql:// URL: the same merge in one server transaction (a pg_dump safety
+    copy goes to RUN/safety first).
+
     Example:
 
     \b
         recovery reimport run/bundle gestima.db --yes
+        recovery reimport run/bundle postgresql://app@db/gestima --yes
     """
     from recovery import commands, progress
     from recovery.options import ReimportOptions

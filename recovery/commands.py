@@ -404,7 +404,14 @@ def reimport(
         bundle.check_expected_id(expect_bundle_id)
         _stopped_unless(None if confirm is None else lambda: confirm(bundle))
         with progress.step("reimport"):
-            res = run_reimport(bundle, db, out_dir, options=opts, uploads=uploads)
+            from recovery.engine.base import is_postgres_url
+
+            if is_postgres_url(os.fspath(db)):
+                from recovery.reimport.pgmerge import run_reimport_postgres
+
+                res = run_reimport_postgres(bundle, os.fspath(db), out_dir, opts, uploads)
+            else:
+                res = run_reimport(bundle, db, out_dir, options=opts, uploads=uploads)
     _log_run("reimport", res)
     return res
 

@@ -290,6 +290,10 @@ def test_every_type_round_trips_exactly(typed_pair: tuple[str, str], tmp_path: P
         (3, "deleted"),
     ]
     _same_in_server(old, t, "id", m["pg_types_base"][t], base)
+    r = cli("diff", old, new, "--json")  # enum and domain columns compare in the workspace too
+    assert r.returncode == 1, r.stderr
+    c = json.loads(r.stdout)["tables"][t]
+    assert (c["inserted"], c["updated"], c["deleted"]) == (1, 2, 1)
 
 
 def _raw(db: Path, table: str) -> list[tuple[Any, ...]]:
@@ -408,3 +412,183 @@ def test_mapping_file_on_postgres_as_on_sqlite(
     ref = extract(*lite_args, tmp_path / "s", mapping=tmp_path / "good.toml")
     assert res.bundle.manifest["mapping"] == ref.bundle.manifest["mapping"]
     assert res.bundle.manifest["counts"] == ref.bundle.manifest["counts"]
+
+
+ENV_PY = """
+import json
+import psycopg
+import sqlalchemy as sa
+from alembic import context
+
+LIVE_URL = {live_url!r}
+LIVE_DB = {live_db!r}
+OUT = {out!r}
+tries = {{}}
+
+
+def attempt(name, fn):
+    try:
+        fn()
+        tries[name] = "connected"
+    except BaseException as exc:
+        tries[name] = f"{{type(exc).__name__}}: {{exc}}"
+
+
+def write_live(conn):
+    conn.execute("INSERT INTO canary VALUES (1)")
+    conn.commit()
+
+
+U = sa.engine.make_url(LIVE_URL)
+attempt("psycopg to live", lambda: write_live(psycopg.connect(host=U.host, port=U.port, user=U.username, dbname=U.database)))
+attempt("sqlalchemy to live", lambda: sa.create_engine(LIVE_URL).connect())
+attempt("the role to live", lambda: psycopg.connect(dbname=LIVE_DB))
+# below the guard: libpq itself, with the credentials the child was given
+low = psycopg.pq.PGconn.connect(("dbname='" + LIVE_DB.replace("'", "\\\\'") + "'").encode())
+tries["libpq to live"] = "connected" if low.status == psycopg.pq.ConnStatus.OK else str(low.get_error_message())
+low.finish()
+scratch = psycopg.pq.PGconn.connect(b"")
+tries["libpq to scratch"] = "connected" if scratch.status == psycopg.pq.ConnStatus.OK else str(scratch.get_error_message())
+scratch.finish()
+with open(OUT, "w") as fh:
+    json.dump(tries, fh)
+
+engine = sa.create_engine(context.config.get_main_option("sqlalchemy.url"))
+with engine.connect() as connection:
+    context.configure(connection=connection)
+    with context.begin_transaction():
+        context.run_migrations()
+"""
+
+REV1 = """revision = "r1"
+down_revision = None
+from alembic import op
+
+
+def upgrade():
+    op.execute("CREATE TABLE t (id integer PRIMARY KEY, a text)")
+
+
+def downgrade():
+    op.execute("DROP TABLE t")
+"""
+
+REV2 = """revision = "r2"
+down_revision = "r1"
+from alembic import op
+
+
+def upgrade():
+    op.execute("ALTER TABLE t ADD COLUMN b text")
+    op.execute("UPDATE t SET b = 'mig-' || a")
+
+
+def downgrade():
+    op.execute("ALTER TABLE t DROP COLUMN b")
+"""
+
+
+def _app(folder: Path, live_url: str, out: Path) -> Path:
+    """A small Alembic app whose env.py tries to reach the live database every way it can, then
+    migrates the database its ini names; its ini names the live database."""
+    (folder / "versions").mkdir(parents=True)
+    (folder / "versions" / "r1.py").write_text(REV1)
+    (folder / "versions" / "r2.py").write_text(REV2)
+    live_db = str(make_url(live_url).database)
+    (folder / "env.py").write_text(ENV_PY.format(live_url=live_url, live_db=live_db, out=str(out)))
+    ini = folder / "alembic.ini"
+    ini.write_text(
+        f"[alembic]\nscript_location = %(here)s\nsqlalchemy.url = {live_url.replace('%', '%%')}\n"
+    )
+    return ini
+
+
+@pytest.fixture
+def migrated_pair(pg_server: str) -> Iterator[tuple[str, str]]:
+    """(backup URL at r1, live URL at r2): the upgrade filled ``t.b`` from ``a``, then a user
+    changed row 2's ``b``."""
+    tag = uuid.uuid4().hex[:6]
+    old, new = _url(pg_server, f"app backup {tag}"), _url(pg_server, f"app live {tag}")
+    with connect(make_url(pg_server), "server") as admin:
+        run(admin, create_database_sql(str(make_url(old).database)))
+    with connect(make_url(old), "database") as conn:
+        conn.execute("CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY)")
+        conn.execute("INSERT INTO alembic_version VALUES ('r1')")
+        conn.execute("CREATE TABLE t (id integer PRIMARY KEY, a text)")
+        conn.execute("CREATE TABLE canary (x integer)")
+        conn.execute("INSERT INTO t VALUES (1, 'a'), (2, 'b'), (3, 'c')")
+    with connect(make_url(pg_server), "server") as admin:
+        run(admin, create_database_sql(str(make_url(new).database), str(make_url(old).database)))
+    with connect(make_url(new), "database") as conn:
+        conn.execute("ALTER TABLE t ADD COLUMN b text")
+        conn.execute("UPDATE t SET b = 'mig-' || a")
+        conn.execute("UPDATE alembic_version SET version_num = 'r2'")
+        conn.execute("UPDATE t SET b = 'a user wrote this' WHERE id = 2")
+    try:
+        yield old, new
+    finally:
+        _drop(pg_server, old, new)
+
+
+def test_app_migrations_reach_only_their_scratch_database(
+    migrated_pair: tuple[str, str], tmp_path: Path, pg_server: str
+) -> None:
+    """--alembic-ini: the app's env.py runs in the sandbox child on a scratch copy of the backup
+    as a role made for the run. Its attempts at the live database fail — by psycopg and
+    SQLAlchemy with the live URL (refused in the child), and as the role, even through libpq
+    itself below the guard (refused by the server) — while the scratch database works: the
+    upgrade is replayed, so only the user's value is lost. The live database is unchanged, and
+    the scratch databases and the role are gone afterwards."""
+    old, new = migrated_pair
+    out = tmp_path / "tries.json"
+    ini = _app(tmp_path / "app", new, out)
+    before = PostgresEngine(new).fingerprint()
+    res = extract_postgres(old, new, tmp_path / "b", alembic_ini=ini)
+    assert PostgresEngine(new).fingerprint() == before
+    tries = json.loads(out.read_text())
+    assert "refused by the recovery sandbox" in tries["psycopg to live"]
+    assert "refused by the recovery sandbox" in tries["sqlalchemy to live"]
+    assert "refused by the recovery sandbox" in tries["the role to live"]
+    assert (
+        "recovery-sandbox-role-may-connect-to-its-scratch-database-only" in tries["libpq to live"]
+    )
+    assert tries["libpq to scratch"] == "connected"
+    m = res.bundle.manifest
+    assert m["upgrade_replayed"] is True
+    assert m["counts"]["t"]["lost"] == 1 and res.summary()["filled_by_upgrade"] == 0
+    (lost,) = _raw(res.bundle.rows_db, LOST_TABLE)
+    assert lost[1] == "[2]" and lost[3:5] == ("b", "a user wrote this")
+    with connect(make_url(pg_server), "server") as admin:
+        left = admin.execute(
+            "SELECT (SELECT count(*) FROM pg_roles WHERE rolname LIKE 'recovery_sandbox_%'), "
+            "(SELECT count(*) FROM pg_database WHERE datname LIKE 'recovery_scratch_replay_%')"
+        ).fetchone()
+    assert left == (0, 0)
+
+
+def test_alembic_ini_on_postgres_gives_the_sqlite_rules_and_bundle(
+    worlds: tuple[Path, str, Path], tmp_path: Path
+) -> None:
+    """The sample app's own migrations (upgrade replayed, downgrade followed for lineage), run in
+    the sandbox on scratch copies: the same rules, lineage, counts and lost values as on SQLite,
+    for ``extract`` and ``diff``."""
+    from recovery.sample.app import app_dir
+
+    out, url, lite = worlds
+    ini = str(app_dir() / "alembic.ini")
+    dump = str(out / json.loads((out / "world.json").read_text())["backup"])
+    lite_args = [str(lite / "gestima.db.bak.20261120_140000"), str(lite / "gestima.db")]
+    pg = extract_postgres(dump, url, tmp_path / "pg", alembic_ini=ini)
+    sq = extract(*lite_args, tmp_path / "lite", alembic_ini=ini)
+    a, b = pg.bundle.manifest, sq.bundle.manifest
+    assert a["upgrade_replayed"] is b["upgrade_replayed"] is True
+    assert a["lineage"]["rules"] == b["lineage"]["rules"] != {}
+    assert a["lineage"]["failed"] == b["lineage"]["failed"] == []
+    assert a["mapping"] == b["mapping"] and a["counts"] == b["counts"]
+    assert pg.summary()["lost"] == sq.summary()["lost"]
+    r1 = cli("diff", dump, url, "--alembic-ini", ini, "--json")
+    r2 = cli("diff", *lite_args, "--alembic-ini", ini, "--json")
+    assert (r1.returncode, r2.returncode) == (1, 1), r1.stderr + r2.stderr
+    d1, d2 = json.loads(r1.stdout), json.loads(r2.stdout)
+    for key in ("tables", "schema", "mapping", "totals", "at_risk", "filled_by_upgrade"):
+        assert d1[key] == d2[key], key

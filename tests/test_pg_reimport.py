@@ -19,6 +19,8 @@ from typing import Any
 
 import psycopg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy.engine import make_url
 from sqlglot import exp
 
@@ -78,6 +80,7 @@ def lite_bundle(lite_world: Path, tmp_path_factory: pytest.TempPathFactory) -> P
         lite_world / "gestima.db",
         out,
         alembic_ini=app_dir() / "alembic.ini",
+        uploads=lite_world / "uploads",
     )
     return out
 
@@ -340,9 +343,12 @@ def test_skip_and_abort_policies(pg_server: str, template_db: str, lite_bundle: 
         # the quotes' items were skipped with them (a unit lands whole or not at all)
         assert any(r["table"] == "quote_items" for r in o.skipped_rows)
         assert _q(skip_db, "SELECT count(*) FROM quotes WHERE customer = 'Old app'")[0][0] == 2
+        # the old app's edit of a cell the bundle also changed: reported, the target's value kept
+        (qid,) = _status_changed(b)
         upd = [c for c in o.conflicts if c.kind is ConflictKind.UPDATE_UPDATE]
-        if upd:  # the old app's edit of a cell the bundle also changed: the target's value kept
-            assert all(c.resolution is Resolution.KEPT_TARGET for c in upd)
+        assert [(c.key, c.column, c.target_value) for c in upd] == [((qid,), "status", "old-app")]
+        assert upd[0].resolution is Resolution.KEPT_TARGET
+        assert _q(skip_db, f"SELECT status FROM quotes WHERE id = {qid}")[0][0] == "old-app"
         before = _fingerprint(abort_db)
         a = reimport_postgres(abort_db, b, MergeOptions(on_conflict="abort"))
         assert a.aborted and a.conflicts
@@ -352,23 +358,39 @@ def test_skip_and_abort_policies(pg_server: str, template_db: str, lite_bundle: 
         _drop(pg_server, abort_db)
 
 
-def test_prefer_bundle_and_row_conflicts(target: str, lite_bundle: Path) -> None:
-    """A cell changed on both sides: --prefer bundle writes the bundle's value; the conflict is reported."""
-    b = open_bundle(lite_bundle)
-    upd = (
-        sqlite3.connect(b.rows_db)
-        .execute(
-            "SELECT id, status FROM quotes WHERE \"_recovery_kind\" = 'updated' ORDER BY id LIMIT 1"
+def _status_changed(b: Any) -> list[int]:
+    """Ids of the quotes whose status the bundle changed after the deploy."""
+    c = sqlite3.connect(b.rows_db)
+    try:
+        c.execute("ATTACH DATABASE ? AS base", (str(b.base_db),))
+        q = (
+            "SELECT n.id FROM quotes AS n JOIN base.quotes AS o ON o.id = n.id "
+            "WHERE n._recovery_kind = 'updated' AND n.status IS NOT o.status ORDER BY n.id"
         )
-        .fetchone()
+        return [r[0] for r in c.execute(q)]
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("mode", ["cell", "row"])
+def test_prefer_bundle_takes_the_bundle_value_and_reports_it(
+    target: str, lite_bundle: Path, mode: str
+) -> None:
+    """A cell changed on both sides: --prefer bundle writes the bundle's value, the conflict is
+    reported (cell by cell, or once for the row with --conflicts row); --prefer db keeps the target's."""
+    b = open_bundle(lite_bundle)
+    (qid,) = _status_changed(b)
+    want = (
+        sqlite3.connect(b.rows_db)
+        .execute("SELECT status FROM quotes WHERE id = ?", (qid,))
+        .fetchone()[0]
     )
-    assert upd is not None
-    _exec(target, f"UPDATE quotes SET status = 'old-app-status' WHERE id = {int(upd[0])}")
-    o = reimport_postgres(target, b, MergeOptions(prefer="bundle"))
-    hit = [c for c in o.conflicts if c.kind is ConflictKind.UPDATE_UPDATE and c.key == (upd[0],)]
-    if hit:
-        assert hit[0].resolution is Resolution.APPLIED
-        assert _q(target, f"SELECT status FROM quotes WHERE id = {int(upd[0])}")[0][0] == upd[1]
+    _exec(target, f"UPDATE quotes SET status = 'old-app' WHERE id = {qid}")
+    o = reimport_postgres(target, b, MergeOptions(prefer="bundle", conflicts=mode))
+    hit = [c for c in o.conflicts if c.kind is ConflictKind.UPDATE_UPDATE]
+    assert [(c.key, c.resolution) for c in hit] == [((qid,), Resolution.APPLIED)]
+    assert "status" in (hit[0].column or "")
+    assert _q(target, f"SELECT status FROM quotes WHERE id = {qid}")[0][0] == want
 
 
 def test_triggers_are_suspended_and_back_after_commit_and_after_rollback(
@@ -516,3 +538,167 @@ def test_hostile_identifiers_and_values(pg_url: str, tmp_path: Path) -> None:
     _exec(pg_url, f"INSERT INTO {p} (\"sel ect\") VALUES ('next')")
     assert _q(pg_url, f'SELECT "i d" FROM {p} WHERE "sel ect" = \'next\'')[0][0] > new3
     assert (tmp_path / "run" / "reimport.sql").stat().st_mode & 0o777 == 0o600
+
+
+def test_cli_reimport_into_a_postgres_url(target: str, lite_bundle: Path, tmp_path: Path) -> None:
+    """``recovery reimport BUNDLE postgresql://…``: a pg_dump safety copy first, the run's files,
+    exit 1 (lost values to review); a second run changes nothing."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "recovery",
+        "reimport",
+        str(lite_bundle),
+        target,
+        "--yes",
+        "--quiet",
+    ]
+    r = subprocess.run(
+        [*cmd, "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode == 1, r.stderr
+    run_dir = tmp_path / "run"
+    assert (run_dir / "safety" / f"{make_url(target).database}.dump").stat().st_size > 0
+    assert {"report.json", "reimport.sql", "conflicts.csv", "lost_values.csv"} <= {
+        p.name for p in run_dir.iterdir()
+    }
+    before = _fingerprint(target)
+    r = subprocess.run(
+        [*cmd, "--out", str(tmp_path / "run2")], capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode in (0, 1), r.stderr
+    assert _fingerprint(target) == before
+
+
+OLD_APP_FILE = (
+    "INSERT INTO file_records (filename, path, sha256, size, mime_type, entity_type, entity_id, "
+    "created_at, uploaded_by) VALUES ('old.pdf', 'old/old.pdf', '{sha}', 3, 'application/pdf', "
+    "'part', 1, '2026-11-21 09:00:00', 1)"
+)
+
+
+def test_relink_in_postgres_reports_what_the_sqlite_relink_reports(
+    target: str, lite_world: Path, lite_bundle: Path, tmp_path: Path
+) -> None:
+    """The old app stored a file after the restore (its record takes a key the bundle's records
+    have: remapped), and a carried upload is missing from the folder: relink on PostgreSQL
+    restores it from the bundle, finds the remapped records and reports exactly what the SQLite
+    relink of the same scenario reports."""
+    import hashlib
+
+    from recovery.files.pgrelink import relink_postgres
+    from recovery.files.relink import relink
+    from recovery.pipeline import reimport
+
+    b = open_bundle(lite_bundle)
+    sha = hashlib.sha256(b"old").hexdigest()
+    lite_db = tmp_path / "gestima.db"
+    shutil.copyfile(lite_world / "gestima.db.bak.20261120_140000", lite_db)
+    with sqlite3.connect(lite_db) as c:
+        c.execute(OLD_APP_FILE.format(sha=sha))
+    c.close()
+    _exec(target, OLD_APP_FILE.format(sha=sha))
+    carried = (
+        sqlite3.connect(b.rows_db)
+        .execute("SELECT path FROM file_records WHERE _recovery_kind = 'inserted' ORDER BY id")
+        .fetchall()
+    )
+    reports = []
+    for side in ("lite", "pg"):
+        up = tmp_path / f"uploads-{side}"
+        shutil.copytree(lite_world / "uploads", up)
+        (up / "old").mkdir()
+        (up / "old" / "old.pdf").write_bytes(b"old")
+        (up / carried[0][0]).unlink()
+        if side == "lite":
+            o = reimport(b, lite_db, tmp_path / "lite-run").outcome
+            assert o is not None
+            reports.append(relink(b, lite_db, up, remaps=o.remaps))
+        else:
+            o = reimport_postgres(target, b, MergeOptions())
+            assert [r for r in o.remaps if r.table == "file_records"]
+            assert relink_postgres(b, target, up, dry_run=True, remaps=o.remaps)["dry_run"]
+            assert not (up / carried[0][0]).exists()  # a dry run writes nothing
+            reports.append(relink_postgres(b, target, up, remaps=o.remaps))
+        assert (up / carried[0][0]).read_bytes() == (
+            lite_world / "uploads" / carried[0][0]
+        ).read_bytes()
+    lite_r, pg_r = reports
+    assert pg_r["counts"]["restored_from_bundle"] == 1
+    for key in (
+        "counts",
+        "restored_from_bundle",
+        "relinked",
+        "missing",
+        "orphans",
+        "unsafe",
+        "kept_both",
+        "links_fixed",
+        "records_not_imported",
+        "records_without_file",
+    ):
+        assert pg_r[key] == lite_r[key], key
+
+
+@pytest.fixture(scope="module")
+def roundtrip_conn(pg_server: str) -> Iterator[psycopg.Connection[Any]]:
+    name = f"pgimp_rt_{uuid.uuid4().hex[:8]}"
+    with _admin(pg_server) as a:
+        run(a, create_database_sql(name))
+    url = make_url(pg_server).set(database=name)
+    conn = connect(url, "test")
+    run(conn, command("CREATE TEMP TABLE raw (t text, f text, b text, i text)"))
+    yield conn
+    conn.close()
+    with _admin(pg_server) as a:
+        run(a, drop_database_sql(name))
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    t=st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00")),
+    f=st.floats(allow_nan=False),
+    b=st.binary(max_size=64),
+    i=st.integers(min_value=-(2**63), max_value=2**63 - 1),
+)
+def test_staged_values_come_back_identical(
+    roundtrip_conn: psycopg.Connection[Any], t: str, f: float, b: bytes, i: int
+) -> None:
+    """What the staging sends through COPY (a SQLite bundle's text, real, blob and integer values
+    in COPY text format) and casts in SQL to the target types is the identical value: tabs,
+    newlines, backslashes and any unicode in text; every double bit for bit; every byte."""
+    from recovery.reimport.pgmerge import PgScript
+
+    conn = roundtrip_conn
+    run(conn, command("TRUNCATE raw"))
+    script = PgScript(conn)
+    try:
+        script.copy(exp.Table(this=exp.to_identifier("raw")), ["t", "f", "b", "i"], [(t, f, b, i)])
+    finally:
+        script.close()
+    got = conn.execute(
+        "SELECT t, CAST(f AS double precision), CAST(b AS bytea), CAST(i AS bigint) FROM raw"
+    ).fetchone()
+    assert got == (t, f, b, i)
+
+
+def test_a_statement_over_the_time_limit_is_cancelled_and_nothing_applied(
+    target: str, lite_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every statement is bounded: one that runs longer than the limit (here the target's own
+    CHECK calling a slow function, evaluated over the staged rows) is cancelled by the server,
+    the transaction rolls back, exit 3 with one line."""
+    _exec(
+        target,
+        "CREATE FUNCTION slow_ok(n integer) RETURNS boolean LANGUAGE sql AS "
+        "$$ SELECT pg_sleep(0.4) IS NOT NULL $$",
+        "ALTER TABLE quote_items ADD CONSTRAINT slow CHECK (slow_ok(qty)) NOT VALID",
+    )
+    before = _fingerprint(target)
+    monkeypatch.setenv("RECOVERY_STATEMENT_TIMEOUT", "0.5")
+    with pytest.raises(RecoveryError) as err:
+        reimport_postgres(target, open_bundle(lite_bundle), MergeOptions())
+    assert err.value.exit_code == 3 and "longer than 0.5 s" in str(err.value)
+    assert _fingerprint(target) == before

@@ -30,9 +30,9 @@ import json
 import os
 import shutil
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, ExitStack
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -68,15 +68,11 @@ from recovery.compare.timestamps import parse_since
 from recovery.engine.postgres import (
     PgPair,
     PostgresEngine,
-    attach_foreign,
     backup_database,
     command,
-    connect,
     ident,
-    install_sqlite_compat,
     is_postgres_url,
     run,
-    scratch_database,
     sha256_file,
 )
 from recovery.engine.schema import Schema
@@ -85,6 +81,8 @@ from recovery.engine.sqlite_io import fsync_dir
 from recovery.errors import RecoveryError
 from recovery.files.uploads import FilesConfig, UploadsIndex, copy_files_into_bundle
 from recovery.model.kinds import CHANGED_KINDS, KIND_COLUMN as KIND, RowKind
+from recovery.engine.pgworkspace import column_types, workspace
+from recovery.migrate.pgsandbox import derive_lineage_pg, replay_upgrade_pg
 from recovery.model.values import TableCounts
 from recovery.transpile.mapping import load_mapping, resolve
 from recovery.transpile.passes import plan as make_plan
@@ -92,126 +90,14 @@ from recovery.transpile.passes import plan as make_plan
 ENGINE = "postgresql"
 BATCH = 5000
 """Rows per ``executemany`` into the bundle while a COPY streams."""
-SESSION_SETTINGS = (
-    "SET TIME ZONE 'UTC'",
-    "SET datestyle = 'ISO, YMD'",
-    "SET intervalstyle = 'postgres'",
-    "SET bytea_output = 'hex'",
-    "SET extra_float_digits = 1",
-)
-"""The workspace session's output settings: the text form of every carried value depends on them
-(and each of these text forms reads back as the identical value)."""
-
-_COLUMN_TYPES = (
-    "SELECT c.relname, a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod) "
-    "FROM pg_catalog.pg_attribute AS a "
-    "JOIN pg_catalog.pg_class AS c ON c.oid = a.attrelid "
-    "JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace "
-    "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND a.attnum > 0 "
-    "AND NOT a.attisdropped ORDER BY c.relname, a.attnum"
-)
-_USER_TYPES = (
-    "SELECT DISTINCT tn.nspname, t.typname, t.typtype, "
-    "CASE WHEN t.typtype = 'd' AND bn.nspname = 'pg_catalog' "
-    "THEN pg_catalog.format_type(t.typbasetype, t.typtypmod) END "
-    "FROM pg_catalog.pg_attribute AS a "
-    "JOIN pg_catalog.pg_class AS c ON c.oid = a.attrelid "
-    "JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace "
-    "JOIN pg_catalog.pg_type AS t0 ON t0.oid = a.atttypid "
-    "JOIN pg_catalog.pg_type AS t ON t.oid = CASE WHEN t0.typelem <> 0 AND t0.typlen = -1 "
-    "THEN t0.typelem ELSE t0.oid END "
-    "JOIN pg_catalog.pg_namespace AS tn ON tn.oid = t.typnamespace "
-    "LEFT JOIN pg_catalog.pg_type AS b ON b.oid = t.typbasetype "
-    "LEFT JOIN pg_catalog.pg_namespace AS bn ON bn.oid = b.typnamespace "
-    "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND a.attnum > 0 "
-    "AND NOT a.attisdropped AND tn.nspname NOT IN ('pg_catalog', 'information_schema')"
-)
 
 
-# ---- the sources' catalogs ----------------------------------------------------------------------
-
-
-def column_types(db: PostgresEngine) -> dict[str, dict[str, str]]:
-    """{table: {column: ``format_type`` text}} of the tables in ``public``, in column order."""
-    out: dict[str, dict[str, str]] = {}
-    with db.readonly("database") as conn:
-        for tname, cname, typ in run(conn, _COLUMN_TYPES).fetchall():
-            out.setdefault(str(tname), {})[str(cname)] = str(typ)
-    return out
-
-
-def user_types(db: PostgresEngine) -> set[tuple[str, str, str | None]]:
-    """(schema, name, built-in base type or None) of every user-defined type a ``public`` table's
-    column uses (itself or as an array's element): enums, domains, composites, extension types."""
-    with db.readonly("database") as conn:
-        return {
-            (str(s), str(n), None if base is None else str(base))
-            for s, n, _kind, base in run(conn, _USER_TYPES).fetchall()
-        }
-
-
-def stand_in_types(conn: psycopg.Connection[Any], types: set[tuple[str, str, str | None]]) -> None:
-    """In the workspace, a domain of the same qualified name for each user-defined type the sources
-    use (over its built-in base type for a domain, else over ``text``): the foreign tables then
-    import, and postgres_fdw hands each value over as the source's text output."""
-    made: set[tuple[str, str]] = set()
-    for schema, name, base in sorted(types, key=lambda t: (t[0], t[1], t[2] or "")):
-        if (schema, name) in made:
-            continue
-        made.add((schema, name))
-        run(conn, command(f"CREATE SCHEMA IF NOT EXISTS {ident(schema)}"))
-        run(
-            conn,
-            command(f"CREATE DOMAIN {ident(schema)}.{ident(name)} AS {base or 'text'}"),
-        )
-
-
-# ---- the workspace ------------------------------------------------------------------------------
-
-
-@contextmanager
 def extract_workspace(
-    backup: PostgresEngine, live: PostgresEngine
-) -> Iterator[psycopg.Connection[Any]]:
-    """A connection to a scratch database on the live server with ``backup`` as the foreign schema
-    ``old``, ``live`` as ``new`` (both servers ``updatable 'false'``), and the empty local schemas
-    ``bnew`` and ``bbase``, inside one REPEATABLE READ transaction (postgres_fdw reads each source
-    in one snapshot for the whole transaction). The scratch database is dropped afterwards."""
-    types = user_types(backup) | user_types(live)
-    with scratch_database(live, "extract") as ws:
-        conn = connect(ws.url, "scratch database")
-        try:
-            try:
-                stand_in_types(conn, types)
-                for engine, schema in ((backup, "old"), (live, "new")):
-                    attach_foreign(conn, engine, schema)
-                    run(
-                        conn,
-                        command(
-                            f"ALTER SERVER {ident('recovery_' + schema)} "
-                            "OPTIONS (ADD updatable 'false')"
-                        ),
-                    )
-                install_sqlite_compat(conn)
-                for setting in SESSION_SETTINGS:
-                    run(conn, command(setting))
-                for schema in ("bnew", "bbase"):
-                    run(conn, command(f"CREATE SCHEMA {ident(schema)}"))
-            except psycopg.Error as exc:
-                raise RecoveryError(
-                    f"cannot reach the databases through postgres_fdw: {_first_line(str(exc))}",
-                    "the user needs to create the postgres_fdw extension (PostgreSQL contrib) "
-                    "in a new database",
-                ) from None
-            run(conn, command("BEGIN ISOLATION LEVEL REPEATABLE READ"))
-            yield conn
-        finally:
-            conn.close()
-
-
-def _first_line(text: str) -> str:
-    lines = [ln for ln in (text or "").strip().splitlines() if ln.strip()]
-    return lines[0] if lines else "no message"
+    backup: PostgresEngine, live: PostgresEngine, replayed: PostgresEngine | None = None
+) -> AbstractContextManager[psycopg.Connection[Any]]:
+    """The workspace (:func:`recovery.engine.pgworkspace.workspace`) with the writable local
+    schemas ``bnew`` (rows in the new schema) and ``bbase`` (backup images)."""
+    return workspace(backup, live, replayed, ("bnew", "bbase"), "extract")
 
 
 def _create_like(conn: Any, schema: str, name: str, source_schema: str, source: str) -> None:
@@ -691,10 +577,10 @@ def extract_postgres(
             f"--out {out_p} already exists and is not empty",
             "choose a new folder; nothing was overwritten",
         )
-    if alembic_ini is not None:
+    if alembic_ini is not None and not Path(alembic_ini).is_file():
         raise RecoveryError(
-            "--alembic-ini is not supported for PostgreSQL yet",
-            "extract without it; nothing was changed",
+            f"--alembic-ini {alembic_ini} does not exist",
+            "point it at the application's alembic.ini",
         )
     files = files or FilesConfig()
     live_db = PostgresEngine(live)
@@ -716,13 +602,28 @@ def extract_postgres(
     )
     hasher.shutdown(wait=False)
     try:
-        with backup_database(backup_text, live_db) as old_db:
+        with ExitStack() as stack:
+            old_db = stack.enter_context(backup_database(backup_text, live_db))
             old_db.check("backup")
             old, new = reflect_pg(old_db), reflect_pg(live_db)
             ops = structural_pg(old_db, live_db)
             types_new, types_old = column_types(live_db), column_types(old_db)
             backup_label = backup_text if not backup_is_url else old_db.spec
-            with extract_workspace(old_db, live_db) as conn, rendering_for("postgres"):
+            replay = (
+                replay_upgrade_pg(
+                    alembic_ini, old_db, old.alembic_revision, new.alembic_revision, stack
+                )
+                if alembic_ini is not None
+                else None
+            )
+            lineage, lineage_report = None, None
+            if replay is not None:  # the downgrade runs on a copy of the replayed upgrade
+                assert alembic_ini is not None
+                lineage, lineage_report = derive_lineage_pg(alembic_ini, old, new, replay.db)
+            conn = stack.enter_context(
+                extract_workspace(old_db, live_db, replay.db if replay is not None else None)
+            )
+            with rendering_for("postgres"):
                 a = analyse_pg(
                     PgPair(conn),
                     backup_label,
@@ -733,7 +634,9 @@ def extract_postgres(
                     since,
                     mapping,
                     trust_mapping,
+                    lineage,
                 )
+                a.replay = replay
                 counts: dict[str, Any] = {}
                 progress.set_total(len(a.bundle_tables) + 3)
                 for name in a.bundle_tables:
@@ -789,8 +692,8 @@ def extract_postgres(
             "schemas": {"old": a.old.to_dict(), "new": a.new.to_dict()},
             "schema_diff": a.schema_diff.to_dict(),
             "mapping": a.mapping.to_dict(),
-            "lineage": None,
-            "upgrade_replayed": False,
+            "lineage": lineage_report,
+            "upgrade_replayed": replay is not None,
             "counts": counts,
             "planning_errors": list(p.errors),
             "files": file_report,

@@ -14,6 +14,7 @@ databases are dropped at the end.
 from __future__ import annotations
 
 import os
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +34,8 @@ from recovery.engine.postgres import (
     PostgresEngine,
     backup_database,
     is_postgres_url,
-    pair_workspace,
 )
+from recovery.engine.pgworkspace import workspace
 from recovery.engine.schema import BOOKKEEPING_TABLES, Column, ForeignKey, Schema, Table
 from recovery.engine.sqlbuild import rendering_for
 from recovery.errors import RecoveryError
@@ -168,10 +169,10 @@ def diff_postgres(
 ) -> DiffResult:
     """Compare ``backup`` (a pg_dump file or a database URL) with the live database ``live``;
     ``mapping``: the mapping file's rules first (each expression tried once on the live table)."""
-    if alembic_ini is not None:
+    if alembic_ini is not None and not Path(alembic_ini).is_file():
         raise RecoveryError(
-            "--alembic-ini is not supported for PostgreSQL yet",
-            "run the diff without it (or with --mapping); nothing was changed",
+            f"--alembic-ini {alembic_ini} does not exist",
+            "point it at the application's alembic.ini",
         )
     live_db = PostgresEngine(live)
     live_db.check("live database")
@@ -180,7 +181,8 @@ def diff_postgres(
         since = deploy_time_of(Path(backup_text))
     since_jd, since_norm = parse_since(since) if since is not None else (None, None)
     user = load_mapping(mapping)
-    with backup_database(backup_text, live_db) as old_db:
+    with ExitStack() as stack:
+        old_db = stack.enter_context(backup_database(backup_text, live_db))
         old_db.check("backup")
         old, new = reflect_pg(old_db), reflect_pg(live_db)
         shared = set(old.data_tables) & set(new.data_tables)
@@ -190,7 +192,17 @@ def diff_postgres(
                 f"--table {unknown[0]} is in neither database", "check the table name"
             )
         ops = structural_pg(old_db, live_db)
-        with pair_workspace(old_db, live_db) as conn, rendering_for("postgres"):
+        replay, lineage = None, None
+        if alembic_ini is not None:  # the app's code runs in the sandbox, on scratch copies only
+            from recovery.migrate.pgsandbox import derive_lineage_pg, replay_upgrade_pg
+
+            replay = replay_upgrade_pg(
+                alembic_ini, old_db, old.alembic_revision, new.alembic_revision, stack
+            )
+            if replay is not None:
+                lineage, _report = derive_lineage_pg(alembic_ini, old, new, replay.db)
+        replayed = replay.db if replay is not None else None
+        with workspace(old_db, live_db, replayed) as conn, rendering_for("postgres"):
             pair: Any = PgPair(conn)
             sdiff = compare(pair, None, None, old, new, user, since_jd, ops=ops)  # type: ignore[arg-type]
             if not shared and not sdiff.table_renames:
@@ -199,10 +211,12 @@ def diff_postgres(
                     "is the backup of the same application?",
                 )
             cmap = resolve(
-                old, new, user, None, sdiff.renames_by_table(), sdiff.table_renames_by_old()
+                old, new, user, lineage, sdiff.renames_by_table(), sdiff.table_renames_by_old()
             )
             check_user_expressions(pair, user, new, cmap)
             cmap = verify(pair, old, new, cmap, since_jd, trust_mapping)
-            changes = diff_rows(pair, old, new, cmap, tables, since_jd, rows, since_norm)
+            changes = diff_rows(
+                pair, old, new, cmap, tables, since_jd, rows, since_norm, replay=replay
+            )
     label = backup_text if not is_postgres_url(backup_text) else PostgresEngine(backup_text).spec
     return DiffResult(label, live_db.spec, sdiff, changes, cmap, since_norm)  # type: ignore[arg-type]

@@ -65,6 +65,7 @@ __all__ = [
     "LinkFix",
     "RelinkPlan",
     "apply_relink",
+    "build_plan",
     "detect_files_config",
     "plan_relink",
     "relink",
@@ -127,6 +128,11 @@ def _build(bundle: Bundle, m: Matcher, root: Path, index: UploadsIndex) -> Relin
     ]
     survey(draft, m.conn, index, c, m.pk, {rec["_key"] for rec in from_bundle.values()})
     return RelinkPlan(root, c, m.pk, draft.writes, fixes, r, index)
+
+
+build_plan = _build
+"""The plan from a :class:`~recovery.files.relink_match.Matcher` (the PostgreSQL relink builds it
+over its own reader: :mod:`recovery.files.pgrelink`)."""
 
 
 def plan_relink(

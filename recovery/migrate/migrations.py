@@ -370,6 +370,20 @@ def derive_lineage(
         if revs
         else DowngradeCapture([], [])
     )
+    return lineage_from_capture(cap, env, old_tables, revs, old_rev, new_rev)
+
+
+def lineage_from_capture(
+    cap: DowngradeCapture,
+    env: Env,
+    old_tables: dict[str, list[str]],
+    revs: list[RevisionInfo],
+    old_rev: str,
+    new_rev: str,
+) -> tuple[dict[str, dict[str, exp.Expression]], dict[str, Any]]:
+    """The mapping rules a captured downgrade gives (``env``: the live tables' columns, each its
+    own expression; ``old_tables``: the backup's tables and columns), and the manifest's report
+    (:func:`derive_lineage`, whatever engine the capture ran on)."""
     env, statements, failed, notes = _follow(cap, env)
     lineage: dict[str, dict[str, exp.Expression]] = {}
     for t, cols in old_tables.items():

@@ -184,12 +184,51 @@ def named_databases(alembic_ini: Path | None, environ: dict[str, str] | None = N
     return out
 
 
+PG_ENV_VARS = (
+    "PGHOST",
+    "PGHOSTADDR",
+    "PGPORT",
+    "PGDATABASE",
+    "PGUSER",
+    "PGPASSWORD",
+    "PGPASSFILE",
+    "PGSERVICE",
+    "PGSERVICEFILE",
+    "PGOPTIONS",
+    "PGSSLMODE",
+    "PGAPPNAME",
+)
+"""libpq's environment: the child gets none of the tool's (no password of a real database
+reaches it); on a PostgreSQL scratch, the run role's connection to it."""
+
+
 def child_environment(
-    scratch: Path, protected: list[Path], environ: dict[str, str] | None = None
+    scratch: Path,
+    protected: list[Path],
+    environ: dict[str, str] | None = None,
+    server_url: str | None = None,
 ) -> dict[str, str]:
-    """The tool's environment with every usual carrier of a database URL pointing at ``scratch``."""
+    """The tool's environment with every usual carrier of a database URL pointing at ``scratch``
+    (``server_url``: a PostgreSQL scratch database, whose role's password only it carries)."""
     env = dict(os.environ) if environ is None else dict(environ)
-    url = f"sqlite:///{scratch}"
+    url = server_url or f"sqlite:///{scratch}"
+    for key in PG_ENV_VARS:
+        env.pop(key, None)
+    env["PGPASSFILE"] = os.devnull
+    env["PGSERVICEFILE"] = os.devnull
+    if server_url is not None:
+        from sqlalchemy.engine import make_url
+
+        u = make_url(server_url)
+        for key, value in (
+            ("PGHOST", u.host),
+            ("PGPORT", u.port),
+            ("PGDATABASE", u.database),
+            ("PGUSER", u.username),
+            ("PGPASSWORD", u.password),
+        ):
+            if value is not None:
+                env[key] = str(value)
     real = {os.path.realpath(p) for p in protected}
     real |= {r + s for r in list(real) for s in (*_SIDECARS, "-shm")}
     for key, value in list(env.items()):
@@ -290,6 +329,10 @@ class Sandbox:
     scratch: Path
     protect: list[Path] = field(default_factory=list)
     timeout: float = field(default_factory=_timeout)
+    server_url: str | None = None
+    """A PostgreSQL scratch database (a URL with the run role's password) instead of the file
+    ``scratch``: the child may reach it, as that role, and nothing else
+    (:mod:`recovery.migrate.pgsandbox` makes both)."""
     refused: list[str] = field(default_factory=list, init=False)
     """What the guard refused during the last command (also printed on stderr)."""
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
@@ -326,19 +369,24 @@ class Sandbox:
 
     def _start(self, ini: Path) -> None:
         assert self._dir is not None
-        url = f"sqlite:///{self.scratch}"
+        url = self.server_url or f"sqlite:///{self.scratch}"
         ini_copy = write_ini_copy(ini, self._dir / "alembic.ini", url)
         protected = [str(p) for p in self._prints] + [
             str(p) + s for p in self._prints for s in (*_SIDECARS, "-shm")
         ]
         cwd = os.getcwd()
-        init = {
+        init: dict[str, Any] = {
             "scratch": str(self.scratch),
             "url": url,
             "ini": str(ini_copy),
             "protected": protected,
             "sys_path": [cwd if p == "" else p for p in sys.path],
         }
+        if self.server_url is not None:
+            from sqlalchemy.engine import make_url
+
+            u = make_url(self.server_url)
+            init["server"] = {"database": str(u.database), "user": str(u.username)}
         init_path = self._dir / "init.json"
         init_path.write_text(json.dumps(init), encoding="utf-8")
         req_r, req_w = os.pipe()
@@ -358,7 +406,7 @@ class Sandbox:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self._dir,
-                env=child_environment(self.scratch, list(self._prints)),
+                env=child_environment(self.scratch, list(self._prints), server_url=self.server_url),
                 pass_fds=(req_r, resp_w),
                 start_new_session=True,
             )

@@ -19,6 +19,11 @@ installed, plus a wrapper around SQLAlchemy's ``create_engine``:
   (resolved path and inode are compared);
 * starting a program and opening a network socket are refused (neither is guarded).
 
+On a PostgreSQL scratch database (``init["server"]``: its database and role) the driver psycopg
+may be imported, and ``create_engine`` and ``psycopg.connect`` are refused for any database or
+user but the scratch database and the run's role (which the server itself lets connect nowhere
+else: :mod:`recovery.migrate.pgsandbox`).
+
 Every refusal is recorded and reported with the command's answer, even when the application's
 code catches the exception.
 """
@@ -68,6 +73,12 @@ DRIVER_MODULES = frozenset(
     }
 )
 """Top-level modules of database drivers other than the standard library's sqlite3."""
+PG_DRIVER_MODULES = frozenset({"psycopg", "psycopg_binary", "psycopg_c", "psycopg_pool"})
+"""The driver a PostgreSQL scratch database is reached with (only then importable)."""
+_PSYCOPG_ARGS = frozenset(
+    {"autocommit", "prepare_threshold", "context", "row_factory", "cursor_factory"}
+)
+"""Keywords of ``psycopg.connect`` that are not libpq connection parameters."""
 
 PATH_EVENTS = frozenset(
     {
@@ -126,7 +137,11 @@ def is_bookkeeping_sql(statement: str) -> bool:
 class Guard:
     """Decides what the application's code may open; records every refusal."""
 
-    def __init__(self, scratch: str, protected: list[str]) -> None:
+    def __init__(
+        self, scratch: str, protected: list[str], server: dict[str, str] | None = None
+    ) -> None:
+        self.server = server
+        """{"database", "user"} of a PostgreSQL scratch database, None for a SQLite scratch."""
         self.scratch = os.path.realpath(scratch)
         self.protected = {os.path.realpath(p) for p in protected}
         self.protected_ids: set[tuple[int, int]] = set()
@@ -181,6 +196,14 @@ class Guard:
             return False
         return True
 
+    def allowed_server(self, database: Any, user: Any) -> bool:
+        """A PostgreSQL connection: only to the scratch database, only as the run's role."""
+        return (
+            self.server is not None
+            and database == self.server["database"]
+            and user == self.server["user"]
+        )
+
     def refuse(self, what: str, exc: type[Exception] = SandboxRefused) -> None:
         self.refused.append(what)
         raise exc(f"refused by the recovery sandbox: {what}")
@@ -230,7 +253,7 @@ class Guard:
             self.refuse(f"opening a network connection to {args[1] if len(args) > 1 else '?'!r}")
         elif event == "import":
             top = str(args[0]).split(".", 1)[0]
-            if top in DRIVER_MODULES:
+            if top in DRIVER_MODULES and not (self.server and top in PG_DRIVER_MODULES):
                 self.refuse(
                     f"importing the database driver {args[0]!r}: only the scratch SQLite copy may be used",
                     SandboxImportRefused,
@@ -279,6 +302,15 @@ class Guard:
 
         def create_engine(url: Any, *args: Any, **kwargs: Any) -> Any:
             u = make_url(url)
+            if guard.server is not None and u.drivername.startswith("postgresql"):
+                if not guard.allowed_server(u.database, u.username):
+                    guard.refuse(
+                        f"create_engine({u.render_as_string(hide_password=True)!r}): only the "
+                        f"scratch database {guard.server['database']!r} may be used"
+                    )
+                engine = original(url, *args, **kwargs)
+                engines.append(engine)
+                return engine
             if not u.drivername.startswith("sqlite"):
                 guard.refuse(
                     f"create_engine({u.render_as_string(hide_password=True)!r}): only the scratch "
@@ -302,6 +334,32 @@ class Guard:
             and sqlalchemy.engine.create_engine is create_engine
         )
 
+    def patch_psycopg(self) -> None:
+        """Wrap ``psycopg.connect`` (SQLAlchemy's psycopg dialect connects through it): any
+        database or user but the scratch database and the run's role is refused, whatever the
+        connection string, keywords or ``PG*`` environment say."""
+        import psycopg
+        from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+        original = psycopg.Connection.connect.__func__  # type: ignore[attr-defined]
+        guard = self
+
+        def connect(cls: Any, conninfo: str = "", **kwargs: Any) -> Any:
+            libpq = {k: v for k, v in kwargs.items() if k not in _PSYCOPG_ARGS and v is not None}
+            params = conninfo_to_dict(make_conninfo(conninfo, **libpq))
+            database = params.get("dbname") or os.environ.get("PGDATABASE")
+            user = params.get("user") or os.environ.get("PGUSER")
+            database = database or user
+            if not guard.allowed_server(database, user):
+                guard.refuse(
+                    f"psycopg.connect(dbname={database!r}, user={user!r}): only the scratch "
+                    f"database {guard.server['database'] if guard.server else '?'!r} may be used"
+                )
+            return original(cls, conninfo, **kwargs)
+
+        psycopg.Connection.connect = classmethod(connect)  # type: ignore[assignment,method-assign]
+        psycopg.connect = psycopg.Connection.connect
+
 
 # ---------------------------------------------------------------------------------------------
 # the command loop
@@ -323,10 +381,11 @@ def _run_migrate(
     engine = sa.create_engine(init["url"], poolclass=sa.pool.NullPool)
     try:
         with engine.connect() as conn:
-            conn.exec_driver_sql(
-                "PRAGMA foreign_keys=OFF"
-            )  # a rebuild must never fire ON DELETE CASCADE
-            if req.get("fast"):
+            if not init.get("server"):  # (a PostgreSQL scratch database has no PRAGMAs)
+                conn.exec_driver_sql(
+                    "PRAGMA foreign_keys=OFF"
+                )  # a rebuild must never fire ON DELETE CASCADE
+            if req.get("fast") and not init.get("server"):
                 conn.exec_driver_sql(
                     "PRAGMA synchronous=OFF"
                 )  # a scratch file: durability buys nothing
@@ -425,13 +484,15 @@ def main(argv: list[str]) -> int:
     with open(argv[0], encoding="utf-8") as fh:
         init = json.load(fh)
     req_fd, resp_fd = int(argv[1]), int(argv[2])
-    guard = Guard(init["scratch"], init["protected"])
+    guard = Guard(init["scratch"], init["protected"], init.get("server"))
     sys.addaudithook(guard.hook)  # first: nothing of the application has been imported yet
     guard.patch_sqlite3()
     _find_library_without_programs()
     sys.path[:] = [p for p in init["sys_path"] if p]
     engines: list[Any] = []
     guard.patch_sqlalchemy(engines)
+    if guard.server is not None:
+        guard.patch_psycopg()
     import sqlalchemy as sa
 
     captured: list[str] = []

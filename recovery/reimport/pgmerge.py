@@ -751,7 +751,7 @@ def _unique(m: PgMerge, s: _Staged) -> None:
         )
         nk = len(t.key)
         hits = m.rows(q)
-        for rid, *rest in hits:
+        for _rid, *rest in hits:
             values = rest[nk + 1 : nk + 1 + len(u)]
             m.conflict(
                 Conflict(
@@ -814,7 +814,7 @@ def _constraint(m: PgMerge, s: _Staged) -> None:
             .order_by(col(RID, "s"))
         )
         hits = m.rows(q)
-        for rid, *rest in hits:
+        for _rid, *rest in hits:
             m.conflict(
                 Conflict(
                     ConflictKind.CONSTRAINT,
@@ -871,7 +871,7 @@ def _missing_parent(m: PgMerge, s: _Staged) -> None:
             .order_by(col(RID, "s"))
         )
         hits = m.rows(q)
-        for rid, *rest in hits:
+        for _rid, *rest in hits:
             value = rest[nk + 1] if len(fk.columns) == 1 else json.dumps(rest[nk + 1 :])
             m.conflict(
                 Conflict(
@@ -921,7 +921,7 @@ def _update(m: PgMerge, s: _Staged) -> list[int]:
         .order_by(col(RID, "u"))
     )
     hits = m.rows(gone)
-    for rid, *k in hits:
+    for _rid, *k in hits:
         m.conflict(
             Conflict(
                 ConflictKind.UPDATE_DELETED,
@@ -1501,14 +1501,16 @@ def _applied_table() -> exp.Table:
 
 
 def _already_applied(conn: psycopg.Connection[Any], bundle_id: str) -> bool:
-    if not conn.execute(_APPLIED_EXISTS, (_qualified(APPLIED_TABLE),)).fetchone()[0]:
+    """``bundle_id`` was re-imported into this database already (its ``_recovery_applied`` row)."""
+    row = conn.execute(_APPLIED_EXISTS, (_qualified(APPLIED_TABLE),)).fetchone()
+    if not row or not row[0]:
         return False
     q = (
         exp.select("1")
         .from_(_applied_table())
-        .where(exp.EQ(this=col("bundle_id"), expression=exp.Placeholder()))
+        .where(exp.EQ(this=col("bundle_id"), expression=exp.Literal.string(bundle_id)))
     )
-    return conn.execute(render(q).replace("?", "%s"), (bundle_id,)).fetchone() is not None
+    return conn.execute(render(q)).fetchone() is not None
 
 
 def _record_applied(m: PgMerge) -> None:
@@ -1585,6 +1587,7 @@ def reimport_postgres(
     ``run_dir/reimport.sql`` (the transaction as executed) when given. A server error, or a
     refusal by the target's own constraints at the end, rolls back and raises exit 3."""
     from recovery.compare.pgdiff import reflect_pg
+    from recovery.engine.timebound import statement_time_limit
     from recovery.reimport.merge import attach_bundle, load_lost
 
     db = PostgresEngine(target)
@@ -1604,7 +1607,7 @@ def reimport_postgres(
         conn = connect(db.url, "target database", timeout=busy_timeout)
         script = PgScript(conn)
         try:
-            with rendering_for("postgres"):
+            with rendering_for("postgres"), statement_time_limit(lite):
                 _transaction(
                     conn,
                     script,
@@ -1639,6 +1642,9 @@ def _transaction(
     lite: sqlite3.Connection,
     run_dir: Path | None,
 ) -> None:
+    from recovery.engine.timebound import limit_seconds
+
+    limit = limit_seconds()
     note = f"recovery reimport of bundle {bundle.bundle_id} into {db.spec}" + (
         " (dry run)" if dry_run else ""
     )
@@ -1646,6 +1652,9 @@ def _transaction(
     try:
         conn.execute("BEGIN")
         conn.execute("SET CONSTRAINTS ALL DEFERRED")
+        # every statement bounded (the bundle is untrusted input): the server cancels one that
+        # runs longer, and the transaction rolls back (exit 3)
+        conn.execute(render(command(f"SET LOCAL statement_timeout = {max(1, int(limit * 1000))}")))
         if _already_applied(conn, bundle.bundle_id):
             outcome.already_applied = True
             conn.execute("ROLLBACK")
@@ -1693,6 +1702,17 @@ def _transaction(
         else:
             conn.execute("COMMIT")
             committed = True
+    except psycopg.errors.QueryCanceled:
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            conn.rollback()
+        if run_dir is not None:
+            script.write(run_dir / "reimport.sql", False, note + "\nFAILED (statement timeout)")
+        raise RecoveryError(
+            f"statement ran longer than {limit:g} s; nothing was applied",
+            "the bundle may be forged or the data far larger than expected; raise the limit "
+            "with --statement-timeout if it is genuine",
+            ExitCode.FAILED,
+        ) from None
     except psycopg.Error as exc:
         if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
             conn.rollback()
@@ -1712,3 +1732,66 @@ def _transaction(
         raise
     if run_dir is not None:
         script.write(run_dir / "reimport.sql", committed, note)
+
+
+# ---- the command's run -------------------------------------------------------------------------
+
+
+def verify_postgres(target: str, outcome: Outcome, expected_revision: str | None) -> dict[str, Any]:
+    """The verification of a committed re-import, in the SQLite verification's shape: the server
+    enforced every constraint at the commit (integrity ``ok``, no foreign-key problem can remain),
+    the alembic revision, and each table's row count read again against what the outcome says."""
+    from recovery.compare.pgdiff import reflect_pg
+    from recovery.engine.postgres import count_rows
+    from recovery.model.values import RowCountCheck, Verification
+
+    db = PostgresEngine(target)
+    revision = reflect_pg(db).alembic_revision
+    counts = {}
+    with connect(db.url, "target database", readonly=True) as conn:
+        for name, t in sorted(outcome.tables.items()):
+            expected = t.rows_before + t.inserted - t.deleted
+            counts[name] = RowCountCheck(
+                t.rows_before, t.inserted, t.deleted, expected, count_rows(conn, SCHEMA, name)
+            )
+    return Verification(("ok",), (), expected_revision, revision, counts).to_dict()
+
+
+def run_reimport_postgres(
+    bundle: Bundle,
+    db: str,
+    out: str | os.PathLike[str] | None,
+    options: Any,
+    uploads: str | os.PathLike[str] | None = None,
+    files: FilesConfig | None = None,
+) -> Any:
+    """``recovery reimport postgresql://… BUNDLE``: a ``pg_dump`` safety copy of the target into
+    ``RUN/safety/`` (not for ``--dry-run``), the re-import in one transaction, its verification,
+    the relink of uploads (:mod:`recovery.files.pgrelink`) and the run's report files; the
+    :class:`recovery.pipeline.RunResult` the SQLite re-import returns."""
+    from recovery.compare.pgdiff import reflect_pg
+    from recovery.pipeline import RunResult, check_uploads, check_writable
+    from recovery.report import write_run_files
+
+    check_uploads(uploads)
+    target = PostgresEngine(db)
+    check_target_schema(bundle, reflect_pg(target))  # refused before any copy or write
+    stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
+    dry_run = bool(getattr(options, "dry_run", False))
+    run_dir = Path(out) if out else bundle.path / f"reimport-{stamp}{'-dry-run' if dry_run else ''}"
+    check_writable(run_dir, "run folder (--out)")
+    run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not dry_run:
+        safety = run_dir / "safety"
+        safety.mkdir(mode=0o700, exist_ok=True)
+        target.snapshot(safety / f"{target.database}.dump", "target database")
+    outcome = reimport_postgres(db, bundle, options, dry_run=dry_run, run_dir=run_dir, files=files)
+    if not (dry_run or outcome.aborted or outcome.already_applied):
+        outcome.verification = verify_postgres(db, outcome, bundle.old.alembic_revision)
+    if uploads and not outcome.aborted:
+        from recovery.files.pgrelink import relink_postgres
+
+        outcome.files = relink_postgres(
+            bundle, db, Path(uploads), files, dry_run=dry_run, remaps=outcome.remaps
+        )
+    return RunResult(run_dir, outcome, write_run_files(run_dir, outcome, bundle))

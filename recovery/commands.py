@@ -443,11 +443,12 @@ def rollback(
         from recovery.restore.pgrollback import rollback_postgres
 
         stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
+        run_dir = Path(out_dir) if out_dir else Path(f"recovery-run-{stamp}")
         with override(opts.statement_timeout):
             res = rollback_postgres(
                 normalise_spec(os.fspath(db)),
-                os.fspath(backup),
-                Path(out_dir) if out_dir else Path(f"recovery-run-{stamp}"),
+                backup_as_dump(normalise_spec(os.fspath(db)), os.fspath(backup), run_dir),
+                run_dir,
                 opts,
                 alembic_ini=alembic_ini,
                 uploads=uploads,
@@ -469,6 +470,35 @@ def rollback(
         )
     _log_run("rollback", res)
     return res
+
+
+BACKUP_DUMP = "backup-database.dump"
+"""The run folder's ``pg_dump`` of a backup given as a database URL."""
+
+
+def backup_as_dump(db: str, backup: str, run_dir: Path) -> str:
+    """``backup`` as a pg_dump file for a PostgreSQL rollback of ``db``: a file as it is; another
+    database's URL dumped once (``pg_dump -Fc``, atomic) into ``run_dir`` as :data:`BACKUP_DUMP`,
+    which a resumed run reuses, so every step of one run restores the same backup. The live
+    database itself is refused as its own backup (exit 2, nothing written)."""
+    from recovery.engine.base import is_postgres_url, normalise_spec
+
+    if not is_postgres_url(normalise_spec(backup)):
+        return backup
+    from recovery.engine.postgres import PostgresEngine
+
+    source, live = PostgresEngine(normalise_spec(backup)), PostgresEngine(db)
+    if source.url.set(password=None) == live.url.set(password=None):
+        raise RecoveryError(
+            f"the backup {source.spec} is the live database itself; nothing was changed",
+            "pass the pre-deploy backup: its pg_dump file or the URL of the database it was restored into",
+        )
+    dump = run_dir / BACKUP_DUMP
+    if not dump.is_file():
+        source.check("backup database")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        source.snapshot(dump, "backup database")
+    return os.fspath(dump)
 
 
 def _changed(options: Any) -> str:
@@ -604,7 +634,21 @@ def relink(
     cfg = FilesConfig(
         files_table or default.table, path_column or default.path, hash_column or default.sha256
     )
+    from recovery.engine.base import is_postgres_url, normalise_spec
+
     with override(statement_timeout):
+        if is_postgres_url(os.fspath(db)):
+            from recovery.bundle.store import open_bundle
+            from recovery.files.pgrelink import relink_postgres
+
+            report = relink_postgres(
+                open_bundle(bundle_dir),
+                normalise_spec(os.fspath(db)),
+                Path(uploads),
+                cfg,
+                dry_run=dry_run,
+            )
+            return RelinkResult(report, dry_run)
         return RelinkResult(
             run_relink(bundle_dir, db, Path(uploads), cfg, dry_run=dry_run), dry_run
         )

@@ -803,8 +803,13 @@ def _print_next_steps(res: Any, backup: Path) -> None:
 @click.argument("out_dir", required=False, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--parts", default=300, show_default=True, type=click.IntRange(10, 10_000_000))
 @click.option("--seed", default=42, show_default=True, type=int)
+@click.option(
+    "--url",
+    help="Build and roll back the world in this PostgreSQL database (postgresql://…/DBNAME; "
+    "created if missing, refused if it has tables); OUT_DIR gets its dump, uploads and run.",
+)
 @quiet_option
-def demo_cmd(out_dir: Path | None, parts: int, seed: int) -> None:
+def demo_cmd(out_dir: Path | None, parts: int, seed: int, url: str | None = None) -> None:
     """Build the sample Gestima world (in OUT_DIR or a temporary folder), roll it back with
     `recovery rollback --yes`, print the summary and where the report is. Exits 0 when the
     rolled-back database verifies (the world's lost values are expected and listed).
@@ -813,6 +818,7 @@ def demo_cmd(out_dir: Path | None, parts: int, seed: int) -> None:
 
     \b
         recovery demo /tmp/gestima-demo
+        recovery demo /tmp/pg-demo --url postgresql://postgres@localhost/gestima_demo
     """
     from recovery import commands, progress
 
@@ -820,7 +826,7 @@ def demo_cmd(out_dir: Path | None, parts: int, seed: int) -> None:
         render_plan(plan)
         return True
 
-    res = commands.demo(out_dir=out_dir, parts=parts, seed=seed, confirm=shown)
+    res = commands.demo(out_dir=out_dir, parts=parts, seed=seed, confirm=shown, url=url)
     progress.print_timings()
     render_outcome(res.run)
     sys.exit(

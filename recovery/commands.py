@@ -562,10 +562,13 @@ def demo(
     parts: int = 300,
     seed: int = 42,
     confirm: Confirm | None = None,
+    url: str | None = None,
 ) -> DemoResult:
     """Build the sample world (in ``out_dir`` or a new temporary folder) and roll it back with
     ``--on-conflict remap --prefer db``; ``confirm(plan)`` sees the plan (its answer is the
-    rollback's go-ahead)."""
+    rollback's go-ahead). With ``url`` (``postgresql://…/DBNAME``) the world's databases are built
+    in that PostgreSQL database (:func:`sample`'s rules: created if missing, refused if it has
+    tables) and rolled back there (:func:`demo_postgres`)."""
     import tempfile
 
     from recovery import progress
@@ -575,6 +578,8 @@ def demo(
     folder = (
         Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="recovery-demo-"))
     )
+    if url is not None:
+        return demo_postgres(folder, url, parts, seed, confirm)
     log.info("building the sample world in %s", folder)
     with fresh_folder(folder):  # a failed demo leaves nothing behind that blocks the retry
         with progress.step("sample"):
@@ -591,6 +596,41 @@ def demo(
             options=RollbackOptions(),
             confirm=confirm,
         )
+    return DemoResult(folder, res)
+
+
+def demo_postgres(
+    folder: Path, url: str, parts: int, seed: int, confirm: Confirm | None
+) -> DemoResult:
+    """The demo on PostgreSQL: the world built in ``url`` with its dump and uploads in ``folder``
+    (a failed build leaves neither), then rolled back with its run folder ``folder/run``. A failed
+    rollback keeps the run folder: its journal is what resumes or undoes it."""
+    import json
+
+    from recovery import progress
+    from recovery.engine.base import is_postgres_url, normalise_spec
+    from recovery.restore.pgrollback import rollback_postgres
+    from recovery.sample import app_dir
+    from recovery.sample.postgres import generate_postgres
+
+    url = normalise_spec(url)
+    if not is_postgres_url(url):
+        raise RecoveryError(
+            f"--url {url} is not a PostgreSQL URL", "pass postgresql://USER@HOST/DBNAME"
+        )
+    log.info("building the sample world in %s and %s", folder, url)
+    with progress.step("sample"):
+        generate_postgres(folder, url, parts=parts, seed=seed)
+    backup = folder / str(json.loads((folder / "world.json").read_text())["backup"])
+    res = rollback_postgres(
+        url,
+        os.fspath(backup),
+        folder / "run",
+        RollbackOptions(),
+        alembic_ini=app_dir() / "alembic.ini",
+        uploads=folder / "uploads",
+        confirm=confirm,
+    )
     return DemoResult(folder, res)
 
 

@@ -218,6 +218,38 @@ class DemoResult:
 Confirm = Callable[[dict[str, Any]], bool]
 
 
+def _other_scheme(spec: str) -> None:
+    """Refuse (exit 2) a database URL of an engine we do not support (``mysql://…``, also after
+    a ``Path`` collapsed its ``//``); an existing file is never taken for a URL."""
+    import re
+
+    m = re.match(r"^([A-Za-z][A-Za-z0-9+.\-]*):/", spec)
+    if m and not Path(spec).exists():
+        from recovery.engine.base import is_postgres_url
+
+        if not is_postgres_url(spec):
+            raise RecoveryError(
+                f"{m.group(1)}:// databases are not supported; nothing was changed",
+                "pass a SQLite file path or a postgresql:// URL",
+            )
+
+
+def _postgres_target(db: PathArg, role: str) -> str | None:
+    """``db`` as a checked PostgreSQL URL (the server answers, the database exists, the user may
+    connect: else one line, exit 2), or None for a SQLite path."""
+    from recovery.engine.base import is_postgres_url, normalise_spec
+
+    spec = normalise_spec(os.fspath(db))
+    _other_scheme(spec)
+    if not is_postgres_url(spec):
+        return None
+    from recovery.engine.postgres import PostgresEngine
+
+    engine = PostgresEngine(spec)
+    engine.check(role)
+    return spec
+
+
 def _stopped_unless(confirm: Callable[[], bool] | None) -> None:
     """Ask ``confirm`` (when given); a no is a refusal with nothing changed (exit 2)."""
     if confirm is not None and not confirm():
@@ -287,6 +319,8 @@ def diff(
     from recovery.compare.diff import diff as compare
     from recovery.engine.base import is_postgres_url
 
+    _other_scheme(os.fspath(db))
+    _other_scheme(os.fspath(backup))
     if is_postgres_url(os.fspath(db)):
         from recovery.compare.pgdiff import diff_postgres
 
@@ -340,6 +374,8 @@ def extract(
     from recovery.bundle.extract import extract as run_extract
     from recovery.engine.base import is_postgres_url
 
+    _other_scheme(os.fspath(db))
+    _other_scheme(os.fspath(backup))
     with progress.step("extract"):
         if is_postgres_url(os.fspath(db)):
             from recovery.bundle.pgextract import extract_postgres
@@ -399,6 +435,7 @@ def reimport(
 
     opts = options or ReimportOptions()
     log.debug("reimport options: %s", _changed(opts))
+    _postgres_target(db, "target database")
     with override(opts.statement_timeout):  # every statement over the bundle, its opening included
         bundle = open_bundle(bundle_dir)
         bundle.check_expected_id(expect_bundle_id)
@@ -437,9 +474,12 @@ def rollback(
     log.debug("rollback options: %s", _changed(opts))
     from recovery.engine.base import is_postgres_url, normalise_spec
 
+    _other_scheme(normalise_spec(os.fspath(db)))
+    _other_scheme(normalise_spec(os.fspath(backup)))
     if is_postgres_url(os.fspath(db)):
         from datetime import datetime
 
+        from recovery.restore.pgbackup import backup_as_dump
         from recovery.restore.pgrollback import rollback_postgres
 
         stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
@@ -447,7 +487,7 @@ def rollback(
         with override(opts.statement_timeout):
             res = rollback_postgres(
                 normalise_spec(os.fspath(db)),
-                backup_as_dump(normalise_spec(os.fspath(db)), os.fspath(backup), run_dir),
+                backup_as_dump(os.fspath(db), os.fspath(backup), run_dir),
                 run_dir,
                 opts,
                 alembic_ini=alembic_ini,
@@ -470,35 +510,6 @@ def rollback(
         )
     _log_run("rollback", res)
     return res
-
-
-BACKUP_DUMP = "backup-database.dump"
-"""The run folder's ``pg_dump`` of a backup given as a database URL."""
-
-
-def backup_as_dump(db: str, backup: str, run_dir: Path) -> str:
-    """``backup`` as a pg_dump file for a PostgreSQL rollback of ``db``: a file as it is; another
-    database's URL dumped once (``pg_dump -Fc``, atomic) into ``run_dir`` as :data:`BACKUP_DUMP`,
-    which a resumed run reuses, so every step of one run restores the same backup. The live
-    database itself is refused as its own backup (exit 2, nothing written)."""
-    from recovery.engine.base import is_postgres_url, normalise_spec
-
-    if not is_postgres_url(normalise_spec(backup)):
-        return backup
-    from recovery.engine.postgres import PostgresEngine
-
-    source, live = PostgresEngine(normalise_spec(backup)), PostgresEngine(db)
-    if source.url.set(password=None) == live.url.set(password=None):
-        raise RecoveryError(
-            f"the backup {source.spec} is the live database itself; nothing was changed",
-            "pass the pre-deploy backup: its pg_dump file or the URL of the database it was restored into",
-        )
-    dump = run_dir / BACKUP_DUMP
-    if not dump.is_file():
-        source.check("backup database")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        source.snapshot(dump, "backup database")
-    return os.fspath(dump)
 
 
 def _changed(options: Any) -> str:
@@ -674,16 +685,15 @@ def relink(
     cfg = FilesConfig(
         files_table or default.table, path_column or default.path, hash_column or default.sha256
     )
-    from recovery.engine.base import is_postgres_url, normalise_spec
-
     with override(statement_timeout):
-        if is_postgres_url(os.fspath(db)):
+        url = _postgres_target(db, "target database")
+        if url is not None:
             from recovery.bundle.store import open_bundle
             from recovery.files.pgrelink import relink_postgres
 
             report = relink_postgres(
                 open_bundle(bundle_dir),
-                normalise_spec(os.fspath(db)),
+                url,
                 Path(uploads),
                 cfg,
                 dry_run=dry_run,

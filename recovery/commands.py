@@ -742,8 +742,25 @@ def rehearse(
     same_installation: bool = False,
 ) -> Rehearsal:
     """The whole rollback on scratch copies, then the round-trip check (:func:`recovery.verify.rehearse.rehearse`)."""
+    from recovery.engine.base import is_postgres_url, normalise_spec
     from recovery.verify.rehearse import rehearse as run_rehearsal
 
+    _other_scheme(normalise_spec(os.fspath(db)))
+    _other_scheme(normalise_spec(os.fspath(backup)))
+    if is_postgres_url(os.fspath(db)):
+        from recovery.verify.pgrehearse import rehearse_postgres
+
+        return rehearse_postgres(
+            normalise_spec(os.fspath(db)),
+            normalise_spec(os.fspath(backup)),
+            alembic_ini,
+            out_dir,
+            uploads,
+            mapping,
+            since,
+            trust_mapping=trust_mapping,
+            same_installation=same_installation,
+        )
     return run_rehearsal(
         db,
         backup,

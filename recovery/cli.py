@@ -1046,7 +1046,10 @@ def report_cmd(folder: Path, fmt: str, out: Path | None) -> None:
 )
 @click.option("--to", "to_rev", help="Last revision to judge (default: head).")
 @click.option(
-    "--db", type=click.Path(path_type=Path), help="A database or backup whose revision is --from."
+    "--db",
+    type=click.Path(path_type=Path),
+    help="A database or backup whose revision is --from (a SQLite file, a postgresql:// URL or a "
+    "pg_dump file with its manifest; a server is only read).",
 )
 @output_options
 def check_cmd(

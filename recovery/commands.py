@@ -724,8 +724,11 @@ def check(
     db: PathArg | None = None,
 ) -> CheckResult:
     """Judge every revision's downgrade before the deploy (:func:`recovery.migrate.check.check`)."""
+    from recovery.engine.base import normalise_spec
     from recovery.migrate.check import check as judge
 
+    if db is not None:
+        _other_scheme(normalise_spec(os.fspath(db)))
     return judge(alembic_ini, from_rev, to_rev, db)
 
 

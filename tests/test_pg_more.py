@@ -78,13 +78,15 @@ def _databases(server: str) -> set[str]:
 
 
 def _rows(url: str) -> dict[str, list[tuple[Any, ...]]]:
-    """Every user table's rows, ordered, as text (equal databases give equal dicts)."""
+    """Every application table's rows, ordered, as text (equal databases give equal dicts); the
+    tool's own bookkeeping (``_recovery_*``: run ids, times) is left out."""
     out: dict[str, list[tuple[Any, ...]]] = {}
     with psycopg.connect(url) as c:
         tables = [
             r[0]
             for r in c.execute(
-                "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1"
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
+                "AND tablename NOT LIKE '\\_recovery\\_%' ORDER BY 1"
             ).fetchall()
         ]
         for t in tables:
@@ -274,25 +276,34 @@ def test_rehearse_on_postgres_passes_and_leaves_the_live_database_alone(
     assert (tmp_path / "r" / "rehearsal.md").is_file()
 
 
-def test_rehearse_fails_with_the_reason_when_the_rollback_would_stop(
+def test_rehearse_fails_when_a_post_deploy_row_would_not_be_carried(
     pg_server: str, world: dict[str, Any], live: str, tmp_path: Path
 ) -> None:
-    """A backup the real rollback would refuse (its Alembic revision is not in the application's
-    history) makes the rehearsal FAIL (exit 1) with that reason, and still leaves nothing on the
-    server."""
+    """The key check can fail: in this backup an old part already holds the part number of the
+    newest post-deploy part, so the re-import skips that part (a unique conflict) and the file
+    record pointing at it: FAIL (exit 1) names the conflict and the keys missing on the server,
+    and nothing is left on the server."""
     bak_name = f"pgmore_bk2_{uuid.uuid4().hex[:8]}"
     bak = _create(pg_server, bak_name, world["backup_url"].rsplit("/", 1)[1])
     try:
-        before_dbs = _databases(pg_server)
+        with psycopg.connect(live) as c:
+            newest = c.execute(
+                "SELECT id, part_number FROM parts ORDER BY id DESC LIMIT 1"
+            ).fetchone()
+        assert newest is not None
         with psycopg.connect(bak) as c:
-            c.execute("DELETE FROM alembic_version")
-            c.execute("INSERT INTO alembic_version VALUES ('not_the_old_release')")
-        r = cli("rehearse", live, "--backup", bak, "--alembic-ini", str(APP_INI), "--out",
-                str(tmp_path / "r"), "--json")  # fmt: skip
+            c.execute("UPDATE parts SET part_number = %s WHERE id = 1", (newest[1],))
+        before_dbs = _databases(pg_server)
+        r = cli("rehearse", live, "--backup", bak, "--out", str(tmp_path / "r"), "--json")
         assert r.returncode == 1, r.stderr
         data = json.loads(r.stdout)
         assert data["result"] == "FAIL"
-        assert any("the rollback stops" in x for x in data["reasons"]), data["reasons"]
+        assert any("unique conflict" in x for x in data["reasons"]), data["reasons"]
+        assert any(
+            f"of parts are not in the rolled-back copy (e.g. key ['{newest[0]}'])" in x
+            for x in data["reasons"]
+        ), data["reasons"]
+        assert data["checks"]["post_deploy_changes"]["parts"]["missing"] == 1
         assert _databases(pg_server) == before_dbs
     finally:
         _drop_like(pg_server, bak_name)

@@ -1156,6 +1156,10 @@ def rehearse_cmd(
     \b
         recovery rehearse gestima.db --backup gestima.db.bak.20261120_140000 \\
             --alembic-ini app/alembic.ini --uploads uploads/ --out rehearsal/
+        recovery rehearse postgresql://app@db/gestima --backup gestima.dump.bak.20261120_140000
+
+    On PostgreSQL the scratch copy is a new database on the same server (pg_dump → pg_restore),
+    dropped afterwards; --backup may also be another database's URL.
     """
     from recovery import commands
     from recovery.verify.rehearse import render_rehearsal

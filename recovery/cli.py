@@ -1149,7 +1149,9 @@ def rehearse_cmd(
     change present or listed as lost, every backup row intact, the schema at the backup's revision —
     and print `Rollback test: PASS` or `FAIL` with the reasons and the would-be losses. The live
     files are only read; the run folder gets the real run's report plus rehearsal.json/.md.
-    Exits 0 on PASS (losses are listed), 1 on FAIL.
+    Exits 0 on PASS (losses are listed), 1 on FAIL. On PostgreSQL the scratch copy is a new
+    database on the same server (pg_dump → pg_restore), dropped afterwards; --backup may also be
+    another database's URL.
 
     Example:
 
@@ -1157,9 +1159,6 @@ def rehearse_cmd(
         recovery rehearse gestima.db --backup gestima.db.bak.20261120_140000 \\
             --alembic-ini app/alembic.ini --uploads uploads/ --out rehearsal/
         recovery rehearse postgresql://app@db/gestima --backup gestima.dump.bak.20261120_140000
-
-    On PostgreSQL the scratch copy is a new database on the same server (pg_dump → pg_restore),
-    dropped afterwards; --backup may also be another database's URL.
     """
     from recovery import commands
     from recovery.verify.rehearse import render_rehearsal

@@ -67,12 +67,17 @@ def diff_floor(live: str, backup: str) -> dict[str, Any]:
     with psycopg.connect(_url(live), autocommit=True) as conn:
         conn.execute("CREATE EXTENSION IF NOT EXISTS postgres_fdw")
         srv = f"bench_floor_{uuid.uuid4().hex[:8]}"
-        opts = {"dbname": str(b.database), "host": b.host or "127.0.0.1", "port": str(b.port or 5432)}
+        opts = {
+            "dbname": str(b.database),
+            "host": b.host or "127.0.0.1",
+            "port": str(b.port or 5432),
+        }
         conn.execute(
             sql.SQL("CREATE SERVER {} FOREIGN DATA WRAPPER postgres_fdw OPTIONS ({})").format(
                 sql.Identifier(srv),
                 sql.SQL(", ").join(
-                    sql.SQL("{} {}").format(sql.Identifier(k), sql.Literal(v)) for k, v in opts.items()
+                    sql.SQL("{} {}").format(sql.Identifier(k), sql.Literal(v))
+                    for k, v in opts.items()
                 ),
             )
         )
@@ -84,7 +89,8 @@ def diff_floor(live: str, backup: str) -> dict[str, Any]:
                 sql.SQL("CREATE USER MAPPING FOR CURRENT_USER SERVER {} OPTIONS ({})").format(
                     sql.Identifier(srv),
                     sql.SQL(", ").join(
-                        sql.SQL("{} {}").format(sql.Identifier(k), sql.Literal(v)) for k, v in user_opts
+                        sql.SQL("{} {}").format(sql.Identifier(k), sql.Literal(v))
+                        for k, v in user_opts
                     ),
                 )
             )
@@ -114,8 +120,12 @@ def diff_floor(live: str, backup: str) -> dict[str, Any]:
                 ).format(bt, lt, on)
                 changed = (
                     sql.SQL("({}) IS DISTINCT FROM ({})").format(
-                        sql.SQL(", ").join(sql.SQL("l.{}").format(sql.Identifier(c)) for c in shared),
-                        sql.SQL(", ").join(sql.SQL("b.{}").format(sql.Identifier(c)) for c in shared),
+                        sql.SQL(", ").join(
+                            sql.SQL("l.{}").format(sql.Identifier(c)) for c in shared
+                        ),
+                        sql.SQL(", ").join(
+                            sql.SQL("b.{}").format(sql.Identifier(c)) for c in shared
+                        ),
                     )
                     if len(shared) > 1
                     else sql.SQL("l.{0} IS DISTINCT FROM b.{0}").format(sql.Identifier(shared[0]))
@@ -165,7 +175,9 @@ def rollback_floor(server: str, dump: str, live: str, pg_restore: str) -> dict[s
         total = time.perf_counter() - t0
     finally:
         with psycopg.connect(_url(server, "postgres"), autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
     return {
         "restore_s": round(t_restore, 3),
         "read_s": round(total - t_restore, 3),

@@ -84,8 +84,18 @@ def build_world(server: str, out: Path, parts: int) -> tuple[Path, dict[str, Any
     shutil.rmtree(w, ignore_errors=True)
     before = load()
     r = timed(
-        [*RECOVERY, "sample", str(w), "--url", url_of(server, f"gestima_pg_{parts}"),
-         "--parts", str(parts), "--seed", "42", "--quiet"],  # fmt: skip
+        [
+            *RECOVERY,
+            "sample",
+            str(w),
+            "--url",
+            url_of(server, f"gestima_pg_{parts}"),
+            "--parts",
+            str(parts),
+            "--seed",
+            "42",
+            "--quiet",
+        ],
         ok_codes=(0,),
     )
     return w, {"wall_s": r["wall_s"], "rss_mb": r["rss_mb"], "load_before": before,
@@ -95,7 +105,9 @@ def build_world(server: str, out: Path, parts: int) -> tuple[Path, dict[str, Any
 def bench_diff(server: str, w: Path, dump: Path, live: str, backup_url: str, repeat: int) -> dict[str, Any]:  # fmt: skip
     tool_dump, tool_url, floor = [], [], []
     for _ in range(repeat):
-        f = timed([sys.executable, str(HERE / "pg_floor.py"), "diff", live, backup_url], ok_codes=(0,))
+        f = timed(
+            [sys.executable, str(HERE / "pg_floor.py"), "diff", live, backup_url], ok_codes=(0,)
+        )
         floor.append({**json.loads(f["stdout"]), "wall_s": f["wall_s"], "load": load()})
         d = timed([*RECOVERY, "diff", str(dump), live, "--json"])
         tool_dump.append({"wall_s": d["wall_s"], "rss_mb": d["rss_mb"], "load": load()})
@@ -144,6 +156,10 @@ def bench_rollback(server: str, w: Path, dump: Path, live_db: str, out: Path, re
             runs.append({"wall_s": r["wall_s"], "rss_mb": r["rss_mb"], "rc": r["rc"],
                          "cpu_s": round(r["user_s"] + r["sys_s"], 2), "steps": timings[-1:] ,
                          "load_before": before, "load_after": load()})  # fmt: skip
+            with open(
+                out / "pg_partial.jsonl", "a"
+            ) as fp:  # a run cut short keeps what it measured
+                fp.write(json.dumps({"rollback": runs[-1], "floor": floors[-1]}) + "\n")
         finally:
             drop_like(server, name)
             shutil.rmtree(up, ignore_errors=True)
@@ -159,12 +175,18 @@ def bench_rollback(server: str, w: Path, dump: Path, live_db: str, out: Path, re
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--parts", type=int, default=1_000_000)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--out", type=Path, default=HERE / "out")
-    ap.add_argument("--server", help="postgresql://superuser@host:port/postgres (default: a throwaway cluster)")
-    ap.add_argument("--world", type=Path, help="a world built by `recovery sample --url` on --server")
+    ap.add_argument(
+        "--server", help="postgresql://superuser@host:port/postgres (default: a throwaway cluster)"
+    )
+    ap.add_argument(
+        "--world", type=Path, help="a world built by `recovery sample --url` on --server"
+    )
     ap.add_argument("--only", default="diff,rollback")
     a = ap.parse_args()
     from tests import pgcluster
@@ -203,10 +225,28 @@ def main() -> None:
         backup_url = url_of(server, backup_db)
         if "diff" in a.only:
             result["diff"] = bench_diff(server, w, dump, live, backup_url, a.repeat)
-            print(json.dumps({k: v for k, v in result["diff"].items() if not k.startswith(("runs", "floor_runs"))}))
+            print(
+                json.dumps(
+                    {
+                        k: v
+                        for k, v in result["diff"].items()
+                        if not k.startswith(("runs", "floor_runs"))
+                    }
+                )
+            )
         if "rollback" in a.only:
-            result["rollback"] = bench_rollback(server, w, dump, live_db, a.out, a.repeat, pg_restore)
-            print(json.dumps({k: v for k, v in result["rollback"].items() if not k.startswith(("runs", "floor_runs"))}))
+            result["rollback"] = bench_rollback(
+                server, w, dump, live_db, a.out, a.repeat, pg_restore
+            )
+            print(
+                json.dumps(
+                    {
+                        k: v
+                        for k, v in result["rollback"].items()
+                        if not k.startswith(("runs", "floor_runs"))
+                    }
+                )
+            )
         drop_like(server, backup_db)
     finally:
         result["load_end"] = load()

@@ -343,7 +343,9 @@ def revision_on_server(db: str | os.PathLike[str]) -> tuple[str | None, str] | N
 
         rev, label = dump_revision(text), text
     return rev, (
-        f"the revision of --db {label}" if rev else f"the base: --db {label} has no Alembic revision"
+        f"the revision of --db {label}"
+        if rev
+        else f"the base: --db {label} has no Alembic revision"
     )
 
 

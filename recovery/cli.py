@@ -806,8 +806,13 @@ def _print_next_steps(res: Any, backup: Path) -> None:
 @click.argument("out_dir", required=False, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--parts", default=300, show_default=True, type=click.IntRange(10, 10_000_000))
 @click.option("--seed", default=42, show_default=True, type=int)
+@click.option(
+    "--url",
+    help="Build and roll back the world in this PostgreSQL database (postgresql://…/DBNAME; "
+    "created if missing, refused if it has tables); OUT_DIR gets its dump, uploads and run.",
+)
 @quiet_option
-def demo_cmd(out_dir: Path | None, parts: int, seed: int) -> None:
+def demo_cmd(out_dir: Path | None, parts: int, seed: int, url: str | None = None) -> None:
     """Build the sample Gestima world (in OUT_DIR or a temporary folder), roll it back with
     `recovery rollback --yes`, print the summary and where the report is. Exits 0 when the
     rolled-back database verifies (the world's lost values are expected and listed).
@@ -816,6 +821,7 @@ def demo_cmd(out_dir: Path | None, parts: int, seed: int) -> None:
 
     \b
         recovery demo /tmp/gestima-demo
+        recovery demo /tmp/pg-demo --url postgresql://postgres@localhost/gestima_demo
     """
     from recovery import commands, progress
 
@@ -823,7 +829,7 @@ def demo_cmd(out_dir: Path | None, parts: int, seed: int) -> None:
         render_plan(plan)
         return True
 
-    res = commands.demo(out_dir=out_dir, parts=parts, seed=seed, confirm=shown)
+    res = commands.demo(out_dir=out_dir, parts=parts, seed=seed, confirm=shown, url=url)
     progress.print_timings()
     render_outcome(res.run)
     sys.exit(
@@ -1044,7 +1050,10 @@ def report_cmd(folder: Path, fmt: str, out: Path | None) -> None:
 )
 @click.option("--to", "to_rev", help="Last revision to judge (default: head).")
 @click.option(
-    "--db", type=click.Path(path_type=Path), help="A database or backup whose revision is --from."
+    "--db",
+    type=click.Path(path_type=Path),
+    help="A database or backup whose revision is --from (a SQLite file, a postgresql:// URL or a "
+    "pg_dump file with its manifest; a server is only read).",
 )
 @output_options
 def check_cmd(
@@ -1144,13 +1153,16 @@ def rehearse_cmd(
     change present or listed as lost, every backup row intact, the schema at the backup's revision —
     and print `Rollback test: PASS` or `FAIL` with the reasons and the would-be losses. The live
     files are only read; the run folder gets the real run's report plus rehearsal.json/.md.
-    Exits 0 on PASS (losses are listed), 1 on FAIL.
+    Exits 0 on PASS (losses are listed), 1 on FAIL. On PostgreSQL the scratch copy is a new
+    database on the same server (pg_dump → pg_restore), dropped afterwards; --backup may also be
+    another database's URL.
 
     Example:
 
     \b
         recovery rehearse gestima.db --backup gestima.db.bak.20261120_140000 \\
             --alembic-ini app/alembic.ini --uploads uploads/ --out rehearsal/
+        recovery rehearse postgresql://app@db/gestima --backup gestima.dump.bak.20261120_140000
     """
     from recovery import commands
     from recovery.verify.rehearse import render_rehearsal

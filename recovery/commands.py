@@ -218,6 +218,38 @@ class DemoResult:
 Confirm = Callable[[dict[str, Any]], bool]
 
 
+def _other_scheme(spec: str) -> None:
+    """Refuse (exit 2) a database URL of an engine we do not support (``mysql://…``, also after
+    a ``Path`` collapsed its ``//``); an existing file is never taken for a URL."""
+    import re
+
+    m = re.match(r"^([A-Za-z][A-Za-z0-9+.\-]*):/", spec)
+    if m and not Path(spec).exists():
+        from recovery.engine.base import is_postgres_url
+
+        if not is_postgres_url(spec):
+            raise RecoveryError(
+                f"{m.group(1)}:// databases are not supported; nothing was changed",
+                "pass a SQLite file path or a postgresql:// URL",
+            )
+
+
+def _postgres_target(db: PathArg, role: str) -> str | None:
+    """``db`` as a checked PostgreSQL URL (the server answers, the database exists, the user may
+    connect: else one line, exit 2), or None for a SQLite path."""
+    from recovery.engine.base import is_postgres_url, normalise_spec
+
+    spec = normalise_spec(os.fspath(db))
+    _other_scheme(spec)
+    if not is_postgres_url(spec):
+        return None
+    from recovery.engine.postgres import PostgresEngine
+
+    engine = PostgresEngine(spec)
+    engine.check(role)
+    return spec
+
+
 def _stopped_unless(confirm: Callable[[], bool] | None) -> None:
     """Ask ``confirm`` (when given); a no is a refusal with nothing changed (exit 2)."""
     if confirm is not None and not confirm():
@@ -287,6 +319,8 @@ def diff(
     from recovery.compare.diff import diff as compare
     from recovery.engine.base import is_postgres_url
 
+    _other_scheme(os.fspath(db))
+    _other_scheme(os.fspath(backup))
     if is_postgres_url(os.fspath(db)):
         from recovery.compare.pgdiff import diff_postgres
 
@@ -340,6 +374,8 @@ def extract(
     from recovery.bundle.extract import extract as run_extract
     from recovery.engine.base import is_postgres_url
 
+    _other_scheme(os.fspath(db))
+    _other_scheme(os.fspath(backup))
     with progress.step("extract"):
         if is_postgres_url(os.fspath(db)):
             from recovery.bundle.pgextract import extract_postgres
@@ -399,6 +435,7 @@ def reimport(
 
     opts = options or ReimportOptions()
     log.debug("reimport options: %s", _changed(opts))
+    _postgres_target(db, "target database")
     with override(opts.statement_timeout):  # every statement over the bundle, its opening included
         bundle = open_bundle(bundle_dir)
         bundle.check_expected_id(expect_bundle_id)
@@ -437,17 +474,21 @@ def rollback(
     log.debug("rollback options: %s", _changed(opts))
     from recovery.engine.base import is_postgres_url, normalise_spec
 
+    _other_scheme(normalise_spec(os.fspath(db)))
+    _other_scheme(normalise_spec(os.fspath(backup)))
     if is_postgres_url(os.fspath(db)):
         from datetime import datetime
 
+        from recovery.restore.pgbackup import backup_as_dump
         from recovery.restore.pgrollback import rollback_postgres
 
         stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
+        run_dir = Path(out_dir) if out_dir else Path(f"recovery-run-{stamp}")
         with override(opts.statement_timeout):
             res = rollback_postgres(
                 normalise_spec(os.fspath(db)),
-                os.fspath(backup),
-                Path(out_dir) if out_dir else Path(f"recovery-run-{stamp}"),
+                backup_as_dump(os.fspath(db), os.fspath(backup), run_dir),
+                run_dir,
                 opts,
                 alembic_ini=alembic_ini,
                 uploads=uploads,
@@ -532,10 +573,13 @@ def demo(
     parts: int = 300,
     seed: int = 42,
     confirm: Confirm | None = None,
+    url: str | None = None,
 ) -> DemoResult:
     """Build the sample world (in ``out_dir`` or a new temporary folder) and roll it back with
     ``--on-conflict remap --prefer db``; ``confirm(plan)`` sees the plan (its answer is the
-    rollback's go-ahead)."""
+    rollback's go-ahead). With ``url`` (``postgresql://…/DBNAME``) the world's databases are built
+    in that PostgreSQL database (:func:`sample`'s rules: created if missing, refused if it has
+    tables) and rolled back there (:func:`demo_postgres`)."""
     import tempfile
 
     from recovery import progress
@@ -545,6 +589,8 @@ def demo(
     folder = (
         Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="recovery-demo-"))
     )
+    if url is not None:
+        return demo_postgres(folder, url, parts, seed, confirm)
     log.info("building the sample world in %s", folder)
     with fresh_folder(folder):  # a failed demo leaves nothing behind that blocks the retry
         with progress.step("sample"):
@@ -561,6 +607,41 @@ def demo(
             options=RollbackOptions(),
             confirm=confirm,
         )
+    return DemoResult(folder, res)
+
+
+def demo_postgres(
+    folder: Path, url: str, parts: int, seed: int, confirm: Confirm | None
+) -> DemoResult:
+    """The demo on PostgreSQL: the world built in ``url`` with its dump and uploads in ``folder``
+    (a failed build leaves neither), then rolled back with its run folder ``folder/run``. A failed
+    rollback keeps the run folder: its journal is what resumes or undoes it."""
+    import json
+
+    from recovery import progress
+    from recovery.engine.base import is_postgres_url, normalise_spec
+    from recovery.restore.pgrollback import rollback_postgres
+    from recovery.sample import app_dir
+    from recovery.sample.postgres import generate_postgres
+
+    url = normalise_spec(url)
+    if not is_postgres_url(url):
+        raise RecoveryError(
+            f"--url {url} is not a PostgreSQL URL", "pass postgresql://USER@HOST/DBNAME"
+        )
+    log.info("building the sample world in %s and %s", folder, url)
+    with progress.step("sample"):
+        generate_postgres(folder, url, parts=parts, seed=seed)
+    backup = folder / str(json.loads((folder / "world.json").read_text())["backup"])
+    res = rollback_postgres(
+        url,
+        os.fspath(backup),
+        folder / "run",
+        RollbackOptions(),
+        alembic_ini=app_dir() / "alembic.ini",
+        uploads=folder / "uploads",
+        confirm=confirm,
+    )
     return DemoResult(folder, res)
 
 
@@ -605,14 +686,17 @@ def relink(
         files_table or default.table, path_column or default.path, hash_column or default.sha256
     )
     with override(statement_timeout):
-        from recovery.engine.base import is_postgres_url
-
-        if is_postgres_url(os.fspath(db)):
+        url = _postgres_target(db, "target database")
+        if url is not None:
             from recovery.bundle.store import open_bundle
             from recovery.files.pgrelink import relink_postgres
 
             report = relink_postgres(
-                open_bundle(bundle_dir), os.fspath(db), Path(uploads), cfg, dry_run=dry_run
+                open_bundle(bundle_dir),
+                url,
+                Path(uploads),
+                cfg,
+                dry_run=dry_run,
             )
             return RelinkResult(report, dry_run)
         return RelinkResult(
@@ -640,8 +724,11 @@ def check(
     db: PathArg | None = None,
 ) -> CheckResult:
     """Judge every revision's downgrade before the deploy (:func:`recovery.migrate.check.check`)."""
+    from recovery.engine.base import normalise_spec
     from recovery.migrate.check import check as judge
 
+    if db is not None:
+        _other_scheme(normalise_spec(os.fspath(db)))
     return judge(alembic_ini, from_rev, to_rev, db)
 
 
@@ -658,8 +745,25 @@ def rehearse(
     same_installation: bool = False,
 ) -> Rehearsal:
     """The whole rollback on scratch copies, then the round-trip check (:func:`recovery.verify.rehearse.rehearse`)."""
+    from recovery.engine.base import is_postgres_url, normalise_spec
     from recovery.verify.rehearse import rehearse as run_rehearsal
 
+    _other_scheme(normalise_spec(os.fspath(db)))
+    _other_scheme(normalise_spec(os.fspath(backup)))
+    if is_postgres_url(os.fspath(db)):
+        from recovery.verify.pgrehearse import rehearse_postgres
+
+        return rehearse_postgres(
+            normalise_spec(os.fspath(db)),
+            normalise_spec(os.fspath(backup)),
+            alembic_ini,
+            out_dir,
+            uploads,
+            mapping,
+            since,
+            trust_mapping=trust_mapping,
+            same_installation=same_installation,
+        )
     return run_rehearsal(
         db,
         backup,

@@ -103,6 +103,12 @@ def parse_url(spec: str) -> URL:
         raise RecoveryError(
             f"{spec!r} is not a postgresql:// URL", "use postgresql://user@host:port/dbname"
         )
+    scheme = spec.split(":", 1)[0].lower()
+    if "+" in scheme and scheme.split("+", 1)[1] not in ("psycopg", "psycopg2"):
+        raise RecoveryError(
+            f"the driver {scheme.split('+', 1)[1]!r} of {scheme}:// is not supported",
+            "use postgresql:// or postgresql+psycopg:// (recovery connects with psycopg 3)",
+        )
     text = (
         "postgresql" + spec[spec.index("://") :] if spec.lower().startswith("postgres://") else spec
     )

@@ -95,6 +95,15 @@ class DualReader:
         return _Cursor(cur)
 
 
+class _PgMatcher(Matcher):
+    """The SQLite matcher, target records read one bound key at a time: a PostgreSQL bundle
+    carries keys as text, which ``pk = %s`` casts to the key's type but a ``VALUES`` list does not."""
+
+    def load_records(self, keys: Iterable[Any], chunk: int = 500) -> None:
+        for k in dict.fromkeys(k for k in keys if k is not None):
+            self.target_record(k)
+
+
 def plan_relink_postgres(
     bundle: Bundle,
     pg: psycopg.Connection[Any],
@@ -118,7 +127,7 @@ def plan_relink_postgres(
     try:
         lite.execute(f"ATTACH DATABASE ? AS {BUNDLE}", (file_uri(bundle.rows_db, mode="ro"),))
         reader = DualReader(lite, pg)
-        m = Matcher(bundle, reader, schema, cfg, rmap)  # type: ignore[arg-type]
+        m = _PgMatcher(bundle, reader, schema, cfg, rmap)  # type: ignore[arg-type]
         return build_plan(bundle, m, root, UploadsIndex(root))
     finally:
         lite.close()

@@ -216,6 +216,9 @@ def check(
 
     script = ScriptDirectory.from_config(config_from_ini(alembic_ini))
     db_rev, db_has_schema = None, False
+    server_rev = None if db is None or from_rev is not None else revision_on_server(db)
+    if server_rev is not None:  # judged on SQLite scratch files upgraded from the base
+        db_rev, db, from_rev = server_rev[0], None, server_rev[0] or "base"
     if db is not None:
         with open_engine(db).readonly("database") as conn:
             db_rev = alembic_revision(conn)
@@ -226,7 +229,7 @@ def check(
                 ).fetchone()
                 is not None
             )
-    from_reason = "--from"
+    from_reason = "--from" if server_rev is None else server_rev[1]
     if from_rev is None and db is not None:
         from_rev = db_rev
         from_reason = (
@@ -313,6 +316,37 @@ def check(
                 ExitCode.FAILED,
             ) from None
     return CheckResult(str(alembic_ini), from_rev, to_rev, tuple(results), from_reason)
+
+
+def revision_on_server(db: str | os.PathLike[str]) -> tuple[str | None, str] | None:
+    """For a ``--db`` that is a PostgreSQL URL or pg_dump file: (its Alembic revision, why the
+    range starts there); None for a SQLite file. The database is only read (one query); a dump's
+    revision comes from the manifest ``recovery snapshot`` wrote beside it. The revisions are then
+    judged on SQLite scratch files upgraded from the base (the server is never written)."""
+    from recovery.engine.base import is_postgres_url, normalise_spec
+
+    text = normalise_spec(os.fspath(db))
+    if is_postgres_url(text):
+        from recovery.engine.postgres import PostgresEngine
+        from recovery.verify.pgchecks import alembic_revision as pg_revision
+
+        engine = PostgresEngine(text)
+        with engine.readonly("database") as conn:
+            rev = pg_revision(conn)
+        label = engine.spec
+    else:
+        from recovery.engine.postgres import is_dump_file
+
+        if not is_dump_file(text):
+            return None
+        from recovery.restore.pgbackup import dump_revision
+
+        rev, label = dump_revision(text), text
+    return rev, (
+        f"the revision of --db {label}"
+        if rev
+        else f"the base: --db {label} has no Alembic revision"
+    )
 
 
 MANIFEST_GLOB = "*.bak.*.manifest.json"

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from recovery.capture.manifest import release_tag
+from recovery.engine.base import normalise_spec
 
 
 def _release(backup: Path | None, revision: str | None) -> str:
@@ -36,7 +37,7 @@ def next_steps(
             "2. To roll back for real, run the same command without --dry-run (with the application stopped).",
         ]
     steps = [
-        f"Deploy {_release(backup, revision)} now: {db} is at its schema.",
+        f"Deploy {_release(backup, revision)} now: {normalise_spec(str(db))} is at its schema.",
         f"Report for the product owner: {run_dir / 'report.html'}"
         + (" — it lists what needs review." if needs_review else "."),
         (

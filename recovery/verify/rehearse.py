@@ -736,3 +736,9 @@ def render_rehearsal(r: Rehearsal, limit: int = TERMINAL_LIMIT) -> None:
     out.print(
         "[bold green]Rollback test: PASS[/]" if r.passed else "[bold red]Rollback test: FAIL[/]"
     )
+
+
+check_uploads = _check_uploads
+load_losses = _load_losses
+note_trusted_rules = _note_trusted_rules
+"""The rehearsal's engine-neutral steps, shared with :mod:`recovery.verify.pgrehearse`."""

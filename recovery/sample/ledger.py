@@ -8,7 +8,7 @@ the two databases, which is the toolkit's job and would make the test circular.
 
 from __future__ import annotations
 
-import marshal
+import json
 import sqlite3
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -74,14 +74,15 @@ class SortedPairs:
         return self.pairs
 
 
-def _pack(image: tuple | None) -> bytes | None:
-    # marshal keeps int/float/str/None exactly as Python held them, so a round trip compares
-    # and serialises (world.json) the same as the tuple itself
-    return None if image is None else marshal.dumps(tuple(image))
+def _pack(image: tuple | None) -> str | None:
+    # JSON keeps int/float (repr, NaN included)/str/None exactly as Python held them, so a round
+    # trip compares and serialises (world.json) the same as the tuple itself; it is data, never
+    # code (no pickle/marshal in the package: tests/test_run_truth.py)
+    return None if image is None else json.dumps(list(image))
 
 
-def _unpack(blob: bytes | None) -> tuple | None:
-    return None if blob is None else marshal.loads(blob)
+def _unpack(text: str | None) -> tuple | None:
+    return None if text is None else tuple(json.loads(text))
 
 
 _INSERTED, _UPDATED, _DELETED = "inserted", "updated", "deleted"
@@ -106,12 +107,12 @@ class Ledger:
         for pragma in ("journal_mode=OFF", "synchronous=OFF", "cache_size=-32768"):
             self.store.execute(f"PRAGMA {pragma}")
         self.store.execute(
-            "CREATE TABLE images (tbl TEXT NOT NULL, key INTEGER NOT NULL, before BLOB, now BLOB,"
+            "CREATE TABLE images (tbl TEXT NOT NULL, key INTEGER NOT NULL, before TEXT, now TEXT,"
             " PRIMARY KEY (tbl, key)) WITHOUT ROWID"
         )
         self.store.execute(
             "CREATE TABLE verdicts (tbl TEXT NOT NULL, key INTEGER NOT NULL, kind TEXT NOT NULL,"
-            " cols BLOB, PRIMARY KEY (tbl, key)) WITHOUT ROWID"
+            " cols TEXT, PRIMARY KEY (tbl, key)) WITHOUT ROWID"
         )
         self.store.execute("BEGIN")
         self._judged = False
@@ -213,7 +214,7 @@ class Ledger:
         for table in sorted(self.columns):
             projection = PROJECTION.get(table, {})
             new_only = NEW_ONLY_COLUMNS.get(table, {})
-            batch: list[tuple[str, int, str, bytes | None]] = []
+            batch: list[tuple[str, int, str, str | None]] = []
             for key, before, now in self._pairs(table):
                 if before is None and now is None:
                     continue
@@ -224,13 +225,13 @@ class Ledger:
                 else:
                     changed = sorted(col for col, f in projection.items() if f(before) != f(now))
                     if changed or any(before[col] != now[col] for col in new_only):
-                        batch.append((table, key, _UPDATED, marshal.dumps(changed)))
+                        batch.append((table, key, _UPDATED, json.dumps(changed)))
                 if len(batch) >= 10_000:
                     self._verdicts(batch)
             self._verdicts(batch)
         self._judged = True
 
-    def _verdicts(self, batch: list[tuple[str, int, str, bytes | None]]) -> None:
+    def _verdicts(self, batch: list[tuple[str, int, str, str | None]]) -> None:
         self.store.executemany(
             "INSERT INTO verdicts (tbl, key, kind, cols) VALUES (?, ?, ?, ?)", batch
         )
@@ -249,7 +250,7 @@ class Ledger:
             " ORDER BY CAST(key AS TEXT)",
             (table, _UPDATED),
         ):
-            yield key, marshal.loads(cols)
+            yield key, json.loads(cols)
 
     def _kinds(self) -> dict[str, dict[str, int]]:
         self._judge()

@@ -69,3 +69,21 @@ def test_sample_rehearse_and_rollback_in_a_folder_named_like_a_uri(tmp_path: Pat
     assert report["summary"]["rows_inserted"] > 0
     # nothing appeared beside the folders under a truncated name ("we", "run", "rehearse")
     assert {p.name for p in tmp_path.iterdir()} - before == {rehearsal.name, run.name}
+
+
+def test_no_file_uri_is_glued_from_a_path() -> None:
+    """Every ``file:`` URI comes from ``engine.sqlite_io.file_uri`` (a path glued into an
+    f-string opened, or created, the file named by its text up to the first ``?`` or ``#``)."""
+    import re
+
+    import recovery
+
+    root = Path(recovery.__file__).parent
+    glued = [
+        f"{p.relative_to(root)}:{i}"
+        for p in sorted(root.rglob("*.py"))
+        if p.name != "sqlite_io.py"
+        for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+        if re.search(r"""f["']file:\{""", line)
+    ]
+    assert glued == []

@@ -46,6 +46,7 @@ from recovery.engine.schema import Table
 from recovery.capture.manifest import release_tag
 from recovery.engine.sqlbuild import col, sql, table
 from recovery.compare.timestamps import find_timestamp_columns
+from recovery.engine.sqlite_io import file_uri
 
 REPORT_VERSION = 1
 CREATOR_COLUMNS = ("created_by", "uploaded_by", "author_id", "owner_id", "user_id")
@@ -338,7 +339,9 @@ def prepare(bundle: Bundle) -> Prepared:
     from recovery.engine.timebound import statement_time_limit
 
     conn = (
-        sqlite3.connect(f"file:{bundle.rows_db}?mode=ro", uri=True, check_same_thread=False)
+        sqlite3.connect(
+            file_uri(Path(bundle.rows_db), mode="ro"), uri=True, check_same_thread=False
+        )
         if bundle.rows_db.is_file()
         else None
     )

@@ -54,6 +54,7 @@ from recovery.engine.postgres import (
 from recovery.errors import RecoveryError
 from recovery.model.kinds import Resolution
 from recovery.report import lost
+from recovery.engine.sqlite_io import file_uri
 from recovery.verify.rehearse import (
     LOST_FILE,
     SAMPLE_LIMIT,
@@ -246,7 +247,7 @@ def _changes_present(conn: Any, bundle: Bundle, result: Rehearsal) -> dict[str, 
     }
     p = make_plan(bundle.old, bundle.new, bundle.mapping, bundle.tables_with_rows())
     counts: dict[str, Any] = {}
-    with closing(sqlite3.connect(f"file:{bundle.rows_db}?mode=ro", uri=True)) as lite:
+    with closing(sqlite3.connect(file_uri(Path(bundle.rows_db), mode="ro"), uri=True)) as lite:
         for tp in p.tables:
             if tp.table not in bundle.tables_with_rows() or not tp.key:
                 continue

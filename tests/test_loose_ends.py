@@ -365,3 +365,15 @@ def test_a_run_folder_in_a_sticky_shared_folder_is_trusted(
             == c.execute("SELECT count(*) FROM s.parts").fetchone()[0]
         )
     c.close()
+
+
+def test_apply_deletes_on_a_postgresql_run_is_refused_saying_what_to_do(
+    rolled_back: tuple[Path, Path],
+) -> None:
+    _db, run = rolled_back
+    journal = json.loads((run / "journal.json").read_text(encoding="utf-8"))
+    journal["args"]["db"] = "postgresql://app@127.0.0.1:1/gestima"
+    (run / "journal.json").write_text(json.dumps(journal), encoding="utf-8")
+    code, out = _invoke(str(run), "--yes")
+    assert code == 2, out
+    assert "not built for PostgreSQL" in out and "deletes_for_review.csv" in out

@@ -38,6 +38,7 @@ from sqlglot import exp
 
 from recovery.bundle.store import Bundle, open_bundle, write_json_atomic
 from recovery.runfolder import check_run_folder
+from recovery.engine.base import is_postgres_url
 from recovery.errors import ExitCode, RecoveryError
 from recovery.model.kinds import KIND_COLUMN as KIND
 from recovery.model.kinds import ConflictKind, Resolution
@@ -232,6 +233,13 @@ def apply_deletes(
     the database and writes nothing but the result file."""
     run = Path(run_dir)
     db, bundle_dir = locate_run(run)
+    if is_postgres_url(str(db)):
+        raise RecoveryError(
+            f"apply-deletes is not built for PostgreSQL yet ({run} rolled back a PostgreSQL "
+            "database); nothing was changed",
+            f"the rows are listed in {run / 'deletes_for_review.csv'}: delete the reviewed ones "
+            "in one transaction by hand",
+        )
     bundle = open_bundle(bundle_dir)
     engine = open_engine(db)
     engine.check("database")

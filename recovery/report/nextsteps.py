@@ -50,7 +50,13 @@ def next_steps(
             f"recovery undo {run_dir}"
         ),
     ]
-    if deletes_for_review:
+    if deletes_for_review and kept_as is not None:  # a PostgreSQL run: no apply-deletes yet
+        steps.append(
+            f"{deletes_for_review} row(s) deleted after the deploy were restored; review "
+            f"{run_dir / 'deletes_for_review.csv'}, then delete the reviewed ones by hand "
+            "(apply-deletes is not built for PostgreSQL yet)"
+        )
+    elif deletes_for_review:
         steps.append(
             f"{deletes_for_review} row(s) deleted after the deploy were restored; review "
             f"{run_dir / 'deletes_for_review.csv'}, then: recovery apply-deletes {run_dir} "

@@ -224,6 +224,26 @@ def test_without_the_judge_the_bounded_copy_would_be_wrong(
     assert wrong["lost"] > right["lost"]
 
 
+# row-local statements only, but the Python code branches on how many rows one UPDATE touched:
+# the count of the rows the bounded copy left out reaches the needed rows through Python
+ROWCOUNT_UP = """with op.batch_alter_table("parts") as b:
+    b.add_column(sa.Column("cheap", sa.Integer, nullable=True))
+conn = op.get_bind()
+n = conn.exec_driver_sql("UPDATE parts SET cheap = NULL WHERE price < 50").rowcount
+conn.exec_driver_sql("UPDATE parts SET cheap = ? WHERE price >= 50", (n,))"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known limit of the judge: statements are judged, not what Python does with a "
+    "cursor's rowcount (or RETURNING rows) of a statement on a bounded table",
+)
+def test_a_rowcount_of_a_bounded_table_reaching_python_is_not_seen(tmp_path: Path) -> None:
+    ini, backup, live = aggregate_world(tmp_path, ROWCOUNT_UP, "cheap")
+    b, f = extract_both(backup, live, ini, tmp_path)
+    assert b == f
+
+
 def test_full_copy_env_skips_the_bounded_copy(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

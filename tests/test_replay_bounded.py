@@ -136,6 +136,14 @@ total = sum(r[1] for r in rows)
 for i, p in rows:
     if p >= 50:
         conn.exec_driver_sql("UPDATE parts SET share = ? WHERE id = ?", (1000 * p // total, i))"""
+# the count of all parts reaches the new column through a statement-level CTE of an INSERT into
+# a scratch table the upgrade creates (whole, so reading it is row-local unless the CTE is seen)
+CTE_UP = """with op.batch_alter_table("parts") as b:
+    b.add_column(sa.Column("tally", sa.Integer, nullable=True))
+op.execute("CREATE TABLE counts (id INTEGER PRIMARY KEY, n INTEGER)")
+op.execute("WITH c AS (SELECT count(*) AS n FROM parts) INSERT INTO counts (id, n) SELECT 1, n FROM c")
+op.execute("UPDATE parts SET tally = (SELECT n FROM counts WHERE id = 1) WHERE parts.price >= 50")
+op.execute("DROP TABLE counts")"""
 
 
 def aggregate_world(tmp_path: Path, up: str, column: str) -> tuple[Path, Path, Path]:
@@ -181,7 +189,8 @@ def lost(summary_tables: dict[str, Any]) -> list[tuple[Any, ...]]:
 
 
 @pytest.mark.parametrize(
-    ("up", "column"), [(POS_UP, "pos"), (ITEMS_UP, "n_items"), (LOOP_UP, "share")]
+    ("up", "column"),
+    [(POS_UP, "pos"), (ITEMS_UP, "n_items"), (LOOP_UP, "share"), (CTE_UP, "tally")],
 )
 def test_migration_reading_other_rows_falls_back_to_the_full_copy(
     tmp_path: Path, up: str, column: str
@@ -213,6 +222,26 @@ def test_without_the_judge_the_bounded_copy_would_be_wrong(
     wrong = extract(backup, live, tmp_path / "unjudged", alembic_ini=ini).summary()
     assert right["lost"] == 2
     assert wrong["lost"] > right["lost"]
+
+
+# row-local statements only, but the Python code branches on how many rows one UPDATE touched:
+# the count of the rows the bounded copy left out reaches the needed rows through Python
+ROWCOUNT_UP = """with op.batch_alter_table("parts") as b:
+    b.add_column(sa.Column("cheap", sa.Integer, nullable=True))
+conn = op.get_bind()
+n = conn.exec_driver_sql("UPDATE parts SET cheap = NULL WHERE price < 50").rowcount
+conn.exec_driver_sql("UPDATE parts SET cheap = ? WHERE price >= 50", (n,))"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known limit of the judge: statements are judged, not what Python does with a "
+    "cursor's rowcount (or RETURNING rows) of a statement on a bounded table",
+)
+def test_a_rowcount_of_a_bounded_table_reaching_python_is_not_seen(tmp_path: Path) -> None:
+    ini, backup, live = aggregate_world(tmp_path, ROWCOUNT_UP, "cheap")
+    b, f = extract_both(backup, live, ini, tmp_path)
+    assert b == f
 
 
 def test_full_copy_env_skips_the_bounded_copy(
@@ -280,6 +309,22 @@ REFUSED = [
     ("CREATE TRIGGER t AFTER UPDATE ON files BEGIN UPDATE parts SET n = 1; END", "trigger"),
     ("SELECT * FROM v_totals", "v_totals"),
     ("THIS IS NOT SQL ((", ""),
+    (
+        "WITH c AS (SELECT count(*) AS n FROM parts) INSERT INTO files (id, n) SELECT 1, n FROM c",
+        "parts",
+    ),
+    (
+        "INSERT INTO files (id) WITH c AS (SELECT max(id) AS id FROM parts) SELECT id FROM c",
+        "parts",
+    ),
+    ("INSERT INTO parts (id) WITH c AS (SELECT max(id) + 1 AS id FROM parts) SELECT id FROM c", ""),
+    (
+        (
+            "UPDATE files SET n = 1 WHERE id IN (WITH parts AS (SELECT 1 AS id) SELECT id FROM parts)"
+            " OR n = (SELECT count(*) FROM parts)"
+        ),
+        "parts",
+    ),
 ]
 
 
@@ -317,6 +362,17 @@ def test_judge_follows_a_copy_into_a_temp_table() -> None:
     ]
     reason = judge(steps, _copy({"parts"}), {})
     assert reason is not None and "bounded table x" in reason
+
+
+def test_judge_rejudges_triggers_when_a_table_becomes_bounded() -> None:
+    """A trigger on a whole table is harmless until a copy from a bounded table fills that table:
+    then it fires once per row kept, and what it writes depends on the rows left out."""
+    trig = "CREATE TRIGGER t AFTER INSERT ON logs BEGIN UPDATE files SET n = n + 1; END"
+    copy_in = "INSERT INTO logs (id) SELECT id FROM parts"
+    read = "UPDATE parts SET n = (SELECT n FROM files WHERE id = 1)"
+    assert judge([trig, copy_in, read], _copy({"parts"}), {}) is not None
+    assert judge([copy_in, read], _copy({"parts"}, triggers=(trig,)), {}) is not None
+    assert judge([trig, copy_in, read], _copy({"items"}), {}) is None
 
 
 def test_judge_refuses_a_backup_trigger_on_a_bounded_table() -> None:

@@ -300,6 +300,8 @@ class _State:
     def __init__(self, copy: BoundedCopy, keys: Mapping[str, Iterable[str]]) -> None:
         self.filtered = {n.lower() for n in copy.filtered}
         self.views = {n.lower() for n in copy.views}
+        self.triggers: list[str] = []
+        """The DDL of every trigger judged so far (re-judged when a table becomes bounded)."""
         self.keys: dict[str, set[str]] = {}
         for src in (copy.keys, keys):
             for n, ks in src.items():
@@ -315,34 +317,34 @@ class _State:
 
 
 def _tables(node: exp.Expression) -> list[exp.Table]:
-    ctes = {c.alias_or_name.lower() for c in node.find_all(exp.CTE)}
     return [
         t
         for t in node.find_all(exp.Table)
-        if t.name and t.name.lower() not in ctes and t.name.lower() not in _SYSTEM
+        if t.name and t.name.lower() not in _SYSTEM and not _names_a_cte(t)
     ]
+
+
+def _names_a_cte(t: exp.Table) -> bool:
+    """``t`` reads a CTE: one of that name is defined by ``t`` or an enclosing query (a CTE's
+    scope); the same name elsewhere in the statement, or schema-qualified, is a table."""
+    if t.args.get("db"):
+        return False
+    name = t.name.lower()
+    node = t.parent
+    while node is not None:
+        w = node.args.get("with_") or node.args.get("with")
+        if isinstance(w, exp.With) and any(c.alias_or_name.lower() == name for c in w.expressions):
+            return True
+        node = node.parent
+    return False
 
 
 def _row_for_row(q: exp.Expression) -> exp.Table | None:
     """The one table a plain projection reads, or None when ``q`` is anything more."""
     if not isinstance(q, exp.Select):
         return None
-    if any(
-        q.args.get(k)
-        for k in (
-            "joins",
-            "where",
-            "group",
-            "having",
-            "distinct",
-            "limit",
-            "offset",
-            "order",
-            "with",
-            "laterals",
-        )
-    ):
-        return None
+    if any(v for k, v in q.args.items() if k not in ("expressions", "from", "from_")):
+        return None  # a WITH, join, filter, grouping, limit, … (whatever sqlglot names them)
     src = q.args.get("from") or q.args.get("from_")
     if src is None or not isinstance(src.this, exp.Table):
         return None
@@ -369,13 +371,14 @@ def _judge_insert(stmt: exp.Insert, st: _State) -> str | None:
         # OR IGNORE/REPLACE, ON CONFLICT: which row wins depends on the rows present
         if st.is_filtered(tname) or any(st.unreadable(t.name) for t in _tables(stmt)):
             return f"inserts into {tname} with a conflict clause"
-    reads = _tables(query) if query is not None else []
+    reads = [t for t in _tables(stmt) if t is not target]  # the query and any WITH before it
     bad = [t for t in reads if st.unreadable(t.name)]
     if not bad:
         if st.is_filtered(tname):
             return f"inserts new rows into the bounded table {tname}"
         return None
-    src = _row_for_row(query) if query is not None else None
+    with_ = stmt.args.get("with_") or stmt.args.get("with")
+    src = _row_for_row(query) if query is not None and not with_ else None
     if src is None or len(reads) != 1:
         return f"reads the bounded table {bad[0].name} to insert into {tname}"
     cols = _insert_columns(stmt)
@@ -389,6 +392,10 @@ def _judge_insert(stmt: exp.Insert, st: _State) -> str | None:
             return f"copies {src.name} into {tname} without keeping its key column {k}"
     st.filtered.add(tname.lower())
     st.keys.setdefault(tname.lower(), set()).update(st.keys.get(src.name.lower(), set()))
+    for trig in st.triggers:  # one judged while tname was whole fires once per row copied
+        why = _trigger_hit(trig, st)
+        if why is not None:
+            return f"copies {src.name} into {tname}, which {why}"
     return None
 
 
@@ -477,6 +484,11 @@ def _judge_pragma(text: str) -> str | None:
 
 
 def _judge_trigger(text: str, st: _State) -> str | None:
+    st.triggers.append(text)
+    return _trigger_hit(text, st)
+
+
+def _trigger_hit(text: str, st: _State) -> str | None:
     words = {w.lower() for w in re.findall(r"[A-Za-z_][A-Za-z0-9_$]*", text)}
     hit = sorted(words & (st.filtered | (st.views if st.filtered else set())))
     return f"has a trigger that names the bounded table {hit[0]}" if hit else None

@@ -657,7 +657,7 @@ def undo_postgres(
     killed undo is finished by running it again."""
     say = progress or log.info
     run = Path(run_dir)
-    live = PostgresEngine(str(data["args"]["db"]))
+    live = journaled_engine(str(data["args"]["db"]))
     steps = data["steps"]
     restore = steps.get("restore", {})
     safety = restore.get("safety")
@@ -748,6 +748,17 @@ def postgres_run(run_dir: Path) -> dict[str, Any] | None:
         and all(isinstance(v, dict) for v in data["steps"].values())
     )
     return data if ok and is_postgres_url(data["args"]["db"]) else None
+
+
+def journaled_engine(spec: str) -> PostgresEngine:
+    """The database of a journaled URL. The journal never holds the password (it is written
+    masked, ``***``): the masked one is dropped so that libpq takes the password from its own
+    places, ``PGPASSWORD`` or ``~/.pgpass``, as for any password-less URL."""
+    engine = PostgresEngine(spec)
+    if engine.url.password == "***":
+        u = engine.url  # URL.set() ignores None: build it again without the password
+        engine.url = u.create(u.drivername, u.username, None, u.host, u.port, u.database, u.query)
+    return engine
 
 
 def _unchanged_since(live: PostgresEngine, conn: Connection, digest: str) -> None:

@@ -1,0 +1,74 @@
+"""Adversarial cases for ``recovery rollback`` / ``recovery undo`` on a real PostgreSQL server:
+the ways production differs from the trust-authenticated test cluster. Fixtures and helpers are
+those of :mod:`tests.test_pg_rollback` (a sample world of 60 parts in a template database, each
+test rolling back its own hostile-named copy)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from recovery.engine.postgres import connect, run
+from recovery.errors import RecoveryError
+from tests.test_pg_rollback import _rollback, _revision, cli, live, pg_template  # noqa: F401
+
+
+@pytest.fixture
+def password_role(pg_server: str) -> Iterator[tuple[str, str]]:
+    """(role, password): a superuser role the server authenticates by password (scram), through
+    a ``pg_hba.conf`` line for that role alone put first and taken out after the test."""
+    role, password = f"recovery_pw_{uuid.uuid4().hex[:8]}", f"s3cr3t-{uuid.uuid4().hex}"
+    with connect(make_url(pg_server), "server") as a:
+        hba = Path(run(a, "SHOW hba_file").fetchone()[0])
+        if not hba.is_file() or not hba.exists():
+            pytest.skip("the server's pg_hba.conf is not reachable from this process")
+        try:
+            original = hba.read_text()
+            hba.write_text(
+                f"local all {role} scram-sha-256\nhost all {role} all scram-sha-256\n" + original
+            )
+        except OSError as exc:
+            pytest.skip(f"cannot add a password rule to {hba}: {exc}")
+        run(a, f"CREATE ROLE \"{role}\" LOGIN SUPERUSER PASSWORD '{password}'")
+        run(a, "SELECT pg_reload_conf()")
+    try:
+        yield role, password
+    finally:
+        hba.write_text(original)
+        with connect(make_url(pg_server), "server") as a:
+            run(a, "SELECT pg_reload_conf()")
+            run(a, f'DROP ROLE IF EXISTS "{role}"')
+
+
+def test_a_password_in_the_url_is_never_written_and_undo_reaches_the_server(
+    pg_server: str,
+    password_role: tuple[str, str],  # first: its role is dropped after the databases it made
+    pg_template: tuple[Path, str],  # noqa: F811
+    live: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The journal keeps the URL without its password (``***``); ``recovery undo RUN`` must still
+    reach a server that checks passwords, taking it from libpq's own places (``PGPASSWORD``,
+    ``~/.pgpass``), and no file the run writes holds the password."""
+    role, password = password_role
+    url = make_url(live).set(username=role, password=password).render_as_string(False)
+    with pytest.raises(RecoveryError, match="password"):  # the rule bites: a wrong one is refused
+        connect(make_url(url).set(password="x"), "live").close()
+    r = _rollback(url, pg_template[0], tmp_path / "run")
+    assert r.returncode in (0, 1), r.stderr
+    assert password not in r.stdout + r.stderr
+    for f in (tmp_path / "run").rglob("*"):
+        if f.is_file():
+            assert password.encode() not in f.read_bytes(), f
+    assert _revision(live) == "aa001_add_drawing_number_drop_drawings"
+    u = cli("undo", str(tmp_path / "run"), "--yes", env={"PGPASSWORD": password})
+    assert u.returncode == 0, u.stderr
+    assert password not in u.stdout + u.stderr
+    assert _revision(live) == "bb006_drop_parts_notes"
+    steps = json.loads((tmp_path / "run" / "journal.json").read_text())["steps"]
+    assert steps["undo"]["state"] == "done"

@@ -13,9 +13,19 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
-from recovery.engine.postgres import connect, run
+from recovery.engine.postgres import connect, drop_database_sql, run
 from recovery.errors import RecoveryError
-from tests.test_pg_rollback import _rollback, _revision, cli, live, pg_template  # noqa: F401
+from tests.test_pg_rollback import (  # noqa: F401
+    _alembic_ini,
+    _app_fingerprint,
+    _databases,
+    _revision,
+    _rollback,
+    _url,
+    cli,
+    live,
+    pg_template,
+)
 
 
 @pytest.fixture
@@ -72,3 +82,39 @@ def test_a_password_in_the_url_is_never_written_and_undo_reaches_the_server(
     assert _revision(live) == "bb006_drop_parts_notes"
     steps = json.loads((tmp_path / "run" / "journal.json").read_text())["steps"]
     assert steps["undo"]["state"] == "done"
+
+
+def test_a_dump_of_another_installation_is_refused_and_nothing_changes(
+    pg_server: str,
+    pg_template: tuple[Path, str],  # noqa: F811
+    live: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The same application's dump from another installation (the sample world of another seed:
+    same tables and revisions, other rows) would swap another installation's data in: refused as
+    the SQLite rollback refuses it (exit 2, "another database"), the live database unchanged, no
+    staged or scratch database left; ``--same-installation`` is the operator's way past."""
+    other = f"gestima_other_{uuid.uuid4().hex[:8]}"
+    world = tmp_path / "other"
+    made = cli("sample", str(world), "--url", _url(pg_server, other), "--parts", "60",
+               "--seed", "7", "--quiet")  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    try:
+        before = _app_fingerprint(live)
+        scratch = _databases(pg_server, "recovery\\_%")
+        r = _rollback(
+            live, world, tmp_path / "run", "--alembic-ini", _alembic_ini(), "--trust-mapping"
+        )
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert "another database" in r.stderr and "Traceback" not in r.stderr
+        assert _app_fingerprint(live) == before
+        assert _revision(live) == "bb006_drop_parts_notes"
+        assert _databases(pg_server, "recovery\\_%") <= scratch
+        name = str(make_url(live).database)
+        assert _databases(pg_server, f"{name}%") == {name}
+        vouched = _rollback(live, world, tmp_path / "run2", "--alembic-ini", _alembic_ini(),
+                            "--trust-mapping", "--same-installation")  # fmt: skip
+        assert vouched.returncode == 1, vouched.stderr
+    finally:
+        with connect(make_url(pg_server), "server") as a:
+            run(a, drop_database_sql(other))

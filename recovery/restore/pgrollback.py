@@ -42,9 +42,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from sqlglot import exp
+
 from recovery.bundle.store import Bundle, open_bundle
 from recovery.engine.base import Connection, Staged, normalise_spec
-from recovery.engine.postgres import PostgresEngine, connect, database_exists, run
+from recovery.engine.postgres import (
+    PostgresEngine,
+    connect,
+    database_exists,
+    ident,
+    run,
+    user_tables,
+)
 from recovery.errors import ExitCode, RecoveryError
 from recovery.files.uploads import FilesConfig
 from recovery.model.kinds import RowKind
@@ -233,6 +242,8 @@ def _before_swap(
         assert staging is not None
         staged = staging.result()
         staging = None
+        if not opts.same_installation:
+            refuse_another_installation(live.with_database(staged.location), live, backup)
         journal.mark(
             "restore", "staged", method="backup", safety=safety_name, staged=staged.location,
             sha256=staged.sha256,
@@ -301,6 +312,105 @@ def probe(live: PostgresEngine, backup: Path, opts: RollbackOptions) -> dict[str
     with live.readonly("live database") as conn:
         info["live_revision"] = alembic_revision(conn)
     return info
+
+
+def refuse_another_installation(
+    restored: PostgresEngine, live: PostgresEngine, backup: Path
+) -> None:
+    """Refuse (exit 2) a dump of another installation of the same application (same tables and
+    revision, other rows), as the SQLite rollback does (:mod:`recovery.capture.pairing`, the same
+    sample and thresholds): per table, the first rows by key of the ``restored`` backup whose key
+    is also in ``live``; a row agrees when at least half its shared non-key columns hold the same
+    text. Bounded: at most ``SAMPLE_ROWS`` rows of ``MAX_TABLES`` tables are read."""
+    from recovery.capture.pairing import AGREE_THRESHOLD, MIN_PRESENT
+
+    present = agree = 0
+    with restored.readonly("staged database") as old, live.readonly("live database") as new:
+        for schema, name, key, shared in _paired_tables(old, new):
+            rows = run(old, _sample_sql(schema, name, key, shared, None)).fetchall()
+            if not rows:
+                continue
+            keys = [tuple(r[: len(key)]) for r in rows]
+            params = [v for k in keys for v in k]
+            got = run(new, _sample_sql(schema, name, key, shared, len(keys)), params).fetchall()
+            found = {tuple(r[: len(key)]): r[len(key) :] for r in got}
+            for r in rows:
+                there = found.get(tuple(r[: len(key)]))
+                if there is None:
+                    continue
+                present += 1
+                same = sum(1 for a, b in zip(r[len(key) :], there, strict=True) if a == b)
+                agree += int(2 * same >= len(shared))
+    if present >= MIN_PRESENT and agree < AGREE_THRESHOLD * present:
+        raise RecoveryError(
+            f"{backup} looks like a backup of another database: of {present} sampled rows whose "
+            f"keys exist in both, only {agree} hold the same content (rows of the backup); "
+            "nothing was changed",
+            "pass the backup taken from this installation's database (or --same-installation if "
+            "it is)",
+        )
+
+
+def _paired_tables(old: Any, new: Any) -> list[tuple[str, str, list[str], list[str]]]:
+    """(schema, table, primary key, shared non-key columns) of the tables both sides hold with the
+    same primary key, bookkeeping tables left out."""
+    from recovery.capture.pairing import BOOKKEEPING, MAX_TABLES
+
+    out = []
+    for schema, name in user_tables(old)[: MAX_TABLES * 2]:
+        if name in BOOKKEEPING:
+            continue
+        key, cols = _key_columns(old, schema, name)
+        new_key, new_cols = _key_columns(new, schema, name)
+        if not key or key != new_key:
+            continue
+        shared = [c for c in cols if c in new_cols and c not in key]
+        if shared:
+            out.append((schema, name, key, shared))
+    return out[:MAX_TABLES]
+
+
+def _key_columns(conn: Any, schema: str, name: str) -> tuple[list[str], list[str]]:
+    """(primary-key columns in key order, every column) of ``schema.name``; ([], []) when there
+    is no such table."""
+    rel = f"{ident(schema)}.{ident(name)}"
+    cols = run(
+        conn,
+        "SELECT attname FROM pg_catalog.pg_attribute WHERE attrelid = to_regclass(%s) "
+        "AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+        (rel,),
+    ).fetchall()
+    key = run(
+        conn,
+        "SELECT a.attname FROM pg_catalog.pg_index AS i JOIN pg_catalog.pg_attribute AS a "
+        "ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) "
+        "WHERE i.indrelid = to_regclass(%s) AND i.indisprimary "
+        "ORDER BY array_position(i.indkey, a.attnum)",
+        (rel,),
+    ).fetchall()
+    return [r[0] for r in key], [r[0] for r in cols]
+
+
+def _sample_sql(
+    schema: str, name: str, key: list[str], shared: list[str], keyed: int | None
+) -> exp.Expression:
+    """The key and shared columns as text: the first ``SAMPLE_ROWS`` rows by key (``keyed``
+    None), or the rows whose key is one of ``keyed`` bound key tuples."""
+    from recovery.capture.pairing import SAMPLE_ROWS
+
+    def text(c: str) -> exp.Expression:
+        return exp.cast(exp.column(c, quoted=True), "text")
+
+    q = exp.select(*[text(c) for c in key + shared]).from_(
+        exp.Table(
+            this=exp.to_identifier(name, quoted=True), db=exp.to_identifier(schema, quoted=True)
+        )
+    )
+    if keyed is None:
+        return q.order_by(*[exp.column(k, quoted=True) for k in key]).limit(SAMPLE_ROWS)
+    row = exp.Tuple(expressions=[text(k) for k in key])
+    params = [exp.Tuple(expressions=[exp.Placeholder() for _ in key]) for _ in range(keyed)]
+    return q.where(exp.In(this=row, expressions=params))
 
 
 def _extract(

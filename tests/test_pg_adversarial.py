@@ -102,6 +102,9 @@ def test_a_dump_of_another_installation_is_refused_and_nothing_changes(
     try:
         before = _app_fingerprint(live)
         scratch = _databases(pg_server, "recovery\\_%")
+        dry = _rollback(live, world, tmp_path / "dry", "--alembic-ini", _alembic_ini(),
+                        "--trust-mapping", "--dry-run")  # fmt: skip
+        assert dry.returncode == 2 and "another database" in dry.stderr, dry.stdout + dry.stderr
         r = _rollback(
             live, world, tmp_path / "run", "--alembic-ini", _alembic_ini(), "--trust-mapping"
         )

@@ -727,6 +727,8 @@ def _dry_run(
         say("dry run: restoring and re-importing into a scratch database")
         merge = MergeOptions(opts.on_conflict, opts.prefer, opts.conflicts, opts.apply_deletes)
         with backup_database(backup, live) as scratch:
+            if not opts.same_installation:
+                refuse_another_installation(scratch, live, backup)
             outcome = reimport_postgres(
                 scratch.url.render_as_string(hide_password=False),
                 res.bundle,

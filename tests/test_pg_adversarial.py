@@ -121,3 +121,79 @@ def test_a_dump_of_another_installation_is_refused_and_nothing_changes(
     finally:
         with connect(make_url(pg_server), "server") as a:
             run(a, drop_database_sql(other))
+
+
+def _sequences(url: str) -> dict[str, tuple[int, int]]:
+    """{table.column: (the next value the app draws without consuming it, the column's max)} for
+    every serial/identity column."""
+    out: dict[str, tuple[int, int]] = {}
+    with connect(make_url(url), "db") as c:
+        owned = run(
+            c,
+            "SELECT t.relname, a.attname, s.last_value, s.start_value, s.increment_by "
+            "FROM pg_catalog.pg_depend AS d "
+            "JOIN pg_catalog.pg_class AS sc ON sc.oid = d.objid AND sc.relkind = 'S' "
+            "JOIN pg_catalog.pg_sequences AS s ON s.sequencename = sc.relname "
+            "JOIN pg_catalog.pg_class AS t ON t.oid = d.refobjid "
+            "JOIN pg_catalog.pg_attribute AS a ON a.attrelid = t.oid AND a.attnum = d.refobjsubid "
+            "WHERE d.deptype IN ('a', 'i')",
+        ).fetchall()
+        for table, column, last, start, step in owned:
+            top = run(c, f'SELECT coalesce(max("{column}"), 0) FROM "{table}"').fetchone()[0]
+            nxt = int(start) if last is None else int(last) + int(step)
+            out[f"{table}.{column}"] = (nxt, int(top))
+    return out
+
+
+def test_after_the_rollback_the_app_draws_no_id_in_use_nor_one_the_failed_release_drew(
+    pg_server: str,
+    pg_template: tuple[Path, str],  # noqa: F811
+    live: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """Every serial/identity column of the rolled-back database: its next value is above every
+    key it holds and above every key the failed release had drawn (the safety database's next
+    value): an id the failed release handed out (in a URL, an e-mail, a log) never names another
+    row after the rollback."""
+    with connect(make_url(live), "live") as c:  # ids drawn by inserts that were rolled back
+        for _ in range(5):
+            run(c, "SELECT nextval(pg_get_serial_sequence('parts', 'id'))")
+    failed = _sequences(live)
+    assert failed["parts.id"][0] > failed["parts.id"][1] + 5
+    r = _rollback(live, pg_template[0], tmp_path / "run")
+    assert r.returncode in (0, 1), r.stderr
+    after = _sequences(live)
+    for col, (nxt, top) in after.items():
+        assert nxt > top, (col, nxt, top)
+        if col in failed:
+            assert nxt >= failed[col][0], (col, nxt, failed[col])
+
+
+def _allows_connections(server: str, name: str) -> bool:
+    with connect(make_url(server), "server") as a:
+        q = "SELECT datallowconn FROM pg_catalog.pg_database WHERE datname = %s"
+        return bool(run(a, q, (name,)).fetchone()[0])
+
+
+def test_an_undo_killed_inside_its_swap_is_finished_by_running_it_again(
+    pg_server: str,
+    pg_template: tuple[Path, str],  # noqa: F811
+    live: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """SIGKILL with new connections to the live database refused and the renaming transaction
+    not begun: the app must not be left locked out, and the same ``recovery undo`` finishes."""
+    name = str(make_url(live).database)
+    r = _rollback(live, pg_template[0], tmp_path / "run")
+    assert r.returncode in (0, 1), r.stderr
+    killed = cli(
+        "undo", str(tmp_path / "run"), "--yes", env={"RECOVERY_TEST_KILL_AT_STEP": "undo:blocked"}
+    )
+    assert killed.returncode == -9, killed.stderr
+    assert not _allows_connections(pg_server, name)  # killed inside the window
+    u = cli("undo", str(tmp_path / "run"), "--yes")
+    assert u.returncode == 0, u.stderr
+    assert _allows_connections(pg_server, name)
+    assert _revision(live) == "bb006_drop_parts_notes"
+    kept = json.loads((tmp_path / "run" / "journal.json").read_text())["steps"]["undo"]["kept"]
+    assert _allows_connections(pg_server, kept)

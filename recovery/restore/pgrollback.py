@@ -787,6 +787,8 @@ def undo_postgres(
                         "undo", "done", kept=kept, safety=safety
                     )  # killed after its commit
                     return UndoResult(run, shown, "already_undone", Path(str(safety)), Path(kept))
+            if undo_info.get("allow_connections", True):  # killed with connections refused
+                live.allow_connections(True)
         if restore.get("state") in ("swapping", "staged", "start"):
             settle_interrupted_swap(live, journal)
             restore = journal.info("restore")
@@ -831,7 +833,10 @@ def undo_postgres(
             raise RecoveryError("stopped at your request; nothing was changed")
         kept = live.kept_name("undone", _token(run))
         say(f"putting the safety database {safety} back as {live.database}")
-        journal.mark("undo", "start", forced=bool(changed), kept=kept, safety=safety)
+        journal.mark(
+            "undo", "start", forced=bool(changed), kept=kept, safety=safety,
+            allow_connections=live.facts().allow_connections,
+        )  # fmt: skip
         live.swap_in(
             Staged(safety, ""),
             keep_as=kept,
@@ -874,6 +879,7 @@ def journaled_engine(spec: str) -> PostgresEngine:
 
 
 def _unchanged_since(live: PostgresEngine, conn: Connection, digest: str) -> None:
+    kill_point("undo:blocked")
     if fingerprint_digest(live, conn) != digest:
         raise RecoveryError(
             f"the live database {live.spec} was written to during the undo; nothing was changed",

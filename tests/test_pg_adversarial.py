@@ -19,6 +19,7 @@ from tests.test_pg_rollback import (  # noqa: F401
     _alembic_ini,
     _app_fingerprint,
     _databases,
+    _dump,
     _revision,
     _rollback,
     _url,
@@ -197,3 +198,33 @@ def test_an_undo_killed_inside_its_swap_is_finished_by_running_it_again(
     assert _revision(live) == "bb006_drop_parts_notes"
     kept = json.loads((tmp_path / "run" / "journal.json").read_text())["steps"]["undo"]["kept"]
     assert _allows_connections(pg_server, kept)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage after the magic", "plain SQL"])
+def test_a_damaged_dump_is_refused_in_one_line_and_leaves_nothing_on_the_server(
+    pg_server: str,
+    pg_template: tuple[Path, str],  # noqa: F811
+    live: str,  # noqa: F811
+    tmp_path: Path,
+    damage: str,
+) -> None:
+    data = _dump(pg_template[0]).read_bytes()
+    bad = {
+        "truncated": data[: len(data) // 2],
+        "garbage after the magic": b"PGDMP" + b"\x00garbage" * 1000,
+        "plain SQL": b"-- PostgreSQL database dump\nCREATE TABLE t (id int);\n",
+    }[damage]
+    world = tmp_path / "world"
+    world.mkdir()
+    (world / "world.json").write_text(json.dumps({"backup": "bad.dump"}))
+    (world / "bad.dump").write_bytes(bad)
+    before = _app_fingerprint(live)
+    theirs = _databases(pg_server, "recovery\\_%")
+    r = _rollback(live, world, tmp_path / "run")
+    assert r.returncode in (2, 3), r.stdout + r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert _app_fingerprint(live) == before
+    assert _databases(pg_server, "recovery\\_%") <= theirs
+    name = str(make_url(live).database)
+    assert _databases(pg_server, f"{name}%") == {name}
+    assert _allows_connections(pg_server, name)

@@ -310,3 +310,36 @@ def test_identity_always_deferrable_cascade_trigger_enum_and_every_type_survive_
         drawn = c.execute(ORDER, ("after", None, None, None, None, None, None, None)).fetchone()[0]
         assert drawn > new
         c.execute('INSERT INTO "line Items" ("order", qty) VALUES (%s, 1)', (drawn,))
+
+
+def test_a_63_byte_multibyte_name_rolls_back_and_undoes(
+    pg_server: str,
+    pg_template: tuple[Path, str],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """A live database name at PostgreSQL's limit, in two-byte characters: the safety and undone
+    names are cut at a character boundary, differ from each other and from the live name, and
+    the rollback and its undo both go through."""
+    from recovery.engine.postgres import create_database_sql
+
+    name = uuid.uuid4().hex[:7] + "Ü" * 28  # 7 + 56 = 63 bytes
+    assert len(name.encode()) == 63
+    prefix = name[:20]
+    with connect(make_url(pg_server), "server") as a:
+        run(a, create_database_sql(name, template=pg_template[1]))
+    url = _url(pg_server, name)
+    try:
+        r = _rollback(url, pg_template[0], tmp_path / "run")
+        assert r.returncode in (0, 1), r.stderr
+        assert _revision(url) == "aa001_add_drawing_number_drop_drawings"
+        u = cli("undo", str(tmp_path / "run"), "--yes")
+        assert u.returncode == 0, u.stderr
+        assert _revision(url) == "bb006_drop_parts_notes"
+        steps = json.loads((tmp_path / "run" / "journal.json").read_text())["steps"]
+        kept = steps["undo"]["kept"]
+        assert len(kept.encode()) <= 63 and kept != name
+        assert _databases(pg_server, f"{prefix}%") == {name, kept}
+    finally:
+        with connect(make_url(pg_server), "server") as a:
+            for db in _databases(pg_server, f"{prefix}%"):
+                run(a, drop_database_sql(db))

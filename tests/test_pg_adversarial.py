@@ -343,3 +343,27 @@ def test_a_63_byte_multibyte_name_rolls_back_and_undoes(
         with connect(make_url(pg_server), "server") as a:
             for db in _databases(pg_server, f"{prefix}%"):
                 run(a, drop_database_sql(db))
+
+
+def test_a_commit_after_the_extract_is_carried_by_the_resumed_run_never_lost(
+    pg_server: str,
+    pg_template: tuple[Path, str],  # noqa: F811
+    live: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """A run killed with the re-import written into the staged database, then a user's commit on
+    the live database (the extract did not see it): the resumed run must not swap in the staged
+    database that lacks it; the rolled-back database holds the late edit."""
+    killed = _rollback(
+        live, pg_template[0], tmp_path / "run", env={"RECOVERY_TEST_KILL_AT_STEP": "reimport:done"}
+    )
+    assert killed.returncode == -9, killed.stderr
+    with connect(make_url(live), "live") as c:
+        pid, late = c.execute(
+            "UPDATE parts SET name = name || ' (late edit)' "
+            "WHERE id = (SELECT max(id) FROM parts) RETURNING id, name"
+        ).fetchone()
+    r = _rollback(live, pg_template[0], tmp_path / "run")
+    assert r.returncode in (0, 1), r.stderr
+    with connect(make_url(live), "live") as c:
+        assert c.execute("SELECT name FROM parts WHERE id = %s", (pid,)).fetchone()[0] == late

@@ -70,10 +70,12 @@ def test_a_password_in_the_url_is_never_written_and_undo_reaches_the_server(
     url = make_url(live).set(username=role, password=password).render_as_string(False)
     with pytest.raises(RecoveryError, match="password"):  # the rule bites: a wrong one is refused
         connect(make_url(url).set(password="x"), "live").close()
+    dry = _rollback(url, pg_template[0], tmp_path / "dry", "--dry-run")
+    assert dry.returncode in (0, 1), dry.stderr
     r = _rollback(url, pg_template[0], tmp_path / "run")
     assert r.returncode in (0, 1), r.stderr
-    assert password not in r.stdout + r.stderr
-    for f in (tmp_path / "run").rglob("*"):
+    assert password not in r.stdout + r.stderr + dry.stdout + dry.stderr
+    for f in [*(tmp_path / "run").rglob("*"), *(tmp_path / "dry").rglob("*")]:
         if f.is_file():
             assert password.encode() not in f.read_bytes(), f
     assert _revision(live) == "aa001_add_drawing_number_drop_drawings"

@@ -42,9 +42,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from sqlglot import exp
+
 from recovery.bundle.store import Bundle, open_bundle
 from recovery.engine.base import Connection, Staged, normalise_spec
-from recovery.engine.postgres import PostgresEngine, connect, database_exists, run
+from recovery.engine.postgres import (
+    PostgresEngine,
+    connect,
+    database_exists,
+    ident,
+    run,
+    user_tables,
+)
 from recovery.errors import ExitCode, RecoveryError
 from recovery.files.uploads import FilesConfig
 from recovery.model.kinds import RowKind
@@ -233,6 +242,8 @@ def _before_swap(
         assert staging is not None
         staged = staging.result()
         staging = None
+        if not opts.same_installation:
+            refuse_another_installation(live.with_database(staged.location), live, backup)
         journal.mark(
             "restore", "staged", method="backup", safety=safety_name, staged=staged.location,
             sha256=staged.sha256,
@@ -301,6 +312,105 @@ def probe(live: PostgresEngine, backup: Path, opts: RollbackOptions) -> dict[str
     with live.readonly("live database") as conn:
         info["live_revision"] = alembic_revision(conn)
     return info
+
+
+def refuse_another_installation(
+    restored: PostgresEngine, live: PostgresEngine, backup: Path
+) -> None:
+    """Refuse (exit 2) a dump of another installation of the same application (same tables and
+    revision, other rows), as the SQLite rollback does (:mod:`recovery.capture.pairing`, the same
+    sample and thresholds): per table, the first rows by key of the ``restored`` backup whose key
+    is also in ``live``; a row agrees when at least half its shared non-key columns hold the same
+    text. Bounded: at most ``SAMPLE_ROWS`` rows of ``MAX_TABLES`` tables are read."""
+    from recovery.capture.pairing import AGREE_THRESHOLD, MIN_PRESENT
+
+    present = agree = 0
+    with restored.readonly("staged database") as old, live.readonly("live database") as new:
+        for schema, name, key, shared in _paired_tables(old, new):
+            rows = run(old, _sample_sql(schema, name, key, shared, None)).fetchall()
+            if not rows:
+                continue
+            keys = [tuple(r[: len(key)]) for r in rows]
+            params = [v for k in keys for v in k]
+            got = run(new, _sample_sql(schema, name, key, shared, len(keys)), params).fetchall()
+            found = {tuple(r[: len(key)]): r[len(key) :] for r in got}
+            for r in rows:
+                there = found.get(tuple(r[: len(key)]))
+                if there is None:
+                    continue
+                present += 1
+                same = sum(1 for a, b in zip(r[len(key) :], there, strict=True) if a == b)
+                agree += int(2 * same >= len(shared))
+    if present >= MIN_PRESENT and agree < AGREE_THRESHOLD * present:
+        raise RecoveryError(
+            f"{backup} looks like a backup of another database: of {present} sampled rows whose "
+            f"keys exist in both, only {agree} hold the same content (rows of the backup); "
+            "nothing was changed",
+            "pass the backup taken from this installation's database (or --same-installation if "
+            "it is)",
+        )
+
+
+def _paired_tables(old: Any, new: Any) -> list[tuple[str, str, list[str], list[str]]]:
+    """(schema, table, primary key, shared non-key columns) of the tables both sides hold with the
+    same primary key, bookkeeping tables left out."""
+    from recovery.capture.pairing import BOOKKEEPING, MAX_TABLES
+
+    out = []
+    for schema, name in user_tables(old)[: MAX_TABLES * 2]:
+        if name in BOOKKEEPING:
+            continue
+        key, cols = _key_columns(old, schema, name)
+        new_key, new_cols = _key_columns(new, schema, name)
+        if not key or key != new_key:
+            continue
+        shared = [c for c in cols if c in new_cols and c not in key]
+        if shared:
+            out.append((schema, name, key, shared))
+    return out[:MAX_TABLES]
+
+
+def _key_columns(conn: Any, schema: str, name: str) -> tuple[list[str], list[str]]:
+    """(primary-key columns in key order, every column) of ``schema.name``; ([], []) when there
+    is no such table."""
+    rel = f"{ident(schema)}.{ident(name)}"
+    cols = run(
+        conn,
+        "SELECT attname FROM pg_catalog.pg_attribute WHERE attrelid = to_regclass(%s) "
+        "AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+        (rel,),
+    ).fetchall()
+    key = run(
+        conn,
+        "SELECT a.attname FROM pg_catalog.pg_index AS i JOIN pg_catalog.pg_attribute AS a "
+        "ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) "
+        "WHERE i.indrelid = to_regclass(%s) AND i.indisprimary "
+        "ORDER BY array_position(i.indkey, a.attnum)",
+        (rel,),
+    ).fetchall()
+    return [r[0] for r in key], [r[0] for r in cols]
+
+
+def _sample_sql(
+    schema: str, name: str, key: list[str], shared: list[str], keyed: int | None
+) -> exp.Expression:
+    """The key and shared columns as text: the first ``SAMPLE_ROWS`` rows by key (``keyed``
+    None), or the rows whose key is one of ``keyed`` bound key tuples."""
+    from recovery.capture.pairing import SAMPLE_ROWS
+
+    def text(c: str) -> exp.Expression:
+        return exp.cast(exp.column(c, quoted=True), "text")
+
+    q = exp.select(*[text(c) for c in key + shared]).from_(
+        exp.Table(
+            this=exp.to_identifier(name, quoted=True), db=exp.to_identifier(schema, quoted=True)
+        )
+    )
+    if keyed is None:
+        return q.order_by(*[exp.column(k, quoted=True) for k in key]).limit(SAMPLE_ROWS)
+    row = exp.Tuple(expressions=[text(k) for k in key])
+    params = [exp.Tuple(expressions=[exp.Placeholder() for _ in key]) for _ in range(keyed)]
+    return q.where(exp.In(this=row, expressions=params))
 
 
 def _extract(
@@ -617,6 +727,8 @@ def _dry_run(
         say("dry run: restoring and re-importing into a scratch database")
         merge = MergeOptions(opts.on_conflict, opts.prefer, opts.conflicts, opts.apply_deletes)
         with backup_database(backup, live) as scratch:
+            if not opts.same_installation:
+                refuse_another_installation(scratch, live, backup)
             outcome = reimport_postgres(
                 scratch.url.render_as_string(hide_password=False),
                 res.bundle,
@@ -657,7 +769,7 @@ def undo_postgres(
     killed undo is finished by running it again."""
     say = progress or log.info
     run = Path(run_dir)
-    live = PostgresEngine(str(data["args"]["db"]))
+    live = journaled_engine(str(data["args"]["db"]))
     steps = data["steps"]
     restore = steps.get("restore", {})
     safety = restore.get("safety")
@@ -675,6 +787,8 @@ def undo_postgres(
                         "undo", "done", kept=kept, safety=safety
                     )  # killed after its commit
                     return UndoResult(run, shown, "already_undone", Path(str(safety)), Path(kept))
+            if undo_info.get("allow_connections", True):  # killed with connections refused
+                live.allow_connections(True)
         if restore.get("state") in ("swapping", "staged", "start"):
             settle_interrupted_swap(live, journal)
             restore = journal.info("restore")
@@ -719,7 +833,10 @@ def undo_postgres(
             raise RecoveryError("stopped at your request; nothing was changed")
         kept = live.kept_name("undone", _token(run))
         say(f"putting the safety database {safety} back as {live.database}")
-        journal.mark("undo", "start", forced=bool(changed), kept=kept, safety=safety)
+        journal.mark(
+            "undo", "start", forced=bool(changed), kept=kept, safety=safety,
+            allow_connections=live.facts().allow_connections,
+        )  # fmt: skip
         live.swap_in(
             Staged(safety, ""),
             keep_as=kept,
@@ -750,7 +867,19 @@ def postgres_run(run_dir: Path) -> dict[str, Any] | None:
     return data if ok and is_postgres_url(data["args"]["db"]) else None
 
 
+def journaled_engine(spec: str) -> PostgresEngine:
+    """The database of a journaled URL. The journal never holds the password (it is written
+    masked, ``***``): the masked one is dropped so that libpq takes the password from its own
+    places, ``PGPASSWORD`` or ``~/.pgpass``, as for any password-less URL."""
+    engine = PostgresEngine(spec)
+    if engine.url.password == "***":
+        u = engine.url  # URL.set() ignores None: build it again without the password
+        engine.url = u.create(u.drivername, u.username, None, u.host, u.port, u.database, u.query)
+    return engine
+
+
 def _unchanged_since(live: PostgresEngine, conn: Connection, digest: str) -> None:
+    kill_point("undo:blocked")
     if fingerprint_digest(live, conn) != digest:
         raise RecoveryError(
             f"the live database {live.spec} was written to during the undo; nothing was changed",

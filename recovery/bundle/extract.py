@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from sqlglot import exp
@@ -372,13 +373,28 @@ def _create_list(conn: Connection, name: str) -> None:
     )
 
 
-def record_lost(conn: Connection, a: Analysis, files: FilesConfig, counts: dict[str, Any]) -> None:
+def _same(e: exp.Expression) -> exp.Expression:
+    return e
+
+
+def record_lost(
+    conn: Connection,
+    a: Analysis,
+    files: FilesConfig,
+    counts: dict[str, Any],
+    *,
+    as_text: Callable[[exp.Expression], exp.Expression] = _same,
+    key_expr: Callable[[tuple[str, ...], str], exp.Expression] = key_json,
+    create_list: Callable[[Any, str], None] | None = None,
+) -> None:
     """Every value a user made that the old schema has no place for, one row per cell: in an
     inserted row, a non-NULL value; in an updated row of a shared table, a value
     :func:`recovery.compare.changes.user_value` calls a user's (non-default and, with the upgrade replayed,
     not what the migration wrote). Then the values listed as "filled by the upgrade, not
-    verified" (:func:`record_filled`)."""
-    _create_list(conn, LOST_TABLE)
+    verified" (:func:`record_filled`). ``as_text`` wraps the label and the value as the lists
+    store them, ``key_expr`` writes a row's key as JSON text and ``create_list`` creates a list:
+    the PostgreSQL extract's casts to text, its ``to_json`` keys and its DDL (:mod:`recovery.bundle.pgextract`); by default SQLite's, values as they are."""
+    (create_list or _create_list)(conn, LOST_TABLE)
     replay = a.replay
     for name in sorted(counts):
         new_t = a.new.tables[a.live_name(name)]
@@ -415,30 +431,39 @@ def record_lost(conn: Connection, a: Analysis, files: FilesConfig, counts: dict[
             q = (
                 exp.select(
                     exp.Literal.string(name),
-                    key_json(new_t.key, "b"),
-                    label_expr(new_t, a.new, "b"),
+                    key_expr(new_t.key, "b"),
+                    as_text(label_expr(new_t, a.new, "b")),
                     exp.Literal.string(c),
-                    col(c, "b"),
+                    as_text(col(c, "b")),
                     exp.Literal.string(reason),
                 )
                 .from_(table(name, "bnew", "b"))
                 .where(and_all(conds))
             )
             stmt = exp.Insert(this=table(LOST_TABLE, "bnew"), expression=q)
-            total += conn.execute(sql(stmt)).rowcount
+            total += int(conn.execute(sql(stmt)).rowcount)
         counts[name]["lost"] = total
-    record_filled(conn, a, counts, replay)
+    record_filled(
+        conn, a, counts, replay, as_text=as_text, key_expr=key_expr, create_list=create_list
+    )
 
 
 def record_filled(
-    conn: Connection, a: Analysis, counts: dict[str, Any], replay: Replayed | None
+    conn: Connection,
+    a: Analysis,
+    counts: dict[str, Any],
+    replay: Replayed | None,
+    *,
+    as_text: Callable[[exp.Expression], exp.Expression] = _same,
+    key_expr: Callable[[tuple[str, ...], str], exp.Expression] = key_json,
+    create_list: Callable[[Any, str], None] | None = None,
 ) -> None:
     """Values in columns only the new schema has, in live rows whose old-schema projection is the
     backup's, that nothing can tell from what the upgrade filled in (no replay of the upgrade, no
     updated-at time; :func:`recovery.compare.changes.filled_parts`): listed in ``_recovery_filled`` with
     their count as ``filled_by_upgrade`` — not lost, and not carried (the rollback restores those
-    rows exactly as the backup has them)."""
-    _create_list(conn, FILLED_TABLE)
+    rows exactly as the backup has them). ``as_text``, ``key_expr``, ``create_list``: as for :func:`record_lost`."""
+    (create_list or _create_list)(conn, FILLED_TABLE)
     for name in sorted(counts):
         tm = a.mapping.tables.get(name)
         old_t, new_t = a.old.table(name), a.new.tables[a.live_name(name)]
@@ -458,10 +483,10 @@ def record_filled(
             q = (
                 exp.select(
                     exp.Literal.string(name),
-                    key_json(new_t.key, "n"),
-                    label_expr(new_t, a.new, "n"),
+                    key_expr(new_t.key, "n"),
+                    as_text(label_expr(new_t, a.new, "n")),
                     exp.Literal.string(c),
-                    col(c, "n"),
+                    as_text(col(c, "n")),
                     exp.Literal.string("filled by the upgrade, not verified"),
                 )
                 .from_(table(name, "old", "o"))
@@ -474,9 +499,11 @@ def record_filled(
                 )
                 .where(and_all([*untouched, flag]))
             )
-            total += conn.execute(
-                sql(exp.Insert(this=table(FILLED_TABLE, "bnew"), expression=q))
-            ).rowcount
+            total += int(
+                conn.execute(
+                    sql(exp.Insert(this=table(FILLED_TABLE, "bnew"), expression=q))
+                ).rowcount
+            )
         if total:
             counts[name]["filled_by_upgrade"] = total
 

@@ -41,12 +41,10 @@ import psycopg
 from sqlglot import exp
 
 from recovery import __version__, progress
+from recovery.bundle.extract import record_lost as sqlite_record_lost
 from recovery.bundle.extract import (
     ExtractResult,
-    derivable,
-    label_expr,
     lock_partial,
-    uncarried_columns,
 )
 from recovery.bundle.store import (
     DIR_MODE,
@@ -59,7 +57,7 @@ from recovery.bundle.store import (
 )
 from recovery.capture.manifest import deploy_time_of
 from recovery.compare import changes
-from recovery.compare.changes import deleted_query, inserted_query, sides, user_value
+from recovery.compare.changes import deleted_query, inserted_query, sides
 from recovery.compare.diff import Analysis, check_user_expressions
 from recovery.compare.evidence import verify
 from recovery.compare.pgdiff import reflect_pg, structural_pg
@@ -80,7 +78,7 @@ from recovery.engine.sqlbuild import and_all, col, is_same, rendering_for, sql, 
 from recovery.engine.sqlite_io import fsync_dir
 from recovery.errors import RecoveryError
 from recovery.files.uploads import FilesConfig, UploadsIndex, copy_files_into_bundle
-from recovery.model.kinds import CHANGED_KINDS, KIND_COLUMN as KIND, RowKind
+from recovery.model.kinds import KIND_COLUMN as KIND, RowKind
 from recovery.engine.pgworkspace import column_types, workspace
 from recovery.migrate.pgsandbox import derive_lineage_pg, replay_upgrade_pg
 from recovery.model.values import TableCounts
@@ -315,106 +313,13 @@ def _create_list(conn: Any, name: str) -> None:
 
 
 def record_lost(conn: Any, a: Analysis, files: FilesConfig, counts: dict[str, Any]) -> None:
-    """Every value a user made that the old schema has no place for, one row per cell, by the
-    SQLite extract's rules (:func:`recovery.bundle.extract.record_lost`); then the values filled
-    by the upgrade, not verified (:func:`record_filled`)."""
-    _create_list(conn, LOST_TABLE)
-    for name in sorted(counts):
-        new_t = a.new.tables[a.live_name(name)]
-        carried = (
-            name in a.mapping.tables
-            and not a.mapping.tables[name].skip
-            and a.old.table(name) is not None
-        )
-        if carried:
-            cols = [c for c in uncarried_columns(a, name) if c not in new_t.key]
-            reason = "column not in the old schema"
-        else:
-            cols = [c for c in new_t.column_names if c not in new_t.key]
-            reason = (
-                "table not in the old schema"
-                if a.old.table(name) is None
-                else "table skipped by mapping"
-            )
-        total = 0
-        for c in cols:
-            conds = [
-                exp.In(
-                    this=col(KIND, "b"), expressions=[exp.Literal.string(k) for k in CHANGED_KINDS]
-                ),
-                user_value(new_t, c, "b", a.replay)
-                if carried
-                else exp.Not(this=exp.Is(this=col(c, "b"), expression=exp.Null())),
-            ]
-            via = derivable(new_t, c, files, "b") if carried else None
-            if via is not None:
-                conds.append(exp.Not(this=via))
-            q = (
-                exp.select(
-                    exp.Literal.string(name),
-                    key_json(new_t.key, "b"),
-                    _as_text(label_expr(new_t, a.new, "b")),
-                    exp.Literal.string(c),
-                    _as_text(col(c, "b")),
-                    exp.Literal.string(reason),
-                )
-                .from_(table(name, "bnew", "b"))
-                .where(and_all(conds))
-            )
-            total += int(
-                conn.execute(sql(exp.Insert(this=table(LOST_TABLE, "bnew"), expression=q))).rowcount
-            )
-        counts[name]["lost"] = total
-    record_filled(conn, a, counts)
-
-
-def record_filled(conn: Any, a: Analysis, counts: dict[str, Any]) -> None:
-    """Values in columns only the new schema has, in live rows whose old-schema projection is the
-    backup's, that nothing can tell from what the upgrade filled in
-    (:func:`recovery.bundle.extract.record_filled`)."""
-    _create_list(conn, FILLED_TABLE)
-    for name in sorted(counts):
-        tm = a.mapping.tables.get(name)
-        old_t, new_t = a.old.table(name), a.new.tables[a.live_name(name)]
-        if old_t is None or tm is None or tm.skip:
-            continue
-        s = sides(old_t, tm)
-        parts = (
-            None
-            if isinstance(s, str) or s.null_safe_key
-            else changes.filled_parts(new_t, tm, a.since_jd, a.replay)
-        )
-        if parts is None or isinstance(s, str):
-            continue
-        untouched = [exp.Not(this=changes.updated_condition(s))] if s.compared else []
-        total = 0
-        for c, flag in zip(*parts, strict=True):
-            q = (
-                exp.select(
-                    exp.Literal.string(name),
-                    key_json(new_t.key, "n"),
-                    _as_text(label_expr(new_t, a.new, "n")),
-                    exp.Literal.string(c),
-                    _as_text(col(c, "n")),
-                    exp.Literal.string("filled by the upgrade, not verified"),
-                )
-                .from_(table(name, "old", "o"))
-                .join(
-                    table(a.live_name(name), "new", "n"),
-                    on=and_all(
-                        exp.EQ(this=o, expression=n)
-                        for o, n in zip(s.old_key, s.new_key, strict=True)
-                    ),
-                )
-                .where(and_all([*untouched, flag]))
-            )
-            total += int(
-                conn.execute(
-                    sql(exp.Insert(this=table(FILLED_TABLE, "bnew"), expression=q))
-                ).rowcount
-            )
-        if total:
-            counts[name]["filled_by_upgrade"] = total
+    """Every value a user made that the old schema has no place for, then the values filled by
+    the upgrade, not verified: the SQLite extract's statements
+    (:func:`recovery.bundle.extract.record_lost`), keys by :func:`key_json`, labels and values
+    cast to text, into lists of text columns."""
+    sqlite_record_lost(
+        conn, a, files, counts, as_text=_as_text, key_expr=key_json, create_list=_create_list
+    )
 
 
 # ---- the rows travel: COPY … TO STDOUT into the bundle's SQLite files ---------------------------

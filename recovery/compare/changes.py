@@ -420,8 +420,13 @@ def rowid_span(conn: Connection, s: TableSides) -> tuple[int, int] | None:
     if not rowid_key(conn, "old", s.name, s.key):
         return None
     k = col(s.key[0])
-    q = exp.select(exp.Min(this=k), exp.Max(this=k.copy())).from_(table(s.name, "old"))
-    lo, hi = conn.execute(sql(q)).fetchone()
+    # one scalar subquery per end: SQLite answers a lone min() or max() with one B-tree descent,
+    # but scans the whole table for both in one SELECT
+    ends = [
+        exp.select(f(this=k.copy())).from_(table(s.name, "old")).subquery()
+        for f in (exp.Min, exp.Max)
+    ]
+    lo, hi = conn.execute(sql(exp.select(*ends))).fetchone()
     return None if lo is None else (int(lo), int(hi))
 
 

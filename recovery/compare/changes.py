@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -418,8 +420,13 @@ def rowid_span(conn: Connection, s: TableSides) -> tuple[int, int] | None:
     if not rowid_key(conn, "old", s.name, s.key):
         return None
     k = col(s.key[0])
-    q = exp.select(exp.Min(this=k), exp.Max(this=k.copy())).from_(table(s.name, "old"))
-    lo, hi = conn.execute(sql(q)).fetchone()
+    # one scalar subquery per end: SQLite answers a lone min() or max() with one B-tree descent,
+    # but scans the whole table for both in one SELECT
+    ends = [
+        exp.select(f(this=k.copy())).from_(table(s.name, "old")).subquery()
+        for f in (exp.Min, exp.Max)
+    ]
+    lo, hi = conn.execute(sql(exp.select(*ends))).fetchone()
     return None if lo is None else (int(lo), int(hi))
 
 
@@ -629,11 +636,18 @@ def _plus(terms: list[exp.Expression]) -> exp.Expression:
 
 
 def run_jobs(
-    conn: Connection, jobs: list[_Job], more: Callable[[], Connection] | None = None
+    conn: Connection,
+    jobs: list[_Job],
+    more: Callable[[], Connection] | None = None,
+    instant: OneInstant | None = None,
 ) -> dict[str, dict[str, int | None]]:
     """Run every counting statement and gather the counts per table. With ``more`` (a factory of
     further connections to the same pair), statements run on two threads: sqlite3 releases the
-    GIL while a statement runs, so the two cores each take their share of the tables."""
+    GIL while a statement runs, so the two cores each take their share of the tables.
+
+    With ``instant`` each worker's connection joins it (a read transaction) before its first
+    statement, and once both have, :meth:`OneInstant.still` must hold, else
+    :class:`InstantMoved` is raised before any count is taken."""
     import threading
 
     out: dict[str, dict[str, int | None]] = {}
@@ -659,12 +673,25 @@ def run_jobs(
     for job in jobs:
         todo.put(job)
     errors: list[BaseException] = []
+    moved: list[bool] = []
+
+    def check() -> None:  # run once, by the last worker to arrive, before either counts
+        if instant is not None and not instant.still():
+            moved.append(True)
+
+    arrived = threading.Barrier(2, action=check)
 
     def worker() -> None:  # each thread owns its connection: sqlite3 objects stay in their thread
         try:
             c = more()
             try:
-                while not errors:
+                if instant is not None:
+                    instant.join(c)
+                try:
+                    arrived.wait()
+                except threading.BrokenBarrierError:
+                    return  # the other worker failed: its error is raised below
+                while not errors and not moved:
                     try:
                         job = todo.get_nowait()
                     except queue.Empty:
@@ -674,6 +701,7 @@ def run_jobs(
                 c.close()
         except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread below
             errors.append(exc)
+            arrived.abort()
 
     threads = [threading.Thread(target=worker, name=f"recovery-diff-{i}") for i in range(2)]
     for t in threads:
@@ -682,7 +710,82 @@ def run_jobs(
         t.join()
     if errors:
         raise errors[0]
+    if moved:
+        raise InstantMoved
     return out
+
+
+INSTANT_TRIES = 3
+"""How many times :func:`diff_rows` takes its snapshots again when a commit fell between them,
+before it counts on one connection alone."""
+
+
+class InstantMoved(Exception):
+    """The live database changed between two connections' snapshots: take them again."""
+
+
+class OneInstant:
+    """One point in time of the live database (the pair's ``new``, a SQLite file in WAL mode) for
+    several connections: each :meth:`join` opens a read transaction whose snapshot is fixed by its
+    first read; :meth:`still` is true when no other connection has committed into the live file
+    since this object was made (``PRAGMA data_version`` of a private read-only connection changes
+    on every commit by any other connection), so every snapshot taken in between is the same."""
+
+    def __init__(self, live: str) -> None:
+        from recovery.engine.sqlite_io import readonly_uri
+
+        self._probe = sqlite3.connect(readonly_uri(Path(live)), uri=True, check_same_thread=False)
+        self._version = self._data_version()
+
+    def _data_version(self) -> int:
+        return int(self._probe.execute("PRAGMA data_version").fetchone()[0])
+
+    @staticmethod
+    def join(c: Connection) -> None:
+        """Open ``c``'s read transaction and fix its snapshot of ``new`` now."""
+        c.execute("BEGIN")
+        c.execute(
+            sql(exp.select(exp.Literal.number(1)).from_(table("sqlite_master", "new")).limit(1))
+        ).fetchone()
+
+    def still(self) -> bool:
+        return self._data_version() == self._version
+
+    def close(self) -> None:
+        self._probe.close()
+
+
+def _live_wal_file(conn: Connection) -> str | None:
+    """The live file of a SQLite pair connection when it is in WAL mode; None otherwise (another
+    engine, an in-memory or rollback-journal live database)."""
+    if not isinstance(conn, sqlite3.Connection) or conn.in_transaction:
+        return None
+    files = {row[1]: row[2] for row in conn.execute("PRAGMA database_list")}
+    live = files.get("new")
+    if not live:
+        return None
+    mode = conn.execute("PRAGMA new.journal_mode").fetchone()
+    return live if mode and str(mode[0]).lower() == "wal" else None
+
+
+@contextmanager
+def one_instant(conn: Connection) -> Iterator[OneInstant | None]:
+    """Hold one read transaction on the pair connection ``conn`` for the block and yield the
+    :class:`OneInstant` further connections join; yields None (and holds nothing) when ``conn`` is
+    not a SQLite pair over a WAL-mode live file."""
+    live = _live_wal_file(conn)
+    if live is None:
+        yield None
+        return
+    instant = OneInstant(live)
+    assert isinstance(conn, sqlite3.Connection)
+    try:
+        instant.join(conn)
+        yield instant
+    finally:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")  # a read transaction: nothing to keep
+        instant.close()
 
 
 def _timestamps(
@@ -868,7 +971,53 @@ def diff_rows(
     replay: Replayed | None = None,
 ) -> ChangeSet:
     """The row diff of every table (or of ``tables``), old schema's view. ``more`` opens further
-    connections to the same pair, so the counting statements of all tables share two cores."""
+    connections to the same pair, so the counting statements of all tables share two cores.
+
+    Every count and row comes from ONE instant of the live database when it is a SQLite file in
+    WAL mode, even while the application commits into it: the pair connection holds one read
+    transaction for the whole diff, each further connection opens its own and the
+    :class:`OneInstant` check proves that no commit fell between the first and the last snapshot
+    (else all are taken again, and after :data:`INSTANT_TRIES` moves the diff runs on the pair
+    connection alone, in its one transaction). A WAL reader does not block the app's writers.
+    In rollback-journal mode a held read lock would stall them for the whole diff, so there each
+    statement reads its own instant, as an unguarded reader would."""
+    for _attempt in range(INSTANT_TRIES):
+        with one_instant(conn) as instant:
+            try:
+                return _diff_rows(
+                    conn,
+                    old,
+                    new,
+                    mapping,
+                    tables,
+                    since_jd,
+                    want_rows,
+                    since_text,
+                    more,
+                    replay,
+                    instant,
+                )
+            except InstantMoved:
+                continue
+    with one_instant(conn) as instant:  # one connection in one transaction: one instant by itself
+        return _diff_rows(
+            conn, old, new, mapping, tables, since_jd, want_rows, since_text, None, replay, None
+        )
+
+
+def _diff_rows(
+    conn: Connection,
+    old: Schema,
+    new: Schema,
+    mapping: ColumnMapping,
+    tables: list[str] | None,
+    since_jd: float | None,
+    want_rows: bool,
+    since_text: str | None,
+    more: Callable[[], Connection] | None,
+    replay: Replayed | None,
+    instant: OneInstant | None,
+) -> ChangeSet:
     names = sorted(set(old.data_tables) | set(new.data_tables))
     if tables:
         names = [n for n in names if n in tables]
@@ -956,7 +1105,8 @@ def diff_rows(
         table_jobs = count_jobs(*args, ranges=ranges.get(args[0].name))
         jobs += [j for j in table_jobs if not j.params]
         split += [j for j in table_jobs if j.params]
-    counts = run_jobs(conn, jobs + split, more)  # the small pieces last: the workers end together
+    # the small pieces last: the workers end together
+    counts = run_jobs(conn, jobs + split, more, instant)
     for name, entry in list(out.items()):
         if entry.status == "new table":
             out[name] = TableChanges(

@@ -8,10 +8,11 @@ the target and renamed into place when complete.
 
 from __future__ import annotations
 
+import contextvars
 import os
 import shutil
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -36,7 +37,12 @@ from recovery.compare.changes import TableSides, deleted_query, inserted_query, 
 from recovery.compare.diff import Analysis, PendingReplay, analyse, start_replayed_upgrade
 from recovery import progress
 from recovery.errors import RecoveryError
-from recovery.files.uploads import FilesConfig, UploadsIndex, copy_files_into_bundle
+from recovery.files.uploads import (
+    FilesConfig,
+    UploadsIndex,
+    bundle_file_rows,
+    copy_files_into_bundle,
+)
 from recovery.migrate.bounded import attach_uri
 from recovery.migrate.replay import SCHEMA as REPLAY_SCHEMA, Replayed
 from recovery.model.labels import label_column
@@ -528,9 +534,16 @@ def extract(
     uploads: str | os.PathLike[str] | None = None,
     files: FilesConfig | None = None,
     trust_mapping: bool = False,
+    derived_lineage: Callable[[], tuple[dict[str, dict[str, exp.Expression]], dict[str, Any]]]
+    | None = None,
 ) -> ExtractResult:
     """Extract every change since ``backup`` from ``live`` into a new bundle folder ``out``.
-    A column rule the unchanged rows contradict is refused unless ``trust_mapping``."""
+    A column rule the unchanged rows contradict is refused unless ``trust_mapping``.
+
+    ``derived_lineage``: waits for and returns what
+    :func:`recovery.migrate.migrations.derive_lineage` gives for ``alembic_ini``, ``backup`` and
+    this live schema, when the caller started it earlier (the rollback starts it beside its safety
+    copy); else it is derived here, on a thread, while the schemas are read and compared."""
     out_p = Path(out)
     if out_p.exists() and (not out_p.is_dir() or any(out_p.iterdir())):
         raise RecoveryError(
@@ -557,12 +570,30 @@ def extract(
         else None
     )
     hasher.shutdown(wait=False)
+    derived: Future[tuple[dict[str, dict[str, exp.Expression]], dict[str, Any]]] | None = None
+    copying: Future[dict[str, object]] | None = None
+    written: dict[str, str] = {}  # the upload copies' digests, taken as they were written
     try:
-        if alembic_ini is not None:  # (the app's downgrade in the sandbox, while the hashes run)
+        if alembic_ini is not None and derived_lineage is None:
+            # the app's downgrade in the sandbox (its own child process) while the hashes run and
+            # the schemas are read; in this context, so a ``protecting`` block still applies
             from recovery.migrate.migrations import derive_lineage
 
-            lineage, lineage_report = derive_lineage(alembic_ini, backup, live)
-        with analyse(backup, live, since, mapping, lineage, trust_mapping) as a:
+            lineage_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recovery-lineage")
+            derived = lineage_pool.submit(
+                contextvars.copy_context().run, derive_lineage, alembic_ini, backup, live
+            )
+            lineage_pool.shutdown(wait=False)
+            derived_lineage = derived.result
+
+        def rules() -> dict[str, dict[str, exp.Expression]] | None:
+            nonlocal lineage, lineage_report
+            if derived_lineage is None:
+                return None
+            lineage, lineage_report = derived_lineage()
+            return lineage
+
+        with analyse(backup, live, since, mapping, rules, trust_mapping) as a:
             conn = a.pair
             conn.execute("PRAGMA query_only = OFF")
             conn.execute("ATTACH DATABASE ? AS bnew", (str(work / "rows.db"),))
@@ -590,6 +621,16 @@ def extract(
                 progress.advance(1, name)
             close_foreign_keys(conn, a, counts)
             progress.advance(1, "foreign-key closure")
+            if uploads:  # the bundle's files table is final: copy its files while SQLite works on
+                copying = _start_copy(
+                    work,
+                    uploads,
+                    backup,
+                    files,
+                    walk,
+                    bundle_file_rows(conn, files, "bnew"),
+                    written,
+                )
             record_lost(conn, a, files, counts)
             progress.advance(1, "lost values")
             live_sequences = read_sequences(conn, "new")  # in the same read as the rows
@@ -599,13 +640,7 @@ def extract(
             has_rows = {t for t, c in counts.items() if TableCounts.from_dict(c).carried}
             has_deletes = {t for t, c in counts.items() if TableCounts.from_dict(c).deleted}
             p = make_plan(a.old, a.new, a.mapping, has_rows, has_deletes)
-            file_report = (
-                copy_files_into_bundle(
-                    work, uploads, backup, files, walk.result() if walk else None
-                )
-                if uploads
-                else None
-            )
+            file_report = copying.result() if copying is not None else None
             manifest: dict[str, Any] = {
                 "format": FORMAT,
                 "tool_version": __version__,
@@ -633,16 +668,19 @@ def extract(
                 "files": file_report,
             }
         (work / "reimport.sql").write_text(p.to_sql("sqlite"), encoding="utf-8")
-        seal(work, manifest)
+        seal(work, manifest, known=written)
         os.replace(work, out_p) if not out_p.exists() else _move_into(work, out_p)
         fsync_dir(out_p.parent)
-    except BaseException:
-        for f in (backup_sha, live_print, walk):  # no job outlives a failed extract
+    except BaseException as exc:
+        for f in (backup_sha, live_print, walk, derived, copying):  # no job outlives a failure
             if f is not None and not f.cancel():
                 f.exception()
         if pending is not None:
             pending.wait()
         shutil.rmtree(work, ignore_errors=True)
+        first = _lineage_error(derived)
+        if first is not None and first is not exc and isinstance(exc, Exception):
+            raise first from None  # what the migrations said comes first, as it always has
         raise
     finally:
         os.close(held)
@@ -650,6 +688,43 @@ def extract(
     return ExtractResult(
         open_bundle(out_p, verify=False), p, manifest["deploy_time"]
     )  # sealed just above
+
+
+def _lineage_error(derived: Future[Any] | None) -> RecoveryError | None:
+    """The refusal the lineage's derivation ended with (a finished job), if any."""
+    if derived is None or not derived.done() or derived.cancelled():
+        return None
+    err = derived.exception()
+    return err if isinstance(err, RecoveryError) else None
+
+
+def _start_copy(
+    work: Path,
+    uploads: str | os.PathLike[str],
+    backup: str | os.PathLike[str],
+    files: FilesConfig,
+    walk: Future[UploadsIndex] | None,
+    rows: list[tuple[Any, Any, Any]],
+    written: dict[str, str],
+) -> Future[dict[str, object]]:
+    """:func:`recovery.files.uploads.copy_files_into_bundle` of ``rows`` (the bundle's files table,
+    read in the extract's transaction) on its own thread: file reads, writes, fsyncs and hashing
+    release the GIL, so the copies overlap the extract's last statements."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recovery-copy")
+    try:
+        return pool.submit(
+            lambda: copy_files_into_bundle(
+                work,
+                uploads,
+                backup,
+                files,
+                walk.result() if walk else None,
+                written=written,
+                rows=rows,
+            )
+        )
+    finally:
+        pool.shutdown(wait=False)
 
 
 def lock_partial(folder: Path) -> int:

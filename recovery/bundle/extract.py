@@ -33,7 +33,14 @@ from recovery.bundle.store import (
     seal,
 )
 from recovery.compare import changes
-from recovery.compare.changes import TableSides, deleted_query, inserted_query, sides, user_value
+from recovery.compare.changes import (
+    TableSides,
+    deleted_query,
+    inserted_query,
+    sides,
+    sides_on_rowid,
+    user_value,
+)
 from recovery.compare.diff import Analysis, PendingReplay, analyse, start_replayed_upgrade
 from recovery import progress
 from recovery.errors import RecoveryError
@@ -222,6 +229,15 @@ def extract_table(
         return
     ins = counts[name][RowKind.INSERTED]
     cond = _changed_condition(a, s, new_t, a.replay)  # (no primary key: never changed, only in/out)
+    if cond is not None and sides_on_rowid(conn, s):
+        upd, dele = _rest_on_rowid(conn, a, s, new_cols, old_cols, cond)
+        counts[name] = {
+            RowKind.INSERTED: ins,
+            RowKind.UPDATED: upd,
+            RowKind.DELETED: dele,
+            "status": "compared",
+        }
+        return
     upd_q = (
         exp.select(*n_cols, exp.Literal.string(RowKind.UPDATED))
         .from_(table(name, "old", "o"))
@@ -260,6 +276,94 @@ def extract_table(
         RowKind.DELETED: dele,
         "status": "compared",
     }
+
+
+CHANGED_LIST = "_recovery_changed"
+"""The temporary list of one table's updated and deleted keys (:func:`_rest_on_rowid`)."""
+
+
+def _rest_on_rowid(
+    conn: Connection,
+    a: Analysis,
+    s: TableSides,
+    new_cols: list[str],
+    old_cols: list[str],
+    cond: exp.Expression,
+) -> tuple[int, int]:
+    """The updated rows, their backup images and the deleted rows of a table keyed by the rowid on
+    both sides, from ONE read of the backup table: ``old LEFT JOIN new`` (scanned in rowid order,
+    each row's live twin found by its rowid) lists the key of every updated or deleted row in a
+    temporary table; the three inserts then fetch just those rows by rowid, in that list's order
+    — the order, rows and counts the separate join and anti-join gave. Returns (updated, deleted)."""
+    okey, nkey = s.old_key[0], s.new_key[0]
+    listed = table(CHANGED_LIST, "temp")
+    conn.execute(sql(exp.Drop(kind="TABLE", tables=[listed.copy()], exists=True)))
+    conn.execute(
+        sql(
+            exp.Create(
+                this=exp.Schema(
+                    this=listed.copy(),
+                    expressions=[
+                        exp.ColumnDef(this=exp.to_identifier(c, quoted=True)) for c in "kd"
+                    ],
+                ),
+                kind="TABLE",
+            )
+        )
+    )
+    gone = exp.Is(this=nkey.copy(), expression=exp.Null())
+    find = (
+        exp.select(okey.copy(), gone.copy())
+        .from_(_scan_old(s))
+        .join(
+            table(s.new_name or s.name, "new", "n"),
+            on=exp.EQ(this=okey.copy(), expression=nkey.copy()),
+            join_type="left",
+        )
+        .where(exp.or_(gone.copy(), exp.Paren(this=cond.copy())))
+    )
+    conn.execute(
+        sql(
+            exp.Insert(
+                this=exp.Schema(
+                    this=listed.copy(),
+                    expressions=[exp.to_identifier(c, quoted=True) for c in "kd"],
+                ),
+                expression=find,
+            )
+        )
+    )
+
+    def fetch(side: str, cols: list[str], deleted: bool, kind: str) -> exp.Select:
+        alias = "o" if side == "old" else "n"
+        key = (okey if side == "old" else nkey).copy()
+        return (
+            exp.select(*[col(c, alias) for c in cols], exp.Literal.string(kind))
+            .from_(table(CHANGED_LIST, "temp", "c"))
+            .join(
+                table(s.name if side == "old" else s.new_name or s.name, side, alias),
+                on=exp.EQ(this=key, expression=col("k", "c")),
+                join_type="cross",  # the list drives: each row fetched by its rowid
+            )
+            .where(exp.EQ(this=col("d", "c"), expression=exp.Literal.number(int(deleted))))
+        )
+
+    upd = _insert_select(
+        conn, "bnew", s.name, new_cols, fetch("new", new_cols, False, RowKind.UPDATED)
+    )
+    _insert_select(conn, "bbase", s.name, old_cols, fetch("old", old_cols, False, RowKind.UPDATED))
+    dele = _insert_select(
+        conn, "bbase", s.name, old_cols, fetch("old", old_cols, True, RowKind.DELETED)
+    )
+    conn.execute(sql(exp.Drop(kind="TABLE", tables=[listed.copy()])))
+    return upd, dele
+
+
+def _scan_old(s: TableSides) -> exp.Expression:
+    """The backup table read ``NOT INDEXED``: in rowid order, as the anti-join reads it."""
+    src = table(s.name, "old", "o")
+    src.set("indexed", False)
+    return src
 
 
 def _rebase(e: exp.Expression, alias: str) -> exp.Expression:

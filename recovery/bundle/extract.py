@@ -417,14 +417,23 @@ def close_foreign_keys(conn: Connection, a: Analysis, counts: dict[str, Any]) ->
 
     The bundle sides are uncorrelated ``IN (SELECT …)`` lists: SQLite materialises each once and
     drives the parent by its key, linear in the bundle size (a correlated EXISTS over the unindexed
-    bundle tables would cost parent rows × bundle rows: hours at 1M parts)."""
+    bundle tables would cost parent rows × bundle rows: hours at 1M parts).
+
+    A foreign key's statement runs again only when its child table gained rows since it last ran:
+    otherwise every parent it could find is in the bundle by now (its own last run added them),
+    so it would add nothing."""
+    grown: dict[str, int] = {}  # table -> rows the closure added to it so far
+    seen: dict[tuple[str, int], int] = {}  # (child, FK index) -> the child's growth at its last run
     for _ in range(len(a.new.tables) + 1):
         added = 0
         for name in a.bundle_tables:
-            for fk in a.new.tables[a.live_name(name)].foreign_keys:
+            for i, fk in enumerate(a.new.tables[a.live_name(name)].foreign_keys):
                 parent = a.new.table(fk.ref_table)
                 if parent is None or fk.ref_table not in counts:
                     continue
+                if seen.get((name, i)) == grown.get(name, 0):
+                    continue
+                seen[(name, i)] = grown.get(name, 0)
                 conds: list[exp.Expression] = [
                     exp.In(
                         this=_row(fk.ref_columns, "p"),
@@ -461,6 +470,7 @@ def close_foreign_keys(conn: Connection, a: Analysis, counts: dict[str, Any]) ->
                     counts[fk.ref_table][RowKind.CLOSURE] = (
                         counts[fk.ref_table].get(RowKind.CLOSURE, 0) + n
                     )
+                    grown[fk.ref_table] = grown.get(fk.ref_table, 0) + n
                     added += n
         if not added:
             return

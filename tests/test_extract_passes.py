@@ -42,7 +42,13 @@ def test_one_read_of_the_backup_table_gives_the_rows_the_join_and_anti_join_gave
     world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     backup, live = _inputs(world)
+    used: list[str] = []
+    real = extract_mod._rest_on_rowid
+    monkeypatch.setattr(
+        extract_mod, "_rest_on_rowid", lambda c, a, s, *r: used.append(s.name) or real(c, a, s, *r)
+    )
     fast = extract_mod.extract(backup, live, tmp_path / "fast")
+    assert {"parts", "quotes", "quote_items"} <= set(used)  # the one-read path was taken
     monkeypatch.setattr(extract_mod, "sides_on_rowid", lambda conn, s: False)
     slow = extract_mod.extract(backup, live, tmp_path / "slow")
     counts = fast.bundle.counts

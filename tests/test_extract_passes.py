@@ -81,12 +81,15 @@ def test_the_bundle_listing_is_what_rglob_listed(tmp_path: Path) -> None:
     (b / "files" / "a" / "dangling").symlink_to(tmp_path / "nowhere")
     os.mkfifo(b / "files" / "a" / "fifo")
     (b / "files" / "empty").mkdir()
+    for d in ("b/x", "b/y/z", "c"):
+        (b / "files" / d).mkdir(parents=True)
+        (b / "files" / d / "f").write_text(d)
     old = [p.name for p in b.iterdir() if p.is_file() or p.is_symlink()] + [
         p.relative_to(b).as_posix()
         for p in (b / "files").rglob("*")
         if p.is_file() or p.is_symlink()
     ]
-    assert sorted(_content_files(b)) == sorted(old)
+    assert _content_files(b) == old  # the same entries, in the same order
 
 
 def test_the_replay_thread_keeps_the_callers_protected_files(

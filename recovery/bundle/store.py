@@ -251,18 +251,24 @@ def _content_files(folder: Path) -> list[str]:
 
 def _tree_files(path: str, rel: str) -> list[str]:
     """Every entry under ``path`` that is a file or a symbolic link (to anything), as
-    ``rel``-prefixed POSIX paths; folders are entered, symbolic links to folders are not. One
+    ``rel``-prefixed POSIX paths, folder by folder in the order ``rglob`` gives (a folder's entries,
+    then its sub-folders' in turn); folders are entered, symbolic links to folders are not. One
     ``scandir`` per folder: the entry types come from the directory listing, a ``stat`` only for
-    a symbolic link (thousands of uploads: no stat per file)."""
+    a symbolic link (thousands of uploads: no stat per file). No recursion: any depth is listed."""
     out: list[str] = []
-    with os.scandir(path) as it:
-        entries = list(it)
-    for e in entries:
-        name = f"{rel}/{e.name}"
-        if e.is_symlink() or e.is_file():
-            out.append(name)
-        elif e.is_dir(follow_symlinks=False):
-            out += _tree_files(e.path, name)
+    todo = [(path, rel)]
+    while todo:
+        here, prefix = todo.pop()
+        with os.scandir(here) as it:
+            entries = list(it)
+        below = []
+        for e in entries:
+            name = f"{prefix}/{e.name}"
+            if e.is_symlink() or e.is_file():
+                out.append(name)
+            elif e.is_dir(follow_symlinks=False):
+                below.append((e.path, name))
+        todo += reversed(below)
     return out
 
 

@@ -794,6 +794,7 @@ def _run_rollback(
     window: WriteWindow | None = (
         None  # our write lock on the live DB, from the safety copy to the swap
     )
+    lineage_job: _Background | None = None  # the migrations' rules, derived beside the safety copy
     try:
         if not restore_started:
             journal.data.setdefault(
@@ -821,6 +822,8 @@ def _run_rollback(
                 windows.append(window)
             # under the lock, always: a resumed run's earlier copy may predate commits made since
             prior = journal.info("safety").get("sha256") if journal.done("safety") else None
+            if alembic_ini and not journal.done("extract"):
+                lineage_job = _Background(_derive_lineage, alembic_ini, backup_p, db_p)
             say("safety copy of the live database")
             journal.mark("safety", "start")
             safety = consistent_copy(db_p, run_dir / "safety" / db_p.name, "live database")
@@ -858,6 +861,7 @@ def _run_rollback(
                         files,
                         journal,
                         trust=bool(args.get("trust_mapping")),
+                        derived_lineage=lineage_job.result if lineage_job is not None else None,
                     )
             bundle = bundle or open_bundle(run_dir / "bundle")
             if confirm is not None and not confirm(_plan_summary(bundle)):
@@ -896,6 +900,8 @@ def _run_rollback(
                 swap_in(tmp, db_p, window)
                 journal.mark("restore", "done", method="backup", sha256=digest)
     finally:
+        if lineage_job is not None:  # (its sandbox child ended with it; nothing to clean)
+            lineage_job.discard()
         if (
             staged is not None
         ):  # refused, stopped or failed before the restore: remove the staged copy
@@ -1219,6 +1225,7 @@ def _extract_step(
     files: FilesConfig,
     journal: Journal,
     trust: bool = False,
+    derived_lineage: Callable[[], Any] | None = None,
 ) -> Bundle:
     """Extract from the safety copy (identical content; the live file stays untouched) into
     ``RUN_DIR/bundle``, and journal it with the safety copy's sha256 (the bundle's live fingerprint)."""
@@ -1239,6 +1246,7 @@ def _extract_step(
         uploads,
         files,
         trust_mapping=trust,
+        derived_lineage=derived_lineage,
     )
     if res.plan.errors:
         journal.mark("extract", "failed", errors=list(res.plan.errors))
@@ -1250,6 +1258,15 @@ def _extract_step(
     journal.data["steps"]["safety"]["sha256"] = res.bundle.manifest["sources"]["live"]["sha256"]
     journal.mark("extract", "done", bundle_id=res.bundle.bundle_id)
     return res.bundle
+
+
+def _derive_lineage(alembic_ini: Any, backup: Path, db: Path) -> Any:
+    """The migrations' mapping rules from the app's downgrade in the sandbox (its own child
+    process, the live DB and the backup protected), started beside the safety copy for the
+    extract: read from the live file under our write lock, its schema is the safety copy's."""
+    from recovery.migrate.migrations import derive_lineage
+
+    return derive_lineage(alembic_ini, backup, db)
 
 
 def _plan_summary(bundle: Bundle) -> dict[str, Any]:

@@ -8,10 +8,11 @@ the target and renamed into place when complete.
 
 from __future__ import annotations
 
+import contextvars
 import os
 import shutil
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -32,11 +33,23 @@ from recovery.bundle.store import (
     seal,
 )
 from recovery.compare import changes
-from recovery.compare.changes import TableSides, deleted_query, inserted_query, sides, user_value
+from recovery.compare.changes import (
+    TableSides,
+    deleted_query,
+    inserted_query,
+    sides,
+    sides_on_rowid,
+    user_value,
+)
 from recovery.compare.diff import Analysis, PendingReplay, analyse, start_replayed_upgrade
 from recovery import progress
 from recovery.errors import RecoveryError
-from recovery.files.uploads import FilesConfig, UploadsIndex, copy_files_into_bundle
+from recovery.files.uploads import (
+    FilesConfig,
+    UploadsIndex,
+    bundle_file_rows,
+    copy_files_into_bundle,
+)
 from recovery.migrate.bounded import attach_uri
 from recovery.migrate.replay import SCHEMA as REPLAY_SCHEMA, Replayed
 from recovery.model.labels import label_column
@@ -216,6 +229,15 @@ def extract_table(
         return
     ins = counts[name][RowKind.INSERTED]
     cond = _changed_condition(a, s, new_t, a.replay)  # (no primary key: never changed, only in/out)
+    if cond is not None and sides_on_rowid(conn, s):
+        upd, dele = _rest_on_rowid(conn, a, s, new_cols, old_cols, cond)
+        counts[name] = {
+            RowKind.INSERTED: ins,
+            RowKind.UPDATED: upd,
+            RowKind.DELETED: dele,
+            "status": "compared",
+        }
+        return
     upd_q = (
         exp.select(*n_cols, exp.Literal.string(RowKind.UPDATED))
         .from_(table(name, "old", "o"))
@@ -254,6 +276,94 @@ def extract_table(
         RowKind.DELETED: dele,
         "status": "compared",
     }
+
+
+CHANGED_LIST = "_recovery_changed"
+"""The temporary list of one table's updated and deleted keys (:func:`_rest_on_rowid`)."""
+
+
+def _rest_on_rowid(
+    conn: Connection,
+    a: Analysis,
+    s: TableSides,
+    new_cols: list[str],
+    old_cols: list[str],
+    cond: exp.Expression,
+) -> tuple[int, int]:
+    """The updated rows, their backup images and the deleted rows of a table keyed by the rowid on
+    both sides, from ONE read of the backup table: ``old LEFT JOIN new`` (scanned in rowid order,
+    each row's live twin found by its rowid) lists the key of every updated or deleted row in a
+    temporary table; the three inserts then fetch just those rows by rowid, in that list's order
+    — the order, rows and counts the separate join and anti-join gave. Returns (updated, deleted)."""
+    okey, nkey = s.old_key[0], s.new_key[0]
+    listed = table(CHANGED_LIST, "temp")
+    conn.execute(sql(exp.Drop(kind="TABLE", tables=[listed.copy()], exists=True)))
+    conn.execute(
+        sql(
+            exp.Create(
+                this=exp.Schema(
+                    this=listed.copy(),
+                    expressions=[
+                        exp.ColumnDef(this=exp.to_identifier(c, quoted=True)) for c in "kd"
+                    ],
+                ),
+                kind="TABLE",
+            )
+        )
+    )
+    gone = exp.Is(this=nkey.copy(), expression=exp.Null())
+    find = (
+        exp.select(okey.copy(), gone.copy())
+        .from_(_scan_old(s))
+        .join(
+            table(s.new_name or s.name, "new", "n"),
+            on=exp.EQ(this=okey.copy(), expression=nkey.copy()),
+            join_type="left",
+        )
+        .where(exp.or_(gone.copy(), exp.Paren(this=cond.copy())))
+    )
+    conn.execute(
+        sql(
+            exp.Insert(
+                this=exp.Schema(
+                    this=listed.copy(),
+                    expressions=[exp.to_identifier(c, quoted=True) for c in "kd"],
+                ),
+                expression=find,
+            )
+        )
+    )
+
+    def fetch(side: str, cols: list[str], deleted: bool, kind: str) -> exp.Select:
+        alias = "o" if side == "old" else "n"
+        key = (okey if side == "old" else nkey).copy()
+        return (
+            exp.select(*[col(c, alias) for c in cols], exp.Literal.string(kind))
+            .from_(table(CHANGED_LIST, "temp", "c"))
+            .join(
+                table(s.name if side == "old" else s.new_name or s.name, side, alias),
+                on=exp.EQ(this=key, expression=col("k", "c")),
+                join_type="cross",  # the list drives: each row fetched by its rowid
+            )
+            .where(exp.EQ(this=col("d", "c"), expression=exp.Literal.number(int(deleted))))
+        )
+
+    upd = _insert_select(
+        conn, "bnew", s.name, new_cols, fetch("new", new_cols, False, RowKind.UPDATED)
+    )
+    _insert_select(conn, "bbase", s.name, old_cols, fetch("old", old_cols, False, RowKind.UPDATED))
+    dele = _insert_select(
+        conn, "bbase", s.name, old_cols, fetch("old", old_cols, True, RowKind.DELETED)
+    )
+    conn.execute(sql(exp.Drop(kind="TABLE", tables=[listed.copy()])))
+    return upd, dele
+
+
+def _scan_old(s: TableSides) -> exp.Expression:
+    """The backup table read ``NOT INDEXED``: in rowid order, as the anti-join reads it."""
+    src = table(s.name, "old", "o")
+    src.set("indexed", False)
+    return src
 
 
 def _rebase(e: exp.Expression, alias: str) -> exp.Expression:
@@ -307,14 +417,23 @@ def close_foreign_keys(conn: Connection, a: Analysis, counts: dict[str, Any]) ->
 
     The bundle sides are uncorrelated ``IN (SELECT …)`` lists: SQLite materialises each once and
     drives the parent by its key, linear in the bundle size (a correlated EXISTS over the unindexed
-    bundle tables would cost parent rows × bundle rows: hours at 1M parts)."""
+    bundle tables would cost parent rows × bundle rows: hours at 1M parts).
+
+    A foreign key's statement runs again only when its child table gained rows since it last ran:
+    otherwise every parent it could find is in the bundle by now (its own last run added them),
+    so it would add nothing."""
+    grown: dict[str, int] = {}  # table -> rows the closure added to it so far
+    seen: dict[tuple[str, int], int] = {}  # (child, FK index) -> the child's growth at its last run
     for _ in range(len(a.new.tables) + 1):
         added = 0
         for name in a.bundle_tables:
-            for fk in a.new.tables[a.live_name(name)].foreign_keys:
+            for i, fk in enumerate(a.new.tables[a.live_name(name)].foreign_keys):
                 parent = a.new.table(fk.ref_table)
                 if parent is None or fk.ref_table not in counts:
                     continue
+                if seen.get((name, i)) == grown.get(name, 0):
+                    continue
+                seen[(name, i)] = grown.get(name, 0)
                 conds: list[exp.Expression] = [
                     exp.In(
                         this=_row(fk.ref_columns, "p"),
@@ -351,6 +470,7 @@ def close_foreign_keys(conn: Connection, a: Analysis, counts: dict[str, Any]) ->
                     counts[fk.ref_table][RowKind.CLOSURE] = (
                         counts[fk.ref_table].get(RowKind.CLOSURE, 0) + n
                     )
+                    grown[fk.ref_table] = grown.get(fk.ref_table, 0) + n
                     added += n
         if not added:
             return
@@ -528,9 +648,16 @@ def extract(
     uploads: str | os.PathLike[str] | None = None,
     files: FilesConfig | None = None,
     trust_mapping: bool = False,
+    derived_lineage: Callable[[], tuple[dict[str, dict[str, exp.Expression]], dict[str, Any]]]
+    | None = None,
 ) -> ExtractResult:
     """Extract every change since ``backup`` from ``live`` into a new bundle folder ``out``.
-    A column rule the unchanged rows contradict is refused unless ``trust_mapping``."""
+    A column rule the unchanged rows contradict is refused unless ``trust_mapping``.
+
+    ``derived_lineage``: waits for and returns what
+    :func:`recovery.migrate.migrations.derive_lineage` gives for ``alembic_ini``, ``backup`` and
+    this live schema, when the caller started it earlier (the rollback starts it beside its safety
+    copy); else it is derived here, on a thread, while the schemas are read and compared."""
     out_p = Path(out)
     if out_p.exists() and (not out_p.is_dir() or any(out_p.iterdir())):
         raise RecoveryError(
@@ -557,12 +684,30 @@ def extract(
         else None
     )
     hasher.shutdown(wait=False)
+    derived: Future[tuple[dict[str, dict[str, exp.Expression]], dict[str, Any]]] | None = None
+    copying: Future[dict[str, object]] | None = None
+    written: dict[str, str] = {}  # the upload copies' digests, taken as they were written
     try:
-        if alembic_ini is not None:  # (the app's downgrade in the sandbox, while the hashes run)
+        if alembic_ini is not None and derived_lineage is None:
+            # the app's downgrade in the sandbox (its own child process) while the hashes run and
+            # the schemas are read; in this context, so a ``protecting`` block still applies
             from recovery.migrate.migrations import derive_lineage
 
-            lineage, lineage_report = derive_lineage(alembic_ini, backup, live)
-        with analyse(backup, live, since, mapping, lineage, trust_mapping) as a:
+            lineage_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recovery-lineage")
+            derived = lineage_pool.submit(
+                contextvars.copy_context().run, derive_lineage, alembic_ini, backup, live
+            )
+            lineage_pool.shutdown(wait=False)
+            derived_lineage = derived.result
+
+        def rules() -> dict[str, dict[str, exp.Expression]] | None:
+            nonlocal lineage, lineage_report
+            if derived_lineage is None:
+                return None
+            lineage, lineage_report = derived_lineage()
+            return lineage
+
+        with analyse(backup, live, since, mapping, rules, trust_mapping) as a:
             conn = a.pair
             conn.execute("PRAGMA query_only = OFF")
             conn.execute("ATTACH DATABASE ? AS bnew", (str(work / "rows.db"),))
@@ -590,6 +735,16 @@ def extract(
                 progress.advance(1, name)
             close_foreign_keys(conn, a, counts)
             progress.advance(1, "foreign-key closure")
+            if uploads:  # the bundle's files table is final: copy its files while SQLite works on
+                copying = _start_copy(
+                    work,
+                    uploads,
+                    backup,
+                    files,
+                    walk,
+                    bundle_file_rows(conn, files, "bnew"),
+                    written,
+                )
             record_lost(conn, a, files, counts)
             progress.advance(1, "lost values")
             live_sequences = read_sequences(conn, "new")  # in the same read as the rows
@@ -599,13 +754,7 @@ def extract(
             has_rows = {t for t, c in counts.items() if TableCounts.from_dict(c).carried}
             has_deletes = {t for t, c in counts.items() if TableCounts.from_dict(c).deleted}
             p = make_plan(a.old, a.new, a.mapping, has_rows, has_deletes)
-            file_report = (
-                copy_files_into_bundle(
-                    work, uploads, backup, files, walk.result() if walk else None
-                )
-                if uploads
-                else None
-            )
+            file_report = copying.result() if copying is not None else None
             manifest: dict[str, Any] = {
                 "format": FORMAT,
                 "tool_version": __version__,
@@ -633,16 +782,19 @@ def extract(
                 "files": file_report,
             }
         (work / "reimport.sql").write_text(p.to_sql("sqlite"), encoding="utf-8")
-        seal(work, manifest)
+        seal(work, manifest, known=written)
         os.replace(work, out_p) if not out_p.exists() else _move_into(work, out_p)
         fsync_dir(out_p.parent)
-    except BaseException:
-        for f in (backup_sha, live_print, walk):  # no job outlives a failed extract
+    except BaseException as exc:
+        for f in (backup_sha, live_print, walk, derived, copying):  # no job outlives a failure
             if f is not None and not f.cancel():
                 f.exception()
         if pending is not None:
             pending.wait()
         shutil.rmtree(work, ignore_errors=True)
+        first = _lineage_error(derived)
+        if first is not None and first is not exc and isinstance(exc, Exception):
+            raise first from None  # what the migrations said comes first, as it always has
         raise
     finally:
         os.close(held)
@@ -650,6 +802,43 @@ def extract(
     return ExtractResult(
         open_bundle(out_p, verify=False), p, manifest["deploy_time"]
     )  # sealed just above
+
+
+def _lineage_error(derived: Future[Any] | None) -> RecoveryError | None:
+    """The refusal the lineage's derivation ended with (a finished job), if any."""
+    if derived is None or not derived.done() or derived.cancelled():
+        return None
+    err = derived.exception()
+    return err if isinstance(err, RecoveryError) else None
+
+
+def _start_copy(
+    work: Path,
+    uploads: str | os.PathLike[str],
+    backup: str | os.PathLike[str],
+    files: FilesConfig,
+    walk: Future[UploadsIndex] | None,
+    rows: list[tuple[Any, Any, Any]],
+    written: dict[str, str],
+) -> Future[dict[str, object]]:
+    """:func:`recovery.files.uploads.copy_files_into_bundle` of ``rows`` (the bundle's files table,
+    read in the extract's transaction) on its own thread: file reads, writes, fsyncs and hashing
+    release the GIL, so the copies overlap the extract's last statements."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recovery-copy")
+    try:
+        return pool.submit(
+            lambda: copy_files_into_bundle(
+                work,
+                uploads,
+                backup,
+                files,
+                walk.result() if walk else None,
+                written=written,
+                rows=rows,
+            )
+        )
+    finally:
+        pool.shutdown(wait=False)
 
 
 def lock_partial(folder: Path) -> int:

@@ -187,10 +187,15 @@ def _hashes(folder: Path, rels: list[str]) -> dict[str, str]:
         return dict(zip(rels, pool.map(sha256_file, [folder / rel for rel in rels]), strict=True))
 
 
-def seal(folder: Path, manifest: dict[str, Any]) -> None:
+def seal(folder: Path, manifest: dict[str, Any], known: dict[str, str] | None = None) -> None:
     """Make every folder ``0700`` and file ``0600``, hash every bundle file into the manifest, set
     ``bundle_id`` to the hash of the sealed manifest (:func:`content_id`), then write manifest.json
-    and manifest.sha256."""
+    and manifest.sha256.
+
+    ``known``: {relative path: sha256} of files whose digest the caller took of the very bytes it
+    wrote into this private folder (the upload copies, hashed as they were written): those are
+    not read again. Every file the folder holds is still listed and hashed into the manifest;
+    a known path that is not among them is ignored."""
     private(folder)
     # exactly what open_bundle verifies (every name: an upload may well be called "x.tmp")
     todo = [
@@ -198,7 +203,9 @@ def seal(folder: Path, manifest: dict[str, Any]) -> None:
         for rel in sorted(_content_files(folder))
         if rel not in ("manifest.json", "manifest.sha256") and (folder / rel).is_file()
     ]
-    manifest["hashes"] = _hashes(folder, todo)
+    given = {rel: known[rel] for rel in todo if known and rel in known}
+    hashed = _hashes(folder, [rel for rel in todo if rel not in given])
+    manifest["hashes"] = {rel: given[rel] if rel in given else hashed[rel] for rel in todo}
     manifest["id_scheme"] = ID_SCHEME
     manifest.pop("bundle_id", None)
     manifest["bundle_id"] = content_id(json.loads(json.dumps(manifest, default=str)))
@@ -238,11 +245,30 @@ def _content_files(folder: Path) -> list[str]:
     out = [p.name for p in folder.iterdir() if p.is_file() or p.is_symlink()]
     files = folder / "files"
     if files.is_dir():
-        out += [
-            p.relative_to(folder).as_posix()
-            for p in files.rglob("*")
-            if p.is_file() or p.is_symlink()
-        ]
+        out += _tree_files(os.fspath(files), "files")
+    return out
+
+
+def _tree_files(path: str, rel: str) -> list[str]:
+    """Every entry under ``path`` that is a file or a symbolic link (to anything), as
+    ``rel``-prefixed POSIX paths, folder by folder in the order ``rglob`` gives (a folder's entries,
+    then its sub-folders' in turn); folders are entered, symbolic links to folders are not. One
+    ``scandir`` per folder: the entry types come from the directory listing, a ``stat`` only for
+    a symbolic link (thousands of uploads: no stat per file). No recursion: any depth is listed."""
+    out: list[str] = []
+    todo = [(path, rel)]
+    while todo:
+        here, prefix = todo.pop()
+        with os.scandir(here) as it:
+            entries = list(it)
+        below = []
+        for e in entries:
+            name = f"{prefix}/{e.name}"
+            if e.is_symlink() or e.is_file():
+                out.append(name)
+            elif e.is_dir(follow_symlinks=False):
+                below.append((e.path, name))
+        todo += reversed(below)
     return out
 
 

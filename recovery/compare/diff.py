@@ -6,6 +6,7 @@ mapping; ``diff`` and ``extract`` both start from it.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import os
 import sqlite3
@@ -81,12 +82,16 @@ def analyse(
     live: str | os.PathLike[str],
     since: str | None = None,
     mapping: str | os.PathLike[str] | None = None,
-    lineage: dict[str, dict[str, exp.Expression]] | None = None,
+    lineage: dict[str, dict[str, exp.Expression]]
+    | Callable[[], dict[str, dict[str, exp.Expression]] | None]
+    | None = None,
     trust_mapping: bool = False,
 ) -> Analysis:
     """Open both inputs read-only and resolve the schemas, the schema diff and the column mapping,
     every rule checked against the data (:mod:`recovery.compare.evidence`): a rule the unchanged rows
-    contradict is refused (exit 2) unless ``trust_mapping``."""
+    contradict is refused (exit 2) unless ``trust_mapping``. ``lineage``: the migrations' rules, or
+    a function that waits for them (called once the schemas are read and compared, so a lineage
+    still being derived on another thread overlaps that work)."""
     backup_p, live_p = Path(backup), Path(live)
     user = load_mapping(mapping)
     since_text = since if since is not None else deploy_time_of(backup_p)
@@ -107,8 +112,9 @@ def analyse(
                         f"{backup_p} and {live_p} have no table in common",
                         "is the backup of the same application?",
                     )
+                rules = lineage() if callable(lineage) else lineage
                 cmap = resolve(
-                    old, new, user, lineage, sdiff.renames_by_table(), sdiff.table_renames_by_old()
+                    old, new, user, rules, sdiff.renames_by_table(), sdiff.table_renames_by_old()
                 )
                 check_user_expressions(pair, user, new, cmap)
                 cmap = verify(pair, old, new, cmap, since_jd, trust_mapping)
@@ -384,7 +390,17 @@ def start_replayed_upgrade(
     path = Path(folder) / "replayed-upgrade.db"
     path.touch()
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recovery-replay")
-    future = pool.submit(replayed_upgrade, alembic_ini, a.backup, a.live, folder, a, path)
+    # in the caller's context: the files a ``protecting`` block names stay protected in the thread
+    future = pool.submit(
+        contextvars.copy_context().run,
+        replayed_upgrade,
+        alembic_ini,
+        a.backup,
+        a.live,
+        folder,
+        a,
+        path,
+    )
     pool.shutdown(wait=False)
     return PendingReplay(path, future)
 

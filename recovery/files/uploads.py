@@ -20,10 +20,13 @@ import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from recovery.errors import RecoveryError
 from recovery.model.kinds import CARRIED_KINDS, KIND_COLUMN
+
+if TYPE_CHECKING:
+    from recovery.engine.base import Connection
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -572,6 +575,46 @@ def _fsync_path(path: str) -> None:
         os.close(fd)
 
 
+def bundle_file_rows(
+    conn: Connection, cfg: FilesConfig, schema: str = "main"
+) -> list[tuple[Any, Any, Any]]:
+    """(key, stored path, recorded sha256) of every carried row of the bundle's files table in
+    ``schema`` of ``conn`` (a rows.db), in its row order; none when the bundle has no such table."""
+    from recovery.engine.sqlbuild import col, sql, table
+    from sqlglot import exp
+
+    info = conn.execute(
+        "SELECT name, pk FROM pragma_table_info(?, ?)", (cfg.table, schema)
+    ).fetchall()
+    if not info:  # (extract writes tables only: a name with columns is the table)
+        return []
+    names = [n for n, _ in info]
+    pk = next((n for n, is_pk in info if is_pk == 1), names[0])
+    q = (
+        exp.select(col(pk), col(cfg.path), col(cfg.sha256) if cfg.sha256 in names else exp.Null())
+        .from_(table(cfg.table, schema))
+        .where(
+            exp.In(
+                this=col(KIND_COLUMN), expressions=[exp.Literal.string(k) for k in CARRIED_KINDS]
+            )
+        )
+    )
+    return [tuple(r) for r in conn.execute(sql(q)).fetchall()]
+
+
+def _bundle_file_rows(rows_db: Path, cfg: FilesConfig) -> list[tuple[Any, Any, Any]]:
+    """:func:`bundle_file_rows` of a finished rows.db, opened read-only."""
+    import sqlite3
+
+    from recovery.engine.sqlite_io import file_uri
+
+    conn = sqlite3.connect(file_uri(Path(rows_db), mode="ro"), uri=True)
+    try:
+        return bundle_file_rows(conn, cfg)
+    finally:
+        conn.close()
+
+
 def copy_files_into_bundle(
     work: Path,
     uploads: str | os.PathLike[str],
@@ -579,6 +622,8 @@ def copy_files_into_bundle(
     cfg: FilesConfig,
     index: UploadsIndex | None = None,
     backup_paths: set[str] | None = None,
+    written: dict[str, str] | None = None,
+    rows: list[tuple[Any, Any, Any]] | None = None,
 ) -> dict[str, object]:
     """Copy into ``work/files/`` every file a bundle ``file_records`` row references, and every file
     on disk added since the backup that no record references, so the bundle alone can bring them back.
@@ -589,12 +634,16 @@ def copy_files_into_bundle(
     the root (any other is resolved on disk, symlinks included) and lists the unrecorded files.
     ``index``: that walk, when the caller already made it (extract walks while its SQL runs).
     ``backup_paths``: the backup's stored paths, when the caller read them (a backup that is not
-    an SQLite file, e.g. a PostgreSQL dump)."""
+    an SQLite file, e.g. a PostgreSQL dump). ``written``: filled with {path relative to ``work``:
+    sha256} of every copy written, each digest taken of the bytes as they were written (the seal
+    need not read them again). ``rows``: the bundle's ``file_records`` rows as (key, stored path,
+    recorded sha256), when the caller read them inside its own transaction (rows.db is then not
+    opened here: extract copies while its last statements run)."""
     import json
     import sqlite3
 
     from recovery.capture.manifest import deploy_time_of, read_manifest
-    from recovery.engine.sqlite_io import file_uri, readonly
+    from recovery.engine.sqlite_io import readonly
     from recovery.engine.sqlbuild import col, sql, table
     from sqlglot import exp
 
@@ -608,34 +657,7 @@ def copy_files_into_bundle(
     writer = _BundleWriter(work, index.real)
     report: dict[str, list[dict[str, object]]] = {"records": [], "unrecorded": [], "unsafe": []}
     referenced: set[str] = set()
-    rows_db = work / "rows.db"
-    conn = sqlite3.connect(file_uri(Path(rows_db), mode="ro"), uri=True)
-    try:
-        has = conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (cfg.table,)
-        ).fetchone()
-        rows = []
-        if has:
-            info = conn.execute(
-                "SELECT name, pk FROM pragma_table_info(?)", (cfg.table,)
-            ).fetchall()
-            names = [n for n, _ in info]
-            pk = next((n for n, is_pk in info if is_pk == 1), names[0])
-            q = (
-                exp.select(
-                    col(pk), col(cfg.path), col(cfg.sha256) if cfg.sha256 in names else exp.Null()
-                )
-                .from_(table(cfg.table))
-                .where(
-                    exp.In(
-                        this=col(KIND_COLUMN),
-                        expressions=[exp.Literal.string(k) for k in CARRIED_KINDS],
-                    )
-                )
-            )
-            rows = conn.execute(sql(q)).fetchall()
-    finally:
-        conn.close()
+    rows = rows if rows is not None else _bundle_file_rows(work / "rows.db", cfg)
     files_dir = work / "files"
     # Copies to make: destination -> source, and each report entry that waits for a copy's digest.
     sources: dict[str, str] = {}
@@ -706,6 +728,9 @@ def copy_files_into_bundle(
         zip(sources, writer.copy_all([(src, dst) for dst, src in sources.items()]), strict=True)
     )
     writer.sync()  # every copy durable before the caller seals the bundle
+    if written is not None:
+        for dst, (digest, _size, _mode) in done.items():
+            written[os.path.relpath(dst, work).replace(os.sep, "/")] = digest
     for (
         shadow,
         shadowed_src,

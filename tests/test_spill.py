@@ -1,0 +1,151 @@
+"""The lists that grow with a run's rows are held in bounded memory without changing a byte of the
+run's files: ``SpillList`` behaves as a list at any in-memory size, the outcome's JSON is the same
+text whether its lists are spilled or not, and the re-import script renders a spilled step as it
+would have rendered it at the end. (The whole run under a tiny threshold: the ``conflict-spilled``
+case of ``tests/test_rollback_outputs.py``.)"""
+
+from __future__ import annotations
+
+import io
+import json
+import sqlite3
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sqlglot import exp
+
+from recovery.model.kinds import ConflictKind, Resolution
+from recovery.model.outcome import Conflict, Outcome, encode_value
+from recovery.model.spill import SpillList
+from recovery.reimport.script import Script, SpilledStep, Step
+
+values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=False),
+    st.text(max_size=8),
+    st.binary(max_size=4),
+)
+
+ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("append"), values),
+        st.tuples(st.just("extend"), st.lists(values, max_size=5)),
+        st.tuples(st.just("set"), st.integers(-20, 20), values),
+    ),
+    max_size=25,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(head=st.integers(0, 6), steps=ops)
+def test_a_spill_list_is_the_list_it_was_given(head: int, steps: list[tuple]) -> None:
+    """Appends, extends and item assignments, then every read a list has, equal a plain list's."""
+    s: SpillList = SpillList(
+        encode=lambda v: json.dumps(encode_value(v)), decode=_decode, head=head
+    )
+    ref: list = []
+    for op in steps:
+        if op[0] == "append":
+            s.append(op[1])
+            ref.append(op[1])
+        elif op[0] == "extend":
+            s += op[1]
+            ref += op[1]
+        elif ref and -len(ref) <= op[1] < len(ref):
+            s[op[1]] = op[2]
+            ref[op[1]] = op[2]
+    assert len(s) == len(ref) and bool(s) == bool(ref) and list(s) == ref and s == ref
+    assert s.spilled == max(0, len(ref) - head)
+    assert [s[i] for i in range(-len(ref), len(ref))] == ref + ref
+    for a in range(-len(ref) - 1, len(ref) + 2, 2):
+        assert s[a:] == ref[a:] and s[:a] == ref[:a] and s[a : a + 3] == ref[a : a + 3]
+    assert list(reversed(s)) == ref[::-1] and s[::2] == ref[::2]
+    out = io.StringIO()
+    json.dump({"s": s}, out, indent=1, default=repr)  # the report's writer iterates the list
+    assert out.getvalue() == json.dumps({"s": ref}, indent=1, default=repr)
+
+
+def _decode(text: str) -> object:
+    from recovery.model.outcome import decode_value
+
+    return decode_value(json.loads(text))
+
+
+def _outcome() -> Outcome:
+    o = Outcome("b1", "/db", "remap", False)
+    for i in range(7):
+        o.deletes_for_review.append(
+            {
+                "table": "parts",
+                "key": [i],
+                "label": f"P-{i} ✓",
+                "unchanged_since_backup": i % 2 == 0,
+            }
+        )
+        o.skipped_rows.append({"table": "quote_items", "key": [i, b"\x01"], "reason": "unit"})
+        o.conflicts.append(
+            Conflict(
+                ConflictKind.UNIQUE,
+                "quotes",
+                (i,),
+                Resolution.SKIPPED,
+                column="number",
+                bundle_value=float(i) / 3,
+                target_value=b"\xff",
+                label="Q",
+            )
+        )
+    return o
+
+
+def _reference_json(o: Outcome) -> str:
+    """outcome.json as the format was written with plain lists (one ``json.dumps``)."""
+    from recovery.model import outcome as m
+
+    data = m._outcome_to_data(o)
+    for name in ("conflicts", "deletes_for_review", "skipped_rows"):
+        data[name] = list(data[name])
+    return json.dumps(data, ensure_ascii=False, allow_nan=False, sort_keys=True)
+
+
+def test_outcome_json_is_the_same_text_spilled_or_not(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("RECOVERY_SPILL_AFTER", "100")
+    whole = _outcome()
+    monkeypatch.setenv("RECOVERY_SPILL_AFTER", "2")
+    spilled = _outcome()
+    assert spilled.deletes_for_review.spilled == 5 and spilled.conflicts.spilled == 5  # type: ignore[attr-defined]
+    text = whole.to_json()
+    assert text == _reference_json(whole) == spilled.to_json()
+    fh = io.StringIO()
+    spilled.write_json(fh)
+    assert fh.getvalue() == text
+    back = Outcome.from_json(text)  # read back under the small threshold: spilled again
+    assert back == whole and back.to_json() == text
+    assert back.deletes_for_review.spilled == 5  # type: ignore[attr-defined]
+    assert back.not_carried() == whole.not_carried() and back.verdict() == whole.verdict()
+    back.skipped_rows = [{"table": "t", "key": [1]}] * 4  # an assigned list is held spilled too
+    assert isinstance(back.skipped_rows, SpillList) and back.skipped_rows.spilled == 2
+
+
+def test_a_spilled_script_step_renders_as_it_would_have(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Heavy steps go to the temporary file when they run; a ROLLBACK TO drops them from the
+    script (and the file); the rendered script is the same as with every step in memory."""
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    conn.execute("CREATE TABLE t (a, b)")
+    ins = exp.insert(exp.values([(exp.Placeholder(), exp.Placeholder())]), "t")
+    kept = Script(conn)
+    kept.execute_rows(ins, [(i, "x" * i) for i in range(3)])
+    monkeypatch.setenv("RECOVERY_SPILL_AFTER", "1")
+    spilled = Script(conn)
+    spilled.execute_rows(ins, [(i, "x" * i) for i in range(3)])
+    spilled.savepoint("sp")
+    spilled.execute_rows(ins, [(9, "undone"), (8, "too")])
+    size = spilled.spill_file.seek(0, 2)  # type: ignore[union-attr]
+    spilled.rollback("sp")
+    assert spilled.spill_file.seek(0, 2) < size  # type: ignore[union-attr]
+    assert isinstance(spilled.steps[0], SpilledStep) and not isinstance(kept.steps[0], SpilledStep)
+    assert list(spilled.lines([], [])) == list(kept.lines([], []))
+    assert isinstance(kept.steps[0], Step) and "'xx'" in spilled.steps[0].render()
+    assert conn.execute("SELECT count(*) FROM t").fetchone()[0] == 6

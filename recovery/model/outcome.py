@@ -14,7 +14,7 @@ from enum import Enum
 from typing import IO, Any
 
 from recovery.model.kinds import ConflictKind, Resolution, RowKind
-from recovery.model.spill import SpillList
+from recovery.model.spill import LazyMap, SpillList
 from recovery.model.values import LostValues
 
 CONFLICT_KINDS: tuple[ConflictKind, ...] = tuple(ConflictKind)
@@ -248,7 +248,7 @@ class Outcome:
             "already_applied": self.already_applied,
             "aborted": self.aborted,
             "tables": {n: asdict(t) for n, t in sorted(self.tables.items())},
-            "conflicts": _Mapped(Conflict.to_dict, self.conflicts),
+            "conflicts": _listed(Conflict.to_dict, self.conflicts),
             "remapped": [asdict(r) for r in self.remaps],
             "lost": list(self.lost),
             "lost_total": self.lost_total,
@@ -497,41 +497,19 @@ def _decode_item(text: str) -> Any:
     return decode_value(json.loads(text))
 
 
+def _listed(fn: Any, items: list[Any]) -> list[Any]:
+    """``fn`` of every item: a plain list while ``items`` is all in memory, else a
+    :class:`LazyMap` (computed as the writer iterates it)."""
+    if isinstance(items, SpillList) and items.spilled:
+        return LazyMap(fn, items)
+    return [fn(x) for x in items]
+
+
 def _spill_list(name: str, items: Iterable[Any]) -> SpillList[Any]:
     """A :class:`SpillList` for the outcome's list ``name`` holding ``items``."""
     if name == "conflicts":
         return SpillList(items, encode=_encode_conflict, decode=_decode_conflict)
     return SpillList(items, encode=_encode_item, decode=_decode_item)
-
-
-class _Mapped(list[Any]):
-    """``fn`` of each item of ``items``, computed as it is iterated: a list to ``json.dump`` (which
-    iterates lists) without a second copy of a long list in memory."""
-
-    def __init__(self, fn: Any, items: Any) -> None:
-        super().__init__()
-        self._fn, self._items = fn, items
-
-    def __iter__(self) -> Iterator[Any]:
-        return (self._fn(x) for x in self._items)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __bool__(self) -> bool:
-        return len(self._items) > 0
-
-    def __getitem__(self, i: Any) -> Any:
-        got = self._items[i]
-        return [self._fn(x) for x in got] if isinstance(i, slice) else self._fn(got)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, (list, tuple)) and list(self) == list(other)
-
-    __hash__ = None
-
-    def __reduce__(self) -> Any:
-        return (list, (list(self),))
 
 
 _OUTCOME_FIELDS = {
@@ -569,7 +547,7 @@ def _outcome_to_data(o: Outcome) -> dict[str, Any]:
         "already_applied": o.already_applied,
         "aborted": o.aborted,
         "tables": {n: {f: getattr(t, f) for f in _TABLE_INTS} for n, t in o.tables.items()},
-        "conflicts": _Mapped(_conflict_data, o.conflicts),
+        "conflicts": LazyMap(_conflict_data, o.conflicts),
         "remaps": [
             {
                 "table": r.table,
@@ -584,8 +562,8 @@ def _outcome_to_data(o: Outcome) -> dict[str, Any]:
             "counts": encode_value(getattr(lost, "counts", None) or {}),
             "source": getattr(lost, "source", None),
         },
-        "deletes_for_review": _Mapped(encode_value, o.deletes_for_review),
-        "skipped_rows": _Mapped(encode_value, o.skipped_rows),
+        "deletes_for_review": LazyMap(encode_value, o.deletes_for_review),
+        "skipped_rows": LazyMap(encode_value, o.skipped_rows),
         "files": encode_value(o.files),
         "verification": encode_value(o.verification),
         "conflicts_mode": o.conflicts_mode,

@@ -253,3 +253,34 @@ class SpillList(list[T]):
     count = _in_memory("count")
     __delitem__ = _in_memory("__delitem__")
     __imul__ = _in_memory("__imul__")
+
+
+class LazyMap(list[Any]):
+    """``fn`` of each item of ``items``, computed as it is iterated: a list to ``json.dump`` (which
+    iterates lists) without a second copy of a long list in memory. Like :class:`SpillList`, its
+    storage is empty to C code that reads a list's storage (``json.dumps`` without ``indent``)."""
+
+    def __init__(self, fn: Any, items: Any) -> None:
+        super().__init__()
+        self._fn, self._items = fn, items
+
+    def __iter__(self) -> Iterator[Any]:
+        return (self._fn(x) for x in self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __bool__(self) -> bool:
+        return len(self._items) > 0
+
+    def __getitem__(self, i: Any) -> Any:
+        got = self._items[i]
+        return [self._fn(x) for x in got] if isinstance(i, slice) else self._fn(got)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, (list, tuple)) and list(self) == list(other)
+
+    __hash__ = None
+
+    def __reduce__(self) -> Any:
+        return (list, (list(self),))

@@ -355,11 +355,26 @@ def main() -> None:
     ap.add_argument(
         "--plot-only", action="store_true", help="redraw bench/curve.png from OUT/curve.json"
     )
+    ap.add_argument(
+        "--curve",
+        help="comma-separated --parts values: write OUT/curve.json and bench/curve.png from the "
+        "latest line of OUT/results.jsonl for each size (sizes benchmarked in separate runs)",
+    )
     args = ap.parse_args()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     if args.plot_only:
         plot(json.loads((out / "curve.json").read_text()), HERE / "curve.png")
+        return
+    if args.curve:
+        lines = [json.loads(ln) for ln in (out / "results.jsonl").read_text().splitlines() if ln]
+        curve = [
+            curve_point(next(r for r in reversed(lines) if r["parts"] == n and "rollback" in r))
+            for n in [int(x) for x in args.curve.split(",")]
+        ]
+        (out / "curve.json").write_text(json.dumps(curve, indent=1))
+        plot(curve, HERE / "curve.png")
+        print(json.dumps(curve, indent=1))
         return
     if args.sizes:
         curve = []
@@ -378,13 +393,7 @@ def main() -> None:
             ]
             subprocess.run(sub, check=True)
             last = json.loads((out / "results.jsonl").read_text().splitlines()[-1])
-            curve.append(
-                {
-                    "parts": n,
-                    "loadavg": [last["loadavg_before"], last["loadavg_after"]],
-                    **{k: last[k]["median"] for k in ("diff", "rollback", "extract") if k in last},
-                }
-            )
+            curve.append(curve_point(last))
         (out / "curve.json").write_text(json.dumps(curve, indent=1))
         plot(curve, HERE / "curve.png")
         print(json.dumps(curve, indent=1))
@@ -429,6 +438,15 @@ def main() -> None:
     with (out / "results.jsonl").open("a", encoding="utf-8") as fh:
         fh.write(json.dumps(result) + "\n")
     print(f"appended to {out / 'results.jsonl'}")
+
+
+def curve_point(result: dict) -> dict:
+    """One size of the curve: the medians of one ``results.jsonl`` line, with its load."""
+    return {
+        "parts": result["parts"],
+        "loadavg": [result["loadavg_before"], result["loadavg_after"]],
+        **{k: result[k]["median"] for k in ("diff", "rollback", "extract") if k in result},
+    }
 
 
 def plot(curve: list[dict], png: Path) -> None:

@@ -149,3 +149,35 @@ def test_a_spilled_script_step_renders_as_it_would_have(monkeypatch) -> None:  #
     assert list(spilled.lines([], [])) == list(kept.lines([], []))
     assert isinstance(kept.steps[0], Step) and "'xx'" in spilled.steps[0].render()
     assert conn.execute("SELECT count(*) FROM t").fetchone()[0] == 6
+
+
+def test_apply_deletes_selects_the_reviewed_rows_spilled_or_not(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """``recovery apply-deletes --only``: the reviewed CSV's rows, in its order, once each, looked
+    up among the candidates in a temporary file; a row that is not a candidate is refused."""
+    import pytest
+
+    from recovery.errors import RecoveryError
+    from recovery.reimport.deletes import DeleteItem, DeletesResult, select
+
+    monkeypatch.setenv("RECOVERY_SPILL_AFTER", "1")
+    candidates = {"parts": [(1,), (2,), (3,)], "quote_items": [(7, 0.5), (8, "a")]}
+    reviewed = tmp_path / "reviewed.csv"
+    reviewed.write_text('table,key\nquote_items,"[8, ""a""]"\nparts,3\nparts,1\nparts,3\n')
+    assert select(candidates, None) == [
+        DeleteItem(t, k) for t, ks in candidates.items() for k in ks
+    ]
+    assert select(candidates, reviewed) == [
+        DeleteItem("quote_items", (8, "a")),
+        DeleteItem("parts", (3,)),
+        DeleteItem("parts", (1,)),
+    ]
+    reviewed.write_text("table,key\nparts,4\n")
+    with pytest.raises(RecoveryError, match="line 2: parts '4' is not a row deleted"):
+        select(candidates, reviewed)
+    r = DeletesResult(tmp_path, tmp_path / "db", "b", False)
+    r.deleted += [DeleteItem("parts", (i,)) for i in range(4)]
+    assert r.deleted.spilled == 3  # type: ignore[attr-defined]
+    assert json.loads(json.dumps(r.to_dict(), indent=2))["deleted"][3] == {
+        "table": "parts",
+        "key": [3],
+    }

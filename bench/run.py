@@ -144,7 +144,7 @@ def world_facts(w: Path) -> dict:
     return facts
 
 
-def bench_diff(w: Path, repeat: int) -> dict:
+def bench_diff(w: Path, repeat: int, naive: bool = True) -> dict:
     b, lv = w / BACKUP, w / LIVE
     warm(b, lv, w / (LIVE + "-wal"))
     floor_runs, naive_runs, diff_runs = [], [], []
@@ -156,7 +156,8 @@ def bench_diff(w: Path, repeat: int) -> dict:
         f = timed(floor_cmd)
         f["sql_s"] = json.loads(f["stdout"])["seconds"]
         floor_runs.append(f)
-        naive_runs.append(timed([*floor_cmd, "--naive"]))
+        if naive:
+            naive_runs.append(timed([*floor_cmd, "--naive"]))
         diff_runs.append(timed(diff_cmd))
     imp = [
         timed([sys.executable, "-c", "import recovery.cli, recovery.compare.diff"])
@@ -182,7 +183,7 @@ def bench_diff(w: Path, repeat: int) -> dict:
             "diff_s": d,
             "floor_s": fl,
             "ratio": round(d / fl, 2),
-            "naive_floor_s": median_of(naive_runs, "wall_s"),
+            "naive_floor_s": median_of(naive_runs, "wall_s") if naive_runs else None,
             "diff_rss_mb": median_of(diff_runs, "rss_mb"),
             "floor_sql_s": median_of(floor_runs, "sql_s"),
             "import_s": median_of(imp, "wall_s"),
@@ -356,6 +357,11 @@ def main() -> None:
         "--plot-only", action="store_true", help="redraw bench/curve.png from OUT/curve.json"
     )
     ap.add_argument(
+        "--no-naive",
+        action="store_true",
+        help="skip the naive (unkeyed) diff floor: minutes at 10M parts, and not the floor",
+    )
+    ap.add_argument(
         "--curve",
         help="comma-separated --parts values: write OUT/curve.json and bench/curve.png from the "
         "latest line of OUT/results.jsonl for each size (sizes benchmarked in separate runs)",
@@ -390,6 +396,7 @@ def main() -> None:
                 str(args.repeat),
                 "--only",
                 args.only,
+                *(["--no-naive"] if args.no_naive else []),
             ]
             subprocess.run(sub, check=True)
             last = json.loads((out / "results.jsonl").read_text().splitlines()[-1])
@@ -420,7 +427,7 @@ def main() -> None:
         flush=True,
     )
     if "diff" in only:
-        result["diff"] = bench_diff(w, args.repeat)
+        result["diff"] = bench_diff(w, args.repeat, naive=not args.no_naive)
         print("diff", json.dumps(result["diff"]["median"]), flush=True)
     if "extract" in only:
         result["extract"] = bench_extract(w, out, args.repeat)

@@ -181,3 +181,37 @@ def test_apply_deletes_selects_the_reviewed_rows_spilled_or_not(tmp_path, monkey
         "table": "parts",
         "key": [3],
     }
+
+
+def test_a_long_outcome_json_is_read_item_by_item_as_json_loads_reads_it(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Past ``STREAM_LOAD_OVER`` the long lists are parsed item by item into spilled lists: the
+    same outcome as the whole-text parse, and for broken text the same error."""
+    import pytest
+
+    from recovery.model import outcome as m
+
+    monkeypatch.setenv("RECOVERY_SPILL_AFTER", "2")
+    o = _outcome()
+    text = o.to_json()
+    spaced = json.dumps(json.loads(text), indent=3, ensure_ascii=False)
+    broken = [text[:-1], text + "x", text[:200], "\ufeff" + text, text.replace("[", "[,", 1)]
+    broken += [text.replace('"key": [0]', '"key": [NaN]'), "[1, 2]", "{}", '{"a": 1,}']
+    whole = {}
+    monkeypatch.setattr(m, "STREAM_LOAD_OVER", 1 << 40)
+    for t in broken:
+        with pytest.raises(m.OutcomeFormatError) as exc:
+            Outcome.from_json(t)
+        whole[t] = str(exc.value)
+    expected = [
+        Outcome.from_json(t) for t in (text, spaced, text.encode(), spaced.encode("utf-16"))
+    ]
+    monkeypatch.setattr(m, "STREAM_LOAD_OVER", 0)
+    got = [Outcome.from_json(t) for t in (text, spaced, text.encode(), spaced.encode("utf-16"))]
+    assert got == expected and all(g.to_json() == text for g in got)
+    assert got[0].deletes_for_review.spilled == 5  # type: ignore[attr-defined]
+    for t in broken:
+        with pytest.raises(m.OutcomeFormatError) as exc:
+            Outcome.from_json(t)
+        assert str(exc.value) == whole[t]
+    twice = text[:-1] + ', "skipped_rows": []}'  # a key given twice: the last one, as json.loads
+    assert Outcome.from_json(twice).skipped_rows == []

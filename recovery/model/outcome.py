@@ -14,7 +14,7 @@ from enum import Enum
 from typing import IO, Any
 
 from recovery.model.kinds import ConflictKind, Resolution, RowKind
-from recovery.model.spill import LazyMap, SpillList
+from recovery.model.spill import LazyMap, SpillList, spill_after
 from recovery.model.values import LostValues
 
 CONFLICT_KINDS: tuple[ConflictKind, ...] = tuple(ConflictKind)
@@ -578,7 +578,8 @@ def _spilled_dicts(v: Any, where: str) -> SpillList[Any]:
     items = _expect(v, list, where)
     out = _spill_list(where, ())
     for i, item in enumerate(items):
-        items[i] = None
+        if not isinstance(items, SpillList):
+            items[i] = None  # each parsed item freed once read
         out.append(_expect(decode_value(item, f"{where}[{i}]"), dict, f"{where}[{i}]"))
     return out
 
@@ -611,7 +612,8 @@ def _outcome_from_data(d: Any) -> Outcome:
     conflicts = _spill_list("conflicts", ())
     raw_conflicts = _expect(d["conflicts"], list, "conflicts")
     for i, c in enumerate(raw_conflicts):
-        raw_conflicts[i] = None  # each parsed item freed once read
+        if not isinstance(raw_conflicts, SpillList):
+            raw_conflicts[i] = None  # each parsed item freed once read
         where = f"conflicts[{i}]"
         _fields(c, _CONFLICT_FIELDS, where)
         vals = {f: decode_value(c[f], f"{where}.{f}") for f in _CONFLICT_FIELDS}
@@ -712,13 +714,79 @@ def outcome_json_chunks(outcome: Outcome) -> Iterator[str]:
 
 def outcome_from_json(text: str | bytes) -> Outcome:
     """Parse ``outcome.json``: only data, never code; every field is checked against the
-    documented shape, and anything unknown, missing or mistyped raises :class:`OutcomeFormatError`."""
+    documented shape, and anything unknown, missing or mistyped raises :class:`OutcomeFormatError`.
+    A long document is read with its long lists item by item (:func:`_loads_top_level`): what
+    ``json.loads`` gives, without every item parsed in memory at once."""
     import json
 
+    def bare(c: str) -> Any:
+        raise OutcomeFormatError(f"bare {c}")
+
     try:
-        data = json.loads(
-            text, parse_constant=lambda c: (_ for _ in ()).throw(OutcomeFormatError(f"bare {c}"))
-        )
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-        raise OutcomeFormatError(f"not valid JSON ({exc})") from None
+        streamed = len(text) > STREAM_LOAD_OVER or spill_after() == 0
+        data = _loads_top_level(text, bare) if streamed else None
+    except (ValueError, RecursionError):  # the whole-text parse below says what is wrong
+        data = None
+    if data is None:
+        try:
+            data = json.loads(text, parse_constant=bare)
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+            raise OutcomeFormatError(f"not valid JSON ({exc})") from None
     return _outcome_from_data(data)
+
+
+STREAM_LOAD_OVER = 1 << 20
+"""outcome.json texts longer than this (characters or bytes) are parsed list item by list item
+(every text when ``$RECOVERY_SPILL_AFTER`` is 0, as the tests set it)."""
+
+
+def _loads_top_level(text: str | bytes, bare: Any) -> dict[str, Any] | None:
+    """``json.loads(text)`` for a JSON object whose long lists (:data:`_SPILLED`) become
+    :class:`SpillList` s of their parsed items, each item parsed (and spilled) on its own; None
+    when ``text`` is not an object. Malformed text raises ``ValueError``."""
+    import json
+    import re
+
+    if isinstance(text, (bytes, bytearray)):
+        text = bytes(text).decode(json.detect_encoding(text), "surrogatepass")
+    if text.startswith("\ufeff"):
+        raise ValueError("a byte order mark")
+    dec = json.JSONDecoder(parse_constant=bare)
+    ws = re.compile(r"[ \t\n\r]*")
+
+    def skip(i: int) -> int:
+        return ws.match(text, i).end()  # type: ignore[union-attr]
+
+    def expect(i: int, char: str) -> int:
+        if text[i : i + 1] != char:
+            raise ValueError(f"{char!r} expected at {i}")
+        return skip(i + 1)
+
+    i = skip(0)
+    if text[i : i + 1] != "{":
+        return None
+    out: dict[str, Any] = {}
+    i = skip(i + 1)
+    while text[i : i + 1] != "}":
+        if out:
+            i = expect(i, ",")
+        key, i = dec.raw_decode(text, i)
+        if not isinstance(key, str):
+            raise ValueError(f"a key expected at {i}")
+        i = expect(skip(i), ":")
+        if key in _SPILLED and text[i : i + 1] == "[":
+            items: SpillList[Any] = SpillList(encode=json.dumps, decode=json.loads)
+            i = skip(i + 1)
+            while text[i : i + 1] != "]":
+                if items:
+                    i = expect(i, ",")
+                item, i = dec.raw_decode(text, i)
+                items.append(item)
+                i = skip(i)
+            out[key], i = items, i + 1
+        else:
+            out[key], i = dec.raw_decode(text, i)
+        i = skip(i)
+    if skip(i + 1) != len(text):
+        raise ValueError("extra data")
+    return out

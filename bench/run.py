@@ -449,11 +449,14 @@ def main() -> None:
 
 def curve_point(result: dict) -> dict:
     """One size of the curve: the medians of one ``results.jsonl`` line, with its load."""
-    return {
+    point = {
         "parts": result["parts"],
         "loadavg": [result["loadavg_before"], result["loadavg_after"]],
-        **{k: result[k]["median"] for k in ("diff", "rollback", "extract") if k in result},
+        **{k: dict(result[k]["median"]) for k in ("diff", "rollback", "extract") if k in result},
     }
+    if "rollback" in result:  # CPU seconds: steadier than wall time on a shared machine
+        point["rollback"]["floor_cpu_s"] = statistics.median(result["rollback"]["floor_cpu_s"])
+    return point
 
 
 def plot(curve: list[dict], png: Path) -> None:
@@ -489,11 +492,13 @@ def plot(curve: list[dict], png: Path) -> None:
     series = [
         ("rollback", "wall_s", "rollback total", "k-"),
         ("rollback", "floor_s", "copy-and-read floor", "k--"),
+        ("rollback", "cpu_s", "rollback CPU (user+sys)", "k:"),
+        ("rollback", "floor_cpu_s", "floor CPU", "k-."),
         ("diff", "diff_s", "diff", "b-"),
         ("diff", "floor_s", "diff SQL floor", "b--"),
     ]
     for key, field, label, style in series:
-        if all(key in c for c in curve):
+        if all(key in c and c[key].get(field) for c in curve):
             ax.plot(sizes, [c[key][field] for c in curve], style, lw=2, label=label)
     ax.set_xscale("log")
     ax.set_yscale("log")

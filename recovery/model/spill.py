@@ -17,6 +17,7 @@ and ``json.dump(..., indent=...)`` (the pure-Python encoder, which iterates) rea
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import threading
@@ -54,14 +55,15 @@ def _in_memory(name: str) -> Any:
 
 class SpillList(list[T]):
     """A list of ``T`` that spills every item past the first ``head`` to a temporary SQLite
-    file. ``encode`` turns an item into JSON text and ``decode`` back into an equal item."""
+    file. ``encode`` turns an item into text and ``decode`` back into an equal item (default:
+    plain JSON)."""
 
     def __init__(
         self,
         items: Iterable[T] = (),
         *,
-        encode: Callable[[T], str],
-        decode: Callable[[str], T],
+        encode: Callable[[T], str] = json.dumps,
+        decode: Callable[[str], T] = json.loads,
         head: int | None = None,
     ) -> None:
         super().__init__()

@@ -97,6 +97,12 @@ def machine() -> dict:
         "sqlite": sqlite3.sqlite_version,
         "platform": platform.platform(),
         "date": datetime.now().isoformat(timespec="seconds"),
+        "commit": subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip(),
     }
 
 

@@ -380,10 +380,16 @@ def main() -> None:
         return
     if args.curve:
         lines = [json.loads(ln) for ln in (out / "results.jsonl").read_text().splitlines() if ln]
-        curve = [
-            curve_point(next(r for r in reversed(lines) if r["parts"] == n and "rollback" in r))
-            for n in [int(x) for x in args.curve.split(",")]
-        ]
+        curve = []
+        for n in [int(x) for x in args.curve.split(",")]:
+            mine = [r for r in lines if r["parts"] == n]
+            rb = next(r for r in reversed(mine) if "rollback" in r)
+            diff = next((r for r in reversed(mine) if "diff" in r), None)
+            point = curve_point(rb)
+            if diff is not None and "diff" not in point:  # benchmarked in another run
+                point["diff"] = diff["diff"]["median"]
+                point["loadavg"] += [diff["loadavg_before"], diff["loadavg_after"]]
+            curve.append(point)
         (out / "curve.json").write_text(json.dumps(curve, indent=1))
         plot(curve, HERE / "curve.png")
         print(json.dumps(curve, indent=1))

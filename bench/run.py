@@ -97,6 +97,12 @@ def machine() -> dict:
         "sqlite": sqlite3.sqlite_version,
         "platform": platform.platform(),
         "date": datetime.now().isoformat(timespec="seconds"),
+        "commit": subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip(),
     }
 
 
@@ -144,7 +150,7 @@ def world_facts(w: Path) -> dict:
     return facts
 
 
-def bench_diff(w: Path, repeat: int) -> dict:
+def bench_diff(w: Path, repeat: int, naive: bool = True) -> dict:
     b, lv = w / BACKUP, w / LIVE
     warm(b, lv, w / (LIVE + "-wal"))
     floor_runs, naive_runs, diff_runs = [], [], []
@@ -156,7 +162,8 @@ def bench_diff(w: Path, repeat: int) -> dict:
         f = timed(floor_cmd)
         f["sql_s"] = json.loads(f["stdout"])["seconds"]
         floor_runs.append(f)
-        naive_runs.append(timed([*floor_cmd, "--naive"]))
+        if naive:
+            naive_runs.append(timed([*floor_cmd, "--naive"]))
         diff_runs.append(timed(diff_cmd))
     imp = [
         timed([sys.executable, "-c", "import recovery.cli, recovery.compare.diff"])
@@ -182,7 +189,7 @@ def bench_diff(w: Path, repeat: int) -> dict:
             "diff_s": d,
             "floor_s": fl,
             "ratio": round(d / fl, 2),
-            "naive_floor_s": median_of(naive_runs, "wall_s"),
+            "naive_floor_s": median_of(naive_runs, "wall_s") if naive_runs else None,
             "diff_rss_mb": median_of(diff_runs, "rss_mb"),
             "floor_sql_s": median_of(floor_runs, "sql_s"),
             "import_s": median_of(imp, "wall_s"),
@@ -355,11 +362,37 @@ def main() -> None:
     ap.add_argument(
         "--plot-only", action="store_true", help="redraw bench/curve.png from OUT/curve.json"
     )
+    ap.add_argument(
+        "--no-naive",
+        action="store_true",
+        help="skip the naive (unkeyed) diff floor: minutes at 10M parts, and not the floor",
+    )
+    ap.add_argument(
+        "--curve",
+        help="comma-separated --parts values: write OUT/curve.json and bench/curve.png from the "
+        "latest line of OUT/results.jsonl for each size (sizes benchmarked in separate runs)",
+    )
     args = ap.parse_args()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     if args.plot_only:
         plot(json.loads((out / "curve.json").read_text()), HERE / "curve.png")
+        return
+    if args.curve:
+        lines = [json.loads(ln) for ln in (out / "results.jsonl").read_text().splitlines() if ln]
+        curve = []
+        for n in [int(x) for x in args.curve.split(",")]:
+            mine = [r for r in lines if r["parts"] == n]
+            rb = next(r for r in reversed(mine) if "rollback" in r)
+            diff = next((r for r in reversed(mine) if "diff" in r), None)
+            point = curve_point(rb)
+            if diff is not None and "diff" not in point:  # benchmarked in another run
+                point["diff"] = diff["diff"]["median"]
+                point["loadavg"] += [diff["loadavg_before"], diff["loadavg_after"]]
+            curve.append(point)
+        (out / "curve.json").write_text(json.dumps(curve, indent=1))
+        plot(curve, HERE / "curve.png")
+        print(json.dumps(curve, indent=1))
         return
     if args.sizes:
         curve = []
@@ -375,16 +408,11 @@ def main() -> None:
                 str(args.repeat),
                 "--only",
                 args.only,
+                *(["--no-naive"] if args.no_naive else []),
             ]
             subprocess.run(sub, check=True)
             last = json.loads((out / "results.jsonl").read_text().splitlines()[-1])
-            curve.append(
-                {
-                    "parts": n,
-                    "loadavg": [last["loadavg_before"], last["loadavg_after"]],
-                    **{k: last[k]["median"] for k in ("diff", "rollback", "extract") if k in last},
-                }
-            )
+            curve.append(curve_point(last))
         (out / "curve.json").write_text(json.dumps(curve, indent=1))
         plot(curve, HERE / "curve.png")
         print(json.dumps(curve, indent=1))
@@ -411,7 +439,7 @@ def main() -> None:
         flush=True,
     )
     if "diff" in only:
-        result["diff"] = bench_diff(w, args.repeat)
+        result["diff"] = bench_diff(w, args.repeat, naive=not args.no_naive)
         print("diff", json.dumps(result["diff"]["median"]), flush=True)
     if "extract" in only:
         result["extract"] = bench_extract(w, out, args.repeat)
@@ -429,6 +457,18 @@ def main() -> None:
     with (out / "results.jsonl").open("a", encoding="utf-8") as fh:
         fh.write(json.dumps(result) + "\n")
     print(f"appended to {out / 'results.jsonl'}")
+
+
+def curve_point(result: dict) -> dict:
+    """One size of the curve: the medians of one ``results.jsonl`` line, with its load."""
+    point = {
+        "parts": result["parts"],
+        "loadavg": [result["loadavg_before"], result["loadavg_after"]],
+        **{k: dict(result[k]["median"]) for k in ("diff", "rollback", "extract") if k in result},
+    }
+    if "rollback" in result:  # CPU seconds: steadier than wall time on a shared machine
+        point["rollback"]["floor_cpu_s"] = statistics.median(result["rollback"]["floor_cpu_s"])
+    return point
 
 
 def plot(curve: list[dict], png: Path) -> None:
@@ -464,11 +504,13 @@ def plot(curve: list[dict], png: Path) -> None:
     series = [
         ("rollback", "wall_s", "rollback total", "k-"),
         ("rollback", "floor_s", "copy-and-read floor", "k--"),
+        ("rollback", "cpu_s", "rollback CPU (user+sys)", "k:"),
+        ("rollback", "floor_cpu_s", "floor CPU", "k-."),
         ("diff", "diff_s", "diff", "b-"),
         ("diff", "floor_s", "diff SQL floor", "b--"),
     ]
     for key, field, label, style in series:
-        if all(key in c for c in curve):
+        if all(key in c and c[key].get(field) for c in curve):
             ax.plot(sizes, [c[key][field] for c in curve], style, lw=2, label=label)
     ax.set_xscale("log")
     ax.set_yscale("log")

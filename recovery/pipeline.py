@@ -1295,7 +1295,7 @@ def _save_outcome(run_dir: Path, outcome: Outcome) -> None:
         fd, 0o600
     )  # users' data, like every file of the run folder (an old tmp keeps its mode otherwise)
     with open(fd, "w", encoding="utf-8") as fh:
-        fh.write(outcome.to_json())
+        outcome.write_json(fh)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, run_dir / OUTCOME_FILE)

@@ -9,7 +9,10 @@ timestamps, the safety copy's sha256), with the digests in ``tests/golden/rollba
 * ``many_lost``: a 5,000-part world (more than 1,000 lost values, so report.json's list is cut and
   lost_values.csv holds the rest; 170 files to relink);
 * ``conflict``: a pre-deploy quote deleted and a new one with its number (a unique conflict, a unit
-  not carried, a formula-like value).
+  not carried, a formula-like value);
+* ``conflict-spilled``: the same world rolled back with ``RECOVERY_SPILL_AFTER=0``: the outcome's
+  long lists and the script's steps with values held in temporary files (bounded memory at any
+  size, ``recovery/model/spill.py``), compared with ``conflict``'s digests.
 
 The digests were made by the code before the performance work of issue 18; when an output changes
 on purpose, review the normalized files this test writes to ``test-artifacts/rollback-outputs/``
@@ -99,14 +102,21 @@ def worlds(tmp_path_factory: pytest.TempPathFactory, world: Path) -> dict[str, P
         "sample": sample,
         "many_lost": generate(base / "many_lost", parts=5000, seed=7),
         "conflict": _small_world(base / "conflict", "conflict"),
+        "conflict-spilled": _small_world(base / "conflict-spilled", "conflict"),
     }
 
 
-@pytest.mark.parametrize("scenario", ["sample", "many_lost", "conflict"])
+@pytest.mark.parametrize("scenario", ["sample", "many_lost", "conflict", "conflict-spilled"])
 def test_rollback_outputs_are_unchanged(
-    scenario: str, worlds: dict[str, Path], request: pytest.FixtureRequest
+    scenario: str,
+    worlds: dict[str, Path],
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     w = worlds[scenario]
+    if scenario.endswith("-spilled"):
+        monkeypatch.setenv("RECOVERY_SPILL_AFTER", "0")
+        scenario = scenario.removesuffix("-spilled")
     run = _rollback(w)
     texts = {name: _normalized(run, w, name) for name in OUTPUTS}
     digests = {n: hashlib.sha256(t.encode("utf-8")).hexdigest() for n, t in texts.items()}

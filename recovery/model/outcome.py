@@ -8,11 +8,13 @@ Conflict kinds (``../DESIGN.md``): ``primary_key``, ``unique``, ``missing_parent
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from enum import Enum
-from typing import Any
+from typing import IO, Any
 
 from recovery.model.kinds import ConflictKind, Resolution, RowKind
+from recovery.model.spill import LazyMap, SpillList, spill_after
 from recovery.model.values import LostValues
 
 CONFLICT_KINDS: tuple[ConflictKind, ...] = tuple(ConflictKind)
@@ -142,6 +144,14 @@ class Outcome:
         if not isinstance(self.lost, LostValues):
             self.lost = LostValues(self.lost)
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        """The lists that grow with the rows of a run (``conflicts``, ``deletes_for_review``,
+        ``skipped_rows``) are held as :class:`SpillList` s, whatever list is assigned: bounded
+        memory at any size, the same items in the same order."""
+        if name in _SPILLED and not isinstance(value, SpillList):
+            value = _spill_list(name, value)
+        object.__setattr__(self, name, value)
+
     @property
     def needs_review(self) -> bool:
         """Anything but "all recovered" (:meth:`verdict`, without the late-commit check)."""
@@ -218,6 +228,12 @@ class Outcome:
         """The saved form (``outcome.json``, format ``recovery-outcome/1``; docs/REPORT.md)."""
         return outcome_to_json(self)
 
+    def write_json(self, fh: IO[str]) -> None:
+        """Write :meth:`to_json`'s text to ``fh`` piece by piece (the long lists item by item,
+        never the whole text in memory)."""
+        for chunk in outcome_json_chunks(self):
+            fh.write(chunk)
+
     @staticmethod
     def from_json(text: str | bytes) -> Outcome:
         """Read the saved form back; refuses (``OutcomeFormatError``) anything but that exact shape."""
@@ -232,7 +248,7 @@ class Outcome:
             "already_applied": self.already_applied,
             "aborted": self.aborted,
             "tables": {n: asdict(t) for n, t in sorted(self.tables.items())},
-            "conflicts": [c.to_dict() for c in self.conflicts],
+            "conflicts": _listed(Conflict.to_dict, self.conflicts),
             "remapped": [asdict(r) for r in self.remaps],
             "lost": list(self.lost),
             "lost_total": self.lost_total,
@@ -448,6 +464,54 @@ def _fields(
     return fields
 
 
+_SPILLED = frozenset({"conflicts", "deletes_for_review", "skipped_rows"})
+"""The outcome's lists that grow with the rows of a run: held as :class:`SpillList` s."""
+
+
+def _conflict_data(c: Conflict) -> dict[str, Any]:
+    return {f: encode_value(getattr(c, f)) for f in _CONFLICT_FIELDS}
+
+
+def _encode_conflict(c: Conflict) -> str:
+    import json
+
+    return json.dumps(_conflict_data(c), ensure_ascii=False, allow_nan=False)
+
+
+def _decode_conflict(text: str) -> Conflict:
+    import json
+
+    vals = {f: decode_value(v) for f, v in json.loads(text).items()}
+    return Conflict(**vals)
+
+
+def _encode_item(v: Any) -> str:
+    import json
+
+    return json.dumps(encode_value(v), ensure_ascii=False, allow_nan=False)
+
+
+def _decode_item(text: str) -> Any:
+    import json
+
+    return decode_value(json.loads(text))
+
+
+def _listed(fn: Any, items: list[Any]) -> list[Any]:
+    """``fn`` of every item: a plain list while ``items`` is all in memory, else a
+    :class:`LazyMap` (computed as the writer iterates it)."""
+    if isinstance(items, SpillList) and items.spilled:
+        return LazyMap(fn, items)
+    return [fn(x) for x in items]
+
+
+def _spill_list(name: str, items: Iterable[Any]) -> SpillList[Any]:
+    """A :class:`SpillList` for the outcome's list ``name`` holding ``items``."""
+    if name == "conflicts":
+        return SpillList(items, encode=_encode_conflict, decode=_decode_conflict)
+    return SpillList(items, encode=_encode_item, decode=_decode_item)
+
+
 _OUTCOME_FIELDS = {
     "format",
     "bundle_id",
@@ -483,9 +547,7 @@ def _outcome_to_data(o: Outcome) -> dict[str, Any]:
         "already_applied": o.already_applied,
         "aborted": o.aborted,
         "tables": {n: {f: getattr(t, f) for f in _TABLE_INTS} for n, t in o.tables.items()},
-        "conflicts": [
-            {f: encode_value(getattr(c, f)) for f in _CONFLICT_FIELDS} for c in o.conflicts
-        ],
+        "conflicts": LazyMap(_conflict_data, o.conflicts),
         "remaps": [
             {
                 "table": r.table,
@@ -500,14 +562,26 @@ def _outcome_to_data(o: Outcome) -> dict[str, Any]:
             "counts": encode_value(getattr(lost, "counts", None) or {}),
             "source": getattr(lost, "source", None),
         },
-        "deletes_for_review": encode_value(o.deletes_for_review),
-        "skipped_rows": encode_value(o.skipped_rows),
+        "deletes_for_review": LazyMap(encode_value, o.deletes_for_review),
+        "skipped_rows": LazyMap(encode_value, o.skipped_rows),
         "files": encode_value(o.files),
         "verification": encode_value(o.verification),
         "conflicts_mode": o.conflicts_mode,
         "triggers_suspended": list(o.triggers_suspended),
         "sequences": encode_value(o.sequences),
     }
+
+
+def _spilled_dicts(v: Any, where: str) -> SpillList[Any]:
+    """The saved list of objects ``v`` decoded item by item into a :class:`SpillList` (each
+    parsed item freed once read)."""
+    items = _expect(v, list, where)
+    out = _spill_list(where, ())
+    for i, item in enumerate(items):
+        if not isinstance(items, SpillList):
+            items[i] = None  # each parsed item freed once read
+        out.append(_expect(decode_value(item, f"{where}[{i}]"), dict, f"{where}[{i}]"))
+    return out
 
 
 def _list_of_dicts(v: Any, where: str) -> list[dict[str, Any]]:
@@ -535,8 +609,11 @@ def _outcome_from_data(d: Any) -> Outcome:
         tables[name] = TableOutcome(
             name, **{f: _expect(t[f], int, f"tables.{name}.{f}") for f in _TABLE_INTS}
         )
-    conflicts = []
-    for i, c in enumerate(_expect(d["conflicts"], list, "conflicts")):
+    conflicts = _spill_list("conflicts", ())
+    raw_conflicts = _expect(d["conflicts"], list, "conflicts")
+    for i, c in enumerate(raw_conflicts):
+        if not isinstance(raw_conflicts, SpillList):
+            raw_conflicts[i] = None  # each parsed item freed once read
         where = f"conflicts[{i}]"
         _fields(c, _CONFLICT_FIELDS, where)
         vals = {f: decode_value(c[f], f"{where}.{f}") for f in _CONFLICT_FIELDS}
@@ -589,8 +666,8 @@ def _outcome_from_data(d: Any) -> Outcome:
         conflicts=conflicts,
         remaps=remaps,
         lost=lost,
-        deletes_for_review=_list_of_dicts(d["deletes_for_review"], "deletes_for_review"),
-        skipped_rows=_list_of_dicts(d["skipped_rows"], "skipped_rows"),
+        deletes_for_review=_spilled_dicts(d["deletes_for_review"], "deletes_for_review"),
+        skipped_rows=_spilled_dicts(d["skipped_rows"], "skipped_rows"),
         files=files,
         verification=decode_value(_expect(d["verification"], dict, "verification"), "verification"),
         aborted=d["aborted"],
@@ -602,22 +679,114 @@ def _outcome_from_data(d: Any) -> Outcome:
 
 def outcome_to_json(outcome: Outcome) -> str:
     """``outcome`` as the text of ``outcome.json`` (format :data:`OUTCOME_FORMAT`)."""
-    import json
+    return "".join(outcome_json_chunks(outcome))
 
-    return json.dumps(
-        _outcome_to_data(outcome), ensure_ascii=False, allow_nan=False, sort_keys=True
-    )
+
+def outcome_json_chunks(outcome: Outcome) -> Iterator[str]:
+    """The text of ``outcome.json`` in pieces: ``json.dumps(data, ensure_ascii=False,
+    allow_nan=False, sort_keys=True)`` of the whole document, byte for byte, but with each long
+    list (conflicts, deletes for review, skipped rows) written one item at a time."""
+    import json
+    import secrets
+
+    def dumps(v: Any) -> str:
+        return json.dumps(v, ensure_ascii=False, allow_nan=False, sort_keys=True)
+
+    data = _outcome_to_data(outcome)
+    lists: dict[str, Iterable[Any]] = {}
+    for name in sorted(_SPILLED):
+        marker = f"\x00{name}:{secrets.token_hex(16)}\x00"
+        lists[dumps(marker)] = data[name]
+        data[name] = marker
+    text = dumps(data)
+    order = sorted(lists, key=text.index)
+    at = 0
+    for marker in order:
+        cut = text.index(marker, at)
+        yield text[at:cut]
+        yield "["
+        for n, item in enumerate(lists[marker]):
+            yield (", " if n else "") + dumps(item)
+        yield "]"
+        at = cut + len(marker)
+    yield text[at:]
 
 
 def outcome_from_json(text: str | bytes) -> Outcome:
     """Parse ``outcome.json``: only data, never code; every field is checked against the
-    documented shape, and anything unknown, missing or mistyped raises :class:`OutcomeFormatError`."""
+    documented shape, and anything unknown, missing or mistyped raises :class:`OutcomeFormatError`.
+    A long document is read with its long lists item by item (:func:`_loads_top_level`): what
+    ``json.loads`` gives, without every item parsed in memory at once."""
     import json
 
+    def bare(c: str) -> Any:
+        raise OutcomeFormatError(f"bare {c}")
+
     try:
-        data = json.loads(
-            text, parse_constant=lambda c: (_ for _ in ()).throw(OutcomeFormatError(f"bare {c}"))
-        )
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-        raise OutcomeFormatError(f"not valid JSON ({exc})") from None
+        streamed = len(text) > STREAM_LOAD_OVER or spill_after() == 0
+        data = _loads_top_level(text, bare) if streamed else None
+    except (ValueError, RecursionError):  # the whole-text parse below says what is wrong
+        data = None
+    if data is None:
+        try:
+            data = json.loads(text, parse_constant=bare)
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+            raise OutcomeFormatError(f"not valid JSON ({exc})") from None
     return _outcome_from_data(data)
+
+
+STREAM_LOAD_OVER = 1 << 20
+"""outcome.json texts longer than this (characters or bytes) are parsed list item by list item
+(every text when ``$RECOVERY_SPILL_AFTER`` is 0, as the tests set it)."""
+
+
+def _loads_top_level(text: str | bytes, bare: Any) -> dict[str, Any] | None:
+    """``json.loads(text)`` for a JSON object whose long lists (:data:`_SPILLED`) become
+    :class:`SpillList` s of their parsed items, each item parsed (and spilled) on its own; None
+    when ``text`` is not an object. Malformed text raises ``ValueError``."""
+    import json
+    import re
+
+    if isinstance(text, (bytes, bytearray)):
+        text = bytes(text).decode(json.detect_encoding(text), "surrogatepass")
+    if text.startswith("\ufeff"):
+        raise ValueError("a byte order mark")
+    dec = json.JSONDecoder(parse_constant=bare)
+    ws = re.compile(r"[ \t\n\r]*")
+
+    def skip(i: int) -> int:
+        return ws.match(text, i).end()  # type: ignore[union-attr]
+
+    def expect(i: int, char: str) -> int:
+        if text[i : i + 1] != char:
+            raise ValueError(f"{char!r} expected at {i}")
+        return skip(i + 1)
+
+    i = skip(0)
+    if text[i : i + 1] != "{":
+        return None
+    out: dict[str, Any] = {}
+    i = skip(i + 1)
+    while text[i : i + 1] != "}":
+        if out:
+            i = expect(i, ",")
+        key, i = dec.raw_decode(text, i)
+        if not isinstance(key, str):
+            raise ValueError(f"a key expected at {i}")
+        i = expect(skip(i), ":")
+        if key in _SPILLED and text[i : i + 1] == "[":
+            items: SpillList[Any] = SpillList(encode=json.dumps, decode=json.loads)
+            i = skip(i + 1)
+            while text[i : i + 1] != "]":
+                if items:
+                    i = expect(i, ",")
+                item, i = dec.raw_decode(text, i)
+                items.append(item)
+                i = skip(i)
+            out[key], i = items, i + 1
+        else:
+            out[key], i = dec.raw_decode(text, i)
+        i = skip(i)
+    if skip(i + 1) != len(text):
+        raise ValueError("extra data")
+    return out

@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sqlite3
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -36,13 +38,14 @@ from typing import Any
 
 from sqlglot import exp
 
-from recovery.bundle.store import Bundle, open_bundle, write_json_atomic
+from recovery.bundle.store import Bundle, open_bundle
 from recovery.runfolder import check_run_folder
 from recovery.engine.base import is_postgres_url
 from recovery.errors import ExitCode, RecoveryError
 from recovery.model.kinds import KIND_COLUMN as KIND
 from recovery.model.kinds import ConflictKind, Resolution
-from recovery.model.outcome import Conflict
+from recovery.model.outcome import Conflict, decode_value, encode_value
+from recovery.model.spill import LazyMap, SpillList
 from recovery.engine.schema import APPLIED_DELETES_TABLE, Schema, Table, reflect
 from recovery.engine.sqlbuild import and_all, col, is_same, sql, table
 from recovery.engine import open_engine
@@ -65,6 +68,43 @@ class DeleteItem:
     key: tuple[Any, ...]
 
 
+def _encode_item(i: DeleteItem) -> str:
+    return json.dumps([i.table, encode_value(i.key)], ensure_ascii=False)
+
+
+def _decode_item(text: str) -> DeleteItem:
+    name, key = json.loads(text)
+    return DeleteItem(name, decode_value(key))
+
+
+def _encode_key(key: tuple[Any, ...]) -> str:
+    return json.dumps(encode_value(key), ensure_ascii=False)
+
+
+def _decode_key(text: str) -> tuple[Any, ...]:
+    key = decode_value(json.loads(text))
+    assert isinstance(key, tuple)
+    return key
+
+
+def items_list(items: Iterable[DeleteItem] = ()) -> SpillList[DeleteItem]:
+    """A list of delete items held in bounded memory (one per post-deploy delete: hundreds of
+    thousands at 10M rows), items spilled past the first few thousand."""
+    return SpillList(items, encode=_encode_item, decode=_decode_item)
+
+
+def _conflicts_list() -> SpillList[Conflict]:
+    def encode(c: Conflict) -> str:
+        return json.dumps({k: encode_value(v) for k, v in c.to_dict().items()}, ensure_ascii=False)
+
+    def decode(text: str) -> Conflict:
+        vals = {k: decode_value(v) for k, v in json.loads(text).items()}
+        vals["key"] = tuple(vals["key"])
+        return Conflict(**vals)
+
+    return SpillList(encode=encode, decode=decode)
+
+
 @dataclass
 class DeletesResult:
     run_dir: Path
@@ -72,10 +112,10 @@ class DeletesResult:
     bundle_id: str
     dry_run: bool
     selected: int = 0
-    deleted: list[DeleteItem] = field(default_factory=list)
-    already_applied: list[DeleteItem] = field(default_factory=list)
-    already_gone: list[DeleteItem] = field(default_factory=list)
-    conflicts: list[Conflict] = field(default_factory=list)
+    deleted: list[DeleteItem] = field(default_factory=items_list)
+    already_applied: list[DeleteItem] = field(default_factory=items_list)
+    already_gone: list[DeleteItem] = field(default_factory=items_list)
+    conflicts: list[Conflict] = field(default_factory=_conflicts_list)
     triggers_suspended: list[str] = field(default_factory=list)
     safety_copy: Path | None = None
 
@@ -84,7 +124,9 @@ class DeletesResult:
         return ExitCode.REVIEW if self.conflicts else ExitCode.OK
 
     def to_dict(self) -> dict[str, Any]:
-        items = lambda xs: [{"table": i.table, "key": list(i.key)} for i in xs]  # noqa: E731
+        """The result as ``deletes_applied.json`` holds it; the long lists are computed as a
+        writer that iterates (``json.dump``, ``json.dumps(indent=...)``) reads them."""
+        items = lambda xs: LazyMap(lambda i: {"table": i.table, "key": list(i.key)}, xs)  # noqa: E731
         return {
             "format": "recovery-deletes/1",
             "run_dir": str(self.run_dir),
@@ -95,7 +137,7 @@ class DeletesResult:
             "deleted": items(self.deleted),
             "already_applied": items(self.already_applied),
             "already_gone": items(self.already_gone),
-            "conflicts": [c.to_dict() for c in self.conflicts],
+            "conflicts": LazyMap(Conflict.to_dict, self.conflicts),
             "triggers_suspended": self.triggers_suspended,
             "safety_copy": str(self.safety_copy) if self.safety_copy else None,
             "exit_code": self.exit_code,
@@ -146,8 +188,8 @@ def locate_run(run_dir: Path) -> tuple[Path, Path]:
 
 
 def _candidates(bundle: Bundle) -> dict[str, list[tuple[Any, ...]]]:
-    """Keys of the rows deleted after the deploy, per old-schema table (a bounded list: one entry
-    per post-deploy delete, the same list the run's deletes_for_review.csv holds)."""
+    """Keys of the rows deleted after the deploy, per old-schema table (one entry per post-deploy
+    delete, the same list the run's deletes_for_review.csv holds; in bounded memory)."""
     out: dict[str, list[tuple[Any, ...]]] = {}
     conn = SQLiteEngine(bundle.base_db).connect_readonly(
         "bundle base.db"
@@ -168,7 +210,11 @@ def _candidates(bundle: Bundle) -> dict[str, list[tuple[Any, ...]]]:
                     .from_(table(name))
                     .where(exp.EQ(this=col(KIND), expression=exp.Literal.string("deleted")))
                 )
-                out[name] = [tuple(r) for r in conn.execute(sql(q))]
+                out[name] = SpillList(
+                    (tuple(r) for r in conn.execute(sql(q))),
+                    encode=_encode_key,
+                    decode=_decode_key,
+                )
     finally:
         conn.close()
     return out
@@ -188,12 +234,38 @@ def _unneutralise(text: str) -> str:
 
 def select(candidates: dict[str, list[tuple[Any, ...]]], only: Path | None) -> list[DeleteItem]:
     """Every candidate, or those listed in the reviewed CSV ``only`` (columns ``table`` and
-    ``key``, as in deletes_for_review.csv). A listed row that is not a post-deploy delete of this
-    run is refused: the CSV may have been edited by hand."""
-    every = [DeleteItem(t, k) for t, keys in candidates.items() for k in keys]
+    ``key``, as in deletes_for_review.csv), in the CSV's order. A listed row that is not a
+    post-deploy delete of this run is refused: the CSV may have been edited by hand. The
+    candidates are looked up in a private temporary SQLite file (bounded memory)."""
+    every = items_list(DeleteItem(t, k) for t, keys in candidates.items() for k in keys)
     if only is None:
         return every
-    by_text = {(i.table, _key_text(i.key)): i for i in every}
+    index = sqlite3.connect("", isolation_level=None)  # on disk, deleted when closed
+    try:
+        index.execute("PRAGMA journal_mode = OFF")
+        index.execute("CREATE TABLE cand (t TEXT, k TEXT, item TEXT, PRIMARY KEY (t, k))")
+        index.execute(
+            "CREATE TABLE chosen (seq INTEGER PRIMARY KEY, t TEXT, k TEXT, UNIQUE (t, k))"
+        )
+        index.execute("BEGIN")
+        index.executemany(
+            "INSERT OR REPLACE INTO cand VALUES (?, ?, ?)",
+            ((i.table, _key_text(i.key), _encode_item(i)) for i in every),
+        )
+        _choose(index, only)
+        return items_list(
+            _decode_item(r[0])
+            for r in index.execute(
+                "SELECT cand.item FROM chosen JOIN cand USING (t, k) ORDER BY chosen.seq"
+            )
+        )
+    finally:
+        index.close()
+
+
+def _choose(index: sqlite3.Connection, only: Path) -> None:
+    """The rows of the reviewed CSV ``only`` into ``chosen`` (once each, first line first), each
+    found among ``cand``."""
     try:
         with only.open(newline="", encoding="utf-8") as fh:
             reader = csv.DictReader(fh)
@@ -202,16 +274,17 @@ def select(candidates: dict[str, list[tuple[Any, ...]]], only: Path | None) -> l
                     f"{only} has no 'table' and 'key' columns",
                     "pass a copy of deletes_for_review.csv with the rows to delete",
                 )
-            chosen: dict[tuple[str, str], DeleteItem] = {}
             for n, row in enumerate(reader, start=2):
                 ident = (_unneutralise(row["table"] or ""), _unneutralise(row["key"] or ""))
-                item = by_text.get(ident)
-                if item is None:
+                if (
+                    index.execute("SELECT 1 FROM cand WHERE t = ? AND k = ?", ident).fetchone()
+                    is None
+                ):
                     raise RecoveryError(
                         f"{only} line {n}: {ident[0]} {ident[1]!r} is not a row deleted after the deploy in this run",
                         "list only rows of this run's deletes_for_review.csv",
                     )
-                chosen[ident] = item
+                index.execute("INSERT OR IGNORE INTO chosen (t, k) VALUES (?, ?)", ident)
     except OSError as exc:
         raise RecoveryError(
             f"cannot read {only}: {exc.strerror or exc}", "check the --only path"
@@ -220,7 +293,6 @@ def select(candidates: dict[str, list[tuple[Any, ...]]], only: Path | None) -> l
         raise RecoveryError(
             f"{only} is not a readable CSV file ({exc})", "save it as UTF-8 CSV"
         ) from None
-    return list(chosen.values())
 
 
 def apply_deletes(
@@ -257,10 +329,22 @@ def apply_deletes(
         safety_dir = Path(tempfile.mkdtemp(prefix=f"safety-deletes-{stamp}-", dir=run))  # new, 0700
         result.safety_copy = engine.snapshot(safety_dir / target.name, "database")
         _apply(target, bundle, items, result, busy_timeout)
-    write_json_atomic(
-        run / RESULT_FILE, result.to_dict(), mode=0o600
-    )  # users' keys: private like the run
+    _write_result(run / RESULT_FILE, result.to_dict())  # users' keys: private like the run
     return result
+
+
+def _write_result(path: Path, data: dict[str, Any]) -> None:
+    """``data`` as :func:`recovery.bundle.store.write_json_atomic` writes it with mode 0600 (the
+    same bytes), streamed: ``json.dump`` writes the long lists piece by piece."""
+    tmp = path.with_name(path.name + ".tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
+    with open(os.open(tmp, flags, 0o600), "w", encoding="utf-8") as fh:
+        os.fchmod(fh.fileno(), 0o600)  # an existing tmp keeps its mode otherwise
+        json.dump(data, fh, indent=2, ensure_ascii=False, default=str)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
 
 
 def _check_tables(bundle: Bundle, have: Schema, names: set[str]) -> None:
@@ -312,9 +396,10 @@ def _apply_in_transaction(
     children = _children(schema)
     watched = sorted({c for t in {i.table for i in items} for c, _ in children.get(t, [])})
     before = _fk_violations(conn, watched)
+    tables = {i.table for i in items}
     for name in reversed(bundle.old.fk_order()):
-        mine = [i for i in items if i.table == name]
-        if mine:
+        if name in tables:
+            mine = (i for i in items if i.table == name)
             _apply_table(
                 conn, schema.tables[name], mine, children.get(name, []), bundle.bundle_id, result
             )
@@ -379,7 +464,7 @@ def _sel_table(alias: str | None = None) -> exp.Table:
 def _apply_table(
     conn: sqlite3.Connection,
     t: Table,
-    items: list[DeleteItem],
+    items: Iterable[DeleteItem],
     children: list[tuple[str, Any]],
     bundle_id: str,
     result: DeletesResult,
@@ -475,12 +560,13 @@ def _apply_table(
             )
         )
     )
-    by_json = {_json(i.key): i for i in items}
-    doomed: list[DeleteItem] = []
-    for key_json, v in conn.execute(
-        sql(exp.select(col("key_json"), col("verdict")).from_(_sel_table()))
+    doomed = items_list()
+    for *k, v in conn.execute(
+        sql(
+            exp.select(*[col(f"k{i}") for i in range(len(key))], col("verdict")).from_(_sel_table())
+        )
     ):
-        item = by_json[key_json]
+        item = DeleteItem(t.name, tuple(k))  # the key as bound: the same values, the same types
         if v == "already_applied":
             result.already_applied.append(item)
         elif v == "already_gone":
@@ -534,7 +620,7 @@ def _apply_table(
             this=table(APPLIED_DELETES_TABLE, "main"),
             expression=exp.Values(expressions=[exp.Tuple(expressions=[exp.Placeholder()] * 4)]),
         )
-        conn.executemany(sql(rec), [(bundle_id, t.name, _json(i.key), now) for i in doomed])
+        conn.executemany(sql(rec), ((bundle_id, t.name, _json(i.key), now) for i in doomed))
         result.deleted += doomed
     conn.execute("DROP TABLE temp._recovery_sel")
 

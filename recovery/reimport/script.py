@@ -17,15 +17,17 @@ import math
 import os
 import sqlite3
 import struct
+import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import IO, Any, TypeAlias
 
 from sqlglot import exp
 from sqlglot.tokens import Tokenizer, TokenType
 
 from recovery.engine.sqlbuild import sql
+from recovery.model.spill import SPILL_ENV, spill_after
 
 Statement: TypeAlias = exp.Expression | str
 """A sqlglot tree, or (only for the application's own trigger DDL, kept byte for byte) SQL text."""
@@ -106,24 +108,67 @@ class Step:
         )
 
 
+SPILL_VALUES = 256
+"""A step with more bound values than this (a batch of merged JSON cells, the recorded outcome's
+text counted by its length / 1024) is rendered when it runs and kept in a temporary file, not in
+memory: the script's memory stays bounded whatever the size of the run. ``$RECOVERY_SPILL_AFTER``
+(:data:`recovery.model.spill.SPILL_ENV`), when set lower, lowers it (the tests spill every step
+with values)."""
+
+
+def _spill_values() -> int:
+    return min(SPILL_VALUES, spill_after()) if os.environ.get(SPILL_ENV) else SPILL_VALUES
+
+
+@dataclass(frozen=True)
+class SpilledStep:
+    """A step already rendered (:meth:`Step.render`) into the script's temporary file."""
+
+    file: IO[bytes]
+    offset: int
+    size: int
+
+    def render(self) -> str:
+        self.file.seek(self.offset)
+        return self.file.read(self.size).decode("utf-8")
+
+
+def _weight(params: Sequence[Any]) -> int:
+    """How heavy a step's values are: their number, a long text or blob counting per KiB."""
+    return sum(1 + len(v) // 1024 if isinstance(v, (str, bytes, bytearray)) else 1 for v in params)
+
+
 @dataclass
 class Script:
-    """Executes the re-import's writes on ``conn`` and keeps them, in order, as :class:`Step` s."""
+    """Executes the re-import's writes on ``conn`` and keeps them, in order, as :class:`Step` s
+    (a step heavier than :data:`SPILL_VALUES` as a :class:`SpilledStep`)."""
 
     conn: sqlite3.Connection
-    steps: list[Step] = field(default_factory=list)
+    steps: list[Step | SpilledStep] = field(default_factory=list)
     marks: list[tuple[str, int]] = field(default_factory=list)
     """Open savepoints: (name, index of its SAVEPOINT step)."""
     deferred: list[Step] = field(default_factory=list)
     """Statements the run did not execute but would on request (DELETEs without ``--apply-deletes``)."""
+
+    spill_file: IO[bytes] | None = field(default=None, repr=False)
+    """The temporary file of the spilled steps (deleted when closed or collected)."""
 
     def execute(self, stmt: Statement, params: Sequence[Any] = ()) -> sqlite3.Cursor:
         """Run a writing statement; recorded only once SQLite accepted it."""
         text = stmt if isinstance(stmt, str) else sql(stmt)
         step = Step(stmt, tuple(params), text)
         cur = self.conn.execute(text, step.params)
-        self.steps.append(step)
+        self.steps.append(self._spill(step) if _weight(step.params) > _spill_values() else step)
         return cur
+
+    def _spill(self, step: Step) -> SpilledStep:
+        """``step`` rendered now and appended to the temporary file."""
+        if self.spill_file is None:
+            self.spill_file = tempfile.TemporaryFile(prefix="recovery-script-")
+        data = step.render().encode("utf-8")
+        end = self.spill_file.seek(0, os.SEEK_END)
+        self.spill_file.write(data)
+        return SpilledStep(self.spill_file, end, len(data))
 
     def execute_rows(self, stmt: exp.Insert, rows: Iterable[Sequence[Any]]) -> int:
         """One INSERT … VALUES carrying every row of ``rows`` (``stmt``'s VALUES holds one tuple of
@@ -154,6 +199,9 @@ class Script:
         ident = exp.to_identifier(name, quoted=True).sql(dialect="sqlite")
         self.conn.execute(f"ROLLBACK TO {ident}")
         self.conn.execute(f"RELEASE {ident}")
+        dropped = [s for s in self.steps[at:] if isinstance(s, SpilledStep)]
+        if dropped and self.spill_file is not None:  # what was undone leaves the file too
+            self.spill_file.truncate(dropped[0].offset)
         del self.steps[at:]
 
     def lines(

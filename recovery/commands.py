@@ -799,6 +799,24 @@ COMMANDS: dict[str, Callable[..., Any]] = {
 # errors that are not RecoveryError
 
 
+def clean_stale(*, db: str, dry_run: bool = False) -> Any:
+    """Drop the scratch, staged and rehearsal databases and sandbox roles that killed runs left on
+    ``db``'s server (:func:`recovery.engine.pgclaims.remove_stale`: only those whose claim names a
+    run that is gone); a :class:`~recovery.engine.pgclaims.CleanResult`."""
+    from recovery.engine import pgclaims
+    from recovery.engine.postgres import PostgresEngine, connect
+
+    spec = _postgres_target(db, "server")
+    if spec is None:
+        raise RecoveryError(
+            f"{db} is not a postgresql:// URL; nothing was changed",
+            "clean-stale looks at a PostgreSQL server: pass postgresql://user@host/dbname",
+        )
+    engine = PostgresEngine(spec)
+    with connect(engine.admin_url(), "server") as admin:
+        return pgclaims.remove_stale(admin, dry_run=dry_run, wait=True)
+
+
 _UNCHANGED = {  # what an error that escapes a command says about the databases
     "rollback": "the live DB was not changed",
     "reimport": "the database was not changed",

@@ -27,7 +27,6 @@ import logging
 import os
 import secrets
 import tempfile
-import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from typing import Any
 import psycopg
 from sqlglot import exp
 
+from recovery.engine import pgclaims
 from recovery.engine.postgres import (
     SCRATCH_PREFIX,
     PostgresEngine,
@@ -148,12 +148,15 @@ def sandbox_database(
     """A copy of ``template`` (a database the tool made: nobody else may be connected to it) on
     its server, owned by a new role that can connect to it and to nothing else; both dropped after
     the block."""
-    tag = uuid.uuid4().hex[:10]
+    tag = pgclaims.tag()
     role, name = f"{ROLE_PREFIX}{tag}", f"{SCRATCH_PREFIX}{purpose}_{tag}"
     password = secrets.token_urlsafe(24)
     made_role = made_db = False
     try:
-        with connect(template.admin_url(), "server") as admin:
+        with (
+            connect(template.admin_url(), "server") as admin,
+            pgclaims.creating(admin, template.admin_url()),
+        ):
             try:
                 run(
                     admin,
@@ -163,8 +166,10 @@ def sandbox_database(
                     ),
                 )
                 made_role = True
+                pgclaims.claim(admin, "role", role, f"sandbox of {template.database}")
                 run(admin, create_database_sql(name, template.database))
                 made_db = True
+                pgclaims.claim(admin, "database", name, f"sandbox of {template.database}")
                 run(admin, command(f"REVOKE ALL ON DATABASE {ident(name)} FROM PUBLIC"))
                 run(admin, command(f"ALTER DATABASE {ident(name)} OWNER TO {ident(role)}"))
                 locked = _lock_role(admin, role, name)
@@ -175,6 +180,7 @@ def sandbox_database(
                     "the user needs CREATEDB and CREATEROLE (a superuser also locks the role to "
                     "its database); nothing was changed",
                 ) from None
+        pgclaims.kill_point("sandbox:made")
         admin_engine = template.with_database(name)
         with connect(admin_engine.url, "scratch database") as conn:
             _give_to(conn, role)

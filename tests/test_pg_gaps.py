@@ -1,0 +1,180 @@
+"""Issue 19's PostgreSQL gaps on a real server: what a killed command leaves on the server is found
+and dropped (only when the run that made it is provably gone), result files as on SQLite, and the
+sandbox's limit under ``trust`` authentication said out loud.
+
+One tiny sample world (``--parts 20``) is built per module with ``recovery sample --url``; every
+test that writes works on its own ``CREATE DATABASE … TEMPLATE`` copy. Without PostgreSQL the tests
+skip, saying how to run them (``pg_server`` in conftest.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql as pgsql
+from sqlalchemy.engine import make_url
+
+PARTS, SEED = 20, 7
+APP_INI = (
+    Path(__file__).resolve().parent.parent / "recovery" / "sample" / "gestima_app" / "alembic.ini"
+)
+
+
+def cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "recovery", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **env},
+    )
+
+
+def _url(server: str, name: str) -> str:
+    return make_url(server).set(database=name).render_as_string(False)
+
+
+def _admin(server: str) -> psycopg.Connection[Any]:
+    return psycopg.connect(_url(server, "postgres"), autocommit=True)
+
+
+def _drop(server: str, name: str) -> None:
+    with _admin(server) as a:
+        a.execute(
+            pgsql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(pgsql.Identifier(name))
+        )
+
+
+def _ours(server: str) -> set[tuple[str, str]]:
+    """Every database and role with one of the tool's prefixes on the server."""
+    with _admin(server) as a:
+        dbs = a.execute(
+            "SELECT datname FROM pg_database WHERE datname ~ '^recovery_(scratch|staged|rehearsal)_'"
+        ).fetchall()
+        roles = a.execute(
+            "SELECT rolname FROM pg_roles WHERE rolname ~ '^recovery_sandbox_'"
+        ).fetchall()
+    return {("database", r[0]) for r in dbs} | {("role", r[0]) for r in roles}
+
+
+@pytest.fixture(scope="module")
+def world(pg_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
+    """(sample folder with the dump, template database name)."""
+    folder = tmp_path_factory.mktemp("pggaps") / "world"
+    name = f"recovery_test_gaps_{uuid.uuid4().hex[:8]}"
+    r = cli(
+        "sample",
+        str(folder),
+        "--url",
+        _url(pg_server, name),
+        "--parts",
+        str(PARTS),
+        "--seed",
+        str(SEED),
+    )
+    assert r.returncode == 0, r.stderr
+    try:
+        yield folder, name
+    finally:
+        _drop(pg_server, name)
+
+
+@pytest.fixture
+def live(pg_server: str, world: tuple[Path, str]) -> Iterator[str]:
+    """A fresh copy of the world's live database."""
+    name = f"recovery_test_gapl_{uuid.uuid4().hex[:8]}"
+    with _admin(pg_server) as a:
+        a.execute(
+            pgsql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                pgsql.Identifier(name), pgsql.Identifier(world[1])
+            )
+        )
+    try:
+        yield _url(pg_server, name)
+    finally:
+        _drop(pg_server, name)
+
+
+def _dump(world: tuple[Path, str]) -> str:
+    return str(next(p for p in world[0].glob("*.dump.bak.*") if not p.name.endswith(".json")))
+
+
+# ---- (1) what killed runs leave behind ---------------------------------------------------------
+
+
+KILLS = {
+    "scratch:backup": ["diff", "{dump}", "{live}", "--json"],
+    "sandbox:made": ["extract", "{dump}", "{live}", "--out", "{tmp}/b", "--alembic-ini", str(APP_INI)],
+    "staged:restore": ["rollback", "{live}", "--backup", "{dump}", "--out", "{tmp}/run", "--yes",
+                       "--alembic-ini", str(APP_INI), "--uploads", "{uploads}"],
+}  # fmt: skip
+"""Kill points right after a command made (and claimed) its scratch database, its sandbox role
+and scratch copy, its staged restore."""
+
+
+def test_killed_commands_leave_objects_the_next_command_drops_and_never_a_live_runs(
+    pg_server: str, world: tuple[Path, str], live: str, tmp_path: Path
+) -> None:
+    """SIGKILL right after each command made its database (or sandbox role): it is left on the
+    server, claimed by a run that is gone, and the next command that makes such an object drops
+    it by itself; `clean-stale --dry-run` lists the last ones and `clean-stale` drops them. A
+    scratch database of a run that is alive (this test process's) and a database the operator
+    named like ours (no claim) stay throughout."""
+    from recovery.engine.postgres import PostgresEngine, scratch_database
+
+    fill = {"dump": _dump(world), "live": live, "tmp": str(tmp_path),
+            "uploads": str(world[0] / "uploads")}  # fmt: skip
+    operators = f"recovery_scratch_operators_{uuid.uuid4().hex[:6]}"
+    with _admin(pg_server) as a:
+        a.execute(pgsql.SQL("CREATE DATABASE {}").format(pgsql.Identifier(operators)))
+    try:
+        with scratch_database(PostgresEngine(live), "alive") as mine:
+            kept = {("database", mine.database), ("database", operators)}
+            before = _ours(pg_server)
+            assert kept <= before
+            previous: set[tuple[str, str]] = set()
+            for point, args in KILLS.items():
+                killed = cli(*(a.format(**fill) for a in args), RECOVERY_TEST_KILL_AT_STEP=point)
+                assert killed.returncode == -9, (point, killed.stderr)
+                now = _ours(pg_server)
+                left = now - before
+                assert left and not (previous & now), (point, previous, now)
+                assert ("role" in {k for k, _ in left}) is (point == "sandbox:made"), left
+                previous = left
+            listed = cli("clean-stale", live, "--dry-run", "--json")
+            assert listed.returncode == 0, listed.stderr
+            objects = json.loads(listed.stdout)["objects"]
+            states = {(o["object"], o["name"]): o["state"] for o in objects}
+            assert all(states[x] == "would drop" for x in previous), states
+            assert states[("database", mine.database)] == "in use"
+            assert states[("database", operators)] == "unclaimed"
+            assert _ours(pg_server) - before == previous  # the dry run dropped nothing
+            cleaned = cli("clean-stale", live)
+            assert cleaned.returncode == 0, cleaned.stderr
+            assert _ours(pg_server) == before
+    finally:
+        _drop(pg_server, operators)
+
+
+def test_sigterm_drops_what_the_command_made(
+    pg_server: str, world: tuple[Path, str], live: str
+) -> None:
+    """SIGTERM right after the scratch database is made: the command stops with the one-line
+    "interrupted" (exit 3) and drops it on the way out."""
+    before = _ours(pg_server)
+    r = cli(
+        "diff", _dump(world), live, "--json",
+        RECOVERY_TEST_KILL_AT_STEP="scratch:backup", RECOVERY_TEST_KILL_SIGNAL="TERM",
+    )  # fmt: skip
+    assert r.returncode == 3, r.stderr
+    assert "interrupted" in r.stderr and "Traceback" not in r.stderr
+    assert _ours(pg_server) - before == set()

@@ -178,3 +178,56 @@ def test_sigterm_drops_what_the_command_made(
     assert r.returncode == 3, r.stderr
     assert "interrupted" in r.stderr and "Traceback" not in r.stderr
     assert _ours(pg_server) - before == set()
+
+
+# ---- (2) result files as on SQLite ---------------------------------------------------------------
+
+
+def _files(run: Path) -> set[str]:
+    return {str(p.relative_to(run)) for p in run.rglob("*")}
+
+
+def test_a_postgres_run_folder_has_the_sqlite_run_folders_files_and_deletes_sql_is_what_apply_deletes_runs(
+    pg_server: str, world: tuple[Path, str], live: str, tmp_path: Path
+) -> None:
+    """The PostgreSQL rollback's run folder holds every file of the SQLite rollback's of the same
+    world but the safety copy (on PostgreSQL the failed database itself, kept renamed);
+    ``deletes.sql`` lists, commented out, exactly the DELETEs that ``--apply-deletes`` runs (the
+    same statements in that run's ``reimport.sql``), as many as on SQLite."""
+    lite = tmp_path / "lite"
+    assert cli("sample", str(lite), "--parts", str(PARTS), "--seed", str(SEED)).returncode == 0
+    lite_backup = next(p for p in lite.glob("gestima.db.bak.*") if not p.name.endswith(".json"))
+    common = ["--alembic-ini", str(APP_INI), "--yes"]
+    lr = cli("rollback", str(lite / "gestima.db"), "--backup", str(lite_backup),
+             "--uploads", str(lite / "uploads"), "--out", str(tmp_path / "lrun"), *common)  # fmt: skip
+    pr = cli("rollback", live, "--backup", _dump(world), "--uploads", str(world[0] / "uploads"),
+             "--out", str(tmp_path / "prun"), *common)  # fmt: skip
+    assert (lr.returncode, pr.returncode) == (1, 1), (lr.stderr, pr.stderr)
+    sqlite_files = {f for f in _files(tmp_path / "lrun") if not f.startswith("safety")}
+    assert sqlite_files - _files(tmp_path / "prun") == set()
+    assert "deletes.sql" in sqlite_files
+
+    def deletes(text: str) -> list[str]:
+        return [ln.removeprefix("-- ") for ln in text.splitlines() if ln.startswith("-- DELETE ")]
+
+    pg_deletes = deletes((tmp_path / "prun" / "deletes.sql").read_text())
+    assert pg_deletes and len(pg_deletes) == len(
+        deletes((tmp_path / "lrun" / "deletes.sql").read_text())
+    )
+    # the bundle into a fresh restore of the backup, with --apply-deletes (dry run)
+    target = f"recovery_test_gapd_{uuid.uuid4().hex[:8]}"
+    with _admin(pg_server) as a:
+        a.execute(pgsql.SQL("CREATE DATABASE {}").format(pgsql.Identifier(target)))
+    try:
+        subprocess.run(
+            ["pg_restore", "--no-owner", "-d", _url(pg_server, target), _dump(world)],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        r = cli("reimport", str(tmp_path / "prun" / "bundle"), _url(pg_server, target),
+                "--apply-deletes", "--dry-run", "--yes", "--out", str(tmp_path / "r2"))  # fmt: skip
+        assert r.returncode in (0, 1), r.stderr
+        executed = (tmp_path / "r2" / "reimport.sql").read_text().splitlines()
+        assert [ln for ln in executed if ln.startswith("DELETE ")] == pg_deletes
+        assert not (tmp_path / "r2" / "deletes.sql").exists()
+    finally:
+        _drop(pg_server, target)

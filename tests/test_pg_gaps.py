@@ -231,3 +231,56 @@ def test_a_postgres_run_folder_has_the_sqlite_run_folders_files_and_deletes_sql_
         assert not (tmp_path / "r2" / "deletes.sql").exists()
     finally:
         _drop(pg_server, target)
+
+
+# ---- (4) the sandbox under trust authentication ------------------------------------------------
+
+
+@pytest.fixture
+def scram_role(pg_server: str) -> Iterator[str]:
+    """A role whose password the server checks (a pg_hba line for it alone, removed after);
+    skipped when the server's pg_hba.conf is not ours to edit."""
+    role = f"pggaps_scram_{uuid.uuid4().hex[:6]}"
+    with _admin(pg_server) as a:
+        hba = Path(str(a.execute("SHOW hba_file").fetchone()[0]))  # type: ignore[index]
+        if not os.access(hba, os.W_OK):
+            pytest.skip(f"{hba} is not writable here: a checked password cannot be set up")
+        a.execute(pgsql.SQL("CREATE ROLE {} LOGIN PASSWORD 'pw'").format(pgsql.Identifier(role)))
+        original = hba.read_text()
+        hba.write_text(
+            f"local all {role} scram-sha-256\nhost all {role} all scram-sha-256\n" + original
+        )
+        a.execute("SELECT pg_reload_conf()")
+    try:
+        yield role
+    finally:
+        hba.write_text(original)
+        with _admin(pg_server) as a:
+            a.execute("SELECT pg_reload_conf()")
+            a.execute(pgsql.SQL("DROP ROLE IF EXISTS {}").format(pgsql.Identifier(role)))
+
+
+def test_trust_authentication_is_detected_and_said_in_one_line(
+    pg_server: str, world: tuple[Path, str], live: str, tmp_path: Path, scram_role: str
+) -> None:
+    """The probe tells a role the server checks (scram) from one it lets in unchecked (trust, as
+    this test cluster does for every other role); under trust the extract with the app's Alembic
+    says so in one warning line, and still extracts."""
+    import time
+
+    from recovery.engine.postgres import PostgresEngine
+    from recovery.migrate.pgsandbox import password_checked
+
+    server = PostgresEngine(live)
+    time.sleep(0.2)  # the reload is asynchronous
+    assert password_checked(server, scram_role, server.database) is True
+    with _admin(pg_server) as a:
+        trusted = a.execute("SELECT rolname FROM pg_roles WHERE rolsuper LIMIT 1").fetchone()[0]  # type: ignore[index]
+    assert password_checked(server, trusted, server.database) is False
+    r = cli(
+        "extract", _dump(world), live, "--out", str(tmp_path / "b"), "--alembic-ini", str(APP_INI)
+    )
+    assert r.returncode in (0, 1), r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if "without checking its password" in ln]
+    assert len(lines) == 1, r.stderr
+    assert "trust" in lines[0] and "any role" in lines[0]

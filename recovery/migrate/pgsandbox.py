@@ -19,6 +19,11 @@ without one the role still holds no privilege outside the scratch database, the 
 refuses every other connection (:class:`recovery.migrate.sandbox_child.Guard`), and one line says
 the lock is not there. The database and the role are dropped when the block ends, whatever
 happens. The connection URL (with the role's password) goes only to the child.
+
+None of this holds when the server does not check passwords (``trust`` in ``pg_hba.conf``): the
+child could connect as any role by naming it. :func:`password_checked` tries the role with a wrong
+password on the child's route; when the server lets it in, one warning line says so (naming the
+``trust`` lines when this user may read ``pg_hba_file_rules``).
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from recovery.engine.postgres import (
     SCRATCH_PREFIX,
     PostgresEngine,
     command,
+    conninfo,
     connect,
     create_database_sql,
     drop_database_sql,
@@ -98,6 +104,8 @@ class SandboxDatabase:
     role: str
     locked: bool
     """The server lets the role connect to the scratch database only (see the module doc)."""
+    password_checked: bool = True
+    """False: ``trust`` authentication lets the child in as any role (:func:`password_checked`)."""
 
 
 def _first_line(text: str) -> str:
@@ -139,6 +147,54 @@ def _lock_role(admin: psycopg.Connection[Any], role: str, database: str) -> bool
         return True
     except psycopg.errors.InsufficientPrivilege:
         return False
+
+
+_TRUST_WARNED: set[str] = set()
+
+
+def password_checked(server: PostgresEngine, role: str, database: str) -> bool:
+    """Whether the server checks the password of a connection made as ``role`` to ``database``
+    the way the sandbox child connects (the same host and port): one attempt with a wrong
+    password must be refused. False means ``trust`` in ``pg_hba.conf`` on that route: the child
+    could then connect as any role, a superuser too, by naming it."""
+    url = server.url.set(database=database, username=role, password=secrets.token_urlsafe(24))
+    try:
+        psycopg.connect(conninfo(url), connect_timeout=5).close()
+    except psycopg.Error:
+        return True
+    return False
+
+
+def _trust_lines(admin: psycopg.Connection[Any]) -> list[int]:
+    """The ``pg_hba.conf`` lines with ``trust`` (empty when this user may not read the rules)."""
+    try:
+        rows = run(
+            admin,
+            "SELECT line_number FROM pg_catalog.pg_hba_file_rules "
+            "WHERE auth_method = 'trust' ORDER BY line_number",
+        ).fetchall()
+    except psycopg.Error:
+        return []
+    return [int(r[0]) for r in rows if r[0] is not None]
+
+
+def _warn_if_trusted(server: PostgresEngine, role: str, database: str) -> bool:
+    """One warning line per server when the sandbox's isolation is void (:func:`password_checked`);
+    whether the password is checked."""
+    if password_checked(server, role, database):
+        return True
+    key = f"{server.url.host}:{server.url.port}"
+    if key not in _TRUST_WARNED:
+        _TRUST_WARNED.add(key)
+        with connect(server.admin_url(), "server") as admin:
+            lines = _trust_lines(admin)
+        where = f" (pg_hba.conf line(s) {', '.join(map(str, lines))})" if lines else ""
+        log.warning(
+            "recovery: the server lets the sandbox's role in without checking its password "
+            f"(trust authentication{where}): the application's migration code could connect as "
+            "any role, a superuser too, by naming it; use scram-sha-256 or peer authentication"
+        )
+    return False
 
 
 @contextmanager
@@ -193,7 +249,8 @@ def sandbox_database(
         url = admin_engine.url.set(
             drivername="postgresql+psycopg", username=role, password=password
         ).render_as_string(hide_password=False)
-        yield SandboxDatabase(admin_engine, url, role, locked)
+        checked = _warn_if_trusted(template, role, name)
+        yield SandboxDatabase(admin_engine, url, role, locked, checked)
     finally:
         with connect(template.admin_url(), "server") as admin:
             if made_db:

@@ -34,13 +34,13 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
-from sqlalchemy.engine import URL
+from sqlglot import exp
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def tag() -> str:
     return f"{KEY:016x}{secrets.token_hex(2)}"
 
 
-_guards: dict[tuple[str, str, str], psycopg.Connection[Any]] = {}
+_guards: dict[tuple[str, int], psycopg.Connection[Any]] = {}
 _guard_lock = threading.Lock()
 _signals_set = False
 
@@ -99,17 +99,27 @@ class CleanResult:
     skipped_busy: bool = False
 
 
-def _server_key(url: URL) -> tuple[str, str, str]:
-    return (str(url.host or ""), str(url.port or ""), str(url.query.get("host") or ""))
+def _ident(name: str) -> str:
+    return exp.Identifier(this=name, quoted=True).sql("postgres")
 
 
-def _guard(url: URL) -> None:
-    """Hold :data:`KEY` on ``url``'s server for the rest of this process (reconnecting a guard the
-    server dropped)."""
-    from recovery.engine.postgres import connect, run
+def _literal(text: str) -> str:
+    return exp.Literal.string(text).sql("postgres")
 
+
+def run(conn: psycopg.Connection[Any], text: str, params: tuple[Any, ...] | None = None) -> Any:
+    """Constant SQL (identifiers and literals rendered by sqlglot) with bound ``params``."""
+    return conn.execute(text, params)
+
+
+Opener = Callable[[], "psycopg.Connection[Any]"]
+
+
+def _guard(admin: psycopg.Connection[Any], open_server: Opener) -> None:
+    """Hold :data:`KEY` on ``admin``'s server for the rest of this process, on a connection of its
+    own made by ``open_server`` (reconnecting a guard the server dropped)."""
     with _guard_lock:
-        key = _server_key(url)
+        key = (str(admin.info.host), int(admin.info.port))
         conn = _guards.get(key)
         if conn is not None and not (conn.closed or conn.broken):
             try:
@@ -117,7 +127,7 @@ def _guard(url: URL) -> None:
                 return
             except psycopg.Error:
                 conn.close()
-        conn = connect(url.set(database="postgres"), "server")
+        conn = open_server()
         run(conn, "SELECT pg_advisory_lock(%s)", (KEY,))
         _guards[key] = conn
     _terminate_as_interrupt()
@@ -144,13 +154,12 @@ def _terminate_as_interrupt() -> None:
 
 
 @contextmanager
-def creating(admin: psycopg.Connection[Any], url: URL) -> Iterator[None]:
+def creating(admin: psycopg.Connection[Any], open_server: Opener) -> Iterator[None]:
     """Around a ``CREATE DATABASE``/``CREATE ROLE`` and its :func:`claim` on ``admin`` (an
-    autocommit connection to ``url``'s server): this process's guard held, stale objects removed,
-    :data:`MUTEX` held shared so no removal judges the new object before it is claimed."""
-    from recovery.engine.postgres import run
-
-    _guard(url)
+    autocommit connection to the server's ``postgres`` database; ``open_server`` opens another):
+    this process's guard held, stale objects removed, :data:`MUTEX` held shared so no removal
+    judges the new object before it is claimed."""
+    _guard(admin, open_server)
     try:
         remove_stale(admin)
     except psycopg.Error as exc:  # best effort: never stops the command
@@ -181,11 +190,10 @@ def claim(admin: psycopg.Connection[Any], kind: str, name: str, purpose: str) ->
     """Mark the database or role ``name`` as this process's (``kind`` ``"database"``/``"role"``);
     False (and a warning) when this user may not comment on it: it is then never removed
     automatically."""
-    from recovery.engine.postgres import command, ident, literal, run
 
     what = "DATABASE" if kind == "database" else "ROLE"
     try:
-        run(admin, command(f"COMMENT ON {what} {ident(name)} IS {literal(claim_text(purpose))}"))
+        run(admin, f"COMMENT ON {what} {_ident(name)} IS {_literal(claim_text(purpose))}")
         return True
     except psycopg.Error as exc:
         log.warning(
@@ -228,7 +236,6 @@ def _parse_claim(comment: str | None, name: str = "") -> dict[str, Any]:
 
 def survey(admin: psycopg.Connection[Any]) -> list[Leftover]:
     """Every database and role with one of the tool's prefixes, and whether its owner lives."""
-    from recovery.engine.postgres import run
 
     held = {int(r[0]) for r in run(admin, _HELD_SQL).fetchall()}
     out = []
@@ -245,7 +252,6 @@ def remove_stale(
     """Drop every database, then every role, that :func:`survey` finds ``stale`` (never one in
     use or unclaimed), holding :data:`MUTEX` exclusively while it looks and drops. When another
     process holds it and ``wait`` is False, nothing is done (``skipped_busy``)."""
-    from recovery.engine.postgres import command, drop_database_sql, ident, run
 
     if wait:
         run(admin, "SELECT pg_advisory_lock(%s)", (MUTEX,))
@@ -263,9 +269,9 @@ def remove_stale(
                 continue
             try:
                 if item.kind == "database":
-                    run(admin, drop_database_sql(item.name))
+                    run(admin, f"DROP DATABASE IF EXISTS {_ident(item.name)} WITH (FORCE)")
                 else:
-                    run(admin, command(f"DROP ROLE IF EXISTS {ident(item.name)}"))
+                    run(admin, f"DROP ROLE IF EXISTS {_ident(item.name)}")
                 dropped.append(item)
                 log.info("recovery: dropped %s", item.describe())
             except psycopg.Error as exc:

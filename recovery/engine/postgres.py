@@ -516,7 +516,7 @@ class PostgresEngine(Engine):
 
         with (
             connect(self.admin_url(), "server") as admin,
-            pgclaims.creating(admin, self.admin_url()),
+            pgclaims.creating(admin, lambda: connect(self.admin_url(), "server")),
         ):
             run(admin, drop_database_sql(name))  # our own leftover (never the live database)
             try:
@@ -982,7 +982,7 @@ def scratch_database(server: PostgresEngine, purpose: str) -> Iterator[PostgresE
     try:
         with (
             connect(server.admin_url(), "server") as admin,
-            pgclaims.creating(admin, server.admin_url()),
+            pgclaims.creating(admin, lambda: connect(server.admin_url(), "server")),
         ):
             try:
                 run(admin, create_database_sql(name))

@@ -211,7 +211,7 @@ def sandbox_database(
     try:
         with (
             connect(template.admin_url(), "server") as admin,
-            pgclaims.creating(admin, template.admin_url()),
+            pgclaims.creating(admin, lambda: connect(template.admin_url(), "server")),
         ):
             try:
                 run(

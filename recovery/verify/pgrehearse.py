@@ -175,7 +175,10 @@ def _scratch_copy(live: PostgresEngine, folder: Path) -> Iterator[PostgresEngine
     with live.readonly("live database") as conn:
         major, _ = server_version(conn)  # type: ignore[arg-type]
     dump = live.snapshot(folder / "live.dump", "live database")
-    with connect(live.admin_url(), "server") as admin, pgclaims.creating(admin, live.admin_url()):
+    with (
+        connect(live.admin_url(), "server") as admin,
+        pgclaims.creating(admin, lambda: connect(live.admin_url(), "server")),
+    ):
         run(admin, create_database_sql(name))
         pgclaims.claim(admin, "database", name, f"rehearsal of {live.database}")
     copy = live.with_database(name)

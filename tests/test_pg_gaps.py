@@ -191,13 +191,22 @@ def test_a_postgres_run_folder_has_the_sqlite_run_folders_files_and_deletes_sql_
     pg_server: str, world: tuple[Path, str], live: str, tmp_path: Path
 ) -> None:
     """The PostgreSQL rollback's run folder holds every file of the SQLite rollback's of the same
-    world but the safety copy (on PostgreSQL the failed database itself, kept renamed);
+    world but the safety copy (on PostgreSQL the failed database itself, kept renamed); the
+    database under the live name keeps the live database's comment (not the staged one's claim);
     ``deletes.sql`` lists, commented out, exactly the DELETEs that ``--apply-deletes`` runs (the
     same statements in that run's ``reimport.sql``), as many as on SQLite."""
     lite = tmp_path / "lite"
     assert cli("sample", str(lite), "--parts", str(PARTS), "--seed", str(SEED)).returncode == 0
     lite_backup = next(p for p in lite.glob("gestima.db.bak.*") if not p.name.endswith(".json"))
     common = ["--alembic-ini", str(APP_INI), "--yes"]
+    name = make_url(live).database
+    note = "the operator's note: don't drop"
+    with _admin(pg_server) as a:
+        a.execute(
+            pgsql.SQL("COMMENT ON DATABASE {} IS {}").format(
+                pgsql.Identifier(name), pgsql.Literal(note)
+            )
+        )
     lr = cli("rollback", str(lite / "gestima.db"), "--backup", str(lite_backup),
              "--uploads", str(lite / "uploads"), "--out", str(tmp_path / "lrun"), *common)  # fmt: skip
     pr = cli("rollback", live, "--backup", _dump(world), "--uploads", str(world[0] / "uploads"),
@@ -206,6 +215,12 @@ def test_a_postgres_run_folder_has_the_sqlite_run_folders_files_and_deletes_sql_
     sqlite_files = {f for f in _files(tmp_path / "lrun") if not f.startswith("safety")}
     assert sqlite_files - _files(tmp_path / "prun") == set()
     assert "deletes.sql" in sqlite_files
+    with _admin(pg_server) as a:  # the live name keeps the operator's comment, never a claim
+        got = a.execute(
+            "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
+            (name,),
+        ).fetchone()
+    assert got == (note,)
 
     def deletes(text: str) -> list[str]:
         return [ln.removeprefix("-- ") for ln in text.splitlines() if ln.startswith("-- DELETE ")]

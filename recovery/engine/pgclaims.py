@@ -128,6 +128,10 @@ def _guard(admin: psycopg.Connection[Any], open_server: Opener) -> None:
             except psycopg.Error:
                 conn.close()
         conn = open_server()
+        try:  # an idle guard must not be ended by the server (PostgreSQL 14+)
+            run(conn, "SET idle_session_timeout = 0")
+        except psycopg.Error:
+            pass
         run(conn, "SELECT pg_advisory_lock(%s)", (KEY,))
         _guards[key] = conn
     _terminate_as_interrupt()
@@ -164,12 +168,35 @@ def creating(admin: psycopg.Connection[Any], open_server: Opener) -> Iterator[No
         remove_stale(admin)
     except psycopg.Error as exc:  # best effort: never stops the command
         log.debug("recovery: could not look for stale objects: %s", exc)
-    run(admin, "SELECT pg_advisory_lock_shared(%s)", (MUTEX,))
+    _wait_for(admin, "pg_try_advisory_lock_shared")
     try:
         yield
     finally:
-        if not admin.closed:
+        try:
             run(admin, "SELECT pg_advisory_unlock_shared(%s)", (MUTEX,))
+        except psycopg.Error:  # a closed or broken session released it already
+            pass
+
+
+WAIT_SECONDS = 600.0
+"""How long a creator (or ``clean-stale``) waits for :data:`MUTEX` (a removal dropping a large
+stale database, or a creator copying a large one, holds it that long)."""
+
+
+def _wait_for(admin: psycopg.Connection[Any], function: str) -> None:
+    """Take :data:`MUTEX` with ``function`` (a ``pg_try_advisory_lock*``), polling: a plain
+    lock wait would be cut by the connection's ``lock_timeout``."""
+    deadline = time.monotonic() + WAIT_SECONDS
+    query = f"SELECT {function}(%s)"
+    while not run(admin, query, (MUTEX,)).fetchone()[0]:
+        if time.monotonic() > deadline:
+            from recovery.errors import RecoveryError
+
+            raise RecoveryError(
+                f"another recovery command kept the server's bookkeeping lock for {WAIT_SECONDS:g} s",
+                "run the command again when the other one has finished",
+            )
+        time.sleep(0.1)
 
 
 def claim_text(purpose: str) -> str:
@@ -254,7 +281,7 @@ def remove_stale(
     process holds it and ``wait`` is False, nothing is done (``skipped_busy``)."""
 
     if wait:
-        run(admin, "SELECT pg_advisory_lock(%s)", (MUTEX,))
+        _wait_for(admin, "pg_try_advisory_lock")
     elif not run(admin, "SELECT pg_try_advisory_lock(%s)", (MUTEX,)).fetchone()[0]:
         return CleanResult([], [], [], dry_run, skipped_busy=True)
     try:

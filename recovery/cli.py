@@ -1210,7 +1210,7 @@ def clean_stale_cmd(db: str, dry_run: bool, fmt: str) -> None:
     from recovery.escape import plain
 
     res = commands.clean_stale(db=db, dry_run=dry_run)
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"object": x.kind, "name": x.name, "state": "dropped", "claim": x.claim}
         for x in res.dropped
     ]
@@ -1244,4 +1244,4 @@ def clean_stale_cmd(db: str, dry_run: bool, fmt: str) -> None:
             out.print(
                 "nothing left behind by recovery on this server", markup=False, highlight=False
             )
-    sys.exit(ExitCode.REVIEW if res.failed else ExitCode.OK)
+    sys.exit(res.exit_code)

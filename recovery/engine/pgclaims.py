@@ -98,6 +98,11 @@ class CleanResult:
     dry_run: bool = False
     skipped_busy: bool = False
 
+    @property
+    def exit_code(self) -> int:
+        """1 when an object that should have been dropped could not be (listed), else 0."""
+        return 1 if self.failed else 0
+
 
 def _ident(name: str) -> str:
     return exp.Identifier(this=name, quoted=True).sql("postgres")

@@ -1187,3 +1187,61 @@ def rehearse_cmd(
     else:
         render_rehearsal(result)
     sys.exit(result.exit_code)
+
+
+@main.command("clean-stale", epilog=EXIT_CODES_HELP)
+@click.argument("db")
+@click.option("--dry-run", is_flag=True, help="Change nothing; list what would be dropped.")
+@output_options
+def clean_stale_cmd(db: str, dry_run: bool, fmt: str) -> None:
+    """Drop what killed runs left on a PostgreSQL server: the `recovery_scratch_*`,
+    `recovery_staged_*` and `recovery_rehearsal_*` databases and `recovery_sandbox_*` roles whose
+    claim (a comment naming an advisory lock the making process held) names a run that is gone.
+    Objects of a run still alive, and objects without a claim (perhaps the operator's), are listed
+    and left alone. Every command that makes such objects does this first, by itself; DB is any
+    database URL on the server.
+
+    Example:
+
+    \b
+        recovery clean-stale postgresql://app@db/gestima --dry-run
+    """
+    from recovery import commands
+    from recovery.escape import plain
+
+    res = commands.clean_stale(db=db, dry_run=dry_run)
+    rows: list[dict[str, Any]] = [
+        {"object": x.kind, "name": x.name, "state": "dropped", "claim": x.claim}
+        for x in res.dropped
+    ]
+    rows += [
+        {"object": x.kind, "name": x.name, "state": x.state, "claim": x.claim} for x in res.kept
+    ]
+    rows += [
+        {"object": x.kind, "name": x.name, "state": f"failed: {why}", "claim": x.claim}
+        for x, why in res.failed
+    ]
+    if dry_run:
+        for r in rows[: len(res.dropped)]:
+            r["state"] = "would drop"
+    if fmt == "json":
+        emit_json({"dry_run": dry_run, "objects": rows})
+    elif fmt == "csv":
+        write_csv(
+            sys.stdout,
+            ({**r, "claim": json.dumps(r["claim"], sort_keys=True)} for r in rows),
+            ["object", "name", "state", "claim"],
+        )
+    else:
+        out = console()
+        for r in rows:
+            who = r["claim"]
+            tail = (
+                f" (pid {who.get('pid')} on {who.get('host')}, {who.get('purpose')})" if who else ""
+            )
+            out.print(plain(f"{r['state']}: {r['object']} {r['name']}{tail}", None), markup=False)
+        if not rows:
+            out.print(
+                "nothing left behind by recovery on this server", markup=False, highlight=False
+            )
+    sys.exit(res.exit_code)

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from recovery.bundle.store import Bundle
     from recovery.capture.snapshot import Snapshot
     from recovery.compare.diff import DiffResult as RowDiff
+    from recovery.engine.pgclaims import CleanResult
     from recovery.migrate.check import CheckResult
     from recovery.pipeline import RunResult, UndoResult
     from recovery.reimport.deletes import DeletesResult
@@ -67,6 +68,7 @@ __all__ = [
     "RollbackOptions",
     "apply_deletes",
     "check",
+    "clean_stale",
     "demo",
     "diff",
     "error_for",
@@ -777,6 +779,24 @@ def rehearse(
     )
 
 
+def clean_stale(*, db: str, dry_run: bool = False) -> CleanResult:
+    """Drop the scratch, staged and rehearsal databases and sandbox roles that killed runs left on
+    ``db``'s server (:func:`recovery.engine.pgclaims.remove_stale`: only those whose claim names a
+    run that is gone); a :class:`~recovery.engine.pgclaims.CleanResult`."""
+    from recovery.engine import pgclaims
+    from recovery.engine.postgres import PostgresEngine, connect
+
+    spec = _postgres_target(db, "server")
+    if spec is None:
+        raise RecoveryError(
+            f"{db} is not a postgresql:// URL; nothing was changed",
+            "clean-stale looks at a PostgreSQL server: pass postgresql://user@host/dbname",
+        )
+    engine = PostgresEngine(spec)
+    with connect(engine.admin_url(), "server") as admin:
+        return pgclaims.remove_stale(admin, dry_run=dry_run, wait=True)
+
+
 COMMANDS: dict[str, Callable[..., Any]] = {
     "sample": sample,
     "snapshot": snapshot,
@@ -791,6 +811,7 @@ COMMANDS: dict[str, Callable[..., Any]] = {
     "report": report,
     "check": check,
     "rehearse": rehearse,
+    "clean-stale": clean_stale,
 }
 """Each CLI verb and its function (a test checks every command of the click group is here)."""
 

@@ -238,6 +238,10 @@ def sample_into_a_file(f: Path) -> tuple[list[str], Callable[[], Any]]:
     )
 
 
+def clean_stale_not_a_url(f: Path) -> tuple[list[str], Callable[[], Any]]:
+    return ["clean-stale", str(f / "app.db")], lambda: commands.clean_stale(db=str(f / "app.db"))
+
+
 CASES: dict[str, tuple[Case, int]] = {
     "diff differs": (diff_differs, 1),
     "diff same file": (diff_same, 0),
@@ -259,6 +263,7 @@ CASES: dict[str, tuple[Case, int]] = {
     "check missing ini": (check_missing_ini, 2),
     "rehearse missing db": (rehearse_missing_db, 2),
     "sample into a file": (sample_into_a_file, 2),
+    "clean-stale not a url": (clean_stale_not_a_url, 2),
 }
 
 

@@ -20,7 +20,6 @@ import os
 import re
 import shutil
 import subprocess
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -513,7 +512,12 @@ class PostgresEngine(Engine):
         facts = self.facts()
         with self.readonly("live database") as conn:
             major, _ = server_version(conn)  # type: ignore[arg-type]
-        with connect(self.admin_url(), "server") as admin:
+        from recovery.engine import pgclaims
+
+        with (
+            connect(self.admin_url(), "server") as admin,
+            pgclaims.creating(admin, lambda: connect(self.admin_url(), "server")),
+        ):
             run(admin, drop_database_sql(name))  # our own leftover (never the live database)
             try:
                 run(admin, _create_like_sql(name, facts))
@@ -523,8 +527,10 @@ class PostgresEngine(Engine):
                     f"{_first_line(str(exc))}; nothing was changed",
                     "the user needs the CREATEDB privilege (and membership in the owner's role)",
                 ) from None
+            pgclaims.claim(admin, "database", name, f"staged {purpose} of {self.database}")
         staged = self.with_database(name)
         try:
+            pgclaims.kill_point(f"staged:{purpose}")
             restore_into(backup, staged.url, find_tool("pg_restore", major), keep_owners=True)
             _give_facts(staged, facts)
             got = staged.facts()
@@ -601,10 +607,12 @@ class PostgresEngine(Engine):
                     if probe is not None:
                         probe.close()
                 _wait_gone(admin, self.database, set())
+                comment = _database_comment(admin, self.database)
                 try:
                     run(admin, command("BEGIN"))
                     run(admin, _rename_sql(self.database, keep))
                     run(admin, _rename_sql(staged.location, self.database))
+                    run(admin, _comment_sql(self.database, comment))
                     if facts.allow_connections:
                         run(admin, _allow_connections_sql(keep, True))
                     run(admin, command("COMMIT"))
@@ -829,6 +837,23 @@ def _create_like_sql(name: str, facts: DatabaseFacts) -> exp.Command:
     )
 
 
+def _database_comment(admin: psycopg.Connection[Any], name: str) -> str | None:
+    row = run(
+        admin,
+        "SELECT pg_catalog.shobj_description(oid, 'pg_database') FROM pg_catalog.pg_database "
+        "WHERE datname = %s",
+        (name,),
+    ).fetchone()
+    return None if row is None or row[0] is None else str(row[0])
+
+
+def _comment_sql(name: str, comment: str | None) -> exp.Command:
+    """The database under the live name gets the live database's comment (the operator's; never
+    the claim the tool put on the staged database, :mod:`recovery.engine.pgclaims`)."""
+    text = "NULL" if comment is None else literal(comment)
+    return command(f"COMMENT ON DATABASE {ident(name)} IS {text}")
+
+
 def _allow_connections_sql(name: str, allow: bool) -> exp.Command:
     return command(f"ALTER DATABASE {ident(name)} WITH ALLOW_CONNECTIONS {str(allow).lower()}")
 
@@ -950,20 +975,30 @@ def _first_line(text: str) -> str:
 def scratch_database(server: PostgresEngine, purpose: str) -> Iterator[PostgresEngine]:
     """A new empty database on ``server``'s server, named ``recovery_scratch_<purpose>_<random>``,
     dropped (its sessions ended) when the block ends, whatever happens."""
-    name = f"{SCRATCH_PREFIX}{purpose}_{uuid.uuid4().hex[:10]}"
-    with connect(server.admin_url(), "server") as admin:
-        try:
-            run(admin, create_database_sql(name))
-        except psycopg.Error as exc:
-            raise RecoveryError(
-                f"cannot create a scratch database on {server.spec}: {_first_line(str(exc))}",
-                "the user needs the CREATEDB privilege",
-            ) from None
+    from recovery.engine import pgclaims
+
+    name = f"{SCRATCH_PREFIX}{purpose}_{pgclaims.tag()}"
+    made = False
     try:
+        with (
+            connect(server.admin_url(), "server") as admin,
+            pgclaims.creating(admin, lambda: connect(server.admin_url(), "server")),
+        ):
+            try:
+                run(admin, create_database_sql(name))
+            except psycopg.Error as exc:
+                raise RecoveryError(
+                    f"cannot create a scratch database on {server.spec}: {_first_line(str(exc))}",
+                    "the user needs the CREATEDB privilege",
+                ) from None
+            made = True
+            pgclaims.claim(admin, "database", name, purpose)
+        pgclaims.kill_point(f"scratch:{purpose}")
         yield server.with_database(name)
     finally:
-        with connect(server.admin_url(), "server") as admin:
-            run(admin, drop_database_sql(name))
+        if made:
+            with connect(server.admin_url(), "server") as admin:
+                run(admin, drop_database_sql(name))
 
 
 @contextmanager

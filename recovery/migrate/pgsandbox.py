@@ -19,6 +19,11 @@ without one the role still holds no privilege outside the scratch database, the 
 refuses every other connection (:class:`recovery.migrate.sandbox_child.Guard`), and one line says
 the lock is not there. The database and the role are dropped when the block ends, whatever
 happens. The connection URL (with the role's password) goes only to the child.
+
+None of this holds when the server does not check passwords (``trust`` in ``pg_hba.conf``): the
+child could connect as any role by naming it. :func:`password_checked` tries the role with a wrong
+password on the child's route; when the server lets it in, one warning line says so (naming the
+``trust`` lines when this user may read ``pg_hba_file_rules``).
 """
 
 from __future__ import annotations
@@ -27,7 +32,6 @@ import logging
 import os
 import secrets
 import tempfile
-import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -37,10 +41,12 @@ from typing import Any
 import psycopg
 from sqlglot import exp
 
+from recovery.engine import pgclaims
 from recovery.engine.postgres import (
     SCRATCH_PREFIX,
     PostgresEngine,
     command,
+    conninfo,
     connect,
     create_database_sql,
     drop_database_sql,
@@ -98,6 +104,8 @@ class SandboxDatabase:
     role: str
     locked: bool
     """The server lets the role connect to the scratch database only (see the module doc)."""
+    password_checked: bool = True
+    """False: ``trust`` authentication lets the child in as any role (:func:`password_checked`)."""
 
 
 def _first_line(text: str) -> str:
@@ -141,6 +149,54 @@ def _lock_role(admin: psycopg.Connection[Any], role: str, database: str) -> bool
         return False
 
 
+_TRUST_WARNED: set[str] = set()
+
+
+def password_checked(server: PostgresEngine, role: str, database: str) -> bool:
+    """Whether the server checks the password of a connection made as ``role`` to ``database``
+    the way the sandbox child connects (the same host and port): one attempt with a wrong
+    password must be refused. False means ``trust`` in ``pg_hba.conf`` on that route: the child
+    could then connect as any role, a superuser too, by naming it."""
+    url = server.url.set(database=database, username=role, password=secrets.token_urlsafe(24))
+    try:
+        psycopg.connect(conninfo(url), connect_timeout=5).close()
+    except psycopg.Error:
+        return True
+    return False
+
+
+def _trust_lines(admin: psycopg.Connection[Any]) -> list[int]:
+    """The ``pg_hba.conf`` lines with ``trust`` (empty when this user may not read the rules)."""
+    try:
+        rows = run(
+            admin,
+            "SELECT line_number FROM pg_catalog.pg_hba_file_rules "
+            "WHERE auth_method = 'trust' ORDER BY line_number",
+        ).fetchall()
+    except psycopg.Error:
+        return []
+    return [int(r[0]) for r in rows if r[0] is not None]
+
+
+def _warn_if_trusted(server: PostgresEngine, role: str, database: str) -> bool:
+    """One warning line per server when the sandbox's isolation is void (:func:`password_checked`);
+    whether the password is checked."""
+    if password_checked(server, role, database):
+        return True
+    key = f"{server.url.host}:{server.url.port}"
+    if key not in _TRUST_WARNED:
+        _TRUST_WARNED.add(key)
+        with connect(server.admin_url(), "server") as admin:
+            lines = _trust_lines(admin)
+        where = f" (pg_hba.conf line(s) {', '.join(map(str, lines))})" if lines else ""
+        log.warning(
+            "recovery: the server lets the sandbox's role in without checking its password "
+            f"(trust authentication{where}): the application's migration code could connect as "
+            "any role, a superuser too, by naming it; use scram-sha-256 or peer authentication"
+        )
+    return False
+
+
 @contextmanager
 def sandbox_database(
     template: PostgresEngine, purpose: str = "sandbox"
@@ -148,12 +204,15 @@ def sandbox_database(
     """A copy of ``template`` (a database the tool made: nobody else may be connected to it) on
     its server, owned by a new role that can connect to it and to nothing else; both dropped after
     the block."""
-    tag = uuid.uuid4().hex[:10]
+    tag = pgclaims.tag()
     role, name = f"{ROLE_PREFIX}{tag}", f"{SCRATCH_PREFIX}{purpose}_{tag}"
     password = secrets.token_urlsafe(24)
     made_role = made_db = False
     try:
-        with connect(template.admin_url(), "server") as admin:
+        with (
+            connect(template.admin_url(), "server") as admin,
+            pgclaims.creating(admin, lambda: connect(template.admin_url(), "server")),
+        ):
             try:
                 run(
                     admin,
@@ -163,8 +222,10 @@ def sandbox_database(
                     ),
                 )
                 made_role = True
+                pgclaims.claim(admin, "role", role, f"sandbox of {template.database}")
                 run(admin, create_database_sql(name, template.database))
                 made_db = True
+                pgclaims.claim(admin, "database", name, f"sandbox of {template.database}")
                 run(admin, command(f"REVOKE ALL ON DATABASE {ident(name)} FROM PUBLIC"))
                 run(admin, command(f"ALTER DATABASE {ident(name)} OWNER TO {ident(role)}"))
                 locked = _lock_role(admin, role, name)
@@ -175,6 +236,7 @@ def sandbox_database(
                     "the user needs CREATEDB and CREATEROLE (a superuser also locks the role to "
                     "its database); nothing was changed",
                 ) from None
+        pgclaims.kill_point("sandbox:made")
         admin_engine = template.with_database(name)
         with connect(admin_engine.url, "scratch database") as conn:
             _give_to(conn, role)
@@ -187,7 +249,8 @@ def sandbox_database(
         url = admin_engine.url.set(
             drivername="postgresql+psycopg", username=role, password=password
         ).render_as_string(hide_password=False)
-        yield SandboxDatabase(admin_engine, url, role, locked)
+        checked = _warn_if_trusted(template, role, name)
+        yield SandboxDatabase(admin_engine, url, role, locked, checked)
     finally:
         with connect(template.admin_url(), "server") as admin:
             if made_db:

@@ -413,6 +413,8 @@ class PgMerge:
     """Remapped rows skipped after all (reported as skipped, their remaps dropped)."""
     lite: sqlite3.Connection | None = None
     """The bundle's rows.db and base.db (attached read-only), where the plan's SELECTs run."""
+    deferred: list[str] = field(default_factory=list)
+    """The DELETEs ``--apply-deletes`` would run, not run (``deletes.sql``, for review)."""
 
     def __post_init__(self) -> None:
         self.cat = Catalog(self.conn)
@@ -1563,8 +1565,6 @@ def _deletes(m: PgMerge) -> None:
                     "unchanged_since_backup": bool(row[nk + 1]),
                 }
             )
-        if not m.merge.apply_deletes:
-            continue
         refs = []
         for child in m.target.tables.values():
             for fk in child.foreign_keys:
@@ -1583,7 +1583,11 @@ def _deletes(m: PgMerge) -> None:
                     )
         matched = exp.Exists(this=exp.select("1").from_(_alias(d, "d")).where(same.copy()))
         where = and_all([matched, *[exp.Not(this=r) for r in refs]])
-        n = int(m.run(exp.Delete(this=_t(name, "t"), where=exp.Where(this=where))).rowcount or 0)
+        delete = exp.Delete(this=_t(name, "t"), where=exp.Where(this=where))
+        if not m.merge.apply_deletes:
+            m.deferred.append(render(delete))
+            continue
+        n = int(m.run(delete).rowcount or 0)
         m.outcome.tables[name].deleted = n
 
 
@@ -1792,6 +1796,7 @@ def _transaction(
         " (dry run)" if dry_run else ""
     )
     committed = False
+    m: PgMerge | None = None
     try:
         conn.execute("BEGIN")
         conn.execute("SET CONSTRAINTS ALL DEFERRED")
@@ -1876,6 +1881,33 @@ def _transaction(
         raise
     if run_dir is not None:
         script.write(run_dir / "reimport.sql", committed, note)
+        if m is not None and m.deferred:
+            write_deletes_sql(run_dir / "deletes.sql", m.deferred)
+
+
+DELETES_HEAD = (
+    "Deletes listed for review and NOT applied (recovery reimport --apply-deletes applies them).",
+    "Every statement is commented out; each deletes only rows unchanged since the backup that no",
+    "row references. They read the temporary tables _recovery_del_N (the rows users deleted after",
+    "the deploy), which reimport.sql loads inside its transaction: to run one by hand, put it",
+    "(uncommented) before that script's COMMIT and run the script on a copy of the target taken",
+    "before the re-import.",
+)
+
+
+def write_deletes_sql(path: Path, statements: Sequence[str]) -> Path:
+    """``deletes.sql``: the DELETEs ``--apply-deletes`` would have run, each line commented out
+    (as the SQLite run's), written 0600 through a temporary file renamed over ``path``."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    with open(fd, "w", encoding="utf-8", newline="\n") as fh:
+        for line in DELETES_HEAD:
+            fh.write(f"-- {line}\n")
+        for stmt in statements:
+            for line in (stmt.rstrip().rstrip(";") + ";").splitlines():
+                fh.write(f"-- {line}\n")
+    os.replace(tmp, path)
+    return path
 
 
 # ---- the command's run -------------------------------------------------------------------------

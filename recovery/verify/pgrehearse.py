@@ -30,7 +30,6 @@ import os
 import shutil
 import sqlite3
 import tempfile
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from datetime import datetime
@@ -41,6 +40,7 @@ from sqlglot import exp
 
 from recovery.bundle.store import Bundle, open_bundle, write_json_atomic
 from recovery.engine.base import normalise_spec
+from recovery.engine import pgclaims
 from recovery.engine.postgres import (
     PostgresEngine,
     connect,
@@ -171,14 +171,19 @@ def _backup_revision(backup: str | os.PathLike[str], dump: str) -> str | None:
 def _scratch_copy(live: PostgresEngine, folder: Path) -> Iterator[PostgresEngine]:
     """A new database restored from a pg_dump of ``live``; it, and every database a rollback of
     it left (``<name>_…``: the safety copy, a staged restore), dropped when the block ends."""
-    name = f"{PREFIX}{uuid.uuid4().hex[:12]}"
+    name = f"{PREFIX}{pgclaims.tag()}"
     with live.readonly("live database") as conn:
         major, _ = server_version(conn)  # type: ignore[arg-type]
     dump = live.snapshot(folder / "live.dump", "live database")
-    with connect(live.admin_url(), "server") as admin:
+    with (
+        connect(live.admin_url(), "server") as admin,
+        pgclaims.creating(admin, lambda: connect(live.admin_url(), "server")),
+    ):
         run(admin, create_database_sql(name))
+        pgclaims.claim(admin, "database", name, f"rehearsal of {live.database}")
     copy = live.with_database(name)
     try:
+        pgclaims.kill_point("rehearsal:copy")
         restore_into(dump, copy.url, find_tool("pg_restore", major))
         dump.unlink()
         yield copy

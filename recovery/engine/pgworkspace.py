@@ -9,10 +9,7 @@ Beyond :func:`recovery.engine.postgres.pair_workspace`, this workspace
   using them import and each value arrives as the source's text output;
 * declares every foreign server ``updatable 'false'``: nothing can be written to a source
   through it;
-* declares every foreign server ``use_remote_estimate 'true'``: the planner asks the source for
-  the size of each foreign scan (a foreign table is never analysed here, and unanalysed
-  postgres_fdw guesses a few hundred rows, which turns a join of two million-row tables into a
-  nested loop that rescans one of them over the wire per row of the other);
+* plans without nested loops (:data:`PLANNER_SETTINGS`);
 * pins the session's output settings (:data:`SESSION_SETTINGS`) on which the text form of a
   carried value depends;
 * optionally holds writable local schemas (the extract's ``bnew`` and ``bbase``).
@@ -58,7 +55,10 @@ a foreign table (none is ever analysed: postgres_fdw would read each one whole t
 default guess of 0.5 % of the cross product for an equality join makes a nested loop look cheap
 that drives one foreign scan, i.e. one round trip to the source, per row of the other side.
 Without nested loops the joins are hashed or merged: each source table is read once. (A join
-that can only be a nested loop, on a NULL-safe key, is still planned as one.)"""
+that can only be a nested loop, on a NULL-safe key, is still planned as one.) The servers do not
+ask the sources for estimates (``use_remote_estimate``): a remote estimate of one row per key
+makes a parameterized foreign scan per row of the other side look cheaper than the disabled
+nested loop's penalty when the join's size is guessed in billions."""
 
 _COLUMN_TYPES = (
     "SELECT c.relname, a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod) "
@@ -156,7 +156,7 @@ def workspace(
                         conn,
                         command(
                             f"ALTER SERVER {ident('recovery_' + schema)} "
-                            "OPTIONS (ADD updatable 'false', ADD use_remote_estimate 'true')"
+                            "OPTIONS (ADD updatable 'false')"
                         ),
                     )
                 install_sqlite_compat(conn)

@@ -510,10 +510,6 @@ def _stage(m: PgMerge, lite: sqlite3.Connection) -> None:
             m.run(
                 exp.Drop(kind="TABLE", tables=[_tmp(f"r{kind}", i)])
             )  # the text copy is no longer needed
-        for uset in dict.fromkeys(tuple(x) for x in [t.primary_key, *t.unique_sets] if x):
-            if set(uset) <= set(names):  # the "taken by an earlier staged row" probes: by index
-                cols = ", ".join(ident(c) for c in uset)
-                m.run(command(f"CREATE INDEX ON {_tmp('ins', i).sql('postgres')} ({cols})"))
         for kind in ("ins", "upd"):  # row counts for the planner: the joins below stay hash joins
             m.run(command(f"ANALYZE {_tmp(kind, i).sql('postgres')}"))
         for kind in ("skip", "uskip", "present"):

@@ -17,7 +17,8 @@ real server, each against its plain-SQL floor measured in the same run (``bench/
   keyed join per table), interleaved, ``--repeat`` times; medians.
 * rollback: per repeat a fresh copy of the live database and the uploads; the floor (pg_restore
   of the dump into a new database + every column of every row of both databases read once) then
-  ``recovery rollback COPY --backup DUMP --uploads … --yes``; medians.
+  ``recovery rollback COPY --backup DUMP --alembic-ini sample_dbs/app/alembic.ini --uploads …
+  --yes`` (the SQLite rollback's arguments); medians.
 * Peak RSS: ``ru_maxrss`` from ``os.wait4`` of each child — the larger of the child and its
   waited-for children (pg_restore, pg_dump); the server's own backends are not included.
 * Load: ``/proc/loadavg`` before and after each measurement; results appended to
@@ -51,6 +52,8 @@ sys.path.insert(0, str(ROOT))
 from run import machine, timed  # noqa: E402
 
 RECOVERY = [sys.executable, "-m", "recovery"]
+ALEMBIC_INI = ROOT / "sample_dbs" / "app" / "alembic.ini"
+"""As for the SQLite rollback (``bench/run.py``): the upgrade replayed, the migrations' rules."""
 
 
 def load() -> str:
@@ -151,7 +154,7 @@ def bench_rollback(server: str, w: Path, dump: Path, live_db: str, out: Path, re
             floors.append({**json.loads(f["stdout"]), "wall_s": f["wall_s"], "load": load()})
             before = load()
             r = timed([*RECOVERY, "rollback", copy, "--backup", str(dump), "--out", str(run_dir),
-                       "--uploads", str(up), "--yes"])  # fmt: skip
+                       "--alembic-ini", str(ALEMBIC_INI), "--uploads", str(up), "--yes"])  # fmt: skip
             timings = [ln for ln in r["stderr"].splitlines() if ln.startswith("time:")]
             runs.append({"wall_s": r["wall_s"], "rss_mb": r["rss_mb"], "rc": r["rc"],
                          "cpu_s": round(r["user_s"] + r["sys_s"], 2), "steps": timings[-1:] ,

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import make_url
 
-from recovery.bundle.extract import ExtractResult, extract
+from recovery.bundle.extract import ExtractResult, extract, label_parent
 from recovery.bundle.pgextract import extract_postgres
 from recovery.bundle.store import FILLED_TABLE, LOST_TABLE, open_bundle
 from recovery.engine.postgres import (
@@ -30,7 +30,9 @@ from recovery.engine.postgres import (
     drop_database_sql,
     run,
 )
+from recovery.compare.pgdiff import reflect_pg
 from recovery.errors import RecoveryError
+from recovery.model.labels import label_column
 
 PARTS, SEED = 60, 42
 
@@ -153,6 +155,40 @@ def test_the_postgres_bundle_carries_the_sqlite_bundles_rows(
         p.relative_to(b.path) for p in (b.path / "files").rglob("*")
     )
     open_bundle(a.path)  # every hash, name and table checked as for any bundle
+
+
+def test_the_lost_lists_labels_are_the_live_rows_labels(
+    worlds: tuple[Path, str, Path], bundles: tuple[ExtractResult, ExtractResult]
+) -> None:
+    """Each listed value's label (looked up in the workspace's local copy of the labelled parent)
+    is the label the live database gives that row: its own label column, else its labelled
+    parent's, joined here directly on the live server; NULL where the row has no parent."""
+    _, url, _ = worlds
+    live = PostgresEngine(url)
+    schema = reflect_pg(live)
+    listed = _raw(bundles[0].bundle.rows_db, LOST_TABLE)
+    by_parent = 0
+    with live.readonly("live") as conn:
+        for name in sorted({r[0] for r in listed}):
+            t = schema.tables[name]
+            (k,) = t.key
+            found = label_parent(t, schema)
+            if found is None:
+                own = label_column(t)
+                assert own is not None, name
+                q = f"SELECT CAST({_q(k)} AS text), CAST({_q(own)} AS text) FROM {_q(name)}"
+            else:
+                fk, parent, pcol = found
+                q = (
+                    f"SELECT CAST(t.{_q(k)} AS text), CAST(p.{_q(pcol)} AS text) FROM {_q(name)} "
+                    f"AS t LEFT JOIN {_q(parent.name)} AS p "
+                    f"ON p.{_q(fk.ref_columns[0])} = t.{_q(fk.columns[0])}"
+                )
+            expected = dict(conn.execute(q).fetchall())
+            for row in (r for r in listed if r[0] == name):
+                assert row[2] == expected[str(json.loads(row[1])[0])], row
+                by_parent += found is not None and row[2] is not None
+    assert by_parent > 0  # some labels did come from a parent row
 
 
 def test_report_and_cli_extract_on_postgres(

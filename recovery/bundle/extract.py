@@ -53,7 +53,7 @@ from recovery.files.uploads import (
 from recovery.migrate.bounded import attach_uri
 from recovery.migrate.replay import SCHEMA as REPLAY_SCHEMA, Replayed
 from recovery.model.labels import label_column
-from recovery.engine.schema import Schema, Table
+from recovery.engine.schema import ForeignKey, Schema, Table
 from recovery.reimport.sequences import read_sequences
 from recovery.engine.sqlbuild import and_all, col, is_same, sql, table
 from recovery.engine.sqlite_io import fsync_dir, sha256_file, sidecars
@@ -119,26 +119,38 @@ def _insert_select(
     return conn.execute(sql(stmt)).rowcount
 
 
-def label_expr(t: Table, new: Schema, alias: str) -> exp.Expression:
-    """A human label for a row: its own label column, else its first labelled FK parent's, else NULL."""
-    own = label_column(t)
-    if own:
-        return col(own, alias)
+def label_parent(t: Table, new: Schema) -> tuple[ForeignKey, Table, str] | None:
+    """The FK, parent table and parent's label column :func:`label_expr` takes a row's label
+    from when the row has no label column of its own (its first single-column FK into a
+    labelled table); None when it has its own or none at all."""
+    if label_column(t):
+        return None
     for fk in t.foreign_keys:
         parent = new.table(fk.ref_table)
         if parent is None or len(fk.columns) != 1:
             continue
         pcol = label_column(parent)
         if pcol:
-            sub = (
-                exp.select(col(pcol, "p"))
-                .from_(table(parent.name, "new", "p"))
-                .where(
-                    exp.EQ(this=col(fk.ref_columns[0], "p"), expression=col(fk.columns[0], alias))
-                )
-            )
-            return exp.Subquery(this=sub)
-    return exp.Null()
+            return fk, parent, pcol
+    return None
+
+
+def label_expr(t: Table, new: Schema, alias: str, schema: str = "new") -> exp.Expression:
+    """A human label for a row: its own label column, else its first labelled FK parent's (looked
+    up in ``schema``'s table of the parent's name), else NULL."""
+    own = label_column(t)
+    if own:
+        return col(own, alias)
+    found = label_parent(t, new)
+    if found is None:
+        return exp.Null()
+    fk, parent, pcol = found
+    sub = (
+        exp.select(col(pcol, "p"))
+        .from_(table(parent.name, schema, "p"))
+        .where(exp.EQ(this=col(fk.ref_columns[0], "p"), expression=col(fk.columns[0], alias)))
+    )
+    return exp.Subquery(this=sub)
 
 
 def key_json(key: tuple[str, ...], alias: str) -> exp.Expression:
@@ -506,6 +518,7 @@ def record_lost(
     as_text: Callable[[exp.Expression], exp.Expression] = _same,
     key_expr: Callable[[tuple[str, ...], str], exp.Expression] = key_json,
     create_list: Callable[[Any, str], None] | None = None,
+    label_schema: str = "new",
 ) -> None:
     """Every value a user made that the old schema has no place for, one row per cell: in an
     inserted row, a non-NULL value; in an updated row of a shared table, a value
@@ -513,7 +526,8 @@ def record_lost(
     not what the migration wrote). Then the values listed as "filled by the upgrade, not
     verified" (:func:`record_filled`). ``as_text`` wraps the label and the value as the lists
     store them, ``key_expr`` writes a row's key as JSON text and ``create_list`` creates a list:
-    the PostgreSQL extract's casts to text, its ``to_json`` keys and its DDL (:mod:`recovery.bundle.pgextract`); by default SQLite's, values as they are."""
+    the PostgreSQL extract's casts to text, its ``to_json`` keys and its DDL (:mod:`recovery.bundle.pgextract`); by default SQLite's, values as they are. ``label_schema``: where
+    :func:`label_expr` looks a row's label up in its parent (the PostgreSQL extract's local copy)."""
     (create_list or _create_list)(conn, LOST_TABLE)
     replay = a.replay
     for name in sorted(counts):
@@ -552,7 +566,7 @@ def record_lost(
                 exp.select(
                     exp.Literal.string(name),
                     key_expr(new_t.key, "b"),
-                    as_text(label_expr(new_t, a.new, "b")),
+                    as_text(label_expr(new_t, a.new, "b", label_schema)),
                     exp.Literal.string(c),
                     as_text(col(c, "b")),
                     exp.Literal.string(reason),
@@ -564,7 +578,14 @@ def record_lost(
             total += int(conn.execute(sql(stmt)).rowcount)
         counts[name]["lost"] = total
     record_filled(
-        conn, a, counts, replay, as_text=as_text, key_expr=key_expr, create_list=create_list
+        conn,
+        a,
+        counts,
+        replay,
+        as_text=as_text,
+        key_expr=key_expr,
+        create_list=create_list,
+        label_schema=label_schema,
     )
 
 
@@ -577,12 +598,14 @@ def record_filled(
     as_text: Callable[[exp.Expression], exp.Expression] = _same,
     key_expr: Callable[[tuple[str, ...], str], exp.Expression] = key_json,
     create_list: Callable[[Any, str], None] | None = None,
+    label_schema: str = "new",
 ) -> None:
     """Values in columns only the new schema has, in live rows whose old-schema projection is the
     backup's, that nothing can tell from what the upgrade filled in (no replay of the upgrade, no
     updated-at time; :func:`recovery.compare.changes.filled_parts`): listed in ``_recovery_filled`` with
     their count as ``filled_by_upgrade`` — not lost, and not carried (the rollback restores those
-    rows exactly as the backup has them). ``as_text``, ``key_expr``, ``create_list``: as for :func:`record_lost`."""
+    rows exactly as the backup has them). ``as_text``, ``key_expr``, ``create_list``,
+    ``label_schema``: as for :func:`record_lost`."""
     (create_list or _create_list)(conn, FILLED_TABLE)
     for name in sorted(counts):
         tm = a.mapping.tables.get(name)
@@ -604,7 +627,7 @@ def record_filled(
                 exp.select(
                     exp.Literal.string(name),
                     key_expr(new_t.key, "n"),
-                    as_text(label_expr(new_t, a.new, "n")),
+                    as_text(label_expr(new_t, a.new, "n", label_schema)),
                     exp.Literal.string(c),
                     as_text(col(c, "n")),
                     exp.Literal.string("filled by the upgrade, not verified"),

@@ -44,6 +44,7 @@ from recovery import __version__, progress
 from recovery.bundle.extract import record_lost as sqlite_record_lost
 from recovery.bundle.extract import (
     ExtractResult,
+    label_parent,
     lock_partial,
 )
 from recovery.bundle.store import (
@@ -86,6 +87,8 @@ from recovery.transpile.mapping import load_mapping, resolve
 from recovery.transpile.passes import plan as make_plan
 
 ENGINE = "postgresql"
+LABELS = "blabel"
+"""The workspace schema of the label lookups (:func:`copy_labels`)."""
 BATCH = 5000
 """Rows per ``executemany`` into the bundle while a COPY streams."""
 
@@ -94,8 +97,8 @@ def extract_workspace(
     backup: PostgresEngine, live: PostgresEngine, replayed: PostgresEngine | None = None
 ) -> AbstractContextManager[psycopg.Connection[Any]]:
     """The workspace (:func:`recovery.engine.pgworkspace.workspace`) with the writable local
-    schemas ``bnew`` (rows in the new schema) and ``bbase`` (backup images)."""
-    return workspace(backup, live, replayed, ("bnew", "bbase"), "extract")
+    schemas ``bnew`` (rows in the new schema), ``bbase`` (backup images) and :data:`LABELS`."""
+    return workspace(backup, live, replayed, ("bnew", "bbase", LABELS), "extract")
 
 
 def _create_like(conn: Any, schema: str, name: str, source_schema: str, source: str) -> None:
@@ -212,47 +215,41 @@ def _rebase(e: exp.Expression, alias: str) -> exp.Expression:
     return out
 
 
-def _keys(name: str, alias: str, cols: tuple[str, ...]) -> exp.Select:
-    """The non-NULL ``cols`` of workspace table ``bnew.name`` (a NULL in a ``NOT IN`` list would
-    make it unknown for every row)."""
-    return (
-        exp.select(*[col(c, alias) for c in cols])
+def _exists_key(name: str, alias: str, cols: tuple[str, ...], ref: tuple[str, ...]) -> exp.Exists:
+    """``EXISTS`` a row of workspace table ``bnew.name`` whose ``cols`` equal the parent row
+    ``p``'s ``ref`` columns: plain equalities, so a NULL never matches (as in the SQLite
+    closure's ``IN`` over non-NULL keys), and PostgreSQL plans it as a hashed semi- or anti-join
+    whatever the list's size (a ``NOT IN`` list larger than ``work_mem`` is rescanned once per
+    parent row)."""
+    return exp.Exists(
+        this=exp.select(exp.Literal.number(1))
         .from_(table(name, "bnew", alias))
         .where(
-            and_all(exp.Not(this=exp.Is(this=col(c, alias), expression=exp.Null())) for c in cols)
+            and_all(
+                exp.EQ(this=col(c, alias), expression=col(r, "p"))
+                for c, r in zip(cols, ref, strict=True)
+            )
         )
-    )
-
-
-def _row(cols: tuple[str, ...], alias: str) -> exp.Expression:
-    return (
-        col(cols[0], alias)
-        if len(cols) == 1
-        else exp.Tuple(expressions=[col(c, alias) for c in cols])
     )
 
 
 def close_foreign_keys(conn: Any, a: Analysis, counts: dict[str, Any]) -> None:
     """Bring every parent a bundle row needs that neither the bundle nor the backup has, until
-    nothing changes (the SQLite extract's closure, in the workspace)."""
+    nothing changes (the SQLite extract's closure, in the workspace). A parent whose key holds a
+    NULL is never brought (no child can reference it)."""
+    for name in counts:  # every list the semi-joins read, planned on its true size
+        run(conn, command(f"ANALYZE {ident('bnew')}.{ident(name)}"))
     for _ in range(len(a.new.tables) + 1):
         added = 0
+        grown: set[str] = set()
         for name in a.bundle_tables:
             for fk in a.new.tables[a.live_name(name)].foreign_keys:
                 parent = a.new.table(fk.ref_table)
                 if parent is None or fk.ref_table not in counts:
                     continue
                 conds: list[exp.Expression] = [
-                    exp.In(
-                        this=_row(fk.ref_columns, "p"),
-                        query=_keys(name, "c", fk.columns).subquery(),
-                    ),
-                    exp.Not(
-                        this=exp.In(
-                            this=_row(fk.ref_columns, "p"),
-                            query=_keys(fk.ref_table, "pb", fk.ref_columns).subquery(),
-                        )
-                    ),
+                    _exists_key(name, "c", fk.columns, fk.ref_columns),
+                    exp.Not(this=_exists_key(fk.ref_table, "pb", fk.ref_columns, fk.ref_columns)),
                 ]
                 if a.old.table(fk.ref_table) is not None:
                     # (the parent's key is not NULL here: it is in a list of non-NULL keys)
@@ -278,12 +275,15 @@ def close_foreign_keys(conn: Any, a: Analysis, counts: dict[str, Any]) -> None:
                 )
                 n = _insert_select(conn, "bnew", fk.ref_table, list(parent.column_names), q)
                 if n:
+                    grown.add(fk.ref_table)
                     counts[fk.ref_table][RowKind.CLOSURE] = (
                         counts[fk.ref_table].get(RowKind.CLOSURE, 0) + n
                     )
                     added += n
         if not added:
             return
+        for name in sorted(grown):  # the next round's semi-joins are planned on true sizes
+            run(conn, command(f"ANALYZE {ident('bnew')}.{ident(name)}"))
 
 
 def key_json(key: tuple[str, ...], alias: str) -> exp.Expression:
@@ -312,13 +312,41 @@ def _create_list(conn: Any, name: str) -> None:
     run(conn, command(f"CREATE TABLE {ident('bnew')}.{ident(name)} ({cols})"))
 
 
+def copy_labels(conn: Any, a: Analysis, counts: dict[str, Any]) -> None:
+    """For each parent table a listed row takes its label from
+    (:func:`recovery.bundle.extract.label_parent`), a local copy of its referenced column and
+    label column in :data:`LABELS`, indexed and analysed: the lists' label lookup, one per listed
+    value, is then a local index probe instead of a round trip to the live server."""
+    done: set[str] = set()
+    for name in sorted(counts):
+        found = label_parent(a.new.tables[a.live_name(name)], a.new)
+        if found is None or found[1].name in done:
+            continue
+        fk, parent, pcol = found
+        done.add(parent.name)
+        cols = list(dict.fromkeys([fk.ref_columns[0], pcol]))
+        q = exp.select(*[col(c, "p") for c in cols]).from_(table(parent.name, "new", "p"))
+        target = f"{ident(LABELS)}.{ident(parent.name)}"
+        run(conn, command(f"CREATE TABLE {target} AS {sql(q)}"))
+        run(conn, command(f"CREATE INDEX ON {target} ({ident(fk.ref_columns[0])})"))
+        run(conn, command(f"ANALYZE {target}"))
+
+
 def record_lost(conn: Any, a: Analysis, files: FilesConfig, counts: dict[str, Any]) -> None:
     """Every value a user made that the old schema has no place for, then the values filled by
     the upgrade, not verified: the SQLite extract's statements
-    (:func:`recovery.bundle.extract.record_lost`), keys by :func:`key_json`, labels and values
-    cast to text, into lists of text columns."""
+    (:func:`recovery.bundle.extract.record_lost`), keys by :func:`key_json`, labels (looked up in
+    :func:`copy_labels`' copies) and values cast to text, into lists of text columns."""
+    copy_labels(conn, a, counts)
     sqlite_record_lost(
-        conn, a, files, counts, as_text=_as_text, key_expr=key_json, create_list=_create_list
+        conn,
+        a,
+        files,
+        counts,
+        as_text=_as_text,
+        key_expr=key_json,
+        create_list=_create_list,
+        label_schema=LABELS,
     )
 
 

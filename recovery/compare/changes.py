@@ -238,12 +238,20 @@ def user_value(t: Table, column: str, alias: str, replay: Replayed | None = None
         return nd  # (a table without a primary key has no row identity to look the replay up by)
     from recovery.migrate.replay import SCHEMA
 
+    # on PostgreSQL also the plain key equality (a primary key holds no NULL, so it says the
+    # same): the lookup is then hashed or an index probe, not a scan per row
+    plain = (
+        [exp.EQ(this=col(k, "rp"), expression=col(k, alias)) for k in t.key]
+        if current_dialect() == "postgres"
+        else []
+    )
     same = exp.Exists(
         this=exp.select(exp.Literal.number(1))
         .from_(table(t.name, SCHEMA, "rp"))
         .where(
             and_all(
-                [is_same(col(k, "rp"), col(k, alias)) for k in t.key]
+                plain
+                + [is_same(col(k, "rp"), col(k, alias)) for k in t.key]
                 + [is_same(col(column, "rp"), col(column, alias))]
             )
         )

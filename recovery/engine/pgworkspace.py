@@ -9,6 +9,7 @@ Beyond :func:`recovery.engine.postgres.pair_workspace`, this workspace
   using them import and each value arrives as the source's text output;
 * declares every foreign server ``updatable 'false'``: nothing can be written to a source
   through it;
+* plans without nested loops (:data:`PLANNER_SETTINGS`);
 * pins the session's output settings (:data:`SESSION_SETTINGS`) on which the text form of a
   carried value depends;
 * optionally holds writable local schemas (the extract's ``bnew`` and ``bbase``).
@@ -46,6 +47,18 @@ SESSION_SETTINGS = (
 )
 """The workspace session's output settings: the text form of every carried value depends on them
 (and each of these text forms reads back as the identical value)."""
+
+PLANNER_SETTINGS = ("SET enable_nestloop = off",)
+"""The workspace session's planner settings. Every join here pairs whole tables (a source with a
+source, or a source with a workspace list) on keys, and the planner has no column statistics for
+a foreign table (none is ever analysed: postgres_fdw would read each one whole to do it), so its
+default guess of 0.5 % of the cross product for an equality join makes a nested loop look cheap
+that drives one foreign scan, i.e. one round trip to the source, per row of the other side.
+Without nested loops the joins are hashed or merged: each source table is read once. (A join
+that can only be a nested loop, on a NULL-safe key, is still planned as one.) The servers do not
+ask the sources for estimates (``use_remote_estimate``): a remote estimate of one row per key
+makes a parameterized foreign scan per row of the other side look cheaper than the disabled
+nested loop's penalty when the join's size is guessed in billions."""
 
 _COLUMN_TYPES = (
     "SELECT c.relname, a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod) "
@@ -147,7 +160,7 @@ def workspace(
                         ),
                     )
                 install_sqlite_compat(conn)
-                for setting in SESSION_SETTINGS:
+                for setting in (*SESSION_SETTINGS, *PLANNER_SETTINGS):
                     run(conn, command(setting))
                 for schema in local_schemas:
                     run(conn, command(f"CREATE SCHEMA {ident(schema)}"))

@@ -15,6 +15,8 @@ running it again.
 
 from __future__ import annotations
 
+import functools
+
 import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
@@ -37,6 +39,7 @@ from recovery.files.uploads import FilesConfig, UploadsIndex, sane_mode, write_u
 SCHEMA = "public"
 
 
+@functools.lru_cache(maxsize=256)
 def to_postgres(text: str) -> str:
     """A relink statement (sqlglot-rendered for SQLite, ``main`` the target) rendered for
     PostgreSQL with the target's schema ``public`` and ``%s`` placeholders."""
@@ -48,6 +51,7 @@ def to_postgres(text: str) -> str:
     return tree.sql("postgres")
 
 
+@functools.lru_cache(maxsize=256)
 def _about_bundle(text: str) -> bool:
     """The statement reads the bundle (or SQLite's catalog of it), not the target."""
     tree = sqlglot.parse_one(text, read="sqlite")
@@ -87,11 +91,18 @@ class DualReader:
         self._n = 0
 
     def execute(self, text: str, params: Sequence[Any] | Iterable[Any] = ()) -> Any:
+        """``text`` (the same few statements, parsed once each) with ``params``: a statement with
+        no parameter (a whole table) through a server cursor, streamed; a bound lookup (a key, a
+        path, a list of keys: a few rows) in one round trip."""
+        bound = tuple(params)
         if _about_bundle(text):
-            return self.lite.execute(text, tuple(params))
-        self._n += 1
-        cur = self.pg.cursor(name=f"recovery_relink_{self._n}")  # streamed, not all in memory
-        cur.execute(to_postgres(text), tuple(params) or None)
+            return self.lite.execute(text, bound)
+        if bound:
+            cur = self.pg.cursor()
+        else:
+            self._n += 1
+            cur = self.pg.cursor(name=f"recovery_relink_{self._n}")  # not all in memory
+        cur.execute(to_postgres(text), bound or None)
         return _Cursor(cur)
 
 

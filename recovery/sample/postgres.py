@@ -178,10 +178,40 @@ def generate_postgres(out_dir: Path, url: str, parts: int = 300, seed: int = 42)
         return out
 
 
+def load_world_postgres(world: Path, out_dir: Path, url: str) -> Path:
+    """Carry a SQLite sample world already built by ``recovery sample`` (``world``: its folder,
+    read only) into the database ``url`` (created when missing, refused when it has tables), with
+    the backup dump, its manifest, ``uploads/`` and ``world.json`` in ``out_dir`` (new or empty):
+    steps 1-3 of the module docstring without generating the world again, so a benchmark can put
+    the very world it measured on SQLite on PostgreSQL. Returns ``out_dir``."""
+    world = Path(world)
+    for name in (BACKUP_NAME, LIVE_NAME, WORLD_JSON):
+        if not (world / name).is_file():
+            raise RecoveryError(
+                f"{world} is not a sample world: {name} is missing",
+                "pass a folder written by `recovery sample`",
+            )
+    engine = PostgresEngine(url)
+    with fresh_folder(Path(out_dir)) as out:
+        created = prepare_database(engine)
+        try:
+            _carry(engine, world, out)
+        except BaseException:
+            if created:
+                with connect(engine.admin_url(), "server") as admin:
+                    run(admin, drop_database_sql(engine.database))
+            raise
+        return out
+
+
 def _build(engine: PostgresEngine, out: Path, tmp: Path, parts: int, seed: int) -> None:
     """The steps of :func:`generate_postgres` (see the module docstring)."""
+    _carry(engine, generate(tmp / "world", parts=parts, seed=seed), out)
+
+
+def _carry(engine: PostgresEngine, world: Path, out: Path) -> None:
+    """Steps 1-3 of the module docstring for the SQLite world in folder ``world``."""
     url = engine.url.render_as_string(hide_password=False)
-    world = generate(tmp / "world", parts=parts, seed=seed)
     migrate_pg(engine, OLD_HEAD)
     copy_rows(world / BACKUP_NAME, engine)
     snap = snapshot_postgres(url, out, now=DEPLOY_TIME)

@@ -767,6 +767,50 @@ def test_unique_clashes_of_inserts_and_updates_are_conflicts_not_failures(
     assert [(r.old_key, r.new_key) for r in o.remaps] == [(4, 6)]
 
 
+def test_bundle_rows_sharing_a_value_the_old_schema_keeps_unique(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """The new release dropped a UNIQUE the old schema has, and users then typed the same code
+    into several new rows: the first of each (by key) lands, every later one is a ``unique``
+    conflict "taken by another bundle row"; one whose code the target holds is one "taken in the
+    target". Found set-based (a window rank), not by a per-row scan of the staged rows."""
+    from recovery.bundle.extract import extract
+
+    rows = "INSERT INTO t VALUES (1, 'a'), (2, 'b')"
+    with sqlite3.connect(tmp_path / "backup.db") as c:
+        c.executescript(
+            f'CREATE TABLE "t" ("id" INTEGER PRIMARY KEY, "code" TEXT NOT NULL UNIQUE); {rows}'
+        )
+    c.close()
+    with sqlite3.connect(tmp_path / "live.db") as c:
+        c.executescript(
+            f'CREATE TABLE "t" ("id" INTEGER PRIMARY KEY, "code" TEXT NOT NULL); {rows}; '
+            "INSERT INTO t VALUES (3, 'd'), (4, 'd'), (5, 'a'), (6, 'e'), (7, 'd'), (8, 'e')"
+        )
+    c.close()
+    extract(tmp_path / "backup.db", tmp_path / "live.db", tmp_path / "bundle")
+    _exec(
+        pg_url,
+        'CREATE TABLE "t" ("id" integer PRIMARY KEY, "code" text NOT NULL UNIQUE)',
+        "INSERT INTO t VALUES (1, 'a'), (2, 'b')",
+    )
+    o = reimport_postgres(pg_url, open_bundle(tmp_path / "bundle"), MergeOptions())
+    got = sorted((c.kind.value, c.key, c.resolution.value, c.detail) for c in o.conflicts)
+    bundle, target = "(code) is taken by another bundle row", "(code) is taken in the target"
+    assert got == [
+        ("unique", (4,), "skipped", bundle),
+        ("unique", (5,), "skipped", target),
+        ("unique", (7,), "skipped", bundle),
+        ("unique", (8,), "skipped", bundle),
+    ]
+    assert _q(pg_url, "SELECT id, code FROM t ORDER BY id") == [
+        (1, "a"),
+        (2, "b"),
+        (3, "d"),
+        (6, "e"),
+    ]
+
+
 def test_a_row_already_in_the_target_is_a_no_op_and_its_children_still_land(
     target: str, lite_bundle: Path
 ) -> None:

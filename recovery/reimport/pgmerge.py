@@ -82,6 +82,8 @@ SCHEMA = "public"
 _DO_NOTHING = exp.OnConflict(action=exp.var("DO NOTHING"))
 RID = "_recovery_rid"
 """The staged row's ordinal in every TEMP table (a name no application column takes)."""
+NTH = "_recovery_nth"
+"""A staged row's rank among the staged rows with the same unique values (``_unique``)."""
 
 
 # ---- the plan as executed ----------------------------------------------------------------------
@@ -726,22 +728,23 @@ def _unique(m: PgMerge, s: _Staged) -> None:
     for u in t.unique_sets:
         if not u or tuple(u) == tuple(t.primary_key) or not set(u) <= set(s.columns):
             continue
-        notnull = [exp.Not(this=exp.Is(this=col(c, "s"), expression=exp.Null())) for c in u]
+        notnull = [exp.Not(this=exp.Is(this=col(c), expression=exp.Null())) for c in u]
         same = _key_eq(u, "t", "s")
         in_target = exp.Exists(this=exp.select("1").from_(_t(t.name, "t")).where(same))
-        twin = exp.Exists(
-            this=exp.select("1")
-            .from_(_tmp("ins", s.i, "t"))
-            .where(
-                and_all(
-                    [
-                        same.copy(),
-                        exp.LT(this=col(RID, "t"), expression=col(RID, "s")),
-                        _not_in(col(RID, "t"), _tmp("skip", s.i)),
-                    ]
-                )
-            )
+        # a staged row is a twin when a non-skipped staged row with a smaller ordinal carries the
+        # same values: its rank among them, one window pass (a correlated EXISTS over the staged
+        # table would scan it once per staged row: quadratic, minutes at 1M)
+        nth = exp.Window(
+            this=exp.RowNumber(),
+            partition_by=[col(c) for c in u],
+            order=exp.Order(expressions=[exp.Ordered(this=col(RID))]),
         )
+        ranked = (
+            exp.select(exp.Star(), exp.alias_(nth, NTH, quoted=True))
+            .from_(_tmp("ins", s.i))
+            .where(and_all([*notnull, _not_in(col(RID), _tmp("skip", s.i))]))
+        )
+        twin = exp.GT(this=col(NTH, "s"), expression=exp.Literal.number(1))
         q = (
             exp.select(
                 col(RID, "s"),
@@ -750,16 +753,8 @@ def _unique(m: PgMerge, s: _Staged) -> None:
                 *[exp.Cast(this=col(c, "s"), to=exp.DataType.build("TEXT")) for c in u],
                 in_target,
             )
-            .from_(_tmp("ins", s.i, "s"))
-            .where(
-                and_all(
-                    [
-                        *notnull,
-                        _not_in(col(RID, "s"), _tmp("skip", s.i)),
-                        or_all([in_target.copy(), twin]),
-                    ]
-                )
-            )
+            .from_(ranked.subquery("s"))
+            .where(or_all([in_target.copy(), twin]))
             .order_by(col(RID, "s"))
         )
         nk = len(t.key)

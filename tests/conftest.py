@@ -1,9 +1,14 @@
-"""Shared fixtures: a small generated Gestima world.
+"""Shared fixtures: a small generated Gestima world, and the same world on PostgreSQL.
 
 ``world`` is generated once per test session and shared — treat it as read-only: open its
 databases with ``sqlite3.connect(f"file:{path}?mode=ro", uri=True)``. A read-write open
 that closes last checkpoints ``gestima.db-wal`` into ``gestima.db`` and deletes the WAL,
 which changes the world under every other test. Tests that write use ``world_copy``.
+
+PostgreSQL tests take ``pg_world_copy`` (a fresh, writable copy of the sample world built once per
+session with ``recovery sample --url``: its live URL, the dump, an uploads copy, world.json) or,
+to read without writing, ``pg_world`` itself. Never build a world per module: ``recovery sample
+--url`` costs 8-12 s, a ``CREATE DATABASE … TEMPLATE`` copy a fraction of a second.
 """
 
 from __future__ import annotations
@@ -14,9 +19,13 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import settings
+
+if TYPE_CHECKING:
+    from tests.pgcluster import PgWorld, PgWorldCopy
 
 # CI replays the same examples every run (a failure there is reproducible, never a coin flip);
 # local runs keep exploring new ones.
@@ -36,6 +45,34 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="Rewrite the golden files (tests/golden/) from the code's output instead of comparing.",
     )
+
+
+# The PostgreSQL modules with the seconds each took (setup + call + teardown summed, measured
+# 2026-12-05 on a shared machine at load ~8 and divided by that load: a ranking, not a promise).
+# The README's `-n 2` run hands tests out with `--dist worksteal` (pyproject.toml): each worker
+# starts with one contiguous half of the collection and steals from the end of the other's queue
+# when it runs dry. Collecting these modules first keeps them together on one worker, so the
+# PostgreSQL cluster, the session's ``pg_world`` and each module's fixtures are built once, not once
+# per worker, while the short SQLite modules at the end are what gets stolen. (Ranking the SQLite
+# modules too changed nothing: the measured durations replayed through xdist's load, worksteal and
+# loadfile schedulers all end within 1% of half the serial time.) A module not listed counts as
+# DEFAULT_MODULE_SECONDS and keeps its alphabetical place.
+MODULE_SECONDS: dict[str, float] = {
+    "test_pg_adversarial.py": 70.0,
+    "test_pg_more.py": 60.0,
+    "test_pg_rollback.py": 52.0,
+    "test_pg_extract.py": 19.0,
+    "test_pg_reimport.py": 19.0,
+    "test_postgres.py": 6.0,
+}
+DEFAULT_MODULE_SECONDS = 5.0
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Longest modules first (a stable sort: each module's tests stay together, in their order,
+    so module-scoped fixtures are still built once per worker)."""
+    items.sort(key=lambda item: -MODULE_SECONDS.get(item.path.name, DEFAULT_MODULE_SECONDS))
 
 
 WORLD_PARTS = 120
@@ -139,3 +176,63 @@ def pg_url(pg_server: str) -> Iterator[str]:
             conn.execute(
                 pgsql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(pgsql.Identifier(name))
             )
+
+
+PG_WORLD_PARTS = 60
+PG_WORLD_SEED = 42
+
+
+@pytest.fixture(scope="session")
+def pg_world(pg_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgWorld]:
+    """The PostgreSQL sample world, built once per session (see :class:`PgWorld`); read-only."""
+    import json
+    import uuid
+
+    from sqlalchemy.engine import make_url
+
+    from recovery.engine.postgres import (
+        create_database_sql,
+        drop_database_sql,
+        find_tool,
+        restore_into,
+    )
+    from tests.pgcluster import PgWorld, admin_run
+
+    token = uuid.uuid4().hex[:8]
+    live, template, backup = f"pgw_live_{token}", f"pgw_tpl_{token}", f"pgw_bak_{token}"
+    folder = tmp_path_factory.mktemp("pg_world") / "world"
+    url = make_url(pg_server).set(database=live).render_as_string(False)
+    r = subprocess.run(
+        [sys.executable, "-m", "recovery", "sample", str(folder), "--url", url,
+         "--parts", str(PG_WORLD_PARTS), "--seed", str(PG_WORLD_SEED), "--quiet"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    world = json.loads((folder / "world.json").read_text())
+    dump = folder / str(world["backup"])
+    try:
+        admin_run(pg_server, create_database_sql(template, live), create_database_sql(backup))
+        restore_into(dump, make_url(pg_server).set(database=backup), find_tool("pg_restore", 15))
+        yield PgWorld(pg_server, folder, dump, world, live, template, backup)
+    finally:
+        admin_run(pg_server, *(drop_database_sql(n) for n in (template, backup, live)))
+
+
+@pytest.fixture
+def pg_world_copy(pg_world: PgWorld, tmp_path: Path) -> Iterator[PgWorldCopy]:
+    """A fresh copy of the PostgreSQL sample world (``CREATE DATABASE … TEMPLATE``, well under a
+    second) with its own uploads folder: see :class:`PgWorldCopy`."""
+    import uuid
+
+    from tests.pgcluster import PgWorldCopy, drop_family
+
+    name = f"pgw_copy_{uuid.uuid4().hex[:10]}"
+    url = pg_world.copy(name)
+    uploads = tmp_path / "pg_world_uploads"
+    shutil.copytree(pg_world.folder / "uploads", uploads)
+    try:
+        yield PgWorldCopy(
+            url, name, pg_world.dump, uploads, pg_world.world, pg_world.folder, pg_world
+        )
+    finally:
+        drop_family(pg_world.server, name)

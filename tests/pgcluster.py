@@ -21,6 +21,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ENV_URL = "RECOVERY_TEST_PG_URL"
 HOW_TO = (
@@ -158,3 +159,105 @@ def start() -> Cluster:
         )
     shutil.rmtree(folder, ignore_errors=True)
     raise RuntimeError(f"pg_ctl start failed: {last}")
+
+
+# ---- the shared sample world (conftest.py: pg_world, pg_world_copy) ----------------------------
+
+
+def admin_run(server: str, *statements: Any) -> None:
+    from sqlalchemy.engine import make_url
+
+    from recovery.engine.postgres import connect, run
+
+    with connect(make_url(server), "server") as admin:
+        for statement in statements:
+            run(admin, statement)
+
+
+def drop_family(server: str, name: str) -> None:
+    """Drop the database ``name`` and every database a rollback, undo or rehearsal of it may have
+    left on ``server``: ``<name>…`` (safety, kept), its staged databases."""
+    from sqlalchemy.engine import make_url
+
+    from recovery.engine.postgres import PostgresEngine, connect, drop_database_sql, run
+
+    engine = PostgresEngine(make_url(server).set(database=name).render_as_string(False))
+    with connect(make_url(server), "server") as admin:
+        like = name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        found = run(
+            admin, "SELECT datname FROM pg_catalog.pg_database WHERE datname LIKE %s", (like,)
+        ).fetchall()
+        for db in {name, *(r[0] for r in found)} | {
+            engine.staging_name(p) for p in ("restore", "undo")
+        }:
+            run(admin, drop_database_sql(db))
+
+
+@dataclass(frozen=True)
+class PgWorld:
+    """The sample world (parts=60, seed=42, the SQLite ``sample`` world of the same seed row for
+    row) built ONCE per test session (per xdist worker) by ``recovery sample --url`` on
+    ``pg_server``. Everything here is shared: READ it, never write it (use ``pg_world_copy`` or
+    :meth:`copy` to get a database of your own).
+
+    - ``server``: the admin URL (a superuser on the ``postgres`` database);
+    - ``folder``: what ``recovery sample`` wrote: ``dump`` (pg_dump custom format, the backup, with
+      its ``.manifest.json``), ``uploads/``, ``world.json`` (loaded as ``world``);
+    - ``live``: the database ``recovery sample`` built (the live world after the hour of users),
+      read-only for tests; ``template``: a copy of it that only ever serves as
+      ``CREATE DATABASE … TEMPLATE`` (nobody connects to it, so copies never wait);
+    - ``backup``: a database the dump was restored into (the backup given as a URL, and the
+      template of "restored backup" copies: ``copy(template=pg_world.backup)``).
+    """
+
+    server: str
+    folder: Path
+    dump: Path
+    world: dict[str, Any]
+    live: str
+    template: str
+    backup: str
+
+    def url(self, database: str) -> str:
+        """The URL of ``database`` on this world's server."""
+        from sqlalchemy.engine import make_url
+
+        return make_url(self.server).set(database=database).render_as_string(False)
+
+    @property
+    def live_url(self) -> str:
+        return self.url(self.live)
+
+    @property
+    def backup_url(self) -> str:
+        return self.url(self.backup)
+
+    def copy(self, name: str, template: str | None = None) -> str:
+        """Create database ``name`` as a copy of ``template`` (default: the live world); its URL.
+        The caller drops it (:func:`drop_family`)."""
+        from recovery.engine.postgres import create_database_sql
+
+        admin_run(self.server, create_database_sql(name, template or self.template))
+        return self.url(name)
+
+
+@dataclass(frozen=True)
+class PgWorldCopy:
+    """A fresh, writable copy of the PostgreSQL sample world for one test (``pg_world_copy``).
+
+    - ``url``: the live URL of the copy (database ``name``): roll it back, write to it, break it;
+    - ``dump``: the backup (pg_dump file of the shared world, read it only);
+    - ``uploads``: a private copy of the world's uploads folder (write it freely);
+    - ``world``: world.json (dict); ``folder``: the shared world folder (read-only);
+    - ``pg_world``: the shared :class:`PgWorld` (``backup_url``, ``copy(...)``, ``server``).
+
+    The copy and everything a rollback of it left (safety, kept, staged databases) are dropped
+    after the test."""
+
+    url: str
+    name: str
+    dump: Path
+    uploads: Path
+    world: dict[str, Any]
+    folder: Path
+    pg_world: PgWorld

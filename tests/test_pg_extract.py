@@ -3,7 +3,7 @@ the SQLite world's bundle row for row; every type round-trips exactly through th
 hostile identifiers; neither source is written.
 
 The server is ``RECOVERY_TEST_PG_URL`` or the throwaway cluster of the ``pg_server`` fixture; the
-worlds are small (--parts 60) and built once per module.
+worlds are small (--parts 60): the PostgreSQL one is conftest's session-wide ``pg_world``.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from recovery.engine.postgres import (
 from recovery.compare.pgdiff import reflect_pg
 from recovery.errors import RecoveryError
 from recovery.model.labels import label_column
+from tests.pgcluster import PgWorld
 
 PARTS, SEED = 60, 42
 
@@ -54,19 +55,13 @@ def _drop(server: str, *urls: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def worlds(
-    pg_server: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[Path, str, Path]]:
-    """(PostgreSQL world folder, its live URL, SQLite world folder), same parts and seed."""
+def worlds(pg_world: PgWorld, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, Path]:
+    """(PostgreSQL world folder, its live URL, SQLite world folder), same parts and seed; the
+    PostgreSQL world is conftest's session-wide ``pg_world`` (read only here)."""
     from recovery.sample import generate
 
-    url = _url(pg_server, f"gestima_x_{uuid.uuid4().hex[:8]}")
-    out = tmp_path_factory.mktemp("pgworld") / "world"
-    r = cli("sample", str(out), "--url", url, "--parts", str(PARTS), "--seed", str(SEED), "--quiet")
-    assert r.returncode == 0, r.stderr
     lite = generate(tmp_path_factory.mktemp("liteworld") / "world", parts=PARTS, seed=SEED)
-    yield out, url, lite
-    _drop(pg_server, url)
+    return pg_world.folder, pg_world.live_url, lite
 
 
 @pytest.fixture(scope="module")

@@ -2,10 +2,10 @@
 ``check --db``, ``relink`` and ``rollback --backup`` given another database's URL, and bad URLs
 refused in one line with exit 2 by every verb that takes a database.
 
-One sample world (parts=60, seed=42) is built per module with ``recovery sample --url`` into a
-template database and its dump restored once into a backup database; every test that writes works
-on its own ``CREATE DATABASE … TEMPLATE`` copy. Without PostgreSQL the tests skip, saying how to
-run them (``pg_server`` in conftest.py).
+The sample world (parts=60, seed=42) is conftest's session-wide ``pg_world`` (``recovery sample
+--url`` into a template database, its dump restored once into a backup database); every test that
+writes works on its own ``CREATE DATABASE … TEMPLATE`` copy. Without PostgreSQL the tests skip,
+saying how to run them (``pg_server`` in conftest.py).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from psycopg import sql as pgsql
 from sqlalchemy.engine import make_url
 
 from recovery.cli import main
+from tests.pgcluster import PgWorld
 
 PARTS, SEED = 60, 42
 APP_INI = (
@@ -102,34 +103,16 @@ def _rows(url: str) -> dict[str, list[tuple[Any, ...]]]:
 
 
 @pytest.fixture(scope="module")
-def world(pg_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """The sample world: its folder, dump, template (live) database and a database the dump was
-    restored into (the backup given as a URL)."""
-    from tests.pgcluster import find_bin
-
-    token = uuid.uuid4().hex[:8]
-    tpl, bak = f"pgmore_tpl_{token}", f"pgmore_bak_{token}"
-    out = tmp_path_factory.mktemp("pgmore") / "world"
-    r = cli("sample", str(out), "--url", _url(pg_server, tpl), "--parts", str(PARTS),
-            "--seed", str(SEED), "--quiet")  # fmt: skip
-    assert r.returncode == 0, r.stderr
-    dump = out / json.loads((out / "world.json").read_text())["backup"]
-    _create(pg_server, bak)
-    subprocess.run(
-        [
-            find_bin("pg_restore") or "pg_restore",
-            "--no-owner",
-            "--exit-on-error",
-            "-d",
-            _url(pg_server, bak),
-            str(dump),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    yield {"dir": out, "dump": dump, "template": tpl, "backup_url": _url(pg_server, bak)}
-    _drop_like(pg_server, tpl)
-    _drop_like(pg_server, bak)
+def world(pg_world: PgWorld) -> dict[str, Any]:
+    """The sample world (conftest's session-wide ``pg_world``, read only): its folder, dump,
+    template (live) database and a database the dump was restored into (the backup given as a
+    URL)."""
+    return {
+        "dir": pg_world.folder,
+        "dump": pg_world.dump,
+        "template": pg_world.template,
+        "backup_url": pg_world.backup_url,
+    }
 
 
 @pytest.fixture

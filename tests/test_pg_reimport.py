@@ -1,8 +1,9 @@
 """The re-import into PostgreSQL on a real server (issue 19): :func:`recovery.reimport.pgmerge.reimport_postgres`.
 
 One small sample world per module (--parts 60): built in SQLite (its bundle, its SQLite re-import)
-and on the server by ``recovery sample --url`` (its pg_dump backup restored once into a template
-database; every test works on a ``CREATE DATABASE … TEMPLATE`` copy of it).
+and on the server by ``recovery sample --url`` (conftest's session-wide ``pg_world``: its pg_dump
+backup restored once into ``pg_world.backup``; every test works on a ``CREATE DATABASE … TEMPLATE``
+copy of it).
 """
 
 from __future__ import annotations
@@ -35,13 +36,13 @@ from recovery.engine.postgres import (
     drop_database_sql,
     find_tool,
     ident,
-    restore_into,
     run,
 )
 from recovery.errors import RecoveryError
 from recovery.model.kinds import ConflictKind, Resolution
 from recovery.options import MergeOptions
 from recovery.reimport.pgmerge import KILL_ENV, reimport_postgres
+from tests.pgcluster import PgWorld
 
 PARTS, SEED = 60, 42
 
@@ -101,35 +102,10 @@ def lite_reimported(
 
 
 @pytest.fixture(scope="module")
-def template_db(pg_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The name of a database holding the PostgreSQL sample world's backup (pg_restore of its dump)."""
-    out = tmp_path_factory.mktemp("pgimp_pg") / "world"
-    live = make_url(pg_server).set(database=f"pgimp_live_{uuid.uuid4().hex[:8]}")
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "recovery",
-            "sample",
-            str(out),
-            "--url",
-            live.render_as_string(False),
-        ]
-        + ["--parts", str(PARTS), "--seed", str(SEED), "--quiet"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert r.returncode == 0, r.stderr
-    name = f"pgimp_tmpl_{uuid.uuid4().hex[:8]}"
-    with _admin(pg_server) as a:
-        run(a, create_database_sql(name))
-    dump = next(out.glob("*.dump.bak.*[0-9]"))
-    restore_into(dump, make_url(pg_server).set(database=name), find_tool("pg_restore", 15))
-    yield name
-    with _admin(pg_server) as a:
-        run(a, drop_database_sql(name))
-        run(a, drop_database_sql(str(live.database)))
+def template_db(pg_world: PgWorld) -> str:
+    """The name of a database holding the PostgreSQL sample world's backup (pg_restore of its
+    dump): conftest's session-wide ``pg_world.backup``, only ever copied here."""
+    return pg_world.backup
 
 
 @pytest.fixture

@@ -1,8 +1,8 @@
 """``recovery rollback`` / ``recovery undo`` on a real PostgreSQL server (issue 19, end to end).
 
-The sample world is built once per module with ``recovery sample --url`` (parts=60, seed=42) into
-a template database; every test rolls back its own ``CREATE DATABASE … TEMPLATE`` copy, with the
-real CLI in a child process (kill points need a process to kill). The SQLite world of the same
+The sample world is built once per session with ``recovery sample --url`` (parts=60, seed=42) into
+a template database (conftest's ``pg_world``); every test rolls back its own ``CREATE DATABASE …
+TEMPLATE`` copy, with the real CLI in a child process (kill points need a process to kill). The SQLite world of the same
 seed, rolled back with ``recovery rollback``, is the reference: same rows table by table, same
 Alembic revision, exit code and lost-value count. Without PostgreSQL the tests skip, saying how
 to run them (``pg_server`` in conftest.py).
@@ -33,6 +33,7 @@ from recovery.engine.postgres import (
     run,
 )
 from recovery.errors import RecoveryError
+from tests.pgcluster import PgWorld
 
 PARTS, SEED = 60, 42
 BACKUP_STAMP = ".bak.20261120_140000"
@@ -72,19 +73,10 @@ def _ours(server: str, live: str) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def pg_template(
-    pg_server: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[Path, str]]:
-    """(world folder, template database name): the sample world on PostgreSQL, never rolled back
-    itself."""
-    name = f"gestima_tpl_{uuid.uuid4().hex[:8]}"
-    out = tmp_path_factory.mktemp("pgrb") / "world"
-    r = cli("sample", str(out), "--url", _url(pg_server, name), "--parts", str(PARTS),
-            "--seed", str(SEED), "--quiet")  # fmt: skip
-    assert r.returncode == 0, r.stderr
-    yield out, name
-    with _admin(pg_server) as a:
-        run(a, drop_database_sql(name))
+def pg_template(pg_world: PgWorld) -> tuple[Path, str]:
+    """(world folder, template database name): conftest's session-wide ``pg_world``, never rolled
+    back itself."""
+    return pg_world.folder, pg_world.template
 
 
 @pytest.fixture

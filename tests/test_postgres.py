@@ -2,7 +2,8 @@
 
 The server is ``RECOVERY_TEST_PG_URL`` (``.ci/run`` starts one) or a throwaway cluster the
 ``pg_server`` fixture starts itself; without PostgreSQL installed these tests skip, saying how to
-run them. Worlds are small (--parts 60) so the module stays within a few seconds.
+run them. The PostgreSQL world is conftest's session-wide ``pg_world`` (``recovery sample --url``,
+--parts 60), never rebuilt here.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import json
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from recovery.engine.postgres import (
     sha256_file,
     user_tables,
 )
+from tests.pgcluster import PgWorld, PgWorldCopy
 
 PARTS, SEED = 60, 42
 
@@ -37,22 +38,6 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "recovery", *args], capture_output=True, text=True, timeout=300
     )
-
-
-@pytest.fixture(scope="module")
-def pg_world(
-    pg_server: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[Path, str]]:
-    """(folder, live URL) of the sample world built on PostgreSQL by ``recovery sample --url``."""
-    url = (
-        make_url(pg_server).set(database=f"gestima_{uuid.uuid4().hex[:8]}").render_as_string(False)
-    )
-    out = tmp_path_factory.mktemp("pgworld") / "world"
-    r = cli("sample", str(out), "--url", url, "--parts", str(PARTS), "--seed", str(SEED), "--quiet")
-    assert r.returncode == 0, r.stderr
-    yield out, url
-    with connect(make_url(pg_server), "server") as admin:
-        run(admin, drop_database_sql(str(make_url(url).database)))
 
 
 @pytest.fixture(scope="module")
@@ -117,9 +102,9 @@ def _same_world(db: PostgresEngine, lite: Path) -> None:
 
 
 def test_sample_on_postgres_is_the_sqlite_world_row_for_row(
-    pg_world: tuple[Path, str], lite_world: Path
+    pg_world: PgWorld, lite_world: Path
 ) -> None:
-    out, url = pg_world
+    out, url = pg_world.folder, pg_world.live_url
     DUMP = _dump(out)
     live = PostgresEngine(url)
     _same_world(live, lite_world / "gestima.db")
@@ -139,10 +124,8 @@ def test_sample_on_postgres_is_the_sqlite_world_row_for_row(
     assert manifest["server_version"].split(".")[0].isdigit()
 
 
-def test_diff_json_is_the_same_on_both_engines(
-    pg_world: tuple[Path, str], lite_world: Path
-) -> None:
-    out, url = pg_world
+def test_diff_json_is_the_same_on_both_engines(pg_world: PgWorld, lite_world: Path) -> None:
+    out, url = pg_world.folder, pg_world.live_url
     pg = cli("diff", str(out / _dump(out)), url, "--json")
     lite = cli(
         "diff",
@@ -163,9 +146,9 @@ def test_diff_json_is_the_same_on_both_engines(
 
 
 def test_snapshot_counts_what_the_dump_holds_while_another_session_writes(
-    pg_world: tuple[Path, str], tmp_path: Path
+    pg_world_copy: PgWorldCopy, tmp_path: Path
 ) -> None:
-    _, url = pg_world
+    url = pg_world_copy.url
     writer = psycopg.connect(make_url(url).set(drivername="postgresql").render_as_string(False))
     writer.execute(
         "INSERT INTO materials (id, code, name, density, price_per_kg) VALUES (999, 'X', 'x', 1, 1)"
@@ -187,10 +170,8 @@ def test_snapshot_counts_what_the_dump_holds_while_another_session_writes(
             assert conn.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0] == n  # type: ignore[index]
 
 
-def test_sample_refuses_a_database_that_has_tables(
-    pg_world: tuple[Path, str], tmp_path: Path
-) -> None:
-    _, url = pg_world
+def test_sample_refuses_a_database_that_has_tables(pg_world: PgWorld, tmp_path: Path) -> None:
+    url = pg_world.live_url
     before = PostgresEngine(url).fingerprint()
     r = cli("sample", str(tmp_path / "w"), "--url", url, "--parts", "10")
     assert r.returncode == 2 and "already has" in r.stderr and "Traceback" not in r.stderr

@@ -56,7 +56,7 @@ from recovery.engine.sqlite_io import (
     sidecars,
     write_lock_held,
 )
-from recovery.verify.checks import StagedProof, verify_file, verify_written
+from recovery.verify.checks import EarlyWritten, StagedProof, verify_file, verify_written
 from recovery.engine import open_engine
 from recovery.runfolder import check_run_folder
 from recovery.restore.swap import fingerprint as db_fingerprint
@@ -937,6 +937,12 @@ def _run_rollback(
     if jobs is not None:  # closed by the caller however the run ends
         jobs.append(report_prep)
     outcome = _load_outcome(run_dir, bundle, db_p, on_conflict)
+    early: EarlyWritten | None = None
+    if not journal.done("verify") and not args.get("full_verify"):
+        # the verification's reads, beside the relink
+        early = EarlyWritten(db_p, outcome, proof, bundle)
+        if jobs is not None:  # closed by the caller however the run ends
+            jobs.append(_Background(lambda: early, cleanup=lambda e: e.close()))
     if not journal.done("relink"):
         journal.mark("relink", "start")
         outcome.files = (
@@ -951,7 +957,8 @@ def _run_rollback(
         outcome.verification = (
             None
             if args.get("full_verify")
-            else verify_written(db_p, outcome, bundle.old.alembic_revision, proof, bundle)
+            else (early.result(outcome, bundle.old.alembic_revision) if early else None)
+            or verify_written(db_p, outcome, bundle.old.alembic_revision, proof, bundle)
         ) or verify_file(db_p, outcome, bundle.old.alembic_revision, role="live database")
         _save_outcome(run_dir, outcome)
         journal.mark("verify", "done", ok=outcome.verification.get("ok"))

@@ -819,6 +819,13 @@ def _run_rollback(
                 journal.data["steps"]["probe"].setdefault("forced_past", []).extend(late_holders)
             if windows is not None:
                 windows.append(window)
+            if not downgrade_to:  # staged and checked while the safety copy and the extract read
+                staged = _Background(
+                    proof.staging(stage_restore),
+                    backup_p,
+                    db_p,
+                    cleanup=lambda r: r[0].unlink(missing_ok=True),
+                )
             # under the lock, always: a resumed run's earlier copy may predate commits made since
             prior = journal.info("safety").get("sha256") if journal.done("safety") else None
             say("safety copy of the live database")
@@ -830,15 +837,6 @@ def _run_rollback(
                 journal.data["steps"].pop(
                     "extract", None
                 )  # the live DB changed since: extract again
-            if (
-                not downgrade_to
-            ):  # staged, then its integrity and foreign keys checked, while the extract reads
-                staged = _Background(
-                    proof.staging(stage_restore),
-                    backup_p,
-                    db_p,
-                    cleanup=lambda r: r[0].unlink(missing_ok=True),
-                )
             if not journal.done("extract"):
                 say("extracting post-deploy changes")
                 journal.mark("extract", "start")

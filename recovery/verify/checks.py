@@ -115,8 +115,9 @@ def _result(
 @dataclass
 class StagedProof:
     """What was proven of the restored file before it replaced the live DB: the full
-    ``integrity_check`` and ``foreign_key_check`` of the staged copy (run on the second core while
-    the extract reads), bound to the copy's sha256. :func:`verify_written` builds on it."""
+    ``integrity_check`` and ``foreign_key_check`` of the staged copy (each on its own connection
+    and thread, at the same time, while the safety copy and the extract read), bound to the copy's
+    sha256. :func:`verify_written` builds on it."""
 
     sha256: str | None = None
     integrity: list[str] = field(default_factory=list)
@@ -135,8 +136,10 @@ class StagedProof:
             tmp, digest = stage(*args, **kwargs)
             before = _identity(tmp)
             staged = open_engine(tmp)
-            self.integrity = _on_connection(staged, "staged backup", _integrity_with_cache)
-            self.foreign_keys = _on_connection(staged, "staged backup", foreign_key_problems)
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="staged-fk") as pool:
+                fks = pool.submit(_on_connection, staged, "staged backup", foreign_key_problems)
+                self.integrity = _on_connection(staged, "staged backup", _integrity_with_cache)
+                self.foreign_keys = fks.result()
             self.sha256, self.stat = (digest, before) if _identity(tmp) == before else (None, None)
             return tmp, digest
 

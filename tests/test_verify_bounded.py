@@ -145,25 +145,43 @@ def _wal_copy(rolled: Path, dest: Path) -> Path:
 CLEAN = StagedProof(sha256="checked", integrity=["ok"], foreign_keys=[])
 
 
+@pytest.mark.parametrize("held", [False, True], ids=["closed", "held-open"])
 def test_early_reads_give_the_bounded_result_when_nothing_committed_since(
-    rolled: Path, tmp_path: Path
+    rolled: Path, tmp_path: Path, held: bool
 ) -> None:
+    """Closed (no -wal, no -shm: the file's identity is the mark, and nothing is created beside
+    it) or held open by another process's connection (-shm there: ``data_version``)."""
     outcome, bundle = _inputs(rolled)
     db = _wal_copy(rolled, tmp_path)
+    holder = sqlite3.connect(db) if held else None
+    if holder is not None:
+        holder.execute("SELECT count(*) FROM parts").fetchone()
     early = EarlyWritten(db, outcome, CLEAN, bundle)
     assert early.started
     res = early.result(outcome, bundle.old.alembic_revision)
     assert res is not None and res["ok"] is True and res["checked"] == "bounded"
+    if holder is None:
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["gestima.db"]
+    else:
+        holder.close()
     assert res == verify_written(db, outcome, bundle.old.alembic_revision, CLEAN, bundle)
 
 
-def test_early_reads_are_dropped_after_any_commit_to_the_file(rolled: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("held", [False, True], ids=["closed", "held-open"])
+def test_early_reads_are_dropped_after_any_commit_to_the_file(
+    rolled: Path, tmp_path: Path, held: bool
+) -> None:
     """A row with a dangling foreign key committed by another connection after the reads began
     (the bounded reads would never look at it): the early result is dropped, and the check on the
-    file as it is then finds it."""
+    file as it is then finds it. Closed: the commit's checkpoint moves the file; held open: the
+    commit stays in -wal and ``data_version`` moves."""
     outcome, bundle = _inputs(rolled)
     db = _wal_copy(rolled, tmp_path)
+    holder = sqlite3.connect(db) if held else None
+    if holder is not None:
+        holder.execute("SELECT count(*) FROM parts").fetchone()
     early = EarlyWritten(db, outcome, CLEAN, bundle)
+    assert early.started
     with sqlite3.connect(db) as conn:
         conn.execute(
             "INSERT INTO quote_items (quote_id, part_id, qty, unit_price) VALUES (987654, 987654, 1, 1.0)"
@@ -171,6 +189,8 @@ def test_early_reads_are_dropped_after_any_commit_to_the_file(rolled: Path, tmp_
     conn.close()
     assert early.result(outcome, bundle.old.alembic_revision) is None
     assert verify_file(db, outcome, bundle.old.alembic_revision)["ok"] is False
+    if holder is not None:
+        holder.close()
 
 
 def test_early_reads_not_started_where_they_could_hold_a_writer_off(

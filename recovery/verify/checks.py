@@ -294,36 +294,57 @@ class EarlyWritten:
     on other threads while the relink works; :meth:`result` is the verification's result when they
     still hold for the file.
 
-    They hold for the file as they read it, so before they start a read-only connection takes
-    ``PRAGMA data_version``, and :meth:`result` takes it again on that connection: any commit to
-    the file in between, by any connection or process (the relink fixing links, the application),
-    changes it, and the reads are then dropped (the caller runs the verification on the file as it
-    is). Started only on a WAL-mode file: there a reader never delays the relink's commit (in
-    rollback-journal mode the reads' shared lock would hold its COMMIT off)."""
+    They hold for the file as they read it, so before they start a mark of its state is taken, and
+    :meth:`result` takes it again: any commit to the file in between, by any connection or process
+    (the relink fixing links, the application), changes it, and the reads are then dropped (the
+    caller runs the verification on the file as it is). The mark: when ``-shm`` exists (the file
+    is open elsewhere), ``PRAGMA data_version`` on one read-only connection kept for the purpose;
+    when neither ``-wal`` content nor ``-shm`` is there (the usual case: the re-import's connection,
+    the last one, checkpointed and removed them), the file's identity (device, inode, size, mtime,
+    ctime, SQLite's change counter) with still no ``-wal`` content or ``-shm`` beside it — no
+    read-only connection is opened then, since it would create ``-shm``. Started only on a
+    WAL-mode file: there a reader never delays the relink's commit (in rollback-journal mode the
+    reads' shared lock would hold its COMMIT off)."""
 
     def __init__(
         self, path: str | os.PathLike[str], outcome: Outcome, proof: StagedProof, bundle: Any
     ) -> None:
-        from recovery.engine.sqlite_io import file_uri, is_wal_file, real_path
+        from recovery.engine.sqlite_io import file_uri, is_wal_file, real_path, sidecars
 
         self._future: Any = None
         self._sentinel: sqlite3.Connection | None = None
-        self._version: int | None = None
+        self._mark: tuple[Any, ...] | None = None
         if not proof.sound or outcome.already_applied or bundle is None:
             return
         try:
-            if not is_wal_file(Path(path)):
+            self._real = real_path(Path(path))
+            if not is_wal_file(self._real):
                 return
-            self._sentinel = sqlite3.connect(
-                file_uri(real_path(Path(path)), mode="ro"), uri=True, check_same_thread=False
-            )
-            self._version = self._sentinel.execute("PRAGMA data_version").fetchone()[0]
+            if sidecars(self._real)[1].exists():
+                self._sentinel = sqlite3.connect(
+                    file_uri(self._real, mode="ro"), uri=True, check_same_thread=False
+                )
+            self._mark = self._state()
         except (OSError, sqlite3.Error):
+            self._mark = None
+        if self._mark is None:
             self.close()
             return
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="verify-early")
         self._future = pool.submit(_written_reads, path, outcome, proof, bundle)
         pool.shutdown(wait=False)
+
+    def _state(self) -> tuple[Any, ...] | None:
+        """The mark (see the class); None when the file's state cannot be told."""
+        from recovery.engine.sqlite_io import sidecars
+
+        if self._sentinel is not None:
+            return ("data_version", self._sentinel.execute("PRAGMA data_version").fetchone()[0])
+        wal, shm = sidecars(self._real)
+        if shm.exists() or (wal.exists() and wal.stat().st_size > 0):
+            return None
+        identity = _identity(self._real)
+        return None if identity is None else ("file", identity)
 
     @property
     def started(self) -> bool:
@@ -333,16 +354,16 @@ class EarlyWritten:
         """:func:`verify_written`'s result for ``outcome`` (the run's, after the relink), or None:
         not started, not bounded, failed, the relink wrote into the files table, or something was
         committed to the file since the reads began."""
-        if self._future is None or self._sentinel is None:
+        if self._future is None:
             return None
         try:
             reads = self._future.result()
-            version = self._sentinel.execute("PRAGMA data_version").fetchone()[0]
+            mark = self._state()
         except Exception:  # noqa: BLE001 - the verification runs again on the file as it is
             return None
         finally:
             self.close()
-        if reads is None or version != self._version or _files_table(outcome) is not None:
+        if reads is None or mark is None or mark != self._mark or _files_table(outcome):
             return None
         return _written_result(reads, outcome, expected_revision)
 

@@ -30,7 +30,7 @@ def test_known_hashes_are_taken_and_a_changed_file_is_read_again(tmp_path: Path)
     os.utime(root / "d" / "edited.txt", ns=(st.st_atime_ns, st.st_mtime_ns))
     (root / "new.txt").write_bytes(b"written by the apply")
     now = UploadsIndex(root)
-    now.adopt_hashes(earlier, {"new.txt": "f" * 64})
+    now.adopt_hashes(earlier, {os.path.realpath(root / "new.txt"): "f" * 64})
     os.remove(root / "kept.txt")  # taken over: never read again
     assert now.sha256("kept.txt") == _sha(b"kept")
     assert now.sha256("new.txt") == "f" * 64  # the apply's checked hash, as given

@@ -274,7 +274,7 @@ def _walk_after(plan: RelinkPlan) -> UploadsIndex | None:
     if plan.index is None or not Path(plan.root).is_dir():
         return None
     now = UploadsIndex(plan.root)
-    now.adopt_hashes(plan.index, {w.rel: w.sha256 for w in plan.writes})
+    now.adopt_hashes(plan.index, {os.fspath(w.target): w.sha256 for w in plan.writes})
     return now
 
 

@@ -436,13 +436,13 @@ class UploadsIndex:
         return (isinstance(stored, str) and stored in self.files) or resolved.is_file()
 
     def adopt_hashes(self, earlier: UploadsIndex, written: dict[str, str]) -> None:
-        """Take hashes already known instead of reading those files again: ``written`` (relative
-        path → sha256 of a file this process has just written and checked, e.g. by
+        """Take hashes already known instead of reading those files again: ``written`` (real path
+        → sha256 of a file this process has just written there and checked, e.g. by
         :func:`write_under`) and ``earlier``'s, for a file at the same real path whose inode, size,
         mtime and ctime are unchanged since ``earlier``'s walk hashed it."""
         for rel, (real, st) in self.files.items():
-            if rel in written:
-                self._sha[rel] = written[rel]
+            if real in written:
+                self._sha[rel] = written[real]
                 continue
             seen, digest = earlier.files.get(rel), earlier._sha.get(rel)
             if (

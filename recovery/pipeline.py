@@ -56,7 +56,7 @@ from recovery.engine.sqlite_io import (
     sidecars,
     write_lock_held,
 )
-from recovery.verify.checks import StagedProof, verify_file, verify_written
+from recovery.verify.checks import EarlyWritten, StagedProof, verify_file, verify_written
 from recovery.engine import open_engine
 from recovery.runfolder import check_run_folder
 from recovery.restore.swap import fingerprint as db_fingerprint
@@ -820,6 +820,13 @@ def _run_rollback(
                 journal.data["steps"]["probe"].setdefault("forced_past", []).extend(late_holders)
             if windows is not None:
                 windows.append(window)
+            if not downgrade_to:  # staged and checked while the safety copy and the extract read
+                staged = _Background(
+                    proof.staging(stage_restore),
+                    backup_p,
+                    db_p,
+                    cleanup=lambda r: r[0].unlink(missing_ok=True),
+                )
             # under the lock, always: a resumed run's earlier copy may predate commits made since
             prior = journal.info("safety").get("sha256") if journal.done("safety") else None
             if alembic_ini and not journal.done("extract"):
@@ -833,15 +840,6 @@ def _run_rollback(
                 journal.data["steps"].pop(
                     "extract", None
                 )  # the live DB changed since: extract again
-            if (
-                not downgrade_to
-            ):  # staged, then its integrity and foreign keys checked, while the extract reads
-                staged = _Background(
-                    proof.staging(stage_restore),
-                    backup_p,
-                    db_p,
-                    cleanup=lambda r: r[0].unlink(missing_ok=True),
-                )
             if not journal.done("extract"):
                 say("extracting post-deploy changes")
                 journal.mark("extract", "start")
@@ -943,6 +941,12 @@ def _run_rollback(
     if jobs is not None:  # closed by the caller however the run ends
         jobs.append(report_prep)
     outcome = _load_outcome(run_dir, bundle, db_p, on_conflict)
+    early: EarlyWritten | None = None
+    if not journal.done("verify") and not args.get("full_verify"):
+        # the verification's reads, beside the relink
+        early = EarlyWritten(db_p, outcome, proof, bundle)
+        if jobs is not None:  # closed by the caller however the run ends
+            jobs.append(_Background(lambda: early, cleanup=lambda e: e.close()))
     if not journal.done("relink"):
         journal.mark("relink", "start")
         outcome.files = (
@@ -957,7 +961,8 @@ def _run_rollback(
         outcome.verification = (
             None
             if args.get("full_verify")
-            else verify_written(db_p, outcome, bundle.old.alembic_revision, proof, bundle)
+            else (early.result(outcome, bundle.old.alembic_revision) if early else None)
+            or verify_written(db_p, outcome, bundle.old.alembic_revision, proof, bundle)
         ) or verify_file(db_p, outcome, bundle.old.alembic_revision, role="live database")
         _save_outcome(run_dir, outcome)
         journal.mark("verify", "done", ok=outcome.verification.get("ok"))

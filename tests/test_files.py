@@ -160,6 +160,8 @@ def test_files_deleted_after_extract_come_back_from_the_bundle(
     assert {f["path"] for f in files} <= {a["path"] for a in state["added"]} and not state[
         "removed"
     ]
+    added = {a["path"]: a["sha256"] for a in state["added"]}  # the written files' hashes as checked
+    assert all(added[f["path"]] == f["sha256"] == sha(uploads / f["path"]) for f in files)
     # a second relink finds everything in place and writes nothing
     again = relink(bundle, db, uploads)
     assert not again["restored_from_bundle"] and not again["links_fixed"]

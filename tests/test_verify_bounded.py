@@ -16,7 +16,7 @@ from recovery.bundle.store import open_bundle
 from recovery.pipeline import rollback
 from recovery.report.runfiles import read_outcome_file
 from recovery.sample import app_dir
-from recovery.verify.checks import StagedProof, verify_file, verify_written
+from recovery.verify.checks import EarlyWritten, StagedProof, verify_file, verify_written
 
 INI = app_dir() / "alembic.ini"
 
@@ -128,3 +128,87 @@ def test_a_staged_file_written_after_its_checks_voids_the_proof(tmp_path: Path) 
         conn.execute("INSERT INTO c VALUES (2, 99)")
     conn.close()
     assert not touched.confirm(src) and not touched.sound
+
+
+def _wal_copy(rolled: Path, dest: Path) -> Path:
+    """A WAL-mode copy of the rolled-back DB (the live DB's mode after a rollback)."""
+    db = dest / "gestima.db"
+    src = sqlite3.connect(rolled / "gestima.db")
+    out = sqlite3.connect(db)
+    src.backup(out)
+    src.close()
+    out.execute("PRAGMA journal_mode = WAL")
+    out.close()
+    return db
+
+
+CLEAN = StagedProof(sha256="checked", integrity=["ok"], foreign_keys=[])
+
+
+@pytest.mark.parametrize("held", [False, True], ids=["closed", "held-open"])
+def test_early_reads_give_the_bounded_result_when_nothing_committed_since(
+    rolled: Path, tmp_path: Path, held: bool
+) -> None:
+    """Closed (no -wal, no -shm: the file's identity is the mark, and nothing is created beside
+    it) or held open by another process's connection (-shm there: ``data_version``)."""
+    outcome, bundle = _inputs(rolled)
+    db = _wal_copy(rolled, tmp_path)
+    holder = sqlite3.connect(db) if held else None
+    if holder is not None:
+        holder.execute("SELECT count(*) FROM parts").fetchone()
+    early = EarlyWritten(db, outcome, CLEAN, bundle)
+    assert early.started
+    res = early.result(outcome, bundle.old.alembic_revision)
+    assert res is not None and res["ok"] is True and res["checked"] == "bounded"
+    if holder is None:
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["gestima.db"]
+    else:
+        holder.close()
+    assert res == verify_written(db, outcome, bundle.old.alembic_revision, CLEAN, bundle)
+
+
+@pytest.mark.parametrize("held", [False, True], ids=["closed", "held-open"])
+def test_early_reads_are_dropped_after_any_commit_to_the_file(
+    rolled: Path, tmp_path: Path, held: bool
+) -> None:
+    """A row with a dangling foreign key committed by another connection after the reads began
+    (the bounded reads would never look at it): the early result is dropped, and the check on the
+    file as it is then finds it. Closed: the commit's checkpoint moves the file; held open: the
+    commit stays in -wal and ``data_version`` moves."""
+    outcome, bundle = _inputs(rolled)
+    db = _wal_copy(rolled, tmp_path)
+    holder = sqlite3.connect(db) if held else None
+    if holder is not None:
+        holder.execute("SELECT count(*) FROM parts").fetchone()
+    early = EarlyWritten(db, outcome, CLEAN, bundle)
+    assert early.started
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "INSERT INTO quote_items (quote_id, part_id, qty, unit_price) VALUES (987654, 987654, 1, 1.0)"
+        )
+    conn.close()
+    assert early.result(outcome, bundle.old.alembic_revision) is None
+    assert verify_file(db, outcome, bundle.old.alembic_revision)["ok"] is False
+    if holder is not None:
+        holder.close()
+
+
+def test_early_reads_not_started_where_they_could_hold_a_writer_off(
+    rolled: Path, tmp_path: Path
+) -> None:
+    """Rollback-journal mode (a reader's lock would delay the relink's commit), no clean proof,
+    or a relink that fixed links in the files table: no early result."""
+    outcome, bundle = _inputs(rolled)
+    db = _wal_copy(rolled, tmp_path)
+    journal = tmp_path / "journal.db"
+    with sqlite3.connect(db) as src, sqlite3.connect(journal) as out:
+        src.backup(out)
+        out.execute("PRAGMA journal_mode = DELETE")
+    src.close()
+    out.close()
+    assert not EarlyWritten(journal, outcome, CLEAN, bundle).started
+    assert not EarlyWritten(db, outcome, StagedProof(), bundle).started
+    early = EarlyWritten(db, outcome, CLEAN, bundle)
+    fixed = read_outcome_file(rolled / "run" / "outcome.json")
+    fixed.files = {"links_fixed": 1, "files_table": {"table": "file_records"}}
+    assert early.result(fixed, bundle.old.alembic_revision) is None

@@ -244,8 +244,9 @@ def relink(
     report["counts"] = {k: len(report[k]) for k in REPORT_LISTS}
     backup = (b.manifest.get("sources") or {}).get("backup", {}).get("path")
     if backup and Path(backup).is_file() and plan.cfg is not None:
-        # The folder as planning walked it, unless the apply wrote files into it since.
-        index = plan.index if dry_run or not plan.writes else None
+        # The folder as planning walked it, unless the apply wrote files into it since: then a new
+        # walk, reading again only the files that are neither written by the apply nor unchanged.
+        index = plan.index if dry_run or not plan.writes else _walk_after(plan)
         try:
             state = uploads_state(
                 backup,
@@ -264,6 +265,17 @@ def relink(
         except RecoveryError:
             report["uploads_state"] = None
     return report
+
+
+def _walk_after(plan: RelinkPlan) -> UploadsIndex | None:
+    """The uploads folder walked again after the apply wrote ``plan.writes``, with the hashes
+    already known taken over (:meth:`UploadsIndex.adopt_hashes`); None when it is not a folder
+    (:func:`uploads_state` then says so)."""
+    if plan.index is None or not Path(plan.root).is_dir():
+        return None
+    now = UploadsIndex(plan.root)
+    now.adopt_hashes(plan.index, {os.fspath(w.target): w.sha256 for w in plan.writes})
+    return now
 
 
 def uploads_state(

@@ -438,6 +438,24 @@ class UploadsIndex:
         """``resolved.is_file()`` for ``resolved = self.resolve(stored)``, from the walk when it can."""
         return (isinstance(stored, str) and stored in self.files) or resolved.is_file()
 
+    def adopt_hashes(self, earlier: UploadsIndex, written: dict[str, str]) -> None:
+        """Take hashes already known instead of reading those files again: ``written`` (real path
+        → sha256 of a file this process has just written there and checked, e.g. by
+        :func:`write_under`) and ``earlier``'s, for a file at the same real path whose inode, size,
+        mtime and ctime are unchanged since ``earlier``'s walk hashed it."""
+        for rel, (real, st) in self.files.items():
+            if real in written:
+                self._sha[rel] = written[real]
+                continue
+            seen, digest = earlier.files.get(rel), earlier._sha.get(rel)
+            if (
+                seen is not None
+                and digest is not None
+                and seen[0] == real
+                and _same_file(seen[1], st)
+            ):
+                self._sha[rel] = digest
+
     def sha256(self, stored: object, resolved: Path | None = None) -> str:
         """The sha256 of the file ``stored`` names (``resolved``, :meth:`resolve`'s answer, is
         needed only for a path the walk did not list); a file the walk listed is read once however
@@ -450,6 +468,16 @@ class UploadsIndex:
         if resolved is None:
             raise ValueError(f"{stored!r} is not a file the walk listed")
         return sha256_bytes_of(resolved, self.real)
+
+
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino, a.st_size, a.st_mtime_ns, a.st_ctime_ns) == (
+        b.st_dev,
+        b.st_ino,
+        b.st_size,
+        b.st_mtime_ns,
+        b.st_ctime_ns,
+    )
 
 
 def iter_uploads(root: Path) -> Iterator[FileEntry]:

@@ -115,8 +115,9 @@ def _result(
 @dataclass
 class StagedProof:
     """What was proven of the restored file before it replaced the live DB: the full
-    ``integrity_check`` and ``foreign_key_check`` of the staged copy (run on the second core while
-    the extract reads), bound to the copy's sha256. :func:`verify_written` builds on it."""
+    ``integrity_check`` and ``foreign_key_check`` of the staged copy (each on its own connection
+    and thread, at the same time, while the safety copy and the extract read), bound to the copy's
+    sha256. :func:`verify_written` builds on it."""
 
     sha256: str | None = None
     integrity: list[str] = field(default_factory=list)
@@ -135,8 +136,10 @@ class StagedProof:
             tmp, digest = stage(*args, **kwargs)
             before = _identity(tmp)
             staged = open_engine(tmp)
-            self.integrity = _on_connection(staged, "staged backup", _integrity_with_cache)
-            self.foreign_keys = _on_connection(staged, "staged backup", foreign_key_problems)
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="staged-fk") as pool:
+                fks = pool.submit(_on_connection, staged, "staged backup", foreign_key_problems)
+                self.integrity = _on_connection(staged, "staged backup", _integrity_with_cache)
+                self.foreign_keys = fks.result()
             self.sha256, self.stat = (digest, before) if _identity(tmp) == before else (None, None)
             return tmp, digest
 
@@ -201,6 +204,36 @@ def verify_written(
     plainly gets ``integrity_check(table)``. When the relink fixed links, the files table and the
     tables referencing it get ``foreign_key_check(table)``. With triggers in the file, an
     outcome recorded by an earlier run, or a proof that is not clean: None."""
+    reads = _written_reads(path, outcome, proof, bundle)
+    return None if reads is None else _written_result(reads, outcome, expected_revision)
+
+
+_Reads = tuple[list[str], list[str], list[dict[str, Any]], "str | None"]
+"""What :func:`_written_reads` found: quick_check lines, index problems, foreign-key problems of
+the relinked tables, the alembic revision."""
+
+
+def _written_result(
+    reads: _Reads, outcome: Outcome, expected_revision: str | None
+) -> dict[str, Any]:
+    lines, index_problems, fks, revision = reads
+    if index_problems:
+        lines = [line for line in lines if line != "ok"] + index_problems
+    result = _result(lines, fks, revision, outcome, expected_revision)
+    result["checked"] = "bounded"
+    return result
+
+
+def _files_table(outcome: Outcome) -> str | None:
+    """The files table when the relink wrote into it (fixed links), else None."""
+    fixed = outcome.files or {}
+    return (fixed.get("files_table") or {}).get("table") if fixed.get("links_fixed") else None
+
+
+def _written_reads(
+    path: str | os.PathLike[str], outcome: Outcome, proof: StagedProof, bundle: Any
+) -> _Reads | None:
+    """The reads of :func:`verify_written` (None: it cannot be bounded)."""
     if not proof.sound or outcome.already_applied or bundle is None:
         return None
     live = open_engine(path)
@@ -214,10 +247,7 @@ def verify_written(
                 "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name"
             )
         ]
-    fixed = outcome.files or {}
-    files_table = (
-        (fixed.get("files_table") or {}).get("table") if fixed.get("links_fixed") else None
-    )
+    files_table = _files_table(outcome)
 
     def written(conn: sqlite3.Connection) -> tuple[list[str], list[dict[str, Any]]]:
         _attach_rows(conn, bundle)
@@ -256,11 +286,97 @@ def verify_written(
             lines, (index_problems, fks) = quick.result(), rows.result()
         except sqlite3.Error:  # e.g. a bundle file gone since the re-import: prove it the long way
             return None
-    if index_problems:
-        lines = [line for line in lines if line != "ok"] + index_problems
-    result = _result(lines, fks, revision, outcome, expected_revision)
-    result["checked"] = "bounded"
-    return result
+    return lines, index_problems, fks, revision
+
+
+class EarlyWritten:
+    """:func:`verify_written`'s reads of the live DB, started as soon as the re-import committed,
+    on other threads while the relink works; :meth:`result` is the verification's result when they
+    still hold for the file.
+
+    They hold for the file as they read it, so before they start a mark of its state is taken, and
+    :meth:`result` takes it again: any commit to the file in between, by any connection or process
+    (the relink fixing links, the application), changes it, and the reads are then dropped (the
+    caller runs the verification on the file as it is). The mark: when ``-shm`` exists (the file
+    is open elsewhere), ``PRAGMA data_version`` on one read-only connection kept for the purpose;
+    when neither ``-wal`` content nor ``-shm`` is there (the usual case: the re-import's connection,
+    the last one, checkpointed and removed them), the file's identity (device, inode, size, mtime,
+    ctime, SQLite's change counter) with still no ``-wal`` content or ``-shm`` beside it — no
+    read-only connection is opened then, since it would create ``-shm``. Started only on a
+    WAL-mode file: there a reader never delays the relink's commit (in rollback-journal mode the
+    reads' shared lock would hold its COMMIT off)."""
+
+    def __init__(
+        self, path: str | os.PathLike[str], outcome: Outcome, proof: StagedProof, bundle: Any
+    ) -> None:
+        from recovery.engine.sqlite_io import file_uri, is_wal_file, real_path, sidecars
+
+        self._future: Any = None
+        self._sentinel: sqlite3.Connection | None = None
+        self._mark: tuple[Any, ...] | None = None
+        if not proof.sound or outcome.already_applied or bundle is None:
+            return
+        try:
+            self._real = real_path(Path(path))
+            if not is_wal_file(self._real):
+                return
+            if sidecars(self._real)[1].exists():
+                self._sentinel = sqlite3.connect(
+                    file_uri(self._real, mode="ro"), uri=True, check_same_thread=False
+                )
+            self._mark = self._state()
+        except (OSError, sqlite3.Error):
+            self._mark = None
+        if self._mark is None:
+            self.close()
+            return
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="verify-early")
+        self._future = pool.submit(_written_reads, path, outcome, proof, bundle)
+        pool.shutdown(wait=False)
+
+    def _state(self) -> tuple[Any, ...] | None:
+        """The mark (see the class); None when the file's state cannot be told."""
+        from recovery.engine.sqlite_io import sidecars
+
+        if self._sentinel is not None:
+            return ("data_version", self._sentinel.execute("PRAGMA data_version").fetchone()[0])
+        wal, shm = sidecars(self._real)
+        if shm.exists() or (wal.exists() and wal.stat().st_size > 0):
+            return None
+        identity = _identity(self._real)
+        return None if identity is None else ("file", identity)
+
+    @property
+    def started(self) -> bool:
+        return self._future is not None
+
+    def result(self, outcome: Outcome, expected_revision: str | None) -> dict[str, Any] | None:
+        """:func:`verify_written`'s result for ``outcome`` (the run's, after the relink), or None:
+        not started, not bounded, failed, the relink wrote into the files table, or something was
+        committed to the file since the reads began."""
+        if self._future is None:
+            return None
+        try:
+            reads = self._future.result()
+            mark = self._state()
+        except Exception:  # noqa: BLE001 - the verification runs again on the file as it is
+            return None
+        finally:
+            self.close()
+        if reads is None or mark is None or mark != self._mark or _files_table(outcome):
+            return None
+        return _written_result(reads, outcome, expected_revision)
+
+    def close(self) -> None:
+        """Wait for the reads (nothing started here outlives the run) and close the connection."""
+        if self._future is not None:
+            try:
+                self._future.result()
+            except BaseException:  # noqa: BLE001 - dropped: the verification runs again
+                pass
+        if self._sentinel is not None:
+            self._sentinel.close()
+            self._sentinel = None
 
 
 def _quick_check(conn: sqlite3.Connection) -> list[str]:

@@ -129,11 +129,18 @@ def restored(world: Path, tmp_path: Path) -> Path:
 def pg_server() -> Iterator[str]:
     """The URL of a real PostgreSQL server (a superuser on its ``postgres`` database):
     ``RECOVERY_TEST_PG_URL`` when set (``.ci/run`` sets it), else a throwaway cluster this test
-    process starts (:mod:`tests.pgcluster`), else the test is skipped saying how to run it."""
+    process starts (:mod:`tests.pgcluster`), else the test is skipped saying how to run it.
+
+    Under xdist only the first worker (``gw0``) uses ``RECOVERY_TEST_PG_URL``; another worker
+    starts a throwaway cluster of its own when the binaries are there: several tests check the
+    whole server ("the run left no database behind"), which another worker's databases appearing
+    at the same moment would break. Without the binaries the workers share the given server."""
     from tests import pgcluster
 
     url = os.environ.get(pgcluster.ENV_URL)
-    if url:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    own = worker != "gw0" and pgcluster.find_bin("initdb") and pgcluster.find_bin("pg_ctl")
+    if url and not own:
         yield url
         return
     if not (pgcluster.find_bin("initdb") and pgcluster.find_bin("pg_ctl")):

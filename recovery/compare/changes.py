@@ -740,13 +740,9 @@ class OneInstant:
     on every commit by any other connection), so every snapshot taken in between is the same."""
 
     def __init__(self, live: str) -> None:
-        from recovery.engine.sqlite_io import readonly_uri
+        from recovery.engine.sqlite_io import CommitWatch
 
-        self._probe = sqlite3.connect(readonly_uri(Path(live)), uri=True, check_same_thread=False)
-        self._version = self._data_version()
-
-    def _data_version(self) -> int:
-        return int(self._probe.execute("PRAGMA data_version").fetchone()[0])
+        self._watch = CommitWatch(Path(live))
 
     @staticmethod
     def join(c: Connection) -> None:
@@ -757,10 +753,10 @@ class OneInstant:
         ).fetchone()
 
     def still(self) -> bool:
-        return self._data_version() == self._version
+        return self._watch.unchanged()
 
     def close(self) -> None:
-        self._probe.close()
+        self._watch.close()
 
 
 def _live_wal_file(conn: Connection) -> str | None:

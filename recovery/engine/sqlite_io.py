@@ -139,6 +139,31 @@ def readonly_uri(p: Path) -> str:
     return file_uri(copy, mode="ro")
 
 
+class CommitWatch:
+    """Whether any other connection or process has committed into a SQLite file since this object
+    was made: ``PRAGMA data_version`` of a private read-only connection changes on every commit by
+    any other connection (SQLite's own promise), and a checkpoint does not change it.
+
+    ``path`` must be a file whose ``-shm`` already exists or may be created (a WAL-mode file open
+    elsewhere, or one of ours): a ``mode=ro`` open of a WAL file creates a missing ``-shm``. Usable
+    from any thread (one call at a time)."""
+
+    def __init__(self, path: Path) -> None:
+        self._conn = sqlite3.connect(file_uri(path, mode="ro"), uri=True, check_same_thread=False)
+        self._version = self.version()
+
+    def version(self) -> int:
+        """The file's data version as this connection sees it now."""
+        return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+
+    def unchanged(self) -> bool:
+        """True when nobody has committed into the file since this object was made."""
+        return self.version() == self._version
+
+    def close(self) -> None:
+        self._conn.close()
+
+
 def open_readonly(path: str | os.PathLike[str], role: str = "database") -> sqlite3.Connection:
     """Open a validated SQLite file read-only (``mode=ro``): it sees committed WAL content and
     can never write, checkpoint or truncate the file (see :func:`readonly_uri`)."""

@@ -25,6 +25,7 @@ from recovery.engine.schema import alembic_revision
 from recovery.engine.sqlbuild import sql
 from recovery.engine import open_engine
 from recovery.engine.base import Connection, Engine
+from recovery.engine.sqlite_io import CommitWatch
 
 INTEGRITY_CACHE_KIB = 16 * 1024
 """Page cache of the integrity-check connection. ``integrity_check`` looks every row up in each of
@@ -309,10 +310,10 @@ class EarlyWritten:
     def __init__(
         self, path: str | os.PathLike[str], outcome: Outcome, proof: StagedProof, bundle: Any
     ) -> None:
-        from recovery.engine.sqlite_io import file_uri, is_wal_file, real_path, sidecars
+        from recovery.engine.sqlite_io import is_wal_file, real_path, sidecars
 
         self._future: Any = None
-        self._sentinel: sqlite3.Connection | None = None
+        self._sentinel: CommitWatch | None = None
         self._mark: tuple[Any, ...] | None = None
         if not proof.sound or outcome.already_applied or bundle is None:
             return
@@ -321,9 +322,7 @@ class EarlyWritten:
             if not is_wal_file(self._real):
                 return
             if sidecars(self._real)[1].exists():
-                self._sentinel = sqlite3.connect(
-                    file_uri(self._real, mode="ro"), uri=True, check_same_thread=False
-                )
+                self._sentinel = CommitWatch(self._real)
             self._mark = self._state()
         except (OSError, sqlite3.Error):
             self._mark = None
@@ -339,7 +338,7 @@ class EarlyWritten:
         from recovery.engine.sqlite_io import sidecars
 
         if self._sentinel is not None:
-            return ("data_version", self._sentinel.execute("PRAGMA data_version").fetchone()[0])
+            return ("data_version", self._sentinel.version())
         wal, shm = sidecars(self._real)
         if shm.exists() or (wal.exists() and wal.stat().st_size > 0):
             return None

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -339,18 +340,21 @@ def diff(
             )
         )
     else:
-        result = DiffCommandResult(
-            compare(
-                Path(backup),
-                Path(db),
-                since,
-                list(tables) if tables else None,
-                mapping,
-                rows,
-                alembic_ini,
-                trust_mapping,
+        from recovery.engine.sqlite_io import unchanged_while_read
+
+        with unchanged_while_read({"backup": backup, "live database": db}):
+            result = DiffCommandResult(
+                compare(
+                    Path(backup),
+                    Path(db),
+                    since,
+                    list(tables) if tables else None,
+                    mapping,
+                    rows,
+                    alembic_ini,
+                    trust_mapping,
+                )
             )
-        )
     log.debug(
         "diff: %s row change(s), %s value(s) at risk, schema %s",
         result.diff.changes.total,
@@ -393,15 +397,19 @@ def extract(
                 trust_mapping=trust_mapping,
             )
         else:
-            res = run_extract(
+            res = _extract_unchanged_while_read(
+                lambda: run_extract(
+                    backup,
+                    db,
+                    out_dir,
+                    since,
+                    mapping,
+                    alembic_ini,
+                    uploads,
+                    trust_mapping=trust_mapping,
+                ),
                 backup,
                 db,
-                out_dir,
-                since,
-                mapping,
-                alembic_ini,
-                uploads,
-                trust_mapping=trust_mapping,
             )
     summary = res.summary()
     log.debug(
@@ -415,6 +423,25 @@ def extract(
         len(res.plan.statements(apply_deletes=True)) - len(res.plan.statements()),
     )
     return ExtractCommandResult(res, summary)
+
+
+def _extract_unchanged_while_read(
+    run: Callable[[], ExtractResult], backup: PathArg, db: PathArg
+) -> ExtractResult:
+    """``run()`` (a SQLite extract), its bundle removed again when a source it read with
+    ``immutable=1`` was written meanwhile (:func:`recovery.engine.sqlite_io.unchanged_while_read`):
+    a bundle from a torn read must never be re-imported."""
+    from recovery.engine.sqlite_io import unchanged_while_read
+
+    made: list[ExtractResult] = []
+    try:
+        with unchanged_while_read({"backup": backup, "live database": db}):
+            made.append(run())
+    except RecoveryError:
+        for res in made:
+            shutil.rmtree(res.bundle.path, ignore_errors=True)
+        raise
+    return made[0]
 
 
 def reimport(

@@ -107,6 +107,7 @@ def readonly_uri(p: Path) -> str:
     and its ``-wal`` are copied to a private temporary folder and that copy is opened.
     """
     p = real_path(p)  # through a symlink, the -wal and -shm are beside the real file
+    mark = _file_mark(p)  # before the checks: a checkpoint after it shows in the mark
     uri = file_uri(p, mode="ro")
     wal, shm = sidecars(p)
     wal_mode = is_wal_file(p)
@@ -124,6 +125,7 @@ def readonly_uri(p: Path) -> str:
             if not wal_mode or shm.exists():  # not WAL mode, or -shm is there
                 return uri  # let the caller report SQLite's own error
     if not wal.exists() or wal.stat().st_size == 0:
+        _immutable_marks.setdefault(str(p), mark)  # the first open's mark: see unchanged_while_read
         return file_uri(p, immutable="1")
     st, wst = p.stat(), wal.stat()
     key = (str(p.resolve()), st.st_size, st.st_mtime_ns, wst.st_size, wst.st_mtime_ns)
@@ -137,6 +139,55 @@ def readonly_uri(p: Path) -> str:
         shutil.copyfile(wal, copy.with_name(copy.name + "-wal"))
         _ro_copies[key] = copy
     return file_uri(copy, mode="ro")
+
+
+_immutable_marks: dict[str, tuple[int, int, int, int]] = {}
+
+
+def _file_mark(p: Path) -> tuple[int, int, int, int]:
+    """What a write into ``p`` changes: inode, size, mtime and ctime (nanoseconds)."""
+    st = p.stat()
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def changed_since_immutable_open(path: str | os.PathLike[str]) -> bool:
+    """True when :func:`readonly_uri` opened ``path`` with ``immutable=1`` (in this process, since
+    :func:`forget_immutable_open`) and the file has been written since.
+
+    ``immutable=1`` is chosen only when no process has the WAL-mode file open (no ``-shm``); SQLite
+    then takes no locks and trusts the file not to change. An application that opens the file
+    afterwards writes into ``-wal``, which such a reader never sees (a consistent, older instant),
+    but its checkpoint writes pages into the main file under the reader: a torn read. The
+    checkpoint changes the file's mtime and ctime, which this compares. Left open: a checkpoint
+    within the file system's timestamp tick of an earlier write to the same file (the application
+    was writing a moment before the open: it would still have had ``-shm`` then)."""
+    p = real_path(Path(path))
+    mark = _immutable_marks.get(str(p))
+    return mark is not None and (not p.exists() or _file_mark(p) != mark)
+
+
+def forget_immutable_open(path: str | os.PathLike[str]) -> None:
+    """Start a new watch of ``path`` (see :func:`changed_since_immutable_open`)."""
+    _immutable_marks.pop(str(real_path(Path(path))), None)
+
+
+@contextmanager
+def unchanged_while_read(paths: dict[str, str | os.PathLike[str]]) -> Iterator[None]:
+    """Run a block of reads of ``paths`` (role → path) and refuse its result (exit 3, nothing
+    written by it is kept by the caller) when one of them was opened ``immutable=1`` and another
+    process wrote into it meanwhile (:func:`changed_since_immutable_open`)."""
+    for p in paths.values():
+        forget_immutable_open(p)
+    yield
+    for role, p in paths.items():
+        if changed_since_immutable_open(p):
+            raise RecoveryError(
+                f"{role} {p} was changed by another process while it was read (nobody had it "
+                "open when the read began, so SQLite could not keep the read consistent)",
+                "run the command again: now that the application has the file open, the read is "
+                "consistent",
+                ExitCode.FAILED,
+            )
 
 
 class CommitWatch:
@@ -235,6 +286,34 @@ def consistent_copy(
     src_p = check_sqlite_file(src, role)
     dst_p = Path(dst)
     tmp = dst_p.with_name(f".{dst_p.name}.tmp-{os.getpid()}")
+    for attempt in range(1, COPY_TRIES + 1):
+        forget_immutable_open(src_p)
+        _backup_into(src_p, dst_p, tmp, role)
+        if not changed_since_immutable_open(src_p):
+            break
+        # an application opened the idle file and checkpointed into it under the copy: take it
+        # again (the application now keeps -shm, so the next read is a locked, consistent one)
+        tmp.unlink(missing_ok=True)
+        if attempt == COPY_TRIES:
+            raise RecoveryError(
+                f"{role} {src_p} kept changing while it was copied ({COPY_TRIES} tries)",
+                "run the command again when the application is idle or running steadily",
+                ExitCode.FAILED,
+            )
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, dst_p)
+    fsync_dir(dst_p.parent)
+    return dst_p
+
+
+COPY_TRIES = 3
+"""How many times :func:`consistent_copy` copies a file that an application started writing into
+during an ``immutable=1`` read, before it gives up."""
+
+
+def _backup_into(src_p: Path, dst_p: Path, tmp: Path, role: str) -> None:
+    """SQLite's online backup of ``src_p`` into ``tmp`` (journal mode DELETE), not yet fsynced."""
     source = open_readonly(src_p, role)  # refuse an unreadable source before creating anything
     try:
         dst_p.parent.mkdir(parents=True, exist_ok=True)
@@ -254,11 +333,6 @@ def consistent_copy(
         ) from None
     finally:
         source.close()
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, dst_p)
-    fsync_dir(dst_p.parent)
-    return dst_p
 
 
 def write_lock_held(path: str | os.PathLike[str], timeout: float = 0.5) -> bool:

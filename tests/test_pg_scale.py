@@ -97,3 +97,32 @@ def test_fingerprint_reads_the_table_once_without_a_sort_or_a_table_sized_value(
     assert "Aggregate" in plan and "Seq Scan" in plan, plan
     for unbounded in ("Sort", "string_agg", "array_agg", "json_agg"):
         assert unbounded not in plan, plan
+
+
+def test_the_lineage_sandbox_has_the_schema_and_the_revision_but_no_rows(
+    pg_world_copy: PgWorldCopy,
+) -> None:
+    """The downgrade that tells the lineage runs on a copy of the replayed upgrade emptied of its
+    rows (as SQLite's lineage scratch: the live schema, no rows) — not over every row of a large
+    database. The copy keeps every table, column and sequence, and ``alembic_version``'s row."""
+    from recovery.migrate.pgsandbox import sandbox_database
+
+    source = PostgresEngine(pg_world_copy.url)
+    columns = (
+        "SELECT table_name, column_name, data_type FROM information_schema.columns "
+        "WHERE table_schema = 'public' ORDER BY 1, 2"
+    )
+    with psycopg.connect(pg_world_copy.url, autocommit=True) as c:
+        shape = c.execute(columns).fetchall()
+        revision = c.execute("SELECT version_num FROM alembic_version").fetchall()
+    before = source.fingerprint()
+    with sandbox_database(source, "lineage", rows=False) as sdb:
+        with psycopg.connect(sdb.admin.url.render_as_string(False), autocommit=True) as c:
+            assert c.execute(columns).fetchall() == shape
+            assert c.execute("SELECT version_num FROM alembic_version").fetchall() == revision
+        counts = sdb.admin.fingerprint()
+    assert revision and before["public.parts"]["rows"] > 0
+    assert {k: v["rows"] for k, v in counts.items()} == {
+        k: 1 if k == "public.alembic_version" else 0 for k in before
+    }
+    assert source.fingerprint() == before  # the source keeps its rows

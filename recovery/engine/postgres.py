@@ -88,6 +88,7 @@ FINGERPRINT_SETTINGS = (
     ("TimeZone", "UTC"),
     ("extra_float_digits", "3"),
     ("bytea_output", "hex"),
+    ("lc_monetary", "C"),
 )
 """The settings that change a value's text, fixed (``SET LOCAL``) for the fingerprint's read."""
 

@@ -57,6 +57,9 @@ log = logging.getLogger(__name__)
 SCHEMA = "public"
 BATCH = 5000
 """Questions (or fixes) per statement: a bounded number of round trips whatever the records."""
+KEYS = "_recovery_keys"
+"""The alias of the bound values in a batched statement (no application table is named so: an
+inner table of that name would hide it, and the batch would fall back to one by one)."""
 
 
 @functools.lru_cache(maxsize=256)
@@ -225,7 +228,7 @@ class DualReader:
             columns.append(cast_to)
             ph.replace(
                 exp.Cast(
-                    this=exp.column(f"v{i}", table="k", quoted=True),
+                    this=exp.column(f"v{i}", table=KEYS, quoted=True),
                     to=exp.DataType(this=exp.DataType.Type.USERDEFINED, kind=cast_to),
                 )
             )
@@ -238,7 +241,7 @@ class DualReader:
                 for _ in range(width)
             ],
             alias=exp.TableAlias(
-                this=exp.to_identifier("k"),
+                this=exp.to_identifier(KEYS, quoted=True),
                 columns=[exp.to_identifier(f"v{i}", quoted=True) for i in range(width)],
             ),
             offset=exp.to_identifier("n", quoted=True),  # WITH ORDINALITY
@@ -247,7 +250,7 @@ class DualReader:
             this=tree.subquery(), alias=exp.TableAlias(this=exp.to_identifier("s"))
         )
         q = exp.select(
-            exp.column("n", table="k", quoted=True),
+            exp.column("n", table=KEYS, quoted=True),
             exp.Column(this=exp.Star(), table=exp.to_identifier("s")),
         )
         rendered = q.from_(keys).join(lateral, join_type="CROSS").sql("postgres")

@@ -865,6 +865,7 @@ def apply_deletes_cmd(run_dir: Path, only: Path | None, dry_run: bool, yes: bool
         recovery apply-deletes run/ --only reviewed.csv --dry-run
     """
     from recovery import commands
+    from recovery.reimport.deletes import json_key
 
     _confirm_or_refuse(yes, dry_run, f"Delete the reviewed rows of {run_dir} from its database?")
     res = commands.apply_deletes(run_dir=run_dir, only=only, dry_run=dry_run)
@@ -876,7 +877,7 @@ def apply_deletes_cmd(run_dir: Path, only: Path | None, dry_run: bool, yes: bool
             (
                 {
                     "table": c.table,
-                    "key": json.dumps(list(c.key), ensure_ascii=False),
+                    "key": json.dumps(json_key(c.key), ensure_ascii=False),
                     "outcome": c.kind,
                 }
                 for c in res.conflicts

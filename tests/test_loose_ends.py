@@ -11,7 +11,7 @@ import json
 import os
 import shutil
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -377,3 +377,55 @@ def test_apply_deletes_on_a_postgresql_run_is_refused_saying_what_to_do(
     code, out = _invoke(str(run), "--yes")
     assert code == 2, out
     assert "not built for PostgreSQL" in out and "deletes_for_review.csv" in out
+
+
+def test_only_finds_rows_by_a_composite_key_with_a_blob_part(tmp_path: Path) -> None:
+    """A table keyed by (BLOB, INTEGER): the rollback lists its post-deploy deletes with their key
+    as JSON whose bytes part is tagged (``{"$bytes": hex}``), and ``--only`` with such a line
+    deletes exactly that row; a text key that spells the blob's hex is another row. A one-column
+    key whose text names two rows (5 and '5' in a column without affinity) is refused."""
+    backup, live = tmp_path / "app.db.bak", tmp_path / "app.db"
+    keys = [(bytes([i, 0, 255]), i) for i in range(6)] + [("0x0200ff", 2)]
+    with sqlite3.connect(backup) as c:
+        c.execute("CREATE TABLE tags (owner BLOB, n INTEGER, label TEXT, PRIMARY KEY (owner, n))")
+        c.executemany("INSERT INTO tags VALUES (?, ?, ?)", [(*k, f"t{k[1]}") for k in keys])
+        c.execute("CREATE TABLE codes (h PRIMARY KEY, note TEXT)")
+        c.executemany("INSERT INTO codes VALUES (?, ?)", [(5, "int"), ("5", "text"), (6, "six")])
+    c.close()
+    shutil.copy(backup, live)
+    with sqlite3.connect(live) as c:
+        c.execute("DELETE FROM tags WHERE n IN (2, 3)")  # both (x'0200ff', 2) and ('0x0200ff', 2)
+        c.execute("DELETE FROM codes WHERE h IN (5, '5')")
+    c.close()
+    run = tmp_path / "run"
+    rollback(live, backup, out=run)
+    review = _review(run)
+    assert sorted(r["key"] for r in review if r["table"] == "tags") == [
+        '["0x0200ff", 2]',
+        '[{"$bytes": "0200ff"}, 2]',
+        '[{"$bytes": "0300ff"}, 3]',
+    ]
+
+    def only(keep: Callable[[dict[str, str]], bool]) -> tuple[int, str]:
+        reviewed = tmp_path / "reviewed.csv"
+        with reviewed.open("w", newline="", encoding="utf-8") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(review[0]))
+            w.writeheader()
+            w.writerows(r for r in review if keep(r))
+        return _invoke(str(run), "--only", str(reviewed), "--yes", "--json")
+
+    before = _sha(live)
+    code, out = only(lambda r: r["table"] == "codes")
+    assert code == 2 and "names more than one row" in out and "Traceback" not in out, out
+    assert _sha(live) == before
+
+    code, out = only(lambda r: r["key"] == '[{"$bytes": "0200ff"}, 2]')
+    assert code == 0, out
+    assert [i["key"] for i in json.loads(out)["deleted"]] == [[{"$bytes": "0200ff"}, 2]]
+    with sqlite3.connect(f"file:{live}?mode=ro", uri=True) as c:
+        left = c.execute("SELECT owner, n FROM tags WHERE n IN (2, 3)").fetchall()
+        assert c.execute("SELECT key_json FROM _recovery_deletes_applied").fetchall() == [
+            ('[{"$bytes": "0200ff"}, 2]',)
+        ]
+    c.close()
+    assert sorted(left, key=repr) == [("0x0200ff", 2), (b"\x03\x00\xff", 3)]

@@ -860,3 +860,70 @@ def test_apply_deletes_never_fires_a_cascade(target: str, lite_bundle: Path) -> 
 def _items_of(b: Any, quote: int) -> set[int]:
     base = sqlite3.connect(b.base_db)
     return {r[0] for r in base.execute("SELECT id FROM quote_items WHERE quote_id = ?", (quote,))}
+
+
+OLD_APP_PARTS = "".join(
+    "INSERT INTO parts (part_number, name, material_id, price, created_at, updated_at, "
+    f"created_by) VALUES ('OLD-{i}', 'old app part', 1, 1.5, '2026-11-21 09:00:00', "
+    "'2026-11-21 09:00:00', 1);\n"
+    for i in range(20)
+)
+
+
+def test_relink_asks_the_server_a_bounded_number_of_times_and_writes_what_sqlite_does(
+    target: str,
+    lite_world: Path,
+    lite_bundle: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The relink's plan asks the server its per-record questions (each record by key, each
+    linked row by key and unique values) in batched statements, and writes its fixes with one
+    UPDATE per column: the statements sent do not grow with the records (here a few dozen
+    records and links; at 100k parts 69 statements instead of 8,903, bench/RESULTS.md). The
+    files table ends exactly as the SQLite relink of the same bundle leaves it."""
+    from recovery.files.pgrelink import relink_postgres
+    from recovery.files.relink import relink
+    from recovery.pipeline import reimport
+
+    b = open_bundle(lite_bundle)
+    lite_db = tmp_path / "gestima.db"
+    shutil.copyfile(lite_world / "gestima.db.bak.20261120_140000", lite_db)
+    with sqlite3.connect(lite_db) as c:  # the old app's new parts take the bundle's part keys
+        c.executescript(OLD_APP_PARTS)
+    c.close()
+    _exec(target, *OLD_APP_PARTS.split(";\n")[:-1])
+    o_lite = reimport(b, lite_db, tmp_path / "lite-run").outcome
+    assert o_lite is not None
+    o = reimport_postgres(target, b, MergeOptions())
+    unlink = "UPDATE file_records SET entity_type = 'quote', entity_id = 0 WHERE id <= 12"
+    with sqlite3.connect(lite_db) as c:  # links the relink must set again from parts.file_id
+        c.execute(unlink)
+    c.close()
+    _exec(target, unlink)
+    lite_up = shutil.copytree(lite_world / "uploads", tmp_path / "up-lite")
+    lite_r = relink(b, lite_db, lite_up, remaps=o_lite.remaps)
+
+    sent: list[str] = []
+    for cls in (psycopg.Cursor, psycopg.Connection):
+        real = cls.execute
+
+        def counting(self: Any, query: Any, *a: Any, _real: Any = real, **k: Any) -> Any:
+            sent.append(str(query))
+            return _real(self, query, *a, **k)
+
+        monkeypatch.setattr(cls, "execute", counting)
+    up = shutil.copytree(lite_world / "uploads", tmp_path / "up-pg")
+    pg_r = relink_postgres(b, target, up, remaps=o.remaps)
+    monkeypatch.undo()
+
+    records = pg_r["counts"]["relinked"] + pg_r["counts"]["restored_from_bundle"]
+    assert records >= 3 and pg_r["counts"]["links_fixed"] >= 6, pg_r["counts"]
+    batch = "UNNEST(CAST(%s AS TEXT[])"
+    one_by_one = [s for s in sent if "%s" in s and batch not in s and "pg_catalog" not in s]
+    assert one_by_one == [], sorted({x[:90] for x in one_by_one})
+    batched = [s for s in sent if batch in s]
+    assert 3 <= len(batched) <= 12, batched  # one per question shape and per UPDATEd column
+    assert pg_r["links_fixed"] == lite_r["links_fixed"]
+    cols = ["id", "path", "sha256", "entity_type", "entity_id"]
+    assert _table_rows(target, "file_records", cols) == _lite_rows(lite_db, "file_records", cols)

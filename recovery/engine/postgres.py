@@ -48,6 +48,63 @@ NAME_BYTES = 63
 
 # ---- statements ---------------------------------------------------------------------------------
 
+FINGERPRINT_STATEMENT = (
+    "SELECT count(*), coalesce(sum(hashtextextended(CAST(t AS TEXT), 0)), 0) FROM x AS t"
+)
+"""The fingerprint of one table (:meth:`PostgresEngine.fingerprint`, :func:`fingerprint_statement`
+puts the table in): ``count(*)`` and the sum, over the rows, of a 64-bit hash of the row's text
+(``CAST(t AS TEXT)``, the row as the server prints it; ``hashtextextended``, the server's own
+64-bit hash of a text — Bob Jenkins' lookup3, as hash indexes and hash partitions use it).
+
+Bounded: the sum is ``numeric`` (exact, no wrap-around) and aggregates row by row — a sequential
+scan, no sort, no value that grows with the table, parallel workers when the server uses them.
+(An ``md5`` of a ``string_agg`` of the sorted rows would build one value per table, and a value
+cannot pass 1 GB: about 10M rows of the sample world; it also sorts every row, and takes about
+twice as long at 1M.) The settings that change how a value prints are pinned for the
+transaction (:data:`FINGERPRINT_SETTINGS`), so a role's or database's own settings (``ALTER
+DATABASE … SET DateStyle``) do not move it.
+
+What equal fingerprints prove. A sum does not depend on order: this is the fingerprint of the
+table's *multiset* of rows, which is what "the rows did not change" means (``VACUUM FULL``,
+``CLUSTER`` or an update writing the same values change nothing). Unlike an XOR, a sum counts
+multiplicity: a second copy of a row in a table without a key changes it (an XOR would cancel
+the pair). For a change to go unseen, the rows added and the rows removed (a non-empty
+difference ``D``, with multiplicities) must keep the count and the sum: ``sum over D of ±h(r) =
+0`` exactly, as integers. With ``h`` taken as a random function of rows nobody chose to defeat it,
+for any fixed ``D`` with a row ``r`` of net multiplicity ``m ≠ 0``, ``m·h(r)`` must hit one
+integer given the rest of ``D``, which at most one of the 2**64 values of ``h(r)`` does: a change
+goes unseen with probability at most 2**-64 (about 5e-20), per table and per check. That is the
+threat the check is for: the application or a person committing ordinary rows between two steps.
+It is no defence against someone who crafts rows to hide a change (lookup3 is not a cryptographic
+hash: a row that cancels another's hash can be computed); what keeps such a writer out is the
+swap itself, which refuses new connections first and then refuses while any other session is
+connected. One 64-bit hash rather than two or md5: the check at the swap runs while new
+connections are refused, and a second hash (or md5's hex turned into integers) costs 60-200 %
+more time there for odds that are already below those of a hardware fault."""
+
+FINGERPRINT_SETTINGS = (
+    ("DateStyle", "ISO, YMD"),
+    ("IntervalStyle", "postgres"),
+    ("TimeZone", "UTC"),
+    ("extra_float_digits", "3"),
+    ("bytea_output", "hex"),
+    ("lc_monetary", "C"),
+)
+"""The settings that change a value's text, fixed (``SET LOCAL``) for the fingerprint's read."""
+
+
+def fingerprint_statement(schema: str, name: str) -> exp.Expression:
+    """:data:`FINGERPRINT_STATEMENT` over the table ``schema.name`` (quoted identifiers)."""
+    q = sqlglot.parse_one(FINGERPRINT_STATEMENT, read=DIALECT)
+    q.find(exp.Table).replace(
+        exp.Table(
+            this=exp.Identifier(this=name, quoted=True),
+            db=exp.Identifier(this=schema, quoted=True),
+            alias=exp.TableAlias(this=exp.to_identifier("t")),
+        )
+    )
+    return q
+
 
 def ident(name: str) -> str:
     """``name`` as a quoted PostgreSQL identifier (rendered by sqlglot)."""
@@ -372,27 +429,25 @@ class PostgresEngine(Engine):
         raise NotImplementedError("use recovery.engine.postgres.pair_workspace (a context manager)")
 
     def fingerprint(self, conn: Any = None) -> dict[str, Any]:
-        """Per table: row count and an md5 of its rows in key order; with the transaction-id
-        horizon, equal fingerprints mean nothing was committed in between. ``conn``: an open
-        read-only connection to this database to use (else one is opened)."""
+        """Per ``schema.table``: ``{"rows": n, "hash_sum": "…"}``, every table read in ONE
+        repeatable-read snapshot, in memory bounded whatever the table's size; equal
+        fingerprints mean no row was committed, changed or removed in between (what that
+        proves, and against whom: :data:`FINGERPRINT_STATEMENT`). ``conn``: an open read-only
+        connection to this database to use, autocommit and outside a transaction (else one is
+        opened)."""
         out: dict[str, Any] = {}
         with self._readonly_or(conn) as conn:
             run(conn, command("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"))
-            for schema, name in user_tables(conn):
-                q = sqlglot.parse_one(
-                    "SELECT count(*), md5(string_agg(CAST(t AS TEXT), '\n' ORDER BY CAST(t AS TEXT))) "
-                    "FROM x AS t",
-                    read=DIALECT,
-                )
-                q.find(exp.Table).replace(
-                    exp.Table(
-                        this=exp.Identifier(this=name, quoted=True),
-                        db=exp.Identifier(this=schema, quoted=True),
-                        alias=exp.TableAlias(this=exp.to_identifier("t")),
-                    )
-                )
-                n, digest = run(conn, q).fetchone()
-                out[f"{schema}.{name}"] = {"rows": int(n), "md5": digest}
+            try:
+                for setting, value in FINGERPRINT_SETTINGS:
+                    run(conn, command(f"SET LOCAL {setting} = {literal(value)}"))
+                for schema, name in user_tables(conn):
+                    n, total = run(conn, fingerprint_statement(schema, name)).fetchone()
+                    out[f"{schema}.{name}"] = {"rows": int(n), "hash_sum": str(total)}
+            except BaseException:
+                if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                    conn.rollback()
+                raise
             run(conn, command("COMMIT"))
         return out
 

@@ -53,6 +53,7 @@ from recovery.engine.postgres import (
     ident,
     literal,
     run,
+    user_tables,
 )
 from recovery.engine.pgworkspace import column_types
 from recovery.engine.schema import Schema
@@ -199,11 +200,12 @@ def _warn_if_trusted(server: PostgresEngine, role: str, database: str) -> bool:
 
 @contextmanager
 def sandbox_database(
-    template: PostgresEngine, purpose: str = "sandbox"
+    template: PostgresEngine, purpose: str = "sandbox", rows: bool = True
 ) -> Iterator[SandboxDatabase]:
     """A copy of ``template`` (a database the tool made: nobody else may be connected to it) on
     its server, owned by a new role that can connect to it and to nothing else; both dropped after
-    the block."""
+    the block. ``rows=False``: the copy's tables are emptied (but ``alembic_version``) before the
+    role gets it — the schema without the data, as SQLite's lineage scratch is built."""
     tag = pgclaims.tag()
     role, name = f"{ROLE_PREFIX}{tag}", f"{SCRATCH_PREFIX}{purpose}_{tag}"
     password = secrets.token_urlsafe(24)
@@ -239,6 +241,8 @@ def sandbox_database(
         pgclaims.kill_point("sandbox:made")
         admin_engine = template.with_database(name)
         with connect(admin_engine.url, "scratch database") as conn:
+            if not rows:
+                _empty_tables(conn)
             _give_to(conn, role)
         if not locked:
             log.warning(
@@ -257,6 +261,26 @@ def sandbox_database(
                 run(admin, drop_database_sql(name))
             if made_role:
                 run(admin, command(f"DROP ROLE IF EXISTS {ident(role)}"))
+
+
+def _empty_tables(conn: psycopg.Connection[Any]) -> None:
+    """``TRUNCATE`` every user table but ``alembic_version``, in one statement (so foreign keys
+    between them do not refuse it); sequences keep their values. A user the server does not let
+    truncate them keeps the rows (the lineage is the same, only slower), saying so."""
+    tables = [
+        exp.Table(this=exp.to_identifier(t, quoted=True), db=exp.to_identifier(s, quoted=True))
+        for s, t in user_tables(conn)
+        if t != "alembic_version"
+    ]
+    if not tables:
+        return
+    try:
+        run(conn, exp.TruncateTable(expressions=tables))
+    except psycopg.Error as exc:
+        log.warning(
+            "recovery: the lineage's scratch copy keeps its rows (%s); the downgrade runs over them",
+            _first_line(str(exc)),
+        )
 
 
 def _downgrade_steps(revs: list[Any], target: str) -> list[tuple[str, str]]:
@@ -278,10 +302,12 @@ def derive_lineage_pg(
 ) -> tuple[dict[str, dict[str, exp.Expression]], dict[str, Any]]:
     """Mapping rules read from the application's own downgrade, run by the sandbox child one
     revision at a time on a copy of ``at_new`` (a database the tool made at the live revision:
-    the replayed upgrade), as a role that reaches that copy only; the statements are followed as
-    on SQLite (:func:`recovery.migrate.migrations.lineage_from_capture`). A revision whose
-    downgrade fails is recorded and ends the capture (the columns it would have told stay
-    without lineage)."""
+    the replayed upgrade) emptied of its rows, as SQLite's lineage runs on a scratch with the
+    live schema and no rows (the lineage is read from the statements, not the data: a downgrade
+    over every row of a large database would only cost time), as a role that reaches that copy
+    only; the statements are followed as on SQLite
+    (:func:`recovery.migrate.migrations.lineage_from_capture`). A revision whose downgrade fails
+    is recorded and ends the capture (the columns it would have told stay without lineage)."""
     from recovery.migrate.migrations import (
         DowngradeCapture,
         lineage_from_capture,
@@ -304,7 +330,7 @@ def derive_lineage_pg(
     failed: list[dict[str, Any]] = []
     if revs:
         with (
-            sandbox_database(at_new, "lineage") as sdb,
+            sandbox_database(at_new, "lineage", rows=False) as sdb,
             tempfile.TemporaryDirectory(prefix="recovery-lineage-") as tmp,
             Sandbox(Path(alembic_ini), Path(tmp) / "no-file.db", [], server_url=sdb.url) as sb,
         ):

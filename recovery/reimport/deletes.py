@@ -126,7 +126,7 @@ class DeletesResult:
     def to_dict(self) -> dict[str, Any]:
         """The result as ``deletes_applied.json`` holds it; the long lists are computed as a
         writer that iterates (``json.dump``, ``json.dumps(indent=...)``) reads them."""
-        items = lambda xs: LazyMap(lambda i: {"table": i.table, "key": list(i.key)}, xs)  # noqa: E731
+        items = lambda xs: LazyMap(lambda i: {"table": i.table, "key": json_key(i.key)}, xs)  # noqa: E731
         return {
             "format": "recovery-deletes/1",
             "run_dir": str(self.run_dir),
@@ -137,7 +137,7 @@ class DeletesResult:
             "deleted": items(self.deleted),
             "already_applied": items(self.already_applied),
             "already_gone": items(self.already_gone),
-            "conflicts": LazyMap(Conflict.to_dict, self.conflicts),
+            "conflicts": LazyMap(lambda c: dict(c.to_dict(), key=json_key(c.key)), self.conflicts),
             "triggers_suspended": self.triggers_suspended,
             "safety_copy": str(self.safety_copy) if self.safety_copy else None,
             "exit_code": self.exit_code,
@@ -220,8 +220,20 @@ def _candidates(bundle: Bundle) -> dict[str, list[tuple[Any, ...]]]:
     return out
 
 
+def json_key(key: tuple[Any, ...] | list[Any]) -> list[Any]:
+    """A key as a JSON list, its bytes parts tagged as outcome.json tags them (``{"$bytes":
+    hex}``): the form of ``deletes_applied.json``, of ``_recovery_deletes_applied.key_json`` and
+    of a composite key in deletes_for_review.csv, read back exactly (a text part that spells the
+    same hex stays a string)."""
+    return [
+        {"$bytes": bytes(v).hex()} if isinstance(v, (bytes, bytearray, memoryview)) else v
+        for v in key
+    ]
+
+
 def _key_text(key: tuple[Any, ...]) -> str:
-    """A key as the ``key`` cell of deletes_for_review.csv shows it (one column unwrapped)."""
+    """A key as the ``key`` cell of deletes_for_review.csv shows it: one column unwrapped (as
+    the csv module writes the value), more as JSON with bytes parts tagged (:func:`json_key`)."""
     from recovery.report.lost import cell
 
     v = cell(list(key))
@@ -243,13 +255,14 @@ def select(candidates: dict[str, list[tuple[Any, ...]]], only: Path | None) -> l
     index = sqlite3.connect("", isolation_level=None)  # on disk, deleted when closed
     try:
         index.execute("PRAGMA journal_mode = OFF")
-        index.execute("CREATE TABLE cand (t TEXT, k TEXT, item TEXT, PRIMARY KEY (t, k))")
+        index.execute("CREATE TABLE cand (t TEXT, k TEXT, item TEXT)")
+        index.execute("CREATE INDEX cand_tk ON cand (t, k)")
         index.execute(
             "CREATE TABLE chosen (seq INTEGER PRIMARY KEY, t TEXT, k TEXT, UNIQUE (t, k))"
         )
         index.execute("BEGIN")
         index.executemany(
-            "INSERT OR REPLACE INTO cand VALUES (?, ?, ?)",
+            "INSERT INTO cand VALUES (?, ?, ?)",
             ((i.table, _key_text(i.key), _encode_item(i)) for i in every),
         )
         _choose(index, only)
@@ -265,7 +278,9 @@ def select(candidates: dict[str, list[tuple[Any, ...]]], only: Path | None) -> l
 
 def _choose(index: sqlite3.Connection, only: Path) -> None:
     """The rows of the reviewed CSV ``only`` into ``chosen`` (once each, first line first), each
-    found among ``cand``."""
+    found among ``cand``. A line whose key text names two candidates (one-column keys that
+    differ only in type, which SQLite allows in a column without affinity: ``5`` and ``'5'``,
+    a blob and the text of its repr) is refused rather than guessed."""
     try:
         with only.open(newline="", encoding="utf-8") as fh:
             reader = csv.DictReader(fh)
@@ -276,13 +291,20 @@ def _choose(index: sqlite3.Connection, only: Path) -> None:
                 )
             for n, row in enumerate(reader, start=2):
                 ident = (_unneutralise(row["table"] or ""), _unneutralise(row["key"] or ""))
-                if (
-                    index.execute("SELECT 1 FROM cand WHERE t = ? AND k = ?", ident).fetchone()
-                    is None
-                ):
+                found = index.execute(
+                    "SELECT count(*) FROM (SELECT 1 FROM cand WHERE t = ? AND k = ? LIMIT 2)", ident
+                ).fetchone()[0]
+                if found == 0:
                     raise RecoveryError(
                         f"{only} line {n}: {ident[0]} {ident[1]!r} is not a row deleted after the deploy in this run",
                         "list only rows of this run's deletes_for_review.csv",
+                    )
+                if found > 1:
+                    raise RecoveryError(
+                        f"{only} line {n}: {ident[0]} {ident[1]!r} names more than one row deleted "
+                        "after the deploy (keys that differ only in type); nothing was changed",
+                        "run apply-deletes without --only to delete them all, or delete the one "
+                        "you mean by hand",
                     )
                 index.execute("INSERT OR IGNORE INTO chosen (t, k) VALUES (?, ?)", ident)
     except OSError as exc:
@@ -626,4 +648,4 @@ def _apply_table(
 
 
 def _json(key: tuple[Any, ...]) -> str:
-    return json.dumps(list(key), ensure_ascii=False, default=str)
+    return json.dumps(json_key(key), ensure_ascii=False, default=str)

@@ -299,18 +299,26 @@ def stream_file(
 
 def cell(v: Any) -> Any:
     """A value as a report cell: bytes as hex, lists/dicts as JSON, keys of one column unwrapped
-    (as they are: a bytes key part stays bytes)."""
+    (as they are: a bytes key part stays bytes). Bytes inside the JSON (a part of a composite
+    key) are tagged as outcome.json tags them, ``{"$bytes": hex}``, so the cell reads back exactly
+    and never equals a text part that spells the same hex."""
     if isinstance(v, bytes):
         return "0x" + v.hex()
     if isinstance(v, (list, tuple)):
         return (
             v[0]
             if len(v) == 1 and not isinstance(v[0], (list, dict))
-            else json.dumps(list(v), ensure_ascii=False)
+            else json.dumps(list(v), ensure_ascii=False, default=_tagged_bytes)
         )
     if isinstance(v, dict):
-        return json.dumps(v, ensure_ascii=False)
+        return json.dumps(v, ensure_ascii=False, default=_tagged_bytes)
     return v
+
+
+def _tagged_bytes(v: Any) -> Any:
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return {"$bytes": bytes(v).hex()}
+    raise TypeError(f"Object of type {type(v).__name__} is not JSON serializable")
 
 
 def csv_cell(v: Any) -> Any:

@@ -10,7 +10,7 @@ Steps, each journaled in ``RUN_DIR/journal.json`` (:class:`recovery.pipeline.Jou
   (ended with ``pg_terminate_backend``).
 * ``safety``: no copy is written. The failed database itself becomes the safety copy: the swap
   renames it ``<live>_safety_<token>``. Journaled: its name and a fingerprint of its rows (per
-  table count and md5, :meth:`PostgresEngine.fingerprint`) at this instant.
+  table count and sum of row hashes, :meth:`PostgresEngine.fingerprint`) at this instant.
 * ``extract``: :func:`recovery.bundle.pgextract.extract_postgres` into ``RUN_DIR/bundle``, while
   ``pg_restore`` stages the backup as a new database beside the live one
   (:meth:`PostgresEngine.stage_restore`: the live database's owner, locale, privileges, settings
@@ -633,7 +633,7 @@ def one_run_per_database(live: PostgresEngine) -> Iterator[None]:
 
 
 def fingerprint_digest(live: PostgresEngine, conn: Connection | None = None) -> str:
-    """sha256 of :meth:`PostgresEngine.fingerprint` (every table's row count and md5 of its rows),
+    """sha256 of :meth:`PostgresEngine.fingerprint` (every table's row count and row-hash sum),
     on ``conn`` when given (a connection opened before new ones were refused)."""
     fp = live.fingerprint(conn)
     return hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()

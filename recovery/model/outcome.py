@@ -379,6 +379,11 @@ class OutcomeFormatError(ValueError):
     """A saved outcome that is not exactly the documented shape; the message names the field."""
 
 
+_SAME = frozenset({str, int, bool})
+"""The exact types :func:`encode_value` returns unchanged whatever their value (a float may be
+NaN or infinite, which JSON cannot hold)."""
+
+
 def encode_value(v: Any) -> Any:
     """``v`` as JSON: scalars as themselves, lists as lists, dicts with text keys as objects; the
     values JSON has no form for are tagged objects with one ``$``-key: ``{"$bytes": hex}``,
@@ -392,11 +397,13 @@ def encode_value(v: Any) -> Any:
         return {"$bytes": bytes(v).hex()}
     if isinstance(v, tuple):
         return {"$tuple": [encode_value(x) for x in v]}
-    if isinstance(v, list):
-        return [encode_value(x) for x in v]
+    if isinstance(v, list):  # text, integers and None are themselves: no call for them
+        return [x if x is None or type(x) in _SAME else encode_value(x) for x in v]
     if isinstance(v, dict):
         if all(isinstance(k, str) and not k.startswith("$") for k in v):
-            return {k: encode_value(x) for k, x in v.items()}
+            return {
+                k: x if x is None or type(x) in _SAME else encode_value(x) for k, x in v.items()
+            }
         return {"$dict": [[encode_value(k), encode_value(x)] for k, x in v.items()]}
     raise TypeError(f"cannot save a {type(v).__name__} in outcome.json")
 

@@ -118,6 +118,8 @@ def dump(obj: Any, fh: IO[str], default: Callable[[Any], Any], indent: int = 2) 
             first = False
             put(encode_basestring(_key(k)) + ": ")
             value(v, level + 1)
+            if len(out) > _FLUSH:
+                flush()
         put("\n" + pad * level + "}")
         seen.discard(id(d))
 

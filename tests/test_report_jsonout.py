@@ -1,0 +1,85 @@
+"""report.json's writer (``recovery/report/jsonout.py``) writes exactly ``json.dump(...,
+indent=2, ensure_ascii=False, default=...)``'s text, for any document report.json can hold."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from recovery.model.spill import SpillList
+from recovery.report.jsonout import dump
+
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(),  # NaN and the infinities too: json writes NaN, Infinity, -Infinity
+    st.text(max_size=12),  # control characters, quotes, backslashes, non-ASCII, surrogates
+    st.binary(max_size=4),  # through default
+    st.builds(Path, st.text(alphabet="abc/", max_size=6)),  # through default
+)
+keys = st.one_of(
+    st.text(max_size=6),
+    st.integers(),
+    st.floats(allow_nan=False),
+    st.booleans(),
+    st.none(),
+)
+documents = st.recursive(
+    scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=5),
+        st.lists(inner, max_size=5).map(tuple),
+        st.dictionaries(keys, inner, max_size=5),
+    ),
+    max_leaves=40,
+)
+
+
+def _default(v: object) -> object:
+    return "0x" + v.hex() if isinstance(v, bytes) else str(v)
+
+
+def _both(doc: object) -> tuple[str, str]:
+    want, got = io.StringIO(), io.StringIO()
+    json.dump(doc, want, indent=2, ensure_ascii=False, default=_default)
+    dump(doc, got, _default)
+    return want.getvalue(), got.getvalue()
+
+
+@settings(max_examples=40, deadline=None)
+@given(documents)
+def test_the_text_is_json_dumps(doc: object) -> None:
+    want, got = _both(doc)
+    assert got == want
+
+
+def test_spilled_lists_enums_and_nesting() -> None:
+    """A SpillList's spilled items, str/int subclasses and deep nesting come out as json writes them."""
+    from recovery.model.kinds import ConflictKind
+
+    spilled = SpillList([{"key": [i], "label": None} for i in range(7)], head=2)
+    assert spilled.spilled == 5
+    doc = {
+        "list": spilled,
+        "empty": SpillList([], head=0),
+        "kind": ConflictKind.UNIQUE,
+        "deep": [[[{"a": [1.5, math.inf, {}, []]}]]],
+        1: "int key",
+        2.5: "float key",
+    }
+    want, got = _both(doc)
+    assert got == want
+
+
+def test_a_circular_document_is_refused() -> None:
+    loop: list[object] = []
+    loop.append(loop)
+    with pytest.raises(ValueError, match="Circular"):
+        dump({"x": loop}, io.StringIO(), _default)

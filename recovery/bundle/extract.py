@@ -226,22 +226,28 @@ def extract_table(
         raise RecoveryError(f"cannot extract {name}: {s}", "map the key column in the mapping file")
     old_cols = list(old_t.column_names)
     n_cols = [col(c, "n") for c in new_cols]
+    cond = _changed_condition(a, s, new_t, a.replay) if part != "inserted" else None
+    on_rowid = cond is not None and sides_on_rowid(conn, s)
     if part != "rest":
         _create_untyped(conn, "bbase", name, old_cols)
-        counts[name] = {
-            RowKind.INSERTED: _insert_select(
-                conn,
-                "bnew",
-                name,
-                new_cols,
-                inserted_query(s, [*n_cols, exp.Literal.string(RowKind.INSERTED)]),
+        ins_select = [*n_cols, exp.Literal.string(RowKind.INSERTED)]
+        if on_rowid:  # one read of the backup table lists its changed keys and proves the rest
+            assert cond is not None
+            listed = _list_changed_on_rowid(conn, s, cond)
+            ins = _insert_select(
+                conn, "bnew", name, new_cols, _inserted_on_rowid(conn, s, listed, ins_select)
             )
-        }
+        else:
+            ins = _insert_select(conn, "bnew", name, new_cols, inserted_query(s, ins_select))
+        counts[name] = {RowKind.INSERTED: ins}
     if part == "inserted":
         return
     ins = counts[name][RowKind.INSERTED]
-    cond = _changed_condition(a, s, new_t, a.replay)  # (no primary key: never changed, only in/out)
-    if cond is not None and sides_on_rowid(conn, s):
+    # (no primary key: never changed, only in/out)
+    if on_rowid:
+        assert cond is not None
+        if part == "rest":
+            _list_changed_on_rowid(conn, s, cond)
         upd, dele = _rest_on_rowid(conn, a, s, new_cols, old_cols, cond)
         counts[name] = {
             RowKind.INSERTED: ins,
@@ -294,19 +300,11 @@ CHANGED_LIST = "_recovery_changed"
 """The temporary list of one table's updated and deleted keys (:func:`_rest_on_rowid`)."""
 
 
-def _rest_on_rowid(
-    conn: Connection,
-    a: Analysis,
-    s: TableSides,
-    new_cols: list[str],
-    old_cols: list[str],
-    cond: exp.Expression,
-) -> tuple[int, int]:
-    """The updated rows, their backup images and the deleted rows of a table keyed by the rowid on
-    both sides, from ONE read of the backup table: ``old LEFT JOIN new`` (scanned in rowid order,
-    each row's live twin found by its rowid) lists the key of every updated or deleted row in a
-    temporary table; the three inserts then fetch just those rows by rowid, in that list's order
-    — the order, rows and counts the separate join and anti-join gave. Returns (updated, deleted)."""
+def _list_changed_on_rowid(conn: Connection, s: TableSides, cond: exp.Expression) -> int:
+    """ONE read of the backup table of a table keyed by the rowid on both sides: ``old LEFT JOIN
+    new`` (scanned in rowid order, each row's live twin found by its rowid) lists the key of every
+    updated (``d`` 0) or deleted (``d`` 1) row in the temporary table :data:`CHANGED_LIST`, read
+    by :func:`_inserted_on_rowid` and :func:`_rest_on_rowid`. Returns how many were deleted."""
     okey, nkey = s.old_key[0], s.new_key[0]
     listed = table(CHANGED_LIST, "temp")
     conn.execute(sql(exp.Drop(kind="TABLE", tables=[listed.copy()], exists=True)))
@@ -345,6 +343,60 @@ def _rest_on_rowid(
             )
         )
     )
+    deleted = (
+        exp.select(exp.func("count", exp.Star()))
+        .from_(listed.copy())
+        .where(exp.EQ(this=col("d"), expression=exp.Literal.number(1)))
+    )
+    return int(conn.execute(sql(deleted)).fetchone()[0])
+
+
+def _inserted_on_rowid(
+    conn: Connection, s: TableSides, deleted: int, select: list[exp.Expression]
+) -> exp.Select:
+    """The inserted rows of a table keyed by the rowid on both sides, without a second read of
+    either table when the counts prove where they are: every backup row but the ``deleted`` ones
+    has its live twin (same rowid), all at or below the backup's largest rowid ``top``; so when
+    the live table holds exactly that many rows up to ``top``, no live row there is new, and the
+    inserted rows are the live rows above ``top`` (a rowid range: a B-tree seek, in rowid order,
+    the order the anti-join gave). Counting a rowid range walks the B-tree's keys only. Otherwise
+    (a key re-used below ``top``) the anti-join of :func:`~recovery.compare.changes.inserted_query`.
+    Runs in the extract's read transaction, after :func:`_list_changed_on_rowid`."""
+    okey, nkey = s.old_key[0], s.new_key[0]
+    old_t, new_t = table(s.name, "old", "o"), table(s.new_name or s.name, "new", "n")
+
+    def one(q: exp.Select) -> Any:
+        return conn.execute(sql(q)).fetchone()[0]
+
+    def count(t: exp.Table) -> exp.Select:
+        return exp.select(exp.func("count", exp.Star())).from_(t.copy())
+
+    # each alone, so that SQLite answers it from the B-tree: max by one descent, count(*) by
+    # counting cells without reading the rows
+    top = one(exp.select(exp.func("max", okey.copy())).from_(old_t.copy()))
+    q = exp.select(*select).from_(new_t.copy())
+    if top is None:  # an empty backup table: every live row is inserted
+        return q.order_by(nkey.copy())
+    above = exp.GT(this=nkey.copy(), expression=exp.Literal.number(int(top)))
+    live_below = int(one(count(new_t))) - int(one(count(new_t).where(above.copy())))
+    if live_below != int(one(count(old_t))) - deleted:
+        return inserted_query(s, select)
+    return q.where(above).order_by(nkey.copy())
+
+
+def _rest_on_rowid(
+    conn: Connection,
+    a: Analysis,
+    s: TableSides,
+    new_cols: list[str],
+    old_cols: list[str],
+    cond: exp.Expression,
+) -> tuple[int, int]:
+    """The updated rows, their backup images and the deleted rows of a table keyed by the rowid on
+    both sides, fetched by rowid from :func:`_list_changed_on_rowid`'s list in that list's order
+    — the order, rows and counts the separate join and anti-join gave. Returns (updated, deleted)."""
+    okey, nkey = s.old_key[0], s.new_key[0]
+    listed = table(CHANGED_LIST, "temp")
 
     def fetch(side: str, cols: list[str], deleted: bool, kind: str) -> exp.Select:
         alias = "o" if side == "old" else "n"

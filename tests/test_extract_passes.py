@@ -106,3 +106,57 @@ def test_the_replay_thread_keeps_the_callers_protected_files(
     with sandbox.protecting(real):
         pending = diff.start_replayed_upgrade("alembic.ini", _A(), tmp_path)  # type: ignore[arg-type]
         assert real in pending.result()  # type: ignore[operator]
+
+
+def _keyed_pair(folder: Path, old_ids: set[int], live: dict[int, str]) -> tuple[Path, Path]:
+    """A backup and a live file with one rowid-keyed table: ``old_ids`` with value "v", the live
+    rows as given (a key in both is updated when its value is no longer "v")."""
+    paths = []
+    for name, rows in (("old.db", {k: "v" for k in old_ids}), ("live.db", live)):
+        p = folder / name
+        conn = sqlite3.connect(p)
+        conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+        conn.executemany("INSERT INTO t VALUES (?, ?)", sorted(rows.items()))
+        conn.commit()
+        conn.close()
+        paths.append(p)
+    return paths[0], paths[1]
+
+
+@pytest.mark.parametrize(
+    ("old_ids", "live"),
+    [
+        ({1, 2, 4, 5}, {1: "v", 2: "v", 4: "v", 5: "w", 6: "n", 9: "n"}),  # all new above the top
+        ({1, 2, 4, 5}, {1: "v", 3: "n", 4: "v", 5: "v", 7: "n"}),  # 2 deleted, 3 new in the gap
+        ({2, 3}, {1: "n", 2: "v", 3: "v"}),  # a new key below the backup's smallest
+        (set(), {1: "n", 2: "n"}),  # an empty backup table
+        ({1, 2, 3}, {}),  # an empty live table
+    ],
+)
+def test_inserted_rows_by_key_range_are_the_anti_joins(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    old_ids: set[int],
+    live: dict[int, str],
+) -> None:
+    """The inserted rows of a rowid-keyed table taken as the live rows above the backup's largest
+    key (when the counts prove no live key below it is new) are, in the same order, what the
+    anti-join gives; where a key below it is new, the anti-join is used."""
+    old, new = _keyed_pair(tmp_path, old_ids, live)
+    anti: list[str] = []
+    real = extract_mod.inserted_query
+    monkeypatch.setattr(
+        extract_mod, "inserted_query", lambda s, sel: anti.append(s.name) or real(s, sel)
+    )
+    fast = extract_mod.extract(old, new, tmp_path / "fast")
+    below = [k for k in live if k not in old_ids and old_ids and k <= max(old_ids)]
+    assert anti == (["t"] if below else [])  # the range only where the counts prove it
+    monkeypatch.setattr(extract_mod, "sides_on_rowid", lambda conn, s: False)
+    slow = extract_mod.extract(old, new, tmp_path / "slow")
+    assert fast.bundle.counts == slow.bundle.counts
+    inserted = sorted(set(live) - old_ids)
+    assert fast.bundle.counts["t"]["inserted"] == len(inserted)
+    for name in ("rows.db", "base.db"):
+        assert _rows(tmp_path / "fast" / name) == _rows(tmp_path / "slow" / name), name
+    got = _rows(tmp_path / "fast" / "rows.db")["t"]
+    assert [r[1] for r in got if r[-1] == "inserted"] == inserted

@@ -540,12 +540,12 @@ def close_foreign_keys(conn: Connection, a: Analysis, counts: dict[str, Any]) ->
             return
 
 
-def _create_list(conn: Connection, name: str) -> None:
+def _create_list(conn: Connection, name: str, schema: str = "bnew") -> None:
     conn.execute(
         sql(
             exp.Create(
                 this=exp.Schema(
-                    this=table(name, "bnew"),
+                    this=table(name, schema),
                     expressions=[
                         exp.ColumnDef(this=exp.to_identifier(c, quoted=True))
                         for c in ("table", "key", "label", "column", "value", "reason")
@@ -559,6 +559,127 @@ def _create_list(conn: Connection, name: str) -> None:
 
 def _same(e: exp.Expression) -> exp.Expression:
     return e
+
+
+EARLY_LOST = "_recovery_lost_early"
+"""The temporary list :func:`list_lost_early` fills (the columns of ``_recovery_lost``)."""
+EARLY_DONE = "_recovery_lost_early_tables"
+"""The tables :func:`list_lost_early` listed in full, with their count of lost values."""
+
+
+def _lost_queries(
+    a: Analysis,
+    files: FilesConfig,
+    name: str,
+    replay: Replayed | None,
+    as_text: Callable[[exp.Expression], exp.Expression] = _same,
+    key_expr: Callable[[tuple[str, ...], str], exp.Expression] = key_json,
+    label_schema: str = "new",
+) -> list[exp.Select]:
+    """The SELECTs of :func:`record_lost` for bundle table ``name``, one per column, in order."""
+    new_t = a.new.tables[a.live_name(name)]
+    carried = _carried(a, name)
+    if carried:
+        cols = [c for c in uncarried_columns(a, name) if c not in new_t.key]
+        reason = "column not in the old schema"
+    else:
+        cols = [c for c in new_t.column_names if c not in new_t.key]
+        reason = (
+            "table not in the old schema"
+            if a.old.table(name) is None
+            else "table skipped by mapping"
+        )
+    out = []
+    for c in cols:
+        conds = [
+            exp.In(this=col(KIND, "b"), expressions=[exp.Literal.string(k) for k in CHANGED_KINDS])
+        ]
+        conds.append(
+            user_value(new_t, c, "b", replay)
+            if carried
+            else exp.Not(this=exp.Is(this=col(c, "b"), expression=exp.Null()))
+        )
+        via = derivable(new_t, c, files, "b") if carried else None
+        if via is not None:
+            conds.append(exp.Not(this=via))
+        out.append(
+            exp.select(
+                exp.Literal.string(name),
+                key_expr(new_t.key, "b"),
+                as_text(label_expr(new_t, a.new, "b", label_schema)),
+                exp.Literal.string(c),
+                as_text(col(c, "b")),
+                exp.Literal.string(reason),
+            )
+            .from_(table(name, "bnew", "b"))
+            .where(and_all(conds))
+        )
+    return out
+
+
+def _carried(a: Analysis, name: str) -> bool:
+    """The old schema has table ``name`` and the mapping carries it."""
+    return (
+        name in a.mapping.tables
+        and not a.mapping.tables[name].skip
+        and a.old.table(name) is not None
+    )
+
+
+def list_lost_early(
+    conn: Connection, a: Analysis, files: FilesConfig, names: list[str], done: Callable[[], bool]
+) -> None:
+    """:func:`record_lost`'s statements for the bundle tables among ``names`` that the old schema
+    lacks or the mapping skips, written into the temporary :data:`EARLY_LOST`, while the upgrade's
+    replay runs on another thread (``done``: it has ended; no further table is started then).
+    Their lost values need no replay and their changed rows are final once extracted (the FK
+    closure adds ``closure`` rows only, which hold no lost values); :func:`record_lost` then
+    copies each listed table's rows into ``_recovery_lost`` at its turn, in the order written, so
+    the list is the one it would have made."""
+    todo = [n for n in sorted(names) if not _carried(a, n)]
+    if not todo or done():
+        return
+    _create_list(conn, EARLY_LOST, "temp")
+    conn.execute(
+        sql(
+            exp.Create(
+                this=exp.Schema(
+                    this=table(EARLY_DONE, "temp"),
+                    expressions=[
+                        exp.ColumnDef(this=exp.to_identifier(c, quoted=True)) for c in "nc"
+                    ],
+                ),
+                kind="TABLE",
+            )
+        )
+    )
+    for name in todo:
+        if done():
+            return
+        total = 0
+        for q in _lost_queries(a, files, name, None):
+            total += int(
+                conn.execute(sql(exp.Insert(this=table(EARLY_LOST, "temp"), expression=q))).rowcount
+            )
+        conn.execute(
+            sql(
+                exp.Insert(
+                    this=table(EARLY_DONE, "temp"),
+                    expression=exp.select(exp.Literal.string(name), exp.Literal.number(total)),
+                )
+            )
+        )
+
+
+def _early_lists(conn: Connection) -> dict[str, int] | None:
+    """{table: lost values} that :func:`list_lost_early` listed on ``conn`` (None: it did not run)."""
+    has = conn.execute(
+        "SELECT 1 FROM temp.sqlite_master WHERE type = 'table' AND name = ?", (EARLY_DONE,)
+    ).fetchone()
+    if not has:
+        return None
+    q = exp.select(col("n"), col("c")).from_(table(EARLY_DONE, "temp"))
+    return {str(n): int(c) for n, c in conn.execute(sql(q)).fetchall()}
 
 
 def record_lost(
@@ -582,53 +703,28 @@ def record_lost(
     :func:`label_expr` looks a row's label up in its parent (the PostgreSQL extract's local copy)."""
     (create_list or _create_list)(conn, LOST_TABLE)
     replay = a.replay
+    early = _early_lists(conn) if create_list is None else None
     for name in sorted(counts):
-        new_t = a.new.tables[a.live_name(name)]
-        carried = (
-            name in a.mapping.tables
-            and not a.mapping.tables[name].skip
-            and a.old.table(name) is not None
-        )
-        if carried:
-            cols = [c for c in uncarried_columns(a, name) if c not in new_t.key]
-            reason = "column not in the old schema"
-        else:
-            cols = [c for c in new_t.column_names if c not in new_t.key]
-            reason = (
-                "table not in the old schema"
-                if a.old.table(name) is None
-                else "table skipped by mapping"
+        if (
+            early is not None and name in early
+        ):  # listed by list_lost_early while the replay ran: same rows, same order
+            from_early = (
+                exp.select(exp.Star())
+                .from_(table(EARLY_LOST, "temp"))
+                .where(exp.EQ(this=col("table"), expression=exp.Literal.string(name)))
+                .order_by(exp.column("rowid"))
             )
+            conn.execute(sql(exp.Insert(this=table(LOST_TABLE, "bnew"), expression=from_early)))
+            counts[name]["lost"] = early[name]
+            continue
         total = 0
-        for c in cols:
-            conds = [
-                exp.In(
-                    this=col(KIND, "b"), expressions=[exp.Literal.string(k) for k in CHANGED_KINDS]
-                )
-            ]
-            conds.append(
-                user_value(new_t, c, "b", replay)
-                if carried
-                else exp.Not(this=exp.Is(this=col(c, "b"), expression=exp.Null()))
-            )
-            via = derivable(new_t, c, files, "b") if carried else None
-            if via is not None:
-                conds.append(exp.Not(this=via))
-            q = (
-                exp.select(
-                    exp.Literal.string(name),
-                    key_expr(new_t.key, "b"),
-                    as_text(label_expr(new_t, a.new, "b", label_schema)),
-                    exp.Literal.string(c),
-                    as_text(col(c, "b")),
-                    exp.Literal.string(reason),
-                )
-                .from_(table(name, "bnew", "b"))
-                .where(and_all(conds))
-            )
+        for q in _lost_queries(a, files, name, replay, as_text, key_expr, label_schema):
             stmt = exp.Insert(this=table(LOST_TABLE, "bnew"), expression=q)
             total += int(conn.execute(sql(stmt)).rowcount)
         counts[name]["lost"] = total
+    if early is not None:
+        for t in (EARLY_LOST, EARLY_DONE):
+            conn.execute(sql(exp.Drop(kind="TABLE", tables=[table(t, "temp")])))
     record_filled(
         conn,
         a,
@@ -803,6 +899,8 @@ def extract(
                 extract_table(conn, a, name, counts, "inserted" if name in waiting else "all")
                 if name not in waiting:
                     progress.advance(1, name)
+            if pending is not None and waiting:  # the idle wait for the replay: lists first
+                list_lost_early(conn, a, files, a.bundle_tables, pending.future.done)
             replay = pending.result() if pending is not None else None
             a.replay = replay
             for name in waiting:

@@ -858,6 +858,7 @@ def extract(
     derived: Future[tuple[dict[str, dict[str, exp.Expression]], dict[str, Any]]] | None = None
     copying: Future[dict[str, object]] | None = None
     written: dict[str, str] = {}  # the upload copies' digests, taken as they were written
+    db_hashes: dict[str, Future[str]] = {}
     try:
         if alembic_ini is not None and derived_lineage is None:
             # the app's downgrade in the sandbox (its own child process) while the hashes run and
@@ -924,6 +925,9 @@ def extract(
             conn.execute("COMMIT")
             conn.execute("DETACH DATABASE bnew")
             conn.execute("DETACH DATABASE bbase")
+            # both files are complete and closed: hash them while the plan, the upload copies and
+            # the manifest are made (the seal takes these digests of the bytes just written)
+            db_hashes = {f: _hash_in_background(work / f) for f in ("rows.db", "base.db")}
             has_rows = {t for t, c in counts.items() if TableCounts.from_dict(c).carried}
             has_deletes = {t for t, c in counts.items() if TableCounts.from_dict(c).deleted}
             p = make_plan(a.old, a.new, a.mapping, has_rows, has_deletes)
@@ -955,11 +959,12 @@ def extract(
                 "files": file_report,
             }
         (work / "reimport.sql").write_text(p.to_sql("sqlite"), encoding="utf-8")
-        seal(work, manifest, known=written)
+        seal(work, manifest, known={**written, **{f: h.result() for f, h in db_hashes.items()}})
         os.replace(work, out_p) if not out_p.exists() else _move_into(work, out_p)
         fsync_dir(out_p.parent)
     except BaseException as exc:
-        for f in (backup_sha, live_print, walk, derived, copying):  # no job outlives a failure
+        jobs = (backup_sha, live_print, walk, derived, copying, *db_hashes.values())
+        for f in jobs:  # no job outlives a failure
             if f is not None and not f.cancel():
                 f.exception()
         if pending is not None:
@@ -975,6 +980,15 @@ def extract(
     return ExtractResult(
         open_bundle(out_p, verify=False), p, manifest["deploy_time"]
     )  # sealed just above
+
+
+def _hash_in_background(path: Path) -> Future[str]:
+    """sha256 of ``path`` on its own thread (hashlib releases the GIL)."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recovery-seal")
+    try:
+        return pool.submit(sha256_file, path)
+    finally:
+        pool.shutdown(wait=False)
 
 
 def _lineage_error(derived: Future[Any] | None) -> RecoveryError | None:

@@ -123,16 +123,17 @@ def _keyed_pair(folder: Path, old_ids: set[int], live: dict[int, str]) -> tuple[
     return paths[0], paths[1]
 
 
-@pytest.mark.parametrize(
-    ("old_ids", "live"),
-    [
-        ({1, 2, 4, 5}, {1: "v", 2: "v", 4: "v", 5: "w", 6: "n", 9: "n"}),  # all new above the top
-        ({1, 2, 4, 5}, {1: "v", 3: "n", 4: "v", 5: "v", 7: "n"}),  # 2 deleted, 3 new in the gap
-        ({2, 3}, {1: "n", 2: "v", 3: "v"}),  # a new key below the backup's smallest
-        (set(), {1: "n", 2: "n"}),  # an empty backup table
-        ({1, 2, 3}, {}),  # an empty live table
-    ],
-)
+KEY_CASES = [
+    ({1, 2, 4, 5}, {1: "v", 2: "v", 4: "v", 5: "w", 6: "n", 9: "n"}),  # all new above the top
+    ({1, 2, 4, 5}, {1: "v", 3: "n", 4: "v", 5: "v", 7: "n"}),  # 2 deleted, 3 new in the gap
+    ({1, 2, 3, 4}, {1: "v", 3: "w", 5: "n", 6: "n"}),  # keys without gaps, some deleted
+    ({2, 3}, {1: "n", 2: "v", 3: "v"}),  # a new key below the backup's smallest
+    (set(), {1: "n", 2: "n"}),  # an empty backup table
+    ({1, 2, 3}, {}),  # an empty live table
+]
+
+
+@pytest.mark.parametrize(("old_ids", "live"), KEY_CASES)
 def test_inserted_rows_by_key_range_are_the_anti_joins(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -160,3 +161,36 @@ def test_inserted_rows_by_key_range_are_the_anti_joins(
         assert _rows(tmp_path / "fast" / name) == _rows(tmp_path / "slow" / name), name
     got = _rows(tmp_path / "fast" / "rows.db")["t"]
     assert [r[1] for r in got if r[-1] == "inserted"] == inserted
+
+
+@pytest.mark.parametrize(("old_ids", "live"), KEY_CASES)
+def test_inserted_rows_before_the_list_are_the_anti_joins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, old_ids: set[int], live: dict[int, str]
+) -> None:
+    """The inserted rows a table waiting for the replay takes first (no key list yet: proven by
+    the backup's keys alone, or by anti-join) are, in order, the live keys the backup lacks."""
+    from recovery.compare.diff import analyse
+
+    old, new = _keyed_pair(tmp_path, old_ids, live)
+    anti: list[str] = []
+    real = extract_mod.inserted_query
+    monkeypatch.setattr(
+        extract_mod, "inserted_query", lambda s, sel: anti.append(s.name) or real(s, sel)
+    )
+    gapless = not old_ids or (
+        len(old_ids) == max(old_ids) - min(old_ids) + 1 and min(live, default=1) >= min(old_ids)
+    )
+    inserted = sorted(set(live) - old_ids)
+    with analyse(old, new) as a:
+        conn = a.pair
+        conn.execute("PRAGMA query_only = OFF")
+        conn.execute("ATTACH DATABASE ? AS bnew", (str(tmp_path / "rows.db"),))
+        conn.execute("ATTACH DATABASE ? AS bbase", (str(tmp_path / "base.db"),))
+        conn.execute("BEGIN")
+        counts: dict[str, dict[str, object]] = {}
+        extract_mod.extract_table(conn, a, "t", counts, "inserted")
+        got = conn.execute("SELECT id, _recovery_kind FROM bnew.t ORDER BY rowid").fetchall()
+        conn.execute("COMMIT")
+    assert got == [(k, "inserted") for k in inserted]
+    assert counts["t"]["inserted"] == len(inserted)
+    assert anti == ([] if gapless else ["t"])  # the range where the backup's keys prove it

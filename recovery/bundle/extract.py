@@ -227,7 +227,8 @@ def extract_table(
     old_cols = list(old_t.column_names)
     n_cols = [col(c, "n") for c in new_cols]
     cond = _changed_condition(a, s, new_t, a.replay) if part != "inserted" else None
-    on_rowid = cond is not None and sides_on_rowid(conn, s)
+    rowid = sides_on_rowid(conn, s)
+    on_rowid = cond is not None and rowid
     if part != "rest":
         _create_untyped(conn, "bbase", name, old_cols)
         ins_select = [*n_cols, exp.Literal.string(RowKind.INSERTED)]
@@ -236,6 +237,10 @@ def extract_table(
             listed = _list_changed_on_rowid(conn, s, cond)
             ins = _insert_select(
                 conn, "bnew", name, new_cols, _inserted_on_rowid(conn, s, listed, ins_select)
+            )
+        elif rowid and part == "inserted":  # before the list: proven by the backup's keys alone
+            ins = _insert_select(
+                conn, "bnew", name, new_cols, _inserted_on_rowid(conn, s, None, ins_select)
             )
         else:
             ins = _insert_select(conn, "bnew", name, new_cols, inserted_query(s, ins_select))
@@ -352,16 +357,23 @@ def _list_changed_on_rowid(conn: Connection, s: TableSides, cond: exp.Expression
 
 
 def _inserted_on_rowid(
-    conn: Connection, s: TableSides, deleted: int, select: list[exp.Expression]
+    conn: Connection, s: TableSides, deleted: int | None, select: list[exp.Expression]
 ) -> exp.Select:
     """The inserted rows of a table keyed by the rowid on both sides, without a second read of
-    either table when the counts prove where they are: every backup row but the ``deleted`` ones
-    has its live twin (same rowid), all at or below the backup's largest rowid ``top``; so when
-    the live table holds exactly that many rows up to ``top``, no live row there is new, and the
-    inserted rows are the live rows above ``top`` (a rowid range: a B-tree seek, in rowid order,
-    the order the anti-join gave). Counting a rowid range walks the B-tree's keys only. Otherwise
-    (a key re-used below ``top``) the anti-join of :func:`~recovery.compare.changes.inserted_query`.
-    Runs in the extract's read transaction, after :func:`_list_changed_on_rowid`."""
+    either table when counts prove where they are: the live rows above the backup's largest key
+    ``top`` (a rowid range: a B-tree seek, in rowid order, the order the anti-join gave). Proven
+    when no live key at or below ``top`` is missing from the backup, by either
+
+    * ``deleted`` (from :func:`_list_changed_on_rowid`): every backup row but the deleted ones has
+      its live twin (same rowid), all at or below ``top``; so if the live table holds exactly
+      that many rows up to ``top``, none of them is new; or
+    * (else) the backup's keys fill every integer from its smallest ``low`` to
+      ``top`` (its count is ``top - low + 1``) and no live key lies below ``low``: every live key
+      up to ``top`` is then a backup key.
+
+    Counting (a rowid range or a whole table) walks the B-tree's keys only, and ``min``/``max``
+    are one descent each. Otherwise (a key re-used, or below the backup's smallest) the anti-join
+    of :func:`~recovery.compare.changes.inserted_query`. Runs in the extract's read transaction."""
     okey, nkey = s.old_key[0], s.new_key[0]
     old_t, new_t = table(s.name, "old", "o"), table(s.new_name or s.name, "new", "n")
 
@@ -371,15 +383,22 @@ def _inserted_on_rowid(
     def count(t: exp.Table) -> exp.Select:
         return exp.select(exp.func("count", exp.Star())).from_(t.copy())
 
-    # each alone, so that SQLite answers it from the B-tree: max by one descent, count(*) by
-    # counting cells without reading the rows
+    # each alone, so that SQLite answers it from the B-tree
     top = one(exp.select(exp.func("max", okey.copy())).from_(old_t.copy()))
     q = exp.select(*select).from_(new_t.copy())
     if top is None:  # an empty backup table: every live row is inserted
         return q.order_by(nkey.copy())
     above = exp.GT(this=nkey.copy(), expression=exp.Literal.number(int(top)))
-    live_below = int(one(count(new_t))) - int(one(count(new_t).where(above.copy())))
-    if live_below != int(one(count(old_t))) - deleted:
+    old_rows = int(one(count(old_t)))
+    proven = False
+    if deleted is not None:
+        live_below = int(one(count(new_t))) - int(one(count(new_t).where(above.copy())))
+        proven = live_below == old_rows - deleted
+    if not proven:
+        low = int(one(exp.select(exp.func("min", okey.copy())).from_(old_t.copy())))
+        under = exp.LT(this=nkey.copy(), expression=exp.Literal.number(low))
+        proven = old_rows == int(top) - low + 1 and int(one(count(new_t).where(under))) == 0
+    if not proven:
         return inserted_query(s, select)
     return q.where(above).order_by(nkey.copy())
 

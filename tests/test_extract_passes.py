@@ -194,3 +194,42 @@ def test_inserted_rows_before_the_list_are_the_anti_joins(
     assert got == [(k, "inserted") for k in inserted]
     assert counts["t"]["inserted"] == len(inserted)
     assert anti == ([] if gapless else ["t"])  # the range where the backup's keys prove it
+
+
+def test_uploads_copied_early_are_copied_again_when_the_closure_changes_the_files_table(
+    world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The uploads are copied as soon as the files table is extracted; when the rows that copy
+    was made from are not the final ones (here one record taken out after the FK closure), it is
+    thrown away and made again from the final rows: the bundle holds the copies its report
+    lists, no more, each with its real hash."""
+    from recovery.files.uploads import UNRECORDED_DIR
+
+    backup, live = _inputs(world)
+    real = extract_mod.close_foreign_keys
+    starts: list[int] = []
+    real_start = extract_mod._start_copy
+
+    def fewer(conn, a, counts):  # type: ignore[no-untyped-def]
+        real(conn, a, counts)
+        conn.execute(
+            "DELETE FROM bnew.file_records WHERE rowid = (SELECT min(rowid) FROM bnew.file_records)"
+        )
+
+    def start(*args):  # type: ignore[no-untyped-def]
+        starts.append(len(args[5]))
+        return real_start(*args)
+
+    monkeypatch.setattr(extract_mod, "close_foreign_keys", fewer)
+    monkeypatch.setattr(extract_mod, "_start_copy", start)
+    res = extract_mod.extract(backup, live, tmp_path / "b", uploads=world / "uploads")
+    assert len(starts) == 2 and starts[1] == starts[0] - 1  # copied early, then again
+    report = res.bundle.manifest["files"]
+    assert len(report["records"]) == starts[1]
+    b = tmp_path / "b"
+    on_disk = {p.relative_to(b).as_posix() for p in (b / "files").rglob("*") if p.is_file()}
+    listed = {
+        f"files/{r['path']}" for r in report["records"] if str(r["status"]).startswith("copied")
+    } | {f"files/{UNRECORDED_DIR}/{u['path']}" for u in report["unrecorded"]}
+    assert on_disk == listed
+    open_bundle(b)  # every hash verified

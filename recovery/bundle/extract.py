@@ -919,6 +919,11 @@ def extract(
                 extract_table(conn, a, name, counts, "inserted" if name in waiting else "all")
                 if name not in waiting:
                     progress.advance(1, name)
+            early_files: list[tuple[Any, Any, Any]] | None = None
+            if uploads and files.table not in waiting:
+                # the files table is extracted: copy its files while the replay and the rest run
+                early_files = bundle_file_rows(conn, files, "bnew")
+                copying = _start_copy(work, uploads, backup, files, walk, early_files, written)
             if pending is not None and waiting:  # the idle wait for the replay: lists first
                 list_lost_early(conn, a, files, a.bundle_tables, pending.future.done)
             replay = pending.result() if pending is not None else None
@@ -929,15 +934,12 @@ def extract(
             close_foreign_keys(conn, a, counts)
             progress.advance(1, "foreign-key closure")
             if uploads:  # the bundle's files table is final: copy its files while SQLite works on
-                copying = _start_copy(
-                    work,
-                    uploads,
-                    backup,
-                    files,
-                    walk,
-                    bundle_file_rows(conn, files, "bnew"),
-                    written,
-                )
+                final_files = bundle_file_rows(conn, files, "bnew")
+                if copying is not None and final_files != early_files:  # the closure added some
+                    _discard_copy(copying, work, written)
+                    copying = None
+                if copying is None:
+                    copying = _start_copy(work, uploads, backup, files, walk, final_files, written)
             record_lost(conn, a, files, counts)
             progress.advance(1, "lost values")
             live_sequences = read_sequences(conn, "new")  # in the same read as the rows
@@ -999,6 +1001,14 @@ def extract(
     return ExtractResult(
         open_bundle(out_p, verify=False), p, manifest["deploy_time"]
     )  # sealed just above
+
+
+def _discard_copy(copying: Future[dict[str, object]], work: Path, written: dict[str, str]) -> None:
+    """Wait for an upload copy made from rows that are no longer the bundle's, and remove what it
+    wrote (``work/files`` and its digests): the copy is then made again from the final rows."""
+    copying.exception()  # whatever it ended with: it is made again
+    shutil.rmtree(work / "files", ignore_errors=True)
+    written.clear()
 
 
 def _hash_in_background(path: Path) -> Future[str]:

@@ -233,3 +233,21 @@ def test_uploads_copied_early_are_copied_again_when_the_closure_changes_the_file
     } | {f"files/{UNRECORDED_DIR}/{u['path']}" for u in report["unrecorded"]}
     assert on_disk == listed
     open_bundle(b)  # every hash verified
+
+
+def test_the_closure_is_skipped_only_for_parents_the_bundle_holds_in_full(tmp_path: Path) -> None:
+    """A foreign key into a compared table's own key needs no closure statement (a parent the
+    backup lacks is an inserted row, in the bundle); one into another column, or into a table
+    whose rows the bundle does not hold in full, still gets one."""
+    from recovery.compare.diff import analyse
+    from recovery.engine.schema import ForeignKey
+
+    old, new = _keyed_pair(tmp_path, {1, 2}, {1: "v", 2: "w", 3: "n"})
+    with analyse(old, new) as a:
+        by_key = ForeignKey(("t_id",), "t", ("id",))
+        by_value = ForeignKey(("t_v",), "t", ("v",))
+        compared = {"t": {"status": "compared"}}
+        assert extract_mod._holds_every_new_parent(a, compared, by_key)
+        assert not extract_mod._holds_every_new_parent(a, compared, by_value)
+        assert not extract_mod._holds_every_new_parent(a, {"t": {}}, by_key)  # not extracted whole
+        assert extract_mod._holds_every_new_parent(a, {"t": {"status": "new table"}}, by_value)

@@ -514,6 +514,8 @@ def close_foreign_keys(conn: Connection, a: Analysis, counts: dict[str, Any]) ->
                 parent = a.new.table(fk.ref_table)
                 if parent is None or fk.ref_table not in counts:
                     continue
+                if _holds_every_new_parent(a, counts, fk):
+                    continue
                 if seen.get((name, i)) == grown.get(name, 0):
                     continue
                 seen[(name, i)] = grown.get(name, 0)
@@ -557,6 +559,33 @@ def close_foreign_keys(conn: Connection, a: Analysis, counts: dict[str, Any]) ->
                     added += n
         if not added:
             return
+
+
+ALL_ROWS = ("new table", "skipped by mapping")
+"""Statuses of a bundle table that holds every live row (:func:`extract_table`)."""
+
+
+def _holds_every_new_parent(a: Analysis, counts: dict[str, Any], fk: ForeignKey) -> bool:
+    """Whether ``fk``'s parent table in the bundle already holds every live row the closure could
+    bring for it (a row the backup lacks): the table holds every live row; or it was compared
+    (its inserted rows are every live row whose key the backup lacks, matched by ``=`` on the
+    same-named key columns) and ``fk`` references exactly that key, so a parent the backup lacks
+    is an inserted row, already in the bundle. Then the closure's statement would add nothing."""
+    status = counts[fk.ref_table].get("status")
+    if status in ALL_ROWS:
+        return True
+    old_t, tm = a.old.table(fk.ref_table), a.mapping.tables.get(fk.ref_table)
+    if status != "compared" or old_t is None or tm is None or tm.skip or tm.new_table:
+        return False
+    s = sides(old_t, tm)
+    return (
+        not isinstance(s, str)
+        and not s.null_safe_key
+        and tuple(fk.ref_columns) == tuple(s.key)
+        and all(
+            isinstance(n, exp.Column) and n.name == k for n, k in zip(s.new_key, s.key, strict=True)
+        )
+    )
 
 
 def _create_list(conn: Connection, name: str, schema: str = "bnew") -> None:

@@ -106,3 +106,148 @@ def test_the_replay_thread_keeps_the_callers_protected_files(
     with sandbox.protecting(real):
         pending = diff.start_replayed_upgrade("alembic.ini", _A(), tmp_path)  # type: ignore[arg-type]
         assert real in pending.result()  # type: ignore[operator]
+
+
+def _keyed_pair(folder: Path, old_ids: set[int], live: dict[int, str]) -> tuple[Path, Path]:
+    """A backup and a live file with one rowid-keyed table: ``old_ids`` with value "v", the live
+    rows as given (a key in both is updated when its value is no longer "v")."""
+    paths = []
+    for name, rows in (("old.db", {k: "v" for k in old_ids}), ("live.db", live)):
+        p = folder / name
+        conn = sqlite3.connect(p)
+        conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+        conn.executemany("INSERT INTO t VALUES (?, ?)", sorted(rows.items()))
+        conn.commit()
+        conn.close()
+        paths.append(p)
+    return paths[0], paths[1]
+
+
+KEY_CASES = [
+    ({1, 2, 4, 5}, {1: "v", 2: "v", 4: "v", 5: "w", 6: "n", 9: "n"}),  # all new above the top
+    ({1, 2, 4, 5}, {1: "v", 3: "n", 4: "v", 5: "v", 7: "n"}),  # 2 deleted, 3 new in the gap
+    ({1, 2, 3, 4}, {1: "v", 3: "w", 5: "n", 6: "n"}),  # keys without gaps, some deleted
+    ({2, 3}, {1: "n", 2: "v", 3: "v"}),  # a new key below the backup's smallest
+    (set(), {1: "n", 2: "n"}),  # an empty backup table
+    ({1, 2, 3}, {}),  # an empty live table
+]
+
+
+@pytest.mark.parametrize(("old_ids", "live"), KEY_CASES)
+def test_inserted_rows_by_key_range_are_the_anti_joins(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    old_ids: set[int],
+    live: dict[int, str],
+) -> None:
+    """The inserted rows of a rowid-keyed table taken as the live rows above the backup's largest
+    key (when the counts prove no live key below it is new) are, in the same order, what the
+    anti-join gives; where a key below it is new, the anti-join is used."""
+    old, new = _keyed_pair(tmp_path, old_ids, live)
+    anti: list[str] = []
+    real = extract_mod.inserted_query
+    monkeypatch.setattr(
+        extract_mod, "inserted_query", lambda s, sel: anti.append(s.name) or real(s, sel)
+    )
+    fast = extract_mod.extract(old, new, tmp_path / "fast")
+    below = [k for k in live if k not in old_ids and old_ids and k <= max(old_ids)]
+    assert anti == (["t"] if below else [])  # the range only where the counts prove it
+    monkeypatch.setattr(extract_mod, "sides_on_rowid", lambda conn, s: False)
+    slow = extract_mod.extract(old, new, tmp_path / "slow")
+    assert fast.bundle.counts == slow.bundle.counts
+    inserted = sorted(set(live) - old_ids)
+    assert fast.bundle.counts["t"]["inserted"] == len(inserted)
+    for name in ("rows.db", "base.db"):
+        assert _rows(tmp_path / "fast" / name) == _rows(tmp_path / "slow" / name), name
+    got = _rows(tmp_path / "fast" / "rows.db")["t"]
+    assert [r[1] for r in got if r[-1] == "inserted"] == inserted
+
+
+@pytest.mark.parametrize(("old_ids", "live"), KEY_CASES)
+def test_inserted_rows_before_the_list_are_the_anti_joins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, old_ids: set[int], live: dict[int, str]
+) -> None:
+    """The inserted rows a table waiting for the replay takes first (no key list yet: proven by
+    the backup's keys alone, or by anti-join) are, in order, the live keys the backup lacks."""
+    from recovery.compare.diff import analyse
+
+    old, new = _keyed_pair(tmp_path, old_ids, live)
+    anti: list[str] = []
+    real = extract_mod.inserted_query
+    monkeypatch.setattr(
+        extract_mod, "inserted_query", lambda s, sel: anti.append(s.name) or real(s, sel)
+    )
+    gapless = not old_ids or (
+        len(old_ids) == max(old_ids) - min(old_ids) + 1 and min(live, default=1) >= min(old_ids)
+    )
+    inserted = sorted(set(live) - old_ids)
+    with analyse(old, new) as a:
+        conn = a.pair
+        conn.execute("PRAGMA query_only = OFF")
+        conn.execute("ATTACH DATABASE ? AS bnew", (str(tmp_path / "rows.db"),))
+        conn.execute("ATTACH DATABASE ? AS bbase", (str(tmp_path / "base.db"),))
+        conn.execute("BEGIN")
+        counts: dict[str, dict[str, object]] = {}
+        extract_mod.extract_table(conn, a, "t", counts, "inserted")
+        got = conn.execute("SELECT id, _recovery_kind FROM bnew.t ORDER BY rowid").fetchall()
+        conn.execute("COMMIT")
+    assert got == [(k, "inserted") for k in inserted]
+    assert counts["t"]["inserted"] == len(inserted)
+    assert anti == ([] if gapless else ["t"])  # the range where the backup's keys prove it
+
+
+def test_uploads_copied_early_are_copied_again_when_the_closure_changes_the_files_table(
+    world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The uploads are copied as soon as the files table is extracted; when the rows that copy
+    was made from are not the final ones (here one record taken out after the FK closure), it is
+    thrown away and made again from the final rows: the bundle holds the copies its report
+    lists, no more, each with its real hash."""
+    from recovery.files.uploads import UNRECORDED_DIR
+
+    backup, live = _inputs(world)
+    real = extract_mod.close_foreign_keys
+    starts: list[int] = []
+    real_start = extract_mod._start_copy
+
+    def fewer(conn, a, counts):  # type: ignore[no-untyped-def]
+        real(conn, a, counts)
+        conn.execute(
+            "DELETE FROM bnew.file_records WHERE rowid = (SELECT min(rowid) FROM bnew.file_records)"
+        )
+
+    def start(*args):  # type: ignore[no-untyped-def]
+        starts.append(len(args[5]))
+        return real_start(*args)
+
+    monkeypatch.setattr(extract_mod, "close_foreign_keys", fewer)
+    monkeypatch.setattr(extract_mod, "_start_copy", start)
+    res = extract_mod.extract(backup, live, tmp_path / "b", uploads=world / "uploads")
+    assert len(starts) == 2 and starts[1] == starts[0] - 1  # copied early, then again
+    report = res.bundle.manifest["files"]
+    assert len(report["records"]) == starts[1]
+    b = tmp_path / "b"
+    on_disk = {p.relative_to(b).as_posix() for p in (b / "files").rglob("*") if p.is_file()}
+    listed = {
+        f"files/{r['path']}" for r in report["records"] if str(r["status"]).startswith("copied")
+    } | {f"files/{UNRECORDED_DIR}/{u['path']}" for u in report["unrecorded"]}
+    assert on_disk == listed
+    open_bundle(b)  # every hash verified
+
+
+def test_the_closure_is_skipped_only_for_parents_the_bundle_holds_in_full(tmp_path: Path) -> None:
+    """A foreign key into a compared table's own key needs no closure statement (a parent the
+    backup lacks is an inserted row, in the bundle); one into another column, or into a table
+    whose rows the bundle does not hold in full, still gets one."""
+    from recovery.compare.diff import analyse
+    from recovery.engine.schema import ForeignKey
+
+    old, new = _keyed_pair(tmp_path, {1, 2}, {1: "v", 2: "w", 3: "n"})
+    with analyse(old, new) as a:
+        by_key = ForeignKey(("t_id",), "t", ("id",))
+        by_value = ForeignKey(("t_v",), "t", ("v",))
+        compared = {"t": {"status": "compared"}}
+        assert extract_mod._holds_every_new_parent(a, compared, by_key)
+        assert not extract_mod._holds_every_new_parent(a, compared, by_value)
+        assert not extract_mod._holds_every_new_parent(a, {"t": {}}, by_key)  # not extracted whole
+        assert extract_mod._holds_every_new_parent(a, {"t": {"status": "new table"}}, by_value)

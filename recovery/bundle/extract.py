@@ -226,22 +226,33 @@ def extract_table(
         raise RecoveryError(f"cannot extract {name}: {s}", "map the key column in the mapping file")
     old_cols = list(old_t.column_names)
     n_cols = [col(c, "n") for c in new_cols]
+    cond = _changed_condition(a, s, new_t, a.replay) if part != "inserted" else None
+    rowid = sides_on_rowid(conn, s)
+    on_rowid = cond is not None and rowid
     if part != "rest":
         _create_untyped(conn, "bbase", name, old_cols)
-        counts[name] = {
-            RowKind.INSERTED: _insert_select(
-                conn,
-                "bnew",
-                name,
-                new_cols,
-                inserted_query(s, [*n_cols, exp.Literal.string(RowKind.INSERTED)]),
+        ins_select = [*n_cols, exp.Literal.string(RowKind.INSERTED)]
+        if on_rowid:  # one read of the backup table lists its changed keys and proves the rest
+            assert cond is not None
+            listed = _list_changed_on_rowid(conn, s, cond)
+            ins = _insert_select(
+                conn, "bnew", name, new_cols, _inserted_on_rowid(conn, s, listed, ins_select)
             )
-        }
+        elif rowid and part == "inserted":  # before the list: proven by the backup's keys alone
+            ins = _insert_select(
+                conn, "bnew", name, new_cols, _inserted_on_rowid(conn, s, None, ins_select)
+            )
+        else:
+            ins = _insert_select(conn, "bnew", name, new_cols, inserted_query(s, ins_select))
+        counts[name] = {RowKind.INSERTED: ins}
     if part == "inserted":
         return
     ins = counts[name][RowKind.INSERTED]
-    cond = _changed_condition(a, s, new_t, a.replay)  # (no primary key: never changed, only in/out)
-    if cond is not None and sides_on_rowid(conn, s):
+    # (no primary key: never changed, only in/out)
+    if on_rowid:
+        assert cond is not None
+        if part == "rest":
+            _list_changed_on_rowid(conn, s, cond)
         upd, dele = _rest_on_rowid(conn, a, s, new_cols, old_cols, cond)
         counts[name] = {
             RowKind.INSERTED: ins,
@@ -294,19 +305,11 @@ CHANGED_LIST = "_recovery_changed"
 """The temporary list of one table's updated and deleted keys (:func:`_rest_on_rowid`)."""
 
 
-def _rest_on_rowid(
-    conn: Connection,
-    a: Analysis,
-    s: TableSides,
-    new_cols: list[str],
-    old_cols: list[str],
-    cond: exp.Expression,
-) -> tuple[int, int]:
-    """The updated rows, their backup images and the deleted rows of a table keyed by the rowid on
-    both sides, from ONE read of the backup table: ``old LEFT JOIN new`` (scanned in rowid order,
-    each row's live twin found by its rowid) lists the key of every updated or deleted row in a
-    temporary table; the three inserts then fetch just those rows by rowid, in that list's order
-    — the order, rows and counts the separate join and anti-join gave. Returns (updated, deleted)."""
+def _list_changed_on_rowid(conn: Connection, s: TableSides, cond: exp.Expression) -> int:
+    """ONE read of the backup table of a table keyed by the rowid on both sides: ``old LEFT JOIN
+    new`` (scanned in rowid order, each row's live twin found by its rowid) lists the key of every
+    updated (``d`` 0) or deleted (``d`` 1) row in the temporary table :data:`CHANGED_LIST`, read
+    by :func:`_inserted_on_rowid` and :func:`_rest_on_rowid`. Returns how many were deleted."""
     okey, nkey = s.old_key[0], s.new_key[0]
     listed = table(CHANGED_LIST, "temp")
     conn.execute(sql(exp.Drop(kind="TABLE", tables=[listed.copy()], exists=True)))
@@ -345,6 +348,74 @@ def _rest_on_rowid(
             )
         )
     )
+    deleted = (
+        exp.select(exp.func("count", exp.Star()))
+        .from_(listed.copy())
+        .where(exp.EQ(this=col("d"), expression=exp.Literal.number(1)))
+    )
+    return int(conn.execute(sql(deleted)).fetchone()[0])
+
+
+def _inserted_on_rowid(
+    conn: Connection, s: TableSides, deleted: int | None, select: list[exp.Expression]
+) -> exp.Select:
+    """The inserted rows of a table keyed by the rowid on both sides, without a second read of
+    either table when counts prove where they are: the live rows above the backup's largest key
+    ``top`` (a rowid range: a B-tree seek, in rowid order, the order the anti-join gave). Proven
+    when no live key at or below ``top`` is missing from the backup, by either
+
+    * ``deleted`` (from :func:`_list_changed_on_rowid`): every backup row but the deleted ones has
+      its live twin (same rowid), all at or below ``top``; so if the live table holds exactly
+      that many rows up to ``top``, none of them is new; or
+    * (else) the backup's keys fill every integer from its smallest ``low`` to
+      ``top`` (its count is ``top - low + 1``) and no live key lies below ``low``: every live key
+      up to ``top`` is then a backup key.
+
+    Counting (a rowid range or a whole table) walks the B-tree's keys only, and ``min``/``max``
+    are one descent each. Otherwise (a key re-used, or below the backup's smallest) the anti-join
+    of :func:`~recovery.compare.changes.inserted_query`. Runs in the extract's read transaction."""
+    okey, nkey = s.old_key[0], s.new_key[0]
+    old_t, new_t = table(s.name, "old", "o"), table(s.new_name or s.name, "new", "n")
+
+    def one(q: exp.Select) -> Any:
+        return conn.execute(sql(q)).fetchone()[0]
+
+    def count(t: exp.Table) -> exp.Select:
+        return exp.select(exp.func("count", exp.Star())).from_(t.copy())
+
+    # each alone, so that SQLite answers it from the B-tree
+    top = one(exp.select(exp.func("max", okey.copy())).from_(old_t.copy()))
+    q = exp.select(*select).from_(new_t.copy())
+    if top is None:  # an empty backup table: every live row is inserted
+        return q.order_by(nkey.copy())
+    above = exp.GT(this=nkey.copy(), expression=exp.Literal.number(int(top)))
+    old_rows = int(one(count(old_t)))
+    proven = False
+    if deleted is not None:
+        live_below = int(one(count(new_t))) - int(one(count(new_t).where(above.copy())))
+        proven = live_below == old_rows - deleted
+    if not proven:
+        low = int(one(exp.select(exp.func("min", okey.copy())).from_(old_t.copy())))
+        under = exp.LT(this=nkey.copy(), expression=exp.Literal.number(low))
+        proven = old_rows == int(top) - low + 1 and int(one(count(new_t).where(under))) == 0
+    if not proven:
+        return inserted_query(s, select)
+    return q.where(above).order_by(nkey.copy())
+
+
+def _rest_on_rowid(
+    conn: Connection,
+    a: Analysis,
+    s: TableSides,
+    new_cols: list[str],
+    old_cols: list[str],
+    cond: exp.Expression,
+) -> tuple[int, int]:
+    """The updated rows, their backup images and the deleted rows of a table keyed by the rowid on
+    both sides, fetched by rowid from :func:`_list_changed_on_rowid`'s list in that list's order
+    — the order, rows and counts the separate join and anti-join gave. Returns (updated, deleted)."""
+    okey, nkey = s.old_key[0], s.new_key[0]
+    listed = table(CHANGED_LIST, "temp")
 
     def fetch(side: str, cols: list[str], deleted: bool, kind: str) -> exp.Select:
         alias = "o" if side == "old" else "n"
@@ -443,6 +514,8 @@ def close_foreign_keys(conn: Connection, a: Analysis, counts: dict[str, Any]) ->
                 parent = a.new.table(fk.ref_table)
                 if parent is None or fk.ref_table not in counts:
                     continue
+                if _holds_every_new_parent(a, counts, fk):
+                    continue
                 if seen.get((name, i)) == grown.get(name, 0):
                     continue
                 seen[(name, i)] = grown.get(name, 0)
@@ -488,12 +561,39 @@ def close_foreign_keys(conn: Connection, a: Analysis, counts: dict[str, Any]) ->
             return
 
 
-def _create_list(conn: Connection, name: str) -> None:
+ALL_ROWS = ("new table", "skipped by mapping")
+"""Statuses of a bundle table that holds every live row (:func:`extract_table`)."""
+
+
+def _holds_every_new_parent(a: Analysis, counts: dict[str, Any], fk: ForeignKey) -> bool:
+    """Whether ``fk``'s parent table in the bundle already holds every live row the closure could
+    bring for it (a row the backup lacks): the table holds every live row; or it was compared
+    (its inserted rows are every live row whose key the backup lacks, matched by ``=`` on the
+    same-named key columns) and ``fk`` references exactly that key, so a parent the backup lacks
+    is an inserted row, already in the bundle. Then the closure's statement would add nothing."""
+    status = counts[fk.ref_table].get("status")
+    if status in ALL_ROWS:
+        return True
+    old_t, tm = a.old.table(fk.ref_table), a.mapping.tables.get(fk.ref_table)
+    if status != "compared" or old_t is None or tm is None or tm.skip or tm.new_table:
+        return False
+    s = sides(old_t, tm)
+    return (
+        not isinstance(s, str)
+        and not s.null_safe_key
+        and tuple(fk.ref_columns) == tuple(s.key)
+        and all(
+            isinstance(n, exp.Column) and n.name == k for n, k in zip(s.new_key, s.key, strict=True)
+        )
+    )
+
+
+def _create_list(conn: Connection, name: str, schema: str = "bnew") -> None:
     conn.execute(
         sql(
             exp.Create(
                 this=exp.Schema(
-                    this=table(name, "bnew"),
+                    this=table(name, schema),
                     expressions=[
                         exp.ColumnDef(this=exp.to_identifier(c, quoted=True))
                         for c in ("table", "key", "label", "column", "value", "reason")
@@ -507,6 +607,127 @@ def _create_list(conn: Connection, name: str) -> None:
 
 def _same(e: exp.Expression) -> exp.Expression:
     return e
+
+
+EARLY_LOST = "_recovery_lost_early"
+"""The temporary list :func:`list_lost_early` fills (the columns of ``_recovery_lost``)."""
+EARLY_DONE = "_recovery_lost_early_tables"
+"""The tables :func:`list_lost_early` listed in full, with their count of lost values."""
+
+
+def _lost_queries(
+    a: Analysis,
+    files: FilesConfig,
+    name: str,
+    replay: Replayed | None,
+    as_text: Callable[[exp.Expression], exp.Expression] = _same,
+    key_expr: Callable[[tuple[str, ...], str], exp.Expression] = key_json,
+    label_schema: str = "new",
+) -> list[exp.Select]:
+    """The SELECTs of :func:`record_lost` for bundle table ``name``, one per column, in order."""
+    new_t = a.new.tables[a.live_name(name)]
+    carried = _carried(a, name)
+    if carried:
+        cols = [c for c in uncarried_columns(a, name) if c not in new_t.key]
+        reason = "column not in the old schema"
+    else:
+        cols = [c for c in new_t.column_names if c not in new_t.key]
+        reason = (
+            "table not in the old schema"
+            if a.old.table(name) is None
+            else "table skipped by mapping"
+        )
+    out = []
+    for c in cols:
+        conds = [
+            exp.In(this=col(KIND, "b"), expressions=[exp.Literal.string(k) for k in CHANGED_KINDS])
+        ]
+        conds.append(
+            user_value(new_t, c, "b", replay)
+            if carried
+            else exp.Not(this=exp.Is(this=col(c, "b"), expression=exp.Null()))
+        )
+        via = derivable(new_t, c, files, "b") if carried else None
+        if via is not None:
+            conds.append(exp.Not(this=via))
+        out.append(
+            exp.select(
+                exp.Literal.string(name),
+                key_expr(new_t.key, "b"),
+                as_text(label_expr(new_t, a.new, "b", label_schema)),
+                exp.Literal.string(c),
+                as_text(col(c, "b")),
+                exp.Literal.string(reason),
+            )
+            .from_(table(name, "bnew", "b"))
+            .where(and_all(conds))
+        )
+    return out
+
+
+def _carried(a: Analysis, name: str) -> bool:
+    """The old schema has table ``name`` and the mapping carries it."""
+    return (
+        name in a.mapping.tables
+        and not a.mapping.tables[name].skip
+        and a.old.table(name) is not None
+    )
+
+
+def list_lost_early(
+    conn: Connection, a: Analysis, files: FilesConfig, names: list[str], done: Callable[[], bool]
+) -> None:
+    """:func:`record_lost`'s statements for the bundle tables among ``names`` that the old schema
+    lacks or the mapping skips, written into the temporary :data:`EARLY_LOST`, while the upgrade's
+    replay runs on another thread (``done``: it has ended; no further table is started then).
+    Their lost values need no replay and their changed rows are final once extracted (the FK
+    closure adds ``closure`` rows only, which hold no lost values); :func:`record_lost` then
+    copies each listed table's rows into ``_recovery_lost`` at its turn, in the order written, so
+    the list is the one it would have made."""
+    todo = [n for n in sorted(names) if not _carried(a, n)]
+    if not todo or done():
+        return
+    _create_list(conn, EARLY_LOST, "temp")
+    conn.execute(
+        sql(
+            exp.Create(
+                this=exp.Schema(
+                    this=table(EARLY_DONE, "temp"),
+                    expressions=[
+                        exp.ColumnDef(this=exp.to_identifier(c, quoted=True)) for c in "nc"
+                    ],
+                ),
+                kind="TABLE",
+            )
+        )
+    )
+    for name in todo:
+        if done():
+            return
+        total = 0
+        for q in _lost_queries(a, files, name, None):
+            total += int(
+                conn.execute(sql(exp.Insert(this=table(EARLY_LOST, "temp"), expression=q))).rowcount
+            )
+        conn.execute(
+            sql(
+                exp.Insert(
+                    this=table(EARLY_DONE, "temp"),
+                    expression=exp.select(exp.Literal.string(name), exp.Literal.number(total)),
+                )
+            )
+        )
+
+
+def _early_lists(conn: Connection) -> dict[str, int] | None:
+    """{table: lost values} that :func:`list_lost_early` listed on ``conn`` (None: it did not run)."""
+    has = conn.execute(
+        "SELECT 1 FROM temp.sqlite_master WHERE type = 'table' AND name = ?", (EARLY_DONE,)
+    ).fetchone()
+    if not has:
+        return None
+    q = exp.select(col("n"), col("c")).from_(table(EARLY_DONE, "temp"))
+    return {str(n): int(c) for n, c in conn.execute(sql(q)).fetchall()}
 
 
 def record_lost(
@@ -530,53 +751,28 @@ def record_lost(
     :func:`label_expr` looks a row's label up in its parent (the PostgreSQL extract's local copy)."""
     (create_list or _create_list)(conn, LOST_TABLE)
     replay = a.replay
+    early = _early_lists(conn) if create_list is None else None
     for name in sorted(counts):
-        new_t = a.new.tables[a.live_name(name)]
-        carried = (
-            name in a.mapping.tables
-            and not a.mapping.tables[name].skip
-            and a.old.table(name) is not None
-        )
-        if carried:
-            cols = [c for c in uncarried_columns(a, name) if c not in new_t.key]
-            reason = "column not in the old schema"
-        else:
-            cols = [c for c in new_t.column_names if c not in new_t.key]
-            reason = (
-                "table not in the old schema"
-                if a.old.table(name) is None
-                else "table skipped by mapping"
+        if (
+            early is not None and name in early
+        ):  # listed by list_lost_early while the replay ran: same rows, same order
+            from_early = (
+                exp.select(exp.Star())
+                .from_(table(EARLY_LOST, "temp"))
+                .where(exp.EQ(this=col("table"), expression=exp.Literal.string(name)))
+                .order_by(exp.column("rowid"))
             )
+            conn.execute(sql(exp.Insert(this=table(LOST_TABLE, "bnew"), expression=from_early)))
+            counts[name]["lost"] = early[name]
+            continue
         total = 0
-        for c in cols:
-            conds = [
-                exp.In(
-                    this=col(KIND, "b"), expressions=[exp.Literal.string(k) for k in CHANGED_KINDS]
-                )
-            ]
-            conds.append(
-                user_value(new_t, c, "b", replay)
-                if carried
-                else exp.Not(this=exp.Is(this=col(c, "b"), expression=exp.Null()))
-            )
-            via = derivable(new_t, c, files, "b") if carried else None
-            if via is not None:
-                conds.append(exp.Not(this=via))
-            q = (
-                exp.select(
-                    exp.Literal.string(name),
-                    key_expr(new_t.key, "b"),
-                    as_text(label_expr(new_t, a.new, "b", label_schema)),
-                    exp.Literal.string(c),
-                    as_text(col(c, "b")),
-                    exp.Literal.string(reason),
-                )
-                .from_(table(name, "bnew", "b"))
-                .where(and_all(conds))
-            )
+        for q in _lost_queries(a, files, name, replay, as_text, key_expr, label_schema):
             stmt = exp.Insert(this=table(LOST_TABLE, "bnew"), expression=q)
             total += int(conn.execute(sql(stmt)).rowcount)
         counts[name]["lost"] = total
+    if early is not None:
+        for t in (EARLY_LOST, EARLY_DONE):
+            conn.execute(sql(exp.Drop(kind="TABLE", tables=[table(t, "temp")])))
     record_filled(
         conn,
         a,
@@ -710,6 +906,7 @@ def extract(
     derived: Future[tuple[dict[str, dict[str, exp.Expression]], dict[str, Any]]] | None = None
     copying: Future[dict[str, object]] | None = None
     written: dict[str, str] = {}  # the upload copies' digests, taken as they were written
+    db_hashes: dict[str, Future[str]] = {}
     try:
         if alembic_ini is not None and derived_lineage is None:
             # the app's downgrade in the sandbox (its own child process) while the hashes run and
@@ -751,6 +948,13 @@ def extract(
                 extract_table(conn, a, name, counts, "inserted" if name in waiting else "all")
                 if name not in waiting:
                     progress.advance(1, name)
+            early_files: list[tuple[Any, Any, Any]] | None = None
+            if uploads and files.table not in waiting:
+                # the files table is extracted: copy its files while the replay and the rest run
+                early_files = bundle_file_rows(conn, files, "bnew")
+                copying = _start_copy(work, uploads, backup, files, walk, early_files, written)
+            if pending is not None and waiting:  # the idle wait for the replay: lists first
+                list_lost_early(conn, a, files, a.bundle_tables, pending.future.done)
             replay = pending.result() if pending is not None else None
             a.replay = replay
             for name in waiting:
@@ -759,21 +963,21 @@ def extract(
             close_foreign_keys(conn, a, counts)
             progress.advance(1, "foreign-key closure")
             if uploads:  # the bundle's files table is final: copy its files while SQLite works on
-                copying = _start_copy(
-                    work,
-                    uploads,
-                    backup,
-                    files,
-                    walk,
-                    bundle_file_rows(conn, files, "bnew"),
-                    written,
-                )
+                final_files = bundle_file_rows(conn, files, "bnew")
+                if copying is not None and final_files != early_files:  # the closure added some
+                    _discard_copy(copying, work, written)
+                    copying = None
+                if copying is None:
+                    copying = _start_copy(work, uploads, backup, files, walk, final_files, written)
             record_lost(conn, a, files, counts)
             progress.advance(1, "lost values")
             live_sequences = read_sequences(conn, "new")  # in the same read as the rows
             conn.execute("COMMIT")
             conn.execute("DETACH DATABASE bnew")
             conn.execute("DETACH DATABASE bbase")
+            # both files are complete and closed: hash them while the plan, the upload copies and
+            # the manifest are made (the seal takes these digests of the bytes just written)
+            db_hashes = {f: _hash_in_background(work / f) for f in ("rows.db", "base.db")}
             has_rows = {t for t, c in counts.items() if TableCounts.from_dict(c).carried}
             has_deletes = {t for t, c in counts.items() if TableCounts.from_dict(c).deleted}
             p = make_plan(a.old, a.new, a.mapping, has_rows, has_deletes)
@@ -805,11 +1009,12 @@ def extract(
                 "files": file_report,
             }
         (work / "reimport.sql").write_text(p.to_sql("sqlite"), encoding="utf-8")
-        seal(work, manifest, known=written)
+        seal(work, manifest, known={**written, **{f: h.result() for f, h in db_hashes.items()}})
         os.replace(work, out_p) if not out_p.exists() else _move_into(work, out_p)
         fsync_dir(out_p.parent)
     except BaseException as exc:
-        for f in (backup_sha, live_print, walk, derived, copying):  # no job outlives a failure
+        jobs = (backup_sha, live_print, walk, derived, copying, *db_hashes.values())
+        for f in jobs:  # no job outlives a failure
             if f is not None and not f.cancel():
                 f.exception()
         if pending is not None:
@@ -825,6 +1030,23 @@ def extract(
     return ExtractResult(
         open_bundle(out_p, verify=False), p, manifest["deploy_time"]
     )  # sealed just above
+
+
+def _discard_copy(copying: Future[dict[str, object]], work: Path, written: dict[str, str]) -> None:
+    """Wait for an upload copy made from rows that are no longer the bundle's, and remove what it
+    wrote (``work/files`` and its digests): the copy is then made again from the final rows."""
+    copying.exception()  # whatever it ended with: it is made again
+    shutil.rmtree(work / "files", ignore_errors=True)
+    written.clear()
+
+
+def _hash_in_background(path: Path) -> Future[str]:
+    """sha256 of ``path`` on its own thread (hashlib releases the GIL)."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recovery-seal")
+    try:
+        return pool.submit(sha256_file, path)
+    finally:
+        pool.shutdown(wait=False)
 
 
 def _lineage_error(derived: Future[Any] | None) -> RecoveryError | None:

@@ -23,13 +23,19 @@ import pytest
 from psycopg import sql as pgsql
 from sqlalchemy.engine import make_url
 
+from tests.clirun import invoke
+
 PARTS, SEED = 20, 7
 APP_INI = (
     Path(__file__).resolve().parent.parent / "recovery" / "sample" / "gestima_app" / "alembic.ini"
 )
 
 
-def cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+def cli(*args: str, process: bool = False, **env: str) -> subprocess.CompletedProcess[str]:
+    """The CLI in this process (:mod:`tests.clirun`), or in a process of its own when ``process``
+    is set or ``env`` asks for a kill or a signal (``RECOVERY_TEST_KILL_*``)."""
+    if not process and not any(k.startswith("RECOVERY_TEST_KILL") for k in env):
+        return invoke(*args, env=env)
     return subprocess.run(
         [sys.executable, "-m", "recovery", *args],
         capture_output=True,
@@ -292,8 +298,15 @@ def test_trust_authentication_is_detected_and_said_in_one_line(
     with _admin(pg_server) as a:
         trusted = a.execute("SELECT rolname FROM pg_roles WHERE rolsuper LIMIT 1").fetchone()[0]  # type: ignore[index]
     assert password_checked(server, trusted, server.database) is False
-    r = cli(
-        "extract", _dump(world), live, "--out", str(tmp_path / "b"), "--alembic-ini", str(APP_INI)
+    r = cli(  # a process of its own: the warning is said once per server per process
+        "extract",
+        _dump(world),
+        live,
+        "--out",
+        str(tmp_path / "b"),
+        "--alembic-ini",
+        str(APP_INI),
+        process=True,
     )
     assert r.returncode in (0, 1), r.stderr
     lines = [ln for ln in r.stderr.splitlines() if "without checking its password" in ln]

@@ -156,7 +156,8 @@ def test_killed_commands_leave_objects_the_next_command_drops_and_never_a_live_r
                 assert left and not (previous & now), (point, previous, now)
                 assert ("role" in {k for k, _ in left}) is (point == "sandbox:made"), left
                 previous = left
-            listed = cli("clean-stale", live, "--dry-run", "--json")
+            # real processes, as the killed ones: clean-stale judges other processes' claims
+            listed = cli("clean-stale", live, "--dry-run", "--json", process=True)
             assert listed.returncode == 0, listed.stderr
             objects = json.loads(listed.stdout)["objects"]
             states = {(o["object"], o["name"]): o["state"] for o in objects}
@@ -164,7 +165,7 @@ def test_killed_commands_leave_objects_the_next_command_drops_and_never_a_live_r
             assert states[("database", mine.database)] == "in use"
             assert states[("database", operators)] == "unclaimed"
             assert _ours(pg_server) - before == previous  # the dry run dropped nothing
-            cleaned = cli("clean-stale", live)
+            cleaned = cli("clean-stale", live, process=True)
             assert cleaned.returncode == 0, cleaned.stderr
             assert _ours(pg_server) == before
     finally:

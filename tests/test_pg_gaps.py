@@ -60,6 +60,25 @@ def _drop(server: str, name: str) -> None:
         )
 
 
+def _settled(server: str, timeout: float = 120) -> None:
+    """Wait until no other client session on the server is running a statement: a SIGKILLed
+    command's server session finishes the statement it was in (a ``CREATE DATABASE`` of the
+    extract that runs beside the staged restore, say) before it sees its client gone, and what
+    that statement makes must be counted with what the killed command left."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    with _admin(server) as a:
+        while True:
+            busy = a.execute(
+                "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE pid <> pg_backend_pid() "
+                "AND backend_type = 'client backend' AND state = 'active'"
+            ).fetchone()[0]  # type: ignore[index]
+            if busy == 0 or time.monotonic() > deadline:
+                return
+            time.sleep(0.1)
+
+
 def _ours(server: str) -> set[tuple[str, str]]:
     """Every database and role with one of the tool's prefixes on the server."""
     with _admin(server) as a:
@@ -151,6 +170,7 @@ def test_killed_commands_leave_objects_the_next_command_drops_and_never_a_live_r
             for point, args in KILLS.items():
                 killed = cli(*(a.format(**fill) for a in args), RECOVERY_TEST_KILL_AT_STEP=point)
                 assert killed.returncode == -9, (point, killed.stderr)
+                _settled(pg_server)
                 now = _ours(pg_server)
                 left = now - before
                 assert left and not (previous & now), (point, previous, now)

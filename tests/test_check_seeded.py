@@ -20,15 +20,12 @@ from alembic_apps import write_app
 
 from recovery.migrate.check import SAMPLE_ROWS, seed_scratch
 
+from tests.clirun import invoke
+
 
 def cli(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "recovery", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=cwd,
-    )
+    """The real command, in this process (:mod:`tests.clirun`)."""
+    return invoke(*args, cwd=cwd)
 
 
 def orm_app(folder: Path) -> Path:

@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from recovery.cli import main
+from tests.clirun import invoke
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -104,14 +105,14 @@ def test_a_failed_sample_removes_what_it_created(tmp_path: Path, existed: bool) 
     out = tmp_path / "world"
     if existed:
         out.mkdir()
-    env = dict(os.environ, RECOVERY_SAMPLE_APP=str(broken))
-    res = _run(["sample", str(out), "--parts", "20"], cwd=tmp_path, env=env)
+    # in this process (tests/clirun.py): RECOVERY_SAMPLE_APP is read when the world is built
+    res = invoke("sample", out, "--parts", "20", env={"RECOVERY_SAMPLE_APP": str(broken)})
     assert res.returncode != 0
     assert "broken migration" in res.stderr
     if existed:
         assert out.is_dir() and not any(out.iterdir())
     else:
         assert not out.exists()
-    env.pop("RECOVERY_SAMPLE_APP")
-    assert _run(["sample", str(out), "--parts", "20"], cwd=tmp_path, env=env).returncode == 0
+    env = {"RECOVERY_SAMPLE_APP": None}
+    assert invoke("sample", out, "--parts", "20", env=env).returncode == 0
     assert (out / "world.json").is_file()

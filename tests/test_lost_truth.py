@@ -12,11 +12,12 @@ import json
 import shutil
 import sqlite3
 import subprocess
-import sys
 from contextlib import closing
 from pathlib import Path
 
 from alembic_apps import write_app
+
+from tests.clirun import invoke
 
 DEPLOY = "2026-11-20T14:00:00"
 
@@ -38,12 +39,8 @@ def app(folder: Path) -> Path:
 
 
 def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "recovery", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    """The real command, in this process (:mod:`tests.clirun`)."""
+    return invoke(*args)
 
 
 def world(tmp_path: Path) -> tuple[Path, Path, Path]:

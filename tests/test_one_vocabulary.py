@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 import sqlite3
 import subprocess
-import sys
 from contextlib import closing
 from pathlib import Path
+
+from tests.clirun import invoke
 
 DEPLOY = "2026-11-20T14:00:00"
 OLD = "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT);"
@@ -23,13 +24,8 @@ def build(path: Path, ddl: str, rows: list[tuple[object, ...]]) -> Path:
 
 
 def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    """The real command in its own process."""
-    return subprocess.run(
-        [sys.executable, "-m", "recovery", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    """The real command, in this process (:mod:`tests.clirun`)."""
+    return invoke(*args)
 
 
 def test_diff_and_extract_count_the_same_updated_rows(tmp_path: Path) -> None:

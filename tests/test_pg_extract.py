@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,15 +32,15 @@ from recovery.engine.postgres import (
 from recovery.compare.pgdiff import reflect_pg
 from recovery.errors import RecoveryError
 from recovery.model.labels import label_column
+from tests.clirun import invoke
 from tests.pgcluster import PgWorld
 
 PARTS, SEED = 60, 42
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "recovery", *args], capture_output=True, text=True, timeout=300
-    )
+    """The CLI in this process (:mod:`tests.clirun`)."""
+    return invoke(*args)
 
 
 def _url(server: str, database: str) -> str:

@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +26,7 @@ from psycopg import sql as pgsql
 from sqlalchemy.engine import make_url
 
 from recovery.cli import main
+from tests.clirun import invoke
 from tests.pgcluster import PgWorld
 
 PARTS, SEED = 60, 42
@@ -37,13 +37,9 @@ OLD_REV = "aa001_add_drawing_number_drop_drawings"
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "recovery", *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=dict(os.environ),
-    )
+    """The CLI in this process (:mod:`tests.clirun`); the rollbacks in a process of their own are
+    those of :mod:`tests.test_pg_rollback`'s kill chain."""
+    return invoke(*args)
 
 
 def _url(server: str, name: str) -> str:

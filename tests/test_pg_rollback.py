@@ -2,7 +2,8 @@
 
 The sample world is built once per session with ``recovery sample --url`` (parts=60, seed=42) into
 a template database (conftest's ``pg_world``); every test rolls back its own ``CREATE DATABASE …
-TEMPLATE`` copy, with the real CLI in a child process (kill points need a process to kill). The SQLite world of the same
+TEMPLATE`` copy with the real CLI: in this process (:mod:`tests.clirun`), and in a child process
+for the kill points (they need a process to kill). The SQLite world of the same
 seed, rolled back with ``recovery rollback``, is the reference: same rows table by table, same
 Alembic revision, exit code and lost-value count. Without PostgreSQL the tests skip, saying how
 to run them (``pg_server`` in conftest.py).
@@ -33,13 +34,20 @@ from recovery.engine.postgres import (
     run,
 )
 from recovery.errors import RecoveryError
+from tests.clirun import invoke
 from tests.pgcluster import PgWorld
 
 PARTS, SEED = 60, 42
 BACKUP_STAMP = ".bak.20261120_140000"
 
 
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str, env: dict[str, str] | None = None, process: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """The CLI in this process (:mod:`tests.clirun`), or in a child process when ``process`` is
+    set or ``env`` asks for a kill (``RECOVERY_TEST_KILL_*``: a process to kill)."""
+    if not process and not any(k.startswith("RECOVERY_TEST_KILL") for k in env or {}):
+        return invoke(*args, env=env)
     return subprocess.run(
         [sys.executable, "-m", "recovery", *args],
         capture_output=True,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -29,15 +28,15 @@ from recovery.engine.postgres import (
     sha256_file,
     user_tables,
 )
+from tests.clirun import invoke
 from tests.pgcluster import PgWorld, PgWorldCopy
 
 PARTS, SEED = 60, 42
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "recovery", *args], capture_output=True, text=True, timeout=300
-    )
+    """The CLI in this process (:mod:`tests.clirun`)."""
+    return invoke(*args)
 
 
 @pytest.fixture(scope="module")

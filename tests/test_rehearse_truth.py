@@ -7,23 +7,20 @@ from __future__ import annotations
 import json
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from recovery.sample import app_dir
 
+from tests.clirun import invoke
+
 APP_INI = app_dir() / "alembic.ini"
 
 
 def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "recovery", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    """The real command, in this process (:mod:`tests.clirun`)."""
+    return invoke(*args)
 
 
 def backup_of(world: Path) -> Path:

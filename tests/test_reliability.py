@@ -36,6 +36,8 @@ from typing import Any
 
 import pytest
 
+from tests.clirun import invoke
+
 ROOT = Path(__file__).resolve().parents[1]
 ALEMBIC_INI = ROOT / "sample_dbs" / "app" / "alembic.ini"
 BACKUP = "gestima.db.bak.20261120_140000"
@@ -127,6 +129,13 @@ def run_cli(
     )
 
 
+def run_here(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``recovery ARGS`` in ``cwd``, in this process (:mod:`tests.clirun`), with no
+    ``RECOVERY_TEST_*`` variable: the uninterrupted reference runs (only a kill needs a process)."""
+    unset: dict[str, str | None] = {k: None for k in os.environ if k.startswith("RECOVERY_TEST_")}
+    return invoke(*args, env=unset, cwd=cwd)
+
+
 def rerun(args: list[str], cwd: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[int, str]:
     """The same command run again after a kill, in this process (the killed one is gone either
     way; only the kill itself needs a process of its own): (exit code, output)."""
@@ -210,11 +219,11 @@ def states(world: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, A
     shutil.copytree(world, src)
     ref = base / "ref"
     shutil.copytree(src, ref)
-    proc = run_cli(rollback_args(), ref)
+    proc = run_here(rollback_args(), ref)
     assert proc.returncode in (0, 1), proc.stderr
     final_code = proc.returncode
     bundle = base / "bundle"
-    proc = run_cli(
+    proc = run_here(
         ["extract", BACKUP, "gestima.db", "--out", str(bundle), "--alembic-ini", str(ALEMBIC_INI)],
         src,
     )
@@ -230,7 +239,7 @@ def states(world: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, A
     t.close()
     ref_target = base / "ref_target"
     shutil.copytree(target, ref_target)
-    proc = run_cli(["reimport", str(bundle), "target.db", "--out", "rr", "--yes"], ref_target)
+    proc = run_here(["reimport", str(bundle), "target.db", "--out", "rr", "--yes"], ref_target)
     assert proc.returncode in (0, 1), proc.stderr
     return {
         "world": src,

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sqlite3
 import subprocess
-import sys
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -22,18 +20,13 @@ from alembic_apps import write_app
 from recovery.migrate import bounded
 from recovery.migrate.bounded import FULL_ENV, BoundedCopy, judge
 
+from tests.clirun import invoke
+
 
 def cli(*args: str | Path, full: bool = False) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != FULL_ENV}
-    if full:
-        env[FULL_ENV] = "1"
-    return subprocess.run(
-        [sys.executable, "-m", "recovery", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
+    """The real command, in this process (:mod:`tests.clirun`), with ``RECOVERY_REPLAY_FULL=1``
+    when ``full`` and unset otherwise (it is read at each replay)."""
+    return invoke(*args, env={FULL_ENV: "1" if full else None})
 
 
 def dump(bundle: Path) -> dict[str, list[tuple[Any, ...]]]:

@@ -11,7 +11,6 @@ import json
 import shutil
 import sqlite3
 import subprocess
-import sys
 from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from recovery.compare.diff import analyse
 from recovery.errors import RecoveryError
 from recovery.compare.evidence import MIN_INFER
 from recovery.engine.sqlbuild import qualify_columns, sql
+from tests.clirun import invoke
 
 DEPLOY = "2026-11-20T14:00:00"
 BEFORE, AFTER = "2026-11-19 10:00:00", "2026-11-20 15:00:00"
@@ -42,13 +42,8 @@ def build(path: Path, ddl: str, rows: list[tuple], table: str = "t") -> Path:
 
 
 def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    """The real command in its own process."""
-    return subprocess.run(
-        [sys.executable, "-m", "recovery", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    """The real command, in this process (:mod:`tests.clirun`)."""
+    return invoke(*args)
 
 
 def rule(a: Any, table: str, column: str) -> Any:

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 from recovery.report.lost import LostValues
 from recovery.model.outcome import Conflict, Outcome, OutcomeFormatError, Remap, TableOutcome
+from tests.clirun import invoke
 
 ROOT = Path(__file__).resolve().parents[1]
 ALEMBIC_INI = ROOT / "sample_dbs" / "app" / "alembic.ini"
@@ -31,8 +32,18 @@ BACKUP = "gestima.db.bak.20261120_140000"
 
 
 def run_cli(
-    args: list[str], cwd: Path, env_extra: dict[str, str] | None = None, timeout: float = 120
+    args: list[str],
+    cwd: Path,
+    env_extra: dict[str, str] | None = None,
+    timeout: float = 120,
+    process: bool = False,
 ) -> subprocess.CompletedProcess[str]:
+    """``recovery ARGS`` in ``cwd`` with no ``RECOVERY_*`` variable but ``env_extra``: in this
+    process (:mod:`tests.clirun`), or in a process of its own when ``process`` is set or
+    ``env_extra`` asks for a kill."""
+    if not process and not any(k.startswith("RECOVERY_TEST_KILL") for k in env_extra or {}):
+        unset: dict[str, str | None] = {k: None for k in os.environ if k.startswith("RECOVERY_")}
+        return invoke(*args, env={**unset, **(env_extra or {})}, cwd=cwd)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RECOVERY_")}
     env.update(env_extra or {})
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
@@ -657,13 +668,16 @@ def test_a_read_only_run_folder_is_refused_before_anything_is_written(
 def test_an_os_error_is_one_line_and_traceback_on_request(finished: Path, tmp_path: Path) -> None:
     (tmp_path / "a-file").write_text("x")
     out = tmp_path / "a-file" / "r.html"  # its "folder" is a file
-    proc = run_cli(["report", str(finished / "run"), "--out", str(out)], tmp_path)
+    # real processes: what a user sees is the process's stderr and exit code
+    proc = run_cli(["report", str(finished / "run"), "--out", str(out)], tmp_path, process=True)
     assert proc.returncode == 2
     line = one_error_line(proc)
     assert "exists" in line and "no database was changed" in line
     for how in (["--traceback"], []):
         env = {} if how else {"RECOVERY_TRACEBACK": "1"}
-        proc = run_cli([*how, "report", str(finished / "run"), "--out", str(out)], tmp_path, env)
+        proc = run_cli(
+            [*how, "report", str(finished / "run"), "--out", str(out)], tmp_path, env, process=True
+        )
         assert (
             proc.returncode == 2
             and "Traceback" in proc.stderr

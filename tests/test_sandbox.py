@@ -29,6 +29,7 @@ from recovery.migrate.sandbox import (
     child_environment,
     write_ini_copy,
 )
+from tests.clirun import invoke
 
 ROOT = Path(__file__).resolve().parents[1]
 OLD_REV = "aa001_add_drawing_number_drop_drawings"
@@ -117,9 +118,13 @@ def hostile_app(tmp: Path, variant: str, live: Path) -> Path:
 
 
 def recovery(
-    *args: object, env: dict[str, str] | None = None, timeout: float = 180
+    *args: object, env: dict[str, str] | None = None, timeout: float = 180, process: bool = False
 ) -> subprocess.CompletedProcess[str]:
-    """The real CLI in a real process, from a folder holding no database."""
+    """The real CLI from a folder holding no database: in this process (:mod:`tests.clirun`; the
+    app's code runs in the sandbox's child process either way), or in a process of its own when
+    ``process`` is set."""
+    if not process:
+        return invoke(*args, env=env, cwd=ROOT / "tests")
     return subprocess.run(
         [sys.executable, "-m", "recovery", *map(str, args)],
         capture_output=True,
@@ -196,6 +201,7 @@ def test_extract_runs_the_hostile_env_on_the_scratch_copy(
         tmp_path / "bundle",
         "--json",
         env={"DATABASE_URL": f"sqlite:///{live}"},
+        process=True,  # the environment a real process hands on to the sandbox
     )
     assert res.returncode in (0, 1), res.stderr
     assert digests(live, backup) == before

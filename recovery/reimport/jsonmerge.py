@@ -25,7 +25,6 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from deepdiff import DeepDiff
 
 Path = tuple[Any, ...]
 """A path into a document: dict keys (str) and list indexes (int), outermost first."""
@@ -109,6 +108,8 @@ def _put(doc: Any, path: Path, value: Any) -> Any:
 def changes(base: Any, side: Any) -> dict[Path, Any]:
     """The paths ``side`` changed relative to ``base`` (deepdiff), each with its new value
     (:data:`_MISSING` for a removed key); arrays whose length changed count as one change."""
+    from deepdiff import DeepDiff  # imported here: 0.2 s that most runs (no JSON cell) never need
+
     diff = DeepDiff(
         base, side, view="tree", ignore_order=False, verbose_level=2, threshold_to_diff_deeper=0
     )

@@ -45,6 +45,7 @@ from recovery.reimport.merge import (
 )
 from recovery.reimport.script import Script, write_run_scripts
 from recovery.transpile.passes import BASE_DB, BUNDLE_DB
+from recovery.engine.timebound import lock_wait
 from recovery.engine.schema import alembic_revision, reflect
 from recovery.engine.sqlite_io import (
     check_sqlite_file,
@@ -923,7 +924,7 @@ def _run_rollback(
             merge,
             files,
             False,
-            10.0,
+            lock_wait(),
             str(db_p),
             in_place,
             check_after=False,
@@ -1463,7 +1464,7 @@ def _dry_run(
         say("dry run: restoring and re-importing on the scratch copy")
         restored = consistent_copy(backup, t / "restored.db", "backup")
         outcome = _reimport_into(
-            restored, res.bundle, opts, files, True, 10.0, str(db), run_dir=run_dir
+            restored, res.bundle, opts, files, True, lock_wait(), str(db), run_dir=run_dir
         )
         outcome.dry_run = True
         outcome.files = (

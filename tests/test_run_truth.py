@@ -446,7 +446,7 @@ def test_a_lock_taken_right_after_the_restore_is_reported_truthfully(
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-        proc = run_cli(rollback_args(), w)
+        proc = run_cli(rollback_args(), w, {"RECOVERY_LOCK_WAIT": "1"})  # not the 10 s default
     finally:
         holder.kill()
         holder.wait()

@@ -213,7 +213,7 @@ class Engine(abc.ABC):
         """True when another connection holds (or keeps taking) the write lock right now. Writes
         nothing."""
 
-    def write_window(self, timeout: float = 10.0) -> Any:
+    def write_window(self, timeout: float | None = None) -> Any:
         """A guard that keeps every other writer out from before the safety copy until the swap
         (so nothing commits between what was extracted and what is restored), released with
         ``.release()``, given to :meth:`swap_in`; its ``.replaced`` is what the late-commit check

@@ -137,12 +137,14 @@ class SQLiteEngine(Engine):
     def write_lock_held(self) -> bool:
         return sqlite_io.write_lock_held(self.path)
 
-    def write_window(self, timeout: float = 10.0) -> Any:
+    def write_window(self, timeout: float | None = None) -> Any:
         """The live DB's write lock plus an OFD lock on its shared range, held until the swap
         (:class:`recovery.restore.livewindow.WriteWindow`)."""
         from recovery.restore.livewindow import WriteWindow
 
-        return WriteWindow(self.path, timeout)
+        from recovery.engine.timebound import lock_wait
+
+        return WriteWindow(self.path, lock_wait() if timeout is None else timeout)
 
     # ---- restore -----------------------------------------------------------------------------
 

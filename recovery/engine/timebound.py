@@ -123,3 +123,19 @@ def override(seconds: float | None) -> Iterator[None]:
         yield
     finally:
         _override[0] = before
+
+
+LOCK_WAIT_ENV = "RECOVERY_LOCK_WAIT"
+LOCK_WAIT_SECONDS = 10.0
+
+
+def lock_wait() -> float:
+    """How long a rollback waits for another connection's write lock on the live or restored
+    database before it says so (``$RECOVERY_LOCK_WAIT`` in seconds when it is a positive number,
+    else 10 s)."""
+    raw = os.environ.get(LOCK_WAIT_ENV, "")
+    try:
+        value = float(raw)
+    except ValueError:
+        return LOCK_WAIT_SECONDS
+    return value if 0 < value < float("inf") else LOCK_WAIT_SECONDS

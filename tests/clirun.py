@@ -15,7 +15,9 @@ holding or watching the database, a timeout, the interpreter's own exit code."""
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -32,7 +34,7 @@ def invoke(
     from recovery.cli import main
 
     argv = [str(a) for a in args]
-    if any(k.startswith("RECOVERY_TEST_KILL") for k in env or {}):
+    if _asks_for_a_kill(env):
         raise ValueError("a kill needs a process of its own: use subprocess for this call")
     chdir = contextlib.chdir(cwd) if cwd is not None else contextlib.nullcontext()
     with chdir:
@@ -40,3 +42,35 @@ def invoke(
             main, argv, env=dict(env or {}), prog_name="recovery", catch_exceptions=False
         )
     return subprocess.CompletedProcess(["recovery", *argv], res.exit_code, res.stdout, res.stderr)
+
+
+def _asks_for_a_kill(env: Mapping[str, str | None] | None) -> bool:
+    return any(k.startswith("RECOVERY_TEST_KILL") for k in env or {})
+
+
+def run(
+    *args: object,
+    env: Mapping[str, str | None] | None = None,
+    cwd: Path | str | None = None,
+    process: bool = False,
+    timeout: float = 300,
+) -> subprocess.CompletedProcess[str]:
+    """``recovery ARGS`` in this process (:func:`invoke`), or in a process of its own
+    (``python -m recovery``, ``env`` laid over ``os.environ`` the same way) when ``process`` is set
+    or ``env`` asks for a kill or a signal (``RECOVERY_TEST_KILL_*``)."""
+    if not process and not _asks_for_a_kill(env):
+        return invoke(*args, env=env, cwd=cwd)
+    full = dict(os.environ)
+    for k, v in (env or {}).items():
+        if v is None:
+            full.pop(k, None)
+        else:
+            full[k] = v
+    return subprocess.run(
+        [sys.executable, "-m", "recovery", *(str(a) for a in args)],
+        cwd=cwd,
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

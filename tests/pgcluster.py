@@ -19,6 +19,8 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -172,6 +174,52 @@ def admin_run(server: str, *statements: Any) -> None:
     with connect(make_url(server), "server") as admin:
         for statement in statements:
             run(admin, statement)
+
+
+@contextmanager
+def password_checked_role(
+    server: str,
+    prefix: str,
+    password: str,
+    hba_lines: Callable[[str], str],
+    superuser: bool = False,
+) -> Iterator[str]:
+    """A login role ``<prefix><6 hex>`` (a superuser when ``superuser``) with ``password`` that
+    the server checks: ``hba_lines(role)``
+    (pg_hba.conf lines for that role alone) go before the file's own lines; both the lines and
+    the role are removed after. Skips the test when the server's pg_hba.conf is not ours to edit."""
+    import uuid
+
+    import psycopg
+    import pytest
+    from psycopg import sql as pgsql
+    from sqlalchemy.engine import make_url
+
+    admin_url = make_url(server).set(database="postgres").render_as_string(False)
+    role = f"{prefix}{uuid.uuid4().hex[:6]}"
+    with psycopg.connect(admin_url, autocommit=True) as a:
+        hba = Path(str(a.execute("SHOW hba_file").fetchone()[0]))  # type: ignore[index]
+        if not os.access(hba, os.W_OK):
+            pytest.skip(
+                f"{hba} is not writable here: a role with a checked password cannot be made"
+            )
+        a.execute(
+            pgsql.SQL("CREATE ROLE {} LOGIN {} PASSWORD {}").format(
+                pgsql.Identifier(role),
+                pgsql.SQL("SUPERUSER" if superuser else "NOSUPERUSER"),
+                pgsql.Literal(password),
+            )
+        )
+        original = hba.read_text()
+        hba.write_text(hba_lines(role) + original)
+        a.execute("SELECT pg_reload_conf()")
+    try:
+        yield role
+    finally:
+        hba.write_text(original)
+        with psycopg.connect(admin_url, autocommit=True) as a:
+            a.execute("SELECT pg_reload_conf()")
+            a.execute(pgsql.SQL("DROP ROLE IF EXISTS {}").format(pgsql.Identifier(role)))
 
 
 def drop_family(server: str, name: str) -> None:

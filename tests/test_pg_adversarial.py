@@ -15,6 +15,7 @@ from sqlalchemy.engine import make_url
 
 from recovery.engine.postgres import connect, drop_database_sql, run
 from recovery.errors import RecoveryError
+from tests.pgcluster import password_checked_role
 from tests.test_pg_rollback import (  # noqa: F401
     _alembic_ini,
     _app_fingerprint,
@@ -33,27 +34,15 @@ from tests.test_pg_rollback import (  # noqa: F401
 def password_role(pg_server: str) -> Iterator[tuple[str, str]]:
     """(role, password): a superuser role the server authenticates by password (scram), through
     a ``pg_hba.conf`` line for that role alone put first and taken out after the test."""
-    role, password = f"recovery_pw_{uuid.uuid4().hex[:8]}", f"s3cr3t-{uuid.uuid4().hex}"
-    with connect(make_url(pg_server), "server") as a:
-        hba = Path(run(a, "SHOW hba_file").fetchone()[0])
-        if not hba.is_file() or not hba.exists():
-            pytest.skip("the server's pg_hba.conf is not reachable from this process")
-        try:
-            original = hba.read_text()
-            hba.write_text(
-                f"local all {role} scram-sha-256\nhost all {role} all scram-sha-256\n" + original
-            )
-        except OSError as exc:
-            pytest.skip(f"cannot add a password rule to {hba}: {exc}")
-        run(a, f"CREATE ROLE \"{role}\" LOGIN SUPERUSER PASSWORD '{password}'")
-        run(a, "SELECT pg_reload_conf()")
-    try:
+    password = f"s3cr3t-{uuid.uuid4().hex}"
+    with password_checked_role(
+        pg_server,
+        "recovery_pw_",
+        password,
+        lambda role: f"local all {role} scram-sha-256\nhost all {role} all scram-sha-256\n",
+        superuser=True,
+    ) as role:
         yield role, password
-    finally:
-        hba.write_text(original)
-        with connect(make_url(pg_server), "server") as a:
-            run(a, "SELECT pg_reload_conf()")
-            run(a, f'DROP ROLE IF EXISTS "{role}"')
 
 
 def test_a_password_in_the_url_is_never_written_and_undo_reaches_the_server(

@@ -10,9 +10,7 @@ skip, saying how to run them (``pg_server`` in conftest.py).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +21,8 @@ import pytest
 from psycopg import sql as pgsql
 from sqlalchemy.engine import make_url
 
-from tests.clirun import invoke
+from tests import clirun
+from tests.pgcluster import password_checked_role
 
 PARTS, SEED = 20, 7
 APP_INI = (
@@ -32,17 +31,9 @@ APP_INI = (
 
 
 def cli(*args: str, process: bool = False, **env: str) -> subprocess.CompletedProcess[str]:
-    """The CLI in this process (:mod:`tests.clirun`), or in a process of its own when ``process``
-    is set or ``env`` asks for a kill or a signal (``RECOVERY_TEST_KILL_*``)."""
-    if not process and not any(k.startswith("RECOVERY_TEST_KILL") for k in env):
-        return invoke(*args, env=env)
-    return subprocess.run(
-        [sys.executable, "-m", "recovery", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, **env},
-    )
+    """The CLI in this process, or in a process of its own when ``process`` is set or ``env`` asks
+    for a kill or a signal (:func:`tests.clirun.run`)."""
+    return clirun.run(*args, env=env, process=process)
 
 
 def _url(server: str, name: str) -> str:
@@ -282,24 +273,13 @@ def test_a_postgres_run_folder_has_the_sqlite_run_folders_files_and_deletes_sql_
 def scram_role(pg_server: str) -> Iterator[str]:
     """A role whose password the server checks (a pg_hba line for it alone, removed after);
     skipped when the server's pg_hba.conf is not ours to edit."""
-    role = f"pggaps_scram_{uuid.uuid4().hex[:6]}"
-    with _admin(pg_server) as a:
-        hba = Path(str(a.execute("SHOW hba_file").fetchone()[0]))  # type: ignore[index]
-        if not os.access(hba, os.W_OK):
-            pytest.skip(f"{hba} is not writable here: a checked password cannot be set up")
-        a.execute(pgsql.SQL("CREATE ROLE {} LOGIN PASSWORD 'pw'").format(pgsql.Identifier(role)))
-        original = hba.read_text()
-        hba.write_text(
-            f"local all {role} scram-sha-256\nhost all {role} all scram-sha-256\n" + original
-        )
-        a.execute("SELECT pg_reload_conf()")
-    try:
+    with password_checked_role(
+        pg_server,
+        "pggaps_scram_",
+        "pw",
+        lambda role: f"local all {role} scram-sha-256\nhost all {role} all scram-sha-256\n",
+    ) as role:
         yield role
-    finally:
-        hba.write_text(original)
-        with _admin(pg_server) as a:
-            a.execute("SELECT pg_reload_conf()")
-            a.execute(pgsql.SQL("DROP ROLE IF EXISTS {}").format(pgsql.Identifier(role)))
 
 
 def test_trust_authentication_is_detected_and_said_in_one_line(

@@ -11,7 +11,6 @@ saying how to run them (``pg_server`` in conftest.py).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import uuid
@@ -27,7 +26,7 @@ from sqlalchemy.engine import make_url
 
 from recovery.cli import main
 from tests.clirun import invoke
-from tests.pgcluster import PgWorld
+from tests.pgcluster import PgWorld, password_checked_role
 
 PARTS, SEED = 60, 42
 APP_INI = (
@@ -312,26 +311,13 @@ def test_check_starts_at_the_revision_of_a_postgres_db_or_dump(
 def password_role(pg_server: str) -> Iterator[str]:
     """A role whose password the server checks (a pg_hba line for it alone, removed after), so a
     wrong password can be tried; skipped when the server's pg_hba.conf is not ours to edit."""
-    role = f"pgmore_pw_{uuid.uuid4().hex[:6]}"
-    with _admin(pg_server) as a:
-        hba = Path(str(a.execute("SHOW hba_file").fetchone()[0]))  # type: ignore[index]
-        if not os.access(hba, os.W_OK):
-            pytest.skip(f"{hba} is not writable here: a wrong password cannot be tried")
-        a.execute(
-            pgsql.SQL("CREATE ROLE {} LOGIN PASSWORD 'right-password'").format(
-                pgsql.Identifier(role)
-            )
-        )
-        original = hba.read_text()
-        hba.write_text(f"host all {role} 127.0.0.1/32 scram-sha-256\n" + original)
-        a.execute("SELECT pg_reload_conf()")
-    try:
+    with password_checked_role(
+        pg_server,
+        "pgmore_pw_",
+        "right-password",
+        lambda role: f"host all {role} 127.0.0.1/32 scram-sha-256\n",
+    ) as role:
         yield role
-    finally:
-        hba.write_text(original)
-        with _admin(pg_server) as a:
-            a.execute("SELECT pg_reload_conf()")
-            a.execute(pgsql.SQL("DROP ROLE IF EXISTS {}").format(pgsql.Identifier(role)))
 
 
 BAD = ["unreachable", "wrong_password", "no_database", "driver", "engine"]

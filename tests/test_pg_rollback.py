@@ -12,9 +12,7 @@ to run them (``pg_server`` in conftest.py).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,7 +32,7 @@ from recovery.engine.postgres import (
     run,
 )
 from recovery.errors import RecoveryError
-from tests.clirun import invoke
+from tests import clirun
 from tests.pgcluster import PgWorld
 
 PARTS, SEED = 60, 42
@@ -44,17 +42,9 @@ BACKUP_STAMP = ".bak.20261120_140000"
 def cli(
     *args: str, env: dict[str, str] | None = None, process: bool = False
 ) -> subprocess.CompletedProcess[str]:
-    """The CLI in this process (:mod:`tests.clirun`), or in a child process when ``process`` is
-    set or ``env`` asks for a kill (``RECOVERY_TEST_KILL_*``: a process to kill)."""
-    if not process and not any(k.startswith("RECOVERY_TEST_KILL") for k in env or {}):
-        return invoke(*args, env=env)
-    return subprocess.run(
-        [sys.executable, "-m", "recovery", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, **(env or {})},
-    )
+    """The CLI in this process, or in a child process when ``process`` is set or ``env`` asks for
+    a kill (:func:`tests.clirun.run`)."""
+    return clirun.run(*args, env=env, process=process)
 
 
 def _url(server: str, name: str) -> str:

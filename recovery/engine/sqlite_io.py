@@ -107,7 +107,7 @@ def readonly_uri(p: Path) -> str:
     and its ``-wal`` are copied to a private temporary folder and that copy is opened.
     """
     p = real_path(p)  # through a symlink, the -wal and -shm are beside the real file
-    mark = _file_mark(p)  # before the checks: a checkpoint after it shows in the mark
+    mark = file_identity(p)  # before the checks: a checkpoint after it shows in the mark
     uri = file_uri(p, mode="ro")
     wal, shm = sidecars(p)
     wal_mode = is_wal_file(p)
@@ -125,7 +125,8 @@ def readonly_uri(p: Path) -> str:
             if not wal_mode or shm.exists():  # not WAL mode, or -shm is there
                 return uri  # let the caller report SQLite's own error
     if not wal.exists() or wal.stat().st_size == 0:
-        _immutable_marks.setdefault(str(p), mark)  # the first open's mark: see unchanged_while_read
+        if mark is not None:  # the first open's mark: see unchanged_while_read
+            _immutable_marks.setdefault(str(p), mark)
         return file_uri(p, immutable="1")
     st, wst = p.stat(), wal.stat()
     key = (str(p.resolve()), st.st_size, st.st_mtime_ns, wst.st_size, wst.st_mtime_ns)
@@ -141,13 +142,20 @@ def readonly_uri(p: Path) -> str:
     return file_uri(copy, mode="ro")
 
 
-_immutable_marks: dict[str, tuple[int, int, int, int]] = {}
+_immutable_marks: dict[str, tuple[int, ...]] = {}
 
 
-def _file_mark(p: Path) -> tuple[int, int, int, int]:
-    """What a write into ``p`` changes: inode, size, mtime and ctime (nanoseconds)."""
-    st = p.stat()
-    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+def file_identity(path: str | os.PathLike[str]) -> tuple[int, ...] | None:
+    """What a write into the file or a rename over it changes: its device, inode, size, mtime
+    and ctime, and SQLite's file change counter (header bytes 24-27, moved by every commit in
+    rollback-journal mode, even within one clock tick). None when it cannot be read."""
+    try:
+        with open(path, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            counter = int.from_bytes(fh.read(28)[24:28].ljust(4, b"\0"), "big")
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, counter
 
 
 def changed_since_immutable_open(path: str | os.PathLike[str]) -> bool:
@@ -163,7 +171,7 @@ def changed_since_immutable_open(path: str | os.PathLike[str]) -> bool:
     was writing a moment before the open: it would still have had ``-shm`` then)."""
     p = real_path(Path(path))
     mark = _immutable_marks.get(str(p))
-    return mark is not None and (not p.exists() or _file_mark(p) != mark)
+    return mark is not None and file_identity(p) != mark
 
 
 def forget_immutable_open(path: str | os.PathLike[str]) -> None:

@@ -25,7 +25,7 @@ from recovery.engine.schema import alembic_revision
 from recovery.engine.sqlbuild import sql
 from recovery.engine import open_engine
 from recovery.engine.base import Connection, Engine
-from recovery.engine.sqlite_io import CommitWatch
+from recovery.engine.sqlite_io import CommitWatch, file_identity
 
 INTEGRITY_CACHE_KIB = 16 * 1024
 """Page cache of the integrity-check connection. ``integrity_check`` looks every row up in each of
@@ -124,7 +124,7 @@ class StagedProof:
     integrity: list[str] = field(default_factory=list)
     foreign_keys: list[dict[str, Any]] = field(default_factory=list)
     stat: tuple[int, ...] | None = None
-    """The staged file's identity while it was checked (:func:`_identity`)."""
+    """The staged file's identity while it was checked (:func:`~recovery.engine.sqlite_io.file_identity`)."""
 
     @property
     def sound(self) -> bool:
@@ -135,13 +135,15 @@ class StagedProof:
 
         def run(*args: Any, **kwargs: Any) -> tuple[Path, str]:
             tmp, digest = stage(*args, **kwargs)
-            before = _identity(tmp)
+            before = file_identity(tmp)
             staged = open_engine(tmp)
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="staged-fk") as pool:
                 fks = pool.submit(_on_connection, staged, "staged backup", foreign_key_problems)
                 self.integrity = _on_connection(staged, "staged backup", _integrity_with_cache)
                 self.foreign_keys = fks.result()
-            self.sha256, self.stat = (digest, before) if _identity(tmp) == before else (None, None)
+            self.sha256, self.stat = (
+                (digest, before) if file_identity(tmp) == before else (None, None)
+            )
             return tmp, digest
 
         return run
@@ -150,21 +152,9 @@ class StagedProof:
         """Call right before ``staged`` is swapped in: the proof holds only for the file as it was
         checked. Any write to it since (its size, mtime or ctime moved, or another file took its
         name) voids the proof, so the verification after the re-import runs the full checks."""
-        if self.stat is None or _identity(staged) != self.stat:
+        if self.stat is None or file_identity(staged) != self.stat:
             self.sha256, self.stat = None, None
         return self.sound
-
-
-def _identity(path: str | os.PathLike[str]) -> tuple[int, ...] | None:
-    """The file's device, inode, size, mtime and ctime, and SQLite's file change counter (header
-    bytes 24-27, moved by every commit in rollback-journal mode, even within one clock tick)."""
-    try:
-        with open(path, "rb") as fh:
-            st = os.fstat(fh.fileno())
-            counter = int.from_bytes(fh.read(28)[24:28].ljust(4, b"\0"), "big")
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, counter
 
 
 def _integrity_with_cache(conn: sqlite3.Connection) -> list[str]:
@@ -342,7 +332,7 @@ class EarlyWritten:
         wal, shm = sidecars(self._real)
         if shm.exists() or (wal.exists() and wal.stat().st_size > 0):
             return None
-        identity = _identity(self._real)
+        identity = file_identity(self._real)
         return None if identity is None else ("file", identity)
 
     @property

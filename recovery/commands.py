@@ -433,15 +433,15 @@ def _extract_unchanged_while_read(
     a bundle from a torn read must never be re-imported."""
     from recovery.engine.sqlite_io import unchanged_while_read
 
-    made: list[ExtractResult] = []
+    res: ExtractResult | None = None
     try:
         with unchanged_while_read({"backup": backup, "live database": db}):
-            made.append(run())
+            res = run()
     except RecoveryError:
-        for res in made:
+        if res is not None:  # the read was torn after the bundle was made
             shutil.rmtree(res.bundle.path, ignore_errors=True)
         raise
-    return made[0]
+    return res
 
 
 def reimport(

@@ -140,3 +140,47 @@ def test_snapshot_copy_of_an_idle_file_an_application_starts_writing_into_is_who
         count, total = c.execute("SELECT count(*), (SELECT n FROM total) FROM t").fetchone()
         assert count == total  # one instant: every commit keeps the two equal
         c.close()
+
+
+def test_an_extract_torn_by_a_checkpoint_exits_3_and_leaves_no_bundle(world_copy: Path) -> None:
+    """A stand-alone ``extract`` of an idle live DB (checkpointed, closed: no -wal, no -shm, so
+    it is read ``immutable=1``); as soon as the bundle's ``rows.db`` appears (the live DB is
+    attached by then) the application opens the DB and checkpoints commit after commit into it.
+    The result is refused (exit 3) and no bundle is left to be re-imported."""
+    import time
+
+    from recovery import commands
+
+    live = world_copy / "gestima.db"
+    conn = sqlite3.connect(live)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    assert not Path(f"{live}-shm").exists() and not Path(f"{live}-wal").exists()
+    out = world_copy / "bundle"
+    stop = threading.Event()
+
+    def application() -> None:
+        deadline = time.monotonic() + 30
+        while (
+            not list(world_copy.glob(".bundle.partial-*/rows.db")) and time.monotonic() < deadline
+        ):
+            time.sleep(0.0005)
+        app = sqlite3.connect(live, isolation_level=None)
+        while not stop.is_set():
+            app.execute("BEGIN IMMEDIATE")
+            app.execute("UPDATE materials SET name = name || 'x' WHERE id = 1")
+            app.execute("COMMIT")
+            app.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            time.sleep(0.001)
+        app.close()
+
+    writer = threading.Thread(target=application)
+    writer.start()
+    try:
+        with pytest.raises(RecoveryError) as err:
+            commands.extract(backup=next(world_copy.glob("gestima.db.bak.*")), db=live, out_dir=out)
+    finally:
+        stop.set()
+        writer.join()
+    assert err.value.exit_code == 3 and "while it was read" in err.value.message
+    assert not out.exists() and not list(world_copy.glob(".bundle.partial-*"))

@@ -249,15 +249,46 @@ def bench_extract(w: Path, out: Path, repeat: int) -> dict:
     }
 
 
-def fresh_copy(w: Path, dest: Path) -> None:
+def fresh_copy(w: Path, dest: Path, snap: Path | None = None) -> None:
     """A fresh world for a destructive run. The world's files are closed (nobody has them open), so
-    copying the main file together with its -wal is consistent; -shm is rebuilt by SQLite."""
+    copying the main file together with its -wal is consistent; -shm is rebuilt by SQLite. With
+    ``snap`` (:func:`snapshot_of`), the backup is that snapshot's file with its manifest."""
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
-    for name in (BACKUP, LIVE, LIVE + "-wal"):
-        if (w / name).exists():
-            shutil.copyfile(w / name, dest / name)
+    for name in (BACKUP, LIVE, LIVE + "-wal"):  # in this order: the backup is the older file
+        src = snap if snap is not None and name == BACKUP else w
+        if (src / name).exists():
+            shutil.copyfile(src / name, dest / name)
+    if snap is not None:
+        shutil.copyfile(snap / (BACKUP + ".manifest.json"), dest / (BACKUP + ".manifest.json"))
     shutil.copytree(w / "uploads", dest / "uploads")
+
+
+def snapshot_of(w: Path, out: Path, parts: int) -> Path:
+    """The world's backup as ``recovery snapshot`` would have taken it at the deploy (cached in
+    ``OUT/snapshot-N``): the real :func:`recovery.capture.snapshot.snapshot` run on a copy of the
+    backup with the deploy time as its clock, without ``--uploads`` (the manifest lists no files,
+    so the relink reads the backup's files table, as with a bare backup)."""
+    snap = out / f"snapshot-{parts}"
+    if (snap / (BACKUP + ".manifest.json")).is_file():
+        return snap
+    work = out / f"snapshot-{parts}.tmp"
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "src").mkdir(parents=True)
+    shutil.copyfile(w / BACKUP, work / "src" / LIVE)
+    code = (
+        "import sys; from datetime import datetime; from pathlib import Path; "
+        "from recovery.capture.snapshot import snapshot; "
+        "snapshot(Path(sys.argv[1]), Path(sys.argv[2]), now=datetime(2026, 11, 20, 14, 0, 0))"
+    )
+    (work / "out").mkdir()
+    subprocess.run(
+        [sys.executable, "-c", code, str(work / "src" / LIVE), str(work / "out")], check=True
+    )
+    shutil.rmtree(snap, ignore_errors=True)
+    os.replace(work / "out", snap)
+    shutil.rmtree(work, ignore_errors=True)
+    return snap
 
 
 def rollback_floor(dest: Path) -> dict:
@@ -279,12 +310,12 @@ def rollback_floor(dest: Path) -> dict:
     }
 
 
-def bench_rollback(w: Path, out: Path, repeat: int) -> dict:
+def bench_rollback(w: Path, out: Path, repeat: int, snap: Path | None = None) -> dict:
     runs = []
     floors = []
     for i in range(repeat):
         dest = out / "rollback" / f"world-{i}"
-        fresh_copy(w, dest)
+        fresh_copy(w, dest, snap)
         warm(dest / BACKUP, dest / LIVE, dest / (LIVE + "-wal"))
         floors.append(rollback_floor(dest))
         cmd = [
@@ -453,6 +484,10 @@ def main() -> None:
     if "rollback" in only:
         result["rollback"] = bench_rollback(w, out, args.repeat)
         print("rollback", json.dumps(result["rollback"]["median"]), flush=True)
+    if "rollback_snapshot" in only:
+        snap = snapshot_of(w, out, args.parts)
+        result["rollback_snapshot"] = bench_rollback(w, out, args.repeat, snap)
+        print("rollback_snapshot", json.dumps(result["rollback_snapshot"]["median"]), flush=True)
     result["loadavg_after"] = os.getloadavg()
     with (out / "results.jsonl").open("a", encoding="utf-8") as fh:
         fh.write(json.dumps(result) + "\n")

@@ -633,7 +633,8 @@ def reimport_cmd(
     "--full-verify",
     is_flag=True,
     help="Verify with integrity_check and foreign_key_check over the whole restored DB "
-    "(default: the staged backup checked during the extract, then what the re-import wrote).",
+    "(default: the staged backup checked during the extract, or vouched for by its snapshot "
+    "manifest, then what the re-import wrote).",
 )
 @conflict_options
 @statement_timeout_option

@@ -823,7 +823,9 @@ def _run_rollback(
                 windows.append(window)
             if not downgrade_to:  # staged and checked while the safety copy and the extract read
                 staged = _Background(
-                    proof.staging(stage_restore),
+                    stage_restore  # the final verification checks everything anyway
+                    if args.get("full_verify")
+                    else proof.staging(stage_restore, backup=backup_p),
                     backup_p,
                     db_p,
                     cleanup=lambda r: r[0].unlink(missing_ok=True),
@@ -897,7 +899,13 @@ def _run_rollback(
                     tmp
                 )  # a staged file written to since its checks: verify in full after
                 swap_in(tmp, db_p, window)
-                journal.mark("restore", "done", method="backup", sha256=digest)
+                journal.mark(
+                    "restore",
+                    "done",
+                    method="backup",
+                    sha256=digest,
+                    **({"proof": proof.basis} if proof.sound else {}),
+                )
     finally:
         if lineage_job is not None:  # (its sandbox child ended with it; nothing to clean)
             lineage_job.discard()

@@ -40,6 +40,11 @@ def test_rollback_verifies_bounded_and_agrees_with_the_full_check(rolled: Path) 
     outcome, bundle = _inputs(rolled)
     recorded = json.loads((rolled / "run" / "outcome.json").read_text())["verification"]
     assert recorded["checked"] == "bounded" and recorded["ok"] is True
+    journal = json.loads((rolled / "run" / "journal.json").read_text())
+    assert journal["steps"]["restore"]["proof"] == {  # a bare backup: both checks were run
+        "integrity_check": "checked",
+        "foreign_key_check": "checked",
+    }
     full = verify_file(rolled / "gestima.db", outcome, bundle.old.alembic_revision)
     assert {k: v for k, v in recorded.items() if k != "checked"} == full
 
@@ -106,6 +111,8 @@ def test_full_verify_runs_the_whole_file_checks(world_copy: Path) -> None:
     )
     recorded = json.loads((w / "run" / "outcome.json").read_text())["verification"]
     assert "checked" not in recorded and recorded["ok"] is True
+    journal = json.loads((w / "run" / "journal.json").read_text())
+    assert "proof" not in journal["steps"]["restore"]  # nothing spent on the staged copy
 
 
 def test_a_staged_file_written_after_its_checks_voids_the_proof(tmp_path: Path) -> None:

@@ -15,6 +15,9 @@ from typing import Any
 
 from recovery.errors import RecoveryError
 
+MANIFEST_FORMAT = "recovery-snapshot/1"
+"""The ``format`` of the manifests :mod:`recovery.capture.snapshot` writes."""
+
 _STAMP = re.compile(r"\.bak\.(\d{8}_\d{6})$")
 
 

@@ -24,13 +24,18 @@ from recovery import __version__
 from recovery.compare.changes import count_table
 from recovery.errors import RecoveryError
 from recovery.files.uploads import scan_uploads
-from recovery.capture.manifest import deploy_time_of, manifest_path_for, read_manifest, release_tag
+from recovery.capture.manifest import (
+    MANIFEST_FORMAT,
+    deploy_time_of,
+    manifest_path_for,
+    read_manifest,
+    release_tag,
+)
 from recovery.capture.pairing import row_identity
 from recovery.engine.schema import alembic_revision, reflect
 from recovery.engine import open_engine
 from recovery.engine.sqlite_io import sha256_file
 
-MANIFEST_FORMAT = "recovery-snapshot/1"
 
 __all__ = [
     "MANIFEST_FORMAT",
@@ -108,6 +113,10 @@ def snapshot(
                     "no snapshot was kept",
                     "a damaged copy is no restore point: repair the database (sqlite3 .recover) first",
                 )
+            foreign_keys = [
+                {"table": t, "rowid": r, "parent": p, "fk": fk}
+                for t, r, p, fk in conn.execute("PRAGMA main.foreign_key_check").fetchmany(20)
+            ]
             schema = reflect(conn)
             counts = {t: count_table(conn, "main", t) for t in schema.data_tables}
             revision = alembic_revision(conn)
@@ -131,6 +140,7 @@ def snapshot(
         "size": backup.stat().st_size,
         "sha256": sha256_file(backup),
         "integrity_check": "ok" if integrity == ["ok"] else integrity,
+        "foreign_key_check": foreign_keys,
         "alembic_revision": revision,
         "git": git_info(Path(app_dir) if app_dir else src.parent),
         "tables": counts,

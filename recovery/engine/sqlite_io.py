@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 from recovery.errors import ExitCode, RecoveryError
@@ -263,9 +264,77 @@ def readonly(path: str | os.PathLike[str], role: str = "database") -> Iterator[s
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
-    """The file's sha256 (hashlib's own read loop; it releases the GIL while it hashes)."""
+    """The file's sha256 (hashlib's own read loop; it releases the GIL while it hashes). A digest
+    :func:`remember_sha256` recorded for the file as it is now (same :func:`file_identity`, before
+    and after the lookup) is returned without reading the file again."""
+    key = _digest_key(path) if _digests else None
+    known = _digests.get(key) if key is not None else None
+    if known is not None and _digest_key(path) == key:
+        return known
     with open(path, "rb", buffering=0) as fh:
         return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+_digests: dict[tuple[Any, ...], str] = {}
+"""sha256 of files read whole by this process, keyed by real path and :func:`file_identity`."""
+
+
+def _digest_key(path: str | os.PathLike[str]) -> tuple[Any, ...] | None:
+    ident = file_identity(path)
+    return None if ident is None else (str(real_path(Path(path))), *ident)
+
+
+def remember_sha256(path: str | os.PathLike[str], identity: tuple[int, ...], digest: str) -> None:
+    """Record ``digest`` as the sha256 of ``path`` while its identity is ``identity`` (taken before
+    the bytes were read): kept only when the file still has that identity, so a write since the
+    read never gets the old digest back."""
+    if file_identity(path) == identity:
+        _digests[(str(real_path(Path(path))), *identity)] = digest
+
+
+HEADER_WRITE_STAMPS = ((18, 20), (24, 28), (40, 44), (92, 100))
+"""Bytes of the 100-byte SQLite header that a copy may change without changing what the file
+holds: the read/write format versions (18-19: 1 rollback journal, 2 WAL), the file change counter
+(24-27), the schema cookie (40-43: a counter that tells other connections to re-read the schema;
+the backup API moves it on every copy), and the version-valid-for number with the library version
+that wrote last (92-99). Every page and every other header field (page size, page count, freelist,
+encoding, schema format, ...) must be equal."""
+
+
+def same_content_digest(
+    original: str | os.PathLike[str], copy: str | os.PathLike[str], chunk: int = 1 << 20
+) -> str | None:
+    """The sha256 of ``original`` when ``copy`` holds the same bytes, apart from the header's
+    :data:`HEADER_WRITE_STAMPS`; None when any other byte or the length differs.
+
+    One pass reads both files side by side and hashes the very bytes it compared, so a digest
+    returned vouches for the copy as read: whatever was proven of the bytes with that digest (a
+    snapshot's ``integrity_check``) holds for every page of the copy. The digest is remembered
+    for :func:`sha256_file` when ``original`` kept its identity through the read."""
+    before = file_identity(original)
+    h = hashlib.sha256()
+    with open(original, "rb", buffering=0) as a, open(copy, "rb", buffering=0) as b:
+        if os.fstat(a.fileno()).st_size != os.fstat(b.fileno()).st_size:
+            return None
+        first = True
+        while True:
+            x, y = a.read(chunk), b.read(chunk)
+            if x != y:
+                if not first or len(x) != len(y) or len(x) < 100:
+                    return None
+                mx, my = bytearray(x), bytearray(y)
+                for lo, hi in HEADER_WRITE_STAMPS:
+                    mx[lo:hi] = my[lo:hi] = bytes(hi - lo)
+                if mx != my:
+                    return None
+            if not x:
+                break
+            h.update(x)
+            first = False
+    digest = h.hexdigest()
+    if before is not None:
+        remember_sha256(original, before, digest)
+    return digest
 
 
 def fsync_dir(path: Path) -> None:

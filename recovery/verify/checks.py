@@ -26,6 +26,7 @@ from recovery.engine.sqlbuild import sql
 from recovery.engine import open_engine
 from recovery.engine.base import Connection, Engine
 from recovery.engine.sqlite_io import CommitWatch, file_identity
+from recovery.errors import RecoveryError
 
 INTEGRITY_CACHE_KIB = 16 * 1024
 """Page cache of the integrity-check connection. ``integrity_check`` looks every row up in each of
@@ -125,22 +126,41 @@ class StagedProof:
     foreign_keys: list[dict[str, Any]] = field(default_factory=list)
     stat: tuple[int, ...] | None = None
     """The staged file's identity while it was checked (:func:`~recovery.engine.sqlite_io.file_identity`)."""
+    basis: dict[str, str] = field(default_factory=dict)
+    """Where each check's result comes from: ``"checked"`` (run on the staged copy) or
+    ``"snapshot manifest"`` (:func:`snapshot_vouch`), per check (journaled with the restore)."""
 
     @property
     def sound(self) -> bool:
         return self.sha256 is not None and self.integrity == ["ok"] and not self.foreign_keys
 
-    def staging(self, stage: Callable[..., tuple[Path, str]]) -> Callable[..., tuple[Path, str]]:
-        """``stage`` (e.g. ``stage_restore``), then both checks of the file it staged."""
+    def staging(
+        self, stage: Callable[..., tuple[Path, str]], backup: str | os.PathLike[str] | None = None
+    ) -> Callable[..., tuple[Path, str]]:
+        """``stage`` (e.g. ``stage_restore``), then both checks of the file it staged. With
+        ``backup`` (the file ``stage`` copied), a check its snapshot manifest recorded for the same
+        bytes (:func:`snapshot_vouch`) is taken from the manifest instead of run again."""
 
         def run(*args: Any, **kwargs: Any) -> tuple[Path, str]:
             tmp, digest = stage(*args, **kwargs)
             before = file_identity(tmp)
             staged = open_engine(tmp)
-            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="staged-fk") as pool:
-                fks = pool.submit(_on_connection, staged, "staged backup", foreign_key_problems)
-                self.integrity = _on_connection(staged, "staged backup", _integrity_with_cache)
-                self.foreign_keys = fks.result()
+            vouch = snapshot_vouch(backup, tmp) if backup is not None else None
+            if vouch is not None:
+                self.integrity = ["ok"]
+                self.basis["integrity_check"] = "snapshot manifest"
+            if vouch is not None and vouch.foreign_keys is not None:
+                self.foreign_keys = vouch.foreign_keys
+                self.basis["foreign_key_check"] = "snapshot manifest"
+            elif vouch is not None:
+                self.foreign_keys = _on_connection(staged, "staged backup", foreign_key_problems)
+                self.basis["foreign_key_check"] = "checked"
+            else:
+                with ThreadPoolExecutor(max_workers=1, thread_name_prefix="staged-fk") as pool:
+                    fks = pool.submit(_on_connection, staged, "staged backup", foreign_key_problems)
+                    self.integrity = _on_connection(staged, "staged backup", _integrity_with_cache)
+                    self.foreign_keys = fks.result()
+                self.basis.update(integrity_check="checked", foreign_key_check="checked")
             self.sha256, self.stat = (
                 (digest, before) if file_identity(tmp) == before else (None, None)
             )
@@ -155,6 +175,50 @@ class StagedProof:
         if self.stat is None or file_identity(staged) != self.stat:
             self.sha256, self.stat = None, None
         return self.sound
+
+
+@dataclass(frozen=True)
+class Vouch:
+    """What a backup's snapshot manifest proves of a copy holding the backup's bytes."""
+
+    manifest: Path
+    foreign_keys: list[dict[str, Any]] | None
+    """The manifest's ``foreign_key_check`` (None: a manifest written before it recorded one)."""
+
+
+def snapshot_vouch(backup: str | os.PathLike[str], staged: str | os.PathLike[str]) -> Vouch | None:
+    """The checks ``recovery snapshot`` ran on ``backup``, when they hold for ``staged``: the
+    manifest beside the backup (format ``recovery-snapshot/1``) recorded ``integrity_check`` "ok"
+    for a file whose sha256 it names, and ``staged`` holds exactly the bytes with that sha256
+    (:func:`~recovery.engine.sqlite_io.same_content_digest`: every page equal, the header's
+    write stamps aside). ``integrity_check`` and ``foreign_key_check`` read nothing else, so their
+    results on those bytes are their results on ``staged``. None when there is no such manifest,
+    it recorded a failure, or any byte differs: the caller then runs the checks.
+
+    The manifest is trusted as the record of the snapshot's checks; ``--full-verify`` checks the
+    restored file in full whatever it says."""
+    from recovery.capture.manifest import MANIFEST_FORMAT, manifest_path_for, read_manifest
+    from recovery.engine.sqlite_io import same_content_digest
+
+    try:
+        manifest = read_manifest(backup)
+    except RecoveryError:
+        return None
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        return None
+    recorded = manifest.get("sha256")
+    if manifest.get("integrity_check") != "ok" or not isinstance(recorded, str):
+        return None
+    fks = manifest.get("foreign_key_check")
+    if fks is not None and not (isinstance(fks, list) and all(isinstance(f, dict) for f in fks)):
+        return None
+    try:
+        digest = same_content_digest(backup, staged)
+    except OSError:
+        return None
+    if digest is None or digest != recorded.lower():
+        return None
+    return Vouch(manifest_path_for(Path(backup)), fks)
 
 
 def _integrity_with_cache(conn: sqlite3.Connection) -> list[str]:

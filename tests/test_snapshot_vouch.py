@@ -11,6 +11,8 @@ import json
 import os
 import shutil
 import sqlite3
+import threading
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -19,7 +21,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from recovery.capture.snapshot import manifest_path_for, snapshot
-from recovery.engine.sqlite_io import HEADER_WRITE_STAMPS, same_content_digest, sha256_file
+from recovery.engine.sqlite_io import (
+    HEADER_WRITE_STAMPS,
+    promise_sha256,
+    same_content_digest,
+    sha256_file,
+)
 from recovery.bundle.store import open_bundle
 from recovery.pipeline import rollback
 from recovery.report.runfiles import read_outcome_file
@@ -118,6 +125,36 @@ def test_a_remembered_digest_is_forgotten_when_the_file_is_written(tmp_path: Pat
         conn.execute("UPDATE p SET name = 'changed' WHERE id = 1")
     conn.close()
     assert sha256_file(backup) == _sha(backup)  # the new bytes, not the remembered digest
+
+
+def test_a_promised_digest_is_waited_for_not_read_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backup = _small_db(tmp_path / "b.db")
+    staged = _staged_copy(backup, tmp_path / "s.db")
+    hashed: list[str] = []
+    whole_file_digest = hashlib.file_digest
+
+    def recording(fh, digest):  # type: ignore[no-untyped-def]
+        hashed.append(fh.name)
+        return whole_file_digest(fh, digest)
+
+    monkeypatch.setattr(hashlib, "file_digest", recording)
+    started, got = threading.Event(), []
+    waiter = threading.Thread(target=lambda: (started.wait(), got.append(sha256_file(backup))))
+    with promise_sha256(backup):
+        waiter.start()
+        started.set()
+        time.sleep(0.2)  # the waiter is asking now, before the digest below exists
+        assert same_content_digest(backup, staged) == _sha(backup)
+    waiter.join(10)
+    assert got == [_sha(backup)] and hashed == []
+    with sqlite3.connect(backup) as conn:  # new bytes: the remembered digest no longer applies
+        conn.execute("UPDATE p SET name = 'changed' WHERE id = 1")
+    conn.close()
+    with promise_sha256(backup):  # a promise ended with nothing remembered: read after all
+        pass
+    assert sha256_file(backup) == _sha(backup) and hashed == [str(backup)]
 
 
 # --- snapshot_vouch and StagedProof.staging ------------------------------------------------------
@@ -227,12 +264,25 @@ def _world_with_snapshot(world: Path, dest: Path) -> Path:
 
 
 def test_a_rollback_from_a_snapshot_rests_on_its_manifest_and_verifies_the_same(
-    world: Path, tmp_path: Path
+    world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The bounded verification on the manifest's proof says what the full checks of the
-    rolled-back file say (test_verify_bounded: the same with the staged copy checked)."""
+    rolled-back file say (test_verify_bounded: the same with the staged copy checked). The
+    backup is read for its digest once: the extract takes the one the proof remembered."""
     w = _world_with_snapshot(world, tmp_path / "snap")
-    rollback(w / "gestima.db", next(w.glob("gestima.db.bak.*[0-9]")), w / "run", alembic_ini=INI)
+    backup = next(w.glob("gestima.db.bak.*[0-9]"))
+    hashed: list[str] = []
+    whole_file_digest = hashlib.file_digest
+
+    def recording(fh, digest):  # type: ignore[no-untyped-def]
+        hashed.append(os.path.realpath(fh.name))
+        return whole_file_digest(fh, digest)
+
+    monkeypatch.setattr(hashlib, "file_digest", recording)
+    rollback(w / "gestima.db", backup, w / "run", alembic_ini=INI)
+    assert os.path.realpath(backup) not in hashed
+    bundle_manifest = json.loads((w / "run" / "bundle" / "manifest.json").read_text())
+    assert bundle_manifest["sources"]["backup"]["sha256"] == _sha(backup)
     journal = json.loads((w / "run" / "journal.json").read_text())
     assert journal["steps"]["restore"]["proof"] == {
         "integrity_check": "snapshot manifest",

@@ -894,7 +894,6 @@ def extract(
     # The sources' fingerprints only go into the manifest: hash them on the second core while
     # SQLite works on the first (hashlib releases the GIL). The inputs are read-only.
     hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recovery-hash")
-    backup_sha = hasher.submit(sha256_file, Path(backup))
     live_print = hasher.submit(live_fingerprint, Path(live))
     # and walk the uploads folder (the copy after the SQL asks the walk which files exist)
     walk = (
@@ -902,6 +901,8 @@ def extract(
         if uploads is not None and Path(uploads).is_dir()
         else None
     )
+    # last: a rollback's staged proof may have hashed the backup meanwhile (sha256_file remembers)
+    backup_sha = hasher.submit(sha256_file, Path(backup))
     hasher.shutdown(wait=False)
     derived: Future[tuple[dict[str, dict[str, exp.Expression]], dict[str, Any]]] | None = None
     copying: Future[dict[str, object]] | None = None

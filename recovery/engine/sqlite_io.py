@@ -14,6 +14,7 @@ import shutil
 import sqlite3
 import stat
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -267,6 +268,9 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     """The file's sha256 (hashlib's own read loop; it releases the GIL while it hashes). A digest
     :func:`remember_sha256` recorded for the file as it is now (same :func:`file_identity`, before
     and after the lookup) is returned without reading the file again."""
+    coming = _promised.get(str(real_path(Path(path)))) if _promised else None
+    if coming is not None:  # another thread is reading these bytes: wait for its digest
+        coming.wait(PROMISE_WAIT)
     key = _digest_key(path) if _digests else None
     known = _digests.get(key) if key is not None else None
     if known is not None and _digest_key(path) == key:
@@ -277,6 +281,29 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 
 _digests: dict[tuple[Any, ...], str] = {}
 """sha256 of files read whole by this process, keyed by real path and :func:`file_identity`."""
+
+
+_promised: dict[str, threading.Event] = {}
+"""Files whose digest a thread of this process is about to remember (:func:`promise_sha256`)."""
+
+PROMISE_WAIT = 60.0
+"""How long :func:`sha256_file` waits for a promised digest before reading the file itself."""
+
+
+@contextmanager
+def promise_sha256(path: str | os.PathLike[str]) -> Iterator[None]:
+    """While the block runs, :func:`sha256_file` of ``path`` in other threads waits for it (at
+    most :data:`PROMISE_WAIT`), then takes the digest the block remembered, or reads the file
+    itself when none was (the file changed, or the block did not read it)."""
+    key = str(real_path(Path(path)))
+    done = threading.Event()
+    _promised[key] = done
+    try:
+        yield
+    finally:
+        if _promised.get(key) is done:
+            del _promised[key]
+        done.set()
 
 
 def _digest_key(path: str | os.PathLike[str]) -> tuple[Any, ...] | None:

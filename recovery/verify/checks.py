@@ -13,6 +13,7 @@ import os
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,7 +26,7 @@ from recovery.engine.schema import alembic_revision
 from recovery.engine.sqlbuild import sql
 from recovery.engine import open_engine
 from recovery.engine.base import Connection, Engine
-from recovery.engine.sqlite_io import CommitWatch, file_identity
+from recovery.engine.sqlite_io import CommitWatch, file_identity, promise_sha256
 from recovery.errors import RecoveryError
 
 INTEGRITY_CACHE_KIB = 16 * 1024
@@ -142,10 +143,13 @@ class StagedProof:
         bytes (:func:`snapshot_vouch`) is taken from the manifest instead of run again."""
 
         def run(*args: Any, **kwargs: Any) -> tuple[Path, str]:
-            tmp, digest = stage(*args, **kwargs)
-            before = file_identity(tmp)
+            with ExitStack() as promise:
+                if backup is not None and _may_vouch(backup):  # the extract hashes it too
+                    promise.enter_context(promise_sha256(backup))
+                tmp, digest = stage(*args, **kwargs)
+                before = file_identity(tmp)
+                vouch = snapshot_vouch(backup, tmp) if backup is not None else None
             staged = open_engine(tmp)
-            vouch = snapshot_vouch(backup, tmp) if backup is not None else None
             if vouch is not None:
                 self.integrity = ["ok"]
                 self.basis["integrity_check"] = "snapshot manifest"
@@ -197,21 +201,13 @@ def snapshot_vouch(backup: str | os.PathLike[str], staged: str | os.PathLike[str
 
     The manifest is trusted as the record of the snapshot's checks; ``--full-verify`` checks the
     restored file in full whatever it says."""
-    from recovery.capture.manifest import MANIFEST_FORMAT, manifest_path_for, read_manifest
+    from recovery.capture.manifest import manifest_path_for
     from recovery.engine.sqlite_io import same_content_digest
 
-    try:
-        manifest = read_manifest(backup)
-    except RecoveryError:
+    manifest = _may_vouch(backup)
+    if manifest is None:
         return None
-    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-        return None
-    recorded = manifest.get("sha256")
-    if manifest.get("integrity_check") != "ok" or not isinstance(recorded, str):
-        return None
-    fks = manifest.get("foreign_key_check")
-    if fks is not None and not (isinstance(fks, list) and all(isinstance(f, dict) for f in fks)):
-        return None
+    recorded, fks = manifest["sha256"], manifest.get("foreign_key_check")
     try:
         digest = same_content_digest(backup, staged)
     except OSError:
@@ -219,6 +215,25 @@ def snapshot_vouch(backup: str | os.PathLike[str], staged: str | os.PathLike[str
     if digest is None or digest != recorded.lower():
         return None
     return Vouch(manifest_path_for(Path(backup)), fks)
+
+
+def _may_vouch(backup: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The backup's snapshot manifest when it could vouch for a copy (right format, a recorded
+    ``integrity_check`` of "ok", a sha256, a well-formed ``foreign_key_check`` if any)."""
+    from recovery.capture.manifest import MANIFEST_FORMAT, read_manifest
+
+    try:
+        manifest = read_manifest(backup)
+    except RecoveryError:
+        return None
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        return None
+    if manifest.get("integrity_check") != "ok" or not isinstance(manifest.get("sha256"), str):
+        return None
+    fks = manifest.get("foreign_key_check")
+    if fks is not None and not (isinstance(fks, list) and all(isinstance(f, dict) for f in fks)):
+        return None
+    return manifest
 
 
 def _integrity_with_cache(conn: sqlite3.Connection) -> list[str]:

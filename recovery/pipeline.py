@@ -130,11 +130,15 @@ def _reimport_into(
     check_after: bool = True,
     run_dir: Path | None = None,
     scripts: list[tuple[Script, bool]] | None = None,
+    staged: bool = False,
 ) -> Outcome:
     """Apply ``bundle`` to ``target`` in one transaction; verify before commit. ``in_place``: the
     target was downgraded in place and already holds the post-deploy rows. ``run_dir``: where the
     plan as executed goes (``reimport.sql``, ``deletes.sql``: :func:`_write_reimport_scripts`);
-    ``scripts``: instead, receives (script, committed) for the caller to write after the commit."""
+    ``scripts``: instead, receives (script, committed) for the caller to write after the commit.
+    ``staged``: ``target`` is the rollback's staged file, which no other process may open (see
+    :func:`_private_writes`): written through a rollback journal without fsync, put back in its
+    journal mode after the transaction, and fsynced once before this returns."""
     policy, prefer, apply_deletes, conflicts = (
         merge.on_conflict,
         merge.prefer,
@@ -155,7 +159,10 @@ def _reimport_into(
     with engine.readonly("target database") as r:
         target_schema = reflect(r)
     conn = open_target(target, busy_timeout)
+    wal: bool | None = None  # the staged file's journal mode to put back (None: not changed)
     try:
+        if staged:
+            wal = _private_writes(conn)
         attach_bundle(conn, bundle)
         script = Script(conn)
         with engine.write_transaction(conn, busy_timeout):
@@ -169,6 +176,7 @@ def _reimport_into(
                 if scripts is not None:
                     scripts.append((script, False))
                 _write_reimport_scripts(run_dir, script, bundle, outcome, committed=False)
+                _private_writes_done(conn, target, wal)
                 return outcome
             if problems:
                 raise RecoveryError(
@@ -188,6 +196,7 @@ def _reimport_into(
         if scripts is not None:
             scripts.append((script, True))
         _write_reimport_scripts(run_dir, script, bundle, outcome, committed=True)
+        _private_writes_done(conn, target, wal)
     finally:
         conn.close()
     if check_after:  # rollback verifies in its own journaled step instead
@@ -195,6 +204,43 @@ def _reimport_into(
             target, outcome, bundle.old.alembic_revision, role="target database"
         )
     return outcome
+
+
+def _private_writes(conn: sqlite3.Connection) -> bool:
+    """Set up ``conn`` on the rollback's staged file for a re-import no other process can see:
+    a rollback journal (SAVEPOINT and ROLLBACK need one) instead of WAL, so the COMMIT writes the
+    pages once instead of into the WAL and again at the checkpoint, and no fsync at the COMMIT
+    (``synchronous=OFF``): a run killed, or a machine that lost power, before the file's one fsync
+    (:func:`_private_writes_done`) never swapped it in, and the resumed run stages it again.
+    Returns whether the file was in WAL mode (to be put back)."""
+    mode = conn.execute("PRAGMA main.journal_mode").fetchone()[0]
+    if conn.execute("PRAGMA main.journal_mode = DELETE").fetchone()[0] != "delete":
+        raise RecoveryError(
+            "the staged restore file could not leave WAL mode (another process has it open?); "
+            "nothing was changed",
+            "stop whatever opened the hidden .restore-tmp file beside the live DB, then run the same command again",
+        )
+    conn.execute("PRAGMA main.synchronous = OFF")
+    return str(mode).lower() == "wal"
+
+
+def _private_writes_done(conn: sqlite3.Connection, target: Path, wal: bool | None) -> None:
+    """After the staged re-import's transaction: back to WAL when the file was in WAL mode (the
+    live DB's mode, kept by the restore), the connection closed (no ``-wal``/``-shm`` left) and
+    the file fsynced — durable before the rename that swaps it in."""
+    if wal is None:
+        return
+    if wal and conn.execute("PRAGMA main.journal_mode = WAL").fetchone()[0] != "wal":
+        raise RecoveryError(
+            "the staged restore file could not be put back into WAL mode; nothing was changed",
+            "run the same command again",
+        )
+    conn.close()
+    fd = os.open(target, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 _PENDING_SCRIPTS = ".reimport-pending"
@@ -784,6 +830,7 @@ def _run_rollback(
         )
     if journal.resumed:
         _clean_leftovers(run_dir, db_p)
+        _settle_staged_restore(journal, db_p)
     restore_started = journal.state("restore") is not None
     proof = (
         StagedProof()
@@ -889,15 +936,16 @@ def _run_rollback(
                 for line in repaired.get("notes", []):
                     say(line)
             else:
-                say("restoring the backup over the live database")
-                journal.mark("restore", "start", method="backup")
+                say("restoring the backup beside the live database")
+                journal.mark("restore", "start", method="backup", reimport="staged")
                 ready, staged = staged, None
-                tmp, digest = ready.result() if ready is not None else stage_restore(backup_p, db_p)
-                proof.confirm(
-                    tmp
-                )  # a staged file written to since its checks: verify in full after
-                swap_in(tmp, db_p, window)
-                journal.mark("restore", "done", method="backup", sha256=digest)
+                tmp, _digest = (
+                    ready.result() if ready is not None else stage_restore(backup_p, db_p)
+                )
+                reimported = _reimport_staged_then_swap(
+                    tmp, db_p, bundle, run_dir, journal, proof, window, opts, args, files, say
+                )
+                journal.mark("restore", "done", method="backup", reimported=reimported)
     finally:
         if lineage_job is not None:  # (its sandbox child ended with it; nothing to clean)
             lineage_job.discard()
@@ -993,6 +1041,88 @@ def _run_rollback(
     journal.data["live_left"] = db_fingerprint(db_p)  # what `recovery undo` compares with
     journal.mark("report", "done", exit_code=int(result.exit_code))
     return result
+
+
+def _reimport_staged_then_swap(
+    tmp: Path,
+    db: Path,
+    bundle: Bundle,
+    run_dir: Path,
+    journal: Journal,
+    proof: StagedProof,
+    window: WriteWindow | None,
+    opts: RollbackOptions,
+    args: dict[str, Any],
+    files: FilesConfig,
+    say: Progress,
+) -> bool:
+    """The restore step of the backup method: re-import into the staged file ``tmp`` (nobody
+    else sees it; :func:`_private_writes`), save the outcome, then swap it in under the write
+    window held since the safety copy. The live DB is thus the failed release's DB until one
+    rename makes it the backup with the post-deploy work re-imported; an aborted re-import
+    (``--on-conflict abort``) swaps the bare backup in, as before.
+
+    Journal: ``restore:start`` → ``reimport:start`` → (COMMIT into ``tmp``, ``outcome.json``,
+    ``reimport.sql``) → ``reimport:done`` → swap → ``restore:done`` (by the caller). So
+    ``reimport`` is done before ``restore``; :func:`_settle_staged_restore` tells a resumed run
+    whether the swap happened. Returns whether the swapped-in file holds the re-import.
+    On any failure before the swap the staged file is removed and the live DB is untouched."""
+    try:
+        say("re-importing post-deploy changes into the restored copy (one transaction)")
+        journal.mark("reimport", "start", into="staged")
+        warm = _Background(_warm_report_imports)
+        merge = MergeOptions(
+            opts.on_conflict,
+            opts.prefer,
+            ConflictMode(args.get("conflicts", ConflictMode.CELL.value)),
+            opts.apply_deletes,
+        )
+        proven = proof.confirm(tmp)  # the proof stands for the file as staged and checked
+        outcome = _reimport_into(
+            tmp,
+            bundle,
+            merge,
+            files,
+            False,
+            lock_wait(),
+            str(db),
+            check_after=False,
+            run_dir=run_dir,
+            staged=True,
+        )
+        if proven:  # our own transaction (FK-checked before its COMMIT) is all that changed it
+            proof.rebind(tmp)
+        _save_outcome(run_dir, outcome)
+        journal.mark("reimport", "done", already_applied=outcome.already_applied, into="staged")
+        warm.discard()
+        say("swapping the restored database in")
+        proof.confirm(tmp)  # a staged file written to since: verify in full after
+        swap_in(tmp, db, window)
+    except BaseException:  # not swapped in (the rename is the last step): never the live file
+        for p in (tmp, tmp.with_name(tmp.name + "-journal")):
+            p.unlink(missing_ok=True)
+        raise
+    return not outcome.aborted
+
+
+def _settle_staged_restore(journal: Journal, db: Path) -> None:
+    """A resumed run whose killed predecessor was in the backup restore (``restore:start``): when
+    the live file is still the one the run found (device, inode: no swap), nothing of the restore
+    or the staged re-import reached it — both entries are dropped and the run goes again from the
+    probe (a new safety copy under the lock, the extract again if the live DB changed since); when
+    it was swapped, the restore is done (``reimport`` then is too, unless the kill was in an older
+    run that re-imported after the swap: the re-import step then runs on the live DB)."""
+    info = journal.info("restore")
+    if info.get("state") in (None, "done") or info.get("method") != "backup":
+        return
+    before = journal.data.get("live_before")
+    if before is not None and _file_identity(db) == list(before):
+        journal.data["steps"].pop("restore", None)
+        journal.data["steps"].pop("reimport", None)
+        return
+    journal.mark(
+        "restore", "done", method="backup", reimported=bool(journal.done("reimport")), settled=True
+    )
 
 
 def _open_window(db: Path, force: bool) -> tuple[WriteWindow, list[str]]:

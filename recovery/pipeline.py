@@ -937,15 +937,20 @@ def _run_rollback(
                     say(line)
             else:
                 say("restoring the backup beside the live database")
-                journal.mark("restore", "start", method="backup", reimport="staged")
+                journal.mark("restore", "start", method="backup")
                 ready, staged = staged, None
-                tmp, _digest = (
-                    ready.result() if ready is not None else stage_restore(backup_p, db_p)
-                )
-                reimported = _reimport_staged_then_swap(
-                    tmp, db_p, bundle, run_dir, journal, proof, window, opts, args, files, say
-                )
-                journal.mark("restore", "done", method="backup", reimported=reimported)
+                try:
+                    tmp, digest = (
+                        ready.result() if ready is not None else stage_restore(backup_p, db_p)
+                    )
+                    _reimport_staged_then_swap(
+                        tmp, db_p, bundle, run_dir, journal, proof, window, opts, args, files, say
+                    )
+                except BaseException:  # not swapped in (the rename is the last step)
+                    _discard_staged(db_p)
+                    raise
+                # sha256: the staged backup copy as staged and proven, before the re-import
+                journal.mark("restore", "done", method="backup", sha256=digest)
     finally:
         if lineage_job is not None:  # (its sandbox child ended with it; nothing to clean)
             lineage_job.discard()
@@ -1066,11 +1071,13 @@ def _reimport_staged_then_swap(
     ``reimport.sql``) → ``reimport:done`` → swap → ``restore:done`` (by the caller). So
     ``reimport`` is done before ``restore``; :func:`_settle_staged_restore` tells a resumed run
     whether the swap happened. Returns whether the swapped-in file holds the re-import.
-    On any failure before the swap the staged file is removed and the live DB is untouched."""
+    The journal's entries keep their keys: ``restore``'s ``sha256`` is the staged backup copy's
+    as staged and proven (before the re-import). A failure before the swap leaves the live DB
+    untouched; the caller removes the staged file (:func:`_discard_staged`)."""
+    say("re-importing post-deploy changes into the restored copy (one transaction)")
+    journal.mark("reimport", "start")
+    warm = _Background(_warm_report_imports)
     try:
-        say("re-importing post-deploy changes into the restored copy (one transaction)")
-        journal.mark("reimport", "start", into="staged")
-        warm = _Background(_warm_report_imports)
         merge = MergeOptions(
             opts.on_conflict,
             opts.prefer,
@@ -1093,16 +1100,21 @@ def _reimport_staged_then_swap(
         if proven:  # our own transaction (FK-checked before its COMMIT) is all that changed it
             proof.rebind(tmp)
         _save_outcome(run_dir, outcome)
-        journal.mark("reimport", "done", already_applied=outcome.already_applied, into="staged")
-        warm.discard()
+        journal.mark("reimport", "done", already_applied=outcome.already_applied)
         say("swapping the restored database in")
         proof.confirm(tmp)  # a staged file written to since: verify in full after
         swap_in(tmp, db, window)
-    except BaseException:  # not swapped in (the rename is the last step): never the live file
-        for p in (tmp, tmp.with_name(tmp.name + "-journal")):
-            p.unlink(missing_ok=True)
-        raise
+    finally:
+        warm.discard()
     return not outcome.aborted
+
+
+def _discard_staged(db: Path) -> None:
+    """Remove the staged restore file and its ``-journal``/``-wal``/``-shm`` after a failure
+    before the swap (our connections to it are closed by then; nobody else opens it)."""
+    staged = _staged_path(db)
+    for p in (staged, *(staged.with_name(staged.name + s) for s in ("-journal", "-wal", "-shm"))):
+        p.unlink(missing_ok=True)
 
 
 def _settle_staged_restore(journal: Journal, db: Path) -> None:
@@ -1120,9 +1132,7 @@ def _settle_staged_restore(journal: Journal, db: Path) -> None:
         journal.data["steps"].pop("restore", None)
         journal.data["steps"].pop("reimport", None)
         return
-    journal.mark(
-        "restore", "done", method="backup", reimported=bool(journal.done("reimport")), settled=True
-    )
+    journal.mark("restore", "done", method="backup")
 
 
 def _open_window(db: Path, force: bool) -> tuple[WriteWindow, list[str]]:

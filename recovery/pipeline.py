@@ -10,6 +10,10 @@ runs, so a run killed anywhere is resumed by running the same command again:
   run again: the live DB may already be the backup.
 * ``restore`` checkpoints the live WAL, removes ``-wal``/``-shm`` and renames a fsynced copy of the
   backup over the live file — the live file is always either the old one or the restored one.
+  With the backup (not ``--downgrade-to``) the re-import runs inside it, into the staged copy,
+  before the rename (:func:`_reimport_staged_then_swap`): the journal then reads
+  ``restore:start``, ``reimport:start``, ``reimport:done``, ``restore:done``, and the live file is
+  either the old one or the restored one with the post-deploy work re-imported.
 * ``reimport`` is one transaction that also records the bundle id in ``_recovery_applied``, so
   re-running it after a crash either finds it applied or applies it whole.
 """

@@ -1108,6 +1108,7 @@ def _reimport_staged_then_swap(
         say("swapping the restored database in")
         proof.confirm(tmp)  # a staged file written to since: verify in full after
         swap_in(tmp, db, window)
+        _kill_point("restore:swapped")  # swapped, not yet journaled: _settle_staged_restore
     finally:
         warm.discard()
     return not outcome.aborted

@@ -264,12 +264,12 @@ def test_the_reference_states_differ(states: dict[str, Any]) -> None:
 
 def expected_after_step_kill(point: str) -> str:
     """The backup restore re-imports into the staged file before its swap (journal order:
-    ``restore:start``, ``reimport:start``, ``reimport:committed``, ``reimport:done``, swap,
-    ``restore:done``): the live DB is the failed release's DB up to the swap and the final one
-    after it — never the bare backup."""
+    ``restore:start``, ``reimport:start``, ``reimport:committed``, ``reimport:done``, swap
+    (``restore:swapped``: not journaled yet), ``restore:done``): the live DB is the failed
+    release's DB up to the swap and the final one after it — never the bare backup."""
     step, _when = point.split(":")
     i = STEPS.index(step)
-    if i <= STEPS.index("reimport") and point != "restore:done":
+    if i <= STEPS.index("reimport") and point not in ("restore:done", "restore:swapped"):
         return "pre"
     return "final"
 
@@ -278,7 +278,7 @@ def expected_after_step_kill(point: str) -> str:
 # rollback killed at every journal step
 
 
-@pytest.mark.parametrize("point", [*STEP_KILLS, "reimport:committed"])
+@pytest.mark.parametrize("point", [*STEP_KILLS, "reimport:committed", "restore:swapped"])
 def test_rollback_killed_at_step(
     point: str, states: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -163,7 +163,8 @@ def _reimport_into(
     with engine.readonly("target database") as r:
         target_schema = reflect(r)
     conn = open_target(target, busy_timeout)
-    wal: bool | None = None  # the staged file's journal mode to put back (None: not changed)
+    wal: bool | None = None  # staged: whether the file was in WAL mode (None: not staged)
+    settled = False  # staged: back in its journal mode, to be fsynced after the close
     try:
         if staged:
             wal = _private_writes(conn)
@@ -180,7 +181,7 @@ def _reimport_into(
                 if scripts is not None:
                     scripts.append((script, False))
                 _write_reimport_scripts(run_dir, script, bundle, outcome, committed=False)
-                _private_writes_done(conn, target, wal)
+                settled = _private_writes_done(conn, wal)
                 return outcome
             if problems:
                 raise RecoveryError(
@@ -200,9 +201,11 @@ def _reimport_into(
         if scripts is not None:
             scripts.append((script, True))
         _write_reimport_scripts(run_dir, script, bundle, outcome, committed=True)
-        _private_writes_done(conn, target, wal)
+        settled = _private_writes_done(conn, wal)
     finally:
         conn.close()
+        if settled:  # durable before the rename that swaps it in
+            _fsync_file(target)
     if check_after:  # rollback verifies in its own journaled step instead
         outcome.verification = verify_file(
             target, outcome, bundle.old.alembic_revision, role="target database"
@@ -228,19 +231,23 @@ def _private_writes(conn: sqlite3.Connection) -> bool:
     return str(mode).lower() == "wal"
 
 
-def _private_writes_done(conn: sqlite3.Connection, target: Path, wal: bool | None) -> None:
-    """After the staged re-import's transaction: back to WAL when the file was in WAL mode (the
-    live DB's mode, kept by the restore), the connection closed (no ``-wal``/``-shm`` left) and
-    the file fsynced — durable before the rename that swaps it in."""
+def _private_writes_done(conn: sqlite3.Connection, wal: bool | None) -> bool:
+    """After the staged re-import's transaction (committed or rolled back): back to WAL when the
+    file was in WAL mode (the live DB's mode, kept by the restore). True when the file is to be
+    fsynced once the connection is closed (no ``-wal``/``-shm`` are left then); False when
+    ``conn`` is not on a staged file."""
     if wal is None:
-        return
+        return False
     if wal and conn.execute("PRAGMA main.journal_mode = WAL").fetchone()[0] != "wal":
         raise RecoveryError(
             "the staged restore file could not be put back into WAL mode; nothing was changed",
             "run the same command again",
         )
-    conn.close()
-    fd = os.open(target, os.O_RDONLY)
+    return True
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:

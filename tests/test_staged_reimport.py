@@ -104,3 +104,41 @@ def sample_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from recovery.sample import generate
 
     return generate(tmp_path_factory.mktemp("staged") / "world", parts=60, seed=7)
+
+
+def _rows(db: Path) -> dict[str, list[tuple[object, ...]]]:
+    """Every table's rows, ordered (what an application reads)."""
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as c:
+        names = [
+            r[0]
+            for r in c.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+            )
+        ]
+        out = {n: sorted(c.execute(f'SELECT * FROM "{n}"').fetchall(), key=repr) for n in names}
+    c.close()
+    return out
+
+
+def test_an_aborted_reimport_swaps_the_bare_backup_in_and_says_so(tmp_path: Path) -> None:
+    """``--on-conflict abort`` keeps its contract with the re-import in the staged file: the
+    re-import is rolled back, the bare backup is swapped in (exit 3, "the live DB … is now the
+    backup"), the run's files say so, and ``undo`` puts the failed release's DB back."""
+    from recovery.pipeline import undo
+    from tests.test_report import _small_world
+
+    w = _small_world(tmp_path / "w", "conflict")
+    db = w / "gestima.db"
+    backup = next(w.glob("gestima.db.bak.*[0-9]"))
+    failed_release = _rows(db)
+    result = rollback(
+        db, backup, tmp_path / "run", alembic_ini=app_dir() / "alembic.ini", on_conflict="abort"
+    )
+    assert result.exit_code == 3 and result.outcome is not None and result.outcome.aborted
+    assert result.note is not None and f"the live DB {db} is now the backup" in result.note
+    assert _rows(db) == _rows(backup)
+    assert not list(w.glob(".gestima.db.restore-tmp*"))
+    script = (tmp_path / "run" / "reimport.sql").read_text(encoding="utf-8")
+    assert "aborted on conflicts" in script.splitlines()[0]
+    assert undo(tmp_path / "run").state == "undone"
+    assert _rows(db) == failed_release

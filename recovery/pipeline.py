@@ -1140,11 +1140,33 @@ def _settle_staged_restore(journal: Journal, db: Path) -> None:
     if info.get("state") in (None, "done") or info.get("method") != "backup":
         return
     before = journal.data.get("live_before")
-    if before is not None and _file_identity(db) == list(before):
+    if before is None:  # cannot tell: the restore step stages, re-imports and swaps again
+        return
+    if _file_identity(db) == list(before):
         journal.data["steps"].pop("restore", None)
         journal.data["steps"].pop("reimport", None)
         return
+    if journal.done("reimport") and not _swapped_in_by(journal.data["steps"], journal.run_dir, db):
+        raise RecoveryError(
+            f"the live DB {db} is neither the file this run found nor the one it swapped in (it "
+            f"holds no re-import of bundle {journal.info('extract').get('bundle_id')}); nothing was changed",
+            f"something else replaced it: inspect it; the failed release's DB as the run found it "
+            f"is in {journal.run_dir / 'safety'}",
+        )
     journal.mark("restore", "done", method="backup")
+
+
+def _swapped_in_by(steps: dict[str, Any], run_dir: Path, db: Path) -> bool:
+    """Whether ``db`` can be the file the run's staged restore swapped in (its journal ``steps``
+    say the re-import was done before the swap): it holds the run's re-import, or the re-import
+    was aborted (the bare backup went in), or this cannot be checked."""
+    if _reimported(db, steps.get("extract", {}).get("bundle_id")) is not False:
+        return True
+    try:
+        saved = json.loads((run_dir / OUTCOME_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return True
+    return bool(isinstance(saved, dict) and saved.get("aborted"))
 
 
 def _open_window(db: Path, force: bool) -> tuple[WriteWindow, list[str]]:
@@ -1294,6 +1316,11 @@ def _failure_truth(
             replaced = True
         if not replaced:
             return None  # the swap never happened: the live file is the untouched original
+        staged_reimport = (
+            restore.get("method") == "backup" and steps.get("reimport", {}).get("state") == "done"
+        )
+        if staged_reimport and not _swapped_in_by(steps, run_dir, db):
+            return None  # another file than ours is at the live path: the error says what it is
     bundle_id = steps.get("extract", {}).get("bundle_id")
     reimported = _reimported(db, bundle_id)
     downgrade = restore.get("method") == "downgrade"

@@ -142,3 +142,45 @@ def test_an_aborted_reimport_swaps_the_bare_backup_in_and_says_so(tmp_path: Path
     assert "aborted on conflicts" in script.splitlines()[0]
     assert undo(tmp_path / "run").state == "undone"
     assert _rows(db) == failed_release
+
+
+def test_a_live_db_replaced_by_someone_else_after_a_kill_is_not_taken_for_ours(
+    tmp_path: Path, sample_world: Path
+) -> None:
+    """Killed before the swap, then something else puts another file at the live path (a new
+    inode): the resumed run must not take it for the file it swapped in (it holds no re-import of
+    the run's bundle) — exit 2, nothing changed, the other file untouched."""
+    import os
+
+    from recovery.errors import RecoveryError
+
+    w = tmp_path / "w"
+    shutil.copytree(sample_world, w)
+    db = w / "gestima.db"
+    backup = next(w.glob("gestima.db.bak.*[0-9]"))
+    args = [
+        "rollback",
+        str(db),
+        "--backup",
+        str(backup),
+        "--alembic-ini",
+        str(app_dir() / "alembic.ini"),
+        "--out",
+        str(tmp_path / "run"),
+        "--yes",
+    ]
+    env = {**os.environ, "RECOVERY_TEST_KILL_AT_STEP": "reimport:done"}
+    killed = subprocess.run(
+        [sys.executable, "-m", "recovery", *args], env=env, capture_output=True, timeout=120
+    )
+    assert killed.returncode == -9, killed.stderr
+    other = w / "other.db"
+    shutil.copyfile(backup, other)
+    os.replace(other, db)
+    for side in ("-wal", "-shm"):
+        (w / f"gestima.db{side}").unlink(missing_ok=True)
+    before = _rows(db)
+    with pytest.raises(RecoveryError) as err:
+        rollback(db, backup, tmp_path / "run", alembic_ini=app_dir() / "alembic.ini")
+    assert err.value.exit_code == 2 and "neither the file this run found" in err.value.message
+    assert _rows(db) == before

@@ -72,7 +72,9 @@ from recovery.restore.swap import writer_alive as _writer_alive
 
 STEPS = ("probe", "safety", "extract", "restore", "reimport", "relink", "verify", "report")
 KILL_STEP_ENV = "RECOVERY_TEST_KILL_AT_STEP"
-"""Test-only fault injection: SIGKILL this process right after journaling ``<step>:start|done``."""
+"""Test-only fault injection: SIGKILL this process right after journaling ``<step>:start|done``,
+right after the re-import's COMMIT (``reimport:committed``) or right after the backup restore's
+swap, before it is journaled (``restore:swapped``)."""
 
 Progress = Callable[[str], None]
 """A step message for the operator (``· step`` on stderr). By default each goes to this module's

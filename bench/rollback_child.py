@@ -60,6 +60,9 @@ def main() -> None:
             starts[m["step"]] = m["t"]
         elif m["state"] == "done" and m["step"] in starts:
             steps[m["step"]] = round(m["t"] - starts[m["step"]], 3)
+    spans = {m["step"]: m["t"] for m in marks if m["state"] == "done"}
+    if "reimport" in steps and "restore" in steps and spans["reimport"] < spans["restore"]:
+        steps["restore"] = round(steps["restore"] - steps["reimport"], 3)  # re-import nested in it
     # time between marks that belongs to no step (opening the bundle, confirm, loading the outcome)
     accounted = sum(steps.values())
     print(

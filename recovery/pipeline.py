@@ -10,6 +10,10 @@ runs, so a run killed anywhere is resumed by running the same command again:
   run again: the live DB may already be the backup.
 * ``restore`` checkpoints the live WAL, removes ``-wal``/``-shm`` and renames a fsynced copy of the
   backup over the live file — the live file is always either the old one or the restored one.
+  With the backup (not ``--downgrade-to``) the re-import runs inside it, into the staged copy,
+  before the rename (:func:`_reimport_staged_then_swap`): the journal then reads
+  ``restore:start``, ``reimport:start``, ``reimport:done``, ``restore:done``, and the live file is
+  either the old one or the restored one with the post-deploy work re-imported.
 * ``reimport`` is one transaction that also records the bundle id in ``_recovery_applied``, so
   re-running it after a crash either finds it applied or applies it whole.
 """
@@ -68,7 +72,9 @@ from recovery.restore.swap import writer_alive as _writer_alive
 
 STEPS = ("probe", "safety", "extract", "restore", "reimport", "relink", "verify", "report")
 KILL_STEP_ENV = "RECOVERY_TEST_KILL_AT_STEP"
-"""Test-only fault injection: SIGKILL this process right after journaling ``<step>:start|done``."""
+"""Test-only fault injection: SIGKILL this process right after journaling ``<step>:start|done``,
+right after the re-import's COMMIT (``reimport:committed``) or right after the backup restore's
+swap, before it is journaled (``restore:swapped``)."""
 
 Progress = Callable[[str], None]
 """A step message for the operator (``· step`` on stderr). By default each goes to this module's
@@ -130,11 +136,15 @@ def _reimport_into(
     check_after: bool = True,
     run_dir: Path | None = None,
     scripts: list[tuple[Script, bool]] | None = None,
+    staged: bool = False,
 ) -> Outcome:
     """Apply ``bundle`` to ``target`` in one transaction; verify before commit. ``in_place``: the
     target was downgraded in place and already holds the post-deploy rows. ``run_dir``: where the
     plan as executed goes (``reimport.sql``, ``deletes.sql``: :func:`_write_reimport_scripts`);
-    ``scripts``: instead, receives (script, committed) for the caller to write after the commit."""
+    ``scripts``: instead, receives (script, committed) for the caller to write after the commit.
+    ``staged``: ``target`` is the rollback's staged file, which no other process may open (see
+    :func:`_private_writes`): written through a rollback journal without fsync, put back in its
+    journal mode after the transaction, and fsynced once before this returns."""
     policy, prefer, apply_deletes, conflicts = (
         merge.on_conflict,
         merge.prefer,
@@ -155,7 +165,11 @@ def _reimport_into(
     with engine.readonly("target database") as r:
         target_schema = reflect(r)
     conn = open_target(target, busy_timeout)
+    wal: bool | None = None  # staged: whether the file was in WAL mode (None: not staged)
+    settled = False  # staged: back in its journal mode, to be fsynced after the close
     try:
+        if staged:
+            wal = _private_writes(conn)
         attach_bundle(conn, bundle)
         script = Script(conn)
         with engine.write_transaction(conn, busy_timeout):
@@ -169,6 +183,7 @@ def _reimport_into(
                 if scripts is not None:
                     scripts.append((script, False))
                 _write_reimport_scripts(run_dir, script, bundle, outcome, committed=False)
+                settled = _private_writes_done(conn, wal)
                 return outcome
             if problems:
                 raise RecoveryError(
@@ -188,13 +203,57 @@ def _reimport_into(
         if scripts is not None:
             scripts.append((script, True))
         _write_reimport_scripts(run_dir, script, bundle, outcome, committed=True)
+        settled = _private_writes_done(conn, wal)
     finally:
         conn.close()
+        if settled:  # durable before the rename that swaps it in
+            _fsync_file(target)
     if check_after:  # rollback verifies in its own journaled step instead
         outcome.verification = verify_file(
             target, outcome, bundle.old.alembic_revision, role="target database"
         )
     return outcome
+
+
+def _private_writes(conn: sqlite3.Connection) -> bool:
+    """Set up ``conn`` on the rollback's staged file for a re-import no other process can see:
+    a rollback journal (SAVEPOINT and ROLLBACK need one) instead of WAL, so the COMMIT writes the
+    pages once instead of into the WAL and again at the checkpoint, and no fsync at the COMMIT
+    (``synchronous=OFF``): a run killed, or a machine that lost power, before the file's one fsync
+    (:func:`_private_writes_done`) never swapped it in, and the resumed run stages it again.
+    Returns whether the file was in WAL mode (to be put back)."""
+    mode = conn.execute("PRAGMA main.journal_mode").fetchone()[0]
+    if conn.execute("PRAGMA main.journal_mode = DELETE").fetchone()[0] != "delete":
+        raise RecoveryError(
+            "the staged restore file could not leave WAL mode (another process has it open?); "
+            "nothing was changed",
+            "stop whatever opened the hidden .restore-tmp file beside the live DB, then run the same command again",
+        )
+    conn.execute("PRAGMA main.synchronous = OFF")
+    return str(mode).lower() == "wal"
+
+
+def _private_writes_done(conn: sqlite3.Connection, wal: bool | None) -> bool:
+    """After the staged re-import's transaction (committed or rolled back): back to WAL when the
+    file was in WAL mode (the live DB's mode, kept by the restore). True when the file is to be
+    fsynced once the connection is closed (no ``-wal``/``-shm`` are left then); False when
+    ``conn`` is not on a staged file."""
+    if wal is None:
+        return False
+    if wal and conn.execute("PRAGMA main.journal_mode = WAL").fetchone()[0] != "wal":
+        raise RecoveryError(
+            "the staged restore file could not be put back into WAL mode; nothing was changed",
+            "run the same command again",
+        )
+    return True
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 _PENDING_SCRIPTS = ".reimport-pending"
@@ -784,6 +843,7 @@ def _run_rollback(
         )
     if journal.resumed:
         _clean_leftovers(run_dir, db_p)
+        _settle_staged_restore(journal, db_p)
     restore_started = journal.state("restore") is not None
     proof = (
         StagedProof()
@@ -891,20 +951,26 @@ def _run_rollback(
                 for line in repaired.get("notes", []):
                     say(line)
             else:
-                say("restoring the backup over the live database")
+                say("restoring the backup beside the live database")
                 journal.mark("restore", "start", method="backup")
                 ready, staged = staged, None
-                tmp, digest = ready.result() if ready is not None else stage_restore(backup_p, db_p)
-                proof.confirm(
-                    tmp
-                )  # a staged file written to since its checks: verify in full after
-                swap_in(tmp, db_p, window)
+                try:
+                    tmp, digest = (
+                        ready.result() if ready is not None else stage_restore(backup_p, db_p)
+                    )
+                    _reimport_staged_then_swap(
+                        tmp, db_p, bundle, run_dir, journal, proof, window, opts, args, files, say
+                    )
+                except BaseException:  # not swapped in (the rename is the last step)
+                    _discard_staged(db_p)
+                    raise
+                # sha256: the staged backup copy as staged and proven, before the re-import
                 journal.mark(
                     "restore",
                     "done",
                     method="backup",
                     sha256=digest,
-                    **({"proof": proof.basis} if proof.sound else {}),
+                    **({"proof": proof.basis} if proof.basis else {}),
                 )
     finally:
         if lineage_job is not None:  # (its sandbox child ended with it; nothing to clean)
@@ -1001,6 +1067,116 @@ def _run_rollback(
     journal.data["live_left"] = db_fingerprint(db_p)  # what `recovery undo` compares with
     journal.mark("report", "done", exit_code=int(result.exit_code))
     return result
+
+
+def _reimport_staged_then_swap(
+    tmp: Path,
+    db: Path,
+    bundle: Bundle,
+    run_dir: Path,
+    journal: Journal,
+    proof: StagedProof,
+    window: WriteWindow | None,
+    opts: RollbackOptions,
+    args: dict[str, Any],
+    files: FilesConfig,
+    say: Progress,
+) -> bool:
+    """The restore step of the backup method: re-import into the staged file ``tmp`` (nobody
+    else sees it; :func:`_private_writes`), save the outcome, then swap it in under the write
+    window held since the safety copy. The live DB is thus the failed release's DB until one
+    rename makes it the backup with the post-deploy work re-imported; an aborted re-import
+    (``--on-conflict abort``) swaps the bare backup in, as before.
+
+    Journal: ``restore:start`` → ``reimport:start`` → (COMMIT into ``tmp``, ``outcome.json``,
+    ``reimport.sql``) → ``reimport:done`` → swap → ``restore:done`` (by the caller). So
+    ``reimport`` is done before ``restore``; :func:`_settle_staged_restore` tells a resumed run
+    whether the swap happened. Returns whether the swapped-in file holds the re-import.
+    The journal's entries keep their keys: ``restore``'s ``sha256`` is the staged backup copy's
+    as staged and proven (before the re-import). A failure before the swap leaves the live DB
+    untouched; the caller removes the staged file (:func:`_discard_staged`)."""
+    say("re-importing post-deploy changes into the restored copy (one transaction)")
+    journal.mark("reimport", "start")
+    warm = _Background(_warm_report_imports)
+    try:
+        merge = MergeOptions(
+            opts.on_conflict,
+            opts.prefer,
+            ConflictMode(args.get("conflicts", ConflictMode.CELL.value)),
+            opts.apply_deletes,
+        )
+        proven = proof.confirm(tmp)  # the proof stands for the file as staged and checked
+        outcome = _reimport_into(
+            tmp,
+            bundle,
+            merge,
+            files,
+            False,
+            lock_wait(),
+            str(db),
+            check_after=False,
+            run_dir=run_dir,
+            staged=True,
+        )
+        if proven:  # our own transaction (FK-checked before its COMMIT) is all that changed it
+            proof.rebind(tmp)
+        _save_outcome(run_dir, outcome)
+        journal.mark("reimport", "done", already_applied=outcome.already_applied)
+        say("swapping the restored database in")
+        proof.confirm(tmp)  # a staged file written to since: verify in full after
+        swap_in(tmp, db, window)
+        _kill_point("restore:swapped")  # swapped, not yet journaled: _settle_staged_restore
+    finally:
+        warm.discard()
+    return not outcome.aborted
+
+
+def _discard_staged(db: Path) -> None:
+    """Remove the staged restore file and its ``-journal``/``-wal``/``-shm`` after a failure
+    before the swap (our connections to it are closed by then; nobody else opens it)."""
+    staged = _staged_path(db)
+    for p in (staged, *(staged.with_name(staged.name + s) for s in ("-journal", "-wal", "-shm"))):
+        p.unlink(missing_ok=True)
+
+
+def _settle_staged_restore(journal: Journal, db: Path) -> None:
+    """A resumed run whose killed predecessor was in the backup restore (``restore:start``): when
+    the live file is still the one the run found (device, inode: no swap), nothing of the restore
+    or the staged re-import reached it — both entries are dropped and the run goes again from the
+    probe (a new safety copy under the lock, the extract again if the live DB changed since); when
+    it was swapped, the restore is done (``reimport`` then is too, unless the kill was in an older
+    run that re-imported after the swap: the re-import step then runs on the live DB)."""
+    info = journal.info("restore")
+    if info.get("state") in (None, "done") or info.get("method") != "backup":
+        return
+    before = journal.data.get("live_before")
+    if before is None:  # cannot tell: the restore step stages, re-imports and swaps again
+        return
+    if _file_identity(db) == list(before):
+        journal.data["steps"].pop("restore", None)
+        journal.data["steps"].pop("reimport", None)
+        return
+    if journal.done("reimport") and not _swapped_in_by(journal.data["steps"], journal.run_dir, db):
+        raise RecoveryError(
+            f"the live DB {db} is neither the file this run found nor the one it swapped in (it "
+            f"holds no re-import of bundle {journal.info('extract').get('bundle_id')}); nothing was changed",
+            f"something else replaced it: inspect it; the failed release's DB as the run found it "
+            f"is in {journal.run_dir / 'safety'}",
+        )
+    journal.mark("restore", "done", method="backup")
+
+
+def _swapped_in_by(steps: dict[str, Any], run_dir: Path, db: Path) -> bool:
+    """Whether ``db`` can be the file the run's staged restore swapped in (its journal ``steps``
+    say the re-import was done before the swap): it holds the run's re-import, or the re-import
+    was aborted (the bare backup went in), or this cannot be checked."""
+    if _reimported(db, steps.get("extract", {}).get("bundle_id")) is not False:
+        return True
+    try:
+        saved = json.loads((run_dir / OUTCOME_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return True
+    return bool(isinstance(saved, dict) and saved.get("aborted"))
 
 
 def _open_window(db: Path, force: bool) -> tuple[WriteWindow, list[str]]:
@@ -1150,6 +1326,11 @@ def _failure_truth(
             replaced = True
         if not replaced:
             return None  # the swap never happened: the live file is the untouched original
+        staged_reimport = (
+            restore.get("method") == "backup" and steps.get("reimport", {}).get("state") == "done"
+        )
+        if staged_reimport and not _swapped_in_by(steps, run_dir, db):
+            return None  # another file than ours is at the live path: the error says what it is
     bundle_id = steps.get("extract", {}).get("bundle_id")
     reimported = _reimported(db, bundle_id)
     downgrade = restore.get("method") == "downgrade"

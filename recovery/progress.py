@@ -23,6 +23,7 @@ _running: dict[
     str, tuple[float, Any, Any]
 ] = {}  # step -> (started, rich Progress or None, task id)
 _order: list[str] = []  # running steps, innermost last
+_inner: dict[str, float] = {}  # running step -> seconds of the steps that ran inside it
 _shared: list[
     Any
 ] = []  # the one rich Progress while any step shows a bar (one live display per console)
@@ -122,8 +123,13 @@ def finish(name: str, record: bool = True) -> None:
         if not any(b is not None for _s, b, _t in _running.values()):
             bar.stop()
             _shared.clear()
-    if record:
-        _timings[name] = _timings.get(name, 0.0) + time.perf_counter() - started
+    elapsed = time.perf_counter() - started
+    inner = _inner.pop(name, 0.0)
+    if record:  # a step's own time: one run inside it (the rollback's re-import inside its
+        # restore) counts once, for itself, and the timing line's total stays the wall time
+        _timings[name] = _timings.get(name, 0.0) + elapsed - inner
+        if _order:
+            _inner[_order[-1]] = _inner.get(_order[-1], 0.0) + elapsed
     log.debug(
         "step %s: %s after %.2f s",
         name,

@@ -7,9 +7,9 @@ Kill points (see docs/RELIABILITY.md):
   (``RECOVERY_TEST_KILL_AFTER_STATEMENTS``);
 * after N statements inside the transaction of the stand-alone ``reimport`` command.
 
-After each kill: the live DB holds exactly the content expected at that point (the pre-state, the
-restored backup between ``restore`` and ``reimport``, or the final state — never anything in
-between), the safety copy is complete once ``safety`` is done, and running the same command again
+After each kill: the live DB holds exactly the content expected at that point (the pre-state up
+to the swap, the final state after it: the re-import writes the staged file before the swap —
+never the bare backup, never anything in between), the safety copy is complete once ``safety`` is done, and running the same command again
 (no fault env var) ends with the same content as an uninterrupted run.
 
 Content = schema (``sqlite_master``) plus every table's rows, ordered, ``_recovery_applied.applied_at``
@@ -263,12 +263,14 @@ def test_the_reference_states_differ(states: dict[str, Any]) -> None:
 
 
 def expected_after_step_kill(point: str) -> str:
+    """The backup restore re-imports into the staged file before its swap (journal order:
+    ``restore:start``, ``reimport:start``, ``reimport:committed``, ``reimport:done``, swap
+    (``restore:swapped``: not journaled yet), ``restore:done``): the live DB is the failed
+    release's DB up to the swap and the final one after it — never the bare backup."""
     step, _when = point.split(":")
     i = STEPS.index(step)
-    if i < STEPS.index("restore") or point == "restore:start":
+    if i <= STEPS.index("reimport") and point not in ("restore:done", "restore:swapped"):
         return "pre"
-    if point in ("restore:done", "reimport:start"):
-        return "restored"
     return "final"
 
 
@@ -276,7 +278,7 @@ def expected_after_step_kill(point: str) -> str:
 # rollback killed at every journal step
 
 
-@pytest.mark.parametrize("point", STEP_KILLS)
+@pytest.mark.parametrize("point", [*STEP_KILLS, "reimport:committed", "restore:swapped"])
 def test_rollback_killed_at_step(
     point: str, states: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -333,8 +335,8 @@ def test_rollback_killed_inside_reimport_transaction(
     assert killed(proc), (
         f"not killed after {n} statements: rc={proc.returncode} {proc.stderr[-500:]}"
     )
-    assert_same(
-        db_content(w / "gestima.db"), states["restored"], f"live DB after kill at statement {n}"
+    assert_same(  # the re-import writes the staged file: the live DB is untouched
+        db_content(w / "gestima.db"), states["pre"], f"live DB after kill at statement {n}"
     )
     assert_same(db_content(w / "run" / "safety" / "gestima.db"), states["pre"], "safety copy")
     code, out = rerun(rollback_args(), w, monkeypatch)

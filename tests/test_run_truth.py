@@ -394,47 +394,75 @@ def test_kill_right_after_the_reimport_commit_resumes_with_the_same_report(
 # B/C: every failure after the restore says what the live DB is (exit 3)
 
 
-def _assert_truth_after_restore(proc: subprocess.CompletedProcess[str], w: Path) -> str:
-    assert proc.returncode == 3, proc.stderr
-    line = one_error_line(proc)
-    assert (
-        "the live DB" in line and "is now the backup" in line and "nothing was re-imported" in line
-    )
-    assert "run/bundle and run/safety" in line  # the --out folder as given
-    assert "run the same command to resume" in line and "`recovery undo run`" in line
-    assert "nothing was changed" not in line
-    assert content(w / "gestima.db") == content(w / BACKUP)  # it says the truth
-    return line
+def _break_the_bundle_seal(w: Path) -> None:
+    """A fault no step can get past: the bundle changed under the run."""
+    with sqlite3.connect(w / "run" / "bundle" / "rows.db") as c:
+        c.execute("CREATE TABLE planted(x)")
+    c.close()
 
 
-def test_a_failure_after_the_restore_says_the_live_db_is_the_backup_and_undo_puts_it_back(
+def test_a_failure_before_the_swap_leaves_the_live_db_untouched_and_says_so(
     world: Path, tmp_path: Path
 ) -> None:
+    """Killed with the re-import committed into the staged file (``reimport:done``), then the
+    bundle breaks: the live DB is still the failed release's DB, the error says nothing was
+    changed (exit 2, not 3), no staged file is left, and there is nothing to undo."""
+    w = tmp_path / "w"
+    shutil.copytree(world, w)
+    failed_release = content(w / "gestima.db")
+    assert (
+        run_cli(rollback_args(), w, {"RECOVERY_TEST_KILL_AT_STEP": "reimport:done"}).returncode
+        == -9
+    )
+    assert content(w / "gestima.db") == failed_release
+    _break_the_bundle_seal(w)
+    proc = run_cli(rollback_args(), w)
+    assert proc.returncode == 2, proc.stderr  # refused: nothing changed (docs: exit codes)
+    line = one_error_line(proc)
+    assert "hash mismatch" in line and "is now the backup" not in line and "re-imported" not in line
+    assert content(w / "gestima.db") == failed_release
+    assert not list(w.glob(".gestima.db.restore-tmp*"))
+    proc = run_cli(["undo", "run", "--yes"], w)
+    assert proc.returncode == 2 and "never replaced the live DB" in one_error_line(proc)
+
+
+def test_a_failure_after_the_swap_says_the_live_db_holds_the_reimport_and_undo_puts_it_back(
+    finished: Path, world: Path, tmp_path: Path
+) -> None:
+    """Killed right after the swap (``restore:done``: the re-import went in with it), then the
+    bundle breaks: exit 3 with the line that the live DB is the backup with the post-deploy work
+    re-imported (what it is: the finished run's content), and undo puts the failed release back."""
     w = tmp_path / "w"
     shutil.copytree(world, w)
     failed_release = content(w / "gestima.db")
     assert (
         run_cli(rollback_args(), w, {"RECOVERY_TEST_KILL_AT_STEP": "restore:done"}).returncode == -9
     )
-    # a fault the re-import cannot get past: the bundle changed under the run (its seal breaks)
-    with sqlite3.connect(w / "run" / "bundle" / "rows.db") as c:
-        c.execute("CREATE TABLE planted(x)")
-    c.close()
-    _assert_truth_after_restore(run_cli(rollback_args(), w), w)
-    # the failed release's DB goes back
+    _break_the_bundle_seal(w)
+    proc = run_cli(rollback_args(), w)
+    assert proc.returncode == 3, proc.stderr
+    line = one_error_line(proc)
+    assert "failed after the re-import" in line and "post-deploy work re-imported" in line, line
+    assert "run the same command to finish them" in line and "`recovery undo run`" in line
+    assert content(w / "gestima.db") == content(finished / "gestima.db")  # it says the truth
     proc = run_cli(["undo", "run", "--yes"], w)
     assert proc.returncode == 0, proc.stderr
     assert content(w / "gestima.db") == failed_release
     assert proc.stdout.count("undone") == 1
 
 
-def test_a_lock_taken_right_after_the_restore_is_reported_truthfully(
+def test_the_application_back_before_the_swap_is_refused_with_nothing_changed(
     world: Path, tmp_path: Path
 ) -> None:
+    """Killed before the swap, and the application is back writing (a transaction open): the
+    resumed run starts again from the probe, refuses (exit 2) and the live DB is untouched;
+    once the application is gone the same command finishes."""
     w = tmp_path / "w"
     shutil.copytree(world, w)
+    failed_release = content(w / "gestima.db")
     assert (
-        run_cli(rollback_args(), w, {"RECOVERY_TEST_KILL_AT_STEP": "restore:done"}).returncode == -9
+        run_cli(rollback_args(), w, {"RECOVERY_TEST_KILL_AT_STEP": "reimport:done"}).returncode
+        == -9
     )
     code = (
         "import sqlite3, sys, time\n"
@@ -450,19 +478,20 @@ def test_a_lock_taken_right_after_the_restore_is_reported_truthfully(
     finally:
         holder.kill()
         holder.wait()
-    line = _assert_truth_after_restore(proc, w)
-    assert "locked" in line
-    # resuming once the lock is gone finishes the job
+    assert proc.returncode == 2, proc.stderr
+    assert "re-imported" not in one_error_line(proc)
+    assert content(w / "gestima.db") == failed_release
     assert run_cli(rollback_args(), w).returncode == 1
 
 
 def test_a_check_the_backup_schema_has_never_ends_in_a_lie(world: Path, tmp_path: Path) -> None:
     """The backup's schema gets a CHECK every post-deploy part violates (its id is above the
-    backup's). Either the re-import fails after the restore and says the live DB is the backup
-    (exit 3), or it carries the rest and reports `constraint` conflicts (exit 1); never "nothing was
-    changed", never a traceback, and what it says is what the live DB is."""
+    backup's). Either the re-import fails in the staged file and the live DB is untouched, or it
+    carries the rest and reports `constraint` conflicts (exit 1); never a traceback, and what it
+    says is what the live DB is."""
     w = tmp_path / "w"
     shutil.copytree(world, w)
+    failed_release = content(w / "gestima.db")
     backup = w / BACKUP
     stat = backup.stat()
     with sqlite3.connect(backup) as c:
@@ -480,10 +509,11 @@ def test_a_check_the_backup_schema_has_never_ends_in_a_lie(world: Path, tmp_path
         assert c.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     c.close()
     proc = run_cli(rollback_args(), w)
-    assert "Traceback" not in proc.stderr and "nothing was changed" not in proc.stderr
-    if proc.returncode == 3:
-        _assert_truth_after_restore(proc, w)
-        assert "CHECK" in one_error_line(proc)
+    assert "Traceback" not in proc.stderr
+    if proc.returncode != 1:  # failed before the swap
+        line = one_error_line(proc)
+        assert "CHECK" in line and "is now the backup" not in line and "re-imported" not in line
+        assert content(w / "gestima.db") == failed_release
     else:
         assert proc.returncode == 1, proc.stderr
         report = json.loads((w / "run" / "report.json").read_text(encoding="utf-8"))
@@ -507,7 +537,7 @@ def _umount(where: Path) -> None:
     subprocess.run(["umount", "-l", str(where)], capture_output=True)
 
 
-def test_disk_full_at_the_reimport_says_the_live_db_is_the_backup(
+def test_disk_full_at_the_reimport_leaves_the_live_db_untouched(
     world: Path, tmp_path: Path
 ) -> None:
     disk = tmp_path / "disk"
@@ -531,7 +561,8 @@ def test_disk_full_at_the_reimport_says_the_live_db_is_the_backup(
             str(run),
             "--yes",
         ]
-        assert run_cli(args, w, {"RECOVERY_TEST_KILL_AT_STEP": "restore:done"}).returncode == -9
+        assert run_cli(args, w, {"RECOVERY_TEST_KILL_AT_STEP": "reimport:done"}).returncode == -9
+        failed_release = content(w / "gestima.db")
         filler = disk / "filler"
         with open(filler, "wb") as fh:  # fill every free block
             try:
@@ -541,11 +572,12 @@ def test_disk_full_at_the_reimport_says_the_live_db_is_the_backup(
             except OSError:
                 pass
         proc = run_cli(args, w)
-        assert proc.returncode == 3, proc.stderr
+        # SQLite says "full", or "disk I/O error" when the page cache cannot be written back
         line = one_error_line(proc)
-        assert "is now the backup" in line and "nothing was re-imported" in line and "full" in line
-        assert f"recovery undo {run}" in line
-        assert content(w / "gestima.db") == content(w / BACKUP)
+        assert ("full" in line or "free space" in line) and "the live DB was not changed" in line
+        assert "re-imported" not in line and "is now the backup" not in line
+        assert content(w / "gestima.db") == failed_release
+        assert not list(w.glob(".gestima.db.restore-tmp*"))
         filler.unlink()
         assert run_cli(args, w).returncode == 1  # room again: the same command finishes
     finally:

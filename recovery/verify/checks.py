@@ -180,6 +180,15 @@ class StagedProof:
             self.sha256, self.stat = None, None
         return self.sound
 
+    def rebind(self, staged: str | os.PathLike[str]) -> None:
+        """Call right after our own transaction wrote ``staged`` (the rollback's re-import into
+        the staged file, foreign keys of what it wrote checked before its COMMIT, then the file
+        fsynced), when :meth:`confirm` held right before it began: the proof then stands for the
+        file as that transaction left it, as it would after the swap, and any other write since
+        voids it at the next :meth:`confirm`. A void proof stays void."""
+        if self.stat is not None:
+            self.stat = file_identity(staged)
+
 
 @dataclass(frozen=True)
 class Vouch:

@@ -33,7 +33,13 @@ from recovery.errors import ExitCode, RecoveryError
 from recovery.files.uploads import FilesConfig
 from recovery.restore.livewindow import WriteWindow, check_replaced, write_late_commits
 from recovery.model.kinds import RowKind
-from recovery.model.outcome import OUTCOME_FORMAT, ConflictMode, ConflictPolicy, Outcome
+from recovery.model.outcome import (
+    OUTCOME_FORMAT,
+    ConflictMode,
+    ConflictPolicy,
+    Outcome,
+    as_read_back,
+)
 from recovery.options import MergeOptions, ReimportOptions, RollbackOptions, with_fields
 from recovery.capture.pairing import refuse_second_rollback, refuse_wrong_pairing
 from recovery.reimport.merge import (
@@ -493,16 +499,11 @@ class _Background:
             self._cleanup(value)
 
 
-def _warm_report_imports() -> None:
-    """Import the report renderers (pandas, matplotlib: about a second) while the re-import works
-    in SQLite, instead of at start-up or in the report step."""
-    import recovery.report.runfiles  # noqa: F401
-
-
 def _prepare_report(run_dir: Path, bundle: Bundle) -> Any:
     """The report's reads of the bundle alone and its two CSVs streamed from rows.db
-    (:func:`recovery.report.runfiles.prepare_run_files`), done while the relink and the
-    verification run; the report step then reads only what depends on their outcome."""
+    (:func:`recovery.report.runfiles.prepare_run_files`), after importing the renderers (pandas,
+    matplotlib: about a second), done on the second core while the re-import works in SQLite; the
+    report step then reads only what depends on the outcome."""
     from recovery.report.runfiles import prepare_run_files
 
     return prepare_run_files(run_dir, bundle)
@@ -907,10 +908,14 @@ def _run_rollback(
             staged.discard()
         if window is not None and window.replaced is None:  # no swap: give the lock back
             window.release()
+    # beside the re-import: it reads only the bundle, and writes only its own .tmp files
+    report_prep = _Background(_prepare_report, run_dir, bundle, cleanup=lambda p: p.close())
+    if jobs is not None:  # closed by the caller however the run ends
+        jobs.append(report_prep)
+    reimported: Outcome | None = None  # the re-import's outcome when this process made it
     if not journal.done("reimport"):
         say("re-importing post-deploy changes (one transaction)")
         journal.mark("reimport", "start")
-        warm = _Background(_warm_report_imports)
         in_place = journal.info("restore").get("method") == "downgrade"
         merge = MergeOptions(
             on_conflict,
@@ -936,12 +941,11 @@ def _run_rollback(
             outcome = _recorded_outcome(db_p, bundle.bundle_id) or outcome
         _save_outcome(run_dir, outcome)
         journal.mark("reimport", "done", already_applied=outcome.already_applied)
-        warm.discard()
-    # after the commit: nothing competes with the re-import, which holds the write lock
-    report_prep = _Background(_prepare_report, run_dir, bundle, cleanup=lambda p: p.close())
-    if jobs is not None:  # closed by the caller however the run ends
-        jobs.append(report_prep)
-    outcome = _load_outcome(run_dir, bundle, db_p, on_conflict)
+        reimported = as_read_back(outcome)
+    # outcome.json is read back only by a resumed run: this process holds what it wrote
+    outcome = (
+        reimported if reimported is not None else _load_outcome(run_dir, bundle, db_p, on_conflict)
+    )
     early: EarlyWritten | None = None
     if not journal.done("verify") and not args.get("full_verify"):
         # the verification's reads, beside the relink
@@ -967,6 +971,11 @@ def _run_rollback(
         ) or verify_file(db_p, outcome, bundle.old.alembic_revision, role="live database")
         _save_outcome(run_dir, outcome)
         journal.mark("verify", "done", ok=outcome.verification.get("ok"))
+    # the live DB as the run leaves it (nothing of ours writes it after the relink): hashed while
+    # the late check and the report run
+    live_left = _Background(db_fingerprint, db_p)
+    if jobs is not None:
+        jobs.append(live_left)
     late = _late_check(journal, window, run_dir, db_p, say)
     from recovery.report import write_run_files
 
@@ -990,7 +999,7 @@ def _run_rollback(
             f"Re-import with `recovery reimport {run_dir / 'bundle'} {db_p} --on-conflict skip`, "
             f"or run `recovery undo {run_dir}` to put the failed release's DB back"
         )
-    journal.data["live_left"] = db_fingerprint(db_p)  # what `recovery undo` compares with
+    journal.data["live_left"] = live_left.result()  # what `recovery undo` compares with
     journal.mark("report", "done", exit_code=int(result.exit_code))
     return result
 

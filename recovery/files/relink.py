@@ -162,7 +162,10 @@ def plan_relink(
             conn
         ):  # the bundle's rows are untrusted: no statement runs unbounded
             return _build(
-                bundle, Matcher(bundle, conn, schema, cfg, rmap), root_p, UploadsIndex(root_p)
+                bundle,
+                Matcher(bundle, conn, schema, cfg, rmap),
+                root_p,
+                UploadsIndex(root_p, hash_all=True),  # the plan and uploads_state read nearly all
             )
     finally:
         conn.execute(f"DETACH DATABASE {BUNDLE}")

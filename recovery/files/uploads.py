@@ -334,14 +334,40 @@ def safe_path(root: Path, stored: str) -> Path | None:
     return SafeRoot(root)(stored)
 
 
-def _scan(under: SafeRoot) -> list[tuple[str, str, os.stat_result]]:
+def _scan(
+    under: SafeRoot, hashes: dict[str, str] | None = None
+) -> list[tuple[str, str, os.stat_result]]:
     """(relative path, real path, stat) of every regular file under ``under``'s root that resolves
     inside it, sorted as :func:`os.walk` with sorted names gives them (a folder's files, then its
     folders). Symlinked folders are not entered; a symlink is resolved and kept only when it leads
     to a regular file inside the root. A plain file in a folder reached without symlinks is its own
-    real path, so only symlinks need resolving (one ``lstat`` a file otherwise)."""
+    real path, so only symlinks need resolving (one ``lstat`` a file otherwise).
+
+    ``hashes``: filled with the sha256 of every plain file (relative path → digest), each read
+    through the descriptor of the folder being walked (``O_NOFOLLOW``, as :func:`open_nofollow`
+    would open it, without opening every folder from the root again) and kept only when the file
+    opened is the one listed (same device and inode, still a regular file) with the stat the
+    walk records for it."""
     out: list[tuple[str, str, os.stat_result]] = []
     prefix = under.prefix
+
+    def hashed(dfd: int, name: str, rel: str, st: os.stat_result) -> os.stat_result:
+        """``st``, or the file's stat taken right before its sha256 was read into ``hashes`` (a
+        change while it is read moves its mtime/ctime past that stat, so nothing later takes the
+        digest for the changed file: :meth:`UploadsIndex.adopt_hashes`)."""
+        try:
+            fd = os.open(name, _FILE_FLAGS, dir_fd=dfd)
+        except OSError:
+            return st
+        try:
+            now = os.fstat(fd)
+            if not stat.S_ISREG(now.st_mode) or (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+                return st
+            assert hashes is not None
+            hashes[rel] = digest_fd(fd)[0]
+            return now
+        finally:
+            os.close(fd)
 
     def walk(dfd: int, relprefix: str) -> None:
         try:
@@ -366,6 +392,8 @@ def _scan(under: SafeRoot) -> list[tuple[str, str, os.stat_result]]:
             except OSError:
                 continue
             if stat.S_ISREG(st.st_mode):
+                if hashes is not None:
+                    st = hashed(dfd, e.name, rel, st)
                 out.append((rel, prefix + rel, st))
             elif stat.S_ISLNK(st.st_mode):
                 try:
@@ -417,13 +445,17 @@ class UploadsIndex:
     with ``./`` or ``//`` — is resolved on disk, symlinks included, exactly as
     :func:`safe_path` resolves it."""
 
-    def __init__(self, root: str | os.PathLike[str]):
+    def __init__(self, root: str | os.PathLike[str], hash_all: bool = False):
+        """``hash_all``: read every plain file's sha256 during the walk, through the folder
+        descriptor the walk holds (for an operation that needs nearly every hash: relink and its
+        uploads state); otherwise each file is read when its hash is first asked for."""
         self.under = SafeRoot(Path(root))
         self.real = self.under.real
-        self.files: dict[str, tuple[str, os.stat_result]] = {
-            rel: (real, st) for rel, real, st in _scan(self.under)
-        }
         self._sha: dict[str, str] = {}
+        found = _scan(self.under, self._sha if hash_all else None)
+        self.files: dict[str, tuple[str, os.stat_result]] = {
+            rel: (real, st) for rel, real, st in found
+        }
 
     def safe(self, stored: object) -> bool:
         """``safe_path`` would accept ``stored``."""

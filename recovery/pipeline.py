@@ -410,8 +410,10 @@ def _relink(
     files: FilesConfig,
     dry_run: bool,
     outcome: Outcome | None = None,
+    earlier: Any = None,
 ) -> dict[str, Any] | None:
-    """Re-link uploads after a re-import, following the keys that re-import remapped."""
+    """Re-link uploads after a re-import, following the keys that re-import remapped.
+    ``earlier``: :func:`_walk_uploads`'s walk, whose hashes of unchanged files are taken."""
     from recovery.files.relink import relink
 
     if not uploads:
@@ -423,7 +425,21 @@ def _relink(
         files,
         dry_run=dry_run,
         remaps=outcome.remaps if outcome else None,
+        earlier=earlier,
     )
+
+
+def _walk_uploads(uploads: str | os.PathLike[str]) -> Any:
+    """The uploads folder walked and every file hashed (``UploadsIndex(hash_all=True)``) while the
+    re-import runs; the relink walks again and reads only the files this walk cannot vouch for
+    (:meth:`recovery.files.uploads.UploadsIndex._known_from`). None when the folder cannot be
+    walked: the relink then says what is wrong."""
+    from recovery.files.uploads import UploadsIndex
+
+    try:
+        return UploadsIndex(uploads, hash_all=True) if Path(uploads).is_dir() else None
+    except (OSError, RuntimeError, RecoveryError):
+        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -912,6 +928,11 @@ def _run_rollback(
     report_prep = _Background(_prepare_report, run_dir, bundle, cleanup=lambda p: p.close())
     if jobs is not None:  # closed by the caller however the run ends
         jobs.append(report_prep)
+    uploads_seen = (  # hashes for the relink, beside the re-import
+        _Background(_walk_uploads, uploads) if uploads and not journal.done("reimport") else None
+    )
+    if uploads_seen is not None and jobs is not None:
+        jobs.append(uploads_seen)
     reimported: Outcome | None = None  # the re-import's outcome when this process made it
     if not journal.done("reimport"):
         say("re-importing post-deploy changes (one transaction)")
@@ -955,7 +976,15 @@ def _run_rollback(
     if not journal.done("relink"):
         journal.mark("relink", "start")
         outcome.files = (
-            _relink(bundle, db_p, uploads, files, dry_run=False, outcome=outcome)
+            _relink(
+                bundle,
+                db_p,
+                uploads,
+                files,
+                dry_run=False,
+                outcome=outcome,
+                earlier=uploads_seen.result() if uploads_seen is not None else None,
+            )
             if uploads
             else None
         )

@@ -141,9 +141,12 @@ def plan_relink(
     root: Path,
     files: FilesConfig | None = None,
     remaps: Iterable[Any] | None = None,
+    earlier: UploadsIndex | None = None,
 ) -> RelinkPlan:
     """What relink would do, reading only. ``conn`` is the target (bundle ``rows.db`` is attached
-    read-only for the duration). ``remaps`` are the re-import's ``Remap(table, old_key, new_key)``."""
+    read-only for the duration). ``remaps`` are the re-import's ``Remap(table, old_key, new_key)``.
+    ``earlier``: a walk of the uploads made before (``UploadsIndex(root, hash_all=True)``) whose
+    hashes of unchanged files are taken instead of reading them again."""
     from recovery.engine.sqlite_io import file_uri
 
     root_p = Path(root)
@@ -165,7 +168,8 @@ def plan_relink(
                 bundle,
                 Matcher(bundle, conn, schema, cfg, rmap),
                 root_p,
-                UploadsIndex(root_p, hash_all=True),  # the plan and uploads_state read nearly all
+                # the plan and uploads_state read nearly every hash
+                UploadsIndex(root_p, hash_all=True, earlier=earlier),
             )
     finally:
         conn.execute(f"DETACH DATABASE {BUNDLE}")
@@ -207,11 +211,12 @@ def relink(
     dry_run: bool = False,
     remaps: Iterable[Any] | None = None,
     busy_timeout: float = 10.0,
+    earlier: UploadsIndex | None = None,
 ) -> dict[str, Any]:
     """Relink the bundle's files into ``uploads`` for the records in ``db``; see the module
     docstring. Returns the report: relinked, restored_from_bundle, missing, orphans,
     records_without_file, unsafe, kept_both (plus hash_mismatch, links_fixed, links_unresolved,
-    records_not_imported, counts, uploads_state)."""
+    records_not_imported, counts, uploads_state). ``earlier``: see :func:`plan_relink`."""
     from recovery.bundle.store import open_bundle
     from recovery.engine.sqlite_io import check_sqlite_file, open_readonly, open_readwrite
 
@@ -225,7 +230,7 @@ def relink(
     try:
         if dry_run:
             conn.execute("PRAGMA query_only = OFF")  # ATTACH needs it; the file stays mode=ro
-        plan = plan_relink(b, conn, Path(uploads), files, remaps)
+        plan = plan_relink(b, conn, Path(uploads), files, remaps, earlier)
         if not dry_run:
             apply_relink(plan, conn)
     finally:

@@ -751,6 +751,10 @@ def as_read_back(o: Outcome) -> Outcome:
     for f in ("dry_run", "already_applied", "aborted"):
         setattr(o, f, bool(getattr(o, f)))
     o.tables = {str.__str__(name): o.tables[name] for name in sorted(o.tables)}
+    for t in o.tables.values():
+        t.table = str.__str__(t.table)
+        for f in _TABLE_INTS:
+            setattr(t, f, int(getattr(t, f)))
     o.conflicts.map_in_memory(_conflict_as_saved)  # type: ignore[attr-defined]
     o.remaps = [
         Remap(str.__str__(r.table), _as_saved(r.old_key), _as_saved(r.new_key)) for r in o.remaps

@@ -142,11 +142,14 @@ def plan_relink(
     files: FilesConfig | None = None,
     remaps: Iterable[Any] | None = None,
     earlier: UploadsIndex | None = None,
+    hash_all: bool = True,
 ) -> RelinkPlan:
     """What relink would do, reading only. ``conn`` is the target (bundle ``rows.db`` is attached
     read-only for the duration). ``remaps`` are the re-import's ``Remap(table, old_key, new_key)``.
     ``earlier``: a walk of the uploads made before (``UploadsIndex(root, hash_all=True)``) whose
-    hashes of unchanged files are taken instead of reading them again."""
+    hashes of unchanged files are taken instead of reading them again. ``hash_all``: every
+    upload is hashed as the walk lists it (the uploads state after the plan needs them all);
+    False reads only the files the plan asks about."""
     from recovery.engine.sqlite_io import file_uri
 
     root_p = Path(root)
@@ -168,8 +171,7 @@ def plan_relink(
                 bundle,
                 Matcher(bundle, conn, schema, cfg, rmap),
                 root_p,
-                # the plan and uploads_state read nearly every hash
-                UploadsIndex(root_p, hash_all=True, earlier=earlier),
+                UploadsIndex(root_p, hash_all=hash_all, earlier=earlier),
             )
     finally:
         conn.execute(f"DETACH DATABASE {BUNDLE}")
@@ -230,7 +232,10 @@ def relink(
     try:
         if dry_run:
             conn.execute("PRAGMA query_only = OFF")  # ATTACH needs it; the file stays mode=ro
-        plan = plan_relink(b, conn, Path(uploads), files, remaps, earlier)
+        # the uploads state (against the backup) compares every file: hash them all in the walk
+        plan = plan_relink(
+            b, conn, Path(uploads), files, remaps, earlier, _backup_of(b) is not None
+        )
         if not dry_run:
             apply_relink(plan, conn)
     finally:
@@ -250,8 +255,8 @@ def relink(
         }
     )
     report["counts"] = {k: len(report[k]) for k in REPORT_LISTS}
-    backup = (b.manifest.get("sources") or {}).get("backup", {}).get("path")
-    if backup and Path(backup).is_file() and plan.cfg is not None:
+    backup = _backup_of(b)
+    if backup is not None and plan.cfg is not None:
         # The folder as planning walked it, unless the apply wrote files into it since: then a new
         # walk, reading again only the files that are neither written by the apply nor unchanged.
         index = plan.index if dry_run or not plan.writes else _walk_after(plan)
@@ -273,6 +278,12 @@ def relink(
         except RecoveryError:
             report["uploads_state"] = None
     return report
+
+
+def _backup_of(b: Bundle) -> str | None:
+    """The backup file the bundle names, when it is there (the uploads state's baseline)."""
+    backup = (b.manifest.get("sources") or {}).get("backup", {}).get("path")
+    return backup if backup and Path(backup).is_file() else None
 
 
 def _walk_after(plan: RelinkPlan) -> UploadsIndex | None:

@@ -37,7 +37,13 @@ from recovery.errors import ExitCode, RecoveryError
 from recovery.files.uploads import FilesConfig
 from recovery.restore.livewindow import WriteWindow, check_replaced, write_late_commits
 from recovery.model.kinds import RowKind
-from recovery.model.outcome import OUTCOME_FORMAT, ConflictMode, ConflictPolicy, Outcome
+from recovery.model.outcome import (
+    OUTCOME_FORMAT,
+    ConflictMode,
+    ConflictPolicy,
+    Outcome,
+    as_read_back,
+)
 from recovery.options import MergeOptions, ReimportOptions, RollbackOptions, with_fields
 from recovery.capture.pairing import refuse_second_rollback, refuse_wrong_pairing
 from recovery.reimport.merge import (
@@ -463,8 +469,10 @@ def _relink(
     files: FilesConfig,
     dry_run: bool,
     outcome: Outcome | None = None,
+    earlier: Any = None,
 ) -> dict[str, Any] | None:
-    """Re-link uploads after a re-import, following the keys that re-import remapped."""
+    """Re-link uploads after a re-import, following the keys that re-import remapped.
+    ``earlier``: :func:`_walk_uploads`'s walk, whose hashes of unchanged files are taken."""
     from recovery.files.relink import relink
 
     if not uploads:
@@ -476,7 +484,21 @@ def _relink(
         files,
         dry_run=dry_run,
         remaps=outcome.remaps if outcome else None,
+        earlier=earlier,
     )
+
+
+def _walk_uploads(uploads: str | os.PathLike[str]) -> Any:
+    """The uploads folder walked and every file hashed (``UploadsIndex(hash_all=True)``) while the
+    re-import runs; the relink walks again and reads only the files this walk cannot vouch for
+    (:meth:`recovery.files.uploads.UploadsIndex._known_from`). None when the folder cannot be
+    walked: the relink then says what is wrong."""
+    from recovery.files.uploads import UploadsIndex
+
+    try:
+        return UploadsIndex(uploads, hash_all=True) if Path(uploads).is_dir() else None
+    except (OSError, RuntimeError, RecoveryError):
+        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -552,16 +574,11 @@ class _Background:
             self._cleanup(value)
 
 
-def _warm_report_imports() -> None:
-    """Import the report renderers (pandas, matplotlib: about a second) while the re-import works
-    in SQLite, instead of at start-up or in the report step."""
-    import recovery.report.runfiles  # noqa: F401
-
-
 def _prepare_report(run_dir: Path, bundle: Bundle) -> Any:
     """The report's reads of the bundle alone and its two CSVs streamed from rows.db
-    (:func:`recovery.report.runfiles.prepare_run_files`), done while the relink and the
-    verification run; the report step then reads only what depends on their outcome."""
+    (:func:`recovery.report.runfiles.prepare_run_files`), after importing the renderers (pandas,
+    matplotlib: about a second), done on the second core while the re-import works in SQLite; the
+    report step then reads only what depends on the outcome."""
     from recovery.report.runfiles import prepare_run_files
 
     return prepare_run_files(run_dir, bundle)
@@ -856,6 +873,7 @@ def _run_rollback(
         None  # our write lock on the live DB, from the safety copy to the swap
     )
     lineage_job: _Background | None = None  # the migrations' rules, derived beside the safety copy
+    reimported: Outcome | None = None  # the re-import's outcome when this process made it
     try:
         if not restore_started:
             journal.data.setdefault(
@@ -930,6 +948,17 @@ def _run_rollback(
                     "stopped at your request; nothing was changed", exit_code=ExitCode.REFUSED
                 )
         bundle = bundle or open_bundle(run_dir / "bundle")
+        # beside the re-import: it reads only the bundle, and writes only its own .tmp files
+        report_prep = _Background(_prepare_report, run_dir, bundle, cleanup=lambda p: p.close())
+        if jobs is not None:  # closed by the caller however the run ends
+            jobs.append(report_prep)
+        uploads_seen = (  # hashes for the relink, beside the re-import
+            _Background(_walk_uploads, uploads)
+            if uploads and not journal.done("reimport")
+            else None
+        )
+        if uploads_seen is not None and jobs is not None:
+            jobs.append(uploads_seen)
         if not journal.done("restore"):
             if downgrade_to:
                 say(
@@ -958,8 +987,20 @@ def _run_rollback(
                     tmp, digest = (
                         ready.result() if ready is not None else stage_restore(backup_p, db_p)
                     )
-                    _reimport_staged_then_swap(
-                        tmp, db_p, bundle, run_dir, journal, proof, window, opts, args, files, say
+                    reimported = as_read_back(
+                        _reimport_staged_then_swap(
+                            tmp,
+                            db_p,
+                            bundle,
+                            run_dir,
+                            journal,
+                            proof,
+                            window,
+                            opts,
+                            args,
+                            files,
+                            say,
+                        )
                     )
                 except BaseException:  # not swapped in (the rename is the last step)
                     _discard_staged(db_p)
@@ -984,7 +1025,6 @@ def _run_rollback(
     if not journal.done("reimport"):
         say("re-importing post-deploy changes (one transaction)")
         journal.mark("reimport", "start")
-        warm = _Background(_warm_report_imports)
         in_place = journal.info("restore").get("method") == "downgrade"
         merge = MergeOptions(
             on_conflict,
@@ -1010,12 +1050,11 @@ def _run_rollback(
             outcome = _recorded_outcome(db_p, bundle.bundle_id) or outcome
         _save_outcome(run_dir, outcome)
         journal.mark("reimport", "done", already_applied=outcome.already_applied)
-        warm.discard()
-    # after the commit: nothing competes with the re-import, which holds the write lock
-    report_prep = _Background(_prepare_report, run_dir, bundle, cleanup=lambda p: p.close())
-    if jobs is not None:  # closed by the caller however the run ends
-        jobs.append(report_prep)
-    outcome = _load_outcome(run_dir, bundle, db_p, on_conflict)
+        reimported = as_read_back(outcome)
+    # outcome.json is read back only by a resumed run: this process holds what it wrote
+    outcome = (
+        reimported if reimported is not None else _load_outcome(run_dir, bundle, db_p, on_conflict)
+    )
     early: EarlyWritten | None = None
     if not journal.done("verify") and not args.get("full_verify"):
         # the verification's reads, beside the relink
@@ -1025,7 +1064,15 @@ def _run_rollback(
     if not journal.done("relink"):
         journal.mark("relink", "start")
         outcome.files = (
-            _relink(bundle, db_p, uploads, files, dry_run=False, outcome=outcome)
+            _relink(
+                bundle,
+                db_p,
+                uploads,
+                files,
+                dry_run=False,
+                outcome=outcome,
+                earlier=uploads_seen.result() if uploads_seen is not None else None,
+            )
             if uploads
             else None
         )
@@ -1041,6 +1088,11 @@ def _run_rollback(
         ) or verify_file(db_p, outcome, bundle.old.alembic_revision, role="live database")
         _save_outcome(run_dir, outcome)
         journal.mark("verify", "done", ok=outcome.verification.get("ok"))
+    # the live DB as the run leaves it (nothing of ours writes it after the relink): hashed while
+    # the late check and the report run
+    live_left = _Background(db_fingerprint, db_p)
+    if jobs is not None:
+        jobs.append(live_left)
     late = _late_check(journal, window, run_dir, db_p, say)
     from recovery.report import write_run_files
 
@@ -1064,7 +1116,7 @@ def _run_rollback(
             f"Re-import with `recovery reimport {run_dir / 'bundle'} {db_p} --on-conflict skip`, "
             f"or run `recovery undo {run_dir}` to put the failed release's DB back"
         )
-    journal.data["live_left"] = db_fingerprint(db_p)  # what `recovery undo` compares with
+    journal.data["live_left"] = live_left.result()  # what `recovery undo` compares with
     journal.mark("report", "done", exit_code=int(result.exit_code))
     return result
 
@@ -1081,7 +1133,7 @@ def _reimport_staged_then_swap(
     args: dict[str, Any],
     files: FilesConfig,
     say: Progress,
-) -> bool:
+) -> Outcome:
     """The restore step of the backup method: re-import into the staged file ``tmp`` (nobody
     else sees it; :func:`_private_writes`), save the outcome, then swap it in under the write
     window held since the safety copy. The live DB is thus the failed release's DB until one
@@ -1091,44 +1143,41 @@ def _reimport_staged_then_swap(
     Journal: ``restore:start`` → ``reimport:start`` → (COMMIT into ``tmp``, ``outcome.json``,
     ``reimport.sql``) → ``reimport:done`` → swap → ``restore:done`` (by the caller). So
     ``reimport`` is done before ``restore``; :func:`_settle_staged_restore` tells a resumed run
-    whether the swap happened. Returns whether the swapped-in file holds the re-import.
+    whether the swap happened. Returns the re-import's outcome (``aborted``: the swapped-in
+    file is the bare backup).
     The journal's entries keep their keys: ``restore``'s ``sha256`` is the staged backup copy's
     as staged and proven (before the re-import). A failure before the swap leaves the live DB
     untouched; the caller removes the staged file (:func:`_discard_staged`)."""
     say("re-importing post-deploy changes into the restored copy (one transaction)")
     journal.mark("reimport", "start")
-    warm = _Background(_warm_report_imports)
-    try:
-        merge = MergeOptions(
-            opts.on_conflict,
-            opts.prefer,
-            ConflictMode(args.get("conflicts", ConflictMode.CELL.value)),
-            opts.apply_deletes,
-        )
-        proven = proof.confirm(tmp)  # the proof stands for the file as staged and checked
-        outcome = _reimport_into(
-            tmp,
-            bundle,
-            merge,
-            files,
-            False,
-            lock_wait(),
-            str(db),
-            check_after=False,
-            run_dir=run_dir,
-            staged=True,
-        )
-        if proven:  # our own transaction (FK-checked before its COMMIT) is all that changed it
-            proof.rebind(tmp)
-        _save_outcome(run_dir, outcome)
-        journal.mark("reimport", "done", already_applied=outcome.already_applied)
-        say("swapping the restored database in")
-        proof.confirm(tmp)  # a staged file written to since: verify in full after
-        swap_in(tmp, db, window)
-        _kill_point("restore:swapped")  # swapped, not yet journaled: _settle_staged_restore
-    finally:
-        warm.discard()
-    return not outcome.aborted
+    merge = MergeOptions(
+        opts.on_conflict,
+        opts.prefer,
+        ConflictMode(args.get("conflicts", ConflictMode.CELL.value)),
+        opts.apply_deletes,
+    )
+    proven = proof.confirm(tmp)  # the proof stands for the file as staged and checked
+    outcome = _reimport_into(
+        tmp,
+        bundle,
+        merge,
+        files,
+        False,
+        lock_wait(),
+        str(db),
+        check_after=False,
+        run_dir=run_dir,
+        staged=True,
+    )
+    if proven:  # our own transaction (FK-checked before its COMMIT) is all that changed it
+        proof.rebind(tmp)
+    _save_outcome(run_dir, outcome)
+    journal.mark("reimport", "done", already_applied=outcome.already_applied)
+    say("swapping the restored database in")
+    proof.confirm(tmp)  # a staged file written to since: verify in full after
+    swap_in(tmp, db, window)
+    _kill_point("restore:swapped")  # swapped, not yet journaled: _settle_staged_restore
+    return outcome
 
 
 def _discard_staged(db: Path) -> None:

@@ -219,23 +219,23 @@ def test_relink_reads_each_upload_once(
     applied: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The plan's hashes of the uploads serve the uploads state too: no file is read twice."""
-    import recovery.files.names
-    import recovery.files.relink_files
+    """The plan's hashes of the uploads serve the uploads state too: no file is read twice (every
+    read of an upload's bytes goes through ``digest_fd``: by path or from the walk's folder)."""
     import recovery.files.uploads
 
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("needs /proc to name the file a descriptor reads")
     db, _, uploads = paths(world_copy)
     bundle = reimported(world_copy, tmp_path, extracted, applied)
     reads: dict[str, int] = {}
-    real = recovery.files.uploads.sha256_bytes_of
+    real = recovery.files.uploads.digest_fd
 
-    def counting(path: Any, *root: Any) -> str:
-        reads[os.fspath(path)] = reads.get(os.fspath(path), 0) + 1
-        return real(path, *root)
+    def counting(fd: int) -> tuple[str, int, int]:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        reads[path] = reads.get(path, 0) + 1
+        return real(fd)
 
-    monkeypatch.setattr(recovery.files.uploads, "sha256_bytes_of", counting)
-    monkeypatch.setattr(recovery.files.relink_files, "sha256_bytes_of", counting)
-    monkeypatch.setattr(recovery.files.names, "sha256_bytes_of", counting)
+    monkeypatch.setattr(recovery.files.uploads, "digest_fd", counting)
     report = relink(bundle, db, uploads)
     assert report["uploads_state"]["source"] == "backup-records"
     on_disk = {os.fspath(p.resolve()) for p in uploads.rglob("*") if p.is_file()}

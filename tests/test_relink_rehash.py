@@ -8,6 +8,8 @@ import os
 import time
 from pathlib import Path
 
+import pytest
+
 from recovery.files.uploads import UploadsIndex
 
 
@@ -35,3 +37,90 @@ def test_known_hashes_are_taken_and_a_changed_file_is_read_again(tmp_path: Path)
     assert now.sha256("kept.txt") == _sha(b"kept")
     assert now.sha256("new.txt") == "f" * 64  # the apply's checked hash, as given
     assert now.sha256("d/edited.txt") == _sha(b"AFTER!")
+
+
+def test_hashes_read_during_the_walk_are_the_files_own(tmp_path: Path) -> None:
+    """``UploadsIndex(root, hash_all=True)`` reads each plain file through the walk's folder
+    descriptor; a symlink (followed only inside the root) and a FIFO (never opened) are left to
+    the lazy read, which gives the same answers as an index that hashed nothing up front."""
+    root = tmp_path / "uploads"
+    (root / "a" / "b").mkdir(parents=True)
+    (root / "a" / "b" / "deep.pdf").write_bytes(b"deep")
+    (root / "top.txt").write_bytes(b"top")
+    (root / "link.txt").symlink_to(root / "a" / "b" / "deep.pdf")
+    os.mkfifo(root / "a" / "pipe")
+    eager, lazy = UploadsIndex(root, hash_all=True), UploadsIndex(root)
+    assert eager._sha == {"a/b/deep.pdf": _sha(b"deep"), "top.txt": _sha(b"top")}
+    assert lazy._sha == {}
+    assert sorted(eager.files) == sorted(lazy.files) == ["a/b/deep.pdf", "link.txt", "top.txt"]
+    for rel in eager.files:
+        assert eager.sha256(rel) == lazy.sha256(rel)
+    assert eager.files["top.txt"][1].st_size == 3
+
+
+def _reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every upload read from now on (its real path), however it is opened."""
+    import recovery.files.uploads as uploads
+
+    seen: list[str] = []
+    real = uploads.digest_fd
+
+    def counting(fd: int) -> tuple[str, int, int]:
+        seen.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return real(fd)
+
+    monkeypatch.setattr(uploads, "digest_fd", counting)
+    return seen
+
+
+def test_a_walk_made_earlier_vouches_only_for_files_unchanged_since(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rollback walks and hashes the uploads while its re-import runs; the relink walks again
+    and takes an earlier hash only for a file with the same inode, size, mtime and ctime — a
+    rewrite with its size and mtime put back, a file replaced by another, a new file are read."""
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("needs /proc to name the file a descriptor reads")
+    monkeypatch.setattr(UploadsIndex, "RACY_NS", 0)  # files made a moment ago count as settled
+    root = tmp_path / "uploads"
+    (root / "d").mkdir(parents=True)
+    for name in ("kept.txt", "d/edited.txt", "swapped.txt"):
+        (root / name).write_bytes(name.encode())
+    earlier = UploadsIndex(root, hash_all=True)
+    time.sleep(0.02)
+    st = (root / "d" / "edited.txt").stat()
+    (root / "d" / "edited.txt").write_bytes(b"EDITED" + b"!" * (len(b"d/edited.txt") - 6))
+    os.utime(root / "d" / "edited.txt", ns=(st.st_atime_ns, st.st_mtime_ns))
+    (root / "other").write_bytes(b"another file")
+    os.replace(root / "other", root / "swapped.txt")
+    (root / "new.txt").write_bytes(b"new")
+    reads = _reads(monkeypatch)
+    now = UploadsIndex(root, hash_all=True, earlier=earlier)
+    real = os.path.realpath(root)
+    assert sorted(reads) == sorted(
+        f"{real}/{n}" for n in ("d/edited.txt", "swapped.txt", "new.txt")
+    )
+    assert now.sha256("kept.txt") == _sha(b"kept.txt")
+    assert now.sha256("d/edited.txt") == _sha(b"EDITED!!!!!!")
+    assert now.sha256("swapped.txt") == _sha(b"another file")
+    assert now.sha256("new.txt") == _sha(b"new")
+    assert len(reads) == 3  # nothing read again when asked
+
+
+def test_a_hash_read_in_the_same_moment_as_a_change_is_not_taken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file whose change time is not RACY_NS older than the earlier walk may have changed
+    again within the same timestamp tick after it was read: it is read again, whatever its stat."""
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("needs /proc to name the file a descriptor reads")
+    root = tmp_path / "uploads"
+    root.mkdir()
+    (root / "fresh.txt").write_bytes(b"fresh")
+    earlier = UploadsIndex(root, hash_all=True)
+    reads = _reads(monkeypatch)
+    now = UploadsIndex(root, hash_all=True, earlier=earlier)
+    assert reads == [os.path.realpath(root / "fresh.txt")]
+    assert now.sha256("fresh.txt") == _sha(b"fresh")
+    other = UploadsIndex(tmp_path, hash_all=True, earlier=earlier)  # another root: not used
+    assert other.sha256("uploads/fresh.txt") == _sha(b"fresh")

@@ -141,9 +141,15 @@ def plan_relink(
     root: Path,
     files: FilesConfig | None = None,
     remaps: Iterable[Any] | None = None,
+    earlier: UploadsIndex | None = None,
+    hash_all: bool = True,
 ) -> RelinkPlan:
     """What relink would do, reading only. ``conn`` is the target (bundle ``rows.db`` is attached
-    read-only for the duration). ``remaps`` are the re-import's ``Remap(table, old_key, new_key)``."""
+    read-only for the duration). ``remaps`` are the re-import's ``Remap(table, old_key, new_key)``.
+    ``earlier``: a walk of the uploads made before (``UploadsIndex(root, hash_all=True)``) whose
+    hashes of unchanged files are taken instead of reading them again. ``hash_all``: every
+    upload is hashed as the walk lists it (the uploads state after the plan needs them all);
+    False reads only the files the plan asks about."""
     from recovery.engine.sqlite_io import file_uri
 
     root_p = Path(root)
@@ -162,7 +168,10 @@ def plan_relink(
             conn
         ):  # the bundle's rows are untrusted: no statement runs unbounded
             return _build(
-                bundle, Matcher(bundle, conn, schema, cfg, rmap), root_p, UploadsIndex(root_p)
+                bundle,
+                Matcher(bundle, conn, schema, cfg, rmap),
+                root_p,
+                UploadsIndex(root_p, hash_all=hash_all, earlier=earlier),
             )
     finally:
         conn.execute(f"DETACH DATABASE {BUNDLE}")
@@ -204,11 +213,12 @@ def relink(
     dry_run: bool = False,
     remaps: Iterable[Any] | None = None,
     busy_timeout: float = 10.0,
+    earlier: UploadsIndex | None = None,
 ) -> dict[str, Any]:
     """Relink the bundle's files into ``uploads`` for the records in ``db``; see the module
     docstring. Returns the report: relinked, restored_from_bundle, missing, orphans,
     records_without_file, unsafe, kept_both (plus hash_mismatch, links_fixed, links_unresolved,
-    records_not_imported, counts, uploads_state)."""
+    records_not_imported, counts, uploads_state). ``earlier``: see :func:`plan_relink`."""
     from recovery.bundle.store import open_bundle
     from recovery.engine.sqlite_io import check_sqlite_file, open_readonly, open_readwrite
 
@@ -222,7 +232,10 @@ def relink(
     try:
         if dry_run:
             conn.execute("PRAGMA query_only = OFF")  # ATTACH needs it; the file stays mode=ro
-        plan = plan_relink(b, conn, Path(uploads), files, remaps)
+        # the uploads state (against the backup) compares every file: hash them all in the walk
+        plan = plan_relink(
+            b, conn, Path(uploads), files, remaps, earlier, _backup_of(b) is not None
+        )
         if not dry_run:
             apply_relink(plan, conn)
     finally:
@@ -242,8 +255,8 @@ def relink(
         }
     )
     report["counts"] = {k: len(report[k]) for k in REPORT_LISTS}
-    backup = (b.manifest.get("sources") or {}).get("backup", {}).get("path")
-    if backup and Path(backup).is_file() and plan.cfg is not None:
+    backup = _backup_of(b)
+    if backup is not None and plan.cfg is not None:
         # The folder as planning walked it, unless the apply wrote files into it since: then a new
         # walk, reading again only the files that are neither written by the apply nor unchanged.
         index = plan.index if dry_run or not plan.writes else _walk_after(plan)
@@ -265,6 +278,12 @@ def relink(
         except RecoveryError:
             report["uploads_state"] = None
     return report
+
+
+def _backup_of(b: Bundle) -> str | None:
+    """The backup file the bundle names, when it is there (the uploads state's baseline)."""
+    backup = (b.manifest.get("sources") or {}).get("backup", {}).get("path")
+    return backup if backup and Path(backup).is_file() else None
 
 
 def _walk_after(plan: RelinkPlan) -> UploadsIndex | None:

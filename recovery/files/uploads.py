@@ -17,6 +17,7 @@ import errno
 import hashlib
 import os
 import stat
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -334,14 +335,43 @@ def safe_path(root: Path, stored: str) -> Path | None:
     return SafeRoot(root)(stored)
 
 
-def _scan(under: SafeRoot) -> list[tuple[str, str, os.stat_result]]:
+def _scan(
+    under: SafeRoot,
+    hashes: dict[str, str] | None = None,
+    known: Callable[[str, os.stat_result], str | None] | None = None,
+) -> list[tuple[str, str, os.stat_result]]:
     """(relative path, real path, stat) of every regular file under ``under``'s root that resolves
     inside it, sorted as :func:`os.walk` with sorted names gives them (a folder's files, then its
     folders). Symlinked folders are not entered; a symlink is resolved and kept only when it leads
     to a regular file inside the root. A plain file in a folder reached without symlinks is its own
-    real path, so only symlinks need resolving (one ``lstat`` a file otherwise)."""
+    real path, so only symlinks need resolving (one ``lstat`` a file otherwise).
+
+    ``hashes``: filled with the sha256 of every plain file (relative path → digest), each read
+    through the descriptor of the folder being walked (``O_NOFOLLOW``, as :func:`open_nofollow`
+    would open it, without opening every folder from the root again) and kept only when the file
+    opened is the one listed (same device and inode, still a regular file) with the stat the
+    walk records for it. ``known(rel, stat)``: a digest already known for the file the walk
+    lists with that stat (then it is not read), or None."""
     out: list[tuple[str, str, os.stat_result]] = []
     prefix = under.prefix
+
+    def hashed(dfd: int, name: str, rel: str, st: os.stat_result) -> os.stat_result:
+        """``st``, or the file's stat taken right before its sha256 was read into ``hashes`` (a
+        change while it is read moves its mtime/ctime past that stat, so nothing later takes the
+        digest for the changed file: :meth:`UploadsIndex.adopt_hashes`)."""
+        try:
+            fd = os.open(name, _FILE_FLAGS, dir_fd=dfd)
+        except OSError:
+            return st
+        try:
+            now = os.fstat(fd)
+            if not stat.S_ISREG(now.st_mode) or (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+                return st
+            assert hashes is not None
+            hashes[rel] = digest_fd(fd)[0]
+            return now
+        finally:
+            os.close(fd)
 
     def walk(dfd: int, relprefix: str) -> None:
         try:
@@ -366,6 +396,12 @@ def _scan(under: SafeRoot) -> list[tuple[str, str, os.stat_result]]:
             except OSError:
                 continue
             if stat.S_ISREG(st.st_mode):
+                if hashes is not None:
+                    digest = known(rel, st) if known is not None else None
+                    if digest is None:
+                        st = hashed(dfd, e.name, rel, st)
+                    else:
+                        hashes[rel] = digest
                 out.append((rel, prefix + rel, st))
             elif stat.S_ISLNK(st.st_mode):
                 try:
@@ -417,13 +453,35 @@ class UploadsIndex:
     with ``./`` or ``//`` — is resolved on disk, symlinks included, exactly as
     :func:`safe_path` resolves it."""
 
-    def __init__(self, root: str | os.PathLike[str]):
+    RACY_NS = 2_000_000_000
+    """A hash from an earlier walk is taken only for a file whose change time is at least this
+    much older than that walk's start (:meth:`_known_from`)."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        hash_all: bool = False,
+        earlier: UploadsIndex | None = None,
+    ):
+        """``hash_all``: read every plain file's sha256 during the walk, through the folder
+        descriptor the walk holds (for an operation that needs nearly every hash: relink and its
+        uploads state); otherwise each file is read when its hash is first asked for.
+        ``earlier``: a ``hash_all`` walk of the same folder made before (a rollback makes one
+        while its re-import runs): its hashes are taken for the files it proves unchanged
+        (:meth:`_known_from`), every other file is read."""
         self.under = SafeRoot(Path(root))
         self.real = self.under.real
-        self.files: dict[str, tuple[str, os.stat_result]] = {
-            rel: (real, st) for rel, real, st in _scan(self.under)
-        }
+        self.started_ns = time.time_ns()
         self._sha: dict[str, str] = {}
+        known = (
+            self._known_from(earlier)
+            if hash_all and earlier is not None and earlier.real == self.real
+            else None
+        )
+        found = _scan(self.under, self._sha if hash_all else None, known)
+        self.files: dict[str, tuple[str, os.stat_result]] = {
+            rel: (real, st) for rel, real, st in found
+        }
 
     def safe(self, stored: object) -> bool:
         """``safe_path`` would accept ``stored``."""
@@ -437,6 +495,29 @@ class UploadsIndex:
     def is_file(self, stored: object, resolved: Path) -> bool:
         """``resolved.is_file()`` for ``resolved = self.resolve(stored)``, from the walk when it can."""
         return (isinstance(stored, str) and stored in self.files) or resolved.is_file()
+
+    @classmethod
+    def _known_from(cls, earlier: UploadsIndex) -> Callable[[str, os.stat_result], str | None]:
+        """``earlier``'s digest of a file, when the file listed now is the one it read: same
+        real path, and the same device, inode, size, mtime and ctime (nanoseconds) as its stat
+        right before that read — any write or rename since moves the change time — with that
+        change time (and mtime) at least :data:`RACY_NS` older than ``earlier``'s walk, so a
+        write in the same timestamp tick as the read cannot hide behind an unchanged stat (git's
+        racy-clean rule; a filesystem whose timestamps step by more, or a clock set back past it,
+        is not covered)."""
+        cutoff = earlier.started_ns - cls.RACY_NS
+        prefix = earlier.under.prefix
+
+        def known(rel: str, st: os.stat_result) -> str | None:
+            seen, digest = earlier.files.get(rel), earlier._sha.get(rel)
+            if seen is None or digest is None or seen[0] != prefix + rel:
+                return None
+            then = seen[1]
+            if then.st_ctime_ns >= cutoff or then.st_mtime_ns >= cutoff:
+                return None
+            return digest if _same_file(then, st) else None
+
+        return known
 
     def adopt_hashes(self, earlier: UploadsIndex, written: dict[str, str]) -> None:
         """Take hashes already known instead of reading those files again: ``written`` (real path

@@ -492,7 +492,8 @@ def _conflict_data(c: Conflict) -> dict[str, Any]:
 def _encode_conflict(c: Conflict) -> str:
     import json
 
-    return json.dumps(_conflict_data(c), ensure_ascii=False, allow_nan=False)
+    # keys sorted as in outcome.json, so a spilled item reads back as the saved file gives it
+    return json.dumps(_conflict_data(c), ensure_ascii=False, allow_nan=False, sort_keys=True)
 
 
 def _decode_conflict(text: str) -> Conflict:
@@ -505,7 +506,8 @@ def _decode_conflict(text: str) -> Conflict:
 def _encode_item(v: Any) -> str:
     import json
 
-    return json.dumps(encode_value(v), ensure_ascii=False, allow_nan=False)
+    # keys sorted as in outcome.json, so a spilled item reads back as the saved file gives it
+    return json.dumps(encode_value(v), ensure_ascii=False, allow_nan=False, sort_keys=True)
 
 
 def _decode_item(text: str) -> Any:
@@ -702,6 +704,77 @@ def _outcome_from_data(d: Any) -> Outcome:
     )
 
 
+def _as_saved(v: Any) -> Any:
+    """``decode_value(json.loads(json.dumps(encode_value(v), sort_keys=True)))`` without the
+    text: every dict :func:`encode_value` writes as an object gets its keys sorted, a subclass of
+    a JSON scalar (a str or int enum) becomes the plain value JSON writes, a bytes-like value
+    ``bytes``; tuples, ``$dict`` key order and everything else stay."""
+    if v is None or type(v) in _SAME or type(v) is float:
+        return v
+    if isinstance(v, dict):
+        if all(isinstance(k, str) and not k.startswith("$") for k in v):
+            return {str.__str__(k): _as_saved(v[k]) for k in sorted(v)}
+        return {_as_saved(k): _as_saved(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_as_saved(x) for x in v]
+    if isinstance(v, tuple):
+        return tuple(_as_saved(x) for x in v)
+    if isinstance(v, str):
+        return str.__str__(v)
+    if isinstance(v, bool):
+        return bool(v)
+    if isinstance(v, int):
+        return int(v)
+    if isinstance(v, float):
+        return float(v)
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return bytes(v)
+    raise TypeError(f"cannot save a {type(v).__name__} in outcome.json")
+
+
+def _conflict_as_saved(c: Conflict) -> Conflict:
+    vals = {f: _as_saved(getattr(c, f)) for f in _CONFLICT_FIELDS}
+    vals["key"] = tuple(vals["key"])
+    return Conflict(**vals)
+
+
+def as_read_back(o: Outcome) -> Outcome:
+    """``o`` changed in place into what ``Outcome.from_json(o.to_json())`` gives — the same
+    values, types and dict key order (``outcome.json`` is written with sorted keys) — without
+    writing or parsing the text; returns ``o``. A rollback keeps the re-import's outcome this way
+    instead of reading back the file it has just written, so every report reads the same outcome
+    whether the run went straight through or was resumed from ``outcome.json``. The long lists'
+    spilled items already read back sorted (their items are encoded with sorted keys); the items
+    held in memory are rebuilt (at most ``$RECOVERY_SPILL_AFTER`` per list)."""
+    for f in ("bundle_id", "target", "policy", "conflicts_mode"):
+        setattr(o, f, str.__str__(getattr(o, f)))
+    for f in ("dry_run", "already_applied", "aborted"):
+        setattr(o, f, bool(getattr(o, f)))
+    o.tables = {str.__str__(name): o.tables[name] for name in sorted(o.tables)}
+    for t in o.tables.values():
+        t.table = str.__str__(t.table)
+        for f in _TABLE_INTS:
+            setattr(t, f, int(getattr(t, f)))
+    o.conflicts.map_in_memory(_conflict_as_saved)  # type: ignore[attr-defined]
+    o.remaps = [
+        Remap(str.__str__(r.table), _as_saved(r.old_key), _as_saved(r.new_key)) for r in o.remaps
+    ]
+    lost = o.lost
+    o.lost = LostValues(
+        [_as_saved(d) for d in lost],
+        o.lost_total,
+        _as_saved(getattr(lost, "counts", None) or {}),
+        getattr(lost, "source", None),
+    )
+    o.deletes_for_review.map_in_memory(_as_saved)  # type: ignore[attr-defined]
+    o.skipped_rows.map_in_memory(_as_saved)  # type: ignore[attr-defined]
+    o.files = None if o.files is None else _as_saved(o.files)
+    o.verification = _as_saved(o.verification)
+    o.triggers_suspended = [str.__str__(t) for t in o.triggers_suspended]
+    o.sequences = _as_saved(o.sequences)
+    return o
+
+
 def outcome_to_json(outcome: Outcome) -> str:
     """``outcome`` as the text of ``outcome.json`` (format :data:`OUTCOME_FORMAT`)."""
     return "".join(outcome_json_chunks(outcome))
@@ -718,10 +791,10 @@ def outcome_json_chunks(outcome: Outcome) -> Iterator[str]:
         return json.dumps(v, ensure_ascii=False, allow_nan=False, sort_keys=True)
 
     data = _outcome_to_data(outcome)
-    lists: dict[str, Iterable[Any]] = {}
+    lists: dict[str, Iterable[str]] = {}
     for name in sorted(_SPILLED):
         marker = f"\x00{name}:{secrets.token_hex(16)}\x00"
-        lists[dumps(marker)] = data[name]
+        lists[dumps(marker)] = _item_texts(name, getattr(outcome, name), data[name], dumps)
         data[name] = marker
     text = dumps(data)
     order = sorted(lists, key=text.index)
@@ -731,10 +804,21 @@ def outcome_json_chunks(outcome: Outcome) -> Iterator[str]:
         yield text[at:cut]
         yield "["
         for n, item in enumerate(lists[marker]):
-            yield (", " if n else "") + dumps(item)
+            yield (", " if n else "") + item
         yield "]"
         at = cut + len(marker)
     yield text[at:]
+
+
+def _item_texts(name: str, items: Any, data: Iterable[Any], dumps: Any) -> Iterable[str]:
+    """The saved text of each item of the outcome's long list ``name``: ``dumps`` of its data, or
+    — for a :class:`SpillList` whose items are spilled as exactly that text (:func:`_encode_item`,
+    :func:`_encode_conflict`: the same ``json.dumps`` of the same data) — the spilled items' text
+    as stored, without decoding and encoding them again."""
+    encode = _encode_conflict if name == "conflicts" else _encode_item
+    if isinstance(items, SpillList) and items.encodes_with(encode):
+        return items.encoded(encode)
+    return (dumps(item) for item in data)
 
 
 def outcome_from_json(text: str | bytes) -> Outcome:

@@ -162,6 +162,37 @@ class SpillList(list[T]):
         super().clear()
         self.close()
 
+    def encoded(self, encode: Callable[[T], str]) -> Iterator[str]:
+        """Every item as text, in order: ``encode`` of each item held in memory, and the spilled
+        ones as stored — their own ``encode``'s text, not decoded and encoded again. Only for
+        ``encode`` that gives the same text as this list's own (the caller checks)."""
+        for x in super().__iter__():
+            yield encode(x)
+        at = 0
+        while at < self._spilled:
+            with self._lock:
+                if self._db is None:
+                    return
+                rows = self._db.execute(
+                    "SELECT i, v FROM spill WHERE i >= ? ORDER BY i LIMIT ?", (at, _BATCH)
+                ).fetchall()
+            if not rows:
+                return
+            for _, v in rows:
+                yield v
+            at = rows[-1][0] + 1
+
+    def encodes_with(self, encode: Callable[[T], str]) -> bool:
+        """Whether this list stores its spilled items as ``encode``'s text."""
+        return self._encode is encode
+
+    def map_in_memory(self, fn: Callable[[T], T]) -> None:
+        """Replace each item held in memory (the first ``head``) by ``fn`` of it; the spilled ones
+        stay as their ``encode``/``decode`` give them back. :func:`recovery.model.outcome.as_read_back`
+        uses it where ``decode(encode(x))`` already equals ``fn(x)``."""
+        for i in range(super().__len__()):
+            super().__setitem__(i, fn(super().__getitem__(i)))
+
     # -- reading -----------------------------------------------------------------------------
 
     def __len__(self) -> int:

@@ -141,6 +141,7 @@ def snapshot(
         "sha256": sha256_file(backup),
         "integrity_check": "ok" if integrity == ["ok"] else integrity,
         "foreign_key_check": foreign_keys,
+        "sqlite_version": sqlite3.sqlite_version,
         "alembic_revision": revision,
         "git": git_info(Path(app_dir) if app_dir else src.parent),
         "tables": counts,

@@ -292,3 +292,26 @@ def test_a_promise_whose_block_fails_releases_its_waiters(
         raise OSError("the staging failed")
     waiter.join(5)
     assert got == [_sha(backup)] and time.monotonic() - start < 1.0
+
+
+def test_a_key_to_a_column_without_a_unique_index_is_snapshotted_not_vouched(
+    tmp_path: Path,
+) -> None:
+    """foreign_key_check refuses such a schema ("foreign key mismatch"); the app works (SQLite
+    checks the key only when it enforces it), so the snapshot is kept, the manifest says why the
+    keys were not checked, and it vouches for nothing."""
+    src = tmp_path / "src" / "app.db"
+    src.parent.mkdir()
+    with sqlite3.connect(src) as conn:
+        conn.executescript(
+            "CREATE TABLE p (id INTEGER PRIMARY KEY, code TEXT);"
+            "CREATE TABLE c (id INTEGER PRIMARY KEY, code TEXT REFERENCES p(code));"
+            "INSERT INTO p VALUES (1, 'a'); INSERT INTO c VALUES (1, 'a');"
+        )
+    conn.close()
+    snap = snapshot(src, tmp_path / "backups", now=DEPLOY)
+    assert snap.manifest["integrity_check"] == "ok"
+    assert "foreign key mismatch" in snap.manifest["foreign_key_check"]
+    staged = tmp_path / "staged.db"
+    shutil.copyfile(snap.backup, staged)
+    assert snapshot_vouch(snap.backup, staged) is None

@@ -21,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from recovery.capture.snapshot import manifest_path_for, snapshot
+from recovery.engine import sqlite_io
 from recovery.engine.sqlite_io import (
     HEADER_WRITE_STAMPS,
     promise_sha256,
@@ -140,6 +141,7 @@ def test_a_promised_digest_is_waited_for_not_read_again(
         return whole_file_digest(fh, digest)
 
     monkeypatch.setattr(hashlib, "file_digest", recording)
+    monkeypatch.setattr(sqlite_io, "SETTLED_NS", 0)  # written a moment ago: count it as settled
     started, got = threading.Event(), []
     waiter = threading.Thread(target=lambda: (started.wait(), got.append(sha256_file(backup))))
     with promise_sha256(backup):
@@ -279,6 +281,7 @@ def test_a_rollback_from_a_snapshot_rests_on_its_manifest_and_verifies_the_same(
         return whole_file_digest(fh, digest)
 
     monkeypatch.setattr(hashlib, "file_digest", recording)
+    monkeypatch.setattr(sqlite_io, "SETTLED_NS", 0)  # copied a moment ago: count it as settled
     rollback(w / "gestima.db", backup, w / "run", alembic_ini=INI)
     assert os.path.realpath(backup) not in hashed
     bundle_manifest = json.loads((w / "run" / "bundle" / "manifest.json").read_text())

@@ -27,16 +27,25 @@ def manifest_path_for(backup: Path) -> Path:
 
 
 def read_manifest(backup: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The manifest beside a backup, or None when there is none."""
+    """The manifest beside a backup, or None when there is none (nor a regular file: a FIFO or a
+    device under that name is never opened). One that cannot be read, is not JSON, or is not a
+    JSON object is refused (exit 2)."""
     p = manifest_path_for(Path(backup))
     if not p.is_file():
         return None
     try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise RecoveryError(
-            f"backup manifest {p} is not valid JSON: {exc}", "fix or remove it"
+            f"backup manifest {p} is not valid JSON: {str(exc)[:200]}", "fix or remove it"
         ) from None
+    except OSError as exc:
+        raise RecoveryError(
+            f"backup manifest {p} cannot be read: {exc.strerror}", "fix or remove it"
+        ) from None
+    if not isinstance(data, dict):
+        raise RecoveryError(f"backup manifest {p} is not a JSON object", "fix or remove it")
+    return data
 
 
 def release_tag(backup: str | os.PathLike[str] | None) -> str | None:
@@ -45,9 +54,10 @@ def release_tag(backup: str | os.PathLike[str] | None) -> str | None:
     relied on)."""
     if not backup:
         return None
+    p = manifest_path_for(Path(backup))
     try:
-        data = json.loads(manifest_path_for(Path(backup)).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = json.loads(p.read_text(encoding="utf-8")) if p.is_file() else None
+    except (OSError, ValueError, RecursionError):
         return None
     git = data.get("git") if isinstance(data, dict) else None
     tag = (git.get("tag") or git.get("describe")) if isinstance(git, dict) else None

@@ -113,10 +113,14 @@ def snapshot(
                     "no snapshot was kept",
                     "a damaged copy is no restore point: repair the database (sqlite3 .recover) first",
                 )
-            foreign_keys = [
-                {"table": t, "rowid": r, "parent": p, "fk": fk}
-                for t, r, p, fk in conn.execute("PRAGMA main.foreign_key_check").fetchmany(20)
-            ]
+            foreign_keys: list[dict[str, Any]] | str
+            try:
+                foreign_keys = [
+                    {"table": t, "rowid": r, "parent": p, "fk": fk}
+                    for t, r, p, fk in conn.execute("PRAGMA main.foreign_key_check").fetchmany(20)
+                ]
+            except sqlite3.OperationalError as exc:  # a key to a column no unique index covers:
+                foreign_keys = str(exc)  # the app works (SQLite checks it only when enforcing)
             schema = reflect(conn)
             counts = {t: count_table(conn, "main", t) for t in schema.data_tables}
             revision = alembic_revision(conn)
@@ -141,6 +145,7 @@ def snapshot(
         "sha256": sha256_file(backup),
         "integrity_check": "ok" if integrity == ["ok"] else integrity,
         "foreign_key_check": foreign_keys,
+        "sqlite_version": sqlite3.sqlite_version,
         "alembic_revision": revision,
         "git": git_info(Path(app_dir) if app_dir else src.parent),
         "tables": counts,

@@ -269,8 +269,8 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     :func:`remember_sha256` recorded for the file as it is now (same :func:`file_identity`, before
     and after the lookup) is returned without reading the file again."""
     coming = _promised.get(str(real_path(Path(path)))) if _promised else None
-    if coming is not None:  # another thread is reading these bytes: wait for its digest
-        coming.wait(PROMISE_WAIT)
+    if coming is not None and coming[1] != threading.get_ident():
+        coming[0].wait(PROMISE_WAIT)  # another thread is reading these bytes: wait for its digest
     key = _digest_key(path) if _digests else None
     known = _digests.get(key) if key is not None else None
     if known is not None and _digest_key(path) == key:
@@ -283,8 +283,9 @@ _digests: dict[tuple[Any, ...], str] = {}
 """sha256 of files read whole by this process, keyed by real path and :func:`file_identity`."""
 
 
-_promised: dict[str, threading.Event] = {}
-"""Files whose digest a thread of this process is about to remember (:func:`promise_sha256`)."""
+_promised: dict[str, tuple[threading.Event, int]] = {}
+"""Files whose digest a thread of this process (its ident beside the event) is about to remember
+(:func:`promise_sha256`)."""
 
 PROMISE_WAIT = 60.0
 """How long :func:`sha256_file` waits for a promised digest before reading the file itself."""
@@ -294,14 +295,16 @@ PROMISE_WAIT = 60.0
 def promise_sha256(path: str | os.PathLike[str]) -> Iterator[None]:
     """While the block runs, :func:`sha256_file` of ``path`` in other threads waits for it (at
     most :data:`PROMISE_WAIT`), then takes the digest the block remembered, or reads the file
-    itself when none was (the file changed, or the block did not read it)."""
+    itself when none was (the file changed, or the block did not read it). The promising thread
+    itself never waits for its own promise: it reads the file."""
     key = str(real_path(Path(path)))
     done = threading.Event()
-    _promised[key] = done
+    mine = (done, threading.get_ident())
+    _promised[key] = mine
     try:
         yield
     finally:
-        if _promised.get(key) is done:
+        if _promised.get(key) is mine:
             del _promised[key]
         done.set()
 
@@ -337,7 +340,9 @@ def same_content_digest(
     One pass reads both files side by side and hashes the very bytes it compared, so a digest
     returned vouches for the copy as read: whatever was proven of the bytes with that digest (a
     snapshot's ``integrity_check``) holds for every page of the copy. The digest is remembered
-    for :func:`sha256_file` when ``original`` kept its identity through the read."""
+    for :func:`sha256_file` when ``original`` kept its identity through the read and had not been
+    changed within :data:`SETTLED_NS` before it."""
+    started = time.time_ns()
     before = file_identity(original)
     h = hashlib.sha256()
     with open(original, "rb", buffering=0) as a, open(copy, "rb", buffering=0) as b:
@@ -359,9 +364,17 @@ def same_content_digest(
             h.update(x)
             first = False
     digest = h.hexdigest()
-    if before is not None:
+    if before is not None and started - before[4] >= SETTLED_NS:
         remember_sha256(original, before, digest)
     return digest
+
+
+SETTLED_NS = 2 * 10**9
+"""How long before a read a file's last change (ctime) must lie for its digest to be remembered. A
+write within the same timestamp tick as the change before it (coarse clock ticks; 1-2 s on some
+file systems) leaves mtime and ctime as they were: with equal size and no SQLite commit it would
+keep the file's :func:`file_identity`. Any write to a file settled longer than a tick moves its
+ctime, which nobody can set back."""
 
 
 def fsync_dir(path: Path) -> None:
@@ -406,6 +419,10 @@ def consistent_copy(
             )
     with open(tmp, "rb+") as fh:
         os.fsync(fh.fileno())
+    # a -wal, -shm or hot -journal left under the copy's name (a killed earlier copy or writer)
+    # would be replayed into the copy by the next open: the copy is self-contained, so none may stay
+    for side in (*sidecars(dst_p), dst_p.with_name(dst_p.name + "-journal")):
+        side.unlink(missing_ok=True)
     os.replace(tmp, dst_p)
     fsync_dir(dst_p.parent)
     return dst_p

@@ -214,7 +214,7 @@ def snapshot_vouch(backup: str | os.PathLike[str], staged: str | os.PathLike[str
     from recovery.engine.sqlite_io import same_content_digest
 
     manifest = _may_vouch(backup)
-    if manifest is None:
+    if manifest is None or not _self_contained(Path(staged)):
         return None
     recorded, fks = manifest["sha256"], manifest.get("foreign_key_check")
     try:
@@ -226,9 +226,21 @@ def snapshot_vouch(backup: str | os.PathLike[str], staged: str | os.PathLike[str
     return Vouch(manifest_path_for(Path(backup)), fks)
 
 
+def _self_contained(staged: Path) -> bool:
+    """True when SQLite reads ``staged`` as its bytes alone: no ``-wal`` with frames and no
+    ``-journal`` beside it (either would be read, or rolled back, with the file)."""
+    wal, journal = (staged.with_name(staged.name + side) for side in ("-wal", "-journal"))
+    try:
+        return (not wal.exists() or wal.stat().st_size == 0) and not journal.exists()
+    except OSError:
+        return False
+
+
 def _may_vouch(backup: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The backup's snapshot manifest when it could vouch for a copy (right format, a recorded
-    ``integrity_check`` of "ok", a sha256, a well-formed ``foreign_key_check`` if any)."""
+    """The backup's snapshot manifest when it could vouch for a copy (right format, written with
+    this SQLite library, a recorded ``integrity_check`` of "ok", a sha256, a well-formed
+    ``foreign_key_check`` if any). Another SQLite version may check more (or less) than the one
+    whose results the manifest recorded: then the checks run."""
     from recovery.capture.manifest import MANIFEST_FORMAT, read_manifest
 
     try:
@@ -236,6 +248,8 @@ def _may_vouch(backup: str | os.PathLike[str]) -> dict[str, Any] | None:
     except RecoveryError:
         return None
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        return None
+    if manifest.get("sqlite_version") != sqlite3.sqlite_version:
         return None
     if manifest.get("integrity_check") != "ok" or not isinstance(manifest.get("sha256"), str):
         return None

@@ -15,6 +15,7 @@ import hashlib
 import os
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -251,3 +252,41 @@ def test_the_closure_is_skipped_only_for_parents_the_bundle_holds_in_full(tmp_pa
         assert not extract_mod._holds_every_new_parent(a, compared, by_value)
         assert not extract_mod._holds_every_new_parent(a, {"t": {}}, by_key)  # not extracted whole
         assert extract_mod._holds_every_new_parent(a, {"t": {"status": "new table"}}, by_value)
+
+
+def test_the_changed_lists_made_while_the_replay_runs_give_the_rows_made_after_it(
+    world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tables waiting for the replay list their candidates (changed, deleted, or a new-only
+    column not at its default) before it ends; narrowed by the replay's answers, each list is,
+    row for row and in order, the one read after the replay lists (the rows fetched from it are
+    then the same). The world has candidates the replay drops (the upgrade's own value)."""
+    from recovery.sample import app_dir
+
+    backup, live = _inputs(world)
+    sizes: dict[str, tuple[int, int]] = {}  # table -> (candidates, kept)
+    real_narrow = extract_mod._narrow_early_list
+
+    def narrow(conn: sqlite3.Connection, s: Any, cond: Any, name: str) -> None:
+        def rows(t: str) -> list[tuple[object, ...]]:
+            return conn.execute(f'SELECT k, d FROM temp."{t}" ORDER BY rowid').fetchall()
+
+        before = len(rows(name))
+        real_narrow(conn, s, cond, name)
+        extract_mod._list_changed_on_rowid(conn, s, cond, "_check")  # the read after the replay
+        assert rows(name) == rows("_check"), s.name
+        conn.execute('DROP TABLE temp."_check"')
+        sizes[s.name] = (before, len(rows(name)))
+
+    monkeypatch.setattr(extract_mod, "_narrow_early_list", narrow)
+    res = extract_mod.extract(
+        backup,
+        live,
+        tmp_path / "b",
+        alembic_ini=app_dir() / "alembic.ini",
+        derived_lineage=lambda: ({}, None),  # (no lineage child: the replay is what is tested)
+    )
+    assert res.bundle.manifest["upgrade_replayed"]
+    assert {"parts", "quotes"} <= set(sizes)  # both waiting tables took the early list
+    assert all(kept > 0 for _, kept in sizes.values())
+    assert any(kept < before for before, kept in sizes.values())  # the replay dropped some

@@ -55,7 +55,7 @@ from recovery.migrate.replay import SCHEMA as REPLAY_SCHEMA, Replayed
 from recovery.model.labels import label_column
 from recovery.engine.schema import ForeignKey, Schema, Table
 from recovery.reimport.sequences import read_sequences
-from recovery.engine.sqlbuild import and_all, col, is_same, sql, table
+from recovery.engine.sqlbuild import and_all, col, is_same, or_all, sql, table
 from recovery.engine.sqlite_io import fsync_dir, sha256_file, sidecars
 from recovery.model.kinds import CHANGED_KINDS, KIND_COLUMN as KIND, RowKind
 from recovery.model.values import TableCounts
@@ -198,11 +198,18 @@ def needs_replay(a: Analysis, name: str) -> bool:
 
 
 def extract_table(
-    conn: Connection, a: Analysis, name: str, counts: dict[str, Any], part: str = "all"
+    conn: Connection,
+    a: Analysis,
+    name: str,
+    counts: dict[str, Any],
+    part: str = "all",
+    early: str | None = None,
 ) -> None:
     """The table's rows into the bundle. ``part``: ``"inserted"`` writes only the inserted rows
     (they need no replay), ``"rest"`` the updated, base and deleted rows after them, ``"all"``
-    both, in that order (the order rows take in the bundle files is the same either way)."""
+    both, in that order (the order rows take in the bundle files is the same either way).
+    ``early``: for ``"rest"``, the temporary list :func:`list_changed_early` made of the table's
+    candidates while the replay ran; it is narrowed to the changed rows instead of a new read."""
     old_t, new_t = a.old.table(name), a.new.tables[a.live_name(name)]
     new_cols = list(new_t.column_names)
     if part != "rest":
@@ -249,11 +256,17 @@ def extract_table(
         return
     ins = counts[name][RowKind.INSERTED]
     # (no primary key: never changed, only in/out)
+    if early is not None and not on_rowid:  # (no replay-dependent condition after all)
+        conn.execute(sql(exp.Drop(kind="TABLE", tables=[table(early, "temp")])))
     if on_rowid:
         assert cond is not None
-        if part == "rest":
+        list_name = CHANGED_LIST
+        if part == "rest" and early is not None:
+            list_name = early
+            _narrow_early_list(conn, s, cond, early)
+        elif part == "rest":
             _list_changed_on_rowid(conn, s, cond)
-        upd, dele = _rest_on_rowid(conn, a, s, new_cols, old_cols, cond)
+        upd, dele = _rest_on_rowid(conn, a, s, new_cols, old_cols, cond, list_name)
         counts[name] = {
             RowKind.INSERTED: ins,
             RowKind.UPDATED: upd,
@@ -305,13 +318,24 @@ CHANGED_LIST = "_recovery_changed"
 """The temporary list of one table's updated and deleted keys (:func:`_rest_on_rowid`)."""
 
 
-def _list_changed_on_rowid(conn: Connection, s: TableSides, cond: exp.Expression) -> int:
+def _list_changed_on_rowid(
+    conn: Connection,
+    s: TableSides,
+    cond: exp.Expression,
+    name: str = CHANGED_LIST,
+    sure: exp.Expression | None = None,
+) -> int:
     """ONE read of the backup table of a table keyed by the rowid on both sides: ``old LEFT JOIN
     new`` (scanned in rowid order, each row's live twin found by its rowid) lists the key of every
-    updated (``d`` 0) or deleted (``d`` 1) row in the temporary table :data:`CHANGED_LIST`, read
-    by :func:`_inserted_on_rowid` and :func:`_rest_on_rowid`. Returns how many were deleted."""
+    updated (``d`` 0) or deleted (``d`` 1) row in the temporary table ``name``, read by
+    :func:`_inserted_on_rowid` and :func:`_rest_on_rowid`. Returns how many were deleted.
+
+    With ``sure`` (:func:`list_changed_early`), ``cond`` is a superset of the changed rows and a
+    third column ``u`` says whether the row is deleted or ``sure`` holds (then it is changed
+    whatever the replay answers); :func:`_narrow_early_list` removes the others that are not."""
     okey, nkey = s.old_key[0], s.new_key[0]
-    listed = table(CHANGED_LIST, "temp")
+    listed = table(name, "temp")
+    cols = "kdu" if sure is not None else "kd"
     conn.execute(sql(exp.Drop(kind="TABLE", tables=[listed.copy()], exists=True)))
     conn.execute(
         sql(
@@ -319,7 +343,7 @@ def _list_changed_on_rowid(conn: Connection, s: TableSides, cond: exp.Expression
                 this=exp.Schema(
                     this=listed.copy(),
                     expressions=[
-                        exp.ColumnDef(this=exp.to_identifier(c, quoted=True)) for c in "kd"
+                        exp.ColumnDef(this=exp.to_identifier(c, quoted=True)) for c in cols
                     ],
                 ),
                 kind="TABLE",
@@ -327,8 +351,11 @@ def _list_changed_on_rowid(conn: Connection, s: TableSides, cond: exp.Expression
         )
     )
     gone = exp.Is(this=nkey.copy(), expression=exp.Null())
+    flags: list[exp.Expression] = [gone.copy()]
+    if sure is not None:
+        flags.append(exp.or_(gone.copy(), exp.Paren(this=sure.copy())))
     find = (
-        exp.select(okey.copy(), gone.copy())
+        exp.select(okey.copy(), *flags)
         .from_(_scan_old(s))
         .join(
             table(s.new_name or s.name, "new", "n"),
@@ -342,7 +369,7 @@ def _list_changed_on_rowid(conn: Connection, s: TableSides, cond: exp.Expression
             exp.Insert(
                 this=exp.Schema(
                     this=listed.copy(),
-                    expressions=[exp.to_identifier(c, quoted=True) for c in "kd"],
+                    expressions=[exp.to_identifier(c, quoted=True) for c in cols],
                 ),
                 expression=find,
             )
@@ -410,19 +437,21 @@ def _rest_on_rowid(
     new_cols: list[str],
     old_cols: list[str],
     cond: exp.Expression,
+    name: str = CHANGED_LIST,
 ) -> tuple[int, int]:
     """The updated rows, their backup images and the deleted rows of a table keyed by the rowid on
-    both sides, fetched by rowid from :func:`_list_changed_on_rowid`'s list in that list's order
-    — the order, rows and counts the separate join and anti-join gave. Returns (updated, deleted)."""
+    both sides, fetched by rowid from :func:`_list_changed_on_rowid`'s list ``name`` in that list's
+    order — the order, rows and counts the separate join and anti-join gave. Returns (updated,
+    deleted)."""
     okey, nkey = s.old_key[0], s.new_key[0]
-    listed = table(CHANGED_LIST, "temp")
+    listed = table(name, "temp")
 
     def fetch(side: str, cols: list[str], deleted: bool, kind: str) -> exp.Select:
         alias = "o" if side == "old" else "n"
         key = (okey if side == "old" else nkey).copy()
         return (
             exp.select(*[col(c, alias) for c in cols], exp.Literal.string(kind))
-            .from_(table(CHANGED_LIST, "temp", "c"))
+            .from_(table(name, "temp", "c"))
             .join(
                 table(s.name if side == "old" else s.new_name or s.name, side, alias),
                 on=exp.EQ(this=key, expression=col("k", "c")),
@@ -440,6 +469,86 @@ def _rest_on_rowid(
     )
     conn.execute(sql(exp.Drop(kind="TABLE", tables=[listed.copy()])))
     return upd, dele
+
+
+def list_changed_early(
+    conn: Connection, a: Analysis, names: list[str], done: Callable[[], bool] = lambda: False
+) -> dict[str, str]:
+    """While the upgrade's replay runs: for each table among ``names`` keyed by the rowid on both
+    sides, the one read of :func:`_list_changed_on_rowid` with a condition that holds for every
+    row the replay can make changed (:func:`_candidates`), into a temporary list of its own.
+    Once the replay is done, :func:`_narrow_early_list` keeps of it exactly the rows
+    :func:`_list_changed_on_rowid` would have listed, in the same order, by looking at the few
+    candidates the replay decides (a new-only column with a non-default value) — no second read
+    of the table. ``done``: the replay has ended (no further table is started then: the list
+    after the replay costs the same read). Returns {table: its list's name}."""
+    out: dict[str, str] = {}
+    for i, name in enumerate(names):
+        if done():
+            break
+        old_t, tm = a.old.table(name), a.mapping.tables.get(name)
+        if old_t is None or tm is None or tm.skip:
+            continue
+        s = sides(old_t, tm)
+        if isinstance(s, str) or s.null_safe_key or not sides_on_rowid(conn, s):
+            continue
+        found = _candidates(a, s, name)
+        if found is None:
+            continue
+        listed = f"{CHANGED_LIST}_early_{i}"
+        _list_changed_on_rowid(conn, s, found[0], listed, found[1])
+        out[name] = listed
+    return out
+
+
+def _candidates(
+    a: Analysis, s: TableSides, name: str
+) -> tuple[exp.Expression, exp.Expression] | None:
+    """(superset, sure) of :func:`changes.changed_condition` for any replay: ``sure`` is its part
+    that needs no replay (the old-schema projection differs; FALSE when nothing is compared), the
+    superset adds "a column the old schema cannot carry holds a non-default value", which every
+    :func:`changes.user_value` implies. None when no column is uncarried (the condition does not
+    depend on the replay)."""
+    new_t = a.new.tables[a.live_name(name)]
+    lost = [c for c in uncarried_columns(a, name) if c not in new_t.key]
+    if not lost:
+        return None
+    sure = changes.updated_condition(s) if s.compared else exp.false()
+    nd = [changes.non_default(new_t, c, "n") for c in lost]
+    return or_all([sure.copy(), *nd]), sure
+
+
+def _narrow_early_list(conn: Connection, s: TableSides, cond: exp.Expression, name: str) -> None:
+    """Remove from the early list ``name`` the candidates that are not changed by ``cond`` (the
+    condition with the replay): each one is looked up by its rowid on both sides, so the work is
+    the candidates', not the table's. Rows are only deleted: the rest keep their order."""
+    okey, nkey = s.old_key[0], s.new_key[0]
+    unsure = exp.EQ(this=col("u", "c"), expression=exp.Literal.number(0))
+    keep = (
+        exp.select(col("k", "c"))
+        .from_(table(name, "temp", "c"))
+        .join(
+            table(s.name, "old", "o"),
+            on=exp.EQ(this=okey.copy(), expression=col("k", "c")),
+            join_type="cross",
+        )
+        .join(
+            table(s.new_name or s.name, "new", "n"),
+            on=exp.EQ(this=nkey.copy(), expression=col("k", "c")),
+            join_type="cross",
+        )
+        .where(exp.and_(unsure.copy(), exp.Paren(this=cond.copy())))
+    )
+    drop = exp.Delete(
+        this=table(name, "temp"),
+        where=exp.Where(
+            this=exp.and_(
+                exp.EQ(this=col("u"), expression=exp.Literal.number(0)),
+                exp.Not(this=exp.In(this=col("k"), query=keep.subquery())),
+            )
+        ),
+    )
+    conn.execute(sql(drop))
 
 
 def _scan_old(s: TableSides) -> exp.Expression:
@@ -953,12 +1062,14 @@ def extract(
                 # the files table is extracted: copy its files while the replay and the rest run
                 early_files = bundle_file_rows(conn, files, "bnew")
                 copying = _start_copy(work, uploads, backup, files, walk, early_files, written)
+            early: dict[str, str] = {}
             if pending is not None and waiting:  # the idle wait for the replay: lists first
+                early = list_changed_early(conn, a, waiting, pending.future.done)
                 list_lost_early(conn, a, files, a.bundle_tables, pending.future.done)
             replay = pending.result() if pending is not None else None
             a.replay = replay
             for name in waiting:
-                extract_table(conn, a, name, counts, "rest")
+                extract_table(conn, a, name, counts, "rest", early.get(name))
                 progress.advance(1, name)
             close_foreign_keys(conn, a, counts)
             progress.advance(1, "foreign-key closure")

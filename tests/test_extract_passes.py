@@ -290,3 +290,30 @@ def test_the_changed_lists_made_while_the_replay_runs_give_the_rows_made_after_i
     assert {"parts", "quotes"} <= set(sizes)  # both waiting tables took the early list
     assert all(kept > 0 for _, kept in sizes.values())
     assert any(kept < before for before, kept in sizes.values())  # the replay dropped some
+
+
+def test_labels_looked_up_once_per_row_give_the_lost_list_each_statement_gave(
+    world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A table whose rows take their label from a parent (production_records: the part's number)
+    has each label looked up once for all its lost columns: ``_recovery_lost`` is, row for row and
+    in order, the list the per-statement lookups wrote."""
+    backup, live = _inputs(world)
+    used: list[str] = []
+    real = extract_mod._labels_listed
+
+    def labels(conn: sqlite3.Connection, a: Any, name: str) -> Any:
+        out = real(conn, a, name)
+        if out is not None:
+            used.append(name)
+        return out
+
+    monkeypatch.setattr(extract_mod, "_labels_listed", labels)
+    extract_mod.extract(backup, live, tmp_path / "once")
+    assert "production_records" in used
+    monkeypatch.setattr(extract_mod, "_labels_listed", lambda *a: None)
+    extract_mod.extract(backup, live, tmp_path / "each")
+    once, each = _rows(tmp_path / "once" / "rows.db"), _rows(tmp_path / "each" / "rows.db")
+    lost = once["_recovery_lost"]
+    assert any(r[1] == "production_records" and r[3] is not None for r in lost)  # labelled
+    assert once == each

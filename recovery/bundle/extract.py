@@ -732,8 +732,10 @@ def _lost_queries(
     as_text: Callable[[exp.Expression], exp.Expression] = _same,
     key_expr: Callable[[tuple[str, ...], str], exp.Expression] = key_json,
     label_schema: str = "new",
+    label: exp.Expression | None = None,
 ) -> list[exp.Select]:
-    """The SELECTs of :func:`record_lost` for bundle table ``name``, one per column, in order."""
+    """The SELECTs of :func:`record_lost` for bundle table ``name``, one per column, in order.
+    ``label``: the row's label as :func:`_labels_listed` looks it up (default :func:`label_expr`)."""
     new_t = a.new.tables[a.live_name(name)]
     carried = _carried(a, name)
     if carried:
@@ -763,7 +765,11 @@ def _lost_queries(
             exp.select(
                 exp.Literal.string(name),
                 key_expr(new_t.key, "b"),
-                as_text(label_expr(new_t, a.new, "b", label_schema)),
+                as_text(
+                    label.copy()
+                    if label is not None
+                    else label_expr(new_t, a.new, "b", label_schema)
+                ),
                 exp.Literal.string(c),
                 as_text(col(c, "b")),
                 exp.Literal.string(reason),
@@ -772,6 +778,65 @@ def _lost_queries(
             .where(and_all(conds))
         )
     return out
+
+
+LABELS = "_recovery_labels"
+"""The temporary list of one bundle table's row labels (:func:`_labels_listed`)."""
+
+
+def _labels_listed(conn: Connection, a: Analysis, name: str) -> exp.Expression | None:
+    """When bundle table ``name``'s rows take their label from a parent (:func:`label_parent`):
+    each changed row's label looked up ONCE, into the temporary :data:`LABELS` keyed by the
+    bundle row's rowid, and the expression that reads it back for row ``b``; the per-column
+    statements of :func:`_lost_queries` then find it by rowid instead of each looking the parent
+    up again (a random read of a large parent per row and column). None when the label needs no
+    lookup or only one column is listed. SQLite only; the caller drops :data:`LABELS`."""
+    new_t = a.new.tables[a.live_name(name)]
+    if (
+        label_parent(new_t, a.new) is None
+        or any(c.lower() in ("rowid", "oid", "_rowid_") for c in new_t.column_names)
+        or len(_lost_queries(a, FilesConfig(), name, None)) < 2
+    ):
+        return None  # (a column named rowid would shadow the bundle row's rowid)
+    listed = table(LABELS, "temp")
+    conn.execute(sql(exp.Drop(kind="TABLE", tables=[listed.copy()], exists=True)))
+    conn.execute(
+        sql(
+            exp.Create(
+                this=exp.Schema(
+                    this=listed.copy(),
+                    expressions=[
+                        exp.ColumnDef(
+                            this=exp.to_identifier("r", quoted=True),
+                            kind=exp.DataType.build("INTEGER"),
+                            constraints=[
+                                exp.ColumnConstraint(kind=exp.PrimaryKeyColumnConstraint())
+                            ],
+                        ),
+                        exp.ColumnDef(this=exp.to_identifier("l", quoted=True)),
+                    ],
+                ),
+                kind="TABLE",
+            )
+        )
+    )
+    fill = (
+        exp.select(col("rowid", "b"), label_expr(new_t, a.new, "b"))
+        .from_(table(name, "bnew", "b"))
+        .where(
+            exp.In(this=col(KIND, "b"), expressions=[exp.Literal.string(k) for k in CHANGED_KINDS])
+        )
+    )
+    conn.execute(sql(exp.Insert(this=listed.copy(), expression=fill)))
+    return exp.Subquery(
+        this=exp.select(col("l", "lb"))
+        .from_(table(LABELS, "temp", "lb"))
+        .where(exp.EQ(this=col("r", "lb"), expression=col("rowid", "b")))
+    )
+
+
+def _drop_labels(conn: Connection) -> None:
+    conn.execute(sql(exp.Drop(kind="TABLE", tables=[table(LABELS, "temp")], exists=True)))
 
 
 def _carried(a: Analysis, name: str) -> bool:
@@ -814,10 +879,12 @@ def list_lost_early(
         if done():
             return
         total = 0
-        for q in _lost_queries(a, files, name, None):
+        label = _labels_listed(conn, a, name)
+        for q in _lost_queries(a, files, name, None, label=label):
             total += int(
                 conn.execute(sql(exp.Insert(this=table(EARLY_LOST, "temp"), expression=q))).rowcount
             )
+        _drop_labels(conn)
         conn.execute(
             sql(
                 exp.Insert(
@@ -875,9 +942,12 @@ def record_lost(
             counts[name]["lost"] = early[name]
             continue
         total = 0
-        for q in _lost_queries(a, files, name, replay, as_text, key_expr, label_schema):
+        label = _labels_listed(conn, a, name) if create_list is None else None  # (SQLite)
+        for q in _lost_queries(a, files, name, replay, as_text, key_expr, label_schema, label):
             stmt = exp.Insert(this=table(LOST_TABLE, "bnew"), expression=q)
             total += int(conn.execute(sql(stmt)).rowcount)
+        if label is not None:
+            _drop_labels(conn)
         counts[name]["lost"] = total
     if early is not None:
         for t in (EARLY_LOST, EARLY_DONE):

@@ -317,3 +317,64 @@ def test_labels_looked_up_once_per_row_give_the_lost_list_each_statement_gave(
     lost = once["_recovery_lost"]
     assert any(r[1] == "production_records" and r[3] is not None for r in lost)  # labelled
     assert once == each
+
+
+def test_the_replay_runs_in_the_child_started_before_the_analysis(
+    world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The replay's sandbox child is started when the extract begins (warm by the time the
+    upgrade is asked for); the replay runs in that very child, and the child is ended with it."""
+    from recovery.migrate import replay
+    from recovery.sample import app_dir
+
+    backup, live = _inputs(world)
+    started: list[Any] = []
+    asked: list[Any] = []
+    real_start, real_upgrade = extract_mod.start_sandbox, replay._upgrade
+    monkeypatch.setattr(
+        extract_mod, "start_sandbox", lambda *a: started.append(real_start(*a)) or started[-1]
+    )
+    monkeypatch.setattr(
+        replay, "_upgrade", lambda sb, *a, **k: asked.append(sb) or real_upgrade(sb, *a, **k)
+    )
+    res = extract_mod.extract(
+        backup,
+        live,
+        tmp_path / "b",
+        alembic_ini=app_dir() / "alembic.ini",
+        derived_lineage=lambda: ({}, None),
+    )
+    assert res.bundle.manifest["upgrade_replayed"]
+    assert len(started) == 1 and started[0] is not None
+    assert asked and all(sb is started[0] for sb in asked)  # the replay used the early child
+    assert started[0]._proc is None  # ended
+
+
+def test_a_child_started_for_a_replay_that_never_runs_is_ended(
+    world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An extract refused before its replay starts (a mapping naming an unknown column) leaves
+    no child behind: the early sandbox is closed with the refusal."""
+    from recovery.errors import RecoveryError
+    from recovery.sample import app_dir
+
+    backup, live = _inputs(world)
+    started: list[Any] = []
+    real_start = extract_mod.start_sandbox
+    monkeypatch.setattr(
+        extract_mod, "start_sandbox", lambda *a: started.append(real_start(*a)) or started[-1]
+    )
+    mp = tmp_path / "mapping.toml"
+    mp.write_text('[tables.parts.columns]\nprice = "no_such_column * 2"\n')
+    with pytest.raises(RecoveryError):
+        extract_mod.extract(
+            backup,
+            live,
+            tmp_path / "b",
+            mapping=mp,
+            alembic_ini=app_dir() / "alembic.ini",
+            derived_lineage=lambda: ({}, None),
+        )
+    assert len(started) == 1 and started[0] is not None
+    assert started[0]._proc is None and started[0]._dir is None  # ended, its folder removed
+    assert not (tmp_path / "b").exists()

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlglot import exp
 
@@ -41,7 +41,13 @@ from recovery.compare.changes import (
     sides_on_rowid,
     user_value,
 )
-from recovery.compare.diff import Analysis, PendingReplay, analyse, start_replayed_upgrade
+from recovery.compare.diff import (
+    Analysis,
+    PendingReplay,
+    analyse,
+    replay_path,
+    start_replayed_upgrade,
+)
 from recovery import progress
 from recovery.errors import RecoveryError
 from recovery.files.uploads import (
@@ -51,7 +57,7 @@ from recovery.files.uploads import (
     copy_files_into_bundle,
 )
 from recovery.migrate.bounded import attach_uri
-from recovery.migrate.replay import SCHEMA as REPLAY_SCHEMA, Replayed
+from recovery.migrate.replay import SCHEMA as REPLAY_SCHEMA, Replayed, start_sandbox
 from recovery.model.labels import label_column
 from recovery.engine.schema import ForeignKey, Schema, Table
 from recovery.reimport.sequences import read_sequences
@@ -61,6 +67,9 @@ from recovery.model.kinds import CHANGED_KINDS, KIND_COLUMN as KIND, RowKind
 from recovery.model.values import TableCounts
 from recovery.transpile.passes import Plan
 from recovery.transpile.passes import plan as make_plan
+
+if TYPE_CHECKING:
+    from recovery.migrate.sandbox import Sandbox
 
 DERIVABLE_VIA = {"entity_type", "entity_id"}
 
@@ -1086,6 +1095,7 @@ def extract(
     copying: Future[dict[str, object]] | None = None
     written: dict[str, str] = {}  # the upload copies' digests, taken as they were written
     db_hashes: dict[str, Future[str]] = {}
+    sandbox: Sandbox | None = None
     try:
         if alembic_ini is not None and derived_lineage is None:
             # the app's downgrade in the sandbox (its own child process) while the hashes run and
@@ -1106,6 +1116,10 @@ def extract(
             lineage, lineage_report = derived_lineage()
             return lineage
 
+        if alembic_ini is not None:
+            # the replay's child starts now (Python, SQLAlchemy, Alembic): warm when the upgrade
+            # is asked for, after the analysis and the bounded copy
+            sandbox = start_sandbox(alembic_ini, replay_path(replay_dir), backup, live)
         with analyse(backup, live, since, mapping, rules, trust_mapping) as a:
             conn = a.pair
             conn.execute("PRAGMA query_only = OFF")
@@ -1116,7 +1130,8 @@ def extract(
                 # the replay runs (its own thread, its child process) while the tables that do
                 # not depend on it are extracted; its file is attached now, before BEGIN
                 # (SQLite attaches only outside a transaction), and first read once it is done
-                pending = start_replayed_upgrade(alembic_ini, a, replay_dir)
+                pending = start_replayed_upgrade(alembic_ini, a, replay_dir, sandbox)
+                sandbox = None  # (the replay owns it now)
                 conn.execute("ATTACH DATABASE ? AS " + REPLAY_SCHEMA, (attach_uri(pending.path),))
             conn.execute("BEGIN")
             progress.set_total(
@@ -1206,6 +1221,8 @@ def extract(
             raise first from None  # what the migrations said comes first, as it always has
         raise
     finally:
+        if sandbox is not None:  # started, never handed to the replay
+            sandbox.close()
         os.close(held)
         shutil.rmtree(replay_dir, ignore_errors=True)
     return ExtractResult(

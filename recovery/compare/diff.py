@@ -331,17 +331,21 @@ def replayed_upgrade(
     folder: str | os.PathLike[str],
     a: Analysis | None = None,
     into: Path | None = None,
+    started: Any = None,
 ) -> Replayed | None:
     """The upgrade replayed in the sandbox on a copy of ``backup`` in ``folder``
     (:mod:`recovery.migrate.replay`), or None without migrations or when the replay failed. With
     the analysis ``a`` the copy is bounded to the rows the comparison asks about
-    (:func:`replay_needs`), else it is the whole backup."""
-    if alembic_ini is None:
-        return None
+    (:func:`replay_needs`), else it is the whole backup. ``started``: a sandbox already started
+    for ``into`` (:func:`recovery.migrate.replay.start_sandbox`), owned (closed) from here on."""
     from recovery.migrate.replay import replay_upgrade
 
+    if alembic_ini is None:
+        if started is not None:
+            started.close()
+        return None
     needs, keys = replay_needs(a) if a is not None else (None, None)
-    path = replay_upgrade(alembic_ini, backup, live, folder, needs, keys, into)
+    path = replay_upgrade(alembic_ini, backup, live, folder, needs, keys, into, started)
     return Replayed(path) if path is not None else None
 
 
@@ -383,24 +387,39 @@ class PendingReplay:
             self.future.exception()
 
 
+def replay_path(folder: str | os.PathLike[str]) -> Path:
+    """The file :func:`start_replayed_upgrade` writes the replayed copy into."""
+    return Path(folder) / "replayed-upgrade.db"
+
+
 def start_replayed_upgrade(
-    alembic_ini: str | os.PathLike[str], a: Analysis, folder: str | os.PathLike[str]
+    alembic_ini: str | os.PathLike[str],
+    a: Analysis,
+    folder: str | os.PathLike[str],
+    started: Any = None,
 ) -> PendingReplay:
-    """:func:`replayed_upgrade` (bounded by ``a``) started on its own thread."""
-    path = Path(folder) / "replayed-upgrade.db"
+    """:func:`replayed_upgrade` (bounded by ``a``) started on its own thread. ``started``: a
+    sandbox already started for :func:`replay_path` (owned from here on)."""
+    path = replay_path(folder)
     path.touch()
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recovery-replay")
     # in the caller's context: the files a ``protecting`` block names stay protected in the thread
-    future = pool.submit(
-        contextvars.copy_context().run,
-        replayed_upgrade,
-        alembic_ini,
-        a.backup,
-        a.live,
-        folder,
-        a,
-        path,
-    )
+    try:
+        future = pool.submit(
+            contextvars.copy_context().run,
+            replayed_upgrade,
+            alembic_ini,
+            a.backup,
+            a.live,
+            folder,
+            a,
+            path,
+            started,
+        )
+    except BaseException:
+        if started is not None:
+            started.close()
+        raise
     pool.shutdown(wait=False)
     return PendingReplay(path, future)
 

@@ -329,14 +329,22 @@ def test_the_replay_runs_in_the_child_started_before_the_analysis(
 
     backup, live = _inputs(world)
     started: list[Any] = []
+    pids: list[int] = []
     asked: list[Any] = []
     real_start, real_upgrade = extract_mod.start_sandbox, replay._upgrade
-    monkeypatch.setattr(
-        extract_mod, "start_sandbox", lambda *a: started.append(real_start(*a)) or started[-1]
-    )
-    monkeypatch.setattr(
-        replay, "_upgrade", lambda sb, *a, **k: asked.append(sb) or real_upgrade(sb, *a, **k)
-    )
+
+    def start(*a: Any) -> Any:
+        sb = real_start(*a)
+        started.append(sb)
+        pids.append(sb._proc.pid)
+        return sb
+
+    def upgrade(sb: Any, *a: Any, **k: Any) -> Any:
+        asked.append((sb, sb._proc.pid))  # the process, not only the object: one child
+        return real_upgrade(sb, *a, **k)
+
+    monkeypatch.setattr(extract_mod, "start_sandbox", start)
+    monkeypatch.setattr(replay, "_upgrade", upgrade)
     res = extract_mod.extract(
         backup,
         live,
@@ -346,8 +354,9 @@ def test_the_replay_runs_in_the_child_started_before_the_analysis(
     )
     assert res.bundle.manifest["upgrade_replayed"]
     assert len(started) == 1 and started[0] is not None
-    assert asked and all(sb is started[0] for sb in asked)  # the replay used the early child
+    assert asked and all(sb is started[0] and pid == pids[0] for sb, pid in asked)
     assert started[0]._proc is None  # ended
+    assert _sandbox_children() == []  # and no other child left running
 
 
 def test_a_child_started_for_a_replay_that_never_runs_is_ended(
@@ -377,4 +386,19 @@ def test_a_child_started_for_a_replay_that_never_runs_is_ended(
         )
     assert len(started) == 1 and started[0] is not None
     assert started[0]._proc is None and started[0]._dir is None  # ended, its folder removed
+    assert _sandbox_children() == []
     assert not (tmp_path / "b").exists()
+
+
+def _sandbox_children() -> list[int]:
+    """This process's sandbox children still running."""
+    out = []
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat[1]) == os.getpid() and stat[0] != "Z" and b"sandbox_child" in cmd:
+            out.append(int(pid))
+    return out

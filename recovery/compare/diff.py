@@ -344,7 +344,12 @@ def replayed_upgrade(
         if started is not None:
             started.close()
         return None
-    needs, keys = replay_needs(a) if a is not None else (None, None)
+    try:
+        needs, keys = replay_needs(a) if a is not None else (None, None)
+    except BaseException:
+        if started is not None:
+            started.close()
+        raise
     path = replay_upgrade(alembic_ini, backup, live, folder, needs, keys, into, started)
     return Replayed(path) if path is not None else None
 
@@ -377,6 +382,9 @@ class PendingReplay:
 
     path: Path
     future: Future[Replayed | None]
+    started: Any = None
+    """The sandbox started for it beforehand (the replay closes it; :meth:`wait` too, for a
+    replay cancelled before it began)."""
 
     def result(self) -> Replayed | None:
         return self.future.result()
@@ -385,6 +393,8 @@ class PendingReplay:
         """Block until the work is over, whatever its outcome (nothing outlives the caller)."""
         if not self.future.cancel():
             self.future.exception()
+        if self.started is not None:
+            self.started.close()
 
 
 def replay_path(folder: str | os.PathLike[str]) -> Path:
@@ -421,7 +431,7 @@ def start_replayed_upgrade(
             started.close()
         raise
     pool.shutdown(wait=False)
-    return PendingReplay(path, future)
+    return PendingReplay(path, future, started)
 
 
 def _child_attach(

@@ -160,9 +160,14 @@ def _closing(sb: Sandbox | None) -> Iterator[None]:
 
 @contextmanager
 def _given(sb: Sandbox) -> Iterator[Sandbox]:
-    """A started sandbox used as :func:`_sandbox` uses a new one: closed and checked at the end."""
-    with sb:
+    """A started sandbox (entered once, by :func:`start_sandbox`: entering it again would start a
+    second child) used as :func:`_sandbox` uses a new one: closed and checked at the end."""
+    try:
         yield sb
+    except BaseException as exc:
+        sb.__exit__(type(exc), exc, exc.__traceback__)
+        raise
+    sb.__exit__(None, None, None)
 
 
 @contextmanager

@@ -15,6 +15,7 @@ import hashlib
 import os
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -251,3 +252,153 @@ def test_the_closure_is_skipped_only_for_parents_the_bundle_holds_in_full(tmp_pa
         assert not extract_mod._holds_every_new_parent(a, compared, by_value)
         assert not extract_mod._holds_every_new_parent(a, {"t": {}}, by_key)  # not extracted whole
         assert extract_mod._holds_every_new_parent(a, {"t": {"status": "new table"}}, by_value)
+
+
+def test_the_changed_lists_made_while_the_replay_runs_give_the_rows_made_after_it(
+    world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tables waiting for the replay list their candidates (changed, deleted, or a new-only
+    column not at its default) before it ends; narrowed by the replay's answers, each list is,
+    row for row and in order, the one read after the replay lists (the rows fetched from it are
+    then the same). The world has candidates the replay drops (the upgrade's own value)."""
+    from recovery.sample import app_dir
+
+    backup, live = _inputs(world)
+    sizes: dict[str, tuple[int, int]] = {}  # table -> (candidates, kept)
+    real_narrow = extract_mod._narrow_early_list
+
+    def narrow(conn: sqlite3.Connection, s: Any, cond: Any, name: str) -> None:
+        def rows(t: str) -> list[tuple[object, ...]]:
+            return conn.execute(f'SELECT k, d FROM temp."{t}" ORDER BY rowid').fetchall()
+
+        before = len(rows(name))
+        real_narrow(conn, s, cond, name)
+        extract_mod._list_changed_on_rowid(conn, s, cond, "_check")  # the read after the replay
+        assert rows(name) == rows("_check"), s.name
+        conn.execute('DROP TABLE temp."_check"')
+        sizes[s.name] = (before, len(rows(name)))
+
+    monkeypatch.setattr(extract_mod, "_narrow_early_list", narrow)
+    res = extract_mod.extract(
+        backup,
+        live,
+        tmp_path / "b",
+        alembic_ini=app_dir() / "alembic.ini",
+        derived_lineage=lambda: ({}, None),  # (no lineage child: the replay is what is tested)
+    )
+    assert res.bundle.manifest["upgrade_replayed"]
+    assert {"parts", "quotes"} <= set(sizes)  # both waiting tables took the early list
+    assert all(kept > 0 for _, kept in sizes.values())
+    assert any(kept < before for before, kept in sizes.values())  # the replay dropped some
+
+
+def test_labels_looked_up_once_per_row_give_the_lost_list_each_statement_gave(
+    world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A table whose rows take their label from a parent (production_records: the part's number)
+    has each label looked up once for all its lost columns: ``_recovery_lost`` is, row for row and
+    in order, the list the per-statement lookups wrote."""
+    backup, live = _inputs(world)
+    used: list[str] = []
+    real = extract_mod._labels_listed
+
+    def labels(conn: sqlite3.Connection, a: Any, name: str) -> Any:
+        out = real(conn, a, name)
+        if out is not None:
+            used.append(name)
+        return out
+
+    monkeypatch.setattr(extract_mod, "_labels_listed", labels)
+    extract_mod.extract(backup, live, tmp_path / "once")
+    assert "production_records" in used
+    monkeypatch.setattr(extract_mod, "_labels_listed", lambda *a: None)
+    extract_mod.extract(backup, live, tmp_path / "each")
+    once, each = _rows(tmp_path / "once" / "rows.db"), _rows(tmp_path / "each" / "rows.db")
+    lost = once["_recovery_lost"]
+    assert any(r[1] == "production_records" and r[3] is not None for r in lost)  # labelled
+    assert once == each
+
+
+def test_the_replay_runs_in_the_child_started_before_the_analysis(
+    world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The replay's sandbox child is started when the extract begins (warm by the time the
+    upgrade is asked for); the replay runs in that very child, and the child is ended with it."""
+    from recovery.migrate import replay
+    from recovery.sample import app_dir
+
+    backup, live = _inputs(world)
+    started: list[Any] = []
+    pids: list[int] = []
+    asked: list[Any] = []
+    real_start, real_upgrade = extract_mod.start_sandbox, replay._upgrade
+
+    def start(*a: Any) -> Any:
+        sb = real_start(*a)
+        started.append(sb)
+        pids.append(sb._proc.pid)
+        return sb
+
+    def upgrade(sb: Any, *a: Any, **k: Any) -> Any:
+        asked.append((sb, sb._proc.pid))  # the process, not only the object: one child
+        return real_upgrade(sb, *a, **k)
+
+    monkeypatch.setattr(extract_mod, "start_sandbox", start)
+    monkeypatch.setattr(replay, "_upgrade", upgrade)
+    res = extract_mod.extract(
+        backup,
+        live,
+        tmp_path / "b",
+        alembic_ini=app_dir() / "alembic.ini",
+        derived_lineage=lambda: ({}, None),
+    )
+    assert res.bundle.manifest["upgrade_replayed"]
+    assert len(started) == 1 and started[0] is not None
+    assert asked and all(sb is started[0] and pid == pids[0] for sb, pid in asked)
+    assert started[0]._proc is None  # ended
+    assert _sandbox_children() == []  # and no other child left running
+
+
+def test_a_child_started_for_a_replay_that_never_runs_is_ended(
+    world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An extract refused before its replay starts (a mapping naming an unknown column) leaves
+    no child behind: the early sandbox is closed with the refusal."""
+    from recovery.errors import RecoveryError
+    from recovery.sample import app_dir
+
+    backup, live = _inputs(world)
+    started: list[Any] = []
+    real_start = extract_mod.start_sandbox
+    monkeypatch.setattr(
+        extract_mod, "start_sandbox", lambda *a: started.append(real_start(*a)) or started[-1]
+    )
+    mp = tmp_path / "mapping.toml"
+    mp.write_text('[tables.parts.columns]\nprice = "no_such_column * 2"\n')
+    with pytest.raises(RecoveryError):
+        extract_mod.extract(
+            backup,
+            live,
+            tmp_path / "b",
+            mapping=mp,
+            alembic_ini=app_dir() / "alembic.ini",
+            derived_lineage=lambda: ({}, None),
+        )
+    assert len(started) == 1 and started[0] is not None
+    assert started[0]._proc is None and started[0]._dir is None  # ended, its folder removed
+    assert _sandbox_children() == []
+    assert not (tmp_path / "b").exists()
+
+
+def _sandbox_children() -> list[int]:
+    """This process's sandbox children still running."""
+    out = []
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat[1]) == os.getpid() and stat[0] != "Z" and b"sandbox_child" in cmd:
+            out.append(int(pid))
+    return out

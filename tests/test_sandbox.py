@@ -91,6 +91,23 @@ def hostile_app(tmp: Path, variant: str, live: Path) -> Path:
                 "    libc.close(fd)\n"
             ),
         )
+    if variant == "left-open":  # a connection kept open in a write transaction, never closed
+        env = env.replace(
+            "def run_migrations_online() -> None:\n",
+            (
+                "_KEPT = []\n\n\n"
+                "def run_migrations_online() -> None:\n"
+                "    _migrate_then_keep()\n"
+                "    config.attributes['connection'].commit()\n"
+                "    import sqlite3\n"
+                "    path = config.get_main_option('sqlalchemy.url').removeprefix('sqlite:///')\n"
+                "    kept = sqlite3.connect(path, isolation_level=None)\n"
+                "    kept.execute('BEGIN IMMEDIATE')\n"
+                "    kept.execute('CREATE TABLE left_open (x)')\n"
+                "    _KEPT.append(kept)\n\n\n"
+                "def _migrate_then_keep() -> None:\n"
+            ),
+        )
     if variant == "sleep":
         env = env.replace(
             "def run_migrations_online() -> None:\n",
@@ -512,6 +529,26 @@ def test_the_child_is_stopped_at_the_time_bound(world_copy: Path, tmp_path: Path
     assert info.value.exit_code == 3 and not isinstance(
         info.value, (MigrationFailed, ProtectedChanged)
     )
+
+
+def test_a_connection_the_app_left_open_is_closed_when_the_child_ends(
+    world_copy: Path, tmp_path: Path
+) -> None:
+    """The child skips the interpreter's teardown when it ends, except when the app's code may
+    have left a connection open on the scratch file (a rollback journal or WAL is left): then it
+    is closed as before, its transaction rolled back, and the copy reads cleanly read-only (a
+    hot journal would make a read-only open fail)."""
+    live = world_copy / "gestima.db"
+    ini = hostile_app(tmp_path, "left-open", live)
+    scratch = tmp_path / "scratch.db"
+    shutil.copyfile(backup_of(world_copy), scratch)
+    with Sandbox(ini, scratch, [live]) as sb:
+        sb.migrate("upgrade", NEW_REV)
+    assert not (tmp_path / "scratch.db-journal").exists()
+    with closing(sqlite3.connect(f"file:{scratch}?mode=ro", uri=True)) as c:
+        names = {r[0] for r in c.execute("SELECT name FROM sqlite_master")}
+        assert c.execute("SELECT version_num FROM alembic_version").fetchone()[0] == NEW_REV
+    assert "left_open" not in names
 
 
 def test_the_child_sees_only_the_scratch_url(tmp_path: Path) -> None:

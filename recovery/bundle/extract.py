@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlglot import exp
 
@@ -41,7 +41,13 @@ from recovery.compare.changes import (
     sides_on_rowid,
     user_value,
 )
-from recovery.compare.diff import Analysis, PendingReplay, analyse, start_replayed_upgrade
+from recovery.compare.diff import (
+    Analysis,
+    PendingReplay,
+    analyse,
+    replay_path,
+    start_replayed_upgrade,
+)
 from recovery import progress
 from recovery.errors import RecoveryError
 from recovery.files.uploads import (
@@ -51,16 +57,19 @@ from recovery.files.uploads import (
     copy_files_into_bundle,
 )
 from recovery.migrate.bounded import attach_uri
-from recovery.migrate.replay import SCHEMA as REPLAY_SCHEMA, Replayed
+from recovery.migrate.replay import SCHEMA as REPLAY_SCHEMA, Replayed, start_sandbox
 from recovery.model.labels import label_column
 from recovery.engine.schema import ForeignKey, Schema, Table
 from recovery.reimport.sequences import read_sequences
-from recovery.engine.sqlbuild import and_all, col, is_same, sql, table
+from recovery.engine.sqlbuild import and_all, col, is_same, or_all, sql, table
 from recovery.engine.sqlite_io import fsync_dir, sha256_file, sidecars
 from recovery.model.kinds import CHANGED_KINDS, KIND_COLUMN as KIND, RowKind
 from recovery.model.values import TableCounts
 from recovery.transpile.passes import Plan
 from recovery.transpile.passes import plan as make_plan
+
+if TYPE_CHECKING:
+    from recovery.migrate.sandbox import Sandbox
 
 DERIVABLE_VIA = {"entity_type", "entity_id"}
 
@@ -198,11 +207,18 @@ def needs_replay(a: Analysis, name: str) -> bool:
 
 
 def extract_table(
-    conn: Connection, a: Analysis, name: str, counts: dict[str, Any], part: str = "all"
+    conn: Connection,
+    a: Analysis,
+    name: str,
+    counts: dict[str, Any],
+    part: str = "all",
+    early: str | None = None,
 ) -> None:
     """The table's rows into the bundle. ``part``: ``"inserted"`` writes only the inserted rows
     (they need no replay), ``"rest"`` the updated, base and deleted rows after them, ``"all"``
-    both, in that order (the order rows take in the bundle files is the same either way)."""
+    both, in that order (the order rows take in the bundle files is the same either way).
+    ``early``: for ``"rest"``, the temporary list :func:`list_changed_early` made of the table's
+    candidates while the replay ran; it is narrowed to the changed rows instead of a new read."""
     old_t, new_t = a.old.table(name), a.new.tables[a.live_name(name)]
     new_cols = list(new_t.column_names)
     if part != "rest":
@@ -249,11 +265,17 @@ def extract_table(
         return
     ins = counts[name][RowKind.INSERTED]
     # (no primary key: never changed, only in/out)
+    if early is not None and not on_rowid:  # (no replay-dependent condition after all)
+        conn.execute(sql(exp.Drop(kind="TABLE", tables=[table(early, "temp")])))
     if on_rowid:
         assert cond is not None
-        if part == "rest":
+        list_name = CHANGED_LIST
+        if part == "rest" and early is not None:
+            list_name = early
+            _narrow_early_list(conn, s, cond, early)
+        elif part == "rest":
             _list_changed_on_rowid(conn, s, cond)
-        upd, dele = _rest_on_rowid(conn, a, s, new_cols, old_cols, cond)
+        upd, dele = _rest_on_rowid(conn, a, s, new_cols, old_cols, cond, list_name)
         counts[name] = {
             RowKind.INSERTED: ins,
             RowKind.UPDATED: upd,
@@ -305,13 +327,24 @@ CHANGED_LIST = "_recovery_changed"
 """The temporary list of one table's updated and deleted keys (:func:`_rest_on_rowid`)."""
 
 
-def _list_changed_on_rowid(conn: Connection, s: TableSides, cond: exp.Expression) -> int:
+def _list_changed_on_rowid(
+    conn: Connection,
+    s: TableSides,
+    cond: exp.Expression,
+    name: str = CHANGED_LIST,
+    sure: exp.Expression | None = None,
+) -> int:
     """ONE read of the backup table of a table keyed by the rowid on both sides: ``old LEFT JOIN
     new`` (scanned in rowid order, each row's live twin found by its rowid) lists the key of every
-    updated (``d`` 0) or deleted (``d`` 1) row in the temporary table :data:`CHANGED_LIST`, read
-    by :func:`_inserted_on_rowid` and :func:`_rest_on_rowid`. Returns how many were deleted."""
+    updated (``d`` 0) or deleted (``d`` 1) row in the temporary table ``name``, read by
+    :func:`_inserted_on_rowid` and :func:`_rest_on_rowid`. Returns how many were deleted.
+
+    With ``sure`` (:func:`list_changed_early`), ``cond`` is a superset of the changed rows and a
+    third column ``u`` says whether the row is deleted or ``sure`` holds (then it is changed
+    whatever the replay answers); :func:`_narrow_early_list` removes the others that are not."""
     okey, nkey = s.old_key[0], s.new_key[0]
-    listed = table(CHANGED_LIST, "temp")
+    listed = table(name, "temp")
+    cols = "kdu" if sure is not None else "kd"
     conn.execute(sql(exp.Drop(kind="TABLE", tables=[listed.copy()], exists=True)))
     conn.execute(
         sql(
@@ -319,7 +352,7 @@ def _list_changed_on_rowid(conn: Connection, s: TableSides, cond: exp.Expression
                 this=exp.Schema(
                     this=listed.copy(),
                     expressions=[
-                        exp.ColumnDef(this=exp.to_identifier(c, quoted=True)) for c in "kd"
+                        exp.ColumnDef(this=exp.to_identifier(c, quoted=True)) for c in cols
                     ],
                 ),
                 kind="TABLE",
@@ -327,8 +360,11 @@ def _list_changed_on_rowid(conn: Connection, s: TableSides, cond: exp.Expression
         )
     )
     gone = exp.Is(this=nkey.copy(), expression=exp.Null())
+    flags: list[exp.Expression] = [gone.copy()]
+    if sure is not None:
+        flags.append(exp.or_(gone.copy(), exp.Paren(this=sure.copy())))
     find = (
-        exp.select(okey.copy(), gone.copy())
+        exp.select(okey.copy(), *flags)
         .from_(_scan_old(s))
         .join(
             table(s.new_name or s.name, "new", "n"),
@@ -342,7 +378,7 @@ def _list_changed_on_rowid(conn: Connection, s: TableSides, cond: exp.Expression
             exp.Insert(
                 this=exp.Schema(
                     this=listed.copy(),
-                    expressions=[exp.to_identifier(c, quoted=True) for c in "kd"],
+                    expressions=[exp.to_identifier(c, quoted=True) for c in cols],
                 ),
                 expression=find,
             )
@@ -410,19 +446,21 @@ def _rest_on_rowid(
     new_cols: list[str],
     old_cols: list[str],
     cond: exp.Expression,
+    name: str = CHANGED_LIST,
 ) -> tuple[int, int]:
     """The updated rows, their backup images and the deleted rows of a table keyed by the rowid on
-    both sides, fetched by rowid from :func:`_list_changed_on_rowid`'s list in that list's order
-    — the order, rows and counts the separate join and anti-join gave. Returns (updated, deleted)."""
+    both sides, fetched by rowid from :func:`_list_changed_on_rowid`'s list ``name`` in that list's
+    order — the order, rows and counts the separate join and anti-join gave. Returns (updated,
+    deleted)."""
     okey, nkey = s.old_key[0], s.new_key[0]
-    listed = table(CHANGED_LIST, "temp")
+    listed = table(name, "temp")
 
     def fetch(side: str, cols: list[str], deleted: bool, kind: str) -> exp.Select:
         alias = "o" if side == "old" else "n"
         key = (okey if side == "old" else nkey).copy()
         return (
             exp.select(*[col(c, alias) for c in cols], exp.Literal.string(kind))
-            .from_(table(CHANGED_LIST, "temp", "c"))
+            .from_(table(name, "temp", "c"))
             .join(
                 table(s.name if side == "old" else s.new_name or s.name, side, alias),
                 on=exp.EQ(this=key, expression=col("k", "c")),
@@ -440,6 +478,86 @@ def _rest_on_rowid(
     )
     conn.execute(sql(exp.Drop(kind="TABLE", tables=[listed.copy()])))
     return upd, dele
+
+
+def list_changed_early(
+    conn: Connection, a: Analysis, names: list[str], done: Callable[[], bool] = lambda: False
+) -> dict[str, str]:
+    """While the upgrade's replay runs: for each table among ``names`` keyed by the rowid on both
+    sides, the one read of :func:`_list_changed_on_rowid` with a condition that holds for every
+    row the replay can make changed (:func:`_candidates`), into a temporary list of its own.
+    Once the replay is done, :func:`_narrow_early_list` keeps of it exactly the rows
+    :func:`_list_changed_on_rowid` would have listed, in the same order, by looking at the few
+    candidates the replay decides (a new-only column with a non-default value) — no second read
+    of the table. ``done``: the replay has ended (no further table is started then: the list
+    after the replay costs the same read). Returns {table: its list's name}."""
+    out: dict[str, str] = {}
+    for i, name in enumerate(names):
+        if done():
+            break
+        old_t, tm = a.old.table(name), a.mapping.tables.get(name)
+        if old_t is None or tm is None or tm.skip:
+            continue
+        s = sides(old_t, tm)
+        if isinstance(s, str) or s.null_safe_key or not sides_on_rowid(conn, s):
+            continue
+        found = _candidates(a, s, name)
+        if found is None:
+            continue
+        listed = f"{CHANGED_LIST}_early_{i}"
+        _list_changed_on_rowid(conn, s, found[0], listed, found[1])
+        out[name] = listed
+    return out
+
+
+def _candidates(
+    a: Analysis, s: TableSides, name: str
+) -> tuple[exp.Expression, exp.Expression] | None:
+    """(superset, sure) of :func:`changes.changed_condition` for any replay: ``sure`` is its part
+    that needs no replay (the old-schema projection differs; FALSE when nothing is compared), the
+    superset adds "a column the old schema cannot carry holds a non-default value", which every
+    :func:`changes.user_value` implies. None when no column is uncarried (the condition does not
+    depend on the replay)."""
+    new_t = a.new.tables[a.live_name(name)]
+    lost = [c for c in uncarried_columns(a, name) if c not in new_t.key]
+    if not lost:
+        return None
+    sure = changes.updated_condition(s) if s.compared else exp.false()
+    nd = [changes.non_default(new_t, c, "n") for c in lost]
+    return or_all([sure.copy(), *nd]), sure
+
+
+def _narrow_early_list(conn: Connection, s: TableSides, cond: exp.Expression, name: str) -> None:
+    """Remove from the early list ``name`` the candidates that are not changed by ``cond`` (the
+    condition with the replay): each one is looked up by its rowid on both sides, so the work is
+    the candidates', not the table's. Rows are only deleted: the rest keep their order."""
+    okey, nkey = s.old_key[0], s.new_key[0]
+    unsure = exp.EQ(this=col("u", "c"), expression=exp.Literal.number(0))
+    keep = (
+        exp.select(col("k", "c"))
+        .from_(table(name, "temp", "c"))
+        .join(
+            table(s.name, "old", "o"),
+            on=exp.EQ(this=okey.copy(), expression=col("k", "c")),
+            join_type="cross",
+        )
+        .join(
+            table(s.new_name or s.name, "new", "n"),
+            on=exp.EQ(this=nkey.copy(), expression=col("k", "c")),
+            join_type="cross",
+        )
+        .where(exp.and_(unsure.copy(), exp.Paren(this=cond.copy())))
+    )
+    drop = exp.Delete(
+        this=table(name, "temp"),
+        where=exp.Where(
+            this=exp.and_(
+                exp.EQ(this=col("u"), expression=exp.Literal.number(0)),
+                exp.Not(this=exp.In(this=col("k"), query=keep.subquery())),
+            )
+        ),
+    )
+    conn.execute(sql(drop))
 
 
 def _scan_old(s: TableSides) -> exp.Expression:
@@ -623,8 +741,10 @@ def _lost_queries(
     as_text: Callable[[exp.Expression], exp.Expression] = _same,
     key_expr: Callable[[tuple[str, ...], str], exp.Expression] = key_json,
     label_schema: str = "new",
+    label: exp.Expression | None = None,
 ) -> list[exp.Select]:
-    """The SELECTs of :func:`record_lost` for bundle table ``name``, one per column, in order."""
+    """The SELECTs of :func:`record_lost` for bundle table ``name``, one per column, in order.
+    ``label``: the row's label as :func:`_labels_listed` looks it up (default :func:`label_expr`)."""
     new_t = a.new.tables[a.live_name(name)]
     carried = _carried(a, name)
     if carried:
@@ -654,7 +774,11 @@ def _lost_queries(
             exp.select(
                 exp.Literal.string(name),
                 key_expr(new_t.key, "b"),
-                as_text(label_expr(new_t, a.new, "b", label_schema)),
+                as_text(
+                    label.copy()
+                    if label is not None
+                    else label_expr(new_t, a.new, "b", label_schema)
+                ),
                 exp.Literal.string(c),
                 as_text(col(c, "b")),
                 exp.Literal.string(reason),
@@ -663,6 +787,65 @@ def _lost_queries(
             .where(and_all(conds))
         )
     return out
+
+
+LABELS = "_recovery_labels"
+"""The temporary list of one bundle table's row labels (:func:`_labels_listed`)."""
+
+
+def _labels_listed(conn: Connection, a: Analysis, name: str) -> exp.Expression | None:
+    """When bundle table ``name``'s rows take their label from a parent (:func:`label_parent`):
+    each changed row's label looked up ONCE, into the temporary :data:`LABELS` keyed by the
+    bundle row's rowid, and the expression that reads it back for row ``b``; the per-column
+    statements of :func:`_lost_queries` then find it by rowid instead of each looking the parent
+    up again (a random read of a large parent per row and column). None when the label needs no
+    lookup or only one column is listed. SQLite only; the caller drops :data:`LABELS`."""
+    new_t = a.new.tables[a.live_name(name)]
+    if (
+        label_parent(new_t, a.new) is None
+        or any(c.lower() in ("rowid", "oid", "_rowid_") for c in new_t.column_names)
+        or len(_lost_queries(a, FilesConfig(), name, None)) < 2
+    ):
+        return None  # (a column named rowid would shadow the bundle row's rowid)
+    listed = table(LABELS, "temp")
+    conn.execute(sql(exp.Drop(kind="TABLE", tables=[listed.copy()], exists=True)))
+    conn.execute(
+        sql(
+            exp.Create(
+                this=exp.Schema(
+                    this=listed.copy(),
+                    expressions=[
+                        exp.ColumnDef(
+                            this=exp.to_identifier("r", quoted=True),
+                            kind=exp.DataType.build("INTEGER"),
+                            constraints=[
+                                exp.ColumnConstraint(kind=exp.PrimaryKeyColumnConstraint())
+                            ],
+                        ),
+                        exp.ColumnDef(this=exp.to_identifier("l", quoted=True)),
+                    ],
+                ),
+                kind="TABLE",
+            )
+        )
+    )
+    fill = (
+        exp.select(col("rowid", "b"), label_expr(new_t, a.new, "b"))
+        .from_(table(name, "bnew", "b"))
+        .where(
+            exp.In(this=col(KIND, "b"), expressions=[exp.Literal.string(k) for k in CHANGED_KINDS])
+        )
+    )
+    conn.execute(sql(exp.Insert(this=listed.copy(), expression=fill)))
+    return exp.Subquery(
+        this=exp.select(col("l", "lb"))
+        .from_(table(LABELS, "temp", "lb"))
+        .where(exp.EQ(this=col("r", "lb"), expression=col("rowid", "b")))
+    )
+
+
+def _drop_labels(conn: Connection) -> None:
+    conn.execute(sql(exp.Drop(kind="TABLE", tables=[table(LABELS, "temp")], exists=True)))
 
 
 def _carried(a: Analysis, name: str) -> bool:
@@ -705,10 +888,12 @@ def list_lost_early(
         if done():
             return
         total = 0
-        for q in _lost_queries(a, files, name, None):
+        label = _labels_listed(conn, a, name)
+        for q in _lost_queries(a, files, name, None, label=label):
             total += int(
                 conn.execute(sql(exp.Insert(this=table(EARLY_LOST, "temp"), expression=q))).rowcount
             )
+        _drop_labels(conn)
         conn.execute(
             sql(
                 exp.Insert(
@@ -766,9 +951,12 @@ def record_lost(
             counts[name]["lost"] = early[name]
             continue
         total = 0
-        for q in _lost_queries(a, files, name, replay, as_text, key_expr, label_schema):
+        label = _labels_listed(conn, a, name) if create_list is None else None  # (SQLite)
+        for q in _lost_queries(a, files, name, replay, as_text, key_expr, label_schema, label):
             stmt = exp.Insert(this=table(LOST_TABLE, "bnew"), expression=q)
             total += int(conn.execute(sql(stmt)).rowcount)
+        if label is not None:
+            _drop_labels(conn)
         counts[name]["lost"] = total
     if early is not None:
         for t in (EARLY_LOST, EARLY_DONE):
@@ -908,6 +1096,7 @@ def extract(
     copying: Future[dict[str, object]] | None = None
     written: dict[str, str] = {}  # the upload copies' digests, taken as they were written
     db_hashes: dict[str, Future[str]] = {}
+    sandbox: Sandbox | None = None
     try:
         if alembic_ini is not None and derived_lineage is None:
             # the app's downgrade in the sandbox (its own child process) while the hashes run and
@@ -928,6 +1117,10 @@ def extract(
             lineage, lineage_report = derived_lineage()
             return lineage
 
+        if alembic_ini is not None:
+            # the replay's child starts now (Python, SQLAlchemy, Alembic): warm when the upgrade
+            # is asked for, after the analysis and the bounded copy
+            sandbox = start_sandbox(alembic_ini, replay_path(replay_dir), backup, live)
         with analyse(backup, live, since, mapping, rules, trust_mapping) as a:
             conn = a.pair
             conn.execute("PRAGMA query_only = OFF")
@@ -938,7 +1131,8 @@ def extract(
                 # the replay runs (its own thread, its child process) while the tables that do
                 # not depend on it are extracted; its file is attached now, before BEGIN
                 # (SQLite attaches only outside a transaction), and first read once it is done
-                pending = start_replayed_upgrade(alembic_ini, a, replay_dir)
+                pending = start_replayed_upgrade(alembic_ini, a, replay_dir, sandbox)
+                sandbox = None  # (the replay owns it now)
                 conn.execute("ATTACH DATABASE ? AS " + REPLAY_SCHEMA, (attach_uri(pending.path),))
             conn.execute("BEGIN")
             progress.set_total(
@@ -954,12 +1148,14 @@ def extract(
                 # the files table is extracted: copy its files while the replay and the rest run
                 early_files = bundle_file_rows(conn, files, "bnew")
                 copying = _start_copy(work, uploads, backup, files, walk, early_files, written)
+            early: dict[str, str] = {}
             if pending is not None and waiting:  # the idle wait for the replay: lists first
+                early = list_changed_early(conn, a, waiting, pending.future.done)
                 list_lost_early(conn, a, files, a.bundle_tables, pending.future.done)
             replay = pending.result() if pending is not None else None
             a.replay = replay
             for name in waiting:
-                extract_table(conn, a, name, counts, "rest")
+                extract_table(conn, a, name, counts, "rest", early.get(name))
                 progress.advance(1, name)
             close_foreign_keys(conn, a, counts)
             progress.advance(1, "foreign-key closure")
@@ -1026,6 +1222,8 @@ def extract(
             raise first from None  # what the migrations said comes first, as it always has
         raise
     finally:
+        if sandbox is not None:  # started, never handed to the replay
+            sandbox.close()
         os.close(held)
         shutil.rmtree(replay_dir, ignore_errors=True)
     return ExtractResult(

@@ -331,17 +331,26 @@ def replayed_upgrade(
     folder: str | os.PathLike[str],
     a: Analysis | None = None,
     into: Path | None = None,
+    started: Any = None,
 ) -> Replayed | None:
     """The upgrade replayed in the sandbox on a copy of ``backup`` in ``folder``
     (:mod:`recovery.migrate.replay`), or None without migrations or when the replay failed. With
     the analysis ``a`` the copy is bounded to the rows the comparison asks about
-    (:func:`replay_needs`), else it is the whole backup."""
-    if alembic_ini is None:
-        return None
+    (:func:`replay_needs`), else it is the whole backup. ``started``: a sandbox already started
+    for ``into`` (:func:`recovery.migrate.replay.start_sandbox`), owned (closed) from here on."""
     from recovery.migrate.replay import replay_upgrade
 
-    needs, keys = replay_needs(a) if a is not None else (None, None)
-    path = replay_upgrade(alembic_ini, backup, live, folder, needs, keys, into)
+    if alembic_ini is None:
+        if started is not None:
+            started.close()
+        return None
+    try:
+        needs, keys = replay_needs(a) if a is not None else (None, None)
+    except BaseException:
+        if started is not None:
+            started.close()
+        raise
+    path = replay_upgrade(alembic_ini, backup, live, folder, needs, keys, into, started)
     return Replayed(path) if path is not None else None
 
 
@@ -373,6 +382,9 @@ class PendingReplay:
 
     path: Path
     future: Future[Replayed | None]
+    started: Any = None
+    """The sandbox started for it beforehand (the replay closes it; :meth:`wait` too, for a
+    replay cancelled before it began)."""
 
     def result(self) -> Replayed | None:
         return self.future.result()
@@ -381,28 +393,45 @@ class PendingReplay:
         """Block until the work is over, whatever its outcome (nothing outlives the caller)."""
         if not self.future.cancel():
             self.future.exception()
+        if self.started is not None:
+            self.started.close()
+
+
+def replay_path(folder: str | os.PathLike[str]) -> Path:
+    """The file :func:`start_replayed_upgrade` writes the replayed copy into."""
+    return Path(folder) / "replayed-upgrade.db"
 
 
 def start_replayed_upgrade(
-    alembic_ini: str | os.PathLike[str], a: Analysis, folder: str | os.PathLike[str]
+    alembic_ini: str | os.PathLike[str],
+    a: Analysis,
+    folder: str | os.PathLike[str],
+    started: Any = None,
 ) -> PendingReplay:
-    """:func:`replayed_upgrade` (bounded by ``a``) started on its own thread."""
-    path = Path(folder) / "replayed-upgrade.db"
+    """:func:`replayed_upgrade` (bounded by ``a``) started on its own thread. ``started``: a
+    sandbox already started for :func:`replay_path` (owned from here on)."""
+    path = replay_path(folder)
     path.touch()
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recovery-replay")
     # in the caller's context: the files a ``protecting`` block names stay protected in the thread
-    future = pool.submit(
-        contextvars.copy_context().run,
-        replayed_upgrade,
-        alembic_ini,
-        a.backup,
-        a.live,
-        folder,
-        a,
-        path,
-    )
+    try:
+        future = pool.submit(
+            contextvars.copy_context().run,
+            replayed_upgrade,
+            alembic_ini,
+            a.backup,
+            a.live,
+            folder,
+            a,
+            path,
+            started,
+        )
+    except BaseException:
+        if started is not None:
+            started.close()
+        raise
     pool.shutdown(wait=False)
-    return PendingReplay(path, future)
+    return PendingReplay(path, future, started)
 
 
 def _child_attach(

@@ -21,6 +21,7 @@ from sqlglot import exp
 
 from recovery.engine.base import Connection
 from recovery.engine import open_engine
+from recovery.errors import RecoveryError
 from recovery.migrate import bounded
 
 if TYPE_CHECKING:
@@ -40,6 +41,7 @@ def replay_upgrade(
     needs: dict[str, exp.Expression] | None = None,
     keys: dict[str, tuple[str, ...]] | None = None,
     into: Path | None = None,
+    started: Sandbox | None = None,
 ) -> Path | None:
     """A copy of ``backup`` upgraded to ``live``'s revision in the sandbox, or None (with one line
     on stderr) when the revisions are unknown or the application's upgrade fails: then nothing is
@@ -53,24 +55,53 @@ def replay_upgrade(
     :data:`~recovery.migrate.bounded.FULL_ENV` set to ``1`` always uses the full copy.
 
     ``into``: the file to write (an existing, possibly empty file is rewritten in place, so a
-    connection that attached it beforehand reads the result); default ``folder``/replayed-upgrade.db."""
+    connection that attached it beforehand reads the result); default ``folder``/replayed-upgrade.db.
+
+    ``started``: a sandbox already started for ``into`` with ``backup`` and ``live`` protected
+    (:func:`start_sandbox`, so that its child's start-up is over when the upgrade is asked for);
+    this function owns it from the call on and closes it in every case."""
     from recovery.engine.schema import alembic_revision
 
-    with open_engine(backup).readonly("backup") as b:
-        old_rev = alembic_revision(b)
-    with open_engine(live).readonly("live database") as n:
-        new_rev = alembic_revision(n)
-    if old_rev is None or new_rev is None:
-        return None
-    target = into if into is not None else Path(folder) / "replayed-upgrade.db"
-    from recovery.engine.sqlite import SQLiteEngine
+    with _closing(started):
+        with open_engine(backup).readonly("backup") as b:
+            old_rev = alembic_revision(b)
+        with open_engine(live).readonly("live database") as n:
+            new_rev = alembic_revision(n)
+        if old_rev is None or new_rev is None:
+            return None
+        target = into if into is not None else Path(folder) / "replayed-upgrade.db"
+        from recovery.engine.sqlite import SQLiteEngine
 
-    if not isinstance(open_engine(backup), SQLiteEngine):
-        target = open_engine(backup).snapshot(target, "backup")
-        with _sandbox(alembic_ini, target, backup, live, old_rev != new_rev) as sb:
-            return target if _upgrade(sb, new_rev) is not None else None
+        if not isinstance(open_engine(backup), SQLiteEngine) or old_rev == new_rev:
+            _close(started)
+            started = None
+        if not isinstance(open_engine(backup), SQLiteEngine):
+            target = open_engine(backup).snapshot(target, "backup")
+            with _sandbox(alembic_ini, target, backup, live, old_rev != new_rev) as sb:
+                return target if _upgrade(sb, new_rev) is not None else None
+        return _replay_sqlite(
+            alembic_ini, backup, live, target, old_rev, new_rev, needs, keys, started
+        )
+
+
+def _replay_sqlite(
+    alembic_ini: str | os.PathLike[str],
+    backup: str | os.PathLike[str],
+    live: str | os.PathLike[str],
+    target: Path,
+    old_rev: str,
+    new_rev: str,
+    needs: dict[str, exp.Expression] | None,
+    keys: dict[str, tuple[str, ...]] | None,
+    started: Sandbox | None,
+) -> Path | None:
+    """:func:`replay_upgrade` of a SQLite backup into ``target`` (in ``started`` when given)."""
     # the child starts (Python, Alembic, the app's imports) while the copy is written
-    with _sandbox(alembic_ini, target, backup, live, old_rev != new_rev) as sb:
+    with (
+        _given(started)
+        if started is not None
+        else _sandbox(alembic_ini, target, backup, live, old_rev != new_rev)
+    ) as sb:
         if needs is not None and os.environ.get(bounded.FULL_ENV) != "1":
             _empty(target)
             try:
@@ -93,6 +124,50 @@ def replay_upgrade(
                 log.info("recovery: the upgrade is replayed on a full copy of the backup: %s", why)
         _full_copy(Path(backup), target)
         return target if _upgrade(sb, new_rev) is not None else None
+
+
+def start_sandbox(
+    alembic_ini: str | os.PathLike[str],
+    target: Path,
+    backup: str | os.PathLike[str],
+    live: str | os.PathLike[str],
+) -> Sandbox | None:
+    """The sandbox :func:`replay_upgrade` would start for ``target``, started now (its child
+    imports Python, SQLAlchemy and Alembic while the caller does other work); None when it
+    cannot be started (a missing ini…): :func:`replay_upgrade` then starts its own and reports
+    what is wrong as it always did. Hand it to :func:`replay_upgrade` (``started``), or close it."""
+    from recovery.migrate.sandbox import Sandbox
+
+    try:
+        return Sandbox(Path(alembic_ini), target, [Path(backup), Path(live)]).__enter__()
+    except (RecoveryError, OSError):
+        return None
+
+
+def _close(sb: Sandbox | None) -> None:
+    if sb is not None:
+        sb.close()
+
+
+@contextmanager
+def _closing(sb: Sandbox | None) -> Iterator[None]:
+    """Close ``sb`` (if still open) when the block ends, however it ends."""
+    try:
+        yield
+    finally:
+        _close(sb)
+
+
+@contextmanager
+def _given(sb: Sandbox) -> Iterator[Sandbox]:
+    """A started sandbox (entered once, by :func:`start_sandbox`: entering it again would start a
+    second child) used as :func:`_sandbox` uses a new one: closed and checked at the end."""
+    try:
+        yield sb
+    except BaseException as exc:
+        sb.__exit__(type(exc), exc, exc.__traceback__)
+        raise
+    sb.__exit__(None, None, None)
 
 
 @contextmanager

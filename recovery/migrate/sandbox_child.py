@@ -514,11 +514,17 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
+_SCRATCH: list[str] = []
+"""The SQLite scratch file this child migrates (empty for a PostgreSQL scratch database)."""
+
+
 def main(argv: list[str]) -> int:
     _die_with_parent()
     with open(argv[0], encoding="utf-8") as fh:
         init = json.load(fh)
     req_fd, resp_fd = int(argv[1]), int(argv[2])
+    if not init.get("server"):
+        _SCRATCH[:] = [init["scratch"]]  # (for :func:`_leave`)
     guard = Guard(init["scratch"], init["protected"], init.get("server"))
     sys.addaudithook(guard.hook)  # first: nothing of the application has been imported yet
     guard.patch_sqlite3()
@@ -564,5 +570,28 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def _leave(code: int, scratch: str | None) -> None:
+    """End the child. Every connection of ours is closed after each request, so the
+    interpreter's teardown (a tenth of a second with SQLAlchemy, Alembic and the app's modules
+    loaded) only delays the parent, which waits for this exit before it reads the copy: skip it
+    (``os._exit`` after flushing the output and the logging handlers) — unless a SQLite scratch
+    file still has a non-empty rollback journal or a WAL, i.e. the app's code may have left a
+    connection open on it: then the teardown closes that connection as it always did."""
+    if scratch is not None and any(
+        os.path.exists(scratch + s) and (s == "-wal" or os.path.getsize(scratch + s) > 0)
+        for s in ("-journal", "-wal")
+    ):
+        sys.exit(code)
+    if "logging" in sys.modules:
+        sys.modules["logging"].shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    _code = main(sys.argv[1:])
+    _leave(_code, _SCRATCH[0] if _SCRATCH else None)

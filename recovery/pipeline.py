@@ -876,9 +876,9 @@ def _run_rollback(
     reimported: Outcome | None = None  # the re-import's outcome when this process made it
     try:
         if not restore_started:
-            journal.data.setdefault(
-                "live_before", _file_identity(db_p)
-            )  # tells a failed restore's result
+            # the file this attempt found (a resume from before the restore may find another):
+            # tells a failed restore's result
+            journal.data["live_before"] = _file_identity(db_p)
             say("checking the live database and the backup")
             journal.mark("probe", "start")
             journal.mark(
@@ -1172,7 +1172,9 @@ def _reimport_staged_then_swap(
     if proven:  # our own transaction (FK-checked before its COMMIT) is all that changed it
         proof.rebind(tmp)
     _save_outcome(run_dir, outcome)
-    journal.mark("reimport", "done", already_applied=outcome.already_applied)
+    journal.mark(  # the rename keeps the staged file's (device, inode): how a resume knows the swap
+        "reimport", "done", already_applied=outcome.already_applied, staged=_file_identity(tmp)
+    )
     say("swapping the restored database in")
     proof.confirm(tmp)  # a staged file written to since: verify in full after
     swap_in(tmp, db, window)
@@ -1189,43 +1191,37 @@ def _discard_staged(db: Path) -> None:
 
 
 def _settle_staged_restore(journal: Journal, db: Path) -> None:
-    """A resumed run whose killed predecessor was in the backup restore (``restore:start``): when
-    the live file is still the one the run found (device, inode: no swap), nothing of the restore
-    or the staged re-import reached it — both entries are dropped and the run goes again from the
-    probe (a new safety copy under the lock, the extract again if the live DB changed since); when
-    it was swapped, the restore is done (``reimport`` then is too, unless the kill was in an older
-    run that re-imported after the swap: the re-import step then runs on the live DB)."""
+    """A resumed run whose killed predecessor was in the backup restore (``restore:start``), told
+    by the live file's (device, inode): still the one the run found (``live_before``) — nothing of
+    the restore or the staged re-import reached it: both entries are dropped and the run goes
+    again from the probe (a new safety copy under the lock, the extract again if the live DB
+    changed since); the staged file the re-import wrote (journaled at ``reimport:done``; the
+    rename keeps it) — the swap happened: the restore is done. Anything else is a file someone
+    put there: refused, nothing changed (its content is in no copy of ours)."""
     info = journal.info("restore")
     if info.get("state") in (None, "done") or info.get("method") != "backup":
         return
     before = journal.data.get("live_before")
-    if before is None:  # cannot tell: the restore step stages, re-imports and swaps again
+    staged = journal.info("reimport").get("staged") if journal.done("reimport") else None
+    if before is None and staged is None:  # cannot tell: the restore step stages and swaps again
         return
-    if _file_identity(db) == list(before):
+    try:
+        now = _file_identity(db)
+    except OSError:
+        now = None
+    if staged is not None and now == list(staged):
+        journal.mark("restore", "done", method="backup")
+        return
+    if before is not None and now == list(before):
         journal.data["steps"].pop("restore", None)
         journal.data["steps"].pop("reimport", None)
         return
-    if journal.done("reimport") and not _swapped_in_by(journal.data["steps"], journal.run_dir, db):
-        raise RecoveryError(
-            f"the live DB {db} is neither the file this run found nor the one it swapped in (it "
-            f"holds no re-import of bundle {journal.info('extract').get('bundle_id')}); nothing was changed",
-            f"something else replaced it: inspect it; the failed release's DB as the run found it "
-            f"is in {journal.run_dir / 'safety'}",
-        )
-    journal.mark("restore", "done", method="backup")
-
-
-def _swapped_in_by(steps: dict[str, Any], run_dir: Path, db: Path) -> bool:
-    """Whether ``db`` can be the file the run's staged restore swapped in (its journal ``steps``
-    say the re-import was done before the swap): it holds the run's re-import, or the re-import
-    was aborted (the bare backup went in), or this cannot be checked."""
-    if _reimported(db, steps.get("extract", {}).get("bundle_id")) is not False:
-        return True
-    try:
-        saved = json.loads((run_dir / OUTCOME_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return True
-    return bool(isinstance(saved, dict) and saved.get("aborted"))
+    raise RecoveryError(
+        f"the live DB {db} is neither the file this run found nor the one it swapped in; "
+        "nothing was changed",
+        f"something else replaced it: inspect it; the failed release's DB as the run found it "
+        f"is in {journal.run_dir / 'safety'}",
+    )
 
 
 def _open_window(db: Path, force: bool) -> tuple[WriteWindow, list[str]]:
@@ -1368,18 +1364,21 @@ def _failure_truth(
     if restore.get("state") is None or "undo" in steps:
         return None
     if restore.get("state") != "done":
-        before = journal.get("live_before")
         try:
-            replaced = before is None or _file_identity(db) != list(before)
+            found: list[int] | None = _file_identity(db)
         except OSError:
-            replaced = True
-        if not replaced:
-            return None  # the swap never happened: the live file is the untouched original
-        staged_reimport = (
-            restore.get("method") == "backup" and steps.get("reimport", {}).get("state") == "done"
-        )
-        if staged_reimport and not _swapped_in_by(steps, run_dir, db):
-            return None  # another file than ours is at the live path: the error says what it is
+            found = None
+        if restore.get("method") == "backup":
+            # swapped only if the file at the live path is the staged file the re-import wrote
+            # (journaled at reimport:done, kept by the rename); otherwise the live file is the
+            # untouched original or someone else's, and the original error stands
+            staged = steps.get("reimport", {}).get("staged")
+            if staged is None or found != list(staged):
+                return None
+        else:
+            before = journal.get("live_before")
+            if before is not None and found == list(before):
+                return None  # the swap never happened: the live file is the untouched original
     bundle_id = steps.get("extract", {}).get("bundle_id")
     reimported = _reimported(db, bundle_id)
     downgrade = restore.get("method") == "downgrade"

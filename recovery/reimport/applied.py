@@ -71,8 +71,14 @@ def record_applied(ctx: Context) -> None:
     ctx.run(ddl)
     from recovery import __version__
 
-    ins = exp.Insert(
-        this=table(APPLIED_TABLE, "main"),
+    ins = exp.Insert(  # columns named: the table may have gained ``outcome`` (OUTCOME_COLUMN)
+        this=exp.Schema(
+            this=table(APPLIED_TABLE, "main"),
+            expressions=[
+                exp.to_identifier(c, quoted=True)
+                for c in ("bundle_id", "applied_at", "tool_version", "policy")
+            ],
+        ),
         expression=exp.Values(expressions=[exp.Tuple(expressions=[exp.Placeholder()] * 4)]),
     )
     ctx.run(

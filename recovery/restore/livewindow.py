@@ -185,6 +185,14 @@ class WriteWindow:
         if self._conn is None or self._fd is None:
             raise RuntimeError("the write window was released")
         db = self.db
+        held, now = os.fstat(self._fd), os.stat(db)
+        if (held.st_dev, held.st_ino) != (now.st_dev, now.st_ino):
+            raise RecoveryError(  # its content is in no copy of ours: a rename would lose it
+                f"{db} was replaced by another file during the rollback (the one locked since the "
+                "safety copy is no longer at that path); nothing was swapped in",
+                "stop whatever replaced it, then run the same command again: it starts over from "
+                "the file now there",
+            )
         wal, shm = sidecars(db)
         if is_wal_file(db):
             c = sqlite3.connect(str(db), isolation_level=None, timeout=5)

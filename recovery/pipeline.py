@@ -1172,9 +1172,10 @@ def _reimport_staged_then_swap(
     if proven:  # our own transaction (FK-checked before its COMMIT) is all that changed it
         proof.rebind(tmp)
     _save_outcome(run_dir, outcome)
-    journal.mark(  # the rename keeps the staged file's (device, inode): how a resume knows the swap
-        "reimport", "done", already_applied=outcome.already_applied, staged=_file_identity(tmp)
-    )
+    # the rename keeps the staged file's (device, inode): how a resume knows the swap happened
+    # (kept beside live_before, out of the steps the report shows)
+    journal.data["live_staged"] = _file_identity(tmp)
+    journal.mark("reimport", "done", already_applied=outcome.already_applied)
     say("swapping the restored database in")
     proof.confirm(tmp)  # a staged file written to since: verify in full after
     swap_in(tmp, db, window)
@@ -1202,7 +1203,7 @@ def _settle_staged_restore(journal: Journal, db: Path) -> None:
     if info.get("state") in (None, "done") or info.get("method") != "backup":
         return
     before = journal.data.get("live_before")
-    staged = journal.info("reimport").get("staged") if journal.done("reimport") else None
+    staged = journal.data.get("live_staged") if journal.done("reimport") else None
     if before is None and staged is None:  # cannot tell: the restore step stages and swaps again
         return
     try:
@@ -1215,6 +1216,7 @@ def _settle_staged_restore(journal: Journal, db: Path) -> None:
     if before is not None and now == list(before):
         journal.data["steps"].pop("restore", None)
         journal.data["steps"].pop("reimport", None)
+        journal.data.pop("live_staged", None)
         return
     raise RecoveryError(
         f"the live DB {db} is neither the file this run found nor the one it swapped in; "
@@ -1372,8 +1374,10 @@ def _failure_truth(
             # swapped only if the file at the live path is the staged file the re-import wrote
             # (journaled at reimport:done, kept by the rename); otherwise the live file is the
             # untouched original or someone else's, and the original error stands
-            staged = steps.get("reimport", {}).get("staged")
-            if staged is None or found != list(staged):
+            staged = journal.get("live_staged")
+            if staged is None or steps.get("reimport", {}).get("state") != "done":
+                return None
+            if found != list(staged):
                 return None
         else:
             before = journal.get("live_before")

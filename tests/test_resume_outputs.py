@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_reliability import ALEMBIC_INI, BACKUP, killed, rerun, run_cli, run_here
+from tests.test_reliability import killed, rerun, run_cli, run_here
 from tests.test_rollback_outputs import _normalized
+from tests.test_run_truth import rollback_args  # the same run, uploads included
 
 SAME = (
     "files.csv",
@@ -35,22 +36,6 @@ SAME = (
 CHAIN = ("reimport:done", "relink:done", "verify:start")
 
 
-def _args() -> list[str]:
-    return [
-        "rollback",
-        "gestima.db",
-        "--backup",
-        BACKUP,
-        "--alembic-ini",
-        str(ALEMBIC_INI),
-        "--uploads",
-        "uploads",
-        "--out",
-        "run",
-        "--yes",
-    ]
-
-
 def _outcome_without_verification(run: Path, w: Path) -> tuple[dict, dict]:
     doc = json.loads(_normalized(run, w, "outcome.json"))
     return {k: v for k, v in doc.items() if k != "verification"}, doc["verification"]
@@ -61,19 +46,19 @@ def test_a_run_killed_after_its_reimport_resumes_to_the_same_files(
 ) -> None:
     ref = tmp_path / "ref"
     shutil.copytree(world, ref)
-    straight = run_here(_args(), ref)
+    straight = run_here(rollback_args(), ref)
     assert straight.returncode in (0, 1), straight.stderr
     w = tmp_path / "w"
     shutil.copytree(world, w)
     for point in CHAIN:
-        proc = run_cli(_args(), w, {"RECOVERY_TEST_KILL_AT_STEP": point})
+        proc = run_cli(rollback_args(), w, {"RECOVERY_TEST_KILL_AT_STEP": point})
         assert killed(proc), f"not killed at {point}: rc={proc.returncode} {proc.stderr[-800:]}"
         steps = json.loads((w / "run" / "journal.json").read_text(encoding="utf-8"))["steps"]
         assert steps[point.split(":")[0]]["state"] == point.split(":")[1]
         if point == "relink:done":  # what the resumed run will take from the file, not redo
             saved = json.loads((w / "run" / "outcome.json").read_text(encoding="utf-8"))
             assert saved["files"]["counts"]["relinked"] > 0
-    code, out = rerun(_args(), w, monkeypatch)
+    code, out = rerun(rollback_args(), w, monkeypatch)
     assert code == straight.returncode, out
     for name in SAME:
         assert _normalized(w / "run", w, name) == _normalized(ref / "run", ref, name), name

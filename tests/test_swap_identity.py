@@ -50,12 +50,10 @@ def test_a_file_put_at_the_live_path_during_the_run_is_never_swapped_over(tmp_pa
     assert _values(db) == ["precious"] and staged.exists()
 
 
-def _killed_then(world: Path, tmp_path: Path, point: str) -> Path:
-    w = tmp_path / "w"
-    shutil.copytree(world, w)
+def _rollback_args(w: Path) -> list[object]:
     from recovery.sample import app_dir
 
-    args = [
+    return [
         "rollback",
         w / "gestima.db",
         "--backup",
@@ -66,7 +64,12 @@ def _killed_then(world: Path, tmp_path: Path, point: str) -> Path:
         w / "run",
         "--yes",
     ]
-    killed = run(*args, env={"RECOVERY_TEST_KILL_AT_STEP": point}, process=True)
+
+
+def _killed_then(world: Path, tmp_path: Path, point: str) -> Path:
+    w = tmp_path / "w"
+    shutil.copytree(world, w)
+    killed = run(*_rollback_args(w), env={"RECOVERY_TEST_KILL_AT_STEP": point}, process=True)
     assert killed.returncode < 0 or killed.returncode == 137, killed.stderr[-400:]
     return w  # the caller resumes with the same arguments
 
@@ -78,8 +81,6 @@ def test_a_resume_never_takes_someone_elses_file_for_the_swapped_one(
     """Killed before the swap (before or after the staged re-import), then the live file replaced
     by a copy of itself (same content, a new inode): the resume refuses, exit 2, and leaves that
     file as it is (before: it journaled the restore done and said the live DB was the backup)."""
-    from recovery.sample import app_dir
-
     w = _killed_then(world, tmp_path, point)
     live = w / "gestima.db"
     copy = w / "copy.db"
@@ -89,17 +90,7 @@ def test_a_resume_never_takes_someone_elses_file_for_the_swapped_one(
             shutil.copyfile(Path(str(live) + side), Path(str(copy) + side))
     os.replace(copy, live)
     before = live.read_bytes()
-    res = invoke(
-        "rollback",
-        live,
-        "--backup",
-        w / BACKUP,
-        "--alembic-ini",
-        app_dir() / "alembic.ini",
-        "--out",
-        w / "run",
-        "--yes",
-    )
+    res = invoke(*_rollback_args(w))
     journal = json.loads((w / "run" / "journal.json").read_text())
     # refused, not started over: a new attempt would take a new safety copy over the one holding
     # the file the run found, which is no longer at the live path

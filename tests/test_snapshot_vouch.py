@@ -77,6 +77,19 @@ def _staged_copy(backup: Path, dest: Path) -> Path:
     return dest
 
 
+def _hashes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The files (real paths) sha256_file reads whole from now on."""
+    hashed: list[str] = []
+    whole_file_digest = hashlib.file_digest
+
+    def recording(fh, digest):  # type: ignore[no-untyped-def]
+        hashed.append(os.path.realpath(fh.name))
+        return whole_file_digest(fh, digest)
+
+    monkeypatch.setattr(hashlib, "file_digest", recording)
+    return hashed
+
+
 # --- same_content_digest ------------------------------------------------------------------------
 
 
@@ -133,14 +146,7 @@ def test_a_promised_digest_is_waited_for_not_read_again(
 ) -> None:
     backup = _small_db(tmp_path / "b.db")
     staged = _staged_copy(backup, tmp_path / "s.db")
-    hashed: list[str] = []
-    whole_file_digest = hashlib.file_digest
-
-    def recording(fh, digest):  # type: ignore[no-untyped-def]
-        hashed.append(fh.name)
-        return whole_file_digest(fh, digest)
-
-    monkeypatch.setattr(hashlib, "file_digest", recording)
+    hashed = _hashes(monkeypatch)
     monkeypatch.setattr(sqlite_io, "SETTLED_NS", 0)  # written a moment ago: count it as settled
     started, got = threading.Event(), []
     waiter = threading.Thread(target=lambda: (started.wait(), got.append(sha256_file(backup))))
@@ -156,7 +162,7 @@ def test_a_promised_digest_is_waited_for_not_read_again(
     conn.close()
     with promise_sha256(backup):  # a promise ended with nothing remembered: read after all
         pass
-    assert sha256_file(backup) == _sha(backup) and hashed == [str(backup)]
+    assert sha256_file(backup) == _sha(backup) and hashed == [os.path.realpath(backup)]
 
 
 # --- snapshot_vouch and StagedProof.staging ------------------------------------------------------
@@ -273,14 +279,7 @@ def test_a_rollback_from_a_snapshot_rests_on_its_manifest_and_verifies_the_same(
     backup is read for its digest once: the extract takes the one the proof remembered."""
     w = _world_with_snapshot(world, tmp_path / "snap")
     backup = next(w.glob("gestima.db.bak.*[0-9]"))
-    hashed: list[str] = []
-    whole_file_digest = hashlib.file_digest
-
-    def recording(fh, digest):  # type: ignore[no-untyped-def]
-        hashed.append(os.path.realpath(fh.name))
-        return whole_file_digest(fh, digest)
-
-    monkeypatch.setattr(hashlib, "file_digest", recording)
+    hashed = _hashes(monkeypatch)
     monkeypatch.setattr(sqlite_io, "SETTLED_NS", 0)  # copied a moment ago: count it as settled
     rollback(w / "gestima.db", backup, w / "run", alembic_ini=INI)
     assert os.path.realpath(backup) not in hashed

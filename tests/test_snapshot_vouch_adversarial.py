@@ -25,6 +25,7 @@ from recovery.engine.sqlite_io import promise_sha256, same_content_digest, sha25
 from recovery.errors import RecoveryError
 from recovery.restore.swap import stage_restore
 from recovery.verify.checks import StagedProof, snapshot_vouch
+from tests.test_snapshot_vouch import _hashes
 
 DEPLOY = datetime(2026, 11, 20, 14, 0, 0)
 VOUCHED = {"integrity_check": "snapshot manifest", "foreign_key_check": "snapshot manifest"}
@@ -213,19 +214,6 @@ def test_a_manifest_nested_too_deep_or_not_an_object_is_refused(tmp_path: Path, 
 
 
 # --- the digest memo and the promise ---------------------------------------------------------------
-
-
-def _hashes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The files sha256_file reads from now on."""
-    hashed: list[str] = []
-    whole_file_digest = hashlib.file_digest
-
-    def recording(fh, digest):  # type: ignore[no-untyped-def]
-        hashed.append(os.path.realpath(fh.name))
-        return whole_file_digest(fh, digest)
-
-    monkeypatch.setattr(hashlib, "file_digest", recording)
-    return hashed
 
 
 def test_a_file_written_a_moment_ago_is_not_remembered(

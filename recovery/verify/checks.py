@@ -143,28 +143,35 @@ class StagedProof:
         bytes (:func:`snapshot_vouch`) is taken from the manifest instead of run again."""
 
         def run(*args: Any, **kwargs: Any) -> tuple[Path, str]:
+            manifest = _may_vouch(backup) if backup is not None else None  # read once
             with ExitStack() as promise:
-                if backup is not None and _may_vouch(backup):  # the extract hashes it too
-                    promise.enter_context(promise_sha256(backup))
+                if backup is not None and manifest is not None:  # the extract hashes the backup
+                    promise.enter_context(promise_sha256(backup))  # too: it waits for ours
                 tmp, digest = stage(*args, **kwargs)
                 before = file_identity(tmp)
-                vouch = snapshot_vouch(backup, tmp) if backup is not None else None
+                vouch = (
+                    _vouch(manifest, backup, tmp)
+                    if backup is not None and manifest is not None
+                    else None
+                )
             staged = open_engine(tmp)
-            if vouch is not None:
-                self.integrity = ["ok"]
-                self.basis["integrity_check"] = "snapshot manifest"
-            if vouch is not None and vouch.foreign_keys is not None:
-                self.foreign_keys = vouch.foreign_keys
-                self.basis["foreign_key_check"] = "snapshot manifest"
-            elif vouch is not None:
-                self.foreign_keys = _on_connection(staged, "staged backup", foreign_key_problems)
-                self.basis["foreign_key_check"] = "checked"
-            else:
+            if vouch is None:
                 with ThreadPoolExecutor(max_workers=1, thread_name_prefix="staged-fk") as pool:
                     fks = pool.submit(_on_connection, staged, "staged backup", foreign_key_problems)
                     self.integrity = _on_connection(staged, "staged backup", _integrity_with_cache)
                     self.foreign_keys = fks.result()
                 self.basis.update(integrity_check="checked", foreign_key_check="checked")
+            else:
+                self.integrity = ["ok"]
+                self.basis["integrity_check"] = "snapshot manifest"
+                if vouch.foreign_keys is None:  # a manifest from before it recorded them
+                    self.foreign_keys = _on_connection(
+                        staged, "staged backup", foreign_key_problems
+                    )
+                    self.basis["foreign_key_check"] = "checked"
+                else:
+                    self.foreign_keys = vouch.foreign_keys
+                    self.basis["foreign_key_check"] = "snapshot manifest"
             self.sha256, self.stat = (
                 (digest, before) if file_identity(tmp) == before else (None, None)
             )
@@ -210,11 +217,18 @@ def snapshot_vouch(backup: str | os.PathLike[str], staged: str | os.PathLike[str
 
     The manifest is trusted as the record of the snapshot's checks; ``--full-verify`` checks the
     restored file in full whatever it says."""
+    manifest = _may_vouch(backup)
+    return None if manifest is None else _vouch(manifest, backup, staged)
+
+
+def _vouch(
+    manifest: dict[str, Any], backup: str | os.PathLike[str], staged: str | os.PathLike[str]
+) -> Vouch | None:
+    """:func:`snapshot_vouch` with the manifest already read and found fit (:func:`_may_vouch`)."""
     from recovery.capture.manifest import manifest_path_for
     from recovery.engine.sqlite_io import same_content_digest
 
-    manifest = _may_vouch(backup)
-    if manifest is None or not _self_contained(Path(staged)):
+    if not _self_contained(Path(staged)):
         return None
     recorded, fks = manifest["sha256"], manifest.get("foreign_key_check")
     try:

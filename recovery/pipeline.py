@@ -1206,14 +1206,10 @@ def _settle_staged_restore(journal: Journal, db: Path) -> None:
     staged = journal.data.get("live_staged") if journal.done("reimport") else None
     if before is None and staged is None:  # cannot tell: the restore step stages and swaps again
         return
-    try:
-        now = _file_identity(db)
-    except OSError:
-        now = None
-    if staged is not None and now == list(staged):
+    if _live_is(db, staged):
         journal.mark("restore", "done", method="backup")
         return
-    if before is not None and now == list(before):
+    if _live_is(db, before):
         journal.data["steps"].pop("restore", None)
         journal.data["steps"].pop("reimport", None)
         journal.data.pop("live_staged", None)
@@ -1296,6 +1292,17 @@ def _file_identity(p: Path) -> list[int]:
     return [st.st_dev, st.st_ino]
 
 
+def _live_is(db: Path, recorded: Any) -> bool:
+    """The file at ``db`` is the one a journal recorded with :func:`_file_identity` (False when
+    nothing was recorded or ``db`` cannot be read)."""
+    if recorded is None:
+        return False
+    try:
+        return _file_identity(db) == list(recorded)
+    except OSError:
+        return False
+
+
 def _finished_exit_code(journal: Journal, report: dict[str, Any]) -> int:
     """The exit code a finished run finished with: journaled by the report step (a journal written
     before it was recorded: from report.json's verdict)."""
@@ -1366,23 +1373,15 @@ def _failure_truth(
     if restore.get("state") is None or "undo" in steps:
         return None
     if restore.get("state") != "done":
-        try:
-            found: list[int] | None = _file_identity(db)
-        except OSError:
-            found = None
         if restore.get("method") == "backup":
             # swapped only if the file at the live path is the staged file the re-import wrote
             # (journaled at reimport:done, kept by the rename); otherwise the live file is the
             # untouched original or someone else's, and the original error stands
-            staged = journal.get("live_staged")
-            if staged is None or steps.get("reimport", {}).get("state") != "done":
+            written = steps.get("reimport", {}).get("state") == "done"
+            if not (written and _live_is(db, journal.get("live_staged"))):
                 return None
-            if found != list(staged):
-                return None
-        else:
-            before = journal.get("live_before")
-            if before is not None and found == list(before):
-                return None  # the swap never happened: the live file is the untouched original
+        elif _live_is(db, journal.get("live_before")):
+            return None  # the swap never happened: the live file is the untouched original
     bundle_id = steps.get("extract", {}).get("bundle_id")
     reimported = _reimported(db, bundle_id)
     downgrade = restore.get("method") == "downgrade"

@@ -14,7 +14,7 @@ import sqlite3
 import shutil
 import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from collections.abc import Callable
@@ -60,8 +60,8 @@ from recovery.files.uploads import (
     copy_files_into_bundle,
 )
 from recovery.migrate.bounded import attach_uri
+from recovery.bundle import prelist
 from recovery.bundle.prelist import (
-    MIN_ROWS as PRELIST_MIN_ROWS,
     ListJob,
     Prelists,
     changed_list_query,
@@ -526,9 +526,22 @@ def list_jobs(conn: Connection, a: Analysis, waiting: list[str]) -> list[ListJob
                 continue
             cond = whole_cond
         span = rowid_span(conn, s)
-        if span is None or span[1] - span[0] + 1 < PRELIST_MIN_ROWS:
+        if span is None or span[1] - span[0] + 1 < prelist.MIN_ROWS:
             continue
-        job = ListJob(name, s, cond, sure, span[1] - span[0] + 1)
+        # the worker's own trees: nothing it reads is shared with what this thread builds
+        mine = replace(
+            s,
+            old_key=tuple(k.copy() for k in s.old_key),
+            new_key=tuple(k.copy() for k in s.new_key),
+            compared=(),
+        )
+        job = ListJob(
+            name,
+            mine,
+            cond.copy(),
+            sure.copy() if sure is not None else None,
+            span[1] - span[0] + 1,
+        )
         if name in waiting:
             early[name] = job
         else:

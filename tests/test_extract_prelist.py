@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
 from pathlib import Path
@@ -115,13 +116,46 @@ def test_a_failed_worker_makes_the_extract_list_itself(
     monkeypatch.setattr(prelist, "MIN_ROWS", 1)
     taken = _taken(monkeypatch)
 
-    def broken(*_: Any) -> sqlite3.Connection:
+    def broken(*_: Any) -> Any:
         raise sqlite3.OperationalError("unable to open database file")
 
-    monkeypatch.setattr(prelist, "open_pair", broken)
+    monkeypatch.setattr(prelist, "ChildPair", broken)
     failed = extract_mod.extract(backup, live, tmp_path / "failed")
     assert taken == []
     monkeypatch.setattr(prelist, "MIN_ROWS", 10**12)
     alone = extract_mod.extract(backup, live, tmp_path / "alone")
     assert failed.bundle.counts == alone.bundle.counts
     assert _bytes(tmp_path / "failed") == _bytes(tmp_path / "alone")
+
+
+def _children() -> list[int]:
+    """Live child processes of this process (Linux /proc)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == os.getpid() and fields[0] != "Z":
+            out.append(int(entry.name))
+    return out
+
+
+def test_an_extract_that_fails_while_the_workers_run_leaves_no_worker_behind(
+    world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backup, live = _inputs(world)
+    monkeypatch.setattr(prelist, "MIN_ROWS", 1)
+    before = set(_children())
+
+    def fail(*_: Any) -> None:
+        raise RuntimeError("stopped right after the workers started")
+
+    monkeypatch.setattr(extract_mod.progress, "set_total", fail)
+    with pytest.raises(RuntimeError, match="right after the workers started"):
+        extract_mod.extract(backup, live, tmp_path / "b")
+    assert set(_children()) <= before  # every worker child ended (killed and reaped)
+    assert list(tmp_path.iterdir()) == []  # no bundle, no partial folder

@@ -1,14 +1,16 @@
-"""The changed-row lists of the extract's large tables, read on two worker connections.
+"""The changed-row lists of the extract's large tables, read by two worker processes.
 
 A table keyed by the rowid on both sides is extracted from ONE list of its updated and deleted
 keys: a ``LEFT JOIN`` of the backup table to the live one, in rowid order
-(:func:`changed_list_query`). On the 1M-part world those joins are most of the extract's SQL, and
-one connection runs them one after the other on one core. Here each large table's list is made
-on one of two worker connections of its own (sqlite3 releases the GIL while a statement runs),
-into a private scratch file per worker, while the extract's connection goes on with the tables
-before it; the extract then copies the list into its own temporary table, in the list's order, so
-every statement after it (and every byte of the bundle) is what the list made on the extract's
-connection would have given.
+(:func:`changed_list_query`). On the 1M-part world those joins were most of the extract's SQL,
+run one after the other by the extract's connection on one core. Here each large table's list is
+made by one of two workers into a private scratch file per worker, while the extract's
+connection goes on with the tables before it; the extract then copies the list into its own
+temporary table, in the list's order, so every statement after it (and every byte of the bundle)
+is what the list made on the extract's connection would have given. A worker is a
+:class:`~recovery.engine.childpair.ChildPair` (a bare ``python -I`` with :mod:`sqlite3`, the same
+read-only URIs) driven by a thread: two threads of one process running SQLite statements contend
+on SQLite's process-wide mutexes, two processes do not.
 
 One instant: the extract's connection opens its transaction and reads the live file before the
 workers start. A live file in rollback-journal mode cannot take a commit while that read lock is
@@ -29,10 +31,11 @@ from sqlglot import exp
 from recovery.compare.changes import OneInstant, TableSides
 from recovery.engine.base import Connection
 from recovery.engine.sqlbuild import sql, table
-from recovery.engine.sqlite_io import open_pair
+from recovery.engine.childpair import ChildPair
+from recovery.engine.sqlite_io import readonly_uri
 
 WORKERS = 2
-"""Worker connections: one per core of the machines the extract is measured on."""
+"""Worker processes: one per core of the machines the extract is measured on."""
 MIN_ROWS = 20_000
 """A table whose backup key span is below this is listed by the extract's own connection (the
 copy would cost about what the join does)."""
@@ -148,7 +151,7 @@ class Prelists:
         }
         self._done = [threading.Event() for _ in self._groups]
         self._ok = [False] * len(self._groups)
-        self._conns: list[sqlite3.Connection | None] = [None] * len(self._groups)
+        self._conns: list[ChildPair | None] = [None] * len(self._groups)
         self._threads: list[threading.Thread] = []
         self._stop = False
         self._instant: OneInstant | None = None
@@ -173,14 +176,16 @@ class Prelists:
 
     def _work(self, i: int, backup: Path, live: Path, instant: OneInstant | None) -> None:
         try:
-            c = open_pair(backup, live)
+            if self._stop:
+                return
+            c = ChildPair([("old", readonly_uri(backup)), ("new", readonly_uri(live))])
             self._conns[i] = c
             try:
-                c.execute("PRAGMA query_only = OFF")
+                c.execute("PRAGMA query_only = OFF")  # (old and new stay read-only: mode=ro)
                 c.execute("ATTACH DATABASE ? AS lw", (str(self.files[i]),))
                 c.execute("PRAGMA lw.journal_mode = OFF")  # a scratch file, deleted after
                 c.execute("PRAGMA lw.synchronous = OFF")
-                OneInstant.join(c)
+                OneInstant.join(c)  # type: ignore[arg-type]
                 if instant is not None and not instant.still():
                     return  # the live file took a commit: not the extract's instant
                 for n, job in enumerate(self._groups[i]):
@@ -188,14 +193,15 @@ class Prelists:
                         return
                     cols = list_columns(job.sure)
                     listed = table(f"l{n}", "lw")
-                    create_list(c, listed, cols)
-                    fill_list(c, listed, cols, changed_list_query(job.sides, job.cond, job.sure))
+                    create_list(c, listed, cols)  # type: ignore[arg-type]
+                    query = changed_list_query(job.sides, job.cond, job.sure)
+                    fill_list(c, listed, cols, query)  # type: ignore[arg-type]
                 c.execute("COMMIT")
                 self._ok[i] = True
             finally:
                 self._conns[i] = None
                 c.close()
-        except Exception:  # noqa: BLE001 - the extract lists those tables itself
+        except (sqlite3.Error, OSError):  # the extract lists those tables itself
             self._ok[i] = False
         finally:
             self._done[i].set()
@@ -211,14 +217,11 @@ class Prelists:
         return table(listed, self.schemas[i]) if self._ok[i] else None
 
     def close(self) -> None:
-        """Stop the workers (a running statement is interrupted) and wait for them."""
+        """Stop the workers (a child in a statement is ended) and wait for them."""
         self._stop = True
-        for c in list(self._conns):
-            if c is not None:
-                try:
-                    c.interrupt()
-                except sqlite3.Error:
-                    pass  # (closed meanwhile)
+        for t, c in zip(self._threads, list(self._conns), strict=False):
+            if t.is_alive() and c is not None:
+                c.kill()
         for t in self._threads:
             t.join()
         if self._instant is not None:

@@ -21,7 +21,6 @@ that cannot say so, or fails in any way, lists nothing: the extract then makes t
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,8 +185,8 @@ class Prelists:
                 c.execute("PRAGMA lw.journal_mode = OFF")  # a scratch file, deleted after
                 c.execute("PRAGMA lw.synchronous = OFF")
                 OneInstant.join(c)  # type: ignore[arg-type]
-                if instant is not None and not instant.still():
-                    return  # the live file took a commit: not the extract's instant
+                if self._stop or (instant is not None and not instant.still()):
+                    return  # stopped, or the live file took a commit: not the extract's instant
                 for n, job in enumerate(self._groups[i]):
                     if self._stop:
                         return
@@ -201,7 +200,7 @@ class Prelists:
             finally:
                 self._conns[i] = None
                 c.close()
-        except (sqlite3.Error, OSError):  # the extract lists those tables itself
+        except Exception:  # noqa: BLE001 - whatever it was, the extract lists those tables itself
             self._ok[i] = False
         finally:
             self._done[i].set()

@@ -1,4 +1,4 @@
-"""The extract's changed-row lists made on worker connections (issue 18, recovery/bundle/prelist.py).
+"""The extract's changed-row lists made by worker processes (issue 18, recovery/bundle/prelist.py).
 
 * Lists made by the workers (the tables extracted whole and the early lists of the tables that
   wait for the replay) give the bundle, byte for byte, that the extract's own connection gave.
@@ -44,7 +44,7 @@ def _bytes(bundle: Path) -> dict[str, bytes]:
     return {f: (bundle / f).read_bytes() for f in ("rows.db", "base.db", "reimport.sql")}
 
 
-def test_lists_made_on_worker_connections_give_the_same_bundle_bytes(
+def test_lists_made_by_worker_processes_give_the_same_bundle_bytes(
     world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from recovery.sample import app_dir

@@ -233,7 +233,7 @@ def extract_table(
     both, in that order (the order rows take in the bundle files is the same either way).
     ``early``: for ``"rest"``, the temporary list :func:`list_changed_early` made of the table's
     candidates while the replay ran; it is narrowed to the changed rows instead of a new read.
-    ``lists``: the lists worker connections made (:class:`~recovery.bundle.prelist.Prelists`)."""
+    ``lists``: the lists the worker processes made (:class:`~recovery.bundle.prelist.Prelists`)."""
     old_t, new_t = a.old.table(name), a.new.tables[a.live_name(name)]
     new_cols = list(new_t.column_names)
     if part != "rest":
@@ -360,7 +360,7 @@ def _list_changed_on_rowid(
     third column ``u`` says whether the row is deleted or ``sure`` holds (then it is changed
     whatever the replay answers); :func:`_narrow_early_list` removes the others that are not.
 
-    ``source``: the same list a worker connection made (:class:`~recovery.bundle.prelist.Prelists`),
+    ``source``: the same list a worker process made (:class:`~recovery.bundle.prelist.Prelists`),
     copied in its order instead of the read."""
     listed = table(name, "temp")
     cols = list_columns(sure)
@@ -501,7 +501,7 @@ def list_changed_early(
 
 
 def list_jobs(conn: Connection, a: Analysis, waiting: list[str]) -> list[ListJob]:
-    """The lists worth a worker connection (:data:`~recovery.bundle.prelist.MIN_ROWS` backup keys
+    """The lists worth a worker process (:data:`~recovery.bundle.prelist.MIN_ROWS` backup keys
     or more) among those :func:`extract_table` and :func:`list_changed_early` make by the rowid,
     with the same conditions, in the order the extract needs them: the tables extracted whole
     (before the replay: their condition needs none), then the early lists of ``waiting``."""

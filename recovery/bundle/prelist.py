@@ -129,7 +129,7 @@ class ListJob:
 
 
 class Prelists:
-    """The lists of ``jobs``, shared out between :data:`WORKERS` worker connections in the order
+    """The lists of ``jobs``, shared out between :data:`WORKERS` worker processes in the order
     the extract needs them (each job to the least loaded worker). Use: :meth:`attach` on the
     extract's connection (outside a transaction), open its transaction and read the live file,
     :meth:`start`; :meth:`source` then waits for a table's list; :meth:`detach` after COMMIT;

@@ -5,6 +5,7 @@
 * A commit into the live file (WAL) between the extract's snapshot and a worker's: the worker
   lists nothing, the extract lists those tables itself, from its own snapshot.
 * A worker that fails: the extract lists those tables itself; the bundle is the same.
+* An extract that fails while its workers run leaves no worker process and no folder behind.
 """
 
 from __future__ import annotations

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import contextvars
 import os
+import sqlite3
 import shutil
 import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from collections.abc import Callable
@@ -34,9 +35,11 @@ from recovery.bundle.store import (
 )
 from recovery.compare import changes
 from recovery.compare.changes import (
+    OneInstant,
     TableSides,
     deleted_query,
     inserted_query,
+    rowid_span,
     sides,
     sides_on_rowid,
     user_value,
@@ -57,6 +60,16 @@ from recovery.files.uploads import (
     copy_files_into_bundle,
 )
 from recovery.migrate.bounded import attach_uri
+from recovery.bundle import prelist
+from recovery.bundle.prelist import (
+    ListJob,
+    Prelists,
+    changed_list_query,
+    copy_query,
+    create_list,
+    fill_list,
+    list_columns,
+)
 from recovery.migrate.replay import SCHEMA as REPLAY_SCHEMA, Replayed, start_sandbox
 from recovery.model.labels import label_column
 from recovery.engine.schema import ForeignKey, Schema, Table
@@ -213,12 +226,14 @@ def extract_table(
     counts: dict[str, Any],
     part: str = "all",
     early: str | None = None,
+    lists: Prelists | None = None,
 ) -> None:
     """The table's rows into the bundle. ``part``: ``"inserted"`` writes only the inserted rows
     (they need no replay), ``"rest"`` the updated, base and deleted rows after them, ``"all"``
     both, in that order (the order rows take in the bundle files is the same either way).
     ``early``: for ``"rest"``, the temporary list :func:`list_changed_early` made of the table's
-    candidates while the replay ran; it is narrowed to the changed rows instead of a new read."""
+    candidates while the replay ran; it is narrowed to the changed rows instead of a new read.
+    ``lists``: the lists the worker processes made (:class:`~recovery.bundle.prelist.Prelists`)."""
     old_t, new_t = a.old.table(name), a.new.tables[a.live_name(name)]
     new_cols = list(new_t.column_names)
     if part != "rest":
@@ -250,7 +265,8 @@ def extract_table(
         ins_select = [*n_cols, exp.Literal.string(RowKind.INSERTED)]
         if on_rowid:  # one read of the backup table lists its changed keys and proves the rest
             assert cond is not None
-            listed = _list_changed_on_rowid(conn, s, cond)
+            source = lists.source(name) if lists is not None else None
+            listed = _list_changed_on_rowid(conn, s, cond, source=source)
             ins = _insert_select(
                 conn, "bnew", name, new_cols, _inserted_on_rowid(conn, s, listed, ins_select)
             )
@@ -333,57 +349,25 @@ def _list_changed_on_rowid(
     cond: exp.Expression,
     name: str = CHANGED_LIST,
     sure: exp.Expression | None = None,
+    source: exp.Table | None = None,
 ) -> int:
     """ONE read of the backup table of a table keyed by the rowid on both sides: ``old LEFT JOIN
-    new`` (scanned in rowid order, each row's live twin found by its rowid) lists the key of every
-    updated (``d`` 0) or deleted (``d`` 1) row in the temporary table ``name``, read by
+    new`` (:func:`~recovery.bundle.prelist.changed_list_query`) lists the key of every updated
+    (``d`` 0) or deleted (``d`` 1) row in the temporary table ``name``, read by
     :func:`_inserted_on_rowid` and :func:`_rest_on_rowid`. Returns how many were deleted.
 
     With ``sure`` (:func:`list_changed_early`), ``cond`` is a superset of the changed rows and a
     third column ``u`` says whether the row is deleted or ``sure`` holds (then it is changed
-    whatever the replay answers); :func:`_narrow_early_list` removes the others that are not."""
-    okey, nkey = s.old_key[0], s.new_key[0]
+    whatever the replay answers); :func:`_narrow_early_list` removes the others that are not.
+
+    ``source``: the same list a worker process made (:class:`~recovery.bundle.prelist.Prelists`),
+    copied in its order instead of the read."""
     listed = table(name, "temp")
-    cols = "kdu" if sure is not None else "kd"
+    cols = list_columns(sure)
     conn.execute(sql(exp.Drop(kind="TABLE", tables=[listed.copy()], exists=True)))
-    conn.execute(
-        sql(
-            exp.Create(
-                this=exp.Schema(
-                    this=listed.copy(),
-                    expressions=[
-                        exp.ColumnDef(this=exp.to_identifier(c, quoted=True)) for c in cols
-                    ],
-                ),
-                kind="TABLE",
-            )
-        )
-    )
-    gone = exp.Is(this=nkey.copy(), expression=exp.Null())
-    flags: list[exp.Expression] = [gone.copy()]
-    if sure is not None:
-        flags.append(exp.or_(gone.copy(), exp.Paren(this=sure.copy())))
-    find = (
-        exp.select(okey.copy(), *flags)
-        .from_(_scan_old(s))
-        .join(
-            table(s.new_name or s.name, "new", "n"),
-            on=exp.EQ(this=okey.copy(), expression=nkey.copy()),
-            join_type="left",
-        )
-        .where(exp.or_(gone.copy(), exp.Paren(this=cond.copy())))
-    )
-    conn.execute(
-        sql(
-            exp.Insert(
-                this=exp.Schema(
-                    this=listed.copy(),
-                    expressions=[exp.to_identifier(c, quoted=True) for c in cols],
-                ),
-                expression=find,
-            )
-        )
-    )
+    create_list(conn, listed, cols)
+    find = copy_query(source, cols) if source is not None else changed_list_query(s, cond, sure)
+    fill_list(conn, listed, cols, find)
     deleted = (
         exp.select(exp.func("count", exp.Star()))
         .from_(listed.copy())
@@ -481,7 +465,11 @@ def _rest_on_rowid(
 
 
 def list_changed_early(
-    conn: Connection, a: Analysis, names: list[str], done: Callable[[], bool] = lambda: False
+    conn: Connection,
+    a: Analysis,
+    names: list[str],
+    done: Callable[[], bool] = lambda: False,
+    lists: Prelists | None = None,
 ) -> dict[str, str]:
     """While the upgrade's replay runs: for each table among ``names`` keyed by the rowid on both
     sides, the one read of :func:`_list_changed_on_rowid` with a condition that holds for every
@@ -490,11 +478,13 @@ def list_changed_early(
     :func:`_list_changed_on_rowid` would have listed, in the same order, by looking at the few
     candidates the replay decides (a new-only column with a non-default value) — no second read
     of the table. ``done``: the replay has ended (no further table is started then: the list
-    after the replay costs the same read). Returns {table: its list's name}."""
+    after the replay costs the same read), unless a worker made it (``lists``: then it is copied).
+    Returns {table: its list's name}."""
     out: dict[str, str] = {}
     for i, name in enumerate(names):
-        if done():
-            break
+        source = lists.source(name) if lists is not None else None
+        if source is None and done():
+            continue
         old_t, tm = a.old.table(name), a.mapping.tables.get(name)
         if old_t is None or tm is None or tm.skip:
             continue
@@ -505,9 +495,79 @@ def list_changed_early(
         if found is None:
             continue
         listed = f"{CHANGED_LIST}_early_{i}"
-        _list_changed_on_rowid(conn, s, found[0], listed, found[1])
+        _list_changed_on_rowid(conn, s, found[0], listed, found[1], source)
         out[name] = listed
     return out
+
+
+def list_jobs(conn: Connection, a: Analysis, waiting: list[str]) -> list[ListJob]:
+    """The lists worth a worker process (:data:`~recovery.bundle.prelist.MIN_ROWS` backup keys
+    or more) among those :func:`extract_table` and :func:`list_changed_early` make by the rowid,
+    with the same conditions, in the order the extract needs them: the tables extracted whole
+    (before the replay: their condition needs none), then the early lists of ``waiting``."""
+    whole: list[ListJob] = []
+    early: dict[str, ListJob] = {}
+    for name in a.bundle_tables:
+        old_t, tm = a.old.table(name), a.mapping.tables.get(name)
+        if old_t is None or tm is None or tm.skip:
+            continue
+        s = sides(old_t, tm)
+        if isinstance(s, str) or not sides_on_rowid(conn, s):
+            continue
+        sure: exp.Expression | None = None
+        if name in waiting:
+            found = None if s.null_safe_key else _candidates(a, s, name)
+            if found is None:
+                continue
+            cond, sure = found
+        else:
+            whole_cond = _changed_condition(a, s, a.new.tables[a.live_name(name)], a.replay)
+            if whole_cond is None:
+                continue
+            cond = whole_cond
+        span = rowid_span(conn, s)
+        if span is None or span[1] - span[0] + 1 < prelist.MIN_ROWS:
+            continue
+        # the worker's own trees: nothing it reads is shared with what this thread builds
+        mine = replace(
+            s,
+            old_key=tuple(k.copy() for k in s.old_key),
+            new_key=tuple(k.copy() for k in s.new_key),
+            compared=(),
+        )
+        job = ListJob(
+            name,
+            mine,
+            cond.copy(),
+            sure.copy() if sure is not None else None,
+            span[1] - span[0] + 1,
+        )
+        if name in waiting:
+            early[name] = job
+        else:
+            whole.append(job)
+    return whole + [early[n] for n in waiting if n in early]
+
+
+def _begin(conn: Connection, a: Analysis, waiting: list[str], folder: Path) -> Prelists | None:
+    """Open the extract's transaction; when some large tables' lists are worth it, first attach
+    the scratch files of :class:`~recovery.bundle.prelist.Prelists` (in ``folder``), then fix the
+    transaction's snapshot of the live file and start the workers that make those lists in it."""
+    jobs = list_jobs(conn, a, waiting) if isinstance(conn, sqlite3.Connection) else []
+    if not jobs:
+        conn.execute("BEGIN")
+        return None
+    lists = Prelists(folder, jobs)
+    lists.attach(conn)
+    mode = conn.execute("PRAGMA new.journal_mode").fetchone()
+    instant = OneInstant(str(a.live)) if mode and str(mode[0]).lower() == "wal" else None
+    try:
+        OneInstant.join(conn)  # BEGIN, and the live file read: the instant the workers join
+        lists.start(a.backup, a.live, instant)
+    except BaseException:
+        lists.close()
+        raise
+    return lists
 
 
 def _candidates(
@@ -558,13 +618,6 @@ def _narrow_early_list(conn: Connection, s: TableSides, cond: exp.Expression, na
         ),
     )
     conn.execute(sql(drop))
-
-
-def _scan_old(s: TableSides) -> exp.Expression:
-    """The backup table read ``NOT INDEXED``: in rowid order, as the anti-join reads it."""
-    src = table(s.name, "old", "o")
-    src.set("indexed", False)
-    return src
 
 
 def _rebase(e: exp.Expression, alias: str) -> exp.Expression:
@@ -1097,6 +1150,7 @@ def extract(
     written: dict[str, str] = {}  # the upload copies' digests, taken as they were written
     db_hashes: dict[str, Future[str]] = {}
     sandbox: Sandbox | None = None
+    lists: Prelists | None = None
     try:
         if alembic_ini is not None and derived_lineage is None:
             # the app's downgrade in the sandbox (its own child process) while the hashes run and
@@ -1134,13 +1188,14 @@ def extract(
                 pending = start_replayed_upgrade(alembic_ini, a, replay_dir, sandbox)
                 sandbox = None  # (the replay owns it now)
                 conn.execute("ATTACH DATABASE ? AS " + REPLAY_SCHEMA, (attach_uri(pending.path),))
-            conn.execute("BEGIN")
+            waiting = [n for n in a.bundle_tables if pending is not None and needs_replay(a, n)]
+            lists = _begin(conn, a, waiting, Path(replay_dir))
             progress.set_total(
                 len(a.bundle_tables) + 2
             )  # the extract step's bar: tables, closure, lost
-            waiting = [n for n in a.bundle_tables if pending is not None and needs_replay(a, n)]
             for name in a.bundle_tables:
-                extract_table(conn, a, name, counts, "inserted" if name in waiting else "all")
+                part = "inserted" if name in waiting else "all"
+                extract_table(conn, a, name, counts, part, lists=lists)
                 if name not in waiting:
                     progress.advance(1, name)
             early_files: list[tuple[Any, Any, Any]] | None = None
@@ -1150,7 +1205,7 @@ def extract(
                 copying = _start_copy(work, uploads, backup, files, walk, early_files, written)
             early: dict[str, str] = {}
             if pending is not None and waiting:  # the idle wait for the replay: lists first
-                early = list_changed_early(conn, a, waiting, pending.future.done)
+                early = list_changed_early(conn, a, waiting, pending.future.done, lists)
                 list_lost_early(conn, a, files, a.bundle_tables, pending.future.done)
             replay = pending.result() if pending is not None else None
             a.replay = replay
@@ -1170,6 +1225,8 @@ def extract(
             progress.advance(1, "lost values")
             live_sequences = read_sequences(conn, "new")  # in the same read as the rows
             conn.execute("COMMIT")
+            if lists is not None:
+                lists.detach(conn)
             conn.execute("DETACH DATABASE bnew")
             conn.execute("DETACH DATABASE bbase")
             # both files are complete and closed: hash them while the plan, the upload copies and
@@ -1224,6 +1281,8 @@ def extract(
     finally:
         if sandbox is not None:  # started, never handed to the replay
             sandbox.close()
+        if lists is not None:  # (before its files are removed with the replay's folder)
+            lists.close()
         os.close(held)
         shutil.rmtree(replay_dir, ignore_errors=True)
     return ExtractResult(

@@ -126,6 +126,12 @@ class ChildPair:
         row = self._ask({"sql": sql, "params": list(params)})
         return _Result(None if row is None else tuple(row))
 
+    def kill(self) -> None:
+        """End the child now, a running statement with it (any thread may call this): the
+        :meth:`execute` waiting for its reply raises :class:`sqlite3.OperationalError`."""
+        if self._proc.poll() is None:
+            self._proc.kill()
+
     def close(self) -> None:
         if self._proc.poll() is None:
             try:

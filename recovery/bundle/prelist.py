@@ -1,0 +1,228 @@
+"""The changed-row lists of the extract's large tables, read by two worker processes.
+
+A table keyed by the rowid on both sides is extracted from ONE list of its updated and deleted
+keys: a ``LEFT JOIN`` of the backup table to the live one, in rowid order
+(:func:`changed_list_query`). On the 1M-part world those joins were most of the extract's SQL,
+run one after the other by the extract's connection on one core. Here each large table's list is
+made by one of two workers into a private scratch file per worker, while the extract's
+connection goes on with the tables before it; the extract then copies the list into its own
+temporary table, in the list's order, so every statement after it (and every byte of the bundle)
+is what the list made on the extract's connection would have given. A worker is a
+:class:`~recovery.engine.childpair.ChildPair` (a bare ``python -I`` with :mod:`sqlite3`, the same
+read-only URIs) driven by a thread: two threads of one process running SQLite statements contend
+on SQLite's process-wide mutexes, two processes do not.
+
+One instant: the extract's connection opens its transaction and reads the live file before the
+workers start. A live file in rollback-journal mode cannot take a commit while that read lock is
+held; in WAL mode each worker checks, once its own snapshot is fixed, that no commit reached the
+live file since just before the extract's (:class:`~recovery.compare.changes.OneInstant`). A worker
+that cannot say so, or fails in any way, lists nothing: the extract then makes those lists itself.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlglot import exp
+
+from recovery.compare.changes import OneInstant, TableSides
+from recovery.engine.base import Connection
+from recovery.engine.sqlbuild import sql, table
+from recovery.engine.childpair import ChildPair
+from recovery.engine.sqlite_io import readonly_uri
+
+WORKERS = 2
+"""Worker processes: one per core of the machines the extract is measured on."""
+MIN_ROWS = 20_000
+"""A table whose backup key span is below this is listed by the extract's own connection (the
+copy would cost about what the join does)."""
+
+
+def list_columns(sure: exp.Expression | None) -> str:
+    """The list's columns: key ``k``, deleted ``d`` and, for an early list, surely changed ``u``."""
+    return "kdu" if sure is not None else "kd"
+
+
+def _scan_old(s: TableSides) -> exp.Expression:
+    """The backup table read ``NOT INDEXED``: in rowid order, as the anti-join reads it."""
+    src = table(s.name, "old", "o")
+    src.set("indexed", False)
+    return src
+
+
+def changed_list_query(
+    s: TableSides, cond: exp.Expression, sure: exp.Expression | None = None
+) -> exp.Select:
+    """``old LEFT JOIN new`` of a table keyed by the rowid on both sides (scanned in rowid order,
+    each row's live twin found by its rowid): the key of every updated (``d`` 0, ``cond`` holds)
+    or deleted (``d`` 1) row, and with ``sure`` a third column ``u``: deleted or ``sure`` holds."""
+    okey, nkey = s.old_key[0], s.new_key[0]
+    gone = exp.Is(this=nkey.copy(), expression=exp.Null())
+    flags: list[exp.Expression] = [gone.copy()]
+    if sure is not None:
+        flags.append(exp.or_(gone.copy(), exp.Paren(this=sure.copy())))
+    return (
+        exp.select(okey.copy(), *flags)
+        .from_(_scan_old(s))
+        .join(
+            table(s.new_name or s.name, "new", "n"),
+            on=exp.EQ(this=okey.copy(), expression=nkey.copy()),
+            join_type="left",
+        )
+        .where(exp.or_(gone.copy(), exp.Paren(this=cond.copy())))
+    )
+
+
+def create_list(conn: Connection, listed: exp.Table, cols: str) -> None:
+    """``CREATE TABLE listed`` with the untyped columns ``cols`` (one letter each)."""
+    conn.execute(
+        sql(
+            exp.Create(
+                this=exp.Schema(
+                    this=listed.copy(),
+                    expressions=[
+                        exp.ColumnDef(this=exp.to_identifier(c, quoted=True)) for c in cols
+                    ],
+                ),
+                kind="TABLE",
+            )
+        )
+    )
+
+
+def fill_list(conn: Connection, listed: exp.Table, cols: str, q: exp.Select) -> None:
+    """``INSERT INTO listed (cols) q``."""
+    conn.execute(
+        sql(
+            exp.Insert(
+                this=exp.Schema(
+                    this=listed.copy(),
+                    expressions=[exp.to_identifier(c, quoted=True) for c in cols],
+                ),
+                expression=q,
+            )
+        )
+    )
+
+
+def copy_query(source: exp.Table, cols: str) -> exp.Select:
+    """A worker's list read back in the order it was written (its rowid order)."""
+    return (
+        exp.select(*[exp.column(c, quoted=True) for c in cols])
+        .from_(source.copy())
+        .order_by(exp.column("rowid"))
+    )
+
+
+@dataclass(frozen=True)
+class ListJob:
+    """One table's list: its sides, the condition that calls a matched row changed (a superset
+    of it with ``sure`` for an early list), and its backup key span (the job's weight)."""
+
+    table: str
+    sides: TableSides
+    cond: exp.Expression
+    sure: exp.Expression | None
+    rows: int
+
+
+class Prelists:
+    """The lists of ``jobs``, shared out between :data:`WORKERS` worker processes in the order
+    the extract needs them (each job to the least loaded worker). Use: :meth:`attach` on the
+    extract's connection (outside a transaction), open its transaction and read the live file,
+    :meth:`start`; :meth:`source` then waits for a table's list; :meth:`detach` after COMMIT;
+    :meth:`close` always (it stops and waits for the workers)."""
+
+    def __init__(self, folder: Path, jobs: list[ListJob]) -> None:
+        loads = [0] * WORKERS
+        groups: list[list[ListJob]] = [[] for _ in range(WORKERS)]
+        for job in jobs:
+            i = loads.index(min(loads))
+            groups[i].append(job)
+            loads[i] += job.rows
+        self._groups = [g for g in groups if g]
+        self.files = [folder / f"changed-lists-{i}.db" for i in range(len(self._groups))]
+        self.schemas = [f"prelist{i}" for i in range(len(self._groups))]
+        self._where = {
+            job.table: (i, f"l{n}") for i, g in enumerate(self._groups) for n, job in enumerate(g)
+        }
+        self._done = [threading.Event() for _ in self._groups]
+        self._ok = [False] * len(self._groups)
+        self._conns: list[ChildPair | None] = [None] * len(self._groups)
+        self._threads: list[threading.Thread] = []
+        self._stop = False
+        self._instant: OneInstant | None = None
+
+    def attach(self, conn: Connection) -> None:
+        for path, schema in zip(self.files, self.schemas, strict=True):
+            conn.execute("ATTACH DATABASE ? AS " + schema, (str(path),))
+
+    def detach(self, conn: Connection) -> None:
+        for schema in self.schemas:
+            conn.execute("DETACH DATABASE " + schema)
+
+    def start(self, backup: Path, live: Path, instant: OneInstant | None) -> None:
+        """Start the workers; ``instant`` (closed by :meth:`close`): the live file in WAL mode."""
+        self._instant = instant
+        for i in range(len(self._groups)):
+            t = threading.Thread(
+                target=self._work, args=(i, backup, live, instant), name=f"recovery-list-{i}"
+            )
+            t.start()
+            self._threads.append(t)
+
+    def _work(self, i: int, backup: Path, live: Path, instant: OneInstant | None) -> None:
+        try:
+            if self._stop:
+                return
+            c = ChildPair([("old", readonly_uri(backup)), ("new", readonly_uri(live))])
+            self._conns[i] = c
+            try:
+                c.execute("PRAGMA query_only = OFF")  # (old and new stay read-only: mode=ro)
+                c.execute("ATTACH DATABASE ? AS lw", (str(self.files[i]),))
+                c.execute("PRAGMA lw.journal_mode = OFF")  # a scratch file, deleted after
+                c.execute("PRAGMA lw.synchronous = OFF")
+                OneInstant.join(c)  # type: ignore[arg-type]
+                if self._stop or (instant is not None and not instant.still()):
+                    return  # stopped, or the live file took a commit: not the extract's instant
+                for n, job in enumerate(self._groups[i]):
+                    if self._stop:
+                        return
+                    cols = list_columns(job.sure)
+                    listed = table(f"l{n}", "lw")
+                    create_list(c, listed, cols)  # type: ignore[arg-type]
+                    query = changed_list_query(job.sides, job.cond, job.sure)
+                    fill_list(c, listed, cols, query)  # type: ignore[arg-type]
+                c.execute("COMMIT")
+                self._ok[i] = True
+            finally:
+                self._conns[i] = None
+                c.close()
+        except Exception:  # noqa: BLE001 - whatever it was, the extract lists those tables itself
+            self._ok[i] = False
+        finally:
+            self._done[i].set()
+
+    def source(self, name: str) -> exp.Table | None:
+        """The worker's list of table ``name`` once it is there (waits), to read from the
+        extract's connection; None when ``name`` was not listed or its worker did not finish."""
+        where = self._where.get(name)
+        if where is None:
+            return None
+        i, listed = where
+        self._done[i].wait()
+        return table(listed, self.schemas[i]) if self._ok[i] else None
+
+    def close(self) -> None:
+        """Stop the workers (a child in a statement is ended) and wait for them."""
+        self._stop = True
+        for t, c in zip(self._threads, list(self._conns), strict=False):
+            if t.is_alive() and c is not None:
+                c.kill()
+        for t in self._threads:
+            t.join()
+        if self._instant is not None:
+            self._instant.close()
+            self._instant = None

@@ -2,10 +2,12 @@
 
 A bundle's expressions pass the mapping validator, but a valid expression can still take forever
 (``length(replace(zeroblob(1e9), x'00', 'ab'))`` on every row, a forged ``rows.db`` of a billion
-rows) while the re-import holds the target's write lock. :func:`statement_time_limit` installs a
-SQLite progress handler that interrupts the running statement once it has run longer than the
-limit (and a watchdog thread that calls ``interrupt()``, for slow single instructions); the
-trace callback marks each statement's start, so the bound is per statement. The
+rows) while the re-import holds the target's write lock. :func:`statement_time_limit` starts a
+watchdog thread that calls ``interrupt()`` once the running statement has run longer than the
+limit; the trace callback marks each statement's start, so the bound is per statement. No
+progress handler: it would take the GIL back every few thousand instructions from inside the
+statement, and with another Python thread busy each of those waits up to the interpreter's
+switch interval (5 ms) — the statement would crawl while other threads run. The
 interrupted statement raises inside the caller's transaction, which the caller rolls back; the
 context manager turns it into one clear :class:`RecoveryError` (exit 3).
 
@@ -26,8 +28,6 @@ from recovery.errors import ExitCode, RecoveryError
 
 ENV = "RECOVERY_STATEMENT_TIMEOUT"
 DEFAULT_SECONDS = 300.0
-CHECK_EVERY = 20_000
-"""SQLite virtual-machine instructions between two looks at the clock (well under a millisecond)."""
 _override: list[float | None] = [None]  # the CLI's --statement-timeout while a command runs
 
 
@@ -61,35 +61,30 @@ def statement_time_limit(conn: sqlite3.Connection, seconds: float | None = None)
     with exit code 3. The caller must roll its transaction back (its ``except`` does). Yields the
     limit in seconds.
 
-    Two watchers share the statement's start time (set by the trace callback): the progress
-    handler, every :data:`CHECK_EVERY` instructions, and a watchdog thread that calls
-    ``conn.interrupt()`` — needed when single instructions are slow (a scalar function over
-    megabytes per row runs few instructions per second)."""
+    A watchdog thread looks at the statement's start time (set by the trace callback) every
+    50 ms and calls ``conn.interrupt()`` once it is over the limit: that stops slow single
+    instructions too (a scalar function over megabytes per row), and the statement itself never
+    waits for the GIL on its account."""
     limit = limit_seconds(seconds)
     started = [time.monotonic()]
-    hit = [False]
+    hit = [False]  # the watchdog interrupted since the latest statement started
     done = threading.Event()
 
     def trace(statement: str) -> None:
         if not statement.startswith("--"):  # "-- TRIGGER …" lines are part of the running statement
             started[0] = time.monotonic()
+            hit[0] = False
 
     def over() -> bool:
         return time.monotonic() - started[0] > limit
 
-    def progress() -> int:  # runs only while a statement runs
-        if over():
-            hit[0] = True
-            return 1
-        return 0
-
     def watchdog() -> None:
         while not done.wait(min(0.05, limit / 4)):
             if over():
+                hit[0] = True
                 conn.interrupt()
 
     conn.set_trace_callback(trace)
-    conn.set_progress_handler(progress, CHECK_EVERY)
     dog = threading.Thread(target=watchdog, name="recovery-statement-timeout", daemon=True)
     dog.start()
     try:
@@ -108,7 +103,6 @@ def statement_time_limit(conn: sqlite3.Connection, seconds: float | None = None)
     finally:
         done.set()
         dog.join()
-        conn.set_progress_handler(None, 0)
         conn.set_trace_callback(None)
 
 

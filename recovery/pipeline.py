@@ -227,8 +227,7 @@ def _private_writes(conn: sqlite3.Connection) -> bool:
     pages once instead of into the WAL and again at the checkpoint, and no fsync at the COMMIT
     (``synchronous=OFF``): a run killed, or a machine that lost power, before the file's one fsync
     (:func:`_private_writes_done`) never swapped it in, and the resumed run stages it again.
-    A bigger page cache (:data:`STAGED_CACHE_KIB`). Returns whether the file was in WAL mode (to
-    be put back)."""
+    Returns whether the file was in WAL mode (to be put back)."""
     mode = conn.execute("PRAGMA main.journal_mode").fetchone()[0]
     if conn.execute("PRAGMA main.journal_mode = DELETE").fetchone()[0] != "delete":
         raise RecoveryError(
@@ -237,16 +236,7 @@ def _private_writes(conn: sqlite3.Connection) -> bool:
             "stop whatever opened the hidden .restore-tmp file beside the live DB, then run the same command again",
         )
     conn.execute("PRAGMA main.synchronous = OFF")
-    conn.execute(f"PRAGMA main.cache_size = {STAGED_CACHE_KIB}")
     return str(mode).lower() == "wal"
-
-
-STAGED_CACHE_KIB = -32768
-"""The page cache of the connection re-importing into the staged file (negative: KiB, so 32 MiB
-whatever the page size; SQLite's default is 2 MiB). Bounded, and only on that connection, which
-is closed before the swap: the re-import's inserts and updates then keep the index pages they
-touch instead of spilling them mid-transaction and reading them back (at 1M parts the
-quote_items INSERT reads 87k pages instead of 12k)."""
 
 
 def _private_writes_done(conn: sqlite3.Connection, wal: bool | None) -> bool:

@@ -77,7 +77,7 @@ def test_the_watchdog_alone_still_interrupts_beside_a_busy_python_thread(
         "WITH RECURSIVE r(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM r) SELECT count(*) FROM r"
     )
     t0 = time.monotonic()
-    with pytest.raises(RecoveryError, match="statement ran longer than 0.3 s") as err:
+    with pytest.raises(RecoveryError, match=r"statement ran longer than 0\.3 s") as err:
         with statement_time_limit(conn, 0.3):
             conn.execute(endless).fetchone()
     assert err.value.exit_code == 3 and time.monotonic() - t0 < 5

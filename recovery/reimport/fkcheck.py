@@ -1,7 +1,9 @@
 """The re-import's own foreign-key check, run before the commit: every foreign key (as the target
 declares it) of every row the re-import wrote — inserted, updated, or a child of a row it deleted
 or re-keyed (the context's watch lists) — must resolve. Set-based over the staged keys instead of a
-``PRAGMA foreign_key_check`` of the whole file; the problems come back in that pragma's shape."""
+``PRAGMA foreign_key_check`` of the whole file; the problems come back in that pragma's shape.
+On a target proven consistent right before (:attr:`Context.fk_clean`, the rollback's staged file)
+an updated row's keys on columns no UPDATE set are not read (:func:`updated_keys`)."""
 
 from __future__ import annotations
 

@@ -83,3 +83,26 @@ def test_the_watchdog_alone_still_interrupts_beside_a_busy_python_thread(
     assert err.value.exit_code == 3 and time.monotonic() - t0 < 5
     assert conn.execute("SELECT 2").fetchone() == (2,)
     conn.close()
+
+
+def test_only_an_interrupted_statement_is_reported_as_over_the_bound() -> None:
+    """A statement the watchdog interrupted is "ran longer" (exit 3) even when the block's code
+    turned SQLite's error into another one; an error raised after a pause longer than the bound
+    between two statements is itself, not a timeout."""
+    conn = sqlite3.connect(":memory:")
+    endless = (
+        "WITH RECURSIVE r(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM r) SELECT count(*) FROM r"
+    )
+    with pytest.raises(RecoveryError, match="ran longer") as err:
+        with statement_time_limit(conn, 0.2):
+            try:
+                conn.execute(endless).fetchone()
+            except sqlite3.OperationalError as exc:
+                raise ValueError("wrapped") from exc
+    assert err.value.exit_code == 3
+    with pytest.raises(KeyError):
+        with statement_time_limit(conn, 0.1):
+            conn.execute("SELECT 1").fetchall()
+            time.sleep(0.3)  # the watchdog's interrupt() finds no statement running
+            raise KeyError("not a timeout")
+    conn.close()

@@ -67,13 +67,11 @@ def statement_time_limit(conn: sqlite3.Connection, seconds: float | None = None)
     waits for the GIL on its account."""
     limit = limit_seconds(seconds)
     started = [time.monotonic()]
-    hit = [False]  # the watchdog interrupted since the latest statement started
     done = threading.Event()
 
     def trace(statement: str) -> None:
         if not statement.startswith("--"):  # "-- TRIGGER …" lines are part of the running statement
             started[0] = time.monotonic()
-            hit[0] = False
 
     def over() -> bool:
         return time.monotonic() - started[0] > limit
@@ -81,7 +79,6 @@ def statement_time_limit(conn: sqlite3.Connection, seconds: float | None = None)
     def watchdog() -> None:
         while not done.wait(min(0.05, limit / 4)):
             if over():
-                hit[0] = True
                 conn.interrupt()
 
     conn.set_trace_callback(trace)
@@ -91,8 +88,9 @@ def statement_time_limit(conn: sqlite3.Connection, seconds: float | None = None)
         yield limit
     except Exception as exc:
         # nothing else interrupts these connections: an "interrupted" error here is the watchdog's
-        # (its interrupt() between two statements is a no-op: SQLite clears it as the next starts)
-        if hit[0] or (isinstance(exc, sqlite3.OperationalError) and str(exc) == "interrupted"):
+        # (its interrupt() between two statements is a no-op: SQLite clears it as the next starts),
+        # also when the code in the block turned it into another exception
+        if _interrupted(exc):
             raise RecoveryError(
                 f"statement ran longer than {_shown(limit)} s; nothing was applied",
                 f"the bundle may be forged or the data far larger than expected; raise the limit "
@@ -104,6 +102,17 @@ def statement_time_limit(conn: sqlite3.Connection, seconds: float | None = None)
         done.set()
         dog.join()
         conn.set_trace_callback(None)
+
+
+def _interrupted(exc: BaseException | None) -> bool:
+    """``exc``, or an exception it was raised from or while handling, is SQLite's "interrupted"."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, sqlite3.OperationalError) and str(exc) == "interrupted":
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 @contextmanager

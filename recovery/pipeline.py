@@ -143,6 +143,7 @@ def _reimport_into(
     run_dir: Path | None = None,
     scripts: list[tuple[Script, bool]] | None = None,
     staged: bool = False,
+    fk_clean: bool = False,
 ) -> Outcome:
     """Apply ``bundle`` to ``target`` in one transaction; verify before commit. ``in_place``: the
     target was downgraded in place and already holds the post-deploy rows. ``run_dir``: where the
@@ -150,7 +151,10 @@ def _reimport_into(
     ``scripts``: instead, receives (script, committed) for the caller to write after the commit.
     ``staged``: ``target`` is the rollback's staged file, which no other process may open (see
     :func:`_private_writes`): written through a rollback journal without fsync, put back in its
-    journal mode after the transaction, and fsynced once before this returns."""
+    journal mode after the transaction, and fsynced once before this returns. ``fk_clean``:
+    ``target`` passed a full ``foreign_key_check`` as it is now (a sound, confirmed
+    :class:`StagedProof`): the check of what the re-import wrote skips, on updated rows, the keys
+    on columns no UPDATE set (:func:`recovery.reimport.fkcheck.updated_keys`)."""
     policy, prefer, apply_deletes, conflicts = (
         merge.on_conflict,
         merge.prefer,
@@ -182,7 +186,16 @@ def _reimport_into(
             # the FK check of what the merge wrote (inserted/updated rows, children of deleted or
             # re-keyed parents); the whole-file check is verify's, after the commit
             outcome, problems = merge_and_check(
-                conn, bundle, merge, files, label, dry_run, target_schema, in_place, script=script
+                conn,
+                bundle,
+                merge,
+                files,
+                label,
+                dry_run,
+                target_schema,
+                in_place,
+                script=script,
+                fk_clean=fk_clean,
             )
             if outcome.aborted:
                 conn.execute("ROLLBACK")
@@ -1168,6 +1181,7 @@ def _reimport_staged_then_swap(
         check_after=False,
         run_dir=run_dir,
         staged=True,
+        fk_clean=proven,
     )
     if proven:  # our own transaction (FK-checked before its COMMIT) is all that changed it
         proof.rebind(tmp)

@@ -2,10 +2,12 @@
 
 A bundle's expressions pass the mapping validator, but a valid expression can still take forever
 (``length(replace(zeroblob(1e9), x'00', 'ab'))`` on every row, a forged ``rows.db`` of a billion
-rows) while the re-import holds the target's write lock. :func:`statement_time_limit` installs a
-SQLite progress handler that interrupts the running statement once it has run longer than the
-limit (and a watchdog thread that calls ``interrupt()``, for slow single instructions); the
-trace callback marks each statement's start, so the bound is per statement. The
+rows) while the re-import holds the target's write lock. :func:`statement_time_limit` starts a
+watchdog thread that calls ``interrupt()`` once the running statement has run longer than the
+limit; the trace callback marks each statement's start, so the bound is per statement. No
+progress handler: it would take the GIL back every few thousand instructions from inside the
+statement, and with another Python thread busy each of those waits up to the interpreter's
+switch interval (5 ms) — the statement would crawl while other threads run. The
 interrupted statement raises inside the caller's transaction, which the caller rolls back; the
 context manager turns it into one clear :class:`RecoveryError` (exit 3).
 
@@ -26,8 +28,6 @@ from recovery.errors import ExitCode, RecoveryError
 
 ENV = "RECOVERY_STATEMENT_TIMEOUT"
 DEFAULT_SECONDS = 300.0
-CHECK_EVERY = 20_000
-"""SQLite virtual-machine instructions between two looks at the clock (well under a millisecond)."""
 _override: list[float | None] = [None]  # the CLI's --statement-timeout while a command runs
 
 
@@ -61,13 +61,12 @@ def statement_time_limit(conn: sqlite3.Connection, seconds: float | None = None)
     with exit code 3. The caller must roll its transaction back (its ``except`` does). Yields the
     limit in seconds.
 
-    Two watchers share the statement's start time (set by the trace callback): the progress
-    handler, every :data:`CHECK_EVERY` instructions, and a watchdog thread that calls
-    ``conn.interrupt()`` — needed when single instructions are slow (a scalar function over
-    megabytes per row runs few instructions per second)."""
+    A watchdog thread looks at the statement's start time (set by the trace callback) every
+    50 ms and calls ``conn.interrupt()`` once it is over the limit: that stops slow single
+    instructions too (a scalar function over megabytes per row), and the statement itself never
+    waits for the GIL on its account."""
     limit = limit_seconds(seconds)
     started = [time.monotonic()]
-    hit = [False]
     done = threading.Event()
 
     def trace(statement: str) -> None:
@@ -77,27 +76,21 @@ def statement_time_limit(conn: sqlite3.Connection, seconds: float | None = None)
     def over() -> bool:
         return time.monotonic() - started[0] > limit
 
-    def progress() -> int:  # runs only while a statement runs
-        if over():
-            hit[0] = True
-            return 1
-        return 0
-
     def watchdog() -> None:
         while not done.wait(min(0.05, limit / 4)):
             if over():
                 conn.interrupt()
 
     conn.set_trace_callback(trace)
-    conn.set_progress_handler(progress, CHECK_EVERY)
     dog = threading.Thread(target=watchdog, name="recovery-statement-timeout", daemon=True)
     dog.start()
     try:
         yield limit
     except Exception as exc:
         # nothing else interrupts these connections: an "interrupted" error here is the watchdog's
-        # (its interrupt() between two statements is a no-op: SQLite clears it as the next starts)
-        if hit[0] or (isinstance(exc, sqlite3.OperationalError) and str(exc) == "interrupted"):
+        # (its interrupt() between two statements is a no-op: SQLite clears it as the next starts),
+        # also when the code in the block turned it into another exception
+        if _interrupted(exc):
             raise RecoveryError(
                 f"statement ran longer than {_shown(limit)} s; nothing was applied",
                 f"the bundle may be forged or the data far larger than expected; raise the limit "
@@ -108,8 +101,18 @@ def statement_time_limit(conn: sqlite3.Connection, seconds: float | None = None)
     finally:
         done.set()
         dog.join()
-        conn.set_progress_handler(None, 0)
         conn.set_trace_callback(None)
+
+
+def _interrupted(exc: BaseException | None) -> bool:
+    """``exc``, or an exception it was raised from or while handling, is SQLite's "interrupted"."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, sqlite3.OperationalError) and str(exc) == "interrupted":
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 @contextmanager

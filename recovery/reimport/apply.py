@@ -207,6 +207,7 @@ def apply_updates(ctx: Context, tp: TablePlan, only: tuple[int, int] | None = No
     has_json = tp.table in ctx.json_tables
     if whole_rows:
         moving = ctx.row_columns(tp)
+    ctx.set_columns.setdefault(tp.table, set()).update(tp.updatable[i].lower() for i in moving)
     sets, changes = [], []
     for i in moving:
         name = tp.updatable[i]

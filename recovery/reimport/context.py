@@ -132,6 +132,15 @@ class Context:
     script: Script | None = None
     """Every write of the re-import goes through it: the plan as executed (``reimport.sql``); the
     DELETEs not applied are its :attr:`Script.deferred` (``deletes.sql``)."""
+    fk_clean: bool = False
+    """The target passed a full ``foreign_key_check`` with no problems right before this
+    transaction (the rollback's staged file under a sound
+    :class:`~recovery.verify.checks.StagedProof`): every foreign key of every row resolved then.
+    The check of what the re-import wrote (:func:`recovery.reimport.fkcheck.fk_problems`) then
+    reads, of an updated row, only the keys on columns the UPDATE set."""
+    set_columns: dict[str, set[str]] = field(default_factory=dict)
+    """Table name → lower-cased names of the columns an UPDATE of the re-import set (any
+    attempt's: a superset of what the committed one set)."""
 
     def __post_init__(self) -> None:
         if self.script is None:

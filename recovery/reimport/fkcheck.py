@@ -1,7 +1,9 @@
 """The re-import's own foreign-key check, run before the commit: every foreign key (as the target
 declares it) of every row the re-import wrote — inserted, updated, or a child of a row it deleted
 or re-keyed (the context's watch lists) — must resolve. Set-based over the staged keys instead of a
-``PRAGMA foreign_key_check`` of the whole file; the problems come back in that pragma's shape."""
+``PRAGMA foreign_key_check`` of the whole file; the problems come back in that pragma's shape.
+On a target proven consistent right before (:attr:`Context.fk_clean`, the rollback's staged file)
+an updated row's keys on columns no UPDATE set are not read (:func:`updated_keys`)."""
 
 from __future__ import annotations
 
@@ -11,16 +13,22 @@ from sqlglot import exp
 
 from recovery.engine.sqlbuild import and_all, col, is_same, or_all, sql, table
 from recovery.reimport.context import Context, in_query, rowid, temp_table
+from recovery.reimport.target_fks import TargetFk
 
 
 def written(ctx: Context, name: str) -> list[exp.Select]:
     """Queries selecting (as ``c``, rowid first) the rows of ``name`` the check must read: rows
     inserted (staged, not skipped), rows updated (staged, not skipped) and watched rows."""
-    sources = []
+    return [q for q, _ in _sources(ctx, name)]
+
+
+def _sources(ctx: Context, name: str) -> list[tuple[exp.Select, bool]]:
+    """:func:`written`'s queries, each with whether it selects the updated rows."""
+    sources: list[tuple[exp.Select, bool]] = []
     tp = ctx.plan.table(name)
     if tp is not None and tp.insert_select is not None:
         t = ctx.old(name)
-        sources.append(
+        inserted = (
             exp.select(rowid("c"))
             .from_(exp.alias_(temp_table("ins", name), "s"))
             .join(
@@ -33,8 +41,9 @@ def written(ctx: Context, name: str) -> list[exp.Select]:
                 )
             )
         )
+        sources.append((inserted, False))
         if ctx.moving_columns(tp):
-            sources.append(
+            updated = (
                 exp.select(rowid("c"))
                 .from_(exp.alias_(temp_table("upd", name), "u"))
                 .join(
@@ -52,13 +61,31 @@ def written(ctx: Context, name: str) -> list[exp.Select]:
                     )
                 )
             )
+            sources.append((updated, True))
     if name in ctx.watched:
-        sources.append(
+        watched = (
             exp.select(rowid("c"))
             .from_(table(name, "main", "c"))
             .where(in_query(rowid("c"), exp.select("rid").from_(temp_table("chk", name))))
         )
+        sources.append((watched, False))
     return sources
+
+
+def updated_keys(ctx: Context, name: str, keys: list[TargetFk]) -> list[TargetFk]:
+    """The keys of ``keys`` the check reads on the rows of ``name`` the re-import updated.
+
+    All of them, unless the target's foreign keys all resolved before the transaction
+    (:attr:`Context.fk_clean`) and ``name`` has no generated column: then only the keys with a
+    column an UPDATE set. Proof: an updated row's key on columns no UPDATE set holds the value
+    it held before, which resolved then; its parent can since have gone only by a DELETE or a
+    change of the referenced columns, and the children of such rows are watched (``chk:<t>``,
+    read with every key); a trigger that wrote makes the check read the whole table; inserts
+    remove no parent."""
+    if not ctx.fk_clean or ctx.generated(name):
+        return keys
+    written = ctx.set_columns.get(name, set())
+    return [fk for fk in keys if {c.lower() for c in fk.columns} & written]
 
 
 def target_has_triggers(ctx: Context) -> bool:
@@ -104,15 +131,18 @@ def fk_problems(ctx: Context, limit: int = 20) -> list[dict[str, Any]]:
         keys = [fk for fk in table_fks if (name, fk.id) not in ctx.full]
         if not keys or not ctx.has_rowid(name):
             continue
-        for source in written(ctx, name):
+        for source, updated in _sources(ctx, name):
+            read = updated_keys(ctx, name, keys) if updated else keys
+            if not read:
+                continue
             q = (
-                source.select(*[fk.dangling("c") for fk in keys])
-                .where(or_all(fk.dangling("c") for fk in keys))
+                source.select(*[fk.dangling("c") for fk in read])
+                .where(or_all(fk.dangling("c") for fk in read))
                 .limit(limit)
             )
             for rid, *bad in ctx.rows(q):
                 found.update(
-                    (name, rid, fk.parent, fk.id) for fk, b in zip(keys, bad, strict=True) if b
+                    (name, rid, fk.parent, fk.id) for fk, b in zip(read, bad, strict=True) if b
                 )
     ordered = sorted(found, key=lambda p: (p[0], p[1] is None, p[1] or 0, p[3]))[:limit]
     return [{"table": t, "rowid": r, "parent": p, "fk": f} for t, r, p, f in ordered]

@@ -152,6 +152,7 @@ def merge_and_check(
     in_place: bool = False,
     limit: int = 20,
     script: Script | None = None,
+    fk_clean: bool = False,
 ) -> tuple[Outcome, list[dict[str, Any]]]:
     """Stage, detect, resolve and apply the bundle on ``conn`` (bundle attached, transaction open)
     as ``options`` say; ``target`` is the target's reflected schema (reflected on another
@@ -160,12 +161,14 @@ def merge_and_check(
     the problems ``PRAGMA foreign_key_check`` would report for those rows, in its shape
     (``{"table", "rowid", "parent", "fk"}``, at most ``limit``); empty when nothing was written
     (already applied, aborted). The caller commits only when the list is empty. Every statement
-    is time-bounded (:mod:`recovery.engine.timebound`): one that runs too long raises exit 3."""
+    is time-bounded (:mod:`recovery.engine.timebound`): one that runs too long raises exit 3.
+    ``fk_clean``: the caller proved the target's ``foreign_key_check`` clean right before this
+    transaction (:attr:`recovery.reimport.context.Context.fk_clean`); never pass it otherwise."""
     from recovery.engine.timebound import statement_time_limit
 
     with statement_time_limit(conn):
         outcome, ctx = _merge(
-            conn, bundle, options, files, target_name, dry_run, target, in_place, script
+            conn, bundle, options, files, target_name, dry_run, target, in_place, script, fk_clean
         )
         if ctx is None or outcome.aborted:
             return outcome, []
@@ -182,6 +185,7 @@ def _merge(
     target: Schema,
     in_place: bool,
     script: Script | None = None,
+    fk_clean: bool = False,
 ) -> tuple[Outcome, Context | None]:
     policy, conflicts = options.on_conflict, options.conflicts
     check_target_schema(bundle, target)
@@ -212,6 +216,7 @@ def _merge(
         in_place,
         mode=conflicts,
         script=script,
+        fk_clean=fk_clean,
     )
     for name in bundle.old.data_tables:
         outcome.tables.setdefault(name, TableOutcome(name)).rows_before = _count(conn, name)

@@ -914,9 +914,11 @@ def _run_rollback(
                 lineage_job = _Background(_derive_lineage, alembic_ini, backup_p, db_p)
             say("safety copy of the live database")
             journal.mark("safety", "start")
-            safety = consistent_copy(db_p, run_dir / "safety" / db_p.name, "live database")
+            safety, copied_by = window.safety_copy(run_dir / "safety" / db_p.name)
             # its sha256 is taken by the extract (the bundle's live fingerprint) and added below
-            journal.mark("safety", "done", path=str(safety), size=safety.stat().st_size)
+            journal.mark(
+                "safety", "done", path=str(safety), size=safety.stat().st_size, method=copied_by
+            )
             if prior is not None and sha256_file(safety) != prior:
                 journal.data["steps"].pop(
                     "extract", None
@@ -1436,7 +1438,7 @@ def _clean_leftovers(run_dir: Path, db: Path) -> list[Path]:
         *db.parent.glob(f".{_staged_path(db).name}.tmp-*"),
     ]
     for p in candidates:
-        m = re.search(r"\.tmp-(\d+)(-journal)?$|\.partial-(\d+)$", p.name)
+        m = re.search(r"\.tmp-(\d+)(-journal|-wal|-shm)?$|\.partial-(\d+)$", p.name)
         if m is None:
             continue
         if p.is_dir() and not p.is_symlink():

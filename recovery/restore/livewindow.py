@@ -35,7 +35,14 @@ from recovery.engine.base import Connection
 from recovery.errors import RecoveryError
 from recovery.engine.holders import PENDING_BYTE, WALINDEX_LOCK_OFFSET, Flock
 from recovery.engine.sqlbuild import col, sql, table
-from recovery.engine.sqlite_io import fsync_dir, is_wal_file, sidecars, wait_for_write_lock
+from recovery.engine.sqlite_io import (
+    consistent_copy,
+    fsync_dir,
+    held_copy,
+    is_wal_file,
+    sidecars,
+    wait_for_write_lock,
+)
 
 SHARED_FIRST, SHARED_SIZE = PENDING_BYTE + 2, 510
 WAL_CKPT_BYTE = WALINDEX_LOCK_OFFSET + 1
@@ -174,6 +181,32 @@ class WriteWindow:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
+
+    def safety_copy(self, dst: Path, role: str = "live database") -> tuple[Path, str]:
+        """A consistent copy of the locked live DB at ``dst`` (temporary name, fsync, rename) and
+        how it was made: ``"held-copy"``, the kernel's file copy that the held lock makes
+        consistent (:func:`recovery.engine.sqlite_io.held_copy`), or ``"backup-api"`` where that
+        copy cannot be proven (no valid WAL-index, a hot journal, a file at the path that is not
+        the locked one) and SQLite's online backup reads it instead."""
+        if self._conn is None or self._fd is None:
+            raise RuntimeError("the write window was released")
+        pages = int(self._conn.execute("PRAGMA page_count").fetchone()[0])
+        if self._is_locked_file() and held_copy(self.db, dst, pages, role):
+            if self._is_locked_file():
+                return dst, "held-copy"
+            dst.unlink(missing_ok=True)  # the path was renamed over while it was copied
+        return consistent_copy(self.db, dst, role), "backup-api"
+
+    def _is_locked_file(self) -> bool:
+        """The file at the path is the one whose lock we hold (same device and inode)."""
+        if self._fd is None:
+            return False
+        held = os.fstat(self._fd)
+        try:
+            now = os.stat(self.db)
+        except OSError:
+            return False
+        return (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino)
 
     def swap(self, staged: Path) -> ReplacedFile:
         """Rename ``staged`` over the live DB while the write lock is held, then let the lock go.

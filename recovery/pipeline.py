@@ -915,10 +915,9 @@ def _run_rollback(
             say("safety copy of the live database")
             journal.mark("safety", "start")
             safety, copied_by = window.safety_copy(run_dir / "safety" / db_p.name)
+            log.debug("safety copy made by %s", copied_by)
             # its sha256 is taken by the extract (the bundle's live fingerprint) and added below
-            journal.mark(
-                "safety", "done", path=str(safety), size=safety.stat().st_size, method=copied_by
-            )
+            journal.mark("safety", "done", path=str(safety), size=safety.stat().st_size)
             if prior is not None and sha256_file(safety) != prior:
                 journal.data["steps"].pop(
                     "extract", None

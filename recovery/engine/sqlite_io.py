@@ -489,20 +489,19 @@ class WalIndexHeader:
         return WAL_HEADER + self.max_frame * (WAL_FRAME_HEADER + self.page_size)
 
 
-def wal_index_header(shm: Path) -> WalIndexHeader | None:
-    """Read the WAL-index header of ``shm``; None when it is missing, uninitialised, of another
-    version, or its two copies differ (a writer or a recovery is changing it).
+def wal_index_header(shm_fd: int) -> WalIndexHeader | None:
+    """Read the WAL-index header through ``shm_fd`` (an open ``-shm``); None when it is
+    uninitialised, of another version, or its two copies differ (a writer or a recovery is
+    changing it).
 
     SQLite keeps two copies of the 48-byte header (native byte order) and a reader trusts them
     only when they are equal; only a connection holding the WAL write lock (or recovering the
-    index, which takes it too) changes them, so a caller holding that lock reads a stable one."""
+    index, which takes it too) changes them, so a caller holding that lock reads a stable one.
+    The caller keeps ``shm_fd`` open while any connection of this process has the file open:
+    closing a descriptor drops every POSIX lock the process holds on that file, SQLite's too."""
     import struct
 
-    try:
-        with open(shm, "rb", buffering=0) as fh:
-            raw = fh.read(96)
-    except OSError:
-        return None
+    raw = os.pread(shm_fd, 96, 0)
     if len(raw) < 96 or raw[:48] != raw[48:96]:
         return None
     version, _, _, is_init, _, size = struct.unpack_from("=IIIBBH", raw, 0)
@@ -526,14 +525,25 @@ def _send_all(src_fd: int, dst_fd: int, length: int | None) -> int:
     return offset
 
 
-def held_copy(src: Path, dst: str | os.PathLike[str], pages: int, role: str = "database") -> bool:
+def held_copy(
+    src: Path,
+    dst: str | os.PathLike[str],
+    pages: int,
+    role: str,
+    db_fd: int,
+    shm_fd: int | None,
+) -> bool:
     """Copy ``src`` to ``dst`` with the kernel's file copy; False (nothing left behind) where it
     cannot prove the result is the snapshot of ``pages`` pages, so the caller takes the backup API.
 
     **Precondition: the caller holds the write lock of ``src`` (``BEGIN IMMEDIATE`` on an open
     connection, whose snapshot has ``pages`` pages) and an OFD read lock on its shared-lock
-    range** (:class:`recovery.restore.livewindow.WriteWindow`). Then no other process can change
-    what the copied bytes say (docs/RELIABILITY.md, "The safety copy under the write window"):
+    range** (:class:`recovery.restore.livewindow.WriteWindow`), and passes its open descriptors
+    of the file (``db_fd``) and of ``-shm`` (``shm_fd``; None when there is none): the file and
+    ``-shm`` are read only through them, because closing any descriptor of a file drops every
+    POSIX lock this process holds on it, the write lock of our own connection included.
+    Then no other process can change what the copied bytes say (docs/RELIABILITY.md, "The safety
+    copy under the write window"):
 
     * WAL mode: no commit can append a frame, nor a restart rewrite the WAL from its start (both
       need the write lock; FULL/RESTART/TRUNCATE checkpoints without it degrade to PASSIVE). A
@@ -550,19 +560,20 @@ def held_copy(src: Path, dst: str | os.PathLike[str], pages: int, role: str = "d
 
     The result is written under a temporary name, fsynced and renamed (as :func:`consistent_copy`).
     """
+    src = real_path(src)  # SQLite keeps -wal and -shm beside the real file
     dst_p = Path(dst)
     tmp = dst_p.with_name(f".{dst_p.name}.tmp-{os.getpid()}")
     tmp_wal, tmp_shm = sidecars(tmp)
-    wal, shm = sidecars(src)
+    wal, _ = sidecars(src)
     journal = src.with_name(src.name + "-journal")
     if journal.exists() and journal.stat().st_size:
         return False
     index: WalIndexHeader | None = None
     if wal.exists():
-        index = wal_index_header(shm)
+        index = wal_index_header(shm_fd) if shm_fd is not None else None
         if index is None:
             return False
-    elif is_wal_file(src):
+    elif os.pread(db_fd, 20, 0)[18:19] == b"\x02":  # WAL mode, yet no -wal beside it
         return False
     leftovers = (tmp, tmp_wal, tmp_shm, tmp.with_name(tmp.name + "-journal"))
     dst_p.parent.mkdir(parents=True, exist_ok=True)
@@ -576,8 +587,8 @@ def held_copy(src: Path, dst: str | os.PathLike[str], pages: int, role: str = "d
                     raise _NotProven("the WAL's salts are not the WAL-index's")
                 if _send_all(w.fileno(), out.fileno(), index.wal_bytes()) != index.wal_bytes():
                     raise _NotProven("the WAL is shorter than the WAL-index says")
-        with open(src, "rb") as s, open(tmp, "wb") as out:
-            _send_all(s.fileno(), out.fileno(), None)
+        with open(tmp, "wb") as out:
+            _send_all(db_fd, out.fileno(), None)
         _fold(tmp, index, pages)
     except _NotProven:
         for leftover in leftovers:

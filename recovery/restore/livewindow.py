@@ -40,6 +40,7 @@ from recovery.engine.sqlite_io import (
     fsync_dir,
     held_copy,
     is_wal_file,
+    real_path,
     sidecars,
     wait_for_write_lock,
 )
@@ -145,6 +146,9 @@ class WriteWindow:
         self.replaced: ReplacedFile | None = None
         self._fd: int | None = os.open(db, os.O_RDONLY)
         self._conn: sqlite3.Connection | None = None
+        self._shm_fd: int | None = None
+        """``-shm``, open for reading the WAL-index; closed only after ``_conn`` (a close drops
+        this process's POSIX locks on the file, the write lock ``_conn`` holds there included)."""
         try:
             deadline = time.monotonic() + timeout
             while not _ofd_lock(self._fd, fcntl.F_RDLCK, SHARED_FIRST, SHARED_SIZE):
@@ -172,6 +176,9 @@ class WriteWindow:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             conn.close()  # no checkpoint-and-delete: our OFD read lock blocks its exclusive lock
+        shm_fd, self._shm_fd = self._shm_fd, None
+        if shm_fd is not None:
+            os.close(shm_fd)
 
     def release(self) -> None:
         """Give the lock back without a swap (nothing was changed)."""
@@ -191,7 +198,10 @@ class WriteWindow:
         if self._conn is None or self._fd is None:
             raise RuntimeError("the write window was released")
         pages = int(self._conn.execute("PRAGMA page_count").fetchone()[0])
-        if self._is_locked_file() and held_copy(self.db, dst, pages, role):
+        shm = sidecars(real_path(self.db))[1]
+        if self._shm_fd is None and shm.exists():
+            self._shm_fd = os.open(shm, os.O_RDWR)  # closed only after our connection
+        if self._is_locked_file() and held_copy(self.db, dst, pages, role, self._fd, self._shm_fd):
             if self._is_locked_file():
                 return dst, "held-copy"
             dst.unlink(missing_ok=True)  # the path was renamed over while it was copied
@@ -234,7 +244,9 @@ class WriteWindow:
             finally:
                 c.close()
         wal_fd = os.open(wal, os.O_RDONLY) if wal.exists() else None
-        shm_fd = os.open(shm, os.O_RDWR) if shm.exists() else None
+        shm_fd, self._shm_fd = self._shm_fd, None  # the late check keeps it, open, from here
+        if shm_fd is None and shm.exists():
+            shm_fd = os.open(shm, os.O_RDWR)
         try:
             for side in (wal, shm):
                 side.unlink(missing_ok=True)

@@ -61,6 +61,7 @@ from recovery.engine.sqlite_io import (
     check_sqlite_file,
     consistent_copy,
     fsync_dir,
+    index_idle_wal,
     readonly,
     real_path,
     sha256_file,
@@ -881,6 +882,7 @@ def _run_rollback(
             journal.data["live_before"] = _file_identity(db_p)
             say("checking the live database and the backup")
             journal.mark("probe", "start")
+            index_idle_wal(db_p)  # the probe then reads the live file in place, not a copy of it
             journal.mark(
                 "probe",
                 "done",

@@ -355,3 +355,22 @@ def test_killed_during_the_copy_leaves_only_temporary_files_the_next_run_removes
     time.sleep(0.01)
     _clean_leftovers(run, db)
     assert list(dst.parent.iterdir()) == []
+
+
+def test_indexing_an_idle_wal_changes_no_byte_and_reads_in_place(tmp_path: Path) -> None:
+    """The rollback's probe first gives an idle WAL file (commits in ``-wal``, no ``-shm``) its
+    index, so its read-only opens read the file in place instead of copying database and WAL."""
+    from recovery.engine.sqlite_io import index_idle_wal, readonly_uri
+
+    db = tmp_path / "live.db"
+    _wal_db(db)
+    wal, shm = sidecars(db)
+    shm.unlink()
+    before = {p: p.read_bytes() for p in (db, wal)}
+    assert index_idle_wal(db)
+    assert shm.exists() and {p: p.read_bytes() for p in (db, wal)} == before
+    assert readonly_uri(db) == sqlite_io.file_uri(db, mode="ro")  # the file itself, not a copy
+    with sqlite3.connect(readonly_uri(db), uri=True) as c:
+        assert c.execute("SELECT count(*) FROM t").fetchone()[0] == 300 - 300 // 7
+    assert {p: p.read_bytes() for p in (db, wal)} == before
+    assert not index_idle_wal(db)  # indexed already: nothing to do

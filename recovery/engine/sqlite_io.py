@@ -145,6 +145,31 @@ def readonly_uri(p: Path) -> str:
     return file_uri(copy, mode="ro")
 
 
+def index_idle_wal(path: Path) -> bool:
+    """Build the ``-shm`` index of an idle WAL-mode file whose ``-wal`` holds commits (no ``-shm``:
+    nobody has it open), as the first connection of any application would; True when it did.
+
+    :func:`readonly_uri` then opens the file in place, under SQLite's locks, instead of copying
+    the database and its ``-wal`` to a private folder. Only for a file the caller opens
+    read-write next anyway (the rollback's write window creates ``-shm`` too). The connection is
+    read-only: it builds the index and, closing, can neither checkpoint nor delete ``-wal``, so no
+    byte of the database or ``-wal`` changes. Where the index cannot be built (a folder we may
+    not write, a holder in exclusive locking mode) nothing is done."""
+    p = real_path(path)
+    wal, shm = sidecars(p)
+    try:
+        if shm.exists() or not wal.exists() or not wal.stat().st_size or not is_wal_file(p):
+            return False
+        conn = sqlite3.connect(file_uri(p, mode="ro"), uri=True, timeout=0.5)
+        try:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        finally:
+            conn.close()
+    except (sqlite3.DatabaseError, OSError):
+        return False
+    return shm.exists()
+
+
 _immutable_marks: dict[str, tuple[int, ...]] = {}
 
 

@@ -875,6 +875,7 @@ def _run_rollback(
     )
     lineage_job: _Background | None = None  # the migrations' rules, derived beside the safety copy
     reimported: Outcome | None = None  # the re-import's outcome when this process made it
+    live_index: sqlite3.Connection | None = None  # keeps the live DB's -shm built for the probe
     try:
         if not restore_started:
             # the file this attempt found (a resume from before the restore may find another):
@@ -882,7 +883,8 @@ def _run_rollback(
             journal.data["live_before"] = _file_identity(db_p)
             say("checking the live database and the backup")
             journal.mark("probe", "start")
-            index_idle_wal(db_p)  # the probe then reads the live file in place, not a copy of it
+            # the probe then reads the live file in place, not a copy of it
+            live_index = index_idle_wal(db_p)
             journal.mark(
                 "probe",
                 "done",
@@ -897,6 +899,8 @@ def _run_rollback(
                 ),
             )
             window, late_holders = _open_window(db_p, force)
+            if live_index is not None:
+                live_index.close()
             if late_holders:  # opened the DB since the preflight; let through by --force
                 journal.data["steps"]["probe"].setdefault("forced_past", []).extend(late_holders)
             if windows is not None:
@@ -1017,6 +1021,8 @@ def _run_rollback(
                     **({"proof": proof.basis} if proof.basis else {}),
                 )
     finally:
+        if live_index is not None:
+            live_index.close()
         if lineage_job is not None:  # (its sandbox child ended with it; nothing to clean)
             lineage_job.discard()
         if (

@@ -367,10 +367,13 @@ def test_indexing_an_idle_wal_changes_no_byte_and_reads_in_place(tmp_path: Path)
     wal, shm = sidecars(db)
     shm.unlink()
     before = {p: p.read_bytes() for p in (db, wal)}
-    assert index_idle_wal(db)
+    keeper = index_idle_wal(db)
+    assert keeper is not None
     assert shm.exists() and {p: p.read_bytes() for p in (db, wal)} == before
     assert readonly_uri(db) == sqlite_io.file_uri(db, mode="ro")  # the file itself, not a copy
-    with sqlite3.connect(readonly_uri(db), uri=True) as c:
-        assert c.execute("SELECT count(*) FROM t").fetchone()[0] == 300 - 300 // 7
+    c = sqlite3.connect(readonly_uri(db), uri=True)
+    assert c.execute("SELECT count(*) FROM t").fetchone()[0] == 300 - 300 // 7
+    c.close()
+    assert index_idle_wal(db) is None  # indexed already: nothing to do
+    keeper.close()
     assert {p: p.read_bytes() for p in (db, wal)} == before
-    assert not index_idle_wal(db)  # indexed already: nothing to do

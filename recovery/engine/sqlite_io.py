@@ -145,29 +145,33 @@ def readonly_uri(p: Path) -> str:
     return file_uri(copy, mode="ro")
 
 
-def index_idle_wal(path: Path) -> bool:
+def index_idle_wal(path: Path) -> sqlite3.Connection | None:
     """Build the ``-shm`` index of an idle WAL-mode file whose ``-wal`` holds commits (no ``-shm``:
-    nobody has it open), as the first connection of any application would; True when it did.
+    nobody has it open), as the first connection of any application would, and return the
+    read-only connection that built it (None when nothing was done); the caller closes it.
 
     :func:`readonly_uri` then opens the file in place, under SQLite's locks, instead of copying
-    the database and its ``-wal`` to a private folder. Only for a file the caller opens
-    read-write next anyway (the rollback's write window creates ``-shm`` too). The connection is
-    read-only: it builds the index and, closing, can neither checkpoint nor delete ``-wal``, so no
-    byte of the database or ``-wal`` changes. Where the index cannot be built (a folder we may
-    not write, a holder in exclusive locking mode) nothing is done."""
+    the database and its ``-wal`` to a private folder, and while the connection stays open later
+    opens find the index built (the first connection after the last close rebuilds it, reading
+    the whole ``-wal``). Only for a file the caller opens read-write next anyway (the rollback's
+    write window creates ``-shm`` too). The connection is read-only: it builds the index and,
+    closing, can neither checkpoint nor delete ``-wal``, so no byte of the database or ``-wal``
+    changes. Where the index cannot be built (a folder we may not write, a holder in exclusive
+    locking mode) nothing is done."""
     p = real_path(path)
     wal, shm = sidecars(p)
     try:
         if shm.exists() or not wal.exists() or not wal.stat().st_size or not is_wal_file(p):
-            return False
+            return None
         conn = sqlite3.connect(file_uri(p, mode="ro"), uri=True, timeout=0.5)
-        try:
-            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        finally:
-            conn.close()
     except (sqlite3.DatabaseError, OSError):
-        return False
-    return shm.exists()
+        return None
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError:
+        conn.close()
+        return None
+    return conn
 
 
 _immutable_marks: dict[str, tuple[int, ...]] = {}

@@ -146,22 +146,22 @@ def readonly_uri(p: Path) -> str:
 
 
 def index_idle_wal(path: Path) -> sqlite3.Connection | None:
-    """Build the ``-shm`` index of an idle WAL-mode file whose ``-wal`` holds commits (no ``-shm``:
-    nobody has it open), as the first connection of any application would, and return the
-    read-only connection that built it (None when nothing was done); the caller closes it.
+    """Keep the ``-shm`` index of a WAL-mode file whose ``-wal`` holds commits built, as the first
+    connection of any application would build it, with a read-only connection returned open
+    (None when there is no such ``-wal``, or it cannot be opened); the caller closes it.
 
-    :func:`readonly_uri` then opens the file in place, under SQLite's locks, instead of copying
-    the database and its ``-wal`` to a private folder, and while the connection stays open later
-    opens find the index built (the first connection after the last close rebuilds it, reading
-    the whole ``-wal``). Only for a file the caller opens read-write next anyway (the rollback's
-    write window creates ``-shm`` too). The connection is read-only: it builds the index and,
-    closing, can neither checkpoint nor delete ``-wal``, so no byte of the database or ``-wal``
-    changes. Where the index cannot be built (a folder we may not write, a holder in exclusive
-    locking mode) nothing is done."""
+    Without ``-shm`` (nobody has the file open) :func:`readonly_uri` would copy the database and
+    its ``-wal`` to a private folder; with it, every open after the last connection closed
+    rebuilds the index from the whole ``-wal``. With this connection open, read-only opens read
+    the file in place, under SQLite's locks, and find the index built. Only for a file the caller
+    opens read-write next anyway (the rollback's write window creates ``-shm`` too). The
+    connection is read-only: closing, it can neither checkpoint nor delete ``-wal``, so no byte of
+    the database or ``-wal`` changes. Where the index cannot be built (a folder we may not write,
+    a holder in exclusive locking mode) nothing is done."""
     p = real_path(path)
-    wal, shm = sidecars(p)
+    wal = sidecars(p)[0]
     try:
-        if shm.exists() or not wal.exists() or not wal.stat().st_size or not is_wal_file(p):
+        if not wal.exists() or not wal.stat().st_size or not is_wal_file(p):
             return None
         conn = sqlite3.connect(file_uri(p, mode="ro"), uri=True, timeout=0.5)
     except (sqlite3.DatabaseError, OSError):

@@ -5,7 +5,8 @@ runs, so a run killed anywhere is resumed by running the same command again:
 
   probe → safety → extract → restore → reimport → relink → verify → report
 
-* ``safety``: a consistent copy (backup API, WAL included) of the failed live DB in ``RUN_DIR/safety/``.
+* ``safety``: a consistent copy (WAL included; under the write window a kernel copy folded by SQLite,
+  else the backup API) of the failed live DB in ``RUN_DIR/safety/``.
 * ``extract`` writes ``RUN_DIR/bundle/`` atomically. Once ``restore`` has *started*, extract is never
   run again: the live DB may already be the backup.
 * ``restore`` checkpoints the live WAL, removes ``-wal``/``-shm`` and renames a fsynced copy of the

@@ -201,6 +201,7 @@ def test_checkpoints_and_writes_of_another_process_meanwhile_change_nothing(
     locked snapshot's rows, and no commit got through."""
     db = tmp_path / "live.db"
     _wal_db(db, rows=600)
+    main_before = db.read_bytes()
     window = WriteWindow(db)
     results: list[str] = []
     real_send = sqlite_io._send_all
@@ -229,6 +230,7 @@ def test_checkpoints_and_writes_of_another_process_meanwhile_change_nothing(
         window.release()
     moved, wrote = map(int, results[0].split())
     assert moved > 0, "the other process's checkpoint moved no page: the test would prove nothing"
+    assert db.read_bytes() != main_before  # its checkpoint wrote into the main file under the copy
     assert wrote == 0
     assert how == "held-copy"
     _self_contained(copy)

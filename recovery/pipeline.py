@@ -5,7 +5,8 @@ runs, so a run killed anywhere is resumed by running the same command again:
 
   probe → safety → extract → restore → reimport → relink → verify → report
 
-* ``safety``: a consistent copy (backup API, WAL included) of the failed live DB in ``RUN_DIR/safety/``.
+* ``safety``: a consistent copy (WAL included; under the write window a kernel copy folded by SQLite,
+  else the backup API) of the failed live DB in ``RUN_DIR/safety/``.
 * ``extract`` writes ``RUN_DIR/bundle/`` atomically. Once ``restore`` has *started*, extract is never
   run again: the live DB may already be the backup.
 * ``restore`` checkpoints the live WAL, removes ``-wal``/``-shm`` and renames a fsynced copy of the
@@ -61,6 +62,7 @@ from recovery.engine.sqlite_io import (
     check_sqlite_file,
     consistent_copy,
     fsync_dir,
+    index_idle_wal,
     readonly,
     real_path,
     sha256_file,
@@ -887,6 +889,7 @@ def _run_rollback(
     )
     lineage_job: _Background | None = None  # the migrations' rules, derived beside the safety copy
     reimported: Outcome | None = None  # the re-import's outcome when this process made it
+    live_index: sqlite3.Connection | None = None  # keeps the live DB's -shm built for the probe
     try:
         if not restore_started:
             # the file this attempt found (a resume from before the restore may find another):
@@ -894,6 +897,8 @@ def _run_rollback(
             journal.data["live_before"] = _file_identity(db_p)
             say("checking the live database and the backup")
             journal.mark("probe", "start")
+            # the probe then reads the live file in place, not a copy of it
+            live_index = index_idle_wal(db_p)
             journal.mark(
                 "probe",
                 "done",
@@ -908,6 +913,8 @@ def _run_rollback(
                 ),
             )
             window, late_holders = _open_window(db_p, force)
+            if live_index is not None:
+                live_index.close()
             if late_holders:  # opened the DB since the preflight; let through by --force
                 journal.data["steps"]["probe"].setdefault("forced_past", []).extend(late_holders)
             if windows is not None:
@@ -927,7 +934,8 @@ def _run_rollback(
                 lineage_job = _Background(_derive_lineage, alembic_ini, backup_p, db_p)
             say("safety copy of the live database")
             journal.mark("safety", "start")
-            safety = consistent_copy(db_p, run_dir / "safety" / db_p.name, "live database")
+            safety, copied_by = window.safety_copy(run_dir / "safety" / db_p.name)
+            log.debug("safety copy made by %s", copied_by)
             # its sha256 is taken by the extract (the bundle's live fingerprint) and added below
             journal.mark("safety", "done", path=str(safety), size=safety.stat().st_size)
             if prior is not None and sha256_file(safety) != prior:
@@ -1027,6 +1035,8 @@ def _run_rollback(
                     **({"proof": proof.basis} if proof.basis else {}),
                 )
     finally:
+        if live_index is not None:
+            live_index.close()
         if lineage_job is not None:  # (its sandbox child ended with it; nothing to clean)
             lineage_job.discard()
         if (
@@ -1450,7 +1460,7 @@ def _clean_leftovers(run_dir: Path, db: Path) -> list[Path]:
         *db.parent.glob(f".{_staged_path(db).name}.tmp-*"),
     ]
     for p in candidates:
-        m = re.search(r"\.tmp-(\d+)(-journal)?$|\.partial-(\d+)$", p.name)
+        m = re.search(r"\.tmp-(\d+)(-journal|-wal|-shm)?$|\.partial-(\d+)$", p.name)
         if m is None:
             continue
         if p.is_dir() and not p.is_symlink():

@@ -225,6 +225,8 @@ def compare_identity(db: Path, identity: dict[str, Any]) -> dict[str, Any]:
             if key != entry.get("key"):
                 continue
             p = a = 0
+            # one statement per list of columns (the same for every row of a table), not per row
+            by_columns: dict[tuple[str, ...], str] = {}
             for key_values, row_hashes in entry["rows"][:SAMPLE_ROWS]:
                 hashes = dict(
                     zip(entry.get("columns", []), row_hashes, strict=False)
@@ -232,12 +234,16 @@ def compare_identity(db: Path, identity: dict[str, Any]) -> dict[str, Any]:
                 shared = [c for c in hashes if c in cols and c not in key]
                 if not shared:
                     continue
-                q = (
-                    exp.select(*[col(c) for c in shared])
-                    .from_(table(name, "main"))
-                    .where(and_all(exp.EQ(this=col(k), expression=exp.Placeholder()) for k in key))
-                )
-                row = conn.execute(sql(q), tuple(key_values)).fetchone()
+                stmt = by_columns.get(tuple(shared))
+                if stmt is None:
+                    stmt = by_columns[tuple(shared)] = sql(
+                        exp.select(*[col(c) for c in shared])
+                        .from_(table(name, "main"))
+                        .where(
+                            and_all(exp.EQ(this=col(k), expression=exp.Placeholder()) for k in key)
+                        )
+                    )
+                row = conn.execute(stmt, tuple(key_values)).fetchone()
                 if row is None:
                     continue
                 p += 1

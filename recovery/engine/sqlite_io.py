@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -142,6 +143,35 @@ def readonly_uri(p: Path) -> str:
         shutil.copyfile(wal, copy.with_name(copy.name + "-wal"))
         _ro_copies[key] = copy
     return file_uri(copy, mode="ro")
+
+
+def index_idle_wal(path: Path) -> sqlite3.Connection | None:
+    """Keep the ``-shm`` index of a WAL-mode file whose ``-wal`` holds commits built, as the first
+    connection of any application would build it, with a read-only connection returned open
+    (None when there is no such ``-wal``, or it cannot be opened); the caller closes it.
+
+    Without ``-shm`` (nobody has the file open) :func:`readonly_uri` would copy the database and
+    its ``-wal`` to a private folder; with it, every open after the last connection closed
+    rebuilds the index from the whole ``-wal``. With this connection open, read-only opens read
+    the file in place, under SQLite's locks, and find the index built. Only for a file the caller
+    opens read-write next anyway (the rollback's write window creates ``-shm`` too). The
+    connection is read-only: closing, it can neither checkpoint nor delete ``-wal``, so no byte of
+    the database or ``-wal`` changes. Where the index cannot be built (a folder we may not write,
+    a holder in exclusive locking mode) nothing is done."""
+    p = real_path(path)
+    wal = sidecars(p)[0]
+    try:
+        if not wal.exists() or not wal.stat().st_size or not is_wal_file(p):
+            return None
+        conn = sqlite3.connect(file_uri(p, mode="ro"), uri=True, timeout=0.5)
+    except (sqlite3.DatabaseError, OSError):
+        return None
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError:
+        conn.close()
+        return None
+    return conn
 
 
 _immutable_marks: dict[str, tuple[int, ...]] = {}
@@ -417,6 +447,12 @@ def consistent_copy(
                 "run the command again when the application is idle or running steadily",
                 ExitCode.FAILED,
             )
+    return _publish_copy(tmp, dst_p)
+
+
+def _publish_copy(tmp: Path, dst_p: Path) -> Path:
+    """fsync the finished copy ``tmp``, then rename it to ``dst_p`` (and fsync the folder), so
+    ``dst_p`` is either absent or complete."""
     with open(tmp, "rb+") as fh:
         os.fsync(fh.fileno())
     # a -wal, -shm or hot -journal left under the copy's name (a killed earlier copy or writer)
@@ -458,6 +494,167 @@ def _backup_into(src_p: Path, dst_p: Path, tmp: Path, role: str) -> None:
         ) from None
     finally:
         source.close()
+
+
+WAL_HEADER, WAL_FRAME_HEADER = 32, 24
+WAL_INDEX_VERSION = 3007000
+
+
+@dataclass(frozen=True)
+class WalIndexHeader:
+    """The fields of the WAL-index header (the start of ``-shm``) that say which frames of
+    ``-wal`` make up the newest committed snapshot: frames 1..``max_frame`` of the WAL whose
+    header carries ``salt``, a database of ``pages`` pages of ``page_size`` bytes."""
+
+    max_frame: int
+    pages: int
+    page_size: int
+    salt: bytes
+
+    def wal_bytes(self) -> int:
+        """Length of the WAL prefix that holds those frames (0: nothing to replay)."""
+        if not self.max_frame:
+            return 0
+        return WAL_HEADER + self.max_frame * (WAL_FRAME_HEADER + self.page_size)
+
+
+def wal_index_header(shm_fd: int) -> WalIndexHeader | None:
+    """Read the WAL-index header through ``shm_fd`` (an open ``-shm``); None when it is
+    uninitialised, of another version, or its two copies differ (a writer or a recovery is
+    changing it).
+
+    SQLite keeps two copies of the 48-byte header (native byte order) and a reader trusts them
+    only when they are equal; only a connection holding the WAL write lock (or recovering the
+    index, which takes it too) changes them, so a caller holding that lock reads a stable one.
+    The caller keeps ``shm_fd`` open while any connection of this process has the file open:
+    closing a descriptor drops every POSIX lock the process holds on that file, SQLite's too."""
+    import struct
+
+    raw = os.pread(shm_fd, 96, 0)
+    if len(raw) < 96 or raw[:48] != raw[48:96]:
+        return None
+    version, _, _, is_init, _, size = struct.unpack_from("=IIIBBH", raw, 0)
+    max_frame, pages = struct.unpack_from("=II", raw, 16)
+    if version != WAL_INDEX_VERSION or is_init != 1:
+        return None
+    page_size = 65536 if size == 1 else size
+    return WalIndexHeader(max_frame, pages, page_size, raw[32:40])
+
+
+def _send_all(src_fd: int, dst_fd: int, length: int | None) -> int:
+    """Copy ``length`` bytes (None: up to end of file) from the start of ``src_fd`` to
+    ``dst_fd`` inside the kernel (``sendfile``: no pass through Python's memory)."""
+    offset = 0
+    while length is None or offset < length:
+        want = (1 << 30) if length is None else min(1 << 30, length - offset)
+        sent = os.sendfile(dst_fd, src_fd, offset, want)
+        if sent == 0:
+            break
+        offset += sent
+    return offset
+
+
+def held_copy(
+    src: Path,
+    dst: str | os.PathLike[str],
+    pages: int,
+    role: str,
+    db_fd: int,
+    shm_fd: int | None,
+) -> bool:
+    """Copy ``src`` to ``dst`` with the kernel's file copy; False (nothing left behind) where it
+    cannot prove the result is the snapshot of ``pages`` pages, so the caller takes the backup API.
+
+    **Precondition: the caller holds the write lock of ``src`` (``BEGIN IMMEDIATE`` on an open
+    connection, whose snapshot has ``pages`` pages) and an OFD read lock on its shared-lock
+    range** (:class:`recovery.restore.livewindow.WriteWindow`), and passes its open descriptors
+    of the file (``db_fd``) and of ``-shm`` (``shm_fd``; None when there is none): the file and
+    ``-shm`` are read only through them, because closing any descriptor of a file drops every
+    POSIX lock this process holds on it, the write lock of our own connection included.
+    Then no other process can change what the copied bytes say (docs/RELIABILITY.md, "The safety
+    copy under the write window"):
+
+    * WAL mode: no commit can append a frame, nor a restart rewrite the WAL from its start (both
+      need the write lock; FULL/RESTART/TRUNCATE checkpoints without it degrade to PASSIVE). A
+      PASSIVE checkpoint may copy frames into the main file while it is read, but only frames
+      ``<= max_frame`` of the WAL-index, and every one of those pages is replayed from the WAL
+      copy over whatever version of it the main-file copy caught; the WAL is deleted or truncated
+      only under an exclusive lock, which our OFD read lock refuses everyone. The WAL is copied
+      up to ``max_frame`` (frames after it are a rolled-back spill or an older generation) and
+      folded into the copy by SQLite itself (checkpoint, then journal mode DELETE), which must
+      find exactly ``max_frame`` valid frames (salts and checksums) and ``pages`` pages.
+    * Rollback-journal mode (no ``-wal``): a commit needs the EXCLUSIVE lock, which our locks
+      refuse; a ``-journal`` with content (a hot journal of a crashed writer) sends the copy to
+      the backup API, which recovers it under SQLite's own rules.
+
+    The result is written under a temporary name, fsynced and renamed (as :func:`consistent_copy`).
+    """
+    src = real_path(src)  # SQLite keeps -wal and -shm beside the real file
+    dst_p = Path(dst)
+    tmp = dst_p.with_name(f".{dst_p.name}.tmp-{os.getpid()}")
+    tmp_wal, tmp_shm = sidecars(tmp)
+    wal, _ = sidecars(src)
+    journal = src.with_name(src.name + "-journal")
+    if journal.exists() and journal.stat().st_size:
+        return False
+    index: WalIndexHeader | None = None
+    if wal.exists():
+        index = wal_index_header(shm_fd) if shm_fd is not None else None
+        if index is None:
+            return False
+    elif os.pread(db_fd, 20, 0)[18:19] == b"\x02":  # WAL mode, yet no -wal beside it
+        return False
+    leftovers = (tmp, tmp_wal, tmp_shm, tmp.with_name(tmp.name + "-journal"))
+    dst_p.parent.mkdir(parents=True, exist_ok=True)
+    for leftover in leftovers:
+        leftover.unlink(missing_ok=True)
+    try:
+        if index is not None and index.max_frame:
+            with open(wal, "rb") as w, open(tmp_wal, "wb") as out:
+                head = os.pread(w.fileno(), WAL_HEADER, 0)
+                if head[16:24] != index.salt:
+                    raise _NotProven("the WAL's salts are not the WAL-index's")
+                if _send_all(w.fileno(), out.fileno(), index.wal_bytes()) != index.wal_bytes():
+                    raise _NotProven("the WAL is shorter than the WAL-index says")
+        with open(tmp, "wb") as out:
+            _send_all(db_fd, out.fileno(), None)
+        _fold(tmp, index, pages)
+    except _NotProven:
+        for leftover in leftovers:
+            leftover.unlink(missing_ok=True)
+        return False
+    except (sqlite3.DatabaseError, OSError) as exc:
+        for leftover in leftovers:
+            leftover.unlink(missing_ok=True)
+        raise RecoveryError(
+            f"could not copy {role} {src} to {dst_p}: {exc}",
+            "check the file, the target folder and free disk space",
+        ) from None
+    _publish_copy(tmp, dst_p)
+    return True
+
+
+class _NotProven(Exception):
+    """The kernel copy could not be shown to be the locked snapshot (the caller copies again)."""
+
+
+def _fold(tmp: Path, index: WalIndexHeader | None, pages: int) -> None:
+    """Replay the copied WAL into ``tmp`` and make it one self-contained rollback-journal file;
+    raise :class:`_NotProven` unless SQLite found every frame of the WAL-index and ``pages``
+    pages. Its own syncs are off: the caller fsyncs the finished file."""
+    conn = sqlite3.connect(str(tmp), isolation_level=None)
+    try:
+        conn.execute("PRAGMA synchronous = OFF")
+        if index is not None:
+            busy, frames, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if (busy, frames, done) != (0, index.max_frame, index.max_frame):
+                raise _NotProven(f"the WAL copy replays {frames} of {index.max_frame} frames")
+        mode = conn.execute("PRAGMA journal_mode = DELETE").fetchone()[0]
+        got = conn.execute("PRAGMA page_count").fetchone()[0]
+        if mode != "delete" or got != pages or (index is not None and got != index.pages):
+            raise _NotProven(f"the copy has {got} pages, the snapshot {pages}")
+    finally:
+        conn.close()
 
 
 def write_lock_held(path: str | os.PathLike[str], timeout: float = 0.5) -> bool:

@@ -35,7 +35,15 @@ from recovery.engine.base import Connection
 from recovery.errors import RecoveryError
 from recovery.engine.holders import PENDING_BYTE, WALINDEX_LOCK_OFFSET, Flock
 from recovery.engine.sqlbuild import col, sql, table
-from recovery.engine.sqlite_io import fsync_dir, is_wal_file, sidecars, wait_for_write_lock
+from recovery.engine.sqlite_io import (
+    consistent_copy,
+    fsync_dir,
+    held_copy,
+    is_wal_file,
+    real_path,
+    sidecars,
+    wait_for_write_lock,
+)
 
 SHARED_FIRST, SHARED_SIZE = PENDING_BYTE + 2, 510
 WAL_CKPT_BYTE = WALINDEX_LOCK_OFFSET + 1
@@ -138,6 +146,9 @@ class WriteWindow:
         self.replaced: ReplacedFile | None = None
         self._fd: int | None = os.open(db, os.O_RDONLY)
         self._conn: sqlite3.Connection | None = None
+        self._shm_fd: int | None = None
+        """``-shm``, open for reading the WAL-index; closed only after ``_conn`` (a close drops
+        this process's POSIX locks on the file, the write lock ``_conn`` holds there included)."""
         try:
             deadline = time.monotonic() + timeout
             while not _ofd_lock(self._fd, fcntl.F_RDLCK, SHARED_FIRST, SHARED_SIZE):
@@ -165,6 +176,9 @@ class WriteWindow:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             conn.close()  # no checkpoint-and-delete: our OFD read lock blocks its exclusive lock
+        shm_fd, self._shm_fd = self._shm_fd, None
+        if shm_fd is not None:
+            os.close(shm_fd)
 
     def release(self) -> None:
         """Give the lock back without a swap (nothing was changed)."""
@@ -174,6 +188,35 @@ class WriteWindow:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
+
+    def safety_copy(self, dst: Path, role: str = "live database") -> tuple[Path, str]:
+        """A consistent copy of the locked live DB at ``dst`` (temporary name, fsync, rename) and
+        how it was made: ``"held-copy"``, the kernel's file copy that the held lock makes
+        consistent (:func:`recovery.engine.sqlite_io.held_copy`), or ``"backup-api"`` where that
+        copy cannot be proven (no valid WAL-index, a hot journal, a file at the path that is not
+        the locked one) and SQLite's online backup reads it instead."""
+        if self._conn is None or self._fd is None:
+            raise RuntimeError("the write window was released")
+        pages = int(self._conn.execute("PRAGMA page_count").fetchone()[0])
+        shm = sidecars(real_path(self.db))[1]
+        if self._shm_fd is None and shm.exists():
+            self._shm_fd = os.open(shm, os.O_RDWR)  # closed only after our connection
+        if self._is_locked_file() and held_copy(self.db, dst, pages, role, self._fd, self._shm_fd):
+            if self._is_locked_file():
+                return dst, "held-copy"
+            dst.unlink(missing_ok=True)  # the path was renamed over while it was copied
+        return consistent_copy(self.db, dst, role), "backup-api"
+
+    def _is_locked_file(self) -> bool:
+        """The file at the path is the one whose lock we hold (same device and inode)."""
+        if self._fd is None:
+            return False
+        held = os.fstat(self._fd)
+        try:
+            now = os.stat(self.db)
+        except OSError:
+            return False
+        return (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino)
 
     def swap(self, staged: Path) -> ReplacedFile:
         """Rename ``staged`` over the live DB while the write lock is held, then let the lock go.
@@ -201,7 +244,9 @@ class WriteWindow:
             finally:
                 c.close()
         wal_fd = os.open(wal, os.O_RDONLY) if wal.exists() else None
-        shm_fd = os.open(shm, os.O_RDWR) if shm.exists() else None
+        shm_fd, self._shm_fd = self._shm_fd, None  # the late check keeps it, open, from here
+        if shm_fd is None and shm.exists():
+            shm_fd = os.open(shm, os.O_RDWR)
         try:
             for side in (wal, shm):
                 side.unlink(missing_ok=True)

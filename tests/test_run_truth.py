@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from recovery.report.lost import LostValues
 from recovery.model.outcome import Conflict, Outcome, OutcomeFormatError, Remap, TableOutcome
 from tests.clirun import invoke
+from tests.forkrun import forked
 
 ROOT = Path(__file__).resolve().parents[1]
 ALEMBIC_INI = ROOT / "sample_dbs" / "app" / "alembic.ini"
@@ -39,11 +40,14 @@ def run_cli(
     process: bool = False,
 ) -> subprocess.CompletedProcess[str]:
     """``recovery ARGS`` in ``cwd`` with no ``RECOVERY_*`` variable but ``env_extra``: in this
-    process (:mod:`tests.clirun`), or in a process of its own when ``process`` is set or
-    ``env_extra`` asks for a kill."""
+    process (:mod:`tests.clirun`), in a process of its own forked from a server that has the
+    package imported when ``env_extra`` asks for a kill (:mod:`tests.forkrun`), or in a fresh
+    interpreter when ``process`` is set."""
+    unset: dict[str, str | None] = {k: None for k in os.environ if k.startswith("RECOVERY_")}
     if not process and not any(k.startswith("RECOVERY_TEST_KILL") for k in env_extra or {}):
-        unset: dict[str, str | None] = {k: None for k in os.environ if k.startswith("RECOVERY_")}
         return invoke(*args, env={**unset, **(env_extra or {})}, cwd=cwd)
+    if not process:  # a kill: a process of its own, forked from a server (tests/forkrun.py)
+        return forked(*args, env={**unset, **(env_extra or {})}, cwd=cwd, timeout=timeout)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RECOVERY_")}
     env.update(env_extra or {})
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")

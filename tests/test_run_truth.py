@@ -40,25 +40,15 @@ def run_cli(
     process: bool = False,
 ) -> subprocess.CompletedProcess[str]:
     """``recovery ARGS`` in ``cwd`` with no ``RECOVERY_*`` variable but ``env_extra``: in this
-    process (:mod:`tests.clirun`), in a process of its own forked from a server that has the
-    package imported when ``env_extra`` asks for a kill (:mod:`tests.forkrun`), or in a fresh
-    interpreter when ``process`` is set."""
-    unset: dict[str, str | None] = {k: None for k in os.environ if k.startswith("RECOVERY_")}
-    if not process and not any(k.startswith("RECOVERY_TEST_KILL") for k in env_extra or {}):
-        return invoke(*args, env={**unset, **(env_extra or {})}, cwd=cwd)
-    if not process:  # a kill: a process of its own, forked from a server (tests/forkrun.py)
-        return forked(*args, env={**unset, **(env_extra or {})}, cwd=cwd, timeout=timeout)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RECOVERY_")}
+    process (:mod:`tests.clirun`), or in a process of its own when ``process`` is set or
+    ``env_extra`` asks for a kill: a child forked from a server that has the package imported
+    (:mod:`tests.forkrun`)."""
+    env: dict[str, str | None] = {k: None for k in os.environ if k.startswith("RECOVERY_")}
     env.update(env_extra or {})
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run(
-        [sys.executable, "-c", "from recovery.cli import main; main()", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    if not process and not any(k.startswith("RECOVERY_TEST_KILL") for k in env_extra or {}):
+        return invoke(*args, env=env, cwd=cwd)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    return forked(*args, env=env, cwd=cwd, timeout=timeout)
 
 
 def rollback_args(out: str = "run") -> list[str]:

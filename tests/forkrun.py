@@ -99,7 +99,8 @@ def _child(req: dict[str, object]) -> None:
         traceback.print_exc()
         code = 1
     finally:
-        try:
+        try:  # the interpreter's exit: wait for the non-daemon threads, then the atexit handlers
+            threading._shutdown()  # type: ignore[attr-defined]
             atexit._run_exitfuncs()
             sys.stdout.flush()
             sys.stderr.flush()

@@ -1,21 +1,24 @@
 """``recovery ARGS`` in a process of its own, forked from a server that has already imported the
-package, answering as ``subprocess.run(..., capture_output=True, text=True)`` does.
+libraries the package uses, answering as ``subprocess.run(..., capture_output=True, text=True)``
+does.
 
 Why: a kill test (``RECOVERY_TEST_KILL_*``) needs the command in a process of its own — the kill
 hook SIGKILLs the process that runs it, and the test checks what that death leaves on disk — but a
 fresh ``python -m recovery`` spends about a second and a half of CPU before the command starts (the
-interpreter, then sqlalchemy, alembic, sqlglot, pandas, matplotlib and the package itself). Here
-one server per test process pays that once; each command then runs in a child forked from it.
+interpreter, then sqlalchemy, alembic, sqlglot, pandas, matplotlib, psycopg). Here one server per
+test process pays that once; each command then runs in a child forked from it.
 
-The child is a real process: its own pid, its own file descriptors, SQLite connections and
-``fcntl`` locks (none are inherited: the server opens no database and takes no lock), its own
-working folder and environment (replaced whole, as ``subprocess`` replaces them), stdout and stderr
-to files read back here, stdin ``/dev/null``. The kill hooks SIGKILL it exactly as they would a
-fresh interpreter, and its exit status comes back as ``subprocess`` reports it (``-9`` for a
-SIGKILL). What differs from a fresh interpreter is only what happens before the command starts:
-the modules are already imported and the hash seed is the server's. A test about the interpreter
-itself (start-up, ``python -m recovery``, its exit code on an uncaught error, the environment it
-hands to a child process) uses :func:`tests.clirun.run` with ``process=True`` instead.
+The child is a real process: its own pid, its own file descriptors, SQLite and PostgreSQL
+connections and ``fcntl`` locks (none are inherited: the server opens no database and takes no
+lock), its own working folder and environment (replaced whole, as ``subprocess`` replaces them),
+stdout and stderr to files read back here, stdin ``/dev/null``. The server never imports the
+package itself: the child imports ``recovery`` as a fresh interpreter does, so every module-level
+value of the package (a process's lock key, caches, registrations) is the child's own. The kill
+hooks SIGKILL it exactly as they would a fresh interpreter, and its exit status comes back as
+``subprocess`` reports it (``-9`` for a SIGKILL). What differs from a fresh interpreter is only
+that the third-party libraries are already imported and the hash seed is the server's. A test about
+the interpreter itself (``python -m recovery``, an installed package, a terminal) runs its own
+``subprocess``.
 """
 
 from __future__ import annotations
@@ -37,14 +40,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 _SERVER = r"""
-import json, os, sys
+import importlib, json, os, sys
 sys.path.insert(0, sys.argv[1])
-import importlib, pkgutil
-import recovery
-for _m in pkgutil.walk_packages(recovery.__path__, "recovery."):
-    if not _m.name.endswith("__main__"):
-        importlib.import_module(_m.name)
-from tests.forkrun import _child
+from tests.forkrun import _child, _libraries
+for name in _libraries():
+    try:
+        importlib.import_module(name)
+    except Exception:
+        pass
+assert not [n for n in sys.modules if n == "recovery" or n.startswith("recovery.")]
 replies = os.fdopen(os.dup(1), "w")
 os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
 print("ready", file=replies, flush=True)
@@ -60,6 +64,35 @@ for line in sys.stdin:
     _, status = os.waitpid(pid, 0)
     print(status, file=replies, flush=True)
 """
+
+
+def _libraries() -> list[str]:
+    """The modules other than the package's own that importing every module of ``recovery``
+    brings in, in the order they were imported: found in a forked child, so that this process
+    never imports the package itself."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(read)
+            import importlib
+            import pkgutil
+
+            import recovery
+
+            for m in pkgutil.walk_packages(recovery.__path__, "recovery."):
+                if not m.name.endswith("__main__"):
+                    importlib.import_module(m.name)
+            names = [n for n in sys.modules if not n.startswith(("recovery", "tests", "__main__"))]
+            with os.fdopen(write, "w") as out:
+                json.dump(names, out)
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as src:
+        text = src.read()
+    os.waitpid(pid, 0)
+    return list(json.loads(text or "[]"))
 
 
 def _child(req: dict[str, object]) -> None:

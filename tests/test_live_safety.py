@@ -38,10 +38,20 @@ def run_cli(*args: object, timeout: float = 240) -> subprocess.CompletedProcess[
     return forked(*args, timeout=timeout)
 
 
+def run_fresh(*args: object, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    """``recovery ARGS`` in a fresh interpreter (its start-up included, as a user's run has it)."""
+    return subprocess.run(
+        [sys.executable, "-m", "recovery", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def rollback(
-    w: Path, run: Path, *extra: object, db: Path | None = None
+    w: Path, run: Path, *extra: object, db: Path | None = None, fresh: bool = False
 ) -> subprocess.CompletedProcess[str]:
-    return run_cli(
+    return (run_fresh if fresh else run_cli)(
         "rollback",
         db or w / "gestima.db",
         "--backup",
@@ -238,8 +248,8 @@ def test_writer_is_refused_and_with_force_no_commit_is_lost(
     run = tmp_path / "forced"
     run.mkdir()
     writer = start(WRITER, db, run / "journal.json", "FORCED")
-    try:
-        proc = rollback(w, run, "--force")
+    try:  # a fresh interpreter: the writer's timing against the run is the one measured before
+        proc = rollback(w, run, "--force", fresh=True)
     finally:
         (run / "stop").touch()
         committed = stop(writer, graceful=True)

@@ -8,16 +8,17 @@ error into one ``error:`` line on stderr and its exit code whether it runs in a 
 or here (click's ``CliRunner`` catches the ``SystemExit``), and ``main`` resets its per-run state
 (``--quiet``, bars, logging) at every start.
 
-What needs a process of its own stays one (the module's own ``subprocess.run``): a SIGKILL or
-SIGTERM (``RECOVERY_TEST_KILL_*``, which :func:`invoke` refuses), a terminal, another process
-holding or watching the database, a timeout, the interpreter's own exit code."""
+What needs a process of its own stays one (:func:`run`): a SIGKILL or SIGTERM
+(``RECOVERY_TEST_KILL_*``, which :func:`invoke` refuses), another process's view of the command, a
+timeout, its own environment and exit code run in a child forked from a server that has the package
+imported (:mod:`tests.forkrun`: a real process, without the interpreter's start-up). A terminal, or
+the interpreter itself (``python -m recovery``, an installed package), is a test's own
+``subprocess`` call."""
 
 from __future__ import annotations
 
 import contextlib
-import os
 import subprocess
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -55,22 +56,12 @@ def run(
     process: bool = False,
     timeout: float = 300,
 ) -> subprocess.CompletedProcess[str]:
-    """``recovery ARGS`` in this process (:func:`invoke`), or in a process of its own
-    (``python -m recovery``, ``env`` laid over ``os.environ`` the same way) when ``process`` is set
-    or ``env`` asks for a kill or a signal (``RECOVERY_TEST_KILL_*``)."""
+    """``recovery ARGS`` in this process (:func:`invoke`), or in a process of its own forked from
+    the package's server (:func:`tests.forkrun.forked`) when ``process`` is set or ``env`` asks for
+    a kill or a signal (``RECOVERY_TEST_KILL_*``); ``env`` is laid over ``os.environ`` the same way
+    either way."""
     if not process and not _asks_for_a_kill(env):
         return invoke(*args, env=env, cwd=cwd)
-    full = dict(os.environ)
-    for k, v in (env or {}).items():
-        if v is None:
-            full.pop(k, None)
-        else:
-            full[k] = v
-    return subprocess.run(
-        [sys.executable, "-m", "recovery", *(str(a) for a in args)],
-        cwd=cwd,
-        env=full,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    from tests.forkrun import forked
+
+    return forked(*args, env=env, cwd=cwd, timeout=timeout)

@@ -36,6 +36,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from recovery.escape import SHOW_LIMIT, csv_safe, md_text, plain
+from tests.forkrun import forked_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKUP = "app.db.bak.20261120_140000"
@@ -79,20 +80,11 @@ CONTROL = [chr(c) for c in (*range(0x00, 0x09), *range(0x0B, 0x20), 0x7F, *range
 def run(
     *args: Any, env: dict[str, str] | None = None, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """``recovery ARGS`` as its own process (no terminal: rich writes plain text)."""
-    full_env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("FORCE_COLOR", "NO_COLOR", "TTY_COMPATIBLE")
-    }
+    """``recovery ARGS`` as its own process (no terminal: rich writes plain text), forked from a
+    server that has the package imported (:mod:`tests.forkrun`)."""
+    full_env: dict[str, str | None] = dict.fromkeys(("FORCE_COLOR", "NO_COLOR", "TTY_COMPATIBLE"))
     full_env.update(COLUMNS="200", **(env or {}))
-    res = subprocess.run(
-        [sys.executable, "-m", "recovery", *map(str, args)],
-        capture_output=True,
-        env=full_env,
-        cwd=cwd,
-        timeout=300,
-    )
+    res = forked_bytes(*args, env=full_env, cwd=cwd, timeout=300)
     # decoded by hand: text mode would turn a \r inside a CSV cell into a line end
     return subprocess.CompletedProcess(
         res.args,

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from recovery.sample import app_dir
+from tests.forkrun import forked
 
 INI = app_dir() / "alembic.ini"
 OLD_REV = "aa001_add_drawing_number_drop_drawings"
@@ -31,6 +32,14 @@ def backup_of(w: Path) -> Path:
 
 
 def run_cli(*args: object, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    """``recovery ARGS`` in a process of its own, forked from a server that has the package
+    imported (:mod:`tests.forkrun`): the holders and writers here are other processes, and so is
+    the command."""
+    return forked(*args, timeout=timeout)
+
+
+def run_fresh(*args: object, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    """``recovery ARGS`` in a fresh interpreter (its start-up included, as a user's run has it)."""
     return subprocess.run(
         [sys.executable, "-m", "recovery", *map(str, args)],
         capture_output=True,
@@ -40,9 +49,9 @@ def run_cli(*args: object, timeout: float = 240) -> subprocess.CompletedProcess[
 
 
 def rollback(
-    w: Path, run: Path, *extra: object, db: Path | None = None
+    w: Path, run: Path, *extra: object, db: Path | None = None, fresh: bool = False
 ) -> subprocess.CompletedProcess[str]:
-    return run_cli(
+    return (run_fresh if fresh else run_cli)(
         "rollback",
         db or w / "gestima.db",
         "--backup",
@@ -239,8 +248,8 @@ def test_writer_is_refused_and_with_force_no_commit_is_lost(
     run = tmp_path / "forced"
     run.mkdir()
     writer = start(WRITER, db, run / "journal.json", "FORCED")
-    try:
-        proc = rollback(w, run, "--force")
+    try:  # a fresh interpreter: the writer's timing against the run is the one measured before
+        proc = rollback(w, run, "--force", fresh=True)
     finally:
         (run / "stop").touch()
         committed = stop(writer, graceful=True)
@@ -280,26 +289,19 @@ def test_forced_run_killed_after_the_swap_says_it_could_not_check(
     holder = start(IDLE, w / "gestima.db")
     run = tmp_path / "run"
     try:
-        killed = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "recovery",
-                "rollback",
-                str(w / "gestima.db"),
-                "--backup",
-                str(backup_of(w)),
-                "--alembic-ini",
-                str(INI),
-                "--out",
-                str(run),
-                "--yes",
-                "--force",
-            ],
-            capture_output=True,
-            text=True,
+        killed = forked(
+            "rollback",
+            w / "gestima.db",
+            "--backup",
+            backup_of(w),
+            "--alembic-ini",
+            INI,
+            "--out",
+            run,
+            "--yes",
+            "--force",
             timeout=240,
-            env={**os.environ, "RECOVERY_TEST_KILL_AT_STEP": "restore:done"},
+            env={"RECOVERY_TEST_KILL_AT_STEP": "restore:done"},
         )
         assert killed.returncode == -9, killed.stderr
         proc = rollback(w, run, "--force")

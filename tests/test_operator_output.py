@@ -18,6 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.forkrun import forked
 from tests.test_check import tiny_project
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,15 +28,9 @@ ANSI = re.compile(r"\x1b\[")
 
 
 def piped(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """The command with stdout and stderr both pipes."""
-    return subprocess.run(
-        [*RECOVERY, *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        stdin=subprocess.DEVNULL,
-        timeout=120,
-    )
+    """The command with stdout and stderr both files (no terminal), stdin ``/dev/null``: a
+    process of its own, forked from a server that has the package imported (:mod:`tests.forkrun`)."""
+    return forked(*args, cwd=cwd, timeout=120)
 
 
 def stderr_on_terminal(*args: str | Path, cwd: Path | None = None) -> tuple[int, str, str]:

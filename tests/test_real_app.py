@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.forkrun import forked
+
 jupyterhub = pytest.importorskip(
     "jupyterhub", reason="jupyterhub is not installed (pip install -e '.[test]' brings it)"
 )
@@ -103,24 +105,8 @@ def test_jupyterhub_rolls_back_with_its_own_migrations(hub: dict[str, Path]) -> 
     before = _sha(db)
     backup_before = _sha(backup)
     run = hub["dir"] / "run"
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "recovery",
-            "rollback",
-            str(db),
-            "--backup",
-            str(backup),
-            "--alembic-ini",
-            str(ini),
-            "--out",
-            str(run),
-            "--yes",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
+    res = forked(  # a process of its own (tests/forkrun.py); the app's alembic runs in its child
+        "rollback", db, "--backup", backup, "--alembic-ini", ini, "--out", run, "--yes", timeout=600
     )
     assert res.returncode in (0, 1), res.stderr
     assert "Traceback" not in res.stderr

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from recovery.cli import main
 from recovery.bundle.extract import extract
+from tests.forkrun import forked
 
 
 def ro(path: Path) -> sqlite3.Connection:
@@ -514,21 +515,8 @@ def test_after_a_rollback_the_next_invoice_gets_a_fresh_id(tmp_path: Path) -> No
         INVOICES + "INSERT INTO invoices (total) VALUES (1), (2), (3), (4), (5), (6), (7);"
         "DELETE FROM invoices WHERE id > 5;",
     )
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "recovery",
-            "rollback",
-            str(live),
-            "--backup",
-            str(backup),
-            "--out",
-            str(tmp_path / "run"),
-            "--yes",
-        ],
-        capture_output=True,
-        text=True,
+    res = forked(  # a process of its own (tests/forkrun.py), as the application's is
+        "rollback", live, "--backup", backup, "--out", tmp_path / "run", "--yes"
     )
     assert res.returncode == 0, res.stderr
     out = subprocess.run(

@@ -37,6 +37,7 @@ from typing import Any
 import pytest
 
 from tests.clirun import invoke
+from tests.forkrun import forked
 
 ROOT = Path(__file__).resolve().parents[1]
 ALEMBIC_INI = ROOT / "sample_dbs" / "app" / "alembic.ini"
@@ -116,17 +117,12 @@ def db_content(path: Path) -> dict[str, Any]:
 def run_cli(
     args: list[str], cwd: Path, env_extra: dict[str, str] | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RECOVERY_TEST_")}
+    """``recovery ARGS`` in ``cwd`` in a process of its own (:mod:`tests.forkrun`: forked from a
+    server that has the package imported), with no ``RECOVERY_TEST_*`` variable but ``env_extra``."""
+    env: dict[str, str | None] = {k: None for k in os.environ if k.startswith("RECOVERY_TEST_")}
     env.update(env_extra or {})
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run(
-        [sys.executable, "-c", "from recovery.cli import main; main()", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    return forked(*args, env=env, cwd=cwd, timeout=timeout)
 
 
 def run_here(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -8,8 +8,6 @@ import hashlib
 import json
 import os
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +16,7 @@ from click.testing import CliRunner
 from recovery.cli import main
 from recovery.pipeline import rollback
 from recovery.sample import app_dir
+from tests.forkrun import forked
 
 ROOT = Path(__file__).resolve().parents[1]
 INI = app_dir() / "alembic.ini"
@@ -681,9 +680,6 @@ def test_killed_downgrade_run_resumes_to_the_same_result(
     same command finishes the run with the same rows, the repair journaled once."""
     w, run = world_copy, tmp_path / "run"
     args = [
-        sys.executable,
-        "-m",
-        "recovery",
         "rollback",
         str(w / "gestima.db"),
         "--backup",
@@ -696,8 +692,8 @@ def test_killed_downgrade_run_resumes_to_the_same_result(
         OLD_REV,
         "--yes",
     ]
-    env = {**os.environ, "RECOVERY_TEST_KILL_AT_STEP": point, "PYTHONPATH": str(ROOT)}
-    killed = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    env = {"RECOVERY_TEST_KILL_AT_STEP": point, "PYTHONPATH": str(ROOT)}
+    killed = forked(*args, env=env, timeout=120, cwd=ROOT)  # a process of its own: tests/forkrun.py
     assert killed.returncode == -9, (killed.returncode, killed.stderr[-2000:])
     resumed = rollback(
         w / "gestima.db", backup_of(w), run, alembic_ini=real_ini, downgrade_to=OLD_REV

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from recovery.report.lost import LostValues
 from recovery.model.outcome import Conflict, Outcome, OutcomeFormatError, Remap, TableOutcome
 from tests.clirun import invoke
+from tests.forkrun import forked
 
 ROOT = Path(__file__).resolve().parents[1]
 ALEMBIC_INI = ROOT / "sample_dbs" / "app" / "alembic.ini"
@@ -40,21 +41,14 @@ def run_cli(
 ) -> subprocess.CompletedProcess[str]:
     """``recovery ARGS`` in ``cwd`` with no ``RECOVERY_*`` variable but ``env_extra``: in this
     process (:mod:`tests.clirun`), or in a process of its own when ``process`` is set or
-    ``env_extra`` asks for a kill."""
-    if not process and not any(k.startswith("RECOVERY_TEST_KILL") for k in env_extra or {}):
-        unset: dict[str, str | None] = {k: None for k in os.environ if k.startswith("RECOVERY_")}
-        return invoke(*args, env={**unset, **(env_extra or {})}, cwd=cwd)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RECOVERY_")}
+    ``env_extra`` asks for a kill: a child forked from a server that has the package imported
+    (:mod:`tests.forkrun`)."""
+    env: dict[str, str | None] = {k: None for k in os.environ if k.startswith("RECOVERY_")}
     env.update(env_extra or {})
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run(
-        [sys.executable, "-c", "from recovery.cli import main; main()", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    if not process and not any(k.startswith("RECOVERY_TEST_KILL") for k in env_extra or {}):
+        return invoke(*args, env=env, cwd=cwd)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    return forked(*args, env=env, cwd=cwd, timeout=timeout)
 
 
 def rollback_args(out: str = "run") -> list[str]:

@@ -19,6 +19,7 @@ import pytest
 
 from recovery.pipeline import rollback
 from recovery.sample import app_dir
+from tests.forkrun import forked
 
 APP = r"""
 import sqlite3, sys, time
@@ -169,10 +170,7 @@ def test_a_live_db_replaced_by_someone_else_after_a_kill_is_not_taken_for_ours(
         str(tmp_path / "run"),
         "--yes",
     ]
-    env = {**os.environ, "RECOVERY_TEST_KILL_AT_STEP": "reimport:done"}
-    killed = subprocess.run(
-        [sys.executable, "-m", "recovery", *args], env=env, capture_output=True, timeout=120
-    )
+    killed = forked(*args, env={"RECOVERY_TEST_KILL_AT_STEP": "reimport:done"}, timeout=120)
     assert killed.returncode == -9, killed.stderr
     other = w / "other.db"
     shutil.copyfile(backup, other)

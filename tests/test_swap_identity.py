@@ -69,7 +69,7 @@ def _rollback_args(w: Path) -> list[object]:
 def _killed_then(world: Path, tmp_path: Path, point: str) -> Path:
     w = tmp_path / "w"
     shutil.copytree(world, w)
-    killed = run(*_rollback_args(w), env={"RECOVERY_TEST_KILL_AT_STEP": point}, process=True)
+    killed = run(*_rollback_args(w), env={"RECOVERY_TEST_KILL_AT_STEP": point})
     assert killed.returncode < 0 or killed.returncode == 137, killed.stderr[-400:]
     return w  # the caller resumes with the same arguments
 

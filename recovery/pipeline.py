@@ -1278,6 +1278,7 @@ def _late_check(
     replaced = window.replaced if window is not None else None
     if replaced is not None:
         try:
+            replaced.settle(forced=bool(journal.info("probe").get("forced_past")))
             info = check_replaced(replaced, run_dir / "safety" / db.name, run_dir)
         finally:
             replaced.close()

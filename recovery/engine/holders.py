@@ -29,7 +29,14 @@ from pathlib import Path
 
 from recovery.engine.base import Holder
 
-__all__ = ["Holder", "describe_holders", "find_holders", "fd_holders", "lock_holders"]
+__all__ = [
+    "Holder",
+    "attached_elsewhere",
+    "describe_holders",
+    "find_holders",
+    "fd_holders",
+    "lock_holders",
+]
 
 WALINDEX_LOCK_OFFSET = 120
 """First lock byte of the WAL index in ``-shm`` (SQLite ``unix_shm``: ``UNIX_SHM_BASE``)."""
@@ -128,6 +135,17 @@ def _lock_owner(fd: int, start: int) -> int | None:
     except OSError:
         return None
     return None if res.l_type == fcntl.F_UNLCK else int(res.l_pid)
+
+
+WALINDEX_DMS_BYTE = WALINDEX_LOCK_OFFSET + 8
+"""The WAL index's "DMS" byte: every connection that has the file open in WAL mode holds a shared
+lock on it for as long as it keeps ``-shm`` mapped."""
+
+
+def attached_elsewhere(shm_fd: int) -> bool:
+    """Another process still has the database whose ``-shm`` is open as ``shm_fd`` open in WAL
+    mode (it holds the DMS byte's shared lock), so it may still commit into that file."""
+    return _lock_owner(shm_fd, WALINDEX_DMS_BYTE) is not None
 
 
 def lock_holders(db: Path, ignore_ofd: bool = False) -> dict[int, set[str]]:

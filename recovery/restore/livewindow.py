@@ -33,7 +33,7 @@ from typing import Any
 
 from recovery.engine.base import Connection
 from recovery.errors import RecoveryError
-from recovery.engine.holders import PENDING_BYTE, WALINDEX_LOCK_OFFSET, Flock
+from recovery.engine.holders import PENDING_BYTE, WALINDEX_LOCK_OFFSET, Flock, attached_elsewhere
 from recovery.engine.sqlbuild import col, sql, table
 from recovery.engine.sqlite_io import (
     consistent_copy,
@@ -76,6 +76,8 @@ class ReplacedFile:
     closed: bool = field(default=False)
     stamp: tuple[int, ...] = field(default=())
     """Size and mtime (ns) of the database and ``-wal`` when the lock was let go; see :meth:`changed`."""
+    let_go: float = field(default=0.0)
+    """``time.monotonic()`` when the lock was let go (:meth:`mark`)."""
 
     def _stat(self) -> tuple[int, ...]:
         out: list[int] = []
@@ -87,6 +89,29 @@ class ReplacedFile:
 
     def mark(self) -> None:
         self.stamp = self._stat()
+        self.let_go = time.monotonic()
+
+    def settle(self, forced: bool, quiet: float = 0.5, cap: float = 5.0) -> None:
+        """Before the late check looks: wait until the replaced file has taken no write for
+        ``quiet`` seconds (at most ``cap`` seconds after the lock was let go), when another
+        process may still write into it. A connection that was waiting on our lock commits its
+        pending transaction into this file once the lock is let go, after its busy handler's next
+        sleep (SQLite's default handler sleeps up to 100 ms between tries); a look taken sooner
+        would miss that commit. Who may write: in WAL mode, any other process holding the
+        replaced ``-shm``'s DMS lock (every open WAL connection does); in rollback-journal mode
+        (no ``-shm``, idle connections hold no lock) only holders let through by ``--force``.
+        Nobody attached: no wait."""
+        attached = attached_elsewhere(self.shm_fd) if self.shm_fd is not None else forced
+        if not attached:
+            return
+        last, quiet_since = self._stat(), self.let_go
+        while (now := time.monotonic()) < self.let_go + cap:
+            seen = self._stat()
+            if seen != last:
+                last, quiet_since = seen, now
+            elif now - quiet_since >= quiet:
+                return
+            time.sleep(0.05)
 
     def changed(self) -> bool:
         """Was anything written into the replaced file since :meth:`mark`? A commit appends to the

@@ -71,18 +71,26 @@ def _backup_copy(db: Path, dst: Path) -> Path:
     return consistent_copy(db, dst, "live database")
 
 
-def test_held_copy_equals_the_backup_api_and_is_self_contained(tmp_path: Path) -> None:
-    db = tmp_path / "live.db"
-    _wal_db(db)
+def _held_copy_checked(db: Path, out: Path, source: Path | None = None) -> Path:
+    """The safety copy of ``db`` made under a write window, asserted to be a held copy,
+    self-contained, and row for row SQLite's online backup of ``source`` (``db`` unless given)
+    taken under the same lock."""
     window = WriteWindow(db)
     try:
-        copy, how = window.safety_copy(tmp_path / "safety" / "live.db")
-        reference = _backup_copy(db, tmp_path / "ref" / "live.db")
+        copy, how = window.safety_copy(out / "safety" / "live.db")
+        reference = _backup_copy(source or db, out / "ref" / "live.db")
     finally:
         window.release()
     assert how == "held-copy"
     _self_contained(copy)
     assert _rows(copy) == _rows(reference)
+    return copy
+
+
+def test_held_copy_equals_the_backup_api_and_is_self_contained(tmp_path: Path) -> None:
+    db = tmp_path / "live.db"
+    _wal_db(db)
+    copy = _held_copy_checked(db, tmp_path)
     assert sorted(p.name for p in copy.parent.iterdir()) == ["live.db"]
 
 
@@ -125,16 +133,10 @@ def test_held_copy_matches_backup_api_for_any_wal_history(
             c.execute("DELETE FROM t WHERE id % ? = 1", (n + 1,))
         else:
             c.execute("PRAGMA wal_checkpoint(PASSIVE)")
-    window = WriteWindow(db)
     try:
-        copy, how = window.safety_copy(d / "safety" / "live.db")
-        reference = _backup_copy(db, d / "ref" / "live.db")
+        _held_copy_checked(db, d)
     finally:
-        window.release()
         c.close()
-    assert how == "held-copy"
-    _self_contained(copy)
-    assert _rows(copy) == _rows(reference)
 
 
 def test_stale_frames_of_an_earlier_wal_generation_are_not_copied(tmp_path: Path) -> None:
@@ -153,16 +155,10 @@ def test_stale_frames_of_an_earlier_wal_generation_are_not_copied(tmp_path: Path
     shm_fd = os.open(shm, os.O_RDONLY)  # closed after every connection: a close drops their locks
     index = wal_index_header(shm_fd)
     assert index is not None and 0 < index.wal_bytes() < wal.stat().st_size  # stale frames follow
-    window = WriteWindow(db)
     try:
-        copy, how = window.safety_copy(tmp_path / "safety" / "live.db")
-        reference = _backup_copy(db, tmp_path / "ref" / "live.db")
+        copy = _held_copy_checked(db, tmp_path)
     finally:
-        window.release()
         c.close()
-    assert how == "held-copy"
-    _self_contained(copy)
-    assert _rows(copy) == _rows(reference)
     os.close(shm_fd)
     assert _rows(copy)["t"][-1] == (401, "after the restart")
 
@@ -282,15 +278,7 @@ def test_symlinked_path_copies_the_real_file_and_its_wal(tmp_path: Path) -> None
     _wal_db(real)
     link = tmp_path / "link.db"
     link.symlink_to(real)
-    window = WriteWindow(link)
-    try:
-        copy, how = window.safety_copy(tmp_path / "safety" / "live.db")
-        reference = _backup_copy(real, tmp_path / "ref" / "live.db")
-    finally:
-        window.release()
-    assert how == "held-copy"
-    _self_contained(copy)
-    assert _rows(copy) == _rows(reference)
+    _held_copy_checked(link, tmp_path, source=real)
 
 
 def test_full_disk_leaves_no_copy_and_no_temporary_file(tmp_path: Path) -> None:

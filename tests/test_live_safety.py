@@ -31,11 +31,13 @@ def backup_of(w: Path) -> Path:
     return next(w.glob("gestima.db.bak.*"))
 
 
-def run_cli(*args: object, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: object, timeout: float = 240, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """``recovery ARGS`` in a process of its own, forked from a server that has the package
     imported (:mod:`tests.forkrun`): the holders and writers here are other processes, and so is
-    the command."""
-    return forked(*args, timeout=timeout)
+    the command. ``env`` is laid over the environment."""
+    return forked(*args, timeout=timeout, env=env)
 
 
 def run_fresh(*args: object, timeout: float = 240) -> subprocess.CompletedProcess[str]:
@@ -49,9 +51,17 @@ def run_fresh(*args: object, timeout: float = 240) -> subprocess.CompletedProces
 
 
 def rollback(
-    w: Path, run: Path, *extra: object, db: Path | None = None, fresh: bool = False
+    w: Path,
+    run: Path,
+    *extra: object,
+    db: Path | None = None,
+    fresh: bool = False,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    return (run_fresh if fresh else run_cli)(
+    """``recovery rollback`` of world ``w`` into ``run``: forked, or with ``fresh`` in a fresh
+    interpreter, which takes the test's own environment (``env`` is for a forked run)."""
+    assert not (fresh and env), "a fresh interpreter here takes the test's environment"
+    args = (
         "rollback",
         db or w / "gestima.db",
         "--backup",
@@ -63,6 +73,7 @@ def rollback(
         "--yes",
         *extra,
     )
+    return run_fresh(*args) if fresh else run_cli(*args, env=env)
 
 
 def hashes(folder: Path) -> dict[str, str]:
@@ -289,20 +300,7 @@ def test_forced_run_killed_after_the_swap_says_it_could_not_check(
     holder = start(IDLE, w / "gestima.db")
     run = tmp_path / "run"
     try:
-        killed = forked(
-            "rollback",
-            w / "gestima.db",
-            "--backup",
-            backup_of(w),
-            "--alembic-ini",
-            INI,
-            "--out",
-            run,
-            "--yes",
-            "--force",
-            timeout=240,
-            env={"RECOVERY_TEST_KILL_AT_STEP": "restore:done"},
-        )
+        killed = rollback(w, run, "--force", env={"RECOVERY_TEST_KILL_AT_STEP": "restore:done"})
         assert killed.returncode == -9, killed.stderr
         proc = rollback(w, run, "--force")
     finally:

@@ -160,18 +160,10 @@ def _line() -> exp.Expression:
     return line
 
 
-def _by_rowid(conn: sqlite3.Connection, name: str, rowids: list[int]) -> dict[int, tuple[Any, ...]]:
-    """The csv module's cells (:func:`recovery.report.lost.csv_rows`) of the given rows."""
-    q = (
-        exp.select(
-            _rowid(),
-            col("table"),
-            key_cell_sql(),
-            sql_cell(col("label")),
-            col("column"),
-            sql_cell(col("value")),
-            col("reason"),
-        )
+def _in_rowids(name: str, *columns: exp.Expression) -> exp.Select:
+    """``columns`` of the rows of ``name`` whose rowid is in the JSON array bound to ``?``."""
+    return (
+        exp.select(_rowid(), *columns)
         .from_(lost_table("main", None, name))
         .where(
             exp.In(
@@ -183,6 +175,29 @@ def _by_rowid(conn: sqlite3.Connection, name: str, rowids: list[int]) -> dict[in
                 ),
             )
         )
+    )
+
+
+def _sizes(conn: sqlite3.Connection, name: str, rowids: list[int]) -> dict[int, int]:
+    """Each given row's stored size in bytes (its six cells), read without the cells."""
+    size: exp.Expression = _n(0)
+    for c in ("table", "key", "label", "column", "value", "reason"):
+        stored = _fn("length", exp.Cast(this=col(c), to=exp.DataType.build("BLOB")))
+        size = exp.Add(this=size, expression=_fn("ifnull", stored, _n(0)))
+    q = _in_rowids(name, size)
+    return {r[0]: r[1] for r in conn.execute(sql(q), (json.dumps(rowids),))}
+
+
+def _by_rowid(conn: sqlite3.Connection, name: str, rowids: list[int]) -> dict[int, tuple[Any, ...]]:
+    """The csv module's cells (:func:`recovery.report.lost.csv_rows`) of the given rows."""
+    q = _in_rowids(
+        name,
+        col("table"),
+        key_cell_sql(),
+        sql_cell(col("label")),
+        col("column"),
+        sql_cell(col("value")),
+        col("reason"),
     )
     return {r[0]: r[1:] for r in conn.execute(sql(q), (json.dumps(rowids),))}
 
@@ -205,18 +220,33 @@ def _write_mixed(
     name: str,
     rows: Sequence[tuple[Any, int]],
 ) -> None:
-    """A batch with rows the scans did not pass: each row as the csv module writes it."""
+    """A batch with rows the scans did not pass: each of those rows as the csv module writes it,
+    their cells read by rowid in groups of at most :data:`recovery.report.csvout.CHUNK_CHARS`
+    bytes (or one row), so memory stays bounded by the largest row as in the csv module's path."""
     others = [rid for line, rid in rows if line is None or not _clean(line)]
-    cells = _by_rowid(conn, name, others) if others else {}
+    sizes = _sizes(conn, name, others) if others else {}
+    cells: dict[int, tuple[Any, ...]] = {}
+    at = 0  # the next of ``others`` not read yet
     out: list[str] = []
     for line, rid in rows:
-        if rid in cells:
-            if out:
-                fh.write("".join(out))
-                out.clear()
-            csvout.write_body(fh, [cells[rid]])
-        else:
+        if rid not in sizes:
             out.append(line + os.linesep)
+            continue
+        if out:
+            fh.write("".join(out))
+            out.clear()
+        if rid not in cells:
+            cells.clear()
+            group: list[int] = []
+            total = 0
+            while at < len(others) and (
+                not group or total + sizes[others[at]] <= csvout.CHUNK_CHARS
+            ):
+                total += sizes[others[at]]
+                group.append(others[at])
+                at += 1
+            cells = _by_rowid(conn, name, group)
+        csvout.write_body(fh, [cells[rid]])
     fh.write("".join(out))
 
 

@@ -107,6 +107,7 @@ def test_plain_rows_are_all_made_by_sqlite_and_the_others_in_their_place() -> No
     ]
     rows[7000] = ("parts", "[7000]", "=cmd()", "note", 'say "hi", then\r\nbye', "gone")
     rows[100] = ("parts", "[100]", None, "note", b"\x00\xff", "gone")
+    rows[200:203] = [("parts", "[5]", "dup", "note", v, "gone") for v in ("z", "=a", "m")]  # ties
     conn = _table(rows)
     expected, got = _both(conn)
     assert got == expected

@@ -33,6 +33,7 @@ def _spilled(items: list[dict[object, object]]) -> SpillList[dict[object, object
 
 def test_a_list_held_twice_is_the_same_text(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(jsonout, "REPEAT_MIN", 3)
+    monkeypatch.setattr(jsonout, "_FLUSH", 4)  # batches written (and kept) inside the lists
     shared = [{"table": "t", "key": [i], "v": b"\x01" if i % 2 else "é\n"} for i in range(5)]
     spilled = SpillList([{**d, "v": str(d["v"])} for d in shared], head=1)
     doc = {

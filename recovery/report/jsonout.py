@@ -49,7 +49,7 @@ REPEAT_MIN = 1000
 """A list this long that the document holds twice (report.json: the outcome's deletes for
 review, and the report section's, are one list) is encoded once: its text is kept and written
 again where it recurs at the same depth …"""
-REPEAT_MAX = 200_000
+REPEAT_MAX = 100_000
 """… unless it is longer than this (its text is then not kept: memory stays bounded)."""
 
 
@@ -88,11 +88,11 @@ def dump(obj: Any, fh: IO[str], default: Callable[[Any], Any], indent: int = 2) 
     repeated = _repeated(obj)
     texts: dict[tuple[int, int], str] = {}
     keeping = False
+    kept: list[str] = []  # a repeated list's text so far, in joined batches
 
     def flush() -> None:
-        if not keeping:
-            fh.write("".join(out))
-            out.clear()
+        (kept.append if keeping else fh.write)("".join(out))
+        out.clear()
 
     def enter(o: Any) -> None:
         if id(o) in seen:
@@ -127,20 +127,21 @@ def dump(obj: Any, fh: IO[str], default: Callable[[Any], Any], indent: int = 2) 
             put("[]")
             return
         if id(items) in repeated and not keeping:
-            kept = texts.get((id(items), level))
-            if kept is None:
+            text = texts.get((id(items), level))
+            if text is None:
                 flush()
                 keeping = True
                 try:
                     array_items(items, level)
+                    flush()  # into ``kept``
                 finally:
                     keeping = False
-                kept = texts[(id(items), level)] = "".join(out)
-                out.clear()
+                text = texts[(id(items), level)] = "".join(kept)
+                kept.clear()
             else:
                 enter(items)  # a list inside itself is still refused
                 seen.discard(id(items))
-            put(kept)
+            put(text)
             flush()
             return
         array_items(items, level)

@@ -520,6 +520,29 @@ def _decode_item(text: str) -> Any:
     return value if '"$' not in text else decode_value(value)
 
 
+def item_keys(items: list[dict[str, Any]]) -> set[Any]:
+    """The union of the keys of the dicts ``items``. The spilled items of a list the outcome
+    spills as :func:`_encode_item` text (deletes for review, skipped rows) are not decoded: their
+    keys are those of the stored JSON objects (SQLite reads them) unless a key starts with ``$``
+    (a tagged encoding, e.g. a dict with non-text keys), and then they are decoded after all."""
+    if isinstance(items, SpillList) and items.spilled and items.encodes_with(_encode_item):
+        stored = items.stored_object_keys()
+        if stored is not None and not any(k.startswith("$") for k in stored):
+            return stored.union(*(r.keys() for r in list.__iter__(items)))
+    return {k for r in items for k in r}
+
+
+def keys_are_lists(items: list[dict[str, Any]]) -> bool:
+    """Whether every item's ``key`` is a list. The spilled items of a list the outcome spills as
+    :func:`_encode_item` text are not decoded: a stored JSON array is a list once decoded, and
+    anything else (a ``$tuple``-tagged key, no key) is not."""
+    if isinstance(items, SpillList) and items.spilled and items.encodes_with(_encode_item):
+        if items.stored_json_types("$.key") != {"array"}:
+            return False
+        return all(isinstance(d.get("key"), list) for d in list.__iter__(items))
+    return all(isinstance(d.get("key"), list) for d in items)
+
+
 def _listed(fn: Any, items: list[Any]) -> list[Any]:
     """``fn`` of every item: a plain list while ``items`` is all in memory, else a
     :class:`LazyMap` (computed as the writer iterates it)."""

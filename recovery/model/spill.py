@@ -182,6 +182,46 @@ class SpillList(list[T]):
                 yield v
             at = rows[-1][0] + 1
 
+    def stored_object_keys(self) -> set[str] | None:
+        """The keys of the JSON objects the spilled items are stored as, read from their text by
+        SQLite (``json_each``: nothing decoded in Python); None when a stored text is not a JSON
+        object. It names the items' keys only for an ``encode`` that writes each item as an
+        object with its keys (the caller checks, as for :meth:`encoded`)."""
+        with self._lock:
+            if self._db is None:
+                return set()
+            try:
+                odd = self._db.execute(
+                    "SELECT 1 FROM spill WHERE json_type(v) IS NOT 'object' LIMIT 1"
+                ).fetchone()
+                if odd is not None:
+                    return None
+                return {
+                    str(k)
+                    for (k,) in self._db.execute(
+                        "SELECT DISTINCT j.key FROM spill, json_each(spill.v) AS j"
+                    )
+                }
+            except sqlite3.Error:  # text SQLite's JSON functions refuse
+                return None
+
+    def stored_json_types(self, path: str) -> set[str] | None:
+        """The JSON types (``json_type``: ``array``, ``object``, ``text`` …, ``None`` where the
+        path is absent) found at ``path`` (e.g. ``$.key``) in the spilled items' stored text,
+        read by SQLite; None when a stored text is not JSON."""
+        with self._lock:
+            if self._db is None:
+                return set()
+            try:
+                return {
+                    t
+                    for (t,) in self._db.execute(
+                        "SELECT DISTINCT json_type(v, ?) FROM spill", (path,)
+                    )
+                }
+            except sqlite3.Error:
+                return None
+
     def encodes_with(self, encode: Callable[[T], str]) -> bool:
         """Whether this list stores its spilled items as ``encode``'s text."""
         return self._encode is encode

@@ -409,6 +409,23 @@ class TableAttribution:
     untimed: int | None = None
 
 
+class _Times(dict[str, exp.Expression]):
+    """Each plan's row time (:func:`time_us` by kind) as a tree, built when first asked for: a
+    table whose result is ``cached`` needs none (the trees cost more to build than to run)."""
+
+    def __init__(self, plans: Sequence[TablePlan]) -> None:
+        super().__init__()
+        self._plans = {p.name: p for p in plans}
+
+    def __missing__(self, name: str) -> exp.Expression:
+        p = self._plans[name]
+        made = self[name] = _by_kind(
+            time_us(col(p.created_time, "b")) if p.created_time else exp.Null(),
+            time_us(col(p.changed_time, "b")) if p.changed_time else exp.Null(),
+        )
+        return made
+
+
 def attribute(
     conn: sqlite3.Connection,
     plans: Sequence[TablePlan],
@@ -435,13 +452,7 @@ def attribute(
     results."""
     register(conn)
     _, keyed_tables = _py_key_table(conn, keys)
-    times = {
-        p.name: _by_kind(
-            time_us(col(p.created_time, "b")) if p.created_time else exp.Null(),
-            time_us(col(p.changed_time, "b")) if p.changed_time else exp.Null(),
-        )
-        for p in plans
-    }
+    times = _Times(plans)
     start = _start(conn, plans, times, deploy_us)
     group_key = ("kind", "type", "user", "bin")
     sums = ("rows", "skipped", "conflicts", "lost")

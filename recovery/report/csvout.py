@@ -45,8 +45,13 @@ def write_rows(fh: IO[str], columns: Sequence[str], rows: Iterable[Sequence[Any]
     Memory is bounded by the largest value, not the file: rows are written in chunks of at most
     :data:`CHUNK` rows and :data:`CHUNK_CHARS` characters, and a row longer than :data:`BIG_CELL`
     alone, its long cells in pieces (the same bytes the csv module writes)."""
+    writer(fh).writerow(csv_safe_row(columns))
+    write_body(fh, rows)
+
+
+def write_body(fh: IO[str], rows: Iterable[Sequence[Any]]) -> None:
+    """The rows of :func:`write_rows`, without its header line."""
     w = writer(fh)
-    w.writerow(csv_safe_row(columns))
     quoted = None
     chunk: list[Any] = []
     chars = 0

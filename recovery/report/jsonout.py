@@ -45,6 +45,37 @@ def _key(k: Any) -> str:
     raise TypeError(f"keys must be str, int, float, bool or None, not {k.__class__.__name__}")
 
 
+REPEAT_MIN = 1000
+"""A list this long that the document holds twice (report.json: the outcome's deletes for
+review, and the report section's, are one list) is encoded once: its text is kept and written
+again where it recurs at the same depth …"""
+REPEAT_MAX = 100_000
+"""… unless it is longer than this (its text is then not kept: memory stays bounded)."""
+
+
+def _repeated(obj: Any) -> set[int]:
+    """``id`` of each list of :data:`REPEAT_MIN` to :data:`REPEAT_MAX` items reached more than
+    once through the document's dicts and shorter lists (long lists are not walked into)."""
+    seen: set[int] = set()
+    twice: set[int] = set()
+    stack = [obj]
+    walked: set[int] = set()
+    while stack:
+        o = stack.pop()
+        if isinstance(o, dict):
+            if id(o) not in walked:
+                walked.add(id(o))
+                stack.extend(o.values())
+        elif isinstance(o, (list, tuple)):
+            if len(o) >= REPEAT_MIN:
+                if len(o) <= REPEAT_MAX and isinstance(o, list):
+                    (twice if id(o) in seen else seen).add(id(o))
+            elif id(o) not in walked:
+                walked.add(id(o))
+                stack.extend(o)
+    return twice
+
+
 def dump(obj: Any, fh: IO[str], default: Callable[[Any], Any], indent: int = 2) -> None:
     """Write ``json.dump(obj, fh, indent=indent, ensure_ascii=False, default=default)``'s exact
     text to ``fh`` (no trailing newline, like it). Lists are read by iterating them (a
@@ -54,9 +85,13 @@ def dump(obj: Any, fh: IO[str], default: Callable[[Any], Any], indent: int = 2) 
     put = out.append
     seen: set[int] = set()
     pad = " " * indent
+    repeated = _repeated(obj)
+    texts: dict[tuple[int, int], str] = {}
+    keeping = False
+    kept: list[str] = []  # a repeated list's text so far, in joined batches
 
     def flush() -> None:
-        fh.write("".join(out))
+        (kept.append if keeping else fh.write)("".join(out))
         out.clear()
 
     def enter(o: Any) -> None:
@@ -87,9 +122,31 @@ def dump(obj: Any, fh: IO[str], default: Callable[[Any], Any], indent: int = 2) 
             seen.discard(id(o))
 
     def array(items: Any, level: int) -> None:
+        nonlocal keeping
         if not items:
             put("[]")
             return
+        if id(items) in repeated and not keeping:
+            text = texts.get((id(items), level))
+            if text is None:
+                flush()
+                keeping = True
+                try:
+                    array_items(items, level)
+                    flush()  # into ``kept``
+                finally:
+                    keeping = False
+                text = texts[(id(items), level)] = "".join(kept)
+                kept.clear()
+            else:
+                enter(items)  # a list inside itself is still refused
+                seen.discard(id(items))
+            put(text)
+            flush()
+            return
+        array_items(items, level)
+
+    def array_items(items: Any, level: int) -> None:
         enter(items)
         inner = "\n" + pad * (level + 1)
         put("[" + inner)

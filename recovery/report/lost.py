@@ -166,7 +166,7 @@ def count_rows(conn: sqlite3.Connection, schema: str = "main", name: str = LOST_
     )
 
 
-def _select(
+def select_list(
     columns: Sequence[exp.Expression],
     schema: str,
     order: Sequence[exp.Expression],
@@ -207,7 +207,7 @@ def iter_rows(
     if cut is not None:
         columns[2], columns[4] = _shown(col("label"), cut), _shown(col("value"), cut)
         columns.append(_size(col("value")))
-    yield from _fetch(conn, _select(columns, schema, order, limit), batch)
+    yield from _fetch(conn, select_list(columns, schema, order, limit), batch)
 
 
 def iter_lost(
@@ -328,7 +328,7 @@ def csv_cell(v: Any) -> Any:
     return None if isinstance(v, float) and math.isnan(v) else v
 
 
-def _sql_cell(e: exp.Expression) -> exp.Expression:
+def sql_cell(e: exp.Expression) -> exp.Expression:
     """A stored value as its CSV cell, in SQL: blobs as ``0x`` + lower-case hex (SQLite never
     returns NaN, and every other storage class is written by the csv module as pandas does)."""
     is_blob = exp.EQ(this=_fn("typeof", e.copy()), expression=exp.Literal.string("blob"))
@@ -348,7 +348,7 @@ def _sql_cell(e: exp.Expression) -> exp.Expression:
 KEY_CELL_FUNCTION = "recovery_lost_key_cell"
 
 
-def _key_cell_udf(key: Any) -> Any:
+def key_cell_udf(key: Any) -> Any:
     """``csv_cell(parse_key(key))`` as a value SQLite can return unchanged to the CSV writer."""
     v = csv_cell(parse_key(key))
     if isinstance(v, bool) or (isinstance(v, int) and not -(2**63) <= v < 2**63):
@@ -358,7 +358,7 @@ def _key_cell_udf(key: Any) -> Any:
     return str(v)
 
 
-def _key_cell() -> exp.Expression:
+def key_cell_sql() -> exp.Expression:
     """The ``key`` cell of lost_values.csv, in SQL: ``[12]`` → 12, ``["GS-1"]`` → GS-1,
     ``[null]`` → empty — when ``key`` is exactly that canonical JSON (the form extract's
     ``json_array`` writes; one integer, or one string without escapes or control characters),
@@ -431,14 +431,14 @@ def csv_rows(
     it before closing ``conn``)."""
     if not has_lost(conn, schema, name):
         return iter(())
-    conn.create_function(KEY_CELL_FUNCTION, 1, _key_cell_udf, deterministic=True)
-    q = _select(
+    conn.create_function(KEY_CELL_FUNCTION, 1, key_cell_udf, deterministic=True)
+    q = select_list(
         [
             col("table"),
-            _key_cell(),
-            _sql_cell(col("label")),
+            key_cell_sql(),
+            sql_cell(col("label")),
             col("column"),
-            _sql_cell(col("value")),
+            sql_cell(col("value")),
             col("reason"),
         ],
         schema,

@@ -38,7 +38,7 @@ from recovery.report.lost import (
     iter_rows,
     open_ro,
 )
-from recovery.model.outcome import Outcome, judge
+from recovery.model.outcome import Outcome, judge, keys_are_lists
 from recovery.report import aggregate, notcarried
 from recovery.report.tables import LIST_LIMIT
 from recovery.report.aggregate import KeyCounts, TablePlan, parse_time
@@ -666,7 +666,7 @@ def _deletes(outcome: Outcome | None) -> list[dict[str, Any]]:
     if outcome is None:
         return []
     found = outcome.deletes_for_review
-    if all(isinstance(d.get("key"), list) for d in found):
+    if keys_are_lists(found):
         return found
     return [dict(d, key=list(_key(d.get("key")))) for d in found]
 

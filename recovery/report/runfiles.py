@@ -21,13 +21,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
-from recovery.bundle.store import FILLED_TABLE, Bundle, open_bundle
+from recovery.bundle.store import FILLED_TABLE, LOST_TABLE, Bundle, open_bundle
 from recovery.errors import RecoveryError
 from recovery.report.lost import count_rows, csv_cell, csv_rows, iter_outcome_lost, open_ro
 from recovery.report.lost import has_lost as _has_lost
 from recovery.model.kinds import RowKind
 from recovery.model.outcome import OUTCOME_FORMAT, Outcome, OutcomeFormatError
-from recovery.report import charts, csvout, notcarried
+from recovery.report import charts, csvlines, csvout, notcarried
 from recovery.report.html import render_html
 from recovery.report.markdown import render_markdown
 from recovery.report.model import Prepared, build, prepare
@@ -146,7 +146,8 @@ def write_lost_csv(fh: IO[str], items: Iterable[dict[str, Any]] | _CsvRows) -> N
     cells (:func:`stream_csv_rows`), streamed; the format is that of
     ``frame(all, LOST_COLUMNS).to_csv(index=False)``."""
     if isinstance(items, _CsvRows):
-        csvout.write_rows(fh, LOST_COLUMNS, items)
+        if not items.write_lines(fh):
+            csvout.write_rows(fh, LOST_COLUMNS, items)
     else:
         csvout.write_rows(
             fh, LOST_COLUMNS, (tuple(csv_cell(r.get(c)) for c in LOST_COLUMNS) for r in items)
@@ -167,6 +168,8 @@ class _CsvRows:
     """Every lost value of a rows.db as lost_values.csv rows (SQLite sorts and shapes them); the
     connection closes when the rows are exhausted."""
 
+    name = LOST_TABLE
+
     def __init__(self, path: Path) -> None:
         self.path = path
 
@@ -174,10 +177,20 @@ class _CsvRows:
         with closing(open_ro(self.path)) as conn:
             yield from csv_rows(conn)
 
+    def write_lines(self, fh: IO[str]) -> bool:
+        """The whole CSV written from lines SQLite makes (:mod:`recovery.report.csvlines`);
+        False, with nothing written, when these rows need the csv module."""
+        if not self.path.is_file():
+            return False
+        with closing(open_ro(self.path)) as conn:
+            return csvlines.write_lines(fh, conn, LOST_COLUMNS, self.name)
+
 
 class _FilledRows(_CsvRows):
     """The bundle's "filled by the upgrade, not verified" list (``_recovery_filled``) as CSV rows
     shaped like lost_values.csv; empty for a bundle without that table."""
+
+    name = FILLED_TABLE
 
     def __init__(self, path: Path) -> None:
         self.path = path

@@ -7,6 +7,7 @@ from typing import Any
 
 import pandas as pd
 
+from recovery.model.outcome import item_keys
 from recovery.report.lost import cell
 
 CONFLICT_COLUMNS = [
@@ -119,9 +120,9 @@ def not_carried_more(report: dict[str, Any]) -> str:
 
 
 def deletes_columns(rows: list[dict[str, Any]]) -> list[str]:
-    return ["table", "key", "label"] + sorted(
-        {k for r in rows for k in r} - {"table", "key", "label"}
-    )
+    """``table``, ``key``, ``label``, then every other key of the rows, sorted (the keys of an
+    outcome's spilled deletes read from their stored text: :func:`recovery.model.outcome.item_keys`)."""
+    return ["table", "key", "label"] + sorted(item_keys(rows) - {"table", "key", "label"})
 
 
 def deletes_frame(report: dict[str, Any]) -> pd.DataFrame:

@@ -100,6 +100,18 @@ def test_reals_written_by_sqlite_are_pythons_repr(values: list[float]) -> None:
     assert all(str(v) in got for v in values if not math.isinf(v))
 
 
+def test_a_library_writing_reals_otherwise_leaves_them_to_the_csv_module(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where this SQLite does not write reals as ``%!.15g``, no real cell is made by SQLite (the
+    lines stay the csv module's bytes)."""
+    monkeypatch.setattr(csvlines, "_reals_as_fifteen_digits", lambda: False)
+    values = [0.1, 1.0 / 3, 123456.7, 2.5e-4, -7.25, 1e300]
+    rows = [("t", json.dumps([i]), "x", "c", v, "r") for i, v in enumerate(values)]
+    expected, got = _both(_table(rows))
+    assert got == expected
+
+
 def test_plain_rows_are_all_made_by_sqlite_and_the_others_in_their_place() -> None:
     rows = [
         ("parts", f"[{i}]", f"GS-{i}", "note", i * 1.5 if i % 2 else "x", "gone")

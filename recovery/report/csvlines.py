@@ -26,6 +26,7 @@ A table with a column named ``rowid`` (or without a rowid) is written by the csv
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sqlite3
@@ -100,6 +101,22 @@ def _exact_real(e: exp.Expression) -> exp.Expression:
     )
 
 
+@functools.cache
+def _reals_as_fifteen_digits() -> bool:
+    """This SQLite library writes a real as ``%!.15g`` (what :func:`_exact_real` relies on); a
+    library that writes them otherwise leaves every real to the csv module."""
+    conn = sqlite3.connect(":memory:")
+    try:
+        for x in (0.1, 1.0 / 3, 100.0, 2.5e-4, 123456.7, 98765432109.875):
+            want = f"{x:.15g}"
+            want = want if "." in want or "e" in want else want + ".0"
+            if conn.execute("SELECT CAST(? AS TEXT)", (x,)).fetchone() != (want,):
+                return False
+        return True
+    finally:
+        conn.close()
+
+
 def _value_text(e: exp.Expression) -> exp.Expression:
     """A ``label``/``value`` cell's text as the csv module writes it; NULL (no line) otherwise."""
     return exp.Case(
@@ -111,11 +128,17 @@ def _value_text(e: exp.Expression) -> exp.Expression:
                 this=_typeof_is(e, "blob"),
                 true=exp.DPipe(this=_s("0x"), expression=_fn("lower", _fn("hex", e.copy()))),
             ),
-            exp.If(
-                this=exp.and_(_typeof_is(e, "real"), _exact_real(e)),
-                true=exp.Cast(this=e.copy(), to=exp.DataType.build("TEXT")),
-            ),
         ]
+        + (
+            [
+                exp.If(
+                    this=exp.and_(_typeof_is(e, "real"), _exact_real(e)),
+                    true=exp.Cast(this=e.copy(), to=exp.DataType.build("TEXT")),
+                )
+            ]
+            if _reals_as_fifteen_digits()
+            else []
+        )
     )
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import sys
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -131,9 +133,41 @@ class StagedProof:
     """Where each check's result comes from: ``"checked"`` (run on the staged copy) or
     ``"snapshot manifest"`` (:func:`snapshot_vouch`), per check (journaled with the restore)."""
 
+    pending: BackupChecks | None = field(default=None, repr=False, compare=False)
+    """The checks still running on the backup file itself (:class:`BackupChecks`), whose bytes
+    the staged copy was proven to hold; :meth:`settle` takes their results."""
+
     @property
     def sound(self) -> bool:
+        """Both checks passed for the file as staged (waits for checks still running)."""
+        self.settle()
         return self.sha256 is not None and self.integrity == ["ok"] and not self.foreign_keys
+
+    def settle(self) -> None:
+        """Wait for the checks still running on the backup (:attr:`pending`) and take their
+        results; re-raise their error. The proof is void (no sha256) when the backup was not the
+        same bytes from before the checks to their end."""
+        pending, self.pending = self.pending, None
+        if pending is None:
+            return
+        self.integrity, self.foreign_keys, held = pending.result()
+        if not held:
+            self.sha256, self.stat = None, None
+
+    def abandon(self) -> None:
+        """Stop the checks still running on the backup (a run that ends before its restore);
+        the proof is then void."""
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            pending.abandon()
+            self.sha256, self.stat = None, None
+
+    def clean_before(self) -> bool:
+        """For the re-import into the staged file (:attr:`recovery.reimport.context.Context.fk_clean`,
+        asked when its foreign-key check runs, before its COMMIT): both checks passed for the file
+        as staged, i.e. as it was right before the re-import's transaction (waits for checks
+        still running on the backup)."""
+        return self.sound
 
     def staging(
         self, stage: Callable[..., tuple[Path, str]], backup: str | os.PathLike[str] | None = None
@@ -144,16 +178,31 @@ class StagedProof:
 
         def run(*args: Any, **kwargs: Any) -> tuple[Path, str]:
             manifest = _may_vouch(backup) if backup is not None else None  # read once
-            with ExitStack() as promise:
-                if backup is not None and manifest is not None:  # the extract hashes the backup
-                    promise.enter_context(promise_sha256(backup))  # too: it waits for ours
-                tmp, digest = stage(*args, **kwargs)
-                before = file_identity(tmp)
-                vouch = (
-                    _vouch(manifest, backup, tmp)
-                    if backup is not None and manifest is not None
-                    else None
+            # no manifest to vouch: check the backup itself while it is copied (BackupChecks)
+            early = BackupChecks.start(backup) if backup is not None and manifest is None else None
+            same = False
+            try:
+                with ExitStack() as promise:
+                    if backup is not None and (manifest is not None or early is not None):
+                        promise.enter_context(promise_sha256(backup))  # the extract hashes the
+                    tmp, digest = stage(*args, **kwargs)  # backup too: it waits for ours
+                    before = file_identity(tmp)
+                    vouch = (
+                        _vouch(manifest, backup, tmp)
+                        if backup is not None and manifest is not None
+                        else None
+                    )
+                    same = early is not None and early.holds_bytes_of(tmp)
+            finally:
+                if early is not None and not same:  # the staged copy is checked itself below
+                    early.abandon()
+            if early is not None and same:
+                self.pending = early
+                self.basis.update(integrity_check="checked", foreign_key_check="checked")
+                self.sha256, self.stat = (
+                    (digest, before) if file_identity(tmp) == before else (None, None)
                 )
+                return tmp, digest
             staged = open_engine(tmp)
             if vouch is None:
                 with ThreadPoolExecutor(max_workers=1, thread_name_prefix="staged-fk") as pool:
@@ -187,6 +236,13 @@ class StagedProof:
             self.sha256, self.stat = None, None
         return self.sound
 
+    def holds(self, staged: str | os.PathLike[str]) -> bool:
+        """:meth:`confirm` without waiting for checks still running: ``staged`` is still the
+        file as staged (their verdict, when they end, is :meth:`clean_before`'s)."""
+        if self.stat is None or file_identity(staged) != self.stat:
+            self.sha256, self.stat = None, None
+        return self.stat is not None
+
     def rebind(self, staged: str | os.PathLike[str]) -> None:
         """Call right after our own transaction wrote ``staged`` (the rollback's re-import into
         the staged file, foreign keys of what it wrote checked before its COMMIT, then the file
@@ -195,6 +251,110 @@ class StagedProof:
         voids it at the next :meth:`confirm`. A void proof stays void."""
         if self.stat is not None:
             self.stat = file_identity(staged)
+
+
+PROOF_NICE = 10
+"""Niceness of the threads that check the backup for the staged proof (Linux: per thread). The
+checks then take the CPU the rollback's own steps leave (they have until the re-import's foreign-key
+check, or the swap, to finish); the steps keep their core."""
+
+
+class BackupChecks:
+    """``integrity_check`` ∥ ``foreign_key_check`` of the backup file itself, read-only, started
+    as its copy is staged and running on (niced, :data:`PROOF_NICE`) while the extract and the
+    re-import go on; the re-import writes the staged copy meanwhile, which no reader may hold.
+
+    What the results are of: the backup's bytes as they were from before the checks to their end
+    (its :func:`~recovery.engine.sqlite_io.file_identity` the same before and after, nothing
+    beside it that SQLite would read with it: no ``-wal`` content, ``-shm`` or ``-journal``),
+    and :meth:`holds_bytes_of` proves the staged copy, as staged, holds those very bytes (one
+    pass over both, every byte equal but the header's write stamps, the backup's identity
+    unchanged through it). ``integrity_check`` and ``foreign_key_check`` read nothing else, so
+    their results on the backup are their results on the staged copy as staged."""
+
+    def __init__(self, backup: Path, identity: tuple[int, ...]) -> None:
+        self._backup, self._identity = backup, identity
+        self._lock = threading.Lock()
+        self._conns: list[sqlite3.Connection] = []
+        self._abandoned = False
+        engine = open_engine(backup)
+        pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="staged-proof")
+        self._integrity = pool.submit(self._check, engine, _integrity_with_cache)
+        self._fks = pool.submit(self._check, engine, foreign_key_problems)
+        pool.shutdown(wait=False)
+
+    @classmethod
+    def start(cls, backup: str | os.PathLike[str]) -> BackupChecks | None:
+        """The checks started on ``backup``, or None when it is not read as its bytes alone (a
+        ``-wal`` with content, a ``-shm``: someone has it open, a ``-journal``)."""
+        from recovery.engine.sqlite_io import real_path
+
+        p = real_path(Path(backup))
+        identity = file_identity(p)
+        if identity is None or not _alone(p):
+            return None
+        return cls(p, identity)
+
+    def _check(self, engine: Engine, work: Callable[[sqlite3.Connection], T]) -> T:
+        _lower_priority()
+        conn = engine.connect_readonly("backup")
+        try:
+            with self._lock:
+                if self._abandoned:
+                    raise sqlite3.OperationalError("interrupted")
+                self._conns.append(conn)  # type: ignore[arg-type]
+            return work(conn)  # type: ignore[arg-type]
+        finally:
+            conn.close()
+
+    def holds_bytes_of(self, staged: str | os.PathLike[str]) -> bool:
+        """True when ``staged`` holds the backup's bytes (the header's write stamps aside) while
+        the backup keeps the identity it had when the checks began; the backup's digest is
+        remembered for :func:`~recovery.engine.sqlite_io.sha256_file` on the way."""
+        from recovery.engine.sqlite_io import same_content_digest
+
+        if not _self_contained(Path(staged)):
+            return False
+        try:
+            digest = same_content_digest(self._backup, staged)
+        except OSError:
+            return False
+        return digest is not None and file_identity(self._backup) == self._identity
+
+    def result(self) -> tuple[list[str], list[dict[str, Any]], bool]:
+        """Wait for both checks: their lines, their dangling keys, and whether the backup kept
+        its identity (and stayed alone) through them; re-raises a check's error."""
+        lines, fks = self._integrity.result(), self._fks.result()
+        held = file_identity(self._backup) == self._identity and _alone(self._backup)
+        return lines, fks, held
+
+    def abandon(self) -> None:
+        """Interrupt the checks and wait for their threads to end."""
+        with self._lock:
+            self._abandoned = True
+            for conn in self._conns:
+                conn.interrupt()
+        for job in (self._integrity, self._fks):
+            try:
+                job.result()
+            except BaseException:  # noqa: BLE001 - interrupted on purpose
+                pass
+
+
+def _alone(p: Path) -> bool:
+    """SQLite reads ``p`` as its bytes alone and nobody has it open: no ``-wal`` content, no
+    ``-shm`` and no ``-journal`` beside it."""
+    return _self_contained(p) and not p.with_name(p.name + "-shm").exists()
+
+
+def _lower_priority() -> None:
+    """This thread (and it alone: Linux schedules threads) at :data:`PROOF_NICE`."""
+    if sys.platform != "linux":
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), PROOF_NICE)
+    except OSError:
+        pass
 
 
 @dataclass(frozen=True)

@@ -305,7 +305,10 @@ class BackupChecks:
                 self._conns.append(conn)  # type: ignore[arg-type]
             return work(conn)  # type: ignore[arg-type]
         finally:
-            conn.close()
+            with self._lock:  # never interrupted once closed
+                if conn in self._conns:
+                    self._conns.remove(conn)  # type: ignore[arg-type]
+                conn.close()
 
     def holds_bytes_of(self, staged: str | os.PathLike[str]) -> bool:
         """True when ``staged`` holds the backup's bytes (the header's write stamps aside) while

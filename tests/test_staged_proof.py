@@ -68,7 +68,7 @@ def test_a_bare_backup_is_checked_in_place_and_counts_for_its_copy(
 ) -> None:
     backup = _backup(tmp_path / "b.db", damage)
     proof = StagedProof()
-    tmp, digest = proof.staging(_stage(tmp_path / "staged.db"), backup=backup)(backup)
+    _, digest = proof.staging(_stage(tmp_path / "staged.db"), backup=backup)(backup)
     assert proof.pending is not None  # the checks ran on the backup, beside the copy
     assert proof.basis == {"integrity_check": "checked", "foreign_key_check": "checked"}
     assert proof.sound is (integrity_ok and not dangling)

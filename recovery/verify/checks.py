@@ -275,7 +275,7 @@ class BackupChecks:
     def __init__(self, backup: Path, identity: tuple[int, ...]) -> None:
         self._backup, self._identity = backup, identity
         self._lock = threading.Lock()
-        self._conns: list[sqlite3.Connection] = []
+        self._conns: list[Any] = []  # sqlite3 connections, interrupted by abandon()
         self._abandoned = False
         engine = open_engine(backup)
         pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="staged-proof")
@@ -302,12 +302,12 @@ class BackupChecks:
             with self._lock:
                 if self._abandoned:
                     raise sqlite3.OperationalError("interrupted")
-                self._conns.append(conn)  # type: ignore[arg-type]
+                self._conns.append(conn)
             return work(conn)  # type: ignore[arg-type]
         finally:
             with self._lock:  # never interrupted once closed
                 if conn in self._conns:
-                    self._conns.remove(conn)  # type: ignore[arg-type]
+                    self._conns.remove(conn)
                 conn.close()
 
     def holds_bytes_of(self, staged: str | os.PathLike[str]) -> bool:

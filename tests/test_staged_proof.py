@@ -8,14 +8,23 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections import Counter
 import sys
 import threading
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from recovery.engine.sqlite_io import consistent_copy, sha256_file
-from recovery.verify.checks import PROOF_NICE, BackupChecks, StagedProof, _lower_priority
+from recovery.verify.checks import (
+    PROOF_NICE,
+    BackupChecks,
+    StagedProof,
+    _set_priority,
+    ordered_foreign_key_problems,
+)
 
 
 def _backup(path: Path, damage: str | None = None) -> Path:
@@ -136,7 +145,7 @@ def test_only_the_checking_thread_is_niced() -> None:
     seen: list[int] = []
 
     def work() -> None:
-        _lower_priority()
+        _set_priority(threading.get_native_id(), PROOF_NICE)
         seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
 
     before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
@@ -145,3 +154,83 @@ def test_only_the_checking_thread_is_niced() -> None:
     t.join()
     assert seen == [PROOF_NICE] and before != PROOF_NICE
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before
+
+
+PARENTS = {
+    # name: (DDL, whether its key is the rowid)
+    "p_ipk": ("CREATE TABLE p_ipk (id INTEGER PRIMARY KEY, u TEXT UNIQUE)", True),
+    "p_tc": ("CREATE TABLE p_tc (id INTEGER NOT NULL, u TEXT, PRIMARY KEY (id))", True),
+    "p_desc": ("CREATE TABLE p_desc (id INTEGER PRIMARY KEY DESC, u TEXT)", False),
+    "p_text": ("CREATE TABLE p_text (id TEXT PRIMARY KEY, u TEXT)", False),
+    "p_wr": ("CREATE TABLE p_wr (id INTEGER PRIMARY KEY, u TEXT) WITHOUT ROWID", False),
+}
+VALUES = st.one_of(
+    st.none(),
+    st.integers(-2, 9),
+    st.sampled_from([2.0, 2.5, -1.0, 1e300]),
+    st.sampled_from(["3", " 4 ", "4.0", "x", "", "0x5", "9223372036854775808"]),
+    st.sampled_from([b"\x01", b"3", b""]),
+)
+
+
+@st.composite
+def fk_worlds(draw: st.DrawFn) -> list[str]:
+    """Statements making parents (rowid keys and others) and children whose foreign keys, of any
+    declared type, hold any kind of value."""
+    out = [ddl for ddl, _ in PARENTS.values()]
+    for name in PARENTS:
+        ids = draw(st.lists(st.integers(-2, 9), unique=True, max_size=8))
+        out += [f"INSERT INTO {name} (id, u) VALUES ({i!r}, 'u{i}')" for i in ids]
+    for n in range(draw(st.integers(1, 3))):
+        coltype = draw(st.sampled_from(["INTEGER", "TEXT", "BLOB", "REAL", "NUMERIC", ""]))
+        refs = draw(
+            st.lists(
+                st.sampled_from(
+                    [
+                        "REFERENCES p_ipk",
+                        "REFERENCES p_ipk (id)",
+                        "REFERENCES p_tc (id)",
+                        "REFERENCES p_desc (id)",
+                        "REFERENCES p_text (id)",
+                        "REFERENCES p_wr (id)",
+                        "REFERENCES p_ipk (u)",
+                        "REFERENCES gone (id)",
+                    ]
+                ),
+                min_size=1,
+                max_size=2,
+            )
+        )
+        cols = ", ".join(f"k{j} {coltype} {ref}" for j, ref in enumerate(refs))
+        wr = draw(st.booleans()) and n == 0
+        out.append(
+            f"CREATE TABLE c{n} (id INTEGER PRIMARY KEY, {cols}){' WITHOUT ROWID' if wr else ''}"
+        )
+        if draw(st.booleans()):
+            out.append(f"CREATE INDEX ix_c{n} ON c{n} (k0)")
+        for rid in range(draw(st.integers(0, 12))):
+            vals = [draw(VALUES) for _ in refs]
+            marks = ", ".join("?" for _ in refs)
+            out.append((f"INSERT INTO c{n} VALUES ({rid}, {marks})", vals))  # type: ignore[arg-type]
+    return out
+
+
+@settings(max_examples=80, deadline=None)
+@given(fk_worlds())
+def test_the_ordered_fk_check_finds_what_the_pragma_finds(statements: list) -> None:  # type: ignore[type-arg]
+    """:func:`ordered_foreign_key_problems` (anti-joins for keys to a parent's rowid, the pragma per
+    table otherwise) lists the rows ``PRAGMA foreign_key_check`` lists, for any declared type and
+    value (NULL, integers, integral and other reals, numeric-looking and other text, blobs), and is
+    empty exactly when it is."""
+    conn = sqlite3.connect(":memory:")
+    for stmt in statements:
+        if isinstance(stmt, tuple):
+            conn.execute(*stmt)
+        else:
+            conn.execute(stmt)
+    want = Counter(conn.execute("PRAGMA main.foreign_key_check").fetchall())
+    got = ordered_foreign_key_problems(conn, limit=10**6)
+    assert Counter((g["table"], g["rowid"], g["parent"], g["fk"]) for g in got) == want
+    assert (ordered_foreign_key_problems(conn) == []) is (not want)
+    assert len(ordered_foreign_key_problems(conn, limit=3)) == min(3, sum(want.values()))
+    conn.close()

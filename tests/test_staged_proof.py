@@ -20,8 +20,10 @@ from hypothesis import strategies as st
 from recovery.engine.sqlite_io import consistent_copy, sha256_file
 from recovery.verify.checks import (
     PROOF_NICE,
+    PROOF_NICE_ENV,
     BackupChecks,
     StagedProof,
+    _proof_nice,
     _set_priority,
     ordered_foreign_key_problems,
 )
@@ -234,3 +236,17 @@ def test_the_ordered_fk_check_finds_what_the_pragma_finds(statements: list) -> N
     assert (ordered_foreign_key_problems(conn) == []) is (not want)
     assert len(ordered_foreign_key_problems(conn, limit=3)) == min(3, sum(want.values()))
     conn.close()
+
+
+def test_the_niceness_is_set_by_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for text, want in (
+        ("0", 0),
+        ("19", 19),
+        ("20", PROOF_NICE),
+        ("-5", PROOF_NICE),
+        ("x", PROOF_NICE),
+    ):
+        monkeypatch.setenv(PROOF_NICE_ENV, text)
+        assert _proof_nice() == want
+    monkeypatch.delenv(PROOF_NICE_ENV)
+    assert _proof_nice() == PROOF_NICE

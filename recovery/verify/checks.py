@@ -378,9 +378,17 @@ class StagedProof:
 
 
 PROOF_NICE = 10
-"""Niceness of the threads that check the backup for the staged proof (Linux: per thread). The
-checks then take the CPU the rollback's own steps leave (they have until the re-import's foreign-key
-check, or the swap, to finish); the steps keep their core."""
+"""Niceness of the threads that check the backup for the staged proof (Linux: per thread;
+``$RECOVERY_PROOF_NICE``, 0-19, sets another). The checks then take the CPU the rollback's own
+steps leave (they have until the re-import's foreign-key check, or the swap, to finish); the steps
+keep their core."""
+
+PROOF_NICE_ENV = "RECOVERY_PROOF_NICE"
+
+
+def _proof_nice() -> int:
+    text = os.environ.get(PROOF_NICE_ENV, "").strip()
+    return int(text) if text.isdigit() and int(text) <= 19 else PROOF_NICE
 
 
 class BackupChecks:
@@ -424,7 +432,7 @@ class BackupChecks:
         me = threading.get_native_id()
         with self._lock:
             self._threads.add(me)
-            _set_priority(me, PROOF_NICE)
+            _set_priority(me, _proof_nice())
         try:
             conn = engine.connect_readonly("backup")
             try:

@@ -17,12 +17,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from recovery.engine import open_engine
 from recovery.engine.sqlite_io import consistent_copy, sha256_file
 from recovery.verify.checks import (
     PROOF_NICE,
     PROOF_NICE_ENV,
     BackupChecks,
     StagedProof,
+    _priority,
     _proof_nice,
     _set_priority,
     ordered_foreign_key_problems,
@@ -250,3 +252,40 @@ def test_the_niceness_is_set_by_the_environment(monkeypatch: pytest.MonkeyPatch)
         assert _proof_nice() == want
     monkeypatch.delenv(PROOF_NICE_ENV)
     assert _proof_nice() == PROOF_NICE
+
+
+@pytest.mark.skipif(
+    sys.platform != "linux" or os.geteuid() != 0, reason="raising a thread's priority needs root"
+)
+def test_a_waiter_gives_the_checks_back_the_niceness_they_had(tmp_path: Path) -> None:
+    """A checking thread runs at PROOF_NICE, or at the niceness it inherited when that is higher
+    (the user's `nice`); whoever waits for the checks gives it back what it had, never more."""
+    backup = _backup(tmp_path / "b.db")
+    checks = BackupChecks.start(backup)
+    assert checks is not None
+    checks.result()
+    seen: list[int] = []
+    started, go = threading.Event(), threading.Event()
+
+    def work(conn: sqlite3.Connection) -> None:
+        seen.append(_priority(threading.get_native_id()))
+        started.set()
+        go.wait(5)
+        seen.append(_priority(threading.get_native_id()))
+
+    for inherited, niced in ((3, PROOF_NICE), (PROOF_NICE + 4, PROOF_NICE + 4)):
+        seen.clear()
+        started.clear()
+        go.clear()
+
+        def run(inherited: int = inherited) -> None:
+            _set_priority(threading.get_native_id(), inherited)
+            checks._check(open_engine(backup), work)
+
+        t = threading.Thread(target=run)
+        t.start()
+        assert started.wait(5)
+        checks._hurry()
+        go.set()
+        t.join()
+        assert seen == [niced, inherited]

@@ -408,7 +408,7 @@ class BackupChecks:
         self._backup, self._identity = backup, identity
         self._lock = threading.Lock()
         self._conns: list[Any] = []  # sqlite3 connections, interrupted by abandon()
-        self._threads: set[int] = set()  # native ids of the threads still checking
+        self._threads: dict[int, int] = {}  # thread still checking -> its niceness before
         self._abandoned = False
         engine = open_engine(backup)
         pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="staged-proof")
@@ -431,8 +431,8 @@ class BackupChecks:
     def _check(self, engine: Engine, work: Callable[[sqlite3.Connection], T]) -> T:
         me = threading.get_native_id()
         with self._lock:
-            self._threads.add(me)
-            _set_priority(me, _proof_nice())
+            self._threads[me] = _priority(me)  # the process's own (a user's `nice`) is kept
+            _set_priority(me, max(self._threads[me], _proof_nice()))
         try:
             conn = engine.connect_readonly("backup")
             try:
@@ -448,15 +448,15 @@ class BackupChecks:
                     conn.close()
         finally:
             with self._lock:  # this thread ends: its id may be another's soon, never renice it
-                self._threads.discard(me)
+                self._threads.pop(me, None)
 
     def _hurry(self) -> None:
         """Someone waits for the checks: they are on the critical path now, so the threads still
-        checking get back the usual priority (where the process may raise it: root; otherwise
+        checking get back the niceness they had (where the process may raise it: root; otherwise
         they go on at :data:`PROOF_NICE`, with the waiter's core free)."""
         with self._lock:
-            for tid in self._threads:
-                _set_priority(tid, 0)
+            for tid, nice in self._threads.items():
+                _set_priority(tid, nice)
 
     def holds_bytes_of(self, staged: str | os.PathLike[str]) -> bool:
         """True when ``staged`` holds the backup's bytes (the header's write stamps aside) while
@@ -497,6 +497,16 @@ def _alone(p: Path) -> bool:
     """SQLite reads ``p`` as its bytes alone and nobody has it open: no ``-wal`` content, no
     ``-shm`` and no ``-journal`` beside it."""
     return _self_contained(p) and not p.with_name(p.name + "-shm").exists()
+
+
+def _priority(tid: int) -> int:
+    """Thread ``tid``'s niceness (0 where it cannot be told)."""
+    if sys.platform != "linux":
+        return 0
+    try:
+        return os.getpriority(os.PRIO_PROCESS, tid)
+    except OSError:
+        return 0
 
 
 def _set_priority(tid: int, nice: int) -> None:

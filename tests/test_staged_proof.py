@@ -199,13 +199,14 @@ def fk_worlds(draw: st.DrawFn) -> list[str]:
                         "REFERENCES p_wr (id)",
                         "REFERENCES p_ipk (u)",
                         "REFERENCES gone (id)",
+                        "REFERENCES {self} (id)",
                     ]
                 ),
                 min_size=1,
                 max_size=2,
             )
         )
-        cols = ", ".join(f"k{j} {coltype} {ref}" for j, ref in enumerate(refs))
+        cols = ", ".join(f"k{j} {coltype} {ref.format(self=f'c{n}')}" for j, ref in enumerate(refs))
         wr = draw(st.booleans()) and n == 0
         out.append(
             f"CREATE TABLE c{n} (id INTEGER PRIMARY KEY, {cols}){' WITHOUT ROWID' if wr else ''}"

@@ -145,7 +145,7 @@ def _reimport_into(
     run_dir: Path | None = None,
     scripts: list[tuple[Script, bool]] | None = None,
     staged: bool = False,
-    fk_clean: bool = False,
+    fk_clean: bool | Callable[[], bool] = False,
 ) -> Outcome:
     """Apply ``bundle`` to ``target`` in one transaction; verify before commit. ``in_place``: the
     target was downgraded in place and already holds the post-deploy rows. ``run_dir``: where the
@@ -926,7 +926,7 @@ def _run_rollback(
                     else proof.staging(stage_restore, backup=backup_p),
                     backup_p,
                     db_p,
-                    cleanup=lambda r: r[0].unlink(missing_ok=True),
+                    cleanup=lambda r: _drop_staged(proof, r[0]),
                 )
             # under the lock, always: a resumed run's earlier copy may predate commits made since
             prior = journal.info("safety").get("sha256") if journal.done("safety") else None
@@ -1024,6 +1024,7 @@ def _run_rollback(
                         )
                     )
                 except BaseException:  # not swapped in (the rename is the last step)
+                    proof.abandon()
                     _discard_staged(db_p)
                     raise
                 # sha256: the staged backup copy as staged and proven, before the re-import
@@ -1179,7 +1180,9 @@ def _reimport_staged_then_swap(
         ConflictMode(args.get("conflicts", ConflictMode.CELL.value)),
         opts.apply_deletes,
     )
-    proven = proof.confirm(tmp)  # the proof stands for the file as staged and checked
+    # the proof stands for the file as staged; its checks of the backup may still be running:
+    # the re-import's FK check asks for their verdict (clean_before), the swap waits for it
+    proven = proof.holds(tmp)
     outcome = _reimport_into(
         tmp,
         bundle,
@@ -1191,7 +1194,7 @@ def _reimport_staged_then_swap(
         check_after=False,
         run_dir=run_dir,
         staged=True,
-        fk_clean=proven,
+        fk_clean=proof.clean_before if proven else False,
     )
     if proven:  # our own transaction (FK-checked before its COMMIT) is all that changed it
         proof.rebind(tmp)
@@ -1205,6 +1208,12 @@ def _reimport_staged_then_swap(
     swap_in(tmp, db, window)
     _kill_point("restore:swapped")  # swapped, not yet journaled: _settle_staged_restore
     return outcome
+
+
+def _drop_staged(proof: StagedProof, staged: Path) -> None:
+    """A staged copy the run stopped before restoring: its checks stopped, the file removed."""
+    proof.abandon()
+    staged.unlink(missing_ok=True)
 
 
 def _discard_staged(db: Path) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -132,10 +133,12 @@ class Context:
     script: Script | None = None
     """Every write of the re-import goes through it: the plan as executed (``reimport.sql``); the
     DELETEs not applied are its :attr:`Script.deferred` (``deletes.sql``)."""
-    fk_clean: bool = False
+    fk_clean: bool | Callable[[], bool] = False
     """The target passed a full ``foreign_key_check`` with no problems right before this
     transaction (the rollback's staged file under a sound
     :class:`~recovery.verify.checks.StagedProof`): every foreign key of every row resolved then.
+    A callable is asked when the check needs the answer (:meth:`StagedProof.clean_before`:
+    the checks of the file as it was before this transaction may still be running).
     The check of what the re-import wrote (:func:`recovery.reimport.fkcheck.fk_problems`) then
     reads, of an updated row, only the keys on columns the UPDATE set."""
     set_columns: dict[str, set[str]] = field(default_factory=dict)

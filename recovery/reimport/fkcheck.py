@@ -82,7 +82,8 @@ def updated_keys(ctx: Context, name: str, keys: list[TargetFk]) -> list[TargetFk
     change of the referenced columns, and the children of such rows are watched (``chk:<t>``,
     read with every key); a trigger that wrote makes the check read the whole table; inserts
     remove no parent."""
-    if not ctx.fk_clean or ctx.generated(name):
+    clean = ctx.fk_clean() if callable(ctx.fk_clean) else ctx.fk_clean
+    if not clean or ctx.generated(name):
         return keys
     written = ctx.set_columns.get(name, set())
     return [fk for fk in keys if {c.lower() for c in fk.columns} & written]

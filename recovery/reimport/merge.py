@@ -152,7 +152,7 @@ def merge_and_check(
     in_place: bool = False,
     limit: int = 20,
     script: Script | None = None,
-    fk_clean: bool = False,
+    fk_clean: bool | Callable[[], bool] = False,
 ) -> tuple[Outcome, list[dict[str, Any]]]:
     """Stage, detect, resolve and apply the bundle on ``conn`` (bundle attached, transaction open)
     as ``options`` say; ``target`` is the target's reflected schema (reflected on another
@@ -185,7 +185,7 @@ def _merge(
     target: Schema,
     in_place: bool,
     script: Script | None = None,
-    fk_clean: bool = False,
+    fk_clean: bool | Callable[[], bool] = False,
 ) -> tuple[Outcome, Context | None]:
     policy, conflicts = options.on_conflict, options.conflicts
     check_target_schema(bundle, target)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import sys
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -42,6 +44,128 @@ T = TypeVar("T")
 def foreign_key_problems(conn: Connection, limit: int = 20) -> list[dict[str, Any]]:
     rows = conn.execute("PRAGMA main.foreign_key_check").fetchmany(limit)
     return [{"table": t, "rowid": r, "parent": p, "fk": fk} for t, r, p, fk in rows]
+
+
+def ordered_foreign_key_problems(conn: Connection, limit: int = 20) -> list[dict[str, Any]]:
+    """``PRAGMA foreign_key_check``'s verdict for the whole ``main`` database, for less CPU: a
+    foreign key of one column to its parent's rowid (an ``INTEGER PRIMARY KEY``) is checked as an
+    anti-join, ``c.col IS NOT NULL AND NOT EXISTS (parent row with that rowid)``, which SQLite may
+    read through an index on the child column, so the parent rows are sought in key order (the
+    pragma seeks them in the child's rowid order: at 1M parts ~3× the CPU, most of it page reads);
+    every other foreign key (several columns, a parent key that is not its rowid, a parent that
+    is no rowid table or does not exist, a child WITHOUT ROWID) through
+    ``pragma_foreign_key_check(table)``.
+
+    The same rows: the pragma skips a row whose key has a NULL and looks a non-integer value up
+    with numeric affinity applied (``OP_SeekRowid``: no match unless it then is an integer), which
+    is what ``=`` against the parent's INTEGER column does. The same shape (``{"table", "rowid",
+    "parent", "fk"}``, at most ``limit``); with more than ``limit`` problems, which ones are
+    listed and their order may differ from the pragma's (empty exactly when the pragma's is)."""
+    problems: list[dict[str, Any]] = []
+    tables = [
+        r[0]
+        for r in conn.execute(
+            "SELECT name FROM main.sqlite_master WHERE type = 'table' ORDER BY rowid"
+        )
+    ]
+    for name in tables:
+        fks = _simple_foreign_keys(conn, name)
+        if fks is None:  # prepared whatever the count so far: a key no index can serve is an
+            rows = conn.execute(  # error, as it is for the pragma on the whole file
+                'SELECT "table", rowid, parent, fkid FROM pragma_foreign_key_check(?)', (name,)
+            ).fetchmany(max(0, limit - len(problems)))
+            problems += [{"table": t, "rowid": r, "parent": p, "fk": fk} for t, r, p, fk in rows]
+            continue
+        for fkid, column, parent, key in fks:
+            if len(problems) >= limit:
+                break
+            q = (
+                exp.select(exp.Column(this=exp.to_identifier("rowid"), table=_q("c")))
+                .from_(exp.Table(this=_q(name), db=_q("main"), alias=exp.TableAlias(this=_q("c"))))
+                .where(
+                    exp.and_(
+                        exp.Not(
+                            this=exp.Is(
+                                this=exp.Column(this=_q(column), table=_q("c")),
+                                expression=exp.Null(),
+                            )
+                        ),
+                        exp.Not(
+                            this=exp.Exists(
+                                this=exp.select(exp.Literal.number(1))
+                                .from_(
+                                    exp.Table(
+                                        this=_q(parent),
+                                        db=_q("main"),
+                                        alias=exp.TableAlias(this=_q("p")),
+                                    )
+                                )
+                                .where(
+                                    exp.EQ(
+                                        this=exp.Column(this=_q(key), table=_q("p")),
+                                        expression=exp.Column(this=_q(column), table=_q("c")),
+                                    )
+                                )
+                            )
+                        ),
+                    )
+                )
+                .limit(limit - len(problems))
+            )
+            problems += [
+                {"table": name, "rowid": r[0], "parent": parent, "fk": fkid}
+                for r in conn.execute(sql(q))
+            ]
+    return problems[:limit]
+
+
+def _simple_foreign_keys(conn: Connection, name: str) -> list[tuple[int, str, str, str]] | None:
+    """(fk id, child column, parent table, parent key) of each foreign key of ``name`` when every
+    one is a single column referencing its parent's rowid alias and ``name`` has rowids; None
+    otherwise (the caller asks the pragma)."""
+    if not _rowid_table(conn, name):
+        return None
+    cols = {r[0] for r in conn.execute("SELECT name FROM pragma_table_xinfo(?)", (name,))}
+    if {c.lower() for c in cols} & {"rowid", "oid", "_rowid_"}:  # c.rowid would be that column
+        return None
+    by_id: dict[int, list[tuple[str, str, str | None]]] = {}
+    for fkid, parent, frm, to in conn.execute(
+        'SELECT id, "table", "from", "to" FROM pragma_foreign_key_list(?) ORDER BY id, seq', (name,)
+    ):
+        by_id.setdefault(fkid, []).append((parent, frm, to))
+    simple = []
+    for fkid, parts in sorted(by_id.items()):
+        if len(parts) != 1:
+            return None
+        parent, frm, to = parts[0]
+        key = _rowid_alias(conn, parent)
+        if frm not in cols or key is None or (to is not None and to.lower() != key.lower()):
+            return None
+        simple.append((fkid, frm, parent, key))
+    return simple
+
+
+def _rowid_table(conn: Connection, name: str) -> bool:
+    row = conn.execute(
+        "SELECT type, wr FROM pragma_table_list WHERE schema = 'main' AND name = ?", (name,)
+    ).fetchone()
+    return row is not None and row[0] == "table" and not row[1]
+
+
+def _rowid_alias(conn: Connection, name: str) -> str | None:
+    """The column of rowid table ``name`` that is its rowid (``INTEGER PRIMARY KEY``), or None."""
+    if not _rowid_table(conn, name):
+        return None
+    pk = conn.execute(
+        "SELECT name, type FROM pragma_table_info(?) WHERE pk > 0", (name,)
+    ).fetchall()
+    if len(pk) != 1 or pk[0][1].upper() != "INTEGER":
+        return None
+    if conn.execute(
+        "SELECT 1 FROM pragma_index_list(?) WHERE origin = 'pk'", (name,)
+    ).fetchone():  # a PRIMARY KEY with its own index (INTEGER PRIMARY KEY DESC): not the rowid
+        return None
+    return str(pk[0][0])
 
 
 def integrity_problems(conn: Connection) -> list[str]:
@@ -131,9 +255,41 @@ class StagedProof:
     """Where each check's result comes from: ``"checked"`` (run on the staged copy) or
     ``"snapshot manifest"`` (:func:`snapshot_vouch`), per check (journaled with the restore)."""
 
+    pending: BackupChecks | None = field(default=None, repr=False, compare=False)
+    """The checks still running on the backup file itself (:class:`BackupChecks`), whose bytes
+    the staged copy was proven to hold; :meth:`settle` takes their results."""
+
     @property
     def sound(self) -> bool:
+        """Both checks passed for the file as staged (waits for checks still running)."""
+        self.settle()
         return self.sha256 is not None and self.integrity == ["ok"] and not self.foreign_keys
+
+    def settle(self) -> None:
+        """Wait for the checks still running on the backup (:attr:`pending`) and take their
+        results; re-raise their error. The proof is void (no sha256) when the backup was not the
+        same bytes from before the checks to their end."""
+        pending, self.pending = self.pending, None
+        if pending is None:
+            return
+        self.integrity, self.foreign_keys, held = pending.result()
+        if not held:
+            self.sha256, self.stat = None, None
+
+    def abandon(self) -> None:
+        """Stop the checks still running on the backup (a run that ends before its restore);
+        the proof is then void."""
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            pending.abandon()
+            self.sha256, self.stat = None, None
+
+    def clean_before(self) -> bool:
+        """For the re-import into the staged file (:attr:`recovery.reimport.context.Context.fk_clean`,
+        asked when its foreign-key check runs, before its COMMIT): both checks passed for the file
+        as staged, i.e. as it was right before the re-import's transaction (waits for checks
+        still running on the backup)."""
+        return self.sound
 
     def staging(
         self, stage: Callable[..., tuple[Path, str]], backup: str | os.PathLike[str] | None = None
@@ -144,20 +300,37 @@ class StagedProof:
 
         def run(*args: Any, **kwargs: Any) -> tuple[Path, str]:
             manifest = _may_vouch(backup) if backup is not None else None  # read once
-            with ExitStack() as promise:
-                if backup is not None and manifest is not None:  # the extract hashes the backup
-                    promise.enter_context(promise_sha256(backup))  # too: it waits for ours
-                tmp, digest = stage(*args, **kwargs)
-                before = file_identity(tmp)
-                vouch = (
-                    _vouch(manifest, backup, tmp)
-                    if backup is not None and manifest is not None
-                    else None
+            # no manifest to vouch: check the backup itself while it is copied (BackupChecks)
+            early = BackupChecks.start(backup) if backup is not None and manifest is None else None
+            same = False
+            try:
+                with ExitStack() as promise:
+                    if backup is not None and (manifest is not None or early is not None):
+                        promise.enter_context(promise_sha256(backup))  # the extract hashes the
+                    tmp, digest = stage(*args, **kwargs)  # backup too: it waits for ours
+                    before = file_identity(tmp)
+                    vouch = (
+                        _vouch(manifest, backup, tmp)
+                        if backup is not None and manifest is not None
+                        else None
+                    )
+                    same = early is not None and early.holds_bytes_of(tmp)
+            finally:
+                if early is not None and not same:  # the staged copy is checked itself below
+                    early.abandon()
+            if early is not None and same:
+                self.pending = early
+                self.basis.update(integrity_check="checked", foreign_key_check="checked")
+                self.sha256, self.stat = (
+                    (digest, before) if file_identity(tmp) == before else (None, None)
                 )
+                return tmp, digest
             staged = open_engine(tmp)
             if vouch is None:
                 with ThreadPoolExecutor(max_workers=1, thread_name_prefix="staged-fk") as pool:
-                    fks = pool.submit(_on_connection, staged, "staged backup", foreign_key_problems)
+                    fks = pool.submit(
+                        _on_connection, staged, "staged backup", ordered_foreign_key_problems
+                    )
                     self.integrity = _on_connection(staged, "staged backup", _integrity_with_cache)
                     self.foreign_keys = fks.result()
                 self.basis.update(integrity_check="checked", foreign_key_check="checked")
@@ -166,7 +339,7 @@ class StagedProof:
                 self.basis["integrity_check"] = "snapshot manifest"
                 if vouch.foreign_keys is None:  # a manifest from before it recorded them
                     self.foreign_keys = _on_connection(
-                        staged, "staged backup", foreign_key_problems
+                        staged, "staged backup", ordered_foreign_key_problems
                     )
                     self.basis["foreign_key_check"] = "checked"
                 else:
@@ -187,6 +360,13 @@ class StagedProof:
             self.sha256, self.stat = None, None
         return self.sound
 
+    def holds(self, staged: str | os.PathLike[str]) -> bool:
+        """:meth:`confirm` without waiting for checks still running: ``staged`` is still the
+        file as staged (their verdict, when they end, is :meth:`clean_before`'s)."""
+        if self.stat is None or file_identity(staged) != self.stat:
+            self.sha256, self.stat = None, None
+        return self.stat is not None
+
     def rebind(self, staged: str | os.PathLike[str]) -> None:
         """Call right after our own transaction wrote ``staged`` (the rollback's re-import into
         the staged file, foreign keys of what it wrote checked before its COMMIT, then the file
@@ -195,6 +375,149 @@ class StagedProof:
         voids it at the next :meth:`confirm`. A void proof stays void."""
         if self.stat is not None:
             self.stat = file_identity(staged)
+
+
+PROOF_NICE = 10
+"""Niceness of the threads that check the backup for the staged proof (Linux: per thread;
+``$RECOVERY_PROOF_NICE``, 0-19, sets another). The checks then take the CPU the rollback's own
+steps leave (they have until the re-import's foreign-key check, or the swap, to finish); the steps
+keep their core."""
+
+PROOF_NICE_ENV = "RECOVERY_PROOF_NICE"
+
+
+def _proof_nice() -> int:
+    text = os.environ.get(PROOF_NICE_ENV, "").strip()
+    return int(text) if text.isdigit() and int(text) <= 19 else PROOF_NICE
+
+
+class BackupChecks:
+    """``integrity_check`` ∥ ``foreign_key_check`` of the backup file itself, read-only, started
+    as its copy is staged and running on (niced, :data:`PROOF_NICE`) while the extract and the
+    re-import go on; the re-import writes the staged copy meanwhile, which no reader may hold.
+
+    What the results are of: the backup's bytes as they were from before the checks to their end
+    (its :func:`~recovery.engine.sqlite_io.file_identity` the same before and after, nothing
+    beside it that SQLite would read with it: no ``-wal`` content, ``-shm`` or ``-journal``),
+    and :meth:`holds_bytes_of` proves the staged copy, as staged, holds those very bytes (one
+    pass over both, every byte equal but the header's write stamps, the backup's identity
+    unchanged through it). ``integrity_check`` and ``foreign_key_check`` read nothing else, so
+    their results on the backup are their results on the staged copy as staged."""
+
+    def __init__(self, backup: Path, identity: tuple[int, ...]) -> None:
+        self._backup, self._identity = backup, identity
+        self._lock = threading.Lock()
+        self._conns: list[Any] = []  # sqlite3 connections, interrupted by abandon()
+        self._threads: dict[int, int] = {}  # thread still checking -> its niceness before
+        self._abandoned = False
+        engine = open_engine(backup)
+        pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="staged-proof")
+        self._integrity = pool.submit(self._check, engine, _integrity_with_cache)
+        self._fks = pool.submit(self._check, engine, ordered_foreign_key_problems)
+        pool.shutdown(wait=False)
+
+    @classmethod
+    def start(cls, backup: str | os.PathLike[str]) -> BackupChecks | None:
+        """The checks started on ``backup``, or None when it is not read as its bytes alone (a
+        ``-wal`` with content, a ``-shm``: someone has it open, a ``-journal``)."""
+        from recovery.engine.sqlite_io import real_path
+
+        p = real_path(Path(backup))
+        identity = file_identity(p)
+        if identity is None or not _alone(p):
+            return None
+        return cls(p, identity)
+
+    def _check(self, engine: Engine, work: Callable[[sqlite3.Connection], T]) -> T:
+        me = threading.get_native_id()
+        with self._lock:
+            self._threads[me] = _priority(me)  # the process's own (a user's `nice`) is kept
+            _set_priority(me, max(self._threads[me], _proof_nice()))
+        try:
+            conn = engine.connect_readonly("backup")
+            try:
+                with self._lock:
+                    if self._abandoned:
+                        raise sqlite3.OperationalError("interrupted")
+                    self._conns.append(conn)
+                return work(conn)  # type: ignore[arg-type]
+            finally:
+                with self._lock:  # never interrupted once closed
+                    if conn in self._conns:
+                        self._conns.remove(conn)
+                    conn.close()
+        finally:
+            with self._lock:  # this thread ends: its id may be another's soon, never renice it
+                self._threads.pop(me, None)
+
+    def _hurry(self) -> None:
+        """Someone waits for the checks: they are on the critical path now, so the threads still
+        checking get back the niceness they had (where the process may raise it: root; otherwise
+        they go on at :data:`PROOF_NICE`, with the waiter's core free)."""
+        with self._lock:
+            for tid, nice in self._threads.items():
+                _set_priority(tid, nice)
+
+    def holds_bytes_of(self, staged: str | os.PathLike[str]) -> bool:
+        """True when ``staged`` holds the backup's bytes (the header's write stamps aside) while
+        the backup keeps the identity it had when the checks began; the backup's digest is
+        remembered for :func:`~recovery.engine.sqlite_io.sha256_file` on the way."""
+        from recovery.engine.sqlite_io import same_content_digest
+
+        if not _self_contained(Path(staged)):
+            return False
+        try:
+            digest = same_content_digest(self._backup, staged)
+        except OSError:
+            return False
+        return digest is not None and file_identity(self._backup) == self._identity
+
+    def result(self) -> tuple[list[str], list[dict[str, Any]], bool]:
+        """Wait for both checks: their lines, their dangling keys, and whether the backup kept
+        its identity (and stayed alone) through them; re-raises a check's error."""
+        self._hurry()
+        lines, fks = self._integrity.result(), self._fks.result()
+        held = file_identity(self._backup) == self._identity and _alone(self._backup)
+        return lines, fks, held
+
+    def abandon(self) -> None:
+        """Interrupt the checks and wait for their threads to end."""
+        with self._lock:
+            self._abandoned = True
+            for conn in self._conns:
+                conn.interrupt()
+        for job in (self._integrity, self._fks):
+            try:
+                job.result()
+            except BaseException:  # noqa: BLE001 - interrupted on purpose
+                pass
+
+
+def _alone(p: Path) -> bool:
+    """SQLite reads ``p`` as its bytes alone and nobody has it open: no ``-wal`` content, no
+    ``-shm`` and no ``-journal`` beside it."""
+    return _self_contained(p) and not p.with_name(p.name + "-shm").exists()
+
+
+def _priority(tid: int) -> int:
+    """Thread ``tid``'s niceness (0 where it cannot be told)."""
+    if sys.platform != "linux":
+        return 0
+    try:
+        return os.getpriority(os.PRIO_PROCESS, tid)
+    except OSError:
+        return 0
+
+
+def _set_priority(tid: int, nice: int) -> None:
+    """Thread ``tid`` of this process (and it alone: Linux schedules threads) at niceness
+    ``nice``; nothing elsewhere, nor where the process may not (a lower niceness needs root)."""
+    if sys.platform != "linux":
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, nice)
+    except OSError:
+        pass
 
 
 @dataclass(frozen=True)

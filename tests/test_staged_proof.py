@@ -1,0 +1,292 @@
+"""The staged proof of a backup without a snapshot manifest (:class:`recovery.verify.checks.
+BackupChecks`): ``integrity_check`` and ``foreign_key_check`` run on the backup file itself while
+its copy is staged (and while the extract and the re-import go on), and count for the staged copy
+only when that copy holds the very bytes checked and the backup kept them to the checks' end;
+otherwise the staged copy is checked itself, or the proof is void."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections import Counter
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from recovery.engine import open_engine
+from recovery.engine.sqlite_io import consistent_copy, sha256_file
+from recovery.verify.checks import (
+    PROOF_NICE,
+    PROOF_NICE_ENV,
+    BackupChecks,
+    StagedProof,
+    _priority,
+    _proof_nice,
+    _set_priority,
+    ordered_foreign_key_problems,
+)
+
+
+def _backup(path: Path, damage: str | None = None) -> Path:
+    """A small backup: parents, children with an index and a foreign key; ``damage``:
+    ``"dangling"`` (a child whose parent is missing) or ``"index"`` (an index whose entries no
+    longer match its definition: what only ``integrity_check`` finds)."""
+    with sqlite3.connect(path) as conn:
+        conn.executescript(
+            "CREATE TABLE p (id INTEGER PRIMARY KEY, name TEXT);"
+            "CREATE TABLE c (id INTEGER PRIMARY KEY, p_id INTEGER REFERENCES p(id), note TEXT);"
+            "CREATE INDEX ix_c_p ON c (p_id);"
+            "WITH RECURSIVE n(v) AS (SELECT 1 UNION ALL SELECT v + 1 FROM n WHERE v < 300) "
+            "INSERT INTO p SELECT v, 'part ' || v FROM n;"
+            "WITH RECURSIVE n(v) AS (SELECT 1 UNION ALL SELECT v + 1 FROM n WHERE v < 600) "
+            "INSERT INTO c SELECT v, 1 + v % 300, 'n' || v FROM n;"
+        )
+        if damage == "dangling":
+            conn.execute("INSERT INTO c VALUES (9001, 99999, 'orphan')")
+        if damage == "index":
+            conn.execute("PRAGMA writable_schema = ON")
+            conn.execute(
+                "UPDATE sqlite_master SET sql = 'CREATE INDEX ix_c_p ON c (note)' "
+                "WHERE name = 'ix_c_p'"
+            )
+    conn.close()
+    return path
+
+
+def _stage(tmp: Path, then: str | None = None):  # type: ignore[no-untyped-def]
+    """A stage function like ``stage_restore``: a consistent copy, then ``then`` run on it."""
+
+    def stage(backup: Path) -> tuple[Path, str]:
+        consistent_copy(backup, tmp, "backup")
+        if then is not None:
+            with sqlite3.connect(tmp) as conn:
+                conn.execute(then)
+            conn.close()
+        return tmp, sha256_file(tmp)
+
+    return stage
+
+
+@pytest.mark.parametrize(
+    ("damage", "integrity_ok", "dangling"),
+    [(None, True, False), ("dangling", True, True), ("index", False, False)],
+    ids=["sound", "dangling-key", "index-damage"],
+)
+def test_a_bare_backup_is_checked_in_place_and_counts_for_its_copy(
+    tmp_path: Path, damage: str | None, integrity_ok: bool, dangling: bool
+) -> None:
+    backup = _backup(tmp_path / "b.db", damage)
+    proof = StagedProof()
+    _, digest = proof.staging(_stage(tmp_path / "staged.db"), backup=backup)(backup)
+    assert proof.pending is not None  # the checks ran on the backup, beside the copy
+    assert proof.basis == {"integrity_check": "checked", "foreign_key_check": "checked"}
+    assert proof.sound is (integrity_ok and not dangling)
+    assert proof.pending is None and proof.sha256 == digest
+    assert (proof.integrity == ["ok"]) is integrity_ok
+    assert bool(proof.foreign_keys) is dangling
+    if dangling:
+        assert proof.foreign_keys[0]["table"] == "c" and proof.foreign_keys[0]["rowid"] == 9001
+
+
+def test_a_copy_that_differs_from_the_backup_is_checked_itself(tmp_path: Path) -> None:
+    """The backup's checks say nothing of other bytes: a copy with a row the backup lacks (here a
+    dangling key) gets both checks of its own, which find it."""
+    backup = _backup(tmp_path / "b.db")
+    proof = StagedProof()
+    stage = _stage(tmp_path / "staged.db", "INSERT INTO c VALUES (9001, 99999, 'orphan')")
+    proof.staging(stage, backup=backup)(backup)
+    assert proof.pending is None and proof.basis["foreign_key_check"] == "checked"
+    assert proof.foreign_keys and not proof.sound
+
+
+def test_a_backup_written_before_its_checks_end_voids_the_proof(tmp_path: Path) -> None:
+    """The checks are of the backup's bytes from before they began to their end: a write into
+    the backup after the copy (a dangling key the copy does not hold) leaves them proving
+    nothing: the proof is void, so the verification after the re-import runs in full."""
+    backup = _backup(tmp_path / "b.db")
+    proof = StagedProof()
+    proof.staging(_stage(tmp_path / "staged.db"), backup=backup)(backup)
+    assert proof.pending is not None
+    with sqlite3.connect(backup) as conn:
+        conn.execute("INSERT INTO c VALUES (9001, 99999, 'orphan')")
+    conn.close()
+    assert not proof.sound and proof.sha256 is None
+
+
+def test_a_backup_someone_has_open_is_not_read_in_place(tmp_path: Path) -> None:
+    """A WAL-mode backup with commits in its ``-wal`` (and ``-shm``: a connection holds it) is
+    not read as its bytes alone: the copy, which folds the ``-wal`` in, is checked itself and its
+    dangling key (committed only in the ``-wal``) is found."""
+    backup = _backup(tmp_path / "b.db")
+    holder = sqlite3.connect(backup, isolation_level=None)
+    try:
+        holder.execute("PRAGMA journal_mode = WAL")
+        holder.execute("PRAGMA wal_autocheckpoint = 0")
+        holder.execute("INSERT INTO c VALUES (9001, 99999, 'orphan')")
+        assert BackupChecks.start(backup) is None
+        proof = StagedProof()
+        proof.staging(_stage(tmp_path / "staged.db"), backup=backup)(backup)
+        assert proof.pending is None and proof.foreign_keys and not proof.sound
+    finally:
+        holder.close()
+
+
+def test_a_run_that_stops_early_stops_the_checks(tmp_path: Path) -> None:
+    backup = _backup(tmp_path / "b.db")
+    proof = StagedProof()
+    proof.staging(_stage(tmp_path / "staged.db"), backup=backup)(backup)
+    proof.abandon()
+    assert proof.pending is None and not proof.sound
+    assert not [t for t in threading.enumerate() if t.name.startswith("staged-proof")]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread niceness is Linux's")
+def test_only_the_checking_thread_is_niced() -> None:
+    seen: list[int] = []
+
+    def work() -> None:
+        _set_priority(threading.get_native_id(), PROOF_NICE)
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+
+    before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    t = threading.Thread(target=work)
+    t.start()
+    t.join()
+    assert seen == [PROOF_NICE] and before != PROOF_NICE
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before
+
+
+PARENTS = {
+    # name: (DDL, whether its key is the rowid)
+    "p_ipk": ("CREATE TABLE p_ipk (id INTEGER PRIMARY KEY, u TEXT UNIQUE)", True),
+    "p_tc": ("CREATE TABLE p_tc (id INTEGER NOT NULL, u TEXT, PRIMARY KEY (id))", True),
+    "p_desc": ("CREATE TABLE p_desc (id INTEGER PRIMARY KEY DESC, u TEXT)", False),
+    "p_text": ("CREATE TABLE p_text (id TEXT PRIMARY KEY, u TEXT)", False),
+    "p_wr": ("CREATE TABLE p_wr (id INTEGER PRIMARY KEY, u TEXT) WITHOUT ROWID", False),
+}
+VALUES = st.one_of(
+    st.none(),
+    st.integers(-2, 9),
+    st.sampled_from([2.0, 2.5, -1.0, 1e300]),
+    st.sampled_from(["3", " 4 ", "4.0", "x", "", "0x5", "9223372036854775808"]),
+    st.sampled_from([b"\x01", b"3", b""]),
+)
+
+
+@st.composite
+def fk_worlds(draw: st.DrawFn) -> list[str]:
+    """Statements making parents (rowid keys and others) and children whose foreign keys, of any
+    declared type, hold any kind of value."""
+    out = [ddl for ddl, _ in PARENTS.values()]
+    for name in PARENTS:
+        ids = draw(st.lists(st.integers(-2, 9), unique=True, max_size=8))
+        out += [f"INSERT INTO {name} (id, u) VALUES ({i!r}, 'u{i}')" for i in ids]
+    for n in range(draw(st.integers(1, 3))):
+        coltype = draw(st.sampled_from(["INTEGER", "TEXT", "BLOB", "REAL", "NUMERIC", ""]))
+        refs = draw(
+            st.lists(
+                st.sampled_from(
+                    [
+                        "REFERENCES p_ipk",
+                        "REFERENCES p_ipk (id)",
+                        "REFERENCES p_tc (id)",
+                        "REFERENCES p_desc (id)",
+                        "REFERENCES p_text (id)",
+                        "REFERENCES p_wr (id)",
+                        "REFERENCES p_ipk (u)",
+                        "REFERENCES gone (id)",
+                        "REFERENCES {self} (id)",
+                    ]
+                ),
+                min_size=1,
+                max_size=2,
+            )
+        )
+        cols = ", ".join(f"k{j} {coltype} {ref.format(self=f'c{n}')}" for j, ref in enumerate(refs))
+        wr = draw(st.booleans()) and n == 0
+        out.append(
+            f"CREATE TABLE c{n} (id INTEGER PRIMARY KEY, {cols}){' WITHOUT ROWID' if wr else ''}"
+        )
+        if draw(st.booleans()):
+            out.append(f"CREATE INDEX ix_c{n} ON c{n} (k0)")
+        for rid in range(draw(st.integers(0, 12))):
+            vals = [draw(VALUES) for _ in refs]
+            marks = ", ".join("?" for _ in refs)
+            out.append((f"INSERT INTO c{n} VALUES ({rid}, {marks})", vals))  # type: ignore[arg-type]
+    return out
+
+
+@settings(max_examples=80, deadline=None)
+@given(fk_worlds())
+def test_the_ordered_fk_check_finds_what_the_pragma_finds(statements: list) -> None:  # type: ignore[type-arg]
+    """:func:`ordered_foreign_key_problems` (anti-joins for keys to a parent's rowid, the pragma per
+    table otherwise) lists the rows ``PRAGMA foreign_key_check`` lists, for any declared type and
+    value (NULL, integers, integral and other reals, numeric-looking and other text, blobs), and is
+    empty exactly when it is."""
+    conn = sqlite3.connect(":memory:")
+    for stmt in statements:
+        if isinstance(stmt, tuple):
+            conn.execute(*stmt)
+        else:
+            conn.execute(stmt)
+    want = Counter(conn.execute("PRAGMA main.foreign_key_check").fetchall())
+    got = ordered_foreign_key_problems(conn, limit=10**6)
+    assert Counter((g["table"], g["rowid"], g["parent"], g["fk"]) for g in got) == want
+    assert (ordered_foreign_key_problems(conn) == []) is (not want)
+    assert len(ordered_foreign_key_problems(conn, limit=3)) == min(3, sum(want.values()))
+    conn.close()
+
+
+def test_the_niceness_is_set_by_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for text, want in (
+        ("0", 0),
+        ("19", 19),
+        ("20", PROOF_NICE),
+        ("-5", PROOF_NICE),
+        ("x", PROOF_NICE),
+    ):
+        monkeypatch.setenv(PROOF_NICE_ENV, text)
+        assert _proof_nice() == want
+    monkeypatch.delenv(PROOF_NICE_ENV)
+    assert _proof_nice() == PROOF_NICE
+
+
+@pytest.mark.skipif(
+    sys.platform != "linux" or os.geteuid() != 0, reason="raising a thread's priority needs root"
+)
+def test_a_waiter_gives_the_checks_back_the_niceness_they_had(tmp_path: Path) -> None:
+    """A checking thread runs at PROOF_NICE, or at the niceness it inherited when that is higher
+    (the user's `nice`); whoever waits for the checks gives it back what it had, never more."""
+    backup = _backup(tmp_path / "b.db")
+    checks = BackupChecks.start(backup)
+    assert checks is not None
+    checks.result()
+    seen: list[int] = []
+    started, go = threading.Event(), threading.Event()
+
+    def work(conn: sqlite3.Connection) -> None:
+        seen.append(_priority(threading.get_native_id()))
+        started.set()
+        go.wait(5)
+        seen.append(_priority(threading.get_native_id()))
+
+    for inherited, niced in ((3, PROOF_NICE), (PROOF_NICE + 4, PROOF_NICE + 4)):
+        seen.clear()
+        started.clear()
+        go.clear()
+
+        def run(inherited: int = inherited) -> None:
+            _set_priority(threading.get_native_id(), inherited)
+            checks._check(open_engine(backup), work)
+
+        t = threading.Thread(target=run)
+        t.start()
+        assert started.wait(5)
+        checks._hurry()
+        go.set()
+        t.join()
+        assert seen == [niced, inherited]

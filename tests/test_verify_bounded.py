@@ -219,3 +219,63 @@ def test_early_reads_not_started_where_they_could_hold_a_writer_off(
     fixed = read_outcome_file(rolled / "run" / "outcome.json")
     fixed.files = {"links_fixed": 1, "files_table": {"table": "file_records"}}
     assert early.result(fixed, bundle.old.alembic_revision) is None
+
+
+def _stale_entry_in_an_updated_row(rolled: Path, db: Path, bundle: object) -> None:
+    """``db``: the rolled-back file with one stale entry in ``ix_parts_material_id``, on a row the
+    bundle updated (its material_id changed behind the index's back: the index is redefined on
+    another column for the one UPDATE, then put back)."""
+    shutil.copyfile(rolled / "gestima.db", db)
+    rows = sqlite3.connect(f"file:{bundle.rows_db}?mode=ro", uri=True)  # type: ignore[attr-defined]
+    (pid,) = rows.execute(
+        "SELECT id FROM parts WHERE _recovery_kind = 'updated' LIMIT 1"
+    ).fetchone()
+    rows.close()
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    (real,) = conn.execute(
+        "SELECT sql FROM sqlite_master WHERE name = 'ix_parts_material_id'"
+    ).fetchone()
+    conn.execute("PRAGMA writable_schema = ON")
+    conn.execute(
+        "UPDATE sqlite_master SET sql = 'CREATE INDEX ix_parts_material_id ON parts (notes)' "
+        "WHERE name = 'ix_parts_material_id'"
+    )
+    conn.close()
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("UPDATE parts SET material_id = material_id + 1000 WHERE id = ?", (pid,))
+    conn.execute("PRAGMA writable_schema = ON")
+    conn.execute("UPDATE sqlite_master SET sql = ? WHERE name = 'ix_parts_material_id'", (real,))
+    conn.close()
+
+
+def test_updated_rows_are_probed_unless_no_update_set_an_indexed_column(
+    rolled: Path, tmp_path: Path
+) -> None:
+    """An updated row's index entries are probed when the re-import's UPDATEs set a column of an
+    index of its table (or its rowid), or when that is not known; when they set none, the
+    entries are the backup's (SQLite rewrites only the indexes whose columns it sets) and only
+    the inserted rows are probed — so a stale entry put there from outside is then not seen:
+    the bound this check rests on (part 1's proof covers the backup's entries)."""
+    outcome, bundle = _inputs(rolled)
+    db = tmp_path / "gestima.db"
+    _stale_entry_in_an_updated_row(rolled, db, bundle)
+    proof = StagedProof(sha256="checked", integrity=["ok"], foreign_keys=[])
+    seen = {}
+    for label, columns in {
+        "unknown": None,
+        "indexed column set": {"parts": frozenset({"material_id", "name"})},
+        "rowid set": {"Parts": frozenset({"ID"})},
+        "no indexed column set": {"parts": frozenset({"name", "price"})},
+    }.items():
+        outcome.set_columns = columns
+        res = verify_written(db, outcome, bundle.old.alembic_revision, proof, bundle)
+        assert res is not None
+        seen[label] = res["ok"]
+    assert seen == {
+        "unknown": False,
+        "indexed column set": False,
+        "rowid set": False,
+        "no indexed column set": True,
+    }
+    assert verify_file(db, outcome, bundle.old.alembic_revision)["ok"] is False

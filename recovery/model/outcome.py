@@ -139,6 +139,10 @@ class Outcome:
     """AUTOINCREMENT counters after the re-import: ``{"table", "backup", "live", "max_id", "seq"}``."""
     conflicts_mode: str = ConflictMode.CELL.value
     """``--conflicts``: a :class:`ConflictMode` value (``cell`` or ``row``)."""
+    set_columns: dict[str, frozenset[str]] | None = field(default=None, compare=False, repr=False)
+    """In memory only, never saved: table → lower-cased names of the columns an UPDATE of this
+    re-import set (any attempt's). None when not known (an outcome read back from its file):
+    :func:`recovery.verify.checks.verify_written` then probes every row the bundle names."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.lost, LostValues):

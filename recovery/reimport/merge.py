@@ -227,6 +227,7 @@ def _merge(
         outcome.aborted = True
         return outcome, ctx
     _apply(ctx, options.apply_deletes)
+    outcome.set_columns = {name: frozenset(c) for name, c in ctx.set_columns.items()}
     return outcome, ctx
 
 

@@ -33,15 +33,16 @@ def deletes(ctx: Context, apply: bool) -> None:
             .where(exp.EQ(this=col(KIND, "d"), expression=lit(RowKind.DELETED.value)))
         )
         nk = len(t.key)
-        for row in ctx.rows(q):
-            ctx.outcome.deletes_for_review.append(
-                {
-                    "table": name,
-                    "key": list(row[:nk]),
-                    "label": row[nk],
-                    "unchanged_since_backup": bool(row[nk + 1]),
-                }
-            )
+        # one extend over the cursor: the list spills its tail in batches, not row by row
+        ctx.outcome.deletes_for_review.extend(
+            {
+                "table": name,
+                "key": list(row[:nk]),
+                "label": row[nk],
+                "unchanged_since_backup": bool(row[nk + 1]),
+            }
+            for row in ctx.run(q)
+        )
         if not apply:
             assert ctx.script is not None
             ctx.script.deferred.append(Step(delete_statement(ctx, name)))

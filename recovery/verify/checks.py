@@ -843,7 +843,8 @@ def _written_rows_indexed(
 ) -> list[str]:
     """``integrity_check``'s index-content check for table ``name``, bounded by what the bundle can
     have written into it; ``integrity_check(name)`` where that bound cannot be drawn."""
-    from recovery.engine.sqlbuild import col, table
+    from recovery.engine.sqlbuild import col, is_distinct, table
+    from recovery.model.kinds import KIND_COLUMN, RowKind
 
     def whole() -> list[str]:
         return [
@@ -916,6 +917,13 @@ def _written_rows_indexed(
     sources: exp.Expression = exp.select(
         *[exp.Column(this=_q(p.name), table=_q("b")) for p in plain]
     ).from_(table(name, "bundle_rows", "b"))
+    if _updates_left_indexes_alone(conn, name, cols, outcome):
+        sources = sources.where(
+            is_distinct(
+                exp.Column(this=_q(KIND_COLUMN), table=_q("b")),
+                exp.Literal.string(RowKind.UPDATED.value),
+            )
+        )
     if remaps:
         sources = exp.union(
             sources, exp.select(col("k")).from_(table("remapped", "temp")), distinct=True
@@ -949,3 +957,27 @@ def _written_rows_indexed(
     if bad:
         problems.append(f"{bad} rows of {name} written by the re-import lack an index entry")
     return problems
+
+
+def _updates_left_indexes_alone(
+    conn: sqlite3.Connection, name: str, cols: dict[str, list[str]], outcome: Outcome
+) -> bool:
+    """True when no UPDATE of the re-import set a column of any index of ``name`` (``cols``: each
+    index's columns) nor its rowid, as the re-import recorded (:attr:`Outcome.set_columns`;
+    unknown: False). SQLite's UPDATE rewrites the entries of an index only when it sets one of
+    its columns (or the rowid) — with foreign keys off, as on the re-import's connection, every
+    other index of the table is left as it was — so the updated rows' entries are then the
+    backup's, proven before the swap, and only the rows the re-import inserted need probing.
+    Partial and expression indexes never get here (``integrity_check(table)`` instead)."""
+    if outcome.set_columns is None:
+        return False
+    set_by_table = {t.lower(): c for t, c in outcome.set_columns.items()}
+    written = {c.lower() for c in set_by_table.get(name.lower(), frozenset())}
+    if not written:
+        return True
+    if written & {c.lower() for names in cols.values() for c in names}:
+        return False
+    pk = conn.execute(
+        "SELECT name, type FROM pragma_table_info(?) WHERE pk > 0", (name,)
+    ).fetchall()
+    return not (len(pk) == 1 and str(pk[0][1]).upper() == "INTEGER" and pk[0][0].lower() in written)

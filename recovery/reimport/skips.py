@@ -13,7 +13,7 @@ from recovery.reimport.context import Context, in_query, lit, temp_table
 
 def propagate_skips(ctx: Context) -> None:
     """Skip whole units: children of skipped parents; cascade-owned children's parents."""
-    staged = {s.table for s in ctx.staged()}
+    staged = list(dict.fromkeys(s.table for s in ctx.staged()))  # the plan's order: reimport.sql
     for _ in range(len(staged) * 2 + 2):
         changed = 0
         for child in staged:

@@ -244,12 +244,20 @@ def test_relink_reads_each_upload_once(
     assert len(report["relinked"]) == len(truth(world_copy)["files"])
 
 
+@pytest.mark.parametrize("durable_by", ["syncfs", "fsync"])
 def test_bundle_copies_are_hashed_fsynced_and_written_once(
-    world_copy: Path, tmp_path: Path, extracted: Path, monkeypatch: pytest.MonkeyPatch
+    world_copy: Path,
+    tmp_path: Path,
+    extracted: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    durable_by: str,
 ) -> None:
     """Every copy is created at its own name (no temporary left over), hashes as its source, and
-    is fsynced with every folder that gained an entry before copy_files_into_bundle returns; a
-    path two records share is one copy."""
+    is durable before copy_files_into_bundle returns: one syncfs of the bundle's filesystem after
+    every copy is written in full (through a descriptor of the work folder), or, where syncfs
+    cannot serve, an fsync of every copy and every folder that gained an entry; a path two
+    records share is one copy."""
+    import recovery.files.uploads as uploads_mod
     from recovery.files.uploads import copy_files_into_bundle
 
     if not Path("/proc/self/fd").is_dir():
@@ -278,15 +286,29 @@ def test_bundle_copies_are_hashed_fsynced_and_written_once(
     loose.write_bytes(b"uploaded without a record")
     os.utime(loose, (AFTER_DEPLOY, AFTER_DEPLOY))
     synced: set[str] = set()
-    real_fsync = os.fsync
+    real_fsync, real_syncfs = os.fsync, uploads_mod._syncfs
+    whole: list[tuple[str, set[str]]] = []  # (folder synced, the copies complete at that moment)
 
     def spy(fd: int) -> None:
         synced.add(os.readlink(f"/proc/self/fd/{fd}"))
         real_fsync(fd)
 
+    def spy_syncfs(fd: int) -> bool:
+        complete = {
+            f["path"]
+            for f in files
+            if (work / "files" / f["path"]).is_file()
+            and sha(work / "files" / f["path"]) == f["sha256"]
+        }
+        whole.append((os.readlink(f"/proc/self/fd/{fd}"), complete))
+        return real_syncfs(fd) if durable_by == "syncfs" else False
+
     monkeypatch.setattr(os, "fsync", spy)
+    monkeypatch.setattr(uploads_mod, "_syncfs", spy_syncfs)
     report = copy_files_into_bundle(work, uploads, backup, FilesConfig())
     monkeypatch.undo()
+    assert [w[0] for w in whole] == [str(work.resolve())]  # one call, for the whole bundle
+    assert whole[0][1] >= {f["path"] for f in files}  # made after every copy was written
     by_path: dict[str, list[dict[str, Any]]] = {}
     for r in report["records"]:
         by_path.setdefault(r["path"], []).append(r)
@@ -306,7 +328,10 @@ def test_bundle_copies_are_hashed_fsynced_and_written_once(
         "_unrecorded/parts/loose/notes.txt",
     }  # no temporary files left
     folders = {p for p in (work / "files").rglob("*") if p.is_dir()} | {work / "files", work}
-    assert {str(p.resolve()) for p in written | folders} <= synced
+    if durable_by == "fsync" or not uploads_mod._syncfs_reports_errors():
+        assert {str(p.resolve()) for p in written | folders} <= synced
+    else:
+        assert not synced & {str(p.resolve()) for p in written}  # syncfs did it: no fsync each
 
 
 def _new_part_with_drawing(world: Path) -> dict[str, Any]:

@@ -334,6 +334,48 @@ def test_bundle_copies_are_hashed_fsynced_and_written_once(
         assert not synced & {str(p.resolve()) for p in written}  # syncfs did it: no fsync each
 
 
+def test_the_copies_digests_spare_the_next_walk_its_reads(
+    world_copy: Path, tmp_path: Path, extracted: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The extract's walk keeps the digest each copy took of a file it listed unchanged; the
+    rollback's walk beside the re-import, given that walk, reads only the files not copied and
+    a copied file changed since — and holds the hashes a new walk reads."""
+    import time
+
+    import recovery.files.uploads as uploads_mod
+    from recovery.files.uploads import UploadsIndex, copy_files_into_bundle
+
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("needs /proc to name the file a descriptor reads")
+    monkeypatch.setattr(UploadsIndex, "RACY_NS", 0)  # files made a moment ago count as settled
+    _, backup, uploads = paths(world_copy)
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copy(extracted / "rows.db", work / "rows.db")
+    index = UploadsIndex(uploads)
+    copy_files_into_bundle(work, uploads, backup, FilesConfig(), index=index)
+    copied = {f["path"] for f in truth(world_copy)["files"]}
+    assert set(index._sha) == copied and len(index.files) > len(copied)
+    time.sleep(0.02)
+    edited = sorted(copied)[0]
+    (uploads / edited).write_bytes(b"changed after the copy")
+    reads: list[str] = []
+    real_digest = uploads_mod.digest_fd
+
+    def counting(fd: int) -> tuple[str, int, int]:
+        reads.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return real_digest(fd)
+
+    monkeypatch.setattr(uploads_mod, "digest_fd", counting)
+    now = UploadsIndex(uploads, hash_all=True, earlier=index)
+    real = os.path.realpath(uploads)
+    assert sorted(reads) == sorted(
+        f"{real}/{rel}" for rel in now.files if rel not in copied or rel == edited
+    )
+    assert now._sha == UploadsIndex(uploads, hash_all=True)._sha
+    assert now._sha[edited] == hashlib.sha256(b"changed after the copy").hexdigest()
+
+
 def _new_part_with_drawing(world: Path) -> dict[str, Any]:
     """A file uploaded for a part created after the deploy (so the part's key can collide)."""
     backup = paths(world)[1]

@@ -287,12 +287,13 @@ def _backup_of(b: Bundle) -> str | None:
 
 
 def _walk_after(plan: RelinkPlan) -> UploadsIndex | None:
-    """The uploads folder walked again after the apply wrote ``plan.writes``, with the hashes
-    already known taken over (:meth:`UploadsIndex.adopt_hashes`); None when it is not a folder
-    (:func:`uploads_state` then says so)."""
+    """The uploads folder walked again after the apply wrote ``plan.writes`` (the folders
+    unchanged since the plan's walk are not listed again: :class:`UploadsIndex`'s ``earlier``),
+    with the hashes already known taken over (:meth:`UploadsIndex.adopt_hashes`); None when it is
+    not a folder (:func:`uploads_state` then says so)."""
     if plan.index is None or not Path(plan.root).is_dir():
         return None
-    now = UploadsIndex(plan.root)
+    now = UploadsIndex(plan.root, earlier=plan.index)
     now.adopt_hashes(plan.index, {os.fspath(w.target): w.sha256 for w in plan.writes})
     return now
 

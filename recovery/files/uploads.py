@@ -336,10 +336,18 @@ def safe_path(root: Path, stored: str) -> Path | None:
     return SafeRoot(root)(stored)
 
 
+Folders = dict[str, tuple[os.stat_result, list[str], list[str]]]
+"""What a walk saw of each folder it listed, by its relative path with a trailing ``/`` (``""``
+for the root): the folder's stat taken right before its entries were listed, the names of its
+entries that are not folders and of its folders, each sorted."""
+
+
 def _scan(
     under: SafeRoot,
     hashes: dict[str, str] | None = None,
     known: Callable[[str, os.stat_result], str | None] | None = None,
+    folders: Folders | None = None,
+    reuse: tuple[Folders, int] | None = None,
 ) -> list[tuple[str, str, os.stat_result]]:
     """(relative path, real path, stat) of every regular file under ``under``'s root that resolves
     inside it, sorted as :func:`os.walk` with sorted names gives them (a folder's files, then its
@@ -352,17 +360,33 @@ def _scan(
     would open it, without opening every folder from the root again) and kept only when the file
     opened is the one listed (same device and inode, still a regular file) with the stat the
     walk records for it. ``known(rel, stat)``: a digest already known for the file the walk
-    lists with that stat (then it is not read), or None."""
+    lists with that stat (then it is not read), or None. ``folders``: filled with what the walk
+    saw of each folder (:data:`Folders`).
+
+    ``reuse``: (an earlier walk's ``folders``, a cutoff in ns): a folder whose device, inode, mtime
+    and ctime (ns) are what that walk saw, both older than the cutoff, holds the entries it listed
+    then — adding, removing or renaming an entry moves a folder's mtime and ctime, and the cutoff
+    keeps a change made in the same timestamp tick as that listing from hiding — so its entries are
+    taken from there and only ``lstat``-ed again, by path (metadata only: every read of a file's
+    bytes still goes through descriptors opened without following a symlink). Any other folder
+    (changed, new, too recent, not a folder now) is listed again by descriptor; each folder below
+    it is again taken from there when it is unchanged itself. The result is the list a new walk
+    would give."""
     out: list[tuple[str, str, os.stat_result]] = []
     prefix = under.prefix
 
-    def hashed(dfd: int, name: str, rel: str, st: os.stat_result) -> os.stat_result:
+    def hashed(dfd: int | None, name: str, rel: str, st: os.stat_result) -> os.stat_result:
         """``st``, or the file's stat taken right before its sha256 was read into ``hashes`` (a
         change while it is read moves its mtime/ctime past that stat, so nothing later takes the
-        digest for the changed file: :meth:`UploadsIndex.adopt_hashes`)."""
+        digest for the changed file: :meth:`UploadsIndex.adopt_hashes`). ``dfd``: the folder's
+        descriptor (None: the file is opened from the root, folder by folder)."""
         try:
-            fd = os.open(name, _FILE_FLAGS, dir_fd=dfd)
-        except OSError:
+            fd = (
+                os.open(name, _FILE_FLAGS, dir_fd=dfd)
+                if dfd is not None
+                else open_nofollow(prefix + rel, under.real)
+            )
+        except (OSError, RecoveryError):
             return st
         try:
             now = os.fstat(fd)
@@ -374,13 +398,54 @@ def _scan(
         finally:
             os.close(fd)
 
+    def entry(dfd: int | None, name: str, rel: str, st: os.stat_result) -> None:
+        """A folder entry that is not a folder, with its ``lstat``: listed as the walk lists it."""
+        if stat.S_ISREG(st.st_mode):
+            if hashes is not None:
+                digest = known(rel, st) if known is not None else None
+                if digest is None:
+                    st = hashed(dfd, name, rel, st)
+                else:
+                    hashes[rel] = digest
+            out.append((rel, prefix + rel, st))
+        elif stat.S_ISLNK(st.st_mode):
+            try:
+                target = under(rel)
+            except RuntimeError:  # a symlink loop: no file there
+                return
+            if target is None:
+                return
+            try:
+                st = os.stat(target)
+            except OSError:
+                return
+            if stat.S_ISREG(st.st_mode):
+                out.append((rel, os.fspath(target), st))
+
+    old, cutoff = reuse if reuse is not None else ({}, 0)
+
+    def unchanged(relprefix: str, path: str, dir_fd: int | None) -> os.stat_result | None:
+        """The folder's stat now (an ``lstat`` of ``path``, relative to ``dir_fd`` when given),
+        when ``old`` holds its listing and it has not changed since (same device, inode, mtime
+        and ctime, both older than the cutoff); else None."""
+        seen = old.get(relprefix)
+        if seen is None or seen[0].st_mtime_ns >= cutoff or seen[0].st_ctime_ns >= cutoff:
+            return None
+        try:
+            st = os.stat(path, dir_fd=dir_fd, follow_symlinks=False)
+        except OSError:
+            return None
+        return st if stat.S_ISDIR(st.st_mode) and _same_folder(seen[0], st) else None
+
     def walk(dfd: int, relprefix: str) -> None:
         try:
+            seen = os.fstat(dfd)  # before the listing: a change after it moves mtime/ctime
             with os.scandir(dfd) as it:
                 entries = sorted(it, key=_entry_name)
         except OSError:
             return
-        dirs = []
+        dirs: list[str] = []
+        names: list[str] = []
         for e in entries:
             try:
                 is_dir = e.is_dir(follow_symlinks=False)
@@ -389,6 +454,7 @@ def _scan(
             if is_dir:
                 dirs.append(e.name)
                 continue
+            names.append(e.name)
             rel = relprefix + e.name
             if not _stored_ok(rel):
                 continue
@@ -396,37 +462,60 @@ def _scan(
                 st = e.stat(follow_symlinks=False)
             except OSError:
                 continue
-            if stat.S_ISREG(st.st_mode):
-                if hashes is not None:
-                    digest = known(rel, st) if known is not None else None
-                    if digest is None:
-                        st = hashed(dfd, e.name, rel, st)
-                    else:
-                        hashes[rel] = digest
-                out.append((rel, prefix + rel, st))
-            elif stat.S_ISLNK(st.st_mode):
-                try:
-                    target = under(rel)
-                except RuntimeError:  # a symlink loop: no file there
-                    continue
-                if target is None:
-                    continue
-                try:
-                    st = os.stat(target)
-                except OSError:
-                    continue
-                if stat.S_ISREG(st.st_mode):
-                    out.append((rel, os.fspath(target), st))
+            entry(dfd, e.name, rel, st)
+        if folders is not None:
+            folders[relprefix] = (seen, names, dirs)
         for name in dirs:
+            sub = relprefix + name + "/"
+            if old:
+                now = unchanged(sub, name, dfd)
+                if now is not None:
+                    listed(sub, now)
+                    continue
             try:  # a folder swapped for a symlink since it was listed is not entered
-                sub = os.open(name, _DIR_FLAGS, dir_fd=dfd)
+                fd = os.open(name, _DIR_FLAGS, dir_fd=dfd)
             except OSError:
                 continue
             try:
-                walk(sub, relprefix + name + "/")
+                walk(fd, sub)
             finally:
-                os.close(sub)
+                os.close(fd)
 
+    def listed(relprefix: str, now: os.stat_result) -> None:
+        """A folder :func:`unchanged` vouches for: its entries as ``old`` lists them, each
+        ``lstat``-ed again by path; its folders likewise, or listed again when they changed."""
+        _, names, dirs = old[relprefix]
+        for name in names:
+            rel = relprefix + name
+            if not _stored_ok(rel):
+                continue
+            try:
+                st = os.lstat(prefix + rel)
+            except OSError:
+                continue
+            entry(None, name, rel, st)
+        if folders is not None:
+            folders[relprefix] = (now, names, dirs)
+        for name in dirs:
+            sub = relprefix + name + "/"
+            sub_now = unchanged(sub, prefix + sub, None)
+            if sub_now is not None:
+                listed(sub, sub_now)
+                continue
+            try:  # entered from the root by descriptor: a symlink on the way is not followed
+                fd = open_dir_nofollow(under.real, sub)
+            except (RecoveryError, OSError):
+                continue
+            try:
+                walk(fd, sub)
+            finally:
+                os.close(fd)
+
+    if old:
+        now = unchanged("", under.real, None)
+        if now is not None:
+            listed("", now)
+            return out
     try:
         top = os.open(under.real, _DIR_FLAGS)
     except OSError:
@@ -436,6 +525,15 @@ def _scan(
     finally:
         os.close(top)
     return out
+
+
+def _same_folder(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino, a.st_mtime_ns, a.st_ctime_ns) == (
+        b.st_dev,
+        b.st_ino,
+        b.st_mtime_ns,
+        b.st_ctime_ns,
+    )
 
 
 def _entry_name(entry: os.DirEntry[str]) -> str:
@@ -467,19 +565,24 @@ class UploadsIndex:
         """``hash_all``: read every plain file's sha256 during the walk, through the folder
         descriptor the walk holds (for an operation that needs nearly every hash: relink and its
         uploads state); otherwise each file is read when its hash is first asked for.
-        ``earlier``: a ``hash_all`` walk of the same folder made before (a rollback makes one
-        while its re-import runs): its hashes are taken for the files it proves unchanged
+        ``earlier``: a walk of the same folder made before (a rollback makes one while its
+        re-import runs): the folders it proves unchanged are not listed again, only their entries
+        ``lstat``-ed (:func:`_scan`'s ``reuse``, under the same rule as its hashes); with
+        ``hash_all``, its hashes are taken for the files it proves unchanged
         (:meth:`_known_from`), every other file is read."""
         self.under = SafeRoot(Path(root))
         self.real = self.under.real
         self.started_ns = time.time_ns()
         self._sha: dict[str, str] = {}
-        known = (
-            self._known_from(earlier)
-            if hash_all and earlier is not None and earlier.real == self.real
+        self.folders: Folders = {}
+        same = earlier is not None and earlier.real == self.real
+        known = self._known_from(earlier) if hash_all and same and earlier is not None else None
+        reuse = (
+            (earlier.folders, earlier.started_ns - self.RACY_NS)
+            if same and earlier is not None and earlier.folders
             else None
         )
-        found = _scan(self.under, self._sha if hash_all else None, known)
+        found = _scan(self.under, self._sha if hash_all else None, known, self.folders, reuse)
         self.files: dict[str, tuple[str, os.stat_result]] = {
             rel: (real, st) for rel, real, st in found
         }
@@ -537,6 +640,17 @@ class UploadsIndex:
                 and _same_file(seen[1], st)
             ):
                 self._sha[rel] = digest
+
+    def vouch(self, copied: dict[str, tuple[str, os.stat_result]]) -> None:
+        """Keep the digests a copy of a listed file took as it read it (real path → (sha256,
+        the file's ``fstat`` right before the read)), for a file whose stat then is the one this
+        walk listed: a later walk that takes this one as ``earlier`` then reads it again only if
+        it changed since (:meth:`_known_from`)."""
+        for real, (digest, st) in copied.items():
+            rel = real[len(self.under.prefix) :] if real.startswith(self.under.prefix) else None
+            seen = self.files.get(rel) if rel is not None else None
+            if seen is not None and seen[0] == real and _same_file(seen[1], st):
+                self._sha.setdefault(rel, digest)  # type: ignore[arg-type]
 
     def sha256(self, stored: object, resolved: Path | None = None) -> str:
         """The sha256 of the file ``stored`` names (``resolved``, :meth:`resolve`'s answer, is
@@ -620,6 +734,7 @@ class _BundleWriter:
         self.root = root  # the uploads root (real path): sources are opened below it by descriptor
         self.made: set[str] = set()
         self.written: list[str] = []
+        self.opened: dict[str, os.stat_result] = {}  # destination -> source's stat before its read
         # opened before any copy: syncfs reports the writeback errors seen since it was opened
         self.top_fd: int | None = os.open(self.top, _DIR_FLAGS)
 
@@ -646,7 +761,8 @@ class _BundleWriter:
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(
-            max_workers=min(threads or self.THREADS, len(slices)), thread_name_prefix="recovery-files"
+            max_workers=min(threads or self.THREADS, len(slices)),
+            thread_name_prefix="recovery-files",
         ) as pool:
             return [r for part in pool.map(lambda xs: [fn(x) for x in xs], slices) for r in part]
 
@@ -662,7 +778,8 @@ class _BundleWriter:
         # symlink since is refused rather than followed out of the uploads folder
         fin = open_nofollow(src, self.root)
         try:
-            mode = stat.S_IMODE(os.fstat(fin).st_mode)
+            st = self.opened[dst] = os.fstat(fin)
+            mode = stat.S_IMODE(st.st_mode)
             fout = os.open(
                 dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
             )
@@ -896,6 +1013,13 @@ def copy_files_into_bundle(
         writer.sync()  # every copy durable before the caller seals the bundle
     finally:
         writer.close()
+    index.vouch(
+        {
+            src: (done[dst][0], writer.opened[dst])
+            for dst, src in sources.items()
+            if dst in writer.opened
+        }
+    )
     if written is not None:
         for dst, (digest, _size, _mode) in done.items():
             written[os.path.relpath(dst, work).replace(os.sep, "/")] = digest

@@ -5,6 +5,7 @@ outside it; a different file at a target path is kept and the bundle's copy writ
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -374,6 +375,58 @@ def test_the_copies_digests_spare_the_next_walk_its_reads(
     )
     assert now._sha == UploadsIndex(uploads, hash_all=True)._sha
     assert now._sha[edited] == hashlib.sha256(b"changed after the copy").hexdigest()
+
+
+def test_a_disk_full_during_the_copies_leaves_no_bundle(
+    world_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The copies are made durable together after the last write (one syncfs), so a copy the
+    disk has no room for must still stop the extract before its seal: with an upload bigger than
+    a small tmpfs, extract fails (the copy, or a database write after the copy took the room),
+    and no bundle and no work folder are left there; with room, the bundle it seals holds every
+    copy it lists, each with its hash."""
+    import subprocess
+
+    import recovery.files.uploads as uploads_mod
+
+    db, backup, uploads = paths(world_copy)
+    big = uploads / "parts" / "loose" / "big.bin"  # uploaded after the deploy, no record
+    big.parent.mkdir(parents=True)
+    big.write_bytes(os.urandom(1 << 20) * 6)
+    os.utime(big, (AFTER_DEPLOY, AFTER_DEPLOY))
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)]
+    proc = subprocess.run(mount, capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip()}); needs root")
+    mapping = tmp_path / "mapping.toml"
+    mapping.write_text(MAPPING)
+    try:
+        # the copies start while the last statements run: whichever write meets the full disk
+        with pytest.raises((OSError, sqlite3.OperationalError)) as failed:
+            extract(backup, db, disk / "bundle", mapping=mapping, uploads=uploads)
+        assert getattr(failed.value, "errno", None) == errno.ENOSPC or "full" in str(failed.value)
+        assert list(disk.iterdir()) == []  # no bundle, no work folder
+        # the copies alone: the write that meets the full disk fails them, before any sync
+        synced: list[int] = []
+        monkeypatch.setattr(uploads_mod, "_syncfs", synced.append)
+        (disk / "work").mkdir()
+        with pytest.raises(OSError) as copying:
+            uploads_mod.copy_files_into_bundle(
+                disk / "work", uploads, backup, FilesConfig(), backup_paths=set(), rows=[]
+            )
+        assert copying.value.errno == errno.ENOSPC and synced == []
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+    extract(backup, db, tmp_path / "roomy", mapping=mapping, uploads=uploads)
+    bundle = open_bundle(tmp_path / "roomy")  # checks every sealed file's hash
+    (loose,) = bundle.manifest["files"]["unrecorded"]
+    listed = [*bundle.manifest["files"]["records"], loose]
+    assert loose["sha256"] == sha(big) and len(listed) > 1
+    for r in listed:
+        prefix = "_unrecorded/" if r is loose else ""
+        assert sha(tmp_path / "roomy" / "files" / f"{prefix}{r['path']}") == r["sha256"]
 
 
 def _new_part_with_drawing(world: Path) -> dict[str, Any]:

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from recovery.bundle.store import Bundle
-from recovery.engine.schema import reflect
+from recovery.engine.schema import Schema, reflect
 from recovery.engine.timebound import statement_time_limit
 from recovery.errors import RecoveryError
 from recovery.files.filestable import detect_files_config
@@ -271,6 +271,7 @@ def relink(
                     sha256=plan.cfg.sha256 or "sha256",
                 ),
                 index=index,
+                schema=b.old,
             )
             report["uploads_state"] = {
                 k: state[k] for k in ("source", "added", "changed", "removed", "unchanged")
@@ -304,13 +305,15 @@ def uploads_state(
     files: FilesConfig | None = None,
     *,
     index: UploadsIndex | None = None,
+    schema: Schema | None = None,
 ) -> dict[str, Any]:
     """The uploads folder now against the backup's: files added, changed and removed since.
 
     The baseline is the uploads manifest recorded by ``recovery snapshot`` beside the backup; a
     backup without one falls back to the backup's own file records (path, hash, size). ``index``
     is a walk of ``uploads_root`` already made (relink passes its plan's), so the folder is walked
-    and each file hashed once."""
+    and each file hashed once. ``schema``: the backup's, when the caller has it (a bundle's
+    ``old``), so the backup is not reflected again."""
     from recovery.capture.manifest import read_manifest
     from recovery.engine.sqlite_io import readonly
 
@@ -328,7 +331,7 @@ def uploads_state(
     else:
         source = "backup-records"
         with readonly(backup, "backup") as conn:
-            cfg = detect_files_config(reflect(conn), files or FilesConfig())
+            cfg = detect_files_config(schema or reflect(conn), files or FilesConfig())
             if cfg is None:
                 raise RecoveryError(
                     f"backup {backup} has no uploads manifest and no files table",

@@ -67,6 +67,7 @@ class Matcher:
         self._has: dict[tuple[str, str, tuple[str, ...], tuple[Any, ...]], bool] = {}
         self._unique_sets: dict[str, list[tuple[str, ...]]] = {}
         self._bkeys: dict[str, str] = {}
+        self._checks: dict[int, tuple[Row, str, Any]] = {}  # id(row) -> (row, table, check)
 
     # ---- the target's shape ----------------------------------------------------------------------
     def tpk(self, table: str) -> str:
@@ -231,7 +232,18 @@ class Matcher:
     def _first_check(self, table: str, row: Row) -> tuple[str, tuple[str, ...], list[Any]] | None:
         """The row check :meth:`target_key` makes first for ``row``: (key column, columns, the
         bound key and values) for :func:`~recovery.files.relink_sql.has_row_sql`; None when it
-        asks nothing (no such table, no key)."""
+        asks nothing (no such table, no key). Worked out once per row (:meth:`warm_target_keys`
+        and :meth:`target_key` both ask; the row is kept with its answer, so its id stays its)."""
+        seen = self._checks.get(id(row))
+        if seen is not None and seen[0] is row and seen[1] == table:
+            return seen[2]
+        check = self._work_out_check(table, row)
+        self._checks[id(row)] = (row, table, check)
+        return check
+
+    def _work_out_check(
+        self, table: str, row: Row
+    ) -> tuple[str, tuple[str, ...], list[Any]] | None:
         if table not in self.schema.tables:
             return None
         key_col = self.tpk(table)

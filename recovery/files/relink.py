@@ -42,6 +42,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -86,19 +87,23 @@ class RelinkPlan:
     index: UploadsIndex | None = field(default=None, repr=False, compare=False)
 
 
-def _build(bundle: Bundle, m: Matcher, root: Path, index: UploadsIndex) -> RelinkPlan:
+def _build(
+    bundle: Bundle, m: Matcher, root: Path, walk: UploadsIndex | Future[UploadsIndex]
+) -> RelinkPlan:
     """The plan, step by step: each bundle file record matched to its target record (its entity
     link followed, its file placed), then the rows naming files, the files that had no record,
-    and the survey of what is left unreferenced."""
+    and the survey of what is left unreferenced. ``walk``: the uploads folder's walk, or its
+    future (still walking on another thread while the bundle and the target are read)."""
     c = m.cfg
     draft = Draft()
     r = draft.report
-    files = FilePlacer(bundle, root, c, index)
     bkey = m.bkey(c.table)
     from_bundle: dict[Any, dict[str, Any]] = {}  # bundle key -> target record
     records = m.bundle_rows(c.table)
     m.load_entity_rows(records)  # the entity rows follow_entity will look up
     m.load_records(m.record_key(b) for b in records)  # the records record_for will look up
+    index = walk.result() if isinstance(walk, Future) else walk
+    files = FilePlacer(bundle, root, c, index)
     for b in records:
         stored = b.get(c.path)
         entry = {
@@ -162,19 +167,22 @@ def plan_relink(
     if cfg is None:
         return RelinkPlan(root_p, None, report={k: [] for k in REPORT_LISTS})
     rmap = None if remaps is None else {(r.table, r.old_key): r.new_key for r in remaps}
-    conn.execute(f"ATTACH DATABASE ? AS {BUNDLE}", (file_uri(bundle.rows_db, mode="ro"),))
+    # the folder is walked on its own thread while the bundle and the target are read (the walk
+    # waits on the filesystem, the reads on SQLite: both release the GIL)
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recovery-relink-walk")
+    walk = pool.submit(UploadsIndex, root_p, hash_all, earlier)
+    pool.shutdown(wait=False)
     try:
-        with statement_time_limit(
-            conn
-        ):  # the bundle's rows are untrusted: no statement runs unbounded
-            return _build(
-                bundle,
-                Matcher(bundle, conn, schema, cfg, rmap),
-                root_p,
-                UploadsIndex(root_p, hash_all=hash_all, earlier=earlier),
-            )
+        conn.execute(f"ATTACH DATABASE ? AS {BUNDLE}", (file_uri(bundle.rows_db, mode="ro"),))
+        try:
+            with statement_time_limit(
+                conn
+            ):  # the bundle's rows are untrusted: no statement runs unbounded
+                return _build(bundle, Matcher(bundle, conn, schema, cfg, rmap), root_p, walk)
+        finally:
+            conn.execute(f"DETACH DATABASE {BUNDLE}")
     finally:
-        conn.execute(f"DETACH DATABASE {BUNDLE}")
+        wait([walk])  # never left walking after the plan, however it ended
 
 
 def apply_relink(plan: RelinkPlan, conn: sqlite3.Connection) -> None:

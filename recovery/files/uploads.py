@@ -498,7 +498,7 @@ def _scan(
             folders[relprefix] = (now, names, dirs)
         for name in dirs:
             sub = relprefix + name + "/"
-            sub_now = unchanged(sub, prefix + sub, None)
+            sub_now = unchanged(sub, prefix + relprefix + name, None)  # no "/": no symlink followed
             if sub_now is not None:
                 listed(sub, sub_now)
                 continue
@@ -736,6 +736,7 @@ class _BundleWriter:
         self.written: list[str] = []
         self.opened: dict[str, os.stat_result] = {}  # destination -> source's stat before its read
         # opened before any copy: syncfs reports the writeback errors seen since it was opened
+        os.makedirs(self.top, mode=0o700, exist_ok=True)
         self.top_fd: int | None = os.open(self.top, _DIR_FLAGS)
 
     def close(self) -> None:

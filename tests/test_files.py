@@ -117,13 +117,31 @@ def assert_linked(world: Path, db: Path) -> None:
         assert sha(uploads / f["path"]) == f["sha256"]
 
 
-def test_rollback_links_every_post_deploy_file(world_copy: Path, tmp_path: Path) -> None:
+def test_rollback_links_every_post_deploy_file(
+    world_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """... and the walk beside the re-import is handed the extract's walk, which holds the
+    digests its copies took (so it lists again only changed folders and reads only the files not
+    copied)."""
+    import recovery.pipeline as pipeline_mod
+
     db, backup, uploads = paths(world_copy)
     files = truth(world_copy)["files"]
     assert files, "the sample world uploads files after the deploy"
+    handed: list[Any] = []
+    walk_uploads = pipeline_mod._walk_uploads
+
+    def spy(root: Any, earlier: Any = None) -> Any:
+        handed.append(earlier)
+        return walk_uploads(root, earlier)
+
+    monkeypatch.setattr(pipeline_mod, "_walk_uploads", spy)
     res = rollback(
         db, backup, tmp_path / "run", uploads=uploads, alembic_ini=ALEMBIC_INI, confirm=None
     )
+    (earlier,) = handed
+    assert earlier is not None and earlier.real == os.path.realpath(uploads)
+    assert {f["path"]: f["sha256"] for f in files}.items() <= earlier._sha.items()
     assert_linked(world_copy, db)
     report = res.outcome.files
     assert report is not None

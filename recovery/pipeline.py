@@ -503,15 +503,20 @@ def _relink(
     )
 
 
-def _walk_uploads(uploads: str | os.PathLike[str]) -> Any:
+def _walk_uploads(uploads: str | os.PathLike[str], earlier: Any = None) -> Any:
     """The uploads folder walked and every file hashed (``UploadsIndex(hash_all=True)``) while the
     re-import runs; the relink walks again and reads only the files this walk cannot vouch for
     (:meth:`recovery.files.uploads.UploadsIndex._known_from`). None when the folder cannot be
-    walked: the relink then says what is wrong."""
+    walked: the relink then says what is wrong. ``earlier``: the extract's walk (folders it proves
+    unchanged are not listed again, files its copies read are not read again)."""
     from recovery.files.uploads import UploadsIndex
 
     try:
-        return UploadsIndex(uploads, hash_all=True) if Path(uploads).is_dir() else None
+        return (
+            UploadsIndex(uploads, hash_all=True, earlier=earlier)
+            if Path(uploads).is_dir()
+            else None
+        )
     except (OSError, RuntimeError, RecoveryError):
         return None
 
@@ -881,6 +886,7 @@ def _run_rollback(
         StagedProof()
     )  # what was proven of the restored file before the swap (this process only)
     bundle: Bundle | None = None
+    walked: dict[str, Any] = {}  # the extract's uploads walk, for the one beside the re-import
     staged: _Background | None = (
         None  # the restored file, written beside the live one during the extract
     )
@@ -962,6 +968,7 @@ def _run_rollback(
                         journal,
                         trust=bool(args.get("trust_mapping")),
                         derived_lineage=lineage_job.result if lineage_job is not None else None,
+                        walked=walked,
                     )
             bundle = bundle or open_bundle(run_dir / "bundle")
             if confirm is not None and not confirm(_plan_summary(bundle)):
@@ -974,7 +981,7 @@ def _run_rollback(
         if jobs is not None:  # closed by the caller however the run ends
             jobs.append(report_prep)
         uploads_seen = (  # hashes for the relink, beside the re-import
-            _Background(_walk_uploads, uploads)
+            _Background(_walk_uploads, uploads, walked.get("uploads"))
             if uploads and not journal.done("reimport")
             else None
         )
@@ -1506,9 +1513,12 @@ def _extract_step(
     journal: Journal,
     trust: bool = False,
     derived_lineage: Callable[[], Any] | None = None,
+    walked: dict[str, Any] | None = None,
 ) -> Bundle:
     """Extract from the safety copy (identical content; the live file stays untouched) into
-    ``RUN_DIR/bundle``, and journal it with the safety copy's sha256 (the bundle's live fingerprint)."""
+    ``RUN_DIR/bundle``, and journal it with the safety copy's sha256 (the bundle's live fingerprint).
+    ``walked``: given, its ``"uploads"`` is set to the extract's walk of the uploads (with the
+    digests its copies took), which the walk beside the re-import then refreshes."""
     from recovery.bundle.extract import extract
 
     bundle_dir = run_dir / "bundle"
@@ -1535,6 +1545,8 @@ def _extract_step(
             + "; ".join(res.plan.errors),
             "add a mapping file (see the README) and run again",
         )
+    if walked is not None:
+        walked["uploads"] = res.uploads_walk
     journal.data["steps"]["safety"]["sha256"] = res.bundle.manifest["sources"]["live"]["sha256"]
     journal.mark("extract", "done", bundle_id=res.bundle.bundle_id)
     return res.bundle

@@ -5,6 +5,7 @@ outside it; a different file at a target path is kept and the bundle's copy writ
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -116,13 +117,31 @@ def assert_linked(world: Path, db: Path) -> None:
         assert sha(uploads / f["path"]) == f["sha256"]
 
 
-def test_rollback_links_every_post_deploy_file(world_copy: Path, tmp_path: Path) -> None:
+def test_rollback_links_every_post_deploy_file(
+    world_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """... and the walk beside the re-import is handed the extract's walk, which holds the
+    digests its copies took (so it lists again only changed folders and reads only the files not
+    copied)."""
+    import recovery.pipeline as pipeline_mod
+
     db, backup, uploads = paths(world_copy)
     files = truth(world_copy)["files"]
     assert files, "the sample world uploads files after the deploy"
+    handed: list[Any] = []
+    walk_uploads = pipeline_mod._walk_uploads
+
+    def spy(root: Any, earlier: Any = None) -> Any:
+        handed.append(earlier)
+        return walk_uploads(root, earlier)
+
+    monkeypatch.setattr(pipeline_mod, "_walk_uploads", spy)
     res = rollback(
         db, backup, tmp_path / "run", uploads=uploads, alembic_ini=ALEMBIC_INI, confirm=None
     )
+    (earlier,) = handed
+    assert earlier is not None and earlier.real == os.path.realpath(uploads)
+    assert {f["path"]: f["sha256"] for f in files}.items() <= earlier._sha.items()
     assert_linked(world_copy, db)
     report = res.outcome.files
     assert report is not None
@@ -244,12 +263,20 @@ def test_relink_reads_each_upload_once(
     assert len(report["relinked"]) == len(truth(world_copy)["files"])
 
 
+@pytest.mark.parametrize("durable_by", ["syncfs", "fsync"])
 def test_bundle_copies_are_hashed_fsynced_and_written_once(
-    world_copy: Path, tmp_path: Path, extracted: Path, monkeypatch: pytest.MonkeyPatch
+    world_copy: Path,
+    tmp_path: Path,
+    extracted: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    durable_by: str,
 ) -> None:
     """Every copy is created at its own name (no temporary left over), hashes as its source, and
-    is fsynced with every folder that gained an entry before copy_files_into_bundle returns; a
-    path two records share is one copy."""
+    is durable before copy_files_into_bundle returns: one syncfs of the bundle's filesystem after
+    every copy is written in full (through a descriptor of the work folder), or, where syncfs
+    cannot serve, an fsync of every copy and every folder that gained an entry; a path two
+    records share is one copy."""
+    import recovery.files.uploads as uploads_mod
     from recovery.files.uploads import copy_files_into_bundle
 
     if not Path("/proc/self/fd").is_dir():
@@ -278,15 +305,29 @@ def test_bundle_copies_are_hashed_fsynced_and_written_once(
     loose.write_bytes(b"uploaded without a record")
     os.utime(loose, (AFTER_DEPLOY, AFTER_DEPLOY))
     synced: set[str] = set()
-    real_fsync = os.fsync
+    real_fsync, real_syncfs = os.fsync, uploads_mod._syncfs
+    whole: list[tuple[str, set[str]]] = []  # (folder synced, the copies complete at that moment)
 
     def spy(fd: int) -> None:
         synced.add(os.readlink(f"/proc/self/fd/{fd}"))
         real_fsync(fd)
 
+    def spy_syncfs(fd: int) -> bool:
+        complete = {
+            f["path"]
+            for f in files
+            if (work / "files" / f["path"]).is_file()
+            and sha(work / "files" / f["path"]) == f["sha256"]
+        }
+        whole.append((os.readlink(f"/proc/self/fd/{fd}"), complete))
+        return real_syncfs(fd) if durable_by == "syncfs" else False
+
     monkeypatch.setattr(os, "fsync", spy)
+    monkeypatch.setattr(uploads_mod, "_syncfs", spy_syncfs)
     report = copy_files_into_bundle(work, uploads, backup, FilesConfig())
     monkeypatch.undo()
+    assert [w[0] for w in whole] == [str(work.resolve())]  # one call, for the whole bundle
+    assert whole[0][1] >= {f["path"] for f in files}  # made after every copy was written
     by_path: dict[str, list[dict[str, Any]]] = {}
     for r in report["records"]:
         by_path.setdefault(r["path"], []).append(r)
@@ -306,7 +347,104 @@ def test_bundle_copies_are_hashed_fsynced_and_written_once(
         "_unrecorded/parts/loose/notes.txt",
     }  # no temporary files left
     folders = {p for p in (work / "files").rglob("*") if p.is_dir()} | {work / "files", work}
-    assert {str(p.resolve()) for p in written | folders} <= synced
+    if durable_by == "fsync" or not uploads_mod._syncfs_reports_errors():
+        assert {str(p.resolve()) for p in written | folders} <= synced
+    else:
+        assert not synced & {str(p.resolve()) for p in written}  # syncfs did it: no fsync each
+
+
+def test_the_copies_digests_spare_the_next_walk_its_reads(
+    world_copy: Path, tmp_path: Path, extracted: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The extract's walk keeps the digest each copy took of a file it listed unchanged; the
+    rollback's walk beside the re-import, given that walk, reads only the files not copied and
+    a copied file changed since — and holds the hashes a new walk reads."""
+    import time
+
+    import recovery.files.uploads as uploads_mod
+    from recovery.files.uploads import UploadsIndex, copy_files_into_bundle
+
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("needs /proc to name the file a descriptor reads")
+    monkeypatch.setattr(UploadsIndex, "RACY_NS", 0)  # files made a moment ago count as settled
+    _, backup, uploads = paths(world_copy)
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copy(extracted / "rows.db", work / "rows.db")
+    index = UploadsIndex(uploads)
+    copy_files_into_bundle(work, uploads, backup, FilesConfig(), index=index)
+    copied = {f["path"] for f in truth(world_copy)["files"]}
+    assert set(index._sha) == copied and len(index.files) > len(copied)
+    time.sleep(0.02)
+    edited = sorted(copied)[0]
+    (uploads / edited).write_bytes(b"changed after the copy")
+    reads: list[str] = []
+    real_digest = uploads_mod.digest_fd
+
+    def counting(fd: int) -> tuple[str, int, int]:
+        reads.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return real_digest(fd)
+
+    monkeypatch.setattr(uploads_mod, "digest_fd", counting)
+    now = UploadsIndex(uploads, hash_all=True, earlier=index)
+    real = os.path.realpath(uploads)
+    assert sorted(reads) == sorted(
+        f"{real}/{rel}" for rel in now.files if rel not in copied or rel == edited
+    )
+    assert now._sha == UploadsIndex(uploads, hash_all=True)._sha
+    assert now._sha[edited] == hashlib.sha256(b"changed after the copy").hexdigest()
+
+
+def test_a_disk_full_during_the_copies_leaves_no_bundle(
+    world_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The copies are made durable together after the last write (one syncfs), so a copy the
+    disk has no room for must still stop the extract before its seal: with an upload bigger than
+    a small tmpfs, extract fails (the copy, or a database write after the copy took the room),
+    and no bundle and no work folder are left there; with room, the bundle it seals holds every
+    copy it lists, each with its hash."""
+    import subprocess
+
+    import recovery.files.uploads as uploads_mod
+
+    db, backup, uploads = paths(world_copy)
+    big = uploads / "parts" / "loose" / "big.bin"  # uploaded after the deploy, no record
+    big.parent.mkdir(parents=True)
+    big.write_bytes(os.urandom(1 << 20) * 6)
+    os.utime(big, (AFTER_DEPLOY, AFTER_DEPLOY))
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)]
+    proc = subprocess.run(mount, capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip()}); needs root")
+    mapping = tmp_path / "mapping.toml"
+    mapping.write_text(MAPPING)
+    try:
+        # the copies start while the last statements run: whichever write meets the full disk
+        with pytest.raises((OSError, sqlite3.OperationalError)) as failed:
+            extract(backup, db, disk / "bundle", mapping=mapping, uploads=uploads)
+        assert getattr(failed.value, "errno", None) == errno.ENOSPC or "full" in str(failed.value)
+        assert list(disk.iterdir()) == []  # no bundle, no work folder
+        # the copies alone: the write that meets the full disk fails them, before any sync
+        synced: list[int] = []
+        monkeypatch.setattr(uploads_mod, "_syncfs", synced.append)
+        (disk / "work").mkdir()
+        with pytest.raises(OSError) as copying:
+            uploads_mod.copy_files_into_bundle(
+                disk / "work", uploads, backup, FilesConfig(), backup_paths=set(), rows=[]
+            )
+        assert copying.value.errno == errno.ENOSPC and synced == []
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+    extract(backup, db, tmp_path / "roomy", mapping=mapping, uploads=uploads)
+    bundle = open_bundle(tmp_path / "roomy")  # checks every sealed file's hash
+    (loose,) = bundle.manifest["files"]["unrecorded"]
+    listed = [*bundle.manifest["files"]["records"], loose]
+    assert loose["sha256"] == sha(big) and len(listed) > 1
+    for r in listed:
+        prefix = "_unrecorded/" if r is loose else ""
+        assert sha(tmp_path / "roomy" / "files" / f"{prefix}{r['path']}") == r["sha256"]
 
 
 def _new_part_with_drawing(world: Path) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import hashlib
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -124,3 +125,64 @@ def test_a_hash_read_in_the_same_moment_as_a_change_is_not_taken(
     assert now.sha256("fresh.txt") == _sha(b"fresh")
     other = UploadsIndex(tmp_path, hash_all=True, earlier=earlier)  # another root: not used
     assert other.sha256("uploads/fresh.txt") == _sha(b"fresh")
+
+
+def test_a_walk_made_earlier_lists_again_only_the_folders_changed_since(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A walk given an earlier one lists again (``scandir``) only the folders that changed since
+    — an entry added, removed or renamed, a folder swapped for a symlink, a new folder — and
+    finds what a new walk finds: the same files in the same order with the same stats, and the
+    same hashes; a folder changed within RACY_NS of the earlier walk is listed again too."""
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("needs /proc to name the folder a descriptor lists")
+    import recovery.files.uploads as uploads
+
+    monkeypatch.setattr(UploadsIndex, "RACY_NS", 0)
+    root = tmp_path / "uploads"
+    for rel in ("a/x.txt", "a/b/y.txt", "c/z.txt", "e/w.txt", "f/g/h.txt", "q/r/s.txt"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(rel.encode())
+    (root / "d").mkdir()
+    (root / "link.txt").symlink_to(root / "a" / "x.txt")
+    os.mkfifo(root / "f" / "pipe")
+    earlier = UploadsIndex(root, hash_all=True)
+    time.sleep(0.02)
+    (root / "d" / "new.txt").write_bytes(b"added")  # d changes
+    os.remove(root / "c" / "z.txt")  # c changes
+    (root / "a" / "b" / "y.txt").write_bytes(b"rewritten")  # a file's bytes: no folder changes
+    os.rename(root / "e", tmp_path / "e-away")  # the root changes: e is now a symlink
+    (root / "e").symlink_to(root / "f")
+    (root / "q" / "n").mkdir()  # q changes: a new folder in it
+    (root / "q" / "n" / "m.txt").write_bytes(b"m")
+    real = os.path.realpath(root)
+    listed: list[str] = []
+    scandir = os.scandir
+
+    def spy(fd: Any) -> Any:
+        listed.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return scandir(fd)
+
+    monkeypatch.setattr(uploads.os, "scandir", spy)
+    now = UploadsIndex(root, hash_all=True, earlier=earlier)
+    assert sorted(listed) == sorted(f"{real}{p}" for p in ("", "/c", "/d", "/q", "/q/n"))
+    listed.clear()
+    fresh = UploadsIndex(root, hash_all=True)
+    assert len(listed) == 10  # a new walk lists every folder
+    expected = ["link.txt", "a/x.txt", "a/b/y.txt", "d/new.txt", "f/g/h.txt", "q/n/m.txt"]
+    assert list(now.files) == list(fresh.files) == [*expected, "q/r/s.txt"]
+    for rel, (path, st) in fresh.files.items():
+        assert now.files[rel][0] == path
+        assert (now.files[rel][1].st_ino, now.files[rel][1].st_ctime_ns) == (
+            st.st_ino,
+            st.st_ctime_ns,
+        )
+        assert now.sha256(rel) == fresh.sha256(rel) == _sha((root / rel).read_bytes())
+    # every folder the new walk made a record of, with the same stat and entries
+    assert {k: (v[0].st_ino, v[1], v[2]) for k, v in now.folders.items()} == {
+        k: (v[0].st_ino, v[1], v[2]) for k, v in fresh.folders.items()
+    }
+    monkeypatch.setattr(UploadsIndex, "RACY_NS", 10**12)  # every folder counts as too recent
+    listed.clear()
+    UploadsIndex(root, earlier=now)
+    assert len(listed) == 10

@@ -92,6 +92,9 @@ class ExtractResult:
     bundle: Bundle
     plan: Plan
     analysis_since: str | None
+    # the walk of the uploads folder the copies used, with the digests the copies took (a later
+    # walk of the folder can take it as ``earlier``); None without uploads
+    uploads_walk: UploadsIndex | None = None
 
     def summary(self) -> dict[str, Any]:
         m = self.bundle.manifest
@@ -1286,7 +1289,7 @@ def extract(
         os.close(held)
         shutil.rmtree(replay_dir, ignore_errors=True)
     return ExtractResult(
-        open_bundle(out_p, verify=False), p, manifest["deploy_time"]
+        open_bundle(out_p, verify=False), p, manifest["deploy_time"], _walk_done(walk)
     )  # sealed just above
 
 
@@ -1305,6 +1308,13 @@ def _hash_in_background(path: Path) -> Future[str]:
         return pool.submit(sha256_file, path)
     finally:
         pool.shutdown(wait=False)
+
+
+def _walk_done(walk: Future[UploadsIndex] | None) -> UploadsIndex | None:
+    """The uploads walk, when it finished without an error."""
+    if walk is None or not walk.done() or walk.cancelled() or walk.exception() is not None:
+        return None
+    return walk.result()
 
 
 def _lineage_error(derived: Future[Any] | None) -> RecoveryError | None:

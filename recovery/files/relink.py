@@ -42,12 +42,13 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from recovery.bundle.store import Bundle
-from recovery.engine.schema import reflect
+from recovery.engine.schema import Schema, reflect
 from recovery.engine.timebound import statement_time_limit
 from recovery.errors import RecoveryError
 from recovery.files.filestable import detect_files_config
@@ -86,19 +87,23 @@ class RelinkPlan:
     index: UploadsIndex | None = field(default=None, repr=False, compare=False)
 
 
-def _build(bundle: Bundle, m: Matcher, root: Path, index: UploadsIndex) -> RelinkPlan:
+def _build(
+    bundle: Bundle, m: Matcher, root: Path, walk: UploadsIndex | Future[UploadsIndex]
+) -> RelinkPlan:
     """The plan, step by step: each bundle file record matched to its target record (its entity
     link followed, its file placed), then the rows naming files, the files that had no record,
-    and the survey of what is left unreferenced."""
+    and the survey of what is left unreferenced. ``walk``: the uploads folder's walk, or its
+    future (still walking on another thread while the bundle and the target are read)."""
     c = m.cfg
     draft = Draft()
     r = draft.report
-    files = FilePlacer(bundle, root, c, index)
     bkey = m.bkey(c.table)
     from_bundle: dict[Any, dict[str, Any]] = {}  # bundle key -> target record
     records = m.bundle_rows(c.table)
     m.load_entity_rows(records)  # the entity rows follow_entity will look up
     m.load_records(m.record_key(b) for b in records)  # the records record_for will look up
+    index = walk.result() if isinstance(walk, Future) else walk
+    files = FilePlacer(bundle, root, c, index)
     for b in records:
         stored = b.get(c.path)
         entry = {
@@ -162,19 +167,22 @@ def plan_relink(
     if cfg is None:
         return RelinkPlan(root_p, None, report={k: [] for k in REPORT_LISTS})
     rmap = None if remaps is None else {(r.table, r.old_key): r.new_key for r in remaps}
-    conn.execute(f"ATTACH DATABASE ? AS {BUNDLE}", (file_uri(bundle.rows_db, mode="ro"),))
+    # the folder is walked on its own thread while the bundle and the target are read (the walk
+    # waits on the filesystem, the reads on SQLite: both release the GIL)
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recovery-relink-walk")
+    walk = pool.submit(UploadsIndex, root_p, hash_all, earlier)
+    pool.shutdown(wait=False)
     try:
-        with statement_time_limit(
-            conn
-        ):  # the bundle's rows are untrusted: no statement runs unbounded
-            return _build(
-                bundle,
-                Matcher(bundle, conn, schema, cfg, rmap),
-                root_p,
-                UploadsIndex(root_p, hash_all=hash_all, earlier=earlier),
-            )
+        conn.execute(f"ATTACH DATABASE ? AS {BUNDLE}", (file_uri(bundle.rows_db, mode="ro"),))
+        try:
+            with statement_time_limit(
+                conn
+            ):  # the bundle's rows are untrusted: no statement runs unbounded
+                return _build(bundle, Matcher(bundle, conn, schema, cfg, rmap), root_p, walk)
+        finally:
+            conn.execute(f"DETACH DATABASE {BUNDLE}")
     finally:
-        conn.execute(f"DETACH DATABASE {BUNDLE}")
+        wait([walk])  # never left walking after the plan, however it ended
 
 
 def apply_relink(plan: RelinkPlan, conn: sqlite3.Connection) -> None:
@@ -271,6 +279,7 @@ def relink(
                     sha256=plan.cfg.sha256 or "sha256",
                 ),
                 index=index,
+                schema=b.old,
             )
             report["uploads_state"] = {
                 k: state[k] for k in ("source", "added", "changed", "removed", "unchanged")
@@ -287,12 +296,13 @@ def _backup_of(b: Bundle) -> str | None:
 
 
 def _walk_after(plan: RelinkPlan) -> UploadsIndex | None:
-    """The uploads folder walked again after the apply wrote ``plan.writes``, with the hashes
-    already known taken over (:meth:`UploadsIndex.adopt_hashes`); None when it is not a folder
-    (:func:`uploads_state` then says so)."""
+    """The uploads folder walked again after the apply wrote ``plan.writes`` (the folders
+    unchanged since the plan's walk are not listed again: :class:`UploadsIndex`'s ``earlier``),
+    with the hashes already known taken over (:meth:`UploadsIndex.adopt_hashes`); None when it is
+    not a folder (:func:`uploads_state` then says so)."""
     if plan.index is None or not Path(plan.root).is_dir():
         return None
-    now = UploadsIndex(plan.root)
+    now = UploadsIndex(plan.root, earlier=plan.index)
     now.adopt_hashes(plan.index, {os.fspath(w.target): w.sha256 for w in plan.writes})
     return now
 
@@ -303,13 +313,15 @@ def uploads_state(
     files: FilesConfig | None = None,
     *,
     index: UploadsIndex | None = None,
+    schema: Schema | None = None,
 ) -> dict[str, Any]:
     """The uploads folder now against the backup's: files added, changed and removed since.
 
     The baseline is the uploads manifest recorded by ``recovery snapshot`` beside the backup; a
     backup without one falls back to the backup's own file records (path, hash, size). ``index``
     is a walk of ``uploads_root`` already made (relink passes its plan's), so the folder is walked
-    and each file hashed once."""
+    and each file hashed once. ``schema``: the backup's, when the caller has it (a bundle's
+    ``old``), so the backup is not reflected again."""
     from recovery.capture.manifest import read_manifest
     from recovery.engine.sqlite_io import readonly
 
@@ -327,7 +339,7 @@ def uploads_state(
     else:
         source = "backup-records"
         with readonly(backup, "backup") as conn:
-            cfg = detect_files_config(reflect(conn), files or FilesConfig())
+            cfg = detect_files_config(schema or reflect(conn), files or FilesConfig())
             if cfg is None:
                 raise RecoveryError(
                     f"backup {backup} has no uploads manifest and no files table",

@@ -157,6 +157,29 @@ def has_row_sql(name: str, key_col: str, same: tuple[str, ...]) -> str:
     return sql(exp.select(exp.Literal.number(1)).from_(table(name, "main")).where(and_all(conds)))
 
 
+@lru_cache(maxsize=64)
+def has_rows_sql(name: str, key_col: str, same: tuple[str, ...], n: int) -> str:
+    """:func:`has_row_sql` for ``n`` questions at once: each bound as ``(key, c…)`` after its
+    position, ``(VALUES (0, ?, ?…), …) AS k JOIN main.name ON key = k.column2 AND c IS k.column3
+    …``, the positions of those a row answers (compared as ``key = ? AND c IS ?`` would)."""
+    keys = exp.Values(
+        expressions=[
+            exp.Tuple(expressions=[exp.Literal.number(i), *(_ph() for _ in range(1 + len(same)))])
+            for i in range(n)
+        ],
+        alias=exp.TableAlias(this=ident("k")),
+    )
+    conds = [
+        exp.EQ(this=col(key_col, "t"), expression=col("column2", "k")),
+        *(is_same(col(c, "t"), col(f"column{3 + j}", "k")) for j, c in enumerate(same)),
+    ]
+    return sql(
+        exp.select(col("column1", "k"))
+        .from_(keys)
+        .join(table(name, "main", "t"), on=and_all(conds))
+    )
+
+
 @cache
 def key_by_sql(name: str, key_col: str, same: tuple[str, ...]) -> str:
     """``SELECT key FROM main.name WHERE c IS ? AND …``."""

@@ -17,6 +17,7 @@ import errno
 import hashlib
 import os
 import stat
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -335,10 +336,18 @@ def safe_path(root: Path, stored: str) -> Path | None:
     return SafeRoot(root)(stored)
 
 
+Folders = dict[str, tuple[os.stat_result, list[str], list[str]]]
+"""What a walk saw of each folder it listed, by its relative path with a trailing ``/`` (``""``
+for the root): the folder's stat taken right before its entries were listed, the names of its
+entries that are not folders and of its folders, each sorted."""
+
+
 def _scan(
     under: SafeRoot,
     hashes: dict[str, str] | None = None,
     known: Callable[[str, os.stat_result], str | None] | None = None,
+    folders: Folders | None = None,
+    reuse: tuple[Folders, int] | None = None,
 ) -> list[tuple[str, str, os.stat_result]]:
     """(relative path, real path, stat) of every regular file under ``under``'s root that resolves
     inside it, sorted as :func:`os.walk` with sorted names gives them (a folder's files, then its
@@ -351,17 +360,33 @@ def _scan(
     would open it, without opening every folder from the root again) and kept only when the file
     opened is the one listed (same device and inode, still a regular file) with the stat the
     walk records for it. ``known(rel, stat)``: a digest already known for the file the walk
-    lists with that stat (then it is not read), or None."""
+    lists with that stat (then it is not read), or None. ``folders``: filled with what the walk
+    saw of each folder (:data:`Folders`).
+
+    ``reuse``: (an earlier walk's ``folders``, a cutoff in ns): a folder whose device, inode, mtime
+    and ctime (ns) are what that walk saw, both older than the cutoff, holds the entries it listed
+    then — adding, removing or renaming an entry moves a folder's mtime and ctime, and the cutoff
+    keeps a change made in the same timestamp tick as that listing from hiding — so its entries are
+    taken from there and only ``lstat``-ed again, by path (metadata only: every read of a file's
+    bytes still goes through descriptors opened without following a symlink). Any other folder
+    (changed, new, too recent, not a folder now) is listed again by descriptor; each folder below
+    it is again taken from there when it is unchanged itself. The result is the list a new walk
+    would give."""
     out: list[tuple[str, str, os.stat_result]] = []
     prefix = under.prefix
 
-    def hashed(dfd: int, name: str, rel: str, st: os.stat_result) -> os.stat_result:
+    def hashed(dfd: int | None, name: str, rel: str, st: os.stat_result) -> os.stat_result:
         """``st``, or the file's stat taken right before its sha256 was read into ``hashes`` (a
         change while it is read moves its mtime/ctime past that stat, so nothing later takes the
-        digest for the changed file: :meth:`UploadsIndex.adopt_hashes`)."""
+        digest for the changed file: :meth:`UploadsIndex.adopt_hashes`). ``dfd``: the folder's
+        descriptor (None: the file is opened from the root, folder by folder)."""
         try:
-            fd = os.open(name, _FILE_FLAGS, dir_fd=dfd)
-        except OSError:
+            fd = (
+                os.open(name, _FILE_FLAGS, dir_fd=dfd)
+                if dfd is not None
+                else open_nofollow(prefix + rel, under.real)
+            )
+        except (OSError, RecoveryError):
             return st
         try:
             now = os.fstat(fd)
@@ -373,13 +398,54 @@ def _scan(
         finally:
             os.close(fd)
 
+    def entry(dfd: int | None, name: str, rel: str, st: os.stat_result) -> None:
+        """A folder entry that is not a folder, with its ``lstat``: listed as the walk lists it."""
+        if stat.S_ISREG(st.st_mode):
+            if hashes is not None:
+                digest = known(rel, st) if known is not None else None
+                if digest is None:
+                    st = hashed(dfd, name, rel, st)
+                else:
+                    hashes[rel] = digest
+            out.append((rel, prefix + rel, st))
+        elif stat.S_ISLNK(st.st_mode):
+            try:
+                target = under(rel)
+            except RuntimeError:  # a symlink loop: no file there
+                return
+            if target is None:
+                return
+            try:
+                st = os.stat(target)
+            except OSError:
+                return
+            if stat.S_ISREG(st.st_mode):
+                out.append((rel, os.fspath(target), st))
+
+    old, cutoff = reuse if reuse is not None else ({}, 0)
+
+    def unchanged(relprefix: str, path: str, dir_fd: int | None) -> os.stat_result | None:
+        """The folder's stat now (an ``lstat`` of ``path``, relative to ``dir_fd`` when given),
+        when ``old`` holds its listing and it has not changed since (same device, inode, mtime
+        and ctime, both older than the cutoff); else None."""
+        seen = old.get(relprefix)
+        if seen is None or seen[0].st_mtime_ns >= cutoff or seen[0].st_ctime_ns >= cutoff:
+            return None
+        try:
+            st = os.stat(path, dir_fd=dir_fd, follow_symlinks=False)
+        except OSError:
+            return None
+        return st if stat.S_ISDIR(st.st_mode) and _same_folder(seen[0], st) else None
+
     def walk(dfd: int, relprefix: str) -> None:
         try:
+            seen = os.fstat(dfd)  # before the listing: a change after it moves mtime/ctime
             with os.scandir(dfd) as it:
                 entries = sorted(it, key=_entry_name)
         except OSError:
             return
-        dirs = []
+        dirs: list[str] = []
+        names: list[str] = []
         for e in entries:
             try:
                 is_dir = e.is_dir(follow_symlinks=False)
@@ -388,6 +454,7 @@ def _scan(
             if is_dir:
                 dirs.append(e.name)
                 continue
+            names.append(e.name)
             rel = relprefix + e.name
             if not _stored_ok(rel):
                 continue
@@ -395,37 +462,60 @@ def _scan(
                 st = e.stat(follow_symlinks=False)
             except OSError:
                 continue
-            if stat.S_ISREG(st.st_mode):
-                if hashes is not None:
-                    digest = known(rel, st) if known is not None else None
-                    if digest is None:
-                        st = hashed(dfd, e.name, rel, st)
-                    else:
-                        hashes[rel] = digest
-                out.append((rel, prefix + rel, st))
-            elif stat.S_ISLNK(st.st_mode):
-                try:
-                    target = under(rel)
-                except RuntimeError:  # a symlink loop: no file there
-                    continue
-                if target is None:
-                    continue
-                try:
-                    st = os.stat(target)
-                except OSError:
-                    continue
-                if stat.S_ISREG(st.st_mode):
-                    out.append((rel, os.fspath(target), st))
+            entry(dfd, e.name, rel, st)
+        if folders is not None:
+            folders[relprefix] = (seen, names, dirs)
         for name in dirs:
+            sub = relprefix + name + "/"
+            if old:
+                now = unchanged(sub, name, dfd)
+                if now is not None:
+                    listed(sub, now)
+                    continue
             try:  # a folder swapped for a symlink since it was listed is not entered
-                sub = os.open(name, _DIR_FLAGS, dir_fd=dfd)
+                fd = os.open(name, _DIR_FLAGS, dir_fd=dfd)
             except OSError:
                 continue
             try:
-                walk(sub, relprefix + name + "/")
+                walk(fd, sub)
             finally:
-                os.close(sub)
+                os.close(fd)
 
+    def listed(relprefix: str, now: os.stat_result) -> None:
+        """A folder :func:`unchanged` vouches for: its entries as ``old`` lists them, each
+        ``lstat``-ed again by path; its folders likewise, or listed again when they changed."""
+        _, names, dirs = old[relprefix]
+        for name in names:
+            rel = relprefix + name
+            if not _stored_ok(rel):
+                continue
+            try:
+                st = os.lstat(prefix + rel)
+            except OSError:
+                continue
+            entry(None, name, rel, st)
+        if folders is not None:
+            folders[relprefix] = (now, names, dirs)
+        for name in dirs:
+            sub = relprefix + name + "/"
+            sub_now = unchanged(sub, prefix + relprefix + name, None)  # no "/": no symlink followed
+            if sub_now is not None:
+                listed(sub, sub_now)
+                continue
+            try:  # entered from the root by descriptor: a symlink on the way is not followed
+                fd = open_dir_nofollow(under.real, sub)
+            except (RecoveryError, OSError):
+                continue
+            try:
+                walk(fd, sub)
+            finally:
+                os.close(fd)
+
+    if old:
+        now = unchanged("", under.real, None)
+        if now is not None:
+            listed("", now)
+            return out
     try:
         top = os.open(under.real, _DIR_FLAGS)
     except OSError:
@@ -435,6 +525,15 @@ def _scan(
     finally:
         os.close(top)
     return out
+
+
+def _same_folder(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino, a.st_mtime_ns, a.st_ctime_ns) == (
+        b.st_dev,
+        b.st_ino,
+        b.st_mtime_ns,
+        b.st_ctime_ns,
+    )
 
 
 def _entry_name(entry: os.DirEntry[str]) -> str:
@@ -466,19 +565,24 @@ class UploadsIndex:
         """``hash_all``: read every plain file's sha256 during the walk, through the folder
         descriptor the walk holds (for an operation that needs nearly every hash: relink and its
         uploads state); otherwise each file is read when its hash is first asked for.
-        ``earlier``: a ``hash_all`` walk of the same folder made before (a rollback makes one
-        while its re-import runs): its hashes are taken for the files it proves unchanged
+        ``earlier``: a walk of the same folder made before (a rollback makes one while its
+        re-import runs): the folders it proves unchanged are not listed again, only their entries
+        ``lstat``-ed (:func:`_scan`'s ``reuse``, under the same rule as its hashes); with
+        ``hash_all``, its hashes are taken for the files it proves unchanged
         (:meth:`_known_from`), every other file is read."""
         self.under = SafeRoot(Path(root))
         self.real = self.under.real
         self.started_ns = time.time_ns()
         self._sha: dict[str, str] = {}
-        known = (
-            self._known_from(earlier)
-            if hash_all and earlier is not None and earlier.real == self.real
+        self.folders: Folders = {}
+        same = earlier is not None and earlier.real == self.real
+        known = self._known_from(earlier) if hash_all and same and earlier is not None else None
+        reuse = (
+            (earlier.folders, earlier.started_ns - self.RACY_NS)
+            if same and earlier is not None and earlier.folders
             else None
         )
-        found = _scan(self.under, self._sha if hash_all else None, known)
+        found = _scan(self.under, self._sha if hash_all else None, known, self.folders, reuse)
         self.files: dict[str, tuple[str, os.stat_result]] = {
             rel: (real, st) for rel, real, st in found
         }
@@ -536,6 +640,17 @@ class UploadsIndex:
                 and _same_file(seen[1], st)
             ):
                 self._sha[rel] = digest
+
+    def vouch(self, copied: dict[str, tuple[str, os.stat_result]]) -> None:
+        """Keep the digests a copy of a listed file took as it read it (real path → (sha256,
+        the file's ``fstat`` right before the read)), for a file whose stat then is the one this
+        walk listed: a later walk that takes this one as ``earlier`` then reads it again only if
+        it changed since (:meth:`_known_from`)."""
+        for real, (digest, st) in copied.items():
+            rel = real[len(self.under.prefix) :] if real.startswith(self.under.prefix) else None
+            seen = self.files.get(rel) if rel is not None else None
+            if seen is not None and seen[0] == real and _same_file(seen[1], st):
+                self._sha.setdefault(rel, digest)  # type: ignore[arg-type]
 
     def sha256(self, stored: object, resolved: Path | None = None) -> str:
         """The sha256 of the file ``stored`` names (``resolved``, :meth:`resolve`'s answer, is
@@ -596,14 +711,22 @@ class _BundleWriter:
     ``top`` is extract's private work folder: nothing reads it until it is sealed and renamed into
     place (a crash leaves only a ``.partial`` folder, and the seal's hashes would refuse a torn
     file anyway), so each file is created at its own name — never over an existing one — instead
-    of through a temporary name and a rename. Each file is hashed as its bytes are written and
-    fsynced before it is closed; :meth:`sync` then fsyncs every folder that gained an entry.
+    of through a temporary name and a rename. Each file is hashed as its bytes are written.
 
-    The copies run on a few threads, a slice of files each: they wait on the disk rather than the
-    CPU (file I/O and hashlib release the GIL), and concurrent fsyncs share the filesystem's journal
-    commits instead of paying one each. Every file is still fsynced itself."""
+    Durability comes after all the writes, in one step (:meth:`sync`): one ``syncfs(2)`` of the
+    filesystem ``top`` is on, through a descriptor of ``top`` opened before the first copy — on
+    Linux 5.8 and later it waits for every dirty page and the journal and reports any writeback
+    error the filesystem saw since that descriptor was opened, so a copy the kernel failed to write
+    fails the extract before the seal. Where ``syncfs`` is missing or older (no error report), each
+    written file and every folder that gained an entry is fsynced instead, in one pass after the
+    writes. Either way no file the bundle lists is left only in the page cache when
+    :func:`copy_files_into_bundle` returns.
 
-    THREADS = 8
+    The copies run on a few threads, a slice of files each (file I/O and hashlib release the
+    GIL)."""
+
+    THREADS = 2  # the copies' own work is CPU (page cache, hashing): two cores
+    SYNC_THREADS = 8  # fsyncs, where syncfs cannot serve, wait on the disk: they share commits
     SLICE = 32
 
     def __init__(self, top: Path, root: str = "/") -> None:
@@ -611,6 +734,15 @@ class _BundleWriter:
         self.root = root  # the uploads root (real path): sources are opened below it by descriptor
         self.made: set[str] = set()
         self.written: list[str] = []
+        self.opened: dict[str, os.stat_result] = {}  # destination -> source's stat before its read
+        # opened before any copy: syncfs reports the writeback errors seen since it was opened
+        os.makedirs(self.top, mode=0o700, exist_ok=True)
+        self.top_fd: int | None = os.open(self.top, _DIR_FLAGS)
+
+    def close(self) -> None:
+        if self.top_fd is not None:
+            os.close(self.top_fd)
+            self.top_fd = None
 
     def copy_all(self, jobs: list[tuple[str, str]]) -> list[tuple[str, int, int]]:
         """Copy every ``(source, destination)`` pair (destinations distinct, under ``top``) and
@@ -619,16 +751,19 @@ class _BundleWriter:
         self.written += [dst for _, dst in jobs]
         return out
 
-    def _on_threads(self, fn: Callable[[T], R], items: list[T], size: int) -> list[R]:
-        """``[fn(x) for x in items]``, slices of ``size`` items on up to ``THREADS`` threads (in
-        this thread when there is one slice), results in order."""
+    def _on_threads(
+        self, fn: Callable[[T], R], items: list[T], size: int, threads: int = 0
+    ) -> list[R]:
+        """``[fn(x) for x in items]``, slices of ``size`` items on up to ``threads`` threads
+        (``THREADS`` when 0; in this thread when there is one slice), results in order."""
         slices = [items[i : i + size] for i in range(0, len(items), size)]
         if len(slices) <= 1:
             return [fn(x) for x in items]
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(
-            max_workers=min(self.THREADS, len(slices)), thread_name_prefix="recovery-files"
+            max_workers=min(threads or self.THREADS, len(slices)),
+            thread_name_prefix="recovery-files",
         ) as pool:
             return [r for part in pool.map(lambda xs: [fn(x) for x in xs], slices) for r in part]
 
@@ -644,7 +779,8 @@ class _BundleWriter:
         # symlink since is refused rather than followed out of the uploads folder
         fin = open_nofollow(src, self.root)
         try:
-            mode = stat.S_IMODE(os.fstat(fin).st_mode)
+            st = self.opened[dst] = os.fstat(fin)
+            mode = stat.S_IMODE(st.st_mode)
             fout = os.open(
                 dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
             )
@@ -655,7 +791,6 @@ class _BundleWriter:
                     while view:
                         view = view[os.write(fout, view) :]
                     size += len(block)
-                os.fsync(fout)
             finally:
                 os.close(fout)
         finally:
@@ -663,9 +798,14 @@ class _BundleWriter:
         return h.hexdigest(), size, mode
 
     def sync(self) -> None:
-        """fsync every folder that gained an entry: each file's folder and every folder created
-        on the way down from ``top`` (whose entry lives in its parent), ``top`` included."""
+        """Make every copy durable: one ``syncfs`` of ``top``'s filesystem (:func:`_syncfs`), or,
+        where that is not available, an fsync of every written file and of every folder that
+        gained an entry (each file's folder and every folder created on the way down from
+        ``top``, whose entry lives in its parent; ``top`` included). Raises the ``OSError`` of a
+        failed write-back."""
         if not self.written:
+            return
+        if self.top_fd is not None and _syncfs(self.top_fd):
             return
         folders: set[str] = set()
         for d in self.made:
@@ -673,15 +813,49 @@ class _BundleWriter:
                 folders.add(d)
                 d = os.path.dirname(d)
         folders.add(self.top)
-        self._on_threads(_fsync_path, sorted(folders), self.SLICE * 4)
+        self._on_threads(
+            _fsync_path, [*self.written, *sorted(folders)], self.SLICE, self.SYNC_THREADS
+        )
 
 
 def _fsync_path(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _syncfs_reports_errors() -> bool:
+    """Linux 5.8 or later: ``syncfs(2)`` returns the writeback errors of its filesystem (earlier
+    kernels return 0 whatever happened)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        major, minor = (int(x) for x in os.uname().release.split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) >= (5, 8)
+
+
+def _syncfs(fd: int) -> bool:
+    """``syncfs(2)`` of the filesystem ``fd`` is on: True when it ran and reported no error;
+    False when it cannot be trusted here (not Linux 5.8+, no ``syncfs`` in the C library), so the
+    caller fsyncs file by file. A write-back error is raised as ``OSError``."""
+    if not _syncfs_reports_errors():
+        return False
+    import ctypes
+
+    try:
+        call = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return False
+    if call(fd) != 0:
+        err = ctypes.get_errno()
+        if err == errno.ENOSYS:
+            return False
+        raise OSError(err, f"syncfs: {os.strerror(err)}")
+    return True
 
 
 def bundle_file_rows(
@@ -763,7 +937,6 @@ def copy_files_into_bundle(
         )
     if index is None or index.real != _resolve_str(os.fspath(root)):
         index = UploadsIndex(root)  # the root resolved once, the folder walked once
-    writer = _BundleWriter(work, index.real)
     report: dict[str, list[dict[str, object]]] = {"records": [], "unrecorded": [], "unsafe": []}
     referenced: set[str] = set()
     rows = rows if rows is not None else _bundle_file_rows(work / "rows.db", cfg)
@@ -833,10 +1006,21 @@ def copy_files_into_bundle(
         entry = {"path": rel, "size": st.st_size, "sha256": None, "status": "copied"}
         report["unrecorded"].append(entry)
         unrecorded.append((entry, dst))
-    done = dict(
-        zip(sources, writer.copy_all([(src, dst) for dst, src in sources.items()]), strict=True)
+    writer = _BundleWriter(work, index.real)
+    try:
+        done = dict(
+            zip(sources, writer.copy_all([(src, dst) for dst, src in sources.items()]), strict=True)
+        )
+        writer.sync()  # every copy durable before the caller seals the bundle
+    finally:
+        writer.close()
+    index.vouch(
+        {
+            src: (done[dst][0], writer.opened[dst])
+            for dst, src in sources.items()
+            if dst in writer.opened
+        }
     )
-    writer.sync()  # every copy durable before the caller seals the bundle
     if written is not None:
         for dst, (digest, _size, _mode) in done.items():
             written[os.path.relpath(dst, work).replace(os.sep, "/")] = digest

@@ -981,7 +981,7 @@ def _run_rollback(
         if jobs is not None:  # closed by the caller however the run ends
             jobs.append(report_prep)
         uploads_seen = (  # hashes for the relink, beside the re-import
-            _Background(_walk_uploads, uploads, walked.get("uploads"))
+            _Background(_walk_uploads, uploads, walked.pop("uploads", None))
             if uploads and not journal.done("reimport")
             else None
         )

@@ -336,7 +336,9 @@ def safe_path(root: Path, stored: str) -> Path | None:
     return SafeRoot(root)(stored)
 
 
-Folders = dict[str, tuple[os.stat_result, list[str], list[str]]]
+FolderMark = tuple[int, int, int, int]
+"""A folder's device, inode, mtime and ctime (ns): what says its entries did not change."""
+Folders = dict[str, tuple[FolderMark, tuple[str, ...], tuple[str, ...]]]
 """What a walk saw of each folder it listed, by its relative path with a trailing ``/`` (``""``
 for the root): the folder's stat taken right before its entries were listed, the names of its
 entries that are not folders and of its folders, each sorted."""
@@ -429,7 +431,7 @@ def _scan(
         when ``old`` holds its listing and it has not changed since (same device, inode, mtime
         and ctime, both older than the cutoff); else None."""
         seen = old.get(relprefix)
-        if seen is None or seen[0].st_mtime_ns >= cutoff or seen[0].st_ctime_ns >= cutoff:
+        if seen is None or seen[0][2] >= cutoff or seen[0][3] >= cutoff:
             return None
         try:
             st = os.stat(path, dir_fd=dir_fd, follow_symlinks=False)
@@ -464,7 +466,7 @@ def _scan(
                 continue
             entry(dfd, e.name, rel, st)
         if folders is not None:
-            folders[relprefix] = (seen, names, dirs)
+            folders[relprefix] = (_folder_mark(seen), tuple(names), tuple(dirs))
         for name in dirs:
             sub = relprefix + name + "/"
             if old:
@@ -495,7 +497,7 @@ def _scan(
                 continue
             entry(None, name, rel, st)
         if folders is not None:
-            folders[relprefix] = (now, names, dirs)
+            folders[relprefix] = (_folder_mark(now), names, dirs)
         for name in dirs:
             sub = relprefix + name + "/"
             sub_now = unchanged(sub, prefix + relprefix + name, None)  # no "/": no symlink followed
@@ -527,13 +529,13 @@ def _scan(
     return out
 
 
-def _same_folder(a: os.stat_result, b: os.stat_result) -> bool:
-    return (a.st_dev, a.st_ino, a.st_mtime_ns, a.st_ctime_ns) == (
-        b.st_dev,
-        b.st_ino,
-        b.st_mtime_ns,
-        b.st_ctime_ns,
-    )
+def _folder_mark(st: os.stat_result) -> FolderMark:
+    """What a walk keeps of a folder's stat (four ints, not the whole result: memory per folder)."""
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _same_folder(a: FolderMark, b: os.stat_result) -> bool:
+    return a == _folder_mark(b)
 
 
 def _entry_name(entry: os.DirEntry[str]) -> str:

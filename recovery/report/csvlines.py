@@ -42,12 +42,12 @@ from recovery.report import csvout
 from recovery.report.lost import (
     KEY_CELL_FUNCTION,
     TEXT_ORDER,
+    csv_cells,
     has_lost,
     key_cell_sql,
     key_cell_udf,
     lost_table,
     select_list,
-    sql_cell,
 )
 
 BATCH = 5000
@@ -213,15 +213,7 @@ def _sizes(conn: sqlite3.Connection, name: str, rowids: list[int]) -> dict[int, 
 
 def _by_rowid(conn: sqlite3.Connection, name: str, rowids: list[int]) -> dict[int, tuple[Any, ...]]:
     """The csv module's cells (:func:`recovery.report.lost.csv_rows`) of the given rows."""
-    q = _in_rowids(
-        name,
-        col("table"),
-        key_cell_sql(),
-        sql_cell(col("label")),
-        col("column"),
-        sql_cell(col("value")),
-        col("reason"),
-    )
+    q = _in_rowids(name, *csv_cells())
     return {r[0]: r[1:] for r in conn.execute(sql(q), (json.dumps(rowids),))}
 
 

@@ -420,6 +420,18 @@ def key_cell_sql() -> exp.Expression:
     )
 
 
+def csv_cells() -> list[exp.Expression]:
+    """A ``lost_values.csv`` row's six cells as SQLite shapes them for the CSV writer."""
+    return [
+        col("table"),
+        key_cell_sql(),
+        sql_cell(col("label")),
+        col("column"),
+        sql_cell(col("value")),
+        col("reason"),
+    ]
+
+
 def csv_rows(
     conn: sqlite3.Connection,
     schema: str = "main",
@@ -433,14 +445,7 @@ def csv_rows(
         return iter(())
     conn.create_function(KEY_CELL_FUNCTION, 1, key_cell_udf, deterministic=True)
     q = select_list(
-        [
-            col("table"),
-            key_cell_sql(),
-            sql_cell(col("label")),
-            col("column"),
-            sql_cell(col("value")),
-            col("reason"),
-        ],
+        csv_cells(),
         schema,
         order,
         None,

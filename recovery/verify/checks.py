@@ -25,10 +25,10 @@ from sqlglot import exp
 from recovery.model.outcome import Outcome
 from recovery.model.values import RowCountCheck, Verification
 from recovery.engine.schema import alembic_revision
-from recovery.engine.sqlbuild import sql
+from recovery.engine.sqlbuild import col, sql, table
 from recovery.engine import open_engine
 from recovery.engine.base import Connection, Engine
-from recovery.engine.sqlite_io import CommitWatch, file_identity, promise_sha256
+from recovery.engine.sqlite_io import CommitWatch, file_identity, promise_sha256, sidecars
 from recovery.errors import RecoveryError
 
 INTEGRITY_CACHE_KIB = 16 * 1024
@@ -79,35 +79,18 @@ def ordered_foreign_key_problems(conn: Connection, limit: int = 20) -> list[dict
         for fkid, column, parent, key in fks:
             if len(problems) >= limit:
                 break
+            parent_row = (
+                exp.select(exp.Literal.number(1))
+                .from_(table(parent, "main", "p"))
+                .where(exp.EQ(this=col(key, "p"), expression=col(column, "c")))
+            )
             q = (
                 exp.select(exp.Column(this=exp.to_identifier("rowid"), table=_q("c")))
-                .from_(exp.Table(this=_q(name), db=_q("main"), alias=exp.TableAlias(this=_q("c"))))
+                .from_(table(name, "main", "c"))
                 .where(
                     exp.and_(
-                        exp.Not(
-                            this=exp.Is(
-                                this=exp.Column(this=_q(column), table=_q("c")),
-                                expression=exp.Null(),
-                            )
-                        ),
-                        exp.Not(
-                            this=exp.Exists(
-                                this=exp.select(exp.Literal.number(1))
-                                .from_(
-                                    exp.Table(
-                                        this=_q(parent),
-                                        db=_q("main"),
-                                        alias=exp.TableAlias(this=_q("p")),
-                                    )
-                                )
-                                .where(
-                                    exp.EQ(
-                                        this=exp.Column(this=_q(key), table=_q("p")),
-                                        expression=exp.Column(this=_q(column), table=_q("c")),
-                                    )
-                                )
-                            )
-                        ),
+                        exp.Not(this=exp.Is(this=col(column, "c"), expression=exp.Null())),
+                        exp.Not(this=exp.Exists(this=parent_row)),
                     )
                 )
                 .limit(limit - len(problems))
@@ -496,7 +479,7 @@ class BackupChecks:
 def _alone(p: Path) -> bool:
     """SQLite reads ``p`` as its bytes alone and nobody has it open: no ``-wal`` content, no
     ``-shm`` and no ``-journal`` beside it."""
-    return _self_contained(p) and not p.with_name(p.name + "-shm").exists()
+    return _self_contained(p) and not sidecars(p)[1].exists()
 
 
 def _priority(tid: int) -> int:

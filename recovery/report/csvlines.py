@@ -37,7 +37,6 @@ from sqlglot import exp
 
 from recovery.bundle.store import LOST_TABLE
 from recovery.engine.sqlbuild import col, sql
-from recovery.escape import csv_safe_row
 from recovery.report import csvout
 from recovery.report.lost import (
     KEY_CELL_FUNCTION,
@@ -315,7 +314,7 @@ def write_lines(
         cur = conn.execute(sql(q))
     except sqlite3.OperationalError:  # e.g. a WITHOUT ROWID table in a hand-made rows.db
         return False
-    csvout.writer(fh).writerow(csv_safe_row(columns))
+    csvout.write_header(fh, columns)
     batch: list[tuple[Any, int]] = []
     chars = 0
     for row in cur:

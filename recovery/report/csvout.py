@@ -45,8 +45,13 @@ def write_rows(fh: IO[str], columns: Sequence[str], rows: Iterable[Sequence[Any]
     Memory is bounded by the largest value, not the file: rows are written in chunks of at most
     :data:`CHUNK` rows and :data:`CHUNK_CHARS` characters, and a row longer than :data:`BIG_CELL`
     alone, its long cells in pieces (the same bytes the csv module writes)."""
-    writer(fh).writerow(csv_safe_row(columns))
+    write_header(fh, columns)
     write_body(fh, rows)
+
+
+def write_header(fh: IO[str], columns: Sequence[str]) -> None:
+    """The header line of :func:`write_rows`."""
+    writer(fh).writerow(csv_safe_row(columns))
 
 
 def write_body(fh: IO[str], rows: Iterable[Sequence[Any]]) -> None:

@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -469,19 +470,8 @@ def _scan(
             folders[relprefix] = (_folder_mark(seen), tuple(names), tuple(dirs))
         for name in dirs:
             sub = relprefix + name + "/"
-            if old:
-                now = unchanged(sub, name, dfd)
-                if now is not None:
-                    listed(sub, now)
-                    continue
-            try:  # a folder swapped for a symlink since it was listed is not entered
-                fd = os.open(name, _DIR_FLAGS, dir_fd=dfd)
-            except OSError:
-                continue
-            try:
-                walk(fd, sub)
-            finally:
-                os.close(fd)
+            # a folder swapped for a symlink since it was listed is not entered
+            descend(sub, unchanged(sub, name, dfd), partial(os.open, name, _DIR_FLAGS, dir_fd=dfd))
 
     def listed(relprefix: str, now: os.stat_result) -> None:
         """A folder :func:`unchanged` vouches for: its entries as ``old`` lists them, each
@@ -500,32 +490,29 @@ def _scan(
             folders[relprefix] = (_folder_mark(now), names, dirs)
         for name in dirs:
             sub = relprefix + name + "/"
-            sub_now = unchanged(sub, prefix + relprefix + name, None)  # no "/": no symlink followed
-            if sub_now is not None:
-                listed(sub, sub_now)
-                continue
-            try:  # entered from the root by descriptor: a symlink on the way is not followed
-                fd = open_dir_nofollow(under.real, sub)
-            except (RecoveryError, OSError):
-                continue
-            try:
-                walk(fd, sub)
-            finally:
-                os.close(fd)
+            descend(  # its lstat without a trailing "/", its descriptor from the root: no symlink
+                sub,  # on the way is followed
+                unchanged(sub, prefix + relprefix + name, None),
+                partial(open_dir_nofollow, under.real, sub),
+            )
 
-    if old:
-        now = unchanged("", under.real, None)
+    def descend(relprefix: str, now: os.stat_result | None, opener: Callable[[], int]) -> None:
+        """The folder ``relprefix``: taken from ``old`` when :func:`unchanged` gave its stat
+        (``now``), else listed through the descriptor ``opener`` gives (not entered when that
+        fails)."""
         if now is not None:
-            listed("", now)
-            return out
-    try:
-        top = os.open(under.real, _DIR_FLAGS)
-    except OSError:
-        return out
-    try:
-        walk(top, "")
-    finally:
-        os.close(top)
+            listed(relprefix, now)
+            return
+        try:
+            fd = opener()
+        except (RecoveryError, OSError):
+            return
+        try:
+            walk(fd, relprefix)
+        finally:
+            os.close(fd)
+
+    descend("", unchanged("", under.real, None), partial(os.open, under.real, _DIR_FLAGS))
     return out
 
 

@@ -90,7 +90,7 @@ def statement_time_limit(conn: sqlite3.Connection, seconds: float | None = None)
         # nothing else interrupts these connections: an "interrupted" error here is the watchdog's
         # (its interrupt() between two statements is a no-op: SQLite clears it as the next starts),
         # also when the code in the block turned it into another exception
-        if _interrupted(exc):
+        if interrupted(exc):
             raise RecoveryError(
                 f"statement ran longer than {_shown(limit)} s; nothing was applied",
                 f"the bundle may be forged or the data far larger than expected; raise the limit "
@@ -104,7 +104,7 @@ def statement_time_limit(conn: sqlite3.Connection, seconds: float | None = None)
         conn.set_trace_callback(None)
 
 
-def _interrupted(exc: BaseException | None) -> bool:
+def interrupted(exc: BaseException | None) -> bool:
     """``exc``, or an exception it was raised from or while handling, is SQLite's "interrupted"."""
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:

@@ -23,6 +23,7 @@ from sqlglot import exp
 from recovery.bundle.store import Bundle
 from recovery.engine.schema import Schema, Table
 from recovery.engine.sqlbuild import col, is_distinct, sql, table
+from recovery.engine.timebound import interrupted
 from recovery.files.uploads import FilesConfig
 from recovery.model.labels import label_column
 from recovery.model.outcome import Conflict, ConflictMode, ConflictPolicy, Outcome, Prefer
@@ -160,6 +161,17 @@ class Context:
 
     def rows(self, stmt: exp.Expression) -> list[tuple[Any, ...]]:
         return self.run(stmt).fetchall()
+
+    def finds_row(self, query: exp.Select) -> bool:
+        """Whether ``query`` (a pre-check standing for narrower queries) finds a row; True when
+        SQLite cannot run it, so the narrower queries run (and handle that); the statement time
+        limit's interrupt is re-raised: the run fails."""
+        try:
+            return bool(self.rows(query.limit(1)))
+        except sqlite3.OperationalError as exc:
+            if interrupted(exc):
+                raise
+            return True
 
     def old(self, name: str) -> Table:
         return self.bundle.old.tables[name]

@@ -88,14 +88,8 @@ def _any_null(ctx: Context, tp: TablePlan, names: list[str]) -> bool:
                 ]
             )
         )
-        .limit(1)
     )
-    try:
-        return bool(ctx.rows(q))
-    except sqlite3.OperationalError as exc:  # the columns' own queries then run (and handle it)
-        if "interrupted" in str(exc):  # the statement time limit's: the run fails
-            raise
-        return True
+    return ctx.finds_row(q)
 
 
 def hits(

@@ -9,7 +9,6 @@ are merged key by key (:mod:`recovery.reimport.jsonmerge`): the merged text goes
 from __future__ import annotations
 
 import json
-import sqlite3
 from typing import Any
 
 from sqlglot import exp
@@ -185,14 +184,8 @@ def _any_cell_found(ctx: Context, tp: TablePlan, key_match: exp.Expression) -> b
         .from_(exp.alias_(temp_table("upd", tp.table), "u"))
         .join(table(tp.table, "main", "t"), on=key_match.copy())
         .where(or_all(found))
-        .limit(1)
     )
-    try:
-        return bool(ctx.rows(q))
-    except sqlite3.OperationalError as exc:  # the queries it stands for then run (and report it)
-        if "interrupted" in str(exc):  # the statement time limit's: the run fails
-            raise
-        return True
+    return ctx.finds_row(q)
 
 
 def row_conflicts(ctx: Context, tp: TablePlan) -> list[Conflict]:

@@ -9,6 +9,7 @@ import sqlite3
 from sqlglot import exp
 
 from recovery.engine.sqlbuild import and_all, col, or_all, sql, table
+from recovery.engine.timebound import interrupted
 from recovery.model.kinds import ConflictKind, Resolution
 from recovery.model.outcome import Conflict
 from recovery.reimport.constraints import Rules, UniqueRule, strict_violation, typed_copy
@@ -113,7 +114,9 @@ def hits(
         )
     try:
         rows = ctx.rows(src.where(and_all([bad, ctx.live("s", tp.table)])))
-    except sqlite3.OperationalError:
+    except sqlite3.OperationalError as exc:
+        if interrupted(exc):  # the statement time limit's: the run fails, as everywhere
+            raise
         return []
     found = []
     for rid, *rest in rows:

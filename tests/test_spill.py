@@ -227,7 +227,7 @@ cells = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(
     keys=st.lists(cells, min_size=1, max_size=3),
     label=cells,

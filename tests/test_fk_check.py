@@ -29,6 +29,7 @@ from recovery.bundle.extract import extract
 from recovery.files.uploads import FilesConfig
 from recovery.model.outcome import ConflictPolicy, Outcome, Prefer
 from recovery.pipeline import reimport
+from recovery.reimport import context
 from recovery.reimport.merge import attach_bundle, merge_and_check, open_target
 from recovery.engine.schema import Schema, reflect
 from recovery.engine.sqlite_io import readonly, wait_for_write_lock
@@ -117,7 +118,18 @@ def test_a_clean_merge_has_no_problems(bundle: Path, restored: Path) -> None:
     )
 
 
-def test_missing_parent_slipping_past_detection_is_caught(bundle: Path, restored: Path) -> None:
+@pytest.fixture(params=["rows' order", "key order"])
+def probes(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Parents probed in the rows' order, or (every parent counted large) in key order by the
+    pre-checks of detection and of the check (``context.in_key_order``)."""
+    if request.param == "key order":
+        monkeypatch.setattr(context, "LARGE_PARENT", 0)
+    return str(request.param)
+
+
+def test_missing_parent_slipping_past_detection_is_caught(
+    bundle: Path, restored: Path, probes: str
+) -> None:
     # part 112 is used only by new item 194: detection would skip the item; without it, it lands dangling
     run_sql(restored, "DELETE FROM parts WHERE id = 112;")
     _, mine, full = merged(without_fks(open_bundle(bundle)), restored)
@@ -324,6 +336,7 @@ def play(db: Path, steps: list[tuple[str, int, int]], foreign_keys: bool, first_
     policy=st.sampled_from([ConflictPolicy.REMAP, ConflictPolicy.SKIP]),
     layout=st.sampled_from(sorted(LAYOUTS)),
     fk_clean=st.booleans(),
+    key_order=st.booleans(),
 )
 def test_merge_problems_equal_foreign_key_check(
     live: list,
@@ -333,9 +346,30 @@ def test_merge_problems_equal_foreign_key_check(
     policy: ConflictPolicy,
     layout: str,
     fk_clean: bool,
+    key_order: bool,
 ) -> None:
     """Also with ``fk_clean`` (the target below is consistent: its check is asserted empty), where
-    the check reads, of an updated row, only the keys on columns the UPDATE set."""
+    the check reads, of an updated row, only the keys on columns the UPDATE set; and with every
+    parent probed in key order first (``key_order``: its pre-checks, ``context.in_key_order``)."""
+    threshold = context.LARGE_PARENT
+    context.LARGE_PARENT = 0 if key_order else threshold
+    try:
+        _merge_problems_equal_foreign_key_check(
+            live, since, bypass, apply_deletes, policy, layout, fk_clean
+        )
+    finally:
+        context.LARGE_PARENT = threshold
+
+
+def _merge_problems_equal_foreign_key_check(
+    live: list,
+    since: list,
+    bypass: bool,
+    apply_deletes: bool,
+    policy: ConflictPolicy,
+    layout: str,
+    fk_clean: bool,
+) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         backup, live_db = two_dbs(
@@ -403,3 +437,62 @@ def test_verify_file_refuses_a_file_that_is_not_a_database(tmp_path: Path) -> No
     bad.write_text("not a database\n" * 20)
     with pytest.raises(RecoveryError, match="live database"):
         verify_file(bad, Outcome("b", "t", "remap", False), None, role="live database")
+
+
+# ---- probing in key order decides as probing row by row --------------------------------------
+
+sql_values = st.one_of(
+    st.none(),
+    st.integers(-3, 3),
+    st.sampled_from([1.0, 2.5, -0.0]),
+    st.sampled_from(["1", "2", "a", "A", "a ", "1.0", " 1", ""]),
+    st.sampled_from([b"1", b"a", b""]),
+)
+column_types = st.sampled_from(["", "INTEGER", "TEXT", "NUMERIC", "REAL", "BLOB"])
+collations = st.sampled_from(["", " COLLATE NOCASE", " COLLATE RTRIM"])
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    child=st.lists(sql_values, max_size=6),
+    parent=st.lists(sql_values, max_size=5),
+    child_type=column_types,
+    parent_type=column_types,
+    child_coll=collations,
+    parent_coll=collations,
+    op=st.sampled_from(["=", "IS"]),
+)
+def test_a_condition_on_values_in_key_order_decides_as_on_the_rows(
+    child: list[object],
+    parent: list[object],
+    child_type: str,
+    parent_type: str,
+    child_coll: str,
+    parent_coll: str,
+    op: str,
+) -> None:
+    """``context.in_key_order`` materializes a column's values sorted and reads them back: a
+    parent probe on them (``p.ref = c.v`` as the check writes it, ``p.ref IS c.v`` as detection
+    does) finds exactly the rows' orphans, whatever the columns' affinities and collations."""
+    from sqlglot import exp
+
+    from recovery.engine.sqlbuild import col, sql, table
+
+    conn = sqlite3.connect(":memory:")
+    conn.execute(f"CREATE TABLE c (v {child_type}{child_coll})")
+    conn.execute(f"CREATE TABLE p (ref {parent_type}{parent_coll})")
+    conn.executemany("INSERT INTO c VALUES (?)", [(v,) for v in child])
+    conn.executemany("INSERT INTO p VALUES (?)", [(v,) for v in parent])
+    match = exp.EQ if op == "=" else exp.Is
+    orphan = exp.Not(
+        this=exp.Exists(
+            this=exp.select("1")
+            .from_(table("p", "main", "p"))
+            .where(match(this=col("ref", "p"), expression=col("v", "c")))
+        )
+    )
+    rows = exp.select(exp.column("rowid", "c")).from_(table("c", "main", "c"))
+    by_row = conn.execute(sql(rows.select(col("v", "c"), append=False).where(orphan))).fetchall()
+    in_order = context.in_key_order(rows, ["v"], "c").select(col("v", "c"), append=False)
+    by_key = conn.execute(sql(in_order.where(orphan.copy()))).fetchall()
+    assert sorted(map(repr, by_row)) == sorted(map(repr, by_key))

@@ -215,3 +215,64 @@ def test_a_long_outcome_json_is_read_item_by_item_as_json_loads_reads_it(monkeyp
         assert str(exc.value) == whole[t]
     twice = text[:-1] + ', "skipped_rows": []}'  # a key given twice: the last one, as json.loads
     assert Outcome.from_json(twice).skipped_rows == []
+
+
+cells = st.one_of(
+    st.none(),
+    st.integers(-(2**63), 2**63 - 1),
+    st.floats(allow_nan=False),
+    st.text(max_size=12),
+    st.text(alphabet=st.characters(max_codepoint=0x9F), max_size=12),  # control characters
+    st.binary(max_size=4),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    keys=st.lists(cells, min_size=1, max_size=3),
+    label=cells,
+    name=st.text(min_size=1, max_size=10),
+    unchanged=st.booleans(),
+    head=st.integers(0, 2),
+)
+def test_the_deletes_for_review_text_sqlite_writes_is_the_items_encoding(
+    keys: list[object], label: object, name: str, unchanged: bool, head: int
+) -> None:
+    """``review_deletes.item_text`` (SQLite writes a spilled deletes-for-review item's text) gives
+    exactly :func:`recovery.model.outcome.encode_item` of the item, or NULL (a real or a blob:
+    Python encodes it); ``SpillList.extend_rows`` then stores items equal to ``extend``'s."""
+    from recovery.engine.sqlbuild import col, sql
+    from recovery.model.outcome import _spill_list, encode_item
+    from recovery.reimport.review_deletes import item_text
+
+    conn = sqlite3.connect(":memory:")
+    names = [f"k{i}" for i in range(len(keys))]
+    conn.execute(f"CREATE TABLE d ({', '.join(names)}, lab)")
+    conn.execute(f"INSERT INTO d VALUES ({', '.join('?' * (len(keys) + 1))})", [*keys, label])
+    q = exp.select(item_text(name, [col(n, "d") for n in names], col("lab", "d"))).from_("d")
+    (made,) = conn.execute(sql(q)).fetchone()
+    row = conn.execute("SELECT * FROM d").fetchone()  # the values as SQLite gives them back
+    item = {
+        "table": name,
+        "key": list(row[:-1]),
+        "label": row[-1],
+        "unchanged_since_backup": unchanged,
+    }
+    if made is None:
+        assert any(isinstance(v, (float, bytes)) for v in row)
+    else:
+        assert made + ("true}" if unchanged else "false}") == encode_item(item)
+    spilled = _spill_list("deletes_for_review", [])
+    spilled._limit = head
+    rows = [row] * 3
+    spilled.extend_rows(
+        rows,
+        lambda r: {
+            "table": name,
+            "key": list(r[:-1]),
+            "label": r[-1],
+            "unchanged_since_backup": unchanged,
+        },
+        lambda r: None if made is None else made + ("true}" if unchanged else "false}"),
+    )
+    assert list(spilled) == [item] * 3

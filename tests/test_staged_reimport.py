@@ -182,3 +182,36 @@ def test_a_live_db_replaced_by_someone_else_after_a_kill_is_not_taken_for_ours(
         rollback(db, backup, tmp_path / "run", alembic_ini=app_dir() / "alembic.ini")
     assert err.value.exit_code == 2 and "neither the file this run found" in err.value.message
     assert _rows(db) == before
+
+
+def test_a_writeback_error_of_the_staged_file_fails_the_run_before_the_swap(
+    tmp_path: Path, sample_world: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The staged file's pages are written back by an fsync on a side thread once the re-import's
+    writes are applied (``pipeline._Writeback``). Linux reports a write-back error to one fsync
+    only, so an error there must fail the run although the fsync after the COMMIT succeeds: the
+    live DB is the failed release's, no staged file is left."""
+    import errno
+    import os
+    import threading
+
+    w = tmp_path / "w"
+    shutil.copytree(sample_world, w)
+    db = w / "gestima.db"
+    backup = next(w.glob("gestima.db.bak.*[0-9]"))
+    before = _rows(db)
+    real_fsync, failed = os.fsync, []
+
+    def fsync(fd: int) -> None:
+        if threading.current_thread().name == "recovery-writeback":
+            failed.append(os.readlink(f"/proc/self/fd/{fd}"))
+            raise OSError(errno.EIO, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(OSError) as err:  # as an error of the fsync after the COMMIT would be
+        rollback(db, backup, tmp_path / "run", alembic_ini=app_dir() / "alembic.ini")
+    assert err.value.errno == errno.EIO
+    assert failed and all(p.endswith(".gestima.db.restore-tmp") for p in failed), failed
+    assert _rows(db) == before
+    assert not list(w.glob(".gestima.db.restore-tmp*"))

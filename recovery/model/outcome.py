@@ -514,6 +514,12 @@ def _encode_item(v: Any) -> str:
     return json.dumps(encode_value(v), ensure_ascii=False, allow_nan=False, sort_keys=True)
 
 
+encode_item = _encode_item
+"""The text an item of the outcome's long lists (but conflicts) is spilled and saved as; a producer
+that writes that text itself hands it to :meth:`SpillList.extend_rows` of a list that
+:meth:`SpillList.encodes_with` it."""
+
+
 def _decode_item(text: str) -> Any:
     """The inverse of :func:`_encode_item`. Text without ``"$`` holds no tagged value (every tag
     and every ``$``-key is a JSON string starting with ``$``), so what ``json.loads`` gives is

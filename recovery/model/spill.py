@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, SupportsIndex, TypeVar, overload
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 SPILL_ENV = "RECOVERY_SPILL_AFTER"
 """Environment variable: how many items a :class:`SpillList` keeps in memory (default
@@ -94,11 +95,15 @@ class SpillList(list[T]):
 
     def _spill(self, items: Iterable[T]) -> None:
         """Append ``items`` to the file, in batches (encoded one by one: bounded memory)."""
+        self._spill_texts(self._encode(x) for x in items)
+
+    def _spill_texts(self, texts: Iterable[str]) -> None:
+        """Append items given as their ``encode`` text to the file, in batches."""
         with self._lock:
             db = self._conn()
             batch: list[tuple[int, str]] = []
-            for x in items:
-                batch.append((self._spilled + len(batch), self._encode(x)))
+            for text in texts:
+                batch.append((self._spilled + len(batch), text))
                 if len(batch) >= _BATCH:
                     db.executemany("INSERT INTO spill (i, v) VALUES (?, ?)", batch)
                     self._spilled += len(batch)
@@ -153,6 +158,20 @@ class SpillList(list[T]):
             except StopIteration:
                 return
         self._spill(it)
+
+    def extend_rows(
+        self, rows: Iterable[R], make: Callable[[R], T], text: Callable[[R], str | None]
+    ) -> None:
+        """``extend(make(r) for r in rows)``, but a row that goes to the file is stored as
+        ``text(r)`` when that gives one, without ``make`` or ``encode`` (rows whose item's text was
+        already made, e.g. by SQLite). ``text(r)`` must be None or exactly ``encode(make(r))``."""
+        it = iter(rows)
+        while not self._spilled and super().__len__() < self._limit:
+            try:
+                super().append(make(next(it)))
+            except StopIteration:
+                return
+        self._spill_texts(t if (t := text(r)) is not None else self._encode(make(r)) for r in it)
 
     def __iadd__(self, items: Iterable[T]) -> SpillList[T]:  # type: ignore[override,misc]
         self.extend(items)

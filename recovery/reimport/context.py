@@ -70,6 +70,35 @@ def rowid(alias: str) -> exp.Column:
     return exp.Column(this=exp.to_identifier("rowid"), table=exp.to_identifier(alias, quoted=True))
 
 
+LARGE_PARENT = 50_000
+"""Rows of a parent table from which a probe per row in the rows' own order reads one of its
+pages from the file for nearly every row (SQLite's page cache, 2 MB by default, holds a few
+thousand pages, a quarter of them B-tree interior pages at 1M rows). A check of many rows' keys
+into the largest such parent probes it in key order instead (:func:`in_key_order`,
+:meth:`Context.sorted_key`)."""
+
+
+def in_key_order(rows: exp.Select, columns: list[str], alias: str) -> exp.Select:
+    """``SELECT 1`` over the ``columns`` of the rows ``rows`` selects (its table ``alias``'s),
+    materialized in the order of their values and read back as columns of ``alias``: a
+    condition on ``alias`` added with ``.where`` then probes what it probes in key order — one
+    read of each page it needs, not one per row. The same condition decides on the same
+    values: SQLite gives a materialized subquery's columns the affinity and collation of the
+    expressions they come from. ``LIMIT -1`` keeps SQLite from dropping the ORDER BY."""
+    values = rows.copy()
+    values.set(
+        "expressions",
+        [exp.alias_(col(c, alias), exp.to_identifier(c, quoted=True)) for c in columns],
+    )
+    values = values.order_by(*[col(c, alias) for c in columns]).limit(-1)
+    name = exp.to_identifier(f"{alias}_in_key_order", quoted=True)
+    return (
+        exp.select("1")
+        .from_(exp.alias_(exp.Table(this=name), exp.to_identifier(alias, quoted=True), table=True))
+        .with_(name, as_=values, materialized=True)
+    )
+
+
 def rid_table(name: exp.Table) -> exp.Create:
     """``CREATE TABLE name (rid INTEGER PRIMARY KEY)``: a set of rowids."""
     return exp.Create(
@@ -253,6 +282,17 @@ class Context:
                 exp.column("rowid", alias), exp.select("rid").from_(temp_table(kind, name))
             )
         )
+
+    def sorted_key(self, parents: list[str]) -> int | None:
+        """Of keys into the tables ``parents`` (in order), the index of the one a check probes in
+        key order (:func:`in_key_order`): the key into the largest parent, when that held
+        :data:`LARGE_PARENT` rows or more before the re-import (counted for every data table of
+        the bundle); None when none did (probing in the rows' order reads few pages)."""
+        sizes = {n.lower(): t.rows_before for n, t in self.outcome.tables.items()}
+        rows = [sizes.get(p.lower(), 0) for p in parents]
+        if not rows or max(rows) < LARGE_PARENT:
+            return None
+        return rows.index(max(rows))
 
     # ---- foreign keys of what the re-import writes ------------------------------------------
     def target_fks(self) -> dict[str, tuple[TargetFk, ...]]:

@@ -12,7 +12,7 @@ from typing import Any
 from sqlglot import exp
 
 from recovery.engine.sqlbuild import and_all, col, is_same, or_all, sql, table
-from recovery.reimport.context import Context, in_query, rowid, temp_table
+from recovery.reimport.context import Context, in_key_order, in_query, rowid, temp_table
 from recovery.reimport.target_fks import TargetFk
 
 
@@ -89,6 +89,23 @@ def updated_keys(ctx: Context, name: str, keys: list[TargetFk]) -> list[TargetFk
     return [fk for fk in keys if {c.lower() for c in fk.columns} & written]
 
 
+def _none_dangling(ctx: Context, source: exp.Select, keys: list[TargetFk]) -> bool:
+    """True when no row ``source`` selects (as ``c``) has a dangling key of ``keys``, asked in
+    two passes: the key into the largest parent (:meth:`Context.sorted_key`) with that parent
+    probed in key order (:func:`recovery.reimport.context.in_key_order`: the same condition on
+    the same values), the other keys in the rows' order. False when a pass finds a row or SQLite
+    cannot run it — the exact query then runs and names the rows — and when no parent is large
+    (the exact query alone costs no more)."""
+    at = ctx.sorted_key([fk.parent if fk.parent_exists else "" for fk in keys])
+    if at is None:
+        return False
+    rest = keys[:at] + keys[at + 1 :]
+    if rest and ctx.finds_row(source.where(or_all(fk.dangling("c") for fk in rest))):
+        return False
+    fk = keys[at]
+    return not ctx.finds_row(in_key_order(source, list(fk.columns), "c").where(fk.dangling("c")))
+
+
 def target_has_triggers(ctx: Context) -> bool:
     """The target DB defines a trigger that may have fired during the re-import (none did when
     the re-import suspended them while it wrote)."""
@@ -134,7 +151,7 @@ def fk_problems(ctx: Context, limit: int = 20) -> list[dict[str, Any]]:
             continue
         for source, updated in _sources(ctx, name):
             read = updated_keys(ctx, name, keys) if updated else keys
-            if not read:
+            if not read or _none_dangling(ctx, source, read):
                 continue
             q = (
                 source.select(*[fk.dangling("c") for fk in read])

@@ -153,6 +153,7 @@ def merge_and_check(
     limit: int = 20,
     script: Script | None = None,
     fk_clean: bool | Callable[[], bool] = False,
+    on_applied: Callable[[], None] | None = None,
 ) -> tuple[Outcome, list[dict[str, Any]]]:
     """Stage, detect, resolve and apply the bundle on ``conn`` (bundle attached, transaction open)
     as ``options`` say; ``target`` is the target's reflected schema (reflected on another
@@ -163,7 +164,9 @@ def merge_and_check(
     (already applied, aborted). The caller commits only when the list is empty. Every statement
     is time-bounded (:mod:`recovery.engine.timebound`): one that runs too long raises exit 3.
     ``fk_clean``: the caller proved the target's ``foreign_key_check`` clean right before this
-    transaction (:attr:`recovery.reimport.context.Context.fk_clean`); never pass it otherwise."""
+    transaction (:attr:`recovery.reimport.context.Context.fk_clean`); never pass it otherwise.
+    ``on_applied``: called once every write of the merge is applied (not when nothing is, nor
+    when it aborted), before the check: e.g. to start writing the file's pages back."""
     from recovery.engine.timebound import statement_time_limit
 
     with statement_time_limit(conn):
@@ -172,6 +175,8 @@ def merge_and_check(
         )
         if ctx is None or outcome.aborted:
             return outcome, []
+        if on_applied is not None:
+            on_applied()
         return outcome, fk_problems(ctx, limit)
 
 

@@ -9,6 +9,7 @@ are merged key by key (:mod:`recovery.reimport.jsonmerge`): the merged text goes
 from __future__ import annotations
 
 import json
+import sqlite3
 from typing import Any
 
 from sqlglot import exp
@@ -16,6 +17,7 @@ from sqlglot import exp
 from recovery.engine.sqlbuild import and_all, col, is_distinct, is_same, or_all, table
 from recovery.model.kinds import ConflictKind, Resolution
 from recovery.model.outcome import Conflict, ConflictMode, Prefer
+from recovery.engine.timebound import interrupted
 from recovery.reimport.context import Context, in_query, lit, rid_table, rowid, temp_table
 from recovery.reimport.jsonmerge import JsonMergeError, merge_texts
 from recovery.transpile.passes import TablePlan
@@ -41,7 +43,8 @@ def detect(ctx: Context, tp: TablePlan) -> list[Conflict]:
             )
         )
     )
-    for rid, *k in ctx.rows(gone):
+    both = _gone_and_any_cell(ctx, tp, key_match) if ctx.mode is ConflictMode.CELL else None
+    for rid, *k in ctx.rows(gone) if both is None else both[0]:
         out.append(
             Conflict(
                 ConflictKind.UPDATE_DELETED,
@@ -58,7 +61,7 @@ def detect(ctx: Context, tp: TablePlan) -> list[Conflict]:
         )
     if ctx.mode is ConflictMode.ROW:
         out += row_conflicts(ctx, tp)
-    elif not _any_cell_found(ctx, tp, key_match):
+    elif not (both[1] if both is not None else _any_cell_found(ctx, tp, key_match)):
         return out  # neither json_merge's cells nor the query below can find a row
     else:
         out += json_merge(ctx, tp)
@@ -146,14 +149,10 @@ def detect(ctx: Context, tp: TablePlan) -> list[Conflict]:
     return out
 
 
-def _any_cell_found(ctx: Context, tp: TablePlan, key_match: exp.Expression) -> bool:
-    """Whether some staged update of ``tp`` whose row is in the target has a cell changed on
-    both sides (theirs, ours and base all different) or a NULL from after the deploy: one pass
-    over the staged updates that answers for :func:`json_merge` and :func:`detect`'s cell query
-    together. Each of their row conditions implies this one (a JSON cell merged key by key is
-    first such a cell; a NOT NULL column's clash is such a cell, its NULL such a NULL), so when
-    it finds no row neither query finds one and both are skipped: the same conflicts, the same
-    writes (none). ``--conflicts cell`` only."""
+def _cell_conditions(ctx: Context, tp: TablePlan) -> list[exp.Expression]:
+    """:func:`_any_cell_found`'s conditions on a staged update ``u`` and its row ``t``: a cell
+    changed on both sides (theirs, ours and base all different), or a NULL from after the deploy
+    in a NOT NULL column."""
     t = ctx.old(tp.table)
     found = []
     for i in ctx.moving_columns(tp):
@@ -177,6 +176,48 @@ def _any_cell_found(ctx: Context, tp: TablePlan, key_match: exp.Expression) -> b
                     ]
                 )
             )
+    return found
+
+
+def _gone_and_any_cell(
+    ctx: Context, tp: TablePlan, key_match: exp.Expression
+) -> tuple[list[tuple[Any, ...]], bool] | None:
+    """:func:`detect`'s ``update_deleted`` rows (rowid and key of each staged update whose row is
+    gone from the target, in the staged updates' order) and :func:`_any_cell_found`'s answer,
+    from one pass over the staged updates (``LEFT JOIN`` the target: a row whose ``t.rowid`` is
+    NULL has no row there) instead of two. None when the target table has no rowid, has no
+    moving column, or SQLite cannot run it: then the two queries run."""
+    cells = _cell_conditions(ctx, tp)
+    if not cells or not ctx.has_rowid(tp.table):
+        return None
+    nk = len(ctx.old(tp.table).key)
+    missing = exp.Is(this=rowid("t"), expression=exp.Null())
+    q = (
+        exp.select(
+            exp.column("rowid", "u"), *[col(f"key_{i}", "u") for i in range(nk)], missing.copy()
+        )
+        .from_(exp.alias_(temp_table("upd", tp.table), "u"))
+        .join(table(tp.table, "main", "t"), on=key_match.copy(), join_type="left")
+        .where(or_all([missing, *cells]))
+    )
+    try:
+        rows = ctx.rows(q)
+    except sqlite3.OperationalError as exc:
+        if interrupted(exc):
+            raise
+        return None
+    return [tuple(r[:-1]) for r in rows if r[-1]], any(not r[-1] for r in rows)
+
+
+def _any_cell_found(ctx: Context, tp: TablePlan, key_match: exp.Expression) -> bool:
+    """Whether some staged update of ``tp`` whose row is in the target has a cell changed on
+    both sides (theirs, ours and base all different) or a NULL from after the deploy: one pass
+    over the staged updates that answers for :func:`json_merge` and :func:`detect`'s cell query
+    together. Each of their row conditions implies this one (a JSON cell merged key by key is
+    first such a cell; a NOT NULL column's clash is such a cell, its NULL such a NULL), so when
+    it finds no row neither query finds one and both are skipped: the same conflicts, the same
+    writes (none). ``--conflicts cell`` only."""
+    found = _cell_conditions(ctx, tp)
     if not found:
         return False
     q = (

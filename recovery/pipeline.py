@@ -778,7 +778,14 @@ def rollback(
         )
     if dry_run:
         return _dry_run(db_p, backup_p, run_dir, uploads, mapping, alembic_ini, opts, files, say)
-    with _one_run_per_folder(db_p), _windows_closed() as windows, _side_jobs_ended() as jobs:
+    from recovery.gcquiet import long_lived_frozen
+
+    with (
+        long_lived_frozen(),
+        _one_run_per_folder(db_p),
+        _windows_closed() as windows,
+        _side_jobs_ended() as jobs,
+    ):
         try:
             return _run_rollback(
                 db_p,

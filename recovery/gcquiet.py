@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 _exit_hook: list[bool] = []
+_ours: list[bool] = []  # set while long_lived_frozen froze the process's objects
 
 
 @contextmanager
@@ -29,10 +30,19 @@ def long_lived_frozen() -> Iterator[None]:
         yield
         return
     gc.freeze()
+    _ours.append(True)
     try:
         yield
     finally:
+        _ours.clear()
         gc.unfreeze()
+
+
+def freeze_more() -> None:
+    """Inside :func:`long_lived_frozen`: also freeze what was made since (e.g. modules imported
+    midway, which then live to the end); elsewhere nothing."""
+    if _ours:
+        gc.freeze()
 
 
 def freeze_at_exit() -> None:

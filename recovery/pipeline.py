@@ -67,7 +67,6 @@ from recovery.engine.sqlite_io import (
     real_path,
     sha256_file,
     sidecars,
-    sync_copy,
     write_lock_held,
 )
 from recovery.verify.checks import EarlyWritten, StagedProof, verify_file, verify_written
@@ -904,7 +903,6 @@ def _run_rollback(
         None  # our write lock on the live DB, from the safety copy to the swap
     )
     lineage_job: _Background | None = None  # the migrations' rules, derived beside the safety copy
-    safety_synced: _Background | None = None  # the safety copy made durable (sync_copy)
     reimported: Outcome | None = None  # the re-import's outcome when this process made it
     live_index: sqlite3.Connection | None = None  # keeps the live DB's -shm built for the probe
     try:
@@ -951,12 +949,7 @@ def _run_rollback(
                 lineage_job = _Background(_derive_lineage, alembic_ini, backup_p, db_p)
             say("safety copy of the live database")
             journal.mark("safety", "start")
-            # its fsyncs on a side job, awaited before the restore (the live DB's first change):
-            # a resumed run that had not started the restore makes the copy again anyway
-            safety, copied_by = window.safety_copy(run_dir / "safety" / db_p.name, synced=False)
-            safety_synced = _Background(sync_copy, safety)
-            if jobs is not None:
-                jobs.append(safety_synced)
+            safety, copied_by = window.safety_copy(run_dir / "safety" / db_p.name)
             log.debug("safety copy made by %s", copied_by)
             # its sha256 is taken by the extract (the bundle's live fingerprint) and added below
             journal.mark("safety", "done", path=str(safety), size=safety.stat().st_size)
@@ -1004,8 +997,6 @@ def _run_rollback(
         if uploads_seen is not None and jobs is not None:
             jobs.append(uploads_seen)
         if not journal.done("restore"):
-            if safety_synced is not None:  # on disk before the live DB is changed
-                safety_synced.result()
             if downgrade_to:
                 say(
                     f"downgrading the live database to {downgrade_to} with the application's Alembic"

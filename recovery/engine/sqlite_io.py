@@ -450,36 +450,18 @@ def consistent_copy(
     return _publish_copy(tmp, dst_p)
 
 
-def _publish_copy(tmp: Path, dst_p: Path, synced: bool = True) -> Path:
+def _publish_copy(tmp: Path, dst_p: Path) -> Path:
     """fsync the finished copy ``tmp``, then rename it to ``dst_p`` (and fsync the folder), so
-    ``dst_p`` is either absent or complete. ``synced=False``: renamed without the fsyncs, which
-    the caller runs (:func:`sync_copy`) before anything relies on the copy surviving a power
-    loss; until then a crash of the machine may leave ``dst_p`` incomplete."""
-    if synced:
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
+    ``dst_p`` is either absent or complete."""
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
     # a -wal, -shm or hot -journal left under the copy's name (a killed earlier copy or writer)
     # would be replayed into the copy by the next open: the copy is self-contained, so none may stay
     for side in (*sidecars(dst_p), dst_p.with_name(dst_p.name + "-journal")):
         side.unlink(missing_ok=True)
     os.replace(tmp, dst_p)
-    if synced:
-        fsync_dir(dst_p.parent)
+    fsync_dir(dst_p.parent)
     return dst_p
-
-
-def sync_copy(path: Path, role: str = "safety copy") -> Path:
-    """Make a copy published with ``synced=False`` durable: its data, then its folder's entry."""
-    try:
-        with open(path, "rb+") as fh:
-            os.fsync(fh.fileno())
-    except OSError as exc:
-        raise RecoveryError(
-            f"could not write the {role} {path} to disk: {exc}",
-            "check the disk and free space, then run the same command again",
-        ) from None
-    fsync_dir(path.parent)
-    return path
 
 
 COPY_TRIES = 3
@@ -579,12 +561,9 @@ def held_copy(
     role: str,
     db_fd: int,
     shm_fd: int | None,
-    synced: bool = True,
 ) -> bool:
     """Copy ``src`` to ``dst`` with the kernel's file copy; False (nothing left behind) where it
     cannot prove the result is the snapshot of ``pages`` pages, so the caller takes the backup API.
-    ``synced=False``: published without its fsyncs (:func:`_publish_copy`; the caller runs
-    :func:`sync_copy`).
 
     **Precondition: the caller holds the write lock of ``src`` (``BEGIN IMMEDIATE`` on an open
     connection, whose snapshot has ``pages`` pages) and an OFD read lock on its shared-lock
@@ -651,7 +630,7 @@ def held_copy(
             f"could not copy {role} {src} to {dst_p}: {exc}",
             "check the file, the target folder and free disk space",
         ) from None
-    _publish_copy(tmp, dst_p, synced)
+    _publish_copy(tmp, dst_p)
     return True
 
 

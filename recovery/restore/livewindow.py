@@ -234,25 +234,19 @@ class WriteWindow:
                 os.close(self._fd)
                 self._fd = None
 
-    def safety_copy(
-        self, dst: Path, role: str = "live database", synced: bool = True
-    ) -> tuple[Path, str]:
+    def safety_copy(self, dst: Path, role: str = "live database") -> tuple[Path, str]:
         """A consistent copy of the locked live DB at ``dst`` (temporary name, fsync, rename) and
         how it was made: ``"held-copy"``, the kernel's file copy that the held lock makes
         consistent (:func:`recovery.engine.sqlite_io.held_copy`), or ``"backup-api"`` where that
         copy cannot be proven (no valid WAL-index, a hot journal, a file at the path that is not
-        the locked one) and SQLite's online backup reads it instead. ``synced=False``: a held
-        copy is renamed into place before its fsyncs, which the caller runs
-        (:func:`recovery.engine.sqlite_io.sync_copy`) before the first change to the live DB."""
+        the locked one) and SQLite's online backup reads it instead."""
         if self._conn is None or self._fd is None:
             raise RuntimeError("the write window was released")
         pages = int(self._conn.execute("PRAGMA page_count").fetchone()[0])
         shm = sidecars(real_path(self.db))[1]
         if self._shm_fd is None and shm.exists():
             self._shm_fd = os.open(shm, os.O_RDWR)  # closed only after our connection
-        if self._is_locked_file() and held_copy(
-            self.db, dst, pages, role, self._fd, self._shm_fd, synced
-        ):
+        if self._is_locked_file() and held_copy(self.db, dst, pages, role, self._fd, self._shm_fd):
             if self._is_locked_file():
                 return dst, "held-copy"
             dst.unlink(missing_ok=True)  # the path was renamed over while it was copied

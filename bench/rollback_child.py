@@ -18,6 +18,7 @@ import time
 T0 = time.perf_counter()
 
 from recovery import pipeline  # noqa: E402
+from recovery.gcquiet import freeze_at_exit  # noqa: E402
 
 
 def rss_mb() -> float:
@@ -26,6 +27,7 @@ def rss_mb() -> float:
 
 def main() -> None:
     db, backup, run_dir, ini, uploads = sys.argv[1:6]
+    freeze_at_exit()  # as the `recovery` command does (recovery.cli.main)
     marks: list[dict] = []
     messages: list[dict] = []
     orig = pipeline.Journal.mark

@@ -160,6 +160,9 @@ def main(ctx: click.Context, show_traceback: bool, quiet: bool, verbose: bool = 
     """
     ctx.meta[_TRACEBACK_META] = show_traceback
     from recovery import logs, progress
+    from recovery.gcquiet import freeze_at_exit
+
+    freeze_at_exit()  # one command a process: the exit need not walk what it leaves
 
     progress.set_quiet(quiet)
     progress.reset()

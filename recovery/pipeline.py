@@ -36,7 +36,7 @@ from typing import Any
 from recovery.bundle.store import Bundle, open_bundle, write_json_atomic
 from recovery.errors import ExitCode, RecoveryError
 from recovery.files.uploads import FilesConfig
-from recovery.restore.livewindow import WriteWindow, check_replaced, write_late_commits
+from recovery.restore.livewindow import WriteWindow, check_replaced, close_fds, write_late_commits
 from recovery.model.kinds import RowKind
 from recovery.model.outcome import (
     OUTCOME_FORMAT,
@@ -642,8 +642,10 @@ def _prepare_report(run_dir: Path, bundle: Bundle) -> Any:
     (:func:`recovery.report.runfiles.prepare_run_files`), after importing the renderers (pandas,
     matplotlib: about a second), done on the second core while the re-import works in SQLite; the
     report step then reads only what depends on the outcome."""
+    from recovery.gcquiet import freeze_more
     from recovery.report.runfiles import prepare_run_files
 
+    freeze_more()  # the renderers' modules live to the end of the run
     return prepare_run_files(run_dir, bundle)
 
 
@@ -821,7 +823,14 @@ def rollback(
         )
     if dry_run:
         return _dry_run(db_p, backup_p, run_dir, uploads, mapping, alembic_ini, opts, files, say)
-    with _one_run_per_folder(db_p), _windows_closed() as windows, _side_jobs_ended() as jobs:
+    from recovery.gcquiet import long_lived_frozen
+
+    with (
+        long_lived_frozen(),
+        _one_run_per_folder(db_p),
+        _windows_closed() as windows,
+        _side_jobs_ended() as jobs,
+    ):
         try:
             return _run_rollback(
                 db_p,
@@ -1167,7 +1176,7 @@ def _run_rollback(
     live_left = _Background(db_fingerprint, db_p)
     if jobs is not None:
         jobs.append(live_left)
-    late = _late_check(journal, window, run_dir, db_p, say)
+    late = _late_check(journal, window, run_dir, db_p, say, jobs)
     from recovery.report import write_run_files
 
     journal.mark("report", "start")
@@ -1325,13 +1334,19 @@ def _open_window(db: Path, force: bool) -> tuple[WriteWindow, list[str]]:
 
 
 def _late_check(
-    journal: Journal, window: WriteWindow | None, run_dir: Path, db: Path, say: Progress
+    journal: Journal,
+    window: WriteWindow | None,
+    run_dir: Path,
+    db: Path,
+    say: Progress,
+    jobs: list[_Background] | None = None,
 ) -> dict[str, Any]:
     """Look at the replaced file once more: anything committed into it after the safety copy (a
     holder let through by --force, or one that slipped in) is listed in ``late_commits.json`` and
     makes the run need review. Never silent: a run resumed after the restore, whose replaced file
     was closed with the killed process, says it could not look (and needs review when holders
-    were let through)."""
+    were let through). ``jobs``: given, the replaced file's descriptors (the last ones: their
+    close frees its blocks) are closed there, beside the report, instead of before it."""
     if journal.done("late_check"):
         return journal.info("late_check")
     replaced = window.replaced if window is not None else None
@@ -1340,7 +1355,10 @@ def _late_check(
             replaced.settle(forced=bool(journal.info("probe").get("forced_past")))
             info = check_replaced(replaced, run_dir / "safety" / db.name, run_dir)
         finally:
-            replaced.close()
+            if jobs is None:
+                replaced.close()
+            else:
+                jobs.append(_Background(close_fds, replaced.detach()))
         if info["late_commits"]:
             info["needs_review"] = True
             say(

@@ -142,12 +142,32 @@ class ReplacedFile:
 
     def close(self) -> None:
         """Drop the descriptors (and with them the OFD locks)."""
+        close_fds(self.detach())
+
+    def detach(self) -> list[int]:
+        """The descriptors, handed to the caller to close (:func:`close_fds`); this object is
+        closed from here on (a second :meth:`close` closes nothing). Ours are the last
+        descriptors of the replaced file (it has no name any more), so their ``close`` is where the
+        kernel frees its blocks: ~0.1 s for a 450 MB file, which a caller may spend on another
+        thread."""
         if self.closed:
-            return
-        for fd in (self.wal_fd, self.shm_fd, self.db_fd):
-            if fd is not None:
-                os.close(fd)
+            return []
+        fds = [fd for fd in (self.wal_fd, self.shm_fd, self.db_fd) if fd is not None]
+        self.wal_fd = self.shm_fd = None
         self.closed = True
+        return fds
+
+
+def close_fds(fds: list[int]) -> None:
+    """Close each descriptor (all of them, the first error raised after)."""
+    error: OSError | None = None
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError as exc:
+            error = error or exc
+    if error is not None:
+        raise error
 
 
 def _copy_fd(fd: int, dst: Path) -> None:

@@ -596,8 +596,7 @@ def _begin(conn: Connection, a: Analysis, waiting: list[str], folder: Path) -> P
     if not jobs:
         conn.execute("BEGIN")
         return None
-    now = [j for j in jobs if not _may_infer(a, j.table)]
-    lists = Prelists(folder, now, len(jobs) - len(now))
+    lists = Prelists(folder, jobs)
     lists.attach(conn)
     mode = conn.execute("PRAGMA new.journal_mode").fetchone()
     instant = OneInstant(str(a.live)) if mode and str(mode[0]).lower() == "wal" else None
@@ -608,14 +607,6 @@ def _begin(conn: Connection, a: Analysis, waiting: list[str], folder: Path) -> P
         lists.close()
         raise
     return lists
-
-
-def _may_infer(a: Analysis, name: str) -> bool:
-    """Whether checking the rules may infer one for table ``name`` (an old column with no rule):
-    its list waits for the checked mapping (:meth:`Prelists.hold_to`) instead of being begun
-    with a condition that would likely change."""
-    tm = a.mapping.tables.get(name)
-    return tm is not None and any(r.source == "none" for r in tm.rules)
 
 
 def _candidates(

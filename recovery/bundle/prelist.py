@@ -134,16 +134,15 @@ class ListJob:
 
 class Prelists:
     """The lists of ``jobs``, shared out between :data:`WORKERS` worker processes in the order
-    the extract needs them (each job to the least loaded worker); ``more`` lists to come: the
-    workers they may go to are made (and their files attached) now. Use: :meth:`attach` on the
+    the extract needs them (each job to the least loaded worker). Use: :meth:`attach` on the
     extract's connection (outside a transaction), open its transaction and read the live file,
     :meth:`start`; :meth:`hold_to` the lists the extract needs once it knows them (the workers
-    then make the lists added there, after their first ones, and end); :meth:`source` then waits
+    then make the lists that adds, after their first ones, and end); :meth:`source` then waits
     for a table's list; :meth:`detach` after COMMIT; :meth:`close` always (it stops and waits for
     the workers)."""
 
-    def __init__(self, folder: Path, jobs: list[ListJob], more: int = 0) -> None:
-        workers = min(WORKERS, len(jobs) + more)
+    def __init__(self, folder: Path, jobs: list[ListJob]) -> None:
+        workers = min(WORKERS, len(jobs))
         self._loads = [0] * workers
         self._groups: list[list[tuple[ListJob, str]]] = [[] for _ in range(workers)]
         self._where: dict[str, tuple[int, str]] = {}
@@ -180,11 +179,11 @@ class Prelists:
     def hold_to(self, jobs: list[ListJob]) -> None:
         """Hold the lists to ``jobs`` (the lists as the extract needs them now:
         :func:`recovery.bundle.extract.list_jobs`), each a function of its query: the workers
-        began before the rules were checked, and a check that infers a rule changes a table's
+        begin before the rules are checked, and a check that infers a rule changes a table's
         condition, so its query. A list begun with another query than the one ``jobs`` ask for
         its table (or that they do not ask for) is dropped: never read (:meth:`source` says
-        None), skipped by a worker that has not begun it. A job of ``jobs`` no worker has (a
-        table left for later, or dropped) is added to the least loaded worker, which makes it
+        None), skipped by a worker that has not begun it. A job of ``jobs`` no worker has (its
+        table's list dropped, or none begun) is added to the least loaded worker, which makes it
         after its first lists. Called once, after :meth:`start` and before :meth:`source`."""
         want = {job.table: sql(job.query()) for job in jobs}
         for t, q in self._queries.items():

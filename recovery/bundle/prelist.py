@@ -5,9 +5,10 @@ keys: a ``LEFT JOIN`` of the backup table to the live one, in rowid order
 (:func:`changed_list_query`). On the 1M-part world those joins were most of the extract's SQL,
 run one after the other by the extract's connection on one core. Here each large table's list is
 made by one of two workers into a private scratch file per worker, while the extract's
-connection goes on with the tables before it; the extract then copies the list into its own
-temporary table, in the list's order, so every statement after it (and every byte of the bundle)
-is what the list made on the extract's connection would have given. A worker is a
+connection checks the rules and goes on with the tables before it; the extract then reads a
+whole table's list where the worker wrote it (an early list, which the replay narrows, is copied
+into its own temporary table), in the list's order, so every statement after it (and every byte
+of the bundle) is what the list made on the extract's connection would have given. A worker is a
 :class:`~recovery.engine.childpair.ChildPair` (a bare ``python -I`` with :mod:`sqlite3`, the same
 read-only URIs) driven by a thread: two threads of one process running SQLite statements contend
 on SQLite's process-wide mutexes, two processes do not.
@@ -17,6 +18,11 @@ workers start. A live file in rollback-journal mode cannot take a commit while t
 held; in WAL mode each worker checks, once its own snapshot is fixed, that no commit reached the
 live file since just before the extract's (:class:`~recovery.compare.changes.OneInstant`). A worker
 that cannot say so, or fails in any way, lists nothing: the extract then makes those lists itself.
+
+One mapping: the workers begin before the rules are checked (the checks may infer a rule, and a
+rule is part of a table's condition); each list is a function of its query, and
+:meth:`Prelists.hold_to` keeps only the lists whose query is the one the checked mapping asks for,
+the others made again.
 """
 
 from __future__ import annotations

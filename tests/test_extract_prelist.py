@@ -6,6 +6,10 @@
   lists nothing, the extract lists those tables itself, from its own snapshot.
 * A worker that fails: the extract lists those tables itself; the bundle is the same.
 * An extract that fails while its workers run leaves no worker process and no folder behind.
+* The workers begin before the rules are checked: a list begun under a rule the checks then
+  replace (an inferred rule) is dropped and made again with the checked rule, and the bundle is
+  byte for byte the one made with no worker at all; a rule the checks refuse ends the extract
+  (exit 2) with no worker and no folder left.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import pytest
 
 from recovery.bundle import extract as extract_mod
 from recovery.bundle import prelist
+from recovery.engine.sqlbuild import sql
+from recovery.errors import RecoveryError
 
 
 def _inputs(world: Path) -> tuple[Path, Path]:
@@ -160,3 +166,69 @@ def test_an_extract_that_fails_while_the_workers_run_leaves_no_worker_behind(
         extract_mod.extract(backup, live, tmp_path / "b")
     assert set(_children()) <= before  # every worker child ended (killed and reaped)
     assert list(tmp_path.iterdir()) == []  # no bundle, no partial folder
+
+
+def test_a_list_begun_before_the_checks_inferred_a_rule_is_made_again_with_it(
+    world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the migrations' rules, ``parts.price`` has none when the workers begin; the checks
+    infer ``price_cents / 100.0``, which changes the parts list's condition (what counts as an
+    updated part). The list begun without it is never read: the one the extract takes is made
+    with the inferred rule, and the bundle is the extract's own, byte for byte."""
+    backup, live = _inputs(world)
+    monkeypatch.setattr(prelist, "MIN_ROWS", 1)
+    begun: list[str] = []
+    held: list[tuple[set[str], list[str]]] = []  # (dropped, [the parts list's query])
+    real_start, real_hold = prelist.Prelists.start, prelist.Prelists.hold_to
+
+    def start(self: prelist.Prelists, *args: Any) -> None:
+        begun.extend(self._queries.values())
+        real_start(self, *args)
+
+    def hold_to(self: prelist.Prelists, jobs: list[prelist.ListJob]) -> None:
+        real_hold(self, jobs)
+        i, name = self._where["parts"]
+        made = next(job for job, listed in self._groups[i] if listed == name)
+        held.append((set(self._dropped), [sql(made.query())]))
+
+    monkeypatch.setattr(prelist.Prelists, "start", start)
+    monkeypatch.setattr(prelist.Prelists, "hold_to", hold_to)
+    taken = _taken(monkeypatch)
+    workers = extract_mod.extract(backup, live, tmp_path / "workers")
+    assert not any('"price"' in q for q in begun)  # begun before the rule was known
+    assert len(held) == 1 and held[0][0]  # the parts list begun so was dropped
+    assert '"o"."price" IS NOT "n"."price_cents" / 100.0' in held[0][1][0]  # the rule's list
+    assert "parts" in taken  # is the one the extract took
+    price = next(
+        c for c in workers.bundle.manifest["mapping"]["parts"]["columns"] if c["column"] == "price"
+    )
+    assert price["source"] == "inferred"
+    monkeypatch.setattr(prelist, "MIN_ROWS", 10**12)
+    alone = extract_mod.extract(backup, live, tmp_path / "alone")
+    assert workers.bundle.counts == alone.bundle.counts
+    assert _bytes(tmp_path / "workers") == _bytes(tmp_path / "alone")
+
+
+def test_a_rule_refused_while_the_workers_run_leaves_no_worker_and_no_folder(
+    world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backup, live = _inputs(world)
+    monkeypatch.setattr(prelist, "MIN_ROWS", 1)
+    started: list[int] = []
+    real_start = prelist.Prelists.start
+
+    def start(self: prelist.Prelists, *args: Any) -> None:
+        real_start(self, *args)
+        started.append(len(self._threads))
+
+    monkeypatch.setattr(prelist.Prelists, "start", start)
+    mp = tmp_path / "map.toml"
+    mp.write_text("[tables.parts.columns]\nname = \"upper(name) || '!'\"\n")
+    before = set(_children())
+    out = tmp_path / "out" / "b"
+    with pytest.raises(RecoveryError, match=r"parts\.name") as err:
+        extract_mod.extract(backup, live, out, mapping=mp)
+    assert err.value.exit_code == 2
+    assert started and started[0] > 0  # the workers ran while the rules were checked
+    assert set(_children()) <= before
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []

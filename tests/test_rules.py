@@ -759,3 +759,38 @@ def test_a_bundle_with_a_renamed_table_is_reimported_on_its_own(tmp_path: Path) 
         )
     conn.close()
     assert rows == {29: ("c29 edited", 87), 30: ("c30", 90), 31: ("c31", 1)}
+
+
+class _Wrapped:
+    """A pair connection that is not a ``sqlite3.Connection``: the checks then run their
+    aggregate as written (no ``LIMIT -1`` co-routine), as on another engine."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def execute(self, *args: Any) -> Any:
+        return self._conn.execute(*args)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_the_streamed_check_counts_what_the_flattened_one_does(case: Case, tmp_path: Path) -> None:
+    """``check_table``'s aggregate over a co-routine (each flag computed once per row) gives
+    every rule the same evidence, counts, verdict and first disagreement as the same aggregate
+    SQLite flattens."""
+    from recovery.compare.evidence import check_table
+
+    old_rows, new_rows = case.rows(case.n)
+    backup = build(tmp_path / "app.db.bak", case.ddl[0], old_rows)
+    live = build(tmp_path / "app.db", case.ddl[1], new_rows)
+    mapping = None
+    if case.mapping:
+        mapping = tmp_path / "map.toml"
+        mapping.write_text(f"[tables.t.columns]\n{case.mapping}\n")
+    with analyse(backup, live, DEPLOY, mapping, trust_mapping=True) as a:
+        assert isinstance(a.pair, sqlite3.Connection)
+        tm = a.mapping.tables["t"]
+        old_t, new_t = a.old.table("t"), a.new.table(tm.source_table)
+        assert old_t is not None and new_t is not None
+        streamed = check_table(a.pair, old_t, new_t, tm, a.since_jd)
+        flattened = check_table(_Wrapped(a.pair), old_t, new_t, tm, a.since_jd)  # type: ignore[arg-type]
+        assert streamed and streamed == flattened

@@ -263,15 +263,20 @@ def extract_table(
     cond = _changed_condition(a, s, new_t, a.replay) if part != "inserted" else None
     rowid = sides_on_rowid(conn, s)
     on_rowid = cond is not None and rowid
+    in_place: exp.Table | None = None  # a worker's list of the table, read where it is
     if part != "rest":
         _create_untyped(conn, "bbase", name, old_cols)
         ins_select = [*n_cols, exp.Literal.string(RowKind.INSERTED)]
         if on_rowid:  # one read of the backup table lists its changed keys and proves the rest
             assert cond is not None
-            source = lists.source(name) if lists is not None else None
-            listed = _list_changed_on_rowid(conn, s, cond, source=source)
+            made = lists.source(name) if lists is not None else None
+            if made is not None and part == "all":  # read where the worker wrote it
+                in_place = made
+                deleted = _deleted_in(conn, made)
+            else:
+                deleted = _list_changed_on_rowid(conn, s, cond, source=made)
             ins = _insert_select(
-                conn, "bnew", name, new_cols, _inserted_on_rowid(conn, s, listed, ins_select)
+                conn, "bnew", name, new_cols, _inserted_on_rowid(conn, s, deleted, ins_select)
             )
         elif rowid and part == "inserted":  # before the list: proven by the backup's keys alone
             ins = _insert_select(
@@ -294,7 +299,7 @@ def extract_table(
             _narrow_early_list(conn, s, cond, early)
         elif part == "rest":
             _list_changed_on_rowid(conn, s, cond)
-        upd, dele = _rest_on_rowid(conn, a, s, new_cols, old_cols, cond, list_name)
+        upd, dele = _rest_on_rowid(conn, a, s, new_cols, old_cols, cond, list_name, in_place)
         counts[name] = {
             RowKind.INSERTED: ins,
             RowKind.UPDATED: upd,
@@ -371,6 +376,11 @@ def _list_changed_on_rowid(
     create_list(conn, listed, cols)
     find = copy_query(source, cols) if source is not None else changed_list_query(s, cond, sure)
     fill_list(conn, listed, cols, find)
+    return _deleted_in(conn, listed)
+
+
+def _deleted_in(conn: Connection, listed: exp.Table) -> int:
+    """How many keys of the list ``listed`` are of deleted rows (``d`` 1)."""
     deleted = (
         exp.select(exp.func("count", exp.Star()))
         .from_(listed.copy())
@@ -434,20 +444,23 @@ def _rest_on_rowid(
     old_cols: list[str],
     cond: exp.Expression,
     name: str = CHANGED_LIST,
+    made: exp.Table | None = None,
 ) -> tuple[int, int]:
     """The updated rows, their backup images and the deleted rows of a table keyed by the rowid on
     both sides, fetched by rowid from :func:`_list_changed_on_rowid`'s list ``name`` in that list's
     order — the order, rows and counts the separate join and anti-join gave. Returns (updated,
-    deleted)."""
+    deleted). ``made``: instead, the same list as a worker process made it
+    (:class:`~recovery.bundle.prelist.Prelists`; same rows in the same rowid order), read in place
+    and left there."""
     okey, nkey = s.old_key[0], s.new_key[0]
-    listed = table(name, "temp")
+    listed = made if made is not None else table(name, "temp")
 
     def fetch(side: str, cols: list[str], deleted: bool, kind: str) -> exp.Select:
         alias = "o" if side == "old" else "n"
         key = (okey if side == "old" else nkey).copy()
         return (
             exp.select(*[col(c, alias) for c in cols], exp.Literal.string(kind))
-            .from_(table(name, "temp", "c"))
+            .from_(table(listed.name, listed.db, "c"))
             .join(
                 table(s.name if side == "old" else s.new_name or s.name, side, alias),
                 on=exp.EQ(this=key, expression=col("k", "c")),
@@ -463,7 +476,8 @@ def _rest_on_rowid(
     dele = _insert_select(
         conn, "bbase", s.name, old_cols, fetch("old", old_cols, True, RowKind.DELETED)
     )
-    conn.execute(sql(exp.Drop(kind="TABLE", tables=[listed.copy()])))
+    if made is None:
+        conn.execute(sql(exp.Drop(kind="TABLE", tables=[listed.copy()])))
     return upd, dele
 
 
@@ -550,6 +564,28 @@ def list_jobs(conn: Connection, a: Analysis, waiting: list[str]) -> list[ListJob
         else:
             whole.append(job)
     return whole + [early[n] for n in waiting if n in early]
+
+
+def _attach_and_begin(
+    a: Analysis, work: Path, replay_dir: str, replays: bool, begun: list[Prelists | None]
+) -> None:
+    """On ``a.pair``: attach the bundle's files in ``work`` and (``replays``) the replayed
+    upgrade's file (:func:`~recovery.compare.diff.replay_path` in ``replay_dir``, written later),
+    then :func:`_begin` the extract's transaction with the lists of ``a``'s mapping; appended to
+    ``begun``. Called before the rules are checked (so that the workers' lists and the checks
+    overlap): the lists are then held to the checked mapping (:meth:`Prelists.hold_to`), and the
+    pair is query-only again until the caller writes."""
+    conn = a.pair
+    conn.execute("PRAGMA query_only = OFF")
+    conn.execute("ATTACH DATABASE ? AS bnew", (str(work / "rows.db"),))
+    conn.execute("ATTACH DATABASE ? AS bbase", (str(work / "base.db"),))
+    if replays:
+        path = replay_path(replay_dir)
+        path.touch()
+        conn.execute("ATTACH DATABASE ? AS " + REPLAY_SCHEMA, (attach_uri(path),))
+    waiting = [n for n in a.bundle_tables if replays and needs_replay(a, n)]
+    begun.append(_begin(conn, a, waiting, Path(replay_dir)))
+    conn.execute("PRAGMA query_only = ON")
 
 
 def _begin(conn: Connection, a: Analysis, waiting: list[str], folder: Path) -> Prelists | None:
@@ -1154,6 +1190,7 @@ def extract(
     db_hashes: dict[str, Future[str]] = {}
     sandbox: Sandbox | None = None
     lists: Prelists | None = None
+    begun: list[Prelists | None] = []  # the workers' lists, once the transaction is open
     try:
         if alembic_ini is not None and derived_lineage is None:
             # the app's downgrade in the sandbox (its own child process) while the hashes run and
@@ -1178,21 +1215,25 @@ def extract(
             # the replay's child starts now (Python, SQLAlchemy, Alembic): warm when the upgrade
             # is asked for, after the analysis and the bounded copy
             sandbox = start_sandbox(alembic_ini, replay_path(replay_dir), backup, live)
-        with analyse(backup, live, since, mapping, rules, trust_mapping) as a:
+
+        def mapped(pre: Analysis) -> None:  # the rules resolved, not yet checked
+            _attach_and_begin(pre, work, replay_dir, alembic_ini is not None, begun)
+
+        with analyse(backup, live, since, mapping, rules, trust_mapping, mapped) as a:
             conn = a.pair
             conn.execute("PRAGMA query_only = OFF")
-            conn.execute("ATTACH DATABASE ? AS bnew", (str(work / "rows.db"),))
-            conn.execute("ATTACH DATABASE ? AS bbase", (str(work / "base.db"),))
             counts: dict[str, Any] = {}
             if alembic_ini is not None:
                 # the replay runs (its own thread, its child process) while the tables that do
-                # not depend on it are extracted; its file is attached now, before BEGIN
-                # (SQLite attaches only outside a transaction), and first read once it is done
+                # not depend on it are extracted; its file was attached before BEGIN (SQLite
+                # attaches only outside a transaction), and is first read once it is done
                 pending = start_replayed_upgrade(alembic_ini, a, replay_dir, sandbox)
                 sandbox = None  # (the replay owns it now)
-                conn.execute("ATTACH DATABASE ? AS " + REPLAY_SCHEMA, (attach_uri(pending.path),))
             waiting = [n for n in a.bundle_tables if pending is not None and needs_replay(a, n)]
-            lists = _begin(conn, a, waiting, Path(replay_dir))
+            assert begun  # (analyse calls ``mapped`` before the checks)
+            lists = begun[0]
+            if lists is not None:  # the checked rules: drop a list begun under other ones
+                lists.hold_to(list_jobs(conn, a, waiting))
             progress.set_total(
                 len(a.bundle_tables) + 2
             )  # the extract step's bar: tables, closure, lost
@@ -1284,8 +1325,9 @@ def extract(
     finally:
         if sandbox is not None:  # started, never handed to the replay
             sandbox.close()
-        if lists is not None:  # (before its files are removed with the replay's folder)
-            lists.close()
+        for started in begun:  # (before their files are removed with the replay's folder)
+            if started is not None:
+                started.close()
         os.close(held)
         shutil.rmtree(replay_dir, ignore_errors=True)
     return ExtractResult(

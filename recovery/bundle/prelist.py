@@ -5,9 +5,10 @@ keys: a ``LEFT JOIN`` of the backup table to the live one, in rowid order
 (:func:`changed_list_query`). On the 1M-part world those joins were most of the extract's SQL,
 run one after the other by the extract's connection on one core. Here each large table's list is
 made by one of two workers into a private scratch file per worker, while the extract's
-connection goes on with the tables before it; the extract then copies the list into its own
-temporary table, in the list's order, so every statement after it (and every byte of the bundle)
-is what the list made on the extract's connection would have given. A worker is a
+connection checks the rules and goes on with the tables before it; the extract then reads a
+whole table's list where the worker wrote it (an early list, which the replay narrows, is copied
+into its own temporary table), in the list's order, so every statement after it (and every byte
+of the bundle) is what the list made on the extract's connection would have given. A worker is a
 :class:`~recovery.engine.childpair.ChildPair` (a bare ``python -I`` with :mod:`sqlite3`, the same
 read-only URIs) driven by a thread: two threads of one process running SQLite statements contend
 on SQLite's process-wide mutexes, two processes do not.
@@ -17,6 +18,11 @@ workers start. A live file in rollback-journal mode cannot take a commit while t
 held; in WAL mode each worker checks, once its own snapshot is fixed, that no commit reached the
 live file since just before the extract's (:class:`~recovery.compare.changes.OneInstant`). A worker
 that cannot say so, or fails in any way, lists nothing: the extract then makes those lists itself.
+
+One mapping: the workers begin before the rules are checked (the checks may infer a rule, and a
+rule is part of a table's condition); each list is a function of its query, and
+:meth:`Prelists.hold_to` keeps only the lists whose query is the one the checked mapping asks for,
+the others made again.
 """
 
 from __future__ import annotations
@@ -127,33 +133,46 @@ class ListJob:
     sure: exp.Expression | None
     rows: int
 
+    def query(self) -> exp.Select:
+        """What the worker runs (:func:`changed_list_query`): the list is a function of it."""
+        return changed_list_query(self.sides, self.cond, self.sure)
+
 
 class Prelists:
     """The lists of ``jobs``, shared out between :data:`WORKERS` worker processes in the order
     the extract needs them (each job to the least loaded worker). Use: :meth:`attach` on the
     extract's connection (outside a transaction), open its transaction and read the live file,
-    :meth:`start`; :meth:`source` then waits for a table's list; :meth:`detach` after COMMIT;
-    :meth:`close` always (it stops and waits for the workers)."""
+    :meth:`start`; :meth:`hold_to` the lists the extract needs once it knows them (the workers
+    then make the lists that adds, after their first ones, and end); :meth:`source` then waits
+    for a table's list; :meth:`detach` after COMMIT; :meth:`close` always (it stops and waits for
+    the workers)."""
 
     def __init__(self, folder: Path, jobs: list[ListJob]) -> None:
-        loads = [0] * WORKERS
-        groups: list[list[ListJob]] = [[] for _ in range(WORKERS)]
+        workers = min(WORKERS, len(jobs))
+        self._loads = [0] * workers
+        self._groups: list[list[tuple[ListJob, str]]] = [[] for _ in range(workers)]
+        self._where: dict[str, tuple[int, str]] = {}
         for job in jobs:
-            i = loads.index(min(loads))
-            groups[i].append(job)
-            loads[i] += job.rows
-        self._groups = [g for g in groups if g]
-        self.files = [folder / f"changed-lists-{i}.db" for i in range(len(self._groups))]
-        self.schemas = [f"prelist{i}" for i in range(len(self._groups))]
-        self._where = {
-            job.table: (i, f"l{n}") for i, g in enumerate(self._groups) for n, job in enumerate(g)
-        }
-        self._done = [threading.Event() for _ in self._groups]
-        self._ok = [False] * len(self._groups)
-        self._conns: list[ChildPair | None] = [None] * len(self._groups)
+            self._add(job)
+        self.files = [folder / f"changed-lists-{i}.db" for i in range(workers)]
+        self.schemas = [f"prelist{i}" for i in range(workers)]
+        self._done = [threading.Event() for _ in range(workers)]
+        self._ok = [False] * workers
+        self._conns: list[ChildPair | None] = [None] * workers
         self._threads: list[threading.Thread] = []
         self._stop = False
+        self._held = threading.Event()
         self._instant: OneInstant | None = None
+        # (rendered here, before any worker reads the jobs' trees)
+        self._queries = {job.table: sql(job.query()) for job in jobs}
+        self._dropped: set[str] = set()  # (the names of the lists dropped)
+
+    def _add(self, job: ListJob) -> None:
+        i = self._loads.index(min(self._loads))
+        listed = f"l{sum(len(g) for g in self._groups)}"  # (a name never used before)
+        self._groups[i].append((job, listed))
+        self._loads[i] += job.rows
+        self._where[job.table] = (i, listed)
 
     def attach(self, conn: Connection) -> None:
         for path, schema in zip(self.files, self.schemas, strict=True):
@@ -162,6 +181,25 @@ class Prelists:
     def detach(self, conn: Connection) -> None:
         for schema in self.schemas:
             conn.execute("DETACH DATABASE " + schema)
+
+    def hold_to(self, jobs: list[ListJob]) -> None:
+        """Hold the lists to ``jobs`` (the lists as the extract needs them now:
+        :func:`recovery.bundle.extract.list_jobs`), each a function of its query: the workers
+        begin before the rules are checked, and a check that infers a rule changes a table's
+        condition, so its query. A list begun with another query than the one ``jobs`` ask for
+        its table (or that they do not ask for) is dropped: never read (:meth:`source` says
+        None), skipped by a worker that has not begun it. A job of ``jobs`` no worker has (its
+        table's list dropped, or none begun) is added to the least loaded worker, which makes it
+        after its first lists. Called once, after :meth:`start` and before :meth:`source`."""
+        want = {job.table: sql(job.query()) for job in jobs}
+        for t, q in self._queries.items():
+            if want.get(t) != q:
+                self._dropped.add(self._where.pop(t)[1])
+        if self._groups:
+            for job in jobs:
+                if job.table not in self._where:
+                    self._add(job)  # (under a new name: the dropped list may be made already)
+        self._held.set()
 
     def start(self, backup: Path, live: Path, instant: OneInstant | None) -> None:
         """Start the workers; ``instant`` (closed by :meth:`close`): the live file in WAL mode."""
@@ -187,14 +225,10 @@ class Prelists:
                 OneInstant.join(c)  # type: ignore[arg-type]
                 if self._stop or (instant is not None and not instant.still()):
                     return  # stopped, or the live file took a commit: not the extract's instant
-                for n, job in enumerate(self._groups[i]):
-                    if self._stop:
-                        return
-                    cols = list_columns(job.sure)
-                    listed = table(f"l{n}", "lw")
-                    create_list(c, listed, cols)  # type: ignore[arg-type]
-                    query = changed_list_query(job.sides, job.cond, job.sure)
-                    fill_list(c, listed, cols, query)  # type: ignore[arg-type]
+                made = self._make(c, i, 0)  # the first lists, while the rules are checked
+                self._held.wait()
+                if made < 0 or self._make(c, i, made) < 0:
+                    return
                 c.execute("COMMIT")
                 self._ok[i] = True
             finally:
@@ -204,6 +238,23 @@ class Prelists:
             self._ok[i] = False
         finally:
             self._done[i].set()
+
+    def _make(self, c: ChildPair, i: int, k: int) -> int:
+        """Worker ``i`` makes its lists from the ``k``-th on (through ``c``); returns how many
+        it has gone through, or -1 when stopped."""
+        group = self._groups[i]
+        while k < len(group):
+            if self._stop:
+                return -1
+            job, name = group[k]
+            k += 1
+            if name in self._dropped:
+                continue
+            cols = list_columns(job.sure)
+            listed = table(name, "lw")
+            create_list(c, listed, cols)  # type: ignore[arg-type]
+            fill_list(c, listed, cols, job.query())  # type: ignore[arg-type]
+        return k
 
     def source(self, name: str) -> exp.Table | None:
         """The worker's list of table ``name`` once it is there (waits), to read from the
@@ -218,6 +269,7 @@ class Prelists:
     def close(self) -> None:
         """Stop the workers (a child in a statement is ended) and wait for them."""
         self._stop = True
+        self._held.set()
         for t, c in zip(self._threads, list(self._conns), strict=False):
             if t.is_alive() and c is not None:
                 c.kill()

@@ -230,13 +230,22 @@ def content_id(manifest: dict[str, Any]) -> str:
 
 
 def private(folder: Path) -> None:
-    """``folder`` and every folder under it ``0700``, every file ``0600`` (symlinks untouched)."""
+    """``folder`` and every folder under it ``0700``, every file ``0600`` (symlinks untouched,
+    never followed). One ``scandir`` per folder: the entry types come from the listing (thousands
+    of upload copies: one ``chmod`` per entry, no ``lstat``); a folder is made ``0700`` before it
+    is listed. No recursion: any depth is walked."""
     os.chmod(folder, DIR_MODE)
-    for dirpath, dirnames, filenames in os.walk(folder):
-        for name in [*dirnames, *filenames]:
-            path = os.path.join(dirpath, name)
-            if not os.path.islink(path):
-                os.chmod(path, DIR_MODE if name in dirnames else FILE_MODE)
+    todo = [os.fspath(folder)]
+    while todo:
+        with os.scandir(todo.pop()) as it:
+            for e in it:
+                if e.is_symlink():
+                    continue
+                if e.is_dir(follow_symlinks=False):
+                    os.chmod(e.path, DIR_MODE)
+                    todo.append(e.path)
+                else:
+                    os.chmod(e.path, FILE_MODE)
 
 
 def _content_files(folder: Path) -> list[str]:

@@ -86,12 +86,18 @@ def analyse(
     | Callable[[], dict[str, dict[str, exp.Expression]] | None]
     | None = None,
     trust_mapping: bool = False,
+    mapped: Callable[[Analysis], None] | None = None,
 ) -> Analysis:
     """Open both inputs read-only and resolve the schemas, the schema diff and the column mapping,
     every rule checked against the data (:mod:`recovery.compare.evidence`): a rule the unchanged rows
     contradict is refused (exit 2) unless ``trust_mapping``. ``lineage``: the migrations' rules, or
     a function that waits for them (called once the schemas are read and compared, so a lineage
-    still being derived on another thread overlaps that work)."""
+    still being derived on another thread overlaps that work).
+
+    ``mapped``: called with the analysis whose mapping is resolved but not yet checked (the
+    checks may refuse it, or infer rules that change it) just before the checks run on its
+    ``pair``: a caller may open its transaction on the pair there and start work that overlaps
+    the checks, as long as it holds that work to the returned (checked) mapping."""
     backup_p, live_p = Path(backup), Path(live)
     user = load_mapping(mapping)
     since_text = since if since is not None else deploy_time_of(backup_p)
@@ -117,6 +123,12 @@ def analyse(
                     old, new, user, rules, sdiff.renames_by_table(), sdiff.table_renames_by_old()
                 )
                 check_user_expressions(pair, user, new, cmap)
+            if mapped is not None:  # (its own failures are its own, not the inputs')
+                pre = Analysis(
+                    backup_p, live_p, pair, old, new, sdiff, cmap, user, since_jd, since_norm
+                )
+                mapped(pre)
+            with database_errors(backup_p, live_p):
                 cmap = verify(pair, old, new, cmap, since_jd, trust_mapping)
         except BaseException:
             pair.close()

@@ -398,6 +398,7 @@ class BackupChecks:
         self._integrity = pool.submit(self._check, engine, _integrity_with_cache)
         self._fks = pool.submit(self._check, engine, ordered_foreign_key_problems)
         pool.shutdown(wait=False)
+        self._pool = pool  # (abandon joins its threads)
 
     @classmethod
     def start(cls, backup: str | os.PathLike[str]) -> BackupChecks | None:
@@ -474,6 +475,8 @@ class BackupChecks:
                 job.result()
             except BaseException:  # noqa: BLE001 - interrupted on purpose
                 pass
+        # a job's result is set before its thread leaves the pool: join the threads themselves
+        self._pool.shutdown(wait=True)
 
 
 def _alone(p: Path) -> bool:

@@ -191,16 +191,21 @@ class Context:
     def rows(self, stmt: exp.Expression) -> list[tuple[Any, ...]]:
         return self.run(stmt).fetchall()
 
-    def finds_row(self, query: exp.Select) -> bool:
-        """Whether ``query`` (a pre-check standing for narrower queries) finds a row; True when
-        SQLite cannot run it, so the narrower queries run (and handle that); the statement time
-        limit's interrupt is re-raised: the run fails."""
+    def rows_if_runs(self, stmt: exp.Expression) -> list[tuple[Any, ...]] | None:
+        """:meth:`rows`, or None when SQLite cannot run ``stmt`` (a query standing for others the
+        caller runs instead); the statement time limit's interrupt is re-raised: the run fails."""
         try:
-            return bool(self.rows(query.limit(1)))
+            return self.rows(stmt)
         except sqlite3.OperationalError as exc:
             if interrupted(exc):
                 raise
-            return True
+            return None
+
+    def finds_row(self, query: exp.Select) -> bool:
+        """Whether ``query`` (a pre-check standing for narrower queries) finds a row; True when
+        SQLite cannot run it, so the narrower queries run (and handle that)."""
+        rows = self.rows_if_runs(query.limit(1))
+        return rows is None or bool(rows)
 
     def old(self, name: str) -> Table:
         return self.bundle.old.tables[name]

@@ -4,12 +4,10 @@ STRICT types, CHECK, unique indexes on expressions / partial / collated (read fr
 
 from __future__ import annotations
 
-import sqlite3
 
 from sqlglot import exp
 
 from recovery.engine.sqlbuild import and_all, col, or_all, sql, table
-from recovery.engine.timebound import interrupted
 from recovery.model.kinds import ConflictKind, Resolution
 from recovery.model.outcome import Conflict
 from recovery.reimport.constraints import Rules, UniqueRule, strict_violation, typed_copy
@@ -112,11 +110,8 @@ def hits(
             exp.alias_(temp_table("typed", tp.table), "a"),
             on=exp.EQ(this=col("rid", "a"), expression=exp.column("rowid", "s")),
         )
-    try:
-        rows = ctx.rows(src.where(and_all([bad, ctx.live("s", tp.table)])))
-    except sqlite3.OperationalError as exc:
-        if interrupted(exc):  # the statement time limit's: the run fails, as everywhere
-            raise
+    rows = ctx.rows_if_runs(src.where(and_all([bad, ctx.live("s", tp.table)])))
+    if rows is None:  # SQLite cannot run the rule here (the time limit's interrupt is raised)
         return []
     found = []
     for rid, *rest in rows:

@@ -9,7 +9,6 @@ are merged key by key (:mod:`recovery.reimport.jsonmerge`): the merged text goes
 from __future__ import annotations
 
 import json
-import sqlite3
 from typing import Any
 
 from sqlglot import exp
@@ -17,7 +16,6 @@ from sqlglot import exp
 from recovery.engine.sqlbuild import and_all, col, is_distinct, is_same, or_all, table
 from recovery.model.kinds import ConflictKind, Resolution
 from recovery.model.outcome import Conflict, ConflictMode, Prefer
-from recovery.engine.timebound import interrupted
 from recovery.reimport.context import Context, in_query, lit, rid_table, rowid, temp_table
 from recovery.reimport.jsonmerge import JsonMergeError, merge_texts
 from recovery.transpile.passes import TablePlan
@@ -200,11 +198,8 @@ def _gone_and_any_cell(
         .join(table(tp.table, "main", "t"), on=key_match.copy(), join_type="left")
         .where(or_all([missing, *cells]))
     )
-    try:
-        rows = ctx.rows(q)
-    except sqlite3.OperationalError as exc:
-        if interrupted(exc):
-            raise
+    rows = ctx.rows_if_runs(q)
+    if rows is None:
         return None
     return [tuple(r[:-1]) for r in rows if r[-1]], any(not r[-1] for r in rows)
 

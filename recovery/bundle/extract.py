@@ -222,6 +222,12 @@ def needs_replay(a: Analysis, name: str) -> bool:
     return bool(uncarried_columns(a, name))
 
 
+def waiting_for_replay(a: Analysis, replays: bool) -> list[str]:
+    """The bundle tables whose extract waits for the replayed upgrade (:func:`needs_replay`),
+    in bundle order; none when there is no replay (``replays`` False)."""
+    return [n for n in a.bundle_tables if replays and needs_replay(a, n)]
+
+
 def extract_table(
     conn: Connection,
     a: Analysis,
@@ -583,8 +589,7 @@ def _attach_and_begin(
         path = replay_path(replay_dir)
         path.touch()
         conn.execute("ATTACH DATABASE ? AS " + REPLAY_SCHEMA, (attach_uri(path),))
-    waiting = [n for n in a.bundle_tables if replays and needs_replay(a, n)]
-    begun.append(_begin(conn, a, waiting, Path(replay_dir)))
+    begun.append(_begin(conn, a, waiting_for_replay(a, replays), Path(replay_dir)))
     conn.execute("PRAGMA query_only = ON")
 
 
@@ -1229,7 +1234,7 @@ def extract(
                 # attaches only outside a transaction), and is first read once it is done
                 pending = start_replayed_upgrade(alembic_ini, a, replay_dir, sandbox)
                 sandbox = None  # (the replay owns it now)
-            waiting = [n for n in a.bundle_tables if pending is not None and needs_replay(a, n)]
+            waiting = waiting_for_replay(a, pending is not None)  # (of the checked mapping)
             assert begun  # (analyse calls ``mapped`` before the checks)
             lists = begun[0]
             if lists is not None:  # the checked rules: drop a list begun under other ones

@@ -51,6 +51,17 @@ def _bytes(bundle: Path) -> dict[str, bytes]:
     return {f: (bundle / f).read_bytes() for f in ("rows.db", "base.db", "reimport.sql")}
 
 
+def _assert_as_without_workers(
+    made: Any, folder: Path, backup: Path, live: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bundle ``made`` (in ``folder``) has the counts and bytes of the one the extract makes
+    from ``backup`` and ``live`` with no worker."""
+    monkeypatch.setattr(prelist, "MIN_ROWS", 10**12)
+    alone = extract_mod.extract(backup, live, folder.with_name(folder.name + "-alone"))
+    assert made.bundle.counts == alone.bundle.counts
+    assert _bytes(folder) == _bytes(folder.with_name(folder.name + "-alone"))
+
+
 def test_lists_made_by_worker_processes_give_the_same_bundle_bytes(
     world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -109,11 +120,7 @@ def test_a_commit_between_the_snapshots_makes_the_extract_list_itself(
     monkeypatch.setattr(prelist.Prelists, "start", start)
     moved = extract_mod.extract(backup, live, tmp_path / "moved")
     assert taken == []
-    monkeypatch.setattr(prelist, "MIN_ROWS", 10**12)
-    b_backup, b_live = _inputs(before)
-    expected = extract_mod.extract(b_backup, b_live, tmp_path / "expected")
-    assert moved.bundle.counts == expected.bundle.counts
-    assert _bytes(tmp_path / "moved") == _bytes(tmp_path / "expected")
+    _assert_as_without_workers(moved, tmp_path / "moved", *_inputs(before), monkeypatch)
 
 
 def test_a_failed_worker_makes_the_extract_list_itself(
@@ -129,10 +136,7 @@ def test_a_failed_worker_makes_the_extract_list_itself(
     monkeypatch.setattr(prelist, "ChildPair", broken)
     failed = extract_mod.extract(backup, live, tmp_path / "failed")
     assert taken == []
-    monkeypatch.setattr(prelist, "MIN_ROWS", 10**12)
-    alone = extract_mod.extract(backup, live, tmp_path / "alone")
-    assert failed.bundle.counts == alone.bundle.counts
-    assert _bytes(tmp_path / "failed") == _bytes(tmp_path / "alone")
+    _assert_as_without_workers(failed, tmp_path / "failed", backup, live, monkeypatch)
 
 
 def _children() -> list[int]:
@@ -203,10 +207,7 @@ def test_a_list_begun_before_the_checks_inferred_a_rule_is_made_again_with_it(
         c for c in workers.bundle.manifest["mapping"]["parts"]["columns"] if c["column"] == "price"
     )
     assert price["source"] == "inferred"
-    monkeypatch.setattr(prelist, "MIN_ROWS", 10**12)
-    alone = extract_mod.extract(backup, live, tmp_path / "alone")
-    assert workers.bundle.counts == alone.bundle.counts
-    assert _bytes(tmp_path / "workers") == _bytes(tmp_path / "alone")
+    _assert_as_without_workers(workers, tmp_path / "workers", backup, live, monkeypatch)
 
 
 def test_a_rule_refused_while_the_workers_run_leaves_no_worker_and_no_folder(

@@ -208,8 +208,8 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_rule_judged_by_the_data(case: Case, tmp_path: Path) -> None:
+def _case_files(case: Case, tmp_path: Path) -> tuple[Path, Path, Path | None]:
+    """The case's backup and live files (and its mapping file, if it has one) in ``tmp_path``."""
     old_rows, new_rows = case.rows(case.n)
     backup = build(tmp_path / "app.db.bak", case.ddl[0], old_rows)
     live = build(tmp_path / "app.db", case.ddl[1], new_rows)
@@ -217,6 +217,12 @@ def test_rule_judged_by_the_data(case: Case, tmp_path: Path) -> None:
     if case.mapping:
         mapping = tmp_path / "map.toml"
         mapping.write_text(f"[tables.t.columns]\n{case.mapping}\n")
+    return backup, live, mapping
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_rule_judged_by_the_data(case: Case, tmp_path: Path) -> None:
+    backup, live, mapping = _case_files(case, tmp_path)
     if case.refused:
         with pytest.raises(RecoveryError) as err:
             analyse(backup, live, DEPLOY, mapping)
@@ -779,13 +785,7 @@ def test_the_streamed_check_counts_what_the_flattened_one_does(case: Case, tmp_p
     SQLite flattens."""
     from recovery.compare.evidence import check_table
 
-    old_rows, new_rows = case.rows(case.n)
-    backup = build(tmp_path / "app.db.bak", case.ddl[0], old_rows)
-    live = build(tmp_path / "app.db", case.ddl[1], new_rows)
-    mapping = None
-    if case.mapping:
-        mapping = tmp_path / "map.toml"
-        mapping.write_text(f"[tables.t.columns]\n{case.mapping}\n")
+    backup, live, mapping = _case_files(case, tmp_path)
     with analyse(backup, live, DEPLOY, mapping, trust_mapping=True) as a:
         assert isinstance(a.pair, sqlite3.Connection)
         tm = a.mapping.tables["t"]

@@ -179,7 +179,11 @@ def _reimport_into(
     conn = open_target(target, busy_timeout)
     wal: bool | None = None  # staged: whether the file was in WAL mode (None: not staged)
     settled = False  # staged: back in its journal mode, to be fsynced after the close
-    writeback = _Writeback(target) if staged else None
+    # staged: the pages the re-import spilled to the file are fsynced on a side thread once its
+    # writes are applied (while the FK check and the outcome run), so the fsync after the COMMIT
+    # writes only what the COMMIT wrote; durability still rests on that one. Its error is
+    # re-raised: Linux reports a write-back error to one fsync only.
+    writeback: list[_Background] = []
     try:
         if staged:
             wal = _private_writes(conn)
@@ -199,7 +203,11 @@ def _reimport_into(
                 in_place,
                 script=script,
                 fk_clean=fk_clean,
-                on_applied=writeback.start if writeback is not None else None,
+                on_applied=(
+                    (lambda: writeback.append(_Background(_fsync_file, target, name="writeback")))
+                    if staged
+                    else None
+                ),
             )
             if outcome.aborted:
                 conn.execute("ROLLBACK")
@@ -233,8 +241,11 @@ def _reimport_into(
             if settled:  # durable before the rename that swaps it in
                 _fsync_file(target)
         finally:
-            if writeback is not None:  # its error is the file's: not lost to the fsync above
-                writeback.wait(raise_error=settled)
+            for job in writeback:  # its error is the file's: not lost to the fsync above
+                if settled:
+                    job.result()
+                else:
+                    job.discard()
     if check_after:  # rollback verifies in its own journaled step instead
         outcome.verification = verify_file(
             target, outcome, bundle.old.alembic_revision, role="target database"
@@ -281,43 +292,6 @@ def _fsync_file(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-class _Writeback:
-    """An ``fsync`` of the staged file on a side thread, started once the re-import's writes are
-    applied (:func:`recovery.reimport.merge.merge_and_check`'s ``on_applied``): the pages the
-    transaction has spilled to the file by then go to the disk while the main thread checks
-    foreign keys and records the outcome, so the one fsync after the COMMIT
-    (:func:`_fsync_file`) writes only what the COMMIT wrote. Durability still rests on that
-    final fsync; this one only moves the work earlier. Its error is re-raised by :meth:`wait`
-    (Linux reports a write-back error to one fsync only: the final one may not see it)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._thread: Any = None
-        self._error: OSError | None = None
-
-    def start(self) -> None:
-        import threading
-
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._run, name="recovery-writeback", daemon=True
-            )
-            self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            _fsync_file(self.path)
-        except OSError as exc:
-            self._error = exc
-
-    def wait(self, raise_error: bool = True) -> None:
-        """Join the side thread; re-raise its ``fsync`` error when ``raise_error``."""
-        if self._thread is not None:
-            self._thread.join()
-        if raise_error and self._error is not None:
-            raise self._error
 
 
 _PENDING_SCRIPTS = ".reimport-pending"
@@ -616,11 +590,15 @@ class _Background:
     the clean-up, so nothing started here outlives a refused or failed run."""
 
     def __init__(
-        self, fn: Callable[..., Any], *args: Any, cleanup: Callable[[Any], None] | None = None
+        self,
+        fn: Callable[..., Any],
+        *args: Any,
+        cleanup: Callable[[Any], None] | None = None,
+        name: str = "bg",
     ):
         from concurrent.futures import ThreadPoolExecutor
 
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recovery-bg")
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"recovery-{name}")
         self._future = self._pool.submit(fn, *args)
         self._pool.shutdown(wait=False)
         self._cleanup = cleanup

@@ -188,7 +188,7 @@ def test_a_writeback_error_of_the_staged_file_fails_the_run_before_the_swap(
     tmp_path: Path, sample_world: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The staged file's pages are written back by an fsync on a side thread once the re-import's
-    writes are applied (``pipeline._Writeback``). Linux reports a write-back error to one fsync
+    writes are applied (``pipeline._reimport_into``'s ``writeback``, a ``_Background``). Linux reports a write-back error to one fsync
     only, so an error there must fail the run although the fsync after the COMMIT succeeds: the
     live DB is the failed release's, no staged file is left."""
     import errno
@@ -203,7 +203,7 @@ def test_a_writeback_error_of_the_staged_file_fails_the_run_before_the_swap(
     real_fsync, failed = os.fsync, []
 
     def fsync(fd: int) -> None:
-        if threading.current_thread().name == "recovery-writeback":
+        if threading.current_thread().name.startswith("recovery-writeback"):
             failed.append(os.readlink(f"/proc/self/fd/{fd}"))
             raise OSError(errno.EIO, "Input/output error")
         real_fsync(fd)

@@ -970,14 +970,12 @@ def _run_rollback(
                 lineage_job = _Background(_derive_lineage, alembic_ini, backup_p, db_p)
             say("safety copy of the live database")
             journal.mark("safety", "start")
-            safety, copied_by = window.safety_copy(run_dir / "safety" / db_p.name)
-            log.debug("safety copy made by %s", copied_by)
-            # its sha256 is taken by the extract (the bundle's live fingerprint) and added below
-            journal.mark("safety", "done", path=str(safety), size=safety.stat().st_size)
-            if prior is not None and sha256_file(safety) != prior:
-                journal.data["steps"].pop(
-                    "extract", None
-                )  # the live DB changed since: extract again
+            safety_step = _SafetyStep(window, run_dir / "safety" / db_p.name, journal)
+            if journal.done("extract"):  # a resumed run: the copy tells whether to extract again
+                if prior is not None and sha256_file(safety_step.done()) != prior:
+                    journal.data["steps"].pop(
+                        "extract", None
+                    )  # the live DB changed since: extract again
             if not journal.done("extract"):
                 say("extracting post-deploy changes")
                 journal.mark("extract", "start")
@@ -999,7 +997,9 @@ def _run_rollback(
                         trust=bool(args.get("trust_mapping")),
                         derived_lineage=lineage_job.result if lineage_job is not None else None,
                         walked=walked,
+                        safety=safety_step,
                     )
+            safety_step.done()
             bundle = bundle or open_bundle(run_dir / "bundle")
             if confirm is not None and not confirm(_plan_summary(bundle)):
                 raise RecoveryError(
@@ -1540,6 +1540,35 @@ def _clean_leftovers(run_dir: Path, db: Path) -> list[Path]:
     return removed
 
 
+class _SafetyStep:
+    """The rollback's safety copy, made on its own thread (:meth:`WriteWindow.start_safety_copy`)
+    while the extract reads the live DB under the same write lock, so both see one state; the
+    journal marks it done once, before the extract is marked done (a resumed run compares the
+    next copy with this one's sha256, the bundle's live fingerprint, to know whether the bundle
+    still describes the live DB)."""
+
+    def __init__(self, window: WriteWindow, path: Path, journal: Journal) -> None:
+        self.path, self._journal = path, journal
+        self._copying = window.start_safety_copy(path)
+        self._marked = False
+
+    def done(self) -> Path:
+        """Wait for the copy (re-raising its error) and journal it, once."""
+        safety, copied_by = self._copying.result()
+        if not self._marked:
+            log.debug("safety copy made by %s", copied_by)
+            self._journal.mark("safety", "done", path=str(safety), size=safety.stat().st_size)
+            self._marked = True
+        return safety
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The bundle's live fingerprint: the safety copy's, once it is made."""
+        from recovery.bundle.extract import live_fingerprint
+
+        self._copying.result()
+        return live_fingerprint(self.path)
+
+
 def _extract_step(
     run_dir: Path,
     backup: Path,
@@ -1553,9 +1582,12 @@ def _extract_step(
     trust: bool = False,
     derived_lineage: Callable[[], Any] | None = None,
     walked: dict[str, Any] | None = None,
+    safety: _SafetyStep | None = None,
 ) -> Bundle:
-    """Extract from the safety copy (identical content; the live file stays untouched) into
-    ``RUN_DIR/bundle``, and journal it with the safety copy's sha256 (the bundle's live fingerprint).
+    """Extract into ``RUN_DIR/bundle`` and journal it with the safety copy's sha256 (the bundle's
+    live fingerprint). With ``safety`` (the rollback: our write lock is held, so the live file
+    is the very state being copied) the live DB is read in place while the copy is made, and the
+    safety step is journaled done before the extract; without, the safety copy is read.
     ``walked``: given, its ``"uploads"`` is set to the extract's walk of the uploads (with the
     digests its copies took), which the walk beside the re-import then refreshes."""
     from recovery.bundle.extract import extract
@@ -1567,7 +1599,7 @@ def _extract_step(
         shutil.rmtree(bundle_dir)
     res = extract(
         backup,
-        run_dir / "safety" / db.name,
+        db if safety is not None else run_dir / "safety" / db.name,
         bundle_dir,
         since,
         mapping,
@@ -1576,6 +1608,7 @@ def _extract_step(
         files,
         trust_mapping=trust,
         derived_lineage=derived_lineage,
+        live_print=safety.fingerprint if safety is not None else None,
     )
     if res.plan.errors:
         journal.mark("extract", "failed", errors=list(res.plan.errors))
@@ -1586,6 +1619,8 @@ def _extract_step(
         )
     if walked is not None:
         walked["uploads"] = res.uploads_walk
+    if safety is not None:
+        safety.done()
     journal.data["steps"]["safety"]["sha256"] = res.bundle.manifest["sources"]["live"]["sha256"]
     journal.mark("extract", "done", bundle_id=res.bundle.bundle_id)
     return res.bundle

@@ -128,7 +128,7 @@ def finish(name: str, record: bool = True) -> None:
     if record:  # a step's own time: one run inside it (the rollback's re-import inside its
         # restore) counts once, for itself, and the timing line's total stays the wall time
         _timings[name] = _timings.get(name, 0.0) + elapsed - inner
-        if _order:
+        if _order and _running[_order[-1]][0] <= started:  # nested, not merely overlapping
             _inner[_order[-1]] = _inner.get(_order[-1], 0.0) + elapsed
     log.debug(
         "step %s: %s after %.2f s",

@@ -578,6 +578,41 @@ def test_disk_full_at_the_reimport_leaves_the_live_db_untouched(
         _umount(disk)
 
 
+def test_a_safety_copy_that_meets_a_full_disk_stops_the_run_with_nothing_changed(
+    world: Path, tmp_path: Path
+) -> None:
+    """The safety copy is made on its own thread while the extract reads the live DB: the run
+    folder's disk has no room for it. One error line (no traceback), the live DB and the backup as
+    they were, no staged restore beside the live DB, no safety copy (not even a partial one), and
+    the write lock given back: the application can commit again."""
+    w = tmp_path / "w"
+    w.mkdir()
+    for name in ("gestima.db", "gestima.db-wal", BACKUP):
+        if (world / name).exists():
+            shutil.copy2(world / name, w / name)  # mtimes kept: the backup is older
+    shutil.copytree(world / "uploads", w / "uploads")
+    before_live, before_backup = content(w / "gestima.db"), (w / BACKUP).read_bytes()
+    disk = tmp_path / "disk"
+    _mount_tmpfs(disk, "size=256k")  # the run folder's disk: far less than the live DB
+    try:
+        proc = run_cli(rollback_args(str(disk / "run")), w)
+        assert proc.returncode in (2, 3), proc.stderr
+        line = one_error_line(proc)
+        assert "space" in line or "full" in line, line
+        assert "Traceback" not in proc.stderr
+        assert "is now the backup" not in line and "re-imported" not in line
+        assert content(w / "gestima.db") == before_live
+        assert (w / BACKUP).read_bytes() == before_backup
+        assert not list(w.glob(".gestima.db.restore-tmp*"))
+        safety = disk / "run" / "safety"
+        assert not safety.exists() or not [p for p in safety.iterdir() if p.is_file()]
+        with sqlite3.connect(w / "gestima.db", timeout=0.5) as c:  # the lock was given back
+            c.execute("UPDATE users SET username = username WHERE rowid = 1")
+        c.close()
+    finally:
+        _umount(disk)
+
+
 def test_a_reimport_that_fails_after_its_commit_says_the_data_is_in(
     finished: Path, world: Path, tmp_path: Path
 ) -> None:

@@ -1154,6 +1154,7 @@ def extract(
     trust_mapping: bool = False,
     derived_lineage: Callable[[], tuple[dict[str, dict[str, exp.Expression]], dict[str, Any]]]
     | None = None,
+    live_print: Callable[[], dict[str, Any]] | None = None,
 ) -> ExtractResult:
     """Extract every change since ``backup`` from ``live`` into a new bundle folder ``out``.
     A column rule the unchanged rows contradict is refused unless ``trust_mapping``.
@@ -1161,7 +1162,11 @@ def extract(
     ``derived_lineage``: waits for and returns what
     :func:`recovery.migrate.migrations.derive_lineage` gives for ``alembic_ini``, ``backup`` and
     this live schema, when the caller started it earlier (the rollback starts it beside its safety
-    copy); else it is derived here, on a thread, while the schemas are read and compared."""
+    copy); else it is derived here, on a thread, while the schemas are read and compared.
+
+    ``live_print``: the manifest's live fingerprint (:func:`live_fingerprint`) when it is not
+    ``live``'s own: the rollback reads the live DB under its write lock and fingerprints the
+    safety copy it makes meanwhile (called on the hashing thread, after the others' work)."""
     out_p = Path(out)
     if out_p.exists() and (not out_p.is_dir() or any(out_p.iterdir())):
         raise RecoveryError(
@@ -1179,7 +1184,7 @@ def extract(
     # The sources' fingerprints only go into the manifest: hash them on the second core while
     # SQLite works on the first (hashlib releases the GIL). The inputs are read-only.
     hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recovery-hash")
-    live_print = hasher.submit(live_fingerprint, Path(live))
+    live_printed = None if live_print is not None else hasher.submit(live_fingerprint, Path(live))
     # and walk the uploads folder (the copy after the SQL asks the walk which files exist)
     walk = (
         hasher.submit(UploadsIndex, Path(uploads))
@@ -1188,6 +1193,9 @@ def extract(
     )
     # last: a rollback's staged proof may have hashed the backup meanwhile (sha256_file remembers)
     backup_sha = hasher.submit(sha256_file, Path(backup))
+    if live_printed is None:  # after the walk: it may wait for a copy still being made
+        assert live_print is not None
+        live_printed = hasher.submit(live_print)
     hasher.shutdown(wait=False)
     derived: Future[tuple[dict[str, dict[str, exp.Expression]], dict[str, Any]]] | None = None
     copying: Future[dict[str, object]] | None = None
@@ -1297,7 +1305,7 @@ def extract(
                         "alembic_revision": a.old.alembic_revision,
                     },
                     "live": {
-                        **live_print.result(),
+                        **live_printed.result(),
                         "alembic_revision": a.new.alembic_revision,
                         "sqlite_sequence": live_sequences,
                     },
@@ -1316,7 +1324,7 @@ def extract(
         os.replace(work, out_p) if not out_p.exists() else _move_into(work, out_p)
         fsync_dir(out_p.parent)
     except BaseException as exc:
-        jobs = (backup_sha, live_print, walk, derived, copying, *db_hashes.values())
+        jobs = (backup_sha, live_printed, walk, derived, copying, *db_hashes.values())
         for f in jobs:  # no job outlives a failure
             if f is not None and not f.cancel():
                 f.exception()

@@ -26,7 +26,9 @@ import json
 import os
 import sqlite3
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -178,6 +180,35 @@ def _copy_fd(fd: int, dst: Path) -> None:
             offset += len(chunk)
 
 
+class SafetyCopying:
+    """A safety copy made on its own thread (:meth:`WriteWindow.start_safety_copy`)."""
+
+    def __init__(self, copy: Callable[[], tuple[Path, str]]) -> None:
+        self._value: tuple[Path, str] | None = None
+        self._error: BaseException | None = None
+        self._copy = copy
+        self._thread = threading.Thread(target=self._run, name="recovery-safety")
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._value = self._copy()
+        except BaseException as exc:  # noqa: BLE001 - re-raised by result()
+            self._error = exc
+
+    def wait(self) -> None:
+        """Wait for the copy to end, however it ends."""
+        self._thread.join()
+
+    def result(self) -> tuple[Path, str]:
+        """The copy and how it was made (as :meth:`WriteWindow.safety_copy`); re-raises its error."""
+        self.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._value is not None
+        return self._value
+
+
 class WriteWindow:
     """The live DB's write lock, held from before the safety copy until :meth:`swap`.
 
@@ -191,6 +222,9 @@ class WriteWindow:
         self.replaced: ReplacedFile | None = None
         self._fd: int | None = os.open(db, os.O_RDONLY)
         self._conn: sqlite3.Connection | None = None
+        self._copying: SafetyCopying | None = None
+        """The safety copy under way on its own thread (:meth:`start_safety_copy`): joined before
+        the lock or the descriptors it reads through are let go."""
         self._shm_fd: int | None = None
         """``-shm``, open for reading the WAL-index; closed only after ``_conn`` (a close drops
         this process's POSIX locks on the file, the write lock ``_conn`` holds there included)."""
@@ -226,8 +260,10 @@ class WriteWindow:
             os.close(shm_fd)
 
     def release(self) -> None:
-        """Give the lock back without a swap (nothing was changed)."""
+        """Give the lock back without a swap (nothing was changed); a safety copy under way is
+        waited for first (it reads through our descriptors)."""
         try:
+            self._join_copy()
             self._close_conn()
         finally:
             if self._fd is not None:
@@ -240,17 +276,45 @@ class WriteWindow:
         consistent (:func:`recovery.engine.sqlite_io.held_copy`), or ``"backup-api"`` where that
         copy cannot be proven (no valid WAL-index, a hot journal, a file at the path that is not
         the locked one) and SQLite's online backup reads it instead."""
+        return self._copier(dst, role)()
+
+    def start_safety_copy(self, dst: Path, role: str = "live database") -> SafetyCopying:
+        """:meth:`safety_copy` on a thread of its own, while the caller reads the live DB (which
+        the held lock keeps at the very state copied). The copy is mostly the kernel's and the
+        disk's work, so the caller's reads need not wait for it. :meth:`release` and
+        :meth:`swap` wait for it; :meth:`SafetyCopying.result` gives what :meth:`safety_copy`
+        returns, or raises what it raised."""
+        if self._copying is not None:
+            raise RuntimeError("a safety copy is already under way")
+        self._copying = SafetyCopying(self._copier(dst, role))
+        return self._copying
+
+    def _copier(self, dst: Path, role: str) -> Callable[[], tuple[Path, str]]:
+        """The safety copy split where it leaves our connection: its page count is read now, on
+        the connection's own thread; the copy returned reads only through our descriptors and
+        files (any thread, while the lock is held)."""
         if self._conn is None or self._fd is None:
             raise RuntimeError("the write window was released")
         pages = int(self._conn.execute("PRAGMA page_count").fetchone()[0])
         shm = sidecars(real_path(self.db))[1]
         if self._shm_fd is None and shm.exists():
             self._shm_fd = os.open(shm, os.O_RDWR)  # closed only after our connection
-        if self._is_locked_file() and held_copy(self.db, dst, pages, role, self._fd, self._shm_fd):
-            if self._is_locked_file():
-                return dst, "held-copy"
-            dst.unlink(missing_ok=True)  # the path was renamed over while it was copied
-        return consistent_copy(self.db, dst, role), "backup-api"
+        db_fd, shm_fd = self._fd, self._shm_fd
+
+        def copy() -> tuple[Path, str]:
+            if self._is_locked_file() and held_copy(self.db, dst, pages, role, db_fd, shm_fd):
+                if self._is_locked_file():
+                    return dst, "held-copy"
+                dst.unlink(missing_ok=True)  # the path was renamed over while it was copied
+            return consistent_copy(self.db, dst, role), "backup-api"
+
+        return copy
+
+    def _join_copy(self) -> None:
+        """Wait for the safety copy under way, if any (its outcome stays with its handle)."""
+        copying, self._copying = self._copying, None
+        if copying is not None:
+            copying.wait()
 
     def _is_locked_file(self) -> bool:
         """The file at the path is the one whose lock we hold (same device and inode)."""
@@ -272,6 +336,10 @@ class WriteWindow:
         rename (a stale WAL must never meet the new file) and stay open here for the late check."""
         if self._conn is None or self._fd is None:
             raise RuntimeError("the write window was released")
+        copying = self._copying
+        if copying is not None:  # never swap over a live DB whose safety copy is not made
+            copying.result()
+            self._copying = None
         db = self.db
         held, now = os.fstat(self._fd), os.stat(db)
         if (held.st_dev, held.st_ino) != (now.st_dev, now.st_ino):

@@ -24,6 +24,10 @@ from typing import TYPE_CHECKING
 import pytest
 from hypothesis import settings
 
+# every statement the code renders is checked not to be rewritten by sqlglot's generator
+# (recovery.engine.sqlbuild.sql renders in place); inherited by the CLI's child processes
+os.environ.setdefault("RECOVERY_CHECK_RENDER", "1")
+
 if TYPE_CHECKING:
     from tests.pgcluster import PgWorld, PgWorldCopy
 

@@ -4,6 +4,7 @@ refusal while another process holds the write lock, and the atomic stage/swap.""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import subprocess
 import sys
@@ -194,3 +195,19 @@ def test_sqlalchemy_url_reflects_read_only(tmp_path: Path) -> None:
     assert _count(db) == 2 and sorted(p.name for p in tmp_path.iterdir()) == [
         db.name
     ]  # no stray file
+
+
+def test_rendering_in_place_is_checked_under_the_suite() -> None:
+    """``sqlbuild.sql`` renders trees in place (no copy); under the suite
+    (``RECOVERY_CHECK_RENDER=1``, set by conftest and inherited by the CLI's children) a tree the
+    generator rewrites while rendering it fails loudly instead of changing a later statement."""
+    import sqlglot
+
+    from recovery.engine import sqlbuild
+
+    assert os.environ.get(sqlbuild.CHECK_RENDER_ENV) == "1"
+    rewritten = sqlglot.parse_one("SELECT DISTINCT ON (a) a, b FROM t ORDER BY a", read="postgres")
+    with pytest.raises(AssertionError, match="rendering changed the tree"):
+        sqlbuild.sql(rewritten)
+    plain = sqlbuild.key_join(["id", "name"], "o", "n", null_safe=True)
+    assert sqlbuild.sql(plain) == plain.sql(dialect="sqlite") == sqlbuild.sql(plain)

@@ -63,7 +63,7 @@ from recovery.reimport.constraints import affinity_type
 from recovery.errors import RecoveryError
 from recovery.transpile.mapping import ColumnMapping, ColumnRule, TableMapping
 from recovery.engine.schema import Schema, Table
-from recovery.engine.sqlbuild import and_all, col, qualify_columns, sql, table
+from recovery.engine.sqlbuild import and_all, col, float_div, qualify_columns, sql, table
 from recovery.compare.timestamps import after_expr, find_timestamp_columns
 
 SAMPLE = 20_000
@@ -175,11 +175,11 @@ def _inner(
     )
     q = (
         exp.select(*flags, nd, exp.alias_(_key_json(p.s), "k", quoted=True), *(extra or []))
-        .from_(src)
-        .join(table(p.new_t.name, "new", "n"), on=on)
+        .from_(src, copy=False)
+        .join(table(p.new_t.name, "new", "n"), on=on, copy=False)
     )
     untouched = untouched_condition(p.new_t, since_jd)
-    return q.where(untouched) if untouched is not None else q
+    return q.where(untouched, copy=False) if untouched is not None else q
 
 
 def _streamed(pair: Connection, s: TableSides, q: exp.Select) -> exp.Select:
@@ -193,7 +193,7 @@ def _streamed(pair: Connection, s: TableSides, q: exp.Select) -> exp.Select:
     is."""
     if not isinstance(pair, sqlite3.Connection) or len(s.key) != 1:
         return q
-    return q.limit(exp.Neg(this=exp.Literal.number(1)))
+    return q.limit(exp.Neg(this=exp.Literal.number(1)), copy=False)
 
 
 def _add(terms: list[exp.Expression]) -> exp.Expression:
@@ -215,7 +215,7 @@ def check_table(
         return {}
     p = _Paired(s, new_t, tuple(c for c, _, _ in s.compared), tuple(n for _, _, n in s.compared))
     inner = _streamed(pair, s, _inner(p, since_jd, SAMPLE)).subquery(
-        exp.TableAlias(this=exp.to_identifier("r", quoted=True))
+        exp.TableAlias(this=exp.to_identifier("r", quoted=True)), copy=False
     )
     nd = col("nd", "r")
     sel: list[exp.Expression] = [
@@ -249,7 +249,7 @@ def check_table(
                 )
             )
         )
-    row = pair.execute(sql(exp.select(*sel).from_(inner))).fetchone()
+    row = pair.execute(sql(exp.select(*sel).from_(inner, copy=False))).fetchone()
     shared, all_agree = int(row[0] or 0), int(row[1] or 0)
     dated = untouched_condition(new_t, since_jd) is not None
     share = AGREE_SHARE_DATED if dated else AGREE_SHARE_UNDATED
@@ -493,9 +493,7 @@ def _ratio_expr(c: str, a: str) -> exp.Expression:
             exp.NEQ(this=col(a, "n"), expression=exp.Literal.number(0)),
         ]
     )
-    ratio = exp.Div(
-        this=exp.Mul(this=col(c, "o"), expression=exp.Literal.number("1.0")), expression=col(a, "n")
-    )
+    ratio = float_div(exp.Mul(this=col(c, "o"), expression=exp.Literal.number("1.0")), col(a, "n"))
     return exp.Case(ifs=[exp.If(this=both, true=ratio)])
 
 

@@ -14,6 +14,7 @@ from sqlglot import exp
 
 from recovery.errors import RecoveryError
 from recovery.engine.schema import Table
+from recovery.engine.sqlbuild import float_div
 
 CREATED_NAMES = (
     "created_at",
@@ -110,7 +111,7 @@ def julian(value: exp.Expression) -> exp.Expression:
         ifs=[
             exp.If(
                 this=is_millis,
-                true=exp.Div(this=value.copy(), expression=exp.Literal.number("1000.0")),
+                true=float_div(value.copy(), exp.Literal.number("1000.0")),
             )
         ],
         default=value.copy(),

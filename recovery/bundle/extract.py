@@ -466,13 +466,17 @@ def _rest_on_rowid(
         key = (okey if side == "old" else nkey).copy()
         return (
             exp.select(*[col(c, alias) for c in cols], exp.Literal.string(kind))
-            .from_(table(listed.name, listed.db, "c"))
+            .from_(table(listed.name, listed.db, "c"), copy=False)
             .join(
                 table(s.name if side == "old" else s.new_name or s.name, side, alias),
                 on=exp.EQ(this=key, expression=col("k", "c")),
                 join_type="cross",  # the list drives: each row fetched by its rowid
+                copy=False,
             )
-            .where(exp.EQ(this=col("d", "c"), expression=exp.Literal.number(int(deleted))))
+            .where(
+                exp.EQ(this=col("d", "c"), expression=exp.Literal.number(int(deleted))),
+                copy=False,
+            )
         )
 
     upd = _insert_select(

@@ -71,13 +71,14 @@ def changed_list_query(
         flags.append(exp.or_(gone.copy(), exp.Paren(this=sure.copy())))
     return (
         exp.select(okey.copy(), *flags)
-        .from_(_scan_old(s))
+        .from_(_scan_old(s), copy=False)
         .join(
             table(s.new_name or s.name, "new", "n"),
             on=exp.EQ(this=okey.copy(), expression=nkey.copy()),
             join_type="left",
+            copy=False,
         )
-        .where(exp.or_(gone.copy(), exp.Paren(this=cond.copy())))
+        .where(exp.or_(gone.copy(), exp.Paren(this=cond.copy())), copy=False)
     )
 
 

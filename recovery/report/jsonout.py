@@ -10,6 +10,7 @@ to ``json.dump`` on random documents.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from json.encoder import INFINITY, encode_basestring
 from typing import IO, Any
@@ -76,11 +77,55 @@ def _repeated(obj: Any) -> set[int]:
     return twice
 
 
-def dump(obj: Any, fh: IO[str], default: Callable[[Any], Any], indent: int = 2) -> None:
+Known = dict[int, tuple[Any, int, str]]
+"""Texts of lists written before the document (:func:`list_texts`): ``id`` -> (the list, the
+depth it is met at, its text there)."""
+
+
+def list_texts(
+    roots: list[tuple[Any, int]], default: Callable[[Any], Any], indent: int = 2
+) -> Known:
+    """The text :func:`dump` writes for each list of :data:`REPEAT_MIN` to :data:`REPEAT_MAX`
+    items found through the dicts (and shorter lists) of each ``(root, depth)``, where the root
+    is met at that depth of the document: made before the document is complete (a rollback
+    makes them while its verification finishes), handed to :func:`dump` as ``known``. The lists
+    must not change until then. A list's text at depth ``d`` is its text as a document with
+    every line break followed by ``d`` more indents (``json`` escapes a line break inside a
+    string, so every one in the text is the encoder's)."""
+    found: Known = {}
+    stack = list(roots)
+    walked: set[int] = set()
+    while stack:
+        o, level = stack.pop()
+        if isinstance(o, dict):
+            if id(o) not in walked:
+                walked.add(id(o))
+                stack.extend((v, level + 1) for v in o.values())
+        elif isinstance(o, list) and REPEAT_MIN <= len(o) <= REPEAT_MAX:
+            if id(o) not in found:
+                buf = io.StringIO()
+                dump(o, buf, default, indent)
+                text = buf.getvalue()
+                found[id(o)] = (o, level, text.replace("\n", "\n" + " " * indent * level))
+        elif isinstance(o, (list, tuple)) and len(o) < REPEAT_MIN and id(o) not in walked:
+            walked.add(id(o))
+            stack.extend((v, level + 1) for v in o)
+    return found
+
+
+def dump(
+    obj: Any,
+    fh: IO[str],
+    default: Callable[[Any], Any],
+    indent: int = 2,
+    known: Known | None = None,
+) -> None:
     """Write ``json.dump(obj, fh, indent=indent, ensure_ascii=False, default=default)``'s exact
     text to ``fh`` (no trailing newline, like it). Lists are read by iterating them (a
     :class:`recovery.model.spill.SpillList` gives every item) and tested by truth, as ``json``
-    does; a circular reference raises ``ValueError``."""
+    does; a circular reference raises ``ValueError``. ``known``: texts of lists made before
+    (:func:`list_texts`, same ``default`` and ``indent``), written where the same list is met
+    at the same depth."""
     out: list[str] = []
     put = out.append
     seen: set[int] = set()
@@ -125,6 +170,14 @@ def dump(obj: Any, fh: IO[str], default: Callable[[Any], Any], indent: int = 2) 
         nonlocal keeping
         if not items:
             put("[]")
+            return
+        made = known.get(id(items)) if known else None
+        if made is not None and made[0] is items and made[1] == level:
+            enter(items)  # a list inside itself is still refused
+            seen.discard(id(items))
+            put(made[2])
+            if len(out) > _FLUSH:
+                flush()
             return
         if id(items) in repeated and not keeping:
             text = texts.get((id(items), level))

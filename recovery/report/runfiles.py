@@ -29,6 +29,7 @@ from recovery.model.kinds import RowKind
 from recovery.model.outcome import OUTCOME_FORMAT, Outcome, OutcomeFormatError
 from recovery.report import charts, csvlines, csvout, notcarried
 from recovery.report.html import render_html
+from recovery.report.jsonout import list_texts
 from recovery.report.markdown import render_markdown
 from recovery.report.model import Prepared, build, draft, files_list, finish, prepare
 from recovery.report.tables import CONFLICT_COLUMNS, FILE_COLUMNS, LOST_COLUMNS, deletes_columns
@@ -117,14 +118,15 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _atomic_write_json(path: Path, data: Any) -> None:
+def _atomic_write_json(path: Path, data: Any, known: Any = None) -> None:
     """``dump_json(data)`` written in batches (never the whole text in memory), by
-    :func:`recovery.report.jsonout.dump`: the same text as ``json.dump`` in about half the time."""
+    :func:`recovery.report.jsonout.dump`: the same text as ``json.dump`` in about half the time.
+    ``known``: texts of its long lists made before (:func:`recovery.report.jsonout.list_texts`)."""
     from recovery.report.jsonout import dump
 
     tmp = path.with_name(path.name + ".tmp")
     with _private_open(tmp) as fh:
-        dump(data, fh, _json_default)
+        dump(data, fh, _json_default, known=known)
         fh.write("\n")
     os.replace(tmp, path)
 
@@ -262,6 +264,8 @@ class Advanced:
     rollback_time: str
     section: dict[str, Any]
     csv: dict[str, Path]
+    json: Any = None
+    """report.json's long lists as text (:func:`recovery.report.jsonout.list_texts`)."""
 
 
 def prepare_run_files(run_dir: Path, bundle: Bundle) -> PreparedRun:
@@ -310,6 +314,20 @@ def advance_run_files(
     prepared.advanced = advanced  # its files are removed by close() from here on
     for name, tmp in _outcome_csv_tmps(run_dir, outcome, bundle, section):
         advanced.csv[name] = tmp
+    advanced.json = list_texts(  # the section, and the outcome's lists that stay as they are,
+        [  # both met at depth 1 of report.json (write_run_files)
+            (section, 1),
+            (
+                {
+                    "deletes_for_review": outcome.deletes_for_review,
+                    "skipped_rows": outcome.skipped_rows,
+                    "files": outcome.files,
+                },
+                1,
+            ),
+        ],
+        _json_default,
+    )
 
 
 def _outcome_csv_tmps(
@@ -371,7 +389,7 @@ def write_run_files(
         and all(tmp.parent == run_dir for tmp in advanced.csv.values())
     ):
         section = finish(advanced.section, outcome, late)
-        after = advanced.csv
+        after, known = advanced.csv, advanced.json
     else:
         section = build(
             bundle,
@@ -380,7 +398,7 @@ def write_run_files(
             late,
             prepared.model if prepared is not None else None,
         )
-        after = {}
+        after, known = {}, None
     section["filled_by_upgrade"] = prepared.filled if prepared is not None else filled_count(bundle)
     section["migration_notes"] = list(
         (bundle.manifest.get("lineage") or {}).get("notes") or []
@@ -400,7 +418,7 @@ def write_run_files(
     }
     report["migration_notes"] = section["migration_notes"]
     paths = {n: run_dir / n for n in RUN_FILES}
-    _atomic_write_json(paths["report.json"], report)
+    _atomic_write_json(paths["report.json"], report, known)
     del report
     # streamed from the bundle: the caller keeps the bundle until we return (a dry run's is deleted after)
     done = prepared.csv if prepared is not None else {}

@@ -1158,6 +1158,11 @@ def _run_rollback(
         )
         _save_outcome(run_dir, outcome)
         journal.mark("relink", "done")
+    # the live DB as the run leaves it (nothing of ours writes it after the relink: the
+    # verification only reads): hashed while the verification, the late check and the report run
+    live_left = _Background(db_fingerprint, db_p)
+    if jobs is not None:
+        jobs.append(live_left)
     if not journal.done("verify"):
         journal.mark("verify", "start")
         if early is not None and early.started:  # the main thread's part while the reads finish
@@ -1170,11 +1175,6 @@ def _run_rollback(
         ) or verify_file(db_p, outcome, bundle.old.alembic_revision, role="live database")
         _save_outcome(run_dir, outcome)
         journal.mark("verify", "done", ok=outcome.verification.get("ok"))
-    # the live DB as the run leaves it (nothing of ours writes it after the relink): hashed while
-    # the late check and the report run
-    live_left = _Background(db_fingerprint, db_p)
-    if jobs is not None:
-        jobs.append(live_left)
     late = _late_check(journal, window, run_dir, db_p, say, jobs)
     from recovery.report import write_run_files
 

@@ -28,8 +28,10 @@ from recovery.report.lost import has_lost as _has_lost
 from recovery.model.kinds import RowKind
 from recovery.model.outcome import OUTCOME_FORMAT, Outcome, OutcomeFormatError
 from recovery.report import charts, csvlines, csvout, notcarried
+from recovery.report.html import made_ahead as html_made_ahead
 from recovery.report.html import render_html
 from recovery.report.jsonout import list_texts
+from recovery.report.markdown import made_ahead as md_made_ahead
 from recovery.report.markdown import render_markdown
 from recovery.report.model import Prepared, build, draft, files_list, finish, prepare
 from recovery.report.tables import CONFLICT_COLUMNS, FILE_COLUMNS, LOST_COLUMNS, deletes_columns
@@ -266,6 +268,10 @@ class Advanced:
     csv: dict[str, Path]
     json: Any = None
     """report.json's long lists as text (:func:`recovery.report.jsonout.list_texts`)."""
+    html: dict[str, str | None] | None = None
+    """report.html's tables and outcome chart (:func:`recovery.report.html.made_ahead`)."""
+    md: dict[str, str] | None = None
+    """report.md's tables (:func:`recovery.report.markdown.made_ahead`)."""
 
 
 def prepare_run_files(run_dir: Path, bundle: Bundle) -> PreparedRun:
@@ -328,6 +334,8 @@ def advance_run_files(
         ],
         _json_default,
     )
+    advanced.md = md_made_ahead(section)
+    advanced.html = html_made_ahead(section)
 
 
 def _outcome_csv_tmps(
@@ -389,7 +397,7 @@ def write_run_files(
         and all(tmp.parent == run_dir for tmp in advanced.csv.values())
     ):
         section = finish(advanced.section, outcome, late)
-        after, known = advanced.csv, advanced.json
+        after, known, md_made, html_made = advanced.csv, advanced.json, advanced.md, advanced.html
     else:
         section = build(
             bundle,
@@ -398,7 +406,7 @@ def write_run_files(
             late,
             prepared.model if prepared is not None else None,
         )
-        after, known = {}, None
+        after, known, md_made, html_made = {}, None, None, None
     section["filled_by_upgrade"] = prepared.filled if prepared is not None else filled_count(bundle)
     section["migration_notes"] = list(
         (bundle.manifest.get("lineage") or {}).get("notes") or []
@@ -453,9 +461,10 @@ def write_run_files(
     ].exists():  # the re-import writes the plan it executed; else the bundle's
         shutil.copyfile(bundle.path / "reimport.sql", paths["reimport.sql"])
         os.chmod(paths["reimport.sql"], 0o600)
-    _atomic_write(paths["report.md"], render_markdown(section))
+    _atomic_write(paths["report.md"], render_markdown(section, md_made))
     _atomic_write(
-        paths["report.html"], render_html(section, prepared.drawn if prepared is not None else None)
+        paths["report.html"],
+        render_html(section, prepared.drawn if prepared is not None else None, html_made),
     )
     return paths
 

@@ -108,3 +108,19 @@ def test_texts_made_before_give_the_same_text(doc: object, shift: int) -> None:
         jsonout.REPEAT_MIN = saved
     assert got.getvalue() == want.getvalue()
     assert known  # "shared" at least
+
+
+def test_texts_made_before_stop_at_their_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``list_texts`` keeps at most ``TEXTS_MAX`` characters (here: the first list's); the
+    lists past it are written by the dump as it meets them, the same text."""
+    from recovery.report import jsonout
+
+    monkeypatch.setattr(jsonout, "REPEAT_MIN", 2)
+    monkeypatch.setattr(jsonout, "TEXTS_MAX", 1)
+    doc = {"a": [{"k": i} for i in range(5)], "b": {"c": list(range(7))}, "d": ["x", "y"]}
+    known = jsonout.list_texts([(doc, 0)], _default)
+    assert len(known) == 1
+    want, got = io.StringIO(), io.StringIO()
+    json.dump(doc, want, indent=2, ensure_ascii=False, default=_default)
+    dump(doc, got, _default, known=known)
+    assert got.getvalue() == want.getvalue()

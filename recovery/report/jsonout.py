@@ -10,10 +10,9 @@ to ``json.dump`` on random documents.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 from json.encoder import INFINITY, encode_basestring
-from typing import IO, Any
+from typing import Any, Protocol
 
 _FLUSH = 16384
 """Pieces collected before one ``write`` (a few hundred kB: bounded memory at any size)."""
@@ -77,9 +76,20 @@ def _repeated(obj: Any) -> set[int]:
     return twice
 
 
+class Writer(Protocol):
+    """Where :func:`dump` writes: a text file, or anything with its ``write``."""
+
+    def write(self, text: str, /) -> Any: ...
+
+
 Known = dict[int, tuple[Any, int, str]]
 """Texts of lists written before the document (:func:`list_texts`): ``id`` -> (the list, the
 depth it is met at, its text there)."""
+
+
+TEXTS_MAX = 32 << 20
+"""Characters of list texts :func:`list_texts` keeps in all (memory stays bounded; a list past
+it is written by :func:`dump` as it meets it)."""
 
 
 def list_texts(
@@ -87,12 +97,11 @@ def list_texts(
 ) -> Known:
     """The text :func:`dump` writes for each list of :data:`REPEAT_MIN` to :data:`REPEAT_MAX`
     items found through the dicts (and shorter lists) of each ``(root, depth)``, where the root
-    is met at that depth of the document: made before the document is complete (a rollback
-    makes them while its verification finishes), handed to :func:`dump` as ``known``. The lists
-    must not change until then. A list's text at depth ``d`` is its text as a document with
-    every line break followed by ``d`` more indents (``json`` escapes a line break inside a
-    string, so every one in the text is the encoder's)."""
+    is met at that depth of the document (up to :data:`TEXTS_MAX` characters in all): made
+    before the document is complete (a rollback makes them while its verification finishes),
+    handed to :func:`dump` as ``known``. The lists must not change until then."""
     found: Known = {}
+    kept = 0
     stack = list(roots)
     walked: set[int] = set()
     while stack:
@@ -102,30 +111,40 @@ def list_texts(
                 walked.add(id(o))
                 stack.extend((v, level + 1) for v in o.values())
         elif isinstance(o, list) and REPEAT_MIN <= len(o) <= REPEAT_MAX:
-            if id(o) not in found:
-                buf = io.StringIO()
-                dump(o, buf, default, indent)
-                text = buf.getvalue()
-                found[id(o)] = (o, level, text.replace("\n", "\n" + " " * indent * level))
+            if id(o) not in found and kept < TEXTS_MAX:
+                parts: list[str] = []
+                dump(o, _Collect(parts), default, indent, level=level)
+                text = "".join(parts)
+                found[id(o)] = (o, level, text)
+                kept += len(text)
         elif isinstance(o, (list, tuple)) and len(o) < REPEAT_MIN and id(o) not in walked:
             walked.add(id(o))
             stack.extend((v, level + 1) for v in o)
     return found
 
 
+class _Collect:
+    """A writer that keeps what is written as a list of pieces (joined once, at the end)."""
+
+    def __init__(self, parts: list[str]) -> None:
+        self.write = parts.append
+
+
 def dump(
     obj: Any,
-    fh: IO[str],
+    fh: Writer,
     default: Callable[[Any], Any],
     indent: int = 2,
     known: Known | None = None,
+    level: int = 0,
 ) -> None:
     """Write ``json.dump(obj, fh, indent=indent, ensure_ascii=False, default=default)``'s exact
     text to ``fh`` (no trailing newline, like it). Lists are read by iterating them (a
     :class:`recovery.model.spill.SpillList` gives every item) and tested by truth, as ``json``
     does; a circular reference raises ``ValueError``. ``known``: texts of lists made before
     (:func:`list_texts`, same ``default`` and ``indent``), written where the same list is met
-    at the same depth."""
+    at the same depth. ``level``: the depth ``obj`` is met at in the document it is part of
+    (0: it is the document)."""
     out: list[str] = []
     put = out.append
     seen: set[int] = set()
@@ -233,5 +252,5 @@ def dump(
         put("\n" + pad * level + "}")
         seen.discard(id(d))
 
-    value(obj, 0)
+    value(obj, level)
     flush()

@@ -87,7 +87,7 @@ Known = dict[int, tuple[Any, int, str]]
 depth it is met at, its text there)."""
 
 
-TEXTS_MAX = 32 << 20
+TEXTS_MAX = 8 << 20
 """Characters of list texts :func:`list_texts` keeps in all (memory stays bounded; a list past
 it is written by :func:`dump` as it meets it)."""
 

@@ -82,9 +82,10 @@ class Writer(Protocol):
     def write(self, text: str, /) -> Any: ...
 
 
-Known = dict[int, tuple[Any, int, str]]
+Known = dict[int, tuple[Any, int, list[str]]]
 """Texts of lists written before the document (:func:`list_texts`): ``id`` -> (the list, the
-depth it is met at, its text there)."""
+depth it is met at, its text there in the pieces :func:`dump` wrote it in — kept apart, a
+piece with no character past Latin-1 stays one byte a character)."""
 
 
 TEXTS_MAX = 8 << 20
@@ -114,9 +115,8 @@ def list_texts(
             if id(o) not in found and kept < TEXTS_MAX:
                 parts: list[str] = []
                 dump(o, _Collect(parts), default, indent, level=level)
-                text = "".join(parts)
-                found[id(o)] = (o, level, text)
-                kept += len(text)
+                found[id(o)] = (o, level, parts)
+                kept += sum(map(len, parts))
         elif isinstance(o, (list, tuple)) and len(o) < REPEAT_MIN and id(o) not in walked:
             walked.add(id(o))
             stack.extend((v, level + 1) for v in o)
@@ -124,7 +124,7 @@ def list_texts(
 
 
 class _Collect:
-    """A writer that keeps what is written as a list of pieces (joined once, at the end)."""
+    """A writer that keeps what is written as a list of pieces."""
 
     def __init__(self, parts: list[str]) -> None:
         self.write = parts.append
@@ -194,9 +194,9 @@ def dump(
         if made is not None and made[0] is items and made[1] == level:
             enter(items)  # a list inside itself is still refused
             seen.discard(id(items))
-            put(made[2])
-            if len(out) > _FLUSH:
-                flush()
+            flush()
+            for piece in made[2]:
+                (kept.append if keeping else fh.write)(piece)
             return
         if id(items) in repeated and not keeping:
             text = texts.get((id(items), level))

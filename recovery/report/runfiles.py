@@ -236,9 +236,10 @@ def _rollback_time(extra: dict[str, Any] | None) -> str:
 class PreparedRun:
     """The part of :func:`write_run_files` that depends on the bundle alone, done before the
     outcome exists (:func:`prepare_run_files`): the report section's bundle reads, the filled
-    count, and lost_values.csv / filled_by_upgrade.csv written complete to their ``.tmp`` names
-    (these two CSVs are streamed from rows.db whatever the outcome). :meth:`close` removes what
-    :func:`write_run_files` did not put in place."""
+    count, and lost_values.csv / filled_by_upgrade.csv / files.csv written complete to their
+    ``.tmp`` names (the first two streamed from rows.db, files.csv from the bundle's file
+    records, whatever the outcome). :meth:`close` removes what :func:`write_run_files` did not
+    put in place (:attr:`advanced`'s files too)."""
 
     model: Prepared
     filled: int

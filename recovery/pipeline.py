@@ -627,6 +627,25 @@ def _prepare_report(run_dir: Path, bundle: Bundle) -> Any:
     return prepare_run_files(run_dir, bundle)
 
 
+def _advance_report(
+    report_prep: _Background, run_dir: Path, outcome: Outcome, bundle: Bundle, journal: Journal
+) -> None:
+    """The report's part that the verification and the late-commit check do not change
+    (:func:`recovery.report.runfiles.advance_run_files`), done while the verification's reads
+    finish on other threads; the report step then writes the same files. Nothing is lost when it
+    fails: the report step does the whole report and says what failed."""
+    from recovery.report.runfiles import advance_run_files
+
+    try:
+        prepared = report_prep.result()
+        if prepared is not None:
+            advance_run_files(
+                prepared, run_dir, outcome, bundle, {"journal": journal.data["steps"]}
+            )
+    except Exception:  # the report step does it all again
+        log.debug("report drafted in the report step", exc_info=True)
+
+
 @contextmanager
 def _side_jobs_ended() -> Iterator[list[_Background]]:
     """Background jobs of the run are waited for and cleaned up however the run ends."""
@@ -1139,8 +1158,15 @@ def _run_rollback(
         )
         _save_outcome(run_dir, outcome)
         journal.mark("relink", "done")
+    # the live DB as the run leaves it (nothing of ours writes it after the relink: the
+    # verification only reads): hashed while the verification, the late check and the report run
+    live_left = _Background(db_fingerprint, db_p)
+    if jobs is not None:
+        jobs.append(live_left)
     if not journal.done("verify"):
         journal.mark("verify", "start")
+        if early is not None and early.started:  # the main thread's part while the reads finish
+            _advance_report(report_prep, run_dir, outcome, bundle, journal)
         outcome.verification = (
             None
             if args.get("full_verify")
@@ -1149,11 +1175,6 @@ def _run_rollback(
         ) or verify_file(db_p, outcome, bundle.old.alembic_revision, role="live database")
         _save_outcome(run_dir, outcome)
         journal.mark("verify", "done", ok=outcome.verification.get("ok"))
-    # the live DB as the run leaves it (nothing of ours writes it after the relink): hashed while
-    # the late check and the report run
-    live_left = _Background(db_fingerprint, db_p)
-    if jobs is not None:
-        jobs.append(live_left)
     late = _late_check(journal, window, run_dir, db_p, say, jobs)
     from recovery.report import write_run_files
 

@@ -83,3 +83,44 @@ def test_a_circular_document_is_refused() -> None:
     loop.append(loop)
     with pytest.raises(ValueError, match="Circular"):
         dump({"x": loop}, io.StringIO(), _default)
+
+
+@settings(max_examples=40, deadline=None)
+@given(documents, st.integers(min_value=0, max_value=3))
+def test_texts_made_before_give_the_same_text(doc: object, shift: int) -> None:
+    """Lists written ahead of the document (``list_texts``: a rollback's report.json while its
+    verification finishes) come out as json writes them, met at the depth they were made for or
+    at another one (then written afresh); ``shift`` nests the document that deep."""
+    from recovery.report import jsonout
+
+    saved = jsonout.REPEAT_MIN
+    jsonout.REPEAT_MIN = 1  # every non-empty list is made ahead
+    try:
+        shared = [doc, {"x": doc}]
+        outer: object = {"a": shared, "b": [shared, doc]}
+        for _ in range(shift):
+            outer = {"n": outer}
+        known = jsonout.list_texts([(outer, 0)], _default)
+        want, got = io.StringIO(), io.StringIO()
+        json.dump(outer, want, indent=2, ensure_ascii=False, default=_default)
+        dump(outer, got, _default, known=known)
+    finally:
+        jsonout.REPEAT_MIN = saved
+    assert got.getvalue() == want.getvalue()
+    assert known  # "shared" at least
+
+
+def test_texts_made_before_stop_at_their_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``list_texts`` keeps at most ``TEXTS_MAX`` characters (here: the first list's); the
+    lists past it are written by the dump as it meets them, the same text."""
+    from recovery.report import jsonout
+
+    monkeypatch.setattr(jsonout, "REPEAT_MIN", 2)
+    monkeypatch.setattr(jsonout, "TEXTS_MAX", 1)
+    doc = {"a": [{"k": i} for i in range(5)], "b": {"c": list(range(7))}, "d": ["x", "y"]}
+    known = jsonout.list_texts([(doc, 0)], _default)
+    assert len(known) == 1
+    want, got = io.StringIO(), io.StringIO()
+    json.dump(doc, want, indent=2, ensure_ascii=False, default=_default)
+    dump(doc, got, _default, known=known)
+    assert got.getvalue() == want.getvalue()

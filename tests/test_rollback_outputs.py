@@ -77,6 +77,44 @@ def _rollback(w: Path) -> Path:
     return run
 
 
+def _made_ahead_or_not(run: Path) -> None:
+    """The run's report files made again from its outcome into two scratch folders, once with
+    ``runfiles.advance_run_files`` first (as a rollback does while its verification finishes, on
+    a WAL-mode live DB) and once without: the same text (but for the time they were made)."""
+    from recovery.bundle.store import open_bundle
+    from recovery.model.outcome import Outcome
+    from recovery.report import runfiles
+
+    bundle = open_bundle(run / "bundle")
+    extra = {"journal": json.loads((run / "journal.json").read_text(encoding="utf-8"))["steps"]}
+    texts = []
+    for ahead in (False, True):
+        out = run.parent / f"remade-{ahead}"
+        out.mkdir()
+        outcome = Outcome.from_json((run / "outcome.json").read_bytes())
+        prepared = runfiles.prepare_run_files(out, bundle)
+        try:
+            if ahead:
+                runfiles.advance_run_files(prepared, out, outcome, bundle, extra)
+                assert prepared.advanced is not None
+            runfiles.write_run_files(
+                out, outcome, bundle, {**extra, "late_commits": None}, prepared
+            )
+        finally:
+            prepared.close()
+        assert not list(out.glob("*.tmp"))
+        now = r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d"
+        texts.append(
+            {
+                n: re.sub(now, "<NOW>", (out / n).read_text(encoding="utf-8"))
+                for n in runfiles.RUN_FILES
+                if n != "reimport.sql"
+            }
+        )
+        shutil.rmtree(out)
+    assert texts[0] == texts[1]
+
+
 def _normalized(run: Path, w: Path, name: str) -> str:
     """The text of ``run/name`` with what differs between two runs of the same code replaced."""
     text = (run / name).read_text(encoding="utf-8")
@@ -116,6 +154,7 @@ def test_rollback_outputs_are_unchanged(
         monkeypatch.setenv("RECOVERY_SPILL_AFTER", "0")
         scenario = scenario.removesuffix("-spilled")
     run = _rollback(w)
+    _made_ahead_or_not(run)
     texts = {name: _normalized(run, w, name) for name in OUTPUTS}
     digests = {n: hashlib.sha256(t.encode("utf-8")).hexdigest() for n, t in texts.items()}
     update = bool(request.config.getoption("--update-golden", default=False)) or bool(
@@ -176,3 +215,51 @@ def test_a_run_failing_after_the_report_preparation_leaves_no_temporary_files(
     _rollback(w)
     assert not list((w / "run").glob("*.tmp"))
     assert (w / "run" / "lost_values.csv").read_text(encoding="utf-8").count("\n") == 28
+
+
+def test_the_report_is_made_ahead_and_a_failure_after_it_leaves_no_temporary_files(
+    world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the verification's reads finish, the rollback drafts the report and writes
+    conflicts.csv, deletes_for_review.csv and not_carried.csv to their ``.tmp`` names
+    (``runfiles.advance_run_files``: so the golden digests above hold the report made ahead); a
+    run failing after that (here: the late check raises) removes them, and the same command
+    then finishes with the files the golden digests hold."""
+    from recovery import pipeline
+    from recovery.errors import RecoveryError
+
+    w = tmp_path / "w"
+    shutil.copytree(world, w)  # a WAL-mode live DB: the verification's reads start early
+    seen: list[list[str]] = []
+
+    def failing(*args: object, **kwargs: object) -> object:
+        seen.append(sorted(p.name for p in (w / "run").glob("*.csv.tmp")))
+        raise RecoveryError("the late check failed (test)", exit_code=3)
+
+    real = pipeline._late_check
+    monkeypatch.setattr(pipeline, "_late_check", failing)
+    with pytest.raises(RecoveryError):
+        pipeline.rollback(
+            w / "gestima.db",
+            next(w.glob("gestima.db.bak.*[0-9]")),
+            w / "run",
+            uploads=w / "uploads",
+            alembic_ini=app_dir() / "alembic.ini",
+            confirm=lambda _plan: True,
+        )
+    assert seen and {
+        "conflicts.csv.tmp",
+        "deletes_for_review.csv.tmp",
+        "not_carried.csv.tmp",
+        "files.csv.tmp",
+    } <= set(seen[0])  # made ahead, beside the verification
+    assert sorted(p.name for p in (w / "run").glob("*.tmp")) == []
+    monkeypatch.setattr(pipeline, "_late_check", real)
+    _rollback(w)
+    assert not list((w / "run").glob("*.tmp"))
+    golden = json.loads(GOLDEN.read_text(encoding="utf-8"))["sample"]
+    for name in OUTPUTS:
+        if name in ("outcome.json", "reimport.sql", "report.json"):
+            continue  # a resumed run's (its journal in report.json): not this test's subject
+        text = _normalized(w / "run", w, name)
+        assert hashlib.sha256(text.encode()).hexdigest() == golden[name], name

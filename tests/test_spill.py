@@ -276,3 +276,23 @@ def test_the_deletes_for_review_text_sqlite_writes_is_the_items_encoding(
         lambda r: None if made is None else made + ("true}" if unchanged else "false}"),
     )
     assert list(spilled) == [item] * 3
+
+
+def test_stored_keys_and_types_are_read_once_and_again_after_a_write() -> None:
+    """``stored_object_keys`` / ``stored_json_types`` answer from the spilled text as it is now:
+    asked twice, the same answer (read once); after an append, an item assignment or a clear,
+    the new text's."""
+    items = SpillList([{"a": 1, "key": [1]}], head=0)
+    assert items.stored_object_keys() == {"a", "key"}
+    items.stored_object_keys().add("mutated")  # a copy: the answer kept is not changed
+    assert items.stored_object_keys() == {"a", "key"}
+    assert items.stored_json_types("$.key") == {"array"}
+    items.append({"b": 2, "key": "x"})
+    assert items.stored_object_keys() == {"a", "b", "key"}
+    assert items.stored_json_types("$.key") == {"array", "text"}
+    items[1] = {"c": 3, "key": [2]}
+    assert items.stored_object_keys() == {"a", "c", "key"}
+    assert items.stored_json_types("$.key") == {"array"}
+    items.clear()
+    assert items.stored_object_keys() == set()
+    assert items.stored_json_types("$.key") == set()

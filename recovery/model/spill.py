@@ -74,6 +74,9 @@ class SpillList(list[T]):
         self._db: sqlite3.Connection | None = None
         self._spilled = 0
         self._lock = threading.Lock()
+        # answers of stored_object_keys / stored_json_types, for the spilled items as they were
+        # (any write to the file clears them)
+        self._asked: dict[tuple[str, str], Any] = {}
         self.extend(items)
 
     # -- the spilled tail ----------------------------------------------------------------------
@@ -100,6 +103,7 @@ class SpillList(list[T]):
     def _spill_texts(self, texts: Iterable[str]) -> None:
         """Append items given as their ``encode`` text to the file, in batches."""
         with self._lock:
+            self._asked.clear()
             db = self._conn()
             batch: list[tuple[int, str]] = []
             for text in texts:
@@ -132,6 +136,7 @@ class SpillList(list[T]):
     def close(self) -> None:
         """Drop the temporary file (SQLite deletes it); the list is then only its head."""
         with self._lock:
+            self._asked.clear()
             if self._db is not None:
                 self._db.close()
                 self._db = None
@@ -205,41 +210,51 @@ class SpillList(list[T]):
         """The keys of the JSON objects the spilled items are stored as, read from their text by
         SQLite (``json_each``: nothing decoded in Python); None when a stored text is not a JSON
         object. It names the items' keys only for an ``encode`` that writes each item as an
-        object with its keys (the caller checks, as for :meth:`encoded`)."""
+        object with its keys (the caller checks, as for :meth:`encoded`). Read once while the
+        spilled items stay as they are."""
         with self._lock:
             if self._db is None:
                 return set()
-            try:
-                odd = self._db.execute(
-                    "SELECT 1 FROM spill WHERE json_type(v) IS NOT 'object' LIMIT 1"
-                ).fetchone()
-                if odd is not None:
-                    return None
-                return {
-                    str(k)
-                    for (k,) in self._db.execute(
-                        "SELECT DISTINCT j.key FROM spill, json_each(spill.v) AS j"
-                    )
-                }
-            except sqlite3.Error:  # text SQLite's JSON functions refuse
+            if ("keys", "") not in self._asked:
+                self._asked[("keys", "")] = self._object_keys(self._db)
+            found = self._asked[("keys", "")]
+            return None if found is None else set(found)
+
+    @staticmethod
+    def _object_keys(db: sqlite3.Connection) -> set[str] | None:
+        try:
+            odd = db.execute(
+                "SELECT 1 FROM spill WHERE json_type(v) IS NOT 'object' LIMIT 1"
+            ).fetchone()
+            if odd is not None:
                 return None
+            return {
+                str(k)
+                for (k,) in db.execute("SELECT DISTINCT j.key FROM spill, json_each(spill.v) AS j")
+            }
+        except sqlite3.Error:  # text SQLite's JSON functions refuse
+            return None
 
     def stored_json_types(self, path: str) -> set[str] | None:
         """The JSON types (``json_type``: ``array``, ``object``, ``text`` …, ``None`` where the
         path is absent) found at ``path`` (e.g. ``$.key``) in the spilled items' stored text,
-        read by SQLite; None when a stored text is not JSON."""
+        read by SQLite; None when a stored text is not JSON. Read once per ``path`` while the
+        spilled items stay as they are."""
         with self._lock:
             if self._db is None:
                 return set()
-            try:
-                return {
-                    t
-                    for (t,) in self._db.execute(
-                        "SELECT DISTINCT json_type(v, ?) FROM spill", (path,)
-                    )
-                }
-            except sqlite3.Error:
-                return None
+            if ("types", path) not in self._asked:
+                try:
+                    self._asked[("types", path)] = {
+                        t
+                        for (t,) in self._db.execute(
+                            "SELECT DISTINCT json_type(v, ?) FROM spill", (path,)
+                        )
+                    }
+                except sqlite3.Error:
+                    self._asked[("types", path)] = None
+            found = self._asked[("types", path)]
+            return None if found is None else set(found)
 
     def encodes_with(self, encode: Callable[[T], str]) -> bool:
         """Whether this list stores its spilled items as ``encode``'s text."""
@@ -307,6 +322,7 @@ class SpillList(list[T]):
             return
         with self._lock:
             assert self._db is not None
+            self._asked.clear()
             self._db.execute("UPDATE spill SET v = ? WHERE i = ?", (self._encode(value), k - head))
 
     def __eq__(self, other: object) -> bool:

@@ -8,6 +8,7 @@ cells are cut to :data:`recovery.escape.SHOW_LIMIT` characters (the CSVs keep th
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from html import escape
 from typing import Any
 
@@ -89,6 +90,38 @@ def _table(df: pd.DataFrame, empty: str) -> str:
         return f'<p class="empty">{_t(empty)}</p>'
     shown = plain_words(df).map(cut)
     return shown.to_html(index=False, escape=True, border=0, classes="data", na_rep="")
+
+
+TABLES: dict[str, tuple[Callable[[dict[str, Any]], pd.DataFrame], str]] = {
+    "tables": (tables_frame, "No table had post-deploy changes."),
+    "users": (users_frame, "No post-deploy work."),
+    "lost": (lost_frame, "Nothing was lost."),
+    "conflicts": (conflicts_frame, "No conflicts."),
+    "not_carried": (not_carried_frame, ""),
+    "deletes": (deletes_frame, ""),
+    "files": (files_frame, ""),
+}
+"""The page's tables: the frame each is made of, and what is shown when it is empty."""
+
+
+def made_ahead(report: dict[str, Any]) -> dict[str, str | None]:
+    """The page's tables and its outcome chart, made from the section's lists and table counts
+    alone: :func:`render_html`'s ``made``, for this same section (a rollback makes them while
+    its verification finishes; the verdict, the verification and the time come later)."""
+    made: dict[str, str | None] = {
+        name: _table(frame(report), empty)
+        for name, (frame, empty) in TABLES.items()
+        if name not in ("not_carried", "deletes", "files") or _listed(report, name)
+    }
+    made["outcome_chart"] = charts.outcome_chart(report["tables"])
+    return made
+
+
+def _listed(report: dict[str, Any], name: str) -> bool:
+    """Whether the page has the section ``name`` of the optional three."""
+    if name == "files":
+        return bool(report["files"].get("affected"))
+    return bool(report.get({"deletes": "deletes_for_review"}.get(name, name)))
 
 
 def verdict_reasons(h: dict[str, Any]) -> list[str]:
@@ -211,12 +244,22 @@ def _reasons(h: dict[str, Any]) -> str:
 
 
 def render_html(
-    report: dict[str, Any], drawn: dict[str, tuple[Any, str | None]] | None = None
+    report: dict[str, Any],
+    drawn: dict[str, tuple[Any, str | None]] | None = None,
+    made: dict[str, str | None] | None = None,
 ) -> str:
     """The full page for a ``report`` section (see ``model.build``). ``drawn``: charts already
     drawn, {"activity": (the ``activity`` section drawn, its data URI)} — used when the section
-    is that one (the same input draws the same chart)."""
+    is that one (the same input draws the same chart). ``made``: :func:`made_ahead` of this
+    section, whose lists and table counts have not changed since."""
     h = report["headline"]
+
+    def table(name: str) -> str:
+        if made is not None and name in made:
+            return str(made[name])
+        frame, empty = TABLES[name]
+        return _table(frame(report), empty)
+
     cls, title, sentence = verdict_text(h)
     icon = {"ok": "✓", "review": "!", "bad": "✕"}[cls]
     done = (drawn or {}).get("activity")
@@ -225,7 +268,11 @@ def render_html(
         if done is not None and done[0] == report["activity"]
         else charts.activity_chart(report["activity"])
     )
-    outcome_uri = charts.outcome_chart(report["tables"])
+    outcome_uri = (
+        made["outcome_chart"]
+        if made is not None and "outcome_chart" in made
+        else charts.outcome_chart(report["tables"])
+    )
     untimed = report["activity"].get("untimed") or {}
     untimed_note = (
         ("; not shown (no timestamp): " + ", ".join(f"{n} in {t}" for t, n in untimed.items()))
@@ -261,7 +308,7 @@ def render_html(
             if outcome_uri
             else ""
         )
-        + _table(tables_frame(report), "No table had post-deploy changes.")
+        + table("tables")
         + "</section>",
         "<section><h2>Post-deploy activity</h2>"
         f'<p class="sub">Records created or changed per {_t(report["activity"].get("bin_minutes"))} minutes '
@@ -274,7 +321,7 @@ def render_html(
         + "</section>",
         f'<section><h2>Per user</h2><p class="sub">Who did the work ({_t(users_note)}; a change is '
         "attributed to updated_by where the table has it, else to the record's owner).</p>"
-        + _table(users_frame(report), "No post-deploy work.")
+        + table("users")
         + "</section>",
         f'<section><h2>Lost values ({lost_total(report)})</h2><p class="sub">Values the old release has '
         "no place for — the list to re-enter from once the new release is back"
@@ -285,7 +332,7 @@ def render_html(
             else ""
         )
         + ".</p>"
-        + _table(lost_frame(report), "Nothing was lost.")
+        + table("lost")
         + (f'<p class="more">{_t(lost_more(report))}</p>' if lost_more(report) else "")
         + (
             f'<p class="sub">Filled by the upgrade, not verified: {int(report["filled_by_upgrade"]):,} value(s) in '
@@ -296,7 +343,7 @@ def render_html(
         )
         + "</section>",
         f'<section><h2>Conflicts ({len(report["conflicts"])})</h2><p class="sub">Both values and how each '
-        "was resolved.</p>" + _table(conflicts_frame(report), "No conflicts.") + "</section>",
+        "was resolved.</p>" + table("conflicts") + "</section>",
     ]
     if report.get("not_carried"):
         more = not_carried_more(report)
@@ -306,7 +353,7 @@ def render_html(
             "deploy (its items too), to enter again by hand; every column of each is in not_carried.csv"
             + (f"; the first {LIST_LIMIT:,} are listed here" if more else "")
             + ".</p>"
-            + _table(not_carried_frame(report), "")
+            + table("not_carried")
             + (f'<p class="more">{_t(more)}</p>' if more else "")
             + "</section>"
         )
@@ -318,7 +365,7 @@ def render_html(
             "delete them again if the deletion was intended"
             + (f"; the first {LIST_LIMIT:,} are listed here" if more else "")
             + ".</p>"
-            + _table(deletes_frame(report), "")
+            + table("deletes")
             + (f'<p class="more">{_t(more)}</p>' if more else "")
             + "</section>"
         )
@@ -331,7 +378,7 @@ def render_html(
             f"post-deploy records ({_t(status)})"
             + (f"; the first {LIST_LIMIT:,} are listed here" if more else "")
             + ".</p>"
-            + _table(files_frame(report), "")
+            + table("files")
             + (f'<p class="more">{_t(more)}</p>' if more else "")
             + "</section>"
         )

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from json.encoder import INFINITY, encode_basestring
-from typing import IO, Any
+from typing import Any, Protocol
 
 _FLUSH = 16384
 """Pieces collected before one ``write`` (a few hundred kB: bounded memory at any size)."""
@@ -76,11 +76,75 @@ def _repeated(obj: Any) -> set[int]:
     return twice
 
 
-def dump(obj: Any, fh: IO[str], default: Callable[[Any], Any], indent: int = 2) -> None:
+class Writer(Protocol):
+    """Where :func:`dump` writes: a text file, or anything with its ``write``."""
+
+    def write(self, text: str, /) -> Any: ...
+
+
+Known = dict[int, tuple[Any, int, list[str]]]
+"""Texts of lists written before the document (:func:`list_texts`): ``id`` -> (the list, the
+depth it is met at, its text there in the pieces :func:`dump` wrote it in — kept apart, a
+piece with no character past Latin-1 stays one byte a character)."""
+
+
+TEXTS_MAX = 8 << 20
+"""Characters of list texts :func:`list_texts` keeps in all (memory stays bounded; a list past
+it is written by :func:`dump` as it meets it)."""
+
+
+def list_texts(
+    roots: list[tuple[Any, int]], default: Callable[[Any], Any], indent: int = 2
+) -> Known:
+    """The text :func:`dump` writes for each list of :data:`REPEAT_MIN` to :data:`REPEAT_MAX`
+    items found through the dicts (and shorter lists) of each ``(root, depth)``, where the root
+    is met at that depth of the document (up to :data:`TEXTS_MAX` characters in all): made
+    before the document is complete (a rollback makes them while its verification finishes),
+    handed to :func:`dump` as ``known``. The lists must not change until then."""
+    found: Known = {}
+    kept = 0
+    stack = list(roots)
+    walked: set[int] = set()
+    while stack:
+        o, level = stack.pop()
+        if isinstance(o, dict):
+            if id(o) not in walked:
+                walked.add(id(o))
+                stack.extend((v, level + 1) for v in o.values())
+        elif isinstance(o, list) and REPEAT_MIN <= len(o) <= REPEAT_MAX:
+            if id(o) not in found and kept < TEXTS_MAX:
+                parts: list[str] = []
+                dump(o, _Collect(parts), default, indent, level=level)
+                found[id(o)] = (o, level, parts)
+                kept += sum(map(len, parts))
+        elif isinstance(o, (list, tuple)) and len(o) < REPEAT_MIN and id(o) not in walked:
+            walked.add(id(o))
+            stack.extend((v, level + 1) for v in o)
+    return found
+
+
+class _Collect:
+    """A writer that keeps what is written as a list of pieces."""
+
+    def __init__(self, parts: list[str]) -> None:
+        self.write = parts.append
+
+
+def dump(
+    obj: Any,
+    fh: Writer,
+    default: Callable[[Any], Any],
+    indent: int = 2,
+    known: Known | None = None,
+    level: int = 0,
+) -> None:
     """Write ``json.dump(obj, fh, indent=indent, ensure_ascii=False, default=default)``'s exact
     text to ``fh`` (no trailing newline, like it). Lists are read by iterating them (a
     :class:`recovery.model.spill.SpillList` gives every item) and tested by truth, as ``json``
-    does; a circular reference raises ``ValueError``."""
+    does; a circular reference raises ``ValueError``. ``known``: texts of lists made before
+    (:func:`list_texts`, same ``default`` and ``indent``), written where the same list is met
+    at the same depth. ``level``: the depth ``obj`` is met at in the document it is part of
+    (0: it is the document)."""
     out: list[str] = []
     put = out.append
     seen: set[int] = set()
@@ -125,6 +189,14 @@ def dump(obj: Any, fh: IO[str], default: Callable[[Any], Any], indent: int = 2) 
         nonlocal keeping
         if not items:
             put("[]")
+            return
+        made = known.get(id(items)) if known else None
+        if made is not None and made[0] is items and made[1] == level:
+            enter(items)  # a list inside itself is still refused
+            seen.discard(id(items))
+            flush()
+            for piece in made[2]:
+                (kept.append if keeping else fh.write)(piece)
             return
         if id(items) in repeated and not keeping:
             text = texts.get((id(items), level))
@@ -180,5 +252,5 @@ def dump(obj: Any, fh: IO[str], default: Callable[[Any], Any], indent: int = 2) 
         put("\n" + pad * level + "}")
         seen.discard(id(d))
 
-    value(obj, 0)
+    value(obj, level)
     flush()

@@ -8,6 +8,7 @@ shows as text in a ticket renderer: no link, image, HTML, emphasis or broken tab
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
@@ -38,8 +39,40 @@ def md_table(df: pd.DataFrame, empty: str, numbers: bool = False) -> str:
     return clean.to_markdown(index=False, disable_numparse=not numbers)
 
 
-def render_markdown(report: dict[str, Any]) -> str:
+TABLES: dict[str, tuple[Callable[[dict[str, Any]], pd.DataFrame], str, bool]] = {
+    "tables": (tables_frame, "No post-deploy changes.", True),
+    "users": (users_frame, "No post-deploy work.", True),
+    "lost": (lost_frame, "Nothing was lost.", False),
+    "conflicts": (conflicts_frame, "No conflicts.", False),
+    "not_carried": (not_carried_frame, "", False),
+    "deletes": (deletes_frame, "", False),
+}
+"""The text's tables: the frame each is made of, what is shown when it is empty, and whether
+its numbers are right-aligned (:func:`md_table`)."""
+
+
+def made_ahead(report: dict[str, Any]) -> dict[str, str]:
+    """The text's tables, made from the section's lists alone: :func:`render_markdown`'s
+    ``made``, for this same section (a rollback makes them while its verification finishes)."""
+    return {
+        name: md_table(frame(report), empty, numbers)
+        for name, (frame, empty, numbers) in TABLES.items()
+        if name not in ("not_carried", "deletes")
+        or report.get({"deletes": "deletes_for_review"}.get(name, name))
+    }
+
+
+def render_markdown(report: dict[str, Any], made: dict[str, str] | None = None) -> str:
+    """The Markdown report of a ``report`` section. ``made``: :func:`made_ahead` of this section,
+    whose lists have not changed since."""
     h = report["headline"]
+
+    def table(name: str) -> str:
+        if made is not None and name in made:
+            return made[name]
+        frame, empty, numbers = TABLES[name]
+        return md_table(frame(report), empty, numbers)
+
     _, title, sentence = verdict_text(h)
     rollback = h.get("rollback_time") or (
         "dry run — nothing changed" if h["mode"] == "dry-run" else "not rolled back yet"
@@ -90,11 +123,11 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         "## Per table",
         "",
-        md_table(tables_frame(report), "No post-deploy changes.", True),
+        table("tables"),
         "",
         "## Per user",
         "",
-        md_table(users_frame(report), "No post-deploy work.", True),
+        table("users"),
         "",
         f"## Lost values ({lost_total(report)})",
         "",
@@ -106,7 +139,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             else "."
         ),
         "",
-        md_table(lost_frame(report), "Nothing was lost."),
+        table("lost"),
     ]
     if lost_more(report):
         out += ["", f"_{md_text(lost_more(report))}_"]
@@ -123,7 +156,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         f"## Conflicts ({len(report['conflicts'])})",
         "",
-        md_table(conflicts_frame(report), "No conflicts."),
+        table("conflicts"),
     ]
     if report.get("not_carried"):
         out += [
@@ -135,7 +168,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                 "too); every column of each is in not_carried.csv."
             ),
             "",
-            md_table(not_carried_frame(report), ""),
+            table("not_carried"),
         ]
         if not_carried_more(report):
             out += ["", f"_{md_text(not_carried_more(report))}_"]
@@ -144,7 +177,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             "",
             f"## Deleted after the deploy ({len(report['deletes_for_review'])})",
             "",
-            md_table(deletes_frame(report), ""),
+            table("deletes"),
         ]
         if deletes_more(report):
             out += ["", f"_{md_text(deletes_more(report))}_"]

@@ -272,9 +272,27 @@ def _activity(counts: aggregate.ActivityCounts, deploy: datetime | None) -> dict
     return {"bin_minutes": minutes, "start": _iso(start), "bins": bins, "untimed": untimed}
 
 
-def _files(bundle: Bundle, outcome: Outcome | None) -> dict[str, Any]:
+def _file_records(bundle: Bundle) -> list[dict[str, Any]]:
     manifest_files = bundle.manifest.get("files") or {}
-    records = manifest_files.get("records") or [] if isinstance(manifest_files, dict) else []
+    return manifest_files.get("records") or [] if isinstance(manifest_files, dict) else []
+
+
+def files_list(bundle: Bundle) -> list[dict[str, Any]]:
+    """The section's ``files.list`` (files.csv's rows): the bundle's file records as the extract
+    found them, whatever the outcome."""
+    return [
+        {
+            "path": r.get("path"),
+            "record": r.get("record_key"),
+            "size": r.get("size"),
+            "status": r.get("status"),
+        }
+        for r in _file_records(bundle)
+    ]
+
+
+def _files(bundle: Bundle, outcome: Outcome | None) -> dict[str, Any]:
+    records = _file_records(bundle)
     by_status = Counter(str(r.get("status", "recorded")) for r in records)
     relink = outcome.files if outcome else None
     problems = {}
@@ -289,15 +307,7 @@ def _files(bundle: Bundle, outcome: Outcome | None) -> dict[str, Any]:
         "by_status": dict(sorted(by_status.items())),
         "problems": problems,
         "relink": relink,
-        "list": [
-            {
-                "path": r.get("path"),
-                "record": r.get("record_key"),
-                "size": r.get("size"),
-                "status": r.get("status"),
-            }
-            for r in records
-        ],
+        "list": files_list(bundle),
     }
 
 
@@ -381,6 +391,19 @@ def build(
     run's late-commit check, which feeds the verdict (:func:`recovery.model.outcome.judge`).
     ``prepared``: :func:`prepare` of this bundle (the caller closes it), so only what depends on
     the outcome is read here; the section is the same without it."""
+    return finish(draft(bundle, outcome, rollback_time, prepared), outcome, late)
+
+
+def draft(
+    bundle: Bundle,
+    outcome: Outcome | None,
+    rollback_time: str | None = None,
+    prepared: Prepared | None = None,
+) -> dict[str, Any]:
+    """:func:`build`'s section but for what the verification and the late-commit check decide
+    (the verdict, ``verified``, ``verification``) and the time it is made: :func:`finish` adds
+    them. A rollback drafts while the verification's reads finish; ``outcome``'s rows, conflicts,
+    deletes and file report must not change after (the verification sets only its own field)."""
     from contextlib import nullcontext
 
     from recovery.engine.timebound import statement_time_limit
@@ -392,10 +415,32 @@ def build(
         with (
             statement_time_limit(conn) if conn is not None else nullcontext()
         ):  # rows.db is untrusted
-            return _build(conn, bundle, outcome, rollback_time, late, prepared)
+            return _build(conn, bundle, outcome, rollback_time, prepared)
     finally:
         if conn is not None and prepared is None:
             conn.close()
+
+
+def finish(
+    section: dict[str, Any], outcome: Outcome | None, late: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A :func:`draft` completed in place (and returned): the verdict (with ``late``, the run's
+    late-commit check), ``verified`` and ``verification`` from ``outcome`` as it is now, and
+    ``generated_at``."""
+    h = section["headline"]
+    if outcome is not None:
+        verdict = outcome.verdict(late)
+    else:  # a bundle before its re-import: what a rollback would leave to review
+        verdict = judge(lost=h["lost_values"], not_carried=h["not_carried"], run_files=False)
+    h["verified"] = (
+        bool(outcome.verification.get("ok")) if outcome and outcome.verification else None
+    )
+    h["verdict"] = verdict.verdict
+    h["verdict_reasons"] = list(verdict.reasons)
+    h["exit_code"] = verdict.exit_code
+    section["generated_at"] = datetime.now().isoformat(sep="T", timespec="seconds")
+    section["verification"] = outcome.verification if outcome else {}
+    return section
 
 
 def _build(
@@ -403,7 +448,6 @@ def _build(
     bundle: Bundle,
     outcome: Outcome | None,
     rollback_time: str | None,
-    late: dict[str, Any] | None = None,
     prepared: Prepared | None = None,
 ) -> dict[str, Any]:
     deploy_text = bundle.manifest.get("deploy_time")
@@ -533,12 +577,6 @@ def _build(
             e["tables"].append(t["table"])
     files = _files(bundle, outcome)
     mode = "bundle" if outcome is None else "dry-run" if outcome.dry_run else "rollback"
-    if outcome is not None:
-        verdict = outcome.verdict(late)
-    else:  # a bundle before its re-import: what a rollback would leave to review
-        verdict = judge(
-            lost=lost_info.total, not_carried=created + changed - carried, run_files=False
-        )
     headline = {
         "mode": mode,
         "deploy_time": deploy_text,
@@ -568,16 +606,15 @@ def _build(
         "deletes_for_review": len(outcome.deletes_for_review)
         if outcome
         else sum(t["deleted"] for t in tables),
-        "verified": (
-            bool(outcome.verification.get("ok")) if outcome and outcome.verification else None
-        ),
-        "verdict": verdict.verdict,
-        "verdict_reasons": list(verdict.reasons),
-        "exit_code": verdict.exit_code,
+        # set by finish(): what the verification and the late-commit check decide
+        "verified": None,
+        "verdict": None,
+        "verdict_reasons": [],
+        "exit_code": None,
     }
     return {
         "version": REPORT_VERSION,
-        "generated_at": datetime.now().isoformat(sep="T", timespec="seconds"),
+        "generated_at": None,  # set by finish()
         "bundle_id": bundle.bundle_id,
         "headline": headline,
         "tables": tables,
@@ -596,7 +633,7 @@ def _build(
         "not_carried_total": len(not_carried),
         "activity": _activity(activity_counts, deploy),
         "files": files,
-        "verification": outcome.verification if outcome else {},
+        "verification": {},  # set by finish()
         "triggers_suspended": list(outcome.triggers_suspended) if outcome else [],
         "rules": column_rules(bundle.manifest.get("mapping") or {}),
     }

@@ -28,9 +28,12 @@ from recovery.report.lost import has_lost as _has_lost
 from recovery.model.kinds import RowKind
 from recovery.model.outcome import OUTCOME_FORMAT, Outcome, OutcomeFormatError
 from recovery.report import charts, csvlines, csvout, notcarried
+from recovery.report.html import made_ahead as html_made_ahead
 from recovery.report.html import render_html
+from recovery.report.jsonout import list_texts
+from recovery.report.markdown import made_ahead as md_made_ahead
 from recovery.report.markdown import render_markdown
-from recovery.report.model import Prepared, build, prepare
+from recovery.report.model import Prepared, build, draft, files_list, finish, prepare
 from recovery.report.tables import CONFLICT_COLUMNS, FILE_COLUMNS, LOST_COLUMNS, deletes_columns
 
 FORMAT = "recovery-report/1"
@@ -117,14 +120,15 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _atomic_write_json(path: Path, data: Any) -> None:
+def _atomic_write_json(path: Path, data: Any, known: Any = None) -> None:
     """``dump_json(data)`` written in batches (never the whole text in memory), by
-    :func:`recovery.report.jsonout.dump`: the same text as ``json.dump`` in about half the time."""
+    :func:`recovery.report.jsonout.dump`: the same text as ``json.dump`` in about half the time.
+    ``known``: texts of its long lists made before (:func:`recovery.report.jsonout.list_texts`)."""
     from recovery.report.jsonout import dump
 
     tmp = path.with_name(path.name + ".tmp")
     with _private_open(tmp) as fh:
-        dump(data, fh, _json_default)
+        dump(data, fh, _json_default, known=known)
         fh.write("\n")
     os.replace(tmp, path)
 
@@ -232,20 +236,43 @@ def _rollback_time(extra: dict[str, Any] | None) -> str:
 class PreparedRun:
     """The part of :func:`write_run_files` that depends on the bundle alone, done before the
     outcome exists (:func:`prepare_run_files`): the report section's bundle reads, the filled
-    count, and lost_values.csv / filled_by_upgrade.csv written complete to their ``.tmp`` names
-    (these two CSVs are streamed from rows.db whatever the outcome). :meth:`close` removes what
-    :func:`write_run_files` did not put in place."""
+    count, and lost_values.csv / filled_by_upgrade.csv / files.csv written complete to their
+    ``.tmp`` names (the first two streamed from rows.db, files.csv from the bundle's file
+    records, whatever the outcome). :meth:`close` removes what :func:`write_run_files` did not
+    put in place (:attr:`advanced`'s files too)."""
 
     model: Prepared
     filled: int
     csv: dict[str, Path]
     drawn: dict[str, tuple[Any, str | None]] = field(default_factory=dict)
     """Charts drawn from the bundle alone (:func:`recovery.report.html.render_html`'s ``drawn``)."""
+    advanced: Advanced | None = None
+    """What :func:`advance_run_files` did for one outcome."""
 
     def close(self) -> None:
         self.model.close()
-        for tmp in self.csv.values():
+        for tmp in [*self.csv.values(), *(self.advanced.csv.values() if self.advanced else ())]:
             tmp.unlink(missing_ok=True)
+
+
+@dataclass
+class Advanced:
+    """The part of :func:`write_run_files` that depends on the outcome's rows but not on its
+    verification or the late-commit check (:func:`advance_run_files`): the report section's
+    draft (:func:`recovery.report.model.draft`) and conflicts.csv, deletes_for_review.csv and
+    not_carried.csv written complete to their ``.tmp`` names. Used only for the very ``outcome``
+    object it was made from and the same rollback time."""
+
+    outcome: Outcome
+    rollback_time: str
+    section: dict[str, Any]
+    csv: dict[str, Path]
+    json: Any = None
+    """report.json's long lists as text (:func:`recovery.report.jsonout.list_texts`)."""
+    html: dict[str, str | None] | None = None
+    """report.html's tables and outcome chart (:func:`recovery.report.html.made_ahead`)."""
+    md: dict[str, str] | None = None
+    """report.md's tables (:func:`recovery.report.markdown.made_ahead`)."""
 
 
 def prepare_run_files(run_dir: Path, bundle: Bundle) -> PreparedRun:
@@ -262,6 +289,10 @@ def prepare_run_files(run_dir: Path, bundle: Bundle) -> PreparedRun:
             run_dir / "filled_by_upgrade.csv",
             lambda fh: write_lost_csv(fh, _FilledRows(bundle.rows_db)),
         )
+        csv["files.csv"] = _csv_tmp(  # the bundle's file records: no outcome needed
+            run_dir / "files.csv",
+            lambda fh: csvout.write_dicts(fh, FILE_COLUMNS, files_list(bundle)),
+        )
         drawn: dict[str, tuple[Any, str | None]] = {}
         if model.activity is not None:
             drawn["activity"] = (model.activity, charts.activity_chart(model.activity))
@@ -269,6 +300,77 @@ def prepare_run_files(run_dir: Path, bundle: Bundle) -> PreparedRun:
     except BaseException:
         model.close()
         raise
+
+
+def advance_run_files(
+    prepared: PreparedRun,
+    run_dir: Path,
+    outcome: Outcome,
+    bundle: Bundle,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Do :class:`Advanced`'s part of :func:`write_run_files` now (a rollback does it while the
+    verification's reads finish, after the relink). ``outcome``'s rows, conflicts, deletes for
+    review and file report must not change after; :func:`write_run_files` with the same
+    ``prepared``, ``outcome`` and ``extra`` then writes the same files as without it."""
+    if prepared.model.bundle_id != bundle.bundle_id or prepared.advanced is not None:
+        return
+    rollback_time = _rollback_time(extra)
+    section = draft(bundle, outcome, rollback_time, prepared.model)
+    advanced = Advanced(outcome, rollback_time, section, {})
+    prepared.advanced = advanced  # its files are removed by close() from here on
+    for name, tmp in _outcome_csv_tmps(run_dir, outcome, bundle, section):
+        advanced.csv[name] = tmp
+    advanced.json = list_texts(  # the section, and the outcome's lists that stay as they are,
+        [  # both met at depth 1 of report.json (write_run_files)
+            (section, 1),
+            (
+                {
+                    "deletes_for_review": outcome.deletes_for_review,
+                    "skipped_rows": outcome.skipped_rows,
+                    "files": outcome.files,
+                },
+                1,
+            ),
+        ],
+        _json_default,
+    )
+    advanced.md = md_made_ahead(section)
+    advanced.html = html_made_ahead(section)
+
+
+def _outcome_csv_tmps(
+    run_dir: Path, outcome: Outcome, bundle: Bundle, section: dict[str, Any]
+) -> Iterator[tuple[str, Path]]:
+    """conflicts.csv, deletes_for_review.csv and not_carried.csv written to their ``.tmp``
+    names, each yielded as it is complete."""
+    yield (
+        "conflicts.csv",
+        _csv_tmp(
+            run_dir / "conflicts.csv",
+            lambda fh: csvout.write_dicts(
+                fh, CONFLICT_COLUMNS, (c.to_dict() for c in outcome.conflicts)
+            ),
+        ),
+    )
+    deletes = section["deletes_for_review"]
+    yield (
+        "deletes_for_review.csv",
+        _csv_tmp(
+            run_dir / "deletes_for_review.csv",
+            lambda fh: csvout.write_dicts(fh, deletes_columns(deletes), deletes),
+        ),
+    )
+    not_carried = notcarried.whole_records(bundle, [] if outcome.aborted else outcome.not_carried())
+    yield (
+        "not_carried.csv",
+        _csv_tmp(
+            run_dir / "not_carried.csv",
+            lambda fh: csvout.write_rows(
+                fh, notcarried.NOT_CARRIED_COLUMNS, notcarried.csv_rows(not_carried)
+            ),
+        ),
+    )
 
 
 def write_run_files(
@@ -287,13 +389,25 @@ def write_run_files(
         or any(tmp.parent != run_dir for tmp in prepared.csv.values())
     ):  # prepared for another bundle or folder: not used
         prepared = None
-    section = build(
-        bundle,
-        outcome,
-        _rollback_time(extra),
-        (extra or {}).get("late_commits"),
-        prepared.model if prepared is not None else None,
-    )
+    late = (extra or {}).get("late_commits")
+    advanced = prepared.advanced if prepared is not None else None
+    if (
+        advanced is not None
+        and advanced.outcome is outcome
+        and advanced.rollback_time == _rollback_time(extra)
+        and all(tmp.parent == run_dir for tmp in advanced.csv.values())
+    ):
+        section = finish(advanced.section, outcome, late)
+        after, known, md_made, html_made = advanced.csv, advanced.json, advanced.md, advanced.html
+    else:
+        section = build(
+            bundle,
+            outcome,
+            _rollback_time(extra),
+            late,
+            prepared.model if prepared is not None else None,
+        )
+        after, known, md_made, html_made = {}, None, None, None
     section["filled_by_upgrade"] = prepared.filled if prepared is not None else filled_count(bundle)
     section["migration_notes"] = list(
         (bundle.manifest.get("lineage") or {}).get("notes") or []
@@ -313,7 +427,7 @@ def write_run_files(
     }
     report["migration_notes"] = section["migration_notes"]
     paths = {n: run_dir / n for n in RUN_FILES}
-    _atomic_write_json(paths["report.json"], report)
+    _atomic_write_json(paths["report.json"], report, known)
     del report
     # streamed from the bundle: the caller keeps the bundle until we return (a dry run's is deleted after)
     done = prepared.csv if prepared is not None else {}
@@ -330,36 +444,28 @@ def write_run_files(
             paths["filled_by_upgrade.csv"],
             lambda fh: write_lost_csv(fh, _FilledRows(bundle.rows_db)),
         )
-    _atomic_write_csv(
-        paths["conflicts.csv"],
-        lambda fh: csvout.write_dicts(
-            fh, CONFLICT_COLUMNS, (c.to_dict() for c in outcome.conflicts)
-        ),
-    )
-    deletes = section["deletes_for_review"]
-    _atomic_write_csv(
-        paths["deletes_for_review.csv"],
-        lambda fh: csvout.write_dicts(fh, deletes_columns(deletes), deletes),
-    )
-    _atomic_write_csv(
-        paths["files.csv"],
-        lambda fh: csvout.write_dicts(fh, FILE_COLUMNS, section["files"].get("list") or []),
-    )
-    not_carried = notcarried.whole_records(bundle, [] if outcome.aborted else outcome.not_carried())
-    _atomic_write_csv(
-        paths["not_carried.csv"],
-        lambda fh: csvout.write_rows(
-            fh, notcarried.NOT_CARRIED_COLUMNS, notcarried.csv_rows(not_carried)
-        ),
-    )
+    if len(after) == 3:  # advanced: written complete already
+        for name in ("conflicts.csv", "deletes_for_review.csv", "not_carried.csv"):
+            os.replace(after.pop(name), paths[name])
+    else:  # each put in place as soon as it is complete
+        for name, tmp in _outcome_csv_tmps(run_dir, outcome, bundle, section):
+            os.replace(tmp, paths[name])
+    if "files.csv" in done:
+        os.replace(done.pop("files.csv"), paths["files.csv"])
+    else:
+        _atomic_write_csv(
+            paths["files.csv"],
+            lambda fh: csvout.write_dicts(fh, FILE_COLUMNS, section["files"].get("list") or []),
+        )
     if not paths[
         "reimport.sql"
     ].exists():  # the re-import writes the plan it executed; else the bundle's
         shutil.copyfile(bundle.path / "reimport.sql", paths["reimport.sql"])
         os.chmod(paths["reimport.sql"], 0o600)
-    _atomic_write(paths["report.md"], render_markdown(section))
+    _atomic_write(paths["report.md"], render_markdown(section, md_made))
     _atomic_write(
-        paths["report.html"], render_html(section, prepared.drawn if prepared is not None else None)
+        paths["report.html"],
+        render_html(section, prepared.drawn if prepared is not None else None, html_made),
     )
     return paths
 

@@ -160,13 +160,17 @@ def capture_downgrade(
     backup: Path,
     revs: list[RevisionInfo],
     target: str,
+    keep: bool = False,
 ) -> DowngradeCapture:
     """Run the app's downgrade one revision at a time, in the sandbox (:mod:`recovery.migrate.sandbox`), on
     a scratch database with the live schema; capture each revision's SQL.
 
     A revision whose downgrade fails (the application's bug, or code the sandbox refused) is
     recorded and skipped: the scratch is rebuilt at the revision below it from the backup's
-    schema with the app's upgrades, and the capture goes on from there."""
+    schema with the app's upgrades, and the capture goes on from there.
+
+    ``keep``: when every downgrade succeeded, the child is parked for the upgrade replay that
+    follows (:attr:`recovery.migrate.sandbox.Sandbox.keep`)."""
     from recovery.migrate.sandbox import MigrationFailed, Sandbox
 
     steps: list[tuple[str, list[str] | None]] = []
@@ -174,7 +178,7 @@ def capture_downgrade(
     with tempfile.TemporaryDirectory(prefix="recovery-lineage-") as tmp:
         scratch = Path(tmp) / "scratch.db"
         _scratch_from(live, scratch)
-        with Sandbox(Path(alembic_ini), scratch, [Path(live), Path(backup)]) as sb:
+        with Sandbox(Path(alembic_ini), scratch, [Path(live), Path(backup)], keep=keep) as sb:
             for label, step_target in _steps(revs, target):
                 before = _columns(scratch)
                 try:
@@ -366,8 +370,8 @@ def derive_lineage(
             "pass a mapping file instead",
         )
     revs = revisions_between(alembic_ini, new_rev, old_rev) if old_rev != new_rev else []
-    cap = (
-        capture_downgrade(alembic_ini, live_p, Path(backup), revs, old_rev)
+    cap = (  # its child is kept for the upgrade replay the callers run next
+        capture_downgrade(alembic_ini, live_p, Path(backup), revs, old_rev, keep=True)
         if revs
         else DowngradeCapture([], [])
     )

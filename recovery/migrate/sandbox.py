@@ -414,6 +414,12 @@ def release_spare() -> None:
     _SPARES.close()
 
 
+def parked_child() -> subprocess.Popen[bytes] | None:
+    """The child a :attr:`Sandbox.keep` sandbox parked and nobody adopted yet (None: none)."""
+    parked = _SPARES.parked
+    return parked.proc if parked is not None else None
+
+
 def _timeout() -> float:
     try:
         return float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT))
@@ -500,6 +506,16 @@ class Sandbox:
         self.close()
         if exc[0] is None or not isinstance(exc[1], ProtectedChanged):
             self.check_protected()
+
+    @property
+    def pid(self) -> int | None:
+        """The child's process id (None: not started yet, or ended)."""
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def reused(self) -> bool:
+        """The child ran another job first (:attr:`adopt`)."""
+        return self._reused
 
     def _guarded(self) -> list[str]:
         """The protected files and their sidecars, as the child's guard is given them."""
@@ -651,6 +667,13 @@ class Sandbox:
         if self.refused or not answer.get("ok"):
             self._clean = False
             if self._reused:  # perhaps the previous job's state: a new child runs it again
+                log.info(
+                    "recovery: %s to %s failed in the lineage's sandbox child (%s); it runs "
+                    "again in a new one",
+                    direction,
+                    target,
+                    "; ".join(self.refused) or answer.get("error"),
+                )
                 self._drop_reused()
                 raise ReusedChildFailed(
                     direction,

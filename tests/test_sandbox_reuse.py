@@ -117,7 +117,7 @@ def test_the_replay_runs_in_the_lineages_child_and_replays_the_same(
     the same copy a new child writes."""
     live, backup = world_copy / "gestima.db", backup_of(world_copy)
     ini = app_dir() / "alembic.ini"
-    derive_lineage(ini, backup, live)
+    derive_lineage(ini, backup, live, keep_child=True)
     parked = parked_child()
     assert parked is not None and parked.poll() is None
     reused = replay_upgrade(ini, backup, live, tmp_path, into=tmp_path / "reused.db")

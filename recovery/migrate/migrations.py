@@ -345,9 +345,14 @@ def derive_lineage(
     alembic_ini: str | os.PathLike[str],
     backup: str | os.PathLike[str],
     live: str | os.PathLike[str],
+    keep_child: bool = False,
 ) -> tuple[dict[str, dict[str, exp.Expression]], dict[str, Any]]:
     """Mapping rules read from the app's own downgrade: old table → old column → expression over
-    the new table's columns (renames and real data migrations only), plus a report for the manifest."""
+    the new table's columns (renames and real data migrations only), plus a report for the manifest.
+
+    ``keep_child``: the caller replays the upgrade next (:mod:`recovery.migrate.replay`), in the
+    sandbox child the downgrades ran in (parked until then: :attr:`Sandbox.keep`); the caller
+    ends it with :func:`recovery.migrate.sandbox.release_spare` if it never replays."""
     live_p = Path(live)
     with open_engine(backup).readonly("backup") as b:
         old_rev = alembic_revision(b)
@@ -370,8 +375,8 @@ def derive_lineage(
             "pass a mapping file instead",
         )
     revs = revisions_between(alembic_ini, new_rev, old_rev) if old_rev != new_rev else []
-    cap = (  # its child is kept for the upgrade replay the callers run next
-        capture_downgrade(alembic_ini, live_p, Path(backup), revs, old_rev, keep=True)
+    cap = (
+        capture_downgrade(alembic_ini, live_p, Path(backup), revs, old_rev, keep=keep_child)
         if revs
         else DowngradeCapture([], [])
     )

@@ -168,7 +168,9 @@ def start_sandbox(
     from recovery.migrate.sandbox import Sandbox
 
     try:
-        return Sandbox(Path(alembic_ini), target, [Path(backup), Path(live)], adopt=True).__enter__()
+        return Sandbox(
+            Path(alembic_ini), target, [Path(backup), Path(live)], adopt=True
+        ).__enter__()
     except (RecoveryError, OSError):
         return None
 

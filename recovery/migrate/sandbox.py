@@ -555,7 +555,9 @@ class Sandbox:
         if parked is None:
             self._pending = wait and keeper_runs
             return self._pending
-        own, self._dir = self._dir, parked.folder
+        own = self._dir
+        assert own is not None
+        self._dir = parked.folder
         self._proc, self._fds, self._buf = parked.proc, parked.fds, b""
         url = f"sqlite:///{self.scratch}"
         ini_copy = write_ini_copy(Path(self.alembic_ini), parked.folder / "alembic.ini", url)

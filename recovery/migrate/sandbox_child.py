@@ -30,6 +30,7 @@ code catches the exception.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
@@ -588,6 +589,7 @@ def _rebind(req: dict[str, Any], init: dict[str, Any], guard: Guard) -> str | No
 
 
 def main(argv: list[str]) -> int:
+    gc.disable()  # importing SQLAlchemy and Alembic makes no garbage worth the collections
     _die_with_parent()
     with open(argv[0], encoding="utf-8") as fh:
         init = json.load(fh)
@@ -612,6 +614,9 @@ def main(argv: list[str]) -> int:
         captured.append(statement)  # every engine, the application's own included
 
     import alembic.command  # noqa: F401 - loaded once, before the first request
+
+    gc.freeze()  # our modules' objects, never garbage: no collection walks them again
+    gc.enable()  # before any of the application's code runs
 
     for req in _requests(req_fd):
         if req.get("op") == "exit":

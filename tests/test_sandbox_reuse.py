@@ -238,3 +238,21 @@ def test_the_parked_child_outlives_the_thread_that_started_it_and_ends_unadopted
     parked = parked_child()
     assert parked is not None
     parked.wait(timeout=10)  # ended by itself
+
+
+def test_a_child_is_handed_only_to_a_job_protecting_what_its_first_job_protected(
+    world_copy: Path, tmp_path: Path
+) -> None:
+    """A parked child is another run's when the new job does not protect every file its first
+    job protected (that run's live DB): a new child runs it."""
+    live, backup = world_copy / "gestima.db", backup_of(world_copy)
+    ini = app_dir() / "alembic.ini"
+    one, two = tmp_path / "one.db", tmp_path / "two.db"
+    shutil.copyfile(backup, one)
+    pid = park_after_upgrade(ini, one, [live, backup])
+    shutil.copyfile(backup, two)
+    with Sandbox(ini, two, [backup], adopt=True) as sb:
+        assert not sb.reused and sb.pid != pid
+        sb.migrate("upgrade", NEW_REV)
+    assert parked_child() is None
+    assert revision(two) == NEW_REV

@@ -333,6 +333,8 @@ class _Parked:
     proc: subprocess.Popen[bytes]
     fds: tuple[int, int]
     folder: Path
+    protected: frozenset[Path]
+    """What its job protected: it is handed on only to a job that protects all of it too."""
 
     def close(self) -> None:
         try:
@@ -537,7 +539,7 @@ class Sandbox:
         """Hand the child to :data:`_SPARES` (it ends by itself after :data:`LINGER` seconds)."""
         assert self._kept is not None and self._proc is not None and self._fds is not None
         assert self._dir is not None
-        parked = _Parked(self._kept, self._proc, self._fds, self._dir)
+        parked = _Parked(self._kept, self._proc, self._fds, self._dir, frozenset(self._prints))
         try:
             os.write(self._fds[0], (json.dumps({"op": "park", "linger": LINGER}) + "\n").encode())
         except OSError:
@@ -555,6 +557,9 @@ class Sandbox:
         if parked is None:
             self._pending = wait and keeper_runs
             return self._pending
+        if not parked.protected <= set(self._prints):  # (another run's child: not this one's)
+            parked.close()
+            return False
         own = self._dir
         assert own is not None
         self._dir = parked.folder

@@ -19,6 +19,12 @@ The live DB, the backup and every SQLite file a URL in the ini or the environmen
 fingerprinted (size, mtime, inode, sha256 of the first pages, the same for ``-wal`` and
 ``-journal``) before the session and after every command; any change stops the run with
 :class:`ProtectedChanged` (exit 3), which says what changed and that the migration code did it.
+
+One child may serve two jobs: the lineage's downgrades (``Sandbox(keep=True)`` parks it) and then
+the upgrade replay (``Sandbox(adopt=True)`` hands it the new job's files and environment): one
+interpreter importing SQLAlchemy, Alembic and the app's modules once. A job that fails or is
+refused something in a reused child raises :class:`ReusedChildFailed` and is run again in a new
+child by the caller.
 """
 
 from __future__ import annotations

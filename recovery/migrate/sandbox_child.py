@@ -26,6 +26,11 @@ else: :mod:`recovery.migrate.pgsandbox`).
 
 Every refusal is recorded and reported with the command's answer, even when the application's
 code catches the exception.
+
+After a job the parent may park the child (``{"op": "park"}``: it ends by itself when no request
+comes within the linger time) and hand it the next job (``{"op": "rebind"}``, :func:`_rebind`:
+that job's scratch file, protected files, ini copy, environment, ``sys.path`` and working folder),
+which it refuses while the previous job left a thread running or a descriptor on its scratch.
 """
 
 from __future__ import annotations

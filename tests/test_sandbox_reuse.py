@@ -21,7 +21,13 @@ import pytest
 from recovery.migrate import sandbox
 from recovery.migrate.migrations import derive_lineage
 from recovery.migrate.replay import replay_upgrade
-from recovery.migrate.sandbox import MigrationFailed, ReusedChildFailed, Sandbox, parked_child
+from recovery.migrate.sandbox import (
+    MigrationFailed,
+    ReusedChildFailed,
+    Sandbox,
+    keeping,
+    parked_child,
+)
 from recovery.sample import app_dir
 from tests.test_sandbox import NEW_REV, backup_of, hostile_app
 
@@ -255,4 +261,23 @@ def test_a_child_is_handed_only_to_a_job_protecting_what_its_first_job_protected
         assert not sb.reused and sb.pid != pid
         sb.migrate("upgrade", NEW_REV)
     assert parked_child() is None
+    assert revision(two) == NEW_REV
+
+
+def test_a_replay_started_while_the_lineage_runs_waits_for_its_child(
+    world_copy: Path, tmp_path: Path
+) -> None:
+    """The extract starts the replay's sandbox while the lineage (begun beside the safety copy)
+    still reads the schemas: no child is started then; the first command takes the lineage's."""
+    live, backup = world_copy / "gestima.db", backup_of(world_copy)
+    ini = app_dir() / "alembic.ini"
+    one, two = tmp_path / "one.db", tmp_path / "two.db"
+    shutil.copyfile(backup, one)
+    shutil.copyfile(backup, two)
+    with keeping(ini):
+        with Sandbox(ini, two, [live, backup], adopt=True) as sb:
+            assert sb.pid is None
+            pid = park_after_upgrade(ini, one, [live, backup])
+            sb.migrate("upgrade", NEW_REV)
+            assert sb.reused and sb.pid == pid
     assert revision(two) == NEW_REV

@@ -11,6 +11,7 @@ expression over the new schema's columns that produces it (``RENAME COLUMN``, ba
 from __future__ import annotations
 
 import ast
+import contextlib
 import inspect
 import logging
 import os
@@ -353,6 +354,18 @@ def derive_lineage(
     ``keep_child``: the caller replays the upgrade next (:mod:`recovery.migrate.replay`), in the
     sandbox child the downgrades ran in (parked until then: :attr:`Sandbox.keep`); the caller
     ends it with :func:`recovery.migrate.sandbox.release_spare` if it never replays."""
+    from recovery.migrate.sandbox import keeping
+
+    with keeping(alembic_ini) if keep_child else contextlib.nullcontext():
+        return _derive_lineage(alembic_ini, backup, live, keep_child)
+
+
+def _derive_lineage(
+    alembic_ini: str | os.PathLike[str],
+    backup: str | os.PathLike[str],
+    live: str | os.PathLike[str],
+    keep_child: bool,
+) -> tuple[dict[str, dict[str, exp.Expression]], dict[str, Any]]:
     live_p = Path(live)
     with open_engine(backup).readonly("backup") as b:
         old_rev = alembic_revision(b)

@@ -417,6 +417,19 @@ _SPARES = _Spares()
 atexit.register(_SPARES.close)
 
 
+@contextmanager
+def keeping(alembic_ini: str | os.PathLike[str]) -> Iterator[None]:
+    """A :attr:`Sandbox.keep` sandbox of ``alembic_ini`` is to come in this block (the lineage
+    reads the schemas first): an :attr:`Sandbox.adopt` sandbox started meanwhile waits for its
+    child instead of starting one."""
+    key = _key(Path(alembic_ini))
+    _SPARES.keep(key, +1)
+    try:
+        yield
+    finally:
+        _SPARES.keep(key, -1)
+
+
 def release_spare() -> None:
     """End the child a :attr:`Sandbox.keep` sandbox parked, if nobody adopted it."""
     _SPARES.close()

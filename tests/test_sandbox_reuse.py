@@ -43,7 +43,8 @@ def reuse_app(tmp: Path, variant: str) -> Path:
       table into the first URL's file and opens the live DB (in ``$APP_LIVE_DIR``), both
       swallowed;
     * ``cached-engine``: ``engine = create_engine($DATABASE_URL)`` at import, which env.py uses
-      instead of the connection it is given."""
+      instead of the connection it is given;
+    * ``thread``: starts a thread at import that is still running when the command ends."""
     app = tmp / f"app-{variant}"
     shutil.copytree(app_dir(), app, ignore=shutil.ignore_patterns("__pycache__"))
     env = (app / "env.py").read_text()
@@ -74,6 +75,15 @@ def reuse_app(tmp: Path, variant: str) -> Path:
         env = env.replace(
             '    return config.get_main_option("sqlalchemy.url")',
             '    import os\n    return os.environ["DATABASE_URL"]',
+        )
+    if variant == "thread":
+        (app / "appstate.py").write_text(
+            "import threading\nimport time\n\n"
+            "threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n"
+        )
+        env = env.replace(
+            "def run_migrations_online() -> None:\n",
+            "def run_migrations_online() -> None:\n    import appstate  # noqa: F401\n",
         )
     if variant == "cached-engine":
         (app / "appstate.py").write_text(
@@ -188,19 +198,28 @@ def test_an_engine_the_app_made_at_import_does_not_carry_the_first_url_into_the_
     assert digest(one) == before
 
 
-def test_a_child_holding_the_first_scratch_open_is_not_reused(
-    world_copy: Path, tmp_path: Path
+@pytest.mark.parametrize("variant", ["left-open", "thread"])
+def test_a_child_the_app_left_something_running_or_open_in_is_not_kept(
+    world_copy: Path, tmp_path: Path, variant: str
 ) -> None:
-    """The app's code kept a connection on the first scratch: the child refuses the second job
-    (it could write the first file through it) and a new child runs it."""
+    """The app's code kept a connection on the first scratch (it could write that file from the
+    second job), or left a thread running (it would run on, unwatched, while the child waits):
+    the child is not parked but ended, and the next job gets a new one."""
     live, backup = world_copy / "gestima.db", backup_of(world_copy)
-    ini = hostile_app(tmp_path, "left-open", live)
+    ini = (
+        hostile_app(tmp_path, variant, live)
+        if variant == "left-open"
+        else reuse_app(tmp_path, variant)
+    )
     one, two = tmp_path / "one.db", tmp_path / "two.db"
     shutil.copyfile(backup, one)
-    pid = park_after_upgrade(ini, one, [live])
+    with Sandbox(ini, one, [live], keep=True) as sb:
+        sb.migrate("upgrade", NEW_REV)
+        pid = sb.pid
+    assert parked_child() is None
     shutil.copyfile(backup, two)
     with Sandbox(ini, two, [live], adopt=True) as sb:
-        assert not sb.reused and sb.pid != pid
+        assert not sb.reused and sb.pid not in (None, pid)
         sb.migrate("upgrade", NEW_REV)
     assert revision(two) == NEW_REV
 

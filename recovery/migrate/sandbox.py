@@ -559,9 +559,12 @@ class Sandbox:
         assert self._kept is not None and self._proc is not None and self._fds is not None
         assert self._dir is not None
         parked = _Parked(self._kept, self._proc, self._fds, self._dir, frozenset(self._prints))
-        try:
-            os.write(self._fds[0], (json.dumps({"op": "park", "linger": LINGER}) + "\n").encode())
-        except OSError:
+        try:  # the child parks only when nothing of the job can act on (a thread, a timer…)
+            answer = self._ask({"op": "park", "linger": LINGER})
+        except RecoveryError:
+            answer = {"ok": False}
+        if not answer.get("ok"):
+            log.debug("recovery: the sandbox child is not kept: %s", answer.get("error"))
             self.close()
             return
         self._proc, self._fds, self._dir = None, None, None

@@ -560,6 +560,26 @@ def _holding(paths: set[str]) -> list[str]:
     return held
 
 
+def _idle(init: dict[str, Any]) -> str | None:
+    """None when nothing of the previous job can still act: one thread, no timer (cancelled
+    here), no descriptor on its scratch file or journal; else what is left."""
+    import signal
+
+    for timer in (signal.ITIMER_REAL, signal.ITIMER_VIRTUAL, signal.ITIMER_PROF):
+        signal.setitimer(timer, 0)
+    try:
+        threads = len(os.listdir("/proc/self/task"))
+        old = os.path.realpath(init["scratch"])
+        held = _holding({old, *(old + s for s in ("-journal", "-wal", "-shm"))})
+    except OSError as exc:
+        return f"cannot see this process's threads and files: {exc}"
+    if threads != 1:
+        return f"the previous job left {threads - 1} thread(s) running"
+    if held:
+        return f"the previous job left {held[0]} open"
+    return None
+
+
 def _rebind(req: dict[str, Any], init: dict[str, Any], guard: Guard) -> str | None:
     """Take another job (:meth:`recovery.migrate.sandbox.Sandbox` reuses a parked child): its
     scratch file, protected files, ini copy, environment, ``sys.path`` and working folder, as a
@@ -571,16 +591,9 @@ def _rebind(req: dict[str, Any], init: dict[str, Any], guard: Guard) -> str | No
     job in a new child)."""
     if init.get("server") or req.get("server"):
         return "a PostgreSQL scratch database is never handed on"
-    try:
-        threads = len(os.listdir("/proc/self/task"))
-        old = os.path.realpath(init["scratch"])
-        held = _holding({old, *(old + s for s in ("-journal", "-wal", "-shm"))})
-    except OSError as exc:
-        return f"cannot see this process's threads and files: {exc}"
-    if threads != 1:
-        return f"the previous job left {threads - 1} thread(s) running"
-    if held:
-        return f"the previous job left {held[0]} open"
+    why = _idle(init)
+    if why is not None:
+        return why
     guard.rebind(req["scratch"], req["protected"])
     for key in ("scratch", "url", "ini", "protected"):
         init[key] = req[key]
@@ -626,8 +639,14 @@ def main(argv: list[str]) -> int:
     for req in _requests(req_fd):
         if req.get("op") == "exit":
             break
-        if req.get("op") == "park":  # (no answer) idle until adopted, at most this long
-            _LINGER[:] = [float(req.get("linger") or 60.0)]
+        if req.get("op") == "park":  # idle until adopted, at most this long
+            why = "a PostgreSQL scratch database is never handed on" if init.get("server") else None
+            why = why or _idle(init)
+            if why is None:
+                _LINGER[:] = [float(req.get("linger") or 60.0)]
+            _answer(resp_fd, {"ok": why is None, "error": why})
+            if why is not None:
+                break  # not reusable: end now (nothing of the app runs on unwatched)
             continue
         if req.get("op") == "rebind":
             why = _rebind(req, init, guard)

@@ -300,3 +300,19 @@ def test_a_replay_started_while_the_lineage_runs_waits_for_its_child(
             sb.migrate("upgrade", NEW_REV)
             assert sb.reused and sb.pid == pid
     assert revision(two) == NEW_REV
+
+
+def test_an_extract_refused_after_the_lineage_leaves_no_child(
+    world_copy: Path, tmp_path: Path
+) -> None:
+    """The lineage parks its child for the replay; an extract refused before the replay (a
+    mapping naming an unknown column) ends it."""
+    from recovery.bundle.extract import extract
+    from recovery.errors import RecoveryError
+
+    live, backup = world_copy / "gestima.db", backup_of(world_copy)
+    mp = tmp_path / "mapping.toml"
+    mp.write_text('[tables.parts.columns]\nprice = "no_such_column * 2"\n')
+    with pytest.raises(RecoveryError):
+        extract(backup, live, tmp_path / "b", mapping=mp, alembic_ini=app_dir() / "alembic.ini")
+    assert parked_child() is None

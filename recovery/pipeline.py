@@ -1094,8 +1094,11 @@ def _run_rollback(
     finally:
         if live_index is not None:
             live_index.close()
-        if lineage_job is not None:  # (its sandbox child ended with it; nothing to clean)
+        if lineage_job is not None:  # its sandbox child: adopted by the replay, or ended here
             lineage_job.discard()
+            from recovery.migrate.sandbox import release_spare
+
+            release_spare()
         if (
             staged is not None
         ):  # refused, stopped or failed before the restore: remove the staged copy
@@ -1653,7 +1656,8 @@ def _derive_lineage(alembic_ini: Any, backup: Path, db: Path) -> Any:
     extract: read from the live file under our write lock, its schema is the safety copy's."""
     from recovery.migrate.migrations import derive_lineage
 
-    return derive_lineage(alembic_ini, backup, db)
+    # its sandbox child is kept for the extract's upgrade replay (one interpreter for both)
+    return derive_lineage(alembic_ini, backup, db, keep_child=True)
 
 
 def _plan_summary(bundle: Bundle) -> dict[str, Any]:

@@ -71,6 +71,7 @@ from recovery.bundle.prelist import (
     list_columns,
 )
 from recovery.migrate.replay import SCHEMA as REPLAY_SCHEMA, Replayed, start_sandbox
+from recovery.migrate.sandbox import release_spare
 from recovery.model.labels import label_column
 from recovery.engine.schema import ForeignKey, Schema, Table
 from recovery.reimport.sequences import read_sequences
@@ -1215,8 +1216,8 @@ def extract(
             from recovery.migrate.migrations import derive_lineage
 
             lineage_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recovery-lineage")
-            derived = lineage_pool.submit(
-                contextvars.copy_context().run, derive_lineage, alembic_ini, backup, live
+            derived = lineage_pool.submit(  # (its child kept for the replay below)
+                contextvars.copy_context().run, derive_lineage, alembic_ini, backup, live, True
             )
             lineage_pool.shutdown(wait=False)
             derived_lineage = derived.result
@@ -1342,6 +1343,8 @@ def extract(
     finally:
         if sandbox is not None:  # started, never handed to the replay
             sandbox.close()
+        if derived is not None:  # the lineage's child, if the replay never adopted it
+            release_spare()
         for started in begun:  # (before their files are removed with the replay's folder)
             if started is not None:
                 started.close()

@@ -303,8 +303,12 @@ def diff(
     if alembic_ini is not None:
         from recovery.migrate.migrations import derive_lineage
 
-        lineage, _report = derive_lineage(alembic_ini, backup, live)
+        lineage, _report = derive_lineage(alembic_ini, backup, live, keep_child=True)
     with tempfile.TemporaryDirectory(prefix="recovery-replay-") as tmp, ExitStack() as stack:
+        if alembic_ini is not None:  # the lineage's child, if the replay below never adopts it
+            from recovery.migrate.sandbox import release_spare
+
+            stack.callback(release_spare)
         # the counting's child starts before the analysis; a replayed upgrade is bounded by the
         # analysis, so with one the child is started later, with the replay attached
         child = _start_child(backup, live, None) if alembic_ini is None else None

@@ -11,6 +11,7 @@ expression over the new schema's columns that produces it (``RENAME COLUMN``, ba
 from __future__ import annotations
 
 import ast
+import contextlib
 import inspect
 import logging
 import os
@@ -160,13 +161,17 @@ def capture_downgrade(
     backup: Path,
     revs: list[RevisionInfo],
     target: str,
+    keep: bool = False,
 ) -> DowngradeCapture:
     """Run the app's downgrade one revision at a time, in the sandbox (:mod:`recovery.migrate.sandbox`), on
     a scratch database with the live schema; capture each revision's SQL.
 
     A revision whose downgrade fails (the application's bug, or code the sandbox refused) is
     recorded and skipped: the scratch is rebuilt at the revision below it from the backup's
-    schema with the app's upgrades, and the capture goes on from there."""
+    schema with the app's upgrades, and the capture goes on from there.
+
+    ``keep``: when every downgrade succeeded, the child is parked for the upgrade replay that
+    follows (:attr:`recovery.migrate.sandbox.Sandbox.keep`)."""
     from recovery.migrate.sandbox import MigrationFailed, Sandbox
 
     steps: list[tuple[str, list[str] | None]] = []
@@ -174,7 +179,7 @@ def capture_downgrade(
     with tempfile.TemporaryDirectory(prefix="recovery-lineage-") as tmp:
         scratch = Path(tmp) / "scratch.db"
         _scratch_from(live, scratch)
-        with Sandbox(Path(alembic_ini), scratch, [Path(live), Path(backup)]) as sb:
+        with Sandbox(Path(alembic_ini), scratch, [Path(live), Path(backup)], keep=keep) as sb:
             for label, step_target in _steps(revs, target):
                 before = _columns(scratch)
                 try:
@@ -341,9 +346,26 @@ def derive_lineage(
     alembic_ini: str | os.PathLike[str],
     backup: str | os.PathLike[str],
     live: str | os.PathLike[str],
+    keep_child: bool = False,
 ) -> tuple[dict[str, dict[str, exp.Expression]], dict[str, Any]]:
     """Mapping rules read from the app's own downgrade: old table → old column → expression over
-    the new table's columns (renames and real data migrations only), plus a report for the manifest."""
+    the new table's columns (renames and real data migrations only), plus a report for the manifest.
+
+    ``keep_child``: the caller replays the upgrade next (:mod:`recovery.migrate.replay`), in the
+    sandbox child the downgrades ran in (parked until then: :attr:`Sandbox.keep`); the caller
+    ends it with :func:`recovery.migrate.sandbox.release_spare` if it never replays."""
+    from recovery.migrate.sandbox import keeping
+
+    with keeping(alembic_ini) if keep_child else contextlib.nullcontext():
+        return _derive_lineage(alembic_ini, backup, live, keep_child)
+
+
+def _derive_lineage(
+    alembic_ini: str | os.PathLike[str],
+    backup: str | os.PathLike[str],
+    live: str | os.PathLike[str],
+    keep_child: bool,
+) -> tuple[dict[str, dict[str, exp.Expression]], dict[str, Any]]:
     live_p = Path(live)
     with open_engine(backup).readonly("backup") as b:
         old_rev = alembic_revision(b)
@@ -367,7 +389,7 @@ def derive_lineage(
         )
     revs = revisions_between(alembic_ini, new_rev, old_rev) if old_rev != new_rev else []
     cap = (
-        capture_downgrade(alembic_ini, live_p, Path(backup), revs, old_rev)
+        capture_downgrade(alembic_ini, live_p, Path(backup), revs, old_rev, keep=keep_child)
         if revs
         else DowngradeCapture([], [])
     )

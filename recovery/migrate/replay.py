@@ -23,6 +23,7 @@ from recovery.engine.base import Connection
 from recovery.engine import open_engine
 from recovery.errors import RecoveryError
 from recovery.migrate import bounded
+from recovery.migrate.sandbox import ReusedChildFailed
 
 if TYPE_CHECKING:
     from recovery.migrate.sandbox import Sandbox
@@ -77,7 +78,7 @@ def replay_upgrade(
             started = None
         if not isinstance(open_engine(backup), SQLiteEngine):
             target = open_engine(backup).snapshot(target, "backup")
-            with _sandbox(alembic_ini, target, backup, live, old_rev != new_rev) as sb:
+            with _sandbox(alembic_ini, target, backup, live, old_rev != new_rev, adopt=False) as sb:
                 return target if _upgrade(sb, new_rev) is not None else None
         return _replay_sqlite(
             alembic_ini, backup, live, target, old_rev, new_rev, needs, keys, started
@@ -103,27 +104,55 @@ def _replay_sqlite(
         else _sandbox(alembic_ini, target, backup, live, old_rev != new_rev)
     ) as sb:
         if needs is not None and os.environ.get(bounded.FULL_ENV) != "1":
-            _empty(target)
+            done = _replay_bounded(backup, live, target, new_rev, needs, keys, sb)
+            if done:
+                return target
+        for _ in range(2):  # (twice only when the lineage's child failed it: a new child)
+            _full_copy(Path(backup), target)
             try:
-                copy = bounded.build(Path(backup), Path(live), target, needs)
-            except sqlite3.Error as exc:  # e.g. DDL naming a collation only the app registers
-                log.info(
-                    "recovery: no bounded copy of the backup (%s); replaying on a full copy", exc
-                )
-                copy = None
-            if copy is not None:
-                statements = _upgrade(sb, new_rev, reads=True)
-                why = (
-                    "the upgrade failed on the bounded copy"
-                    if statements is None
-                    else bounded.judge(statements, copy, keys or {})
-                )
-                if why is None:
-                    log.debug("recovery: upgrade replayed on %s rows of the backup", copy.rows)
-                    return target
-                log.info("recovery: the upgrade is replayed on a full copy of the backup: %s", why)
-        _full_copy(Path(backup), target)
-        return target if _upgrade(sb, new_rev) is not None else None
+                return target if _upgrade(sb, new_rev) is not None else None
+            except ReusedChildFailed:
+                continue
+        raise AssertionError("a new child never raises ReusedChildFailed")
+
+
+def _replay_bounded(
+    backup: str | os.PathLike[str],
+    live: str | os.PathLike[str],
+    target: Path,
+    new_rev: str,
+    needs: dict[str, exp.Expression],
+    keys: dict[str, tuple[str, ...]] | None,
+    sb: Sandbox | None,
+) -> bool:
+    """The upgrade replayed on the bounded copy in ``target`` (True), or False when there is no
+    bounded copy, the upgrade failed on it or :func:`bounded.judge` cannot vouch for it (the
+    caller replays on a full copy). A failure in the lineage's child (``ReusedChildFailed``) is
+    replayed once more on a new bounded copy, in a new child."""
+    for _ in range(2):
+        _empty(target)
+        try:
+            copy = bounded.build(Path(backup), Path(live), target, needs)
+        except sqlite3.Error as exc:  # e.g. DDL naming a collation only the app registers
+            log.info("recovery: no bounded copy of the backup (%s); replaying on a full copy", exc)
+            return False
+        if copy is None:
+            return False
+        try:
+            statements = _upgrade(sb, new_rev, reads=True)
+        except ReusedChildFailed:
+            continue
+        why = (
+            "the upgrade failed on the bounded copy"
+            if statements is None
+            else bounded.judge(statements, copy, keys or {})
+        )
+        if why is None:
+            log.debug("recovery: upgrade replayed on %s rows of the backup", copy.rows)
+            return True
+        log.info("recovery: the upgrade is replayed on a full copy of the backup: %s", why)
+        return False
+    raise AssertionError("a new child never raises ReusedChildFailed")
 
 
 def start_sandbox(
@@ -139,7 +168,9 @@ def start_sandbox(
     from recovery.migrate.sandbox import Sandbox
 
     try:
-        return Sandbox(Path(alembic_ini), target, [Path(backup), Path(live)]).__enter__()
+        return Sandbox(
+            Path(alembic_ini), target, [Path(backup), Path(live)], adopt=True
+        ).__enter__()
     except (RecoveryError, OSError):
         return None
 
@@ -177,14 +208,16 @@ def _sandbox(
     backup: str | os.PathLike[str],
     live: str | os.PathLike[str],
     needed: bool,
+    adopt: bool = True,
 ) -> Iterator[Sandbox | None]:
-    """The sandbox child for ``target`` (None when the revisions are the same: nothing to run)."""
+    """The sandbox child for ``target`` (None when the revisions are the same: nothing to run);
+    ``adopt``: the lineage's child when it was parked (:attr:`Sandbox.adopt`)."""
     from recovery.migrate.sandbox import Sandbox
 
     if not needed:
         yield None
         return
-    with Sandbox(Path(alembic_ini), target, [Path(backup), Path(live)]) as sb:
+    with Sandbox(Path(alembic_ini), target, [Path(backup), Path(live)], adopt=adopt) as sb:
         yield sb
 
 
@@ -215,13 +248,17 @@ def _full_copy(backup: Path, target: Path) -> None:
 def _upgrade(sb: Sandbox | None, new_rev: str, reads: bool = False) -> list[str] | None:
     """The app's upgrade run in ``sb`` on its copy: the statements it ran ([] without a sandbox:
     the revisions are the same), or None when it failed (with one line on stderr unless
-    ``reads``: a failure on the bounded copy is retried on the full one)."""
+    ``reads``: a failure on the bounded copy is retried on the full one). Raises
+    :class:`ReusedChildFailed` when it failed in the lineage's child: the caller replays it on a
+    new copy, in the new child the sandbox starts."""
     from recovery.migrate.sandbox import MigrationFailed
 
     if sb is None:
         return []
     try:
         return sb.migrate("upgrade", new_rev, reads=reads)
+    except ReusedChildFailed:
+        raise
     except MigrationFailed as err:
         if reads:
             return None

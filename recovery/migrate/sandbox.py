@@ -19,10 +19,17 @@ The live DB, the backup and every SQLite file a URL in the ini or the environmen
 fingerprinted (size, mtime, inode, sha256 of the first pages, the same for ``-wal`` and
 ``-journal``) before the session and after every command; any change stops the run with
 :class:`ProtectedChanged` (exit 3), which says what changed and that the migration code did it.
+
+One child may serve two jobs: the lineage's downgrades (``Sandbox(keep=True)`` parks it) and then
+the upgrade replay (``Sandbox(adopt=True)`` hands it the new job's files and environment): one
+interpreter importing SQLAlchemy, Alembic and the app's modules once. A job that fails or is
+refused something in a reused child raises :class:`ReusedChildFailed` and is run again in a new
+child by the caller.
 """
 
 from __future__ import annotations
 
+import atexit
 import configparser
 import hashlib
 import json
@@ -35,6 +42,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -81,6 +89,13 @@ class MigrationFailed(RecoveryError):
         super().__init__(
             f"{direction} to {target} failed: {why}", "fix the migration", ExitCode.FAILED
         )
+
+
+class ReusedChildFailed(MigrationFailed):
+    """A job failed, or was refused something, in a child that had run another job first: it may
+    be the previous job's state (an engine the app's module made for the previous scratch URL),
+    so the caller runs it again on a fresh copy; the :class:`Sandbox` starts a new child for
+    that."""
 
 
 def refusal_note(error: str, refused: list[str]) -> str:
@@ -312,6 +327,120 @@ def protecting(*paths: str | os.PathLike[str]) -> Iterator[None]:
         _ALSO_PROTECTED.reset(token)
 
 
+LINGER = 300.0
+"""Seconds a parked child (:attr:`Sandbox.keep`) waits to be adopted before it ends by itself."""
+
+
+@dataclass
+class _Parked:
+    """A child parked by a :attr:`Sandbox.keep` sandbox: its process, pipes and private folder."""
+
+    key: str
+    proc: subprocess.Popen[bytes]
+    fds: tuple[int, int]
+    folder: Path
+    protected: frozenset[Path]
+    """What its job protected: it is handed on only to a job that protects all of it too."""
+
+    def close(self) -> None:
+        try:
+            os.write(self.fds[0], b'{"op": "exit"}\n')
+        except OSError:
+            pass
+        for fd in self.fds:
+            os.close(fd)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class _Spares:
+    """The one parked child of this process, and how many keeping sandboxes of each ini still
+    run (an adopting sandbox started meanwhile waits for their child rather than start one)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.parked: _Parked | None = None
+        self.keeping: dict[str, int] = {}
+        self._spawner: Any = None
+
+    def keep(self, key: str, delta: int) -> None:
+        with self.lock:
+            self.keeping[key] = self.keeping.get(key, 0) + delta
+
+    def park(self, parked: _Parked, key: str) -> None:
+        """Park ``parked`` (ending the one parked before) and count its keeper as ended."""
+        with self.lock:
+            older, self.parked = self.parked, parked
+            self.keeping[key] = self.keeping.get(key, 0) - 1
+        if older is not None:
+            older.close()
+
+    def take(self, key: str) -> tuple[_Parked | None, bool]:
+        """The parked child for ``key`` (None if there is none), and whether a keeper of ``key``
+        still runs."""
+        with self.lock:
+            parked = self.parked
+            if parked is not None and parked.key == key:
+                self.parked = None
+                return parked, False
+            return None, self.keeping.get(key, 0) > 0
+
+    def close(self) -> None:
+        """End the parked child, if any (at exit; a run that failed before adopting it)."""
+        with self.lock:
+            parked, self.parked = self.parked, None
+        if parked is not None:
+            parked.close()
+
+    def spawn(self, *args: Any, **kwargs: Any) -> subprocess.Popen[bytes]:
+        """``subprocess.Popen`` from a thread that lives as long as this process: the child's
+        parent-death signal (``PR_SET_PDEATHSIG``) is sent when the THREAD that started it ends,
+        and a parked child outlives the job's thread."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with self.lock:
+            if self._spawner is None:
+                self._spawner = ThreadPoolExecutor(1, thread_name_prefix="recovery-sandbox-start")
+            spawner = self._spawner
+        proc: subprocess.Popen[bytes] = spawner.submit(subprocess.Popen, *args, **kwargs).result()
+        return proc
+
+
+_SPARES = _Spares()
+atexit.register(_SPARES.close)
+
+
+@contextmanager
+def keeping(alembic_ini: str | os.PathLike[str]) -> Iterator[None]:
+    """A :attr:`Sandbox.keep` sandbox of ``alembic_ini`` is to come in this block (the lineage
+    reads the schemas first): an :attr:`Sandbox.adopt` sandbox started meanwhile waits for its
+    child instead of starting one."""
+    key = _key(Path(alembic_ini))
+    _SPARES.keep(key, +1)
+    try:
+        yield
+    finally:
+        _SPARES.keep(key, -1)
+
+
+def release_spare() -> None:
+    """End the child a :attr:`Sandbox.keep` sandbox parked, if nobody adopted it."""
+    _SPARES.close()
+
+
+def parked_child() -> subprocess.Popen[bytes] | None:
+    """The child a :attr:`Sandbox.keep` sandbox parked and nobody adopted yet (None: none)."""
+    parked = _SPARES.parked
+    return parked.proc if parked is not None else None
+
+
 def _timeout() -> float:
     try:
         return float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT))
@@ -335,8 +464,25 @@ class Sandbox:
     """A PostgreSQL scratch database (a URL with the run role's password) instead of the file
     ``scratch``: the child may reach it, as that role, and nothing else
     (:mod:`recovery.migrate.pgsandbox` makes both)."""
+    keep: bool = False
+    """After a job whose every command succeeded with nothing refused, park the child for the
+    next :attr:`adopt` sandbox of the same ini (ended after :data:`LINGER` seconds unadopted)
+    instead of ending it: the lineage's downgrades and then the replay's upgrade run in one
+    interpreter that imports SQLAlchemy, Alembic and the app's modules once. SQLite only."""
+    adopt: bool = False
+    """Take over the parked child (:attr:`keep`) instead of starting one — or, while a keeping
+    sandbox of the same ini still runs, at the first command. The child is handed this job's
+    scratch file, protected files, ini copy, environment and working folder, and refuses to
+    take it while the previous job left a thread running or a descriptor on its scratch file.
+    A command that fails or is refused something there raises :class:`ReusedChildFailed` and
+    the next command runs in a new child. SQLite only."""
     refused: list[str] = field(default_factory=list, init=False)
     """What the guard refused during the last command (also printed on stderr)."""
+    _clean: bool = field(default=True, init=False, repr=False)
+    _reused: bool = field(default=False, init=False, repr=False)
+    _pending: bool = field(default=False, init=False, repr=False)
+    """No child yet: one is adopted or started at the first command."""
+    _kept: str | None = field(default=None, init=False, repr=False)
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _dir: Path | None = field(default=None, init=False, repr=False)
     _prints: dict[Path, dict[str, Any]] = field(default_factory=dict, init=False, repr=False)
@@ -357,32 +503,124 @@ class Sandbox:
                 seen.setdefault(real, Path(real))
         self._prints = {p: fingerprint(p) for p in seen.values()}
         self._dir = Path(tempfile.mkdtemp(prefix="recovery-sandbox-"))
+        sqlite = self.server_url is None
         try:
-            self._start(ini)
+            if self.keep and sqlite:
+                self._kept = _key(ini)
+                _SPARES.keep(self._kept, +1)
+            if not (self.adopt and sqlite and self._take(wait=True)):
+                self._start(ini)
         except BaseException:
             self.close()
             raise
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        if exc[0] is None and self._parkable():
+            try:
+                self.check_protected()
+            except BaseException:
+                self.close()
+                raise
+            self._park()
+            return
         self.close()
         if exc[0] is None or not isinstance(exc[1], ProtectedChanged):
             self.check_protected()
+
+    @property
+    def pid(self) -> int | None:
+        """The child's process id (None: not started yet, or ended)."""
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def reused(self) -> bool:
+        """The child ran another job first (:attr:`adopt`)."""
+        return self._reused
+
+    def _guarded(self) -> list[str]:
+        """The protected files and their sidecars, as the child's guard is given them."""
+        return [str(p) for p in self._prints] + [
+            str(p) + s for p in self._prints for s in (*_SIDECARS, "-shm")
+        ]
+
+    def _parkable(self) -> bool:
+        return (
+            self._kept is not None
+            and self._clean
+            and not self._reused
+            and self._fds is not None
+            and self._proc is not None
+            and self._proc.poll() is None
+        )
+
+    def _park(self) -> None:
+        """Hand the child to :data:`_SPARES` (it ends by itself after :data:`LINGER` seconds)."""
+        assert self._kept is not None and self._proc is not None and self._fds is not None
+        assert self._dir is not None
+        parked = _Parked(self._kept, self._proc, self._fds, self._dir, frozenset(self._prints))
+        try:  # the child parks only when nothing of the job can act on (a thread, a timer…)
+            answer = self._ask({"op": "park", "linger": LINGER})
+        except RecoveryError:
+            answer = {"ok": False}
+        if not answer.get("ok"):
+            log.debug("recovery: the sandbox child is not kept: %s", answer.get("error"))
+            self.close()
+            return
+        self._proc, self._fds, self._dir = None, None, None
+        key, self._kept = self._kept, None
+        _SPARES.park(parked, key)
+
+    def _take(self, wait: bool) -> bool:
+        """Adopt the parked child for this job (True). Else, with ``wait`` and while a keeper of
+        this ini still runs, leave it for the first command (True; ``_pending``). False: start
+        a child."""
+        parked, keeper_runs = _SPARES.take(_key(Path(self.alembic_ini)))
+        if parked is None:
+            self._pending = wait and keeper_runs
+            return self._pending
+        if not parked.protected <= set(self._prints):  # (another run's child: not this one's)
+            parked.close()
+            return False
+        own = self._dir
+        assert own is not None
+        self._dir = parked.folder
+        self._proc, self._fds, self._buf = parked.proc, parked.fds, b""
+        url = f"sqlite:///{self.scratch}"
+        ini_copy = write_ini_copy(Path(self.alembic_ini), parked.folder / "alembic.ini", url)
+        request = {
+            "op": "rebind",
+            "scratch": str(self.scratch),
+            "url": url,
+            "ini": str(ini_copy),
+            "protected": self._guarded(),
+            "env": child_environment(self.scratch, list(self._prints)),
+            "sys_path": _child_sys_path(),
+            "cwd": str(parked.folder),
+        }
+        try:
+            answer = self._ask(request)
+        except RecoveryError as exc:  # (it died or hung: a new child does the job)
+            answer = {"ok": False, "error": exc.message}
+        if not answer.get("ok"):
+            log.debug("recovery: a new sandbox child, the parked one: %s", answer.get("error"))
+            self.close()
+            self._dir = own
+            return False
+        shutil.rmtree(own, ignore_errors=True)
+        self._reused = True
+        return True
 
     def _start(self, ini: Path) -> None:
         assert self._dir is not None
         url = self.server_url or f"sqlite:///{self.scratch}"
         ini_copy = write_ini_copy(ini, self._dir / "alembic.ini", url)
-        protected = [str(p) for p in self._prints] + [
-            str(p) + s for p in self._prints for s in (*_SIDECARS, "-shm")
-        ]
-        cwd = os.getcwd()
         init: dict[str, Any] = {
             "scratch": str(self.scratch),
             "url": url,
             "ini": str(ini_copy),
-            "protected": protected,
-            "sys_path": [cwd if p == "" else p for p in sys.path],
+            "protected": self._guarded(),
+            "sys_path": _child_sys_path(),
         }
         if self.server_url is not None:
             from sqlalchemy.engine import make_url
@@ -395,7 +633,7 @@ class Sandbox:
         resp_r, resp_w = os.pipe()
         log = open(self._dir / "child.log", "wb")  # closed right after the start
         try:
-            self._proc = subprocess.Popen(
+            self._proc = (_SPARES.spawn if self._kept is not None else subprocess.Popen)(
                 [
                     sys.executable,
                     "-m",
@@ -436,6 +674,10 @@ class Sandbox:
         it executed, reads and ``alembic_version`` left out (``reads``: every statement run on any
         SQLite connection of the child, reads and raw DB-API cursors included). Raises :class:`MigrationFailed` when
         the app's code fails, :class:`ProtectedChanged` when a protected file changed."""
+        if self._pending and self._dir is not None:
+            self._pending = False  # the keeper's child, parked meanwhile, or a new one
+            if not self._take(wait=False):
+                self._start(Path(self.alembic_ini))
         if self._proc is None or self._fds is None:
             raise RuntimeError("Sandbox used outside its with-block")
         try:
@@ -451,6 +693,23 @@ class Sandbox:
         finally:
             self.check_protected()
         self.refused = list(answer.get("refused") or [])
+        if self.refused or not answer.get("ok"):
+            self._clean = False
+            if self._reused:  # perhaps the previous job's state: a new child runs it again
+                log.info(
+                    "recovery: %s to %s failed in the lineage's sandbox child (%s); it runs "
+                    "again in a new one",
+                    direction,
+                    target,
+                    "; ".join(self.refused) or answer.get("error"),
+                )
+                self._drop_reused()
+                raise ReusedChildFailed(
+                    direction,
+                    target,
+                    str(answer.get("error") or "the sandbox refused what the app's code tried"),
+                    self.refused,
+                )
         if self.refused and answer.get("ok"):  # swallowed by the app's code: say it here
             log.warning(
                 f"recovery: the application's migration code ({direction} to {target}) tried to reach "
@@ -461,6 +720,13 @@ class Sandbox:
                 direction, target, str(answer.get("error")), list(answer.get("refused") or [])
             )
         return list(answer.get("statements") or [])
+
+    def _drop_reused(self) -> None:
+        """End the reused child; the next command starts a new one (never a parked one)."""
+        self.close()
+        self._dir = Path(tempfile.mkdtemp(prefix="recovery-sandbox-"))
+        self._reused, self._pending = False, False
+        self._start(Path(self.alembic_ini))
 
     def _ask(self, req: dict[str, Any]) -> dict[str, Any]:
         assert self._fds is not None and self._proc is not None
@@ -532,6 +798,9 @@ class Sandbox:
             )
 
     def close(self) -> None:
+        if self._kept is not None:
+            _SPARES.keep(self._kept, -1)
+            self._kept = None
         if self._fds is not None:
             req_w, _resp_r = self._fds
             try:
@@ -550,6 +819,17 @@ class Sandbox:
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
+
+
+def _key(alembic_ini: Path) -> str:
+    """Which parked child a sandbox may adopt: one started for the same application's ini."""
+    return os.path.realpath(alembic_ini)
+
+
+def _child_sys_path() -> list[str]:
+    """The tool's ``sys.path`` for the child (``""``, the working folder, spelled out)."""
+    cwd = os.getcwd()
+    return [cwd if p == "" else p for p in sys.path]
 
 
 def migrate_once(

@@ -26,10 +26,16 @@ else: :mod:`recovery.migrate.pgsandbox`).
 
 Every refusal is recorded and reported with the command's answer, even when the application's
 code catches the exception.
+
+After a job the parent may park the child (``{"op": "park"}``: it ends by itself when no request
+comes within the linger time) and hand it the next job (``{"op": "rebind"}``, :func:`_rebind`:
+that job's scratch file, protected files, ini copy, environment, ``sys.path`` and working folder),
+which it refuses while the previous job left a thread running or a descriptor on its scratch.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
@@ -156,6 +162,17 @@ class Guard:
             self.protected_ids.add((st.st_dev, st.st_ino))
         self.refused: list[str] = []
         self._busy = False
+
+    def rebind(self, scratch: str, protected: list[str]) -> None:
+        """Guard another job's scratch file and protected files (a reused child,
+        :func:`_rebind`): the previous scratch is from now on refused like any other file."""
+        fresh = Guard(scratch, protected, self.server)
+        self._busy = True
+        try:
+            self.scratch, self.protected = fresh.scratch, fresh.protected
+            self.protected_ids = fresh.protected_ids
+        finally:
+            self._busy = False
 
     # -- decisions ---------------------------------------------------------------------------
 
@@ -488,9 +505,19 @@ def _answer(fd: int, payload: dict[str, Any]) -> None:
         data = data[os.write(fd, data) :]
 
 
+_LINGER: list[float] = []
+"""While parked (:func:`_park`): how long to wait for the next request before ending."""
+
+
 def _requests(fd: int):  # a generator of dicts
     buf = b""
     while True:
+        if _LINGER and b"\n" not in buf:
+            import select
+
+            ready, _, _ = select.select([fd], [], [], _LINGER[0])
+            if not ready:
+                return  # parked and never adopted: end as after an exit request
         chunk = os.read(fd, 65536)
         if not chunk:
             return
@@ -518,7 +545,69 @@ _SCRATCH: list[str] = []
 """The SQLite scratch file this child migrates (empty for a PostgreSQL scratch database)."""
 
 
+def _holding(paths: set[str]) -> list[str]:
+    """Which of ``paths`` a descriptor of this process still has open (Linux: ``/proc/self/fd``);
+    raises OSError where that cannot be read."""
+    held = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        target = target.removesuffix(" (deleted)")
+        if target in paths:
+            held.append(target)
+    return held
+
+
+def _idle(init: dict[str, Any]) -> str | None:
+    """None when nothing of the previous job can still act: one thread, no timer (cancelled
+    here), no descriptor on its scratch file or journal; else what is left."""
+    import signal
+
+    for timer in (signal.ITIMER_REAL, signal.ITIMER_VIRTUAL, signal.ITIMER_PROF):
+        signal.setitimer(timer, 0)
+    try:
+        threads = len(os.listdir("/proc/self/task"))
+        old = os.path.realpath(init["scratch"])
+        held = _holding({old, *(old + s for s in ("-journal", "-wal", "-shm"))})
+    except OSError as exc:
+        return f"cannot see this process's threads and files: {exc}"
+    if threads != 1:
+        return f"the previous job left {threads - 1} thread(s) running"
+    if held:
+        return f"the previous job left {held[0]} open"
+    return None
+
+
+def _rebind(req: dict[str, Any], init: dict[str, Any], guard: Guard) -> str | None:
+    """Take another job (:meth:`recovery.migrate.sandbox.Sandbox` reuses a parked child): its
+    scratch file, protected files, ini copy, environment, ``sys.path`` and working folder, as a
+    new child would start with them. Refused (the reason returned, nothing changed) unless the
+    previous job left nothing running or open: a second thread, or a descriptor on the previous
+    scratch file or its journal (a connection the app's code kept) could act on the previous
+    job's file in this one. The app's modules stay imported: an engine one of them made stays
+    bound to the previous scratch URL, which the guard now refuses (the parent then replays the
+    job in a new child)."""
+    if init.get("server") or req.get("server"):
+        return "a PostgreSQL scratch database is never handed on"
+    why = _idle(init)
+    if why is not None:
+        return why
+    guard.rebind(req["scratch"], req["protected"])
+    for key in ("scratch", "url", "ini", "protected"):
+        init[key] = req[key]
+    _SCRATCH[:] = [req["scratch"]]
+    os.environ.clear()
+    os.environ.update(req["env"])
+    sys.path[:] = [p for p in req["sys_path"] if p]
+    os.chdir(req["cwd"])
+    _LINGER.clear()
+    return None
+
+
 def main(argv: list[str]) -> int:
+    gc.disable()  # importing SQLAlchemy and Alembic makes no garbage worth the collections
     _die_with_parent()
     with open(argv[0], encoding="utf-8") as fh:
         init = json.load(fh)
@@ -544,9 +633,27 @@ def main(argv: list[str]) -> int:
 
     import alembic.command  # noqa: F401 - loaded once, before the first request
 
+    gc.freeze()  # our modules' objects, never garbage: no collection walks them again
+    gc.enable()  # before any of the application's code runs
+
     for req in _requests(req_fd):
         if req.get("op") == "exit":
             break
+        if req.get("op") == "park":  # idle until adopted, at most this long
+            why = "a PostgreSQL scratch database is never handed on" if init.get("server") else None
+            why = why or _idle(init)
+            if why is None:
+                _LINGER[:] = [float(req.get("linger") or 60.0)]
+            _answer(resp_fd, {"ok": why is None, "error": why})
+            if why is not None:
+                break  # not reusable: end now (nothing of the app runs on unwatched)
+            continue
+        if req.get("op") == "rebind":
+            why = _rebind(req, init, guard)
+            _answer(resp_fd, {"ok": why is None, "error": why})
+            if why is not None:
+                break  # not reusable: end (the parent starts a new child)
+            continue
         guard.refused.clear()
         try:
             if req.get("op") != "migrate":

@@ -65,8 +65,14 @@ def main() -> None:
     spans = {m["step"]: m["t"] for m in marks if m["state"] == "done"}
     if "reimport" in steps and "restore" in steps and spans["reimport"] < spans["restore"]:
         steps["restore"] = round(steps["restore"] - steps["reimport"], 3)  # re-import nested in it
-    # time between marks that belongs to no step (opening the bundle, confirm, loading the outcome)
-    accounted = sum(steps.values())
+    # time between marks that belongs to no step (opening the bundle, confirm, loading the outcome):
+    # the wall the steps' spans cover, each instant once (the safety copy runs beside the extract)
+    accounted, reach = 0.0, float("-inf")
+    for start, done in sorted(
+        (starts[m["step"]], m["t"]) for m in marks if m["state"] == "done" and m["step"] in starts
+    ):
+        accounted += max(0.0, done - max(start, reach))
+        reach = max(reach, done)
     print(
         json.dumps(
             {

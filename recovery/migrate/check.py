@@ -9,7 +9,7 @@ upgraded from empty to the revision's parent with the application's own Alembic,
    That is how a batch-mode rebuild (``CREATE TABLE _alembic_tmp_x`` / ``INSERT … SELECT`` / ``DROP``
    / ``RENAME``) reads as the column changes it makes instead of "table dropped"; reflecting the
    scratch file before and after cross-checks the result;
-2. its ``downgrade`` runs on a copy of the upgraded file (unless :func:`~recovery.migrate.migrations.is_stub`
+2. its ``downgrade`` runs on a copy of the upgraded file (unless :func:`~recovery.migrate.scriptfiles.stub_body`
    says it is empty), the schema is compared with the one before the upgrade (full / partial
    reverse), and the same tracking tells which columns the downgrade carries back and which it
    destroys;
@@ -35,7 +35,7 @@ import sqlglot
 from sqlglot import exp
 
 from recovery.errors import ExitCode, RecoveryError
-from recovery.migrate.migrations import Env, config_from_ini, is_stub, migrate_capture, track
+from recovery.migrate.migrations import Env, migrate_capture, track
 from recovery.migrate.sandbox import MigrationFailed, Sandbox
 from recovery.engine.schema import BOOKKEEPING_TABLES, Schema, alembic_revision, reflect
 from recovery.engine.sqlbuild import col, ident, table
@@ -211,10 +211,11 @@ def check(
 ) -> CheckResult:
     """Judge every revision after ``from_rev`` up to ``to_rev`` (default: ``db``'s revision, else
     the base; and the head). Only temporary scratch files are written."""
-    from alembic.script import ScriptDirectory
     from alembic.util.exc import CommandError
 
-    script = ScriptDirectory.from_config(config_from_ini(alembic_ini))
+    from recovery.migrate.scriptfiles import revision_files
+
+    script = revision_files(alembic_ini)  # read as text: the app's code runs only in the sandbox
     db_rev, db_has_schema = None, False
     server_rev = None if db is None or from_rev is not None else revision_on_server(db)
     if server_rev is not None:  # judged on SQLite scratch files upgraded from the base
@@ -459,7 +460,7 @@ def check_revision(
     env_up = track(_parsed(up_sql), _identity(before))
     changes, cross = describe_upgrade(before, after, env_up, up_sql)
     parents = _parents(rev.down_revision)
-    stub = is_stub(rev.module.downgrade)
+    stub = bool(getattr(rev, "downgrade_stub", False))
     down_sql: list[str] = []
     error: str | None = None
     kind = "stub" if stub else "full"

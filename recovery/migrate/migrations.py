@@ -10,9 +10,7 @@ expression over the new schema's columns that produces it (``RENAME COLUMN``, ba
 
 from __future__ import annotations
 
-import ast
 import contextlib
-import inspect
 import logging
 import os
 import sqlite3
@@ -44,51 +42,18 @@ class RevisionInfo:
     path: str
 
 
-def config_from_ini(alembic_ini: str | os.PathLike[str]) -> Any:
-    """The application's alembic ``Config``; a missing ini is refused with one clear line."""
-    from alembic.config import Config
-
-    ini = Path(alembic_ini)
-    if not ini.is_file():
-        raise RecoveryError(
-            f"--alembic-ini {ini} does not exist", "point it at the application's alembic.ini"
-        )
-    return Config(str(ini))
-
-
-def is_stub(func: Any) -> bool:
-    """A downgrade that does nothing: only ``pass``, a docstring/comments, ``...`` or
-    ``raise NotImplementedError``."""
-    try:
-        tree = ast.parse(inspect.cleandoc("\n" + inspect.getsource(func)))
-    except (OSError, TypeError, SyntaxError):
-        return False
-    fn = tree.body[0]
-    if not isinstance(fn, ast.FunctionDef):
-        return False
-    for stmt in fn.body:
-        if isinstance(stmt, ast.Pass):
-            continue
-        if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant):
-            continue  # docstring or ...
-        if isinstance(stmt, ast.Raise):
-            target = stmt.exc.func if isinstance(stmt.exc, ast.Call) else stmt.exc
-            if isinstance(target, ast.Name) and target.id == "NotImplementedError":
-                continue
-        return False
-    return True
-
-
 def revisions_between(
     alembic_ini: str | os.PathLike[str], upper: str, lower: str
 ) -> list[RevisionInfo]:
-    """The revisions a downgrade from ``upper`` to ``lower`` runs, newest first."""
-    from alembic.script import ScriptDirectory
+    """The revisions a downgrade from ``upper`` to ``lower`` runs, newest first (the revision
+    files read as text, never run here: :mod:`recovery.migrate.scriptfiles`)."""
     from alembic.util.exc import CommandError
 
-    script = ScriptDirectory.from_config(config_from_ini(alembic_ini))
+    from recovery.migrate.scriptfiles import StaticScript, revision_files
+
+    script = revision_files(alembic_ini)
     try:
-        revs = list(script.iterate_revisions(upper, lower))
+        revs = [r for r in script.iterate_revisions(upper, lower) if isinstance(r, StaticScript)]
     except CommandError as exc:
         raise RecoveryError(
             f"revisions {lower} and {upper} are not on one Alembic history: {exc}",
@@ -101,11 +66,7 @@ def revisions_between(
             if isinstance(r.down_revision, str) or r.down_revision is None
             else ",".join(r.down_revision)
         )
-        out.append(
-            RevisionInfo(
-                r.revision, down, (r.doc or "").strip(), is_stub(r.module.downgrade), r.path
-            )
-        )
+        out.append(RevisionInfo(r.revision, down, (r.doc or "").strip(), r.downgrade_stub, r.path))
     return out
 
 
@@ -503,6 +464,7 @@ def migrate_capture(
 
     Raises RecoveryError (with the migration's own error) when the migration fails."""
     from recovery.migrate.sandbox import migrate_once
+    from recovery.migrate.scriptfiles import config_from_ini
 
     if direction not in ("upgrade", "downgrade"):
         raise ValueError(direction)

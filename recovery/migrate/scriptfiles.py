@@ -120,6 +120,8 @@ def _read_all(script: ScriptDirectory) -> Iterator[Script]:
                 continue
             seen.add(real)
             if real.suffix != ".py":
+                if not script.sourceless:  # (Alembic lists compiled files only when sourceless)
+                    continue
                 raise RecoveryError(
                     f"the Alembic revision {real} has no source (sourceless = true): it "
                     "cannot be read without running it",

@@ -54,6 +54,22 @@ OUTPUTS = (
 )
 
 
+def _rollback_fails(w: Path) -> None:
+    """The rollback of world copy ``w`` in this process (a step patched by the caller fails)."""
+    from recovery import pipeline
+    from recovery.errors import RecoveryError
+
+    with pytest.raises(RecoveryError):
+        pipeline.rollback(
+            w / "gestima.db",
+            next(w.glob("gestima.db.bak.*[0-9]")),
+            w / "run",
+            uploads=w / "uploads",
+            alembic_ini=app_dir() / "alembic.ini",
+            confirm=lambda _plan: True,
+        )
+
+
 def _rollback(w: Path) -> Path:
     backup = next(w.glob("gestima.db.bak.*[0-9]"))
     run = w / "run"
@@ -200,15 +216,7 @@ def test_a_run_failing_after_the_report_preparation_leaves_no_temporary_files(
 
     real = pipeline._relink
     monkeypatch.setattr(pipeline, "_relink", failing)
-    with pytest.raises(RecoveryError):
-        pipeline.rollback(
-            w / "gestima.db",
-            next(w.glob("gestima.db.bak.*[0-9]")),
-            w / "run",
-            uploads=w / "uploads",
-            alembic_ini=app_dir() / "alembic.ini",
-            confirm=lambda _plan: True,
-        )
+    _rollback_fails(w)
     assert seen == [True]  # the preparation had written its files when the run failed
     assert sorted(p.name for p in (w / "run").glob("*.tmp")) == []
     monkeypatch.setattr(pipeline, "_relink", real)
@@ -238,15 +246,7 @@ def test_the_report_is_made_ahead_and_a_failure_after_it_leaves_no_temporary_fil
 
     real = pipeline._late_check
     monkeypatch.setattr(pipeline, "_late_check", failing)
-    with pytest.raises(RecoveryError):
-        pipeline.rollback(
-            w / "gestima.db",
-            next(w.glob("gestima.db.bak.*[0-9]")),
-            w / "run",
-            uploads=w / "uploads",
-            alembic_ini=app_dir() / "alembic.ini",
-            confirm=lambda _plan: True,
-        )
+    _rollback_fails(w)
     assert seen and {
         "conflicts.csv.tmp",
         "deletes_for_review.csv.tmp",

@@ -945,6 +945,16 @@ def _run_rollback(
     lineage_job: _Background | None = None  # the migrations' rules, derived beside the safety copy
     reimported: Outcome | None = None  # the re-import's outcome when this process made it
     live_index: sqlite3.Connection | None = None  # keeps the live DB's -shm built for the probe
+    prestarted = bool(
+        alembic_ini and not downgrade_to and not restore_started and not journal.done("extract")
+    )
+    if prestarted:
+        from recovery.migrate.sandbox import prestart
+
+        # the lineage's sandbox child starts now, beside the probe: its interpreter, SQLAlchemy
+        # and Alembic load while the probe and the write window run (no application code runs
+        # in it before the lineage, under the lock, hands it its first job)
+        prestart(alembic_ini)
     try:
         if not restore_started:
             # the file this attempt found (a resume from before the restore may find another):
@@ -1094,11 +1104,12 @@ def _run_rollback(
     finally:
         if live_index is not None:
             live_index.close()
-        if lineage_job is not None:  # its sandbox child: adopted by the replay, or ended here
-            lineage_job.discard()
+        if lineage_job is not None or prestarted:  # a sandbox child the replay did not adopt
+            if lineage_job is not None:
+                lineage_job.discard()
             from recovery.migrate.sandbox import release_spare
 
-            release_spare()
+            release_spare(alembic_ini if prestarted else None)
         if (
             staged is not None
         ):  # refused, stopped or failed before the restore: remove the staged copy

@@ -316,3 +316,78 @@ def test_an_extract_refused_after_the_lineage_leaves_no_child(
     with pytest.raises(RecoveryError):
         extract(backup, live, tmp_path / "b", mapping=mp, alembic_ini=app_dir() / "alembic.ini")
     assert parked_child() is None
+
+
+def _fds_on(pid: int, target: Path) -> list[str]:
+    """The descriptors process ``pid`` has open on ``target`` or its sidecars (by device+inode)."""
+    wanted = {
+        (st.st_dev, st.st_ino)
+        for p in (
+            target,
+            target.with_name(target.name + "-wal"),
+            target.with_name(target.name + "-shm"),
+        )
+        if p.exists()
+        for st in [p.stat()]
+    }
+    found = []
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            st = fd.stat()
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) in wanted:
+            found.append(fd.name)
+    return found
+
+
+def test_a_child_started_ahead_serves_the_lineage_and_then_the_replay(
+    world_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``prestart`` (the rollback calls it before its probe) starts a child that holds nothing of
+    the live DB (a holder check would refuse the run) and runs nothing of the app; the lineage
+    takes it as a FIRST job (not "reused": it is parked again), the replay takes it after: one
+    interpreter for the whole run, and the same replayed copy as a new child's."""
+    live, backup = world_copy / "gestima.db", backup_of(world_copy)
+    ini = app_dir() / "alembic.ini"
+    with closing(sqlite3.connect(live)) as held:  # the caller has the live DB open meanwhile
+        held.execute("SELECT count(*) FROM parts").fetchone()
+        pid = sandbox.prestart(ini)
+        assert pid is not None and _fds_on(pid, live) == []
+    starts: list[int | None] = []
+    real_start = Sandbox._start
+
+    def counted(self: Sandbox, ini_path: Path) -> None:
+        real_start(self, ini_path)
+        starts.append(self.pid)
+
+    monkeypatch.setattr(Sandbox, "_start", counted)
+    derive_lineage(ini, backup, live, keep_child=True)
+    parked = parked_child()
+    assert parked is not None and parked.pid == pid  # the lineage's job ran in it, then parked
+    replayed = replay_upgrade(ini, backup, live, tmp_path, into=tmp_path / "reused.db")
+    assert starts == [] and parked_child() is None  # no other child was started
+    assert replayed is not None and revision(replayed) == NEW_REV
+
+
+def test_a_child_started_ahead_whose_protected_file_changed_is_ended_and_replaced(
+    world_copy: Path, tmp_path: Path
+) -> None:
+    """The ini names the live DB, which the application commits into while the child started
+    ahead is still starting: that child is not kept (none of the app's code ran in it, but
+    nothing vouches for it either), so the lineage would start its own."""
+    live = world_copy / "gestima.db"
+    ini = hostile_app(tmp_path, "ini", live)  # (its env.py is not run here: only its ini)
+    pid = sandbox.prestart(ini)
+    assert pid is not None
+    with closing(sqlite3.connect(live)) as app:  # the application commits meanwhile
+        app.execute("UPDATE users SET username = username || '' WHERE rowid = 1")
+        app.commit()
+    sandbox.release_spare(ini)  # waits for the child started ahead: not parked, ended
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (
+        not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+    )
+    assert parked_child() is None

@@ -132,7 +132,9 @@ def capture_downgrade(
     schema with the app's upgrades, and the capture goes on from there.
 
     ``keep``: when every downgrade succeeded, the child is parked for the upgrade replay that
-    follows (:attr:`recovery.migrate.sandbox.Sandbox.keep`)."""
+    follows (:attr:`recovery.migrate.sandbox.Sandbox.keep`); and a child started ahead for this
+    ini (:func:`recovery.migrate.sandbox.prestart`, no application code run in it yet) is taken
+    instead of starting one."""
     from recovery.migrate.sandbox import MigrationFailed, Sandbox
 
     steps: list[tuple[str, list[str] | None]] = []
@@ -140,7 +142,9 @@ def capture_downgrade(
     with tempfile.TemporaryDirectory(prefix="recovery-lineage-") as tmp:
         scratch = Path(tmp) / "scratch.db"
         _scratch_from(live, scratch)
-        with Sandbox(Path(alembic_ini), scratch, [Path(live), Path(backup)], keep=keep) as sb:
+        with Sandbox(
+            Path(alembic_ini), scratch, [Path(live), Path(backup)], keep=keep, adopt=keep
+        ) as sb:
             for label, step_target in _steps(revs, target):
                 before = _columns(scratch)
                 try:

@@ -341,6 +341,9 @@ class _Parked:
     folder: Path
     protected: frozenset[Path]
     """What its job protected: it is handed on only to a job that protects all of it too."""
+    ran: bool = True
+    """It ran a command (False: started by :func:`prestart`, no application code ran in it yet,
+    so the job that adopts it is its first)."""
 
     def close(self) -> None:
         try:
@@ -368,6 +371,8 @@ class _Spares:
         self.lock = threading.Lock()
         self.parked: _Parked | None = None
         self.keeping: dict[str, int] = {}
+        self.prestarting: dict[str, threading.Event] = {}
+        """A :func:`prestart` child of each ini still starting; set when it is parked or gone."""
         self._spawner: Any = None
 
     def keep(self, key: str, delta: int) -> None:
@@ -382,12 +387,13 @@ class _Spares:
         if older is not None:
             older.close()
 
-    def take(self, key: str) -> tuple[_Parked | None, bool]:
+    def take(self, key: str, keeper: bool = False) -> tuple[_Parked | None, bool]:
         """The parked child for ``key`` (None if there is none), and whether a keeper of ``key``
-        still runs."""
+        still runs. A child that ran nothing yet (:func:`prestart`) goes only to a ``keeper``
+        (the lineage, first on the critical path): the replay waits for the lineage's child."""
         with self.lock:
             parked = self.parked
-            if parked is not None and parked.key == key:
+            if parked is not None and parked.key == key and (parked.ran or keeper):
                 self.parked = None
                 return parked, False
             return None, self.keeping.get(key, 0) > 0
@@ -430,8 +436,73 @@ def keeping(alembic_ini: str | os.PathLike[str]) -> Iterator[None]:
         _SPARES.keep(key, -1)
 
 
-def release_spare() -> None:
-    """End the child a :attr:`Sandbox.keep` sandbox parked, if nobody adopted it."""
+PRESTART_WAIT = 10.0
+"""Seconds a sandbox that needs a child waits for a :func:`prestart` child still starting (it
+started earlier than a new one would, so waiting is never slower) before it starts its own."""
+
+
+def prestart(alembic_ini: str | os.PathLike[str]) -> int | None:
+    """Start a sandbox child for ``alembic_ini`` now, on a thread, and park it unused: the next
+    :attr:`Sandbox.adopt` sandbox of that ini (the rollback's lineage) takes it with its
+    interpreter, SQLAlchemy and Alembic already loaded, as its FIRST job (``_Parked.ran`` False:
+    none of the application's code has run in it, so it can be parked again for the replay).
+
+    Its own job protects only the databases the ini names; the fingerprints a job's commands are
+    checked against are the adopting job's, taken by that job (under the rollback's write lock).
+    Anything that goes wrong (no ini, a protected file that changed while the child started)
+    only ends it: the adopting sandbox then starts its own child. Returns the child's process
+    id (None: none was started)."""
+    key = _key(Path(alembic_ini))
+    with _SPARES.lock:
+        if key in _SPARES.prestarting:
+            return None
+        done = _SPARES.prestarting[key] = threading.Event()
+
+    folder = Path(tempfile.mkdtemp(prefix="recovery-prestart-"))
+    sb = Sandbox(Path(alembic_ini), folder / "unused.db", keep=True)
+
+    def ended() -> None:
+        shutil.rmtree(folder, ignore_errors=True)
+        with _SPARES.lock:
+            _SPARES.prestarting.pop(key, None)
+        done.set()
+
+    try:  # the child is started HERE, before the caller opens the live DB: a child between its
+        # fork and its exec holds the parent's descriptors, and a holder check would see it
+        sb.__enter__()
+    except Exception as exc:  # noqa: BLE001 - only a head start is lost
+        log.debug("recovery: no sandbox child started ahead: %s", exc)
+        ended()
+        return None
+    pid = sb.pid
+
+    def park() -> None:
+        try:
+            sb.__exit__(None, None, None)  # parked once the child answers (its imports done)
+        except Exception as exc:  # noqa: BLE001 - only a head start is lost
+            log.debug("recovery: the sandbox child started ahead is not kept: %s", exc)
+        finally:
+            ended()
+
+    threading.Thread(target=park, name="recovery-sandbox-prestart", daemon=True).start()
+    return pid
+
+
+def _prestarted(key: str) -> None:
+    """Wait (at most :data:`PRESTART_WAIT` seconds) for a :func:`prestart` child of ``key``
+    still starting."""
+    with _SPARES.lock:
+        starting = _SPARES.prestarting.get(key)
+    if starting is not None:
+        starting.wait(PRESTART_WAIT)
+
+
+def release_spare(prestarted: str | os.PathLike[str] | None = None) -> None:
+    """End the child a :attr:`Sandbox.keep` sandbox parked, if nobody adopted it; with
+    ``prestarted`` (an ini given to :func:`prestart`) after that child, if still starting, is
+    parked or gone."""
+    if prestarted is not None:
+        _prestarted(_key(Path(prestarted)))
     _SPARES.close()
 
 
@@ -479,6 +550,7 @@ class Sandbox:
     refused: list[str] = field(default_factory=list, init=False)
     """What the guard refused during the last command (also printed on stderr)."""
     _clean: bool = field(default=True, init=False, repr=False)
+    _ran: bool = field(default=False, init=False, repr=False)
     _reused: bool = field(default=False, init=False, repr=False)
     _pending: bool = field(default=False, init=False, repr=False)
     """No child yet: one is adopted or started at the first command."""
@@ -558,7 +630,14 @@ class Sandbox:
         """Hand the child to :data:`_SPARES` (it ends by itself after :data:`LINGER` seconds)."""
         assert self._kept is not None and self._proc is not None and self._fds is not None
         assert self._dir is not None
-        parked = _Parked(self._kept, self._proc, self._fds, self._dir, frozenset(self._prints))
+        parked = _Parked(
+            self._kept,
+            self._proc,
+            self._fds,
+            self._dir,
+            frozenset(self._prints),
+            ran=self._ran or self._reused,
+        )
         try:  # the child parks only when nothing of the job can act on (a thread, a timer…)
             answer = self._ask({"op": "park", "linger": LINGER})
         except RecoveryError:
@@ -575,7 +654,10 @@ class Sandbox:
         """Adopt the parked child for this job (True). Else, with ``wait`` and while a keeper of
         this ini still runs, leave it for the first command (True; ``_pending``). False: start
         a child."""
-        parked, keeper_runs = _SPARES.take(_key(Path(self.alembic_ini)))
+        key = _key(Path(self.alembic_ini))
+        if not wait:  # a child is needed now: one started ahead is never later than a new one
+            _prestarted(key)
+        parked, keeper_runs = _SPARES.take(key, keeper=self._kept is not None)
         if parked is None:
             self._pending = wait and keeper_runs
             return self._pending
@@ -608,7 +690,7 @@ class Sandbox:
             self._dir = own
             return False
         shutil.rmtree(own, ignore_errors=True)
-        self._reused = True
+        self._reused = parked.ran
         return True
 
     def _start(self, ini: Path) -> None:
@@ -680,6 +762,7 @@ class Sandbox:
                 self._start(Path(self.alembic_ini))
         if self._proc is None or self._fds is None:
             raise RuntimeError("Sandbox used outside its with-block")
+        self._ran = True
         try:
             answer = self._ask(
                 {

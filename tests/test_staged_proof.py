@@ -379,6 +379,7 @@ def test_a_schema_the_parts_cannot_name_gets_the_full_check(tmp_path: Path) -> N
     for i, ddl in enumerate(
         [
             'CREATE TABLE "42" (a)',
+            'CREATE TABLE "-7 rows" (a)',
             "CREATE TABLE w (a PRIMARY KEY) WITHOUT ROWID",
             "CREATE VIRTUAL TABLE v USING rtree(id, x0, x1)",
         ]

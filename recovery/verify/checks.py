@@ -614,9 +614,10 @@ def _integrity_parts(
 
 
 def _reads_as_number(name: str) -> bool:
-    """``integrity_check(name)`` would take ``name`` as its error limit, not as a table."""
-    text = name.strip().lstrip("+-").strip()
-    return text.isdigit() or text[:2].lower() == "0x"
+    """``integrity_check(name)`` would take ``name`` as its error limit, not as a table: SQLite
+    reads a leading sign and digits (or ``0x``) as a number and ignores what follows."""
+    text = name[1:] if name[:1] in ("+", "-") else name
+    return text[:1].isdigit()
 
 
 def _table_integrity(conn: sqlite3.Connection, name: str) -> list[str]:

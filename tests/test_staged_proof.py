@@ -26,7 +26,7 @@ from recovery.verify.checks import (
     PROOF_SPLIT_ENV,
     BackupChecks,
     StagedProof,
-    _integrity_parts,
+    _proof_parts,
     _priority,
     _proof_nice,
     _set_priority,
@@ -241,6 +241,12 @@ def test_the_ordered_fk_check_finds_what_the_pragma_finds(statements: list) -> N
     assert Counter((g["table"], g["rowid"], g["parent"], g["fk"]) for g in got) == want
     assert (ordered_foreign_key_problems(conn) == []) is (not want)
     assert len(ordered_foreign_key_problems(conn, limit=3)) == min(3, sum(want.values()))
+    names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    for limit in (3, 10**6):  # table by table, joined and cut: the whole check's very list
+        per_table = [
+            p for name in names for p in ordered_foreign_key_problems(conn, limit, tables=[name])
+        ]
+        assert per_table[:limit] == ordered_foreign_key_problems(conn, limit)
     conn.close()
 
 
@@ -353,8 +359,9 @@ def test_the_split_integrity_check_says_what_the_full_check_says(
         want = [r[0] for r in conn.execute("PRAGMA integrity_check")]
     conn.close()
     assert (want == ["ok"]) is (damage is None)
-    parts = _integrity_parts(open_engine(backup))
-    assert parts is not None and len(parts) == 3  # quick_check, p, c
+    parts = _proof_parts(open_engine(backup))
+    assert parts is not None  # integrity_check: quick_check, p, c; the FK check: c
+    assert [is_integrity for _, is_integrity, _ in parts].count(True) == 3 and len(parts) == 4
     full_runs: list[int] = []
     real_full = checks_module._integrity_with_cache
 
@@ -388,6 +395,6 @@ def test_a_schema_the_parts_cannot_name_gets_the_full_check(tmp_path: Path) -> N
         with sqlite3.connect(backup) as conn:
             conn.execute(ddl)
         conn.close()
-        assert _integrity_parts(open_engine(backup)) is None
+        assert _proof_parts(open_engine(backup)) is None
         checks = BackupChecks.start(backup)
         assert checks is not None and checks.result()[0] == ["ok"]

@@ -47,7 +47,9 @@ def foreign_key_problems(conn: Connection, limit: int = 20) -> list[dict[str, An
     return [{"table": t, "rowid": r, "parent": p, "fk": fk} for t, r, p, fk in rows]
 
 
-def ordered_foreign_key_problems(conn: Connection, limit: int = 20) -> list[dict[str, Any]]:
+def ordered_foreign_key_problems(
+    conn: Connection, limit: int = 20, tables: list[str] | None = None
+) -> list[dict[str, Any]]:
     """``PRAGMA foreign_key_check``'s verdict for the whole ``main`` database, for less CPU: a
     foreign key of one column to its parent's rowid (an ``INTEGER PRIMARY KEY``) is checked as an
     anti-join, ``c.col IS NOT NULL AND NOT EXISTS (parent row with that rowid)``, which SQLite may
@@ -61,14 +63,19 @@ def ordered_foreign_key_problems(conn: Connection, limit: int = 20) -> list[dict
     with numeric affinity applied (``OP_SeekRowid``: no match unless it then is an integer), which
     is what ``=`` against the parent's INTEGER column does. The same shape (``{"table", "rowid",
     "parent", "fk"}``, at most ``limit``); with more than ``limit`` problems, which ones are
-    listed and their order may differ from the pragma's (empty exactly when the pragma's is)."""
+    listed and their order may differ from the pragma's (empty exactly when the pragma's is).
+
+    ``tables``: these tables only (their problems as the whole check lists them, in its order);
+    the lists of consecutive slices of the tables, joined and cut at ``limit``, are the whole
+    check's list."""
     problems: list[dict[str, Any]] = []
-    tables = [
-        r[0]
-        for r in conn.execute(
-            "SELECT name FROM main.sqlite_master WHERE type = 'table' ORDER BY rowid"
-        )
-    ]
+    if tables is None:
+        tables = [
+            r[0]
+            for r in conn.execute(
+                "SELECT name FROM main.sqlite_master WHERE type = 'table' ORDER BY rowid"
+            )
+        ]
     for name in tables:
         fks = _simple_foreign_keys(conn, name)
         if fks is None:  # prepared whatever the count so far: a key no index can serve is an
@@ -401,16 +408,15 @@ class BackupChecks:
         self._threads: dict[int, int] = {}  # thread still checking -> its niceness before
         self._abandoned = self._hurried = False
         self._engine = engine = open_engine(backup)
-        parts = _integrity_parts(engine) if _split_proof() else None
-        work: list[tuple[float, Callable[[sqlite3.Connection], Any]]] = [
-            *(parts if parts is not None else [(1.0, _integrity_with_cache)]),
-            (_FK_COST, ordered_foreign_key_problems),
-        ]
-        work.sort(key=lambda w: -w[0])  # longest first: both threads busy to the end
-        self._jobs = [_Job(w) for _, w in work]
-        self._fks = next(j for j in self._jobs if j.work is ordered_foreign_key_problems)
-        self._integrity = [j for j in self._jobs if j is not self._fks]
+        parts = _proof_parts(engine) if _split_proof() else None
         self._split = parts is not None
+        if parts is None:
+            parts = [(1.0, True, _integrity_with_cache), (_FK_COST, False, _whole_fk_check)]
+        jobs = [(cost, is_integrity, _Job(work)) for cost, is_integrity, work in parts]
+        self._integrity = [job for _, is_integrity, job in jobs if is_integrity]
+        self._fks = [job for _, is_integrity, job in jobs if not is_integrity]  # in table order
+        jobs.sort(key=lambda j: -j[0])  # longest first: both threads busy to the end
+        self._jobs = [job for _, _, job in jobs]
         pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="staged-proof")
         for _ in range(2):
             pool.submit(self._worker)
@@ -514,13 +520,14 @@ class BackupChecks:
         self.hurry()
         while (job := self._claim()) is not None:
             self._run(job)
-        lines, fks = self._integrity_lines(), self._fks.future.result()
+        lines = self._integrity_lines()
+        fks = [problem for job in self._fks for problem in job.future.result()][:_FK_LIMIT]
         held = file_identity(self._backup) == self._identity and _alone(self._backup)
         return lines, fks, held
 
     def _integrity_lines(self) -> list[str]:
         """``integrity_check``'s lines for the whole backup: the full check's, or ``["ok"]`` when
-        every part of the split check (:func:`_integrity_parts`) passed. When a part did not
+        every part of the split check (:func:`_proof_parts`) passed. When a part did not
         (a problem or an error), the full check runs here and its lines (or its error) are the
         result, exactly as an unsplit check's."""
         if not self._split:
@@ -558,59 +565,90 @@ class _Job:
         self.future: Future[Any] = Future()
 
 
-_FK_COST = 0.3
-"""The ordered foreign-key check's cost against the parts' (:func:`_integrity_parts`, together
-1.0): at 1M parts ~0.9 s CPU against ~3.6 s."""
+_FK_COST = 0.25
+"""The ordered foreign-key check's cost against ``integrity_check``'s (1.0): at 1M parts ~0.9 s
+CPU against ~3.6 s for the parts of :func:`_proof_parts`."""
+
+_FK_LIMIT = 20
+"""Dangling keys listed (``ordered_foreign_key_problems``' default)."""
 
 PROOF_SPLIT_ENV = "RECOVERY_PROOF_SPLIT"
-"""``0`` runs the backup's ``integrity_check`` whole, on one thread, instead of as parts."""
+"""``0`` runs the backup's ``integrity_check`` and foreign-key check whole, one thread each,
+instead of as parts."""
 
 
 def _split_proof() -> bool:
     return os.environ.get(PROOF_SPLIT_ENV, "1").strip() != "0"
 
 
-def _integrity_parts(
-    engine: Engine,
-) -> list[tuple[float, Callable[[sqlite3.Connection], list[str]]]] | None:
-    """``PRAGMA integrity_check`` as parts that may run at the same time, each with its share of
-    the cost: ``quick_check`` of the whole file (every page accounted for once, the freelist,
-    every B-tree well formed, each index's entry count, NOT NULL, types and CHECK constraints)
-    and ``integrity_check(table)`` of each table (the same for that table and its indexes, but
-    not the whole file's page accounting; and each row's entry in each index, its values, UNIQUE
-    indexes without duplicates: the part ``quick_check`` skips). Together they prove what the
-    full check proves. None (the full check runs, unsplit) when the schema cannot be read, or a
-    table has no rowid, is virtual or shadow, or has a name the pragma would read as a number."""
+def _whole_fk_check(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    return ordered_foreign_key_problems(conn, _FK_LIMIT)
+
+
+ProofPart = tuple[float, bool, Callable[[sqlite3.Connection], Any]]
+"""(share of the cost, whether it is part of ``integrity_check`` (else of the foreign-key
+check), the check)."""
+
+
+def _proof_parts(engine: Engine) -> list[ProofPart] | None:
+    """The backup's two checks as parts that may run at the same time, each with its share of
+    the cost, the foreign-key parts in table order. ``integrity_check``: ``quick_check`` of the
+    whole file (every page accounted for once, the freelist, every B-tree well formed, each
+    index's entry count, NOT NULL, types and CHECK constraints) and ``integrity_check(table)`` of
+    each table (the same for that table and its indexes, but not the whole file's page
+    accounting; and each row's entry in each index, its values, UNIQUE indexes without
+    duplicates: the part ``quick_check`` skips); together they prove what the full check proves.
+    The foreign-key check: :func:`ordered_foreign_key_problems` of each table that declares a
+    foreign key (no other table can have a dangling one). None (both run whole) when the schema
+    cannot be read, or a table has no rowid, is virtual or shadow, or has a name the pragma would
+    read as a number."""
     try:
         conn = engine.connect_readonly("backup")
     except RecoveryError:
         return None
+    integrity: list[tuple[float, Callable[[sqlite3.Connection], Any]]] = []
+    fks: list[tuple[float, Callable[[sqlite3.Connection], Any]]] = []
     try:
         names = [
             r[0]
             for r in conn.execute(
-                "SELECT name FROM main.sqlite_master WHERE type = 'table' ORDER BY rootpage"
+                "SELECT name FROM main.sqlite_master WHERE type = 'table' ORDER BY rowid"
             )
         ]
-        parts: list[tuple[float, Callable[[sqlite3.Connection], list[str]]]] = []
-        total = 0.0
         for name in names:
             if not _rowid_table(conn, name) or _reads_as_number(name):
                 return None
-            indexes = conn.execute("SELECT count(*) FROM pragma_index_list(?)", (name,))
-            n_index = indexes.fetchone()[0]
-            rows = conn.execute(
+            n_index = conn.execute("SELECT count(*) FROM pragma_index_list(?)", (name,))
+            n_fk = conn.execute(
+                "SELECT count(DISTINCT id) FROM pragma_foreign_key_list(?)", (name,)
+            )
+            indexes, keys = n_index.fetchone()[0], n_fk.fetchone()[0]
+            last = conn.execute(
                 sql(exp.select(exp.func("max", exp.column("rowid"))).from_(table(name, "main")))
             ).fetchone()[0]
-            cost = float(rows if isinstance(rows, int) and rows > 0 else 0) * (1 + n_index)
-            total += cost
-            parts.append((cost, functools.partial(_table_integrity, name=name)))
+            rows = float(last if isinstance(last, int) and last > 0 else 0)
+            integrity.append((rows * (1 + indexes), functools.partial(_table_integrity, name=name)))
+            if keys:
+                part = functools.partial(
+                    ordered_foreign_key_problems, limit=_FK_LIMIT, tables=[name]
+                )
+                fks.append((rows * keys, part))
     except sqlite3.Error:
         return None
     finally:
         conn.close()
-    scale = 1.0 / total if total else 0.0
-    return [(c * scale, w) for c, w in parts] + [(0.17, _quick_check_cached)]
+    return [
+        *((share, True, work) for share, work in _shares(integrity, 1.0)),
+        (0.17, True, _quick_check_cached),
+        *((share, False, work) for share, work in _shares(fks, _FK_COST)),
+    ]
+
+
+def _shares(
+    parts: list[tuple[float, Callable[[sqlite3.Connection], Any]]], total: float
+) -> list[tuple[float, Callable[[sqlite3.Connection], Any]]]:
+    whole = sum(cost for cost, _ in parts)
+    return [(total * cost / whole if whole else 0.0, work) for cost, work in parts]
 
 
 def _reads_as_number(name: str) -> bool:

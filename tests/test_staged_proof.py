@@ -359,9 +359,11 @@ def test_the_split_integrity_check_says_what_the_full_check_says(
         want = [r[0] for r in conn.execute("PRAGMA integrity_check")]
     conn.close()
     assert (want == ["ok"]) is (damage is None)
-    parts = _proof_parts(open_engine(backup))
-    assert parts is not None  # integrity_check: quick_check, p, c; the FK check: c
+    split = _proof_parts(open_engine(backup))
+    assert split is not None  # integrity_check: quick_check, p, c; the FK check: c
+    parts, order = split
     assert [is_integrity for _, is_integrity, _ in parts].count(True) == 3 and len(parts) == 4
+    assert order == {"p": 0, "c": 1}
     full_runs: list[int] = []
     real_full = checks_module._integrity_with_cache
 
@@ -398,3 +400,27 @@ def test_a_schema_the_parts_cannot_name_gets_the_full_check(tmp_path: Path) -> N
         assert _proof_parts(open_engine(backup)) is None
         checks = BackupChecks.start(backup)
         assert checks is not None and checks.result()[0] == ["ok"]
+
+
+def test_the_split_fk_check_lists_what_the_whole_check_lists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More tables with dangling keys than there are parts (tables grouped, each group's list
+    cut at the limit): joined in table order and cut, the whole check's very list."""
+    backup = _backup(tmp_path / "b.db")
+    with sqlite3.connect(backup) as conn:
+        for n in range(12):
+            conn.execute(f"CREATE TABLE k{n} (id INTEGER PRIMARY KEY, p_id REFERENCES p (id))")
+            conn.executemany(
+                f"INSERT INTO k{n} VALUES (?, ?)",
+                [(i, 1000 + i * (n % 3)) for i in range(n % 4 + 1)],
+            )
+    conn.close()
+    lists = []
+    for split in ("1", "0"):
+        monkeypatch.setenv(PROOF_SPLIT_ENV, split)
+        checks = BackupChecks.start(backup)
+        assert checks is not None
+        lists.append(checks.result()[1])
+    assert lists[0] == lists[1] and len(lists[0]) == 20  # of 30
+    assert lists[0] == ordered_foreign_key_problems(sqlite3.connect(backup))

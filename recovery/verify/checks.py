@@ -267,12 +267,6 @@ class StagedProof:
         if not held:
             self.sha256, self.stat = None, None
 
-    def hurry(self) -> None:
-        """The checks still running on the backup are on the critical path from now on (the
-        run's side work that they yielded to has ended): they get back the niceness they had."""
-        if self.pending is not None:
-            self.pending.hurry()
-
     def abandon(self) -> None:
         """Stop the checks still running on the backup (a run that ends before its restore);
         the proof is then void."""
@@ -399,7 +393,11 @@ class BackupChecks:
     and :meth:`holds_bytes_of` proves the staged copy, as staged, holds those very bytes (one
     pass over both, every byte equal but the header's write stamps, the backup's identity
     unchanged through it). ``integrity_check`` and ``foreign_key_check`` read nothing else, so
-    their results on the backup are their results on the staged copy as staged."""
+    their results on the backup are their results on the staged copy as staged.
+
+    Both checks run as parts (:func:`_proof_parts`) that two threads take longest first, one
+    after another, so both stay busy to the end; whoever waits for the result runs the parts no
+    thread has begun."""
 
     def __init__(self, backup: Path, identity: tuple[int, ...]) -> None:
         self._backup, self._identity = backup, identity
@@ -408,19 +406,21 @@ class BackupChecks:
         self._threads: dict[int, int] = {}  # thread still checking -> its niceness before
         self._abandoned = self._hurried = False
         self._engine = engine = open_engine(backup)
-        parts = _proof_parts(engine) if _split_proof() else None
-        self._split = parts is not None
-        if parts is None:
-            parts = [(1.0, True, _integrity_with_cache), (_FK_COST, False, _whole_fk_check)]
+        split = _proof_parts(engine) if _split_proof() else None
+        self._split = split is not None
+        parts, self._order = split or (
+            [(1.0, True, _integrity_with_cache), (_FK_COST, False, _whole_fk_check)],
+            {},
+        )
         jobs = [(cost, is_integrity, _Job(work)) for cost, is_integrity, work in parts]
         self._integrity = [job for _, is_integrity, job in jobs if is_integrity]
         self._fks = [job for _, is_integrity, job in jobs if not is_integrity]  # in table order
         jobs.sort(key=lambda j: -j[0])  # longest first: both threads busy to the end
         self._jobs = [job for _, _, job in jobs]
-        pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="staged-proof")
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="staged-proof")
         for _ in range(2):
-            pool.submit(self._worker)
-        pool.shutdown(wait=False)
+            self._pool.submit(self._worker)
+        self._pool.shutdown(wait=False)
 
     @classmethod
     def start(cls, backup: str | os.PathLike[str]) -> BackupChecks | None:
@@ -521,7 +521,9 @@ class BackupChecks:
         while (job := self._claim()) is not None:
             self._run(job)
         lines = self._integrity_lines()
-        fks = [problem for job in self._fks for problem in job.future.result()][:_FK_LIMIT]
+        found = [problem for job in self._fks for problem in job.future.result()]
+        found.sort(key=lambda p: self._order.get(p["table"], len(self._order)))  # stable
+        fks = found[:_FK_LIMIT]
         held = file_identity(self._backup) == self._identity and _alone(self._backup)
         return lines, fks, held
 
@@ -549,6 +551,7 @@ class BackupChecks:
                 if not job.claimed:
                     job.claimed = True
                     job.future.set_exception(sqlite3.OperationalError("interrupted"))
+        self._pool.shutdown(wait=True)  # the checking threads have ended
         for job in self._jobs:
             try:
                 job.future.result()
@@ -590,24 +593,35 @@ ProofPart = tuple[float, bool, Callable[[sqlite3.Connection], Any]]
 check), the check)."""
 
 
-def _proof_parts(engine: Engine) -> list[ProofPart] | None:
+SPLIT_MAX_TABLES = 500
+"""A schema with more tables than this gets both checks whole (reading each table's size and
+keys would cost more than the split gains)."""
+
+SPLIT_JOBS = 8
+"""At most this many parts of each check (a part checks one or more tables in turn)."""
+
+
+def _proof_parts(engine: Engine) -> tuple[list[ProofPart], dict[str, int]] | None:
     """The backup's two checks as parts that may run at the same time, each with its share of
-    the cost, the foreign-key parts in table order. ``integrity_check``: ``quick_check`` of the
-    whole file (every page accounted for once, the freelist, every B-tree well formed, each
-    index's entry count, NOT NULL, types and CHECK constraints) and ``integrity_check(table)`` of
-    each table (the same for that table and its indexes, but not the whole file's page
-    accounting; and each row's entry in each index, its values, UNIQUE indexes without
-    duplicates: the part ``quick_check`` skips); together they prove what the full check proves.
-    The foreign-key check: :func:`ordered_foreign_key_problems` of each table that declares a
-    foreign key (no other table can have a dangling one). None (both run whole) when the schema
-    cannot be read, or a table has no rowid, is virtual or shadow, or has a name the pragma would
-    read as a number."""
+    the cost. ``integrity_check``: ``quick_check`` of the whole file (every page accounted for
+    once, the freelist, every B-tree well formed, each index's entry count, NOT NULL, types and
+    CHECK constraints) and ``integrity_check(table)`` of each table (the same for that table and
+    its indexes, but not the whole file's page accounting; and each row's entry in each index,
+    its values, UNIQUE indexes without duplicates: the part ``quick_check`` skips); together they
+    prove what the full check proves. The foreign-key check: :func:`ordered_foreign_key_problems`
+    of each table that declares a foreign key (no other table can have a dangling one); their
+    lists, ordered by table as the whole check goes (the order returned: name -> position) and
+    cut at its limit, are its list. Tables
+    are grouped into at most :data:`SPLIT_JOBS` parts of each check, biggest first. None (both
+    run whole) when the schema cannot be read, has more than :data:`SPLIT_MAX_TABLES` tables, or
+    a table has no rowid, is virtual or shadow, or has a name the pragma would read as a
+    number."""
     try:
         conn = engine.connect_readonly("backup")
-    except RecoveryError:
-        return None
-    integrity: list[tuple[float, Callable[[sqlite3.Connection], Any]]] = []
-    fks: list[tuple[float, Callable[[sqlite3.Connection], Any]]] = []
+    except (RecoveryError, sqlite3.Error, OSError):
+        return None  # the checks' own connections say what is wrong
+    integrity: list[tuple[float, str]] = []
+    fks: list[tuple[float, str]] = []
     try:
         names = [
             r[0]
@@ -615,6 +629,8 @@ def _proof_parts(engine: Engine) -> list[ProofPart] | None:
                 "SELECT name FROM main.sqlite_master WHERE type = 'table' ORDER BY rowid"
             )
         ]
+        if len(names) > SPLIT_MAX_TABLES:
+            return None
         for name in names:
             if not _rowid_table(conn, name) or _reads_as_number(name):
                 return None
@@ -627,28 +643,59 @@ def _proof_parts(engine: Engine) -> list[ProofPart] | None:
                 sql(exp.select(exp.func("max", exp.column("rowid"))).from_(table(name, "main")))
             ).fetchone()[0]
             rows = float(last if isinstance(last, int) and last > 0 else 0)
-            integrity.append((rows * (1 + indexes), functools.partial(_table_integrity, name=name)))
+            integrity.append((rows * (1 + indexes), name))
             if keys:
-                part = functools.partial(
-                    ordered_foreign_key_problems, limit=_FK_LIMIT, tables=[name]
-                )
-                fks.append((rows * keys, part))
+                fks.append((rows * keys, name))
     except sqlite3.Error:
         return None
     finally:
         conn.close()
-    return [
-        *((share, True, work) for share, work in _shares(integrity, 1.0)),
+    order = {name: i for i, name in enumerate(names)}
+    parts: list[ProofPart] = [
+        *(
+            (share, True, functools.partial(_tables_integrity, names=group))
+            for share, group in _groups(integrity, 1.0, order)
+        ),
         (0.17, True, _quick_check_cached),
-        *((share, False, work) for share, work in _shares(fks, _FK_COST)),
+        *(
+            (share, False, functools.partial(_tables_fks, names=group))
+            for share, group in _groups(fks, _FK_COST, order)
+        ),
+    ]
+    return parts, order
+
+
+def _groups(
+    tables: list[tuple[float, str]], total: float, order: dict[str, int]
+) -> list[tuple[float, list[str]]]:
+    """``tables`` (cost, name) in at most :data:`SPLIT_JOBS` groups of about equal cost (each
+    next biggest table to the cheapest group so far), each group's names in table order, with
+    its share of ``total``."""
+    groups: list[tuple[float, list[str]]] = [(0.0, []) for _ in range(min(SPLIT_JOBS, len(tables)))]
+    for cost, name in sorted(tables, key=lambda t: -t[0]):
+        i = min(range(len(groups)), key=lambda g: groups[g][0])
+        groups[i] = (groups[i][0] + cost, [*groups[i][1], name])
+    whole = sum(cost for cost, _ in groups)
+    return [
+        (total * cost / whole if whole else 0.0, sorted(names, key=order.__getitem__))
+        for cost, names in groups
     ]
 
 
-def _shares(
-    parts: list[tuple[float, Callable[[sqlite3.Connection], Any]]], total: float
-) -> list[tuple[float, Callable[[sqlite3.Connection], Any]]]:
-    whole = sum(cost for cost, _ in parts)
-    return [(total * cost / whole if whole else 0.0, work) for cost, work in parts]
+def _tables_integrity(conn: sqlite3.Connection, names: list[str]) -> list[str]:
+    """``integrity_check(table)`` of each of ``names`` in turn: ``["ok"]``, or the first table's
+    lines that are not."""
+    _integrity_cache(conn)
+    for name in names:
+        rows = conn.execute("SELECT * FROM pragma_integrity_check(?, 'main')", (name,))
+        lines = [r[0] for r in rows.fetchall()]
+        if lines != ["ok"]:
+            return lines
+    return ["ok"]
+
+
+def _tables_fks(conn: sqlite3.Connection, names: list[str]) -> list[dict[str, Any]]:
+    return ordered_foreign_key_problems(conn, _FK_LIMIT, tables=names)
 
 
 def _reads_as_number(name: str) -> bool:
@@ -656,12 +703,6 @@ def _reads_as_number(name: str) -> bool:
     reads a leading sign and digits (or ``0x``) as a number and ignores what follows."""
     text = name[1:] if name[:1] in ("+", "-") else name
     return text[:1].isdigit()
-
-
-def _table_integrity(conn: sqlite3.Connection, name: str) -> list[str]:
-    _integrity_cache(conn)
-    rows = conn.execute("SELECT * FROM pragma_integrity_check(?, 'main')", (name,))
-    return [r[0] for r in rows.fetchall()]
 
 
 def _quick_check_cached(conn: sqlite3.Connection) -> list[str]:

@@ -395,9 +395,9 @@ class BackupChecks:
     unchanged through it). ``integrity_check`` and ``foreign_key_check`` read nothing else, so
     their results on the backup are their results on the staged copy as staged.
 
-    Both checks run as parts (:func:`_proof_parts`) that two threads take longest first, one
-    after another, so both stay busy to the end; whoever waits for the result runs the parts no
-    thread has begun."""
+    Two threads take the checks longest first, one after another; whoever waits for the result
+    runs those no thread has begun. With ``$RECOVERY_PROOF_SPLIT=1`` both checks run as parts
+    (:func:`_proof_parts`), so both threads stay busy to the end."""
 
     def __init__(self, backup: Path, identity: tuple[int, ...]) -> None:
         self._backup, self._identity = backup, identity
@@ -576,12 +576,15 @@ _FK_LIMIT = 20
 """Dangling keys listed (``ordered_foreign_key_problems``' default)."""
 
 PROOF_SPLIT_ENV = "RECOVERY_PROOF_SPLIT"
-"""``0`` runs the backup's ``integrity_check`` and foreign-key check whole, one thread each,
-instead of as parts."""
+"""``1`` runs the backup's ``integrity_check`` and foreign-key check as parts
+(:func:`_proof_parts`) instead of whole, one thread each. Not the default: at 1M parts the parts
+cost ~1 s more CPU than the whole checks (``quick_check`` walks every B-tree the per-table parts
+walk again, smaller caches), which on a busy machine outweighs the second core they get when the
+re-import waits for their verdict (bench/RESULTS.md, round 10, bp10)."""
 
 
 def _split_proof() -> bool:
-    return os.environ.get(PROOF_SPLIT_ENV, "1").strip() != "0"
+    return os.environ.get(PROOF_SPLIT_ENV, "").strip() == "1"
 
 
 def _whole_fk_check(conn: sqlite3.Connection) -> list[dict[str, Any]]:
@@ -685,7 +688,7 @@ def _groups(
 def _tables_integrity(conn: sqlite3.Connection, names: list[str]) -> list[str]:
     """``integrity_check(table)`` of each of ``names`` in turn: ``["ok"]``, or the first table's
     lines that are not."""
-    _integrity_cache(conn)
+    _integrity_cache(conn, PART_CACHE_KIB)
     for name in names:
         rows = conn.execute("SELECT * FROM pragma_integrity_check(?, 'main')", (name,))
         lines = [r[0] for r in rows.fetchall()]
@@ -706,7 +709,7 @@ def _reads_as_number(name: str) -> bool:
 
 
 def _quick_check_cached(conn: sqlite3.Connection) -> list[str]:
-    _integrity_cache(conn)
+    _integrity_cache(conn, PART_CACHE_KIB)
     return _quick_check(conn)
 
 
@@ -818,17 +821,23 @@ def _integrity_with_cache(conn: sqlite3.Connection) -> list[str]:
     return integrity_problems(conn)
 
 
-def _integrity_cache(conn: sqlite3.Connection) -> None:
+def _integrity_cache(conn: sqlite3.Connection, kib: int = INTEGRITY_CACHE_KIB) -> None:
     conn.execute(
         sql(
             exp.Pragma(
                 this=exp.EQ(
-                    this=exp.to_identifier("cache_size"),
-                    expression=exp.Literal.number(-INTEGRITY_CACHE_KIB),
+                    this=exp.to_identifier("cache_size"), expression=exp.Literal.number(-kib)
                 )
             )
         )
     )
+
+
+PART_CACHE_KIB = INTEGRITY_CACHE_KIB // 2
+"""Page cache of each part of a split ``integrity_check`` (:func:`_proof_parts`): two run at once
+(three when the waiter takes one), so together they hold about what the whole check's one
+connection held (at 1M parts the biggest table's part then takes 0.1-0.25 s more CPU than with
+16 MB; the resident size stays where it was)."""
 
 
 def verify_written(

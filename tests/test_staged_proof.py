@@ -18,12 +18,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from recovery.engine import open_engine
+from recovery.verify import checks as checks_module
 from recovery.engine.sqlite_io import consistent_copy, sha256_file
 from recovery.verify.checks import (
     PROOF_NICE,
     PROOF_NICE_ENV,
+    PROOF_SPLIT_ENV,
     BackupChecks,
     StagedProof,
+    _proof_parts,
     _priority,
     _proof_nice,
     _set_priority,
@@ -238,6 +241,12 @@ def test_the_ordered_fk_check_finds_what_the_pragma_finds(statements: list) -> N
     assert Counter((g["table"], g["rowid"], g["parent"], g["fk"]) for g in got) == want
     assert (ordered_foreign_key_problems(conn) == []) is (not want)
     assert len(ordered_foreign_key_problems(conn, limit=3)) == min(3, sum(want.values()))
+    names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    for limit in (3, 10**6):  # table by table, joined and cut: the whole check's very list
+        per_table = [
+            p for name in names for p in ordered_foreign_key_problems(conn, limit, tables=[name])
+        ]
+        assert per_table[:limit] == ordered_foreign_key_problems(conn, limit)
     conn.close()
 
 
@@ -260,11 +269,9 @@ def test_the_niceness_is_set_by_the_environment(monkeypatch: pytest.MonkeyPatch)
 )
 def test_a_waiter_gives_the_checks_back_the_niceness_they_had(tmp_path: Path) -> None:
     """A checking thread runs at PROOF_NICE, or at the niceness it inherited when that is higher
-    (the user's `nice`); whoever waits for the checks gives it back what it had, never more."""
+    (the user's `nice`); whoever waits for the checks gives it back what it had, never more, and
+    a checking thread that begins after that is not niced at all."""
     backup = _backup(tmp_path / "b.db")
-    checks = BackupChecks.start(backup)
-    assert checks is not None
-    checks.result()
     seen: list[int] = []
     started, go = threading.Event(), threading.Event()
 
@@ -275,18 +282,145 @@ def test_a_waiter_gives_the_checks_back_the_niceness_they_had(tmp_path: Path) ->
         seen.append(_priority(threading.get_native_id()))
 
     for inherited, niced in ((3, PROOF_NICE), (PROOF_NICE + 4, PROOF_NICE + 4)):
+        checks = BackupChecks.start(backup)
+        assert checks is not None
         seen.clear()
         started.clear()
         go.clear()
 
-        def run(inherited: int = inherited) -> None:
+        def run(inherited: int = inherited, checks: BackupChecks = checks) -> None:
             _set_priority(threading.get_native_id(), inherited)
             checks._check(open_engine(backup), work)
 
         t = threading.Thread(target=run)
         t.start()
         assert started.wait(5)
-        checks._hurry()
+        checks.hurry()
         go.set()
         t.join()
         assert seen == [niced, inherited]
+        go.set()
+        seen.clear()
+        t = threading.Thread(target=run)  # after the hurry: at the niceness it has
+        t.start()
+        t.join()
+        assert seen == [inherited, inherited]
+        assert checks.result()[0] == ["ok"]
+
+
+DAMAGES = {
+    # what only the whole-file accounting finds: a table's pages no table owns any more
+    "pages-never-used": [
+        "CREATE TABLE z (a, b)",
+        "INSERT INTO z SELECT id, name FROM p",
+        "PRAGMA writable_schema = ON",
+        "DELETE FROM sqlite_master WHERE name = 'z'",
+    ],
+    # what only a table's index cross-check finds (quick_check skips it)
+    "not-unique": [
+        "PRAGMA writable_schema = ON",
+        (
+            "UPDATE sqlite_master SET sql = 'CREATE UNIQUE INDEX ix_c_p ON c (p_id)' "
+            "WHERE name = 'ix_c_p'"
+        ),
+    ],
+    "index-entries": [
+        "PRAGMA writable_schema = ON",
+        "UPDATE sqlite_master SET sql = 'CREATE INDEX ix_c_p ON c (note)' WHERE name = 'ix_c_p'",
+    ],
+    # what both find
+    "null-in-not-null": [
+        "INSERT INTO p VALUES (1000, NULL)",
+        "PRAGMA writable_schema = ON",
+        (
+            "UPDATE sqlite_master SET sql = "
+            "'CREATE TABLE p (id INTEGER PRIMARY KEY, name TEXT NOT NULL)' WHERE name = 'p'"
+        ),
+    ],
+}
+
+
+@pytest.mark.parametrize("damage", [None, *DAMAGES], ids=["sound", *DAMAGES])
+def test_the_split_integrity_check_says_what_the_full_check_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str | None
+) -> None:
+    """The backup's ``integrity_check`` runs as parts on both threads (``quick_check`` of the
+    whole file + ``integrity_check(table)`` per table): "ok" exactly when the full check says
+    "ok", and when a part finds anything the full check runs and its very lines are the result.
+    The damages are each found by one kind of part only (pages no table owns: the whole-file
+    accounting; a duplicate in a UNIQUE index, index entries that do not match their rows: the
+    per-table cross-check), so neither kind alone would do."""
+    backup = _backup(tmp_path / "b.db")
+    with sqlite3.connect(backup) as conn:
+        for stmt in DAMAGES.get(damage or "", []):
+            conn.execute(stmt)
+    conn.close()
+    with sqlite3.connect(f"file:{backup}?mode=ro", uri=True) as conn:
+        want = [r[0] for r in conn.execute("PRAGMA integrity_check")]
+    conn.close()
+    assert (want == ["ok"]) is (damage is None)
+    split = _proof_parts(open_engine(backup))
+    assert split is not None  # integrity_check: quick_check, p, c; the FK check: c
+    parts, order = split
+    assert [is_integrity for _, is_integrity, _ in parts].count(True) == 3 and len(parts) == 4
+    assert order == {"p": 0, "c": 1}
+    full_runs: list[int] = []
+    real_full = checks_module._integrity_with_cache
+
+    def full(conn: sqlite3.Connection) -> list[str]:
+        full_runs.append(1)
+        return real_full(conn)
+
+    monkeypatch.setattr(checks_module, "_integrity_with_cache", full)
+    for split in ("1", "0"):
+        monkeypatch.setenv(PROOF_SPLIT_ENV, split)
+        full_runs.clear()
+        checks = BackupChecks.start(backup)
+        assert checks is not None
+        lines, _, held = checks.result()
+        assert lines == want and held
+        assert len(full_runs) == (0 if split == "1" and damage is None else 1)
+
+
+def test_a_schema_the_parts_cannot_name_gets_the_full_check(tmp_path: Path) -> None:
+    """A table ``integrity_check(name)`` would read as its error limit (a name of digits), a
+    table without rowid or a virtual table: the whole ``integrity_check`` runs, unsplit."""
+    for i, ddl in enumerate(
+        [
+            'CREATE TABLE "42" (a)',
+            'CREATE TABLE "-7 rows" (a)',
+            "CREATE TABLE w (a PRIMARY KEY) WITHOUT ROWID",
+            "CREATE VIRTUAL TABLE v USING rtree(id, x0, x1)",
+        ]
+    ):
+        backup = _backup(tmp_path / f"b{i}.db")
+        with sqlite3.connect(backup) as conn:
+            conn.execute(ddl)
+        conn.close()
+        assert _proof_parts(open_engine(backup)) is None
+        checks = BackupChecks.start(backup)
+        assert checks is not None and checks.result()[0] == ["ok"]
+
+
+def test_the_split_fk_check_lists_what_the_whole_check_lists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More tables with dangling keys than there are parts (tables grouped, each group's list
+    cut at the limit): joined in table order and cut, the whole check's very list."""
+    backup = _backup(tmp_path / "b.db")
+    with sqlite3.connect(backup) as conn:
+        for n in range(12):
+            conn.execute(f"CREATE TABLE k{n} (id INTEGER PRIMARY KEY, p_id REFERENCES p (id))")
+            conn.executemany(
+                f"INSERT INTO k{n} VALUES (?, ?)",
+                [(i, 1000 + i * (n % 3)) for i in range(n % 4 + 1)],
+            )
+    conn.close()
+    lists = []
+    for split in ("1", "0"):
+        monkeypatch.setenv(PROOF_SPLIT_ENV, split)
+        checks = BackupChecks.start(backup)
+        assert checks is not None
+        lists.append(checks.result()[1])
+    assert lists[0] == lists[1] and len(lists[0]) == 20  # of 30
+    assert lists[0] == ordered_foreign_key_problems(sqlite3.connect(backup))

@@ -9,13 +9,14 @@ same dict; each check reads one committed state of the file.
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
 import sys
 import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -46,7 +47,9 @@ def foreign_key_problems(conn: Connection, limit: int = 20) -> list[dict[str, An
     return [{"table": t, "rowid": r, "parent": p, "fk": fk} for t, r, p, fk in rows]
 
 
-def ordered_foreign_key_problems(conn: Connection, limit: int = 20) -> list[dict[str, Any]]:
+def ordered_foreign_key_problems(
+    conn: Connection, limit: int = 20, tables: list[str] | None = None
+) -> list[dict[str, Any]]:
     """``PRAGMA foreign_key_check``'s verdict for the whole ``main`` database, for less CPU: a
     foreign key of one column to its parent's rowid (an ``INTEGER PRIMARY KEY``) is checked as an
     anti-join, ``c.col IS NOT NULL AND NOT EXISTS (parent row with that rowid)``, which SQLite may
@@ -60,14 +63,19 @@ def ordered_foreign_key_problems(conn: Connection, limit: int = 20) -> list[dict
     with numeric affinity applied (``OP_SeekRowid``: no match unless it then is an integer), which
     is what ``=`` against the parent's INTEGER column does. The same shape (``{"table", "rowid",
     "parent", "fk"}``, at most ``limit``); with more than ``limit`` problems, which ones are
-    listed and their order may differ from the pragma's (empty exactly when the pragma's is)."""
+    listed and their order may differ from the pragma's (empty exactly when the pragma's is).
+
+    ``tables``: these tables only (their problems as the whole check lists them, in its order);
+    the lists of consecutive slices of the tables, joined and cut at ``limit``, are the whole
+    check's list."""
     problems: list[dict[str, Any]] = []
-    tables = [
-        r[0]
-        for r in conn.execute(
-            "SELECT name FROM main.sqlite_master WHERE type = 'table' ORDER BY rowid"
-        )
-    ]
+    if tables is None:
+        tables = [
+            r[0]
+            for r in conn.execute(
+                "SELECT name FROM main.sqlite_master WHERE type = 'table' ORDER BY rowid"
+            )
+        ]
     for name in tables:
         fks = _simple_foreign_keys(conn, name)
         if fks is None:  # prepared whatever the count so far: a key no index can serve is an
@@ -385,20 +393,34 @@ class BackupChecks:
     and :meth:`holds_bytes_of` proves the staged copy, as staged, holds those very bytes (one
     pass over both, every byte equal but the header's write stamps, the backup's identity
     unchanged through it). ``integrity_check`` and ``foreign_key_check`` read nothing else, so
-    their results on the backup are their results on the staged copy as staged."""
+    their results on the backup are their results on the staged copy as staged.
+
+    Two threads take the checks longest first, one after another; whoever waits for the result
+    runs those no thread has begun. With ``$RECOVERY_PROOF_SPLIT=1`` both checks run as parts
+    (:func:`_proof_parts`), so both threads stay busy to the end."""
 
     def __init__(self, backup: Path, identity: tuple[int, ...]) -> None:
         self._backup, self._identity = backup, identity
         self._lock = threading.Lock()
         self._conns: list[Any] = []  # sqlite3 connections, interrupted by abandon()
         self._threads: dict[int, int] = {}  # thread still checking -> its niceness before
-        self._abandoned = False
-        engine = open_engine(backup)
-        pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="staged-proof")
-        self._integrity = pool.submit(self._check, engine, _integrity_with_cache)
-        self._fks = pool.submit(self._check, engine, ordered_foreign_key_problems)
-        pool.shutdown(wait=False)
-        self._pool = pool  # (abandon joins its threads)
+        self._abandoned = self._hurried = False
+        self._engine = engine = open_engine(backup)
+        split = _proof_parts(engine) if _split_proof() else None
+        self._split = split is not None
+        parts, self._order = split or (
+            [(1.0, True, _integrity_with_cache), (_FK_COST, False, _whole_fk_check)],
+            {},
+        )
+        jobs = [(cost, is_integrity, _Job(work)) for cost, is_integrity, work in parts]
+        self._integrity = [job for _, is_integrity, job in jobs if is_integrity]
+        self._fks = [job for _, is_integrity, job in jobs if not is_integrity]  # in table order
+        jobs.sort(key=lambda j: -j[0])  # longest first: both threads busy to the end
+        self._jobs = [job for _, _, job in jobs]
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="staged-proof")
+        for _ in range(2):
+            self._pool.submit(self._worker)
+        self._pool.shutdown(wait=False)
 
     @classmethod
     def start(cls, backup: str | os.PathLike[str]) -> BackupChecks | None:
@@ -412,33 +434,68 @@ class BackupChecks:
             return None
         return cls(p, identity)
 
-    def _check(self, engine: Engine, work: Callable[[sqlite3.Connection], T]) -> T:
+    def _worker(self) -> None:
+        """A checking thread: the jobs no one has taken yet, one after the other."""
+        with self._niced():
+            while (job := self._claim()) is not None:
+                self._run(job)
+
+    def _claim(self) -> _Job | None:
+        with self._lock:
+            for job in self._jobs:
+                if not job.claimed:
+                    job.claimed = True
+                    return job
+        return None
+
+    def _run(self, job: _Job) -> None:
+        try:
+            job.future.set_result(self._on_backup(job.work))
+        except BaseException as e:  # noqa: BLE001 - handed to whoever asks for the result
+            job.future.set_exception(e)
+
+    @contextmanager
+    def _niced(self) -> Iterator[None]:
+        """This thread at :data:`PROOF_NICE` (never below the niceness it has: a user's `nice`
+        is kept) until the checks are awaited (:meth:`hurry`), registered for :meth:`hurry`."""
         me = threading.get_native_id()
         with self._lock:
-            self._threads[me] = _priority(me)  # the process's own (a user's `nice`) is kept
-            _set_priority(me, max(self._threads[me], _proof_nice()))
+            self._threads[me] = _priority(me)
+            if not self._hurried:
+                _set_priority(me, max(self._threads[me], _proof_nice()))
         try:
-            conn = engine.connect_readonly("backup")
-            try:
-                with self._lock:
-                    if self._abandoned:
-                        raise sqlite3.OperationalError("interrupted")
-                    self._conns.append(conn)
-                return work(conn)  # type: ignore[arg-type]
-            finally:
-                with self._lock:  # never interrupted once closed
-                    if conn in self._conns:
-                        self._conns.remove(conn)
-                    conn.close()
+            yield
         finally:
             with self._lock:  # this thread ends: its id may be another's soon, never renice it
                 self._threads.pop(me, None)
 
-    def _hurry(self) -> None:
+    def _check(self, engine: Engine, work: Callable[[sqlite3.Connection], T]) -> T:
+        """``work`` on a connection to the backup, on this thread niced as a checking thread."""
+        with self._niced():
+            return self._on_backup(work, engine)
+
+    def _on_backup(
+        self, work: Callable[[sqlite3.Connection], T], engine: Engine | None = None
+    ) -> T:
+        conn = (engine or self._engine).connect_readonly("backup")
+        try:
+            with self._lock:
+                if self._abandoned:
+                    raise sqlite3.OperationalError("interrupted")
+                self._conns.append(conn)
+            return work(conn)  # type: ignore[arg-type]
+        finally:
+            with self._lock:  # never interrupted once closed
+                if conn in self._conns:
+                    self._conns.remove(conn)
+                conn.close()
+
+    def hurry(self) -> None:
         """Someone waits for the checks: they are on the critical path now, so the threads still
         checking get back the niceness they had (where the process may raise it: root; otherwise
         they go on at :data:`PROOF_NICE`, with the waiter's core free)."""
         with self._lock:
+            self._hurried = True
             for tid, nice in self._threads.items():
                 _set_priority(tid, nice)
 
@@ -458,11 +515,31 @@ class BackupChecks:
 
     def result(self) -> tuple[list[str], list[dict[str, Any]], bool]:
         """Wait for both checks: their lines, their dangling keys, and whether the backup kept
-        its identity (and stayed alone) through them; re-raises a check's error."""
-        self._hurry()
-        lines, fks = self._integrity.result(), self._fks.result()
+        its identity (and stayed alone) through them; re-raises a check's error. The waiting
+        thread runs the parts no checking thread has begun, itself, at its own niceness."""
+        self.hurry()
+        while (job := self._claim()) is not None:
+            self._run(job)
+        lines = self._integrity_lines()
+        found = [problem for job in self._fks for problem in job.future.result()]
+        found.sort(key=lambda p: self._order.get(p["table"], len(self._order)))  # stable
+        fks = found[:_FK_LIMIT]
         held = file_identity(self._backup) == self._identity and _alone(self._backup)
         return lines, fks, held
+
+    def _integrity_lines(self) -> list[str]:
+        """``integrity_check``'s lines for the whole backup: the full check's, or ``["ok"]`` when
+        every part of the split check (:func:`_proof_parts`) passed. When a part did not
+        (a problem or an error), the full check runs here and its lines (or its error) are the
+        result, exactly as an unsplit check's."""
+        if not self._split:
+            return self._integrity[0].future.result()
+        try:
+            if all(job.future.result() == ["ok"] for job in self._integrity):
+                return ["ok"]
+        except (sqlite3.Error, RecoveryError):
+            pass
+        return _on_connection(self._engine, "backup", _integrity_with_cache)
 
     def abandon(self) -> None:
         """Interrupt the checks and wait for their threads to end."""
@@ -470,13 +547,170 @@ class BackupChecks:
             self._abandoned = True
             for conn in self._conns:
                 conn.interrupt()
-        for job in (self._integrity, self._fks):
+            for job in self._jobs:  # no thread begins these any more
+                if not job.claimed:
+                    job.claimed = True
+                    job.future.set_exception(sqlite3.OperationalError("interrupted"))
+        self._pool.shutdown(wait=True)  # the checking threads have ended
+        for job in self._jobs:
             try:
-                job.result()
+                job.future.result()
             except BaseException:  # noqa: BLE001 - interrupted on purpose
                 pass
-        # a job's result is set before its thread leaves the pool: join the threads themselves
-        self._pool.shutdown(wait=True)
+
+
+class _Job:
+    """One check of :class:`BackupChecks`, run by whichever thread claims it first."""
+
+    def __init__(self, work: Callable[[sqlite3.Connection], Any]) -> None:
+        self.work = work
+        self.claimed = False
+        self.future: Future[Any] = Future()
+
+
+_FK_COST = 0.25
+"""The ordered foreign-key check's cost against ``integrity_check``'s (1.0): at 1M parts ~0.9 s
+CPU against ~3.6 s for the parts of :func:`_proof_parts`."""
+
+_FK_LIMIT = 20
+"""Dangling keys listed (``ordered_foreign_key_problems``' default)."""
+
+PROOF_SPLIT_ENV = "RECOVERY_PROOF_SPLIT"
+"""``1`` runs the backup's ``integrity_check`` and foreign-key check as parts
+(:func:`_proof_parts`) instead of whole, one thread each. Not the default: at 1M parts the parts
+cost ~1 s more CPU than the whole checks (``quick_check`` walks every B-tree the per-table parts
+walk again, smaller caches), which on a busy machine outweighs the second core they get when the
+re-import waits for their verdict (bench/RESULTS.md, round 10, bp10)."""
+
+
+def _split_proof() -> bool:
+    return os.environ.get(PROOF_SPLIT_ENV, "").strip() == "1"
+
+
+def _whole_fk_check(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    return ordered_foreign_key_problems(conn, _FK_LIMIT)
+
+
+ProofPart = tuple[float, bool, Callable[[sqlite3.Connection], Any]]
+"""(share of the cost, whether it is part of ``integrity_check`` (else of the foreign-key
+check), the check)."""
+
+
+SPLIT_MAX_TABLES = 500
+"""A schema with more tables than this gets both checks whole (reading each table's size and
+keys would cost more than the split gains)."""
+
+SPLIT_JOBS = 8
+"""At most this many parts of each check (a part checks one or more tables in turn)."""
+
+
+def _proof_parts(engine: Engine) -> tuple[list[ProofPart], dict[str, int]] | None:
+    """The backup's two checks as parts that may run at the same time, each with its share of
+    the cost. ``integrity_check``: ``quick_check`` of the whole file (every page accounted for
+    once, the freelist, every B-tree well formed, each index's entry count, NOT NULL, types and
+    CHECK constraints) and ``integrity_check(table)`` of each table (the same for that table and
+    its indexes, but not the whole file's page accounting; and each row's entry in each index,
+    its values, UNIQUE indexes without duplicates: the part ``quick_check`` skips); together they
+    prove what the full check proves. The foreign-key check: :func:`ordered_foreign_key_problems`
+    of each table that declares a foreign key (no other table can have a dangling one); their
+    lists, ordered by table as the whole check goes (the order returned: name -> position) and
+    cut at its limit, are its list. Tables
+    are grouped into at most :data:`SPLIT_JOBS` parts of each check, biggest first. None (both
+    run whole) when the schema cannot be read, has more than :data:`SPLIT_MAX_TABLES` tables, or
+    a table has no rowid, is virtual or shadow, or has a name the pragma would read as a
+    number."""
+    try:
+        conn = engine.connect_readonly("backup")
+    except (RecoveryError, sqlite3.Error, OSError):
+        return None  # the checks' own connections say what is wrong
+    integrity: list[tuple[float, str]] = []
+    fks: list[tuple[float, str]] = []
+    try:
+        names = [
+            r[0]
+            for r in conn.execute(
+                "SELECT name FROM main.sqlite_master WHERE type = 'table' ORDER BY rowid"
+            )
+        ]
+        if len(names) > SPLIT_MAX_TABLES:
+            return None
+        for name in names:
+            if not _rowid_table(conn, name) or _reads_as_number(name):
+                return None
+            n_index = conn.execute("SELECT count(*) FROM pragma_index_list(?)", (name,))
+            n_fk = conn.execute(
+                "SELECT count(DISTINCT id) FROM pragma_foreign_key_list(?)", (name,)
+            )
+            indexes, keys = n_index.fetchone()[0], n_fk.fetchone()[0]
+            last = conn.execute(
+                sql(exp.select(exp.func("max", exp.column("rowid"))).from_(table(name, "main")))
+            ).fetchone()[0]
+            rows = float(last if isinstance(last, int) and last > 0 else 0)
+            integrity.append((rows * (1 + indexes), name))
+            if keys:
+                fks.append((rows * keys, name))
+    except sqlite3.Error:
+        return None
+    finally:
+        conn.close()
+    order = {name: i for i, name in enumerate(names)}
+    parts: list[ProofPart] = [
+        *(
+            (share, True, functools.partial(_tables_integrity, names=group))
+            for share, group in _groups(integrity, 1.0, order)
+        ),
+        (0.17, True, _quick_check_cached),
+        *(
+            (share, False, functools.partial(_tables_fks, names=group))
+            for share, group in _groups(fks, _FK_COST, order)
+        ),
+    ]
+    return parts, order
+
+
+def _groups(
+    tables: list[tuple[float, str]], total: float, order: dict[str, int]
+) -> list[tuple[float, list[str]]]:
+    """``tables`` (cost, name) in at most :data:`SPLIT_JOBS` groups of about equal cost (each
+    next biggest table to the cheapest group so far), each group's names in table order, with
+    its share of ``total``."""
+    groups: list[tuple[float, list[str]]] = [(0.0, []) for _ in range(min(SPLIT_JOBS, len(tables)))]
+    for cost, name in sorted(tables, key=lambda t: -t[0]):
+        i = min(range(len(groups)), key=lambda g: groups[g][0])
+        groups[i] = (groups[i][0] + cost, [*groups[i][1], name])
+    whole = sum(cost for cost, _ in groups)
+    return [
+        (total * cost / whole if whole else 0.0, sorted(names, key=order.__getitem__))
+        for cost, names in groups
+    ]
+
+
+def _tables_integrity(conn: sqlite3.Connection, names: list[str]) -> list[str]:
+    """``integrity_check(table)`` of each of ``names`` in turn: ``["ok"]``, or the first table's
+    lines that are not."""
+    _integrity_cache(conn, PART_CACHE_KIB)
+    for name in names:
+        rows = conn.execute("SELECT * FROM pragma_integrity_check(?, 'main')", (name,))
+        lines = [r[0] for r in rows.fetchall()]
+        if lines != ["ok"]:
+            return lines
+    return ["ok"]
+
+
+def _tables_fks(conn: sqlite3.Connection, names: list[str]) -> list[dict[str, Any]]:
+    return ordered_foreign_key_problems(conn, _FK_LIMIT, tables=names)
+
+
+def _reads_as_number(name: str) -> bool:
+    """``integrity_check(name)`` would take ``name`` as its error limit, not as a table: SQLite
+    reads a leading sign and digits (or ``0x``) as a number and ignores what follows."""
+    text = name[1:] if name[:1] in ("+", "-") else name
+    return text[:1].isdigit()
+
+
+def _quick_check_cached(conn: sqlite3.Connection) -> list[str]:
+    _integrity_cache(conn, PART_CACHE_KIB)
+    return _quick_check(conn)
 
 
 def _alone(p: Path) -> bool:
@@ -583,17 +817,27 @@ def _may_vouch(backup: str | os.PathLike[str]) -> dict[str, Any] | None:
 
 
 def _integrity_with_cache(conn: sqlite3.Connection) -> list[str]:
+    _integrity_cache(conn)
+    return integrity_problems(conn)
+
+
+def _integrity_cache(conn: sqlite3.Connection, kib: int = INTEGRITY_CACHE_KIB) -> None:
     conn.execute(
         sql(
             exp.Pragma(
                 this=exp.EQ(
-                    this=exp.to_identifier("cache_size"),
-                    expression=exp.Literal.number(-INTEGRITY_CACHE_KIB),
+                    this=exp.to_identifier("cache_size"), expression=exp.Literal.number(-kib)
                 )
             )
         )
     )
-    return integrity_problems(conn)
+
+
+PART_CACHE_KIB = INTEGRITY_CACHE_KIB // 2
+"""Page cache of each part of a split ``integrity_check`` (:func:`_proof_parts`): two run at once
+(three when the waiter takes one), so together they hold about what the whole check's one
+connection held (at 1M parts the biggest table's part then takes 0.1-0.25 s more CPU than with
+16 MB; the resident size stays where it was)."""
 
 
 def verify_written(

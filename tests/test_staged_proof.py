@@ -424,3 +424,23 @@ def test_the_split_fk_check_lists_what_the_whole_check_lists(
         lists.append(checks.result()[1])
     assert lists[0] == lists[1] and len(lists[0]) == 20  # of 30
     assert lists[0] == ordered_foreign_key_problems(sqlite3.connect(backup))
+
+
+@pytest.mark.parametrize("damage", [None, "index"])
+def test_a_large_backup_is_proven_in_parts_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str | None
+) -> None:
+    """Unset ``RECOVERY_PROOF_SPLIT``: a backup below ``PROOF_SPLIT_BYTES`` gets the whole
+    checks, one at or above it the parts (here the threshold is lowered to the file's size);
+    either way the same verdict, a damaged index found."""
+    backup = _backup(tmp_path / "b.db", damage)
+    monkeypatch.delenv(PROOF_SPLIT_ENV, raising=False)
+    size = backup.stat().st_size
+    verdicts = []
+    for threshold, split in ((size + 1, False), (size, True)):
+        monkeypatch.setattr(checks_module, "PROOF_SPLIT_BYTES", threshold)
+        checks = BackupChecks.start(backup)
+        assert checks is not None and checks._split is split
+        lines, fks, held = checks.result()
+        verdicts.append((lines == ["ok"], fks, held))
+    assert verdicts[0] == verdicts[1] and verdicts[0][0] is (damage is None)

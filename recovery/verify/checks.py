@@ -406,7 +406,7 @@ class BackupChecks:
         self._threads: dict[int, int] = {}  # thread still checking -> its niceness before
         self._abandoned = self._hurried = False
         self._engine = engine = open_engine(backup)
-        split = _proof_parts(engine) if _split_proof() else None
+        split = _proof_parts(engine) if _split_proof(identity[2]) else None
         self._split = split is not None
         parts, self._order = split or (
             [(1.0, True, _integrity_with_cache), (_FK_COST, False, _whole_fk_check)],
@@ -577,14 +577,25 @@ _FK_LIMIT = 20
 
 PROOF_SPLIT_ENV = "RECOVERY_PROOF_SPLIT"
 """``1`` runs the backup's ``integrity_check`` and foreign-key check as parts
-(:func:`_proof_parts`) instead of whole, one thread each. Not the default: at 1M parts the parts
-cost ~1 s more CPU than the whole checks (``quick_check`` walks every B-tree the per-table parts
-walk again, smaller caches), which on a busy machine outweighs the second core they get when the
-re-import waits for their verdict (bench/RESULTS.md, round 10, bp10)."""
+(:func:`_proof_parts`) instead of whole, one thread each; ``0`` never; unset: parts for a backup
+of :data:`PROOF_SPLIT_BYTES` or more. At 1M parts (a 284 MB backup) the parts cost ~1 s more CPU
+than the whole checks (``quick_check`` walks every B-tree the per-table parts walk again, smaller
+caches) and no run got faster (bench/RESULTS.md, round 10, bp10); at 10M parts (3 GB) the
+re-import waited 37 s for the whole ``integrity_check`` alone on one thread, the other core idle,
+and the parts cut the run by 5.6 s (round 11)."""
+
+PROOF_SPLIT_BYTES = 1 << 30
+"""A bare backup this large (1 GiB, ~3.5M parts of the sample world) or larger is proven in parts
+(:data:`PROOF_SPLIT_ENV`): its whole ``integrity_check`` outlasts the extract and the re-import's
+writes, and the re-import then waits for it with a core idle."""
 
 
-def _split_proof() -> bool:
-    return os.environ.get(PROOF_SPLIT_ENV, "").strip() == "1"
+def _split_proof(size: int) -> bool:
+    """Whether the proof of a backup of ``size`` bytes runs in parts (:data:`PROOF_SPLIT_ENV`)."""
+    chosen = os.environ.get(PROOF_SPLIT_ENV, "").strip()
+    if chosen in ("0", "1"):
+        return chosen == "1"
+    return size >= PROOF_SPLIT_BYTES
 
 
 def _whole_fk_check(conn: sqlite3.Connection) -> list[dict[str, Any]]:

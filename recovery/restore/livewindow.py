@@ -26,9 +26,9 @@ import json
 import os
 import sqlite3
 import tempfile
-import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,35 +180,6 @@ def _copy_fd(fd: int, dst: Path) -> None:
             offset += len(chunk)
 
 
-class SafetyCopying:
-    """A safety copy made on its own thread (:meth:`WriteWindow.start_safety_copy`)."""
-
-    def __init__(self, copy: Callable[[], tuple[Path, str]]) -> None:
-        self._value: tuple[Path, str] | None = None
-        self._error: BaseException | None = None
-        self._copy = copy
-        self._thread = threading.Thread(target=self._run, name="recovery-safety")
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            self._value = self._copy()
-        except BaseException as exc:  # noqa: BLE001 - re-raised by result()
-            self._error = exc
-
-    def wait(self) -> None:
-        """Wait for the copy to end, however it ends."""
-        self._thread.join()
-
-    def result(self) -> tuple[Path, str]:
-        """The copy and how it was made (as :meth:`WriteWindow.safety_copy`); re-raises its error."""
-        self.wait()
-        if self._error is not None:
-            raise self._error
-        assert self._value is not None
-        return self._value
-
-
 class WriteWindow:
     """The live DB's write lock, held from before the safety copy until :meth:`swap`.
 
@@ -222,7 +193,7 @@ class WriteWindow:
         self.replaced: ReplacedFile | None = None
         self._fd: int | None = os.open(db, os.O_RDONLY)
         self._conn: sqlite3.Connection | None = None
-        self._copying: SafetyCopying | None = None
+        self._copying: Future[tuple[Path, str]] | None = None
         """The safety copy under way on its own thread (:meth:`start_safety_copy`): joined before
         the lock or the descriptors it reads through are let go."""
         self._shm_fd: int | None = None
@@ -278,15 +249,17 @@ class WriteWindow:
         the locked one) and SQLite's online backup reads it instead."""
         return self._copier(dst, role)()
 
-    def start_safety_copy(self, dst: Path, role: str = "live database") -> SafetyCopying:
+    def start_safety_copy(self, dst: Path, role: str = "live database") -> Future[tuple[Path, str]]:
         """:meth:`safety_copy` on a thread of its own, while the caller reads the live DB (which
         the held lock keeps at the very state copied). The copy is mostly the kernel's and the
         disk's work, so the caller's reads need not wait for it. :meth:`release` and
-        :meth:`swap` wait for it; :meth:`SafetyCopying.result` gives what :meth:`safety_copy`
-        returns, or raises what it raised."""
+        :meth:`swap` wait for it; the future's result is what :meth:`safety_copy` returns, or
+        raises what it raised."""
         if self._copying is not None:
             raise RuntimeError("a safety copy is already under way")
-        self._copying = SafetyCopying(self._copier(dst, role))
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recovery-safety")
+        self._copying = pool.submit(self._copier(dst, role))
+        pool.shutdown(wait=False)
         return self._copying
 
     def _copier(self, dst: Path, role: str) -> Callable[[], tuple[Path, str]]:
@@ -314,7 +287,7 @@ class WriteWindow:
         """Wait for the safety copy under way, if any (its outcome stays with its handle)."""
         copying, self._copying = self._copying, None
         if copying is not None:
-            copying.wait()
+            copying.exception()  # waits; the copy's last read is done once its result is set
 
     def _is_locked_file(self) -> bool:
         """The file at the path is the one whose lock we hold (same device and inode)."""

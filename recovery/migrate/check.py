@@ -29,7 +29,7 @@ import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlglot
 from sqlglot import exp
@@ -40,6 +40,9 @@ from recovery.migrate.sandbox import MigrationFailed, Sandbox
 from recovery.engine.schema import BOOKKEEPING_TABLES, Schema, alembic_revision, reflect
 from recovery.engine.sqlbuild import col, ident, table
 from recovery.engine import open_engine
+
+if TYPE_CHECKING:
+    from recovery.migrate.scriptfiles import StaticScript
 
 SAFE = "safe"
 LOSES_DATA = "loses data on downgrade"
@@ -213,7 +216,7 @@ def check(
     the base; and the head). Only temporary scratch files are written."""
     from alembic.util.exc import CommandError
 
-    from recovery.migrate.scriptfiles import revision_files
+    from recovery.migrate.scriptfiles import revision_files, static_revisions
 
     script = revision_files(alembic_ini)  # read as text: the app's code runs only in the sandbox
     db_rev, db_has_schema = None, False
@@ -254,7 +257,7 @@ def check(
             from_rev = None
         if from_rev is not None:
             from_rev = script.get_revision(from_rev).revision
-        revs = list(reversed(list(script.iterate_revisions(to_rev, from_rev or "base"))))
+        revs = list(reversed(static_revisions(script, to_rev, from_rev or "base")))
     except CommandError as exc:
         raise RecoveryError(
             f"cannot read the revisions from {from_rev or 'base'} to {to_rev}: {exc}"
@@ -444,7 +447,7 @@ def seed_scratch(src: Path, dst: Path, limit: int = SAMPLE_ROWS) -> Path:
 
 def check_revision(
     alembic_ini: str | os.PathLike[str],
-    rev: Any,
+    rev: StaticScript,
     before_db: Path,
     stem: Path,
     sandbox: Sandbox | None = None,
@@ -460,7 +463,7 @@ def check_revision(
     env_up = track(_parsed(up_sql), _identity(before))
     changes, cross = describe_upgrade(before, after, env_up, up_sql)
     parents = _parents(rev.down_revision)
-    stub = bool(getattr(rev, "downgrade_stub", False))
+    stub = rev.downgrade_stub
     down_sql: list[str] = []
     error: str | None = None
     kind = "stub" if stub else "full"

@@ -49,11 +49,11 @@ def revisions_between(
     files read as text, never run here: :mod:`recovery.migrate.scriptfiles`)."""
     from alembic.util.exc import CommandError
 
-    from recovery.migrate.scriptfiles import StaticScript, revision_files
+    from recovery.migrate.scriptfiles import revision_files, static_revisions
 
     script = revision_files(alembic_ini)
     try:
-        revs = [r for r in script.iterate_revisions(upper, lower) if isinstance(r, StaticScript)]
+        revs = static_revisions(script, upper, lower)
     except CommandError as exc:
         raise RecoveryError(
             f"revisions {lower} and {upper} are not on one Alembic history: {exc}",

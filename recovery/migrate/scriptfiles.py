@@ -148,6 +148,18 @@ def config_from_ini(alembic_ini: str | os.PathLike[str]) -> Config:
     return Config(str(ini))
 
 
+def static_revisions(
+    script: ScriptDirectory, upper: str | None, lower: str | None
+) -> list[StaticScript]:
+    """``script.iterate_revisions(upper, lower)`` of a :func:`revision_files` directory, whose
+    every revision is a :class:`StaticScript` (Alembic's walk and errors)."""
+    revs = list(script.iterate_revisions(upper, lower))
+    static = [r for r in revs if isinstance(r, StaticScript)]
+    if len(static) != len(revs):
+        raise TypeError("static_revisions needs a directory made by revision_files")
+    return static
+
+
 def revision_files(alembic_ini: str | os.PathLike[str]) -> ScriptDirectory:
     """Alembic's ScriptDirectory of the application (``alembic_ini``'s ``script_location`` and
     ``version_locations``) whose revision map is built from the files read as text

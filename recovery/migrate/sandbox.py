@@ -442,7 +442,8 @@ started earlier than a new one would, so waiting is never slower) before it star
 
 
 def prestart(alembic_ini: str | os.PathLike[str]) -> int | None:
-    """Start a sandbox child for ``alembic_ini`` now, on a thread, and park it unused: the next
+    """Start a sandbox child for ``alembic_ini`` now, on the caller's thread, and park it unused
+    on another once it answers (its imports done): the next
     :attr:`Sandbox.adopt` sandbox of that ini (the rollback's lineage) takes it with its
     interpreter, SQLAlchemy and Alembic already loaded, as its FIRST job (``_Parked.ran`` False:
     none of the application's code has run in it, so it can be parked again for the replay).

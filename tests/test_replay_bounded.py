@@ -281,6 +281,8 @@ ACCEPTED = [
 ]
 
 REFUSED = [
+    ("UPDATE parts SET n = changes() WHERE id = 3", "changes()"),
+    ("SELECT total_changes()", "total_changes()"),
     ("UPDATE parts SET n = (SELECT count(*) FROM items WHERE items.part_id = parts.id)", "items"),
     ("UPDATE parts SET n = (SELECT count(*) FROM parts AS p2 WHERE p2.id < parts.id)", "parts"),
     ("UPDATE files SET n = (SELECT max(price) FROM parts)", "parts"),
@@ -366,6 +368,80 @@ def test_judge_rejudges_triggers_when_a_table_becomes_bounded() -> None:
     assert judge([trig, copy_in, read], _copy({"parts"}), {}) is not None
     assert judge([copy_in, read], _copy({"parts"}, triggers=(trig,)), {}) is not None
     assert judge([trig, copy_in, read], _copy({"items"}), {}) is None
+
+
+def test_judge_rejudges_triggers_when_a_rename_makes_their_table_bounded() -> None:
+    """A trigger naming ``lines`` is harmless while ``lines`` is no table of the copy; a rename
+    that gives a bounded table that name makes the trigger read the rows left out."""
+    trig = (
+        "CREATE TRIGGER t AFTER INSERT ON probe BEGIN UPDATE probe SET n = "
+        "(SELECT count(*) FROM lines WHERE lines.part_id = NEW.id) WHERE id = NEW.id; END"
+    )
+    rename = "ALTER TABLE items RENAME TO lines"
+    reason = judge([trig, rename], _copy({"parts", "items"}), {})
+    assert reason is not None and "renames items to lines" in reason
+    assert judge([trig, rename], _copy({"parts"}), {}) is None  # items whole: lines is whole
+
+
+# Migrations that count a needed part's own items through channels the judge cannot read as a
+# read of ``items`` (a cursor's rowcount, a foreign-key failure; SQL's changes() and a trigger on a
+# scratch table naming the items table under a name a rename gives it do the same), and two that
+# count all items through the last two. The bounded copy holds every item of a needed part (its FK descendants), and
+# whole-table counts are refused: the bundle is the full copy's. Found by an adversarial pass on a
+# copy without the descendants (round 12), which gave 26 lost values instead of the user's 2.
+_PER_PART_ROWCOUNT = """op.add_column("parts", sa.Column("n_items", sa.Integer, nullable=True))
+conn = op.get_bind()
+for i in range(1, 51):
+    n = conn.exec_driver_sql("UPDATE items SET qty = qty WHERE part_id = ?", (i,)).rowcount
+    conn.exec_driver_sql("UPDATE parts SET n_items = ? WHERE id = ? AND price >= 50", (n, i))"""
+_FK_DELETE = """conn = op.get_bind()
+conn.exec_driver_sql("PRAGMA foreign_keys = 2")
+op.add_column("parts", sa.Column("kept", sa.Integer, nullable=True))
+for i in range(1, 51):
+    try:
+        conn.exec_driver_sql("DELETE FROM parts WHERE id = ? AND price >= 50", (i,))
+    except sa.exc.IntegrityError:
+        conn.exec_driver_sql("UPDATE parts SET kept = 1 WHERE id = ?", (i,))"""
+_TRIGGER_RENAME = """op.add_column("parts", sa.Column("n_items", sa.Integer, nullable=True))
+op.execute("PRAGMA legacy_alter_table = ON")
+op.execute("CREATE TABLE probe (id INTEGER PRIMARY KEY, n INTEGER)")
+op.execute("CREATE TRIGGER probe_n AFTER INSERT ON probe BEGIN UPDATE probe SET n = "
+           "(SELECT count(*) FROM lines WHERE lines.part_id = NEW.id) WHERE id = NEW.id; END")
+op.execute("ALTER TABLE items RENAME TO lines")
+op.execute("INSERT INTO probe (id) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 "
+           "FROM s WHERE i < 50) SELECT i FROM s")
+op.execute("ALTER TABLE lines RENAME TO items")
+op.execute("UPDATE parts SET n_items = (SELECT n FROM probe WHERE probe.id = parts.id) "
+           "WHERE price >= 50")
+op.execute("DROP TRIGGER probe_n")
+op.execute("DROP TABLE probe")
+op.execute("PRAGMA legacy_alter_table = OFF")"""
+_TOTAL_CHANGES = """op.add_column("parts", sa.Column("n_items", sa.Integer, nullable=True))
+conn = op.get_bind()
+conn.exec_driver_sql("UPDATE items SET qty = qty")
+conn.exec_driver_sql("UPDATE parts SET n_items = changes() WHERE price >= 50")"""
+
+
+@pytest.mark.parametrize(
+    ("up", "column"),
+    [
+        pytest.param(_PER_PART_ROWCOUNT, "n_items", id="per-part-rowcount"),
+        pytest.param(_FK_DELETE, "kept", id="fk-enforcement-delete"),
+        pytest.param(
+            _TRIGGER_RENAME.replace(" WHERE lines.part_id = NEW.id)", ")"),
+            "n_items",
+            id="all-items-trigger-rename",
+        ),
+        pytest.param(_TOTAL_CHANGES, "n_items", id="all-items-changes"),
+    ],
+)
+def test_counts_of_rows_the_judge_cannot_see_answer_as_on_the_full_copy(
+    tmp_path: Path, up: str, column: str
+) -> None:
+    ini, backup, live = aggregate_world(tmp_path, up, column)
+    b, f = extract_both(backup, live, ini, tmp_path)
+    assert b == f
+    assert [(r[0], r[2]) for r in lost(b["tables"])] == [("[3]", column), ("[45]", column)]
 
 
 def test_judge_refuses_a_backup_trigger_on_a_bounded_table() -> None:

@@ -22,7 +22,9 @@ no statement can make a needed row's value depend on a row that was left out:
 * no key column (nor ``rowid``) of a filtered table is updated, and no row is inserted into a
   filtered table any other way (its new key would depend on the rows present);
 * no trigger (in the backup's schema or created by a migration) and no view read names a
-  filtered table; ``PRAGMA foreign_key_check``/``integrity_check`` are not run;
+  filtered table (a trigger is judged again when a copy or a rename makes a table filtered);
+  ``PRAGMA foreign_key_check``/``integrity_check`` are not run; ``changes()`` and
+  ``total_changes()`` are not called while a table is filtered;
 * every statement parses.
 
 Anything else (``UPDATE parts SET n = (SELECT count(*) FROM items WHERE …)`` with ``items``
@@ -56,6 +58,8 @@ _DATA_PRAGMA_FUNCTION = re.compile(
     r"\bpragma_(foreign_key_check|integrity_check|quick_check)\b", re.I
 )
 _DATA_PRAGMAS = {"foreign_key_check", "integrity_check", "quick_check"}
+_ROW_COUNTERS = {"changes", "total_changes"}
+"""SQL functions that count the rows earlier statements wrote: on a bounded table, rows left out."""
 
 
 @dataclass
@@ -416,6 +420,14 @@ def _judge_update(stmt: exp.Update, st: _State) -> str | None:
 
 
 def _judge_one(stmt: exp.Expression, text: str, st: _State) -> str | None:
+    called = (
+        (f.name if isinstance(f, exp.Anonymous) else f.sql_name()).lower()
+        for f in stmt.find_all(exp.Func)
+    )
+    counters = sorted(set(called) & _ROW_COUNTERS)
+    if counters and st.filtered:
+        # the rows an earlier statement touched in a bounded table, counted in SQL
+        return f"reads {counters[0]}() while a table is bounded"
     if isinstance(stmt, exp.Insert):
         return _judge_insert(stmt, st)
     if isinstance(stmt, exp.Update):
@@ -457,6 +469,10 @@ def _judge_one(stmt: exp.Expression, text: str, st: _State) -> str | None:
                 st.filtered.discard(old)
                 st.filtered.add(new)
                 st.keys[new] = st.keys.get(old, set())
+                for trig in st.triggers:  # one judged while the new name was whole
+                    why = _trigger_hit(trig, st)
+                    if why is not None:
+                        return f"renames {stmt.this.name} to {action.this.name}, which {why}"
         return None
     if isinstance(stmt, exp.Pragma):
         return _judge_pragma(text)

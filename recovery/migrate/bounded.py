@@ -396,11 +396,8 @@ def _judge_insert(stmt: exp.Insert, st: _State) -> str | None:
             return f"copies {src.name} into {tname} without keeping its key column {k}"
     st.filtered.add(tname.lower())
     st.keys.setdefault(tname.lower(), set()).update(st.keys.get(src.name.lower(), set()))
-    for trig in st.triggers:  # one judged while tname was whole fires once per row copied
-        why = _trigger_hit(trig, st)
-        if why is not None:
-            return f"copies {src.name} into {tname}, which {why}"
-    return None
+    why = _triggers_again(st)  # one judged while tname was whole fires once per row copied
+    return None if why is None else f"copies {src.name} into {tname}, which {why}"
 
 
 def _judge_update(stmt: exp.Update, st: _State) -> str | None:
@@ -469,10 +466,9 @@ def _judge_one(stmt: exp.Expression, text: str, st: _State) -> str | None:
                 st.filtered.discard(old)
                 st.filtered.add(new)
                 st.keys[new] = st.keys.get(old, set())
-                for trig in st.triggers:  # one judged while the new name was whole
-                    why = _trigger_hit(trig, st)
-                    if why is not None:
-                        return f"renames {stmt.this.name} to {action.this.name}, which {why}"
+                why = _triggers_again(st)  # one judged while the new name was whole
+                if why is not None:
+                    return f"renames {stmt.this.name} to {action.this.name}, which {why}"
         return None
     if isinstance(stmt, exp.Pragma):
         return _judge_pragma(text)
@@ -502,6 +498,11 @@ def _judge_pragma(text: str) -> str | None:
 def _judge_trigger(text: str, st: _State) -> str | None:
     st.triggers.append(text)
     return _trigger_hit(text, st)
+
+
+def _triggers_again(st: _State) -> str | None:
+    """Every trigger judged so far, judged again once a table has become bounded."""
+    return next((why for t in st.triggers if (why := _trigger_hit(t, st)) is not None), None)
 
 
 def _trigger_hit(text: str, st: _State) -> str | None:

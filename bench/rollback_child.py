@@ -44,6 +44,20 @@ def main() -> None:
         return orig(self, step, state, **info)
 
     pipeline.Journal.mark = mark  # type: ignore[method-assign]
+    # how often the extract's connection did not see a list a worker committed (then the extract
+    # lists that table itself; seen on the 10M world, round 13)
+    from recovery.bundle import prelist
+
+    unseen: list[str] = []
+    seen = prelist.Prelists._seen
+
+    def counted(self, conn, i, made):  # type: ignore[no-untyped-def]
+        ok = seen(self, conn, i, made)
+        if not ok:
+            unseen.append(f"{made.db}.{made.name}")
+        return ok
+
+    prelist.Prelists._seen = counted  # type: ignore[method-assign]
     t_import = time.perf_counter() - T0
     res = pipeline.rollback(
         db,
@@ -81,6 +95,7 @@ def main() -> None:
                 "steps_s": steps,
                 "between_steps_s": round(total - t_import - accounted, 3),
                 "exit_code": int(res.exit_code),
+                "lists_unseen": unseen,
                 "marks": marks,
                 "progress": messages,
                 "max_rss_mb": rss_mb(),

@@ -380,7 +380,12 @@ def bench_rollback(w: Path, out: Path, repeat: int, snap: Path | None = None) ->
             str(dest / "uploads"),
         ]
         r = timed(cmd)
-        detail = json.loads(r["stdout"])
+        try:
+            detail = json.loads(r["stdout"])
+        except ValueError:  # the rollback raised: exit 1 with its traceback on stderr
+            raise SystemExit(
+                f"rollback_child.py gave no result (exit {r['rc']}):\n{r['stderr'][-3000:]}"
+            ) from None
         runs.append({**r, "detail": detail})
         if i < repeat - 1:
             if TRASH is not None:

@@ -37,8 +37,8 @@ def _taken(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     taken: list[str] = []
     real = prelist.Prelists.source
 
-    def source(self: prelist.Prelists, name: str) -> Any:
-        got = real(self, name)
+    def source(self: prelist.Prelists, name: str, conn: Any = None) -> Any:
+        got = real(self, name, conn)
         if got is not None:
             taken.append(name)
         return got
@@ -137,6 +137,41 @@ def test_a_failed_worker_makes_the_extract_list_itself(
     failed = extract_mod.extract(backup, live, tmp_path / "failed")
     assert taken == []
     _assert_as_without_workers(failed, tmp_path / "failed", backup, live, monkeypatch)
+
+
+def test_a_list_the_extracts_connection_does_not_see_is_listed_by_the_extract(
+    world: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker committed its lists, but the extract's connection does not find one ("no such
+    table: prelist0.l0", seen on the 10M world): the extract lists that table itself, and the
+    bundle is the one made without workers, never a failed extract."""
+    backup, live = _inputs(world)
+    monkeypatch.setattr(prelist, "MIN_ROWS", 1)
+    real = prelist.Prelists.source
+    hidden: set[int] = set()
+    taken: list[str] = []
+
+    def source(self: prelist.Prelists, name: str, conn: Any = None) -> Any:
+        where = self._where.get(name)
+        if where is not None and where[0] not in hidden:
+            i = where[0]
+            self._done[i].wait()
+            hidden.add(i)
+            other = sqlite3.connect(self.files[i], isolation_level=None)
+            try:  # every list of the worker's file, out of the extract's sight
+                for (t,) in other.execute("SELECT name FROM sqlite_master WHERE type = 'table'"):
+                    other.execute(f'ALTER TABLE "{t}" RENAME TO "{t}_out_of_sight"')
+            finally:
+                other.close()
+        got = real(self, name, conn)
+        if got is not None:
+            taken.append(name)
+        return got
+
+    monkeypatch.setattr(prelist.Prelists, "source", source)
+    made = extract_mod.extract(backup, live, tmp_path / "unseen")
+    assert hidden and taken == []
+    _assert_as_without_workers(made, tmp_path / "unseen", backup, live, monkeypatch)
 
 
 def _children() -> list[int]:

@@ -276,7 +276,7 @@ def extract_table(
         ins_select = [*n_cols, exp.Literal.string(RowKind.INSERTED)]
         if on_rowid:  # one read of the backup table lists its changed keys and proves the rest
             assert cond is not None
-            made = lists.source(name) if lists is not None else None
+            made = lists.source(name, conn) if lists is not None else None
             if made is not None and part == "all":  # read where the worker wrote it
                 in_place = made
                 deleted = _deleted_in(conn, made)
@@ -510,7 +510,7 @@ def list_changed_early(
     Returns {table: its list's name}."""
     out: dict[str, str] = {}
     for i, name in enumerate(names):
-        source = lists.source(name) if lists is not None else None
+        source = lists.source(name, conn) if lists is not None else None
         if source is None and done():
             continue
         old_t, tm = a.old.table(name), a.mapping.tables.get(name)

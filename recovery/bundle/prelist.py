@@ -27,6 +27,8 @@ the others made again.
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +40,8 @@ from recovery.engine.base import Connection
 from recovery.engine.sqlbuild import sql, table
 from recovery.engine.childpair import ChildPair
 from recovery.engine.sqlite_io import readonly_uri
+
+log = logging.getLogger(__name__)
 
 WORKERS = 2
 """Worker processes: one per core of the machines the extract is measured on."""
@@ -257,15 +261,47 @@ class Prelists:
             fill_list(c, listed, cols, job.query())  # type: ignore[arg-type]
         return k
 
-    def source(self, name: str) -> exp.Table | None:
+    def source(self, name: str, conn: Connection | None = None) -> exp.Table | None:
         """The worker's list of table ``name`` once it is there (waits), to read from the
-        extract's connection; None when ``name`` was not listed or its worker did not finish."""
+        extract's connection ``conn``; None when ``name`` was not listed, its worker did not
+        finish, or ``conn`` does not see the list (:meth:`_seen`): the extract then lists the
+        table itself, as for a worker that failed."""
         where = self._where.get(name)
         if where is None:
             return None
         i, listed = where
         self._done[i].wait()
-        return table(listed, self.schemas[i]) if self._ok[i] else None
+        if not self._ok[i]:
+            return None
+        made = table(listed, self.schemas[i])
+        if conn is not None and not self._seen(conn, i, made):
+            return None
+        return made
+
+    def _seen(self, conn: Connection, i: int, made: exp.Table) -> bool:
+        """Whether ``conn`` sees the list ``made`` that worker ``i`` committed. It should: SQLite
+        reloads an attached file's schema when its schema cookie moved. On the 10M world it did
+        not, twice in three rollbacks ("no such table: prelist0.l0" on the worker's first list,
+        after the worker had committed it; cause not found): there one read of the file's
+        ``sqlite_master`` makes SQLite read the cookie again and the list is asked for once more.
+        A list still not seen is not used."""
+        probe = sql(exp.select(exp.Literal.number(1)).from_(made.copy()).limit(0))
+        master = sql(
+            exp.select(exp.func("count", exp.Star())).from_(table("sqlite_master", self.schemas[i]))
+        )
+        for attempt in range(2):
+            try:
+                conn.execute(probe).fetchall()
+                return True
+            except sqlite3.OperationalError as exc:
+                if "no such table" not in str(exc):
+                    raise
+                log.debug(
+                    "the extract's connection does not see %s.%s: %s", made.db, made.name, exc
+                )
+                if attempt == 0:
+                    conn.execute(master).fetchone()
+        return False
 
     def close(self) -> None:
         """Stop the workers (a child in a statement is ended) and wait for them."""

@@ -430,6 +430,8 @@ def bench_rollback(w: Path, out: Path, repeat: int, snap: Path | None = None) ->
         "rss_at_marks": runs[-1]["detail"]["marks"],
         "summary": runs[-1]["detail"]["summary"],
         "exit_codes": [r["detail"]["exit_code"] for r in runs],
+        # lists a worker committed that the extract's connection did not see (it listed them)
+        "lists_unseen": [r["detail"].get("lists_unseen") for r in runs],
     }
 
 

@@ -268,3 +268,38 @@ def test_a_rule_refused_while_the_workers_run_leaves_no_worker_and_no_folder(
     assert started and started[0] > 0  # the workers ran while the rules were checked
     assert set(_children()) <= before
     assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_list_whose_file_is_locked_or_lacks_it_is_not_used(tmp_path: Path) -> None:
+    """``Prelists.source`` hands out a worker's finished list only when the extract's connection
+    can read it now: the list's table missing, or its file locked by someone else ("database is
+    locked", seen on the 10M world right after the worker had ended), gives None — the extract
+    lists the table itself — and any other error is raised."""
+    import threading
+
+    from recovery.engine.sqlbuild import table
+
+    lists = prelist.Prelists(tmp_path, [])
+    path = tmp_path / "changed-lists-0.db"
+    worker = sqlite3.connect(path, isolation_level=None)
+    worker.execute("CREATE TABLE l0 (k, d)")
+    lists.files, lists.schemas = [path], ["prelist0"]
+    lists._where = {"parts": (0, "l0"), "quotes": (0, "l1")}
+    lists._done, lists._ok = [threading.Event()], [True]
+    lists._done[0].set()
+    conn = sqlite3.connect(":memory:", timeout=0.05, isolation_level=None)
+    lists.attach(conn)
+    conn.execute("BEGIN")
+    assert lists.source("parts", conn) == table("l0", "prelist0")
+    assert lists.source("quotes", conn) is None  # (no table l1 in the file)
+    conn.execute("COMMIT")
+    worker.execute("BEGIN EXCLUSIVE")  # another holder of the file
+    try:
+        assert lists.source("parts", conn) is None
+    finally:
+        worker.execute("ROLLBACK")
+    assert lists.source("parts", conn) == table("l0", "prelist0")
+    worker.close()
+    conn.close()
+    with pytest.raises(sqlite3.ProgrammingError):  # an error that is no verdict on the list
+        lists.source("parts", conn)

@@ -143,6 +143,18 @@ class ListJob:
         return changed_list_query(self.sides, self.cond, self.sure)
 
 
+def _unreadable(exc: sqlite3.OperationalError) -> bool:
+    """A worker's list the extract's connection cannot read now: not found, or its file locked."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    text = str(exc)
+    return (
+        code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+        or "no such table" in text
+        or "database is locked" in text
+        or "database table is locked" in text
+    )
+
+
 class Prelists:
     """The lists of ``jobs``, shared out between :data:`WORKERS` worker processes in the order
     the extract needs them (each job to the least loaded worker). Use: :meth:`attach` on the
@@ -279,28 +291,28 @@ class Prelists:
         return made
 
     def _seen(self, conn: Connection, i: int, made: exp.Table) -> bool:
-        """Whether ``conn`` sees the list ``made`` that worker ``i`` committed. It should: SQLite
-        reloads an attached file's schema when its schema cookie moved. On the 10M world it did
-        not, twice in three rollbacks ("no such table: prelist0.l0" on the worker's first list,
-        after the worker had committed it; cause not found): there one read of the file's
-        ``sqlite_master`` makes SQLite read the cookie again and the list is asked for once more.
-        A list still not seen is not used."""
+        """Whether ``conn`` can read the list ``made`` that worker ``i`` committed. It should:
+        the worker ended, and SQLite reloads an attached file's schema when its cookie moved. On
+        the 10M world it could not, in three rollbacks of five, on the worker's first list: "no
+        such table: prelist0.l0", then, asked first, "database is locked" — something still held
+        the worker's file (cause not found; a stale schema is what SQLite answers when it cannot
+        read the file's cookie). So: one read of the file's ``sqlite_master`` (SQLite reads the
+        cookie again) and the list is asked for once more; a list that still cannot be read is
+        not used, and the extract lists the table itself."""
         probe = sql(exp.select(exp.Literal.number(1)).from_(made.copy()).limit(0))
         master = sql(
             exp.select(exp.func("count", exp.Star())).from_(table("sqlite_master", self.schemas[i]))
         )
         for attempt in range(2):
             try:
+                if attempt:
+                    conn.execute(master).fetchone()
                 conn.execute(probe).fetchall()
                 return True
             except sqlite3.OperationalError as exc:
-                if "no such table" not in str(exc):
+                if not _unreadable(exc):
                     raise
-                log.debug(
-                    "the extract's connection does not see %s.%s: %s", made.db, made.name, exc
-                )
-                if attempt == 0:
-                    conn.execute(master).fetchone()
+                log.debug("the extract cannot read %s.%s: %s", made.db, made.name, exc)
         return False
 
     def close(self) -> None:

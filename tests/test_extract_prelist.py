@@ -37,7 +37,7 @@ def _taken(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     taken: list[str] = []
     real = prelist.Prelists.source
 
-    def source(self: prelist.Prelists, name: str, conn: Any = None) -> Any:
+    def source(self: prelist.Prelists, name: str, conn: Any) -> Any:
         got = real(self, name, conn)
         if got is not None:
             taken.append(name)
@@ -151,7 +151,7 @@ def test_a_list_the_extracts_connection_does_not_see_is_listed_by_the_extract(
     hidden: set[int] = set()
     taken: list[str] = []
 
-    def source(self: prelist.Prelists, name: str, conn: Any = None) -> Any:
+    def source(self: prelist.Prelists, name: str, conn: Any) -> Any:
         where = self._where.get(name)
         if where is not None and where[0] not in hidden:
             i = where[0]

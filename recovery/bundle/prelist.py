@@ -144,15 +144,10 @@ class ListJob:
 
 
 def _unreadable(exc: sqlite3.OperationalError) -> bool:
-    """A worker's list the extract's connection cannot read now: not found, or its file locked."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    text = str(exc)
-    return (
-        code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
-        or "no such table" in text
-        or "database is locked" in text
-        or "database table is locked" in text
-    )
+    """A worker's list the extract's connection cannot read now: its file locked (SQLITE_BUSY,
+    SQLITE_LOCKED), or its table not found (SQLite's generic error: known by its message)."""
+    locked = exc.sqlite_errorcode in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    return locked or "no such table" in str(exc)
 
 
 class Prelists:
@@ -273,7 +268,7 @@ class Prelists:
             fill_list(c, listed, cols, job.query())  # type: ignore[arg-type]
         return k
 
-    def source(self, name: str, conn: Connection | None = None) -> exp.Table | None:
+    def source(self, name: str, conn: Connection) -> exp.Table | None:
         """The worker's list of table ``name`` once it is there (waits), to read from the
         extract's connection ``conn``; None when ``name`` was not listed, its worker did not
         finish, or ``conn`` does not see the list (:meth:`_seen`): the extract then lists the
@@ -286,27 +281,25 @@ class Prelists:
         if not self._ok[i]:
             return None
         made = table(listed, self.schemas[i])
-        if conn is not None and not self._seen(conn, i, made):
-            return None
-        return made
+        return made if self._seen(conn, i, made) else None
 
     def _seen(self, conn: Connection, i: int, made: exp.Table) -> bool:
         """Whether ``conn`` can read the list ``made`` that worker ``i`` committed. It should:
         the worker ended, and SQLite reloads an attached file's schema when its cookie moved. On
-        the 10M world it could not, in three rollbacks of five, on the worker's first list: "no
-        such table: prelist0.l0", then, asked first, "database is locked" — something still held
-        the worker's file (cause not found; a stale schema is what SQLite answers when it cannot
-        read the file's cookie). So: one read of the file's ``sqlite_master`` (SQLite reads the
-        cookie again) and the list is asked for once more; a list that still cannot be read is
-        not used, and the extract lists the table itself."""
+        the 10M world it could not, in 3 of 7 first rollbacks of a benchmark set, on the worker's
+        first list: "no such table: prelist0.l0", then, asked first, "database is locked" —
+        something still held the worker's file (cause not found; a stale schema is what SQLite
+        answers when it cannot read the file's cookie). So: one read of the file's
+        ``sqlite_master`` (SQLite reads the cookie again) and the list is asked for once more; a
+        list that still cannot be read is not used, and the extract lists the table itself."""
         probe = sql(exp.select(exp.Literal.number(1)).from_(made.copy()).limit(0))
-        master = sql(
-            exp.select(exp.func("count", exp.Star())).from_(table("sqlite_master", self.schemas[i]))
-        )
         for attempt in range(2):
             try:
                 if attempt:
-                    conn.execute(master).fetchone()
+                    master = table("sqlite_master", self.schemas[i])
+                    conn.execute(
+                        sql(exp.select(exp.func("count", exp.Star())).from_(master))
+                    ).fetchone()
                 conn.execute(probe).fetchall()
                 return True
             except sqlite3.OperationalError as exc:

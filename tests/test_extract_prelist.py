@@ -79,9 +79,23 @@ def test_lists_made_by_worker_processes_give_the_same_bundle_bytes(
             derived_lineage=lambda: ({}, None),
         )
 
+    ran: list[str] = []
+    begin = extract_mod._attach_and_begin
+
+    def traced(pre: Any, *args: Any) -> None:
+        pre.pair.set_trace_callback(ran.append)
+        begin(pre, *args)
+
+    monkeypatch.setattr(extract_mod, "_attach_and_begin", traced)
     monkeypatch.setattr(prelist, "MIN_ROWS", 1)
     workers = run("workers")
     assert {"parts", "quotes", "quote_items"} <= set(taken)  # whole and early lists both
+    # the files other processes wrote are first read through their own schema alone
+    # (changes.read_schema_of: the 10M world's "no such table: prelist0.l0", round 14)
+    for schema in ("replayed", "prelist0", "prelist1"):
+        first = next(s for s in ran if f'"{schema}".' in s)
+        assert first == f'SELECT COUNT(*) FROM "{schema}"."sqlite_master"', (schema, first)
+    monkeypatch.setattr(extract_mod, "_attach_and_begin", begin)
     monkeypatch.setattr(prelist, "MIN_ROWS", 10**12)
     taken.clear()
     alone = run("alone")
@@ -303,3 +317,104 @@ def test_a_list_whose_file_is_locked_or_lacks_it_is_not_used(tmp_path: Path) -> 
     conn.close()
     with pytest.raises(sqlite3.ProgrammingError):  # an error that is no verdict on the list
         lists.source("parts", conn)
+
+
+def _write(path: Path, *statements: str) -> None:
+    """``statements`` run on ``path`` by another process, which then ends (a worker, a replay)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sqlite3, sys; c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        "for s in sys.argv[2:]: c.execute(s)\n"
+        "c.close()"
+    )
+    subprocess.run([sys.executable, "-c", code, str(path), *statements], check=True)
+
+
+def _holder(path: Path, releasing: Path) -> Any:
+    """Another process holding ``path`` write-locked (EXCLUSIVE), as the replayed upgrade's child
+    holds its file while it writes; returns once the lock is taken. It lets go after 20 s, and
+    makes ``releasing`` first: a caller that finds no ``releasing`` ran while the lock was held."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        "c.execute('BEGIN EXCLUSIVE'); c.execute('CREATE TABLE IF NOT EXISTS held (a)')\n"
+        "print('held', flush=True); time.sleep(20)\n"
+        "open(sys.argv[2], 'w').close(); c.execute('COMMIT'); time.sleep(60)"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(path), str(releasing)], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_list_is_read_while_another_process_holds_another_attached_file(
+    tmp_path: Path,
+) -> None:
+    """The 10M world's cause (round 14): asked for directly, a worker's new list made SQLite check
+    every attached file's schema, and it stopped at the replayed upgrade's file, which the
+    replay's child held: "no such table: prelist0.l0" after the busy wait. Shown first with a
+    short wait; then :meth:`Prelists.source` hands the list out while the other file is still
+    held (the extract's connection here waits up to 30 s for a lock, the holder keeps it 20 s)."""
+    import threading
+
+    from recovery.engine.sqlbuild import table
+
+    lists = prelist.Prelists(tmp_path, [])
+    path, replayed = tmp_path / "changed-lists-0.db", tmp_path / "replayed-upgrade.db"
+    lists.files, lists.schemas = [path], ["prelist0"]
+    lists._where = {"parts": (0, "l0")}
+    lists._done, lists._ok = [threading.Event()], [True]
+    conn = sqlite3.connect(":memory:", timeout=0.05, isolation_level=None)
+    replayed.touch()
+    conn.execute("ATTACH DATABASE ? AS replayed", (str(replayed),))  # (attached first, as there)
+    lists.attach(conn)
+    conn.execute("BEGIN")
+    conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # every schema read: empty
+    _write(path, "CREATE TABLE l0 (k, d)", "INSERT INTO l0 VALUES (1, 'x')")
+    lists._done[0].set()
+    releasing = tmp_path / "releasing"
+    holder = _holder(replayed, releasing)
+    try:
+        with pytest.raises(sqlite3.OperationalError, match=r"no such table: prelist0\.l0"):
+            conn.execute("SELECT k FROM prelist0.l0").fetchall()  # SQLite's behaviour: the cause
+        conn.execute("PRAGMA busy_timeout = 30000")
+        assert lists.source("parts", conn) == table("l0", "prelist0")
+        assert not releasing.exists()  # handed out while the replay's file was still held
+        assert conn.execute("SELECT k, d FROM prelist0.l0").fetchall() == [(1, "x")]
+    finally:
+        holder.kill()
+        holder.wait()
+        conn.close()
+
+
+def test_the_replayed_copy_is_read_while_a_worker_still_holds_its_list(tmp_path: Path) -> None:
+    """The other way round: the replay's child has written its copy and ended while a worker
+    still writes its list (a worker held its file for 26 s of a 10M extract): the extract's
+    first read of the copy reads that file's schema alone
+    (:func:`~recovery.compare.changes.read_schema_of`), so it neither fails nor waits for the
+    worker."""
+    from recovery.compare.changes import read_schema_of
+
+    replayed, listed = tmp_path / "replayed-upgrade.db", tmp_path / "changed-lists-1.db"
+    conn = sqlite3.connect(":memory:", timeout=30, isolation_level=None)
+    replayed.touch()
+    conn.execute("ATTACH DATABASE ? AS replayed", (str(replayed),))
+    conn.execute("ATTACH DATABASE ? AS prelist1", (str(listed),))
+    conn.execute("BEGIN")
+    conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    _write(replayed, "CREATE TABLE parts (id, price)", "INSERT INTO parts VALUES (7, 1.5)")
+    releasing = tmp_path / "releasing"
+    worker = _holder(listed, releasing)
+    try:
+        read_schema_of(conn, "replayed")
+        assert conn.execute("SELECT id, price FROM replayed.parts").fetchall() == [(7, 1.5)]
+        assert not releasing.exists()  # read while the worker's file was still held
+    finally:
+        worker.kill()
+        worker.wait()
+        conn.close()

@@ -1270,6 +1270,8 @@ def extract(
                 early = list_changed_early(conn, a, waiting, pending.future.done, lists)
                 list_lost_early(conn, a, files, a.bundle_tables, pending.future.done)
             replay = pending.result() if pending is not None else None
+            if replay is not None:  # its file, written by the child: read its schema alone first
+                changes.read_schema_of(conn, REPLAY_SCHEMA)
             a.replay = replay
             for name in waiting:
                 extract_table(conn, a, name, counts, "rest", early.get(name))

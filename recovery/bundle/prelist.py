@@ -35,7 +35,7 @@ from pathlib import Path
 
 from sqlglot import exp
 
-from recovery.compare.changes import OneInstant, TableSides
+from recovery.compare.changes import OneInstant, TableSides, read_schema_of
 from recovery.engine.base import Connection
 from recovery.engine.sqlbuild import sql, table
 from recovery.engine.childpair import ChildPair
@@ -284,29 +284,22 @@ class Prelists:
         return made if self._seen(conn, i, made) else None
 
     def _seen(self, conn: Connection, i: int, made: exp.Table) -> bool:
-        """Whether ``conn`` can read the list ``made`` that worker ``i`` committed. It should:
-        the worker ended, and SQLite reloads an attached file's schema when its cookie moved. On
-        the 10M world it could not, in 3 of 7 first rollbacks of a benchmark set, on the worker's
-        first list: "no such table: prelist0.l0", then, asked first, "database is locked" —
-        something still held the worker's file (cause not found; a stale schema is what SQLite
-        answers when it cannot read the file's cookie). So: one read of the file's
-        ``sqlite_master`` (SQLite reads the cookie again) and the list is asked for once more; a
-        list that still cannot be read is not used, and the extract lists the table itself."""
+        """Whether ``conn`` can read the list ``made`` that worker ``i`` committed. The file's
+        schema is read first, alone (:func:`~recovery.compare.changes.read_schema_of`): asked for
+        directly, the list made SQLite check every attached file, and the replayed upgrade's file,
+        held by its child, failed the ask on the 10M world ("no such table: prelist0.l0" after a
+        5 s wait, then "database is locked"). A list that cannot be read now (its file locked by
+        another holder, its table missing) is not used: the extract lists the table itself."""
         probe = sql(exp.select(exp.Literal.number(1)).from_(made.copy()).limit(0))
-        for attempt in range(2):
-            try:
-                if attempt:
-                    master = table("sqlite_master", self.schemas[i])
-                    conn.execute(
-                        sql(exp.select(exp.func("count", exp.Star())).from_(master))
-                    ).fetchone()
-                conn.execute(probe).fetchall()
-                return True
-            except sqlite3.OperationalError as exc:
-                if not _unreadable(exc):
-                    raise
-                log.debug("the extract cannot read %s.%s: %s", made.db, made.name, exc)
-        return False
+        try:
+            read_schema_of(conn, self.schemas[i])
+            conn.execute(probe).fetchall()
+        except sqlite3.OperationalError as exc:
+            if not _unreadable(exc):
+                raise
+            log.debug("the extract cannot read %s.%s: %s", made.db, made.name, exc)
+            return False
+        return True
 
     def close(self) -> None:
         """Stop the workers (a child in a statement is ended) and wait for them."""

@@ -759,6 +759,23 @@ class OneInstant:
         self._watch.close()
 
 
+def read_schema_of(c: Connection, schema: str) -> None:
+    """Make ``c`` read the schema of its attached file ``schema``, that file's alone, before a
+    statement names a table another process created there since ``c`` last read it (a worker's
+    list of :mod:`recovery.bundle.prelist`, the replayed upgrade's copy).
+
+    Why: a statement naming a table that ``c``'s cached schema of the file lacks fails to prepare,
+    and SQLite then checks the schema cookie of *every* attached file in ATTACH order, stopping at
+    the first one another process holds locked (after the busy timeout): the statement fails with
+    "no such table" although the table is there, or, once that check has reset the schema of a
+    file another process then locks, the next statements fail with "database is locked". A read
+    of the file's own ``sqlite_master`` checks that file's cookie alone (SQLite reloads that one
+    schema and runs the read again). Found on the 10M world: the replayed upgrade's child held its
+    file while the extract asked for a worker's list (bench/RESULTS.md, round 14)."""
+    master = table("sqlite_master", schema)
+    c.execute(sql(exp.select(exp.func("count", exp.Star())).from_(master))).fetchone()
+
+
 def _live_wal_file(conn: Connection) -> str | None:
     """The live file of a SQLite pair connection when it is in WAL mode; None otherwise (another
     engine, an in-memory or rollback-journal live database)."""

@@ -94,7 +94,7 @@ def test_lists_made_by_worker_processes_give_the_same_bundle_bytes(
     # (changes.read_schema_of: the 10M world's "no such table: prelist0.l0", round 14)
     for schema in ("replayed", "prelist0", "prelist1"):
         first = next(s for s in ran if f'"{schema}".' in s)
-        assert first == f'SELECT COUNT(*) FROM "{schema}"."sqlite_master"', (schema, first)
+        assert f'"{schema}"."sqlite_master"' in first, (schema, first)
     monkeypatch.setattr(extract_mod, "_attach_and_begin", begin)
     monkeypatch.setattr(prelist, "MIN_ROWS", 10**12)
     taken.clear()

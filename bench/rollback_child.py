@@ -45,7 +45,8 @@ def main() -> None:
 
     pipeline.Journal.mark = mark  # type: ignore[method-assign]
     # how often the extract's connection did not see a list a worker committed (then the extract
-    # lists that table itself; seen on the 10M world, round 13)
+    # lists that table itself; seen on the 10M world in round 13, its cause removed in round 14:
+    # recovery.compare.changes.read_schema_of)
     from recovery.bundle import prelist
 
     unseen: list[str] = []

@@ -1253,7 +1253,8 @@ def _reimport_staged_then_swap(
         opts.apply_deletes,
     )
     # the proof stands for the file as staged; its checks of the backup may still be running:
-    # the re-import's FK check asks for their verdict (clean_before), the swap waits for it
+    # the re-import's FK check takes their verdict if it is in (clean_if_decided: else it reads
+    # every key, never waiting), the swap waits for it
     proven = proof.holds(tmp)
     outcome = _reimport_into(
         tmp,
@@ -1266,7 +1267,7 @@ def _reimport_staged_then_swap(
         check_after=False,
         run_dir=run_dir,
         staged=True,
-        fk_clean=proof.clean_before if proven else False,
+        fk_clean=proof.clean_if_decided if proven else False,
     )
     if proven:  # our own transaction (FK-checked before its COMMIT) is all that changed it
         proof.rebind(tmp)

@@ -6,6 +6,7 @@ otherwise the staged copy is checked itself, or the proof is void."""
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 from collections import Counter
@@ -136,6 +137,84 @@ def test_a_backup_someone_has_open_is_not_read_in_place(tmp_path: Path) -> None:
         assert proof.pending is None and proof.foreign_keys and not proof.sound
     finally:
         holder.close()
+
+
+@pytest.mark.parametrize("damage", [None, "dangling"])
+def test_the_reimports_fk_check_takes_the_verdict_only_once_it_is_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str | None
+) -> None:
+    """The re-import's FK check asks ``clean_if_decided``: while the backup's checks still run it
+    answers False at once (every key of the updated rows is then read, as with no proof) and
+    leaves them running; once they have ended, their verdict. Here ``integrity_check`` is held
+    until the answer is in; at 10M parts the re-import waited 20-25 s for it (round 14)."""
+    backup = _backup(tmp_path / "b.db", damage)
+    monkeypatch.setenv(PROOF_SPLIT_ENV, "0")
+    go = threading.Event()
+    real = checks_module._integrity_with_cache
+
+    def held(conn: sqlite3.Connection) -> list[str]:
+        go.wait(60)
+        return real(conn)
+
+    monkeypatch.setattr(checks_module, "_integrity_with_cache", held)
+    proof = StagedProof()
+    proof.staging(_stage(tmp_path / "staged.db"), backup=backup)(backup)
+    try:
+        assert proof.pending is not None and not proof.pending.decided()
+        assert proof.clean_if_decided() is False  # answered while integrity_check is held
+        assert proof.pending is not None and not go.is_set()  # not waited for, not stopped
+    finally:
+        go.set()
+    assert proof.clean_before() is (damage is None)  # the swap's wait: the verdict
+    assert proof.pending is None
+    assert proof.clean_if_decided() is (damage is None)
+
+
+def test_a_bare_rollback_commits_its_reimport_before_the_backups_checks_end(
+    world_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rollback of a bare backup: the backup's ``integrity_check`` is held until the
+    re-import has committed and saved its outcome, which it can only do if its FK check did not
+    wait for the checks' verdict (before round 14 it waited there: 20-25 s at 10M parts, one
+    core idle). The swap then waits for the verdict, and the run verifies as before."""
+    from recovery import pipeline
+    from tests.clirun import invoke
+
+    monkeypatch.setenv(PROOF_SPLIT_ENV, "0")
+    saved, go = threading.Event(), threading.Event()
+    real_check, real_save = checks_module._integrity_with_cache, pipeline._save_outcome
+
+    released_by: list[bool] = []
+
+    def held(conn: sqlite3.Connection) -> list[str]:
+        go.wait(60)  # (a timeout only so that a re-import that waits fails instead of hanging)
+        released_by.append(saved.is_set())
+        return real_check(conn)
+
+    def save(*args: object) -> None:
+        real_save(*args)  # type: ignore[arg-type]
+        saved.set()
+        go.set()
+
+    monkeypatch.setattr(checks_module, "_integrity_with_cache", held)
+    monkeypatch.setattr(pipeline, "_save_outcome", save)
+    backup = next(world_copy.glob("gestima.db.bak.*[0-9]"))
+    app_ini = Path(__file__).resolve().parents[1] / "sample_dbs" / "app" / "alembic.ini"
+    res = invoke(
+        "rollback",
+        world_copy / "gestima.db",
+        "--backup",
+        backup,
+        "--alembic-ini",
+        app_ini,
+        "--out",
+        world_copy / "run",
+        "--yes",
+    )
+    assert res.returncode in (0, 1), res.stderr
+    assert released_by == [True]  # the re-import's outcome was saved while the check was held
+    report = json.loads((world_copy / "run" / "report.json").read_text(encoding="utf-8"))
+    assert report["outcome"]["verification"]["ok"] is True
 
 
 def test_a_run_that_stops_early_stops_the_checks(tmp_path: Path) -> None:

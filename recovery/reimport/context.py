@@ -167,8 +167,9 @@ class Context:
     """The target passed a full ``foreign_key_check`` with no problems right before this
     transaction (the rollback's staged file under a sound
     :class:`~recovery.verify.checks.StagedProof`): every foreign key of every row resolved then.
-    A callable is asked when the check needs the answer (:meth:`StagedProof.clean_before`:
-    the checks of the file as it was before this transaction may still be running).
+    A callable is asked when the check needs the answer (:meth:`StagedProof.clean_if_decided`:
+    the checks of the file as it was before this transaction may still be running; False until
+    they have ended).
     The check of what the re-import wrote (:func:`recovery.reimport.fkcheck.fk_problems`) then
     reads, of an updated row, only the keys on columns the UPDATE set."""
     set_columns: dict[str, set[str]] = field(default_factory=dict)

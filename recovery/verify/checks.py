@@ -282,6 +282,17 @@ class StagedProof:
         still running on the backup)."""
         return self.sound
 
+    def clean_if_decided(self) -> bool:
+        """:meth:`clean_before` without waiting: False while checks still run on the backup. The
+        re-import's FK check then reads every key of the rows it updated, as it does with no
+        proof, and goes on to its COMMIT while the checks end; the swap still waits for them. At
+        10M parts the re-import waited 20-25 s here for the last part of the bare backup's
+        proof, with one core idle (bench/RESULTS.md, round 14)."""
+        pending = self.pending
+        if pending is not None and not pending.decided():
+            return False
+        return self.sound
+
     def staging(
         self, stage: Callable[..., tuple[Path, str]], backup: str | os.PathLike[str] | None = None
     ) -> Callable[..., tuple[Path, str]]:
@@ -353,7 +364,8 @@ class StagedProof:
 
     def holds(self, staged: str | os.PathLike[str]) -> bool:
         """:meth:`confirm` without waiting for checks still running: ``staged`` is still the
-        file as staged (their verdict, when they end, is :meth:`clean_before`'s)."""
+        file as staged (their verdict, when they end, is :meth:`clean_before`'s and
+        :meth:`clean_if_decided`'s)."""
         if self.stat is None or file_identity(staged) != self.stat:
             self.sha256, self.stat = None, None
         return self.stat is not None
@@ -371,8 +383,8 @@ class StagedProof:
 PROOF_NICE = 10
 """Niceness of the threads that check the backup for the staged proof (Linux: per thread;
 ``$RECOVERY_PROOF_NICE``, 0-19, sets another). The checks then take the CPU the rollback's own
-steps leave (they have until the re-import's foreign-key check, or the swap, to finish); the steps
-keep their core."""
+steps leave (they have until the swap to finish: the re-import's foreign-key check takes their
+verdict only if it is in); the steps keep their core."""
 
 PROOF_NICE_ENV = "RECOVERY_PROOF_NICE"
 
@@ -512,6 +524,11 @@ class BackupChecks:
         except OSError:
             return False
         return digest is not None and file_identity(self._backup) == self._identity
+
+    def decided(self) -> bool:
+        """Every check has ended (:meth:`result` then returns without running or waiting for a
+        part; a part that failed still makes it run the whole check)."""
+        return all(job.future.done() for job in self._jobs)
 
     def result(self) -> tuple[list[str], list[dict[str, Any]], bool]:
         """Wait for both checks: their lines, their dangling keys, and whether the backup kept

@@ -165,7 +165,7 @@ def test_the_reimports_fk_check_takes_the_verdict_only_once_it_is_in(
         assert proof.pending is not None and not go.is_set()  # not waited for, not stopped
     finally:
         go.set()
-    assert proof.clean_before() is (damage is None)  # the swap's wait: the verdict
+    assert proof.sound is (damage is None)  # the swap's wait: the verdict
     assert proof.pending is None
     assert proof.clean_if_decided() is (damage is None)
 

@@ -275,19 +275,14 @@ class StagedProof:
             pending.abandon()
             self.sha256, self.stat = None, None
 
-    def clean_before(self) -> bool:
+    def clean_if_decided(self) -> bool:
         """For the re-import into the staged file (:attr:`recovery.reimport.context.Context.fk_clean`,
         asked when its foreign-key check runs, before its COMMIT): both checks passed for the file
-        as staged, i.e. as it was right before the re-import's transaction (waits for checks
-        still running on the backup)."""
-        return self.sound
-
-    def clean_if_decided(self) -> bool:
-        """:meth:`clean_before` without waiting: False while checks still run on the backup. The
-        re-import's FK check then reads every key of the rows it updated, as it does with no
-        proof, and goes on to its COMMIT while the checks end; the swap still waits for them. At
-        10M parts the re-import waited 20-25 s here for the last part of the bare backup's
-        proof, with one core idle (bench/RESULTS.md, round 14)."""
+        as staged, i.e. as it was right before the re-import's transaction. Never waits: False
+        while checks still run on the backup; the FK check then reads every key of the rows it
+        updated, as it does with no proof, and goes on to its COMMIT while the checks end (the
+        swap still waits for them). At 10M parts the re-import waited 20-25 s here for the last
+        part of the bare backup's proof, with one core idle (bench/RESULTS.md, round 14)."""
         pending = self.pending
         if pending is not None and not pending.decided():
             return False
@@ -364,8 +359,8 @@ class StagedProof:
 
     def holds(self, staged: str | os.PathLike[str]) -> bool:
         """:meth:`confirm` without waiting for checks still running: ``staged`` is still the
-        file as staged (their verdict, when they end, is :meth:`clean_before`'s and
-        :meth:`clean_if_decided`'s)."""
+        file as staged (their verdict, when they end, is :meth:`sound` and
+        :meth:`clean_if_decided`)."""
         if self.stat is None or file_identity(staged) != self.stat:
             self.sha256, self.stat = None, None
         return self.stat is not None

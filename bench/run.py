@@ -524,8 +524,9 @@ def main() -> None:
                 "--only",
                 args.only,
                 *(["--no-naive"] if args.no_naive else []),
+                *(["--no-settle"] if args.no_settle else []),
             ]
-            subprocess.run(sub + (["--no-settle"] if args.no_settle else []), check=True)
+            subprocess.run(sub, check=True)
             last = json.loads((out / "results.jsonl").read_text().splitlines()[-1])
             curve.append(curve_point(last))
         (out / "curve.json").write_text(json.dumps(curve, indent=1))

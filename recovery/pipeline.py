@@ -587,8 +587,7 @@ class Journal:
 class _Background:
     """Work that needs no result yet, run on a second core while the current step goes on (SQLite
     and hashlib release the GIL). ``result()`` waits and re-raises; ``discard()`` waits and runs
-    the clean-up, so nothing started here outlives a refused or failed run. With ``nice``, the
-    thread runs at that niceness (:class:`~recovery.niceness.Niced`) until someone waits for it."""
+    the clean-up, so nothing started here outlives a refused or failed run."""
 
     def __init__(
         self,
@@ -596,45 +595,24 @@ class _Background:
         *args: Any,
         cleanup: Callable[[Any], None] | None = None,
         name: str = "bg",
-        nice: int | None = None,
     ):
         from concurrent.futures import ThreadPoolExecutor
 
-        from recovery.niceness import Niced
-
-        self._niced = Niced(nice) if nice is not None else None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"recovery-{name}")
-        self._future = self._pool.submit(self._run, fn, *args)
+        self._future = self._pool.submit(fn, *args)
         self._pool.shutdown(wait=False)
         self._cleanup = cleanup
 
-    def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        if self._niced is None:
-            return fn(*args)
-        with self._niced.thread():
-            return fn(*args)
-
     def result(self) -> Any:
-        if self._niced is not None:
-            self._niced.hurry()
         return self._future.result()
 
     def discard(self) -> None:
         try:
-            value = self.result()
+            value = self._future.result()
         except BaseException:  # noqa: BLE001 - a failed side job has nothing to clean
             return
         if self._cleanup is not None:
             self._cleanup(value)
-
-
-REPORT_NICE = 19
-"""Niceness of the thread that prepares the report beside the re-import (Linux: that thread's
-alone, until the verify or report step waits for it). It has until the report step to finish; a
-bare backup's staged proof (:data:`~recovery.verify.checks.PROOF_NICE`, 10) is needed sooner, at
-the swap, and the re-import's own thread is the step itself: so the report takes only the CPU they
-leave. At 10M parts the preparation is ~22 CPU-s, which had run at the re-import's priority while
-the proof it starved ended up alone on one core at the swap (bench/RESULTS.md, round 15)."""
 
 
 def _prepare_report(run_dir: Path, bundle: Bundle) -> Any:
@@ -1058,9 +1036,7 @@ def _run_rollback(
                 )
         bundle = bundle or open_bundle(run_dir / "bundle")
         # beside the re-import: it reads only the bundle, and writes only its own .tmp files
-        report_prep = _Background(
-            _prepare_report, run_dir, bundle, cleanup=lambda p: p.close(), nice=REPORT_NICE
-        )
+        report_prep = _Background(_prepare_report, run_dir, bundle, cleanup=lambda p: p.close())
         if jobs is not None:  # closed by the caller however the run ends
             jobs.append(report_prep)
         uploads_seen = (  # hashes for the relink, beside the re-import
@@ -1280,7 +1256,6 @@ def _reimport_staged_then_swap(
     # the re-import's FK check takes their verdict if it is in (clean_if_decided: else it reads
     # every key, never waiting), the swap waits for it
     proven = proof.holds(tmp)
-    proof.hurry()  # needed at the swap, as the re-import is: no longer niced below it
     outcome = _reimport_into(
         tmp,
         bundle,

@@ -28,10 +28,11 @@ from recovery.verify.checks import (
     BackupChecks,
     StagedProof,
     _proof_parts,
+    _priority,
     _proof_nice,
+    _set_priority,
     ordered_foreign_key_problems,
 )
-from recovery.niceness import priority as _priority, set_priority as _set_priority
 
 
 def _backup(path: Path, damage: str | None = None) -> Path:
@@ -212,58 +213,6 @@ def test_a_bare_rollback_commits_its_reimport_before_the_backups_checks_end(
     )
     assert res.returncode in (0, 1), res.stderr
     assert released_by == [True]  # the re-import's outcome was saved while the check was held
-    report = json.loads((world_copy / "run" / "report.json").read_text(encoding="utf-8"))
-    assert report["outcome"]["verification"]["ok"] is True
-
-
-@pytest.mark.skipif(sys.platform != "linux", reason="per-thread niceness is Linux's")
-def test_the_backups_checks_are_niced_until_the_reimport_begins(
-    world_copy: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A bare backup's check runs niced (PROOF_NICE) beside the safety copy and the extract; as
-    the re-import begins, the swap needs the check as it needs the re-import, and the check's
-    thread gets back the niceness it had (root may lower a niceness; elsewhere it keeps
-    PROOF_NICE). The run verifies as before."""
-    from recovery import pipeline
-    from tests.clirun import invoke
-
-    monkeypatch.setenv(PROOF_SPLIT_ENV, "0")
-    entered, hurried = threading.Event(), threading.Event()
-    real_check, real_hurry = checks_module._integrity_with_cache, StagedProof.hurry
-    seen: list[int] = []
-    inherited = _priority(threading.get_native_id())  # the checking threads are begun from here
-
-    def held(conn: sqlite3.Connection) -> list[str]:
-        seen.append(_priority(threading.get_native_id()))
-        entered.set()
-        hurried.wait(60)  # (a timeout only so that a run that never hurries fails, not hangs)
-        seen.append(_priority(threading.get_native_id()))
-        return real_check(conn)
-
-    def hurry(self: StagedProof) -> None:
-        assert entered.wait(60)  # the check is running, niced, before the re-import begins
-        real_hurry(self)
-        hurried.set()
-
-    monkeypatch.setattr(checks_module, "_integrity_with_cache", held)
-    monkeypatch.setattr(StagedProof, "hurry", hurry)
-    backup = next(world_copy.glob("gestima.db.bak.*[0-9]"))
-    app_ini = Path(__file__).resolve().parents[1] / "sample_dbs" / "app" / "alembic.ini"
-    res = invoke(
-        "rollback",
-        world_copy / "gestima.db",
-        "--backup",
-        backup,
-        "--alembic-ini",
-        app_ini,
-        "--out",
-        world_copy / "run",
-        "--yes",
-    )
-    assert res.returncode in (0, 1), res.stderr
-    niced = max(inherited, PROOF_NICE)
-    assert seen == [niced, inherited if os.geteuid() == 0 else niced]
-    assert pipeline.REPORT_NICE > PROOF_NICE  # the report's preparation still yields to it
     report = json.loads((world_copy / "run" / "report.json").read_text(encoding="utf-8"))
     assert report["outcome"]["verification"]["ok"] is True
 

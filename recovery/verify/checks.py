@@ -12,10 +12,11 @@ from __future__ import annotations
 import functools
 import os
 import sqlite3
+import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,7 +31,6 @@ from recovery.engine import open_engine
 from recovery.engine.base import Connection, Engine
 from recovery.engine.sqlite_io import CommitWatch, file_identity, promise_sha256, sidecars
 from recovery.errors import RecoveryError
-from recovery.niceness import Niced
 
 INTEGRITY_CACHE_KIB = 16 * 1024
 """Page cache of the integrity-check connection. ``integrity_check`` looks every row up in each of
@@ -275,16 +275,6 @@ class StagedProof:
             pending.abandon()
             self.sha256, self.stat = None, None
 
-    def hurry(self) -> None:
-        """The swap is next: the checks still running on the backup are on the critical path from
-        here, beside the re-import that must also end before it. Their threads get back the
-        niceness they had (:meth:`BackupChecks.hurry`); the re-import's thread and theirs then
-        share the cores alike, and the report's preparation (``pipeline.REPORT_NICE``) takes what
-        is left. Nothing is waited for."""
-        pending = self.pending
-        if pending is not None:
-            pending.hurry()
-
     def clean_if_decided(self) -> bool:
         """For the re-import into the staged file (:attr:`recovery.reimport.context.Context.fk_clean`,
         asked when its foreign-key check runs, before its COMMIT): both checks passed for the file
@@ -420,8 +410,8 @@ class BackupChecks:
         self._backup, self._identity = backup, identity
         self._lock = threading.Lock()
         self._conns: list[Any] = []  # sqlite3 connections, interrupted by abandon()
-        self._niced = Niced(_proof_nice)
-        self._abandoned = False
+        self._threads: dict[int, int] = {}  # thread still checking -> its niceness before
+        self._abandoned = self._hurried = False
         self._engine = engine = open_engine(backup)
         split = _proof_parts(engine) if _split_proof(identity[2]) else None
         self._split = split is not None
@@ -453,7 +443,7 @@ class BackupChecks:
 
     def _worker(self) -> None:
         """A checking thread: the jobs no one has taken yet, one after the other."""
-        with self._niced.thread():
+        with self._niced():
             while (job := self._claim()) is not None:
                 self._run(job)
 
@@ -471,9 +461,24 @@ class BackupChecks:
         except BaseException as e:  # noqa: BLE001 - handed to whoever asks for the result
             job.future.set_exception(e)
 
+    @contextmanager
+    def _niced(self) -> Iterator[None]:
+        """This thread at :data:`PROOF_NICE` (never below the niceness it has: a user's `nice`
+        is kept) until the checks are awaited (:meth:`hurry`), registered for :meth:`hurry`."""
+        me = threading.get_native_id()
+        with self._lock:
+            self._threads[me] = _priority(me)
+            if not self._hurried:
+                _set_priority(me, max(self._threads[me], _proof_nice()))
+        try:
+            yield
+        finally:
+            with self._lock:  # this thread ends: its id may be another's soon, never renice it
+                self._threads.pop(me, None)
+
     def _check(self, engine: Engine, work: Callable[[sqlite3.Connection], T]) -> T:
         """``work`` on a connection to the backup, on this thread niced as a checking thread."""
-        with self._niced.thread():
+        with self._niced():
             return self._on_backup(work, engine)
 
     def _on_backup(
@@ -496,7 +501,10 @@ class BackupChecks:
         """Someone waits for the checks: they are on the critical path now, so the threads still
         checking get back the niceness they had (where the process may raise it: root; otherwise
         they go on at :data:`PROOF_NICE`, with the waiter's core free)."""
-        self._niced.hurry()
+        with self._lock:
+            self._hurried = True
+            for tid, nice in self._threads.items():
+                _set_priority(tid, nice)
 
     def holds_bytes_of(self, staged: str | os.PathLike[str]) -> bool:
         """True when ``staged`` holds the backup's bytes (the header's write stamps aside) while
@@ -732,6 +740,27 @@ def _alone(p: Path) -> bool:
     """SQLite reads ``p`` as its bytes alone and nobody has it open: no ``-wal`` content, no
     ``-shm`` and no ``-journal`` beside it."""
     return _self_contained(p) and not sidecars(p)[1].exists()
+
+
+def _priority(tid: int) -> int:
+    """Thread ``tid``'s niceness (0 where it cannot be told)."""
+    if sys.platform != "linux":
+        return 0
+    try:
+        return os.getpriority(os.PRIO_PROCESS, tid)
+    except OSError:
+        return 0
+
+
+def _set_priority(tid: int, nice: int) -> None:
+    """Thread ``tid`` of this process (and it alone: Linux schedules threads) at niceness
+    ``nice``; nothing elsewhere, nor where the process may not (a lower niceness needs root)."""
+    if sys.platform != "linux":
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, nice)
+    except OSError:
+        pass
 
 
 @dataclass(frozen=True)

@@ -278,10 +278,12 @@ class StagedProof:
     def clean_if_decided(self) -> bool:
         """For the re-import into the staged file (:attr:`recovery.reimport.context.Context.fk_clean`,
         asked when its foreign-key check runs, before its COMMIT): both checks passed for the file
-        as staged, i.e. as it was right before the re-import's transaction. Never waits: False
-        while checks still run on the backup; the FK check then reads every key of the rows it
-        updated, as it does with no proof, and goes on to its COMMIT while the checks end (the
-        swap still waits for them). At 10M parts the re-import waited 20-25 s here for the last
+        as staged, i.e. as it was right before the re-import's transaction. Never waits for
+        checks still running: False while they run on the backup; the FK check then reads every
+        key of the rows it updated, as it does with no proof, and goes on to its COMMIT while the
+        checks end (the swap still waits for them). Once they have ended, a part that found a
+        problem or failed makes the verdict the whole check's, which then runs here, on the
+        re-import's thread (a damaged backup: the verdict is not clean either way). At 10M parts the re-import waited 20-25 s here for the last
         part of the bare backup's proof, with one core idle (bench/RESULTS.md, round 14)."""
         pending = self.pending
         if pending is not None and not pending.decided():
